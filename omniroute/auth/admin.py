@@ -1,0 +1,161 @@
+"""Auth scheme ``admin-session``: password login for the management API.
+
+``POST /api/auth/login`` with ``{"password": ...}`` sets an HttpOnly session
+cookie; ``POST /api/auth/logout`` ends the session. The first password comes
+from ``INITIAL_PASSWORD`` or is generated and printed once at first start.
+Only an scrypt hash of the password and SHA-256 hashes of session tokens are
+stored.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import logging
+import secrets
+import sys
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from aiohttp import web
+
+from omniroute.auth.base import AuthScheme, Principal
+from omniroute.config import Config
+from omniroute.errors import AuthenticationFailed, GatewayError, InvalidRequest
+from omniroute.hookspecs import hookimpl
+from omniroute.storage.store import Store
+from omniroute.web.body import read_json
+from omniroute.web.keys import GATEWAY
+
+if TYPE_CHECKING:
+    from omniroute.gateway import Gateway
+
+log = logging.getLogger(__name__)
+
+COOKIE = "omniroute_session"
+SESSION_TTL = 7 * 24 * 3600
+PASSWORD_SETTING = "_admin_password"
+_SCRYPT = {"n": 2**14, "r": 8, "p": 1}
+_MAX_FAILURES, _FAILURE_WINDOW = 10, 300.0
+
+
+def hash_password(password: str) -> str:
+    salt = secrets.token_bytes(16)
+    digest = hashlib.scrypt(password.encode(), salt=salt, dklen=32, **_SCRYPT)
+    b64 = base64.b64encode
+    return f"scrypt${_SCRYPT['n']}${_SCRYPT['r']}${_SCRYPT['p']}${b64(salt).decode()}${b64(digest).decode()}"
+
+
+def verify_password(password: str, stored: str) -> bool:
+    try:
+        kind, n, r, p, salt, digest = stored.split("$")
+        if kind != "scrypt":
+            return False
+        expected = base64.b64decode(digest)
+        actual = hashlib.scrypt(password.encode(), salt=base64.b64decode(salt),
+                                n=int(n), r=int(r), p=int(p), dklen=len(expected))
+    except ValueError:
+        return False
+    return hmac.compare_digest(actual, expected)
+
+
+async def set_password(store: Store, password: str) -> None:
+    if len(password) < 8:
+        raise ValueError("the admin password must have at least 8 characters")
+    await store.put_settings({PASSWORD_SETTING: hash_password(password)})
+
+
+async def ensure_password(store: Store, initial: str | None) -> str | None:
+    """Set the first admin password if none exists; return it when generated."""
+    if PASSWORD_SETTING in await store.get_settings():
+        return None
+    password = initial or secrets.token_urlsafe(12)
+    await set_password(store, password)
+    return None if initial else password
+
+
+class AdminSessionScheme(AuthScheme):
+    name = "admin-session"
+    client_api = False  # a browser session never authorises /v1 calls
+
+    def __init__(self, gateway: Gateway) -> None:
+        super().__init__(gateway)
+        self._failures: dict[str, list[float]] = {}
+
+    async def start(self) -> None:
+        generated = await ensure_password(self.gateway.store, self.gateway.config.initial_password)
+        if generated:
+            # Printed once, on the terminal that started the gateway; never logged.
+            print(
+                f"\n  omniroute admin password (shown once): {generated}\n"
+                "  change it with: omniroute admin password\n",
+                file=sys.stderr, flush=True,
+            )
+
+    async def authenticate(self, request: web.Request) -> Principal | None:
+        token = request.cookies.get(COOKIE)
+        if not token:
+            return None
+        if not await self.gateway.store.session_valid(token):
+            raise AuthenticationFailed("Your admin session has expired; log in again.",
+                                       code="session_expired")
+        return Principal("admin_session", None, frozenset({"admin"}))
+
+    def _throttle(self, peer: str) -> None:
+        now = time.monotonic()
+        recent = [t for t in self._failures.get(peer, []) if now - t < _FAILURE_WINDOW]
+        self._failures[peer] = recent
+        if len(recent) >= _MAX_FAILURES:
+            raise GatewayError("Too many failed logins; try again later.", status=429,
+                               type="rate_limit_error", code="too_many_logins",
+                               headers={"Retry-After": str(int(_FAILURE_WINDOW))})
+
+    async def login(self, request: web.Request) -> web.Response:
+        peer = request.remote or "?"
+        self._throttle(peer)
+        body = await read_json(request, 64 * 1024)
+        password = body.get("password") if isinstance(body, dict) else None
+        if not isinstance(password, str) or not password:
+            raise InvalidRequest("Send {\"password\": \"...\"}.", param="password")
+        stored = (await self.gateway.store.get_settings()).get(PASSWORD_SETTING)
+        if not stored or not verify_password(password, stored):
+            self._failures.setdefault(peer, []).append(time.monotonic())
+            raise AuthenticationFailed("Wrong password.", code="invalid_password")
+        self._failures.pop(peer, None)
+        token = await self.gateway.store.create_session(SESSION_TTL)
+        resp = web.json_response({"ok": True, "expires_in": SESSION_TTL})
+        resp.set_cookie(COOKIE, token, max_age=SESSION_TTL, httponly=True, samesite="Strict",
+                        secure=request.secure, path="/")
+        return resp
+
+    async def logout(self, request: web.Request) -> web.Response:
+        token = request.cookies.get(COOKIE)
+        if token:
+            await self.gateway.store.delete_session(token)
+        resp = web.json_response({"ok": True})
+        resp.del_cookie(COOKIE, path="/")
+        return resp
+
+
+@hookimpl
+def register_auth_schemes(register: Callable[[type[AuthScheme]], None]) -> None:
+    register(AdminSessionScheme)
+
+
+@hookimpl
+def configure_app(app: web.Application, config: Config) -> None:
+    async def login(request: web.Request) -> web.Response:
+        return await _scheme(request).login(request)
+
+    async def logout(request: web.Request) -> web.Response:
+        return await _scheme(request).logout(request)
+
+    def _scheme(request: web.Request) -> AdminSessionScheme:
+        scheme = request.app[GATEWAY].auth_schemes.get(AdminSessionScheme.name)
+        assert isinstance(scheme, AdminSessionScheme)
+        return scheme
+
+    app.router.add_post("/api/auth/login", login)
+    app.router.add_post("/api/auth/logout", logout)

@@ -1,0 +1,1 @@
+"""Cache backends: where cached responses are kept."""

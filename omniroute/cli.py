@@ -1,0 +1,357 @@
+"""The ``omniroute`` command line.
+
+Configuration commands (providers, keys, admin) work on the database directly,
+so they need no running gateway; a running gateway picks their changes up
+within a second.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import getpass
+import json
+import logging
+import multiprocessing
+import os
+import signal
+import sys
+from collections.abc import AsyncIterator, Callable, Coroutine
+from contextlib import asynccontextmanager
+from functools import wraps
+from typing import Any, TypeVar
+
+import click
+
+from omniroute.config import Config, ConfigError, load_config
+from omniroute.plugins import Plugins, load_plugins
+from omniroute.version import __version__
+
+T = TypeVar("T")
+
+
+def _config(ctx: click.Context) -> Config:
+    obj = ctx.ensure_object(dict)
+    if "config" not in obj:
+        try:
+            obj["config"] = load_config(config_file=obj.get("config_file"),
+                                        data_dir=obj.get("data_dir"))
+        except ConfigError as exc:
+            raise click.ClickException(str(exc)) from None
+    return obj["config"]
+
+
+def _plugins(config: Config) -> Plugins:
+    return load_plugins(blocked=config.disabled_plugins, allowed=config.allowed_plugins)
+
+
+def _run(coro: Coroutine[Any, Any, T]) -> T:
+    return asyncio.run(coro)
+
+
+def _async_command(fn: Callable[..., Coroutine[Any, Any, Any]]) -> Callable[..., Any]:
+    @wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        return _run(fn(*args, **kwargs))
+
+    return wrapper
+
+
+@asynccontextmanager
+async def _store(config: Config) -> AsyncIterator[Any]:
+    from omniroute.storage import Database, Store
+    from omniroute.vault import Vault
+
+    db = await Database.open(config.db_path)
+    try:
+        yield Store(db, Vault.open(config.data_dir, config.secret_key))
+    finally:
+        await db.close()
+
+
+def _echo_json(data: Any) -> None:
+    click.echo(json.dumps(data, indent=2, default=str))
+
+
+@click.group()
+@click.version_option(__version__, prog_name="omniroute")
+@click.option("--data-dir", type=click.Path(file_okay=False), default=None,
+              help="Data directory (default $OMNIROUTE_DATA_DIR or ~/.omniroute).")
+@click.option("--config", "config_file", type=click.Path(dir_okay=False), default=None,
+              help="TOML configuration file (see config/omniroute.example.toml).")
+@click.pass_context
+def cli(ctx: click.Context, data_dir: str | None, config_file: str | None) -> None:
+    """omniroute: one local endpoint for every LLM provider, account and wire format."""
+    ctx.ensure_object(dict).update(data_dir=data_dir, config_file=config_file)
+
+
+# ---------------------------------------------------------------------- serve
+
+@cli.command()
+@click.option("--host", default=None, help="Address to bind (default 127.0.0.1).")
+@click.option("--port", type=int, default=None, help="Port (default 20128).")
+@click.option("--workers", type=int, default=None,
+              help="Worker processes sharing the port (SO_REUSEPORT).")
+@click.option("--log-level", default=None,
+              type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False))
+@click.pass_context
+def serve(ctx: click.Context, host: str | None, port: int | None, workers: int | None,
+          log_level: str | None) -> None:
+    """Start the gateway."""
+    from omniroute import server
+
+    obj = ctx.ensure_object(dict)
+    try:
+        config = load_config(config_file=obj.get("config_file"), data_dir=obj.get("data_dir"),
+                             host=host, port=port, workers=workers, log_level=log_level)
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
+    try:
+        server.serve(config)
+    except (ConfigError, OSError) as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+# ---------------------------------------------------------------------- plugins
+
+@cli.command("plugins")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_context
+def plugins_command(ctx: click.Context, as_json: bool) -> None:
+    """List plugins: version, what each registered, and load errors."""
+    plugins = _plugins(_config(ctx))
+    infos = [i.as_dict() for i in plugins.infos]
+    if as_json:
+        _echo_json(infos)
+        return
+    for info in infos:
+        state = "blocked" if info["blocked"] else ("ERROR" if info["error"] else "ok")
+        dist = f"{info['distribution']} {info['version']}" if info["distribution"] else "-"
+        click.echo(f"{info['name']:<24} {state:<8} {dist}")
+        for kind, names in info["registered"].items():
+            click.echo(f"    {kind}: {', '.join(names)}")
+        if info["error"]:
+            click.echo(f"    error: {info['error']}")
+
+
+# ---------------------------------------------------------------------- providers
+
+@cli.group()
+def providers() -> None:
+    """Manage provider connections (upstream accounts)."""
+
+
+@providers.command("presets")
+@click.pass_context
+def providers_presets(ctx: click.Context) -> None:
+    """List provider types and their presets."""
+    for cls in _plugins(_config(ctx)).providers.values():
+        click.echo(f"{cls.type} ({cls.format}): {cls.description}")
+        for p in cls.presets.values():
+            key = "" if p.needs_api_key else " (no key needed)"
+            click.echo(f"    {p.name:<12} {p.prefix + '/':<12} {p.base_url}{key}")
+
+
+@providers.command("add")
+@click.option("--preset", help="A named preset (see `omniroute providers presets`).")
+@click.option("--type", "type_", help="Provider type, for a custom base URL.")
+@click.option("--name", help="Display name.")
+@click.option("--prefix", help="Model prefix (default: the preset's).")
+@click.option("--base-url", help="Base URL of an OpenAI-compatible API.")
+@click.option("--api-key", help="API key (prefer --api-key-env or the prompt).")
+@click.option("--api-key-env", help="Read the API key from this environment variable.")
+@click.option("--no-key", is_flag=True, help="The endpoint needs no API key.")
+@click.option("--model", "models", multiple=True, help="A model name to list (repeatable).")
+@click.option("--priority", type=int, default=0, show_default=True)
+@click.option("--inactive", is_flag=True, help="Add it switched off.")
+@click.pass_context
+@_async_command
+async def providers_add(ctx: click.Context, preset: str | None, type_: str | None,
+                        name: str | None, prefix: str | None, base_url: str | None,
+                        api_key: str | None, api_key_env: str | None, no_key: bool,
+                        models: tuple[str, ...], priority: int, inactive: bool) -> None:
+    """Add a provider connection."""
+    from omniroute.accounts import build_connection
+
+    config = _config(ctx)
+    if api_key_env:
+        api_key = os.environ.get(api_key_env)
+        if not api_key:
+            raise click.ClickException(f"${api_key_env} is empty")
+    if api_key is None and not no_key and sys.stdin.isatty():
+        api_key = getpass.getpass("API key (empty for none): ") or None
+    spec: dict[str, Any] = {"priority": priority, "active": not inactive}
+    for key, value in (("preset", preset), ("type", type_), ("name", name), ("prefix", prefix),
+                       ("base_url", base_url), ("api_key", api_key)):
+        if value is not None:
+            spec[key] = value
+    if models:
+        spec["models"] = list(models)
+    try:
+        conn = build_connection(_plugins(config), spec)
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from None
+    async with _store(config) as store:
+        await store.save_connection(conn)
+    click.echo(f"added {conn.id}: {conn.name} ({conn.type}) prefix {conn.prefix}/")
+
+
+@providers.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_context
+@_async_command
+async def providers_list(ctx: click.Context, as_json: bool) -> None:
+    """List provider connections (credentials masked)."""
+    async with _store(_config(ctx)) as store:
+        conns = [c.public() for c in await store.list_connections()]
+    if as_json:
+        _echo_json(conns)
+        return
+    for c in conns:
+        state = "active" if c["active"] else "inactive"
+        url = c["settings"].get("base_url", "")
+        click.echo(f"{c['id']}  {c['prefix'] + '/':<14} {c['type']:<8} {state:<8} "
+                   f"{c['name']}  {url}")
+
+
+@providers.command("remove")
+@click.argument("conn_id")
+@click.pass_context
+@_async_command
+async def providers_remove(ctx: click.Context, conn_id: str) -> None:
+    """Remove a provider connection."""
+    async with _store(_config(ctx)) as store:
+        if not await store.delete_connection(conn_id):
+            raise click.ClickException(f"no connection {conn_id!r}")
+    click.echo(f"removed {conn_id}")
+
+
+@providers.command("test")
+@click.argument("conn_id")
+@click.pass_context
+@_async_command
+async def providers_test(ctx: click.Context, conn_id: str) -> None:
+    """Check that a connection answers (lists its models)."""
+    import time
+
+    import aiohttp
+
+    from omniroute.config import Settings
+    from omniroute.errors import GatewayError
+    from omniroute.providers.base import ProviderContext, Timeouts
+
+    config = _config(ctx)
+    plugins = _plugins(config)
+    async with _store(config) as store:
+        conn = await store.get_connection(conn_id)
+    if conn is None:
+        raise click.ClickException(f"no connection {conn_id!r}")
+    cls = plugins.providers.get(conn.type)
+    if cls is None:
+        raise click.ClickException(plugins.failure_for("providers", conn.type))
+    async with aiohttp.ClientSession() as http:
+        provider = cls(conn, ProviderContext(http, Timeouts.from_settings(Settings())))
+        started = time.perf_counter()
+        try:
+            models = await provider.list_models()
+            await provider.test()
+        except GatewayError as exc:
+            raise click.ClickException(f"{conn.name}: failed: {exc.message}") from None
+        finally:
+            await provider.close()
+    ms = (time.perf_counter() - started) * 1000
+    click.echo(f"{conn.name}: ok in {ms:.0f} ms, {len(models)} models")
+
+
+# ---------------------------------------------------------------------- keys
+
+@cli.group()
+def keys() -> None:
+    """Manage client API keys."""
+
+
+@keys.command("create")
+@click.option("--name", required=True, help="What the key is for.")
+@click.option("--admin", is_flag=True, help="Allow the key to use the management API.")
+@click.pass_context
+@_async_command
+async def keys_create(ctx: click.Context, name: str, admin: bool) -> None:
+    """Create a key; it is printed once and never stored."""
+    async with _store(_config(ctx)) as store:
+        key, secret = await store.create_key(name, {"admin"} if admin else set())
+    click.echo(secret)
+    click.echo(f"created {key.id} ({name}){' with admin scope' if admin else ''}; "
+               "store the key now: it is not shown again", err=True)
+
+
+@keys.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_context
+@_async_command
+async def keys_list(ctx: click.Context, as_json: bool) -> None:
+    """List keys (only their first characters)."""
+    async with _store(_config(ctx)) as store:
+        items = [k.public() for k in await store.list_keys()]
+    if as_json:
+        _echo_json(items)
+        return
+    for k in items:
+        state = "revoked" if k["revoked_at"] else "active"
+        click.echo(f"{k['id']}  {k['key_prefix']}…  {state:<8} {','.join(k['scopes']) or '-':<6}"
+                   f" {k['name']}")
+
+
+@keys.command("revoke")
+@click.argument("key_id")
+@click.pass_context
+@_async_command
+async def keys_revoke(ctx: click.Context, key_id: str) -> None:
+    """Revoke a key."""
+    async with _store(_config(ctx)) as store:
+        if not await store.revoke_key(key_id):
+            raise click.ClickException(f"no active key {key_id!r}")
+    click.echo(f"revoked {key_id}")
+
+
+# ---------------------------------------------------------------------- admin
+
+@cli.group()
+def admin() -> None:
+    """Administer the management API login."""
+
+
+@admin.command("password")
+@click.option("--password", help="The new password (default: prompt).")
+@click.pass_context
+@_async_command
+async def admin_password(ctx: click.Context, password: str | None) -> None:
+    """Set the admin password."""
+    from omniroute.auth.admin import set_password
+
+    if password is None:
+        password = getpass.getpass("New admin password: ")
+    async with _store(_config(ctx)) as store:
+        try:
+            await set_password(store, password)
+        except ValueError as exc:
+            raise click.ClickException(str(exc)) from None
+    click.echo("admin password set")
+
+
+def _add_plugin_commands() -> None:
+    try:
+        config = load_config()
+    except ConfigError:
+        return  # the command itself will report the configuration error
+    plugins = _plugins(config)
+    plugins.pm.hook.register_commands(cli=cli)
+
+
+def main(argv: list[str] | None = None) -> None:
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    _add_plugin_commands()
+    cli.main(args=argv, prog_name="omniroute")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    multiprocessing.freeze_support()
+    main()

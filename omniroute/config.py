@@ -1,0 +1,238 @@
+"""Start-up configuration and runtime settings.
+
+This is the only module that reads environment variables.
+
+* :class:`Config` is fixed at start-up: where to listen, where the data lives,
+  which plugins load. Precedence: defaults < TOML file < environment < CLI flags.
+* :class:`Settings` can change while the gateway runs (``/api/settings``). They
+  are stored in the database; precedence: defaults < TOML ``[settings]`` <
+  stored values < environment (an environment value pins the setting).
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 20128
+
+
+class ConfigError(ValueError):
+    """The configuration is invalid; the message says what to fix."""
+
+
+def default_data_dir() -> Path:
+    return Path.home() / ".omniroute"
+
+
+@dataclass(frozen=True)
+class Config:
+    """Start-up configuration (immutable while the gateway runs)."""
+
+    host: str = DEFAULT_HOST
+    port: int = DEFAULT_PORT
+    data_dir: Path = field(default_factory=default_data_dir)
+    workers: int = 1
+    log_level: str = "info"
+    secret_key: bytes | None = None  # credentials encryption key; else a key file
+    initial_password: str | None = None
+    disabled_plugins: tuple[str, ...] = ()
+    allowed_plugins: tuple[str, ...] | None = None
+    settings_defaults: Mapping[str, Any] = field(default_factory=dict)
+    settings_env: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def db_path(self) -> Path:
+        return self.data_dir / "omniroute.sqlite3"
+
+    def replace(self, **changes: Any) -> Config:
+        return dataclasses.replace(self, **changes)
+
+
+def _csv(value: str | None) -> tuple[str, ...]:
+    return tuple(p.strip() for p in (value or "").split(",") if p.strip())
+
+
+def load_config(
+    *,
+    config_file: str | Path | None = None,
+    environ: Mapping[str, str] | None = None,
+    **overrides: Any,
+) -> Config:
+    """Build the :class:`Config` from a TOML file, the environment and ``overrides``.
+
+    :param config_file: a TOML file; default ``$OMNIROUTE_CONFIG`` or
+        ``<data dir>/omniroute.toml`` when it exists.
+    :param environ: the environment (default ``os.environ``).
+    :param overrides: values from the command line; ``None`` means "not given".
+    """
+    env = os.environ if environ is None else environ
+    overrides = {k: v for k, v in overrides.items() if v is not None}
+
+    data_dir = overrides.get("data_dir") or env.get("OMNIROUTE_DATA_DIR")
+    path = config_file or env.get("OMNIROUTE_CONFIG")
+    if path is None:
+        candidate = Path(data_dir or default_data_dir()).expanduser() / "omniroute.toml"
+        path = candidate if candidate.exists() else None
+    toml: dict[str, Any] = {}
+    if path is not None:
+        try:
+            toml = tomllib.loads(Path(path).expanduser().read_text())
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise ConfigError(f"cannot read config file {path}: {exc}") from exc
+    server = toml.get("server", {})
+    plugins = toml.get("plugins", {})
+
+    values: dict[str, Any] = {
+        "host": server.get("host", DEFAULT_HOST),
+        "port": server.get("port", DEFAULT_PORT),
+        "data_dir": server.get("data_dir"),
+        "workers": server.get("workers", 1),
+        "log_level": server.get("log_level", "info"),
+        "disabled_plugins": tuple(plugins.get("disabled", ())),
+        "allowed_plugins": tuple(plugins["allowed"]) if "allowed" in plugins else None,
+    }
+    env_map = {
+        "OMNIROUTE_HOST": "host",
+        "OMNIROUTE_PORT": "port",
+        "OMNIROUTE_DATA_DIR": "data_dir",
+        "OMNIROUTE_WORKERS": "workers",
+        "OMNIROUTE_LOG_LEVEL": "log_level",
+    }
+    for var, key in env_map.items():
+        if env.get(var):
+            values[key] = env[var]
+    if "OMNIROUTE_DISABLE_PLUGINS" in env:
+        values["disabled_plugins"] = _csv(env["OMNIROUTE_DISABLE_PLUGINS"])
+    if "OMNIROUTE_PLUGINS" in env:
+        values["allowed_plugins"] = _csv(env["OMNIROUTE_PLUGINS"])
+    values.update(overrides)
+
+    try:
+        port, workers = int(values["port"]), int(values["workers"])
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"port and workers must be integers: {exc}") from exc
+    if not 0 <= port < 65536 or workers < 1:
+        raise ConfigError("port must be 0-65535 and workers at least 1")
+
+    secret = env.get("OMNIROUTE_SECRET_KEY")
+    key: bytes | None = None
+    if secret:
+        try:
+            key = base64.urlsafe_b64decode(secret.encode() + b"=" * (-len(secret) % 4))
+        except ValueError as exc:
+            raise ConfigError("OMNIROUTE_SECRET_KEY is not base64") from exc
+        if len(key) != 32:
+            raise ConfigError("OMNIROUTE_SECRET_KEY must decode to 32 bytes")
+
+    defaults = dict(toml.get("settings", {}))
+    unknown = set(defaults) - set(Settings.field_names())
+    if unknown:
+        raise ConfigError(f"unknown [settings] keys in {path}: {', '.join(sorted(unknown))}")
+    return Config(
+        host=str(values["host"]),
+        port=port,
+        data_dir=Path(values["data_dir"] or default_data_dir()).expanduser(),
+        workers=workers,
+        log_level=str(values["log_level"]).lower(),
+        secret_key=key,
+        initial_password=env.get("INITIAL_PASSWORD") or None,
+        disabled_plugins=tuple(values["disabled_plugins"]),
+        allowed_plugins=values["allowed_plugins"],
+        settings_defaults=Settings.coerce_all(defaults, source=str(path)),
+        settings_env=settings_from_env(env),
+    )
+
+
+# ---------------------------------------------------------------- runtime settings
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
+
+
+def _to_bool(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
+        return value.strip().lower() in _TRUE
+    raise ValueError(f"expected a boolean, got {value!r}")
+
+
+def _to_positive(kind: type) -> Any:
+    def convert(value: Any) -> Any:
+        if isinstance(value, bool):
+            raise ValueError(f"expected a number, got {value!r}")
+        number = kind(value)
+        if number <= 0:
+            raise ValueError(f"expected a positive number, got {value!r}")
+        return number
+
+    return convert
+
+
+@dataclass
+class Settings:
+    """Runtime settings, editable through ``/api/settings``.
+
+    Every field can be pinned by the environment as ``OMNIROUTE_<NAME>``;
+    ``require_api_key`` also as ``REQUIRE_API_KEY``.
+    """
+
+    require_api_key: bool = False
+    require_login: bool = True
+    max_body_bytes: int = 10 * 1024 * 1024
+    connect_timeout: float = 10.0
+    first_byte_timeout: float = 120.0
+    idle_timeout: float = 120.0
+    total_timeout: float = 900.0
+    request_log: bool = True
+    models_cache_ttl: float = 600.0
+
+    _CONVERTERS = {
+        bool: _to_bool,
+        int: _to_positive(int),
+        float: _to_positive(float),
+    }
+
+    @classmethod
+    def field_names(cls) -> list[str]:
+        return [f.name for f in dataclasses.fields(cls)]
+
+    @classmethod
+    def coerce(cls, name: str, value: Any) -> Any:
+        """Validate one value; raise ``ValueError`` with a readable message."""
+        types = {f.name: f.type for f in dataclasses.fields(cls)}
+        if name not in types:
+            raise ValueError(f"unknown setting {name!r}")
+        kind = {"bool": bool, "int": int, "float": float}[str(types[name])]
+        try:
+            return cls._CONVERTERS[kind](value)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"{name}: {exc}") from None
+
+    @classmethod
+    def coerce_all(cls, values: Mapping[str, Any], *, source: str) -> dict[str, Any]:
+        try:
+            return {k: cls.coerce(k, v) for k, v in values.items()}
+        except ValueError as exc:
+            raise ConfigError(f"{source}: {exc}") from None
+
+    def as_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def settings_from_env(env: Mapping[str, str]) -> dict[str, Any]:
+    """Settings pinned by environment variables."""
+    pinned: dict[str, Any] = {}
+    for name in Settings.field_names():
+        for var in (f"OMNIROUTE_{name.upper()}", name.upper() if name == "require_api_key" else None):
+            if var and env.get(var, "").strip():
+                pinned[name] = env[var]
+    return Settings.coerce_all(pinned, source="environment")

@@ -1,0 +1,138 @@
+"""Errors are types that carry an HTTP status and a machine-readable code.
+
+Each client format renders them in its own dialect; this module renders the
+OpenAI one (``{"error": {"message", "type", "code", "param"}}``), which is also
+the shape of every management API error.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import orjson
+from aiohttp import web
+
+
+class GatewayError(Exception):
+    """Base of every error a client may see."""
+
+    status = 500
+    type = "server_error"
+    code = "internal_error"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int | None = None,
+        code: str | None = None,
+        type: str | None = None,
+        param: str | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        if status is not None:
+            self.status = status
+        if code is not None:
+            self.code = code
+        if type is not None:
+            self.type = type
+        self.param = param
+        self.headers = dict(headers or {})
+
+
+class InvalidRequest(GatewayError):
+    status, type, code = 400, "invalid_request_error", "invalid_request"
+
+
+class ModelNotFound(InvalidRequest):
+    code = "model_not_found"
+
+
+class AuthenticationFailed(GatewayError):
+    status, type, code = 401, "authentication_error", "invalid_api_key"
+
+
+class PermissionDenied(GatewayError):
+    status, type, code = 403, "permission_error", "permission_denied"
+
+
+class NotFound(GatewayError):
+    status, type, code = 404, "invalid_request_error", "not_found"
+
+
+class MethodNotAllowed(GatewayError):
+    status, type, code = 405, "invalid_request_error", "method_not_allowed"
+
+
+class PayloadTooLarge(GatewayError):
+    status, type, code = 413, "invalid_request_error", "payload_too_large"
+
+
+class UnsupportedMediaType(GatewayError):
+    status, type, code = 415, "invalid_request_error", "unsupported_media_type"
+
+
+class UpstreamError(GatewayError):
+    """The upstream could not be reached or sent a broken response."""
+
+    status, type, code = 502, "upstream_error", "bad_gateway"
+
+
+class UpstreamTimeout(UpstreamError):
+    status, type, code = 504, "timeout_error", "upstream_timeout"
+
+
+class ServiceUnavailable(GatewayError):
+    status, type, code = 503, "server_error", "service_unavailable"
+
+
+class UpstreamStatusError(GatewayError):
+    """The upstream answered with an HTTP error; status and message are passed on."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int,
+        type: str | None = None,
+        code: str | None = None,
+        body: bytes = b"",
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        super().__init__(
+            message, status=status, type=type or _type_for(status), code=code or f"upstream_{status}",
+            headers=headers,
+        )
+        self.body = body
+
+    @property
+    def retriable(self) -> bool:
+        """Worth trying another account or target (rate limit, server trouble)."""
+        return self.status in (408, 409, 429) or self.status >= 500
+
+
+def _type_for(status: int) -> str:
+    return {
+        400: "invalid_request_error",
+        401: "authentication_error",
+        403: "permission_error",
+        404: "not_found_error",
+        429: "rate_limit_error",
+    }.get(status, "upstream_error" if status >= 500 else "invalid_request_error")
+
+
+def openai_error_body(err: GatewayError) -> bytes:
+    return orjson.dumps(
+        {"error": {"message": err.message, "type": err.type, "param": err.param, "code": err.code}}
+    )
+
+
+def openai_error_response(err: GatewayError) -> web.Response:
+    return web.Response(
+        body=openai_error_body(err),
+        status=err.status,
+        content_type="application/json",
+        headers=err.headers,
+    )

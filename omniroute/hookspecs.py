@@ -1,0 +1,73 @@
+"""The plugin contract: every hook omniroute calls, all of them at start-up.
+
+Hooks describe the shape of the gateway; the objects they register do the work.
+pluggy is synchronous, so no hook runs on the per-request path: per request the
+core calls the registered objects' own (async) methods directly.
+
+Each hook is documented in docs/plugins.md and tested by ``test_hook_<name>``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+import pluggy
+
+if TYPE_CHECKING:
+    import click
+    from aiohttp import web
+
+    from omniroute.auth.base import AuthScheme
+    from omniroute.cache.base import CacheBackend
+    from omniroute.config import Config
+    from omniroute.providers.base import Provider
+
+hookspec = pluggy.HookspecMarker("omniroute")
+hookimpl = pluggy.HookimplMarker("omniroute")
+
+
+@hookspec
+def register_providers(register: Callable[[type[Provider]], None]) -> None:
+    """Register provider types (classes that call an upstream LLM API).
+
+    :param register: call it once per :class:`omniroute.Provider` subclass; the
+        class's ``type`` names it, connections of that type create instances.
+    """
+
+
+@hookspec
+def register_cache_backends(register: Callable[[type[CacheBackend]], None]) -> None:
+    """Register cache backend types (where cached responses are kept).
+
+    :param register: call it once per :class:`omniroute.CacheBackend` subclass;
+        the class's ``name`` is what the configuration selects.
+    """
+
+
+@hookspec
+def register_auth_schemes(register: Callable[[type[AuthScheme]], None]) -> None:
+    """Register auth scheme types (ways a request proves who sent it).
+
+    :param register: call it once per :class:`omniroute.AuthScheme` subclass;
+        the gateway creates one instance of each at start-up.
+    """
+
+
+@hookspec
+def register_commands(cli: click.Group) -> None:
+    """Add commands to the ``omniroute`` command line.
+
+    :param cli: the top-level click group; add commands or sub-groups to it.
+    """
+
+
+@hookspec
+def configure_app(app: web.Application, config: Config) -> None:
+    """Shape the aiohttp application once, before it starts serving.
+
+    Add routes, ``cleanup_ctx`` resources or startup callbacks here.
+
+    :param app: the gateway application, fully built but not yet started.
+    :param config: the gateway's start-up configuration.
+    """

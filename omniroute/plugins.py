@@ -1,0 +1,201 @@
+"""Finding, loading and reporting plugins.
+
+Every plugin, built-in or third-party, is an entry point in the ``omniroute``
+group. Each loads in isolation: one that fails to import or to register is
+reported with its error and skipped. Nothing happens at import time; call
+:func:`load_plugins` to build a :class:`Plugins` registry.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import logging
+import traceback
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from types import ModuleType
+from typing import Any
+
+import pluggy
+
+from omniroute import hookspecs
+
+log = logging.getLogger(__name__)
+
+GROUP = "omniroute"
+
+# hook name -> the kind of thing it registers (shown by `omniroute plugins`)
+_REGISTRY_HOOKS = {
+    "register_providers": "providers",
+    "register_cache_backends": "cache_backends",
+    "register_auth_schemes": "auth_schemes",
+}
+
+
+@dataclass
+class PluginInfo:
+    """What one plugin is and what it did at load time."""
+
+    name: str
+    module: str
+    distribution: str | None = None
+    version: str | None = None
+    registered: dict[str, list[str]] = field(default_factory=dict)
+    hooks: list[str] = field(default_factory=list)
+    error: str | None = None
+    blocked: bool = False
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "module": self.module,
+            "distribution": self.distribution,
+            "version": self.version,
+            "hooks": self.hooks,
+            "registered": self.registered,
+            "error": self.error,
+            "blocked": self.blocked,
+        }
+
+
+class Plugins:
+    """The loaded plugins: the pluggy manager and the types they registered."""
+
+    def __init__(self, pm: pluggy.PluginManager, infos: list[PluginInfo]) -> None:
+        self.pm = pm
+        self.infos = infos
+        self.providers: dict[str, type] = {}
+        self.cache_backends: dict[str, type] = {}
+        self.auth_schemes: dict[str, type] = {}
+        self._collect()
+
+    def info(self, name: str) -> PluginInfo | None:
+        return next((i for i in self.infos if i.name == name), None)
+
+    def failure_for(self, kind: str, type_name: str) -> str:
+        """Explain why a type of ``kind`` named ``type_name`` is missing."""
+        broken = [i for i in self.infos if i.error or i.blocked]
+        hint = "; ".join(
+            f"plugin {i.name!r} {'is blocked' if i.blocked else 'failed: ' + (i.error or '')}"
+            for i in broken
+        )
+        msg = f"no {kind.rstrip('s').replace('_', ' ')} type {type_name!r} is registered"
+        return f"{msg} ({hint})" if hint else msg
+
+    def _collect(self) -> None:
+        by_kind = {
+            "providers": self.providers,
+            "cache_backends": self.cache_backends,
+            "auth_schemes": self.auth_schemes,
+        }
+        for info in self.infos:
+            plugin = self.pm.get_plugin(info.name)
+            if plugin is None:
+                continue
+            for hook_name, kind in _REGISTRY_HOOKS.items():
+                impl = getattr(plugin, hook_name, None)
+                if impl is None:
+                    continue
+                found: list[type] = []
+                try:
+                    impl(found.append)
+                    names = [_type_name(kind, cls) for cls in found]
+                except Exception as exc:  # a broken plugin must not break the others
+                    info.error = f"{hook_name}: {type(exc).__name__}: {exc}"
+                    log.error("plugin %s failed in %s:\n%s", info.name, hook_name,
+                              traceback.format_exc())
+                    continue
+                target = by_kind[kind]
+                for name, cls in zip(names, found):
+                    if name in target:
+                        info.error = f"{kind} type {name!r} is already registered"
+                        continue
+                    target[name] = cls
+                    info.registered.setdefault(kind, []).append(name)
+
+
+def _type_name(kind: str, cls: type) -> str:
+    attr = "type" if kind == "providers" else "name"
+    name = getattr(cls, attr, None)
+    if not isinstance(name, str) or not name:
+        raise TypeError(f"{cls.__qualname__} has no {attr!r} string")
+    return name
+
+
+def make_plugin_manager() -> pluggy.PluginManager:
+    """A fresh plugin manager that knows omniroute's hookspecs (no plugins)."""
+    pm = pluggy.PluginManager(GROUP)
+    pm.add_hookspecs(hookspecs)
+    return pm
+
+
+def load_plugins(
+    *,
+    blocked: Iterable[str] = (),
+    allowed: Iterable[str] | None = None,
+    extra: Iterable[tuple[str, ModuleType | object]] = (),
+    entry_points: Callable[[], Iterable[importlib.metadata.EntryPoint]] | None = None,
+) -> Plugins:
+    """Load every ``omniroute`` entry point, each in isolation, plus ``extra``.
+
+    :param blocked: plugin names never to load (``OMNIROUTE_DISABLE_PLUGINS``).
+    :param allowed: when given, load only these names (``OMNIROUTE_PLUGINS``).
+    :param extra: ``(name, plugin)`` pairs registered directly (tests, embedding).
+    :param entry_points: override the entry point source (tests).
+    """
+    pm = make_plugin_manager()
+    blocked_set = set(blocked)
+    allowed_set = None if allowed is None else set(allowed)
+    infos: list[PluginInfo] = []
+    found = entry_points() if entry_points else importlib.metadata.entry_points(group=GROUP)
+    seen: set[str] = set()
+    # Built-ins first so a third-party plugin cannot shadow a built-in type by load order.
+    for ep in sorted(found, key=lambda e: (_dist_name(e) != "omniroute", e.name)):
+        if ep.name in seen:  # the same distribution visible twice on sys.path
+            continue
+        seen.add(ep.name)
+        info = PluginInfo(ep.name, ep.value, _dist_name(ep), _dist_version(ep))
+        infos.append(info)
+        if ep.name in blocked_set or (allowed_set is not None and ep.name not in allowed_set):
+            info.blocked = True
+            pm.set_blocked(ep.name)
+            continue
+        try:
+            plugin = ep.load()
+        except Exception as exc:
+            info.error = f"import failed: {type(exc).__name__}: {exc}"
+            log.error("plugin %s failed to import:\n%s", ep.name, traceback.format_exc())
+            continue
+        _register(pm, info, plugin)
+    for name, plugin in extra:
+        info = PluginInfo(name, getattr(plugin, "__name__", type(plugin).__name__))
+        infos.append(info)
+        _register(pm, info, plugin)
+    return Plugins(pm, infos)
+
+
+def _register(pm: pluggy.PluginManager, info: PluginInfo, plugin: object) -> None:
+    known = set(vars(pm.hook))
+    unknown = [
+        name for name in dir(plugin)
+        if pm.parse_hookimpl_opts(plugin, name) is not None and name not in known
+    ]
+    if unknown:  # a misspelled hook would silently never run
+        info.error = f"unknown hook(s): {', '.join(sorted(unknown))}"
+        return
+    try:
+        pm.register(plugin, name=info.name)
+    except Exception as exc:
+        info.error = f"register failed: {type(exc).__name__}: {exc}"
+        return
+    info.hooks = sorted(h.name for h in pm.get_hookcallers(plugin) or [])
+
+
+def _dist_name(ep: importlib.metadata.EntryPoint) -> str | None:
+    dist = getattr(ep, "dist", None)
+    return dist.metadata["Name"] if dist is not None else None
+
+
+def _dist_version(ep: importlib.metadata.EntryPoint) -> str | None:
+    dist = getattr(ep, "dist", None)
+    return dist.version if dist is not None else None

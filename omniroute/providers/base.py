@@ -1,0 +1,152 @@
+"""What a provider type is: the contract every provider plugin implements.
+
+A plugin registers a :class:`Provider` subclass (a *type*); each configured
+connection (an account) gets one instance of it. Per request the gateway
+hands the instance an :class:`UpstreamCall` whose body is already in the
+provider's own wire format (``Provider.format``) and gets back an
+:class:`UpstreamResponse`: JSON bytes, or an async iterator of raw SSE events.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import aiohttp
+
+if TYPE_CHECKING:
+    from omniroute.storage.store import Connection
+
+
+@dataclass(frozen=True)
+class Preset:
+    """A well-known service a provider type can talk to (base URL, default prefix)."""
+
+    name: str
+    base_url: str
+    prefix: str
+    description: str = ""
+    needs_api_key: bool = True
+    headers: Mapping[str, str] = field(default_factory=dict)
+
+
+class Timeouts:
+    """Upstream time bounds, rebuilt whenever the settings change."""
+
+    def __init__(self, *, connect: float, first_byte: float, idle: float, total: float) -> None:
+        self.connect = connect
+        self.first_byte = first_byte
+        self.idle = idle
+        self.total = total
+        #: JSON calls: the whole exchange is bounded by ``total``.
+        self.json = aiohttp.ClientTimeout(total=total, connect=connect)
+        #: streams: every socket read is bounded by ``idle``; first event and
+        #: total time are enforced by the caller.
+        self.stream = aiohttp.ClientTimeout(total=None, connect=connect, sock_read=idle)
+
+    @classmethod
+    def from_settings(cls, settings: Any) -> Timeouts:
+        return cls(
+            connect=settings.connect_timeout,
+            first_byte=settings.first_byte_timeout,
+            idle=settings.idle_timeout,
+            total=settings.total_timeout,
+        )
+
+
+@dataclass
+class ProviderContext:
+    """Shared things a provider instance may use (passed in, never global)."""
+
+    http: aiohttp.ClientSession
+    timeouts: Timeouts
+    user_agent: str = "omniroute"
+
+
+@dataclass(slots=True)
+class UpstreamCall:
+    """One request to send upstream, already in the provider's format."""
+
+    body: dict[str, Any]
+    model: str
+    stream: bool
+    request_id: str = ""
+    #: client headers a provider may choose to pass on (e.g. ``anthropic-beta``)
+    client_headers: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class UpstreamResponse:
+    """A successful upstream answer: ``body`` for JSON, ``events`` for streams.
+
+    ``events`` yields complete SSE events as raw bytes and must be closed
+    (``contextlib.aclosing``) so that the upstream connection is released.
+    """
+
+    status: int = 200
+    headers: Mapping[str, str] = field(default_factory=dict)
+    body: bytes | None = None
+    events: AsyncIterator[bytes] | None = None
+
+
+class Provider:
+    """Base class of provider types. Subclass it and register it from a plugin.
+
+    Class attributes describe the type; instances serve one connection.
+    """
+
+    #: the type name connections refer to (``"openai"``)
+    type: ClassVar[str]
+    #: the wire format this provider speaks (``"openai"``)
+    format: ClassVar[str] = "openai"
+    #: model prefix for connections that set none
+    default_prefix: ClassVar[str] = ""
+    description: ClassVar[str] = ""
+    #: named presets (well-known services) of this type
+    presets: ClassVar[Mapping[str, Preset]] = {}
+    #: credential names this type understands; ``required`` ones must be given
+    credential_fields: ClassVar[tuple[str, ...]] = ("api_key",)
+    requires_credentials: ClassVar[bool] = True
+
+    def __init__(self, connection: Connection, context: ProviderContext) -> None:
+        self.connection = connection
+        self.context = context
+
+    @classmethod
+    def configure(
+        cls, settings: dict[str, Any], credentials: dict[str, Any], preset: Preset | None
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
+        """Validate and complete a connection's settings and credentials.
+
+        Raise ``ValueError`` with a readable message when they are unusable.
+        """
+        unknown = set(credentials) - set(cls.credential_fields)
+        if unknown:
+            raise ValueError(f"unknown credential field(s): {', '.join(sorted(unknown))}")
+        needs = preset.needs_api_key if preset else cls.requires_credentials
+        if needs and not any(credentials.get(f) for f in cls.credential_fields):
+            raise ValueError(f"{cls.type} connections need: {', '.join(cls.credential_fields)}")
+        models = settings.get("models", [])
+        if not isinstance(models, list) or not all(isinstance(m, str) for m in models):
+            raise ValueError("models must be a list of model names")
+        return settings, credentials
+
+    @property
+    def configured_models(self) -> list[str]:
+        return list(self.connection.settings.get("models", []))
+
+    async def chat(self, call: UpstreamCall) -> UpstreamResponse:
+        """Send a chat request; raise :class:`omniroute.errors.GatewayError` on failure."""
+        raise NotImplementedError
+
+    async def list_models(self) -> list[str]:
+        """The model names this connection offers (without prefix)."""
+        return self.configured_models
+
+    async def test(self) -> None:
+        """Check the connection works; raise a ``GatewayError`` when it does not."""
+        await self.list_models()
+
+    async def close(self) -> None:
+        """Release anything the instance holds (the shared HTTP session is not its own)."""

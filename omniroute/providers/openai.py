@@ -1,0 +1,112 @@
+"""Provider type ``openai``: any OpenAI-compatible Chat Completions endpoint.
+
+Presets name the well-known services (base URL and default prefix); any other
+base URL works too (``--base-url``), e.g. a local vLLM or llama.cpp server.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+from urllib.parse import urlsplit
+
+import orjson
+
+from omniroute.hookspecs import hookimpl
+from omniroute.providers.base import Preset, Provider, ProviderContext, UpstreamCall, UpstreamResponse
+from omniroute.providers.http import HTTPProvider
+from omniroute.storage.store import Connection
+
+_PRESETS = [
+    Preset("openai", "https://api.openai.com/v1", "openai", "OpenAI"),
+    Preset("openrouter", "https://openrouter.ai/api/v1", "openrouter", "OpenRouter"),
+    Preset("groq", "https://api.groq.com/openai/v1", "groq", "Groq"),
+    Preset("deepseek", "https://api.deepseek.com/v1", "deepseek", "DeepSeek"),
+    Preset("together", "https://api.together.xyz/v1", "together", "Together AI"),
+    Preset("mistral", "https://api.mistral.ai/v1", "mistral", "Mistral AI"),
+    Preset("fireworks", "https://api.fireworks.ai/inference/v1", "fireworks", "Fireworks AI"),
+    Preset("xai", "https://api.x.ai/v1", "xai", "xAI (Grok)"),
+    Preset("nvidia", "https://integrate.api.nvidia.com/v1", "nvidia", "NVIDIA NIM"),
+    Preset("cerebras", "https://api.cerebras.ai/v1", "cerebras", "Cerebras"),
+    Preset("perplexity", "https://api.perplexity.ai", "pplx", "Perplexity"),
+    Preset("vllm", "http://127.0.0.1:8000/v1", "vllm", "vLLM (local)", needs_api_key=False),
+    Preset("llamacpp", "http://127.0.0.1:8080/v1", "llamacpp", "llama.cpp server (local)",
+           needs_api_key=False),
+    Preset("lmstudio", "http://127.0.0.1:1234/v1", "lmstudio", "LM Studio (local)",
+           needs_api_key=False),
+    Preset("ollama", "http://127.0.0.1:11434/v1", "ollama",
+           "Ollama's OpenAI-compatible endpoint (local)", needs_api_key=False),
+]
+
+
+class OpenAIProvider(HTTPProvider):
+    """OpenAI Chat Completions over HTTP (JSON and SSE)."""
+
+    type = "openai"
+    format = "openai"
+    default_prefix = "openai"
+    description = "Any OpenAI-compatible Chat Completions API"
+    presets = {p.name: p for p in _PRESETS}
+    credential_fields = ("api_key",)
+    requires_credentials = False  # a custom base URL (a local server) may need no key
+
+    def __init__(self, connection: Connection, context: ProviderContext) -> None:
+        super().__init__(connection, context)
+        settings = connection.settings
+        self.base_url = settings["base_url"].rstrip("/")
+        self.chat_url = f"{self.base_url}/chat/completions"
+        #: ask for usage in streams (the upstream may reject stream_options)
+        self.stream_usage = bool(settings.get("stream_usage", True))
+        headers = {"User-Agent": context.user_agent, "Content-Type": "application/json"}
+        headers.update(settings.get("headers", {}))
+        api_key = connection.credentials.get("api_key")
+        if api_key:
+            headers["Authorization"] = f"Bearer {api_key}"
+        self._json_headers = {**headers, "Accept": "application/json"}
+        self._stream_headers = {**headers, "Accept": "text/event-stream"}
+
+    @classmethod
+    def configure(
+        cls, settings: dict[str, Any], credentials: dict[str, Any], preset: Preset | None
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
+        settings = dict(settings)
+        if preset is not None:
+            settings.setdefault("base_url", preset.base_url)
+            settings["headers"] = {**preset.headers, **settings.get("headers", {})}
+        base_url = settings.get("base_url")
+        if not base_url:
+            raise ValueError("an openai connection needs a base_url (or a preset)")
+        parts = urlsplit(str(base_url))
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise ValueError(f"base_url must be an http(s) URL, got {base_url!r}")
+        headers = settings.get("headers", {})
+        if not isinstance(headers, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in headers.items()
+        ):
+            raise ValueError("headers must map header names to strings")
+        if "stream_usage" in settings and not isinstance(settings["stream_usage"], bool):
+            raise ValueError("stream_usage must be true or false")
+        return super().configure(settings, credentials, preset)
+
+    async def chat(self, call: UpstreamCall) -> UpstreamResponse:
+        body = call.body
+        if body.get("model") != call.model:
+            body = {**body, "model": call.model}
+        if call.stream:
+            if self.stream_usage and not (body.get("stream_options") or {}).get("include_usage"):
+                body = {**body, "stream_options": {
+                    **(body.get("stream_options") or {}), "include_usage": True}}
+            return await self.post_stream(self.chat_url, self._stream_headers, orjson.dumps(body))
+        return await self.post_json(self.chat_url, self._json_headers, orjson.dumps(body))
+
+    async def list_models(self) -> list[str]:
+        data = await self.get_json(f"{self.base_url}/models", self._json_headers)
+        entries = data.get("data", []) if isinstance(data, dict) else []
+        listed = [m["id"] for m in entries if isinstance(m, dict) and isinstance(m.get("id"), str)]
+        configured = self.configured_models
+        return configured + [m for m in listed if m not in configured]
+
+
+@hookimpl
+def register_providers(register: Callable[[type[Provider]], None]) -> None:
+    register(OpenAIProvider)

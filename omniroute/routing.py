@@ -1,0 +1,149 @@
+"""Model resolution: from the model name a client sent to the targets to try.
+
+Order: a combo name; a user alias (exact, then wildcard); ``prefix/model``
+(the first ``/`` splits, the rest may hold more slashes); a bare model name
+that exactly one provider prefix offers. The :class:`Router` is rebuilt from
+the configuration on every reload, so resolving is a few dict lookups.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+from omniroute.errors import InvalidRequest, ModelNotFound
+from omniroute.providers.base import Provider
+from omniroute.storage.store import Combo, Connection
+
+MAX_DEPTH = 4
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """One place a request can go: a connection and the model name it knows."""
+
+    connection: Connection
+    provider: Provider
+    model: str
+
+    @property
+    def prefix(self) -> str:
+        return self.connection.prefix
+
+    @property
+    def label(self) -> str:
+        return f"{self.connection.prefix}/{self.model} ({self.connection.name})"
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    requested: str
+    targets: tuple[Target, ...]
+    combo: str | None = None
+
+
+class Router:
+    """Resolves model names against one snapshot of the configuration."""
+
+    def __init__(
+        self,
+        providers: Mapping[str, Provider],
+        aliases: Mapping[str, str],
+        combos: Iterable[Combo],
+        models: Mapping[str, list[str]],
+    ) -> None:
+        """
+        :param providers: provider instances of the active connections, by connection id.
+        :param aliases: alias -> target model name.
+        :param combos: the combos.
+        :param models: known model names per connection id (for bare names).
+        """
+        self.by_prefix: dict[str, list[Provider]] = {}
+        for provider in sorted(providers.values(),
+                               key=lambda p: (p.connection.priority, p.connection.created_at)):
+            self.by_prefix.setdefault(provider.connection.prefix, []).append(provider)
+        self.aliases = {a: t for a, t in aliases.items() if not _is_pattern(a)}
+        self.patterns = [(a, t) for a, t in aliases.items() if _is_pattern(a)]
+        self.combos = {c.name: c for c in combos}
+        self.bare: dict[str, set[str]] = {}
+        for provider in providers.values():
+            for model in models.get(provider.connection.id, []):
+                self.bare.setdefault(model, set()).add(provider.connection.prefix)
+
+    def resolve(self, model: str, *, prefix: str | None = None) -> Route:
+        """The targets for ``model``; ``prefix`` pins one provider prefix."""
+        if prefix is not None:
+            return Route(model, self._pinned(model, prefix))
+        combo = self.combos.get(model)
+        targets = self._resolve(model, 0)
+        return Route(model, tuple(targets), combo.name if combo else None)
+
+    def _pinned(self, model: str, prefix: str) -> tuple[Target, ...]:
+        if prefix not in self.by_prefix:
+            raise ModelNotFound(f"No active connection has the prefix {prefix!r}.")
+        head, sep, rest = model.partition("/")
+        if sep and head in self.by_prefix and head != prefix:
+            raise InvalidRequest(
+                f"Model {model!r} belongs to provider {head!r}, not {prefix!r}.",
+                param="model", code="model_provider_mismatch")
+        name = rest if sep and head == prefix else model
+        return tuple(Target(p.connection, p, name) for p in self.by_prefix[prefix])
+
+    def _resolve(self, model: str, depth: int) -> list[Target]:
+        if depth > MAX_DEPTH:
+            raise InvalidRequest(f"Model {model!r} nests aliases or combos too deeply.",
+                                 param="model", code="model_resolution_loop")
+        combo = self.combos.get(model)
+        if combo is not None:
+            targets: list[Target] = []
+            for step in combo.steps:
+                targets.extend(self._resolve(step_model(step), depth + 1))
+            return _unique(targets)
+        target = self.aliases.get(model) or next(
+            (t for a, t in self.patterns if fnmatch.fnmatchcase(model, a)), None)
+        if target is not None:
+            return self._resolve(target, depth + 1)
+        head, sep, rest = model.partition("/")
+        if sep and head in self.by_prefix and rest:
+            return [Target(p.connection, p, rest) for p in self.by_prefix[head]]
+        prefixes = self.bare.get(model)
+        if prefixes and len(prefixes) == 1:
+            (only,) = prefixes
+            return [Target(p.connection, p, model) for p in self.by_prefix[only]]
+        if prefixes:
+            options = ", ".join(sorted(f"{p}/{model}" for p in prefixes))
+            raise InvalidRequest(
+                f"Model {model!r} is offered by several providers; choose one of: {options}.",
+                param="model", code="ambiguous_model")
+        known = ", ".join(sorted(self.by_prefix)) or "none yet: add one with `omniroute providers add`"
+        raise ModelNotFound(
+            f"Model {model!r} is not known. Use 'prefix/model' with a configured prefix "
+            f"({known}), an alias or a combo name; GET /v1/models lists them.",
+            param="model")
+
+
+def step_model(step: object) -> str:
+    """The model name of a combo step (a string, or a dict with ``model``)."""
+    if isinstance(step, str):
+        return step
+    if isinstance(step, dict) and isinstance(step.get("model"), str):
+        model = step["model"]
+        provider = step.get("provider")
+        return f"{provider}/{model}" if provider and not model.startswith(f"{provider}/") else model
+    raise ValueError(f"a combo step must be 'prefix/model' or {{'model': ...}}, got {step!r}")
+
+
+def _is_pattern(alias: str) -> bool:
+    return any(c in alias for c in "*?[")
+
+
+def _unique(targets: list[Target]) -> list[Target]:
+    seen: set[tuple[str, str]] = set()
+    out = []
+    for t in targets:
+        key = (t.connection.id, t.model)
+        if key not in seen:
+            seen.add(key)
+            out.append(t)
+    return out

@@ -1,0 +1,103 @@
+"""Running the gateway: one process, or N workers sharing a port (SO_REUSEPORT)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import multiprocessing
+import signal
+import sys
+
+from aiohttp import web
+
+from omniroute.app import make_app
+from omniroute.config import Config
+from omniroute.plugins import load_plugins
+
+log = logging.getLogger(__name__)
+
+
+def setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        force=True,
+    )
+
+
+async def prepare(config: Config) -> None:
+    """Migrate the database and set the first admin password, once, before workers start."""
+    from omniroute.auth.admin import AdminSessionScheme, ensure_password
+    from omniroute.storage import Database, Store
+    from omniroute.vault import Vault
+
+    db = await Database.open(config.db_path)
+    try:
+        plugins = load_plugins(blocked=config.disabled_plugins, allowed=config.allowed_plugins)
+        if AdminSessionScheme.name in plugins.auth_schemes:
+            store = Store(db, Vault.open(config.data_dir, config.secret_key))
+            generated = await ensure_password(store, config.initial_password)
+            if generated:
+                print(f"\n  omniroute admin password (shown once): {generated}\n"
+                      "  change it with: omniroute admin password\n", file=sys.stderr, flush=True)
+    finally:
+        await db.close()
+
+
+async def run_worker(config: Config, *, reuse_port: bool = False) -> None:
+    """Serve until SIGINT or SIGTERM, then shut down cleanly (flushing the request log)."""
+    app = make_app(config)
+    runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
+    await runner.setup()  # opens the database and the plugins' resources
+    try:
+        site = web.TCPSite(runner, config.host, config.port, reuse_port=reuse_port or None,
+                           backlog=1024)
+        await site.start()
+        log.info("omniroute listening on http://%s:%d", config.host, config.port)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+    finally:
+        await runner.cleanup()
+
+
+def _worker_main(config: Config) -> None:
+    setup_logging(config.log_level)
+    try:
+        asyncio.run(run_worker(config, reuse_port=True))
+    except KeyboardInterrupt:
+        pass
+
+
+def serve(config: Config) -> None:
+    """Run the gateway in the foreground with ``config.workers`` processes."""
+    setup_logging(config.log_level)
+    asyncio.run(prepare(config))
+    print(f"omniroute serving on http://{config.host}:{config.port} "
+          f"(data in {config.data_dir}, {config.workers} worker(s))", file=sys.stderr, flush=True)
+    if config.workers == 1:
+        try:
+            asyncio.run(run_worker(config))
+        except KeyboardInterrupt:
+            pass
+        return
+    ctx = multiprocessing.get_context("spawn")
+    workers = [ctx.Process(target=_worker_main, args=(config,), name=f"omniroute-worker-{i}")
+               for i in range(config.workers)]
+    for w in workers:
+        w.start()
+
+    def forward(signum: int, _frame: object) -> None:
+        for w in workers:
+            if w.is_alive():
+                w.terminate()
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    for w in workers:
+        w.join()
+    failed = [w.name for w in workers if w.exitcode not in (0, -signal.SIGTERM)]
+    if failed:
+        raise SystemExit(f"worker(s) exited with an error: {', '.join(failed)}")

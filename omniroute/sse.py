@@ -1,0 +1,75 @@
+"""Server-sent events: splitting a byte stream into whole events, and building them.
+
+Events are kept as the exact bytes the upstream sent (terminator included), so
+a pass-through stream reaches the client byte for byte.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import orjson
+
+DONE = b"data: [DONE]\n\n"
+_FIELD_STARTS = (b"data:", b"event:", b"id:", b"retry:", b":")
+
+
+class SSESplitter:
+    """Feed it bytes as they arrive; it hands back each complete event."""
+
+    __slots__ = ("_buf",)
+
+    def __init__(self) -> None:
+        self._buf = b""
+
+    def feed(self, chunk: bytes) -> Iterator[bytes]:
+        buf = self._buf + chunk if self._buf else chunk
+        start = 0
+        while True:
+            lf = buf.find(b"\n\n", start)
+            crlf = buf.find(b"\r\n\r\n", start)
+            if lf < 0 and crlf < 0:
+                break
+            if crlf >= 0 and (lf < 0 or crlf < lf):
+                end = crlf + 4
+            else:
+                end = lf + 2
+            yield buf[start:end]
+            start = end
+        self._buf = buf[start:]
+
+    def tail(self) -> bytes:
+        """What is left when the stream ends (an event without its blank line)."""
+        rest, self._buf = self._buf, b""
+        return rest if rest.strip() else b""
+
+
+def looks_like_sse(event: bytes) -> bool:
+    """True when ``event`` starts with an SSE field (or a comment)."""
+    return event.lstrip(b"\r\n").startswith(_FIELD_STARTS)
+
+
+def event_data(event: bytes) -> bytes | None:
+    """The joined ``data:`` lines of one event, or None when it has none."""
+    parts = [
+        line[5:].removeprefix(b" ")
+        for line in event.splitlines()
+        if line.startswith(b"data:")
+    ]
+    return b"\n".join(parts) if parts else None
+
+
+def event_name(event: bytes) -> str | None:
+    for line in event.splitlines():
+        if line.startswith(b"event:"):
+            return line[6:].strip().decode()
+    return None
+
+
+def encode(data: Any, *, event: str | None = None) -> bytes:
+    """One SSE event whose data is ``data`` as JSON (or as-is when it is bytes)."""
+    payload = data if isinstance(data, bytes) else orjson.dumps(data)
+    if event is None:
+        return b"data: " + payload + b"\n\n"
+    return b"event: " + event.encode() + b"\ndata: " + payload + b"\n\n"

@@ -1,0 +1,131 @@
+"""The SQLite database: one file in the data directory, WAL mode, migrated at open."""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+from collections.abc import AsyncIterator, Iterable, Sequence
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+
+from omniroute.storage.migrations import MIGRATIONS
+
+log = logging.getLogger(__name__)
+
+
+class StorageError(Exception):
+    """The database cannot be used as it is (e.g. a schema from a newer release)."""
+
+
+class Database:
+    """A thin async wrapper over one aiosqlite connection."""
+
+    def __init__(self, conn: aiosqlite.Connection, path: Path | str) -> None:
+        self.conn = conn
+        self.path = path
+
+    @classmethod
+    async def open(
+        cls, path: Path | str, *, migrations: Sequence[Sequence[str]] = MIGRATIONS
+    ) -> Database:
+        """Open (creating if needed) and migrate the database at ``path``."""
+        if str(path) != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        conn = await aiosqlite.connect(str(path), isolation_level=None)
+        conn.row_factory = sqlite3.Row
+        db = cls(conn, path)
+        try:
+            await conn.execute("PRAGMA journal_mode=WAL")
+            await conn.execute("PRAGMA synchronous=NORMAL")
+            await conn.execute("PRAGMA busy_timeout=10000")
+            await conn.execute("PRAGMA foreign_keys=ON")
+            await db.migrate(migrations)
+        except BaseException:
+            await conn.close()
+            raise
+        return db
+
+    async def close(self) -> None:
+        await self.conn.close()
+
+    async def schema_version(self) -> int:
+        row = await self.fetchone("PRAGMA user_version")
+        return int(row[0]) if row else 0
+
+    async def migrate(self, migrations: Sequence[Sequence[str]]) -> None:
+        """Apply the migrations this database has not seen, each in a transaction."""
+        current = await self.schema_version()
+        if current > len(migrations):
+            raise StorageError(
+                f"database {self.path} has schema v{current}, newer than this "
+                f"omniroute knows (v{len(migrations)}): upgrade omniroute"
+            )
+        if current == len(migrations):
+            return
+        if current > 0 and str(self.path) != ":memory:":
+            backup = Path(f"{self.path}.v{current}.bak")
+            async with aiosqlite.connect(str(backup)) as target:
+                await self.conn.backup(target)
+            log.info("backed up schema v%d to %s before migrating", current, backup)
+        for version in range(current, len(migrations)):
+            async with self.transaction():
+                # another process may have migrated while we waited for the lock
+                if await self.schema_version() > version:
+                    continue
+                for statement in migrations[version]:
+                    await self.conn.execute(statement)
+                await self.conn.execute(f"PRAGMA user_version={version + 1}")
+            log.info("database migrated to schema v%d", version + 1)
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[aiosqlite.Connection]:
+        await self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield self.conn
+        except BaseException:
+            await self.conn.execute("ROLLBACK")
+            raise
+        await self.conn.execute("COMMIT")
+
+    async def fetchall(self, sql: str, params: Iterable[Any] = ()) -> list[sqlite3.Row]:
+        async with self.conn.execute(sql, tuple(params)) as cur:
+            return list(await cur.fetchall())
+
+    async def fetchone(self, sql: str, params: Iterable[Any] = ()) -> sqlite3.Row | None:
+        async with self.conn.execute(sql, tuple(params)) as cur:
+            return await cur.fetchone()
+
+    async def execute(self, sql: str, params: Iterable[Any] = ()) -> int:
+        """Run one statement; return the number of rows it changed."""
+        async with self.conn.execute(sql, tuple(params)) as cur:
+            return cur.rowcount
+
+    async def executemany(self, sql: str, rows: Iterable[Iterable[Any]]) -> None:
+        await self.conn.executemany(sql, [tuple(r) for r in rows])
+
+    async def check(self) -> bool:
+        """True when the database answers a query."""
+        try:
+            await self.fetchone("SELECT 1")
+        except Exception:
+            log.exception("database check failed")
+            return False
+        return True
+
+    # ------------------------------------------------------------------ config version
+    # Every change to configuration (connections, keys, aliases, combos, settings)
+    # bumps this counter, so other workers and instances know to reload.
+
+    async def config_version(self) -> int:
+        row = await self.fetchone("SELECT value FROM meta WHERE key = 'config_version'")
+        return int(row[0]) if row else 0
+
+    async def bump_config_version(self) -> int:
+        await self.execute(
+            "INSERT INTO meta(key, value) VALUES('config_version', '1') "
+            "ON CONFLICT(key) DO UPDATE SET value = CAST(value AS INTEGER) + 1"
+        )
+        return await self.config_version()

@@ -1,0 +1,62 @@
+"""Reading request bodies: size limit, content type, JSON."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from omniroute.errors import InvalidRequest, PayloadTooLarge, UnsupportedMediaType
+
+_JSON_TYPES = frozenset({"application/json", "text/json"})
+
+
+async def read_body(request: web.Request, limit: int) -> bytes:
+    """The raw body, refused with 413 as soon as it passes ``limit`` bytes."""
+    declared = request.content_length
+    if declared is not None and declared > limit:
+        raise _too_large(limit)
+    if declared is not None:
+        try:  # the transport enforces Content-Length; read it in one go
+            return await request.content.readexactly(declared) if declared else b""
+        except asyncio.IncompleteReadError:
+            raise InvalidRequest("Request body ended before its Content-Length.") from None
+    parts: list[bytes] = []
+    size = 0
+    async for chunk in request.content.iter_any():
+        size += len(chunk)
+        if size > limit:
+            raise _too_large(limit)
+        parts.append(chunk)
+    return b"".join(parts)
+
+
+def _too_large(limit: int) -> PayloadTooLarge:
+    return PayloadTooLarge(f"Request body is larger than the limit of {limit} bytes.")
+
+
+async def read_json(request: web.Request, limit: int) -> Any:
+    """The body parsed as JSON; 415 for another content type, 400 for bad JSON."""
+    ctype = request.content_type
+    # an absent Content-Type (aiohttp reports application/octet-stream) is accepted
+    if ctype not in _JSON_TYPES and not ctype.endswith("+json") and (
+        "Content-Type" in request.headers
+    ):
+        raise UnsupportedMediaType(
+            f"Content-Type must be application/json, got {request.headers['Content-Type']!r}.")
+    raw = await read_body(request, limit)
+    if not raw.strip():
+        raise InvalidRequest("Request body is empty; send a JSON object.")
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidRequest(f"Request body is not valid JSON: {exc}.") from None
+
+
+async def read_object(request: web.Request, limit: int) -> dict[str, Any]:
+    body = await read_json(request, limit)
+    if not isinstance(body, dict):
+        raise InvalidRequest("Request body must be a JSON object.")
+    return body

@@ -1,0 +1,14 @@
+"""Typed keys for what the aiohttp application and its requests carry."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from omniroute.auth.base import Principal
+from omniroute.gateway import Gateway
+
+GATEWAY = web.AppKey("gateway", Gateway)
+#: set on each request by the auth middleware
+PRINCIPAL = web.RequestKey("principal", Principal)
+
+__all__ = ["GATEWAY", "PRINCIPAL", "Principal"]
