@@ -56,6 +56,7 @@ class Gateway:
     # ------------------------------------------------------------------ life cycle
 
     async def start(self) -> None:
+        """Open the database and the HTTP session, load the configuration, start tasks."""
         config = self.config
         self.vault = Vault.open(config.data_dir, config.secret_key)
         self.db = await Database.open(config.db_path)
@@ -66,10 +67,15 @@ class Gateway:
         self.http = aiohttp.ClientSession(connector=connector, auto_decompress=True,
                                           skip_auto_headers=("User-Agent",))
         self.context = ProviderContext(self.http, self.timeouts, f"omniroute/{__version__}")
-        self.auth_schemes = {name: cls(self) for name, cls in self.plugins.auth_schemes.items()}
-        await self.reload(strict=True)
-        for scheme in self.auth_schemes.values():
-            await scheme.start()
+        try:
+            self.auth_schemes = {name: cls(self) for name, cls in self.plugins.auth_schemes.items()}
+            await self.reload(strict=True)
+            for scheme in self.auth_schemes.values():
+                await scheme.start()
+        except BaseException:
+            await self.http.close()
+            await self.db.close()
+            raise
         self.log.start()
         self._spawn(self._watch_config(), "omniroute-config-watch")
         self._spawn(self.refresh_models(), "omniroute-models-refresh")

@@ -36,10 +36,7 @@ async def prepare(config: Config) -> None:
         plugins = load_plugins(blocked=config.disabled_plugins, allowed=config.allowed_plugins)
         if AdminSessionScheme.name in plugins.auth_schemes:
             store = Store(db, Vault.open(config.data_dir, config.secret_key))
-            generated = await ensure_password(store, config.initial_password)
-            if generated:
-                print(f"\n  omniroute admin password (shown once): {generated}\n"
-                      "  change it with: omniroute admin password\n", file=sys.stderr, flush=True)
+            await ensure_password(store, config.initial_password)
     finally:
         await db.close()
 

@@ -67,13 +67,19 @@ async def set_password(store: Store, password: str) -> None:
     await store.put_settings({PASSWORD_SETTING: hash_password(password)})
 
 
-async def ensure_password(store: Store, initial: str | None) -> str | None:
-    """Set the first admin password if none exists; return it when generated."""
+async def ensure_password(store: Store, initial: str | None) -> None:
+    """Set the first admin password if none exists.
+
+    Without ``initial`` a password is generated and printed once, on the
+    terminal that started the gateway; it is never logged.
+    """
     if PASSWORD_SETTING in await store.get_settings():
-        return None
+        return
     password = initial or secrets.token_urlsafe(12)
     await set_password(store, password)
-    return None if initial else password
+    if not initial:
+        print(f"\n  omniroute admin password (shown once): {password}\n"
+              "  change it with: omniroute admin password\n", file=sys.stderr, flush=True)
 
 
 class AdminSessionScheme(AuthScheme):
@@ -85,14 +91,7 @@ class AdminSessionScheme(AuthScheme):
         self._failures: dict[str, list[float]] = {}
 
     async def start(self) -> None:
-        generated = await ensure_password(self.gateway.store, self.gateway.config.initial_password)
-        if generated:
-            # Printed once, on the terminal that started the gateway; never logged.
-            print(
-                f"\n  omniroute admin password (shown once): {generated}\n"
-                "  change it with: omniroute admin password\n",
-                file=sys.stderr, flush=True,
-            )
+        await ensure_password(self.gateway.store, self.gateway.config.initial_password)
 
     async def authenticate(self, request: web.Request) -> Principal | None:
         token = request.cookies.get(COOKIE)
