@@ -98,12 +98,13 @@ class UpstreamStatusError(GatewayError):
         status: int,
         type: str | None = None,
         code: str | None = None,
+        param: str | None = None,
         body: bytes = b"",
         headers: Mapping[str, str] | None = None,
     ) -> None:
         super().__init__(
             message, status=status, type=type or _type_for(status), code=code or f"upstream_{status}",
-            headers=headers,
+            param=param, headers=headers,
         )
         self.body = body
 

@@ -15,7 +15,7 @@ import asyncio
 import logging
 import secrets
 import time
-from contextlib import aclosing
+from contextlib import aclosing, suppress
 
 from aiohttp import web
 
@@ -147,14 +147,22 @@ async def relay_stream(
                     _set_usage(record, usage)
                     if usage_only and not client_wants_usage:
                         continue  # we asked for it on the client's behalf; keep it on the side
+                upstream_error = openai_format.error_from_event(event)
+                if upstream_error is not None:  # relayed as sent; recorded as a failure
+                    record.status, record.error = 502, f"upstream stream error: {upstream_error}"
                 await response.write(event)
         except GatewayError as err:  # after the first byte: end the stream with an error event
             record.status, record.error = err.status, err.message
             log.warning("stream %s broke: %s", record.request_id, err.message)
-            await response.write(openai_format.error_event(err))
-            await response.write_eof()
+            with suppress(ConnectionResetError):
+                await response.write(openai_format.error_event(err))
+                await response.write_eof()
             return response
-    record.status = 200
+        except ConnectionResetError:  # the client went away; aclosing stops the upstream
+            record.status, record.error = 499, "client disconnected"
+            return response
+    if record.error is None:
+        record.status = 200
     await response.write_eof()
     return response
 

@@ -80,6 +80,21 @@ def usage_from_event(event: bytes) -> tuple[dict[str, int | None], bool] | None:
     return usage_fields(chunk["usage"]), chunk.get("choices") == []
 
 
+def error_from_event(event: bytes) -> str | None:
+    """The message of an in-stream error event (``data: {"error": {...}}``), else None."""
+    if b'"error"' not in event:
+        return None
+    data = event_data(event)
+    try:
+        chunk = orjson.loads(data) if data else None
+    except orjson.JSONDecodeError:
+        return None
+    if not isinstance(chunk, dict) or not isinstance(chunk.get("error"), dict):
+        return None
+    message = chunk["error"].get("message")
+    return str(message) if message else orjson.dumps(chunk["error"]).decode()
+
+
 def error_event(err: GatewayError) -> bytes:
     """An error inside a stream, as OpenAI sends it (a data event with ``error``)."""
     return encode({"error": {"message": err.message, "type": err.type, "param": err.param,

@@ -8,6 +8,7 @@ early closes its upstream connection at once.
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
@@ -26,11 +27,17 @@ class HTTPProvider(Provider):
 
     def error_from(self, status: int, body: bytes, headers: Mapping[str, str]) -> UpstreamStatusError:
         """Turn an upstream error answer into a typed error (override per format)."""
-        message, type_, code = _error_fields(body)
+        message, type_, code, param = _error_fields(body)
+        message = message or f"upstream answered HTTP {status}"
+        if status in (401, 403):
+            # The upstream refused *our* credentials, not the client's: say so, and never
+            # echo any part of the provider key (upstreams quote it back half-masked).
+            message = (f"The upstream rejected the gateway's credentials for connection "
+                       f"{self.connection.name!r}: {redact_secrets(message)}")
+            code = "upstream_auth_failed" if status == 401 else "upstream_forbidden"
         keep = {"Retry-After": headers["Retry-After"]} if "Retry-After" in headers else {}
         return UpstreamStatusError(
-            message or f"upstream answered HTTP {status}",
-            status=status, type=type_, code=code, body=body, headers=keep,
+            message, status=status, type=type_, code=code, param=param, body=body, headers=keep,
         )
 
     def stream_error(self, data: Any) -> UpstreamError | None:
@@ -170,24 +177,34 @@ def _kept_headers(headers: Mapping[str, str]) -> dict[str, str]:
     return {k: headers[k] for k in _KEEP_HEADERS if k in headers}
 
 
-def _error_fields(body: bytes) -> tuple[str | None, str | None, str | None]:
-    """Message, type and code from an error body in any of the common shapes."""
+def _error_fields(body: bytes) -> tuple[str | None, str | None, str | None, str | None]:
+    """Message, type, code and param from an error body in any of the common shapes."""
     try:
         data = orjson.loads(body)
     except orjson.JSONDecodeError:
         text = body.decode(errors="replace").strip()
-        return (text[:500] or None), None, None
+        return (text[:500] or None), None, None, None
     err = data.get("error", data) if isinstance(data, dict) else data
     if isinstance(err, str):
-        return err, None, None
+        return err, None, None, None
     if isinstance(err, dict):
         code = err.get("code")
         return (
             err.get("message") or (data.get("message") if isinstance(data, dict) else None),
             err.get("type") if isinstance(err.get("type"), str) else None,
             str(code) if code is not None else None,
+            err.get("param") if isinstance(err.get("param"), str) else None,
         )
-    return None, None, None
+    return None, None, None, None
+
+
+_SECRET_LIKE = re.compile(
+    r"(?:sk|gsk|xai|nvapi|pk|rk|key)[-_][A-Za-z0-9_*\-]{6,}|[A-Za-z0-9_\-]{2,}\*{3,}[A-Za-z0-9_\-]*")
+
+
+def redact_secrets(text: str) -> str:
+    """Replace anything that looks like an API key, whole or half-masked."""
+    return _SECRET_LIKE.sub("[redacted]", text)
 
 
 def _describe(exc: BaseException) -> str:
