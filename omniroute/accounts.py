@@ -18,6 +18,7 @@ _CONNECTION_FIELDS = {
     "type", "preset", "name", "prefix", "base_url", "api_key", "credentials", "settings",
     "models", "headers", "priority", "active",
 }
+_COMBO_FIELDS = {"name", "steps", "models", "strategy"}
 
 
 def find_preset(plugins: Plugins, name: str) -> tuple[type[Provider], Preset]:
@@ -105,6 +106,9 @@ def build_connection(
 
 def build_combo(spec: dict[str, Any], combos: list[Combo], existing: Combo | None = None) -> Combo:
     """A validated :class:`Combo`; cycles through other combos are refused."""
+    unknown = set(spec) - _COMBO_FIELDS
+    if unknown:  # a misspelled field would otherwise be ignored without a word
+        raise ValueError(f"unknown field(s): {', '.join(sorted(unknown))}")
     name = spec.get("name", existing.name if existing else None)
     if not isinstance(name, str) or not name.strip() or len(name) > 100:
         raise ValueError("a combo needs a name of 1-100 characters")

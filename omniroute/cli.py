@@ -27,6 +27,7 @@ from omniroute.plugins import Plugins, load_plugins
 from omniroute.version import __version__
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 
 def _config(ctx: click.Context) -> Config:
@@ -337,13 +338,26 @@ async def admin_password(ctx: click.Context, password: str | None) -> None:
     click.echo("admin password set")
 
 
+def register_plugin_commands(group: click.Group, plugins: Plugins) -> None:
+    """Let each plugin add its commands; one that raises is reported and skipped,
+    so a broken plugin cannot break every command (``plugins`` included)."""
+    for impl in plugins.pm.hook.register_commands.get_hookimpls():
+        try:
+            impl.function(*({"cli": group}[a] for a in impl.argnames))
+        except Exception as exc:
+            message = f"register_commands: {type(exc).__name__}: {exc}"
+            info = plugins.info(impl.plugin_name)
+            if info is not None and info.error is None:
+                info.error = message
+            log.error("plugin %s failed in %s", impl.plugin_name, message, exc_info=True)
+
+
 def _add_plugin_commands() -> None:
     try:
         config = load_config()
     except ConfigError:
         return  # the command itself will report the configuration error
-    plugins = _plugins(config)
-    plugins.pm.hook.register_commands(cli=cli)
+    register_plugin_commands(cli, _plugins(config))
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -83,35 +83,43 @@ class Plugins:
         return f"{msg} ({hint})" if hint else msg
 
     def _collect(self) -> None:
-        by_kind = {
+        by_kind: dict[str, dict[str, type]] = {
             "providers": self.providers,
             "cache_backends": self.cache_backends,
             "auth_schemes": self.auth_schemes,
         }
         for info in self.infos:
-            plugin = self.pm.get_plugin(info.name)
-            if plugin is None:
+            if self.pm.get_plugin(info.name) is None:
                 continue
+            staged: list[tuple[str, str, type]] = []
             for hook_name, kind in _REGISTRY_HOOKS.items():
-                impl = getattr(plugin, hook_name, None)
-                if impl is None:
-                    continue
-                found: list[type] = []
-                try:
-                    impl(found.append)
-                    names = [_type_name(kind, cls) for cls in found]
-                except Exception as exc:  # a broken plugin must not break the others
-                    info.error = f"{hook_name}: {type(exc).__name__}: {exc}"
-                    log.error("plugin %s failed in %s:\n%s", info.name, hook_name,
-                              traceback.format_exc())
-                    continue
-                target = by_kind[kind]
-                for name, cls in zip(names, found):
-                    if name in target:
-                        info.error = f"{kind} type {name!r} is already registered"
+                for impl in getattr(self.pm.hook, hook_name).get_hookimpls():
+                    if impl.plugin_name != info.name:
                         continue
-                    target[name] = cls
-                    info.registered.setdefault(kind, []).append(name)
+                    found: list[type] = []
+                    try:
+                        impl.function(*({"register": found.append}[a] for a in impl.argnames))
+                        staged += [(kind, _type_name(kind, cls), cls) for cls in found]
+                    except Exception as exc:  # a broken plugin must not break the others
+                        info.error = info.error or f"{hook_name}: {type(exc).__name__}: {exc}"
+                        log.error("plugin %s failed in %s:\n%s", info.name, hook_name,
+                                  traceback.format_exc())
+            if info.error is None:
+                taken: set[tuple[str, str]] = set()
+                for kind, name, _ in staged:
+                    if name in by_kind[kind] or (kind, name) in taken:
+                        info.error = f"{kind} type {name!r} is already registered"
+                        log.error("plugin %s: %s", info.name, info.error)
+                        break
+                    taken.add((kind, name))
+            if info.error is not None:
+                # Skipped as a whole: none of its types, and none of its other hooks
+                # (configure_app, register_commands) run either.
+                self.pm.unregister(name=info.name)
+                continue
+            for kind, name, cls in staged:
+                by_kind[kind][name] = cls
+                info.registered.setdefault(kind, []).append(name)
 
 
 def _type_name(kind: str, cls: type) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import sqlite3
 from collections.abc import AsyncIterator, Iterable, Sequence
@@ -26,6 +27,9 @@ class Database:
     def __init__(self, conn: aiosqlite.Connection, path: Path | str) -> None:
         self.conn = conn
         self.path = path
+        # One connection is shared by every task: transactions must not interleave
+        # (a second BEGIN fails, and one task's ROLLBACK would undo another's writes).
+        self._tx_lock = asyncio.Lock()
 
     @classmethod
     async def open(
@@ -82,13 +86,20 @@ class Database:
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[aiosqlite.Connection]:
-        await self.conn.execute("BEGIN IMMEDIATE")
-        try:
-            yield self.conn
-        except BaseException:
-            await self.conn.execute("ROLLBACK")
-            raise
-        await self.conn.execute("COMMIT")
+        """Run the block in one transaction; transactions of concurrent tasks queue up."""
+        async with self._tx_lock:
+            try:
+                # Inside the try: a cancelled BEGIN still runs in aiosqlite's thread,
+                # and must not leave the shared connection inside a transaction.
+                await self.conn.execute("BEGIN IMMEDIATE")
+                yield self.conn
+            except BaseException:
+                try:
+                    await self.conn.execute("ROLLBACK")
+                except sqlite3.OperationalError as exc:  # BEGIN itself failed
+                    log.debug("nothing to roll back: %s", exc)
+                raise
+            await self.conn.execute("COMMIT")
 
     async def fetchall(self, sql: str, params: Iterable[Any] = ()) -> list[sqlite3.Row]:
         async with self.conn.execute(sql, tuple(params)) as cur:

@@ -247,8 +247,11 @@ class Store:
         combo.updated_at = now
         async with self.db.transaction():
             await self.db.execute(
-                "INSERT OR REPLACE INTO combos(id, name, strategy, steps, created_at, updated_at)"
-                " VALUES (?,?,?,?,?,?)",
+                # not OR REPLACE: that would silently delete another combo with this name
+                "INSERT INTO combos(id, name, strategy, steps, created_at, updated_at)"
+                " VALUES (?,?,?,?,?,?) ON CONFLICT(id) DO UPDATE SET name = excluded.name,"
+                " strategy = excluded.strategy, steps = excluded.steps,"
+                " updated_at = excluded.updated_at",
                 (combo.id, combo.name, combo.strategy, orjson.dumps(combo.steps).decode(),
                  combo.created_at, combo.updated_at),
             )

@@ -1,0 +1,1 @@
+"""Small plugin modules for tests/test_plugins.py, loaded through fake entry points."""

@@ -1,0 +1,417 @@
+"""The ``omniroute`` command line: configuration commands, and ``serve`` as users run it."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner, Result
+
+from omniroute.cli import cli
+from omniroute.testing import make_test_config, start_harness
+from omniroute.vault import mask
+
+SECRET_KEY_B64 = base64.urlsafe_b64encode(b"k" * 32).decode()  # make_test_config's key
+_ENV_VARS = ("OMNIROUTE_CONFIG", "OMNIROUTE_DATA_DIR", "OMNIROUTE_DISABLE_PLUGINS",
+             "OMNIROUTE_PLUGINS", "OMNIROUTE_SECRET_KEY", "INITIAL_PASSWORD",
+             "OMNIROUTE_REQUIRE_API_KEY", "REQUIRE_API_KEY", "OMNIROUTE_HOST", "OMNIROUTE_PORT",
+             "OMNIROUTE_WORKERS")
+GROQ_KEY = "gsk_Zr8q3LkV0bT9xW2mN5pQ7sY4uA6cE1dF"
+OMNIROUTE_BIN = str(Path(sys.executable).parent / "omniroute")
+
+
+class Cli:
+    """``omniroute --data-dir <dir> ...`` through click's CliRunner."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.data_dir = data_dir
+        env: dict[str, str | None] = {v: None for v in _ENV_VARS}
+        env["OMNIROUTE_SECRET_KEY"] = SECRET_KEY_B64  # the same vault key as the test gateway
+        self.runner = CliRunner(env=env)
+
+    def __call__(self, *args: str) -> Result:
+        return self.runner.invoke(cli, ["--data-dir", str(self.data_dir), *args])
+
+    async def in_thread(self, *args: str) -> Result:
+        """For commands that run their own event loop while ours serves something."""
+        return await asyncio.to_thread(self, *args)
+
+
+@pytest.fixture
+def run(tmp_path: Path) -> Cli:
+    return Cli(tmp_path / "data")
+
+
+def ok(result: Result) -> Result:
+    assert result.exit_code == 0, (result.output, result.exception)
+    return result
+
+
+def failed(result: Result, message: str) -> Result:
+    assert result.exit_code != 0
+    assert isinstance(result.exception, SystemExit), result.exception  # no traceback
+    assert message in result.output, result.output
+    return result
+
+
+def added_id(result: Result) -> str:
+    match = re.search(r"added (conn_\w+):", result.output)
+    assert match, result.output
+    return match.group(1)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# ---------------------------------------------------------------------- providers
+
+
+def test_providers_presets(run: Cli) -> None:
+    out = ok(run("providers", "presets")).output
+    assert out.startswith("openai (openai): Any OpenAI-compatible Chat Completions API")
+    assert re.search(r"^    groq +groq/ +https://api\.groq\.com/openai/v1$", out, re.MULTILINE)
+    assert re.search(r"^    ollama .*\(no key needed\)$", out, re.MULTILINE)
+
+
+def test_providers_add_list_and_remove(run: Cli) -> None:
+    conn_id = added_id(ok(run("providers", "add", "--preset", "groq", "--api-key", GROQ_KEY)))
+    listing = ok(run("providers", "list")).output
+    assert conn_id in listing and "groq/" in listing and "active" in listing
+    assert "https://api.groq.com/openai/v1" in listing
+    assert GROQ_KEY not in listing
+    as_json = ok(run("providers", "list", "--json")).output
+    assert GROQ_KEY not in as_json
+    (conn,) = json.loads(as_json)
+    assert conn["id"] == conn_id and conn["type"] == "openai" and conn["prefix"] == "groq"
+    assert conn["credentials"] == {"api_key": mask(GROQ_KEY)}
+    assert conn["settings"]["preset"] == "groq"
+
+    local = added_id(ok(run("providers", "add", "--type", "openai", "--base-url",
+                            "http://127.0.0.1:1/v1", "--no-key", "--prefix", "local",
+                            "--model", "llama-3", "--priority", "5", "--inactive")))
+    conns = {c["id"]: c for c in json.loads(ok(run("providers", "list", "--json")).output)}
+    assert conns[local]["prefix"] == "local" and conns[local]["credentials"] == {}
+    assert conns[local]["settings"]["base_url"] == "http://127.0.0.1:1/v1"
+    assert conns[local]["settings"]["models"] == ["llama-3"]
+    assert conns[local]["priority"] == 5 and conns[local]["active"] is False
+
+    assert ok(run("providers", "remove", conn_id)).output == f"removed {conn_id}\n"
+    failed(run("providers", "remove", conn_id), f"no connection {conn_id!r}")
+    ids = [c["id"] for c in json.loads(ok(run("providers", "list", "--json")).output)]
+    assert ids == [local]
+
+
+def test_providers_add_from_environment_variable(run: Cli) -> None:
+    run.runner.env["MY_GROQ_KEY"] = GROQ_KEY
+    ok(run("providers", "add", "--preset", "groq", "--api-key-env", "MY_GROQ_KEY"))
+    (conn,) = json.loads(ok(run("providers", "list", "--json")).output)
+    assert conn["credentials"] == {"api_key": mask(GROQ_KEY)}
+    failed(run("providers", "add", "--preset", "groq", "--api-key-env", "UNSET_VAR_XYZ"),
+           "$UNSET_VAR_XYZ is empty")
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--preset", "nope", "--api-key", "x"], "unknown preset 'nope'; known presets:"),
+    (["--type", "openai", "--base-url", "ftp://example.com/v1", "--no-key"],
+     "base_url must be an http(s) URL, got 'ftp://example.com/v1'"),
+    (["--type", "openai", "--base-url", "not a url", "--no-key"], "base_url must be an http(s)"),
+    (["--type", "openai", "--no-key"], "an openai connection needs a base_url (or a preset)"),
+    (["--preset", "groq"], "openai connections need: api_key"),
+    (["--type", "nosuchtype", "--no-key"], "no provider type 'nosuchtype' is registered"),
+    (["--api-key", "x"], "give a provider 'type' or a 'preset'"),
+    (["--preset", "groq", "--api-key", "x", "--prefix", "a/b"], "prefix must be 1-64 letters"),
+])
+def test_providers_add_bad_input(run: Cli, args: list[str], message: str) -> None:
+    failed(run("providers", "add", *args), message)
+    assert json.loads(ok(run("providers", "list", "--json")).output) == []  # nothing saved
+
+
+async def test_providers_test_against_fake_upstream(run: Cli, fake_openai: Any) -> None:
+    conn_id = added_id(ok(await run.in_thread(
+        "providers", "add", "--type", "openai", "--base-url", fake_openai.base_url,
+        "--api-key", "sk-upstream-test", "--prefix", "up", "--name", "fake")))
+    result = ok(await run.in_thread("providers", "test", conn_id))
+    assert re.fullmatch(r"fake: ok in \d+ ms, 2 models\n", result.output), result.output
+    assert any(r.path == "/v1/models" and r.headers["authorization"] == "Bearer sk-upstream-test"
+               for r in fake_openai.requests)
+
+    wrong = added_id(ok(await run.in_thread(
+        "providers", "add", "--type", "openai", "--base-url", fake_openai.base_url,
+        "--api-key", "sk-wrong", "--prefix", "wrong", "--name", "wrong-key")))
+    failed(await run.in_thread("providers", "test", wrong), "wrong-key: failed:")
+
+    closed = added_id(ok(await run.in_thread(
+        "providers", "add", "--type", "openai", "--no-key", "--base-url",
+        f"http://127.0.0.1:{free_port()}/v1", "--name", "closed")))
+    started = time.monotonic()
+    failed(await run.in_thread("providers", "test", closed), "closed: failed:")
+    assert time.monotonic() - started < 10
+    failed(await run.in_thread("providers", "test", "conn_nope"), "no connection 'conn_nope'")
+
+
+# ---------------------------------------------------------------------- keys
+
+
+def test_keys_create_list_revoke(run: Cli) -> None:
+    created = ok(run("keys", "create", "--name", "a"))
+    secret = created.stdout.strip()
+    assert re.fullmatch(r"sk-or-[A-Za-z0-9_-]{40,}", secret), created.stdout
+    assert "not shown again" in created.stderr and secret not in created.stderr
+
+    listing = ok(run("keys", "list")).output
+    assert secret not in listing
+    assert f"{secret[:10]}…" in listing and "active" in listing and " a\n" in listing
+    (key,) = json.loads(ok(run("keys", "list", "--json")).output)
+    assert key["key_prefix"] == secret[:10] and key["scopes"] == [] and key["name"] == "a"
+    assert secret not in json.dumps(key)
+
+    admin = ok(run("keys", "create", "--name", "ops", "--admin"))
+    assert "with admin scope" in admin.stderr
+    keys = {k["name"]: k for k in json.loads(ok(run("keys", "list", "--json")).output)}
+    assert keys["ops"]["scopes"] == ["admin"]
+    assert keys["ops"]["key_prefix"] != keys["a"]["key_prefix"]
+
+    ok(run("keys", "revoke", key["id"]))
+    assert "revoked" in ok(run("keys", "list")).output
+    failed(run("keys", "revoke", key["id"]), f"no active key {key['id']!r}")
+    failed(run("keys", "revoke", "key_nope"), "no active key 'key_nope'")
+    failed(run("keys", "create"), "Missing option '--name'")
+
+
+# ---------------------------------------------------------------------- admin
+
+
+async def test_admin_password_then_login(run: Cli, aiohttp_client: Any) -> None:
+    failed(await run.in_thread("admin", "password", "--password", "short"),
+           "at least 8 characters")
+    ok(await run.in_thread("admin", "password", "--password", "cli-chosen-pass-42"))
+    h = await start_harness(aiohttp_client, make_test_config(run.data_dir))
+    resp = await h.client.post("/api/auth/login", json={"password": "test-password-123"})
+    assert resp.status == 401  # the initial password does not override the CLI's
+    resp = await h.client.post("/api/auth/login", json={"password": "cli-chosen-pass-42"})
+    assert resp.status == 200
+    cookie = resp.cookies["omniroute_session"].value
+    h.client.session.cookie_jar.clear()
+    resp = await h.client.get("/api/settings", headers={"Cookie": f"omniroute_session={cookie}"})
+    assert resp.status == 200
+
+
+async def _eventually(check: Any, *, within: float) -> float:
+    """Poll ``check()`` until it is true; return how long it took."""
+    started = time.monotonic()
+    while True:
+        if await check():
+            return time.monotonic() - started
+        if time.monotonic() - started > within:
+            raise AssertionError(f"not true within {within} s")
+        await asyncio.sleep(0.05)
+
+
+async def test_running_gateway_picks_up_cli_changes(run: Cli, aiohttp_client: Any,
+                                                    fake_openai: Any) -> None:
+    h = await start_harness(aiohttp_client, make_test_config(run.data_dir, require_api_key=True))
+
+    created = ok(await run.in_thread("keys", "create", "--name", "from-cli"))
+    secret = created.stdout.strip()
+    headers = {"Authorization": f"Bearer {secret}"}
+
+    async def key_works() -> bool:
+        return (await h.client.get("/v1/models", headers=headers)).status == 200
+
+    assert await _eventually(key_works, within=1.5) <= 1.5
+
+    ok(await run.in_thread("providers", "add", "--type", "openai", "--base-url",
+                           fake_openai.base_url, "--api-key", "sk-upstream-test",
+                           "--prefix", "cli"))
+    body = {"model": "cli/gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
+
+    async def routable() -> bool:
+        resp = await h.client.post("/v1/chat/completions", json=body, headers=headers)
+        return resp.status == 200
+
+    await _eventually(routable, within=1.5)
+
+    (key,) = [k for k in json.loads(ok(await run.in_thread("keys", "list", "--json")).output)
+              if k["name"] == "from-cli"]
+    ok(await run.in_thread("keys", "revoke", key["id"]))
+
+    async def key_refused() -> bool:
+        return (await h.client.get("/v1/models", headers=headers)).status == 401
+
+    await _eventually(key_refused, within=1.5)
+
+    admin = ok(await run.in_thread("keys", "create", "--name", "ops", "--admin")).stdout.strip()
+
+    async def admin_works() -> bool:
+        resp = await h.client.get("/api/settings", headers={"Authorization": f"Bearer {admin}"})
+        return resp.status == 200
+
+    await _eventually(admin_works, within=1.5)
+
+
+# ---------------------------------------------------------------------- as a process
+
+
+def _env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in _ENV_VARS}
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+def test_module_help_is_quick() -> None:
+    started = time.monotonic()
+    proc = subprocess.run([sys.executable, "-m", "omniroute.cli", "--help"], env=_env(),
+                          capture_output=True, text=True, timeout=30)
+    elapsed = time.monotonic() - started
+    assert proc.returncode == 0, proc.stderr
+    assert "Usage: omniroute" in proc.stdout
+    for command in ("serve", "providers", "keys", "admin", "plugins"):
+        assert f"  {command}" in proc.stdout
+    assert proc.stderr == ""
+    assert elapsed < 5, elapsed
+
+
+def _get(url: str, headers: dict[str, str] | None = None) -> tuple[int, bytes]:
+    request = urllib.request.Request(url, headers=headers or {})
+    try:
+        with urllib.request.urlopen(request, timeout=5) as resp:
+            return resp.status, resp.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+
+
+def _wait_healthy(port: int, proc: subprocess.Popen[Any], stderr: Path) -> None:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"serve exited {proc.returncode}: {stderr.read_text()}")
+        try:
+            status, _ = _get(f"http://127.0.0.1:{port}/api/monitoring/health")
+            if status == 200:
+                return
+        except OSError:
+            pass
+        time.sleep(0.1)
+    raise AssertionError(f"no health answer: {stderr.read_text()}")
+
+
+def _login(port: int, password: str) -> tuple[int, str]:
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}/api/auth/login", method="POST",
+        data=json.dumps({"password": password}).encode(),
+        headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=5) as resp:
+            return resp.status, resp.headers.get("Set-Cookie", "")
+    except urllib.error.HTTPError as exc:
+        return exc.code, ""
+
+
+def _listening_pids(port: int) -> set[int]:
+    """PIDs holding a listening TCP socket on 127.0.0.1:``port`` (Linux /proc)."""
+    inodes = set()
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        if fields[1] == f"0100007F:{port:04X}" and fields[3] == "0A":
+            inodes.add(fields[9])
+    pids = set()
+    for fd_dir in Path("/proc").glob("[0-9]*/fd"):
+        try:
+            links = {os.readlink(fd) for fd in fd_dir.iterdir()}
+        except OSError:
+            continue
+        if any(f"socket:[{inode}]" in links for inode in inodes):
+            pids.add(int(fd_dir.parent.name))
+    return pids
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+@pytest.fixture
+def serve(tmp_path: Path) -> Iterator[Any]:
+    procs: list[subprocess.Popen[Any]] = []
+
+    def start(*extra: str) -> tuple[subprocess.Popen[Any], int, Path]:
+        port = free_port()
+        stderr = tmp_path / f"serve-{port}.log"
+        proc = subprocess.Popen(
+            [OMNIROUTE_BIN, "--data-dir", str(tmp_path / "data"), "serve", "--port", str(port),
+             *extra],
+            env=_env(), stdout=subprocess.DEVNULL, stderr=stderr.open("w"))
+        procs.append(proc)
+        _wait_healthy(port, proc, stderr)
+        return proc, port, stderr
+
+    yield start
+    for proc in procs:  # only if a test failed half-way
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def _generated_password(stderr: Path) -> str:
+    found = re.findall(r"admin password \(shown once\): (\S+)", stderr.read_text())
+    assert len(found) == 1, stderr.read_text()
+    return found[0]
+
+
+def test_serve_prints_password_once_and_stops_cleanly(serve: Any) -> None:
+    proc, port, stderr = serve()
+    password = _generated_password(stderr)
+    assert _login(port, "wrong-password")[0] == 401
+    status, cookie = _login(port, password)
+    assert status == 200 and cookie.startswith("omniroute_session=")
+    status, _ = _get(f"http://127.0.0.1:{port}/api/settings",
+                     headers={"Cookie": cookie.split(";")[0]})
+    assert status == 200
+
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=15) == 0
+    log = stderr.read_text()
+    assert "Traceback" not in log
+    assert len(re.findall(r"shown once", log)) == 1
+
+
+def test_serve_with_two_workers_shares_the_port(serve: Any) -> None:
+    proc, port, stderr = serve("--workers", "2")
+    statuses = [_get(f"http://127.0.0.1:{port}/api/monitoring/health")[0] for _ in range(20)]
+    assert statuses == [200] * 20
+    # two processes listen on the same port (SO_REUSEPORT), children of the serve process
+    deadline = time.monotonic() + 10
+    while len(pids := _listening_pids(port)) < 2 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert len(pids) == 2, pids
+    assert proc.pid not in pids
+    for pid in pids:
+        ppid = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+        assert ppid == proc.pid
+    password = _generated_password(stderr)  # once, although two workers started
+    assert all(_login(port, password)[0] == 200 for _ in range(6))
+
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=20) == 0
+    assert not any(_alive(pid) for pid in pids)
+    assert "Traceback" not in stderr.read_text()

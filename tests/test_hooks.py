@@ -1,0 +1,283 @@
+"""Every hookspec is a contract: typed, documented, and tested here by name.
+
+The meta-test fails when a hook is added to ``omniroute.hookspecs`` without a
+docstring with ``:param:`` lines, type annotations, a ``### `name(`` heading in
+docs/plugins.md, or a ``test_hook_<name>`` function in this module.
+"""
+
+from __future__ import annotations
+
+import inspect
+import re
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+import pytest
+from aiohttp import web
+from click.testing import CliRunner
+
+from omniroute import AuthScheme, CacheBackend, Principal, Provider, hookimpl, hookspecs
+from omniroute.config import Config
+from omniroute.errors import AuthenticationFailed
+from omniroute.plugins import load_plugins
+from omniroute.testing import make_test_config, start_harness
+from omniroute.web.keys import GATEWAY, PRINCIPAL
+
+DOCS = Path(__file__).resolve().parent.parent / "docs" / "plugins.md"
+
+
+def _hookspecs() -> list[Callable[..., Any]]:
+    return [
+        fn for _, fn in inspect.getmembers(hookspecs, inspect.isfunction)
+        if getattr(fn, "omniroute_spec", None) is not None
+    ]
+
+
+def hookspec_problems(fn: Callable[..., Any], docs: str, tests: set[str]) -> list[str]:
+    """What is missing from the contract of hookspec ``fn`` (empty when complete)."""
+    name = fn.__name__
+    problems = []
+    doc = inspect.getdoc(fn) or ""
+    summary = doc.strip().splitlines()[0].strip() if doc.strip() else ""
+    if not summary or summary.startswith(":"):
+        problems.append(f"{name}: no one-line summary in the docstring")
+    sig = inspect.signature(fn)
+    for param in sig.parameters.values():
+        if not re.search(rf"^:param {re.escape(param.name)}:", doc, re.MULTILINE):
+            problems.append(f"{name}: no ':param {param.name}:' line")
+        if param.annotation is inspect.Parameter.empty:
+            problems.append(f"{name}: parameter {param.name!r} has no type annotation")
+    if sig.return_annotation is inspect.Signature.empty:
+        problems.append(f"{name}: no return annotation")
+    if f"### `{name}(" not in docs:
+        problems.append(f"{name}: no '### `{name}(' heading in docs/plugins.md")
+    if f"test_hook_{name}" not in tests:
+        problems.append(f"{name}: no test_hook_{name} in tests/test_hooks.py")
+    return problems
+
+
+def test_every_hookspec_is_typed_documented_and_tested() -> None:
+    specs = _hookspecs()
+    # the five hooks of docs/architecture.md, at least (a new one must pass the same checks)
+    assert {f.__name__ for f in specs} >= {
+        "register_providers", "register_cache_backends", "register_auth_schemes",
+        "register_commands", "configure_app",
+    }
+    docs = DOCS.read_text()
+    tests = {n for n, f in vars(sys.modules[__name__]).items() if inspect.isfunction(f)}
+    problems = [p for fn in specs for p in hookspec_problems(fn, docs, tests)]
+    assert not problems, "\n".join(problems)
+
+
+def test_meta_check_catches_an_incomplete_hookspec() -> None:
+    """The checker itself must notice each kind of gap (or the meta-test proves nothing)."""
+
+    def undocumented_hook(app, count: int):  # type: ignore[no-untyped-def]
+        """:param count: how many."""
+
+    problems = hookspec_problems(undocumented_hook, "", set())
+    text = "\n".join(problems)
+    assert "no one-line summary" in text
+    assert "no ':param app:' line" in text
+    assert "parameter 'app' has no type annotation" in text
+    assert "no return annotation" in text
+    assert "no '### `undocumented_hook(' heading" in text
+    assert "no test_hook_undocumented_hook" in text
+    assert "':param count:'" not in text
+
+
+# ---------------------------------------------------------------------- one test per hook
+
+
+class EchoProvider(Provider):
+    type = "test-echo"
+    description = "answers nothing; registered by a test plugin"
+    requires_credentials = False
+
+
+class ProvidersPlugin:
+    @hookimpl
+    def register_providers(self, register: Callable[[type[Provider]], None]) -> None:
+        register(EchoProvider)
+
+
+def test_hook_register_providers(tmp_path: Path) -> None:
+    plugins = load_plugins(extra=[("t", ProvidersPlugin())])
+    assert plugins.providers["test-echo"] is EchoProvider
+    info = plugins.info("t")
+    assert info is not None and info.error is None
+    assert info.registered == {"providers": ["test-echo"]}
+    assert "register_providers" in info.hooks
+    # the built-ins are still there beside it
+    assert "openai" in plugins.providers
+    # and configuration can now create instances of it
+    from omniroute.accounts import build_connection
+
+    conn = build_connection(plugins, {"type": "test-echo", "prefix": "echo"})
+    assert conn.type == "test-echo" and conn.prefix == "echo"
+
+
+class DictCache(CacheBackend):
+    name = "test-dict"
+
+    def __init__(self, options: Any = None) -> None:
+        super().__init__(options)
+        self.data: dict[str, bytes] = {}
+
+    async def get(self, key: str) -> bytes | None:
+        return self.data.get(key)
+
+    async def set(self, key: str, value: bytes, ttl: float | None = None) -> None:
+        self.data[key] = value
+
+    async def delete(self, key: str) -> bool:
+        return self.data.pop(key, None) is not None
+
+    async def clear(self) -> None:
+        self.data.clear()
+
+
+class CachePlugin:
+    @hookimpl
+    def register_cache_backends(self, register: Callable[[type[CacheBackend]], None]) -> None:
+        register(DictCache)
+
+
+async def test_hook_register_cache_backends() -> None:
+    plugins = load_plugins(extra=[("t-cache", CachePlugin())])
+    assert plugins.cache_backends["test-dict"] is DictCache
+    infos = {i.name: i for i in plugins.infos}
+    assert infos["t-cache"].registered == {"cache_backends": ["test-dict"]}
+    # the built-in backend is registered the same way
+    assert infos["memory-cache"].registered == {"cache_backends": ["memory"]}
+    backend = plugins.cache_backends["test-dict"]({"x": 1})
+    await backend.set("k", b"v")
+    assert await backend.get("k") == b"v"
+    assert await backend.delete("k") is True
+    assert await backend.get("k") is None
+
+
+class HeaderScheme(AuthScheme):
+    """Authenticates ``x-test-auth: let-me-in``; ignores requests without the header."""
+
+    name = "test-header"
+    started = False
+
+    async def start(self) -> None:
+        # runs after the database is open
+        assert await self.gateway.db.check()
+        type(self).started = True
+
+    async def authenticate(self, request: web.Request) -> Principal | None:
+        value = request.headers.get("x-test-auth")
+        if value is None:
+            return None  # not my credential
+        if value != "let-me-in":
+            raise AuthenticationFailed("bad x-test-auth header", code="bad_test_auth")
+        return Principal("test-header", "tester", frozenset())
+
+
+class AuthPlugin:
+    @hookimpl
+    def register_auth_schemes(self, register: Callable[[type[AuthScheme]], None]) -> None:
+        register(HeaderScheme)
+
+    @hookimpl
+    def configure_app(self, app: web.Application, config: Config) -> None:
+        async def whoami(request: web.Request) -> web.Response:
+            principal = request[PRINCIPAL]
+            return web.json_response({"kind": principal.kind, "key_id": principal.key_id})
+
+        app.router.add_get("/test/whoami", whoami)
+
+
+async def test_hook_register_auth_schemes(aiohttp_client: Any, tmp_path: Path) -> None:
+    HeaderScheme.started = False
+    plugins = load_plugins(extra=[("t-auth", AuthPlugin())])
+    assert plugins.auth_schemes["test-header"] is HeaderScheme
+    h = await start_harness(aiohttp_client, make_test_config(tmp_path, require_api_key=True),
+                            plugins=load_plugins(extra=[("t-auth", AuthPlugin())]))
+    assert isinstance(h.gateway.auth_schemes["test-header"], HeaderScheme)
+    assert HeaderScheme.started
+
+    resp = await h.client.get("/v1/models", headers={"x-test-auth": "let-me-in"})
+    assert resp.status == 200, await resp.text()
+    resp = await h.client.get("/test/whoami", headers={"x-test-auth": "let-me-in"})
+    assert await resp.json() == {"kind": "test-header", "key_id": "tester"}
+
+    resp = await h.client.get("/v1/models")  # no credential at all
+    assert resp.status == 401
+    assert (await resp.json())["error"]["code"] == "missing_api_key"
+    resp = await h.client.get("/v1/models", headers={"x-test-auth": "wrong"})
+    assert resp.status == 401
+    assert (await resp.json())["error"]["code"] == "bad_test_auth"
+    # the principal carries no admin scope, so the management API refuses it
+    resp = await h.client.get("/api/settings", headers={"x-test-auth": "let-me-in"})
+    assert resp.status == 403
+
+
+class CommandsPlugin:
+    @hookimpl
+    def register_commands(self, cli: click.Group) -> None:
+        @cli.command("test-greet")
+        @click.argument("who")
+        def greet(who: str) -> None:
+            """Greet someone (added by a test plugin)."""
+            click.echo(f"hello {who} from a plugin")
+
+
+def test_hook_register_commands() -> None:
+    @click.group()
+    def group() -> None:
+        """A stand-in for the omniroute group."""
+
+    plugins = load_plugins(extra=[("t-cmd", CommandsPlugin())])
+    assert "register_commands" in plugins.info("t-cmd").hooks  # type: ignore[union-attr]
+    plugins.pm.hook.register_commands(cli=group)
+    runner = CliRunner()
+    result = runner.invoke(group, ["test-greet", "world"])
+    assert result.exit_code == 0, result.output
+    assert result.output == "hello world from a plugin\n"
+    assert "test-greet" in runner.invoke(group, ["--help"]).output
+
+
+class AppPlugin:
+    seen_config: Config | None = None
+
+    @hookimpl
+    def configure_app(self, app: web.Application, config: Config) -> None:
+        type(self).seen_config = config
+
+        async def hello(request: web.Request) -> web.Response:
+            gateway = request.app[GATEWAY]  # the shared state is reachable from a plugin route
+            return web.json_response({"hello": "plugin", "data_dir": str(gateway.config.data_dir)})
+
+        app.router.add_get("/plugin/hello", hello)
+        app.router.add_get("/api/plugin/secret", hello)
+
+
+async def test_hook_configure_app(aiohttp_client: Any, tmp_path: Path) -> None:
+    config = make_test_config(tmp_path)
+    h = await start_harness(aiohttp_client, config,
+                            plugins=load_plugins(extra=[("t-app", AppPlugin())]))
+    assert AppPlugin.seen_config is config
+    resp = await h.client.get("/plugin/hello")
+    assert resp.status == 200
+    assert await resp.json() == {"hello": "plugin", "data_dir": str(tmp_path)}
+    # a plugin route under /api/ is admin-only, like every management route (fail closed)
+    resp = await h.client.get("/api/plugin/secret")
+    assert resp.status == 401
+    resp = await h.client.get("/api/plugin/secret", headers=h.admin_headers)
+    assert resp.status == 200
+    # the built-in admin-session plugin uses the same hook for its login route
+    resp = await h.client.post("/api/auth/login", json={"password": "test-password-123"})
+    assert resp.status == 200
+
+
+@pytest.mark.parametrize("spec", _hookspecs(), ids=lambda f: f.__name__)
+def test_hookspec_is_exported_from_plugin_manager(spec: Callable[..., Any]) -> None:
+    pm = load_plugins(entry_points=lambda: []).pm
+    assert getattr(pm.hook, spec.__name__).spec is not None
