@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from omniroute.auth.base import AuthScheme
     from omniroute.cache.base import CacheBackend
     from omniroute.config import Config
+    from omniroute.formats.base import Format
     from omniroute.providers.base import Provider
 
 hookspec = pluggy.HookspecMarker("omniroute")
@@ -51,6 +52,16 @@ def register_auth_schemes(register: Callable[[type[AuthScheme]], None]) -> None:
 
     :param register: call it once per :class:`omniroute.AuthScheme` subclass;
         the gateway creates one instance of each at start-up.
+    """
+
+
+@hookspec
+def register_formats(register: Callable[[type[Format]], None]) -> None:
+    """Register wire formats (how one API's requests, answers and streams look).
+
+    :param register: call it once per :class:`omniroute.Format` subclass; the
+        class's ``name`` is what provider types name in ``Provider.format`` and
+        what client endpoints decode and encode with.
     """
 
 

@@ -29,6 +29,7 @@ _REGISTRY_HOOKS = {
     "register_providers": "providers",
     "register_cache_backends": "cache_backends",
     "register_auth_schemes": "auth_schemes",
+    "register_formats": "formats",
 }
 
 
@@ -67,6 +68,7 @@ class Plugins:
         self.providers: dict[str, type] = {}
         self.cache_backends: dict[str, type] = {}
         self.auth_schemes: dict[str, type] = {}
+        self.formats: dict[str, type] = {}
         self._collect()
 
     def info(self, name: str) -> PluginInfo | None:
@@ -87,6 +89,7 @@ class Plugins:
             "providers": self.providers,
             "cache_backends": self.cache_backends,
             "auth_schemes": self.auth_schemes,
+            "formats": self.formats,
         }
         for info in self.infos:
             if self.pm.get_plugin(info.name) is None:

@@ -22,6 +22,8 @@ from click.testing import CliRunner
 from omniroute import AuthScheme, CacheBackend, Principal, Provider, hookimpl, hookspecs
 from omniroute.config import Config
 from omniroute.errors import AuthenticationFailed
+from omniroute.formats import canonical
+from omniroute.formats.base import ClientRequest, Format
 from omniroute.plugins import load_plugins
 from omniroute.testing import make_test_config, start_harness
 from omniroute.web.keys import GATEWAY, PRINCIPAL
@@ -64,7 +66,7 @@ def test_every_hookspec_is_typed_documented_and_tested() -> None:
     # the five hooks of docs/architecture.md, at least (a new one must pass the same checks)
     assert {f.__name__ for f in specs} >= {
         "register_providers", "register_cache_backends", "register_auth_schemes",
-        "register_commands", "configure_app",
+        "register_commands", "configure_app", "register_formats",
     }
     docs = DOCS.read_text()
     tests = {n for n, f in vars(sys.modules[__name__]).items() if inspect.isfunction(f)}
@@ -118,6 +120,46 @@ def test_hook_register_providers(tmp_path: Path) -> None:
 
     conn = build_connection(plugins, {"type": "test-echo", "prefix": "echo"})
     assert conn.type == "test-echo" and conn.prefix == "echo"
+
+
+class ShoutFormat(Format):
+    """A toy format: the request is {"say": text}; answers are upper-cased."""
+
+    name = "test-shout"
+
+    def inspect(self, body: dict[str, Any], *, path_model: str | None = None,
+                path_stream: bool | None = None) -> tuple[str, bool]:
+        return str(body.get("model", "")), False
+
+    def decode_request(self, request: ClientRequest) -> canonical.Request:
+        say = canonical.Text(str(request.body["say"]))
+        return canonical.Request(request.model, [canonical.Message("user", [say])])
+
+    def encode_response(self, response: canonical.Response, request: canonical.Request) -> bytes:
+        text = "".join(p.text for p in response.parts if isinstance(p, canonical.Text))
+        return text.upper().encode()
+
+
+class FormatsPlugin:
+    @hookimpl
+    def register_formats(self, register: Callable[[type[Format]], None]) -> None:
+        register(ShoutFormat)
+
+
+def test_hook_register_formats() -> None:
+    plugins = load_plugins(extra=[("t-fmt", FormatsPlugin())])
+    assert plugins.formats["test-shout"] is ShoutFormat
+    info = plugins.info("t-fmt")
+    assert info is not None and info.error is None
+    assert info.registered == {"formats": ["test-shout"]}
+    fmt = plugins.formats["test-shout"]()
+    req = fmt.decode_request(ClientRequest({"model": "m", "say": "hi"}, "m", False))
+    assert req.messages[0].parts == [canonical.Text("hi")]
+    answer = canonical.Response("r1", "m", [canonical.Text("hi there")])
+    assert fmt.encode_response(answer, req) == b"HI THERE"
+    # a second plugin claiming the same format name is refused whole
+    again = load_plugins(extra=[("a", FormatsPlugin()), ("b", FormatsPlugin())])
+    assert again.info("b").error == "formats type 'test-shout' is already registered"  # type: ignore[union-attr]
 
 
 class DictCache(CacheBackend):

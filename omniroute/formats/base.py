@@ -1,0 +1,127 @@
+"""What a wire format is: the contract every format plugin implements.
+
+A :class:`Format` is registered by a plugin (``register_formats``) and used on
+both sides of the gateway:
+
+* client side: it checks and decodes the client's request into the canonical
+  :class:`~omniroute.formats.canonical.Request`, and encodes the canonical
+  response, stream events and errors back into the client's dialect;
+* provider side: it encodes the canonical request into the upstream's body,
+  and decodes the upstream's JSON answer and stream frames.
+
+When client and provider speak the same format nothing is decoded: the body
+goes upstream as sent (``with_model``) and the upstream frames come back as
+they are; the format only reads usage and errors on the side.
+
+Every method is pure (data in, data out) except the two stream transforms,
+which are async generators over the frames / events of one response.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from omniroute.errors import GatewayError
+from omniroute.formats import canonical as c
+
+
+@dataclass(slots=True)
+class ClientRequest:
+    """A client request as the endpoint received it, before any translation."""
+
+    body: dict[str, Any]
+    #: the model from the body, or from the URL for formats that put it there (Gemini)
+    model: str
+    stream: bool
+    headers: Mapping[str, str] = field(default_factory=dict)
+    query: Mapping[str, str] = field(default_factory=dict)
+
+
+class Format:
+    """Base class of wire formats. Subclass it and register it from a plugin."""
+
+    #: the format's name; provider types name the format they speak (``Provider.format``)
+    name: ClassVar[str]
+    #: the Content-Type of a streamed answer in this format
+    stream_content_type: ClassVar[str] = "text/event-stream; charset=utf-8"
+
+    # ------------------------------------------------------------------ client side
+
+    def inspect(
+        self, body: dict[str, Any], *, path_model: str | None = None,
+        path_stream: bool | None = None,
+    ) -> tuple[str, bool]:
+        """The model and stream flag of a client request.
+
+        Cheap enough for the pass-through lane; raise
+        :class:`~omniroute.errors.InvalidRequest` when the request cannot be served.
+
+        :param path_model: the model named by the URL, for formats that put it there.
+        :param path_stream: the stream flag implied by the URL (Gemini's
+            ``:streamGenerateContent``), when the URL implies one.
+        """
+        raise NotImplementedError
+
+    def decode_request(self, request: ClientRequest) -> c.Request:
+        """The canonical form of a client request (``InvalidRequest`` when malformed)."""
+        raise NotImplementedError
+
+    def encode_response(self, response: c.Response, request: c.Request) -> bytes:
+        """The JSON body of a non-streamed answer to ``request``."""
+        raise NotImplementedError
+
+    def encode_stream(
+        self, events: AsyncIterator[c.Event], request: c.Request
+    ) -> AsyncIterator[bytes]:
+        """The frames (SSE events, NDJSON lines) of a streamed answer, one per write."""
+        raise NotImplementedError
+
+    def error_body(self, err: GatewayError) -> bytes:
+        """The JSON body of an error answer in this format (status: ``err.status``)."""
+        raise NotImplementedError
+
+    def error_frame(self, err: GatewayError) -> bytes:
+        """An error that ends a stream after its first byte, as this format signals it."""
+        raise NotImplementedError
+
+    def keepalive_frame(self) -> bytes | None:
+        """A frame that keeps a waiting stream alive (Anthropic ``ping``), or None."""
+        return None
+
+    # ------------------------------------------------------------------ provider side
+
+    def encode_request(self, request: c.Request, client: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """The upstream body for ``request``.
+
+        :param client: the provider connection's settings (defaults such as a
+            ``max_tokens`` the format requires), or None.
+        """
+        raise NotImplementedError
+
+    def decode_response(self, body: bytes) -> c.Response:
+        """The canonical form of an upstream JSON answer (``UpstreamError`` when broken)."""
+        raise NotImplementedError
+
+    def decode_stream(self, frames: AsyncIterator[bytes]) -> AsyncIterator[c.Event]:
+        """Canonical events from upstream frames; raises a ``GatewayError`` on an error frame."""
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------ pass-through lane
+
+    def with_model(self, body: dict[str, Any], model: str) -> dict[str, Any]:
+        """The client's body with the upstream model name (a copy; never mutate ``body``)."""
+        return body if body.get("model") == model else {**body, "model": model}
+
+    def usage_from_body(self, body: bytes) -> c.Usage:
+        """Token counts of a JSON answer in this format."""
+        return c.Usage()
+
+    def usage_from_frame(self, frame: bytes) -> c.Usage | None:
+        """Token counts carried by one stream frame, or None (cheap: called per frame)."""
+        return None
+
+    def error_from_frame(self, frame: bytes) -> str | None:
+        """The message of an in-stream error frame, or None (cheap: called per frame)."""
+        return None

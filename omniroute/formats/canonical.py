@@ -1,0 +1,285 @@
+"""The canonical model: one typed shape between every pair of wire formats.
+
+A format decodes its own requests, responses and stream frames into these
+objects and encodes them back; no format module knows another format. What a
+format cannot express but must survive a round trip (thinking signatures,
+encrypted reasoning, Gemini thought signatures, item ids) rides along in the
+``signature`` / ``encrypted`` fields or in ``meta``, keyed by the format that
+produced it, so another format carries it without understanding it.
+
+Conventions (every format follows them):
+
+* ``Usage.input_tokens`` counts *all* prompt tokens, cache reads and cache
+  writes included (OpenAI's and Gemini's convention); Anthropic's decoder adds
+  its three counters, its encoder subtracts them again.
+* Tool results live in ``Message(role="tool")`` messages that hold only
+  :class:`ToolResult` parts; text that came with them in the same source
+  message follows in a separate ``user`` message.
+* ``Request.system`` holds the leading system prompt (system / developer
+  messages before the first turn, Anthropic ``system``, Gemini
+  ``systemInstruction``); a system message later in the conversation stays a
+  ``Message(role="system")`` in place.
+* ``ToolCall.arguments`` is JSON text, exactly as the model produced it.
+* Stream events refer to parts by ``index``: the position of the part in the
+  response, in the order the parts started. Decoders emit ``PartStart`` before
+  any delta of that part and ``PartStop`` once; deltas of parts may interleave.
+* A mid-stream upstream error is raised (a ``GatewayError``), not yielded.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal, TypeAlias
+
+Role = Literal["system", "user", "assistant", "tool"]
+StopReason = Literal[
+    "end_turn", "max_tokens", "stop_sequence", "tool_use", "content_filter", "pause_turn",
+    "refusal", "error",
+]
+
+
+# ---------------------------------------------------------------------------- parts
+
+
+@dataclass(slots=True)
+class Text:
+    text: str
+    cache_control: dict[str, Any] | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class Image:
+    """An image by value (``data``: base64, with ``media_type``) or by ``url``."""
+
+    media_type: str | None = None
+    data: str | None = None
+    url: str | None = None
+    detail: str | None = None
+    cache_control: dict[str, Any] | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class File:
+    """A document (PDF, text…) by value or by URL / provider file id."""
+
+    media_type: str | None = None
+    data: str | None = None
+    url: str | None = None
+    file_id: str | None = None
+    filename: str | None = None
+    cache_control: dict[str, Any] | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class Reasoning:
+    """Model thinking. ``signature``/``encrypted``/``redacted`` are opaque.
+
+    ``source`` names the format that produced the opaque values: a format only
+    sends them back to an upstream of the same format (an Anthropic signature
+    means nothing to Gemini). ``redacted`` holds Anthropic ``redacted_thinking``
+    data; ``encrypted`` holds Responses ``encrypted_content``.
+    """
+
+    text: str = ""
+    signature: str | None = None
+    redacted: str | None = None
+    encrypted: str | None = None
+    summary: list[str] = field(default_factory=list)
+    source: str | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class ToolCall:
+    id: str
+    name: str
+    arguments: str = ""
+    cache_control: dict[str, Any] | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class ToolResult:
+    call_id: str
+    content: list[Text | Image | File] = field(default_factory=list)
+    is_error: bool = False
+    #: the called tool's name, when the source format says it (Gemini needs it)
+    name: str | None = None
+    cache_control: dict[str, Any] | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+Part: TypeAlias = Text | Image | File | Reasoning | ToolCall | ToolResult
+
+
+@dataclass(slots=True)
+class Message:
+    role: Role
+    parts: list[Part] = field(default_factory=list)
+    name: str | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+# ---------------------------------------------------------------------------- request
+
+
+@dataclass(slots=True)
+class Tool:
+    """A function tool. Hosted tools (web search…) keep their raw definition in ``meta``."""
+
+    name: str
+    description: str | None = None
+    parameters: dict[str, Any] | None = None
+    strict: bool | None = None
+    cache_control: dict[str, Any] | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class ToolChoice:
+    mode: Literal["auto", "none", "required", "tool"] = "auto"
+    name: str | None = None  # with mode "tool"
+
+
+@dataclass(slots=True)
+class ResponseFormat:
+    type: Literal["text", "json_object", "json_schema"] = "text"
+    schema: dict[str, Any] | None = None
+    name: str | None = None
+    strict: bool | None = None
+
+
+@dataclass(slots=True)
+class ReasoningConfig:
+    """What the client asked of the model's thinking.
+
+    ``effort`` is one of minimal/low/medium/high/xhigh (or None);
+    ``budget_tokens`` a thinking budget; ``enabled=False`` turns thinking off.
+    """
+
+    enabled: bool = True
+    effort: str | None = None
+    budget_tokens: int | None = None
+    include_thoughts: bool = True
+    adaptive: bool = False
+
+
+@dataclass(slots=True)
+class Request:
+    model: str
+    messages: list[Message] = field(default_factory=list)
+    system: list[Text] = field(default_factory=list)
+    tools: list[Tool] = field(default_factory=list)
+    tool_choice: ToolChoice | None = None
+    parallel_tool_calls: bool | None = None
+    max_tokens: int | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    top_k: int | None = None
+    stop: list[str] = field(default_factory=list)
+    seed: int | None = None
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
+    response_format: ResponseFormat | None = None
+    reasoning: ReasoningConfig | None = None
+    stream: bool = False
+    user: str | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+    #: format-specific extras another format may ignore, keyed by format name
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+# ---------------------------------------------------------------------------- response
+
+
+@dataclass(slots=True)
+class Usage:
+    input_tokens: int | None = None
+    output_tokens: int | None = None
+    cache_read_tokens: int | None = None
+    cache_write_tokens: int | None = None
+    reasoning_tokens: int | None = None
+
+    def merge(self, other: Usage) -> None:
+        """Take every count ``other`` knows (streams report usage in pieces)."""
+        for name in ("input_tokens", "output_tokens", "cache_read_tokens",
+                     "cache_write_tokens", "reasoning_tokens"):
+            value = getattr(other, name)
+            if value is not None:
+                setattr(self, name, value)
+
+
+@dataclass(slots=True)
+class Response:
+    id: str
+    model: str
+    parts: list[Part] = field(default_factory=list)
+    stop_reason: StopReason | None = "end_turn"
+    stop_sequence: str | None = None
+    usage: Usage = field(default_factory=Usage)
+    created: int | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+# ---------------------------------------------------------------------------- stream events
+
+
+@dataclass(slots=True)
+class Start:
+    """The response begins (always the first event)."""
+
+    id: str
+    model: str
+    usage: Usage = field(default_factory=Usage)  # input counts when known up front
+    created: int | None = None
+
+
+@dataclass(slots=True)
+class PartStart:
+    """A part begins: an empty ``Text``/``Reasoning``, or a ``ToolCall`` with id and name."""
+
+    index: int
+    part: Text | Reasoning | ToolCall
+
+
+@dataclass(slots=True)
+class TextDelta:
+    index: int
+    text: str
+
+
+@dataclass(slots=True)
+class ReasoningDelta:
+    """More thinking text, and/or opaque data (a signature arrives as a delta)."""
+
+    index: int
+    text: str = ""
+    signature: str | None = None
+    encrypted: str | None = None
+    summary: str | None = None
+
+
+@dataclass(slots=True)
+class ToolArgsDelta:
+    index: int
+    arguments: str
+
+
+@dataclass(slots=True)
+class PartStop:
+    index: int
+
+
+@dataclass(slots=True)
+class Finish:
+    """The response ends (always the last event): why, and the final usage."""
+
+    stop_reason: StopReason | None
+    usage: Usage = field(default_factory=Usage)
+    stop_sequence: str | None = None
+
+
+Event: TypeAlias = Start | PartStart | TextDelta | ReasoningDelta | ToolArgsDelta | PartStop | Finish
