@@ -13,19 +13,26 @@ from omniroute.errors import (
     UpstreamTimeout,
 )
 from omniroute.hookspecs import hookimpl
+from omniroute.formats import canonical
+from omniroute.formats.base import ClientRequest, Format
 from omniroute.providers.base import (
     Preset,
     Provider,
     ProviderContext,
+    Timeouts,
     UpstreamCall,
     UpstreamResponse,
 )
+from omniroute.storage.store import Connection
 from omniroute.providers.http import HTTPProvider
 from omniroute.version import __version__
 
 __all__ = [
     "AuthScheme",
     "CacheBackend",
+    "ClientRequest",
+    "Connection",
+    "Format",
     "GatewayError",
     "HTTPProvider",
     "InvalidRequest",
@@ -33,11 +40,13 @@ __all__ = [
     "Principal",
     "Provider",
     "ProviderContext",
+    "Timeouts",
     "UpstreamCall",
     "UpstreamError",
     "UpstreamResponse",
     "UpstreamStatusError",
     "UpstreamTimeout",
     "__version__",
+    "canonical",
     "hookimpl",
 ]

@@ -178,7 +178,8 @@ async def providers_add(ctx: click.Context, preset: str | None, type_: str | Non
         api_key = os.environ.get(api_key_env)
         if not api_key:
             raise click.ClickException(f"${api_key_env} is empty")
-    if api_key is None and not no_key and sys.stdin.isatty():
+    plugins = _plugins(config)
+    if api_key is None and not no_key and sys.stdin.isatty() and _wants_key(plugins, type_, preset):
         api_key = getpass.getpass("API key (empty for none): ") or None
     spec: dict[str, Any] = {"priority": priority, "active": not inactive}
     for key, value in (("preset", preset), ("type", type_), ("name", name), ("prefix", prefix),
@@ -188,12 +189,28 @@ async def providers_add(ctx: click.Context, preset: str | None, type_: str | Non
     if models:
         spec["models"] = list(models)
     try:
-        conn = build_connection(_plugins(config), spec)
+        conn = build_connection(plugins, spec)
     except ValueError as exc:
         raise click.ClickException(str(exc)) from None
     async with _store(config) as store:
         await store.save_connection(conn)
     click.echo(f"added {conn.id}: {conn.name} ({conn.type}) prefix {conn.prefix}/")
+
+
+def _wants_key(plugins: Any, type_: str | None, preset: str | None) -> bool:
+    """Whether to prompt for an API key: the type takes one and the preset needs one."""
+    types = list(plugins.providers.values())
+    if type_ is not None:
+        types = [t for t in types if t.type == type_]
+    elif preset is not None:
+        types = [t for t in types if preset in t.presets]
+    if not types:
+        return False  # build_connection explains what is wrong
+    cls = types[0]
+    if "api_key" not in cls.credential_fields:
+        return False
+    found = cls.presets.get(preset) if preset else None
+    return found.needs_api_key if found is not None else True
 
 
 @providers.command("list")

@@ -111,7 +111,7 @@ def load_config(
             values[key] = env[var]
     if "OMNIROUTE_DISABLE_PLUGINS" in env:
         values["disabled_plugins"] = _csv(env["OMNIROUTE_DISABLE_PLUGINS"])
-    if "OMNIROUTE_PLUGINS" in env:
+    if env.get("OMNIROUTE_PLUGINS", "").strip():  # empty means "not set", not "load none"
         values["allowed_plugins"] = _csv(env["OMNIROUTE_PLUGINS"])
     values.update(overrides)
 
@@ -169,6 +169,8 @@ def _to_positive(kind: type) -> Any:
     def convert(value: Any) -> Any:
         if isinstance(value, bool):
             raise ValueError(f"expected a number, got {value!r}")
+        if kind is int and isinstance(value, float) and not value.is_integer():
+            raise ValueError(f"expected a whole number, got {value!r}")
         number = kind(value)
         if number <= 0:
             raise ValueError(f"expected a positive number, got {value!r}")

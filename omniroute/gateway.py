@@ -10,7 +10,9 @@ another process (the database's config version is polled).
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
+import secrets
 import time
 from typing import Any
 
@@ -52,6 +54,9 @@ class Gateway:
         self.models: dict[str, tuple[float, list[str]]] = {}
         self._config_version = -1
         self._tasks: set[asyncio.Task[Any]] = set()
+        # request ids: a random per-process prefix and a counter (no syscall per request)
+        self._id_prefix = secrets.token_hex(6)
+        self._id_counter = itertools.count(1)
 
     # ------------------------------------------------------------------ life cycle
 
@@ -89,6 +94,10 @@ class Gateway:
             await provider.close()
         await self.http.close()
         await self.db.close()
+
+    def new_request_id(self) -> str:
+        """A request id unique across processes and restarts (not a secret)."""
+        return f"{self._id_prefix}{next(self._id_counter):012x}"
 
     def _spawn(self, coro: Any, name: str) -> None:
         task = asyncio.create_task(coro, name=name)
@@ -195,7 +204,17 @@ class Gateway:
         except (GatewayError, TimeoutError) as exc:
             log.warning("listing models of %s failed: %s", provider.connection.name, exc)
             models = cached[1] if cached else provider.configured_models
+        except Exception:  # a plugin's bug must not break /v1/models for every connection
+            log.exception("listing models of %s raised", provider.connection.name)
+            models = cached[1] if cached else provider.configured_models
+        if not isinstance(models, list) or not all(isinstance(m, str) for m in models):
+            log.error("%s listed models that are not a list of names; ignoring them",
+                      provider.connection.name)
+            models = provider.configured_models
+        changed = cached is None or cached[1] != models
         self.models[conn_id] = (time.monotonic(), models)
+        if changed:
+            self.rebuild_router()  # bare model names of this connection now resolve
         return models
 
     async def refresh_models(self) -> None:

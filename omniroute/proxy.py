@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import secrets
 import time
 from contextlib import aclosing, suppress
 
@@ -32,7 +31,7 @@ from omniroute.providers.base import UpstreamCall, UpstreamResponse
 from omniroute.routing import Route, Target
 from omniroute.storage import RequestRecord
 from omniroute.web.body import read_object
-from omniroute.web.keys import GATEWAY, PRINCIPAL
+from omniroute.web.keys import GATEWAY, PRINCIPAL, STREAM_STARTED
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +51,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     gateway = request.app[GATEWAY]
     started = time.perf_counter()
     record = RequestRecord(
-        request_id=secrets.token_hex(12),
+        request_id=gateway.new_request_id(),
         ts=time.time(),
         endpoint="chat.completions",
         api_key_id=request[PRINCIPAL].key_id,
@@ -69,6 +68,9 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
             "X-OmniRoute-Model": target.model,
             "X-OmniRoute-Fallback-Attempts": str(record.attempts - 1),
         }
+        upstream_id = upstream.headers.get("x-request-id")
+        if upstream_id:  # lets users quote the provider's own id in a support ticket
+            headers["X-Upstream-Request-Id"] = upstream_id
         record.ttfb_ms = (time.perf_counter() - started) * 1000
         if not stream:
             assert upstream.body is not None
@@ -139,6 +141,7 @@ async def relay_stream(
     response = web.StreamResponse(headers={**_STREAM_HEADERS, **headers})
     async with aclosing(upstream.events) as events:
         await response.prepare(request)
+        request[STREAM_STARTED] = True
         try:
             async for event in events:
                 found = openai_format.usage_from_event(event)
@@ -160,6 +163,14 @@ async def relay_stream(
             return response
         except ConnectionResetError:  # the client went away; aclosing stops the upstream
             record.status, record.error = 499, "client disconnected"
+            return response
+        except Exception as exc:  # a bug must still end the stream well-formed, and be logged
+            log.exception("stream %s failed", record.request_id)
+            err = UpstreamError(f"Internal error while relaying the stream: {type(exc).__name__}")
+            record.status, record.error = 500, err.message
+            with suppress(ConnectionResetError):
+                await response.write(openai_format.error_event(err))
+                await response.write_eof()
             return response
     if record.error is None:
         record.status = 200

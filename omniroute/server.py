@@ -41,7 +41,7 @@ async def prepare(config: Config) -> None:
         await db.close()
 
 
-async def run_worker(config: Config, *, reuse_port: bool = False) -> None:
+async def run_worker(config: Config, *, reuse_port: bool = False, announce: bool = False) -> None:
     """Serve until SIGINT or SIGTERM, then shut down cleanly (flushing the request log)."""
     app = make_app(config)
     runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
@@ -51,6 +51,10 @@ async def run_worker(config: Config, *, reuse_port: bool = False) -> None:
                            backlog=1024)
         await site.start()
         log.info("omniroute listening on http://%s:%d", config.host, config.port)
+        if announce:  # only once the socket is really listening
+            print(f"omniroute serving on http://{config.host}:{config.port} "
+                  f"(data in {config.data_dir}, {config.workers} worker(s))",
+                  file=sys.stderr, flush=True)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -60,10 +64,10 @@ async def run_worker(config: Config, *, reuse_port: bool = False) -> None:
         await runner.cleanup()
 
 
-def _worker_main(config: Config) -> None:
+def _worker_main(config: Config, announce: bool) -> None:
     setup_logging(config.log_level)
     try:
-        asyncio.run(run_worker(config, reuse_port=True))
+        asyncio.run(run_worker(config, reuse_port=True, announce=announce))
     except KeyboardInterrupt:
         pass
 
@@ -72,16 +76,14 @@ def serve(config: Config) -> None:
     """Run the gateway in the foreground with ``config.workers`` processes."""
     setup_logging(config.log_level)
     asyncio.run(prepare(config))
-    print(f"omniroute serving on http://{config.host}:{config.port} "
-          f"(data in {config.data_dir}, {config.workers} worker(s))", file=sys.stderr, flush=True)
     if config.workers == 1:
         try:
-            asyncio.run(run_worker(config))
+            asyncio.run(run_worker(config, announce=True))
         except KeyboardInterrupt:
             pass
         return
     ctx = multiprocessing.get_context("spawn")
-    workers = [ctx.Process(target=_worker_main, args=(config,), name=f"omniroute-worker-{i}")
+    workers = [ctx.Process(target=_worker_main, args=(config, i == 0), name=f"omniroute-worker-{i}")
                for i in range(config.workers)]
     for w in workers:
         w.start()

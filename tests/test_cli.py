@@ -393,6 +393,20 @@ def test_serve_prints_password_once_and_stops_cleanly(serve: Any) -> None:
     log = stderr.read_text()
     assert "Traceback" not in log
     assert len(re.findall(r"shown once", log)) == 1
+    assert log.count(f"omniroute serving on http://127.0.0.1:{port}") == 1
+
+
+def test_serve_does_not_claim_to_serve_when_the_port_is_taken(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = subprocess.run(
+            [OMNIROUTE_BIN, "--data-dir", str(tmp_path / "data"), "serve", "--port", str(port)],
+            env=_env(), capture_output=True, text=True, timeout=30)
+    assert done.returncode != 0
+    assert "serving on" not in done.stderr
+    assert "address already in use" in done.stderr and "Traceback" not in done.stderr
 
 
 def test_serve_with_two_workers_shares_the_port(serve: Any) -> None:
@@ -409,9 +423,22 @@ def test_serve_with_two_workers_shares_the_port(serve: Any) -> None:
         ppid = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
         assert ppid == proc.pid
     password = _generated_password(stderr)  # once, although two workers started
+    assert stderr.read_text().count("omniroute serving on") == 1
     assert all(_login(port, password)[0] == 200 for _ in range(6))
 
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=20) == 0
     assert not any(_alive(pid) for pid in pids)
     assert "Traceback" not in stderr.read_text()
+
+
+def test_providers_add_prompts_for_a_key_only_when_the_type_takes_one() -> None:
+    from omniroute.cli import _wants_key
+    from omniroute.plugins import load_plugins
+
+    plugins = load_plugins()
+    assert _wants_key(plugins, None, "groq") is True
+    assert _wants_key(plugins, None, "ollama") is False  # local preset: no key needed
+    assert _wants_key(plugins, "openai", None) is True  # custom base URL: may need one
+    assert _wants_key(plugins, "example", None) is False  # the example type takes no key
+    assert _wants_key(plugins, "no-such-type", None) is False

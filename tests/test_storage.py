@@ -408,6 +408,30 @@ async def test_request_log_keeps_records_when_a_write_fails(
     assert not db.conn.in_transaction
 
 
+async def test_request_log_backlog_stays_bounded_when_writes_keep_failing(
+    db: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    log = RequestLog(db, max_pending=3)
+
+    async def fail(sql: str, rows: Any) -> None:
+        raise sqlite3.OperationalError("disk full (simulated)")
+
+    monkeypatch.setattr(db, "executemany", fail)
+    for n in range(3):
+        log.add(_record(n))
+
+    async def add_two_while_writing(sql: str, rows: Any) -> None:
+        log.add(_record(10))  # records keep arriving during the failed write
+        log.add(_record(11))
+        raise sqlite3.OperationalError("disk full (simulated)")
+
+    monkeypatch.setattr(db, "executemany", add_two_while_writing)
+    assert await log.flush() == 0
+    assert len(log._pending) == 3  # never more than max_pending, the newest kept
+    assert [r.request_id for r in log._pending] == ["r2", "r10", "r11"]
+    assert log.dropped == 2
+
+
 async def test_request_log_survives_a_missing_table(tmp_path: Path) -> None:
     db = await Database.open(tmp_path / "x.sqlite3")
     try:

@@ -115,7 +115,7 @@ class Database:
             return cur.rowcount
 
     async def executemany(self, sql: str, rows: Iterable[Iterable[Any]]) -> None:
-        await self.conn.executemany(sql, [tuple(r) for r in rows])
+        await self.conn.executemany(sql, rows if isinstance(rows, list) else list(rows))
 
     async def check(self) -> bool:
         """True when the database answers a query."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import operator
 from dataclasses import dataclass
 from typing import Any
 
@@ -46,6 +47,9 @@ _INSERT = (
     f"INSERT INTO request_log({', '.join(_FIELDS)}) "
     f"VALUES ({', '.join('?' for _ in _FIELDS)})"
 )
+
+
+_row = operator.attrgetter(*_FIELDS)  # one record -> the tuple of its column values
 
 
 class RequestLog:
@@ -99,8 +103,7 @@ class RequestLog:
         try:
             async with self.db.transaction():
                 if batch:
-                    await self.db.executemany(
-                        _INSERT, [[getattr(r, f) for f in _FIELDS] for r in batch])
+                    await self.db.executemany(_INSERT, [_row(r) for r in batch])
                 if used:
                     await self.db.executemany(
                         "UPDATE api_keys SET last_used_at = ? WHERE id = ?",
@@ -108,6 +111,11 @@ class RequestLog:
         except Exception:
             log.exception("request log write failed; %d records kept for retry", len(batch))
             self._pending[:0] = batch
+            excess = len(self._pending) - self.max_pending
+            if excess > 0:  # keep the newest; count what is lost
+                del self._pending[:excess]
+                self.dropped += excess
+                log.error("request log backlog full: %d records dropped", self.dropped)
             for key_id, ts in used.items():
                 self._key_use.setdefault(key_id, ts)
             return 0

@@ -10,5 +10,7 @@ from omniroute.gateway import Gateway
 GATEWAY = web.AppKey("gateway", Gateway)
 #: set on each request by the auth middleware
 PRINCIPAL = web.RequestKey("principal", Principal)
+#: set once a streamed answer has sent its headers (errors can no longer be a JSON answer)
+STREAM_STARTED = web.RequestKey("stream_started", bool)
 
-__all__ = ["GATEWAY", "PRINCIPAL", "Principal"]
+__all__ = ["GATEWAY", "PRINCIPAL", "STREAM_STARTED", "Principal"]

@@ -7,6 +7,7 @@ this process and within a second in the others.
 
 from __future__ import annotations
 
+import sqlite3
 import time
 from typing import Any
 
@@ -242,9 +243,17 @@ async def create_combo(request: web.Request) -> web.Response:
         combo = build_combo(await _body(request), await gateway.store.list_combos())
     except ValueError as exc:
         raise _invalid(exc) from None
-    await gateway.store.save_combo(combo)
+    await _save_combo(gateway, combo)
     await gateway.reload()
     return web.json_response(combo.public(), status=201)
+
+
+async def _save_combo(gateway: Any, combo: Any) -> None:
+    try:
+        await gateway.store.save_combo(combo)
+    except sqlite3.IntegrityError:  # another request took the name since we checked
+        raise InvalidRequest(f"A combo named {combo.name!r} already exists.",
+                             param="name", code="duplicate_name") from None
 
 
 async def _combo(request: web.Request):  # type: ignore[no-untyped-def]
@@ -265,7 +274,7 @@ async def update_combo(request: web.Request) -> web.Response:
         combo = build_combo(await _body(request), await gateway.store.list_combos(), existing)
     except ValueError as exc:
         raise _invalid(exc) from None
-    await gateway.store.save_combo(combo)
+    await _save_combo(gateway, combo)
     await gateway.reload()
     return web.json_response(combo.public())
 

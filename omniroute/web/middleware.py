@@ -24,7 +24,7 @@ from omniroute.errors import (
     openai_error_response,
 )
 from omniroute.gateway import Gateway
-from omniroute.web.keys import GATEWAY, PRINCIPAL
+from omniroute.web.keys import GATEWAY, PRINCIPAL, STREAM_STARTED
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +61,8 @@ async def gateway_middleware(request: web.Request, handler: Handler) -> web.Stre
         raise
     except Exception:
         log.exception("unhandled error on %s %s", request.method, request.path)
+        if request.get(STREAM_STARTED):
+            raise  # headers already sent: aiohttp closes the connection, nothing to add
         return openai_error_response(GatewayError("Internal error; see the gateway log."))
 
 
