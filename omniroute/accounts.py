@@ -21,12 +21,21 @@ _CONNECTION_FIELDS = {
 _COMBO_FIELDS = {"name", "steps", "models", "strategy"}
 
 
-def find_preset(plugins: Plugins, name: str) -> tuple[type[Provider], Preset]:
-    for cls in plugins.providers.values():
-        if name in cls.presets:
-            return cls, cls.presets[name]
+def find_preset(
+    plugins: Plugins, name: str, type_name: str | None = None
+) -> tuple[type[Provider], Preset]:
+    """The provider type and preset called ``name`` (of ``type_name`` when given)."""
+    offering = [cls for cls in plugins.providers.values() if name in cls.presets
+                and type_name in (None, cls.type)]
+    if len(offering) == 1:
+        return offering[0], offering[0].presets[name]
+    if offering:  # two plugins chose the same preset name: the user must say which
+        types = ", ".join(sorted(cls.type for cls in offering))
+        raise ValueError(f"preset {name!r} is offered by several provider types ({types}); "
+                         "give the type as well")
     known = sorted(p for cls in plugins.providers.values() for p in cls.presets)
-    raise ValueError(f"unknown preset {name!r}; known presets: {', '.join(known)}")
+    where = f" of type {type_name!r}" if type_name else ""
+    raise ValueError(f"unknown preset {name!r}{where}; known presets: {', '.join(known)}")
 
 
 def build_connection(
@@ -44,9 +53,8 @@ def build_connection(
     preset_name = spec.get("preset") or (existing.settings.get("preset") if existing else None)
     preset: Preset | None = None
     if preset_name:
-        cls, preset = find_preset(plugins, str(preset_name))
-        if spec.get("type") not in (None, cls.type):
-            raise ValueError(f"preset {preset_name!r} is of type {cls.type!r}, not {spec['type']!r}")
+        wanted = spec.get("type") or (existing.type if existing else None)
+        cls, preset = find_preset(plugins, str(preset_name), wanted)
     else:
         type_name = spec.get("type") or (existing.type if existing else None)
         if not type_name:

@@ -14,6 +14,7 @@ from omniroute.web.keys import GATEWAY
 from omniroute.web.management import setup_management_routes
 from omniroute.web.middleware import gateway_middleware
 from omniroute.web.public import setup_public_routes
+from omniroute.web.resilience import setup_resilience_routes
 
 
 def make_app(config: Config, plugins: Plugins | None = None) -> web.Application:
@@ -38,5 +39,6 @@ def make_app(config: Config, plugins: Plugins | None = None) -> web.Application:
     setup_public_routes(app)
     setup_client_routes(app)
     setup_management_routes(app)
+    setup_resilience_routes(app)
     plugins.pm.hook.configure_app(app=app, config=config)
     return app

@@ -330,6 +330,77 @@ async def keys_revoke(ctx: click.Context, key_id: str) -> None:
     click.echo(f"revoked {key_id}")
 
 
+# ---------------------------------------------------------------------- combos
+
+@cli.group()
+def combos() -> None:
+    """Manage combos: several models or accounts behind one model name."""
+
+
+@combos.command("add")
+@click.argument("name")
+@click.argument("steps", nargs=-1, required=True)
+@click.option("--strategy", default="priority", show_default=True,
+              help="How targets are chosen (priority, round-robin, weighted, ...).")
+@click.pass_context
+@_async_command
+async def combos_add(ctx: click.Context, name: str, steps: tuple[str, ...], strategy: str) -> None:
+    """Add (or replace) combo NAME over STEPS: 'prefix/model' or a JSON step object."""
+    from omniroute.accounts import build_combo
+
+    parsed: list[Any] = []
+    for step in steps:
+        if step.lstrip().startswith("{"):
+            try:
+                parsed.append(json.loads(step))
+            except json.JSONDecodeError as exc:
+                raise click.ClickException(f"step {step!r} is not valid JSON: {exc}") from None
+        else:
+            parsed.append(step)
+    async with _store(_config(ctx)) as store:
+        existing_all = await store.list_combos()
+        existing = next((c for c in existing_all if c.name == name), None)
+        try:
+            combo = build_combo({"name": name, "steps": parsed, "strategy": strategy},
+                                existing_all, existing)
+        except ValueError as exc:
+            raise click.ClickException(str(exc)) from None
+        await store.save_combo(combo)
+    click.echo(f"{'updated' if existing else 'added'} combo {combo.id}: {name} "
+               f"({strategy}, {len(parsed)} steps)")
+
+
+@combos.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_context
+@_async_command
+async def combos_list(ctx: click.Context, as_json: bool) -> None:
+    """List combos and their steps."""
+    async with _store(_config(ctx)) as store:
+        items = [c.public() for c in await store.list_combos()]
+    if as_json:
+        _echo_json(items)
+        return
+    for c in items:
+        click.echo(f"{c['id']}  {c['name']}  ({c['strategy']})")
+        for i, step in enumerate(c["steps"], 1):
+            click.echo(f"    {i}. {step if isinstance(step, str) else json.dumps(step)}")
+
+
+@combos.command("remove")
+@click.argument("name_or_id")
+@click.pass_context
+@_async_command
+async def combos_remove(ctx: click.Context, name_or_id: str) -> None:
+    """Remove a combo by name or id."""
+    async with _store(_config(ctx)) as store:
+        found = next((c for c in await store.list_combos() if name_or_id in (c.id, c.name)), None)
+        if found is None:
+            raise click.ClickException(f"no combo {name_or_id!r}")
+        await store.delete_combo(found.id)
+    click.echo(f"removed combo {found.name}")
+
+
 # ---------------------------------------------------------------------- admin
 
 @cli.group()

@@ -179,6 +179,30 @@ def _to_positive(kind: type) -> Any:
     return convert
 
 
+def _to_at_least(kind: type, minimum: float) -> Any:
+    """Like :func:`_to_positive`, but ``minimum`` itself is allowed (0 turns a feature off)."""
+
+    def convert(value: Any) -> Any:
+        if isinstance(value, bool):
+            raise ValueError(f"expected a number, got {value!r}")
+        if kind is int and isinstance(value, float) and not value.is_integer():
+            raise ValueError(f"expected a whole number, got {value!r}")
+        number = kind(value)
+        if number < minimum:
+            raise ValueError(f"expected a number of at least {minimum:g}, got {value!r}")
+        return number
+
+    return convert
+
+
+#: how the gateway orders the accounts of one provider and the steps of a combo
+#: (``omniroute.resilience.strategies`` implements them)
+ACCOUNT_STRATEGIES = (
+    "priority", "round-robin", "weighted", "random", "least-used", "fill-first",
+    "cost-optimized", "latency-optimized", "p2c",
+)
+
+
 @dataclass
 class Settings:
     """Runtime settings, editable through ``/api/settings``.
@@ -196,6 +220,30 @@ class Settings:
     total_timeout: float = 900.0
     request_log: bool = True
     models_cache_ttl: float = 600.0
+    # resilience (omniroute.resilience): target order, attempts, cooldowns, breakers,
+    # per-connection queues, sticky sessions
+    account_strategy: str = "priority"
+    round_robin_sticky: int = 1  # requests in a row on one target before rotating
+    max_attempts: int = 10  # targets tried per request, at most
+    cooldown_base: float = 1.0  # seconds; backoff = base * factor ** (failures - 1)
+    cooldown_factor: float = 2.0
+    cooldown_max: float = 300.0
+    breaker_threshold: int = 12  # consecutive failures that open an API-key provider's breaker
+    breaker_threshold_oauth: int = 8  # ... a subscription (OAuth) provider's
+    breaker_reset: float = 30.0  # seconds open before half-open trials
+    breaker_reset_oauth: float = 60.0
+    breaker_half_open_max: int = 1  # trial requests at once while half-open
+    queue_size: int = 32  # waiters per limited connection (0: fail at once)
+    queue_timeout: float = 5.0  # seconds a waiter waits for a slot (0: fail at once)
+    wait_for_cooldown_max: float = 5.0  # wait this long for a cooling target (0: fail fast)
+    session_ttl: float = 1800.0  # seconds a sticky session lives after its last use
+    session_max: int = 10000  # sticky sessions kept (least recently used go first)
+
+    #: lower bounds for settings where "positive" is not the rule
+    _MINIMUM = {"cooldown_factor": 1.0, "queue_size": 0, "queue_timeout": 0.0,
+                "wait_for_cooldown_max": 0.0}
+    #: settings that take one of a few names
+    _CHOICES = {"account_strategy": ACCOUNT_STRATEGIES}
 
     _CONVERTERS = {
         bool: _to_bool,
@@ -213,9 +261,17 @@ class Settings:
         types = {f.name: f.type for f in dataclasses.fields(cls)}
         if name not in types:
             raise ValueError(f"unknown setting {name!r}")
+        if name in cls._CHOICES:
+            choice = value.strip().lower().replace("_", "-") if isinstance(value, str) else value
+            if choice not in cls._CHOICES[name]:
+                raise ValueError(
+                    f"{name}: expected one of {', '.join(cls._CHOICES[name])}, got {value!r}")
+            return choice
         kind = {"bool": bool, "int": int, "float": float}[str(types[name])]
+        convert = (_to_at_least(kind, cls._MINIMUM[name]) if name in cls._MINIMUM
+                   else cls._CONVERTERS[kind])
         try:
-            return cls._CONVERTERS[kind](value)
+            return convert(value)
         except (TypeError, ValueError) as exc:
             raise ValueError(f"{name}: {exc}") from None
 

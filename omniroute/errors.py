@@ -7,7 +7,9 @@ the shape of every management API error.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
+from typing import Any
 
 import orjson
 from aiohttp import web
@@ -101,12 +103,16 @@ class UpstreamStatusError(GatewayError):
         param: str | None = None,
         body: bytes = b"",
         headers: Mapping[str, str] | None = None,
+        upstream_headers: Mapping[str, str] | None = None,
     ) -> None:
         super().__init__(
             message, status=status, type=type or _type_for(status), code=code or f"upstream_{status}",
             param=param, headers=headers,
         )
         self.body = body
+        #: the upstream's rate-limit hints (``retry-after``, ``x-ratelimit-*``,
+        #: ``anthropic-ratelimit-*``), names lower-cased; ``headers`` is what the client sees
+        self.upstream_headers = {k.lower(): v for k, v in (upstream_headers or {}).items()}
 
     @property
     def retriable(self) -> bool:
@@ -137,3 +143,53 @@ def openai_error_response(err: GatewayError) -> web.Response:
         content_type="application/json",
         headers=err.headers,
     )
+
+
+def retry_after_header(seconds: float) -> str:
+    """A ``Retry-After`` value: whole seconds, rounded up, at least 1."""
+    return str(max(1, math.ceil(seconds)))
+
+
+class RateLimited(GatewayError):
+    """Too many requests: try again after ``retry_after`` seconds (sent as ``Retry-After``)."""
+
+    status, type, code = 429, "rate_limit_error", "rate_limited"
+
+    def __init__(
+        self, message: str, *, retry_after: float | None = None, **kwargs: Any
+    ) -> None:
+        super().__init__(message, **kwargs)
+        self.retry_after = retry_after
+        if retry_after is not None:
+            self.headers.setdefault("Retry-After", retry_after_header(retry_after))
+
+
+class ConnectionBusy(RateLimited):
+    """A connection's own limits (concurrency, requests per minute) are full.
+
+    The caller moves to the next account, or answers 429 with ``Retry-After``.
+    """
+
+    code = "connection_busy"
+
+    def __init__(
+        self, message: str, *, connection_id: str = "", retry_after: float | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(message, retry_after=retry_after, **kwargs)
+        self.connection_id = connection_id
+
+
+class CircuitOpen(ServiceUnavailable):
+    """A provider's circuit breaker is open: nothing is sent to it for a while."""
+
+    code = "circuit_open"
+
+    def __init__(
+        self, message: str, *, key: str = "", retry_after: float | None = None, **kwargs: Any
+    ) -> None:
+        super().__init__(message, **kwargs)
+        self.key = key
+        self.retry_after = retry_after
+        if retry_after is not None:
+            self.headers.setdefault("Retry-After", retry_after_header(retry_after))

@@ -22,8 +22,10 @@ from omniroute.auth.apikey import KeyIndex
 from omniroute.auth.base import AuthScheme
 from omniroute.config import Config, ConfigError, Settings
 from omniroute.errors import GatewayError
+from omniroute.formats.base import Format
 from omniroute.plugins import Plugins
 from omniroute.providers.base import Provider, ProviderContext, Timeouts
+from omniroute.resilience import Resilience
 from omniroute.routing import Router
 from omniroute.storage import Combo, Connection, Database, RequestLog, Store
 from omniroute.vault import Vault
@@ -51,6 +53,8 @@ class Gateway:
         self.combos: list[Combo] = []
         self.router = Router({}, {}, [], {})
         self.auth_schemes: dict[str, AuthScheme] = {}
+        self.formats: dict[str, Format] = {}
+        self.resilience = Resilience(self.settings)
         self.models: dict[str, tuple[float, list[str]]] = {}
         self._config_version = -1
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -73,6 +77,7 @@ class Gateway:
                                           skip_auto_headers=("User-Agent",))
         self.context = ProviderContext(self.http, self.timeouts, f"omniroute/{__version__}")
         try:
+            self.formats = {name: cls() for name, cls in self.plugins.formats.items()}
             self.auth_schemes = {name: cls(self) for name, cls in self.plugins.auth_schemes.items()}
             await self.reload(strict=True)
             for scheme in self.auth_schemes.values():
@@ -154,6 +159,7 @@ class Gateway:
             log.error(message)
         self.connections = {c.id: c for c in connections}
         self.providers = providers
+        self.resilience.retain(set(providers))
         self.provider_errors = errors
         self.keys = KeyIndex(await self.store.list_keys())
         self.aliases = await self.store.list_aliases()
@@ -178,6 +184,7 @@ class Gateway:
         self.settings = Settings(**values)
         self.timeouts = Timeouts.from_settings(self.settings)
         self.context.timeouts = self.timeouts
+        self.resilience.configure(self.settings)
         self.log.enabled = self.settings.request_log
 
     def provider_type(self, type_name: str) -> type[Provider]:

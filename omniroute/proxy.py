@@ -1,33 +1,48 @@
-"""The data path of a chat request, top to bottom.
+"""The data path of every client request, top to bottom.
 
-decode the client's request -> resolve the model to targets -> call the
-provider (moving to the next target on failures that are not the client's)
--> send the JSON answer or relay the stream event by event -> record it.
+read the body -> the client's format checks it (model, stream) -> resolve the
+model to targets -> call a target, moving to the next on failures that are not
+the client's -> send the JSON answer, or relay the stream frame by frame ->
+record it.
 
-Authentication already happened in the middleware. When client and provider
-speak the same format the body goes upstream unchanged except for the model
-name, and the upstream bytes come back unchanged; usage is read on the side.
+Each target is served on one of two lanes. When the client and the provider
+speak the same format (the *pass-through* lane) the body goes upstream as sent
+except for the model name, and the upstream frames come back unchanged; the
+format reads usage and errors on the side. Otherwise (the *translated* lane)
+the client's format decodes the request into the canonical model once, the
+provider's format encodes it for each target, and the answer flows back
+provider format -> canonical events -> client format.
+
+Authentication already happened in the middleware; errors raised here are
+rendered in the client's format by the middleware too.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import aclosing, suppress
+from dataclasses import dataclass
 
 from aiohttp import web
 
 from omniroute.errors import (
+    CircuitOpen,
+    ConnectionBusy,
     GatewayError,
-    InvalidRequest,
+    RateLimited,
     ServiceUnavailable,
     UpstreamError,
     UpstreamStatusError,
 )
-from omniroute.formats import openai as openai_format
+from omniroute.formats import canonical as c
+from omniroute.formats.base import ClientRequest, Format
 from omniroute.gateway import Gateway
 from omniroute.providers.base import UpstreamCall, UpstreamResponse
+from omniroute.resilience import session_id
 from omniroute.routing import Route, Target
 from omniroute.storage import RequestRecord
 from omniroute.web.body import read_object
@@ -35,51 +50,67 @@ from omniroute.web.keys import GATEWAY, PRINCIPAL, STREAM_STARTED
 
 log = logging.getLogger(__name__)
 
-#: upstream answers that say "this account or model cannot serve it now":
-#: try the next target instead of passing the error to the client
-_MOVE_ON_STATUSES = frozenset({401, 402, 403, 404, 408, 409, 425, 429})
-
-_STREAM_HEADERS = {
-    "Content-Type": "text/event-stream; charset=utf-8",
-    "Cache-Control": "no-cache",
-    "X-Accel-Buffering": "no",
-}
+#: the body field a client may name its session with (removed before going upstream)
+SESSION_FIELD = "x_session_id"
+#: a stream that has no upstream answer after this many seconds starts with keep-alives
+KEEPALIVE_AFTER = 2.0
+KEEPALIVE_EVERY = 10.0
+#: upstream response headers worth passing on to the client
+_PASSED_HEADERS = (("x-request-id", "X-Upstream-Request-Id"),)
 
 
-async def chat_completions(request: web.Request) -> web.StreamResponse:
-    """``POST /v1/chat/completions`` and ``/v1/providers/{provider}/chat/completions``."""
+@dataclass(slots=True)
+class Answer:
+    """A target that answered, and how its answer reaches the client."""
+
+    target: Target
+    upstream: UpstreamResponse
+    provider_format: Format
+    #: the canonical request, on the translated lane (None on the pass-through lane)
+    request: c.Request | None
+
+
+async def handle(
+    request: web.Request,
+    fmt: Format,
+    endpoint: str,
+    *,
+    path_model: str | None = None,
+    path_stream: bool | None = None,
+) -> web.StreamResponse:
+    """Serve one client request spoken in ``fmt``."""
     gateway = request.app[GATEWAY]
     started = time.perf_counter()
     record = RequestRecord(
         request_id=gateway.new_request_id(),
         ts=time.time(),
-        endpoint="chat.completions",
+        endpoint=endpoint,
         api_key_id=request[PRINCIPAL].key_id,
     )
     try:
         body = await read_object(request, gateway.settings.max_body_bytes)
-        model, stream = openai_format.check_chat_request(body)
+        model, stream = fmt.inspect(body, path_model=path_model, path_stream=path_stream)
         record.model_requested, record.stream = model, stream
+        client = ClientRequest(body, model, stream, request.headers, request.query)
         route = gateway.router.resolve(model, prefix=request.match_info.get("provider"))
-        upstream, target = await call_upstream(gateway, route, body, stream, record)
-        headers = {
-            "X-OmniRoute-Request-Id": record.request_id,
-            "X-OmniRoute-Provider": target.prefix,
-            "X-OmniRoute-Model": target.model,
-            "X-OmniRoute-Fallback-Attempts": str(record.attempts - 1),
-        }
-        upstream_id = upstream.headers.get("x-request-id")
-        if upstream_id:  # lets users quote the provider's own id in a support ticket
-            headers["X-Upstream-Request-Id"] = upstream_id
+        system, first_user = fmt.conversation_seed(body)
+        session = session_id(request.headers, body, model=model, system=system,
+                             first_user=first_user)
+        calling = call_upstream(gateway, route, fmt, client, record, session)
+        response = None
+        if stream and fmt.keepalive_frame() is not None:
+            answer, response = await _with_keepalive(request, fmt, calling, record)
+            if answer is None:
+                return response
+        else:
+            answer = await calling
+        headers = _answer_headers(answer, record)
+        if session is not None:
+            headers["X-OmniRoute-Session-Id"] = session
         record.ttfb_ms = (time.perf_counter() - started) * 1000
         if not stream:
-            assert upstream.body is not None
-            _set_usage(record, openai_format.usage_from_response(upstream.body))
-            record.status = upstream.status
-            return web.Response(body=upstream.body, status=upstream.status,
-                                content_type="application/json", headers=headers)
-        return await relay_stream(request, upstream, record, headers,
-                                  client_wants_usage=openai_format.wants_stream_usage(body))
+            return _json_answer(fmt, answer, record, headers)
+        return await relay_stream(request, fmt, client, answer, record, headers, response)
     except GatewayError as err:
         record.status, record.error = err.status, err.message
         err.headers.setdefault("X-OmniRoute-Request-Id", record.request_id)
@@ -93,74 +124,190 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
 
 
 async def call_upstream(
-    gateway: Gateway, route: Route, body: dict, stream: bool, record: RequestRecord
-) -> tuple[UpstreamResponse, Target]:
-    """Try the route's targets in order until one answers."""
+    gateway: Gateway, route: Route, fmt: Format, client: ClientRequest, record: RequestRecord,
+    session: str | None = None,
+) -> Answer:
+    """Try the route's targets in the strategy's order until one answers.
+
+    A target is skipped while it cools down, is terminal or sits behind an open
+    breaker; when all of them rest, wait (bounded) for the soonest. Failures
+    that are the client's own mistake go straight back; the others move on,
+    and when every target failed the client gets a 503 naming each one and why.
+    """
+    resilience = gateway.resilience
     if not route.targets:
         raise ServiceUnavailable(f"Model {route.requested!r} has no usable target.")
+    strategy = route.strategy or gateway.settings.account_strategy
+    plan = resilience.plan(route.targets, strategy=strategy, session_id=session)
+    if not plan.targets:
+        await resilience.wait_for_available(route.targets)  # bounded; else 429 / 503
+        plan = resilience.plan(route.targets, strategy=strategy, session_id=session)
     failures: list[tuple[Target, GatewayError]] = []
-    for target in route.targets:
-        if target.provider.format != openai_format.NAME:
-            raise InvalidRequest(
-                f"{target.label} speaks the {target.provider.format!r} format; this endpoint "
-                "cannot translate to it yet.", code="format_not_supported")
-        record.attempts += 1
-        record.provider, record.connection_id, record.model = (
-            target.prefix, target.connection.id, target.model)
-        call = UpstreamCall(body, target.model, stream, record.request_id)
-        try:
-            return await target.provider.chat(call), target
-        except UpstreamStatusError as err:
-            if err.status not in _MOVE_ON_STATUSES and err.status < 500:
-                raise  # the client's own mistake: retrying elsewhere would hide it
-            failures.append((target, err))
-        except UpstreamError as err:
-            failures.append((target, err))
+    canonical: c.Request | None = None  # decoded once, on the first translated target
+    for target in plan.targets:
+        provider_format = gateway.formats.get(target.provider.format)
+        if provider_format is None:
+            failures.append((target, UpstreamError(
+                f"no format plugin {target.provider.format!r} is loaded")))
+            continue
+        if provider_format is fmt:
+            body, request = fmt.with_model(client.body, target.model), None
+            if SESSION_FIELD in body:  # ours, never the upstream's
+                body = {k: v for k, v in body.items() if k != SESSION_FIELD}
+        else:
+            if canonical is None:
+                canonical = fmt.decode_request(client)
+            request = dataclasses.replace(canonical, model=target.model)
+            body = provider_format.encode_request(request, target.connection.settings)
+        call = UpstreamCall(body, target.model, client.stream, record.request_id,
+                            client_headers=client.headers)
+        refreshed = False
+        while True:  # at most twice: once more after a credential refresh
+            record.attempts += 1
+            record.provider, record.connection_id, record.model = (
+                target.prefix, target.connection.id, target.model)
+            attempt = resilience.attempt(target, session_id=session, refreshed=refreshed)
+            try:
+                async with attempt:
+                    upstream = await target.provider.chat(call)
+                    attempt.first_byte()
+                return Answer(target, upstream, provider_format, request or canonical)
+            except (ConnectionBusy, CircuitOpen) as err:  # not tried: full, or resting
+                record.attempts -= 1
+                failures.append((target, err))
+            except (UpstreamError, UpstreamStatusError) as err:
+                decision = attempt.decision
+                if decision is not None and decision.refresh and not refreshed:
+                    refreshed = await target.provider.refresh_credentials()
+                    if refreshed:
+                        continue
+                if decision is not None and not decision.move_on:
+                    raise  # the client's own mistake: retrying elsewhere would hide it
+                failures.append((target, err))
+            break
         log.warning("%s failed for %s: %s", target.label, record.request_id, failures[-1][1])
-    if len(failures) == 1:
-        raise failures[0][1]
-    detail = "; ".join(f"{t.label}: {e.status} {e.message}" for t, e in failures)
+    raise _all_failed(route, failures, plan.skipped)
+
+
+def _all_failed(
+    route: Route, failures: list[tuple[Target, GatewayError]],
+    skipped: tuple[tuple[Target, str], ...],
+) -> GatewayError:
+    """The error for a request no target could serve."""
+    if len(failures) == 1 and not skipped and not isinstance(failures[0][1], ConnectionBusy):
+        return failures[0][1]  # one target: its own error says it best
+    if failures and all(isinstance(e, ConnectionBusy) for _, e in failures) and not skipped:
+        waits = [e.retry_after for _, e in failures if e.retry_after is not None]
+        return RateLimited(
+            f"Every account for {route.requested!r} is at its limit; retry shortly.",
+            retry_after=min(waits) if waits else 1.0, code="all_accounts_busy")
+    detail = "; ".join([*(f"{t.label}: {e.status} {e.message}" for t, e in failures),
+                        *(f"{t.label}: skipped ({why})" for t, why in skipped)])
+    count = len(failures) + len(skipped)
     retry_after = [e.headers["Retry-After"] for _, e in failures if "Retry-After" in e.headers]
-    raise ServiceUnavailable(
-        f"All {len(failures)} targets for {route.requested!r} failed: {detail}",
+    return ServiceUnavailable(
+        f"All {count} targets for {route.requested!r} failed: {detail}",
         code="all_targets_failed",
         headers={"Retry-After": min(retry_after, key=_seconds)} if retry_after else None,
     )
 
 
-async def relay_stream(
-    request: web.Request,
-    upstream: UpstreamResponse,
-    record: RequestRecord,
-    headers: dict[str, str],
-    *,
-    client_wants_usage: bool,
-) -> web.StreamResponse:
-    """Write each upstream event to the client the moment it arrives."""
-    assert upstream.events is not None
-    response = web.StreamResponse(headers={**_STREAM_HEADERS, **headers})
-    async with aclosing(upstream.events) as events:
+def _json_answer(
+    fmt: Format, answer: Answer, record: RequestRecord, headers: dict[str, str]
+) -> web.Response:
+    upstream = answer.upstream
+    assert upstream.body is not None
+    if answer.request is None:
+        body, usage = upstream.body, fmt.usage_from_body(upstream.body)
+    else:
+        response = answer.provider_format.decode_response(upstream.body)
+        body, usage = fmt.encode_response(response, answer.request), response.usage
+    _set_usage(record, usage)
+    record.status = upstream.status
+    return web.Response(body=body, status=upstream.status, content_type="application/json",
+                        headers=headers)
+
+
+async def _with_keepalive(
+    request: web.Request, fmt: Format, calling: Awaitable[Answer], record: RequestRecord
+) -> tuple[Answer | None, web.StreamResponse | None]:
+    """Wait for an answer; past ``KEEPALIVE_AFTER`` start the stream and send keep-alives.
+
+    A quick answer keeps its real status and headers. A slow one (a long queue,
+    fallback across targets) gets the stream started with 200 and the format's
+    keep-alive frame (Anthropic ``ping``) every ``KEEPALIVE_EVERY`` seconds, so
+    the client does not time out; if every target then fails, the stream ends
+    with the format's error frame. Returns ``(answer, started response or None)``,
+    or ``(None, response)`` when the error was already written.
+    """
+    task = asyncio.ensure_future(calling)
+    try:
+        done, _ = await asyncio.wait({task}, timeout=KEEPALIVE_AFTER)
+        if done:
+            return task.result(), None
+        response = web.StreamResponse(headers={
+            "Content-Type": fmt.stream_content_type, "Cache-Control": "no-cache",
+            "X-Accel-Buffering": "no", "X-OmniRoute-Request-Id": record.request_id})
         await response.prepare(request)
         request[STREAM_STARTED] = True
+        ping = fmt.keepalive_frame()
+        assert ping is not None
+        while not done:
+            await response.write(ping)
+            done, _ = await asyncio.wait({task}, timeout=KEEPALIVE_EVERY)
         try:
-            async for event in events:
-                found = openai_format.usage_from_event(event)
-                if found is not None:
-                    usage, usage_only = found
-                    _set_usage(record, usage)
-                    if usage_only and not client_wants_usage:
-                        continue  # we asked for it on the client's behalf; keep it on the side
-                upstream_error = openai_format.error_from_event(event)
-                if upstream_error is not None:  # relayed as sent; recorded as a failure
-                    record.status, record.error = 502, f"upstream stream error: {upstream_error}"
-                await response.write(event)
-        except GatewayError as err:  # after the first byte: end the stream with an error event
+            return task.result(), response
+        except GatewayError as err:
+            record.status, record.error = err.status, err.message
+            return None, await _end_with_error(response, fmt, err)
+    finally:
+        if not task.done():  # the client left: stop every upstream attempt
+            task.cancel()
+            with suppress(asyncio.CancelledError, Exception):
+                await task
+
+
+async def relay_stream(
+    request: web.Request,
+    fmt: Format,
+    client: ClientRequest,
+    answer: Answer,
+    record: RequestRecord,
+    headers: dict[str, str],
+    response: web.StreamResponse | None = None,
+) -> web.StreamResponse:
+    """Write each frame to the client the moment it is ready.
+
+    :param response: a stream already started (keep-alives were sent while waiting).
+    """
+    events = answer.upstream.events
+    assert events is not None
+    if answer.request is None:
+        frames = _passthrough(fmt, events, record, fmt.hidden_frames(client))
+    else:
+        decoded = answer.provider_format.decode_stream(events)
+        frames = fmt.encode_stream(_tap_usage(decoded, record), answer.request)
+    if response is None:
+        response = web.StreamResponse(headers={
+            "Content-Type": fmt.stream_content_type,
+            "Cache-Control": "no-cache",
+            "X-Accel-Buffering": "no",
+            **headers,
+        })
+    # closing `frames` closes every layer down to the upstream connection
+    async with aclosing(frames), aclosing(events):
+        if not response.prepared:
+            await response.prepare(request)
+            request[STREAM_STARTED] = True
+        try:
+            async for frame in frames:
+                await response.write(frame)
+        except GatewayError as err:  # after the first byte: end the stream with an error
             record.status, record.error = err.status, err.message
             log.warning("stream %s broke: %s", record.request_id, err.message)
-            with suppress(ConnectionResetError):
-                await response.write(openai_format.error_event(err))
-                await response.write_eof()
-            return response
+            if isinstance(err, UpstreamError):  # the account pays for it (cooldown, breaker)
+                request.app[GATEWAY].resilience.record_failure(answer.target, err)
+            return await _end_with_error(response, fmt, err)
         except ConnectionResetError:  # the client went away; aclosing stops the upstream
             record.status, record.error = 499, "client disconnected"
             return response
@@ -168,20 +315,72 @@ async def relay_stream(
             log.exception("stream %s failed", record.request_id)
             err = UpstreamError(f"Internal error while relaying the stream: {type(exc).__name__}")
             record.status, record.error = 500, err.message
-            with suppress(ConnectionResetError):
-                await response.write(openai_format.error_event(err))
-                await response.write_eof()
-            return response
+            return await _end_with_error(response, fmt, err)
     if record.error is None:
         record.status = 200
     await response.write_eof()
     return response
 
 
-def _set_usage(record: RequestRecord, usage: dict[str, int | None]) -> None:
-    for key, value in usage.items():
-        if isinstance(value, int):
-            setattr(record, key, value)
+async def _passthrough(
+    fmt: Format, events: AsyncIterator[bytes], record: RequestRecord,
+    hidden: Callable[[bytes], bool] | None,
+) -> AsyncIterator[bytes]:
+    """The upstream's own frames, unchanged; usage and errors are read on the side."""
+    async for frame in events:
+        usage = fmt.usage_from_frame(frame)
+        if usage is not None:
+            _set_usage(record, usage)
+            if hidden is not None and hidden(frame):
+                continue  # asked for on the client's behalf; kept on the side
+        upstream_error = fmt.error_from_frame(frame)
+        if upstream_error is not None:  # relayed as sent; recorded as a failure
+            record.status, record.error = 502, f"upstream stream error: {upstream_error}"
+        yield frame
+
+
+async def _tap_usage(
+    events: AsyncIterator[c.Event], record: RequestRecord
+) -> AsyncIterator[c.Event]:
+    async with aclosing(events):
+        async for event in events:
+            if isinstance(event, (c.Start, c.Finish)):
+                _set_usage(record, event.usage)
+            yield event
+
+
+async def _end_with_error(
+    response: web.StreamResponse, fmt: Format, err: GatewayError
+) -> web.StreamResponse:
+    with suppress(ConnectionResetError):
+        await response.write(fmt.error_frame(err))
+        await response.write_eof()
+    return response
+
+
+def _answer_headers(answer: Answer, record: RequestRecord) -> dict[str, str]:
+    headers = {
+        "X-OmniRoute-Request-Id": record.request_id,
+        "X-OmniRoute-Provider": answer.target.prefix,
+        "X-OmniRoute-Model": answer.target.model,
+        "X-OmniRoute-Fallback-Attempts": str(record.attempts - 1),
+    }
+    for upstream_name, name in _PASSED_HEADERS:
+        value = answer.upstream.headers.get(upstream_name)
+        if value:
+            headers[name] = value
+    return headers
+
+
+def _set_usage(record: RequestRecord, usage: c.Usage) -> None:
+    if usage.input_tokens is not None:
+        record.prompt_tokens = usage.input_tokens
+    if usage.output_tokens is not None:
+        record.completion_tokens = usage.output_tokens
+    if usage.cache_read_tokens is not None:
+        record.cached_tokens = usage.cache_read_tokens
+    if usage.reasoning_tokens is not None:
+        record.reasoning_tokens = usage.reasoning_tokens
 
 
 def _seconds(value: str) -> float:

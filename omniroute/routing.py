@@ -1,13 +1,15 @@
 """Model resolution: from the model name a client sent to the targets to try.
 
-Order: a combo name; a user alias (exact, then wildcard); ``prefix/model``
-(the first ``/`` splits, the rest may hold more slashes); a bare model name
-that exactly one provider prefix offers. The :class:`Router` is rebuilt from
+Order: a combo name; ``prefix/model`` (the first ``/`` splits, the rest may
+hold more slashes); a user alias (exact, then wildcard); a bare model name
+that exactly one provider prefix offers (several: 400 listing them). A combo
+step may pin one ``connection`` (id or name) and carry a ``weight``. The :class:`Router` is rebuilt from
 the configuration on every reload, so resolving is a few dict lookups.
 """
 
 from __future__ import annotations
 
+import difflib
 import fnmatch
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -26,6 +28,10 @@ class Target:
     connection: Connection
     provider: Provider
     model: str
+    #: the combo step this target came from (accounts of one step form a group)
+    group: int = 0
+    #: relative weight for the ``weighted`` strategy (from the combo step)
+    weight: float = 1.0
 
     @property
     def prefix(self) -> str:
@@ -41,6 +47,8 @@ class Route:
     requested: str
     targets: tuple[Target, ...]
     combo: str | None = None
+    #: the combo's strategy (None: the account strategy setting applies)
+    strategy: str | None = None
 
 
 class Router:
@@ -77,7 +85,9 @@ class Router:
             return Route(model, self._pinned(model, prefix))
         combo = self.combos.get(model)
         targets = self._resolve(model, 0)
-        return Route(model, tuple(targets), combo.name if combo else None)
+        if combo is None:
+            return Route(model, tuple(targets))
+        return Route(model, tuple(targets), combo.name, combo.strategy)
 
     def _pinned(self, model: str, prefix: str) -> tuple[Target, ...]:
         if prefix not in self.by_prefix:
@@ -97,16 +107,17 @@ class Router:
         combo = self.combos.get(model)
         if combo is not None:
             targets: list[Target] = []
-            for step in combo.steps:
-                targets.extend(self._resolve(step_model(step), depth + 1))
+            for group, step in enumerate(combo.steps):
+                found = self._resolve(step_model(step), depth + 1)
+                targets.extend(_from_step(step, found, group))
             return _unique(targets)
+        head, sep, rest = model.partition("/")
+        if sep and head in self.by_prefix and rest:
+            return [Target(p.connection, p, rest) for p in self.by_prefix[head]]
         target = self.aliases.get(model) or next(
             (t for a, t in self.patterns if fnmatch.fnmatchcase(model, a)), None)
         if target is not None:
             return self._resolve(target, depth + 1)
-        head, sep, rest = model.partition("/")
-        if sep and head in self.by_prefix and rest:
-            return [Target(p.connection, p, rest) for p in self.by_prefix[head]]
         prefixes = self.bare.get(model)
         if prefixes and len(prefixes) == 1:
             (only,) = prefixes
@@ -117,10 +128,20 @@ class Router:
                 f"Model {model!r} is offered by several providers; choose one of: {options}.",
                 param="model", code="ambiguous_model")
         known = ", ".join(sorted(self.by_prefix)) or "none yet: add one with `omniroute providers add`"
+        close = self.suggest(model)
+        hint = f" Did you mean {' or '.join(repr(m) for m in close)}?" if close else ""
         raise ModelNotFound(
-            f"Model {model!r} is not known. Use 'prefix/model' with a configured prefix "
+            f"Model {model!r} is not known.{hint} Use 'prefix/model' with a configured prefix "
             f"({known}), an alias or a combo name; GET /v1/models lists them.",
             param="model")
+
+    def suggest(self, model: str) -> list[str]:
+        """Up to three known model names close to ``model`` (for error hints)."""
+        names = [*self.combos, *self.aliases]
+        for bare, prefixes in self.bare.items():
+            names.append(bare)
+            names.extend(f"{p}/{bare}" for p in prefixes)
+        return difflib.get_close_matches(model, names, n=3, cutoff=0.6)
 
 
 def step_model(step: object) -> str:
@@ -132,6 +153,20 @@ def step_model(step: object) -> str:
         provider = step.get("provider")
         return f"{provider}/{model}" if provider and not model.startswith(f"{provider}/") else model
     raise ValueError(f"a combo step must be 'prefix/model' or {{'model': ...}}, got {step!r}")
+
+
+def _from_step(step: object, targets: list[Target], group: int) -> list[Target]:
+    """A combo step's targets: pinned to its ``connection`` and carrying its ``weight``."""
+    weight, pinned = 1.0, None
+    if isinstance(step, dict):
+        weight = float(step.get("weight", 1.0))
+        pinned = step.get("connection")
+    out = []
+    for t in targets:
+        if pinned is not None and pinned not in (t.connection.id, t.connection.name):
+            continue
+        out.append(Target(t.connection, t.provider, t.model, group, weight))
+    return out
 
 
 def _is_pattern(alias: str) -> bool:

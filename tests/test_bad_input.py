@@ -342,6 +342,16 @@ async def test_upstream_429_passes_through_with_retry_after(gw, stream):
     assert info.value.body["message"] == "Rate limit reached for gpt-4o-mini."
     assert info.value.code == "rate_limit_exceeded"
     assert info.value.response.headers["Retry-After"] == "7"
+    # the account now rests for 7 s: the gateway answers for it at once, without calling it
+    calls = len(gw.fake.requests)
+    with pytest.raises(openai.RateLimitError) as info:
+        await sdk(gw).chat.completions.create(model="up/gpt-4o-mini", messages=HI)
+    assert info.value.response.headers["Retry-After"] in ("6", "7")
+    assert "resting" in info.value.message
+    assert len(gw.fake.requests) == calls
+    # an operator reset puts it back to work
+    resp = await gw.client.post("/api/resilience/reset", headers=gw.admin_headers)
+    assert resp.status == 200
     await assert_still_serving(gw)
 
 

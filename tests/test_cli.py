@@ -85,7 +85,8 @@ def free_port() -> int:
 
 def test_providers_presets(run: Cli) -> None:
     out = ok(run("providers", "presets")).output
-    assert out.startswith("openai (openai): Any OpenAI-compatible Chat Completions API")
+    assert re.search(r"^openai \(openai\): Any OpenAI-compatible Chat Completions API$", out,
+                     re.MULTILINE)
     assert re.search(r"^    groq +groq/ +https://api\.groq\.com/openai/v1$", out, re.MULTILINE)
     assert re.search(r"^    ollama .*\(no key needed\)$", out, re.MULTILINE)
 
@@ -442,3 +443,24 @@ def test_providers_add_prompts_for_a_key_only_when_the_type_takes_one() -> None:
     assert _wants_key(plugins, "openai", None) is True  # custom base URL: may need one
     assert _wants_key(plugins, "example", None) is False  # the example type takes no key
     assert _wants_key(plugins, "no-such-type", None) is False
+
+
+def test_combos_add_list_remove(tmp_path: Path) -> None:
+    run = Cli(tmp_path / "data")
+    out = run("combos", "add", "team", "a/m1", '{"provider": "b", "model": "m2", "weight": 2}')
+    assert out.exit_code == 0, out.output
+    assert "added combo" in out.output
+    listed = json.loads(run("combos", "list", "--json").output)
+    assert listed[0]["name"] == "team"
+    assert listed[0]["steps"] == ["a/m1", {"provider": "b", "model": "m2", "weight": 2}]
+    assert "2. {" in run("combos", "list").output
+    # replacing keeps the id; a cycle is refused with a readable message
+    again = run("combos", "add", "team", "a/m3")
+    assert "updated combo" in again.output
+    assert json.loads(run("combos", "list", "--json").output)[0]["id"] == listed[0]["id"]
+    assert run("combos", "add", "loop", "team").exit_code == 0
+    cyc = run("combos", "add", "team", "loop")
+    assert cyc.exit_code != 0 and "cycle" in cyc.output
+    assert run("combos", "add", "bad", "{not json").exit_code != 0
+    assert run("combos", "remove", "team").exit_code == 0
+    assert run("combos", "remove", "team").exit_code != 0

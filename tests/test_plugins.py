@@ -180,7 +180,10 @@ def test_real_entry_points_include_the_builtins() -> None:
     assert infos["openai"].module == "omniroute.providers.openai"
     # built-ins are loaded first, so a third-party type can never shadow them
     names = [i.name for i in plugins.infos]
-    assert set(names[: len(BUILTINS)]) == BUILTINS
+    builtins = {i.name for i in plugins.infos if i.distribution == "omniroute"}
+    assert BUILTINS <= builtins
+    assert set(names[: len(builtins)]) == builtins
+    assert "example-provider" in names[len(builtins):]  # the third-party example comes after
 
 
 def test_environment_reaches_config(tmp_path: Path) -> None:

@@ -8,22 +8,22 @@ import openai
 import pytest
 
 from omniroute.config import ConfigError, Settings, load_config
-from omniroute.formats import openai as openai_format
 
 HI = [{"role": "user", "content": "hi there"}]
 
 
 async def test_a_bug_while_relaying_ends_the_stream_with_an_error_event(gw, monkeypatch):
     calls = {"n": 0}
-    real = openai_format.usage_from_event
+    fmt = gw.gateway.formats["openai"]
+    real = fmt.usage_from_frame
 
-    def broken(event: bytes) -> Any:
+    def broken(frame: bytes) -> Any:
         calls["n"] += 1
         if calls["n"] == 3:
             raise RuntimeError("boom")
-        return real(event)
+        return real(frame)
 
-    monkeypatch.setattr(openai_format, "usage_from_event", broken)
+    monkeypatch.setattr(fmt, "usage_from_frame", broken)
     client = openai.AsyncOpenAI(base_url=gw.base_url + "/v1", api_key="x", max_retries=0)
     stream = await client.chat.completions.create(model="up/gpt-4o-mini", messages=HI, stream=True)
     with pytest.raises(openai.APIError) as info:
@@ -32,7 +32,7 @@ async def test_a_bug_while_relaying_ends_the_stream_with_an_error_event(gw, monk
     assert "Internal error while relaying the stream: RuntimeError" in str(info.value)
     assert "boom" not in str(info.value)  # no internals leak to the client
     # the server is still serving
-    monkeypatch.setattr(openai_format, "usage_from_event", real)
+    monkeypatch.setattr(fmt, "usage_from_frame", real)
     answer = await client.chat.completions.create(model="up/gpt-4o-mini", messages=HI)
     assert answer.choices[0].message.content
 

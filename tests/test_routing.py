@@ -97,9 +97,31 @@ def test_alias_exact_then_wildcard() -> None:
         r.resolve("claude-35")  # '?' is exactly one character
 
 
-def test_alias_beats_prefix() -> None:
-    r = router([A, B], aliases={"a/gpt-4o": "b/gpt-4o"})
+def test_prefix_beats_alias_in_the_documented_order() -> None:
+    # combo, then prefix/model, then aliases: a configured prefix cannot be shadowed
+    r = router([A, B], aliases={"a/gpt-4o": "b/gpt-4o", "x/gpt-4o": "b/gpt-4o"})
+    assert targets(r.resolve("a/gpt-4o")) == [("conn_a", "gpt-4o")]
+    # an alias whose head is not a configured prefix still applies
+    assert targets(r.resolve("x/gpt-4o")) == [("conn_b", "gpt-4o")]
+
+
+def test_combo_beats_prefix_and_steps_pin_connections_and_carry_weights() -> None:
+    a2 = provider("conn_a2", "a")
+    combos = [Combo("c1", "a/gpt-4o", ["b/gpt-4o"]),
+              Combo("c2", "mix", [{"provider": "a", "model": "m", "connection": "conn_a2",
+                                   "weight": 3}, "b/n"])]
+    r = router([A, a2, B], combos=combos)
     assert targets(r.resolve("a/gpt-4o")) == [("conn_b", "gpt-4o")]
+    route = r.resolve("mix")
+    assert [(t.connection.id, t.model, t.group, t.weight) for t in route.targets] == [
+        ("conn_a2", "m", 0, 3.0), ("conn_b", "n", 1, 1.0)]
+
+
+def test_unknown_model_error_suggests_close_names() -> None:
+    r = router([A], models={"conn_a": ["gpt-4o-mini"]})
+    with pytest.raises(ModelNotFound) as info:
+        r.resolve("gpt-4o-mni")
+    assert "Did you mean 'gpt-4o-mini'" in info.value.message
 
 
 def test_bare_model_offered_by_one_prefix_or_several() -> None:
@@ -206,7 +228,7 @@ def test_build_connection(plugins: Any) -> None:
     ({"type": "nosuch"}, "no provider type 'nosuch' is registered"),
     ({}, "give a provider 'type' or a 'preset'"),
     ({"preset": "nope"}, "unknown preset 'nope'"),
-    ({"preset": "groq", "type": "other", "api_key": "x"}, "preset 'groq' is of type 'openai'"),
+    ({"preset": "groq", "type": "other", "api_key": "x"}, "unknown preset 'groq' of type 'other'"),
     ({"preset": "groq", "api_key": "x", "prefix": "a/b"}, "prefix must be"),
     ({"preset": "groq", "api_key": "x", "prefix": ""}, None),  # empty: the preset's prefix
     ({"preset": "groq", "api_key": "x", "priority": True}, "priority must be an integer"),
@@ -276,3 +298,18 @@ def test_build_combo_refuses_cycles_and_duplicates() -> None:
 def test_build_combo_rejects_unknown_fields() -> None:
     with pytest.raises(ValueError, match=r"unknown field\(s\): id, stratgey"):
         build_combo({"name": "c", "steps": ["a/m"], "stratgey": "random", "id": "x"}, [])
+
+
+def test_a_preset_name_two_types_share_needs_the_type() -> None:
+    from omniroute.providers.base import Preset
+
+    class Twin(Provider):
+        type = "twin"
+        presets = {"groq": Preset("groq", "https://example.invalid/v1", "groq2")}
+
+    plugins = load_plugins()
+    plugins.providers["twin"] = Twin
+    with pytest.raises(ValueError, match="offered by several provider types"):
+        build_connection(plugins, {"preset": "groq", "api_key": "x"})
+    conn = build_connection(plugins, {"preset": "groq", "type": "openai", "api_key": "x"})
+    assert conn.type == "openai" and conn.prefix == "groq"

@@ -1,6 +1,7 @@
 """Auth scheme ``api-key``: keys created by ``omniroute keys create`` or ``/api/keys``.
 
-The key arrives as ``Authorization: Bearer <key>`` or ``x-api-key: <key>``.
+The key arrives as ``Authorization: Bearer <key>``, ``x-api-key``,
+``x-goog-api-key`` or ``?key=``.
 Only SHA-256 hashes are stored; the presented key is hashed, looked up, and
 compared in constant time.
 """
@@ -19,13 +20,20 @@ from omniroute.storage.store import ApiKey, hash_secret
 
 
 def presented_key(request: web.Request) -> str | None:
-    """The API key a request carries, from whichever header the client used."""
-    auth = request.headers.get("Authorization")
+    """The API key a request carries, from whichever place its client uses.
+
+    ``Authorization: Bearer`` (OpenAI, and Anthropic SDKs lately), ``x-api-key``
+    (Anthropic), ``x-goog-api-key`` or ``?key=`` (Gemini). Any of them, on
+    every route: a client is not refused for sending its key its own way.
+    """
+    headers = request.headers
+    auth = headers.get("Authorization")
     if auth:
         scheme, _, value = auth.partition(" ")
         if scheme.lower() == "bearer" and value.strip():
             return value.strip()
-    return request.headers.get("x-api-key") or None
+    return (headers.get("x-api-key") or headers.get("x-goog-api-key")
+            or request.query.get("key") or None)
 
 
 class KeyIndex:

@@ -19,7 +19,7 @@ which are async generators over the frames / events of one response.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -122,6 +122,60 @@ class Format:
         """Token counts carried by one stream frame, or None (cheap: called per frame)."""
         return None
 
+    def conversation_seed(self, body: dict[str, Any]) -> tuple[str | None, str | None]:
+        """The system prompt and first user message as text, for a session fingerprint.
+
+        Cheap and approximate (it only has to tell conversations apart); the
+        default reads the common shapes (``system``/``instructions``/
+        ``systemInstruction``, ``messages``/``contents``/``input``).
+        """
+        return _seed(body)
+
+    def hidden_frames(self, client: ClientRequest) -> Callable[[bytes], bool] | None:
+        """On the pass-through lane: which usage-carrying frames the client must not see.
+
+        For frames the gateway asked the upstream for on the client's behalf
+        (OpenAI's usage-only chunk when the client did not set
+        ``stream_options.include_usage``). Called once per request; the
+        predicate only sees frames for which :meth:`usage_from_frame` found usage.
+        """
+        return None
+
     def error_from_frame(self, frame: bytes) -> str | None:
         """The message of an in-stream error frame, or None (cheap: called per frame)."""
         return None
+
+
+def _text_of(value: Any) -> str | None:
+    """Text from a string, a list of blocks/parts, or a message-like dict."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, dict):
+        for key in ("content", "parts", "text"):
+            if key in value:
+                return _text_of(value[key])
+        return None
+    if isinstance(value, list):
+        texts = [t for t in (_text_of(v) for v in value) if t]
+        return "\n".join(texts) if texts else None
+    return None
+
+
+def _seed(body: dict[str, Any]) -> tuple[str | None, str | None]:
+    system = _text_of(body.get("system") or body.get("instructions")
+                      or body.get("systemInstruction") or body.get("system_instruction"))
+    turns = body.get("messages") or body.get("contents") or body.get("input")
+    first_user = None
+    if isinstance(turns, str):
+        first_user = turns
+    elif isinstance(turns, list):
+        for turn in turns:
+            if not isinstance(turn, dict):
+                continue
+            role = turn.get("role")
+            if role in ("system", "developer") and system is None:
+                system = _text_of(turn)
+            elif role == "user" or (role is None and turn.get("type") == "message"):
+                first_user = _text_of(turn)
+                break
+    return system, first_user

@@ -1,15 +1,27 @@
-"""The OpenAI Chat Completions wire format: checks, usage, error events."""
+"""The OpenAI Chat Completions wire format (``openai``).
+
+:class:`OpenAIFormat` implements the :class:`~omniroute.formats.base.Format`
+contract; the translation itself lives in ``openai_request`` (its module doc lists
+the conventions and connection settings), ``openai_answer`` (JSON answers,
+usage) and ``openai_stream`` (streams). The module-level helpers below
+(checks, usage, error events) serve the pass-through lane.
+"""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
 
 import orjson
 
-from omniroute.errors import GatewayError, InvalidRequest
+from omniroute.errors import GatewayError, InvalidRequest, openai_error_body
+from omniroute.formats import canonical as c
+from omniroute.formats import openai_answer, openai_request, openai_stream
+from omniroute.formats.base import ClientRequest, Format
+from omniroute.hookspecs import hookimpl
 from omniroute.sse import encode, event_data
 
-NAME = "openai"
+NAME = openai_answer.NAME
 _USAGE_MARKERS = (b'"usage":{', b'"usage": {')
 
 
@@ -99,3 +111,93 @@ def error_event(err: GatewayError) -> bytes:
     """An error inside a stream, as OpenAI sends it (a data event with ``error``)."""
     return encode({"error": {"message": err.message, "type": err.type, "param": err.param,
                              "code": err.code}})
+
+
+class OpenAIFormat(Format):
+    """OpenAI Chat Completions (``POST /v1/chat/completions``), JSON and SSE."""
+
+    name = NAME
+
+    # ------------------------------------------------------------------ client side
+
+    def inspect(
+        self, body: dict[str, Any], *, path_model: str | None = None,
+        path_stream: bool | None = None,
+    ) -> tuple[str, bool]:
+        return check_chat_request(body)
+
+    def decode_request(self, request: ClientRequest) -> c.Request:
+        check_chat_request(request.body)
+        return openai_request.decode_request(request.body)
+
+    def encode_response(self, response: c.Response, request: c.Request) -> bytes:
+        return orjson.dumps(openai_answer.encode_response(response))
+
+    def encode_stream(
+        self, events: AsyncIterator[c.Event], request: c.Request
+    ) -> AsyncIterator[bytes]:
+        return openai_stream.encode_stream(events, request)
+
+    def error_body(self, err: GatewayError) -> bytes:
+        return openai_error_body(err)
+
+    def error_frame(self, err: GatewayError) -> bytes:
+        return error_event(err)
+
+    def keepalive_frame(self) -> bytes | None:
+        """None: OpenAI sends none, and a stream started early would turn a late 429 or
+        5xx into a 200 with an error event, which the SDKs' retry logic cannot see."""
+        return None
+
+    # ------------------------------------------------------------------ provider side
+
+    def encode_request(
+        self, request: c.Request, client: Mapping[str, Any] | None = None
+    ) -> dict[str, Any]:
+        return openai_request.encode_request(request, client)
+
+    def decode_response(self, body: bytes) -> c.Response:
+        return openai_answer.decode_response(body)
+
+    def decode_stream(self, frames: AsyncIterator[bytes]) -> AsyncIterator[c.Event]:
+        return openai_stream.decode_stream(frames)
+
+    # ------------------------------------------------------------------ pass-through lane
+
+    def usage_from_body(self, body: bytes) -> c.Usage:
+        try:
+            data = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            return c.Usage()
+        return openai_answer.decode_usage(data.get("usage") if isinstance(data, dict) else None)
+
+    def usage_from_frame(self, frame: bytes) -> c.Usage | None:
+        if not any(marker in frame for marker in _USAGE_MARKERS):
+            return None
+        data = event_data(frame)
+        try:
+            chunk = orjson.loads(data) if data else None
+        except orjson.JSONDecodeError:
+            return None
+        if not isinstance(chunk, dict) or not isinstance(chunk.get("usage"), dict):
+            return None
+        return openai_answer.decode_usage(chunk["usage"])
+
+    def hidden_frames(self, client: ClientRequest) -> Callable[[bytes], bool] | None:
+        """The usage-only chunk, when the gateway (not the client) asked for it."""
+        if not client.stream or wants_stream_usage(client.body):
+            return None
+        return _is_usage_only
+
+    def error_from_frame(self, frame: bytes) -> str | None:
+        return error_from_event(frame)
+
+
+def _is_usage_only(frame: bytes) -> bool:
+    found = usage_from_event(frame)
+    return found is not None and found[1]
+
+
+@hookimpl
+def register_formats(register: Callable[[type[Format]], None]) -> None:
+    register(OpenAIFormat)

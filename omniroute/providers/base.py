@@ -108,6 +108,9 @@ class Provider:
     #: credential names this type understands; ``required`` ones must be given
     credential_fields: ClassVar[tuple[str, ...]] = ("api_key",)
     requires_credentials: ClassVar[bool] = True
+    #: ``"api_key"``, or ``"oauth"`` for subscription accounts (stricter circuit
+    #: breaker; a 401/403 first triggers :meth:`refresh_credentials`)
+    auth_kind: ClassVar[str] = "api_key"
 
     def __init__(self, connection: Connection, context: ProviderContext) -> None:
         self.connection = connection
@@ -139,6 +142,10 @@ class Provider:
     async def chat(self, call: UpstreamCall) -> UpstreamResponse:
         """Send a chat request; raise :class:`omniroute.errors.GatewayError` on failure."""
         raise NotImplementedError
+
+    async def refresh_credentials(self) -> bool:
+        """Renew expired credentials (OAuth); True when the call is worth retrying."""
+        return False
 
     async def list_models(self) -> list[str]:
         """The model names this connection offers (without prefix)."""

@@ -3,31 +3,139 @@
 Every wait is bounded (connect, first event, idle between chunks, total), every
 aiohttp failure becomes a typed gateway error, and a stream that is closed
 early closes its upstream connection at once.
+
+Streams are cut into *frames* by a :class:`Framing`: :data:`SSE` (server-sent
+events, the default) or :data:`NDJSON` (one JSON object per line, Ollama's).
+A provider picks one with its ``framing`` class attribute, says which frames
+are only keep-alives (:meth:`HTTPProvider.skips_frame`) and how to spot an
+error in the first meaningful frame (:meth:`HTTPProvider.first_frame_error`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import AsyncIterator, Mapping
-from typing import Any
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any, ClassVar, Protocol
+from urllib.parse import urlsplit
 
 import aiohttp
 import orjson
 
-from omniroute.errors import UpstreamError, UpstreamStatusError, UpstreamTimeout
-from omniroute.providers.base import Provider, UpstreamResponse
+from omniroute.errors import GatewayError, UpstreamError, UpstreamStatusError, UpstreamTimeout
+from omniroute.providers.base import Preset, Provider, UpstreamResponse
 from omniroute.sse import SSESplitter, event_data, looks_like_sse
 
-_KEEP_HEADERS = ("content-type", "x-request-id", "openai-processing-ms", "retry-after")
+_KEEP_HEADERS = (
+    "content-type", "x-request-id", "request-id", "openai-processing-ms", "retry-after")
+#: upstream answer headers the resilience layer reads (names lower-cased)
+_HINT_PREFIXES = ("retry-after", "x-ratelimit-", "anthropic-ratelimit-")
 
+
+# ----------------------------------------------------------------------------- framing
+
+class Splitter(Protocol):
+    """Cuts a byte stream into whole frames (kept byte for byte, terminator included)."""
+
+    def feed(self, chunk: bytes) -> Iterator[bytes]: ...
+
+    def tail(self) -> bytes: ...
+
+
+class LineSplitter:
+    """Newline-delimited JSON: each non-blank line (with its ``\\n``) is one frame."""
+
+    __slots__ = ("_buf",)
+
+    def __init__(self) -> None:
+        self._buf = b""
+
+    def feed(self, chunk: bytes) -> Iterator[bytes]:
+        buf = self._buf + chunk if self._buf else chunk
+        start = 0
+        while (end := buf.find(b"\n", start)) >= 0:
+            line = buf[start:end + 1]
+            start = end + 1
+            if line.strip():
+                yield line
+        self._buf = buf[start:]
+
+    def tail(self) -> bytes:
+        rest, self._buf = self._buf, b""
+        return rest if rest.strip() else b""
+
+
+def _json_line(frame: bytes) -> bool:
+    return frame.lstrip().startswith(b"{")
+
+
+def _line_payload(frame: bytes) -> bytes | None:
+    return frame.strip() or None
+
+
+@dataclass(frozen=True, slots=True)
+class Framing:
+    """How a stream is cut into frames, and how to read one."""
+
+    name: str
+    #: a fresh splitter for one stream
+    splitter: Callable[[], Splitter]
+    #: cheap check that a frame has the expected shape (garbage detection)
+    well_formed: Callable[[bytes], bool]
+    #: the JSON payload of a frame (SSE ``data:``; the line itself for NDJSON)
+    payload: Callable[[bytes], bytes | None]
+
+    def json(self, frame: bytes) -> Any:
+        """The frame's payload parsed as JSON (None when it is not JSON)."""
+        data = self.payload(frame)
+        try:
+            return orjson.loads(data) if data else None
+        except orjson.JSONDecodeError:
+            return None
+
+
+SSE = Framing("sse", SSESplitter, looks_like_sse, event_data)
+NDJSON = Framing("ndjson", LineSplitter, _json_line, _line_payload)
+
+
+# ----------------------------------------------------------------------------- the provider base
 
 class HTTPProvider(Provider):
-    """A provider that talks HTTP with JSON bodies and SSE streams."""
+    """A provider that talks HTTP with JSON bodies and streamed frames (SSE by default)."""
 
-    def error_from(self, status: int, body: bytes, headers: Mapping[str, str]) -> UpstreamStatusError:
+    #: how this provider's streams are framed
+    framing: ClassVar[Framing] = SSE
+
+    def error_from(
+        self, status: int, body: bytes, headers: Mapping[str, str]
+    ) -> UpstreamStatusError:
         """Turn an upstream error answer into a typed error (override per format)."""
         message, type_, code, param = _error_fields(body)
+        return self.status_error(status, body, headers, message, type=type_, code=code,
+                                 param=param)
+
+    def status_error(
+        self,
+        status: int,
+        body: bytes,
+        headers: Mapping[str, str],
+        message: str | None,
+        *,
+        type: str | None = None,  # noqa: A002 - mirrors UpstreamStatusError
+        code: str | None = None,
+        param: str | None = None,
+        hints: Mapping[str, str] | None = None,
+    ) -> UpstreamStatusError:
+        """The error for an upstream HTTP error, once its body is parsed.
+
+        Shared by every format's :meth:`error_from`: a refusal of the gateway's own
+        credentials is reworded (and any key in it redacted), the client sees only
+        ``Retry-After``, and the rate-limit hints are kept on ``upstream_headers``.
+
+        :param hints: extra hints found in the body (e.g. Google's ``RetryInfo``),
+            lower-case names; upstream headers win over them.
+        """
         message = message or f"upstream answered HTTP {status}"
         if status in (401, 403):
             # The upstream refused *our* credentials, not the client's: say so, and never
@@ -35,17 +143,36 @@ class HTTPProvider(Provider):
             message = (f"The upstream rejected the gateway's credentials for connection "
                        f"{self.connection.name!r}: {redact_secrets(message)}")
             code = "upstream_auth_failed" if status == 401 else "upstream_forbidden"
-        keep = {"Retry-After": headers["Retry-After"]} if "Retry-After" in headers else {}
+        upstream_headers = {**(hints or {}), **rate_limit_headers(headers)}
+        retry_after = upstream_headers.get("retry-after")
+        keep = {"Retry-After": retry_after} if retry_after is not None else {}
         return UpstreamStatusError(
-            message, status=status, type=type_, code=code, param=param, body=body, headers=keep,
+            message, status=status, type=type, code=code, param=param, body=body, headers=keep,
+            upstream_headers=upstream_headers,
         )
 
-    def stream_error(self, data: Any) -> UpstreamError | None:
-        """An error carried inside the first stream event, if any (override per format)."""
+    def stream_error(self, data: Any) -> GatewayError | None:
+        """An error carried inside the first stream event's JSON, if any (override per format)."""
         if isinstance(data, dict) and isinstance(data.get("error"), dict):
             err = data["error"]
             return UpstreamError(f"upstream stream error: {err.get('message', err)}")
         return None
+
+    def first_frame_error(self, frame: bytes) -> GatewayError | None:
+        """An error in the stream's first meaningful frame, if any (override per format).
+
+        The default looks at frames that mention ``"error"`` and asks :meth:`stream_error`.
+        """
+        if b'"error"' not in frame:
+            return None
+        return self.stream_error(self.framing.json(frame))
+
+    def skips_frame(self, frame: bytes) -> bool:
+        """True for frames that do not count as the stream's first event (keep-alives).
+
+        They are still relayed; only the first-event wait goes on past them.
+        """
+        return False
 
     async def get_json(self, url: str, headers: Mapping[str, str]) -> Any:
         timeouts = self.context.timeouts
@@ -63,7 +190,9 @@ class HTTPProvider(Provider):
         except orjson.JSONDecodeError:
             raise UpstreamError("upstream sent a response that is not JSON") from None
 
-    async def post_json(self, url: str, headers: Mapping[str, str], data: bytes) -> UpstreamResponse:
+    async def post_json(
+        self, url: str, headers: Mapping[str, str], data: bytes
+    ) -> UpstreamResponse:
         timeouts = self.context.timeouts
         try:
             async with self.context.http.post(
@@ -81,47 +210,107 @@ class HTTPProvider(Provider):
             raise UpstreamError("upstream sent a response that is not JSON")
         return UpstreamResponse(resp.status, kept, body=body)
 
-    async def post_stream(self, url: str, headers: Mapping[str, str], data: bytes) -> UpstreamResponse:
-        """Open a stream and wait (bounded) for its first event before returning.
+    async def post_stream(
+        self,
+        url: str,
+        headers: Mapping[str, str],
+        data: bytes,
+        *,
+        framing: Framing | None = None,
+    ) -> UpstreamResponse:
+        """Open a stream and wait (bounded) for its first meaningful frame before returning.
 
-        Waiting for the first event means a failure is still visible before
-        anything reaches the client, so the caller can try elsewhere.
+        Waiting for it means a failure is still visible before anything reaches the
+        client, so the caller can try elsewhere. ``first_byte`` bounds the whole wait:
+        keep-alive frames (:meth:`skips_frame`) arriving meanwhile do not end it.
+
+        :param framing: overrides the provider's :attr:`framing` for this call.
         """
+        framing = framing or self.framing
         timeouts = self.context.timeouts
         resp: aiohttp.ClientResponse | None = None
+        frames: AsyncIterator[bytes] | None = None
+        head: list[bytes] = []
         try:
             async with asyncio.timeout(timeouts.first_byte):
                 resp = await self.context.http.post(
                     url, data=data, headers=headers, timeout=timeouts.stream)
                 if resp.status >= 400:
                     raise self.error_from(resp.status, await resp.read(), resp.headers)
-                splitter = SSESplitter()
-                events = _read_events(resp, splitter, timeouts)
-                first = await anext(events, None)
+                frames = _read_frames(resp, framing.splitter(), timeouts)
+                async for frame in frames:
+                    head.append(frame)
+                    if not framing.well_formed(frame) or not self.skips_frame(frame):
+                        break
         except asyncio.TimeoutError:
-            _close(resp)
+            await _abandon(resp, frames)
             raise UpstreamTimeout(
                 f"upstream sent no event within {timeouts.first_byte:g}s") from None
         except aiohttp.ClientError as exc:
-            _close(resp)
+            await _abandon(resp, frames)
             raise UpstreamError(f"upstream unreachable: {_describe(exc)}") from None
         except BaseException:
-            _close(resp)
+            await _abandon(resp, frames)
             raise
-        if first is None or not looks_like_sse(first):
-            _close(resp)
-            raise UpstreamError("upstream sent an empty or malformed event stream")
-        if b'"error"' in first:
-            error = self.stream_error(_first_data(first))
-            if error is not None:
-                _close(resp)
-                raise error
+        assert resp is not None and frames is not None
+        if not head or not all(framing.well_formed(f) for f in head) or self.skips_frame(head[-1]):
+            await _abandon(resp, frames)
+            kind = "event stream" if framing is SSE else f"{framing.name} stream"
+            raise UpstreamError(f"upstream sent an empty or malformed {kind}")
+        error = self.first_frame_error(head[-1])
+        if error is not None:
+            await _abandon(resp, frames)
+            raise error
         return UpstreamResponse(
-            resp.status, _kept_headers(resp.headers), events=_chain(first, events, resp))
+            resp.status, _kept_headers(resp.headers), events=_chain(head, frames, resp))
 
 
-async def _read_events(
-    resp: aiohttp.ClientResponse, splitter: SSESplitter, timeouts: Any
+# ----------------------------------------------------------------------------- settings helpers
+
+def http_settings(
+    settings: dict[str, Any], preset: Preset | None, *, default_base_url: str | None = None,
+    type_name: str = "this",
+) -> dict[str, Any]:
+    """Complete and check the settings every HTTP provider shares.
+
+    Fills ``base_url`` from the preset (or ``default_base_url``), merges the preset's
+    headers under the connection's own, and checks ``base_url`` and ``headers``.
+    Raises ``ValueError`` with a readable message.
+    """
+    settings = dict(settings)
+    if preset is not None:
+        settings.setdefault("base_url", preset.base_url)
+        settings["headers"] = {**preset.headers, **(settings.get("headers") or {})}
+    if default_base_url and not settings.get("base_url"):
+        settings["base_url"] = default_base_url
+    base_url = settings.get("base_url")
+    if not base_url:
+        raise ValueError(f"{type_name} connection needs a base_url (or a preset)")
+    parts = urlsplit(str(base_url))
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ValueError(f"base_url must be an http(s) URL, got {base_url!r}")
+    settings["base_url"] = str(base_url).rstrip("/")
+    headers = settings.get("headers", {})
+    if not isinstance(headers, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in headers.items()
+    ):
+        raise ValueError("headers must map header names to strings")
+    return settings
+
+
+def rate_limit_headers(headers: Mapping[str, str]) -> dict[str, str]:
+    """The rate-limit hints among upstream headers, names lower-cased.
+
+    ``retry-after`` (and ``retry-after-ms``), ``x-ratelimit-*`` and
+    ``anthropic-ratelimit-*``.
+    """
+    return {k.lower(): v for k, v in headers.items() if k.lower().startswith(_HINT_PREFIXES)}
+
+
+# ----------------------------------------------------------------------------- stream plumbing
+
+async def _read_frames(
+    resp: aiohttp.ClientResponse, splitter: Splitter, timeouts: Any
 ) -> AsyncIterator[bytes]:
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeouts.total
@@ -130,8 +319,8 @@ async def _read_events(
             chunk = await resp.content.readany()  # bounded by sock_read (idle timeout)
             if not chunk:
                 break
-            for event in splitter.feed(chunk):
-                yield event
+            for frame in splitter.feed(chunk):
+                yield frame
             if loop.time() > deadline:
                 raise UpstreamTimeout(f"upstream stream exceeded {timeouts.total:g}s in total")
         tail = splitter.tail()
@@ -144,13 +333,14 @@ async def _read_events(
 
 
 async def _chain(
-    first: bytes, rest: AsyncIterator[bytes], resp: aiohttp.ClientResponse
+    head: list[bytes], rest: AsyncIterator[bytes], resp: aiohttp.ClientResponse
 ) -> AsyncIterator[bytes]:
     finished = False
     try:
-        yield first
-        async for event in rest:
-            yield event
+        for frame in head:
+            yield frame
+        async for frame in rest:
+            yield frame
         finished = True
     finally:
         await rest.aclose()  # type: ignore[attr-defined]
@@ -160,17 +350,13 @@ async def _chain(
             resp.close()  # abandoned: drop the connection so the upstream stops
 
 
-def _close(resp: aiohttp.ClientResponse | None) -> None:
+async def _abandon(
+    resp: aiohttp.ClientResponse | None, frames: AsyncIterator[bytes] | None
+) -> None:
+    if frames is not None:
+        await frames.aclose()  # type: ignore[attr-defined]
     if resp is not None:
         resp.close()
-
-
-def _first_data(event: bytes) -> Any:
-    data = event_data(event)
-    try:
-        return orjson.loads(data) if data else None
-    except orjson.JSONDecodeError:
-        return None
 
 
 def _kept_headers(headers: Mapping[str, str]) -> dict[str, str]:

@@ -66,6 +66,11 @@ class RequestLog:
         self._task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
 
+    @property
+    def pending(self) -> int:
+        """Records waiting to be written."""
+        return len(self._pending)
+
     def add(self, record: RequestRecord) -> None:
         if record.api_key_id:
             self._key_use[record.api_key_id] = record.ts

@@ -1,39 +1,153 @@
-"""Client API routes (``/v1``): chat and the model list."""
+"""Client API routes: each client API's own endpoints, all served by one data path.
+
+| client | routes |
+|---|---|
+| OpenAI Chat | ``POST /v1/chat/completions`` (also ``/chat/completions``), ``POST /v1/providers/{prefix}/chat/completions``, ``GET /v1/models`` (also ``/models``), ``GET /v1/models/{id}`` |
+| Anthropic | ``POST /v1/messages`` (also ``/messages``) |
+| OpenAI Responses | ``POST /v1/responses`` (also ``/responses``) |
+| Gemini | ``POST /v1beta/models/{model}:generateContent`` and ``:streamGenerateContent``, the same under ``/v1/models/``; ``GET /v1beta/models`` |
+| Ollama | ``POST /api/chat`` (also ``/v1/api/chat``), ``GET /api/tags``, ``GET /api/version`` |
+
+Which client API a path belongs to also decides the shape of its errors
+(:func:`client_format_of`), so a Gemini client gets a Gemini error even for an
+unknown route under ``/v1beta``.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Awaitable, Callable
+from datetime import datetime, timezone
 
 from aiohttp import web
 
-from omniroute.proxy import chat_completions
+from omniroute.errors import GatewayError, NotFound
+from omniroute.gateway import Gateway
+from omniroute.proxy import handle
+from omniroute.version import __version__
 from omniroute.web.keys import GATEWAY
 
+#: paths under /api/ that are client API (Ollama's), not management API
+OLLAMA_PATHS = frozenset({"/api/chat", "/api/tags", "/api/version", "/v1/api/chat"})
 
-async def list_models(request: web.Request) -> web.Response:
-    """``GET /v1/models``: combos, aliases, then every active connection's models."""
-    gateway = request.app[GATEWAY]
-    created = int(gateway.started_at)
-    data: list[dict] = []
+_GEMINI_ACTIONS = {"generateContent": False, "streamGenerateContent": True}
+
+
+def client_format_of(path: str) -> str:
+    """The client API a request path belongs to (it shapes the errors)."""
+    if path.startswith(("/v1/messages", "/messages")):
+        return "anthropic"
+    if path.startswith(("/v1/responses", "/responses")):
+        return "responses"
+    if path.startswith("/v1beta/") or (path.startswith("/v1/models/") and ":" in path):
+        return "gemini"
+    if path in OLLAMA_PATHS:
+        return "ollama"
+    return "openai"
+
+
+def _endpoint(format_name: str, endpoint: str) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+    async def serve(request: web.Request) -> web.StreamResponse:
+        fmt = request.app[GATEWAY].formats.get(format_name)
+        if fmt is None:
+            raise NotFound(f"The {format_name!r} API is not available: its format plugin "
+                           "is not loaded (see `omniroute plugins`).")
+        return await handle(request, fmt, endpoint)
+
+    return serve
+
+
+async def gemini_generate(request: web.Request) -> web.StreamResponse:
+    """``POST /v1beta/models/{model}:generateContent`` (or ``:streamGenerateContent``)."""
+    model, _, action = request.match_info["tail"].rpartition(":")
+    model = model.removeprefix("models/")
+    if action not in _GEMINI_ACTIONS or not model:
+        raise NotFound(f"Unknown Gemini method {action!r}; this gateway serves "
+                       "generateContent and streamGenerateContent.")
+    fmt = request.app[GATEWAY].formats.get("gemini")
+    if fmt is None:
+        raise NotFound("The 'gemini' API is not available: its format plugin is not loaded.")
+    return await handle(request, fmt, f"gemini.{action}", path_model=model,
+                        path_stream=_GEMINI_ACTIONS[action])
+
+
+# ----------------------------------------------------------------------------- model lists
+
+
+async def _all_models(gateway: Gateway) -> list[tuple[str, str]]:
+    """``(model id, owner)``: combos, aliases, then every active connection's models."""
     seen: set[str] = set()
+    out: list[tuple[str, str]] = []
 
     def add(model_id: str, owner: str) -> None:
         if model_id not in seen:
             seen.add(model_id)
-            data.append({"id": model_id, "object": "model", "created": created, "owned_by": owner})
+            out.append((model_id, owner))
 
     for combo in gateway.combos:
         add(combo.name, "combo")
     for alias in gateway.aliases:
-        if not any(c in alias for c in "*?["):
+        if not any(ch in alias for ch in "*?["):
             add(alias, "alias")
     providers = list(gateway.providers.values())
     lists = await asyncio.gather(*(gateway.models_of(p) for p in providers))
     for provider, models in zip(providers, lists):
         for model in models:
             add(f"{provider.connection.prefix}/{model}", provider.connection.prefix)
+    return out
+
+
+async def list_models(request: web.Request) -> web.Response:
+    """``GET /v1/models``: OpenAI's list format."""
+    gateway = request.app[GATEWAY]
+    created = int(gateway.started_at)
+    data = [{"id": m, "object": "model", "created": created, "owned_by": owner}
+            for m, owner in await _all_models(gateway)]
     return web.json_response({"object": "list", "data": data})
+
+
+async def get_model(request: web.Request) -> web.Response:
+    """``GET /v1/models/{id}``: one model, OpenAI's format (ids may hold slashes)."""
+    gateway = request.app[GATEWAY]
+    wanted = request.match_info["id"]
+    for model, owner in await _all_models(gateway):
+        if model == wanted:
+            return web.json_response({"id": model, "object": "model",
+                                      "created": int(gateway.started_at), "owned_by": owner})
+    raise NotFound(f"The model {wanted!r} does not exist; GET /v1/models lists them.",
+                   code="model_not_found")
+
+
+async def gemini_models(request: web.Request) -> web.Response:
+    """``GET /v1beta/models``: Gemini's list format."""
+    models = await _all_models(request.app[GATEWAY])
+    return web.json_response({"models": [
+        {"name": f"models/{m}", "displayName": m, "version": "001",
+         "supportedGenerationMethods": ["generateContent", "streamGenerateContent"]}
+        for m, _ in models]})
+
+
+async def ollama_tags(request: web.Request) -> web.Response:
+    """``GET /api/tags``: Ollama's list of local models."""
+    gateway = request.app[GATEWAY]
+    modified = datetime.fromtimestamp(gateway.started_at, timezone.utc).isoformat()
+    return web.json_response({"models": [
+        {"name": m, "model": m, "modified_at": modified, "size": 0, "digest": "",
+         "details": {"format": "", "family": owner, "families": [owner],
+                     "parameter_size": "", "quantization_level": ""}}
+        for m, owner in await _all_models(gateway)]})
+
+
+async def ollama_version(request: web.Request) -> web.Response:
+    return web.json_response({"version": __version__})
+
+
+async def responses_websocket(request: web.Request) -> web.Response:
+    """``GET /v1/responses``: Codex tries a WebSocket first; refuse at once so it POSTs."""
+    raise GatewayError("This gateway serves the Responses API over HTTP POST only "
+                       "(no WebSocket).", status=405, type="invalid_request_error",
+                       code="websocket_not_supported", headers={"Allow": "POST"})
 
 
 async def root(request: web.Request) -> web.Response:
@@ -46,7 +160,28 @@ async def root(request: web.Request) -> web.Response:
 
 
 def setup_client_routes(app: web.Application) -> None:
-    app.router.add_post("/v1/chat/completions", chat_completions)
-    app.router.add_post("/v1/providers/{provider}/chat/completions", chat_completions)
-    app.router.add_get("/v1/models", list_models)
-    app.router.add_get("/", root)  # also answers HEAD
+    r = app.router
+    chat = _endpoint("openai", "chat.completions")
+    for path in ("/v1/chat/completions", "/chat/completions",
+                 "/v1/providers/{provider}/chat/completions"):
+        r.add_post(path, chat)
+    messages = _endpoint("anthropic", "messages")
+    for path in ("/v1/messages", "/messages"):
+        r.add_post(path, messages)
+    responses = _endpoint("responses", "responses")
+    for path in ("/v1/responses", "/responses"):
+        r.add_post(path, responses)
+    r.add_get("/v1/responses", responses_websocket, allow_head=False)
+    ollama = _endpoint("ollama", "ollama.chat")
+    for path in ("/api/chat", "/v1/api/chat"):
+        r.add_post(path, ollama)
+    r.add_get("/api/tags", ollama_tags)
+    r.add_get("/api/version", ollama_version)
+    for base in ("/v1beta/models/", "/v1/models/"):
+        r.add_post(base + "{tail:.+}", gemini_generate)
+    r.add_get("/v1beta/models", gemini_models)
+    for path in ("/v1/models", "/models"):
+        r.add_get(path, list_models)
+    r.add_get("/v1/models/{id:.+}", get_model)
+    r.add_get("/", root)  # also answers HEAD
+

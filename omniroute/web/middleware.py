@@ -24,6 +24,7 @@ from omniroute.errors import (
     openai_error_response,
 )
 from omniroute.gateway import Gateway
+from omniroute.web.client import OLLAMA_PATHS, client_format_of
 from omniroute.web.keys import GATEWAY, PRINCIPAL, STREAM_STARTED
 
 log = logging.getLogger(__name__)
@@ -47,23 +48,39 @@ async def gateway_middleware(request: web.Request, handler: Handler) -> web.Stre
             raise routing_error
         gateway = request.app[GATEWAY]
         path = request.path
-        if path.startswith("/api/"):
+        if path.startswith("/api/") and path not in OLLAMA_PATHS:
             if path not in PUBLIC_PATHS:
                 request[PRINCIPAL] = await authenticate_admin(gateway, request)
         elif path not in PUBLIC_PATHS:
             request[PRINCIPAL] = await authenticate_client(gateway, request)
         return await handler(request)
     except GatewayError as err:
-        return openai_error_response(err)
+        return error_response(request, err)
     except web.HTTPException as exc:
-        return openai_error_response(_from_http_exception(request, exc))
+        return error_response(request, _from_http_exception(request, exc))
     except (asyncio.CancelledError, ConnectionResetError):
         raise
     except Exception:
         log.exception("unhandled error on %s %s", request.method, request.path)
         if request.get(STREAM_STARTED):
             raise  # headers already sent: aiohttp closes the connection, nothing to add
-        return openai_error_response(GatewayError("Internal error; see the gateway log."))
+        return error_response(request, GatewayError("Internal error; see the gateway log."))
+
+
+def error_response(request: web.Request, err: GatewayError) -> web.Response:
+    """``err`` in the error shape of the client API the path belongs to."""
+    path = request.path
+    if not path.startswith("/api/") or path in OLLAMA_PATHS:
+        fmt = request.app[GATEWAY].formats.get(client_format_of(path))
+        if fmt is not None:
+            try:
+                body = fmt.error_body(err)
+            except Exception:  # a format plugin's bug must not hide the error itself
+                log.exception("format %s could not render an error", fmt.name)
+            else:
+                return web.Response(body=body, status=err.status,
+                                    content_type="application/json", headers=err.headers)
+    return openai_error_response(err)
 
 
 async def authenticate_client(gateway: Gateway, request: web.Request) -> Principal:

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
+from typing import Any
 
 from aiohttp import web
 
 from omniroute.auth.admin import PASSWORD_SETTING
+from omniroute.gateway import Gateway
 from omniroute.web.keys import GATEWAY
 from omniroute.version import __version__
 
@@ -24,7 +27,12 @@ async def health(request: web.Request) -> web.Response:
         "unusable": [{"id": cid, "error": err} for cid, err in gateway.provider_errors.items()],
         "types": sorted(gateway.plugins.providers),
     }
-    status = "ok" if db_ok and not gateway.provider_errors else ("degraded" if db_ok else "down")
+    state = gateway.resilience.snapshot(gateway.connections.values())
+    counts = state["health"]
+    summary["health"] = {k: counts[k] for k in ("healthy", "degraded", "down")}
+    summary["breakers"] = [{"key": b["key"], "state": b["state"]} for b in state["breakers"]]
+    degraded = gateway.provider_errors or counts["down"] or counts["degraded"]
+    status = ("degraded" if degraded else "ok") if db_ok else "down"
     return web.json_response(
         {
             "status": status,
@@ -32,9 +40,22 @@ async def health(request: web.Request) -> web.Response:
             "uptime_s": round(time.time() - gateway.started_at, 1),
             "database": {"ok": db_ok},
             "providers": summary,
+            "runtime": runtime(gateway),
         },
         status=200 if db_ok else 503,
     )
+
+
+def runtime(gateway: Gateway) -> dict[str, Any]:
+    """Counts that show a leak: asyncio tasks, upstream connections, log backlog."""
+    connector = gateway.http.connector
+    idle = sum(len(v) for v in getattr(connector, "_conns", {}).values())
+    in_use = len(getattr(connector, "_acquired", ()))
+    return {
+        "tasks": len(asyncio.all_tasks()),
+        "upstream_connections": {"in_use": in_use, "idle": idle},
+        "request_log_pending": gateway.log.pending,
+    }
 
 
 async def init(request: web.Request) -> web.Response:

@@ -35,6 +35,13 @@ Default reply: ``"Hello! You said: <last user text>"``; a tool call to the first
 tool when ``tools`` is present and the last user message contains "weather".
 The ``model`` is echoed as requested; only one choice is produced (``n`` ignored).
 
+Constructor knobs that act on every chat request: ``latency`` seconds waited before
+answering (scripted or not; a client disconnect during it counts in ``closed_streams``),
+and ``fail_rate``: the probability that a request the script does not answer gets an
+HTTP 500 or 503 in OpenAI's error shape instead of the default reply, drawn from
+``random.Random(seed)`` so a seeded fake fails the same requests every run
+(``injected_failures`` counts them). E.g. ``FakeOpenAI(latency=0.05, fail_rate=0.1, seed=7)``.
+
 ``requests`` records every request (chat and models). ``closed_streams`` counts chat
 requests whose client disconnected before the response finished (also while hanging
 before headers); ``stream_closed`` is set each time. Fake-initiated drops don't count.
@@ -43,6 +50,7 @@ before headers); ``stream_closed`` is set each time. Fake-initiated drops don't 
 from __future__ import annotations
 
 import asyncio
+import random
 import secrets
 import string
 import time
@@ -205,12 +213,21 @@ class FakeOpenAI:
         chunks: int = 4,
         delay: float = 0.0,
         obfuscation: bool = True,
+        latency: float = 0.0,
+        fail_rate: float = 0.0,
+        seed: int | None = None,
     ) -> None:
+        if not 0.0 <= fail_rate <= 1.0:
+            raise ValueError("fail_rate is a probability (0..1)")
         self.api_key = api_key
         self.models = list(models)
         self.chunks = chunks  # default content deltas per stream
         self.delay = delay  # default seconds between stream events
         self.obfuscation = obfuscation  # add the real API's "obfuscation" field to chunks
+        self.latency = latency  # seconds before answering each chat request
+        self.fail_rate = fail_rate  # share of unscripted chat requests answered 500/503
+        self.rng = random.Random(seed)
+        self.injected_failures = 0
         self.requests: list[Recorded] = []
         self.script: list[Behaviour] = []
         self.closed_streams = 0
@@ -273,8 +290,10 @@ class FakeOpenAI:
 
     async def _chat(self, request: web.Request) -> web.StreamResponse:
         rec = await self._record(request)
-        b = self.script.pop(0) if self.script else Behaviour()
+        b = self.script.pop(0) if self.script else self._unscripted()
         try:
+            if self.latency:
+                await self._sleep(request, self.latency)
             return await self._serve(request, rec, b)
         except ConnectionResetError:
             self._client_gone()
@@ -282,6 +301,16 @@ class FakeOpenAI:
         except asyncio.CancelledError:
             self._client_gone()
             raise
+
+    def _unscripted(self) -> Behaviour:
+        """The default reply, or (``fail_rate`` of the time) a random 500 or 503."""
+        if not self.fail_rate or self.rng.random() >= self.fail_rate:
+            return Behaviour()
+        self.injected_failures += 1
+        if self.rng.random() < 0.5:
+            return error(500, "The server had an error while processing your request. "
+                              "Sorry about that!")
+        return error(503, "The server is overloaded or not ready yet.")
 
     def _client_gone(self) -> None:
         self.closed_streams += 1

@@ -1,0 +1,128 @@
+"""The Anthropic Messages wire format (``anthropic``).
+
+:class:`AnthropicFormat` implements the :class:`~omniroute.formats.base.Format`
+contract; the translation lives in ``anthropic_request`` (its module doc lists
+every convention), ``anthropic_answer`` (JSON answers, usage, errors) and
+``anthropic_stream`` (streams). The pass-through helpers here look at bytes
+before parsing anything, since they run on every frame.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable, Mapping
+from typing import Any
+
+import orjson
+
+from omniroute.errors import GatewayError
+from omniroute.formats import anthropic_answer, anthropic_request, anthropic_stream
+from omniroute.formats import canonical as c
+from omniroute.formats.anthropic_answer import NAME
+from omniroute.formats.anthropic_request import DEFAULT_MAX_TOKENS
+from omniroute.formats.base import ClientRequest, Format
+from omniroute.hookspecs import hookimpl
+from omniroute.sse import event_data
+
+__all__ = ["DEFAULT_MAX_TOKENS", "AnthropicFormat", "register_formats"]
+
+PING = b'event: ping\ndata: {"type": "ping"}\n\n'
+_USAGE_MARKERS = (b'"usage":{', b'"usage": {')
+_ERROR_MARKERS = (b'"type":"error"', b'"type": "error"')
+
+
+class AnthropicFormat(Format):
+    """Anthropic Messages (``POST /v1/messages``), JSON and SSE."""
+
+    name = NAME
+
+    # ------------------------------------------------------------------ client side
+
+    def inspect(
+        self, body: dict[str, Any], *, path_model: str | None = None,
+        path_stream: bool | None = None,
+    ) -> tuple[str, bool]:
+        return anthropic_request.check_request(body)
+
+    def decode_request(self, request: ClientRequest) -> c.Request:
+        return anthropic_request.decode_request(request.body)
+
+    def encode_response(self, response: c.Response, request: c.Request) -> bytes:
+        return orjson.dumps(anthropic_answer.encode_response(response))
+
+    def encode_stream(
+        self, events: AsyncIterator[c.Event], request: c.Request
+    ) -> AsyncIterator[bytes]:
+        return anthropic_stream.encode_stream(events, request)
+
+    def error_body(self, err: GatewayError) -> bytes:
+        return orjson.dumps(anthropic_answer.error_object(err))
+
+    def error_frame(self, err: GatewayError) -> bytes:
+        return b"event: error\ndata: " + self.error_body(err) + b"\n\n"
+
+    def keepalive_frame(self) -> bytes | None:
+        return PING
+
+    # ------------------------------------------------------------------ provider side
+
+    def encode_request(
+        self, request: c.Request, client: Mapping[str, Any] | None = None
+    ) -> dict[str, Any]:
+        return anthropic_request.encode_request(request, client)
+
+    def decode_response(self, body: bytes) -> c.Response:
+        return anthropic_answer.decode_response(body)
+
+    def decode_stream(self, frames: AsyncIterator[bytes]) -> AsyncIterator[c.Event]:
+        return anthropic_stream.decode_stream(frames)
+
+    # ------------------------------------------------------------------ pass-through lane
+
+    def usage_from_body(self, body: bytes) -> c.Usage:
+        try:
+            data = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            return c.Usage()
+        return anthropic_answer.decode_usage(data.get("usage") if isinstance(data, dict)
+                                               else None)
+
+    def usage_from_frame(self, frame: bytes) -> c.Usage | None:
+        """Input counts from ``message_start``, output (and totals) from ``message_delta``."""
+        if not any(marker in frame for marker in _USAGE_MARKERS):
+            return None
+        data = event_data(frame)
+        try:
+            event = orjson.loads(data) if data else None
+        except orjson.JSONDecodeError:
+            return None
+        if not isinstance(event, dict):
+            return None
+        if event.get("type") == "message_start":
+            message = event.get("message")
+            usage = anthropic_answer.decode_usage(
+                message.get("usage") if isinstance(message, dict) else None)
+            usage.output_tokens = None  # a placeholder; message_delta has the count
+            return usage
+        if event.get("type") == "message_delta":
+            return anthropic_answer.decode_usage(event.get("usage"))
+        return None
+
+    def error_from_frame(self, frame: bytes) -> str | None:
+        if not (frame.startswith(b"event: error") or any(m in frame for m in _ERROR_MARKERS)):
+            return None
+        data = event_data(frame)
+        try:
+            event = orjson.loads(data) if data else None
+        except orjson.JSONDecodeError:
+            return None
+        if not isinstance(event, dict) or event.get("type") != "error":
+            return None
+        error = event.get("error")
+        if isinstance(error, dict) and error.get("message"):
+            return str(error["message"])
+        return orjson.dumps(error).decode()
+
+
+@hookimpl
+def register_formats(register: Callable[[type[Format]], None]) -> None:
+    register(AnthropicFormat)

@@ -1,0 +1,168 @@
+"""Provider type ``gemini``: Google's Gemini API (Generative Language API).
+
+``POST {base_url}/v1beta/models/{model}:generateContent`` answers JSON;
+``:streamGenerateContent?alt=sse`` streams ``GenerateContentResponse`` chunks as
+server-sent events. The key goes in ``x-goog-api-key``. The model is named in
+the URL, never in the body (the API rejects unknown body fields).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from typing import Any
+from urllib.parse import quote
+
+import orjson
+
+from omniroute.errors import GatewayError, UpstreamStatusError
+from omniroute.hookspecs import hookimpl
+from omniroute.providers.base import (
+    Preset,
+    Provider,
+    ProviderContext,
+    UpstreamCall,
+    UpstreamResponse,
+)
+from omniroute.providers.http import HTTPProvider, http_settings
+from omniroute.storage.store import Connection
+
+DEFAULT_BASE_URL = "https://generativelanguage.googleapis.com"
+_API_VERSIONS = ("v1beta", "v1", "v1alpha")
+_MAX_MODEL_PAGES = 10
+#: ``ErrorInfo`` reasons that mean the gateway's key is bad (Google answers them with 400)
+_BAD_KEY_REASONS = frozenset({"API_KEY_INVALID", "API_KEY_EXPIRED"})
+_RETRY_INFO = "type.googleapis.com/google.rpc.RetryInfo"
+_ERROR_INFO = "type.googleapis.com/google.rpc.ErrorInfo"
+
+_PRESETS = [
+    # ai.google.dev API reference (verified)
+    Preset("gemini", DEFAULT_BASE_URL, "gemini", "Google Gemini API (AI Studio key)"),
+]
+
+
+class GeminiProvider(HTTPProvider):
+    """The Gemini ``generateContent`` API over HTTP (JSON and SSE)."""
+
+    type = "gemini"
+    format = "gemini"
+    default_prefix = "gemini"
+    description = "Google Gemini API (generateContent)"
+    presets = {p.name: p for p in _PRESETS}
+    credential_fields = ("api_key",)
+    requires_credentials = True
+
+    def __init__(self, connection: Connection, context: ProviderContext) -> None:
+        super().__init__(connection, context)
+        base = connection.settings["base_url"].rstrip("/")
+        self.api_root = base if base.rsplit("/", 1)[-1] in _API_VERSIONS else f"{base}/v1beta"
+        headers = {"User-Agent": context.user_agent, "Content-Type": "application/json"}
+        headers.update(connection.settings.get("headers", {}))
+        if connection.credentials.get("api_key"):
+            headers["x-goog-api-key"] = connection.credentials["api_key"]
+        self._json_headers = {**headers, "Accept": "application/json"}
+        self._stream_headers = {**headers, "Accept": "text/event-stream"}
+
+    @classmethod
+    def configure(
+        cls, settings: dict[str, Any], credentials: dict[str, Any], preset: Preset | None
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
+        settings = http_settings(settings, preset, default_base_url=DEFAULT_BASE_URL,
+                                 type_name="a gemini")
+        return super().configure(settings, credentials, preset)
+
+    def model_url(self, model: str, method: str) -> str:
+        """``{api_root}/models/{model}:{method}`` (a ``models/`` prefix is accepted)."""
+        return f"{self.api_root}/models/{quote(model.removeprefix('models/'), safe='')}:{method}"
+
+    async def chat(self, call: UpstreamCall) -> UpstreamResponse:
+        body = {k: v for k, v in call.body.items() if k != "model"}
+        data = orjson.dumps(body)
+        if call.stream:
+            url = self.model_url(call.model, "streamGenerateContent") + "?alt=sse"
+            return await self.post_stream(url, self._stream_headers, data)
+        return await self.post_json(
+            self.model_url(call.model, "generateContent"), self._json_headers, data)
+
+    async def list_models(self) -> list[str]:
+        """``GET /v1beta/models`` page by page: the models that can ``generateContent``."""
+        listed: list[str] = []
+        token: str | None = None
+        for _ in range(_MAX_MODEL_PAGES):
+            url = f"{self.api_root}/models?pageSize=1000"
+            if token:
+                url += f"&pageToken={quote(token, safe='')}"
+            data = await self.get_json(url, self._json_headers)
+            for entry in (data.get("models") or []) if isinstance(data, dict) else []:
+                if not isinstance(entry, dict) or not isinstance(entry.get("name"), str):
+                    continue
+                methods = entry.get("supportedGenerationMethods")
+                if isinstance(methods, list) and "generateContent" not in methods:
+                    continue  # embedding and other non-chat models
+                listed.append(entry["name"].removeprefix("models/"))
+            token = data.get("nextPageToken") if isinstance(data, dict) else None
+            if not token:
+                break
+        configured = self.configured_models
+        return configured + [m for m in listed if m not in configured]
+
+    # ---- errors ---------------------------------------------------------------------
+    def error_from(
+        self, status: int, body: bytes, headers: Mapping[str, str]
+    ) -> UpstreamStatusError:
+        """``{"error": {"code", "message", "status", "details": [...]}}`` (google.rpc.Status)."""
+        err = _error_object(body)
+        if err is None:
+            message = body.decode(errors="replace").strip()[:500] or None
+            return self.status_error(status, body, headers, message)
+        details = [d for d in err.get("details") or [] if isinstance(d, dict)]
+        if any(d.get("@type") == _ERROR_INFO and d.get("reason") in _BAD_KEY_REASONS
+               for d in details):
+            status = 401  # Google says 400, but the client's request is not at fault
+        status_name = err.get("status") if isinstance(err.get("status"), str) else None
+        return self.status_error(
+            status, body, headers, _str(err.get("message")), code=status_name,
+            hints=_retry_hint(details))
+
+    def stream_error(self, data: Any) -> GatewayError | None:
+        """A chunk that is ``{"error": {...}}``: a status error with its ``code``."""
+        err = data.get("error") if isinstance(data, dict) else None
+        if not isinstance(err, dict):
+            return None
+        code = err.get("code")
+        status = code if isinstance(code, int) and 400 <= code <= 599 else 502
+        return UpstreamStatusError(
+            f"upstream stream error: {_str(err.get('message')) or err.get('status') or err}",
+            status=status, code=_str(err.get("status")), body=orjson.dumps(data))
+
+
+def _error_object(body: bytes) -> dict[str, Any] | None:
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return None
+    if isinstance(data, list) and data:  # streamGenerateContent without alt=sse wraps it
+        data = data[0]
+    err = data.get("error") if isinstance(data, dict) else None
+    return err if isinstance(err, dict) else None
+
+
+def _retry_hint(details: list[dict[str, Any]]) -> dict[str, str]:
+    """``RetryInfo.retryDelay`` ("32s", "1.5s") as a ``retry-after`` hint in whole seconds."""
+    for detail in details:
+        delay = detail.get("retryDelay") if detail.get("@type") == _RETRY_INFO else None
+        if isinstance(delay, str) and delay.endswith("s"):
+            try:
+                return {"retry-after": str(math.ceil(float(delay[:-1])))}
+            except ValueError:
+                return {}
+    return {}
+
+
+def _str(value: Any) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+@hookimpl
+def register_providers(register: Callable[[type[Provider]], None]) -> None:
+    register(GeminiProvider)

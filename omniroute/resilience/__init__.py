@@ -1,0 +1,41 @@
+"""Resilience: which targets to try, in what order, and what failures cost.
+
+The proxy talks to :class:`Resilience` (see :mod:`omniroute.resilience.core`
+for the API and a usage sketch). The parts, each usable alone:
+
+* :mod:`.strategies` — orders targets (priority, round-robin, weighted, ...);
+* :mod:`.classify` — what an upstream failure means (move on? cooldown? terminal?);
+* :mod:`.cooldown` — rest periods from upstream hints or exponential backoff;
+* :mod:`.breaker` — a circuit breaker per provider;
+* :mod:`.limits` — per-connection concurrency and requests-per-minute, queued;
+* :mod:`.sessions` — sticky sessions;
+* :mod:`.stats` — per-connection statistics;
+* :mod:`.pricing` — model prices for ``cost-optimized``;
+* :mod:`.clock` — injectable time.
+"""
+
+from omniroute.resilience.classify import Classification, classify, classify_status
+from omniroute.resilience.clock import Clock, ManualClock, SystemClock
+from omniroute.resilience.core import Attempt, Decision, Plan, Resilience
+from omniroute.resilience.pricing import Price, Pricing
+from omniroute.resilience.sessions import SessionStore, fingerprint, session_id
+from omniroute.resilience.strategies import STRATEGIES
+
+__all__ = [
+    "STRATEGIES",
+    "Attempt",
+    "Classification",
+    "Clock",
+    "Decision",
+    "ManualClock",
+    "Plan",
+    "Price",
+    "Pricing",
+    "Resilience",
+    "SessionStore",
+    "SystemClock",
+    "classify",
+    "classify_status",
+    "fingerprint",
+    "session_id",
+]

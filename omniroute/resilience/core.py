@@ -1,0 +1,528 @@
+"""The resilience facade: which targets to try, and what a failure costs.
+
+One :class:`Resilience` per gateway (it holds in-memory state: statistics,
+cooldowns, breakers, limits, sessions). The proxy uses it like this::
+
+    plan = resilience.plan(route.targets, strategy=combo_strategy, session_id=sid)
+    if not plan.targets:
+        await resilience.wait_for_available(route.targets)  # or raises RateLimited
+        plan = resilience.plan(...)
+    for target in plan.targets:
+        try:
+            async with resilience.attempt(target, session_id=sid) as attempt:
+                upstream = await target.provider.chat(call)
+                attempt.first_byte()
+                ...  # relay; on a mid-stream failure: attempt.failed(err)
+        except (ConnectionBusy, CircuitOpen):
+            continue  # that account is full or its provider is resting: next one
+        except (UpstreamError, UpstreamStatusError):
+            if attempt.decision.refresh: ...  # refresh credentials, retry with refreshed=True
+            if not attempt.decision.move_on:
+                raise  # the client's own mistake, passed back unchanged
+            continue
+
+The API:
+
+* ``plan(targets, *, strategy=None, session_id=None) -> Plan`` — the strategy's
+  order minus targets that are terminal, cooling down or behind an open
+  breaker; the session's sticky connection first while it is usable; at most
+  ``max_attempts`` targets.
+* ``attempt(target, *, session_id=None, refreshed=False) -> Attempt`` — an async
+  context manager: admits through the provider's breaker (else
+  :class:`~omniroute.errors.CircuitOpen`), takes a slot of the connection's
+  limits (may wait; else :class:`~omniroute.errors.ConnectionBusy`), counts
+  the request in flight. Leaving the block normally records a success (and
+  binds the session); leaving it with an upstream error records that failure
+  (``attempt.decision``); a cancellation records nothing. Slots and breaker
+  trials are released on every exit.
+* ``record_success(target, *, ttft=None, session_id=None)`` and
+  ``record_failure(target, error, *, refreshed=False) -> Decision`` — the same
+  bookkeeping without an ``attempt``.
+* ``soonest_available(targets) -> float | None`` and
+  ``await wait_for_available(targets, *, max_wait=None)`` — when every target
+  rests: wait (bounded by ``wait_for_cooldown_max``) or fail fast with
+  :class:`~omniroute.errors.RateLimited` and ``Retry-After``.
+* ``reset(connection_id=None)`` — operator reset of cooldowns, terminal
+  states and breakers (all, or one connection and its provider's breaker).
+* ``snapshot(connections=()) -> dict`` — plain JSON-able state for
+  ``/api/rate-limits``, ``/api/sessions`` and health.
+* ``configure(settings)`` — apply changed settings, keeping the state.
+
+A connection's limits come from its settings (``max_concurrency``, ``rpm``);
+its provider counts as a subscription (OAuth) one when the provider class has
+``auth_kind = "oauth"``, which picks the breaker thresholds and allows one
+credential refresh on 401/403. Breakers are keyed by connection prefix.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any
+
+from omniroute.config import Settings
+from omniroute.errors import (
+    CircuitOpen,
+    RateLimited,
+    ServiceUnavailable,
+    UpstreamError,
+    UpstreamStatusError,
+)
+from omniroute.providers.base import Provider
+from omniroute.resilience.breaker import Breaker, BreakerPolicy, Ticket
+from omniroute.resilience.classify import Classification, classify
+from omniroute.resilience.clock import Clock, SystemClock
+from omniroute.resilience.cooldown import Backoff
+from omniroute.resilience.limits import Limiter, Slot
+from omniroute.resilience.pricing import Price, Pricing
+from omniroute.resilience.sessions import SessionStore
+from omniroute.resilience.stats import ConnectionStats
+from omniroute.resilience.strategies import DEFAULT, STRATEGIES, Context, Rotation, normalize
+from omniroute.routing import Target
+from omniroute.storage.store import Connection
+
+log = logging.getLogger(__name__)
+
+#: why a target is left out of a plan
+TERMINAL, COOLING, BREAKER_OPEN = "terminal", "cooling", "breaker_open"
+
+
+def auth_kind(provider: Provider) -> str:
+    """``"oauth"`` for subscription providers, else ``"api_key"``."""
+    return str(getattr(provider, "auth_kind", "api_key"))
+
+
+def breaker_key(target: Target) -> str:
+    return target.connection.prefix
+
+
+def _limit(settings: Mapping[str, Any], name: str) -> int | None:
+    value = settings.get(name)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+        return None
+    return int(value)
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """The targets to try for one request, in order."""
+
+    targets: tuple[Target, ...]
+    #: targets left out, with why (``"terminal"``, ``"cooling"``, ``"breaker_open"``)
+    skipped: tuple[tuple[Target, str], ...] = ()
+    strategy: str = DEFAULT
+    #: the target put first because the session was bound to its connection
+    sticky: Target | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """What a failure means for this request and for the connection."""
+
+    #: try the next target (False: hand the error back to the client)
+    move_on: bool
+    classification: Classification
+    #: refresh the credentials and retry this target once (``attempt(..., refreshed=True)``)
+    refresh: bool = False
+    #: seconds the connection now rests (None: no cooldown)
+    cooldown: float | None = None
+    terminal_reason: str | None = None
+
+    @property
+    def kind(self) -> str:
+        return self.classification.kind
+
+
+class Attempt:
+    """One try of one target; see :meth:`Resilience.attempt`."""
+
+    def __init__(
+        self, resilience: Resilience, target: Target, session_id: str | None, refreshed: bool
+    ) -> None:
+        self.target = target
+        self.session_id = session_id
+        self.refreshed = refreshed
+        self.started: float | None = None
+        #: seconds from the start to the first byte (``first_byte()``), if recorded
+        self.ttft: float | None = None
+        #: the verdict on a failure (set by ``failed()`` or by leaving with an upstream error)
+        self.decision: Decision | None = None
+        self._resilience = resilience
+        self._ticket: Ticket | None = None
+        self._slot: Slot | None = None
+        self._done = False
+        self._breaker_verdict = False
+
+    async def __aenter__(self) -> Attempt:
+        r, target = self._resilience, self.target
+        now = r.clock.monotonic()
+        breaker = r._breaker(target)
+        ticket = breaker.admit(now)
+        if ticket is None:
+            wait = breaker.retry_in(now)
+            raise CircuitOpen(f"Provider {breaker.key!r} is resting after repeated failures; "
+                              f"retry in {wait:.0f}s.", key=breaker.key, retry_after=wait)
+        limiter = r._limiter(target)
+        if limiter is not None:
+            slot = limiter.acquire()
+            try:
+                await slot.__aenter__()
+            except BaseException:
+                breaker.abandon(ticket)
+                raise
+            self._slot = slot
+        self._ticket = ticket
+        self.started = r.clock.monotonic()
+        r._stats(target).started(self.started)
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        r = self._resilience
+        try:
+            if not self._done:
+                if exc is None:
+                    self.succeeded()
+                elif isinstance(exc, (UpstreamError, UpstreamStatusError)):
+                    self.failed(exc)
+        finally:
+            r._stats(self.target).finished()
+            if self._slot is not None:
+                self._slot.release()
+            if not self._breaker_verdict:
+                r._breaker(self.target).abandon(self._ticket)
+
+    def first_byte(self) -> None:
+        """The first byte (or event) arrived: record the time to first token."""
+        if self.ttft is None and self.started is not None:
+            self.ttft = self._resilience.clock.monotonic() - self.started
+
+    def succeeded(self) -> None:
+        """Record a success now (leaving the block normally does it too)."""
+        if self._done:
+            return
+        self._done = self._breaker_verdict = True
+        self._resilience.record_success(self.target, ttft=self.ttft, session_id=self.session_id)
+
+    def failed(self, error: BaseException) -> Decision:
+        """Record a failure now (e.g. a stream that broke after its first event)."""
+        if self.decision is not None:
+            return self.decision
+        if self._done:
+            raise RuntimeError("this attempt already recorded a success")
+        self._done = True
+        self.decision = self._resilience.record_failure(
+            self.target, error, refreshed=self.refreshed)
+        self._breaker_verdict = self.decision.classification.breaker
+        return self.decision
+
+
+class Resilience:
+    """Strategies, cooldowns, breakers, limits and sticky sessions for one gateway."""
+
+    def __init__(
+        self,
+        settings: Settings | None = None,
+        *,
+        clock: Clock | None = None,
+        rng: random.Random | None = None,
+        pricing: Pricing | Mapping[str, Any] | None = None,
+    ) -> None:
+        """
+        :param settings: the runtime settings (defaults when omitted).
+        :param clock: time source (a ``ManualClock`` in tests).
+        :param rng: randomness for the random strategies (seed it for repeatable choices).
+        :param pricing: a :class:`Pricing`, or price overrides on top of the built-in table.
+        """
+        self.clock: Clock = clock or SystemClock()
+        self.rng = rng or random.Random()
+        self.pricing = pricing if isinstance(pricing, Pricing) else Pricing(pricing)
+        self.settings = settings or Settings()
+        self.rotation = Rotation()
+        self.sessions = SessionStore(ttl=self.settings.session_ttl,
+                                     max_size=self.settings.session_max, clock=self.clock)
+        self._stats_by_id: dict[str, ConnectionStats] = {}
+        self._connections: dict[str, Connection] = {}
+        self._limiters: dict[str, Limiter] = {}
+        self._breakers: dict[str, Breaker] = {}
+        self._breaker_kinds: dict[str, str] = {}
+        self._warned: set[str] = set()
+        self.configure(self.settings)
+
+    # ------------------------------------------------------------------ settings
+
+    def configure(self, settings: Settings) -> None:
+        """Apply (changed) settings; statistics, cooldowns and sessions are kept."""
+        self.settings = settings
+        self.backoff = Backoff(settings.cooldown_base, settings.cooldown_factor,
+                               settings.cooldown_max)
+        self.sessions.configure(ttl=settings.session_ttl, max_size=settings.session_max)
+        for key, breaker in self._breakers.items():
+            breaker.policy = self._breaker_policy(self._breaker_kinds[key])
+        for limiter in self._limiters.values():
+            limiter.configure(max_concurrency=limiter.max_concurrency, rpm=limiter.rpm,
+                              queue_size=settings.queue_size,
+                              queue_timeout=settings.queue_timeout)
+
+    def _breaker_policy(self, kind: str) -> BreakerPolicy:
+        s = self.settings
+        if kind == "oauth":
+            return BreakerPolicy(s.breaker_threshold_oauth, s.breaker_reset_oauth,
+                                 s.breaker_half_open_max)
+        return BreakerPolicy(s.breaker_threshold, s.breaker_reset, s.breaker_half_open_max)
+
+    # ------------------------------------------------------------------ state lookups
+
+    def _stats(self, target: Target) -> ConnectionStats:
+        conn = target.connection
+        self._connections[conn.id] = conn
+        stats = self._stats_by_id.get(conn.id)
+        if stats is None:
+            stats = self._stats_by_id[conn.id] = ConnectionStats(conn.id)
+        return stats
+
+    def _breaker(self, target: Target) -> Breaker:
+        key = breaker_key(target)
+        breaker = self._breakers.get(key)
+        if breaker is None:
+            kind = auth_kind(target.provider)
+            self._breaker_kinds[key] = kind
+            breaker = self._breakers[key] = Breaker(key, self._breaker_policy(kind))
+        return breaker
+
+    def _limiter(self, target: Target) -> Limiter | None:
+        return self._limiter_for(target.connection)
+
+    def _limiter_for(self, conn: Connection) -> Limiter | None:
+        """The connection's limiter, following its current settings (None: no limits)."""
+        concurrency = _limit(conn.settings, "max_concurrency")
+        rpm = _limit(conn.settings, "rpm")
+        limiter = self._limiters.get(conn.id)
+        if limiter is None:
+            if concurrency is None and rpm is None:
+                return None
+            limiter = self._limiters[conn.id] = Limiter(
+                conn.id, clock=self.clock, max_concurrency=concurrency, rpm=rpm,
+                queue_size=self.settings.queue_size, queue_timeout=self.settings.queue_timeout)
+        elif (limiter.max_concurrency, limiter.rpm) != (concurrency, rpm):
+            limiter.configure(max_concurrency=concurrency, rpm=rpm,
+                              queue_size=self.settings.queue_size,
+                              queue_timeout=self.settings.queue_timeout)
+        return limiter
+
+    def _saturated(self, target: Target) -> bool:
+        limiter = self._limiter(target)
+        return limiter is not None and limiter.saturated()
+
+    def _price(self, target: Target) -> Price | None:
+        return self.pricing.price(target.model, target.prefix)
+
+    def _blocked(self, target: Target, now: float) -> str | None:
+        stats = self._stats_by_id.get(target.connection.id)
+        if stats is not None and stats.terminal_reason is not None:
+            return TERMINAL
+        if stats is not None and stats.cooling(now):
+            return COOLING
+        breaker = self._breakers.get(breaker_key(target))
+        if breaker is not None and not breaker.available(now):
+            return BREAKER_OPEN
+        return None
+
+    # ------------------------------------------------------------------ planning
+
+    def plan(
+        self, targets: Sequence[Target], *, strategy: str | None = None,
+        session_id: str | None = None,
+    ) -> Plan:
+        """The targets to try, in order (see the module docstring)."""
+        name = normalize(strategy)
+        if strategy and name is None and strategy not in self._warned:
+            self._warned.add(strategy)
+            log.warning("unknown strategy %r; using %r", strategy, self.settings.account_strategy)
+        name = name or normalize(self.settings.account_strategy) or DEFAULT
+        ctx = Context(self.rng, self._stats, self._saturated, self._price, self.rotation,
+                      self.settings.round_robin_sticky)
+        ordered = STRATEGIES[name](targets, ctx)
+        now = self.clock.monotonic()
+        usable: list[Target] = []
+        skipped: list[tuple[Target, str]] = []
+        for target in ordered:
+            reason = self._blocked(target, now)
+            if reason is None:
+                usable.append(target)
+            else:
+                skipped.append((target, reason))
+        sticky = None
+        if session_id is not None:
+            bound = self.sessions.get(session_id)
+            sticky = next((t for t in usable if t.connection.id == bound), None)
+            if sticky is not None:
+                usable.remove(sticky)
+                usable.insert(0, sticky)
+        return Plan(tuple(usable[: self.settings.max_attempts]), tuple(skipped), name, sticky)
+
+    # ------------------------------------------------------------------ attempts
+
+    def attempt(
+        self, target: Target, *, session_id: str | None = None, refreshed: bool = False
+    ) -> Attempt:
+        """One try of ``target`` as an async context manager (see the module docstring).
+
+        :param session_id: bound to the target's connection when the attempt succeeds.
+        :param refreshed: the credentials were just refreshed for this request, so a
+            401/403 now counts against the connection.
+        """
+        return Attempt(self, target, session_id, refreshed)
+
+    def record_success(
+        self, target: Target, *, ttft: float | None = None, session_id: str | None = None
+    ) -> None:
+        """A success: clears the failure streak and any cooldown, closes the breaker."""
+        self._stats(target).succeeded(ttft)
+        self._breaker(target).success()
+        if session_id is not None:
+            self.sessions.bind(session_id, target.connection.id)
+
+    def record_failure(
+        self, target: Target, error: BaseException, *, refreshed: bool = False
+    ) -> Decision:
+        """Classify a failure of ``target`` and apply what it costs the connection."""
+        provider = target.provider
+        breaker = self._breaker(target)
+        verdict = classify(error, format=provider.format,
+                           can_refresh=auth_kind(provider) == "oauth" and not refreshed,
+                           now_wall=self.clock.time())
+        if not verdict.move_on:  # the request's own fault: the connection did nothing wrong
+            return Decision(False, verdict)
+        now = self.clock.monotonic()
+        stats = self._stats(target)
+        if verdict.refresh:
+            stats.failed(now, verdict.message or verdict.kind, counted=False)
+            return Decision(True, verdict, refresh=True)
+        stats.failed(now, verdict.message or verdict.kind, counted=verdict.penalty != "none")
+        cooldown = None
+        if verdict.penalty == "terminal":
+            stats.terminal_reason = verdict.terminal_reason or verdict.kind
+            log.warning("connection %s is out of service: %s (%s)", target.connection.id,
+                        stats.terminal_reason, verdict.message)
+        elif verdict.penalty == "cooldown":
+            cooldown = (verdict.retry_after if verdict.retry_after is not None
+                        else self.backoff.delay(stats.consecutive_failures))
+            stats.cool(now + cooldown)
+        if verdict.breaker:
+            breaker.failure(now)
+        return Decision(True, verdict, cooldown=cooldown, terminal_reason=stats.terminal_reason
+                        if verdict.penalty == "terminal" else None)
+
+    # ------------------------------------------------------------------ when all rest
+
+    def soonest_available(self, targets: Iterable[Target]) -> float | None:
+        """Seconds until the first of ``targets`` can be tried (0: now); ``None``: never
+        without an operator (every one is terminal)."""
+        now = self.clock.monotonic()
+        soonest: float | None = None
+        for target in targets:
+            stats = self._stats_by_id.get(target.connection.id)
+            if stats is not None and stats.terminal_reason is not None:
+                continue
+            wait = stats.cooldown_left(now) if stats is not None else 0.0
+            breaker = self._breakers.get(breaker_key(target))
+            if breaker is not None:
+                wait = max(wait, breaker.retry_in(now))
+            soonest = wait if soonest is None else min(soonest, wait)
+        return soonest
+
+    async def wait_for_available(
+        self, targets: Iterable[Target], *, max_wait: float | None = None
+    ) -> None:
+        """Wait until a target can be tried, if that is soon enough; else raise.
+
+        :param max_wait: the bound (default: the ``wait_for_cooldown_max`` setting).
+        :raises RateLimited: the wait would be longer (``Retry-After`` says how long).
+        :raises ServiceUnavailable: every target is out until an operator acts.
+        """
+        targets = list(targets)
+        wait = self.soonest_available(targets)
+        if wait is None:
+            raise ServiceUnavailable(
+                "Every account for this model is out of service until an operator resets it.",
+                code="all_targets_unavailable")
+        bound = self.settings.wait_for_cooldown_max if max_wait is None else max_wait
+        if wait > bound:
+            raise RateLimited(f"Every account for this model is resting; retry in {wait:.0f}s.",
+                              retry_after=wait, code="all_targets_cooling")
+        if wait > 0:
+            await self.clock.sleep(wait)
+
+    # ------------------------------------------------------------------ operators
+
+    def reset(self, connection_id: str | None = None) -> None:
+        """Clear cooldowns, terminal states and breakers: all, or one connection's
+        (and the breaker of its provider)."""
+        if connection_id is None:
+            for stats in self._stats_by_id.values():
+                stats.reset()
+            for breaker in self._breakers.values():
+                breaker.reset()
+            return
+        one = self._stats_by_id.get(connection_id)
+        if one is not None:
+            one.reset()
+        conn = self._connections.get(connection_id)
+        if conn is not None and conn.prefix in self._breakers:
+            self._breakers[conn.prefix].reset()
+
+    def retain(self, connection_ids: Iterable[str]) -> None:
+        """Forget the state of connections that no longer exist (call after a reload)."""
+        keep = set(connection_ids)
+        for table in (self._stats_by_id, self._connections, self._limiters):
+            for cid in [c for c in table if c not in keep]:
+                del table[cid]
+        self.sessions.retain(keep)
+
+    def snapshot(self, connections: Iterable[Connection] = ()) -> dict[str, Any]:
+        """Plain JSON-able state: connections, breakers, sessions and health counts.
+
+        :param connections: also list these (e.g. every configured one), used or not.
+        """
+        now = self.clock.monotonic()
+        offset = self.clock.time() - now
+        known = dict(self._connections)
+        for conn in connections:
+            known.setdefault(conn.id, conn)
+        rows = []
+        health = {"healthy": 0, "degraded": 0, "down": 0}
+        for cid, conn in sorted(known.items()):
+            stats = self._stats_by_id.get(cid) or ConnectionStats(cid)
+            breaker = self._breakers.get(conn.prefix)
+            state = breaker.state(now) if breaker is not None else "closed"
+            if (stats.terminal_reason or stats.cooling(now)
+                    or (breaker is not None and not breaker.available(now))):
+                status = "down"
+            elif stats.consecutive_failures or state != "closed" or stats.error_rate >= 0.5:
+                status = "degraded"
+            else:
+                status = "healthy"
+            health[status] += 1
+            limiter = self._limiter_for(conn)
+            rows.append({
+                **stats.snapshot(now, offset),
+                "name": conn.name, "prefix": conn.prefix, "type": conn.type,
+                "status": status, "breaker": conn.prefix,
+                "limits": limiter.snapshot() if limiter is not None else None,
+            })
+        breakers = [b.snapshot(now) for _, b in sorted(self._breakers.items())]
+        by_state = {"closed": 0, "open": 0, "half_open": 0}
+        for b in breakers:
+            by_state[b["state"]] += 1
+        return {
+            "connections": rows,
+            "breakers": breakers,
+            "sessions": self.sessions.snapshot(),
+            "health": {**health, "breakers": by_state},
+        }

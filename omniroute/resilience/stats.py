@@ -1,0 +1,105 @@
+"""What the gateway knows about one connection: load, errors, latency, rest.
+
+The strategies read these numbers to order targets; ``/api/rate-limits``
+shows them (:meth:`ConnectionStats.snapshot`). All times are the injected
+clock's monotonic seconds; snapshots convert them to wall-clock times.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+#: weight of the newest sample in the moving averages
+EWMA_ALPHA = 0.2
+
+
+def ewma(previous: float | None, sample: float, alpha: float = EWMA_ALPHA) -> float:
+    return sample if previous is None else previous + alpha * (sample - previous)
+
+
+@dataclass(slots=True)
+class ConnectionStats:
+    """Counters and state of one connection (an upstream account)."""
+
+    connection_id: str
+    in_flight: int = 0
+    total_requests: int = 0
+    successes: int = 0
+    failures: int = 0
+    consecutive_failures: int = 0
+    #: moving average of failures that were the upstream's doing (0..1)
+    error_rate: float = 0.0
+    #: moving average of the time to first token, seconds (None: never measured)
+    ttft: float | None = None
+    last_error: str | None = None
+    last_error_at: float | None = None
+    last_used_at: float | None = None
+    cooling_until: float | None = None
+    terminal_reason: str | None = None
+
+    def started(self, now: float) -> None:
+        self.in_flight += 1
+        self.total_requests += 1
+        self.last_used_at = now
+
+    def finished(self) -> None:
+        self.in_flight = max(0, self.in_flight - 1)
+
+    def succeeded(self, ttft: float | None) -> None:
+        """A success clears the failure streak and any cooldown (not a terminal state)."""
+        self.successes += 1
+        self.consecutive_failures = 0
+        self.cooling_until = None
+        self.error_rate = ewma(self.error_rate, 0.0)
+        if ttft is not None:
+            self.ttft = ewma(self.ttft, max(0.0, ttft))
+
+    def failed(self, now: float, message: str, *, counted: bool) -> None:
+        """Record a failure; ``counted`` ones were the connection's fault and add to the streak."""
+        self.failures += 1
+        self.last_error = message[:500]
+        self.last_error_at = now
+        if counted:
+            self.consecutive_failures += 1
+            self.error_rate = ewma(self.error_rate, 1.0)
+
+    def cool(self, until: float) -> None:
+        self.cooling_until = max(until, self.cooling_until or until)
+
+    def cooling(self, now: float) -> bool:
+        return self.cooling_until is not None and self.cooling_until > now
+
+    def cooldown_left(self, now: float) -> float:
+        return max(0.0, (self.cooling_until or now) - now)
+
+    def reset(self) -> None:
+        """Operator reset: the rest and the terminal state go; the history stays."""
+        self.consecutive_failures = 0
+        self.cooling_until = None
+        self.terminal_reason = None
+        self.error_rate = 0.0
+
+    def snapshot(self, now: float, wall_offset: float) -> dict[str, Any]:
+        """Plain JSON-able numbers; times as wall-clock epoch seconds."""
+
+        def wall(t: float | None) -> float | None:
+            return None if t is None else round(t + wall_offset, 3)
+
+        cooling = self.cooling(now)
+        return {
+            "id": self.connection_id,
+            "in_flight": self.in_flight,
+            "total_requests": self.total_requests,
+            "successes": self.successes,
+            "failures": self.failures,
+            "consecutive_failures": self.consecutive_failures,
+            "error_rate": round(self.error_rate, 4),
+            "ttft_ms": None if self.ttft is None else round(self.ttft * 1000, 1),
+            "last_error": self.last_error,
+            "last_error_at": wall(self.last_error_at),
+            "last_used_at": wall(self.last_used_at),
+            "cooling_until": wall(self.cooling_until) if cooling else None,
+            "cooldown_left": round(self.cooldown_left(now), 3),
+            "terminal_reason": self.terminal_reason,
+        }

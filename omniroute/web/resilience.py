@@ -1,0 +1,88 @@
+"""Management API for resilience: settings, state, reset, rate limits, sessions.
+
+``GET/PATCH /api/resilience`` (the queue, cooldown, breaker, attempt, session
+and timeout settings, and a summary of the state), ``POST /api/resilience/reset``
+(everything, or one ``connection_id``), ``GET /api/rate-limits`` (per connection:
+cooling until, failures, in flight, limits), ``GET /api/sessions``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp import web
+
+from omniroute.errors import InvalidRequest, NotFound
+from omniroute.gateway import Gateway
+from omniroute.web.body import read_object
+from omniroute.web.keys import GATEWAY
+from omniroute.web.management import _validated
+
+#: the settings this API shows and changes (the rest stay under /api/settings)
+RESILIENCE_SETTINGS = (
+    "account_strategy", "round_robin_sticky", "max_attempts",
+    "cooldown_base", "cooldown_factor", "cooldown_max",
+    "breaker_threshold", "breaker_threshold_oauth", "breaker_reset", "breaker_reset_oauth",
+    "breaker_half_open_max", "queue_size", "queue_timeout", "wait_for_cooldown_max",
+    "session_ttl", "session_max",
+    "connect_timeout", "first_byte_timeout", "idle_timeout", "total_timeout",
+)
+
+
+def _view(gateway: Gateway) -> dict[str, Any]:
+    current = gateway.settings.as_dict()
+    state = gateway.resilience.snapshot(gateway.connections.values())
+    return {
+        "settings": {k: current[k] for k in RESILIENCE_SETTINGS},
+        "pinned_by_environment": sorted(set(gateway.config.settings_env) & set(RESILIENCE_SETTINGS)),
+        "health": state["health"],
+        "breakers": state["breakers"],
+    }
+
+
+async def get_resilience(request: web.Request) -> web.Response:
+    return web.json_response(_view(request.app[GATEWAY]))
+
+
+async def patch_resilience(request: web.Request) -> web.Response:
+    gateway = request.app[GATEWAY]
+    body = await read_object(request, gateway.settings.max_body_bytes)
+    unknown = sorted(set(body) - set(RESILIENCE_SETTINGS))
+    if unknown:
+        raise InvalidRequest(f"not a resilience setting: {', '.join(unknown)} "
+                             "(other settings live under /api/settings)", code="invalid_setting")
+    await gateway.store.put_settings(_validated(body))
+    await gateway.reload()
+    return web.json_response(_view(gateway))
+
+
+async def reset_resilience(request: web.Request) -> web.Response:
+    gateway = request.app[GATEWAY]
+    body: dict[str, Any] = {}
+    if request.can_read_body:
+        body = await read_object(request, gateway.settings.max_body_bytes)
+    connection_id = body.get("connection_id")
+    if connection_id is not None and connection_id not in gateway.connections:
+        raise NotFound(f"No connection {connection_id!r}.")
+    gateway.resilience.reset(connection_id)
+    return web.json_response({"reset": connection_id or "all", **_view(gateway)})
+
+
+async def rate_limits(request: web.Request) -> web.Response:
+    gateway = request.app[GATEWAY]
+    state = gateway.resilience.snapshot(gateway.connections.values())
+    return web.json_response({"connections": state["connections"], "health": state["health"]})
+
+
+async def sessions(request: web.Request) -> web.Response:
+    gateway = request.app[GATEWAY]
+    return web.json_response(gateway.resilience.sessions.snapshot())
+
+
+def setup_resilience_routes(app: web.Application) -> None:
+    r = app.router
+    r.add_get("/api/resilience", get_resilience)
+    r.add_patch("/api/resilience", patch_resilience)
+    r.add_post("/api/resilience/reset", reset_resilience)
+    r.add_get("/api/rate-limits", rate_limits)
+    r.add_get("/api/sessions", sessions)

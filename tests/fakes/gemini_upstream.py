@@ -1,0 +1,623 @@
+"""Fake Gemini API (Generative Language API) upstream for gateway tests.
+
+Speaks the real wire format of ``POST /v1beta/models/{model}:generateContent``,
+``:streamGenerateContent`` (``?alt=sse``: server-sent ``GenerateContentResponse``
+chunks, CRLF-terminated; without it, a JSON array) and ``GET /v1beta/models``
+(paged; ``/v1/...`` too), checked against the google-genai SDK. Usage::
+
+    fake = FakeGemini()
+    fake.script += [error(429), reply(text="hi", chunks=2)]
+    server = await aiohttp_server(fake.app)
+    client = genai.Client(api_key="AIza-upstream-test",
+                          http_options=types.HttpOptions(base_url=str(server.make_url(""))))
+
+``script`` is a queue: each generate request pops one ``Behaviour`` (an empty queue
+means the default reply). Behaviour helpers, each for one request:
+
+- ``reply(text=None, chunks=None, delay=None, tool_calls=None, thinking=None,
+  finish_reason=None, usage=None)``: ``tool_calls``: ``N`` forces N ``functionCall``
+  parts (to the declared functions, cycling), or a list of ``{"name", "arguments": dict}``;
+  ``0`` forbids them. Function calls come whole, each with a ``thoughtSignature``.
+  ``thinking``: the text of ``thought: true`` parts (by default present when
+  ``thinkingConfig.includeThoughts`` is set). ``usage`` overrides ``usageMetadata`` fields.
+- ``error(status, message=None, status_name=None, headers=None, retry_delay="32s")``:
+  google.rpc.Status ``{"error": {"code", "message", "status", "details"}}``; a 429
+  carries QuotaFailure, Help and RetryInfo details.
+- ``hang_before_headers(seconds)``, ``hang_mid_stream(after_chunks, seconds)``,
+  ``drop_mid_stream(after_chunks)``, ``mid_stream_error(after_chunks, message=...,
+  code=500, status_name="INTERNAL")`` (a ``data: {"error": ...}`` chunk, then the body
+  ends), ``garbage(body=None)``, ``slow(delay)``.
+
+Like the real API the fake refuses, with its error shape: a missing key (403) or a wrong
+one (400 ``API_KEY_INVALID``; ``x-goog-api-key`` or ``?key=``), an unknown body field
+such as ``model`` or ``messages`` (400 "Unknown name"), missing or empty ``contents``,
+a role other than ``user`` / ``model``, parts with unknown fields (OpenAI-style
+``{"type": "text"}``), ``functionCall.args`` that is not an object, a function-response
+turn whose part count differs from the call turn's, and (``gemini-3*`` models) a
+``functionCall`` part sent back without its ``thoughtSignature``. An unknown model is a
+404.
+
+Default reply: ``"Hello! You said: <last user text>"``; a call to the first declared
+function when the last user text contains "weather". ``requests`` records every
+request; ``closed_streams`` counts generate requests whose client went away before the
+answer finished (``stream_closed`` is set each time); fake-initiated drops don't count.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import secrets
+import string
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+_ALNUM = string.ascii_letters + string.digits
+_STATUS_NAMES = {
+    400: "INVALID_ARGUMENT", 401: "UNAUTHENTICATED", 403: "PERMISSION_DENIED", 404: "NOT_FOUND",
+    409: "ABORTED", 429: "RESOURCE_EXHAUSTED", 499: "CANCELLED", 500: "INTERNAL",
+    503: "UNAVAILABLE", 504: "DEADLINE_EXCEEDED",
+}
+_TYPE = "type.googleapis.com/google.rpc."
+_REQUEST_FIELDS = {
+    "contents", "tools", "toolConfig", "safetySettings", "systemInstruction",
+    "generationConfig", "cachedContent", "labels",
+}
+_PART_DATA = {"text", "inlineData", "fileData", "functionCall", "functionResponse",
+              "executableCode", "codeExecutionResult"}
+_PART_META = {"thought", "thoughtSignature", "videoMetadata", "partMetadata", "mediaResolution"}
+
+
+def _camel(name: str) -> str:
+    head, *rest = name.split("_")
+    return head + "".join(w.title() for w in rest)
+
+
+def _field(obj: dict[str, Any], camel: str) -> Any:
+    """A field by its lowerCamel name or its snake_case one (the API takes both)."""
+    if camel in obj:
+        return obj[camel]
+    return obj.get("".join("_" + c.lower() if c.isupper() else c for c in camel))
+
+
+@dataclass
+class Recorded:
+    """One request seen by the fake (header names lower-cased)."""
+
+    method: str
+    path: str
+    headers: dict[str, str]
+    json: Any
+    body: bytes
+    query: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class Behaviour:
+    """How to answer one generate request; build with the helper functions."""
+
+    text: str | None = None
+    chunks: int | None = None
+    delay: float | None = None
+    tool_calls: int | list[dict[str, Any]] | None = None
+    thinking: str | None = None
+    finish_reason: str | None = None
+    usage: dict[str, int] = field(default_factory=dict)
+    status: int = 200
+    error: dict[str, Any] | None = None  # the google.rpc.Status body["error"]
+    headers: dict[str, str] = field(default_factory=dict)
+    hang_before_headers: float = 0.0
+    hang_after: int | None = None
+    hang_seconds: float = 0.0
+    drop_after: int | None = None
+    error_after: int | None = None
+    garbage: bytes | None = None
+
+
+def reply(
+    text: str | None = None,
+    chunks: int | None = None,
+    delay: float | None = None,
+    tool_calls: int | list[dict[str, Any]] | None = None,
+    thinking: str | None = None,
+    finish_reason: str | None = None,
+    usage: dict[str, int] | None = None,
+) -> Behaviour:
+    return Behaviour(text, chunks, delay, tool_calls, thinking, finish_reason, dict(usage or {}))
+
+
+def _status(code: int, message: str, status_name: str | None = None,
+            details: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    err: dict[str, Any] = {"code": code, "message": message,
+                           "status": status_name or _STATUS_NAMES.get(code, "UNKNOWN")}
+    if details:
+        err["details"] = details
+    return err
+
+
+def error(
+    status: int,
+    message: str | None = None,
+    status_name: str | None = None,
+    headers: dict[str, str] | None = None,
+    retry_delay: str | None = "32s",
+) -> Behaviour:
+    details: list[dict[str, Any]] = []
+    if status == 429:
+        message = message or ("You exceeded your current quota, please check your plan and "
+                              "billing details.")
+        details = [
+            {"@type": _TYPE + "QuotaFailure", "violations": [{
+                "quotaMetric":
+                    "generativelanguage.googleapis.com/generate_content_free_tier_requests",
+                "quotaId": "GenerateRequestsPerMinutePerProjectPerModel-FreeTier",
+                "quotaDimensions": {"location": "global", "model": "gemini-2.5-flash"},
+                "quotaValue": "10"}]},
+            {"@type": _TYPE + "Help", "links": [{
+                "description": "Learn more about Gemini API quotas",
+                "url": "https://ai.google.dev/gemini-api/docs/rate-limits"}]},
+        ]
+        if retry_delay:
+            details.append({"@type": _TYPE + "RetryInfo", "retryDelay": retry_delay})
+    body = _status(status, message or f"Fake upstream error {status}", status_name, details)
+    return Behaviour(status=status, error=body, headers=dict(headers or {}))
+
+
+def hang_before_headers(seconds: float) -> Behaviour:
+    return Behaviour(hang_before_headers=seconds)
+
+
+def hang_mid_stream(after_chunks: int, seconds: float) -> Behaviour:
+    return Behaviour(hang_after=after_chunks, hang_seconds=seconds)
+
+
+def drop_mid_stream(after_chunks: int) -> Behaviour:
+    return Behaviour(drop_after=after_chunks)
+
+
+def mid_stream_error(
+    after_chunks: int,
+    message: str = "An internal error has occurred. Please retry or report in "
+                   "https://developers.generativeai.google/guide/troubleshooting",
+    code: int = 500,
+    status_name: str = "INTERNAL",
+) -> Behaviour:
+    return Behaviour(error_after=after_chunks, error=_status(code, message, status_name))
+
+
+def garbage(body: bytes | None = None) -> Behaviour:
+    return Behaviour(garbage=body or b"")
+
+
+def slow(delay_per_chunk: float) -> Behaviour:
+    return Behaviour(delay=delay_per_chunk)
+
+
+# ----------------------------------------------------------------------------- helpers
+
+def _rand(n: int, alphabet: str = _ALNUM) -> str:
+    return "".join(secrets.choice(alphabet) for _ in range(n))
+
+
+def _signature() -> str:
+    """An opaque thought signature (base64, as the SDK checks)."""
+    return base64.b64encode(b"\x0a\x2c" + secrets.token_bytes(46)).decode()
+
+
+def _text_of(content: Any) -> str:
+    parts = content.get("parts") if isinstance(content, dict) else None
+    return " ".join(p["text"] for p in parts or [] if isinstance(p, dict)
+                    and isinstance(p.get("text"), str) and not p.get("thought"))
+
+
+def _tokens(s: str) -> int:
+    return max(1, (len(s) + 3) // 4)
+
+
+def _split(s: str, n: int) -> list[str]:
+    """Split ``s`` into ``min(n, len(s))`` contiguous non-empty pieces."""
+    n = max(1, min(n, len(s)))
+    return [s[i * len(s) // n : (i + 1) * len(s) // n] for i in range(n)] if s else [""]
+
+
+def _fake_args(schema: Any) -> dict[str, Any]:
+    props = (schema or {}).get("properties", {}) if isinstance(schema, dict) else {}
+    by_type: dict[Any, Any] = {"NUMBER": 1, "INTEGER": 1, "BOOLEAN": True, "ARRAY": [],
+                               "OBJECT": {}}
+    args: dict[str, Any] = {}
+    for name, prop in (props or {}).items():
+        prop = prop if isinstance(prop, dict) else {}
+        default = "Paris" if name in ("location", "city") else "test"
+        kind = str(prop.get("type", "")).upper()
+        args[name] = (prop.get("enum") or [by_type.get(kind, default)])[0]
+    return args or {"location": "Paris"}
+
+
+def _json(status: int, obj: Any, headers: dict[str, str] | None = None) -> web.Response:
+    return web.Response(status=status, body=obj if isinstance(obj, bytes) else orjson.dumps(obj),
+                        content_type="application/json", charset="UTF-8", headers=headers)
+
+
+def _google_error(code: int, message: str, status_name: str | None = None,
+                  details: list[dict[str, Any]] | None = None) -> web.Response:
+    return _json(code, {"error": _status(code, message, status_name, details)})
+
+
+def _bad_request(message: str, field_path: str | None = None) -> web.Response:
+    details = None
+    if field_path is not None:
+        details = [{"@type": _TYPE + "BadRequest",
+                    "fieldViolations": [{"field": field_path, "description": message}]}]
+    return _google_error(400, message, details=details)
+
+
+def _sse(chunk: dict[str, Any]) -> bytes:
+    return b"data: " + orjson.dumps(chunk) + b"\r\n\r\n"
+
+
+# ----------------------------------------------------------------------------- the fake
+
+class FakeGemini:
+    """In-process fake of the Gemini generateContent API (see module docstring)."""
+
+    def __init__(
+        self,
+        *,
+        api_key: str | None = "AIza-upstream-test",
+        models: tuple[str, ...] | list[str] = ("gemini-2.5-flash", "gemini-2.5-pro",
+                                               "gemini-3-pro-preview"),
+        other_models: tuple[str, ...] | list[str] = ("gemini-embedding-001",),
+        chunks: int = 4,
+        delay: float = 0.0,
+        max_page: int = 1000,
+    ) -> None:
+        self.api_key = api_key
+        self.models = list(models)
+        self.other_models = list(other_models)  # listed, but cannot generateContent
+        self.chunks = chunks
+        self.delay = delay
+        self.max_page = max_page  # GET /v1beta/models page size cap
+        self.base_url = ""  # for tests: set it once the app is served
+        self.requests: list[Recorded] = []
+        self.script: list[Behaviour] = []
+        self.closed_streams = 0
+        self.stream_closed = asyncio.Event()
+        self.app = web.Application()
+        for version in ("v1beta", "v1"):  # the real API serves both
+            self.app.router.add_post(f"/{version}/models/{{target}}", self._generate)
+            self.app.router.add_get(f"/{version}/models", self._models)
+
+    # ---- plumbing -------------------------------------------------------------------
+    async def _record(self, request: web.Request) -> Recorded:
+        raw = await request.read()
+        try:
+            parsed = orjson.loads(raw) if raw else None
+        except orjson.JSONDecodeError:
+            parsed = None
+        rec = Recorded(request.method, request.path,
+                       {k.lower(): v for k, v in request.headers.items()}, parsed, raw,
+                       dict(request.query))
+        self.requests.append(rec)
+        return rec
+
+    def _auth_error(self, request: web.Request) -> web.Response | None:
+        if self.api_key is None:
+            return None
+        key = request.headers.get("x-goog-api-key") or request.query.get("key")
+        if not key:
+            return _google_error(403, "Method doesn't allow unregistered callers (callers "
+                                 "without established identity). Please use API Key or other "
+                                 "form of API consumer identity to call this API.")
+        if key != self.api_key:
+            message = "API key not valid. Please pass a valid API key."
+            return _google_error(400, message, details=[
+                {"@type": _TYPE + "ErrorInfo", "reason": "API_KEY_INVALID",
+                 "domain": "googleapis.com",
+                 "metadata": {"service": "generativelanguage.googleapis.com"}},
+                {"@type": _TYPE + "LocalizedMessage", "locale": "en-US", "message": message},
+            ])
+        return None
+
+    async def _sleep(self, request: web.Request, seconds: float) -> None:
+        loop = asyncio.get_running_loop()
+        end = loop.time() + seconds
+        while True:
+            transport = request.transport
+            if transport is None or transport.is_closing():
+                raise ConnectionResetError("client went away")
+            left = end - loop.time()
+            if left <= 0:
+                return
+            await asyncio.sleep(min(left, 0.01))
+
+    def _client_gone(self) -> None:
+        self.closed_streams += 1
+        self.stream_closed.set()
+
+    # ---- handlers -------------------------------------------------------------------
+    async def _models(self, request: web.Request) -> web.StreamResponse:
+        await self._record(request)
+        if (err := self._auth_error(request)) is not None:
+            return err
+        size = min(int(request.query.get("pageSize", "50")), self.max_page)
+        start = int(request.query.get("pageToken") or 0)
+        names = self.models + self.other_models
+        page = names[start:start + size]
+        models = [{
+            "name": f"models/{m}", "version": "001", "displayName": m.replace("-", " ").title(),
+            "description": f"Fake {m}", "inputTokenLimit": 1048576, "outputTokenLimit": 65536,
+            "supportedGenerationMethods": (["generateContent", "countTokens", "createCachedContent"]
+                                           if m in self.models else ["embedContent"]),
+        } for m in page]
+        out: dict[str, Any] = {"models": models}
+        if start + size < len(names):
+            out["nextPageToken"] = str(start + size)
+        return _json(200, out)
+
+    async def _generate(self, request: web.Request) -> web.StreamResponse:
+        rec = await self._record(request)
+        model, _, method = request.match_info["target"].rpartition(":")
+        if method not in ("generateContent", "streamGenerateContent"):
+            return _google_error(404, f"Method not found: {method}")
+        b = self.script.pop(0) if self.script else Behaviour()
+        try:
+            return await self._serve(request, rec, b, model, method == "streamGenerateContent")
+        except ConnectionResetError:
+            self._client_gone()
+            return web.Response(status=499)
+        except asyncio.CancelledError:
+            self._client_gone()
+            raise
+
+    async def _serve(self, request: web.Request, rec: Recorded, b: Behaviour, model: str,
+                     stream: bool) -> web.StreamResponse:
+        if b.hang_before_headers:
+            await self._sleep(request, b.hang_before_headers)
+        if b.error is not None and b.error_after is None:
+            return _json(b.status, {"error": b.error}, b.headers)
+        if (err := self._auth_error(request)) is not None:
+            return err
+        if model not in self.models:
+            version = request.path.split("/")[1]
+            return _google_error(404, f"models/{model} is not found for API version {version}, or "
+                                 "is not supported for generateContent. Call ListModels to see "
+                                 "the list of available models and their supported methods.")
+        body = rec.json
+        if not isinstance(body, dict):
+            return _bad_request("Invalid JSON payload received. Expected an object.")
+        if (problem := _check_request(body, model)) is not None:
+            return problem
+        sse = request.query.get("alt") == "sse"
+        if b.garbage is not None and stream:
+            junk = b.garbage or b"<html>502 Bad Gateway</html>\r\nnot an event stream {{\x00\n\n"
+            return web.Response(body=junk, headers={"Content-Type": "text/event-stream"})
+        if b.garbage is not None:
+            return _json(200, b.garbage or b"<html><body>upstream says hi</body></html> {not json")
+        if b.error is not None and not stream:
+            return _json(b.error["code"], {"error": b.error})
+        chunks = self._chunks(body, b, model)
+        if not stream:
+            return await self._complete(request, self._merged(chunks), b)
+        if not sse:
+            return _json(200, b"[" + b",\r\n".join(orjson.dumps(c) for c in chunks) + b"]")
+        return await self._stream(request, chunks, b)
+
+    # ---- reply construction ---------------------------------------------------------
+    def _plan(self, body: dict[str, Any], b: Behaviour):
+        contents = body.get("contents") or []
+        decls = [d for t in body.get("tools") or [] if isinstance(t, dict)
+                 for d in _field(t, "functionDeclarations") or []]
+        mode = _field(_field(_field(body, "toolConfig") or {}, "functionCallingConfig") or {},
+                      "mode") or "AUTO"
+        n = b.tool_calls
+        if n is None:
+            last = contents[-1] if contents else {}
+            wants = last.get("role", "user") == "user" and "weather" in _text_of(last).lower()
+            n = 1 if decls and (wants or mode == "ANY") and mode != "NONE" else 0
+        if isinstance(n, list):
+            calls = [{"name": c["name"], "args": c["arguments"]} for c in n]
+        else:
+            fallback = {"name": "get_weather", "parameters": {}}
+            picked = [(decls or [fallback])[i % max(1, len(decls))] for i in range(n)]
+            calls = [{"name": d["name"], "args": _fake_args(d.get("parameters")
+                                                            or _field(d, "parametersJsonSchema"))}
+                     for d in picked]
+        thinking_config = _field(_field(body, "generationConfig") or {}, "thinkingConfig") or {}
+        thinking = b.thinking
+        if thinking is None and _field(thinking_config, "includeThoughts"):
+            thinking = "**Considering the request**\n\nThe user wants an answer."
+        users = [c for c in contents if c.get("role", "user") == "user" and _text_of(c)]
+        said = _text_of(users[-1]) if users else ""
+        text = b.text if b.text is not None else (None if calls else f"Hello! You said: {said}")
+        return thinking, text, calls
+
+    def _chunks(self, body: dict[str, Any], b: Behaviour, model: str) -> list[dict[str, Any]]:
+        """Every stream chunk (GenerateContentResponse), in order."""
+        thinking, text, calls = self._plan(body, b)
+        n = b.chunks or self.chunks
+        part_groups: list[list[dict[str, Any]]] = []
+        if thinking is not None:
+            part_groups += [[{"text": p, "thought": True}] for p in _split(thinking, n)]
+        if text is not None:
+            part_groups += [[{"text": p}] for p in _split(text, n)]
+        if calls:
+            part_groups.append([{"functionCall": c, "thoughtSignature": _signature()}
+                                for c in calls])
+        contents = body["contents"]
+        prompt = _tokens(_text_of(_field(body, "systemInstruction")))
+        prompt += sum(_tokens(_text_of(c)) for c in contents)
+        thoughts_total = _tokens(thinking) if thinking is not None else 0
+        response_id = _rand(22, _ALNUM + "-_")
+        out: list[dict[str, Any]] = []
+        candidates_so_far = thoughts_so_far = 0
+        for i, parts in enumerate(part_groups):
+            for p in parts:
+                size = _tokens(p.get("text") or orjson.dumps(p.get("functionCall")).decode())
+                if p.get("thought"):
+                    thoughts_so_far = thoughts_total
+                else:
+                    candidates_so_far += size
+            usage: dict[str, Any] = {
+                "promptTokenCount": prompt,
+                "candidatesTokenCount": candidates_so_far,
+                "totalTokenCount": prompt + candidates_so_far + thoughts_so_far,
+                "promptTokensDetails": [{"modality": "TEXT", "tokenCount": prompt}],
+            }
+            if thoughts_so_far:
+                usage["thoughtsTokenCount"] = thoughts_so_far
+            candidate: dict[str, Any] = {"content": {"parts": parts, "role": "model"}, "index": 0}
+            if i == len(part_groups) - 1:
+                candidate["finishReason"] = b.finish_reason or "STOP"
+                usage.update(b.usage)
+                if usage.get("cachedContentTokenCount"):
+                    usage["cacheTokensDetails"] = [
+                        {"modality": "TEXT", "tokenCount": usage["cachedContentTokenCount"]}]
+            out.append({"candidates": [candidate], "usageMetadata": usage,
+                        "modelVersion": model, "responseId": response_id})
+        return out
+
+    def _merged(self, chunks: list[dict[str, Any]]) -> dict[str, Any]:
+        """The non-stream answer: every chunk's parts in one candidate (texts joined)."""
+        parts: list[dict[str, Any]] = []
+        for chunk in chunks:
+            for part in chunk["candidates"][0]["content"]["parts"]:
+                last = parts[-1] if parts else None
+                if (last is not None and "text" in part and "text" in last
+                        and bool(last.get("thought")) == bool(part.get("thought"))):
+                    last["text"] += part["text"]
+                else:
+                    parts.append(dict(part))
+        final = chunks[-1]
+        candidate = {**final["candidates"][0], "content": {"parts": parts, "role": "model"}}
+        return {**final, "candidates": [candidate]}
+
+    async def _complete(self, request: web.Request, doc: dict[str, Any], b: Behaviour):
+        payload = orjson.dumps(doc)
+        delay = b.delay if b.delay is not None else self.delay
+        if delay:
+            await self._sleep(request, delay * (b.chunks or self.chunks))
+        if b.hang_after is None and b.drop_after is None:
+            return _json(200, payload)
+        resp = web.StreamResponse()
+        resp.content_type = "application/json"
+        resp.content_length = len(payload)
+        await resp.prepare(request)
+        await resp.write(payload[: len(payload) // 2])
+        if b.drop_after is not None:
+            assert request.transport is not None
+            request.transport.abort()
+            return resp
+        await self._sleep(request, b.hang_seconds)
+        await resp.write(payload[len(payload) // 2 :])
+        await resp.write_eof()
+        return resp
+
+    async def _stream(self, request: web.Request, chunks: list[dict[str, Any]], b: Behaviour):
+        delay = b.delay if b.delay is not None else self.delay
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream",
+                                           "Cache-Control": "no-cache"})
+        await resp.prepare(request)
+        for sent, chunk in enumerate(chunks):
+            if b.hang_after == sent:
+                await self._sleep(request, b.hang_seconds)
+            if b.drop_after == sent:
+                assert request.transport is not None
+                request.transport.abort()
+                return resp
+            if b.error_after == sent:
+                await resp.write(_sse({"error": b.error}))
+                break
+            await self._sleep(request, delay if sent else 0.0)
+            await resp.write(_sse(chunk))
+        await resp.write_eof()
+        return resp
+
+
+# ----------------------------------------------------------------------------- validation
+
+def _unknown(name: str, where: str | None = None) -> web.Response:
+    at = f" at '{where}'" if where else ""
+    return _bad_request(f'Invalid JSON payload received. Unknown name "{name}"{at}: '
+                        "Cannot find field.", where or name)
+
+
+def _check_request(body: dict[str, Any], model: str) -> web.Response | None:
+    """The 400 answer the real API would give for ``body``, or None."""
+    for name in body:
+        if _camel(name) not in _REQUEST_FIELDS:
+            return _unknown(name)
+    contents = body.get("contents")
+    if not contents:
+        return _bad_request("* GenerateContentRequest.contents: contents is not specified\n")
+    if not isinstance(contents, list):
+        return _bad_request("Invalid value at 'contents' (type.googleapis.com/"
+                            "google.ai.generativelanguage.v1beta.Content)")
+    system = _field(body, "systemInstruction")
+    if system is not None and not (isinstance(system, dict) and isinstance(system.get("parts"),
+                                                                           list)):
+        given = orjson.dumps(system).decode()
+        return _bad_request("Invalid value at 'system_instruction' (type.googleapis.com/"
+                            f"google.ai.generativelanguage.v1beta.Content), {given}")
+    for i, tool in enumerate(body.get("tools") or []):
+        for name in tool if isinstance(tool, dict) else ():
+            if _camel(name) not in {"functionDeclarations", "googleSearch", "codeExecution",
+                                    "urlContext", "googleSearchRetrieval"}:
+                return _unknown(name, f"tools[{i}]")
+    pending_calls = 0
+    for i, content in enumerate(contents):
+        if not isinstance(content, dict):
+            return _bad_request(f"Invalid value at 'contents[{i}]'")
+        for name in content:
+            if name not in ("role", "parts"):
+                return _unknown(name, f"contents[{i}]")
+        role = content.get("role", "user")
+        if role not in ("user", "model"):
+            return _bad_request("Please use a valid role: user, model.")
+        parts = content.get("parts")
+        if not parts or not isinstance(parts, list):
+            return _bad_request(f"* GenerateContentRequest.contents[{i}].parts: contents.parts "
+                                "must not be empty.\n")
+        calls = responses = 0
+        for j, part in enumerate(parts):
+            where = f"contents[{i}].parts[{j}]"
+            if not isinstance(part, dict):
+                return _bad_request(f"Invalid value at '{where}'")
+            for name in part:
+                if _camel(name) not in _PART_DATA | _PART_META:
+                    return _unknown(name, where)
+            data = [n for n in part if _camel(n) in _PART_DATA]
+            if len(data) != 1:
+                return _bad_request(f"* GenerateContentRequest.{where}.data: required oneof "
+                                    "field 'data' must have one initialized field\n")
+            kind = _camel(data[0])
+            value = part[data[0]]
+            if kind == "functionCall":
+                calls += 1
+                if not isinstance(value.get("args", {}), dict):
+                    return _bad_request(
+                        f"Invalid value at '{where}.function_call.args' (type.googleapis.com/"
+                        f"google.protobuf.Struct), {orjson.dumps(value.get('args')).decode()}")
+                signed = part.get("thoughtSignature") or part.get("thought_signature")
+                if model.startswith("gemini-3") and calls == 1 and not signed:
+                    return _bad_request(
+                        "Function call is missing a thought_signature in functionCall parts. "
+                        "This is required for tools to work correctly, and missing "
+                        "thought_signature may lead to degraded model performance. Additional "
+                        f"data, function call `default_api:{value.get('name')}` , position "
+                        f"{i + 1}. Please refer to https://ai.google.dev/gemini-api/docs/"
+                        "thought-signatures for more details.")
+            if kind == "functionResponse":
+                responses += 1
+                if not isinstance(value.get("response", {}), dict):
+                    return _bad_request(
+                        f"Invalid value at '{where}.function_response.response' "
+                        "(type.googleapis.com/google.protobuf.Struct)")
+        if responses and responses != pending_calls:
+            return _bad_request("Please ensure that the number of function response parts is "
+                                "equal to the number of function call parts of the function "
+                                "call turn.")
+        pending_calls = calls if role == "model" else 0
+    return None
