@@ -26,6 +26,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import aclosing, suppress
 from dataclasses import dataclass
+from typing import Any
 
 from aiohttp import web
 
@@ -56,7 +57,8 @@ SESSION_FIELD = "x_session_id"
 KEEPALIVE_AFTER = 2.0
 KEEPALIVE_EVERY = 10.0
 #: upstream response headers worth passing on to the client
-_PASSED_HEADERS = (("x-request-id", "X-Upstream-Request-Id"),)
+_PASSED_HEADERS = (("x-request-id", "X-Upstream-Request-Id"),
+                   ("request-id", "X-Upstream-Request-Id"))  # Anthropic's name for it
 
 
 @dataclass(slots=True)
@@ -70,6 +72,23 @@ class Answer:
     request: c.Request | None
 
 
+class Extension:
+    """A per-request addition to the data path (e.g. Responses ``previous_response_id``).
+
+    Every method is awaited on the request's path, so keep them quick and bounded.
+    """
+
+    async def before(self, body: dict[str, Any]) -> dict[str, Any]:
+        """The client body as the gateway should serve it (e.g. with stored history)."""
+        return body
+
+    async def answer(self, body: bytes) -> None:
+        """A JSON answer, just before it is sent."""
+
+    async def frame(self, frame: bytes) -> None:
+        """A stream frame, just before it is written to the client."""
+
+
 async def handle(
     request: web.Request,
     fmt: Format,
@@ -77,6 +96,7 @@ async def handle(
     *,
     path_model: str | None = None,
     path_stream: bool | None = None,
+    extension: Extension | None = None,
 ) -> web.StreamResponse:
     """Serve one client request spoken in ``fmt``."""
     gateway = request.app[GATEWAY]
@@ -89,13 +109,13 @@ async def handle(
     )
     try:
         body = await read_object(request, gateway.settings.max_body_bytes)
+        if extension is not None:
+            body = await extension.before(body)
         model, stream = fmt.inspect(body, path_model=path_model, path_stream=path_stream)
         record.model_requested, record.stream = model, stream
         client = ClientRequest(body, model, stream, request.headers, request.query)
         route = gateway.router.resolve(model, prefix=request.match_info.get("provider"))
-        system, first_user = fmt.conversation_seed(body)
-        session = session_id(request.headers, body, model=model, system=system,
-                             first_user=first_user)
+        session = _session(request, fmt, body, model, route)
         calling = call_upstream(gateway, route, fmt, client, record, session)
         response = None
         if stream and fmt.keepalive_frame() is not None:
@@ -109,8 +129,13 @@ async def handle(
             headers["X-OmniRoute-Session-Id"] = session
         record.ttfb_ms = (time.perf_counter() - started) * 1000
         if not stream:
-            return _json_answer(fmt, answer, record, headers)
-        return await relay_stream(request, fmt, client, answer, record, headers, response)
+            reply = _json_answer(fmt, answer, record, headers)
+            if extension is not None:
+                assert isinstance(reply.body, bytes)
+                await extension.answer(reply.body)
+            return reply
+        return await relay_stream(request, fmt, client, answer, record, headers, response,
+                                  extension)
     except GatewayError as err:
         record.status, record.error = err.status, err.message
         err.headers.setdefault("X-OmniRoute-Request-Id", record.request_id)
@@ -212,6 +237,22 @@ def _all_failed(
     )
 
 
+def _session(
+    request: web.Request, fmt: Format, body: dict[str, Any], model: str, route: Route
+) -> str | None:
+    """The sticky-session id: the client's own, else (with a choice of targets) a fingerprint."""
+    if len(route.targets) > 1:
+        system, first_user = fmt.conversation_seed(body)
+        return session_id(request.headers, body, model=model, system=system,
+                          first_user=first_user)
+    # one target: nothing to pin; echo an id the client chose, skip the fingerprint
+    headers = request.headers
+    explicit = headers.get("X-Session-Id") or headers.get("X-OmniRoute-Session")
+    if explicit is None and isinstance(body.get(SESSION_FIELD), (str, int)):
+        explicit = str(body[SESSION_FIELD])
+    return session_id({"x-session-id": explicit}) if explicit else None
+
+
 def _json_answer(
     fmt: Format, answer: Answer, record: RequestRecord, headers: dict[str, str]
 ) -> web.Response:
@@ -275,6 +316,7 @@ async def relay_stream(
     record: RequestRecord,
     headers: dict[str, str],
     response: web.StreamResponse | None = None,
+    extension: Extension | None = None,
 ) -> web.StreamResponse:
     """Write each frame to the client the moment it is ready.
 
@@ -300,8 +342,13 @@ async def relay_stream(
             await response.prepare(request)
             request[STREAM_STARTED] = True
         try:
-            async for frame in frames:
-                await response.write(frame)
+            if extension is None:
+                async for frame in frames:
+                    await response.write(frame)
+            else:
+                async for frame in frames:
+                    await extension.frame(frame)
+                    await response.write(frame)
         except GatewayError as err:  # after the first byte: end the stream with an error
             record.status, record.error = err.status, err.message
             log.warning("stream %s broke: %s", record.request_id, err.message)
@@ -367,7 +414,7 @@ def _answer_headers(answer: Answer, record: RequestRecord) -> dict[str, str]:
     }
     for upstream_name, name in _PASSED_HEADERS:
         value = answer.upstream.headers.get(upstream_name)
-        if value:
+        if value and name not in headers:
             headers[name] = value
     return headers
 

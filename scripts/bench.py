@@ -22,6 +22,7 @@ import json
 import multiprocessing
 import os
 import platform
+import re
 import signal
 import socket
 import statistics
@@ -37,6 +38,9 @@ import aiohttp
 from aiohttp import web
 
 HOST = "127.0.0.1"
+#: targets measured on streams only: an Anthropic client through the gateway,
+#: translated to the OpenAI upstream (the cross-format lane)
+STREAM_ONLY = ("omniroute-anthropic",)
 STREAM_CHUNKS, CHUNK_INTERVAL = 20, 0.010
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 REQUEST = {"model": "bench/gpt-4o-mini", "temperature": 0.2, "max_tokens": 64, "messages": [
@@ -76,9 +80,11 @@ async def upstream_chat(request: web.Request) -> web.StreamResponse:
     for i in range(STREAM_CHUNKS):
         if i:
             await asyncio.sleep(CHUNK_INTERVAL)
-        delta = {"role": "assistant", "content": "The"} if i == 0 else {"content": f" word{i}"}
+        ts = time.time_ns()  # also in the text, so it survives translation to other formats
+        delta = ({"role": "assistant", "content": f"<{ts}>"} if i == 0
+                 else {"content": f" <{ts}>"})
         finish = "stop" if i == STREAM_CHUNKS - 1 else None
-        chunk = {**base, "ts": time.time_ns(), "choices": [
+        chunk = {**base, "ts": ts, "choices": [
             {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}]}
         if usage:
             chunk["usage"] = None
@@ -251,10 +257,23 @@ async def json_cell(url: str, conc: int, warmup: float, duration: float, pids: l
             "cpu_ms_per_req": (cpu1 - cpu0) / len(lat) if lat else None}
 
 
+ANTHROPIC_REQUEST = {"model": REQUEST["model"], "max_tokens": 64, "stream": True,
+                     "system": REQUEST["messages"][0]["content"],
+                     "messages": [REQUEST["messages"][1]]}
+_TS = re.compile(r"<(\d+)>")
+
+
 async def one_stream(http: aiohttp.ClientSession, url: str, delays: list[float]
                      ) -> tuple[float, float] | None:
-    """One streamed request: (ms to the first content chunk, ms in total) or None."""
-    body = {**REQUEST, "stream": True, "stream_options": {"include_usage": True}}
+    """One streamed request: (ms to the first content chunk, ms in total) or None.
+
+    OpenAI chunks carry the upstream's send time in ``ts``; on ``/v1/messages``
+    (an Anthropic client, translated from the OpenAI upstream) it is read from
+    the text of each ``text_delta``.
+    """
+    anthropic = url.endswith("/v1/messages")
+    body = (ANTHROPIC_REQUEST if anthropic
+            else {**REQUEST, "stream": True, "stream_options": {"include_usage": True}})
     begin, ttfb, buf = time.perf_counter(), None, b""
     async with http.post(url, json=body) as resp:
         if resp.status != 200:
@@ -263,10 +282,20 @@ async def one_stream(http: aiohttp.ClientSession, url: str, delays: list[float]
             now_ns, now = time.time_ns(), time.perf_counter()
             *events, buf = (buf + data).split(b"\n\n")
             for event in events:
-                if event.startswith(b"data: {"):
-                    chunk = json.loads(event[6:])
-                    delays.append((now_ns - chunk["ts"]) / 1e6)
-                    if ttfb is None and chunk["choices"]:
+                start = event.find(b"data: {")
+                if start < 0:
+                    continue
+                chunk = json.loads(event[start + 6:])
+                if anthropic:
+                    text = (chunk.get("delta") or {}).get("text")
+                    sent = [int(t) for t in _TS.findall(text or "")]
+                else:
+                    sent = [chunk["ts"]]
+                    if not chunk["choices"]:
+                        sent = [] if ttfb is None else sent
+                for ts in sent:
+                    delays.append((now_ns - ts) / 1e6)
+                    if ttfb is None:
                         ttfb = (now - begin) * 1000
     return None if ttfb is None else (ttfb, (time.perf_counter() - begin) * 1000)
 
@@ -396,6 +425,8 @@ def measure(args: argparse.Namespace, targets: dict[str, tuple[str, list[int]]],
     for rnd in range(1, args.rounds + 1):
         for kind, conc in plan:
             for name, (url, pids) in targets.items():
+                if kind == "json" and name in STREAM_ONLY:
+                    continue
                 kwargs: dict[str, Any] = {"url": url, "conc": conc, "pids": pids}
                 if kind == "json":
                     kwargs.update(warmup=args.warmup, duration=args.duration)
@@ -453,7 +484,26 @@ def summarize(args: argparse.Namespace, results: dict[str, Any]) -> dict[str, An
         "throughput_ratio": ratio(results, "json", high, "rps"),
         "chunk_p50_ms": {n: c.get(slow, {}).get("chunk_p50_ms")
                          for n, c in results["stream"].items()},
-        "rss_mib": results["rss_mib"], "foreign_cpu": results["foreign_cpu"]}
+        "rss_mib": results["rss_mib"], "foreign_cpu": results["foreign_cpu"],
+        **cross_format(args, results)}
+
+
+def cross_format(args: argparse.Namespace, results: dict[str, Any]) -> dict[str, Any]:
+    """Anthropic client → OpenAI upstream against OpenAI → OpenAI, at the lowest stream conc."""
+    slow = min(args.stream_concurrency, default=None)
+    cells = {n: results["stream"].get(n, {}).get(slow, {}) for n in
+             ("direct", "omniroute", "omniroute-anthropic")}
+    if not all(cells.values()):
+        return {}
+    direct = cells["direct"]["chunk_p50_ms"]
+    same = cells["omniroute"]["chunk_p50_ms"] - direct
+    cross = cells["omniroute-anthropic"]["chunk_p50_ms"] - direct
+    cpu_same = cells["omniroute"]["cpu_ms_per_stream"]
+    cpu_cross = cells["omniroute-anthropic"]["cpu_ms_per_stream"]
+    return {"cross_added_chunk_ms": cross, "same_added_chunk_ms": same,
+            "cross_ratio": cross / same if same > 0 else None,
+            "translation_us_per_chunk": (cpu_cross - cpu_same) * 1000 / STREAM_CHUNKS
+            if cpu_cross is not None and cpu_same is not None else None}
 
 
 def report(args: argparse.Namespace, results: dict[str, Any], s: dict[str, Any]) -> str:
@@ -491,7 +541,12 @@ def report(args: argparse.Namespace, results: dict[str, Any], s: dict[str, Any])
         f"- chunk delay p50 at stream c={slow}: "
         + ", ".join(f"{n} {fmt(v, 2, ' ms')}" for n, v in s["chunk_p50_ms"].items()),
         "- resident memory (VmRSS) after the run: "
-        + ", ".join(f"{n} {v:.1f} MiB" for n, v in s["rss_mib"].items()), "",
+        + ", ".join(f"{n} {v:.1f} MiB" for n, v in s["rss_mib"].items()),
+        *([f"- cross-format stream (Anthropic client → OpenAI upstream) at c={slow}: chunk delay "
+           f"added to direct p50 {s['cross_added_chunk_ms']:.2f} ms against "
+           f"{s['same_added_chunk_ms']:.2f} ms same-format; translation CPU "
+           f"{fmt(s['translation_us_per_chunk'], 1)} µs per chunk"] if "cross_ratio" in s
+          else []), "",
         "### Targets", ""]
     checks = [
         (f"p50 added latency at c={low} < 1 ms", s["added_p50_ms"].get("omniroute"),
@@ -500,7 +555,9 @@ def report(args: argparse.Namespace, results: dict[str, Any], s: dict[str, Any])
          lambda v: v <= 1.5, "{:.2f}×"),
         (f"throughput at c={high} ≥ 60% of forwarder", tput, lambda v: v >= 0.6, "{:.0%}"),
         (f"streamed chunk delivered within 1 ms of leaving the upstream (p50, c={slow})",
-         s["chunk_p50_ms"].get("omniroute"), lambda v: v < 1, "{:.2f} ms")]
+         s["chunk_p50_ms"].get("omniroute"), lambda v: v < 1, "{:.2f} ms"),
+        ("cross-format added chunk latency ≤ 1.5× same-format (p50)", s.get("cross_ratio"),
+         lambda v: v <= 1.5, "{:.2f}×")]
     for label, value, passes, form in checks:
         state = "n/a" if value is None else "PASS" if passes(value) else "FAIL"
         shown = "n/a" if value is None else form.format(value)
@@ -522,7 +579,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--streams", type=int, default=25, help="streams per cell, at least 4×conc.")
     p.add_argument("--rounds", type=int, default=1, help="repeat every cell; report the median")
     p.add_argument("--workers", type=int, default=1, help="omniroute worker processes")
-    p.add_argument("--targets", default="direct,forwarder,omniroute", help="what to measure")
+    p.add_argument("--targets", default="direct,forwarder,omniroute,omniroute-anthropic",
+                   help="what to measure")
     p.add_argument("--quick", action="store_true", help="short smoke run")
     p.add_argument("--json", metavar="FILE", help="also write the results as JSON")
     args = p.parse_args()
@@ -551,6 +609,8 @@ def main() -> int:
                 "direct": (f"http://{HOST}:{up_port}{path}", [upstream.pid]),
                 "forwarder": (f"http://{HOST}:{fw_port}{path}", [forwarder.pid]),
                 "omniroute": (f"http://{HOST}:{gw_port}{path}", process_tree(gateway.pid)),
+                "omniroute-anthropic": (f"http://{HOST}:{gw_port}/v1/messages",
+                                        process_tree(gateway.pid)),
             }.items() if name in args.targets}
             ours, busy, began = cpu_ms(process_tree(os.getpid())), busy_ms(), time.monotonic()
             results = measure(args, targets, client)

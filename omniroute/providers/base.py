@@ -4,7 +4,8 @@ A plugin registers a :class:`Provider` subclass (a *type*); each configured
 connection (an account) gets one instance of it. Per request the gateway
 hands the instance an :class:`UpstreamCall` whose body is already in the
 provider's own wire format (``Provider.format``) and gets back an
-:class:`UpstreamResponse`: JSON bytes, or an async iterator of raw SSE events.
+:class:`UpstreamResponse`: JSON bytes, or an async iterator of raw stream
+frames (SSE events, or NDJSON lines for Ollama: see ``HTTPProvider.framing``).
 """
 
 from __future__ import annotations
@@ -80,7 +81,8 @@ class UpstreamCall:
 class UpstreamResponse:
     """A successful upstream answer: ``body`` for JSON, ``events`` for streams.
 
-    ``events`` yields complete SSE events as raw bytes and must be closed
+    ``events`` yields complete frames (SSE events or NDJSON lines) as raw bytes
+    and must be closed
     (``contextlib.aclosing``) so that the upstream connection is released.
     """
 
