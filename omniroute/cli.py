@@ -15,6 +15,7 @@ import multiprocessing
 import os
 import signal
 import sys
+import time
 from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import asynccontextmanager
 from functools import wraps
@@ -345,8 +346,14 @@ def combos() -> None:
 @click.pass_context
 @_async_command
 async def combos_add(ctx: click.Context, name: str, steps: tuple[str, ...], strategy: str) -> None:
-    """Add (or replace) combo NAME over STEPS: 'prefix/model' or a JSON step object."""
-    from omniroute.accounts import build_combo
+    """Add (or replace) combo NAME over STEPS: 'prefix/model' or a JSON step object.
+
+    The strategy, the step fields and pinned connections are checked (errors);
+    steps that do not resolve with the stored connections, aliases and combos
+    are reported as warnings, since a model list only the running gateway
+    fetches may still make them resolve.
+    """
+    from omniroute.accounts import build_combo, unresolved_steps
 
     parsed: list[Any] = []
     for step in steps:
@@ -360,14 +367,33 @@ async def combos_add(ctx: click.Context, name: str, steps: tuple[str, ...], stra
     async with _store(_config(ctx)) as store:
         existing_all = await store.list_combos()
         existing = next((c for c in existing_all if c.name == name), None)
+        connections = await store.list_connections()
         try:
             combo = build_combo({"name": name, "steps": parsed, "strategy": strategy},
-                                existing_all, existing)
+                                existing_all, existing, connections=connections)
         except ValueError as exc:
             raise click.ClickException(str(exc)) from None
+        others = [c for c in existing_all if existing is None or c.id != existing.id]
+        router = _offline_router(connections, await store.list_aliases(), [*others, combo])
+        problems = unresolved_steps(combo.steps, lambda m: router.resolve(m).targets,
+                                    connections)
         await store.save_combo(combo)
+    for problem in problems:
+        click.echo(f"warning: {problem}", err=True)
     click.echo(f"{'updated' if existing else 'added'} combo {combo.id}: {name} "
-               f"({strategy}, {len(parsed)} steps)")
+               f"({combo.strategy}, {len(parsed)} steps)")
+
+
+def _offline_router(connections: list[Any], aliases: dict[str, str], combos: list[Any]) -> Any:
+    """A router over the stored configuration alone: no provider instances are
+    started and only the models a connection lists in its settings are known."""
+    from omniroute.providers.base import Provider
+    from omniroute.routing import Router
+
+    providers = {c.id: Provider(c, None) for c in connections  # type: ignore[arg-type]
+                 if c.active}
+    models = {c.id: list(c.settings.get("models") or []) for c in connections}
+    return Router(providers, aliases, combos, models)
 
 
 @combos.command("list")
@@ -399,6 +425,68 @@ async def combos_remove(ctx: click.Context, name_or_id: str) -> None:
             raise click.ClickException(f"no combo {name_or_id!r}")
         await store.delete_combo(found.id)
     click.echo(f"removed combo {found.name}")
+
+
+# ---------------------------------------------------------------------- observing
+
+@cli.command("requests")
+@click.option("--limit", default=20, show_default=True, help="How many, newest first.")
+@click.option("--failed", is_flag=True, help="Only requests that failed.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_context
+@_async_command
+async def requests_cmd(ctx: click.Context, limit: int, failed: bool, as_json: bool) -> None:
+    """The request log: who served each request, after how many attempts, and why not."""
+    where = "WHERE status >= 400 OR error IS NOT NULL" if failed else ""
+    async with _store(_config(ctx)) as store:
+        rows = [dict(r) for r in await store.db.fetchall(
+            f"SELECT * FROM request_log {where} ORDER BY id DESC LIMIT ?", (limit,))]
+    if as_json:
+        _echo_json(rows)
+        return
+    for r in rows:
+        when = time.strftime("%H:%M:%S", time.localtime(r["ts"]))
+        served = f"{r['provider']}/{r['model']}" if r["provider"] else "-"
+        click.echo(f"{when}  {r['status']:>3}  {r['model_requested'] or '-'} -> {served}"
+                   f"  attempts {r['attempts']}  {r['latency_ms'] or 0:.0f} ms")
+        if r["error"]:
+            for part in str(r["error"]).split("; "):  # one failed target per line
+                click.echo(f"        {part}")
+
+
+@cli.command("rate-limits")
+@click.option("--url", default=None, help="The running gateway (default: this config's).")
+@click.option("--admin-key", envvar="OMNIROUTE_ADMIN_KEY", required=True,
+              help="An admin-scoped API key (or $OMNIROUTE_ADMIN_KEY).")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_context
+def rate_limits_cmd(ctx: click.Context, url: str | None, admin_key: str, as_json: bool) -> None:
+    """Each connection's live state in the running gateway: cooling, failures, breaker."""
+    import urllib.error
+    import urllib.request
+
+    config = _config(ctx)
+    base = (url or f"http://{config.host}:{config.port}").rstrip("/")
+    req = urllib.request.Request(f"{base}/api/rate-limits",
+                                 headers={"Authorization": f"Bearer {admin_key}"})
+    try:
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            data = json.load(resp)
+    except urllib.error.HTTPError as exc:
+        raise click.ClickException(f"{base} answered {exc.code}: {exc.read()[:300]!r}") from None
+    except OSError as exc:
+        raise click.ClickException(f"cannot reach the gateway at {base}: {exc}") from None
+    if as_json:
+        _echo_json(data)
+        return
+    health = data.get("health", {})
+    click.echo(f"healthy {health.get('healthy', 0)}, degraded {health.get('degraded', 0)}, "
+               f"down {health.get('down', 0)}")
+    for c in data.get("connections", []):
+        line = f"{c.get('status', '?'):<9} {c.get('prefix', '?') + '/':<14} {c.get('name', '')}"
+        extras = [f"{k} {c[k]}" for k in ("in_flight", "consecutive_failures", "cooldown_left",
+                                          "terminal_reason", "last_error") if c.get(k)]
+        click.echo(line + ("  " + ", ".join(extras) if extras else ""))
 
 
 # ---------------------------------------------------------------------- admin

@@ -464,3 +464,25 @@ def test_combos_add_list_remove(tmp_path: Path) -> None:
     assert run("combos", "add", "bad", "{not json").exit_code != 0
     assert run("combos", "remove", "team").exit_code == 0
     assert run("combos", "remove", "team").exit_code != 0
+
+
+async def test_requests_and_rate_limits_show_who_failed_and_why(gw: Any) -> None:
+    from fakes.openai_upstream import error
+
+    run = Cli(gw.gateway.config.data_dir)
+    hi = {"model": "up/gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
+    gw.fake.script.append(error(503, "The engine is currently overloaded."))
+    assert (await gw.client.post("/v1/chat/completions", json=hi)).status == 503
+    await gw.gateway.log.flush()
+    out = ok(await run.in_thread("requests", "--failed")).output
+    assert "503  up/gpt-4o-mini -> up/gpt-4o-mini  attempts 1" in out
+    assert "The engine is currently overloaded." in out
+    rows = json.loads(ok(await run.in_thread("requests", "--json")).output)
+    assert rows[0]["status"] == 503 and rows[0]["connection_id"] == gw.connection["id"]
+
+    live = ok(await run.in_thread("rate-limits", "--url", gw.base_url,
+                                  "--admin-key", gw.admin_key)).output
+    assert "down 1" in live  # the account is cooling down after the 503
+    assert re.search(r"^down +up/ +fake .*consecutive_failures 1", live, re.MULTILINE), live
+    failed(await run.in_thread("rate-limits", "--url", gw.base_url, "--admin-key", "sk-nope"),
+           "answered 401")
