@@ -43,7 +43,7 @@ from omniroute.formats import canonical as c
 from omniroute.formats.base import ClientRequest, Format
 from omniroute.gateway import Gateway
 from omniroute.providers.base import UpstreamCall, UpstreamResponse
-from omniroute.resilience import session_id
+from omniroute.resilience import Attempt, session_id
 from omniroute.routing import Route, Target
 from omniroute.storage import RequestRecord
 from omniroute.web.body import read_object
@@ -70,6 +70,26 @@ class Answer:
     provider_format: Format
     #: the canonical request, on the translated lane (None on the pass-through lane)
     request: c.Request | None
+    #: the resilience attempt, open until the answer is complete (see :func:`finish`)
+    attempt: Attempt | None = None
+    #: why the answer failed after its first byte (charged to the account at the end)
+    failure: BaseException | None = None
+
+
+async def finish(answer: Answer, error: BaseException | None = None) -> None:
+    """The answer is over: release its account slot and record how it went.
+
+    Success, an upstream failure (cooldown, breaker), or neither when the
+    client left or the gateway itself failed; also closes an unread stream.
+    """
+    attempt, answer.attempt = answer.attempt, None
+    error = error or answer.failure
+    if attempt is not None:
+        await attempt.__aexit__(type(error) if error else None, error, None)
+    events = answer.upstream.events
+    if events is not None and error is not None:
+        with suppress(Exception):
+            await events.aclose()  # type: ignore[attr-defined]
 
 
 class Extension:
@@ -107,6 +127,8 @@ async def handle(
         endpoint=endpoint,
         api_key_id=request[PRINCIPAL].key_id,
     )
+    answer: Answer | None = None
+    failure: BaseException | None = None
     try:
         body = await read_object(request, gateway.settings.max_body_bytes)
         if extension is not None:
@@ -121,6 +143,7 @@ async def handle(
         if stream and fmt.keepalive_frame() is not None:
             answer, response = await _with_keepalive(request, fmt, calling, record)
             if answer is None:
+                assert response is not None
                 return response
         else:
             answer = await calling
@@ -139,11 +162,19 @@ async def handle(
     except GatewayError as err:
         record.status, record.error = err.status, err.message
         err.headers.setdefault("X-OmniRoute-Request-Id", record.request_id)
+        if record.provider is not None:  # an upstream answered (or was last tried)
+            err.headers.setdefault("X-OmniRoute-Provider", record.provider)
+            err.headers.setdefault("X-OmniRoute-Model", record.model or "")
+            err.headers.setdefault("X-OmniRoute-Fallback-Attempts",
+                                   str(max(0, record.attempts - 1)))
         raise
-    except (asyncio.CancelledError, ConnectionResetError):
+    except (asyncio.CancelledError, ConnectionResetError) as exc:
         record.status, record.error = 499, "client disconnected"
+        failure = exc
         raise
     finally:
+        if answer is not None:
+            await finish(answer, failure)
         record.latency_ms = (time.perf_counter() - started) * 1000
         gateway.log.add(record)
 
@@ -193,14 +224,17 @@ async def call_upstream(
                 target.prefix, target.connection.id, target.model)
             attempt = resilience.attempt(target, session_id=session, refreshed=refreshed)
             try:
-                async with attempt:
-                    upstream = await target.provider.chat(call)
-                    attempt.first_byte()
-                return Answer(target, upstream, provider_format, request or canonical)
+                await attempt.__aenter__()  # a slot of the account's limits; the breaker
             except (ConnectionBusy, CircuitOpen) as err:  # not tried: full, or resting
                 record.attempts -= 1
                 failures.append((target, err))
-            except (UpstreamError, UpstreamStatusError) as err:
+                break
+            try:
+                upstream = await target.provider.chat(call)
+            except BaseException as exc:
+                await attempt.__aexit__(type(exc), exc, exc.__traceback__)  # charges the account
+                if not isinstance(exc, (UpstreamError, UpstreamStatusError)):
+                    raise
                 decision = attempt.decision
                 if decision is not None and decision.refresh and not refreshed:
                     refreshed = await target.provider.refresh_credentials()
@@ -208,8 +242,13 @@ async def call_upstream(
                         continue
                 if decision is not None and not decision.move_on:
                     raise  # the client's own mistake: retrying elsewhere would hide it
-                failures.append((target, err))
-            break
+                failures.append((target, exc))
+                break
+            attempt.first_byte()
+            answer = Answer(target, upstream, provider_format, request or canonical, attempt)
+            if not client.stream:
+                await finish(answer)  # a JSON answer is complete: release the slot now
+            return answer  # a stream keeps its slot until it ends (see finish)
         log.warning("%s failed for %s: %s", target.label, record.request_id, failures[-1][1])
     raise _all_failed(route, failures, plan.skipped)
 
@@ -282,9 +321,11 @@ async def _with_keepalive(
     or ``(None, response)`` when the error was already written.
     """
     task = asyncio.ensure_future(calling)
+    handed_over = False
     try:
         done, _ = await asyncio.wait({task}, timeout=KEEPALIVE_AFTER)
         if done:
+            handed_over = True
             return task.result(), None
         response = web.StreamResponse(headers={
             "Content-Type": fmt.stream_content_type, "Cache-Control": "no-cache",
@@ -296,6 +337,7 @@ async def _with_keepalive(
         while not done:
             await response.write(ping)
             done, _ = await asyncio.wait({task}, timeout=KEEPALIVE_EVERY)
+        handed_over = True
         try:
             return task.result(), response
         except GatewayError as err:
@@ -306,6 +348,8 @@ async def _with_keepalive(
             task.cancel()
             with suppress(asyncio.CancelledError, Exception):
                 await task
+        elif not handed_over and not task.cancelled() and task.exception() is None:
+            await finish(task.result(), ConnectionResetError("client left"))
 
 
 async def relay_stream(
@@ -325,7 +369,7 @@ async def relay_stream(
     events = answer.upstream.events
     assert events is not None
     if answer.request is None:
-        frames = _passthrough(fmt, events, record, fmt.hidden_frames(client))
+        frames = _passthrough(fmt, answer, record, fmt.hidden_frames(client))
     else:
         decoded = answer.provider_format.decode_stream(events)
         frames = fmt.encode_stream(_tap_usage(decoded, record), answer.request)
@@ -352,15 +396,16 @@ async def relay_stream(
         except GatewayError as err:  # after the first byte: end the stream with an error
             record.status, record.error = err.status, err.message
             log.warning("stream %s broke: %s", record.request_id, err.message)
-            if isinstance(err, UpstreamError):  # the account pays for it (cooldown, breaker)
-                request.app[GATEWAY].resilience.record_failure(answer.target, err)
+            answer.failure = err  # the account pays for it at the end (cooldown, breaker)
             return await _end_with_error(response, fmt, err)
-        except ConnectionResetError:  # the client went away; aclosing stops the upstream
+        except ConnectionResetError as exc:  # the client went away; aclosing stops the upstream
             record.status, record.error = 499, "client disconnected"
+            answer.failure = exc  # not the account's fault: nothing is charged
             return response
         except Exception as exc:  # a bug must still end the stream well-formed, and be logged
             log.exception("stream %s failed", record.request_id)
-            err = UpstreamError(f"Internal error while relaying the stream: {type(exc).__name__}")
+            answer.failure = exc  # ours, not the account's
+            err = GatewayError(f"Internal error while relaying the stream: {type(exc).__name__}")
             record.status, record.error = 500, err.message
             return await _end_with_error(response, fmt, err)
     if record.error is None:
@@ -370,19 +415,21 @@ async def relay_stream(
 
 
 async def _passthrough(
-    fmt: Format, events: AsyncIterator[bytes], record: RequestRecord,
+    fmt: Format, answer: Answer, record: RequestRecord,
     hidden: Callable[[bytes], bool] | None,
 ) -> AsyncIterator[bytes]:
     """The upstream's own frames, unchanged; usage and errors are read on the side."""
-    async for frame in events:
+    assert answer.upstream.events is not None
+    async for frame in answer.upstream.events:
         usage = fmt.usage_from_frame(frame)
         if usage is not None:
             _set_usage(record, usage)
             if hidden is not None and hidden(frame):
                 continue  # asked for on the client's behalf; kept on the side
         upstream_error = fmt.error_from_frame(frame)
-        if upstream_error is not None:  # relayed as sent; recorded as a failure
+        if upstream_error is not None:  # relayed as sent; recorded and charged as a failure
             record.status, record.error = 502, f"upstream stream error: {upstream_error}"
+            answer.failure = UpstreamError(record.error)
         yield frame
 
 

@@ -486,3 +486,28 @@ async def test_requests_and_rate_limits_show_who_failed_and_why(gw: Any) -> None
     assert re.search(r"^down +up/ +fake .*consecutive_failures 1", live, re.MULTILINE), live
     failed(await run.in_thread("rate-limits", "--url", gw.base_url, "--admin-key", "sk-nope"),
            "answered 401")
+
+
+def test_combos_add_validates_strategy_steps_and_connections(run: Cli) -> None:
+    failed(run("combos", "add", "c", "a/m", "--strategy", "fastest"),
+           "unknown strategy 'fastest'; expected one of priority, round-robin")
+    out = ok(run("combos", "add", "c", "a/m", "--strategy", "Round_Robin")).output
+    assert "(round-robin, 1 steps)" in out
+    assert json.loads(ok(run("combos", "list", "--json")).output)[0]["strategy"] == "round-robin"
+    failed(run("combos", "add", "d", '{"model": "a/m", "weight": 0}'),
+           "step 1: weight must be a positive number")
+    failed(run("combos", "add", "d", '{"model": "a/m", "connection": "nobody"}'),
+           "step 1: no connection 'nobody'")
+
+
+def test_combos_add_warns_about_steps_the_stored_configuration_cannot_resolve(run: Cli) -> None:
+    ok(run("providers", "add", "--type", "openai", "--base-url", "http://127.0.0.1:1/v1",
+           "--no-key", "--prefix", "local", "--name", "box", "--model", "llama-3"))
+    good = ok(run("combos", "add", "c", "local/anything", "llama-3",
+                  '{"model": "local/llama-3", "connection": "box"}'))
+    assert "warning" not in good.output
+    warned = ok(run("combos", "add", "d", "lcal/llama-3", "llama3", "c"))
+    assert "warning: step 1 ('lcal/llama-3'): Model 'lcal/llama-3' is not known." in warned.output
+    assert "Did you mean 'local/llama-3'" in warned.output
+    assert "warning: step 2 ('llama3')" in warned.output and "step 3" not in warned.output
+    assert "added combo" in warned.output  # saved anyway: the gateway may know more models

@@ -272,7 +272,7 @@ def test_build_combo() -> None:
     ({"name": "  ", "steps": ["a/m"]}, "needs a name"),
     ({"name": "x" * 101, "steps": ["a/m"]}, "needs a name"),
     ({"name": "c", "steps": [42]}, "a combo step must be"),
-    ({"name": "c", "steps": ["a/m"], "strategy": "random"}, "only the 'priority' strategy"),
+    ({"name": "c", "steps": ["a/m"], "strategy": "fastest"}, "unknown strategy 'fastest'"),
     ({"name": "c", "steps": ["c"]}, "combo cycle: c -> c"),
 ])
 def test_build_combo_rejects(spec: dict[str, Any], message: str) -> None:
@@ -313,3 +313,147 @@ def test_a_preset_name_two_types_share_needs_the_type() -> None:
         build_connection(plugins, {"preset": "groq", "api_key": "x"})
     conn = build_connection(plugins, {"preset": "groq", "type": "openai", "api_key": "x"})
     assert conn.type == "openai" and conn.prefix == "groq"
+
+
+# ---------------------------------------------------------------------- combo validation
+
+def resolver(r: Router) -> Any:
+    return lambda model: r.resolve(model).targets
+
+
+@pytest.mark.parametrize("raw, stored", [
+    ("priority", "priority"), ("round-robin", "round-robin"), ("Round_Robin", "round-robin"),
+    (" P2C ", "p2c"), ("least_used", "least-used"), ("cost-optimized", "cost-optimized"),
+])
+def test_build_combo_normalises_every_strategy(raw: str, stored: str) -> None:
+    assert build_combo({"name": "c", "steps": ["a/m"], "strategy": raw}, []).strategy == stored
+
+
+def test_build_combo_accepts_every_strategy_the_resilience_layer_has() -> None:
+    from omniroute.resilience import STRATEGIES
+
+    for name in STRATEGIES:
+        assert build_combo({"name": "c", "steps": ["a/m"], "strategy": name}, []).strategy == name
+
+
+@pytest.mark.parametrize("strategy", ["fastest", "", None, 3])
+def test_build_combo_rejects_unknown_strategies(strategy: Any) -> None:
+    with pytest.raises(ValueError, match="unknown strategy .* expected one of priority, round-robin"):
+        build_combo({"name": "c", "steps": ["a/m"], "strategy": strategy}, [])
+
+
+@pytest.mark.parametrize("step, message", [
+    ({"model": "a/m", "weight": 0}, "step 1: weight must be a positive number"),
+    ({"model": "a/m", "weight": -2}, "step 1: weight must be a positive number"),
+    ({"model": "a/m", "weight": "3"}, "step 1: weight must be a positive number"),
+    ({"model": "a/m", "weight": True}, "step 1: weight must be a positive number"),
+    ({"model": "a/m", "weight": float("inf")}, "step 1: weight must be a positive number"),
+    ({"model": "a/m", "wieght": 2}, "step 1: unknown field(s) wieght"),
+    ({"model": "a/m", "connection": ""}, "step 1: connection must be a connection id or name"),
+    ({"model": "a/m", "connection": "nobody"}, "step 1: no connection 'nobody'"),
+])
+def test_build_combo_checks_step_fields(step: dict[str, Any], message: str) -> None:
+    with pytest.raises(ValueError) as info:
+        build_combo({"name": "c", "steps": [step]}, [], connections=[A.connection])
+    assert message in str(info.value)
+
+
+def test_build_combo_step_connection_by_id_or_name() -> None:
+    named = Connection("conn_x", "fake", "work account", "a")
+    for pin in ("conn_x", "work account"):
+        combo = build_combo({"name": "c", "steps": [{"model": "a/m", "connection": pin,
+                                                     "weight": 2.5}]}, [], connections=[named])
+        assert combo.steps[0]["connection"] == pin
+    # without the connections at hand (pure use) the pin is not checked
+    assert build_combo({"name": "c", "steps": [{"model": "a/m", "connection": "x"}]}, [])
+
+
+def test_build_combo_every_step_must_resolve_with_the_router() -> None:
+    r = router([A, B], aliases={"fast": "a/m"}, combos=[Combo("c0", "inner", ["b/x"])],
+               models={"conn_a": ["gpt-4o-mini"]})
+    ok = build_combo({"name": "c", "steps": ["a/m", "fast", "inner", "gpt-4o-mini",
+                                             {"provider": "b", "model": "y"}]}, [],
+                     resolve=resolver(r))
+    assert len(ok.steps) == 5
+    with pytest.raises(ValueError) as info:
+        build_combo({"name": "c", "steps": ["a/m", "gpt-4o-mni"]}, [], resolve=resolver(r))
+    message = str(info.value)
+    assert message.startswith("step 2 ('gpt-4o-mni'): Model 'gpt-4o-mni' is not known.")
+    assert "Did you mean 'gpt-4o-mini'" in message
+    with pytest.raises(ValueError, match=r"step 1 \('zz/m'\): Model 'zz/m' is not known"):
+        build_combo({"name": "c", "steps": ["zz/m"]}, [], resolve=resolver(r))
+
+
+def test_build_combo_ambiguous_bare_model_is_refused() -> None:
+    r = router([A, B], models={"conn_a": ["m"], "conn_b": ["m"]})
+    with pytest.raises(ValueError, match="step 1 .* several providers; choose one of: a/m, b/m"):
+        build_combo({"name": "c", "steps": ["m"]}, [], resolve=resolver(r))
+
+
+def test_build_combo_pinned_connection_must_serve_its_step() -> None:
+    r = router([A, B])
+    conns = [A.connection, B.connection]
+    with pytest.raises(ValueError, match="step 1 \\('a/m'\\) pins connection 'conn_b', which "
+                                         "does not serve that model \\(served by: conn_a\\)"):
+        build_combo({"name": "c", "steps": [{"model": "a/m", "connection": "conn_b"}]}, [],
+                    connections=conns, resolve=resolver(r))
+    assert build_combo({"name": "c", "steps": [{"model": "a/m", "connection": "conn_a"}]}, [],
+                       connections=conns, resolve=resolver(r))
+    # a pin on a switched-off connection is kept: it serves again when switched on
+    off = Connection("conn_off", "fake", "off", "a", active=False)
+    assert build_combo({"name": "c", "steps": [{"model": "a/m", "connection": "off"}]}, [],
+                       connections=[*conns, off], resolve=resolver(r))
+
+
+def test_weighted_strategy_uses_the_combo_step_weights() -> None:
+    import random
+    from collections import Counter
+
+    from omniroute.config import Settings
+    from omniroute.resilience import ManualClock, Resilience
+
+    r = Router({p.connection.id: p for p in (A, B)}, {}, [Combo("c", "mix", [
+        {"model": "a/m", "weight": 9}, {"model": "b/m", "weight": 1}])], {})
+    route = r.resolve("mix")
+    assert [t.weight for t in route.targets] == [9.0, 1.0]
+    res = Resilience(Settings(), clock=ManualClock(), rng=random.Random(3))
+    firsts = Counter(res.plan(route.targets, strategy="weighted").targets[0].connection.id
+                     for _ in range(400))
+    assert firsts["conn_a"] > 320 and firsts["conn_b"] > 10
+
+
+@pytest.mark.parametrize("settings, expected", [
+    ({"max_concurrency": 2, "rpm": 60, "weight": 0.5}, {"max_concurrency": 2, "rpm": 60,
+                                                         "weight": 0.5}),
+    ({"max_concurrency": 3.0}, {"max_concurrency": 3}),
+    ({"weight": 0}, {"weight": 0}),
+])
+def test_build_connection_accepts_resilience_settings(
+    plugins: Any, settings: dict[str, Any], expected: dict[str, Any]
+) -> None:
+    base = {"type": "openai", "base_url": "http://127.0.0.1:9/v1"}
+    for spec in ({**base, **settings}, {**base, "settings": settings}):
+        conn = build_connection(plugins, spec)
+        assert {k: conn.settings[k] for k in expected} == expected
+    # null removes a limit again
+    conn = build_connection(plugins, {**base, **settings})
+    cleared = build_connection(plugins, {k: None for k in settings}, conn)
+    assert not set(settings) & set(cleared.settings)
+
+
+@pytest.mark.parametrize("settings, message", [
+    ({"max_concurrency": 0}, "max_concurrency must be a positive whole number"),
+    ({"max_concurrency": 1.5}, "max_concurrency must be a positive whole number"),
+    ({"rpm": "60"}, "rpm must be a positive whole number"),
+    ({"rpm": True}, "rpm must be a positive whole number"),
+    ({"weight": -1}, "weight must be a number of at least 0"),
+    ({"weight": "heavy"}, "weight must be a number of at least 0"),
+])
+def test_build_connection_rejects_bad_resilience_settings(
+    plugins: Any, settings: dict[str, Any], message: str
+) -> None:
+    base = {"type": "openai", "base_url": "http://127.0.0.1:9/v1"}
+    for spec in ({**base, **settings}, {**base, "settings": settings}):
+        with pytest.raises(ValueError) as info:
+            build_connection(plugins, spec)
+        assert message in str(info.value)

@@ -78,6 +78,11 @@ class AnthropicFormat(Format):
 
     # ------------------------------------------------------------------ pass-through lane
 
+    def with_model(self, body: dict[str, Any], model: str) -> dict[str, Any]:
+        """The body with the model, minus another provider's reasoning (see
+        :func:`~omniroute.formats.anthropic_request.without_foreign_reasoning`)."""
+        return anthropic_request.without_foreign_reasoning(super().with_model(body, model))
+
     def usage_from_body(self, body: bytes) -> c.Usage:
         try:
             data = orjson.loads(body)

@@ -50,16 +50,20 @@ import orjson
 
 from omniroute.errors import InvalidRequest
 from omniroute.formats import canonical as c
+from omniroute.formats import carry
 from omniroute.formats.anthropic_answer import NAME, decode_thinking_block, text_block
 from omniroute.formats.media import args_object, parse_data_url, sniff_media_type
-from omniroute.formats.translate import EFFORT_BUDGETS, b64decode_text, b64encode_text
+from omniroute.formats.translate import (
+    EFFORT_BUDGETS,
+    SYSTEM_REMINDER,
+    b64decode_text,
+    b64encode_text,
+)
 
 #: ``max_tokens`` sent when neither the request nor the connection sets one
 DEFAULT_MAX_TOKENS = 8192
 #: the smallest thinking budget the API accepts
 MIN_THINKING_BUDGET = 1024
-#: how a mid-conversation system message is marked when folded into a user turn
-SYSTEM_REMINDER = "<system-reminder>\n{}\n</system-reminder>"
 JSON_OBJECT_INSTRUCTION = "Respond with a single valid JSON object and nothing else."
 
 _EFFORTS_IN = {"low": "low", "medium": "medium", "high": "high", "xhigh": "xhigh",
@@ -659,12 +663,56 @@ def _encode_thinking(config: c.ReasoningConfig | None, meta: Mapping[str, Any],
     return thinking
 
 
+# ---------------------------------------------------------------------- pass-through lane
+
+
+def without_foreign_reasoning(body: dict[str, Any]) -> dict[str, Any]:
+    """``body`` without the thinking blocks that carry another provider's reasoning.
+
+    A conversation that went through another provider holds thinking blocks whose
+    signature packs that provider's data (:mod:`carry`); Anthropic would refuse
+    them. They are dropped, and so is ``thinking`` when the last tool turn is left
+    without its signed thinking (as :func:`encode_request` does). ``body`` itself
+    is returned when there is nothing to drop (the usual case).
+    """
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not any(_packed_blocks(m) for m in messages):
+        return body
+    cleaned: list[Any] = []
+    for m in messages:
+        if not _packed_blocks(m):
+            cleaned.append(m)
+            continue
+        content = [b for b in m["content"] if not _is_packed_block(b)]
+        if content:
+            cleaned.append({**m, "content": content})
+    out = {**body, "messages": cleaned}
+    thinking = out.get("thinking")
+    if isinstance(thinking, dict) and thinking.get("type") != "disabled" and \
+            not _last_tool_turn_signed(cleaned):
+        del out["thinking"]
+    return out
+
+
+def _packed_blocks(message: Any) -> bool:
+    content = message.get("content") if isinstance(message, dict) else None
+    return isinstance(content, list) and message.get("role") == "assistant" and any(
+        _is_packed_block(b) for b in content)
+
+
+def _is_packed_block(block: Any) -> bool:
+    return isinstance(block, dict) and block.get("type") == "thinking" and carry.is_packed(
+        block.get("signature"))
+
+
 def _last_tool_turn_signed(messages: list[dict[str, Any]]) -> bool:
     """False when the last assistant turn made tool calls without leading thinking."""
-    last = next((m for m in reversed(messages) if m["role"] == "assistant"), None)
-    if last is None or isinstance(last["content"], str):
+    last = next((m for m in reversed(messages)
+                 if isinstance(m, dict) and m.get("role") == "assistant"), None)
+    blocks = last.get("content") if last is not None else None
+    if not isinstance(blocks, list) or not blocks:
         return True
-    blocks = last["content"]
-    if not any(b.get("type") == "tool_use" for b in blocks):
+    if not any(isinstance(b, dict) and b.get("type") == "tool_use" for b in blocks):
         return True
-    return blocks[0].get("type") in ("thinking", "redacted_thinking")
+    return isinstance(blocks[0], dict) and blocks[0].get("type") in (
+        "thinking", "redacted_thinking")

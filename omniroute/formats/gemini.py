@@ -21,6 +21,10 @@ Conventions this module keeps:
 * Reasoning another format produced travels to a Gemini client packed into a
   ``thoughtSignature`` (:mod:`carry`), on the first function call after it
   (clients keep those; they drop thought parts), or on the thought part.
+* A system message later in the conversation (Gemini has none) goes as user text
+  wrapped in ``<system-reminder>`` tags, as the Anthropic translation folds it.
+* Field names are read in either spelling (the API takes ``inline_data`` as well as
+  ``inlineData``; google-genai sends a mix): :func:`camel_body`.
 * Tool parameters are sent as ``parametersJsonSchema`` without ``$schema``; a
   connection setting ``gemini_schema: openapi`` sends the OpenAPI subset
   (``parameters``) instead. Decoding normalises both to JSON Schema.
@@ -35,10 +39,12 @@ import orjson
 
 from omniroute.errors import GatewayError, InvalidRequest, UpstreamError
 from omniroute.formats import canonical as c
+from omniroute.formats import carry
 from omniroute.formats import gemini_schema as schema
 from omniroute.formats.base import ClientRequest, Format
 from omniroute.formats.gemini_parts import (
     NAME,
+    SKIP_SIGNATURE,
     decode_model_parts,
     encode_media,
     encode_model_parts,
@@ -53,6 +59,7 @@ from omniroute.formats.gemini_parts import (
     usage_metadata,
 )
 from omniroute.formats.media import hosted_raw, json_object, new_id, stable_id
+from omniroute.formats.translate import SYSTEM_REMINDER
 from omniroute.hookspecs import hookimpl
 from omniroute.sse import encode, event_data
 
@@ -67,6 +74,35 @@ _BODY_KEYS = ("safetySettings", "cachedContent", "labels")
 
 
 # ---------------------------------------------------------------------------- request pieces
+
+#: keys whose values are the caller's own data (function arguments and results, schemas):
+#: their keys are never renamed
+_OPAQUE_VALUES = frozenset({"args", "response", "parameters", "parametersJsonSchema",
+                            "responseSchema", "responseJsonSchema", "labels"})
+
+
+def camel_case(name: str) -> str:
+    head, *rest = name.split("_")
+    return head + "".join(w[:1].upper() + w[1:] for w in rest)
+
+
+def camel_body(value: Any) -> Any:
+    """A request body with every field name in lowerCamelCase.
+
+    The API takes both spellings, and google-genai sends a mix (``inlineData``
+    with ``mime_type``, ``thinkingConfig`` with ``include_thoughts``,
+    ``parameters_json_schema``); the decoder reads one. Values that are the
+    caller's own data (:data:`_OPAQUE_VALUES`) keep their keys.
+    """
+    if isinstance(value, list):
+        return [camel_body(v) for v in value]
+    if not isinstance(value, dict):
+        return value
+    out: dict[str, Any] = {}
+    for key, item in value.items():
+        name = camel_case(key) if "_" in key else key
+        out[name] = item if name in _OPAQUE_VALUES else camel_body(item)
+    return out
 
 
 def _decode_contents(contents: list[Any]) -> list[c.Message]:
@@ -165,7 +201,8 @@ def _decode_tool_choice(config: Any) -> tuple[c.ToolChoice | None, dict[str, Any
 
 def _decode_generation(gen: dict[str, Any], meta: dict[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {
-        "temperature": gen.get("temperature"), "top_p": gen.get("topP"), "top_k": gen.get("topK"),
+        "temperature": gen.get("temperature"), "top_p": gen.get("topP"),
+        "top_k": _whole(gen.get("topK")),
         "max_tokens": gen.get("maxOutputTokens"), "seed": gen.get("seed"),
         "presence_penalty": gen.get("presencePenalty"),
         "frequency_penalty": gen.get("frequencyPenalty"),
@@ -198,6 +235,11 @@ def _decode_generation(gen: dict[str, Any], meta: dict[str, Any]) -> dict[str, A
     if extra:
         meta["generationConfig"] = extra
     return out
+
+
+def _whole(value: Any) -> Any:
+    """A count sent as a float (google-genai sends ``topK: 3.0``) as an int."""
+    return int(value) if isinstance(value, float) and value.is_integer() else value
 
 
 def _thinking_config(cfg: c.ReasoningConfig, model: str) -> dict[str, Any]:
@@ -245,7 +287,7 @@ class GeminiFormat(Format):
         return model.removeprefix("models/"), bool(path_stream)
 
     def decode_request(self, request: ClientRequest) -> c.Request:
-        body = request.body
+        body = camel_body(request.body)
         self.inspect(body, path_model=request.model, path_stream=request.stream)
         meta: dict[str, Any] = {k: body[k] for k in _BODY_KEYS if k in body}
         system: list[c.Text] = []
@@ -321,6 +363,9 @@ class GeminiFormat(Format):
                 role, parts = "user", [
                     x for p in message.parts if isinstance(p, c.ToolResult)
                     for x in encode_tool_result(p, p.name or names.get(p.call_id, ""))]
+            elif message.role == "system":  # Gemini has none mid-conversation: a marked user text
+                role, parts = "user", [{"text": SYSTEM_REMINDER.format(p.text)}
+                                       for p in message.parts if isinstance(p, c.Text)]
             else:
                 role, parts = "user", self._user_parts(message.parts)
             if not parts:
@@ -439,7 +484,15 @@ class GeminiFormat(Format):
     # ------------------------------------------------------------------ pass-through lane
 
     def with_model(self, body: dict[str, Any], model: str) -> dict[str, Any]:
-        return body  # the model is in the URL, not the body
+        """The body as sent (the model is in the URL), minus another provider's reasoning
+        packed into ``thoughtSignature`` values (a history that went through it): Gemini
+        would refuse them. A Gemini 3 call left unsigned gets the documented dummy."""
+        contents = body.get("contents")
+        if not isinstance(contents, list) or not any(_packed_parts(c_) for c_ in contents):
+            return body
+        cleaned = [_without_packed(c_, is_gemini3(model)) if _packed_parts(c_) else c_
+                   for c_ in contents]
+        return {**body, "contents": [c_ for c_ in cleaned if c_.get("parts")]}
 
     def usage_from_body(self, body: bytes) -> c.Usage:
         data = json_object(body)
@@ -460,6 +513,37 @@ class GeminiFormat(Format):
         if data is None or not isinstance(data.get("error"), dict):
             return None
         return str(data["error"].get("message") or "upstream error")
+
+
+def _signature_key(part: dict[str, Any]) -> str | None:
+    for key in ("thoughtSignature", "thought_signature"):
+        if carry.is_packed(part.get(key)):
+            return key
+    return None
+
+
+def _packed_parts(content: Any) -> bool:
+    parts = content.get("parts") if isinstance(content, dict) else None
+    return isinstance(parts, list) and any(
+        isinstance(p, dict) and _signature_key(p) for p in parts)
+
+
+def _without_packed(content: dict[str, Any], gemini3: bool) -> dict[str, Any]:
+    parts: list[Any] = []
+    first_call = True
+    for part in content["parts"]:
+        key = _signature_key(part) if isinstance(part, dict) else None
+        is_call = isinstance(part, dict) and ("functionCall" in part or "function_call" in part)
+        if key is not None:
+            if part.get("thought"):
+                continue  # another provider's thinking, shown to the client only
+            part = {k: v for k, v in part.items() if k != key}
+            if is_call and gemini3 and first_call:
+                part["thoughtSignature"] = SKIP_SIGNATURE
+        if is_call:
+            first_call = False
+        parts.append(part)
+    return {**content, "parts": parts}
 
 
 def frame_json(frame: bytes) -> dict[str, Any] | None:

@@ -50,10 +50,13 @@ def _from_openapi_node(node: dict[str, Any]) -> dict[str, Any]:
         node["type"] = kind.lower()
     elif isinstance(kind, list):
         node["type"] = [k.lower() if isinstance(k, str) else k for k in kind]
-    if node.pop("nullable", False) is True and "type" in node:
-        kind = node["type"]
-        kinds = kind if isinstance(kind, list) else [kind]
-        node["type"] = [*kinds, "null"] if "null" not in kinds else kinds
+    if node.pop("nullable", False) is True:
+        if "type" in node:
+            kind = node["type"]
+            kinds = kind if isinstance(kind, list) else [kind]
+            node["type"] = [*kinds, "null"] if "null" not in kinds else kinds
+        elif isinstance(node.get("anyOf"), list):
+            node["anyOf"] = [*node["anyOf"], {"type": "null"}]
     node.pop("propertyOrdering", None)
     if node.get("format") == "enum":
         node.pop("format")
@@ -64,9 +67,29 @@ def _from_openapi_node(node: dict[str, Any]) -> dict[str, Any]:
     return node
 
 
+def _camel_keywords(schema: Any) -> Any:
+    """Schema keywords in lowerCamelCase (google-genai sends ``any_of``, ``max_items``…);
+    property names (the keys of ``properties`` and ``$defs``) are left alone."""
+    if isinstance(schema, list):
+        return [_camel_keywords(v) for v in schema]
+    if not isinstance(schema, dict):
+        return schema
+    out: dict[str, Any] = {}
+    for key, value in schema.items():
+        head, *rest = key.split("_")
+        name = head + "".join(w[:1].upper() + w[1:] for w in rest) if rest and head else key
+        if name in _MAP and isinstance(value, dict):
+            out[name] = {k: _camel_keywords(v) for k, v in value.items()}
+        elif name in _ONE or name in _LIST:
+            out[name] = _camel_keywords(value)
+        else:
+            out[name] = value
+    return out
+
+
 def to_json_schema(schema: Any) -> Any:
     """JSON Schema from a Gemini ``parameters`` / ``responseSchema`` (OpenAPI subset)."""
-    return _walk(schema, _from_openapi_node)
+    return _walk(_camel_keywords(schema), _from_openapi_node)
 
 
 def _strip_meta(node: dict[str, Any]) -> dict[str, Any]:

@@ -9,7 +9,8 @@ same object, streamed as NDJSON lines; the last one has ``done: true`` and the
 token counts. Errors are ``{"error": "message"}``.
 
 Clients always send ``tools`` (often ``[]``): an empty list is no tools, and an
-empty ``tools`` array is never sent upstream. Tool calls have no ids in Ollama;
+empty ``tools`` array is never sent upstream. Images go upstream by value only:
+an image by URL is refused with a 400 (the gateway does not fetch URLs). Tool calls have no ids in Ollama;
 stable ones are generated and tool results are matched to calls by name.
 """
 
@@ -218,6 +219,12 @@ def _texts(parts: list[c.Part]) -> str:
 
 
 def _images(parts: list[Any]) -> list[str]:
+    """Base64 images of ``parts``; Ollama takes none by URL, so a URL image is refused."""
+    for p in parts:
+        if isinstance(p, c.Image) and not p.data:
+            raise InvalidRequest("Ollama takes images by value only (base64); this request has "
+                                 f"an image by URL ({p.url or 'no data'}). Send the image data "
+                                 "instead.", param="messages")
     return [p.data for p in parts if isinstance(p, c.Image) and p.data]
 
 

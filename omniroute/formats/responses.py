@@ -33,6 +33,7 @@ import orjson
 
 from omniroute.errors import GatewayError, InvalidRequest, UpstreamError
 from omniroute.formats import canonical as c
+from omniroute.formats import carry
 from omniroute.formats.base import ClientRequest, Format
 from omniroute.formats.media import json_object
 from omniroute.formats.responses_items import (
@@ -329,6 +330,16 @@ class ResponsesFormat(Format):
 
     # ------------------------------------------------------------------ pass-through lane
 
+    def with_model(self, body: dict[str, Any], model: str) -> dict[str, Any]:
+        """The body with the model, minus reasoning items that carry another provider's
+        reasoning (a history that went through it): their ``encrypted_content`` would be
+        refused as invalid."""
+        body = super().with_model(body, model)
+        items = body.get("input")
+        if not isinstance(items, list) or not any(_foreign(i) for i in items):
+            return body
+        return {**body, "input": [i for i in items if not _foreign(i)]}
+
     def usage_from_body(self, body: bytes) -> c.Usage:
         data = json_object(body)
         return usage_from_object(data.get("usage")) if data else c.Usage()
@@ -358,6 +369,12 @@ class ResponsesFormat(Format):
 
 
 # ---------------------------------------------------------------------------- response pieces
+
+
+def _foreign(item: Any) -> bool:
+    return isinstance(item, dict) and item.get("type") == "reasoning" and carry.is_packed(
+        item.get("encrypted_content"))
+
 
 
 def now() -> int:

@@ -492,7 +492,9 @@ def decode_response_object(data: dict[str, Any]) -> c.Response:
             parts.append(decode_call(item))
             saw_call = True
         elif kind == "reasoning":
-            parts.append(decode_reasoning(item))
+            reasoning = decode_reasoning(item)
+            if reasoning.text or reasoning.encrypted or any(reasoning.summary):
+                parts.append(reasoning)  # an empty item (no summary asked, store on) says nothing
     status = data.get("status")
     reason = (data.get("incomplete_details") or {}).get("reason")
     stop: c.StopReason

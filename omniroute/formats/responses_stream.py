@@ -446,28 +446,34 @@ class _Decoder:
                 entry.got_args = True
                 events.append(c.ToolArgsDelta(index, item["arguments"]))
             return events
-        if kind == "reasoning":
-            index = self._index()
-            self.items[oi] = _Item("reasoning", index, item)
-            meta = {NAME: {"id": item["id"]}} if item.get("id") else {}
-            return [c.PartStart(index, c.Reasoning(source=NAME, meta=meta))]
+        if kind == "reasoning":  # started with its first content (an empty one carries nothing)
+            self.items[oi] = _Item("reasoning", item=item)
+            return []
         return []  # hosted tool calls (web_search_call…) have no canonical part
+
+    def _reasoning_start(self, entry: _Item) -> list[c.Event]:
+        if entry.index >= 0:
+            return []
+        entry.index = self._index()
+        meta = {NAME: {"id": entry.item["id"]}} if entry.item.get("id") else {}
+        return [c.PartStart(entry.index, c.Reasoning(source=NAME, meta=meta))]
 
     def _reasoning(self, kind: str, oi: int, data: dict[str, Any]) -> list[c.Event]:
         entry = self.items.get(oi)
         if entry is None or entry.kind != "reasoning":
             return []
         if kind == "response.reasoning_summary_part.added":
-            if data.get("summary_index", 0) > 0:
+            if data.get("summary_index", 0) > 0 and entry.index >= 0:
                 return [c.ReasoningDelta(entry.index, summary=SUMMARY_BREAK)]
             return []
         delta = data.get("delta") or ""
         if not delta:
             return []
+        events = self._reasoning_start(entry)
         if kind == "response.reasoning_text.delta":
-            return [c.ReasoningDelta(entry.index, text=delta)]
+            return [*events, c.ReasoningDelta(entry.index, text=delta)]
         entry.got_summary = True
-        return [c.ReasoningDelta(entry.index, summary=delta)]
+        return [*events, c.ReasoningDelta(entry.index, summary=delta)]
 
     def _item_done(self, oi: int, item: dict[str, Any]) -> list[c.Event]:
         entry = self.items.get(oi)
@@ -484,12 +490,17 @@ class _Decoder:
                 texts = [s.get("text", "") for s in item.get("summary") or []
                          if isinstance(s, dict)]
                 for i, text in enumerate(texts):
+                    if not text:
+                        continue
+                    events += self._reasoning_start(entry)
                     if i:
                         events.append(c.ReasoningDelta(entry.index, summary=SUMMARY_BREAK))
-                    if text:
-                        events.append(c.ReasoningDelta(entry.index, summary=text))
+                    events.append(c.ReasoningDelta(entry.index, summary=text))
             if item.get("encrypted_content"):
+                events += self._reasoning_start(entry)
                 events.append(c.ReasoningDelta(entry.index, encrypted=item["encrypted_content"]))
+            if entry.index < 0:
+                return events  # an empty reasoning item: no part at all
         elif item.get("type") == "custom_tool_call":
             value = entry.custom_input or item.get("input") or ""
             events.append(c.ToolArgsDelta(entry.index, dumps({"input": value})))

@@ -2,7 +2,8 @@
 
 * effort <-> thinking budget tables, for formats that speak only one of them;
 * tool-call arguments as an upstream sent them (text, or an object) -> JSON text;
-* text documents carried as base64 in :class:`~omniroute.formats.canonical.File`.
+* text documents carried as base64 in :class:`~omniroute.formats.canonical.File`;
+* the marking of a system message that has no place of its own in a format.
 """
 
 from __future__ import annotations
@@ -12,6 +13,10 @@ import binascii
 from typing import Any
 
 import orjson
+
+#: a system message later in the conversation, folded into a user turn by formats that
+#: have no such message (Claude Code's own convention for context it adds mid-conversation)
+SYSTEM_REMINDER = "<system-reminder>\n{}\n</system-reminder>"
 
 #: canonical effort levels, lowest first (``ReasoningConfig.effort``)
 EFFORTS = ("minimal", "low", "medium", "high", "xhigh")

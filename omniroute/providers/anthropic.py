@@ -16,7 +16,7 @@ from urllib.parse import quote
 
 import orjson
 
-from omniroute.errors import GatewayError, UpstreamStatusError
+from omniroute.errors import GatewayError, UpstreamError, UpstreamStatusError
 from omniroute.hookspecs import hookimpl
 from omniroute.providers.base import (
     Preset,
@@ -125,6 +125,24 @@ class AnthropicProvider(HTTPProvider):
                 self.messages_url, self.headers_for(call, stream=True), orjson.dumps(body))
         body.pop("stream", None)
         return await self.post_json(self.messages_url, self.headers_for(call), orjson.dumps(body))
+
+    async def count_tokens(
+        self, body: dict[str, Any], client_headers: Mapping[str, str] | None = None
+    ) -> dict[str, Any]:
+        """``POST /v1/messages/count_tokens``: the upstream's answer, ``{"input_tokens": N}``.
+
+        :param body: a count_tokens body, its ``model`` already the upstream's name.
+        :param client_headers: the client's headers (``anthropic-beta`` is passed on).
+        """
+        call = UpstreamCall(body, str(body.get("model", "")), False,
+                            client_headers=client_headers or {})
+        answer = await self.post_json(f"{self.messages_url}/count_tokens",
+                                      self.headers_for(call), orjson.dumps(body))
+        data = _json(answer.body or b"")
+        tokens = data.get("input_tokens") if isinstance(data, dict) else None
+        if not isinstance(tokens, int) or isinstance(tokens, bool):
+            raise UpstreamError("The upstream's count_tokens answer has no 'input_tokens'.")
+        return data
 
     async def list_models(self) -> list[str]:
         """``GET /v1/models`` page by page; the configured models when the endpoint has none."""

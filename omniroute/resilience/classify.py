@@ -197,7 +197,7 @@ def classify_status(
     message: str = "",
     body: bytes | str | None = None,
     headers: Mapping[str, str] | None = None,
-    format: str = "openai",  # noqa: A002 - a provider's wire format name
+    format: str = "openai",  # a provider's wire format name
     can_refresh: bool = False,
     now_wall: float = 0.0,
 ) -> Classification:
@@ -252,7 +252,7 @@ def classify_status(
 def classify(
     error: BaseException,
     *,
-    format: str = "openai",  # noqa: A002
+    format: str = "openai",
     can_refresh: bool = False,
     now_wall: float = 0.0,
 ) -> Classification:

@@ -61,7 +61,7 @@ import random
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any
+from typing import Any, Self
 
 from omniroute.config import Settings
 from omniroute.errors import (
@@ -156,7 +156,7 @@ class Attempt:
         self._done = False
         self._breaker_verdict = False
 
-    async def __aenter__(self) -> Attempt:
+    async def __aenter__(self) -> Self:
         r, target = self._resilience, self.target
         now = r.clock.monotonic()
         breaker = r._breaker(target)

@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 from types import TracebackType
-from typing import Any
+from typing import Any, Self
 
 from omniroute.errors import ConnectionBusy
 from omniroute.resilience.clock import Clock
@@ -189,13 +189,13 @@ class Limiter:
 class Slot:
     """One slot of a :class:`Limiter`, held for the ``async with`` block."""
 
-    __slots__ = ("_limiter", "_held")
+    __slots__ = ("_held", "_limiter")
 
     def __init__(self, limiter: Limiter) -> None:
         self._limiter = limiter
         self._held = False
 
-    async def __aenter__(self) -> Slot:
+    async def __aenter__(self) -> Self:
         await self._limiter._take()
         self._held = True  # no await since the grant: a cancellation cannot fall in between
         return self

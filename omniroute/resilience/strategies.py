@@ -11,8 +11,8 @@ seeded one makes every choice repeatable.
     Rotates the first choice through the targets, staying on each for
     ``sticky_for`` requests (the ``round_robin_sticky`` setting).
 ``weighted``
-    Random order weighted by each connection's ``weight`` setting (default
-    1; 0 sorts last).
+    Random order weighted by each target's weight: its combo step's ``weight``
+    times its connection's ``weight`` setting (each default 1; 0 sorts last).
 ``random``
     A uniform shuffle.
 ``least-used``
@@ -93,11 +93,12 @@ def round_robin(targets: Sequence[Target], ctx: Context) -> list[Target]:
 
 
 def _weight(target: Target) -> float:
+    """The combo step's weight times the connection's ``weight`` setting (default 1)."""
     value = target.connection.settings.get("weight", 1)
     try:
-        weight = float(value)
+        weight = float(value) * float(target.weight)
     except (TypeError, ValueError):
-        return 1.0
+        return max(0.0, float(target.weight))
     return weight if weight > 0 else 0.0
 
 

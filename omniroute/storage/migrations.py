@@ -76,6 +76,21 @@ MIGRATIONS: list[list[str]] = [
             expires_at REAL NOT NULL
         )""",
     ],
+    # 3: stored OpenAI Responses (``store``, ``previous_response_id``), scoped per API key
+    [
+        """CREATE TABLE responses (
+            id TEXT PRIMARY KEY,
+            api_key_id TEXT,
+            model TEXT NOT NULL,
+            created_at REAL NOT NULL,
+            expires_at REAL NOT NULL,
+            input TEXT NOT NULL,
+            output TEXT NOT NULL,
+            response TEXT NOT NULL
+        )""",
+        """CREATE INDEX responses_key ON responses(api_key_id, created_at)""",
+        """CREATE INDEX responses_expires ON responses(expires_at)""",
+    ],
 ]
 
 LATEST = len(MIGRATIONS)

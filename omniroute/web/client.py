@@ -3,8 +3,9 @@
 | client | routes |
 |---|---|
 | OpenAI Chat | ``POST /v1/chat/completions`` (also ``/chat/completions``), ``POST /v1/providers/{prefix}/chat/completions``, ``GET /v1/models`` (also ``/models``), ``GET /v1/models/{id}`` |
-| Anthropic | ``POST /v1/messages`` (also ``/messages``) |
-| OpenAI Responses | ``POST /v1/responses`` (also ``/responses``) |
+| OpenAI Completions (legacy) | ``POST /v1/completions`` (also ``/completions``), served by chat models |
+| Anthropic | ``POST /v1/messages``, ``POST /v1/messages/count_tokens`` (also without ``/v1``) |
+| OpenAI Responses | ``POST /v1/responses``, ``GET``/``DELETE /v1/responses/{id}``, ``POST /v1/responses/input_tokens`` (also without ``/v1``); state in :mod:`responses_state` |
 | Gemini | ``POST /v1beta/models/{model}:generateContent`` and ``:streamGenerateContent``, the same under ``/v1/models/``; ``GET /v1beta/models`` |
 | Ollama | ``POST /api/chat`` (also ``/v1/api/chat``), ``GET /api/tags``, ``GET /api/version`` |
 
@@ -23,10 +24,13 @@ from datetime import datetime, timezone
 from aiohttp import web
 
 from omniroute.errors import GatewayError, NotFound
+from omniroute.formats.completions import CompletionsFormat
 from omniroute.gateway import Gateway
 from omniroute.proxy import handle
 from omniroute.version import __version__
+from omniroute.web.count_tokens import setup_count_tokens_routes
 from omniroute.web.keys import GATEWAY
+from omniroute.web.responses_state import setup_responses_routes
 
 #: paths under /api/ that are client API (Ollama's), not management API
 OLLAMA_PATHS = frozenset({"/api/chat", "/api/tags", "/api/version", "/v1/api/chat"})
@@ -54,6 +58,15 @@ def _endpoint(format_name: str, endpoint: str) -> Callable[[web.Request], Awaita
             raise NotFound(f"The {format_name!r} API is not available: its format plugin "
                            "is not loaded (see `omniroute plugins`).")
         return await handle(request, fmt, endpoint)
+
+    return serve
+
+
+def _completions_endpoint() -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+    fmt = CompletionsFormat()  # client side only: no provider speaks it, no plugin registers it
+
+    async def serve(request: web.Request) -> web.StreamResponse:
+        return await handle(request, fmt, "completions")
 
     return serve
 
@@ -168,10 +181,12 @@ def setup_client_routes(app: web.Application) -> None:
     messages = _endpoint("anthropic", "messages")
     for path in ("/v1/messages", "/messages"):
         r.add_post(path, messages)
-    responses = _endpoint("responses", "responses")
-    for path in ("/v1/responses", "/responses"):
-        r.add_post(path, responses)
+    setup_count_tokens_routes(app)
+    setup_responses_routes(app)
     r.add_get("/v1/responses", responses_websocket, allow_head=False)
+    completions = _completions_endpoint()
+    for path in ("/v1/completions", "/completions"):
+        r.add_post(path, completions)
     ollama = _endpoint("ollama", "ollama.chat")
     for path in ("/api/chat", "/v1/api/chat"):
         r.add_post(path, ollama)

@@ -237,10 +237,17 @@ async def list_combos(request: web.Request) -> web.Response:
     return web.json_response({"combos": [c.public() for c in combos]})
 
 
+def _combo_checks(gateway: Gateway) -> dict[str, Any]:
+    """What a combo is checked against: the stored connections and the live router."""
+    return {"connections": list(gateway.connections.values()),
+            "resolve": lambda model: gateway.router.resolve(model).targets}
+
+
 async def create_combo(request: web.Request) -> web.Response:
     gateway = _gw(request)
     try:
-        combo = build_combo(await _body(request), await gateway.store.list_combos())
+        combo = build_combo(await _body(request), await gateway.store.list_combos(),
+                            **_combo_checks(gateway))
     except ValueError as exc:
         raise _invalid(exc) from None
     await _save_combo(gateway, combo)
@@ -271,7 +278,8 @@ async def update_combo(request: web.Request) -> web.Response:
     gateway = _gw(request)
     existing = await _combo(request)
     try:
-        combo = build_combo(await _body(request), await gateway.store.list_combos(), existing)
+        combo = build_combo(await _body(request), await gateway.store.list_combos(), existing,
+                            **_combo_checks(gateway))
     except ValueError as exc:
         raise _invalid(exc) from None
     await _save_combo(gateway, combo)

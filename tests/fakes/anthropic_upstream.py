@@ -1,6 +1,7 @@
 """Fake Anthropic Messages API upstream for gateway tests.
 
-Speaks the real wire format of ``POST /v1/messages`` (JSON, and SSE with
+Speaks the real wire format of ``POST /v1/messages`` (and ``/v1/messages/count_tokens``,
+whose ``count_script`` queue takes ``error(...)`` behaviours) (JSON, and SSE with
 ``message_start``, ``ping``, ``content_block_start`` / ``_delta`` / ``_stop``,
 ``message_delta``, ``message_stop``, ``error``) and ``GET /v1/models``, checked
 against the anthropic-python SDK. Usage::
@@ -34,10 +35,12 @@ JSON body and ``mid_stream_error`` becomes that error's HTTP status.
 Like the real API the fake refuses, with its error shape: a missing or wrong key (401;
 ``x-api-key`` or ``Authorization: Bearer``), a missing ``anthropic-version`` header, a
 missing ``model`` / ``max_tokens`` / ``messages`` (400), an unknown model (404), a
-``system`` role message, content blocks of unknown type or without their fields (a
-``thinking`` block without ``signature``, a ``tool_use`` whose ``input`` is not an
-object), ``tool_result`` blocks without a matching ``tool_use`` in the previous message
-(and the reverse), and a thinking ``budget_tokens`` under 1024 or not under ``max_tokens``.
+``system`` role message (accepted after the first message with the
+``mid-conversation-system-2026-04-07`` beta in ``anthropic-beta``), content blocks of
+unknown type or without their fields (a ``thinking`` block without ``signature``, a
+``tool_use`` whose ``input`` is not an object), ``tool_result`` blocks without a matching
+``tool_use`` in the previous message (and the reverse), and a thinking ``budget_tokens``
+under 1024 or not under ``max_tokens``.
 
 Default reply: ``"Hello! You said: <last user text>"``; a ``tool_use`` of the first tool
 when ``tools`` is present and the last user text contains "weather" (or ``tool_choice``
@@ -267,6 +270,9 @@ class FakeAnthropic:
         self.app = web.Application()
         self.app.router.add_post("/v1/messages", self._messages)
         self.app.router.add_get("/v1/models", self._models)
+        # POST /v1/messages/count_tokens: its own queue (only ``error(...)`` behaviours apply)
+        self.count_script: list[Behaviour] = []
+        self.app.router.add_post("/v1/messages/count_tokens", self._count_tokens)
 
     # ---- plumbing -------------------------------------------------------------------
     async def _record(self, request: web.Request) -> Recorded:
@@ -324,6 +330,31 @@ class FakeAnthropic:
                            "first_id": page[0] if page else None,
                            "last_id": page[-1] if page else None})
 
+    async def _count_tokens(self, request: web.Request) -> web.StreamResponse:
+        """``{"input_tokens": N}``, counted the way this fake counts usage."""
+        rec = await self._record(request)
+        b = self.count_script.pop(0) if self.count_script else Behaviour()
+        if b.error is not None:
+            return _json(b.status, _error_body(b.error["type"], b.error["message"]), b.headers)
+        if (err := self._auth_error(request)) is not None:
+            return err
+        if not request.headers.get("anthropic-version"):
+            return _ant_error(400, "anthropic-version: header is required")
+        body = rec.json
+        if not isinstance(body, dict):
+            return _ant_error(400, "There was an error parsing the body: invalid JSON")
+        for name in ("model", "messages"):
+            if name not in body:
+                return _ant_error(400, f"{name}: Field required")
+        if (problem := _check_messages(body["messages"])) is not None:
+            return _ant_error(400, problem)
+        if body["model"] not in self.models:
+            return _ant_error(404, f"model: {body['model']}")
+        tokens = _tokens(_text_of(body.get("system")))
+        tokens += sum(_tokens(_text_of(m.get("content"))) + 3 for m in body["messages"])
+        tokens += sum(_tokens(orjson.dumps(t).decode()) for t in body.get("tools") or [])
+        return _json(200, {"input_tokens": tokens})
+
     async def _messages(self, request: web.Request) -> web.StreamResponse:
         rec = await self._record(request)
         b = self.script.pop(0) if self.script else Behaviour()
@@ -348,7 +379,8 @@ class FakeAnthropic:
         body = rec.json
         if not isinstance(body, dict):
             return _ant_error(400, "There was an error parsing the body: invalid JSON")
-        if (problem := _check_request(body)) is not None:
+        mid_system = "mid-conversation-system" in request.headers.get("anthropic-beta", "")
+        if (problem := _check_request(body, mid_system=mid_system)) is not None:
             return _ant_error(400, problem)
         if body["model"] not in self.models:
             return _ant_error(404, f"model: {body['model']}")
@@ -520,7 +552,7 @@ class FakeAnthropic:
 
 # ----------------------------------------------------------------------------- validation
 
-def _check_request(body: dict[str, Any]) -> str | None:
+def _check_request(body: dict[str, Any], *, mid_system: bool = False) -> str | None:
     """The 400 message the real API would give for ``body``, or None."""
     for name in ("model", "max_tokens", "messages"):
         if name not in body:
@@ -553,10 +585,10 @@ def _check_request(body: dict[str, Any]) -> str | None:
             return f"tools.{i}.name: Field required"
         if "type" not in tool and not isinstance(tool.get("input_schema"), dict):
             return f"tools.{i}.custom.input_schema: Field required"
-    return _check_messages(body["messages"])
+    return _check_messages(body["messages"], mid_system=mid_system)
 
 
-def _check_messages(messages: Any) -> str | None:
+def _check_messages(messages: Any, *, mid_system: bool = False) -> str | None:
     if not isinstance(messages, list):
         return "messages: Input should be a valid list"
     if not messages:
@@ -566,6 +598,8 @@ def _check_messages(messages: Any) -> str | None:
         if not isinstance(msg, dict):
             return f"messages.{i}: Input should be a valid dictionary"
         role = msg.get("role")
+        if role == "system" and mid_system and i > 0:  # the mid-conversation-system beta
+            continue
         if role == "system":
             return ('messages: Unexpected role "system". The Messages API accepts a top-level '
                     '`system` parameter, not "system" as an input message role.')

@@ -12,9 +12,13 @@ openai-python SDK types. Usage::
 ``script`` is a queue: each chat request pops one ``Behaviour`` (an empty queue
 means the default reply). Behaviour helpers, each for one request:
 
-- ``reply(text=None, chunks=None, delay=None, tool_calls=None, finish_reason=None)``
+- ``reply(text=None, chunks=None, delay=None, tool_calls=None, finish_reason=None,
+  reasoning=None, usage=None)``
   ``tool_calls``: ``N`` forces N parallel calls (to tools[i], cycling), or a list of
-  ``{"name": str, "arguments": dict | str}``; ``0`` forbids tool calls.
+  ``{"name": str, "arguments": dict | str}``; ``0`` forbids tool calls. ``reasoning``:
+  ``reasoning_content`` text before the answer, as DeepSeek / vLLM / OpenRouter-style
+  compatible servers send it (streamed as ``reasoning_content`` deltas). ``usage``
+  overrides fields of the ``usage`` object (e.g. ``{"prompt_tokens": 11}``).
 - ``error(status, message=None, type=None, code=None, headers=None, param=None)``
 - ``hang_before_headers(seconds)``
 - ``hang_mid_stream(after_chunks, seconds)`` then the reply continues normally.
@@ -98,6 +102,8 @@ class Behaviour:
     drop_after: int | None = None
     error_after: int | None = None
     garbage: bytes | None = None
+    reasoning: str | None = None  # reasoning_content before the answer
+    usage: dict[str, Any] = field(default_factory=dict)  # overrides of the usage object
 
 
 def reply(
@@ -106,8 +112,11 @@ def reply(
     delay: float | None = None,
     tool_calls: int | list[dict[str, Any]] | None = None,
     finish_reason: str | None = None,
+    reasoning: str | None = None,
+    usage: dict[str, Any] | None = None,
 ) -> Behaviour:
-    return Behaviour(text, chunks, delay, tool_calls, finish_reason)
+    return Behaviour(text, chunks, delay, tool_calls, finish_reason, reasoning=reasoning,
+                     usage=dict(usage or {}))
 
 
 def error(
@@ -390,6 +399,8 @@ class FakeOpenAI:
     async def _complete(self, request: web.Request, body: dict[str, Any], b: Behaviour):
         text, calls = self._plan(body, b)
         message: dict[str, Any] = {"role": "assistant", "content": text, "refusal": None}
+        if b.reasoning is not None:
+            message["reasoning_content"] = b.reasoning
         if calls:
             message["tool_calls"] = [
                 {"id": c["id"], "type": "function",
@@ -406,7 +417,7 @@ class FakeOpenAI:
                 "index": 0, "message": message, "logprobs": None,
                 "finish_reason": b.finish_reason or ("tool_calls" if calls else "stop"),
             }],
-            "usage": self._usage(body, text, calls),
+            "usage": {**self._usage(body, text, calls), **b.usage},
             "service_tier": "default",
             "system_fingerprint": _FINGERPRINT,
         })
@@ -454,6 +465,9 @@ class FakeOpenAI:
 
         n = b.chunks or self.chunks
         out: list[bytes] = []
+        if b.reasoning is not None:
+            out.append(chunk({"role": "assistant", "content": None, "reasoning_content": ""}))
+            out += [chunk({"reasoning_content": piece}) for piece in _split(b.reasoning, n)]
         if calls:
             for i, c in enumerate(calls):
                 head: dict[str, Any] = {"index": i, "id": c["id"], "type": "function",
@@ -471,7 +485,7 @@ class FakeOpenAI:
             out += [chunk({"content": piece}) for piece in _split(text or "", n)]
         out.append(chunk({}, b.finish_reason or ("tool_calls" if calls else "stop")))
         if usage_on:
-            out.append(chunk(None, usage=self._usage(body, text, calls)))
+            out.append(chunk(None, usage={**self._usage(body, text, calls), **b.usage}))
         return out + [b"data: [DONE]\n\n"]
 
     async def _stream(self, request: web.Request, body: dict[str, Any], b: Behaviour):
