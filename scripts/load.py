@@ -154,9 +154,11 @@ def open_sockets(pid: int) -> int:
 
 # ------------------------------------------------------------------ the load
 
-async def one_stream(http: aiohttp.ClientSession, url: str) -> dict[str, Any]:
+async def one_stream(http: aiohttp.ClientSession, url: str, n: int) -> dict[str, Any]:
     started = time.perf_counter()
-    body = {"model": "load", "stream": True, "messages": [{"role": "user", "content": "hi"}]}
+    # a conversation of its own: identical ones would share a sticky session
+    body = {"model": "load", "stream": True,
+            "messages": [{"role": "user", "content": f"hi, this is stream {n}"}]}
     try:
         async with http.post(url, json=body) as resp:
             raw = await resp.read()
@@ -177,7 +179,7 @@ async def run_once(url: str, streams: int, timeout: float) -> list[dict[str, Any
     connector = aiohttp.TCPConnector(limit=0)
     async with aiohttp.ClientSession(
             connector=connector, timeout=aiohttp.ClientTimeout(total=timeout)) as http:
-        return await asyncio.gather(*(one_stream(http, url) for _ in range(streams)))
+        return await asyncio.gather(*(one_stream(http, url, n) for n in range(streams)))
 
 
 def snapshot(gateway: subprocess.Popen, port: int) -> dict[str, Any]:
