@@ -1,0 +1,1 @@
+"""The conformance matrix: every client SDK against every provider type, through the gateway."""
