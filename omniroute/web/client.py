@@ -20,15 +20,19 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable
 from datetime import datetime, timezone
+from typing import Any
 
 from aiohttp import web
 
-from omniroute.errors import GatewayError, NotFound
+from omniroute.errors import GatewayError, InvalidRequest, NotFound
+from omniroute.formats.base import ClientRequest
 from omniroute.formats.completions import CompletionsFormat
 from omniroute.gateway import Gateway
 from omniroute.proxy import handle
+from omniroute.tokens import estimate_request
 from omniroute.version import __version__
 from omniroute.web.count_tokens import setup_count_tokens_routes
+from omniroute.web.body import read_object
 from omniroute.web.keys import GATEWAY
 from omniroute.web.responses_state import setup_responses_routes
 
@@ -75,14 +79,57 @@ async def gemini_generate(request: web.Request) -> web.StreamResponse:
     """``POST /v1beta/models/{model}:generateContent`` (or ``:streamGenerateContent``)."""
     model, _, action = request.match_info["tail"].rpartition(":")
     model = model.removeprefix("models/")
-    if action not in _GEMINI_ACTIONS or not model:
+    if action == "countTokens" and model:
+        return await gemini_count_tokens(request, model)
+    if action not in _GEMINI_ACTIONS:
         raise NotFound(f"Unknown Gemini method {action!r}; this gateway serves "
-                       "generateContent and streamGenerateContent.")
+                       "generateContent, streamGenerateContent and countTokens.")
+    if not model:
+        raise InvalidRequest("The model is missing from the URL: "
+                             "POST /v1beta/models/{model}:" + action, param="model",
+                             code="missing_model")
     fmt = request.app[GATEWAY].formats.get("gemini")
     if fmt is None:
         raise NotFound("The 'gemini' API is not available: its format plugin is not loaded.")
     return await handle(request, fmt, f"gemini.{action}", path_model=model,
                         path_stream=_GEMINI_ACTIONS[action])
+
+
+async def gemini_count_tokens(request: web.Request, model: str) -> web.Response:
+    """``POST /v1beta/models/{model}:countTokens``: the local estimate of the contents.
+
+    Accepts ``contents`` (and ``systemInstruction``/``tools``) or a whole
+    ``generateContentRequest``, as the API does.
+    """
+    gateway = request.app[GATEWAY]
+    fmt = gateway.formats.get("gemini")
+    if fmt is None:
+        raise NotFound("The 'gemini' API is not available: its format plugin is not loaded.")
+    body = await read_object(request, gateway.settings.max_body_bytes)
+    inner = body.get("generateContentRequest")
+    if isinstance(inner, dict):
+        body = inner
+    gateway.router.resolve(model)  # an unknown model is the client's mistake (400)
+    canonical = fmt.decode_request(ClientRequest(body, model, False, request.headers,
+                                                 request.query))
+    return web.json_response({"totalTokens": estimate_request(canonical)},
+                             headers={"X-OmniRoute-Token-Count": "estimate"})
+
+
+async def gemini_model(request: web.Request) -> web.Response:
+    """``GET /v1beta/models/{model}``: one model, Gemini's format."""
+    wanted = request.match_info["tail"].removeprefix("models/")
+    for model, _ in await _all_models(request.app[GATEWAY]):
+        if model == wanted:
+            return web.json_response(_gemini_model(model))
+    raise NotFound(f"models/{wanted} is not found; GET /v1beta/models lists them.",
+                   code="model_not_found")
+
+
+def _gemini_model(model: str) -> dict[str, Any]:
+    return {"name": f"models/{model}", "displayName": model, "version": "001",
+            "supportedGenerationMethods": ["generateContent", "streamGenerateContent",
+                                           "countTokens"]}
 
 
 # ----------------------------------------------------------------------------- model lists
@@ -112,7 +159,9 @@ async def _all_models(gateway: Gateway) -> list[tuple[str, str]]:
 
 
 async def list_models(request: web.Request) -> web.Response:
-    """``GET /v1/models``: OpenAI's list format."""
+    """``GET /v1/models``: OpenAI's list format (Gemini's for google-genai)."""
+    if _from_google_client(request):
+        return await gemini_models(request)
     gateway = request.app[GATEWAY]
     created = int(gateway.started_at)
     data = [{"id": m, "object": "model", "created": created, "owned_by": owner}
@@ -120,8 +169,16 @@ async def list_models(request: web.Request) -> web.Response:
     return web.json_response({"object": "list", "data": data})
 
 
+def _from_google_client(request: web.Request) -> bool:
+    """google-genai (api_version ``v1``) shares ``/v1/models`` with OpenAI clients."""
+    return "x-goog-api-client" in request.headers or "x-goog-api-key" in request.headers
+
+
 async def get_model(request: web.Request) -> web.Response:
     """``GET /v1/models/{id}``: one model, OpenAI's format (ids may hold slashes)."""
+    if _from_google_client(request):
+        request.match_info["tail"] = request.match_info["id"]
+        return await gemini_model(request)
     gateway = request.app[GATEWAY]
     wanted = request.match_info["id"]
     for model, owner in await _all_models(gateway):
@@ -135,10 +192,7 @@ async def get_model(request: web.Request) -> web.Response:
 async def gemini_models(request: web.Request) -> web.Response:
     """``GET /v1beta/models``: Gemini's list format."""
     models = await _all_models(request.app[GATEWAY])
-    return web.json_response({"models": [
-        {"name": f"models/{m}", "displayName": m, "version": "001",
-         "supportedGenerationMethods": ["generateContent", "streamGenerateContent"]}
-        for m, _ in models]})
+    return web.json_response({"models": [_gemini_model(m) for m, _ in models]})
 
 
 async def ollama_tags(request: web.Request) -> web.Response:
@@ -195,6 +249,7 @@ def setup_client_routes(app: web.Application) -> None:
     for base in ("/v1beta/models/", "/v1/models/"):
         r.add_post(base + "{tail:.+}", gemini_generate)
     r.add_get("/v1beta/models", gemini_models)
+    r.add_get("/v1beta/models/{tail:.+}", gemini_model)
     for path in ("/v1/models", "/models"):
         r.add_get(path, list_models)
     r.add_get("/v1/models/{id:.+}", get_model)

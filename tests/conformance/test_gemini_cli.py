@@ -185,3 +185,28 @@ async def test_gemini3_tool_loop_from_clients_without_signatures(cell: Cell) -> 
     call_part = next(p for c_ in cell.last()["contents"] for p in c_["parts"]
                      if "functionCall" in p)
     assert call_part["thoughtSignature"] == SKIP_SIGNATURE
+
+
+async def test_gemini_count_tokens_and_model_info(gateway: Any) -> None:
+    gw = gateway
+    from google import genai
+
+    ge = await gw.add_provider({"type": "openai", "name": "g", "prefix": "cg",
+                                "base_url": "http://127.0.0.1:9/v1", "models": ["m1"]})
+    assert ge["prefix"] == "cg"
+    client = genai.Client(api_key="k", http_options={"base_url": gw.base_url,
+                                                     "api_version": "v1beta"})
+    counted = await client.aio.models.count_tokens(model="cg/m1",
+                                                   contents="The quick brown fox jumps")
+    assert 5 <= counted.total_tokens <= 9
+    info = await client.aio.models.get(model="cg/m1")
+    assert info.name == "models/cg/m1"
+    resp = await gw.client.get("/v1beta/models/cg/nope")
+    assert resp.status == 404
+    # google-genai's default api_version v1 shares /v1/models with OpenAI clients
+    v1 = genai.Client(api_key="k", http_options={"base_url": gw.base_url})
+    assert (await v1.aio.models.get(model="cg/m1")).name == "models/cg/m1"
+    listed = [m.name async for m in await v1.aio.models.list()]
+    assert "models/cg/m1" in listed
+    openai_view = await gw.client.get("/v1/models/cg/m1")
+    assert (await openai_view.json())["id"] == "cg/m1"
