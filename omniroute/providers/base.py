@@ -40,8 +40,9 @@ class Timeouts:
         self.first_byte = first_byte
         self.idle = idle
         self.total = total
-        #: JSON calls: the whole exchange is bounded by ``total``.
-        self.json = aiohttp.ClientTimeout(total=total, connect=connect)
+        #: JSON calls: the answer must start within ``first_byte`` (every socket
+        #: read is bounded by it); the whole exchange is bounded by ``total``.
+        self.json = aiohttp.ClientTimeout(total=total, connect=connect, sock_read=first_byte)
         #: streams: every socket read is bounded by ``idle``; first event and
         #: total time are enforced by the caller.
         self.stream = aiohttp.ClientTimeout(total=None, connect=connect, sock_read=idle)

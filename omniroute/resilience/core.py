@@ -340,6 +340,12 @@ class Resilience:
         session_id: str | None = None,
     ) -> Plan:
         """The targets to try, in order (see the module docstring)."""
+        if len(targets) == 1 and session_id is None:  # the common case: nothing to order
+            only = targets[0]
+            reason = self._blocked(only, self.clock.monotonic())
+            if reason is None:
+                return Plan((only,), (), DEFAULT)
+            return Plan((), ((only, reason),), DEFAULT)
         name = normalize(strategy)
         if strategy and name is None and strategy not in self._warned:
             self._warned.add(strategy)
