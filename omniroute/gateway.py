@@ -57,6 +57,7 @@ class Gateway:
         self.resilience = Resilience(self.settings)
         self.models: dict[str, tuple[float, list[str]]] = {}
         self._config_version = -1
+        self._reload_lock = asyncio.Lock()
         self._tasks: set[asyncio.Task[Any]] = set()
         # request ids: a random per-process prefix and a counter (no syscall per request)
         self._id_prefix = secrets.token_hex(6)
@@ -126,6 +127,10 @@ class Gateway:
         :param strict: raise :class:`ConfigError` when an active connection
             needs a provider type that no loaded plugin registers (start-up).
         """
+        async with self._reload_lock:  # the watcher and an API call may overlap
+            await self._reload(strict)
+
+    async def _reload(self, strict: bool) -> None:
         version = await self.db.config_version()
         stored = await self.store.get_settings()
         self.apply_settings(stored)

@@ -74,6 +74,8 @@ class Answer:
     attempt: Attempt | None = None
     #: why the answer failed after its first byte (charged to the account at the end)
     failure: BaseException | None = None
+    #: a translated JSON answer, decoded while its attempt was still open
+    decoded: c.Response | None = None
 
 
 async def finish(answer: Answer, error: BaseException | None = None) -> None:
@@ -90,6 +92,8 @@ async def finish(answer: Answer, error: BaseException | None = None) -> None:
     if events is not None and error is not None:
         with suppress(Exception):
             await events.aclose()  # type: ignore[attr-defined]
+        if answer.upstream.close is not None:
+            answer.upstream.close()  # also when the stream was never read
 
 
 class Extension:
@@ -161,6 +165,7 @@ async def handle(
                                   extension)
     except GatewayError as err:
         record.status, record.error = err.status, err.message
+        failure = err
         err.headers.setdefault("X-OmniRoute-Request-Id", record.request_id)
         if record.provider is not None:  # an upstream answered (or was last tried)
             err.headers.setdefault("X-OmniRoute-Provider", record.provider)
@@ -170,6 +175,10 @@ async def handle(
         raise
     except (asyncio.CancelledError, ConnectionResetError) as exc:
         record.status, record.error = 499, "client disconnected"
+        failure = exc
+        raise
+    except Exception as exc:  # a bug of ours: recorded, not charged to the account
+        record.status, record.error = 500, f"internal error: {type(exc).__name__}"
         failure = exc
         raise
     finally:
@@ -246,9 +255,18 @@ async def call_upstream(
                 break
             attempt.first_byte()
             answer = Answer(target, upstream, provider_format, request or canonical, attempt)
-            if not client.stream:
-                await finish(answer)  # a JSON answer is complete: release the slot now
-            return answer  # a stream keeps its slot until it ends (see finish)
+            if client.stream:
+                return answer  # a stream keeps its slot until it ends (see finish)
+            if request is not None:  # translated: a broken body is this target's failure
+                try:
+                    assert upstream.body is not None
+                    answer.decoded = provider_format.decode_response(upstream.body)
+                except UpstreamError as exc:
+                    await finish(answer, exc)
+                    failures.append((target, exc))
+                    break
+            await finish(answer)  # a JSON answer is complete: release the slot now
+            return answer
         log.warning("%s failed for %s: %s", target.label, record.request_id, failures[-1][1])
     raise _all_failed(route, failures, plan.skipped)
 
@@ -300,7 +318,7 @@ def _json_answer(
     if answer.request is None:
         body, usage = upstream.body, fmt.usage_from_body(upstream.body)
     else:
-        response = answer.provider_format.decode_response(upstream.body)
+        response = answer.decoded or answer.provider_format.decode_response(upstream.body)
         body, usage = fmt.encode_response(response, answer.request), response.usage
     _set_usage(record, usage)
     record.status = upstream.status
@@ -342,6 +360,11 @@ async def _with_keepalive(
             return task.result(), response
         except GatewayError as err:
             record.status, record.error = err.status, err.message
+            return None, await _end_with_error(response, fmt, err)
+        except Exception as exc:  # a bug of ours, after the headers went out
+            log.exception("request %s failed", record.request_id)
+            err = GatewayError(f"Internal error: {type(exc).__name__}")
+            record.status, record.error = 500, err.message
             return None, await _end_with_error(response, fmt, err)
     finally:
         if not task.done():  # the client left: stop every upstream attempt
@@ -386,13 +409,16 @@ async def relay_stream(
             await response.prepare(request)
             request[STREAM_STARTED] = True
         try:
-            if extension is None:
+            # a client that stops reading must not hold the account forever: no frame
+            # may take longer than the idle bound (plus a second) to be handed over
+            idle = request.app[GATEWAY].settings.idle_timeout + 1.0
+            loop = asyncio.get_running_loop()
+            async with asyncio.timeout_at(loop.time() + idle) as guard:
                 async for frame in frames:
+                    if extension is not None:
+                        await extension.frame(frame)
                     await response.write(frame)
-            else:
-                async for frame in frames:
-                    await extension.frame(frame)
-                    await response.write(frame)
+                    guard.reschedule(loop.time() + idle)
         except GatewayError as err:  # after the first byte: end the stream with an error
             record.status, record.error = err.status, err.message
             log.warning("stream %s broke: %s", record.request_id, err.message)
@@ -401,6 +427,10 @@ async def relay_stream(
         except ConnectionResetError as exc:  # the client went away; aclosing stops the upstream
             record.status, record.error = 499, "client disconnected"
             answer.failure = exc  # not the account's fault: nothing is charged
+            return response
+        except TimeoutError as exc:  # the client stopped reading (upstream stalls are typed)
+            record.status, record.error = 499, "client stopped reading"
+            answer.failure = exc  # not the account's fault either
             return response
         except Exception as exc:  # a bug must still end the stream well-formed, and be logged
             log.exception("stream %s failed", record.request_id)
@@ -468,13 +498,19 @@ def _answer_headers(answer: Answer, record: RequestRecord) -> dict[str, str]:
 
 def _set_usage(record: RequestRecord, usage: c.Usage) -> None:
     if usage.input_tokens is not None:
-        record.prompt_tokens = usage.input_tokens
+        record.prompt_tokens = _count(usage.input_tokens)
     if usage.output_tokens is not None:
-        record.completion_tokens = usage.output_tokens
+        record.completion_tokens = _count(usage.output_tokens)
     if usage.cache_read_tokens is not None:
-        record.cached_tokens = usage.cache_read_tokens
+        record.cached_tokens = _count(usage.cache_read_tokens)
     if usage.reasoning_tokens is not None:
-        record.reasoning_tokens = usage.reasoning_tokens
+        record.reasoning_tokens = _count(usage.reasoning_tokens)
+
+
+def _count(value: int) -> int | None:
+    """An upstream's token count, or None when it is not a plausible one (SQLite stores
+    64-bit integers: one absurd number must not stop the request log)."""
+    return value if 0 <= value < 2**53 else None
 
 
 def _seconds(value: str) -> float:

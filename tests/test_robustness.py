@@ -109,3 +109,57 @@ async def test_request_ids_are_unique_and_the_upstream_id_is_passed_on(gw):
         ids.add(resp.headers["X-OmniRoute-Request-Id"])
         assert resp.headers["X-Upstream-Request-Id"].startswith("req_")
     assert len(ids) == 3
+
+
+async def test_a_session_id_with_control_characters_is_hashed_not_echoed(gw):
+    resp = await gw.client.post("/v1/chat/completions", json={
+        "model": "up/gpt-4o-mini", "messages": HI, "x_session_id": "a\r\nSet-Cookie: x=1"})
+    assert resp.status == 200
+    assert resp.headers["X-OmniRoute-Session-Id"].startswith("h:")
+    assert "Set-Cookie" not in resp.headers
+    assert "x_session_id" not in gw.fake.requests[-1].json
+
+
+async def test_an_absurd_usage_number_does_not_stop_the_request_log(gw):
+    from fakes.openai_upstream import reply
+
+    gw.fake.script.append(reply(usage={"prompt_tokens": 2**63 + 5, "completion_tokens": 3,
+                                       "total_tokens": 2**63 + 8}))
+    assert (await gw.client.post("/v1/chat/completions", json={
+        "model": "up/gpt-4o-mini", "messages": HI})).status == 200
+    assert await gw.gateway.log.flush() == 1
+    rows = (await (await gw.client.get("/api/requests", headers=gw.admin_headers)).json())
+    last = rows["requests"][0]
+    assert last["prompt_tokens"] is None and last["completion_tokens"] == 3
+
+
+async def test_query_keys_are_for_client_routes_only(gw):
+    key = await gw.create_key("q")
+    await gw.set_settings(require_api_key=True)
+    ok_resp = await gw.client.get(f"/v1beta/models?key={key}")
+    assert ok_resp.status == 200
+    admin_resp = await gw.client.get(f"/api/providers?key={gw.admin_key}")
+    assert admin_resp.status == 401  # the management API never reads ?key=
+
+
+async def test_a_translated_answer_that_cannot_be_decoded_fails_over(gw, aiohttp_server):
+    from aiohttp import web as aioweb
+
+    async def empty_answer(request: aioweb.Request) -> aioweb.Response:
+        return aioweb.json_response({"id": "chatcmpl-1", "object": "chat.completion"})
+
+    broken = aioweb.Application()
+    broken.router.add_post("/v1/chat/completions", empty_answer)
+    server = await aiohttp_server(broken)
+    await gw.add_provider({"type": "openai", "name": "broken", "prefix": "bad",
+                           "base_url": str(server.make_url("/v1")), "api_key": "sk-x"})
+    await gw.client.post("/api/combos", headers=gw.admin_headers,
+                         json={"name": "pair", "steps": ["bad/m", "up/gpt-4o-mini"]})
+    resp = await gw.client.post("/v1/messages", json={
+        "model": "pair", "max_tokens": 32, "messages": HI})  # Anthropic client: translated
+    assert resp.status == 200, await resp.text()
+    assert resp.headers["X-OmniRoute-Provider"] == "up"
+    assert resp.headers["X-OmniRoute-Fallback-Attempts"] == "1"
+    state = await (await gw.client.get("/api/rate-limits", headers=gw.admin_headers)).json()
+    bad = next(c for c in state["connections"] if c["prefix"] == "bad")
+    assert bad["failures"] == 1 and bad["successes"] == 0

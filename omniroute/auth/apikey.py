@@ -32,8 +32,10 @@ def presented_key(request: web.Request) -> str | None:
         scheme, _, value = auth.partition(" ")
         if scheme.lower() == "bearer" and value.strip():
             return value.strip()
-    return (headers.get("x-api-key") or headers.get("x-goog-api-key")
-            or request.query.get("key") or None)
+    found = headers.get("x-api-key") or headers.get("x-goog-api-key")
+    if found is None and not request.path.startswith("/api/"):
+        found = request.query.get("key")  # Gemini clients; never for the management API
+    return found or None
 
 
 class KeyIndex:

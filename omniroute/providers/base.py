@@ -10,7 +10,7 @@ frames (SSE events, or NDJSON lines for Ollama: see ``HTTPProvider.framing``).
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -91,6 +91,9 @@ class UpstreamResponse:
     headers: Mapping[str, str] = field(default_factory=dict)
     body: bytes | None = None
     events: AsyncIterator[bytes] | None = None
+    #: drops the upstream connection at once, even if ``events`` was never iterated
+    #: (closing an async generator that never started does not run its ``finally``)
+    close: Callable[[], None] | None = None
 
 
 class Provider:

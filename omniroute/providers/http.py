@@ -267,7 +267,8 @@ class HTTPProvider(Provider):
             await _abandon(resp, frames)
             raise error
         return UpstreamResponse(
-            resp.status, _kept_headers(resp.headers), events=_chain(head, frames, resp))
+            resp.status, _kept_headers(resp.headers), events=_chain(head, frames, resp),
+            close=resp.close)
 
 
 # ----------------------------------------------------------------------------- settings helpers

@@ -54,8 +54,9 @@ def session_id(
         if isinstance(value, (str, int)) and not isinstance(value, bool) and str(value).strip():
             found = str(value).strip()
     if found is not None:
-        if len(found) > MAX_ID_LENGTH:
-            found = "h:" + hashlib.sha256(found.encode()).hexdigest()[:32]
+        if len(found) > MAX_ID_LENGTH or not (found.isascii() and found.isprintable()):
+            # it goes back in a response header: control characters would break it
+            found = "h:" + hashlib.sha256(found.encode("utf-8", "surrogatepass")).hexdigest()[:32]
         return found
     return fingerprint(model, system, first_user)
 

@@ -55,8 +55,12 @@ async def gateway_middleware(request: web.Request, handler: Handler) -> web.Stre
             request[PRINCIPAL] = await authenticate_client(gateway, request)
         return await handler(request)
     except GatewayError as err:
+        if request.get(STREAM_STARTED):
+            raise  # headers already sent: the stream itself must say what went wrong
         return error_response(request, err)
     except web.HTTPException as exc:
+        if request.get(STREAM_STARTED):
+            raise
         return error_response(request, _from_http_exception(request, exc))
     except (asyncio.CancelledError, ConnectionResetError):
         raise
