@@ -130,3 +130,16 @@ async def test_keys_are_required_when_the_setting_says_so(ant: Any) -> None:
     counted = await sdk(ant, key).messages.count_tokens(model="up/gpt-4o-mini",
                                                         messages=MESSAGES)
     assert counted.input_tokens > 0
+
+
+async def test_a_resting_anthropic_account_is_not_asked(ant: Any) -> None:
+    from omniroute.errors import UpstreamStatusError
+
+    route = ant.gateway.router.resolve("claude/claude-sonnet-4-6")
+    (target,) = route.targets
+    ant.gateway.resilience.record_failure(target, UpstreamStatusError(
+        "Rate limited.", status=429, headers={"Retry-After": "30"}))
+    raw = await sdk(ant).messages.with_raw_response.count_tokens(
+        model="claude/claude-sonnet-4-6", messages=MESSAGES)
+    assert raw.headers["X-OmniRoute-Token-Count"] == "estimate"
+    assert counts(ant.ant) == []  # the cooling account was left alone

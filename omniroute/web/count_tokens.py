@@ -13,6 +13,8 @@ Anthropic format. ``X-OmniRoute-Token-Count`` says which (``upstream`` or
 
 from __future__ import annotations
 
+import asyncio
+
 import logging
 from typing import Any
 
@@ -27,6 +29,9 @@ from omniroute.web.keys import GATEWAY
 
 log = logging.getLogger(__name__)
 
+#: seconds an upstream may take to count, past its connect timeout (then the next, or the
+#: local estimate: counting must never hold a client as long as a generation may)
+COUNT_SECONDS = 5.0
 #: upstream statuses that mean the request itself is wrong (no other target would differ)
 _CLIENT_MISTAKES = frozenset({400, 413, 422})
 
@@ -41,13 +46,19 @@ async def count_tokens(request: web.Request) -> web.Response:
     if not isinstance(model, str) or not model.strip():
         raise InvalidRequest("model: field required (a non-empty string).", param="model")
     route = gateway.router.resolve(model)
-    for target in route.targets:
+    # resting accounts (cooling, terminal, breaker open) are not asked; each ask is short
+    usable = gateway.resilience.plan(route.targets, strategy="priority").targets
+    for target in usable:
         counter = getattr(target.provider, "count_tokens", None)
         if target.provider.format != "anthropic" or counter is None:
             continue
         try:
-            counted: dict[str, Any] = await counter({**body, "model": target.model},
-                                                     request.headers)
+            async with asyncio.timeout(gateway.timeouts.connect + COUNT_SECONDS):
+                counted: dict[str, Any] = await counter({**body, "model": target.model},
+                                                         request.headers)
+        except TimeoutError:
+            log.info("count_tokens: %s did not answer in time; trying the next", target.label)
+            continue
         except UpstreamStatusError as err:
             if err.status in _CLIENT_MISTAKES:
                 raise
