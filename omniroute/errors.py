@@ -52,6 +52,12 @@ class ModelNotFound(InvalidRequest):
     code = "model_not_found"
 
 
+class EmbeddingsNotSupported(InvalidRequest):
+    """The provider type behind a target does not serve embeddings."""
+
+    code = "embeddings_not_supported"
+
+
 class AuthenticationFailed(GatewayError):
     status, type, code = 401, "authentication_error", "invalid_api_key"
 

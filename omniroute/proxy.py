@@ -268,10 +268,10 @@ async def call_upstream(
             await finish(answer)  # a JSON answer is complete: release the slot now
             return answer
         log.warning("%s failed for %s: %s", target.label, record.request_id, failures[-1][1])
-    raise _all_failed(route, failures, plan.skipped)
+    raise all_failed(route, failures, plan.skipped)
 
 
-def _all_failed(
+def all_failed(
     route: Route, failures: list[tuple[Target, GatewayError]],
     skipped: tuple[tuple[Target, str], ...],
 ) -> GatewayError:

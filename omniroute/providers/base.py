@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import aiohttp
 
+from omniroute.errors import EmbeddingsNotSupported, UpstreamError
+
 if TYPE_CHECKING:
     from omniroute.storage.store import Connection
 
@@ -96,6 +98,28 @@ class UpstreamResponse:
     close: Callable[[], None] | None = None
 
 
+@dataclass(slots=True)
+class Embeddings:
+    """An embeddings answer: one vector per input, in input order."""
+
+    vectors: list[list[float]]
+    #: the upstream's count of input tokens (None when it sent none)
+    prompt_tokens: int | None
+    #: the model that made them, as the upstream names it
+    model: str
+
+
+def checked_vectors(value: Any, count: int) -> list[list[float]]:
+    """``value`` if it is ``count`` lists of numbers, else the upstream's failure."""
+    if (not isinstance(value, list) or len(value) != count or not all(
+            isinstance(v, list) and v and all(isinstance(x, (int, float))
+                                              and not isinstance(x, bool) for x in v)
+            for v in value)):
+        raise UpstreamError(f"upstream sent a malformed embeddings answer "
+                            f"(expected {count} vector(s))")
+    return [[float(x) for x in v] for v in value]
+
+
 class Provider:
     """Base class of provider types. Subclass it and register it from a plugin.
 
@@ -148,6 +172,17 @@ class Provider:
     async def chat(self, call: UpstreamCall) -> UpstreamResponse:
         """Send a chat request; raise :class:`omniroute.errors.GatewayError` on failure."""
         raise NotImplementedError
+
+    async def embed(self, model: str, inputs: list[str], options: dict[str, Any]) -> Embeddings:
+        """Embed each of ``inputs`` with ``model``; raise a ``GatewayError`` on failure.
+
+        :param options: optional knobs, so far only ``dimensions`` (an int).
+        The default says this provider type serves no embeddings (a 400 that the
+        gateway treats as "skip this target", not as the account's failure).
+        """
+        raise EmbeddingsNotSupported(
+            f"Provider type {self.type!r} (connection {self.connection.name!r}) does not "
+            "serve embeddings.", param="model")
 
     async def refresh_credentials(self) -> bool:
         """Renew expired credentials (OAuth); True when the call is worth retrying."""

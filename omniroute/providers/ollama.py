@@ -18,11 +18,13 @@ import orjson
 from omniroute.errors import GatewayError, UpstreamError, UpstreamStatusError
 from omniroute.hookspecs import hookimpl
 from omniroute.providers.base import (
+    Embeddings,
     Preset,
     Provider,
     ProviderContext,
     UpstreamCall,
     UpstreamResponse,
+    checked_vectors,
 )
 from omniroute.providers.http import NDJSON, HTTPProvider, http_settings
 from omniroute.storage.store import Connection
@@ -80,6 +82,25 @@ class OllamaProvider(HTTPProvider):
         if call.stream:
             return await self.post_stream(self.chat_url, self._stream_headers, data)
         return await self.post_json(self.chat_url, self._json_headers, data)
+
+    async def embed(self, model: str, inputs: list[str], options: dict[str, Any]) -> Embeddings:
+        """``POST {base_url}/api/embed``: ``{"embeddings": [[...]], "prompt_eval_count"}``."""
+        body: dict[str, Any] = {"model": model, "input": inputs}
+        if options.get("dimensions") is not None:
+            body["dimensions"] = options["dimensions"]
+        answer = await self.post_json(f"{self.base_url}/api/embed", self._json_headers,
+                                      orjson.dumps(body))
+        assert answer.body is not None
+        try:
+            data = orjson.loads(answer.body)
+        except orjson.JSONDecodeError:
+            raise UpstreamError("upstream sent a malformed embeddings answer") from None
+        if not isinstance(data, dict):
+            raise UpstreamError("upstream sent a malformed embeddings answer")
+        tokens = data.get("prompt_eval_count")
+        return Embeddings(checked_vectors(data.get("embeddings"), len(inputs)),
+                          tokens if isinstance(tokens, int) else None,
+                          data.get("model") if isinstance(data.get("model"), str) else model)
 
     async def list_models(self) -> list[str]:
         """``GET /api/tags``: the models the server has (``name:tag``)."""

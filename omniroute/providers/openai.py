@@ -12,8 +12,17 @@ from urllib.parse import urlsplit
 
 import orjson
 
+from omniroute.errors import UpstreamError
 from omniroute.hookspecs import hookimpl
-from omniroute.providers.base import Preset, Provider, ProviderContext, UpstreamCall, UpstreamResponse
+from omniroute.providers.base import (
+    Embeddings,
+    Preset,
+    Provider,
+    ProviderContext,
+    UpstreamCall,
+    UpstreamResponse,
+    checked_vectors,
+)
 from omniroute.providers.http import HTTPProvider
 from omniroute.storage.store import Connection
 
@@ -99,12 +108,37 @@ class OpenAIProvider(HTTPProvider):
             return await self.post_stream(self.chat_url, self._stream_headers, orjson.dumps(body))
         return await self.post_json(self.chat_url, self._json_headers, orjson.dumps(body))
 
+    async def embed(self, model: str, inputs: list[str], options: dict[str, Any]) -> Embeddings:
+        """``POST {base_url}/embeddings``, always asking for floats."""
+        body: dict[str, Any] = {"model": model, "input": inputs, "encoding_format": "float"}
+        if options.get("dimensions") is not None:
+            body["dimensions"] = options["dimensions"]
+        answer = await self.post_json(f"{self.base_url}/embeddings", self._json_headers,
+                                      orjson.dumps(body))
+        assert answer.body is not None
+        return embeddings_from(answer.body, model, len(inputs))
+
     async def list_models(self) -> list[str]:
         data = await self.get_json(f"{self.base_url}/models", self._json_headers)
         entries = data.get("data", []) if isinstance(data, dict) else []
         listed = [m["id"] for m in entries if isinstance(m, dict) and isinstance(m.get("id"), str)]
         configured = self.configured_models
         return configured + [m for m in listed if m not in configured]
+
+
+def embeddings_from(body: bytes, model: str, count: int) -> Embeddings:
+    """OpenAI's ``{"data": [{"index", "embedding"}], "model", "usage"}``, in input order."""
+    try:
+        data = orjson.loads(body)
+        items = sorted(data["data"], key=lambda item: item["index"])
+        vectors = [item["embedding"] for item in items]
+    except (orjson.JSONDecodeError, KeyError, TypeError):
+        raise UpstreamError("upstream sent a malformed embeddings answer") from None
+    usage = data.get("usage") if isinstance(data.get("usage"), dict) else {}
+    tokens = usage.get("prompt_tokens")
+    return Embeddings(checked_vectors(vectors, count),
+                      tokens if isinstance(tokens, int) else None,
+                      data.get("model") if isinstance(data.get("model"), str) else model)
 
 
 @hookimpl

@@ -8,6 +8,7 @@
 | OpenAI Responses | ``POST /v1/responses``, ``GET``/``DELETE /v1/responses/{id}``, ``POST /v1/responses/input_tokens`` (also without ``/v1``); state in :mod:`responses_state` |
 | Gemini | ``POST /v1beta/models/{model}:generateContent`` and ``:streamGenerateContent``, the same under ``/v1/models/``; ``GET /v1beta/models`` |
 | Ollama | ``POST /api/chat`` (also ``/v1/api/chat``), ``GET /api/tags``, ``GET /api/version`` |
+| Embeddings | ``POST /v1/embeddings`` (also ``/embeddings``), ``POST /api/embed``, ``POST /api/embeddings``; see :mod:`embeddings` |
 
 Which client API a path belongs to also decides the shape of its errors
 (:func:`client_format_of`), so a Gemini client gets a Gemini error even for an
@@ -31,13 +32,15 @@ from omniroute.gateway import Gateway
 from omniroute.proxy import handle
 from omniroute.tokens import estimate_request
 from omniroute.version import __version__
-from omniroute.web.count_tokens import setup_count_tokens_routes
 from omniroute.web.body import read_object
+from omniroute.web.count_tokens import setup_count_tokens_routes
+from omniroute.web.embeddings import setup_embeddings_routes
 from omniroute.web.keys import GATEWAY
 from omniroute.web.responses_state import setup_responses_routes
 
 #: paths under /api/ that are client API (Ollama's), not management API
-OLLAMA_PATHS = frozenset({"/api/chat", "/api/tags", "/api/version", "/v1/api/chat"})
+OLLAMA_PATHS = frozenset({"/api/chat", "/api/tags", "/api/version", "/v1/api/chat",
+                          "/api/embed", "/api/embeddings"})
 
 _GEMINI_ACTIONS = {"generateContent": False, "streamGenerateContent": True}
 
@@ -245,6 +248,7 @@ def setup_client_routes(app: web.Application) -> None:
     for path in ("/api/chat", "/v1/api/chat"):
         r.add_post(path, ollama)
     r.add_get("/api/tags", ollama_tags)
+    setup_embeddings_routes(app)
     r.add_get("/api/version", ollama_version)
     for base in ("/v1beta/models/", "/v1/models/"):
         r.add_post(base + "{tail:.+}", gemini_generate)

@@ -31,6 +31,11 @@ that are a JSON string instead of an object, ``think`` on a model that cannot th
 and, when built with ``api_key``, a missing or wrong Bearer key (401). ``stream``
 defaults to true, as in Ollama.
 
+``POST /api/embed`` (``{"model", "input": str | [str]}``) answers
+``{"model", "embeddings", "total_duration", "load_duration", "prompt_eval_count"}`` with
+deterministic vectors (``fake_vector``: derived from the text's length); it pops the same
+``script``, honouring only ``error()`` behaviours.
+
 Default reply: ``"Hello! You said: <last user text>"``; a call to the first tool when
 ``tools`` is present and the last user text contains "weather". ``requests`` records
 every request; ``closed_streams`` counts chat requests whose client went away before
@@ -166,6 +171,11 @@ def _error(status: int, message: str) -> web.Response:
     return _json(status, {"error": message})
 
 
+def fake_vector(text: str, dimensions: int = 8) -> list[float]:
+    """The fake's embedding of ``text`` (the same as the OpenAI fake's)."""
+    return [(len(text) + k) / 100 for k in range(dimensions)]
+
+
 def _line(obj: dict[str, Any]) -> bytes:
     return orjson.dumps(obj) + b"\n"
 
@@ -198,6 +208,7 @@ class FakeOllama:
         self.app.router.add_post("/api/chat", self._chat)
         self.app.router.add_get("/api/tags", self._tags)
         self.app.router.add_get("/api/version", self._version)
+        self.app.router.add_post("/api/embed", self._embed)
 
     # ---- plumbing -------------------------------------------------------------------
     async def _record(self, request: web.Request) -> Recorded:
@@ -255,6 +266,28 @@ class FakeOllama:
                         "quantization_level": "Q4_K_M"},
         } for m in self.models]
         return _json(200, {"models": models})
+
+    async def _embed(self, request: web.Request) -> web.StreamResponse:
+        rec = await self._record(request)
+        b = self.script.pop(0) if self.script else Behaviour()
+        if b.error is not None:
+            return _json(b.status, {"error": b.error}, b.headers)
+        if (err := self._auth_error(request)) is not None:
+            return err
+        body = rec.json if isinstance(rec.json, dict) else {}
+        if not body.get("model"):
+            return _error(400, "model is required")
+        model = self._resolve(body["model"])
+        if model is None:
+            return _error(404, f"model \"{body['model']}\" not found, try pulling it first")
+        texts = body.get("input")
+        texts = [texts] if isinstance(texts, str) else texts
+        if not isinstance(texts, list) or not all(isinstance(t, str) for t in texts):
+            return _error(400, "invalid input type")
+        dims = body.get("dimensions") or 8
+        return _json(200, {"model": model, "embeddings": [fake_vector(t, dims) for t in texts],
+                           "total_duration": 14_143_917, "load_duration": 1_019_500,
+                           "prompt_eval_count": sum(_tokens(t) for t in texts)})
 
     async def _chat(self, request: web.Request) -> web.StreamResponse:
         rec = await self._record(request)

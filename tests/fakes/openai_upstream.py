@@ -46,7 +46,11 @@ HTTP 500 or 503 in OpenAI's error shape instead of the default reply, drawn from
 ``random.Random(seed)`` so a seeded fake fails the same requests every run
 (``injected_failures`` counts them). E.g. ``FakeOpenAI(latency=0.05, fail_rate=0.1, seed=7)``.
 
-``requests`` records every request (chat and models). ``closed_streams`` counts chat
+``POST /v1/embeddings`` answers in OpenAI's shape with deterministic vectors (see
+``fake_vector``) for any model in ``models`` or ``EMBEDDING_MODELS``; it pops the same
+``script``, honouring only ``error()`` behaviours.
+
+``requests`` records every request (chat, embeddings and models). ``closed_streams`` counts chat
 requests whose client disconnected before the response finished (also while hanging
 before headers); ``stream_closed`` is set each time. Fake-initiated drops don't count.
 """
@@ -67,6 +71,12 @@ from aiohttp import web
 _ALNUM = string.ascii_letters + string.digits
 _FINGERPRINT = "fp_f4ke0pena1"
 _INVALID = "invalid_request_error"
+EMBEDDING_MODELS = ("text-embedding-3-small", "text-embedding-3-large")
+
+
+def fake_vector(text: str, dimensions: int = 8) -> list[float]:
+    """The fakes' embedding of ``text``: derived from its length, so tests can predict it."""
+    return [(len(text) + k) / 100 for k in range(dimensions)]
 
 
 def _err(message: str, type_: str, code: str | None, param: str | None = None) -> dict[str, Any]:
@@ -244,6 +254,7 @@ class FakeOpenAI:
         self.app = web.Application()
         self.app.router.add_post("/v1/chat/completions", self._chat)
         self.app.router.add_get("/v1/models", self._models)
+        self.app.router.add_post("/v1/embeddings", self._embeddings)
 
     # ---- plumbing -------------------------------------------------------------------
     async def _record(self, request: web.Request) -> Recorded:
@@ -296,6 +307,31 @@ class FakeOpenAI:
         data = [{"id": m, "object": "model", "created": 1715367049, "owned_by": "system"}
                 for m in self.models]
         return _json(200, {"object": "list", "data": data})
+
+    async def _embeddings(self, request: web.Request) -> web.StreamResponse:
+        rec = await self._record(request)
+        b = self.script.pop(0) if self.script else Behaviour()
+        if b.error is not None:
+            return _json(b.status, {"error": b.error}, b.headers)
+        if (err := self._auth_error(request)) is not None:
+            return err
+        body = rec.json if isinstance(rec.json, dict) else {}
+        model, texts = body.get("model"), body.get("input")
+        if model not in (*self.models, *EMBEDDING_MODELS):
+            msg = f"The model `{model}` does not exist or you do not have access to it."
+            return _oai_error(404, msg, _INVALID, "model_not_found")
+        texts = [texts] if isinstance(texts, str) else texts
+        if not isinstance(texts, list) or not texts or not all(
+                isinstance(t, str) and t for t in texts):
+            return _oai_error(400, "'$.input' is invalid. Please check the API reference: "
+                              "https://platform.openai.com/docs/api-reference.", _INVALID, None)
+        dims = body.get("dimensions") or 8
+        tokens = sum(_tokens(t) for t in texts)
+        return _json(200, {
+            "object": "list", "model": model,
+            "data": [{"object": "embedding", "index": i, "embedding": fake_vector(t, dims)}
+                     for i, t in enumerate(texts)],
+            "usage": {"prompt_tokens": tokens, "total_tokens": tokens}})
 
     async def _chat(self, request: web.Request) -> web.StreamResponse:
         rec = await self._record(request)
