@@ -268,3 +268,31 @@ async def test_one_client_session_and_pooled_connections(gw):
     assert len(peers) == 6
     assert len(set(peers)) == 1  # one TCP connection, reused for every request
     assert not session.closed
+
+
+async def test_a_client_that_stops_reading_releases_its_account(gw):
+    """Its unread backlog fills up; the write then waits at most idle_timeout."""
+    from fakes.openai_upstream import reply
+
+    await gw.set_settings(idle_timeout=0.5)
+    gw.fake.script.append(reply(text="x" * 8_000_000, chunks=400))  # ~8 MB, 20 KB a chunk
+    reader, writer = await asyncio.open_connection("127.0.0.1", gw.client.port)
+    body = b'{"model": "up/gpt-4o-mini", "stream": true, "messages": [{"role": "user", "content": "hi"}]}'
+    writer.write(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                 b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+    await writer.drain()
+    await reader.readexactly(1024)  # the stream started; now the client stops reading
+    try:
+        async with asyncio.timeout(10):
+            while True:
+                await gw.gateway.log.flush()
+                rows = await log_records(gw)
+                if rows and rows[0]["error"] == "client stopped reading":
+                    break
+                await asyncio.sleep(0.2)
+        assert rows[0]["status"] == 499
+        state = await (await gw.client.get("/api/rate-limits", headers=gw.admin_headers)).json()
+        (conn,) = state["connections"]
+        assert conn["in_flight"] == 0 and conn["failures"] == 0  # released, not charged
+    finally:
+        writer.close()
