@@ -12,9 +12,9 @@ from omniroute.errors import (
     UpstreamStatusError,
     UpstreamTimeout,
 )
-from omniroute.hookspecs import hookimpl
 from omniroute.formats import canonical
 from omniroute.formats.base import ClientRequest, Format
+from omniroute.hookspecs import hookimpl
 from omniroute.providers.base import (
     Preset,
     Provider,
@@ -23,8 +23,8 @@ from omniroute.providers.base import (
     UpstreamCall,
     UpstreamResponse,
 )
-from omniroute.storage.store import Connection
 from omniroute.providers.http import HTTPProvider
+from omniroute.storage.store import Connection
 from omniroute.version import __version__
 
 __all__ = [

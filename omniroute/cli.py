@@ -13,7 +13,6 @@ import json
 import logging
 import multiprocessing
 import os
-import signal
 import sys
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine

@@ -26,7 +26,8 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import aclosing, suppress
 from dataclasses import dataclass
-from typing import Any
+from functools import partial
+from typing import Any, TypeVar
 
 from aiohttp import web
 
@@ -43,13 +44,14 @@ from omniroute.formats import canonical as c
 from omniroute.formats.base import ClientRequest, Format
 from omniroute.gateway import Gateway
 from omniroute.providers.base import UpstreamCall, UpstreamResponse
-from omniroute.resilience import Attempt, session_id
+from omniroute.resilience import Attempt, Plan, session_id
 from omniroute.routing import Route, Target
 from omniroute.storage import RequestRecord
 from omniroute.web.body import read_object
 from omniroute.web.keys import GATEWAY, PRINCIPAL, STREAM_STARTED
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 #: the body field a client may name its session with (removed before going upstream)
 SESSION_FIELD = "x_session_id"
@@ -201,14 +203,7 @@ async def call_upstream(
     that are the client's own mistake go straight back; the others move on,
     and when every target failed the client gets a 503 naming each one and why.
     """
-    resilience = gateway.resilience
-    if not route.targets:
-        raise ServiceUnavailable(f"Model {route.requested!r} has no usable target.")
-    strategy = route.strategy or gateway.settings.account_strategy
-    plan = resilience.plan(route.targets, strategy=strategy, session_id=session)
-    if not plan.targets:
-        await resilience.wait_for_available(route.targets)  # bounded; else 429 / 503
-        plan = resilience.plan(route.targets, strategy=strategy, session_id=session)
+    plan = await plan_targets(gateway, route, session)
     failures: list[tuple[Target, GatewayError]] = []
     canonical: c.Request | None = None  # decoded once, on the first translated target
     for target in plan.targets:
@@ -228,49 +223,94 @@ async def call_upstream(
             body = provider_format.encode_request(request, target.connection.settings)
         call = UpstreamCall(body, target.model, client.stream, record.request_id,
                             client_headers=client.headers)
-        refreshed = False
-        while True:  # at most twice: once more after a credential refresh
-            record.attempts += 1
-            record.provider, record.connection_id, record.model = (
-                target.prefix, target.connection.id, target.model)
-            attempt = resilience.attempt(target, session_id=session, refreshed=refreshed)
+        tried = await try_target(gateway, target, record, session, failures,
+                                 partial(target.provider.chat, call))
+        if tried is None:
+            log.warning("%s failed for %s: %s", target.label, record.request_id,
+                        failures[-1][1])
+            continue
+        upstream, attempt = tried
+        attempt.first_byte()
+        answer = Answer(target, upstream, provider_format, request or canonical, attempt)
+        if client.stream:
+            return answer  # a stream keeps its slot until it ends (see finish)
+        if request is not None:  # translated: a broken body is this target's failure
             try:
-                await attempt.__aenter__()  # a slot of the account's limits; the breaker
-            except (ConnectionBusy, CircuitOpen) as err:  # not tried: full, or resting
-                record.attempts -= 1
-                failures.append((target, err))
-                break
-            try:
-                upstream = await target.provider.chat(call)
-            except BaseException as exc:
-                await attempt.__aexit__(type(exc), exc, exc.__traceback__)  # charges the account
-                if not isinstance(exc, (UpstreamError, UpstreamStatusError)):
-                    raise
-                decision = attempt.decision
-                if decision is not None and decision.refresh and not refreshed:
-                    refreshed = await target.provider.refresh_credentials()
-                    if refreshed:
-                        continue
-                if decision is not None and not decision.move_on:
-                    raise  # the client's own mistake: retrying elsewhere would hide it
+                assert upstream.body is not None
+                answer.decoded = provider_format.decode_response(upstream.body)
+            except UpstreamError as exc:
+                await finish(answer, exc)
                 failures.append((target, exc))
-                break
-            attempt.first_byte()
-            answer = Answer(target, upstream, provider_format, request or canonical, attempt)
-            if client.stream:
-                return answer  # a stream keeps its slot until it ends (see finish)
-            if request is not None:  # translated: a broken body is this target's failure
-                try:
-                    assert upstream.body is not None
-                    answer.decoded = provider_format.decode_response(upstream.body)
-                except UpstreamError as exc:
-                    await finish(answer, exc)
-                    failures.append((target, exc))
-                    break
-            await finish(answer)  # a JSON answer is complete: release the slot now
-            return answer
-        log.warning("%s failed for %s: %s", target.label, record.request_id, failures[-1][1])
+                log.warning("%s failed for %s: %s", target.label, record.request_id, exc)
+                continue
+        await finish(answer)  # a JSON answer is complete: release the slot now
+        return answer
     raise all_failed(route, failures, plan.skipped)
+
+
+async def plan_targets(gateway: Gateway, route: Route, session: str | None) -> Plan:
+    """The targets to try, in order; when every one rests, wait (bounded) for the soonest."""
+    resilience = gateway.resilience
+    if not route.targets:
+        raise ServiceUnavailable(f"Model {route.requested!r} has no usable target.")
+    strategy = route.strategy or gateway.settings.account_strategy
+    plan = resilience.plan(route.targets, strategy=strategy, session_id=session)
+    if not plan.targets:
+        await resilience.wait_for_available(route.targets)  # bounded; else 429 / 503
+        plan = resilience.plan(route.targets, strategy=strategy, session_id=session)
+    return plan
+
+
+async def try_target(
+    gateway: Gateway,
+    target: Target,
+    record: RequestRecord,
+    session: str | None,
+    failures: list[tuple[Target, GatewayError]],
+    send: Callable[[], Awaitable[T]],
+    *,
+    skip: tuple[type[GatewayError], ...] = (),
+) -> tuple[T, Attempt] | None:
+    """One target: take a slot of its account, ``send()``, judge a failure.
+
+    Returns the result with the attempt still open (the caller ends it with
+    :func:`finish` or ``__aexit__``), or None after adding why to ``failures``
+    (busy, resting, an upstream failure worth moving on from, or a ``skip``
+    error: the target cannot do this at all, and is not charged). The client's
+    own mistakes are raised. A 401/403 gets one retry after a credential refresh
+    where the provider supports it.
+    """
+    refreshed = False
+    while True:  # at most twice: once more after a credential refresh
+        record.attempts += 1
+        record.provider, record.connection_id, record.model = (
+            target.prefix, target.connection.id, target.model)
+        attempt = gateway.resilience.attempt(target, session_id=session, refreshed=refreshed)
+        try:
+            await attempt.__aenter__()  # a slot of the account's limits; the breaker
+        except (ConnectionBusy, CircuitOpen) as err:  # not tried: full, or resting
+            record.attempts -= 1
+            failures.append((target, err))
+            return None
+        try:
+            return await send(), attempt
+        except BaseException as exc:
+            await attempt.__aexit__(type(exc), exc, exc.__traceback__)  # charges the account
+            if isinstance(exc, skip):
+                record.attempts -= 1
+                failures.append((target, exc))
+                return None
+            if not isinstance(exc, (UpstreamError, UpstreamStatusError)):
+                raise
+            decision = attempt.decision
+            if decision is not None and decision.refresh and not refreshed:
+                refreshed = await target.provider.refresh_credentials()
+                if refreshed:
+                    continue
+            if decision is not None and not decision.move_on:
+                raise  # the client's own mistake: retrying elsewhere would hide it
+            failures.append((target, exc))
+            return None
 
 
 def all_failed(

@@ -122,7 +122,7 @@ class HTTPProvider(Provider):
         headers: Mapping[str, str],
         message: str | None,
         *,
-        type: str | None = None,  # noqa: A002 - mirrors UpstreamStatusError
+        type: str | None = None,
         code: str | None = None,
         param: str | None = None,
         hints: Mapping[str, str] | None = None,
@@ -181,7 +181,7 @@ class HTTPProvider(Provider):
                 body = await resp.read()
                 if resp.status >= 400:
                     raise self.error_from(resp.status, body, resp.headers)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise UpstreamTimeout(f"upstream did not answer within {timeouts.total:g}s") from None
         except aiohttp.ClientError as exc:
             raise UpstreamError(f"upstream unreachable: {_describe(exc)}") from None
@@ -205,7 +205,7 @@ class HTTPProvider(Provider):
                 if resp.status >= 400:
                     raise self.error_from(resp.status, body, resp.headers)
                 kept = _kept_headers(resp.headers)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise UpstreamTimeout(
                 f"upstream did not answer: nothing for {timeouts.first_byte:g}s, "
                 f"or over {timeouts.total:g}s in total") from None
@@ -247,7 +247,7 @@ class HTTPProvider(Provider):
                     head.append(frame)
                     if not framing.well_formed(frame) or not self.skips_frame(frame):
                         break
-        except asyncio.TimeoutError:
+        except TimeoutError:
             await _abandon(resp, frames)
             raise UpstreamTimeout(
                 f"upstream sent no event within {timeouts.first_byte:g}s") from None
@@ -332,7 +332,7 @@ async def _read_frames(
         tail = splitter.tail()
         if tail:
             yield tail
-    except asyncio.TimeoutError:
+    except TimeoutError:
         raise UpstreamTimeout(f"upstream stream stalled: no data for {timeouts.idle:g}s") from None
     except aiohttp.ClientError as exc:
         raise UpstreamError(f"upstream stream broke: {_describe(exc)}") from None

@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from aiohttp import web
@@ -201,7 +201,7 @@ async def gemini_models(request: web.Request) -> web.Response:
 async def ollama_tags(request: web.Request) -> web.Response:
     """``GET /api/tags``: Ollama's list of local models."""
     gateway = request.app[GATEWAY]
-    modified = datetime.fromtimestamp(gateway.started_at, timezone.utc).isoformat()
+    modified = datetime.fromtimestamp(gateway.started_at, UTC).isoformat()
     return web.json_response({"models": [
         {"name": m, "model": m, "modified_at": modified, "size": 0, "digest": "",
          "details": {"format": "", "family": owner, "families": [owner],

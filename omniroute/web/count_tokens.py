@@ -14,7 +14,6 @@ Anthropic format. ``X-OmniRoute-Token-Count`` says which (``upstream`` or
 from __future__ import annotations
 
 import asyncio
-
 import logging
 from typing import Any
 

@@ -22,23 +22,19 @@ import struct
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 from aiohttp import web
 
 from omniroute.errors import (
-    CircuitOpen,
-    ConnectionBusy,
     EmbeddingsNotSupported,
     GatewayError,
     InvalidRequest,
-    ServiceUnavailable,
-    UpstreamError,
-    UpstreamStatusError,
 )
 from omniroute.gateway import Gateway
 from omniroute.providers.base import Embeddings
-from omniroute.proxy import all_failed
+from omniroute.proxy import all_failed, plan_targets, try_target
 from omniroute.routing import Route, Target
 from omniroute.storage import RequestRecord
 from omniroute.tokens import estimate_text
@@ -197,51 +193,20 @@ async def embed(
     gateway: Gateway, route: Route, ask: EmbedRequest, record: RequestRecord
 ) -> tuple[Target, Embeddings]:
     """Try the route's targets in the strategy's order until one embeds (as chat does)."""
-    resilience = gateway.resilience
-    if not route.targets:
-        raise ServiceUnavailable(f"Model {route.requested!r} has no usable target.")
-    strategy = route.strategy or gateway.settings.account_strategy
-    plan = resilience.plan(route.targets, strategy=strategy)
-    if not plan.targets:
-        await resilience.wait_for_available(route.targets)  # bounded; else 429 / 503
-        plan = resilience.plan(route.targets, strategy=strategy)
+    plan = await plan_targets(gateway, route, None)
     failures: list[tuple[Target, GatewayError]] = []
     for target in plan.targets:
-        refreshed = False
-        while True:  # at most twice: once more after a credential refresh
-            record.attempts += 1
-            record.provider, record.connection_id, record.model = (
-                target.prefix, target.connection.id, target.model)
-            attempt = resilience.attempt(target, refreshed=refreshed)
-            try:
-                await attempt.__aenter__()
-            except (ConnectionBusy, CircuitOpen) as err:  # not tried: full, or resting
-                record.attempts -= 1
-                failures.append((target, err))
-                break
-            try:
-                result = await target.provider.embed(target.model, ask.inputs, ask.options)
-            except BaseException as exc:
-                # neither success nor the account's failure unless it is an upstream error
-                await attempt.__aexit__(type(exc), exc, exc.__traceback__)
-                if isinstance(exc, EmbeddingsNotSupported):  # skipped, with its reason
-                    record.attempts -= 1
-                    failures.append((target, exc))
-                    break
-                if not isinstance(exc, (UpstreamError, UpstreamStatusError)):
-                    raise
-                decision = attempt.decision
-                if decision is not None and decision.refresh and not refreshed:
-                    refreshed = await target.provider.refresh_credentials()
-                    if refreshed:
-                        continue
-                if decision is not None and not decision.move_on:
-                    raise  # the client's own mistake: retrying elsewhere would hide it
-                failures.append((target, exc))
-                break
-            await attempt.__aexit__(None, None, None)
-            return target, result
-        log.warning("%s failed for %s: %s", target.label, record.request_id, failures[-1][1])
+        tried = await try_target(
+            gateway, target, record, None, failures,
+            partial(target.provider.embed, target.model, ask.inputs, ask.options),
+            skip=(EmbeddingsNotSupported,))  # a type without embeddings: skipped, not charged
+        if tried is None:
+            log.warning("%s failed for %s: %s", target.label, record.request_id,
+                        failures[-1][1])
+            continue
+        result, attempt = tried
+        await attempt.__aexit__(None, None, None)
+        return target, result
     raise all_failed(route, failures, plan.skipped)
 
 

@@ -45,6 +45,7 @@ from omniroute.web.keys import GATEWAY, PRINCIPAL
 log = logging.getLogger(__name__)
 
 _FINAL_EVENTS = ("response.completed", "response.incomplete")
+_FINAL_MARKERS = tuple(e.encode() for e in _FINAL_EVENTS)  # cheap byte test per frame
 _STORED_STATUSES = ("completed", "incomplete")
 
 
@@ -92,7 +93,7 @@ class ResponsesState(Extension):
             await self._save(json_object(body))
 
     async def frame(self, frame: bytes) -> None:
-        if not self.store or self.saved or not any(e.encode() in frame for e in _FINAL_EVENTS):
+        if not self.store or self.saved or not any(m in frame for m in _FINAL_MARKERS):
             return
         event = frame_json(frame)
         if event is not None and event.get("type") in _FINAL_EVENTS:
