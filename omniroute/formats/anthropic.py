@@ -15,10 +15,15 @@ from typing import Any
 import orjson
 
 from omniroute.errors import GatewayError
-from omniroute.formats import anthropic_answer, anthropic_request, anthropic_stream
+from omniroute.formats import (
+    anthropic_answer,
+    anthropic_encode,
+    anthropic_request,
+    anthropic_stream,
+)
 from omniroute.formats import canonical as c
 from omniroute.formats.anthropic_answer import NAME
-from omniroute.formats.anthropic_request import DEFAULT_MAX_TOKENS
+from omniroute.formats.anthropic_encode import DEFAULT_MAX_TOKENS
 from omniroute.formats.base import ClientRequest, Format
 from omniroute.hookspecs import hookimpl
 from omniroute.sse import event_data
@@ -68,7 +73,7 @@ class AnthropicFormat(Format):
     def encode_request(
         self, request: c.Request, client: Mapping[str, Any] | None = None
     ) -> dict[str, Any]:
-        return anthropic_request.encode_request(request, client)
+        return anthropic_encode.encode_request(request, client)
 
     def decode_response(self, body: bytes) -> c.Response:
         return anthropic_answer.decode_response(body)
@@ -80,8 +85,8 @@ class AnthropicFormat(Format):
 
     def with_model(self, body: dict[str, Any], model: str) -> dict[str, Any]:
         """The body with the model, minus another provider's reasoning (see
-        :func:`~omniroute.formats.anthropic_request.without_foreign_reasoning`)."""
-        return anthropic_request.without_foreign_reasoning(super().with_model(body, model))
+        :func:`~omniroute.formats.anthropic_encode.without_foreign_reasoning`)."""
+        return anthropic_encode.without_foreign_reasoning(super().with_model(body, model))
 
     def usage_from_body(self, body: bytes) -> c.Usage:
         try:
