@@ -163,3 +163,14 @@ class Refresher:
             return False
         log.info("credentials of %s %s", conn.name, "renewed" if ok else "not renewed")
         return ok
+
+    async def close(self, grace: float = 5.0) -> None:
+        """Shutting down: let renewals under way finish for up to ``grace`` seconds (a
+        rotated refresh token must be kept), then cancel the rest."""
+        flights = list(self._flights.values())
+        if not flights:
+            return
+        _, late = await asyncio.wait(flights, timeout=grace)
+        for flight in late:
+            flight.cancel()
+        await asyncio.gather(*late, return_exceptions=True)

@@ -101,6 +101,7 @@ class Gateway:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.log.close()
+        await self.refresher.close()
         for provider in self.providers.values():
             await provider.close()
         await self.http.close()

@@ -189,6 +189,22 @@ async def test_a_hanging_renewal_is_bounded(context: ProviderContext) -> None:
     assert provider.calls == 1 and provider.connection.credentials["access_token"] == ACCESS
 
 
+async def test_closing_lets_a_renewal_finish_then_cancels_a_hung_one(
+    context: ProviderContext,
+) -> None:
+    quick, hung = CountingOAuth(connection("c1"), context), CountingOAuth(connection("c2"), context)
+    quick.gate, hung.gate = asyncio.Event(), asyncio.Event()
+    refresher = Refresher(context.credentials)
+    waiting = [asyncio.create_task(refresher.refresh(p)) for p in (quick, hung)]
+    await settle()
+    asyncio.get_running_loop().call_later(0.01, quick.gate.set)
+    await asyncio.wait_for(refresher.close(grace=0.2), 2)
+    assert await waiting[0] is True  # finished within the grace: its tokens are kept
+    assert quick.connection.credentials["refresh_token"] == "rt-renewed-0001"
+    with pytest.raises(asyncio.CancelledError):
+        await waiting[1]
+
+
 async def test_a_provider_bug_fails_the_renewal_not_the_callers(
     context: ProviderContext, caplog: pytest.LogCaptureFixture,
 ) -> None:

@@ -25,13 +25,14 @@ view and, in its own background task, pushes local changes and applies remote
 ones to the records *in place* (a record object handed out is never replaced:
 the modules hold on to it). To make that prompt for the changes other
 instances must not miss, the modules call :meth:`StateStore.changed` on every
-**transition**: a cooldown or terminal state set, a breaker opened or closed or
-a half-open trial taken, a success that clears a failure streak, an operator
-reset, a connection forgotten. The default leaves it a no-op. Per-request
-counters (statistics, limit slots and starts, a session's last use) are not
-announced, so a plain success on a healthy connection makes no call at all; a
-sharing store pushes those on its own schedule (it owns the records, so it can
-read them when it syncs). Limits shared this way are approximate by that lag;
+**transition**: a failure charged to a connection (its streak, cooldown or
+terminal state), a success that ends a streak or a cooldown, a breaker's
+failure, opening or closing, a half-open trial slot taken or given back, an
+operator reset, a connection forgotten. The default leaves it a no-op.
+Per-request counters (statistics, limit slots and starts) and sessions (their
+bindings and last use) are not announced, so a plain success on a healthy
+connection makes no call at all; a sharing store pushes those on its own
+schedule (it owns the tables, so it can read them when it syncs). Limits shared this way are approximate by that lag;
 an exact global limit needs an atomic take, which a sharing store would add on
 top of this view.
 """
