@@ -35,7 +35,7 @@ def make_app(config: Config, plugins: Plugins | None = None) -> web.Application:
 
     async def gateway_ctx(app: web.Application) -> AsyncIterator[None]:
         await gateway.start()
-        pipeline.open(gateway.log, default_stages(gateway.db))
+        pipeline.open(gateway.log, default_stages(gateway.db), gateway.refresher)
         yield
         await gateway.close()
 

@@ -21,6 +21,7 @@ import aiohttp
 from omniroute.auth.apikey import KeyIndex
 from omniroute.auth.base import AuthScheme
 from omniroute.config import Config, ConfigError, Settings
+from omniroute.credentials import Refresher, StoredCredentials
 from omniroute.errors import GatewayError
 from omniroute.formats.base import Format
 from omniroute.plugins import Plugins
@@ -76,7 +77,11 @@ class Gateway:
                                          ttl_dns_cache=300)
         self.http = aiohttp.ClientSession(connector=connector, auto_decompress=True,
                                           skip_auto_headers=("User-Agent",))
-        self.context = ProviderContext(self.http, self.timeouts, f"omniroute/{__version__}")
+        self.credentials = StoredCredentials(self.store)
+        self.context = ProviderContext(self.http, self.timeouts, f"omniroute/{__version__}",
+                                       credentials=self.credentials)
+        #: the data path's one call after a 401/403: ``await refresher.refresh(provider)``
+        self.refresher = Refresher(self.credentials)
         try:
             self.auth_schemes = {name: cls(self) for name, cls in self.plugins.auth_schemes.items()}
             await self.reload(strict=True)
@@ -95,6 +100,7 @@ class Gateway:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.log.close()
+        await self.refresher.close()
         for provider in self.providers.values():
             await provider.close()
         await self.http.close()

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
+from omniroute.credentials import Refresher
 from omniroute.errors import (
     CircuitOpen,
     ConnectionBusy,
@@ -52,6 +53,7 @@ async def try_target(
     session: str | None,
     failures: Failures,
     send: Callable[[], Awaitable[T]],
+    refresher: Refresher,
 ) -> tuple[T, Attempt] | None:
     """One target: take a slot of its account, ``send()``, judge a failure.
 
@@ -59,7 +61,7 @@ async def try_target(
     None after adding why to ``failures`` (busy, resting, or an upstream
     failure worth moving on from). The client's own mistakes are raised. A
     401/403 gets one retry after a credential refresh where the provider
-    supports it.
+    supports it (``refresher``: one renewal per connection at a time).
     """
     refreshed = False
     while True:  # at most twice: once more after a credential refresh
@@ -81,7 +83,7 @@ async def try_target(
                 raise
             decision = attempt.decision
             if decision is not None and decision.refresh and not refreshed:
-                refreshed = await target.provider.refresh_credentials()
+                refreshed = await refresher.refresh(target.provider)
                 if refreshed:
                     continue
             if decision is not None and not decision.move_on:

@@ -31,6 +31,7 @@ from aiohttp import web
 from omniroute.appkeys import PRINCIPAL, STREAM_STARTED
 from omniroute.bodies import read_object
 from omniroute.config import Settings
+from omniroute.credentials import Refresher
 from omniroute.errors import GatewayError, InvalidRequest
 from omniroute.pipeline.attempts import Failures, all_failed, plan_targets, try_target
 from omniroute.pipeline.context import Reply, RequestContext
@@ -69,11 +70,13 @@ class Pipeline:
         self.new_request_id = new_request_id
         self.stages: list[Stage] = []
         self.request_log: RequestLog | None = None
+        self.refresher: Refresher | None = None
 
-    def open(self, request_log: RequestLog, stages: list[Stage]) -> None:
+    def open(self, request_log: RequestLog, stages: list[Stage], refresher: Refresher) -> None:
         """Connect what exists only once the gateway has started (its database)."""
         self.request_log = request_log
         self.stages = stages
+        self.refresher = refresher
 
     async def serve(
         self,
@@ -189,8 +192,9 @@ class Pipeline:
                     continue
                 reply.target = target
                 return reply
+            assert self.refresher is not None
             tried = await try_target(resilience, target, record, ctx.session, failures,
-                                     partial(operation.call, ctx, target))
+                                     partial(operation.call, ctx, target), self.refresher)
             if tried is None:
                 log.warning("%s failed for %s: %s", target.label, record.request_id,
                             failures[-1][1])

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import aiohttp
 
+from omniroute.credentials import CredentialStore, MemoryCredentials
 from omniroute.errors import EmbeddingsNotSupported, TargetUnsupported, UpstreamError
 
 if TYPE_CHECKING:
@@ -66,6 +67,8 @@ class ProviderContext:
     http: aiohttp.ClientSession
     timeouts: Timeouts
     user_agent: str = "omniroute"
+    #: where renewed credentials are kept (:meth:`Provider.save_credentials`)
+    credentials: CredentialStore = field(default_factory=MemoryCredentials)
 
 
 @dataclass(slots=True)
@@ -201,8 +204,28 @@ class Provider:
         raise TargetUnsupported(f"Provider type {self.type!r} does not count tokens.")
 
     async def refresh_credentials(self) -> bool:
-        """Renew expired credentials (OAuth); True when the call is worth retrying."""
+        """Renew expired credentials (OAuth); True when the call is worth retrying.
+
+        The gateway calls it through :class:`omniroute.credentials.Refresher`, one
+        call per connection at a time, after a 401/403 of an ``auth_kind = "oauth"``
+        type. An implementation gets new tokens from its upstream, hands the complete
+        new set to :meth:`save_credentials`, rebuilds whatever it derived from the old
+        ones (headers) and returns True; it returns False or raises a ``GatewayError``
+        when the renewal was refused.
+        """
         return False
+
+    async def save_credentials(self, credentials: Mapping[str, Any]) -> None:
+        """Use ``credentials`` (the complete set, replacing the old) from now on, and keep
+        them: encrypted in the gateway's database, so they survive a restart.
+
+        :raises LookupError: the connection was deleted meanwhile.
+        """
+        new = dict(credentials)
+        # this instance uses them even if keeping them fails: a refresh token the
+        # upstream just rotated would otherwise be lost with the old one spent
+        self.connection.credentials = new
+        await self.context.credentials.save(self.connection.id, new)
 
     async def list_models(self) -> list[str]:
         """The model names this connection offers (without prefix)."""

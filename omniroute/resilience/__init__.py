@@ -10,6 +10,7 @@ for the API and a usage sketch). The parts, each usable alone:
 * :mod:`.limits` — per-connection concurrency and requests-per-minute, queued;
 * :mod:`.sessions` — sticky sessions;
 * :mod:`.stats` — per-connection statistics;
+* :mod:`.state` — where the state lives (:class:`StateStore`; in memory by default);
 * :mod:`.pricing` — model prices for ``cost-optimized``;
 * :mod:`.clock` — injectable time.
 """
@@ -19,20 +20,27 @@ from omniroute.resilience.clock import Clock, ManualClock, SystemClock
 from omniroute.resilience.core import Attempt, Decision, Plan, Resilience
 from omniroute.resilience.pricing import Price, Pricing
 from omniroute.resilience.sessions import SessionStore, fingerprint, session_id
+from omniroute.resilience.state import BreakerState, LimitState, MemoryState, StateStore
+from omniroute.resilience.stats import ConnectionStats
 from omniroute.resilience.strategies import STRATEGIES
 
 __all__ = [
     "STRATEGIES",
     "Attempt",
+    "BreakerState",
     "Classification",
     "Clock",
+    "ConnectionStats",
     "Decision",
+    "LimitState",
     "ManualClock",
+    "MemoryState",
     "Plan",
     "Price",
     "Pricing",
     "Resilience",
     "SessionStore",
+    "StateStore",
     "SystemClock",
     "classify",
     "classify_status",

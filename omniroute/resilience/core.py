@@ -1,7 +1,9 @@
 """The resilience facade: which targets to try, and what a failure costs.
 
-One :class:`Resilience` per gateway (it holds in-memory state: statistics,
-cooldowns, breakers, limits, sessions). The proxy uses it like this::
+One :class:`Resilience` per gateway. Its state (statistics, cooldowns,
+breakers, limit counters, sessions) lives in a
+:class:`~omniroute.resilience.state.StateStore`: this process's memory by
+default, shared between instances by another store. The proxy uses it like this::
 
     plan = resilience.plan(route.targets, strategy=combo_strategy, session_id=sid)
     if not plan.targets:
@@ -79,6 +81,7 @@ from omniroute.resilience.cooldown import Backoff
 from omniroute.resilience.limits import Limiter, Slot
 from omniroute.resilience.pricing import Price, Pricing
 from omniroute.resilience.sessions import SessionStore
+from omniroute.resilience.state import BreakerState, LimitState, MemoryState, StateStore
 from omniroute.resilience.stats import ConnectionStats
 from omniroute.resilience.strategies import DEFAULT, STRATEGIES, Context, Rotation, normalize
 from omniroute.routing import Target
@@ -165,13 +168,16 @@ class Attempt:
             wait = breaker.retry_in(now)
             raise CircuitOpen(f"Provider {breaker.key!r} is resting after repeated failures; "
                               f"retry in {wait:.0f}s.", key=breaker.key, retry_after=wait)
+        if ticket.trial:  # a half-open trial slot is taken: other instances must count it
+            r.state.changed("breakers", breaker.key)
         limiter = r._limiter(target)
         if limiter is not None:
             slot = limiter.acquire()
             try:
                 await slot.__aenter__()
             except BaseException:
-                breaker.abandon(ticket)
+                if breaker.abandon(ticket):
+                    r.state.changed("breakers", breaker.key)
                 raise
             self._slot = slot
         self._ticket = ticket
@@ -195,7 +201,9 @@ class Attempt:
             if self._slot is not None:
                 self._slot.release()
             if not self._breaker_verdict:
-                r._breaker(self.target).abandon(self._ticket)
+                breaker = r._breaker(self.target)
+                if breaker.abandon(self._ticket):
+                    r.state.changed("breakers", breaker.key)
 
     def first_byte(self) -> None:
         """The first byte (or event) arrived: record the time to first token."""
@@ -232,9 +240,12 @@ class Resilience:
         clock: Clock | None = None,
         rng: random.Random | None = None,
         pricing: Pricing | Mapping[str, Any] | None = None,
+        state: StateStore | None = None,
     ) -> None:
         """
         :param settings: the runtime settings (defaults when omitted).
+        :param state: where the state lives (default: this process's memory,
+            :class:`~omniroute.resilience.state.MemoryState`).
         :param clock: time source (a ``ManualClock`` in tests).
         :param rng: randomness for the random strategies (seed it for repeatable choices).
         :param pricing: a :class:`Pricing`, or price overrides on top of the built-in table.
@@ -243,11 +254,15 @@ class Resilience:
         self.rng = rng or random.Random()
         self.pricing = pricing if isinstance(pricing, Pricing) else Pricing(pricing)
         self.settings = settings or Settings()
+        self.state: StateStore = state if state is not None else MemoryState()
         self.rotation = Rotation()
         self.sessions = SessionStore(ttl=self.settings.session_ttl,
-                                     max_size=self.settings.session_max, clock=self.clock)
-        self._stats_by_id: dict[str, ConnectionStats] = {}
+                                     max_size=self.settings.session_max, clock=self.clock,
+                                     items=self.state.sessions)
+        # the store's own table, read directly: no call between a request and its numbers
+        self._stats_by_id = self.state.connections
         self._connections: dict[str, Connection] = {}
+        # the policies over the store's records (limits, breakers) are this process's own
         self._limiters: dict[str, Limiter] = {}
         self._breakers: dict[str, Breaker] = {}
         self._breaker_kinds: dict[str, str] = {}
@@ -292,7 +307,11 @@ class Resilience:
         if breaker is None:
             kind = auth_kind(target.provider)
             self._breaker_kinds[key] = kind
-            breaker = self._breakers[key] = Breaker(key, self._breaker_policy(kind))
+            records = self.state.breakers
+            data = records.get(key)
+            if data is None:
+                data = records[key] = BreakerState()
+            breaker = self._breakers[key] = Breaker(key, self._breaker_policy(kind), data)
         return breaker
 
     def _limiter(self, target: Target) -> Limiter | None:
@@ -306,9 +325,14 @@ class Resilience:
         if limiter is None:
             if concurrency is None and rpm is None:
                 return None
+            records = self.state.limits
+            data = records.get(conn.id)
+            if data is None:
+                data = records[conn.id] = LimitState()
             limiter = self._limiters[conn.id] = Limiter(
                 conn.id, clock=self.clock, max_concurrency=concurrency, rpm=rpm,
-                queue_size=self.settings.queue_size, queue_timeout=self.settings.queue_timeout)
+                queue_size=self.settings.queue_size, queue_timeout=self.settings.queue_timeout,
+                data=data)
         elif (limiter.max_concurrency, limiter.rpm) != (concurrency, rpm):
             limiter.configure(max_concurrency=concurrency, rpm=rpm,
                               queue_size=self.settings.queue_size,
@@ -389,8 +413,14 @@ class Resilience:
         self, target: Target, *, ttft: float | None = None, session_id: str | None = None
     ) -> None:
         """A success: clears the failure streak and any cooldown, closes the breaker."""
-        self._stats(target).succeeded(ttft)
-        self._breaker(target).success()
+        stats = self._stats(target)
+        streak = stats.consecutive_failures or stats.cooling_until is not None
+        stats.succeeded(ttft)
+        if streak:  # only transitions are announced: a healthy connection's success is silent
+            self.state.changed("connections", stats.connection_id)
+        breaker = self._breaker(target)
+        if breaker.success():
+            self.state.changed("breakers", breaker.key)
         if session_id is not None:
             self.sessions.bind(session_id, target.connection.id)
 
@@ -420,8 +450,10 @@ class Resilience:
             cooldown = (verdict.retry_after if verdict.retry_after is not None
                         else self.backoff.delay(stats.consecutive_failures))
             stats.cool(now + cooldown)
+        self.state.changed("connections", stats.connection_id)
         if verdict.breaker:
             breaker.failure(now)
+            self.state.changed("breakers", breaker.key)
         return Decision(True, verdict, cooldown=cooldown, terminal_reason=stats.terminal_reason
                         if verdict.penalty == "terminal" else None)
 
@@ -470,23 +502,35 @@ class Resilience:
     def reset(self, connection_id: str | None = None) -> None:
         """Clear cooldowns, terminal states and breakers: all, or one connection's
         (and the breaker of its provider)."""
+        changed = self.state.changed
         if connection_id is None:
             for stats in self._stats_by_id.values():
                 stats.reset()
+                changed("connections", stats.connection_id)
             for breaker in self._breakers.values():
                 breaker.reset()
+                changed("breakers", breaker.key)
             return
         one = self._stats_by_id.get(connection_id)
         if one is not None:
             one.reset()
+            changed("connections", connection_id)
         conn = self._connections.get(connection_id)
         if conn is not None and conn.prefix in self._breakers:
             self._breakers[conn.prefix].reset()
+            changed("breakers", conn.prefix)
 
     def retain(self, connection_ids: Iterable[str]) -> None:
         """Forget the state of connections that no longer exist (call after a reload)."""
         keep = set(connection_ids)
-        for table in (self._stats_by_id, self._connections, self._limiters):
+        for cid in [c for c in self._stats_by_id if c not in keep]:
+            del self._stats_by_id[cid]
+            self.state.changed("connections", cid)
+        limits = self.state.limits
+        for cid in [c for c in limits if c not in keep]:
+            del limits[cid]
+            self.state.changed("limits", cid)
+        for table in (self._connections, self._limiters):
             for cid in [c for c in table if c not in keep]:
                 del table[cid]
         self.sessions.retain(keep)

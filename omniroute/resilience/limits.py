@@ -13,7 +13,9 @@
 A slot is taken synchronously, with no ``await`` between the check and the
 grant, and the context manager gives it back on any exit; a waiter that is
 cancelled never held one and hands its turn to the next waiter. So neither
-exceptions nor cancellations leak slots.
+exceptions nor cancellations leak slots. The counters (slots in use, recent
+starts) are a :class:`~omniroute.resilience.state.LimitState` record kept in
+the resilience state store; the queue of waiters is this process's own.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from typing import Any, Self
 
 from omniroute.errors import ConnectionBusy
 from omniroute.resilience.clock import Clock
+from omniroute.resilience.state import LimitState
 
 WINDOW = 60.0
 #: the retry hint when only concurrency is full (no way to know when a slot frees)
@@ -43,15 +46,19 @@ class Limiter:
         rpm: int | None = None,
         queue_size: int = 0,
         queue_timeout: float = 0.0,
+        data: LimitState | None = None,
     ) -> None:
+        """
+        :param data: the counters (from a :class:`~omniroute.resilience.state.StateStore`;
+            fresh ones when omitted). The limiter changes them in place.
+        """
         self.name = name
         self.clock = clock
         self.max_concurrency = max_concurrency
         self.rpm = rpm
         self.queue_size = queue_size
         self.queue_timeout = queue_timeout
-        self.in_use = 0
-        self._starts: deque[float] = deque()
+        self.data = data if data is not None else LimitState()
         self._waiters: deque[asyncio.Event] = deque()
 
     def configure(
@@ -64,6 +71,11 @@ class Limiter:
         self._wake_head()
 
     @property
+    def in_use(self) -> int:
+        """Requests holding a slot now."""
+        return self.data.in_use
+
+    @property
     def limited(self) -> bool:
         return self.max_concurrency is not None or self.rpm is not None
 
@@ -73,7 +85,7 @@ class Limiter:
 
     def used_last_minute(self) -> int:
         self._prune(self.clock.monotonic())
-        return len(self._starts)
+        return len(self.data.starts)
 
     def saturated(self) -> bool:
         """No slot is free right now (a new request would queue or fail)."""
@@ -83,7 +95,7 @@ class Limiter:
         """Seconds until a slot is likely to be free (0 when one is free now)."""
         now = self.clock.monotonic()
         waits = [self._rpm_wait(now)]
-        if self.max_concurrency is not None and self.in_use >= self.max_concurrency:
+        if self.max_concurrency is not None and self.data.in_use >= self.max_concurrency:
             waits.append(BUSY_RETRY_AFTER)
         wait = max(waits)
         return wait if wait > 0 or not self._waiters else BUSY_RETRY_AFTER
@@ -95,26 +107,27 @@ class Limiter:
     # ------------------------------------------------------------------ internals
 
     def _prune(self, now: float) -> None:
-        while self._starts and self._starts[0] <= now - WINDOW:
-            self._starts.popleft()
+        starts = self.data.starts
+        while starts and starts[0] <= now - WINDOW:
+            starts.popleft()
 
     def _rpm_wait(self, now: float) -> float:
         if self.rpm is None:
             return 0.0
         self._prune(now)
-        if len(self._starts) < self.rpm:
+        if len(self.data.starts) < self.rpm:
             return 0.0
-        return max(0.0, self._starts[-self.rpm] + WINDOW - now)
+        return max(0.0, self.data.starts[-self.rpm] + WINDOW - now)
 
     def _free(self, now: float) -> bool:
-        if self.max_concurrency is not None and self.in_use >= self.max_concurrency:
+        if self.max_concurrency is not None and self.data.in_use >= self.max_concurrency:
             return False
         return self._rpm_wait(now) == 0.0
 
     def _grant(self, now: float) -> None:
-        self.in_use += 1
+        self.data.in_use += 1
         if self.rpm is not None:
-            self._starts.append(now)
+            self.data.starts.append(now)
 
     def _busy(self, why: str) -> ConnectionBusy:
         retry = self.retry_after()
@@ -173,14 +186,15 @@ class Limiter:
             woken.cancel()
 
     def _release(self) -> None:
-        self.in_use = max(0, self.in_use - 1)
+        data = self.data
+        data.in_use = max(0, data.in_use - 1)
         self._wake_head()
 
     def snapshot(self) -> dict[str, Any]:
         return {
             "max_concurrency": self.max_concurrency,
             "rpm": self.rpm,
-            "in_use": self.in_use,
+            "in_use": self.data.in_use,
             "queued": self.queued,
             "used_last_minute": self.used_last_minute(),
         }

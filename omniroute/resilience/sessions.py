@@ -6,7 +6,8 @@ that, from a fingerprint of the model, the system prompt and the first user
 message: plain strings, so any client format can supply them. The
 :class:`SessionStore` maps session ids to connection ids; entries expire
 ``ttl`` seconds after their last use and the least recently used go first
-when it holds ``max_size``.
+when it holds ``max_size``. The map itself is a table of the resilience
+state store.
 """
 
 from __future__ import annotations
@@ -64,11 +65,19 @@ def session_id(
 class SessionStore:
     """Session id -> connection id, with a sliding TTL and an LRU bound."""
 
-    def __init__(self, *, ttl: float, max_size: int, clock: Clock) -> None:
+    def __init__(
+        self, *, ttl: float, max_size: int, clock: Clock,
+        items: OrderedDict[str, tuple[str, float]] | None = None,
+    ) -> None:
+        """
+        :param items: the table of ``session id -> (connection id, expiry)`` to keep them
+            in (a :class:`~omniroute.resilience.state.StateStore`'s ``sessions``; a
+            fresh one when omitted).
+        """
         self.ttl = ttl
         self.max_size = max_size
         self.clock = clock
-        self._items: OrderedDict[str, tuple[str, float]] = OrderedDict()
+        self._items = items if items is not None else OrderedDict()
 
     def __len__(self) -> int:
         self._expire(self.clock.monotonic())

@@ -157,6 +157,24 @@ class Store:
             await self.db.bump_config_version()
         return conn
 
+    async def save_credentials(self, conn_id: str, credentials: dict[str, Any]) -> bool:
+        """Replace one connection's credentials (encrypted); False when it does not exist.
+
+        Only the credentials change: not the settings and not ``updated_at``
+        (which tracks an operator's edits), so a process whose provider already
+        holds these credentials keeps that provider on its next reload. The
+        config version is still bumped, so every other process rebuilds the
+        provider of this one connection with them (a rotated refresh token must
+        not stay behind in another worker).
+        """
+        blob = self.vault.encrypt(credentials, context=conn_id)
+        async with self.db.transaction():
+            changed = await self.db.execute(
+                "UPDATE connections SET credentials = ? WHERE id = ?", (blob, conn_id))
+            if changed:
+                await self.db.bump_config_version()
+        return changed > 0
+
     async def delete_connection(self, conn_id: str) -> bool:
         async with self.db.transaction():
             changed = await self.db.execute("DELETE FROM connections WHERE id = ?", (conn_id,))

@@ -1,0 +1,176 @@
+"""Refreshed credentials: kept encrypted, renewed once per connection at a time.
+
+Subscription (OAuth) accounts hold short-lived access tokens. When one
+expires the upstream answers 401/403, and the data path asks for a renewal::
+
+    if decision.refresh and await refresher.refresh(target.provider):
+        ...  # retry this target once, with the renewed credentials
+
+:meth:`Refresher.refresh` is single-flight per connection: callers that hit
+the 401 together wait for one call of the provider's
+:meth:`~omniroute.providers.base.Provider.refresh_credentials` and all get its
+answer; a caller whose 401 arrives just after (within ``reuse_for`` seconds)
+gets that same answer, so neither a renewal that worked nor one that failed
+is repeated by every request in flight. The renewal runs in its own task: a
+caller that goes away (a client disconnect) does not cancel it for the
+others, and ``timeout`` bounds it.
+
+The provider renews its tokens and hands the new set to
+:meth:`~omniroute.providers.base.Provider.save_credentials`, which uses them
+at once and persists them through its context's :class:`CredentialStore`:
+:class:`StoredCredentials` in a gateway (SQLite, encrypted by the vault,
+surviving restarts), :class:`MemoryCredentials` for a provider built alone.
+
+Several processes (``--workers``): the stored credentials are the truth. A
+refresh token may be single-use (rotated on every renewal; reusing one can
+revoke the whole grant), so a process whose provider no longer holds the
+stored credentials (another worker renewed them first) does not renew with
+its stale ones: it answers False, and the configuration reload brings it the
+new ones. The lock itself is per process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any, Protocol
+
+from omniroute.errors import GatewayError
+
+if TYPE_CHECKING:
+    from omniroute.providers.base import Provider
+    from omniroute.storage.store import Store
+
+log = logging.getLogger(__name__)
+
+
+class CredentialStore(Protocol):
+    """Where a connection's renewed credentials are kept."""
+
+    async def load(self, connection_id: str) -> dict[str, Any] | None:
+        """The credentials kept for the connection; None when none are known."""
+
+    async def save(self, connection_id: str, credentials: Mapping[str, Any]) -> None:
+        """Keep ``credentials`` (the complete set, replacing the old one).
+
+        :raises LookupError: the store knows the connection does not exist.
+        """
+
+
+class MemoryCredentials:
+    """The default for a provider built outside a gateway: kept in this process only."""
+
+    def __init__(self) -> None:
+        self.saved: dict[str, dict[str, Any]] = {}
+
+    async def load(self, connection_id: str) -> dict[str, Any] | None:
+        found = self.saved.get(connection_id)
+        return None if found is None else dict(found)
+
+    async def save(self, connection_id: str, credentials: Mapping[str, Any]) -> None:
+        self.saved[connection_id] = dict(credentials)
+
+
+class StoredCredentials:
+    """Credentials in the gateway's database, encrypted by its vault
+    (:meth:`~omniroute.storage.store.Store.save_credentials`)."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    async def load(self, connection_id: str) -> dict[str, Any] | None:
+        conn = await self.store.get_connection(connection_id)
+        return None if conn is None else conn.credentials
+
+    async def save(self, connection_id: str, credentials: Mapping[str, Any]) -> None:
+        if not await self.store.save_credentials(connection_id, dict(credentials)):
+            raise LookupError(f"connection {connection_id!r} no longer exists")
+
+
+class Refresher:
+    """Renews a connection's credentials once for everyone who needs it now."""
+
+    def __init__(
+        self,
+        store: CredentialStore | None = None,
+        *,
+        timeout: float = 30.0,
+        reuse_for: float = 10.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        """
+        :param store: checked before a renewal: when it holds other credentials than
+            the provider, another process renewed them (None: no check).
+        :param timeout: seconds one renewal may take; past that it counts as failed.
+        :param reuse_for: seconds a renewal's answer is also given to later callers
+            of the same provider instance.
+        :param clock: monotonic seconds (tests pass a manual clock's).
+        """
+        self.store = store
+        self.timeout = timeout
+        self.reuse_for = reuse_for
+        self.clock = clock
+        self._flights: dict[str, asyncio.Task[bool]] = {}
+        self._last: dict[str, tuple[Provider, bool, float]] = {}
+
+    async def refresh(self, provider: Provider) -> bool:
+        """Renew ``provider``'s credentials, or join the renewal under way.
+
+        True when the renewal worked and the call is worth retrying. Never raises
+        for a failed renewal (it is logged); bounded by ``timeout``.
+        """
+        cid = provider.connection.id
+        flight = self._flights.get(cid)
+        if flight is None:
+            last = self._last.get(cid)
+            if last is not None and last[0] is provider and (
+                    self.clock() - last[2] < self.reuse_for):
+                return last[1]
+            flight = asyncio.create_task(self._renew(provider), name=f"omniroute-refresh-{cid}")
+            self._flights[cid] = flight
+            flight.add_done_callback(lambda done: self._landed(cid, provider, done))
+        # shielded: a caller that is cancelled leaves the renewal running for the others
+        return await asyncio.shield(flight)
+
+    def _landed(self, cid: str, provider: Provider, flight: asyncio.Task[bool]) -> None:
+        if self._flights.get(cid) is flight:
+            del self._flights[cid]
+        ok = not flight.cancelled() and flight.result()
+        self._last[cid] = (provider, ok, self.clock())
+
+    async def _renew(self, provider: Provider) -> bool:
+        conn = provider.connection
+        try:
+            async with asyncio.timeout(self.timeout):
+                if self.store is not None:
+                    stored = await self.store.load(conn.id)
+                    if stored is not None and stored != conn.credentials:
+                        log.info("credentials of %s were renewed elsewhere; not renewing "
+                                 "the stale ones (the reload brings the new ones)", conn.name)
+                        return False
+                ok = bool(await provider.refresh_credentials())
+        except TimeoutError:
+            log.warning("renewing the credentials of %s took over %gs", conn.name, self.timeout)
+            return False
+        except (GatewayError, LookupError) as exc:  # the refresh token was refused; or
+            # the connection was deleted meanwhile
+            log.warning("renewing the credentials of %s failed: %s", conn.name, exc)
+            return False
+        except Exception:  # a provider's bug must not fail the requests waiting on it
+            log.exception("renewing the credentials of %s raised", conn.name)
+            return False
+        log.info("credentials of %s %s", conn.name, "renewed" if ok else "not renewed")
+        return ok
+
+    async def close(self, grace: float = 5.0) -> None:
+        """Shutting down: let renewals under way finish for up to ``grace`` seconds (a
+        rotated refresh token must be kept), then cancel the rest."""
+        flights = list(self._flights.values())
+        if not flights:
+            return
+        _, late = await asyncio.wait(flights, timeout=grace)
+        for flight in late:
+            flight.cancel()
+        await asyncio.gather(*late, return_exceptions=True)
