@@ -52,3 +52,28 @@ def cells(clients: list[str], upstreams: list[str] | None = None) -> list[Any]:
     """Parameters for ``cell`` (indirect), with ids like ``anthropic-client-gemini-upstream``."""
     return [pytest.param((c, u), id=f"{c}-client-{u}-upstream")
             for c in clients for u in (upstreams or list(UPSTREAMS))]
+
+
+async def packed_reasoning(gateway: GatewayHarness, aiohttp_server: Any, client: str) -> str:
+    """The opaque value the gateway hands a ``client`` ("responses" or "gemini") for Claude's
+    signed thinking (Responses ``encrypted_content``, Gemini ``thoughtSignature``), got from
+    a real turn through a new Anthropic connection: what a conversation that went through
+    Anthropic holds."""
+    claude = await add_cell(gateway, aiohttp_server, client, "anthropic")
+    claude.script(claude.up.module.reply(thinking="Let me think.", text="Hi."))
+    if client == "responses":
+        resp = await gateway.client.post("/v1/responses", json={
+            "model": claude.model, "input": "hi", "store": False,
+            "include": ["reasoning.encrypted_content"], "reasoning": {"effort": "high"}})
+        assert resp.status == 200, await resp.text()
+        items = (await resp.json())["output"]
+        return next(i["encrypted_content"] for i in items if i["type"] == "reasoning")
+    resp = await gateway.client.post(
+        f"/v1beta/models/{claude.model}:generateContent", json={
+            "contents": [{"role": "user", "parts": [{"text": "hi"}]}],
+            "generationConfig": {"thinkingConfig": {"includeThoughts": True,
+                                                    "thinkingBudget": 2048}}})
+    assert resp.status == 200, await resp.text()
+    parts = (await resp.json())["candidates"][0]["content"]["parts"]
+    return next(p["thoughtSignature"] for p in parts if p.get("thoughtSignature"))
+

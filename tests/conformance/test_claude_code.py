@@ -20,9 +20,8 @@ import pytest
 from conformance.clients.anthropic_messages import sdk, streamed, texts
 from conformance.conftest import add_cell, cells
 from conformance.harness import REASONING, TOOL_ARGS, TOOL_RESULT, Cell
+from conformance.readers import sse_events
 from conformance.upstreams import UPSTREAMS
-from omniroute.formats.translate import SYSTEM_REMINDER
-from omniroute.sse import SSESplitter, event_data, event_name
 
 BETAS = ("claude-code-20250219,interleaved-thinking-2025-05-14,"
          "mid-conversation-system-2026-04-07,context-management-2025-06-27")
@@ -33,6 +32,9 @@ BASH_SCHEMA = {"$schema": "http://json-schema.org/draft-07/schema#", "type": "ob
                "properties": {"command": {"type": "string", "description": "The command"}},
                "required": ["command"], "additionalProperties": False}
 PLAN_MODE = "Plan mode is active: do not edit files."
+#: a system message after the first, as a user turn marks it: the tags Claude Code itself
+#: wraps system text in
+PLAN_MODE_REMINDER = f"<system-reminder>\n{PLAN_MODE}\n</system-reminder>"
 
 
 def claude_code_body(model: str, *, stream: bool = True) -> dict[str, Any]:
@@ -62,10 +64,8 @@ def claude_code_body(model: str, *, stream: bool = True) -> dict[str, Any]:
     }
 
 
-def sse_events(raw: bytes) -> list[tuple[str | None, dict[str, Any]]]:
-    splitter = SSESplitter()
-    frames = [*splitter.feed(raw), splitter.tail()]
-    return [(event_name(f), orjson.loads(event_data(f) or b"{}")) for f in frames if f.strip()]
+def events_of(raw: bytes) -> list[tuple[str | None, dict[str, Any]]]:
+    return [(name, json.loads(data)) for name, data in sse_events(raw)]
 
 
 def check_message_stream(events: list[tuple[str | None, dict[str, Any]]]) -> None:
@@ -94,7 +94,7 @@ async def test_claude_code_reaches_anthropic_unchanged(cell: Cell) -> None:
     resp = await cell.gw.client.post("/v1/messages?beta=true", data=orjson.dumps(body),
                                      headers=HEADERS)
     assert resp.status == 200, await resp.text()
-    check_message_stream(sse_events(await resp.read()))
+    check_message_stream(events_of(await resp.read()))
     got = cell.fake.requests[-1]
     assert got.json == {**body, "model": cell.up.model}
     assert got.headers["anthropic-beta"] == BETAS
@@ -167,7 +167,7 @@ def _gemini(body: dict[str, Any]) -> None:
     system = [p["text"] for p in body["systemInstruction"]["parts"]]
     assert system[0].startswith("You are Claude Code") and system[1] == "Working directory: /repo"
     user = [p["text"] for c in body["contents"] for p in c["parts"]]
-    assert user[-1] == SYSTEM_REMINDER.format(PLAN_MODE), "a later system message stays marked"
+    assert user[-1] == PLAN_MODE_REMINDER, "a later system message stays marked"
     decl = body["tools"][0]["functionDeclarations"][0]
     assert decl["parametersJsonSchema"] == {k: v for k, v in BASH_SCHEMA.items()
                                             if k != "$schema"}
@@ -199,7 +199,7 @@ async def test_claude_code_translated(cell: Cell) -> None:
     resp = await cell.gw.client.post("/v1/messages?beta=true", data=orjson.dumps(body),
                                      headers=HEADERS)
     assert resp.status == 200, await resp.text()
-    events = sse_events(await resp.read())
+    events = events_of(await resp.read())
     check_message_stream(events)
     said = "".join(d["delta"].get("text", "") for n, d in events if n == "content_block_delta")
     assert said == "Here they are."

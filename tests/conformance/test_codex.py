@@ -16,10 +16,8 @@ import orjson
 import pytest
 
 from conformance.clients.responses_api import sdk, streamed
-from conformance.conftest import cells
+from conformance.conftest import cells, packed_reasoning
 from conformance.harness import Cell
-from omniroute.formats import canonical as c
-from omniroute.formats import carry
 
 SHELL_SCHEMA = {"type": "object", "properties": {
     "command": {"type": "array", "items": {"type": "string"}}}, "required": ["command"]}
@@ -41,7 +39,8 @@ def codex_body(model: str) -> dict[str, Any]:
         "tool_choice": "auto",
         "input": [
             {"type": "message", "role": "developer", "content": [
-                {"type": "input_text", "text": "<permissions>sandbox: workspace-write</permissions>"}]},
+                {"type": "input_text",
+                 "text": "<permissions>sandbox: workspace-write</permissions>"}]},
             {"type": "message", "role": "user", "content": [
                 {"type": "input_text", "text": "list the files"}]},
             {"type": "reasoning", "id": "rs_1", "encrypted_content": OPENAI_BLOB,
@@ -139,11 +138,12 @@ async def test_codex_reaches_responses_unchanged(cell: Cell) -> None:
 
 
 @pytest.mark.parametrize("cell", cells(["responses"], ["responses"]), indirect=True)
-async def test_foreign_reasoning_left_out_on_the_pass_through_lane(cell: Cell) -> None:
+async def test_foreign_reasoning_left_out_on_the_pass_through_lane(
+        cell: Cell, aiohttp_server: Any) -> None:
     """A reasoning item that packs another provider's reasoning (the conversation went
     through Anthropic) is not sent to a Responses upstream, which would refuse it."""
     body = codex_body(cell.reasoning_model)
-    packed = carry.pack(c.Reasoning(text="t", signature="EqQBCkYIBRgCKkD", source="anthropic"))
+    packed = await packed_reasoning(cell.gw, aiohttp_server, "responses")
     body["input"].insert(2, {"type": "reasoning", "id": "rs_0", "encrypted_content": packed,
                              "summary": [{"type": "summary_text", "text": "t"}]})
     resp = await cell.gw.client.post("/v1/responses", data=orjson.dumps(body),

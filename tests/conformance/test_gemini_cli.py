@@ -18,12 +18,12 @@ import orjson
 import pytest
 
 from conformance.clients import ollama_chat, openai_chat
-from conformance.conftest import cells
+from conformance.conftest import cells, packed_reasoning
 from conformance.harness import ANSWER, TOOL_ARGS, TOOL_NAME, TOOL_RESULT, Cell
-from omniroute.formats import canonical as c
-from omniroute.formats import carry
-from omniroute.formats.gemini_parts import SKIP_SIGNATURE
-from omniroute.sse import SSESplitter, event_data
+from conformance.readers import sse_events
+
+#: the dummy thought signature Google documents for calls that have no real one
+SKIP_SIGNATURE = "skip_thought_signature_validator"
 
 LIST_SCHEMA = {"$schema": "https://json-schema.org/draft/2020-12/schema", "type": "object",
                "properties": {"dir_path": {"type": "string"}}, "required": ["dir_path"]}
@@ -61,10 +61,9 @@ def gemini_cli_body(signature: str = SKIP_SIGNATURE) -> dict[str, Any]:
 
 
 def chunks(raw: bytes) -> list[dict[str, Any]]:
-    splitter = SSESplitter()
-    frames = [*splitter.feed(raw), splitter.tail()]
-    assert all(f.startswith(b"data: ") for f in frames if f.strip())
-    return [orjson.loads(event_data(f) or b"{}") for f in frames if f.strip()]
+    events = sse_events(raw)
+    assert all(name is None for name, _ in events), "Gemini's events are unnamed"
+    return [json.loads(data) for _, data in events]
 
 
 async def post(cell: Cell, body: dict[str, Any], *, stream: bool = True,
@@ -125,10 +124,11 @@ async def test_gemini_cli_reaches_gemini_unchanged(cell: Cell) -> None:
 
 
 @pytest.mark.parametrize("cell", cells(["gemini"], ["gemini"]), indirect=True)
-async def test_foreign_signatures_left_out_on_the_pass_through_lane(cell: Cell) -> None:
+async def test_foreign_signatures_left_out_on_the_pass_through_lane(
+        cell: Cell, aiohttp_server: Any) -> None:
     """A history that went through Anthropic holds packed thought signatures; a Gemini 3
     upstream gets its own dummy instead on the call, and no foreign thought part."""
-    packed = carry.pack(c.Reasoning(text="t", signature="EqQBCkYIBRgC", source="anthropic"))
+    packed = await packed_reasoning(cell.gw, aiohttp_server, "gemini")
     body = gemini_cli_body(packed)
     body["contents"][1]["parts"][0]["thoughtSignature"] = packed
     url = "/v1beta/models/ge/gemini-3-pro-preview:generateContent"

@@ -8,11 +8,11 @@ from typing import Any
 import orjson
 import pytest
 from aiohttp import web
+from fakes.base import sse
 
 from conformance.clients import anthropic_messages, openai_chat, responses_api
 from conformance.conftest import cells
 from conformance.harness import Cell
-from omniroute.sse import encode
 
 CALLS = [{"name": "get_weather", "arguments": {"location": "Paris", "unit": "c"}},
          {"name": "get_time", "arguments": {"tz": "Europe/Paris"}}]
@@ -35,9 +35,9 @@ def interleaved_upstream() -> web.Application:
     """An OpenAI-compatible server that streams two calls with interleaved argument deltas
     (as vLLM and others do), text first."""
     def chunk(delta: dict[str, Any], finish: str | None = None) -> bytes:
-        return encode({"id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 1,
-                       "model": "m", "choices": [{"index": 0, "delta": delta,
-                                                  "finish_reason": finish}]})
+        return sse({"id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 1,
+                    "model": "m", "choices": [{"index": 0, "delta": delta,
+                                               "finish_reason": finish}]})
 
     def call(index: int, **fields: Any) -> dict[str, Any]:
         return {"tool_calls": [{"index": index, **fields}]}

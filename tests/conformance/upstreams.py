@@ -25,9 +25,7 @@ from fakes import (
     responses_upstream,
 )
 
-from omniroute.formats.gemini import camel_body
-from omniroute.formats.gemini_schema import to_json_schema
-from omniroute.formats.media import parse_data_url
+from conformance.readers import camel_keys, data_url, json_schema
 
 #: the usage every scripted answer reports: what the client and the request log must show
 INPUT_TOKENS, OUTPUT_TOKENS = 11, 7
@@ -121,7 +119,7 @@ class Upstream:
 
     def shaped(self, body: dict[str, Any]) -> dict[str, Any]:
         """``body`` with Gemini's snake_case spellings (the API takes both) in camelCase."""
-        return camel_body(body) if self.name == "gemini" else body
+        return camel_keys(body) if self.name == "gemini" else body
 
     def tool_turns(self, body: dict[str, Any]) -> ToolTurns:
         return _TOOL_TURNS[self.name](self.shaped(body))
@@ -131,7 +129,8 @@ class Upstream:
         return _TOOLS[self.name](self.shaped(body))
 
     def images(self, body: dict[str, Any]) -> list[tuple[str, str | None, str]]:
-        """Images of the last user turn: ``("data", media type, base64)`` / ``("url", None, url)``."""
+        """Images of the last user turn: ``("data", media type, base64)`` or
+        ``("url", None, url)``."""
         return _IMAGES[self.name](self.shaped(body))
 
     def reasoning_back(self, body: dict[str, Any]) -> tuple[list[str], list[str]]:
@@ -230,7 +229,7 @@ def _gemini_tools(body: dict[str, Any]) -> list[tuple[str, str | None, Any]]:
         for decl in tool.get("functionDeclarations") or []:
             schema = decl.get("parametersJsonSchema")
             if schema is None and decl.get("parameters") is not None:
-                schema = to_json_schema(decl["parameters"])
+                schema = json_schema(decl["parameters"])
             out.append((decl["name"], decl.get("description"), schema))
     return out
 
@@ -254,7 +253,7 @@ Image = tuple[str, str | None, str]
 
 
 def _from_url(url: str) -> Image:
-    parsed = parse_data_url(url)
+    parsed = data_url(url)
     return ("data", parsed[0], parsed[1]) if parsed else ("url", None, url)
 
 

@@ -47,22 +47,40 @@ when ``tools`` is present and the last user text contains "weather" (or ``tool_c
 is ``any`` / ``tool``). ``requests`` records every request; ``closed_streams`` counts
 messages requests whose client went away before the answer finished (``stream_closed``
 is set each time); fake-initiated drops don't count.
+``latency``, ``fail_rate`` and ``seed`` act as in every fake (``fakes.base``); its failures
+are ``api_error`` 500s and 503s.
 """
 
 from __future__ import annotations
 
-import asyncio
 import base64
+import functools
 import secrets
-import string
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
 from aiohttp import web
 
-_ALNUM = string.ascii_letters + string.digits
+from fakes import base
+from fakes.base import (
+    FakeUpstream,
+    Recorded,
+    fake_args,
+    fault_helpers,
+    json_response,
+    pick,
+    rand,
+    split,
+    sse,
+    tokens,
+)
+
+__all__ = ["Behaviour", "FakeAnthropic", "Recorded", "drop_mid_stream", "error", "garbage",
+           "hang_before_headers", "hang_mid_stream", "mid_stream_error", "reply", "slow"]
+
 _TYPE_OF_STATUS = {
     400: "invalid_request_error", 401: "authentication_error", 402: "billing_error",
     403: "permission_error", 404: "not_found_error", 413: "request_too_large",
@@ -80,39 +98,17 @@ _REQUIRED_BLOCK_FIELDS = {
 }
 
 
-@dataclass
-class Recorded:
-    """One request seen by the fake (header names lower-cased)."""
-
-    method: str
-    path: str
-    headers: dict[str, str]
-    json: Any
-    body: bytes
-    query: dict[str, str] = field(default_factory=dict)
-
 
 @dataclass
-class Behaviour:
-    """How to answer one messages request; build with the helper functions."""
+class Behaviour(base.Behaviour):
+    """How to answer one messages request; build with the helper functions.
 
-    text: str | None = None
-    chunks: int | None = None
-    delay: float | None = None
-    tool_calls: int | list[dict[str, Any]] | None = None
+    ``error`` is ``{"type", "message"}``: an HTTP error or the mid-stream ``error`` event.
+    """
+
     thinking: str | None = None
     redacted_thinking: bool = False
     stop_reason: str | None = None
-    usage: dict[str, int] = field(default_factory=dict)
-    status: int = 200
-    error: dict[str, Any] | None = None  # {"type", "message"}: HTTP error or mid-stream event
-    headers: dict[str, str] = field(default_factory=dict)
-    hang_before_headers: float = 0.0
-    hang_after: int | None = None
-    hang_seconds: float = 0.0
-    drop_after: int | None = None
-    error_after: int | None = None
-    garbage: bytes | None = None
 
 
 def reply(
@@ -125,8 +121,9 @@ def reply(
     stop_reason: str | None = None,
     usage: dict[str, int] | None = None,
 ) -> Behaviour:
-    return Behaviour(text, chunks, delay, tool_calls, thinking, redacted_thinking, stop_reason,
-                     dict(usage or {}))
+    return Behaviour(text=text, chunks=chunks, delay=delay, tool_calls=tool_calls,
+                     thinking=thinking, redacted_thinking=redacted_thinking,
+                     stop_reason=stop_reason, usage=dict(usage or {}))
 
 
 def error(
@@ -146,17 +143,6 @@ def error(
     return Behaviour(status=status, error=body, headers={**defaults, **(headers or {})})
 
 
-def hang_before_headers(seconds: float) -> Behaviour:
-    return Behaviour(hang_before_headers=seconds)
-
-
-def hang_mid_stream(after_chunks: int, seconds: float) -> Behaviour:
-    return Behaviour(hang_after=after_chunks, hang_seconds=seconds)
-
-
-def drop_mid_stream(after_chunks: int) -> Behaviour:
-    return Behaviour(drop_after=after_chunks)
-
 
 def mid_stream_error(
     after_chunks: int, message: str = "Overloaded", type: str = "overloaded_error"  # noqa: A002
@@ -164,19 +150,10 @@ def mid_stream_error(
     return Behaviour(error_after=after_chunks, error={"type": type, "message": message})
 
 
-def garbage(body: bytes | None = None) -> Behaviour:
-    return Behaviour(garbage=body or b"")
-
-
-def slow(delay_per_chunk: float) -> Behaviour:
-    return Behaviour(delay=delay_per_chunk)
+hang_before_headers, hang_mid_stream, drop_mid_stream, garbage, slow = fault_helpers(Behaviour)
 
 
 # ----------------------------------------------------------------------------- helpers
-
-def _rand(n: int, alphabet: str = _ALNUM) -> str:
-    return "".join(secrets.choice(alphabet) for _ in range(n))
-
 
 def _text_of(content: Any) -> str:
     if isinstance(content, str):
@@ -187,36 +164,14 @@ def _text_of(content: Any) -> str:
     return ""
 
 
-def _tokens(s: str) -> int:
-    return max(1, (len(s) + 3) // 4)
-
-
-def _split(s: str, n: int) -> list[str]:
-    """Split ``s`` into ``min(n, len(s))`` contiguous non-empty pieces."""
-    n = max(1, min(n, len(s)))
-    return [s[i * len(s) // n : (i + 1) * len(s) // n] for i in range(n)] if s else [""]
-
-
-def _fake_args(schema: Any) -> dict[str, Any]:
-    """Deterministic arguments satisfying a JSON schema's properties."""
-    props = (schema or {}).get("properties", {}) if isinstance(schema, dict) else {}
-    by_type: dict[Any, Any] = {"number": 1, "integer": 1, "boolean": True, "array": [],
-                               "object": {}}
-    args: dict[str, Any] = {}
-    for name, prop in (props or {}).items():
-        prop = prop if isinstance(prop, dict) else {}
-        default = "Paris" if name in ("location", "city") else "test"
-        args[name] = (prop.get("enum") or [by_type.get(prop.get("type"), default)])[0]
-    return args or {"location": "Paris"}
-
-
-def _sse(name: str, data: dict[str, Any]) -> bytes:
-    return b"event: " + name.encode() + b"\ndata: " + orjson.dumps(data) + b"\n\n"
+def _event(data: dict[str, Any]) -> bytes:
+    """An SSE event named for its data's ``type``, as every Anthropic stream event is."""
+    return sse(data, data["type"])
 
 
 def _error_body(type_: str, message: str) -> dict[str, Any]:
     return {"type": "error", "error": {"type": type_, "message": message},
-            "request_id": f"req_011C{_rand(20)}"}
+            "request_id": f"req_011C{rand(20)}"}
 
 
 def _ratelimit_headers() -> dict[str, str]:
@@ -230,11 +185,7 @@ def _ratelimit_headers() -> dict[str, str]:
 
 
 def _json(status: int, obj: Any, headers: dict[str, str] | None = None) -> web.Response:
-    hdrs = {"request-id": f"req_011C{_rand(20)}"}
-    return web.Response(
-        status=status, body=obj if isinstance(obj, bytes) else orjson.dumps(obj),
-        content_type="application/json", headers={**hdrs, **(headers or {})},
-    )
+    return json_response(status, obj, {"request-id": f"req_011C{rand(20)}", **(headers or {})})
 
 
 def _ant_error(status: int, message: str, type_: str | None = None) -> web.Response:
@@ -243,77 +194,42 @@ def _ant_error(status: int, message: str, type_: str | None = None) -> web.Respo
 
 # ----------------------------------------------------------------------------- the fake
 
-class FakeAnthropic:
+class FakeAnthropic(FakeUpstream[Behaviour]):
     """In-process fake of the Anthropic Messages API (see module docstring)."""
+
+    behaviour = Behaviour
+    key_in = ("x-api-key", "bearer")
+    respond_json = staticmethod(_json)
 
     def __init__(
         self,
         *,
         api_key: str | None = "sk-ant-upstream-test",
-        models: tuple[str, ...] | list[str] = ("claude-sonnet-4-6", "claude-haiku-4-5"),
-        chunks: int = 4,
-        delay: float = 0.0,
+        models: Sequence[str] = ("claude-sonnet-4-6", "claude-haiku-4-5"),
         ping: bool = True,
         max_page: int = 1000,
+        **knobs: Any,  # chunks, delay, latency, fail_rate, seed: see fakes.base
     ) -> None:
-        self.api_key = api_key
-        self.models = list(models)
-        self.chunks = chunks  # default text deltas per block
-        self.delay = delay  # default seconds between stream events
+        super().__init__(api_key=api_key, models=models, **knobs)
         self.ping = ping  # send a ping right after message_start, as the real API does
         self.max_page = max_page  # GET /v1/models page size cap (the real API's is 1000)
-        self.base_url = ""  # for tests: set it once the app is served
-        self.requests: list[Recorded] = []
-        self.script: list[Behaviour] = []
-        self.closed_streams = 0
-        self.stream_closed = asyncio.Event()
-        self.app = web.Application()
-        self.app.router.add_post("/v1/messages", self._messages)
+        self.app.router.add_post("/v1/messages", self._handle)
         self.app.router.add_get("/v1/models", self._models)
         # POST /v1/messages/count_tokens: its own queue (only ``error(...)`` behaviours apply)
         self.count_script: list[Behaviour] = []
         self.app.router.add_post("/v1/messages/count_tokens", self._count_tokens)
 
-    # ---- plumbing -------------------------------------------------------------------
-    async def _record(self, request: web.Request) -> Recorded:
-        raw = await request.read()
-        try:
-            parsed = orjson.loads(raw) if raw else None
-        except orjson.JSONDecodeError:
-            parsed = None
-        rec = Recorded(request.method, request.path,
-                       {k.lower(): v for k, v in request.headers.items()}, parsed, raw,
-                       dict(request.query))
-        self.requests.append(rec)
-        return rec
+    def _auth_missing(self) -> web.Response:
+        return _ant_error(401, "x-api-key header is required")
 
-    def _auth_error(self, request: web.Request) -> web.Response | None:
-        if self.api_key is None:
-            return None
-        key = request.headers.get("x-api-key")
-        bearer = request.headers.get("Authorization", "")
-        if not key and not bearer:
-            return _ant_error(401, "x-api-key header is required")
-        if key != self.api_key and bearer != f"Bearer {self.api_key}":
-            return _ant_error(401, "invalid x-api-key")
-        return None
+    def _auth_wrong(self, key: str) -> web.Response:
+        return _ant_error(401, "invalid x-api-key")
 
-    async def _sleep(self, request: web.Request, seconds: float) -> None:
-        """Sleep, raising ConnectionResetError as soon as the client goes away."""
-        loop = asyncio.get_running_loop()
-        end = loop.time() + seconds
-        while True:
-            transport = request.transport
-            if transport is None or transport.is_closing():
-                raise ConnectionResetError("client went away")
-            left = end - loop.time()
-            if left <= 0:
-                return
-            await asyncio.sleep(min(left, 0.01))
+    def _failure(self, status: int) -> Behaviour:
+        return error(status, "Internal server error", "api_error")
 
-    def _client_gone(self) -> None:
-        self.closed_streams += 1
-        self.stream_closed.set()
+    def _error_body(self, b: Behaviour) -> Any:
+        return _error_body(b.error["type"], b.error["message"])
 
     # ---- handlers -------------------------------------------------------------------
     async def _models(self, request: web.Request) -> web.StreamResponse:
@@ -335,65 +251,45 @@ class FakeAnthropic:
         rec = await self._record(request)
         b = self.count_script.pop(0) if self.count_script else Behaviour()
         if b.error is not None:
-            return _json(b.status, _error_body(b.error["type"], b.error["message"]), b.headers)
+            return _json(b.status, self._error_body(b), b.headers)
         if (err := self._auth_error(request)) is not None:
             return err
-        if not request.headers.get("anthropic-version"):
-            return _ant_error(400, "anthropic-version: header is required")
         body = rec.json
-        if not isinstance(body, dict):
-            return _ant_error(400, "There was an error parsing the body: invalid JSON")
-        for name in ("model", "messages"):
-            if name not in body:
-                return _ant_error(400, f"{name}: Field required")
-        if (problem := _check_messages(body["messages"])) is not None:
-            return _ant_error(400, problem)
-        if body["model"] not in self.models:
-            return _ant_error(404, f"model: {body['model']}")
-        tokens = _tokens(_text_of(body.get("system")))
-        tokens += sum(_tokens(_text_of(m.get("content"))) + 3 for m in body["messages"])
-        tokens += sum(_tokens(orjson.dumps(t).decode()) for t in body.get("tools") or [])
-        return _json(200, {"input_tokens": tokens})
-
-    async def _messages(self, request: web.Request) -> web.StreamResponse:
-        rec = await self._record(request)
-        b = self.script.pop(0) if self.script else Behaviour()
-        try:
-            return await self._serve(request, rec, b)
-        except ConnectionResetError:
-            self._client_gone()
-            return web.Response(status=499)  # never reaches the (gone) client
-        except asyncio.CancelledError:
-            self._client_gone()
-            raise
+        if (refusal := self._refusal(request, body, _check_count)) is not None:
+            return refusal
+        count = tokens(_text_of(body.get("system")))
+        count += sum(tokens(_text_of(m.get("content"))) + 3 for m in body["messages"])
+        count += sum(tokens(orjson.dumps(t).decode()) for t in body.get("tools") or [])
+        return _json(200, {"input_tokens": count})
 
     async def _serve(self, request: web.Request, rec: Recorded, b: Behaviour) -> web.StreamResponse:
-        if b.hang_before_headers:
-            await self._sleep(request, b.hang_before_headers)
-        if b.error is not None and b.error_after is None:
-            return _json(b.status, _error_body(b.error["type"], b.error["message"]), b.headers)
-        if (err := self._auth_error(request)) is not None:
-            return err
-        if not request.headers.get("anthropic-version"):
-            return _ant_error(400, "anthropic-version: header is required")
+        if (early := await self._before(request, b)) is not None:
+            return early
         body = rec.json
-        if not isinstance(body, dict):
-            return _ant_error(400, "There was an error parsing the body: invalid JSON")
         mid_system = "mid-conversation-system" in request.headers.get("anthropic-beta", "")
-        if (problem := _check_request(body, mid_system=mid_system)) is not None:
-            return _ant_error(400, problem)
-        if body["model"] not in self.models:
-            return _ant_error(404, f"model: {body['model']}")
+        check = functools.partial(_check_request, mid_system=mid_system)
+        if (refusal := self._refusal(request, body, check)) is not None:
+            return refusal
         stream = bool(body.get("stream"))
-        if b.garbage is not None and stream:
-            junk = b.garbage or b"<html>502 Bad Gateway</html>\r\nnot an event stream {{\x00\n\n"
-            return web.Response(body=junk, headers={"Content-Type": "text/event-stream"})
         if b.garbage is not None:
-            return _json(200, b.garbage or b"<html><body>upstream says hi</body></html> {not json")
+            return self._garbage(b, stream)
         if b.error is not None and not stream:  # mid_stream_error on a plain request
             status = _STATUS_OF_TYPE.get(b.error["type"], 500)
             return _json(status, _error_body(b.error["type"], b.error["message"]))
         return await (self._stream if stream else self._complete)(request, body, b)
+
+    def _refusal(self, request: web.Request, body: Any,
+                 check: Callable[[dict[str, Any]], str | None]) -> web.Response | None:
+        """The real API's 400 or 404 for a request whose body ``check`` finds fault with."""
+        if not request.headers.get("anthropic-version"):
+            return _ant_error(400, "anthropic-version: header is required")
+        if not isinstance(body, dict):
+            return _ant_error(400, "There was an error parsing the body: invalid JSON")
+        if (problem := check(body)) is not None:
+            return _ant_error(400, problem)
+        if body["model"] not in self.models:
+            return _ant_error(404, f"model: {body['model']}")
+        return None
 
     # ---- reply construction ---------------------------------------------------------
     def _blocks(self, body: dict[str, Any], b: Behaviour) -> list[dict[str, Any]]:
@@ -414,9 +310,8 @@ class FakeAnthropic:
         else:
             if choice.get("type") == "tool":
                 tools = [t for t in tools if t["name"] == choice.get("name")] or tools
-            fallback = {"name": "get_weather", "input_schema": {}}
-            picked = [(tools or [fallback])[i % max(1, len(tools))] for i in range(n)]
-            calls = [{"name": t["name"], "input": _fake_args(t.get("input_schema"))}
+            picked = pick(tools, n, {"name": "get_weather", "input_schema": {}})
+            calls = [{"name": t["name"], "input": fake_args(t.get("input_schema"))}
                      for t in picked]
         blocks: list[dict[str, Any]] = []
         thinking = b.thinking
@@ -433,14 +328,14 @@ class FakeAnthropic:
         text = b.text if b.text is not None else (None if calls else f"Hello! You said: {said}")
         if text is not None:
             blocks.append({"type": "text", "text": text})
-        blocks += [{"type": "tool_use", "id": f"toolu_01{_rand(22)}", "name": c["name"],
+        blocks += [{"type": "tool_use", "id": f"toolu_01{rand(22)}", "name": c["name"],
                     "input": c["input"]} for c in calls]
         return blocks
 
     def _usage(self, body: dict[str, Any], blocks: list[dict[str, Any]], b: Behaviour):
-        prompt = _tokens(_text_of(body.get("system")))
-        prompt += sum(_tokens(_text_of(m.get("content"))) + 3 for m in body["messages"])
-        out = sum(_tokens(blk.get("text") or blk.get("thinking") or orjson.dumps(
+        prompt = tokens(_text_of(body.get("system")))
+        prompt += sum(tokens(_text_of(m.get("content"))) + 3 for m in body["messages"])
+        out = sum(tokens(blk.get("text") or blk.get("thinking") or orjson.dumps(
             blk.get("input", "")).decode()) for blk in blocks)
         usage = {"input_tokens": prompt, "cache_creation_input_tokens": 0,
                  "cache_read_input_tokens": 0, "output_tokens": out}
@@ -454,7 +349,7 @@ class FakeAnthropic:
 
     def _message(self, body: dict[str, Any], content: list[Any], usage: dict[str, Any],
                  stop_reason: str | None) -> dict[str, Any]:
-        return {"id": f"msg_01{_rand(22)}", "type": "message", "role": "assistant",
+        return {"id": f"msg_01{rand(22)}", "type": "message", "role": "assistant",
                 "model": body["model"], "content": content, "stop_reason": stop_reason,
                 "stop_sequence": None, "usage": usage}
 
@@ -464,24 +359,7 @@ class FakeAnthropic:
                  "cache_creation": {"ephemeral_5m_input_tokens": 0,
                                     "ephemeral_1h_input_tokens": 0}}
         payload = orjson.dumps(self._message(body, blocks, usage, self._stop_reason(blocks, b)))
-        delay = b.delay if b.delay is not None else self.delay
-        if delay:
-            await self._sleep(request, delay * (b.chunks or self.chunks))
-        if b.hang_after is None and b.drop_after is None:
-            return _json(200, payload, _ratelimit_headers())
-        resp = web.StreamResponse(headers={"request-id": f"req_011C{_rand(20)}"})
-        resp.content_type = "application/json"
-        resp.content_length = len(payload)
-        await resp.prepare(request)
-        await resp.write(payload[: len(payload) // 2])
-        if b.drop_after is not None:
-            assert request.transport is not None
-            request.transport.abort()
-            return resp
-        await self._sleep(request, b.hang_seconds)
-        await resp.write(payload[len(payload) // 2 :])
-        await resp.write_eof()
-        return resp
+        return await self._send_whole(request, b, payload, _ratelimit_headers())
 
     def _events(self, body: dict[str, Any], b: Behaviour) -> list[bytes]:
         """All SSE events of the stream, in the real API's order."""
@@ -489,10 +367,10 @@ class FakeAnthropic:
         usage = self._usage(body, blocks, b)
         n = b.chunks or self.chunks
         start_usage = {**usage, "output_tokens": 1, "service_tier": "standard"}
-        out = [_sse("message_start", {"type": "message_start",
-                                      "message": self._message(body, [], start_usage, None)})]
+        out = [_event({"type": "message_start",
+                       "message": self._message(body, [], start_usage, None)})]
         if self.ping:
-            out.append(_sse("ping", {"type": "ping"}))
+            out.append(_event({"type": "ping"}))
         for i, blk in enumerate(blocks):
             kind = blk["type"]
             first: dict[str, Any] = {
@@ -501,53 +379,36 @@ class FakeAnthropic:
                 "tool_use": {**blk, "input": {}},
                 "redacted_thinking": blk,
             }[kind]
-            out.append(_sse("content_block_start", {"type": "content_block_start", "index": i,
-                                                    "content_block": first}))
+            out.append(_event({"type": "content_block_start", "index": i,
+                               "content_block": first}))
             deltas: list[dict[str, Any]] = []
             if kind == "thinking":
                 deltas = [{"type": "thinking_delta", "thinking": p}
-                          for p in _split(blk["thinking"], n)]
+                          for p in split(blk["thinking"], n)]
                 deltas.append({"type": "signature_delta", "signature": blk["signature"]})
             elif kind == "text":
-                deltas = [{"type": "text_delta", "text": p} for p in _split(blk["text"], n)]
+                deltas = [{"type": "text_delta", "text": p} for p in split(blk["text"], n)]
             elif kind == "tool_use":
                 args = orjson.dumps(blk["input"]).decode()
                 deltas = [{"type": "input_json_delta", "partial_json": ""}]
                 deltas += [{"type": "input_json_delta", "partial_json": p}
-                           for p in _split(args, max(3, n))]
-            out += [_sse("content_block_delta", {"type": "content_block_delta", "index": i,
-                                                 "delta": d}) for d in deltas]
-            out.append(_sse("content_block_stop", {"type": "content_block_stop", "index": i}))
-        out.append(_sse("message_delta", {
+                           for p in split(args, max(3, n))]
+            out += [_event({"type": "content_block_delta", "index": i, "delta": d})
+                    for d in deltas]
+            out.append(_event({"type": "content_block_stop", "index": i}))
+        out.append(_event({
             "type": "message_delta",
             "delta": {"stop_reason": self._stop_reason(blocks, b), "stop_sequence": None},
             "usage": usage,
         }))
-        out.append(_sse("message_stop", {"type": "message_stop"}))
+        out.append(_event({"type": "message_stop"}))
         return out
 
     async def _stream(self, request: web.Request, body: dict[str, Any], b: Behaviour):
-        events = self._events(body, b)
-        delay = b.delay if b.delay is not None else self.delay
         headers = {"Content-Type": "text/event-stream; charset=utf-8", "Cache-Control": "no-cache",
-                   "request-id": f"req_011C{_rand(20)}", **_ratelimit_headers()}
-        resp = web.StreamResponse(headers=headers)
-        await resp.prepare(request)
-        for sent, event in enumerate(events):
-            if b.hang_after == sent:
-                await self._sleep(request, b.hang_seconds)
-            if b.drop_after == sent:
-                assert request.transport is not None
-                request.transport.abort()
-                return resp
-            if b.error_after == sent:
-                assert b.error is not None
-                await resp.write(_sse("error", {"type": "error", "error": b.error}))
-                break
-            await self._sleep(request, delay if sent else 0.0)
-            await resp.write(event)
-        await resp.write_eof()
-        return resp
+                   "request-id": f"req_011C{rand(20)}", **_ratelimit_headers()}
+        return await self._send_stream(request, b, self._events(body, b), headers,
+                                       lambda sent: _event({"type": "error", "error": b.error}))
 
 
 # ----------------------------------------------------------------------------- validation
@@ -586,6 +447,14 @@ def _check_request(body: dict[str, Any], *, mid_system: bool = False) -> str | N
         if "type" not in tool and not isinstance(tool.get("input_schema"), dict):
             return f"tools.{i}.custom.input_schema: Field required"
     return _check_messages(body["messages"], mid_system=mid_system)
+
+
+def _check_count(body: dict[str, Any]) -> str | None:
+    """The 400 message for a count_tokens ``body``, or None."""
+    for name in ("model", "messages"):
+        if name not in body:
+            return f"{name}: Field required"
+    return _check_messages(body["messages"])
 
 
 def _check_messages(messages: Any, *, mid_system: bool = False) -> str | None:

@@ -41,21 +41,39 @@ Default reply: ``"Hello! You said: <last user text>"``; a call to the first decl
 function when the last user text contains "weather". ``requests`` records every
 request; ``closed_streams`` counts generate requests whose client went away before the
 answer finished (``stream_closed`` is set each time); fake-initiated drops don't count.
+``latency``, ``fail_rate`` and ``seed`` act as in every fake (``fakes.base``); its failures
+are ``INTERNAL`` 500s and ``UNAVAILABLE`` 503s.
 """
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import secrets
-import string
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
 from aiohttp import web
 
-_ALNUM = string.ascii_letters + string.digits
+from fakes import base
+from fakes.base import (
+    ALNUM,
+    FakeUpstream,
+    Recorded,
+    fake_args,
+    fault_helpers,
+    json_response,
+    pick,
+    rand,
+    split,
+    sse,
+    tokens,
+)
+
+__all__ = ["Behaviour", "FakeGemini", "Recorded", "drop_mid_stream", "error", "garbage",
+           "hang_before_headers", "hang_mid_stream", "mid_stream_error", "reply", "slow"]
+
 _STATUS_NAMES = {
     400: "INVALID_ARGUMENT", 401: "UNAUTHENTICATED", 403: "PERMISSION_DENIED", 404: "NOT_FOUND",
     409: "ABORTED", 429: "RESOURCE_EXHAUSTED", 499: "CANCELLED", 500: "INTERNAL",
@@ -84,37 +102,14 @@ def _field(obj: dict[str, Any], camel: str) -> Any:
 
 
 @dataclass
-class Recorded:
-    """One request seen by the fake (header names lower-cased)."""
+class Behaviour(base.Behaviour):
+    """How to answer one generate request; build with the helper functions.
 
-    method: str
-    path: str
-    headers: dict[str, str]
-    json: Any
-    body: bytes
-    query: dict[str, str] = field(default_factory=dict)
+    ``error`` is the google.rpc.Status ``body["error"]``.
+    """
 
-
-@dataclass
-class Behaviour:
-    """How to answer one generate request; build with the helper functions."""
-
-    text: str | None = None
-    chunks: int | None = None
-    delay: float | None = None
-    tool_calls: int | list[dict[str, Any]] | None = None
     thinking: str | None = None
     finish_reason: str | None = None
-    usage: dict[str, int] = field(default_factory=dict)
-    status: int = 200
-    error: dict[str, Any] | None = None  # the google.rpc.Status body["error"]
-    headers: dict[str, str] = field(default_factory=dict)
-    hang_before_headers: float = 0.0
-    hang_after: int | None = None
-    hang_seconds: float = 0.0
-    drop_after: int | None = None
-    error_after: int | None = None
-    garbage: bytes | None = None
 
 
 def reply(
@@ -126,7 +121,8 @@ def reply(
     finish_reason: str | None = None,
     usage: dict[str, int] | None = None,
 ) -> Behaviour:
-    return Behaviour(text, chunks, delay, tool_calls, thinking, finish_reason, dict(usage or {}))
+    return Behaviour(text=text, chunks=chunks, delay=delay, tool_calls=tool_calls,
+                     thinking=thinking, finish_reason=finish_reason, usage=dict(usage or {}))
 
 
 def _status(code: int, message: str, status_name: str | None = None,
@@ -166,18 +162,6 @@ def error(
     return Behaviour(status=status, error=body, headers=dict(headers or {}))
 
 
-def hang_before_headers(seconds: float) -> Behaviour:
-    return Behaviour(hang_before_headers=seconds)
-
-
-def hang_mid_stream(after_chunks: int, seconds: float) -> Behaviour:
-    return Behaviour(hang_after=after_chunks, hang_seconds=seconds)
-
-
-def drop_mid_stream(after_chunks: int) -> Behaviour:
-    return Behaviour(drop_after=after_chunks)
-
-
 def mid_stream_error(
     after_chunks: int,
     message: str = "An internal error has occurred. Please retry or report in "
@@ -188,19 +172,10 @@ def mid_stream_error(
     return Behaviour(error_after=after_chunks, error=_status(code, message, status_name))
 
 
-def garbage(body: bytes | None = None) -> Behaviour:
-    return Behaviour(garbage=body or b"")
-
-
-def slow(delay_per_chunk: float) -> Behaviour:
-    return Behaviour(delay=delay_per_chunk)
+hang_before_headers, hang_mid_stream, drop_mid_stream, garbage, slow = fault_helpers(Behaviour)
 
 
 # ----------------------------------------------------------------------------- helpers
-
-def _rand(n: int, alphabet: str = _ALNUM) -> str:
-    return "".join(secrets.choice(alphabet) for _ in range(n))
-
 
 def _signature() -> str:
     """An opaque thought signature (base64, as the SDK checks)."""
@@ -213,32 +188,8 @@ def _text_of(content: Any) -> str:
                     and isinstance(p.get("text"), str) and not p.get("thought"))
 
 
-def _tokens(s: str) -> int:
-    return max(1, (len(s) + 3) // 4)
-
-
-def _split(s: str, n: int) -> list[str]:
-    """Split ``s`` into ``min(n, len(s))`` contiguous non-empty pieces."""
-    n = max(1, min(n, len(s)))
-    return [s[i * len(s) // n : (i + 1) * len(s) // n] for i in range(n)] if s else [""]
-
-
-def _fake_args(schema: Any) -> dict[str, Any]:
-    props = (schema or {}).get("properties", {}) if isinstance(schema, dict) else {}
-    by_type: dict[Any, Any] = {"NUMBER": 1, "INTEGER": 1, "BOOLEAN": True, "ARRAY": [],
-                               "OBJECT": {}}
-    args: dict[str, Any] = {}
-    for name, prop in (props or {}).items():
-        prop = prop if isinstance(prop, dict) else {}
-        default = "Paris" if name in ("location", "city") else "test"
-        kind = str(prop.get("type", "")).upper()
-        args[name] = (prop.get("enum") or [by_type.get(kind, default)])[0]
-    return args or {"location": "Paris"}
-
-
 def _json(status: int, obj: Any, headers: dict[str, str] | None = None) -> web.Response:
-    return web.Response(status=status, body=obj if isinstance(obj, bytes) else orjson.dumps(obj),
-                        content_type="application/json", charset="UTF-8", headers=headers)
+    return json_response(status, obj, headers, charset="UTF-8")
 
 
 def _google_error(code: int, message: str, status_name: str | None = None,
@@ -255,87 +206,53 @@ def _bad_request(message: str, field_path: str | None = None) -> web.Response:
 
 
 def _sse(chunk: dict[str, Any]) -> bytes:
-    return b"data: " + orjson.dumps(chunk) + b"\r\n\r\n"
+    return sse(chunk, end=b"\r\n\r\n")
 
 
 # ----------------------------------------------------------------------------- the fake
 
-class FakeGemini:
+class FakeGemini(FakeUpstream[Behaviour]):
     """In-process fake of the Gemini generateContent API (see module docstring)."""
+
+    behaviour = Behaviour
+    key_in = ("x-goog-api-key", "?key")
+    respond_json = staticmethod(_json)
 
     def __init__(
         self,
         *,
         api_key: str | None = "AIza-upstream-test",
-        models: tuple[str, ...] | list[str] = ("gemini-2.5-flash", "gemini-2.5-pro",
-                                               "gemini-3-pro-preview"),
-        other_models: tuple[str, ...] | list[str] = ("gemini-embedding-001",),
-        chunks: int = 4,
-        delay: float = 0.0,
+        models: Sequence[str] = ("gemini-2.5-flash", "gemini-2.5-pro", "gemini-3-pro-preview"),
+        other_models: Sequence[str] = ("gemini-embedding-001",),
         max_page: int = 1000,
+        **knobs: Any,  # chunks, delay, latency, fail_rate, seed: see fakes.base
     ) -> None:
-        self.api_key = api_key
-        self.models = list(models)
+        super().__init__(api_key=api_key, models=models, **knobs)
         self.other_models = list(other_models)  # listed, but cannot generateContent
-        self.chunks = chunks
-        self.delay = delay
         self.max_page = max_page  # GET /v1beta/models page size cap
-        self.base_url = ""  # for tests: set it once the app is served
-        self.requests: list[Recorded] = []
-        self.script: list[Behaviour] = []
-        self.closed_streams = 0
-        self.stream_closed = asyncio.Event()
-        self.app = web.Application()
         for version in ("v1beta", "v1"):  # the real API serves both
             self.app.router.add_post(f"/{version}/models/{{target}}", self._generate)
             self.app.router.add_get(f"/{version}/models", self._models)
 
-    # ---- plumbing -------------------------------------------------------------------
-    async def _record(self, request: web.Request) -> Recorded:
-        raw = await request.read()
-        try:
-            parsed = orjson.loads(raw) if raw else None
-        except orjson.JSONDecodeError:
-            parsed = None
-        rec = Recorded(request.method, request.path,
-                       {k.lower(): v for k, v in request.headers.items()}, parsed, raw,
-                       dict(request.query))
-        self.requests.append(rec)
-        return rec
+    def _auth_missing(self) -> web.Response:
+        return _google_error(403, "Method doesn't allow unregistered callers (callers without "
+                             "established identity). Please use API Key or other form of API "
+                             "consumer identity to call this API.")
 
-    def _auth_error(self, request: web.Request) -> web.Response | None:
-        if self.api_key is None:
-            return None
-        key = request.headers.get("x-goog-api-key") or request.query.get("key")
-        if not key:
-            return _google_error(403, "Method doesn't allow unregistered callers (callers "
-                                 "without established identity). Please use API Key or other "
-                                 "form of API consumer identity to call this API.")
-        if key != self.api_key:
-            message = "API key not valid. Please pass a valid API key."
-            return _google_error(400, message, details=[
-                {"@type": _TYPE + "ErrorInfo", "reason": "API_KEY_INVALID",
-                 "domain": "googleapis.com",
-                 "metadata": {"service": "generativelanguage.googleapis.com"}},
-                {"@type": _TYPE + "LocalizedMessage", "locale": "en-US", "message": message},
-            ])
-        return None
+    def _auth_wrong(self, key: str) -> web.Response:
+        message = "API key not valid. Please pass a valid API key."
+        return _google_error(400, message, details=[
+            {"@type": _TYPE + "ErrorInfo", "reason": "API_KEY_INVALID",
+             "domain": "googleapis.com",
+             "metadata": {"service": "generativelanguage.googleapis.com"}},
+            {"@type": _TYPE + "LocalizedMessage", "locale": "en-US", "message": message},
+        ])
 
-    async def _sleep(self, request: web.Request, seconds: float) -> None:
-        loop = asyncio.get_running_loop()
-        end = loop.time() + seconds
-        while True:
-            transport = request.transport
-            if transport is None or transport.is_closing():
-                raise ConnectionResetError("client went away")
-            left = end - loop.time()
-            if left <= 0:
-                return
-            await asyncio.sleep(min(left, 0.01))
-
-    def _client_gone(self) -> None:
-        self.closed_streams += 1
-        self.stream_closed.set()
+    def _failure(self, status: int) -> Behaviour:
+        if status == 500:
+            return error(500, "An internal error has occurred. Please retry or report in "
+                              "https://developers.generativeai.google/guide/troubleshooting")
+        return error(503, "The model is overloaded. Please try again later.")
 
     # ---- handlers -------------------------------------------------------------------
     async def _models(self, request: web.Request) -> web.StreamResponse:
@@ -359,27 +276,16 @@ class FakeGemini:
 
     async def _generate(self, request: web.Request) -> web.StreamResponse:
         rec = await self._record(request)
-        model, _, method = request.match_info["target"].rpartition(":")
+        method = request.match_info["target"].rpartition(":")[2]
         if method not in ("generateContent", "streamGenerateContent"):
             return _google_error(404, f"Method not found: {method}")
-        b = self.script.pop(0) if self.script else Behaviour()
-        try:
-            return await self._serve(request, rec, b, model, method == "streamGenerateContent")
-        except ConnectionResetError:
-            self._client_gone()
-            return web.Response(status=499)
-        except asyncio.CancelledError:
-            self._client_gone()
-            raise
+        return await self._answer(request, rec)
 
-    async def _serve(self, request: web.Request, rec: Recorded, b: Behaviour, model: str,
-                     stream: bool) -> web.StreamResponse:
-        if b.hang_before_headers:
-            await self._sleep(request, b.hang_before_headers)
-        if b.error is not None and b.error_after is None:
-            return _json(b.status, {"error": b.error}, b.headers)
-        if (err := self._auth_error(request)) is not None:
-            return err
+    async def _serve(self, request: web.Request, rec: Recorded, b: Behaviour) -> web.StreamResponse:
+        if (early := await self._before(request, b)) is not None:
+            return early
+        model, _, method = request.match_info["target"].rpartition(":")
+        stream = method == "streamGenerateContent"
         if model not in self.models:
             version = request.path.split("/")[1]
             return _google_error(404, f"models/{model} is not found for API version {version}, or "
@@ -390,18 +296,15 @@ class FakeGemini:
             return _bad_request("Invalid JSON payload received. Expected an object.")
         if (problem := _check_request(body, model)) is not None:
             return problem
-        sse = request.query.get("alt") == "sse"
-        if b.garbage is not None and stream:
-            junk = b.garbage or b"<html>502 Bad Gateway</html>\r\nnot an event stream {{\x00\n\n"
-            return web.Response(body=junk, headers={"Content-Type": "text/event-stream"})
+        as_sse = request.query.get("alt") == "sse"
         if b.garbage is not None:
-            return _json(200, b.garbage or b"<html><body>upstream says hi</body></html> {not json")
+            return self._garbage(b, stream)
         if b.error is not None and not stream:
             return _json(b.error["code"], {"error": b.error})
         chunks = self._chunks(body, b, model)
         if not stream:
-            return await self._complete(request, self._merged(chunks), b)
-        if not sse:
+            return await self._send_whole(request, b, orjson.dumps(self._merged(chunks)))
+        if not as_sse:
             return _json(200, b"[" + b",\r\n".join(orjson.dumps(c) for c in chunks) + b"]")
         return await self._stream(request, chunks, b)
 
@@ -420,10 +323,9 @@ class FakeGemini:
         if isinstance(n, list):
             calls = [{"name": c["name"], "args": c["arguments"]} for c in n]
         else:
-            fallback = {"name": "get_weather", "parameters": {}}
-            picked = [(decls or [fallback])[i % max(1, len(decls))] for i in range(n)]
-            calls = [{"name": d["name"], "args": _fake_args(d.get("parameters")
-                                                            or _field(d, "parametersJsonSchema"))}
+            picked = pick(decls, n, {"name": "get_weather", "parameters": {}})
+            calls = [{"name": d["name"],
+                      "args": fake_args(d.get("parameters") or _field(d, "parametersJsonSchema"))}
                      for d in picked]
         thinking_config = _field(_field(body, "generationConfig") or {}, "thinkingConfig") or {}
         thinking = b.thinking
@@ -440,22 +342,22 @@ class FakeGemini:
         n = b.chunks or self.chunks
         part_groups: list[list[dict[str, Any]]] = []
         if thinking is not None:
-            part_groups += [[{"text": p, "thought": True}] for p in _split(thinking, n)]
+            part_groups += [[{"text": p, "thought": True}] for p in split(thinking, n)]
         if text is not None:
-            part_groups += [[{"text": p}] for p in _split(text, n)]
+            part_groups += [[{"text": p}] for p in split(text, n)]
         if calls:
             part_groups.append([{"functionCall": c, "thoughtSignature": _signature()}
                                 for c in calls])
         contents = body["contents"]
-        prompt = _tokens(_text_of(_field(body, "systemInstruction")))
-        prompt += sum(_tokens(_text_of(c)) for c in contents)
-        thoughts_total = _tokens(thinking) if thinking is not None else 0
-        response_id = _rand(22, _ALNUM + "-_")
+        prompt = tokens(_text_of(_field(body, "systemInstruction")))
+        prompt += sum(tokens(_text_of(c)) for c in contents)
+        thoughts_total = tokens(thinking) if thinking is not None else 0
+        response_id = rand(22, ALNUM + "-_")
         out: list[dict[str, Any]] = []
         candidates_so_far = thoughts_so_far = 0
         for i, parts in enumerate(part_groups):
             for p in parts:
-                size = _tokens(p.get("text") or orjson.dumps(p.get("functionCall")).decode())
+                size = tokens(p.get("text") or orjson.dumps(p.get("functionCall")).decode())
                 if p.get("thought"):
                     thoughts_so_far = thoughts_total
                 else:
@@ -494,46 +396,10 @@ class FakeGemini:
         candidate = {**final["candidates"][0], "content": {"parts": parts, "role": "model"}}
         return {**final, "candidates": [candidate]}
 
-    async def _complete(self, request: web.Request, doc: dict[str, Any], b: Behaviour):
-        payload = orjson.dumps(doc)
-        delay = b.delay if b.delay is not None else self.delay
-        if delay:
-            await self._sleep(request, delay * (b.chunks or self.chunks))
-        if b.hang_after is None and b.drop_after is None:
-            return _json(200, payload)
-        resp = web.StreamResponse()
-        resp.content_type = "application/json"
-        resp.content_length = len(payload)
-        await resp.prepare(request)
-        await resp.write(payload[: len(payload) // 2])
-        if b.drop_after is not None:
-            assert request.transport is not None
-            request.transport.abort()
-            return resp
-        await self._sleep(request, b.hang_seconds)
-        await resp.write(payload[len(payload) // 2 :])
-        await resp.write_eof()
-        return resp
-
     async def _stream(self, request: web.Request, chunks: list[dict[str, Any]], b: Behaviour):
-        delay = b.delay if b.delay is not None else self.delay
-        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream",
-                                           "Cache-Control": "no-cache"})
-        await resp.prepare(request)
-        for sent, chunk in enumerate(chunks):
-            if b.hang_after == sent:
-                await self._sleep(request, b.hang_seconds)
-            if b.drop_after == sent:
-                assert request.transport is not None
-                request.transport.abort()
-                return resp
-            if b.error_after == sent:
-                await resp.write(_sse({"error": b.error}))
-                break
-            await self._sleep(request, delay if sent else 0.0)
-            await resp.write(_sse(chunk))
-        await resp.write_eof()
-        return resp
+        return await self._send_stream(request, b, [_sse(c) for c in chunks],
+                                       {"Cache-Control": "no-cache"},
+                                       lambda sent: _sse({"error": b.error}))
 
 
 # ----------------------------------------------------------------------------- validation

@@ -48,24 +48,33 @@ Default reply: ``"Hello! You said: <last user text>"``; a call to the first func
 tool when the last user text contains "weather" (or ``tool_choice`` is ``required``).
 ``requests`` records every request; ``closed_streams`` counts responses requests whose
 client went away before the answer finished (``stream_closed`` is set each time);
-fake-initiated drops don't count.
+fake-initiated drops don't count. ``latency``, ``fail_rate`` and ``seed`` act as in every
+fake (``fakes.base``); its failures are ``server_error`` 500s and 503s.
 """
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import secrets
-import string
 import time
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
 from aiohttp import web
 
-_ALNUM = string.ascii_letters + string.digits
+from fakes import base
+from fakes.base import Recorded, fake_args, fault_helpers, pick, rand, split, sse, tokens
+from fakes.openai_upstream import OpenAIFake, error_body, openai_json
+
+__all__ = ["Behaviour", "FakeResponses", "Recorded", "drop_mid_stream", "error", "garbage",
+           "hang_before_headers", "hang_mid_stream", "mid_stream_error", "reply",
+           "response_failed", "slow"]
+
+_HEX = "0123456789abcdef"
 _INVALID = "invalid_request_error"
+_SORRY = "The server had an error while processing your request. Sorry about that!"
 _PARAMETERS = {
     "model", "input", "instructions", "tools", "tool_choice", "parallel_tool_calls", "stream",
     "stream_options", "store", "include", "reasoning", "text", "temperature", "top_p",
@@ -78,37 +87,15 @@ _OUTPUT_PARTS = ("output_text", "refusal")
 
 
 @dataclass
-class Recorded:
-    """One request seen by the fake (header names lower-cased)."""
+class Behaviour(base.Behaviour):
+    """How to answer one responses request; build with the helper functions.
 
-    method: str
-    path: str
-    headers: dict[str, str]
-    json: Any
-    body: bytes
+    ``error`` is the HTTP error ``body["error"]``, or the stream error's fields.
+    """
 
-
-@dataclass
-class Behaviour:
-    """How to answer one responses request; build with the helper functions."""
-
-    text: str | None = None
-    chunks: int | None = None
-    delay: float | None = None
-    tool_calls: int | list[dict[str, Any]] | None = None
     reasoning: str | None = None
     final_status: str | None = None
-    usage: dict[str, int] = field(default_factory=dict)
-    status: int = 200
-    error: dict[str, Any] | None = None  # HTTP error body["error"], or the stream error
-    headers: dict[str, str] = field(default_factory=dict)
-    hang_before_headers: float = 0.0
-    hang_after: int | None = None
-    hang_seconds: float = 0.0
-    drop_after: int | None = None
-    error_after: int | None = None
     failed: bool = False  # the stream error is a response.failed event
-    garbage: bytes | None = None
 
 
 def reply(
@@ -120,11 +107,8 @@ def reply(
     status: str | None = None,
     usage: dict[str, int] | None = None,
 ) -> Behaviour:
-    return Behaviour(text, chunks, delay, tool_calls, reasoning, status, dict(usage or {}))
-
-
-def _err(message: str, type_: str, code: str | None, param: str | None = None) -> dict[str, Any]:
-    return {"message": message, "type": type_, "param": param, "code": code}
+    return Behaviour(text=text, chunks=chunks, delay=delay, tool_calls=tool_calls,
+                     reasoning=reasoning, final_status=status, usage=dict(usage or {}))
 
 
 def error(
@@ -135,29 +119,13 @@ def error(
     headers: dict[str, str] | None = None,
     param: str | None = None,
 ) -> Behaviour:
-    if type is None:
-        type = {429: "requests"}.get(status, "server_error" if status >= 500 else _INVALID)
-    if code is None and status == 429:
-        code = "rate_limit_exceeded"
-    body = _err(message or f"Fake upstream error {status}", type, code, param)
-    return Behaviour(status=status, error=body, headers=dict(headers or {}))
-
-
-def hang_before_headers(seconds: float) -> Behaviour:
-    return Behaviour(hang_before_headers=seconds)
-
-
-def hang_mid_stream(after_chunks: int, seconds: float) -> Behaviour:
-    return Behaviour(hang_after=after_chunks, hang_seconds=seconds)
-
-
-def drop_mid_stream(after_chunks: int) -> Behaviour:
-    return Behaviour(drop_after=after_chunks)
+    return Behaviour(status=status, error=error_body(status, message, type, code, param),
+                     headers=dict(headers or {}))
 
 
 def mid_stream_error(
     after_chunks: int,
-    message: str = "The server had an error while processing your request. Sorry about that!",
+    message: str = _SORRY,
     code: str = "server_error",
 ) -> Behaviour:
     return Behaviour(error_after=after_chunks, error={"code": code, "message": message})
@@ -165,29 +133,20 @@ def mid_stream_error(
 
 def response_failed(
     after_chunks: int,
-    message: str = "The server had an error while processing your request. Sorry about that!",
+    message: str = _SORRY,
     code: str = "server_error",
 ) -> Behaviour:
     return Behaviour(error_after=after_chunks, error={"code": code, "message": message},
                      failed=True)
 
 
-def garbage(body: bytes | None = None) -> Behaviour:
-    return Behaviour(garbage=body or b"")
-
-
-def slow(delay_per_chunk: float) -> Behaviour:
-    return Behaviour(delay=delay_per_chunk)
+hang_before_headers, hang_mid_stream, drop_mid_stream, garbage, slow = fault_helpers(Behaviour)
 
 
 # ----------------------------------------------------------------------------- helpers
 
-def _rand(n: int, alphabet: str = "0123456789abcdef") -> str:
-    return "".join(secrets.choice(alphabet) for _ in range(n))
-
-
 def _item_id(prefix: str) -> str:
-    return f"{prefix}_{_rand(48)}"
+    return f"{prefix}_{rand(48, _HEX)}"
 
 
 def _text_of(content: Any) -> str:
@@ -198,38 +157,9 @@ def _text_of(content: Any) -> str:
     return ""
 
 
-def _tokens(s: str) -> int:
-    return max(1, (len(s) + 3) // 4)
-
-
-def _split(s: str, n: int) -> list[str]:
-    n = max(1, min(n, len(s)))
-    return [s[i * len(s) // n : (i + 1) * len(s) // n] for i in range(n)] if s else [""]
-
-
-def _fake_args(schema: Any) -> str:
-    props = (schema or {}).get("properties", {}) if isinstance(schema, dict) else {}
-    by_type: dict[Any, Any] = {"number": 1, "integer": 1, "boolean": True, "array": [],
-                               "object": {}}
-    args: dict[str, Any] = {}
-    for name, prop in (props or {}).items():
-        prop = prop if isinstance(prop, dict) else {}
-        default = "Paris" if name in ("location", "city") else "test"
-        args[name] = (prop.get("enum") or [by_type.get(prop.get("type"), default)])[0]
-    return orjson.dumps(args or {"location": "Paris"}).decode()
-
-
-def _json(status: int, obj: Any, headers: dict[str, str] | None = None) -> web.Response:
-    hdrs = {"x-request-id": f"req_{secrets.token_hex(16)}", "openai-processing-ms": "9"}
-    return web.Response(
-        status=status, body=obj if isinstance(obj, bytes) else orjson.dumps(obj),
-        content_type="application/json", headers={**hdrs, **(headers or {})},
-    )
-
-
 def _oai_error(status: int, message: str, code: str | None = None, param: str | None = None,
                type_: str = _INVALID) -> web.Response:
-    return _json(status, {"error": _err(message, type_, code, param)})
+    return openai_json(status, {"error": error_body(status, message, type_, code, param)})
 
 
 def _ratelimit_headers() -> dict[str, str]:
@@ -238,110 +168,35 @@ def _ratelimit_headers() -> dict[str, str]:
             "x-ratelimit-remaining-tokens": "3999000", "x-ratelimit-reset-tokens": "15ms"}
 
 
-def _sse(name: str, data: dict[str, Any]) -> bytes:
-    return b"event: " + name.encode() + b"\ndata: " + orjson.dumps(data) + b"\n\n"
+def _event(name: str, sent: int, data: dict[str, Any]) -> bytes:
+    """Stream event number ``sent``: named for its ``type``, numbered by ``sequence_number``."""
+    return sse({"type": name, "sequence_number": sent, **data}, name)
 
 
 # ----------------------------------------------------------------------------- the fake
 
-class FakeResponses:
+class FakeResponses(OpenAIFake[Behaviour]):
     """In-process fake of the OpenAI Responses API (see module docstring)."""
+
+    behaviour = Behaviour
 
     def __init__(
         self,
         *,
         api_key: str | None = "sk-upstream-test",
-        models: tuple[str, ...] | list[str] = ("gpt-5-mini", "gpt-4.1-mini", "o4-mini"),
-        reasoning_models: tuple[str, ...] | list[str] = ("gpt-5-mini", "o4-mini"),
-        chunks: int = 4,
-        delay: float = 0.0,
+        models: Sequence[str] = ("gpt-5-mini", "gpt-4.1-mini", "o4-mini"),
+        reasoning_models: Sequence[str] = ("gpt-5-mini", "o4-mini"),
+        **knobs: Any,  # chunks, delay, latency, fail_rate, seed: see fakes.base
     ) -> None:
-        self.api_key = api_key
-        self.models = list(models)
+        super().__init__(api_key=api_key, models=models, **knobs)
         self.reasoning_models = set(reasoning_models)
-        self.chunks = chunks
-        self.delay = delay
-        self.base_url = ""  # for tests: set it once the app is served
-        self.requests: list[Recorded] = []
-        self.script: list[Behaviour] = []
-        self.closed_streams = 0
-        self.stream_closed = asyncio.Event()
-        self.app = web.Application()
-        self.app.router.add_post("/v1/responses", self._responses)
+        self.app.router.add_post("/v1/responses", self._handle)
         self.app.router.add_get("/v1/models", self._models)
 
-    # ---- plumbing -------------------------------------------------------------------
-    async def _record(self, request: web.Request) -> Recorded:
-        raw = await request.read()
-        try:
-            parsed = orjson.loads(raw) if raw else None
-        except orjson.JSONDecodeError:
-            parsed = None
-        rec = Recorded(request.method, request.path,
-                       {k.lower(): v for k, v in request.headers.items()}, parsed, raw)
-        self.requests.append(rec)
-        return rec
-
-    def _auth_error(self, request: web.Request) -> web.Response | None:
-        if self.api_key is None:
-            return None
-        auth = request.headers.get("Authorization", "")
-        if not auth:
-            return _oai_error(401, "You didn't provide an API key. You need to provide your API "
-                              "key in an Authorization header using Bearer auth (i.e. "
-                              "Authorization: Bearer YOUR_KEY).")
-        if auth != f"Bearer {self.api_key}":
-            key = auth.removeprefix("Bearer ").strip()
-            masked = f"{key[:8]}{'*' * 10}{key[-4:]}" if len(key) > 12 else key
-            return _oai_error(401, f"Incorrect API key provided: {masked}. You can find your "
-                              "API key at https://platform.openai.com/account/api-keys.",
-                              "invalid_api_key")
-        return None
-
-    async def _sleep(self, request: web.Request, seconds: float) -> None:
-        loop = asyncio.get_running_loop()
-        end = loop.time() + seconds
-        while True:
-            transport = request.transport
-            if transport is None or transport.is_closing():
-                raise ConnectionResetError("client went away")
-            left = end - loop.time()
-            if left <= 0:
-                return
-            await asyncio.sleep(min(left, 0.01))
-
-    def _client_gone(self) -> None:
-        self.closed_streams += 1
-        self.stream_closed.set()
-
     # ---- handlers -------------------------------------------------------------------
-    async def _models(self, request: web.Request) -> web.StreamResponse:
-        await self._record(request)
-        if (err := self._auth_error(request)) is not None:
-            return err
-        data = [{"id": m, "object": "model", "created": 1744316542, "owned_by": "system"}
-                for m in self.models]
-        return _json(200, {"object": "list", "data": data})
-
-    async def _responses(self, request: web.Request) -> web.StreamResponse:
-        rec = await self._record(request)
-        b = self.script.pop(0) if self.script else Behaviour()
-        try:
-            return await self._serve(request, rec, b)
-        except ConnectionResetError:
-            self._client_gone()
-            return web.Response(status=499)
-        except asyncio.CancelledError:
-            self._client_gone()
-            raise
-
     async def _serve(self, request: web.Request, rec: Recorded, b: Behaviour) -> web.StreamResponse:
-        if b.hang_before_headers:
-            await self._sleep(request, b.hang_before_headers)
-        if b.error is not None and b.error_after is None:
-            return _json(b.status, {"error": b.error}, b.headers)
-        if (err := self._auth_error(request)) is not None:
-            return err
+        if (early := await self._before(request, b)) is not None:
+            return early
         body = rec.json
         if not isinstance(body, dict):
             return _oai_error(400, "We could not parse the JSON body of your request. (HINT: "
@@ -351,11 +206,8 @@ class FakeResponses:
         if (problem := self._check(body)) is not None:
             return problem
         stream = bool(body.get("stream"))
-        if b.garbage is not None and stream:
-            junk = b.garbage or b"<html>502 Bad Gateway</html>\r\nnot an event stream {{\x00\n\n"
-            return web.Response(body=junk, headers={"Content-Type": "text/event-stream"})
         if b.garbage is not None:
-            return _json(200, b.garbage or b"<html><body>upstream says hi</body></html> {not json")
+            return self._garbage(b, stream)
         if b.error is not None and not stream:
             return _oai_error(500, b.error["message"], b.error["code"], type_="server_error")
         plan = self._plan(body, b)
@@ -412,9 +264,9 @@ class FakeResponses:
         else:
             if isinstance(choice, dict) and choice.get("name"):
                 tools = [t for t in tools if t["name"] == choice["name"]] or tools
-            fallback = {"name": "get_weather", "parameters": {}}
-            picked = [(tools or [fallback])[i % max(1, len(tools))] for i in range(n)]
-            calls = [{"name": t["name"], "arguments": _fake_args(t.get("parameters"))}
+            picked = pick(tools, n, {"name": "get_weather", "parameters": {}})
+            calls = [{"name": t["name"],
+                      "arguments": orjson.dumps(fake_args(t.get("parameters"))).decode()}
                      for t in picked]
         config = body.get("reasoning") or {}
         reasons = b.reasoning is not None or body["model"] in self.reasoning_models
@@ -425,9 +277,9 @@ class FakeResponses:
         users = [m for m in messages if m.get("role") == "user"]
         said = _text_of(users[-1].get("content")) if users else ""
         text = b.text if b.text is not None else (None if calls else f"Hello! You said: {said}")
-        prompt = _tokens(str(body.get("instructions") or ""))
-        prompt += sum(_tokens(_text_of(m.get("content"))) + 3 for m in messages)
-        out = _tokens(text or "") + sum(_tokens(c["name"] + c["arguments"]) for c in calls)
+        prompt = tokens(str(body.get("instructions") or ""))
+        prompt += sum(tokens(_text_of(m.get("content"))) + 3 for m in messages)
+        out = tokens(text or "") + sum(tokens(c["name"] + c["arguments"]) for c in calls)
         reasoning_tokens = 64 if reasons else 0
         cached = b.usage.get("cached_tokens", 0)
         reasoning_tokens = b.usage.get("reasoning_tokens", reasoning_tokens)
@@ -438,7 +290,7 @@ class FakeResponses:
                  "output_tokens_details": {"reasoning_tokens": reasoning_tokens},
                  "total_tokens": input_tokens + output_tokens}
         return {"reasons": reasons, "summary": summary, "encrypted": encrypted, "text": text,
-                "calls": calls, "usage": usage, "id": f"resp_{_rand(48)}",
+                "calls": calls, "usage": usage, "id": f"resp_{rand(48, _HEX)}",
                 "created_at": int(time.time())}
 
     def _items(self, plan: dict[str, Any]) -> list[dict[str, Any]]:
@@ -457,7 +309,7 @@ class FakeResponses:
                           "content": [{"type": "output_text", "annotations": [], "logprobs": [],
                                        "text": plan["text"]}], "role": "assistant"})
         items += [{"id": _item_id("fc"), "type": "function_call", "status": "completed",
-                   "arguments": c["arguments"], "call_id": f"call_{_rand(24, _ALNUM)}",
+                   "arguments": c["arguments"], "call_id": f"call_{rand(24)}",
                    "name": c["name"]} for c in plan["calls"]]
         return items
 
@@ -487,25 +339,7 @@ class FakeResponses:
         doc = self._response(body, plan, b.final_status or "completed", self._items(plan),
                              plan["usage"])
         doc["completed_at"] = plan["created_at"] + 1
-        payload = orjson.dumps(doc)
-        delay = b.delay if b.delay is not None else self.delay
-        if delay:
-            await self._sleep(request, delay * (b.chunks or self.chunks))
-        if b.hang_after is None and b.drop_after is None:
-            return _json(200, payload, _ratelimit_headers())
-        resp = web.StreamResponse(headers={"x-request-id": f"req_{secrets.token_hex(16)}"})
-        resp.content_type = "application/json"
-        resp.content_length = len(payload)
-        await resp.prepare(request)
-        await resp.write(payload[: len(payload) // 2])
-        if b.drop_after is not None:
-            assert request.transport is not None
-            request.transport.abort()
-            return resp
-        await self._sleep(request, b.hang_seconds)
-        await resp.write(payload[len(payload) // 2 :])
-        await resp.write_eof()
-        return resp
+        return await self._send_whole(request, b, orjson.dumps(doc), _ratelimit_headers())
 
     def _events(self, body: dict[str, Any], b: Behaviour, plan: dict[str, Any]) -> list[tuple]:
         """The stream as ``(name, data-without-sequence_number)`` pairs, in order."""
@@ -516,7 +350,7 @@ class FakeResponses:
                             ("response.in_progress", {"response": started})]
 
         def obfuscated(data: dict[str, Any]) -> dict[str, Any]:
-            return {**data, "obfuscation": _rand(secrets.randbelow(12) + 1, _ALNUM)}
+            return {**data, "obfuscation": rand(secrets.randbelow(12) + 1)}
 
         for index, item in enumerate(items):
             ref = {"item_id": item["id"], "output_index": index}
@@ -529,7 +363,7 @@ class FakeResponses:
                     out.append(("response.reasoning_summary_part.added",
                                 {**sref, "part": {"type": "summary_text", "text": ""}}))
                     out += [("response.reasoning_summary_text.delta",
-                             obfuscated({**sref, "delta": p})) for p in _split(part["text"], n)]
+                             obfuscated({**sref, "delta": p})) for p in split(part["text"], n)]
                     out.append(("response.reasoning_summary_text.done",
                                 {**sref, "text": part["text"]}))
                     out.append(("response.reasoning_summary_part.done", {**sref, "part": part}))
@@ -543,7 +377,7 @@ class FakeResponses:
                 out.append(("response.content_part.added", {**cref, "part": empty}))
                 out += [("response.output_text.delta",
                          obfuscated({**cref, "delta": p, "logprobs": []}))
-                        for p in _split(text, n)]
+                        for p in split(text, n)]
                 out.append(("response.output_text.done", {**cref, "text": text, "logprobs": []}))
                 out.append(("response.content_part.done", {**cref, "part": item["content"][0]}))
             else:
@@ -551,7 +385,7 @@ class FakeResponses:
                     "output_index": index, "item": {**item, "status": "in_progress",
                                                     "arguments": ""}}))
                 out += [("response.function_call_arguments.delta", obfuscated({**ref, "delta": p}))
-                        for p in _split(item["arguments"], max(3, n))]
+                        for p in split(item["arguments"], max(3, n))]
                 out.append(("response.function_call_arguments.done",
                             {**ref, "arguments": item["arguments"]}))
             out.append(("response.output_item.done", {"output_index": index, "item": item}))
@@ -563,33 +397,18 @@ class FakeResponses:
 
     async def _stream(self, request: web.Request, body: dict[str, Any], b: Behaviour,
                       plan: dict[str, Any]):
-        events = self._events(body, b, plan)
-        delay = b.delay if b.delay is not None else self.delay
+        frames = [_event(name, sent, data)
+                  for sent, (name, data) in enumerate(self._events(body, b, plan))]
         headers = {"Content-Type": "text/event-stream; charset=utf-8",
                    "x-request-id": f"req_{secrets.token_hex(16)}", **_ratelimit_headers()}
-        resp = web.StreamResponse(headers=headers)
-        await resp.prepare(request)
-        for sent, (name, data) in enumerate(events):
-            if b.hang_after == sent:
-                await self._sleep(request, b.hang_seconds)
-            if b.drop_after == sent:
-                assert request.transport is not None
-                request.transport.abort()
-                return resp
-            if b.error_after == sent:
-                assert b.error is not None
-                if b.failed:
-                    failed = self._response(body, plan, "failed", [], None, b.error)
-                    await resp.write(_sse("response.failed", {
-                        "type": "response.failed", "sequence_number": sent, "response": failed}))
-                else:
-                    await resp.write(_sse("error", {"type": "error", "sequence_number": sent,
-                                                    "param": None, **b.error}))
-                break
-            await self._sleep(request, delay if sent else 0.0)
-            await resp.write(_sse(name, {"type": name, "sequence_number": sent, **data}))
-        await resp.write_eof()
-        return resp
+
+        def error_frame(sent: int) -> bytes:
+            if b.failed:
+                failed = self._response(body, plan, "failed", [], None, b.error)
+                return _event("response.failed", sent, {"response": failed})
+            return _event("error", sent, {"param": None, **b.error})
+
+        return await self._send_stream(request, b, frames, headers, error_frame)
 
 
 # ----------------------------------------------------------------------------- validation
