@@ -22,7 +22,7 @@ from conformance.conftest import cells
 from conformance.harness import ANSWER, TOOL_ARGS, TOOL_NAME, TOOL_RESULT, Cell
 from omniroute.formats import canonical as c
 from omniroute.formats import carry
-from omniroute.formats.gemini_parts import SKIP_SIGNATURE
+from omniroute.formats.gemini.parts import SKIP_SIGNATURE
 from omniroute.sse import SSESplitter, event_data
 
 LIST_SCHEMA = {"$schema": "https://json-schema.org/draft/2020-12/schema", "type": "object",

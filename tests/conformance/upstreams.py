@@ -26,7 +26,7 @@ from fakes import (
 )
 
 from omniroute.formats.gemini import camel_body
-from omniroute.formats.gemini_schema import to_json_schema
+from omniroute.formats.gemini.schema import to_json_schema
 from omniroute.formats.media import parse_data_url
 
 #: the usage every scripted answer reports: what the client and the request log must show

@@ -15,7 +15,7 @@ from omniroute.formats import carry
 from omniroute.formats.anthropic import AnthropicFormat
 from omniroute.formats.base import ClientRequest
 from omniroute.formats.gemini import GeminiFormat
-from omniroute.formats.gemini_parts import SKIP_SIGNATURE
+from omniroute.formats.gemini.parts import SKIP_SIGNATURE
 from omniroute.formats.ollama import OllamaFormat
 from omniroute.formats.responses import ResponsesFormat
 from omniroute.formats.translate import SYSTEM_REMINDER

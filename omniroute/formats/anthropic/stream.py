@@ -28,7 +28,7 @@ import orjson
 from omniroute.errors import UpstreamError
 from omniroute.formats import canonical as c
 from omniroute.formats import carry
-from omniroute.formats.anthropic_answer import (
+from omniroute.formats.anthropic.response import (
     NAME,
     STOP_REASONS,
     decode_thinking_block,

@@ -32,7 +32,7 @@ import orjson
 from omniroute.errors import UpstreamError
 from omniroute.formats import canonical as c
 from omniroute.formats.media import new_id
-from omniroute.formats.openai_answer import (
+from omniroute.formats.openai.response import (
     FINISH_TO_STOP,
     NAME,
     decode_usage,

@@ -40,9 +40,9 @@ import orjson
 from omniroute.errors import GatewayError, InvalidRequest, UpstreamError
 from omniroute.formats import canonical as c
 from omniroute.formats import carry
-from omniroute.formats import gemini_schema as schema
 from omniroute.formats.base import ClientRequest, Format
-from omniroute.formats.gemini_parts import (
+from omniroute.formats.gemini import schema
+from omniroute.formats.gemini.parts import (
     NAME,
     SKIP_SIGNATURE,
     decode_model_parts,
@@ -334,7 +334,7 @@ class GeminiFormat(Format):
 
     def encode_stream(self, events: AsyncIterator[c.Event],
                       request: c.Request) -> AsyncIterator[bytes]:
-        from omniroute.formats.gemini_stream import encode_stream
+        from omniroute.formats.gemini.stream import encode_stream
 
         return encode_stream(events, request)
 
@@ -477,7 +477,7 @@ class GeminiFormat(Format):
         return decode_response_body(data)
 
     def decode_stream(self, frames: AsyncIterator[bytes]) -> AsyncIterator[c.Event]:
-        from omniroute.formats.gemini_stream import decode_stream
+        from omniroute.formats.gemini.stream import decode_stream
 
         return decode_stream(frames)
 

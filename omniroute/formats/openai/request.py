@@ -36,7 +36,7 @@ from typing import Any
 from omniroute.errors import InvalidRequest
 from omniroute.formats import canonical as c
 from omniroute.formats.media import data_url, parse_data_url
-from omniroute.formats.openai_answer import NAME, decode_reasoning_fields
+from omniroute.formats.openai.response import NAME, decode_reasoning_fields
 from omniroute.formats.translate import (
     EFFORTS,
     arguments_text,

@@ -50,7 +50,7 @@ import orjson
 
 from omniroute.errors import InvalidRequest
 from omniroute.formats import canonical as c
-from omniroute.formats.anthropic_answer import NAME, decode_thinking_block
+from omniroute.formats.anthropic.response import NAME, decode_thinking_block
 from omniroute.formats.translate import (
     b64encode_text,
 )

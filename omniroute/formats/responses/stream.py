@@ -17,7 +17,7 @@ from omniroute.errors import UpstreamError
 from omniroute.formats import canonical as c
 from omniroute.formats.media import dumps, new_id
 from omniroute.formats.responses import FAILED, response_shell, response_status
-from omniroute.formats.responses_items import (
+from omniroute.formats.responses.items import (
     NAME,
     ToolIndex,
     call_item,

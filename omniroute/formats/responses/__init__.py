@@ -36,7 +36,7 @@ from omniroute.formats import canonical as c
 from omniroute.formats import carry
 from omniroute.formats.base import ClientRequest, Format
 from omniroute.formats.media import json_object
-from omniroute.formats.responses_items import (
+from omniroute.formats.responses.items import (
     NAME,
     InputDecoder,
     ToolIndex,
@@ -253,7 +253,7 @@ class ResponsesFormat(Format):
 
     def encode_stream(self, events: AsyncIterator[c.Event],
                       request: c.Request) -> AsyncIterator[bytes]:
-        from omniroute.formats.responses_stream import encode_stream
+        from omniroute.formats.responses.stream import encode_stream
 
         return encode_stream(events, request)
 
@@ -324,7 +324,7 @@ class ResponsesFormat(Format):
         return decode_response_object(data)
 
     def decode_stream(self, frames: AsyncIterator[bytes]) -> AsyncIterator[c.Event]:
-        from omniroute.formats.responses_stream import decode_stream
+        from omniroute.formats.responses.stream import decode_stream
 
         return decode_stream(frames)
 

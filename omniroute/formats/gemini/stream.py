@@ -16,7 +16,7 @@ from omniroute.errors import UpstreamError
 from omniroute.formats import canonical as c
 from omniroute.formats import carry
 from omniroute.formats.gemini import frame_json
-from omniroute.formats.gemini_parts import (
+from omniroute.formats.gemini.parts import (
     NAME,
     encode_call,
     finish_reason,

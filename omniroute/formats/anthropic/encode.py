@@ -13,7 +13,7 @@ from typing import Any
 from omniroute.errors import InvalidRequest
 from omniroute.formats import canonical as c
 from omniroute.formats import carry
-from omniroute.formats.anthropic_answer import NAME, text_block
+from omniroute.formats.anthropic.response import NAME, text_block
 from omniroute.formats.media import args_object, parse_data_url, sniff_media_type
 from omniroute.formats.translate import (
     EFFORT_BUDGETS,
