@@ -21,7 +21,7 @@ from conformance.clients.anthropic_messages import sdk, streamed, texts
 from conformance.conftest import add_cell, cells
 from conformance.harness import REASONING, TOOL_ARGS, TOOL_RESULT, Cell
 from conformance.upstreams import UPSTREAMS
-from omniroute.formats.translate import SYSTEM_REMINDER
+from omniroute.formats.canonical import SYSTEM_REMINDER
 from omniroute.sse import SSESplitter, event_data, event_name
 
 BETAS = ("claude-code-20250219,interleaved-thinking-2025-05-14,"

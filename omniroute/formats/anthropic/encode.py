@@ -14,12 +14,10 @@ from omniroute.errors import InvalidRequest
 from omniroute.formats import canonical as c
 from omniroute.formats import carry
 from omniroute.formats.anthropic.response import NAME, text_block
-from omniroute.formats.media import args_object, parse_data_url, sniff_media_type
-from omniroute.formats.translate import (
-    EFFORT_BUDGETS,
-    SYSTEM_REMINDER,
-    b64decode_text,
-)
+from omniroute.formats.canonical import SYSTEM_REMINDER
+from omniroute.formats.media import b64decode_text, parse_data_url, sniff_media_type
+from omniroute.formats.reasoning import EFFORT_BUDGETS
+from omniroute.formats.tools import args_object
 
 #: ``max_tokens`` sent when neither the request nor the connection sets one
 DEFAULT_MAX_TOKENS = 8192

@@ -17,7 +17,7 @@ Conventions of the ``anthropic`` translation (answers, usage and errors live in
   kept). An effort from another format is sent as adaptive thinking plus
   ``output_config.effort`` (the current API), or, with the connection setting
   ``thinking: "budget"`` (older models), as ``{"type": "enabled"}`` with the
-  budget of :data:`~omniroute.formats.translate.EFFORT_BUDGETS`. When thinking
+  budget of :data:`~omniroute.formats.reasoning.EFFORT_BUDGETS`. When thinking
   is on, what the API rejects alongside it is left out: ``top_k``, a
   ``temperature`` other than 1, a ``top_p`` below 0.95. A budget must stay
   below ``max_tokens``: with no ``max_tokens`` asked for, the default grows by
@@ -51,9 +51,7 @@ import orjson
 from omniroute.errors import InvalidRequest
 from omniroute.formats import canonical as c
 from omniroute.formats.anthropic.response import NAME, decode_thinking_block
-from omniroute.formats.translate import (
-    b64encode_text,
-)
+from omniroute.formats.media import b64encode_text
 
 _EFFORTS_IN = {"low": "low", "medium": "medium", "high": "high", "xhigh": "xhigh",
                "max": "xhigh"}

@@ -37,7 +37,7 @@ from omniroute.formats.anthropic.response import (
     stop_reason,
     upstream_error,
 )
-from omniroute.formats.media import new_id
+from omniroute.formats.ids import new_id
 from omniroute.sse import encode, event_data, event_name
 
 # ============================================================================ decoding

@@ -41,6 +41,7 @@ from omniroute.errors import GatewayError, InvalidRequest, UpstreamError
 from omniroute.formats import canonical as c
 from omniroute.formats import carry
 from omniroute.formats.base import ClientRequest, Format
+from omniroute.formats.canonical import SYSTEM_REMINDER
 from omniroute.formats.gemini import schema
 from omniroute.formats.gemini.parts import (
     NAME,
@@ -58,8 +59,9 @@ from omniroute.formats.gemini.parts import (
     usage_from_metadata,
     usage_metadata,
 )
-from omniroute.formats.media import hosted_raw, json_object, new_id, stable_id
-from omniroute.formats.translate import SYSTEM_REMINDER
+from omniroute.formats.ids import new_id, stable_id
+from omniroute.formats.json_text import json_object
+from omniroute.formats.tools import hosted_raw
 from omniroute.hookspecs import hookimpl
 from omniroute.sse import encode, event_data
 

@@ -10,7 +10,9 @@ from typing import Any
 
 from omniroute.formats import canonical as c
 from omniroute.formats import carry
-from omniroute.formats.media import args_object, dumps, stable_id
+from omniroute.formats.ids import stable_id
+from omniroute.formats.json_text import dumps
+from omniroute.formats.tools import args_object
 
 NAME = "gemini"
 SKIP_SIGNATURE = "skip_thought_signature_validator"

@@ -24,7 +24,8 @@ from omniroute.formats.gemini.parts import (
     usage_from_metadata,
     usage_metadata,
 )
-from omniroute.formats.media import dumps, new_id, stable_id
+from omniroute.formats.ids import new_id, stable_id
+from omniroute.formats.json_text import dumps
 from omniroute.formats.streams import closing
 from omniroute.sse import encode
 

@@ -25,16 +25,11 @@ import orjson
 from omniroute.errors import GatewayError, InvalidRequest, UpstreamError
 from omniroute.formats import canonical as c
 from omniroute.formats.base import ClientRequest, Format
-from omniroute.formats.media import (
-    args_object,
-    dumps,
-    hosted_raw,
-    json_object,
-    new_id,
-    sniff_media_type,
-    stable_id,
-)
+from omniroute.formats.ids import new_id, stable_id
+from omniroute.formats.json_text import dumps, json_object
+from omniroute.formats.media import sniff_media_type
 from omniroute.formats.streams import closing
+from omniroute.formats.tools import args_object, hosted_raw
 from omniroute.hookspecs import hookimpl
 
 NAME = "ollama"

@@ -16,7 +16,7 @@ Conventions this module keeps:
   mapped back to ``namespace`` + ``name`` for the client.
 * Hosted tools (``web_search``, ``image_generation``…) become ``Tool``s with
   ``meta = {"responses": {"raw": <definition>}}``: other formats drop them
-  (:func:`media.hosted_raw`), a Responses upstream gets them back.
+  (:func:`~omniroute.formats.tools.hosted_raw`), a Responses upstream gets them back.
 * ``custom`` (freeform) tools become a function taking ``{"input": string}``.
 * Reasoning another format produced (an Anthropic signature…) travels to the
   client packed in ``encrypted_content`` (:mod:`carry`) and is unpacked when
@@ -35,7 +35,7 @@ from omniroute.errors import GatewayError, InvalidRequest, UpstreamError
 from omniroute.formats import canonical as c
 from omniroute.formats import carry
 from omniroute.formats.base import ClientRequest, Format
-from omniroute.formats.media import json_object
+from omniroute.formats.json_text import json_object
 from omniroute.formats.responses.items import (
     NAME,
     InputDecoder,

@@ -13,14 +13,10 @@ import orjson
 from omniroute.errors import InvalidRequest
 from omniroute.formats import canonical as c
 from omniroute.formats import carry
-from omniroute.formats.media import (
-    data_url,
-    dumps,
-    hosted_raw,
-    json_object,
-    new_id,
-    parse_data_url,
-)
+from omniroute.formats.ids import new_id
+from omniroute.formats.json_text import dumps, json_object
+from omniroute.formats.media import data_url, parse_data_url
+from omniroute.formats.tools import hosted_raw
 from omniroute.sse import event_data
 
 NAME = "responses"

@@ -15,7 +15,8 @@ from typing import Any
 
 from omniroute.errors import UpstreamError
 from omniroute.formats import canonical as c
-from omniroute.formats.media import dumps, new_id
+from omniroute.formats.ids import new_id
+from omniroute.formats.json_text import dumps
 from omniroute.formats.responses import FAILED, response_shell, response_status
 from omniroute.formats.responses.items import (
     NAME,
