@@ -35,7 +35,7 @@ from aiohttp import web
 from omniroute.errors import InvalidRequest, NotFound
 from omniroute.formats.base import ClientRequest, Format
 from omniroute.formats.json_text import json_object
-from omniroute.formats.responses.items import frame_json
+from omniroute.formats.responses.response import frame_json
 from omniroute.proxy import Extension, handle
 from omniroute.storage.responses import ResponseStore
 from omniroute.tokens import estimate_request

@@ -25,7 +25,7 @@ from fakes import (
     responses_upstream,
 )
 
-from omniroute.formats.gemini import camel_body
+from omniroute.formats.gemini.request import camel_body
 from omniroute.formats.gemini.schema import to_json_schema
 from omniroute.formats.media import parse_data_url
 

@@ -79,8 +79,10 @@ def fixed_ids(monkeypatch: pytest.MonkeyPatch) -> None:
     counter = itertools.count(1)
 
     monkeypatch.setattr(ids, "_token", lambda: f"{next(counter):032x}")
-    monkeypatch.setattr("omniroute.formats.responses.now", lambda: 1741476542)
-    monkeypatch.setattr("omniroute.formats.ollama.now", lambda: "2024-01-01T00:00:00Z")
+    monkeypatch.setattr("omniroute.formats.responses.response.now", lambda: 1741476542)
+    for module in ("response", "stream"):
+        monkeypatch.setattr(f"omniroute.formats.ollama.{module}.now",
+                            lambda: "2024-01-01T00:00:00Z")
 
 
 # a canonical answer with every kind of part, shared by the encoder tests

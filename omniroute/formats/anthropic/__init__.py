@@ -1,9 +1,9 @@
 """The Anthropic Messages wire format (``anthropic``).
 
 :class:`AnthropicFormat` implements the :class:`~omniroute.formats.base.Format`
-contract; the translation lives in ``anthropic_request`` (its module doc lists
-every convention), ``anthropic_response`` (JSON answers, usage, errors) and
-``anthropic_stream`` (streams). The pass-through helpers here look at bytes
+contract; the translation lives in :mod:`.request` (its module doc lists every
+convention), :mod:`.encode` (bodies for an Anthropic upstream), :mod:`.response`
+(JSON answers, usage, errors) and :mod:`.stream` (streams). The pass-through helpers here look at bytes
 before parsing anything, since they run on every frame.
 """
 
@@ -83,7 +83,7 @@ class AnthropicFormat(Format):
 
     def with_model(self, body: dict[str, Any], model: str) -> dict[str, Any]:
         """The body with the model, minus another provider's reasoning (see
-        :func:`~omniroute.formats.anthropic_encode.without_foreign_reasoning`)."""
+        :func:`~omniroute.formats.anthropic.encode.without_foreign_reasoning`)."""
         return anthropic_encode.without_foreign_reasoning(super().with_model(body, model))
 
     def usage_from_body(self, body: bytes) -> c.Usage:

@@ -1,7 +1,7 @@
 """Canonical requests -> Anthropic Messages bodies (the provider side), and the
 pass-through lane's clean-up of a client's Anthropic body.
 
-The conventions are those of :mod:`omniroute.formats.anthropic_request`, which
+The conventions are those of :mod:`omniroute.formats.anthropic.request`, which
 decodes client requests; this module is its other half.
 """
 

@@ -1,7 +1,7 @@
-"""Anthropic Messages requests <-> canonical (decoding here; encoding in ``anthropic_encode``).
+"""Anthropic Messages requests <-> canonical (decoding here; encoding in :mod:`.encode`).
 
 Conventions of the ``anthropic`` translation (answers, usage and errors live in
-``anthropic_answer``, streams in ``anthropic_stream``):
+:mod:`.response`, streams in :mod:`.stream`):
 
 * **System.** ``system`` (a string or text blocks, ``cache_control`` kept) is
   ``Request.system``. A ``role: "system"`` message inside ``messages`` (Claude

@@ -1,7 +1,7 @@
 """Gemini parts and their canonical form: text, thoughts, media, calls, results, usage.
 
-The pieces :mod:`gemini` (requests and answers) and :mod:`gemini_stream`
-(streams) share. Conventions are described in :mod:`gemini`.
+The pieces requests, answers (:mod:`.request`, :mod:`.response`) and streams
+(:mod:`.stream`) share. Conventions are described in :mod:`omniroute.formats.gemini`.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ _FAILED = {"MALFORMED_FUNCTION_CALL", "UNEXPECTED_TOOL_CALL", "MISSING_THOUGHT_S
 _FINISH = {"end_turn": "STOP", "tool_use": "STOP", "stop_sequence": "STOP", "pause_turn": "STOP",
            "max_tokens": "MAX_TOKENS", "content_filter": "SAFETY", "refusal": "SAFETY",
            "error": "OTHER"}
+
 
 def status_name(status: int) -> str:
     if status in STATUS_NAMES:

@@ -15,7 +15,6 @@ from typing import Any
 from omniroute.errors import UpstreamError
 from omniroute.formats import canonical as c
 from omniroute.formats import carry
-from omniroute.formats.gemini import frame_json
 from omniroute.formats.gemini.parts import (
     NAME,
     encode_call,
@@ -24,6 +23,7 @@ from omniroute.formats.gemini.parts import (
     usage_from_metadata,
     usage_metadata,
 )
+from omniroute.formats.gemini.response import frame_json
 from omniroute.formats.ids import new_id, stable_id
 from omniroute.formats.json_text import dumps
 from omniroute.formats.streams import closing

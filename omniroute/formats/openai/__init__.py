@@ -1,9 +1,9 @@
 """The OpenAI Chat Completions wire format (``openai``).
 
 :class:`OpenAIFormat` implements the :class:`~omniroute.formats.base.Format`
-contract; the translation itself lives in ``openai_request`` (its module doc lists
-the conventions and connection settings), ``openai_response`` (JSON answers,
-usage) and ``openai_stream`` (streams). The module-level helpers below
+contract; the translation itself lives in :mod:`.request` (its module doc lists
+the conventions and connection settings), :mod:`.response` (JSON answers,
+usage) and :mod:`.stream` (streams). The module-level helpers below
 (checks, usage, error events) serve the pass-through lane.
 """
 

@@ -1,7 +1,7 @@
 """OpenAI Chat Completions requests <-> canonical.
 
-Conventions of the ``openai`` translation (answers live in ``openai_answer``,
-streams in ``openai_stream``):
+Conventions of the ``openai`` translation (answers live in :mod:`.response`,
+streams in :mod:`.stream`):
 
 * Leading ``system`` / ``developer`` messages become ``Request.system``; later
   ones stay ``Message(role="system")`` in place (a ``developer`` one keeps its
