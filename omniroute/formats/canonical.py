@@ -18,7 +18,8 @@ Conventions (every format follows them):
 * ``Request.system`` holds the leading system prompt (system / developer
   messages before the first turn, Anthropic ``system``, Gemini
   ``systemInstruction``); a system message later in the conversation stays a
-  ``Message(role="system")`` in place.
+  ``Message(role="system")`` in place. A format that has no such message folds
+  it into a user turn, wrapped as :data:`SYSTEM_REMINDER`.
 * ``ToolCall.arguments`` is JSON text, exactly as the model produced it.
 * Stream events refer to parts by ``index``: the position of the part in the
   response, in the order the parts started. Decoders emit ``PartStart`` before
@@ -30,6 +31,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeAlias
+
+#: a system message later in the conversation, folded into a user turn by formats that
+#: have no such message (Claude Code's own convention for context it adds mid-conversation)
+SYSTEM_REMINDER = "<system-reminder>\n{}\n</system-reminder>"
 
 Role = Literal["system", "user", "assistant", "tool"]
 StopReason = Literal[

@@ -1,16 +1,9 @@
-"""Small helpers the formats share: data URLs, image types, generated ids, JSON args."""
+"""Media carried inline: data URLs, media types sniffed from bytes, text documents as base64."""
 
 from __future__ import annotations
 
 import base64
 import binascii
-import hashlib
-import uuid
-from typing import Any
-
-import orjson
-
-from omniroute.formats import canonical as c
 
 _MAGIC_TYPES = (
     (b"\x89PNG\r\n\x1a\n", "image/png"),
@@ -50,52 +43,13 @@ def sniff_media_type(data: str, default: str = "image/png") -> str:
     return default
 
 
-def _token() -> str:
-    return uuid.uuid4().hex
+def b64encode_text(text: str) -> str:
+    return base64.b64encode(text.encode()).decode()
 
 
-def new_id(prefix: str) -> str:
-    """A fresh random id such as ``resp_…`` or ``call_…``."""
-    return prefix + _token()
-
-
-def stable_id(prefix: str, *parts: Any) -> str:
-    """An id derived from ``parts``: the same history always gets the same ids."""
-    digest = hashlib.sha256(orjson.dumps(parts, default=str)).hexdigest()[:24]
-    return prefix + digest
-
-
-def hosted_raw(tool: c.Tool) -> tuple[str, dict[str, Any]] | None:
-    """``(format, definition)`` of a hosted tool (web search…), None for a function tool.
-
-    A hosted tool keeps its wire definition in ``meta[<format>]["raw"]``; only
-    that format can send it, every other format drops it.
-    """
-    for name, info in tool.meta.items():
-        if isinstance(info, dict) and isinstance(info.get("raw"), dict):
-            return name, info["raw"]
-    return None
-
-
-def dumps(value: Any) -> str:
-    return orjson.dumps(value).decode()
-
-
-def args_object(arguments: str) -> dict[str, Any]:
-    """Tool-call arguments (JSON text) as an object, for formats that send objects."""
-    if not arguments.strip():
-        return {}
+def b64decode_text(data: str) -> str | None:
+    """UTF-8 text from base64, or None when ``data`` is not base64 of text."""
     try:
-        value = orjson.loads(arguments)
-    except orjson.JSONDecodeError:
-        return {"input": arguments}
-    return value if isinstance(value, dict) else {"input": value}
-
-
-def json_object(body: bytes) -> dict[str, Any] | None:
-    """``body`` parsed as a JSON object, or None."""
-    try:
-        value = orjson.loads(body)
-    except orjson.JSONDecodeError:
+        return base64.b64decode(data, validate=True).decode()
+    except (binascii.Error, UnicodeDecodeError):
         return None
-    return value if isinstance(value, dict) else None

@@ -30,8 +30,8 @@ import logging
 from typing import Any
 
 from omniroute.errors import InvalidRequest
-from omniroute.formats.media import json_object
-from omniroute.formats.responses_items import frame_json
+from omniroute.formats.json_text import json_object
+from omniroute.formats.responses.response import frame_json
 from omniroute.pipeline.context import Reply, RequestContext
 from omniroute.pipeline.operation import Operation
 from omniroute.pipeline.stages import Stage, StageRun

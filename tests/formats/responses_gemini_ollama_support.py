@@ -19,7 +19,7 @@ import orjson
 import pytest
 
 from omniroute.formats import canonical as c
-from omniroute.formats import media
+from omniroute.formats import ids
 from omniroute.sse import SSESplitter
 
 GOLDEN = Path(__file__).parent / "golden"
@@ -78,9 +78,11 @@ def fixed_ids(monkeypatch: pytest.MonkeyPatch) -> None:
     """Generated ids and timestamps become predictable (``..0001``, ``..0002``…)."""
     counter = itertools.count(1)
 
-    monkeypatch.setattr(media, "_token", lambda: f"{next(counter):032x}")
-    monkeypatch.setattr("omniroute.formats.responses.now", lambda: 1741476542)
-    monkeypatch.setattr("omniroute.formats.ollama.now", lambda: "2024-01-01T00:00:00Z")
+    monkeypatch.setattr(ids, "_token", lambda: f"{next(counter):032x}")
+    monkeypatch.setattr("omniroute.formats.responses.response.now", lambda: 1741476542)
+    for module in ("response", "stream"):
+        monkeypatch.setattr(f"omniroute.formats.ollama.{module}.now",
+                            lambda: "2024-01-01T00:00:00Z")
 
 
 # a canonical answer with every kind of part, shared by the encoder tests

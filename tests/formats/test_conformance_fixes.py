@@ -14,11 +14,11 @@ from omniroute.formats import canonical as c
 from omniroute.formats import carry
 from omniroute.formats.anthropic import AnthropicFormat
 from omniroute.formats.base import ClientRequest
+from omniroute.formats.canonical import SYSTEM_REMINDER
 from omniroute.formats.gemini import GeminiFormat
-from omniroute.formats.gemini_parts import SKIP_SIGNATURE
+from omniroute.formats.gemini.parts import SKIP_SIGNATURE
 from omniroute.formats.ollama import OllamaFormat
 from omniroute.formats.responses import ResponsesFormat
-from omniroute.formats.translate import SYSTEM_REMINDER
 from omniroute.sse import encode
 
 PACKED = carry.pack(c.Reasoning(text="t", signature="EqQBCkYIBRgC", source="anthropic"))

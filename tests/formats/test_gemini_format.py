@@ -26,7 +26,7 @@ from omniroute.formats import canonical as c
 from omniroute.formats import carry
 from omniroute.formats.base import ClientRequest
 from omniroute.formats.gemini import GeminiFormat, status_name
-from omniroute.formats.gemini_schema import for_json_schema_field, to_json_schema, to_openapi
+from omniroute.formats.gemini.schema import for_json_schema_field, to_json_schema, to_openapi
 from omniroute.sse import event_data
 
 __all__ = ["fixed_ids"]

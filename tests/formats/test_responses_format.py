@@ -25,9 +25,9 @@ from omniroute.formats import canonical as c
 from omniroute.formats import carry
 from omniroute.formats.base import ClientRequest
 from omniroute.formats.gemini import GeminiFormat
-from omniroute.formats.media import hosted_raw
 from omniroute.formats.ollama import OllamaFormat
 from omniroute.formats.responses import ResponsesFormat
+from omniroute.formats.tools import hosted_raw
 from omniroute.sse import event_data, event_name
 
 __all__ = ["fixed_ids"]

@@ -1,7 +1,7 @@
-"""Anthropic Messages requests <-> canonical (decoding here; encoding in ``anthropic_encode``).
+"""Anthropic Messages requests <-> canonical (decoding here; encoding in :mod:`.encode`).
 
 Conventions of the ``anthropic`` translation (answers, usage and errors live in
-``anthropic_answer``, streams in ``anthropic_stream``):
+:mod:`.response`, streams in :mod:`.stream`):
 
 * **System.** ``system`` (a string or text blocks, ``cache_control`` kept) is
   ``Request.system``. A ``role: "system"`` message inside ``messages`` (Claude
@@ -17,7 +17,7 @@ Conventions of the ``anthropic`` translation (answers, usage and errors live in
   kept). An effort from another format is sent as adaptive thinking plus
   ``output_config.effort`` (the current API), or, with the connection setting
   ``thinking: "budget"`` (older models), as ``{"type": "enabled"}`` with the
-  budget of :data:`~omniroute.formats.translate.EFFORT_BUDGETS`. When thinking
+  budget of :data:`~omniroute.formats.reasoning.EFFORT_BUDGETS`. When thinking
   is on, what the API rejects alongside it is left out: ``top_k``, a
   ``temperature`` other than 1, a ``top_p`` below 0.95. A budget must stay
   below ``max_tokens``: with no ``max_tokens`` asked for, the default grows by
@@ -50,10 +50,8 @@ import orjson
 
 from omniroute.errors import InvalidRequest
 from omniroute.formats import canonical as c
-from omniroute.formats.anthropic_answer import NAME, decode_thinking_block
-from omniroute.formats.translate import (
-    b64encode_text,
-)
+from omniroute.formats.anthropic.response import NAME, decode_thinking_block
+from omniroute.formats.media import b64encode_text
 
 _EFFORTS_IN = {"low": "low", "medium": "medium", "high": "high", "xhigh": "xhigh",
                "max": "xhigh"}

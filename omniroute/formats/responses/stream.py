@@ -15,23 +15,27 @@ from typing import Any
 
 from omniroute.errors import UpstreamError
 from omniroute.formats import canonical as c
-from omniroute.formats.media import dumps, new_id
-from omniroute.formats.responses import FAILED, response_shell, response_status
-from omniroute.formats.responses_items import (
-    NAME,
-    ToolIndex,
+from omniroute.formats.ids import new_id
+from omniroute.formats.json_text import dumps
+from omniroute.formats.responses.items import (
     call_item,
     content_part,
-    custom_input,
     decode_call,
-    error_message,
-    frame_json,
     reasoning_item,
     text_item_key,
     text_meta,
+)
+from omniroute.formats.responses.names import NAME, ToolIndex
+from omniroute.formats.responses.response import (
+    FAILED,
+    error_message,
+    frame_json,
+    response_shell,
+    response_status,
     usage_from_object,
     usage_object,
 )
+from omniroute.formats.responses.tools import custom_input
 from omniroute.formats.streams import closing
 from omniroute.sse import encode
 

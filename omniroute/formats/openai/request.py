@@ -1,7 +1,7 @@
 """OpenAI Chat Completions requests <-> canonical.
 
-Conventions of the ``openai`` translation (answers live in ``openai_answer``,
-streams in ``openai_stream``):
+Conventions of the ``openai`` translation (answers live in :mod:`.response`,
+streams in :mod:`.stream`):
 
 * Leading ``system`` / ``developer`` messages become ``Request.system``; later
   ones stay ``Message(role="system")`` in place (a ``developer`` one keeps its
@@ -14,7 +14,7 @@ streams in ``openai_stream``):
   that source (another source's opaque values mean nothing to this upstream).
 * ``reasoning_effort``: ``none`` turns thinking off; ``max`` is canonical
   ``xhigh`` (the raw value stays in ``meta["openai"]``). Encoded from a thinking
-  budget alone with :func:`~omniroute.formats.translate.effort_for_budget`. OpenRouter's
+  budget alone with :func:`~omniroute.formats.reasoning.effort_for_budget`. OpenRouter's
   ``reasoning`` object is accepted too.
 * Fields this translation does not model (``logprobs``, ``service_tier``…) ride in
   ``meta["openai"]["extra"]`` and are sent again only to an OpenAI upstream.
@@ -35,14 +35,9 @@ from typing import Any
 
 from omniroute.errors import InvalidRequest
 from omniroute.formats import canonical as c
-from omniroute.formats.media import data_url, parse_data_url
-from omniroute.formats.openai_answer import NAME, decode_reasoning_fields
-from omniroute.formats.translate import (
-    EFFORTS,
-    arguments_text,
-    b64decode_text,
-    effort_for_budget,
-)
+from omniroute.formats.media import b64decode_text, data_url, parse_data_url
+from omniroute.formats.openai.response import NAME, arguments_text, decode_reasoning_fields
+from omniroute.formats.reasoning import EFFORTS, effort_for_budget
 
 _MODELLED = frozenset({
     "model", "messages", "stream", "stream_options", "tools", "tool_choice",

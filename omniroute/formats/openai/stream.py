@@ -31,15 +31,15 @@ import orjson
 
 from omniroute.errors import UpstreamError
 from omniroute.formats import canonical as c
-from omniroute.formats.media import new_id
-from omniroute.formats.openai_answer import (
+from omniroute.formats.ids import new_id
+from omniroute.formats.openai.response import (
     FINISH_TO_STOP,
     NAME,
+    arguments_text,
     decode_usage,
     encode_usage,
     finish_reason,
 )
-from omniroute.formats.translate import arguments_text
 from omniroute.sse import DONE, encode, event_data
 
 

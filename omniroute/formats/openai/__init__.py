@@ -1,9 +1,9 @@
 """The OpenAI Chat Completions wire format (``openai``).
 
 :class:`OpenAIFormat` implements the :class:`~omniroute.formats.base.Format`
-contract; the translation itself lives in ``openai_request`` (its module doc lists
-the conventions and connection settings), ``openai_answer`` (JSON answers,
-usage) and ``openai_stream`` (streams). The module-level helpers below
+contract; the translation itself lives in :mod:`.request` (its module doc lists
+the conventions and connection settings), :mod:`.response` (JSON answers,
+usage) and :mod:`.stream` (streams). The module-level helpers below
 (checks, usage, error events) serve the pass-through lane.
 """
 
@@ -16,12 +16,14 @@ import orjson
 
 from omniroute.errors import GatewayError, InvalidRequest, openai_error_body
 from omniroute.formats import canonical as c
-from omniroute.formats import openai_answer, openai_request, openai_stream
 from omniroute.formats.base import ClientRequest, Format
+from omniroute.formats.openai import request as openai_request
+from omniroute.formats.openai import response as openai_response
+from omniroute.formats.openai import stream as openai_stream
 from omniroute.hookspecs import hookimpl
 from omniroute.sse import encode, event_data
 
-NAME = openai_answer.NAME
+NAME = openai_response.NAME
 _USAGE_MARKERS = (b'"usage":{', b'"usage": {')
 
 
@@ -131,7 +133,7 @@ class OpenAIFormat(Format):
         return openai_request.decode_request(request.body)
 
     def encode_response(self, response: c.Response, request: c.Request) -> bytes:
-        return orjson.dumps(openai_answer.encode_response(response))
+        return orjson.dumps(openai_response.encode_response(response))
 
     def encode_stream(
         self, events: AsyncIterator[c.Event], request: c.Request
@@ -157,7 +159,7 @@ class OpenAIFormat(Format):
         return openai_request.encode_request(request, client)
 
     def decode_response(self, body: bytes) -> c.Response:
-        return openai_answer.decode_response(body)
+        return openai_response.decode_response(body)
 
     def decode_stream(self, frames: AsyncIterator[bytes]) -> AsyncIterator[c.Event]:
         return openai_stream.decode_stream(frames)
@@ -169,7 +171,7 @@ class OpenAIFormat(Format):
             data = orjson.loads(body)
         except orjson.JSONDecodeError:
             return c.Usage()
-        return openai_answer.decode_usage(data.get("usage") if isinstance(data, dict) else None)
+        return openai_response.decode_usage(data.get("usage") if isinstance(data, dict) else None)
 
     def usage_from_frame(self, frame: bytes) -> c.Usage | None:
         if not any(marker in frame for marker in _USAGE_MARKERS):
@@ -181,7 +183,7 @@ class OpenAIFormat(Format):
             return None
         if not isinstance(chunk, dict) or not isinstance(chunk.get("usage"), dict):
             return None
-        return openai_answer.decode_usage(chunk["usage"])
+        return openai_response.decode_usage(chunk["usage"])
 
     def hidden_frames(self, client: ClientRequest) -> Callable[[bytes], bool] | None:
         """The usage-only chunk, when the gateway (not the client) asked for it."""

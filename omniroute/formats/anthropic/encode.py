@@ -1,7 +1,7 @@
 """Canonical requests -> Anthropic Messages bodies (the provider side), and the
 pass-through lane's clean-up of a client's Anthropic body.
 
-The conventions are those of :mod:`omniroute.formats.anthropic_request`, which
+The conventions are those of :mod:`omniroute.formats.anthropic.request`, which
 decodes client requests; this module is its other half.
 """
 
@@ -13,13 +13,11 @@ from typing import Any
 from omniroute.errors import InvalidRequest
 from omniroute.formats import canonical as c
 from omniroute.formats import carry
-from omniroute.formats.anthropic_answer import NAME, text_block
-from omniroute.formats.media import args_object, parse_data_url, sniff_media_type
-from omniroute.formats.translate import (
-    EFFORT_BUDGETS,
-    SYSTEM_REMINDER,
-    b64decode_text,
-)
+from omniroute.formats.anthropic.response import NAME, text_block
+from omniroute.formats.canonical import SYSTEM_REMINDER
+from omniroute.formats.media import b64decode_text, parse_data_url, sniff_media_type
+from omniroute.formats.reasoning import EFFORT_BUDGETS
+from omniroute.formats.tools import args_object
 
 #: ``max_tokens`` sent when neither the request nor the connection sets one
 DEFAULT_MAX_TOKENS = 8192

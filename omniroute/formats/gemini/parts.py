@@ -1,7 +1,7 @@
 """Gemini parts and their canonical form: text, thoughts, media, calls, results, usage.
 
-The pieces :mod:`gemini` (requests and answers) and :mod:`gemini_stream`
-(streams) share. Conventions are described in :mod:`gemini`.
+The pieces requests, answers (:mod:`.request`, :mod:`.response`) and streams
+(:mod:`.stream`) share. Conventions are described in :mod:`omniroute.formats.gemini`.
 """
 
 from __future__ import annotations
@@ -10,7 +10,9 @@ from typing import Any
 
 from omniroute.formats import canonical as c
 from omniroute.formats import carry
-from omniroute.formats.media import args_object, dumps, stable_id
+from omniroute.formats.ids import stable_id
+from omniroute.formats.json_text import dumps
+from omniroute.formats.tools import args_object
 
 NAME = "gemini"
 SKIP_SIGNATURE = "skip_thought_signature_validator"
@@ -28,6 +30,7 @@ _FAILED = {"MALFORMED_FUNCTION_CALL", "UNEXPECTED_TOOL_CALL", "MISSING_THOUGHT_S
 _FINISH = {"end_turn": "STOP", "tool_use": "STOP", "stop_sequence": "STOP", "pause_turn": "STOP",
            "max_tokens": "MAX_TOKENS", "content_filter": "SAFETY", "refusal": "SAFETY",
            "error": "OTHER"}
+
 
 def status_name(status: int) -> str:
     if status in STATUS_NAMES:

@@ -1,99 +1,22 @@
-"""Responses API items and their canonical parts: content, calls, reasoning, tools, usage.
+"""Responses API items and their canonical parts: content, messages, calls, reasoning.
 
-The pieces :mod:`responses` (requests and answers) and :mod:`responses_stream`
-(streams) share. Conventions are described in :mod:`responses`.
+The pieces requests, answers and streams share; input items are decoded by
+:class:`InputDecoder` and encoded by :func:`encode_input`. Conventions are
+described in :mod:`omniroute.formats.responses`.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-import orjson
-
 from omniroute.errors import InvalidRequest
 from omniroute.formats import canonical as c
 from omniroute.formats import carry
-from omniroute.formats.media import (
-    data_url,
-    dumps,
-    hosted_raw,
-    json_object,
-    new_id,
-    parse_data_url,
-)
-from omniroute.sse import event_data
-
-NAME = "responses"
-CUSTOM_PARAMETERS: dict[str, Any] = {
-    "type": "object",
-    "properties": {"input": {"type": "string", "description": "The raw input of the tool."}},
-    "required": ["input"],
-}
-
-# ---------------------------------------------------------------------------- names
-
-
-def flat_name(namespace: str | None, name: str) -> str:
-    """The canonical name of ``name`` inside ``namespace``."""
-    if not namespace:
-        return name
-    return namespace + name if namespace.endswith("__") else f"{namespace}__{name}"
-
-
-class ToolIndex:
-    """How the request's canonical tools map back to Responses names and kinds."""
-
-    def __init__(self, tools: list[c.Tool]) -> None:
-        self.by_name: dict[str, dict[str, Any]] = {}
-        for tool in tools:
-            info = tool.meta.get(NAME)
-            if isinstance(info, dict) and hosted_raw(tool) is None:
-                self.by_name[tool.name] = info
-
-    def wire(self, name: str) -> tuple[str | None, str]:
-        """``(namespace, name)`` of a canonical tool name."""
-        info = self.by_name.get(name) or {}
-        namespace = info.get("namespace")
-        return (namespace, info.get("name", name)) if namespace else (None, name)
-
-    def is_custom(self, name: str) -> bool:
-        return "custom" in (self.by_name.get(name) or {})
-
-
-# ---------------------------------------------------------------------------- usage
-
-
-def usage_from_object(usage: Any) -> c.Usage:
-    if not isinstance(usage, dict):
-        return c.Usage()
-    in_details = usage.get("input_tokens_details") or {}
-    out_details = usage.get("output_tokens_details") or {}
-    return c.Usage(
-        input_tokens=usage.get("input_tokens"),
-        output_tokens=usage.get("output_tokens"),
-        cache_read_tokens=in_details.get("cached_tokens") if isinstance(in_details, dict) else None,
-        cache_write_tokens=in_details.get("cache_write_tokens")
-        if isinstance(in_details, dict) else None,
-        reasoning_tokens=out_details.get("reasoning_tokens")
-        if isinstance(out_details, dict) else None,
-    )
-
-
-def usage_object(usage: c.Usage) -> dict[str, Any]:
-    inp, out = usage.input_tokens or 0, usage.output_tokens or 0
-    in_details: dict[str, Any] = {"cached_tokens": usage.cache_read_tokens or 0}
-    if usage.cache_write_tokens is not None:
-        in_details["cache_write_tokens"] = usage.cache_write_tokens
-    return {
-        "input_tokens": inp,
-        "input_tokens_details": in_details,
-        "output_tokens": out,
-        "output_tokens_details": {"reasoning_tokens": usage.reasoning_tokens or 0},
-        "total_tokens": inp + out,
-    }
-
-
-# ---------------------------------------------------------------------------- content
+from omniroute.formats.ids import new_id
+from omniroute.formats.json_text import dumps
+from omniroute.formats.media import data_url, parse_data_url
+from omniroute.formats.responses.names import NAME, ToolIndex, flat_name
+from omniroute.formats.responses.tools import custom_input
 
 
 def text_meta(item: dict[str, Any], part: dict[str, Any]) -> dict[str, Any]:
@@ -192,9 +115,6 @@ def encode_tool_output(result: c.ToolResult) -> str | list[dict[str, Any]]:
     return [x for x in (encode_user_part(p) for p in result.content) if x is not None]
 
 
-# ---------------------------------------------------------------------------- items
-
-
 def decode_reasoning(item: dict[str, Any]) -> c.Reasoning:
     summary = [s.get("text", "") for s in item.get("summary") or [] if isinstance(s, dict)]
     packed = carry.unpack(item.get("encrypted_content"))
@@ -269,16 +189,6 @@ def call_item_id(call_id: str, prefix: str = "fc_") -> str:
     return prefix + call_id.removeprefix("call_").removeprefix("toolu_")
 
 
-def custom_input(arguments: str) -> str:
-    try:
-        value = orjson.loads(arguments) if arguments else {}
-    except orjson.JSONDecodeError:
-        return arguments
-    if isinstance(value, dict) and isinstance(value.get("input"), str):
-        return value["input"]
-    return arguments
-
-
 class InputDecoder:
     """Turns the ``input`` item list into canonical messages."""
 
@@ -340,92 +250,6 @@ class InputDecoder:
             raise InvalidRequest(f"Unknown message role {role!r}.", param="input")
 
 
-def decode_tools(raw: Any) -> list[c.Tool]:
-    if raw is None:
-        return []
-    if not isinstance(raw, list):
-        raise InvalidRequest("'tools' must be an array.", param="tools")
-    tools: list[c.Tool] = []
-    for tool in raw:
-        if not isinstance(tool, dict):
-            raise InvalidRequest("Each tool must be an object.", param="tools")
-        kind = tool.get("type")
-        if kind == "namespace":
-            namespace = str(tool.get("name") or "")
-            for inner in tool.get("tools") or []:
-                if isinstance(inner, dict):
-                    tools.append(_function_tool(inner, namespace, tool.get("description")))
-        elif kind in ("function", "custom"):
-            tools.append(_function_tool(tool, None, None))
-        else:
-            tools.append(c.Tool(name=str(tool.get("name") or kind), meta={NAME: {"raw": tool}}))
-    return tools
-
-
-def _function_tool(tool: dict[str, Any], namespace: str | None, ns_description: Any) -> c.Tool:
-    name = tool.get("name")
-    if not isinstance(name, str) or not name:
-        raise InvalidRequest("A function tool needs a 'name'.", param="tools")
-    info: dict[str, Any] = {}
-    if namespace:
-        info.update(namespace=namespace, name=name)
-        if ns_description:
-            info["namespace_description"] = ns_description
-    extra = {k: v for k, v in tool.items()
-             if k not in ("type", "name", "description", "parameters", "strict", "format")}
-    if extra:
-        info["extra"] = extra
-    if tool.get("type") == "custom":
-        info["custom"] = tool.get("format") or {"type": "text"}
-        return c.Tool(flat_name(namespace, name), tool.get("description"), CUSTOM_PARAMETERS,
-                      meta={NAME: info})
-    return c.Tool(flat_name(namespace, name), tool.get("description"), tool.get("parameters"),
-                  tool.get("strict"), meta={NAME: info} if info else {})
-
-
-def encode_tools(tools: list[c.Tool]) -> list[dict[str, Any]]:
-    """Responses tool definitions: namespaces regrouped, hosted tools restored."""
-    out: list[dict[str, Any]] = []
-    spaces: dict[str, dict[str, Any]] = {}
-    for tool in tools:
-        hosted = hosted_raw(tool)
-        if hosted is not None:
-            if hosted[0] == NAME:
-                out.append(hosted[1])
-            continue
-        info = tool.meta.get(NAME) or {}
-        wire_name = info.get("name", tool.name) if info.get("namespace") else tool.name
-        if "custom" in info:
-            definition: dict[str, Any] = {"type": "custom", "name": wire_name}
-            if tool.description is not None:
-                definition["description"] = tool.description
-            definition["format"] = info["custom"]
-        else:
-            definition = {"type": "function", "name": wire_name}
-            if tool.description is not None:
-                definition["description"] = tool.description
-            definition["parameters"] = tool.parameters if tool.parameters is not None else {
-                "type": "object", "properties": {}}
-            if tool.strict is not None:
-                definition["strict"] = tool.strict
-        definition.update(info.get("extra") or {})
-        namespace = info.get("namespace")
-        if namespace:
-            space = spaces.get(namespace)
-            if space is None:
-                space = spaces[namespace] = {
-                    "type": "namespace", "name": namespace,
-                    "description": info.get("namespace_description")
-                    or f"Tools in the {namespace} namespace.",
-                    "tools": [],
-                }
-                out.append(space)
-            space["tools"].append(definition)
-        else:
-            out.append(definition)
-    return out
-
-
 def message_item(item_id: str, texts: list[c.Text], status: str = "completed") -> dict[str, Any]:
     item: dict[str, Any] = {"id": item_id, "type": "message", "status": status,
                             "role": "assistant", "content": [content_part(t) for t in texts]}
@@ -475,43 +299,6 @@ def output_items(response: c.Response, tools: ToolIndex) -> list[dict[str, Any]]
             items.append(call_item(part, tools))
     flush()
     return items
-
-
-def decode_response_object(data: dict[str, Any]) -> c.Response:
-    parts: list[c.Part] = []
-    saw_call = saw_refusal = False
-    for item in data.get("output") or []:
-        if not isinstance(item, dict):
-            continue
-        kind = item.get("type")
-        if kind == "message":
-            for part in decode_content(item.get("content") or [], item):
-                parts.append(part)
-                saw_refusal = saw_refusal or bool((part.meta.get(NAME) or {}).get("refusal"))
-        elif kind in ("function_call", "custom_tool_call"):
-            parts.append(decode_call(item))
-            saw_call = True
-        elif kind == "reasoning":
-            reasoning = decode_reasoning(item)
-            if reasoning.text or reasoning.encrypted or any(reasoning.summary):
-                parts.append(reasoning)  # an empty item (no summary asked, store on) says nothing
-    status = data.get("status")
-    reason = (data.get("incomplete_details") or {}).get("reason")
-    stop: c.StopReason
-    if status == "incomplete":
-        stop = "content_filter" if reason == "content_filter" else "max_tokens"
-    elif saw_call:
-        stop = "tool_use"
-    elif saw_refusal:
-        stop = "refusal"
-    else:
-        stop = "end_turn"
-    created = data.get("created_at")
-    return c.Response(
-        id=str(data.get("id") or new_id("resp_")), model=str(data.get("model") or ""),
-        parts=parts, stop_reason=stop, usage=usage_from_object(data.get("usage")),
-        created=int(created) if isinstance(created, (int, float)) else None,
-    )
 
 
 def encode_input(request: c.Request, tools: ToolIndex) -> list[dict[str, Any]]:
@@ -585,18 +372,3 @@ def _assistant_items(message: c.Message, tools: ToolIndex) -> list[dict[str, Any
             items.append(item)
     flush()
     return items
-
-
-# ---------------------------------------------------------------------------- frames
-
-
-def frame_json(frame: bytes) -> dict[str, Any] | None:
-    data = event_data(frame)
-    return json_object(data) if data else None
-
-
-def error_message(error: Any) -> str | None:
-    if isinstance(error, dict):
-        message = error.get("message")
-        return str(message) if message else None
-    return str(error) if error else None

@@ -15,8 +15,7 @@ from typing import Any
 from omniroute.errors import UpstreamError
 from omniroute.formats import canonical as c
 from omniroute.formats import carry
-from omniroute.formats.gemini import frame_json
-from omniroute.formats.gemini_parts import (
+from omniroute.formats.gemini.parts import (
     NAME,
     encode_call,
     finish_reason,
@@ -24,7 +23,9 @@ from omniroute.formats.gemini_parts import (
     usage_from_metadata,
     usage_metadata,
 )
-from omniroute.formats.media import dumps, new_id, stable_id
+from omniroute.formats.gemini.response import frame_json
+from omniroute.formats.ids import new_id, stable_id
+from omniroute.formats.json_text import dumps
 from omniroute.formats.streams import closing
 from omniroute.sse import encode
 

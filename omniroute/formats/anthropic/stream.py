@@ -28,7 +28,7 @@ import orjson
 from omniroute.errors import UpstreamError
 from omniroute.formats import canonical as c
 from omniroute.formats import carry
-from omniroute.formats.anthropic_answer import (
+from omniroute.formats.anthropic.response import (
     NAME,
     STOP_REASONS,
     decode_thinking_block,
@@ -37,7 +37,7 @@ from omniroute.formats.anthropic_answer import (
     stop_reason,
     upstream_error,
 )
-from omniroute.formats.media import new_id
+from omniroute.formats.ids import new_id
 from omniroute.sse import encode, event_data, event_name
 
 # ============================================================================ decoding

@@ -16,10 +16,7 @@ import orjson
 
 from omniroute.errors import UpstreamError
 from omniroute.formats import canonical as c
-from omniroute.formats.media import new_id
-from omniroute.formats.translate import (
-    arguments_text,
-)
+from omniroute.formats.ids import new_id
 
 NAME = "openai"
 
@@ -33,6 +30,15 @@ STOP_TO_FINISH: dict[str | None, str] = {
     "tool_use": "tool_calls", "content_filter": "content_filter", "refusal": "content_filter",
     "pause_turn": "stop", "error": "stop", None: "stop",
 }
+
+
+def arguments_text(value: Any) -> str:
+    """Tool-call arguments as JSON text, from what an upstream sent (text or an object)."""
+    if value is None:
+        return ""
+    if isinstance(value, str):
+        return value
+    return orjson.dumps(value).decode()
 
 
 def decode_reasoning_fields(m: Mapping[str, Any]) -> list[c.Part]:

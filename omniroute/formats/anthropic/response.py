@@ -21,7 +21,8 @@ import orjson
 from omniroute.errors import GatewayError, UpstreamError
 from omniroute.formats import canonical as c
 from omniroute.formats import carry
-from omniroute.formats.media import args_object, new_id
+from omniroute.formats.ids import new_id
+from omniroute.formats.tools import args_object
 
 NAME = "anthropic"
 

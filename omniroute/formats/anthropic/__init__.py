@@ -1,9 +1,9 @@
 """The Anthropic Messages wire format (``anthropic``).
 
 :class:`AnthropicFormat` implements the :class:`~omniroute.formats.base.Format`
-contract; the translation lives in ``anthropic_request`` (its module doc lists
-every convention), ``anthropic_answer`` (JSON answers, usage, errors) and
-``anthropic_stream`` (streams). The pass-through helpers here look at bytes
+contract; the translation lives in :mod:`.request` (its module doc lists every
+convention), :mod:`.encode` (bodies for an Anthropic upstream), :mod:`.response`
+(JSON answers, usage, errors) and :mod:`.stream` (streams). The pass-through helpers here look at bytes
 before parsing anything, since they run on every frame.
 """
 
@@ -15,15 +15,13 @@ from typing import Any
 import orjson
 
 from omniroute.errors import GatewayError
-from omniroute.formats import (
-    anthropic_answer,
-    anthropic_encode,
-    anthropic_request,
-    anthropic_stream,
-)
 from omniroute.formats import canonical as c
-from omniroute.formats.anthropic_answer import NAME
-from omniroute.formats.anthropic_encode import DEFAULT_MAX_TOKENS
+from omniroute.formats.anthropic import encode as anthropic_encode
+from omniroute.formats.anthropic import request as anthropic_request
+from omniroute.formats.anthropic import response as anthropic_response
+from omniroute.formats.anthropic import stream as anthropic_stream
+from omniroute.formats.anthropic.encode import DEFAULT_MAX_TOKENS
+from omniroute.formats.anthropic.response import NAME
 from omniroute.formats.base import ClientRequest, Format
 from omniroute.hookspecs import hookimpl
 from omniroute.sse import event_data
@@ -52,7 +50,7 @@ class AnthropicFormat(Format):
         return anthropic_request.decode_request(request.body)
 
     def encode_response(self, response: c.Response, request: c.Request) -> bytes:
-        return orjson.dumps(anthropic_answer.encode_response(response))
+        return orjson.dumps(anthropic_response.encode_response(response))
 
     def encode_stream(
         self, events: AsyncIterator[c.Event], request: c.Request
@@ -60,7 +58,7 @@ class AnthropicFormat(Format):
         return anthropic_stream.encode_stream(events, request)
 
     def error_body(self, err: GatewayError) -> bytes:
-        return orjson.dumps(anthropic_answer.error_object(err))
+        return orjson.dumps(anthropic_response.error_object(err))
 
     def error_frame(self, err: GatewayError) -> bytes:
         return b"event: error\ndata: " + self.error_body(err) + b"\n\n"
@@ -76,7 +74,7 @@ class AnthropicFormat(Format):
         return anthropic_encode.encode_request(request, client)
 
     def decode_response(self, body: bytes) -> c.Response:
-        return anthropic_answer.decode_response(body)
+        return anthropic_response.decode_response(body)
 
     def decode_stream(self, frames: AsyncIterator[bytes]) -> AsyncIterator[c.Event]:
         return anthropic_stream.decode_stream(frames)
@@ -85,7 +83,7 @@ class AnthropicFormat(Format):
 
     def with_model(self, body: dict[str, Any], model: str) -> dict[str, Any]:
         """The body with the model, minus another provider's reasoning (see
-        :func:`~omniroute.formats.anthropic_encode.without_foreign_reasoning`)."""
+        :func:`~omniroute.formats.anthropic.encode.without_foreign_reasoning`)."""
         return anthropic_encode.without_foreign_reasoning(super().with_model(body, model))
 
     def usage_from_body(self, body: bytes) -> c.Usage:
@@ -93,7 +91,7 @@ class AnthropicFormat(Format):
             data = orjson.loads(body)
         except orjson.JSONDecodeError:
             return c.Usage()
-        return anthropic_answer.decode_usage(data.get("usage") if isinstance(data, dict)
+        return anthropic_response.decode_usage(data.get("usage") if isinstance(data, dict)
                                                else None)
 
     def usage_from_frame(self, frame: bytes) -> c.Usage | None:
@@ -109,12 +107,12 @@ class AnthropicFormat(Format):
             return None
         if event.get("type") == "message_start":
             message = event.get("message")
-            usage = anthropic_answer.decode_usage(
+            usage = anthropic_response.decode_usage(
                 message.get("usage") if isinstance(message, dict) else None)
             usage.output_tokens = None  # a placeholder; message_delta has the count
             return usage
         if event.get("type") == "message_delta":
-            return anthropic_answer.decode_usage(event.get("usage"))
+            return anthropic_response.decode_usage(event.get("usage"))
         return None
 
     def error_from_frame(self, frame: bytes) -> str | None:
