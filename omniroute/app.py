@@ -15,6 +15,7 @@ from omniroute.web.management import setup_management_routes
 from omniroute.web.middleware import gateway_middleware
 from omniroute.web.public import setup_public_routes
 from omniroute.web.resilience import setup_resilience_routes
+from omniroute.web.security import setup_security
 
 
 def make_app(config: Config, plugins: Plugins | None = None) -> web.Application:
@@ -36,6 +37,7 @@ def make_app(config: Config, plugins: Plugins | None = None) -> web.Application:
         await gateway.close()
 
     app.cleanup_ctx.append(gateway_ctx)
+    setup_security(app, config)
     setup_public_routes(app)
     setup_client_routes(app)
     setup_management_routes(app)
