@@ -35,6 +35,7 @@ from omniroute.errors import (
     CircuitOpen,
     ConnectionBusy,
     GatewayError,
+    ModelNotFound,
     RateLimited,
     ServiceUnavailable,
     UpstreamError,
@@ -47,6 +48,7 @@ from omniroute.providers.base import UpstreamCall, UpstreamResponse
 from omniroute.resilience import Attempt, Plan, session_id
 from omniroute.routing import Route, Target
 from omniroute.storage import RequestRecord
+from omniroute.watch import after_check
 from omniroute.web.body import read_object
 from omniroute.web.keys import GATEWAY, PRINCIPAL, STREAM_STARTED
 
@@ -144,7 +146,9 @@ async def handle(
         model, stream = fmt.inspect(body, path_model=path_model, path_stream=path_stream)
         record.model_requested, record.stream = model, stream
         client = ClientRequest(body, model, stream, request.headers, request.query)
-        route = gateway.router.resolve(model, prefix=request.match_info.get("provider"))
+        prefix = request.match_info.get("provider")  # a miss may be a write made elsewhere:
+        route = await after_check(gateway.watcher, lambda: gateway.router.resolve(
+            model, prefix=prefix), ModelNotFound)
         session = _session(request, fmt, body, model, route)
         calling = call_upstream(gateway, route, fmt, client, record, session)
         response = None

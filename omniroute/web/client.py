@@ -25,13 +25,14 @@ from typing import Any
 
 from aiohttp import web
 
-from omniroute.errors import GatewayError, InvalidRequest, NotFound
+from omniroute.errors import GatewayError, InvalidRequest, ModelNotFound, NotFound
 from omniroute.formats.base import ClientRequest
 from omniroute.formats.completions import CompletionsFormat
 from omniroute.gateway import Gateway
 from omniroute.proxy import handle
 from omniroute.tokens import estimate_request
 from omniroute.version import __version__
+from omniroute.watch import after_check
 from omniroute.web.body import read_object
 from omniroute.web.count_tokens import setup_count_tokens_routes
 from omniroute.web.embeddings import setup_embeddings_routes
@@ -112,7 +113,8 @@ async def gemini_count_tokens(request: web.Request, model: str) -> web.Response:
     inner = body.get("generateContentRequest")
     if isinstance(inner, dict):
         body = inner
-    gateway.router.resolve(model)  # an unknown model is the client's mistake (400)
+    # an unknown model is the client's mistake (400), unless it was added a moment ago
+    await after_check(gateway.watcher, lambda: gateway.router.resolve(model), ModelNotFound)
     canonical = fmt.decode_request(ClientRequest(body, model, False, request.headers,
                                                  request.query))
     return web.json_response({"totalTokens": estimate_request(canonical)},

@@ -20,9 +20,16 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from omniroute.errors import GatewayError, InvalidRequest, NotFound, UpstreamStatusError
+from omniroute.errors import (
+    GatewayError,
+    InvalidRequest,
+    ModelNotFound,
+    NotFound,
+    UpstreamStatusError,
+)
 from omniroute.formats.base import ClientRequest
 from omniroute.tokens import estimate_request
+from omniroute.watch import after_check
 from omniroute.web.body import read_object
 from omniroute.web.keys import GATEWAY
 
@@ -44,7 +51,8 @@ async def count_tokens(request: web.Request) -> web.Response:
     model = body.get("model")
     if not isinstance(model, str) or not model.strip():
         raise InvalidRequest("model: field required (a non-empty string).", param="model")
-    route = gateway.router.resolve(model)
+    route = await after_check(gateway.watcher, lambda: gateway.router.resolve(model),
+                              ModelNotFound)
     # resting accounts (cooling, terminal, breaker open) are not asked; each ask is short
     usable = gateway.resilience.plan(route.targets, strategy="priority").targets
     for target in usable:

@@ -31,6 +31,7 @@ from omniroute.errors import (
     EmbeddingsNotSupported,
     GatewayError,
     InvalidRequest,
+    ModelNotFound,
 )
 from omniroute.gateway import Gateway
 from omniroute.providers.base import Embeddings
@@ -38,6 +39,7 @@ from omniroute.proxy import all_failed, plan_targets, try_target
 from omniroute.routing import Route, Target
 from omniroute.storage import RequestRecord
 from omniroute.tokens import estimate_text
+from omniroute.watch import after_check
 from omniroute.web.body import read_object
 from omniroute.web.keys import GATEWAY, PRINCIPAL
 
@@ -161,7 +163,8 @@ async def handle(request: web.Request, decode: Decode, encode: Encode) -> web.Re
     try:
         ask = decode(await read_object(request, gateway.settings.max_body_bytes))
         record.model_requested = ask.model
-        route = gateway.router.resolve(ask.model)
+        route = await after_check(gateway.watcher, lambda: gateway.router.resolve(ask.model),
+                                  ModelNotFound)
         target, result = await embed(gateway, route, ask, record)
         tokens = result.prompt_tokens
         if tokens is None:  # the upstream did not count: estimate, as for chat

@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
-from omniroute.auth.base import ANONYMOUS, Principal
+from omniroute.auth.base import ANONYMOUS, AuthScheme, Principal
 from omniroute.errors import (
     AuthenticationFailed,
     GatewayError,
@@ -102,10 +102,10 @@ async def authenticate_client(gateway: Gateway, request: web.Request) -> Princip
             continue
         try:
             principal = await scheme.authenticate(request)
-        except AuthenticationFailed:
-            if required:
-                raise
-            return ANONYMOUS  # keys are optional: a wrong one is ignored, not refused
+        except AuthenticationFailed as refusal:
+            if not required:
+                return ANONYMOUS  # keys are optional: a wrong one is ignored, not refused
+            principal = await _after_check(gateway, scheme, request, refusal)
         if principal is not None:
             return principal
     if required:
@@ -117,7 +117,10 @@ async def authenticate_client(gateway: Gateway, request: web.Request) -> Princip
 
 async def authenticate_admin(gateway: Gateway, request: web.Request) -> Principal:
     for scheme in gateway.auth_schemes.values():
-        principal = await scheme.authenticate(request)
+        try:
+            principal = await scheme.authenticate(request)
+        except AuthenticationFailed as refusal:
+            principal = await _after_check(gateway, scheme, request, refusal)
         if principal is None:
             continue
         if not principal.is_admin:
@@ -126,6 +129,16 @@ async def authenticate_admin(gateway: Gateway, request: web.Request) -> Principa
     raise AuthenticationFailed(
         "The management API needs an admin: log in (POST /api/auth/login) "
         "or send an admin-scoped API key.", code="admin_required")
+
+
+async def _after_check(gateway: Gateway, scheme: AuthScheme, request: web.Request,
+                       refusal: AuthenticationFailed) -> Principal | None:
+    """Before ``refusal`` is final: the credential may have been created a moment ago by
+    another process (``omniroute keys create``). The config watcher checks now; when the
+    configuration changed, ``scheme`` authenticates once more."""
+    if not await gateway.watcher.check():
+        raise refusal
+    return await scheme.authenticate(request)
 
 
 def _from_http_exception(request: web.Request, exc: web.HTTPException) -> GatewayError:
