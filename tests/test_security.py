@@ -36,7 +36,8 @@ async def _gateway(aiohttp_client: Any, tmp_path: Path, fake_openai: Any, **conf
 #: (path, body, how the client's own error format names the refusal)
 CLIENT_APIS = [
     ("/v1/chat/completions", CHAT,
-     lambda b: b["error"]["type"] == "permission_error" and b["error"]["code"] == "host_not_allowed"),
+     lambda b: b["error"]["type"] == "permission_error"
+     and b["error"]["code"] == "host_not_allowed"),
     ("/v1/messages", {"model": "up/gpt-4o-mini", "max_tokens": 5, "messages": HI},
      lambda b: b["type"] == "error" and b["error"]["type"] == "permission_error"),
     ("/v1beta/models/up/gpt-4o-mini:generateContent",

@@ -107,7 +107,7 @@ class HostCheck:
 
 
 #: the app's Host check; ``None`` when every name is served
-HOST_CHECK = web.AppKey("host_check", HostCheck | None)  # type: ignore[arg-type]
+HOST_CHECK = web.AppKey[HostCheck | None]("host_check")
 
 
 class Cors:
