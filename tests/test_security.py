@@ -214,6 +214,21 @@ async def test_preflight_without_requested_headers_lists_the_client_headers(
         assert name in allowed
 
 
+async def test_private_network_preflight(aiohttp_client: Any, tmp_path: Path,
+                                         fake_openai: Any) -> None:
+    """Chrome asks a loopback gateway whether a public site's page may reach it."""
+    h = await _gateway(aiohttp_client, tmp_path, fake_openai, cors_origins=(APP,))
+    asking = {**preflight(APP), "Access-Control-Request-Private-Network": "true"}
+    resp = await h.client.options("/v1/chat/completions", headers=asking)
+    assert resp.status == 204
+    assert resp.headers["Access-Control-Allow-Private-Network"] == "true"
+    resp = await h.client.options("/v1/chat/completions", headers=preflight(APP))
+    assert "Access-Control-Allow-Private-Network" not in resp.headers
+    asking["Origin"] = "https://other.example"
+    resp = await h.client.options("/v1/chat/completions", headers=asking)
+    assert cors_headers(resp) == {}
+
+
 async def test_preflights_that_are_not_allowed(aiohttp_client: Any, tmp_path: Path,
                                                fake_openai: Any) -> None:
     h = await _gateway(aiohttp_client, tmp_path, fake_openai, cors_origins=(APP,))

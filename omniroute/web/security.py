@@ -155,6 +155,9 @@ class Cors:
             "Access-Control-Max-Age": PREFLIGHT_MAX_AGE,
             "Vary": "Origin, Access-Control-Request-Method, Access-Control-Request-Headers",
         }
+        if request.headers.get("Access-Control-Request-Private-Network") == "true":
+            # Chrome asks before a public site's page may reach a loopback address
+            headers["Access-Control-Allow-Private-Network"] = "true"
         self._allow(headers, allowed)
         return web.Response(status=204, headers=headers)
 
