@@ -16,6 +16,7 @@ from omniroute.web.management import setup_management_routes
 from omniroute.web.middleware import gateway_middleware
 from omniroute.web.public import setup_public_routes
 from omniroute.web.resilience import setup_resilience_routes
+from omniroute.web.security import setup_security
 
 
 def make_app(config: Config, plugins: Plugins | None = None) -> web.Application:
@@ -35,11 +36,13 @@ def make_app(config: Config, plugins: Plugins | None = None) -> web.Application:
 
     async def gateway_ctx(app: web.Application) -> AsyncIterator[None]:
         await gateway.start()
-        pipeline.open(gateway.log, default_stages(gateway.db), gateway.refresher)
+        pipeline.open(gateway.log, default_stages(gateway.db), gateway.refresher,
+                      gateway.watcher)
         yield
         await gateway.close()
 
     app.cleanup_ctx.append(gateway_ctx)
+    setup_security(app, config)
     setup_public_routes(app)
     setup_client_routes(app)
     setup_management_routes(app)

@@ -1,8 +1,13 @@
 """The ``omniroute`` command line.
 
 Configuration commands (providers, keys, admin) work on the database directly,
-so they need no running gateway; a running gateway picks their changes up
-within a second.
+so they need no running gateway. A running gateway sees their changes at once
+where it matters (a new key or connection is looked up again before a request
+is refused) and otherwise within a second (see :mod:`omniroute.watch`).
+
+A start-up input that cannot be used (configuration file, flags, data
+directory, secret key, password, database, port) ends the command with one
+line on stderr and exit status 2.
 """
 
 from __future__ import annotations
@@ -30,6 +35,22 @@ T = TypeVar("T")
 log = logging.getLogger(__name__)
 
 
+class StartupError(click.ClickException):
+    """A start-up input cannot be used: one line (``Error: ...``), exit status 2."""
+
+    exit_code = 2
+
+
+class _StartupCommand(click.Command):
+    """A command whose bad flags are reported like every other start-up input."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        try:
+            return super().parse_args(ctx, args)
+        except click.UsageError as exc:  # click would add the usage and a hint
+            raise StartupError(exc.format_message()) from None
+
+
 def _config(ctx: click.Context) -> Config:
     obj = ctx.ensure_object(dict)
     if "config" not in obj:
@@ -37,7 +58,7 @@ def _config(ctx: click.Context) -> Config:
             obj["config"] = load_config(config_file=obj.get("config_file"),
                                         data_dir=obj.get("data_dir"))
         except ConfigError as exc:
-            raise click.ClickException(str(exc)) from None
+            raise StartupError(str(exc)) from None
     return obj["config"]
 
 
@@ -59,14 +80,20 @@ def _async_command(fn: Callable[..., Coroutine[Any, Any, Any]]) -> Callable[...,
 
 @asynccontextmanager
 async def _store(config: Config) -> AsyncIterator[Any]:
-    from omniroute.storage import Database, Store
-    from omniroute.vault import Vault
+    from omniroute.startup import open_store
+    from omniroute.vault import VaultError
 
-    db = await Database.open(config.db_path)
     try:
-        yield Store(db, Vault.open(config.data_dir, config.secret_key))
+        store = await open_store(config)
+    except ConfigError as exc:
+        raise StartupError(str(exc)) from None
+    try:
+        yield store
+    except VaultError as exc:
+        raise StartupError(f"{exc}: is OMNIROUTE_SECRET_KEY (or {config.data_dir}/secret.key) "
+                           "the key they were saved with?") from None
     finally:
-        await db.close()
+        await store.db.close()
 
 
 def _echo_json(data: Any) -> None:
@@ -75,9 +102,9 @@ def _echo_json(data: Any) -> None:
 
 @click.group()
 @click.version_option(__version__, prog_name="omniroute")
-@click.option("--data-dir", type=click.Path(file_okay=False), default=None,
+@click.option("--data-dir", default=None,  # checked by omniroute.startup, in one line
               help="Data directory (default $OMNIROUTE_DATA_DIR or ~/.omniroute).")
-@click.option("--config", "config_file", type=click.Path(dir_okay=False), default=None,
+@click.option("--config", "config_file", default=None,
               help="TOML configuration file (see config/omniroute.example.toml).")
 @click.pass_context
 def cli(ctx: click.Context, data_dir: str | None, config_file: str | None) -> None:
@@ -87,7 +114,7 @@ def cli(ctx: click.Context, data_dir: str | None, config_file: str | None) -> No
 
 # ---------------------------------------------------------------------- serve
 
-@cli.command()
+@cli.command(cls=_StartupCommand)
 @click.option("--host", default=None, help="Address to bind (default 127.0.0.1).")
 @click.option("--port", type=int, default=None, help="Port (default 20128).")
 @click.option("--workers", type=int, default=None,
@@ -105,11 +132,11 @@ def serve(ctx: click.Context, host: str | None, port: int | None, workers: int |
         config = load_config(config_file=obj.get("config_file"), data_dir=obj.get("data_dir"),
                              host=host, port=port, workers=workers, log_level=log_level)
     except ConfigError as exc:
-        raise click.ClickException(str(exc)) from None
+        raise StartupError(str(exc)) from None
     try:
         server.serve(config)
     except (ConfigError, OSError) as exc:
-        raise click.ClickException(str(exc)) from None
+        raise StartupError(str(exc)) from None
 
 
 # ---------------------------------------------------------------------- plugins

@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import ipaddress
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -45,6 +47,10 @@ class Config:
     initial_password: str | None = None
     disabled_plugins: tuple[str, ...] = ()
     allowed_plugins: tuple[str, ...] | None = None
+    #: extra ``Host`` names the gateway answers to (see :mod:`omniroute.web.security`)
+    allowed_hosts: tuple[str, ...] = ()
+    #: web origins allowed to call the client API from a browser (CORS); empty: none
+    cors_origins: tuple[str, ...] = ()
     settings_defaults: Mapping[str, Any] = field(default_factory=dict)
     settings_env: Mapping[str, Any] = field(default_factory=dict)
 
@@ -56,8 +62,56 @@ class Config:
         return dataclasses.replace(self, **changes)
 
 
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
 def _csv(value: str | None) -> tuple[str, ...]:
     return tuple(p.strip() for p in (value or "").split(",") if p.strip())
+
+
+def _names(key: str, value: Any) -> list[str]:
+    if isinstance(value, str):
+        value = _csv(value)
+    if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
+        raise ConfigError(f"{key} must be a list of strings, got {value!r}")
+    return [v.strip().lower() for v in value if v.strip()]
+
+
+_HOST_NAME = re.compile(r"(\*\.)?[a-z0-9_]([a-z0-9_.-]*[a-z0-9_])?|\[[0-9a-f:.]+\]|\*")
+_ORIGIN = re.compile(r"[a-z][a-z0-9+.-]*://[^/?#\s]+")
+
+
+def host_names(value: Any) -> tuple[str, ...]:
+    """``allowed_hosts`` entries: ``name``, ``*.domain`` (its subdomains) or ``*`` (any).
+
+    Names are compared without the port, in lower case; an IPv6 address may be
+    given with or without its brackets.
+    """
+    out = []
+    for given in _names("allowed_hosts", value):
+        name = given.rstrip(".")
+        try:
+            if ipaddress.ip_address(name).version == 6:
+                name = f"[{name}]"  # as it appears in a Host header
+        except ValueError:
+            pass
+        if not _HOST_NAME.fullmatch(name):
+            raise ConfigError(f"allowed_hosts: {given!r} is not a host name (give names like "
+                              "'gateway.example.com' or '*.example.com', without a port)")
+        out.append(name)
+    return tuple(out)
+
+
+def web_origins(value: Any) -> tuple[str, ...]:
+    """``cors_origins`` entries: ``scheme://host[:port]`` as browsers send them, or ``*``."""
+    out = []
+    for origin in _names("cors_origins", value):
+        origin = origin.rstrip("/")
+        if origin != "*" and not _ORIGIN.fullmatch(origin):
+            raise ConfigError(f"cors_origins: {origin!r} is not an origin (give "
+                              "'https://app.example.com', 'http://localhost:3000' or '*')")
+        out.append(origin)
+    return tuple(out)
 
 
 def load_config(
@@ -98,6 +152,8 @@ def load_config(
         "log_level": server.get("log_level", "info"),
         "disabled_plugins": tuple(plugins.get("disabled", ())),
         "allowed_plugins": tuple(plugins["allowed"]) if "allowed" in plugins else None,
+        "allowed_hosts": server.get("allowed_hosts", ()),
+        "cors_origins": server.get("cors_origins", ()),
     }
     env_map = {
         "OMNIROUTE_HOST": "host",
@@ -113,6 +169,10 @@ def load_config(
         values["disabled_plugins"] = _csv(env["OMNIROUTE_DISABLE_PLUGINS"])
     if env.get("OMNIROUTE_PLUGINS", "").strip():  # empty means "not set", not "load none"
         values["allowed_plugins"] = _csv(env["OMNIROUTE_PLUGINS"])
+    for var, key in (("OMNIROUTE_ALLOWED_HOSTS", "allowed_hosts"),
+                     ("OMNIROUTE_CORS_ORIGINS", "cors_origins")):
+        if var in env:
+            values[key] = _csv(env[var])
     values.update(overrides)
 
     try:
@@ -121,6 +181,14 @@ def load_config(
         raise ConfigError(f"port and workers must be integers: {exc}") from exc
     if not 0 <= port < 65536 or workers < 1:
         raise ConfigError("port must be 0-65535 and workers at least 1")
+    for key in ("host", "log_level"):
+        if not isinstance(values[key], str) or not values[key].strip():
+            raise ConfigError(f"{key} must be a non-empty string, got {values[key]!r}")
+    if values["data_dir"] is not None and not isinstance(values["data_dir"], str | Path):
+        raise ConfigError(f"data_dir must be a path, got {values['data_dir']!r}")
+    if values["log_level"].lower() not in LOG_LEVELS:
+        raise ConfigError(f"log_level must be one of {', '.join(LOG_LEVELS)}, "
+                          f"got {values['log_level']!r}")
 
     secret = env.get("OMNIROUTE_SECRET_KEY")
     key: bytes | None = None
@@ -146,6 +214,8 @@ def load_config(
         initial_password=env.get("INITIAL_PASSWORD") or None,
         disabled_plugins=tuple(values["disabled_plugins"]),
         allowed_plugins=values["allowed_plugins"],
+        allowed_hosts=host_names(values["allowed_hosts"]),
+        cors_origins=web_origins(values["cors_origins"]),
         settings_defaults=Settings.coerce_all(defaults, source=str(path)),
         settings_env=settings_from_env(env),
     )

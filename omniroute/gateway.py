@@ -4,7 +4,7 @@ One :class:`Gateway` per application (never a module global). It owns the
 database, the single HTTP client session, the provider instances of the
 active connections, the router and the key index; :meth:`Gateway.reload`
 rebuilds the in-memory views whenever the configuration changes, here or in
-another process (the database's config version is polled).
+another process (its :class:`~omniroute.watch.ConfigWatcher` notices).
 """
 
 from __future__ import annotations
@@ -31,10 +31,9 @@ from omniroute.routing import Router
 from omniroute.storage import Combo, Connection, Database, RequestLog, Store
 from omniroute.vault import Vault
 from omniroute.version import __version__
+from omniroute.watch import ConfigWatcher, VersionPoll
 
 log = logging.getLogger(__name__)
-
-RELOAD_POLL_SECONDS = 1.0
 
 
 class Gateway:
@@ -92,7 +91,9 @@ class Gateway:
             await self.db.close()
             raise
         self.log.start()
-        self._spawn(self._watch_config(), "omniroute-config-watch")
+        self.watcher: ConfigWatcher = VersionPoll(self.db, reload=self.reload,
+                                                  loaded=lambda: self._config_version)
+        self._spawn(self.watcher.run(), "omniroute-config-watch")
         self._spawn(self.refresh_models(), "omniroute-models-refresh")
 
     async def close(self) -> None:
@@ -114,15 +115,6 @@ class Gateway:
         task = asyncio.create_task(coro, name=name)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
-
-    async def _watch_config(self) -> None:
-        while True:
-            await asyncio.sleep(RELOAD_POLL_SECONDS)
-            try:
-                if await self.db.config_version() != self._config_version:
-                    await self.reload()
-            except Exception:
-                log.exception("configuration reload failed; keeping the previous one")
 
     # ------------------------------------------------------------------ configuration
 

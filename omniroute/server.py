@@ -5,16 +5,22 @@ from __future__ import annotations
 import asyncio
 import logging
 import multiprocessing
+import multiprocessing.connection
 import signal
 import sys
+from typing import Any
 
 from aiohttp import web
 
 from omniroute.app import make_app
-from omniroute.config import Config
+from omniroute.config import Config, ConfigError
 from omniroute.plugins import load_plugins
+from omniroute.startup import check_credentials, check_port, listen_error, open_store
 
 log = logging.getLogger(__name__)
+
+#: the exit status of a start-up input that cannot be used (as click's usage errors)
+STARTUP_ERROR = 2
 
 
 def setup_logging(level: str) -> None:
@@ -26,19 +32,21 @@ def setup_logging(level: str) -> None:
 
 
 async def prepare(config: Config) -> None:
-    """Migrate the database and set the first admin password, once, before workers start."""
-    from omniroute.auth.admin import AdminSessionScheme, ensure_password
-    from omniroute.storage import Database, Store
-    from omniroute.vault import Vault
+    """Check the data directory, migrate the database and set the first admin password,
+    once, before workers start.
 
-    db = await Database.open(config.db_path)
+    :raises ConfigError: a start-up input cannot be used (the message says which).
+    """
+    from omniroute.auth.admin import AdminSessionScheme, ensure_password
+
+    store = await open_store(config)
     try:
+        await check_credentials(store, config)
         plugins = load_plugins(blocked=config.disabled_plugins, allowed=config.allowed_plugins)
         if AdminSessionScheme.name in plugins.auth_schemes:
-            store = Store(db, Vault.open(config.data_dir, config.secret_key))
             await ensure_password(store, config.initial_password)
     finally:
-        await db.close()
+        await store.db.close()
 
 
 def settle_malloc() -> None:
@@ -62,7 +70,10 @@ async def run_worker(config: Config, *, reuse_port: bool = False, announce: bool
     try:
         site = web.TCPSite(runner, config.host, config.port, reuse_port=reuse_port or None,
                            backlog=1024)
-        await site.start()
+        try:
+            await site.start()
+        except OSError as exc:
+            raise listen_error(config, exc) from None
         log.info("omniroute listening on http://%s:%d", config.host, config.port)
         if announce:  # only once the socket is really listening
             print(f"omniroute serving on http://{config.host}:{config.port} "
@@ -77,17 +88,25 @@ async def run_worker(config: Config, *, reuse_port: bool = False, announce: bool
         await runner.cleanup()
 
 
-def _worker_main(config: Config, announce: bool) -> None:
+def _worker_main(config: Config, announce: bool, errors: Any) -> None:
     setup_logging(config.log_level)
     try:
         asyncio.run(run_worker(config, reuse_port=True, announce=announce))
     except KeyboardInterrupt:
         pass
+    except ConfigError as exc:  # the parent reports it, once for all workers
+        errors.put(str(exc))
+        sys.exit(STARTUP_ERROR)
 
 
 def serve(config: Config) -> None:
-    """Run the gateway in the foreground with ``config.workers`` processes."""
+    """Run the gateway in the foreground with ``config.workers`` processes.
+
+    :raises ConfigError: a start-up input cannot be used (checked before any worker
+        starts: data directory, key, database, password, port).
+    """
     setup_logging(config.log_level)
+    check_port(config)  # before prepare prints a generated password that a failure would lose
     asyncio.run(prepare(config))
     if config.workers == 1:
         try:
@@ -96,7 +115,9 @@ def serve(config: Config) -> None:
             pass
         return
     ctx = multiprocessing.get_context("spawn")
-    workers = [ctx.Process(target=_worker_main, args=(config, i == 0), name=f"omniroute-worker-{i}")
+    errors = ctx.SimpleQueue()
+    workers = [ctx.Process(target=_worker_main, args=(config, i == 0, errors),
+                           name=f"omniroute-worker-{i}")
                for i in range(config.workers)]
     for w in workers:
         w.start()
@@ -108,8 +129,16 @@ def serve(config: Config) -> None:
 
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)
-    for w in workers:
-        w.join()
+    running = list(workers)
+    while running:
+        ended = multiprocessing.connection.wait([w.sentinel for w in running])
+        for w in [w for w in running if w.sentinel in ended]:
+            w.join()
+            running.remove(w)
+            if w.exitcode == STARTUP_ERROR:
+                forward(signal.SIGTERM, None)  # no gateway with fewer workers than asked
+    if not errors.empty():
+        raise ConfigError(errors.get())
     failed = [w.name for w in workers if w.exitcode not in (0, -signal.SIGTERM)]
     if failed:
         raise SystemExit(f"worker(s) exited with an error: {', '.join(failed)}")

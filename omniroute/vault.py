@@ -49,7 +49,11 @@ class Vault:
             return cls(raw)
         if path.stat().st_mode & 0o077:
             os.chmod(path, 0o600)
-        return cls(base64.urlsafe_b64decode(text))
+        try:
+            return cls(base64.urlsafe_b64decode(text))
+        except ValueError:  # not base64, or not 32 bytes
+            raise VaultError(f"the key file {path} is damaged: it must hold the base64 of "
+                             "32 bytes (restore it from a backup)") from None
 
     def encrypt(self, data: dict[str, Any], *, context: str) -> bytes:
         """Encrypt ``data``; ``context`` (e.g. the connection id) is authenticated too."""

@@ -264,10 +264,15 @@ def test_serve_refuses_but_plugins_command_works(tmp_path: Path) -> None:
     base = [sys.executable, "-m", "omniroute.cli", "--data-dir", str(tmp_path)]
     serve = subprocess.run([*base, "serve", "--port", "0"], env=env, capture_output=True,
                            text=True, timeout=60)
-    assert serve.returncode == 1
+    assert serve.returncode == 2  # a start-up input that cannot be used
     assert "Traceback" not in serve.stderr
     assert "'needs-openai' (conn_needs) cannot be used" in serve.stderr
     assert "plugin 'openai' is blocked" in serve.stderr
+    # with workers, each finds it; the line is printed once and all of them stop
+    serve = subprocess.run([*base, "serve", "--port", "0", "--workers", "2"], env=env,
+                           capture_output=True, text=True, timeout=60)
+    assert serve.returncode == 2 and "Traceback" not in serve.stderr
+    assert serve.stderr.count("cannot be used") == 1, serve.stderr
 
     listing = subprocess.run([*base, "plugins", "--json"], env=env, capture_output=True,
                              text=True, timeout=60)

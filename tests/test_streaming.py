@@ -80,7 +80,7 @@ async def test_client_disconnect_before_the_first_byte_closes_the_upstream(gw):
     reader, writer = await asyncio.open_connection(host, port)
     body = b'{"model": "up/gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}],' \
            b' "stream": true}'
-    writer.write(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n"
+    writer.write(b"POST /v1/chat/completions HTTP/1.1\r\nHost: localhost\r\n"
                  b"Content-Type: application/json\r\n"
                  b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
     await writer.drain()
@@ -278,7 +278,7 @@ async def test_a_client_that_stops_reading_releases_its_account(gw):
     gw.fake.script.append(reply(text="x" * 8_000_000, chunks=400))  # ~8 MB, 20 KB a chunk
     reader, writer = await asyncio.open_connection("127.0.0.1", gw.client.port)
     body = b'{"model": "up/gpt-4o-mini", "stream": true, "messages": [{"role": "user", "content": "hi"}]}'
-    writer.write(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+    writer.write(b"POST /v1/chat/completions HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
                  b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
     await writer.drain()
     await reader.readexactly(1024)  # the stream started; now the client stops reading

@@ -24,7 +24,7 @@ from aiohttp import web
 from omniroute.appkeys import GATEWAY
 from omniroute.auth.base import AuthScheme, Principal
 from omniroute.bodies import read_json
-from omniroute.config import Config
+from omniroute.config import Config, ConfigError
 from omniroute.errors import AuthenticationFailed, GatewayError, InvalidRequest
 from omniroute.hookspecs import hookimpl
 from omniroute.storage.store import Store
@@ -72,11 +72,16 @@ async def ensure_password(store: Store, initial: str | None) -> None:
 
     Without ``initial`` a password is generated and printed once, on the
     terminal that started the gateway; it is never logged.
+
+    :raises ConfigError: ``initial`` is too short to be the admin password.
     """
     if PASSWORD_SETTING in await store.get_settings():
         return
     password = initial or secrets.token_urlsafe(12)
-    await set_password(store, password)
+    try:
+        await set_password(store, password)
+    except ValueError as exc:  # only a given password can be refused
+        raise ConfigError(f"INITIAL_PASSWORD: {exc}") from None
     if not initial:
         print(f"\n  omniroute admin password (shown once): {password}\n"
               "  change it with: omniroute admin password\n", file=sys.stderr, flush=True)

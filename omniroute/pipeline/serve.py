@@ -32,7 +32,7 @@ from omniroute.appkeys import PRINCIPAL, STREAM_STARTED
 from omniroute.bodies import read_object
 from omniroute.config import Settings
 from omniroute.credentials import Refresher
-from omniroute.errors import GatewayError, InvalidRequest
+from omniroute.errors import GatewayError, InvalidRequest, ModelNotFound
 from omniroute.pipeline.attempts import Failures, all_failed, plan_targets, try_target
 from omniroute.pipeline.context import Reply, RequestContext
 from omniroute.pipeline.operation import Operation
@@ -40,6 +40,7 @@ from omniroute.pipeline.stages import Stage
 from omniroute.resilience import Resilience, session_id
 from omniroute.routing import Router
 from omniroute.storage import RequestLog, RequestRecord
+from omniroute.watch import ConfigWatcher, after_check
 
 log = logging.getLogger(__name__)
 
@@ -71,12 +72,15 @@ class Pipeline:
         self.stages: list[Stage] = []
         self.request_log: RequestLog | None = None
         self.refresher: Refresher | None = None
+        self.watcher: ConfigWatcher | None = None
 
-    def open(self, request_log: RequestLog, stages: list[Stage], refresher: Refresher) -> None:
+    def open(self, request_log: RequestLog, stages: list[Stage], refresher: Refresher,
+             watcher: ConfigWatcher) -> None:
         """Connect what exists only once the gateway has started (its database)."""
         self.request_log = request_log
         self.stages = stages
         self.refresher = refresher
+        self.watcher = watcher
 
     async def serve(
         self,
@@ -112,7 +116,11 @@ class Pipeline:
                     break
             response = None
             if reply is None:
-                ctx.route = self.catalog.router.resolve(ctx.model, prefix=ctx.prefix)
+                # an unknown model is the client's mistake, unless it was added a moment ago
+                assert self.watcher is not None
+                ctx.route = await after_check(
+                    self.watcher, lambda: self.catalog.router.resolve(ctx.model, prefix=ctx.prefix),
+                    ModelNotFound)
                 if operation.sticky:
                     ctx.session = _session(ctx)
                 calling = self._call_targets(operation, ctx)

@@ -1,8 +1,10 @@
-"""The one middleware: authentication by route class, and errors as JSON.
+"""The one middleware: the Host check, authentication by route class, and errors as JSON.
 
 Route classes are decided by path and fail closed: every ``/api/`` route
 needs an admin unless it is listed in :data:`PUBLIC_PATHS`; every other
-route is client API and follows ``require_api_key``.
+route is client API and follows ``require_api_key``. The Host check
+(:mod:`omniroute.web.security`) comes first, so a refused name learns nothing
+else, in the error format of the client API its path belongs to.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 
 from omniroute.appkeys import GATEWAY, PRINCIPAL, STREAM_STARTED
-from omniroute.auth.base import ANONYMOUS, Principal
+from omniroute.auth.base import ANONYMOUS, AuthScheme, Principal
 from omniroute.errors import (
     AuthenticationFailed,
     GatewayError,
@@ -25,7 +27,8 @@ from omniroute.errors import (
     openai_error_response,
 )
 from omniroute.gateway import Gateway
-from omniroute.web.client import OLLAMA_PATHS, client_format_of
+from omniroute.web.client import client_format_of
+from omniroute.web.security import HOST_CHECK, is_management_path
 
 log = logging.getLogger(__name__)
 
@@ -43,12 +46,17 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 @web.middleware
 async def gateway_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
+        host_check = request.app[HOST_CHECK]
+        if host_check is not None:
+            host = request.headers.get("Host")
+            if not host_check.allows(host):
+                raise host_check.refusal(host)
         routing_error = request.match_info.http_exception
         if routing_error is not None:
             raise routing_error
         gateway = request.app[GATEWAY]
         path = request.path
-        if path.startswith("/api/") and path not in OLLAMA_PATHS:
+        if is_management_path(path):
             if path not in PUBLIC_PATHS:
                 request[PRINCIPAL] = await authenticate_admin(gateway, request)
         elif path not in PUBLIC_PATHS:
@@ -74,7 +82,7 @@ async def gateway_middleware(request: web.Request, handler: Handler) -> web.Stre
 def error_response(request: web.Request, err: GatewayError) -> web.Response:
     """``err`` in the error shape of the client API the path belongs to."""
     path = request.path
-    if not path.startswith("/api/") or path in OLLAMA_PATHS:
+    if not is_management_path(path):
         fmt = request.app[GATEWAY].formats.get(client_format_of(path))
         if fmt is not None:
             try:
@@ -94,10 +102,10 @@ async def authenticate_client(gateway: Gateway, request: web.Request) -> Princip
             continue
         try:
             principal = await scheme.authenticate(request)
-        except AuthenticationFailed:
-            if required:
-                raise
-            return ANONYMOUS  # keys are optional: a wrong one is ignored, not refused
+        except AuthenticationFailed as refusal:
+            if not required:
+                return ANONYMOUS  # keys are optional: a wrong one is ignored, not refused
+            principal = await _after_check(gateway, scheme, request, refusal)
         if principal is not None:
             return principal
     if required:
@@ -109,7 +117,10 @@ async def authenticate_client(gateway: Gateway, request: web.Request) -> Princip
 
 async def authenticate_admin(gateway: Gateway, request: web.Request) -> Principal:
     for scheme in gateway.auth_schemes.values():
-        principal = await scheme.authenticate(request)
+        try:
+            principal = await scheme.authenticate(request)
+        except AuthenticationFailed as refusal:
+            principal = await _after_check(gateway, scheme, request, refusal)
         if principal is None:
             continue
         if not principal.is_admin:
@@ -118,6 +129,16 @@ async def authenticate_admin(gateway: Gateway, request: web.Request) -> Principa
     raise AuthenticationFailed(
         "The management API needs an admin: log in (POST /api/auth/login) "
         "or send an admin-scoped API key.", code="admin_required")
+
+
+async def _after_check(gateway: Gateway, scheme: AuthScheme, request: web.Request,
+                       refusal: AuthenticationFailed) -> Principal | None:
+    """Before ``refusal`` is final: the credential may have been created a moment ago by
+    another process (``omniroute keys create``). The config watcher checks now; when the
+    configuration changed, ``scheme`` authenticates once more."""
+    if not await gateway.watcher.check():
+        raise refusal
+    return await scheme.authenticate(request)
 
 
 def _from_http_exception(request: web.Request, exc: web.HTTPException) -> GatewayError:
