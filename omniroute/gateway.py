@@ -23,7 +23,7 @@ from omniroute.auth.base import AuthScheme
 from omniroute.config import Config, ConfigError, Settings
 from omniroute.credentials import Refresher, StoredCredentials
 from omniroute.errors import GatewayError
-from omniroute.formats.base import Format
+from omniroute.formats.base import Format, ModelInfo
 from omniroute.plugins import Plugins
 from omniroute.providers.base import Provider, ProviderContext, Timeouts
 from omniroute.resilience import Resilience
@@ -225,6 +225,29 @@ class Gateway:
         if changed:
             self.rebuild_router()  # bare model names of this connection now resolve
         return models
+
+    async def model_infos(self) -> list[ModelInfo]:
+        """Every model this gateway serves: combos, aliases, then each connection's models."""
+        created = int(self.started_at)
+        seen: set[str] = set()
+        out: list[ModelInfo] = []
+
+        def add(model_id: str, owner: str) -> None:
+            if model_id not in seen:
+                seen.add(model_id)
+                out.append(ModelInfo(model_id, owner, created))
+
+        for combo in self.combos:
+            add(combo.name, "combo")
+        for alias in self.aliases:
+            if not any(ch in alias for ch in "*?["):
+                add(alias, "alias")
+        providers = list(self.providers.values())
+        lists = await asyncio.gather(*(self.models_of(p) for p in providers))
+        for provider, models in zip(providers, lists, strict=True):
+            for model in models:
+                add(f"{provider.connection.prefix}/{model}", provider.connection.prefix)
+        return out
 
     async def refresh_models(self) -> None:
         """Refresh every connection's model list, then rebuild the router."""

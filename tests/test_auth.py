@@ -12,7 +12,9 @@ import aiohttp
 import openai
 import pytest
 
-from omniroute.web.client import OLLAMA_PATHS  # client API under /api/ (Ollama's)
+#: client API under /api/ (Ollama's), as the Ollama API documents it
+OLLAMA_PATHS = frozenset({"/api/chat", "/api/tags", "/api/version", "/api/embed",
+                          "/api/embeddings"})
 
 UPSTREAM_KEY = "sk-upstream-test"
 PASSWORD = "test-password-123"

@@ -28,6 +28,7 @@ from omniroute.config import Config, ConfigError
 from omniroute.errors import AuthenticationFailed, GatewayError, InvalidRequest
 from omniroute.hookspecs import hookimpl
 from omniroute.storage.store import Store
+from omniroute.web.tags import tag_route
 
 if TYPE_CHECKING:
     from omniroute.gateway import Gateway
@@ -161,5 +162,5 @@ def configure_app(app: web.Application, config: Config) -> None:
         assert isinstance(scheme, AdminSessionScheme)
         return scheme
 
-    app.router.add_post("/api/auth/login", login)
-    app.router.add_post("/api/auth/logout", logout)
+    tag_route(app, app.router.add_post("/api/auth/login", login), None, "public")
+    tag_route(app, app.router.add_post("/api/auth/logout", logout), None, "public")

@@ -19,7 +19,7 @@ which are async generators over the frames / events of one response.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -39,6 +39,39 @@ class ClientRequest:
     query: Mapping[str, str] = field(default_factory=dict)
 
 
+@dataclass(frozen=True, slots=True)
+class ClientRoute:
+    """One endpoint of a format's client API; the app registers every one at start-up.
+
+    ``path`` is an aiohttp pattern; a ``{model}`` variable names the model in the
+    URL (Gemini), a ``{provider}`` variable pins a connection prefix.
+    """
+
+    method: str
+    path: str
+    #: what serves it: ``"chat"``, ``"count_tokens"``, ``"embeddings"``, ``"models"``
+    #: (the model list) or ``"model"`` (one model)
+    operation: str
+    #: the request log's name for it (``"chat.completions"``)
+    endpoint: str = ""
+    #: the stream flag the path implies (Gemini's ``:streamGenerateContent``), or None
+    stream: bool | None = None
+    #: when another format declares the same method and path, requests carrying one of
+    #: these headers are this format's (google-genai on ``GET /v1/models``)
+    when_headers: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class ModelInfo:
+    """A model the gateway offers, for the model-list routes."""
+
+    id: str
+    #: who offers it: a connection prefix, ``"combo"`` or ``"alias"``
+    owned_by: str
+    #: when the gateway started (Unix seconds): the lists' ``created`` time
+    created: int
+
+
 class Format:
     """Base class of wire formats. Subclass it and register it from a plugin."""
 
@@ -46,6 +79,11 @@ class Format:
     name: ClassVar[str]
     #: the Content-Type of a streamed answer in this format
     stream_content_type: ClassVar[str] = "text/event-stream; charset=utf-8"
+    #: the client API's endpoints (none for a format only providers speak)
+    client_routes: ClassVar[tuple[ClientRoute, ...]] = ()
+    #: path prefixes of this client API: an unknown route under one still gets this
+    #: format's error shape (a Gemini client gets a Gemini 404)
+    path_prefixes: ClassVar[tuple[str, ...]] = ()
 
     # ------------------------------------------------------------------ client side
 
@@ -89,6 +127,45 @@ class Format:
     def keepalive_frame(self) -> bytes | None:
         """A frame that keeps a waiting stream alive (Anthropic ``ping``), or None."""
         return None
+
+    def claims_path(self, path: str) -> bool:
+        """Whether an unknown route at ``path`` still belongs to this client API (its errors
+        take this format's shape)."""
+        return path.startswith(self.path_prefixes) if self.path_prefixes else False
+
+    def model_name(self, path_model: str) -> str:
+        """The model a URL names (Gemini's ``models/`` prefix is not part of it)."""
+        return path_model
+
+    def model_list(self, models: Sequence[ModelInfo]) -> dict[str, Any]:
+        """The JSON body of the client API's model list (route operation ``"models"``)."""
+        raise NotImplementedError
+
+    def model_card(self, model: ModelInfo) -> dict[str, Any]:
+        """The JSON body describing one model (route operation ``"model"``)."""
+        raise NotImplementedError
+
+    def count_request(self, body: dict[str, Any], path_model: str | None) -> tuple[
+            str, dict[str, Any]]:
+        """The model and the request body of a token-count request (``"count_tokens"``).
+
+        The body is what :meth:`decode_request` reads for the local estimate, and
+        what an upstream speaking this format is asked to count.
+        """
+        raise NotImplementedError
+
+    def count_answer(self, tokens: int) -> dict[str, Any]:
+        """The JSON answer of a token count of ``tokens`` input tokens."""
+        raise NotImplementedError
+
+    def embed_request(self, body: dict[str, Any], route: ClientRoute) -> c.EmbedRequest:
+        """The embeddings request of a client body (route operation ``"embeddings"``)."""
+        raise NotImplementedError
+
+    def embed_answer(self, request: c.EmbedRequest, vectors: list[list[float]], tokens: int,
+                     elapsed_ns: int, route: ClientRoute) -> dict[str, Any]:
+        """The JSON answer of an embeddings request: one vector per input, in order."""
+        raise NotImplementedError
 
     # ------------------------------------------------------------------ provider side
 

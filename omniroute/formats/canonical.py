@@ -288,3 +288,18 @@ class Finish:
 
 
 Event: TypeAlias = Start | PartStart | TextDelta | ReasoningDelta | ToolArgsDelta | PartStop | Finish
+
+
+# ----------------------------------------------------------------------------- embeddings
+
+
+@dataclass(slots=True)
+class EmbedRequest:
+    """An embeddings request, whatever client API it came in."""
+
+    model: str
+    inputs: list[str]
+    #: optional knobs, so far only ``dimensions`` (an int)
+    options: dict[str, Any] = field(default_factory=dict)
+    #: OpenAI clients may ask for ``"base64"`` (little-endian float32)
+    encoding: str = "float"

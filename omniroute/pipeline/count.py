@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
-from typing import Any
 
 import orjson
 
@@ -44,27 +43,17 @@ class CountTokens(Operation):
     metered = False
 
     def __init__(
-        self, fmt: Format, endpoint: str, answer: Callable[[int], dict[str, Any]],
-        *, connect_timeout: Callable[[], float], unwrap: str | None = None,
+        self, fmt: Format, endpoint: str, *, connect_timeout: Callable[[], float]
     ) -> None:
         """
-        :param answer: the client's JSON answer for a local estimate of N tokens.
         :param connect_timeout: the current upstream connect timeout (settings change).
-        :param unwrap: a body field that may hold the whole request (Gemini's
-            ``generateContentRequest``).
         """
         super().__init__(fmt, endpoint)
-        self.answer = answer
         self.connect_timeout = connect_timeout
-        self.unwrap = unwrap
 
     def inspect(self, ctx: RequestContext) -> None:
-        if self.unwrap is not None and isinstance(ctx.body.get(self.unwrap), dict):
-            ctx.body = ctx.body[self.unwrap]
-        model = ctx.path_model or ctx.body.get("model")
-        if not isinstance(model, str) or not model.strip():
-            raise InvalidRequest("model: field required (a non-empty string).", param="model")
-        ctx.model, ctx.stream = model, False
+        ctx.model, ctx.body = self.fmt.count_request(ctx.body, ctx.path_model)
+        ctx.stream = False
 
     def unusable(self, target: Target) -> GatewayError | None:
         if target.provider.format != self.fmt.name:
@@ -90,7 +79,7 @@ class CountTokens(Operation):
         return Reply(body=orjson.dumps(counted), headers={"X-OmniRoute-Token-Count": "upstream"})
 
     async def unserved(self, ctx: RequestContext, error: GatewayError) -> Reply:
-        body = {k: v for k, v in ctx.body.items() if k != "stream"}
-        canonical = self.fmt.decode_request(ClientRequest(body, ctx.model, False, ctx.headers))
-        return Reply(body=orjson.dumps(self.answer(estimate_request(canonical))),
+        canonical = self.fmt.decode_request(ClientRequest(ctx.body, ctx.model, False,
+                                                          ctx.headers))
+        return Reply(body=orjson.dumps(self.fmt.count_answer(estimate_request(canonical))),
                      headers={"X-OmniRoute-Token-Count": "estimate"})

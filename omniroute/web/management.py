@@ -22,6 +22,7 @@ from omniroute.errors import AuthenticationFailed, GatewayError, InvalidRequest,
 from omniroute.gateway import Gateway
 from omniroute.providers.base import Provider
 from omniroute.storage import Connection
+from omniroute.web.tags import tag_route
 
 _SMALL_BODY = 1024 * 1024
 
@@ -363,6 +364,8 @@ async def recent_requests(request: web.Request) -> web.Response:
 
 
 def setup_management_routes(app: web.Application) -> None:
+    """The management API: every route needs an admin."""
+    before = set(app.router.routes())
     r = app.router
     r.add_get("/api/providers", list_providers)
     r.add_post("/api/providers", create_provider)
@@ -391,3 +394,6 @@ def setup_management_routes(app: web.Application) -> None:
     r.add_put("/api/settings/require-login", put_require_login)
     r.add_put("/api/auth/password", change_password)
     r.add_get("/api/requests", recent_requests)
+    for route in app.router.routes():
+        if route not in before:
+            tag_route(app, route, None, "admin")

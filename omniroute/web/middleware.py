@@ -1,10 +1,13 @@
 """The one middleware: the Host check, authentication by route class, and errors as JSON.
 
-Route classes are decided by path and fail closed: every ``/api/`` route
-needs an admin unless it is listed in :data:`PUBLIC_PATHS`; every other
-route is client API and follows ``require_api_key``. The Host check
-(:mod:`omniroute.web.security`) comes first, so a refused name learns nothing
-else, in the error format of the client API its path belongs to.
+Each route carries a tag (:mod:`omniroute.web.tags`) naming its access class
+and its client API: ``admin`` routes need an admin, ``client`` routes follow
+``require_api_key``, ``public`` ones need nothing. An untagged route (a
+plugin's) is classed by path, failing closed: under ``/api/`` it needs an
+admin. Errors take the error shape of the route's client API; an unknown route
+takes that of the format whose paths it lies under (a Gemini 404 under
+``/v1beta/``). The Host check (:mod:`omniroute.web.security`) comes first, so
+a refused name learns nothing else.
 """
 
 from __future__ import annotations
@@ -26,19 +29,12 @@ from omniroute.errors import (
     PermissionDenied,
     openai_error_response,
 )
+from omniroute.formats.base import Format
 from omniroute.gateway import Gateway
-from omniroute.web.client import client_format_of
-from omniroute.web.security import HOST_CHECK, is_management_path
+from omniroute.web.security import HOST_CHECK
+from omniroute.web.tags import access_of, is_management_path, tag_of
 
 log = logging.getLogger(__name__)
-
-PUBLIC_PATHS = frozenset({
-    "/",
-    "/api/init",
-    "/api/monitoring/health",
-    "/api/auth/login",
-    "/api/auth/logout",
-})
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -55,11 +51,10 @@ async def gateway_middleware(request: web.Request, handler: Handler) -> web.Stre
         if routing_error is not None:
             raise routing_error
         gateway = request.app[GATEWAY]
-        path = request.path
-        if is_management_path(path):
-            if path not in PUBLIC_PATHS:
-                request[PRINCIPAL] = await authenticate_admin(gateway, request)
-        elif path not in PUBLIC_PATHS:
+        access = access_of(request)
+        if access == "admin":
+            request[PRINCIPAL] = await authenticate_admin(gateway, request)
+        elif access == "client":
             request[PRINCIPAL] = await authenticate_client(gateway, request)
         return await handler(request)
     except GatewayError as err:
@@ -80,19 +75,32 @@ async def gateway_middleware(request: web.Request, handler: Handler) -> web.Stre
 
 
 def error_response(request: web.Request, err: GatewayError) -> web.Response:
-    """``err`` in the error shape of the client API the path belongs to."""
-    path = request.path
-    if not is_management_path(path):
-        fmt = request.app[GATEWAY].formats.get(client_format_of(path))
-        if fmt is not None:
-            try:
-                body = fmt.error_body(err)
-            except Exception:  # a format plugin's bug must not hide the error itself
-                log.exception("format %s could not render an error", fmt.name)
-            else:
-                return web.Response(body=body, status=err.status,
-                                    content_type="application/json", headers=err.headers)
+    """``err`` in the error shape of the client API the route belongs to."""
+    fmt = _error_format(request)
+    if fmt is not None:
+        try:
+            body = fmt.error_body(err)
+        except Exception:  # a format plugin's bug must not hide the error itself
+            log.exception("format %s could not render an error", fmt.name)
+        else:
+            return web.Response(body=body, status=err.status,
+                                content_type="application/json", headers=err.headers)
     return openai_error_response(err)
+
+
+def _error_format(request: web.Request) -> Format | None:
+    """The client API of the route, else of the paths it lies under; None: OpenAI's shape."""
+    formats = request.app[GATEWAY].formats
+    tag = tag_of(request)
+    if tag is not None:
+        return None if tag.format is None else formats.get(tag.format)
+    path = request.path
+    if is_management_path(request.app, path):
+        return None
+    for fmt in formats.values():
+        if fmt.claims_path(path):
+            return fmt
+    return None
 
 
 async def authenticate_client(gateway: Gateway, request: web.Request) -> Principal:

@@ -12,6 +12,7 @@ from omniroute.appkeys import GATEWAY
 from omniroute.auth.admin import PASSWORD_SETTING
 from omniroute.gateway import Gateway
 from omniroute.version import __version__
+from omniroute.web.tags import tag_resource
 
 
 async def health(request: web.Request) -> web.Response:
@@ -74,5 +75,7 @@ async def init(request: web.Request) -> web.Response:
 
 
 def setup_public_routes(app: web.Application) -> None:
-    app.router.add_get("/api/monitoring/health", health)
-    app.router.add_get("/api/init", init)
+    for path, handler in (("/api/monitoring/health", health), ("/api/init", init)):
+        resource = app.router.add_get(path, handler).resource
+        assert resource is not None
+        tag_resource(app, resource, None, "public")

@@ -17,6 +17,7 @@ from omniroute.bodies import read_object
 from omniroute.errors import InvalidRequest, NotFound
 from omniroute.gateway import Gateway
 from omniroute.web.management import _validated
+from omniroute.web.tags import tag_route
 
 #: the settings this API shows and changes (the rest stay under /api/settings)
 RESILIENCE_SETTINGS = (
@@ -81,8 +82,9 @@ async def sessions(request: web.Request) -> web.Response:
 
 def setup_resilience_routes(app: web.Application) -> None:
     r = app.router
-    r.add_get("/api/resilience", get_resilience)
-    r.add_patch("/api/resilience", patch_resilience)
-    r.add_post("/api/resilience/reset", reset_resilience)
-    r.add_get("/api/rate-limits", rate_limits)
-    r.add_get("/api/sessions", sessions)
+    for route in (r.add_get("/api/resilience", get_resilience),
+                  r.add_patch("/api/resilience", patch_resilience),
+                  r.add_post("/api/resilience/reset", reset_resilience),
+                  r.add_get("/api/rate-limits", rate_limits),
+                  r.add_get("/api/sessions", sessions)):
+        tag_route(app, route, None, "admin")

@@ -19,6 +19,7 @@ from omniroute.formats.base import ClientRequest, Format
 from omniroute.pipeline.responses_state import ResponsesState
 from omniroute.storage.responses import ResponseStore
 from omniroute.tokens import estimate_request
+from omniroute.web.tags import tag_route
 
 
 def _store(request: web.Request) -> ResponseStore:
@@ -81,6 +82,7 @@ def setup_responses_routes(app: web.Application) -> None:
     """The Responses routes (``GET /v1/responses`` itself is the WebSocket refusal)."""
     r = app.router
     for base in ("/v1/responses", "/responses"):
-        r.add_post(base + "/input_tokens", count_input_tokens)
-        r.add_get(base + "/{id}", retrieve_response, allow_head=False)
-        r.add_delete(base + "/{id}", delete_response)
+        for route in (r.add_post(base + "/input_tokens", count_input_tokens),
+                      r.add_get(base + "/{id}", retrieve_response, allow_head=False),
+                      r.add_delete(base + "/{id}", delete_response)):
+            tag_route(app, route, "responses", "client")

@@ -30,7 +30,7 @@ from aiohttp import web
 
 from omniroute.config import Config
 from omniroute.errors import PermissionDenied
-from omniroute.web.client import OLLAMA_PATHS
+from omniroute.web.tags import is_management_path
 
 LOOPBACK_NAMES = ("localhost", "127.0.0.1", "[::1]")
 #: response headers a browser script may read besides the safelisted ones
@@ -43,11 +43,6 @@ DEFAULT_ALLOW_HEADERS = ("authorization, content-type, x-api-key, x-goog-api-key
 PREFLIGHT_MAX_AGE = "600"
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-def is_management_path(path: str) -> bool:
-    """Whether ``path`` belongs to the management API (admin only, never CORS)."""
-    return path.startswith("/api/") and path not in OLLAMA_PATHS
 
 
 def is_loopback(host: str) -> bool:
@@ -135,7 +130,7 @@ class Cors:
         (where a refused one ends as an error without CORS headers)."""
         origin = request.headers["Origin"]
         allowed = self.allowed(origin)
-        if (allowed is None or is_management_path(request.path)
+        if (allowed is None or is_management_path(request.app, request.path)
                 or (host_check is not None
                     and not host_check.allows(request.headers.get("Host")))):
             return None
@@ -164,7 +159,7 @@ class Cors:
     async def on_response_prepare(self, request: web.Request,
                                   response: web.StreamResponse) -> None:
         """Name the origin and expose the gateway's headers on every client API answer."""
-        if is_management_path(request.path) or request.method == "OPTIONS":
+        if is_management_path(request.app, request.path) or request.method == "OPTIONS":
             return
         headers = response.headers
         if not self.any:  # the answer depends on the Origin: caches must know

@@ -14,7 +14,7 @@ from typing import Any
 
 import orjson
 
-from omniroute.errors import GatewayError
+from omniroute.errors import GatewayError, InvalidRequest
 from omniroute.formats import canonical as c
 from omniroute.formats.anthropic import encode as anthropic_encode
 from omniroute.formats.anthropic import request as anthropic_request
@@ -22,7 +22,7 @@ from omniroute.formats.anthropic import response as anthropic_response
 from omniroute.formats.anthropic import stream as anthropic_stream
 from omniroute.formats.anthropic.encode import DEFAULT_MAX_TOKENS
 from omniroute.formats.anthropic.response import NAME
-from omniroute.formats.base import ClientRequest, Format
+from omniroute.formats.base import ClientRequest, ClientRoute, Format
 from omniroute.hookspecs import hookimpl
 from omniroute.sse import event_data
 
@@ -37,6 +37,13 @@ class AnthropicFormat(Format):
     """Anthropic Messages (``POST /v1/messages``), JSON and SSE."""
 
     name = NAME
+    client_routes = (
+        ClientRoute("POST", "/v1/messages", "chat", "messages"),
+        ClientRoute("POST", "/messages", "chat", "messages"),
+        ClientRoute("POST", "/v1/messages/count_tokens", "count_tokens", "messages.count_tokens"),
+        ClientRoute("POST", "/messages/count_tokens", "count_tokens", "messages.count_tokens"),
+    )
+    path_prefixes = ("/v1/messages", "/messages")
 
     # ------------------------------------------------------------------ client side
 
@@ -65,6 +72,16 @@ class AnthropicFormat(Format):
 
     def keepalive_frame(self) -> bytes | None:
         return PING
+
+    def count_request(self, body: dict[str, Any], path_model: str | None) -> tuple[
+            str, dict[str, Any]]:
+        model = body.get("model")
+        if not isinstance(model, str) or not model.strip():
+            raise InvalidRequest("model: field required (a non-empty string).", param="model")
+        return model, {k: v for k, v in body.items() if k != "stream"}
+
+    def count_answer(self, tokens: int) -> dict[str, Any]:
+        return {"input_tokens": tokens}
 
     # ------------------------------------------------------------------ provider side
 

@@ -9,21 +9,22 @@ request, token-id prompts, ``n`` / ``best_of`` above 1, ``echo``, ``suffix``
 and ``logprobs``.
 
 No provider speaks this format, so every request takes the translated lane;
-the format is not registered as a plugin (``web.client`` uses it directly).
+it is registered like every format, for its client routes.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from omniroute.errors import GatewayError, openai_error_body
 from omniroute.formats import canonical as c
-from omniroute.formats.base import ClientRequest, Format
+from omniroute.formats.base import ClientRequest, ClientRoute, Format
 from omniroute.formats.completions import request as completions_request
 from omniroute.formats.completions import response as completions_response
 from omniroute.formats.completions import stream as completions_stream
 from omniroute.formats.completions.response import NAME
+from omniroute.hookspecs import hookimpl
 from omniroute.sse import encode
 
 __all__ = ["NAME", "CompletionsFormat"]
@@ -33,6 +34,10 @@ class CompletionsFormat(Format):
     """``text_completion`` requests and answers, served by a chat model."""
 
     name = NAME
+    client_routes = (
+        ClientRoute("POST", "/v1/completions", "chat", "completions"),
+        ClientRoute("POST", "/completions", "chat", "completions"),
+    )
 
     def inspect(self, body: dict[str, Any], *, path_model: str | None = None,
                 path_stream: bool | None = None) -> tuple[str, bool]:
@@ -60,3 +65,8 @@ class CompletionsFormat(Format):
     def error_frame(self, err: GatewayError) -> bytes:
         return encode({"error": {"message": err.message, "type": err.type, "param": err.param,
                                  "code": err.code}})
+
+
+@hookimpl
+def register_formats(register: Callable[[type[Format]], None]) -> None:
+    register(CompletionsFormat)

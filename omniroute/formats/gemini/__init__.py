@@ -33,7 +33,7 @@ Conventions this package keeps:
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any
 
 import orjson
@@ -41,7 +41,7 @@ import orjson
 from omniroute.errors import GatewayError, InvalidRequest, UpstreamError
 from omniroute.formats import canonical as c
 from omniroute.formats import carry
-from omniroute.formats.base import ClientRequest, Format
+from omniroute.formats.base import ClientRequest, ClientRoute, Format, ModelInfo
 from omniroute.formats.gemini import request as gemini_request
 from omniroute.formats.gemini import stream as gemini_stream
 from omniroute.formats.gemini.parts import (
@@ -68,6 +68,24 @@ class GeminiFormat(Format):
     """Google's Gemini API: ``generateContent`` / ``streamGenerateContent``."""
 
     name = NAME
+    #: google-genai on ``api_version="v1"`` shares ``GET /v1/models`` with OpenAI clients;
+    #: its own headers tell it apart
+    _GOOGLE = ("x-goog-api-client", "x-goog-api-key")
+    client_routes = tuple(
+        route for base in ("/v1beta/models/", "/v1/models/") for route in (
+            ClientRoute("POST", base + "{model:.*}:generateContent", "chat",
+                        "gemini.generateContent", stream=False),
+            ClientRoute("POST", base + "{model:.*}:streamGenerateContent", "chat",
+                        "gemini.streamGenerateContent", stream=True),
+            ClientRoute("POST", base + "{model:.*}:countTokens", "count_tokens",
+                        "gemini.countTokens"),
+        )) + (
+        ClientRoute("GET", "/v1beta/models", "models"),
+        ClientRoute("GET", "/v1beta/models/{model:.+}", "model"),
+        ClientRoute("GET", "/v1/models", "models", when_headers=_GOOGLE),
+        ClientRoute("GET", "/v1/models/{model:.+}", "model", when_headers=_GOOGLE),
+    )
+    path_prefixes = ("/v1beta/",)
 
     # ------------------------------------------------------------------ client side
 
@@ -109,6 +127,36 @@ class GeminiFormat(Format):
     def encode_stream(self, events: AsyncIterator[c.Event],
                       request: c.Request) -> AsyncIterator[bytes]:
         return gemini_stream.encode_stream(events, request)
+
+    def claims_path(self, path: str) -> bool:
+        # google-genai on api_version v1 calls /v1/models/{model}:{method}
+        return super().claims_path(path) or (path.startswith("/v1/models/") and ":" in path)
+
+    def model_name(self, path_model: str) -> str:
+        return path_model.removeprefix("models/")
+
+    def model_list(self, models: Sequence[ModelInfo]) -> dict[str, Any]:
+        return {"models": [self.model_card(m) for m in models]}
+
+    def model_card(self, model: ModelInfo) -> dict[str, Any]:
+        return {"name": f"models/{model.id}", "displayName": model.id, "version": "001",
+                "supportedGenerationMethods": ["generateContent", "streamGenerateContent",
+                                               "countTokens"]}
+
+    def count_request(self, body: dict[str, Any], path_model: str | None) -> tuple[
+            str, dict[str, Any]]:
+        # the API takes `contents` (and systemInstruction, tools) or a whole request
+        inner = body.get("generateContentRequest")
+        if isinstance(inner, dict):
+            body = inner
+        model = self.model_name(path_model or "")
+        if not model:
+            raise InvalidRequest("The model is required (models/{model}:countTokens).",
+                                 param="model", code="missing_model")
+        return model, body
+
+    def count_answer(self, tokens: int) -> dict[str, Any]:
+        return {"totalTokens": tokens}
 
     def error_body(self, err: GatewayError) -> bytes:
         return orjson.dumps({"error": {"code": err.status, "message": err.message,

@@ -20,15 +20,17 @@ NDJSON streams in :mod:`.stream`.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
 
 from omniroute.errors import GatewayError, InvalidRequest
 from omniroute.formats import canonical as c
-from omniroute.formats.base import ClientRequest, Format
+from omniroute.formats.base import ClientRequest, ClientRoute, Format, ModelInfo
 from omniroute.formats.json_text import json_object
+from omniroute.formats.ollama import embeddings as ollama_embeddings
 from omniroute.formats.ollama import request as ollama_request
 from omniroute.formats.ollama import response as ollama_response
 from omniroute.formats.ollama import stream as ollama_stream
@@ -42,6 +44,13 @@ class OllamaFormat(Format):
     """Ollama's native chat API: ``/api/chat`` requests, answers and NDJSON streams."""
 
     name = NAME
+    client_routes = (
+        ClientRoute("POST", "/api/chat", "chat", "ollama.chat"),
+        ClientRoute("POST", "/v1/api/chat", "chat", "ollama.chat"),
+        ClientRoute("POST", "/api/embed", "embeddings", "ollama.embed"),
+        ClientRoute("POST", "/api/embeddings", "embeddings", ollama_embeddings.LEGACY),
+        ClientRoute("GET", "/api/tags", "models"),
+    )
     stream_content_type = "application/x-ndjson"
 
     # ------------------------------------------------------------------ client side
@@ -72,6 +81,24 @@ class OllamaFormat(Format):
     def encode_stream(self, events: AsyncIterator[c.Event],
                       request: c.Request) -> AsyncIterator[bytes]:
         return ollama_stream.encode_stream(events, request)
+
+    def model_list(self, models: Sequence[ModelInfo]) -> dict[str, Any]:
+        if not models:
+            return {"models": []}
+        modified = datetime.fromtimestamp(models[0].created, UTC).isoformat()
+        return {"models": [
+            {"name": m.id, "model": m.id, "modified_at": modified, "size": 0, "digest": "",
+             "details": {"format": "", "family": m.owned_by, "families": [m.owned_by],
+                         "parameter_size": "", "quantization_level": ""}}
+            for m in models]}
+
+    def embed_request(self, body: dict[str, Any], route: ClientRoute) -> c.EmbedRequest:
+        return ollama_embeddings.decode_request(body, route.endpoint)
+
+    def embed_answer(self, request: c.EmbedRequest, vectors: list[list[float]], tokens: int,
+                     elapsed_ns: int, route: ClientRoute) -> dict[str, Any]:
+        return ollama_embeddings.encode_answer(request, vectors, tokens, elapsed_ns,
+                                               route.endpoint)
 
     def error_body(self, err: GatewayError) -> bytes:
         return orjson.dumps({"error": err.message})

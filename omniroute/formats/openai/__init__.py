@@ -9,14 +9,15 @@ usage) and :mod:`.stream` (streams). The module-level helpers below
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from typing import Any
 
 import orjson
 
 from omniroute.errors import GatewayError, InvalidRequest, openai_error_body
 from omniroute.formats import canonical as c
-from omniroute.formats.base import ClientRequest, Format
+from omniroute.formats.base import ClientRequest, ClientRoute, Format, ModelInfo
+from omniroute.formats.openai import embeddings as openai_embeddings
 from omniroute.formats.openai import request as openai_request
 from omniroute.formats.openai import response as openai_response
 from omniroute.formats.openai import stream as openai_stream
@@ -119,6 +120,17 @@ class OpenAIFormat(Format):
     """OpenAI Chat Completions (``POST /v1/chat/completions``), JSON and SSE."""
 
     name = NAME
+    client_routes = (
+        ClientRoute("POST", "/v1/chat/completions", "chat", "chat.completions"),
+        ClientRoute("POST", "/chat/completions", "chat", "chat.completions"),
+        ClientRoute("POST", "/v1/providers/{provider}/chat/completions", "chat",
+                    "chat.completions"),
+        ClientRoute("POST", "/v1/embeddings", "embeddings", "embeddings"),
+        ClientRoute("POST", "/embeddings", "embeddings", "embeddings"),
+        ClientRoute("GET", "/v1/models", "models"),
+        ClientRoute("GET", "/models", "models"),
+        ClientRoute("GET", "/v1/models/{model:.+}", "model"),
+    )
 
     # ------------------------------------------------------------------ client side
 
@@ -142,6 +154,20 @@ class OpenAIFormat(Format):
 
     def error_body(self, err: GatewayError) -> bytes:
         return openai_error_body(err)
+
+    def model_list(self, models: Sequence[ModelInfo]) -> dict[str, Any]:
+        return {"object": "list", "data": [self.model_card(m) for m in models]}
+
+    def model_card(self, model: ModelInfo) -> dict[str, Any]:
+        return {"id": model.id, "object": "model", "created": model.created,
+                "owned_by": model.owned_by}
+
+    def embed_request(self, body: dict[str, Any], route: ClientRoute) -> c.EmbedRequest:
+        return openai_embeddings.decode_request(body)
+
+    def embed_answer(self, request: c.EmbedRequest, vectors: list[list[float]], tokens: int,
+                     elapsed_ns: int, route: ClientRoute) -> dict[str, Any]:
+        return openai_embeddings.encode_answer(request, vectors, tokens)
 
     def error_frame(self, err: GatewayError) -> bytes:
         return error_event(err)

@@ -34,7 +34,7 @@ import orjson
 from omniroute.errors import GatewayError, InvalidRequest, UpstreamError
 from omniroute.formats import canonical as c
 from omniroute.formats import carry
-from omniroute.formats.base import ClientRequest, Format
+from omniroute.formats.base import ClientRequest, ClientRoute, Format
 from omniroute.formats.json_text import json_object
 from omniroute.formats.responses import request as responses_request
 from omniroute.formats.responses import stream as responses_stream
@@ -62,6 +62,11 @@ class ResponsesFormat(Format):
     """OpenAI's Responses API: ``/v1/responses`` requests, answers and streams."""
 
     name = NAME
+    client_routes = (
+        ClientRoute("POST", "/v1/responses", "chat", "responses"),
+        ClientRoute("POST", "/responses", "chat", "responses"),
+    )
+    path_prefixes = ("/v1/responses", "/responses")
 
     # ------------------------------------------------------------------ client side
 

@@ -1,0 +1,73 @@
+"""Route tags: which client API a route belongs to, and who may call it.
+
+Every module that registers routes tags them; the middleware authenticates
+and renders errors by the tag of the matched route instead of by path tables.
+A route nobody tagged (a plugin's, or an unknown path) is classed by path,
+failing closed: under ``/api/`` it needs an admin, unless a client API route
+was registered at that very path (Ollama's ``/api/chat``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from aiohttp import web
+from aiohttp.web_urldispatcher import AbstractRoute
+
+Access = Literal["client", "admin", "public"]
+
+
+@dataclass(frozen=True, slots=True)
+class RouteTag:
+    """What the middleware needs to know of a route."""
+
+    #: the client API whose error shape its errors take (None: OpenAI's, the default)
+    format: str | None
+    #: ``"client"`` (follows ``require_api_key``), ``"admin"`` (management API) or
+    #: ``"public"`` (no authentication)
+    access: Access
+
+
+#: the tags of the registered routes, by route
+ROUTE_TAGS: web.AppKey[dict[AbstractRoute, RouteTag]] = web.AppKey("route_tags")
+#: client API paths under ``/api/`` (Ollama's), which are not the management API
+API_CLIENT_PATHS: web.AppKey[set[str]] = web.AppKey("api_client_paths")
+
+
+def tag_route(app: web.Application, route: AbstractRoute, fmt: str | None,
+              access: Access) -> AbstractRoute:
+    """Tag ``route`` with its error shape and access class; returns it."""
+    if ROUTE_TAGS not in app:
+        app[ROUTE_TAGS], app[API_CLIENT_PATHS] = {}, set()
+    app[ROUTE_TAGS][route] = RouteTag(fmt, access)
+    path = route.resource.canonical if route.resource is not None else ""
+    if access == "client" and path.startswith("/api/"):
+        app[API_CLIENT_PATHS].add(path)
+    return route
+
+
+def tag_resource(app: web.Application, resource: web.AbstractResource, fmt: str | None,
+                 access: Access) -> None:
+    """Tag every route of ``resource`` (e.g. a GET and its HEAD)."""
+    for route in resource:
+        tag_route(app, route, fmt, access)
+
+
+def tag_of(request: web.Request) -> RouteTag | None:
+    """The matched route's tag, or None (no route matched, or nobody tagged it)."""
+    tags = request.app.get(ROUTE_TAGS)
+    return None if tags is None else tags.get(request.match_info.route)
+
+
+def is_management_path(app: web.Application, path: str) -> bool:
+    """Whether ``path`` belongs to the management API (admin only, never CORS)."""
+    return path.startswith("/api/") and path not in app.get(API_CLIENT_PATHS, ())
+
+
+def access_of(request: web.Request) -> Access:
+    """Who may call the matched route: its tag's class, else by path (failing closed)."""
+    tag = tag_of(request)
+    if tag is not None:
+        return tag.access
+    return "admin" if is_management_path(request.app, request.path) else "client"
