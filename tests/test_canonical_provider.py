@@ -339,7 +339,7 @@ class _Connection:
 
 async def test_the_sketch_in_docs_plugins_md_works(aiohttp_client: Any, tmp_path: Path):
     docs = Path(__file__).resolve().parent.parent / "docs" / "plugins.md"
-    (code,) = re.findall(r"```python\n(.*?)```", docs.read_text(), re.S)
+    (code,) = re.findall(r"```python\n(.*?)```", docs.read_text(), re.DOTALL)
     module = types.ModuleType("shout_sketch")
     exec(compile(code, str(docs), "exec"), module.__dict__)
     h = await start_harness(aiohttp_client, make_test_config(tmp_path / "gw"),
