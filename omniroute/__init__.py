@@ -23,6 +23,7 @@ from omniroute.providers.base import (
     UpstreamCall,
     UpstreamResponse,
 )
+from omniroute.providers.canonical import CanonicalProvider
 from omniroute.providers.http import HTTPProvider
 from omniroute.storage.store import Connection
 from omniroute.version import __version__
@@ -30,6 +31,7 @@ from omniroute.version import __version__
 __all__ = [
     "AuthScheme",
     "CacheBackend",
+    "CanonicalProvider",
     "ClientRequest",
     "Connection",
     "Format",

@@ -6,7 +6,10 @@ upstream frames come back unchanged; the format reads usage and errors on the
 side. Otherwise (the *translated* lane) the client's format decodes the
 request into the canonical model once, the provider's format encodes it for
 each target, and the answer flows back provider format -> canonical events ->
-client format.
+client format. A provider that speaks the canonical model itself
+(:class:`~omniroute.providers.canonical.CanonicalProvider`, the *canonical*
+lane) gets the decoded request as it is, and the client's format encodes its
+answer.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from omniroute.pipeline.context import Reply, RequestContext
 from omniroute.pipeline.operation import Operation
 from omniroute.pipeline.serve import SESSION_FIELD
 from omniroute.providers.base import UpstreamCall, UpstreamResponse
+from omniroute.providers.canonical import CanonicalProvider, call_complete, call_stream
 from omniroute.routing import Target
 from omniroute.storage import RequestRecord
 
@@ -47,12 +51,15 @@ class Chat(Operation):
                                                  path_stream=ctx.path_stream)
 
     def unusable(self, target: Target) -> GatewayError | None:
-        if target.provider.format not in self.formats:
-            return UpstreamError(f"no format plugin {target.provider.format!r} is loaded")
+        provider = target.provider
+        if provider.format not in self.formats and not isinstance(provider, CanonicalProvider):
+            return UpstreamError(f"no format plugin {provider.format!r} is loaded")
         return super().unusable(target)
 
     async def call(self, ctx: RequestContext, target: Target) -> Reply:
         fmt, record = self.fmt, ctx.record
+        if isinstance(target.provider, CanonicalProvider):
+            return await self._call_canonical(ctx, target, target.provider)
         provider_format = self.formats[target.provider.format]
         request: c.Request | None = None  # the canonical request, on the translated lane
         if provider_format is fmt:
@@ -60,10 +67,7 @@ class Chat(Operation):
             if SESSION_FIELD in body:  # ours, never the upstream's
                 body = {k: v for k, v in body.items() if k != SESSION_FIELD}
         else:
-            if ctx.canonical is None:  # decoded once, on the first translated target
-                ctx.canonical = fmt.decode_request(ClientRequest(
-                    ctx.body, ctx.model, ctx.stream, ctx.headers, ctx.query))
-            request = dataclasses.replace(ctx.canonical, model=target.model)
+            request = self._canonical_request(ctx, target)
             body = provider_format.encode_request(request, target.connection.settings)
         upstream = await target.provider.chat(UpstreamCall(
             body, target.model, ctx.stream, record.request_id, client_headers=ctx.headers))
@@ -88,6 +92,27 @@ class Chat(Operation):
             decoded = provider_format.decode_stream(events)
             reply.frames = fmt.encode_stream(_tap_usage(decoded, record), request)
         return reply
+
+    def _canonical_request(self, ctx: RequestContext, target: Target) -> c.Request:
+        """The request in the canonical model, for ``target``'s upstream model name."""
+        if ctx.canonical is None:  # decoded once, on the first target that needs it
+            ctx.canonical = self.fmt.decode_request(ClientRequest(
+                ctx.body, ctx.model, ctx.stream, ctx.headers, ctx.query))
+        return dataclasses.replace(ctx.canonical, model=target.model)
+
+    async def _call_canonical(
+        self, ctx: RequestContext, target: Target, provider: CanonicalProvider
+    ) -> Reply:
+        """The canonical lane: the provider takes and gives canonical objects."""
+        request = self._canonical_request(ctx, target)
+        timeouts = provider.context.timeouts
+        if not ctx.stream:
+            response = await call_complete(provider, request, timeouts)
+            set_usage(ctx.record, response.usage)
+            return Reply(body=self.fmt.encode_response(response, request))
+        events = await call_stream(provider, request, timeouts)  # its first event is there
+        frames = self.fmt.encode_stream(_tap_usage(events, ctx.record), request)
+        return Reply(frames=frames, source=events, content_type=self.fmt.stream_content_type)
 
 
 async def _passthrough(

@@ -69,8 +69,9 @@ class Reply:
     status: int = 200
     content_type: str = "application/json"
     headers: dict[str, str] = field(default_factory=dict)
-    #: the upstream's own frame iterator under ``frames`` (closed with it)
-    source: AsyncIterator[bytes] | None = None
+    #: the upstream's own iterator under ``frames``, of frames or of canonical events
+    #: (closed with it)
+    source: AsyncIterator[Any] | None = None
     #: drops the upstream connection at once, even if ``frames`` never started
     close: Callable[[], None] | None = None
     #: why the answer failed after its first byte (charged to the account at the end)

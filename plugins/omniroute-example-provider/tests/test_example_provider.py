@@ -5,7 +5,9 @@ Three levels, as a plugin author would write them:
 1. the ``omniroute`` command line, run the way users run it, sees the plugin;
 2. the provider class on its own (pure: no gateway, no network);
 3. a real in-process gateway (the ``omniroute`` fixture that installing omniroute
-   provides) called with the official ``openai`` SDK.
+   provides) called with the official ``openai`` and ``anthropic`` SDKs, and in the
+   Responses, Gemini and Ollama wire formats: the provider speaks the canonical model,
+   so each client API's own format encodes its answer.
 """
 
 from __future__ import annotations
@@ -19,9 +21,11 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+import anthropic
 import omniroute
 import openai
 import pytest
+from omniroute import canonical as c
 
 from omniroute_example_provider import ExampleProvider, register_providers
 
@@ -96,31 +100,25 @@ def provider() -> ExampleProvider:
     return ExampleProvider(connection, None)  # type: ignore[arg-type]
 
 
-def call(model: str, messages: list[dict[str, Any]], *, stream: bool = False,
-         **extra: Any) -> omniroute.UpstreamCall:
-    body = {"model": f"example/{model}", "messages": messages, "stream": stream, **extra}
-    return omniroute.UpstreamCall(body, model, stream, request_id="req1")
+def request(model: str, *messages: c.Message, system: str | None = None) -> c.Request:
+    """A canonical request, as the gateway hands it over (``model`` without its prefix)."""
+    return c.Request(model=model, messages=list(messages) or [user("Hello, brave new world")],
+                     system=[c.Text(system)] if system else [])
 
 
-async def events_of(response: omniroute.UpstreamResponse) -> list[bytes]:
-    assert response.body is None and response.events is not None
-    async with aclosing(response.events) as events:
+def user(*texts: str) -> c.Message:
+    return c.Message("user", [c.Text(t) for t in texts])
+
+
+async def events_of(req: c.Request) -> list[c.Event]:
+    async with aclosing(provider().stream(req)) as events:
         return [event async for event in events]
 
 
-def chunks_of(events: list[bytes]) -> list[dict[str, Any]]:
-    """Every event is one complete ``data:`` line; the last one is ``[DONE]``."""
-    for event in events:
-        assert event.startswith(b"data: ") and event.endswith(b"\n\n")
-        assert event.count(b"\n") == 2
-    assert events[-1] == b"data: [DONE]\n\n"
-    return [json.loads(event[len(b"data: "):]) for event in events[:-1]]
-
-
 def test_the_type_describes_itself():
-    assert issubclass(ExampleProvider, omniroute.Provider)
+    assert issubclass(ExampleProvider, omniroute.CanonicalProvider)
     assert ExampleProvider.type == "example"
-    assert ExampleProvider.format == "openai"
+    assert ExampleProvider.format == "canonical"
     assert ExampleProvider.default_prefix == "example"
     assert ExampleProvider.requires_credentials is False
     assert ExampleProvider.credential_fields == ()
@@ -146,92 +144,59 @@ async def test_list_models_and_test():
     await p.close()
 
 
-async def test_echo_json_is_an_openai_chat_completion():
-    response = await provider().chat(call("echo", HELLO))
-    assert response.status == 200 and response.events is None
-    data = json.loads(response.body)
-    assert data == {
-        "id": "chatcmpl-req1",
-        "object": "chat.completion",
-        "created": data["created"],
-        "model": "echo",
-        "choices": [{
-            "index": 0,
-            "message": {"role": "assistant", "content": "Hello, brave new world",
-                        "refusal": None},
-            "logprobs": None,
-            "finish_reason": "stop",
-        }],
-        "usage": {"prompt_tokens": 4, "completion_tokens": 4, "total_tokens": 8},
-    }
-    assert isinstance(data["created"], int)
+async def test_echo_complete_is_collected_from_the_stream():
+    response = await provider().complete(request("echo"))
+    assert response.id.startswith("example-") and response.model == "echo"
+    assert response.parts == [c.Text("Hello, brave new world")]
+    assert response.stop_reason == "end_turn"
+    assert response.usage == c.Usage(input_tokens=4, output_tokens=4)
 
 
 async def test_reverse_uses_the_last_user_message_and_text_parts():
-    messages = [
-        {"role": "system", "content": "be brief"},
-        {"role": "user", "content": "first question"},
-        {"role": "assistant", "content": "an answer"},
-        {"role": "user", "content": [
-            {"type": "text", "text": "abc "},
-            {"type": "image_url", "image_url": {"url": "data:image/png;base64,AA=="}},
-            {"type": "text", "text": "def"},
-        ]},
-    ]
-    data = json.loads((await provider().chat(call("reverse", messages))).body)
-    assert data["model"] == "reverse"
-    assert data["choices"][0]["message"]["content"] == "fed cba"
-    # every message's words count as prompt tokens: 2 + 2 + 2 + 2
-    assert data["usage"] == {"prompt_tokens": 8, "completion_tokens": 2, "total_tokens": 10}
+    req = request(
+        "reverse", user("first question"), c.Message("assistant", [c.Text("an answer")]),
+        c.Message("user", [c.Text("abc "), c.Image(media_type="image/png", data="AA=="),
+                           c.Text("def")]),
+        system="be brief")
+    response = await provider().complete(req)
+    assert response.parts == [c.Text("fed cba")]
+    # the system prompt's and every message's words count as prompt tokens: 2 + 2 + 2 + 2
+    assert response.usage == c.Usage(input_tokens=8, output_tokens=2)
 
 
 async def test_no_user_message_gives_an_empty_answer():
-    data = json.loads((await provider().chat(call("echo", [{"role": "system",
-                                                             "content": "x"}]))).body)
-    assert data["choices"][0]["message"]["content"] == ""
-    assert data["usage"]["completion_tokens"] == 0
+    response = await provider().complete(request("echo", c.Message("assistant",
+                                                                   [c.Text("x")])))
+    assert response.parts == [c.Text("")]
+    assert response.usage.output_tokens == 0
 
 
 async def test_stream_events_word_by_word():
-    chunks = chunks_of(await events_of(await provider().chat(call("echo", HELLO, stream=True))))
-    assert all(c["object"] == "chat.completion.chunk" and c["id"] == "chatcmpl-req1"
-               and c["model"] == "echo" for c in chunks)
-    assert all("usage" not in c for c in chunks)  # not asked for
-    choices = [c["choices"][0] for c in chunks]
-    assert choices[0] == {"index": 0, "delta": {"role": "assistant", "content": ""},
-                          "logprobs": None, "finish_reason": None}
-    assert [c["delta"]["content"] for c in choices[1:-1]] == ["Hello, ", "brave ", "new ",
-                                                              "world"]
-    assert all(c["finish_reason"] is None for c in choices[:-1])
-    assert choices[-1] == {"index": 0, "delta": {}, "logprobs": None, "finish_reason": "stop"}
-
-
-async def test_stream_with_include_usage_ends_with_a_usage_chunk():
-    response = await provider().chat(call("reverse", HELLO, stream=True,
-                                          stream_options={"include_usage": True}))
-    chunks = chunks_of(await events_of(response))
-    *content, last = chunks
-    assert all(c["usage"] is None for c in content)
-    assert last["choices"] == []
-    assert last["usage"] == {"prompt_tokens": 4, "completion_tokens": 4, "total_tokens": 8}
-    text = "".join(c["choices"][0]["delta"].get("content", "") for c in content)
-    assert text == "dlrow wen evarb ,olleH"
+    start, *events = await events_of(request("echo"))
+    assert isinstance(start, c.Start) and start.model == "echo"
+    assert events == [
+        c.PartStart(0, c.Text("")),
+        c.TextDelta(0, "Hello, "), c.TextDelta(0, "brave "), c.TextDelta(0, "new "),
+        c.TextDelta(0, "world"),
+        c.PartStop(0),
+        c.Finish("end_turn", c.Usage(input_tokens=4, output_tokens=4)),
+    ]
 
 
 async def test_a_stream_can_be_abandoned():
-    response = await provider().chat(call("echo", HELLO, stream=True))
-    async with aclosing(response.events) as events:
+    async with aclosing(provider().stream(request("reverse"))) as events:
         first = await anext(events)
-    assert b'"role":"assistant"' in first
+    assert isinstance(first, c.Start)
 
 
-@pytest.mark.parametrize("stream", [False, True])
-async def test_unknown_model_is_a_404_before_any_event(stream):
+async def test_unknown_model_is_a_404_before_any_event():
     with pytest.raises(omniroute.UpstreamStatusError) as info:
-        await provider().chat(call("nope", HELLO, stream=stream))
+        await anext(provider().stream(request("nope")))
     assert info.value.status == 404
     assert info.value.code == "model_not_found"
     assert "nope" in info.value.message
+    with pytest.raises(omniroute.UpstreamStatusError):
+        await provider().complete(request("nope"))
 
 
 # ----------------------------------------------------------------------------- through the gateway
@@ -336,10 +301,72 @@ async def test_a_connection_with_its_own_prefix(omniroute):
     assert answer.choices[0].message.content == "dlrow wen evarb ,olleH"
 
 
-async def test_the_request_log_records_usage(gateway):
+@pytest.mark.parametrize("stream", [False, True])
+async def test_the_request_log_records_usage(gateway, stream):
     async with sdk(gateway) as client:
-        await client.chat.completions.create(model="example/echo", messages=HELLO)
+        answer = await client.chat.completions.create(model="example/echo", messages=HELLO,
+                                                      stream=stream)
+        if stream:  # usage is logged even when the client did not ask for it
+            [chunk async for chunk in answer]
     resp = await gateway.client.get("/api/requests", headers=gateway.admin_headers)
     (record,) = (await resp.json())["requests"]
     assert (record["provider"], record["model"], record["status"]) == ("example", "echo", 200)
     assert (record["prompt_tokens"], record["completion_tokens"]) == (4, 4)
+    assert record["stream"] == stream
+
+
+# ----------------------------------------------------------------------------- other client APIs
+# The provider speaks the canonical model, so each client API's own format encodes its answer.
+
+
+def claude(gateway: Any) -> anthropic.AsyncAnthropic:
+    return anthropic.AsyncAnthropic(base_url=gateway.base_url, api_key="x", max_retries=0,
+                                    timeout=10)
+
+
+async def test_anthropic_messages(gateway):
+    async with claude(gateway) as client:
+        message = await client.messages.create(
+            model="example/reverse", max_tokens=100, system="be brief", messages=HELLO)
+    assert message.type == "message" and message.role == "assistant"
+    assert [block.text for block in message.content] == ["dlrow wen evarb ,olleH"]
+    assert message.stop_reason == "end_turn"
+    assert (message.usage.input_tokens, message.usage.output_tokens) == (6, 4)
+
+
+async def test_anthropic_messages_stream(gateway):
+    async with claude(gateway) as client, client.messages.stream(
+            model="example/echo", max_tokens=100, messages=HELLO) as stream:
+        pieces = [text async for text in stream.text_stream]
+        message = await stream.get_final_message()
+    assert pieces == ["Hello, ", "brave ", "new ", "world"]
+    assert message.content[0].text == "Hello, brave new world"
+    assert message.usage.output_tokens == 4
+
+
+async def test_anthropic_unknown_model_is_not_found(gateway):
+    async with claude(gateway) as client:
+        with pytest.raises(anthropic.NotFoundError) as info:
+            await client.messages.create(model="example/nope", max_tokens=10, messages=HELLO)
+    assert "nope" in info.value.message
+
+
+async def test_responses_api(gateway):
+    async with sdk(gateway) as client:
+        answer = await client.responses.create(model="example/reverse", input="ab cd")
+    assert answer.output_text == "dc ba"
+    assert (answer.usage.input_tokens, answer.usage.output_tokens) == (2, 2)
+
+
+async def test_gemini_and_ollama_wire_formats(gateway):
+    resp = await gateway.client.post(
+        "/v1beta/models/example/echo:generateContent",
+        json={"contents": [{"role": "user", "parts": [{"text": "Hello there"}]}]})
+    assert resp.status == 200, await resp.text()
+    body = await resp.json()
+    assert body["candidates"][0]["content"]["parts"] == [{"text": "Hello there"}]
+    resp = await gateway.client.post("/api/chat", json={
+        "model": "example/reverse", "stream": False,
+        "messages": [{"role": "user", "content": "Hello there"}]})
+    assert resp.status == 200, await resp.text()
+    assert (await resp.json())["message"]["content"] == "ereht olleH"
