@@ -35,18 +35,21 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from contextlib import suppress
 from dataclasses import dataclass
-from functools import partial
 
-from omniroute.pipeline.attempts import Failures, try_target
+from omniroute.pipeline.attempts import Failures
 from omniroute.pipeline.context import Reply, RequestContext
 from omniroute.pipeline.operation import Operation
 from omniroute.resilience import Attempt, Resilience
 from omniroute.routing import Target
 
 log = logging.getLogger(__name__)
+
+#: a metered call's outcome: its reply with the attempt still open, or None after a
+#: failure worth moving on from (see :func:`~omniroute.pipeline.attempts.try_target`)
+Tried = tuple[Reply | None, Attempt] | None
 
 
 def lane(ctx: RequestContext) -> str:
@@ -81,12 +84,18 @@ class Race:
 
     def __init__(
         self, resilience: Resilience, operation: Operation, ctx: RequestContext,
-        targets: Sequence[Target], failures: Failures,
+        targets: Sequence[Target], failures: Failures, one: Callable[[Target], Awaitable[Tried]],
     ) -> None:
+        """
+        :param failures: why each target failed, added to as they fail.
+        :param one: calls one target with its account's accounting, adding to
+            ``failures`` (:func:`~omniroute.pipeline.attempts.try_target`).
+        """
         self.resilience = resilience
         self.operation = operation
         self.ctx = ctx
         self.failures = failures
+        self.one = one
         self.lane = lane(ctx)
         self.calls: list[_Call] = []
         self.winner: _Call | None = None
@@ -160,8 +169,7 @@ class Race:
         """Call the target; the first to answer wins and cancels the others."""
         ctx, target, resilience = self.ctx, call.target, self.resilience
         try:
-            tried = await try_target(resilience, target, ctx.record, ctx.session, self.failures,
-                                     partial(self.operation.call, ctx, target))
+            tried = await self.one(target)
         except asyncio.CancelledError:
             if call.raced and self.winner is not None:  # outrun: slow, not wrong
                 resilience.record_outrun(
@@ -287,7 +295,7 @@ async def _discard(reply: Reply, attempt: Attempt) -> None:
 
 async def race(
     resilience: Resilience, operation: Operation, ctx: RequestContext,
-    targets: Sequence[Target], failures: Failures,
+    targets: Sequence[Target], failures: Failures, one: Callable[[Target], Awaitable[Tried]],
 ) -> Reply | None:
     """Call ``targets`` in order, racing the next one against a slow one (see the module)."""
-    return await Race(resilience, operation, ctx, targets, failures).run()
+    return await Race(resilience, operation, ctx, targets, failures, one).run()

@@ -34,7 +34,7 @@ from omniroute.config import Settings
 from omniroute.errors import GatewayError, InvalidRequest
 from omniroute.pipeline.attempts import Failures, all_failed, plan_targets, try_target
 from omniroute.pipeline.context import Reply, RequestContext
-from omniroute.pipeline.hedge import lane, race
+from omniroute.pipeline.hedge import Tried, lane, race
 from omniroute.pipeline.operation import Operation
 from omniroute.pipeline.stages import Stage
 from omniroute.resilience import Resilience, session_id
@@ -181,22 +181,30 @@ class Pipeline:
         plan = await plan_targets(resilience, route, settings.account_strategy,
                                   ctx.session, wait=operation.metered)
         failures: Failures = []
+        one = partial(self._try_target, operation, ctx, failures)
         if operation.metered and settings.hedge and len(plan.targets) > 1:
-            reply = await race(resilience, operation, ctx, plan.targets, failures)
+            reply = await race(resilience, operation, ctx, plan.targets, failures, one)
         else:
-            reply = await self._in_turn(operation, ctx, plan.targets, failures)
+            reply = await self._in_turn(operation, ctx, plan.targets, failures, one)
         if reply is None:
             return await operation.unserved(ctx, all_failed(route, failures, plan.skipped))
         if reply.frames is None:
             await finish(reply)  # a JSON answer is complete: release the slot now
         return reply  # a stream keeps its slot until it ends (see finish)
 
+    def _try_target(
+        self, operation: Operation, ctx: RequestContext, failures: Failures, target: Target
+    ) -> Awaitable[Tried]:
+        """One metered call of ``target``, with its account's accounting (:func:`try_target`)."""
+        return try_target(self.resilience, target, ctx.record, ctx.session, failures,
+                          partial(operation.call, ctx, target))
+
     async def _in_turn(
         self, operation: Operation, ctx: RequestContext, targets: tuple[Target, ...],
-        failures: Failures,
+        failures: Failures, one: Callable[[Target], Awaitable[Tried]],
     ) -> Reply | None:
         """Call ``targets`` one after the other until one answers (None: none did)."""
-        record, resilience = ctx.record, self.resilience
+        record = ctx.record
         for target in targets:
             unusable = operation.unusable(target)
             if unusable is not None:  # it cannot do this at all: skipped, not charged
@@ -208,8 +216,7 @@ class Pipeline:
                     continue
                 reply.target = target
                 return reply
-            tried = await try_target(resilience, target, record, ctx.session, failures,
-                                     partial(operation.call, ctx, target))
+            tried = await one(target)
             if tried is None:
                 log.warning("%s failed for %s: %s", target.label, record.request_id,
                             failures[-1][1])
