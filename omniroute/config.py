@@ -308,10 +308,15 @@ class Settings:
     wait_for_cooldown_max: float = 5.0  # wait this long for a cooling target (0: fail fast)
     session_ttl: float = 1800.0  # seconds a sticky session lives after its last use
     session_max: int = 10000  # sticky sessions kept (least recently used go first)
+    # hedging: a call with no first byte past its bound races the next target
+    hedge: bool = True
+    hedge_factor: float = 3.0  # bound = factor * the target's recent p95 first-byte time ...
+    hedge_floor: float = 2.0  # ... at least this many seconds ...
+    hedge_initial: float = 10.0  # ... and this many until it has 8 first-byte times
 
     #: lower bounds for settings where "positive" is not the rule
     _MINIMUM = {"cooldown_factor": 1.0, "queue_size": 0, "queue_timeout": 0.0,
-                "wait_for_cooldown_max": 0.0}
+                "wait_for_cooldown_max": 0.0, "hedge_factor": 1.0}
     #: settings that take one of a few names
     _CHOICES = {"account_strategy": ACCOUNT_STRATEGIES}
 

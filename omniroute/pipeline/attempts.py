@@ -75,6 +75,9 @@ async def try_target(
             record.attempts -= 1
             failures.append((target, err))
             return None
+        except BaseException:  # not tried either: cancelled while queued for a slot
+            record.attempts -= 1
+            raise
         try:
             return await send(), attempt
         except BaseException as exc:

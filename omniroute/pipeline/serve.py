@@ -35,10 +35,11 @@ from omniroute.credentials import Refresher
 from omniroute.errors import GatewayError, InvalidRequest, ModelNotFound
 from omniroute.pipeline.attempts import Failures, all_failed, plan_targets, try_target
 from omniroute.pipeline.context import Reply, RequestContext
+from omniroute.pipeline.hedge import Tried, lane, race
 from omniroute.pipeline.operation import Operation
 from omniroute.pipeline.stages import Stage
 from omniroute.resilience import Resilience, session_id
-from omniroute.routing import Router
+from omniroute.routing import Router, Target
 from omniroute.storage import RequestLog, RequestRecord
 from omniroute.watch import ConfigWatcher, after_check
 
@@ -182,14 +183,41 @@ class Pipeline:
         Failures that are the client's own mistake go straight back; the
         others move on, and when every target failed the client gets a 503
         naming each one and why (or the operation's own answer, such as an
-        estimate).
+        estimate). A metered call slow to give its first byte races the next
+        target (:mod:`omniroute.pipeline.hedge`).
         """
-        route, record, resilience = ctx.route, ctx.record, self.resilience
+        route, resilience = ctx.route, self.resilience
         assert route is not None
-        plan = await plan_targets(resilience, route, self.catalog.settings.account_strategy,
+        settings = self.catalog.settings
+        plan = await plan_targets(resilience, route, settings.account_strategy,
                                   ctx.session, wait=operation.metered)
         failures: Failures = []
-        for target in plan.targets:
+        one = partial(self._try_target, operation, ctx, failures)
+        if operation.metered and settings.hedge and len(plan.targets) > 1:
+            reply = await race(resilience, operation, ctx, plan.targets, failures, one)
+        else:
+            reply = await self._in_turn(operation, ctx, plan.targets, failures, one)
+        if reply is None:
+            return await operation.unserved(ctx, all_failed(route, failures, plan.skipped))
+        if reply.frames is None:
+            await finish(reply)  # a JSON answer is complete: release the slot now
+        return reply  # a stream keeps its slot until it ends (see finish)
+
+    def _try_target(
+        self, operation: Operation, ctx: RequestContext, failures: Failures, target: Target
+    ) -> Awaitable[Tried]:
+        """One metered call of ``target``, with its account's accounting (:func:`try_target`)."""
+        assert self.refresher is not None
+        return try_target(self.resilience, target, ctx.record, ctx.session, failures,
+                          partial(operation.call, ctx, target), self.refresher)
+
+    async def _in_turn(
+        self, operation: Operation, ctx: RequestContext, targets: tuple[Target, ...],
+        failures: Failures, one: Callable[[Target], Awaitable[Tried]],
+    ) -> Reply | None:
+        """Call ``targets`` one after the other until one answers (None: none did)."""
+        record = ctx.record
+        for target in targets:
             unusable = operation.unusable(target)
             if unusable is not None:  # it cannot do this at all: skipped, not charged
                 failures.append((target, unusable))
@@ -200,21 +228,17 @@ class Pipeline:
                     continue
                 reply.target = target
                 return reply
-            assert self.refresher is not None
-            tried = await try_target(resilience, target, record, ctx.session, failures,
-                                     partial(operation.call, ctx, target), self.refresher)
+            tried = await one(target)
             if tried is None:
                 log.warning("%s failed for %s: %s", target.label, record.request_id,
                             failures[-1][1])
                 continue
             reply, attempt = tried
             assert reply is not None
-            attempt.first_byte()
+            attempt.first_byte(lane(ctx))
             reply.target, reply.attempt = target, attempt
-            if reply.frames is None:
-                await finish(reply)  # a JSON answer is complete: release the slot now
-            return reply  # a stream keeps its slot until it ends (see finish)
-        return await operation.unserved(ctx, all_failed(route, failures, plan.skipped))
+            return reply
+        return None
 
 
 async def finish(reply: Reply, error: BaseException | None = None) -> None:

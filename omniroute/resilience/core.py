@@ -37,6 +37,9 @@ The API:
   binds the session); leaving it with an upstream error records that failure
   (``attempt.decision``); a cancellation records nothing. Slots and breaker
   trials are released on every exit.
+* ``hedge_after(target, lane) -> float | None`` — how long a call to ``target``
+  may go without a first byte before the next target is raced against it;
+  ``record_outrun(target, seconds, lane)`` — such a call lost the race.
 * ``record_success(target, *, ttft=None, session_id=None)`` and
   ``record_failure(target, error, *, refreshed=False) -> Decision`` — the same
   bookkeeping without an ``attempt``.
@@ -205,10 +208,15 @@ class Attempt:
                 if breaker.abandon(self._ticket):
                     r.state.changed("breakers", breaker.key)
 
-    def first_byte(self) -> None:
-        """The first byte (or event) arrived: record the time to first token."""
+    def first_byte(self, lane: str = "stream") -> None:
+        """The first byte (or event) arrived: record the time to first token.
+
+        :param lane: ``"stream"``, or ``"json"`` when the first byte is a whole JSON
+            answer; each lane of each model keeps its own recent times (hedging).
+        """
         if self.ttft is None and self.started is not None:
             self.ttft = self._resilience.clock.monotonic() - self.started
+            self._resilience._stats(self.target).first_byte(self.target.model, lane, self.ttft)
 
     def succeeded(self) -> None:
         """Record a success now (leaving the block normally does it too)."""
@@ -423,6 +431,28 @@ class Resilience:
             self.state.changed("breakers", breaker.key)
         if session_id is not None:
             self.sessions.bind(session_id, target.connection.id)
+
+    def hedge_after(self, target: Target, lane: str = "stream") -> float | None:
+        """Seconds without a first byte after which a call to ``target`` is worth racing.
+
+        ``hedge_factor`` times the p95 of its recent first-byte times on ``lane``,
+        at least ``hedge_floor``; ``hedge_initial`` until it has enough of them.
+        None when hedging is off.
+        """
+        s = self.settings
+        if not s.hedge:
+            return None
+        stats = self._stats_by_id.get(target.connection.id)
+        p95 = stats.ttft_p95(target.model, lane) if stats is not None else None
+        return max(s.hedge_floor, s.hedge_initial if p95 is None else s.hedge_factor * p95)
+
+    def record_outrun(self, target: Target, seconds: float, lane: str = "stream") -> None:
+        """A call to ``target``, raced after its hedge bound, lost after ``seconds``.
+
+        Not a failure (it was slow, not wrong), but its wait counts as a first-byte
+        time, so a target that is always slow gets a later bound.
+        """
+        self._stats(target).outran(target.model, lane, seconds)
 
     def record_failure(
         self, target: Target, error: BaseException, *, refreshed: bool = False

@@ -3,19 +3,39 @@
 The strategies read these numbers to order targets; ``/api/rate-limits``
 shows them (:meth:`ConnectionStats.snapshot`). All times are the injected
 clock's monotonic seconds; snapshots convert them to wall-clock times.
+
+Besides the moving average of the time to first token, a connection keeps
+its last :data:`RECENT` first-byte times per model and lane (``"stream"``,
+or ``"json"`` where the first byte is the whole answer), for a percentile:
+hedging races the next target once a call is well past its own p95
+(:meth:`ConnectionStats.ttft_p95`). They are plain lists of seconds, like
+every other field a plain value a state store can copy.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from math import ceil
 from typing import Any
 
 #: weight of the newest sample in the moving averages
 EWMA_ALPHA = 0.2
+#: first-byte times kept per model and lane, and the fewest that make a percentile
+RECENT, RECENT_MIN = 64, 8
+#: models and lanes with times of their own, per connection (the oldest goes first)
+RECENT_KEYS = 32
 
 
 def ewma(previous: float | None, sample: float, alpha: float = EWMA_ALPHA) -> float:
     return sample if previous is None else previous + alpha * (sample - previous)
+
+
+def percentile(samples: list[float], p: float) -> float | None:
+    """The nearest-rank ``p`` percentile (0..100); None below :data:`RECENT_MIN` samples."""
+    if len(samples) < RECENT_MIN:
+        return None
+    ordered = sorted(samples)
+    return ordered[max(0, ceil(p / 100 * len(ordered)) - 1)]
 
 
 @dataclass(slots=True)
@@ -37,6 +57,10 @@ class ConnectionStats:
     last_used_at: float | None = None
     cooling_until: float | None = None
     terminal_reason: str | None = None
+    #: times another target answered first while this one was past its hedge bound
+    outrun: int = 0
+    #: the last :data:`RECENT` first-byte times, oldest first, by ``"<lane> <model>"``
+    first_bytes: dict[str, list[float]] = field(default_factory=dict)
 
     def started(self, now: float) -> None:
         self.in_flight += 1
@@ -54,6 +78,33 @@ class ConnectionStats:
         self.error_rate = ewma(self.error_rate, 0.0)
         if ttft is not None:
             self.ttft = ewma(self.ttft, max(0.0, ttft))
+
+    def first_byte(self, model: str, lane: str, seconds: float) -> None:
+        """A first byte of ``model`` on ``lane`` came ``seconds`` after the call started."""
+        key = f"{lane} {model}"
+        times = self.first_bytes.get(key)
+        if times is None:
+            if len(self.first_bytes) >= RECENT_KEYS:
+                del self.first_bytes[next(iter(self.first_bytes))]
+            times = self.first_bytes[key] = []
+        elif len(times) >= RECENT:
+            del times[0]  # a short list: bounded work per request
+        times.append(max(0.0, seconds))
+
+    def outran(self, model: str, lane: str, seconds: float) -> None:
+        """Raced past its hedge bound, it lost: no first byte after ``seconds``.
+
+        Not a failure, but a first-byte time of at least ``seconds`` for the p95
+        and for the moving average, so the latency strategies see it too.
+        """
+        self.outrun += 1
+        self.first_byte(model, lane, seconds)
+        self.ttft = ewma(self.ttft, max(0.0, seconds))
+
+    def ttft_p95(self, model: str, lane: str) -> float | None:
+        """The p95 of the recent first-byte times of ``model`` on ``lane`` (None: too few)."""
+        times = self.first_bytes.get(f"{lane} {model}")
+        return None if times is None else percentile(times, 95)
 
     def failed(self, now: float, message: str, *, counted: bool) -> None:
         """Record a failure; ``counted`` ones were the connection's fault and add to the streak."""
@@ -102,4 +153,5 @@ class ConnectionStats:
             "cooling_until": wall(self.cooling_until) if cooling else None,
             "cooldown_left": round(self.cooldown_left(now), 3),
             "terminal_reason": self.terminal_reason,
+            "outrun": self.outrun,
         }

@@ -1,7 +1,7 @@
 """Management API for resilience: settings, state, reset, rate limits, sessions.
 
-``GET/PATCH /api/resilience`` (the queue, cooldown, breaker, attempt, session
-and timeout settings, and a summary of the state), ``POST /api/resilience/reset``
+``GET/PATCH /api/resilience`` (the queue, cooldown, breaker, attempt, session,
+hedging and timeout settings, and a summary of the state), ``POST /api/resilience/reset``
 (everything, or one ``connection_id``), ``GET /api/rate-limits`` (per connection:
 cooling until, failures, in flight, limits), ``GET /api/sessions``.
 """
@@ -25,7 +25,7 @@ RESILIENCE_SETTINGS = (
     "cooldown_base", "cooldown_factor", "cooldown_max",
     "breaker_threshold", "breaker_threshold_oauth", "breaker_reset", "breaker_reset_oauth",
     "breaker_half_open_max", "queue_size", "queue_timeout", "wait_for_cooldown_max",
-    "session_ttl", "session_max",
+    "session_ttl", "session_max", "hedge", "hedge_factor", "hedge_floor", "hedge_initial",
     "connect_timeout", "first_byte_timeout", "idle_timeout", "total_timeout",
 )
 
