@@ -6,11 +6,23 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from omniroute.appkeys import GATEWAY, PIPELINE
+from omniroute.appkeys import (
+    AUTH_SCHEMES,
+    CATALOG,
+    GATEWAY,
+    HTTP,
+    PIPELINE,
+    REGISTRY,
+    REQUEST_LOG,
+    RESILIENCE,
+    STORE,
+    WATCHER,
+)
 from omniroute.config import Config
 from omniroute.gateway import Gateway
 from omniroute.pipeline import Pipeline, default_stages
 from omniroute.plugins import Plugins, load_plugins
+from omniroute.registry import Registry
 from omniroute.web.client import setup_client_routes
 from omniroute.web.management import setup_management_routes
 from omniroute.web.middleware import gateway_middleware
@@ -29,13 +41,16 @@ def make_app(config: Config, plugins: Plugins | None = None) -> web.Application:
         plugins = load_plugins(blocked=config.disabled_plugins, allowed=config.allowed_plugins)
     # Bodies are read by our own bounded reader (a runtime setting), not aiohttp's.
     app = web.Application(middlewares=[gateway_middleware], client_max_size=2**40)
-    gateway = Gateway(config, plugins)
-    app[GATEWAY] = gateway
-    pipeline = Pipeline(gateway, gateway.resilience, gateway.new_request_id)
-    app[PIPELINE] = pipeline
+    registry = Registry(plugins)
+    gateway = Gateway(config, registry)
+    pipeline = Pipeline(gateway.catalog, gateway.resilience, gateway.new_request_id)
+    app[GATEWAY], app[REGISTRY], app[PIPELINE] = gateway, registry, pipeline
+    app[CATALOG], app[RESILIENCE] = gateway.catalog, gateway.resilience
 
     async def gateway_ctx(app: web.Application) -> AsyncIterator[None]:
         await gateway.start()
+        app[STORE], app[REQUEST_LOG], app[HTTP] = gateway.store, gateway.log, gateway.http
+        app[AUTH_SCHEMES], app[WATCHER] = gateway.auth_schemes, gateway.watcher
         pipeline.open(gateway.log, default_stages(gateway.db), gateway.refresher,
                       gateway.watcher)
         yield

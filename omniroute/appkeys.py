@@ -1,23 +1,48 @@
-"""Typed keys for what the aiohttp application and its requests carry."""
+"""Typed keys for what the aiohttp application and its requests carry.
+
+Each collaborator lives under its own key, so a handler takes exactly what it
+uses. The registry, the catalog, resilience and the pipeline exist as soon as
+the app is made; the store, the request log, the HTTP session and the auth
+schemes once the gateway has started (set by the app's start-up context).
+"""
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+import aiohttp
 from aiohttp import web
 
 from omniroute.auth.base import Principal
 
 if TYPE_CHECKING:
+    from omniroute.auth.base import AuthScheme
+    from omniroute.catalog import Catalog
     from omniroute.gateway import Gateway
     from omniroute.pipeline import Pipeline
+    from omniroute.registry import Registry
+    from omniroute.resilience import Resilience
+    from omniroute.storage import RequestLog, Store
+    from omniroute.watch import ConfigWatcher
 
+#: the life cycle: start, close, and ``reload()`` after a management API write
 GATEWAY: web.AppKey[Gateway] = web.AppKey("gateway")
+#: formats, provider types, auth scheme types
+REGISTRY: web.AppKey[Registry] = web.AppKey("registry")
+#: settings, connections, providers, aliases, combos, router, model lists
+CATALOG: web.AppKey[Catalog] = web.AppKey("catalog")
+RESILIENCE: web.AppKey[Resilience] = web.AppKey("resilience")
 #: the data path every client request takes
 PIPELINE: web.AppKey[Pipeline] = web.AppKey("pipeline")
+STORE: web.AppKey[Store] = web.AppKey("store")
+REQUEST_LOG: web.AppKey[RequestLog] = web.AppKey("request_log")
+HTTP: web.AppKey[aiohttp.ClientSession] = web.AppKey("http")
+AUTH_SCHEMES: web.AppKey[dict[str, AuthScheme]] = web.AppKey("auth_schemes")
+WATCHER: web.AppKey[ConfigWatcher] = web.AppKey("watcher")
 #: set on each request by the auth middleware
 PRINCIPAL = web.RequestKey("principal", Principal)
 #: set once a streamed answer has sent its headers (errors can no longer be a JSON answer)
 STREAM_STARTED = web.RequestKey("stream_started", bool)
 
-__all__ = ["GATEWAY", "PIPELINE", "PRINCIPAL", "STREAM_STARTED", "Principal"]
+__all__ = ["AUTH_SCHEMES", "CATALOG", "GATEWAY", "HTTP", "PIPELINE", "PRINCIPAL", "REGISTRY",
+           "REQUEST_LOG", "RESILIENCE", "STORE", "STREAM_STARTED", "WATCHER", "Principal"]

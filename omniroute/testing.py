@@ -24,10 +24,18 @@ class GatewayHarness:
     """A started gateway app with an aiohttp test client and an admin key."""
 
     def __init__(self, client: Any, admin_key: str) -> None:
-        from omniroute.appkeys import GATEWAY
+        from omniroute import appkeys
 
         self.client = client
-        self.gateway = client.app[GATEWAY]
+        app = client.app
+        #: the app's collaborators, as handlers take them (see :mod:`omniroute.appkeys`)
+        self.gateway = app[appkeys.GATEWAY]
+        self.catalog = app[appkeys.CATALOG]
+        self.registry = app[appkeys.REGISTRY]
+        self.resilience = app[appkeys.RESILIENCE]
+        self.store = app[appkeys.STORE]
+        self.log = app[appkeys.REQUEST_LOG]
+        self.auth_schemes = app[appkeys.AUTH_SCHEMES]
         self.admin_key = admin_key
         self.admin_headers = {"Authorization": f"Bearer {admin_key}"}
 
@@ -45,8 +53,9 @@ class GatewayHarness:
         return body
 
     async def create_key(self, name: str = "test", *, admin: bool = False) -> str:
-        key, secret = await self.gateway.store.create_key(name, {"admin"} if admin else set())
-        self.gateway.keys.add(key)
+        _, secret = await self.store.create_key(name, {"admin"} if admin else set())
+        for scheme in self.auth_schemes.values():
+            await scheme.reload()
         return secret
 
     async def set_settings(self, **values: Any) -> None:

@@ -346,7 +346,7 @@ async def test_api_keys_are_stored_hashed(gw):
     created = await create_key(gw, "hashed")
     secret = created["key"]
     assert secret.startswith("sk-or-")
-    await gw.gateway.log.flush()
+    await gw.log.flush()
     data = database_bytes(gw.gateway.config.db_path)
     assert secret.encode() not in data
     assert gw.admin_key.encode() not in data

@@ -473,7 +473,7 @@ async def test_requests_and_rate_limits_show_who_failed_and_why(gw: Any) -> None
     hi = {"model": "up/gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
     gw.fake.script.append(error(503, "The engine is currently overloaded."))
     assert (await gw.client.post("/v1/chat/completions", json=hi)).status == 503
-    await gw.gateway.log.flush()
+    await gw.log.flush()
     out = ok(await run.in_thread("requests", "--failed")).output
     assert "503  up/gpt-4o-mini -> up/gpt-4o-mini  attempts 1" in out
     assert "The engine is currently overloaded." in out

@@ -76,8 +76,8 @@ async def test_a_format_plugin_serves_its_own_routes_through_the_pipeline(shout:
     assert shout.fake.requests[-1].json["model"] == "gpt-4o-mini"  # translated for the upstream
     resp = await shout.client.get("/shout-models")
     assert "UP/M1" in (await resp.json())["shoutable"]
-    await shout.gateway.log.flush()
-    (row,) = await shout.gateway.log.recent(1)
+    await shout.log.flush()
+    (row,) = await shout.log.recent(1)
     assert row["endpoint"] == "shout" and row["status"] == 200
 
 

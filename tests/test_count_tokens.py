@@ -43,7 +43,7 @@ def counts(fake: FakeAnthropic) -> list[Any]:
 
 
 def estimate(gw: Any, body: dict[str, Any]) -> int:
-    fmt = gw.gateway.formats["anthropic"]
+    fmt = gw.registry.formats["anthropic"]
     return estimate_request(fmt.decode_request(ClientRequest(body, body["model"], False)))
 
 
@@ -135,9 +135,9 @@ async def test_keys_are_required_when_the_setting_says_so(ant: Any) -> None:
 async def test_a_resting_anthropic_account_is_not_asked(ant: Any) -> None:
     from omniroute.errors import UpstreamStatusError
 
-    route = ant.gateway.router.resolve("claude/claude-sonnet-4-6")
+    route = ant.catalog.router.resolve("claude/claude-sonnet-4-6")
     (target,) = route.targets
-    ant.gateway.resilience.record_failure(target, UpstreamStatusError(
+    ant.resilience.record_failure(target, UpstreamStatusError(
         "Rate limited.", status=429, headers={"Retry-After": "30"}))
     raw = await sdk(ant).messages.with_raw_response.count_tokens(
         model="claude/claude-sonnet-4-6", messages=MESSAGES)

@@ -19,6 +19,7 @@ from omniroute import hookimpl
 from omniroute.credentials import MemoryCredentials, Refresher, StoredCredentials
 from omniroute.errors import UpstreamStatusError
 from omniroute.gateway import Gateway
+from omniroute.registry import Registry
 from omniroute.plugins import load_plugins
 from omniroute.providers.base import Provider, ProviderContext, Timeouts
 from omniroute.providers.openai import OpenAIProvider
@@ -231,7 +232,8 @@ async def test_credentials_renewed_elsewhere_are_not_renewed_again(
 # ------------------------------------------------------------------ kept in the database
 
 def oauth_gateway(data_dir: Path) -> Gateway:
-    return Gateway(make_test_config(data_dir), load_plugins(extra=[("t-oauth", OAuthPlugin())]))
+    plugins = load_plugins(extra=[("t-oauth", OAuthPlugin())])
+    return Gateway(make_test_config(data_dir), Registry(plugins))
 
 
 async def test_renewed_credentials_survive_a_restart_encrypted(tmp_path: Path) -> None:
@@ -241,13 +243,13 @@ async def test_renewed_credentials_survive_a_restart_encrypted(tmp_path: Path) -
     try:
         await gw.store.save_connection(connection())
         await gw.reload()
-        provider = gw.providers["conn_oauth"]
+        provider = gw.catalog.providers["conn_oauth"]
         assert isinstance(provider, CountingOAuth)
         version = await gw.db.config_version()
         assert await gw.refresher.refresh(provider) is True
         assert await gw.db.config_version() == version + 1  # other workers hear of it
         await gw.reload()
-        assert gw.providers["conn_oauth"] is provider  # it already holds them: not rebuilt
+        assert gw.catalog.providers["conn_oauth"] is provider  # it already holds them: not rebuilt
         assert provider.headers == {"Authorization": "Bearer at-renewed-0001"}
     finally:
         await gw.close()
@@ -259,7 +261,7 @@ async def test_renewed_credentials_survive_a_restart_encrypted(tmp_path: Path) -
     again = oauth_gateway(data_dir)
     await again.start()
     try:
-        restored = again.providers["conn_oauth"]
+        restored = again.catalog.providers["conn_oauth"]
         assert restored.connection.credentials == {
             "access_token": "at-renewed-0001", "refresh_token": "rt-renewed-0001"}
         assert isinstance(restored, CountingOAuth)
@@ -278,12 +280,12 @@ async def test_another_worker_rebuilds_only_the_renewed_connection(tmp_path: Pat
         await one.store.save_connection(connection("c2"))
         await one.reload()
         await two.reload()
-        before = dict(two.providers)
-        assert await one.refresher.refresh(one.providers["c1"]) is True
+        before = dict(two.catalog.providers)
+        assert await one.refresher.refresh(one.catalog.providers["c1"]) is True
         await two.reload()  # what its config watcher does when the version moves
-        assert two.providers["c2"] is before["c2"]
-        assert two.providers["c1"] is not before["c1"]
-        assert two.providers["c1"].connection.credentials["refresh_token"] == "rt-renewed-0001"
+        assert two.catalog.providers["c2"] is before["c2"]
+        assert two.catalog.providers["c1"] is not before["c1"]
+        assert two.catalog.providers["c1"].connection.credentials["refresh_token"] == "rt-renewed-0001"
         # the stale instance a request may still hold is not renewed with a spent token
         stale = before["c1"]
         assert isinstance(stale, CountingOAuth)
@@ -299,7 +301,7 @@ async def test_saving_for_a_deleted_connection_fails_the_renewal(tmp_path: Path)
     try:
         await gw.store.save_connection(connection())
         await gw.reload()
-        provider = gw.providers["conn_oauth"]
+        provider = gw.catalog.providers["conn_oauth"]
         await gw.store.delete_connection("conn_oauth")
         assert await gw.refresher.refresh(provider) is False
         assert await StoredCredentials(gw.store).load("conn_oauth") is None
@@ -356,5 +358,5 @@ async def test_a_401_renews_once_and_every_request_is_retried(
     assert [r.choices[0].message.content for r in replies] == [
         f"Hello! You said: hi {i}" for i in range(5)]
     assert RenewingOpenAI.renewals == 1  # five 401s, one renewal
-    stored = await gw.gateway.store.get_connection(view["id"])
+    stored = await gw.store.get_connection(view["id"])
     assert stored is not None and stored.credentials == {"api_key": "sk-renewed"}

@@ -210,7 +210,7 @@ class HeaderScheme(AuthScheme):
 
     async def start(self) -> None:
         # runs after the database is open
-        assert await self.gateway.db.check()
+        assert await self.store.get_settings() is not None
         type(self).started = True
 
     async def authenticate(self, request: web.Request) -> Principal | None:
@@ -242,7 +242,7 @@ async def test_hook_register_auth_schemes(aiohttp_client: Any, tmp_path: Path) -
     assert plugins.auth_schemes["test-header"] is HeaderScheme
     h = await start_harness(aiohttp_client, make_test_config(tmp_path, require_api_key=True),
                             plugins=load_plugins(extra=[("t-auth", AuthPlugin())]))
-    assert isinstance(h.gateway.auth_schemes["test-header"], HeaderScheme)
+    assert isinstance(h.auth_schemes["test-header"], HeaderScheme)
     assert HeaderScheme.started
 
     resp = await h.client.get("/v1/models", headers={"x-test-auth": "let-me-in"})

@@ -97,8 +97,8 @@ async def test_a_stage_answers_without_any_target(gw: Any, stage) -> None:
     assert gw.fake.requests == []  # no upstream was asked
     assert "answer" not in stage.seen  # a stage's own reply is not a target's answer
     assert stage.seen["finished"][0] == 203
-    await gw.gateway.log.flush()
-    (row,) = await gw.gateway.log.recent(1)
+    await gw.log.flush()
+    (row,) = await gw.log.recent(1)
     assert (row["status"], row["model_requested"], row["provider"]) == (203, "up/canned", None)
 
 

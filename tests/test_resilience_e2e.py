@@ -101,7 +101,7 @@ async def served_by(gw: Any, model: str, n: int, start: int = 0) -> list[str]:
 def manual_clock(gw: Any) -> ManualClock:
     """Let the test move the resilience layer's time (before any traffic)."""
     clock = ManualClock()
-    resilience = gw.gateway.resilience
+    resilience = gw.resilience
     resilience.clock = clock
     resilience.sessions.clock = clock
     return clock
@@ -243,7 +243,7 @@ async def test_every_target_failing_is_a_503_naming_each_and_why(gw):
 async def three(gw: Any, strategy: str, steps: list[Any] | None = None, **fakes: Any) -> list:
     upstreams = [await gw.add(name, fake=fakes.get(name)) for name in "abc"]
     await combo(gw, "pool", steps or [f"{n}/{MODEL}" for n in "abc"], strategy)
-    gw.gateway.resilience.rng = random.Random(1234)
+    gw.resilience.rng = random.Random(1234)
     return upstreams
 
 
@@ -266,7 +266,7 @@ async def test_weighted_follows_the_step_weights_and_repeats_under_a_seed(gw):
     first = await served_by(gw, "pool", 40)
     counts = Counter(first)
     assert counts["a"] > counts["b"] > counts["c"] > 0, counts
-    gw.gateway.resilience.rng = random.Random(1234)
+    gw.resilience.rng = random.Random(1234)
     assert await served_by(gw, "pool", 40, 100) == first
 
 
@@ -274,7 +274,7 @@ async def test_weighted_accounts_of_one_provider_follow_their_weight_setting(gw)
     await gw.set_settings(account_strategy="weighted")
     heavy = await gw.add("heavy", prefix="p", weight=9)
     light = await gw.add("light", prefix="p", settings={"weight": 1})
-    gw.gateway.resilience.rng = random.Random(5)
+    gw.resilience.rng = random.Random(5)
     await served_by(gw, f"p/{MODEL}", 30)
     assert len(chats(heavy)) > 3 * len(chats(light)) > 0
 
@@ -283,7 +283,7 @@ async def test_random_is_repeatable_under_a_seed(gw):
     await three(gw, "random")
     first = await served_by(gw, "pool", 15)
     assert set(first) == {"a", "b", "c"}
-    gw.gateway.resilience.rng = random.Random(1234)
+    gw.resilience.rng = random.Random(1234)
     assert await served_by(gw, "pool", 15, 100) == first
 
 
@@ -330,11 +330,11 @@ async def test_p2c_picks_the_less_loaded_of_two_random_choices(gw):
     with pytest.raises(openai.InternalServerError):
         await call(gw, f"b/{MODEL}")
     clock.advance(10)  # its cooldown is over; its error rate stays
-    gw.gateway.resilience.rng = random.Random(1234)
+    gw.resilience.rng = random.Random(1234)
     first = await served_by(gw, "pool", 12)
     # b only ever loses its pairings; a and c each win some (a wins ties: route order)
     assert "b" not in first and set(first) == {"a", "c"}
-    gw.gateway.resilience.rng = random.Random(1234)
+    gw.resilience.rng = random.Random(1234)
     assert await served_by(gw, "pool", 12, 100) == first
 
 
@@ -446,7 +446,7 @@ async def test_breaker_opens_half_opens_and_closes(gw):
 # ----------------------------------------------------------------------------- limits and queues
 
 def queued(gw: Any, name: str) -> int:
-    rows = gw.gateway.resilience.snapshot(gw.gateway.connections.values())["connections"]
+    rows = gw.resilience.snapshot(gw.catalog.connections.values())["connections"]
     limits = next(r for r in rows if r["name"] == name)["limits"]
     return limits["queued"] if limits else 0
 
@@ -542,14 +542,14 @@ async def test_every_wait_is_bounded(gw):
     assert info.value.status_code == 504
     assert time.monotonic() - started < 0.3 + 0.4
 
-    gw.gateway.resilience.reset()
+    gw.resilience.reset()
     a.script.append(hang_mid_stream(2, 5))  # silence after two events
     started = time.monotonic()
     with pytest.raises(openai.APIError, match="stalled"):
         await call(gw, model, 1, stream=True)
     assert time.monotonic() - started < 0.3 + 0.4
 
-    gw.gateway.resilience.reset()
+    gw.resilience.reset()
     a.script.append(slow(0.15))  # never silent for long, but too long in total
     a.chunks = 12
     started = time.monotonic()
@@ -573,7 +573,7 @@ async def test_when_every_target_rests_the_gateway_waits_a_bounded_time(gw):
     assert 0.25 < elapsed < 0.4 + 0.4, elapsed
 
     await gw.set_settings(wait_for_cooldown_max=0.2)
-    gw.gateway.resilience.reset()  # b may still rest from the first round
+    gw.resilience.reset()  # b may still rest from the first round
     a.script.append(error(429, "a: slow down", headers={"Retry-After": "30"}))
     b.script.append(error(429, "b: slow down", headers={"Retry-After": "20"}))
     with pytest.raises(openai.APIStatusError):
@@ -748,7 +748,7 @@ async def test_combos_crud_with_validation(gw):
                         {"steps": [f"b/{MODEL}", f"a/{MODEL}"], "strategy": "p2c"})
     assert updated["id"] == cid and updated["strategy"] == "p2c"
     assert (await api(gw, "GET", f"/api/combos/{cid}"))["steps"] == [f"b/{MODEL}", f"a/{MODEL}"]
-    route = gw.gateway.router.resolve("pair")  # live at once
+    route = gw.catalog.router.resolve("pair")  # live at once
     assert route.strategy == "p2c" and [t.prefix for t in route.targets] == ["b", "a"]
 
     await api(gw, "DELETE", f"/api/combos/{outer['id']}")
@@ -774,7 +774,7 @@ async def test_resilience_settings_and_state_over_the_api(gw):
     assert changed["settings"]["breaker_threshold"] == 3
     assert changed["settings"]["account_strategy"] == "round-robin"
     assert changed["settings"]["wait_for_cooldown_max"] == 0
-    assert gw.gateway.resilience.settings.breaker_threshold == 3
+    assert gw.resilience.settings.breaker_threshold == 3
     err = (await api(gw, "PATCH", "/api/resilience", {"require_login": False}, 400))["error"]
     assert "not a resilience setting: require_login" in err["message"]
     err = (await api(gw, "PATCH", "/api/resilience", {"account_strategy": "best"}, 400))["error"]

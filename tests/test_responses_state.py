@@ -260,7 +260,7 @@ async def test_input_tokens_is_the_local_estimate(gw: Any) -> None:
     counted = await client.responses.input_tokens.count(
         model=CHAT_MODEL, input="How many tokens is this sentence?", instructions="Be brief.")
     assert counted.object == "response.input_tokens"
-    fmt = gw.gateway.formats["responses"]
+    fmt = gw.registry.formats["responses"]
     body = {"model": CHAT_MODEL, "input": "How many tokens is this sentence?",
             "instructions": "Be brief."}
     assert counted.input_tokens == estimate_request(

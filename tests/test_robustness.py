@@ -14,7 +14,7 @@ HI = [{"role": "user", "content": "hi there"}]
 
 async def test_a_bug_while_relaying_ends_the_stream_with_an_error_event(gw, monkeypatch):
     calls = {"n": 0}
-    fmt = gw.gateway.formats["openai"]
+    fmt = gw.registry.formats["openai"]
     real = fmt.usage_from_frame
 
     def broken(frame: bytes) -> Any:
@@ -38,21 +38,21 @@ async def test_a_bug_while_relaying_ends_the_stream_with_an_error_event(gw, monk
 
 
 async def test_a_provider_plugin_that_raises_in_list_models_does_not_break_the_list(gw):
-    provider = next(iter(gw.gateway.providers.values()))
+    provider = next(iter(gw.catalog.providers.values()))
 
     async def broken() -> list[str]:
         raise KeyError("plugin bug")
 
     provider.list_models = broken
-    gw.gateway.models.clear()
+    gw.catalog.models.clear()
     resp = await gw.client.get("/v1/models")
     assert resp.status == 200
     assert (await resp.json())["object"] == "list"
 
 
 async def test_models_listed_later_make_bare_names_resolve(gw):
-    gw.gateway.models.clear()
-    gw.gateway.rebuild_router()
+    gw.catalog.models.clear()
+    gw.catalog.rebuild_router()
     resp = await gw.client.post("/v1/chat/completions",
                                 json={"model": "gpt-4o-mini", "messages": HI})
     assert resp.status == 400  # not known yet: nothing listed
@@ -92,7 +92,7 @@ async def test_a_combo_name_taken_by_a_concurrent_request_is_a_400(gw, monkeypat
     async def nothing() -> list[Any]:
         return []
 
-    monkeypatch.setattr(gw.gateway.store, "list_combos", nothing)
+    monkeypatch.setattr(gw.store, "list_combos", nothing)
     resp = await gw.client.post("/api/combos", json=body, headers=gw.admin_headers)
     assert resp.status == 400
     error = (await resp.json())["error"]
@@ -127,7 +127,7 @@ async def test_an_absurd_usage_number_does_not_stop_the_request_log(gw):
                                        "total_tokens": 2**63 + 8}))
     assert (await gw.client.post("/v1/chat/completions", json={
         "model": "up/gpt-4o-mini", "messages": HI})).status == 200
-    assert await gw.gateway.log.flush() == 1
+    assert await gw.log.flush() == 1
     rows = (await (await gw.client.get("/api/requests", headers=gw.admin_headers)).json())
     last = rows["requests"][0]
     assert last["prompt_tokens"] is None and last["completion_tokens"] == 3

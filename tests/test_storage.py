@@ -520,14 +520,14 @@ async def test_settings_precedence_in_a_running_gateway(aiohttp_client: Any,
         settings_env={"models_cache_ttl": 9.0},
     )
     h = await start_harness(aiohttp_client, config)
-    gateway = h.gateway
+    gateway = h.catalog
     assert gateway.settings.first_byte_timeout == Settings().first_byte_timeout  # default
     assert gateway.settings.idle_timeout == 30.0  # TOML beats the default
     assert gateway.settings.models_cache_ttl == 9.0  # env beats TOML
 
     gateway.apply_settings({"idle_timeout": 40, "models_cache_ttl": 1, "unknown": 1})
     assert gateway.settings.idle_timeout == 40.0  # stored beats TOML
-    assert gateway.timeouts.idle == 40.0 and gateway.context.timeouts.idle == 40.0
+    assert gateway.timeouts.idle == 40.0 and h.gateway.context.timeouts.idle == 40.0
     assert gateway.settings.connect_timeout == 3.0
     assert gateway.settings.models_cache_ttl == 9.0  # env pins it
     gateway.apply_settings({"idle_timeout": "not a number"})  # bad stored value: ignored
@@ -538,7 +538,7 @@ async def test_settings_precedence_in_a_running_gateway(aiohttp_client: Any,
     assert resp.status == 200
     body = await resp.json()
     assert body["settings"]["idle_timeout"] == 50.0
-    assert body["settings"]["request_log"] is False and gateway.log.enabled is False
+    assert body["settings"]["request_log"] is False and h.log.enabled is False
     assert body["stored"] == {"idle_timeout": 50.0, "request_log": False}
     assert body["pinned_by_environment"] == ["models_cache_ttl"]
     assert gateway.settings.connect_timeout == 3.0  # PATCH keeps what it did not name
@@ -563,13 +563,13 @@ async def test_settings_precedence_in_a_running_gateway(aiohttp_client: Any,
 ])
 async def test_invalid_settings_are_refused(omniroute: Any, values: dict[str, Any],
                                             message: str) -> None:
-    before = await omniroute.gateway.store.get_settings()
+    before = await omniroute.store.get_settings()
     resp = await omniroute.client.patch("/api/settings", json={"idle_timeout": 7, **values},
                                         headers=omniroute.admin_headers)
     assert resp.status == 400
     error = (await resp.json())["error"]
     assert error["code"] == "invalid_setting" and message in error["message"]
-    assert await omniroute.gateway.store.get_settings() == before  # nothing half-applied
+    assert await omniroute.store.get_settings() == before  # nothing half-applied
 
 
 # ---------------------------------------------------------------------- memory cache

@@ -264,7 +264,7 @@ async def test_one_client_session_and_pooled_connections(gw):
             model="up/gpt-4o", messages=HI, stream=True)
         assert await consume(stream) == "Hello! You said: hi there"
     assert gw.gateway.http is session
-    assert all(p.context.http is session for p in gw.gateway.providers.values())
+    assert all(p.context.http is session for p in gw.catalog.providers.values())
     assert len(peers) == 6
     assert len(set(peers)) == 1  # one TCP connection, reused for every request
     assert not session.closed
@@ -285,7 +285,7 @@ async def test_a_client_that_stops_reading_releases_its_account(gw):
     try:
         async with asyncio.timeout(10):
             while True:
-                await gw.gateway.log.flush()
+                await gw.log.flush()
                 rows = await log_records(gw)
                 if rows and rows[0]["error"] == "client stopped reading":
                     break

@@ -72,7 +72,7 @@ async def test_a_wrong_key_is_still_refused_after_one_check(gw: Any) -> None:
 async def test_keys_are_not_checked_when_they_are_optional(gw: Any) -> None:
     """With require_api_key off, a wrong key is ignored: no database read per request."""
     await gw.set_settings(require_api_key=False)
-    gw.gateway.settings.require_api_key = False
+    gw.catalog.settings.require_api_key = False
     reads = _count_version_reads(gw)
     for _ in range(3):
         resp = await gw.client.get("/v1/models", headers=_bearer("sk-anything"))

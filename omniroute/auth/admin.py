@@ -17,11 +17,10 @@ import secrets
 import sys
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING
 
 from aiohttp import web
 
-from omniroute.appkeys import GATEWAY
+from omniroute.appkeys import AUTH_SCHEMES
 from omniroute.auth.base import AuthScheme, Principal
 from omniroute.bodies import read_json
 from omniroute.config import Config, ConfigError
@@ -29,9 +28,6 @@ from omniroute.errors import AuthenticationFailed, GatewayError, InvalidRequest
 from omniroute.hookspecs import hookimpl
 from omniroute.storage.store import Store
 from omniroute.web.tags import tag_route
-
-if TYPE_CHECKING:
-    from omniroute.gateway import Gateway
 
 log = logging.getLogger(__name__)
 
@@ -92,18 +88,18 @@ class AdminSessionScheme(AuthScheme):
     name = "admin-session"
     client_api = False  # a browser session never authorises /v1 calls
 
-    def __init__(self, gateway: Gateway) -> None:
-        super().__init__(gateway)
+    def __init__(self, store: Store, config: Config) -> None:
+        super().__init__(store, config)
         self._failures: dict[str, list[float]] = {}
 
     async def start(self) -> None:
-        await ensure_password(self.gateway.store, self.gateway.config.initial_password)
+        await ensure_password(self.store, self.config.initial_password)
 
     async def authenticate(self, request: web.Request) -> Principal | None:
         token = request.cookies.get(COOKIE)
         if not token:
             return None
-        if not await self.gateway.store.session_valid(token):
+        if not await self.store.session_valid(token):
             raise AuthenticationFailed("Your admin session has expired; log in again.",
                                        code="session_expired")
         return Principal("admin_session", None, frozenset({"admin"}))
@@ -124,12 +120,12 @@ class AdminSessionScheme(AuthScheme):
         password = body.get("password") if isinstance(body, dict) else None
         if not isinstance(password, str) or not password:
             raise InvalidRequest("Send {\"password\": \"...\"}.", param="password")
-        stored = (await self.gateway.store.get_settings()).get(PASSWORD_SETTING)
+        stored = (await self.store.get_settings()).get(PASSWORD_SETTING)
         if not stored or not verify_password(password, stored):
             self._failures.setdefault(peer, []).append(time.monotonic())
             raise AuthenticationFailed("Wrong password.", code="invalid_password")
         self._failures.pop(peer, None)
-        token = await self.gateway.store.create_session(SESSION_TTL)
+        token = await self.store.create_session(SESSION_TTL)
         resp = web.json_response({"ok": True, "expires_in": SESSION_TTL})
         resp.set_cookie(COOKIE, token, max_age=SESSION_TTL, httponly=True, samesite="Strict",
                         secure=request.secure, path="/")
@@ -138,7 +134,7 @@ class AdminSessionScheme(AuthScheme):
     async def logout(self, request: web.Request) -> web.Response:
         token = request.cookies.get(COOKIE)
         if token:
-            await self.gateway.store.delete_session(token)
+            await self.store.delete_session(token)
         resp = web.json_response({"ok": True})
         resp.del_cookie(COOKIE, path="/")
         return resp
@@ -158,7 +154,7 @@ def configure_app(app: web.Application, config: Config) -> None:
         return await _scheme(request).logout(request)
 
     def _scheme(request: web.Request) -> AdminSessionScheme:
-        scheme = request.app[GATEWAY].auth_schemes.get(AdminSessionScheme.name)
+        scheme = request.app[AUTH_SCHEMES].get(AdminSessionScheme.name)
         assert isinstance(scheme, AdminSessionScheme)
         return scheme
 

@@ -14,9 +14,10 @@ from collections.abc import Callable
 from aiohttp import web
 
 from omniroute.auth.base import AuthScheme, Principal
+from omniroute.config import Config
 from omniroute.errors import AuthenticationFailed
 from omniroute.hookspecs import hookimpl
-from omniroute.storage.store import ApiKey, hash_secret
+from omniroute.storage.store import ApiKey, Store, hash_secret
 
 
 def presented_key(request: web.Request) -> str | None:
@@ -62,13 +63,22 @@ class KeyIndex:
 
 
 class ApiKeyScheme(AuthScheme):
+    """API keys, looked up in an in-memory index of the active keys' hashes."""
+
     name = "api-key"
+
+    def __init__(self, store: Store, config: Config) -> None:
+        super().__init__(store, config)
+        self.keys = KeyIndex()
+
+    async def reload(self) -> None:
+        self.keys = KeyIndex(await self.store.list_keys())
 
     async def authenticate(self, request: web.Request) -> Principal | None:
         secret = presented_key(request)
         if secret is None:
             return None
-        key = self.gateway.keys.find(secret)
+        key = self.keys.find(secret)
         if key is None:
             raise AuthenticationFailed("Invalid API key.")
         return Principal("api_key", key.id, key.scopes)

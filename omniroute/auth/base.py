@@ -8,7 +8,8 @@ from typing import TYPE_CHECKING, ClassVar
 from aiohttp import web
 
 if TYPE_CHECKING:
-    from omniroute.gateway import Gateway
+    from omniroute.config import Config
+    from omniroute.storage.store import Store
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,11 +41,19 @@ class AuthScheme:
     #: whether this scheme may authenticate client API calls (``/v1/...``)
     client_api: ClassVar[bool] = True
 
-    def __init__(self, gateway: Gateway) -> None:
-        self.gateway = gateway
+    def __init__(self, store: Store, config: Config) -> None:
+        """
+        :param store: the gateway's storage (API keys, admin sessions, settings).
+        :param config: the start-up configuration.
+        """
+        self.store = store
+        self.config = config
 
     async def start(self) -> None:
         """Called once when the gateway starts (after the database is open)."""
+
+    async def reload(self) -> None:
+        """Called whenever the stored configuration changed (here, or in another process)."""
 
     async def authenticate(self, request: web.Request) -> Principal | None:
         raise NotImplementedError

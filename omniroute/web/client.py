@@ -27,7 +27,7 @@ from functools import partial
 import orjson
 from aiohttp import web
 
-from omniroute.appkeys import GATEWAY, PIPELINE
+from omniroute.appkeys import CATALOG, PIPELINE, REGISTRY
 from omniroute.errors import GatewayError, NotFound
 from omniroute.formats.base import ClientRoute, Format
 from omniroute.pipeline import Chat, CountTokens, Embed, Operation
@@ -44,26 +44,26 @@ def _json(data: object, status: int = 200) -> web.Response:
 
 def _bind(app: web.Application, fmt: Format, route: ClientRoute) -> Handler:
     """The handler of one declared route."""
-    gateway, pipeline = app[GATEWAY], app[PIPELINE]
+    catalog, pipeline, formats = app[CATALOG], app[PIPELINE], app[REGISTRY].formats
     operation: Operation
     if route.operation == "models":
         async def models(request: web.Request) -> web.StreamResponse:
-            return _json(fmt.model_list(await gateway.model_infos()))
+            return _json(fmt.model_list(await catalog.model_infos()))
         return models
     if route.operation == "model":
         async def model(request: web.Request) -> web.StreamResponse:
             wanted = fmt.model_name(request.match_info["model"])
-            for info in await gateway.model_infos():
+            for info in await catalog.model_infos():
                 if info.id == wanted:
                     return _json(fmt.model_card(info))
             raise NotFound(f"The model {wanted!r} does not exist; the model list names "
                            "every model this gateway serves.", code="model_not_found")
         return model
     if route.operation == "chat":
-        operation = Chat(fmt, route.endpoint, gateway.formats)
+        operation = Chat(fmt, route.endpoint, formats)
     elif route.operation == "count_tokens":
         operation = CountTokens(fmt, route.endpoint,
-                                connect_timeout=lambda: gateway.timeouts.connect)
+                                connect_timeout=lambda: catalog.timeouts.connect)
     elif route.operation == "embeddings":
         operation = Embed(fmt, route.endpoint, partial(fmt.embed_request, route=route),
                           partial(fmt.embed_answer, route=route))
@@ -94,7 +94,7 @@ def _dispatch(choices: list[tuple[tuple[str, ...], Handler]], default: Handler) 
 
 def setup_client_routes(app: web.Application) -> None:
     """Register every loaded format's client routes, then the few routes of no format."""
-    formats = app[GATEWAY].formats
+    formats = app[REGISTRY].formats
     declared: dict[tuple[str, str], list[tuple[Format, ClientRoute]]] = {}
     for fmt in formats.values():
         for route in fmt.client_routes:
@@ -137,6 +137,6 @@ async def responses_websocket(request: web.Request) -> web.Response:
 
 
 async def root(request: web.Request) -> web.Response:
-    gateway = request.app[GATEWAY]
+    started_at = request.app[CATALOG].started_at
     return _json({"name": "omniroute", "status": "ok",
-                  "uptime_s": round(time.time() - gateway.started_at, 1)})
+                  "uptime_s": round(time.time() - started_at, 1)})

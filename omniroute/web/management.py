@@ -14,21 +14,24 @@ from typing import Any
 from aiohttp import web
 
 from omniroute.accounts import build_combo, build_connection
-from omniroute.appkeys import GATEWAY
+from omniroute.appkeys import (
+    AUTH_SCHEMES,
+    CATALOG,
+    GATEWAY,
+    REGISTRY,
+    REQUEST_LOG,
+    STORE,
+)
 from omniroute.auth.admin import PASSWORD_SETTING, set_password, verify_password
 from omniroute.bodies import read_object
+from omniroute.catalog import Catalog
 from omniroute.config import ConfigError, Settings
 from omniroute.errors import AuthenticationFailed, GatewayError, InvalidRequest, NotFound
-from omniroute.gateway import Gateway
 from omniroute.providers.base import Provider
-from omniroute.storage import Connection
+from omniroute.storage import Combo, Connection, Store
 from omniroute.web.tags import tag_route
 
 _SMALL_BODY = 1024 * 1024
-
-
-def _gw(request: web.Request) -> Gateway:
-    return request.app[GATEWAY]
 
 
 async def _body(request: web.Request) -> dict[str, Any]:
@@ -41,87 +44,87 @@ def _invalid(exc: ValueError) -> InvalidRequest:
 
 # ---------------------------------------------------------------------- providers
 
-def _connection_view(gateway: Gateway, conn: Connection) -> dict[str, Any]:
+def _connection_view(catalog: Catalog, conn: Connection) -> dict[str, Any]:
     view = conn.public()
-    view["usable"] = conn.id in gateway.providers
-    view["error"] = gateway.provider_errors.get(conn.id)
+    view["usable"] = conn.id in catalog.providers
+    view["error"] = catalog.provider_errors.get(conn.id)
     return view
 
 
 async def _connection(request: web.Request) -> Connection:
-    conn = await _gw(request).store.get_connection(request.match_info["id"])
+    conn = await request.app[STORE].get_connection(request.match_info["id"])
     if conn is None:
         raise NotFound(f"No provider connection {request.match_info['id']!r}.")
     return conn
 
 
 async def list_providers(request: web.Request) -> web.Response:
-    gateway = _gw(request)
-    conns = await gateway.store.list_connections()
+    catalog = request.app[CATALOG]
+    conns = await request.app[STORE].list_connections()
     types = [
         {"type": cls.type, "format": cls.format, "description": cls.description,
          "default_prefix": cls.default_prefix,
          "presets": [{"name": p.name, "base_url": p.base_url, "prefix": p.prefix,
                       "description": p.description, "needs_api_key": p.needs_api_key}
                      for p in cls.presets.values()]}
-        for cls in gateway.plugins.providers.values()
+        for cls in request.app[REGISTRY].plugins.providers.values()
     ]
-    return web.json_response({"providers": [_connection_view(gateway, c) for c in conns],
+    return web.json_response({"providers": [_connection_view(catalog, c) for c in conns],
                               "types": types})
 
 
 async def create_provider(request: web.Request) -> web.Response:
-    gateway = _gw(request)
+    catalog = request.app[CATALOG]
     try:
-        conn = build_connection(gateway.plugins, await _body(request))
+        conn = build_connection(request.app[REGISTRY].plugins, await _body(request))
     except ValueError as exc:
         raise _invalid(exc) from None
-    await gateway.store.save_connection(conn)
-    await gateway.reload()
-    return web.json_response(_connection_view(gateway, conn), status=201)
+    await request.app[STORE].save_connection(conn)
+    await request.app[GATEWAY].reload()
+    return web.json_response(_connection_view(catalog, conn), status=201)
 
 
 async def get_provider(request: web.Request) -> web.Response:
-    return web.json_response(_connection_view(_gw(request), await _connection(request)))
+    return web.json_response(_connection_view(request.app[CATALOG], await _connection(request)))
 
 
 async def update_provider(request: web.Request) -> web.Response:
-    gateway = _gw(request)
+    catalog = request.app[CATALOG]
     existing = await _connection(request)
     try:
-        conn = build_connection(gateway.plugins, await _body(request), existing)
+        conn = build_connection(request.app[REGISTRY].plugins, await _body(request), existing)
     except ValueError as exc:
         raise _invalid(exc) from None
-    await gateway.store.save_connection(conn)
-    gateway.models.pop(conn.id, None)
-    await gateway.reload()
-    return web.json_response(_connection_view(gateway, conn))
+    await request.app[STORE].save_connection(conn)
+    catalog.models.pop(conn.id, None)
+    await request.app[GATEWAY].reload()
+    return web.json_response(_connection_view(catalog, conn))
 
 
 async def delete_provider(request: web.Request) -> web.Response:
-    gateway = _gw(request)
+    catalog = request.app[CATALOG]
     conn = await _connection(request)
-    await gateway.store.delete_connection(conn.id)
-    gateway.models.pop(conn.id, None)
-    await gateway.reload()
+    await request.app[STORE].delete_connection(conn.id)
+    catalog.models.pop(conn.id, None)
+    await request.app[GATEWAY].reload()
     return web.json_response({"deleted": conn.id})
 
 
-def _provider_for(gateway: Gateway, conn: Connection) -> Provider:
+def _provider_for(catalog: Catalog, conn: Connection) -> Provider:
     """The live instance of ``conn``, or a fresh one when it is inactive."""
-    provider = gateway.providers.get(conn.id)
+    provider = catalog.providers.get(conn.id)
     if provider is not None:
         return provider
     try:
-        return gateway.build_provider(conn)
+        return catalog.build_provider(conn)
     except ConfigError as exc:
         raise InvalidRequest(str(exc), code="provider_unavailable") from None
 
 
-async def _probe(gateway: Gateway, provider: Provider) -> dict[str, Any]:
+async def _probe(catalog: Catalog, provider: Provider) -> dict[str, Any]:
     started = time.perf_counter()
     try:
-        models = await gateway.models_of(provider, max_age=0)
+        models = await catalog.models_of(provider, max_age=0)
         await provider.test()
     except GatewayError as exc:
         return {"ok": False, "error": exc.message, "status": exc.status,
@@ -131,39 +134,39 @@ async def _probe(gateway: Gateway, provider: Provider) -> dict[str, Any]:
 
 
 async def test_provider(request: web.Request) -> web.Response:
-    gateway = _gw(request)
+    catalog = request.app[CATALOG]
     conn = await _connection(request)
-    result = await _probe(gateway, _provider_for(gateway, conn))
+    result = await _probe(catalog, _provider_for(catalog, conn))
     if result["ok"]:
-        gateway.rebuild_router()
+        catalog.rebuild_router()
     return web.json_response(result)
 
 
 async def provider_models(request: web.Request) -> web.Response:
-    gateway = _gw(request)
+    catalog = request.app[CATALOG]
     conn = await _connection(request)
     try:
-        models = await _provider_for(gateway, conn).list_models()
+        models = await _provider_for(catalog, conn).list_models()
     except GatewayError as exc:
         raise GatewayError(f"Listing models failed: {exc.message}", status=502,
                            type="upstream_error", code="models_unavailable") from None
-    gateway.models[conn.id] = (time.monotonic(), models)
-    gateway.rebuild_router()
+    catalog.models[conn.id] = (time.monotonic(), models)
+    catalog.rebuild_router()
     return web.json_response({"id": conn.id, "prefix": conn.prefix, "models": models})
 
 
 async def validate_provider(request: web.Request) -> web.Response:
     """Check a connection spec (and that it answers) without saving it."""
-    gateway = _gw(request)
+    catalog = request.app[CATALOG]
     try:
-        conn = build_connection(gateway.plugins, await _body(request))
+        conn = build_connection(request.app[REGISTRY].plugins, await _body(request))
     except ValueError as exc:
         return web.json_response({"valid": False, "ok": False, "error": str(exc)})
-    provider = gateway.build_provider(conn)
+    provider = catalog.build_provider(conn)
     try:
-        result = await _probe(gateway, provider)
+        result = await _probe(catalog, provider)
     finally:
-        gateway.models.pop(conn.id, None)
+        catalog.models.pop(conn.id, None)
         await provider.close()
     return web.json_response({"valid": True, **result})
 
@@ -171,12 +174,11 @@ async def validate_provider(request: web.Request) -> web.Response:
 # ---------------------------------------------------------------------- keys
 
 async def list_keys(request: web.Request) -> web.Response:
-    keys = await _gw(request).store.list_keys()
+    keys = await request.app[STORE].list_keys()
     return web.json_response({"keys": [k.public() for k in keys]})
 
 
 async def create_key(request: web.Request) -> web.Response:
-    gateway = _gw(request)
     body = await _body(request)
     name = body.get("name", "")
     scopes = body.get("scopes", [])
@@ -184,29 +186,34 @@ async def create_key(request: web.Request) -> web.Response:
         raise InvalidRequest("A key needs a 'name'.", param="name")
     if not isinstance(scopes, list) or not set(scopes) <= {"admin"}:
         raise InvalidRequest("'scopes' may only contain \"admin\".", param="scopes")
-    key, secret = await gateway.store.create_key(name.strip(), set(scopes))
-    gateway.keys.add(key)
+    key, secret = await request.app[STORE].create_key(name.strip(), set(scopes))
+    await _keys_changed(request)
     return web.json_response({**key.public(), "key": secret,
                               "note": "Store this key now: it is not shown again."}, status=201)
 
 
+async def _keys_changed(request: web.Request) -> None:
+    """A key was created or revoked: the auth schemes see it at once."""
+    for scheme in request.app[AUTH_SCHEMES].values():
+        await scheme.reload()
+
+
 async def revoke_key(request: web.Request) -> web.Response:
-    gateway = _gw(request)
     key_id = request.match_info["id"]
-    if not await gateway.store.revoke_key(key_id):
+    if not await request.app[STORE].revoke_key(key_id):
         raise NotFound(f"No active key {key_id!r}.")
-    gateway.keys.revoke(key_id)
+    await _keys_changed(request)
     return web.json_response({"revoked": key_id})
 
 
 # ---------------------------------------------------------------------- aliases
 
 async def list_aliases(request: web.Request) -> web.Response:
-    return web.json_response({"aliases": await _gw(request).store.list_aliases()})
+    return web.json_response({"aliases": await request.app[STORE].list_aliases()})
 
 
 async def set_alias(request: web.Request) -> web.Response:
-    gateway = _gw(request)
+    catalog = request.app[CATALOG]
     body = await _body(request)
     alias, target = body.get("alias"), body.get("target", body.get("model"))
     if not isinstance(alias, str) or not alias.strip():
@@ -216,56 +223,56 @@ async def set_alias(request: web.Request) -> web.Response:
                              param="target")
     if target == alias:
         raise InvalidRequest("An alias cannot point at itself.", param="target")
-    await gateway.store.set_alias(alias.strip(), target.strip() if target else None)
-    await gateway.reload()
-    return web.json_response({"aliases": gateway.aliases}, status=200)
+    await request.app[STORE].set_alias(alias.strip(), target.strip() if target else None)
+    await request.app[GATEWAY].reload()
+    return web.json_response({"aliases": catalog.aliases}, status=200)
 
 
 async def delete_alias(request: web.Request) -> web.Response:
-    gateway = _gw(request)
+    catalog = request.app[CATALOG]
     alias = request.match_info["alias"]
-    if alias not in gateway.aliases:
+    if alias not in catalog.aliases:
         raise NotFound(f"No alias {alias!r}.")
-    await gateway.store.set_alias(alias, None)
-    await gateway.reload()
+    await request.app[STORE].set_alias(alias, None)
+    await request.app[GATEWAY].reload()
     return web.json_response({"deleted": alias})
 
 
 # ---------------------------------------------------------------------- combos
 
 async def list_combos(request: web.Request) -> web.Response:
-    combos = await _gw(request).store.list_combos()
+    combos = await request.app[STORE].list_combos()
     return web.json_response({"combos": [c.public() for c in combos]})
 
 
-def _combo_checks(gateway: Gateway) -> dict[str, Any]:
+def _combo_checks(catalog: Catalog) -> dict[str, Any]:
     """What a combo is checked against: the stored connections and the live router."""
-    return {"connections": list(gateway.connections.values()),
-            "resolve": lambda model: gateway.router.resolve(model).targets}
+    return {"connections": list(catalog.connections.values()),
+            "resolve": lambda model: catalog.router.resolve(model).targets}
 
 
 async def create_combo(request: web.Request) -> web.Response:
-    gateway = _gw(request)
+    catalog = request.app[CATALOG]
     try:
-        combo = build_combo(await _body(request), await gateway.store.list_combos(),
-                            **_combo_checks(gateway))
+        combo = build_combo(await _body(request), await request.app[STORE].list_combos(),
+                            **_combo_checks(catalog))
     except ValueError as exc:
         raise _invalid(exc) from None
-    await _save_combo(gateway, combo)
-    await gateway.reload()
+    await _save_combo(request.app[STORE], combo)
+    await request.app[GATEWAY].reload()
     return web.json_response(combo.public(), status=201)
 
 
-async def _save_combo(gateway: Any, combo: Any) -> None:
+async def _save_combo(store: Store, combo: Combo) -> None:
     try:
-        await gateway.store.save_combo(combo)
+        await store.save_combo(combo)
     except sqlite3.IntegrityError:  # another request took the name since we checked
         raise InvalidRequest(f"A combo named {combo.name!r} already exists.",
                              param="name", code="duplicate_name") from None
 
 
 async def _combo(request: web.Request):  # type: ignore[no-untyped-def]
-    combo = await _gw(request).store.get_combo(request.match_info["id"])
+    combo = await request.app[STORE].get_combo(request.match_info["id"])
     if combo is None:
         raise NotFound(f"No combo {request.match_info['id']!r}.")
     return combo
@@ -276,33 +283,33 @@ async def get_combo(request: web.Request) -> web.Response:
 
 
 async def update_combo(request: web.Request) -> web.Response:
-    gateway = _gw(request)
+    catalog = request.app[CATALOG]
     existing = await _combo(request)
     try:
-        combo = build_combo(await _body(request), await gateway.store.list_combos(), existing,
-                            **_combo_checks(gateway))
+        combo = build_combo(await _body(request), await request.app[STORE].list_combos(), existing,
+                            **_combo_checks(catalog))
     except ValueError as exc:
         raise _invalid(exc) from None
-    await _save_combo(gateway, combo)
-    await gateway.reload()
+    await _save_combo(request.app[STORE], combo)
+    await request.app[GATEWAY].reload()
     return web.json_response(combo.public())
 
 
 async def delete_combo(request: web.Request) -> web.Response:
-    gateway = _gw(request)
     combo = await _combo(request)
-    await gateway.store.delete_combo(combo.id)
-    await gateway.reload()
+    await request.app[STORE].delete_combo(combo.id)
+    await request.app[GATEWAY].reload()
     return web.json_response({"deleted": combo.id})
 
 
 # ---------------------------------------------------------------------- settings
 
-async def _settings_view(gateway: Gateway) -> dict[str, Any]:
-    stored = {k: v for k, v in (await gateway.store.get_settings()).items()
+async def _settings_view(request: web.Request) -> dict[str, Any]:
+    catalog = request.app[CATALOG]
+    stored = {k: v for k, v in (await request.app[STORE].get_settings()).items()
               if not k.startswith("_")}
-    return {"settings": gateway.settings.as_dict(), "stored": stored,
-            "pinned_by_environment": sorted(gateway.config.settings_env)}
+    return {"settings": catalog.settings.as_dict(), "stored": stored,
+            "pinned_by_environment": sorted(catalog.config.settings_env)}
 
 
 def _validated(body: dict[str, Any]) -> dict[str, Any]:
@@ -313,41 +320,39 @@ def _validated(body: dict[str, Any]) -> dict[str, Any]:
 
 
 async def get_settings(request: web.Request) -> web.Response:
-    return web.json_response(await _settings_view(_gw(request)))
+    return web.json_response(await _settings_view(request))
 
 
 async def put_settings(request: web.Request) -> web.Response:
-    gateway = _gw(request)
     values = _validated(await _body(request))
-    await gateway.store.put_settings(values, replace=request.method == "PUT")
-    await gateway.reload()
-    return web.json_response(await _settings_view(gateway))
+    await request.app[STORE].put_settings(values, replace=request.method == "PUT")
+    await request.app[GATEWAY].reload()
+    return web.json_response(await _settings_view(request))
 
 
 async def get_require_login(request: web.Request) -> web.Response:
-    return web.json_response({"require_login": _gw(request).settings.require_login})
+    return web.json_response({"require_login": request.app[CATALOG].settings.require_login})
 
 
 async def put_require_login(request: web.Request) -> web.Response:
-    gateway = _gw(request)
+    catalog = request.app[CATALOG]
     body = await _body(request)
     values = _validated({"require_login": body.get("require_login", body.get("requireLogin"))})
-    await gateway.store.put_settings(values)
-    await gateway.reload()
-    return web.json_response({"require_login": gateway.settings.require_login})
+    await request.app[STORE].put_settings(values)
+    await request.app[GATEWAY].reload()
+    return web.json_response({"require_login": catalog.settings.require_login})
 
 
 async def change_password(request: web.Request) -> web.Response:
-    gateway = _gw(request)
     body = await _body(request)
     current, new = body.get("current_password"), body.get("new_password")
     if not isinstance(current, str) or not isinstance(new, str):
         raise InvalidRequest("Send current_password and new_password.")
-    stored = (await gateway.store.get_settings()).get(PASSWORD_SETTING, "")
+    stored = (await request.app[STORE].get_settings()).get(PASSWORD_SETTING, "")
     if not verify_password(current, stored):
         raise AuthenticationFailed("The current password is wrong.", code="invalid_password")
     try:
-        await set_password(gateway.store, new)
+        await set_password(request.app[STORE], new)
     except ValueError as exc:
         raise InvalidRequest(str(exc), param="new_password") from None
     return web.json_response({"ok": True})
@@ -358,9 +363,8 @@ async def recent_requests(request: web.Request) -> web.Response:
         limit = min(max(int(request.query.get("limit", "100")), 1), 1000)
     except ValueError:
         raise InvalidRequest("limit must be an integer", param="limit") from None
-    gateway = _gw(request)
-    await gateway.log.flush()
-    return web.json_response({"requests": await gateway.log.recent(limit)})
+    await request.app[REQUEST_LOG].flush()
+    return web.json_response({"requests": await request.app[REQUEST_LOG].recent(limit)})
 
 
 def setup_management_routes(app: web.Application) -> None:

@@ -18,7 +18,14 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
-from omniroute.appkeys import GATEWAY, PRINCIPAL, STREAM_STARTED
+from omniroute.appkeys import (
+    AUTH_SCHEMES,
+    CATALOG,
+    PRINCIPAL,
+    REGISTRY,
+    STREAM_STARTED,
+    WATCHER,
+)
 from omniroute.auth.base import ANONYMOUS, AuthScheme, Principal
 from omniroute.errors import (
     AuthenticationFailed,
@@ -30,7 +37,6 @@ from omniroute.errors import (
     openai_error_response,
 )
 from omniroute.formats.base import Format
-from omniroute.gateway import Gateway
 from omniroute.web.security import HOST_CHECK
 from omniroute.web.tags import access_of, is_management_path, tag_of
 
@@ -50,12 +56,11 @@ async def gateway_middleware(request: web.Request, handler: Handler) -> web.Stre
         routing_error = request.match_info.http_exception
         if routing_error is not None:
             raise routing_error
-        gateway = request.app[GATEWAY]
         access = access_of(request)
         if access == "admin":
-            request[PRINCIPAL] = await authenticate_admin(gateway, request)
+            request[PRINCIPAL] = await authenticate_admin(request)
         elif access == "client":
-            request[PRINCIPAL] = await authenticate_client(gateway, request)
+            request[PRINCIPAL] = await authenticate_client(request)
         return await handler(request)
     except GatewayError as err:
         if request.get(STREAM_STARTED):
@@ -90,7 +95,7 @@ def error_response(request: web.Request, err: GatewayError) -> web.Response:
 
 def _error_format(request: web.Request) -> Format | None:
     """The client API of the route, else of the paths it lies under; None: OpenAI's shape."""
-    formats = request.app[GATEWAY].formats
+    formats = request.app[REGISTRY].formats
     tag = tag_of(request)
     if tag is not None:
         return None if tag.format is None else formats.get(tag.format)
@@ -103,9 +108,9 @@ def _error_format(request: web.Request) -> Format | None:
     return None
 
 
-async def authenticate_client(gateway: Gateway, request: web.Request) -> Principal:
-    required = gateway.settings.require_api_key
-    for scheme in gateway.auth_schemes.values():
+async def authenticate_client(request: web.Request) -> Principal:
+    required = request.app[CATALOG].settings.require_api_key
+    for scheme in request.app[AUTH_SCHEMES].values():
         if not scheme.client_api:
             continue
         try:
@@ -113,7 +118,7 @@ async def authenticate_client(gateway: Gateway, request: web.Request) -> Princip
         except AuthenticationFailed as refusal:
             if not required:
                 return ANONYMOUS  # keys are optional: a wrong one is ignored, not refused
-            principal = await _after_check(gateway, scheme, request, refusal)
+            principal = await _after_check(scheme, request, refusal)
         if principal is not None:
             return principal
     if required:
@@ -123,12 +128,12 @@ async def authenticate_client(gateway: Gateway, request: web.Request) -> Princip
     return ANONYMOUS
 
 
-async def authenticate_admin(gateway: Gateway, request: web.Request) -> Principal:
-    for scheme in gateway.auth_schemes.values():
+async def authenticate_admin(request: web.Request) -> Principal:
+    for scheme in request.app[AUTH_SCHEMES].values():
         try:
             principal = await scheme.authenticate(request)
         except AuthenticationFailed as refusal:
-            principal = await _after_check(gateway, scheme, request, refusal)
+            principal = await _after_check(scheme, request, refusal)
         if principal is None:
             continue
         if not principal.is_admin:
@@ -139,12 +144,12 @@ async def authenticate_admin(gateway: Gateway, request: web.Request) -> Principa
         "or send an admin-scoped API key.", code="admin_required")
 
 
-async def _after_check(gateway: Gateway, scheme: AuthScheme, request: web.Request,
+async def _after_check(scheme: AuthScheme, request: web.Request,
                        refusal: AuthenticationFailed) -> Principal | None:
     """Before ``refusal`` is final: the credential may have been created a moment ago by
     another process (``omniroute keys create``). The config watcher checks now; when the
     configuration changed, ``scheme`` authenticates once more."""
-    if not await gateway.watcher.check():
+    if not await request.app[WATCHER].check():
         raise refusal
     return await scheme.authenticate(request)
 

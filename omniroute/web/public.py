@@ -8,69 +8,69 @@ from typing import Any
 
 from aiohttp import web
 
-from omniroute.appkeys import GATEWAY
+from omniroute.appkeys import CATALOG, HTTP, REGISTRY, REQUEST_LOG, RESILIENCE, STORE
 from omniroute.auth.admin import PASSWORD_SETTING
-from omniroute.gateway import Gateway
 from omniroute.version import __version__
 from omniroute.web.tags import tag_resource
 
 
 async def health(request: web.Request) -> web.Response:
     """``GET /api/monitoring/health``: status, version, uptime, database, providers."""
-    gateway = request.app[GATEWAY]
-    db_ok = await gateway.db.check()
-    connections = list(gateway.connections.values())
+    app = request.app
+    catalog = app[CATALOG]
+    db_ok = await app[STORE].db.check()
+    connections = list(catalog.connections.values())
     active = [c for c in connections if c.active]
     summary = {
         "configured": len(connections),
         "active": len(active),
-        "usable": len(gateway.providers),
-        "unusable": [{"id": cid, "error": err} for cid, err in gateway.provider_errors.items()],
-        "types": sorted(gateway.plugins.providers),
+        "usable": len(catalog.providers),
+        "unusable": [{"id": cid, "error": err} for cid, err in catalog.provider_errors.items()],
+        "types": sorted(app[REGISTRY].provider_types),
     }
-    state = gateway.resilience.snapshot(gateway.connections.values())
+    state = app[RESILIENCE].snapshot(catalog.connections.values())
     counts = state["health"]
     summary["health"] = {k: counts[k] for k in ("healthy", "degraded", "down")}
     summary["breakers"] = [{"key": b["key"], "state": b["state"]} for b in state["breakers"]]
-    degraded = gateway.provider_errors or counts["down"] or counts["degraded"]
+    degraded = catalog.provider_errors or counts["down"] or counts["degraded"]
     status = ("degraded" if degraded else "ok") if db_ok else "down"
     return web.json_response(
         {
             "status": status,
             "version": __version__,
-            "uptime_s": round(time.time() - gateway.started_at, 1),
+            "uptime_s": round(time.time() - catalog.started_at, 1),
             "database": {"ok": db_ok},
             "providers": summary,
-            "runtime": runtime(gateway),
+            "runtime": runtime(app),
         },
         status=200 if db_ok else 503,
     )
 
 
-def runtime(gateway: Gateway) -> dict[str, Any]:
+def runtime(app: web.Application) -> dict[str, Any]:
     """Counts that show a leak: asyncio tasks, upstream connections, log backlog."""
-    connector = gateway.http.connector
+    connector = app[HTTP].connector
     idle = sum(len(v) for v in getattr(connector, "_conns", {}).values())
     in_use = len(getattr(connector, "_acquired", ()))
     return {
         "tasks": len(asyncio.all_tasks()),
         "upstream_connections": {"in_use": in_use, "idle": idle},
-        "request_log_pending": gateway.log.pending,
+        "request_log_pending": app[REQUEST_LOG].pending,
     }
 
 
 async def init(request: web.Request) -> web.Response:
     """``GET /api/init``: what a dashboard needs before the user logs in."""
-    gateway = request.app[GATEWAY]
-    settings = await gateway.store.get_settings()
+    catalog = request.app[CATALOG]
+    stored = await request.app[STORE].get_settings()
     return web.json_response({
         "name": "omniroute",
         "version": __version__,
-        "password_set": PASSWORD_SETTING in settings,
-        "require_login": gateway.settings.require_login,
-        "require_api_key": gateway.settings.require_api_key,
+        "password_set": PASSWORD_SETTING in stored,
+        "require_login": catalog.settings.require_login,
+        "require_api_key": catalog.settings.require_api_key,
         "login_url": "/api/auth/login",
-        "has_providers": bool(gateway.connections),
+        "has_providers": bool(catalog.connections),
     })
 
 

@@ -12,10 +12,9 @@ from typing import Any
 
 from aiohttp import web
 
-from omniroute.appkeys import GATEWAY
+from omniroute.appkeys import CATALOG, GATEWAY, RESILIENCE, STORE
 from omniroute.bodies import read_object
 from omniroute.errors import InvalidRequest, NotFound
-from omniroute.gateway import Gateway
 from omniroute.web.management import _validated
 from omniroute.web.tags import tag_route
 
@@ -30,54 +29,54 @@ RESILIENCE_SETTINGS = (
 )
 
 
-def _view(gateway: Gateway) -> dict[str, Any]:
-    current = gateway.settings.as_dict()
-    state = gateway.resilience.snapshot(gateway.connections.values())
+def _view(request: web.Request) -> dict[str, Any]:
+    catalog = request.app[CATALOG]
+    current = catalog.settings.as_dict()
+    state = request.app[RESILIENCE].snapshot(catalog.connections.values())
     return {
         "settings": {k: current[k] for k in RESILIENCE_SETTINGS},
-        "pinned_by_environment": sorted(set(gateway.config.settings_env) & set(RESILIENCE_SETTINGS)),
+        "pinned_by_environment": sorted(set(catalog.config.settings_env) & set(RESILIENCE_SETTINGS)),
         "health": state["health"],
         "breakers": state["breakers"],
     }
 
 
 async def get_resilience(request: web.Request) -> web.Response:
-    return web.json_response(_view(request.app[GATEWAY]))
+    return web.json_response(_view(request))
 
 
 async def patch_resilience(request: web.Request) -> web.Response:
-    gateway = request.app[GATEWAY]
-    body = await read_object(request, gateway.settings.max_body_bytes)
+    catalog = request.app[CATALOG]
+    body = await read_object(request, catalog.settings.max_body_bytes)
     unknown = sorted(set(body) - set(RESILIENCE_SETTINGS))
     if unknown:
         raise InvalidRequest(f"not a resilience setting: {', '.join(unknown)} "
                              "(other settings live under /api/settings)", code="invalid_setting")
-    await gateway.store.put_settings(_validated(body))
-    await gateway.reload()
-    return web.json_response(_view(gateway))
+    await request.app[STORE].put_settings(_validated(body))
+    await request.app[GATEWAY].reload()
+    return web.json_response(_view(request))
 
 
 async def reset_resilience(request: web.Request) -> web.Response:
-    gateway = request.app[GATEWAY]
+    catalog = request.app[CATALOG]
     body: dict[str, Any] = {}
     if request.can_read_body:
-        body = await read_object(request, gateway.settings.max_body_bytes)
+        body = await read_object(request, catalog.settings.max_body_bytes)
     connection_id = body.get("connection_id")
-    if connection_id is not None and connection_id not in gateway.connections:
+    if connection_id is not None and connection_id not in catalog.connections:
         raise NotFound(f"No connection {connection_id!r}.")
-    gateway.resilience.reset(connection_id)
-    return web.json_response({"reset": connection_id or "all", **_view(gateway)})
+    request.app[RESILIENCE].reset(connection_id)
+    return web.json_response({"reset": connection_id or "all", **_view(request)})
 
 
 async def rate_limits(request: web.Request) -> web.Response:
-    gateway = request.app[GATEWAY]
-    state = gateway.resilience.snapshot(gateway.connections.values())
+    catalog = request.app[CATALOG]
+    state = request.app[RESILIENCE].snapshot(catalog.connections.values())
     return web.json_response({"connections": state["connections"], "health": state["health"]})
 
 
 async def sessions(request: web.Request) -> web.Response:
-    gateway = request.app[GATEWAY]
-    return web.json_response(gateway.resilience.sessions.snapshot())
+    return web.json_response(request.app[RESILIENCE].sessions.snapshot())
 
 
 def setup_resilience_routes(app: web.Application) -> None:

@@ -12,7 +12,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from omniroute.appkeys import GATEWAY, PRINCIPAL
+from omniroute.appkeys import CATALOG, PRINCIPAL, REGISTRY, STORE
 from omniroute.bodies import read_object
 from omniroute.errors import InvalidRequest, NotFound
 from omniroute.formats.base import ClientRequest, Format
@@ -23,11 +23,11 @@ from omniroute.web.tags import tag_route
 
 
 def _store(request: web.Request) -> ResponseStore:
-    return ResponseStore(request.app[GATEWAY].db)
+    return ResponseStore(request.app[STORE].db)
 
 
 def _responses_format(request: web.Request) -> Format:
-    fmt = request.app[GATEWAY].formats.get("responses")
+    fmt = request.app[REGISTRY].formats.get("responses")
     if fmt is None:
         raise NotFound("The 'responses' API is not available: its format plugin is not loaded "
                        "(see `omniroute plugins`).")
@@ -60,9 +60,8 @@ async def count_input_tokens(request: web.Request) -> web.Response:
     Counted over the canonical request (instructions, input items, tools), with
     ``previous_response_id`` resolved as ``POST /v1/responses`` would.
     """
-    gateway = request.app[GATEWAY]
     fmt = _responses_format(request)
-    body = await read_object(request, gateway.settings.max_body_bytes)
+    body = await read_object(request, request.app[CATALOG].settings.max_body_bytes)
     body = await ResponsesState(_store(request), request[PRINCIPAL].key_id).prepare(body)
     model = body.get("model") if isinstance(body.get("model"), str) and body["model"] else "-"
     body = {**body, "model": model, "stream": False}

@@ -65,14 +65,14 @@ class Cell:
 
     def reset(self) -> None:
         """Forget failures (cooldowns, breakers) so the next request is served again."""
-        self.gw.gateway.resilience.reset()
+        self.gw.resilience.reset()
 
     # ------------------------------------------------------------------ shared checks
 
     async def check_logged(self, *, status: int = 200, stream: bool | None = None,
                            usage: bool = True) -> dict[str, Any]:
         """The newest request-log record: status, and the shared usage numbers."""
-        log = self.gw.gateway.log
+        log = self.gw.log
         record: dict[str, Any] = {}
         for _ in range(50):  # the record is written when the handler returns
             await log.flush()
