@@ -170,17 +170,6 @@ def test_bad_start_up_input_is_one_line_and_exit_2(tmp_path: Path, name: str) ->
     assert "serving on" not in done.stderr
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into a read-only directory")
-def test_read_only_data_dir(tmp_path: Path) -> None:
-    data = tmp_path / "data"
-    data.mkdir(mode=0o500)
-    try:
-        refused(_omniroute("--data-dir", str(data), "serve", "--port", str(_free_port())),
-                "is not writable")
-    finally:
-        data.chmod(0o700)
-
-
 def test_a_key_that_does_not_decrypt_the_stored_credentials(tmp_path: Path) -> None:
     data = str(tmp_path / "data")
     added = _omniroute("--data-dir", data, "providers", "add", "--preset", "groq",

@@ -98,7 +98,7 @@ TERMINAL, COOLING, BREAKER_OPEN = "terminal", "cooling", "breaker_open"
 
 def auth_kind(provider: Provider) -> str:
     """``"oauth"`` for subscription providers, else ``"api_key"``."""
-    return str(getattr(provider, "auth_kind", "api_key"))
+    return provider.auth_kind
 
 
 def breaker_key(target: Target) -> str:
