@@ -22,6 +22,8 @@ from typing import Any
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 20128
+#: the event loops ``serve`` can run on
+LOOPS = ("auto", "uvloop", "asyncio")
 
 
 class ConfigError(ValueError):
@@ -40,6 +42,8 @@ class Config:
     port: int = DEFAULT_PORT
     data_dir: Path = field(default_factory=default_data_dir)
     workers: int = 1
+    #: event loop: "auto" (uvloop when installed, else asyncio), "uvloop" or "asyncio"
+    loop: str = "auto"
     log_level: str = "info"
     secret_key: bytes | None = None  # credentials encryption key; else a key file
     initial_password: str | None = None
@@ -95,6 +99,7 @@ def load_config(
         "port": server.get("port", DEFAULT_PORT),
         "data_dir": server.get("data_dir"),
         "workers": server.get("workers", 1),
+        "loop": server.get("loop", "auto"),
         "log_level": server.get("log_level", "info"),
         "disabled_plugins": tuple(plugins.get("disabled", ())),
         "allowed_plugins": tuple(plugins["allowed"]) if "allowed" in plugins else None,
@@ -104,6 +109,7 @@ def load_config(
         "OMNIROUTE_PORT": "port",
         "OMNIROUTE_DATA_DIR": "data_dir",
         "OMNIROUTE_WORKERS": "workers",
+        "OMNIROUTE_LOOP": "loop",
         "OMNIROUTE_LOG_LEVEL": "log_level",
     }
     for var, key in env_map.items():
@@ -121,6 +127,8 @@ def load_config(
         raise ConfigError(f"port and workers must be integers: {exc}") from exc
     if not 0 <= port < 65536 or workers < 1:
         raise ConfigError("port must be 0-65535 and workers at least 1")
+    if values["loop"] not in LOOPS:
+        raise ConfigError(f"loop must be one of {', '.join(LOOPS)}, got {values['loop']!r}")
 
     secret = env.get("OMNIROUTE_SECRET_KEY")
     key: bytes | None = None
@@ -141,6 +149,7 @@ def load_config(
         port=port,
         data_dir=Path(values["data_dir"] or default_data_dir()).expanduser(),
         workers=workers,
+        loop=str(values["loop"]),
         log_level=str(values["log_level"]).lower(),
         secret_key=key,
         initial_password=env.get("INITIAL_PASSWORD") or None,

@@ -7,6 +7,8 @@ import logging
 import multiprocessing
 import signal
 import sys
+from collections.abc import Callable, Coroutine
+from typing import Any
 
 from aiohttp import web
 
@@ -53,6 +55,29 @@ def settle_malloc() -> None:
     bytearray(1 << 20)  # allocated with mmap, freed at once
 
 
+def loop_factory(name: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """The event loop to run on: uvloop's for ``uvloop`` and ``auto``, else asyncio's (None).
+
+    ``auto`` falls back to asyncio quietly when uvloop is not installed (it has no
+    Windows build); an explicit ``uvloop`` says so in the log first.
+    """
+    if name == "asyncio":
+        return None
+    try:
+        import uvloop
+    except ImportError:
+        if name == "uvloop":
+            log.warning("uvloop is not installed: running on asyncio's event loop")
+        return None
+    return uvloop.new_event_loop
+
+
+def run(coro: Coroutine[Any, Any, None], loop: str) -> None:
+    """``asyncio.run(coro)`` on the event loop named by ``loop`` (see :func:`loop_factory`)."""
+    with asyncio.Runner(loop_factory=loop_factory(loop)) as runner:
+        runner.run(coro)
+
+
 async def run_worker(config: Config, *, reuse_port: bool = False, announce: bool = False) -> None:
     """Serve until SIGINT or SIGTERM, then shut down cleanly (flushing the request log)."""
     settle_malloc()
@@ -80,7 +105,7 @@ async def run_worker(config: Config, *, reuse_port: bool = False, announce: bool
 def _worker_main(config: Config, announce: bool) -> None:
     setup_logging(config.log_level)
     try:
-        asyncio.run(run_worker(config, reuse_port=True, announce=announce))
+        run(run_worker(config, reuse_port=True, announce=announce), config.loop)
     except KeyboardInterrupt:
         pass
 
@@ -91,7 +116,7 @@ def serve(config: Config) -> None:
     asyncio.run(prepare(config))
     if config.workers == 1:
         try:
-            asyncio.run(run_worker(config, announce=True))
+            run(run_worker(config, announce=True), config.loop)
         except KeyboardInterrupt:
             pass
         return
