@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import multiprocessing
 import signal
@@ -78,12 +79,27 @@ def run(coro: Coroutine[Any, Any, None], loop: str) -> None:
         runner.run(coro)
 
 
+def settle_gc() -> None:
+    """Move everything start-up made out of the cyclic garbage collector's sight.
+
+    Plugins, formats, the SDK-free import graph and the app are alive for the whole
+    run, yet every full collection walked them all again: a few hundred thousand
+    objects, which made per-request allocations (a task, a response) trigger
+    collections that cost more than the request itself (measured with py-spy: the
+    time showed up in ``create_task``). ``gc.freeze()`` parks them in the permanent
+    generation; objects made per request are collected as before.
+    """
+    gc.collect()
+    gc.freeze()
+
+
 async def run_worker(config: Config, *, reuse_port: bool = False, announce: bool = False) -> None:
     """Serve until SIGINT or SIGTERM, then shut down cleanly (flushing the request log)."""
     settle_malloc()
     app = make_app(config)
     runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
     await runner.setup()  # opens the database and the plugins' resources
+    settle_gc()
     try:
         site = web.TCPSite(runner, config.host, config.port, reuse_port=reuse_port or None,
                            backlog=1024)
