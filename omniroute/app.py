@@ -6,11 +6,12 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
+from omniroute.appkeys import GATEWAY, PIPELINE
 from omniroute.config import Config
 from omniroute.gateway import Gateway
+from omniroute.pipeline import Pipeline, default_stages
 from omniroute.plugins import Plugins, load_plugins
 from omniroute.web.client import setup_client_routes
-from omniroute.web.keys import GATEWAY
 from omniroute.web.management import setup_management_routes
 from omniroute.web.middleware import gateway_middleware
 from omniroute.web.public import setup_public_routes
@@ -29,9 +30,12 @@ def make_app(config: Config, plugins: Plugins | None = None) -> web.Application:
     app = web.Application(middlewares=[gateway_middleware], client_max_size=2**40)
     gateway = Gateway(config, plugins)
     app[GATEWAY] = gateway
+    pipeline = Pipeline(gateway, gateway.resilience, gateway.new_request_id)
+    app[PIPELINE] = pipeline
 
     async def gateway_ctx(app: web.Application) -> AsyncIterator[None]:
         await gateway.start()
+        pipeline.open(gateway.log, default_stages(gateway.db))
         yield
         await gateway.close()
 

@@ -52,7 +52,13 @@ class ModelNotFound(InvalidRequest):
     code = "model_not_found"
 
 
-class EmbeddingsNotSupported(InvalidRequest):
+class TargetUnsupported(InvalidRequest):
+    """The provider type behind a target cannot serve this kind of request at all."""
+
+    code = "operation_not_supported"
+
+
+class EmbeddingsNotSupported(TargetUnsupported):
     """The provider type behind a target does not serve embeddings."""
 
     code = "embeddings_not_supported"

@@ -53,7 +53,7 @@ class Gateway:
         self.combos: list[Combo] = []
         self.router = Router({}, {}, [], {})
         self.auth_schemes: dict[str, AuthScheme] = {}
-        self.formats: dict[str, Format] = {}
+        self.formats: dict[str, Format] = {name: cls() for name, cls in plugins.formats.items()}
         self.resilience = Resilience(self.settings)
         self.models: dict[str, tuple[float, list[str]]] = {}
         self._config_version = -1
@@ -78,7 +78,6 @@ class Gateway:
                                           headers={"User-Agent": f"omniroute/{__version__}"})
         self.context = ProviderContext(self.http, self.timeouts, f"omniroute/{__version__}")
         try:
-            self.formats = {name: cls() for name, cls in self.plugins.formats.items()}
             self.auth_schemes = {name: cls(self) for name, cls in self.plugins.auth_schemes.items()}
             await self.reload(strict=True)
             for scheme in self.auth_schemes.values():

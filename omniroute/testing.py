@@ -24,7 +24,7 @@ class GatewayHarness:
     """A started gateway app with an aiohttp test client and an admin key."""
 
     def __init__(self, client: Any, admin_key: str) -> None:
-        from omniroute.web.keys import GATEWAY
+        from omniroute.appkeys import GATEWAY
 
         self.client = client
         self.gateway = client.app[GATEWAY]

@@ -20,13 +20,13 @@ from aiohttp import web
 from click.testing import CliRunner
 
 from omniroute import AuthScheme, CacheBackend, Principal, Provider, hookimpl, hookspecs
+from omniroute.appkeys import GATEWAY, PRINCIPAL
 from omniroute.config import Config
 from omniroute.errors import AuthenticationFailed
 from omniroute.formats import canonical
 from omniroute.formats.base import ClientRequest, Format
 from omniroute.plugins import load_plugins
 from omniroute.testing import make_test_config, start_harness
-from omniroute.web.keys import GATEWAY, PRINCIPAL
 
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "plugins.md"
 

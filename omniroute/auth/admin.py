@@ -21,13 +21,13 @@ from typing import TYPE_CHECKING
 
 from aiohttp import web
 
+from omniroute.appkeys import GATEWAY
 from omniroute.auth.base import AuthScheme, Principal
+from omniroute.bodies import read_json
 from omniroute.config import Config
 from omniroute.errors import AuthenticationFailed, GatewayError, InvalidRequest
 from omniroute.hookspecs import hookimpl
 from omniroute.storage.store import Store
-from omniroute.web.body import read_json
-from omniroute.web.keys import GATEWAY
 
 if TYPE_CHECKING:
     from omniroute.gateway import Gateway

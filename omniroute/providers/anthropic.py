@@ -72,6 +72,7 @@ class AnthropicProvider(HTTPProvider):
 
     type = "anthropic"
     format = "anthropic"
+    capabilities = frozenset({"chat", "count_tokens"})
     default_prefix = "anthropic"
     description = "Anthropic Messages API (and Anthropic-compatible endpoints)"
     presets = {p.name: p for p in _PRESETS}

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import aiohttp
 
-from omniroute.errors import EmbeddingsNotSupported, UpstreamError
+from omniroute.errors import EmbeddingsNotSupported, TargetUnsupported, UpstreamError
 
 if TYPE_CHECKING:
     from omniroute.storage.store import Connection
@@ -142,6 +142,10 @@ class Provider:
     #: credential names this type understands; ``required`` ones must be given
     credential_fields: ClassVar[tuple[str, ...]] = ("api_key",)
     requires_credentials: ClassVar[bool] = True
+    #: what a connection of this type can serve: ``"chat"``, ``"embeddings"`` (implement
+    #: :meth:`embed`), ``"count_tokens"`` (implement :meth:`count_tokens`). The gateway
+    #: skips, without charging it, a target whose type lacks what a request needs.
+    capabilities: ClassVar[frozenset[str]] = frozenset({"chat"})
     #: ``"api_key"``, or ``"oauth"`` for subscription accounts (stricter circuit
     #: breaker; a 401/403 first triggers :meth:`refresh_credentials`)
     auth_kind: ClassVar[str] = "api_key"
@@ -187,6 +191,18 @@ class Provider:
         raise EmbeddingsNotSupported(
             f"Provider type {self.type!r} (connection {self.connection.name!r}) does not "
             "serve embeddings.", param="model")
+
+    async def count_tokens(
+        self, body: dict[str, Any], client_headers: Mapping[str, str] | None = None
+    ) -> dict[str, Any]:
+        """Count a request's input tokens upstream (capability ``"count_tokens"``).
+
+        :param body: the request in the provider's own format, its ``model`` already
+            the upstream's name.
+        :param client_headers: the client's headers, for those worth passing on.
+        :returns: the upstream's answer, holding ``input_tokens``.
+        """
+        raise TargetUnsupported(f"Provider type {self.type!r} does not count tokens.")
 
     async def refresh_credentials(self) -> bool:
         """Renew expired credentials (OAuth); True when the call is worth retrying."""

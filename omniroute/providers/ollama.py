@@ -44,6 +44,7 @@ class OllamaProvider(HTTPProvider):
 
     type = "ollama"
     format = "ollama"
+    capabilities = frozenset({"chat", "embeddings"})
     default_prefix = "ollama"
     description = "Ollama native API (/api/chat)"
     presets = {p.name: p for p in _PRESETS}

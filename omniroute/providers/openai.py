@@ -53,6 +53,7 @@ class OpenAIProvider(HTTPProvider):
 
     type = "openai"
     format = "openai"
+    capabilities = frozenset({"chat", "embeddings"})
     default_prefix = "openai"
     description = "Any OpenAI-compatible Chat Completions API"
     presets = {p.name: p for p in _PRESETS}

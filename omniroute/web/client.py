@@ -5,7 +5,7 @@
 | OpenAI Chat | ``POST /v1/chat/completions`` (also ``/chat/completions``), ``POST /v1/providers/{prefix}/chat/completions``, ``GET /v1/models`` (also ``/models``), ``GET /v1/models/{id}`` |
 | OpenAI Completions (legacy) | ``POST /v1/completions`` (also ``/completions``), served by chat models |
 | Anthropic | ``POST /v1/messages``, ``POST /v1/messages/count_tokens`` (also without ``/v1``) |
-| OpenAI Responses | ``POST /v1/responses``, ``GET``/``DELETE /v1/responses/{id}``, ``POST /v1/responses/input_tokens`` (also without ``/v1``); state in :mod:`responses_state` |
+| OpenAI Responses | ``POST /v1/responses``, ``GET``/``DELETE /v1/responses/{id}``, ``POST /v1/responses/input_tokens`` (also without ``/v1``); state in the pipeline stage :mod:`omniroute.pipeline.responses_state` |
 | Gemini | ``POST /v1beta/models/{model}:generateContent`` and ``:streamGenerateContent``, the same under ``/v1/models/``; ``GET /v1beta/models`` |
 | Ollama | ``POST /api/chat`` (also ``/v1/api/chat``), ``GET /api/tags``, ``GET /api/version`` |
 | Embeddings | ``POST /v1/embeddings`` (also ``/embeddings``), ``POST /api/embed``, ``POST /api/embeddings``; see :mod:`embeddings` |
@@ -25,18 +25,15 @@ from typing import Any
 
 from aiohttp import web
 
+from omniroute.appkeys import GATEWAY, PIPELINE
 from omniroute.errors import GatewayError, InvalidRequest, NotFound
-from omniroute.formats.base import ClientRequest
+from omniroute.formats.base import Format
 from omniroute.formats.completions import CompletionsFormat
 from omniroute.gateway import Gateway
-from omniroute.proxy import handle
-from omniroute.tokens import estimate_request
+from omniroute.pipeline import Chat, CountTokens, Operation
 from omniroute.version import __version__
-from omniroute.web.body import read_object
-from omniroute.web.count_tokens import setup_count_tokens_routes
 from omniroute.web.embeddings import setup_embeddings_routes
-from omniroute.web.keys import GATEWAY
-from omniroute.web.responses_state import setup_responses_routes
+from omniroute.web.responses import setup_responses_routes
 
 #: paths under /api/ that are client API (Ollama's), not management API
 OLLAMA_PATHS = frozenset({"/api/chat", "/api/tags", "/api/version", "/v1/api/chat",
@@ -58,65 +55,61 @@ def client_format_of(path: str) -> str:
     return "openai"
 
 
-def _endpoint(format_name: str, endpoint: str) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def _unavailable(format_name: str) -> Handler:
     async def serve(request: web.Request) -> web.StreamResponse:
-        fmt = request.app[GATEWAY].formats.get(format_name)
-        if fmt is None:
-            raise NotFound(f"The {format_name!r} API is not available: its format plugin "
-                           "is not loaded (see `omniroute plugins`).")
-        return await handle(request, fmt, endpoint)
+        raise NotFound(f"The {format_name!r} API is not available: its format plugin "
+                       "is not loaded (see `omniroute plugins`).")
 
     return serve
 
 
-def _completions_endpoint() -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
-    fmt = CompletionsFormat()  # client side only: no provider speaks it, no plugin registers it
+def _route(app: web.Application, operation: Operation) -> Handler:
+    """A handler serving ``operation`` through the pipeline."""
+    pipeline = app[PIPELINE]
 
     async def serve(request: web.Request) -> web.StreamResponse:
-        return await handle(request, fmt, "completions")
+        return await pipeline.serve(request, operation)
 
     return serve
 
 
-async def gemini_generate(request: web.Request) -> web.StreamResponse:
-    """``POST /v1beta/models/{model}:generateContent`` (or ``:streamGenerateContent``)."""
-    model, _, action = request.match_info["tail"].rpartition(":")
-    model = model.removeprefix("models/")
-    if action == "countTokens" and model:
-        return await gemini_count_tokens(request, model)
-    if action not in _GEMINI_ACTIONS:
-        raise NotFound(f"Unknown Gemini method {action!r}; this gateway serves "
-                       "generateContent, streamGenerateContent and countTokens.")
-    if not model:
-        raise InvalidRequest("The model is missing from the URL: "
-                             "POST /v1beta/models/{model}:" + action, param="model",
-                             code="missing_model")
-    fmt = request.app[GATEWAY].formats.get("gemini")
+def _chat(app: web.Application, fmt: Format | None, format_name: str, endpoint: str) -> Handler:
     if fmt is None:
-        raise NotFound("The 'gemini' API is not available: its format plugin is not loaded.")
-    return await handle(request, fmt, f"gemini.{action}", path_model=model,
-                        path_stream=_GEMINI_ACTIONS[action])
+        return _unavailable(format_name)
+    return _route(app, Chat(fmt, endpoint, app[GATEWAY].formats))
 
 
-async def gemini_count_tokens(request: web.Request, model: str) -> web.Response:
-    """``POST /v1beta/models/{model}:countTokens``: the local estimate of the contents.
-
-    Accepts ``contents`` (and ``systemInstruction``/``tools``) or a whole
-    ``generateContentRequest``, as the API does.
-    """
-    gateway = request.app[GATEWAY]
+def _gemini(app: web.Application) -> Handler:
+    """``POST /v1beta/models/{model}:generateContent`` (``:streamGenerateContent``, ``:countTokens``)."""
+    gateway = app[GATEWAY]
     fmt = gateway.formats.get("gemini")
     if fmt is None:
-        raise NotFound("The 'gemini' API is not available: its format plugin is not loaded.")
-    body = await read_object(request, gateway.settings.max_body_bytes)
-    inner = body.get("generateContentRequest")
-    if isinstance(inner, dict):
-        body = inner
-    gateway.router.resolve(model)  # an unknown model is the client's mistake (400)
-    canonical = fmt.decode_request(ClientRequest(body, model, False, request.headers,
-                                                 request.query))
-    return web.json_response({"totalTokens": estimate_request(canonical)},
-                             headers={"X-OmniRoute-Token-Count": "estimate"})
+        return _unavailable("gemini")
+    pipeline = app[PIPELINE]
+    operations: dict[str, Operation] = {
+        action: Chat(fmt, f"gemini.{action}", gateway.formats) for action in _GEMINI_ACTIONS}
+    operations["countTokens"] = CountTokens(
+        fmt, "gemini.countTokens", lambda tokens: {"totalTokens": tokens},
+        connect_timeout=lambda: gateway.timeouts.connect, unwrap="generateContentRequest")
+
+    async def serve(request: web.Request) -> web.StreamResponse:
+        model, _, action = request.match_info["tail"].rpartition(":")
+        model = model.removeprefix("models/")
+        operation = operations.get(action)
+        if operation is None:
+            raise NotFound(f"Unknown Gemini method {action!r}; this gateway serves "
+                           "generateContent, streamGenerateContent and countTokens.")
+        if not model:
+            raise InvalidRequest("The model is missing from the URL: "
+                                 "POST /v1beta/models/{model}:" + action, param="model",
+                                 code="missing_model")
+        return await pipeline.serve(request, operation, path_model=model,
+                                    path_stream=_GEMINI_ACTIONS.get(action, False))
+
+    return serve
 
 
 async def gemini_model(request: web.Request) -> web.Response:
@@ -231,31 +224,40 @@ async def root(request: web.Request) -> web.Response:
 
 def setup_client_routes(app: web.Application) -> None:
     r = app.router
-    chat = _endpoint("openai", "chat.completions")
+    formats = app[GATEWAY].formats
+    chat = _chat(app, formats.get("openai"), "openai", "chat.completions")
     for path in ("/v1/chat/completions", "/chat/completions",
                  "/v1/providers/{provider}/chat/completions"):
         r.add_post(path, chat)
-    messages = _endpoint("anthropic", "messages")
-    for path in ("/v1/messages", "/messages"):
-        r.add_post(path, messages)
-    setup_count_tokens_routes(app)
+    anthropic = formats.get("anthropic")
+    messages = _chat(app, anthropic, "anthropic", "messages")
+    count = _unavailable("anthropic") if anthropic is None else _route(app, CountTokens(
+        anthropic, "messages.count_tokens", lambda tokens: {"input_tokens": tokens},
+        connect_timeout=lambda: app[GATEWAY].timeouts.connect))
+    for base in ("/v1/messages", "/messages"):
+        r.add_post(base, messages)
+        r.add_post(base + "/count_tokens", count)
+    responses = _chat(app, formats.get("responses"), "responses", "responses")
+    for path in ("/v1/responses", "/responses"):
+        r.add_post(path, responses)
     setup_responses_routes(app)
     r.add_get("/v1/responses", responses_websocket, allow_head=False)
-    completions = _completions_endpoint()
+    # client side only: no provider speaks legacy completions, no plugin registers it
+    completions = _chat(app, CompletionsFormat(), "completions", "completions")
     for path in ("/v1/completions", "/completions"):
         r.add_post(path, completions)
-    ollama = _endpoint("ollama", "ollama.chat")
+    ollama = _chat(app, formats.get("ollama"), "ollama", "ollama.chat")
     for path in ("/api/chat", "/v1/api/chat"):
         r.add_post(path, ollama)
     r.add_get("/api/tags", ollama_tags)
     setup_embeddings_routes(app)
     r.add_get("/api/version", ollama_version)
+    gemini = _gemini(app)
     for base in ("/v1beta/models/", "/v1/models/"):
-        r.add_post(base + "{tail:.+}", gemini_generate)
+        r.add_post(base + "{tail:.+}", gemini)
     r.add_get("/v1beta/models", gemini_models)
     r.add_get("/v1beta/models/{tail:.+}", gemini_model)
     for path in ("/v1/models", "/models"):
         r.add_get(path, list_models)
     r.add_get("/v1/models/{id:.+}", get_model)
     r.add_get("/", root)  # also answers HEAD
-

@@ -15,47 +15,21 @@ client's moves on. Errors take the client's shape in the middleware.
 
 from __future__ import annotations
 
-import asyncio
 import base64
-import logging
 import struct
-import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
-from functools import partial
 from typing import Any
 
 from aiohttp import web
 
-from omniroute.errors import (
-    EmbeddingsNotSupported,
-    GatewayError,
-    InvalidRequest,
-)
-from omniroute.gateway import Gateway
+from omniroute.appkeys import GATEWAY, PIPELINE
+from omniroute.errors import InvalidRequest, NotFound
+from omniroute.pipeline import Embed, EmbedRequest
+from omniroute.pipeline.embed import Decode, Encode
 from omniroute.providers.base import Embeddings
-from omniroute.proxy import all_failed, plan_targets, try_target
-from omniroute.routing import Route, Target
-from omniroute.storage import RequestRecord
-from omniroute.tokens import estimate_text
-from omniroute.web.body import read_object
-from omniroute.web.keys import GATEWAY, PRINCIPAL
-
-log = logging.getLogger(__name__)
 
 #: the most inputs one request may embed (OpenAI's own limit)
 MAX_INPUTS = 2048
-
-
-@dataclass(slots=True)
-class EmbedRequest:
-    """What any client asked for, in one shape."""
-
-    model: str
-    inputs: list[str]
-    options: dict[str, Any] = field(default_factory=dict)
-    #: OpenAI clients may ask for ``"base64"`` (little-endian float32)
-    encoding: str = "float"
 
 
 # ----------------------------------------------------------------------------- request bodies
@@ -139,80 +113,30 @@ def legacy_answer(ask: EmbedRequest, result: Embeddings, tokens: int, ns: int) -
     return {"embedding": result.vectors[0]}
 
 
-# ----------------------------------------------------------------------------- the data path
+# ----------------------------------------------------------------------------- routes
 
-Decode = Callable[[dict[str, Any]], EmbedRequest]
-Encode = Callable[[EmbedRequest, Embeddings, int, int], Any]
+def endpoint(
+    app: web.Application, format_name: str, decode: Decode, encode: Encode
+) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+    """A handler serving one embeddings API through the pipeline."""
+    fmt = app[GATEWAY].formats.get(format_name)
+    pipeline = app[PIPELINE]
+    if fmt is None:
+        async def unavailable(request: web.Request) -> web.StreamResponse:
+            raise NotFound(f"The {format_name!r} API is not available: its format plugin "
+                           "is not loaded (see `omniroute plugins`).")
+        return unavailable
+    operation = Embed(fmt, "embeddings", decode, encode)
 
-
-def endpoint(decode: Decode, encode: Encode) -> Callable[[web.Request], Awaitable[web.Response]]:
-    async def serve(request: web.Request) -> web.Response:
-        return await handle(request, decode, encode)
+    async def serve(request: web.Request) -> web.StreamResponse:
+        return await pipeline.serve(request, operation)
 
     return serve
 
 
-async def handle(request: web.Request, decode: Decode, encode: Encode) -> web.Response:
-    """Read, route, embed (with fallback), answer, record."""
-    gateway = request.app[GATEWAY]
-    started = time.perf_counter()
-    record = RequestRecord(request_id=gateway.new_request_id(), ts=time.time(),
-                           endpoint="embeddings", api_key_id=request[PRINCIPAL].key_id)
-    try:
-        ask = decode(await read_object(request, gateway.settings.max_body_bytes))
-        record.model_requested = ask.model
-        route = gateway.router.resolve(ask.model)
-        target, result = await embed(gateway, route, ask, record)
-        tokens = result.prompt_tokens
-        if tokens is None:  # the upstream did not count: estimate, as for chat
-            tokens = sum(estimate_text(text) for text in ask.inputs)
-        record.status, record.prompt_tokens = 200, tokens
-        record.ttfb_ms = (time.perf_counter() - started) * 1000
-        elapsed_ns = int((time.perf_counter() - started) * 1e9)
-        return web.json_response(encode(ask, result, tokens, elapsed_ns), headers={
-            "X-OmniRoute-Request-Id": record.request_id,
-            "X-OmniRoute-Provider": target.prefix,
-            "X-OmniRoute-Model": target.model,
-            "X-OmniRoute-Fallback-Attempts": str(max(0, record.attempts - 1))})
-    except GatewayError as err:
-        record.status, record.error = err.status, err.message
-        err.headers.setdefault("X-OmniRoute-Request-Id", record.request_id)
-        raise
-    except (asyncio.CancelledError, ConnectionResetError):
-        record.status, record.error = 499, "client disconnected"
-        raise
-    except Exception as exc:  # a bug of ours: recorded, then rendered by the middleware
-        record.status, record.error = 500, f"internal error: {type(exc).__name__}"
-        raise
-    finally:
-        record.latency_ms = (time.perf_counter() - started) * 1000
-        gateway.log.add(record)
-
-
-async def embed(
-    gateway: Gateway, route: Route, ask: EmbedRequest, record: RequestRecord
-) -> tuple[Target, Embeddings]:
-    """Try the route's targets in the strategy's order until one embeds (as chat does)."""
-    plan = await plan_targets(gateway, route, None)
-    failures: list[tuple[Target, GatewayError]] = []
-    for target in plan.targets:
-        tried = await try_target(
-            gateway, target, record, None, failures,
-            partial(target.provider.embed, target.model, ask.inputs, ask.options),
-            skip=(EmbeddingsNotSupported,))  # a type without embeddings: skipped, not charged
-        if tried is None:
-            log.warning("%s failed for %s: %s", target.label, record.request_id,
-                        failures[-1][1])
-            continue
-        result, attempt = tried
-        await attempt.__aexit__(None, None, None)
-        return target, result
-    raise all_failed(route, failures, plan.skipped)
-
-
 def setup_embeddings_routes(app: web.Application) -> None:
-    openai = endpoint(openai_request, openai_answer)
+    openai = endpoint(app, "openai", openai_request, openai_answer)
     for path in ("/v1/embeddings", "/embeddings"):
         app.router.add_post(path, openai)
-    app.router.add_post("/api/embed", endpoint(ollama_request, ollama_answer))
-    app.router.add_post("/api/embeddings", endpoint(legacy_request, legacy_answer))
+    app.router.add_post("/api/embed", endpoint(app, "ollama", ollama_request, ollama_answer))
+    app.router.add_post("/api/embeddings", endpoint(app, "ollama", legacy_request, legacy_answer))

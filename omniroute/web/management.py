@@ -14,14 +14,14 @@ from typing import Any
 from aiohttp import web
 
 from omniroute.accounts import build_combo, build_connection
+from omniroute.appkeys import GATEWAY
 from omniroute.auth.admin import PASSWORD_SETTING, set_password, verify_password
+from omniroute.bodies import read_object
 from omniroute.config import ConfigError, Settings
 from omniroute.errors import AuthenticationFailed, GatewayError, InvalidRequest, NotFound
 from omniroute.gateway import Gateway
 from omniroute.providers.base import Provider
 from omniroute.storage import Connection
-from omniroute.web.body import read_object
-from omniroute.web.keys import GATEWAY
 
 _SMALL_BODY = 1024 * 1024
 

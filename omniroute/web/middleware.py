@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
+from omniroute.appkeys import GATEWAY, PRINCIPAL, STREAM_STARTED
 from omniroute.auth.base import ANONYMOUS, Principal
 from omniroute.errors import (
     AuthenticationFailed,
@@ -25,7 +26,6 @@ from omniroute.errors import (
 )
 from omniroute.gateway import Gateway
 from omniroute.web.client import OLLAMA_PATHS, client_format_of
-from omniroute.web.keys import GATEWAY, PRINCIPAL, STREAM_STARTED
 
 log = logging.getLogger(__name__)
 

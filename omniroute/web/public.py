@@ -8,10 +8,10 @@ from typing import Any
 
 from aiohttp import web
 
+from omniroute.appkeys import GATEWAY
 from omniroute.auth.admin import PASSWORD_SETTING
 from omniroute.gateway import Gateway
 from omniroute.version import __version__
-from omniroute.web.keys import GATEWAY
 
 
 async def health(request: web.Request) -> web.Response:

@@ -12,10 +12,10 @@ from typing import Any
 
 from aiohttp import web
 
+from omniroute.appkeys import GATEWAY
+from omniroute.bodies import read_object
 from omniroute.errors import InvalidRequest, NotFound
 from omniroute.gateway import Gateway
-from omniroute.web.body import read_object
-from omniroute.web.keys import GATEWAY
 from omniroute.web.management import _validated
 
 #: the settings this API shows and changes (the rest stay under /api/settings)

@@ -1,4 +1,4 @@
-"""OpenAI Responses server-side state: ``store``, ``previous_response_id`` and their routes.
+"""OpenAI Responses server-side state as a stage: ``store`` and ``previous_response_id``.
 
 The Responses API keeps conversations on the server: a response created with
 ``store`` (true unless the client says false; Codex says false) can be
@@ -6,8 +6,8 @@ continued by naming it in ``previous_response_id``, retrieved and deleted.
 omniroute keeps them itself (:mod:`omniroute.storage.responses`), whatever
 provider answered, so a conversation may move between providers.
 
-:class:`ResponsesState` is the data path's :class:`~omniroute.proxy.Extension`
-for ``POST /v1/responses``:
+:class:`ResponsesStage` is the first stage of the pipeline; for each
+``POST /v1/responses`` request it runs a :class:`ResponsesState`:
 
 * ``before``: the stored input and output of ``previous_response_id`` go in
   front of the request's input and the field is removed, so no upstream ever
@@ -29,18 +29,14 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-import orjson
-from aiohttp import web
-
-from omniroute.errors import InvalidRequest, NotFound
-from omniroute.formats.base import ClientRequest, Format
+from omniroute.errors import InvalidRequest
 from omniroute.formats.media import json_object
 from omniroute.formats.responses_items import frame_json
-from omniroute.proxy import Extension, handle
+from omniroute.pipeline.context import Reply, RequestContext
+from omniroute.pipeline.operation import Operation
+from omniroute.pipeline.stages import Stage, StageRun
+from omniroute.storage import Database
 from omniroute.storage.responses import ResponseStore
-from omniroute.tokens import estimate_request
-from omniroute.web.body import read_object
-from omniroute.web.keys import GATEWAY, PRINCIPAL
 
 log = logging.getLogger(__name__)
 
@@ -49,8 +45,24 @@ _FINAL_MARKERS = tuple(e.encode() for e in _FINAL_EVENTS)  # cheap byte test per
 _STORED_STATUSES = ("completed", "incomplete")
 
 
-class ResponsesState(Extension):
+class ResponsesStage(Stage):
+    """Runs :class:`ResponsesState` for every Responses generation request."""
+
+    name = "responses-state"
+
+    def __init__(self, db: Database) -> None:
+        self.responses = ResponseStore(db)
+
+    def enter(self, ctx: RequestContext, operation: Operation) -> StageRun | None:
+        if operation.name != "chat" or ctx.fmt.name != "responses":
+            return None
+        return ResponsesState(self.responses, ctx.principal.key_id)
+
+
+class ResponsesState(StageRun):
     """``store`` and ``previous_response_id`` for one ``POST /v1/responses`` request."""
+
+    sees_frames = True
 
     def __init__(self, responses: ResponseStore, api_key_id: str | None) -> None:
         self.responses = responses
@@ -61,7 +73,12 @@ class ResponsesState(Extension):
         self.input: list[Any] = []
         self.saved = False
 
-    async def before(self, body: dict[str, Any]) -> dict[str, Any]:
+    async def before(self, ctx: RequestContext) -> Reply | None:
+        ctx.body = await self.prepare(ctx.body)
+        return None
+
+    async def prepare(self, body: dict[str, Any]) -> dict[str, Any]:
+        """The body with the stored history of ``previous_response_id`` in front of its input."""
         store = body.get("store")
         if store is not None and not isinstance(store, bool):
             raise InvalidRequest("'store' must be a boolean.", param="store")
@@ -88,11 +105,11 @@ class ResponsesState(Extension):
         body["input"] = self.input
         return body
 
-    async def answer(self, body: bytes) -> None:
+    async def answer(self, ctx: RequestContext, body: bytes) -> None:
         if self.store:
             await self._save(json_object(body))
 
-    async def frame(self, frame: bytes) -> None:
+    async def frame(self, ctx: RequestContext, frame: bytes) -> None:
         if not self.store or self.saved or not any(m in frame for m in _FINAL_MARKERS):
             return
         event = frame_json(frame)
@@ -132,78 +149,3 @@ def replayable(item: Any) -> Any:
 def previous_not_found(response_id: str) -> InvalidRequest:
     return InvalidRequest(f"Previous response with id '{response_id}' not found.",
                           param="previous_response_id", code="previous_response_not_found")
-
-
-# ----------------------------------------------------------------------------- routes
-
-
-def _store(request: web.Request) -> ResponseStore:
-    return ResponseStore(request.app[GATEWAY].db)
-
-
-def _responses_format(request: web.Request) -> Format:
-    fmt = request.app[GATEWAY].formats.get("responses")
-    if fmt is None:
-        raise NotFound("The 'responses' API is not available: its format plugin is not loaded "
-                       "(see `omniroute plugins`).")
-    return fmt
-
-
-async def create_response(request: web.Request) -> web.StreamResponse:
-    """``POST /v1/responses``: the data path, with the server-side state."""
-    state = ResponsesState(_store(request), request[PRINCIPAL].key_id)
-    return await handle(request, _responses_format(request), "responses", extension=state)
-
-
-async def retrieve_response(request: web.Request) -> web.Response:
-    """``GET /v1/responses/{id}``: a stored response of the calling key."""
-    response_id = request.match_info["id"]
-    if request.query.get("stream", "").lower() in ("true", "1"):
-        raise InvalidRequest("Streaming a stored response is not supported; "
-                             "retrieve it without 'stream'.", param="stream")
-    stored = await _store(request).get(response_id, request[PRINCIPAL].key_id)
-    if stored is None:
-        raise _not_found(response_id)
-    return _json(stored.response)
-
-
-async def delete_response(request: web.Request) -> web.Response:
-    """``DELETE /v1/responses/{id}``."""
-    response_id = request.match_info["id"]
-    if not await _store(request).delete(response_id, request[PRINCIPAL].key_id):
-        raise _not_found(response_id)
-    return _json({"id": response_id, "object": "response", "deleted": True})
-
-
-async def count_input_tokens(request: web.Request) -> web.Response:
-    """``POST /v1/responses/input_tokens``: the local estimate of the request's input.
-
-    Counted over the canonical request (instructions, input items, tools), with
-    ``previous_response_id`` resolved as ``POST /v1/responses`` would.
-    """
-    gateway = request.app[GATEWAY]
-    fmt = _responses_format(request)
-    body = await read_object(request, gateway.settings.max_body_bytes)
-    body = await ResponsesState(_store(request), request[PRINCIPAL].key_id).before(body)
-    model = body.get("model") if isinstance(body.get("model"), str) and body["model"] else "-"
-    body = {**body, "model": model, "stream": False}
-    canonical = fmt.decode_request(ClientRequest(body, model, False, request.headers))
-    return _json({"object": "response.input_tokens", "input_tokens": estimate_request(canonical)})
-
-
-def _not_found(response_id: str) -> NotFound:
-    return NotFound(f"Response with id '{response_id}' not found.", param="response_id")
-
-
-def _json(data: dict[str, Any]) -> web.Response:
-    return web.Response(body=orjson.dumps(data), content_type="application/json")
-
-
-def setup_responses_routes(app: web.Application) -> None:
-    """The Responses routes (``GET /v1/responses`` itself is the WebSocket refusal)."""
-    r = app.router
-    for base in ("/v1/responses", "/responses"):
-        r.add_post(base, create_response)
-        r.add_post(base + "/input_tokens", count_input_tokens)
-        r.add_get(base + "/{id}", retrieve_response, allow_head=False)
-        r.add_delete(base + "/{id}", delete_response)

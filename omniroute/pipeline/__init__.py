@@ -1,0 +1,16 @@
+"""The request pipeline: one data path for every operation, with stages around it.
+
+See :mod:`omniroute.pipeline.serve` for the path itself, :mod:`.operation`
+for what an operation implements and :mod:`.stages` for the stage list.
+"""
+
+from omniroute.pipeline.chat import Chat
+from omniroute.pipeline.context import Reply, RequestContext
+from omniroute.pipeline.count import CountTokens
+from omniroute.pipeline.embed import Embed, EmbedRequest
+from omniroute.pipeline.operation import Operation
+from omniroute.pipeline.serve import Pipeline
+from omniroute.pipeline.stages import Stage, StageRun, default_stages
+
+__all__ = ["Chat", "CountTokens", "Embed", "EmbedRequest", "Operation", "Pipeline", "Reply",
+           "RequestContext", "Stage", "StageRun", "default_stages"]

@@ -1,0 +1,119 @@
+"""Trying targets: the strategy's plan, one target's attempt, and the error when all fail.
+
+Every operation's targets go through :func:`try_target`, so every capability
+gets the same accounting: a slot of the account's limits, its breaker, its
+cooldown on failure, and one retry after a credential refresh.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+from omniroute.errors import (
+    CircuitOpen,
+    ConnectionBusy,
+    GatewayError,
+    RateLimited,
+    ServiceUnavailable,
+    UpstreamError,
+    UpstreamStatusError,
+)
+from omniroute.resilience import Attempt, Plan, Resilience
+from omniroute.routing import Route, Target
+from omniroute.storage import RequestRecord
+
+T = TypeVar("T")
+Failures = list[tuple[Target, GatewayError]]
+
+
+async def plan_targets(
+    resilience: Resilience, route: Route, strategy: str, session: str | None, *, wait: bool = True
+) -> Plan:
+    """The targets to try, in order; when every one rests, wait (bounded) for the soonest.
+
+    :param wait: False to return an empty plan instead of waiting (an operation
+        with an answer of its own when no target serves, such as a token estimate).
+    """
+    if not route.targets:
+        raise ServiceUnavailable(f"Model {route.requested!r} has no usable target.")
+    strategy = route.strategy or strategy
+    plan = resilience.plan(route.targets, strategy=strategy, session_id=session)
+    if not plan.targets and wait:
+        await resilience.wait_for_available(route.targets)  # bounded; else 429 / 503
+        plan = resilience.plan(route.targets, strategy=strategy, session_id=session)
+    return plan
+
+
+async def try_target(
+    resilience: Resilience,
+    target: Target,
+    record: RequestRecord,
+    session: str | None,
+    failures: Failures,
+    send: Callable[[], Awaitable[T]],
+) -> tuple[T, Attempt] | None:
+    """One target: take a slot of its account, ``send()``, judge a failure.
+
+    Returns the result with the attempt still open (the caller ends it), or
+    None after adding why to ``failures`` (busy, resting, or an upstream
+    failure worth moving on from). The client's own mistakes are raised. A
+    401/403 gets one retry after a credential refresh where the provider
+    supports it.
+    """
+    refreshed = False
+    while True:  # at most twice: once more after a credential refresh
+        record.attempts += 1
+        record.provider, record.connection_id, record.model = (
+            target.prefix, target.connection.id, target.model)
+        attempt = resilience.attempt(target, session_id=session, refreshed=refreshed)
+        try:
+            await attempt.__aenter__()  # a slot of the account's limits; the breaker
+        except (ConnectionBusy, CircuitOpen) as err:  # not tried: full, or resting
+            record.attempts -= 1
+            failures.append((target, err))
+            return None
+        try:
+            return await send(), attempt
+        except BaseException as exc:
+            await attempt.__aexit__(type(exc), exc, exc.__traceback__)  # charges the account
+            if not isinstance(exc, (UpstreamError, UpstreamStatusError)):
+                raise
+            decision = attempt.decision
+            if decision is not None and decision.refresh and not refreshed:
+                refreshed = await target.provider.refresh_credentials()
+                if refreshed:
+                    continue
+            if decision is not None and not decision.move_on:
+                raise  # the client's own mistake: retrying elsewhere would hide it
+            failures.append((target, exc))
+            return None
+
+
+def all_failed(
+    route: Route, failures: Failures, skipped: tuple[tuple[Target, str], ...],
+) -> GatewayError:
+    """The error for a request no target could serve."""
+    if len(failures) == 1 and not skipped and not isinstance(failures[0][1], ConnectionBusy):
+        return failures[0][1]  # one target: its own error says it best
+    if failures and all(isinstance(e, ConnectionBusy) for _, e in failures) and not skipped:
+        waits = [e.retry_after for _, e in failures if e.retry_after is not None]
+        return RateLimited(
+            f"Every account for {route.requested!r} is at its limit; retry shortly.",
+            retry_after=min(waits) if waits else 1.0, code="all_accounts_busy")
+    detail = "; ".join([*(f"{t.label}: {e.status} {e.message}" for t, e in failures),
+                        *(f"{t.label}: skipped ({why})" for t, why in skipped)])
+    count = len(failures) + len(skipped)
+    retry_after = [e.headers["Retry-After"] for _, e in failures if "Retry-After" in e.headers]
+    return ServiceUnavailable(
+        f"All {count} targets for {route.requested!r} failed: {detail}",
+        code="all_targets_failed",
+        headers={"Retry-After": min(retry_after, key=_seconds)} if retry_after else None,
+    )
+
+
+def _seconds(value: str) -> float:
+    try:
+        return float(value)
+    except ValueError:
+        return float("inf")

@@ -1,0 +1,147 @@
+"""Chat: every client API's generation endpoint, on one of two lanes per target.
+
+When the client and the provider speak the same format (the *pass-through*
+lane) the body goes upstream as sent except for the model name, and the
+upstream frames come back unchanged; the format reads usage and errors on the
+side. Otherwise (the *translated* lane) the client's format decodes the
+request into the canonical model once, the provider's format encodes it for
+each target, and the answer flows back provider format -> canonical events ->
+client format.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import aclosing
+
+from omniroute.errors import GatewayError, UpstreamError
+from omniroute.formats import canonical as c
+from omniroute.formats.base import ClientRequest, Format
+from omniroute.pipeline.context import Reply, RequestContext
+from omniroute.pipeline.operation import Operation
+from omniroute.pipeline.serve import SESSION_FIELD
+from omniroute.providers.base import UpstreamCall, UpstreamResponse
+from omniroute.routing import Target
+from omniroute.storage import RequestRecord
+
+#: upstream response headers worth passing on to the client
+_PASSED_HEADERS = (("x-request-id", "X-Upstream-Request-Id"),
+                   ("request-id", "X-Upstream-Request-Id"))  # Anthropic's name for it
+
+
+class Chat(Operation):
+    """A generation request in the client's format, served by any provider format."""
+
+    name = "chat"
+    capability = "chat"
+    sticky = True
+
+    def __init__(self, fmt: Format, endpoint: str, formats: Mapping[str, Format]) -> None:
+        super().__init__(fmt, endpoint)
+        #: every loaded format by name: the provider side of each target
+        self.formats = formats
+
+    def inspect(self, ctx: RequestContext) -> None:
+        ctx.model, ctx.stream = self.fmt.inspect(ctx.body, path_model=ctx.path_model,
+                                                 path_stream=ctx.path_stream)
+
+    def unusable(self, target: Target) -> GatewayError | None:
+        if target.provider.format not in self.formats:
+            return UpstreamError(f"no format plugin {target.provider.format!r} is loaded")
+        return super().unusable(target)
+
+    async def call(self, ctx: RequestContext, target: Target) -> Reply:
+        fmt, record = self.fmt, ctx.record
+        provider_format = self.formats[target.provider.format]
+        request: c.Request | None = None  # the canonical request, on the translated lane
+        if provider_format is fmt:
+            body = fmt.with_model(ctx.body, target.model)
+            if SESSION_FIELD in body:  # ours, never the upstream's
+                body = {k: v for k, v in body.items() if k != SESSION_FIELD}
+        else:
+            if ctx.canonical is None:  # decoded once, on the first translated target
+                ctx.canonical = fmt.decode_request(ClientRequest(
+                    ctx.body, ctx.model, ctx.stream, ctx.headers, ctx.query))
+            request = dataclasses.replace(ctx.canonical, model=target.model)
+            body = provider_format.encode_request(request, target.connection.settings)
+        upstream = await target.provider.chat(UpstreamCall(
+            body, target.model, ctx.stream, record.request_id, client_headers=ctx.headers))
+        headers = _passed_headers(upstream)
+        if not ctx.stream:
+            assert upstream.body is not None
+            if request is None:
+                answer, usage = upstream.body, fmt.usage_from_body(upstream.body)
+            else:  # a body that cannot be decoded is this target's failure (raised here)
+                response = provider_format.decode_response(upstream.body)
+                answer, usage = fmt.encode_response(response, request), response.usage
+            set_usage(record, usage)
+            return Reply(body=answer, status=upstream.status, headers=headers)
+        events = upstream.events
+        assert events is not None
+        reply = Reply(source=events, close=upstream.close, headers=headers,
+                      content_type=fmt.stream_content_type)
+        if request is None:
+            reply.frames = _passthrough(fmt, reply, record, events, fmt.hidden_frames(
+                ClientRequest(ctx.body, ctx.model, ctx.stream, ctx.headers, ctx.query)))
+        else:
+            decoded = provider_format.decode_stream(events)
+            reply.frames = fmt.encode_stream(_tap_usage(decoded, record), request)
+        return reply
+
+
+async def _passthrough(
+    fmt: Format, reply: Reply, record: RequestRecord, events: AsyncIterator[bytes],
+    hidden: Callable[[bytes], bool] | None,
+) -> AsyncIterator[bytes]:
+    """The upstream's own frames, unchanged; usage and errors are read on the side."""
+    async for frame in events:
+        usage = fmt.usage_from_frame(frame)
+        if usage is not None:
+            set_usage(record, usage)
+            if hidden is not None and hidden(frame):
+                continue  # asked for on the client's behalf; kept on the side
+        upstream_error = fmt.error_from_frame(frame)
+        if upstream_error is not None:  # relayed as sent; recorded and charged as a failure
+            record.status, record.error = 502, f"upstream stream error: {upstream_error}"
+            reply.failure = UpstreamError(record.error)
+        yield frame
+
+
+async def _tap_usage(
+    events: AsyncIterator[c.Event], record: RequestRecord
+) -> AsyncIterator[c.Event]:
+    async with aclosing(events):  # type: ignore[type-var]
+        async for event in events:
+            if isinstance(event, (c.Start, c.Finish)):
+                set_usage(record, event.usage)
+            yield event
+
+
+def _passed_headers(upstream: UpstreamResponse) -> dict[str, str]:
+    headers: dict[str, str] = {}
+    for upstream_name, name in _PASSED_HEADERS:
+        value = upstream.headers.get(upstream_name)
+        if value and name not in headers:
+            headers[name] = value
+    return headers
+
+
+def set_usage(record: RequestRecord, usage: c.Usage) -> None:
+    """Copy an answer's token counts into the request record."""
+    if usage.input_tokens is not None:
+        record.prompt_tokens = _count(usage.input_tokens)
+    if usage.output_tokens is not None:
+        record.completion_tokens = _count(usage.output_tokens)
+    if usage.cache_read_tokens is not None:
+        record.cached_tokens = _count(usage.cache_read_tokens)
+    if usage.reasoning_tokens is not None:
+        record.reasoning_tokens = _count(usage.reasoning_tokens)
+
+
+def _count(value: int) -> int | None:
+    """An upstream's token count, or None when it is not a plausible one (SQLite stores
+    64-bit integers: one absurd number must not stop the request log)."""
+    return value if 0 <= value < 2**53 else None
+
+

@@ -1,0 +1,80 @@
+"""The plain objects of one request: its context, and the reply an operation or a stage makes."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from omniroute.auth.base import Principal
+from omniroute.formats import canonical as c
+from omniroute.formats.base import Format
+from omniroute.storage import RequestRecord
+
+if TYPE_CHECKING:
+    from omniroute.pipeline.stages import StageRun
+    from omniroute.resilience import Attempt
+    from omniroute.routing import Route, Target
+
+
+@dataclass(slots=True)
+class RequestContext:
+    """Everything the pipeline knows about one request, filled in as it goes.
+
+    Built by :func:`omniroute.pipeline.serve` before the body is read; the
+    operation fills ``model`` and ``stream`` (:meth:`Operation.inspect`), the
+    pipeline ``route`` and ``session``. Stages and operations read it and may
+    replace ``body`` (a stage that adds stored history does).
+    """
+
+    principal: Principal
+    #: the client's wire format: it decodes the request and renders the answer and errors
+    fmt: Format
+    record: RequestRecord
+    headers: Mapping[str, str]
+    query: Mapping[str, str]
+    #: the client's JSON body (a stage may replace it; never mutate it in place)
+    body: dict[str, Any] = field(default_factory=dict)
+    model: str = ""
+    stream: bool = False
+    #: the model / stream flag the URL names (Gemini), and the provider prefix of
+    #: ``/v1/providers/{prefix}/...`` routes
+    path_model: str | None = None
+    path_stream: bool | None = None
+    prefix: str | None = None
+    route: Route | None = None
+    session: str | None = None
+    #: the request in the canonical model, once an operation decoded it (at most once)
+    canonical: c.Request | None = None
+    #: an operation's own reading of the body, when it is not a chat request (embeddings)
+    payload: Any = None
+    #: ``time.perf_counter()`` when the request arrived
+    started: float = 0.0
+    #: the stages taking part in this request (see :class:`~omniroute.pipeline.stages.Stage`)
+    runs: list[StageRun] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class Reply:
+    """An answer to send: a JSON ``body``, or the ``frames`` of a stream.
+
+    Operations make one per target that answered; a stage makes one when it
+    answers a request itself (a cache hit, a refusal). ``frames`` is an async
+    iterator of bytes, each item written in one write; the pipeline closes it
+    (and ``source`` under it) when the answer ends, however it ends.
+    """
+
+    body: bytes | None = None
+    frames: AsyncIterator[bytes] | None = None
+    status: int = 200
+    content_type: str = "application/json"
+    headers: dict[str, str] = field(default_factory=dict)
+    #: the upstream's own frame iterator under ``frames`` (closed with it)
+    source: AsyncIterator[bytes] | None = None
+    #: drops the upstream connection at once, even if ``frames`` never started
+    close: Callable[[], None] | None = None
+    #: why the answer failed after its first byte (charged to the account at the end)
+    failure: BaseException | None = None
+    #: the target that answered, and its resilience attempt (open until the answer ends)
+    target: Target | None = None
+    attempt: Attempt | None = None

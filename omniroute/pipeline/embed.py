@@ -1,0 +1,75 @@
+"""Embeddings: one vector per input text, from any provider type that serves them.
+
+The client's embeddings API (OpenAI's ``/v1/embeddings``, Ollama's
+``/api/embed`` and ``/api/embeddings``) is a pair of functions: ``decode``
+reads its body into an :class:`EmbedRequest`, ``encode`` writes the answer in
+its shape. A target whose provider type serves no embeddings is skipped
+without being charged.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from omniroute.errors import EmbeddingsNotSupported, GatewayError
+from omniroute.formats.base import Format
+from omniroute.pipeline.context import Reply, RequestContext
+from omniroute.pipeline.operation import Operation
+from omniroute.providers.base import Embeddings
+from omniroute.routing import Target
+from omniroute.tokens import estimate_text
+
+
+@dataclass(slots=True)
+class EmbedRequest:
+    """What any client asked for, in one shape."""
+
+    model: str
+    inputs: list[str]
+    options: dict[str, Any] = field(default_factory=dict)
+    #: OpenAI clients may ask for ``"base64"`` (little-endian float32)
+    encoding: str = "float"
+
+
+#: a client body -> the request (raise ``InvalidRequest`` when it is malformed)
+Decode = Callable[[dict[str, Any]], EmbedRequest]
+#: (request, result, input tokens, elapsed ns) -> the client's JSON answer
+Encode = Callable[[EmbedRequest, Embeddings, int, int], Any]
+
+
+class Embed(Operation):
+    """An embeddings request in one client API's shape."""
+
+    name = "embeddings"
+    capability = "embeddings"
+
+    def __init__(self, fmt: Format, endpoint: str, decode: Decode, encode: Encode) -> None:
+        super().__init__(fmt, endpoint)
+        self.decode = decode
+        self.encode = encode
+
+    def inspect(self, ctx: RequestContext) -> None:
+        ask = ctx.payload = self.decode(ctx.body)
+        ctx.model, ctx.stream = ask.model, False
+
+    def unusable(self, target: Target) -> GatewayError | None:
+        if self.capability not in target.provider.capabilities:
+            return EmbeddingsNotSupported(
+                f"Provider type {target.provider.type!r} (connection "
+                f"{target.connection.name!r}) does not serve embeddings.", param="model")
+        return None
+
+    async def call(self, ctx: RequestContext, target: Target) -> Reply:
+        ask: EmbedRequest = ctx.payload
+        result = await target.provider.embed(target.model, ask.inputs, ask.options)
+        tokens = result.prompt_tokens
+        if tokens is None:  # the upstream did not count: estimate, as for chat
+            tokens = sum(estimate_text(text) for text in ask.inputs)
+        ctx.record.prompt_tokens = tokens
+        elapsed_ns = int((time.perf_counter() - ctx.started) * 1e9)
+        return Reply(body=orjson.dumps(self.encode(ask, result, tokens, elapsed_ns)))

@@ -1,0 +1,58 @@
+"""What an operation is: one kind of request, defined by "call this target".
+
+The pipeline (:func:`omniroute.pipeline.serve`) does everything else: the body,
+stages, routing, the attempt loop with its accounting, headers, errors, the
+stream relay and the request log. An operation says how to read the request
+(:meth:`Operation.inspect`) and what calling one target means
+(:meth:`Operation.call`).
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+from omniroute.errors import GatewayError, TargetUnsupported
+from omniroute.formats.base import Format
+from omniroute.pipeline.context import Reply, RequestContext
+from omniroute.routing import Target
+
+
+class Operation:
+    """Base class of operations (chat, embeddings, token counting; later images, audio)."""
+
+    #: the operation's name, which stages look at (``"chat"``)
+    name: ClassVar[str]
+    #: the provider capability a target needs (:attr:`Provider.capabilities`); a target
+    #: without it is skipped and not charged
+    capability: ClassVar[str]
+    #: metered calls take a slot of the account and charge its failures (cooldown,
+    #: breaker); an unmetered one (a token count) only asks, and its :meth:`call`
+    #: returns None to move on
+    metered: ClassVar[bool] = True
+    #: whether the request is pinned to an account (sticky sessions)
+    sticky: ClassVar[bool] = False
+
+    def __init__(self, fmt: Format, endpoint: str) -> None:
+        #: the client's format: it shapes the answer and the errors
+        self.fmt = fmt
+        #: the request log's name for it (``"chat.completions"``)
+        self.endpoint = endpoint
+
+    def inspect(self, ctx: RequestContext) -> None:
+        """Set ``ctx.model`` and ``ctx.stream`` from the request; raise ``InvalidRequest``."""
+        raise NotImplementedError
+
+    async def call(self, ctx: RequestContext, target: Target) -> Reply | None:
+        """Serve the request with ``target``; raise a ``GatewayError`` when it fails."""
+        raise NotImplementedError
+
+    def unusable(self, target: Target) -> GatewayError | None:
+        """Why ``target`` cannot serve this operation at all (skipped, not charged), or None."""
+        if self.capability not in target.provider.capabilities:
+            return TargetUnsupported(f"{target.label} cannot serve {self.name} "
+                                     f"(provider type {target.provider.type!r}).")
+        return None
+
+    async def unserved(self, ctx: RequestContext, error: GatewayError) -> Reply:
+        """The answer when no target served: by default ``error`` itself."""
+        raise error

@@ -1,0 +1,65 @@
+"""Stages: what the pipeline does around every operation, in one ordered list.
+
+A :class:`Stage` is built once at start-up with its collaborators. For each
+request the pipeline asks every stage to :meth:`~Stage.enter`; a stage that
+takes part returns a :class:`StageRun`, a plain per-request object that may:
+
+* ``before``: look at the request before routing, change its body, or answer it
+  itself by returning a :class:`~omniroute.pipeline.context.Reply` (a cache hit,
+  an idempotent replay, a budget refusal);
+* ``answer`` / ``frame``: see a JSON answer, or each chunk of a streamed one,
+  just before it is written (a tee for caching, a store of the final response);
+* ``finished``: see the finished request and its complete record (usage, metrics).
+
+The list itself is :func:`default_stages`: reading it tells what every request
+goes through, in order.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, ClassVar
+
+from omniroute.pipeline.context import Reply, RequestContext
+
+if TYPE_CHECKING:
+    from omniroute.pipeline.operation import Operation
+    from omniroute.storage import Database
+
+
+class StageRun:
+    """A stage's part in one request. Every method is awaited on the request's path."""
+
+    #: True when :meth:`frame` must see every streamed chunk (costs an await per chunk)
+    sees_frames: ClassVar[bool] = False
+
+    async def before(self, ctx: RequestContext) -> Reply | None:
+        """Before routing: return a reply to answer the request without any target."""
+        return None
+
+    async def answer(self, ctx: RequestContext, body: bytes) -> None:
+        """A JSON answer from a target, just before it is sent."""
+
+    async def frame(self, ctx: RequestContext, chunk: bytes) -> None:
+        """A chunk of a streamed answer (one or more whole frames), just before it is written."""
+
+    async def finished(self, ctx: RequestContext) -> None:
+        """The request is over and ``ctx.record`` is complete (status, usage, latency)."""
+
+
+class Stage:
+    """A step every request passes; subclass it, and add it to :func:`default_stages`."""
+
+    name: ClassVar[str]
+
+    def enter(self, ctx: RequestContext, operation: Operation) -> StageRun | None:
+        """This stage's run for the request, or None when it takes no part (keep it cheap)."""
+        return None
+
+
+def default_stages(db: Database) -> list[Stage]:
+    """The stages of every request, in the order they run."""
+    from omniroute.pipeline.responses_state import ResponsesStage
+
+    return [
+        ResponsesStage(db),  # Responses `store` / `previous_response_id`
+    ]
