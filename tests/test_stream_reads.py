@@ -33,12 +33,18 @@ BURST = [chunk("a"), chunk("b"), chunk("c")]
 LONE = chunk("d", "stop")
 
 
+USAGE_ONLY = (b'data: {"id":"chatcmpl-1","object":"chat.completion.chunk","created":1,'
+              b'"model":"gpt-4o-mini","choices":[],"usage":{"prompt_tokens":3,'
+              b'"completion_tokens":4,"total_tokens":7}}\n\n')
+
+
 class Upstream:
-    """An OpenAI upstream that writes a burst of three events in one write, then waits
-    for ``go`` and sends one more event, then ``[DONE]``; ``dropped`` is set when the
+    """An OpenAI upstream that writes a burst of events in one write, then waits for
+    ``go`` and sends one more event, then ``[DONE]``; ``dropped`` is set when the
     client went away."""
 
-    def __init__(self) -> None:
+    def __init__(self, burst: list[bytes] = BURST) -> None:
+        self.burst = burst
         self.go = asyncio.Event()
         self.dropped = asyncio.Event()
         self.app = web.Application()
@@ -48,7 +54,7 @@ class Upstream:
         await request.read()
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await resp.prepare(request)
-        await resp.write(b"".join(BURST))
+        await resp.write(b"".join(self.burst))
         await self.go.wait()
         try:
             await resp.write(LONE)
@@ -144,3 +150,48 @@ def test_sse_splitter_keeps_an_unfinished_event_for_the_tail() -> None:
         b"data: 1\n\n", b"data: 2\r\n\r\n"]
     assert splitter.feed(b"\n") == []
     assert splitter.tail() == b"data: 3\n"
+
+
+# ----------------------------------------------------------------------------- through the gateway
+
+async def read_chunk(reader: asyncio.StreamReader) -> bytes:
+    """One HTTP/1.1 chunk of a chunked body: what the gateway wrote in one write."""
+    size = int((await reader.readline()).strip(), 16)
+    data = await reader.readexactly(size + 2)
+    return data[:-2]
+
+
+@pytest.mark.parametrize("burst, client_usage, expected", [
+    (BURST, False, b"".join(BURST)),
+    # the usage-only chunk the gateway asked for on the client's behalf stays hidden
+    ([*BURST, USAGE_ONLY], False, b"".join(BURST)),
+    ([*BURST, USAGE_ONLY], True, b"".join([*BURST, USAGE_ONLY])),
+])
+async def test_frames_read_together_leave_together_and_a_lone_frame_at_once(
+    omniroute: Any, aiohttp_server: Any, burst: list[bytes], client_usage: bool,
+    expected: bytes,
+) -> None:
+    fake = Upstream(burst)
+    server = await aiohttp_server(fake.app)
+    await omniroute.add_provider({"type": "openai", "name": "fake", "prefix": "up",
+                                  "base_url": str(server.make_url("/v1")), "api_key": "sk-x"})
+    body = {"model": "up/gpt-4o-mini", "stream": True,
+            "messages": [{"role": "user", "content": "hi"}]}
+    if client_usage:
+        body["stream_options"] = {"include_usage": True}
+    data = json.dumps(body).encode()
+    reader, writer = await asyncio.open_connection("127.0.0.1", omniroute.client.port)
+    try:
+        async with asyncio.timeout(10):
+            writer.write(b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                         b"Content-Type: application/json\r\nContent-Length: "
+                         + str(len(data)).encode() + b"\r\n\r\n" + data)
+            head = await reader.readuntil(b"\r\n\r\n")
+            assert head.startswith(b"HTTP/1.1 200") and b"chunked" in head.lower()
+            assert await read_chunk(reader) == expected  # one read upstream, one write here
+            fake.go.set()
+            assert await read_chunk(reader) == LONE  # alone, without waiting for more
+    finally:
+        writer.close()
+    async with asyncio.timeout(5):
+        await fake.dropped.wait()  # the client left: the gateway dropped the upstream too
