@@ -125,11 +125,15 @@ def start_app(ctx: Any, factory: str, arg: str | None, loop: str, procs: list[An
     return procs[-1], ports.get(timeout=30)
 
 
-def start_gateway(data_dir: Path, upstream_port: int, workers: int, loop: str
-                  ) -> tuple[subprocess.Popen, int]:
+def start_gateway(data_dir: Path, upstream_port: int, workers: int, loop: str | None,
+                  source: str | None = None) -> tuple[subprocess.Popen, int]:
+    """The gateway, configured with its CLI; ``source``: run that source tree's omniroute
+    (first on PYTHONPATH) instead of the installed one, on its default loop (``loop`` None)."""
     data_dir.mkdir()
     env = {k: v for k, v in os.environ.items() if not k.startswith("OMNIROUTE_")}
     env["INITIAL_PASSWORD"] = "bench-password"
+    if source is not None:
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [source, env.get("PYTHONPATH")]))
     cli = [sys.executable, "-m", "omniroute.cli", "--data-dir", str(data_dir)]
     added = subprocess.run(cli + ["providers", "add", "--type", "openai", "--name", "bench",
                                   "--prefix", "bench", "--base-url",
@@ -143,7 +147,8 @@ def start_gateway(data_dir: Path, upstream_port: int, workers: int, loop: str
     log_path = data_dir / "gateway.log"
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(cli + ["serve", "--port", str(port), "--log-level", "warning",
-                                       "--workers", str(workers), "--loop", loop],
+                                       "--workers", str(workers),
+                                       *(["--loop", loop] if loop else [])],
                                 env=env, stdout=log, stderr=subprocess.STDOUT,
                                 start_new_session=True)
     deadline = time.monotonic() + 30
@@ -442,6 +447,15 @@ def summary(args: argparse.Namespace, results: dict[str, Any]) -> list[str]:
                                       ("instant", args.instant_concurrency))
                  if lane in results for c in levels]
         out.append("- uvloop / asyncio, omniroute: " + "; ".join(parts))
+    if args.baseline:
+        parts = [f"{lane} c={c} CPU {fmt(over(get(results, lane, 'omniroute', c, key), get(results, lane, 'baseline', c, key)), 2, '×')}"  # noqa: E501
+                 for lane, key, levels in (
+                     ("json", "cpu_ms_per_req", args.concurrency),
+                     ("instant", "cpu_ms_per_req", args.instant_concurrency),
+                     ("embed", "cpu_ms_per_req", args.embed_concurrency),
+                     ("paced", "cpu_ms_per_stream", args.stream_concurrency))
+                 if lane in results for c in levels]
+        out.append(f"- omniroute (asyncio) / baseline ({args.baseline}): " + "; ".join(parts))
     if args.compare_workers > 1:
         n = args.compare_workers
         name = label("omniroute", args.loops[0], n)
@@ -521,6 +535,9 @@ def parse_args() -> argparse.Namespace:
                         "uvloop first (both)")
     p.add_argument("--lanes", default="json,instant,paced,embed",
                    help="what to measure (json,instant,paced,embed)")
+    p.add_argument("--baseline", metavar="SRC",
+                   help="also run the gateway of another source tree (e.g. `git archive main` "
+                        "unpacked), on its default loop, as target `baseline`")
     p.add_argument("--quick", action="store_true", help="short smoke run")
     p.add_argument("--json", metavar="FILE", help="also write the results as JSON")
     args = p.parse_args()
@@ -559,6 +576,12 @@ def main() -> int:
                 if loop == args.loops[0] and not compare:
                     targets.append(Target(CROSS, "omniroute", f"http://{HOST}:{port}",
                                           targets[-1].pids, loop, path=MESSAGES))
+            if args.baseline:
+                gateway, port = start_gateway(Path(tmp) / "baseline", up_port, args.workers,
+                                              None, args.baseline)
+                gateways.append(gateway)
+                targets.append(Target("baseline", "omniroute", f"http://{HOST}:{port}",
+                                      process_tree(gateway.pid), "asyncio"))
             client, child_end = ctx.Pipe()
             procs.append(ctx.Process(target=client_main, args=(child_end,), daemon=True))
             procs[-1].start()
