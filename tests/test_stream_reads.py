@@ -195,3 +195,15 @@ async def test_frames_read_together_leave_together_and_a_lone_frame_at_once(
         writer.close()
     async with asyncio.timeout(5):
         await fake.dropped.wait()  # the client left: the gateway dropped the upstream too
+
+
+def test_only_the_frames_holding_a_side_marker_are_read_on_the_side() -> None:
+    from omniroute.pipeline.chat import _marked
+
+    frames = [chunk("a"), USAGE_ONLY, chunk("b"), b'data: {"error": {"message": "x"}}\n\n']
+    joined = b"".join(frames)
+    markers = (b'"usage":{', b'"error"')
+    assert _marked(frames, joined, markers) == [USAGE_ONLY, frames[3]]
+    assert _marked(frames[:1], frames[0], markers) == []
+    assert _marked([USAGE_ONLY], USAGE_ONLY, markers) == [USAGE_ONLY]
+    assert _marked(frames, joined, ()) == frames  # no markers: every frame

@@ -12,8 +12,10 @@ client format.
 from __future__ import annotations
 
 import dataclasses
+from bisect import bisect_right
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import aclosing
+from itertools import accumulate
 
 from omniroute.errors import GatewayError, UpstreamError
 from omniroute.formats import canonical as c
@@ -98,22 +100,45 @@ async def _passthrough(
     hidden: Callable[[bytes], bool] | None,
 ) -> AsyncIterator[bytes]:
     """The upstream's own frames, unchanged, those of one socket read as one chunk (so
-    they leave in one write); usage and errors are read on the side, frame by frame."""
+    they leave in one write); usage and errors are read on the side, in the frames that
+    hold one of the format's :attr:`~Format.side_markers`."""
+    markers = fmt.side_markers
     async for frames in reads:
+        chunk = frames[0] if len(frames) == 1 else b"".join(frames)
         kept = frames
-        for frame in frames:
+        for frame in _marked(frames, chunk, markers):
             usage = fmt.usage_from_frame(frame)
             if usage is not None:
                 set_usage(record, usage)
-                if hidden is not None and hidden(frame):
+                if hidden is not None and hidden(frame):  # asked for on the client's behalf
                     kept = [f for f in kept if f is not frame]
-                    continue  # asked for on the client's behalf; kept on the side
+                    chunk = b"".join(kept)
+                    continue
             upstream_error = fmt.error_from_frame(frame)
             if upstream_error is not None:  # relayed as sent; recorded and charged as a failure
                 record.status, record.error = 502, f"upstream stream error: {upstream_error}"
                 reply.failure = UpstreamError(record.error)
-        if kept:
-            yield kept[0] if len(kept) == 1 else b"".join(kept)
+        if chunk:
+            yield chunk
+
+
+def _marked(frames: list[bytes], chunk: bytes, markers: tuple[bytes, ...]) -> list[bytes]:
+    """The frames of ``chunk`` (their concatenation) that hold one of ``markers``; all of
+    them when there are no markers. One search per marker over the chunk, not per frame."""
+    if not markers:
+        return frames
+    found: list[int] = []
+    for marker in markers:
+        at = chunk.find(marker)
+        while at >= 0:
+            found.append(at)
+            at = chunk.find(marker, at + 1)
+    if not found:
+        return []
+    if len(frames) == 1:
+        return frames
+    ends = list(accumulate(map(len, frames)))
+    return [frames[i] for i in sorted({bisect_right(ends, at) for at in found})]
 
 
 async def _one_by_one(upstream: UpstreamResponse) -> AsyncIterator[list[bytes]]:
