@@ -56,3 +56,23 @@ def test_falls_back_to_asyncio_when_uvloop_does_not_import(
     assert type(seen[0]).__module__.startswith("asyncio")
     warned = [r for r in caplog.records if "uvloop is not installed" in r.getMessage()]
     assert bool(warned) == (name == "uvloop")  # "auto" falls back quietly
+
+
+def test_settle_gc_parks_start_up_objects_in_the_permanent_generation() -> None:
+    import gc
+
+    try:
+        server.settle_gc()
+        assert gc.get_freeze_count() > 0
+    finally:
+        gc.unfreeze()
+
+
+def test_trim_malloc_is_harmless_without_glibc(monkeypatch: pytest.MonkeyPatch) -> None:
+    server.trim_malloc()  # glibc here: returns free heap pages
+
+    def no_libc(name: str) -> None:
+        raise OSError(f"{name}: cannot open shared object file")
+
+    monkeypatch.setattr(server.ctypes, "CDLL", no_libc)
+    server.trim_malloc()  # musl, macOS: nothing to do, no error
