@@ -138,7 +138,7 @@ def start_gateway(data_dir: Path, upstream_port: int, workers: int, loop: str | 
     added = subprocess.run(cli + ["providers", "add", "--type", "openai", "--name", "bench",
                                   "--prefix", "bench", "--base-url",
                                   f"http://{HOST}:{upstream_port}/v1", "--api-key", "sk-bench"],
-                           check=False, env=env, capture_output=True, text=True)
+                           check=False, env=env, capture_output=True, text=True, cwd=source)
     if added.returncode:
         raise RuntimeError(f"`omniroute providers add` failed:\n{added.stdout}{added.stderr}")
     with socket.socket() as s:
@@ -150,7 +150,7 @@ def start_gateway(data_dir: Path, upstream_port: int, workers: int, loop: str | 
                                        "--workers", str(workers),
                                        *(["--loop", loop] if loop else [])],
                                 env=env, stdout=log, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+                                start_new_session=True, cwd=source)  # cwd comes first on sys.path
     deadline = time.monotonic() + 30
     while True:
         if proc.poll() is not None or time.monotonic() > deadline:
