@@ -120,18 +120,21 @@ def cli(ctx: click.Context, data_dir: str | None, config_file: str | None) -> No
 @click.option("--port", type=int, default=None, help="Port (default 20128).")
 @click.option("--workers", type=int, default=None,
               help="Worker processes sharing the port (SO_REUSEPORT).")
+@click.option("--loop", type=click.Choice(["auto", "uvloop", "asyncio"]), default=None,
+              help="Event loop (default auto: uvloop when installed, else asyncio).")
 @click.option("--log-level", default=None,
               type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False))
 @click.pass_context
 def serve(ctx: click.Context, host: str | None, port: int | None, workers: int | None,
-          log_level: str | None) -> None:
+          loop: str | None, log_level: str | None) -> None:
     """Start the gateway."""
     from omniroute import server
 
     obj = ctx.ensure_object(dict)
     try:
         config = load_config(config_file=obj.get("config_file"), data_dir=obj.get("data_dir"),
-                             host=host, port=port, workers=workers, log_level=log_level)
+                             host=host, port=port, workers=workers, loop=loop,
+                             log_level=log_level)
     except ConfigError as exc:
         raise StartupError(str(exc)) from None
     try:

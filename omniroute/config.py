@@ -24,6 +24,8 @@ from typing import Any
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 20128
+#: the event loops ``serve`` can run on
+LOOPS = ("auto", "uvloop", "asyncio")
 
 
 class ConfigError(ValueError):
@@ -42,6 +44,8 @@ class Config:
     port: int = DEFAULT_PORT
     data_dir: Path = field(default_factory=default_data_dir)
     workers: int = 1
+    #: event loop: "auto" (uvloop when installed, else asyncio), "uvloop" or "asyncio"
+    loop: str = "auto"
     log_level: str = "info"
     secret_key: bytes | None = None  # credentials encryption key; else a key file
     initial_password: str | None = None
@@ -149,6 +153,7 @@ def load_config(
         "port": server.get("port", DEFAULT_PORT),
         "data_dir": server.get("data_dir"),
         "workers": server.get("workers", 1),
+        "loop": server.get("loop", "auto"),
         "log_level": server.get("log_level", "info"),
         "disabled_plugins": tuple(plugins.get("disabled", ())),
         "allowed_plugins": tuple(plugins["allowed"]) if "allowed" in plugins else None,
@@ -160,6 +165,7 @@ def load_config(
         "OMNIROUTE_PORT": "port",
         "OMNIROUTE_DATA_DIR": "data_dir",
         "OMNIROUTE_WORKERS": "workers",
+        "OMNIROUTE_LOOP": "loop",
         "OMNIROUTE_LOG_LEVEL": "log_level",
     }
     for var, key in env_map.items():
@@ -189,6 +195,8 @@ def load_config(
     if values["log_level"].lower() not in LOG_LEVELS:
         raise ConfigError(f"log_level must be one of {', '.join(LOG_LEVELS)}, "
                           f"got {values['log_level']!r}")
+    if values["loop"] not in LOOPS:
+        raise ConfigError(f"loop must be one of {', '.join(LOOPS)}, got {values['loop']!r}")
 
     secret = env.get("OMNIROUTE_SECRET_KEY")
     key: bytes | None = None
@@ -209,6 +217,7 @@ def load_config(
         port=port,
         data_dir=Path(values["data_dir"] or default_data_dir()).expanduser(),
         workers=workers,
+        loop=str(values["loop"]),
         log_level=str(values["log_level"]).lower(),
         secret_key=key,
         initial_password=env.get("INITIAL_PASSWORD") or None,

@@ -61,7 +61,7 @@ class Gateway:
         connector = aiohttp.TCPConnector(limit=0, limit_per_host=0, keepalive_timeout=60,
                                          ttl_dns_cache=300)
         self.http = aiohttp.ClientSession(connector=connector, auto_decompress=True,
-                                          skip_auto_headers=("User-Agent",))
+                                          headers={"User-Agent": f"omniroute/{__version__}"})
         self.credentials = StoredCredentials(self.store)
         self.context = ProviderContext(self.http, self.catalog.timeouts,
                                        f"omniroute/{__version__}", credentials=self.credentials)

@@ -6,7 +6,6 @@ a pass-through stream reaches the client byte for byte.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import orjson
@@ -23,21 +22,28 @@ class SSESplitter:
     def __init__(self) -> None:
         self._buf = b""
 
-    def feed(self, chunk: bytes) -> Iterator[bytes]:
+    def feed(self, chunk: bytes) -> list[bytes]:
+        """The events ``chunk`` completes, in order (none when it completes none)."""
         buf = self._buf + chunk if self._buf else chunk
+        if b"\r" not in buf:  # the usual case: one split does it
+            events = buf.split(b"\n\n")
+            self._buf = events.pop()
+            return [event + b"\n\n" for event in events]
+        # CRLF somewhere: each time the earliest of either terminator (each searched again
+        # only once it has been passed, so a long buffer is not scanned once per event)
+        events = []
         start = 0
-        while True:
-            lf = buf.find(b"\n\n", start)
-            crlf = buf.find(b"\r\n\r\n", start)
-            if lf < 0 and crlf < 0:
-                break
-            if crlf >= 0 and (lf < 0 or crlf < lf):
-                end = crlf + 4
-            else:
-                end = lf + 2
-            yield buf[start:end]
+        lf, crlf = buf.find(b"\n\n"), buf.find(b"\r\n\r\n")
+        while lf >= 0 or crlf >= 0:
+            end = crlf + 4 if crlf >= 0 and (lf < 0 or crlf < lf) else lf + 2
+            events.append(buf[start:end])
             start = end
+            if 0 <= lf < start:
+                lf = buf.find(b"\n\n", start)
+            if 0 <= crlf < start:
+                crlf = buf.find(b"\r\n\r\n", start)
         self._buf = buf[start:]
+        return events
 
     def tail(self) -> bytes:
         """What is left when the stream ends (an event without its blank line)."""

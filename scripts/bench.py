@@ -1,16 +1,15 @@
 #!/usr/bin/env python
 """Benchmark omniroute against a direct call and a bare aiohttp forwarder.
 
-One run starts, on 127.0.0.1 only and each in its own process: a fake OpenAI
-upstream (streams of 20 chunks 10 ms apart, each chunk carrying its wall-clock
-send time ``ts`` in ns); a bare forwarder (one shared ClientSession, bodies and
-streams passed through: the speed limit of an aiohttp gateway); the real gateway
-(``python -m omniroute.cli serve``, configured with its CLI); and a load client
-(aiohttp, keep-alive pool), so the client's CPU does not count. Server CPU comes
-from /proc/<pid>/stat (utime + stime) over the measured window, for the process
-under test only (its whole process tree with --workers).
+One run starts, on 127.0.0.1 only and each in its own process: the fake OpenAI
+upstream and the bare forwarder (``bench_fakes.py``), the real gateway
+(``python -m omniroute.cli serve``, configured with its CLI) on each event loop
+asked for, and the load client (``bench_client.py``), so the client's CPU does
+not count. Every cell runs for every target back to back, so they share the
+machine's mood; the report compares omniroute with the forwarder on the same
+event loop and checks the targets.
 
-    .venv/bin/python scripts/bench.py --quick              # smoke test, ~25 s
+    .venv/bin/python scripts/bench.py --quick              # smoke test, ~1 min
     .venv/bin/python scripts/bench.py --rounds 3 --json out.json
 """
 
@@ -22,7 +21,6 @@ import json
 import multiprocessing
 import os
 import platform
-import re
 import signal
 import socket
 import statistics
@@ -31,155 +29,59 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import aiohttp
-from aiohttp import web
 
-HOST = "127.0.0.1"
-#: targets measured on streams only: an Anthropic client through the gateway,
-#: translated to the OpenAI upstream (the cross-format lane)
-STREAM_ONLY = ("omniroute-anthropic",)
-STREAM_CHUNKS, CHUNK_INTERVAL = 20, 0.010
+from bench_client import client_main, cpu_ms, stat_fields
+from bench_fakes import (
+    ANTHROPIC_REQUEST, CHUNK_INTERVAL, DONE, EMBED_REQUEST, HOST, INSTANT_REQUEST, REQUEST,
+    STREAM_CHUNKS, USAGE, serve_app, sse)
+
 CLK_TCK = os.sysconf("SC_CLK_TCK")
-REQUEST = {"model": "bench/gpt-4o-mini", "temperature": 0.2, "max_tokens": 64, "messages": [
-    {"role": "system", "content": "You are a helpful assistant. Answer briefly."},
-    {"role": "user", "content": "Give me one sentence about the sea."}]}
-USAGE = {"prompt_tokens": 27, "completion_tokens": 20, "total_tokens": 47,
-         "prompt_tokens_details": {"cached_tokens": 0, "audio_tokens": 0},
-         "completion_tokens_details": {"reasoning_tokens": 0, "audio_tokens": 0}}
-COMPLETION = json.dumps({
-    "id": "chatcmpl-bench0001", "object": "chat.completion", "created": 1735689600,
-    "model": "gpt-4o-mini-2024-07-18", "system_fingerprint": "fp_bench", "service_tier": "default",
-    "choices": [{"index": 0, "finish_reason": "stop", "logprobs": None, "message": {
-        "role": "assistant", "refusal": None,
-        "content": "The sea covers most of the planet and still keeps most of its secrets."}}],
-    "usage": USAGE}).encode()
-MODELS = json.dumps({"object": "list", "data": [
-    {"id": m, "object": "model", "created": 1735689600, "owned_by": "bench"}
-    for m in ("gpt-4o-mini", "gpt-4o")]}).encode()
-SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
+CHAT, MESSAGES, EMBEDDINGS = "/v1/chat/completions", "/v1/messages", "/v1/embeddings"
+#: the cross-format lane's target: an Anthropic client translated to the OpenAI upstream
+CROSS = "omniroute-anthropic"
 
 
-# ------------------------------------------------------------------ fake upstream
+@dataclass
+class Target:
+    """One server under test."""
 
-def sse(obj: dict[str, Any]) -> bytes:
-    return b"data: " + json.dumps(obj, separators=(",", ":")).encode() + b"\n\n"
-
-
-async def upstream_chat(request: web.Request) -> web.StreamResponse:
-    body = await request.json()
-    if not body.get("stream"):
-        return web.Response(body=COMPLETION, content_type="application/json")
-    usage = bool((body.get("stream_options") or {}).get("include_usage"))
-    base = {"id": "chatcmpl-bench0002", "object": "chat.completion.chunk", "created": 1735689600,
-            "model": "gpt-4o-mini-2024-07-18", "system_fingerprint": "fp_bench"}
-    resp = web.StreamResponse(headers=SSE_HEADERS)
-    await resp.prepare(request)
-    for i in range(STREAM_CHUNKS):
-        if i:
-            await asyncio.sleep(CHUNK_INTERVAL)
-        ts = time.time_ns()  # also in the text, so it survives translation to other formats
-        delta = ({"role": "assistant", "content": f"<{ts}>"} if i == 0
-                 else {"content": f" <{ts}>"})
-        finish = "stop" if i == STREAM_CHUNKS - 1 else None
-        chunk = {**base, "ts": ts, "choices": [
-            {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}]}
-        if usage:
-            chunk["usage"] = None
-        await resp.write(sse(chunk))  # one write per event
-    if usage:
-        await resp.write(sse({**base, "ts": time.time_ns(), "choices": [], "usage": USAGE}))
-    await resp.write(b"data: [DONE]\n\n")
-    await resp.write_eof()
-    return resp
+    name: str
+    kind: str  # direct, forwarder, omniroute
+    base: str  # http://host:port
+    pids: list[int]
+    loop: str = "asyncio"
+    workers: int = 1
+    path: str = CHAT  # overrides the lane's path (the cross-format target)
+    compare: bool = False  # the --compare-workers gateway: JSON at the top concurrency only
 
 
-async def upstream_models(request: web.Request) -> web.Response:
-    return web.Response(body=MODELS, content_type="application/json")
+@dataclass
+class Lane:
+    """A kind of request, measured at several concurrencies on a set of targets."""
+
+    name: str
+    title: str
+    cell: str  # bench_client.CELLS key
+    path: str
+    levels: list[int]
+    request: dict[str, Any] | None = None
+    tail: str | None = None
+    #: which targets it runs on, and at which concurrency (default: every one, every level)
+    runs_on: Callable[[Target, int], bool] = field(default=lambda t, c: not t.compare
+                                                   and t.name != CROSS)
 
 
-def upstream_app(_: str | None) -> web.Application:
-    app = web.Application()
-    app.router.add_post("/v1/chat/completions", upstream_chat)
-    app.router.add_get("/v1/models", upstream_models)
-    return app
-
-
-# ------------------------------------------------------------------ bare forwarder
-
-HTTP = web.AppKey("http", aiohttp.ClientSession)
-
-
-def forwarder_app(upstream: str | None) -> web.Application:
-    async def session_ctx(app: web.Application) -> Any:
-        app[HTTP] = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
-        yield
-        await app[HTTP].close()
-
-    async def forward(request: web.Request) -> web.StreamResponse:
-        body = await request.read()
-        async with request.app[HTTP].post(f"{upstream}{request.path}", data=body,
-                                          headers={"Content-Type": "application/json"}) as up:
-            if up.content_type != "text/event-stream":
-                return web.Response(body=await up.read(), status=up.status,
-                                    content_type=up.content_type)
-            resp = web.StreamResponse(status=up.status, headers=SSE_HEADERS)
-            await resp.prepare(request)
-            async for chunk in up.content.iter_any():
-                await resp.write(chunk)
-            await resp.write_eof()
-            return resp
-
-    app = web.Application()
-    app.cleanup_ctx.append(session_ctx)
-    app.router.add_post("/v1/chat/completions", forward)
-    return app
-
-
-def settle_malloc() -> None:
-    """Free one large block so glibc raises its mmap threshold, as it does in any grown app.
-
-    Otherwise every asyncio socket read (a 256 KiB buffer) costs mmap + mremap +
-    munmap in a fresh process: ~0.1 ms of CPU per read here, which would make the
-    small bench processes slower than the gateway for a reason that is not theirs.
-    """
-    bytearray(1 << 20)  # allocated with mmap, freed at once
-
-
-def serve_app(factory: str, arg: str | None, ports: Any) -> None:
-    """Child process: serve ``factory(arg)`` on a free port and report the port."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent stops us
-    settle_malloc()
-
-    async def serve() -> None:
-        runner = web.AppRunner(globals()[factory](arg), access_log=None)
-        await runner.setup()
-        await web.TCPSite(runner, HOST, 0, backlog=1024).start()
-        ports.put(runner.addresses[0][1])
-        await asyncio.Event().wait()
-
-    asyncio.run(serve())
+def label(kind: str, loop: str, workers: int = 1) -> str:
+    return kind + ("+uv" if loop == "uvloop" else "") + (f"-w{workers}" if workers > 1 else "")
 
 
 # ------------------------------------------------------------------ /proc
-
-def stat_fields(pid: int) -> list[str]:
-    with open(f"/proc/{pid}/stat") as f:
-        return f.read().rsplit(")", 1)[1].split()  # fields from 3 (state) on
-
-
-def cpu_ms(pids: list[int]) -> float:
-    ticks = 0
-    for pid in pids:
-        try:
-            fields = stat_fields(pid)
-            ticks += int(fields[11]) + int(fields[12])  # utime + stime
-        except OSError:
-            pass
-    return ticks * 1000 / CLK_TCK
-
 
 def process_tree(root: int) -> list[int]:
     children: dict[int, list[int]] = {}
@@ -213,160 +115,42 @@ def rss_mib(pids: list[int]) -> float:
     return kib / 1024
 
 
-# ------------------------------------------------------------------ load client
-
-def pct(values: list[float], p: int) -> float | None:
-    """Nearest-rank percentile."""
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, -(-len(ordered) * p // 100) - 1))] if values else None
-
-
-async def json_cell(url: str, conc: int, warmup: float, duration: float, pids: list[int]
-                    ) -> dict[str, Any]:
-    """``conc`` closed-loop workers; what completes inside the window is counted."""
-    done: list[tuple[float, float]] = []
-    errors = 0
-    data, headers = json.dumps(REQUEST).encode(), {"Content-Type": "application/json"}
-    t0 = time.perf_counter() + warmup
-    t1 = t0 + duration
-    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=conc),
-                                     timeout=aiohttp.ClientTimeout(total=30)) as http:
-        async def worker() -> None:
-            nonlocal errors
-            while (begin := time.perf_counter()) < t1:
-                try:
-                    async with http.post(url, data=data, headers=headers) as resp:
-                        await resp.read()
-                        ok = resp.status == 200
-                except (TimeoutError, aiohttp.ClientError):
-                    ok = False
-                if ok:
-                    done.append((begin, time.perf_counter()))
-                else:
-                    errors += 1
-
-        tasks = [asyncio.create_task(worker()) for _ in range(conc)]
-        await asyncio.sleep(t0 - time.perf_counter())
-        cpu0, w0 = cpu_ms(pids), time.perf_counter()
-        await asyncio.sleep(t1 - time.perf_counter())
-        cpu1, w1 = cpu_ms(pids), time.perf_counter()
-        await asyncio.gather(*tasks)
-    lat = [(end - begin) * 1000 for begin, end in done if w0 <= end <= w1]
-    return {"requests": len(lat), "errors": errors, "rps": len(lat) / (w1 - w0),
-            "p50_ms": pct(lat, 50), "p99_ms": pct(lat, 99),
-            "cpu_ms_per_req": (cpu1 - cpu0) / len(lat) if lat else None}
-
-
-ANTHROPIC_REQUEST = {"model": REQUEST["model"], "max_tokens": 64, "stream": True,
-                     "system": REQUEST["messages"][0]["content"],
-                     "messages": [REQUEST["messages"][1]]}
-_TS = re.compile(r"<(\d+)>")
-
-
-async def one_stream(http: aiohttp.ClientSession, url: str, delays: list[float]
-                     ) -> tuple[float, float] | None:
-    """One streamed request: (ms to the first content chunk, ms in total) or None.
-
-    OpenAI chunks carry the upstream's send time in ``ts``; on ``/v1/messages``
-    (an Anthropic client, translated from the OpenAI upstream) it is read from
-    the text of each ``text_delta``.
-    """
-    anthropic = url.endswith("/v1/messages")
-    body = (ANTHROPIC_REQUEST if anthropic
-            else {**REQUEST, "stream": True, "stream_options": {"include_usage": True}})
-    begin, ttfb, buf = time.perf_counter(), None, b""
-    async with http.post(url, json=body) as resp:
-        if resp.status != 200:
-            return None
-        async for data in resp.content.iter_any():
-            now_ns, now = time.time_ns(), time.perf_counter()
-            *events, buf = (buf + data).split(b"\n\n")
-            for event in events:
-                start = event.find(b"data: {")
-                if start < 0:
-                    continue
-                chunk = json.loads(event[start + 6:])
-                if anthropic:
-                    text = (chunk.get("delta") or {}).get("text")
-                    sent = [int(t) for t in _TS.findall(text or "")]
-                else:
-                    sent = [chunk["ts"]]
-                    if not chunk["choices"]:
-                        sent = [] if ttfb is None else sent
-                for ts in sent:
-                    delays.append((now_ns - ts) / 1e6)
-                    if ttfb is None:
-                        ttfb = (now - begin) * 1000
-    return None if ttfb is None else (ttfb, (time.perf_counter() - begin) * 1000)
-
-
-async def stream_cell(url: str, conc: int, count: int, pids: list[int]) -> dict[str, Any]:
-    """``count`` streams, ``conc`` at a time, after one warm-up stream per connection."""
-    delays: list[float] = []
-    results: list[tuple[float, float] | None] = []
-    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=conc),
-                                     timeout=aiohttp.ClientTimeout(total=60)) as http:
-        await asyncio.gather(*(one_stream(http, url, []) for _ in range(conc)))
-        queue = iter(range(count))
-
-        async def worker() -> None:
-            for _ in queue:
-                try:
-                    results.append(await one_stream(http, url, delays))
-                except (TimeoutError, aiohttp.ClientError, ValueError, KeyError):
-                    results.append(None)
-
-        cpu0 = cpu_ms(pids)
-        await asyncio.gather(*(worker() for _ in range(conc)))
-        cpu1 = cpu_ms(pids)
-    ok = [r for r in results if r is not None]
-    ttfb, total = [r[0] for r in ok], [r[1] for r in ok]
-    return {"streams": len(ok), "errors": len(results) - len(ok),
-            "ttfb_p50_ms": pct(ttfb, 50), "ttfb_p99_ms": pct(ttfb, 99),
-            "total_p50_ms": pct(total, 50), "total_p99_ms": pct(total, 99),
-            "chunk_p50_ms": pct(delays, 50), "chunk_p99_ms": pct(delays, 99),
-            "cpu_ms_per_stream": (cpu1 - cpu0) / len(ok) if ok else None}
-
-
-def client_main(conn: Any) -> None:
-    """Child process: run each cell the parent sends; send back its result."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    settle_malloc()
-    while (command := conn.recv()) is not None:
-        kind, kwargs = command
-        try:
-            conn.send(asyncio.run((json_cell if kind == "json" else stream_cell)(**kwargs)))
-        except Exception as exc:  # noqa: BLE001 - the parent reports it
-            conn.send({"error": f"{type(exc).__name__}: {exc}"})
-
-
 # ------------------------------------------------------------------ processes
 
-def start_app(ctx: Any, factory: str, arg: str | None, procs: list[Any]) -> tuple[Any, int]:
+def start_app(ctx: Any, factory: str, arg: str | None, loop: str, procs: list[Any]
+              ) -> tuple[Any, int]:
     ports = ctx.Queue()
-    procs.append(ctx.Process(target=serve_app, args=(factory, arg, ports), daemon=True))
+    procs.append(ctx.Process(target=serve_app, args=(factory, arg, loop, ports), daemon=True))
     procs[-1].start()
     return procs[-1], ports.get(timeout=30)
 
 
-def start_gateway(data_dir: str, upstream_port: int, workers: int) -> tuple[subprocess.Popen, int]:
+def start_gateway(data_dir: Path, upstream_port: int, workers: int, loop: str | None,
+                  source: str | None = None) -> tuple[subprocess.Popen, int]:
+    """The gateway, configured with its CLI; ``source``: run that source tree's omniroute
+    (first on PYTHONPATH) instead of the installed one, on its default loop (``loop`` None)."""
+    data_dir.mkdir()
     env = {k: v for k, v in os.environ.items() if not k.startswith("OMNIROUTE_")}
     env["INITIAL_PASSWORD"] = "bench-password"
-    cli = [sys.executable, "-m", "omniroute.cli", "--data-dir", data_dir]
+    if source is not None:
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [source, env.get("PYTHONPATH")]))
+    cli = [sys.executable, "-m", "omniroute.cli", "--data-dir", str(data_dir)]
     added = subprocess.run(cli + ["providers", "add", "--type", "openai", "--name", "bench",
                                   "--prefix", "bench", "--base-url",
                                   f"http://{HOST}:{upstream_port}/v1", "--api-key", "sk-bench"],
-                           check=False, env=env, capture_output=True, text=True)
+                           check=False, env=env, capture_output=True, text=True, cwd=source)
     if added.returncode:
         raise RuntimeError(f"`omniroute providers add` failed:\n{added.stdout}{added.stderr}")
     with socket.socket() as s:
         s.bind((HOST, 0))
         port = s.getsockname()[1]
-    log_path = Path(data_dir) / "gateway.log"
+    log_path = data_dir / "gateway.log"
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(cli + ["serve", "--port", str(port), "--log-level", "warning",
-                                       "--workers", str(workers)], env=env, stdout=log,
-                                stderr=subprocess.STDOUT, start_new_session=True)
+                                       "--workers", str(workers),
+                                       *(["--loop", loop] if loop else [])],
+                                env=env, stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True, cwd=source)  # cwd comes first on sys.path
     deadline = time.monotonic() + 30
     while True:
         if proc.poll() is not None or time.monotonic() > deadline:
@@ -385,9 +169,11 @@ def start_gateway(data_dir: str, upstream_port: int, workers: int) -> tuple[subp
     return proc, port
 
 
-def stop_all(gateway: subprocess.Popen | None, procs: list[Any]) -> None:
-    if gateway is not None and gateway.poll() is None:
-        os.killpg(gateway.pid, signal.SIGTERM)  # the gateway and its workers
+def stop_all(gateways: list[subprocess.Popen], procs: list[Any]) -> None:
+    for gateway in gateways:
+        if gateway.poll() is None:
+            os.killpg(gateway.pid, signal.SIGTERM)  # the gateway and its workers
+    for gateway in gateways:
         try:
             gateway.wait(10)
         except subprocess.TimeoutExpired:
@@ -405,6 +191,25 @@ def stop_all(gateway: subprocess.Popen | None, procs: list[Any]) -> None:
 
 # ------------------------------------------------------------------ measuring
 
+def lanes(args: argparse.Namespace) -> list[Lane]:
+    high = max(args.concurrency)
+    every = {
+        "json": Lane("json", "JSON (`POST /v1/chat/completions`)", "loop", CHAT,
+                     args.concurrency, REQUEST,
+                     runs_on=lambda t, c: t.name != CROSS and (not t.compare or c == high)),
+        "instant": Lane("instant", f"Instant streams ({STREAM_CHUNKS} chunks + usage + [DONE] in "
+                        "one upstream write; closed loop)", "loop", CHAT,
+                        args.instant_concurrency, INSTANT_REQUEST, DONE.decode()),
+        "paced": Lane("paced", f"Paced streams ({STREAM_CHUNKS} chunks {CHUNK_INTERVAL * 1000:g} "
+                      "ms apart; chunk delay = client receive time − upstream send time)",
+                      "stream", CHAT, args.stream_concurrency,
+                      runs_on=lambda t, c: not t.compare),
+        "embed": Lane("embed", "Embeddings (`POST /v1/embeddings`, 256 dimensions)", "loop",
+                      EMBEDDINGS, args.embed_concurrency, EMBED_REQUEST),
+    }
+    return [every[name] for name in args.lanes]
+
+
 def median_cell(cells: list[dict[str, Any]]) -> dict[str, Any]:
     """Rounds of one cell: counts add up, every other number is the median."""
     out: dict[str, Any] = {}
@@ -417,75 +222,44 @@ def median_cell(cells: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def measure(args: argparse.Namespace, targets: dict[str, tuple[str, list[int]]], client: Any
-            ) -> dict[str, Any]:
-    """Each cell for every target back to back (so they share the machine's mood), × rounds."""
-    plan = [("json", c) for c in args.concurrency] + [("stream", c) for c in args.stream_concurrency]
-    raw: dict[str, Any] = {"json": {}, "stream": {}}
+def measure(args: argparse.Namespace, targets: list[Target], client: Any) -> dict[str, Any]:
+    """Each cell for every target back to back, × rounds; also what the machine did meanwhile."""
+    raw: dict[str, Any] = {}
+    own = process_tree(os.getpid())
     for rnd in range(1, args.rounds + 1):
-        for kind, conc in plan:
-            for name, (url, pids) in targets.items():
-                if kind == "json" and name in STREAM_ONLY:
-                    continue
-                kwargs: dict[str, Any] = {"url": url, "conc": conc, "pids": pids}
-                if kind == "json":
-                    kwargs.update(warmup=args.warmup, duration=args.duration)
-                else:
-                    kwargs.update(count=max(args.streams, 4 * conc))
-                client.send((kind, kwargs))
-                cell = client.recv()
-                if "error" in cell or not cell.get("requests", cell.get("streams")):
-                    raise RuntimeError(f"{name} {kind} c={conc} failed: {cell}")
-                raw[kind].setdefault(name, {}).setdefault(conc, []).append(cell)
-                shown = (f"{cell['rps']:6.0f} req/s, p50 {cell['p50_ms']:.2f} ms" if kind == "json"
-                         else f"chunk delay p50 {cell['chunk_p50_ms']:.2f} ms")
-                print(f"  round {rnd} {kind:<6} c={conc:<3} {name:<10} {shown}",
-                      file=sys.stderr, flush=True)
-    return {**{kind: {name: {conc: median_cell(cells) for conc, cells in by_conc.items()}
-                      for name, by_conc in by_name.items()} for kind, by_name in raw.items()},
+        for lane in lanes(args):
+            for conc in lane.levels:
+                for target in targets:
+                    if not lane.runs_on(target, conc):
+                        continue
+                    kwargs: dict[str, Any] = {"url": target.base + (
+                        target.path if target.path != CHAT else lane.path),
+                        "conc": conc, "pids": target.pids}
+                    if lane.cell == "loop":
+                        kwargs.update(body=lane.request, tail=lane.tail, warmup=args.warmup,
+                                      duration=args.duration)
+                    else:
+                        kwargs.update(count=max(args.streams, 4 * conc))
+                    busy0, ours0, began = busy_ms(), cpu_ms(own), time.monotonic()
+                    client.send((lane.cell, kwargs))
+                    cell = client.recv()
+                    wall = time.monotonic() - began
+                    if "error" in cell or not cell.get("requests", cell.get("streams")):
+                        raise RuntimeError(f"{target.name} {lane.name} c={conc} failed: {cell}")
+                    busy = (busy_ms() - busy0) / 1000 / wall
+                    cell["machine_cpus"] = busy  # CPUs the whole machine kept busy
+                    cell["foreign_cpus"] = max(0.0, busy - (cpu_ms(own) - ours0) / 1000 / wall)
+                    raw.setdefault(lane.name, {}).setdefault(target.name, {}).setdefault(
+                        conc, []).append(cell)
+                    shown = (f"{cell['rps']:6.0f}/s, p50 {cell['p50_ms']:.2f} ms, "
+                             f"CPU {cell['cpu_ms_per_req']:.3f} ms" if lane.cell == "loop"
+                             else f"TTFB p50 {cell['ttfb_p50_ms']:.2f} ms, "
+                             f"chunk p50 {cell['chunk_p50_ms']:.2f} ms")
+                    print(f"  round {rnd} {lane.name:<7} c={conc:<3} {target.name:<20} {shown}",
+                          file=sys.stderr, flush=True)
+    return {**{lane: {name: {conc: median_cell(cells) for conc, cells in by_conc.items()}
+                      for name, by_conc in by_name.items()} for lane, by_name in raw.items()},
             "raw": raw}
-
-
-# ------------------------------------------------------------------ report
-
-def fmt(value: float | None, digits: int = 2, unit: str = "") -> str:
-    return "n/a" if value is None else f"{value:.{digits}f}{unit}"
-
-
-def ratio(results: dict, kind: str, conc: int | None, key: str) -> float | None:
-    cells = results[kind]
-    a = cells.get("omniroute", {}).get(conc, {}).get(key)
-    b = cells.get("forwarder", {}).get(conc, {}).get(key)
-    return a / b if a is not None and b else None
-
-
-def table(results: dict, kind: str, columns: list[tuple]) -> list[str]:
-    """A column is (title, digits, key, ...): several keys are shown as ``a / b``."""
-    out = ["| target | conc. | " + " | ".join(c[0] for c in columns) + " |",
-           "|---|---:|" + "---:|" * len(columns)]
-    for name, cells in results[kind].items():
-        for conc, cell in cells.items():
-            row = [" / ".join(fmt(cell[key], digits) for key in keys)
-                   for _, digits, *keys in columns]
-            out.append(f"| {name} | {conc} | " + " | ".join(row) + " |")
-    return out
-
-
-def summarize(args: argparse.Namespace, results: dict[str, Any]) -> dict[str, Any]:
-    low, high = min(args.concurrency), max(args.concurrency)
-    slow = min(args.stream_concurrency, default=None)
-    p50 = {n: c.get(low, {}).get("p50_ms") for n, c in results["json"].items()}
-    return {
-        "added_p50_ms": {n: p50[n] - p50["direct"] for n in ("forwarder", "omniroute")
-                         if p50.get(n) is not None and p50.get("direct") is not None},
-        "cpu_ratio": {c: ratio(results, "json", c, "cpu_ms_per_req") for c in args.concurrency},
-        "stream_cpu_ratio": {c: ratio(results, "stream", c, "cpu_ms_per_stream")
-                             for c in args.stream_concurrency},
-        "throughput_ratio": ratio(results, "json", high, "rps"),
-        "chunk_p50_ms": {n: c.get(slow, {}).get("chunk_p50_ms")
-                         for n, c in results["stream"].items()},
-        "rss_mib": results["rss_mib"], "foreign_cpu": results["foreign_cpu"],
-        **cross_format(args, results)}
 
 
 def translation_cost(streams: int = 2000) -> dict[str, float]:
@@ -504,7 +278,7 @@ def translation_cost(streams: int = 2000) -> dict[str, float]:
                                         "logprobs": None,
                                         "finish_reason": "stop" if i == STREAM_CHUNKS - 1
                                         else None}]}) for i in range(STREAM_CHUNKS)]
-    frames += [sse({**base, "choices": [], "usage": USAGE}), b"data: [DONE]\n\n"]
+    frames += [sse({**base, "choices": [], "usage": USAGE}), DONE]
 
     async def upstream() -> Any:
         for frame in frames:
@@ -534,85 +308,204 @@ def translation_cost(streams: int = 2000) -> dict[str, float]:
     return asyncio.run(both())
 
 
+# ------------------------------------------------------------------ report
+
+def fmt(value: float | None, digits: int = 2, unit: str = "") -> str:
+    return "n/a" if value is None else f"{value:.{digits}f}{unit}"
+
+
+def get(results: dict, lane: str, name: str, conc: int | None, key: str) -> float | None:
+    value = results.get(lane, {}).get(name, {}).get(conc, {}).get(key)
+    return value if isinstance(value, (int, float)) else None
+
+
+def over(a: float | None, b: float | None) -> float | None:
+    return a / b if a is not None and b else None
+
+
+def table(cells: dict[str, dict[int, dict]], columns: list[tuple]) -> list[str]:
+    """A column is (title, digits, key, ...): several keys are shown as ``a / b``."""
+    out = ["| target | conc. | " + " | ".join(c[0] for c in columns) + " |",
+           "|---|---:|" + "---:|" * len(columns)]
+    for name, by_conc in cells.items():
+        for conc, cell in by_conc.items():
+            row = [" / ".join(fmt(cell.get(key), digits) for key in keys)
+                   for _, digits, *keys in columns]
+            out.append(f"| {name} | {conc} | " + " | ".join(row) + " |")
+    return out
+
+
+LOOP_COLUMNS = [("req/s", 0, "rps"), ("p50 ms", 2, "p50_ms"), ("p99 ms", 2, "p99_ms"),
+                ("CPU ms/req", 3, "cpu_ms_per_req"), ("errors", 0, "errors"),
+                ("busy CPUs", 2, "machine_cpus")]
+STREAM_COLUMNS = [("streams", 0, "streams"), ("TTFB p50 / p99 ms", 2, "ttfb_p50_ms", "ttfb_p99_ms"),
+                  ("total p50 / p99 ms", 1, "total_p50_ms", "total_p99_ms"),
+                  ("chunk delay p50 / p99 ms", 2, "chunk_p50_ms", "chunk_p99_ms"),
+                  ("CPU ms/stream", 2, "cpu_ms_per_stream"), ("errors", 0, "errors")]
+
+
+@dataclass
+class Check:
+    label: str
+    value: float | None
+    passes: Callable[[float], bool]
+    form: str
+
+    def line(self) -> str:
+        state = "n/a" if self.value is None else "PASS" if self.passes(self.value) else "FAIL"
+        shown = "n/a" if self.value is None else self.form.format(self.value)
+        return f"- [{'x' if state == 'PASS' else ' '}] {self.label}: {shown} — {state}"
+
+
+def checks(args: argparse.Namespace, results: dict[str, Any], loop: str) -> list[Check]:
+    """The targets of issue 7 (and the earlier ones), omniroute against the forwarder on ``loop``."""
+    ours, fwd = label("omniroute", loop), label("forwarder", loop)
+    high, slow = max(args.concurrency), min(args.stream_concurrency, default=None)
+    out = []
+    for c in args.concurrency:
+        out.append(Check(f"JSON CPU per request at c={c} ≤ 1.25× forwarder", over(
+            get(results, "json", ours, c, "cpu_ms_per_req"),
+            get(results, "json", fwd, c, "cpu_ms_per_req")), lambda v: v <= 1.25, "{:.2f}×"))
+    out.append(Check(f"JSON throughput at c={high} ≥ 75% of forwarder", over(
+        get(results, "json", ours, high, "rps"), get(results, "json", fwd, high, "rps")),
+        lambda v: v >= 0.75, "{:.0%}"))
+    for c in args.instant_concurrency if "instant" in args.lanes else []:
+        out.append(Check(f"instant stream CPU per stream at c={c} ≤ 1.5× forwarder", over(
+            get(results, "instant", ours, c, "cpu_ms_per_req"),
+            get(results, "instant", fwd, c, "cpu_ms_per_req")), lambda v: v <= 1.5, "{:.2f}×"))
+    ttfb = [get(results, "paced", n, slow, "ttfb_p50_ms") for n in (ours, fwd)]
+    out.append(Check(f"paced stream TTFB p50 at c={slow} within 0.3 ms of forwarder",
+                     None if None in ttfb else ttfb[0] - ttfb[1],  # type: ignore[operator]
+                     lambda v: v <= 0.3, "{:+.2f} ms"))
+    out.append(Check("RSS after the run ≤ 60 MiB", results["rss_mib"].get(ours),
+                     lambda v: v <= 60, "{:.1f} MiB"))
+    if loop == args.loops[0] and args.compare_workers > 1:
+        n = args.compare_workers
+        out.append(Check(f"--workers {n} JSON throughput at c={high} ≥ 1.7× one worker's", over(
+            get(results, "json", label("omniroute", loop, n), high, "rps"),
+            get(results, "json", ours, high, "rps")), lambda v: v >= 1.7, "{:.2f}×"))
+    low = min(args.concurrency)
+    p50 = [get(results, "json", n, low, "p50_ms") for n in (ours, "direct")]
+    out.append(Check(f"p50 latency added to direct at c={low} < 1 ms",
+                     None if None in p50 else p50[0] - p50[1],  # type: ignore[operator]
+                     lambda v: v < 1, "{:.2f} ms"))
+    out.append(Check(f"paced chunk delivered within 1 ms of leaving the upstream (p50, c={slow})",
+                     get(results, "paced", ours, slow, "chunk_p50_ms"), lambda v: v < 1,
+                     "{:.2f} ms"))
+    if loop == args.loops[0]:
+        out.append(Check("cross-format added chunk latency ≤ 1.5× same-format (p50)",
+                         results.get("cross", {}).get("ratio"), lambda v: v <= 1.5, "{:.2f}×"))
+    return out
+
+
 def cross_format(args: argparse.Namespace, results: dict[str, Any]) -> dict[str, Any]:
     """Anthropic client → OpenAI upstream against OpenAI → OpenAI, at the lowest stream conc."""
     slow = min(args.stream_concurrency, default=None)
-    cells = {n: results["stream"].get(n, {}).get(slow, {}) for n in
-             ("direct", "omniroute", "omniroute-anthropic")}
-    if not all(cells.values()):
+    same_name = label("omniroute", args.loops[0])
+    direct = get(results, "paced", "direct", slow, "chunk_p50_ms")
+    same = get(results, "paced", same_name, slow, "chunk_p50_ms")
+    cross = get(results, "paced", CROSS, slow, "chunk_p50_ms")
+    if None in (direct, same, cross):
         return {}
-    direct = cells["direct"]["chunk_p50_ms"]
-    same = cells["omniroute"]["chunk_p50_ms"] - direct
-    cross = cells["omniroute-anthropic"]["chunk_p50_ms"] - direct
-    cpu_same = cells["omniroute"]["cpu_ms_per_stream"]
-    cpu_cross = cells["omniroute-anthropic"]["cpu_ms_per_stream"]
-    return {"cross_added_chunk_ms": cross, "same_added_chunk_ms": same,
-            "cross_ratio": cross / same if same > 0 else None,
-            "cross_extra_cpu_ms_per_stream": cpu_cross - cpu_same
+    assert direct is not None and same is not None and cross is not None
+    cpu_same = get(results, "paced", same_name, slow, "cpu_ms_per_stream")
+    cpu_cross = get(results, "paced", CROSS, slow, "cpu_ms_per_stream")
+    return {"added_ms": cross - direct, "same_added_ms": same - direct,
+            "ratio": (cross - direct) / (same - direct) if same > direct else None,
+            "extra_cpu_ms_per_stream": cpu_cross - cpu_same
             if cpu_cross is not None and cpu_same is not None else None,
             **translation_cost()}
 
 
-def report(args: argparse.Namespace, results: dict[str, Any], s: dict[str, Any]) -> str:
-    low, high = min(args.concurrency), max(args.concurrency)
-    slow = min(args.stream_concurrency, default=None)
-    worst_cpu = max((v for v in s["cpu_ratio"].values() if v is not None), default=None)
-    tput = s["throughput_ratio"]
+def summary(args: argparse.Namespace, results: dict[str, Any]) -> list[str]:
+    high, slow = max(args.concurrency), min(args.stream_concurrency, default=None)
+    out = []
+    for loop in args.loops:
+        ours, fwd = label("omniroute", loop), label("forwarder", loop)
+        parts = []
+        for lane, key, levels in (("json", "cpu_ms_per_req", args.concurrency),
+                                  ("instant", "cpu_ms_per_req", args.instant_concurrency),
+                                  ("embed", "cpu_ms_per_req", args.embed_concurrency),
+                                  ("paced", "cpu_ms_per_stream", args.stream_concurrency)):
+            if lane in results:
+                parts.append(f"{lane} " + ", ".join(
+                    f"c={c} {fmt(over(get(results, lane, ours, c, key), get(results, lane, fwd, c, key)), 2, '×')}"  # noqa: E501
+                    for c in levels))
+        out.append(f"- {loop}: CPU per request, {ours} / {fwd}: " + "; ".join(parts))
+        tput = [f"{lane} c={c} {fmt(over(get(results, lane, ours, c, 'rps'), get(results, lane, fwd, c, 'rps')), 2, '×')}"  # noqa: E501
+                for lane, c in (("json", high), ("instant", max(args.instant_concurrency)),
+                                ("embed", max(args.embed_concurrency))) if lane in results]
+        out.append(f"- {loop}: throughput, {ours} / {fwd}: " + ", ".join(tput))
+        ttfb = [get(results, "paced", n, slow, "ttfb_p50_ms") for n in ("direct", fwd, ours)]
+        out.append(f"- {loop}: paced TTFB p50 at c={slow}: direct {fmt(ttfb[0])} ms, {fwd} "
+                   f"{fmt(ttfb[1])} ms, {ours} {fmt(ttfb[2])} ms")
+    if len(args.loops) > 1:
+        uv, aio = label("omniroute", "uvloop"), label("omniroute", "asyncio")
+        parts = [f"{lane} c={c} CPU {fmt(over(get(results, lane, uv, c, 'cpu_ms_per_req'), get(results, lane, aio, c, 'cpu_ms_per_req')), 2, '×')}"  # noqa: E501
+                 f" req/s {fmt(over(get(results, lane, uv, c, 'rps'), get(results, lane, aio, c, 'rps')), 2, '×')}"  # noqa: E501
+                 for lane, levels in (("json", args.concurrency),
+                                      ("instant", args.instant_concurrency))
+                 if lane in results for c in levels]
+        out.append("- uvloop / asyncio, omniroute: " + "; ".join(parts))
+    if args.baseline:
+        parts = [f"{lane} c={c} CPU {fmt(over(get(results, lane, 'omniroute', c, key), get(results, lane, 'baseline', c, key)), 2, '×')}"  # noqa: E501
+                 for lane, key, levels in (
+                     ("json", "cpu_ms_per_req", args.concurrency),
+                     ("instant", "cpu_ms_per_req", args.instant_concurrency),
+                     ("embed", "cpu_ms_per_req", args.embed_concurrency),
+                     ("paced", "cpu_ms_per_stream", args.stream_concurrency))
+                 if lane in results for c in levels]
+        out.append(f"- omniroute (asyncio) / baseline ({args.baseline}): " + "; ".join(parts))
+    if args.compare_workers > 1:
+        n = args.compare_workers
+        name = label("omniroute", args.loops[0], n)
+        cell = results.get("json", {}).get(name, {}).get(high, {})
+        one = results.get("json", {}).get(label("omniroute", args.loops[0]), {}).get(high, {})
+        if cell and one:
+            out.append(
+                f"- --workers {n} at c={high}: {cell['rps']:.0f} req/s against {one['rps']:.0f} "
+                f"({over(cell['rps'], one['rps']):.2f}×); {os.cpu_count()} CPUs, the machine kept "
+                f"{cell['machine_cpus']:.2f} busy during that cell, {cell['foreign_cpus']:.2f} of "
+                f"them other processes' (the load client and upstream are ours), so "
+                f"{max(0.0, (os.cpu_count() or 1) - cell['foreign_cpus']):.2f} CPUs were free "
+                "for the benchmark")
+    out.append("- resident memory (VmRSS) after the run: "
+               + ", ".join(f"{n} {v:.1f} MiB" for n, v in results["rss_mib"].items()))
+    cross = results.get("cross", {})
+    if cross:
+        out += [f"- cross-format paced stream (Anthropic client → OpenAI upstream) at c={slow}: "
+                f"chunk delay added to direct p50 {cross['added_ms']:.2f} ms against "
+                f"{cross['same_added_ms']:.2f} ms same-format; extra server CPU "
+                f"{fmt(cross['extra_cpu_ms_per_stream'])} ms per stream",
+                f"- per-chunk stream translation, in-process: "
+                f"{cross['translated_us_per_chunk']:.1f} µs per chunk (OpenAI → canonical → "
+                f"Anthropic) against {cross['passthrough_us_per_chunk']:.1f} µs on the "
+                "pass-through lane (usage and errors read on the side)"]
+    return out
+
+
+def report(args: argparse.Namespace, results: dict[str, Any]) -> str:
+    load = os.getloadavg()
     out = [
         "## omniroute benchmark", "",
         f"{os.cpu_count()} CPUs, Python {platform.python_version()}, aiohttp "
-        f"{aiohttp.__version__}; JSON cells {args.duration:g} s after {args.warmup:g} s warm-up; "
-        f"median of {args.rounds} round(s); omniroute workers: {args.workers}. Load client, "
+        f"{aiohttp.__version__}; loops: {', '.join(args.loops)}; load average after the run "
+        f"{load[0]:.2f} / {load[1]:.2f} / {load[2]:.2f}; closed-loop cells {args.duration:g} s "
+        f"after {args.warmup:g} s warm-up; median of {args.rounds} round(s). Load client, "
         "upstream and server share the machine; CPU is that of the server under test only "
-        f"(for direct: the fake upstream). Other processes used {s['foreign_cpu']:.0%} of a CPU "
-        "meanwhile" + (": **the numbers are unreliable**." if s["foreign_cpu"] > 0.1 else "."), "",
-        "### JSON (`POST /v1/chat/completions`)", "",
-        *table(results, "json", [("req/s", 0, "rps"), ("p50 ms", 2, "p50_ms"),
-                                 ("p99 ms", 2, "p99_ms"), ("CPU ms/req", 3, "cpu_ms_per_req"),
-                                 ("errors", 0, "errors")]), "",
-        (f"### Streams ({STREAM_CHUNKS} chunks {CHUNK_INTERVAL * 1000:g} ms apart; chunk delay "
-         "= client receive time − upstream send time)"), "",
-        *table(results, "stream", [
-            ("streams", 0, "streams"), ("TTFB p50 / p99 ms", 2, "ttfb_p50_ms", "ttfb_p99_ms"),
-            ("total p50 / p99 ms", 1, "total_p50_ms", "total_p99_ms"),
-            ("chunk delay p50 / p99 ms", 2, "chunk_p50_ms", "chunk_p99_ms"),
-            ("CPU ms/stream", 2, "cpu_ms_per_stream"), ("errors", 0, "errors")]), "",
-        "### Summary", "",
-        f"- p50 latency added to direct at c={low}: "
-        + ", ".join(f"{n} +{v:.2f} ms" for n, v in s["added_p50_ms"].items()),
-        "- CPU per request, omniroute / forwarder: "
-        + ", ".join(f"c={c} {fmt(v, 2, '×')}" for c, v in s["cpu_ratio"].items()) + "; per stream: "
-        + ", ".join(f"c={c} {fmt(v, 2, '×')}" for c, v in s["stream_cpu_ratio"].items()),
-        f"- throughput omniroute / forwarder at c={high}: "
-        + ("n/a" if tput is None else f"{tput:.0%}"),
-        f"- chunk delay p50 at stream c={slow}: "
-        + ", ".join(f"{n} {fmt(v, 2, ' ms')}" for n, v in s["chunk_p50_ms"].items()),
-        "- resident memory (VmRSS) after the run: "
-        + ", ".join(f"{n} {v:.1f} MiB" for n, v in s["rss_mib"].items()),
-        *([f"- cross-format stream (Anthropic client → OpenAI upstream) at c={slow}: chunk delay "
-           f"added to direct p50 {s['cross_added_chunk_ms']:.2f} ms against "
-           f"{s['same_added_chunk_ms']:.2f} ms same-format; extra server CPU "
-           f"{fmt(s['cross_extra_cpu_ms_per_stream'], 2)} ms per stream (request translation "
-           "and Anthropic's extra events included)",
-           f"- per-chunk stream translation, in-process: "
-           f"{s['translated_us_per_chunk']:.1f} µs per chunk (OpenAI → canonical → Anthropic) "
-           f"against {s['passthrough_us_per_chunk']:.1f} µs on the pass-through lane (usage and "
-           "error read on the side)"] if "cross_ratio" in s else []), "",
-        "### Targets", ""]
-    checks = [
-        (f"p50 added latency at c={low} < 1 ms", s["added_p50_ms"].get("omniroute"),
-         lambda v: v < 1, "{:.2f} ms"),
-        ("CPU per request ≤ 1.5× forwarder (worst concurrency)", worst_cpu,
-         lambda v: v <= 1.5, "{:.2f}×"),
-        (f"throughput at c={high} ≥ 60% of forwarder", tput, lambda v: v >= 0.6, "{:.0%}"),
-        (f"streamed chunk delivered within 1 ms of leaving the upstream (p50, c={slow})",
-         s["chunk_p50_ms"].get("omniroute"), lambda v: v < 1, "{:.2f} ms"),
-        ("cross-format added chunk latency ≤ 1.5× same-format (p50)", s.get("cross_ratio"),
-         lambda v: v <= 1.5, "{:.2f}×")]
-    for label, value, passes, form in checks:
-        state = "n/a" if value is None else "PASS" if passes(value) else "FAIL"
-        shown = "n/a" if value is None else form.format(value)
-        out.append(f"- [{'x' if state == 'PASS' else ' '}] {label}: {shown} — {state}")
+        "(for direct: the fake upstream); `busy CPUs` is the whole machine during the cell. "
+        f"Other processes used {results['foreign_cpu']:.2f} CPUs on average meanwhile"
+        + (": **the numbers are unreliable**." if results["foreign_cpu"] > 0.1 else "."), ""]
+    for lane in lanes(args):
+        if lane.name in results:
+            out += [f"### {lane.title}", "",
+                    *table(results[lane.name],
+                           STREAM_COLUMNS if lane.cell == "stream" else LOOP_COLUMNS), ""]
+    out += ["### Summary", "", *summary(args, results), ""]
+    for loop in args.loops:
+        out += [f"### Targets ({loop}: {label('omniroute', loop)} against "
+                f"{label('forwarder', loop)})", "", *(c.line() for c in checks(args, results, loop)),
+                ""]
     return "\n".join(out)
 
 
@@ -623,21 +516,35 @@ def parse_args() -> argparse.Namespace:
         return [int(x) for x in text.split(",") if x.strip()]
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--duration", type=float, default=5.0, help="seconds per JSON cell (5)")
-    p.add_argument("--warmup", type=float, default=1.0, help="warm-up seconds per JSON cell (1)")
+    p.add_argument("--duration", type=float, default=5.0, help="seconds per closed-loop cell (5)")
+    p.add_argument("--warmup", type=float, default=1.0, help="warm-up seconds per cell (1)")
     p.add_argument("--concurrency", type=levels, default=[1, 16, 64], help="JSON (1,16,64)")
-    p.add_argument("--stream-concurrency", type=levels, default=[1, 16], help="streams (1,16)")
-    p.add_argument("--streams", type=int, default=25, help="streams per cell, at least 4×conc.")
+    p.add_argument("--instant-concurrency", type=levels, default=[1, 64],
+                   help="instant streams (1,64)")
+    p.add_argument("--stream-concurrency", type=levels, default=[1, 16],
+                   help="paced streams (1,16)")
+    p.add_argument("--embed-concurrency", type=levels, default=[16], help="embeddings (16)")
+    p.add_argument("--streams", type=int, default=25, help="paced streams per cell, ≥ 4×conc.")
     p.add_argument("--rounds", type=int, default=1, help="repeat every cell; report the median")
-    p.add_argument("--workers", type=int, default=1, help="omniroute worker processes")
-    p.add_argument("--targets", default="direct,forwarder,omniroute,omniroute-anthropic",
-                   help="what to measure")
+    p.add_argument("--workers", type=int, default=1, help="omniroute worker processes (1)")
+    p.add_argument("--compare-workers", type=int, default=2, metavar="N",
+                   help="also run a gateway with N workers, JSON at the top concurrency, on the "
+                        "first loop (2; 0 = off)")
+    p.add_argument("--loop", default="both", choices=["asyncio", "uvloop", "both"],
+                   help="event loop of the forwarder and the gateway; both: side by side, "
+                        "uvloop first (both)")
+    p.add_argument("--lanes", default="json,instant,paced,embed",
+                   help="what to measure (json,instant,paced,embed)")
+    p.add_argument("--baseline", metavar="SRC",
+                   help="also run the gateway of another source tree (e.g. `git archive main` "
+                        "unpacked), on its default loop, as target `baseline`")
     p.add_argument("--quick", action="store_true", help="short smoke run")
     p.add_argument("--json", metavar="FILE", help="also write the results as JSON")
     args = p.parse_args()
     if args.quick:
         args.duration, args.warmup, args.streams, args.rounds = 1.0, 0.3, 4, 1
-    args.targets = args.targets.split(",")
+    args.lanes = args.lanes.split(",")
+    args.loops = ["uvloop", "asyncio"] if args.loop == "both" else [args.loop]
     return args
 
 
@@ -646,31 +553,48 @@ def main() -> int:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # run the clean-up below
     ctx = multiprocessing.get_context("spawn")
     procs: list[Any] = []
-    gateway: subprocess.Popen | None = None
-    with tempfile.TemporaryDirectory(prefix="omniroute-bench-") as data_dir:
+    gateways: list[subprocess.Popen] = []
+    with tempfile.TemporaryDirectory(prefix="omniroute-bench-") as tmp:
         try:
-            upstream, up_port = start_app(ctx, "upstream_app", None, procs)
-            forwarder, fw_port = start_app(ctx, "forwarder_app", f"http://{HOST}:{up_port}", procs)
-            gateway, gw_port = start_gateway(data_dir, up_port, args.workers)
+            upstream, up_port = start_app(ctx, "upstream", None, "asyncio", procs)
+            targets = [Target("direct", "direct", f"http://{HOST}:{up_port}", [upstream.pid])]
+            plan = [(loop, args.workers, False) for loop in args.loops]
+            if args.compare_workers > 1 and "json" in args.lanes:
+                plan.append((args.loops[0], args.compare_workers, True))
+            for loop, workers, compare in plan:
+                if not compare:
+                    fw, fw_port = start_app(ctx, "forwarder", f"http://{HOST}:{up_port}", loop,
+                                            procs)
+                    targets.append(Target(label("forwarder", loop), "forwarder",
+                                          f"http://{HOST}:{fw_port}", [fw.pid], loop))
+                gateway, port = start_gateway(Path(tmp) / f"{loop}-{workers}", up_port, workers,
+                                              loop)
+                gateways.append(gateway)
+                name = label("omniroute", loop, workers if compare else 1)
+                targets.append(Target(name, "omniroute", f"http://{HOST}:{port}",
+                                      process_tree(gateway.pid), loop, workers, compare=compare))
+                if loop == args.loops[0] and not compare:
+                    targets.append(Target(CROSS, "omniroute", f"http://{HOST}:{port}",
+                                          targets[-1].pids, loop, path=MESSAGES))
+            if args.baseline:
+                gateway, port = start_gateway(Path(tmp) / "baseline", up_port, args.workers,
+                                              None, args.baseline)
+                gateways.append(gateway)
+                targets.append(Target("baseline", "omniroute", f"http://{HOST}:{port}",
+                                      process_tree(gateway.pid), "asyncio"))
             client, child_end = ctx.Pipe()
             procs.append(ctx.Process(target=client_main, args=(child_end,), daemon=True))
             procs[-1].start()
-            path = "/v1/chat/completions"
-            targets = {name: target for name, target in {
-                "direct": (f"http://{HOST}:{up_port}{path}", [upstream.pid]),
-                "forwarder": (f"http://{HOST}:{fw_port}{path}", [forwarder.pid]),
-                "omniroute": (f"http://{HOST}:{gw_port}{path}", process_tree(gateway.pid)),
-                "omniroute-anthropic": (f"http://{HOST}:{gw_port}/v1/messages",
-                                        process_tree(gateway.pid)),
-            }.items() if name in args.targets}
-            ours, busy, began = cpu_ms(process_tree(os.getpid())), busy_ms(), time.monotonic()
+            own = process_tree(os.getpid())
+            ours, busy, began = cpu_ms(own), busy_ms(), time.monotonic()
             results = measure(args, targets, client)
-            others = busy_ms() - busy - (cpu_ms(process_tree(os.getpid())) - ours)
+            others = busy_ms() - busy - (cpu_ms(own) - ours)
             results["foreign_cpu"] = max(0.0, others / 1000 / (time.monotonic() - began))
-            results["rss_mib"] = {"omniroute": rss_mib(process_tree(gateway.pid)),
-                                  "forwarder": rss_mib([forwarder.pid])}
-            results["summary"] = summarize(args, results)
-            print(report(args, results, results["summary"]))
+            results["rss_mib"] = {t.name: rss_mib(t.pids) for t in targets
+                                  if t.kind != "direct" and t.name != CROSS}
+            if "paced" in args.lanes:
+                results["cross"] = cross_format(args, results)
+            print(report(args, results))
             if args.json:
                 Path(args.json).write_text(json.dumps({"args": vars(args), **results}, indent=2))
             return 0
@@ -678,7 +602,7 @@ def main() -> int:
             print("interrupted", file=sys.stderr)
             return 130
         finally:
-            stop_all(gateway, procs)
+            stop_all(gateways, procs)
 
 
 if __name__ == "__main__":

@@ -199,6 +199,11 @@ class Format:
         """Token counts carried by one stream frame, or None (cheap: called per frame)."""
         return None
 
+    #: byte strings of which one is in every frame where :meth:`usage_from_frame` or
+    #: :meth:`error_from_frame` can find anything: the pass-through lane then reads only
+    #: the frames of a chunk that hold one. Empty (the default): every frame is read.
+    side_markers: ClassVar[tuple[bytes, ...]] = ()
+
     def conversation_seed(self, body: dict[str, Any]) -> tuple[str | None, str | None]:
         """The system prompt and first user message as text, for a session fingerprint.
 

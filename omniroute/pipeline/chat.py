@@ -15,8 +15,10 @@ answer.
 from __future__ import annotations
 
 import dataclasses
+from bisect import bisect_right
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import aclosing
+from itertools import accumulate
 
 from omniroute.errors import GatewayError, UpstreamError
 from omniroute.formats import canonical as c
@@ -81,14 +83,17 @@ class Chat(Operation):
                 answer, usage = fmt.encode_response(response, request), response.usage
             set_usage(record, usage)
             return Reply(body=answer, status=upstream.status, headers=headers)
-        events = upstream.events
-        assert events is not None
-        reply = Reply(source=events, close=upstream.close, headers=headers,
-                      content_type=fmt.stream_content_type)
-        if request is None:
-            reply.frames = _passthrough(fmt, reply, record, events, fmt.hidden_frames(
+        if request is None:  # pass-through: what one socket read brought leaves in one write
+            reads = upstream.reads if upstream.reads is not None else _one_by_one(upstream)
+            reply = Reply(source=reads, close=upstream.close, headers=headers,
+                          content_type=fmt.stream_content_type)
+            reply.frames = _passthrough(fmt, reply, record, reads, fmt.hidden_frames(
                 ClientRequest(ctx.body, ctx.model, ctx.stream, ctx.headers, ctx.query)))
         else:
+            events = upstream.events
+            assert events is not None
+            reply = Reply(source=events, close=upstream.close, headers=headers,
+                          content_type=fmt.stream_content_type)
             decoded = provider_format.decode_stream(events)
             reply.frames = fmt.encode_stream(_tap_usage(decoded, record), request)
         return reply
@@ -116,21 +121,58 @@ class Chat(Operation):
 
 
 async def _passthrough(
-    fmt: Format, reply: Reply, record: RequestRecord, events: AsyncIterator[bytes],
+    fmt: Format, reply: Reply, record: RequestRecord, reads: AsyncIterator[list[bytes]],
     hidden: Callable[[bytes], bool] | None,
 ) -> AsyncIterator[bytes]:
-    """The upstream's own frames, unchanged; usage and errors are read on the side."""
-    async for frame in events:
-        usage = fmt.usage_from_frame(frame)
-        if usage is not None:
-            set_usage(record, usage)
-            if hidden is not None and hidden(frame):
-                continue  # asked for on the client's behalf; kept on the side
-        upstream_error = fmt.error_from_frame(frame)
-        if upstream_error is not None:  # relayed as sent; recorded and charged as a failure
-            record.status, record.error = 502, f"upstream stream error: {upstream_error}"
-            reply.failure = UpstreamError(record.error)
-        yield frame
+    """The upstream's own frames, unchanged, those of one socket read as one chunk (so
+    they leave in one write); usage and errors are read on the side, in the frames that
+    hold one of the format's :attr:`~Format.side_markers`."""
+    markers = fmt.side_markers
+    async for frames in reads:
+        chunk = frames[0] if len(frames) == 1 else b"".join(frames)
+        kept = frames
+        for frame in _marked(frames, chunk, markers):
+            usage = fmt.usage_from_frame(frame)
+            if usage is not None:
+                set_usage(record, usage)
+                if hidden is not None and hidden(frame):  # asked for on the client's behalf
+                    kept = [f for f in kept if f is not frame]
+                    chunk = b"".join(kept)
+                    continue
+            upstream_error = fmt.error_from_frame(frame)
+            if upstream_error is not None:  # relayed as sent; recorded and charged as a failure
+                record.status, record.error = 502, f"upstream stream error: {upstream_error}"
+                reply.failure = UpstreamError(record.error)
+        if chunk:
+            yield chunk
+
+
+def _marked(frames: list[bytes], chunk: bytes, markers: tuple[bytes, ...]) -> list[bytes]:
+    """The frames of ``chunk`` (their concatenation) that hold one of ``markers``; all of
+    them when there are no markers. One search per marker over the chunk, not per frame."""
+    if not markers:
+        return frames
+    found: list[int] = []
+    for marker in markers:
+        at = chunk.find(marker)
+        while at >= 0:
+            found.append(at)
+            at = chunk.find(marker, at + 1)
+    if not found:
+        return []
+    if len(frames) == 1:
+        return frames
+    ends = list(accumulate(map(len, frames)))
+    return [frames[i] for i in sorted({bisect_right(ends, at) for at in found})]
+
+
+async def _one_by_one(upstream: UpstreamResponse) -> AsyncIterator[list[bytes]]:
+    """A provider that offers only ``events``: each frame on its own."""
+    events = upstream.events
+    assert events is not None
+    async with aclosing(events):  # type: ignore[type-var]
+        async for frame in events:
+            yield [frame]
 
 
 async def _tap_usage(

@@ -35,6 +35,7 @@ from omniroute.formats.responses.response import frame_json
 from omniroute.pipeline.context import Reply, RequestContext
 from omniroute.pipeline.operation import Operation
 from omniroute.pipeline.stages import Stage, StageRun
+from omniroute.sse import SSESplitter
 from omniroute.storage import Database
 from omniroute.storage.responses import ResponseStore
 
@@ -112,9 +113,13 @@ class ResponsesState(StageRun):
     async def frame(self, ctx: RequestContext, frame: bytes) -> None:
         if not self.store or self.saved or not any(m in frame for m in _FINAL_MARKERS):
             return
-        event = frame_json(frame)
-        if event is not None and event.get("type") in _FINAL_EVENTS:
-            await self._save(event.get("response"))
+        splitter = SSESplitter()  # a chunk may hold several events (the last maybe unended)
+        for event_bytes in [*splitter.feed(frame), splitter.tail()]:
+            event = frame_json(event_bytes) if any(
+                m in event_bytes for m in _FINAL_MARKERS) else None
+            if event is not None and event.get("type") in _FINAL_EVENTS:
+                await self._save(event.get("response"))
+                return
 
     async def _save(self, response: Any) -> None:
         if not (isinstance(response, dict) and isinstance(response.get("id"), str)

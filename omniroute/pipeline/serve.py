@@ -377,13 +377,15 @@ async def relay(
             request[STREAM_STARTED] = True
         try:
             # a client that stops reading must not hold the account forever: once its
-            # unread backlog is over the high-water mark a write would wait for it, and
-            # that wait is bounded by the idle timeout (no cost while the client keeps up)
+            # unread backlog with this chunk passes the high-water mark a write would wait
+            # for it, and that wait is bounded by the idle timeout (no cost while the
+            # client keeps up; a chunk may hold many frames, so its own size counts)
             transport = request.transport
             async for chunk in frames:
                 for run in taps:
                     await run.frame(ctx, chunk)
-                if transport is not None and transport.get_write_buffer_size() > _BACKLOG:
+                if transport is not None and (
+                        transport.get_write_buffer_size() + len(chunk) > _BACKLOG):
                     async with asyncio.timeout(idle):
                         await response.write(chunk)
                 else:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar, Protocol
 from urllib.parse import urlsplit
@@ -38,7 +38,7 @@ _HINT_PREFIXES = ("retry-after", "x-ratelimit-", "anthropic-ratelimit-")
 class Splitter(Protocol):
     """Cuts a byte stream into whole frames (kept byte for byte, terminator included)."""
 
-    def feed(self, chunk: bytes) -> Iterator[bytes]: ...
+    def feed(self, chunk: bytes) -> list[bytes]: ...
 
     def tail(self) -> bytes: ...
 
@@ -51,15 +51,12 @@ class LineSplitter:
     def __init__(self) -> None:
         self._buf = b""
 
-    def feed(self, chunk: bytes) -> Iterator[bytes]:
+    def feed(self, chunk: bytes) -> list[bytes]:
+        """The lines ``chunk`` completes (blank lines dropped)."""
         buf = self._buf + chunk if self._buf else chunk
-        start = 0
-        while (end := buf.find(b"\n", start)) >= 0:
-            line = buf[start:end + 1]
-            start = end + 1
-            if line.strip():
-                yield line
-        self._buf = buf[start:]
+        lines = buf.split(b"\n")
+        self._buf = lines.pop()
+        return [line + b"\n" for line in lines if line.strip()]
 
     def tail(self) -> bytes:
         rest, self._buf = self._buf, b""
@@ -229,46 +226,55 @@ class HTTPProvider(Provider):
         client, so the caller can try elsewhere. ``first_byte`` bounds the whole wait:
         keep-alive frames (:meth:`skips_frame`) arriving meanwhile do not end it.
 
+        The answer offers the stream two ways, to be read one way only: ``events``,
+        frame by frame, and ``reads``, the frames each socket read completed, as one
+        list (the frames read while waiting come first, as one list).
+
         :param framing: overrides the provider's :attr:`framing` for this call.
         """
         framing = framing or self.framing
         timeouts = self.context.timeouts
         resp: aiohttp.ClientResponse | None = None
-        frames: AsyncIterator[bytes] | None = None
+        reader: _FrameReader | None = None
         head: list[bytes] = []
+        first: int | None = None  # where in head the first meaningful frame is
         try:
             async with asyncio.timeout(timeouts.first_byte):
                 resp = await self.context.http.post(
                     url, data=data, headers=headers, timeout=timeouts.stream)
                 if resp.status >= 400:
                     raise self.error_from(resp.status, await resp.read(), resp.headers)
-                frames = _read_frames(resp, framing.splitter(), timeouts)
-                async for frame in frames:
-                    head.append(frame)
-                    if not framing.well_formed(frame) or not self.skips_frame(frame):
-                        break
+                reader = _FrameReader(resp, framing.splitter(), timeouts)
+                while first is None and (batch := await reader.read()):
+                    start = len(head)
+                    head += batch
+                    first = next((i for i in range(start, len(head))
+                                  if not framing.well_formed(head[i])
+                                  or not self.skips_frame(head[i])), None)
         except TimeoutError:
-            await _abandon(resp, frames)
+            _abandon(resp)
             raise UpstreamTimeout(
                 f"upstream sent no event within {timeouts.first_byte:g}s") from None
         except aiohttp.ClientError as exc:
-            await _abandon(resp, frames)
+            _abandon(resp)
             raise UpstreamError(f"upstream unreachable: {_describe(exc)}") from None
         except BaseException:
-            await _abandon(resp, frames)
+            _abandon(resp)
             raise
-        assert resp is not None and frames is not None
-        if not head or not all(framing.well_formed(f) for f in head) or self.skips_frame(head[-1]):
-            await _abandon(resp, frames)
+        assert resp is not None and reader is not None
+        wanted = head if first is None else head[:first + 1]  # up to the first meaningful one
+        if (first is None or not all(framing.well_formed(f) for f in wanted)
+                or self.skips_frame(wanted[-1])):
+            _abandon(resp)
             kind = "event stream" if framing is SSE else f"{framing.name} stream"
             raise UpstreamError(f"upstream sent an empty or malformed {kind}")
-        error = self.first_frame_error(head[-1])
+        error = self.first_frame_error(wanted[-1])
         if error is not None:
-            await _abandon(resp, frames)
+            _abandon(resp)
             raise error
         return UpstreamResponse(
-            resp.status, _kept_headers(resp.headers), events=_chain(head, frames, resp),
-            close=resp.close)
+            resp.status, _kept_headers(resp.headers), events=reader.frames(head),
+            reads=reader.reads(head), close=resp.close)
 
 
 # ----------------------------------------------------------------------------- settings helpers
@@ -315,52 +321,76 @@ def rate_limit_headers(headers: Mapping[str, str]) -> dict[str, str]:
 
 # ----------------------------------------------------------------------------- stream plumbing
 
-async def _read_frames(
-    resp: aiohttp.ClientResponse, splitter: Splitter, timeouts: Any
-) -> AsyncIterator[bytes]:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeouts.total
-    try:
-        while True:
-            chunk = await resp.content.readany()  # bounded by sock_read (idle timeout)
-            if not chunk:
-                break
-            for frame in splitter.feed(chunk):
+class _FrameReader:
+    """One upstream stream: socket reads cut into whole frames, every wait bounded.
+
+    Read it through one of :meth:`frames` or :meth:`reads`; either releases the
+    connection to the pool when the stream ends, and drops it when the stream is
+    closed early, so the upstream stops.
+    """
+
+    __slots__ = ("_resp", "_splitter", "_timeouts", "_deadline", "_done")
+
+    def __init__(self, resp: aiohttp.ClientResponse, splitter: Splitter, timeouts: Any) -> None:
+        self._resp, self._splitter, self._timeouts = resp, splitter, timeouts
+        self._deadline = asyncio.get_running_loop().time() + timeouts.total
+        self._done = False
+
+    async def read(self) -> list[bytes]:
+        """The frames the next socket read completes (never empty), or [] at the end."""
+        timeouts = self._timeouts
+        try:
+            while not self._done:
+                chunk = await self._resp.content.readany()  # bounded by sock_read (idle)
+                if not chunk:
+                    self._done = True
+                    tail = self._splitter.tail()
+                    return [tail] if tail else []
+                if asyncio.get_running_loop().time() > self._deadline:
+                    raise UpstreamTimeout(
+                        f"upstream stream exceeded {timeouts.total:g}s in total")
+                frames = self._splitter.feed(chunk)
+                if frames:
+                    return frames
+            return []
+        except TimeoutError:
+            raise UpstreamTimeout(
+                f"upstream stream stalled: no data for {timeouts.idle:g}s") from None
+        except aiohttp.ClientError as exc:
+            raise UpstreamError(f"upstream stream broke: {_describe(exc)}") from None
+
+    async def reads(self, head: list[bytes]) -> AsyncIterator[list[bytes]]:
+        """``head``, then the frames of each socket read as one list."""
+        finished = False
+        try:
+            yield head
+            while batch := await self.read():
+                yield batch
+            finished = True
+        finally:
+            self._end(finished)
+
+    async def frames(self, head: list[bytes]) -> AsyncIterator[bytes]:
+        """``head``, then every frame, one by one."""
+        finished = False
+        try:
+            for frame in head:
                 yield frame
-            if loop.time() > deadline:
-                raise UpstreamTimeout(f"upstream stream exceeded {timeouts.total:g}s in total")
-        tail = splitter.tail()
-        if tail:
-            yield tail
-    except TimeoutError:
-        raise UpstreamTimeout(f"upstream stream stalled: no data for {timeouts.idle:g}s") from None
-    except aiohttp.ClientError as exc:
-        raise UpstreamError(f"upstream stream broke: {_describe(exc)}") from None
+            while batch := await self.read():
+                for frame in batch:
+                    yield frame
+            finished = True
+        finally:
+            self._end(finished)
 
-
-async def _chain(
-    head: list[bytes], rest: AsyncIterator[bytes], resp: aiohttp.ClientResponse
-) -> AsyncIterator[bytes]:
-    finished = False
-    try:
-        for frame in head:
-            yield frame
-        async for frame in rest:
-            yield frame
-        finished = True
-    finally:
-        await rest.aclose()  # type: ignore[attr-defined]
+    def _end(self, finished: bool) -> None:
         if finished:
-            resp.release()  # fully read: the connection goes back to the pool
+            self._resp.release()  # fully read: the connection goes back to the pool
         else:
-            resp.close()  # abandoned: drop the connection so the upstream stops
+            self._resp.close()  # abandoned: drop the connection so the upstream stops
 
 
-async def _abandon(
-    resp: aiohttp.ClientResponse | None, frames: AsyncIterator[bytes] | None
-) -> None:
-    if frames is not None:
-        await frames.aclose()  # type: ignore[attr-defined]
+def _abandon(resp: aiohttp.ClientResponse | None) -> None:
     if resp is not None:
         resp.close()
 

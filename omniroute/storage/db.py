@@ -46,6 +46,10 @@ class Database:
             await conn.execute("PRAGMA synchronous=NORMAL")
             await conn.execute("PRAGMA busy_timeout=10000")
             await conn.execute("PRAGMA foreign_keys=ON")
+            # 256 KiB of page cache, not SQLite's 2 MiB: the request log's appends fill
+            # it with pages that are never read again (measured: -2 MiB RSS after a
+            # benchmark run); reads still come from the OS's file cache
+            await conn.execute("PRAGMA cache_size=-256")
             await db.migrate(migrations)
         except BaseException:
             await conn.close()

@@ -111,6 +111,8 @@ class AnthropicFormat(Format):
         return anthropic_response.decode_usage(data.get("usage") if isinstance(data, dict)
                                                else None)
 
+    side_markers = (*_USAGE_MARKERS, b"event: error", *_ERROR_MARKERS)
+
     def usage_from_frame(self, frame: bytes) -> c.Usage | None:
         """Input counts from ``message_start``, output (and totals) from ``message_delta``."""
         if not any(marker in frame for marker in _USAGE_MARKERS):

@@ -199,6 +199,8 @@ class OpenAIFormat(Format):
             return c.Usage()
         return openai_response.decode_usage(data.get("usage") if isinstance(data, dict) else None)
 
+    side_markers = (*_USAGE_MARKERS, b'"error"')
+
     def usage_from_frame(self, frame: bytes) -> c.Usage | None:
         if not any(marker in frame for marker in _USAGE_MARKERS):
             return None

@@ -1,0 +1,209 @@
+"""Upstream streams read socket read by socket read: frames that arrive together stay together.
+
+``UpstreamResponse.reads`` hands the relay the frames each socket read completed as
+one list, so they can leave in one write; a lone frame comes alone, at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from contextlib import aclosing
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from omniroute.providers.base import ProviderContext, Timeouts, UpstreamCall
+from omniroute.providers.openai import OpenAIProvider
+from omniroute.sse import SSESplitter
+from omniroute.storage.store import Connection
+
+
+def chunk(text: str, finish: str | None = None) -> bytes:
+    data = {"id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 1,
+            "model": "gpt-4o-mini", "choices": [
+                {"index": 0, "delta": {"content": text}, "finish_reason": finish}]}
+    return b"data: " + json.dumps(data).encode() + b"\n\n"
+
+
+DONE = b"data: [DONE]\n\n"
+BURST = [chunk("a"), chunk("b"), chunk("c")]
+LONE = chunk("d", "stop")
+
+
+USAGE_ONLY = (b'data: {"id":"chatcmpl-1","object":"chat.completion.chunk","created":1,'
+              b'"model":"gpt-4o-mini","choices":[],"usage":{"prompt_tokens":3,'
+              b'"completion_tokens":4,"total_tokens":7}}\n\n')
+
+
+class Upstream:
+    """An OpenAI upstream that writes a burst of events in one write, then waits for
+    ``go`` and sends one more event, then ``[DONE]``; ``dropped`` is set when the
+    client went away."""
+
+    def __init__(self, burst: list[bytes] = BURST) -> None:
+        self.burst = burst
+        self.go = asyncio.Event()
+        self.dropped = asyncio.Event()
+        self.app = web.Application()
+        self.app.router.add_post("/v1/chat/completions", self.chat)
+
+    async def chat(self, request: web.Request) -> web.StreamResponse:
+        await request.read()
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await resp.prepare(request)
+        await resp.write(b"".join(self.burst))
+        await self.go.wait()
+        try:
+            await resp.write(LONE)
+            for _ in range(200):  # until the client's socket is gone (bounded: ~2 s)
+                await asyncio.sleep(0.01)
+                await resp.write(b": keep-alive\n\n")
+        except (ConnectionResetError, asyncio.CancelledError):  # cancelled: the test server's way
+            self.dropped.set()
+            raise
+        await resp.write(DONE)
+        await resp.write_eof()
+        return resp
+
+
+@pytest.fixture
+async def upstream(aiohttp_server: Any) -> Any:
+    fake = Upstream()
+    server = await aiohttp_server(fake.app)
+    fake.base_url = str(server.make_url("/v1")).rstrip("/")  # type: ignore[attr-defined]
+    return fake
+
+
+@pytest.fixture
+async def provider(upstream: Any) -> Any:
+    async with aiohttp.ClientSession() as http:
+        settings, creds = OpenAIProvider.configure({"base_url": upstream.base_url}, {}, None)
+        conn = Connection("conn_1", "openai", "fake", "f", settings, creds)
+        yield OpenAIProvider(conn, ProviderContext(
+            http, Timeouts(connect=2, first_byte=2, idle=2, total=10), "omniroute-test"))
+
+
+CALL = UpstreamCall({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}],
+                     "stream": True}, "gpt-4o-mini", True)
+
+
+async def test_frames_read_together_come_as_one_list_and_a_lone_frame_alone(
+    provider: OpenAIProvider, upstream: Upstream
+) -> None:
+    answer = await provider.chat(CALL)
+    assert answer.reads is not None
+    got: list[list[bytes]] = []
+    async with asyncio.timeout(5), aclosing(answer.reads) as reads:
+        async for batch in reads:
+            got.append(batch)
+            if len(got) == 1:
+                upstream.go.set()  # the lone frame is written only once the burst is in
+            if LONE in batch:
+                break
+    assert got[0] == BURST  # one socket read, one list
+    assert got[-1] == [LONE]  # alone, as soon as it arrived
+
+
+async def test_events_give_the_same_frames_one_by_one(
+    provider: OpenAIProvider, upstream: Upstream
+) -> None:
+    upstream.go.set()
+    answer = await provider.chat(CALL)
+    assert answer.events is not None
+    async with asyncio.timeout(10), aclosing(answer.events) as events:
+        frames = [frame async for frame in events]
+    assert frames[:4] == [*BURST, LONE] and frames[-1] == DONE
+
+
+async def test_reads_closed_early_drop_the_upstream(
+    provider: OpenAIProvider, upstream: Upstream
+) -> None:
+    answer = await provider.chat(CALL)
+    assert answer.reads is not None
+    async with aclosing(answer.reads) as reads:
+        assert await anext(reads) == BURST
+    upstream.go.set()
+    async with asyncio.timeout(5):
+        await upstream.dropped.wait()
+
+
+@pytest.mark.parametrize("pieces", [
+    [b"data: 1\n\ndata: 2\n\n"],
+    [b"data: 1\n", b"\ndata: 2\n\n"],
+    [b"data: 1\r\n\r\ndata: 2\n\n"],
+    [b"data: 1\r\n\r", b"\ndata: 2\n", b"\n"],
+])
+def test_sse_splitter_finds_each_event_in_any_cut_and_line_ending(pieces: list[bytes]) -> None:
+    splitter = SSESplitter()
+    events = [event for piece in pieces for event in splitter.feed(piece)]
+    assert b"".join(events) == b"".join(pieces)
+    assert [e.strip() for e in events] == [b"data: 1", b"data: 2"]
+    assert splitter.tail() == b""
+
+
+def test_sse_splitter_keeps_an_unfinished_event_for_the_tail() -> None:
+    splitter = SSESplitter()
+    assert splitter.feed(b"data: 1\n\ndata: 2\r\n\r\ndata: 3") == [
+        b"data: 1\n\n", b"data: 2\r\n\r\n"]
+    assert splitter.feed(b"\n") == []
+    assert splitter.tail() == b"data: 3\n"
+
+
+# ----------------------------------------------------------------------------- through the gateway
+
+async def read_chunk(reader: asyncio.StreamReader) -> bytes:
+    """One HTTP/1.1 chunk of a chunked body: what the gateway wrote in one write."""
+    size = int((await reader.readline()).strip(), 16)
+    data = await reader.readexactly(size + 2)
+    return data[:-2]
+
+
+@pytest.mark.parametrize("burst, client_usage, expected", [
+    (BURST, False, b"".join(BURST)),
+    # the usage-only chunk the gateway asked for on the client's behalf stays hidden
+    ([*BURST, USAGE_ONLY], False, b"".join(BURST)),
+    ([*BURST, USAGE_ONLY], True, b"".join([*BURST, USAGE_ONLY])),
+])
+async def test_frames_read_together_leave_together_and_a_lone_frame_at_once(
+    omniroute: Any, aiohttp_server: Any, burst: list[bytes], client_usage: bool,
+    expected: bytes,
+) -> None:
+    fake = Upstream(burst)
+    server = await aiohttp_server(fake.app)
+    await omniroute.add_provider({"type": "openai", "name": "fake", "prefix": "up",
+                                  "base_url": str(server.make_url("/v1")), "api_key": "sk-x"})
+    body = {"model": "up/gpt-4o-mini", "stream": True,
+            "messages": [{"role": "user", "content": "hi"}]}
+    if client_usage:
+        body["stream_options"] = {"include_usage": True}
+    data = json.dumps(body).encode()
+    reader, writer = await asyncio.open_connection("127.0.0.1", omniroute.client.port)
+    try:
+        async with asyncio.timeout(10):
+            writer.write(b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                         b"Content-Type: application/json\r\nContent-Length: "
+                         + str(len(data)).encode() + b"\r\n\r\n" + data)
+            head = await reader.readuntil(b"\r\n\r\n")
+            assert head.startswith(b"HTTP/1.1 200") and b"chunked" in head.lower()
+            assert await read_chunk(reader) == expected  # one read upstream, one write here
+            fake.go.set()
+            assert await read_chunk(reader) == LONE  # alone, without waiting for more
+    finally:
+        writer.close()
+    async with asyncio.timeout(5):
+        await fake.dropped.wait()  # the client left: the gateway dropped the upstream too
+
+
+def test_only_the_frames_holding_a_side_marker_are_read_on_the_side() -> None:
+    from omniroute.pipeline.chat import _marked
+
+    frames = [chunk("a"), USAGE_ONLY, chunk("b"), b'data: {"error": {"message": "x"}}\n\n']
+    joined = b"".join(frames)
+    markers = (b'"usage":{', b'"error"')
+    assert _marked(frames, joined, markers) == [USAGE_ONLY, frames[3]]
+    assert _marked(frames[:1], frames[0], markers) == []
+    assert _marked([USAGE_ONLY], USAGE_ONLY, markers) == [USAGE_ONLY]
+    assert _marked(frames, joined, ()) == frames  # no markers: every frame
