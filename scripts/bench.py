@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import multiprocessing
 import os
@@ -184,10 +185,8 @@ def cpu_ms(pids: list[int]) -> float:
 def process_tree(root: int) -> list[int]:
     children: dict[int, list[int]] = {}
     for entry in filter(str.isdigit, os.listdir("/proc")):
-        try:
+        with contextlib.suppress(OSError):
             children.setdefault(int(stat_fields(int(entry))[1]), []).append(int(entry))
-        except OSError:
-            pass
     tree, todo = [], [root]
     while todo:
         tree.append(todo.pop())
@@ -209,7 +208,8 @@ def rss_mib(pids: list[int]) -> float:
             status = Path(f"/proc/{pid}/status").read_text()
         except OSError:
             continue
-        kib += sum(int(line.split()[1]) for line in status.splitlines() if line.startswith("VmRSS:"))
+        kib += sum(int(line.split()[1]) for line in status.splitlines()
+                   if line.startswith("VmRSS:"))
     return kib / 1024
 
 
@@ -218,7 +218,9 @@ def rss_mib(pids: list[int]) -> float:
 def pct(values: list[float], p: int) -> float | None:
     """Nearest-rank percentile."""
     ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, -(-len(ordered) * p // 100) - 1))] if values else None
+    if not values:
+        return None
+    return ordered[min(len(ordered) - 1, max(0, -(-len(ordered) * p // 100) - 1))]
 
 
 async def json_cell(url: str, conc: int, warmup: float, duration: float, pids: list[int]
@@ -353,9 +355,9 @@ def start_gateway(data_dir: str, upstream_port: int, workers: int) -> tuple[subp
     env = {k: v for k, v in os.environ.items() if not k.startswith("OMNIROUTE_")}
     env["INITIAL_PASSWORD"] = "bench-password"
     cli = [sys.executable, "-m", "omniroute.cli", "--data-dir", data_dir]
-    added = subprocess.run(cli + ["providers", "add", "--type", "openai", "--name", "bench",
-                                  "--prefix", "bench", "--base-url",
-                                  f"http://{HOST}:{upstream_port}/v1", "--api-key", "sk-bench"],
+    added = subprocess.run([*cli, "providers", "add", "--type", "openai", "--name", "bench",
+                            "--prefix", "bench", "--base-url",
+                            f"http://{HOST}:{upstream_port}/v1", "--api-key", "sk-bench"],
                            check=False, env=env, capture_output=True, text=True)
     if added.returncode:
         raise RuntimeError(f"`omniroute providers add` failed:\n{added.stdout}{added.stderr}")
@@ -364,8 +366,8 @@ def start_gateway(data_dir: str, upstream_port: int, workers: int) -> tuple[subp
         port = s.getsockname()[1]
     log_path = Path(data_dir) / "gateway.log"
     with open(log_path, "wb") as log:
-        proc = subprocess.Popen(cli + ["serve", "--port", str(port), "--log-level", "warning",
-                                       "--workers", str(workers)], env=env, stdout=log,
+        proc = subprocess.Popen([*cli, "serve", "--port", str(port), "--log-level", "warning",
+                                 "--workers", str(workers)], env=env, stdout=log,
                                 stderr=subprocess.STDOUT, start_new_session=True)
     deadline = time.monotonic() + 30
     while True:
@@ -420,7 +422,8 @@ def median_cell(cells: list[dict[str, Any]]) -> dict[str, Any]:
 def measure(args: argparse.Namespace, targets: dict[str, tuple[str, list[int]]], client: Any
             ) -> dict[str, Any]:
     """Each cell for every target back to back (so they share the machine's mood), × rounds."""
-    plan = [("json", c) for c in args.concurrency] + [("stream", c) for c in args.stream_concurrency]
+    plan = [*(("json", c) for c in args.concurrency),
+            *(("stream", c) for c in args.stream_concurrency)]
     raw: dict[str, Any] = {"json": {}, "stream": {}}
     for rnd in range(1, args.rounds + 1):
         for kind, conc in plan:
