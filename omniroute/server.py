@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import multiprocessing
 import multiprocessing.connection
@@ -109,10 +110,8 @@ def serve(config: Config) -> None:
     check_port(config)  # before prepare prints a generated password that a failure would lose
     asyncio.run(prepare(config))
     if config.workers == 1:
-        try:
+        with contextlib.suppress(KeyboardInterrupt):
             asyncio.run(run_worker(config, announce=True))
-        except KeyboardInterrupt:
-            pass
         return
     ctx = multiprocessing.get_context("spawn")
     errors = ctx.SimpleQueue()

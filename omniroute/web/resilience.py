@@ -35,7 +35,8 @@ def _view(gateway: Gateway) -> dict[str, Any]:
     state = gateway.resilience.snapshot(gateway.connections.values())
     return {
         "settings": {k: current[k] for k in RESILIENCE_SETTINGS},
-        "pinned_by_environment": sorted(set(gateway.config.settings_env) & set(RESILIENCE_SETTINGS)),
+        "pinned_by_environment": sorted(
+            set(gateway.config.settings_env) & set(RESILIENCE_SETTINGS)),
         "health": state["health"],
         "breakers": state["breakers"],
     }
