@@ -72,9 +72,9 @@ def build_connection(
         type_name = spec.get("type") or (existing.type if existing else None)
         if not type_name:
             raise ValueError("give a provider 'type' or a 'preset'")
-        cls = plugins.providers.get(str(type_name))
-        if cls is None:
+        if str(type_name) not in plugins.providers:
             raise ValueError(plugins.failure_for("providers", str(type_name)))
+        cls = plugins.providers[str(type_name)]
 
     settings = dict(existing.settings) if existing else {}
     if "settings" in spec:
@@ -257,7 +257,7 @@ def _check_cycles(combo: Combo, by_name: dict[str, Combo]) -> None:
             if ref is None:
                 continue
             if ref.name in path:
-                raise ValueError(f"combo cycle: {' -> '.join(path + [ref.name])}")
-            visit(ref, path + [ref.name])
+                raise ValueError(f"combo cycle: {' -> '.join([*path, ref.name])}")
+            visit(ref, [*path, ref.name])
 
     visit(combo, [combo.name])

@@ -17,10 +17,10 @@ import ipaddress
 import os
 import re
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 20128
@@ -199,13 +199,13 @@ def load_config(
         raise ConfigError(f"loop must be one of {', '.join(LOOPS)}, got {values['loop']!r}")
 
     secret = env.get("OMNIROUTE_SECRET_KEY")
-    key: bytes | None = None
+    secret_key: bytes | None = None
     if secret:
         try:
-            key = base64.urlsafe_b64decode(secret.encode() + b"=" * (-len(secret) % 4))
+            secret_key = base64.urlsafe_b64decode(secret.encode() + b"=" * (-len(secret) % 4))
         except ValueError as exc:
             raise ConfigError("OMNIROUTE_SECRET_KEY is not base64") from exc
-        if len(key) != 32:
+        if len(secret_key) != 32:
             raise ConfigError("OMNIROUTE_SECRET_KEY must decode to 32 bytes")
 
     defaults = dict(toml.get("settings", {}))
@@ -219,7 +219,7 @@ def load_config(
         workers=workers,
         loop=str(values["loop"]),
         log_level=str(values["log_level"]).lower(),
-        secret_key=key,
+        secret_key=secret_key,
         initial_password=env.get("INITIAL_PASSWORD") or None,
         disabled_plugins=tuple(values["disabled_plugins"]),
         allowed_plugins=values["allowed_plugins"],
@@ -324,12 +324,13 @@ class Settings:
     hedge_initial: float = 10.0  # ... and this many until it has 8 first-byte times
 
     #: lower bounds for settings where "positive" is not the rule
-    _MINIMUM = {"cooldown_factor": 1.0, "queue_size": 0, "queue_timeout": 0.0,
-                "wait_for_cooldown_max": 0.0, "hedge_factor": 1.0}
+    _MINIMUM: ClassVar[dict[str, float]] = {
+        "cooldown_factor": 1.0, "queue_size": 0, "queue_timeout": 0.0,
+        "wait_for_cooldown_max": 0.0, "hedge_factor": 1.0}
     #: settings that take one of a few names
-    _CHOICES = {"account_strategy": ACCOUNT_STRATEGIES}
+    _CHOICES: ClassVar[dict[str, tuple[str, ...]]] = {"account_strategy": ACCOUNT_STRATEGIES}
 
-    _CONVERTERS = {
+    _CONVERTERS: ClassVar[dict[type, Callable[[Any], Any]]] = {
         bool: _to_bool,
         int: _to_positive(int),
         float: _to_positive(float),
@@ -374,7 +375,8 @@ def settings_from_env(env: Mapping[str, str]) -> dict[str, Any]:
     """Settings pinned by environment variables."""
     pinned: dict[str, Any] = {}
     for name in Settings.field_names():
-        for var in (f"OMNIROUTE_{name.upper()}", name.upper() if name == "require_api_key" else None):
+        legacy = name.upper() if name == "require_api_key" else None
+        for var in (f"OMNIROUTE_{name.upper()}", legacy):
             if var and env.get(var, "").strip():
                 pinned[name] = env[var]
     return Settings.coerce_all(pinned, source="environment")

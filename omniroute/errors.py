@@ -118,8 +118,8 @@ class UpstreamStatusError(GatewayError):
         upstream_headers: Mapping[str, str] | None = None,
     ) -> None:
         super().__init__(
-            message, status=status, type=type or _type_for(status), code=code or f"upstream_{status}",
-            param=param, headers=headers,
+            message, status=status, type=type or _type_for(status),
+            code=code or f"upstream_{status}", param=param, headers=headers,
         )
         self.body = body
         #: the upstream's rate-limit hints (``retry-after``, ``x-ratelimit-*``,

@@ -14,11 +14,17 @@ import traceback
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from types import ModuleType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pluggy
 
 from omniroute import hookspecs
+
+if TYPE_CHECKING:  # annotations only: nothing here needs these modules at run time
+    from omniroute.auth.base import AuthScheme
+    from omniroute.cache.base import CacheBackend
+    from omniroute.formats.base import Format
+    from omniroute.providers.base import Provider
 
 log = logging.getLogger(__name__)
 
@@ -65,10 +71,10 @@ class Plugins:
     def __init__(self, pm: pluggy.PluginManager, infos: list[PluginInfo]) -> None:
         self.pm = pm
         self.infos = infos
-        self.providers: dict[str, type] = {}
-        self.cache_backends: dict[str, type] = {}
-        self.auth_schemes: dict[str, type] = {}
-        self.formats: dict[str, type] = {}
+        self.providers: dict[str, type[Provider]] = {}
+        self.cache_backends: dict[str, type[CacheBackend]] = {}
+        self.auth_schemes: dict[str, type[AuthScheme]] = {}
+        self.formats: dict[str, type[Format]] = {}
         self._collect()
 
     def info(self, name: str) -> PluginInfo | None:
@@ -85,7 +91,7 @@ class Plugins:
         return f"{msg} ({hint})" if hint else msg
 
     def _collect(self) -> None:
-        by_kind: dict[str, dict[str, type]] = {
+        by_kind: dict[str, dict[str, Any]] = {
             "providers": self.providers,
             "cache_backends": self.cache_backends,
             "auth_schemes": self.auth_schemes,
@@ -103,7 +109,7 @@ class Plugins:
                     try:
                         impl.function(*({"register": found.append}[a] for a in impl.argnames))
                         staged += [(kind, _type_name(kind, cls), cls) for cls in found]
-                    except Exception as exc:  # a broken plugin must not break the others
+                    except Exception as exc:  # noqa: BLE001 - one broken plugin spares the rest
                         info.error = info.error or f"{hook_name}: {type(exc).__name__}: {exc}"
                         log.error("plugin %s failed in %s:\n%s", info.name, hook_name,
                                   traceback.format_exc())
@@ -173,7 +179,7 @@ def load_plugins(
             continue
         try:
             plugin = ep.load()
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - reported by `omniroute plugins`, and logged
             info.error = f"import failed: {type(exc).__name__}: {exc}"
             log.error("plugin %s failed to import:\n%s", ep.name, traceback.format_exc())
             continue
@@ -196,7 +202,7 @@ def _register(pm: pluggy.PluginManager, info: PluginInfo, plugin: object) -> Non
         return
     try:
         pm.register(plugin, name=info.name)
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - reported by `omniroute plugins`
         info.error = f"register failed: {type(exc).__name__}: {exc}"
         return
     info.hooks = sorted(h.name for h in pm.get_hookcallers(plugin) or [])

@@ -3,8 +3,9 @@
 Order: a combo name; ``prefix/model`` (the first ``/`` splits, the rest may
 hold more slashes); a user alias (exact, then wildcard); a bare model name
 that exactly one provider prefix offers (several: 400 listing them). A combo
-step may pin one ``connection`` (id or name) and carry a ``weight``. The :class:`Router` is rebuilt from
-the configuration on every reload, so resolving is a few dict lookups.
+step may pin one ``connection`` (id or name) and carry a ``weight``. The
+:class:`Router` is rebuilt from the configuration on every reload, so resolving
+is a few dict lookups.
 """
 
 from __future__ import annotations
@@ -127,7 +128,8 @@ class Router:
             raise InvalidRequest(
                 f"Model {model!r} is offered by several providers; choose one of: {options}.",
                 param="model", code="ambiguous_model")
-        known = ", ".join(sorted(self.by_prefix)) or "none yet: add one with `omniroute providers add`"
+        known = (", ".join(sorted(self.by_prefix))
+                 or "none yet: add one with `omniroute providers add`")
         close = self.suggest(model)
         hint = f" Did you mean {' or '.join(repr(m) for m in close)}?" if close else ""
         raise ModelNotFound(

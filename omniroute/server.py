@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ctypes
 import ctypes.util
 import gc
@@ -71,10 +72,8 @@ def trim_malloc() -> None:
     A no-op without glibc (musl, macOS). Trimming again later was measured to give
     nothing back: what a busy worker grows by is live, not free.
     """
-    try:
+    with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
 
 
 def loop_factory(name: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
@@ -164,10 +163,8 @@ def serve(config: Config) -> None:
     check_port(config)  # before prepare prints a generated password that a failure would lose
     asyncio.run(prepare(config))
     if config.workers == 1:
-        try:
+        with contextlib.suppress(KeyboardInterrupt):
             run(run_worker(config, announce=True), config.loop)
-        except KeyboardInterrupt:
-            pass
         return
     ctx = multiprocessing.get_context("spawn")
     errors = ctx.SimpleQueue()

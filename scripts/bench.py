@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import multiprocessing
 import os
@@ -35,11 +36,20 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-
 from bench_client import client_main, cpu_ms, stat_fields
 from bench_fakes import (
-    ANTHROPIC_REQUEST, CHUNK_INTERVAL, DONE, EMBED_REQUEST, HOST, INSTANT_REQUEST, REQUEST,
-    STREAM_CHUNKS, USAGE, serve_app, sse)
+    ANTHROPIC_REQUEST,
+    CHUNK_INTERVAL,
+    DONE,
+    EMBED_REQUEST,
+    HOST,
+    INSTANT_REQUEST,
+    REQUEST,
+    STREAM_CHUNKS,
+    USAGE,
+    serve_app,
+    sse,
+)
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 CHAT, MESSAGES, EMBEDDINGS = "/v1/chat/completions", "/v1/messages", "/v1/embeddings"
@@ -86,10 +96,8 @@ def label(kind: str, loop: str, workers: int = 1) -> str:
 def process_tree(root: int) -> list[int]:
     children: dict[int, list[int]] = {}
     for entry in filter(str.isdigit, os.listdir("/proc")):
-        try:
+        with contextlib.suppress(OSError):
             children.setdefault(int(stat_fields(int(entry))[1]), []).append(int(entry))
-        except OSError:
-            pass
     tree, todo = [], [root]
     while todo:
         tree.append(todo.pop())
@@ -111,7 +119,8 @@ def rss_mib(pids: list[int]) -> float:
             status = Path(f"/proc/{pid}/status").read_text()
         except OSError:
             continue
-        kib += sum(int(line.split()[1]) for line in status.splitlines() if line.startswith("VmRSS:"))
+        kib += sum(int(line.split()[1]) for line in status.splitlines()
+                   if line.startswith("VmRSS:"))
     return kib / 1024
 
 
@@ -135,9 +144,9 @@ def start_gateway(data_dir: Path, upstream_port: int, workers: int, loop: str | 
     if source is not None:
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [source, env.get("PYTHONPATH")]))
     cli = [sys.executable, "-m", "omniroute.cli", "--data-dir", str(data_dir)]
-    added = subprocess.run(cli + ["providers", "add", "--type", "openai", "--name", "bench",
-                                  "--prefix", "bench", "--base-url",
-                                  f"http://{HOST}:{upstream_port}/v1", "--api-key", "sk-bench"],
+    added = subprocess.run([*cli, "providers", "add", "--type", "openai", "--name", "bench",
+                            "--prefix", "bench", "--base-url", f"http://{HOST}:{upstream_port}/v1",
+                            "--api-key", "sk-bench"],
                            check=False, env=env, capture_output=True, text=True, cwd=source)
     if added.returncode:
         raise RuntimeError(f"`omniroute providers add` failed:\n{added.stdout}{added.stderr}")
@@ -146,9 +155,9 @@ def start_gateway(data_dir: Path, upstream_port: int, workers: int, loop: str | 
         port = s.getsockname()[1]
     log_path = data_dir / "gateway.log"
     with open(log_path, "wb") as log:
-        proc = subprocess.Popen(cli + ["serve", "--port", str(port), "--log-level", "warning",
-                                       "--workers", str(workers),
-                                       *(["--loop", loop] if loop else [])],
+        proc = subprocess.Popen([*cli, "serve", "--port", str(port), "--log-level", "warning",
+                                 "--workers", str(workers),
+                                 *(["--loop", loop] if loop else [])],
                                 env=env, stdout=log, stderr=subprocess.STDOUT,
                                 start_new_session=True, cwd=source)  # cwd comes first on sys.path
     deadline = time.monotonic() + 30
@@ -358,7 +367,8 @@ class Check:
 
 
 def checks(args: argparse.Namespace, results: dict[str, Any], loop: str) -> list[Check]:
-    """The targets of issue 7 (and the earlier ones), omniroute against the forwarder on ``loop``."""
+    """The targets of issue 7 (and the earlier ones): omniroute against the forwarder on
+    ``loop``."""
     ours, fwd = label("omniroute", loop), label("forwarder", loop)
     high, slow = max(args.concurrency), min(args.stream_concurrency, default=None)
     out = []
@@ -504,8 +514,8 @@ def report(args: argparse.Namespace, results: dict[str, Any]) -> str:
     out += ["### Summary", "", *summary(args, results), ""]
     for loop in args.loops:
         out += [f"### Targets ({loop}: {label('omniroute', loop)} against "
-                f"{label('forwarder', loop)})", "", *(c.line() for c in checks(args, results, loop)),
-                ""]
+                f"{label('forwarder', loop)})", "",
+                *(c.line() for c in checks(args, results, loop)), ""]
     return "\n".join(out)
 
 

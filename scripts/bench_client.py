@@ -16,7 +16,6 @@ import time
 from typing import Any
 
 import aiohttp
-
 from bench_fakes import ANTHROPIC_REQUEST, REQUEST, settle_malloc
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -42,7 +41,9 @@ def cpu_ms(pids: list[int]) -> float:
 def pct(values: list[float], p: int) -> float | None:
     """Nearest-rank percentile."""
     ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, -(-len(ordered) * p // 100) - 1))] if values else None
+    if not values:
+        return None
+    return ordered[min(len(ordered) - 1, max(0, -(-len(ordered) * p // 100) - 1))]
 
 
 async def loop_cell(url: str, body: dict[str, Any], conc: int, warmup: float, duration: float,

@@ -39,7 +39,9 @@ import aiohttp
 from aiohttp import web
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench import HOST, SSE_HEADERS, USAGE, pct, process_tree, rss_mib, settle_malloc, sse  # noqa: E402
+import contextlib
+
+from bench import HOST, SSE_HEADERS, USAGE, pct, process_tree, rss_mib, settle_malloc, sse
 
 CHUNKS = 20
 PASSWORD = "load-password-123"
@@ -120,7 +122,7 @@ def start_gateway(data_dir: str, upstreams: dict[str, int], strategy: str
         port = s.getsockname()[1]
     log_path = Path(data_dir) / "gateway.log"
     with open(log_path, "wb") as log:
-        proc = subprocess.Popen(cli + ["serve", "--port", str(port), "--log-level", "error"],
+        proc = subprocess.Popen([*cli, "serve", "--port", str(port), "--log-level", "error"],
                                 env=env, stdout=log, stderr=subprocess.STDOUT,
                                 start_new_session=True)
     deadline = time.monotonic() + 30
@@ -145,10 +147,8 @@ def runtime(port: int) -> dict[str, Any]:
 def open_sockets(pid: int) -> int:
     count = 0
     for fd in Path(f"/proc/{pid}/fd").iterdir():
-        try:
+        with contextlib.suppress(OSError):
             count += os.readlink(fd).startswith("socket:")
-        except OSError:
-            pass
     return count
 
 
@@ -170,7 +170,7 @@ async def one_stream(http: aiohttp.ClientSession, url: str, n: int) -> dict[str,
                     "attempts": int(resp.headers.get("X-OmniRoute-Fallback-Attempts", -1)) + 1,
                     "ms": (time.perf_counter() - started) * 1000,
                     "detail": "" if ok else text[:300]}
-    except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+    except (TimeoutError, aiohttp.ClientError) as exc:
         return {"ok": False, "status": 0, "provider": "-", "attempts": 0,
                 "ms": (time.perf_counter() - started) * 1000, "detail": repr(exc)}
 

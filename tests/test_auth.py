@@ -273,10 +273,9 @@ async def test_logout_invalidates_the_session(gw):
 
 
 async def test_a_forged_session_cookie_is_refused(gw):
-    async with bare_session(gw) as s:
-        async with s.get("/api/providers",
-                         headers={"Cookie": "omniroute_session=forged-token-value"}) as r:
-            assert r.status == 401
+    forged = {"Cookie": "omniroute_session=forged-token-value"}
+    async with bare_session(gw) as s, s.get("/api/providers", headers=forged) as r:
+        assert r.status == 401
 
 
 async def test_wrong_password_is_refused(gw):
@@ -396,7 +395,8 @@ async def test_provider_credentials_are_encrypted_and_masked(gw):
     assert gw.fake.requests[-1].headers["authorization"] == f"Bearer {UPSTREAM_KEY}"
 
 
-async def test_upstream_rejecting_our_credentials_is_explained_without_the_key(omniroute, fake_openai):
+async def test_upstream_rejecting_our_credentials_is_explained_without_the_key(
+        omniroute, fake_openai):
     """An upstream 401 is about the gateway's provider key, never the client's: the
     message says so and contains no part of the provider key (upstreams quote it)."""
     provider_key = "sk-wrongkey-abcdefghijklmnop1234"

@@ -1,4 +1,4 @@
-"""Every failure answers with its status and an OpenAI-shaped error body, and the server lives on."""
+"""Every failure answers with its status and an OpenAI-shaped error body; the server lives on."""
 
 from __future__ import annotations
 

@@ -358,7 +358,7 @@ async def test_provider_path_unknown_provider(gw):
     assert info.value.code == "model_not_found"
 
 
-# ----------------------------------------------------------------------------- models, aliases, combos
+# -------------------------------------------------------------------------- models, aliases, combos
 
 async def test_models_list_via_sdk(gw):
     resp = await gw.client.post("/api/models/alias", headers=gw.admin_headers,
@@ -470,7 +470,7 @@ async def test_request_log_records_each_request(gw):
     plain = await client.chat.completions.create(model="up/gpt-4o-mini", messages=HI)
     stream = await client.chat.completions.create(
         model="up/gpt-4o", messages=HI, stream=True, stream_options={"include_usage": True})
-    usage = [c.usage for c in await chat_chunks(stream) if c.usage][0]
+    usage = next(c.usage for c in await chat_chunks(stream) if c.usage)
     hidden = await client.chat.completions.create(model="up/gpt-4o-mini", messages=HI,
                                                   stream=True)
     await chat_chunks(hidden)

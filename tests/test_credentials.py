@@ -19,10 +19,10 @@ from omniroute import hookimpl
 from omniroute.credentials import MemoryCredentials, Refresher, StoredCredentials
 from omniroute.errors import UpstreamStatusError
 from omniroute.gateway import Gateway
-from omniroute.registry import Registry
 from omniroute.plugins import load_plugins
 from omniroute.providers.base import Provider, ProviderContext, Timeouts
 from omniroute.providers.openai import OpenAIProvider
+from omniroute.registry import Registry
 from omniroute.storage.store import Connection
 from omniroute.testing import make_test_config
 
@@ -285,7 +285,8 @@ async def test_another_worker_rebuilds_only_the_renewed_connection(tmp_path: Pat
         await two.reload()  # what its config watcher does when the version moves
         assert two.catalog.providers["c2"] is before["c2"]
         assert two.catalog.providers["c1"] is not before["c1"]
-        assert two.catalog.providers["c1"].connection.credentials["refresh_token"] == "rt-renewed-0001"
+        renewed = two.catalog.providers["c1"].connection.credentials
+        assert renewed["refresh_token"] == "rt-renewed-0001"
         # the stale instance a request may still hold is not renewed with a spent token
         stale = before["c1"]
         assert isinstance(stale, CountingOAuth)

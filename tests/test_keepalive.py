@@ -64,10 +64,10 @@ async def test_failing_after_pings_ends_the_stream_with_an_anthropic_error_event
 
 async def test_a_client_leaving_during_pings_stops_the_upstream(gw):
     gw.fake.script.append(hang_before_headers(30))
-    async with aiohttp.ClientSession() as http:
-        async with http.post(gw.base_url + "/v1/messages", json=BODY) as resp:
-            first = await resp.content.readuntil(b"\n\n")
-            assert first.startswith(b"event: ping")
+    async with (aiohttp.ClientSession() as http,
+                http.post(gw.base_url + "/v1/messages", json=BODY) as resp):
+        first = await resp.content.readuntil(b"\n\n")
+        assert first.startswith(b"event: ping")
     async with asyncio.timeout(3):
         while gw.fake.closed_streams < 1:
             await asyncio.sleep(0.02)
@@ -78,4 +78,5 @@ async def test_an_upstream_error_before_any_ping_keeps_its_status(gw):
     resp = await gw.client.post("/v1/messages", json=BODY)
     assert resp.status == 400
     body: dict[str, Any] = await resp.json()
-    assert body["type"] == "error" and body["error"]["message"].endswith("Bad thing in the request.")
+    assert body["type"] == "error"
+    assert body["error"]["message"].endswith("Bad thing in the request.")

@@ -320,7 +320,7 @@ def test_configure_and_presets() -> None:
     assert settings["base_url"] == "http://127.0.0.1:11434" and creds == {}
     settings, _ = OllamaProvider.configure({"base_url": "http://gpu-box:11434/api/"}, {}, None)
     assert settings["base_url"] == "http://gpu-box:11434"
-    with pytest.raises(ValueError, match="ollama-cloud|ollama connections need: api_key"):
+    with pytest.raises(ValueError, match=r"ollama-cloud|ollama connections need: api_key"):
         OllamaProvider.configure({}, {}, presets["ollama-cloud"])
     with pytest.raises(ValueError, match="OpenAI-compatible"):
         OllamaProvider.configure({"base_url": "http://localhost:11434/v1"}, {}, None)

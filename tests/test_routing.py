@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, ClassVar
 
 import pytest
 
@@ -305,7 +306,8 @@ def test_a_preset_name_two_types_share_needs_the_type() -> None:
 
     class Twin(Provider):
         type = "twin"
-        presets = {"groq": Preset("groq", "https://example.invalid/v1", "groq2")}
+        presets: ClassVar[Mapping[str, Preset]] = {
+            "groq": Preset("groq", "https://example.invalid/v1", "groq2")}
 
     plugins = load_plugins()
     plugins.providers["twin"] = Twin
@@ -338,7 +340,8 @@ def test_build_combo_accepts_every_strategy_the_resilience_layer_has() -> None:
 
 @pytest.mark.parametrize("strategy", ["fastest", "", None, 3])
 def test_build_combo_rejects_unknown_strategies(strategy: Any) -> None:
-    with pytest.raises(ValueError, match="unknown strategy .* expected one of priority, round-robin"):
+    with pytest.raises(ValueError,
+                       match=r"unknown strategy .* expected one of priority, round-robin"):
         build_combo({"name": "c", "steps": ["a/m"], "strategy": strategy}, [])
 
 
@@ -386,7 +389,7 @@ def test_build_combo_every_step_must_resolve_with_the_router() -> None:
 
 def test_build_combo_ambiguous_bare_model_is_refused() -> None:
     r = router([A, B], models={"conn_a": ["m"], "conn_b": ["m"]})
-    with pytest.raises(ValueError, match="step 1 .* several providers; choose one of: a/m, b/m"):
+    with pytest.raises(ValueError, match=r"step 1 .* several providers; choose one of: a/m, b/m"):
         build_combo({"name": "c", "steps": ["m"]}, [], resolve=resolver(r))
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import hashlib
 import os
 import sqlite3
@@ -142,10 +143,8 @@ async def test_cancelled_transaction_leaves_no_transaction_open(store: Store) ->
         for _ in range(spins):
             await asyncio.sleep(0)
         task.cancel()
-        try:
+        with contextlib.suppress(asyncio.CancelledError):
             await task
-        except asyncio.CancelledError:
-            pass
         await store.set_alias("after", "up/m")  # would fail inside a leftover transaction
         assert not store.db.conn.in_transaction
     assert "after" in await store.list_aliases()

@@ -77,7 +77,7 @@ async def test_client_disconnect_before_the_first_byte_closes_the_upstream(gw):
     """The gateway is still waiting for the upstream's headers when the client leaves."""
     gw.fake.script.append(hang_before_headers(30))
     host, port = gw.client.server.host, gw.client.server.port
-    reader, writer = await asyncio.open_connection(host, port)
+    _reader, writer = await asyncio.open_connection(host, port)
     body = b'{"model": "up/gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}],' \
            b' "stream": true}'
     writer.write(b"POST /v1/chat/completions HTTP/1.1\r\nHost: localhost\r\n"
@@ -115,7 +115,7 @@ async def test_gateway_serves_again_after_a_disconnect(gw):
     assert await consume(stream) == "Hello! You said: hi there"
 
 
-# ----------------------------------------------------------------------------- broken upstream streams
+# -------------------------------------------------------------------------- broken upstream streams
 
 async def test_mid_stream_error_reaches_the_sdk_and_the_log(gw):
     gw.fake.script.append(mid_stream_error(3, message="The model crashed halfway."))
@@ -183,7 +183,7 @@ async def test_upstream_error_as_first_event_is_a_status_error(gw):
     assert "Overloaded right now." in info.value.message
 
 
-# ----------------------------------------------------------------------------- timeouts and failures
+# ---------------------------------------------------------------------------- timeouts and failures
 
 async def test_first_byte_timeout_gives_504(gw):
     await gw.set_settings(first_byte_timeout=0.5)
@@ -257,7 +257,7 @@ async def test_one_client_session_and_pooled_connections(gw):
     gw.fake._record = recording
     session = gw.gateway.http
     client = sdk(gw)
-    for i in range(3):
+    for _ in range(3):
         resp = await client.chat.completions.create(model="up/gpt-4o-mini", messages=HI)
         assert resp.choices[0].message.content
         stream = await client.chat.completions.create(
@@ -277,8 +277,10 @@ async def test_a_client_that_stops_reading_releases_its_account(gw):
     await gw.set_settings(idle_timeout=0.5)
     gw.fake.script.append(reply(text="x" * 8_000_000, chunks=400))  # ~8 MB, 20 KB a chunk
     reader, writer = await asyncio.open_connection("127.0.0.1", gw.client.port)
-    body = b'{"model": "up/gpt-4o-mini", "stream": true, "messages": [{"role": "user", "content": "hi"}]}'
-    writer.write(b"POST /v1/chat/completions HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
+    body = (b'{"model": "up/gpt-4o-mini", "stream": true,'
+            b' "messages": [{"role": "user", "content": "hi"}]}')
+    writer.write(b"POST /v1/chat/completions HTTP/1.1\r\nHost: localhost\r\n"
+                 b"Content-Type: application/json\r\n"
                  b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
     await writer.drain()
     await reader.readexactly(1024)  # the stream started; now the client stops reading

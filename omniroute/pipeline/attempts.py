@@ -101,8 +101,9 @@ def all_failed(
     """The error for a request no target could serve."""
     if len(failures) == 1 and not skipped and not isinstance(failures[0][1], ConnectionBusy):
         return failures[0][1]  # one target: its own error says it best
-    if failures and all(isinstance(e, ConnectionBusy) for _, e in failures) and not skipped:
-        waits = [e.retry_after for _, e in failures if e.retry_after is not None]
+    busy = [e for _, e in failures if isinstance(e, ConnectionBusy)]
+    if failures and len(busy) == len(failures) and not skipped:
+        waits = [e.retry_after for e in busy if e.retry_after is not None]
         return RateLimited(
             f"Every account for {route.requested!r} is at its limit; retry shortly.",
             retry_after=min(waits) if waits else 1.0, code="all_accounts_busy")

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from omniroute.auth.base import Principal
 from omniroute.formats import canonical as c
@@ -52,6 +52,14 @@ class RequestContext:
     started: float = 0.0
     #: the stages taking part in this request (see :class:`~omniroute.pipeline.stages.Stage`)
     runs: list[StageRun] = field(default_factory=list)
+
+
+@runtime_checkable
+class Closable(Protocol):
+    """A stream that can be ended early (an async generator): ``Reply.frames`` and
+    ``Reply.source`` usually are, and are closed this way when an answer is dropped."""
+
+    def aclose(self) -> Awaitable[object]: ...
 
 
 @dataclass(slots=True)

@@ -3,8 +3,8 @@
 The client's embeddings API (OpenAI's ``/v1/embeddings``, Ollama's
 ``/api/embed`` and ``/api/embeddings``) is a pair of functions from its format:
 ``decode`` reads its body into a :class:`~omniroute.formats.canonical.EmbedRequest`,
-``encode`` writes the answer in its shape. A target whose provider type serves no embeddings is skipped
-without being charged.
+``encode`` writes the answer in its shape. A target whose provider type serves no
+embeddings is skipped without being charged.
 """
 
 from __future__ import annotations

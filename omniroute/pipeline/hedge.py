@@ -40,7 +40,7 @@ from contextlib import suppress
 from dataclasses import dataclass
 
 from omniroute.pipeline.attempts import Failures
-from omniroute.pipeline.context import Reply, RequestContext
+from omniroute.pipeline.context import Closable, Reply, RequestContext
 from omniroute.pipeline.operation import Operation
 from omniroute.resilience import Attempt, Resilience
 from omniroute.routing import Target
@@ -286,9 +286,9 @@ async def _discard(reply: Reply, attempt: Attempt) -> None:
     left = asyncio.CancelledError()
     await attempt.__aexit__(type(left), left, None)
     for frames in (reply.frames, reply.source):
-        if frames is not None:
+        if isinstance(frames, Closable):
             with suppress(Exception):
-                await frames.aclose()  # type: ignore[attr-defined]
+                await frames.aclose()
     if reply.close is not None:
         reply.close()
 

@@ -34,7 +34,7 @@ from omniroute.config import Settings
 from omniroute.credentials import Refresher
 from omniroute.errors import GatewayError, InvalidRequest, ModelNotFound
 from omniroute.pipeline.attempts import Failures, all_failed, plan_targets, try_target
-from omniroute.pipeline.context import Reply, RequestContext
+from omniroute.pipeline.context import Closable, Reply, RequestContext
 from omniroute.pipeline.hedge import Tried, lane, race
 from omniroute.pipeline.operation import Operation
 from omniroute.pipeline.stages import Stage
@@ -253,9 +253,9 @@ async def finish(reply: Reply, error: BaseException | None = None) -> None:
         await attempt.__aexit__(type(error) if error else None, error, None)
     if reply.frames is not None and error is not None:
         for frames in (reply.frames, reply.source):
-            if frames is not None:
+            if isinstance(frames, Closable):
                 with suppress(Exception):
-                    await frames.aclose()  # type: ignore[attr-defined]
+                    await frames.aclose()
         if reply.close is not None:
             reply.close()  # also when the stream was never read
 
@@ -335,9 +335,9 @@ async def _with_keepalive(
             return None, await _end_with_error(response, ctx, err)
         except Exception as exc:  # a bug of ours, after the headers went out
             log.exception("request %s failed", record.request_id)
-            err = GatewayError(f"Internal error: {type(exc).__name__}")
-            record.status, record.error = 500, err.message
-            return None, await _end_with_error(response, ctx, err)
+            internal = GatewayError(f"Internal error: {type(exc).__name__}")
+            record.status, record.error = 500, internal.message
+            return None, await _end_with_error(response, ctx, internal)
     finally:
         if not task.done():  # the client left: stop every upstream attempt
             task.cancel()
@@ -406,9 +406,10 @@ async def relay(
         except Exception as exc:  # a bug must still end the stream well-formed, and be logged
             log.exception("stream %s failed", record.request_id)
             reply.failure = exc  # ours, not the account's
-            err = GatewayError(f"Internal error while relaying the stream: {type(exc).__name__}")
-            record.status, record.error = 500, err.message
-            return await _end_with_error(response, ctx, err)
+            internal = GatewayError(
+                f"Internal error while relaying the stream: {type(exc).__name__}")
+            record.status, record.error = 500, internal.message
+            return await _end_with_error(response, ctx, internal)
         finally:
             if source is not None:
                 with suppress(Exception):

@@ -11,7 +11,7 @@ and ``anthropic-beta`` headers are passed on when the call carries them.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, ClassVar
 from urllib.parse import quote
 
 import orjson
@@ -75,7 +75,7 @@ class AnthropicProvider(HTTPProvider):
     capabilities = frozenset({"chat", "count_tokens"})
     default_prefix = "anthropic"
     description = "Anthropic Messages API (and Anthropic-compatible endpoints)"
-    presets = {p.name: p for p in _PRESETS}
+    presets: ClassVar[Mapping[str, Preset]] = {p.name: p for p in _PRESETS}
     credential_fields = ("api_key", "auth_token")
     requires_credentials = True
 

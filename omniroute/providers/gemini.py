@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, ClassVar
 from urllib.parse import quote
 
 import orjson
@@ -48,7 +48,7 @@ class GeminiProvider(HTTPProvider):
     format = "gemini"
     default_prefix = "gemini"
     description = "Google Gemini API (generateContent)"
-    presets = {p.name: p for p in _PRESETS}
+    presets: ClassVar[Mapping[str, Preset]] = {p.name: p for p in _PRESETS}
     credential_fields = ("api_key",)
     requires_credentials = True
 

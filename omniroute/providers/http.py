@@ -329,7 +329,7 @@ class _FrameReader:
     closed early, so the upstream stops.
     """
 
-    __slots__ = ("_resp", "_splitter", "_timeouts", "_deadline", "_done")
+    __slots__ = ("_deadline", "_done", "_resp", "_splitter", "_timeouts")
 
     def __init__(self, resp: aiohttp.ClientResponse, splitter: Splitter, timeouts: Any) -> None:
         self._resp, self._splitter, self._timeouts = resp, splitter, timeouts

@@ -11,7 +11,7 @@ ollama.com's hosted API takes one as a Bearer token.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, ClassVar
 
 import orjson
 
@@ -47,7 +47,7 @@ class OllamaProvider(HTTPProvider):
     capabilities = frozenset({"chat", "embeddings"})
     default_prefix = "ollama"
     description = "Ollama native API (/api/chat)"
-    presets = {p.name: p for p in _PRESETS}
+    presets: ClassVar[Mapping[str, Preset]] = {p.name: p for p in _PRESETS}
     credential_fields = ("api_key",)
     requires_credentials = False
     framing = NDJSON
@@ -98,10 +98,10 @@ class OllamaProvider(HTTPProvider):
             raise UpstreamError("upstream sent a malformed embeddings answer") from None
         if not isinstance(data, dict):
             raise UpstreamError("upstream sent a malformed embeddings answer")
-        tokens = data.get("prompt_eval_count")
+        tokens, answered = data.get("prompt_eval_count"), data.get("model")
         return Embeddings(checked_vectors(data.get("embeddings"), len(inputs)),
                           tokens if isinstance(tokens, int) else None,
-                          data.get("model") if isinstance(data.get("model"), str) else model)
+                          answered if isinstance(answered, str) else model)
 
     async def list_models(self) -> list[str]:
         """``GET /api/tags``: the models the server has (``name:tag``)."""

@@ -6,8 +6,8 @@ base URL works too (``--base-url``), e.g. a local vLLM or llama.cpp server.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import Any, ClassVar
 from urllib.parse import urlsplit
 
 import orjson
@@ -56,7 +56,7 @@ class OpenAIProvider(HTTPProvider):
     capabilities = frozenset({"chat", "embeddings"})
     default_prefix = "openai"
     description = "Any OpenAI-compatible Chat Completions API"
-    presets = {p.name: p for p in _PRESETS}
+    presets: ClassVar[Mapping[str, Preset]] = {p.name: p for p in _PRESETS}
     credential_fields = ("api_key",)
     requires_credentials = False  # a custom base URL (a local server) may need no key
 

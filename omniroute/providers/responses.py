@@ -8,8 +8,8 @@ with Bearer auth; streams are server-sent events with named events
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import Any, ClassVar
 
 import orjson
 
@@ -47,7 +47,7 @@ class ResponsesProvider(HTTPProvider):
     format = "responses"
     default_prefix = "responses"
     description = "OpenAI Responses API (and services that serve it)"
-    presets = {p.name: p for p in _PRESETS}
+    presets: ClassVar[Mapping[str, Preset]] = {p.name: p for p in _PRESETS}
     credential_fields = ("api_key",)
     requires_credentials = True
 

@@ -15,6 +15,7 @@ exponentially with the consecutive failures (:class:`Backoff`).
 
 from __future__ import annotations
 
+import contextlib
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -140,10 +141,8 @@ def hint_from(
     if "retry-after" in lower:
         hint = parse_retry_after(lower["retry-after"], now_wall)
     if hint is None and "retry-after-ms" in lower:
-        try:
+        with contextlib.suppress(ValueError):
             hint = max(0.0, float(lower["retry-after-ms"]) / 1000)
-        except ValueError:
-            pass
     if hint is None:
         hint = _exhausted_resets(lower, _OPENAI_LIMITS, "x-ratelimit-reset-{}",
                                  "x-ratelimit-remaining-{}", parse_go_duration)

@@ -32,9 +32,9 @@ operator reset, a connection forgotten. The default leaves it a no-op.
 Per-request counters (statistics, limit slots and starts) and sessions (their
 bindings and last use) are not announced, so a plain success on a healthy
 connection makes no call at all; a sharing store pushes those on its own
-schedule (it owns the tables, so it can read them when it syncs). Limits shared this way are approximate by that lag;
-an exact global limit needs an atomic take, which a sharing store would add on
-top of this view.
+schedule (it owns the tables, so it can read them when it syncs). Limits shared
+this way are approximate by that lag; an exact global limit needs an atomic take,
+which a sharing store would add on top of this view.
 """
 
 from __future__ import annotations

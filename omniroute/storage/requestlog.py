@@ -9,6 +9,7 @@ records for the next attempt; :meth:`RequestLog.close` flushes what is left.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import operator
@@ -89,10 +90,8 @@ class RequestLog:
     async def close(self) -> None:
         if self._task is not None:
             self._task.cancel()
-            try:
+            with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-            except asyncio.CancelledError:
-                pass
             self._task = None
         await self.flush()
 

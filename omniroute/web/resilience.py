@@ -35,7 +35,8 @@ def _view(request: web.Request) -> dict[str, Any]:
     state = request.app[RESILIENCE].snapshot(catalog.connections.values())
     return {
         "settings": {k: current[k] for k in RESILIENCE_SETTINGS},
-        "pinned_by_environment": sorted(set(catalog.config.settings_env) & set(RESILIENCE_SETTINGS)),
+        "pinned_by_environment": sorted(set(catalog.config.settings_env)
+                                        & set(RESILIENCE_SETTINGS)),
         "health": state["health"],
         "breakers": state["breakers"],
     }

@@ -63,7 +63,8 @@ async def count_input_tokens(request: web.Request) -> web.Response:
     fmt = _responses_format(request)
     body = await read_object(request, request.app[CATALOG].settings.max_body_bytes)
     body = await ResponsesState(_store(request), request[PRINCIPAL].key_id).prepare(body)
-    model = body.get("model") if isinstance(body.get("model"), str) and body["model"] else "-"
+    named = body.get("model")
+    model = named if isinstance(named, str) and named else "-"
     body = {**body, "model": model, "stream": False}
     canonical = fmt.decode_request(ClientRequest(body, model, False, request.headers))
     return _json({"object": "response.input_tokens", "input_tokens": estimate_request(canonical)})

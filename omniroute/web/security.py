@@ -67,7 +67,7 @@ class HostCheck:
         exact = {n for n in names if not n.startswith("*")}
         self.any = "*" in names
         self.names = frozenset(exact)
-        self.suffixes = tuple(n[1:] for n in names if n.startswith("*.")) + (".localhost",)
+        self.suffixes = (*(n[1:] for n in names if n.startswith("*.")), ".localhost")
         self.with_port = frozenset({*exact, *(f"{n}:{port}" for n in exact)})
 
     @classmethod

@@ -129,7 +129,7 @@ def reply(
 def error(
     status: int,
     message: str | None = None,
-    type: str | None = None,  # noqa: A002 - mirrors the Anthropic field name
+    type: str | None = None,  # mirrors the Anthropic field name
     headers: dict[str, str] | None = None,
 ) -> Behaviour:
     type = type or _TYPE_OF_STATUS.get(status, "api_error")
@@ -145,7 +145,7 @@ def error(
 
 
 def mid_stream_error(
-    after_chunks: int, message: str = "Overloaded", type: str = "overloaded_error"  # noqa: A002
+    after_chunks: int, message: str = "Overloaded", type: str = "overloaded_error"
 ) -> Behaviour:
     return Behaviour(error_after=after_chunks, error={"type": type, "message": message})
 

@@ -120,7 +120,7 @@ def reply(
 def error_body(
     status: int,
     message: str | None = None,
-    type: str | None = None,  # noqa: A002 - mirrors the OpenAI field name
+    type: str | None = None,  # mirrors the OpenAI field name
     code: str | None = None,
     param: str | None = None,
 ) -> dict[str, Any]:
@@ -135,7 +135,7 @@ def error_body(
 def error(
     status: int,
     message: str | None = None,
-    type: str | None = None,  # noqa: A002 - mirrors the OpenAI field name
+    type: str | None = None,  # mirrors the OpenAI field name
     code: str | None = None,
     headers: dict[str, str] | None = None,
     param: str | None = None,
@@ -147,7 +147,7 @@ def error(
 def mid_stream_error(
     after_chunks: int,
     message: str = _SORRY,
-    type: str = "server_error",  # noqa: A002
+    type: str = "server_error",
     code: str | None = None,
 ) -> Behaviour:
     return Behaviour(error_after=after_chunks, error=_err(message, type, code))
@@ -389,7 +389,7 @@ class FakeOpenAI(OpenAIFake[Behaviour]):
         out.append(chunk({}, b.finish_reason or ("tool_calls" if calls else "stop")))
         if usage_on:
             out.append(chunk(None, usage={**self._usage(body, text, calls), **b.usage}))
-        return out + [b"data: [DONE]\n\n"]
+        return [*out, b"data: [DONE]\n\n"]
 
     async def _stream(self, request: web.Request, body: dict[str, Any], b: Behaviour):
         headers = {"Content-Type": "text/event-stream; charset=utf-8", "Cache-Control": "no-cache",

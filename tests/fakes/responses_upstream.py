@@ -114,7 +114,7 @@ def reply(
 def error(
     status: int,
     message: str | None = None,
-    type: str | None = None,  # noqa: A002 - mirrors the OpenAI field name
+    type: str | None = None,  # mirrors the OpenAI field name
     code: str | None = None,
     headers: dict[str, str] | None = None,
     param: str | None = None,

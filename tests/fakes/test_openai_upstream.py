@@ -243,7 +243,7 @@ async def test_auth_and_model_errors(aiohttp_server: Any) -> None:
     assert models == ["gpt-4o-mini", "gpt-4o"]
     with pytest.raises(openai.AuthenticationError):
         await bad.models.list()
-    open_fake, open_client, _ = await _setup(aiohttp_server, api_key=None)
+    _open_fake, open_client, _ = await _setup(aiohttp_server, api_key=None)
     assert (await open_client.chat.completions.create(model="gpt-4o", messages=HI)).choices
     await bad.close(), await client.close(), await open_client.close()
 

@@ -117,7 +117,8 @@ def test_thinking_signature_survives_the_second_turn() -> None:
         {"type": "redacted_thinking", "data": "EmwKAhgBEgy3va3p"},
         {"type": "tool_use", "id": "toolu_1", "name": "get_weather", "input": {"city": "Paris"}},
     ]
-    body = {"model": "m", "max_tokens": 2048, "thinking": {"type": "enabled", "budget_tokens": 1024},
+    body = {"model": "m", "max_tokens": 2048,
+            "thinking": {"type": "enabled", "budget_tokens": 1024},
             "messages": [*HI, {"role": "assistant", "content": turn},
                          {"role": "user", "content": [
                              {"type": "tool_result", "tool_use_id": "toolu_1", "content": "sun"}]}]}
@@ -187,7 +188,8 @@ def test_tool_names_and_ids_are_never_changed() -> None:
     request = request_of("openai", {
         "model": "m",
         "messages": [*HI, {"role": "assistant", "tool_calls": [
-            {"id": "call_ÄBC:1", "type": "function", "function": {"name": name, "arguments": "{}"}}]},
+            {"id": "call_ÄBC:1", "type": "function",
+             "function": {"name": name, "arguments": "{}"}}]},
                      {"role": "tool", "tool_call_id": "call_ÄBC:1", "content": "done"}],
         "tools": [{"type": "function", "function": {"name": name, "parameters": {}}}],
         "tool_choice": {"type": "function", "function": {"name": name}},

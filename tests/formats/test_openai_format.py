@@ -237,7 +237,8 @@ REPRESENTATIVE = [
         {"role": "system", "content": "sys"},
         {"role": "user", "name": "ann", "content": [
             {"type": "text", "text": "see"},
-            {"type": "image_url", "image_url": {"url": "data:image/jpeg;base64,/9j/", "detail": "low"}},
+            {"type": "image_url",
+             "image_url": {"url": "data:image/jpeg;base64,/9j/", "detail": "low"}},
             {"type": "image_url", "image_url": {"url": "https://x/y.png"}},
             {"type": "file", "file": {"file_id": "file-1", "filename": "a.pdf"}},
             {"type": "file", "file": {"file_data": "data:application/pdf;base64,JVBE",

@@ -3,8 +3,8 @@
 :class:`AnthropicFormat` implements the :class:`~omniroute.formats.base.Format`
 contract; the translation lives in :mod:`.request` (its module doc lists every
 convention), :mod:`.encode` (bodies for an Anthropic upstream), :mod:`.response`
-(JSON answers, usage, errors) and :mod:`.stream` (streams). The pass-through helpers here look at bytes
-before parsing anything, since they run on every frame.
+(JSON answers, usage, errors) and :mod:`.stream` (streams). The pass-through
+helpers here look at bytes before parsing anything, since they run on every frame.
 """
 
 from __future__ import annotations

@@ -42,7 +42,7 @@ def encode_request(request: c.Request, client: Mapping[str, Any] | None = None) 
                                                          and rf.schema is None)):
         system.append(c.Text(JSON_OBJECT_INSTRUCTION))
     explicit_max = request.max_tokens is not None
-    max_tokens = request.max_tokens if explicit_max else int(
+    max_tokens = request.max_tokens if request.max_tokens is not None else int(
         settings.get("max_tokens_default") or DEFAULT_MAX_TOKENS)
     body: dict[str, Any] = {"model": request.model, "max_tokens": max_tokens,
                             "messages": messages}
@@ -231,7 +231,7 @@ def _encode_document(part: c.File) -> dict[str, Any]:
 
 def _expressible(tool: c.Tool) -> bool:
     """Custom tools, and hosted tools this format defined itself."""
-    return NAME in tool.meta and "raw" in tool.meta[NAME] or not any(
+    return (NAME in tool.meta and "raw" in tool.meta[NAME]) or not any(
         isinstance(m, dict) and "raw" in m for m in tool.meta.values())
 
 
@@ -253,7 +253,8 @@ def _encode_tool(tool: c.Tool) -> dict[str, Any]:
     return out
 
 
-def _encode_tool_choice(choice: c.ToolChoice | None, parallel: bool | None) -> dict[str, Any] | None:
+def _encode_tool_choice(
+        choice: c.ToolChoice | None, parallel: bool | None) -> dict[str, Any] | None:
     if choice is None:
         return {"type": "auto", "disable_parallel_tool_use": True} if parallel is False else None
     out: dict[str, Any] = {"type": {"auto": "auto", "required": "any", "tool": "tool",

@@ -112,7 +112,7 @@ def stop_reason(stop: c.StopReason | None, has_calls: bool) -> str:
         return "tool_use"
     if stop == "content_filter":
         return "refusal"
-    return stop if stop in STOP_REASONS and stop != "error" else "end_turn"  # type: ignore[return-value]
+    return stop if stop in STOP_REASONS and stop != "error" else "end_turn"
 
 
 def decode_response(body: bytes) -> c.Response:

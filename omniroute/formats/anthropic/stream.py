@@ -48,6 +48,7 @@ async def decode_stream(frames: AsyncIterator[bytes]) -> AsyncIterator[c.Event]:
     blocks: dict[int, int | None] = {}  # upstream block index -> canonical index (None: skipped)
     tools_without_args: set[int] = set()
     open_parts: list[int] = []
+    index: int | None  # the canonical index of the block an event is about
     counters: dict[str, Any] = {}
     stop: str | None = None
     stop_sequence: str | None = None
@@ -66,7 +67,8 @@ async def decode_stream(frames: AsyncIterator[bytes]) -> AsyncIterator[c.Event]:
             raise upstream_error(event.get("error"))
         if kind == "message_start":
             message = event.get("message") or {}
-            usage = message.get("usage") if isinstance(message.get("usage"), dict) else {}
+            sent = message.get("usage")
+            usage: dict[str, Any] = sent if isinstance(sent, dict) else {}
             counters.update(usage)
             start_usage = decode_usage(usage)
             start_usage.output_tokens = None  # a placeholder until message_delta
@@ -200,7 +202,7 @@ class _Encoder:
         usage = encode_usage(start.usage, output=False) if start else {}
         usage.setdefault("input_tokens", 0)
         usage["output_tokens"] = 0
-        message = {
+        message: dict[str, Any] = {
             "id": start.id if start and start.id else new_id("msg_"), "type": "message",
             "role": "assistant", "model": start.model if start and start.model else self.model,
             "content": [], "stop_reason": None, "stop_sequence": None, "usage": usage,

@@ -17,7 +17,9 @@ async def encode_stream(events: AsyncIterator[c.Event],
     head: dict[str, Any] = {"id": "cmpl-", "object": "text_completion",
                             "created": int(time.time()), "model": ""}
     usage = c.Usage()
-    async with aclosing(events):
+    # `events` is an async generator (as in pipeline/chat.py's _tap_usage); the declared
+    # AsyncIterator has no aclose
+    async with aclosing(events):  # type: ignore[type-var]
         async for event in events:
             if isinstance(event, c.Start):
                 head.update(id=completion_id(event.id), model=event.model,

@@ -71,15 +71,15 @@ class GeminiFormat(Format):
     #: google-genai on ``api_version="v1"`` shares ``GET /v1/models`` with OpenAI clients;
     #: its own headers tell it apart
     _GOOGLE = ("x-goog-api-client", "x-goog-api-key")
-    client_routes = tuple(
-        route for base in ("/v1beta/models/", "/v1/models/") for route in (
+    client_routes = (
+        *(route for base in ("/v1beta/models/", "/v1/models/") for route in (
             ClientRoute("POST", base + "{model:.*}:generateContent", "chat",
                         "gemini.generateContent", stream=False),
             ClientRoute("POST", base + "{model:.*}:streamGenerateContent", "chat",
                         "gemini.streamGenerateContent", stream=True),
             ClientRoute("POST", base + "{model:.*}:countTokens", "count_tokens",
                         "gemini.countTokens"),
-        )) + (
+        )),
         ClientRoute("GET", "/v1beta/models", "models"),
         ClientRoute("GET", "/v1beta/models/{model:.+}", "model"),
         ClientRoute("GET", "/v1/models", "models", when_headers=_GOOGLE),

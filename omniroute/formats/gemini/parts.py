@@ -66,7 +66,8 @@ def usage_from_metadata(meta: Any) -> c.Usage:
     tool_prompt = meta.get("toolUsePromptTokenCount") or 0
     candidates = meta.get("candidatesTokenCount")
     thoughts = meta.get("thoughtsTokenCount")
-    output = None if candidates is None and thoughts is None else (candidates or 0) + (thoughts or 0)
+    output = (None if candidates is None and thoughts is None
+              else (candidates or 0) + (thoughts or 0))
     return c.Usage(
         input_tokens=None if prompt is None else prompt + tool_prompt,
         output_tokens=output,

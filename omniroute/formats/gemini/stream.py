@@ -51,11 +51,11 @@ class _Encoder:
             self.resp_id, self.model = event.id or self.resp_id, event.model
             return []
         if isinstance(event, c.PartStart):
-            part = event.part
-            if isinstance(part, c.Reasoning):
-                part = c.Reasoning(source=part.source, signature=part.signature,
-                                   encrypted=part.encrypted, redacted=part.redacted)
-            self.parts[event.index] = part
+            started = event.part
+            if isinstance(started, c.Reasoning):
+                started = c.Reasoning(source=started.source, signature=started.signature,
+                                      encrypted=started.encrypted, redacted=started.redacted)
+            self.parts[event.index] = started
             self.args[event.index] = ""
             return []
         part = self.parts.get(getattr(event, "index", -1))
@@ -187,9 +187,11 @@ class _Decoder:
                            c.ReasoningDelta(index, signature=signature), c.PartStop(index)]
                 index = self.next_index
                 self.next_index += 1
-            call_id = str(call.get("id") or stable_id("call_", self.resp_id, index, call.get("name")))
+            call_id = str(call.get("id")
+                          or stable_id("call_", self.resp_id, index, call.get("name")))
             args = call.get("args")
-            return events + [
+            return [
+                *events,
                 c.PartStart(index, c.ToolCall(call_id, str(call.get("name") or ""),
                                               meta={NAME: info})),
                 c.ToolArgsDelta(index, dumps(args if args is not None else {})),

@@ -1,9 +1,8 @@
 """Ollama's ``POST /api/embed`` (a list of inputs) and legacy ``POST /api/embeddings``.
 
-| route | request -> answer |
-|---|---|
-| ``/api/embed`` | ``{model, input: str or [str], dimensions?}`` -> ``{model, embeddings, total_duration, load_duration, prompt_eval_count}`` |
-| ``/api/embeddings`` | ``{model, prompt}`` -> ``{embedding}`` |
+- ``/api/embed``: ``{model, input: str or [str], dimensions?}`` ->
+  ``{model, embeddings, total_duration, load_duration, prompt_eval_count}``
+- ``/api/embeddings``: ``{model, prompt}`` -> ``{embedding}``
 """
 
 from __future__ import annotations

@@ -78,7 +78,7 @@ def _decode_messages(raw: list[Any]) -> tuple[list[c.Text], list[c.Message]]:
 
 def _match(pending: list[c.ToolCall], call_id: Any, name: Any) -> c.ToolCall | None:
     for call in pending:
-        if call_id and call.id == call_id or not call_id and call.name == name:
+        if (call_id and call.id == call_id) or (not call_id and call.name == name):
             pending.remove(call)
             return call
     return None
@@ -185,7 +185,7 @@ def encode_request(request: c.Request,
         if message.role == "tool":
             for result in message.parts:
                 if isinstance(result, c.ToolResult):
-                    out = {"role": "tool", "content": texts(list(result.content)),
+                    out: dict[str, Any] = {"role": "tool", "content": texts(list(result.content)),
                            "tool_name": result.name or names.get(result.call_id, "")}
                     if NAME not in result.meta or result.meta[NAME].get("tool_call_id"):
                         out["tool_call_id"] = result.call_id

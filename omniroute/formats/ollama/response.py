@@ -47,13 +47,14 @@ def decode_tool_call(call: dict[str, Any], fallback_id: str) -> c.ToolCall:
     arguments = args if isinstance(args, str) else dumps(args if args is not None else {})
     # meta["ollama"] marks a call Ollama made; without an "id" there it had none
     return c.ToolCall(id=str(call.get("id") or fallback_id), name=str(function.get("name") or ""),
-                      arguments=arguments, meta={NAME: {"id": call["id"]} if call.get("id") else {}})
+                      arguments=arguments,
+                      meta={NAME: {"id": call["id"]} if call.get("id") else {}})
 
 
 def encode_tool_call(call: c.ToolCall, *, upstream: bool = False) -> dict[str, Any]:
     """An Ollama tool call; upstream, one Ollama made without an id stays without."""
-    out: dict[str, Any] = {"id": call.id,
-                           "function": {"name": call.name, "arguments": args_object(call.arguments)}}
+    function = {"name": call.name, "arguments": args_object(call.arguments)}
+    out: dict[str, Any] = {"id": call.id, "function": function}
     if upstream and NAME in call.meta and not call.meta[NAME].get("id"):
         del out["id"]
     return out

@@ -122,7 +122,7 @@ def _decode_messages(raw: list[dict[str, Any]]) -> tuple[list[c.Text], list[c.Me
                 msg.meta[NAME] = {"role": "developer"}
             out.append(msg)
         elif role == "user":
-            out.append(c.Message("user", _user_parts(m.get("content"), where),
+            out.append(c.Message("user", list(_user_parts(m.get("content"), where)),
                                  name=_name(m, where)))
         elif role == "assistant":
             out.append(_decode_assistant(m, where, call_names))
@@ -393,7 +393,7 @@ def encode_request(request: c.Request, client: Mapping[str, Any] | None = None) 
 
 def _expressible(tool: c.Tool) -> bool:
     """Function tools, and hosted tools this format defined itself."""
-    return NAME in tool.meta and "raw" in tool.meta[NAME] or not any(
+    return (NAME in tool.meta and "raw" in tool.meta[NAME]) or not any(
         isinstance(m, dict) and "raw" in m for m in tool.meta.values())
 
 
@@ -463,7 +463,7 @@ def _encode_message(msg: c.Message, marks: bool) -> list[dict[str, Any]]:
         return _encode_tool_results(msg, marks)
     if msg.role == "assistant":
         return [_encode_assistant(msg, marks)]
-    role = msg.role
+    role: str = msg.role
     if role == "system" and msg.meta.get(NAME, {}).get("role") == "developer":
         role = "developer"
     out: dict[str, Any] = {"role": role, "content": _content(msg.parts, marks)}

@@ -147,7 +147,8 @@ class _Decoder:
     def _tool_call(self, delta: dict[str, Any]) -> list[c.Event]:
         events = self._stop(self.text) + self._stop(self.reasoning)
         self.text = self.reasoning = None
-        fn = delta.get("function") if isinstance(delta.get("function"), dict) else {}
+        function = delta.get("function")
+        fn: dict[str, Any] = function if isinstance(function, dict) else {}
         call_id = delta.get("id") if isinstance(delta.get("id"), str) and delta["id"] else None
         name = fn.get("name") if isinstance(fn.get("name"), str) and fn["name"] else None
         args = arguments_text(fn.get("arguments"))

@@ -58,7 +58,8 @@ def _decode_text_format(text: Any) -> c.ResponseFormat | None:
     fmt = text["format"]
     kind = fmt.get("type")
     if kind == "json_schema":
-        return c.ResponseFormat("json_schema", fmt.get("schema"), fmt.get("name"), fmt.get("strict"))
+        return c.ResponseFormat(
+            "json_schema", fmt.get("schema"), fmt.get("name"), fmt.get("strict"))
     if kind == "json_object":
         return c.ResponseFormat("json_object")
     return c.ResponseFormat("text")

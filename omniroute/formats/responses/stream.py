@@ -192,7 +192,7 @@ class _Encoder:
         state.buffer += event.text
         kind = "response.refusal.delta" if (state.part.meta.get(NAME) or {}).get("refusal") \
             else "response.output_text.delta"
-        extra = {} if kind == "response.refusal.delta" else {"logprobs": []}
+        extra: dict[str, Any] = {} if kind == "response.refusal.delta" else {"logprobs": []}
         return [self._event(kind, item_id=state.item_id, output_index=state.output_index,
                             content_index=state.content_index, delta=event.text, **extra)]
 
@@ -293,12 +293,12 @@ class _Encoder:
                                 part={"type": "reasoning_text", "text": state.raw}),
                 ]
             part: c.Reasoning = state.part
-            done = c.Reasoning(text=state.raw, signature=state.signature or part.signature,
-                               redacted=part.redacted,
-                               encrypted=state.encrypted or part.encrypted,
-                               summary=state.summaries,
-                               source=part.source, meta=part.meta)
-            item = reasoning_item(done, state.item_id)
+            reasoning = c.Reasoning(text=state.raw, signature=state.signature or part.signature,
+                                    redacted=part.redacted,
+                                    encrypted=state.encrypted or part.encrypted,
+                                    summary=state.summaries,
+                                    source=part.source, meta=part.meta)
+            item = reasoning_item(reasoning, state.item_id)
         else:
             call: c.ToolCall = state.part
             item = call_item(c.ToolCall(call.id, call.name, state.buffer, meta=call.meta),
@@ -388,7 +388,8 @@ class _Decoder:
             return []
         kind = data.get("type")
         if kind == "error":
-            raise UpstreamError(error_message(data.get("error") or data) or "The upstream stream failed.")
+            raise UpstreamError(
+                error_message(data.get("error") or data) or "The upstream stream failed.")
         if kind == "response.failed":
             error = (data.get("response") or {}).get("error")
             raise UpstreamError(error_message(error) or "The upstream response failed.")
@@ -396,6 +397,7 @@ class _Decoder:
             return self._ensure_start(data.get("response"))
         out = self._ensure_start()
         oi = data.get("output_index", -1)
+        index: int | None  # the canonical index of the part an event is about
         if kind == "response.output_item.added":
             out += self._item_added(oi, data.get("item") or {})
         elif kind == "response.content_part.added":

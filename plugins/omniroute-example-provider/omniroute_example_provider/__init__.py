@@ -41,8 +41,8 @@ class ExampleProvider(CanonicalProvider):
                 f"{', '.join(MODELS)}.", status=404, code="model_not_found", param="model")
         users = [m for m in request.messages if m.role == "user"]
         text = transform(text_of(users[-1].parts) if users else "")
-        prompt = [request.system, *(m.parts for m in request.messages)]
-        usage = c.Usage(input_tokens=sum(len(text_of(parts).split()) for parts in prompt),
+        prompt = [text_of(request.system), *(text_of(m.parts) for m in request.messages)]
+        usage = c.Usage(input_tokens=sum(len(turn.split()) for turn in prompt),
                         output_tokens=len(text.split()))
         yield c.Start(id=f"example-{secrets.token_hex(12)}", model=request.model)
         yield c.PartStart(0, c.Text(""))
