@@ -308,7 +308,7 @@ def test_plugins_command_json(tmp_path: Path) -> None:
 
 
 def test_plugins_command_reports_errors(monkeypatch: Any, tmp_path: Path) -> None:
-    import omniroute.cli as cli_module
+    import omniroute.cli.common as cli_module
 
     real = cli_module.load_plugins
 

@@ -22,6 +22,7 @@ import pytest
 from click.testing import CliRunner
 
 import omniroute.cli as cli_module
+import omniroute.cli.plugins as plugins_module
 from omniroute.cli import cli
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "plugins" / "omniroute-example-provider"
@@ -44,7 +45,7 @@ class Recorder:
 @pytest.fixture
 def pip(monkeypatch: pytest.MonkeyPatch) -> Recorder:
     recorder = Recorder()
-    monkeypatch.setattr(cli_module.subprocess, "run", recorder)
+    monkeypatch.setattr(plugins_module.subprocess, "run", recorder)
     return recorder
 
 
@@ -68,7 +69,7 @@ def test_uninstall_says_yes_for_the_user(pip: Recorder) -> None:
 
 
 def test_a_pip_failure_is_one_clear_line(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(cli_module.subprocess, "run", Recorder(1))
+    monkeypatch.setattr(plugins_module.subprocess, "run", Recorder(1))
     result = CliRunner().invoke(cli, ["plugins", "install", "omniroute-nope"])
     assert result.exit_code == 1
     assert result.output == "Error: pip install failed (exit code 1)\n"

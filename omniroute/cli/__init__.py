@@ -12,93 +12,31 @@ line on stderr and exit status 2.
 
 from __future__ import annotations
 
-import asyncio
 import getpass
 import json
 import logging
-import multiprocessing
 import os
-import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Callable, Coroutine
-from contextlib import asynccontextmanager
-from functools import wraps
-from typing import Any, TypeVar
+from typing import Any
 
 import click
 
-from omniroute.config import Config, ConfigError, load_config
-from omniroute.plugins import Plugins, load_plugins
+from omniroute.cli.common import (
+    StartupCommand,
+    StartupError,
+    async_command,
+    config_of,
+    echo_json,
+    open_cli_store,
+    plugins_of,
+)
+from omniroute.cli.plugins import plugins_command
+from omniroute.config import ConfigError, load_config
+from omniroute.plugins import Plugins
 from omniroute.version import __version__
 
-T = TypeVar("T")
 log = logging.getLogger(__name__)
-
-
-class StartupError(click.ClickException):
-    """A start-up input cannot be used: one line (``Error: ...``), exit status 2."""
-
-    exit_code = 2
-
-
-class _StartupCommand(click.Command):
-    """A command whose bad flags are reported like every other start-up input."""
-
-    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
-        try:
-            return super().parse_args(ctx, args)
-        except click.UsageError as exc:  # click would add the usage and a hint
-            raise StartupError(exc.format_message()) from None
-
-
-def _config(ctx: click.Context) -> Config:
-    obj = ctx.ensure_object(dict)
-    if "config" not in obj:
-        try:
-            obj["config"] = load_config(config_file=obj.get("config_file"),
-                                        data_dir=obj.get("data_dir"))
-        except ConfigError as exc:
-            raise StartupError(str(exc)) from None
-    return obj["config"]
-
-
-def _plugins(config: Config) -> Plugins:
-    return load_plugins(blocked=config.disabled_plugins, allowed=config.allowed_plugins)
-
-
-def _run(coro: Coroutine[Any, Any, T]) -> T:
-    return asyncio.run(coro)
-
-
-def _async_command(fn: Callable[..., Coroutine[Any, Any, Any]]) -> Callable[..., Any]:
-    @wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        return _run(fn(*args, **kwargs))
-
-    return wrapper
-
-
-@asynccontextmanager
-async def _store(config: Config) -> AsyncIterator[Any]:
-    from omniroute.startup import open_store
-    from omniroute.vault import VaultError
-
-    try:
-        store = await open_store(config)
-    except ConfigError as exc:
-        raise StartupError(str(exc)) from None
-    try:
-        yield store
-    except VaultError as exc:
-        raise StartupError(f"{exc}: is OMNIROUTE_SECRET_KEY (or {config.data_dir}/secret.key) "
-                           "the key they were saved with?") from None
-    finally:
-        await store.db.close()
-
-
-def _echo_json(data: Any) -> None:
-    click.echo(json.dumps(data, indent=2, default=str))
 
 
 @click.group()
@@ -115,7 +53,7 @@ def cli(ctx: click.Context, data_dir: str | None, config_file: str | None) -> No
 
 # ---------------------------------------------------------------------- serve
 
-@cli.command(cls=_StartupCommand)
+@cli.command(cls=StartupCommand)
 @click.option("--host", default=None, help="Address to bind (default 127.0.0.1).")
 @click.option("--port", type=int, default=None, help="Port (default 20128).")
 @click.option("--workers", type=int, default=None,
@@ -143,102 +81,7 @@ def serve(ctx: click.Context, host: str | None, port: int | None, workers: int |
         raise StartupError(str(exc)) from None
 
 
-# ---------------------------------------------------------------------- plugins
-
-@cli.group("plugins", invoke_without_command=True)
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-@click.pass_context
-def plugins_command(ctx: click.Context, as_json: bool) -> None:
-    """List plugins: version, what each registered, and load errors.
-
-    `omniroute plugins install NAME` and `omniroute plugins uninstall NAME` add and
-    remove them with pip.
-    """
-    if ctx.invoked_subcommand is not None:
-        return
-    plugins = _plugins(_config(ctx))
-    infos = [i.as_dict() for i in plugins.infos]
-    if as_json:
-        _echo_json(infos)
-        return
-    for info in infos:
-        state = "blocked" if info["blocked"] else ("ERROR" if info["error"] else "ok")
-        dist = f"{info['distribution']} {info['version']}" if info["distribution"] else "-"
-        click.echo(f"{info['name']:<24} {state:<8} {dist}")
-        for kind, names in info["registered"].items():
-            click.echo(f"    {kind}: {', '.join(names)}")
-        if info["error"]:
-            click.echo(f"    error: {info['error']}")
-
-
-@plugins_command.command("install")
-@click.argument("packages", nargs=-1)
-@click.option("-e", "--editable", "editable", multiple=True, metavar="PATH",
-              help="Install the project in PATH in editable mode (repeatable).")
-@click.option("-U", "--upgrade", is_flag=True, help="Upgrade to the newest versions.")
-@click.option("--force-reinstall", is_flag=True, help="Reinstall even when up to date.")
-@click.pass_context
-def plugins_install(ctx: click.Context, packages: tuple[str, ...], editable: tuple[str, ...],
-                    upgrade: bool, force_reinstall: bool) -> None:
-    """Install plugins with pip, into omniroute's own environment.
-
-    PACKAGES are what pip takes: distribution names (omniroute-x), paths or URLs.
-    The plugins are listed afterwards.
-    """
-    if not packages and not editable:
-        raise click.UsageError("name at least one package, path or URL (or -e PATH)")
-    args = ["install", *packages, *(arg for path in editable for arg in ("-e", path))]
-    args += ["--upgrade"] * upgrade + ["--force-reinstall"] * force_reinstall
-    _pip(args)
-    _list_installed(ctx)
-
-
-@plugins_command.command("uninstall")
-@click.argument("packages", nargs=-1, required=True)
-@click.pass_context
-def plugins_uninstall(ctx: click.Context, packages: tuple[str, ...]) -> None:
-    """Uninstall plugins (distribution names) with pip, from omniroute's own environment.
-
-    No plugin is imported first, so a plugin too broken to import can still be
-    removed. The remaining plugins are listed afterwards.
-    """
-    _pip(["uninstall", "-y", *packages])
-    _list_installed(ctx)
-
-
-def _pip(args: list[str]) -> None:
-    """Run pip in the gateway's own environment, its output going to the terminal.
-
-    Not timed: the user watches pip's progress, and pip bounds its own network waits.
-    """
-    done = subprocess.run([sys.executable, "-m", "pip", *args], check=False)
-    if done.returncode != 0:
-        raise click.ClickException(f"pip {args[0]} failed (exit code {done.returncode})")
-
-
-def _list_installed(ctx: click.Context) -> None:
-    """``omniroute plugins``, in a fresh process.
-
-    Only a new interpreter sees what pip just installed (an editable install's
-    path file is read at start-up), and a plugin that breaks on import breaks
-    that process, not this one.
-    """
-    obj = ctx.find_root().ensure_object(dict)
-    options: list[str] = []
-    if obj.get("data_dir"):
-        options += ["--data-dir", obj["data_dir"]]
-    if obj.get("config_file"):
-        options += ["--config", obj["config_file"]]
-    click.echo("")
-    try:
-        listing = subprocess.run([sys.executable, "-m", "omniroute", *options, "plugins"],
-                                 check=False, timeout=120, stdin=subprocess.DEVNULL)
-    except subprocess.TimeoutExpired:
-        raise click.ClickException("`omniroute plugins` did not finish within 120 s") from None
-    if listing.returncode != 0:
-        raise click.ClickException(
-            "pip succeeded, but `omniroute plugins` failed: a plugin may be broken "
-            "(`omniroute plugins uninstall NAME` removes it)")
+cli.add_command(plugins_command)
 
 
 def _skips_plugins(args: list[str]) -> bool:
@@ -272,7 +115,7 @@ def providers() -> None:
 @click.pass_context
 def providers_presets(ctx: click.Context) -> None:
     """List provider types and their presets."""
-    for cls in _plugins(_config(ctx)).providers.values():
+    for cls in plugins_of(config_of(ctx)).providers.values():
         click.echo(f"{cls.type} ({cls.format}): {cls.description}")
         for p in cls.presets.values():
             key = "" if p.needs_api_key else " (no key needed)"
@@ -292,7 +135,7 @@ def providers_presets(ctx: click.Context) -> None:
 @click.option("--priority", type=int, default=0, show_default=True)
 @click.option("--inactive", is_flag=True, help="Add it switched off.")
 @click.pass_context
-@_async_command
+@async_command
 async def providers_add(ctx: click.Context, preset: str | None, type_: str | None,
                         name: str | None, prefix: str | None, base_url: str | None,
                         api_key: str | None, api_key_env: str | None, no_key: bool,
@@ -300,12 +143,12 @@ async def providers_add(ctx: click.Context, preset: str | None, type_: str | Non
     """Add a provider connection."""
     from omniroute.accounts import build_connection
 
-    config = _config(ctx)
+    config = config_of(ctx)
     if api_key_env:
         api_key = os.environ.get(api_key_env)
         if not api_key:
             raise click.ClickException(f"${api_key_env} is empty")
-    plugins = _plugins(config)
+    plugins = plugins_of(config)
     if api_key is None and not no_key and sys.stdin.isatty() and _wants_key(plugins, type_, preset):
         api_key = getpass.getpass("API key (empty for none): ") or None
     spec: dict[str, Any] = {"priority": priority, "active": not inactive}
@@ -319,7 +162,7 @@ async def providers_add(ctx: click.Context, preset: str | None, type_: str | Non
         conn = build_connection(plugins, spec)
     except ValueError as exc:
         raise click.ClickException(str(exc)) from None
-    async with _store(config) as store:
+    async with open_cli_store(config) as store:
         await store.save_connection(conn)
     click.echo(f"added {conn.id}: {conn.name} ({conn.type}) prefix {conn.prefix}/")
 
@@ -343,13 +186,13 @@ def _wants_key(plugins: Any, type_: str | None, preset: str | None) -> bool:
 @providers.command("list")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.pass_context
-@_async_command
+@async_command
 async def providers_list(ctx: click.Context, as_json: bool) -> None:
     """List provider connections (credentials masked)."""
-    async with _store(_config(ctx)) as store:
+    async with open_cli_store(config_of(ctx)) as store:
         conns = [c.public() for c in await store.list_connections()]
     if as_json:
-        _echo_json(conns)
+        echo_json(conns)
         return
     for c in conns:
         state = "active" if c["active"] else "inactive"
@@ -361,10 +204,10 @@ async def providers_list(ctx: click.Context, as_json: bool) -> None:
 @providers.command("remove")
 @click.argument("conn_id")
 @click.pass_context
-@_async_command
+@async_command
 async def providers_remove(ctx: click.Context, conn_id: str) -> None:
     """Remove a provider connection."""
-    async with _store(_config(ctx)) as store:
+    async with open_cli_store(config_of(ctx)) as store:
         if not await store.delete_connection(conn_id):
             raise click.ClickException(f"no connection {conn_id!r}")
     click.echo(f"removed {conn_id}")
@@ -373,7 +216,7 @@ async def providers_remove(ctx: click.Context, conn_id: str) -> None:
 @providers.command("test")
 @click.argument("conn_id")
 @click.pass_context
-@_async_command
+@async_command
 async def providers_test(ctx: click.Context, conn_id: str) -> None:
     """Check that a connection answers (lists its models)."""
     import time
@@ -384,9 +227,9 @@ async def providers_test(ctx: click.Context, conn_id: str) -> None:
     from omniroute.errors import GatewayError
     from omniroute.providers.base import ProviderContext, Timeouts
 
-    config = _config(ctx)
-    plugins = _plugins(config)
-    async with _store(config) as store:
+    config = config_of(ctx)
+    plugins = plugins_of(config)
+    async with open_cli_store(config) as store:
         conn = await store.get_connection(conn_id)
     if conn is None:
         raise click.ClickException(f"no connection {conn_id!r}")
@@ -418,10 +261,10 @@ def keys() -> None:
 @click.option("--name", required=True, help="What the key is for.")
 @click.option("--admin", is_flag=True, help="Allow the key to use the management API.")
 @click.pass_context
-@_async_command
+@async_command
 async def keys_create(ctx: click.Context, name: str, admin: bool) -> None:
     """Create a key; it is printed once and never stored."""
-    async with _store(_config(ctx)) as store:
+    async with open_cli_store(config_of(ctx)) as store:
         key, secret = await store.create_key(name, {"admin"} if admin else set())
     click.echo(secret)
     click.echo(f"created {key.id} ({name}){' with admin scope' if admin else ''}; "
@@ -431,13 +274,13 @@ async def keys_create(ctx: click.Context, name: str, admin: bool) -> None:
 @keys.command("list")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.pass_context
-@_async_command
+@async_command
 async def keys_list(ctx: click.Context, as_json: bool) -> None:
     """List keys (only their first characters)."""
-    async with _store(_config(ctx)) as store:
+    async with open_cli_store(config_of(ctx)) as store:
         items = [k.public() for k in await store.list_keys()]
     if as_json:
-        _echo_json(items)
+        echo_json(items)
         return
     for k in items:
         state = "revoked" if k["revoked_at"] else "active"
@@ -448,10 +291,10 @@ async def keys_list(ctx: click.Context, as_json: bool) -> None:
 @keys.command("revoke")
 @click.argument("key_id")
 @click.pass_context
-@_async_command
+@async_command
 async def keys_revoke(ctx: click.Context, key_id: str) -> None:
     """Revoke a key."""
-    async with _store(_config(ctx)) as store:
+    async with open_cli_store(config_of(ctx)) as store:
         if not await store.revoke_key(key_id):
             raise click.ClickException(f"no active key {key_id!r}")
     click.echo(f"revoked {key_id}")
@@ -470,7 +313,7 @@ def combos() -> None:
 @click.option("--strategy", default="priority", show_default=True,
               help="How targets are chosen (priority, round-robin, weighted, ...).")
 @click.pass_context
-@_async_command
+@async_command
 async def combos_add(ctx: click.Context, name: str, steps: tuple[str, ...], strategy: str) -> None:
     """Add (or replace) combo NAME over STEPS: 'prefix/model' or a JSON step object.
 
@@ -490,7 +333,7 @@ async def combos_add(ctx: click.Context, name: str, steps: tuple[str, ...], stra
                 raise click.ClickException(f"step {step!r} is not valid JSON: {exc}") from None
         else:
             parsed.append(step)
-    async with _store(_config(ctx)) as store:
+    async with open_cli_store(config_of(ctx)) as store:
         existing_all = await store.list_combos()
         existing = next((c for c in existing_all if c.name == name), None)
         connections = await store.list_connections()
@@ -525,13 +368,13 @@ def _offline_router(connections: list[Any], aliases: dict[str, str], combos: lis
 @combos.command("list")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.pass_context
-@_async_command
+@async_command
 async def combos_list(ctx: click.Context, as_json: bool) -> None:
     """List combos and their steps."""
-    async with _store(_config(ctx)) as store:
+    async with open_cli_store(config_of(ctx)) as store:
         items = [c.public() for c in await store.list_combos()]
     if as_json:
-        _echo_json(items)
+        echo_json(items)
         return
     for c in items:
         click.echo(f"{c['id']}  {c['name']}  ({c['strategy']})")
@@ -542,10 +385,10 @@ async def combos_list(ctx: click.Context, as_json: bool) -> None:
 @combos.command("remove")
 @click.argument("name_or_id")
 @click.pass_context
-@_async_command
+@async_command
 async def combos_remove(ctx: click.Context, name_or_id: str) -> None:
     """Remove a combo by name or id."""
-    async with _store(_config(ctx)) as store:
+    async with open_cli_store(config_of(ctx)) as store:
         found = next((c for c in await store.list_combos() if name_or_id in (c.id, c.name)), None)
         if found is None:
             raise click.ClickException(f"no combo {name_or_id!r}")
@@ -560,15 +403,15 @@ async def combos_remove(ctx: click.Context, name_or_id: str) -> None:
 @click.option("--failed", is_flag=True, help="Only requests that failed.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.pass_context
-@_async_command
+@async_command
 async def requests_cmd(ctx: click.Context, limit: int, failed: bool, as_json: bool) -> None:
     """The request log: who served each request, after how many attempts, and why not."""
     where = "WHERE status >= 400 OR error IS NOT NULL" if failed else ""
-    async with _store(_config(ctx)) as store:
+    async with open_cli_store(config_of(ctx)) as store:
         rows = [dict(r) for r in await store.db.fetchall(
             f"SELECT * FROM request_log {where} ORDER BY id DESC LIMIT ?", (limit,))]
     if as_json:
-        _echo_json(rows)
+        echo_json(rows)
         return
     for r in rows:
         when = time.strftime("%H:%M:%S", time.localtime(r["ts"]))
@@ -591,7 +434,7 @@ def rate_limits_cmd(ctx: click.Context, url: str | None, admin_key: str, as_json
     import urllib.error
     import urllib.request
 
-    config = _config(ctx)
+    config = config_of(ctx)
     base = (url or f"http://{config.host}:{config.port}").rstrip("/")
     req = urllib.request.Request(f"{base}/api/rate-limits",
                                  headers={"Authorization": f"Bearer {admin_key}"})
@@ -603,7 +446,7 @@ def rate_limits_cmd(ctx: click.Context, url: str | None, admin_key: str, as_json
     except OSError as exc:
         raise click.ClickException(f"cannot reach the gateway at {base}: {exc}") from None
     if as_json:
-        _echo_json(data)
+        echo_json(data)
         return
     health = data.get("health", {})
     click.echo(f"healthy {health.get('healthy', 0)}, degraded {health.get('degraded', 0)}, "
@@ -625,14 +468,14 @@ def admin() -> None:
 @admin.command("password")
 @click.option("--password", help="The new password (default: prompt).")
 @click.pass_context
-@_async_command
+@async_command
 async def admin_password(ctx: click.Context, password: str | None) -> None:
     """Set the admin password."""
     from omniroute.auth.admin import set_password
 
     if password is None:
         password = getpass.getpass("New admin password: ")
-    async with _store(_config(ctx)) as store:
+    async with open_cli_store(config_of(ctx)) as store:
         try:
             await set_password(store, password)
         except ValueError as exc:
@@ -659,7 +502,7 @@ def _add_plugin_commands() -> None:
         config = load_config()
     except ConfigError:
         return  # the command itself will report the configuration error
-    register_plugin_commands(cli, _plugins(config))
+    register_plugin_commands(cli, plugins_of(config))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -667,8 +510,3 @@ def main(argv: list[str] | None = None) -> None:
     if not _skips_plugins(sys.argv[1:] if argv is None else argv):
         _add_plugin_commands()
     cli.main(args=argv, prog_name="omniroute")
-
-
-if __name__ == "__main__":  # pragma: no cover
-    multiprocessing.freeze_support()
-    main()
