@@ -54,8 +54,9 @@ KEEPALIVE_EVERY = 10.0
 _BACKLOG = 64 * 1024
 
 
-class Catalog(Protocol):
-    """What the pipeline reads of the live configuration (replaced on every reload)."""
+class LiveConfig(Protocol):
+    """What the pipeline reads of the live configuration (the app's
+    :class:`~omniroute.catalog.Catalog`; its attributes are replaced on every reload)."""
 
     settings: Settings
     router: Router
@@ -65,7 +66,7 @@ class Pipeline:
     """The data path's shared collaborators, built once at start-up."""
 
     def __init__(
-        self, catalog: Catalog, resilience: Resilience, new_request_id: Callable[[], str]
+        self, catalog: LiveConfig, resilience: Resilience, new_request_id: Callable[[], str]
     ) -> None:
         self.catalog = catalog
         self.resilience = resilience
