@@ -3,6 +3,7 @@
 The proxy talks to :class:`Resilience` (see :mod:`omniroute.resilience.core`
 for the API and a usage sketch). The parts, each usable alone:
 
+* :mod:`.attempt` — one request's plan, one try of a target, a failure's verdict;
 * :mod:`.strategies` — orders targets (priority, round-robin, weighted, ...);
 * :mod:`.classify` — what an upstream failure means (move on? cooldown? terminal?);
 * :mod:`.cooldown` — rest periods from upstream hints or exponential backoff;
@@ -15,9 +16,10 @@ for the API and a usage sketch). The parts, each usable alone:
 * :mod:`.clock` — injectable time.
 """
 
+from omniroute.resilience.attempt import Attempt, Decision, Plan
 from omniroute.resilience.classify import Classification, classify, classify_status
 from omniroute.resilience.clock import Clock, ManualClock, SystemClock
-from omniroute.resilience.core import Attempt, Decision, Plan, Resilience
+from omniroute.resilience.core import Resilience
 from omniroute.resilience.pricing import Price, Pricing
 from omniroute.resilience.sessions import SessionStore, fingerprint, session_id
 from omniroute.resilience.state import BreakerState, LimitState, MemoryState, StateStore

@@ -64,24 +64,20 @@ from __future__ import annotations
 import logging
 import random
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 
 from omniroute.config import Settings
 from omniroute.errors import (
-    CircuitOpen,
     RateLimited,
     ServiceUnavailable,
-    UpstreamError,
-    UpstreamStatusError,
 )
 from omniroute.providers.base import Provider
-from omniroute.resilience.breaker import Breaker, BreakerPolicy, Ticket
-from omniroute.resilience.classify import Classification, classify
+from omniroute.resilience.attempt import Attempt, Decision, Plan
+from omniroute.resilience.breaker import Breaker, BreakerPolicy
+from omniroute.resilience.classify import classify
 from omniroute.resilience.clock import Clock, SystemClock
 from omniroute.resilience.cooldown import Backoff
-from omniroute.resilience.limits import Limiter, Slot
+from omniroute.resilience.limits import Limiter
 from omniroute.resilience.pricing import Price, Pricing
 from omniroute.resilience.sessions import SessionStore
 from omniroute.resilience.state import BreakerState, LimitState, MemoryState, StateStore
@@ -110,132 +106,6 @@ def _limit(settings: Mapping[str, Any], name: str) -> int | None:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
         return None
     return int(value)
-
-
-@dataclass(frozen=True, slots=True)
-class Plan:
-    """The targets to try for one request, in order."""
-
-    targets: tuple[Target, ...]
-    #: targets left out, with why (``"terminal"``, ``"cooling"``, ``"breaker_open"``)
-    skipped: tuple[tuple[Target, str], ...] = ()
-    strategy: str = DEFAULT
-    #: the target put first because the session was bound to its connection
-    sticky: Target | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class Decision:
-    """What a failure means for this request and for the connection."""
-
-    #: try the next target (False: hand the error back to the client)
-    move_on: bool
-    classification: Classification
-    #: refresh the credentials and retry this target once (``attempt(..., refreshed=True)``)
-    refresh: bool = False
-    #: seconds the connection now rests (None: no cooldown)
-    cooldown: float | None = None
-    terminal_reason: str | None = None
-
-    @property
-    def kind(self) -> str:
-        return self.classification.kind
-
-
-class Attempt:
-    """One try of one target; see :meth:`Resilience.attempt`."""
-
-    def __init__(
-        self, resilience: Resilience, target: Target, session_id: str | None, refreshed: bool
-    ) -> None:
-        self.target = target
-        self.session_id = session_id
-        self.refreshed = refreshed
-        self.started: float | None = None
-        #: seconds from the start to the first byte (``first_byte()``), if recorded
-        self.ttft: float | None = None
-        #: the verdict on a failure (set by ``failed()`` or by leaving with an upstream error)
-        self.decision: Decision | None = None
-        self._resilience = resilience
-        self._ticket: Ticket | None = None
-        self._slot: Slot | None = None
-        self._done = False
-        self._breaker_verdict = False
-
-    async def __aenter__(self) -> Self:
-        r, target = self._resilience, self.target
-        now = r.clock.monotonic()
-        breaker = r._breaker(target)
-        ticket = breaker.admit(now)
-        if ticket is None:
-            wait = breaker.retry_in(now)
-            raise CircuitOpen(f"Provider {breaker.key!r} is resting after repeated failures; "
-                              f"retry in {wait:.0f}s.", key=breaker.key, retry_after=wait)
-        if ticket.trial:  # a half-open trial slot is taken: other instances must count it
-            r.state.changed("breakers", breaker.key)
-        limiter = r._limiter(target)
-        if limiter is not None:
-            slot = limiter.acquire()
-            try:
-                await slot.__aenter__()
-            except BaseException:
-                if breaker.abandon(ticket):
-                    r.state.changed("breakers", breaker.key)
-                raise
-            self._slot = slot
-        self._ticket = ticket
-        self.started = r.clock.monotonic()
-        r._stats(target).started(self.started)
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        r = self._resilience
-        try:
-            if not self._done:
-                if exc is None:
-                    self.succeeded()
-                elif isinstance(exc, (UpstreamError, UpstreamStatusError)):
-                    self.failed(exc)
-        finally:
-            r._stats(self.target).finished()
-            if self._slot is not None:
-                self._slot.release()
-            if not self._breaker_verdict:
-                breaker = r._breaker(self.target)
-                if breaker.abandon(self._ticket):
-                    r.state.changed("breakers", breaker.key)
-
-    def first_byte(self, lane: str = "stream") -> None:
-        """The first byte (or event) arrived: record the time to first token.
-
-        :param lane: ``"stream"``, or ``"json"`` when the first byte is a whole JSON
-            answer; each lane of each model keeps its own recent times (hedging).
-        """
-        if self.ttft is None and self.started is not None:
-            self.ttft = self._resilience.clock.monotonic() - self.started
-            self._resilience._stats(self.target).first_byte(self.target.model, lane, self.ttft)
-
-    def succeeded(self) -> None:
-        """Record a success now (leaving the block normally does it too)."""
-        if self._done:
-            return
-        self._done = self._breaker_verdict = True
-        self._resilience.record_success(self.target, ttft=self.ttft, session_id=self.session_id)
-
-    def failed(self, error: BaseException) -> Decision:
-        """Record a failure now (e.g. a stream that broke after its first event)."""
-        if self.decision is not None:
-            return self.decision
-        if self._done:
-            raise RuntimeError("this attempt already recorded a success")
-        self._done = True
-        self.decision = self._resilience.record_failure(
-            self.target, error, refreshed=self.refreshed)
-        self._breaker_verdict = self.decision.classification.breaker
-        return self.decision
 
 
 class Resilience:

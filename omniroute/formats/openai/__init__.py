@@ -83,6 +83,15 @@ def usage_from_event(event: bytes) -> tuple[dict[str, int | None], bool] | None:
     ``usage_only`` marks the final chunk OpenAI sends for
     ``stream_options.include_usage`` (its ``choices`` list is empty).
     """
+    chunk = _usage_chunk(event)
+    if chunk is None:
+        return None
+    return usage_fields(chunk["usage"]), chunk.get("choices") == []
+
+
+def _usage_chunk(event: bytes) -> dict[str, Any] | None:
+    """The chunk of a stream event that carries a ``usage`` object, else None (cheap first:
+    a byte search for the marker)."""
     if not any(marker in event for marker in _USAGE_MARKERS):
         return None
     data = event_data(event)
@@ -92,7 +101,7 @@ def usage_from_event(event: bytes) -> tuple[dict[str, int | None], bool] | None:
         return None
     if not isinstance(chunk, dict) or not isinstance(chunk.get("usage"), dict):
         return None
-    return usage_fields(chunk["usage"]), chunk.get("choices") == []
+    return chunk
 
 
 def error_from_event(event: bytes) -> str | None:
@@ -202,16 +211,8 @@ class OpenAIFormat(Format):
     side_markers = (*_USAGE_MARKERS, b'"error"')
 
     def usage_from_frame(self, frame: bytes) -> c.Usage | None:
-        if not any(marker in frame for marker in _USAGE_MARKERS):
-            return None
-        data = event_data(frame)
-        try:
-            chunk = orjson.loads(data) if data else None
-        except orjson.JSONDecodeError:
-            return None
-        if not isinstance(chunk, dict) or not isinstance(chunk.get("usage"), dict):
-            return None
-        return openai_response.decode_usage(chunk["usage"])
+        chunk = _usage_chunk(frame)
+        return None if chunk is None else openai_response.decode_usage(chunk["usage"])
 
     def hidden_frames(self, client: ClientRequest) -> Callable[[bytes], bool] | None:
         """The usage-only chunk, when the gateway (not the client) asked for it."""
