@@ -94,12 +94,17 @@ def _usage_chunk(event: bytes) -> dict[str, Any] | None:
     a byte search for the marker)."""
     if not any(marker in event for marker in _USAGE_MARKERS):
         return None
+    return _chunk_with(event, "usage")
+
+
+def _chunk_with(event: bytes, key: str) -> dict[str, Any] | None:
+    """The JSON data of a stream event when it holds a ``key`` object, else None."""
     data = event_data(event)
     try:
         chunk = orjson.loads(data) if data else None
     except orjson.JSONDecodeError:
         return None
-    if not isinstance(chunk, dict) or not isinstance(chunk.get("usage"), dict):
+    if not isinstance(chunk, dict) or not isinstance(chunk.get(key), dict):
         return None
     return chunk
 
@@ -108,12 +113,8 @@ def error_from_event(event: bytes) -> str | None:
     """The message of an in-stream error event (``data: {"error": {...}}``), else None."""
     if b'"error"' not in event:
         return None
-    data = event_data(event)
-    try:
-        chunk = orjson.loads(data) if data else None
-    except orjson.JSONDecodeError:
-        return None
-    if not isinstance(chunk, dict) or not isinstance(chunk.get("error"), dict):
+    chunk = _chunk_with(event, "error")
+    if chunk is None:
         return None
     message = chunk["error"].get("message")
     return str(message) if message else orjson.dumps(chunk["error"]).decode()
