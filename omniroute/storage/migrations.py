@@ -91,6 +91,67 @@ MIGRATIONS: list[list[str]] = [
         """CREATE INDEX responses_key ON responses(api_key_id, created_at)""",
         """CREATE INDEX responses_expires ON responses(expires_at)""",
     ],
+    # 4: usage, cost, budgets and the audit log (issue 8)
+    [
+        # the usage record: who, through which API, which account answered, how fast, at what cost
+        """ALTER TABLE request_log ADD COLUMN client_format TEXT""",
+        """ALTER TABLE request_log ADD COLUMN user_agent TEXT""",
+        """ALTER TABLE request_log ADD COLUMN combo TEXT""",
+        """ALTER TABLE request_log ADD COLUMN error_class TEXT""",
+        # JSON list: one {"target", "failure", "status", "ms"} per attempt, in order
+        """ALTER TABLE request_log ADD COLUMN attempt_log TEXT""",
+        """ALTER TABLE request_log ADD COLUMN ttfc_ms REAL""",
+        """ALTER TABLE request_log ADD COLUMN tokens_per_s REAL""",
+        """ALTER TABLE request_log ADD COLUMN cache_write_tokens INTEGER""",
+        """ALTER TABLE request_log ADD COLUMN usage_estimated INTEGER NOT NULL DEFAULT 0""",
+        """ALTER TABLE request_log ADD COLUMN cost_usd REAL""",
+        # what a subscription (OAuth) connection's tokens would have cost at list price
+        """ALTER TABLE request_log ADD COLUMN list_cost_usd REAL""",
+        """ALTER TABLE request_log ADD COLUMN cache_hit INTEGER NOT NULL DEFAULT 0""",
+        # only with the ``log_bodies`` setting: capped, credentials redacted
+        """ALTER TABLE request_log ADD COLUMN request_body TEXT""",
+        """ALTER TABLE request_log ADD COLUMN response_body TEXT""",
+        """CREATE INDEX request_log_key_ts ON request_log(api_key_id, ts)""",
+        """CREATE INDEX request_log_conn_ts ON request_log(connection_id, ts)""",
+        # per-key limits as JSON (budgets, token limits, rpm, concurrency, allowed models)
+        """ALTER TABLE api_keys ADD COLUMN limits TEXT NOT NULL DEFAULT '{}'""",
+        """ALTER TABLE api_keys ADD COLUMN expires_at REAL""",
+        # 0: this key's requests leave no usage record (its spend is still counted)
+        """ALTER TABLE api_keys ADD COLUMN log_usage INTEGER NOT NULL DEFAULT 1""",
+        # spend and tokens per key and budget window, kept apart from the prunable log
+        """CREATE TABLE key_spend (
+            key_id TEXT NOT NULL,
+            period TEXT NOT NULL,
+            window_start REAL NOT NULL,
+            cost_usd REAL NOT NULL DEFAULT 0,
+            tokens INTEGER NOT NULL DEFAULT 0,
+            requests INTEGER NOT NULL DEFAULT 0,
+            PRIMARY KEY (key_id, period, window_start)
+        )""",
+        # operator price overrides, USD per 1M tokens; scope '' = every connection
+        """CREATE TABLE price_overrides (
+            scope TEXT NOT NULL DEFAULT '',
+            model TEXT NOT NULL,
+            input REAL NOT NULL,
+            output REAL NOT NULL,
+            cache_read REAL,
+            cache_write REAL,
+            updated_at REAL NOT NULL,
+            PRIMARY KEY (scope, model)
+        )""",
+        # every management action and login, kept apart from usage
+        """CREATE TABLE audit_log (
+            id INTEGER PRIMARY KEY,
+            ts REAL NOT NULL,
+            actor TEXT NOT NULL,
+            action TEXT NOT NULL,
+            target TEXT,
+            diff TEXT,
+            address TEXT,
+            status INTEGER
+        )""",
+        """CREATE INDEX audit_log_ts ON audit_log(ts)""",
+    ],
 ]
 
 LATEST = len(MIGRATIONS)

@@ -41,6 +41,25 @@ class RequestRecord:
     latency_ms: float | None = None
     ttfb_ms: float | None = None
     attempts: int = 0
+    client_format: str | None = None
+    user_agent: str | None = None
+    combo: str | None = None
+    #: the failure's class name (``UpstreamTimeout``, ``BudgetExceeded``...); None on success
+    error_class: str | None = None
+    #: JSON list of ``{"target", "failure", "status", "ms"}``, one per attempt
+    attempt_log: str | None = None
+    #: time to the first content token (text, reasoning or a tool call), streams and JSON alike
+    ttfc_ms: float | None = None
+    tokens_per_s: float | None = None
+    cache_write_tokens: int | None = None
+    #: the token counts are the local tokenizer's estimate (the upstream sent no usage)
+    usage_estimated: bool = False
+    cost_usd: float | None = None
+    #: the list price of a subscription connection's tokens (its ``cost_usd`` is 0)
+    list_cost_usd: float | None = None
+    cache_hit: bool = False
+    request_body: str | None = None
+    response_body: str | None = None
 
 
 _FIELDS = [f.name for f in dataclasses.fields(RequestRecord)]
