@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from aiohttp import web
 
@@ -19,6 +19,11 @@ class Principal:
     kind: str
     key_id: str | None = None
     scopes: frozenset[str] = field(default_factory=frozenset)
+    #: False when the key asked that its requests leave no usage record (``api_keys.log_usage``)
+    log_usage: bool = True
+    #: the key's limits (budgets, token limits, rpm, concurrency, allowed models, expiry),
+    #: parsed once when the key index loads; None when it has none
+    limits: Any = None
 
     @property
     def is_admin(self) -> bool:
