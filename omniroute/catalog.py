@@ -130,7 +130,10 @@ class Catalog:
         opened = self._opened()
         opened.context.timeouts = self.timeouts
         self.resilience.configure(self.settings)
-        opened.request_log.enabled = self.settings.request_log
+        request_log = opened.request_log
+        request_log.enabled = self.settings.request_log
+        request_log.retention_days = self.settings.usage_retention_days
+        request_log.max_rows = self.settings.usage_max_rows
 
     def build_provider(self, conn: Connection) -> Provider:
         """A provider instance serving ``conn`` (``ConfigError`` when its type is missing)."""

@@ -322,11 +322,19 @@ class Settings:
     hedge_factor: float = 3.0  # bound = factor * the target's recent p95 first-byte time ...
     hedge_floor: float = 2.0  # ... at least this many seconds ...
     hedge_initial: float = 10.0  # ... and this many until it has 8 first-byte times
+    # usage records (omniroute.storage.requestlog, omniroute.pipeline.usage): bodies,
+    # retention, and the shutdown that flushes them
+    log_bodies: bool = False  # store request and response bodies (credentials redacted) ...
+    log_body_max_bytes: int = 64 * 1024  # ... each cut to this many bytes
+    usage_retention_days: float = 30.0  # records older than this are pruned (0: any age)
+    usage_max_rows: int = 1_000_000  # the newest this many records are kept (0: no bound)
+    shutdown_grace: float = 30.0  # seconds in-flight requests get to finish on SIGTERM
 
     #: lower bounds for settings where "positive" is not the rule
     _MINIMUM: ClassVar[dict[str, float]] = {
         "cooldown_factor": 1.0, "queue_size": 0, "queue_timeout": 0.0,
-        "wait_for_cooldown_max": 0.0, "hedge_factor": 1.0}
+        "wait_for_cooldown_max": 0.0, "hedge_factor": 1.0,
+        "usage_retention_days": 0.0, "usage_max_rows": 0, "shutdown_grace": 0.0}
     #: settings that take one of a few names
     _CHOICES: ClassVar[dict[str, tuple[str, ...]]] = {"account_strategy": ACCOUNT_STRATEGIES}
 

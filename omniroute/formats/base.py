@@ -19,6 +19,7 @@ which are async generators over the frames / events of one response.
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -204,6 +205,12 @@ class Format:
     #: :meth:`error_from_frame` can find anything: the pass-through lane then reads only
     #: the frames of a chunk that hold one. Empty (the default): every frame is read.
     side_markers: ClassVar[tuple[bytes, ...]] = ()
+
+    #: matches a stream chunk of this format that holds content (text, reasoning or a
+    #: tool call), not only framing: the pass-through lane searches each chunk with it
+    #: until it matches, for the time to the first content token. None: the first
+    #: chunk counts as content.
+    content_pattern: ClassVar[re.Pattern[bytes] | None] = None
 
     def conversation_seed(self, body: dict[str, Any]) -> tuple[str | None, str | None]:
         """The system prompt and first user message as text, for a session fingerprint.

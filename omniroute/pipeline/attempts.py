@@ -7,8 +7,10 @@ cooldown on failure, and one retry after a credential refresh.
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from omniroute.credentials import Refresher
 from omniroute.errors import (
@@ -26,6 +28,8 @@ from omniroute.storage import RequestRecord
 
 T = TypeVar("T")
 Failures = list[tuple[Target, GatewayError]]
+#: the record's attempt log while the request runs (see :func:`tried`)
+Tries = list[dict[str, Any]]
 
 
 async def plan_targets(
@@ -54,6 +58,7 @@ async def try_target(
     failures: Failures,
     send: Callable[[], Awaitable[T]],
     refresher: Refresher,
+    tries: Tries,
 ) -> tuple[T, Attempt] | None:
     """One target: take a slot of its account, ``send()``, judge a failure.
 
@@ -61,7 +66,8 @@ async def try_target(
     None after adding why to ``failures`` (busy, resting, or an upstream
     failure worth moving on from). The client's own mistakes are raised. A
     401/403 gets one retry after a credential refresh where the provider
-    supports it (``refresher``: one renewal per connection at a time).
+    supports it (``refresher``: one renewal per connection at a time). Each
+    call (and each target not tried) is added to ``tries``.
     """
     refreshed = False
     while True:  # at most twice: once more after a credential refresh
@@ -74,13 +80,16 @@ async def try_target(
         except (ConnectionBusy, CircuitOpen) as err:  # not tried: full, or resting
             record.attempts -= 1
             failures.append((target, err))
+            tries.append(tried(target, err))
             return None
         except BaseException:  # not tried either: cancelled while queued for a slot
             record.attempts -= 1
             raise
+        started = time.perf_counter()
         try:
-            return await send(), attempt
+            answer = await send()
         except BaseException as exc:
+            tries.append(tried(target, exc, started))
             await attempt.__aexit__(type(exc), exc, exc.__traceback__)  # charges the account
             if not isinstance(exc, (UpstreamError, UpstreamStatusError)):
                 raise
@@ -93,6 +102,25 @@ async def try_target(
                 raise  # the client's own mistake: retrying elsewhere would hide it
             failures.append((target, exc))
             return None
+        tries.append(tried(target, None, started))
+        return answer, attempt
+
+
+def tried(
+    target: Target, failure: BaseException | None, started: float | None = None
+) -> dict[str, Any]:
+    """One entry of the record's attempt log: the target, why it failed (the error's
+    class name; None: it answered), the status it gave, and its milliseconds to the
+    answer's first byte or to the failure (0 when it was not called)."""
+    status = None
+    if isinstance(failure, GatewayError):
+        status = failure.status
+    elif isinstance(failure, asyncio.CancelledError):
+        status = 499  # the client left, or another target won the race
+    return {"target": target.label,
+            "failure": None if failure is None else type(failure).__name__,
+            "status": status,
+            "ms": 0.0 if started is None else round((time.perf_counter() - started) * 1000, 1)}
 
 
 def all_failed(

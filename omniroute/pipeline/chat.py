@@ -26,6 +26,16 @@ from omniroute.formats.base import ClientRequest, Format
 from omniroute.pipeline.context import Reply, RequestContext
 from omniroute.pipeline.operation import Operation
 from omniroute.pipeline.serve import SESSION_FIELD
+from omniroute.pipeline.usage import (
+    KEEP_BYTES,
+    StreamOutput,
+    estimate_missing,
+    request_of,
+    response_texts,
+    set_usage,
+    since,
+    usage_complete,
+)
 from omniroute.providers.base import UpstreamCall, UpstreamResponse
 from omniroute.providers.canonical import CanonicalProvider, call_complete, call_stream
 from omniroute.routing import Target
@@ -42,6 +52,7 @@ class Chat(Operation):
     name = "chat"
     capability = "chat"
     sticky = True
+    generates = True
 
     def __init__(self, fmt: Format, endpoint: str, formats: Mapping[str, Format]) -> None:
         super().__init__(fmt, endpoint)
@@ -77,32 +88,40 @@ class Chat(Operation):
         if not ctx.stream:
             assert upstream.body is not None
             if request is None:
-                answer, usage = upstream.body, fmt.usage_from_body(upstream.body)
+                answer = upstream.body
+                set_usage(record, fmt.usage_from_body(answer))
+                if not usage_complete(record):  # decoded only when the counts are missing
+                    _estimate_passthrough(record, fmt, answer, self._client_request(ctx))
             else:  # a body that cannot be decoded is this target's failure (raised here)
                 response = provider_format.decode_response(upstream.body)
-                answer, usage = fmt.encode_response(response, request), response.usage
-            set_usage(record, usage)
+                answer = fmt.encode_response(response, request)
+                _estimate_answer(record, response, request)
             return Reply(body=answer, status=upstream.status, headers=headers)
         if request is None:  # pass-through: what one socket read brought leaves in one write
             reads = upstream.reads if upstream.reads is not None else _one_by_one(upstream)
+            client = self._client_request(ctx)
+            output = StreamOutput(record, ctx.started, fmt, client=client)
             reply = Reply(source=reads, close=upstream.close, headers=headers,
-                          content_type=fmt.stream_content_type)
-            reply.frames = _passthrough(fmt, reply, record, reads, fmt.hidden_frames(
-                ClientRequest(ctx.body, ctx.model, ctx.stream, ctx.headers, ctx.query)))
+                          content_type=fmt.stream_content_type, on_end=output.estimate)
+            reply.frames = _passthrough(fmt, reply, output, reads, fmt.hidden_frames(client))
         else:
             events = upstream.events
             assert events is not None
+            output = StreamOutput(record, ctx.started, fmt, request=request)
             reply = Reply(source=events, close=upstream.close, headers=headers,
-                          content_type=fmt.stream_content_type)
+                          content_type=fmt.stream_content_type, on_end=output.estimate)
             decoded = provider_format.decode_stream(events)
-            reply.frames = fmt.encode_stream(_tap_usage(decoded, record), request)
+            reply.frames = fmt.encode_stream(output.events(decoded), request)
         return reply
+
+    @staticmethod
+    def _client_request(ctx: RequestContext) -> ClientRequest:
+        return ClientRequest(ctx.body, ctx.model, ctx.stream, ctx.headers, ctx.query)
 
     def _canonical_request(self, ctx: RequestContext, target: Target) -> c.Request:
         """The request in the canonical model, for ``target``'s upstream model name."""
         if ctx.canonical is None:  # decoded once, on the first target that needs it
-            ctx.canonical = self.fmt.decode_request(ClientRequest(
-                ctx.body, ctx.model, ctx.stream, ctx.headers, ctx.query))
+            ctx.canonical = self.fmt.decode_request(self._client_request(ctx))
         return dataclasses.replace(ctx.canonical, model=target.model)
 
     async def _call_canonical(
@@ -113,35 +132,47 @@ class Chat(Operation):
         timeouts = provider.context.timeouts
         if not ctx.stream:
             response = await call_complete(provider, request, timeouts)
-            set_usage(ctx.record, response.usage)
+            _estimate_answer(ctx.record, response, request)
             return Reply(body=self.fmt.encode_response(response, request))
         events = await call_stream(provider, request, timeouts)  # its first event is there
-        frames = self.fmt.encode_stream(_tap_usage(events, ctx.record), request)
-        return Reply(frames=frames, source=events, content_type=self.fmt.stream_content_type)
+        output = StreamOutput(ctx.record, ctx.started, self.fmt, request=request)
+        frames = self.fmt.encode_stream(output.events(events), request)
+        return Reply(frames=frames, source=events, content_type=self.fmt.stream_content_type,
+                     on_end=output.estimate)
 
 
 async def _passthrough(
-    fmt: Format, reply: Reply, record: RequestRecord, reads: AsyncIterator[list[bytes]],
+    fmt: Format, reply: Reply, output: StreamOutput, reads: AsyncIterator[list[bytes]],
     hidden: Callable[[bytes], bool] | None,
 ) -> AsyncIterator[bytes]:
     """The upstream's own frames, unchanged, those of one socket read as one chunk (so
     they leave in one write); usage and errors are read on the side, in the frames that
-    hold one of the format's :attr:`~Format.side_markers`."""
-    markers = fmt.side_markers
+    hold one of the format's :attr:`~Format.side_markers`, and the first content token
+    by the format's :attr:`~Format.content_pattern` (until it is found)."""
+    record, markers, content = output.record, fmt.side_markers, fmt.content_pattern
+    kept, keep_room = output.frames, KEEP_BYTES  # for an estimate, should usage not come
+    waiting = True  # for the first content token
     async for frames in reads:
         chunk = frames[0] if len(frames) == 1 else b"".join(frames)
-        kept = frames
+        if waiting and (content is None or content.search(chunk) is not None):
+            record.ttfc_ms = since(output.started)
+            waiting = False
+        if keep_room > 0:
+            kept.append(frames)
+            keep_room -= len(chunk)
+        kept_frames = frames
         for frame in _marked(frames, chunk, markers):
             usage = fmt.usage_from_frame(frame)
             if usage is not None:
                 set_usage(record, usage)
                 if hidden is not None and hidden(frame):  # asked for on the client's behalf
-                    kept = [f for f in kept if f is not frame]
-                    chunk = b"".join(kept)
+                    kept_frames = [f for f in kept_frames if f is not frame]
+                    chunk = b"".join(kept_frames)
                     continue
             upstream_error = fmt.error_from_frame(frame)
             if upstream_error is not None:  # relayed as sent; recorded and charged as a failure
                 record.status, record.error = 502, f"upstream stream error: {upstream_error}"
+                record.error_class = "UpstreamError"
                 reply.failure = UpstreamError(record.error)
         if chunk:
             yield chunk
@@ -175,16 +206,6 @@ async def _one_by_one(upstream: UpstreamResponse) -> AsyncIterator[list[bytes]]:
             yield [frame]
 
 
-async def _tap_usage(
-    events: AsyncIterator[c.Event], record: RequestRecord
-) -> AsyncIterator[c.Event]:
-    async with aclosing(events):  # type: ignore[type-var]
-        async for event in events:
-            if isinstance(event, (c.Start, c.Finish)):
-                set_usage(record, event.usage)
-            yield event
-
-
 def _passed_headers(upstream: UpstreamResponse) -> dict[str, str]:
     headers: dict[str, str] = {}
     for upstream_name, name in _PASSED_HEADERS:
@@ -194,21 +215,21 @@ def _passed_headers(upstream: UpstreamResponse) -> dict[str, str]:
     return headers
 
 
-def set_usage(record: RequestRecord, usage: c.Usage) -> None:
-    """Copy an answer's token counts into the request record."""
-    if usage.input_tokens is not None:
-        record.prompt_tokens = _count(usage.input_tokens)
-    if usage.output_tokens is not None:
-        record.completion_tokens = _count(usage.output_tokens)
-    if usage.cache_read_tokens is not None:
-        record.cached_tokens = _count(usage.cache_read_tokens)
-    if usage.reasoning_tokens is not None:
-        record.reasoning_tokens = _count(usage.reasoning_tokens)
+def _estimate_answer(
+    record: RequestRecord, response: c.Response, request: c.Request | None
+) -> None:
+    """A whole answer's counts into the record, estimated where the upstream sent none."""
+    set_usage(record, response.usage)
+    if not usage_complete(record):
+        estimate_missing(record, request, response_texts(response))
 
 
-def _count(value: int) -> int | None:
-    """An upstream's token count, or None when it is not a plausible one (SQLite stores
-    64-bit integers: one absurd number must not stop the request log)."""
-    return value if 0 <= value < 2**53 else None
-
-
+def _estimate_passthrough(
+    record: RequestRecord, fmt: Format, answer: bytes, client: ClientRequest
+) -> None:
+    """A pass-through answer without (all) its counts: estimate them from the decoded answer."""
+    try:
+        texts = response_texts(fmt.decode_response(answer))
+    except Exception:  # noqa: BLE001 - an answer we cannot read goes to the client as it is
+        texts = []
+    estimate_missing(record, request_of(fmt, client), texts)

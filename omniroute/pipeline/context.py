@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from omniroute.auth.base import Principal
+from omniroute.errors import GatewayError
 from omniroute.formats import canonical as c
 from omniroute.formats.base import Format
 from omniroute.storage import RequestRecord
@@ -52,6 +53,11 @@ class RequestContext:
     started: float = 0.0
     #: the stages taking part in this request (see :class:`~omniroute.pipeline.stages.Stage`)
     runs: list[StageRun] = field(default_factory=list)
+    #: every target tried: ``{"target", "failure", "status", "ms"}`` (the record's attempt log)
+    tries: list[dict[str, Any]] = field(default_factory=list)
+    #: set when the gateway ends the request's stream itself (shutting down): the error
+    #: the stream ends with
+    ended_by: GatewayError | None = None
 
 
 @runtime_checkable
@@ -87,3 +93,5 @@ class Reply:
     #: the target that answered, and its resilience attempt (open until the answer ends)
     target: Target | None = None
     attempt: Attempt | None = None
+    #: completes the record once the answer has ended (a stream's usage estimate)
+    on_end: Callable[[], Awaitable[None]] | None = None

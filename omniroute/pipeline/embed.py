@@ -57,6 +57,8 @@ class Embed(Operation):
         tokens = result.prompt_tokens
         if tokens is None:  # the upstream did not count: estimate, as for chat
             tokens = sum(estimate_text(text) for text in ask.inputs)
+            ctx.record.usage_estimated = True
         ctx.record.prompt_tokens = tokens
+        ctx.record.completion_tokens = 0  # an embedding has no output tokens
         elapsed_ns = int((time.perf_counter() - ctx.started) * 1e9)
         return Reply(body=orjson.dumps(self.encode(ask, result.vectors, tokens, elapsed_ns)))

@@ -39,7 +39,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from contextlib import suppress
 from dataclasses import dataclass
 
-from omniroute.pipeline.attempts import Failures
+from omniroute.pipeline.attempts import Failures, tried
 from omniroute.pipeline.context import Closable, Reply, RequestContext
 from omniroute.pipeline.operation import Operation
 from omniroute.resilience import Attempt, Resilience
@@ -198,6 +198,7 @@ class Race:
             unusable = self.operation.unusable(target)
             if unusable is not None:  # it cannot do this at all: skipped, not charged
                 self.failures.append((target, unusable))
+                self.ctx.tries.append(tried(target, unusable))
                 continue
             bound = None
             if self._next < len(self._targets):  # only when there is a next one to race

@@ -31,6 +31,8 @@ class Operation:
     metered: ClassVar[bool] = True
     #: whether the request is pinned to an account (sticky sessions)
     sticky: ClassVar[bool] = False
+    #: the answer is generated content (its record has a time to the first content token)
+    generates: ClassVar[bool] = False
 
     def __init__(self, fmt: Format, endpoint: str) -> None:
         #: the client's format: it shapes the answer and the errors

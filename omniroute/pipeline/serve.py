@@ -26,18 +26,21 @@ from contextlib import aclosing, suppress
 from functools import partial
 from typing import Protocol
 
+import orjson
 from aiohttp import web
 
 from omniroute.appkeys import PRINCIPAL, STREAM_STARTED
 from omniroute.bodies import read_object
 from omniroute.config import Settings
 from omniroute.credentials import Refresher
-from omniroute.errors import GatewayError, InvalidRequest, ModelNotFound
-from omniroute.pipeline.attempts import Failures, all_failed, plan_targets, try_target
+from omniroute.errors import GatewayError, InvalidRequest, ModelNotFound, ServiceUnavailable
+from omniroute.pipeline.attempts import Failures, all_failed, plan_targets, tried, try_target
+from omniroute.pipeline.bodylog import BodyLog
 from omniroute.pipeline.context import Closable, Reply, RequestContext
 from omniroute.pipeline.hedge import Tried, lane, race
 from omniroute.pipeline.operation import Operation
 from omniroute.pipeline.stages import Stage
+from omniroute.pipeline.usage import since
 from omniroute.resilience import Resilience, session_id
 from omniroute.routing import Router, Target
 from omniroute.storage import RequestLog, RequestRecord
@@ -52,6 +55,12 @@ KEEPALIVE_AFTER = 2.0
 KEEPALIVE_EVERY = 10.0
 #: unread bytes queued for a client past which a write waits for it (aiohttp drains at 64 KiB)
 _BACKLOG = 64 * 1024
+#: the record's error class when the client went away (or stopped reading)
+CLIENT_LEFT = "ClientDisconnected"
+#: a stored user agent is cut to this many characters
+_USER_AGENT_MAX = 256
+#: seconds the streams ended at shutdown get to write their error event and finish
+_END_STREAMS_WITHIN = 5.0
 
 
 class LiveConfig(Protocol):
@@ -75,6 +84,11 @@ class Pipeline:
         self.request_log: RequestLog | None = None
         self.refresher: Refresher | None = None
         self.watcher: ConfigWatcher | None = None
+        #: requests being served now, and the streams among them being relayed (their
+        #: tasks): a shutdown waits for the first and ends the second (:meth:`drain`)
+        self.in_flight = 0
+        self._streams: dict[asyncio.Task[object], RequestContext] = {}
+        self._idle: asyncio.Event | None = None  # set when in_flight reaches 0 while draining
 
     def open(self, request_log: RequestLog, stages: list[Stage], refresher: Refresher,
              watcher: ConfigWatcher) -> None:
@@ -83,6 +97,29 @@ class Pipeline:
         self.stages = stages
         self.refresher = refresher
         self.watcher = watcher
+
+    async def drain(self, grace: float) -> None:
+        """Shutting down: wait up to ``grace`` seconds for the requests in flight, then
+        end the streams still open with their format's error event (bounded too).
+
+        The caller has stopped accepting connections; the request log is flushed after.
+        """
+        if self.in_flight:
+            self._idle = asyncio.Event()
+            log.info("waiting up to %.0fs for %d request(s) in flight", grace, self.in_flight)
+            with suppress(TimeoutError):
+                async with asyncio.timeout(grace):
+                    await self._idle.wait()
+        if not self._streams:
+            return
+        log.warning("ending %d open stream(s): the server is shutting down", len(self._streams))
+        shutting_down = ServiceUnavailable("The server is shutting down; retry the request.",
+                                           code="shutting_down")
+        tasks = list(self._streams)
+        for task, ctx in self._streams.items():
+            ctx.ended_by = shutting_down
+            task.cancel()
+        await asyncio.wait(tasks, timeout=_END_STREAMS_WITHIN)
 
     async def serve(
         self,
@@ -96,15 +133,23 @@ class Pipeline:
         settings = self.catalog.settings
         started = time.perf_counter()
         principal = request[PRINCIPAL]
+        headers_in = request.headers
         record = RequestRecord(request_id=self.new_request_id(), ts=time.time(),
-                               endpoint=operation.endpoint, api_key_id=principal.key_id)
-        ctx = RequestContext(principal, operation.fmt, record, request.headers, request.query,
+                               endpoint=operation.endpoint, api_key_id=principal.key_id,
+                               client_format=operation.fmt.name,
+                               user_agent=_user_agent(headers_in.get("User-Agent")))
+        ctx = RequestContext(principal, operation.fmt, record, headers_in, request.query,
                              path_model=path_model, path_stream=path_stream,
                              prefix=request.match_info.get("provider"), started=started)
+        body_log = BodyLog(settings.log_body_max_bytes) if settings.log_bodies else None
+        streamed: list[bytes] | None = None  # a stream's first bytes, for body_log
         reply: Reply | None = None
         failure: BaseException | None = None
+        self.in_flight += 1
         try:
             ctx.body = await read_object(request, settings.max_body_bytes)
+            if body_log is not None:
+                record.request_body = body_log.request(ctx.body)
             operation.inspect(ctx)
             record.model_requested, record.stream = ctx.model, ctx.stream
             _check_header_safe(ctx.model, "model")
@@ -123,6 +168,7 @@ class Pipeline:
                 ctx.route = await after_check(
                     self.watcher, lambda: self.catalog.router.resolve(ctx.model, prefix=ctx.prefix),
                     ModelNotFound)
+                record.combo = ctx.route.combo
                 if operation.sticky:
                     ctx.session = _session(ctx)
                 calling = self._call_targets(operation, ctx)
@@ -133,20 +179,35 @@ class Pipeline:
                         return response
                 else:
                     reply = await calling
-            headers = _headers(ctx, reply)
-            record.ttfb_ms = (time.perf_counter() - started) * 1000
+            record.ttfb_ms = since(started)
             if reply.frames is None:
                 assert reply.body is not None
+                if operation.generates:  # a whole answer: its content came with it
+                    record.ttfc_ms = record.ttfb_ms
+                record.status = reply.status
+                headers = _headers(ctx, reply)
+                _usage_headers(record, headers)
                 if reply.target is not None:
                     for run in ctx.runs:
                         await run.answer(ctx, reply.body)
-                record.status = reply.status
+                if body_log is not None:
+                    record.response_body = body_log.text(reply.body)
                 return web.Response(body=reply.body, status=reply.status,
                                     content_type=reply.content_type, headers=headers)
-            idle = settings.idle_timeout
-            return await relay(request, ctx, reply, headers, response, idle)
+            headers = _headers(ctx, reply)
+            if body_log is not None:
+                streamed = []
+                reply.frames = body_log.tee(reply.frames, streamed)
+            task = asyncio.current_task()
+            assert task is not None
+            self._streams[task] = ctx
+            try:
+                return await relay(request, ctx, reply, headers, response, settings.idle_timeout)
+            finally:
+                del self._streams[task]
         except GatewayError as err:
             record.status, record.error = err.status, err.message
+            record.error_class = type(err).__name__
             failure = err
             err.headers.setdefault("X-OmniRoute-Request-Id", record.request_id)
             if record.provider is not None:  # an upstream answered (or was last tried)
@@ -157,18 +218,34 @@ class Pipeline:
             raise
         except (asyncio.CancelledError, ConnectionResetError) as exc:
             record.status, record.error = 499, "client disconnected"
+            record.error_class = CLIENT_LEFT
             failure = exc
             raise
         except Exception as exc:  # a bug of ours: recorded, not charged to the account
             record.status, record.error = 500, f"internal error: {type(exc).__name__}"
+            record.error_class = type(exc).__name__
             failure = exc
             raise
         finally:
+            self.in_flight -= 1
             if reply is not None:
                 await finish(reply, failure)
-            record.latency_ms = (time.perf_counter() - started) * 1000
+                if reply.on_end is not None:
+                    try:
+                        await reply.on_end()
+                    except Exception:  # the record goes out without it, never the request
+                        log.exception("completing the record of %s failed", record.request_id)
+            record.latency_ms = since(started)
+            _complete(ctx, reply)
+            if streamed is not None and body_log is not None:
+                record.response_body = body_log.text(b"".join(streamed))
             assert self.request_log is not None
-            self.request_log.add(record)
+            if principal.log_usage:
+                self.request_log.add(record)
+            elif principal.key_id is not None:  # the key keeps no records; its use is noted
+                self.request_log.touch(principal.key_id, record.ts)
+            if self._idle is not None and self.in_flight == 0:
+                self._idle.set()
             for run in ctx.runs:
                 try:
                     await run.finished(ctx)
@@ -210,7 +287,7 @@ class Pipeline:
         """One metered call of ``target``, with its account's accounting (:func:`try_target`)."""
         assert self.refresher is not None
         return try_target(self.resilience, target, ctx.record, ctx.session, failures,
-                          partial(operation.call, ctx, target), self.refresher)
+                          partial(operation.call, ctx, target), self.refresher, ctx.tries)
 
     async def _in_turn(
         self, operation: Operation, ctx: RequestContext, targets: tuple[Target, ...],
@@ -222,19 +299,30 @@ class Pipeline:
             unusable = operation.unusable(target)
             if unusable is not None:  # it cannot do this at all: skipped, not charged
                 failures.append((target, unusable))
+                ctx.tries.append(tried(target, unusable))
                 continue
             if not operation.metered:
-                reply = await operation.call(ctx, target)
-                if reply is None:
+                started = time.perf_counter()
+                try:
+                    reply = await operation.call(ctx, target)
+                except GatewayError as err:
+                    ctx.tries.append(tried(target, err, started))
+                    raise
+                entry = tried(target, None, started)
+                ctx.tries.append(entry)
+                if reply is None:  # it could not serve this one (an unmetered call says so)
+                    entry["failure"] = "Unanswered"
                     continue
+                record.provider, record.connection_id, record.model = (
+                    target.prefix, target.connection.id, target.model)
                 reply.target = target
                 return reply
-            tried = await one(target)
-            if tried is None:
+            outcome = await one(target)
+            if outcome is None:
                 log.warning("%s failed for %s: %s", target.label, record.request_id,
                             failures[-1][1])
                 continue
-            reply, attempt = tried
+            reply, attempt = outcome
             assert reply is not None
             attempt.first_byte(lane(ctx))
             reply.target, reply.attempt = target, attempt
@@ -298,6 +386,50 @@ def _headers(ctx: RequestContext, reply: Reply) -> dict[str, str]:
     return headers
 
 
+def _usage_headers(record: RequestRecord, headers: dict[str, str]) -> None:
+    """A JSON answer's cost, token counts and latency so far, as ``X-OmniRoute-*`` headers."""
+    if record.cost_usd is not None:
+        headers["X-OmniRoute-Response-Cost"] = format_cost(record.cost_usd)
+    if record.prompt_tokens is not None:
+        headers["X-OmniRoute-Tokens-In"] = str(record.prompt_tokens)
+    if record.completion_tokens is not None:
+        headers["X-OmniRoute-Tokens-Out"] = str(record.completion_tokens)
+    if record.ttfb_ms is not None:
+        headers["X-OmniRoute-Latency-Ms"] = str(round(record.ttfb_ms))
+
+
+def format_cost(cost: float) -> str:
+    """A cost in USD in plain decimal notation, to 1e-10 USD, without trailing zeros."""
+    text = f"{cost:.10f}".rstrip("0")
+    return text + "0" if text.endswith(".") else text
+
+
+def _user_agent(value: str | None) -> str | None:
+    return value if value is None or len(value) <= _USER_AGENT_MAX else value[:_USER_AGENT_MAX]
+
+
+def _complete(ctx: RequestContext, reply: Reply | None) -> None:
+    """The record's last fields, once the request is over: the attempt log (with the
+    answering target's final status) and the output rate."""
+    record = ctx.record
+    tries = ctx.tries
+    if tries:
+        if reply is not None and reply.target is not None:
+            label = reply.target.label
+            for entry in reversed(tries):
+                if entry["target"] == label and entry["failure"] is None:
+                    entry["status"] = record.status
+                    if record.status >= 400:
+                        entry["failure"] = record.error_class
+                    break
+        record.attempt_log = orjson.dumps(tries).decode()
+    tokens, total = record.completion_tokens, record.latency_ms
+    if tokens and total:
+        first = record.ttfc_ms if record.stream else None
+        generating = total - first if first is not None and total > first else total
+        record.tokens_per_s = round(tokens * 1000 / generating, 2) if generating > 0 else None
+
+
 async def _with_keepalive(
     request: web.Request, ctx: RequestContext, calling: Awaitable[Reply]
 ) -> tuple[Reply | None, web.StreamResponse | None]:
@@ -333,11 +465,13 @@ async def _with_keepalive(
             return task.result(), response
         except GatewayError as err:
             record.status, record.error = err.status, err.message
+            record.error_class = type(err).__name__
             return None, await _end_with_error(response, ctx, err)
         except Exception as exc:  # a bug of ours, after the headers went out
             log.exception("request %s failed", record.request_id)
             internal = GatewayError(f"Internal error: {type(exc).__name__}")
             record.status, record.error = 500, internal.message
+            record.error_class = type(exc).__name__
             return None, await _end_with_error(response, ctx, internal)
     finally:
         if not task.done():  # the client left: stop every upstream attempt
@@ -393,23 +527,37 @@ async def relay(
                     await response.write(chunk)
         except GatewayError as err:  # after the first byte: end the stream with an error
             record.status, record.error = err.status, err.message
+            record.error_class = type(err).__name__
             log.warning("stream %s broke: %s", record.request_id, err.message)
             reply.failure = err  # the account pays for it at the end (cooldown, breaker)
             return await _end_with_error(response, ctx, err)
         except ConnectionResetError as exc:  # the client went away; aclosing stops the upstream
             record.status, record.error = 499, "client disconnected"
+            record.error_class = CLIENT_LEFT
             reply.failure = exc  # not the account's fault: nothing is charged
             return response
         except TimeoutError as exc:  # the client stopped reading (upstream stalls are typed)
             record.status, record.error = 499, "client stopped reading"
+            record.error_class = CLIENT_LEFT
             reply.failure = exc  # not the account's fault either
             return response
+        except asyncio.CancelledError as exc:
+            ended = ctx.ended_by
+            task = asyncio.current_task()
+            if ended is None or task is None:
+                raise  # the client left (the handler is cancelled)
+            task.uncancel()  # the gateway ended it (shutting down): finish the stream well
+            record.status, record.error = ended.status, ended.message
+            record.error_class = type(ended).__name__
+            reply.failure = exc  # not the account's fault
+            return await _end_with_error(response, ctx, ended)
         except Exception as exc:  # a bug must still end the stream well-formed, and be logged
             log.exception("stream %s failed", record.request_id)
             reply.failure = exc  # ours, not the account's
             internal = GatewayError(
                 f"Internal error while relaying the stream: {type(exc).__name__}")
             record.status, record.error = 500, internal.message
+            record.error_class = type(exc).__name__
             return await _end_with_error(response, ctx, internal)
         finally:
             if source is not None:

@@ -40,6 +40,7 @@ async def health(request: web.Request) -> web.Response:
             "version": __version__,
             "uptime_s": round(time.time() - catalog.started_at, 1),
             "database": {"ok": db_ok},
+            "request_log": request_log_state(app),
             "providers": summary,
             "runtime": runtime(app),
         },
@@ -57,6 +58,14 @@ def runtime(app: web.Application) -> dict[str, Any]:
         "upstream_connections": {"in_use": in_use, "idle": idle},
         "request_log_pending": app[REQUEST_LOG].pending,
     }
+
+
+def request_log_state(app: web.Application) -> dict[str, Any]:
+    """The usage records' buffer: waiting to be written, and lost because it was full."""
+    request_log = app[REQUEST_LOG]
+    return {"enabled": request_log.enabled, "pending": request_log.pending,
+            "dropped": request_log.dropped, "written": request_log.written,
+            "pruned": request_log.pruned}
 
 
 async def init(request: web.Request) -> web.Response:

@@ -9,6 +9,7 @@ helpers here look at bytes before parsing anything, since they run on every fram
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
 
@@ -112,6 +113,7 @@ class AnthropicFormat(Format):
                                                else None)
 
     side_markers = (*_USAGE_MARKERS, b"event: error", *_ERROR_MARKERS)
+    content_pattern = re.compile(rb"content_block_delta|\"type\": ?\"tool_use\"")
 
     def usage_from_frame(self, frame: bytes) -> c.Usage | None:
         """Input counts from ``message_start``, output (and totals) from ``message_delta``."""

@@ -33,6 +33,7 @@ Conventions this package keeps:
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any
 
@@ -198,6 +199,8 @@ class GeminiFormat(Format):
     def usage_from_body(self, body: bytes) -> c.Usage:
         data = json_object(body)
         return usage_from_metadata(data.get("usageMetadata")) if data else c.Usage()
+
+    content_pattern = re.compile(rb'"text": ?"[^"]|"functionCall"')
 
     def usage_from_frame(self, frame: bytes) -> c.Usage | None:
         if b"usageMetadata" not in frame:

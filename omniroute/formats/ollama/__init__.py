@@ -20,6 +20,7 @@ NDJSON streams in :mod:`.stream`.
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncIterator, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -123,6 +124,8 @@ class OllamaFormat(Format):
     def usage_from_body(self, body: bytes) -> c.Usage:
         data = json_object(body)
         return usage_from_chunk(data) if data else c.Usage()
+
+    content_pattern = re.compile(rb'"(?:content|thinking)": ?"[^"]|"tool_calls": ?\[')
 
     def usage_from_frame(self, frame: bytes) -> c.Usage | None:
         if b'"done":true' not in frame and b'"done": true' not in frame:

@@ -9,6 +9,7 @@ usage) and :mod:`.stream` (streams). The module-level helpers below
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from typing import Any
 
@@ -210,6 +211,8 @@ class OpenAIFormat(Format):
         return openai_response.decode_usage(data.get("usage") if isinstance(data, dict) else None)
 
     side_markers = (*_USAGE_MARKERS, b'"error"')
+    content_pattern = re.compile(
+        rb'"(?:content|reasoning_content|reasoning|refusal)": ?"[^"]|"tool_calls": ?\[')
 
     def usage_from_frame(self, frame: bytes) -> c.Usage | None:
         chunk = _usage_chunk(frame)

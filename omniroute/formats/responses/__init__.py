@@ -26,6 +26,7 @@ Conventions this package keeps:
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
@@ -161,6 +162,10 @@ class ResponsesFormat(Format):
     def usage_from_body(self, body: bytes) -> c.Usage:
         data = json_object(body)
         return usage_from_object(data.get("usage")) if data else c.Usage()
+
+    #: every content event's type ends so (``response.output_text.delta``, reasoning,
+    #: function call arguments, refusal)
+    content_pattern = re.compile(rb'\.delta"')
 
     def usage_from_frame(self, frame: bytes) -> c.Usage | None:
         if b'"usage"' not in frame or (b"response.completed" not in frame

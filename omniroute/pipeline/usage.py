@@ -1,0 +1,177 @@
+"""Usage on the record: token counts, the first content token, and an estimate when needed.
+
+* Token counts come from the upstream's own usage, in every format and on every
+  lane (:func:`set_usage`): input, output, cache read, cache write, reasoning.
+* The time to the first content token (text, reasoning or a tool call) is taken
+  once: on the pass-through lane by the client format's
+  :attr:`~omniroute.formats.base.Format.content_pattern` over each chunk until it
+  matches (no JSON parsing), on the translated lane from the first content event,
+  and for a JSON answer it is the time the answer arrived.
+* When the upstream sent no counts (or only some), the missing ones are estimated
+  with :mod:`omniroute.tokens` from the request and the answer's text, and the
+  record is marked ``usage_estimated``. On the pass-through lane the answer's text
+  is known only from its frames: :class:`StreamOutput` keeps references to them
+  (up to :data:`KEEP_BYTES`) and decodes them only if the counts never came.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator, Iterable
+from contextlib import aclosing
+from typing import Any
+
+from omniroute.formats import canonical as c
+from omniroute.formats.base import ClientRequest, Format
+from omniroute.storage import RequestRecord
+from omniroute.tokens import estimate_request, estimate_text
+
+log = logging.getLogger(__name__)
+
+#: bytes of a pass-through stream kept for an estimate should its usage never come
+KEEP_BYTES = 4 * 1024 * 1024
+_CONTENT_EVENTS = (c.TextDelta, c.ReasoningDelta, c.ToolArgsDelta)
+
+
+def set_usage(record: RequestRecord, usage: c.Usage) -> None:
+    """Copy an answer's token counts into the request record (those it knows)."""
+    if usage.input_tokens is not None:
+        record.prompt_tokens = _count(usage.input_tokens)
+    if usage.output_tokens is not None:
+        record.completion_tokens = _count(usage.output_tokens)
+    if usage.cache_read_tokens is not None:
+        record.cached_tokens = _count(usage.cache_read_tokens)
+    if usage.cache_write_tokens is not None:
+        record.cache_write_tokens = _count(usage.cache_write_tokens)
+    if usage.reasoning_tokens is not None:
+        record.reasoning_tokens = _count(usage.reasoning_tokens)
+
+
+def _count(value: Any) -> int | None:
+    """An upstream's token count, or None when it is not a plausible one (SQLite stores
+    64-bit integers: one absurd number must not stop the request log)."""
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**53:
+        return value
+    return None
+
+
+def since(started: float) -> float:
+    """Milliseconds from ``started`` (a ``time.perf_counter()``) to now."""
+    return (time.perf_counter() - started) * 1000
+
+
+def estimate_missing(
+    record: RequestRecord, request: c.Request | None, outputs: Iterable[str]
+) -> None:
+    """Fill in the counts the upstream did not send, from the local tokenizer.
+
+    :param request: the canonical request (None: the input count stays unknown).
+    :param outputs: the answer's text pieces (text, reasoning, tool names and arguments).
+    """
+    if record.prompt_tokens is None and request is not None:
+        record.prompt_tokens = estimate_request(request)
+        record.usage_estimated = True
+    if record.completion_tokens is None:
+        record.completion_tokens = sum(estimate_text(text) for text in outputs)
+        record.usage_estimated = True
+
+
+def response_texts(response: c.Response) -> list[str]:
+    """The text pieces of a whole answer, as :func:`estimate_missing` takes them."""
+    out: list[str] = []
+    for part in response.parts:
+        if isinstance(part, (c.Text, c.Reasoning)):
+            out.append(part.text)
+        elif isinstance(part, c.ToolCall):
+            out.append(part.name)
+            out.append(part.arguments)
+    return out
+
+
+def request_of(fmt: Format, client: ClientRequest) -> c.Request | None:
+    """The canonical form of a client request, for an estimate (None when it cannot be had)."""
+    try:
+        return fmt.decode_request(client)
+    except Exception as exc:  # noqa: BLE001 - an estimate is best effort, never an error
+        log.debug("no token estimate for the request: %s", exc)
+        return None
+
+
+def usage_complete(record: RequestRecord) -> bool:
+    return record.prompt_tokens is not None and record.completion_tokens is not None
+
+
+class StreamOutput:
+    """What a streamed answer needs for its record, gathered as it passes.
+
+    On the translated lane :meth:`events` sees canonical events: usage, the first
+    content event, and the text pieces (an estimate's input). On the
+    pass-through lane the chat operation calls :meth:`chunk` per socket read.
+    """
+
+    __slots__ = ("client", "fmt", "frames", "record", "request", "started", "texts")
+
+    def __init__(
+        self, record: RequestRecord, started: float, fmt: Format, *,
+        request: c.Request | None = None, client: ClientRequest | None = None,
+    ) -> None:
+        """
+        :param started: ``time.perf_counter()`` when the request arrived.
+        :param fmt: the client's format (it decodes a pass-through stream's kept frames).
+        :param request: the canonical request (translated lane), else ``client``: the
+            client's request, decoded only for an estimate.
+        """
+        self.record = record
+        self.started = started
+        self.fmt = fmt
+        self.request = request
+        self.client = client
+        #: text pieces of a translated stream
+        self.texts: list[str] = []
+        #: frames of a pass-through stream, by socket read, up to KEEP_BYTES
+        self.frames: list[list[bytes]] = []
+
+    async def events(self, events: AsyncIterator[c.Event]) -> AsyncIterator[c.Event]:
+        """Pass ``events`` on, noting usage, the first content token and the text."""
+        record, texts = self.record, self.texts
+        async with aclosing(events):  # type: ignore[type-var]
+            async for event in events:
+                if isinstance(event, _CONTENT_EVENTS):
+                    if record.ttfc_ms is None:
+                        record.ttfc_ms = since(self.started)
+                    texts.append(event.arguments if isinstance(event, c.ToolArgsDelta)
+                                 else event.text)
+                elif isinstance(event, (c.Start, c.Finish)):
+                    set_usage(record, event.usage)
+                elif isinstance(event, c.PartStart) and isinstance(event.part, c.ToolCall):
+                    if record.ttfc_ms is None:
+                        record.ttfc_ms = since(self.started)
+                    texts.append(event.part.name)
+                yield event
+
+    async def estimate(self) -> None:
+        """The stream is over: estimate the counts the upstream did not send."""
+        record = self.record
+        if usage_complete(record):
+            return
+        texts, request = self.texts, self.request
+        if self.frames and not texts:  # pass-through: read the kept frames now
+            texts = await self._frame_texts()
+        if request is None and self.client is not None and record.prompt_tokens is None:
+            request = request_of(self.fmt, self.client)
+        estimate_missing(record, request, texts)
+
+    async def _frame_texts(self) -> list[str]:
+        async def frames() -> AsyncIterator[bytes]:
+            for read in self.frames:
+                for frame in read:
+                    yield frame
+
+        collect = StreamOutput(RequestRecord("", 0.0, ""), self.started, self.fmt)
+        try:
+            async for _ in collect.events(self.fmt.decode_stream(frames())):
+                pass
+        except Exception as exc:  # noqa: BLE001 - a broken stream still gets what it had
+            log.debug("estimate over a broken stream: %s", exc)
+        return collect.texts
