@@ -102,6 +102,12 @@ class ServiceUnavailable(GatewayError):
     status, type, code = 503, "server_error", "service_unavailable"
 
 
+class ShuttingDown(ServiceUnavailable):
+    """The server is stopping: a stream still open after the shutdown grace ends with it."""
+
+    code = "shutting_down"
+
+
 class UpstreamStatusError(GatewayError):
     """The upstream answered with an HTTP error; status and message are passed on."""
 

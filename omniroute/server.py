@@ -18,6 +18,7 @@ from typing import Any
 from aiohttp import web
 
 from omniroute.app import make_app
+from omniroute.appkeys import CATALOG, PIPELINE
 from omniroute.config import Config, ConfigError
 from omniroute.plugins import load_plugins
 from omniroute.startup import check_credentials, check_port, listen_error, open_store
@@ -26,6 +27,8 @@ log = logging.getLogger(__name__)
 
 #: the exit status of a start-up input that cannot be used (as click's usage errors)
 STARTUP_ERROR = 2
+#: seconds the handlers still running after the shutdown grace get before they are cancelled
+_AFTER_GRACE = 2.0
 
 
 def setup_logging(level: str) -> None:
@@ -113,11 +116,22 @@ def settle_gc() -> None:
     gc.freeze()
 
 
-async def run_worker(config: Config, *, reuse_port: bool = False, announce: bool = False) -> None:
-    """Serve until SIGINT or SIGTERM, then shut down cleanly (flushing the request log)."""
+async def run_worker(
+    config: Config, *, reuse_port: bool = False, announce: bool = False,
+    stop: asyncio.Event | None = None,
+) -> None:
+    """Serve until SIGINT or SIGTERM (or ``stop`` is set), then shut down cleanly.
+
+    See :func:`shut_down`: no new connections, the requests in flight get the
+    ``shutdown_grace`` setting's seconds, streams still open then end with their
+    format's error event, and every usage record is written before the exit.
+    """
     settle_malloc()
     app = make_app(config)
-    runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
+    # the grace is shut_down's; what is left after it (a JSON answer still waiting on
+    # its upstream) is cancelled this soon, and recorded as cut by the shutdown
+    runner = web.AppRunner(app, handler_cancellation=True, access_log=None,
+                           shutdown_timeout=_AFTER_GRACE)
     await runner.setup()  # opens the database and the plugins' resources
     settle_gc()
     trim_malloc()
@@ -133,13 +147,27 @@ async def run_worker(config: Config, *, reuse_port: bool = False, announce: bool
             print(f"omniroute serving on http://{config.host}:{config.port} "
                   f"(data in {config.data_dir}, {config.workers} worker(s))",
                   file=sys.stderr, flush=True)
-        stop = asyncio.Event()
+        stop = stop or asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
         await stop.wait()
+        await shut_down(runner, app)
     finally:
-        await runner.cleanup()
+        await runner.cleanup()  # cancels what is left, then closes the gateway: the
+        # request log's last flush
+
+
+async def shut_down(runner: web.AppRunner, app: web.Application) -> None:
+    """Stop accepting, then drain the pipeline (:meth:`Pipeline.drain
+    <omniroute.pipeline.Pipeline.drain>`) within the ``shutdown_grace`` setting."""
+    for site in list(runner.sites):
+        await site.stop()  # the listening socket closes: new connections are refused
+    if runner.server is not None:
+        runner.server.pre_shutdown()  # keep-alive connections close after their request
+    grace = app[CATALOG].settings.shutdown_grace
+    log.info("shutting down: new connections refused, %.0fs for requests in flight", grace)
+    await app[PIPELINE].drain(grace)
 
 
 def _worker_main(config: Config, announce: bool, errors: Any) -> None:

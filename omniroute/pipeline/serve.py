@@ -33,7 +33,7 @@ from omniroute.appkeys import PRINCIPAL, STREAM_STARTED
 from omniroute.bodies import read_object
 from omniroute.config import Settings
 from omniroute.credentials import Refresher
-from omniroute.errors import GatewayError, InvalidRequest, ModelNotFound, ServiceUnavailable
+from omniroute.errors import GatewayError, InvalidRequest, ModelNotFound, ShuttingDown
 from omniroute.pipeline.attempts import Failures, all_failed, plan_targets, tried, try_target
 from omniroute.pipeline.bodylog import BodyLog
 from omniroute.pipeline.context import Closable, Reply, RequestContext
@@ -87,6 +87,8 @@ class Pipeline:
         #: requests being served now, and the streams among them being relayed (their
         #: tasks): a shutdown waits for the first and ends the second (:meth:`drain`)
         self.in_flight = 0
+        #: the shutdown grace is over: what is still running is being cut
+        self.stopped = False
         self._streams: dict[asyncio.Task[object], RequestContext] = {}
         self._idle: asyncio.Event | None = None  # set when in_flight reaches 0 while draining
 
@@ -110,11 +112,11 @@ class Pipeline:
             with suppress(TimeoutError):
                 async with asyncio.timeout(grace):
                     await self._idle.wait()
+        self.stopped = True
         if not self._streams:
             return
         log.warning("ending %d open stream(s): the server is shutting down", len(self._streams))
-        shutting_down = ServiceUnavailable("The server is shutting down; retry the request.",
-                                           code="shutting_down")
+        shutting_down = ShuttingDown("The server is shutting down; retry the request.")
         tasks = list(self._streams)
         for task, ctx in self._streams.items():
             ctx.ended_by = shutting_down
@@ -217,8 +219,12 @@ class Pipeline:
                                        str(max(0, record.attempts - 1)))
             raise
         except (asyncio.CancelledError, ConnectionResetError) as exc:
-            record.status, record.error = 499, "client disconnected"
-            record.error_class = CLIENT_LEFT
+            if self.stopped and isinstance(exc, asyncio.CancelledError):  # past the grace
+                record.status, record.error = 503, "cut by the server's shutdown"
+                record.error_class = ShuttingDown.__name__
+            else:
+                record.status, record.error = 499, "client disconnected"
+                record.error_class = CLIENT_LEFT
             failure = exc
             raise
         except Exception as exc:  # a bug of ours: recorded, not charged to the account
