@@ -1,0 +1,355 @@
+"""Usage records beyond chat: embeddings, token counts, failures and fallbacks, bodies,
+keys that keep no records, the bounded buffer and retention.
+
+(Chat token counts across every client API and provider type are in
+``tests/conformance/test_usage.py``; SIGTERM under load in ``tests/test_shutdown.py``.)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from fakes import openai_upstream
+from fakes.anthropic_upstream import FakeAnthropic
+from fakes.openai_upstream import FakeOpenAI
+
+from omniroute.appkeys import PIPELINE
+from omniroute.pipeline import RequestContext, Stage, StageRun
+from omniroute.pipeline.bodylog import REDACTED, TRUNCATED, BodyLog, redact
+from omniroute.pipeline.serve import _usage_headers, format_cost
+from omniroute.storage import Database, RequestLog, RequestRecord, requestlog
+
+HI = [{"role": "user", "content": "hi there"}]
+
+
+async def last_record(gw: Any) -> dict[str, Any]:
+    await gw.log.flush()
+    rows = await gw.log.recent(1)
+    assert rows, "no record"
+    return rows[0]
+
+
+def attempt_log(record: dict[str, Any]) -> list[tuple[str, str | None, int | None]]:
+    return [(t["target"].split(" ")[0], t["failure"], t["status"])
+            for t in orjson.loads(record["attempt_log"])]
+
+
+# ---------------------------------------------------------------------- embeddings, counts
+
+
+async def test_an_embeddings_request_has_a_record(gw: Any) -> None:
+    resp = await gw.client.post("/v1/embeddings", json={
+        "model": "up/text-embedding-3-small", "input": ["hello world", "again"]})
+    assert resp.status == 200, await resp.text()
+    record = await last_record(gw)
+    assert record["endpoint"] == "embeddings" and record["client_format"] == "openai"
+    assert (record["provider"], record["model"]) == ("up", "text-embedding-3-small")
+    assert record["prompt_tokens"] == (await resp.json())["usage"]["prompt_tokens"]
+    assert record["completion_tokens"] == 0 and not record["usage_estimated"]
+    assert record["ttfc_ms"] is None and record["latency_ms"] > 0
+    assert attempt_log(record) == [("up/text-embedding-3-small", None, 200)]
+
+
+@pytest.fixture
+async def claude(gw: Any, aiohttp_server: Any) -> FakeAnthropic:
+    fake = FakeAnthropic(api_key="ant-key")
+    server = await aiohttp_server(fake.app)
+    await gw.add_provider({"type": "anthropic", "name": "fake-anthropic", "prefix": "claude",
+                           "base_url": str(server.make_url("")), "api_key": "ant-key"})
+    return fake
+
+
+async def test_a_token_count_has_a_record_counted_or_estimated(gw: Any, claude: Any) -> None:
+    resp = await gw.client.post("/v1/messages/count_tokens", json={
+        "model": "claude/claude-sonnet-4-6", "messages": HI})
+    assert resp.status == 200 and resp.headers["X-OmniRoute-Token-Count"] == "upstream"
+    record = await last_record(gw)
+    assert record["endpoint"] == "messages.count_tokens"
+    assert (record["client_format"], record["provider"], record["status"]) == (
+        "anthropic", "claude", 200)
+    assert record["prompt_tokens"] is None  # counting spends no tokens
+    assert attempt_log(record) == [("claude/claude-sonnet-4-6", None, 200)]
+
+    # an OpenAI-compatible target cannot count in Anthropic's format: the local estimate
+    resp = await gw.client.post("/v1/messages/count_tokens", json={
+        "model": "up/gpt-4o-mini", "messages": HI})
+    assert resp.status == 200 and resp.headers["X-OmniRoute-Token-Count"] == "estimate"
+    record = await last_record(gw)
+    assert record["status"] == 200 and record["provider"] is None
+    assert attempt_log(record) == [("up/gpt-4o-mini", "InvalidRequest", 400)]
+
+
+# ---------------------------------------------------------------------- failures, fallback
+
+
+@pytest.fixture
+async def second(gw: Any, aiohttp_server: Any) -> FakeOpenAI:
+    """A second account under the same prefix: the fallback of the first."""
+    fake = FakeOpenAI(api_key="sk-second")
+    server = await aiohttp_server(fake.app)
+    await gw.add_provider({"type": "openai", "name": "second", "prefix": "up", "priority": 1,
+                           "base_url": str(server.make_url("/v1")), "api_key": "sk-second"})
+    return fake
+
+
+async def test_a_fallback_is_in_the_attempt_log(gw: Any, second: Any) -> None:
+    gw.fake.script.append(openai_upstream.error(500, "boom"))
+    resp = await gw.client.post("/v1/chat/completions", json={
+        "model": "up/gpt-4o-mini", "messages": HI})
+    assert resp.status == 200
+    record = await last_record(gw)
+    assert record["error_class"] is None and record["attempts"] == 2
+    tries = orjson.loads(record["attempt_log"])
+    assert [(t["target"], t["failure"], t["status"]) for t in tries] == [
+        ("up/gpt-4o-mini (fake)", "UpstreamStatusError", 500),
+        ("up/gpt-4o-mini (second)", None, 200)]
+    assert all(t["ms"] >= 0 for t in tries)
+
+
+async def test_a_failed_fallback_has_its_error_class_and_every_attempt(
+        gw: Any, second: Any) -> None:
+    gw.fake.script.append(openai_upstream.error(500, "boom"))
+    second.script.append(openai_upstream.error(503, "busy"))
+    resp = await gw.client.post("/v1/chat/completions", json={
+        "model": "up/gpt-4o-mini", "messages": HI})
+    assert resp.status == 503
+    record = await last_record(gw)
+    assert (record["status"], record["error_class"]) == (503, "ServiceUnavailable")
+    assert "All 2 targets" in record["error"]
+    assert attempt_log(record) == [("up/gpt-4o-mini", "UpstreamStatusError", 500),
+                                   ("up/gpt-4o-mini", "UpstreamStatusError", 503)]
+    assert "X-OmniRoute-Tokens-In" not in resp.headers
+
+
+async def test_a_stream_that_breaks_records_the_upstreams_error(gw: Any) -> None:
+    gw.fake.script.append(openai_upstream.mid_stream_error(3))
+    resp = await gw.client.post("/v1/chat/completions", json={
+        "model": "up/gpt-4o-mini", "messages": HI, "stream": True})
+    await resp.read()
+    record = await last_record(gw)
+    assert (record["status"], record["error_class"]) == (502, "UpstreamError")
+    assert attempt_log(record) == [("up/gpt-4o-mini", "UpstreamError", 502)]
+
+
+async def test_a_client_mistake_is_recorded_with_its_class(gw: Any) -> None:
+    resp = await gw.client.post("/v1/chat/completions", json={"model": "nope/x", "messages": HI})
+    assert resp.status == 400
+    record = await last_record(gw)
+    assert (record["status"], record["error_class"]) == (400, "ModelNotFound")
+    assert record["attempt_log"] is None and record["client_format"] == "openai"
+
+
+# ---------------------------------------------------------------------- headers
+
+
+def test_cost_is_written_in_plain_decimals() -> None:
+    assert format_cost(0.000123456789) == "0.0001234568"
+    assert format_cost(12.5) == "12.5"
+    assert format_cost(0.0) == "0.0"
+    assert format_cost(3e-7) == "0.0000003"
+
+
+def test_a_json_answer_carries_cost_tokens_and_latency() -> None:
+    record = RequestRecord("r", 0.0, "chat.completions", prompt_tokens=12,
+                           completion_tokens=3, ttfb_ms=41.6, cost_usd=0.00042)
+    headers: dict[str, str] = {}
+    _usage_headers(record, headers)
+    assert headers == {"X-OmniRoute-Response-Cost": "0.00042", "X-OmniRoute-Tokens-In": "12",
+                       "X-OmniRoute-Tokens-Out": "3", "X-OmniRoute-Latency-Ms": "42"}
+    headers = {}
+    _usage_headers(RequestRecord("r", 0.0, "x", ttfb_ms=1.0), headers)
+    assert headers == {"X-OmniRoute-Latency-Ms": "1"}  # unknown counts and cost: left out
+
+
+async def test_a_json_answer_has_the_usage_headers(gw: Any) -> None:
+    resp = await gw.client.post("/v1/chat/completions", json={
+        "model": "up/gpt-4o-mini", "messages": HI})
+    usage = (await resp.json())["usage"]
+    assert resp.headers["X-OmniRoute-Tokens-In"] == str(usage["prompt_tokens"])
+    assert resp.headers["X-OmniRoute-Tokens-Out"] == str(usage["completion_tokens"])
+    assert int(resp.headers["X-OmniRoute-Latency-Ms"]) >= 0
+    assert "X-OmniRoute-Response-Cost" not in resp.headers  # no price known
+
+
+# ---------------------------------------------------------------------- bodies
+
+
+def test_redaction_removes_credentials_and_keeps_counts() -> None:
+    text = orjson.dumps({
+        "api_key": "hunter2-secret", "apiKey": "abc", "x-api-key": "k1", "password": "pw",
+        "client_secret": "cs", "access_token": "tok", "key": "kkk", "authorization": "Basic x",
+        "max_tokens": 100, "input_tokens": 5, "monkey": "banana", "thoughtSignature": "sig",
+        "content": "use sk-proj-ABCDEFGHIJKLMNOP1234 or Bearer abc.def-ghi_123 and "
+                   "AIzaSyA1234567890abcdefghijklmnopqrstu and "
+                   "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0In0.sig_nature",
+    }).decode()
+    out = orjson.loads(redact(text))
+    for name in ("api_key", "apiKey", "x-api-key", "password", "client_secret", "access_token",
+                 "key", "authorization"):
+        assert out[name] == REDACTED, name
+    assert (out["max_tokens"], out["input_tokens"], out["monkey"], out["thoughtSignature"]) == (
+        100, 5, "banana", "sig")
+    for secret in ("sk-proj", "abc.def", "AIzaSy", "eyJhbGci"):
+        assert secret not in out["content"], secret
+    assert out["content"].count(REDACTED) == 4 and "Bearer [REDACTED]" in out["content"]
+
+
+def test_a_body_is_cut_to_the_cap_after_redaction() -> None:
+    raw = b'{"messages": "' + b"x" * 95 + b'", "api_key": "sk-' + b"s" * 40 + b'"}'
+    text = BodyLog(100).text(raw)
+    assert text.endswith(TRUNCATED) and len(text) == 100 + len(TRUNCATED)
+    assert "sss" not in text  # the secret straddled the cut: redacted before cutting
+    assert BodyLog(1000).text(b'{"a": 1}') == '{"a": 1}'
+
+
+async def test_bodies_are_stored_only_when_asked_and_redacted(gw: Any) -> None:
+    body = {"model": "up/gpt-4o-mini", "messages": [
+        {"role": "user", "content": "my key is sk-live-0123456789abcdefXYZ, hi there"}]}
+    assert (await gw.client.post("/v1/chat/completions", json=body)).status == 200
+    record = await last_record(gw)
+    assert record["request_body"] is None and record["response_body"] is None  # off by default
+
+    await gw.set_settings(log_bodies=True, log_body_max_bytes=4096)
+    assert (await gw.client.post("/v1/chat/completions", json=body)).status == 200
+    record = await last_record(gw)
+    assert "sk-live" not in record["request_body"] and REDACTED in record["request_body"]
+    assert orjson.loads(record["request_body"])["model"] == "up/gpt-4o-mini"
+    assert orjson.loads(record["response_body"])["choices"][0]["message"]["content"]
+
+    resp = await gw.client.post("/v1/chat/completions", json={**body, "stream": True})
+    streamed = await resp.read()
+    record = await last_record(gw)
+    assert record["response_body"] == redact(streamed.decode())  # as the client got it
+
+
+# ---------------------------------------------------------------------- keys without records
+
+
+class Finished(StageRun):
+    def __init__(self, seen: list[Any]) -> None:
+        self.seen = seen
+
+    async def finished(self, ctx: RequestContext) -> None:
+        self.seen.append(ctx.record.completion_tokens)
+
+
+class Watching(Stage):
+    name = "test-finished"
+
+    def __init__(self) -> None:
+        self.seen: list[Any] = []
+
+    def enter(self, ctx: RequestContext, operation: Any) -> StageRun:
+        return Finished(self.seen)
+
+
+async def test_a_key_that_keeps_no_records_leaves_none_but_stages_still_see_it(
+        gw: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    stage = Watching()
+    gw.client.app[PIPELINE].stages.append(stage)
+    key = await gw.create_key("private")
+    scheme = gw.auth_schemes["api-key"]
+    real = scheme.authenticate
+
+    async def private(request: Any) -> Any:  # the key index sets this from api_keys.log_usage
+        principal = await real(request)
+        return principal and dataclasses.replace(principal, log_usage=False)
+
+    monkeypatch.setattr(scheme, "authenticate", private)
+    before = len(await gw.log.recent(1000))
+    resp = await gw.client.post("/v1/chat/completions", headers={
+        "Authorization": f"Bearer {key}"}, json={"model": "up/gpt-4o-mini", "messages": HI})
+    assert resp.status == 200
+    await gw.log.flush()
+    assert len(await gw.log.recent(1000)) == before  # no record
+    assert stage.seen and stage.seen[-1] > 0  # budgets still count the spend
+    used = [k for k in await gw.store.list_keys() if k.name == "private"]
+    assert used[0].last_used_at is not None  # the key's last use is still noted
+
+
+# ---------------------------------------------------------------------- buffer, retention
+
+
+@pytest.fixture
+async def db(tmp_path: Path) -> AsyncIterator[Database]:
+    database = await Database.open(tmp_path / "omniroute.sqlite3")
+    yield database
+    await database.close()
+
+
+def _record(i: int, ts: float = 1000.0) -> RequestRecord:
+    return RequestRecord(request_id=f"r{i}", ts=ts + i, endpoint="chat.completions", status=200)
+
+
+def test_a_full_buffer_drops_the_oldest_and_counts_them(db: Database) -> None:
+    log = RequestLog(db, max_pending=3)
+    for i in range(5):
+        log.add(_record(i))
+    assert (log.pending, log.dropped) == (3, 2)
+    assert [r.request_id for r in log._pending] == ["r2", "r3", "r4"]
+
+
+async def test_ten_thousand_records_are_written_in_batches(db: Database) -> None:
+    log = RequestLog(db)
+    for i in range(10_000):
+        log.add(_record(i))
+    assert await log.flush() == 10_000 and log.pending == 0
+    assert (await db.fetchone("SELECT count(*) FROM request_log"))[0] == 10_000
+
+
+async def test_retention_by_age_and_by_rows_in_small_batches(
+        db: Database, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(requestlog, "PRUNE_BATCH", 4)
+    now = 1_000_000.0
+    log = RequestLog(db, clock=lambda: now)
+    log.retention_days, log.max_rows = 1.0, 0
+    for i in range(10):
+        log.add(_record(i, ts=now - 3 * 86400))  # three days old
+    for i in range(10, 30):
+        log.add(_record(i, ts=now - 60))
+    await log.flush()
+    deletes: list[str] = []
+    real = db.execute
+
+    async def spy(sql: str, params: Any = ()) -> int:
+        if sql.startswith("DELETE"):
+            deletes.append(sql)
+        return await real(sql, params)
+
+    monkeypatch.setattr(db, "execute", spy)
+    assert await log.prune() == 10
+    assert len(deletes) == 3  # 4 + 4 + 2: small batches, never one large DELETE
+    log.retention_days, log.max_rows = 0.0, 15
+    assert await log.prune() == 5
+    rows = await db.fetchall("SELECT request_id FROM request_log ORDER BY id")
+    assert [r[0] for r in rows] == [f"r{i}" for i in range(15, 30)]  # the newest kept
+    assert log.pruned == 15
+    log.max_rows = 0  # 0: no bound
+    assert await log.prune() == 0
+
+
+async def test_retention_runs_in_the_background(db: Database) -> None:
+    log = RequestLog(db, interval=0.01, prune_every=0.05, clock=lambda: 100 * 86400.0)
+    log.add(_record(1, ts=0.0))
+    log.start()
+    try:
+        for _ in range(200):
+            if log.pruned:
+                break
+            await asyncio.sleep(0.01)
+        assert log.pruned == 1
+    finally:
+        await log.close()
+
+
+async def test_health_shows_the_buffer(gw: Any) -> None:
+    gw.log.dropped = 7
+    health = await (await gw.client.get("/api/monitoring/health")).json()
+    assert health["request_log"]["dropped"] == 7
+    assert {"pending", "written", "enabled", "pruned"} <= set(health["request_log"])
