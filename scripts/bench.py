@@ -50,6 +50,7 @@ from bench_fakes import (
     serve_app,
     sse,
 )
+from bench_usage import FULL_TABLE, NO_RECORDS, comparisons, flush_cost, prefill
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 CHAT, MESSAGES, EMBEDDINGS = "/v1/chat/completions", "/v1/messages", "/v1/embeddings"
@@ -135,12 +136,18 @@ def start_app(ctx: Any, factory: str, arg: str | None, loop: str, procs: list[An
 
 
 def start_gateway(data_dir: Path, upstream_port: int, workers: int, loop: str | None,
-                  source: str | None = None) -> tuple[subprocess.Popen, int]:
+                  source: str | None = None, *, settings: dict[str, str] | None = None,
+                  rows: int = 0) -> tuple[subprocess.Popen, int]:
     """The gateway, configured with its CLI; ``source``: run that source tree's omniroute
-    (first on PYTHONPATH) instead of the installed one, on its default loop (``loop`` None)."""
+    (first on PYTHONPATH) instead of the installed one, on its default loop (``loop`` None).
+
+    :param settings: runtime settings pinned through the environment (``request_log``).
+    :param rows: records put in its request log before it starts.
+    """
     data_dir.mkdir()
     env = {k: v for k, v in os.environ.items() if not k.startswith("OMNIROUTE_")}
     env["INITIAL_PASSWORD"] = "bench-password"
+    env.update({f"OMNIROUTE_{name.upper()}": value for name, value in (settings or {}).items()})
     if source is not None:
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [source, env.get("PYTHONPATH")]))
     cli = [sys.executable, "-m", "omniroute.cli", "--data-dir", str(data_dir)]
@@ -150,6 +157,9 @@ def start_gateway(data_dir: Path, upstream_port: int, workers: int, loop: str | 
                            check=False, env=env, capture_output=True, text=True, cwd=source)
     if added.returncode:
         raise RuntimeError(f"`omniroute providers add` failed:\n{added.stdout}{added.stderr}")
+    if rows:
+        took = prefill(data_dir / "omniroute.sqlite3", rows)
+        print(f"  {rows:,} records put in the request log in {took:.1f} s", file=sys.stderr)
     with socket.socket() as s:
         s.bind((HOST, 0))
         port = s.getsockname()[1]
@@ -466,6 +476,11 @@ def summary(args: argparse.Namespace, results: dict[str, Any]) -> list[str]:
                      ("paced", "cpu_ms_per_stream", args.stream_concurrency))
                  if lane in results for c in levels]
         out.append(f"- omniroute (asyncio) / baseline ({args.baseline}): " + "; ".join(parts))
+    flush = results.get("usage_flush")
+    if flush:
+        out.append(f"- usage records: one flush of {flush['records']:,} records took "
+                   f"{flush['empty_s']:.2f} s into an empty table, {flush['full_s']:.2f} s into "
+                   f"one holding {flush['rows']:,} rows (put there in {flush['prefill_s']:.1f} s)")
     if args.compare_workers > 1:
         n = args.compare_workers
         name = label("omniroute", args.loops[0], n)
@@ -516,6 +531,17 @@ def report(args: argparse.Namespace, results: dict[str, Any]) -> str:
         out += [f"### Targets ({loop}: {label('omniroute', loop)} against "
                 f"{label('forwarder', loop)})", "",
                 *(c.line() for c in checks(args, results, loop)), ""]
+    if args.usage:
+        recording = label("omniroute", args.loops[0])
+        levels = {"json": args.concurrency, "instant": args.instant_concurrency,
+                  "embed": args.embed_concurrency}
+        out += [f"### Targets (usage records: {recording} against {NO_RECORDS} and "
+                f"{FULL_TABLE})", "",
+                *(Check(text, value, lambda v, limit=limit: v <= limit,
+                        "{:.2f}" + unit).line()
+                  for text, value, limit, unit in comparisons(
+                      results, recording, {k: v for k, v in levels.items() if k in args.lanes})),
+                ""]
     return "\n".join(out)
 
 
@@ -548,6 +574,10 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--baseline", metavar="SRC",
                    help="also run the gateway of another source tree (e.g. `git archive main` "
                         "unpacked), on its default loop, as target `baseline`")
+    p.add_argument("--usage", action="store_true",
+                   help="also measure usage records: gateways with records off "
+                        f"({NO_RECORDS}) and with 1,000,000 rows in the log ({FULL_TABLE}) on "
+                        "the first loop, and one flush of 10,000 records")
     p.add_argument("--quick", action="store_true", help="short smoke run")
     p.add_argument("--json", metavar="FILE", help="also write the results as JSON")
     args = p.parse_args()
@@ -586,6 +616,14 @@ def main() -> int:
                 if loop == args.loops[0] and not compare:
                     targets.append(Target(CROSS, "omniroute", f"http://{HOST}:{port}",
                                           targets[-1].pids, loop, path=MESSAGES))
+            if args.usage:
+                for name, settings, rows in ((NO_RECORDS, {"request_log": "false"}, 0),
+                                             (FULL_TABLE, None, 1_000_000)):
+                    gateway, port = start_gateway(Path(tmp) / name, up_port, args.workers,
+                                                  args.loops[0], settings=settings, rows=rows)
+                    gateways.append(gateway)
+                    targets.append(Target(name, "omniroute", f"http://{HOST}:{port}",
+                                          process_tree(gateway.pid), args.loops[0]))
             if args.baseline:
                 gateway, port = start_gateway(Path(tmp) / "baseline", up_port, args.workers,
                                               None, args.baseline)
@@ -604,6 +642,8 @@ def main() -> int:
                                   if t.kind != "direct" and t.name != CROSS}
             if "paced" in args.lanes:
                 results["cross"] = cross_format(args, results)
+            if args.usage:
+                results["usage_flush"] = flush_cost()
             print(report(args, results))
             if args.json:
                 Path(args.json).write_text(json.dumps({"args": vars(args), **results}, indent=2))

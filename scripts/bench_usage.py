@@ -1,0 +1,123 @@
+"""The benchmark's usage-record part (``bench.py --usage``): what records cost.
+
+* Two more gateways join the run, on the first loop, measured in the same
+  interleaved cells as the others: ``omniroute-norec`` with the ``request_log``
+  setting off (no usage records at all), and ``omniroute-1m`` whose request log
+  holds 1,000,000 rows before it starts (:func:`prefill`, one ``executemany``).
+  The plain ``omniroute`` gateway records every request into a table that starts
+  empty. So one run gives records on / off, and a full table / an empty one.
+* :func:`flush_cost`: in-process, the time :meth:`RequestLog.flush` takes to write
+  10,000 complete records, into an empty table and into one with 1,000,000 rows.
+
+Targets: records add at most 5 % CPU per request; 1,000,000 rows change nothing
+(within 5 %); 10,000 records are written within 2 s.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+#: the gateways this module adds (names in the report)
+NO_RECORDS, FULL_TABLE = "omniroute-norec", "omniroute-1m"
+PREFILL_ROWS = 1_000_000
+FLUSH_RECORDS = 10_000
+_COLUMNS = ("request_id", "ts", "api_key_id", "endpoint", "model_requested", "provider",
+            "connection_id", "model", "stream", "status", "prompt_tokens", "completion_tokens",
+            "latency_ms", "ttfb_ms", "attempts", "client_format", "user_agent", "attempt_log",
+            "ttfc_ms", "tokens_per_s")
+
+
+def _rows(n: int, start_ts: float) -> Any:
+    tries = '[{"target":"bench/gpt-4o-mini (bench)","failure":null,"status":200,"ms":1.2}]'
+    for i in range(n):
+        yield (f"prefill{i:012x}", start_ts + i * 0.001, "key_bench", "chat.completions",
+               "bench/gpt-4o-mini", "bench", "conn_bench", "gpt-4o-mini", i % 2, 200, 27, 20,
+               2.5, 1.2, 1, "openai", "bench/1.0", tries, 1.3, 8000.0)
+
+
+def prefill(db_path: Path, rows: int = PREFILL_ROWS) -> float:
+    """Put ``rows`` recent records into the database's request log; the seconds it took."""
+    began = time.perf_counter()
+    with sqlite3.connect(db_path) as db:
+        db.execute("PRAGMA journal_mode=WAL")
+        db.executemany(
+            f"INSERT INTO request_log({', '.join(_COLUMNS)}) "
+            f"VALUES ({', '.join('?' for _ in _COLUMNS)})",
+            _rows(rows, time.time() - rows * 0.001))
+    return time.perf_counter() - began
+
+
+def flush_cost(records: int = FLUSH_RECORDS, rows: int = PREFILL_ROWS) -> dict[str, float]:
+    """Seconds one ``RequestLog.flush`` of ``records`` complete records takes, into an empty
+    request log and into one already holding ``rows``."""
+    from omniroute.storage import Database, RequestLog, RequestRecord
+
+    def batch(tag: str) -> list[RequestRecord]:
+        now = time.time()
+        return [RequestRecord(
+            request_id=f"{tag}{i:012x}", ts=now, endpoint="chat.completions", status=200,
+            api_key_id="key_bench", model_requested="bench/gpt-4o-mini", provider="bench",
+            connection_id="conn_bench", model="gpt-4o-mini", stream=True, prompt_tokens=27,
+            completion_tokens=20, cached_tokens=0, reasoning_tokens=0, latency_ms=2.5,
+            ttfb_ms=1.2, attempts=1, client_format="openai", user_agent="bench/1.0",
+            attempt_log='[{"target":"bench/gpt-4o-mini (bench)","failure":null,'
+                        '"status":200,"ms":1.2}]', ttfc_ms=1.3, tokens_per_s=8000.0,
+            cache_write_tokens=0) for i in range(records)]
+
+    async def timed(db: Any, tag: str) -> float:
+        log = RequestLog(db, max_pending=records * 2)
+        for record in batch(tag):
+            log.add(record)
+        began = time.perf_counter()
+        written = await log.flush()
+        took = time.perf_counter() - began
+        assert written == records, written
+        return took
+
+    async def run() -> dict[str, float]:
+        with tempfile.TemporaryDirectory(prefix="omniroute-bench-flush-") as tmp:
+            path = Path(tmp) / "omniroute.sqlite3"
+            db = await Database.open(path)
+            try:
+                empty = await timed(db, "empty")
+                filled = prefill(path, rows)
+                full = await timed(db, "full")
+            finally:
+                await db.close()
+        return {"records": records, "empty_s": empty, "full_s": full, "rows": rows,
+                "prefill_s": filled}
+
+    return asyncio.run(run())
+
+
+def _cpu(results: dict[str, Any], lane: str, name: str, conc: int) -> float | None:
+    value = results.get(lane, {}).get(name, {}).get(conc, {}).get("cpu_ms_per_req")
+    return value if isinstance(value, (int, float)) else None
+
+
+def comparisons(results: dict[str, Any], recording: str, levels: dict[str, list[int]]
+                ) -> list[tuple[str, float | None, float, str]]:
+    """``(label, value, limit, unit)`` of each usage target; ``recording`` is the gateway
+    that keeps records into an empty table (``omniroute`` or ``omniroute+uv``)."""
+    out: list[tuple[str, float | None, float, str]] = []
+    for lane, concs in levels.items():
+        for conc in concs:
+            on, off = _cpu(results, lane, recording, conc), _cpu(results, lane, NO_RECORDS, conc)
+            full = _cpu(results, lane, FULL_TABLE, conc)
+            if on is None or off is None or full is None:
+                continue
+            out.append((f"{lane} c={conc}: CPU per request, records on / off", on / off, 1.05,
+                        "×"))
+            out.append((f"{lane} c={conc}: CPU per request, 1,000,000 rows / empty table",
+                        full / on, 1.05, "×"))
+    flush = results.get("usage_flush", {})
+    for key, what in (("empty_s", "an empty table"), ("full_s", "a 1,000,000-row table")):
+        if key in flush:
+            out.append((f"{flush['records']:,} records written into {what}", flush[key], 2.0,
+                        " s"))
+    return out
