@@ -353,3 +353,20 @@ async def test_health_shows_the_buffer(gw: Any) -> None:
     health = await (await gw.client.get("/api/monitoring/health")).json()
     assert health["request_log"]["dropped"] == 7
     assert {"pending", "written", "enabled", "pruned"} <= set(health["request_log"])
+
+
+async def test_a_long_stream_without_usage_is_estimated_from_its_kept_start(
+        gw: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    text = " ".join(f"word{i}" for i in range(300))
+    no_usage = {"prompt_tokens": None, "completion_tokens": None, "total_tokens": None}
+    body = {"model": "up/gpt-4o-mini", "messages": HI, "stream": True}
+    counts = []
+    for keep in (1 << 20, 600):  # everything kept; only about a tenth of the stream kept
+        monkeypatch.setattr("omniroute.pipeline.chat.KEEP_BYTES", keep)
+        gw.fake.script.append(openai_upstream.reply(text=text, chunks=30, usage=no_usage))
+        await (await gw.client.post("/v1/chat/completions", json=body)).read()
+        record = await last_record(gw)
+        assert record["usage_estimated"] == 1
+        counts.append(record["completion_tokens"])
+    whole, scaled = counts
+    assert whole > 250 and abs(scaled - whole) / whole < 0.3, counts  # scaled by the size

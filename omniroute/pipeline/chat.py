@@ -150,16 +150,17 @@ async def _passthrough(
     hold one of the format's :attr:`~Format.side_markers`, and the first content token
     by the format's :attr:`~Format.content_pattern` (until it is found)."""
     record, markers, content = output.record, fmt.side_markers, fmt.content_pattern
-    kept, keep_room = output.frames, KEEP_BYTES  # for an estimate, should usage not come
+    kept = output.frames  # for an estimate, should usage not come
     waiting = True  # for the first content token
     async for frames in reads:
         chunk = frames[0] if len(frames) == 1 else b"".join(frames)
         if waiting and (content is None or content.search(chunk) is not None):
             record.ttfc_ms = since(output.started)
             waiting = False
-        if keep_room > 0:
+        output.size += len(chunk)
+        if output.kept < KEEP_BYTES:
             kept.append(frames)
-            keep_room -= len(chunk)
+            output.kept += len(chunk)
         kept_frames = frames
         for frame in _marked(frames, chunk, markers):
             usage = fmt.usage_from_frame(frame)

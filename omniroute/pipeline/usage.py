@@ -11,7 +11,8 @@
   with :mod:`omniroute.tokens` from the request and the answer's text, and the
   record is marked ``usage_estimated``. On the pass-through lane the answer's text
   is known only from its frames: :class:`StreamOutput` keeps references to them
-  (up to :data:`KEEP_BYTES`) and decodes them only if the counts never came.
+  (up to :data:`KEEP_BYTES`) and decodes them only if the counts never came; past
+  that size the estimate is scaled by the bytes the stream really had.
 """
 
 from __future__ import annotations
@@ -29,8 +30,9 @@ from omniroute.tokens import estimate_request, estimate_text
 
 log = logging.getLogger(__name__)
 
-#: bytes of a pass-through stream kept for an estimate should its usage never come
-KEEP_BYTES = 4 * 1024 * 1024
+#: bytes of a pass-through stream kept for an estimate should its usage never come (a
+#: longer stream's estimate is scaled by its size: memory stays bounded per stream)
+KEEP_BYTES = 256 * 1024
 _CONTENT_EVENTS = (c.TextDelta, c.ReasoningDelta, c.ToolArgsDelta)
 
 
@@ -110,7 +112,8 @@ class StreamOutput:
     pass-through lane the chat operation calls :meth:`chunk` per socket read.
     """
 
-    __slots__ = ("client", "fmt", "frames", "record", "request", "started", "texts")
+    __slots__ = ("client", "fmt", "frames", "kept", "record", "request", "size", "started",
+                 "texts")
 
     def __init__(
         self, record: RequestRecord, started: float, fmt: Format, *,
@@ -129,8 +132,11 @@ class StreamOutput:
         self.client = client
         #: text pieces of a translated stream
         self.texts: list[str] = []
-        #: frames of a pass-through stream, by socket read, up to KEEP_BYTES
+        #: frames of a pass-through stream, by socket read, up to KEEP_BYTES; their size,
+        #: and the size of the whole stream
         self.frames: list[list[bytes]] = []
+        self.kept = 0
+        self.size = 0
 
     async def events(self, events: AsyncIterator[c.Event]) -> AsyncIterator[c.Event]:
         """Pass ``events`` on, noting usage, the first content token and the text."""
@@ -156,11 +162,17 @@ class StreamOutput:
         if usage_complete(record):
             return
         texts, request = self.texts, self.request
+        scale = 1.0
         if self.frames and not texts:  # pass-through: read the kept frames now
             texts = await self._frame_texts()
+            if self.size > self.kept > 0:  # only its beginning was kept
+                scale = self.size / self.kept
         if request is None and self.client is not None and record.prompt_tokens is None:
             request = request_of(self.fmt, self.client)
+        output_known = record.completion_tokens is not None
         estimate_missing(record, request, texts)
+        if not output_known and scale > 1.0 and record.completion_tokens is not None:
+            record.completion_tokens = round(record.completion_tokens * scale)
 
     async def _frame_texts(self) -> list[str]:
         async def frames() -> AsyncIterator[bytes]:
