@@ -12,6 +12,7 @@ from omniroute.appkeys import (
     GATEWAY,
     HTTP,
     PIPELINE,
+    PRICES,
     REGISTRY,
     REQUEST_LOG,
     RESILIENCE,
@@ -26,6 +27,7 @@ from omniroute.registry import Registry
 from omniroute.web.client import setup_client_routes
 from omniroute.web.management import setup_management_routes
 from omniroute.web.middleware import gateway_middleware
+from omniroute.web.pricing import setup_pricing_routes
 from omniroute.web.public import setup_public_routes
 from omniroute.web.resilience import setup_resilience_routes
 from omniroute.web.security import setup_security
@@ -43,8 +45,10 @@ def make_app(config: Config, plugins: Plugins | None = None) -> web.Application:
     app = web.Application(middlewares=[gateway_middleware], client_max_size=2**40)
     registry = Registry(plugins)
     gateway = Gateway(config, registry)
-    pipeline = Pipeline(gateway.catalog, gateway.resilience, gateway.new_request_id)
+    pipeline = Pipeline(gateway.catalog, gateway.resilience, gateway.new_request_id,
+                        gateway.prices)
     app[GATEWAY], app[REGISTRY], app[PIPELINE] = gateway, registry, pipeline
+    app[PRICES] = gateway.prices
     app[CATALOG], app[RESILIENCE] = gateway.catalog, gateway.resilience
 
     async def gateway_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -62,5 +66,6 @@ def make_app(config: Config, plugins: Plugins | None = None) -> web.Application:
     setup_client_routes(app)
     setup_management_routes(app)
     setup_resilience_routes(app)
+    setup_pricing_routes(app)
     plugins.pm.hook.configure_app(app=app, config=config)
     return app

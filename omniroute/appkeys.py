@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from omniroute.catalog import Catalog
     from omniroute.gateway import Gateway
     from omniroute.pipeline import Pipeline
+    from omniroute.pricing import PriceBook
     from omniroute.registry import Registry
     from omniroute.resilience import Resilience
     from omniroute.storage import RequestLog, Store
@@ -32,6 +33,8 @@ REGISTRY: web.AppKey[Registry] = web.AppKey("registry")
 #: settings, connections, providers, aliases, combos, router, model lists
 CATALOG: web.AppKey[Catalog] = web.AppKey("catalog")
 RESILIENCE: web.AppKey[Resilience] = web.AppKey("resilience")
+#: what tokens cost: prices a finished request, estimates one, orders ``cost-optimized``
+PRICES: web.AppKey[PriceBook] = web.AppKey("prices")
 #: the data path every client request takes
 PIPELINE: web.AppKey[Pipeline] = web.AppKey("pipeline")
 STORE: web.AppKey[Store] = web.AppKey("store")
@@ -44,5 +47,6 @@ PRINCIPAL = web.RequestKey("principal", Principal)
 #: set once a streamed answer has sent its headers (errors can no longer be a JSON answer)
 STREAM_STARTED = web.RequestKey("stream_started", bool)
 
-__all__ = ["AUTH_SCHEMES", "CATALOG", "GATEWAY", "HTTP", "PIPELINE", "PRINCIPAL", "REGISTRY",
-           "REQUEST_LOG", "RESILIENCE", "STORE", "STREAM_STARTED", "WATCHER", "Principal"]
+__all__ = ["AUTH_SCHEMES", "CATALOG", "GATEWAY", "HTTP", "PIPELINE", "PRICES", "PRINCIPAL",
+           "REGISTRY", "REQUEST_LOG", "RESILIENCE", "STORE", "STREAM_STARTED", "WATCHER",
+           "Principal"]

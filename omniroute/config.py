@@ -236,6 +236,12 @@ _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
 
 
+def _to_text(value: Any) -> str:
+    if not isinstance(value, str) or not value.strip() or not value.isprintable():
+        raise ValueError(f"expected a line of text, got {value!r}")
+    return value.strip()
+
+
 def _to_bool(value: Any) -> bool:
     if isinstance(value, bool):
         return value
@@ -322,6 +328,13 @@ class Settings:
     hedge_factor: float = 3.0  # bound = factor * the target's recent p95 first-byte time ...
     hedge_floor: float = 2.0  # ... at least this many seconds ...
     hedge_initial: float = 10.0  # ... and this many until it has 8 first-byte times
+    # prices (omniroute.pricing): genai-prices' database ships with the package and is
+    # never fetched unless updates are turned on
+    price_updates: bool = False
+    price_update_url: str = (
+        "https://raw.githubusercontent.com/pydantic/genai-prices/refs/heads/main/"
+        "prices/new_data/v2/data.json")
+    price_update_interval: float = 86400.0  # seconds between fetches, when turned on
 
     #: lower bounds for settings where "positive" is not the rule
     _MINIMUM: ClassVar[dict[str, float]] = {
@@ -331,6 +344,7 @@ class Settings:
     _CHOICES: ClassVar[dict[str, tuple[str, ...]]] = {"account_strategy": ACCOUNT_STRATEGIES}
 
     _CONVERTERS: ClassVar[dict[type, Callable[[Any], Any]]] = {
+        str: _to_text,
         bool: _to_bool,
         int: _to_positive(int),
         float: _to_positive(float),
@@ -352,7 +366,7 @@ class Settings:
                 raise ValueError(
                     f"{name}: expected one of {', '.join(cls._CHOICES[name])}, got {value!r}")
             return choice
-        kind = {"bool": bool, "int": int, "float": float}[str(types[name])]
+        kind = {"bool": bool, "int": int, "float": float, "str": str}[str(types[name])]
         convert = (_to_at_least(kind, cls._MINIMUM[name]) if name in cls._MINIMUM
                    else cls._CONVERTERS[kind])
         try:

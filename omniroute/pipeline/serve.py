@@ -38,6 +38,7 @@ from omniroute.pipeline.context import Closable, Reply, RequestContext
 from omniroute.pipeline.hedge import Tried, lane, race
 from omniroute.pipeline.operation import Operation
 from omniroute.pipeline.stages import Stage
+from omniroute.pricing import PriceBook
 from omniroute.resilience import Resilience, session_id
 from omniroute.routing import Router, Target
 from omniroute.storage import RequestLog, RequestRecord
@@ -66,10 +67,12 @@ class Pipeline:
     """The data path's shared collaborators, built once at start-up."""
 
     def __init__(
-        self, catalog: LiveConfig, resilience: Resilience, new_request_id: Callable[[], str]
+        self, catalog: LiveConfig, resilience: Resilience, new_request_id: Callable[[], str],
+        prices: PriceBook,
     ) -> None:
         self.catalog = catalog
         self.resilience = resilience
+        self.prices = prices
         self.new_request_id = new_request_id
         self.stages: list[Stage] = []
         self.request_log: RequestLog | None = None
@@ -133,6 +136,8 @@ class Pipeline:
                         return response
                 else:
                     reply = await calling
+            if reply.frames is None:  # its usage is known: the cost goes in a header
+                self.prices.charge(record, reply.target)
             headers = _headers(ctx, reply)
             record.ttfb_ms = (time.perf_counter() - started) * 1000
             if reply.frames is None:
@@ -167,6 +172,8 @@ class Pipeline:
             if reply is not None:
                 await finish(reply, failure)
             record.latency_ms = (time.perf_counter() - started) * 1000
+            if reply is not None and record.cost_usd is None:  # a stream's usage came last
+                self.prices.charge(record, reply.target)
             assert self.request_log is not None
             self.request_log.add(record)
             for run in ctx.runs:

@@ -71,6 +71,7 @@ from omniroute.errors import (
     RateLimited,
     ServiceUnavailable,
 )
+from omniroute.pricing import PriceBook
 from omniroute.providers.base import Provider
 from omniroute.resilience.attempt import Attempt, Decision, Plan
 from omniroute.resilience.breaker import Breaker, BreakerPolicy
@@ -78,7 +79,6 @@ from omniroute.resilience.classify import classify
 from omniroute.resilience.clock import Clock, SystemClock
 from omniroute.resilience.cooldown import Backoff
 from omniroute.resilience.limits import Limiter
-from omniroute.resilience.pricing import Price, Pricing
 from omniroute.resilience.sessions import SessionStore
 from omniroute.resilience.state import BreakerState, LimitState, MemoryState, StateStore
 from omniroute.resilience.stats import ConnectionStats
@@ -117,7 +117,7 @@ class Resilience:
         *,
         clock: Clock | None = None,
         rng: random.Random | None = None,
-        pricing: Pricing | Mapping[str, Any] | None = None,
+        prices: PriceBook | None = None,
         state: StateStore | None = None,
     ) -> None:
         """
@@ -126,11 +126,11 @@ class Resilience:
             :class:`~omniroute.resilience.state.MemoryState`).
         :param clock: time source (a ``ManualClock`` in tests).
         :param rng: randomness for the random strategies (seed it for repeatable choices).
-        :param pricing: a :class:`Pricing`, or price overrides on top of the built-in table.
+        :param prices: the gateway's :class:`~omniroute.pricing.PriceBook` (``cost-optimized``).
         """
         self.clock: Clock = clock or SystemClock()
         self.rng = rng or random.Random()
-        self.pricing = pricing if isinstance(pricing, Pricing) else Pricing(pricing)
+        self.prices = prices if prices is not None else PriceBook()
         self.settings = settings or Settings()
         self.state: StateStore = state if state is not None else MemoryState()
         self.rotation = Rotation()
@@ -221,8 +221,8 @@ class Resilience:
         limiter = self._limiter(target)
         return limiter is not None and limiter.saturated()
 
-    def _price(self, target: Target) -> Price | None:
-        return self.pricing.price(target.model, target.prefix)
+    def _price(self, target: Target) -> float | None:
+        return self.prices.blended(target)
 
     def _blocked(self, target: Target, now: float) -> str | None:
         stats = self._stats_by_id.get(target.connection.id)

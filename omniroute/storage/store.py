@@ -243,6 +243,33 @@ class Store:
                 )
             await self.db.bump_config_version()
 
+    # ---------------------------------------------------------------- price overrides
+
+    async def list_price_overrides(self) -> list[dict[str, Any]]:
+        """Operator prices, USD per 1M tokens: ``scope`` (connection id or ``""``), ``model``,
+        ``input``, ``output``, ``cache_read``, ``cache_write``."""
+        rows = await self.db.fetchall(
+            "SELECT scope, model, input, output, cache_read, cache_write FROM price_overrides "
+            "ORDER BY scope, model")
+        return [dict(r) for r in rows]
+
+    async def put_price_override(self, scope: str, model: str, input: float, output: float,
+                                 cache_read: float | None, cache_write: float | None) -> None:
+        async with self.db.transaction():
+            await self.db.execute(
+                "INSERT OR REPLACE INTO price_overrides(scope, model, input, output, cache_read,"
+                " cache_write, updated_at) VALUES (?,?,?,?,?,?,?)",
+                (scope, model, input, output, cache_read, cache_write, time.time()))
+            await self.db.bump_config_version()
+
+    async def delete_price_override(self, scope: str, model: str) -> bool:
+        async with self.db.transaction():
+            changed = await self.db.execute(
+                "DELETE FROM price_overrides WHERE scope = ? AND model = ?", (scope, model)) > 0
+            if changed:
+                await self.db.bump_config_version()
+        return changed
+
     # ---------------------------------------------------------------- combos
 
     @staticmethod
