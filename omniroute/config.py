@@ -322,6 +322,8 @@ class Settings:
     hedge_factor: float = 3.0  # bound = factor * the target's recent p95 first-byte time ...
     hedge_floor: float = 2.0  # ... at least this many seconds ...
     hedge_initial: float = 10.0  # ... and this many until it has 8 first-byte times
+    # budgets (omniroute.budgets): per-key limits
+    budget_output_tokens: int = 1024  # output tokens reserved when a request sets no max_tokens
 
     #: lower bounds for settings where "positive" is not the rule
     _MINIMUM: ClassVar[dict[str, float]] = {
