@@ -8,6 +8,7 @@ from aiohttp import web
 
 from omniroute.appkeys import (
     AUTH_SCHEMES,
+    BUDGETS,
     CATALOG,
     GATEWAY,
     HTTP,
@@ -19,11 +20,13 @@ from omniroute.appkeys import (
     STORE,
     WATCHER,
 )
+from omniroute.budgets.stage import BudgetStage
 from omniroute.config import Config
 from omniroute.gateway import Gateway
 from omniroute.pipeline import Pipeline, default_stages
 from omniroute.plugins import Plugins, load_plugins
 from omniroute.registry import Registry
+from omniroute.web.budgets import setup_budget_routes
 from omniroute.web.client import setup_client_routes
 from omniroute.web.management import setup_management_routes
 from omniroute.web.middleware import gateway_middleware
@@ -55,7 +58,9 @@ def make_app(config: Config, plugins: Plugins | None = None) -> web.Application:
         await gateway.start()
         app[STORE], app[REQUEST_LOG], app[HTTP] = gateway.store, gateway.log, gateway.http
         app[AUTH_SCHEMES], app[WATCHER] = gateway.auth_schemes, gateway.watcher
-        pipeline.open(gateway.log, default_stages(gateway.db), gateway.refresher,
+        app[BUDGETS] = gateway.budgets
+        budgets = BudgetStage(gateway.budgets, lambda: gateway.catalog.settings, gateway.prices)
+        pipeline.open(gateway.log, default_stages(gateway.db, budgets), gateway.refresher,
                       gateway.watcher)
         yield
         await gateway.close()
@@ -65,6 +70,7 @@ def make_app(config: Config, plugins: Plugins | None = None) -> web.Application:
     setup_public_routes(app)
     setup_client_routes(app)
     setup_management_routes(app)
+    setup_budget_routes(app)
     setup_resilience_routes(app)
     setup_pricing_routes(app)
     plugins.pm.hook.configure_app(app=app, config=config)

@@ -17,6 +17,7 @@ from omniroute.auth.base import Principal
 
 if TYPE_CHECKING:
     from omniroute.auth.base import AuthScheme
+    from omniroute.budgets import Budgets
     from omniroute.catalog import Catalog
     from omniroute.gateway import Gateway
     from omniroute.pipeline import Pipeline
@@ -42,11 +43,13 @@ REQUEST_LOG: web.AppKey[RequestLog] = web.AppKey("request_log")
 HTTP: web.AppKey[aiohttp.ClientSession] = web.AppKey("http")
 AUTH_SCHEMES: web.AppKey[dict[str, AuthScheme]] = web.AppKey("auth_schemes")
 WATCHER: web.AppKey[ConfigWatcher] = web.AppKey("watcher")
+#: per-key budgets and limits: live spend, reservations, rates (set once the gateway started)
+BUDGETS: web.AppKey[Budgets] = web.AppKey("budgets")
 #: set on each request by the auth middleware
 PRINCIPAL = web.RequestKey("principal", Principal)
 #: set once a streamed answer has sent its headers (errors can no longer be a JSON answer)
 STREAM_STARTED = web.RequestKey("stream_started", bool)
 
-__all__ = ["AUTH_SCHEMES", "CATALOG", "GATEWAY", "HTTP", "PIPELINE", "PRICES", "PRINCIPAL",
-           "REGISTRY", "REQUEST_LOG", "RESILIENCE", "STORE", "STREAM_STARTED", "WATCHER",
+__all__ = ["AUTH_SCHEMES", "BUDGETS", "CATALOG", "GATEWAY", "HTTP", "PIPELINE", "PRICES",
+           "PRINCIPAL", "REGISTRY", "REQUEST_LOG", "RESILIENCE", "STORE", "STREAM_STARTED", "WATCHER",
            "Principal"]

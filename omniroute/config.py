@@ -335,6 +335,8 @@ class Settings:
         "https://raw.githubusercontent.com/pydantic/genai-prices/refs/heads/main/"
         "prices/new_data/v2/data.json")
     price_update_interval: float = 86400.0  # seconds between fetches, when turned on
+    # budgets (omniroute.budgets): per-key limits
+    budget_output_tokens: int = 1024  # output tokens reserved when a request sets no max_tokens
 
     #: lower bounds for settings where "positive" is not the rule
     _MINIMUM: ClassVar[dict[str, float]] = {

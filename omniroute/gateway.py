@@ -23,6 +23,7 @@ from typing import Any
 import aiohttp
 
 from omniroute.auth.base import AuthScheme
+from omniroute.budgets import Budgets, SqliteSpendStore
 from omniroute.catalog import Catalog
 from omniroute.config import Config
 from omniroute.credentials import Refresher, StoredCredentials
@@ -30,6 +31,7 @@ from omniroute.pricing import Override, PriceBook
 from omniroute.providers.base import ProviderContext
 from omniroute.registry import Registry
 from omniroute.resilience import Resilience
+from omniroute.resilience.clock import SystemClock
 from omniroute.storage import Database, RequestLog, Store
 from omniroute.vault import Vault
 from omniroute.version import __version__
@@ -90,6 +92,10 @@ class Gateway:
             await self.db.close()
             raise
         self.log.start()
+        #: per-key budgets and limits: this window's spend is loaded before the first request
+        self.budgets = Budgets(SqliteSpendStore(self.db), SystemClock())
+        await self.budgets.start()
+        self._spawn(self.budgets.run(), "omniroute-budget-sync")
         self.watcher: ConfigWatcher = VersionPoll(self.db, reload=self.reload,
                                                   loaded=lambda: self._config_version)
         self._spawn(self.watcher.run(), "omniroute-config-watch")
@@ -101,6 +107,7 @@ class Gateway:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.log.close()
+        await self.budgets.close()
         await self.refresher.close()
         for provider in self.catalog.providers.values():
             await provider.close()

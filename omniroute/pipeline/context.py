@@ -52,6 +52,8 @@ class RequestContext:
     started: float = 0.0
     #: the stages taking part in this request (see :class:`~omniroute.pipeline.stages.Stage`)
     runs: list[StageRun] = field(default_factory=list)
+    #: headers a stage adds to the answer (``X-OmniRoute-Budget-Warning``); None: none
+    reply_headers: dict[str, str] | None = None
 
 
 @runtime_checkable

@@ -126,6 +126,8 @@ class Pipeline:
                 ctx.route = await after_check(
                     self.watcher, lambda: self.catalog.router.resolve(ctx.model, prefix=ctx.prefix),
                     ModelNotFound)
+                for run in ctx.runs:
+                    await run.routed(ctx)
                 if operation.sticky:
                     ctx.session = _session(ctx)
                 calling = self._call_targets(operation, ctx)
@@ -300,6 +302,8 @@ def _headers(ctx: RequestContext, reply: Reply) -> dict[str, str]:
         headers["X-OmniRoute-Fallback-Attempts"] = str(max(0, record.attempts - 1))
     for name, value in reply.headers.items():
         headers.setdefault(name, value)
+    if ctx.reply_headers is not None:
+        headers.update(ctx.reply_headers)
     if ctx.session is not None:
         headers["X-OmniRoute-Session-Id"] = ctx.session
     return headers
