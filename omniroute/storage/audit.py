@@ -46,20 +46,24 @@ def is_secret_field(name: str) -> bool:
 
 
 def redact(value: Any, depth: int = 0) -> Any:
-    """``value`` with every secret field's value masked (never kept in full)."""
+    """``value`` with every secret field's value masked (never kept in full): a key shows
+    its first and last characters, so an operator recognises it; a password shows nothing
+    (a failed login's may be the real one, mistyped)."""
     if depth > _DEPTH:
         return "…"
     if isinstance(value, dict):
-        return {k: (_masked(v) if is_secret_field(str(k)) else redact(v, depth + 1))
+        return {k: (_masked(str(k), v) if is_secret_field(str(k)) else redact(v, depth + 1))
                 for k, v in value.items()}
     if isinstance(value, list):
         return [redact(v, depth + 1) for v in value]
     return value
 
 
-def _masked(value: Any) -> Any:
+def _masked(name: str, value: Any) -> Any:
     if value is None or value == "":
         return value
+    if "pass" in name.lower():
+        return "[redacted]"
     if isinstance(value, str):
         return mask(value)
     if isinstance(value, dict | list):
