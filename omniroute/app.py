@@ -26,6 +26,7 @@ from omniroute.gateway import Gateway
 from omniroute.pipeline import Pipeline, default_stages
 from omniroute.plugins import Plugins, load_plugins
 from omniroute.registry import Registry
+from omniroute.web.audit import setup_audit
 from omniroute.web.budgets import setup_budget_routes
 from omniroute.web.client import setup_client_routes
 from omniroute.web.management import setup_management_routes
@@ -34,6 +35,7 @@ from omniroute.web.pricing import setup_pricing_routes
 from omniroute.web.public import setup_public_routes
 from omniroute.web.resilience import setup_resilience_routes
 from omniroute.web.security import setup_security
+from omniroute.web.usage import setup_usage_routes
 
 
 def make_app(config: Config, plugins: Plugins | None = None) -> web.Application:
@@ -66,6 +68,7 @@ def make_app(config: Config, plugins: Plugins | None = None) -> web.Application:
         await gateway.close()
 
     app.cleanup_ctx.append(gateway_ctx)
+    setup_audit(app)  # after the gateway's context: it writes through the gateway's database
     setup_security(app, config)
     setup_public_routes(app)
     setup_client_routes(app)
@@ -73,5 +76,6 @@ def make_app(config: Config, plugins: Plugins | None = None) -> web.Application:
     setup_budget_routes(app)
     setup_resilience_routes(app)
     setup_pricing_routes(app)
+    setup_usage_routes(app)
     plugins.pm.hook.configure_app(app=app, config=config)
     return app

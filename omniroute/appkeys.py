@@ -25,6 +25,8 @@ if TYPE_CHECKING:
     from omniroute.registry import Registry
     from omniroute.resilience import Resilience
     from omniroute.storage import RequestLog, Store
+    from omniroute.storage.audit import AuditLog
+    from omniroute.storage.usage import UsageQueries
     from omniroute.watch import ConfigWatcher
 
 #: the life cycle: start, close, and ``reload()`` after a management API write
@@ -45,11 +47,15 @@ AUTH_SCHEMES: web.AppKey[dict[str, AuthScheme]] = web.AppKey("auth_schemes")
 WATCHER: web.AppKey[ConfigWatcher] = web.AppKey("watcher")
 #: per-key budgets and limits: live spend, reservations, rates (set once the gateway started)
 BUDGETS: web.AppKey[Budgets] = web.AppKey("budgets")
+#: who changed what through the management API, and every login (set at start-up)
+AUDIT_LOG: web.AppKey[AuditLog] = web.AppKey("audit_log")
+#: usage reads over the request log, on their own read-only connection (set at start-up)
+USAGE: web.AppKey[UsageQueries] = web.AppKey("usage")
 #: set on each request by the auth middleware
 PRINCIPAL = web.RequestKey("principal", Principal)
 #: set once a streamed answer has sent its headers (errors can no longer be a JSON answer)
 STREAM_STARTED = web.RequestKey("stream_started", bool)
 
-__all__ = ["AUTH_SCHEMES", "BUDGETS", "CATALOG", "GATEWAY", "HTTP", "PIPELINE", "PRICES",
-           "PRINCIPAL", "REGISTRY", "REQUEST_LOG", "RESILIENCE", "STORE", "STREAM_STARTED", "WATCHER",
-           "Principal"]
+__all__ = ["AUDIT_LOG", "AUTH_SCHEMES", "BUDGETS", "CATALOG", "GATEWAY", "HTTP", "PIPELINE",
+           "PRICES", "PRINCIPAL", "REGISTRY", "REQUEST_LOG", "RESILIENCE", "STORE",
+           "STREAM_STARTED", "USAGE", "WATCHER", "Principal"]

@@ -38,6 +38,7 @@ from omniroute.cli.common import (
     plugins_of,
 )
 from omniroute.cli.plugins import plugins_command
+from omniroute.cli.usage import usage_command
 from omniroute.config import ConfigError, load_config
 from omniroute.plugins import Plugins
 from omniroute.version import __version__
@@ -89,6 +90,7 @@ def serve(ctx: click.Context, host: str | None, port: int | None, workers: int |
 
 cli.add_command(plugins_command)
 cli.add_command(budget_command)
+cli.add_command(usage_command)
 
 
 def _skips_plugins(args: list[str]) -> bool:
