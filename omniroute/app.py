@@ -51,8 +51,9 @@ def make_app(config: Config, plugins: Plugins | None = None) -> web.Application:
         await gateway.start()
         app[STORE], app[REQUEST_LOG], app[HTTP] = gateway.store, gateway.log, gateway.http
         app[AUTH_SCHEMES], app[WATCHER] = gateway.auth_schemes, gateway.watcher
-        pipeline.open(gateway.log, default_stages(gateway.db), gateway.refresher,
-                      gateway.watcher)
+        stages = default_stages(gateway.db)
+        stages += plugins.stages(app, taken=[stage.name for stage in stages])
+        pipeline.open(gateway.log, stages, gateway.refresher, gateway.watcher)
         yield
         await gateway.close()
 
