@@ -57,6 +57,9 @@ class Config:
     cors_origins: tuple[str, ...] = ()
     settings_defaults: Mapping[str, Any] = field(default_factory=dict)
     settings_env: Mapping[str, Any] = field(default_factory=dict)
+    #: prometheus-client's multiprocess directory: set by ``serve`` for ``--workers`` > 1
+    #: (a fresh one per run, also exported as ``PROMETHEUS_MULTIPROC_DIR`` to the workers)
+    metrics_dir: Path | None = None
 
     @property
     def db_path(self) -> Path:
@@ -281,6 +284,9 @@ ACCOUNT_STRATEGIES = (
     "cost-optimized", "latency-optimized", "p2c",
 )
 
+#: who may read ``GET /metrics`` (the ``metrics_access`` setting)
+METRICS_ACCESS = ("key", "admin", "public")
+
 
 @dataclass
 class Settings:
@@ -322,13 +328,19 @@ class Settings:
     hedge_factor: float = 3.0  # bound = factor * the target's recent p95 first-byte time ...
     hedge_floor: float = 2.0  # ... at least this many seconds ...
     hedge_initial: float = 10.0  # ... and this many until it has 8 first-byte times
+    # metrics and telemetry (omniroute.metrics, GET /metrics, GET /api/telemetry/summary)
+    #: who may read /metrics: "key" (like the client API: an API key when
+    #: require_api_key is on), "admin" (an admin only) or "public" (anyone)
+    metrics_access: str = "key"
+    telemetry_window: float = 3600.0  # seconds of requests the latency summary covers
 
     #: lower bounds for settings where "positive" is not the rule
     _MINIMUM: ClassVar[dict[str, float]] = {
         "cooldown_factor": 1.0, "queue_size": 0, "queue_timeout": 0.0,
         "wait_for_cooldown_max": 0.0, "hedge_factor": 1.0}
     #: settings that take one of a few names
-    _CHOICES: ClassVar[dict[str, tuple[str, ...]]] = {"account_strategy": ACCOUNT_STRATEGIES}
+    _CHOICES: ClassVar[dict[str, tuple[str, ...]]] = {
+        "account_strategy": ACCOUNT_STRATEGIES, "metrics_access": METRICS_ACCESS}
 
     _CONVERTERS: ClassVar[dict[type, Callable[[Any], Any]]] = {
         bool: _to_bool,
