@@ -29,6 +29,7 @@ from omniroute.web.middleware import gateway_middleware
 from omniroute.web.public import setup_public_routes
 from omniroute.web.resilience import setup_resilience_routes
 from omniroute.web.security import setup_security
+from omniroute.web.telemetry import setup_telemetry_routes
 
 
 def make_app(config: Config, plugins: Plugins | None = None) -> web.Application:
@@ -63,5 +64,6 @@ def make_app(config: Config, plugins: Plugins | None = None) -> web.Application:
     setup_client_routes(app)
     setup_management_routes(app)
     setup_resilience_routes(app)
+    setup_telemetry_routes(app)
     plugins.pm.hook.configure_app(app=app, config=config)
     return app

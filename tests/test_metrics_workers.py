@@ -121,6 +121,21 @@ async def test_two_workers_one_exposition(tmp_path: Path, fake_openai: Any) -> N
             assert value("omniroute_usage_records_dropped_total") == 0
             assert value("omniroute_breaker_state", provider="up") == 0
 
+        # the latency summary reads the request log, which both workers write: any worker
+        # answers for both (the other's records reach the database within its interval)
+        async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as admin:
+            resp = await admin.post(base + "/api/auth/login", json={"password": PASSWORD})
+            assert resp.status == 200
+            for _ in range(50):
+                resp = await admin.get(base + "/api/telemetry/summary")
+                assert resp.status == 200, await resp.text()
+                providers = (await resp.json())["providers"]
+                if providers.get("up", {}).get("count") == 16:
+                    break
+                await asyncio.sleep(0.1)
+            assert providers["up"]["count"] == 16
+            assert set(providers["up"]) == {"p50", "p95", "p99", "count"}
+
         # the multiprocess directory is the run's own, and goes with it
         dirs = {env.split("=", 1)[1]
                 for pid in _children(proc.pid)
