@@ -35,6 +35,7 @@ from omniroute.web.pricing import setup_pricing_routes
 from omniroute.web.public import setup_public_routes
 from omniroute.web.resilience import setup_resilience_routes
 from omniroute.web.security import setup_security
+from omniroute.web.telemetry import setup_telemetry_routes
 from omniroute.web.usage import setup_usage_routes
 
 
@@ -62,8 +63,9 @@ def make_app(config: Config, plugins: Plugins | None = None) -> web.Application:
         app[AUTH_SCHEMES], app[WATCHER] = gateway.auth_schemes, gateway.watcher
         app[BUDGETS] = gateway.budgets
         budgets = BudgetStage(gateway.budgets, lambda: gateway.catalog.settings, gateway.prices)
-        pipeline.open(gateway.log, default_stages(gateway.db, budgets), gateway.refresher,
-                      gateway.watcher)
+        stages = default_stages(gateway.db, budgets)
+        stages += plugins.stages(app, taken=[stage.name for stage in stages])
+        pipeline.open(gateway.log, stages, gateway.refresher, gateway.watcher)
         yield
         await gateway.close()
 
@@ -77,5 +79,6 @@ def make_app(config: Config, plugins: Plugins | None = None) -> web.Application:
     setup_resilience_routes(app)
     setup_pricing_routes(app)
     setup_usage_routes(app)
+    setup_telemetry_routes(app)
     plugins.pm.hook.configure_app(app=app, config=config)
     return app

@@ -57,6 +57,9 @@ class Config:
     cors_origins: tuple[str, ...] = ()
     settings_defaults: Mapping[str, Any] = field(default_factory=dict)
     settings_env: Mapping[str, Any] = field(default_factory=dict)
+    #: prometheus-client's multiprocess directory: set by ``serve`` for ``--workers`` > 1
+    #: (a fresh one per run, also exported as ``PROMETHEUS_MULTIPROC_DIR`` to the workers)
+    metrics_dir: Path | None = None
 
     @property
     def db_path(self) -> Path:
@@ -287,6 +290,9 @@ ACCOUNT_STRATEGIES = (
     "cost-optimized", "latency-optimized", "p2c",
 )
 
+#: who may read ``GET /metrics`` (the ``metrics_access`` setting)
+METRICS_ACCESS = ("key", "admin", "public")
+
 
 @dataclass
 class Settings:
@@ -337,13 +343,19 @@ class Settings:
     price_update_interval: float = 86400.0  # seconds between fetches, when turned on
     # budgets (omniroute.budgets): per-key limits
     budget_output_tokens: int = 1024  # output tokens reserved when a request sets no max_tokens
+    # metrics and telemetry (omniroute.metrics, GET /metrics, GET /api/telemetry/summary)
+    #: who may read /metrics: "key" (like the client API: an API key when
+    #: require_api_key is on), "admin" (an admin only) or "public" (anyone)
+    metrics_access: str = "key"
+    telemetry_window: float = 3600.0  # seconds of requests the latency summary covers
 
     #: lower bounds for settings where "positive" is not the rule
     _MINIMUM: ClassVar[dict[str, float]] = {
         "cooldown_factor": 1.0, "queue_size": 0, "queue_timeout": 0.0,
         "wait_for_cooldown_max": 0.0, "hedge_factor": 1.0}
     #: settings that take one of a few names
-    _CHOICES: ClassVar[dict[str, tuple[str, ...]]] = {"account_strategy": ACCOUNT_STRATEGIES}
+    _CHOICES: ClassVar[dict[str, tuple[str, ...]]] = {
+        "account_strategy": ACCOUNT_STRATEGIES, "metrics_access": METRICS_ACCESS}
 
     _CONVERTERS: ClassVar[dict[type, Callable[[Any], Any]]] = {
         str: _to_text,

@@ -14,7 +14,11 @@ takes part returns a :class:`StageRun`, a plain per-request object that may:
 * ``finished``: see the finished request and its complete record (usage, metrics).
 
 The list itself is :func:`default_stages`: reading it tells what every request
-goes through, in order.
+goes through, in order. Plugins add stages with the ``register_stages`` hook
+(:mod:`omniroute.hookspecs`); theirs run after these, plugin by plugin in load
+order (built-in plugins first, then by entry point name), each plugin's in the
+order it registered them. ``before`` runs in that order, and so does
+``finished``: a stage that must see another's effect on the record comes after it.
 """
 
 from __future__ import annotations
@@ -53,7 +57,8 @@ class StageRun:
 
 
 class Stage:
-    """A step every request passes; subclass it, and add it to :func:`default_stages`."""
+    """A step every request passes; subclass it, and add it to :func:`default_stages`
+    (built in) or register it from a plugin (``register_stages``). ``name`` is unique."""
 
     name: ClassVar[str]
 

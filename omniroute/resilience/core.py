@@ -51,6 +51,8 @@ The API:
   states and breakers (all, or one connection and its provider's breaker).
 * ``snapshot(connections=()) -> dict`` — plain JSON-able state for
   ``/api/rate-limits``, ``/api/sessions`` and health.
+* ``breaker_states()`` and ``rests(connections)`` — the few numbers ``/metrics``
+  reads at scrape time (no sessions, no per-connection dicts).
 * ``configure(settings)`` — apply changed settings, keeping the state.
 
 A connection's limits come from its settings (``max_concurrency``, ``rpm``);
@@ -434,6 +436,21 @@ class Resilience:
             for cid in [c for c in table if c not in keep]:
                 del table[cid]
         self.sessions.retain(keep)
+
+    def breaker_states(self) -> dict[str, str]:
+        """Each breaker's state by provider prefix: ``closed``, ``half_open`` or ``open``."""
+        now = self.clock.monotonic()
+        return {key: breaker.state(now) for key, breaker in self._breakers.items()}
+
+    def rests(self, connections: Iterable[Connection]) -> dict[str, tuple[float, bool]]:
+        """Per connection id: seconds of cooldown left (0: none), and whether it is terminal."""
+        now = self.clock.monotonic()
+        out = {}
+        for conn in connections:
+            stats = self._stats_by_id.get(conn.id)
+            out[conn.id] = ((0.0, False) if stats is None
+                            else (stats.cooldown_left(now), stats.terminal_reason is not None))
+        return out
 
     def snapshot(self, connections: Iterable[Connection] = ()) -> dict[str, Any]:
         """Plain JSON-able state: connections, breakers, sessions and health counts.
