@@ -15,6 +15,8 @@ from omniroute.errors import (
 from omniroute.formats import canonical
 from omniroute.formats.base import ClientRequest, Format
 from omniroute.hookspecs import hookimpl
+from omniroute.pipeline.context import RequestContext
+from omniroute.pipeline.stages import Stage, StageRun
 from omniroute.providers.base import (
     Preset,
     Provider,
@@ -25,6 +27,7 @@ from omniroute.providers.base import (
 )
 from omniroute.providers.canonical import CanonicalProvider
 from omniroute.providers.http import HTTPProvider
+from omniroute.storage.requestlog import RequestRecord
 from omniroute.storage.store import Connection
 from omniroute.version import __version__
 
@@ -42,6 +45,10 @@ __all__ = [
     "Principal",
     "Provider",
     "ProviderContext",
+    "RequestContext",
+    "RequestRecord",
+    "Stage",
+    "StageRun",
     "Timeouts",
     "UpstreamCall",
     "UpstreamError",

@@ -8,27 +8,35 @@ from aiohttp import web
 
 from omniroute.appkeys import (
     AUTH_SCHEMES,
+    BUDGETS,
     CATALOG,
     GATEWAY,
     HTTP,
     PIPELINE,
+    PRICES,
     REGISTRY,
     REQUEST_LOG,
     RESILIENCE,
     STORE,
     WATCHER,
 )
+from omniroute.budgets.stage import BudgetStage
 from omniroute.config import Config
 from omniroute.gateway import Gateway
 from omniroute.pipeline import Pipeline, default_stages
 from omniroute.plugins import Plugins, load_plugins
 from omniroute.registry import Registry
+from omniroute.web.audit import setup_audit
+from omniroute.web.budgets import setup_budget_routes
 from omniroute.web.client import setup_client_routes
 from omniroute.web.management import setup_management_routes
 from omniroute.web.middleware import gateway_middleware
+from omniroute.web.pricing import setup_pricing_routes
 from omniroute.web.public import setup_public_routes
 from omniroute.web.resilience import setup_resilience_routes
 from omniroute.web.security import setup_security
+from omniroute.web.telemetry import setup_telemetry_routes
+from omniroute.web.usage import setup_usage_routes
 
 
 def make_app(config: Config, plugins: Plugins | None = None) -> web.Application:
@@ -43,24 +51,34 @@ def make_app(config: Config, plugins: Plugins | None = None) -> web.Application:
     app = web.Application(middlewares=[gateway_middleware], client_max_size=2**40)
     registry = Registry(plugins)
     gateway = Gateway(config, registry)
-    pipeline = Pipeline(gateway.catalog, gateway.resilience, gateway.new_request_id)
+    pipeline = Pipeline(gateway.catalog, gateway.resilience, gateway.new_request_id,
+                        gateway.prices)
     app[GATEWAY], app[REGISTRY], app[PIPELINE] = gateway, registry, pipeline
+    app[PRICES] = gateway.prices
     app[CATALOG], app[RESILIENCE] = gateway.catalog, gateway.resilience
 
     async def gateway_ctx(app: web.Application) -> AsyncIterator[None]:
         await gateway.start()
         app[STORE], app[REQUEST_LOG], app[HTTP] = gateway.store, gateway.log, gateway.http
         app[AUTH_SCHEMES], app[WATCHER] = gateway.auth_schemes, gateway.watcher
-        pipeline.open(gateway.log, default_stages(gateway.db), gateway.refresher,
-                      gateway.watcher)
+        app[BUDGETS] = gateway.budgets
+        budgets = BudgetStage(gateway.budgets, lambda: gateway.catalog.settings, gateway.prices)
+        stages = default_stages(gateway.db, budgets)
+        stages += plugins.stages(app, taken=[stage.name for stage in stages])
+        pipeline.open(gateway.log, stages, gateway.refresher, gateway.watcher)
         yield
         await gateway.close()
 
     app.cleanup_ctx.append(gateway_ctx)
+    setup_audit(app)  # after the gateway's context: it writes through the gateway's database
     setup_security(app, config)
     setup_public_routes(app)
     setup_client_routes(app)
     setup_management_routes(app)
+    setup_budget_routes(app)
     setup_resilience_routes(app)
+    setup_pricing_routes(app)
+    setup_usage_routes(app)
+    setup_telemetry_routes(app)
     plugins.pm.hook.configure_app(app=app, config=config)
     return app

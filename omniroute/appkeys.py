@@ -17,12 +17,16 @@ from omniroute.auth.base import Principal
 
 if TYPE_CHECKING:
     from omniroute.auth.base import AuthScheme
+    from omniroute.budgets import Budgets
     from omniroute.catalog import Catalog
     from omniroute.gateway import Gateway
     from omniroute.pipeline import Pipeline
+    from omniroute.pricing import PriceBook
     from omniroute.registry import Registry
     from omniroute.resilience import Resilience
     from omniroute.storage import RequestLog, Store
+    from omniroute.storage.audit import AuditLog
+    from omniroute.storage.usage import UsageQueries
     from omniroute.watch import ConfigWatcher
 
 #: the life cycle: start, close, and ``reload()`` after a management API write
@@ -32,6 +36,8 @@ REGISTRY: web.AppKey[Registry] = web.AppKey("registry")
 #: settings, connections, providers, aliases, combos, router, model lists
 CATALOG: web.AppKey[Catalog] = web.AppKey("catalog")
 RESILIENCE: web.AppKey[Resilience] = web.AppKey("resilience")
+#: what tokens cost: prices a finished request, estimates one, orders ``cost-optimized``
+PRICES: web.AppKey[PriceBook] = web.AppKey("prices")
 #: the data path every client request takes
 PIPELINE: web.AppKey[Pipeline] = web.AppKey("pipeline")
 STORE: web.AppKey[Store] = web.AppKey("store")
@@ -39,10 +45,17 @@ REQUEST_LOG: web.AppKey[RequestLog] = web.AppKey("request_log")
 HTTP: web.AppKey[aiohttp.ClientSession] = web.AppKey("http")
 AUTH_SCHEMES: web.AppKey[dict[str, AuthScheme]] = web.AppKey("auth_schemes")
 WATCHER: web.AppKey[ConfigWatcher] = web.AppKey("watcher")
+#: per-key budgets and limits: live spend, reservations, rates (set once the gateway started)
+BUDGETS: web.AppKey[Budgets] = web.AppKey("budgets")
+#: who changed what through the management API, and every login (set at start-up)
+AUDIT_LOG: web.AppKey[AuditLog] = web.AppKey("audit_log")
+#: usage reads over the request log, on their own read-only connection (set at start-up)
+USAGE: web.AppKey[UsageQueries] = web.AppKey("usage")
 #: set on each request by the auth middleware
 PRINCIPAL = web.RequestKey("principal", Principal)
 #: set once a streamed answer has sent its headers (errors can no longer be a JSON answer)
 STREAM_STARTED = web.RequestKey("stream_started", bool)
 
-__all__ = ["AUTH_SCHEMES", "CATALOG", "GATEWAY", "HTTP", "PIPELINE", "PRINCIPAL", "REGISTRY",
-           "REQUEST_LOG", "RESILIENCE", "STORE", "STREAM_STARTED", "WATCHER", "Principal"]
+__all__ = ["AUDIT_LOG", "AUTH_SCHEMES", "BUDGETS", "CATALOG", "GATEWAY", "HTTP", "PIPELINE",
+           "PRICES", "PRINCIPAL", "REGISTRY", "REQUEST_LOG", "RESILIENCE", "STORE",
+           "STREAM_STARTED", "USAGE", "WATCHER", "Principal"]

@@ -11,6 +11,9 @@ from aiohttp import web
 from omniroute.errors import InvalidRequest, PayloadTooLarge, UnsupportedMediaType
 
 _JSON_TYPES = frozenset({"application/json", "text/json"})
+#: present on a request whose body is to be kept (an audited management call): the body
+#: read lands here, for the audit entry, so it is read once and only by the handler
+KEPT_BODY = web.RequestKey[bytes | None]("kept_body")
 
 
 async def read_body(request: web.Request, limit: int) -> bytes:
@@ -20,17 +23,21 @@ async def read_body(request: web.Request, limit: int) -> bytes:
         raise _too_large(limit)
     if declared is not None:
         try:  # the transport enforces Content-Length; read it in one go
-            return await request.content.readexactly(declared) if declared else b""
+            raw = await request.content.readexactly(declared) if declared else b""
         except asyncio.IncompleteReadError:
             raise InvalidRequest("Request body ended before its Content-Length.") from None
-    parts: list[bytes] = []
-    size = 0
-    async for chunk in request.content.iter_any():
-        size += len(chunk)
-        if size > limit:
-            raise _too_large(limit)
-        parts.append(chunk)
-    return b"".join(parts)
+    else:
+        parts: list[bytes] = []
+        size = 0
+        async for chunk in request.content.iter_any():
+            size += len(chunk)
+            if size > limit:
+                raise _too_large(limit)
+            parts.append(chunk)
+        raw = b"".join(parts)
+    if KEPT_BODY in request:
+        request[KEPT_BODY] = raw
+    return raw
 
 
 def _too_large(limit: int) -> PayloadTooLarge:

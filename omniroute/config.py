@@ -57,6 +57,9 @@ class Config:
     cors_origins: tuple[str, ...] = ()
     settings_defaults: Mapping[str, Any] = field(default_factory=dict)
     settings_env: Mapping[str, Any] = field(default_factory=dict)
+    #: prometheus-client's multiprocess directory: set by ``serve`` for ``--workers`` > 1
+    #: (a fresh one per run, also exported as ``PROMETHEUS_MULTIPROC_DIR`` to the workers)
+    metrics_dir: Path | None = None
 
     @property
     def db_path(self) -> Path:
@@ -236,6 +239,12 @@ _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
 
 
+def _to_text(value: Any) -> str:
+    if not isinstance(value, str) or not value.strip() or not value.isprintable():
+        raise ValueError(f"expected a line of text, got {value!r}")
+    return value.strip()
+
+
 def _to_bool(value: Any) -> bool:
     if isinstance(value, bool):
         return value
@@ -281,6 +290,9 @@ ACCOUNT_STRATEGIES = (
     "cost-optimized", "latency-optimized", "p2c",
 )
 
+#: who may read ``GET /metrics`` (the ``metrics_access`` setting)
+METRICS_ACCESS = ("key", "admin", "public")
+
 
 @dataclass
 class Settings:
@@ -322,6 +334,20 @@ class Settings:
     hedge_factor: float = 3.0  # bound = factor * the target's recent p95 first-byte time ...
     hedge_floor: float = 2.0  # ... at least this many seconds ...
     hedge_initial: float = 10.0  # ... and this many until it has 8 first-byte times
+    # prices (omniroute.pricing): genai-prices' database ships with the package and is
+    # never fetched unless updates are turned on
+    price_updates: bool = False
+    price_update_url: str = (
+        "https://raw.githubusercontent.com/pydantic/genai-prices/refs/heads/main/"
+        "prices/new_data/v2/data.json")
+    price_update_interval: float = 86400.0  # seconds between fetches, when turned on
+    # budgets (omniroute.budgets): per-key limits
+    budget_output_tokens: int = 1024  # output tokens reserved when a request sets no max_tokens
+    # metrics and telemetry (omniroute.metrics, GET /metrics, GET /api/telemetry/summary)
+    #: who may read /metrics: "key" (like the client API: an API key when
+    #: require_api_key is on), "admin" (an admin only) or "public" (anyone)
+    metrics_access: str = "key"
+    telemetry_window: float = 3600.0  # seconds of requests the latency summary covers
     # usage records (omniroute.storage.requestlog, omniroute.pipeline.usage): bodies,
     # retention, and the shutdown that flushes them
     log_bodies: bool = False  # store request and response bodies (credentials redacted) ...
@@ -336,9 +362,11 @@ class Settings:
         "wait_for_cooldown_max": 0.0, "hedge_factor": 1.0,
         "usage_retention_days": 0.0, "usage_max_rows": 0, "shutdown_grace": 0.0}
     #: settings that take one of a few names
-    _CHOICES: ClassVar[dict[str, tuple[str, ...]]] = {"account_strategy": ACCOUNT_STRATEGIES}
+    _CHOICES: ClassVar[dict[str, tuple[str, ...]]] = {
+        "account_strategy": ACCOUNT_STRATEGIES, "metrics_access": METRICS_ACCESS}
 
     _CONVERTERS: ClassVar[dict[type, Callable[[Any], Any]]] = {
+        str: _to_text,
         bool: _to_bool,
         int: _to_positive(int),
         float: _to_positive(float),
@@ -360,7 +388,7 @@ class Settings:
                 raise ValueError(
                     f"{name}: expected one of {', '.join(cls._CHOICES[name])}, got {value!r}")
             return choice
-        kind = {"bool": bool, "int": int, "float": float}[str(types[name])]
+        kind = {"bool": bool, "int": int, "float": float, "str": str}[str(types[name])]
         convert = (_to_at_least(kind, cls._MINIMUM[name]) if name in cls._MINIMUM
                    else cls._CONVERTERS[kind])
         try:

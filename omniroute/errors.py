@@ -211,3 +211,22 @@ class CircuitOpen(ServiceUnavailable):
         self.retry_after = retry_after
         if retry_after is not None:
             self.headers.setdefault("Retry-After", retry_after_header(retry_after))
+
+
+class ModelNotAllowed(PermissionDenied):
+    """The API key may not use this model (its ``models`` limit)."""
+
+    code = "model_not_allowed"
+
+
+class BudgetExceeded(RateLimited):
+    """The API key spent its budget (USD or tokens) for the window; ``Retry-After`` up to
+    the window's reset."""
+
+    code = "budget_exceeded"
+
+
+class BudgetUnavailable(ServiceUnavailable):
+    """The budget store is failing: a key with a budget is refused (fails closed)."""
+
+    code = "budget_unavailable"

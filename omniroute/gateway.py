@@ -13,26 +13,36 @@ collaborators it needs from the app (:mod:`omniroute.appkeys`).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
 import secrets
+import time
 from typing import Any
 
 import aiohttp
 
 from omniroute.auth.base import AuthScheme
+from omniroute.budgets import Budgets, SqliteSpendStore
 from omniroute.catalog import Catalog
 from omniroute.config import Config
 from omniroute.credentials import Refresher, StoredCredentials
+from omniroute.pricing import Override, PriceBook
 from omniroute.providers.base import ProviderContext
 from omniroute.registry import Registry
 from omniroute.resilience import Resilience
+from omniroute.resilience.clock import SystemClock
 from omniroute.storage import Database, RequestLog, Store
 from omniroute.vault import Vault
 from omniroute.version import __version__
 from omniroute.watch import ConfigWatcher, VersionPoll
 
 log = logging.getLogger(__name__)
+
+#: how often the price upkeep looks at the settings and for fetched prices (seconds)
+PRICES_CHECK_EVERY = 30.0
+#: looked-up prices are looked up again this often (genai-prices dates some prices)
+PRICES_FRESH = 6 * 3600.0
 
 
 class Gateway:
@@ -41,11 +51,14 @@ class Gateway:
     def __init__(self, config: Config, registry: Registry) -> None:
         self.config = config
         self.registry = registry
-        self.resilience = Resilience()
+        #: what tokens cost (genai-prices, and the operator's overrides from the database)
+        self.prices = PriceBook()
+        self.resilience = Resilience(prices=self.prices)
         self.catalog = Catalog(config, registry, self.resilience)
         self.auth_schemes: dict[str, AuthScheme] = {}
         self._config_version = -1
         self._reload_lock = asyncio.Lock()
+        self._reloaded = asyncio.Event()
         self._tasks: set[asyncio.Task[Any]] = set()
         # request ids: a random per-process prefix and a counter (no syscall per request)
         self._id_prefix = secrets.token_hex(6)
@@ -79,16 +92,22 @@ class Gateway:
             await self.db.close()
             raise
         self.log.start()
+        #: per-key budgets and limits: this window's spend is loaded before the first request
+        self.budgets = Budgets(SqliteSpendStore(self.db), SystemClock())
+        await self.budgets.start()
+        self._spawn(self.budgets.run(), "omniroute-budget-sync")
         self.watcher: ConfigWatcher = VersionPoll(self.db, reload=self.reload,
                                                   loaded=lambda: self._config_version)
         self._spawn(self.watcher.run(), "omniroute-config-watch")
         self._spawn(self.catalog.refresh_models(), "omniroute-models-refresh")
+        self._spawn(self._price_upkeep(), "omniroute-prices")
 
     async def close(self) -> None:
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.log.close()
+        await self.budgets.close()
         await self.refresher.close()
         for provider in self.catalog.providers.values():
             await provider.close()
@@ -104,6 +123,40 @@ class Gateway:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
+    async def _price_upkeep(self) -> None:
+        """Keep looked-up prices fresh: look them up again every few hours (genai-prices
+        dates some prices) and whenever a price update arrived; run genai-prices'
+        updater only while the ``price_updates`` setting is on."""
+        from genai_prices import UpdatePrices, data_snapshot
+
+        updater: UpdatePrices | None = None
+        snapshot, looked_up = data_snapshot.get_snapshot(), time.monotonic()
+        try:
+            while True:
+                settings = self.catalog.settings
+                wanted = (settings.price_update_url, settings.price_update_interval)
+                if updater is not None and (not settings.price_updates
+                                            or (updater.url, updater.update_interval) != wanted):
+                    updater.stop()  # never waits
+                    updater = None
+                if updater is None and settings.price_updates:
+                    log.info("fetching model prices from %s every %.0f s", *wanted)
+                    updater = UpdatePrices(update_interval=wanted[1], url=wanted[0])
+                    updater.start()
+                now = time.monotonic()
+                if data_snapshot.get_snapshot() is not snapshot or now - looked_up > PRICES_FRESH:
+                    snapshot, looked_up = data_snapshot.get_snapshot(), now
+                    self.prices.forget()
+                self._reloaded.clear()
+                # a reload may have changed the settings (asyncio.timeout, not wait_for: on
+                # 3.11 wait_for can swallow a cancellation that meets the event being set)
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(PRICES_CHECK_EVERY):
+                        await self._reloaded.wait()
+        finally:
+            if updater is not None:
+                updater.stop()
+
     async def reload(self, *, strict: bool = False) -> None:
         """Rebuild the catalog and the auth schemes' views from the database.
 
@@ -113,6 +166,8 @@ class Gateway:
         async with self._reload_lock:  # the watcher and an API call may overlap
             version = await self.db.config_version()
             await self.catalog.load(strict=strict)
+            self.prices.replace(Override(**row) for row in await self.store.list_price_overrides())
             for scheme in self.auth_schemes.values():
                 await scheme.reload()
             self._config_version = version
+            self._reloaded.set()

@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from omniroute.cache.base import CacheBackend
     from omniroute.config import Config
     from omniroute.formats.base import Format
+    from omniroute.pipeline.stages import Stage
     from omniroute.providers.base import Provider
 
 hookspec = pluggy.HookspecMarker("omniroute")
@@ -81,4 +82,20 @@ def configure_app(app: web.Application, config: Config) -> None:
 
     :param app: the gateway application, fully built but not yet started.
     :param config: the gateway's start-up configuration.
+    """
+
+
+@hookspec
+def register_stages(register: Callable[[Stage], None], app: web.Application) -> None:
+    """Add stages that every client request passes (metrics, tracing, policies).
+
+    Called once per gateway, when it starts: the database is open and the app's
+    collaborators are under the keys of :mod:`omniroute.appkeys`. Stages run after
+    the built-in ones (:func:`omniroute.pipeline.default_stages`), plugin by plugin
+    in load order (built-in plugins first, then by entry point name), each plugin's
+    in the order it registered them.
+
+    :param register: call it once per :class:`omniroute.Stage` instance; its
+        ``name`` must not be taken by another stage.
+    :param app: the gateway application, started (resources open) but not yet serving.
     """

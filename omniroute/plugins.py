@@ -21,9 +21,12 @@ import pluggy
 from omniroute import hookspecs
 
 if TYPE_CHECKING:  # annotations only: nothing here needs these modules at run time
+    from aiohttp import web
+
     from omniroute.auth.base import AuthScheme
     from omniroute.cache.base import CacheBackend
     from omniroute.formats.base import Format
+    from omniroute.pipeline.stages import Stage
     from omniroute.providers.base import Provider
 
 log = logging.getLogger(__name__)
@@ -89,6 +92,47 @@ class Plugins:
         )
         msg = f"no {kind.rstrip('s').replace('_', ' ')} type {type_name!r} is registered"
         return f"{msg} ({hint})" if hint else msg
+
+    def stages(self, app: web.Application, taken: Iterable[str] = ()) -> list[Stage]:
+        """The stages the plugins add (``register_stages``), in the order they run.
+
+        Plugin by plugin in load order (built-ins first, then by entry point name),
+        each plugin's in the order it registered them. A plugin whose hook raises,
+        or registers something that is not a stage or whose name is taken, adds no
+        stage at all; the failure is logged and the gateway serves without them.
+
+        :param app: the started application (passed to each hook).
+        :param taken: the names of the stages already in the list (the built-in ones).
+        """
+        from omniroute.pipeline.stages import Stage
+
+        names = set(taken)
+        out: list[Stage] = []
+        impls = {impl.plugin_name: impl for impl in self.pm.hook.register_stages.get_hookimpls()}
+        for info in self.infos:
+            impl = impls.get(info.name)
+            if impl is None:
+                continue
+            found: list[Stage] = []
+            mine: set[str] = set()
+            try:
+                given = {"register": found.append, "app": app}
+                impl.function(*(given[a] for a in impl.argnames))  # an impl may take fewer
+                for stage in found:
+                    if not isinstance(stage, Stage):
+                        raise TypeError(f"{stage!r} is not an omniroute.Stage")
+                    name = getattr(stage, "name", None)
+                    if not isinstance(name, str) or not name:
+                        raise TypeError(f"{type(stage).__qualname__} has no 'name' string")
+                    if name in names or name in mine:
+                        raise ValueError(f"a stage named {name!r} is already registered")
+                    mine.add(name)
+            except Exception:  # one broken plugin spares the rest (logged with its traceback)
+                log.exception("plugin %s failed in register_stages; it adds no stage", info.name)
+                continue
+            names |= mine
+            out += found
+        return out
 
     def _collect(self) -> None:
         by_kind: dict[str, dict[str, Any]] = {

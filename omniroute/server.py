@@ -10,9 +10,13 @@ import gc
 import logging
 import multiprocessing
 import multiprocessing.connection
+import os
+import shutil
 import signal
 import sys
+import tempfile
 from collections.abc import Callable, Coroutine
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
@@ -194,6 +198,24 @@ def serve(config: Config) -> None:
         with contextlib.suppress(KeyboardInterrupt):
             run(run_worker(config, announce=True), config.loop)
         return
+    # prometheus-client's multiprocess mode: a fresh directory per run, named in the
+    # environment before any worker imports prometheus_client (it reads it at import)
+    metrics_dir = Path(tempfile.mkdtemp(prefix="omniroute-metrics-"))  # mode 0700
+    previous = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
+    try:
+        _serve_workers(config.replace(metrics_dir=metrics_dir))
+    finally:
+        if previous is None:
+            del os.environ["PROMETHEUS_MULTIPROC_DIR"]
+        else:
+            os.environ["PROMETHEUS_MULTIPROC_DIR"] = previous
+        shutil.rmtree(metrics_dir, ignore_errors=True)
+
+
+def _serve_workers(config: Config) -> None:
+    from prometheus_client.multiprocess import mark_process_dead
+
     ctx = multiprocessing.get_context("spawn")
     errors = ctx.SimpleQueue()
     workers = [ctx.Process(target=_worker_main, args=(config, i == 0, errors),
@@ -215,6 +237,8 @@ def serve(config: Config) -> None:
         for w in [w for w in running if w.sentinel in ended]:
             w.join()
             running.remove(w)
+            if w.pid is not None:  # its live gauges (streams in flight...) end with it
+                mark_process_dead(w.pid, str(config.metrics_dir))
             if w.exitcode == STARTUP_ERROR:
                 forward(signal.SIGTERM, None)  # no gateway with fewer workers than asked
     if not errors.empty():

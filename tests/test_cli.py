@@ -511,3 +511,78 @@ def test_combos_add_warns_about_steps_the_stored_configuration_cannot_resolve(ru
     assert "Did you mean 'local/llama-3'" in warned.output
     assert "warning: step 2 ('llama3')" in warned.output and "step 3" not in warned.output
     assert "added combo" in warned.output  # saved anyway: the gateway may know more models
+
+
+# ---------------------------------------------------------------------- budgets and key limits
+
+
+def test_keys_create_with_limits(run: Cli) -> None:
+    ok(run("keys", "create", "--name", "capped", "--budget", "daily=5", "--budget", "50",
+           "--tokens", "daily=100000", "--models", "openai/*,anthropic/claude-*",
+           "--expires", "2030-01-31", "--rpm", "60", "--concurrency", "4", "--no-usage-log"))
+    (key,) = json.loads(ok(run("keys", "list", "--json")).output)
+    assert key["limits"] == {"daily_usd": 5.0, "monthly_usd": 50.0, "daily_tokens": 100000,
+                             "warn_at": 0.8, "reset_time": "00:00", "rpm": 60,
+                             "concurrency": 4, "models": ["openai/*", "anthropic/claude-*"]}
+    assert key["expires_at"] == 1896048000.0 and key["log_usage"] is False
+
+    failed(run("keys", "create", "--name", "x", "--budget", "yearly=5"),
+           "the period must be one of daily, weekly, monthly")
+    failed(run("keys", "create", "--name", "x", "--budget", "lots"), "not a number")
+    failed(run("keys", "create", "--name", "x", "--rpm", "0"), "rpm must be at least 1")
+    failed(run("keys", "create", "--name", "x", "--expires", "someday"), "ISO 8601")
+    assert len(json.loads(ok(run("keys", "list", "--json")).output)) == 1
+
+
+def test_budget_set_and_show(run: Cli) -> None:
+    ok(run("keys", "create", "--name", "team-a"))
+    ok(run("keys", "create", "--name", "team-b"))
+    out = ok(run("budget", "set", "team-a", "--daily", "5", "--monthly", "50")).output
+    assert "team-a" in out and "daily" in out and "$5.00" in out and "$50.00" in out
+
+    shown = json.loads(ok(run("budget", "show", "--json")).output)
+    a = next(v for v in shown if v["name"] == "team-a")
+    b = next(v for v in shown if v["name"] == "team-b")
+    assert a["period"] == "daily" and a["limit"] == 5.0 and a["spend"] == 0
+    assert a["remaining"] == 5.0 and a["reset"].endswith("T00:00:00Z")
+    assert [w["period"] for w in a["windows"]] == ["daily", "monthly"]
+    assert b["limit"] is None and b["windows"] == []
+    table = ok(run("budget", "show")).output
+    assert "team-a" in table and "team-b" in table and "RESETS" in table
+
+    key_id = a["keyId"]
+    ok(run("budget", "set", key_id, "--weekly", "20", "--reset-time", "06:00", "--warn-at",
+           "0.9"))
+    one = json.loads(ok(run("budget", "show", key_id, "--json")).output)
+    assert [w["period"] for w in one["windows"]] == ["daily", "weekly", "monthly"]
+    assert one["resetTime"] == "06:00" and one["warningThreshold"] == 0.9
+    assert one["reset"].endswith("T06:00:00Z")
+    ok(run("budget", "set", key_id, "--clear", "--monthly", "10"))
+    one = json.loads(ok(run("budget", "show", key_id, "--json")).output)
+    assert one["monthlyLimitUsd"] == 10 and one["dailyLimitUsd"] is None
+
+    failed(run("budget", "set", "nobody", "--daily", "5"), "no key 'nobody'")
+    failed(run("budget", "set", key_id, "--daily", "-1"), "daily_usd must not be negative")
+    failed(run("budget", "set", key_id), "Give a limit")
+    failed(run("budget", "set", key_id, "--reset-time", "noon"), "HH:MM")
+
+
+async def test_budget_set_reaches_a_running_gateway(run: Cli, aiohttp_client: Any,
+                                                    fake_openai: Any) -> None:
+    gw = await start_harness(aiohttp_client, make_test_config(run.data_dir))
+    await gw.add_provider({"type": "openai", "name": "fake", "prefix": "up",
+                           "base_url": fake_openai.base_url, "api_key": "sk-upstream-test"})
+    secret = await gw.create_key("live")
+    result = await run.in_thread("budget", "set", "live", "--daily", "0")
+    assert result.exit_code == 0, result.output
+    headers = {"Authorization": f"Bearer {secret}"}
+    deadline = time.monotonic() + 5
+    while True:  # the config watcher reloads the key index within about a second
+        resp = await gw.client.post("/v1/chat/completions", headers=headers,
+                                    json={"model": "up/gpt-4o-mini",
+                                          "messages": [{"role": "user", "content": "hi"}]})
+        if resp.status == 429 or time.monotonic() > deadline:
+            break
+        await asyncio.sleep(0.2)
+    assert resp.status == 429, await resp.text()
+    assert (await resp.json())["error"]["code"] == "budget_exceeded"

@@ -15,16 +15,28 @@ from pathlib import Path
 from typing import Any
 
 import click
+import openai
 import pytest
 from aiohttp import web
 from click.testing import CliRunner
 
-from omniroute import AuthScheme, CacheBackend, Principal, Provider, hookimpl, hookspecs
-from omniroute.appkeys import GATEWAY, PRINCIPAL
+from omniroute import (
+    AuthScheme,
+    CacheBackend,
+    Principal,
+    Provider,
+    RequestContext,
+    Stage,
+    StageRun,
+    hookimpl,
+    hookspecs,
+)
+from omniroute.appkeys import GATEWAY, PIPELINE, PRINCIPAL, STORE
 from omniroute.config import Config
 from omniroute.errors import AuthenticationFailed
 from omniroute.formats import canonical
 from omniroute.formats.base import ClientRequest, Format
+from omniroute.pipeline import Reply
 from omniroute.plugins import load_plugins
 from omniroute.testing import make_test_config, start_harness
 
@@ -66,7 +78,7 @@ def test_every_hookspec_is_typed_documented_and_tested() -> None:
     # the five hooks of docs/architecture.md, at least (a new one must pass the same checks)
     assert {f.__name__ for f in specs} >= {
         "register_providers", "register_cache_backends", "register_auth_schemes",
-        "register_commands", "configure_app", "register_formats",
+        "register_commands", "configure_app", "register_formats", "register_stages",
     }
     docs = DOCS.read_text()
     tests = {n for n, f in vars(sys.modules[__name__]).items() if inspect.isfunction(f)}
@@ -323,3 +335,83 @@ async def test_hook_configure_app(aiohttp_client: Any, tmp_path: Path) -> None:
 def test_hookspec_is_exported_from_plugin_manager(spec: Callable[..., Any]) -> None:
     pm = load_plugins(entry_points=lambda: []).pm
     assert getattr(pm.hook, spec.__name__).spec is not None
+
+
+class CountingRun(StageRun):
+    """Sees each request's finished record; per request, so it keeps its own order."""
+
+    def __init__(self, stage: CountingStage) -> None:
+        self.stage = stage
+
+    async def before(self, ctx: RequestContext) -> Reply | None:
+        self.stage.events.append(f"{self.stage.name}:before")
+        return None
+
+    async def finished(self, ctx: RequestContext) -> None:
+        self.stage.events.append(f"{self.stage.name}:finished")
+        self.stage.records.append((ctx.record.status, ctx.record.provider, ctx.record.model))
+
+
+class CountingStage(Stage):
+    def __init__(self, name: str, events: list[str]) -> None:
+        self.name = name  # type: ignore[misc]  # one class, several named instances
+        self.events = events
+        self.records: list[tuple[int, str | None, str | None]] = []
+
+    def enter(self, ctx: RequestContext, operation: Any) -> StageRun | None:
+        return CountingRun(self)
+
+
+class StagesPlugin:
+    """Registers two stages and checks that the app it gets has started."""
+
+    def __init__(self, events: list[str], *names: str) -> None:
+        self.events = events
+        self.names = names
+        self.stages: list[CountingStage] = []
+
+    @hookimpl
+    def register_stages(self, register: Callable[[Stage], None], app: web.Application) -> None:
+        assert app[STORE] is not None  # collaborators of the started gateway are there
+        for name in self.names:
+            stage = CountingStage(name, self.events)
+            self.stages.append(stage)
+            register(stage)
+
+
+class BrokenStagesPlugin:
+    def __init__(self, registered: Any) -> None:
+        self.registered = registered
+
+    @hookimpl
+    def register_stages(self, register: Callable[[Any], None]) -> None:  # takes fewer args
+        register(self.registered)
+
+
+async def test_hook_register_stages(aiohttp_client: Any, tmp_path: Path, fake_openai: Any) -> None:
+    events: list[str] = []
+    first, second = StagesPlugin(events, "t-one", "t-two"), StagesPlugin(events, "t-three")
+    plugins = load_plugins(extra=[
+        ("t-stages-a", first),
+        ("t-bad-type", BrokenStagesPlugin(object())),  # not a Stage
+        ("t-bad-name", BrokenStagesPlugin(CountingStage("t-one", events))),  # name taken
+        ("t-stages-b", second),
+    ])
+    h = await start_harness(aiohttp_client, make_test_config(tmp_path), plugins=plugins)
+    await h.add_provider({"type": "openai", "prefix": "up", "base_url": fake_openai.base_url,
+                          "api_key": "sk-upstream-test"})
+    names = [stage.name for stage in h.client.app[PIPELINE].stages]
+    # built-ins first (their order is default_stages'), then plugins in load order;
+    # the two broken plugins add nothing and the gateway serves all the same
+    assert names[0] == "responses-state"
+    assert names[-3:] == ["t-one", "t-two", "t-three"]
+    assert names.count("t-one") == 1
+
+    async with openai.AsyncOpenAI(base_url=h.base_url + "/v1", api_key="x",
+                                  max_retries=0) as client:
+        answer = await client.chat.completions.create(
+            model="up/gpt-4o-mini", messages=[{"role": "user", "content": "hi"}])
+    assert answer.choices[0].message.content == "Hello! You said: hi"
+    assert events == ["t-one:before", "t-two:before", "t-three:before",
+                      "t-one:finished", "t-two:finished", "t-three:finished"]
+    assert first.stages[0].records == [(200, "up", "gpt-4o-mini")]

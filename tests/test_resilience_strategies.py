@@ -12,6 +12,7 @@ import pytest
 
 from omniroute.config import ACCOUNT_STRATEGIES, Settings
 from omniroute.errors import UpstreamStatusError
+from omniroute.pricing import Override, PriceBook
 from omniroute.providers.base import Provider
 from omniroute.resilience import ManualClock, Resilience
 from omniroute.resilience.strategies import STRATEGIES, normalize
@@ -168,7 +169,8 @@ def test_cost_optimized_cheapest_first_unknown_last() -> None:
     route = [target("p1", "mystery-model"), target("p2", "gpt-4o"),
              target("p3", "gpt-4o-mini-2024-07-18"), target("p4", "claude-opus-4-1")]
     assert ids(r.plan(route, strategy="cost-optimized").targets) == ["p3", "p2", "p4", "p1"]
-    cheap = Resilience(Settings(), clock=ManualClock(), pricing={"up/mystery-model": (0.01, 0.02)})
+    cheap = Resilience(Settings(), clock=ManualClock(),
+                       prices=PriceBook([Override("up/mystery-model", 0.01, 0.02)]))
     assert ids(cheap.plan(route, strategy="cost-optimized").targets) == ["p1", "p3", "p2", "p4"]
 
 

@@ -292,9 +292,11 @@ async def test_schema_v2_upgrades_to_v3_without_loss(tmp_path: Path) -> None:
 
     db = await Database.open(path)
     try:
-        assert LATEST >= 3 and await db.schema_version() == LATEST
+        assert await db.schema_version() == LATEST  # v3, then every later migration
         key = await db.fetchone("SELECT * FROM api_keys")
         assert (key["id"], key["last_used_at"]) == ("key_1", 6.0)
+        # migration 4: an upgraded key has no limits, no expiry and keeps usage records
+        assert (key["limits"], key["expires_at"], key["log_usage"]) == ("{}", None, 1)
         log = await db.fetchone("SELECT * FROM request_log")
         assert (log["request_id"], log["ttfb_ms"], log["attempts"]) == ("r1", 12.5, 2)
         assert (await db.fetchone("SELECT count(*) FROM admin_sessions"))[0] == 1

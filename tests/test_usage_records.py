@@ -174,7 +174,18 @@ async def test_a_json_answer_has_the_usage_headers(gw: Any) -> None:
     assert resp.headers["X-OmniRoute-Tokens-In"] == str(usage["prompt_tokens"])
     assert resp.headers["X-OmniRoute-Tokens-Out"] == str(usage["completion_tokens"])
     assert int(resp.headers["X-OmniRoute-Latency-Ms"]) >= 0
-    assert "X-OmniRoute-Response-Cost" not in resp.headers  # no price known
+    from genai_prices import Usage, calc_price
+
+    listed = calc_price(Usage(input_tokens=usage["prompt_tokens"],
+                              output_tokens=usage["completion_tokens"]),
+                        "gpt-4o-mini", provider_id="openai").total_price
+    assert float(resp.headers["X-OmniRoute-Response-Cost"]) == pytest.approx(float(listed),
+                                                                             abs=1e-10)
+    gw.fake.models.append("unpriced-model")
+    resp = await gw.client.post("/v1/chat/completions", json={
+        "model": "up/unpriced-model", "messages": HI})
+    assert resp.status == 200 and "X-OmniRoute-Tokens-In" in resp.headers
+    assert "X-OmniRoute-Response-Cost" not in resp.headers  # no price known: no header
 
 
 # ---------------------------------------------------------------------- bodies

@@ -20,7 +20,7 @@ from collections.abc import Callable
 
 from aiohttp import web
 
-from omniroute.appkeys import AUTH_SCHEMES
+from omniroute.appkeys import AUTH_SCHEMES, PRINCIPAL
 from omniroute.auth.base import AuthScheme, Principal
 from omniroute.bodies import read_json
 from omniroute.config import Config, ConfigError
@@ -36,6 +36,7 @@ SESSION_TTL = 7 * 24 * 3600
 PASSWORD_SETTING = "_admin_password"
 _SCRYPT = {"n": 2**14, "r": 8, "p": 1}
 _MAX_FAILURES, _FAILURE_WINDOW = 10, 300.0
+ADMIN_SESSION = Principal("admin_session", None, frozenset({"admin"}))
 
 
 def hash_password(password: str) -> str:
@@ -103,7 +104,7 @@ class AdminSessionScheme(AuthScheme):
         if not await self.store.session_valid(token):
             raise AuthenticationFailed("Your admin session has expired; log in again.",
                                        code="session_expired")
-        return Principal("admin_session", None, frozenset({"admin"}))
+        return ADMIN_SESSION
 
     def _throttle(self, peer: str) -> None:
         now = time.monotonic()
@@ -126,6 +127,7 @@ class AdminSessionScheme(AuthScheme):
             self._failures.setdefault(peer, []).append(time.monotonic())
             raise AuthenticationFailed("Wrong password.", code="invalid_password")
         self._failures.pop(peer, None)
+        request[PRINCIPAL] = ADMIN_SESSION  # the audit entry names who logged in
         token = await self.store.create_session(SESSION_TTL)
         resp = web.json_response({"ok": True, "expires_in": SESSION_TTL})
         resp.set_cookie(COOKIE, token, max_age=SESSION_TTL, httponly=True, samesite="Strict",
@@ -134,6 +136,8 @@ class AdminSessionScheme(AuthScheme):
 
     async def logout(self, request: web.Request) -> web.Response:
         token = request.cookies.get(COOKIE)
+        if token and await self.store.session_valid(token):
+            request[PRINCIPAL] = ADMIN_SESSION  # the audit entry names who logged out
         if token:
             await self.store.delete_session(token)
         resp = web.json_response({"ok": True})
@@ -159,5 +163,6 @@ def configure_app(app: web.Application, config: Config) -> None:
         assert isinstance(scheme, AdminSessionScheme)
         return scheme
 
-    tag_route(app, app.router.add_post("/api/auth/login", login), None, "public")
-    tag_route(app, app.router.add_post("/api/auth/logout", logout), None, "public")
+    # public, but every login (success or failure) and logout is in the audit log
+    tag_route(app, app.router.add_post("/api/auth/login", login), None, "public", audit=True)
+    tag_route(app, app.router.add_post("/api/auth/logout", logout), None, "public", audit=True)

@@ -9,11 +9,13 @@ compared in constant time.
 from __future__ import annotations
 
 import hmac
+import time
 from collections.abc import Callable
 
 from aiohttp import web
 
 from omniroute.auth.base import AuthScheme, Principal
+from omniroute.budgets.windows import iso
 from omniroute.config import Config
 from omniroute.errors import AuthenticationFailed
 from omniroute.hookspecs import hookimpl
@@ -40,26 +42,55 @@ def presented_key(request: web.Request) -> str | None:
 
 
 class KeyIndex:
-    """Active keys by hash, rebuilt from the database on every config reload."""
+    """Active keys by hash, rebuilt from the database on every config reload.
 
-    def __init__(self, keys: list[ApiKey] = ()) -> None:  # type: ignore[assignment]
-        self._by_hash = {k.key_hash: k for k in keys if k.revoked_at is None}
+    Each key's :class:`Principal` (with its parsed limits and usage-record flag)
+    is built here once, so a request reads them without a lookup.
+    """
+
+    def __init__(self, keys: list[ApiKey] = (),  # type: ignore[assignment]
+                 clock: Callable[[], float] = time.time) -> None:
+        """
+        :param clock: wall time, for key expiry.
+        """
+        self.clock = clock
+        self._by_hash = {k.key_hash: (k, _principal(k)) for k in keys if k.revoked_at is None}
 
     def __len__(self) -> int:
         return len(self._by_hash)
 
     def find(self, secret: str) -> ApiKey | None:
+        found = self._lookup(secret)
+        return found[0] if found is not None else None
+
+    def principal(self, secret: str) -> Principal:
+        """Who presents ``secret``; :class:`AuthenticationFailed` for an unknown, revoked
+        or expired key."""
+        found = self._lookup(secret)
+        if found is None:
+            raise AuthenticationFailed("Invalid API key.")
+        key, principal = found
+        if key.expires_at is not None and key.expires_at <= self.clock():
+            raise AuthenticationFailed(f"This API key expired at {iso(key.expires_at)}.",
+                                       code="expired_api_key")
+        return principal
+
+    def _lookup(self, secret: str) -> tuple[ApiKey, Principal] | None:
         digest = hash_secret(secret)
-        key = self._by_hash.get(digest)
-        if key is None or not hmac.compare_digest(key.key_hash, digest):
+        found = self._by_hash.get(digest)
+        if found is None or not hmac.compare_digest(found[0].key_hash, digest):
             return None
-        return key
+        return found
 
     def revoke(self, key_id: str) -> None:
-        self._by_hash = {h: k for h, k in self._by_hash.items() if k.id != key_id}
+        self._by_hash = {h: e for h, e in self._by_hash.items() if e[0].id != key_id}
 
     def add(self, key: ApiKey) -> None:
-        self._by_hash[key.key_hash] = key
+        self._by_hash[key.key_hash] = (key, _principal(key))
+
+
+def _principal(key: ApiKey) -> Principal:
+    return Principal("api_key", key.id, key.scopes, log_usage=key.log_usage, limits=key.limits)
 
 
 class ApiKeyScheme(AuthScheme):
@@ -78,10 +109,7 @@ class ApiKeyScheme(AuthScheme):
         secret = presented_key(request)
         if secret is None:
             return None
-        key = self.keys.find(secret)
-        if key is None:
-            raise AuthenticationFailed("Invalid API key.")
-        return Principal("api_key", key.id, key.scopes)
+        return self.keys.principal(secret)
 
 
 @hookimpl

@@ -22,6 +22,12 @@ from typing import Any
 
 import click
 
+from omniroute.cli.budget import (
+    budget_command,
+    limit_options,
+    parsed_expiry,
+    parsed_limits,
+)
 from omniroute.cli.common import (
     StartupCommand,
     StartupError,
@@ -32,6 +38,7 @@ from omniroute.cli.common import (
     plugins_of,
 )
 from omniroute.cli.plugins import plugins_command
+from omniroute.cli.usage import usage_command
 from omniroute.config import ConfigError, load_config
 from omniroute.plugins import Plugins
 from omniroute.version import __version__
@@ -82,6 +89,8 @@ def serve(ctx: click.Context, host: str | None, port: int | None, workers: int |
 
 
 cli.add_command(plugins_command)
+cli.add_command(budget_command)
+cli.add_command(usage_command)
 
 
 def _skips_plugins(args: list[str]) -> bool:
@@ -260,12 +269,28 @@ def keys() -> None:
 @keys.command("create")
 @click.option("--name", required=True, help="What the key is for.")
 @click.option("--admin", is_flag=True, help="Allow the key to use the management API.")
+@click.option("--budget", multiple=True, metavar="[PERIOD=]USD",
+              help="USD budget: '50' (monthly), 'daily=5', 'weekly=20'; repeatable.")
+@click.option("--tokens", multiple=True, metavar="[PERIOD=]N",
+              help="Token limit per window, like --budget.")
+@click.option("--models", multiple=True, metavar="PATTERNS",
+              help="Allowed models, glob patterns ('openai/*'); comma-separated or repeated.")
+@click.option("--expires", help="Expiry: '30d', '12h', '2026-01-31' or an ISO time (UTC).")
+@click.option("--rpm", type=int, help="Requests per minute.")
+@click.option("--concurrency", type=int, help="Requests in flight at once.")
+@click.option("--no-usage-log", is_flag=True, help="Keep no usage records for this key.")
 @click.pass_context
 @async_command
-async def keys_create(ctx: click.Context, name: str, admin: bool) -> None:
+async def keys_create(ctx: click.Context, name: str, admin: bool, budget: tuple[str, ...],
+                      tokens: tuple[str, ...], models: tuple[str, ...], expires: str | None,
+                      rpm: int | None, concurrency: int | None, no_usage_log: bool) -> None:
     """Create a key; it is printed once and never stored."""
+    limits = parsed_limits(limit_options(budget, tokens, models, rpm, concurrency))
+    expires_at = parsed_expiry(expires)
     async with open_cli_store(config_of(ctx)) as store:
-        key, secret = await store.create_key(name, {"admin"} if admin else set())
+        key, secret = await store.create_key(name, {"admin"} if admin else set(),
+                                             limits=limits, expires_at=expires_at,
+                                             log_usage=not no_usage_log)
     click.echo(secret)
     click.echo(f"created {key.id} ({name}){' with admin scope' if admin else ''}; "
                "store the key now: it is not shown again", err=True)

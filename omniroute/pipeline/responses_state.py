@@ -6,7 +6,7 @@ continued by naming it in ``previous_response_id``, retrieved and deleted.
 omniroute keeps them itself (:mod:`omniroute.storage.responses`), whatever
 provider answered, so a conversation may move between providers.
 
-:class:`ResponsesStage` is the first stage of the pipeline; for each
+:class:`ResponsesStage` runs after the key-limits stage; for each
 ``POST /v1/responses`` request it runs a :class:`ResponsesState`:
 
 * ``before``: the stored input and output of ``previous_response_id`` go in

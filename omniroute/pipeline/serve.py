@@ -41,6 +41,7 @@ from omniroute.pipeline.hedge import Tried, lane, race
 from omniroute.pipeline.operation import Operation
 from omniroute.pipeline.stages import Stage
 from omniroute.pipeline.usage import since
+from omniroute.pricing import PriceBook
 from omniroute.resilience import Resilience, session_id
 from omniroute.routing import Router, Target
 from omniroute.storage import RequestLog, RequestRecord
@@ -75,10 +76,12 @@ class Pipeline:
     """The data path's shared collaborators, built once at start-up."""
 
     def __init__(
-        self, catalog: LiveConfig, resilience: Resilience, new_request_id: Callable[[], str]
+        self, catalog: LiveConfig, resilience: Resilience, new_request_id: Callable[[], str],
+        prices: PriceBook,
     ) -> None:
         self.catalog = catalog
         self.resilience = resilience
+        self.prices = prices
         self.new_request_id = new_request_id
         self.stages: list[Stage] = []
         self.request_log: RequestLog | None = None
@@ -171,6 +174,8 @@ class Pipeline:
                     self.watcher, lambda: self.catalog.router.resolve(ctx.model, prefix=ctx.prefix),
                     ModelNotFound)
                 record.combo = ctx.route.combo
+                for run in ctx.runs:
+                    await run.routed(ctx)
                 if operation.sticky:
                     ctx.session = _session(ctx)
                 calling = self._call_targets(operation, ctx)
@@ -187,6 +192,7 @@ class Pipeline:
                 if operation.generates:  # a whole answer: its content came with it
                     record.ttfc_ms = record.ttfb_ms
                 record.status = reply.status
+                self.prices.charge(record, reply.target)  # its usage is known: a header
                 headers = _headers(ctx, reply)
                 _usage_headers(record, headers)
                 if reply.target is not None:
@@ -245,6 +251,8 @@ class Pipeline:
             _complete(ctx, reply)
             if streamed is not None and body_log is not None:
                 record.response_body = body_log.text(b"".join(streamed))
+            if reply is not None and record.cost_usd is None:  # a stream's usage came last
+                self.prices.charge(record, reply.target)
             assert self.request_log is not None
             if principal.log_usage:
                 self.request_log.add(record)
@@ -387,6 +395,8 @@ def _headers(ctx: RequestContext, reply: Reply) -> dict[str, str]:
         headers["X-OmniRoute-Fallback-Attempts"] = str(max(0, record.attempts - 1))
     for name, value in reply.headers.items():
         headers.setdefault(name, value)
+    if ctx.reply_headers is not None:
+        headers.update(ctx.reply_headers)
     if ctx.session is not None:
         headers["X-OmniRoute-Session-Id"] = ctx.session
     return headers

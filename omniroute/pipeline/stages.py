@@ -7,12 +7,18 @@ takes part returns a :class:`StageRun`, a plain per-request object that may:
 * ``before``: look at the request before routing, change its body, or answer it
   itself by returning a :class:`~omniroute.pipeline.context.Reply` (a cache hit,
   an idempotent replay, a budget refusal);
+* ``routed``: see the resolved route before any target is called, narrow it, or
+  refuse the request by raising (a model the key may not use, a budget reservation);
 * ``answer`` / ``frame``: see a JSON answer, or each chunk of a streamed one,
   just before it is written (a tee for caching, a store of the final response);
 * ``finished``: see the finished request and its complete record (usage, metrics).
 
 The list itself is :func:`default_stages`: reading it tells what every request
-goes through, in order.
+goes through, in order. Plugins add stages with the ``register_stages`` hook
+(:mod:`omniroute.hookspecs`); theirs run after these, plugin by plugin in load
+order (built-in plugins first, then by entry point name), each plugin's in the
+order it registered them. ``before`` runs in that order, and so does
+``finished``: a stage that must see another's effect on the record comes after it.
 """
 
 from __future__ import annotations
@@ -36,6 +42,10 @@ class StageRun:
         """Before routing: return a reply to answer the request without any target."""
         return None
 
+    async def routed(self, ctx: RequestContext) -> None:
+        """The model resolved to ``ctx.route``; no target was called yet. May replace
+        ``ctx.route`` (fewer targets), add ``ctx.reply_headers``, or raise a ``GatewayError``."""
+
     async def answer(self, ctx: RequestContext, body: bytes) -> None:
         """A JSON answer from a target, just before it is sent."""
 
@@ -47,7 +57,8 @@ class StageRun:
 
 
 class Stage:
-    """A step every request passes; subclass it, and add it to :func:`default_stages`."""
+    """A step every request passes; subclass it, and add it to :func:`default_stages`
+    (built in) or register it from a plugin (``register_stages``). ``name`` is unique."""
 
     name: ClassVar[str]
 
@@ -56,10 +67,15 @@ class Stage:
         return None
 
 
-def default_stages(db: Database) -> list[Stage]:
-    """The stages of every request, in the order they run."""
+def default_stages(db: Database, budgets: Stage | None = None) -> list[Stage]:
+    """The stages of every request, in the order they run.
+
+    :param budgets: the per-key limits stage
+        (:class:`~omniroute.budgets.stage.BudgetStage`, built by the gateway).
+    """
     from omniroute.pipeline.responses_state import ResponsesStage
 
     return [
+        *([budgets] if budgets is not None else []),  # key limits and budgets
         ResponsesStage(db),  # Responses `store` / `previous_response_id`
     ]

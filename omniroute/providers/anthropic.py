@@ -71,6 +71,7 @@ class AnthropicProvider(HTTPProvider):
     """The Anthropic Messages API over HTTP (JSON and SSE)."""
 
     type = "anthropic"
+    price_provider = "anthropic"
     format = "anthropic"
     capabilities = frozenset({"chat", "count_tokens"})
     default_prefix = "anthropic"

@@ -152,6 +152,12 @@ class Provider:
     #: ``"api_key"``, or ``"oauth"`` for subscription accounts (stricter circuit
     #: breaker; a 401/403 first triggers :meth:`refresh_credentials`)
     auth_kind: ClassVar[str] = "api_key"
+    #: the ``genai-prices`` provider id this type's models are priced as (a connection's
+    #: ``base_url`` of a known service, or its ``price_provider`` setting, comes first;
+    #: see :mod:`omniroute.pricing`)
+    price_provider: ClassVar[str | None] = None
+    #: False for local servers whose tokens cost nothing (Ollama)
+    priced: ClassVar[bool] = True
 
     def __init__(self, connection: Connection, context: ProviderContext) -> None:
         self.connection = connection

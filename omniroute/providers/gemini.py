@@ -45,6 +45,7 @@ class GeminiProvider(HTTPProvider):
     """The Gemini ``generateContent`` API over HTTP (JSON and SSE)."""
 
     type = "gemini"
+    price_provider = "google"
     format = "gemini"
     default_prefix = "gemini"
     description = "Google Gemini API (generateContent)"

@@ -43,6 +43,7 @@ class OllamaProvider(HTTPProvider):
     """Ollama's ``/api/chat`` over HTTP (JSON and NDJSON streams)."""
 
     type = "ollama"
+    priced = False  # a local server: its tokens cost nothing
     format = "ollama"
     capabilities = frozenset({"chat", "embeddings"})
     default_prefix = "ollama"

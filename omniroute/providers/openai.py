@@ -52,6 +52,7 @@ class OpenAIProvider(HTTPProvider):
     """OpenAI Chat Completions over HTTP (JSON and SSE)."""
 
     type = "openai"
+    price_provider = "openai"
     format = "openai"
     capabilities = frozenset({"chat", "embeddings"})
     default_prefix = "openai"

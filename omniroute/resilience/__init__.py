@@ -12,7 +12,6 @@ for the API and a usage sketch). The parts, each usable alone:
 * :mod:`.sessions` — sticky sessions;
 * :mod:`.stats` — per-connection statistics;
 * :mod:`.state` — where the state lives (:class:`StateStore`; in memory by default);
-* :mod:`.pricing` — model prices for ``cost-optimized``;
 * :mod:`.clock` — injectable time.
 """
 
@@ -20,7 +19,6 @@ from omniroute.resilience.attempt import Attempt, Decision, Plan
 from omniroute.resilience.classify import Classification, classify, classify_status
 from omniroute.resilience.clock import Clock, ManualClock, SystemClock
 from omniroute.resilience.core import Resilience
-from omniroute.resilience.pricing import Price, Pricing
 from omniroute.resilience.sessions import SessionStore, fingerprint, session_id
 from omniroute.resilience.state import BreakerState, LimitState, MemoryState, StateStore
 from omniroute.resilience.stats import ConnectionStats
@@ -38,8 +36,6 @@ __all__ = [
     "ManualClock",
     "MemoryState",
     "Plan",
-    "Price",
-    "Pricing",
     "Resilience",
     "SessionStore",
     "StateStore",

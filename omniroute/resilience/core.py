@@ -51,6 +51,8 @@ The API:
   states and breakers (all, or one connection and its provider's breaker).
 * ``snapshot(connections=()) -> dict`` — plain JSON-able state for
   ``/api/rate-limits``, ``/api/sessions`` and health.
+* ``breaker_states()`` and ``rests(connections)`` — the few numbers ``/metrics``
+  reads at scrape time (no sessions, no per-connection dicts).
 * ``configure(settings)`` — apply changed settings, keeping the state.
 
 A connection's limits come from its settings (``max_concurrency``, ``rpm``);
@@ -71,6 +73,7 @@ from omniroute.errors import (
     RateLimited,
     ServiceUnavailable,
 )
+from omniroute.pricing import PriceBook
 from omniroute.providers.base import Provider
 from omniroute.resilience.attempt import Attempt, Decision, Plan
 from omniroute.resilience.breaker import Breaker, BreakerPolicy
@@ -78,7 +81,6 @@ from omniroute.resilience.classify import classify
 from omniroute.resilience.clock import Clock, SystemClock
 from omniroute.resilience.cooldown import Backoff
 from omniroute.resilience.limits import Limiter
-from omniroute.resilience.pricing import Price, Pricing
 from omniroute.resilience.sessions import SessionStore
 from omniroute.resilience.state import BreakerState, LimitState, MemoryState, StateStore
 from omniroute.resilience.stats import ConnectionStats
@@ -117,7 +119,7 @@ class Resilience:
         *,
         clock: Clock | None = None,
         rng: random.Random | None = None,
-        pricing: Pricing | Mapping[str, Any] | None = None,
+        prices: PriceBook | None = None,
         state: StateStore | None = None,
     ) -> None:
         """
@@ -126,11 +128,11 @@ class Resilience:
             :class:`~omniroute.resilience.state.MemoryState`).
         :param clock: time source (a ``ManualClock`` in tests).
         :param rng: randomness for the random strategies (seed it for repeatable choices).
-        :param pricing: a :class:`Pricing`, or price overrides on top of the built-in table.
+        :param prices: the gateway's :class:`~omniroute.pricing.PriceBook` (``cost-optimized``).
         """
         self.clock: Clock = clock or SystemClock()
         self.rng = rng or random.Random()
-        self.pricing = pricing if isinstance(pricing, Pricing) else Pricing(pricing)
+        self.prices = prices if prices is not None else PriceBook()
         self.settings = settings or Settings()
         self.state: StateStore = state if state is not None else MemoryState()
         self.rotation = Rotation()
@@ -221,8 +223,8 @@ class Resilience:
         limiter = self._limiter(target)
         return limiter is not None and limiter.saturated()
 
-    def _price(self, target: Target) -> Price | None:
-        return self.pricing.price(target.model, target.prefix)
+    def _price(self, target: Target) -> float | None:
+        return self.prices.blended(target)
 
     def _blocked(self, target: Target, now: float) -> str | None:
         stats = self._stats_by_id.get(target.connection.id)
@@ -434,6 +436,21 @@ class Resilience:
             for cid in [c for c in table if c not in keep]:
                 del table[cid]
         self.sessions.retain(keep)
+
+    def breaker_states(self) -> dict[str, str]:
+        """Each breaker's state by provider prefix: ``closed``, ``half_open`` or ``open``."""
+        now = self.clock.monotonic()
+        return {key: breaker.state(now) for key, breaker in self._breakers.items()}
+
+    def rests(self, connections: Iterable[Connection]) -> dict[str, tuple[float, bool]]:
+        """Per connection id: seconds of cooldown left (0: none), and whether it is terminal."""
+        now = self.clock.monotonic()
+        out = {}
+        for conn in connections:
+            stats = self._stats_by_id.get(conn.id)
+            out[conn.id] = ((0.0, False) if stats is None
+                            else (stats.cooldown_left(now), stats.terminal_reason is not None))
+        return out
 
     def snapshot(self, connections: Iterable[Connection] = ()) -> dict[str, Any]:
         """Plain JSON-able state: connections, breakers, sessions and health counts.

@@ -21,7 +21,7 @@ seeded one makes every choice repeatable.
     The route's order, but targets whose limits are full right now move to
     the back: fill one account before spilling onto the next.
 ``cost-optimized``
-    Cheapest blended price first (:mod:`.pricing`); unknown prices last.
+    Cheapest blended price first (:mod:`omniroute.pricing`); unknown prices last.
 ``latency-optimized``
     Lowest moving-average time to first token first; a target never
     measured goes first once, so that it gets measured.
@@ -36,7 +36,6 @@ import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from omniroute.resilience.pricing import Price
 from omniroute.resilience.stats import ConnectionStats
 from omniroute.routing import Target
 
@@ -73,7 +72,8 @@ class Context:
     rng: random.Random
     stats: Callable[[Target], ConnectionStats]
     saturated: Callable[[Target], bool]
-    price: Callable[[Target], Price | None]
+    #: USD per 1M tokens, three input to one output (None: the price is unknown)
+    price: Callable[[Target], float | None]
     rotation: Rotation = field(default_factory=Rotation)
     sticky_for: int = 1
 
@@ -136,7 +136,7 @@ def fill_first(targets: Sequence[Target], ctx: Context) -> list[Target]:
 def cost_optimized(targets: Sequence[Target], ctx: Context) -> list[Target]:
     def key(target: Target) -> tuple[bool, float]:
         price = ctx.price(target)
-        return price is None, price.blended if price is not None else 0.0
+        return price is None, price if price is not None else 0.0
 
     return sorted(targets, key=key)
 

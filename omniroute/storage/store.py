@@ -7,6 +7,7 @@ by the vault before they reach SQLite and decrypted only in memory.
 from __future__ import annotations
 
 import hashlib
+import logging
 import secrets
 import time
 from dataclasses import dataclass, field
@@ -14,10 +15,15 @@ from typing import Any
 
 import orjson
 
+from omniroute.budgets.limits import Limits
 from omniroute.storage.db import Database
 from omniroute.vault import Vault, mask
 
+log = logging.getLogger(__name__)
+
 KEY_PREFIX = "sk-or-"
+#: ``update_key``'s "leave this field as it is"
+UNCHANGED: Any = object()
 
 
 def new_id(prefix: str) -> str:
@@ -70,6 +76,12 @@ class ApiKey:
     created_at: float
     revoked_at: float | None = None
     last_used_at: float | None = None
+    #: budgets, token limits, rpm, concurrency, allowed models; None: no limit
+    limits: Limits | None = None
+    #: after this time (epoch seconds) the key is refused like a revoked one
+    expires_at: float | None = None
+    #: False: this key's requests leave no usage record
+    log_usage: bool = True
 
     @property
     def is_admin(self) -> bool:
@@ -84,6 +96,11 @@ class ApiKey:
             "created_at": self.created_at,
             "revoked_at": self.revoked_at,
             "last_used_at": self.last_used_at,
+            "limits": self.limits.as_dict() if self.limits is not None else {},
+            **({"limits_error": self.limits.unreadable}
+               if self.limits is not None and self.limits.unreadable else {}),
+            "expires_at": self.expires_at,
+            "log_usage": self.log_usage,
         }
 
 
@@ -194,23 +211,58 @@ class Store:
             created_at=row["created_at"],
             revoked_at=row["revoked_at"],
             last_used_at=row["last_used_at"],
+            limits=_stored_limits(row["id"], row["limits"]),
+            expires_at=row["expires_at"],
+            log_usage=bool(row["log_usage"]),
         )
 
-    async def create_key(self, name: str, scopes: set[str] | frozenset[str] = frozenset()
-                         ) -> tuple[ApiKey, str]:
+    async def create_key(
+        self, name: str, scopes: set[str] | frozenset[str] = frozenset(), *,
+        limits: Limits | None = None, expires_at: float | None = None, log_usage: bool = True,
+    ) -> tuple[ApiKey, str]:
         """Create a key; return it and its secret, which is never stored or shown again."""
         secret = KEY_PREFIX + secrets.token_urlsafe(32)
         key = ApiKey(new_id("key"), name, hash_secret(secret), secret[:10], frozenset(scopes),
-                     time.time())
+                     time.time(), limits=limits, expires_at=expires_at, log_usage=log_usage)
         async with self.db.transaction():
             await self.db.execute(
-                "INSERT INTO api_keys(id, name, key_hash, key_prefix, scopes, created_at)"
-                " VALUES (?,?,?,?,?,?)",
+                "INSERT INTO api_keys(id, name, key_hash, key_prefix, scopes, created_at,"
+                " limits, expires_at, log_usage) VALUES (?,?,?,?,?,?,?,?,?)",
                 (key.id, key.name, key.key_hash, key.key_prefix, ",".join(sorted(key.scopes)),
-                 key.created_at),
+                 key.created_at, _limits_json(limits), expires_at, int(log_usage)),
             )
             await self.db.bump_config_version()
         return key, secret
+
+    async def get_key(self, id_or_name: str) -> ApiKey | None:
+        """The key with this id, else the newest active key with this name."""
+        row = await self.db.fetchone(
+            "SELECT * FROM api_keys WHERE id = ? OR (name = ? AND revoked_at IS NULL)"
+            " ORDER BY id = ? DESC, created_at DESC LIMIT 1", (id_or_name, id_or_name, id_or_name))
+        return self._key(row) if row else None
+
+    async def update_key(
+        self, key_id: str, *, limits: Limits | None = UNCHANGED,
+        expires_at: float | None = UNCHANGED, log_usage: bool = UNCHANGED,
+    ) -> bool:
+        """Change a key's limits, expiry or usage-record flag (``UNCHANGED`` keeps one);
+        False when no such key. The running gateways see it on their next reload."""
+        changes: dict[str, Any] = {}
+        if limits is not UNCHANGED:
+            changes["limits"] = _limits_json(limits)
+        if expires_at is not UNCHANGED:
+            changes["expires_at"] = expires_at
+        if log_usage is not UNCHANGED:
+            changes["log_usage"] = int(log_usage)
+        if not changes:
+            return await self.get_key(key_id) is not None
+        async with self.db.transaction():
+            changed = await self.db.execute(
+                f"UPDATE api_keys SET {', '.join(f'{c} = ?' for c in changes)} WHERE id = ?",
+                (*changes.values(), key_id))
+            if changed:
+                await self.db.bump_config_version()
+        return changed > 0
 
     async def list_keys(self) -> list[ApiKey]:
         return [self._key(r) for r in await self.db.fetchall(
@@ -242,6 +294,33 @@ class Store:
                     (alias, target, time.time()),
                 )
             await self.db.bump_config_version()
+
+    # ---------------------------------------------------------------- price overrides
+
+    async def list_price_overrides(self) -> list[dict[str, Any]]:
+        """Operator prices, USD per 1M tokens: ``scope`` (connection id or ``""``), ``model``,
+        ``input``, ``output``, ``cache_read``, ``cache_write``."""
+        rows = await self.db.fetchall(
+            "SELECT scope, model, input, output, cache_read, cache_write FROM price_overrides "
+            "ORDER BY scope, model")
+        return [dict(r) for r in rows]
+
+    async def put_price_override(self, scope: str, model: str, input: float, output: float,
+                                 cache_read: float | None, cache_write: float | None) -> None:
+        async with self.db.transaction():
+            await self.db.execute(
+                "INSERT OR REPLACE INTO price_overrides(scope, model, input, output, cache_read,"
+                " cache_write, updated_at) VALUES (?,?,?,?,?,?,?)",
+                (scope, model, input, output, cache_read, cache_write, time.time()))
+            await self.db.bump_config_version()
+
+    async def delete_price_override(self, scope: str, model: str) -> bool:
+        async with self.db.transaction():
+            changed = await self.db.execute(
+                "DELETE FROM price_overrides WHERE scope = ? AND model = ?", (scope, model)) > 0
+            if changed:
+                await self.db.bump_config_version()
+        return changed
 
     # ---------------------------------------------------------------- combos
 
@@ -320,3 +399,18 @@ class Store:
     async def delete_session(self, token: str) -> None:
         await self.db.execute("DELETE FROM admin_sessions WHERE token_hash = ?",
                               (hash_secret(token),))
+
+
+def _limits_json(limits: Limits | None) -> str:
+    return orjson.dumps(limits.as_dict() if limits is not None else {}).decode()
+
+
+def _stored_limits(key_id: str, raw: str | None) -> Limits | None:
+    """The stored limits; ones that no longer parse (edited by hand) refuse the key's
+    requests with a 403 naming the problem, rather than dropping every limit."""
+    try:
+        return Limits.parse(orjson.loads(raw or "{}"))
+    except (ValueError, TypeError, AttributeError) as exc:  # orjson's error is a ValueError
+        log.error("API key %s: stored limits cannot be read (%s); its requests are refused "
+                  "until they are set again", key_id, exc)
+        return Limits(unreadable=str(exc))

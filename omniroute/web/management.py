@@ -24,6 +24,7 @@ from omniroute.appkeys import (
 )
 from omniroute.auth.admin import PASSWORD_SETTING, set_password, verify_password
 from omniroute.bodies import read_object
+from omniroute.budgets.view import key_options
 from omniroute.catalog import Catalog
 from omniroute.config import ConfigError, Settings
 from omniroute.errors import AuthenticationFailed, GatewayError, InvalidRequest, NotFound
@@ -186,7 +187,11 @@ async def create_key(request: web.Request) -> web.Response:
         raise InvalidRequest("A key needs a 'name'.", param="name")
     if not isinstance(scopes, list) or not set(scopes) <= {"admin"}:
         raise InvalidRequest("'scopes' may only contain \"admin\".", param="scopes")
-    key, secret = await request.app[STORE].create_key(name.strip(), set(scopes))
+    try:  # limits, expires_at, log_usage (omniroute.budgets)
+        options = key_options(body, None, time.time())
+    except ValueError as exc:
+        raise InvalidRequest(str(exc), code="invalid_key") from None
+    key, secret = await request.app[STORE].create_key(name.strip(), set(scopes), **options)
     await _keys_changed(request)
     return web.json_response({**key.public(), "key": secret,
                               "note": "Store this key now: it is not shown again."}, status=201)

@@ -7,13 +7,16 @@ plugin's) is classed by path, failing closed: under ``/api/`` it needs an
 admin. Errors take the error shape of the route's client API; an unknown route
 takes that of the format whose paths it lies under (a Gemini 404 under
 ``/v1beta/``). The Host check (:mod:`omniroute.web.security`) comes first, so
-a refused name learns nothing else.
+a refused name learns nothing else. A call of an audited route (a management
+call that changes state, a login) leaves an audit entry with its final status,
+refusals included (:mod:`omniroute.web.audit`); other routes pay one flag read.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
@@ -27,6 +30,7 @@ from omniroute.appkeys import (
     WATCHER,
 )
 from omniroute.auth.base import ANONYMOUS, AuthScheme, Principal
+from omniroute.bodies import KEPT_BODY
 from omniroute.errors import (
     AuthenticationFailed,
     GatewayError,
@@ -37,8 +41,9 @@ from omniroute.errors import (
     openai_error_response,
 )
 from omniroute.formats.base import Format
+from omniroute.web.audit import record_call
 from omniroute.web.security import HOST_CHECK
-from omniroute.web.tags import access_of, is_management_path, tag_of
+from omniroute.web.tags import access_of, audited, is_management_path, tag_of
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +52,10 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 @web.middleware
 async def gateway_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    tag = tag_of(request)
+    # a client route pays one flag read; an audited one comes back here through _audited
+    if (tag is None or tag.audit) and audited(request, tag) and KEPT_BODY not in request:
+        return await _audited(request, handler)
     try:
         host_check = request.app[HOST_CHECK]
         if host_check is not None:
@@ -56,7 +65,7 @@ async def gateway_middleware(request: web.Request, handler: Handler) -> web.Stre
         routing_error = request.match_info.http_exception
         if routing_error is not None:
             raise routing_error
-        access = access_of(request)
+        access = access_of(request, tag)
         if access == "admin":
             request[PRINCIPAL] = await authenticate_admin(request)
         elif access == "client":
@@ -77,6 +86,27 @@ async def gateway_middleware(request: web.Request, handler: Handler) -> web.Stre
         if request.get(STREAM_STARTED):
             raise  # headers already sent: aiohttp closes the connection, nothing to add
         return error_response(request, GatewayError("Internal error; see the gateway log."))
+
+
+#: the status an audit entry carries when the client went away before the answer
+CLIENT_GONE = 499
+
+
+async def _audited(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Serve a management call that changes state (or a login) and record it in the
+    audit log with its final status, refusals included."""
+    started = time.time()
+    request[KEPT_BODY] = None  # the body the handler reads is kept for the entry
+    try:
+        response = await gateway_middleware(request, handler)
+    except (asyncio.CancelledError, ConnectionResetError):
+        record_call(request, started, CLIENT_GONE)
+        raise
+    except BaseException:
+        record_call(request, started, 500)
+        raise
+    record_call(request, started, response.status, response)
+    return response
 
 
 def error_response(request: web.Request, err: GatewayError) -> web.Response:

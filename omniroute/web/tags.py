@@ -27,6 +27,13 @@ class RouteTag:
     #: ``"client"`` (follows ``require_api_key``), ``"admin"`` (management API) or
     #: ``"public"`` (no authentication)
     access: Access
+    #: calls are written to the audit log (:mod:`omniroute.web.audit`): by default every
+    #: admin route that changes state (``POST``, ``PUT``, ``PATCH``, ``DELETE``)
+    audit: bool = False
+
+
+#: the methods that change state: an admin route taking one is audited
+MUTATING_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 
 
 #: the tags of the registered routes, by route
@@ -36,11 +43,17 @@ API_CLIENT_PATHS: web.AppKey[set[str]] = web.AppKey("api_client_paths")
 
 
 def tag_route(app: web.Application, route: AbstractRoute, fmt: str | None,
-              access: Access) -> AbstractRoute:
-    """Tag ``route`` with its error shape and access class; returns it."""
+              access: Access, *, audit: bool | None = None) -> AbstractRoute:
+    """Tag ``route`` with its error shape and access class; returns it.
+
+    :param audit: write its calls to the audit log (default: when it is an admin
+        route that changes state).
+    """
     if ROUTE_TAGS not in app:
         app[ROUTE_TAGS], app[API_CLIENT_PATHS] = {}, set()
-    app[ROUTE_TAGS][route] = RouteTag(fmt, access)
+    if audit is None:
+        audit = access == "admin" and route.method in MUTATING_METHODS
+    app[ROUTE_TAGS][route] = RouteTag(fmt, access, audit)
     path = route.resource.canonical if route.resource is not None else ""
     if access == "client" and path.startswith("/api/"):
         app[API_CLIENT_PATHS].add(path)
@@ -65,9 +78,22 @@ def is_management_path(app: web.Application, path: str) -> bool:
     return path.startswith("/api/") and path not in app.get(API_CLIENT_PATHS, ())
 
 
-def access_of(request: web.Request) -> Access:
-    """Who may call the matched route: its tag's class, else by path (failing closed)."""
-    tag = tag_of(request)
+def access_of(request: web.Request, tag: RouteTag | None = None) -> Access:
+    """Who may call the matched route: its tag's class, else by path (failing closed).
+
+    :param tag: the route's tag, when the caller has looked it up already.
+    """
+    if tag is None:
+        tag = tag_of(request)
     if tag is not None:
         return tag.access
     return "admin" if is_management_path(request.app, request.path) else "client"
+
+
+def audited(request: web.Request, tag: RouteTag | None) -> bool:
+    """Whether the call is written to the audit log: its tag says so, or it is an
+    untagged (plugin) route of the management API that changes state."""
+    if tag is not None:
+        return tag.audit
+    return (request.method in MUTATING_METHODS and request.match_info.http_exception is None
+            and is_management_path(request.app, request.path))

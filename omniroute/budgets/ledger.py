@@ -1,0 +1,312 @@
+"""The live state of every limited key: windows, reservations, rates, requests in flight.
+
+Everything on the request path is synchronous and in memory: taking a slot,
+reserving an estimate, settling the real cost. A background task
+(:meth:`Budgets.run`) writes what changed to the :class:`SpendStore` every
+``interval`` seconds and reads the totals back (other workers add theirs), so
+a restart keeps the window's spend and no request waits for the database.
+
+Overspend is bounded: a request is admitted only while the window's spend
+plus what requests in flight have reserved is under the limit, and it
+reserves its own estimate (prompt tokens and ``max_tokens``) in the same
+synchronous step. So the spend can pass the limit only by what the last
+admitted requests cost beyond their estimates, at most what is in flight.
+When the store fails, keys with a budget are refused with a 503 until a
+sync succeeds again (fail closed).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import deque
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from omniroute.budgets.limits import Limits
+from omniroute.budgets.spend import Delta, SpendStore, Totals
+from omniroute.budgets.windows import DAY, iso, window
+from omniroute.errors import BudgetExceeded, BudgetUnavailable, RateLimited
+
+if TYPE_CHECKING:
+    from omniroute.resilience.clock import Clock
+
+log = logging.getLogger(__name__)
+
+RPM_WINDOW = 60.0
+#: the retry hint when only concurrency (or other requests' reservations) stand in the way
+BUSY_RETRY_AFTER = 1.0
+#: windows read back on a sync: the longest (a month) and a margin
+_LOAD_SPAN = 32 * DAY
+
+
+@dataclass(slots=True)
+class Window:
+    """One key's spend in one budget window: the store's totals plus what is not written yet."""
+
+    period: str
+    start: float
+    end: float
+    reset_minutes: int
+    #: as last read from the store (every process's writes)
+    base_usd: float = 0.0
+    base_tokens: int = 0
+    base_requests: int = 0
+    #: settled here since the last write
+    usd: float = 0.0
+    tokens: int = 0
+    requests: int = 0
+    #: the warning was logged in this window
+    warned: bool = False
+
+    @property
+    def spent_usd(self) -> float:
+        return self.base_usd + self.usd
+
+    @property
+    def spent_tokens(self) -> int:
+        return self.base_tokens + self.tokens
+
+    @property
+    def spent_requests(self) -> int:
+        return self.base_requests + self.requests
+
+    @property
+    def dirty(self) -> bool:
+        return bool(self.usd or self.tokens or self.requests)
+
+
+@dataclass(slots=True)
+class KeyState:
+    """What one limited key has running now."""
+
+    key_id: str
+    in_flight: int = 0
+    #: monotonic times of the requests started in the last minute
+    starts: deque[float] = field(default_factory=deque)
+    reserved_usd: float = 0.0
+    reserved_tokens: int = 0
+    windows: dict[str, Window] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class Reservation:
+    """What one request set aside; :meth:`Budgets.settle` replaces it with the real spend."""
+
+    state: KeyState
+    limits: Limits
+    usd: float
+    tokens: int
+    #: ``X-OmniRoute-Budget-Warning`` for this answer, when spend is past the threshold
+    warning: str | None = None
+
+
+class Budgets:
+    """Per-key budgets and limits, in memory, persisted in the background.
+
+    :param store: where spend survives restarts (:class:`SqliteSpendStore`).
+    :param clock: wall time for windows, monotonic time for the requests-per-minute count.
+    :param interval: seconds between background syncs with the store.
+    """
+
+    def __init__(self, store: SpendStore, clock: Clock, *, interval: float = 1.0) -> None:
+        self.store = store
+        self.clock = clock
+        self.interval = interval
+        self.keys: dict[str, KeyState] = {}
+        #: False while the store fails: keys with a budget are refused (503)
+        self.healthy = False
+        self._loaded: Totals = {}
+        #: windows that ended with spend not written yet
+        self._retired: list[tuple[str, Window]] = []
+        self._lock = asyncio.Lock()
+
+    # ------------------------------------------------------------------ the request path
+
+    def state(self, key_id: str) -> KeyState:
+        state = self.keys.get(key_id)
+        if state is None:
+            state = self.keys[key_id] = KeyState(key_id)
+        return state
+
+    def enter(self, key_id: str, limits: Limits) -> KeyState:
+        """Take a slot: one more request in flight and started this minute, or raise 429."""
+        state = self.state(key_id)
+        if limits.concurrency is not None and state.in_flight >= limits.concurrency:
+            raise RateLimited(
+                f"This API key already has {state.in_flight} requests in flight, its limit "
+                f"is {limits.concurrency}; retry when one has finished.",
+                retry_after=BUSY_RETRY_AFTER, code="concurrency_limit_exceeded")
+        if limits.rpm is not None:
+            now = self.clock.monotonic()
+            starts = state.starts
+            while starts and starts[0] <= now - RPM_WINDOW:
+                starts.popleft()
+            if len(starts) >= limits.rpm:
+                raise RateLimited(
+                    f"This API key is limited to {limits.rpm} requests per minute.",
+                    retry_after=starts[len(starts) - limits.rpm] + RPM_WINDOW - now,
+                    code="rate_limit_exceeded")
+            starts.append(now)
+        state.in_flight += 1
+        return state
+
+    def leave(self, state: KeyState) -> None:
+        """The request that :meth:`enter` admitted is over."""
+        state.in_flight -= 1
+
+    def reserve(self, state: KeyState, limits: Limits, usd: float, tokens: int) -> Reservation:
+        """Admit a request against the key's windows and set its estimate aside, or raise.
+
+        :raises BudgetExceeded: a window's spend plus the reservations in flight
+            reached its limit (429, ``Retry-After`` up to the reset).
+        :raises BudgetUnavailable: the store is failing (503).
+        """
+        if not self.healthy:
+            raise BudgetUnavailable(
+                "Budgets cannot be checked now (the budget store is failing); requests of "
+                "keys with a budget are refused until it recovers.", headers={
+                    "Retry-After": str(max(1, round(self.interval)))})
+        now = self.clock.time()
+        refusal: BudgetExceeded | None = None
+        refusal_end = 0.0
+        warnings: list[str] = []
+        for period in limits.periods:
+            w = self.window(state, limits, period, now)
+            limit = limits.usd.get(period)
+            if limit is not None:
+                if w.spent_usd + state.reserved_usd >= limit and w.end > refusal_end:
+                    refusal, refusal_end = _exceeded(
+                        state, w, now, "USD", w.spent_usd, state.reserved_usd, limit), w.end
+                elif w.spent_usd >= limits.warn_at * limit:
+                    warnings.append(f"{period} ${w.spent_usd:.2f} of ${limit:.2f} "
+                                    f"({w.spent_usd / limit:.0%}), resets {iso(w.end)}"
+                                    if limit else f"{period} budget is 0")
+            cap = limits.tokens.get(period)
+            if cap is not None and w.spent_tokens + state.reserved_tokens >= cap \
+                    and w.end > refusal_end:
+                refusal, refusal_end = _exceeded(
+                    state, w, now, "tokens", w.spent_tokens, state.reserved_tokens, cap), w.end
+        if refusal is not None:
+            raise refusal
+        state.reserved_usd += usd
+        state.reserved_tokens += tokens
+        return Reservation(state, limits, usd, tokens, "; ".join(warnings) or None)
+
+    def settle(self, reservation: Reservation, usd: float, tokens: int) -> None:
+        """The request is over: its reservation gives way to what it really spent."""
+        state, limits = reservation.state, reservation.limits
+        state.reserved_usd = max(0.0, state.reserved_usd - reservation.usd)
+        state.reserved_tokens = max(0, state.reserved_tokens - reservation.tokens)
+        reservation.usd = reservation.tokens = 0
+        now = self.clock.time()
+        for period in limits.periods:
+            w = self.window(state, limits, period, now)
+            w.usd += usd
+            w.tokens += tokens
+            w.requests += 1
+            limit = limits.usd.get(period)
+            if limit is not None and not w.warned and w.spent_usd >= limits.warn_at * limit:
+                w.warned = True
+                log.warning("API key %s passed %.0f%% of its %s budget: $%.4f of $%.2f "
+                            "(window resets %s)", state.key_id, limits.warn_at * 100, period,
+                            w.spent_usd, limit, iso(w.end))
+
+    def window(self, state: KeyState, limits: Limits, period: str, now: float) -> Window:
+        """The key's current ``period`` window (a new one once the last has ended)."""
+        w = state.windows.get(period)
+        if w is not None and w.start <= now < w.end and w.reset_minutes == limits.reset_minutes:
+            return w
+        if w is not None and w.dirty:
+            self._retired.append((state.key_id, w))  # written on the next sync
+        start, end = window(period, now, limits.reset_minutes)
+        w = Window(period, start, end, limits.reset_minutes)
+        base = self._loaded.get((state.key_id, period, start))
+        if base is not None:
+            w.base_usd, w.base_tokens, w.base_requests = base
+        state.windows[period] = w
+        return w
+
+    # ------------------------------------------------------------------ persistence
+
+    async def start(self) -> None:
+        """Load the current windows' spend (a failure leaves the budgets closed until a sync)."""
+        try:
+            await self.sync()
+        except Exception:
+            log.exception("could not load budget spend; keys with a budget are refused "
+                          "until the store answers")
+
+    async def run(self) -> None:
+        """Sync every ``interval`` seconds until cancelled."""
+        while True:
+            await self.clock.sleep(self.interval)
+            try:
+                await self.sync()
+            except Exception:
+                log.exception("budget store sync failed; keys with a budget are refused "
+                              "until it succeeds")
+
+    async def close(self) -> None:
+        """Write what is left (called after the last request)."""
+        with contextlib.suppress(Exception):
+            await self.sync()
+
+    async def sync(self) -> None:
+        """Write the spend settled since the last sync, then read every window's totals."""
+        async with self._lock:
+            taken: list[tuple[str, Window, float, int, int]] = []
+            deltas: list[Delta] = []
+            retired, self._retired = self._retired, []
+            current = [(s.key_id, w) for s in self.keys.values() for w in s.windows.values()]
+            for key_id, w in [*retired, *current]:
+                if not w.dirty:
+                    continue
+                deltas.append((key_id, w.period, w.start, w.usd, w.tokens, w.requests))
+                taken.append((key_id, w, w.usd, w.tokens, w.requests))
+                w.base_usd += w.usd
+                w.base_tokens += w.tokens
+                w.base_requests += w.requests
+                w.usd, w.tokens, w.requests = 0.0, 0, 0
+            try:
+                await self.store.add(deltas)
+                loaded = await self.store.load(self.clock.time() - _LOAD_SPAN)
+            except BaseException:
+                waiting = {id(w) for _, w in self._retired}
+                for key_id, w, usd, tokens, requests in taken:  # written next time
+                    w.base_usd -= usd
+                    w.base_tokens -= tokens
+                    w.base_requests -= requests
+                    w.usd += usd
+                    w.tokens += tokens
+                    w.requests += requests
+                    state = self.keys.get(key_id)
+                    current_w = state.windows.get(w.period) if state is not None else None
+                    if current_w is not w and id(w) not in waiting:  # ended meanwhile
+                        self._retired.append((key_id, w))
+                self.healthy = False
+                raise
+            self._loaded = loaded
+            for state in self.keys.values():
+                for w in state.windows.values():
+                    w.base_usd, w.base_tokens, w.base_requests = loaded.get(
+                        (state.key_id, w.period, w.start), (0.0, 0, 0))
+            self.healthy = True
+
+
+def _exceeded(state: KeyState, w: Window, now: float, unit: str, spent: float,
+              reserved: float, limit: float) -> BudgetExceeded:
+    """The 429 for a window at its limit: spend, limit, reset, and how long to wait."""
+    def amount(value: float) -> str:
+        return f"${value:.2f}" if unit == "USD" else f"{int(value)} tokens"
+
+    in_flight = (f" (with {amount(reserved)} reserved by requests in flight)"
+                 if reserved else "")
+    what = "budget" if unit == "USD" else "token limit"
+    # spend alone under the limit: requests in flight hold the rest, and may free it soon
+    wait = w.end - now if spent >= limit else min(BUSY_RETRY_AFTER, w.end - now)
+    return BudgetExceeded(
+        f"Budget exceeded: this API key's {w.period} {what} is used up: spent "
+        f"{amount(spent)} of {amount(limit)}{in_flight}; it resets at {iso(w.end)}.",
+        retry_after=wait)

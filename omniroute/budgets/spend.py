@@ -1,0 +1,59 @@
+"""Where spend is kept between restarts: the ``key_spend`` table.
+
+One row per key, period and window start, holding the window's USD, tokens
+and requests. Writers *add* to a row (``cost_usd = cost_usd + ?``), so several
+worker processes sharing the database sum their spend; each one reads the
+totals back on every sync. Only :class:`~omniroute.budgets.Budgets`' background
+task writes here, never the request path.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from omniroute.storage.db import Database
+
+#: (key id, period, window start) -> (USD, tokens, requests)
+Totals = dict[tuple[str, str, float], tuple[float, int, int]]
+#: one window's spend to add: (key id, period, window start, USD, tokens, requests)
+Delta = tuple[str, str, float, float, int, int]
+
+
+class SpendStore(Protocol):
+    """The persistence :class:`~omniroute.budgets.Budgets` needs (a test may fail it)."""
+
+    async def add(self, deltas: Sequence[Delta]) -> None:
+        """Add each delta to its window's row, in one transaction."""
+
+    async def load(self, since: float) -> Totals:
+        """Every window that started at or after ``since``."""
+
+
+class SqliteSpendStore:
+    """:class:`SpendStore` on the gateway's SQLite database."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    async def add(self, deltas: Sequence[Delta]) -> None:
+        if not deltas:
+            return
+        async with self.db.transaction():
+            await self.db.executemany(
+                "INSERT INTO key_spend(key_id, period, window_start, cost_usd, tokens, requests)"
+                " VALUES (?,?,?,?,?,?) ON CONFLICT(key_id, period, window_start) DO UPDATE SET"
+                " cost_usd = cost_usd + excluded.cost_usd, tokens = tokens + excluded.tokens,"
+                " requests = requests + excluded.requests", deltas)
+
+    async def load(self, since: float) -> Totals:
+        rows = await self.db.fetchall(
+            "SELECT key_id, period, window_start, cost_usd, tokens, requests FROM key_spend"
+            " WHERE window_start >= ?", (since,))
+        return {(r["key_id"], r["period"], r["window_start"]):
+                (r["cost_usd"], r["tokens"], r["requests"]) for r in rows}
+
+    async def prune(self, before: float) -> int:
+        """Drop windows that started before ``before`` (kept for reports until then)."""
+        return await self.db.execute("DELETE FROM key_spend WHERE window_start < ?", (before,))

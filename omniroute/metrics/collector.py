@@ -1,0 +1,222 @@
+"""The gateway's Prometheus metrics, written with prometheus-client.
+
+One :class:`Metrics` per application (never prometheus-client's global
+registry). Per request the metrics stage calls :meth:`Metrics.observe` with
+the finished record: one dictionary lookup finds the label children bound for
+that (endpoint, provider, model, status), then a few increments. What is state
+rather than traffic (breakers, cooldowns, the usage-record backlog) is read at
+scrape time by :meth:`Metrics.refresh`.
+
+With ``--workers N`` every worker writes its values to prometheus-client's
+multiprocess directory (``PROMETHEUS_MULTIPROC_DIR``, a fresh one per run that
+``serve`` makes before the workers start) and a scrape, whichever worker
+answers it, merges all of them (:class:`~prometheus_client.multiprocess.MultiProcessCollector`):
+counters and histograms add up; the in-flight and backlog gauges sum over live
+workers; breaker and cooldown gauges take the worst live worker's value.
+
+Labels hold only names from the configuration and the request's shape: the
+endpoint, the provider prefix, the upstream model, the status, a connection's
+id and name. Never a key, a credential or content. The upstream model is the
+one label a client can vary, so at most :data:`MAX_MODELS` distinct (provider,
+model) pairs get their own series per process; later ones count as ``_other``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, values
+from prometheus_client.exposition import choose_encoder
+from prometheus_client.multiprocess import MultiProcessCollector
+
+if TYPE_CHECKING:
+    from omniroute.resilience import Resilience
+    from omniroute.storage import RequestLog, RequestRecord
+    from omniroute.storage.store import Connection
+
+#: histogram buckets (seconds): LLM answers take from tens of milliseconds to minutes
+BUCKETS = (0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0)
+#: distinct (provider, model) label pairs per process; requests past that count as OTHER
+MAX_MODELS = 500
+OTHER = "_other"
+#: ``omniroute_breaker_state`` values (the worst state has the highest number)
+BREAKER_STATES = {"closed": 0.0, "half_open": 1.0, "open": 2.0}
+TOKEN_TYPES = ("input", "output", "cache_read", "cache_write", "reasoning")
+
+
+class _Bound:
+    """The label children one (endpoint, provider, model, status) writes to."""
+
+    __slots__ = ("cache_hits", "cache_read", "cache_write", "cost", "input", "latency", "output",
+                 "reasoning", "requests", "ttfb")
+
+    def __init__(self, metrics: Metrics, endpoint: str, provider: str, model: str,
+                 status: str) -> None:
+        self.requests = metrics.requests.labels(endpoint, provider, model, status)
+        self.latency = metrics.latency.labels(endpoint, provider, model)
+        self.ttfb = metrics.ttfb.labels(endpoint, provider, model)
+        tokens = metrics.tokens
+        self.input = tokens.labels(provider, model, "input")
+        self.output = tokens.labels(provider, model, "output")
+        self.cache_read = tokens.labels(provider, model, "cache_read")
+        self.cache_write = tokens.labels(provider, model, "cache_write")
+        self.reasoning = tokens.labels(provider, model, "reasoning")
+        self.cost = metrics.cost.labels(provider, model)
+        self.cache_hits = metrics.cache_hits.labels(endpoint, provider, model)
+
+
+class Metrics:
+    """The metric families of one gateway, what feeds them, and the scrape.
+
+    :param multiprocess_dir: prometheus-client's multiprocess directory when the
+        gateway runs several workers (``Config.metrics_dir``); None for one process.
+    """
+
+    def __init__(self, multiprocess_dir: Path | None = None) -> None:
+        self.multiprocess = multiprocess_dir is not None
+        #: what a scrape collects: the metrics below, or (workers) every worker's files
+        self.registry = CollectorRegistry(auto_describe=True)
+        own: CollectorRegistry | None = self.registry
+        if multiprocess_dir is not None:
+            if not getattr(values.ValueClass, "_multiprocess", False):
+                raise RuntimeError("metrics: PROMETHEUS_MULTIPROC_DIR must be set before "
+                                   "prometheus_client is first imported (serve does this)")
+            MultiProcessCollector(self.registry, path=str(multiprocess_dir))
+            own = None  # values go to this worker's files; the collector reads them all
+        endpoint_model = ("endpoint", "provider", "model")
+        self.requests = Counter(
+            "omniroute_requests", "Client requests by endpoint, provider, upstream model and "
+            "final HTTP status (499: the client left).", (*endpoint_model, "status"),
+            registry=own)
+        self.latency = Histogram(
+            "omniroute_request_duration_seconds", "Time from a request's arrival to its last "
+            "byte.", endpoint_model, buckets=BUCKETS, registry=own)
+        self.ttfb = Histogram(
+            "omniroute_time_to_first_byte_seconds", "Time from a request's arrival to the "
+            "first byte of its answer (requests that got one).", endpoint_model,
+            buckets=BUCKETS, registry=own)
+        self.tokens = Counter(
+            "omniroute_tokens", "Tokens as the usage records count them, by type: input, "
+            "output, cache_read, cache_write, reasoning.", ("provider", "model", "type"),
+            registry=own)
+        self.cost = Counter(
+            "omniroute_cost_usd", "Cost of the requests in US dollars (requests with a known "
+            "price).", ("provider", "model"), registry=own)
+        self.cache_hits = Counter(
+            "omniroute_cache_hits", "Requests answered from the response cache.",
+            endpoint_model, registry=own)
+        self.streams = Gauge(
+            "omniroute_streams_in_flight", "Streamed requests being served now.",
+            registry=own, multiprocess_mode="livesum")
+        self.breaker = Gauge(
+            "omniroute_breaker_state", "Circuit breaker of a provider prefix: 0 closed, "
+            "1 half-open, 2 open (workers: the worst).", ("provider",), registry=own,
+            multiprocess_mode="livemax")
+        self.cooldown = Gauge(
+            "omniroute_connection_cooldown_seconds", "Seconds until a cooling connection is "
+            "used again (0: not cooling).", ("connection", "name", "provider"),
+            registry=own, multiprocess_mode="livemax")
+        self.terminal = Gauge(
+            "omniroute_connection_terminal", "1 when a connection is out until an operator "
+            "resets it (revoked key, no credit).", ("connection", "name", "provider"),
+            registry=own, multiprocess_mode="livemax")
+        self.dropped = Counter(
+            "omniroute_usage_records_dropped", "Usage records dropped because the database "
+            "stayed behind past the buffer's bound.", registry=own)
+        self.pending = Gauge(
+            "omniroute_usage_records_pending", "Usage records waiting to be written.",
+            registry=own, multiprocess_mode="livesum")
+        self._bound: dict[tuple[str, str | None, str | None, int], _Bound] = {}
+        self._models: set[tuple[str, str]] = set()
+        self._dropped_seen = 0
+        self._breaker_labels: set[str] = set()
+        self._connection_labels: set[tuple[str, str, str]] = set()
+
+    # ------------------------------------------------------------------ per request
+
+    def observe(self, record: RequestRecord) -> None:
+        """Count one finished request (the metrics stage calls it once per request)."""
+        key = (record.endpoint, record.provider, record.model, record.status)
+        bound = self._bound.get(key)
+        if bound is None:
+            bound = self._bind(key)
+        bound.requests.inc()
+        if record.latency_ms is not None:
+            bound.latency.observe(record.latency_ms / 1000)
+        if record.ttfb_ms is not None:
+            bound.ttfb.observe(record.ttfb_ms / 1000)
+        if record.prompt_tokens:
+            bound.input.inc(max(0, record.prompt_tokens))
+        if record.completion_tokens:
+            bound.output.inc(max(0, record.completion_tokens))
+        if record.cached_tokens:
+            bound.cache_read.inc(max(0, record.cached_tokens))
+        if record.cache_write_tokens:
+            bound.cache_write.inc(max(0, record.cache_write_tokens))
+        if record.reasoning_tokens:
+            bound.reasoning.inc(max(0, record.reasoning_tokens))
+        if record.cost_usd is not None and record.cost_usd > 0:
+            bound.cost.inc(record.cost_usd)
+        if record.cache_hit:
+            bound.cache_hits.inc()
+
+    def _bind(self, key: tuple[str, str | None, str | None, int]) -> _Bound:
+        """Label children for ``key``, made once; a model past the bound counts as OTHER."""
+        endpoint, provider, model, status = key
+        provider, model = provider or "", model or ""
+        pair = (provider, model)
+        if model and pair not in self._models:
+            if len(self._models) >= MAX_MODELS:
+                other = (endpoint, provider, OTHER, status)
+                bound = self._bound.get(other)
+                if bound is None:
+                    bound = self._bound[other] = _Bound(
+                        self, endpoint, provider, OTHER, str(status))
+                return bound  # not kept under the raw model: its name stays out of memory
+            self._models.add(pair)
+        bound = self._bound[key] = _Bound(self, endpoint, provider, model, str(status))
+        return bound
+
+    # ------------------------------------------------------------------ at scrape time
+
+    def refresh(self, resilience: Resilience, connections: Iterable[Connection],
+                request_log: RequestLog) -> None:
+        """Read the state gauges: breakers, cooldowns, the usage-record backlog.
+
+        A connection or prefix that is gone is set to 0 and its series removed
+        (with workers its last value stays in the files, as 0, until the restart).
+        """
+        connections = list(connections)
+        states = resilience.breaker_states()
+        prefixes = {conn.prefix for conn in connections} | set(states)
+        for prefix in prefixes:
+            self.breaker.labels(prefix).set(BREAKER_STATES.get(states.get(prefix, "closed"), 0))
+        for gone in self._breaker_labels - prefixes:
+            self.breaker.labels(gone).set(0)
+            self.breaker.remove(gone)
+        self._breaker_labels = prefixes
+        rests = resilience.rests(connections)
+        labels = set()
+        for conn in connections:
+            left, terminal = rests[conn.id]
+            names = (conn.id, conn.name, conn.prefix)
+            labels.add(names)
+            self.cooldown.labels(*names).set(round(left, 3))
+            self.terminal.labels(*names).set(1 if terminal else 0)
+        for old in self._connection_labels - labels:
+            for gauge in (self.cooldown, self.terminal):
+                gauge.labels(*old).set(0)
+                gauge.remove(*old)
+        self._connection_labels = labels
+        dropped = request_log.dropped
+        if dropped > self._dropped_seen:
+            self.dropped.inc(dropped - self._dropped_seen)
+        self._dropped_seen = dropped
+        self.pending.set(request_log.pending)
+
+    def render(self, accept: str | None) -> tuple[bytes, str]:
+        """The exposition (text format, or OpenMetrics when ``accept`` asks for it)."""
+        encode, content_type = choose_encoder(accept or "")
+        return encode(self.registry), content_type

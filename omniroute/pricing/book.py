@@ -1,0 +1,173 @@
+"""The price book: what each target's tokens cost, and what a finished request cost.
+
+Where a target's price comes from, first match wins:
+
+1. an operator override (``price_overrides``, ``/api/pricing``) for its connection
+   and model, then for its connection and every model (``*``), then for the model
+   everywhere (matched on the upstream model, and on ``prefix/model``);
+2. ``genai-prices``' database (offline, shipped with the package): the provider
+   its connection's ``base_url`` belongs to (OpenRouter, Groq, DeepSeek ...), else
+   the connection's ``price_provider`` setting, else its provider type's
+   (:attr:`~omniroute.providers.base.Provider.price_provider`); a model that
+   provider does not list is looked up by its name alone.
+
+A provider type with ``priced = False`` (local servers such as Ollama) costs 0.
+A subscription (``auth_kind = "oauth"``) connection costs 0 too; the list price
+of its tokens is recorded beside it (``list_cost_usd``) to show what it saved.
+
+Lookups are done once per connection and model and kept (:meth:`PriceBook.forget`
+clears them: the gateway does on every configuration change, every few hours
+since genai-prices dates some prices, and after a price update), so pricing a
+request is a dictionary hit and a few multiplications.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from omniroute.pricing.rate import Rate, flat, from_model_price
+
+if TYPE_CHECKING:
+    from omniroute.routing import Target
+    from omniroute.storage import RequestRecord
+
+log = logging.getLogger(__name__)
+
+@dataclass(frozen=True, slots=True)
+class Override:
+    """An operator's price, USD per 1M tokens. ``scope`` is a connection id, or ``""``
+    for every connection; ``model`` is a model name or ``*`` (every model of the scope)."""
+
+    model: str
+    input: float
+    output: float
+    cache_read: float | None = None
+    cache_write: float | None = None
+    scope: str = ""
+
+    def rate(self) -> Rate:
+        where = f"override:{self.scope or '*'}/{self.model}"
+        return flat(self.input, self.output, self.cache_read, self.cache_write, source=where)
+
+    def public(self) -> dict[str, Any]:
+        return {"connection": self.scope or None, "model": self.model, "input": self.input,
+                "output": self.output, "cache_read": self.cache_read,
+                "cache_write": self.cache_write}
+
+
+#: a looked-up price that was not found (kept, so a miss is not looked up again)
+_MISSING = Rate((), source="")
+
+
+class PriceBook:
+    """Prices for targets; one per gateway, shared by the pipeline and the strategies."""
+
+    def __init__(self, overrides: Iterable[Override] = ()) -> None:
+        self._overrides: dict[tuple[str, str], Override] = {}
+        self._rates: dict[tuple[str, str], Rate] = {}
+        self.replace(overrides)
+
+    # ------------------------------------------------------------------ the overrides
+
+    def replace(self, overrides: Iterable[Override]) -> None:
+        """Use these overrides from now on (the database's, after a change)."""
+        self._overrides = {(o.scope, o.model): o for o in overrides}
+        self._rates.clear()
+
+    @property
+    def overrides(self) -> list[Override]:
+        return sorted(self._overrides.values(), key=lambda o: (o.scope, o.model))
+
+    def forget(self) -> None:
+        """Look every target up again (the configuration or the prices changed)."""
+        self._rates.clear()
+
+    # ------------------------------------------------------------------ lookups
+
+    def rate(self, target: Target) -> Rate | None:
+        """The price of ``target``'s tokens, or None when no source knows it."""
+        key = (target.connection.id, target.model)
+        rate = self._rates.get(key)
+        if rate is None:
+            rate = self._rates[key] = self._look_up(target) or _MISSING
+        return None if rate is _MISSING else rate
+
+    def _look_up(self, target: Target) -> Rate | None:
+        conn, model = target.connection, target.model
+        found = self._overrides
+        for key in ((conn.id, model), (conn.id, f"{conn.prefix}/{model}"), (conn.id, "*"),
+                    ("", f"{conn.prefix}/{model}"), ("", model)):
+            if key in found:
+                return found[key].rate()
+        provider = target.provider
+        if not getattr(provider, "priced", True):
+            return flat(0.0, 0.0, source="free")
+        settings = conn.settings or {}
+        return _genai_rate(model, settings.get("base_url"),
+                           settings.get("price_provider") or provider.price_provider)
+
+    def blended(self, target: Target) -> float | None:
+        """USD per 1M tokens at three input tokens to one output (``cost-optimized``)."""
+        rate = self.rate(target)
+        return None if rate is None else rate.blended
+
+    # ------------------------------------------------------------------ requests
+
+    def charge(self, record: RequestRecord, target: Target | None) -> None:
+        """Set ``record.cost_usd`` (and ``list_cost_usd`` for a subscription) from its tokens.
+
+        Leaves them None when nothing answered, no tokens are known, or the price is not.
+        """
+        if target is None or (record.prompt_tokens is None and record.completion_tokens is None):
+            return
+        rate = self.rate(target)
+        if rate is None:
+            return
+        cost = rate.cost(record.prompt_tokens or 0, record.completion_tokens or 0,
+                         record.cached_tokens or 0, record.cache_write_tokens or 0)
+        if target.provider.auth_kind == "oauth":
+            record.cost_usd, record.list_cost_usd = 0.0, cost
+        else:
+            record.cost_usd = cost
+
+    def estimate_usd(self, target: Target, input_tokens: int, output_tokens: int) -> float | None:
+        """What a request of this size would cost on ``target`` (budget reservations);
+        a subscription costs 0, an unknown price None."""
+        if target.provider.auth_kind == "oauth":
+            return 0.0
+        rate = self.rate(target)
+        return None if rate is None else rate.cost(input_tokens, output_tokens)
+
+
+def _genai_rate(model: str, base_url: str | None, provider_id: str | None) -> Rate | None:
+    """The rate genai-prices has for ``model`` (None when it has none)."""
+    from genai_prices import data_snapshot
+
+    snapshot = data_snapshot.get_snapshot()
+    model = model.lower()
+    provider = None
+    if base_url:
+        try:
+            provider = snapshot.find_provider(None, None, base_url)
+        except LookupError:
+            provider = None
+    if provider is None and provider_id:
+        try:
+            provider = snapshot.find_provider(None, provider_id, None)
+        except LookupError:
+            log.warning("genai-prices knows no provider %r", provider_id)
+    info = None
+    if provider is not None:
+        info = provider.find_model(model, all_providers=snapshot.providers)
+    if info is None:  # by the model's name alone (a gateway or a reseller of known models)
+        try:
+            provider, info = snapshot.find_provider_model(model, None, None, None)
+        except LookupError:
+            return None
+    assert provider is not None
+    prices = info.get_prices(datetime.now(tz=UTC))
+    return from_model_price(prices, source=f"genai-prices:{provider.id}/{info.id}")

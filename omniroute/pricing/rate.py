@@ -1,0 +1,120 @@
+"""A model's price as a few floats: what a request's cost is computed from.
+
+:func:`from_model_price` reads a price out of ``genai-prices`` (the source of
+truth) by asking it to price a handful of probe usages. Within one tier band
+its prices are linear in the token counts, so the probes give exact
+coefficients: the cost of a request, input tokens (total, cache reads and
+writes included, as the canonical :class:`~omniroute.formats.canonical.Usage`
+counts them), output tokens (reasoning included), cache reads and cache writes.
+Pricing one request is then four multiplications, where ``genai_prices.calc_price``
+costs about 100 µs of ``Decimal`` arithmetic: too much for every request.
+``tests/test_pricing.py`` checks the two agree across the whole database.
+
+Tiers follow genai-prices' rule: once the request's input tokens pass a tier's
+start, that tier's price applies to every token of the request.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+MTOK = 1_000_000
+
+
+@dataclass(frozen=True, slots=True)
+class Band:
+    """Prices (USD per token) that apply while input tokens exceed ``above``."""
+
+    above: int
+    per_request: float
+    input: float
+    output: float
+    #: what a cache read / write costs *instead of* an input token (usually negative /
+    #: positive): the input price is already counted for every input token
+    cache_read_delta: float
+    cache_write_delta: float
+
+
+@dataclass(frozen=True, slots=True)
+class Rate:
+    """One model's prices, in bands by input tokens (the first band starts at 0)."""
+
+    bands: tuple[Band, ...]
+    #: where the price came from: ``genai-prices:<provider>/<model>`` or ``override:<scope>``
+    source: str = ""
+
+    def cost(self, input_tokens: int, output_tokens: int, cache_read: int = 0,
+             cache_write: int = 0) -> float:
+        """USD for one request's tokens (``input_tokens`` includes cache reads and writes)."""
+        band = self.bands[0]
+        if len(self.bands) > 1:
+            for candidate in reversed(self.bands):
+                if input_tokens > candidate.above:
+                    band = candidate
+                    break
+        return (band.per_request + band.input * input_tokens + band.output * output_tokens
+                + band.cache_read_delta * cache_read + band.cache_write_delta * cache_write)
+
+    @property
+    def blended(self) -> float:
+        """One number to sort by (USD per 1M tokens): three input tokens to one output."""
+        band = self.bands[0]
+        return (3 * band.input + band.output) / 4 * MTOK
+
+    def per_million(self) -> dict[str, float]:
+        """The base band as USD per 1M tokens (what the management API shows)."""
+        band = self.bands[0]
+        return {
+            "input": band.input * MTOK,
+            "output": band.output * MTOK,
+            "cache_read": (band.input + band.cache_read_delta) * MTOK,
+            "cache_write": (band.input + band.cache_write_delta) * MTOK,
+        }
+
+
+def flat(input: float, output: float, cache_read: float | None = None,
+         cache_write: float | None = None, *, source: str = "") -> Rate:
+    """A rate from USD per 1M tokens; cache reads and writes default to the input price."""
+    per_in = input / MTOK
+    read = per_in if cache_read is None else cache_read / MTOK
+    write = per_in if cache_write is None else cache_write / MTOK
+    return Rate((Band(0, 0.0, per_in, output / MTOK, read - per_in, write - per_in),),
+                source=source)
+
+
+def from_model_price(model_price: Any, *, source: str = "") -> Rate | None:
+    """Read a ``genai_prices.types.ModelPrice`` into a :class:`Rate` by probing it.
+
+    None when the price has nothing a text request pays for (an image-only model).
+    """
+    from genai_prices import Usage
+
+    def price(inp: int, out: int = 0, read: int = 0, write: int = 0) -> Decimal:
+        usage = Usage(input_tokens=inp, output_tokens=out, cache_read_tokens=read,
+                      cache_write_tokens=write)
+        return Decimal(model_price.calc_price(usage)["total_price"])
+
+    starts = sorted({tier.start for value in vars(model_price).values()
+                     if hasattr(value, "tiers") for tier in value.tiers})
+    bands = []
+    for i, above in enumerate([0, *starts]):
+        upper = starts[i] if i < len(starts) else None
+        x = above + 1  # a probe inside the band: input tokens above its start ...
+        if upper is not None and x + 1 > upper:  # ... and room for one more
+            continue
+        base = price(x)
+        per_input = price(x + 1) - base
+        band = Band(
+            above=above,
+            per_request=float(base - per_input * x),
+            input=float(per_input),
+            output=float(price(x, out=1) - base),
+            cache_read_delta=float(price(x, read=1) - base),
+            cache_write_delta=float(price(x, write=1) - base),
+        )
+        bands.append(band)
+    if not bands or not any((b.per_request, b.input, b.output) for b in bands):
+        return None
+    return Rate(tuple(bands), source=source)

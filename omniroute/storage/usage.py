@@ -1,0 +1,407 @@
+"""Reading the request log: usage totals, breakdowns and paged records.
+
+The request log (``request_log``, written by :mod:`omniroute.storage.requestlog`)
+holds up to a million rows by default, so every read here is shaped for its
+indexes: a time range uses ``request_log_ts``, a key ``request_log_key_ts``, a
+connection ``request_log_conn_ts``; pages are keyset pages (newest first, by
+``(ts, id)``), never ``OFFSET``. A summary reads the range twice: once grouped by
+time bucket, once grouped by (provider, model, connection, key), which Python
+folds into the four breakdowns (measured faster than one query per breakdown,
+and the result stays small whatever the range).
+
+The gateway reads through its own read-only connection (:func:`open_reader`):
+a summary over a month of a busy log takes seconds, and it must not hold up
+the connection the request log, budgets and the management API write through.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import calendar
+import math
+import re
+import sqlite3
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal
+
+import aiosqlite
+import orjson
+
+from omniroute.storage.db import Database
+
+Bucket = Literal["day", "hour"]
+#: the breakdowns a summary can hold besides its totals
+DIMENSIONS = ("time", "provider", "model", "connection", "key")
+_BUCKET_SECONDS = {"day": 86400, "hour": 3600}
+_COLUMN = {"provider": "provider", "model": "model", "connection": "connection_id",
+           "key": "api_key_id"}
+_FAILED = "(status >= 400 OR error_class IS NOT NULL)"
+_AGGREGATES = (
+    "COUNT(*) AS requests",
+    f"SUM({_FAILED}) AS errors",
+    "SUM(prompt_tokens) AS tokens_in",
+    "SUM(completion_tokens) AS tokens_out",
+    "SUM(cached_tokens) AS cache_read_tokens",
+    "SUM(cache_write_tokens) AS cache_write_tokens",
+    "SUM(reasoning_tokens) AS reasoning_tokens",
+    "SUM(cost_usd) AS cost_usd",
+    # what the same tokens cost at list price: a subscription's list price, else the cost
+    "SUM(COALESCE(list_cost_usd, cost_usd)) AS list_cost_usd",
+    "SUM(latency_ms) AS latency_ms",
+    "COUNT(latency_ms) AS timed",
+)
+_SUMS = ("requests", "errors", "tokens_in", "tokens_out", "cache_read_tokens",
+         "cache_write_tokens", "reasoning_tokens", "cost_usd", "list_cost_usd", "latency_ms",
+         "timed")
+_DURATION = re.compile(r"^(\d+(?:\.\d+)?)\s*([smhdw])$")
+_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+_STATUS_CLASS = re.compile(r"^([1-5])xx$")
+#: the largest page of records one call returns
+MAX_PAGE = 500
+
+
+# ---------------------------------------------------------------------- input
+
+class FilterError(ValueError):
+    """A filter value that cannot be used; ``param`` names it."""
+
+    def __init__(self, message: str, param: str) -> None:
+        super().__init__(message)
+        self.param = param
+
+
+def parse_time(text: str, *, now: float) -> float:
+    """A point in time as epoch seconds.
+
+    Accepts epoch seconds (``1717000000``), an ISO 8601 date or date-time
+    (``2024-05-29``, ``2024-05-29T10:00:00Z``; without a zone it is UTC), or a
+    duration back from ``now`` (``90s``, ``15m``, ``24h``, ``7d``, ``2w``).
+
+    :raises ValueError: none of these.
+    """
+    value = text.strip()
+    if not value:
+        raise ValueError("an empty time")
+    try:
+        number = float(value)
+    except ValueError:
+        pass
+    else:
+        if not math.isfinite(number) or number < 0:
+            raise ValueError(f"{text!r} is not a time")
+        return number
+    match = _DURATION.match(value.lower())
+    if match:
+        return now - float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+    try:
+        parsed = datetime.fromisoformat(value.replace("z", "Z"))
+    except ValueError:
+        raise ValueError(f"{text!r} is not a time: use epoch seconds, an ISO 8601 date "
+                         "or date-time, or a duration such as 24h or 7d") from None
+    if parsed.tzinfo is None:
+        return float(calendar.timegm(parsed.timetuple())) + parsed.microsecond / 1e6
+    return parsed.timestamp()
+
+
+def iso(ts: float | None) -> str | None:
+    """Epoch seconds as ISO 8601 in UTC (``2024-05-29T10:00:00Z``)."""
+    if ts is None:
+        return None
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+@dataclass(frozen=True, slots=True)
+class UsageFilter:
+    """Which records a read covers; every field is optional."""
+
+    since: float | None = None  #: inclusive
+    until: float | None = None  #: exclusive
+    key: str | None = None
+    model: str | None = None
+    provider: str | None = None
+    connection: str | None = None
+    #: an HTTP status (``429``), a class (``5xx``), ``ok`` or ``error``
+    status: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.since is not None and self.until is not None and self.since >= self.until:
+            raise FilterError("'from' must be before 'to'", "from")
+        if self.status is not None:
+            try:
+                _status_clause(self.status)  # refuse a bad value when the filter is made
+            except ValueError as exc:
+                raise FilterError(str(exc), "status") from None
+
+    def where(self, *, until: float | None = None, upper_inclusive: bool = False,
+              ) -> tuple[list[str], list[Any]]:
+        """The WHERE clauses and their parameters.
+
+        :param until: an upper time bound that replaces :attr:`until` (a page cursor's),
+            so the index range has one upper bound.
+        :param upper_inclusive: that bound includes its own time.
+        """
+        clauses: list[str] = []
+        params: list[Any] = []
+        # an equality on the key or the connection first: (column, ts) is an index
+        for column, value in (("api_key_id", self.key), ("connection_id", self.connection),
+                              ("model", self.model), ("provider", self.provider)):
+            if value is not None:
+                clauses.append(f"{column} = ?")
+                params.append(value)
+        if self.since is not None:
+            clauses.append("ts >= ?")
+            params.append(self.since)
+        upper = self.until if until is None else until
+        if upper is not None:
+            clauses.append("ts <= ?" if upper_inclusive else "ts < ?")
+            params.append(upper)
+        if self.status is not None:
+            clause, values = _status_clause(self.status)
+            clauses.append(clause)
+            params.extend(values)
+        return clauses, params
+
+
+def _status_clause(status: str) -> tuple[str, list[Any]]:
+    value = status.strip().lower()
+    if value in ("ok", "success"):
+        return f"NOT {_FAILED}", []
+    if value in ("error", "failed"):
+        return _FAILED, []
+    match = _STATUS_CLASS.match(value)
+    if match:
+        low = int(match.group(1)) * 100
+        return "status >= ? AND status < ?", [low, low + 100]
+    if value.isdigit() and 100 <= int(value) <= 599:
+        return "status = ?", [int(value)]
+    raise ValueError(f"status {status!r}: use an HTTP status (429), a class (5xx), "
+                     "'ok' or 'error'")
+
+
+# ---------------------------------------------------------------------- summary
+
+def _empty() -> dict[str, float]:
+    return dict.fromkeys(_SUMS, 0)
+
+
+def _add(into: dict[str, float], row: sqlite3.Row) -> None:
+    for name in _SUMS:
+        into[name] += row[name] or 0
+
+
+def _view(sums: dict[str, float]) -> dict[str, Any]:
+    """The public shape of one group's sums."""
+    timed = sums["timed"]
+    cost, listed = sums["cost_usd"], sums["list_cost_usd"]
+    return {
+        "requests": int(sums["requests"]),
+        "errors": int(sums["errors"]),
+        "tokens_in": int(sums["tokens_in"]),
+        "tokens_out": int(sums["tokens_out"]),
+        "cache_read_tokens": int(sums["cache_read_tokens"]),
+        "cache_write_tokens": int(sums["cache_write_tokens"]),
+        "reasoning_tokens": int(sums["reasoning_tokens"]),
+        "cost_usd": round(cost, 8),
+        "list_cost_usd": round(listed, 8),
+        # what subscription connections saved: their tokens' list price, paid nothing
+        "saved_usd": round(max(listed - cost, 0.0), 8),
+        "avg_latency_ms": round(sums["latency_ms"] / timed, 1) if timed else None,
+    }
+
+
+class UsageQueries:
+    """Usage reads over one database connection (the gateway's reader, or the CLI's)."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    async def summary(self, where: UsageFilter, *, bucket: Bucket = "day",
+                      by: Iterable[str] = DIMENSIONS) -> dict[str, Any]:
+        """Totals, and a breakdown per name in ``by`` (see :data:`DIMENSIONS`).
+
+        Each breakdown is a list of groups, largest cost first (time: oldest first),
+        each group the totals' fields plus its own name.
+        """
+        wanted = list(dict.fromkeys(by))
+        unknown = set(wanted) - set(DIMENSIONS)
+        if unknown:
+            raise ValueError(f"unknown breakdown {sorted(unknown)}: use {', '.join(DIMENSIONS)}")
+        if bucket not in _BUCKET_SECONDS:
+            raise ValueError("bucket must be 'day' or 'hour'")
+        clauses, params = where.where()
+        sql_where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
+        aggregates = ", ".join(_AGGREGATES)
+        totals = _empty()
+        result: dict[str, Any] = {"bucket": bucket}
+        if "time" in wanted:
+            size = _BUCKET_SECONDS[bucket]
+            rows = await self.db.fetchall(
+                f"SELECT CAST(ts / {size} AS INTEGER) AS bucket, {aggregates} "
+                f"FROM request_log{sql_where} GROUP BY 1 ORDER BY 1", params)
+            result["by_time"] = [{"start": iso(row["bucket"] * size),
+                                  "ts": row["bucket"] * size, **_view(_sums(row))}
+                                 for row in rows]
+            for row in rows:
+                _add(totals, row)
+        dims = [d for d in wanted if d != "time"]
+        if dims or "time" not in wanted:
+            columns = [_COLUMN[d] for d in dims]
+            group = f" GROUP BY {', '.join(columns)}" if columns else ""
+            select = "".join(f"{c}, " for c in columns)
+            rows = await self.db.fetchall(
+                f"SELECT {select}{aggregates} FROM request_log{sql_where}{group}", params)
+            groups: dict[str, dict[Any, dict[str, float]]] = {d: {} for d in dims}
+            fold_totals = "time" not in wanted
+            for row in rows:
+                if fold_totals:
+                    _add(totals, row)
+                for dim in dims:
+                    value = row[_COLUMN[dim]]
+                    sums = groups[dim].get(value)
+                    if sums is None:
+                        sums = groups[dim][value] = _empty()
+                    _add(sums, row)
+            names = await self._names(groups)
+            for dim in dims:
+                ordered = sorted(groups[dim].items(),
+                                 key=lambda item: (-item[1]["cost_usd"], -item[1]["requests"],
+                                                   str(item[0])))
+                result[f"by_{dim}"] = [{**_label(dim, value, names), **_view(sums)}
+                                       for value, sums in ordered]
+        result["totals"] = _view(totals)
+        return result
+
+    async def _names(self, groups: dict[str, dict[Any, dict[str, float]]],
+                     ) -> dict[str, dict[str, sqlite3.Row]]:
+        """Names of the keys and connections in ``groups`` (deleted ones have none)."""
+        names: dict[str, dict[str, sqlite3.Row]] = {}
+        for dim, table, columns in (("key", "api_keys", "id, name, key_prefix"),
+                                    ("connection", "connections", "id, name, prefix")):
+            ids = [v for v in groups.get(dim, {}) if v is not None]
+            names[dim] = {}
+            for chunk in _chunks(ids, 500):
+                rows = await self.db.fetchall(
+                    f"SELECT {columns} FROM {table} WHERE id IN ({','.join('?' * len(chunk))})",
+                    chunk)
+                names[dim].update((row["id"], row) for row in rows)
+        return names
+
+    async def logs(self, where: UsageFilter, *, cursor: str | None = None,
+                   limit: int = 50) -> tuple[list[dict[str, Any]], str | None]:
+        """One page of records, newest first, and the cursor of the next page (or None).
+
+        :raises ValueError: ``cursor`` is not one this function returned.
+        """
+        limit = min(max(limit, 1), MAX_PAGE)
+        extra: list[str] = []
+        extra_params: list[Any] = []
+        bound: float | None = None
+        if cursor is not None:
+            after_ts, after_id = decode_cursor(cursor)
+            if where.until is None or after_ts < where.until:
+                bound = after_ts
+            else:  # the cursor is past the range's end: the range bounds it
+                bound = None
+            extra.append("(ts < ? OR (ts = ? AND id < ?))")
+            extra_params.extend((after_ts, after_ts, after_id))
+        clauses, params = where.where(until=bound, upper_inclusive=bound is not None)
+        clauses += extra
+        sql_where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
+        rows = await self.db.fetchall(
+            f"SELECT * FROM request_log{sql_where} ORDER BY ts DESC, id DESC LIMIT ?",
+            [*params, *extra_params, limit + 1])
+        more = len(rows) > limit
+        rows = rows[:limit]
+        next_cursor = encode_cursor(rows[-1]["ts"], rows[-1]["id"]) if more and rows else None
+        return [record_view(row) for row in rows], next_cursor
+
+
+def _sums(row: sqlite3.Row) -> dict[str, float]:
+    sums = _empty()
+    _add(sums, row)
+    return sums
+
+
+def _label(dim: str, value: Any, names: dict[str, dict[str, sqlite3.Row]]) -> dict[str, Any]:
+    if dim == "key":
+        row = names["key"].get(value)
+        return {"key_id": value, "key_name": row["name"] if row else None}
+    if dim == "connection":
+        row = names["connection"].get(value)
+        return {"connection_id": value, "connection_name": row["name"] if row else None,
+                "prefix": row["prefix"] if row else None}
+    return {dim: value}
+
+
+def _chunks(items: Sequence[Any], size: int) -> Iterable[Sequence[Any]]:
+    for start in range(0, len(items), size):
+        yield items[start:start + size]
+
+
+_BOOLEANS = ("stream", "cache_hit", "usage_estimated")
+_BODIES = ("request_body", "response_body")
+
+
+def record_view(row: sqlite3.Row) -> dict[str, Any]:
+    """One request record as the API shows it: flags as booleans, attempts parsed,
+    bodies only when stored."""
+    view = dict(row)
+    view["time"] = iso(view["ts"])
+    for name in _BOOLEANS:
+        if name in view:
+            view[name] = bool(view[name])
+    for name in _BODIES:
+        if view.get(name) is None:
+            view.pop(name, None)
+    raw = view.get("attempt_log")
+    if raw:
+        try:
+            view["attempt_log"] = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            view["attempt_log"] = None
+    else:
+        view["attempt_log"] = []
+    return view
+
+
+def encode_cursor(ts: float, row_id: int) -> str:
+    """An opaque page cursor: the last record's time and id."""
+    return base64.urlsafe_b64encode(f"{ts!r}:{row_id}".encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[float, int]:
+    """:raises ValueError: not a cursor :func:`encode_cursor` made."""
+    try:
+        text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        ts, _, row_id = text.partition(":")
+        value = float(ts), int(row_id)
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        raise ValueError("not a cursor from a previous page") from None
+    if not math.isfinite(value[0]):
+        raise ValueError("not a cursor from a previous page")
+    return value
+
+
+# ---------------------------------------------------------------------- the reader
+
+async def open_reader(path: Path | str) -> Database:
+    """A read-only connection to the gateway's database, for long reads.
+
+    SQLite in WAL mode lets it read while the main connection writes, and it
+    runs in its own thread, so a month-long summary holds up nothing else.
+    """
+    conn = await aiosqlite.connect(f"{Path(path).resolve().as_uri()}?mode=ro", uri=True)
+    conn.row_factory = sqlite3.Row
+    try:
+        await conn.execute("PRAGMA busy_timeout=10000")
+        await conn.execute("PRAGMA query_only=1")
+        # a summary walks much of the log: room for the index pages it revisits
+        await conn.execute("PRAGMA cache_size=-8192")
+    except BaseException:
+        await conn.close()
+        raise
+    return Database(conn, path)

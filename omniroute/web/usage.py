@@ -1,0 +1,150 @@
+"""Usage read API (admin): what requests cost, by time, provider, model, connection and key.
+
+``GET /api/usage/summary`` (totals and breakdowns), ``GET /api/usage/logs`` (the
+records, a page at a time) and ``GET /api/usage/{connectionId}`` (one
+connection's totals and breakdowns). Each takes ``from`` and ``to`` (epoch
+seconds, ISO 8601, or a duration back from now such as ``24h``); the SQL lives
+in :mod:`omniroute.storage.usage`, this module parses and renders.
+
+``/api/usage/budget`` belongs to the budgets API: the connection route's
+pattern refuses the names of the fixed routes under ``/api/usage/``, so it never
+shadows them, whatever the order they were registered in.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from typing import Any, cast
+
+from aiohttp import web
+
+from omniroute.appkeys import REQUEST_LOG, STORE, USAGE
+from omniroute.errors import InvalidRequest, NotFound
+from omniroute.storage.usage import (
+    DIMENSIONS,
+    Bucket,
+    FilterError,
+    UsageFilter,
+    UsageQueries,
+    iso,
+    open_reader,
+    parse_time,
+)
+from omniroute.web.audit import query_limit
+from omniroute.web.tags import tag_route
+
+#: fixed routes under /api/usage/ (ours and the budgets API's): never a connection id
+RESERVED = ("summary", "logs", "budget")
+CONNECTION_ROUTE = (
+    "/api/usage/{connectionId:(?!(?:" + "|".join(RESERVED) + ")$)[^/]+}")
+
+
+def _time(request: web.Request, name: str, now: float) -> float | None:
+    text = request.query.get(name)
+    if text is None or text == "":
+        return None
+    try:
+        return parse_time(text, now=now)
+    except ValueError as exc:
+        raise InvalidRequest(f"'{name}': {exc}", param=name, code="invalid_time") from None
+
+
+def _filter(request: web.Request, **fixed: str) -> UsageFilter:
+    """The filter the query string asks for (``fixed`` fields come from the path)."""
+    now = time.time()
+    query = request.query
+    fields: dict[str, Any] = {name: query.get(name) or None
+                              for name in ("key", "model", "provider", "connection", "status")}
+    fields.update(fixed)
+    try:
+        return UsageFilter(since=_time(request, "from", now), until=_time(request, "to", now),
+                           **fields)
+    except FilterError as exc:
+        code = "invalid_status" if exc.param == "status" else "invalid_time"
+        raise InvalidRequest(f"{exc}.", param=exc.param, code=code) from None
+
+
+def _bucket(request: web.Request) -> Bucket:
+    bucket = request.query.get("bucket", "day")
+    if bucket not in ("day", "hour"):
+        raise InvalidRequest("'bucket' must be 'day' or 'hour'.", param="bucket")
+    return cast(Bucket, bucket)
+
+
+def _by(request: web.Request, allowed: tuple[str, ...]) -> list[str]:
+    text = request.query.get("by")
+    if not text:
+        return list(allowed)
+    wanted = [part.strip() for part in text.split(",") if part.strip()]
+    unknown = [w for w in wanted if w not in allowed]
+    if unknown or not wanted:
+        raise InvalidRequest(f"'by' takes a comma-separated list of {', '.join(allowed)}.",
+                             param="by")
+    return wanted
+
+
+def _range(where: UsageFilter) -> dict[str, Any]:
+    return {"from": iso(where.since), "to": iso(where.until)}
+
+
+async def _queries(request: web.Request) -> UsageQueries:
+    await request.app[REQUEST_LOG].flush()  # records still in the buffer count too
+    return request.app[USAGE]
+
+
+async def usage_summary(request: web.Request) -> web.Response:
+    """Totals and breakdowns by time (``bucket=day|hour``), provider, model, connection
+    and key; ``by`` narrows the breakdowns (``by=model,key``)."""
+    where, bucket = _filter(request), _bucket(request)
+    by = _by(request, DIMENSIONS)
+    summary = await (await _queries(request)).summary(where, bucket=bucket, by=by)
+    return web.json_response({**_range(where), **summary})
+
+
+async def usage_logs(request: web.Request) -> web.Response:
+    """The records, newest first: ``limit`` (at most 500), ``cursor`` (the previous
+    page's ``next_cursor``), and the filters of the summary plus ``status``."""
+    where, limit = _filter(request), query_limit(request)
+    queries = await _queries(request)
+    try:
+        records, cursor = await queries.logs(where, cursor=request.query.get("cursor"),
+                                             limit=limit)
+    except ValueError as exc:
+        raise InvalidRequest(f"'cursor': {exc}", param="cursor", code="invalid_cursor") from None
+    return web.json_response({"logs": records, "next_cursor": cursor})
+
+
+async def connection_usage(request: web.Request) -> web.Response:
+    """One connection's totals and breakdowns by time, model and key."""
+    conn_id = request.match_info["connectionId"]
+    where = _filter(request, connection=conn_id)
+    conn = await request.app[STORE].get_connection(conn_id)
+    by = _by(request, ("time", "model", "key"))
+    summary = await (await _queries(request)).summary(where, bucket=_bucket(request), by=by)
+    if conn is None and not summary["totals"]["requests"]:
+        raise NotFound(f"No connection {conn_id!r} and no usage recorded for it.")
+    view = None if conn is None else {"id": conn.id, "name": conn.name, "prefix": conn.prefix,
+                                      "type": conn.type}
+    return web.json_response({"connection_id": conn_id, "connection": view, **_range(where),
+                              **summary})
+
+
+def setup_usage_routes(app: web.Application) -> None:
+    """The usage read API, and the read-only connection it reads through (opened after
+    the gateway's database, closed before it)."""
+
+    async def usage_ctx(app: web.Application) -> AsyncIterator[None]:
+        db = app[STORE].db
+        reader = None if str(db.path) == ":memory:" else await open_reader(db.path)
+        app[USAGE] = UsageQueries(reader or db)
+        yield
+        if reader is not None:
+            await reader.close()
+
+    app.cleanup_ctx.append(usage_ctx)
+    r = app.router
+    for route in (r.add_get("/api/usage/summary", usage_summary),
+                  r.add_get("/api/usage/logs", usage_logs),
+                  r.add_get(CONNECTION_ROUTE, connection_usage)):
+        tag_route(app, route, None, "admin")

@@ -1,0 +1,304 @@
+"""The audit log: every management call that changes state, and every login, is recorded."""
+
+from __future__ import annotations
+
+import re
+import sqlite3
+import time
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import openai
+import pytest
+from aiohttp import web
+
+from omniroute.appkeys import AUDIT_LOG
+from omniroute.storage import Database
+from omniroute.storage.audit import AuditEntry, AuditLog, diff_of, is_secret_field, redact
+from omniroute.web.tags import MUTATING_METHODS, ROUTE_TAGS, is_management_path
+
+PASSWORD = "test-password-123"
+UPSTREAM_SECRET = "sk-upstream-very-secret-0123456789"
+
+
+async def entries(gw: Any, **params: Any) -> list[dict[str, Any]]:
+    resp = await gw.client.get("/api/compliance/audit-log", headers=gw.admin_headers,
+                               params={"limit": "500", **{k: str(v) for k, v in params.items()}})
+    body = await resp.json()
+    assert resp.status == 200, body
+    return body["entries"]
+
+
+async def admin_actor(gw: Any) -> str:
+    keys = await gw.store.list_keys()
+    return "key:" + next(k.id for k in keys if k.name == "test-admin")
+
+
+def bare_session(gw: Any) -> aiohttp.ClientSession:
+    return aiohttp.ClientSession(gw.base_url, cookie_jar=aiohttp.CookieJar(unsafe=True))
+
+
+def state_changing_routes(app: web.Application) -> list[tuple[str, str]]:
+    """(method, pattern) of every route of the management API that changes state, found
+    by walking the router: a route added later is covered without editing this test."""
+    tags = app[ROUTE_TAGS]
+    found = set()
+    for route in app.router.routes():
+        resource = route.resource
+        path = resource.canonical if resource is not None else ""
+        if route.method not in MUTATING_METHODS or not path.startswith("/api/"):
+            continue
+        tag = tags.get(route)
+        access = tag.access if tag is not None else (
+            "admin" if is_management_path(app, path) else "client")
+        if access == "admin":
+            found.add((route.method, path))
+    return sorted(found)
+
+
+def fill(pattern: str) -> str:
+    return re.sub(r"\{[^}]+\}", "x1", pattern)
+
+
+# ----------------------------------------------------------------------------- coverage
+
+async def test_every_management_route_that_changes_state_leaves_an_entry(gw: Any) -> None:
+    routes = state_changing_routes(gw.client.app)
+    # the walk finds the routes it must (so an empty walk cannot pass)
+    assert ("POST", "/api/providers") in routes and ("DELETE", "/api/keys/{id}") in routes
+    assert ("PATCH", "/api/resilience") in routes and ("PUT", "/api/auth/password") in routes
+    assert len(routes) >= 15
+    before = len(await entries(gw))  # the fixture added a provider through the API
+    statuses = {}
+    for method, pattern in routes:
+        resp = await gw.client.request(method, fill(pattern), json={}, headers=gw.admin_headers)
+        statuses[(method, pattern)] = resp.status
+    actor = await admin_actor(gw)
+    recorded = {e["action"]: e for e in reversed(await entries(gw))}  # the newest wins
+    missing = [f"{m} {p}" for m, p in routes if f"{m} {p}" not in recorded]
+    assert not missing, f"management routes without an audit entry: {missing}"
+    for (method, pattern), status in statuses.items():
+        entry = recorded[f"{method} {pattern}"]
+        assert entry["actor"] == actor
+        assert entry["status"] == status
+        assert entry["address"] == "127.0.0.1"
+        if "{" in pattern:
+            assert entry["target"] == "x1", entry
+        assert abs(entry["ts"] - time.time()) < 60
+    # reads are not audited; nor are client requests
+    await gw.client.get("/api/providers", headers=gw.admin_headers)
+    client = openai.AsyncOpenAI(base_url=gw.base_url + "/v1", api_key="sk-client",
+                                max_retries=0, timeout=10)
+    await client.chat.completions.create(model="up/gpt-4o-mini",
+                                         messages=[{"role": "user", "content": "hi"}])
+    after = await entries(gw)
+    assert not [e for e in after if not any(e["action"].startswith(m) for m in MUTATING_METHODS)]
+    assert len(after) == len(await entries(gw)) == before + len(routes)
+
+
+async def test_a_plugin_route_under_the_management_api_is_audited(aiohttp_client: Any,
+                                                                  tmp_path: Path) -> None:
+    """An untagged route (a plugin's) under /api/ is admin-only, and audited when it
+    changes state."""
+    from omniroute.app import make_app
+    from omniroute.testing import GatewayHarness, make_test_config
+
+    app = make_app(make_test_config(tmp_path / "data"))
+
+    async def poke(request: web.Request) -> web.Response:
+        return web.json_response({"poked": request.match_info["thing"]})
+
+    app.router.add_post("/api/plugin-thing/{thing}", poke)
+    app.router.add_get("/api/plugin-thing/{thing}", poke)
+    gw = GatewayHarness(await aiohttp_client(app), "")
+    gw.admin_key = await gw.create_key("test-admin", admin=True)
+    gw.admin_headers = {"Authorization": f"Bearer {gw.admin_key}"}
+    assert ("POST", "/api/plugin-thing/{thing}") in state_changing_routes(app)
+    assert (await gw.client.post("/api/plugin-thing/t1", headers=gw.admin_headers)).status == 200
+    assert (await gw.client.get("/api/plugin-thing/t1", headers=gw.admin_headers)).status == 200
+    assert (await gw.client.post("/api/plugin-thing/t2")).status == 401
+    # an unknown path under /api/ is not an action
+    assert (await gw.client.post("/api/no-such-thing", headers=gw.admin_headers)).status == 404
+    found = [(e["action"], e["target"], e["status"], e["actor"]) for e in await entries(gw)]
+    assert found == [("POST /api/plugin-thing/{thing}", "t2", 401, "anonymous"),
+                     ("POST /api/plugin-thing/{thing}", "t1", 200, await admin_actor(gw))]
+
+
+# ----------------------------------------------------------------------------- what is kept
+
+async def test_secrets_never_reach_the_audit_log(gw: Any) -> None:
+    resp = await gw.client.post("/api/providers", headers=gw.admin_headers, json={
+        "type": "openai", "name": "second", "prefix": "two", "base_url": gw.fake.base_url,
+        "api_key": UPSTREAM_SECRET, "headers": {"Authorization": f"Bearer {UPSTREAM_SECRET}"}})
+    assert resp.status == 201, await resp.text()
+    created_conn = (await resp.json())["id"]
+    resp = await gw.client.post("/api/keys", headers=gw.admin_headers,
+                                json={"name": "ci", "scopes": []})
+    created_key = await resp.json()
+    resp = await gw.client.put("/api/auth/password", headers=gw.admin_headers, json={
+        "current_password": PASSWORD, "new_password": "another-password-456"})
+    assert resp.status == 200
+    resp = await gw.client.patch("/api/settings", headers=gw.admin_headers,
+                                 json={"max_attempts": 2})
+    assert resp.status == 200
+
+    found = {e["action"]: e for e in reversed(await entries(gw))}  # the newest wins
+    provider = found["POST /api/providers"]
+    assert provider["target"] == created_conn  # the id of what was created
+    assert provider["diff"]["name"] == "second" and provider["diff"]["prefix"] == "two"
+    assert provider["diff"]["api_key"] == "sk-u…6789"
+    assert provider["diff"]["headers"] == {"Authorization": "Bear…6789"}
+    key = found["POST /api/keys"]
+    assert key["target"] == created_key["id"] and key["diff"] == {"name": "ci", "scopes": []}
+    password = found["PUT /api/auth/password"]
+    assert password["diff"] == {"current_password": "[redacted]", "new_password": "[redacted]"}
+    assert found["PATCH /api/settings"]["diff"] == {"max_attempts": 2}
+
+    await gw.client.app[AUDIT_LOG].flush()
+    dump = "\n".join(str(tuple(row)) for row in await gw.store.db.fetchall(
+        "SELECT * FROM audit_log"))
+    for secret in (UPSTREAM_SECRET, created_key["key"], PASSWORD, "another-password-456"):
+        assert secret not in dump
+
+
+async def test_logins_and_logouts_succeed_and_fail_on_the_record(omniroute: Any) -> None:
+    gw = omniroute  # no provider: the fixture's own API call would be an entry too
+    async with bare_session(gw) as s:
+        async with s.post("/api/auth/login", json={"password": "wrong-password"}) as resp:
+            assert resp.status == 401
+        async with s.post("/api/auth/login", json={}) as resp:
+            assert resp.status == 400
+        async with s.patch("/api/settings", json={"max_attempts": 3}) as resp:
+            assert resp.status == 401  # not logged in: refused, and on the record
+        async with s.post("/api/auth/login", json={"password": PASSWORD}) as resp:
+            assert resp.status == 200
+        async with s.patch("/api/settings", json={"max_attempts": 3}) as resp:
+            assert resp.status == 200
+        async with s.post("/api/auth/logout") as resp:
+            assert resp.status == 200
+    found = [(e["action"], e["actor"], e["status"]) for e in reversed(await entries(gw))]
+    assert found == [
+        ("POST /api/auth/login", "anonymous", 401),
+        ("POST /api/auth/login", "anonymous", 400),
+        ("PATCH /api/settings", "anonymous", 401),
+        ("POST /api/auth/login", "admin_session", 200),
+        ("PATCH /api/settings", "admin_session", 200),
+        ("POST /api/auth/logout", "admin_session", 200),
+    ]
+    logins = await entries(gw, action="POST /api/auth/login")
+    assert [e["diff"] for e in logins] == [{"password": "[redacted]"}, {},
+                                           {"password": "[redacted]"}]
+
+
+# ----------------------------------------------------------------------------- the read API
+
+async def test_audit_log_pages_with_a_cursor_and_filters(omniroute: Any) -> None:
+    gw = omniroute  # no provider: the fixture's own API call would be an entry too
+    for i in range(23):
+        await gw.client.patch("/api/settings", headers=gw.admin_headers,
+                              json={"max_attempts": 1 + i % 5})
+    async with bare_session(gw) as s:
+        await s.post("/api/auth/login", json={"password": "nope-nope"})
+    seen: list[int] = []
+    cursor = None
+    while True:
+        params = {"limit": "10", **({"cursor": cursor} if cursor else {})}
+        resp = await gw.client.get("/api/compliance/audit-log", params=params,
+                                   headers=gw.admin_headers)
+        page = await resp.json()
+        seen += [e["id"] for e in page["entries"]]
+        cursor = page["next_cursor"]
+        if not cursor:
+            break
+    assert len(seen) == len(set(seen)) == 24 and seen == sorted(seen, reverse=True)
+
+    actor = await admin_actor(gw)
+    assert len(await entries(gw, actor=actor)) == 23
+    assert len(await entries(gw, actor="anonymous")) == 1
+    assert len(await entries(gw, action="PATCH /api/settings")) == 23
+    assert len(await entries(gw, action="POST /api/auth/*")) == 1
+    assert len(await entries(gw, action="POST *")) == 1
+    assert len(await entries(gw, **{"from": "1h"})) == 24
+    assert await entries(gw, **{"to": "2020-01-01"}) == []
+    for params, param in (({"cursor": "zzz"}, "cursor"), ({"from": "later"}, "from"),
+                          ({"limit": "0"}, "limit"),
+                          ({"from": "2024-02-01", "to": "2024-01-01"}, "from")):
+        resp = await gw.client.get("/api/compliance/audit-log", params=params,
+                                   headers=gw.admin_headers)
+        assert resp.status == 400
+        assert (await resp.json())["error"]["param"] == param
+    # admin only
+    async with bare_session(gw) as s, s.get("/api/compliance/audit-log") as resp:
+        assert resp.status == 401
+
+
+# ----------------------------------------------------------------------------- the writer
+
+@asynccontextmanager
+async def database(tmp_path: Path) -> Any:
+    db = await Database.open(tmp_path / "audit.db")
+    try:
+        yield db
+    finally:
+        await db.close()
+
+
+async def test_the_writer_flushes_on_close(tmp_path: Path) -> None:
+    async with database(tmp_path) as db:
+        audit = AuditLog(db, interval=3600)
+        audit.start()
+        audit.add(AuditEntry(ts=1.0, actor="admin_session", action="DELETE /api/keys/{id}",
+                             target="key_1", address="127.0.0.1", status=200))
+        assert audit.pending == 1  # queued, not written on the caller's path
+        await audit.close()
+        rows = await db.fetchall("SELECT actor, action, target, status FROM audit_log")
+        assert [tuple(r) for r in rows] == [("admin_session", "DELETE /api/keys/{id}",
+                                             "key_1", 200)]
+
+
+class FailingDb:
+    def transaction(self) -> Any:
+        raise sqlite3.OperationalError("database is locked")
+
+
+async def test_a_failing_database_keeps_entries_and_counts_what_it_drops() -> None:
+    audit = AuditLog(FailingDb(), max_pending=3)  # type: ignore[arg-type]
+    for i in range(3):
+        audit.add(AuditEntry(ts=float(i), actor="a", action="POST /api/x"))
+    assert await audit.flush() == 0
+    assert audit.pending == 3 and audit.dropped == 0
+    audit.add(AuditEntry(ts=9.0, actor="a", action="POST /api/x"))
+    assert audit.pending == 3 and audit.dropped == 1
+
+
+# ----------------------------------------------------------------------------- redaction
+
+@pytest.mark.parametrize("name", [
+    "api_key", "apiKey", "x-api-key", "password", "new_password", "client_secret",
+    "secret_key", "access_token", "refresh_token", "id_token", "token", "Authorization",
+    "credentials", "cookie", "private_key", "key", "session", "signature"])
+def test_secret_fields(name: str) -> None:
+    assert is_secret_field(name)
+
+
+@pytest.mark.parametrize("name", [
+    "name", "keyId", "key_id", "max_tokens", "tokens_per_day", "model", "prefix",
+    "session_ttl", "scopes", "limit", "base_url"])
+def test_fields_that_are_not_secrets(name: str) -> None:
+    assert not is_secret_field(name)
+
+
+def test_redact_masks_nested_secrets_and_keeps_the_rest() -> None:
+    body = {"name": "n", "settings": {"api_key": "sk-abcdefghijklmnopqrstuvwxyz",
+                                      "models": ["a"], "oauth": {"refresh_token": "short"}},
+            "credentials": {"anything": "at all"}, "steps": [{"password": 12345}]}
+    assert redact(body) == {
+        "name": "n", "settings": {"api_key": "sk-a…wxyz", "models": ["a"],
+                                  "oauth": {"refresh_token": "*****"}},
+        "credentials": "[redacted]", "steps": [{"password": "[redacted]"}]}
+    assert diff_of(b"") is None and diff_of(b"  ") is None
+    assert diff_of(b"not json") == '{"unparsed_bytes":8}'
+    huge = diff_of(b'{"a": "' + b"x" * 20000 + b'", "password": "p"}')
+    assert huge is not None and "x" * 100 not in huge and '"fields":["a","password"]' in huge
