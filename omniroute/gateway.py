@@ -130,7 +130,9 @@ class Gateway:
         from genai_prices import UpdatePrices, data_snapshot
 
         updater: UpdatePrices | None = None
-        snapshot, looked_up = data_snapshot.get_snapshot(), time.monotonic()
+        # the first load parses the whole database (about 0.5 s): not on the event loop
+        snapshot = await asyncio.to_thread(data_snapshot.get_snapshot)
+        looked_up = time.monotonic()
         try:
             while True:
                 settings = self.catalog.settings

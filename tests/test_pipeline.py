@@ -118,6 +118,23 @@ async def test_a_stage_that_fails_after_the_answer_does_not_break_it(gw: Any) ->
     assert reply.choices[0].message.content
 
 
+async def test_a_failure_while_completing_the_record_still_logs_it_and_tells_the_stages(
+        gw: Any, stage, monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken(record: Any, target: Any) -> None:
+        if record.stream:  # a stream is priced once it ended, in the pipeline's finally
+            raise RuntimeError("a pricing bug")
+
+    monkeypatch.setattr(gw.gateway.prices, "charge", broken)
+    stream = await sdk(gw).chat.completions.create(model="up/gpt-4o-mini", messages=HI,
+                                                   stream=True)
+    assert "".join([c.choices[0].delta.content or "" async for c in stream if c.choices])
+    assert stage.seen["finished"][0] == 200  # every stage still heard of it (budgets: slots)
+    await gw.log.flush()
+    (row,) = await gw.log.recent(1)
+    assert (row["status"], row["stream"], row["cost_usd"]) == (200, 1, None)
+    assert gw.client.app[PIPELINE].in_flight == 0
+
+
 async def test_embeddings_and_counts_pass_the_stages_too(gw: Any, stage) -> None:
     result = await sdk(gw).embeddings.create(model="up/text-embedding-3-small", input="abc")
     assert len(result.data) == 1

@@ -323,3 +323,24 @@ async def test_prices_are_fetched_only_when_updates_are_on(gw: Any, aiohttp_serv
     finally:
         await gw.set_settings(price_updates=False)
         data_snapshot.set_custom_snapshot(None)
+
+
+def test_a_cost_is_never_negative_and_a_subscription_sorts_first() -> None:
+    rate = flat(2.0, 8.0, cache_read=0.2)
+    # an upstream that reports more cache reads than input tokens
+    assert rate.cost(100, 0, 500) == pytest.approx(100 * 0.2e-6)
+    assert rate.cost(0, 0, 10, 10) == 0.0
+    book = PriceBook()
+    assert book.blended(target("claude-sonnet-4-5", Subscription, cid="s")) == 0.0
+    assert book.blended(target("gpt-4o")) == pytest.approx((3 * 2.5 + 10) / 4)
+
+
+def test_the_memo_is_bounded_when_clients_make_up_models(monkeypatch: Any) -> None:
+    from omniroute.pricing import book as book_module
+
+    monkeypatch.setattr(book_module, "MAX_RATES", 8)
+    book = PriceBook()
+    for i in range(20):
+        book.rate(target(f"made-up-{i}", cid="c"))
+    assert len(book._rates) <= 8
+    assert book.rate(target("gpt-4o")) is not None

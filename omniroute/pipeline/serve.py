@@ -239,33 +239,37 @@ class Pipeline:
             failure = exc
             raise
         finally:
-            self.in_flight -= 1
-            if reply is not None:
-                await finish(reply, failure)
-                if reply.on_end is not None:
-                    try:
+            try:  # the record is completed as far as it can be, and always goes out
+                if reply is not None:
+                    await finish(reply, failure)
+                    if reply.on_end is not None:
                         await reply.on_end()
-                    except Exception:  # the record goes out without it, never the request
-                        log.exception("completing the record of %s failed", record.request_id)
-            record.latency_ms = since(started)
-            _complete(ctx, reply)
-            if streamed is not None and body_log is not None:
-                record.response_body = body_log.text(b"".join(streamed))
-            if reply is not None and record.cost_usd is None:  # a stream's usage came last
-                self.prices.charge(record, reply.target)
-            assert self.request_log is not None
-            if principal.log_usage:
-                self.request_log.add(record)
-            elif principal.key_id is not None:  # the key keeps no records; its use is noted
-                self.request_log.touch(principal.key_id, record.ts)
-            if self._idle is not None and self.in_flight == 0:
-                self._idle.set()
-            for run in ctx.runs:
-                try:
-                    await run.finished(ctx)
-                except Exception:  # a stage's bug must not turn a served request into an error
-                    log.exception("stage %s failed after request %s", type(run).__name__,
-                                  record.request_id)
+                record.latency_ms = since(started)
+                _complete(ctx, reply)
+                if streamed is not None and body_log is not None:
+                    record.response_body = body_log.text(b"".join(streamed))
+                if reply is not None and record.cost_usd is None:  # a stream's usage came last
+                    self.prices.charge(record, reply.target)
+            except Exception:  # a bug of ours: the record goes out without the rest
+                log.exception("completing the record of %s failed", record.request_id)
+            finally:
+                await self._done(ctx)
+
+    async def _done(self, ctx: RequestContext) -> None:
+        """The request is over: its record goes to the log, and every stage hears of it
+        (shielded: a budget slot is given back even when this request's task is being
+        cancelled meanwhile)."""
+        record, principal = ctx.record, ctx.principal
+        assert self.request_log is not None
+        if principal.log_usage:
+            self.request_log.add(record)
+        elif principal.key_id is not None:  # the key keeps no records; its use is noted
+            self.request_log.touch(principal.key_id, record.ts)
+        self.in_flight -= 1
+        if self._idle is not None and self.in_flight == 0:
+            self._idle.set()
+        if ctx.runs:
+            await asyncio.shield(_finished(ctx))
 
     async def _call_targets(self, operation: Operation, ctx: RequestContext) -> Reply:
         """Try the route's targets in the strategy's order until one answers.
@@ -342,6 +346,16 @@ class Pipeline:
             reply.target, reply.attempt = target, attempt
             return reply
         return None
+
+
+async def _finished(ctx: RequestContext) -> None:
+    """Every stage's ``finished``; a stage's bug must not turn a served request into an error."""
+    for run in ctx.runs:
+        try:
+            await run.finished(ctx)
+        except Exception:
+            log.exception("stage %s failed after request %s", type(run).__name__,
+                          ctx.record.request_id)
 
 
 async def finish(reply: Reply, error: BaseException | None = None) -> None:

@@ -61,6 +61,9 @@ class Override:
 
 #: a looked-up price that was not found (kept, so a miss is not looked up again)
 _MISSING = Rate((), source="")
+#: looked-up (connection, model) pairs kept; a client chooses the model, so the memo is
+#: bounded: past this many it starts over (the configured models are looked up again)
+MAX_RATES = 4096
 
 
 class PriceBook:
@@ -93,6 +96,8 @@ class PriceBook:
         key = (target.connection.id, target.model)
         rate = self._rates.get(key)
         if rate is None:
+            if len(self._rates) >= MAX_RATES:
+                self._rates.clear()
             rate = self._rates[key] = self._look_up(target) or _MISSING
         return None if rate is _MISSING else rate
 
@@ -111,7 +116,10 @@ class PriceBook:
                            settings.get("price_provider") or provider.price_provider)
 
     def blended(self, target: Target) -> float | None:
-        """USD per 1M tokens at three input tokens to one output (``cost-optimized``)."""
+        """USD per 1M tokens at three input tokens to one output (``cost-optimized``);
+        a subscription costs nothing, as it is charged."""
+        if target.provider.auth_kind == "oauth":
+            return 0.0
         rate = self.rate(target)
         return None if rate is None else rate.blended
 

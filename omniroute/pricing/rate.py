@@ -47,15 +47,23 @@ class Rate:
 
     def cost(self, input_tokens: int, output_tokens: int, cache_read: int = 0,
              cache_write: int = 0) -> float:
-        """USD for one request's tokens (``input_tokens`` includes cache reads and writes)."""
+        """USD for one request's tokens (``input_tokens`` includes cache reads and writes).
+
+        Never negative: an upstream that reports more cached tokens than input tokens
+        is taken to have cached all of them.
+        """
+        if cache_read + cache_write > input_tokens:
+            cache_read = min(cache_read, input_tokens)
+            cache_write = input_tokens - cache_read
         band = self.bands[0]
         if len(self.bands) > 1:
             for candidate in reversed(self.bands):
                 if input_tokens > candidate.above:
                     band = candidate
                     break
-        return (band.per_request + band.input * input_tokens + band.output * output_tokens
+        cost = (band.per_request + band.input * input_tokens + band.output * output_tokens
                 + band.cache_read_delta * cache_read + band.cache_write_delta * cache_write)
+        return cost if cost > 0.0 else 0.0
 
     @property
     def blended(self) -> float:
