@@ -80,3 +80,21 @@ async def test_an_upstream_error_before_any_ping_keeps_its_status(gw):
     body: dict[str, Any] = await resp.json()
     assert body["type"] == "error"
     assert body["error"]["message"].endswith("Bad thing in the request.")
+
+
+async def test_a_shutdown_ends_a_stream_still_waiting_with_pings_with_an_error_event(gw):
+    from omniroute.appkeys import PIPELINE
+
+    gw.fake.script.append(hang_before_headers(5))
+    resp = await gw.client.post("/v1/messages", json=BODY)
+    assert resp.status == 200  # pings started the stream
+    first = await resp.content.readuntil(b"\n\n")
+    assert first.startswith(b"event: ping")
+    await gw.client.app[PIPELINE].drain(0.05)  # past the grace: streams are ended
+    raw = (await asyncio.wait_for(resp.read(), 5)).decode()
+    names = events(raw.encode())
+    assert names[-1] == "error" and "message_start" not in names
+    assert "shutting down" in raw
+    await gw.log.flush()
+    (row,) = await gw.log.recent(1)
+    assert (row["status"], row["error_class"]) == (503, "ShuttingDown")

@@ -180,7 +180,13 @@ class Pipeline:
                     ctx.session = _session(ctx)
                 calling = self._call_targets(operation, ctx)
                 if ctx.stream and operation.fmt.keepalive_frame() is not None:
-                    reply, response = await _with_keepalive(request, ctx, calling)
+                    waiting = asyncio.current_task()
+                    assert waiting is not None
+                    self._streams[waiting] = ctx  # a shutdown ends its keep-alives well too
+                    try:
+                        reply, response = await _with_keepalive(request, ctx, calling)
+                    finally:
+                        del self._streams[waiting]
                     if reply is None:
                         assert response is not None
                         return response
@@ -487,9 +493,18 @@ async def _with_keepalive(
         request[STREAM_STARTED] = True
         ping = fmt.keepalive_frame()
         assert ping is not None
-        while not done:
-            await response.write(ping)
-            done, _ = await asyncio.wait({task}, timeout=KEEPALIVE_EVERY)
+        try:
+            while not done:
+                await response.write(ping)
+                done, _ = await asyncio.wait({task}, timeout=KEEPALIVE_EVERY)
+        except asyncio.CancelledError:
+            ended, current = ctx.ended_by, asyncio.current_task()
+            if ended is None or current is None:
+                raise  # the client left
+            current.uncancel()  # the gateway is shutting down: end the stream well
+            record.status, record.error = ended.status, ended.message
+            record.error_class = type(ended).__name__
+            return None, await _end_with_error(response, ctx, ended)
         handed_over = True
         try:
             return task.result(), response
