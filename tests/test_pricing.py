@@ -344,3 +344,32 @@ def test_the_memo_is_bounded_when_clients_make_up_models(monkeypatch: Any) -> No
         book.rate(target(f"made-up-{i}", cid="c"))
     assert len(book._rates) <= 8
     assert book.rate(target("gpt-4o")) is not None
+
+
+@pytest.mark.parametrize(("provider_type", "model", "genai_provider"), [
+    ("openai", "gpt-4.1-mini", "openai"),
+    ("openai-responses", "gpt-5-mini", "openai"),
+    ("anthropic", "claude-sonnet-4-5", "anthropic"),
+    ("gemini", "gemini-2.5-flash", "google"),
+    ("ollama", "llama3.2", None),
+])
+def test_each_provider_type_is_priced_by_its_own_service(
+        provider_type: str, model: str, genai_provider: str | None) -> None:
+    from omniroute.plugins import load_plugins
+    from omniroute.registry import Registry
+
+    cls = Registry(load_plugins()).provider_type(provider_type)
+    conn = Connection(id=f"c-{provider_type}", type=provider_type, name="x", prefix="p")
+    book = PriceBook()
+    record = RequestRecord("r", 0.0, "x", prompt_tokens=5000, completion_tokens=700,
+                           cached_tokens=3000, cache_write_tokens=1000)
+    book.charge(record, Target(conn, cls.__new__(cls), model))
+    if genai_provider is None:
+        assert record.cost_usd == 0.0  # a local server
+        return
+    from genai_prices import calc_price
+
+    usage = Usage(input_tokens=5000, output_tokens=700, cache_read_tokens=3000,
+                  cache_write_tokens=1000)
+    expected = calc_price(usage, model, provider_id=genai_provider).total_price
+    assert record.cost_usd == pytest.approx(float(expected), rel=1e-9)
