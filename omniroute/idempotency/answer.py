@@ -21,7 +21,6 @@ bound; the others go on.
 from __future__ import annotations
 
 import asyncio
-import copy
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import aclosing, suppress
@@ -217,15 +216,18 @@ class SharedAnswer:
                 "The first answer with this idempotency key is too large to share; send the "
                 "request again with a new key.")
         reader = Reader(self, idle, first)
-        if self.state is State.STREAMING:
+        if self.state in (State.CALLING, State.STREAMING):  # chunks may still come
             self.readers.append(reader)
         return reader
 
     def error_copy(self) -> GatewayError:
         """The first request's error, for one duplicate (its headers are its own)."""
-        assert self.error is not None
-        err = copy.copy(self.error)
-        err.headers = {k: v for k, v in self.error.headers.items()
+        error = self.error
+        assert error is not None
+        err = type(error).__new__(type(error))  # a copy: its constructor's arguments vary
+        err.args = error.args
+        err.__dict__.update(error.__dict__)
+        err.headers = {k: v for k, v in error.headers.items()
                        if not k.startswith("X-OmniRoute-")}
         return err
 
@@ -247,11 +249,11 @@ class Reader:
     async def __anext__(self) -> bytes:
         answer = self.answer
         while True:
-            if self.cut:
+            at = self.position - answer.base
+            if self.cut or at < 0:
                 raise IdempotencyUnavailable(
                     "This client fell too far behind the shared stream of its idempotency "
                     "key; send the request again with a new key.")
-            at = self.position - answer.base
             if at < len(answer.chunks):
                 self.position += 1
                 return answer.chunks[at]
