@@ -12,6 +12,7 @@ from omniroute.appkeys import (
     CATALOG,
     GATEWAY,
     HTTP,
+    IDEMPOTENCY,
     PIPELINE,
     PRICES,
     REGISTRY,
@@ -23,7 +24,9 @@ from omniroute.appkeys import (
 from omniroute.budgets.stage import BudgetStage
 from omniroute.config import Config
 from omniroute.gateway import Gateway
+from omniroute.idempotency import Idempotency, IdempotencyStage
 from omniroute.pipeline import Pipeline, default_stages
+from omniroute.pipeline.progress import ProgressStage
 from omniroute.plugins import Plugins, load_plugins
 from omniroute.registry import Registry
 from omniroute.web.audit import setup_audit
@@ -56,6 +59,7 @@ def make_app(config: Config, plugins: Plugins | None = None) -> web.Application:
     app[GATEWAY], app[REGISTRY], app[PIPELINE] = gateway, registry, pipeline
     app[PRICES] = gateway.prices
     app[CATALOG], app[RESILIENCE] = gateway.catalog, gateway.resilience
+    idempotency = app[IDEMPOTENCY] = Idempotency(lambda: gateway.catalog.settings)
 
     async def gateway_ctx(app: web.Application) -> AsyncIterator[None]:
         await gateway.start()
@@ -63,10 +67,12 @@ def make_app(config: Config, plugins: Plugins | None = None) -> web.Application:
         app[AUTH_SCHEMES], app[WATCHER] = gateway.auth_schemes, gateway.watcher
         app[BUDGETS] = gateway.budgets
         budgets = BudgetStage(gateway.budgets, lambda: gateway.catalog.settings, gateway.prices)
-        stages = default_stages(gateway.db, budgets)
+        stages = default_stages(gateway.db, budgets, IdempotencyStage(idempotency),
+                                ProgressStage(lambda: gateway.catalog.settings))
         stages += plugins.stages(app, taken=[stage.name for stage in stages])
         pipeline.open(gateway.log, stages, gateway.refresher, gateway.watcher)
         yield
+        await idempotency.close()
         await gateway.close()
 
     app.cleanup_ctx.append(gateway_ctx)

@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from omniroute.budgets import Budgets
     from omniroute.catalog import Catalog
     from omniroute.gateway import Gateway
+    from omniroute.idempotency import Idempotency
     from omniroute.pipeline import Pipeline
     from omniroute.pricing import PriceBook
     from omniroute.registry import Registry
@@ -51,11 +52,13 @@ BUDGETS: web.AppKey[Budgets] = web.AppKey("budgets")
 AUDIT_LOG: web.AppKey[AuditLog] = web.AppKey("audit_log")
 #: usage reads over the request log, on their own read-only connection (set at start-up)
 USAGE: web.AppKey[UsageQueries] = web.AppKey("usage")
+#: idempotency keys in use: ``stats()`` gives ``active_keys`` and ``window_ms``
+IDEMPOTENCY: web.AppKey[Idempotency] = web.AppKey("idempotency")
 #: set on each request by the auth middleware
 PRINCIPAL = web.RequestKey("principal", Principal)
 #: set once a streamed answer has sent its headers (errors can no longer be a JSON answer)
 STREAM_STARTED = web.RequestKey("stream_started", bool)
 
-__all__ = ["AUDIT_LOG", "AUTH_SCHEMES", "BUDGETS", "CATALOG", "GATEWAY", "HTTP", "PIPELINE",
-           "PRICES", "PRINCIPAL", "REGISTRY", "REQUEST_LOG", "RESILIENCE", "STORE",
+__all__ = ["AUDIT_LOG", "AUTH_SCHEMES", "BUDGETS", "CATALOG", "GATEWAY", "HTTP", "IDEMPOTENCY",
+           "PIPELINE", "PRICES", "PRINCIPAL", "REGISTRY", "REQUEST_LOG", "RESILIENCE", "STORE",
            "STREAM_STARTED", "USAGE", "WATCHER", "Principal"]

@@ -355,12 +355,20 @@ class Settings:
     usage_retention_days: float = 30.0  # records older than this are pruned (0: any age)
     usage_max_rows: int = 1_000_000  # the newest this many records are kept (0: no bound)
     shutdown_grace: float = 30.0  # seconds in-flight requests get to finish on SIGTERM
+    # idempotency (omniroute.idempotency): duplicates of a request (same Idempotency-Key
+    # or X-Request-Id, same API key) share its one upstream call
+    idempotency_window: float = 5.0  # seconds a finished answer is replayed (0: in flight only)
+    idempotency_max_bytes: int = 8 * 1024 * 1024  # bytes one shared answer may keep
+    idempotency_max_keys: int = 10000  # keys tracked at once (in flight and kept)
+    # progress events (omniroute.pipeline.progress): X-OmniRoute-Progress: true
+    progress_interval: float = 2.0  # seconds between a stream's progress frames
 
     #: lower bounds for settings where "positive" is not the rule
     _MINIMUM: ClassVar[dict[str, float]] = {
         "cooldown_factor": 1.0, "queue_size": 0, "queue_timeout": 0.0,
         "wait_for_cooldown_max": 0.0, "hedge_factor": 1.0,
-        "usage_retention_days": 0.0, "usage_max_rows": 0, "shutdown_grace": 0.0}
+        "usage_retention_days": 0.0, "usage_max_rows": 0, "shutdown_grace": 0.0,
+        "idempotency_window": 0.0}
     #: settings that take one of a few names
     _CHOICES: ClassVar[dict[str, tuple[str, ...]]] = {
         "account_strategy": ACCOUNT_STRATEGIES, "metrics_access": METRICS_ACCESS}

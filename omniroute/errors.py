@@ -230,3 +230,23 @@ class BudgetUnavailable(ServiceUnavailable):
     """The budget store is failing: a key with a budget is refused (fails closed)."""
 
     code = "budget_unavailable"
+
+
+class IdempotencyConflict(GatewayError):
+    """An ``Idempotency-Key`` (or ``X-Request-Id``) already used, within its window, by
+    a request with another body, method or path."""
+
+    status, type, code = 409, "invalid_request_error", "idempotency_key_reused"
+
+
+class IdempotencyTimeout(GatewayError):
+    """A duplicate waited for the first request with its key longer than its own bounds."""
+
+    status, type, code = 504, "timeout_error", "idempotency_wait_timeout"
+
+
+class IdempotencyUnavailable(ServiceUnavailable):
+    """The first request's answer cannot be given to a duplicate: it outgrew the bytes an
+    answer may keep (``idempotency_max_bytes``), or the duplicate fell too far behind."""
+
+    code = "idempotent_replay_unavailable"

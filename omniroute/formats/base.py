@@ -129,6 +129,15 @@ class Format:
         """A frame that keeps a waiting stream alive (Anthropic ``ping``), or None."""
         return None
 
+    #: whether this format's official SDK skips an SSE comment line (``: ...``) in a
+    #: stream: progress frames (:mod:`omniroute.pipeline.progress`) are sent only then
+    sse_comments: ClassVar[bool] = False
+
+    def comment_frame(self, text: bytes) -> bytes | None:
+        """An SSE comment holding ``text`` (one line) that this format's SDK skips, or None
+        when it would not skip one (google-genai parses every line; NDJSON has no comments)."""
+        return b": " + text + b"\n\n" if self.sse_comments else None
+
     def claims_path(self, path: str) -> bool:
         """Whether an unknown route at ``path`` still belongs to this client API (its errors
         take this format's shape)."""

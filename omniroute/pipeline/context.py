@@ -58,6 +58,8 @@ class RequestContext:
     #: set when the gateway ends the request's stream itself (shutting down): the error
     #: the stream ends with
     ended_by: GatewayError | None = None
+    #: the error the request failed with (raised, or that ended its stream), once it did
+    error: GatewayError | None = None
     #: headers a stage adds to the answer (``X-OmniRoute-Budget-Warning``); None: none
     reply_headers: dict[str, str] | None = None
 

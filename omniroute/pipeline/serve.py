@@ -178,7 +178,10 @@ class Pipeline:
                     await run.routed(ctx)
                 if operation.sticky:
                     ctx.session = _session(ctx)
-                calling = self._call_targets(operation, ctx)
+                calling: Awaitable[Reply] = self._call_targets(operation, ctx)
+                for run in ctx.runs:
+                    if run.wraps:  # idempotency: one call shared with its duplicates
+                        calling = run.call(ctx, calling)
                 if ctx.stream and operation.fmt.keepalive_frame() is not None:
                     waiting = asyncio.current_task()
                     assert waiting is not None
@@ -209,6 +212,9 @@ class Pipeline:
                 return web.Response(body=reply.body, status=reply.status,
                                     content_type=reply.content_type, headers=headers)
             headers = _headers(ctx, reply)
+            for run in ctx.runs:
+                if run.wraps:  # idempotency's fan-out, progress frames
+                    run.stream(ctx, reply)
             if body_log is not None:
                 streamed = []
                 reply.frames = body_log.tee(reply.frames, streamed)
@@ -222,7 +228,7 @@ class Pipeline:
         except GatewayError as err:
             record.status, record.error = err.status, err.message
             record.error_class = type(err).__name__
-            failure = err
+            failure = ctx.error = err
             err.headers.setdefault("X-OmniRoute-Request-Id", record.request_id)
             if record.provider is not None:  # an upstream answered (or was last tried)
                 err.headers.setdefault("X-OmniRoute-Provider", record.provider)
@@ -488,7 +494,8 @@ async def _with_keepalive(
             return task.result(), None
         response = web.StreamResponse(headers={
             "Content-Type": fmt.stream_content_type, "Cache-Control": "no-cache",
-            "X-Accel-Buffering": "no", "X-OmniRoute-Request-Id": record.request_id})
+            "X-Accel-Buffering": "no", "X-OmniRoute-Request-Id": record.request_id,
+            **(ctx.reply_headers or {})})
         await response.prepare(request)
         request[STREAM_STARTED] = True
         ping = fmt.keepalive_frame()
@@ -549,7 +556,8 @@ async def relay(
             "X-Accel-Buffering": "no",
             **headers,
         })
-    taps = [run for run in ctx.runs if run.sees_frames]
+    # a target's frames only: a stage's own answer (an idempotent replay) was seen once
+    taps = [run for run in ctx.runs if run.sees_frames] if reply.target is not None else []
     # closing `frames` closes every layer down to the upstream connection
     async with aclosing(frames):  # type: ignore[type-var]
         if not response.prepared:
@@ -617,6 +625,7 @@ async def relay(
 async def _end_with_error(
     response: web.StreamResponse, ctx: RequestContext, err: GatewayError
 ) -> web.StreamResponse:
+    ctx.error = err
     with suppress(ConnectionResetError):
         await response.write(ctx.fmt.error_frame(err))
         await response.write_eof()

@@ -9,6 +9,10 @@ takes part returns a :class:`StageRun`, a plain per-request object that may:
   an idempotent replay, a budget refusal);
 * ``routed``: see the resolved route before any target is called, narrow it, or
   refuse the request by raising (a model the key may not use, a budget reservation);
+* ``call``: wrap the call of the route's targets (idempotency shares one call among
+  duplicates, and keeps it going for them when the first client leaves);
+* ``stream``: wrap a streamed answer's frames before they are relayed (progress
+  frames), or take over the upstream under them (idempotency fans them out);
 * ``answer`` / ``frame``: see a JSON answer, or each chunk of a streamed one,
   just before it is written (a tee for caching, a store of the final response);
 * ``finished``: see the finished request and its complete record (usage, metrics).
@@ -23,6 +27,7 @@ order it registered them. ``before`` runs in that order, and so does
 
 from __future__ import annotations
 
+from collections.abc import Awaitable
 from typing import TYPE_CHECKING, ClassVar
 
 from omniroute.pipeline.context import Reply, RequestContext
@@ -37,6 +42,9 @@ class StageRun:
 
     #: True when :meth:`frame` must see every streamed chunk (costs an await per chunk)
     sees_frames: ClassVar[bool] = False
+    #: True when the run wraps the call (:meth:`call`) or a stream's frames (:meth:`stream`);
+    #: the pipeline calls neither for a run that does not
+    wraps: ClassVar[bool] = False
 
     async def before(self, ctx: RequestContext) -> Reply | None:
         """Before routing: return a reply to answer the request without any target."""
@@ -45,6 +53,17 @@ class StageRun:
     async def routed(self, ctx: RequestContext) -> None:
         """The model resolved to ``ctx.route``; no target was called yet. May replace
         ``ctx.route`` (fewer targets), add ``ctx.reply_headers``, or raise a ``GatewayError``."""
+
+    def call(self, ctx: RequestContext, calling: Awaitable[Reply]) -> Awaitable[Reply]:
+        """Wrap the call of the route's targets (after ``routed``); return what the pipeline
+        awaits instead. Runs wrap in stage order, so the last one is outermost."""
+        return calling
+
+    def stream(self, ctx: RequestContext, reply: Reply) -> None:
+        """A streamed answer (a target's, or one a stage made) is about to be relayed. May
+        replace ``reply.frames`` with an async iterator over them, or take over the upstream
+        under them: then it also takes ``reply.source`` and ``reply.close`` (set them to None)
+        and closes them itself. Runs wrap in stage order (the last one is outermost)."""
 
     async def answer(self, ctx: RequestContext, body: bytes) -> None:
         """A JSON answer from a target, just before it is sent."""
@@ -67,15 +86,25 @@ class Stage:
         return None
 
 
-def default_stages(db: Database, budgets: Stage | None = None) -> list[Stage]:
+def default_stages(
+    db: Database, budgets: Stage | None = None, idempotency: Stage | None = None,
+    progress: Stage | None = None,
+) -> list[Stage]:
     """The stages of every request, in the order they run.
 
     :param budgets: the per-key limits stage
         (:class:`~omniroute.budgets.stage.BudgetStage`, built by the gateway).
+    :param idempotency: duplicates share one call
+        (:class:`~omniroute.idempotency.IdempotencyStage`, built with the app's keys).
+    :param progress: progress frames on a stream
+        (:class:`~omniroute.pipeline.progress.ProgressStage`); after idempotency, so that
+        it wraps each client's own stream, a duplicate's too.
     """
     from omniroute.pipeline.responses_state import ResponsesStage
 
     return [
         *([budgets] if budgets is not None else []),  # key limits and budgets
+        *([idempotency] if idempotency is not None else []),  # duplicates share one call
+        *([progress] if progress is not None else []),  # X-OmniRoute-Progress frames
         ResponsesStage(db),  # Responses `store` / `previous_response_id`
     ]

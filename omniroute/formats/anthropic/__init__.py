@@ -37,6 +37,8 @@ _ERROR_MARKERS = (b'"type":"error"', b'"type": "error"')
 class AnthropicFormat(Format):
     """Anthropic Messages (``POST /v1/messages``), JSON and SSE."""
 
+    sse_comments = True  # the Stainless SSE decoder skips comment lines
+
     name = NAME
     client_routes = (
         ClientRoute("POST", "/v1/messages", "chat", "messages"),

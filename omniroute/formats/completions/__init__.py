@@ -33,6 +33,8 @@ __all__ = ["NAME", "CompletionsFormat"]
 class CompletionsFormat(Format):
     """``text_completion`` requests and answers, served by a chat model."""
 
+    sse_comments = True  # the Stainless SSE decoder skips comment lines
+
     name = NAME
     client_routes = (
         ClientRoute("POST", "/v1/completions", "chat", "completions"),

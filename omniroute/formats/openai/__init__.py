@@ -130,6 +130,8 @@ def error_event(err: GatewayError) -> bytes:
 class OpenAIFormat(Format):
     """OpenAI Chat Completions (``POST /v1/chat/completions``), JSON and SSE."""
 
+    sse_comments = True  # the Stainless SSE decoder skips comment lines
+
     name = NAME
     client_routes = (
         ClientRoute("POST", "/v1/chat/completions", "chat", "chat.completions"),

@@ -62,6 +62,8 @@ __all__ = ["NAME", "ResponsesFormat", "response_from_frame"]
 class ResponsesFormat(Format):
     """OpenAI's Responses API: ``/v1/responses`` requests, answers and streams."""
 
+    sse_comments = True  # the Stainless SSE decoder skips comment lines
+
     name = NAME
     client_routes = (
         ClientRoute("POST", "/v1/responses", "chat", "responses"),

@@ -1,0 +1,111 @@
+"""The idempotency keys in use: which request answers which key, and for how long."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from collections.abc import Callable
+from functools import partial
+from typing import TYPE_CHECKING, Any
+
+from omniroute.errors import IdempotencyConflict
+from omniroute.idempotency.answer import SharedAnswer, State
+
+if TYPE_CHECKING:
+    from omniroute.config import Settings
+
+log = logging.getLogger(__name__)
+
+#: (API key id or "" for anonymous clients, the client's idempotency key)
+Scope = tuple[str, str]
+
+
+class Idempotency:
+    """Idempotency keys per API key: the answer each one shares, in flight or kept.
+
+    The first request with a key :meth:`claim`\\ s it and makes the upstream call;
+    its duplicates get its :class:`~omniroute.idempotency.answer.SharedAnswer`.
+    A finished answer is kept for ``idempotency_window`` seconds (then forgotten;
+    a failed or flawed one at once), at most ``idempotency_max_keys`` keys at once
+    (the oldest kept answers go first; with only answers in flight, a new key is
+    served without sharing). Lives on the app as ``appkeys.IDEMPOTENCY``.
+    """
+
+    def __init__(self, settings: Callable[[], Settings],
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        """
+        :param settings: the live runtime settings (the window and bounds).
+        :param clock: seconds, monotonic (tests move it).
+        """
+        self.settings = settings
+        self.clock = clock
+        self.answers: dict[Scope, SharedAnswer] = {}
+        self._kept: deque[tuple[float, Scope, SharedAnswer]] = deque()  # by expiry
+        self._full_warned = False
+
+    def claim(self, scope: Scope, fingerprint: bytes, request_id: str,
+              stream: bool) -> tuple[SharedAnswer | None, bool]:
+        """The answer for ``scope``, and whether this request makes it (is the first).
+
+        ``(None, False)``: too many keys in flight; the request goes on alone.
+
+        :raises IdempotencyConflict: the key is in use by a request with another body.
+        """
+        self._forget_expired()
+        answer = self.answers.get(scope)
+        if answer is not None:
+            if answer.fingerprint != fingerprint:
+                raise IdempotencyConflict(
+                    "This idempotency key was used by another request (a different body, "
+                    "method or path) within its window; use a new key for a new request.",
+                    param="Idempotency-Key")
+            return answer, False
+        settings = self.settings()
+        while len(self.answers) >= settings.idempotency_max_keys and self._kept:
+            self._forget(*self._kept.popleft()[1:])
+        if len(self.answers) >= settings.idempotency_max_keys:
+            if not self._full_warned:
+                log.warning("%d idempotency keys in flight (idempotency_max_keys): new keys "
+                            "are served without sharing", len(self.answers))
+                self._full_warned = True
+            return None, False
+        self._full_warned = False
+        answer = SharedAnswer(fingerprint, request_id, stream, settings.idempotency_max_bytes,
+                              partial(self._settled, scope))
+        self.answers[scope] = answer
+        return answer, True
+
+    def _settled(self, scope: Scope, answer: SharedAnswer) -> None:
+        window = self.settings().idempotency_window
+        if answer.state is State.DONE and not answer.flawed and answer.whole and window > 0:
+            answer.expires = self.clock() + window
+            self._kept.append((answer.expires, scope, answer))
+        else:  # failures and flawed answers are not replayed: a retry makes a new call
+            self._forget(scope, answer)
+
+    def _forget(self, scope: Scope, answer: SharedAnswer) -> None:
+        if self.answers.get(scope) is answer:
+            del self.answers[scope]
+
+    def _forget_expired(self) -> None:
+        kept, now = self._kept, self.clock()
+        while kept and kept[0][0] <= now:
+            self._forget(*kept.popleft()[1:])
+
+    def stats(self) -> dict[str, Any]:
+        """``active_keys`` (in flight and kept) and ``window_ms``, for ``GET /api/cache/stats``."""
+        self._forget_expired()
+        return {"active_keys": len(self.answers),
+                "window_ms": round(self.settings().idempotency_window * 1000)}
+
+    async def close(self) -> None:
+        """Stop the shared streams still being read (the app is stopping)."""
+        tasks = [a.task for a in self.answers.values() if a.task is not None and not a.task.done()]
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.wait(tasks, timeout=5.0)
+        self.answers.clear()
+        self._kept.clear()
