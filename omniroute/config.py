@@ -355,12 +355,15 @@ class Settings:
     usage_retention_days: float = 30.0  # records older than this are pruned (0: any age)
     usage_max_rows: int = 1_000_000  # the newest this many records are kept (0: no bound)
     shutdown_grace: float = 30.0  # seconds in-flight requests get to finish on SIGTERM
+    # audit log (omniroute.storage.audit): retention
+    audit_retention_days: float = 365.0  # entries older than this are pruned (0: any age)
 
     #: lower bounds for settings where "positive" is not the rule
     _MINIMUM: ClassVar[dict[str, float]] = {
         "cooldown_factor": 1.0, "queue_size": 0, "queue_timeout": 0.0,
         "wait_for_cooldown_max": 0.0, "hedge_factor": 1.0,
-        "usage_retention_days": 0.0, "usage_max_rows": 0, "shutdown_grace": 0.0}
+        "usage_retention_days": 0.0, "usage_max_rows": 0, "shutdown_grace": 0.0,
+        "audit_retention_days": 0.0}
     #: settings that take one of a few names
     _CHOICES: ClassVar[dict[str, tuple[str, ...]]] = {
         "account_strategy": ACCOUNT_STRATEGIES, "metrics_access": METRICS_ACCESS}
