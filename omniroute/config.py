@@ -362,6 +362,8 @@ class Settings:
     idempotency_max_keys: int = 10000  # keys tracked at once (in flight and kept)
     # progress events (omniroute.pipeline.progress): X-OmniRoute-Progress: true
     progress_interval: float = 2.0  # seconds between a stream's progress frames
+    # audit log (omniroute.storage.audit): retention
+    audit_retention_days: float = 365.0  # entries older than this are pruned (0: any age)
 
     #: lower bounds for settings where "positive" is not the rule
     _MINIMUM: ClassVar[dict[str, float]] = {
@@ -369,6 +371,7 @@ class Settings:
         "wait_for_cooldown_max": 0.0, "hedge_factor": 1.0,
         "usage_retention_days": 0.0, "usage_max_rows": 0, "shutdown_grace": 0.0,
         "idempotency_window": 0.0}
+        "audit_retention_days": 0.0}
     #: settings that take one of a few names
     _CHOICES: ClassVar[dict[str, tuple[str, ...]]] = {
         "account_strategy": ACCOUNT_STRATEGIES, "metrics_access": METRICS_ACCESS}

@@ -11,12 +11,15 @@ from typing import Any
 
 import aiohttp
 import openai
+import orjson
 import pytest
 from aiohttp import web
 
 from omniroute.appkeys import AUDIT_LOG
+from omniroute.redact import is_secret_name as is_secret_field
 from omniroute.storage import Database
-from omniroute.storage.audit import AuditEntry, AuditLog, diff_of, is_secret_field, redact
+from omniroute.storage.audit import MAX_DIFF_CHARS, AuditEntry, AuditLog, diff_of
+from omniroute.storage.audit import redact_diff as redact
 from omniroute.web.tags import MUTATING_METHODS, ROUTE_TAGS, is_management_path
 
 PASSWORD = "test-password-123"
@@ -153,7 +156,7 @@ async def test_secrets_never_reach_the_audit_log(gw: Any) -> None:
     key = found["POST /api/keys"]
     assert key["target"] == created_key["id"] and key["diff"] == {"name": "ci", "scopes": []}
     password = found["PUT /api/auth/password"]
-    assert password["diff"] == {"current_password": "[redacted]", "new_password": "[redacted]"}
+    assert password["diff"] == {"current_password": "[REDACTED]", "new_password": "[REDACTED]"}
     assert found["PATCH /api/settings"]["diff"] == {"max_attempts": 2}
 
     await gw.client.app[AUDIT_LOG].flush()
@@ -188,8 +191,7 @@ async def test_logins_and_logouts_succeed_and_fail_on_the_record(omniroute: Any)
         ("POST /api/auth/logout", "admin_session", 200),
     ]
     logins = await entries(gw, action="POST /api/auth/login")
-    assert [e["diff"] for e in logins] == [{"password": "[redacted]"}, {},
-                                           {"password": "[redacted]"}]
+    assert [e["diff"] for e in logins] == [None, None, None]  # a login's body is never kept
 
 
 # ----------------------------------------------------------------------------- the read API
@@ -297,8 +299,40 @@ def test_redact_masks_nested_secrets_and_keeps_the_rest() -> None:
     assert redact(body) == {
         "name": "n", "settings": {"api_key": "sk-a…wxyz", "models": ["a"],
                                   "oauth": {"refresh_token": "*****"}},
-        "credentials": "[redacted]", "steps": [{"password": "[redacted]"}]}
+        "credentials": "[REDACTED]", "steps": [{"password": "[REDACTED]"}]}
     assert diff_of(b"") is None and diff_of(b"  ") is None
     assert diff_of(b"not json") == '{"unparsed_bytes":8}'
-    huge = diff_of(b'{"a": "' + b"x" * 20000 + b'", "password": "p"}')
-    assert huge is not None and "x" * 100 not in huge and '"fields":["a","password"]' in huge
+    huge = diff_of(b'{"a": "' + b"x" * 5000 + b'", "password": "p"}')
+    assert huge is not None and "x" * 100 not in huge and len(huge) <= MAX_DIFF_CHARS
+    assert orjson.loads(huge) == {"truncated": True, "bytes": 5026, "fields": ["a", "password"]}
+
+
+@pytest.mark.parametrize(("params", "param"), [
+    ({"from": "1e20"}, "from"), ({"to": "99999999999w"}, "to"), ({"from": "soon"}, "from")])
+async def test_audit_log_times_out_of_range_are_a_400(omniroute: Any, params: dict[str, str],
+                                                      param: str) -> None:
+    resp = await omniroute.client.get("/api/compliance/audit-log", params=params,
+                                      headers=omniroute.admin_headers)
+    body = await resp.json()
+    assert resp.status == 400 and body["error"]["param"] == param
+
+
+@pytest.mark.parametrize("name", [
+    "Ocp-Apim-Subscription-Key", "subscription_key", "X-Custom-Auth", "client_key",
+    "access_key", "keys", "X-Goog-Api-Key", "passphrase"])
+def test_more_secret_fields(name: str) -> None:
+    assert is_secret_field(name)
+
+
+def test_audit_redaction_finds_secrets_by_their_shape_under_any_name() -> None:
+    """A connection's free-form settings (its extra headers) name fields as they like."""
+    diff = diff_of(orjson.dumps({"settings": {"headers": {
+        "X-Route-To": "Bearer abcdefghijklmnop123", "X-Thing": "sk-proj-ABCDEFGHIJKLMNOP",
+        "X-Goog": "AIzaSyA1234567890abcdefghijklmnopqrstu", "X-Plain": "kept"}},
+        "keys": ["sk-a-0123456789abcdef"]}))
+    assert diff is not None
+    for secret in ("abcdefghijklmnop123", "ABCDEFGHIJKLMNOP", "AIzaSyA123", "sk-a-0123"):
+        assert secret not in diff, secret
+    parsed = orjson.loads(diff)
+    assert parsed["settings"]["headers"]["X-Plain"] == "kept"
+    assert parsed["settings"]["headers"]["X-Route-To"] == "Bearer [REDACTED]"

@@ -172,3 +172,16 @@ async def test_every_target_failing_is_a_503_naming_them(gw: Any, ol: FakeOllama
     assert resp.status == 503
     assert "All 2 targets" in (await resp.json())["error"]
 
+
+
+@pytest.mark.parametrize("count", [2**63, -3, 1.5, True])  # 2**63: past int64
+async def test_an_absurd_upstream_token_count_is_not_recorded(gw: Any, sdk: Any,
+                                                               count: Any) -> None:
+    """It would not fit SQLite's integers: estimated instead, and the request log goes on."""
+    from fakes.openai_upstream import reply
+    gw.fake.script.append(reply(usage={"prompt_tokens": count}))
+    await sdk.embeddings.create(model=f"up/{EMBED}", input="hello there")
+    await gw.log.flush()
+    row = (await gw.log.recent(1))[0]
+    assert row["endpoint"] == "embeddings" and row["usage_estimated"]
+    assert 0 < row["prompt_tokens"] < 100 and gw.log.dropped == 0 and gw.log.pending == 0

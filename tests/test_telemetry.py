@@ -107,3 +107,23 @@ async def test_real_requests_and_admin_only(aiohttp_client: Any, tmp_path: Path,
     resp = await h.client.get("/api/telemetry/summary",
                               headers={"Authorization": f"Bearer {key}"})
     assert resp.status == 403
+
+
+async def test_percentiles_are_read_through_the_read_only_connection(
+        omniroute: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The window functions never hold up the connection the request log writes through."""
+    from omniroute.appkeys import USAGE
+    writer, reader = omniroute.log.db, omniroute.client.app[USAGE].db
+    assert writer is not reader  # a file database: the reader is its own connection
+    omniroute.log.add(record(1, "a", "m1", 5.0))
+    seen: list[str] = []
+    real = writer.fetchall
+
+    async def spy(sql: str, params: Any = ()) -> Any:
+        seen.append(sql)
+        return await real(sql, params)
+
+    monkeypatch.setattr(writer, "fetchall", spy)
+    body = await summary(omniroute)
+    assert body["providers"]["a"]["count"] == 1  # the flushed record is seen by the reader
+    assert not [sql for sql in seen if "ROW_NUMBER" in sql]

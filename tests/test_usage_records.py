@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -20,10 +21,13 @@ from fakes.anthropic_upstream import FakeAnthropic
 from fakes.openai_upstream import FakeOpenAI
 
 from omniroute.appkeys import PIPELINE
+from omniroute.formats.openai import OpenAIFormat
 from omniroute.pipeline import RequestContext, Stage, StageRun
-from omniroute.pipeline.bodylog import REDACTED, TRUNCATED, BodyLog, redact
+from omniroute.pipeline.bodylog import REDACTED, TRUNCATED, BodyLog
 from omniroute.pipeline.serve import _usage_headers, format_cost
-from omniroute.storage import Database, RequestLog, RequestRecord, requestlog
+from omniroute.redact import redact_text as redact
+from omniroute.storage import Database, RequestLog, RequestRecord, buffered
+from omniroute.tokens import estimate_text
 
 HI = [{"role": "user", "content": "hi there"}]
 
@@ -204,11 +208,25 @@ def test_redaction_removes_credentials_and_keeps_counts() -> None:
     for name in ("api_key", "apiKey", "x-api-key", "password", "client_secret", "access_token",
                  "key", "authorization"):
         assert out[name] == REDACTED, name
-    assert (out["max_tokens"], out["input_tokens"], out["monkey"], out["thoughtSignature"]) == (
-        100, 5, "banana", "sig")
+    assert (out["max_tokens"], out["input_tokens"], out["monkey"]) == (100, 5, "banana")
+    assert out["thoughtSignature"] == REDACTED  # a signature is masked, whatever it signs
     for secret in ("sk-proj", "abc.def", "AIzaSy", "eyJhbGci"):
         assert secret not in out["content"], secret
     assert out["content"].count(REDACTED) == 4 and "Bearer [REDACTED]" in out["content"]
+
+
+@pytest.mark.parametrize("piece", ['a":"', 'a\\":"', "eyJ-", "Bearer  "])
+def test_redacting_an_adversarial_body_is_linear(piece: str) -> None:
+    """A prompt of quote-heavy text once made redaction take half a second per body."""
+    text = piece * (64 * 1024 // len(piece))
+    bodies = (orjson.dumps({"model": "m", "messages": [{"role": "user", "content": text}]}),
+              text.encode(), b"data: " + orjson.dumps({"x": text}) + b"\n\n")
+    log = BodyLog(64 * 1024)
+    for raw in bodies:
+        started = time.perf_counter()
+        log.text(raw)
+        elapsed = time.perf_counter() - started
+        assert elapsed < 0.05, f"{elapsed * 1000:.0f} ms for {raw[:30]!r}"
 
 
 def test_a_body_is_cut_to_the_cap_after_redaction() -> None:
@@ -216,7 +234,7 @@ def test_a_body_is_cut_to_the_cap_after_redaction() -> None:
     text = BodyLog(100).text(raw)
     assert text.endswith(TRUNCATED) and len(text) == 100 + len(TRUNCATED)
     assert "sss" not in text  # the secret straddled the cut: redacted before cutting
-    assert BodyLog(1000).text(b'{"a": 1}') == '{"a": 1}'
+    assert BodyLog(1000).text(b'{"a": 1}') == '{"a":1}'  # JSON is parsed, redacted, rewritten
 
 
 async def test_bodies_are_stored_only_when_asked_and_redacted(gw: Any) -> None:
@@ -306,17 +324,33 @@ def test_a_full_buffer_drops_the_oldest_and_counts_them(db: Database) -> None:
     assert [r.request_id for r in log._pending] == ["r2", "r3", "r4"]
 
 
-async def test_ten_thousand_records_are_written_in_batches(db: Database) -> None:
+async def test_ten_thousand_records_are_written_in_batches(
+        db: Database, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The issue: records for 10,000 requests written within 2 s, in batches (a few
+    transactions of many rows, not one per record)."""
     log = RequestLog(db)
     for i in range(10_000):
         log.add(_record(i))
+    batches: list[int] = []
+    real = db.executemany
+
+    async def spy(sql: str, rows: Any) -> None:
+        if sql.startswith("INSERT INTO request_log"):
+            batches.append(len(rows))
+        await real(sql, rows)
+
+    monkeypatch.setattr(db, "executemany", spy)
+    started = time.perf_counter()
     assert await log.flush() == 10_000 and log.pending == 0
+    elapsed = time.perf_counter() - started
+    assert elapsed < 2.0, f"10,000 records took {elapsed:.2f} s"
+    assert batches == [buffered.WRITE_BATCH] * (10_000 // buffered.WRITE_BATCH)
     assert (await db.fetchone("SELECT count(*) FROM request_log"))[0] == 10_000
 
 
 async def test_retention_by_age_and_by_rows_in_small_batches(
         db: Database, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(requestlog, "PRUNE_BATCH", 4)
+    monkeypatch.setattr(buffered, "PRUNE_BATCH", 4)
     now = 1_000_000.0
     log = RequestLog(db, clock=lambda: now)
     log.retention_days, log.max_rows = 1.0, 0
@@ -381,3 +415,67 @@ async def test_a_long_stream_without_usage_is_estimated_from_its_kept_start(
         counts.append(record["completion_tokens"])
     whole, scaled = counts
     assert whole > 250 and abs(scaled - whole) / whole < 0.3, counts  # scaled by the size
+
+
+# ---------------------------------------------------------------------- what a stream keeps
+
+
+def openai_format() -> OpenAIFormat:
+    return OpenAIFormat()
+
+
+async def test_a_translated_stream_keeps_a_bounded_text_for_its_estimate() -> None:
+    from omniroute.formats import canonical as c
+    from omniroute.pipeline.usage import KEEP_BYTES, StreamOutput
+    piece = "word " * 200  # 1000 characters
+
+    async def events() -> AsyncIterator[c.Event]:
+        for _ in range(1000):  # a million characters, and no usage
+            yield c.TextDelta(index=0, text=piece)
+
+    record = RequestRecord("r", 0.0, "chat")
+    output = StreamOutput(record, time.perf_counter(), openai_format(),
+                          request=c.Request(model="m", messages=[]))
+    async for _ in output.events(events()):
+        pass
+    assert sum(map(len, output.texts)) <= KEEP_BYTES + len(piece)
+    await output.estimate()
+    whole = estimate_text(piece) * 1000
+    assert record.usage_estimated and abs(record.completion_tokens - whole) <= whole * 0.01
+
+
+async def test_a_pass_through_stream_lets_its_frames_go_once_usage_came() -> None:
+    from omniroute.pipeline.chat import _passthrough
+    from omniroute.pipeline.context import Reply
+    from omniroute.pipeline.usage import StreamOutput
+
+    def frame(body: dict[str, Any]) -> bytes:
+        return b"data: " + orjson.dumps(body) + b"\n\n"
+
+    content = frame({"id": "c", "object": "chat.completion.chunk", "model": "m",
+                     "choices": [{"index": 0, "delta": {"content": "hi"}}]})
+    usage = frame({"id": "c", "object": "chat.completion.chunk", "model": "m", "choices": [],
+                   "usage": {"prompt_tokens": 3, "completion_tokens": 5, "total_tokens": 8}})
+
+    async def reads(after_usage: list[list[bytes]]) -> AsyncIterator[list[bytes]]:
+        yield [content]
+        yield [usage]
+        for read in after_usage:
+            yield read
+
+    record = RequestRecord("r", 0.0, "chat")
+    fmt = openai_format()
+    output = StreamOutput(record, time.perf_counter(), fmt)
+    out = [c async for c in _passthrough(fmt, Reply(), output, reads([[content]]), None)]
+    assert out == [content, usage, content]  # passed on unchanged
+    assert (record.prompt_tokens, record.completion_tokens) == (3, 5)
+    assert output.frames == []  # no estimate will be needed: nothing kept
+
+    record = RequestRecord("r", 0.0, "chat")
+    output = StreamOutput(record, time.perf_counter(), fmt)
+
+    async def no_usage() -> AsyncIterator[list[bytes]]:
+        yield [content]
+
+    _ = [c async for c in _passthrough(fmt, Reply(), output, no_usage(), None)]
+    assert output.frames == [[content]]  # kept for the estimate

@@ -200,6 +200,20 @@ class Request:
 # ---------------------------------------------------------------------------- response
 
 
+#: counts at or past this are not believed (SQLite stores 64-bit integers; JSON numbers
+#: are exact to 2**53)
+MAX_TOKENS_COUNT = 2**53
+
+
+def token_count(value: Any) -> int | None:
+    """An upstream's token count, or None when it is not a plausible one (a bool, a
+    negative number, a float, or one too large to store): one absurd number from an
+    upstream must not stop the request log."""
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < MAX_TOKENS_COUNT:
+        return value
+    return None
+
+
 @dataclass(slots=True)
 class Usage:
     input_tokens: int | None = None

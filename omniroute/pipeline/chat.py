@@ -151,6 +151,7 @@ async def _passthrough(
     by the format's :attr:`~Format.content_pattern` (until it is found)."""
     record, markers, content = output.record, fmt.side_markers, fmt.content_pattern
     kept = output.frames  # for an estimate, should usage not come
+    keeping = True  # until the upstream's usage is complete
     waiting = True  # for the first content token
     async for frames in reads:
         chunk = frames[0] if len(frames) == 1 else b"".join(frames)
@@ -158,7 +159,7 @@ async def _passthrough(
             record.ttfc_ms = since(output.started)
             waiting = False
         output.size += len(chunk)
-        if output.kept < KEEP_BYTES:
+        if keeping and output.kept < KEEP_BYTES:
             kept.append(frames)
             output.kept += len(chunk)
         kept_frames = frames
@@ -166,6 +167,9 @@ async def _passthrough(
             usage = fmt.usage_from_frame(frame)
             if usage is not None:
                 set_usage(record, usage)
+                if keeping and usage_complete(record):  # no estimate needed: let them go
+                    keeping = False
+                    kept.clear()
                 if hidden is not None and hidden(frame):  # asked for on the client's behalf
                     kept_frames = [f for f in kept_frames if f is not frame]
                     chunk = b"".join(kept_frames)

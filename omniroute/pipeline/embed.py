@@ -54,7 +54,7 @@ class Embed(Operation):
     async def call(self, ctx: RequestContext, target: Target) -> Reply:
         ask: c.EmbedRequest = ctx.payload
         result = await target.provider.embed(target.model, ask.inputs, ask.options)
-        tokens = result.prompt_tokens
+        tokens = c.token_count(result.prompt_tokens)  # any provider's, plugins' too
         if tokens is None:  # the upstream did not count: estimate, as for chat
             tokens = sum(estimate_text(text) for text in ask.inputs)
             ctx.record.usage_estimated = True

@@ -9,10 +9,11 @@
   and for a JSON answer it is the time the answer arrived.
 * When the upstream sent no counts (or only some), the missing ones are estimated
   with :mod:`omniroute.tokens` from the request and the answer's text, and the
-  record is marked ``usage_estimated``. On the pass-through lane the answer's text
-  is known only from its frames: :class:`StreamOutput` keeps references to them
-  (up to :data:`KEEP_BYTES`) and decodes them only if the counts never came; past
-  that size the estimate is scaled by the bytes the stream really had.
+  record is marked ``usage_estimated``. :class:`StreamOutput` keeps the first
+  :data:`KEEP_BYTES` of a stream for that: on the translated lane its text pieces,
+  on the pass-through lane references to its frames (decoded only if the counts
+  never came, and let go as soon as they did); past that size the estimate is
+  scaled by the size the stream really had.
 """
 
 from __future__ import annotations
@@ -21,10 +22,10 @@ import logging
 import time
 from collections.abc import AsyncIterator, Iterable
 from contextlib import aclosing
-from typing import Any
 
 from omniroute.formats import canonical as c
 from omniroute.formats.base import ClientRequest, Format
+from omniroute.formats.canonical import token_count
 from omniroute.storage import RequestRecord
 from omniroute.tokens import estimate_request, estimate_text
 
@@ -39,23 +40,15 @@ _CONTENT_EVENTS = (c.TextDelta, c.ReasoningDelta, c.ToolArgsDelta)
 def set_usage(record: RequestRecord, usage: c.Usage) -> None:
     """Copy an answer's token counts into the request record (those it knows)."""
     if usage.input_tokens is not None:
-        record.prompt_tokens = _count(usage.input_tokens)
+        record.prompt_tokens = token_count(usage.input_tokens)
     if usage.output_tokens is not None:
-        record.completion_tokens = _count(usage.output_tokens)
+        record.completion_tokens = token_count(usage.output_tokens)
     if usage.cache_read_tokens is not None:
-        record.cached_tokens = _count(usage.cache_read_tokens)
+        record.cached_tokens = token_count(usage.cache_read_tokens)
     if usage.cache_write_tokens is not None:
-        record.cache_write_tokens = _count(usage.cache_write_tokens)
+        record.cache_write_tokens = token_count(usage.cache_write_tokens)
     if usage.reasoning_tokens is not None:
-        record.reasoning_tokens = _count(usage.reasoning_tokens)
-
-
-def _count(value: Any) -> int | None:
-    """An upstream's token count, or None when it is not a plausible one (SQLite stores
-    64-bit integers: one absurd number must not stop the request log)."""
-    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**53:
-        return value
-    return None
+        record.reasoning_tokens = token_count(usage.reasoning_tokens)
 
 
 def since(started: float) -> float:
@@ -130,31 +123,42 @@ class StreamOutput:
         self.fmt = fmt
         self.request = request
         self.client = client
-        #: text pieces of a translated stream
+        #: text pieces of a translated stream, up to KEEP_BYTES characters
         self.texts: list[str] = []
-        #: frames of a pass-through stream, by socket read, up to KEEP_BYTES; their size,
-        #: and the size of the whole stream
+        #: frames of a pass-through stream, by socket read, up to KEEP_BYTES (dropped once
+        #: the upstream's usage is complete)
         self.frames: list[list[bytes]] = []
+        #: what was kept (a pass-through stream's bytes, a translated one's characters), and
+        #: the size of the whole stream in the same unit
         self.kept = 0
         self.size = 0
 
     async def events(self, events: AsyncIterator[c.Event]) -> AsyncIterator[c.Event]:
         """Pass ``events`` on, noting usage, the first content token and the text."""
-        record, texts = self.record, self.texts
+        record = self.record
         async with aclosing(events):  # type: ignore[type-var]
             async for event in events:
                 if isinstance(event, _CONTENT_EVENTS):
                     if record.ttfc_ms is None:
                         record.ttfc_ms = since(self.started)
-                    texts.append(event.arguments if isinstance(event, c.ToolArgsDelta)
-                                 else event.text)
+                    self._text(event.arguments if isinstance(event, c.ToolArgsDelta)
+                               else event.text)
                 elif isinstance(event, (c.Start, c.Finish)):
                     set_usage(record, event.usage)
                 elif isinstance(event, c.PartStart) and isinstance(event.part, c.ToolCall):
                     if record.ttfc_ms is None:
                         record.ttfc_ms = since(self.started)
-                    texts.append(event.part.name)
+                    self._text(event.part.name)
                 yield event
+
+    def _text(self, piece: str) -> None:
+        """Keep a text piece for an estimate, up to KEEP_BYTES characters (beyond, only
+        their number, to scale the estimate by)."""
+        size = len(piece)
+        self.size += size
+        if self.kept < KEEP_BYTES:
+            self.texts.append(piece)
+            self.kept += size
 
     async def estimate(self) -> None:
         """The stream is over: estimate the counts the upstream did not send."""
@@ -162,11 +166,10 @@ class StreamOutput:
         if usage_complete(record):
             return
         texts, request = self.texts, self.request
-        scale = 1.0
         if self.frames and not texts:  # pass-through: read the kept frames now
             texts = await self._frame_texts()
-            if self.size > self.kept > 0:  # only its beginning was kept
-                scale = self.size / self.kept
+        # only its beginning was kept (frames' bytes, or texts' characters): scale up
+        scale = self.size / self.kept if self.size > self.kept > 0 else 1.0
         if request is None and self.client is not None and record.prompt_tokens is None:
             request = request_of(self.fmt, self.client)
         output_known = record.completion_tokens is not None

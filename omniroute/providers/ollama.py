@@ -16,6 +16,7 @@ from typing import Any, ClassVar
 import orjson
 
 from omniroute.errors import GatewayError, UpstreamError, UpstreamStatusError
+from omniroute.formats.canonical import token_count
 from omniroute.hookspecs import hookimpl
 from omniroute.providers.base import (
     Embeddings,
@@ -101,7 +102,7 @@ class OllamaProvider(HTTPProvider):
             raise UpstreamError("upstream sent a malformed embeddings answer")
         tokens, answered = data.get("prompt_eval_count"), data.get("model")
         return Embeddings(checked_vectors(data.get("embeddings"), len(inputs)),
-                          tokens if isinstance(tokens, int) else None,
+                          token_count(tokens),
                           answered if isinstance(answered, str) else model)
 
     async def list_models(self) -> list[str]:

@@ -13,6 +13,7 @@ from urllib.parse import urlsplit
 import orjson
 
 from omniroute.errors import UpstreamError
+from omniroute.formats.canonical import token_count
 from omniroute.hookspecs import hookimpl
 from omniroute.providers.base import (
     Embeddings,
@@ -139,7 +140,7 @@ def embeddings_from(body: bytes, model: str, count: int) -> Embeddings:
     usage = data.get("usage") if isinstance(data.get("usage"), dict) else {}
     tokens = usage.get("prompt_tokens")
     return Embeddings(checked_vectors(vectors, count),
-                      tokens if isinstance(tokens, int) else None,
+                      token_count(tokens),
                       data.get("model") if isinstance(data.get("model"), str) else model)
 
 

@@ -4,86 +4,70 @@ An entry says who (``admin_session``, ``key:<id>`` or ``anonymous``), what (the
 method and route pattern, the target's id and the request body as the change
 asked for, secrets redacted), when, from which address, and the status it got.
 :meth:`AuditLog.add` is synchronous and never blocks; a background task writes
-entries in batches, and :meth:`AuditLog.close` flushes what is left. Nothing
-secret waits in the buffer: an entry is redacted before it is queued.
+entries in batches (:mod:`omniroute.storage.buffered`), and :meth:`AuditLog.close`
+flushes what is left. Nothing secret waits in the buffer: an entry is redacted
+before it is queued.
 
-The table is not pruned with the request log: an audit trail is kept until an
-operator removes it.
+A login's body is never stored (a password is in it, mistyped or not), and a
+stored diff is at most :data:`MAX_DIFF_CHARS` long. The table is pruned by age
+(the ``audit_retention_days`` setting, default a year) in small batches, apart
+from the request log's retention.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import logging
+import time
+from collections.abc import Callable
 from dataclasses import astuple, dataclass
 from typing import Any
 
 import orjson
 
+from omniroute.redact import REDACTED, redact
+from omniroute.storage.buffered import BufferedLog
 from omniroute.storage.db import Database
 from omniroute.storage.usage import decode_cursor, encode_cursor, iso
 from omniroute.vault import mask
 
-log = logging.getLogger(__name__)
-
-#: parts of a field name that mark its value as a secret (compared without ``_`` and ``-``)
-_SECRET_PARTS = ("password", "passwd", "secret", "apikey", "credential", "authorization",
-                 "cookie", "privatekey", "signature")
-#: a field named exactly so (or ending in ``token``: ``access_token``, ``id_token``) is secret;
-#: ``max_tokens`` and ``tokens_per_day`` are counts, not secrets
-_SECRET_NAMES = frozenset({"key", "token", "bearer", "session", "auth"})
-#: a diff longer than this is replaced by its shape
-MAX_DIFF_CHARS = 16 * 1024
-_DEPTH = 20
-
-
-def is_secret_field(name: str) -> bool:
-    """Whether a field of this name holds a credential."""
-    flat = name.lower().replace("_", "").replace("-", "")
-    return (flat in _SECRET_NAMES or flat.endswith("token")
-            or any(part in flat for part in _SECRET_PARTS))
-
-
-def redact(value: Any, depth: int = 0) -> Any:
-    """``value`` with every secret field's value masked (never kept in full): a key shows
-    its first and last characters, so an operator recognises it; a password shows nothing
-    (a failed login's may be the real one, mistyped)."""
-    if depth > _DEPTH:
-        return "…"
-    if isinstance(value, dict):
-        return {k: (_masked(str(k), v) if is_secret_field(str(k)) else redact(v, depth + 1))
-                for k, v in value.items()}
-    if isinstance(value, list):
-        return [redact(v, depth + 1) for v in value]
-    return value
+#: a stored diff longer than this is replaced by its shape, marked ``truncated``
+MAX_DIFF_CHARS = 4 * 1024
+#: the buffer's bound in bytes (beside its bound in entries)
+MAX_PENDING_BYTES = 16 * 1024 * 1024
+#: field names a truncated diff lists, and the characters of each
+_SHAPE_FIELDS, _SHAPE_NAME = 50, 40
 
 
 def _masked(name: str, value: Any) -> Any:
+    """A secret field's value in a diff: a key shows its first and last characters, so an
+    operator recognises it; a password shows nothing (a failed one may be the real one,
+    mistyped), nor does a structure or a number."""
     if value is None or value == "":
         return value
-    if "pass" in name.lower():
-        return "[redacted]"
-    if isinstance(value, str):
+    if isinstance(value, str) and "pass" not in name.lower():
         return mask(value)
-    if isinstance(value, dict | list):
-        return "[redacted]"
-    return "***"
+    return REDACTED
+
+
+def redact_diff(value: Any) -> Any:
+    """``value`` (a parsed request body) as the audit log stores it (:mod:`omniroute.redact`)."""
+    return redact(value, _masked)
 
 
 def diff_of(body: bytes | None) -> str | None:
-    """The stored form of a request body: JSON, redacted, and bounded in size."""
+    """The stored form of a request body: JSON, redacted, and at most
+    :data:`MAX_DIFF_CHARS` long (a longer one becomes its shape, marked truncated)."""
     if not body or not body.strip():
         return None
     try:
         parsed = orjson.loads(body)
     except orjson.JSONDecodeError:
         return orjson.dumps({"unparsed_bytes": len(body)}).decode()
-    text = orjson.dumps(redact(parsed)).decode()
+    text = orjson.dumps(redact_diff(parsed)).decode()
     if len(text) <= MAX_DIFF_CHARS:
         return text
-    shape = sorted(str(k) for k in parsed)[:100] if isinstance(parsed, dict) else None
-    return orjson.dumps({"truncated_bytes": len(body), "fields": shape}).decode()
+    names = sorted(str(k) for k in parsed)[:_SHAPE_FIELDS] if isinstance(parsed, dict) else []
+    fields = [n if len(n) <= _SHAPE_NAME else n[:_SHAPE_NAME] + "…" for n in names]
+    return orjson.dumps({"truncated": True, "bytes": len(body), "fields": fields}).decode()
 
 
 @dataclass(slots=True)
@@ -101,67 +85,36 @@ _INSERT = ("INSERT INTO audit_log(ts, actor, action, target, diff, address, stat
            "VALUES (?, ?, ?, ?, ?, ?, ?)")
 
 
-class AuditLog:
-    """Buffers audit entries and writes them in the background."""
+def _size(entry: AuditEntry) -> int:
+    return (100 + len(entry.actor) + len(entry.action) + len(entry.target or "")
+            + len(entry.diff or "") + len(entry.address or ""))
 
-    def __init__(self, db: Database, *, interval: float = 0.5,
-                 max_pending: int = 100_000) -> None:
-        self.db = db
-        self.interval = interval
-        self.max_pending = max_pending
-        #: entries lost because the database failed for too long
-        self.dropped = 0
-        self._pending: list[AuditEntry] = []
-        self._task: asyncio.Task[None] | None = None
 
-    @property
-    def pending(self) -> int:
-        return len(self._pending)
+class AuditLog(BufferedLog[AuditEntry]):
+    """Buffers audit entries and writes them in the background; prunes them by age.
 
-    def add(self, entry: AuditEntry) -> None:
-        """Queue ``entry``; never blocks."""
-        self._pending.append(entry)
-        if len(self._pending) > self.max_pending:
-            del self._pending[0]
-            self._lost(1)
+    The buffer is bounded by entries and by bytes (:data:`MAX_PENDING_BYTES`): the
+    login route is public, so what waits must not grow with what anyone sends.
+    Retention is the ``audit_retention_days`` setting, read through ``retention_days``
+    at each pruning (0: kept until an operator removes them).
+    """
 
-    def _lost(self, count: int) -> None:
-        self.dropped += count
-        log.error("audit log backlog full: %d entries dropped", self.dropped)
+    table = "audit_log"
+    insert = _INSERT
+    noun = "entries"
+    row = staticmethod(astuple)  # type: ignore[assignment]
+    size = staticmethod(_size)  # type: ignore[assignment]
 
-    def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="omniroute-audit-log")
+    def __init__(self, db: Database, *, interval: float = 0.5, max_pending: int = 100_000,
+                 max_bytes: int = MAX_PENDING_BYTES, prune_every: float = 600.0,
+                 retention_days: Callable[[], float] = lambda: 365.0,
+                 clock: Callable[[], float] = time.time) -> None:
+        super().__init__(db, interval=interval, max_pending=max_pending, max_bytes=max_bytes,
+                         prune_every=prune_every, clock=clock)
+        self._retention_days = retention_days
 
-    async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
-        await self.flush()
-
-    async def _run(self) -> None:
-        while True:
-            await asyncio.sleep(self.interval)
-            await self.flush()
-
-    async def flush(self) -> int:
-        """Write pending entries; return how many were written."""
-        batch, self._pending = self._pending, []
-        if not batch:
-            return 0
-        try:
-            async with self.db.transaction():
-                await self.db.executemany(_INSERT, [astuple(e) for e in batch])
-        except Exception:
-            log.exception("audit log write failed; %d entries kept for retry", len(batch))
-            self._pending[:0] = batch
-            excess = len(self._pending) - self.max_pending
-            if excess > 0:
-                del self._pending[:excess]
-                self._lost(excess)
-            return 0
-        return len(batch)
+    def retention(self) -> tuple[float, int]:
+        return self._retention_days(), 0
 
     async def page(self, *, actor: str | None = None, action: str | None = None,
                    since: float | None = None, until: float | None = None,

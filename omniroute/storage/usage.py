@@ -60,6 +60,8 @@ _SUMS = ("requests", "errors", "tokens_in", "tokens_out", "cache_read_tokens",
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)\s*([smhdw])$")
 _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 _STATUS_CLASS = re.compile(r"^([1-5])xx$")
+#: the times a query may name: the years 1970 to 9999 (what ``iso`` can write)
+MIN_TIME, MAX_TIME = 0.0, 253402300799.0
 #: the largest page of records one call returns
 MAX_PAGE = 500
 
@@ -79,10 +81,19 @@ def parse_time(text: str, *, now: float) -> float:
 
     Accepts epoch seconds (``1717000000``), an ISO 8601 date or date-time
     (``2024-05-29``, ``2024-05-29T10:00:00Z``; without a zone it is UTC), or a
-    duration back from ``now`` (``90s``, ``15m``, ``24h``, ``7d``, ``2w``).
+    duration back from ``now`` (``90s``, ``15m``, ``24h``, ``7d``, ``2w``). The time
+    must fall in the years 1970 to 9999.
 
-    :raises ValueError: none of these.
+    :raises ValueError: none of these, or out of that range.
     """
+    ts = _parse_time(text, now)
+    if not MIN_TIME <= ts <= MAX_TIME:  # also refuses nan
+        raise ValueError(f"{text!r} is out of range: a time must fall in the years 1970 "
+                         "to 9999")
+    return ts
+
+
+def _parse_time(text: str, now: float) -> float:
     value = text.strip()
     if not value:
         raise ValueError("an empty time")
@@ -91,7 +102,7 @@ def parse_time(text: str, *, now: float) -> float:
     except ValueError:
         pass
     else:
-        if not math.isfinite(number) or number < 0:
+        if math.isnan(number):
             raise ValueError(f"{text!r} is not a time")
         return number
     match = _DURATION.match(value.lower())

@@ -16,14 +16,17 @@ from collections.abc import AsyncIterator
 import orjson
 from aiohttp import web
 
-from omniroute.appkeys import AUDIT_LOG, PRINCIPAL, STORE
+from omniroute.appkeys import AUDIT_LOG, CATALOG, PRINCIPAL, STORE
 from omniroute.auth.base import Principal
 from omniroute.bodies import KEPT_BODY
 from omniroute.errors import InvalidRequest
 from omniroute.storage.audit import AuditEntry, AuditLog, diff_of
-from omniroute.storage.usage import parse_time
+from omniroute.web.query import query_limit, query_time
 from omniroute.web.tags import tag_route
 
+#: calls whose body is never stored: a login's holds a password (right or mistyped), and
+#: anyone may send one
+BODY_NOT_KEPT = frozenset({"POST /api/auth/login"})
 #: the largest answer a created object's id is read from
 _CREATED_BODY_MAX = 64 * 1024
 
@@ -65,49 +68,27 @@ def target_of(request: web.Request, response: web.StreamResponse | None) -> str 
 def record_call(request: web.Request, started: float, status: int,
                 response: web.StreamResponse | None = None) -> None:
     """Queue the audit entry of a finished call (redacted before it is queued)."""
+    action = action_of(request)
     request.app[AUDIT_LOG].add(AuditEntry(
         ts=started,
         actor=actor_of(request.get(PRINCIPAL)),
-        action=action_of(request),
+        action=action,
         target=target_of(request, response),
-        diff=diff_of(request.get(KEPT_BODY)),
+        diff=None if action in BODY_NOT_KEPT else diff_of(request.get(KEPT_BODY)),
         address=request.remote,
         status=status,
     ))
-
-
-def _query_time(request: web.Request, name: str, now: float) -> float | None:
-    text = request.query.get(name)
-    if text is None:
-        return None
-    try:
-        return parse_time(text, now=now)
-    except ValueError as exc:
-        raise InvalidRequest(f"'{name}': {exc}", param=name, code="invalid_time") from None
-
-
-def query_limit(request: web.Request, default: int = 50, most: int = 500) -> int:
-    text = request.query.get("limit")
-    if text is None:
-        return default
-    try:
-        limit = int(text)
-    except ValueError:
-        raise InvalidRequest("'limit' must be an integer.", param="limit") from None
-    if not 1 <= limit <= most:
-        raise InvalidRequest(f"'limit' must be between 1 and {most}.", param="limit")
-    return limit
 
 
 async def audit_log_page(request: web.Request) -> web.Response:
     """``GET /api/compliance/audit-log``: newest first; ``actor``, ``action`` (exact, or a
     prefix ending in ``*``), ``from``, ``to``, ``limit`` and ``cursor``."""
     now = time.time()
-    since, until = _query_time(request, "from", now), _query_time(request, "to", now)
+    since, until = query_time(request, "from", now), query_time(request, "to", now)
     if since is not None and until is not None and since >= until:
         raise InvalidRequest("'from' must be before 'to'.", param="from", code="invalid_time")
     audit = request.app[AUDIT_LOG]
-    await audit.flush()  # the call just made is part of the answer
+    await audit.flush()  # the call just made is part of the answer (shielded: see flush)
     try:
         entries, cursor = await audit.page(
             actor=request.query.get("actor"), action=request.query.get("action"),
@@ -124,7 +105,9 @@ def setup_audit(app: web.Application) -> None:
     its read API."""
 
     async def audit_ctx(app: web.Application) -> AsyncIterator[None]:
-        audit = AuditLog(app[STORE].db)
+        catalog = app[CATALOG]
+        audit = AuditLog(app[STORE].db,
+                         retention_days=lambda: catalog.settings.audit_retention_days)
         app[AUDIT_LOG] = audit
         audit.start()
         yield

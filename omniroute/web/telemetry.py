@@ -6,7 +6,8 @@ the window it covers. The window is the ``telemetry_window`` setting (seconds,
 default one hour), or ``?window=SECONDS`` for one call. It is read from the
 request log (:mod:`omniroute.storage.telemetry` says why), after this worker's
 pending records are written, so it is current here and at most one write
-interval behind for other workers.
+interval behind for other workers. The window functions run on the usage APIs'
+read-only connection, never on the one the request log writes through.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import time
 
 from aiohttp import web
 
-from omniroute.appkeys import CATALOG, REQUEST_LOG
+from omniroute.appkeys import CATALOG, REQUEST_LOG, USAGE
 from omniroute.errors import InvalidRequest
 from omniroute.storage.telemetry import latency_percentiles
 from omniroute.web.tags import tag_route
@@ -40,12 +41,13 @@ def _window(request: web.Request) -> float:
 
 async def telemetry_summary(request: web.Request) -> web.Response:
     window = _window(request)
-    log = request.app[REQUEST_LOG]
-    await log.flush()  # this worker's records of the last moments count too
+    # this worker's records of the last moments count too (shielded: see flush)
+    await request.app[REQUEST_LOG].flush()
     since = time.time() - window
+    reader = request.app[USAGE].db  # the read-only connection: the writer's is not held up
     return web.json_response({
-        "providers": await latency_percentiles(log.db, since),
-        "models": await latency_percentiles(log.db, since, by_model=True),
+        "providers": await latency_percentiles(reader, since),
+        "models": await latency_percentiles(reader, since, by_model=True),
         "window_s": window,
         "unit": "ms",
     })

@@ -29,25 +29,14 @@ from omniroute.storage.usage import (
     UsageQueries,
     iso,
     open_reader,
-    parse_time,
 )
-from omniroute.web.audit import query_limit
+from omniroute.web.query import query_limit, query_time
 from omniroute.web.tags import tag_route
 
 #: fixed routes under /api/usage/ (ours and the budgets API's): never a connection id
 RESERVED = ("summary", "logs", "budget")
 CONNECTION_ROUTE = (
     "/api/usage/{connectionId:(?!(?:" + "|".join(RESERVED) + ")$)[^/]+}")
-
-
-def _time(request: web.Request, name: str, now: float) -> float | None:
-    text = request.query.get(name)
-    if text is None or text == "":
-        return None
-    try:
-        return parse_time(text, now=now)
-    except ValueError as exc:
-        raise InvalidRequest(f"'{name}': {exc}", param=name, code="invalid_time") from None
 
 
 def _filter(request: web.Request, **fixed: str) -> UsageFilter:
@@ -58,7 +47,8 @@ def _filter(request: web.Request, **fixed: str) -> UsageFilter:
                               for name in ("key", "model", "provider", "connection", "status")}
     fields.update(fixed)
     try:
-        return UsageFilter(since=_time(request, "from", now), until=_time(request, "to", now),
+        return UsageFilter(since=query_time(request, "from", now),
+                           until=query_time(request, "to", now),
                            **fields)
     except FilterError as exc:
         code = "invalid_status" if exc.param == "status" else "invalid_time"
@@ -89,7 +79,9 @@ def _range(where: UsageFilter) -> dict[str, Any]:
 
 
 async def _queries(request: web.Request) -> UsageQueries:
-    await request.app[REQUEST_LOG].flush()  # records still in the buffer count too
+    # records still in the buffer count too (the flush is shielded: a client that goes
+    # away does not cancel the write)
+    await request.app[REQUEST_LOG].flush()
     return request.app[USAGE]
 
 

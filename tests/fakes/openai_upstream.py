@@ -250,7 +250,7 @@ class FakeOpenAI(OpenAIFake[Behaviour]):
             "object": "list", "model": model,
             "data": [{"object": "embedding", "index": i, "embedding": fake_vector(t, dims)}
                      for i, t in enumerate(texts)],
-            "usage": {"prompt_tokens": used, "total_tokens": used}})
+            "usage": {"prompt_tokens": used, "total_tokens": used, **(b.usage or {})}})
 
     async def _serve(self, request: web.Request, rec: Recorded, b: Behaviour) -> web.StreamResponse:
         if (early := await self._before(request, b)) is not None:

@@ -1,0 +1,311 @@
+"""A buffered table writer: rows queued without waiting, written in batches, pruned by age.
+
+The request log and the audit log are both one: :meth:`BufferedLog.add` is
+synchronous and O(1) (safe inside a ``finally`` during cancellation); a
+background task writes what waits in transactions of :data:`WRITE_BATCH` rows;
+another applies retention in small batches, so the writer is never held behind
+one large ``DELETE``. What the rules are, and why:
+
+* **Nothing waiting is lost to a failed write.** A batch the database refuses
+  (:class:`sqlite3.OperationalError`: locked, full, read-only, gone) goes back
+  in front of what arrived meanwhile, for the next attempt. A cancellation (a
+  handler whose client went away, a shutdown) does the same, and is raised on.
+* **One bad row does not block the log.** Any other failure of a batch write is
+  the rows' own (a value SQLite cannot bind, a constraint): the batch is written
+  again row by row, and each row that still fails is dropped, counted in
+  :attr:`~BufferedLog.dropped` and logged once with the reason (never its content).
+* **The buffer is bounded**, by count and (when :attr:`~BufferedLog.max_bytes` is
+  set) by size: past the bound the oldest go, counted and logged, never silently.
+* **Flushes take turns** (a lock), and each runs shielded: a caller that is
+  cancelled (a read API whose client disconnected) stops waiting, the write
+  finishes. :meth:`~BufferedLog.close` waits for a flush in progress, then writes
+  the rest.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import sqlite3
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from typing import Any, Generic, TypeVar
+
+from omniroute.storage.db import Database
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+#: rows per write transaction (a large backlog is written in several)
+WRITE_BATCH = 5000
+#: rows per retention ``DELETE``, and the pause between two of them (seconds)
+PRUNE_BATCH = 2000
+PRUNE_PAUSE = 0.01
+
+
+class BufferedLog(Generic[T]):
+    """Buffers rows of one table and writes them in the background; prunes old ones.
+
+    A subclass names its :attr:`table`, its ``INSERT`` (:attr:`insert`) and how an
+    item becomes that statement's parameters (:meth:`row`).
+    """
+
+    #: the table written and pruned (it has an ``id INTEGER PRIMARY KEY`` and a ``ts``)
+    table = ""
+    #: the ``INSERT`` of one row
+    insert = ""
+    #: what the log calls its rows, in messages
+    noun = "rows"
+
+    def __init__(
+        self, db: Database, *, interval: float = 0.5, max_pending: int = 100_000,
+        max_bytes: int = 0, prune_every: float = 600.0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.db = db
+        self.interval = interval
+        self.max_pending = max_pending
+        #: the buffer's bound in bytes, by :meth:`size` (0: bounded by count only)
+        self.max_bytes = max_bytes
+        self.prune_every = prune_every
+        self.clock = clock
+        #: rows lost: the buffer was full, or the database refused the row itself
+        self.dropped = 0
+        #: rows written since start
+        self.written = 0
+        #: rows removed by retention since start
+        self.pruned = 0
+        #: retention: rows older than this many days go (0: kept whatever their age)
+        self.retention_days = 0.0
+        #: retention: at most this many rows are kept, the newest (0: no bound)
+        self.max_rows = 0
+        self._pending: deque[T] = deque()
+        self._bytes = 0
+        self._flushing = asyncio.Lock()
+        self._tasks: list[asyncio.Task[None]] = []
+
+    # ------------------------------------------------------------------ what a subclass says
+
+    def row(self, item: T) -> Sequence[Any]:
+        """The parameters of :attr:`insert` for ``item``."""
+        raise NotImplementedError
+
+    def size(self, item: T) -> int:
+        """Bytes ``item`` holds, for :attr:`max_bytes` (only asked when that is set)."""
+        return 0
+
+    def has_more(self) -> bool:
+        """Whether a flush has anything to write besides the buffer (see :meth:`also`)."""
+        return False
+
+    async def also(self) -> None:
+        """Write what goes with a batch, in its transaction (after its rows)."""
+
+    def also_failed(self) -> None:
+        """The batch's transaction was rolled back: keep what :meth:`also` took."""
+
+    def also_done(self) -> None:
+        """The batch's transaction was committed."""
+
+    # ------------------------------------------------------------------ the buffer
+
+    @property
+    def pending(self) -> int:
+        """Rows waiting to be written."""
+        return len(self._pending)
+
+    def add(self, item: T) -> None:
+        """Queue ``item`` (synchronous, O(1), never blocks)."""
+        pending = self._pending
+        pending.append(item)
+        if self.max_bytes:
+            self._bytes += self.size(item)
+            if self._bytes > self.max_bytes:
+                self._trim()
+                return
+        if len(pending) > self.max_pending:  # the database has been failing for long
+            pending.popleft()
+            self._lost(1)
+
+    def _trim(self) -> None:
+        """Drop the oldest until the buffer is within both bounds."""
+        pending, lost = self._pending, 0
+        while pending and (len(pending) > self.max_pending
+                           or (self.max_bytes and self._bytes > self.max_bytes)):
+            item = pending.popleft()
+            if self.max_bytes:
+                self._bytes -= self.size(item)
+            lost += 1
+        if lost:
+            self._lost(lost)
+
+    def _lost(self, n: int) -> None:
+        before, self.dropped = self.dropped, self.dropped + n
+        if before // 1000 != self.dropped // 1000 or before == 0:
+            log.error("%s backlog full: %d %s dropped", self.table, self.dropped, self.noun)
+
+    def _take(self) -> list[T]:
+        pending = self._pending
+        if len(pending) <= WRITE_BATCH:
+            batch, self._pending = list(pending), deque()
+        else:
+            batch = [pending.popleft() for _ in range(WRITE_BATCH)]
+        if self.max_bytes:
+            self._bytes -= sum(map(self.size, batch))
+        return batch
+
+    def _requeue(self, batch: list[T]) -> None:
+        """Put a batch back before the newer rows, keeping the newest within the bounds."""
+        merged: deque[T] = deque(batch)
+        merged.extend(self._pending)
+        self._pending = merged
+        if self.max_bytes:
+            self._bytes += sum(map(self.size, batch))
+        self._trim()
+
+    # ------------------------------------------------------------------ writing
+
+    def start(self) -> None:
+        self._tasks = [
+            asyncio.create_task(self._run(), name=f"omniroute-{self.table}"),
+            asyncio.create_task(self._prune_loop(), name=f"omniroute-{self.table}-prune")]
+
+    async def close(self) -> None:
+        """Stop the background tasks and write every row still waiting (after the
+        flush in progress, which a cancellation does not interrupt)."""
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks = []
+        await self.flush()
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self.interval)
+            await self.flush()
+
+    async def flush(self) -> int:
+        """Write the rows waiting; return how many were written.
+
+        Shielded: a caller cancelled meanwhile stops waiting, the write goes on.
+        """
+        return await asyncio.shield(self._flush())
+
+    async def _flush(self) -> int:
+        async with self._flushing:
+            written = 0
+            while self._pending or self.has_more():
+                batch = self._take()
+                try:
+                    written += await self._commit(batch)
+                except Exception:  # the database is unavailable: retry later
+                    log.exception("%s write failed; %d %s kept for retry",
+                                  self.table, len(batch), self.noun)
+                    self._requeue(batch)
+                    return written
+                except BaseException:  # cancelled (or worse): nothing waiting is lost
+                    self._requeue(batch)
+                    raise
+            return written
+
+    async def _commit(self, batch: list[T]) -> int:
+        """Write ``batch`` in one transaction; a batch the rows themselves make fail is
+        written row by row, the failing rows dropped. Rows written."""
+        try:
+            return await self._transaction(batch, singly=False)
+        except sqlite3.OperationalError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - a row's own fault: written one by one below
+            log.warning("%s batch write failed (%s: %s); writing its %d %s one by one",
+                        self.table, type(exc).__name__, exc, len(batch), self.noun)
+        return await self._transaction(batch, singly=True)
+
+    async def _transaction(self, batch: list[T], *, singly: bool) -> int:
+        written = 0
+        try:
+            async with self.db.transaction():
+                if not singly:
+                    if batch:
+                        await self.db.executemany(self.insert, [self.row(i) for i in batch])
+                    written = len(batch)
+                else:
+                    written = await self._one_by_one(batch)
+                await self.also()
+        except BaseException:
+            self.also_failed()
+            raise
+        self.also_done()
+        self.written += written
+        return written
+
+    async def _one_by_one(self, batch: list[T]) -> int:
+        written, refused = 0, 0
+        reason = ""
+        for item in batch:
+            try:
+                await self.db.execute(self.insert, self.row(item))
+            except sqlite3.OperationalError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - this row cannot be stored: dropped, counted
+                refused += 1
+                reason = reason or f"{type(exc).__name__}: {exc}"
+            else:
+                written += 1
+        if refused:  # logged every time, with the reason, never with the row
+            self.dropped += refused
+            log.error("%s: %d %s dropped, the database refused them (%s); %d dropped so far",
+                      self.table, refused, self.noun, reason, self.dropped)
+        return written
+
+    # ------------------------------------------------------------------ retention
+
+    def retention(self) -> tuple[float, int]:
+        """(days, rows) kept: :attr:`retention_days` and :attr:`max_rows` (0: no bound)."""
+        return self.retention_days, self.max_rows
+
+    async def _prune_loop(self) -> None:
+        await asyncio.sleep(min(self.prune_every, 60.0))  # not while the gateway starts
+        while True:
+            try:
+                await self.prune()
+            except Exception:
+                log.exception("%s retention failed; retrying later", self.table)
+            await asyncio.sleep(self.prune_every)
+
+    async def prune(self) -> int:
+        """Apply retention now: by age, then by row count, in small batches; rows removed."""
+        days, max_rows = self.retention()
+        table, removed = self.table, 0
+        if days > 0:
+            cutoff = self.clock() - days * 86400
+            removed += await self._delete_batches(
+                f"DELETE FROM {table} WHERE id IN "
+                f"(SELECT id FROM {table} WHERE ts < ? LIMIT ?)", cutoff)
+        if max_rows > 0:
+            row = await self.db.fetchone(f"SELECT max(id) FROM {table}")
+            newest = row[0] if row is not None else None
+            if newest is not None and newest > max_rows:
+                # ids only grow, so the newest max_rows rows have ids above this
+                removed += await self._delete_batches(
+                    f"DELETE FROM {table} WHERE id IN "
+                    f"(SELECT id FROM {table} WHERE id <= ? ORDER BY id LIMIT ?)",
+                    newest - max_rows)
+        if removed:
+            self.pruned += removed
+            log.info("%s retention removed %d %s", table, removed, self.noun)
+        return removed
+
+    async def _delete_batches(self, sql: str, bound: float) -> int:
+        removed = 0
+        while True:
+            async with self.db.transaction():
+                n = await self.db.execute(sql, (bound, PRUNE_BATCH))
+            removed += n
+            if n < PRUNE_BATCH:
+                return removed
+            await asyncio.sleep(PRUNE_PAUSE)  # the writer (and every other query) goes first

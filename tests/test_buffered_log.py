@@ -1,0 +1,173 @@
+"""The buffered writers (request log, audit log): cancellation, bad rows, bounds, retention."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from omniroute.storage import Database, RequestLog, RequestRecord
+from omniroute.storage.audit import AuditEntry, AuditLog
+from omniroute.storage.buffered import BufferedLog
+
+
+@pytest.fixture
+async def db(tmp_path: Path) -> AsyncIterator[Database]:
+    database = await Database.open(tmp_path / "omniroute.sqlite3")
+    yield database
+    await database.close()
+
+
+def _record(i: int, **fields: Any) -> RequestRecord:
+    return RequestRecord(request_id=f"r{i}", ts=1000.0 + i, endpoint="chat", status=200,
+                         **fields)
+
+
+def _entry(i: int, diff: str | None = None) -> AuditEntry:
+    return AuditEntry(ts=1000.0 + i, actor="admin_session", action="PATCH /api/settings",
+                      diff=diff)
+
+
+LOGS: dict[str, tuple[Callable[[Database], BufferedLog[Any]], Callable[[int], Any]]] = {
+    "request_log": (RequestLog, _record),
+    "audit_log": (AuditLog, _entry),
+}
+
+
+async def _rows(db: Database, table: str) -> int:
+    return int((await db.fetchone(f"SELECT count(*) FROM {table}"))[0])
+
+
+def _slow_writes(db: Database, monkeypatch: pytest.MonkeyPatch) -> asyncio.Event:
+    """Make every batch write wait 0.2 s; the event is set when one has started."""
+    started = asyncio.Event()
+    real = db.executemany
+
+    async def slow(sql: str, rows: Any) -> None:
+        if sql.startswith("INSERT"):
+            started.set()
+            await asyncio.sleep(0.2)
+        await real(sql, rows)
+
+    monkeypatch.setattr(db, "executemany", slow)
+    return started
+
+
+@pytest.mark.parametrize("table", list(LOGS))
+async def test_a_flush_cancelled_mid_write_loses_nothing(
+        db: Database, monkeypatch: pytest.MonkeyPatch, table: str) -> None:
+    """A read API calls flush; its client disconnects (handler cancelled) mid-write."""
+    make, item = LOGS[table]
+    log = make(db)
+    for i in range(50):
+        log.add(item(i))
+    started = _slow_writes(db, monkeypatch)
+    caller = asyncio.create_task(log.flush())
+    await started.wait()
+    caller.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await caller
+    log.add(item(50))
+    await log.flush()  # waits for the write in progress, then writes the newer one
+    assert await _rows(db, table) == 51 and log.pending == 0 and log.dropped == 0
+
+
+@pytest.mark.parametrize("table", list(LOGS))
+async def test_close_waits_for_the_flush_in_progress(
+        db: Database, monkeypatch: pytest.MonkeyPatch, table: str) -> None:
+    make, item = LOGS[table]
+    log = make(db)
+    log.interval = 0.01
+    log.start()
+    started = _slow_writes(db, monkeypatch)
+    for i in range(30):
+        log.add(item(i))
+    await started.wait()  # the background task is writing
+    log.add(item(30))
+    await log.close()
+    assert await _rows(db, table) == 31 and log.pending == 0
+
+
+async def test_a_write_cancelled_inside_the_writer_puts_its_batch_back(
+        db: Database, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Not through flush's shield: the writing task itself is cancelled (loop shutdown)."""
+    log = RequestLog(db)
+    for i in range(10):
+        log.add(_record(i))
+    started = _slow_writes(db, monkeypatch)
+    writer = asyncio.create_task(log._flush())
+    await started.wait()
+    writer.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await writer
+    assert log.pending == 10 and await _rows(db, "request_log") == 0
+    monkeypatch.undo()
+    assert await log.flush() == 10
+
+
+async def test_one_bad_row_is_dropped_and_counted_not_retried_forever(
+        db: Database, caplog: pytest.LogCaptureFixture) -> None:
+    log = RequestLog(db)
+    for i in range(5):
+        log.add(_record(i))
+    log.add(_record(5, prompt_tokens=2**64))  # more than SQLite's 64-bit integers hold
+    log.add(_record(6, completion_tokens=2**70))
+    for i in range(7, 10):
+        log.add(_record(i))
+    with caplog.at_level(logging.ERROR):
+        assert await log.flush() == 8
+    assert log.pending == 0 and log.dropped == 2
+    refused = [r.getMessage() for r in caplog.records if "refused" in r.getMessage()]
+    assert len(refused) == 1 and "OverflowError" in refused[0]
+    assert str(2**64) not in caplog.text  # the reason, never the row
+    log.add(_record(10))
+    assert await log.flush() == 1  # the log goes on
+    assert await _rows(db, "request_log") == 9
+
+
+async def test_a_database_that_is_unavailable_keeps_the_batch(
+        db: Database, monkeypatch: pytest.MonkeyPatch) -> None:
+    import sqlite3
+    log = RequestLog(db)
+    for i in range(3):
+        log.add(_record(i))
+
+    async def locked(sql: str, rows: Any) -> None:
+        raise sqlite3.OperationalError("database is locked")
+
+    monkeypatch.setattr(db, "executemany", locked)
+    assert await log.flush() == 0
+    assert log.pending == 3 and log.dropped == 0  # kept whole, not written row by row
+    monkeypatch.undo()
+    assert await log.flush() == 3
+
+
+async def test_the_audit_buffer_is_bounded_by_bytes(db: Database) -> None:
+    audit = AuditLog(db, max_bytes=10_000)
+    for i in range(10):
+        audit.add(_entry(i, diff="x" * 4000))  # as a flood of anonymous calls could
+    assert audit.pending == 2 and audit.dropped == 8  # the newest kept
+    assert await audit.flush() == 2
+    rows = await db.fetchall("SELECT ts FROM audit_log ORDER BY ts")
+    assert [r[0] for r in rows] == [1008.0, 1009.0]
+
+
+async def test_audit_retention_by_age_in_small_batches(
+        db: Database, monkeypatch: pytest.MonkeyPatch) -> None:
+    from omniroute.storage import buffered
+    monkeypatch.setattr(buffered, "PRUNE_BATCH", 3)
+    now, days = 400 * 86400.0, [365.0]
+    audit = AuditLog(db, retention_days=lambda: days[0], clock=lambda: now)
+    for i in range(7):
+        audit.add(AuditEntry(ts=now - 366 * 86400 + i, actor="a", action="POST /api/x"))
+    audit.add(AuditEntry(ts=now - 10, actor="a", action="POST /api/x"))
+    await audit.flush()
+    assert await audit.prune() == 7 and await _rows(db, "audit_log") == 1
+    days[0] = 0.0  # 0: kept whatever their age
+    audit.add(AuditEntry(ts=1.0, actor="a", action="POST /api/x"))
+    await audit.flush()
+    assert await audit.prune() == 0 and await _rows(db, "audit_log") == 2
