@@ -370,8 +370,7 @@ class Settings:
         "cooldown_factor": 1.0, "queue_size": 0, "queue_timeout": 0.0,
         "wait_for_cooldown_max": 0.0, "hedge_factor": 1.0,
         "usage_retention_days": 0.0, "usage_max_rows": 0, "shutdown_grace": 0.0,
-        "idempotency_window": 0.0}
-        "audit_retention_days": 0.0}
+        "idempotency_window": 0.0, "audit_retention_days": 0.0}
     #: settings that take one of a few names
     _CHOICES: ClassVar[dict[str, tuple[str, ...]]] = {
         "account_strategy": ACCOUNT_STRATEGIES, "metrics_access": METRICS_ACCESS}
