@@ -10,11 +10,14 @@ Overspend is bounded: a request is admitted only while the window's spend
 is under the limit, and only when what requests in flight have reserved and
 its own estimate (prompt and ``max_tokens``) fit in what is left, or when
 nothing else of the key is in flight (so one request can always run while
-there is budget left); it reserves its estimate in the same synchronous step. So in one process the spend passes the limit by at most the cost of one
-request admitted alone, plus what requests cost beyond their estimates.
-Across processes each one sees the others' settled spend only after its and
-their next sync (see ``docs/budgets.md``). When the store fails, keys with a
-budget are refused with a 503 until a sync succeeds again (fail closed).
+there is budget left); it reserves its estimate in the same synchronous
+step. So in one process the spend passes the limit by at most the cost of
+one request admitted alone, plus what requests cost beyond their estimates.
+Across processes each one sees the others' settled spend only after their
+next sync and then its own (see ``docs/budgets.md``). When the store fails,
+keys with a budget are refused with a 503 until a sync succeeds again (fail
+closed). About hourly the task also drops windows older than
+:data:`KEEP_SPAN` from the store.
 """
 
 from __future__ import annotations
