@@ -46,6 +46,22 @@ def _too_large(limit: int) -> PayloadTooLarge:
 
 async def read_json(request: web.Request, limit: int) -> Any:
     """The body parsed as JSON; 415 for another content type, 400 for bad JSON."""
+    return (await _read_sized_json(request, limit))[0]
+
+
+async def read_object(request: web.Request, limit: int) -> dict[str, Any]:
+    return (await read_sized_object(request, limit))[0]
+
+
+async def read_sized_object(request: web.Request, limit: int) -> tuple[dict[str, Any], int]:
+    """The body as a JSON object, and its size in bytes (what a token estimate starts from)."""
+    body, size = await _read_sized_json(request, limit)
+    if not isinstance(body, dict):
+        raise InvalidRequest("Request body must be a JSON object.")
+    return body, size
+
+
+async def _read_sized_json(request: web.Request, limit: int) -> tuple[Any, int]:
     ctype = request.content_type
     # an absent Content-Type (aiohttp reports application/octet-stream) is accepted
     if ctype not in _JSON_TYPES and not ctype.endswith("+json") and (
@@ -57,13 +73,6 @@ async def read_json(request: web.Request, limit: int) -> Any:
     if not raw.strip():
         raise InvalidRequest("Request body is empty; send a JSON object.")
     try:
-        return orjson.loads(raw)
+        return orjson.loads(raw), len(raw)
     except orjson.JSONDecodeError as exc:
         raise InvalidRequest(f"Request body is not valid JSON: {exc}.") from None
-
-
-async def read_object(request: web.Request, limit: int) -> dict[str, Any]:
-    body = await read_json(request, limit)
-    if not isinstance(body, dict):
-        raise InvalidRequest("Request body must be a JSON object.")
-    return body

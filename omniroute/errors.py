@@ -219,6 +219,12 @@ class ModelNotAllowed(PermissionDenied):
     code = "model_not_allowed"
 
 
+class ModelUnpriced(PermissionDenied):
+    """No price is known for the model, and the API key has a USD budget (fails closed)."""
+
+    code = "model_unpriced"
+
+
 class BudgetExceeded(RateLimited):
     """The API key spent its budget (USD or tokens) for the window; ``Retry-After`` up to
     the window's reset."""

@@ -1,5 +1,6 @@
 """Per-key budgets and limits, without a gateway: the limits model, UTC windows with a reset
-time, and the ledger (admission, reservations, settling, sync) on an injected clock."""
+time, the ledger (admission, reservations, settling, sync, prune) on an injected clock, and
+the stage's estimate."""
 
 from __future__ import annotations
 
@@ -10,14 +11,19 @@ from pathlib import Path
 
 import pytest
 
+from omniroute.auth.base import Principal
 from omniroute.budgets import Budgets, Limits, SqliteSpendStore
 from omniroute.budgets.limits import parse_expiry
 from omniroute.budgets.spend import Delta, Totals
+from omniroute.budgets.stage import BudgetRun, BudgetStage, output_cap
 from omniroute.budgets.view import budget_changes, merged_limits
 from omniroute.budgets.windows import iso, window
+from omniroute.config import Settings
 from omniroute.errors import BudgetExceeded, BudgetUnavailable, RateLimited
+from omniroute.pipeline.context import RequestContext
+from omniroute.pipeline.operation import Operation
 from omniroute.resilience.clock import ManualClock
-from omniroute.storage import Database
+from omniroute.storage import Database, RequestRecord
 
 
 def ts(text: str) -> float:
@@ -78,6 +84,17 @@ def test_expiry_accepts_epoch_iso_and_durations() -> None:
     assert parse_expiry(None, now) is None and parse_expiry("", now) is None
     with pytest.raises(ValueError, match="ISO 8601"):
         parse_expiry("next tuesday", now)
+    assert parse_expiry("9999-12-31T23:59:59Z", now) == ts("9999-12-31T23:59:59")
+    assert parse_expiry(0, now) == 0.0
+
+
+@pytest.mark.parametrize("value", [
+    1e20, -1, float("inf"), float("nan"), "99999999999d", "1" + "0" * 400 + "w",
+    "1969-12-31", "0001-01-01T00:00:00Z", "9999-12-31T23:00:00-05:00",
+])
+def test_expiry_must_fall_between_1970_and_9999(value: object) -> None:
+    with pytest.raises(ValueError, match="between 1970-01-01 and 9999-12-31T23:59:59Z"):
+        parse_expiry(value, ts("2025-03-01T00:00:00"))
 
 
 def test_the_seeds_budget_shape_and_the_richer_one() -> None:
@@ -138,6 +155,7 @@ class MemoryStore:
         self.rows: Totals = {}
         self.failing = False
         self.writes = 0
+        self.prunes: list[float] = []
 
     async def add(self, deltas: Sequence[Delta]) -> None:
         if self.failing:
@@ -151,6 +169,13 @@ class MemoryStore:
         if self.failing:
             raise OSError("disk I/O error")
         return {k: v for k, v in self.rows.items() if k[2] >= since}
+
+    async def prune(self, before: float) -> int:
+        self.prunes.append(before)
+        old = [k for k in self.rows if k[2] < before]
+        for k in old:
+            del self.rows[k]
+        return len(old)
 
 
 async def started(store: MemoryStore, clock: ManualClock) -> Budgets:
@@ -232,16 +257,37 @@ async def test_reservations_bound_concurrent_overspend() -> None:
             held.append((slot, budgets.reserve(slot, limits, 0.3, 100)))
         except BudgetExceeded as err:
             assert "reserved by requests in flight" in err.message
+            assert "this request may use up to $0.30" in err.message
             assert err.headers["Retry-After"] == "1"  # in-flight requests may free it soon
             budgets.leave(slot)
-    assert len(held) == 4  # 0, 0.3, 0.6, 0.9 reserved when each was admitted
+    assert len(held) == 3  # 0.3 + 0.3 + 0.3 fit in 1.0; a fourth would not
     for slot, reservation in held:
         budgets.settle(reservation, 0.3, 100)
         budgets.leave(slot)
     state = budgets.state("k")
     assert state.reserved_usd == 0 and state.reserved_tokens == 0 and state.in_flight == 0
+    assert state.held == 0
     spent = budgets.window(state, limits, "daily", budgets.clock.time()).spent_usd
-    assert spent == pytest.approx(1.2)  # the limit plus at most what was in flight
+    assert spent == pytest.approx(0.9)  # within the limit: every estimate covered its cost
+
+
+async def test_one_request_may_run_alone_while_under_the_limit() -> None:
+    budgets = await started(MemoryStore(), clock_at("2025-03-10T12:00:00"))
+    limits = Limits.parse({"daily_usd": 1.0, "daily_tokens": 1000})
+    assert limits is not None
+    spend(budgets, limits, 0.9, tokens=900)
+    first = budgets.enter("k", limits)
+    held = budgets.reserve(first, limits, 0.3, 300)  # does not fit, but runs alone
+    second = budgets.enter("k", limits)
+    with pytest.raises(BudgetExceeded) as busy:  # another is in flight: it must fit
+        budgets.reserve(second, limits, 0.01, 10)
+    assert busy.value.headers["Retry-After"] == "1"
+    budgets.settle(held, 0.3, 300)
+    budgets.leave(first)
+    with pytest.raises(BudgetExceeded) as spent:  # now used up, alone or not
+        budgets.reserve(second, limits, 0.0, 0)
+    assert "is used up: spent $1.20 of $1.00" in spent.value.message
+    assert int(spent.value.headers["Retry-After"]) == 12 * 3600
 
 
 async def test_token_limits_count_prompt_and_completion() -> None:
@@ -364,6 +410,56 @@ async def test_start_up_with_a_failing_store_refuses_budgeted_keys() -> None:
         budgets.reserve(budgets.enter("k", limits), limits, 0, 0)
 
 
+async def test_the_sync_loop_prunes_old_windows_about_hourly() -> None:
+    store, clock = MemoryStore(), clock_at("2025-06-10T12:00:00")
+    now = clock.time()
+    store.rows = {("k", "daily", ts("2025-04-01T00:00:00")): (1.0, 1, 1),  # 70 days old
+                  ("k", "monthly", ts("2025-04-01T00:00:00")): (9.0, 9, 9),
+                  ("k", "monthly", ts("2025-05-01T00:00:00")): (2.0, 2, 2)}  # kept: reports
+    budgets = await started(store, clock)
+    task = asyncio.create_task(budgets.run())
+
+    async def ticks(seconds: float) -> None:
+        for _ in range(int(seconds / budgets.interval)):
+            while not clock.sleepers:  # the loop is parked on its next sleep
+                await asyncio.sleep(0)
+            clock.advance(budgets.interval)
+        while not clock.sleepers:
+            await asyncio.sleep(0)
+
+    try:
+        await ticks(1)
+        assert store.prunes == [now + 1 - 63 * 86400]  # the first loop prunes
+        assert list(store.rows) == [("k", "monthly", ts("2025-05-01T00:00:00"))]
+        await ticks(3598)
+        assert len(store.prunes) == 1  # not on every sync
+        await ticks(2)
+        assert len(store.prunes) == 2  # an hour later
+    finally:
+        task.cancel()
+
+
+async def test_the_spend_read_back_uses_the_window_index(tmp_path: Path) -> None:
+    db = await Database.open(tmp_path / "db.sqlite3")
+    try:
+        store = SqliteSpendStore(db)
+        queries: list[tuple[str, tuple]] = []
+        fetchall = db.fetchall
+
+        async def spy(sql: str, params: tuple = ()) -> list:
+            queries.append((sql, params))
+            return await fetchall(sql, params)
+
+        db.fetchall = spy  # type: ignore[method-assign]
+        await store.load(0.0)
+        ((sql, params),) = queries
+        plan = " ".join(str(tuple(r)) for r in await fetchall(f"EXPLAIN QUERY PLAN {sql}",
+                                                              params))
+        assert "key_spend_window" in plan, plan
+    finally:
+        await db.close()
+
+
 async def test_the_sqlite_store_adds_to_rows(tmp_path: Path) -> None:
     db = await Database.open(tmp_path / "db.sqlite3")
     try:
@@ -394,3 +490,58 @@ async def test_the_background_task_syncs_on_its_clock() -> None:
         assert list(store.rows.values()) == [(0.5, 0, 1)]
     finally:
         task.cancel()
+
+
+# ---------------------------------------------------------------------- the stage's estimate
+
+class _Undecodable:
+    """A client format the estimate must not use: decoding for an estimate costs too much."""
+
+    name = "openai"
+
+    def decode_request(self, request: object) -> object:
+        raise AssertionError("the budget estimate decoded the request")
+
+
+class _Images(Operation):
+    """An operation that generates output and is not named "chat"."""
+
+    name, capability, generates = "images", "images", True
+
+
+class _Embed(Operation):
+    name, capability = "embed", "embeddings"
+
+
+def _estimate(operation_type: type[Operation], body: dict, body_bytes: int) -> tuple[int, int]:
+    fmt = _Undecodable()
+    operation = operation_type(fmt, "x")  # type: ignore[arg-type]
+    stage = BudgetStage(Budgets(MemoryStore(), clock_at("2025-03-10T12:00:00")),
+                        settings=Settings, prices=None)  # type: ignore[arg-type]
+    limits = Limits.parse({"daily_usd": 1})
+    run = BudgetRun(stage, limits, "k", operation)  # type: ignore[arg-type]
+    ctx = RequestContext(Principal("api_key", "k", limits=limits), fmt,  # type: ignore[arg-type]
+                         RequestRecord("r", 0.0, "x"), {}, {}, body=body, body_bytes=body_bytes)
+    return run.estimate(ctx)
+
+
+def test_the_estimate_reads_the_body_size_and_the_output_cap() -> None:
+    body = {"model": "m", "messages": [{"role": "user", "content": "x" * 1000}]}
+    assert _estimate(_Images, {**body, "max_tokens": 50}, 401) == (101, 50)  # 401 / 4, up
+    assert _estimate(_Images, body, 400) == (100, Settings().budget_output_tokens)
+    assert _estimate(_Embed, {**body, "max_tokens": 50}, 40) == (10, 0)  # nothing generated
+
+
+@pytest.mark.parametrize("body, cap", [
+    ({"max_completion_tokens": 7, "max_tokens": 9}, 7),  # OpenAI chat
+    ({"max_tokens": 9}, 9),  # Anthropic, older OpenAI
+    ({"max_output_tokens": 11}, 11),  # Responses
+    ({"generationConfig": {"maxOutputTokens": 12}}, 12),  # Gemini
+    ({"generation_config": {"max_output_tokens": 13}}, 13),
+    ({"options": {"num_predict": 14}}, 14),  # Ollama
+    ({"options": {"num_predict": -1}}, None),  # Ollama's "no limit"
+    ({"max_tokens": "lots", "generationConfig": []}, None),
+    ({}, None),
+])
+def test_the_output_cap_of_each_client_format(body: dict, cap: int | None) -> None:
+    assert output_cap(body) == cap

@@ -531,6 +531,8 @@ def test_keys_create_with_limits(run: Cli) -> None:
     failed(run("keys", "create", "--name", "x", "--budget", "lots"), "not a number")
     failed(run("keys", "create", "--name", "x", "--rpm", "0"), "rpm must be at least 1")
     failed(run("keys", "create", "--name", "x", "--expires", "someday"), "ISO 8601")
+    failed(run("keys", "create", "--name", "x", "--expires", "99999999999d"),
+           "between 1970-01-01 and 9999-12-31T23:59:59Z")
     assert len(json.loads(ok(run("keys", "list", "--json")).output)) == 1
 
 

@@ -7,12 +7,17 @@ reserving an estimate, settling the real cost. A background task
 a restart keeps the window's spend and no request waits for the database.
 
 Overspend is bounded: a request is admitted only while the window's spend
-plus what requests in flight have reserved is under the limit, and it
-reserves its own estimate (prompt tokens and ``max_tokens``) in the same
-synchronous step. So the spend can pass the limit only by what the last
-admitted requests cost beyond their estimates, at most what is in flight.
-When the store fails, keys with a budget are refused with a 503 until a
-sync succeeds again (fail closed).
+is under the limit, and only when what requests in flight have reserved and
+its own estimate (prompt and ``max_tokens``) fit in what is left, or when
+nothing else of the key is in flight (so one request can always run while
+there is budget left); it reserves its estimate in the same synchronous
+step. So in one process the spend passes the limit by at most the cost of
+one request admitted alone, plus what requests cost beyond their estimates.
+Across processes each one sees the others' settled spend only after their
+next sync and then its own (see ``docs/budgets.md``). When the store fails,
+keys with a budget are refused with a 503 until a sync succeeds again (fail
+closed). About hourly the task also drops windows older than
+:data:`KEEP_SPAN` from the store.
 """
 
 from __future__ import annotations
@@ -39,6 +44,10 @@ RPM_WINDOW = 60.0
 BUSY_RETRY_AFTER = 1.0
 #: windows read back on a sync: the longest (a month) and a margin
 _LOAD_SPAN = 32 * DAY
+#: windows kept in the store: those read back, and the longest window again (reports)
+KEEP_SPAN = _LOAD_SPAN + 31 * DAY
+#: seconds between two prunes of the store's old windows
+PRUNE_EVERY = 3600.0
 
 
 @dataclass(slots=True)
@@ -87,6 +96,8 @@ class KeyState:
     starts: deque[float] = field(default_factory=deque)
     reserved_usd: float = 0.0
     reserved_tokens: int = 0
+    #: reservations held now (0: a request may run alone while under the limit)
+    held: int = 0
     windows: dict[str, Window] = field(default_factory=dict)
 
 
@@ -121,6 +132,8 @@ class Budgets:
         #: windows that ended with spend not written yet
         self._retired: list[tuple[str, Window]] = []
         self._lock = asyncio.Lock()
+        #: monotonic time of the next prune of old windows (the first sync loop prunes)
+        self._prune_at = 0.0
 
     # ------------------------------------------------------------------ the request path
 
@@ -159,8 +172,12 @@ class Budgets:
     def reserve(self, state: KeyState, limits: Limits, usd: float, tokens: int) -> Reservation:
         """Admit a request against the key's windows and set its estimate aside, or raise.
 
-        :raises BudgetExceeded: a window's spend plus the reservations in flight
-            reached its limit (429, ``Retry-After`` up to the reset).
+        A window admits it when its spend is under the limit and either the
+        reservations in flight and this estimate fit in what is left, or no other
+        request of the key holds a reservation.
+
+        :raises BudgetExceeded: a window cannot admit it (429, ``Retry-After`` up to
+            the reset, or 1 s when only requests in flight stand in the way).
         :raises BudgetUnavailable: the store is failing (503).
         """
         if not self.healthy:
@@ -169,6 +186,7 @@ class Budgets:
                 "keys with a budget are refused until it recovers.", headers={
                     "Retry-After": str(max(1, round(self.interval)))})
         now = self.clock.time()
+        alone = state.held == 0
         refusal: BudgetExceeded | None = None
         refusal_end = 0.0
         warnings: list[str] = []
@@ -176,22 +194,25 @@ class Budgets:
             w = self.window(state, limits, period, now)
             limit = limits.usd.get(period)
             if limit is not None:
-                if w.spent_usd + state.reserved_usd >= limit and w.end > refusal_end:
-                    refusal, refusal_end = _exceeded(
-                        state, w, now, "USD", w.spent_usd, state.reserved_usd, limit), w.end
-                elif w.spent_usd >= limits.warn_at * limit:
-                    warnings.append(f"{period} ${w.spent_usd:.2f} of ${limit:.2f} "
-                                    f"({w.spent_usd / limit:.0%}), resets {iso(w.end)}"
+                spent = w.spent_usd
+                if not _admits(spent, state.reserved_usd, usd, limit, alone):
+                    if w.end > refusal_end:
+                        refusal, refusal_end = _exceeded(
+                            w, now, "USD", spent, state.reserved_usd, usd, limit), w.end
+                elif spent >= limits.warn_at * limit:
+                    warnings.append(f"{period} ${spent:.2f} of ${limit:.2f} "
+                                    f"({spent / limit:.0%}), resets {iso(w.end)}"
                                     if limit else f"{period} budget is 0")
             cap = limits.tokens.get(period)
-            if cap is not None and w.spent_tokens + state.reserved_tokens >= cap \
-                    and w.end > refusal_end:
+            if cap is not None and w.end > refusal_end and not _admits(
+                    w.spent_tokens, state.reserved_tokens, tokens, cap, alone):
                 refusal, refusal_end = _exceeded(
-                    state, w, now, "tokens", w.spent_tokens, state.reserved_tokens, cap), w.end
+                    w, now, "tokens", w.spent_tokens, state.reserved_tokens, tokens, cap), w.end
         if refusal is not None:
             raise refusal
         state.reserved_usd += usd
         state.reserved_tokens += tokens
+        state.held += 1
         return Reservation(state, limits, usd, tokens, "; ".join(warnings) or None)
 
     def settle(self, reservation: Reservation, usd: float, tokens: int) -> None:
@@ -199,6 +220,7 @@ class Budgets:
         state, limits = reservation.state, reservation.limits
         state.reserved_usd = max(0.0, state.reserved_usd - reservation.usd)
         state.reserved_tokens = max(0, state.reserved_tokens - reservation.tokens)
+        state.held = max(0, state.held - 1)
         reservation.usd = reservation.tokens = 0
         now = self.clock.time()
         for period in limits.periods:
@@ -239,7 +261,8 @@ class Budgets:
                           "until the store answers")
 
     async def run(self) -> None:
-        """Sync every ``interval`` seconds until cancelled."""
+        """Sync every ``interval`` seconds until cancelled; about hourly, also drop the
+        store's windows older than :data:`KEEP_SPAN`."""
         while True:
             await self.clock.sleep(self.interval)
             try:
@@ -247,6 +270,18 @@ class Budgets:
             except Exception:
                 log.exception("budget store sync failed; keys with a budget are refused "
                               "until it succeeds")
+                continue
+            if self.clock.monotonic() >= self._prune_at:
+                await self.prune()
+
+    async def prune(self) -> None:
+        """Drop the windows that started more than :data:`KEEP_SPAN` ago (a failure is
+        logged and tried again at the next prune)."""
+        self._prune_at = self.clock.monotonic() + PRUNE_EVERY
+        try:
+            await self.store.prune(self.clock.time() - KEEP_SPAN)
+        except Exception:
+            log.exception("pruning old budget windows failed; trying again in an hour")
 
     async def close(self) -> None:
         """Write what is left (called after the last request)."""
@@ -295,18 +330,32 @@ class Budgets:
             self.healthy = True
 
 
-def _exceeded(state: KeyState, w: Window, now: float, unit: str, spent: float,
-              reserved: float, limit: float) -> BudgetExceeded:
-    """The 429 for a window at its limit: spend, limit, reset, and how long to wait."""
+def _admits(spent: float, reserved: float, estimate: float, limit: float,
+            alone: bool) -> bool:
+    """Whether a window admits a request: the spend is under the limit, and the
+    reservations in flight and this estimate fit in what is left, or the request runs
+    alone (an exhausted window admits nothing, not even a request estimated at 0)."""
+    return spent < limit and (alone or spent + reserved + estimate <= limit)
+
+
+def _exceeded(w: Window, now: float, unit: str, spent: float, reserved: float,
+              estimate: float, limit: float) -> BudgetExceeded:
+    """The 429 for a window that cannot admit a request: spend, limit, reset, how long to wait."""
     def amount(value: float) -> str:
         return f"${value:.2f}" if unit == "USD" else f"{int(value)} tokens"
 
-    in_flight = (f" (with {amount(reserved)} reserved by requests in flight)"
-                 if reserved else "")
     what = "budget" if unit == "USD" else "token limit"
+    if spent >= limit:
+        in_flight = (f" (with {amount(reserved)} reserved by requests in flight)"
+                     if reserved else "")
+        return BudgetExceeded(
+            f"Budget exceeded: this API key's {w.period} {what} is used up: spent "
+            f"{amount(spent)} of {amount(limit)}{in_flight}; it resets at {iso(w.end)}.",
+            retry_after=w.end - now)
     # spend alone under the limit: requests in flight hold the rest, and may free it soon
-    wait = w.end - now if spent >= limit else min(BUSY_RETRY_AFTER, w.end - now)
     return BudgetExceeded(
-        f"Budget exceeded: this API key's {w.period} {what} is used up: spent "
-        f"{amount(spent)} of {amount(limit)}{in_flight}; it resets at {iso(w.end)}.",
-        retry_after=wait)
+        f"Budget exceeded: this API key's {w.period} {what} cannot cover this request now: "
+        f"spent {amount(spent)} of {amount(limit)}, with {amount(reserved)} reserved by "
+        f"requests in flight, and this request may use up to {amount(estimate)}; retry when "
+        f"they have finished (the window resets at {iso(w.end)}).",
+        retry_after=min(BUSY_RETRY_AFTER, w.end - now))

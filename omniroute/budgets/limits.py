@@ -165,30 +165,42 @@ _RELATIVE = re.compile(r"(\d+(?:\.\d+)?)\s*([smhdw])")
 _UNIT = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 
 
+#: the times an expiry may name: 1970-01-01 up to the end of 9999 (what a date can show)
+EXPIRY_MIN = 0.0
+EXPIRY_END = datetime(9999, 12, 31, 23, 59, 59, tzinfo=UTC).timestamp()
+
+
 def parse_expiry(value: Any, now: float) -> float | None:
     """An expiry time in epoch seconds from what an operator gives.
 
     Epoch seconds, an ISO 8601 date or time (``2026-01-31``, ``2026-01-31T18:00:00Z``;
     UTC when no offset is given), or a duration from ``now`` (``30d``, ``12h``, ``2w``).
-    ``None`` or ``""`` means "never".
+    ``None`` or ``""`` means "never". The time must fall in the years 1970 to 9999.
 
-    :raises ValueError: none of those.
+    :raises ValueError: none of those, or a time outside those years.
     """
     if value is None or value == "":
         return None
+    moment: float | None = None
     if isinstance(value, int | float) and not isinstance(value, bool):
-        return float(value)
-    if isinstance(value, str):
+        moment = float(value)
+    elif isinstance(value, str):
         text = value.strip()
         relative = _RELATIVE.fullmatch(text.lower())
         if relative:
-            return now + float(relative.group(1)) * _UNIT[relative.group(2)]
-        moment = _iso_time(text)
-        if moment is not None:
-            return moment.timestamp()
-    raise ValueError(f"expires_at must be epoch seconds, an ISO 8601 date or time "
-                     f"('2026-01-31', '2026-01-31T18:00:00Z') or a duration ('30d', '12h'), "
-                     f"got {value!r}")
+            moment = now + float(relative.group(1)) * _UNIT[relative.group(2)]
+        else:
+            parsed = _iso_time(text)
+            if parsed is not None:
+                moment = parsed.timestamp()
+    if moment is None:
+        raise ValueError(f"expires_at must be epoch seconds, an ISO 8601 date or time "
+                         f"('2026-01-31', '2026-01-31T18:00:00Z') or a duration ('30d', "
+                         f"'12h'), got {value!r}")
+    if not EXPIRY_MIN <= moment <= EXPIRY_END:  # also NaN and infinities
+        raise ValueError(f"expires_at must be a time between 1970-01-01 and "
+                         f"9999-12-31T23:59:59Z, got {value!r}")
+    return moment
 
 
 def _iso_time(text: str) -> datetime | None:

@@ -4,7 +4,9 @@ One row per key, period and window start, holding the window's USD, tokens
 and requests. Writers *add* to a row (``cost_usd = cost_usd + ?``), so several
 worker processes sharing the database sum their spend; each one reads the
 totals back on every sync. Only :class:`~omniroute.budgets.Budgets`' background
-task writes here, never the request path.
+task writes here, never the request path; it also drops windows older than two
+months about hourly (:meth:`SqliteSpendStore.prune`). Both the read-back and the
+prune select on ``window_start``, by its index ``key_spend_window``.
 """
 
 from __future__ import annotations
@@ -29,6 +31,9 @@ class SpendStore(Protocol):
 
     async def load(self, since: float) -> Totals:
         """Every window that started at or after ``since``."""
+
+    async def prune(self, before: float) -> int:
+        """Drop the windows that started before ``before``; how many were dropped."""
 
 
 class SqliteSpendStore:

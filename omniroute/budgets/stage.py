@@ -7,31 +7,34 @@ any costs this stage one attribute read):
   the resolved ones), then a slot of the key's concurrency and
   requests-per-minute limits (429 with ``Retry-After``);
 * ``routed``: the resolved targets that the ``models`` patterns do not allow
-  are dropped (none left: 403), then the request is admitted against the
-  key's windows and reserves its estimate: prompt tokens
-  (:func:`omniroute.tokens.estimate_request`) and ``max_tokens`` (or the
-  ``budget_output_tokens`` setting), priced by the most expensive target
-  (429 ``budget_exceeded``; 503 while the budget store fails). Past the
-  warning threshold the answer carries ``X-OmniRoute-Budget-Warning``;
+  are dropped (none left: 403). For a key with a USD budget the targets
+  without a known price are dropped too (none left: 403 ``model_unpriced``:
+  what cannot be priced cannot be charged, so it fails closed). Then the
+  request is admitted against the key's windows and reserves its estimate:
+  input tokens from the body's size (``ctx.body_bytes`` / 4, nothing decoded
+  or serialised) and, for an operation that generates output
+  (:attr:`~omniroute.pipeline.operation.Operation.generates`), its
+  ``max_tokens`` (or the ``budget_output_tokens`` setting), priced by the
+  most expensive target (429 ``budget_exceeded``; 503 while the budget store
+  fails). Past the warning threshold the answer carries
+  ``X-OmniRoute-Budget-Warning``;
 * ``finished``: the reservation gives way to the record's real cost and tokens,
-  also when the request failed or the client left; the slot is freed.
+  also when the request failed or the client left; an answer whose cost is
+  still unknown (no usage, or its price was removed meanwhile) is charged its
+  estimate, a request no target answered nothing. The slot is freed.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Protocol
-
-import orjson
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any, Protocol
 
 from omniroute.budgets.ledger import Budgets, KeyState, Reservation
 from omniroute.budgets.limits import Limits
-from omniroute.errors import GatewayError, ModelNotAllowed, PermissionDenied
-from omniroute.formats.base import ClientRequest
+from omniroute.errors import ModelNotAllowed, ModelUnpriced, PermissionDenied
 from omniroute.pipeline.context import Reply, RequestContext
 from omniroute.pipeline.stages import Stage, StageRun
-from omniroute.tokens import estimate_request
 
 if TYPE_CHECKING:
     from omniroute.config import Settings
@@ -39,6 +42,8 @@ if TYPE_CHECKING:
     from omniroute.routing import Target
 
 WARNING_HEADER = "X-OmniRoute-Budget-Warning"
+#: a reservation's input estimate: about four bytes of the request's JSON a token
+BYTES_PER_TOKEN = 4
 
 
 class PriceEstimator(Protocol):
@@ -106,16 +111,27 @@ class BudgetRun(StageRun):
                     f"This API key may not use model {ctx.model!r}; it may use "
                     f"{', '.join(limits.models)}.", param="model")
             if len(allowed) < len(route.targets):
-                ctx.route = dataclasses.replace(route, targets=allowed)
+                ctx.route = route = dataclasses.replace(route, targets=allowed)
         if not limits.periods or not self.operation.metered:
             return
-        assert self.slot is not None and ctx.route is not None
+        assert self.slot is not None
         tokens_in, tokens_out = self.estimate(ctx)
         usd = 0.0
-        if limits.usd:
-            prices = self.stage.prices
-            usd = max((p for p in (prices.estimate_usd(t, tokens_in, tokens_out)
-                                   for t in ctx.route.targets) if p is not None), default=0.0)
+        if limits.usd:  # priced on the dearest target; unpriced ones cannot be charged
+            priced: list[Target] = []
+            for target in route.targets:
+                price = self.stage.prices.estimate_usd(target, tokens_in, tokens_out)
+                if price is not None:
+                    priced.append(target)
+                    usd = max(usd, price)
+            if not priced:
+                raise ModelUnpriced(
+                    f"No price is known for model {ctx.model!r} "
+                    f"({', '.join(t.label for t in route.targets)}), and this API key has a "
+                    f"USD budget, so its requests cannot be charged. An operator must set its "
+                    f"price with PUT /api/pricing.", param="model")
+            if len(priced) < len(route.targets):
+                ctx.route = dataclasses.replace(route, targets=tuple(priced))
         self.reservation = self.stage.budgets.reserve(self.slot, limits, usd,
                                                       tokens_in + tokens_out)
         if self.reservation.warning is not None:
@@ -124,30 +140,52 @@ class BudgetRun(StageRun):
             ctx.reply_headers[WARNING_HEADER] = self.reservation.warning
 
     def estimate(self, ctx: RequestContext) -> tuple[int, int]:
-        """Likely (input, output) tokens: the prompt's estimate and ``max_tokens``."""
-        default_out = self.stage.settings().budget_output_tokens
-        if self.operation.name == "chat":
-            if ctx.canonical is None:  # decoded once: the translated lane reuses it
-                try:
-                    ctx.canonical = ctx.fmt.decode_request(ClientRequest(
-                        ctx.body, ctx.model, ctx.stream, ctx.headers, ctx.query))
-                except GatewayError:  # refused where the body is used; estimate its size
-                    return _size_estimate(ctx), default_out
-            return estimate_request(ctx.canonical), ctx.canonical.max_tokens or default_out
-        return _size_estimate(ctx), 0
+        """Likely (input, output) tokens: the body's size, and for an operation that
+        generates output its ``max_tokens`` (or the ``budget_output_tokens`` setting)."""
+        tokens_in = -(-ctx.body_bytes // BYTES_PER_TOKEN)
+        if not self.operation.generates:
+            return tokens_in, 0
+        canonical = ctx.canonical
+        cap = canonical.max_tokens if canonical is not None else output_cap(ctx.body)
+        return tokens_in, cap or self.stage.settings().budget_output_tokens
 
     async def finished(self, ctx: RequestContext) -> None:
         budgets = self.stage.budgets
-        if self.reservation is not None:
-            record = ctx.record
-            tokens = (record.prompt_tokens or 0) + (record.completion_tokens or 0)
-            budgets.settle(self.reservation, record.cost_usd or 0.0, tokens)
+        held = self.reservation
+        if held is not None:
             self.reservation = None
+            record = ctx.record
+            usd, tokens = record.cost_usd, None
+            if record.prompt_tokens is not None or record.completion_tokens is not None:
+                tokens = (record.prompt_tokens or 0) + (record.completion_tokens or 0)
+            if record.ttfb_ms is None:  # no target answered: nothing was spent
+                usd, tokens = usd or 0.0, tokens or 0
+            # an answer whose cost (or size) is not known is charged its estimate
+            budgets.settle(held, held.usd if usd is None else usd,
+                           held.tokens if tokens is None else tokens)
         if self.slot is not None:
             budgets.leave(self.slot)
             self.slot = None
 
 
-def _size_estimate(ctx: RequestContext) -> int:
-    """Input tokens from the body's size: about four bytes of JSON a token."""
-    return len(orjson.dumps(ctx.body)) // 4
+#: where the client formats carry the answer's token cap: (field, nested field or None)
+_OUTPUT_CAPS = (
+    ("max_completion_tokens", None),  # OpenAI chat
+    ("max_tokens", None),  # OpenAI chat (older), Anthropic, completions
+    ("max_output_tokens", None),  # Responses
+    ("generationConfig", "maxOutputTokens"),  # Gemini
+    ("generation_config", "max_output_tokens"),  # Gemini, snake_case
+    ("options", "num_predict"),  # Ollama
+)
+
+
+def output_cap(body: Mapping[str, Any]) -> int | None:
+    """The most output tokens the request asks for, read from the body as sent (a few
+    dictionary lookups: the body is not decoded for an estimate); None: it sets none."""
+    for name, inner in _OUTPUT_CAPS:
+        value = body.get(name)
+        if value is not None and inner is not None:
+            value = value.get(inner) if isinstance(value, dict) else None
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            return value
+    return None

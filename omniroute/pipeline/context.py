@@ -36,6 +36,8 @@ class RequestContext:
     query: Mapping[str, str]
     #: the client's JSON body (a stage may replace it; never mutate it in place)
     body: dict[str, Any] = field(default_factory=dict)
+    #: the size of the client's body in bytes, as read (a token estimate's input)
+    body_bytes: int = 0
     model: str = ""
     stream: bool = False
     #: the model / stream flag the URL names (Gemini), and the provider prefix of

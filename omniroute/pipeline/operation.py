@@ -31,7 +31,8 @@ class Operation:
     metered: ClassVar[bool] = True
     #: whether the request is pinned to an account (sticky sessions)
     sticky: ClassVar[bool] = False
-    #: the answer is generated content (its record has a time to the first content token)
+    #: the answer is generated content (its record has a time to the first content token,
+    #: and a budget reserves output tokens for it)
     generates: ClassVar[bool] = False
 
     def __init__(self, fmt: Format, endpoint: str) -> None:

@@ -30,7 +30,7 @@ import orjson
 from aiohttp import web
 
 from omniroute.appkeys import PRINCIPAL, STREAM_STARTED
-from omniroute.bodies import read_object
+from omniroute.bodies import read_sized_object
 from omniroute.config import Settings
 from omniroute.credentials import Refresher
 from omniroute.errors import GatewayError, InvalidRequest, ModelNotFound, ShuttingDown
@@ -152,7 +152,7 @@ class Pipeline:
         failure: BaseException | None = None
         self.in_flight += 1
         try:
-            ctx.body = await read_object(request, settings.max_body_bytes)
+            ctx.body, ctx.body_bytes = await read_sized_object(request, settings.max_body_bytes)
             if body_log is not None:
                 record.request_body = body_log.request(ctx.body)
             operation.inspect(ctx)

@@ -151,6 +151,8 @@ MIGRATIONS: list[list[str]] = [
             status INTEGER
         )""",
         """CREATE INDEX audit_log_ts ON audit_log(ts)""",
+        # the budgets' read-back of recent windows and their prune select on window_start
+        """CREATE INDEX key_spend_window ON key_spend(window_start)""",
     ],
 ]
 
