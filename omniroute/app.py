@@ -9,6 +9,7 @@ from aiohttp import web
 from omniroute.appkeys import (
     AUTH_SCHEMES,
     BUDGETS,
+    CACHE,
     CATALOG,
     GATEWAY,
     HTTP,
@@ -21,6 +22,8 @@ from omniroute.appkeys import (
     WATCHER,
 )
 from omniroute.budgets.stage import BudgetStage
+from omniroute.cache.service import build_cache
+from omniroute.cache.stage import CacheStage
 from omniroute.config import Config
 from omniroute.gateway import Gateway
 from omniroute.pipeline import Pipeline, default_stages
@@ -63,11 +66,19 @@ def make_app(config: Config, plugins: Plugins | None = None) -> web.Application:
         app[AUTH_SCHEMES], app[WATCHER] = gateway.auth_schemes, gateway.watcher
         app[BUDGETS] = gateway.budgets
         budgets = BudgetStage(gateway.budgets, lambda: gateway.catalog.settings, gateway.prices)
-        stages = default_stages(gateway.db, budgets)
+        cache = build_cache(plugins.cache_backends, gateway.catalog.settings, config.data_dir,
+                            plugins.cache_layers(app))
+        await cache.start()
+        app[CACHE] = cache
+        stages = default_stages(gateway.db, budgets,
+                                CacheStage(cache, lambda: gateway.catalog.settings))
         stages += plugins.stages(app, taken=[stage.name for stage in stages])
         pipeline.open(gateway.log, stages, gateway.refresher, gateway.watcher)
-        yield
-        await gateway.close()
+        try:
+            yield
+        finally:
+            await cache.close()
+            await gateway.close()
 
     app.cleanup_ctx.append(gateway_ctx)
     setup_audit(app)  # after the gateway's context: it writes through the gateway's database
