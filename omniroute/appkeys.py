@@ -59,6 +59,6 @@ PRINCIPAL = web.RequestKey("principal", Principal)
 #: set once a streamed answer has sent its headers (errors can no longer be a JSON answer)
 STREAM_STARTED = web.RequestKey("stream_started", bool)
 
-__all__ = ["AUDIT_LOG", "AUTH_SCHEMES", "BUDGETS", "CACHE", "CATALOG", "GATEWAY", "HTTP", "PIPELINE",
-           "PRICES", "PRINCIPAL", "REGISTRY", "REQUEST_LOG", "RESILIENCE", "STORE",
+__all__ = ["AUDIT_LOG", "AUTH_SCHEMES", "BUDGETS", "CACHE", "CATALOG", "GATEWAY", "HTTP",
+           "PIPELINE", "PRICES", "PRINCIPAL", "REGISTRY", "REQUEST_LOG", "RESILIENCE", "STORE",
            "STREAM_STARTED", "USAGE", "WATCHER", "Principal"]

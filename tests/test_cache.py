@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Any
 
 import openai
-from fakes.openai_upstream import Behaviour
 
 from omniroute.appkeys import CACHE, REQUEST_LOG
 

@@ -216,13 +216,13 @@ class ResponseCache:
         for backend in self.backends:
             try:
                 backends[backend.name] = await backend.stats()
-            except Exception as exc:  # shown, not raised: the other numbers still help
+            except Exception as exc:  # noqa: BLE001 - shown: the other numbers still help
                 backends[backend.name] = {"error": f"{type(exc).__name__}: {exc}"}
         layers = {}
         for layer in self.layers:
             try:
                 layers[layer.name] = await layer.stats()
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 - shown: the other numbers still help
                 layers[layer.name] = {"error": f"{type(exc).__name__}: {exc}"}
         memory = backends.get("memory", {})
         persistent = next((s for name, s in backends.items() if name != "memory"), {})
