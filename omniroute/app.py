@@ -31,6 +31,7 @@ from omniroute.plugins import Plugins, load_plugins
 from omniroute.registry import Registry
 from omniroute.web.audit import setup_audit
 from omniroute.web.budgets import setup_budget_routes
+from omniroute.web.cache import setup_cache_routes
 from omniroute.web.client import setup_client_routes
 from omniroute.web.management import setup_management_routes
 from omniroute.web.middleware import gateway_middleware
@@ -87,6 +88,7 @@ def make_app(config: Config, plugins: Plugins | None = None) -> web.Application:
     setup_client_routes(app)
     setup_management_routes(app)
     setup_budget_routes(app)
+    setup_cache_routes(app)
     setup_resilience_routes(app)
     setup_pricing_routes(app)
     setup_usage_routes(app)
