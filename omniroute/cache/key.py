@@ -12,7 +12,6 @@ Responses ``store``, prompt-cache hints, service tier).
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 from typing import Any
 
@@ -53,19 +52,26 @@ def _scan(value: Any, depth: int) -> str | None:
     return None
 
 
-def cache_key(request: c.Request, tenant: str, model: str) -> CacheKey:
-    """The :class:`CacheKey` of a cacheable ``request`` by ``tenant`` for ``model``."""
-    base = dataclasses.replace(request, model=model, stream=False, user=None, metadata={},
-                               meta=_semantic_meta(request.meta))
-    exact = _digest(tenant, base)
+def cache_key(request: c.Request, tenant: str, model: str, *, layers: bool = True) -> CacheKey:
+    """The :class:`CacheKey` of a cacheable ``request`` by ``tenant`` for ``model``.
+
+    :param layers: compute what only the layers read (``scope``, ``prompt``, the flags,
+        ``prompt_tokens``); without layers they are left empty, which saves about half
+        the key's cost.
+    """
+    fields = _question(request, model)
+    exact = _digest(tenant, fields)
+    if not layers:
+        return CacheKey(exact=exact, scope="", prompt="", tenant=tenant, model=model,
+                        multi_turn=False, has_tools=False, has_media=False, prompt_tokens=0)
     messages = request.messages
     last = messages[-1] if messages else None
     prompt = ""
     if last is not None and last.role == "user":
         prompt = "\n".join(p.text for p in last.parts if isinstance(p, c.Text))
-        blank = dataclasses.replace(last, parts=[
-            c.Text("") if isinstance(p, c.Text) else p for p in last.parts])
-        scope = _digest(tenant, dataclasses.replace(base, messages=[*messages[:-1], blank]))
+        blank = c.Message(last.role, [c.Text("") if isinstance(p, c.Text) else p
+                                      for p in last.parts], last.name, last.meta)
+        scope = _digest(tenant, (*fields[:-1], [*messages[:-1], blank]))
     else:
         scope = exact
     has_tools = bool(request.tools)
@@ -84,6 +90,15 @@ def cache_key(request: c.Request, tenant: str, model: str) -> CacheKey:
                     prompt_tokens=estimate_request(request))
 
 
+def _question(request: c.Request, model: str) -> tuple[Any, ...]:
+    """What the answer depends on, messages last (no copy of the request is made)."""
+    r = request
+    return (model, r.system, r.tools, r.tool_choice, r.parallel_tool_calls, r.max_tokens,
+            r.temperature, r.top_p, r.top_k, r.stop, r.seed, r.presence_penalty,
+            r.frequency_penalty, r.response_format, r.reasoning, _semantic_meta(r.meta),
+            r.messages)
+
+
 def _semantic_meta(meta: dict[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for name, value in meta.items():
@@ -96,8 +111,8 @@ def _semantic_meta(meta: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _digest(tenant: str, request: c.Request) -> str:
+def _digest(tenant: str, question: tuple[Any, ...]) -> str:
     digest = hashlib.sha256(tenant.encode())
     digest.update(b"\0")
-    digest.update(orjson.dumps(request, option=_OPTIONS))
+    digest.update(orjson.dumps(question, option=_OPTIONS))
     return digest.hexdigest()

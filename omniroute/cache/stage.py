@@ -121,7 +121,8 @@ class CacheRun(StageRun):
             cache.bypasses += 1
             say(ctx, "BYPASS")
             return None
-        key = cache_key(request, ctx.principal.key_id or "", ctx.model)
+        key = cache_key(request, ctx.principal.key_id or "", ctx.model,
+                        layers=bool(cache.layers))
         found = await cache.lookup(key)
         if found is not None:
             cache.hits += 1
