@@ -5,6 +5,7 @@ This module is the public surface for plugin authors; everything else is private
 
 from omniroute.auth.base import AuthScheme, Principal
 from omniroute.cache.base import CacheBackend
+from omniroute.cache.layer import CacheKey, CacheLayer, LayerHit
 from omniroute.errors import (
     GatewayError,
     InvalidRequest,
@@ -34,6 +35,8 @@ from omniroute.version import __version__
 __all__ = [
     "AuthScheme",
     "CacheBackend",
+    "CacheKey",
+    "CacheLayer",
     "CanonicalProvider",
     "ClientRequest",
     "Connection",
@@ -41,6 +44,7 @@ __all__ = [
     "GatewayError",
     "HTTPProvider",
     "InvalidRequest",
+    "LayerHit",
     "Preset",
     "Principal",
     "Provider",

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from functools import partial
 
 from aiohttp import web
 
 from omniroute.appkeys import (
     AUTH_SCHEMES,
     BUDGETS,
+    CACHE,
     CATALOG,
     GATEWAY,
     HTTP,
@@ -22,6 +24,8 @@ from omniroute.appkeys import (
     WATCHER,
 )
 from omniroute.budgets.stage import BudgetStage
+from omniroute.cache.service import build_cache
+from omniroute.cache.stage import CacheStage
 from omniroute.config import Config
 from omniroute.gateway import Gateway
 from omniroute.idempotency import Idempotency, IdempotencyStage
@@ -31,6 +35,7 @@ from omniroute.plugins import Plugins, load_plugins
 from omniroute.registry import Registry
 from omniroute.web.audit import setup_audit
 from omniroute.web.budgets import setup_budget_routes
+from omniroute.web.cache import setup_cache_routes
 from omniroute.web.client import setup_client_routes
 from omniroute.web.management import setup_management_routes
 from omniroute.web.middleware import gateway_middleware
@@ -67,13 +72,22 @@ def make_app(config: Config, plugins: Plugins | None = None) -> web.Application:
         app[AUTH_SCHEMES], app[WATCHER] = gateway.auth_schemes, gateway.watcher
         app[BUDGETS] = gateway.budgets
         budgets = BudgetStage(gateway.budgets, lambda: gateway.catalog.settings, gateway.prices)
+        cache = build_cache(plugins.cache_backends, gateway.catalog.settings, config.data_dir,
+                            plugins.cache_layers(app))
+        cache.idempotency = partial(_idempotency_stats, idempotency)
+        await cache.start()
+        app[CACHE] = cache
         stages = default_stages(gateway.db, budgets, IdempotencyStage(idempotency),
-                                ProgressStage(lambda: gateway.catalog.settings))
+                                ProgressStage(lambda: gateway.catalog.settings),
+                                CacheStage(cache, lambda: gateway.catalog.settings))
         stages += plugins.stages(app, taken=[stage.name for stage in stages])
         pipeline.open(gateway.log, stages, gateway.refresher, gateway.watcher)
-        yield
-        await idempotency.close()
-        await gateway.close()
+        try:
+            yield
+        finally:
+            await idempotency.close()
+            await cache.close()
+            await gateway.close()
 
     app.cleanup_ctx.append(gateway_ctx)
     setup_audit(app)  # after the gateway's context: it writes through the gateway's database
@@ -82,9 +96,16 @@ def make_app(config: Config, plugins: Plugins | None = None) -> web.Application:
     setup_client_routes(app)
     setup_management_routes(app)
     setup_budget_routes(app)
+    setup_cache_routes(app)
     setup_resilience_routes(app)
     setup_pricing_routes(app)
     setup_usage_routes(app)
     setup_telemetry_routes(app)
     plugins.pm.hook.configure_app(app=app, config=config)
     return app
+
+
+def _idempotency_stats(idempotency: Idempotency) -> dict[str, int]:
+    """The idempotency numbers of ``GET /api/cache/stats``, in the seed's names."""
+    stats = idempotency.stats()
+    return {"activeKeys": stats["active_keys"], "windowMs": stats["window_ms"]}

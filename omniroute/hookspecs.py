@@ -20,6 +20,7 @@ if TYPE_CHECKING:
 
     from omniroute.auth.base import AuthScheme
     from omniroute.cache.base import CacheBackend
+    from omniroute.cache.layer import CacheLayer
     from omniroute.config import Config
     from omniroute.formats.base import Format
     from omniroute.pipeline.stages import Stage
@@ -97,5 +98,20 @@ def register_stages(register: Callable[[Stage], None], app: web.Application) -> 
 
     :param register: call it once per :class:`omniroute.Stage` instance; its
         ``name`` must not be taken by another stage.
+    :param app: the gateway application, started (resources open) but not yet serving.
+    """
+
+
+@hookspec
+def register_cache_layers(register: Callable[[CacheLayer], None], app: web.Application) -> None:
+    """Add cache layers the exact response cache asks after its backends missed (semantic).
+
+    Called once per gateway, when it starts (like ``register_stages``). Layers are
+    asked in registration order (plugin by plugin in load order) with the request's
+    :class:`omniroute.cache.CacheKey`; the first hit answers. Every cacheable answer
+    is stored in each layer, off the response path.
+
+    :param register: call it once per :class:`omniroute.cache.CacheLayer` instance;
+        its ``name`` must not be taken by another layer.
     :param app: the gateway application, started (resources open) but not yet serving.
     """

@@ -14,7 +14,7 @@ import traceback
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from types import ModuleType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import pluggy
 
@@ -25,6 +25,7 @@ if TYPE_CHECKING:  # annotations only: nothing here needs these modules at run t
 
     from omniroute.auth.base import AuthScheme
     from omniroute.cache.base import CacheBackend
+    from omniroute.cache.layer import CacheLayer
     from omniroute.formats.base import Format
     from omniroute.pipeline.stages import Stage
     from omniroute.providers.base import Provider
@@ -32,6 +33,8 @@ if TYPE_CHECKING:  # annotations only: nothing here needs these modules at run t
 log = logging.getLogger(__name__)
 
 GROUP = "omniroute"
+
+_T = TypeVar("_T")
 
 # hook name -> the kind of thing it registers (shown by `omniroute plugins`)
 _REGISTRY_HOOKS = {
@@ -106,29 +109,45 @@ class Plugins:
         """
         from omniroute.pipeline.stages import Stage
 
+        return self._instances("register_stages", Stage, app, taken)
+
+    def cache_layers(self, app: web.Application) -> list[CacheLayer]:
+        """The cache layers the plugins add (``register_cache_layers``), in the order they
+        are asked; a plugin whose hook fails adds none (as with :meth:`stages`).
+
+        :param app: the started application (passed to each hook).
+        """
+        from omniroute.cache.layer import CacheLayer
+
+        return self._instances("register_cache_layers", CacheLayer, app, ())
+
+    def _instances(self, hook: str, kind: type[_T], app: web.Application,
+                   taken: Iterable[str]) -> list[_T]:
+        """The named ``kind`` instances each plugin registers with ``hook(register, app)``."""
         names = set(taken)
-        out: list[Stage] = []
-        impls = {impl.plugin_name: impl for impl in self.pm.hook.register_stages.get_hookimpls()}
+        out: list[_T] = []
+        impls = {impl.plugin_name: impl for impl in getattr(self.pm.hook, hook).get_hookimpls()}
         for info in self.infos:
             impl = impls.get(info.name)
             if impl is None:
                 continue
-            found: list[Stage] = []
+            found: list[_T] = []
             mine: set[str] = set()
             try:
                 given = {"register": found.append, "app": app}
                 impl.function(*(given[a] for a in impl.argnames))  # an impl may take fewer
-                for stage in found:
-                    if not isinstance(stage, Stage):
-                        raise TypeError(f"{stage!r} is not an omniroute.Stage")
-                    name = getattr(stage, "name", None)
+                for item in found:
+                    if not isinstance(item, kind):
+                        raise TypeError(f"{item!r} is not an omniroute.{kind.__name__}")
+                    name = getattr(item, "name", None)
                     if not isinstance(name, str) or not name:
-                        raise TypeError(f"{type(stage).__qualname__} has no 'name' string")
+                        raise TypeError(f"{type(item).__qualname__} has no 'name' string")
                     if name in names or name in mine:
-                        raise ValueError(f"a stage named {name!r} is already registered")
+                        raise ValueError(f"a {kind.__name__} named {name!r} is already "
+                                         "registered")
                     mine.add(name)
             except Exception:  # one broken plugin spares the rest (logged with its traceback)
-                log.exception("plugin %s failed in register_stages; it adds no stage", info.name)
+                log.exception("plugin %s failed in %s; it adds nothing", info.name, hook)
                 continue
             names |= mine
             out += found

@@ -23,6 +23,9 @@ from click.testing import CliRunner
 from omniroute import (
     AuthScheme,
     CacheBackend,
+    CacheKey,
+    CacheLayer,
+    LayerHit,
     Principal,
     Provider,
     RequestContext,
@@ -404,7 +407,8 @@ async def test_hook_register_stages(aiohttp_client: Any, tmp_path: Path, fake_op
     # built-ins first (their order is default_stages'), then plugins in load order;
     # the two broken plugins add nothing and the gateway serves all the same
     # (metrics: a built-in plugin)
-    assert names[:-3] == ["budgets", "idempotency", "progress", "responses-state", "metrics"]
+    assert names[:-3] == ["budgets", "idempotency", "progress", "cache", "responses-state",
+                          "metrics"]
     assert names[-3:] == ["t-one", "t-two", "t-three"]
     assert names.count("t-one") == 1
 
@@ -416,3 +420,46 @@ async def test_hook_register_stages(aiohttp_client: Any, tmp_path: Path, fake_op
     assert events == ["t-one:before", "t-two:before", "t-three:before",
                       "t-one:finished", "t-two:finished", "t-three:finished"]
     assert first.stages[0].records == [(200, "up", "gpt-4o-mini")]
+
+
+class DictLayer(CacheLayer):
+    """A toy layer: answers a stored entry for any request with the same prompt text."""
+
+    name = "t-dict-layer"
+
+    def __init__(self) -> None:
+        self.entries: dict[str, bytes] = {}
+
+    async def lookup(self, key: CacheKey) -> LayerHit | None:
+        entry = self.entries.get(key.prompt)
+        return None if entry is None else LayerHit(entry, similarity=0.97)
+
+    async def store(self, key: CacheKey, entry: bytes, ttl: float) -> None:
+        self.entries[key.prompt] = entry
+
+    async def clear(self) -> None:
+        self.entries.clear()
+
+
+class LayersPlugin:
+    def __init__(self, layer: Any) -> None:
+        self.layer = layer
+
+    @hookimpl
+    def register_cache_layers(self, register: Callable[[Any], None],
+                              app: web.Application) -> None:
+        assert app is not None
+        register(self.layer)
+
+
+async def test_hook_register_cache_layers() -> None:
+    layer = DictLayer()
+    plugins = load_plugins(extra=[
+        ("t-layer", LayersPlugin(layer)),
+        ("t-not-a-layer", LayersPlugin(object())),  # refused, logged; the rest still load
+        ("t-same-name", LayersPlugin(DictLayer())),  # the name is taken
+    ])
+    app = web.Application()
+    assert plugins.cache_layers(app) == [layer]
+    info = plugins.info("t-layer")
+    assert info is not None and "register_cache_layers" in info.hooks

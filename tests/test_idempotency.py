@@ -169,6 +169,12 @@ async def test_keys_are_scoped_by_api_key_and_x_request_id_counts(gw: Any) -> No
     assert calls(gw.fake) == 4
 
 
+async def test_the_cache_stats_show_the_keys_in_the_seeds_shape(gw: Any) -> None:
+    await post(gw, {"model": MODEL, "messages": HI}, "k-stats")
+    resp = await gw.client.get("/api/cache/stats", headers=gw.admin_headers)
+    assert (await resp.json())["idempotency"] == {"activeKeys": 1, "windowMs": 5000}
+
+
 async def test_a_bad_key_is_a_400(gw: Any) -> None:
     resp = await post(gw, {"model": MODEL, "messages": HI}, "x" * 256)
     assert resp.status == 400

@@ -88,7 +88,7 @@ class Stage:
 
 def default_stages(
     db: Database, budgets: Stage | None = None, idempotency: Stage | None = None,
-    progress: Stage | None = None,
+    progress: Stage | None = None, cache: Stage | None = None,
 ) -> list[Stage]:
     """The stages of every request, in the order they run.
 
@@ -99,6 +99,7 @@ def default_stages(
     :param progress: progress frames on a stream
         (:class:`~omniroute.pipeline.progress.ProgressStage`); after idempotency, so that
         it wraps each client's own stream, a duplicate's too.
+    :param cache: the response cache stage (:class:`~omniroute.cache.stage.CacheStage`).
     """
     from omniroute.pipeline.responses_state import ResponsesStage
 
@@ -106,5 +107,6 @@ def default_stages(
         *([budgets] if budgets is not None else []),  # key limits and budgets
         *([idempotency] if idempotency is not None else []),  # duplicates share one call
         *([progress] if progress is not None else []),  # X-OmniRoute-Progress frames
+        *([cache] if cache is not None else []),  # exact (and semantic) response cache
         ResponsesStage(db),  # Responses `store` / `previous_response_id`
     ]
