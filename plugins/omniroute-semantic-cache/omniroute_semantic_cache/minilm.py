@@ -82,6 +82,8 @@ class MiniLMEmbedder:
         self.max_tokens = 256
 
     def load(self) -> None:
+        if self._model is not None:  # loaded already (one embedder shared by two layers)
+            return
         path = self._path or model_dir()
         found = file_sha256(path / "model.safetensors")
         if found != WEIGHTS_SHA256:

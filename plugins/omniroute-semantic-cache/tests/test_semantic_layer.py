@@ -8,8 +8,8 @@ import sqlite3
 import time
 
 import pytest
-from conftest import Clock, Layers, ScriptedEmbedder, SlowEmbedder, make_key
 from omniroute import LayerHit
+from semantic_testkit import Clock, Layers, ScriptedEmbedder, SlowEmbedder, make_key
 
 from omniroute_semantic_cache.embedders import HashingEmbedder
 
