@@ -95,6 +95,9 @@ class SemanticLayer(CacheLayer):
         self._index: ScopedIndex | None = None
         self._vectors: OrderedDict[str, Vectors | None] = OrderedDict()
         self._swept = 0.0
+        #: hits not yet written: id -> (last used, count); written before an eviction, a
+        #: sweep or closing, and every 256 (a hit's lookup does not wait for a write)
+        self._used: dict[int, tuple[float, int]] = {}
         #: what lookups and stores came to (hit, miss, guard:<name>, skip:<why>, busy, ...)
         self.outcomes: Counter[str] = Counter()
 
@@ -146,6 +149,7 @@ class SemanticLayer(CacheLayer):
 
     def _close(self) -> None:
         if self._store is not None:
+            self._flush_used()
             self._store.close()
             self._store = None
 
@@ -280,7 +284,9 @@ class SemanticLayer(CacheLayer):
             if reason is not None:
                 refused = refused or reason
                 continue
-            self._store.touch(row_id, now)
+            self._used[row_id] = (now, self._used.get(row_id, (now, 0))[1] + 1)
+            if len(self._used) >= 256:
+                self._flush_used()
             log.info("semantic cache hit: similarity %.4f", similarity)
             log.debug("semantic cache hit: %r answered by the entry of %r", prompt, row.prompt)
             return LayerHit(row.entry, min(similarity, 1.0)), "hit"
@@ -299,6 +305,7 @@ class SemanticLayer(CacheLayer):
                                            vec=vec, entry=entry, now=now, ttl=ttl)
         self._unindex(replaced)
         self._index.add(scope, _ids([row_id]), vec.reshape(1, -1))
+        self._flush_used()  # the LRU order must know every hit
         self._unindex(self._store.evict(max_entries, max_bytes))  # may take the new row too
         self._sweep(now)
         return "store"
@@ -306,7 +313,13 @@ class SemanticLayer(CacheLayer):
     def _sweep(self, now: float) -> None:
         if now - self._swept >= self._sweep_every and self._store is not None:
             self._swept = now
+            self._flush_used()
             self._unindex(self._store.expire(now))
+
+    def _flush_used(self) -> None:
+        if self._used and self._store is not None:
+            self._store.touch(self._used)
+            self._used = {}
 
     def _unindex(self, removed: Removed) -> None:
         if not removed or self._index is None:
@@ -318,6 +331,7 @@ class SemanticLayer(CacheLayer):
             self._index.remove(scope, _ids(ids))
 
     def _clear(self) -> None:
+        self._used = {}
         self._open_store().clear()
         if self._index is not None:
             self._index.reset()

@@ -109,9 +109,14 @@ class EntryStore:
                                  (row_id,)).fetchone()
         return None if found is None else Row(found[0], bytes(found[1]), found[2])
 
-    def touch(self, row_id: int, now: float) -> None:
-        self._db.execute("UPDATE entries SET used = ?, hits = hits + 1 WHERE id = ?",
-                         (now, row_id))
+    def touch(self, used: dict[int, tuple[float, int]]) -> None:
+        """Record hits: ``{id: (last used, hits since the last call)}``, one transaction."""
+        if not used:
+            return
+        with self._db:
+            self._db.execute("BEGIN")
+            self._db.executemany("UPDATE entries SET used = ?, hits = hits + ? WHERE id = ?",
+                                 [(when, n, row_id) for row_id, (when, n) in used.items()])
 
     def put(self, *, scope: str, exact: str, prompt: str, vec: Vectors, entry: bytes,
             now: float, ttl: float) -> tuple[int, Removed]:
