@@ -9,6 +9,7 @@ from aiohttp import web
 from omniroute.appkeys import (
     AUTH_SCHEMES,
     BUDGETS,
+    CACHE,
     CATALOG,
     GATEWAY,
     HTTP,
@@ -21,6 +22,8 @@ from omniroute.appkeys import (
     WATCHER,
 )
 from omniroute.budgets.stage import BudgetStage
+from omniroute.cache.service import build_cache
+from omniroute.cache.stage import CacheStage
 from omniroute.config import Config
 from omniroute.gateway import Gateway
 from omniroute.pipeline import Pipeline, default_stages
@@ -28,6 +31,7 @@ from omniroute.plugins import Plugins, load_plugins
 from omniroute.registry import Registry
 from omniroute.web.audit import setup_audit
 from omniroute.web.budgets import setup_budget_routes
+from omniroute.web.cache import setup_cache_routes
 from omniroute.web.client import setup_client_routes
 from omniroute.web.management import setup_management_routes
 from omniroute.web.middleware import gateway_middleware
@@ -63,11 +67,19 @@ def make_app(config: Config, plugins: Plugins | None = None) -> web.Application:
         app[AUTH_SCHEMES], app[WATCHER] = gateway.auth_schemes, gateway.watcher
         app[BUDGETS] = gateway.budgets
         budgets = BudgetStage(gateway.budgets, lambda: gateway.catalog.settings, gateway.prices)
-        stages = default_stages(gateway.db, budgets)
+        cache = build_cache(plugins.cache_backends, gateway.catalog.settings, config.data_dir,
+                            plugins.cache_layers(app))
+        await cache.start()
+        app[CACHE] = cache
+        stages = default_stages(gateway.db, budgets,
+                                CacheStage(cache, lambda: gateway.catalog.settings))
         stages += plugins.stages(app, taken=[stage.name for stage in stages])
         pipeline.open(gateway.log, stages, gateway.refresher, gateway.watcher)
-        yield
-        await gateway.close()
+        try:
+            yield
+        finally:
+            await cache.close()
+            await gateway.close()
 
     app.cleanup_ctx.append(gateway_ctx)
     setup_audit(app)  # after the gateway's context: it writes through the gateway's database
@@ -76,6 +88,7 @@ def make_app(config: Config, plugins: Plugins | None = None) -> web.Application:
     setup_client_routes(app)
     setup_management_routes(app)
     setup_budget_routes(app)
+    setup_cache_routes(app)
     setup_resilience_routes(app)
     setup_pricing_routes(app)
     setup_usage_routes(app)

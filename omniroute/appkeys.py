@@ -18,6 +18,7 @@ from omniroute.auth.base import Principal
 if TYPE_CHECKING:
     from omniroute.auth.base import AuthScheme
     from omniroute.budgets import Budgets
+    from omniroute.cache.service import ResponseCache
     from omniroute.catalog import Catalog
     from omniroute.gateway import Gateway
     from omniroute.pipeline import Pipeline
@@ -47,6 +48,8 @@ AUTH_SCHEMES: web.AppKey[dict[str, AuthScheme]] = web.AppKey("auth_schemes")
 WATCHER: web.AppKey[ConfigWatcher] = web.AppKey("watcher")
 #: per-key budgets and limits: live spend, reservations, rates (set once the gateway started)
 BUDGETS: web.AppKey[Budgets] = web.AppKey("budgets")
+#: the response cache: its backends, the plugins' layers, its writer (set at start-up)
+CACHE: web.AppKey[ResponseCache] = web.AppKey("cache")
 #: who changed what through the management API, and every login (set at start-up)
 AUDIT_LOG: web.AppKey[AuditLog] = web.AppKey("audit_log")
 #: usage reads over the request log, on their own read-only connection (set at start-up)
@@ -56,6 +59,6 @@ PRINCIPAL = web.RequestKey("principal", Principal)
 #: set once a streamed answer has sent its headers (errors can no longer be a JSON answer)
 STREAM_STARTED = web.RequestKey("stream_started", bool)
 
-__all__ = ["AUDIT_LOG", "AUTH_SCHEMES", "BUDGETS", "CATALOG", "GATEWAY", "HTTP", "PIPELINE",
-           "PRICES", "PRINCIPAL", "REGISTRY", "REQUEST_LOG", "RESILIENCE", "STORE",
+__all__ = ["AUDIT_LOG", "AUTH_SCHEMES", "BUDGETS", "CACHE", "CATALOG", "GATEWAY", "HTTP",
+           "PIPELINE", "PRICES", "PRINCIPAL", "REGISTRY", "REQUEST_LOG", "RESILIENCE", "STORE",
            "STREAM_STARTED", "USAGE", "WATCHER", "Principal"]

@@ -292,6 +292,8 @@ ACCOUNT_STRATEGIES = (
 
 #: who may read ``GET /metrics`` (the ``metrics_access`` setting)
 METRICS_ACCESS = ("key", "admin", "public")
+#: which requests the response cache serves and stores (omniroute.cache.stage)
+CACHE_MODES = ("deterministic", "on", "off")
 
 
 @dataclass
@@ -355,6 +357,17 @@ class Settings:
     usage_retention_days: float = 30.0  # records older than this are pruned (0: any age)
     usage_max_rows: int = 1_000_000  # the newest this many records are kept (0: no bound)
     shutdown_grace: float = 30.0  # seconds in-flight requests get to finish on SIGTERM
+    # response cache (omniroute.cache): exact answers, replayed in any client format
+    #: which requests are cached: "deterministic" (an explicit temperature 0), "on" (every
+    #: cacheable request), "off"; an API key's own ``cache`` limit wins over it
+    cache_mode: str = "deterministic"
+    cache_ttl: float = 3600.0  # seconds an entry lives (a key's ``cache_ttl`` wins)
+    #: the backends, front to back ("memory", "sqlite", "memory,sqlite"; read at start-up)
+    cache_backends: str = "memory"
+    cache_max_entries: int = 10_000  # memory backend: entries ...
+    cache_max_bytes: int = 64 * 1024 * 1024  # ... and bytes, least recently used go first
+    cache_db_max_entries: int = 100_000  # sqlite backend: entries kept
+    cache_max_entry_bytes: int = 1024 * 1024  # a larger answer is not cached
     # semantic cache (plugins/omniroute-semantic-cache): a layer behind the exact cache that
     # answers a reworded single-turn question from a stored answer; off by default
     semantic_cache: bool = False
@@ -373,7 +386,8 @@ class Settings:
     _MAXIMUM: ClassVar[dict[str, float]] = {"semantic_cache_threshold": 1.0}
     #: settings that take one of a few names
     _CHOICES: ClassVar[dict[str, tuple[str, ...]]] = {
-        "account_strategy": ACCOUNT_STRATEGIES, "metrics_access": METRICS_ACCESS}
+        "account_strategy": ACCOUNT_STRATEGIES, "metrics_access": METRICS_ACCESS,
+        "cache_mode": CACHE_MODES}
 
     _CONVERTERS: ClassVar[dict[type, Callable[[Any], Any]]] = {
         str: _to_text,

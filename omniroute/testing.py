@@ -36,6 +36,8 @@ class GatewayHarness:
         self.store = app[appkeys.STORE]
         self.log = app[appkeys.REQUEST_LOG]
         self.auth_schemes = app[appkeys.AUTH_SCHEMES]
+        #: the response cache (``await harness.cache.settled()`` waits for queued stores)
+        self.cache = app[appkeys.CACHE]
         self.admin_key = admin_key
         self.admin_headers = {"Authorization": f"Bearer {admin_key}"}
 

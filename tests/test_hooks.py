@@ -406,7 +406,7 @@ async def test_hook_register_stages(aiohttp_client: Any, tmp_path: Path, fake_op
     names = [stage.name for stage in h.client.app[PIPELINE].stages]
     # built-ins first (their order is default_stages'), then plugins in load order;
     # the two broken plugins add nothing and the gateway serves all the same
-    assert names[:-3] == ["budgets", "responses-state", "metrics"]  # metrics: a built-in plugin
+    assert names[:-3] == ["budgets", "cache", "responses-state", "metrics"]  # metrics: a plugin
     assert names[-3:] == ["t-one", "t-two", "t-three"]
     assert names.count("t-one") == 1
 

@@ -8,7 +8,8 @@ Stored as JSON in ``api_keys.limits`` (flat, every field optional)::
      "reset_time": "00:00",     # UTC time of day the windows start (HH:MM)
      "rpm": 60,                 # requests started per rolling minute
      "concurrency": 4,          # requests in flight at once
-     "models": ["openai/*", "claude-*"]}                       # allowed models, glob patterns
+     "models": ["openai/*", "claude-*"],                       # allowed models, glob patterns
+     "cache": "on", "cache_ttl": 600}  # the response cache's mode and TTL for this key
 
 The expiry is a column of its own (``api_keys.expires_at``), checked by the
 API-key auth scheme. :meth:`Limits.parse` validates what an operator sends
@@ -32,7 +33,9 @@ DEFAULT_WARN_AT = 0.8
 _TIME = re.compile(r"([01]?\d|2[0-3]):([0-5]\d)")
 _NUMBERS = {f"{p}_usd" for p in PERIODS} | {f"{p}_tokens" for p in PERIODS}
 FIELDS = (*(f"{p}_usd" for p in PERIODS), *(f"{p}_tokens" for p in PERIODS),
-          "warn_at", "reset_time", "rpm", "concurrency", "models")
+          "warn_at", "reset_time", "rpm", "concurrency", "models", "cache", "cache_ttl")
+#: the response cache's modes (``omniroute.config.CACHE_MODES``)
+CACHE_MODES = ("deterministic", "on", "off")
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -51,12 +54,23 @@ class Limits:
     models: tuple[str, ...] = ()
     #: why the stored limits could not be read (the key's requests are refused)
     unreadable: str | None = None
+    #: the response cache's mode for this key (None: the ``cache_mode`` setting) and the
+    #: TTL of the entries its requests store (None: the ``cache_ttl`` setting); read by
+    #: the cache stage, not enforced by the budgets stage
+    cache: str | None = None
+    cache_ttl: float | None = None
     _pattern: re.Pattern[str] | None = field(default=None, repr=False)
 
     @property
     def periods(self) -> tuple[str, ...]:
         """The windows this key keeps count in (a USD or a token limit), shortest first."""
         return tuple(p for p in PERIODS if p in self.usd or p in self.tokens)
+
+    @property
+    def enforced(self) -> bool:
+        """Whether the budgets stage has anything to enforce (not only cache settings)."""
+        return bool(self.usd or self.tokens or self.rpm or self.concurrency or self.models
+                    or self.unreadable is not None)
 
     @property
     def reset_time(self) -> str:
@@ -83,7 +97,15 @@ class Limits:
         rpm = _optional(data, "rpm", int)
         concurrency = _optional(data, "concurrency", int)
         models = _models(data.get("models"))
-        if not (usd or tokens or rpm or concurrency or models):
+        cache = data.get("cache")
+        if cache is not None and cache not in CACHE_MODES:
+            raise ValueError(f"cache must be one of {', '.join(CACHE_MODES)}, got {cache!r}")
+        cache_ttl = data.get("cache_ttl")
+        if cache_ttl is not None:
+            cache_ttl = _number("cache_ttl", cache_ttl, float)
+            if cache_ttl <= 0:
+                raise ValueError(f"cache_ttl must be positive seconds, got {cache_ttl!r}")
+        if not (usd or tokens or rpm or concurrency or models or cache or cache_ttl):
             return None
         warn_at = data.get("warn_at")
         if warn_at is None:
@@ -95,7 +117,7 @@ class Limits:
         return cls(usd=usd, tokens=tokens, warn_at=float(warn_at),
                    reset_minutes=parse_reset_time(data.get("reset_time") or "00:00"),
                    rpm=rpm, concurrency=concurrency, models=models,
-                   _pattern=_compile(models))
+                   cache=cache, cache_ttl=cache_ttl, _pattern=_compile(models))
 
     def as_dict(self) -> dict[str, Any]:
         """The JSON form (what :meth:`parse` reads), without the fields that are not set."""
@@ -112,6 +134,10 @@ class Limits:
             out["concurrency"] = self.concurrency
         if self.models:
             out["models"] = list(self.models)
+        if self.cache is not None:
+            out["cache"] = self.cache
+        if self.cache_ttl is not None:
+            out["cache_ttl"] = self.cache_ttl
         return out
 
 

@@ -67,7 +67,7 @@ class BudgetStage(Stage):
 
     def enter(self, ctx: RequestContext, operation: Operation) -> StageRun | None:
         limits = ctx.principal.limits
-        if limits is None or ctx.principal.key_id is None:
+        if limits is None or ctx.principal.key_id is None or not limits.enforced:
             return None
         return BudgetRun(self, limits, ctx.principal.key_id, operation)
 

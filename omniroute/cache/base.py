@@ -3,7 +3,20 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any, ClassVar
+
+
+@dataclass(frozen=True, slots=True)
+class Listed:
+    """One entry of a backend, as the management API lists it."""
+
+    key: str
+    value: bytes
+    #: times it answered a request
+    hits: int
+    #: seconds it has left
+    expires_in: float
 
 
 class CacheBackend:
@@ -19,6 +32,9 @@ class CacheBackend:
     def __init__(self, options: Mapping[str, Any] | None = None) -> None:
         self.options = dict(options or {})
 
+    async def start(self) -> None:
+        """Open files or connections; called once before the first ``get``."""
+
     async def get(self, key: str) -> bytes | None:
         raise NotImplementedError
 
@@ -33,7 +49,12 @@ class CacheBackend:
         raise NotImplementedError
 
     async def stats(self) -> dict[str, Any]:
+        """Numbers for ``GET /api/cache/stats``: ``entries``, ``bytes``, ``hits``, ``misses``."""
         return {}
+
+    async def entries(self, limit: int) -> list[Listed]:
+        """Up to ``limit`` live entries, most recently used first (for the management API)."""
+        return []
 
     async def close(self) -> None:
         """Release connections or files the backend holds."""

@@ -7,15 +7,25 @@ from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from omniroute.cache.base import CacheBackend
+from omniroute.cache.base import CacheBackend, Listed
 from omniroute.hookspecs import hookimpl
+
+
+class _Item:
+    __slots__ = ("expires", "hits", "value")
+
+    def __init__(self, expires: float, value: bytes) -> None:
+        self.expires = expires
+        self.value = value
+        self.hits = 0
 
 
 class MemoryCache(CacheBackend):
     """Least-recently-used eviction once ``max_entries`` or ``max_bytes`` is passed.
 
     Options: ``max_entries`` (default 1000), ``max_bytes`` (default 64 MiB),
-    ``ttl`` seconds (default 3600).
+    ``ttl`` seconds (default 3600). An expired entry is dropped when it is read,
+    or evicted as the least recently used.
     """
 
     name = "memory"
@@ -30,27 +40,28 @@ class MemoryCache(CacheBackend):
         if self.max_entries < 1 or self.max_bytes < 1 or self.ttl <= 0:
             raise ValueError("max_entries, max_bytes and ttl must be positive")
         self._clock = clock
-        self._items: OrderedDict[str, tuple[float, bytes]] = OrderedDict()
+        self._items: OrderedDict[str, _Item] = OrderedDict()
         self._bytes = 0
         self.hits = self.misses = self.evictions = 0
 
     async def get(self, key: str) -> bytes | None:
         item = self._items.get(key)
-        if item is None or item[0] <= self._clock():
+        if item is None or item.expires <= self._clock():
             if item is not None:
                 self._drop(key)
             self.misses += 1
             return None
         self._items.move_to_end(key)
         self.hits += 1
-        return item[1]
+        item.hits += 1
+        return item.value
 
     async def set(self, key: str, value: bytes, ttl: float | None = None) -> None:
         if len(value) > self.max_bytes:
             return  # larger than the whole cache: never stored
         if key in self._items:
             self._drop(key)
-        self._items[key] = (self._clock() + (ttl if ttl is not None else self.ttl), value)
+        self._items[key] = _Item(self._clock() + (ttl if ttl is not None else self.ttl), value)
         self._bytes += len(value)
         while len(self._items) > self.max_entries or self._bytes > self.max_bytes:
             oldest = next(iter(self._items))
@@ -72,9 +83,20 @@ class MemoryCache(CacheBackend):
                 "max_bytes": self.max_bytes, "hits": self.hits, "misses": self.misses,
                 "evictions": self.evictions}
 
+    async def entries(self, limit: int) -> list[Listed]:
+        now = self._clock()
+        out: list[Listed] = []
+        for key in reversed(self._items):
+            item = self._items[key]
+            if item.expires > now:
+                out.append(Listed(key, item.value, item.hits, item.expires - now))
+                if len(out) >= limit:
+                    break
+        return out
+
     def _drop(self, key: str) -> None:
-        _, value = self._items.pop(key)
-        self._bytes -= len(value)
+        item = self._items.pop(key)
+        self._bytes -= len(item.value)
 
 
 @hookimpl

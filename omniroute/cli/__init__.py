@@ -28,6 +28,7 @@ from omniroute.cli.budget import (
     parsed_expiry,
     parsed_limits,
 )
+from omniroute.cli.cache import cache_command
 from omniroute.cli.common import (
     StartupCommand,
     StartupError,
@@ -91,6 +92,7 @@ def serve(ctx: click.Context, host: str | None, port: int | None, workers: int |
 cli.add_command(plugins_command)
 cli.add_command(budget_command)
 cli.add_command(usage_command)
+cli.add_command(cache_command)
 
 
 def _skips_plugins(args: list[str]) -> bool:

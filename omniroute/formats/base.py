@@ -221,6 +221,14 @@ class Format:
         """
         return _seed(body)
 
+    def temperature(self, body: dict[str, Any]) -> Any:
+        """The sampling temperature the client asked for, as sent (None: not given).
+
+        Cheap, without decoding the request: the response cache reads it on every
+        request to tell a deterministic one (``0``) from the rest.
+        """
+        return body.get("temperature")
+
     def hidden_frames(self, client: ClientRequest) -> Callable[[bytes], bool] | None:
         """On the pass-through lane: which usage-carrying frames the client must not see.
 

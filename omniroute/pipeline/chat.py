@@ -94,6 +94,8 @@ class Chat(Operation):
                     _estimate_passthrough(record, fmt, answer, self._client_request(ctx))
             else:  # a body that cannot be decoded is this target's failure (raised here)
                 response = provider_format.decode_response(upstream.body)
+                if ctx.tap is not None:
+                    ctx.tap.response(response)
                 answer = fmt.encode_response(response, request)
                 _estimate_answer(record, response, request)
             return Reply(body=answer, status=upstream.status, headers=headers)
@@ -110,8 +112,10 @@ class Chat(Operation):
             output = StreamOutput(record, ctx.started, fmt, request=request)
             reply = Reply(source=events, close=upstream.close, headers=headers,
                           content_type=fmt.stream_content_type, on_end=output.estimate)
-            decoded = provider_format.decode_stream(events)
-            reply.frames = fmt.encode_stream(output.events(decoded), request)
+            canonical = output.events(provider_format.decode_stream(events))
+            if ctx.tap is not None:
+                canonical = ctx.tap.events(canonical)
+            reply.frames = fmt.encode_stream(canonical, request)
         return reply
 
     @staticmethod
@@ -132,11 +136,16 @@ class Chat(Operation):
         timeouts = provider.context.timeouts
         if not ctx.stream:
             response = await call_complete(provider, request, timeouts)
+            if ctx.tap is not None:
+                ctx.tap.response(response)
             _estimate_answer(ctx.record, response, request)
             return Reply(body=self.fmt.encode_response(response, request))
         events = await call_stream(provider, request, timeouts)  # its first event is there
         output = StreamOutput(ctx.record, ctx.started, self.fmt, request=request)
-        frames = self.fmt.encode_stream(output.events(events), request)
+        canonical = output.events(events)
+        if ctx.tap is not None:
+            canonical = ctx.tap.events(canonical)
+        frames = self.fmt.encode_stream(canonical, request)
         return Reply(frames=frames, source=events, content_type=self.fmt.stream_content_type,
                      on_end=output.estimate)
 

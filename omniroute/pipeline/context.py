@@ -60,6 +60,19 @@ class RequestContext:
     ended_by: GatewayError | None = None
     #: headers a stage adds to the answer (``X-OmniRoute-Budget-Warning``); None: none
     reply_headers: dict[str, str] | None = None
+    #: a stage that wants the canonical answer (the response cache on a miss); None: none
+    tap: AnswerTap | None = None
+
+
+class AnswerTap(Protocol):
+    """Sees the canonical answer where the chat operation has one: the translated and
+    canonical lanes (the response cache keeps it). The pass-through lane has none."""
+
+    def response(self, response: c.Response) -> None:
+        """A whole (JSON) answer, decoded."""
+
+    def events(self, events: AsyncIterator[c.Event]) -> AsyncIterator[c.Event]:
+        """A streamed answer's events: return an iterator that passes them all on."""
 
 
 @runtime_checkable

@@ -135,6 +135,12 @@ class ResponsesState(StageRun):
         self.saved = True
 
 
+def keeps_state(ctx: RequestContext) -> bool:
+    """Whether the Responses API keeps this request's response on the server (``store`` is
+    not false): an answer made without this stage (a cache hit) could not be continued."""
+    return ctx.fmt.name == "responses" and ctx.body.get("store") is not False
+
+
 def input_items(raw: Any) -> list[Any]:
     """The request's ``input`` as a list of items (a string is one user message)."""
     if isinstance(raw, str):

@@ -218,6 +218,8 @@ class Pipeline:
             record.error_class = type(err).__name__
             failure = err
             err.headers.setdefault("X-OmniRoute-Request-Id", record.request_id)
+            for name, value in (ctx.reply_headers or {}).items():  # X-OmniRoute-Cache...
+                err.headers.setdefault(name, value)
             if record.provider is not None:  # an upstream answered (or was last tried)
                 err.headers.setdefault("X-OmniRoute-Provider", record.provider)
                 err.headers.setdefault("X-OmniRoute-Model", record.model or "")

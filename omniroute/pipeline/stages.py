@@ -67,15 +67,18 @@ class Stage:
         return None
 
 
-def default_stages(db: Database, budgets: Stage | None = None) -> list[Stage]:
+def default_stages(db: Database, budgets: Stage | None = None,
+                   cache: Stage | None = None) -> list[Stage]:
     """The stages of every request, in the order they run.
 
     :param budgets: the per-key limits stage
         (:class:`~omniroute.budgets.stage.BudgetStage`, built by the gateway).
+    :param cache: the response cache stage (:class:`~omniroute.cache.stage.CacheStage`).
     """
     from omniroute.pipeline.responses_state import ResponsesStage
 
     return [
         *([budgets] if budgets is not None else []),  # key limits and budgets
+        *([cache] if cache is not None else []),  # exact (and semantic) response cache
         ResponsesStage(db),  # Responses `store` / `previous_response_id`
     ]

@@ -102,6 +102,10 @@ class GeminiFormat(Format):
                                  param="contents")
         return model.removeprefix("models/"), bool(path_stream)
 
+    def temperature(self, body: dict[str, Any]) -> Any:
+        config = body.get("generationConfig")
+        return config.get("temperature") if isinstance(config, dict) else None
+
     def decode_request(self, request: ClientRequest) -> c.Request:
         body = camel_body(request.body)
         self.inspect(body, path_model=request.model, path_stream=request.stream)

@@ -72,6 +72,10 @@ class OllamaFormat(Format):
             raise InvalidRequest("stream must be a boolean", param="stream")
         return model, stream
 
+    def temperature(self, body: dict[str, Any]) -> Any:
+        config = body.get("options")
+        return config.get("temperature") if isinstance(config, dict) else None
+
     def decode_request(self, request: ClientRequest) -> c.Request:
         _, stream = self.inspect(request.body)
         return ollama_request.decode_request(request.body, request.model, stream)

@@ -1,0 +1,116 @@
+"""A cache entry: a canonical response, serialized compactly, and how it is replayed.
+
+The bytes are one orjson object, versioned by its ``v`` field::
+
+    {"v": 1, "model": <requested model>, "created": <epoch s>, "cost": <USD | null>,
+     "response": {"id", "model", "parts": [[<kind>, {<fields>}], ...], "stop_reason",
+                  "stop_sequence", "usage": {...}, "created", "meta"}}
+
+A part is tagged with its kind (``text``, ``reasoning``, ``tool_call``,
+``image``, ``file``) so it decodes to the same canonical class; ``cost`` is
+what the answer cost when it was made (what a hit saves). An entry of another
+version, or one that does not decode, reads as a miss: a format change never
+serves a broken answer.
+
+Because the entry is canonical, a hit is answered in whatever client format
+asked: a JSON body (``Format.encode_response``) or a stream of the events
+:func:`replay` synthesises (``Format.encode_stream``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from omniroute.formats import canonical as c
+from omniroute.providers.canonical import events_of
+
+#: the version this module writes and reads
+VERSION = 1
+
+_KINDS: dict[type, str] = {c.Text: "text", c.Reasoning: "reasoning", c.ToolCall: "tool_call",
+                           c.Image: "image", c.File: "file"}
+_CLASSES: dict[str, Callable[..., Any]] = {kind: cls for cls, kind in _KINDS.items()}
+#: the stop reasons of a complete answer (a truncated or failed one is never stored)
+COMPLETE = frozenset({"end_turn", "stop_sequence", "tool_use"})
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """A stored answer, read back."""
+
+    response: c.Response
+    #: the model the client requested when it was stored
+    model: str
+    #: when it was stored (epoch seconds)
+    created: float
+    #: what it cost then, in USD (None: unknown)
+    cost: float | None
+
+
+def storable(response: c.Response) -> bool:
+    """Whether ``response`` may be cached: complete (no ``length`` stop, no error) and not
+    empty, with only parts an entry can hold."""
+    if response.stop_reason not in COMPLETE or not response.parts:
+        return False
+    content = False
+    for part in response.parts:
+        if type(part) not in _KINDS:
+            return False
+        if isinstance(part, c.ToolCall) or (isinstance(part, c.Text) and part.text.strip()):
+            content = True
+    return content
+
+
+def dump(response: c.Response, model: str, created: float, cost: float | None) -> bytes:
+    """The entry bytes of ``response`` (check :func:`storable` first)."""
+    body = {"id": response.id, "model": response.model,
+            "parts": [(_KINDS[type(part)], part) for part in response.parts],
+            "stop_reason": response.stop_reason, "stop_sequence": response.stop_sequence,
+            "usage": response.usage, "created": response.created, "meta": response.meta}
+    return orjson.dumps({"v": VERSION, "model": model, "created": created, "cost": cost,
+                         "response": body})
+
+
+def load(data: bytes) -> Entry | None:
+    """The entry in ``data``; None when it is of another version or does not decode."""
+    try:
+        raw = orjson.loads(data)
+        if not isinstance(raw, dict) or raw.get("v") != VERSION:
+            return None
+        body = raw["response"]
+        parts = [_CLASSES[kind](**fields) for kind, fields in body["parts"]]
+        response = c.Response(
+            body["id"], body["model"], parts, body["stop_reason"], body["stop_sequence"],
+            c.Usage(**body["usage"]), body["created"], body["meta"])
+        return Entry(response, str(raw["model"]), float(raw["created"]), raw["cost"])
+    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+        return None
+
+
+def header(data: bytes) -> dict[str, Any]:
+    """An entry's model, creation time and cost without its response (for listings)."""
+    entry = load(data)
+    if entry is None:
+        return {"model": None, "created": None, "version": "unreadable"}
+    return {"model": entry.model, "created": entry.created, "cost": entry.cost,
+            "version": VERSION}
+
+
+async def replay(response: c.Response, first: Callable[[], None] | None = None
+                 ) -> AsyncIterator[c.Event]:
+    """The stream events of ``response``: Start, each part's start, delta and stop, Finish.
+
+    :param first: called once before the first content event (the record's time to
+        the first content token).
+    """
+    for event in events_of(dataclasses.replace(response, usage=dataclasses.replace(
+            response.usage))):
+        if first is not None and isinstance(event, c.PartStart):
+            first()
+            first = None
+        yield event

@@ -1,0 +1,103 @@
+"""The cache key of a request: a hash of its canonical form, scoped by tenant.
+
+The canonical request (:mod:`omniroute.formats.canonical`) is what every client
+format decodes to, so the same question asked through the OpenAI API and the
+Anthropic API has the same key. What goes in: messages, system, tools,
+tool_choice, response format, sampling parameters, max_tokens, stop, reasoning
+settings, format extras that may change the answer (``meta``), and the model the
+client requested; what stays out: the stream flag and the fields that only
+steer transport or bookkeeping (``user``, ``metadata``, ``stream_options``,
+Responses ``store``, prompt-cache hints, service tier).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from typing import Any
+
+import orjson
+
+from omniroute.cache.layer import CacheKey
+from omniroute.formats import canonical as c
+from omniroute.tokens import estimate_request
+
+#: format extras that do not change the answer (dropped from ``Request.meta[<format>]``)
+_TRANSPORT = frozenset({
+    "include_usage", "stream_options", "store", "prompt_cache_key", "prompt_cache_retention",
+    "service_tier", "safety_identifier", "user", "metadata", "keep_alive",
+})
+#: format extras that make an answer unfit for the cache wherever they appear in ``meta``
+#: (log-probabilities, several choices)
+_UNCACHEABLE = frozenset({"logprobs", "top_logprobs", "responseLogprobs"})
+_CHOICES = ("n", "candidateCount", "best_of")
+_OPTIONS = orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS
+
+
+def uncacheable(request: c.Request) -> str | None:
+    """Why ``request`` must not be cached (log-probabilities, ``n > 1``), or None."""
+    return _scan(request.meta, 0)
+
+
+def _scan(value: Any, depth: int) -> str | None:
+    if depth > 3 or not isinstance(value, dict):
+        return None
+    for name, item in value.items():
+        if name in _UNCACHEABLE and item not in (None, False, 0):
+            return name
+        if name in _CHOICES and isinstance(item, int) and item > 1:
+            return name
+        found = _scan(item, depth + 1)
+        if found is not None:
+            return found
+    return None
+
+
+def cache_key(request: c.Request, tenant: str, model: str) -> CacheKey:
+    """The :class:`CacheKey` of a cacheable ``request`` by ``tenant`` for ``model``."""
+    base = dataclasses.replace(request, model=model, stream=False, user=None, metadata={},
+                               meta=_semantic_meta(request.meta))
+    exact = _digest(tenant, base)
+    messages = request.messages
+    last = messages[-1] if messages else None
+    prompt = ""
+    if last is not None and last.role == "user":
+        prompt = "\n".join(p.text for p in last.parts if isinstance(p, c.Text))
+        blank = dataclasses.replace(last, parts=[
+            c.Text("") if isinstance(p, c.Text) else p for p in last.parts])
+        scope = _digest(tenant, dataclasses.replace(base, messages=[*messages[:-1], blank]))
+    else:
+        scope = exact
+    has_tools = bool(request.tools)
+    has_media = False
+    for message in messages:
+        for part in message.parts:
+            if isinstance(part, (c.ToolCall, c.ToolResult)):
+                has_tools = True
+                if isinstance(part, c.ToolResult) and any(
+                        isinstance(p, (c.Image, c.File)) for p in part.content):
+                    has_media = True
+            elif isinstance(part, (c.Image, c.File)):
+                has_media = True
+    return CacheKey(exact=exact, scope=scope, prompt=prompt, tenant=tenant, model=model,
+                    multi_turn=len(messages) > 1, has_tools=has_tools, has_media=has_media,
+                    prompt_tokens=estimate_request(request))
+
+
+def _semantic_meta(meta: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for name, value in meta.items():
+        if isinstance(value, dict):
+            kept = {k: v for k, v in value.items() if k not in _TRANSPORT}
+            if kept:
+                out[name] = kept
+        elif name not in _TRANSPORT:
+            out[name] = value
+    return out
+
+
+def _digest(tenant: str, request: c.Request) -> str:
+    digest = hashlib.sha256(tenant.encode())
+    digest.update(b"\0")
+    digest.update(orjson.dumps(request, option=_OPTIONS))
+    return digest.hexdigest()

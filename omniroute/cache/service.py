@@ -1,0 +1,269 @@
+"""The gateway's response cache: its backends front to back, the layers behind them, and
+the background writer that keeps stores off the response path.
+
+One :class:`ResponseCache` per gateway (app key ``CACHE``)::
+
+    cache = ResponseCache([MemoryCache(...), SqliteCache(...)], layers)
+    await cache.start()
+    found = await cache.lookup(key)          # backends in order, then each layer
+    cache.store(key, produce, ttl)           # queued; ``produce`` makes the entry later
+    await cache.close()                      # writes what is queued, closes backends
+
+A hit in a backend behind the first is copied into the ones in front (a sqlite
+hit is promoted to memory). A backend or layer that fails counts as a miss and
+is logged: a cache never fails a request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from omniroute.cache import entry as entries
+from omniroute.cache.base import CacheBackend
+from omniroute.cache.layer import CacheKey, CacheLayer
+from omniroute.config import ConfigError
+
+if TYPE_CHECKING:
+    from omniroute.config import Settings
+
+log = logging.getLogger(__name__)
+
+#: stores waiting for the writer; past this they are dropped (counted)
+QUEUE_SIZE = 1024
+
+#: ``GET /api/cache/stats``'s idempotency window while no idempotency stage reports its own
+IDEMPOTENCY_WINDOW_MS = 5000
+
+#: makes the entry bytes of an answer, or None when it turns out not storable
+Producer = Callable[[], Awaitable[bytes | None]]
+
+
+@dataclass(frozen=True, slots=True)
+class Found:
+    """A cache hit: the entry, who had it, and the similarity a layer reported."""
+
+    entry: entries.Entry
+    source: str
+    similarity: float | None = None
+
+
+class ResponseCache:
+    """Exact backends front to back, then the layers; one writer task for every store."""
+
+    def __init__(self, backends: Sequence[CacheBackend], layers: Sequence[CacheLayer] = (),
+                 idempotency: Callable[[], dict[str, int]] | None = None) -> None:
+        """
+        :param backends: the exact backends, front (fastest) to back.
+        :param layers: the plugins' layers (``register_cache_layers``), asked after them.
+        :param idempotency: reads the idempotency stage's ``activeKeys`` / ``windowMs``
+            for ``GET /api/cache/stats`` (None: that stage is not there).
+        """
+        self.backends = list(backends)
+        self.layers = list(layers)
+        self.idempotency = idempotency
+        self.hits = self.misses = self.bypasses = 0
+        self.stored = self.dropped = self.store_failures = 0
+        self._queue: asyncio.Queue[tuple[CacheKey, Producer, float]] = asyncio.Queue(QUEUE_SIZE)
+        self._writer: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        started: list[CacheBackend] = []
+        try:
+            for backend in self.backends:
+                await backend.start()
+                started.append(backend)
+        except BaseException:
+            for backend in started:
+                with contextlib.suppress(Exception):
+                    await backend.close()
+            raise
+        self._writer = asyncio.create_task(self._write_loop(), name="omniroute-cache-writer")
+
+    async def close(self) -> None:
+        """Write what is queued (bounded by the backends), then close everything."""
+        if self._writer is not None:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(5.0):
+                    await self._queue.join()
+            self._writer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._writer
+            self._writer = None
+        parts: list[CacheBackend | CacheLayer] = [*self.backends, *self.layers]
+        for part in parts:
+            try:
+                await part.close()
+            except Exception:
+                log.exception("closing cache %s failed", part.name)
+
+    # ---------------------------------------------------------------- the data path
+
+    async def lookup(self, key: CacheKey) -> Found | None:
+        """The stored answer for ``key``: the backends in order, then each layer."""
+        for depth, backend in enumerate(self.backends):
+            try:
+                data = await backend.get(key.exact)
+            except Exception:
+                log.exception("cache backend %s failed on a lookup", backend.name)
+                continue
+            if data is None:
+                continue
+            found = entries.load(data)
+            if found is None:  # another version, or damaged: gone, and a miss
+                await self._forget(key.exact)
+                continue
+            for front in self.backends[:depth]:  # promoted (a sqlite hit goes to memory)
+                with contextlib.suppress(Exception):
+                    await front.set(key.exact, data)
+            return Found(found, backend.name)
+        for layer in self.layers:
+            try:
+                hit = await layer.lookup(key)
+            except Exception:
+                log.exception("cache layer %s failed on a lookup", layer.name)
+                continue
+            if hit is None:
+                continue
+            found = entries.load(hit.entry)
+            if found is not None:
+                return Found(found, layer.name, hit.similarity)
+        return None
+
+    def store(self, key: CacheKey, produce: Producer, ttl: float) -> None:
+        """Queue a store; the writer calls ``produce`` and keeps its bytes everywhere."""
+        try:
+            self._queue.put_nowait((key, produce, ttl))
+        except asyncio.QueueFull:
+            self.dropped += 1
+
+    async def settled(self) -> None:
+        """Wait until every queued store is done (tests, shutdown)."""
+        await self._queue.join()
+
+    async def _write_loop(self) -> None:
+        queue = self._queue
+        while True:
+            key, produce, ttl = await queue.get()
+            try:
+                data = await produce()
+                if data is not None:
+                    await self._keep(key, data, ttl)
+            except Exception:
+                self.store_failures += 1
+                log.exception("storing a cache entry failed")
+            finally:
+                queue.task_done()
+
+    async def _keep(self, key: CacheKey, data: bytes, ttl: float) -> None:
+        for backend in self.backends:
+            try:
+                await backend.set(key.exact, data, ttl)
+            except Exception:
+                self.store_failures += 1
+                log.exception("cache backend %s failed to store", backend.name)
+        for layer in self.layers:
+            try:
+                await layer.store(key, data, ttl)
+            except Exception:
+                self.store_failures += 1
+                log.exception("cache layer %s failed to store", layer.name)
+        self.stored += 1
+
+    async def _forget(self, exact: str) -> None:
+        for backend in self.backends:
+            with contextlib.suppress(Exception):
+                await backend.delete(exact)
+
+    # ---------------------------------------------------------------- management
+
+    async def clear(self) -> None:
+        """Forget every entry of every backend and layer."""
+        parts: list[CacheBackend | CacheLayer] = [*self.backends, *self.layers]
+        for part in parts:
+            await part.clear()
+
+    async def delete(self, exact: str) -> bool:
+        """Delete one entry (by its exact key) from every backend."""
+        deleted = False
+        for backend in self.backends:
+            deleted = await backend.delete(exact) or deleted
+        return deleted
+
+    async def entries(self, limit: int) -> list[dict[str, Any]]:
+        """Up to ``limit`` entries across the backends: key, model, created, hits, bytes."""
+        merged: dict[str, dict[str, Any]] = {}
+        for backend in self.backends:
+            for listed in await backend.entries(limit):
+                row = merged.get(listed.key)
+                if row is None:
+                    row = merged[listed.key] = {
+                        "key": listed.key, **entries.header(listed.value),
+                        "hits": 0, "bytes": len(listed.value),
+                        "expires_in": round(listed.expires_in, 3), "backends": []}
+                row["hits"] += listed.hits
+                row["backends"].append(backend.name)
+        return list(merged.values())[:limit]
+
+    async def stats(self) -> dict[str, Any]:
+        """The seed's shape (``semanticCache``, ``idempotency``) and the detail of each part."""
+        backends = {}
+        for backend in self.backends:
+            try:
+                backends[backend.name] = await backend.stats()
+            except Exception as exc:  # noqa: BLE001 - shown: the other numbers still help
+                backends[backend.name] = {"error": f"{type(exc).__name__}: {exc}"}
+        layers = {}
+        for layer in self.layers:
+            try:
+                layers[layer.name] = await layer.stats()
+            except Exception as exc:  # noqa: BLE001 - shown: the other numbers still help
+                layers[layer.name] = {"error": f"{type(exc).__name__}: {exc}"}
+        memory = backends.get("memory", {})
+        persistent = next((s for name, s in backends.items() if name != "memory"), {})
+        looked = self.hits + self.misses
+        idem = (self.idempotency() if self.idempotency is not None
+                else {"activeKeys": 0, "windowMs": IDEMPOTENCY_WINDOW_MS})
+        return {
+            "semanticCache": {
+                "memorySize": memory.get("entries", 0),
+                "memoryMaxSize": memory.get("max_entries", 0),
+                "dbSize": persistent.get("entries", 0),
+                "hitRate": round(self.hits / looked, 4) if looked else 0.0,
+            },
+            "idempotency": {"activeKeys": idem.get("activeKeys", 0),
+                            "windowMs": idem.get("windowMs", 0)},
+            "exact": {"hits": self.hits, "misses": self.misses, "bypasses": self.bypasses,
+                      "stored": self.stored, "queued": self._queue.qsize(),
+                      "dropped": self.dropped, "store_failures": self.store_failures},
+            "backends": backends,
+            "layers": layers,
+        }
+
+
+def build_cache(types: Mapping[str, type[CacheBackend]], settings: Settings, data_dir: Path,
+                layers: Sequence[CacheLayer] = ()) -> ResponseCache:
+    """The response cache the settings name (``cache_backends``, front to back).
+
+    :param types: the registered backend types (``register_cache_backends``) by name.
+    :raises ConfigError: a name no loaded plugin registers.
+    """
+    backends: list[CacheBackend] = []
+    for name in dict.fromkeys(n.strip() for n in settings.cache_backends.split(",")):
+        if not name:
+            continue
+        cls = types.get(name)
+        if cls is None:
+            raise ConfigError(f"cache_backends: no cache backend {name!r} is registered "
+                              f"(known: {', '.join(sorted(types))})")
+        backends.append(cls({"max_entries": settings.cache_db_max_entries,
+                             "path": str(data_dir / "cache.sqlite3"), "ttl": settings.cache_ttl}
+                            if name == "sqlite" else
+                            {"max_entries": settings.cache_max_entries,
+                             "max_bytes": settings.cache_max_bytes, "ttl": settings.cache_ttl}))
+    return ResponseCache(backends, layers)

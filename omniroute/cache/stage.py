@@ -1,0 +1,291 @@
+"""The exact response cache as a pipeline stage.
+
+For every generation request (:class:`~omniroute.pipeline.chat.Chat`):
+
+* ``enter`` decides, without decoding anything, whether the cache takes part: not
+  with the mode ``off`` (the ``cache_mode`` setting, or the API key's ``cache``
+  limit), a bypass header (``X-OmniRoute-No-Cache: true``, ``Cache-Control:
+  no-cache`` / ``no-store``), or, in the default ``deterministic`` mode, a
+  temperature other than an explicit 0 (``Format.temperature``). Those answers
+  say ``X-OmniRoute-Cache: BYPASS``.
+* ``before`` decodes the request into the canonical model once (kept on
+  ``ctx.canonical`` for the operation), refuses what must not be cached
+  (log-probabilities, ``n > 1``, a Responses request whose response the server
+  keeps), computes the :class:`~omniroute.cache.layer.CacheKey`, and asks the
+  :class:`~omniroute.cache.service.ResponseCache`. A hit answers at once in the
+  client's format, JSON or a stream (``HIT``); a miss (``MISS``) keeps the key.
+* on a miss the answer is kept as it passes: the canonical response or events on
+  the translated and canonical lanes (``ctx.tap``), the client-format body or
+  frames on the pass-through lane (decoded later, off the response path).
+* ``finished`` queues the store when the request succeeded (a stream that ended
+  normally) and the answer is complete: never an error, a ``length`` stop, an
+  empty answer.
+
+A hit's record: ``cache_hit``, the stored answer's token counts, ``cost_usd`` 0 and
+``list_cost_usd`` what the answer cost when it was made (what the hit saved; the
+usage summaries report ``list - cost`` as saved).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import aclosing
+from typing import TYPE_CHECKING, TypeVar
+
+from omniroute.cache import entry as entries
+from omniroute.cache.key import cache_key, uncacheable
+from omniroute.cache.layer import CacheKey
+from omniroute.cache.service import Found, Producer, ResponseCache
+from omniroute.errors import GatewayError
+from omniroute.formats import canonical as c
+from omniroute.formats.base import ClientRequest, Format
+from omniroute.pipeline.context import Reply, RequestContext
+from omniroute.pipeline.responses_state import keeps_state
+from omniroute.pipeline.stages import Stage, StageRun
+from omniroute.pipeline.usage import set_usage, since
+from omniroute.providers.canonical import collect
+from omniroute.sse import SSESplitter
+
+if TYPE_CHECKING:
+    from omniroute.config import Settings
+    from omniroute.pipeline.operation import Operation
+
+log = logging.getLogger(__name__)
+
+CACHE_HEADER = "X-OmniRoute-Cache"
+SIMILARITY_HEADER = "X-OmniRoute-Cache-Similarity"
+NO_CACHE_HEADER = "X-OmniRoute-No-Cache"
+_T = TypeVar("_T")
+_TRUE = frozenset({"true", "1", "yes", "on"})
+
+
+class CacheStage(Stage):
+    """Looks every cacheable request up, answers hits, stores complete answers."""
+
+    name = "cache"
+
+    def __init__(self, cache: ResponseCache, settings: Callable[[], Settings],
+                 clock: Callable[[], float] = time.time) -> None:
+        """
+        :param settings: the live runtime settings (``cache_mode``, ``cache_ttl``,
+            ``cache_max_entry_bytes``).
+        :param clock: wall-clock time, for an entry's creation time.
+        """
+        self.cache = cache
+        self.settings = settings
+        self.clock = clock
+
+    def enter(self, ctx: RequestContext, operation: Operation) -> StageRun | None:
+        if operation.name != "chat":
+            return None
+        settings = self.settings()
+        mode, ttl = settings.cache_mode, settings.cache_ttl
+        limits = ctx.principal.limits
+        if limits is not None:
+            mode = limits.cache or mode
+            ttl = limits.cache_ttl or ttl
+        if (mode == "off" or _bypassed(ctx)
+                or (mode == "deterministic" and not _zero(ctx.fmt.temperature(ctx.body)))):
+            self.cache.bypasses += 1
+            say(ctx, "BYPASS")
+            return None
+        run = CacheStreamRun if ctx.stream else CacheRun
+        return run(self, mode, ttl, settings.cache_max_entry_bytes)
+
+
+class CacheRun(StageRun):
+    """One cacheable request: the lookup, and on a miss what the answer was."""
+
+    def __init__(self, stage: CacheStage, mode: str, ttl: float, max_bytes: int) -> None:
+        self.stage = stage
+        self.mode = mode
+        self.ttl = ttl
+        self.max_bytes = max_bytes
+        self.key: CacheKey | None = None  # set on a miss: the answer is to be stored
+        self.decoded: c.Response | None = None  # translated / canonical lane, JSON
+        self.body: bytes | None = None  # pass-through lane, JSON
+        self.kept: list[c.Event] | None = None  # translated / canonical lane, stream
+        self.frames: list[bytes] = []  # pass-through lane, stream
+        self.size = 0
+        self.too_big = False
+
+    async def before(self, ctx: RequestContext) -> Reply | None:
+        cache = self.stage.cache
+        request = _canonical(ctx)
+        limits = ctx.principal.limits
+        if (request is None or (self.mode == "deterministic" and request.temperature != 0)
+                or uncacheable(request) is not None or keeps_state(ctx)
+                or (limits is not None and not limits.allows(ctx.model))):
+            cache.bypasses += 1
+            say(ctx, "BYPASS")
+            return None
+        key = cache_key(request, ctx.principal.key_id or "", ctx.model)
+        found = await cache.lookup(key)
+        if found is not None:
+            cache.hits += 1
+            return self.hit(ctx, request, found)
+        cache.misses += 1
+        say(ctx, "MISS")
+        self.key = key
+        ctx.tap = self
+        return None
+
+    def hit(self, ctx: RequestContext, request: c.Request, found: Found) -> Reply:
+        response, record, fmt = found.entry.response, ctx.record, ctx.fmt
+        record.cache_hit = True
+        record.model = response.model
+        set_usage(record, response.usage)
+        record.cost_usd, record.list_cost_usd = 0.0, found.entry.cost
+        say(ctx, "HIT")
+        if found.similarity is not None:
+            assert ctx.reply_headers is not None
+            ctx.reply_headers[SIMILARITY_HEADER] = f"{found.similarity:.4f}"
+        if not ctx.stream:
+            return Reply(body=fmt.encode_response(response, request))
+
+        def first() -> None:
+            record.ttfc_ms = since(ctx.started)
+
+        events = entries.replay(response, first)
+        return Reply(frames=fmt.encode_stream(events, request), source=events,
+                     content_type=fmt.stream_content_type)
+
+    # ------------------------------------------------------------ the answer (a miss)
+
+    def response(self, response: c.Response) -> None:
+        self.decoded = response
+
+    def events(self, events: AsyncIterator[c.Event]) -> AsyncIterator[c.Event]:
+        self.kept = []
+        return self._kept(events, self.kept)
+
+    async def _kept(self, events: AsyncIterator[c.Event], kept: list[c.Event]
+                    ) -> AsyncIterator[c.Event]:
+        async with aclosing(events):  # type: ignore[type-var]
+            async for event in events:
+                if not self.too_big:
+                    kept.append(event)
+                    if isinstance(event, (c.TextDelta, c.ReasoningDelta)):
+                        self.size += len(event.text)
+                    elif isinstance(event, c.ToolArgsDelta):
+                        self.size += len(event.arguments)
+                    if self.size > self.max_bytes:
+                        self.too_big = True
+                        kept.clear()
+                yield event
+
+    async def answer(self, ctx: RequestContext, body: bytes) -> None:
+        if self.key is not None and self.decoded is None:
+            self.body = body  # pass-through: decoded off the response path
+
+    async def finished(self, ctx: RequestContext) -> None:
+        key, record = self.key, ctx.record
+        if (key is None or self.too_big or record.status != 200 or record.error is not None
+                or record.cache_hit):
+            return
+        produce = self._producer(ctx.fmt, ctx.model, _cost(ctx))
+        if produce is not None:
+            self.stage.cache.store(key, produce, self.ttl)
+
+    def _producer(self, fmt: Format, model: str, cost: float | None) -> Producer | None:
+        response, body, events, frames = self.decoded, self.body, self.kept, self.frames
+        if response is None and body is None and events is None and not frames:
+            return None
+        created, max_bytes = self.stage.clock(), self.max_bytes
+
+        async def produce() -> bytes | None:
+            answer = response
+            if answer is None:
+                try:
+                    if body is not None:
+                        answer = fmt.decode_response(body)
+                    elif events is not None:
+                        answer = await collect(_iterate(events))
+                    else:
+                        answer = await collect(fmt.decode_stream(_iterate(_split(fmt, frames))))
+                except GatewayError as err:  # an answer we cannot read is not kept
+                    log.info("not caching an answer that does not decode: %s", err.message)
+                    return None
+            if not entries.storable(answer):
+                return None
+            data = entries.dump(answer, model, created, cost)
+            return data if len(data) <= max_bytes else None
+
+        return produce
+
+
+class CacheStreamRun(CacheRun):
+    """A streamed cacheable request: on the pass-through lane its frames are kept too."""
+
+    sees_frames = True
+
+    async def frame(self, ctx: RequestContext, chunk: bytes) -> None:
+        if self.key is None or self.kept is not None or self.too_big:
+            return  # a hit, or the translated lane (its events are kept instead)
+        self.size += len(chunk)
+        if self.size > self.max_bytes * 4:  # frames are far larger than what they carry
+            self.too_big = True
+            self.frames.clear()
+            return
+        self.frames.append(chunk)
+
+
+def say(ctx: RequestContext, verdict: str) -> None:
+    """Put ``X-OmniRoute-Cache: <verdict>`` on the answer."""
+    if ctx.reply_headers is None:
+        ctx.reply_headers = {CACHE_HEADER: verdict}
+    else:
+        ctx.reply_headers[CACHE_HEADER] = verdict
+
+
+def _bypassed(ctx: RequestContext) -> bool:
+    headers = ctx.headers
+    flag = headers.get(NO_CACHE_HEADER)
+    if flag is not None and flag.strip().lower() in _TRUE:
+        return True
+    control = headers.get("Cache-Control")
+    if control is None:
+        return False
+    directives = {d.strip().lower() for d in control.split(",")}
+    return "no-cache" in directives or "no-store" in directives
+
+
+def _zero(value: object) -> bool:
+    return (isinstance(value, int | float) and not isinstance(value, bool)) and value == 0
+
+
+def _canonical(ctx: RequestContext) -> c.Request | None:
+    """The request in the canonical model, decoded once (None: it does not decode; the
+    operation then refuses it, or the pass-through lane sends it as it is)."""
+    if ctx.canonical is None:
+        try:
+            ctx.canonical = ctx.fmt.decode_request(ClientRequest(
+                ctx.body, ctx.model, ctx.stream, ctx.headers, ctx.query))
+        except GatewayError:
+            return None
+    return ctx.canonical
+
+
+def _cost(ctx: RequestContext) -> float | None:
+    """What the answer cost (a subscription's list price: it is what a hit saves)."""
+    record = ctx.record
+    return record.list_cost_usd if record.list_cost_usd is not None else record.cost_usd
+
+
+def _split(fmt: Format, chunks: list[bytes]) -> list[bytes]:
+    """A pass-through stream's chunks cut into the frames its format decodes (SSE events,
+    or NDJSON lines)."""
+    data = b"".join(chunks)
+    if "ndjson" in fmt.stream_content_type:
+        return [line + b"\n" for line in data.split(b"\n") if line.strip()]
+    splitter = SSESplitter()
+    frames = splitter.feed(data)
+    tail = splitter.tail()
+    return [*frames, tail] if tail else frames
+
+
+async def _iterate(items: list[_T]) -> AsyncIterator[_T]:
+    for item in items:
+        yield item

@@ -1,0 +1,187 @@
+"""The exact response cache, end to end: keys, hits, bypasses, what is never stored."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import anthropic
+import openai
+import pytest
+
+from omniroute.appkeys import CACHE, REQUEST_LOG
+from omniroute.testing import make_test_config, start_harness
+
+HI = [{"role": "user", "content": "what is 2 + 2?"}]
+
+
+def sdk(gw: Any, **headers: str) -> openai.AsyncOpenAI:
+    return openai.AsyncOpenAI(base_url=gw.base_url + "/v1", api_key="sk-x", max_retries=0,
+                              timeout=10, default_headers=headers or None)
+
+
+async def ask(gw: Any, **kwargs: Any) -> Any:
+    kwargs.setdefault("messages", HI)
+    kwargs.setdefault("model", "up/gpt-4o-mini")
+    raw = await sdk(gw).chat.completions.with_raw_response.create(**kwargs)
+    await gw.client.app[CACHE].settled()
+    return raw.headers, raw.parse()
+
+
+async def test_a_deterministic_json_answer_is_served_from_the_cache(gw: Any) -> None:
+    headers, first = await ask(gw, temperature=0)
+    assert headers["X-OmniRoute-Cache"] == "MISS"
+    headers, second = await ask(gw, temperature=0)
+    assert headers["X-OmniRoute-Cache"] == "HIT"
+    assert len(gw.fake.requests) == 1
+    assert second.choices[0].message.content == first.choices[0].message.content
+    assert second.usage.prompt_tokens == first.usage.prompt_tokens
+    assert float(headers["X-OmniRoute-Response-Cost"]) == 0
+    log = gw.client.app[REQUEST_LOG]
+    await log.flush()
+    records = await log.recent(2)
+    hit = next(r for r in records if r["cache_hit"])
+    miss = next(r for r in records if not r["cache_hit"])
+    assert hit["cost_usd"] == 0 and hit["list_cost_usd"] == miss["cost_usd"] > 0
+    assert hit["prompt_tokens"] == miss["prompt_tokens"]
+
+
+async def test_other_temperatures_bypass(gw: Any) -> None:
+    for _ in range(2):
+        headers, _ = await ask(gw, temperature=0.7)
+        assert headers["X-OmniRoute-Cache"] == "BYPASS"
+    headers, _ = await ask(gw)
+    assert headers["X-OmniRoute-Cache"] == "BYPASS"
+    assert len(gw.fake.requests) == 3
+
+
+async def test_bypass_headers_neither_read_nor_store(gw: Any) -> None:
+    for headers in ({"X-OmniRoute-No-Cache": "true"}, {"Cache-Control": "no-cache"},
+                    {"Cache-Control": "max-age=0, no-store"}):
+        raw = await sdk(gw, **headers).chat.completions.with_raw_response.create(
+            model="up/gpt-4o-mini", messages=HI, temperature=0)
+        assert raw.headers["X-OmniRoute-Cache"] == "BYPASS"
+    await gw.cache.settled()
+    headers, _ = await ask(gw, temperature=0)
+    assert headers["X-OmniRoute-Cache"] == "MISS"
+
+
+async def test_errors_truncated_and_empty_answers_are_never_stored(gw: Any) -> None:
+    from fakes.openai_upstream import error, reply
+
+    gw.fake.script.append(error(400, "bad request"))
+    with pytest.raises(openai.BadRequestError) as bad:
+        await ask(gw, temperature=0)
+    assert bad.value.response.headers["X-OmniRoute-Cache"] == "MISS"
+    gw.fake.script += [reply(text="cut sho", finish_reason="length"), reply(text="")]
+    for _ in range(2):
+        headers, _ = await ask(gw, temperature=0)
+        assert headers["X-OmniRoute-Cache"] == "MISS"
+    headers, _ = await ask(gw, temperature=0)
+    assert headers["X-OmniRoute-Cache"] == "MISS"  # only now a complete answer came
+    headers, _ = await ask(gw, temperature=0)
+    assert headers["X-OmniRoute-Cache"] == "HIT"
+    assert len(gw.fake.requests) == 4
+
+
+async def test_a_broken_stream_is_not_stored(gw: Any) -> None:
+    from fakes.openai_upstream import drop_mid_stream
+
+    gw.fake.script.append(drop_mid_stream(2))
+    with pytest.raises(openai.APIError):
+        async for _ in await sdk(gw).chat.completions.create(
+                model="up/gpt-4o-mini", messages=HI, temperature=0, stream=True):
+            pass
+    await gw.cache.settled()
+    headers, _ = await ask(gw, temperature=0)
+    assert headers["X-OmniRoute-Cache"] == "MISS"
+
+
+async def test_several_choices_and_logprobs_bypass(gw: Any) -> None:
+    for extra in ({"n": 2}, {"logprobs": True}, {"top_logprobs": 2, "logprobs": True}):
+        headers, _ = await ask(gw, temperature=0, **extra)
+        assert headers["X-OmniRoute-Cache"] == "BYPASS", extra
+
+
+async def test_the_cache_is_shared_across_client_formats(gw: Any) -> None:
+    """OpenAI stores, and the same question through the Anthropic API hits it."""
+    _, stored = await ask(gw, temperature=0, max_tokens=50)
+    client = anthropic.AsyncAnthropic(base_url=gw.base_url, api_key="sk-x", max_retries=0)
+    raw = await client.messages.with_raw_response.create(  # this SDK takes no temperature
+        model="up/gpt-4o-mini", messages=HI, max_tokens=50, extra_body={"temperature": 0})
+    assert raw.headers["X-OmniRoute-Cache"] == "HIT"
+    message = await raw.parse()
+    assert message.content[0].text == stored.choices[0].message.content
+    assert message.usage.output_tokens == stored.usage.completion_tokens
+    assert len(gw.fake.requests) == 1
+    # another model, or another sampling parameter, is another question
+    for kwargs in ({"model": "up/gpt-4o"}, {"top_p": 0.5}, {"stop": ["x"]}):
+        headers, _ = await ask(gw, **{"temperature": 0, "max_tokens": 50, **kwargs})
+        assert headers["X-OmniRoute-Cache"] == "MISS", kwargs
+
+
+async def test_tenants_never_share_and_keys_choose_their_mode(gw: Any) -> None:
+    from omniroute.budgets.limits import Limits
+
+    await gw.set_settings(require_api_key=True)
+    secrets = {}
+    for name, limits in (("a", None), ("b", None), ("on", {"cache": "on", "cache_ttl": 60}),
+                         ("off", {"cache": "off"})):
+        _, secrets[name] = await gw.store.create_key(
+            name, limits=Limits.parse(limits) if limits else None)
+    for scheme in gw.auth_schemes.values():
+        await scheme.reload()
+
+    async def as_key(name: str, **kwargs: Any) -> str:
+        client = openai.AsyncOpenAI(base_url=gw.base_url + "/v1", api_key=secrets[name],
+                                    max_retries=0)
+        raw = await client.chat.completions.with_raw_response.create(
+            model="up/gpt-4o-mini", messages=HI, **kwargs)
+        await gw.cache.settled()
+        return raw.headers["X-OmniRoute-Cache"]
+
+    assert [await as_key("a", temperature=0), await as_key("a", temperature=0)] == ["MISS", "HIT"]
+    assert await as_key("b", temperature=0) == "MISS"  # another tenant
+    assert [await as_key("on", temperature=0.9), await as_key("on", temperature=0.9)] == [
+        "MISS", "HIT"]  # the key caches every request
+    assert await as_key("off", temperature=0) == "BYPASS"
+
+
+async def test_responses_kept_on_the_server_bypass(gw: Any) -> None:
+    client = sdk(gw)
+    raw = await client.responses.with_raw_response.create(
+        model="up/gpt-4o-mini", input="hi", temperature=0)
+    assert raw.headers["X-OmniRoute-Cache"] == "BYPASS"  # store defaults to true
+    raw = await client.responses.with_raw_response.create(
+        model="up/gpt-4o-mini", input="hi", temperature=0, store=False)
+    assert raw.headers["X-OmniRoute-Cache"] == "MISS"
+
+
+async def test_cache_mode_setting(gw: Any) -> None:
+    await gw.set_settings(cache_mode="on")
+    assert (await ask(gw, temperature=1))[0]["X-OmniRoute-Cache"] == "MISS"
+    assert (await ask(gw, temperature=1))[0]["X-OmniRoute-Cache"] == "HIT"
+    await gw.set_settings(cache_mode="off")
+    assert (await ask(gw, temperature=0))[0]["X-OmniRoute-Cache"] == "BYPASS"
+
+
+async def test_sqlite_entries_survive_a_restart(aiohttp_client: Any, tmp_path: Path,
+                                                fake_openai: Any) -> None:
+    config = make_test_config(tmp_path, cache_backends="memory,sqlite")
+    first = await start_harness(aiohttp_client, config)
+    await first.add_provider({"type": "openai", "prefix": "up", "name": "fake",
+                              "base_url": fake_openai.base_url, "api_key": "sk-upstream-test"})
+    headers, stored = await ask(first, temperature=0)
+    assert headers["X-OmniRoute-Cache"] == "MISS"
+    await first.client.close()  # the writer flushes to cache.sqlite3 on the way out
+    assert (tmp_path / "cache.sqlite3").exists()
+
+    second = await start_harness(aiohttp_client, config)
+    headers, again = await ask(second, temperature=0)
+    assert headers["X-OmniRoute-Cache"] == "HIT"
+    assert again.choices[0].message.content == stored.choices[0].message.content
+    assert [r.path for r in fake_openai.requests if r.method == "POST"] == [
+        "/v1/chat/completions"]
+    stats = await second.cache.stats()
+    assert stats["backends"]["sqlite"]["hits"] == 1
+    assert stats["backends"]["memory"]["entries"] == 1  # the hit was promoted to memory
