@@ -49,6 +49,16 @@ def test_the_weights_are_the_pinned_ones(minilm: MiniLMEmbedder) -> None:
     assert minilm.count_tokens("What is the capital of France?") == 9  # [CLS] 7 words ? [SEP]
 
 
+def test_torch_is_the_cpu_build_and_no_cuda_came_in(minilm: MiniLMEmbedder) -> None:
+    import importlib.metadata
+
+    import torch
+
+    assert torch.__version__.endswith("+cpu")  # requirements-test.txt pins it beside us
+    names = {(d.metadata["Name"] or "").lower() for d in importlib.metadata.distributions()}
+    assert not {n for n in names if n.startswith(("nvidia-", "cuda-")) or n == "triton"}
+
+
 def test_similarities(minilm: MiniLMEmbedder) -> None:
     assert cosine(minilm, "What is the capital of France?",
                   "Which city is the capital of France?") >= 0.9
