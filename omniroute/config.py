@@ -377,6 +377,14 @@ class Settings:
     cache_max_bytes: int = 64 * 1024 * 1024  # ... and bytes, least recently used go first
     cache_db_max_entries: int = 100_000  # sqlite backend: entries kept
     cache_max_entry_bytes: int = 1024 * 1024  # a larger answer is not cached
+    # semantic cache (plugins/omniroute-semantic-cache): a layer behind the exact cache that
+    # answers a reworded single-turn question from a stored answer; off by default
+    semantic_cache: bool = False
+    semantic_cache_threshold: float = 0.95  # cosine a hit needs (and the lexical guards)
+    semantic_cache_max_entries: int = 50_000  # least recently used go first past this ...
+    semantic_cache_max_bytes: int = 200 * 1024 * 1024  # ... or past this many answer bytes
+    semantic_cache_timeout: float = 0.25  # seconds a lookup waits for the encoder (then: miss)
+    semantic_cache_queue: int = 4  # lookups and stores queued for the encoder (more: miss)
 
     #: lower bounds for settings where "positive" is not the rule
     _MINIMUM: ClassVar[dict[str, float]] = {
@@ -384,6 +392,8 @@ class Settings:
         "wait_for_cooldown_max": 0.0, "hedge_factor": 1.0,
         "usage_retention_days": 0.0, "usage_max_rows": 0, "shutdown_grace": 0.0,
         "idempotency_window": 0.0, "audit_retention_days": 0.0}
+    #: upper bounds, where there is one
+    _MAXIMUM: ClassVar[dict[str, float]] = {"semantic_cache_threshold": 1.0}
     #: settings that take one of a few names
     _CHOICES: ClassVar[dict[str, tuple[str, ...]]] = {
         "account_strategy": ACCOUNT_STRATEGIES, "metrics_access": METRICS_ACCESS,
@@ -416,7 +426,11 @@ class Settings:
         convert = (_to_at_least(kind, cls._MINIMUM[name]) if name in cls._MINIMUM
                    else cls._CONVERTERS[kind])
         try:
-            return convert(value)
+            number = convert(value)
+            if name in cls._MAXIMUM and number > cls._MAXIMUM[name]:
+                raise ValueError(f"expected a number of at most {cls._MAXIMUM[name]:g}, "
+                                 f"got {value!r}")
+            return number
         except (TypeError, ValueError) as exc:
             raise ValueError(f"{name}: {exc}") from None
 
