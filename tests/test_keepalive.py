@@ -10,7 +10,7 @@ import anthropic
 import pytest
 from fakes.openai_upstream import error, hang_before_headers
 
-from omniroute.pipeline import serve as proxy
+from omniroute.pipeline import relay as proxy
 
 HI = [{"role": "user", "content": "hi there"}]
 BODY = {"model": "up/gpt-4o-mini", "max_tokens": 64, "stream": True, "messages": HI}

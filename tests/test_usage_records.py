@@ -24,7 +24,7 @@ from omniroute.appkeys import PIPELINE
 from omniroute.formats.openai import OpenAIFormat
 from omniroute.pipeline import RequestContext, Stage, StageRun
 from omniroute.pipeline.bodylog import REDACTED, TRUNCATED, BodyLog
-from omniroute.pipeline.serve import _usage_headers, format_cost
+from omniroute.pipeline.usage import format_cost, usage_headers
 from omniroute.redact import redact_text as redact
 from omniroute.storage import Database, RequestLog, RequestRecord, buffered
 from omniroute.tokens import estimate_text
@@ -163,11 +163,11 @@ def test_a_json_answer_carries_cost_tokens_and_latency() -> None:
     record = RequestRecord("r", 0.0, "chat.completions", prompt_tokens=12,
                            completion_tokens=3, ttfb_ms=41.6, cost_usd=0.00042)
     headers: dict[str, str] = {}
-    _usage_headers(record, headers)
+    usage_headers(record, headers)
     assert headers == {"X-OmniRoute-Response-Cost": "0.00042", "X-OmniRoute-Tokens-In": "12",
                        "X-OmniRoute-Tokens-Out": "3", "X-OmniRoute-Latency-Ms": "42"}
     headers = {}
-    _usage_headers(RequestRecord("r", 0.0, "x", ttfb_ms=1.0), headers)
+    usage_headers(RequestRecord("r", 0.0, "x", ttfb_ms=1.0), headers)
     assert headers == {"X-OmniRoute-Latency-Ms": "1"}  # unknown counts and cost: left out
 
 

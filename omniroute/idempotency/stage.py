@@ -38,7 +38,7 @@ from omniroute.formats.base import ClientRequest, Format
 from omniroute.idempotency.answer import SharedAnswer, State
 from omniroute.idempotency.keys import Idempotency
 from omniroute.pipeline.context import Reply, RequestContext
-from omniroute.pipeline.serve import finish
+from omniroute.pipeline.relay import finish
 from omniroute.pipeline.stages import Stage, StageRun
 from omniroute.providers.canonical import collect, events_of
 from omniroute.sse import SSESplitter

@@ -22,25 +22,25 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from contextlib import aclosing, suppress
+from contextlib import suppress
 from functools import partial
 from typing import Protocol
 
-import orjson
 from aiohttp import web
 
-from omniroute.appkeys import PRINCIPAL, STREAM_STARTED
+from omniroute.appkeys import PRINCIPAL
 from omniroute.bodies import read_sized_object
 from omniroute.config import Settings
 from omniroute.credentials import Refresher
 from omniroute.errors import GatewayError, InvalidRequest, ModelNotFound, ShuttingDown
 from omniroute.pipeline.attempts import Failures, all_failed, plan_targets, tried, try_target
 from omniroute.pipeline.bodylog import BodyLog
-from omniroute.pipeline.context import Closable, Reply, RequestContext
+from omniroute.pipeline.context import Reply, RequestContext
 from omniroute.pipeline.hedge import Tried, lane, race
 from omniroute.pipeline.operation import Operation
+from omniroute.pipeline.relay import CLIENT_LEFT, finish, relay, with_keepalive
 from omniroute.pipeline.stages import Stage
-from omniroute.pipeline.usage import since
+from omniroute.pipeline.usage import complete, since, usage_headers, user_agent
 from omniroute.pricing import PriceBook
 from omniroute.resilience import Resilience, session_id
 from omniroute.routing import Router, Target
@@ -51,15 +51,6 @@ log = logging.getLogger(__name__)
 
 #: the body field a client may name its session with (removed before going upstream)
 SESSION_FIELD = "x_session_id"
-#: a stream that has no upstream answer after this many seconds starts with keep-alives
-KEEPALIVE_AFTER = 2.0
-KEEPALIVE_EVERY = 10.0
-#: unread bytes queued for a client past which a write waits for it (aiohttp drains at 64 KiB)
-_BACKLOG = 64 * 1024
-#: the record's error class when the client went away (or stopped reading)
-CLIENT_LEFT = "ClientDisconnected"
-#: a stored user agent is cut to this many characters
-_USER_AGENT_MAX = 256
 #: seconds the streams ended at shutdown get to write their error event and finish
 _END_STREAMS_WITHIN = 5.0
 
@@ -142,7 +133,7 @@ class Pipeline:
         record = RequestRecord(request_id=self.new_request_id(), ts=time.time(),
                                endpoint=operation.endpoint, api_key_id=principal.key_id,
                                client_format=operation.fmt.name,
-                               user_agent=_user_agent(headers_in.get("User-Agent")))
+                               user_agent=user_agent(headers_in.get("User-Agent")))
         ctx = RequestContext(principal, operation.fmt, record, headers_in, request.query,
                              path_model=path_model, path_stream=path_stream,
                              prefix=request.match_info.get("provider"), started=started)
@@ -187,7 +178,7 @@ class Pipeline:
                     assert waiting is not None
                     self._streams[waiting] = ctx  # a shutdown ends its keep-alives well too
                     try:
-                        reply, response = await _with_keepalive(request, ctx, calling)
+                        reply, response = await with_keepalive(request, ctx, calling)
                     finally:
                         del self._streams[waiting]
                     if reply is None:
@@ -203,7 +194,7 @@ class Pipeline:
                 record.status = reply.status
                 self.prices.charge(record, reply.target)  # its usage is known: a header
                 headers = _headers(ctx, reply)
-                _usage_headers(record, headers)
+                usage_headers(record, headers)
                 if reply.target is not None:
                     for run in ctx.runs:
                         await run.answer(ctx, reply.body)
@@ -259,7 +250,7 @@ class Pipeline:
                     if reply.on_end is not None:
                         await reply.on_end()
                 record.latency_ms = since(started)
-                _complete(ctx, reply)
+                complete(ctx, reply)
                 if streamed is not None and body_log is not None:
                     record.response_body = body_log.text(b"".join(streamed))
                 if reply is not None and record.cost_usd is None:  # a stream's usage came last
@@ -372,25 +363,6 @@ async def _finished(ctx: RequestContext) -> None:
                           ctx.record.request_id)
 
 
-async def finish(reply: Reply, error: BaseException | None = None) -> None:
-    """The answer is over: release its account slot and record how it went.
-
-    Success, an upstream failure (cooldown, breaker), or neither when the
-    client left or the gateway itself failed; also closes an unread stream.
-    """
-    attempt, reply.attempt = reply.attempt, None
-    error = error or reply.failure
-    if attempt is not None:
-        await attempt.__aexit__(type(error) if error else None, error, None)
-    if reply.frames is not None and error is not None:
-        for frames in (reply.frames, reply.source):
-            if isinstance(frames, Closable):
-                with suppress(Exception):
-                    await frames.aclose()
-        if reply.close is not None:
-            reply.close()  # also when the stream was never read
-
-
 def _check_header_safe(value: str, name: str) -> None:
     """Client input that goes back in a response header must hold no control characters."""
     if not value.isprintable():
@@ -428,207 +400,3 @@ def _headers(ctx: RequestContext, reply: Reply) -> dict[str, str]:
     if ctx.session is not None:
         headers["X-OmniRoute-Session-Id"] = ctx.session
     return headers
-
-
-def _usage_headers(record: RequestRecord, headers: dict[str, str]) -> None:
-    """A JSON answer's cost, token counts and latency so far, as ``X-OmniRoute-*`` headers."""
-    if record.cost_usd is not None:
-        headers["X-OmniRoute-Response-Cost"] = format_cost(record.cost_usd)
-    if record.prompt_tokens is not None:
-        headers["X-OmniRoute-Tokens-In"] = str(record.prompt_tokens)
-    if record.completion_tokens is not None:
-        headers["X-OmniRoute-Tokens-Out"] = str(record.completion_tokens)
-    if record.ttfb_ms is not None:
-        headers["X-OmniRoute-Latency-Ms"] = str(round(record.ttfb_ms))
-
-
-def format_cost(cost: float) -> str:
-    """A cost in USD in plain decimal notation, to 1e-10 USD, without trailing zeros."""
-    text = f"{cost:.10f}".rstrip("0")
-    return text + "0" if text.endswith(".") else text
-
-
-def _user_agent(value: str | None) -> str | None:
-    return value if value is None or len(value) <= _USER_AGENT_MAX else value[:_USER_AGENT_MAX]
-
-
-def _complete(ctx: RequestContext, reply: Reply | None) -> None:
-    """The record's last fields, once the request is over: the attempt log (with the
-    answering target's final status) and the output rate."""
-    record = ctx.record
-    tries = ctx.tries
-    if tries:
-        if reply is not None and reply.target is not None:
-            label = reply.target.label
-            for entry in reversed(tries):
-                if entry["target"] == label and entry["failure"] is None:
-                    entry["status"] = record.status
-                    if record.status >= 400:
-                        entry["failure"] = record.error_class
-                    break
-        record.attempt_log = orjson.dumps(tries).decode()
-    tokens, total = record.completion_tokens, record.latency_ms
-    if tokens and total:
-        first = record.ttfc_ms if record.stream else None
-        generating = total - first if first is not None and total > first else total
-        record.tokens_per_s = round(tokens * 1000 / generating, 2) if generating > 0 else None
-
-
-async def _with_keepalive(
-    request: web.Request, ctx: RequestContext, calling: Awaitable[Reply]
-) -> tuple[Reply | None, web.StreamResponse | None]:
-    """Wait for an answer; past ``KEEPALIVE_AFTER`` start the stream and send keep-alives.
-
-    A quick answer keeps its real status and headers. A slow one (a long queue,
-    fallback across targets) gets the stream started with 200 and the format's
-    keep-alive frame (Anthropic ``ping``) every ``KEEPALIVE_EVERY`` seconds, so
-    the client does not time out; if every target then fails, the stream ends
-    with the format's error frame. Returns ``(reply, started response or None)``,
-    or ``(None, response)`` when the error was already written.
-    """
-    fmt, record = ctx.fmt, ctx.record
-    task = asyncio.ensure_future(calling)
-    handed_over = False
-    try:
-        done, _ = await asyncio.wait({task}, timeout=KEEPALIVE_AFTER)
-        if done:
-            handed_over = True
-            return task.result(), None
-        response = web.StreamResponse(headers={
-            "Content-Type": fmt.stream_content_type, "Cache-Control": "no-cache",
-            "X-Accel-Buffering": "no", "X-OmniRoute-Request-Id": record.request_id,
-            **(ctx.reply_headers or {})})
-        await response.prepare(request)
-        request[STREAM_STARTED] = True
-        ping = fmt.keepalive_frame()
-        assert ping is not None
-        try:
-            while not done:
-                await response.write(ping)
-                done, _ = await asyncio.wait({task}, timeout=KEEPALIVE_EVERY)
-        except asyncio.CancelledError:
-            ended, current = ctx.ended_by, asyncio.current_task()
-            if ended is None or current is None:
-                raise  # the client left
-            current.uncancel()  # the gateway is shutting down: end the stream well
-            record.status, record.error = ended.status, ended.message
-            record.error_class = type(ended).__name__
-            return None, await _end_with_error(response, ctx, ended)
-        handed_over = True
-        try:
-            return task.result(), response
-        except GatewayError as err:
-            record.status, record.error = err.status, err.message
-            record.error_class = type(err).__name__
-            return None, await _end_with_error(response, ctx, err)
-        except Exception as exc:  # a bug of ours, after the headers went out
-            log.exception("request %s failed", record.request_id)
-            internal = GatewayError(f"Internal error: {type(exc).__name__}")
-            record.status, record.error = 500, internal.message
-            record.error_class = type(exc).__name__
-            return None, await _end_with_error(response, ctx, internal)
-    finally:
-        if not task.done():  # the client left: stop every upstream attempt
-            task.cancel()
-            with suppress(asyncio.CancelledError, Exception):
-                await task
-        elif not handed_over and not task.cancelled() and task.exception() is None:
-            await finish(task.result(), ConnectionResetError("client left"))
-
-
-async def relay(
-    request: web.Request,
-    ctx: RequestContext,
-    reply: Reply,
-    headers: dict[str, str],
-    response: web.StreamResponse | None,
-    idle: float,
-) -> web.StreamResponse:
-    """Write each chunk of the stream to the client the moment it is ready.
-
-    :param response: a stream already started (keep-alives were sent while waiting).
-    :param idle: how long a write may wait for a client that stopped reading.
-    """
-    record, frames, source = ctx.record, reply.frames, reply.source
-    assert frames is not None
-    if response is None:
-        response = web.StreamResponse(headers={
-            "Content-Type": reply.content_type,
-            "Cache-Control": "no-cache",
-            "X-Accel-Buffering": "no",
-            **headers,
-        })
-    # a target's frames only: a stage's own answer (an idempotent replay) was seen once
-    taps = [run for run in ctx.runs if run.sees_frames] if reply.target is not None else []
-    # closing `frames` closes every layer down to the upstream connection
-    async with aclosing(frames):  # type: ignore[type-var]
-        if not response.prepared:
-            await response.prepare(request)
-            request[STREAM_STARTED] = True
-        try:
-            # a client that stops reading must not hold the account forever: once its
-            # unread backlog with this chunk passes the high-water mark a write would wait
-            # for it, and that wait is bounded by the idle timeout (no cost while the
-            # client keeps up; a chunk may hold many frames, so its own size counts)
-            transport = request.transport
-            async for chunk in frames:
-                for run in taps:
-                    await run.frame(ctx, chunk)
-                if transport is not None and (
-                        transport.get_write_buffer_size() + len(chunk) > _BACKLOG):
-                    async with asyncio.timeout(idle):
-                        await response.write(chunk)
-                else:
-                    await response.write(chunk)
-        except GatewayError as err:  # after the first byte: end the stream with an error
-            record.status, record.error = err.status, err.message
-            record.error_class = type(err).__name__
-            log.warning("stream %s broke: %s", record.request_id, err.message)
-            reply.failure = err  # the account pays for it at the end (cooldown, breaker)
-            return await _end_with_error(response, ctx, err)
-        except ConnectionResetError as exc:  # the client went away; aclosing stops the upstream
-            record.status, record.error = 499, "client disconnected"
-            record.error_class = CLIENT_LEFT
-            reply.failure = exc  # not the account's fault: nothing is charged
-            return response
-        except TimeoutError as exc:  # the client stopped reading (upstream stalls are typed)
-            record.status, record.error = 499, "client stopped reading"
-            record.error_class = CLIENT_LEFT
-            reply.failure = exc  # not the account's fault either
-            return response
-        except asyncio.CancelledError as exc:
-            ended = ctx.ended_by
-            task = asyncio.current_task()
-            if ended is None or task is None:
-                raise  # the client left (the handler is cancelled)
-            task.uncancel()  # the gateway ended it (shutting down): finish the stream well
-            record.status, record.error = ended.status, ended.message
-            record.error_class = type(ended).__name__
-            reply.failure = exc  # not the account's fault
-            return await _end_with_error(response, ctx, ended)
-        except Exception as exc:  # a bug must still end the stream well-formed, and be logged
-            log.exception("stream %s failed", record.request_id)
-            reply.failure = exc  # ours, not the account's
-            internal = GatewayError(
-                f"Internal error while relaying the stream: {type(exc).__name__}")
-            record.status, record.error = 500, internal.message
-            record.error_class = type(exc).__name__
-            return await _end_with_error(response, ctx, internal)
-        finally:
-            if source is not None:
-                with suppress(Exception):
-                    await source.aclose()  # type: ignore[attr-defined]
-    if record.error is None:
-        record.status = 200
-    await response.write_eof()
-    return response
-
-
-async def _end_with_error(
-    response: web.StreamResponse, ctx: RequestContext, err: GatewayError
-) -> web.StreamResponse:
-    ctx.error = err
-    with suppress(ConnectionResetError):
-        await response.write(ctx.fmt.error_frame(err))
-        await response.write_eof()
-    return response

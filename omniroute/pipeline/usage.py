@@ -23,9 +23,12 @@ import time
 from collections.abc import AsyncIterator, Iterable
 from contextlib import aclosing
 
+import orjson
+
 from omniroute.formats import canonical as c
 from omniroute.formats.base import ClientRequest, Format
 from omniroute.formats.canonical import token_count
+from omniroute.pipeline.context import Reply, RequestContext
 from omniroute.storage import RequestRecord
 from omniroute.tokens import estimate_request, estimate_text
 
@@ -190,3 +193,51 @@ class StreamOutput:
         except Exception as exc:  # noqa: BLE001 - a broken stream still gets what it had
             log.debug("estimate over a broken stream: %s", exc)
         return collect.texts
+
+
+#: a stored user agent is cut to this many characters
+USER_AGENT_MAX = 256
+
+
+def usage_headers(record: RequestRecord, headers: dict[str, str]) -> None:
+    """A JSON answer's cost, token counts and latency so far, as ``X-OmniRoute-*`` headers."""
+    if record.cost_usd is not None:
+        headers["X-OmniRoute-Response-Cost"] = format_cost(record.cost_usd)
+    if record.prompt_tokens is not None:
+        headers["X-OmniRoute-Tokens-In"] = str(record.prompt_tokens)
+    if record.completion_tokens is not None:
+        headers["X-OmniRoute-Tokens-Out"] = str(record.completion_tokens)
+    if record.ttfb_ms is not None:
+        headers["X-OmniRoute-Latency-Ms"] = str(round(record.ttfb_ms))
+
+
+def format_cost(cost: float) -> str:
+    """A cost in USD in plain decimal notation, to 1e-10 USD, without trailing zeros."""
+    text = f"{cost:.10f}".rstrip("0")
+    return text + "0" if text.endswith(".") else text
+
+
+def user_agent(value: str | None) -> str | None:
+    return value if value is None or len(value) <= USER_AGENT_MAX else value[:USER_AGENT_MAX]
+
+
+def complete(ctx: RequestContext, reply: Reply | None) -> None:
+    """The record's last fields, once the request is over: the attempt log (with the
+    answering target's final status) and the output rate."""
+    record = ctx.record
+    tries = ctx.tries
+    if tries:
+        if reply is not None and reply.target is not None:
+            label = reply.target.label
+            for entry in reversed(tries):
+                if entry["target"] == label and entry["failure"] is None:
+                    entry["status"] = record.status
+                    if record.status >= 400:
+                        entry["failure"] = record.error_class
+                    break
+        record.attempt_log = orjson.dumps(tries).decode()
+    tokens, total = record.completion_tokens, record.latency_ms
+    if tokens and total:
+        first = record.ttfc_ms if record.stream else None
+        generating = total - first if first is not None and total > first else total
+        record.tokens_per_s = round(tokens * 1000 / generating, 2) if generating > 0 else None
