@@ -18,7 +18,7 @@ import pytest
 from fakes.openai_upstream import Behaviour, FakeOpenAI, error, hang_before_headers
 
 from omniroute.config import Settings
-from omniroute.pipeline import serve
+from omniroute.pipeline import relay
 from omniroute.providers.base import Provider
 from omniroute.resilience import ManualClock, Resilience
 from omniroute.routing import Target
@@ -343,8 +343,8 @@ async def test_a_client_that_leaves_mid_race_stops_both_calls(gw):
 
 async def test_an_anthropic_stream_with_keepalives_is_raced_too(gw, monkeypatch):
     """The race runs inside the keep-alive task of an Anthropic stream."""
-    monkeypatch.setattr(serve, "KEEPALIVE_AFTER", 0.1)
-    monkeypatch.setattr(serve, "KEEPALIVE_EVERY", 0.1)
+    monkeypatch.setattr(relay, "KEEPALIVE_AFTER", 0.1)
+    monkeypatch.setattr(relay, "KEEPALIVE_EVERY", 0.1)
     await gw.set_settings(hedge_floor=0.3, hedge_initial=0.3)
     a, _ = await duo(gw)
     a.script.append(hang_before_headers(30))
