@@ -225,8 +225,12 @@ async def test_logs_filters_and_record_shape(gw: Any) -> None:
     assert failed["error_class"] == "UpstreamError" and failed["stream"] is False
     assert failed["time"] == "2024-05-01T02:01:40Z"
     assert "request_body" not in failed and "response_body" not in failed
-    with_bodies = (await get(gw, "/api/usage/logs", model="sonnet"))["logs"][0]
+    assert failed["has_bodies"] is False
+    listed = (await get(gw, "/api/usage/logs", model="sonnet"))["logs"][0]
+    assert listed["has_bodies"] is True and "request_body" not in listed  # only when asked
+    with_bodies = (await get(gw, "/api/usage/logs", model="sonnet", bodies="true"))["logs"][0]
     assert with_bodies["request_body"] == '{"messages": []}'
+    assert with_bodies["response_body"] == '{"ok": true}'
     assert with_bodies["list_cost_usd"] == 0.5 and with_bodies["cost_usd"] == 0.0
     streamed = (await get(gw, "/api/usage/logs", **{"from": T0 + 7200, "to": T0 + 7201}))
     assert streamed["logs"][0]["stream"] is True
@@ -240,6 +244,7 @@ async def test_logs_filters_and_record_shape(gw: Any) -> None:
     ({"limit": "ten"}, "limit"),
     ({"from": "soon"}, "from"),
     ({"status": "999"}, "status"),
+    ({"bodies": "maybe"}, "bodies"),
 ])
 async def test_logs_bad_input_is_a_clear_400(gw: Any, params: dict[str, str],
                                              param: str) -> None:

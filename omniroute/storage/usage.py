@@ -19,6 +19,7 @@ from __future__ import annotations
 import base64
 import binascii
 import calendar
+import dataclasses
 import math
 import re
 import sqlite3
@@ -32,6 +33,7 @@ import aiosqlite
 import orjson
 
 from omniroute.storage.db import Database
+from omniroute.storage.requestlog import RequestRecord
 
 Bucket = Literal["day", "hour"]
 #: the breakdowns a summary can hold besides its totals
@@ -302,8 +304,13 @@ class UsageQueries:
         return names
 
     async def logs(self, where: UsageFilter, *, cursor: str | None = None,
-                   limit: int = 50) -> tuple[list[dict[str, Any]], str | None]:
+                   limit: int = 50, bodies: bool = False,
+                   ) -> tuple[list[dict[str, Any]], str | None]:
         """One page of records, newest first, and the cursor of the next page (or None).
+
+        :param bodies: include the stored bodies (up to two capped bodies per record: a
+            page of them is large, so only when asked); otherwise ``has_bodies`` says
+            whether a record has any.
 
         :raises ValueError: ``cursor`` is not one this function returned.
         """
@@ -323,7 +330,8 @@ class UsageQueries:
         clauses += extra
         sql_where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
         rows = await self.db.fetchall(
-            f"SELECT * FROM request_log{sql_where} ORDER BY ts DESC, id DESC LIMIT ?",
+            f"SELECT {'*' if bodies else _WITHOUT_BODIES} FROM request_log{sql_where} "
+            "ORDER BY ts DESC, id DESC LIMIT ?",
             [*params, *extra_params, limit + 1])
         more = len(rows) > limit
         rows = rows[:limit]
@@ -353,8 +361,12 @@ def _chunks(items: Sequence[Any], size: int) -> Iterable[Sequence[Any]]:
         yield items[start:start + size]
 
 
-_BOOLEANS = ("stream", "cache_hit", "usage_estimated")
+_BOOLEANS = ("stream", "cache_hit", "usage_estimated", "has_bodies")
 _BODIES = ("request_body", "response_body")
+#: every column of a record but the bodies, and whether it has any
+_WITHOUT_BODIES = ", ".join(
+    ["id", *(f.name for f in dataclasses.fields(RequestRecord) if f.name not in _BODIES),
+     "(request_body IS NOT NULL OR response_body IS NOT NULL) AS has_bodies"])
 
 
 def record_view(row: sqlite3.Row) -> dict[str, Any]:

@@ -96,12 +96,13 @@ async def usage_summary(request: web.Request) -> web.Response:
 
 async def usage_logs(request: web.Request) -> web.Response:
     """The records, newest first: ``limit`` (at most 500), ``cursor`` (the previous
-    page's ``next_cursor``), and the filters of the summary plus ``status``."""
+    page's ``next_cursor``), the filters of the summary plus ``status``, and
+    ``bodies=true`` for the stored bodies (without it, ``has_bodies`` says which have)."""
     where, limit = _filter(request), query_limit(request)
     queries = await _queries(request)
     try:
         records, cursor = await queries.logs(where, cursor=request.query.get("cursor"),
-                                             limit=limit)
+                                             limit=limit, bodies=_flag(request, "bodies"))
     except ValueError as exc:
         raise InvalidRequest(f"'cursor': {exc}", param="cursor", code="invalid_cursor") from None
     return web.json_response({"logs": records, "next_cursor": cursor})
@@ -120,6 +121,13 @@ async def connection_usage(request: web.Request) -> web.Response:
                                       "type": conn.type}
     return web.json_response({"connection_id": conn_id, "connection": view, **_range(where),
                               **summary})
+
+
+def _flag(request: web.Request, name: str) -> bool:
+    value = request.query.get(name, "false").strip().lower()
+    if value not in ("true", "1", "yes", "false", "0", "no"):
+        raise InvalidRequest(f"'{name}' is true or false.", param=name)
+    return value in ("true", "1", "yes")
 
 
 def setup_usage_routes(app: web.Application) -> None:
