@@ -46,6 +46,27 @@ async def test_a_deterministic_json_answer_is_served_from_the_cache(gw: Any) -> 
     assert hit["prompt_tokens"] == miss["prompt_tokens"]
 
 
+async def test_a_route_pinned_to_a_provider_keys_by_that_provider(
+        gw: Any, aiohttp_server: Any) -> None:
+    from fakes.openai_upstream import FakeOpenAI
+
+    other = FakeOpenAI(api_key="sk-upstream-test")
+    server = await aiohttp_server(other.app)
+    await gw.add_provider({"type": "openai", "name": "b", "prefix": "b",
+                           "base_url": str(server.make_url("/v1")),
+                           "api_key": "sk-upstream-test"})
+    body = {"model": "gpt-4o-mini", "messages": HI, "temperature": 0}
+    pinned_up = await gw.client.post("/v1/providers/up/chat/completions", json=body)
+    assert pinned_up.headers["X-OmniRoute-Cache"] == "MISS"
+    await gw.client.app[CACHE].settled()
+    pinned_b = await gw.client.post("/v1/providers/b/chat/completions", json=body)
+    assert pinned_b.headers["X-OmniRoute-Cache"] == "MISS"  # another provider: its own entry
+    assert len(other.requests) == 1
+    await gw.client.app[CACHE].settled()
+    headers, _ = await ask(gw, model="up/gpt-4o-mini", temperature=0)
+    assert headers["X-OmniRoute-Cache"] == "HIT"  # `up/gpt-4o-mini` names the same provider
+
+
 async def test_other_temperatures_bypass(gw: Any) -> None:
     for _ in range(2):
         headers, _ = await ask(gw, temperature=0.7)

@@ -11,6 +11,7 @@ import pytest
 from test_cli import Cli, failed, ok
 from test_hooks import DictLayer, LayersPlugin
 
+from omniroute.cache.layer import CacheLayer
 from omniroute.cache.memory import MemoryCache
 from omniroute.cache.sqlite import SqliteCache
 from omniroute.plugins import load_plugins
@@ -111,6 +112,34 @@ async def test_stats_entries_delete_and_clear(gw: Any) -> None:
     bad = await gw.client.get("/api/cache/entries?limit=0", headers=gw.admin_headers)
     assert bad.status == 400
     assert (await gw.client.get("/api/cache/stats")).status == 401  # admin only
+
+
+async def test_a_part_that_cannot_be_cleared_does_not_stop_the_others(
+        gw: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    cache = gw.cache
+    assert await ask(gw) == "MISS"
+    cleared: list[str] = []
+
+    class Stuck(CacheLayer):
+        name = "stuck"
+
+        async def clear(self) -> None:
+            raise TimeoutError("the encoder is busy")
+
+    class Counting(CacheLayer):
+        name = "counting"
+
+        async def clear(self) -> None:
+            cleared.append(self.name)
+
+    monkeypatch.setattr(cache, "layers", [Stuck(), Counting()])
+    resp = await gw.client.delete("/api/cache/stats", headers=gw.admin_headers)
+    assert resp.status == 500
+    error = (await resp.json())["error"]
+    assert error["code"] == "cache_clear_failed" and "stuck: TimeoutError" in error["message"]
+    assert cleared == ["counting"]
+    monkeypatch.setattr(cache, "layers", [])
+    assert await ask(gw) == "MISS"  # the backends were cleared all the same
 
 
 async def test_cli_cache_stats_and_clear(gw: Any) -> None:

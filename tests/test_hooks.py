@@ -407,7 +407,7 @@ async def test_hook_register_stages(aiohttp_client: Any, tmp_path: Path, fake_op
     # built-ins first (their order is default_stages'), then plugins in load order;
     # the two broken plugins add nothing and the gateway serves all the same
     # (metrics: a built-in plugin)
-    assert names[:-3] == ["budgets", "idempotency", "progress", "cache", "responses-state",
+    assert names[:-3] == ["budgets", "cache", "idempotency", "progress", "responses-state",
                           "metrics"]
     assert names[-3:] == ["t-one", "t-two", "t-three"]
     assert names.count("t-one") == 1

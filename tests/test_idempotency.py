@@ -119,6 +119,19 @@ async def test_a_streaming_duplicate_gets_the_same_frames_as_they_arrive(gw: Any
     assert calls(gw.fake) == 1
 
 
+async def test_duplicates_of_a_cache_hit_get_the_answer_too(gw: Any) -> None:
+    body = {"model": MODEL, "messages": HI, "temperature": 0}
+    first = await post(gw, body, None)
+    assert first.headers["X-OmniRoute-Cache"] == "MISS"
+    text = (await first.json())["choices"][0]["message"]["content"]
+    await asyncio.sleep(0.2)  # the cache stores in the background
+    answers = await asyncio.gather(*(post(gw, body, "k-hit") for _ in range(5)))
+    for resp in answers:
+        assert resp.status == 200 and resp.headers["X-OmniRoute-Cache"] == "HIT"
+        assert (await resp.json())["choices"][0]["message"]["content"] == text
+    assert calls(gw.fake) == 1
+
+
 async def test_a_finished_answer_is_replayed_within_the_window_then_forgotten(
         gw: Any, clock: Clock) -> None:
     body = {"model": MODEL, "messages": HI}

@@ -182,11 +182,18 @@ class ResponseCache:
 
     # ---------------------------------------------------------------- management
 
-    async def clear(self) -> None:
-        """Forget every entry of every backend and layer."""
+    async def clear(self) -> dict[str, str]:
+        """Forget every entry of every backend and layer; one that fails does not stop the
+        others. Returns the failures, by part name (empty: all cleared)."""
         parts: list[CacheBackend | CacheLayer] = [*self.backends, *self.layers]
+        failed: dict[str, str] = {}
         for part in parts:
-            await part.clear()
+            try:
+                await part.clear()
+            except Exception as exc:
+                log.exception("clearing the %s cache failed", part.name)
+                failed[part.name] = f"{type(exc).__name__}: {exc}"
+        return failed
 
     async def delete(self, exact: str) -> bool:
         """Delete one entry (by its exact key) from every backend."""

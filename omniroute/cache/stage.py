@@ -121,8 +121,10 @@ class CacheRun(StageRun):
             cache.bypasses += 1
             say(ctx, "BYPASS")
             return None
-        key = cache_key(request, ctx.principal.key_id or "", ctx.model,
-                        layers=bool(cache.layers))
+        # a route pinned to a provider (/v1/providers/{prefix}/...) asks that provider:
+        # keyed as the same `prefix/model` a plain route would name it by
+        model = f"{ctx.prefix}/{ctx.model}" if ctx.prefix else ctx.model
+        key = cache_key(request, ctx.principal.key_id or "", model, layers=bool(cache.layers))
         found = await cache.lookup(key)
         if found is not None:
             cache.hits += 1

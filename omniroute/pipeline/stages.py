@@ -99,14 +99,17 @@ def default_stages(
     :param progress: progress frames on a stream
         (:class:`~omniroute.pipeline.progress.ProgressStage`); after idempotency, so that
         it wraps each client's own stream, a duplicate's too.
-    :param cache: the response cache stage (:class:`~omniroute.cache.stage.CacheStage`).
+    :param cache: the response cache stage (:class:`~omniroute.cache.stage.CacheStage`);
+        before idempotency: a hit is answered before a key is claimed (a claimed key
+        whose first request a later stage answered would leave its duplicates without
+        the shared answer), and every duplicate of a hit is a hit itself.
     """
     from omniroute.pipeline.responses_state import ResponsesStage
 
     return [
         *([budgets] if budgets is not None else []),  # key limits and budgets
+        *([cache] if cache is not None else []),  # exact (and semantic) response cache
         *([idempotency] if idempotency is not None else []),  # duplicates share one call
         *([progress] if progress is not None else []),  # X-OmniRoute-Progress frames
-        *([cache] if cache is not None else []),  # exact (and semantic) response cache
         ResponsesStage(db),  # Responses `store` / `previous_response_id`
     ]

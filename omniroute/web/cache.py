@@ -15,7 +15,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from omniroute.appkeys import CACHE
-from omniroute.errors import InvalidRequest, NotFound
+from omniroute.errors import GatewayError, InvalidRequest, NotFound
 from omniroute.web.tags import tag_route
 
 #: entries listed when no ``limit`` is given, and at most
@@ -27,7 +27,10 @@ async def get_stats(request: web.Request) -> web.Response:
 
 
 async def clear(request: web.Request) -> web.Response:
-    await request.app[CACHE].clear()
+    failed = await request.app[CACHE].clear()
+    if failed:  # what could be cleared was; say what could not
+        raise GatewayError("Some caches could not be cleared (the others were): " + "; ".join(
+            f"{name}: {why}" for name, why in failed.items()), code="cache_clear_failed")
     return web.json_response({"cleared": True})
 
 
