@@ -219,18 +219,8 @@ class ResponseCache:
 
     async def stats(self) -> dict[str, Any]:
         """The seed's shape (``semanticCache``, ``idempotency``) and the detail of each part."""
-        backends = {}
-        for backend in self.backends:
-            try:
-                backends[backend.name] = await backend.stats()
-            except Exception as exc:  # noqa: BLE001 - shown: the other numbers still help
-                backends[backend.name] = {"error": f"{type(exc).__name__}: {exc}"}
-        layers = {}
-        for layer in self.layers:
-            try:
-                layers[layer.name] = await layer.stats()
-            except Exception as exc:  # noqa: BLE001 - shown: the other numbers still help
-                layers[layer.name] = {"error": f"{type(exc).__name__}: {exc}"}
+        backends = await _stats_of(self.backends)
+        layers = await _stats_of(self.layers)
         memory = backends.get("memory", {})
         persistent = next((s for name, s in backends.items() if name != "memory"), {})
         looked = self.hits + self.misses
@@ -251,6 +241,17 @@ class ResponseCache:
             "backends": backends,
             "layers": layers,
         }
+
+
+async def _stats_of(parts: Sequence[CacheBackend | CacheLayer]) -> dict[str, dict[str, Any]]:
+    """Each part's stats by name; a part that fails shows its error (the others still help)."""
+    found: dict[str, dict[str, Any]] = {}
+    for part in parts:
+        try:
+            found[part.name] = await part.stats()
+        except Exception as exc:  # noqa: BLE001 - shown in place of the part's numbers
+            found[part.name] = {"error": f"{type(exc).__name__}: {exc}"}
+    return found
 
 
 def build_cache(types: Mapping[str, type[CacheBackend]], settings: Settings, data_dir: Path,
