@@ -350,7 +350,7 @@ class CountingRun(StageRun):
         self.stage.events.append(f"{self.stage.name}:before")
         return None
 
-    async def finished(self, ctx: RequestContext) -> None:
+    def finished(self, ctx: RequestContext) -> None:
         self.stage.events.append(f"{self.stage.name}:finished")
         self.stage.records.append((ctx.record.status, ctx.record.provider, ctx.record.model))
 

@@ -42,7 +42,7 @@ class Recorder(StageRun):
     async def frame(self, ctx: RequestContext, chunk: bytes) -> None:
         self.seen.setdefault("frames", []).append(chunk)
 
-    async def finished(self, ctx: RequestContext) -> None:
+    def finished(self, ctx: RequestContext) -> None:
         record = ctx.record
         self.seen["finished"] = (record.status, record.prompt_tokens, record.completion_tokens,
                                  record.latency_ms is not None)
@@ -104,7 +104,7 @@ async def test_a_stage_answers_without_any_target(gw: Any, stage) -> None:
 
 async def test_a_stage_that_fails_after_the_answer_does_not_break_it(gw: Any) -> None:
     class Broken(StageRun):
-        async def finished(self, ctx: RequestContext) -> None:
+        def finished(self, ctx: RequestContext) -> None:
             raise RuntimeError("stage bug")
 
     class BrokenStage(Stage):

@@ -264,7 +264,7 @@ class Finished(StageRun):
     def __init__(self, seen: list[Any]) -> None:
         self.seen = seen
 
-    async def finished(self, ctx: RequestContext) -> None:
+    def finished(self, ctx: RequestContext) -> None:
         self.seen.append(ctx.record.completion_tokens)
 
 

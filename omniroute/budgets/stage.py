@@ -149,7 +149,7 @@ class BudgetRun(StageRun):
         cap = canonical.max_tokens if canonical is not None else output_cap(ctx.body)
         return tokens_in, cap or self.stage.settings().budget_output_tokens
 
-    async def finished(self, ctx: RequestContext) -> None:
+    def finished(self, ctx: RequestContext) -> None:
         budgets = self.stage.budgets
         held = self.reservation
         if held is not None:

@@ -183,7 +183,7 @@ class CacheRun(StageRun):
         if self.key is not None and self.decoded is None:
             self.body = body  # pass-through: decoded off the response path
 
-    async def finished(self, ctx: RequestContext) -> None:
+    def finished(self, ctx: RequestContext) -> None:
         key, record = self.key, ctx.record
         if (key is None or self.too_big or record.status != 200 or record.error is not None
                 or record.cache_hit):

@@ -167,7 +167,7 @@ class IdempotencyRun(StageRun):
         if self.shared is not None:
             self.shared.complete(ctx.record.status, _answer_headers(ctx, None), body)
 
-    async def finished(self, ctx: RequestContext) -> None:
+    def finished(self, ctx: RequestContext) -> None:
         shared = self.shared
         if shared is not None and shared.state is State.CALLING:  # it never answered
             shared.fail(ctx.error or GatewayError(

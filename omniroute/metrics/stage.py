@@ -19,7 +19,7 @@ class MetricsRun(StageRun):
         self.metrics = metrics
         self.streams = metrics.streams
 
-    async def finished(self, ctx: RequestContext) -> None:
+    def finished(self, ctx: RequestContext) -> None:
         if ctx.stream:
             self.streams.dec()
         self.metrics.observe(ctx.record)

@@ -258,12 +258,12 @@ class Pipeline:
             except Exception:  # a bug of ours: the record goes out without the rest
                 log.exception("completing the record of %s failed", record.request_id)
             finally:
-                await self._done(ctx)
+                self._done(ctx)
 
-    async def _done(self, ctx: RequestContext) -> None:
+    def _done(self, ctx: RequestContext) -> None:
         """The request is over: its record goes to the log, and every stage hears of it
-        (shielded: a budget slot is given back even when this request's task is being
-        cancelled meanwhile)."""
+        (synchronously: a budget slot is given back even when this request's task is
+        being cancelled meanwhile)."""
         record, principal = ctx.record, ctx.principal
         assert self.request_log is not None
         if principal.log_usage:
@@ -273,8 +273,12 @@ class Pipeline:
         self.in_flight -= 1
         if self._idle is not None and self.in_flight == 0:
             self._idle.set()
-        if ctx.runs:
-            await asyncio.shield(_finished(ctx))
+        for run in ctx.runs:
+            try:  # a stage's bug must not turn a served request into an error
+                run.finished(ctx)
+            except Exception:
+                log.exception("stage %s failed after request %s", type(run).__name__,
+                              record.request_id)
 
     async def _call_targets(self, operation: Operation, ctx: RequestContext) -> Reply:
         """Try the route's targets in the strategy's order until one answers.
@@ -351,16 +355,6 @@ class Pipeline:
             reply.target, reply.attempt = target, attempt
             return reply
         return None
-
-
-async def _finished(ctx: RequestContext) -> None:
-    """Every stage's ``finished``; a stage's bug must not turn a served request into an error."""
-    for run in ctx.runs:
-        try:
-            await run.finished(ctx)
-        except Exception:
-            log.exception("stage %s failed after request %s", type(run).__name__,
-                          ctx.record.request_id)
 
 
 def _check_header_safe(value: str, name: str) -> None:

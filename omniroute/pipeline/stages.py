@@ -15,7 +15,9 @@ takes part returns a :class:`StageRun`, a plain per-request object that may:
   frames), or take over the upstream under them (idempotency fans them out);
 * ``answer`` / ``frame``: see a JSON answer, or each chunk of a streamed one,
   just before it is written (a tee for caching, a store of the final response);
-* ``finished``: see the finished request and its complete record (usage, metrics).
+* ``finished``: see the finished request and its complete record (usage, metrics). It is
+  synchronous: it runs on every request's path after the answer, so it counts, settles
+  and hands slow work to a buffer or a task of its own, and never waits.
 
 The list itself is :func:`default_stages`: reading it tells what every request
 goes through, in order. Plugins add stages with the ``register_stages`` hook
@@ -71,8 +73,12 @@ class StageRun:
     async def frame(self, ctx: RequestContext, chunk: bytes) -> None:
         """A chunk of a streamed answer (one or more whole frames), just before it is written."""
 
-    async def finished(self, ctx: RequestContext) -> None:
-        """The request is over and ``ctx.record`` is complete (status, usage, latency)."""
+    def finished(self, ctx: RequestContext) -> None:
+        """The request is over and ``ctx.record`` is complete (status, usage, latency).
+
+        Synchronous, so nothing can cancel it halfway (a client that leaves, a shutdown):
+        a budget slot taken in ``routed`` is always given back. Work that must wait (a
+        write) goes to a buffer or a task the stage owns."""
 
 
 class Stage:

@@ -44,7 +44,7 @@ class TracingRun(StageRun):
     def __init__(self, stage: TracingStage) -> None:
         self.stage = stage
 
-    async def finished(self, ctx: RequestContext) -> None:
+    def finished(self, ctx: RequestContext) -> None:
         self.stage.export(ctx)
 
 
