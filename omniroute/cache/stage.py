@@ -196,7 +196,7 @@ class CacheRun(StageRun):
         response, body, events, frames = self.decoded, self.body, self.kept, self.frames
         if response is None and body is None and events is None and not frames:
             return None
-        created, max_bytes = self.stage.clock(), self.max_bytes
+        created, max_bytes, ttl = self.stage.clock(), self.max_bytes, self.ttl
 
         async def produce() -> bytes | None:
             answer = response
@@ -213,7 +213,7 @@ class CacheRun(StageRun):
                     return None
             if not entries.storable(answer):
                 return None
-            data = entries.dump(answer, model, created, cost)
+            data = entries.dump(answer, model, created, cost, created + ttl)
             return data if len(data) <= max_bytes else None
 
         return produce
