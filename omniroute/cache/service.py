@@ -203,10 +203,11 @@ class ResponseCache:
         return failed
 
     async def delete(self, exact: str) -> bool:
-        """Delete one entry (by its exact key) from every backend."""
+        """Delete one entry (by its exact key) from every backend and layer."""
         deleted = False
-        for backend in self.backends:
-            deleted = await backend.delete(exact) or deleted
+        parts: list[CacheBackend | CacheLayer] = [*self.backends, *self.layers]
+        for part in parts:
+            deleted = await part.delete(exact) or deleted
         return deleted
 
     async def entries(self, limit: int) -> list[dict[str, Any]]:
