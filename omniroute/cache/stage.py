@@ -161,11 +161,13 @@ class CacheRun(StageRun):
         self.decoded = response
 
     def events(self, events: AsyncIterator[c.Event]) -> AsyncIterator[c.Event]:
-        self.kept = []
-        return self._kept(events, self.kept)
+        return self._kept(events)
 
-    async def _kept(self, events: AsyncIterator[c.Event], kept: list[c.Event]
-                    ) -> AsyncIterator[c.Event]:
+    async def _kept(self, events: AsyncIterator[c.Event]) -> AsyncIterator[c.Event]:
+        # kept from the first event on: only the stream that is relayed runs this (a call
+        # that lost a hedged race is never iterated, so it cannot take the winner's place)
+        kept: list[c.Event] = []
+        self.kept = kept
         async with aclosing(events):  # type: ignore[type-var]
             async for event in events:
                 if not self.too_big:
