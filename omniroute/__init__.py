@@ -28,6 +28,7 @@ from omniroute.providers.base import (
 )
 from omniroute.providers.canonical import CanonicalProvider
 from omniroute.providers.http import HTTPProvider
+from omniroute.sharedstate import SharedState
 from omniroute.storage.requestlog import RequestRecord
 from omniroute.storage.store import Connection
 from omniroute.version import __version__
@@ -51,6 +52,7 @@ __all__ = [
     "ProviderContext",
     "RequestContext",
     "RequestRecord",
+    "SharedState",
     "Stage",
     "StageRun",
     "Timeouts",

@@ -57,6 +57,10 @@ class Config:
     cors_origins: tuple[str, ...] = ()
     settings_defaults: Mapping[str, Any] = field(default_factory=dict)
     settings_env: Mapping[str, Any] = field(default_factory=dict)
+    #: where state shared between instances lives (``redis://host:6379/0``; a plugin
+    #: registers the backend for the URL's scheme, ``register_state_backends``); None:
+    #: this process's memory, as with one instance
+    state_url: str | None = None
     #: prometheus-client's multiprocess directory: set by ``serve`` for ``--workers`` > 1
     #: (a fresh one per run, also exported as ``PROMETHEUS_MULTIPROC_DIR`` to the workers)
     metrics_dir: Path | None = None
@@ -121,6 +125,11 @@ def web_origins(value: Any) -> tuple[str, ...]:
     return tuple(out)
 
 
+def redact_url(url: str) -> str:
+    """``url`` without its password (``redis://:secret@host`` -> ``redis://:***@host``)."""
+    return re.sub(r"(://[^/@:]*:)[^/@]*@", r"\1***@", url)
+
+
 def load_config(
     *,
     config_file: str | Path | None = None,
@@ -162,6 +171,7 @@ def load_config(
         "allowed_plugins": tuple(plugins["allowed"]) if "allowed" in plugins else None,
         "allowed_hosts": server.get("allowed_hosts", ()),
         "cors_origins": server.get("cors_origins", ()),
+        "state_url": server.get("state_url"),
     }
     env_map = {
         "OMNIROUTE_HOST": "host",
@@ -170,6 +180,7 @@ def load_config(
         "OMNIROUTE_WORKERS": "workers",
         "OMNIROUTE_LOOP": "loop",
         "OMNIROUTE_LOG_LEVEL": "log_level",
+        "OMNIROUTE_STATE_URL": "state_url",
     }
     for var, key in env_map.items():
         if env.get(var):
@@ -195,6 +206,10 @@ def load_config(
             raise ConfigError(f"{key} must be a non-empty string, got {values[key]!r}")
     if values["data_dir"] is not None and not isinstance(values["data_dir"], str | Path):
         raise ConfigError(f"data_dir must be a path, got {values['data_dir']!r}")
+    state_url = values["state_url"] or None
+    if state_url is not None and (not isinstance(state_url, str) or "://" not in state_url):
+        raise ConfigError("state_url must be a URL such as redis://127.0.0.1:6379/0, got "
+                          f"{redact_url(str(state_url))!r}")
     if values["log_level"].lower() not in LOG_LEVELS:
         raise ConfigError(f"log_level must be one of {', '.join(LOG_LEVELS)}, "
                           f"got {values['log_level']!r}")
@@ -228,6 +243,7 @@ def load_config(
         allowed_plugins=values["allowed_plugins"],
         allowed_hosts=host_names(values["allowed_hosts"]),
         cors_origins=web_origins(values["cors_origins"]),
+        state_url=state_url,
         settings_defaults=Settings.coerce_all(defaults, source=str(path)),
         settings_env=settings_from_env(env),
     )
@@ -385,6 +401,11 @@ class Settings:
     semantic_cache_max_bytes: int = 200 * 1024 * 1024  # ... or past this many answer bytes
     semantic_cache_timeout: float = 0.25  # seconds a lookup waits for the encoder (then: miss)
     semantic_cache_queue: int = 4  # lookups and stores queued for the encoder (more: miss)
+    # shared state (state_url, e.g. plugins/omniroute-redis): several instances as one
+    state_timeout: float = 0.25  # seconds one call to the shared state may take
+    #: while the shared state is unreachable, refuse (503) the requests of keys with a
+    #: budget instead of enforcing it with this instance's own numbers
+    budget_fail_closed: bool = False
 
     #: lower bounds for settings where "positive" is not the rule
     _MINIMUM: ClassVar[dict[str, float]] = {

@@ -6,8 +6,11 @@ connects the collaborators made with the app (:class:`~omniroute.catalog.Catalog
 :class:`~omniroute.resilience.Resilience`, the registry), runs the background
 tasks, and reloads the configuration when its
 :class:`~omniroute.watch.ConfigWatcher` notices a change made here or in
-another process. Handlers do not receive it: each one takes the narrow
-collaborators it needs from the app (:mod:`omniroute.appkeys`).
+another process. With ``state_url`` it also makes the
+:class:`~omniroute.sharedstate.SharedState` backend that keeps what several
+instances share (resilience state, per-key budgets, config-change notices).
+Handlers do not receive it: each one takes the narrow collaborators it needs
+from the app (:mod:`omniroute.appkeys`).
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from omniroute.providers.base import ProviderContext
 from omniroute.registry import Registry
 from omniroute.resilience import Resilience
 from omniroute.resilience.clock import SystemClock
+from omniroute.sharedstate import SharedState, state_backend
 from omniroute.storage import Database, RequestLog, Store
 from omniroute.vault import Vault
 from omniroute.version import __version__
@@ -53,7 +57,16 @@ class Gateway:
         self.registry = registry
         #: what tokens cost (genai-prices, and the operator's overrides from the database)
         self.prices = PriceBook()
-        self.resilience = Resilience(prices=self.prices)
+        self.clock = SystemClock()
+        #: what this instance shares with the others (None: nothing, the embedded default)
+        self.shared: SharedState | None = None
+        if config.state_url:
+            backend = state_backend(registry.plugins.state_backends, config.state_url)
+            self.shared = backend(config.state_url, clock=self.clock,
+                                  settings=lambda: self.catalog.settings)
+        self.resilience = Resilience(
+            prices=self.prices, clock=self.clock,
+            state=self.shared.resilience_state() if self.shared is not None else None)
         self.catalog = Catalog(config, registry, self.resilience)
         self.auth_schemes: dict[str, AuthScheme] = {}
         self._config_version = -1
@@ -93,11 +106,17 @@ class Gateway:
             raise
         self.log.start()
         #: per-key budgets and limits: this window's spend is loaded before the first request
-        self.budgets = Budgets(SqliteSpendStore(self.db), SystemClock())
+        self.budgets = Budgets(SqliteSpendStore(self.db), self.clock)
         await self.budgets.start()
         self._spawn(self.budgets.run(), "omniroute-budget-sync")
-        self.watcher: ConfigWatcher = VersionPoll(self.db, reload=self.reload,
-                                                  loaded=lambda: self._config_version)
+        watcher: ConfigWatcher | None = None
+        if self.shared is not None:
+            self.budgets.shared = self.shared.ledger(self.budgets)
+            watcher = self.shared.watcher(self.db, reload=self.reload,
+                                          loaded=lambda: self._config_version)
+            await self.shared.start()
+        self.watcher: ConfigWatcher = watcher or VersionPoll(
+            self.db, reload=self.reload, loaded=lambda: self._config_version)
         self._spawn(self.watcher.run(), "omniroute-config-watch")
         self._spawn(self.catalog.refresh_models(), "omniroute-models-refresh")
         self._spawn(self._price_upkeep(), "omniroute-prices")
@@ -108,6 +127,8 @@ class Gateway:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.log.close()
         await self.budgets.close()
+        if self.shared is not None:
+            await self.shared.close()
         await self.refresher.close()
         for provider in self.catalog.providers.values():
             await provider.close()
@@ -171,5 +192,9 @@ class Gateway:
             self.prices.replace(Override(**row) for row in await self.store.list_price_overrides())
             for scheme in self.auth_schemes.values():
                 await scheme.reload()
+            changed = version != self._config_version
             self._config_version = version
             self._reloaded.set()
+        watcher = getattr(self, "watcher", None)  # None during start-up's first load
+        if changed and watcher is not None:
+            watcher.announce(version)

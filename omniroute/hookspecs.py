@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from omniroute.formats.base import Format
     from omniroute.pipeline.stages import Stage
     from omniroute.providers.base import Provider
+    from omniroute.sharedstate import SharedState
 
 hookspec = pluggy.HookspecMarker("omniroute")
 hookimpl = pluggy.HookimplMarker("omniroute")
@@ -54,6 +55,17 @@ def register_auth_schemes(register: Callable[[type[AuthScheme]], None]) -> None:
 
     :param register: call it once per :class:`omniroute.AuthScheme` subclass;
         the gateway creates one instance of each at start-up.
+    """
+
+
+@hookspec
+def register_state_backends(register: Callable[[type[SharedState]], None]) -> None:
+    """Register shared-state backend types (where instances behind one load balancer keep
+    the state they share: limits, cooldowns, breakers, budgets, config-change notices).
+
+    :param register: call it once per :class:`omniroute.SharedState` subclass; its
+        ``schemes`` say which ``state_url`` it serves (``redis``), and only a configured
+        ``state_url`` creates an instance.
     """
 
 

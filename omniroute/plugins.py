@@ -29,6 +29,7 @@ if TYPE_CHECKING:  # annotations only: nothing here needs these modules at run t
     from omniroute.formats.base import Format
     from omniroute.pipeline.stages import Stage
     from omniroute.providers.base import Provider
+    from omniroute.sharedstate import SharedState
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +43,7 @@ _REGISTRY_HOOKS = {
     "register_cache_backends": "cache_backends",
     "register_auth_schemes": "auth_schemes",
     "register_formats": "formats",
+    "register_state_backends": "state_backends",
 }
 
 
@@ -81,6 +83,7 @@ class Plugins:
         self.cache_backends: dict[str, type[CacheBackend]] = {}
         self.auth_schemes: dict[str, type[AuthScheme]] = {}
         self.formats: dict[str, type[Format]] = {}
+        self.state_backends: dict[str, type[SharedState]] = {}
         self._collect()
 
     def info(self, name: str) -> PluginInfo | None:
@@ -159,6 +162,7 @@ class Plugins:
             "cache_backends": self.cache_backends,
             "auth_schemes": self.auth_schemes,
             "formats": self.formats,
+            "state_backends": self.state_backends,
         }
         for info in self.infos:
             if self.pm.get_plugin(info.name) is None:

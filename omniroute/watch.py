@@ -14,6 +14,10 @@ gateway's reload. It is asked in two ways:
   unknown model name or provider prefix) calls it before refusing, through
   :func:`after_check`, so a key created with ``omniroute keys create`` works on
   its very first request. Concurrent misses share one check.
+* :meth:`ConfigWatcher.announce` is told when this process loaded a new version
+  (a management API write, or a change it noticed): a watcher shared between
+  instances (``state_url``) publishes it, so the others reload at once instead of
+  at their next poll. The SQLite default has nobody to tell.
 
 Usage sketch::
 
@@ -50,6 +54,10 @@ class ConfigWatcher(Protocol):
         :returns: whether the configuration was reloaded. Errors are logged, not
             raised (the previous configuration stays), and give ``False``.
         """
+
+    def announce(self, version: int) -> None:
+        """This process just loaded configuration ``version``; tell the other instances
+        (must not block or raise)."""
 
 
 class VersionPoll:
@@ -88,6 +96,9 @@ class VersionPoll:
             for task in (self._queued, self._running):
                 if task is not None:
                     task.cancel()
+
+    def announce(self, version: int) -> None:
+        """Nothing to do: every process polls the version itself."""
 
     async def check(self) -> bool:
         queued = self._queued

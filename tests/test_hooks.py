@@ -12,7 +12,7 @@ import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import click
 import openai
@@ -29,19 +29,23 @@ from omniroute import (
     Principal,
     Provider,
     RequestContext,
+    SharedState,
     Stage,
     StageRun,
     hookimpl,
     hookspecs,
 )
+from omniroute.app import make_app
 from omniroute.appkeys import GATEWAY, PIPELINE, PRINCIPAL, STORE
-from omniroute.config import Config
+from omniroute.config import Config, ConfigError
 from omniroute.errors import AuthenticationFailed
 from omniroute.formats import canonical
 from omniroute.formats.base import ClientRequest, Format
 from omniroute.pipeline import Reply
 from omniroute.plugins import load_plugins
+from omniroute.resilience import MemoryState
 from omniroute.testing import make_test_config, start_harness
+from omniroute.watch import VersionPoll
 
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "plugins.md"
 
@@ -215,6 +219,76 @@ async def test_hook_register_cache_backends() -> None:
     assert await backend.get("k") == b"v"
     assert await backend.delete("k") is True
     assert await backend.get("k") is None
+
+
+class ToldPoll(VersionPoll):
+    """The SQLite poll, remembering what it was told to announce."""
+
+    announced: ClassVar[list[int]] = []
+
+    def announce(self, version: int) -> None:
+        self.announced.append(version)
+
+
+class MemoryShared(SharedState):
+    """A shared-state backend that shares nothing: the in-memory tables, announced versions."""
+
+    name = "test-memory"
+    schemes = ("test-mem",)
+    made: ClassVar[list[MemoryShared]] = []
+
+    def __init__(self, url: str, **kwargs: Any) -> None:
+        super().__init__(url, **kwargs)
+        self.state = MemoryState()
+        self.events: list[str] = []
+        self.made.append(self)
+
+    def resilience_state(self) -> MemoryState:
+        return self.state
+
+    def watcher(self, db: Any, **kwargs: Any) -> ToldPoll:
+        return ToldPoll(db, **kwargs)
+
+    async def start(self) -> None:
+        self.events.append("start")
+
+    async def close(self) -> None:
+        self.events.append("close")
+
+    def health(self) -> dict[str, Any]:
+        return {**super().health(), "ok": False}
+
+
+class StatePlugin:
+    @hookimpl
+    def register_state_backends(self, register: Callable[[type[SharedState]], None]) -> None:
+        register(MemoryShared)
+
+
+async def test_hook_register_state_backends(aiohttp_client: Any, tmp_path: Path) -> None:
+    plugins = load_plugins(extra=[("t-state", StatePlugin())])
+    assert plugins.state_backends["test-memory"] is MemoryShared
+    assert plugins.info("t-state").registered == {"state_backends": ["test-memory"]}
+    # installed, it changes nothing until state_url names its scheme
+    plain = await start_harness(aiohttp_client, make_test_config(tmp_path / "a"), plugins)
+    assert plain.gateway.shared is None and MemoryShared.made == []
+    config = make_test_config(tmp_path / "b").replace(state_url="test-mem://:secret@host/1")
+    harness = await start_harness(aiohttp_client, config, plugins)
+    shared = harness.gateway.shared
+    assert isinstance(shared, MemoryShared) and shared.events == ["start"]
+    assert harness.resilience.state is shared.state
+    health = await (await harness.client.get("/api/monitoring/health")).json()
+    assert health["status"] == "degraded"
+    assert health["shared_state"] == {"backend": "test-memory", "ok": False,
+                                      "url": "test-mem://:***@host/1"}
+    resp = await harness.client.post("/api/models/alias", headers=harness.admin_headers,
+                                      json={"alias": "fast", "target": "x/y"})
+    assert resp.status in (200, 201)
+    assert ToldPoll.announced and ToldPoll.announced[-1] == await harness.store.db.config_version()
+    metrics = await (await harness.client.get("/metrics")).text()
+    assert "omniroute_state_degraded 1.0" in metrics
+    with pytest.raises(ConfigError, match="no state backend serves 'nope'"):
+        make_app(make_test_config(tmp_path / "c").replace(state_url="nope://x"), plugins)
 
 
 class HeaderScheme(AuthScheme):

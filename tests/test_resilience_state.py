@@ -56,6 +56,9 @@ class DictState:
     that can travel, and that the modules keep all of it in the store.
     """
 
+    #: limits stay this process's own (no atomic take)
+    slots = None
+
     def __init__(self, backend: dict[str, bytes] | None = None,
                  clock: Clock | None = None) -> None:
         self.connections: dict[str, ConnectionStats] = {}

@@ -18,6 +18,13 @@ next sync and then its own (see ``docs/budgets.md``). When the store fails,
 keys with a budget are refused with a 503 until a sync succeeds again (fail
 closed). About hourly the task also drops windows older than
 :data:`KEEP_SPAN` from the store.
+
+Several instances sharing state (``state_url``) are given a :class:`SharedLedger`:
+the budgets stage then admits a key's requests there, atomically across every
+instance (its concurrency and rate, then its reservation against the windows'
+spend), and counts them here only as bookkeeping (``checked=True``). This ledger
+still settles every request, persists the spend and is what decides while the
+shared one cannot be reached.
 """
 
 from __future__ import annotations
@@ -27,7 +34,7 @@ import contextlib
 import logging
 from collections import deque
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from omniroute.budgets.limits import Limits
 from omniroute.budgets.spend import Delta, SpendStore, Totals
@@ -111,6 +118,37 @@ class Reservation:
     tokens: int
     #: ``X-OmniRoute-Budget-Warning`` for this answer, when spend is past the threshold
     warning: str | None = None
+    #: the :class:`SharedLedger`'s own reservation, when it admitted the request
+    handle: object = None
+
+
+class SharedLedger(Protocol):
+    """Per-key admission shared between instances, each step atomic where it is kept."""
+
+    async def enter(self, key_id: str, limits: Limits) -> bool:
+        """Take a slot of the key's ``concurrency`` and ``rpm`` across instances.
+
+        :returns: True when taken (:meth:`leave` gives it back); False when the shared
+            counters cannot be reached (this instance's ledger decides).
+        :raises RateLimited: the key is at one of its limits (nothing was taken).
+        """
+
+    async def reserve(self, state: KeyState, limits: Limits, usd: float,
+                      tokens: int) -> object | None:
+        """Admit a request against the key's windows and reserve its estimate, like
+        :meth:`Budgets.reserve` but against every instance's spend and reservations.
+
+        :returns: the reservation's handle (for :meth:`settle`); None when the shared
+            counters cannot be reached (this instance's ledger decides).
+        :raises BudgetExceeded: a window cannot admit it.
+        :raises BudgetUnavailable: unreachable, and ``budget_fail_closed`` is on.
+        """
+
+    def settle(self, handle: object, usd: float, tokens: int) -> None:
+        """The request is over: its reservation gives way to its spend (queued)."""
+
+    def leave(self, key_id: str) -> None:
+        """Give back a slot :meth:`enter` took (queued)."""
 
 
 class Budgets:
@@ -119,12 +157,15 @@ class Budgets:
     :param store: where spend survives restarts (:class:`SqliteSpendStore`).
     :param clock: wall time for windows, monotonic time for the requests-per-minute count.
     :param interval: seconds between background syncs with the store.
+    :param shared: admits requests across instances (None: this ledger decides alone).
     """
 
-    def __init__(self, store: SpendStore, clock: Clock, *, interval: float = 1.0) -> None:
+    def __init__(self, store: SpendStore, clock: Clock, *, interval: float = 1.0,
+                 shared: SharedLedger | None = None) -> None:
         self.store = store
         self.clock = clock
         self.interval = interval
+        self.shared = shared
         self.keys: dict[str, KeyState] = {}
         #: False while the store fails: keys with a budget are refused (503)
         self.healthy = False
@@ -143,9 +184,17 @@ class Budgets:
             state = self.keys[key_id] = KeyState(key_id)
         return state
 
-    def enter(self, key_id: str, limits: Limits) -> KeyState:
-        """Take a slot: one more request in flight and started this minute, or raise 429."""
+    def enter(self, key_id: str, limits: Limits, *, checked: bool = False) -> KeyState:
+        """Take a slot: one more request in flight and started this minute, or raise 429.
+
+        :param checked: the :class:`SharedLedger` admitted it already: only count it.
+        """
         state = self.state(key_id)
+        if checked:
+            if limits.rpm is not None:
+                state.starts.append(self.clock.monotonic())
+            state.in_flight += 1
+            return state
         if limits.concurrency is not None and state.in_flight >= limits.concurrency:
             raise RateLimited(
                 f"This API key already has {state.in_flight} requests in flight, its limit "
@@ -169,18 +218,22 @@ class Budgets:
         """The request that :meth:`enter` admitted is over."""
         state.in_flight -= 1
 
-    def reserve(self, state: KeyState, limits: Limits, usd: float, tokens: int) -> Reservation:
+    def reserve(self, state: KeyState, limits: Limits, usd: float, tokens: int, *,
+                checked: bool = False) -> Reservation:
         """Admit a request against the key's windows and set its estimate aside, or raise.
 
         A window admits it when its spend is under the limit and either the
         reservations in flight and this estimate fit in what is left, or no other
         request of the key holds a reservation.
 
+        :param checked: the :class:`SharedLedger` admitted it already: only set the
+            estimate aside (the warning still comes from this ledger's numbers).
+
         :raises BudgetExceeded: a window cannot admit it (429, ``Retry-After`` up to
             the reset, or 1 s when only requests in flight stand in the way).
         :raises BudgetUnavailable: the store is failing (503).
         """
-        if not self.healthy:
+        if not self.healthy and not checked:
             raise BudgetUnavailable(
                 "Budgets cannot be checked now (the budget store is failing); requests of "
                 "keys with a budget are refused until it recovers.", headers={
@@ -197,7 +250,7 @@ class Budgets:
                 spent = w.spent_usd
                 if not _admits(spent, state.reserved_usd, usd, limit, alone):
                     if w.end > refusal_end:
-                        refusal, refusal_end = _exceeded(
+                        refusal, refusal_end = exceeded(
                             w, now, "USD", spent, state.reserved_usd, usd, limit), w.end
                 elif spent >= limits.warn_at * limit:
                     warnings.append(f"{period} ${spent:.2f} of ${limit:.2f} "
@@ -206,9 +259,9 @@ class Budgets:
             cap = limits.tokens.get(period)
             if cap is not None and w.end > refusal_end and not _admits(
                     w.spent_tokens, state.reserved_tokens, tokens, cap, alone):
-                refusal, refusal_end = _exceeded(
+                refusal, refusal_end = exceeded(
                     w, now, "tokens", w.spent_tokens, state.reserved_tokens, tokens, cap), w.end
-        if refusal is not None:
+        if refusal is not None and not checked:
             raise refusal
         state.reserved_usd += usd
         state.reserved_tokens += tokens
@@ -338,7 +391,7 @@ def _admits(spent: float, reserved: float, estimate: float, limit: float,
     return spent < limit and (alone or spent + reserved + estimate <= limit)
 
 
-def _exceeded(w: Window, now: float, unit: str, spent: float, reserved: float,
+def exceeded(w: Window, now: float, unit: str, spent: float, reserved: float,
               estimate: float, limit: float) -> BudgetExceeded:
     """The 429 for a window that cannot admit a request: spend, limit, reset, how long to wait."""
     def amount(value: float) -> str:

@@ -22,6 +22,11 @@ any costs this stage one attribute read):
   also when the request failed or the client left; an answer whose cost is
   still unknown (no usage, or its price was removed meanwhile) is charged its
   estimate, a request no target answered nothing. The slot is freed.
+
+With a shared ledger (``state_url``: ``Budgets.shared``) the slot and the
+reservation are taken there first, one awaited call each, atomically across the
+instances; this instance's ledger counts them too, and decides alone while the
+shared one cannot be reached.
 """
 
 from __future__ import annotations
@@ -89,6 +94,8 @@ class BudgetRun(StageRun):
         self.model_allowed = not limits.models
         self.slot: KeyState | None = None
         self.reservation: Reservation | None = None
+        #: the shared ledger holds a slot of this request
+        self.shared_slot = False
 
     async def before(self, ctx: RequestContext) -> Reply | None:
         limits = self.limits
@@ -98,7 +105,11 @@ class BudgetRun(StageRun):
         if not self.model_allowed and limits.allows(ctx.model):
             self.model_allowed = True
         if limits.concurrency is not None or limits.rpm is not None or limits.periods:
-            self.slot = self.stage.budgets.enter(self.key_id, limits)
+            budgets = self.stage.budgets
+            if budgets.shared is not None and (limits.concurrency is not None
+                                               or limits.rpm is not None):
+                self.shared_slot = await budgets.shared.enter(self.key_id, limits)
+            self.slot = budgets.enter(self.key_id, limits, checked=self.shared_slot)
         return None
 
     async def routed(self, ctx: RequestContext) -> None:
@@ -132,8 +143,13 @@ class BudgetRun(StageRun):
                     f"price with PUT /api/pricing.", param="model")
             if len(priced) < len(route.targets):
                 ctx.route = dataclasses.replace(route, targets=tuple(priced))
-        self.reservation = self.stage.budgets.reserve(self.slot, limits, usd,
-                                                      tokens_in + tokens_out)
+        budgets = self.stage.budgets
+        handle = None
+        if budgets.shared is not None:
+            handle = await budgets.shared.reserve(self.slot, limits, usd, tokens_in + tokens_out)
+        self.reservation = budgets.reserve(self.slot, limits, usd, tokens_in + tokens_out,
+                                           checked=handle is not None)
+        self.reservation.handle = handle
         if self.reservation.warning is not None:
             if ctx.reply_headers is None:
                 ctx.reply_headers = {}
@@ -161,11 +177,17 @@ class BudgetRun(StageRun):
             if record.ttfb_ms is None:  # no target answered: nothing was spent
                 usd, tokens = usd or 0.0, tokens or 0
             # an answer whose cost (or size) is not known is charged its estimate
-            budgets.settle(held, held.usd if usd is None else usd,
-                           held.tokens if tokens is None else tokens)
+            usd = held.usd if usd is None else usd
+            tokens = held.tokens if tokens is None else tokens
+            if held.handle is not None and budgets.shared is not None:
+                budgets.shared.settle(held.handle, usd, tokens)
+            budgets.settle(held, usd, tokens)
         if self.slot is not None:
             budgets.leave(self.slot)
             self.slot = None
+        if self.shared_slot and budgets.shared is not None:
+            self.shared_slot = False
+            budgets.shared.leave(self.key_id)
 
 
 #: where the client formats carry the answer's token cap: (field, nested field or None)

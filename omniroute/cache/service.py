@@ -263,10 +263,12 @@ async def _stats_of(parts: Sequence[CacheBackend | CacheLayer]) -> dict[str, dic
 
 
 def build_cache(types: Mapping[str, type[CacheBackend]], settings: Settings, data_dir: Path,
-                layers: Sequence[CacheLayer] = ()) -> ResponseCache:
+                layers: Sequence[CacheLayer] = (), state_url: str | None = None) -> ResponseCache:
     """The response cache the settings name (``cache_backends``, front to back).
 
     :param types: the registered backend types (``register_cache_backends``) by name.
+    :param state_url: the configured ``state_url``, given to every backend as its
+        ``url`` option (a shared backend such as ``redis`` keeps its entries there).
     :raises ConfigError: a name no loaded plugin registers.
     """
     backends: list[CacheBackend] = []
@@ -277,9 +279,13 @@ def build_cache(types: Mapping[str, type[CacheBackend]], settings: Settings, dat
         if cls is None:
             raise ConfigError(f"cache_backends: no cache backend {name!r} is registered "
                               f"(known: {', '.join(sorted(types))})")
-        backends.append(cls({"max_entries": settings.cache_db_max_entries,
-                             "path": str(data_dir / "cache.sqlite3"), "ttl": settings.cache_ttl}
-                            if name == "sqlite" else
-                            {"max_entries": settings.cache_max_entries,
-                             "max_bytes": settings.cache_max_bytes, "ttl": settings.cache_ttl}))
+        options: dict[str, Any] = (
+            {"max_entries": settings.cache_db_max_entries,
+             "path": str(data_dir / "cache.sqlite3"), "ttl": settings.cache_ttl}
+            if name == "sqlite" else
+            {"max_entries": settings.cache_max_entries,
+             "max_bytes": settings.cache_max_bytes, "ttl": settings.cache_ttl})
+        if state_url is not None:
+            options["url"] = state_url
+        backends.append(cls(options))
     return ResponseCache(backends, layers)

@@ -51,7 +51,7 @@ def register_stages(register: Callable[[Stage], None], app: web.Application) -> 
 
 async def _refresh_state(app: web.Application) -> AsyncIterator[None]:
     """With workers: keep this worker's state gauges current for scrapes other workers answer."""
-    from omniroute.appkeys import CATALOG, REQUEST_LOG, RESILIENCE
+    from omniroute.appkeys import CATALOG, GATEWAY, REQUEST_LOG, RESILIENCE
     from omniroute.metrics.web import METRICS
 
     async def loop() -> None:
@@ -59,7 +59,7 @@ async def _refresh_state(app: web.Application) -> AsyncIterator[None]:
         while True:
             try:
                 metrics.refresh(app[RESILIENCE], catalog.connections.values(),
-                                app[REQUEST_LOG])
+                                app[REQUEST_LOG], app[GATEWAY].shared)
             except Exception:  # a bug here must not stop the next refresh; it is logged
                 log.exception("refreshing the metrics' state gauges failed")
             await asyncio.sleep(REFRESH_EVERY)

@@ -33,6 +33,7 @@ from prometheus_client.multiprocess import MultiProcessCollector
 
 if TYPE_CHECKING:
     from omniroute.resilience import Resilience
+    from omniroute.sharedstate import SharedState
     from omniroute.storage import RequestLog, RequestRecord
     from omniroute.storage.store import Connection
 
@@ -128,6 +129,10 @@ class Metrics:
         self.pending = Gauge(
             "omniroute_usage_records_pending", "Usage records waiting to be written.",
             registry=own, multiprocess_mode="livesum")
+        self.state_degraded = Gauge(
+            "omniroute_state_degraded", "1 while the state shared between instances "
+            "(state_url) cannot be reached and this instance uses its own numbers.",
+            registry=own, multiprocess_mode="livemax")
         self._bound: dict[tuple[str, str | None, str | None, int], _Bound] = {}
         self._models: set[tuple[str, str]] = set()
         self._dropped_seen = 0
@@ -182,8 +187,9 @@ class Metrics:
     # ------------------------------------------------------------------ at scrape time
 
     def refresh(self, resilience: Resilience, connections: Iterable[Connection],
-                request_log: RequestLog) -> None:
-        """Read the state gauges: breakers, cooldowns, the usage-record backlog.
+                request_log: RequestLog, shared: SharedState | None = None) -> None:
+        """Read the state gauges: breakers, cooldowns, the usage-record backlog, and
+        whether the shared state (``state_url``; None: none configured) is reachable.
 
         A connection or prefix that is gone is set to 0 and its series removed
         (with workers its last value stays in the files, as 0, until the restart).
@@ -215,6 +221,7 @@ class Metrics:
             self.dropped.inc(dropped - self._dropped_seen)
         self._dropped_seen = dropped
         self.pending.set(request_log.pending)
+        self.state_degraded.set(0 if shared is None or shared.health()["ok"] else 1)
 
     def render(self, accept: str | None) -> tuple[bytes, str]:
         """The exposition (text format, or OpenMetrics when ``accept`` asks for it)."""

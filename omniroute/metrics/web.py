@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from omniroute.appkeys import CATALOG, PRINCIPAL, REQUEST_LOG, RESILIENCE
+from omniroute.appkeys import CATALOG, GATEWAY, PRINCIPAL, REQUEST_LOG, RESILIENCE
 from omniroute.metrics.collector import Metrics
 from omniroute.web.middleware import authenticate_admin, authenticate_client
 from omniroute.web.tags import tag_resource
@@ -28,7 +28,8 @@ async def metrics(request: web.Request) -> web.Response:
     elif access == "key":
         request[PRINCIPAL] = await authenticate_client(request)
     collected = app[METRICS]
-    collected.refresh(app[RESILIENCE], catalog.connections.values(), app[REQUEST_LOG])
+    collected.refresh(app[RESILIENCE], catalog.connections.values(), app[REQUEST_LOG],
+                      app[GATEWAY].shared)
     body, content_type = collected.render(request.headers.get("Accept"))
     return web.Response(body=body, headers={"Content-Type": content_type,
                                             "Cache-Control": "no-store"})

@@ -212,7 +212,7 @@ class Resilience:
             limiter = self._limiters[conn.id] = Limiter(
                 conn.id, clock=self.clock, max_concurrency=concurrency, rpm=rpm,
                 queue_size=self.settings.queue_size, queue_timeout=self.settings.queue_timeout,
-                data=data)
+                data=data, shared=self.state.slots)
         elif (limiter.max_concurrency, limiter.rpm) != (concurrency, rpm):
             limiter.configure(max_concurrency=concurrency, rpm=rpm,
                               queue_size=self.settings.queue_size,

@@ -16,6 +16,15 @@ cancelled never held one and hands its turn to the next waiter. So neither
 exceptions nor cancellations leak slots. The counters (slots in use, recent
 starts) are a :class:`~omniroute.resilience.state.LimitState` record kept in
 the resilience state store; the queue of waiters is this process's own.
+
+With a :class:`~omniroute.resilience.state.SharedSlots` (several instances sharing
+a state store), the waiter at the head of the queue takes its slot there instead,
+atomically across every instance (one awaited call); while none is free it asks
+again when the shared counters say one may be free: at once for ``rpm``, after
+:data:`SHARED_POLL` seconds for ``max_concurrency`` (a slot freed elsewhere sends no
+wake-up here), within the same bounds. When the shared counters cannot be
+reached, this instance's own counters decide, as without sharing. The local
+counters count this instance's own requests either way.
 """
 
 from __future__ import annotations
@@ -27,11 +36,13 @@ from typing import Any, Self
 
 from omniroute.errors import ConnectionBusy
 from omniroute.resilience.clock import Clock
-from omniroute.resilience.state import LimitState
+from omniroute.resilience.state import LimitState, SharedSlots
 
 WINDOW = 60.0
 #: the retry hint when only concurrency is full (no way to know when a slot frees)
 BUSY_RETRY_AFTER = 1.0
+#: seconds between two asks of the shared counters while a waiter waits for a slot
+SHARED_POLL = 0.05
 
 
 class Limiter:
@@ -47,10 +58,12 @@ class Limiter:
         queue_size: int = 0,
         queue_timeout: float = 0.0,
         data: LimitState | None = None,
+        shared: SharedSlots | None = None,
     ) -> None:
         """
         :param data: the counters (from a :class:`~omniroute.resilience.state.StateStore`;
             fresh ones when omitted). The limiter changes them in place.
+        :param shared: takes slots across instances (the store's ``slots``; None: here).
         """
         self.name = name
         self.clock = clock
@@ -59,6 +72,7 @@ class Limiter:
         self.queue_size = queue_size
         self.queue_timeout = queue_timeout
         self.data = data if data is not None else LimitState()
+        self.shared = shared
         self._waiters: deque[asyncio.Event] = deque()
 
     def configure(
@@ -129,8 +143,9 @@ class Limiter:
         if self.rpm is not None:
             self.data.starts.append(now)
 
-    def _busy(self, why: str) -> ConnectionBusy:
-        retry = self.retry_after()
+    def _busy(self, why: str, retry: float | None = None) -> ConnectionBusy:
+        if retry is None:
+            retry = self.retry_after()
         return ConnectionBusy(f"Connection {self.name!r} is busy ({why}); retry in {retry:.0f}s.",
                               connection_id=self.name, retry_after=retry)
 
@@ -139,6 +154,9 @@ class Limiter:
             self._waiters[0].set()
 
     async def _take(self) -> None:
+        if self.shared is not None:
+            await self._take_shared(self.shared)
+            return
         now = self.clock.monotonic()
         if not self._waiters and self._free(now):
             self._grant(now)
@@ -175,6 +193,51 @@ class Limiter:
             elif self._waiters:
                 self._wake_head()  # granted: the next one may fit too
 
+    async def _take_shared(self, shared: SharedSlots) -> None:
+        """Take a slot where the counters are shared (see the module docstring)."""
+        now = self.clock.monotonic()
+        if self._waiters and len(self._waiters) >= self.queue_size:
+            raise self._busy(f"{len(self._waiters)} requests already queued")
+        deadline = now + self.queue_timeout
+        me = asyncio.Event()
+        self._waiters.append(me)
+        try:
+            while True:
+                wait = 0.0
+                if self._waiters[0] is me:
+                    asked = await shared.take(self.name, self.max_concurrency, self.rpm)
+                    now = self.clock.monotonic()
+                    if asked is None:  # unreachable: this instance's own counters decide
+                        if self._free(now):
+                            self._waiters.popleft()
+                            self._grant(now)
+                            return
+                        wait = self._rpm_wait(now) or SHARED_POLL
+                    elif asked <= 0:
+                        self._waiters.popleft()
+                        self._grant(now)
+                        return
+                    else:
+                        wait = asked
+                now = self.clock.monotonic()
+                left = deadline - now
+                retry = max(wait, BUSY_RETRY_AFTER)
+                if left <= 0 or self.queue_timeout <= 0 or self.queue_size <= 0:
+                    raise self._busy("limit reached" if self.queue_timeout > 0
+                                     else "limit reached, queueing is off", retry)
+                if self.rpm is not None and wait > left and wait > BUSY_RETRY_AFTER:
+                    raise self._busy(f"{self.rpm} requests per minute used", wait)
+                me.clear()
+                await self._park(me, min(left, wait) if wait > 0 else left)
+        finally:
+            if me in self._waiters:
+                was_head = self._waiters[0] is me
+                self._waiters.remove(me)
+                if was_head:
+                    self._wake_head()
+            elif self._waiters:
+                self._wake_head()
+
     async def _park(self, event: asyncio.Event, seconds: float) -> None:
         """Wait until woken or ``seconds`` of the clock's time pass (cancellable)."""
         sleeper = asyncio.ensure_future(self.clock.sleep(seconds))
@@ -188,6 +251,8 @@ class Limiter:
     def _release(self) -> None:
         data = self.data
         data.in_use = max(0, data.in_use - 1)
+        if self.shared is not None:
+            self.shared.give(self.name)
         self._wake_head()
 
     def snapshot(self) -> dict[str, Any]:

@@ -33,8 +33,10 @@ Per-request counters (statistics, limit slots and starts) and sessions (their
 bindings and last use) are not announced, so a plain success on a healthy
 connection makes no call at all; a sharing store pushes those on its own
 schedule (it owns the tables, so it can read them when it syncs). Limits shared
-this way are approximate by that lag; an exact global limit needs an atomic take,
-which a sharing store would add on top of this view.
+this way would be approximate by that lag, so a sharing store also offers
+:attr:`StateStore.slots` (:class:`SharedSlots`): an atomic take of a slot of a
+connection's ``max_concurrency`` and ``rpm`` where the counters are shared, which
+the limiter awaits instead of deciding alone (the default has none: ``None``).
 """
 
 from __future__ import annotations
@@ -85,6 +87,23 @@ class LimitState:
     starts: deque[float] = field(default_factory=deque)
 
 
+class SharedSlots(Protocol):
+    """Exact per-connection limits across instances: slots taken atomically where shared."""
+
+    async def take(self, name: str, max_concurrency: int | None, rpm: int | None) -> float | None:
+        """Take a slot of connection ``name`` under both limits, in one atomic step.
+
+        :returns: ``0.0`` when taken (:meth:`give` hands it back); seconds until one may
+            be free when none is now (nothing was taken); None when the shared
+            counters cannot be reached (bounded by a timeout), so the limiter decides
+            with this instance's own counters.
+        """
+
+    def give(self, name: str) -> None:
+        """Hand back a slot :meth:`take` granted (queued; must not block or raise; a
+        connection with none held here is left alone)."""
+
+
 class StateStore(Protocol):
     """The tables resilience state lives in, and the hook for changes that must travel."""
 
@@ -105,11 +124,19 @@ class StateStore(Protocol):
         """The record ``table[key]`` went through a transition (or was deleted): a
         store shared with other instances pushes it now. Must not block or raise."""
 
+    @property
+    def slots(self) -> SharedSlots | None:
+        """Atomic slot takes shared with other instances (None: the limits are this
+        instance's own, decided synchronously on ``limits``)."""
+
 
 class MemoryState:
     """The default store: plain dictionaries in this process, nothing shared."""
 
     __slots__ = ("breakers", "connections", "limits", "sessions")
+
+    #: nothing shared: every limit is decided here
+    slots: SharedSlots | None = None
 
     def __init__(self) -> None:
         self.connections: dict[str, ConnectionStats] = {}

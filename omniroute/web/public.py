@@ -8,7 +8,7 @@ from typing import Any
 
 from aiohttp import web
 
-from omniroute.appkeys import CATALOG, HTTP, REGISTRY, REQUEST_LOG, RESILIENCE, STORE
+from omniroute.appkeys import CATALOG, GATEWAY, HTTP, REGISTRY, REQUEST_LOG, RESILIENCE, STORE
 from omniroute.auth.admin import PASSWORD_SETTING
 from omniroute.version import __version__
 from omniroute.web.tags import tag_resource
@@ -32,7 +32,10 @@ async def health(request: web.Request) -> web.Response:
     counts = state["health"]
     summary["health"] = {k: counts[k] for k in ("healthy", "degraded", "down")}
     summary["breakers"] = [{"key": b["key"], "state": b["state"]} for b in state["breakers"]]
-    degraded = catalog.provider_errors or counts["down"] or counts["degraded"]
+    shared = app[GATEWAY].shared
+    sharing = shared.health() if shared is not None else None
+    degraded = (catalog.provider_errors or counts["down"] or counts["degraded"]
+                or (sharing is not None and not sharing["ok"]))
     status = ("degraded" if degraded else "ok") if db_ok else "down"
     return web.json_response(
         {
@@ -40,6 +43,8 @@ async def health(request: web.Request) -> web.Response:
             "version": __version__,
             "uptime_s": round(time.time() - catalog.started_at, 1),
             "database": {"ok": db_ok},
+            # the state shared with other instances (state_url); absent without one
+            **({"shared_state": sharing} if sharing is not None else {}),
             "request_log": request_log_state(app),
             "providers": summary,
             "runtime": runtime(app),

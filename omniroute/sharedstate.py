@@ -1,0 +1,96 @@
+"""State shared between gateway instances: the plugin type behind ``state_url``.
+
+Without ``state_url`` a gateway keeps its resilience state, its budget
+counters and its configuration watch to itself (the embedded default, which
+this module does not touch). With it, the backend type registered for the
+URL's scheme (``register_state_backends``; ``plugins/omniroute-redis`` for
+``redis://``) is created once per gateway and hands the gateway's parts what
+they share through it::
+
+    shared = cls(url, clock=clock, settings=lambda: catalog.settings)
+    resilience = Resilience(state=shared.resilience_state())   # tables + atomic slot takes
+    budgets = Budgets(store, clock, shared=shared.ledger(...))  # atomic reservations
+    watcher = shared.watcher(db, reload=..., loaded=...) or VersionPoll(...)
+    await shared.start() ... await shared.close()
+
+A backend never fails a request because its server is away: each part falls
+back to this instance's own numbers, :meth:`SharedState.health` says so
+(``/api/monitoring/health``, ``omniroute_state_degraded`` in ``/metrics``), and
+the part catches up once the server is back. Only a key's budget may be
+refused instead, when the ``budget_fail_closed`` setting says so.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any, ClassVar
+from urllib.parse import urlsplit
+
+from omniroute.config import ConfigError, redact_url
+
+if TYPE_CHECKING:
+    from omniroute.budgets.ledger import Budgets, SharedLedger
+    from omniroute.config import Settings
+    from omniroute.resilience.clock import Clock
+    from omniroute.resilience.state import StateStore
+    from omniroute.storage import Database
+    from omniroute.watch import ConfigWatcher
+
+
+class SharedState:
+    """Base class of shared-state backend types; ``state_url`` creates one instance.
+
+    :param url: the configured ``state_url`` (it may hold a password: never log it
+        whole, :func:`omniroute.config.redact_url`).
+    :param clock: the gateway's clock (monotonic for the local view, wall time on
+        the wire: the monotonic clocks of two hosts do not agree).
+    :param settings: the live runtime settings (``state_timeout``, ``budget_fail_closed``).
+    """
+
+    #: the type's name (``omniroute plugins`` lists it)
+    name: ClassVar[str]
+    #: the URL schemes it serves (``redis``, ``rediss``, ``unix``)
+    schemes: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self, url: str, *, clock: Clock, settings: Callable[[], Settings]) -> None:
+        self.url = url
+        self.clock = clock
+        self.settings = settings
+
+    def resilience_state(self) -> StateStore:
+        """The resilience tables (statistics, cooldowns, breakers, limits, sessions)."""
+        raise NotImplementedError
+
+    def ledger(self, budgets: Budgets) -> SharedLedger | None:
+        """The per-key budget counters shared with other instances (None: kept here)."""
+        return None
+
+    def watcher(self, db: Database, *, reload: Callable[[], Awaitable[None]],
+                loaded: Callable[[], int]) -> ConfigWatcher | None:
+        """A config watcher told of changes by the other instances (None: the SQLite poll)."""
+        return None
+
+    async def start(self) -> None:
+        """Connect; a server that is away is not an error (the backend starts degraded)."""
+
+    async def close(self) -> None:
+        """Push what is pending (bounded) and disconnect."""
+
+    def health(self) -> dict[str, Any]:
+        """``{"backend": name, "url": redacted, "ok": bool, ...}`` for health and metrics."""
+        return {"backend": self.name, "url": redact_url(self.url), "ok": True}
+
+
+def state_backend(types: dict[str, type[SharedState]], url: str) -> type[SharedState]:
+    """The registered backend type serving ``url``'s scheme.
+
+    :raises ConfigError: no loaded plugin serves it (install ``omniroute-redis``).
+    """
+    scheme = urlsplit(url).scheme.lower()
+    for cls in types.values():
+        if scheme in cls.schemes:
+            return cls
+    known = sorted({s for cls in types.values() for s in cls.schemes})
+    raise ConfigError(f"state_url {redact_url(url)!r}: no state backend serves {scheme!r}:// "
+                      f"(known: {', '.join(known) or 'none'}; for redis:// install the "
+                      "omniroute-redis plugin)")
