@@ -1,0 +1,131 @@
+"""The ``redis`` shared-state backend: what ``state_url = "redis://..."`` makes.
+
+One :class:`RedisShared` per gateway owns the link (one client, bounded calls),
+the scripts, the queue of writes that follow answers, the slot leases, and the
+parts it hands the gateway: the resilience store (:mod:`.resilience`), the
+budgets' shared ledger (:mod:`.ledger`) and the config watcher (:mod:`.watcher`).
+It runs three tasks: the resilience sync, the writes, and the pub/sub listener
+(one connection, channels ``<prefix>:state`` and ``<prefix>:config``).
+
+Redis away at start-up is not an error: the gateway serves with its own state
+(degraded) and catches up when Redis answers. After every outage (the link's
+probe answering again, or the subscription coming back) it resyncs: the scripts
+are loaded again, every shared record is read, every local record merged, and
+the configuration version checked.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+from collections.abc import Awaitable, Callable
+from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+from omniroute import SharedState
+from omniroute.budgets import Budgets
+from omniroute.config import Settings
+from omniroute.resilience import Clock
+from omniroute.storage import Database
+
+from omniroute_redis.batch import Batch
+from omniroute_redis.leases import Leases
+from omniroute_redis.ledger import RedisLedger
+from omniroute_redis.link import Link, Unreachable
+from omniroute_redis.resilience import RedisState
+from omniroute_redis.scripts import Scripts
+from omniroute_redis.watcher import PubSubWatcher
+
+log = logging.getLogger(__name__)
+
+#: the query parameter naming the key namespace (``redis://host/0?prefix=team-a``)
+PREFIX_PARAM = "prefix"
+
+
+def split_prefix(url: str) -> tuple[str, str]:
+    """``(url without ?prefix=, prefix)``; the default namespace is ``omniroute``."""
+    parts = urlsplit(url)
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    prefix = next((v for k, v in query if k == PREFIX_PARAM and v), "omniroute")
+    rest = urlencode([(k, v) for k, v in query if k != PREFIX_PARAM])
+    return urlunsplit(parts._replace(query=rest)), prefix
+
+
+class RedisShared(SharedState):
+    """Resilience state, budgets and config notices shared through Redis."""
+
+    name = "redis"
+    schemes = ("redis", "rediss", "unix")
+
+    def __init__(self, url: str, *, clock: Clock, settings: Callable[[], Settings]) -> None:
+        super().__init__(url, clock=clock, settings=settings)
+        client_url, prefix = split_prefix(url)
+        #: this gateway among the instances (slot and reservation names carry it)
+        self.instance = secrets.token_hex(6)
+        self.link = Link(client_url, timeout=lambda: settings().state_timeout, prefix=prefix)
+        self.scripts = Scripts()
+        self.batch = Batch(self.link, self.scripts)
+        self.leases = Leases(self.link, self.scripts, self.batch, self.instance)
+        self.state = RedisState(self.link, self.scripts, self.batch, self.leases, clock,
+                                settings)
+        self.config_watcher: PubSubWatcher | None = None
+        self._tasks: list[asyncio.Task[Any]] = []
+        self.resyncs = 0
+
+    def resilience_state(self) -> RedisState:
+        return self.state
+
+    def ledger(self, budgets: Budgets) -> RedisLedger:
+        return RedisLedger(self.link, self.scripts, self.batch, self.leases, budgets,
+                           self.settings)
+
+    def watcher(self, db: Database, *, reload: Callable[[], Awaitable[None]],
+                loaded: Callable[[], int]) -> PubSubWatcher:
+        self.config_watcher = PubSubWatcher(db, reload=reload, loaded=loaded, link=self.link)
+        return self.config_watcher
+
+    async def start(self) -> None:
+        try:
+            await self.link.call(self.scripts.load, timeout=2.0)
+            await self.state.load()
+        except Unreachable:
+            pass  # serving with this instance's own state; the probe resyncs later
+        self.link.on_recovery(self.resync)
+        self.batch.start()
+        handlers: dict[str, Callable[[bytes], None]] = {self.state.channel: self.state.message}
+        if self.config_watcher is not None:
+            handlers[self.config_watcher.channel] = self.config_watcher.heard
+        self._tasks = [
+            asyncio.create_task(self.state.run(), name="omniroute-redis-sync"),
+            asyncio.create_task(self.link.listen(handlers, self._subscribed),
+                                name="omniroute-redis-listen"),
+        ]
+
+    async def _subscribed(self, again: bool) -> None:
+        if again:  # what was published while the subscription was gone was missed
+            await self.resync()
+
+    async def resync(self) -> None:
+        """After an outage: scripts, every record both ways, the configuration."""
+        self.resyncs += 1
+        with contextlib.suppress(Unreachable):
+            await self.link.call(self.scripts.load, timeout=2.0)
+            await self.state.load()
+            await self.state.sync(everything=True)
+        if self.config_watcher is not None:
+            await self.config_watcher.check()
+
+    async def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        with contextlib.suppress(Unreachable):
+            await self.state.sync()  # the last transitions
+        await self.batch.close()
+        await self.link.close()
+
+    def health(self) -> dict[str, Any]:
+        return {**super().health(), **self.link.health(), "instance": self.instance,
+                "writes_dropped": self.batch.dropped}

@@ -1,0 +1,95 @@
+"""The writes that follow an answer, sent together: one pipelined round trip.
+
+A request that is over gives back its slots and settles its reservation;
+neither has to hold its answer. Each is queued here as one atomic command or
+script (:meth:`Batch.add`) and the writer sends everything queued since its
+last round trip in one pipeline, at once (several requests that end together
+share it). While Redis cannot be reached the writes are dropped, and counted:
+what they would have freed expires on its own (slot and reservation leases),
+and spend is repaired from the instances' own ledgers when Redis is back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from redis.exceptions import NoScriptError
+
+from omniroute_redis.link import Link, Unreachable
+from omniroute_redis.scripts import Scripts
+
+log = logging.getLogger(__name__)
+
+#: writes waiting past this are dropped (counted): Redis is far behind
+QUEUE_MAX = 10_000
+
+#: queues exactly one command (or script) on the pipeline it is given
+Write = Callable[[Any], None]
+
+
+class Batch:
+    """Queued writes and the task that sends them (``start`` / ``close``)."""
+
+    def __init__(self, link: Link, scripts: Scripts) -> None:
+        self.link = link
+        self.scripts = scripts
+        self._queue: list[Write] = []
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self.sent = self.dropped = self.round_trips = 0
+
+    def add(self, write: Write) -> None:
+        """Queue ``write(pipeline)``; never blocks, never raises."""
+        if not self.link.up or len(self._queue) >= QUEUE_MAX:
+            self.dropped += 1
+            return
+        self._queue.append(write)
+        self._wake.set()
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="omniroute-redis-writes")
+
+    async def _run(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            await self.flush()
+
+    async def flush(self) -> None:
+        """Send what is queued now, in one pipeline."""
+        writes, self._queue = self._queue, []
+        if not writes:
+            return
+
+        async def send(client: Any) -> None:
+            missing = writes
+            for _ in range(2):  # again, once, for the scripts a restarted Redis forgot
+                async with client.pipeline(transaction=False) as pipe:
+                    for write in missing:
+                        write(pipe)  # each write queues exactly one command
+                    results = await pipe.execute(raise_on_error=False)
+                missing = [w for w, r in zip(missing, results, strict=True)
+                           if isinstance(r, NoScriptError)]
+                if not missing:
+                    return
+                await self.scripts.load(client)
+
+        try:
+            await self.link.call(send)
+        except Unreachable:
+            self.dropped += len(writes)
+            return
+        self.sent += len(writes)
+        self.round_trips += 1
+
+    async def close(self) -> None:
+        """Send what is left (bounded by the link's timeout), then stop."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        await self.flush()

@@ -1,0 +1,141 @@
+"""Cache backend ``redis``: the exact response cache shared by every instance.
+
+Configure it behind (or instead of) the in-process one:
+``cache_backends = "memory,redis"`` answers from this instance's memory first and
+shares every stored answer through Redis; ``"redis"`` alone keeps no copy per
+instance, so a deleted entry is gone everywhere at once (with ``memory`` in
+front, another instance may still answer from its own copy until its TTL).
+
+Entries are Redis strings with the entry's TTL (``PX``), under
+``<prefix>:cache:e:<key>``; an index (sorted by expiry) counts and lists them and
+bounds them to ``max_entries`` (the entries closest to their end go first), and
+a hash counts each entry's hits. Each call is one script, bounded by
+:data:`TIMEOUT`. While Redis cannot be reached every lookup is a miss and every
+store is dropped (logged once, by the link): the cache never fails a request.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from omniroute import CacheBackend
+from omniroute.cache.base import Listed
+
+from omniroute_redis.link import Link, Unreachable
+from omniroute_redis.scripts import Scripts
+
+#: seconds one cache call may take (a slower Redis is a miss, not a slow answer)
+TIMEOUT = 0.25
+
+
+class RedisCache(CacheBackend):
+    """Options: ``url`` (the gateway passes its ``state_url``), ``ttl`` seconds,
+    ``max_entries``, ``prefix`` (default ``omniroute``)."""
+
+    name = "redis"
+    description = "Shared by every instance through Redis (state_url); survives restarts"
+
+    def __init__(self, options: Mapping[str, Any] | None = None) -> None:
+        super().__init__(options)
+        url = self.options.get("url")
+        if not isinstance(url, str) or not url:
+            raise ValueError("the redis cache backend needs state_url (redis://host:6379/0)")
+        self.ttl = float(self.options.get("ttl", 3600))
+        self.max_entries = int(self.options.get("max_entries", 10_000))
+        if self.ttl <= 0 or self.max_entries < 1:
+            raise ValueError("ttl and max_entries must be positive")
+        self.link = Link(url, timeout=lambda: TIMEOUT,
+                         prefix=str(self.options.get("prefix", "omniroute")))
+        self.scripts = Scripts()
+        self._entry = self.link.key("cache", "e", "")
+        self._index = self.link.key("cache", "index")
+        self._hits = self.link.key("cache", "hits")
+        self.hits = self.misses = self.unreachable = 0
+
+    async def get(self, key: str) -> bytes | None:
+        try:
+            value = await self.link.call(lambda r: self.scripts.run(
+                r, "cache_get", [self._entry + key, self._hits], [key]))
+        except Unreachable:
+            self.unreachable += 1
+            value = None
+        if value is None:
+            self.misses += 1
+            return None
+        self.hits += 1
+        return bytes(value)
+
+    async def set(self, key: str, value: bytes, ttl: float | None = None) -> None:
+        ttl_ms = max(1, int((ttl if ttl is not None else self.ttl) * 1000))
+        try:
+            await self.link.call(lambda r: self.scripts.run(
+                r, "cache_set", [self._entry + key, self._index, self._hits],
+                [value, ttl_ms, key, self.max_entries, self._entry]))
+        except Unreachable:
+            self.unreachable += 1
+
+    async def delete(self, key: str) -> bool:
+        async def run(r: Any) -> int:
+            async with r.pipeline(transaction=True) as pipe:
+                pipe.delete(self._entry + key)
+                pipe.zrem(self._index, key)
+                pipe.hdel(self._hits, key)
+                found = await pipe.execute()
+            return int(found[0])
+
+        try:
+            return bool(await self.link.call(run))
+        except Unreachable:
+            self.unreachable += 1
+            return False
+
+    async def clear(self) -> None:
+        """Every entry goes (raises while Redis cannot be reached: the API says so)."""
+
+        async def run(r: Any) -> None:
+            batch: list[str] = []
+            async for name in r.scan_iter(match=self._entry + "*", count=500):
+                batch.append(name)
+                if len(batch) >= 500:
+                    await r.delete(*batch)
+                    batch = []
+            if batch:
+                await r.delete(*batch)
+            await r.delete(self._index, self._hits)
+
+        await self.link.call(run, timeout=30.0)
+
+    async def stats(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"hits": self.hits, "misses": self.misses,
+                               "max_entries": self.max_entries, "ttl": self.ttl,
+                               "unreachable": self.unreachable, "reachable": self.link.up}
+        try:
+            out["entries"] = int(await self.link.call(
+                lambda r: r.zcount(self._index, time.time(), "+inf")))
+        except Unreachable:
+            out["entries"] = None
+        return out
+
+    async def entries(self, limit: int) -> list[Listed]:
+        async def run(r: Any) -> list[Listed]:
+            now = time.time()
+            rows = await r.zrevrangebyscore(self._index, "+inf", now, start=0, num=limit,
+                                            withscores=True)
+            if not rows:
+                return []
+            fields = [f.decode() if isinstance(f, bytes) else f for f, _ in rows]
+            values = await r.mget([self._entry + f for f in fields])
+            hits = await r.hmget(self._hits, fields)
+            return [Listed(f, bytes(v), int(h or 0), max(0.0, float(end) - now))
+                    for f, (_, end), v, h in zip(fields, rows, values, hits, strict=True)
+                    if v is not None]
+
+        try:
+            return await self.link.call(run, timeout=2.0)
+        except Unreachable:
+            return []
+
+    async def close(self) -> None:
+        await self.link.close()

@@ -1,0 +1,127 @@
+"""Slots under a concurrency and a requests-per-minute limit, taken atomically in Redis.
+
+One :class:`Leases` per gateway serves both kinds of limit that must hold across
+instances: a connection's (``max_concurrency``, ``rpm``: the limiter's
+:class:`~omniroute.resilience.state.SharedSlots`, :class:`ConnectionSlots`) and an
+API key's (``concurrency``, ``rpm``: the budgets' shared ledger).
+
+A slot is a member of a sorted set scored by the end of its **lease**: a
+gateway that dies without giving its slots back loses them after
+:data:`LEASE` seconds, while a living one renews the leases of the slots it
+holds (:meth:`Leases.renew`, from the state's periodic sync). A request start
+is a member of another sorted set scored by its time, trimmed to the rolling
+minute, so the count is exact across instances. Taking is the ``take`` script:
+one round trip, atomic; giving back is queued with the other writes that
+follow an answer (:class:`~omniroute_redis.batch.Batch`).
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections import defaultdict
+from typing import Any
+
+from omniroute.resilience.limits import SHARED_POLL
+
+from omniroute_redis.batch import Batch
+from omniroute_redis.link import Link, Unreachable
+from omniroute_redis.scripts import Scripts
+
+#: seconds a slot is held without a renewal (a gateway that died frees its slots then)
+LEASE = 30.0
+
+#: what :meth:`Leases.take` found: taken, the concurrency is full, or seconds until
+#: the rolling minute frees a start
+TAKEN, FULL = 0.0, -1.0
+
+
+class Leases:
+    """Slots and starts in Redis, and the slots this gateway holds (to renew and give back)."""
+
+    def __init__(self, link: Link, scripts: Scripts, batch: Batch, instance: str) -> None:
+        self.link = link
+        self.scripts = scripts
+        self.batch = batch
+        self.instance = instance
+        self._ids = itertools.count(1)
+        #: slot set key -> members this gateway holds there
+        self.held: defaultdict[str, list[str]] = defaultdict(list)
+
+    def member(self) -> str:
+        """A name no other request of any instance uses."""
+        return f"{self.instance}:{next(self._ids)}"
+
+    async def take(self, name: str, concurrency: int | None, rpm: int | None) -> float:
+        """Take a slot of limit ``name`` (a key prefix): :data:`TAKEN`, :data:`FULL`, or the
+        seconds until the minute frees a start.
+
+        :raises Unreachable: Redis cannot be reached (bounded by the link's timeout).
+        """
+        member = self.member()
+        slots, starts = f"{name}:slots", f"{name}:starts"
+
+        async def run(client: Any) -> Any:
+            return await self.scripts.run(
+                client, "take", [slots, starts],
+                [member, "" if concurrency is None else concurrency,
+                 "" if rpm is None else rpm, LEASE])
+
+        found = await self.link.call(run)
+        found = found.decode() if isinstance(found, bytes) else str(found)
+        if found == "0":
+            if concurrency is not None:
+                self.held[slots].append(member)
+            return TAKEN
+        if found == "c":
+            return FULL
+        return float(found)
+
+    def give(self, name: str) -> None:
+        """Give back one slot of limit ``name`` held here (queued); none held: nothing.
+
+        Slots of one limit are interchangeable, so any held member will do.
+        """
+        slots = f"{name}:slots"
+        members = self.held.get(slots)
+        if not members:
+            return
+        member = members.pop()
+        if not members:
+            del self.held[slots]
+        self.batch.add(lambda pipe: pipe.zrem(slots, member))
+
+    async def renew(self) -> None:
+        """Extend the leases of every slot held here (one pipelined round trip).
+
+        :raises Unreachable: Redis cannot be reached.
+        """
+        held = {key: list(members) for key, members in self.held.items() if members}
+        if not held:
+            return
+
+        async def run(client: Any) -> None:
+            async with client.pipeline(transaction=False) as pipe:
+                for key, members in held.items():
+                    self.scripts.queue(pipe, "renew", [key], [LEASE, *members])
+                await pipe.execute(raise_on_error=False)
+
+        await self.link.call(run)
+
+
+class ConnectionSlots:
+    """A connection's limits across instances: the resilience store's ``slots``
+    (:class:`~omniroute.resilience.state.SharedSlots`)."""
+
+    def __init__(self, leases: Leases) -> None:
+        self.leases = leases
+        self.prefix = leases.link.key("conn")
+
+    async def take(self, name: str, max_concurrency: int | None, rpm: int | None) -> float | None:
+        try:
+            found = await self.leases.take(f"{self.prefix}:{name}", max_concurrency, rpm)
+        except Unreachable:
+            return None
+        return SHARED_POLL if found == FULL else found
+
+    def give(self, name: str) -> None:
+        self.leases.give(f"{self.prefix}:{name}")

@@ -1,0 +1,131 @@
+"""Per-key budgets and limits across instances (a :class:`~omniroute.budgets.ledger.SharedLedger`).
+
+The budgets stage asks this ledger first; each answer is one atomic script:
+
+* ``enter`` — a slot of the key's ``concurrency`` and ``rpm`` (:mod:`.leases`);
+* ``reserve`` — the key's windows admit the request against every instance's
+  spend and reservations in flight, and its estimate is reserved in the same
+  step (the ``reserve`` script). A window's spend in Redis never drops below
+  what this instance's own ledger counts (its spend store holds every
+  instance's settled spend), so a Redis that lost its data, or missed writes
+  while it was away, is repaired on the next reservation;
+* ``settle`` and ``leave`` — queued with the writes that follow an answer.
+
+So across instances the spend passes a limit by at most what the requests in
+flight cost beyond their estimates (and one request admitted alone), as in
+one process. A reservation is a lease too (``total_timeout`` and a minute): one
+whose gateway died is dropped by the next admission.
+
+When Redis cannot be reached the gateway's own ledger decides (approximate
+across instances, as with several workers), unless ``budget_fail_closed`` is
+on: then requests of keys with a budget get a 503.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from omniroute.budgets import Budgets, Limits
+from omniroute.budgets.ledger import BUSY_RETRY_AFTER, KeyState, exceeded
+from omniroute.config import Settings
+from omniroute.errors import BudgetUnavailable, RateLimited
+
+from omniroute_redis.batch import Batch
+from omniroute_redis.leases import FULL, TAKEN, Leases
+from omniroute_redis.link import Link, Unreachable
+from omniroute_redis.scripts import Scripts
+
+#: seconds a reservation outlives the longest a request may take (``total_timeout``)
+RESERVATION_SLACK = 60.0
+
+
+@dataclass(frozen=True, slots=True)
+class Held:
+    """One reservation in Redis: where it is, and the windows it settles into."""
+
+    reservation: str
+    keys: list[str]
+
+
+class RedisLedger:
+    """The shared half of the budgets (see the module docstring)."""
+
+    def __init__(self, link: Link, scripts: Scripts, batch: Batch, leases: Leases,
+                 budgets: Budgets, settings: Callable[[], Settings]) -> None:
+        """
+        :param budgets: the gateway's own ledger: its windows, and its numbers as a floor.
+        """
+        self.link = link
+        self.scripts = scripts
+        self.batch = batch
+        self.leases = leases
+        self.budgets = budgets
+        self.settings = settings
+
+    def _key(self, key_id: str, *parts: str) -> str:
+        return self.link.key("key", key_id, *parts)
+
+    async def enter(self, key_id: str, limits: Limits) -> bool:
+        try:
+            found = await self.leases.take(self._key(key_id), limits.concurrency, limits.rpm)
+        except Unreachable:
+            return False
+        if found == TAKEN:
+            return True
+        if found == FULL:
+            raise RateLimited(
+                f"This API key already has {limits.concurrency} requests in flight across "
+                f"the gateway's instances, its limit; retry when one has finished.",
+                retry_after=BUSY_RETRY_AFTER, code="concurrency_limit_exceeded")
+        raise RateLimited(f"This API key is limited to {limits.rpm} requests per minute.",
+                          retry_after=found, code="rate_limit_exceeded")
+
+    def leave(self, key_id: str) -> None:
+        self.leases.give(self._key(key_id))
+
+    async def reserve(self, state: KeyState, limits: Limits, usd: float,
+                      tokens: int) -> Held | None:
+        budgets = self.budgets
+        now = budgets.clock.time()
+        windows = [budgets.window(state, limits, period, now) for period in limits.periods]
+        keys = [self._key(state.key_id, "reserved"),
+                *(self._key(state.key_id, "spend", w.period, f"{w.start:.0f}") for w in windows)]
+        reservation = self.leases.member()
+        args: list[str | float | int] = [
+            reservation, repr(float(usd)), int(tokens),
+            self.settings().total_timeout + RESERVATION_SLACK]
+        for w in windows:
+            limit_usd, limit_tokens = limits.usd.get(w.period), limits.tokens.get(w.period)
+            args += [w.end, "" if limit_usd is None else repr(float(limit_usd)),
+                     "" if limit_tokens is None else int(limit_tokens),
+                     repr(w.spent_usd), w.spent_tokens]
+
+        async def run(client: object) -> list[bytes]:
+            found: list[bytes] = await self.scripts.run(client, "reserve", keys, args)
+            return found
+
+        try:
+            answer = await self.link.call(run)
+            found = [v.decode() if isinstance(v, bytes) else str(v) for v in answer]
+        except Unreachable:
+            if self.settings().budget_fail_closed:
+                raise BudgetUnavailable(
+                    "Budgets cannot be checked now: the state shared by the gateway's "
+                    "instances cannot be reached, and budget_fail_closed is on.",
+                    headers={"Retry-After": "1"}) from None
+            return None
+        if found[0] == "no":
+            w = windows[int(found[1]) - 1]
+            unit, spent, reserved, estimate, limit = found[2], *map(float, found[3:7])
+            raise exceeded(w, now, unit, spent, reserved, estimate, limit)
+        for i, w in enumerate(windows):  # every instance's spend, for the warning threshold
+            shared_usd, shared_tokens = float(found[1 + 2 * i]), int(float(found[2 + 2 * i]))
+            w.base_usd = max(w.base_usd, shared_usd - w.usd)
+            w.base_tokens = max(w.base_tokens, shared_tokens - w.tokens)
+        return Held(reservation, keys)
+
+    def settle(self, handle: object, usd: float, tokens: int) -> None:
+        assert isinstance(handle, Held)
+        args = [handle.reservation, repr(float(usd)), int(tokens)]
+        self.batch.add(lambda pipe: self.scripts.queue(pipe, "settle", handle.keys, args))

@@ -1,0 +1,194 @@
+"""One gateway's link to Redis: every call bounded, and whether Redis can be reached.
+
+:meth:`Link.call` runs one round trip (a command, a script or a pipeline) under
+the ``state_timeout`` setting. The first failure marks the link **down**: it is
+logged once, every later call fails at once with :class:`Unreachable` (so a
+request never waits on a dead server, its part decides with this instance's own
+numbers), and a probe pings Redis with a growing pause (at most
+:data:`PROBE_MAX` seconds). When a ping answers the link is **up** again, which
+is logged once, and every recovery callback runs (the parts resync).
+
+:meth:`Link.listen` keeps one pub/sub connection subscribed to the channels and
+hands each message to its channel's handler; when the connection breaks it
+marks the link down and subscribes again once Redis is back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+from omniroute.config import redact_url
+from redis import asyncio as aioredis
+from redis.exceptions import RedisError
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+#: the longest pause between two probes while Redis cannot be reached (seconds)
+PROBE_MAX = 1.0
+#: the first pause (doubled after each failed probe)
+PROBE_MIN = 0.05
+#: seconds a pub/sub read waits before it looks again (and sees a cancellation)
+LISTEN_POLL = 1.0
+#: the errors that mean "Redis is not there" (a refused or reset connection, a timeout)
+FAILURES = (RedisError, OSError, TimeoutError, ConnectionError)
+
+
+class Unreachable(Exception):
+    """Redis cannot be reached now; the caller decides with its own numbers."""
+
+
+class Link:
+    """The Redis client of one gateway, and its reachability.
+
+    :param url: the ``state_url`` (``redis://``, ``rediss://`` or ``unix://``).
+    :param timeout: the seconds one call may take (read per call: a live setting).
+    :param prefix: the namespace of every key and channel (several gateways may share
+        a Redis server under different prefixes).
+    """
+
+    def __init__(self, url: str, *, timeout: Callable[[], float],
+                 prefix: str = "omniroute") -> None:
+        self.url = url
+        self.prefix = prefix
+        self.timeout = timeout
+        self.client: aioredis.Redis = aioredis.Redis.from_url(
+            url, socket_connect_timeout=2.0, socket_timeout=5.0, health_check_interval=0)
+        self.up = True
+        #: when the link went down (epoch seconds), and why
+        self.down_since: float | None = None
+        self.last_error: str | None = None
+        #: round trips that failed, and times the link went down
+        self.failures = 0
+        self.outages = 0
+        self._recovered: list[Callable[[], Awaitable[None]]] = []
+        self._probe: asyncio.Task[None] | None = None
+        self._closing = False
+
+    def key(self, *parts: str) -> str:
+        """A key (or channel) name in this gateway's namespace."""
+        return ":".join((self.prefix, *parts))
+
+    def on_recovery(self, callback: Callable[[], Awaitable[None]]) -> None:
+        """Run ``callback`` each time the link is up again (its errors are logged)."""
+        self._recovered.append(callback)
+
+    async def call(self, fn: Callable[[aioredis.Redis], Awaitable[T]], *,
+                   timeout: float | None = None) -> T:
+        """One bounded round trip (``timeout``, default the ``state_timeout`` setting);
+        :class:`Unreachable` at once while the link is down."""
+        if not self.up:
+            raise Unreachable(self.last_error or "down")
+        try:
+            async with asyncio.timeout(timeout or self.timeout()):
+                return await fn(self.client)
+        except FAILURES as exc:
+            self.lost(exc)
+            raise Unreachable(str(exc)) from exc
+
+    def lost(self, exc: BaseException) -> None:
+        """A call failed: mark the link down (logged once) and start probing."""
+        self.failures += 1
+        self.last_error = f"{type(exc).__name__}: {exc}"[:300]
+        if not self.up or self._closing:
+            return
+        self.up = False
+        self.outages += 1
+        self.down_since = time.time()
+        log.warning("redis at %s cannot be reached (%s); each instance uses its own state "
+                    "until it is back", redact_url(self.url), self.last_error)
+        self._probe = asyncio.create_task(self._probing(), name="omniroute-redis-probe")
+
+    async def _probing(self) -> None:
+        pause = PROBE_MIN
+        while True:
+            await asyncio.sleep(pause)
+            try:
+                async with asyncio.timeout(max(self.timeout(), 0.5)):
+                    await self.client.ping()
+            except FAILURES:
+                pause = min(PROBE_MAX, pause * 2)
+                continue
+            break
+        down = time.time() - (self.down_since or time.time())
+        self.up, self.down_since = True, None
+        log.warning("redis at %s is back after %.1fs; resyncing the shared state",
+                    redact_url(self.url), down)
+        for callback in self._recovered:
+            try:
+                await callback()
+            except Exception:
+                log.exception("resyncing after redis came back failed")
+
+    async def listen(self, handlers: dict[str, Callable[[bytes], None]],
+                     subscribed: Callable[[bool], Awaitable[None]]) -> None:
+        """Stay subscribed to ``handlers``' channels until cancelled.
+
+        :param handlers: channel name -> handler of each message's data (must not raise).
+        :param subscribed: awaited after each subscription (True: again, after a loss:
+            what was published meanwhile was missed).
+        """
+        again = False
+        while True:
+            pubsub = self.client.pubsub(ignore_subscribe_messages=True)
+            try:
+                async with asyncio.timeout(max(self.timeout(), 1.0)):
+                    await pubsub.subscribe(*handlers)
+                await subscribed(again)
+                while True:
+                    message = await pubsub.get_message(timeout=LISTEN_POLL)
+                    if message is None or message.get("type") != "message":
+                        continue
+                    channel = message["channel"]
+                    handler = handlers.get(channel.decode() if isinstance(channel, bytes)
+                                           else channel)
+                    if handler is not None:
+                        handler(message["data"])
+            except FAILURES as exc:
+                self.lost(exc)
+                again = True
+                while not self.up:
+                    await asyncio.sleep(PROBE_MIN)
+            finally:
+                with contextlib.suppress(Exception):
+                    async with asyncio.timeout(1.0):
+                        await pubsub.aclose()
+
+    def publish(self, channel: str, data: bytes | str) -> None:
+        """Publish in the background (dropped while the link is down)."""
+        if self.up:
+            task = asyncio.ensure_future(self._publish(channel, data))
+            task.add_done_callback(_quiet)
+
+    async def _publish(self, channel: str, data: bytes | str) -> None:
+        with contextlib.suppress(Unreachable):
+            await self.call(lambda r: r.publish(channel, data))
+
+    def health(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"ok": self.up, "outages": self.outages,
+                               "failed_calls": self.failures}
+        if not self.up:
+            out["down_for_s"] = round(time.time() - (self.down_since or time.time()), 1)
+            out["error"] = self.last_error
+        return out
+
+    async def close(self) -> None:
+        self._closing = True
+        if self._probe is not None:
+            self._probe.cancel()
+            await asyncio.gather(self._probe, return_exceptions=True)
+        with contextlib.suppress(Exception):
+            async with asyncio.timeout(2.0):
+                await self.client.aclose()
+
+
+def _quiet(task: asyncio.Future[Any]) -> None:
+    """Retrieve a background task's outcome (a failure was already counted by the link)."""
+    if not task.cancelled():
+        task.exception()

@@ -1,0 +1,253 @@
+"""The Lua scripts: each shared operation is one script, so it is atomic in Redis.
+
+No operation reads a value, decides in Python and writes it back: the decision
+runs where the value is. Times inside the scripts are the Redis server's
+(``TIME``), so the windows and leases of every instance share one clock.
+
+:class:`Scripts` runs them by their SHA (``EVALSHA``) and loads them again when
+Redis answers ``NOSCRIPT`` (a restarted server has forgotten them).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+from redis.exceptions import NoScriptError
+
+_NOW = """
+local clock = redis.call('TIME')
+local now = tonumber(clock[1]) + tonumber(clock[2]) / 1000000
+"""
+
+#: one resilience record (a connection's statistics and rest, a breaker): apply one
+#: instance's change to the shared JSON record, keep it for ARGV[5] seconds, publish
+#: it on ARGV[4] (when given) and return it. ARGV[1] is the change:
+#: ``add`` numbers, ``max`` numbers, ``set`` values, ``ewma`` deltas (the record's own
+#: value when it has none), ``full`` (the whole record, when Redis has none),
+#: ``trial`` (a half-open trial was taken: stamp it; trials older than ARGV[6] seconds
+#: belong to an instance that is gone), ``delete``.
+MERGE = _NOW + """
+local op = cjson.decode(ARGV[1])
+local null = cjson.null
+local function val(x) if x == null then return nil end return x end
+if op.delete then
+  redis.call('DEL', KEYS[1])
+  if ARGV[4] ~= '' then
+    redis.call('PUBLISH', ARGV[4], cjson.encode({t = ARGV[2], k = ARGV[3], gone = true}))
+  end
+  return false
+end
+local raw = redis.call('GET', KEYS[1])
+local r
+if not raw then
+  r = op.full
+else
+  r = cjson.decode(raw)
+  if op.add then for f, d in pairs(op.add) do r[f] = (val(r[f]) or 0) + d end end
+  if op.max then
+    for f, x in pairs(op.max) do
+      local c = val(r[f])
+      if c == nil or x > c then r[f] = x end
+    end
+  end
+  if op.ewma then
+    for f, d in pairs(op.ewma) do
+      local c = val(r[f])
+      if c == nil then r[f] = op.full[f] else r[f] = c + d end
+    end
+  end
+  if op.set then for f, x in pairs(op.set) do r[f] = x end end
+end
+if val(r.error_rate) ~= nil then r.error_rate = math.min(1, math.max(0, r.error_rate)) end
+if val(r.ttft) ~= nil then r.ttft = math.max(0, r.ttft) end
+if val(r.trials) ~= nil then
+  if op.trial then r.trial_at = now end
+  if r.trials < 0 or (r.trials > 0 and now - (val(r.trial_at) or now) > tonumber(ARGV[6])) then
+    r.trials = 0
+  end
+end
+r.rev = (val(r.rev) or 0) + 1
+local out = cjson.encode(r)
+redis.call('SET', KEYS[1], out, 'EX', ARGV[5])
+if ARGV[4] ~= '' then
+  redis.call('PUBLISH', ARGV[4], cjson.encode({t = ARGV[2], k = ARGV[3], r = r}))
+end
+return out
+"""
+
+#: take a slot under a concurrency limit and a requests-per-minute limit, or say how
+#: long until one may be free: KEYS = the slots (member -> lease end) and the starts
+#: (member -> start time) of one connection or API key; ARGV = member, concurrency or
+#: '', rpm or '', lease seconds. Returns '0' (taken), 'c' (concurrency full) or the
+#: seconds until the rolling minute frees one.
+TAKE = _NOW + """
+local member, concurrency, rpm = ARGV[1], ARGV[2], ARGV[3]
+if concurrency ~= '' then
+  redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+  if redis.call('ZCARD', KEYS[1]) >= tonumber(concurrency) then return 'c' end
+end
+if rpm ~= '' then
+  local limit = tonumber(rpm)
+  redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now - 60)
+  local n = redis.call('ZCARD', KEYS[2])
+  if n >= limit then
+    local oldest = redis.call('ZRANGE', KEYS[2], n - limit, n - limit, 'WITHSCORES')
+    return tostring(math.max(0.001, tonumber(oldest[2]) + 60 - now))
+  end
+  redis.call('ZADD', KEYS[2], now, member)
+  redis.call('EXPIRE', KEYS[2], 61)
+end
+if concurrency ~= '' then
+  redis.call('ZADD', KEYS[1], now + tonumber(ARGV[4]), member)
+  redis.call('EXPIRE', KEYS[1], math.ceil(tonumber(ARGV[4])) + 1)
+end
+return '0'
+"""
+
+#: extend the leases of the slots an instance holds: KEYS[1] = the slots; ARGV = lease
+#: seconds, then the members (only those still there)
+RENEW = _NOW + """
+local lease = tonumber(ARGV[1])
+for i = 2, #ARGV do redis.call('ZADD', KEYS[1], 'XX', now + lease, ARGV[i]) end
+redis.call('EXPIRE', KEYS[1], math.ceil(lease) + 1)
+return #ARGV - 1
+"""
+
+#: admit a request against an API key's budget windows and reserve its estimate:
+#: KEYS[1] = the key's reservations (id -> "usd tokens lease_end"), KEYS[2..] = one
+#: spend hash per window (usd, tokens, requests). ARGV = id, usd, tokens, lease
+#: seconds, then per window: end, USD limit or '', token limit or '', and this
+#: instance's own count of the window's spend (a floor: Redis may have lost some).
+#: Returns {'ok', usd1, tokens1, ...} or {'no', window, unit, spent, reserved, estimate,
+#: limit}; a window admits while its spend is under the limit and the reservations in
+#: flight and this estimate fit, or nothing else of the key is in flight.
+RESERVE = _NOW + """
+local held, rusd, rtok = 0, 0, 0
+local all = redis.call('HGETALL', KEYS[1])
+for i = 1, #all, 2 do
+  local u, k, e = string.match(all[i + 1], '(%S+) (%S+) (%S+)')
+  if tonumber(e) <= now then
+    redis.call('HDEL', KEYS[1], all[i])
+  else
+    held = held + 1
+    rusd = rusd + tonumber(u)
+    rtok = rtok + tonumber(k)
+  end
+end
+local alone = held == 0
+local usd, tokens = tonumber(ARGV[2]), tonumber(ARGV[3])
+local out = {'ok'}
+local refusal, refusal_end = nil, 0
+local function admits(spent, reserved, estimate, limit)
+  return spent < limit and (alone or spent + reserved + estimate <= limit)
+end
+for w = 1, #KEYS - 1 do
+  local b = 4 + (w - 1) * 5
+  local wend, lusd, ltok = tonumber(ARGV[b + 1]), ARGV[b + 2], ARGV[b + 3]
+  local key = KEYS[w + 1]
+  local su = tonumber(redis.call('HGET', key, 'usd') or '-1')
+  local st = tonumber(redis.call('HGET', key, 'tokens') or '-1')
+  local fu, ft = tonumber(ARGV[b + 4]), tonumber(ARGV[b + 5])
+  if su < fu then su = fu; redis.call('HSET', key, 'usd', ARGV[b + 4]) end
+  if st < ft then st = ft; redis.call('HSET', key, 'tokens', ARGV[b + 5]) end
+  redis.call('EXPIREAT', key, math.ceil(wend) + 86400)
+  out[#out + 1] = tostring(su)
+  out[#out + 1] = tostring(st)
+  if lusd ~= '' and not admits(su, rusd, usd, tonumber(lusd)) and wend > refusal_end then
+    refusal, refusal_end = {'no', tostring(w), 'USD', tostring(su), tostring(rusd),
+                            tostring(usd), lusd}, wend
+  end
+  if ltok ~= '' and wend > refusal_end and not admits(st, rtok, tokens, tonumber(ltok)) then
+    refusal, refusal_end = {'no', tostring(w), 'tokens', tostring(st), tostring(rtok),
+                            tostring(tokens), ltok}, wend
+  end
+end
+if refusal then return refusal end
+local lease = tonumber(ARGV[4])
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2] .. ' ' .. ARGV[3] .. ' ' .. tostring(now + lease))
+redis.call('EXPIRE', KEYS[1], math.ceil(lease) + 60)
+return out
+"""
+
+#: a request is over: drop its reservation (KEYS[1], field ARGV[1]) and add its spend
+#: (ARGV[2] USD, ARGV[3] tokens, one request) to each window (KEYS[2..])
+SETTLE = """
+redis.call('HDEL', KEYS[1], ARGV[1])
+for w = 2, #KEYS do
+  redis.call('HINCRBYFLOAT', KEYS[w], 'usd', ARGV[2])
+  redis.call('HINCRBY', KEYS[w], 'tokens', ARGV[3])
+  redis.call('HINCRBY', KEYS[w], 'requests', 1)
+end
+return 1
+"""
+
+#: a session bound to a connection: KEYS[1] = the session, ARGV = connection id, TTL
+#: milliseconds, channel, message
+SESSION = """
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+redis.call('PUBLISH', ARGV[3], ARGV[4])
+return 1
+"""
+
+#: a cache lookup that counts the entry's hits: KEYS = entry, hits hash; ARGV[1] = field
+CACHE_GET = """
+local value = redis.call('GET', KEYS[1])
+if value then redis.call('HINCRBY', KEYS[2], ARGV[1], 1) end
+return value
+"""
+
+#: store a cache entry: KEYS = entry, index (field -> expiry), hits; ARGV = value, TTL
+#: ms, field, most entries, the entries' key prefix. Expired index rows go first, then
+#: the entries closest to their end while the index holds more than the most.
+CACHE_SET = _NOW + """
+local prefix = ARGV[5]
+local gone = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now, 'LIMIT', 0, 100)
+for _, field in ipairs(gone) do
+  redis.call('ZREM', KEYS[2], field)
+  redis.call('HDEL', KEYS[3], field)
+end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+redis.call('ZADD', KEYS[2], now + tonumber(ARGV[2]) / 1000, ARGV[3])
+redis.call('HDEL', KEYS[3], ARGV[3])
+local over = redis.call('ZCARD', KEYS[2]) - tonumber(ARGV[4])
+if over > 0 then
+  local evicted = redis.call('ZPOPMIN', KEYS[2], math.min(over, 100))
+  for i = 1, #evicted, 2 do
+    redis.call('DEL', prefix .. evicted[i])
+    redis.call('HDEL', KEYS[3], evicted[i])
+  end
+end
+return 1
+"""
+
+SOURCES = {"merge": MERGE, "take": TAKE, "renew": RENEW, "reserve": RESERVE,
+           "settle": SETTLE, "session": SESSION, "cache_get": CACHE_GET,
+           "cache_set": CACHE_SET}
+
+
+class Scripts:
+    """The scripts by name, run with ``EVALSHA`` (loaded again after ``NOSCRIPT``)."""
+
+    def __init__(self) -> None:
+        self.sha = {name: hashlib.sha1(src.encode()).hexdigest()
+                    for name, src in SOURCES.items()}
+
+    async def load(self, client: Any) -> None:
+        """Load every script (one pipeline)."""
+        async with client.pipeline(transaction=False) as pipe:
+            for src in SOURCES.values():
+                pipe.script_load(src)
+            await pipe.execute()
+
+    async def run(self, client: Any, name: str, keys: list[str], args: list[Any]) -> Any:
+        """Run script ``name`` (one round trip; two after Redis forgot its scripts)."""
+        try:
+            return await client.evalsha(self.sha[name], len(keys), *keys, *args)
+        except NoScriptError:
+            await self.load(client)
+            return await client.evalsha(self.sha[name], len(keys), *keys, *args)
+
+    def queue(self, pipe: Any, name: str, keys: list[str], args: list[Any]) -> None:
+        """Add script ``name`` to a pipeline (the batch loads them again on ``NOSCRIPT``)."""
+        pipe.evalsha(self.sha[name], len(keys), *keys, *args)

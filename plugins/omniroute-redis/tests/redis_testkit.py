@@ -1,0 +1,119 @@
+"""Helpers of the redis plugin's tests: a fake upstream and several gateway instances.
+
+(Named ``redis_testkit`` and not ``conftest`` helpers: the repository's own tests have a
+``conftest``, and a test importing from it by name could get that one.)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+from omniroute.testing import GatewayHarness, make_test_config, start_harness
+
+UPSTREAM_KEY = "sk-upstream-test"
+
+
+class FakeUpstream:
+    """An OpenAI-compatible upstream that counts its calls and can be told to fail.
+
+    Every answer reports 10 prompt and 10 completion tokens. ``fail_next`` answers
+    that many calls with 429 and ``Retry-After: 30``; ``delay`` holds each answer.
+    """
+
+    def __init__(self) -> None:
+        self.calls = 0
+        self.fail_next = 0
+        self.delay = 0.0
+        self.app = web.Application()
+        self.app.router.add_post("/v1/chat/completions", self.chat)
+        self.app.router.add_get("/v1/models", self.models)
+        self.base_url = ""
+
+    async def models(self, request: web.Request) -> web.Response:
+        return web.json_response({"object": "list", "data": [
+            {"id": "m1", "object": "model", "owned_by": "fake"}]})
+
+    async def chat(self, request: web.Request) -> web.Response:
+        self.calls += 1
+        body = await request.json()
+        if self.fail_next > 0:
+            self.fail_next -= 1
+            return web.json_response(
+                {"error": {"message": "slow down", "type": "rate_limit", "code": "rate_limit"}},
+                status=429, headers={"Retry-After": "30"})
+        if self.delay:
+            await asyncio.sleep(self.delay)
+        text = "echo: " + str(body["messages"][-1]["content"])
+        return web.json_response({
+            "id": f"chatcmpl-{self.calls}", "object": "chat.completion", "created": 1,
+            "model": body["model"],
+            "choices": [{"index": 0, "finish_reason": "stop",
+                         "message": {"role": "assistant", "content": text}}],
+            "usage": {"prompt_tokens": 10, "completion_tokens": 10, "total_tokens": 20}})
+
+
+class Instances:
+    """Gateways sharing one data directory and one Redis, and a client spreading
+    requests over them (round robin)."""
+
+    def __init__(self, gateways: list[GatewayHarness]) -> None:
+        self.gateways = gateways
+        self._turn = itertools.cycle(range(len(gateways)))
+        self.session = aiohttp.ClientSession()
+
+    def __getitem__(self, i: int) -> GatewayHarness:
+        return self.gateways[i]
+
+    def next(self) -> GatewayHarness:
+        return self.gateways[next(self._turn)]
+
+    async def chat(self, content: str = "hi", *, model: str = "up/m1", key: str | None = None,
+                   via: GatewayHarness | None = None, **extra: Any) -> tuple[int, Any, Any]:
+        """One chat request through ``via`` (default: the next instance):
+        ``(status, body, headers)``."""
+        gw = via or self.next()
+        headers = {"Authorization": f"Bearer {key or gw.admin_key}"}
+        async with self.session.post(
+                gw.base_url + "/v1/chat/completions", headers=headers,
+                json={"model": model, "messages": [{"role": "user", "content": content}],
+                      **extra}) as resp:
+            return resp.status, await resp.json(), resp.headers
+
+    async def close(self) -> None:
+        await self.session.close()
+
+
+async def start_instances(aiohttp_client: Callable[..., Any], data_dir: Path, redis_url: str,
+                          count: int = 3, **settings: Any) -> Instances:
+    """``count`` gateways on one data directory, each on its own port, sharing ``redis_url``."""
+    gateways = []
+    for _ in range(count):
+        config = make_test_config(data_dir, **settings).replace(state_url=redis_url)
+        gateways.append(await start_harness(aiohttp_client, config))
+    return Instances(gateways)
+
+
+async def until(check: Callable[[], Any], timeout: float, step: float = 0.002) -> float:
+    """Wait until ``check()`` is true; the seconds it took (AssertionError past ``timeout``)."""
+    start = time.monotonic()
+    while True:
+        if await check() if asyncio.iscoroutinefunction(check) else check():
+            return time.monotonic() - start
+        if time.monotonic() - start > timeout:
+            raise AssertionError(f"not true within {timeout}s")
+        await asyncio.sleep(step)
+
+
+async def add_connection(instances: Instances, upstream: FakeUpstream,
+                         **settings: Any) -> dict[str, Any]:
+    """A connection added through the first instance's API (others hear of it)."""
+    return await instances[0].add_provider({
+        "type": "openai", "name": "fake", "prefix": "up", "base_url": upstream.base_url,
+        "api_key": UPSTREAM_KEY, **settings})

@@ -1,0 +1,163 @@
+"""Three gateway instances, one Redis: they behave as one gateway.
+
+Each test starts three real gateways (one data directory, each on its own port,
+``state_url`` pointing at the machine's Redis, database 13, flushed) in front of
+one fake upstream, and spreads requests over them round robin.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import pytest
+from omniroute.budgets import Limits
+from redis_testkit import FakeUpstream, Instances, add_connection, until
+
+pytestmark = pytest.mark.multi
+
+
+async def until_settled(trio: Instances, served: int) -> float:
+    """Every instance's spend of today's window, as Redis holds it, once ``served``
+    requests are settled there."""
+    import redis.asyncio as aioredis
+
+    shared = trio[0].gateway.shared
+    client = aioredis.Redis.from_url(trio[0].gateway.config.state_url)
+    try:
+        async def total() -> float:
+            found = 0.0
+            async for name in client.scan_iter(match=shared.link.key("key", "*", "spend", "*")):
+                found += float(await client.hget(name, "usd") or 0)
+            return found
+
+        async def done() -> bool:
+            requests = 0
+            async for name in client.scan_iter(match=shared.link.key("key", "*", "spend", "*")):
+                requests += int(await client.hget(name, "requests") or 0)
+            return requests >= served
+
+        await until(done, timeout=2.0)
+        return await total()
+    finally:
+        await client.aclose()
+
+
+async def test_a_config_change_through_one_instance_is_live_on_all_within_a_second(
+        trio: Instances, upstream: FakeUpstream) -> None:
+    await add_connection(trio, upstream)
+    started = time.monotonic()
+    resp = await trio[0].client.post("/api/models/alias", headers=trio[0].admin_headers,
+                                     json={"alias": "fast", "target": "up/m1"})
+    assert resp.status in (200, 201)
+    for gw in trio.gateways[1:]:
+        await until(lambda gw=gw: "fast" in gw.catalog.aliases, timeout=1.0)
+    assert time.monotonic() - started < 1.0
+    for gw in trio.gateways:  # and it answers through every one
+        status, body, _ = await trio.chat(model="fast", via=gw)
+        assert status == 200, body
+
+
+async def test_a_connections_rpm_limit_is_global(trio: Instances,
+                                                 upstream: FakeUpstream) -> None:
+    await add_connection(trio, upstream, rpm=6)
+    await until(lambda: all(gw.catalog.connections for gw in trio.gateways), timeout=1.0)
+    statuses = [status for status, _, _ in
+                await asyncio.gather(*(trio.chat(f"q{i}") for i in range(15)))]
+    assert statuses.count(200) == 6 and upstream.calls == 6, statuses
+    assert set(statuses) == {200, 429}
+
+
+async def test_a_cooldown_one_instance_sets_is_respected_by_the_others_within_100ms(
+        trio: Instances, upstream: FakeUpstream) -> None:
+    conn = await add_connection(trio, upstream)
+    await until(lambda: all(gw.catalog.connections for gw in trio.gateways), timeout=1.0)
+    for gw in trio.gateways:  # each instance has used it: a record of its own to update
+        assert (await trio.chat(via=gw))[0] == 200
+    upstream.fail_next = 1
+    status, _, _ = await trio.chat(via=trio[0])
+    assert status == 429  # the only account rests 30 s: the client is told to come back
+    told = time.monotonic()
+
+    def cooling(gw: Any) -> bool:
+        stats = gw.resilience._stats_by_id.get(conn["id"])
+        return stats is not None and stats.cooling(gw.resilience.clock.monotonic())
+
+    for gw in trio.gateways[1:]:
+        await until(lambda gw=gw: cooling(gw), timeout=0.1, step=0.001)
+    assert time.monotonic() - told < 0.1
+    calls = upstream.calls
+    for gw in trio.gateways[1:]:
+        status, body, headers = await trio.chat(via=gw)
+        assert status == 429 and body["error"]["code"] == "all_targets_cooling"
+        assert 20 < float(headers["Retry-After"]) <= 30
+    assert upstream.calls == calls  # nobody called the resting account
+
+
+async def test_a_cache_entry_written_by_one_is_served_by_another(
+        aiohttp_client: Any, tmp_path: Any, redis_url: str, upstream: FakeUpstream) -> None:
+    from redis_testkit import start_instances
+
+    trio = await start_instances(aiohttp_client, tmp_path / "omniroute", redis_url,
+                                 cache_backends="redis", cache_mode="on")
+    try:
+        await add_connection(trio, upstream)
+        await until(lambda: all(gw.catalog.connections for gw in trio.gateways), timeout=1.0)
+        key = trio[0].admin_key  # one tenant: entries are kept per API key
+        status, first, headers = await trio.chat("what is 2+2", via=trio[0], key=key)
+        assert status == 200 and headers["X-OmniRoute-Cache"] == "MISS"
+        await trio[0].cache.settled()
+        for gw in trio.gateways[1:]:
+            status, body, headers = await trio.chat("what is 2+2", via=gw, key=key)
+            assert status == 200 and headers["X-OmniRoute-Cache"] == "HIT"
+            assert body["choices"][0]["message"] == first["choices"][0]["message"]
+        assert upstream.calls == 1
+        stats = await trio[2].cache.stats()
+        assert stats["backends"]["redis"]["entries"] == 1
+    finally:
+        await trio.close()
+
+
+async def test_a_keys_budget_is_enforced_globally(trio: Instances,
+                                                  upstream: FakeUpstream) -> None:
+    await add_connection(trio, upstream)
+    # 20 tokens a request at $250 per 1M: $0.005 a request; a $0.02 daily budget
+    resp = await trio[0].client.put("/api/pricing", headers=trio[0].admin_headers,
+                                    json={"model": "up/m1", "input": 250, "output": 250})
+    assert resp.status == 200, await resp.text()
+    _, secret = await trio[0].store.create_key(
+        "team", set(), limits=Limits.parse({"daily_usd": 0.02}))
+    await trio[0].gateway.reload()  # announced: the others reload and know the key
+    await asyncio.sleep(0.2)
+    statuses = []
+    for i in range(9):  # one at a time, round robin: each instance sees a third of them
+        status, body, _ = await trio.chat(f"q{i}", key=secret, max_tokens=10)
+        statuses.append(status)
+        if status != 200:
+            assert body["error"]["code"] == "budget_exceeded", body
+    assert statuses == [200] * 4 + [429] * 5, statuses
+    assert upstream.calls == 4
+
+
+async def test_concurrent_requests_overspend_by_at_most_what_is_in_flight(
+        trio: Instances, upstream: FakeUpstream) -> None:
+    await add_connection(trio, upstream)
+    resp = await trio[0].client.put("/api/pricing", headers=trio[0].admin_headers,
+                                    json={"model": "up/m1", "input": 250, "output": 250})
+    assert resp.status == 200
+    _, secret = await trio[0].store.create_key(
+        "team", set(), limits=Limits.parse({"daily_usd": 0.02}))
+    await trio[0].gateway.reload()
+    await asyncio.sleep(0.2)
+    upstream.delay = 0.05
+    results = await asyncio.gather(*(trio.chat(f"q{i}", key=secret, max_tokens=10)
+                                     for i in range(30)))
+    served = sum(1 for status, _, _ in results if status == 200)
+    # a request reserves its estimate (about 35 tokens: $0.00875) atomically across the
+    # three, so at most two run at once within $0.02, and none starts once $0.02 is spent:
+    # 4 at most (alone, each instance would admit two at once, six in all)
+    assert 2 <= served <= 4 and upstream.calls == served, [r[0] for r in results]
+    assert {r[1]["error"]["code"] for r in results if r[0] != 200} == {"budget_exceeded"}
+    spent = await until_settled(trio, served)
+    assert spent == pytest.approx(served * 0.005)
