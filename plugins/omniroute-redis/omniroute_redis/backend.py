@@ -118,6 +118,7 @@ class RedisShared(SharedState):
             await self.config_watcher.check()
 
     async def close(self) -> None:
+        self.link.closing()
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)

@@ -178,6 +178,10 @@ class Link:
             out["error"] = self.last_error
         return out
 
+    def closing(self) -> None:
+        """The gateway is closing: a failure from now on is not news worth a warning."""
+        self._closing = True
+
     async def close(self) -> None:
         self._closing = True
         if self._probe is not None:

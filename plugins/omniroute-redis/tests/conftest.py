@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 import redis
-from redis_testkit import FakeUpstream, Instances, start_instances
+from redis_testkit import FakeUpstream, Instances, RedisServer, free_port, start_instances
 
 #: database 13 of the machine's Redis (the test command starts redis-server when it is down)
 REDIS_URL = os.environ.get("OMNIROUTE_TEST_REDIS_URL", "redis://127.0.0.1:6379/13")
@@ -45,3 +45,16 @@ async def trio(aiohttp_client: Any, tmp_path: Path, redis_url: str,
     yield made
     await made.close()
 
+
+
+@pytest.fixture
+async def own_redis() -> AsyncIterator[RedisServer]:
+    """A redis-server of this test's own (to stop and start under load)."""
+    server = RedisServer(free_port())
+    await server.start()
+    try:
+        yield server
+    finally:
+        if server.process is not None:
+            server.resume()
+        await server.stop()

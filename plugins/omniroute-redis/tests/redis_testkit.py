@@ -117,3 +117,65 @@ async def add_connection(instances: Instances, upstream: FakeUpstream,
     return await instances[0].add_provider({
         "type": "openai", "name": "fake", "prefix": "up", "base_url": upstream.base_url,
         "api_key": UPSTREAM_KEY, **settings})
+
+
+class RedisServer:
+    """A redis-server of the test's own, on a free port, that the test may stop,
+    pause and start again (the machine's shared Redis is never touched)."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.url = f"redis://127.0.0.1:{port}/0"
+        self.process: asyncio.subprocess.Process | None = None
+
+    async def start(self) -> None:
+        import shutil
+
+        binary = shutil.which("redis-server")
+        if binary is None:
+            raise AssertionError("redis-server is not installed (the test command needs it)")
+        self.process = await asyncio.create_subprocess_exec(
+            binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+            "--appendonly", "no", "--protected-mode", "no",
+            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
+        import redis.asyncio as aioredis
+
+        client = aioredis.Redis.from_url(self.url, socket_connect_timeout=0.2)
+        try:
+            async def up() -> bool:
+                try:
+                    return bool(await client.ping())
+                except (OSError, aioredis.ConnectionError):
+                    return False
+
+            await until(up, timeout=10.0, step=0.02)
+        finally:
+            await client.aclose()
+
+    async def stop(self) -> None:
+        """Kill it (its data is gone: nothing is saved)."""
+        if self.process is not None and self.process.returncode is None:
+            self.process.kill()
+            await self.process.wait()
+        self.process = None
+
+    def pause(self) -> None:
+        import signal
+
+        assert self.process is not None
+        self.process.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        import signal
+
+        assert self.process is not None
+        self.process.send_signal(signal.SIGCONT)
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
