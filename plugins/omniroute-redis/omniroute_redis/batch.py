@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
 from typing import Any
 
 from redis.exceptions import NoScriptError
@@ -27,8 +26,8 @@ log = logging.getLogger(__name__)
 #: writes waiting past this are dropped (counted): Redis is far behind
 QUEUE_MAX = 10_000
 
-#: queues exactly one command (or script) on the pipeline it is given
-Write = Callable[[Any], None]
+#: one command: ``("ZREM", key, member)``, or a script's (:meth:`Scripts.command`)
+Write = tuple[Any, ...]
 
 
 class Batch:
@@ -43,7 +42,7 @@ class Batch:
         self.sent = self.dropped = self.round_trips = 0
 
     def add(self, write: Write) -> None:
-        """Queue ``write(pipeline)``; never blocks, never raises."""
+        """Queue one command; never blocks, never raises."""
         if not self.link.up or len(self._queue) >= QUEUE_MAX:
             self.dropped += 1
             return
@@ -65,21 +64,15 @@ class Batch:
         if not writes:
             return
 
-        async def send(client: Any) -> None:
+        try:
             missing = writes
             for _ in range(2):  # again, once, for the scripts a restarted Redis forgot
-                async with client.pipeline(transaction=False) as pipe:
-                    for write in missing:
-                        write(pipe)  # each write queues exactly one command
-                    results = await pipe.execute(raise_on_error=False)
+                results = await self.link.commands(missing)
                 missing = [w for w, r in zip(missing, results, strict=True)
                            if isinstance(r, NoScriptError)]
                 if not missing:
-                    return
-                await self.scripts.load(client)
-
-        try:
-            await self.link.call(send)
+                    break
+                await self.scripts.reload_for(self.link, missing)
         except Unreachable:
             self.dropped += len(writes)
             return

@@ -56,8 +56,8 @@ class RedisCache(CacheBackend):
 
     async def get(self, key: str) -> bytes | None:
         try:
-            value = await self.link.call(lambda r: self.scripts.run(
-                r, "cache_get", [self._entry + key, self._hits], [key]))
+            value = await self.scripts.call(self.link, "cache_get",
+                                            [self._entry + key, self._hits], [key])
         except Unreachable:
             self.unreachable += 1
             value = None
@@ -70,9 +70,9 @@ class RedisCache(CacheBackend):
     async def set(self, key: str, value: bytes, ttl: float | None = None) -> None:
         ttl_ms = max(1, int((ttl if ttl is not None else self.ttl) * 1000))
         try:
-            await self.link.call(lambda r: self.scripts.run(
-                r, "cache_set", [self._entry + key, self._index, self._hits],
-                [value, ttl_ms, key, self.max_entries, self._entry]))
+            await self.scripts.call(self.link, "cache_set",
+                                    [self._entry + key, self._index, self._hits],
+                                    [value, ttl_ms, key, self.max_entries, self._entry])
         except Unreachable:
             self.unreachable += 1
 

@@ -19,9 +19,9 @@ from __future__ import annotations
 
 import itertools
 from collections import defaultdict
-from typing import Any
 
 from omniroute.resilience.limits import SHARED_POLL
+from redis.exceptions import NoScriptError
 
 from omniroute_redis.batch import Batch
 from omniroute_redis.link import Link, Unreachable
@@ -59,14 +59,10 @@ class Leases:
         """
         member = self.member()
         slots, starts = f"{name}:slots", f"{name}:starts"
-
-        async def run(client: Any) -> Any:
-            return await self.scripts.run(
-                client, "take", [slots, starts],
-                [member, "" if concurrency is None else concurrency,
-                 "" if rpm is None else rpm, LEASE])
-
-        found = await self.link.call(run)
+        found = await self.scripts.call(
+            self.link, "take", [slots, starts],
+            [member, "" if concurrency is None else concurrency, "" if rpm is None else rpm,
+             LEASE])
         found = found.decode() if isinstance(found, bytes) else str(found)
         if found == "0":
             if concurrency is not None:
@@ -88,24 +84,19 @@ class Leases:
         member = members.pop()
         if not members:
             del self.held[slots]
-        self.batch.add(lambda pipe: pipe.zrem(slots, member))
+        self.batch.add(("ZREM", slots, member))
 
     async def renew(self) -> None:
         """Extend the leases of every slot held here (one pipelined round trip).
 
         :raises Unreachable: Redis cannot be reached.
         """
-        held = {key: list(members) for key, members in self.held.items() if members}
-        if not held:
-            return
-
-        async def run(client: Any) -> None:
-            async with client.pipeline(transaction=False) as pipe:
-                for key, members in held.items():
-                    self.scripts.queue(pipe, "renew", [key], [LEASE, *members])
-                await pipe.execute(raise_on_error=False)
-
-        await self.link.call(run)
+        renewals = [self.scripts.command("renew", [key], [LEASE, *members])
+                    for key, members in self.held.items() if members]
+        if renewals:
+            results = await self.link.commands(renewals)
+            if any(isinstance(r, NoScriptError) for r in results):
+                await self.scripts.reload_for(self.link, renewals)
 
 
 class ConnectionSlots:

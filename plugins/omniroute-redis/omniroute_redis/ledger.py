@@ -101,12 +101,8 @@ class RedisLedger:
                      "" if limit_tokens is None else int(limit_tokens),
                      repr(w.spent_usd), w.spent_tokens]
 
-        async def run(client: object) -> list[bytes]:
-            found: list[bytes] = await self.scripts.run(client, "reserve", keys, args)
-            return found
-
         try:
-            answer = await self.link.call(run)
+            answer = await self.scripts.call(self.link, "reserve", keys, args)
             found = [v.decode() if isinstance(v, bytes) else str(v) for v in answer]
         except Unreachable:
             if self.settings().budget_fail_closed:
@@ -128,4 +124,4 @@ class RedisLedger:
     def settle(self, handle: object, usd: float, tokens: int) -> None:
         assert isinstance(handle, Held)
         args = [handle.reservation, repr(float(usd)), int(tokens)]
-        self.batch.add(lambda pipe: self.scripts.queue(pipe, "settle", handle.keys, args))
+        self.batch.add(self.scripts.command("settle", handle.keys, args))

@@ -24,7 +24,9 @@ from typing import Any, TypeVar
 
 from omniroute.config import redact_url
 from redis import asyncio as aioredis
-from redis.exceptions import RedisError
+from redis.exceptions import RedisError, ResponseError
+
+from omniroute_redis.wire import Wire, WireError
 
 log = logging.getLogger(__name__)
 
@@ -36,8 +38,9 @@ PROBE_MAX = 1.0
 PROBE_MIN = 0.05
 #: seconds a pub/sub read waits before it looks again (and sees a cancellation)
 LISTEN_POLL = 1.0
-#: the errors that mean "Redis is not there" (a refused or reset connection, a timeout)
-FAILURES = (RedisError, OSError, TimeoutError, ConnectionError)
+#: the errors that mean "Redis is not there" (a refused or reset connection, a timeout);
+#: an error reply (``ResponseError``: a script's own error, ``NOSCRIPT``) is not one
+FAILURES = (RedisError, OSError, TimeoutError, ConnectionError, WireError)
 
 
 class Unreachable(Exception):
@@ -70,6 +73,9 @@ class Link:
         self._recovered: list[Callable[[], Awaitable[None]]] = []
         self._probe: asyncio.Task[None] | None = None
         self._closing = False
+        #: the request path's own connection (:mod:`.wire`), opened on first use
+        self._wire: Wire | None = None
+        self._opening: asyncio.Future[Wire] | None = None
 
     def key(self, *parts: str) -> str:
         """A key (or channel) name in this gateway's namespace."""
@@ -88,6 +94,60 @@ class Link:
         try:
             async with asyncio.timeout(timeout or self.timeout()):
                 return await fn(self.client)
+        except ResponseError:
+            raise
+        except FAILURES as exc:
+            self.lost(exc)
+            raise Unreachable(str(exc)) from exc
+
+    async def _connected(self) -> Wire:
+        wire = self._wire
+        if wire is not None and wire.broken is None:
+            return wire
+        if self._opening is None or self._opening.done():
+            self._opening = asyncio.ensure_future(Wire.open(self.url))
+        wire = self._wire = await asyncio.shield(self._opening)
+        return wire
+
+    async def command(self, *args: Any) -> Any:
+        """One command on the request path's connection, bounded like :meth:`call`.
+
+        :raises ResponseError: Redis answered with an error (``NoScriptError`` included).
+        :raises Unreachable: Redis cannot be reached.
+        """
+        if not self.up:
+            raise Unreachable(self.last_error or "down")
+        try:
+            async with asyncio.timeout(self.timeout()):
+                wire = self._wire
+                if wire is None or wire.broken is not None:
+                    wire = await self._connected()
+                return await wire.send(*args)
+        except ResponseError:
+            raise
+        except FAILURES as exc:
+            self.lost(exc)
+            raise Unreachable(str(exc)) from exc
+
+    async def commands(self, commands: list[tuple[Any, ...]]) -> list[Any]:
+        """Several commands in one write (one round trip); an error reply is returned in
+        place of its result.
+
+        :raises Unreachable: Redis cannot be reached.
+        """
+        if not self.up:
+            raise Unreachable(self.last_error or "down")
+        try:
+            async with asyncio.timeout(self.timeout()):
+                wire = self._wire
+                if wire is None or wire.broken is not None:
+                    wire = await self._connected()
+                results = list(await asyncio.gather(*wire.send_many(commands),
+                                                    return_exceptions=True))
+            broken = next((r for r in results if isinstance(r, WireError)), None)
+            if broken is not None:
+                raise broken
+            return results
         except FAILURES as exc:
             self.lost(exc)
             raise Unreachable(str(exc)) from exc
@@ -100,6 +160,8 @@ class Link:
             return
         self.up = False
         self.outages += 1
+        if self._wire is not None:
+            self._wire.close()
         self.down_since = time.time()
         log.warning("redis at %s cannot be reached (%s); each instance uses its own state "
                     "until it is back", redact_url(self.url), self.last_error)
@@ -187,6 +249,8 @@ class Link:
         if self._probe is not None:
             self._probe.cancel()
             await asyncio.gather(self._probe, return_exceptions=True)
+        if self._wire is not None:
+            self._wire.close()
         with contextlib.suppress(Exception):
             async with asyncio.timeout(2.0):
                 await self.client.aclose()

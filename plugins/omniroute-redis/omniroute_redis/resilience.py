@@ -177,22 +177,15 @@ class RedisState:
         stale = self._stale_trials()
         self._sending = {key for key, _, _, _ in sends}
 
-        async def run(client: Any) -> list[Any]:
-            results: list[Any] = []
-            for _ in range(2):  # again, once, for the scripts a restarted Redis forgot
-                async with client.pipeline(transaction=False) as pipe:
-                    for (table, name), _, op, loud in sends:
-                        self.scripts.queue(pipe, "merge", [self.link.key("rs", table, name)],
-                                           [op, table, name, self.channel if loud else "",
-                                            RECORD_TTL, stale])
-                    results = await pipe.execute(raise_on_error=False)
-                if not any(isinstance(r, NoScriptError) for r in results):
-                    break
-                await self.scripts.load(client)
-            return results
-
+        merges = [self.scripts.command("merge", [self.link.key("rs", table, name)],
+                                       [op, table, name, self.channel if loud else "",
+                                        RECORD_TTL, stale])
+                  for (table, name), _, op, loud in sends]
         try:
-            results = await self.link.call(run)
+            results = await self.link.commands(merges)
+            if any(isinstance(r, NoScriptError) for r in results):  # a restarted Redis
+                await self.scripts.reload_for(self.link, merges)
+                results = await self.link.commands(merges)
         except Unreachable:
             self._urgent |= urgent  # sent again once Redis is back
             raise
@@ -270,8 +263,8 @@ class RedisState:
         message = orjson.dumps({"t": "sessions", "k": session, "c": connection_id,
                                 "ttl": ttl_ms})
         key = self.link.key("sess", session)
-        self.batch.add(lambda pipe: self.scripts.queue(
-            pipe, "session", [key], [connection_id, ttl_ms, self.channel, message]))
+        self.batch.add(self.scripts.command("session", [key],
+                                            [connection_id, ttl_ms, self.channel, message]))
 
     # ------------------------------------------------------------------ loading
 

@@ -241,13 +241,38 @@ class Scripts:
             await pipe.execute()
 
     async def run(self, client: Any, name: str, keys: list[str], args: list[Any]) -> Any:
-        """Run script ``name`` (one round trip; two after Redis forgot its scripts)."""
+        """Run script ``name`` with a redis-py client (one round trip; two after Redis
+        forgot its scripts)."""
         try:
             return await client.evalsha(self.sha[name], len(keys), *keys, *args)
         except NoScriptError:
             await self.load(client)
             return await client.evalsha(self.sha[name], len(keys), *keys, *args)
 
-    def queue(self, pipe: Any, name: str, keys: list[str], args: list[Any]) -> None:
-        """Add script ``name`` to a pipeline (the batch loads them again on ``NOSCRIPT``)."""
-        pipe.evalsha(self.sha[name], len(keys), *keys, *args)
+    def command(self, name: str, keys: list[str], args: list[Any]) -> tuple[Any, ...]:
+        """The ``EVALSHA`` command of script ``name``, for :meth:`Link.commands
+        <omniroute_redis.link.Link.commands>`."""
+        return ("EVALSHA", self.sha[name], len(keys), *keys, *args)
+
+    def source(self, name_or_sha: str) -> str:
+        """A script's source, by name or by SHA."""
+        if name_or_sha in SOURCES:
+            return SOURCES[name_or_sha]
+        return SOURCES[next(n for n, sha in self.sha.items() if sha == name_or_sha)]
+
+    async def call(self, link: Any, name: str, keys: list[str], args: list[Any]) -> Any:
+        """Run script ``name`` on the link's request-path connection (one round trip; two
+        after Redis forgot it).
+
+        :raises Unreachable: Redis cannot be reached.
+        """
+        try:
+            return await link.command(*self.command(name, keys, args))
+        except NoScriptError:
+            await link.command("SCRIPT", "LOAD", SOURCES[name])
+            return await link.command(*self.command(name, keys, args))
+
+    async def reload_for(self, link: Any, commands: list[tuple[Any, ...]]) -> None:
+        """Load the scripts these ``EVALSHA`` commands name (after ``NOSCRIPT``)."""
+        shas = {c[1] for c in commands if c and c[0] == "EVALSHA"}
+        await link.commands([("SCRIPT", "LOAD", self.source(sha)) for sha in shas])

@@ -1,0 +1,240 @@
+#!/usr/bin/env python
+"""What sharing state through Redis costs a request: omniroute with and without ``state_url``.
+
+One run starts, on 127.0.0.1 only and each in its own process (as ``bench.py``
+does, whose pieces it reuses): the fake OpenAI upstream, a ``redis-server`` of
+its own on a free port (the machine's shared Redis is left alone: other
+traffic would blur the counts), and four gateways on one event loop:
+
+* ``local``: the embedded default, no ``state_url``;
+* ``redis``: ``state_url`` set: the resilience state is shared, nothing is awaited
+  per request;
+* ``local-lim``: no ``state_url``, the connection with ``rpm`` and ``max_concurrency``
+  set (far above the load);
+* ``redis-lim``: ``state_url`` and the same limits: each request takes its slot in
+  Redis (one awaited round trip) and gives it back after the answer (queued).
+
+JSON cells (``POST /v1/chat/completions``) run back to back for every target, in
+closed loops at each concurrency. Reported per cell: requests/s, p50 / p99
+latency, the gateway's CPU per request, and Redis's own CPU, commands and bytes
+(in + out) per request, read from ``INFO`` before and after the cell. Then the
+added latency and CPU of ``redis`` against ``local`` and of ``redis-lim`` against
+``local-lim``, checked against the issue's targets (≤ 0.15 ms added at c=1, ≤ 15 %
+added CPU per request).
+
+    .venv/bin/python scripts/bench_redis.py --quick
+    .venv/bin/python scripts/bench_redis.py --rounds 3 --json bench-redis.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import os
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from bench import busy_ms, fmt, median_cell, process_tree, start_app, start_gateway, stop_all
+from bench_client import client_main, cpu_ms
+from bench_fakes import HOST, REQUEST
+
+LIMITS = {"rpm": 10_000_000, "max_concurrency": 100_000}
+TARGETS = ("local", "redis", "local-lim", "redis-lim")
+
+
+def start_redis(port: int) -> subprocess.Popen:
+    binary = shutil.which("redis-server")
+    if binary is None:
+        raise RuntimeError("redis-server is not installed")
+    proc = subprocess.Popen([binary, "--port", str(port), "--bind", HOST, "--save", "",
+                             "--appendonly", "no"], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            info(port)
+            return proc
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError("redis-server did not answer")
+
+
+#: commands a client sends (the rest run inside the scripts, on the server)
+SENT = {"evalsha", "zrem", "get", "mget", "scan", "publish", "script", "ping", "select",
+        "hello", "subscribe", "client", "info"}
+
+
+def info(port: int) -> dict[str, float]:
+    """Redis's own counters: commands a client sent, every command run (scripts' included),
+    network bytes in and out."""
+    import redis
+
+    client = redis.Redis(host=HOST, port=port, socket_timeout=5)
+    try:
+        calls = {name.removeprefix("cmdstat_"): stat["calls"]
+                 for name, stat in client.info("commandstats").items()}
+        stats = client.info("stats")
+    finally:
+        client.close()
+    return {"sent": float(sum(n for name, n in calls.items() if name in SENT)),
+            "commands": float(sum(calls.values())),
+            "bytes": float(stats["total_net_input_bytes"] + stats["total_net_output_bytes"])}
+
+
+def limit_connection(port: int) -> None:
+    """Give the gateway's connection ``LIMITS`` through the management API."""
+    def call(method: str, path: str, body: Any = None, cookie: str = "") -> tuple[Any, str]:
+        req = urllib.request.Request(
+            f"http://{HOST}:{port}{path}", method=method,
+            data=None if body is None else json.dumps(body).encode(),
+            headers={"Content-Type": "application/json", "Cookie": cookie})
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            return json.loads(resp.read() or b"null"), resp.headers.get("Set-Cookie", "")
+
+    _, cookie = call("POST", "/api/auth/login", {"password": "bench-password"})
+    cookie = cookie.split(";", 1)[0]
+    providers, _ = call("GET", "/api/providers", cookie=cookie)
+    rows = providers["providers"] if isinstance(providers, dict) else providers
+    cid = rows[0]["id"]
+    call("PUT", f"/api/providers/{cid}", LIMITS, cookie)
+    limits, _ = call("GET", "/api/rate-limits", cookie=cookie)
+    row = next(c for c in limits["connections"] if c["id"] == cid)
+    if (row["limits"] or {}).get("rpm") != LIMITS["rpm"]:
+        raise RuntimeError(f"the connection's limits did not take: {row}")
+
+
+def run(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
+    ctx = multiprocessing.get_context("spawn")
+    procs: list[Any] = []
+    gateways: list[subprocess.Popen] = []
+    with socket.socket() as s:
+        s.bind((HOST, 0))
+        redis_port = s.getsockname()[1]
+    redis = start_redis(redis_port)
+    redis_pids = [redis.pid]
+    try:
+        _, up_port = start_app(ctx, "upstream", None, args.loop, procs)
+        targets: dict[str, tuple[str, list[int]]] = {}
+        for name in TARGETS:
+            settings = ({"state_url": f"redis://{HOST}:{redis_port}/0"}
+                        if name.startswith("redis") else None)
+            gateway, port = start_gateway(tmp / name, up_port, 1, args.loop, settings=settings)
+            gateways.append(gateway)
+            if name.endswith("-lim"):
+                limit_connection(port)
+            targets[name] = (f"http://{HOST}:{port}/v1/chat/completions",
+                             process_tree(gateway.pid))
+        client, child_end = ctx.Pipe()
+        procs.append(ctx.Process(target=client_main, args=(child_end,), daemon=True))
+        procs[-1].start()
+        raw: dict[str, dict[int, list[dict[str, Any]]]] = {}
+        for rnd in range(1, args.rounds + 1):
+            for conc in args.concurrency:
+                for name, (url, pids) in targets.items():
+                    before, rcpu, busy0, began = info(redis_port), cpu_ms(redis_pids), \
+                        busy_ms(), time.monotonic()
+                    client.send(("loop", {"url": url, "body": REQUEST, "conc": conc,
+                                          "pids": pids, "warmup": args.warmup,
+                                          "duration": args.duration}))
+                    cell = client.recv()
+                    if "error" in cell or not cell.get("requests") or cell["errors"]:
+                        raise RuntimeError(f"{name} c={conc} failed: {cell}")
+                    after, wall = info(redis_port), time.monotonic() - began
+                    # Redis counts the warm-up too: per request over everything it served
+                    served = cell["requests"] + cell["rps"] * args.warmup
+                    cell["redis_sent_per_req"] = (after["sent"] - before["sent"]) / served
+                    cell["redis_cmds_per_req"] = (after["commands"] - before["commands"]) / served
+                    cell["redis_bytes_per_req"] = (after["bytes"] - before["bytes"]) / served
+                    cell["redis_cpu_ms_per_req"] = (cpu_ms(redis_pids) - rcpu) / served
+                    cell["machine_cpus"] = (busy_ms() - busy0) / 1000 / wall
+                    raw.setdefault(name, {}).setdefault(conc, []).append(cell)
+                    print(f"  round {rnd} c={conc:<3} {name:<10} {cell['rps']:6.0f}/s, p50 "
+                          f"{cell['p50_ms']:.3f} ms, CPU {cell['cpu_ms_per_req']:.3f} ms, redis "
+                          f"{cell['redis_cmds_per_req']:.2f} cmds {cell['redis_bytes_per_req']:.0f}"
+                          " B", file=sys.stderr, flush=True)
+        client.send(None)
+        return {name: {conc: median_cell(cells) for conc, cells in by.items()}
+                for name, by in raw.items()}
+    finally:
+        stop_all(gateways, procs)
+        redis.terminate()
+        redis.wait(5)
+
+
+def report(args: argparse.Namespace, cells: dict[str, Any]) -> str:
+    load = os.getloadavg()
+    out = ["## omniroute with Redis state against in-process state", "",
+           f"{os.cpu_count()} CPUs, loop {args.loop}; {args.duration:g} s cells after "
+           f"{args.warmup:g} s warm-up, median of {args.rounds} round(s); load average after "
+           f"the run {load[0]:.2f}. The gateway's CPU counts its process only; Redis's is its "
+           "own server's, per request.", "",
+           "| target | conc. | req/s | p50 ms | p99 ms | CPU ms/req | Redis commands sent / "
+           "run per req | Redis bytes/req | Redis CPU ms/req | busy CPUs |",
+           "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for name, by in cells.items():
+        for conc, c in by.items():
+            out.append(f"| {name} | {conc} | {fmt(c['rps'], 0)} | {fmt(c['p50_ms'], 3)} | "
+                       f"{fmt(c['p99_ms'], 3)} | {fmt(c['cpu_ms_per_req'], 3)} | "
+                       f"{fmt(c['redis_sent_per_req'], 2)} / {fmt(c['redis_cmds_per_req'], 2)} | "
+                       f"{fmt(c['redis_bytes_per_req'], 0)} "
+                       f"| {fmt(c['redis_cpu_ms_per_req'], 3)} | {fmt(c['machine_cpus'], 2)} |")
+    out += ["", "### Added by Redis", ""]
+    low = min(args.concurrency)
+    for shared, alone in (("redis", "local"), ("redis-lim", "local-lim")):
+        for conc in args.concurrency:
+            a, b = cells[shared][conc], cells[alone][conc]
+            out.append(f"- {shared} against {alone}, c={conc}: p50 "
+                       f"{a['p50_ms'] - b['p50_ms']:+.3f} ms, CPU per request "
+                       f"{(a['cpu_ms_per_req'] / b['cpu_ms_per_req'] - 1) * 100:+.1f} %, "
+                       f"throughput {a['rps'] / b['rps']:.2f}×")
+        a, b = cells[shared][low], cells[alone][low]
+        added = a["p50_ms"] - b["p50_ms"]
+        cpu = a["cpu_ms_per_req"] / b["cpu_ms_per_req"] - 1
+        out.append(f"- [{'x' if added <= 0.15 else ' '}] {shared}: added p50 at c={low} "
+                   f"≤ 0.15 ms: {added:+.3f} ms — {'PASS' if added <= 0.15 else 'FAIL'}")
+        worst = max(cells[shared][c]["cpu_ms_per_req"] / cells[alone][c]["cpu_ms_per_req"] - 1
+                    for c in args.concurrency)
+        out.append(f"- [{'x' if worst <= 0.15 else ' '}] {shared}: added CPU per request "
+                   f"≤ 15 % at every concurrency: worst {worst * 100:+.1f} % (c={low}: "
+                   f"{cpu * 100:+.1f} %) — {'PASS' if worst <= 0.15 else 'FAIL'}")
+    return "\n".join(out)
+
+
+def parse_args() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--duration", type=float, default=5.0, help="seconds per cell (5)")
+    p.add_argument("--warmup", type=float, default=1.0, help="warm-up seconds per cell (1)")
+    p.add_argument("--concurrency", type=lambda t: [int(x) for x in t.split(",")],
+                   default=[1, 16, 64], help="closed-loop levels (1,16,64)")
+    p.add_argument("--rounds", type=int, default=1, help="repeat every cell; report the median")
+    p.add_argument("--loop", default="uvloop", choices=["asyncio", "uvloop"])
+    p.add_argument("--quick", action="store_true", help="short smoke run")
+    p.add_argument("--json", metavar="FILE", help="also write the results as JSON")
+    args = p.parse_args()
+    if args.quick:
+        args.duration, args.warmup, args.concurrency = 1.5, 0.5, [1, 16]
+    return args
+
+
+def main() -> int:
+    args = parse_args()
+    with tempfile.TemporaryDirectory(prefix="omniroute-bench-redis-") as tmp:
+        cells = run(args, Path(tmp))
+    print(report(args, cells))
+    if args.json:
+        Path(args.json).write_text(json.dumps({"args": vars(args), "cells": cells}, indent=2,
+                                              default=statistics.mean))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
