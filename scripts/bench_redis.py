@@ -49,6 +49,8 @@ from bench_fakes import HOST, REQUEST
 
 LIMITS = {"rpm": 10_000_000, "max_concurrency": 100_000}
 TARGETS = ("local", "redis", "local-lim", "redis-lim")
+#: seconds the idle gateways are watched before the cells (their own syncs' cost)
+IDLE_WINDOW = 3.0
 
 
 def start_redis(port: int) -> subprocess.Popen:
@@ -136,6 +138,11 @@ def run(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
         client, child_end = ctx.Pipe()
         procs.append(ctx.Process(target=client_main, args=(child_end,), daemon=True))
         procs[-1].start()
+        # what the idle gateways cost Redis (their syncs), taken off every cell's counts
+        first, began = info(redis_port), time.monotonic()
+        time.sleep(IDLE_WINDOW)
+        idle = {k: (v - first[k]) / (time.monotonic() - began)
+                for k, v in info(redis_port).items()}
         raw: dict[str, dict[int, list[dict[str, Any]]]] = {}
         for rnd in range(1, args.rounds + 1):
             for conc in args.concurrency:
@@ -151,9 +158,10 @@ def run(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
                     after, wall = info(redis_port), time.monotonic() - began
                     # Redis counts the warm-up too: per request over everything it served
                     served = cell["requests"] + cell["rps"] * args.warmup
-                    cell["redis_sent_per_req"] = (after["sent"] - before["sent"]) / served
-                    cell["redis_cmds_per_req"] = (after["commands"] - before["commands"]) / served
-                    cell["redis_bytes_per_req"] = (after["bytes"] - before["bytes"]) / served
+                    for key, name in (("sent", "redis_sent_per_req"),
+                                      ("commands", "redis_cmds_per_req"),
+                                      ("bytes", "redis_bytes_per_req")):
+                        cell[name] = max(0.0, after[key] - before[key] - idle[key] * wall) / served
                     cell["redis_cpu_ms_per_req"] = (cpu_ms(redis_pids) - rcpu) / served
                     cell["machine_cpus"] = (busy_ms() - busy0) / 1000 / wall
                     raw.setdefault(name, {}).setdefault(conc, []).append(cell)

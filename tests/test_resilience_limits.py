@@ -295,3 +295,70 @@ def test_breaker_snapshot() -> None:
     b.failure(0)
     snap = b.snapshot(1.0)
     assert snap["state"] == "open" and snap["retry_in"] == 4.0 and snap["threshold"] == 1
+
+
+# ------------------------------------------------------------------ shared across instances
+
+class Counters:
+    """A :class:`~omniroute.resilience.state.SharedSlots` over plain numbers, as another
+    instance would see them too (``other`` slots held elsewhere); ``None`` while down."""
+
+    def __init__(self, max_slots: int) -> None:
+        self.max_slots = max_slots
+        self.held = self.other = self.asks = 0
+        self.down = False
+
+    async def take(self, name: str, max_concurrency: int | None, rpm: int | None) -> float | None:
+        self.asks += 1
+        await asyncio.sleep(0)  # a round trip
+        if self.down:
+            return None
+        if self.held + self.other >= self.max_slots:
+            return 0.05
+        self.held += 1
+        return 0.0
+
+    def give(self, name: str) -> None:
+        self.held -= 1
+
+
+async def test_a_shared_limit_counts_the_slots_other_instances_hold() -> None:
+    clock = ManualClock()
+    shared = Counters(2)
+    shared.other = 1  # another instance holds one of the two
+    lim = limiter(clock, max_concurrency=2, shared=shared)
+    release, log = asyncio.Event(), []
+    first = asyncio.ensure_future(hold(lim, release, log, "first"))
+    second = asyncio.ensure_future(hold(lim, release, log, "second"))
+    await settle()
+    assert log == ["first"] and lim.queued == 1 and shared.held == 1
+    shared.other = 0  # freed elsewhere: no wake-up here, the head waiter asks again
+    clock.advance(0.05)
+    await settle()
+    assert log == ["first", "second"] and shared.held == 2
+    release.set()
+    await asyncio.gather(first, second)
+    assert shared.held == 0 and lim.in_use == 0
+
+
+async def test_concurrent_requests_ask_the_shared_counters_at_once_not_in_turn() -> None:
+    shared = Counters(10)
+    lim = limiter(ManualClock(), max_concurrency=10, shared=shared)
+    release, log = asyncio.Event(), []
+    tasks = [asyncio.ensure_future(hold(lim, release, log, str(i))) for i in range(8)]
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+    assert shared.asks == 8 and lim.queued == 0  # all asked in the same turn of the loop
+    release.set()
+    await asyncio.gather(*tasks)
+
+
+async def test_unreachable_shared_counters_leave_the_decision_to_this_instance() -> None:
+    shared = Counters(1)
+    shared.down = True
+    lim = limiter(ManualClock(), max_concurrency=1, queue_timeout=0.0, shared=shared)
+    async with lim.acquire():
+        assert lim.in_use == 1
+        with pytest.raises(ConnectionBusy):
+            async with lim.acquire():
+                pass

@@ -18,9 +18,10 @@ starts) are a :class:`~omniroute.resilience.state.LimitState` record kept in
 the resilience state store; the queue of waiters is this process's own.
 
 With a :class:`~omniroute.resilience.state.SharedSlots` (several instances sharing
-a state store), the waiter at the head of the queue takes its slot there instead,
-atomically across every instance (one awaited call); while none is free it asks
-again when the shared counters say one may be free: at once for ``rpm``, after
+a state store), a request takes its slot there instead, atomically across every
+instance (one awaited call; the calls of concurrent requests go out together).
+When none is free it queues here as above, and the waiter at the head asks again
+when the shared counters say one may be free: at once for ``rpm``, after
 :data:`SHARED_POLL` seconds for ``max_concurrency`` (a slot freed elsewhere sends no
 wake-up here), within the same bounds. When the shared counters cannot be
 reached, this instance's own counters decide, as without sharing. The local
@@ -195,15 +196,23 @@ class Limiter:
 
     async def _take_shared(self, shared: SharedSlots) -> None:
         """Take a slot where the counters are shared (see the module docstring)."""
+        if not self._waiters:  # nobody waits here: ask at once (concurrent asks pipeline)
+            asked = await shared.take(self.name, self.max_concurrency, self.rpm)
+            now = self.clock.monotonic()
+            if (asked is not None and asked <= 0) or (asked is None and self._free(now)):
+                self._grant(now)
+                return
         now = self.clock.monotonic()
-        if self._waiters and len(self._waiters) >= self.queue_size:
+        if self.queue_timeout <= 0 or self.queue_size <= 0:
+            raise self._busy("limit reached, queueing is off")
+        if len(self._waiters) >= self.queue_size:
             raise self._busy(f"{len(self._waiters)} requests already queued")
         deadline = now + self.queue_timeout
         me = asyncio.Event()
         self._waiters.append(me)
         try:
             while True:
-                wait = 0.0
+                wait = SHARED_POLL
                 if self._waiters[0] is me:
                     asked = await shared.take(self.name, self.max_concurrency, self.rpm)
                     now = self.clock.monotonic()
@@ -221,14 +230,13 @@ class Limiter:
                         wait = asked
                 now = self.clock.monotonic()
                 left = deadline - now
-                retry = max(wait, BUSY_RETRY_AFTER)
-                if left <= 0 or self.queue_timeout <= 0 or self.queue_size <= 0:
-                    raise self._busy("limit reached" if self.queue_timeout > 0
-                                     else "limit reached, queueing is off", retry)
+                if left <= 0:
+                    raise self._busy(f"no slot within {self.queue_timeout:g}s",
+                                     max(wait, BUSY_RETRY_AFTER))
                 if self.rpm is not None and wait > left and wait > BUSY_RETRY_AFTER:
                     raise self._busy(f"{self.rpm} requests per minute used", wait)
                 me.clear()
-                await self._park(me, min(left, wait) if wait > 0 else left)
+                await self._park(me, min(left, wait))
         finally:
             if me in self._waiters:
                 was_head = self._waiters[0] is me
