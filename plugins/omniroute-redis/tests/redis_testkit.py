@@ -75,11 +75,12 @@ class Instances:
         return self.gateways[next(self._turn)]
 
     async def chat(self, content: str = "hi", *, model: str = "up/m1", key: str | None = None,
-                   via: GatewayHarness | None = None, **extra: Any) -> tuple[int, Any, Any]:
+                   via: GatewayHarness | None = None, headers: dict[str, str] | None = None,
+                   **extra: Any) -> tuple[int, Any, Any]:
         """One chat request through ``via`` (default: the next instance):
         ``(status, body, headers)``."""
         gw = via or self.next()
-        headers = {"Authorization": f"Bearer {key or gw.admin_key}"}
+        headers = {"Authorization": f"Bearer {key or gw.admin_key}", **(headers or {})}
         async with self.session.post(
                 gw.base_url + "/v1/chat/completions", headers=headers,
                 json={"model": model, "messages": [{"role": "user", "content": content}],

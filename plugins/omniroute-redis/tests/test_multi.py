@@ -161,3 +161,52 @@ async def test_concurrent_requests_overspend_by_at_most_what_is_in_flight(
     assert {r[1]["error"]["code"] for r in results if r[0] != 200} == {"budget_exceeded"}
     spent = await until_settled(trio, served)
     assert spent == pytest.approx(served * 0.005)
+
+
+async def test_a_sticky_session_bound_on_one_instance_holds_on_the_others(
+        trio: Instances, upstream: FakeUpstream) -> None:
+    for prefix in ("a", "b"):
+        await trio[0].add_provider({"type": "openai", "name": prefix, "prefix": prefix,
+                                    "base_url": upstream.base_url, "api_key": "sk-x"})
+    resp = await trio[0].client.post(
+        "/api/combos", headers=trio[0].admin_headers,
+        json={"name": "both", "steps": ["a/m1", "b/m1"], "strategy": "round-robin"})
+    assert resp.status in (200, 201), await resp.text()
+    await until(lambda: all(len(gw.catalog.connections) == 2 for gw in trio.gateways),
+                timeout=1.0)
+    await asyncio.sleep(0.2)
+    # instances 1 and 2 rotate once without a session: alone, each would now pick "b"
+    for gw in trio.gateways[1:]:
+        assert (await trio.chat("warm", model="both", via=gw))[2]["X-OmniRoute-Provider"] == "a"
+    served = []
+    for i in range(9):  # round robin over the instances: 0 binds the session, 1 and 2 follow
+        status, _, headers = await trio.chat(f"turn {i}", model="both",
+                                             headers={"X-Session-Id": "conversation-1"},
+                                             via=trio[i % 3])
+        assert status == 200
+        served.append(headers["X-OmniRoute-Provider"])
+        await asyncio.sleep(0.02)  # the binding travels with the writes after the answer
+    assert served == ["a"] * 9, served  # round robin alone would alternate
+    others = [(await trio.chat(f"other {i}", model="both"))[2]["X-OmniRoute-Provider"]
+              for i in range(6)]
+    assert set(others) == {"a", "b"}  # without a session the combo does rotate
+
+
+async def test_an_operator_reset_on_one_instance_clears_the_rest_everywhere(
+        trio: Instances, upstream: FakeUpstream) -> None:
+    conn = await add_connection(trio, upstream)
+    await until(lambda: all(gw.catalog.connections for gw in trio.gateways), timeout=1.0)
+    upstream.fail_next = 1
+    assert (await trio.chat(via=trio[0]))[0] == 429
+
+    def cooling(gw: Any) -> bool:
+        stats = gw.resilience._stats_by_id.get(conn["id"])
+        return stats is not None and stats.cooling(gw.resilience.clock.monotonic())
+
+    await until(lambda: all(cooling(gw) for gw in trio.gateways), timeout=0.5)
+    resp = await trio[2].client.post("/api/resilience/reset", headers=trio[2].admin_headers,
+                                     json={"connection_id": conn["id"]})
+    assert resp.status == 200
+    await until(lambda: not any(cooling(gw) for gw in trio.gateways), timeout=0.5)
+    for gw in trio.gateways:
+        assert (await trio.chat(via=gw))[0] == 200

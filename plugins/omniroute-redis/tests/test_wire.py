@@ -1,0 +1,77 @@
+"""The request path's own Redis connection, on both event loops the gateway runs on."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+import uvloop
+from redis.exceptions import NoScriptError, ResponseError
+
+from omniroute_redis.link import Link, Unreachable
+from omniroute_redis.scripts import Scripts
+from omniroute_redis.wire import Wire, WireError, encode
+
+
+def test_commands_are_encoded_as_arrays_of_bulk_strings() -> None:
+    assert encode(("SET", "k", b"v\r\n", 3, 0.5)) == (
+        b"*5\r\n$3\r\nSET\r\n$1\r\nk\r\n$3\r\nv\r\n\r\n$1\r\n3\r\n$3\r\n0.5\r\n")
+
+
+async def conversation(url: str) -> None:
+    wire = await Wire.open(url)
+    try:
+        assert await wire.call("PING") == b"PONG"
+        # pipelined: every reply reaches its own caller, in order
+        replies = await asyncio.gather(*wire.send_many(
+            [("SET", "wire:k", "v"), ("GET", "wire:k"), ("GET", "wire:missing"),
+             ("INCRBY", "wire:n", 5), ("EVAL", "return {'a', 1, {'b'}}", 0)]))
+        assert replies == [b"OK", b"v", None, 5, [b"a", 1, [b"b"]]]
+        with pytest.raises(ResponseError, match=r"WRONGTYPE|not an integer"):
+            await wire.call("INCR", "wire:k")
+        with pytest.raises(NoScriptError):
+            await wire.call("EVALSHA", "0" * 40, 0)
+        big = b"x" * 300_000  # a reply that arrives in many reads
+        await wire.call("SET", "wire:big", big)
+        assert await wire.call("GET", "wire:big") == big
+        # a caller that stopped waiting keeps its place: the next reply is the next one's
+        slow = wire.send("GET", "wire:big")
+        slow.cancel()
+        assert await wire.call("GET", "wire:k") == b"v"
+    finally:
+        wire.close()
+    with pytest.raises(WireError):
+        wire.send("PING")
+
+
+async def test_a_pipelined_conversation_on_asyncio(redis_url: str) -> None:
+    await conversation(redis_url)
+
+
+def test_a_pipelined_conversation_on_uvloop(redis_url: str) -> None:
+    uvloop.run(conversation(redis_url))
+
+
+async def test_a_script_runs_by_its_sha_and_is_loaded_again_when_forgotten(
+        redis_url: str) -> None:
+    link = Link(redis_url, timeout=lambda: 1.0)
+    scripts = Scripts()
+    try:
+        assert await scripts.call(link, "take", ["w:slots", "w:starts"], ["m", 1, "", 30]) == b"0"
+        await link.command("SCRIPT", "FLUSH")
+        assert await scripts.call(link, "take", ["w:slots", "w:starts"], ["n", 1, "", 30]) == b"c"
+    finally:
+        await link.close()
+
+
+async def test_an_unreachable_server_is_told_once_and_fails_fast(unused_tcp_port: int) -> None:
+    link = Link(f"redis://127.0.0.1:{unused_tcp_port}/0", timeout=lambda: 0.5)
+    try:
+        with pytest.raises(Unreachable):
+            await link.command("PING")
+        assert not link.up and link.outages == 1
+        with pytest.raises(Unreachable):  # down: no new attempt, no wait
+            await link.commands([("PING",)])
+        assert link.health()["ok"] is False
+    finally:
+        await link.close()
