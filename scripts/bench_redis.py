@@ -158,10 +158,11 @@ def run(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
                     after, wall = info(redis_port), time.monotonic() - began
                     # Redis counts the warm-up too: per request over everything it served
                     served = cell["requests"] + cell["rps"] * args.warmup
-                    for key, name in (("sent", "redis_sent_per_req"),
-                                      ("commands", "redis_cmds_per_req"),
-                                      ("bytes", "redis_bytes_per_req")):
-                        cell[name] = max(0.0, after[key] - before[key] - idle[key] * wall) / served
+                    for counter, field in (("sent", "redis_sent_per_req"),
+                                           ("commands", "redis_cmds_per_req"),
+                                           ("bytes", "redis_bytes_per_req")):
+                        cell[field] = max(0.0, after[counter] - before[counter]
+                                          - idle[counter] * wall) / served
                     cell["redis_cpu_ms_per_req"] = (cpu_ms(redis_pids) - rcpu) / served
                     cell["machine_cpus"] = (busy_ms() - busy0) / 1000 / wall
                     raw.setdefault(name, {}).setdefault(conc, []).append(cell)
@@ -170,15 +171,59 @@ def run(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
                           f"{cell['redis_cmds_per_req']:.2f} cmds {cell['redis_bytes_per_req']:.0f}"
                           " B", file=sys.stderr, flush=True)
         client.send(None)
-        return {name: {conc: median_cell(cells) for conc, cells in by.items()}
-                for name, by in raw.items()}
+        import uvloop
+
+        costs = [uvloop.run(slot_cost(redis_port, args.slots)) for _ in range(args.rounds)]
+        return {"cells": {name: {conc: median_cell(cells) for conc, cells in by.items()}
+                          for name, by in raw.items()},
+                "slot": {k: statistics.median(c[k] for c in costs) for k in costs[0]}}
     finally:
         stop_all(gateways, procs)
         redis.terminate()
         redis.wait(5)
 
 
-def report(args: argparse.Namespace, cells: dict[str, Any]) -> str:
+async def slot_cost(port: int, count: int) -> dict[str, float]:
+    """In one process, without HTTP: a limited connection's slot taken and given back
+    ``count`` times in a row, from this process's own counters and from Redis's (the
+    gateway's ``ConnectionSlots`` over the wire): CPU and wall µs per slot. CPU time is
+    far steadier than a whole gateway's on a busy machine."""
+    from omniroute_redis.batch import Batch
+    from omniroute_redis.leases import ConnectionSlots, Leases
+    from omniroute_redis.link import Link
+    from omniroute_redis.scripts import Scripts
+
+    from omniroute.resilience.clock import SystemClock
+    from omniroute.resilience.limits import Limiter
+
+    link = Link(f"redis://{HOST}:{port}/0", timeout=lambda: 1.0)
+    scripts = Scripts()
+    batch = Batch(link, scripts)
+    batch.start()
+    slots = ConnectionSlots(Leases(link, scripts, batch, "bench"))
+    out: dict[str, float] = {}
+    try:
+        for name, shared in (("local", None), ("redis", slots)):
+            limiter = Limiter("bench", clock=SystemClock(), max_concurrency=100_000,
+                              rpm=10_000_000, queue_size=32, queue_timeout=5.0, shared=shared)
+            for _ in range(200):  # warm up (the connection opens, the scripts load)
+                async with limiter.acquire():
+                    pass
+            cpu, wall = time.process_time(), time.perf_counter()
+            for _ in range(count):
+                async with limiter.acquire():
+                    pass
+            await batch.flush()
+            out[f"{name}_cpu_us"] = (time.process_time() - cpu) / count * 1e6
+            out[f"{name}_wall_us"] = (time.perf_counter() - wall) / count * 1e6
+    finally:
+        await batch.close()
+        await link.close()
+    return out
+
+
+def report(args: argparse.Namespace, results: dict[str, Any]) -> str:
+    cells, slot = results["cells"], results["slot"]
     load = os.getloadavg()
     out = ["## omniroute with Redis state against in-process state", "",
            f"{os.cpu_count()} CPUs, loop {args.loop}; {args.duration:g} s cells after "
@@ -214,6 +259,13 @@ def report(args: argparse.Namespace, cells: dict[str, Any]) -> str:
         out.append(f"- [{'x' if worst <= 0.15 else ' '}] {shared}: added CPU per request "
                    f"≤ 15 % at every concurrency: worst {worst * 100:+.1f} % (c={low}: "
                    f"{cpu * 100:+.1f} %) — {'PASS' if worst <= 0.15 else 'FAIL'}")
+    out += ["", "### A slot taken and given back, in one process (no HTTP)", "",
+            f"- this process's own counters: {slot['local_cpu_us']:.1f} µs CPU, "
+            f"{slot['local_wall_us']:.1f} µs wall per slot",
+            f"- Redis's (one round trip to take, the give-back pipelined behind the next "
+            f"take): {slot['redis_cpu_us']:.1f} µs CPU, {slot['redis_wall_us']:.1f} µs wall per "
+            f"slot: +{slot['redis_cpu_us'] - slot['local_cpu_us']:.1f} µs CPU, "
+            f"+{(slot['redis_wall_us'] - slot['local_wall_us']) / 1000:.3f} ms latency at c=1"]
     return "\n".join(out)
 
 
@@ -225,22 +277,23 @@ def parse_args() -> argparse.Namespace:
                    default=[1, 16, 64], help="closed-loop levels (1,16,64)")
     p.add_argument("--rounds", type=int, default=1, help="repeat every cell; report the median")
     p.add_argument("--loop", default="uvloop", choices=["asyncio", "uvloop"])
+    p.add_argument("--slots", type=int, default=5000,
+                   help="slots taken in a row for the in-process measure (5000)")
     p.add_argument("--quick", action="store_true", help="short smoke run")
     p.add_argument("--json", metavar="FILE", help="also write the results as JSON")
     args = p.parse_args()
     if args.quick:
-        args.duration, args.warmup, args.concurrency = 1.5, 0.5, [1, 16]
+        args.duration, args.warmup, args.concurrency, args.slots = 1.5, 0.5, [1, 16], 1000
     return args
 
 
 def main() -> int:
     args = parse_args()
     with tempfile.TemporaryDirectory(prefix="omniroute-bench-redis-") as tmp:
-        cells = run(args, Path(tmp))
-    print(report(args, cells))
+        results = run(args, Path(tmp))
+    print(report(args, results))
     if args.json:
-        Path(args.json).write_text(json.dumps({"args": vars(args), "cells": cells}, indent=2,
-                                              default=statistics.mean))
+        Path(args.json).write_text(json.dumps({"args": vars(args), **results}, indent=2))
     return 0
 
 

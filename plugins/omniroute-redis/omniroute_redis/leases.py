@@ -84,7 +84,8 @@ class Leases:
         member = members.pop()
         if not members:
             del self.held[slots]
-        self.batch.add(("ZREM", slots, member))
+        if not self.link.fire("ZREM", slots, member):
+            self.batch.add(("ZREM", slots, member))
 
     async def renew(self) -> None:
         """Extend the leases of every slot held here (one pipelined round trip).

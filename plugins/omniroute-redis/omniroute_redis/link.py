@@ -118,16 +118,34 @@ class Link:
         if not self.up:
             raise Unreachable(self.last_error or "down")
         try:
-            async with asyncio.timeout(self.timeout()):
-                wire = self._wire
-                if wire is None or wire.broken is not None:
+            wire = self._wire
+            if wire is None or wire.broken is not None:
+                async with asyncio.timeout(self.timeout()):
                     wire = await self._connected()
-                return await wire.send(*args)
+            reply = wire.send(*args)
+            # a timer on the reply itself: cheaper than a timeout scope per command
+            timer = asyncio.get_running_loop().call_later(self.timeout(), _expire, reply)
+            try:
+                return await reply
+            finally:
+                timer.cancel()
         except ResponseError:
             raise
         except FAILURES as exc:
             self.lost(exc)
             raise Unreachable(str(exc)) from exc
+
+    def fire(self, *args: Any) -> bool:
+        """Write one command now and drop its reply (a write whose result nobody needs:
+        a slot given back). False when it could not be written (the link is down)."""
+        wire = self._wire
+        if not self.up or wire is None or wire.broken is not None:
+            return False
+        try:
+            wire.send(*args).add_done_callback(_dropped)
+        except WireError:
+            return False
+        return True
 
     async def commands(self, commands: list[tuple[Any, ...]]) -> list[Any]:
         """Several commands in one write (one round trip); an error reply is returned in
@@ -254,6 +272,17 @@ class Link:
         with contextlib.suppress(Exception):
             async with asyncio.timeout(2.0):
                 await self.client.aclose()
+
+
+def _expire(reply: asyncio.Future[Any]) -> None:
+    if not reply.done():
+        reply.set_exception(TimeoutError("redis did not answer within state_timeout"))
+
+
+def _dropped(reply: asyncio.Future[Any]) -> None:
+    """A fired command's reply: read, and dropped (an error reply included)."""
+    if not reply.cancelled():
+        reply.exception()
 
 
 def _quiet(task: asyncio.Future[Any]) -> None:
