@@ -205,9 +205,12 @@ class RedisState:
             self._heard(key, g)
 
     def _stale_trials(self) -> float:
-        """Seconds after which a half-open trial slot belongs to nobody (its instance died)."""
+        """Seconds after which a half-open trial slot is given back in Redis: its instance
+        may have died, and a breaker whose every trial slot is held admits nobody. Two
+        reset periods: a trial still running then lets one more through, which is the
+        lesser harm."""
         s = self.settings()
-        return 2 * max(s.breaker_reset, s.breaker_reset_oauth, s.total_timeout)
+        return 2 * max(s.breaker_reset, s.breaker_reset_oauth)
 
     def _apply(self, key: Key, g: records.Snap, ref: records.Snap | None, offset: float) -> None:
         """Apply shared record ``g``, keeping local changes since ``ref`` (None: the base)."""
