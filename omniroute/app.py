@@ -64,7 +64,9 @@ def make_app(config: Config, plugins: Plugins | None = None) -> web.Application:
     app[GATEWAY], app[REGISTRY], app[PIPELINE] = gateway, registry, pipeline
     app[PRICES] = gateway.prices
     app[CATALOG], app[RESILIENCE] = gateway.catalog, gateway.resilience
-    idempotency = app[IDEMPOTENCY] = Idempotency(lambda: gateway.catalog.settings)
+    idempotency = app[IDEMPOTENCY] = Idempotency(
+        lambda: gateway.catalog.settings,
+        shared=gateway.shared.idempotency_keys() if gateway.shared is not None else None)
 
     async def gateway_ctx(app: web.Application) -> AsyncIterator[None]:
         await gateway.start()

@@ -10,6 +10,7 @@ they share through it::
     shared = cls(url, clock=clock, settings=lambda: catalog.settings)
     resilience = Resilience(state=shared.resilience_state())   # tables + atomic slot takes
     budgets = Budgets(store, clock, shared=shared.ledger(...))  # atomic reservations
+    keys = Idempotency(settings, shared=shared.idempotency_keys())  # one call per key
     watcher = shared.watcher(db, reload=..., loaded=...) or VersionPoll(...)
     await shared.start() ... await shared.close()
 
@@ -31,6 +32,7 @@ from omniroute.config import ConfigError, redact_url
 if TYPE_CHECKING:
     from omniroute.budgets.ledger import Budgets, SharedLedger
     from omniroute.config import Settings
+    from omniroute.idempotency.keys import SharedKeys
     from omniroute.resilience.clock import Clock
     from omniroute.resilience.state import StateStore
     from omniroute.storage import Database
@@ -63,6 +65,10 @@ class SharedState:
 
     def ledger(self, budgets: Budgets) -> SharedLedger | None:
         """The per-key budget counters shared with other instances (None: kept here)."""
+        return None
+
+    def idempotency_keys(self) -> SharedKeys | None:
+        """Idempotency keys claimed across instances (None: each instance's own)."""
         return None
 
     def watcher(self, db: Database, *, reload: Callable[[], Awaitable[None]],

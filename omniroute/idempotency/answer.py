@@ -94,6 +94,20 @@ class SharedAnswer:
         self.flawed = status >= 400
         self._settle(State.DONE)
 
+    def replay(self, request_id: str, stream: bool, status: int, headers: dict[str, str],
+               body: bytes | None, chunks: tuple[bytes, ...] = ()) -> None:
+        """Another instance's finished answer: a JSON ``body``, or a stream's ``chunks``."""
+        if self.state is not State.CALLING:
+            return
+        self.request_id, self.stream = request_id, stream
+        if body is not None:
+            self.complete(status, headers, body)
+            return
+        self.status, self.headers = status, headers
+        self.chunks = list(chunks)
+        self.size = sum(len(c) for c in chunks)
+        self._settle(State.DONE)
+
     def fail(self, error: GatewayError) -> None:
         """The first request failed: those waiting get ``error`` (in their own format)."""
         if self.state in (State.DONE, State.FAILED):

@@ -7,8 +7,9 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass
 from functools import partial
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from omniroute.errors import IdempotencyConflict
 from omniroute.idempotency.answer import SharedAnswer, State
@@ -20,6 +21,39 @@ log = logging.getLogger(__name__)
 
 #: (API key id or "" for anonymous clients, the client's idempotency key)
 Scope = tuple[str, str]
+
+
+@dataclass(frozen=True, slots=True)
+class Finished:
+    """A finished answer another instance made for a key: a JSON ``body``, or a
+    stream's ``chunks`` (the whole stream)."""
+
+    request_id: str
+    stream: bool
+    status: int
+    headers: dict[str, str]
+    body: bytes | None = None
+    chunks: tuple[bytes, ...] = ()
+
+
+class SharedKeys(Protocol):
+    """Idempotency keys claimed across instances (``state_url``; None: this instance's own)."""
+
+    async def claim(self, scope: Scope, fingerprint: bytes, request_id: str,
+                    stream: bool) -> Finished | bool | None:
+        """Claim ``scope`` for this request, where every instance sees it.
+
+        :returns: True when this request makes the call (:meth:`settled` tells the
+            others its answer); the :class:`Finished` answer when another instance made
+            or makes it (waited for, bounded by ``total_timeout``); None when the shared
+            keys cannot be reached (this instance decides alone).
+        :raises IdempotencyConflict: the key is in use with another fingerprint.
+        :raises GatewayError: the other instance's call failed, or did not finish in time.
+        """
+
+    def settled(self, scope: Scope, answer: SharedAnswer) -> None:
+        """The answer of a key this instance claimed is final: publish it (a whole
+        answer, kept for the window) or give the key up (must not block or raise)."""
 
 
 class Idempotency:
@@ -34,13 +68,18 @@ class Idempotency:
     """
 
     def __init__(self, settings: Callable[[], Settings],
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 shared: SharedKeys | None = None) -> None:
         """
         :param settings: the live runtime settings (the window and bounds).
         :param clock: seconds, monotonic (tests move it).
+        :param shared: claims keys across instances too (None: this instance alone).
         """
         self.settings = settings
         self.clock = clock
+        self.shared = shared
+        #: the keys this instance claimed in ``shared`` (their answers are published)
+        self.claimed: set[Scope] = set()
         self.answers: dict[Scope, SharedAnswer] = {}
         self._kept: deque[tuple[float, Scope, SharedAnswer]] = deque()  # by expiry
         self._full_warned = False
@@ -78,6 +117,9 @@ class Idempotency:
         return answer, True
 
     def _settled(self, scope: Scope, answer: SharedAnswer) -> None:
+        if scope in self.claimed and self.shared is not None:
+            self.claimed.discard(scope)
+            self.shared.settled(scope, answer)
         window = self.settings().idempotency_window
         if answer.state is State.DONE and not answer.flawed and answer.whole and window > 0:
             answer.expires = self.clock() + window

@@ -15,6 +15,12 @@ provider prefix. Then, in ``before``:
   canonical model (``chat`` only);
 * a different fingerprint gets 409 (``IdempotencyConflict``) in the client's format.
 
+With keys shared between instances (``Idempotency.shared``, ``state_url``) the first
+request here also claims the key there: when another instance holds it, this one waits
+for that instance's finished answer (bounded by ``total_timeout``) and serves it, and
+its own duplicates with it; when it holds it, its finished answer is published for the
+window.
+
 A first client that leaves does not end the call while a duplicate waits: ``call``
 lets it finish and hands its answer to the duplicates (the pump then ends the
 stream's account slot itself), and the client's stream reader, closed by the
@@ -36,7 +42,7 @@ from omniroute.errors import GatewayError, IdempotencyUnavailable, InvalidReques
 from omniroute.formats import canonical as c
 from omniroute.formats.base import ClientRequest, Format
 from omniroute.idempotency.answer import SharedAnswer, State
-from omniroute.idempotency.keys import Idempotency
+from omniroute.idempotency.keys import Finished, Idempotency
 from omniroute.pipeline.context import Reply, RequestContext
 from omniroute.pipeline.relay import finish
 from omniroute.pipeline.stages import Stage, StageRun
@@ -94,10 +100,27 @@ class IdempotencyRun(StageRun):
                                  "characters.", param="Idempotency-Key",
                                  code="invalid_idempotency_key")
         scope = (ctx.principal.key_id or "", key)
-        shared, first = self.keys.claim(scope, fingerprint(ctx, self.operation.endpoint),
-                                        ctx.record.request_id, ctx.stream)
+        marks = fingerprint(ctx, self.operation.endpoint)
+        shared, first = self.keys.claim(scope, marks, ctx.record.request_id, ctx.stream)
         if shared is None:
             return None
+        if first and self.keys.shared is not None:  # and across instances
+            try:
+                found = await self.keys.shared.claim(scope, marks, ctx.record.request_id,
+                                                     ctx.stream)
+            except GatewayError as err:
+                shared.fail(err)  # the duplicates waiting here get the same answer
+                raise
+            except BaseException:
+                shared.fail(GatewayError("The first request with this idempotency key "
+                                         "was cancelled.", status=499, code="client_closed"))
+                raise
+            if isinstance(found, Finished):  # another instance made the call
+                shared.replay(found.request_id, found.stream, found.status, found.headers,
+                              found.body, found.chunks)
+                return await self._duplicate(ctx, shared)
+            if found is True:
+                self.keys.claimed.add(scope)
         if first:
             self.shared = shared
             return None

@@ -3,9 +3,10 @@
 One :class:`RedisShared` per gateway owns the link (one client, bounded calls),
 the scripts, the queue of writes that follow answers, the slot leases, and the
 parts it hands the gateway: the resilience store (:mod:`.resilience`), the
-budgets' shared ledger (:mod:`.ledger`) and the config watcher (:mod:`.watcher`).
-It runs three tasks: the resilience sync, the writes, and the pub/sub listener
-(one connection, channels ``<prefix>:state`` and ``<prefix>:config``).
+budgets' shared ledger (:mod:`.ledger`), the idempotency keys (:mod:`.idempotency`)
+and the config watcher (:mod:`.watcher`). It runs three tasks: the resilience sync,
+the writes, and the pub/sub listener (one connection, channels ``<prefix>:state``,
+``<prefix>:idem`` and ``<prefix>:config``).
 
 Redis away at start-up is not an error: the gateway serves with its own state
 (degraded) and catches up when Redis answers. After every outage (the link's
@@ -31,6 +32,7 @@ from omniroute.resilience import Clock
 from omniroute.storage import Database
 
 from omniroute_redis.batch import Batch
+from omniroute_redis.idempotency import RedisKeys
 from omniroute_redis.leases import Leases
 from omniroute_redis.ledger import RedisLedger
 from omniroute_redis.link import Link, Unreachable
@@ -70,6 +72,7 @@ class RedisShared(SharedState):
         self.leases = Leases(self.link, self.scripts, self.batch, self.instance)
         self.state = RedisState(self.link, self.scripts, self.batch, self.leases, clock,
                                 settings)
+        self.keys = RedisKeys(self.link, self.scripts, self.batch, settings)
         self.config_watcher: PubSubWatcher | None = None
         self._tasks: list[asyncio.Task[Any]] = []
         self.resyncs = 0
@@ -80,6 +83,9 @@ class RedisShared(SharedState):
     def ledger(self, budgets: Budgets) -> RedisLedger:
         return RedisLedger(self.link, self.scripts, self.batch, self.leases, budgets,
                            self.settings)
+
+    def idempotency_keys(self) -> RedisKeys:
+        return self.keys
 
     def watcher(self, db: Database, *, reload: Callable[[], Awaitable[None]],
                 loaded: Callable[[], int]) -> PubSubWatcher:
@@ -94,7 +100,8 @@ class RedisShared(SharedState):
             pass  # serving with this instance's own state; the probe resyncs later
         self.link.on_recovery(self.resync)
         self.batch.start()
-        handlers: dict[str, Callable[[bytes], None]] = {self.state.channel: self.state.message}
+        handlers: dict[str, Callable[[bytes], None]] = {self.state.channel: self.state.message,
+                                                        self.keys.channel: self.keys.heard}
         if self.config_watcher is not None:
             handlers[self.config_watcher.channel] = self.config_watcher.heard
         self._tasks = [

@@ -221,9 +221,40 @@ end
 return 1
 """
 
+#: claim an idempotency key (KEYS[1], a hash): ARGV = fingerprint, request id, lease ms.
+#: Returns {'mine'} (claimed now), {'conflict'} (another fingerprint), {'calling'} or
+#: {'failed'} (another request's call), or {'done', request id, stream, status, headers,
+#: kind, payload}
+IDEM_CLAIM = """
+local state = redis.call('HGET', KEYS[1], 'state')
+if not state then
+  redis.call('HSET', KEYS[1], 'state', 'calling', 'fp', ARGV[1], 'rid', ARGV[2])
+  redis.call('PEXPIRE', KEYS[1], ARGV[3])
+  return {'mine'}
+end
+if redis.call('HGET', KEYS[1], 'fp') ~= ARGV[1] then return {'conflict'} end
+if state == 'done' then
+  return {'done', unpack(redis.call('HMGET', KEYS[1], 'rid', 'stream', 'status', 'headers',
+                                    'kind', 'payload'))}
+end
+return {state}
+"""
+
+#: the claimed key's answer is final: KEYS[1]; ARGV = request id (only its own claim is
+#: settled), state ('done' or 'failed'), stream, status, headers, kind, payload, keep ms,
+#: channel. Published on the channel (the key's name) for the instances waiting.
+IDEM_SETTLE = """
+if redis.call('HGET', KEYS[1], 'rid') ~= ARGV[1] then return 0 end
+redis.call('HSET', KEYS[1], 'state', ARGV[2], 'stream', ARGV[3], 'status', ARGV[4],
+           'headers', ARGV[5], 'kind', ARGV[6], 'payload', ARGV[7])
+redis.call('PEXPIRE', KEYS[1], ARGV[8])
+redis.call('PUBLISH', ARGV[9], KEYS[1])
+return 1
+"""
+
 SOURCES = {"merge": MERGE, "take": TAKE, "renew": RENEW, "reserve": RESERVE,
            "settle": SETTLE, "session": SESSION, "cache_get": CACHE_GET,
-           "cache_set": CACHE_SET}
+           "cache_set": CACHE_SET, "idem_claim": IDEM_CLAIM, "idem_settle": IDEM_SETTLE}
 
 
 class Scripts:

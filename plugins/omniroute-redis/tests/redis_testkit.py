@@ -51,12 +51,34 @@ class FakeUpstream:
         if self.delay:
             await asyncio.sleep(self.delay)
         text = "echo: " + str(body["messages"][-1]["content"])
+        if body.get("stream"):
+            return await self.stream(request, body["model"], text)
         return web.json_response({
             "id": f"chatcmpl-{self.calls}", "object": "chat.completion", "created": 1,
             "model": body["model"],
             "choices": [{"index": 0, "finish_reason": "stop",
                          "message": {"role": "assistant", "content": text}}],
             "usage": {"prompt_tokens": 10, "completion_tokens": 10, "total_tokens": 20}})
+
+
+    async def stream(self, request: web.Request, model: str, text: str) -> web.StreamResponse:
+        """The answer as OpenAI's stream: one chunk a word, the usage, ``[DONE]``."""
+        import json
+
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await resp.prepare(request)
+        base = {"id": f"chatcmpl-{self.calls}", "object": "chat.completion.chunk",
+                "created": 1, "model": model}
+        words = text.split(" ")
+        for i, word in enumerate(words):
+            delta = {"role": "assistant", "content": word} if i == 0 else {"content": " " + word}
+            chunk = {**base, "choices": [{"index": 0, "delta": delta, "finish_reason": None}]}
+            await resp.write(f"data: {json.dumps(chunk)}\n\n".encode())
+        end = {**base, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}],
+               "usage": {"prompt_tokens": 10, "completion_tokens": 10, "total_tokens": 20}}
+        await resp.write(f"data: {json.dumps(end)}\n\ndata: [DONE]\n\n".encode())
+        await resp.write_eof()
+        return resp
 
 
 class Instances:

@@ -210,3 +210,53 @@ async def test_an_operator_reset_on_one_instance_clears_the_rest_everywhere(
     await until(lambda: not any(cooling(gw) for gw in trio.gateways), timeout=0.5)
     for gw in trio.gateways:
         assert (await trio.chat(via=gw))[0] == 200
+
+
+async def test_identical_idempotent_requests_over_the_three_make_one_upstream_call(
+        trio: Instances, upstream: FakeUpstream) -> None:
+    await add_connection(trio, upstream)
+    await until(lambda: all(gw.catalog.connections for gw in trio.gateways), timeout=1.0)
+    upstream.delay = 0.2  # the duplicates arrive while the first call is under way
+    key = trio[0].admin_key  # one API key: idempotency keys are scoped by it
+    results = await asyncio.gather(*(
+        trio.chat("exactly once", key=key, headers={"Idempotency-Key": "order-42"})
+        for _ in range(30)))
+    assert upstream.calls == 1
+    assert {status for status, _, _ in results} == {200}
+    contents = {body["choices"][0]["message"]["content"] for _, body, _ in results}
+    assert contents == {"echo: exactly once"}
+    replayed = [h for _, _, h in results if h.get("X-OmniRoute-Idempotent") == "true"]
+    assert len(replayed) == 29
+    # within the window a late duplicate on another instance is answered from Redis too
+    status, body, headers = await trio.chat("exactly once", key=key, via=trio[2],
+                                            headers={"Idempotency-Key": "order-42"})
+    assert status == 200 and headers["X-OmniRoute-Idempotent"] == "true"
+    assert upstream.calls == 1
+    # the same key with another body is a conflict on any instance
+    status, body, _ = await trio.chat("something else", key=key, via=trio[1],
+                                      headers={"Idempotency-Key": "order-42"})
+    assert status == 409 and body["error"]["code"] == "idempotency_key_reused"
+
+
+async def test_a_streamed_first_answer_is_replayed_as_a_stream_on_another_instance(
+        trio: Instances, upstream: FakeUpstream) -> None:
+    await add_connection(trio, upstream)
+    await until(lambda: all(gw.catalog.connections for gw in trio.gateways), timeout=1.0)
+    key = trio[0].admin_key
+    headers = {"Authorization": f"Bearer {key}", "Idempotency-Key": "stream-7"}
+    body = {"model": "up/m1", "stream": True,
+            "messages": [{"role": "user", "content": "stream me"}]}
+    texts = []
+    for gw in trio.gateways:
+        async with trio.session.post(gw.base_url + "/v1/chat/completions", headers=headers,
+                                     json=body) as resp:
+            assert resp.status == 200
+            texts.append(await resp.text())
+    assert upstream.calls == 1
+    assert all("data: [DONE]" in t for t in texts)
+    assert texts[1] == texts[0] == texts[2]
+    # and as JSON: the stream turned into the JSON answer through the canonical model
+    status, answer, _ = await trio.chat("stream me", key=key, via=trio[1],
+                                        headers={"Idempotency-Key": "stream-7"})
+    assert status == 200 and answer["choices"][0]["message"]["content"] == "echo: stream me"
+    assert upstream.calls == 1

@@ -1,0 +1,147 @@
+"""Idempotency keys across instances (a :class:`~omniroute.idempotency.keys.SharedKeys`).
+
+The first request with a key claims it in this instance (its duplicates here share its
+answer, as without Redis) and then in Redis, with the ``idem_claim`` script: one hash
+per key (``<prefix>:idem:<hash of API key and idempotency key>``) holding the request's
+fingerprint, its state and, once final, its answer. A request that finds the key
+claimed by another instance waits for that instance's answer: the ``idem_settle``
+script stores it and publishes the key's name on ``<prefix>:idem``; the waiter asks
+again when it hears it, or every :data:`POLL` seconds, within ``total_timeout``. The
+answer is kept for ``idempotency_window`` (at least :data:`MIN_KEEP` seconds, so the
+waiters find it); a failed call is kept that long as failed, so those waiting get an
+error and not a second call.
+
+A claim lives as long as a request may (``total_timeout`` and a minute): an instance
+that dies while it holds one leaves its waiters a timeout, and the key free after it.
+While Redis cannot be reached each instance shares answers only among its own requests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import hashlib
+from collections.abc import Callable
+
+import orjson
+from omniroute.config import Settings
+from omniroute.errors import GatewayError, IdempotencyConflict, IdempotencyTimeout
+from omniroute.idempotency.answer import SharedAnswer, State
+from omniroute.idempotency.keys import Finished, Scope
+
+from omniroute_redis.batch import Batch
+from omniroute_redis.link import Link, Unreachable
+from omniroute_redis.scripts import Scripts
+
+#: seconds between two asks while another instance's call is under way (a missed
+#: notice costs at most this)
+POLL = 0.25
+#: seconds an answer is kept at least, whatever the window (the waiters must find it)
+MIN_KEEP = 5.0
+#: seconds a claim outlives the longest a request may take (``total_timeout``)
+CLAIM_SLACK = 60.0
+
+
+class RedisKeys:
+    """Claims, waits and answers of idempotency keys in Redis (see the module)."""
+
+    def __init__(self, link: Link, scripts: Scripts, batch: Batch,
+                 settings: Callable[[], Settings]) -> None:
+        self.link = link
+        self.scripts = scripts
+        self.batch = batch
+        self.settings = settings
+        self.channel = link.key("idem")
+        self._heard: dict[str, asyncio.Event] = {}
+        #: request ids of the claims this instance holds, by key
+        self._mine: dict[str, str] = {}
+        self.waited = self.served = 0
+
+    def key(self, scope: Scope) -> str:
+        digest = hashlib.sha256(f"{scope[0]}\0{scope[1]}".encode()).hexdigest()[:40]
+        return self.link.key("idem", digest)
+
+    async def claim(self, scope: Scope, fingerprint: bytes, request_id: str,
+                    stream: bool) -> Finished | bool | None:
+        settings = self.settings()
+        key = self.key(scope)
+        lease_ms = int((settings.total_timeout + CLAIM_SLACK) * 1000)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + settings.total_timeout
+        waited = False
+        while True:
+            heard = self._heard.setdefault(key, asyncio.Event())
+            try:
+                found = await self.scripts.call(self.link, "idem_claim", [key],
+                                                [fingerprint.hex(), request_id, lease_ms])
+            except Unreachable:
+                return None  # this instance decides alone
+            kind = _text(found[0])
+            if kind == "mine":
+                self._mine[key] = request_id
+                return True
+            if kind == "conflict":
+                raise IdempotencyConflict(
+                    "This idempotency key was used by another request (a different body, "
+                    "method or path) within its window; use a new key for a new request.",
+                    param="Idempotency-Key")
+            if kind == "done":
+                self.served += 1
+                return _finished(found[1:])
+            if kind == "failed":
+                raise GatewayError("The first request with this idempotency key failed "
+                                   "(on another instance of the gateway).", status=502,
+                                   code="bad_gateway", type="upstream_error")
+            if not waited:
+                waited = True
+                self.waited += 1
+            left = deadline - loop.time()
+            if left <= 0:
+                raise IdempotencyTimeout("The first request with this idempotency key (on "
+                                         "another instance) did not finish in time.")
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(min(left, POLL)):
+                    await heard.wait()
+
+    def heard(self, data: bytes) -> None:
+        """A key's answer was settled somewhere: its waiters here ask again."""
+        event = self._heard.pop(_text(data), None)
+        if event is not None:
+            event.set()
+
+    def settled(self, scope: Scope, answer: SharedAnswer) -> None:
+        key = self.key(scope)
+        request_id = self._mine.pop(key, None)
+        if request_id is None:
+            return
+        settings = self.settings()
+        keep_ms = int(max(settings.idempotency_window, MIN_KEEP) * 1000)
+        if answer.state is State.DONE and not answer.flawed and answer.whole:
+            if answer.body is not None:
+                kind, payload = "json", answer.body
+            else:
+                kind = "chunks"
+                payload = orjson.dumps([base64.b64encode(c).decode() for c in answer.chunks])
+            state = "done"
+        else:  # a failure (or an answer that cannot be replayed): waiters get an error
+            state, kind, payload = "failed", "", b""
+        args = [request_id, state, int(answer.stream), answer.status,
+                orjson.dumps(answer.headers), kind, payload, keep_ms, self.channel]
+        self.batch.add(self.scripts.command("idem_settle", [key], args))
+
+
+def _text(value: object) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _finished(fields: list[object]) -> Finished:
+    request_id, stream, status, headers, kind, payload = fields
+    assert isinstance(payload, bytes) and isinstance(headers, bytes)
+    chunks: tuple[bytes, ...] = ()
+    body: bytes | None = payload
+    if _text(kind) == "chunks":
+        chunks = tuple(base64.b64decode(c) for c in orjson.loads(payload))
+        body = None
+    return Finished(_text(request_id), _text(stream) == "1", int(_text(status)),
+                    orjson.loads(headers), body, chunks)
