@@ -25,8 +25,12 @@ Several processes (``--workers``): the stored credentials are the truth. A
 refresh token may be single-use (rotated on every renewal; reusing one can
 revoke the whole grant), so a process whose provider no longer holds the
 stored credentials (another worker renewed them first) does not renew with
-its stale ones: it answers False, and the configuration reload brings it the
-new ones. The lock itself is per process.
+its stale ones: it hands them to the provider
+(:meth:`~omniroute.providers.base.Provider.adopt_credentials`; a type that
+cannot take them up answers False, and the configuration reload brings it the
+new ones). The lock is per process, and with a :class:`RenewalLock` (instances
+sharing state, ``state_url``) also across processes: one renews, the others
+wait for it and take up what it stored.
 """
 
 from __future__ import annotations
@@ -57,6 +61,21 @@ class CredentialStore(Protocol):
 
         :raises LookupError: the store knows the connection does not exist.
         """
+
+
+class RenewalLock(Protocol):
+    """One renewal per connection across processes (instances sharing state)."""
+
+    async def hold(self, connection_id: str, seconds: float) -> bool | None:
+        """Take the connection's renewal for up to ``seconds``: True when this process
+        renews (:meth:`release` after), False when another does (:meth:`wait` for it),
+        None when the lock cannot be reached (this process decides alone)."""
+
+    async def wait(self, connection_id: str, seconds: float) -> None:
+        """Until the process that holds the renewal releases it (or ``seconds`` pass)."""
+
+    def release(self, connection_id: str) -> None:
+        """The renewal is over (must not block or raise)."""
 
 
 class MemoryCredentials:
@@ -99,6 +118,7 @@ class Refresher:
         timeout: float = 30.0,
         reuse_for: float = 10.0,
         clock: Callable[[], float] = time.monotonic,
+        lock: RenewalLock | None = None,
     ) -> None:
         """
         :param store: checked before a renewal: when it holds other credentials than
@@ -107,8 +127,10 @@ class Refresher:
         :param reuse_for: seconds a renewal's answer is also given to later callers
             of the same provider instance.
         :param clock: monotonic seconds (tests pass a manual clock's).
+        :param lock: one renewal per connection across processes too (None: per process).
         """
         self.store = store
+        self.lock = lock
         self.timeout = timeout
         self.reuse_for = reuse_for
         self.clock = clock
@@ -142,14 +164,21 @@ class Refresher:
 
     async def _renew(self, provider: Provider) -> bool:
         conn = provider.connection
+        held: bool | None = None
         try:
             async with asyncio.timeout(self.timeout):
+                if self.lock is not None:
+                    held = await self.lock.hold(conn.id, self.timeout)
+                    if held is False:  # another process renews: wait, then take up its work
+                        await self.lock.wait(conn.id, self.timeout)
                 if self.store is not None:
                     stored = await self.store.load(conn.id)
                     if stored is not None and stored != conn.credentials:
-                        log.info("credentials of %s were renewed elsewhere; not renewing "
-                                 "the stale ones (the reload brings the new ones)", conn.name)
-                        return False
+                        log.info("credentials of %s were renewed elsewhere; taking them up "
+                                 "instead of renewing the stale ones", conn.name)
+                        return bool(await provider.adopt_credentials(stored))
+                if held is False:
+                    return False  # the other renewal stored nothing new: it failed
                 ok = bool(await provider.refresh_credentials())
         except TimeoutError:
             log.warning("renewing the credentials of %s took over %gs", conn.name, self.timeout)
@@ -161,6 +190,9 @@ class Refresher:
         except Exception:  # a provider's bug must not fail the requests waiting on it
             log.exception("renewing the credentials of %s raised", conn.name)
             return False
+        finally:
+            if held and self.lock is not None:
+                self.lock.release(conn.id)
         log.info("credentials of %s %s", conn.name, "renewed" if ok else "not renewed")
         return ok
 

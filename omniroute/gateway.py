@@ -92,7 +92,9 @@ class Gateway:
         self.context = ProviderContext(self.http, self.catalog.timeouts,
                                        f"omniroute/{__version__}", credentials=self.credentials)
         #: the data path's one call after a 401/403: ``await refresher.refresh(provider)``
-        self.refresher = Refresher(self.credentials)
+        self.refresher = Refresher(
+            self.credentials,
+            lock=self.shared.renewal_lock() if self.shared is not None else None)
         self.catalog.open(self.store, self.context, self.log)
         try:
             self.auth_schemes = {name: cls(self.store, config)

@@ -11,6 +11,7 @@ they share through it::
     resilience = Resilience(state=shared.resilience_state())   # tables + atomic slot takes
     budgets = Budgets(store, clock, shared=shared.ledger(...))  # atomic reservations
     keys = Idempotency(settings, shared=shared.idempotency_keys())  # one call per key
+    refresher = Refresher(store, lock=shared.renewal_lock())  # one renewal per account
     watcher = shared.watcher(db, reload=..., loaded=...) or VersionPoll(...)
     await shared.start() ... await shared.close()
 
@@ -32,6 +33,7 @@ from omniroute.config import ConfigError, redact_url
 if TYPE_CHECKING:
     from omniroute.budgets.ledger import Budgets, SharedLedger
     from omniroute.config import Settings
+    from omniroute.credentials import RenewalLock
     from omniroute.idempotency.keys import SharedKeys
     from omniroute.resilience.clock import Clock
     from omniroute.resilience.state import StateStore
@@ -69,6 +71,10 @@ class SharedState:
 
     def idempotency_keys(self) -> SharedKeys | None:
         """Idempotency keys claimed across instances (None: each instance's own)."""
+        return None
+
+    def renewal_lock(self) -> RenewalLock | None:
+        """One credential renewal per connection across instances (None: per process)."""
         return None
 
     def watcher(self, db: Database, *, reload: Callable[[], Awaitable[None]],

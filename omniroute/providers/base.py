@@ -225,6 +225,17 @@ class Provider:
         """
         return False
 
+    async def adopt_credentials(self, credentials: Mapping[str, Any]) -> bool:
+        """Another process renewed this connection's credentials: use ``credentials`` from
+        now on, without calling the upstream (a refresh token may be single-use, so this
+        one must not renew again). True when the call is worth retrying with them.
+
+        The default answers False: the request moves on, and the configuration reload
+        brings a provider built with the new credentials. A subscription type that
+        derives headers from its credentials rebuilds them here and answers True.
+        """
+        return False
+
     async def save_credentials(self, credentials: Mapping[str, Any]) -> None:
         """Use ``credentials`` (the complete set, replacing the old) from now on, and keep
         them: encrypted in the gateway's database, so they survive a restart.

@@ -3,10 +3,11 @@
 One :class:`RedisShared` per gateway owns the link (one client, bounded calls),
 the scripts, the queue of writes that follow answers, the slot leases, and the
 parts it hands the gateway: the resilience store (:mod:`.resilience`), the
-budgets' shared ledger (:mod:`.ledger`), the idempotency keys (:mod:`.idempotency`)
-and the config watcher (:mod:`.watcher`). It runs three tasks: the resilience sync,
-the writes, and the pub/sub listener (one connection, channels ``<prefix>:state``,
-``<prefix>:idem`` and ``<prefix>:config``).
+budgets' shared ledger (:mod:`.ledger`), the idempotency keys (:mod:`.idempotency`),
+the credential renewal locks (:mod:`.renewals`) and the config watcher
+(:mod:`.watcher`). It runs three tasks: the resilience sync, the writes, and the
+pub/sub listener (one connection, channels ``<prefix>:state``, ``<prefix>:idem``,
+``<prefix>:renew`` and ``<prefix>:config``).
 
 Redis away at start-up is not an error: the gateway serves with its own state
 (degraded) and catches up when Redis answers. After every outage (the link's
@@ -36,6 +37,7 @@ from omniroute_redis.idempotency import RedisKeys
 from omniroute_redis.leases import Leases
 from omniroute_redis.ledger import RedisLedger
 from omniroute_redis.link import Link, Unreachable
+from omniroute_redis.renewals import RedisRenewals
 from omniroute_redis.resilience import RedisState
 from omniroute_redis.scripts import Scripts
 from omniroute_redis.watcher import PubSubWatcher
@@ -73,6 +75,7 @@ class RedisShared(SharedState):
         self.state = RedisState(self.link, self.scripts, self.batch, self.leases, clock,
                                 settings)
         self.keys = RedisKeys(self.link, self.scripts, self.batch, settings)
+        self.renewals = RedisRenewals(self.link, self.scripts, self.batch, self.instance)
         self.config_watcher: PubSubWatcher | None = None
         self._tasks: list[asyncio.Task[Any]] = []
         self.resyncs = 0
@@ -86,6 +89,9 @@ class RedisShared(SharedState):
 
     def idempotency_keys(self) -> RedisKeys:
         return self.keys
+
+    def renewal_lock(self) -> RedisRenewals:
+        return self.renewals
 
     def watcher(self, db: Database, *, reload: Callable[[], Awaitable[None]],
                 loaded: Callable[[], int]) -> PubSubWatcher:
@@ -101,7 +107,9 @@ class RedisShared(SharedState):
         self.link.on_recovery(self.resync)
         self.batch.start()
         handlers: dict[str, Callable[[bytes], None]] = {self.state.channel: self.state.message,
-                                                        self.keys.channel: self.keys.heard}
+                                                        self.keys.channel: self.keys.heard,
+                                                        self.renewals.channel:
+                                                            self.renewals.heard}
         if self.config_watcher is not None:
             handlers[self.config_watcher.channel] = self.config_watcher.heard
         self._tasks = [

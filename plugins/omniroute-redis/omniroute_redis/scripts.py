@@ -252,9 +252,18 @@ redis.call('PUBLISH', ARGV[9], KEYS[1])
 return 1
 """
 
+#: a credential renewal is over: KEYS[1] = its lock, ARGV = the holder, the channel
+#: (only the holder's own lock goes; the connection's id is published)
+RENEW_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
+redis.call('PUBLISH', ARGV[2], KEYS[1])
+return 1
+"""
+
 SOURCES = {"merge": MERGE, "take": TAKE, "renew": RENEW, "reserve": RESERVE,
            "settle": SETTLE, "session": SESSION, "cache_get": CACHE_GET,
-           "cache_set": CACHE_SET, "idem_claim": IDEM_CLAIM, "idem_settle": IDEM_SETTLE}
+           "cache_set": CACHE_SET, "idem_claim": IDEM_CLAIM, "idem_settle": IDEM_SETTLE,
+           "renew_release": RENEW_RELEASE}
 
 
 class Scripts:

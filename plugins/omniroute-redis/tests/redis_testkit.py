@@ -31,6 +31,8 @@ class FakeUpstream:
         self.calls = 0
         self.fail_next = 0
         self.delay = 0.0
+        #: when set, a call without ``Authorization: Bearer <it>`` gets a 401
+        self.required_key: str | None = None
         self.app = web.Application()
         self.app.router.add_post("/v1/chat/completions", self.chat)
         self.app.router.add_get("/v1/models", self.models)
@@ -43,6 +45,11 @@ class FakeUpstream:
     async def chat(self, request: web.Request) -> web.Response:
         self.calls += 1
         body = await request.json()
+        if self.required_key and request.headers.get(
+                "Authorization") != f"Bearer {self.required_key}":
+            return web.json_response(
+                {"error": {"message": "token expired", "type": "invalid_request_error",
+                           "code": "invalid_api_key"}}, status=401)
         if self.fail_next > 0:
             self.fail_next -= 1
             return web.json_response(
@@ -114,12 +121,13 @@ class Instances:
 
 
 async def start_instances(aiohttp_client: Callable[..., Any], data_dir: Path, redis_url: str,
-                          count: int = 3, **settings: Any) -> Instances:
-    """``count`` gateways on one data directory, each on its own port, sharing ``redis_url``."""
+                          count: int = 3, plugins: Any = None, **settings: Any) -> Instances:
+    """``count`` gateways on one data directory, each on its own port, sharing ``redis_url``
+    (``plugins``: loaded plugins to give each, e.g. with a test provider type)."""
     gateways = []
     for _ in range(count):
         config = make_test_config(data_dir, **settings).replace(state_url=redis_url)
-        gateways.append(await start_harness(aiohttp_client, config))
+        gateways.append(await start_harness(aiohttp_client, config, plugins))
     return Instances(gateways)
 
 
