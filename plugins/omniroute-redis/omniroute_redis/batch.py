@@ -16,10 +16,9 @@ import contextlib
 import logging
 from typing import Any
 
-from redis.exceptions import NoScriptError
-
 from omniroute_redis.link import Link, Unreachable
 from omniroute_redis.scripts import Scripts
+from omniroute_redis.wire import NoScript
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +68,7 @@ class Batch:
             for _ in range(2):  # again, once, for the scripts a restarted Redis forgot
                 results = await self.link.commands(missing)
                 missing = [w for w, r in zip(missing, results, strict=True)
-                           if isinstance(r, NoScriptError)]
+                           if isinstance(r, NoScript)]
                 if not missing:
                     break
                 await self.scripts.reload_for(self.link, missing)

@@ -21,11 +21,11 @@ import itertools
 from collections import defaultdict
 
 from omniroute.resilience.limits import SHARED_POLL
-from redis.exceptions import NoScriptError
 
 from omniroute_redis.batch import Batch
 from omniroute_redis.link import Link, Unreachable
 from omniroute_redis.scripts import Scripts
+from omniroute_redis.wire import NoScript
 
 #: seconds a slot is held without a renewal (a gateway that died frees its slots then)
 LEASE = 30.0
@@ -96,7 +96,7 @@ class Leases:
                     for key, members in self.held.items() if members]
         if renewals:
             results = await self.link.commands(renewals)
-            if any(isinstance(r, NoScriptError) for r in results):
+            if any(isinstance(r, NoScript) for r in results):
                 await self.scripts.reload_for(self.link, renewals)
 
 

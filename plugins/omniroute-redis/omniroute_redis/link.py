@@ -20,13 +20,14 @@ import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from omniroute.config import redact_url
-from redis import asyncio as aioredis
-from redis.exceptions import RedisError, ResponseError
 
-from omniroute_redis.wire import Wire, WireError
+from omniroute_redis.wire import ErrorReply, Wire, WireError
+
+if TYPE_CHECKING:  # imported when a link is made: an installed plugin costs nothing
+    from redis import asyncio as aioredis
 
 log = logging.getLogger(__name__)
 
@@ -38,9 +39,21 @@ PROBE_MAX = 1.0
 PROBE_MIN = 0.05
 #: seconds a pub/sub read waits before it looks again (and sees a cancellation)
 LISTEN_POLL = 1.0
-#: the errors that mean "Redis is not there" (a refused or reset connection, a timeout);
-#: an error reply (``ResponseError``: a script's own error, ``NOSCRIPT``) is not one
-FAILURES = (RedisError, OSError, TimeoutError, ConnectionError, WireError)
+#: the errors that mean "Redis is not there" (a refused or reset connection, a timeout;
+#: redis-py's ``RedisError`` is added when it is imported); an error reply (a script's
+#: own error, ``NOSCRIPT``) is not one
+FAILURES: tuple[type[BaseException], ...] = (OSError, TimeoutError, ConnectionError, WireError)
+
+
+def _redis() -> tuple[Any, type[BaseException], type[BaseException]]:
+    """redis-py's asyncio module and its base and error-reply exceptions (imported late)."""
+    global FAILURES
+    from redis import asyncio as aioredis
+    from redis.exceptions import RedisError, ResponseError
+
+    if RedisError not in FAILURES:
+        FAILURES = (*FAILURES, RedisError)
+    return aioredis, RedisError, ResponseError
 
 
 class Unreachable(Exception):
@@ -61,7 +74,8 @@ class Link:
         self.url = url
         self.prefix = prefix
         self.timeout = timeout
-        self.client: aioredis.Redis = aioredis.Redis.from_url(
+        module, _, self._reply_error = _redis()
+        self.client: aioredis.Redis = module.Redis.from_url(
             url, socket_connect_timeout=2.0, socket_timeout=5.0, health_check_interval=0)
         self.up = True
         #: when the link went down (epoch seconds), and why
@@ -94,7 +108,7 @@ class Link:
         try:
             async with asyncio.timeout(timeout or self.timeout()):
                 return await fn(self.client)
-        except ResponseError:
+        except self._reply_error:
             raise
         except FAILURES as exc:
             self.lost(exc)
@@ -112,7 +126,7 @@ class Link:
     async def command(self, *args: Any) -> Any:
         """One command on the request path's connection, bounded like :meth:`call`.
 
-        :raises ResponseError: Redis answered with an error (``NoScriptError`` included).
+        :raises ErrorReply: Redis answered with an error (``NoScript`` included).
         :raises Unreachable: Redis cannot be reached.
         """
         if not self.up:
@@ -129,7 +143,7 @@ class Link:
                 return await reply
             finally:
                 timer.cancel()
-        except ResponseError:
+        except ErrorReply:
             raise
         except FAILURES as exc:
             self.lost(exc)

@@ -36,13 +36,13 @@ import orjson
 from omniroute.config import Settings
 from omniroute.resilience import BreakerState, Clock, ConnectionStats, LimitState
 from omniroute.resilience.state import Table
-from redis.exceptions import NoScriptError
 
 from omniroute_redis import records
 from omniroute_redis.batch import Batch
 from omniroute_redis.leases import ConnectionSlots, Leases
 from omniroute_redis.link import Link, Unreachable
 from omniroute_redis.scripts import Scripts
+from omniroute_redis.wire import NoScript
 
 log = logging.getLogger(__name__)
 
@@ -183,7 +183,7 @@ class RedisState:
                   for (table, name), _, op, loud in sends]
         try:
             results = await self.link.commands(merges)
-            if any(isinstance(r, NoScriptError) for r in results):  # a restarted Redis
+            if any(isinstance(r, NoScript) for r in results):  # a restarted Redis
                 await self.scripts.reload_for(self.link, merges)
                 results = await self.link.commands(merges)
         except Unreachable:

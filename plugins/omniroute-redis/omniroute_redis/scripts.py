@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 from typing import Any
 
-from redis.exceptions import NoScriptError
+from omniroute_redis.wire import NoScript
 
 _NOW = """
 local clock = redis.call('TIME')
@@ -283,6 +283,8 @@ class Scripts:
     async def run(self, client: Any, name: str, keys: list[str], args: list[Any]) -> Any:
         """Run script ``name`` with a redis-py client (one round trip; two after Redis
         forgot its scripts)."""
+        from redis.exceptions import NoScriptError
+
         try:
             return await client.evalsha(self.sha[name], len(keys), *keys, *args)
         except NoScriptError:
@@ -308,7 +310,7 @@ class Scripts:
         """
         try:
             return await link.command(*self.command(name, keys, args))
-        except NoScriptError:
+        except NoScript:
             await link.command("SCRIPT", "LOAD", SOURCES[name])
             return await link.command(*self.command(name, keys, args))
 

@@ -6,11 +6,10 @@ import asyncio
 
 import pytest
 import uvloop
-from redis.exceptions import NoScriptError, ResponseError
 
 from omniroute_redis.link import Link, Unreachable
 from omniroute_redis.scripts import Scripts
-from omniroute_redis.wire import Wire, WireError, encode
+from omniroute_redis.wire import ErrorReply, NoScript, Wire, WireError, encode
 
 
 def test_commands_are_encoded_as_arrays_of_bulk_strings() -> None:
@@ -27,9 +26,9 @@ async def conversation(url: str) -> None:
             [("SET", "wire:k", "v"), ("GET", "wire:k"), ("GET", "wire:missing"),
              ("INCRBY", "wire:n", 5), ("EVAL", "return {'a', 1, {'b'}}", 0)]))
         assert replies == [b"OK", b"v", None, 5, [b"a", 1, [b"b"]]]
-        with pytest.raises(ResponseError, match=r"WRONGTYPE|not an integer"):
+        with pytest.raises(ErrorReply, match=r"WRONGTYPE|not an integer"):
             await wire.call("INCR", "wire:k")
-        with pytest.raises(NoScriptError):
+        with pytest.raises(NoScript):
             await wire.call("EVALSHA", "0" * 40, 0)
         big = b"x" * 300_000  # a reply that arrives in many reads
         await wire.call("SET", "wire:big", big)

@@ -1,0 +1,39 @@
+"""Installed, the plugin changes nothing until ``state_url`` asks for it."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from omniroute.plugins import load_plugins
+from omniroute.testing import make_test_config, start_harness
+
+from omniroute_redis import RedisCache, RedisShared
+
+
+def test_loading_the_plugin_imports_no_redis_client() -> None:
+    """redis-py costs ~200 ms and 10 MiB to import: only a gateway that uses it pays."""
+    code = ("import sys; from omniroute.plugins import load_plugins; "
+            "p = load_plugins(); assert 'redis' in p.state_backends, p.state_backends; "
+            "print('redis' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, timeout=60)
+    assert out.stdout.strip() == "False"
+
+
+def test_it_registers_a_state_backend_and_a_cache_backend() -> None:
+    plugins = load_plugins()
+    assert plugins.state_backends["redis"] is RedisShared
+    assert plugins.cache_backends["redis"] is RedisCache
+    assert set(RedisShared.schemes) == {"redis", "rediss", "unix"}
+
+
+async def test_without_state_url_a_gateway_shares_nothing(aiohttp_client: Any,
+                                                          tmp_path: Path) -> None:
+    gw = await start_harness(aiohttp_client, make_test_config(tmp_path / "omniroute"))
+    assert gw.gateway.shared is None and gw.gateway.budgets.shared is None
+    assert gw.resilience.state.slots is None
+    health = await (await gw.client.get("/api/monitoring/health")).json()
+    assert "shared_state" not in health
