@@ -96,7 +96,7 @@ async def test_a_paused_redis_costs_a_request_at_most_the_state_timeout(
     from redis_testkit import start_instances
 
     trio = await start_instances(aiohttp_client, tmp_path / "omniroute", own_redis.url,
-                                 count=2, state_timeout=0.2)
+                                 count=2, state_timeout=1.0)
     try:
         await add_connection(trio, upstream, rpm=1000)
         await until(lambda: all(gw.catalog.connections for gw in trio.gateways), timeout=1.0)
@@ -106,11 +106,11 @@ async def test_a_paused_redis_costs_a_request_at_most_the_state_timeout(
         status, body, _ = await trio.chat(via=trio[0])
         took = time.monotonic() - started
         assert status == 200, body
-        assert took < 0.2 + 0.5  # one bounded wait on the slot take, then local counters
+        assert took < 1.0 + 1.0  # at most one bounded wait (state_timeout), then local counters
         assert degraded(trio[0])
         started = time.monotonic()
         assert (await trio.chat(via=trio[0]))[0] == 200
-        assert time.monotonic() - started < 0.15  # degraded: no wait at all
+        assert time.monotonic() - started < 0.5  # degraded: no wait on Redis at all
         own_redis.resume()
         await until(lambda: not degraded(trio[0]), timeout=5.0)
         assert (await trio.chat(via=trio[0]))[0] == 200
