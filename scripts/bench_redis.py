@@ -170,17 +170,54 @@ def run(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
                           f"{cell['p50_ms']:.3f} ms, CPU {cell['cpu_ms_per_req']:.3f} ms, redis "
                           f"{cell['redis_cmds_per_req']:.2f} cmds {cell['redis_bytes_per_req']:.0f}"
                           " B", file=sys.stderr, flush=True)
+        pair = two_instances(args, ctx, procs, gateways, tmp, up_port, redis_port,
+                             targets["redis-lim"], client)
         client.send(None)
         import uvloop
 
         costs = [uvloop.run(slot_cost(redis_port, args.slots)) for _ in range(args.rounds)]
         return {"cells": {name: {conc: median_cell(cells) for conc, cells in by.items()}
-                          for name, by in raw.items()},
+                          for name, by in raw.items()}, "pair": pair,
                 "slot": {k: statistics.median(c[k] for c in costs) for k in costs[0]}}
     finally:
         stop_all(gateways, procs)
         redis.terminate()
         redis.wait(5)
+
+
+def two_instances(args: argparse.Namespace, ctx: Any, procs: list[Any],
+                  gateways: list[subprocess.Popen], tmp: Path, up_port: int, redis_port: int,
+                  first: tuple[str, list[int]], client: Any) -> dict[str, float]:
+    """Throughput at the top concurrency: ``redis-lim`` alone, then it and a second such
+    gateway (same Redis, same limits) each taking half the load from its own client
+    process, at once. Medians over the rounds."""
+    gateway, port = start_gateway(tmp / "redis-lim-2", up_port, 1, args.loop,
+                                  settings={"state_url": f"redis://{HOST}:{redis_port}/0"})
+    gateways.append(gateway)
+    limit_connection(port)
+    second = (f"http://{HOST}:{port}/v1/chat/completions", process_tree(gateway.pid))
+    other, child_end = ctx.Pipe()
+    procs.append(ctx.Process(target=client_main, args=(child_end,), daemon=True))
+    procs[-1].start()
+    top = max(args.concurrency)
+
+    def cell(url: str, pids: list[int], conc: int) -> dict[str, Any]:
+        return {"url": url, "body": REQUEST, "conc": conc, "pids": pids,
+                "warmup": args.warmup, "duration": args.duration}
+
+    ones, twos = [], []
+    for _ in range(args.rounds):
+        client.send(("loop", cell(*first, top)))
+        ones.append(client.recv()["rps"])
+        client.send(("loop", cell(*first, top // 2)))
+        other.send(("loop", cell(*second, top // 2)))
+        a, b = client.recv(), other.recv()
+        twos.append(a["rps"] + b["rps"])
+        print(f"  two instances c={top}: one {ones[-1]:.0f}/s, two {twos[-1]:.0f}/s",
+              file=sys.stderr, flush=True)
+    other.send(None)
+    return {"one_rps": statistics.median(ones), "two_rps": statistics.median(twos),
+            "conc": float(top)}
 
 
 async def slot_cost(port: int, count: int) -> dict[str, float]:
@@ -266,6 +303,12 @@ def report(args: argparse.Namespace, results: dict[str, Any]) -> str:
             f"take): {slot['redis_cpu_us']:.1f} µs CPU, {slot['redis_wall_us']:.1f} µs wall per "
             f"slot: +{slot['redis_cpu_us'] - slot['local_cpu_us']:.1f} µs CPU, "
             f"+{(slot['redis_wall_us'] - slot['local_wall_us']) / 1000:.3f} ms latency at c=1"]
+    pair = results["pair"]
+    out += ["", f"### Two instances against one (redis-lim, c={pair['conc']:.0f} in all)", "",
+            f"- one: {pair['one_rps']:.0f} req/s; two (each half the load, from its own "
+            f"client process): {pair['two_rps']:.0f} req/s: "
+            f"{pair['two_rps'] / pair['one_rps']:.2f}× on {os.cpu_count()} CPUs shared with "
+            "the load clients, the upstream and Redis"]
     return "\n".join(out)
 
 
