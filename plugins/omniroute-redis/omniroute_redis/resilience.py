@@ -183,9 +183,12 @@ class RedisState:
                   for (table, name), _, op, loud in sends]
         try:
             results = await self.link.commands(merges)
-            if any(isinstance(r, NoScript) for r in results):  # a restarted Redis
-                await self.scripts.reload_for(self.link, merges)
-                results = await self.link.commands(merges)
+            missing = [i for i, r in enumerate(results) if isinstance(r, NoScript)]
+            if missing:  # a restarted Redis forgot the script: those merges did not run
+                again = [merges[i] for i in missing]
+                await self.scripts.reload_for(self.link, again)
+                for i, result in zip(missing, await self.link.commands(again), strict=True):
+                    results[i] = result
         except Unreachable:
             self._urgent |= urgent  # sent again once Redis is back
             raise
