@@ -210,3 +210,19 @@ def free_port() -> int:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
         return port
+
+
+async def until_routable(instances: Instances, *models: str, timeout: float = 2.0) -> None:
+    """Wait until every instance routes each of ``models`` (its reload is complete: the
+    connections are known before the router is rebuilt)."""
+
+    def routable() -> bool:
+        for gw in instances.gateways:
+            for model in models:
+                try:
+                    gw.catalog.router.resolve(model)
+                except Exception:  # noqa: BLE001 - not yet: the reload is under way
+                    return False
+        return True
+
+    await until(routable, timeout=timeout)

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 from omniroute.budgets import Limits
-from redis_testkit import FakeUpstream, Instances, add_connection, until
+from redis_testkit import FakeUpstream, Instances, add_connection, until, until_routable
 
 pytestmark = pytest.mark.multi
 
@@ -62,7 +62,7 @@ async def test_a_config_change_through_one_instance_is_live_on_all_within_a_seco
 async def test_a_connections_rpm_limit_is_global(trio: Instances,
                                                  upstream: FakeUpstream) -> None:
     await add_connection(trio, upstream, rpm=6)
-    await until(lambda: all(gw.catalog.connections for gw in trio.gateways), timeout=1.0)
+    await until_routable(trio, "up/m1")
     statuses = [status for status, _, _ in
                 await asyncio.gather(*(trio.chat(f"q{i}") for i in range(15)))]
     assert statuses.count(200) == 6 and upstream.calls == 6, statuses
@@ -72,7 +72,7 @@ async def test_a_connections_rpm_limit_is_global(trio: Instances,
 async def test_a_cooldown_one_instance_sets_is_respected_by_the_others_within_100ms(
         trio: Instances, upstream: FakeUpstream) -> None:
     conn = await add_connection(trio, upstream)
-    await until(lambda: all(gw.catalog.connections for gw in trio.gateways), timeout=1.0)
+    await until_routable(trio, "up/m1")
     for gw in trio.gateways:  # each instance has used it: a record of its own to update
         assert (await trio.chat(via=gw))[0] == 200
     upstream.fail_next = 1
@@ -103,7 +103,7 @@ async def test_a_cache_entry_written_by_one_is_served_by_another(
                                  cache_backends="redis", cache_mode="on")
     try:
         await add_connection(trio, upstream)
-        await until(lambda: all(gw.catalog.connections for gw in trio.gateways), timeout=1.0)
+        await until_routable(trio, "up/m1")
         key = trio[0].admin_key  # one tenant: entries are kept per API key
         status, first, headers = await trio.chat("what is 2+2", via=trio[0], key=key)
         assert status == 200 and headers["X-OmniRoute-Cache"] == "MISS"
@@ -172,8 +172,7 @@ async def test_a_sticky_session_bound_on_one_instance_holds_on_the_others(
         "/api/combos", headers=trio[0].admin_headers,
         json={"name": "both", "steps": ["a/m1", "b/m1"], "strategy": "round-robin"})
     assert resp.status in (200, 201), await resp.text()
-    await until(lambda: all(len(gw.catalog.connections) == 2 for gw in trio.gateways),
-                timeout=1.0)
+    await until_routable(trio, "a/m1", "b/m1", "both")
     await asyncio.sleep(0.2)
     # instances 1 and 2 rotate once without a session: alone, each would now pick "b"
     for gw in trio.gateways[1:]:
@@ -195,7 +194,7 @@ async def test_a_sticky_session_bound_on_one_instance_holds_on_the_others(
 async def test_an_operator_reset_on_one_instance_clears_the_rest_everywhere(
         trio: Instances, upstream: FakeUpstream) -> None:
     conn = await add_connection(trio, upstream)
-    await until(lambda: all(gw.catalog.connections for gw in trio.gateways), timeout=1.0)
+    await until_routable(trio, "up/m1")
     upstream.fail_next = 1
     assert (await trio.chat(via=trio[0]))[0] == 429
 
@@ -215,7 +214,7 @@ async def test_an_operator_reset_on_one_instance_clears_the_rest_everywhere(
 async def test_identical_idempotent_requests_over_the_three_make_one_upstream_call(
         trio: Instances, upstream: FakeUpstream) -> None:
     await add_connection(trio, upstream)
-    await until(lambda: all(gw.catalog.connections for gw in trio.gateways), timeout=1.0)
+    await until_routable(trio, "up/m1")
     upstream.delay = 0.2  # the duplicates arrive while the first call is under way
     key = trio[0].admin_key  # one API key: idempotency keys are scoped by it
     results = await asyncio.gather(*(
@@ -241,7 +240,7 @@ async def test_identical_idempotent_requests_over_the_three_make_one_upstream_ca
 async def test_a_streamed_first_answer_is_replayed_as_a_stream_on_another_instance(
         trio: Instances, upstream: FakeUpstream) -> None:
     await add_connection(trio, upstream)
-    await until(lambda: all(gw.catalog.connections for gw in trio.gateways), timeout=1.0)
+    await until_routable(trio, "up/m1")
     key = trio[0].admin_key
     headers = {"Authorization": f"Bearer {key}", "Idempotency-Key": "stream-7"}
     body = {"model": "up/m1", "stream": True,

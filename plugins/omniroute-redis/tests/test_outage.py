@@ -13,7 +13,14 @@ from typing import Any
 
 import pytest
 from omniroute.budgets import Limits
-from redis_testkit import FakeUpstream, Instances, RedisServer, add_connection, until
+from redis_testkit import (
+    FakeUpstream,
+    Instances,
+    RedisServer,
+    add_connection,
+    until,
+    until_routable,
+)
 
 pytestmark = pytest.mark.multi
 
@@ -53,7 +60,7 @@ async def test_redis_killed_and_restarted_under_load_fails_no_request(
             "team", set(), limits=Limits.parse({"daily_usd": 100, "rpm": 100_000,
                                                 "concurrency": 50}))
         await trio[0].gateway.reload()
-        await until(lambda: all(gw.catalog.connections for gw in trio.gateways), timeout=1.0)
+        await until_routable(trio, "up/m1")
         await asyncio.sleep(0.2)
         stop = asyncio.Event()
         statuses: list[int] = []
@@ -99,7 +106,7 @@ async def test_a_paused_redis_costs_a_request_at_most_the_state_timeout(
                                  count=2, state_timeout=1.0)
     try:
         await add_connection(trio, upstream, rpm=1000)
-        await until(lambda: all(gw.catalog.connections for gw in trio.gateways), timeout=1.0)
+        await until_routable(trio, "up/m1")
         assert (await trio.chat(via=trio[0]))[0] == 200
         own_redis.pause()  # it accepts nothing and answers nothing: only timeouts tell
         started = time.monotonic()
