@@ -242,7 +242,7 @@ async def test_sign_in_through_the_management_api(
     assert exchange.headers["content-type"].startswith("application/json")
     assert set(exchange.json) == {"grant_type", "code", "state", "client_id", "redirect_uri",
                                   "code_verifier"}
-    assert exchange.json["redirect_uri"] == "https://console.anthropic.com/oauth/code/callback"
+    assert exchange.json["redirect_uri"] == "https://platform.claude.com/oauth/code/callback"
     stored = await gw.store.get_connection(conn["id"])
     assert stored is not None
     secrets = [stored.credentials["access_token"], stored.credentials["refresh_token"],

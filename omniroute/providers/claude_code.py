@@ -102,10 +102,14 @@ CLAUDE = ClaudeService(
     title="Claude Pro/Max (Claude Code sign-in)",
     flow="paste",
     client_id="9d1c250a-e61b-44d9-88ed-5944d1962f5e",
-    authorize_url="https://claude.ai/oauth/authorize",
-    token_url="https://console.anthropic.com/v1/oauth/token",
-    redirect_uri="https://console.anthropic.com/oauth/code/callback",
-    scopes=("org:create_api_key", "user:profile", "user:inference"),
+    # the hosts Claude Code uses since Anthropic moved them (2026): console.anthropic.com's
+    # token endpoint answers 404, claude.ai's authorize page no longer grants (sources:
+    # docs/subscriptions.md); every one is overridable in the connection's settings
+    authorize_url="https://claude.com/cai/oauth/authorize",
+    token_url="https://platform.claude.com/v1/oauth/token",
+    redirect_uri="https://platform.claude.com/oauth/code/callback",
+    scopes=("org:create_api_key", "user:profile", "user:inference",
+            "user:sessions:claude_code"),
     token_encoding="json",
     authorize_params={"code": "true"},
     instructions="Sign in with your Claude Pro/Max account; the page then shows a code "
