@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from omniroute.cache.layer import CacheLayer
     from omniroute.config import Config
     from omniroute.formats.base import Format
+    from omniroute.oauth.service import OAuthService
     from omniroute.pipeline.stages import Stage
     from omniroute.providers.base import Provider
 
@@ -36,6 +37,17 @@ def register_providers(register: Callable[[type[Provider]], None]) -> None:
 
     :param register: call it once per :class:`omniroute.Provider` subclass; the
         class's ``type`` names it, connections of that type create instances.
+    """
+
+
+@hookspec
+def register_oauth_services(register: Callable[[OAuthService], None]) -> None:
+    """Register subscription sign-in services (how an account of a provider type signs in).
+
+    :param register: call it once per :class:`omniroute.oauth.OAuthService` (a frozen
+        description: client id, endpoints, scopes, flow); its ``name`` is what
+        ``omniroute login NAME`` and ``/api/oauth/NAME/...`` take, its
+        ``provider_type`` the connection type a signed-in account becomes.
     """
 
 

@@ -177,6 +177,29 @@ def test_hook_register_formats() -> None:
     assert again.info("b").error == "formats type 'test-shout' is already registered"  # type: ignore[union-attr]
 
 
+class OAuthServicesPlugin:
+    @hookimpl
+    def register_oauth_services(self, register: Callable[[Any], None]) -> None:
+        from omniroute.oauth import OAuthService
+
+        register(OAuthService(name="test-acme", provider_type="test-echo", flow="device",
+                              client_id="c", token_url="https://acme.test/token",
+                              device_url="https://acme.test/device"))
+
+
+def test_hook_register_oauth_services() -> None:
+    plugins = load_plugins(extra=[("t-oauth", OAuthServicesPlugin())])
+    service = plugins.oauth_services["test-acme"]
+    assert (service.provider_type, service.flow) == ("test-echo", "device")
+    info = plugins.info("t-oauth")
+    assert info is not None and info.error is None
+    assert info.registered == {"oauth_services": ["test-acme"]}
+    # a second plugin naming the same service is refused whole
+    again = load_plugins(extra=[("a", OAuthServicesPlugin()), ("b", OAuthServicesPlugin())])
+    assert again.info("b").error == (  # type: ignore[union-attr]
+        "oauth_services type 'test-acme' is already registered")
+
+
 class DictCache(CacheBackend):
     name = "test-dict"
 
