@@ -36,6 +36,7 @@ from omniroute.registry import Registry
 from omniroute.web.audit import setup_audit
 from omniroute.web.budgets import setup_budget_routes
 from omniroute.web.cache import setup_cache_routes
+from omniroute.web.system import setup_system_routes
 from omniroute.web.client import setup_client_routes
 from omniroute.web.management import setup_management_routes
 from omniroute.web.middleware import gateway_middleware
@@ -97,6 +98,7 @@ def make_app(config: Config, plugins: Plugins | None = None) -> web.Application:
     setup_management_routes(app)
     setup_budget_routes(app)
     setup_cache_routes(app)
+    setup_system_routes(app)
     setup_resilience_routes(app)
     setup_pricing_routes(app)
     setup_usage_routes(app)
