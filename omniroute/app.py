@@ -44,6 +44,7 @@ from omniroute.web.pricing import setup_pricing_routes
 from omniroute.web.public import setup_public_routes
 from omniroute.web.resilience import setup_resilience_routes
 from omniroute.web.security import setup_security
+from omniroute.web.system import setup_system_routes
 from omniroute.web.telemetry import setup_telemetry_routes
 from omniroute.web.usage import setup_usage_routes
 
@@ -98,6 +99,7 @@ def make_app(config: Config, plugins: Plugins | None = None) -> web.Application:
     setup_management_routes(app)
     setup_budget_routes(app)
     setup_cache_routes(app)
+    setup_system_routes(app)
     setup_resilience_routes(app)
     setup_oauth_routes(app)
     setup_pricing_routes(app)
