@@ -38,6 +38,7 @@ from omniroute.cli.common import (
     open_cli_store,
     plugins_of,
 )
+from omniroute.cli.connect import connect_command
 from omniroute.cli.plugins import plugins_command
 from omniroute.cli.usage import usage_command
 from omniroute.config import ConfigError, load_config
@@ -93,6 +94,7 @@ cli.add_command(plugins_command)
 cli.add_command(budget_command)
 cli.add_command(usage_command)
 cli.add_command(cache_command)
+cli.add_command(connect_command)
 
 
 def _skips_plugins(args: list[str]) -> bool:

@@ -77,8 +77,9 @@ class Backups:
     @contextlib.contextmanager
     def lock(self, tool_id: str) -> Iterator[None]:
         """Hold the tool's lock (blocking, at most :data:`LOCK_TIMEOUT`: call in a thread)."""
+        self.root.mkdir(parents=True, exist_ok=True, mode=0o700)  # backups may hold keys
         folder = self._dir(tool_id)
-        folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+        folder.mkdir(exist_ok=True, mode=0o700)
         if fcntl is None:
             yield
             return

@@ -55,8 +55,9 @@ class ConnectRequest:
                                  param=sorted(unknown)[0])
         model = body.get("model")
         if model is None or model == "":
-            raise InvalidRequest("Send the 'model' the tool should ask for (a model, alias or "
-                                 "combo of this gateway).", param="model", code="missing_model")
+            raise InvalidRequest("A model is needed ('model', or --model): the model, alias "
+                                 "or combo of this gateway the tool should ask for.",
+                                 param="model", code="missing_model")
         for name, value in (("model", model), ("small_model", field("small_model", "smallModel"))):
             if value is not None and (not isinstance(value, str) or not _MODEL.fullmatch(value)):
                 raise InvalidRequest(f"'{name}' must be a model name without spaces.",

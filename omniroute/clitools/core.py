@@ -23,7 +23,7 @@ import contextlib
 import logging
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from omniroute.clitools.backups import BackupBusy, Backups, private_mode, read_bytes
 from omniroute.clitools.builtin import BUILTIN_TOOLS
@@ -31,6 +31,10 @@ from omniroute.clitools.detect import Detection, VersionProber, detect
 from omniroute.clitools.files import missing_dirs, read_text, write_atomic
 from omniroute.clitools.tool import CliTool, ConfigUnreadable, Edits, Places, Target
 from omniroute.errors import GatewayError, InvalidRequest, NotFound
+
+if TYPE_CHECKING:
+    from omniroute.config import Config
+    from omniroute.plugins import Plugins
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +59,13 @@ class CliTools:
                 log.error("CLI tool %r from a plugin is left out: the id is taken", tool.id)
                 continue
             self.known.append(tool)
+
+    @classmethod
+    def for_config(cls, config: Config, plugins: Plugins) -> CliTools:
+        """The tools of the user omniroute runs as (``config.tool_env``), backups in the
+        data directory, the plugins' tools after the built-in ones."""
+        return cls(Places(config.tool_env), Backups(config.data_dir / "cli-tools" / "backups"),
+                   extra=plugins.cli_tools(taken=[t.id for t in BUILTIN_TOOLS]))
 
     def tools(self, custom: Sequence[CliTool] = ()) -> list[CliTool]:
         """Every tool: the known ones, then the custom ones whose id is free."""

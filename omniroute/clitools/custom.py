@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 from omniroute.clitools.tool import PROTOCOLS, CliTool, Places
+from omniroute.errors import InvalidRequest, NotFound
 from omniroute.storage import Store
 
 log = logging.getLogger(__name__)
@@ -93,3 +94,32 @@ async def load_custom(store: Store) -> list[CliTool]:
 
 async def save_custom(store: Store, specs: list[dict[str, Any]]) -> None:
     await store.put_settings({SETTING: specs})
+
+
+async def add_custom(store: Store, spec: Mapping[str, Any], taken: Iterable[str]) -> CliTool:
+    """Store the custom tool ``spec`` describes.
+
+    :param taken: the ids of the other (built-in and plugin) tools.
+    """
+    try:
+        tool = custom_tool(spec)
+    except ValueError as exc:
+        raise InvalidRequest(str(exc), code="invalid_cli_tool") from None
+    specs = await stored_specs(store)
+    if tool.id in set(taken) or any(s.get("id") == tool.id for s in specs):
+        raise InvalidRequest(f"A CLI tool {tool.id!r} exists already.", param="id",
+                             code="duplicate_id")
+    await save_custom(store, [*specs, as_spec(tool, spec)])
+    return tool
+
+
+async def remove_custom(store: Store, tool_id: str, taken: Iterable[str]) -> None:
+    """Forget the custom tool ``tool_id`` (``taken``: the ids that are not custom)."""
+    if tool_id in set(taken):
+        raise InvalidRequest(f"{tool_id!r} is not a custom tool; only those can be removed.",
+                             code="not_custom")
+    specs = await stored_specs(store)
+    kept = [s for s in specs if s.get("id") != tool_id]
+    if len(kept) == len(specs):
+        raise NotFound(f"No custom CLI tool {tool_id!r}.", code="unknown_cli_tool")
+    await save_custom(store, kept)

@@ -23,23 +23,14 @@ from aiohttp import web
 from omniroute.appkeys import AUTH_SCHEMES, CATALOG, CLI_TOOLS, STORE
 from omniroute.bodies import read_object
 from omniroute.catalog import Catalog
-from omniroute.clitools import Backups, CliTools, ConnectRequest, Places, connect, gateway_url
-from omniroute.clitools.custom import as_spec, custom_tool, load_custom, save_custom, stored_specs
+from omniroute.clitools import CliTools, ConnectRequest, connect, gateway_url
+from omniroute.clitools.custom import add_custom, load_custom, remove_custom
 from omniroute.config import Config
-from omniroute.errors import GatewayError, InvalidRequest, NotFound
+from omniroute.errors import GatewayError, InvalidRequest
 from omniroute.plugins import Plugins
 from omniroute.web.tags import tag_route
 
 _SMALL_BODY = 64 * 1024
-
-
-def build_cli_tools(config: Config, plugins: Plugins) -> CliTools:
-    """The gateway's :class:`CliTools`: the tools of the user it runs as, backups in its
-    data directory, the plugins' tools after the built-in ones."""
-    from omniroute.clitools.builtin import BUILTIN_TOOLS
-
-    return CliTools(Places(config.tool_env), Backups(config.data_dir / "cli-tools" / "backups"),
-                    extra=plugins.cli_tools(taken=[t.id for t in BUILTIN_TOOLS]))
 
 
 async def list_tools(request: web.Request) -> web.Response:
@@ -48,34 +39,16 @@ async def list_tools(request: web.Request) -> web.Response:
     return web.json_response(await request.app[CLI_TOOLS].listing(custom, refresh=refresh))
 
 
-async def add_custom(request: web.Request) -> web.Response:
+async def add(request: web.Request) -> web.Response:
     tools = request.app[CLI_TOOLS]
-    store = request.app[STORE]
     body = await read_object(request, _SMALL_BODY)
-    try:
-        tool = custom_tool(body)
-    except ValueError as exc:
-        raise InvalidRequest(str(exc), code="invalid_cli_tool") from None
-    specs = await stored_specs(store)
-    if any(t.id == tool.id for t in tools.known) or any(s.get("id") == tool.id for s in specs):
-        raise InvalidRequest(f"A CLI tool {tool.id!r} exists already.", param="id",
-                             code="duplicate_id")
-    await save_custom(store, [*specs, as_spec(tool, body)])
+    tool = await add_custom(request.app[STORE], body, (t.id for t in tools.known))
     return web.json_response(await tools.describe(tool), status=201)
 
 
-async def remove_custom(request: web.Request) -> web.Response:
-    tools = request.app[CLI_TOOLS]
-    store = request.app[STORE]
+async def remove(request: web.Request) -> web.Response:
     tool_id = request.match_info["id"]
-    if any(t.id == tool_id for t in tools.known):
-        raise InvalidRequest(f"{tool_id!r} is not a custom tool; only those can be removed.",
-                             code="not_custom")
-    specs = await stored_specs(store)
-    kept = [s for s in specs if s.get("id") != tool_id]
-    if len(kept) == len(specs):
-        raise NotFound(f"No custom CLI tool {tool_id!r}.", code="unknown_cli_tool")
-    await save_custom(store, kept)
+    await remove_custom(request.app[STORE], tool_id, (t.id for t in request.app[CLI_TOOLS].known))
     return web.json_response({"deleted": tool_id})
 
 
@@ -126,12 +99,12 @@ async def restore(request: web.Request) -> web.Response:
 
 def setup_cli_tool_routes(app: web.Application, config: Config, plugins: Plugins) -> None:
     """The CLI tools' routes (every one needs an admin) and their :class:`CliTools`."""
-    app[CLI_TOOLS] = build_cli_tools(config, plugins)
+    app[CLI_TOOLS] = CliTools.for_config(config, plugins)
     before = set(app.router.routes())
     r = app.router
     r.add_get("/api/cli-tools", list_tools)
-    r.add_post("/api/cli-tools", add_custom)
-    r.add_delete("/api/cli-tools/{id}", remove_custom)
+    r.add_post("/api/cli-tools", add)
+    r.add_delete("/api/cli-tools/{id}", remove)
     r.add_post("/api/cli-tools/{id}/configure", configure)
     r.add_post("/api/cli-tools/{id}/restore", restore)
     for route in app.router.routes():
