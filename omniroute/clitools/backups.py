@@ -134,6 +134,7 @@ class Backups:
         if not backups:
             return None
         folder = backups[-1]
+        done = folder.parent / (folder.name + RESTORED)  # where it is kept afterwards
         manifest = json.loads((folder / MANIFEST).read_text())
         results = []
         for i, entry in enumerate(manifest["files"]):
@@ -154,8 +155,8 @@ class Backups:
                         Path(directory).rmdir()
                 action = "removed"
             results.append({"path": str(path), "action": action, "changedSince": changed,
-                            "keptAt": str(kept) if kept else None})
-        folder.rename(folder.parent / (folder.name + RESTORED))
+                            "keptAt": str(done / kept.name) if kept else None})
+        folder.rename(done)
         self._prune(tool_id)
         return {"backup": folder.name, "files": results}
 
