@@ -126,7 +126,8 @@ class CliTools:
         """
         if tool.configure is None:
             manual = tool.manual or ""
-            for name, value in (("{v1}", target.v1), ("{base}", target.base_url),
+            url = target.v1 if tool.protocol in ("openai", "responses") else target.base_url
+            for name, value in (("{v1}", target.v1), ("{base}", target.base_url), ("{url}", url),
                                 ("{model}", target.model), ("{protocol}", tool.protocol)):
                 manual = manual.replace(name, value)
             raise InvalidRequest(f"omniroute cannot write {tool.name}'s settings. {manual}",

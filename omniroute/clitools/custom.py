@@ -28,7 +28,7 @@ _FIELDS = {"id", "name", "binary", "protocol", "versionArgs", "version_args", "c
            "config_paths"}
 
 #: placeholders filled in when configure is asked (CliTools.configure)
-_MANUAL = ("omniroute does not know where {name} keeps its settings: point it at {base} "
+_MANUAL = ("omniroute does not know where {name} keeps its settings: point it at {url} "
            "(the {protocol} API) with an omniroute API key and the model {model}.")
 
 
