@@ -172,6 +172,10 @@ async def test_codex_and_gemini_files_work_with_their_sdks(gw: Any, home: Path) 
                                    {"model": MODEL, "key": key})
         assert status == 200, result
         assert result["key"] != key and result["keyCreated"] is False
+    resp = await gw.client.get("/api/compliance/audit-log", headers=gw.admin_headers)
+    audit = await resp.json()
+    assert sum(e["action"] == "POST /api/cli-tools/{id}/configure" for e in audit["entries"]) == 2
+    assert key not in json.dumps(audit)  # the request's key is redacted in the audit log
 
     codex = tomllib.loads((home / ".codex" / "config.toml").read_text())
     provider = codex["model_providers"][codex["model_provider"]]
