@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from omniroute.budgets import Budgets
     from omniroute.cache.service import ResponseCache
     from omniroute.catalog import Catalog
+    from omniroute.clitools import CliTools
     from omniroute.gateway import Gateway
     from omniroute.idempotency import Idempotency
     from omniroute.oauth.signin import SignIns
@@ -60,12 +61,14 @@ USAGE: web.AppKey[UsageQueries] = web.AppKey("usage")
 IDEMPOTENCY: web.AppKey[Idempotency] = web.AppKey("idempotency")
 #: the management API's subscription sign-ins under way (in memory, each for its TTL)
 OAUTH_SIGN_INS: web.AppKey[SignIns] = web.AppKey("oauth_sign_ins")
+#: the agent CLIs on this machine: detection, configure, restore (/api/cli-tools)
+CLI_TOOLS: web.AppKey[CliTools] = web.AppKey("cli_tools")
 #: set on each request by the auth middleware
 PRINCIPAL = web.RequestKey("principal", Principal)
 #: set once a streamed answer has sent its headers (errors can no longer be a JSON answer)
 STREAM_STARTED = web.RequestKey("stream_started", bool)
 
-__all__ = ["AUDIT_LOG", "AUTH_SCHEMES", "BUDGETS", "CACHE", "CATALOG", "GATEWAY", "HTTP",
-           "IDEMPOTENCY", "OAUTH_SIGN_INS", "PIPELINE", "PRICES", "PRINCIPAL", "REGISTRY",
+__all__ = ["AUDIT_LOG", "AUTH_SCHEMES", "BUDGETS", "CACHE", "CATALOG", "CLI_TOOLS", "GATEWAY",
+           "HTTP", "IDEMPOTENCY", "OAUTH_SIGN_INS", "PIPELINE", "PRICES", "PRINCIPAL", "REGISTRY",
            "REQUEST_LOG", "RESILIENCE", "STORE", "STREAM_STARTED", "USAGE", "WATCHER",
            "Principal"]

@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from omniroute.auth.base import AuthScheme
     from omniroute.cache.base import CacheBackend
     from omniroute.cache.layer import CacheLayer
+    from omniroute.clitools import CliTool
     from omniroute.config import Config
     from omniroute.formats.base import Format
     from omniroute.oauth.service import OAuthService
@@ -126,4 +127,16 @@ def register_cache_layers(register: Callable[[CacheLayer], None], app: web.Appli
     :param register: call it once per :class:`omniroute.cache.CacheLayer` instance;
         its ``name`` must not be taken by another layer.
     :param app: the gateway application, started (resources open) but not yet serving.
+    """
+
+
+@hookspec
+def register_cli_tools(register: Callable[[CliTool], None]) -> None:
+    """Add agent CLIs that ``omniroute connect`` and ``/api/cli-tools`` find and configure.
+
+    Called when the gateway is made and when a ``connect`` command runs. The tools
+    come after the built-in ones, plugin by plugin in load order.
+
+    :param register: call it once per :class:`omniroute.clitools.CliTool` instance; its
+        ``id`` must not be taken by a built-in tool or another plugin's.
     """

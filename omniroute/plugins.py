@@ -26,6 +26,7 @@ if TYPE_CHECKING:  # annotations only: nothing here needs these modules at run t
     from omniroute.auth.base import AuthScheme
     from omniroute.cache.base import CacheBackend
     from omniroute.cache.layer import CacheLayer
+    from omniroute.clitools import CliTool
     from omniroute.formats.base import Format
     from omniroute.oauth.service import OAuthService
     from omniroute.pipeline.stages import Stage
@@ -125,9 +126,20 @@ class Plugins:
 
         return self._instances("register_cache_layers", CacheLayer, app, ())
 
-    def _instances(self, hook: str, kind: type[_T], app: web.Application,
-                   taken: Iterable[str]) -> list[_T]:
-        """The named ``kind`` instances each plugin registers with ``hook(register, app)``."""
+    def cli_tools(self, taken: Iterable[str] = ()) -> list[CliTool]:
+        """The agent CLIs the plugins add (``register_cli_tools``), in load order; a plugin
+        whose hook fails, or registers an id already taken, adds none (as with :meth:`stages`).
+
+        :param taken: the ids already known (the built-in tools').
+        """
+        from omniroute.clitools import CliTool
+
+        return self._instances("register_cli_tools", CliTool, None, taken, attr="id")
+
+    def _instances(self, hook: str, kind: type[_T], app: web.Application | None,
+                   taken: Iterable[str], *, attr: str = "name") -> list[_T]:
+        """The ``kind`` instances each plugin registers with ``hook(register, app)``, each
+        named by its ``attr``."""
         names = set(taken)
         out: list[_T] = []
         impls = {impl.plugin_name: impl for impl in getattr(self.pm.hook, hook).get_hookimpls()}
@@ -143,9 +155,9 @@ class Plugins:
                 for item in found:
                     if not isinstance(item, kind):
                         raise TypeError(f"{item!r} is not an omniroute.{kind.__name__}")
-                    name = getattr(item, "name", None)
+                    name = getattr(item, attr, None)
                     if not isinstance(name, str) or not name:
-                        raise TypeError(f"{type(item).__qualname__} has no 'name' string")
+                        raise TypeError(f"{type(item).__qualname__} has no {attr!r} string")
                     if name in names or name in mine:
                         raise ValueError(f"a {kind.__name__} named {name!r} is already "
                                          "registered")

@@ -38,6 +38,7 @@ from omniroute.cli.common import (
     open_cli_store,
     plugins_of,
 )
+from omniroute.cli.connect import connect_command
 from omniroute.cli.doctor import doctor_command
 from omniroute.cli.login import import_command, login_command
 from omniroute.cli.plugins import plugins_command
@@ -97,6 +98,7 @@ cli.add_command(usage_command)
 cli.add_command(cache_command)
 cli.add_command(login_command)
 cli.add_command(doctor_command)
+cli.add_command(connect_command)
 
 
 def _skips_plugins(args: list[str]) -> bool:
