@@ -3,11 +3,11 @@
 RFC 8252 section 7.3: a native app receives the code on ``http://127.0.0.1:PORT``
 (services register ``localhost`` redirect URIs with a fixed port and path, so the
 listener takes both from the redirect URI; port 0 asks for any free port, for services
-that accept any loopback port, and :func:`with_port` then names the bound one). It answers the browser with a short
-page, hands the first callback that carries this sign-in's ``state`` to
-:meth:`LoopbackListener.wait` (bounded), and refuses others (a stale tab, another
-site's forged request) without ending the wait. One listener per sign-in; it stops
-when the sign-in ends.
+that accept any loopback port, and :func:`with_port` then names the bound one). It
+answers the browser with a short page, hands the first callback that carries this
+sign-in's ``state`` to :meth:`LoopbackListener.wait` (bounded), and refuses others (a
+stale tab, another site's forged request) without ending the wait. One listener per
+sign-in; it stops when the sign-in ends.
 """
 
 from __future__ import annotations
