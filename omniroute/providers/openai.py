@@ -59,7 +59,7 @@ class OpenAIProvider(HTTPProvider):
     default_prefix = "openai"
     description = "Any OpenAI-compatible Chat Completions API"
     presets: ClassVar[Mapping[str, Preset]] = {p.name: p for p in _PRESETS}
-    credential_fields = ("api_key",)
+    credential_fields: ClassVar[tuple[str, ...]] = ("api_key",)
     requires_credentials = False  # a custom base URL (a local server) may need no key
 
     def __init__(self, connection: Connection, context: ProviderContext) -> None:

@@ -49,7 +49,7 @@ class ResponsesProvider(HTTPProvider):
     default_prefix = "responses"
     description = "OpenAI Responses API (and services that serve it)"
     presets: ClassVar[Mapping[str, Preset]] = {p.name: p for p in _PRESETS}
-    credential_fields = ("api_key",)
+    credential_fields: ClassVar[tuple[str, ...]] = ("api_key",)
     requires_credentials = True
 
     def __init__(self, connection: Connection, context: ProviderContext) -> None:
