@@ -6,6 +6,8 @@ Anthropic SDKs through the gateway. Everything runs against ``fakes.qwen_upstrea
 from __future__ import annotations
 
 import asyncio
+import base64
+import os
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -18,9 +20,11 @@ import anthropic
 import openai
 import orjson
 import pytest
+from click.testing import CliRunner
 from fakes.openai_upstream import error
 from fakes.qwen_upstream import FakeQwen, QwenOAuthServer
 
+from omniroute.cli import cli
 from omniroute.credentials import SIGN_IN_REQUIRED
 from omniroute.oauth import (
     AccessDenied,
@@ -319,3 +323,71 @@ def test_the_provider_type_and_its_overrides() -> None:
     for bad in ({"base_url": "ftp://x"}, {"headers": []}, {"oauth_token_url": "nope"}):
         with pytest.raises(ValueError):
             QwenProvider.configure(bad, {"access_token": "a"}, None)
+
+
+# ------------------------------------------------------------------ the API and the CLI
+
+async def test_sign_in_through_the_management_api(
+    aiohttp_client: Any, qwen: Qwen, tmp_path: Path,
+) -> None:
+    gw = await start_harness(aiohttp_client, make_test_config(tmp_path / "gw"))
+    h = gw.admin_headers
+    resp = await gw.client.post("/api/oauth/qwen/start", headers=h,
+                                json={"name": "mine", "settings": qwen.settings()})
+    assert resp.status == 200, await resp.text()
+    started = await resp.json()
+    assert started["flow"] == "device" and started["user_code"]
+    assert started["verification_uri_complete"].endswith(started["user_code"])
+    pending = await (await gw.client.post("/api/oauth/qwen/poll", headers=h,
+                                          json={"state": started["state"]})).json()
+    assert pending["status"] == "pending"
+    qwen.oauth.approve(started["user_code"])
+    done: dict[str, Any] = {}
+    for _ in range(100):
+        resp = await gw.client.post("/api/oauth/qwen/poll", headers=h,
+                                    json={"state": started["state"]})
+        done = await resp.json()
+        if done.get("status") == "complete":
+            assert resp.status == 201
+            break
+        await asyncio.sleep(0.06)
+    assert done["connection"]["name"] == "mine" and done["connection"]["prefix"] == "qwen"
+    await gw.gateway.reload()
+    async with openai.AsyncOpenAI(base_url=gw.base_url + "/v1", api_key="x",
+                                  max_retries=0) as oai:
+        answer = await oai.chat.completions.create(
+            model=f"qwen/{MODEL}", messages=[{"role": "user", "content": "api"}])
+    assert answer.choices[0].message.content == "Hello! You said: api"
+
+
+async def test_import_on_the_command_line_from_the_default_path(
+    aiohttp_client: Any, qwen: Qwen, tmp_path: Path,
+) -> None:
+    pair = qwen.oauth.issue()
+    home = tmp_path / "home"
+    path = home / ".qwen" / "oauth_creds.json"
+    path.parent.mkdir(parents=True)
+    path.write_bytes(orjson.dumps({"access_token": pair.access, "refresh_token": pair.refresh,
+                                   "token_type": "Bearer", "resource_url": qwen.host,
+                                   "expiry_date": int(pair.expires_at * 1000)}))
+    before = path.stat()
+    data_dir = tmp_path / "gw"
+    env: dict[str, str | None] = {k: None for k in os.environ if k.startswith("OMNIROUTE_")}
+    env.update(OMNIROUTE_SECRET_KEY=base64.urlsafe_b64encode(b"k" * 32).decode(),
+               HOME=str(home))
+    args = [a for k, v in qwen.settings().items() for a in ("--setting", f"{k}={v}")]
+    result = await asyncio.to_thread(CliRunner(env=env).invoke, cli, [
+        "--data-dir", str(data_dir), "providers", "import", "qwen", *args])
+    assert result.exit_code == 0, result.output
+    assert "imported: conn_" in result.output and "qwen (qwen) prefix qwen/" in result.output
+    assert pair.access not in result.output
+    after = path.stat()
+    assert (after.st_mtime_ns, after.st_size, after.st_mode) == (
+        before.st_mtime_ns, before.st_size, before.st_mode)
+    gw = await start_harness(aiohttp_client, make_test_config(data_dir))
+    async with openai.AsyncOpenAI(base_url=gw.base_url + "/v1", api_key="x",
+                                  max_retries=0) as oai:
+        answer = await oai.chat.completions.create(
+            model=f"qwen/{MODEL}", messages=[{"role": "user", "content": "cli"}])
+    assert answer.choices[0].message.content == "Hello! You said: cli"
+    assert qwen.api.tokens_seen() == [pair.access]

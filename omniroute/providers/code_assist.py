@@ -36,12 +36,8 @@ from zoneinfo import ZoneInfo
 import aiohttp
 import orjson
 
-from omniroute.errors import (
-    GatewayError,
-    UpstreamError,
-    UpstreamStatusError,
-    UpstreamTimeout,
-)
+from omniroute.errors import UpstreamError, UpstreamStatusError, UpstreamTimeout
+from omniroute.oauth.errors import OAuthError
 from omniroute.sse import encode, event_data
 
 log = logging.getLogger(__name__)
@@ -61,8 +57,9 @@ QUOTA_TIMEZONE = ZoneInfo("America/Los_Angeles")
 _RPC = "type.googleapis.com/google.rpc."
 
 
-class SetupError(GatewayError):
-    """The account cannot use Code Assist as it is (ineligible, needs a validation)."""
+class SetupError(OAuthError):
+    """The account cannot use Code Assist as it is (ineligible, needs a validation, or
+    Code Assist refused the setup)."""
 
     status, type, code = 403, "permission_error", "code_assist_setup"
 
@@ -356,8 +353,9 @@ def _refuse(loaded: Mapping[str, Any]) -> NoReturn:
         raise SetupError("this Google account cannot use Gemini Code Assist: "
                          + "; ".join(reasons), code="code_assist_ineligible")
     raise ProjectRequired("this Google account needs a Google Cloud project for Gemini Code "
-                          "Assist: set the connection setting 'project' (gemini-cli's "
-                          "GOOGLE_CLOUD_PROJECT) and sign in again")
+                          "Assist: sign in again with the connection setting 'project' "
+                          "(omniroute login gemini --setting project=ID; gemini-cli's "
+                          "GOOGLE_CLOUD_PROJECT)")
 
 
 def retry_seconds(details: list[dict[str, Any]]) -> float | None:

@@ -48,6 +48,7 @@ import orjson
 from omniroute.errors import UpstreamError, UpstreamStatusError
 from omniroute.hookspecs import hookimpl
 from omniroute.oauth.client import TokenClient
+from omniroute.oauth.errors import OAuthUnavailable
 from omniroute.oauth.provider import OAuthProvider
 from omniroute.oauth.service import Account, Endpoints, OAuthService
 from omniroute.oauth.tokens import TokenSet
@@ -126,7 +127,14 @@ class GeminiCliService(OAuthService):
         settings = endpoints.settings
         assist = CodeAssist(client.http, endpoints.url("api"), tokens.access_token,
                             headers=api_headers(settings), timeout=client.timeout)
-        project = await assist.setup(_project_setting(settings))
+        try:
+            project = await assist.setup(_project_setting(settings))
+        except UpstreamStatusError as exc:  # Code Assist answered the setup with an error
+            if exc.status >= 500 or exc.status == 429:
+                raise OAuthUnavailable(f"the Code Assist setup failed: {exc.message}") from None
+            raise SetupError(f"the Code Assist setup was refused: {exc.message}") from None
+        except UpstreamError as exc:  # unreachable, too slow, or not answering JSON
+            raise OAuthUnavailable(f"the Code Assist setup failed: {exc.message}") from None
         tokens = tokens.with_extra(project=project.id, tier=project.tier)
         email = await _email(client, endpoints.url("userinfo"), tokens.access_token)
         return Account(tokens.credentials(), label=email)
