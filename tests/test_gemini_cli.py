@@ -45,7 +45,7 @@ from omniroute.providers.code_assist import (
     unwrap_body,
     unwrap_frame,
 )
-from omniroute.providers.gemini_cli import GEMINI, GeminiCliProvider, user_agent
+from omniroute.providers.gemini_cli import GEMINI, GeminiCliProvider
 from omniroute.testing import GatewayHarness, make_test_config, start_harness
 
 MODEL = "gemini-2.5-flash"
@@ -161,7 +161,8 @@ async def test_the_loopback_sign_in_takes_a_free_port_and_onboards_the_project(
     assert len(onboard) == 1 and onboard[0].json["tierId"] == "free-tier"
     assert "cloudaicompanionProject" not in onboard[0].json  # free tier: no project
     assert len([r for r in google.assist.requests if "/operations/" in r.path]) == 2
-    assert all(r.headers["user-agent"].startswith("GeminiCLI/") for r in google.assist.requests)
+    # the gateway's own User-Agent: nothing of gemini-cli is imitated
+    assert all(r.headers["user-agent"].startswith("omniroute/") for r in google.assist.requests)
     extra = account.credentials["extra"]
     assert extra["project"] == google.assist.managed_project and extra["tier"] == "free-tier"
     assert account.label == "someone@example.com"
@@ -246,7 +247,6 @@ async def test_an_onboarding_that_never_ends_is_bounded(
     pair = google.oauth.issue()
     ticks = iter(range(0, 1000, 20))  # each clock reading is 20 s later
     assist = code_assist.CodeAssist(http, google.api, pair.access,
-                                    headers={"User-Agent": user_agent()},
                                     onboard_timeout=100, clock=lambda: float(next(ticks)))
     with pytest.raises(GatewayError, match="not done within 100s"):
         await assist.setup()
@@ -484,7 +484,6 @@ def test_the_provider_type_describes_its_settings() -> None:
     for bad in ({"project": ""}, {"no_browser": "yes"}, {"oauth_token_url": "ftp://x"}):
         with pytest.raises(ValueError):
             GeminiCliProvider.configure(bad, {"access_token": "a"}, None)
-    assert user_agent().startswith("GeminiCLI/") and user_agent().endswith(")")
 
 
 # ------------------------------------------------------------------ the API and the CLI
@@ -594,3 +593,29 @@ async def test_login_without_a_browser_and_import_on_the_command_line(
     assert "imported: conn_" in result.output and "(gemini-cli)" in result.output
     assert path.read_bytes() == before
     assert pair.access not in result.output and str(pair.refresh) not in result.output
+
+
+async def test_the_fake_refuses_what_code_assist_would(
+    google: Google, http: aiohttp.ClientSession,
+) -> None:
+    """The fake's own strictness, so the tests above prove something."""
+    pair = google.oauth.issue()
+    google.assist.onboarded = "free-tier"
+    good = envelope(MODEL, google.assist.managed_project,
+                    {"contents": [{"role": "user", "parts": [{"text": "x"}]}]})
+    url = f"{google.api}:generateContent"
+
+    async def status(body: Any, token: str = pair.access, **headers: str) -> int:
+        sent = {"Authorization": f"Bearer {token}", "Content-Type": "application/json",
+                **headers}
+        async with http.post(url, data=orjson.dumps(body), headers=sent) as resp:
+            return resp.status
+
+    assert await status(good) == 200
+    assert await status(good, token="ya29-unknown") == 401
+    assert await status(good, **{"Content-Type": "text/plain"}) == 400
+    assert await status(good["request"]) == 400  # no envelope
+    assert await status({**good, "extra": 1}) == 400
+    assert await status({**good, "project": "someone-elses"}) == 403
+    assert await status({**good, "model": f"models/{MODEL}"}) == 404
+    assert await status({**good, "request": {"contents": []}}) == 400

@@ -36,7 +36,7 @@ from omniroute.oauth import (
     save_account,
 )
 from omniroute.oauth.pkce import challenge_of
-from omniroute.providers.qwen import QWEN, QwenProvider, api_base, user_agent
+from omniroute.providers.qwen import QWEN, QwenProvider, api_base
 from omniroute.resilience.clock import ManualClock
 from omniroute.testing import GatewayHarness, make_test_config, start_harness
 
@@ -196,8 +196,8 @@ async def test_the_openai_and_anthropic_sdks_through_a_qwen_account(
         assert call.headers["authorization"] == f"Bearer {account.credentials['access_token']}"
         assert call.headers["x-dashscope-authtype"] == "qwen-oauth"
         assert call.headers["x-dashscope-cachecontrol"] == "enable"
-        assert call.headers["user-agent"] == call.headers["x-dashscope-useragent"] == (
-            user_agent())
+        assert call.headers["user-agent"] == call.headers["x-dashscope-useragent"]
+        assert call.headers["user-agent"].startswith("omniroute/")  # not qwen-code's
         assert call.json["model"] == MODEL
     streamed = [c.json for c in chats if c.json.get("stream")]
     assert streamed and all(c["stream_options"]["include_usage"] for c in streamed)
@@ -391,3 +391,22 @@ async def test_import_on_the_command_line_from_the_default_path(
             model=f"qwen/{MODEL}", messages=[{"role": "user", "content": "cli"}])
     assert answer.choices[0].message.content == "Hello! You said: cli"
     assert qwen.api.tokens_seen() == [pair.access]
+
+
+async def test_the_fake_refuses_what_qwen_would(qwen: Qwen, http: aiohttp.ClientSession) -> None:
+    """The fake's own strictness, so the tests above prove something."""
+    pair = qwen.oauth.issue()
+    needed = {"Authorization": f"Bearer {pair.access}", "X-DashScope-AuthType": "qwen-oauth",
+              "X-DashScope-CacheControl": "enable", "X-DashScope-UserAgent": "omniroute/t"}
+    body = {"model": MODEL, "messages": [{"role": "user", "content": "x"}]}
+
+    async def status(headers: dict[str, str]) -> int:
+        async with http.post(f"{qwen.host}/v1/chat/completions", json=body,
+                             headers=headers) as resp:
+            return resp.status
+
+    assert await status(needed) == 200
+    for name in needed:
+        assert await status({k: v for k, v in needed.items() if k != name}) in (400, 401), name
+    qwen.oauth.expire(pair.access)
+    assert await status(needed) == 401

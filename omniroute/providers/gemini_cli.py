@@ -19,11 +19,11 @@ account names its Google Cloud project in the ``project`` setting.
 reads it), google-auth-library's credentials with ``expiry_date`` in milliseconds.
 
 Requests go to ``{base_url}:generateContent`` / ``:streamGenerateContent?alt=sse`` /
-``:countTokens`` in the Code Assist envelope, with ``Authorization: Bearer`` and
-gemini-cli's ``User-Agent``; answers are unwrapped, so the Gemini translation serves
-every client format. Every URL is a connection setting: ``base_url`` (the Code Assist
-API), ``oauth_token_url``, ``oauth_authorize_url``, ``oauth_redirect_uri``,
-``oauth_userinfo_url``, ``oauth_authcode_url``.
+``:countTokens`` in the Code Assist envelope, with ``Authorization: Bearer`` (and the
+gateway's own ``User-Agent``: nothing of gemini-cli is imitated); answers are unwrapped,
+so the Gemini translation serves every client format. Every URL is a connection
+setting: ``base_url`` (the Code Assist API), ``oauth_token_url``, ``oauth_authorize_url``,
+``oauth_redirect_uri``, ``oauth_userinfo_url``, ``oauth_authcode_url``.
 
 Service status (docs/subscriptions.md): since 2026-06-18 Google serves Gemini CLI only
 to Code Assist Standard and Enterprise licences; personal accounts (free, Google AI
@@ -35,8 +35,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import platform
-import sys
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import replace
@@ -72,12 +70,10 @@ from omniroute.providers.code_assist import (
 )
 from omniroute.providers.gemini import GeminiProvider
 from omniroute.storage.store import Connection
+from omniroute.version import __version__
 
 log = logging.getLogger(__name__)
 
-#: the version the User-Agent names (gemini-cli sends its own; a ``headers`` setting
-#: with a ``User-Agent`` replaces the whole value)
-GEMINI_CLI_VERSION = "0.46.0"
 #: gemini-cli's models (packages/core/src/config/models.ts); a ``models`` setting wins
 DEFAULT_MODELS = ("gemini-2.5-pro", "gemini-2.5-flash", "gemini-2.5-flash-lite",
                   "gemini-3-pro-preview")
@@ -85,19 +81,11 @@ DEFAULT_MODELS = ("gemini-2.5-pro", "gemini-2.5-flash", "gemini-2.5-flash-lite",
 _SETUP_MARGIN = 120.0
 
 
-def user_agent() -> str:
-    """``GeminiCLI/<version> (<platform>; <arch>)``, as Node names them (contentGenerator.ts)."""
-    system = {"linux": "linux", "darwin": "darwin", "win32": "win32"}.get(sys.platform,
-                                                                        sys.platform)
-    machine = platform.machine().lower()
-    arch = {"x86_64": "x64", "amd64": "x64", "aarch64": "arm64", "arm64": "arm64"}.get(
-        machine, machine or "x64")
-    return f"GeminiCLI/{GEMINI_CLI_VERSION} ({system}; {arch})"
-
-
-def api_headers(settings: Mapping[str, Any]) -> dict[str, str]:
-    """The headers every Code Assist call carries besides the bearer."""
-    return {"User-Agent": user_agent(), **(settings.get("headers") or {})}
+def api_headers(settings: Mapping[str, Any], agent: str) -> dict[str, str]:
+    """The headers every Code Assist call carries besides the bearer: the gateway's own
+    ``User-Agent`` (nothing of gemini-cli is imitated; a ``headers`` setting may add or
+    replace any)."""
+    return {"User-Agent": agent, **(settings.get("headers") or {})}
 
 
 # ----------------------------------------------------------------------------- the sign-in
@@ -126,7 +114,8 @@ class GeminiCliService(OAuthService):
             tokens = TokenSet.from_credentials(renewed)
         settings = endpoints.settings
         assist = CodeAssist(client.http, endpoints.url("api"), tokens.access_token,
-                            headers=api_headers(settings), timeout=client.timeout)
+                            headers=api_headers(settings, f"omniroute/{__version__}"),
+                            timeout=client.timeout)
         try:
             project = await assist.setup(_project_setting(settings))
         except UpstreamStatusError as exc:  # Code Assist answered the setup with an error
@@ -235,7 +224,8 @@ class CodeAssistAPI(GeminiProvider):
 
     def _headers(self, stream: bool) -> dict[str, str]:
         token = str(self.connection.credentials.get("access_token") or "")
-        return {**api_headers(self.connection.settings), "Authorization": f"Bearer {token}",
+        return {**api_headers(self.connection.settings, self.context.user_agent),
+                "Authorization": f"Bearer {token}",
                 "Content-Type": "application/json",
                 "Accept": "text/event-stream" if stream else "application/json"}
 
@@ -251,7 +241,8 @@ class CodeAssistAPI(GeminiProvider):
                 return str(extra["project"])
             assist = CodeAssist(self.context.http, self.base_url,
                                 str(self.connection.credentials.get("access_token") or ""),
-                                headers=api_headers(self.connection.settings),
+                                headers=api_headers(self.connection.settings,
+                                                  self.context.user_agent),
                                 timeout=self.context.timeouts.total)
             try:
                 found = await assist.setup(_project_setting(self.connection.settings))

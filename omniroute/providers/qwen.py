@@ -15,9 +15,11 @@ DashScope's compatible mode (qwen-code ``qwenContentGenerator.ts``). Renewal is 
 ``access_token``, ``refresh_token``, ``resource_url``, ``expiry_date`` in epoch ms.
 
 Requests are OpenAI Chat Completions with ``Authorization: Bearer`` and the headers
-qwen-code's DashScope provider sends (``provider/dashscope.ts``): ``User-Agent`` and
-``X-DashScope-UserAgent`` (``QwenCode/<version> (<platform>; <arch>)``),
-``X-DashScope-CacheControl: enable`` and ``X-DashScope-AuthType: qwen-oauth``. Every URL
+qwen-code's DashScope provider sends (``provider/dashscope.ts``):
+``X-DashScope-AuthType: qwen-oauth``, ``X-DashScope-CacheControl: enable`` and
+``X-DashScope-UserAgent``, which (like ``User-Agent``) names the gateway itself: qwen-code's
+``QwenCode/<version>`` is not imitated (its older builds sent ``GeminiCLI/...``, so the
+value is not what the service checks); a ``headers`` setting may add or replace any. Every URL
 is a connection setting: ``base_url`` (the API, over ``resource_url``),
 ``oauth_device_url``, ``oauth_token_url``.
 
@@ -27,8 +29,6 @@ protocol is kept for accounts that still have access.
 
 from __future__ import annotations
 
-import platform
-import sys
 import uuid
 from collections.abc import Callable, Mapping
 from typing import Any, ClassVar
@@ -46,17 +46,8 @@ from omniroute.providers.http import HTTPProvider, http_settings
 
 #: where the API is when the account's token names no ``resource_url``
 DEFAULT_BASE_URL = "https://dashscope.aliyuncs.com/compatible-mode/v1"
-#: the version the User-Agent names (a ``headers`` setting may replace it)
-QWEN_CODE_VERSION = "0.21.1"
 #: the models Qwen Code offers with its sign-in; a ``models`` setting wins
 DEFAULT_MODELS = ("coder-model", "qwen3-coder-plus", "qwen3-coder-flash", "vision-model")
-
-
-def user_agent() -> str:
-    """``QwenCode/<version> (<platform>; <arch>)``, as Node names them."""
-    machine = platform.machine().lower()
-    arch = {"x86_64": "x64", "amd64": "x64", "aarch64": "arm64"}.get(machine, machine or "x64")
-    return f"QwenCode/{QWEN_CODE_VERSION} ({sys.platform}; {arch})"
 
 
 def api_base(resource_url: str | None) -> str:
@@ -131,7 +122,7 @@ class QwenAPI(HTTPProvider):
         return api_base(resource if isinstance(resource, str) else None)
 
     def _headers(self, stream: bool) -> dict[str, str]:
-        agent = user_agent()
+        agent = self.context.user_agent  # the gateway's own: qwen-code's is not imitated
         token = str(self.connection.credentials.get("access_token") or "")
         return {"User-Agent": agent, "X-DashScope-UserAgent": agent,
                 "X-DashScope-CacheControl": "enable", "X-DashScope-AuthType": "qwen-oauth",

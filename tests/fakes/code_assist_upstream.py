@@ -24,8 +24,8 @@ authorization URL, refresh tokens not rotated, and ``GET /oauth2/v2/userinfo``.
 - ``POST /v1internal:countTokens`` takes ``{"request": {"model": "models/M", "contents"}}``.
 
 Every call must carry a bearer token the fake authorization server issued and has not
-expired (401 ``UNAUTHENTICATED`` otherwise) and gemini-cli's ``User-Agent``
-(``GeminiCLI/...``); a generate call must name the account's project and a known model
+expired (401 ``UNAUTHENTICATED`` otherwise) and, with a body, ``Content-Type:
+application/json`` (400); a generate call must name the account's project and a known model
 without the ``models/`` prefix, and no other envelope field (400 otherwise). ``script``
 acts on generate calls as in every fake; :func:`daily_limit` is a 429 for the day's
 quota (``QUOTA_EXHAUSTED``, a per-day quota id, a ``RetryInfo``).
@@ -130,8 +130,9 @@ class FakeCodeAssist(FakeGemini):
             return _google_error(401, "Request had invalid authentication credentials. "
                                  "Expected OAuth 2 access token, login cookie or other valid "
                                  "authentication credential.", "UNAUTHENTICATED")
-        if not request.headers.get("User-Agent", "").startswith("GeminiCLI/"):
-            return _google_error(400, "fake Code Assist: the User-Agent is not gemini-cli's",
+        if request.method == "POST" and not request.headers.get(
+                "Content-Type", "").startswith("application/json"):
+            return _google_error(400, "fake Code Assist: the body must be JSON",
                                  "INVALID_ARGUMENT")
         return None
 

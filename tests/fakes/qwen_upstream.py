@@ -11,9 +11,9 @@ when ``bare_resource`` — as Qwen sends ``portal.qwen.ai``).
 :class:`FakeQwen` is the OpenAI-compatible API at ``{resource}/v1/chat/completions``
 (the OpenAI fake's replies): it takes only a bearer token the fake authorization server
 issued and has not expired (401 "invalid access token or token expired"), and refuses
-(400) a request without qwen-code's DashScope headers: ``User-Agent`` and
-``X-DashScope-UserAgent`` starting ``QwenCode/``, ``X-DashScope-CacheControl: enable``,
-``X-DashScope-AuthType: qwen-oauth``.
+(400) a request without qwen-code's DashScope headers: ``X-DashScope-AuthType:
+qwen-oauth``, ``X-DashScope-CacheControl: enable`` and an ``X-DashScope-UserAgent`` (any
+value: qwen-code's older builds sent ``GeminiCLI/...`` in it).
 """
 
 from __future__ import annotations
@@ -73,8 +73,7 @@ class FakeQwen(FakeOpenAI):
         headers = request.headers
         wanted = {"X-DashScope-CacheControl": "enable", "X-DashScope-AuthType": "qwen-oauth"}
         missing = [name for name, value in wanted.items() if headers.get(name) != value]
-        missing += [name for name in ("User-Agent", "X-DashScope-UserAgent")
-                    if not headers.get(name, "").startswith("QwenCode/")]
+        missing += [] if headers.get("X-DashScope-UserAgent") else ["X-DashScope-UserAgent"]
         if missing:
             return openai_json(400, {"error": {
                 "message": f"fake Qwen: missing or wrong header(s): {', '.join(missing)}",
