@@ -30,6 +30,8 @@ from omniroute.oauth import (
     AccessDenied,
     Account,
     ExpiredToken,
+    InvalidGrant,
+    OAuthUnavailable,
     SignIn,
     TokenClient,
     read_import,
@@ -243,6 +245,23 @@ async def test_a_revoked_refresh_token_means_a_new_sign_in(
     assert qwen.api.tokens_seen() == []
     (conn,) = [c for c in await gw.store.list_connections() if c.type == "qwen"]
     assert SIGN_IN_REQUIRED in conn.credentials
+
+
+async def test_an_invalid_request_refusal_of_a_renewal_is_for_good_too(
+    qwen: Qwen, http: aiohttp.ClientSession, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    pair = qwen.oauth.issue()
+    endpoints = QWEN.endpoints(qwen.settings())
+    credentials = {"access_token": pair.access, "refresh_token": pair.refresh}
+    renewed = await QWEN.renew(credentials, TokenClient(http), endpoints)
+    assert qwen.oauth.is_valid(renewed["access_token"])
+    monkeypatch.setattr(qwen.oauth, "_refresh_grant", lambda body: qwen.oauth._error(
+        "invalid_request", "refresh token expired"))
+    with pytest.raises(InvalidGrant):
+        await QWEN.renew(renewed, TokenClient(http), endpoints)
+    qwen.oauth.fail_next = 1  # a 503 is not a refusal: tried again later
+    with pytest.raises(OAuthUnavailable):
+        await QWEN.renew(renewed, TokenClient(http), endpoints)
 
 
 async def test_a_quota_429_rests_the_account_and_the_next_serves(

@@ -37,8 +37,10 @@ from urllib.parse import urlsplit
 import orjson
 
 from omniroute.hookspecs import hookimpl
+from omniroute.oauth.client import TokenClient
+from omniroute.oauth.errors import InvalidGrant, OAuthError
 from omniroute.oauth.provider import OAuthProvider
-from omniroute.oauth.service import OAuthService
+from omniroute.oauth.service import Endpoints, OAuthService
 from omniroute.oauth.tokens import TokenSet
 from omniroute.providers.base import Preset, Provider, UpstreamCall, UpstreamResponse
 from omniroute.providers.gemini_cli import google_credentials
@@ -67,6 +69,17 @@ class QwenService(OAuthService):
     def device_headers(self) -> dict[str, str]:
         """qwen-code names each device authorization request with a fresh id."""
         return {**self.headers, "x-request-id": str(uuid.uuid4())}
+
+    async def renew(self, credentials: Mapping[str, Any], client: TokenClient,
+                    endpoints: Endpoints) -> dict[str, Any]:
+        """The standard renewal; ``invalid_request`` is a refusal for good too (as OmniRoute
+        reads Qwen's answers; qwen-code drops its credentials on any 400 or 401)."""
+        try:
+            return await super().renew(credentials, client, endpoints)
+        except OAuthError as exc:
+            if exc.error == "invalid_request":
+                raise InvalidGrant(exc.message, error=exc.error) from None
+            raise
 
     def parse_import(self, data: bytes, now: float) -> TokenSet:
         """``~/.qwen/oauth_creds.json`` (its ``resource_url`` kept in ``extra``)."""
