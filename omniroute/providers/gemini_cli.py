@@ -235,15 +235,19 @@ class CodeAssistAPI(GeminiProvider):
 
         :raises UpstreamStatusError: 403 when the account cannot use Code Assist.
         """
-        async with self._setup_lock:
+        kept = _kept_project(self.connection.credentials)
+        if kept is not None:
+            return kept
+        async with self._setup_lock:  # one setup, however many requests arrive together
+            kept = _kept_project(self.connection.credentials)
+            if kept is not None:
+                return kept
             extra = self.connection.credentials.get("extra") or {}
-            if isinstance(extra.get("project"), str) and extra["project"]:
-                return str(extra["project"])
             assist = CodeAssist(self.context.http, self.base_url,
                                 str(self.connection.credentials.get("access_token") or ""),
                                 headers=api_headers(self.connection.settings,
                                                   self.context.user_agent),
-                                timeout=self.context.timeouts.total)
+                                timeout=min(30.0, self.context.timeouts.total))
             try:
                 found = await assist.setup(_project_setting(self.connection.settings))
             except SetupError as exc:
@@ -292,6 +296,12 @@ class CodeAssistAPI(GeminiProvider):
             err.headers["Retry-After"] = str(int(rest))
             err.code = "daily_quota_exhausted"
         return err
+
+
+def _kept_project(credentials: Mapping[str, Any]) -> str | None:
+    extra = credentials.get("extra")
+    project = extra.get("project") if isinstance(extra, Mapping) else None
+    return project if isinstance(project, str) and project else None
 
 
 def unwrapped(answer: UpstreamResponse) -> UpstreamResponse:
