@@ -35,6 +35,7 @@ from omniroute.cli import cli
 from omniroute.credentials import SIGN_IN_REQUIRED
 from omniroute.errors import GatewayError
 from omniroute.oauth import OAuthError, SignIn, TokenClient, read_import, save_account
+from omniroute.oauth.loopback import is_loopback, with_port
 from omniroute.providers import code_assist
 from omniroute.providers.code_assist import (
     ProjectRequired,
@@ -447,6 +448,22 @@ async def test_a_connection_added_without_a_project_sets_it_up_once(
 
 
 # ------------------------------------------------------------------ the pure pieces
+
+def test_loopback_redirects_on_any_port_and_pasted_ones() -> None:
+    assert is_loopback("http://127.0.0.1:0/oauth2callback")
+    assert is_loopback("http://localhost:1455/auth/callback")
+    assert not is_loopback("https://codeassist.google.com/authcode")
+    assert not is_loopback("https://127.0.0.1:8/cb")  # a listener serves http only
+    assert with_port("http://127.0.0.1:0/oauth2callback", 51234) == (
+        "http://127.0.0.1:51234/oauth2callback")
+    assert with_port("http://[::1]:0/cb?x=1", 8) == "http://[::1]:8/cb?x=1"
+    endpoints = GEMINI.endpoints({"no_browser": True, "project": "p"})
+    assert endpoints.redirect_uri == "https://codeassist.google.com/authcode"
+    assert endpoints.settings["project"] == "p"
+    assert GEMINI.endpoints({"no_browser": True, "oauth_redirect_uri": "http://localhost:9/c"}
+                            ).redirect_uri == "http://localhost:9/c"  # an override wins
+    assert GEMINI.endpoints({}).url("api") == "https://cloudcode-pa.googleapis.com/v1internal"
+
 
 def test_the_envelope_and_its_unwrapping() -> None:
     request = {"model": "gemini-2.5-pro", "contents": [{"role": "user", "parts": [{"text": "x"}]}]}
