@@ -80,9 +80,11 @@ def _say(view: dict[str, Any]) -> None:
             click.echo(f"Waiting for the browser to come back to {view['redirect_uri']}; if "
                        "it cannot reach this machine, paste the address it was sent to:",
                        nl=False, err=True)
-        else:
-            click.echo(f"({view.get('listen_error')})", err=True)
+        elif view.get("listen_error"):
+            click.echo(f"({view['listen_error']})", err=True)
             click.echo("Paste the address the browser was sent to:", nl=False, err=True)
+        else:  # the redirect goes to the service's own page (a no-browser sign-in)
+            click.echo("Paste the code the page shows:", nl=False, err=True)
     else:
         click.echo("Paste the code the page shows:", nl=False, err=True)
     click.echo(" ", nl=False, err=True)

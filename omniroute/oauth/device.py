@@ -66,7 +66,7 @@ async def start_device(service: OAuthService, client: TokenClient, endpoints: En
                        pkce: Pkce | None) -> DeviceCode:
     """Ask the service for a device code."""
     data = await client.post(endpoints.device_url, service.device_request(endpoints, pkce),
-                             encoding=service.token_encoding, headers=service.headers)
+                             encoding=service.token_encoding, headers=service.device_headers())
     return DeviceCode.from_response(data)
 
 

@@ -2,18 +2,19 @@
 
 RFC 8252 section 7.3: a native app receives the code on ``http://127.0.0.1:PORT``
 (services register ``localhost`` redirect URIs with a fixed port and path, so the
-listener takes both from the redirect URI). It answers the browser with a short
-page, hands the first callback that carries this sign-in's ``state`` to
-:meth:`LoopbackListener.wait` (bounded), and refuses others (a stale tab, another
-site's forged request) without ending the wait. One listener per sign-in; it stops
-when the sign-in ends.
+listener takes both from the redirect URI; port 0 asks for any free port, for services
+that accept any loopback port, and :func:`with_port` then names the bound one). It
+answers the browser with a short page, hands the first callback that carries this
+sign-in's ``state`` to :meth:`LoopbackListener.wait` (bounded), and refuses others (a
+stale tab, another site's forged request) without ending the wait. One listener per
+sign-in; it stops when the sign-in ends.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 
 from aiohttp import web
 
@@ -25,13 +26,31 @@ _DONE = "<!doctype html><title>Signed in</title><p>Signed in. You can close this
 _REFUSED = "<!doctype html><title>Not signed in</title><p>Not signed in: {why}."
 
 
+_LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "::1")
+
+
+def is_loopback(redirect_uri: str) -> bool:
+    """Whether the redirect comes back to this machine (else it goes to a page of the
+    service's own that shows the code, for the user to paste)."""
+    parts = urlsplit(redirect_uri)
+    return parts.scheme == "http" and parts.hostname in _LOOPBACK_HOSTS
+
+
+def with_port(redirect_uri: str, port: int) -> str:
+    """``redirect_uri`` naming ``port`` (the one a listener asked for as 0 bound)."""
+    parts = urlsplit(redirect_uri)
+    host = parts.hostname or "127.0.0.1"
+    host = f"[{host}]" if ":" in host else host
+    return urlunsplit(parts._replace(netloc=f"{host}:{port}"))
+
+
 def listen_address(redirect_uri: str) -> tuple[int, str]:
     """The port and path a loopback redirect URI names.
 
     :raises OAuthError: it is not an ``http://localhost`` (or 127.0.0.1) URI with a port.
     """
     parts = urlsplit(redirect_uri)
-    if parts.scheme != "http" or parts.hostname not in ("localhost", "127.0.0.1", "::1"):
+    if not is_loopback(redirect_uri):
         raise OAuthError(f"a loopback redirect must be http://localhost:PORT/...: "
                          f"{redirect_uri!r}", status=400, code="invalid_redirect_uri")
     if parts.port is None:

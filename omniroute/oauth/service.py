@@ -58,6 +58,9 @@ class Endpoints:
     redirect_uri: str
     #: the service's other URLs by name (:attr:`OAuthService.urls`)
     urls: Mapping[str, str] = field(default_factory=dict)
+    #: the connection settings they were made from (a service's own settings, such as
+    #: a user-given project id, for :meth:`OAuthService.finish`)
+    settings: Mapping[str, Any] = field(default_factory=dict, repr=False)
 
     def url(self, name: str) -> str:
         """The URL called ``name`` (a ``KeyError`` names a service's own mistake)."""
@@ -128,7 +131,7 @@ class OAuthService:
                 values[name] = settings[setting]
         urls = {name: str(settings.get(f"oauth_{name}_url") or url)
                 for name, url in self.urls.items()}
-        return Endpoints(**values, urls=urls)
+        return Endpoints(**values, urls=urls, settings=dict(settings))
 
     def check_settings(self, settings: Mapping[str, Any]) -> None:
         """Raise ``ValueError`` when an override in ``settings`` is not usable."""
@@ -187,6 +190,11 @@ class OAuthService:
             body["code_challenge"] = pkce.challenge
             body["code_challenge_method"] = pkce.method
         return body
+
+    def device_headers(self) -> dict[str, str]:
+        """The headers of the device authorization request (a service may add a fresh
+        request id to each)."""
+        return dict(self.headers)
 
     def device_token_request(self, endpoints: Endpoints, device_code: str,
                              pkce: Pkce | None) -> dict[str, Any]:

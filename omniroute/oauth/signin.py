@@ -14,13 +14,14 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Callable, Coroutine, Mapping
+from dataclasses import replace
 from typing import Any
 
 from omniroute.errors import NotFound, RateLimited
 from omniroute.oauth.client import TokenClient
 from omniroute.oauth.device import DevicePoll, start_device
 from omniroute.oauth.errors import ExpiredToken, OAuthError, StateMismatch
-from omniroute.oauth.loopback import LoopbackListener, listen_address
+from omniroute.oauth.loopback import LoopbackListener, is_loopback, listen_address, with_port
 from omniroute.oauth.paste import parse_pasted
 from omniroute.oauth.pkce import Pkce, new_state
 from omniroute.oauth.service import Account, OAuthService
@@ -84,22 +85,36 @@ class SignIn:
                         verification_uri_complete=code.verification_uri_complete,
                         interval=code.interval, expires_in=round(self.expires - self.clock()))
             return view
+        if service.flow == "loopback":
+            await self._listen()  # first: a listener on any free port names it in the URL
         self.url = service.authorization_url(self.endpoints, self.state, self.pkce)
         view["url"] = self.url
         if service.flow == "loopback":
-            port, path = listen_address(self.endpoints.redirect_uri)
-            listener = LoopbackListener(port, path, self.state)
-            try:
-                await listener.start()
-            except OAuthError as exc:
-                self.listen_error = exc.message
-            else:
-                self.listener = listener
             view.update(redirect_uri=self.endpoints.redirect_uri,
                         listening=self.listener is not None)
             if self.listen_error:
                 view["listen_error"] = self.listen_error
         return view
+
+    async def _listen(self) -> None:
+        """Start the listener the redirect comes back to. A redirect to a page of the
+        service's own (a no-browser sign-in) needs none: the user pastes the code it
+        shows. A redirect on port 0 takes any free port, which the redirect URI (in the
+        URL and in the code exchange) then names."""
+        redirect = self.endpoints.redirect_uri
+        if not is_loopback(redirect):
+            return
+        port, path = listen_address(redirect)
+        listener = LoopbackListener(port, path, self.state)
+        try:
+            await listener.start()
+        except OAuthError as exc:
+            self.listen_error = exc.message
+            return
+        self.listener = listener
+        if port == 0:
+            self.endpoints = replace(self.endpoints,
+                                     redirect_uri=with_port(redirect, listener.port))
 
     async def _exchange(self, code: str) -> TokenSet:
         service = self.service
