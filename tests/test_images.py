@@ -372,3 +372,17 @@ async def test_the_client_leaving_stops_the_upstream_call(gw: Any) -> None:
         await asyncio.sleep(0.01)
     task.cancel()
     await asyncio.wait_for(gw.fake.stream_closed.wait(), 3)
+
+
+async def test_duplicates_with_one_idempotency_key_share_one_generation(gw: Any) -> None:
+    """A retried request must not pay for a second image."""
+    gw.fake.script.append(hang_before_headers(0.3))
+    body = {"model": "up/dall-e-3", "prompt": "once", "response_format": "b64_json"}
+    headers = {"Idempotency-Key": "img-1"}
+    first, second = await asyncio.gather(
+        gw.client.post("/v1/images/generations", json=body, headers=headers),
+        gw.client.post("/v1/images/generations", json=body, headers=headers))
+    assert first.status == second.status == 200
+    assert await first.json() == await second.json()
+    assert len(images_sent(gw.fake)) == 1
+    assert first.headers["X-OmniRoute-Request-Id"] != second.headers["X-OmniRoute-Request-Id"]

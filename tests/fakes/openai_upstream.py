@@ -58,9 +58,10 @@ its 400), gives a ``revised_prompt`` and answers a URL unless ``response_format`
 tokens an image) and refuses ``response_format`` (400 "Unknown parameter"). It pops
 the same ``script``, honouring ``error()`` and ``hang_before_headers()``.
 
-``requests`` records every request (chat, embeddings, images and models). ``closed_streams`` counts chat
-requests whose client disconnected before the response finished (also while hanging
-before headers); ``stream_closed`` is set each time. Fake-initiated drops don't count.
+``requests`` records every request (chat, embeddings, images and models).
+``closed_streams`` counts chat and image requests whose client disconnected before the
+response finished (also while hanging before headers); ``stream_closed`` is set each time.
+Fake-initiated drops don't count.
 """
 
 from __future__ import annotations
@@ -91,9 +92,9 @@ from fakes.base import (
     tokens,
 )
 
-__all__ = ["EMBEDDING_MODELS", "IMAGE_MODELS", "Behaviour", "FakeOpenAI", "OpenAIFake", "Recorded",
-           "drop_mid_stream", "error", "error_body", "fake_vector", "garbage",
-           "fake_image", "hang_before_headers", "hang_mid_stream", "mid_stream_error", "reply",
+__all__ = ["EMBEDDING_MODELS", "IMAGE_MODELS", "Behaviour", "FakeOpenAI", "OpenAIFake",
+           "Recorded", "drop_mid_stream", "error", "error_body", "fake_image", "fake_vector",
+           "garbage", "hang_before_headers", "hang_mid_stream", "mid_stream_error", "reply",
            "slow"]
 
 _FINGERPRINT = "fp_f4ke0pena1"
