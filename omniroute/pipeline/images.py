@@ -18,6 +18,7 @@ them per image or per token (:mod:`omniroute.pricing`).
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import orjson
@@ -28,6 +29,7 @@ from omniroute.formats.base import Format
 from omniroute.pipeline.context import Reply, RequestContext
 from omniroute.pipeline.operation import Operation, Prices
 from omniroute.routing import Target
+from omniroute.storage import RequestRecord
 from omniroute.tokens import estimate_text
 
 #: a client body -> the request (raise ``InvalidRequest`` when it is malformed)
@@ -70,12 +72,16 @@ class Images(Operation):
     async def call(self, ctx: RequestContext, target: Target) -> Reply:
         ask: c.ImageRequest = ctx.payload
         result = await target.provider.generate_images(target.model, ask)
-        record = ctx.record
-        record.images = len(result.images)
-        usage = result.usage  # counted by token-priced upstreams only
-        record.prompt_tokens = c.token_count(usage.input_tokens)
-        record.completion_tokens = c.token_count(usage.output_tokens)
-        if record.prompt_tokens is None and record.completion_tokens is not None:
-            record.prompt_tokens = estimate_text(ask.prompt)
-            record.usage_estimated = True
-        return Reply(body=orjson.dumps(self.encode(ask, result)))
+        return Reply(body=orjson.dumps(self.encode(ask, result)),
+                     on_win=partial(_counted, ctx.record, ask, result))
+
+
+def _counted(record: RequestRecord, ask: c.ImageRequest, result: c.ImageResult) -> None:
+    """The served answer's images and tokens into the record (tokens only where the upstream
+    counts them; its input then estimated when it counted only the output)."""
+    record.images = len(result.images)
+    record.prompt_tokens = c.token_count(result.usage.input_tokens)
+    record.completion_tokens = c.token_count(result.usage.output_tokens)
+    if record.prompt_tokens is None and record.completion_tokens is not None:
+        record.prompt_tokens = estimate_text(ask.prompt)
+        record.usage_estimated = True
