@@ -82,6 +82,11 @@ async def test_the_images_route_lists_image_models_only(many: Any) -> None:
     assert types == await listed(many, "/v1/images/generations?type=chat")  # the route's own
 
 
+async def test_the_embeddings_route_lists_embedding_models_only(many: Any) -> None:
+    types = await listed(many, "/v1/embeddings")
+    assert types == {"up/text-embedding-3-small": "embedding"}  # Gemini lists none of its own
+
+
 async def test_a_connection_names_its_models_types(gw: Any) -> None:
     gw.fake.models.append("house-diffusion")
     resp = await gw.client.put(f"/api/providers/{gw.connection['id']}",

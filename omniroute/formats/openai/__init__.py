@@ -146,6 +146,7 @@ class OpenAIFormat(Format):
         ClientRoute("POST", "/v1/providers/{provider}/images/generations", "images",
                     "images.generations"),
         ClientRoute("GET", "/v1/images/generations", "models", model_type="image"),
+        ClientRoute("GET", "/v1/embeddings", "models", model_type="embedding"),
         ClientRoute("GET", "/v1/models", "models"),
         ClientRoute("GET", "/models", "models"),
         ClientRoute("GET", "/v1/models/{model:.+}", "model"),
