@@ -49,9 +49,10 @@ BYTES_PER_TOKEN = 4
 class PriceEstimator(Protocol):
     """What budgets need of the price book: a request's likely cost on one target."""
 
-    def estimate_usd(self, target: Target, input_tokens: int,
-                     output_tokens: int) -> float | None:
-        """USD for these token counts on ``target``; None when its price is unknown."""
+    def estimate_usd(self, target: Target, input_tokens: int, output_tokens: int, *,
+                     images: int = 0) -> float | None:
+        """USD for these token counts (and ``images`` images) on ``target``; None when its
+        price is unknown."""
 
 
 class BudgetStage(Stage):
@@ -120,7 +121,8 @@ class BudgetRun(StageRun):
         if limits.usd:  # priced on the dearest target; unpriced ones cannot be charged
             priced: list[Target] = []
             for target in route.targets:
-                price = self.stage.prices.estimate_usd(target, tokens_in, tokens_out)
+                price = self.operation.estimate_usd(ctx, self.stage.prices, target,
+                                                    tokens_in, tokens_out)
                 if price is not None:
                     priced.append(target)
                     usd = max(usd, price)

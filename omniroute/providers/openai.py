@@ -13,7 +13,9 @@ from urllib.parse import urlsplit
 import orjson
 
 from omniroute.errors import UpstreamError
+from omniroute.formats import canonical as c
 from omniroute.formats.canonical import token_count
+from omniroute.formats.openai import images as openai_images
 from omniroute.hookspecs import hookimpl
 from omniroute.providers.base import (
     Embeddings,
@@ -55,7 +57,7 @@ class OpenAIProvider(HTTPProvider):
     type = "openai"
     price_provider = "openai"
     format = "openai"
-    capabilities = frozenset({"chat", "embeddings"})
+    capabilities = frozenset({"chat", "embeddings", "images"})
     default_prefix = "openai"
     description = "Any OpenAI-compatible Chat Completions API"
     presets: ClassVar[Mapping[str, Preset]] = {p.name: p for p in _PRESETS}
@@ -120,6 +122,14 @@ class OpenAIProvider(HTTPProvider):
                                       orjson.dumps(body))
         assert answer.body is not None
         return embeddings_from(answer.body, model, len(inputs))
+
+    async def generate_images(self, model: str, request: c.ImageRequest) -> c.ImageResult:
+        """``POST {base_url}/images/generations`` with the client's fields as sent."""
+        body = openai_images.encode_request(request, model)
+        answer = await self.post_json(f"{self.base_url}/images/generations", self._json_headers,
+                                      orjson.dumps(body), timeout=self.context.timeouts.images)
+        assert answer.body is not None
+        return openai_images.decode_answer(answer.body)
 
     async def list_models(self) -> list[str]:
         data = await self.get_json(f"{self.base_url}/models", self._json_headers)

@@ -154,6 +154,12 @@ MIGRATIONS: list[list[str]] = [
         # the budgets' read-back of recent windows and their prune select on window_start
         """CREATE INDEX key_spend_window ON key_spend(window_start)""",
     ],
+    # 5: image generation (issue 11): images made per request, and a per-image price
+    [
+        """ALTER TABLE request_log ADD COLUMN images INTEGER""",
+        # USD per image, for models priced by the image (DALL-E, Imagen); NULL: by tokens
+        """ALTER TABLE price_overrides ADD COLUMN image REAL""",
+    ],
 ]
 
 LATEST = len(MIGRATIONS)

@@ -62,6 +62,8 @@ class RequestRecord:
     cache_hit: bool = False
     request_body: str | None = None
     response_body: str | None = None
+    #: images an image generation made (None: not an image request)
+    images: int | None = None
 
 
 _FIELDS = [f.name for f in dataclasses.fields(RequestRecord)]
