@@ -377,6 +377,9 @@ class Settings:
     cache_max_bytes: int = 64 * 1024 * 1024  # ... and bytes, least recently used go first
     cache_db_max_entries: int = 100_000  # sqlite backend: entries kept
     cache_max_entry_bytes: int = 1024 * 1024  # a larger answer is not cached
+    # subscription (OAuth) accounts (omniroute.oauth): tokens renewed before they lapse
+    oauth_refresh_margin: float = 300.0  # seconds left when a token is renewed before a call
+    oauth_refresh_interval: float = 60.0  # seconds between the background renewal sweeps
     # semantic cache (plugins/omniroute-semantic-cache): a layer behind the exact cache that
     # answers a reworded single-turn question from a stored answer; off by default
     semantic_cache: bool = False
