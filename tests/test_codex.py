@@ -55,6 +55,8 @@ class World:
     auth: FakeOpenAIAuth
     backend: FakeCodex
     gw: GatewayHarness
+    sdk: openai.AsyncOpenAI | None = None
+    anthropic_sdk: anthropic.AsyncAnthropic | None = None
 
     def settings(self, **more: Any) -> dict[str, Any]:
         """A connection's settings pointing every endpoint at the fakes."""
@@ -73,8 +75,23 @@ class World:
                                            "credentials": creds})
 
     def client(self) -> openai.AsyncOpenAI:
-        return openai.AsyncOpenAI(base_url=f"{self.gw.base_url}/v1", api_key="x",
-                                  max_retries=0)
+        """The OpenAI SDK at the gateway (one per world, closed with it)."""
+        if self.sdk is None:
+            self.sdk = openai.AsyncOpenAI(base_url=f"{self.gw.base_url}/v1", api_key="x",
+                                          max_retries=0)
+        return self.sdk
+
+    def claude(self) -> anthropic.AsyncAnthropic:
+        """The Anthropic SDK at the gateway (one per world, closed with it)."""
+        if self.anthropic_sdk is None:
+            self.anthropic_sdk = anthropic.AsyncAnthropic(base_url=self.gw.base_url,
+                                                          api_key="x", max_retries=0)
+        return self.anthropic_sdk
+
+    async def close(self) -> None:
+        for sdk in (self.sdk, self.anthropic_sdk):
+            if sdk is not None:
+                await sdk.close()
 
     async def ask(self, text: str = "hi", model: str = "codex/gpt-5-codex") -> str:
         answer = await self.client().chat.completions.create(
@@ -97,8 +114,10 @@ async def make_world(aiohttp_client: Any, aiohttp_server: Any, tmp_path: Path,
 
 
 @pytest.fixture
-async def world(aiohttp_client: Any, aiohttp_server: Any, tmp_path: Path) -> World:
-    return await make_world(aiohttp_client, aiohttp_server, tmp_path)
+async def world(aiohttp_client: Any, aiohttp_server: Any, tmp_path: Path) -> Any:
+    made = await make_world(aiohttp_client, aiohttp_server, tmp_path)
+    yield made
+    await made.close()
 
 
 @pytest.fixture
@@ -238,7 +257,7 @@ async def test_every_sdk_through_a_codex_account_with_what_the_backend_requires(
         if chunk.choices and chunk.choices[0].delta.content:
             parts.append(chunk.choices[0].delta.content)
     assert "".join(parts) == "Hello! You said: streamed"
-    claude = anthropic.AsyncAnthropic(base_url=world.gw.base_url, api_key="x", max_retries=0)
+    claude = world.claude()
     message = await claude.messages.create(
         model="codex/gpt-5-codex", max_tokens=64,
         messages=[{"role": "user", "content": "from claude"}])

@@ -131,7 +131,8 @@ class Quota:
         }
 
 
-def exhausted(message: str, seconds: float, *, code: str = "quota_exhausted") -> UpstreamStatusError:
+def exhausted(message: str, seconds: float, *,
+              code: str = "quota_exhausted") -> UpstreamStatusError:
     """A 429 that rests the account ``seconds``: the gateway reads its ``retry-after``
     and moves on to the next target (the word "quota" makes it a quota failure)."""
     seconds = max(1.0, seconds)

@@ -21,7 +21,8 @@ connection's ``oauth_*`` URL overrides):
   challenge when ``pkce``).
 
 Bodies must come in ``encoding`` (``json`` or ``form``): a body in the other one is
-refused, as a real service would (``any`` takes both, as ChatGPT's token endpoint does). Errors are RFC 6749 ``{"error",
+refused, as a real service would (``any`` takes both, as ChatGPT's token endpoint
+does). Errors are RFC 6749 ``{"error",
 "error_description"}`` with status 400 (401 for a bad client). ``requests`` records
 each call; ``refresh_calls`` counts refresh grants; ``refresh_gate`` (an Event)
 holds refreshes until set; ``fail_next`` answers the next token calls with a 503.
