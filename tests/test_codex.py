@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import socket
 import time
 from dataclasses import dataclass
@@ -30,6 +31,7 @@ from fakes.codex_upstream import (
 )
 from fakes.oauth_server import Pair
 from fakes.responses_upstream import reply
+from test_cli import Cli, ok
 
 from omniroute.credentials import SIGN_IN_REQUIRED
 from omniroute.oauth import SignIn, TokenClient, read_import, save_account
@@ -373,6 +375,12 @@ async def test_the_usage_limit_rests_the_account_until_its_reset(world: World) -
     assert row["quota"]["exhausted"] is True and "usage limit" in row["quota"]["reason"]
     assert row["quota"]["resets_at"] == pytest.approx(time.time() + 2, abs=1.5)
     assert row["cooldown_left"] > 0
+    run = Cli(world.gw.gateway.config.data_dir)
+    live = ok(await run.in_thread("rate-limits", "--url", world.gw.base_url,
+                                  "--admin-key", world.gw.admin_key)).output
+    assert re.search(r"quota \(plus\): primary 100% used resets in \d s; secondary "
+                     r"40% used resets in .*; RESTING \d s \(the plus plan's usage "
+                     r"limit was reached\)", live), live
     calls = len(world.backend.seen())
     # resting: the first is not asked again, even after an operator reset
     await world.gw.client.post("/api/resilience/reset", headers=world.gw.admin_headers)

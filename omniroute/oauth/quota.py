@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -142,9 +142,35 @@ def exhausted(message: str, seconds: float, *,
         upstream_headers={"retry-after": str(math.ceil(seconds))})
 
 
+def describe(snapshot: Mapping[str, Any], now: float) -> str:
+    """One line for operators (``omniroute rate-limits``) from :meth:`Quota.snapshot`."""
+    parts = []
+    for w in snapshot.get("windows") or ():
+        if w.get("unlimited"):
+            parts.append(f"{w['name']} unlimited")
+            continue
+        said = [w["name"]]
+        if w.get("used_percent") is not None:
+            said.append(f"{w['used_percent']:g}% used")
+        if w.get("remaining") is not None:
+            limit = f" of {w['limit']:g}" if w.get("limit") is not None else ""
+            said.append(f"{w['remaining']:g}{limit} left")
+        if w.get("resets_at") is not None:
+            said.append(f"resets in {_human(max(0.0, w['resets_at'] - now))}")
+        parts.append(" ".join(said))
+    head = f"quota ({snapshot['plan']})" if snapshot.get("plan") else "quota"
+    line = f"{head}: {'; '.join(parts) or 'nothing reported yet'}"
+    if snapshot.get("exhausted") and snapshot.get("resets_at") is not None:
+        line += (f"; RESTING {_human(max(0.0, snapshot['resets_at'] - now))}"
+                 f" ({snapshot.get('reason')})")
+    return line
+
+
 def _human(seconds: float) -> str:
     if seconds >= 86_400:
         return f"{seconds / 86_400:.1f} days"
     if seconds >= 3600:
-        return f"{seconds / 3600:.1f} hours"
-    return f"{math.ceil(seconds / 60)} minutes"
+        return f"{seconds / 3600:.1f} h"
+    if seconds >= 60:
+        return f"{math.ceil(seconds / 60)} min"
+    return f"{math.ceil(seconds)} s"
