@@ -39,6 +39,7 @@ from omniroute.web.cache import setup_cache_routes
 from omniroute.web.client import setup_client_routes
 from omniroute.web.management import setup_management_routes
 from omniroute.web.middleware import gateway_middleware
+from omniroute.web.oauth import setup_oauth_routes
 from omniroute.web.pricing import setup_pricing_routes
 from omniroute.web.public import setup_public_routes
 from omniroute.web.resilience import setup_resilience_routes
@@ -98,6 +99,7 @@ def make_app(config: Config, plugins: Plugins | None = None) -> web.Application:
     setup_budget_routes(app)
     setup_cache_routes(app)
     setup_resilience_routes(app)
+    setup_oauth_routes(app)
     setup_pricing_routes(app)
     setup_usage_routes(app)
     setup_telemetry_routes(app)

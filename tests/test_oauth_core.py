@@ -510,3 +510,17 @@ def test_services_register_through_the_hook_each_plugin_isolated(
     assert good is not None and good.registered == {"oauth_services": ["acme"]}
     assert bad is not None and "not an omniroute.oauth.OAuthService" in str(bad.error)
     assert twice is not None and "already registered" in str(twice.error)
+
+
+async def test_a_service_may_encode_its_refresh_unlike_its_code_exchange(
+    aiohttp_server: Any, http: aiohttp.ClientSession,
+) -> None:
+    fake = await serve(aiohttp_server, FakeOAuthServer(client_id=CLIENT, encoding="json"))
+    pair = fake.issue()
+    svc = service(fake, token_encoding="form", refresh_encoding="json")
+    renewed = await svc.renew({"access_token": pair.access, "refresh_token": pair.refresh,
+                               "extra": {"plan": "pro"}}, TokenClient(http), svc.endpoints())
+    assert fake.requests[-1].headers["content-type"].startswith("application/json")
+    assert fake.is_valid(renewed["access_token"]) and renewed["extra"] == {"plan": "pro"}
+    with pytest.raises(InvalidGrant, match="no refresh token"):
+        await svc.renew({"access_token": "x"}, TokenClient(http), svc.endpoints())

@@ -96,8 +96,6 @@ class World:
     def __init__(self, gw: GatewayHarness, oauth: FakeOAuthServer, upstream: TokenFakeOpenAI,
                  upstream_url: str) -> None:
         self.gw, self.oauth, self.upstream, self.upstream_url = gw, oauth, upstream, upstream_url
-        self.client = openai.AsyncOpenAI(base_url=gw.base_url + "/v1", api_key="x",
-                                         max_retries=0)
 
     async def account(self, pair: Pair, *, name: str = "sub", priority: int = 0,
                       expires_at: float | None = None) -> dict[str, Any]:
@@ -112,8 +110,10 @@ class World:
             "settings": {"oauth_token_url": f"{self.oauth.base_url}/oauth/token"}})
 
     async def ask(self, text: str = "hi") -> str:
-        reply = await self.client.chat.completions.create(
-            model="sub/gpt-4o-mini", messages=[{"role": "user", "content": text}])
+        async with openai.AsyncOpenAI(base_url=self.gw.base_url + "/v1", api_key="x",
+                                      max_retries=0) as client:
+            reply = await client.chat.completions.create(
+                model="sub/gpt-4o-mini", messages=[{"role": "user", "content": text}])
         return str(reply.choices[0].message.content)
 
 

@@ -38,6 +38,7 @@ from omniroute.cli.common import (
     open_cli_store,
     plugins_of,
 )
+from omniroute.cli.login import import_command, login_command
 from omniroute.cli.plugins import plugins_command
 from omniroute.cli.usage import usage_command
 from omniroute.config import ConfigError, load_config
@@ -93,6 +94,7 @@ cli.add_command(plugins_command)
 cli.add_command(budget_command)
 cli.add_command(usage_command)
 cli.add_command(cache_command)
+cli.add_command(login_command)
 
 
 def _skips_plugins(args: list[str]) -> bool:
@@ -120,6 +122,9 @@ def _skips_plugins(args: list[str]) -> bool:
 @cli.group()
 def providers() -> None:
     """Manage provider connections (upstream accounts)."""
+
+
+providers.add_command(import_command)
 
 
 @providers.command("presets")

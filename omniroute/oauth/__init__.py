@@ -14,6 +14,9 @@ The shared core every subscription provider type uses (one module per concept):
   pasted ``code#state``, a redirect to a listener on this machine, a device code.
 * :mod:`~omniroute.oauth.signin` — one sign-in from start to tokens (CLI and API).
 * :mod:`~omniroute.oauth.accounts` — tokens to a stored connection; imports.
+* :mod:`~omniroute.oauth.provider` — :class:`OAuthProvider`, the base of subscription
+  provider types (renewal ahead of expiry, on a 401, "needs sign-in");
+  :mod:`~omniroute.oauth.keeper` renews idle accounts in the background.
 
 A sketch of a service module (one module: the service, its provider type, hooks)::
 
@@ -48,6 +51,7 @@ from omniroute.oauth.errors import (
 from omniroute.oauth.loopback import LoopbackListener, listen_address
 from omniroute.oauth.paste import parse_pasted
 from omniroute.oauth.pkce import Pkce, new_state
+from omniroute.oauth.provider import OAuthProvider
 from omniroute.oauth.service import FLOWS, Account, Endpoints, OAuthService
 from omniroute.oauth.signin import SignIn, SignIns
 from omniroute.oauth.tokens import TOKEN_FIELDS, TokenSet
@@ -65,6 +69,7 @@ __all__ = [
     "InvalidGrant",
     "LoopbackListener",
     "OAuthError",
+    "OAuthProvider",
     "OAuthService",
     "OAuthUnavailable",
     "Pkce",

@@ -49,7 +49,7 @@ class OAuthProvider(Provider):
     auth_kind = "oauth"
     #: the service this type's accounts sign in with
     oauth: ClassVar[OAuthService]
-    credential_fields = (*TOKEN_FIELDS, SIGN_IN_REQUIRED)
+    credential_fields: ClassVar[tuple[str, ...]] = (*TOKEN_FIELDS, SIGN_IN_REQUIRED)
     requires_credentials = True
 
     @classmethod

@@ -99,6 +99,8 @@ class OAuthService:
     pkce: bool = True
     #: how requests to the token (and device) endpoint are encoded
     token_encoding: Encoding = "form"
+    #: how a refresh request is encoded, when it differs (Codex: form codes, JSON refresh)
+    refresh_encoding: Encoding | None = None
     #: extra query parameters of the authorization URL (Claude's ``code=true``)
     authorize_params: Mapping[str, str] = field(default_factory=dict)
     #: headers sent to the service's OAuth endpoints (a ``User-Agent`` it expects)
@@ -218,7 +220,8 @@ class OAuthService:
             raise InvalidGrant(f"{self.name}: no refresh token is kept for this account")
         tokens = await client.tokens(
             endpoints.token_url, self.refresh_request(endpoints, previous.refresh_token),
-            encoding=self.token_encoding, previous=previous, headers=self.headers)
+            encoding=self.refresh_encoding or self.token_encoding, previous=previous,
+            headers=self.headers)
         return tokens.credentials()
 
     def parse_import(self, data: bytes, now: float) -> TokenSet:

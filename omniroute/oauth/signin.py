@@ -58,6 +58,8 @@ class SignIn:
         self.listener: LoopbackListener | None = None
         #: why the loopback listener is not running (the paste still works)
         self.listen_error: str | None = None
+        #: held while a code is exchanged (two pastes of one sign-in do not race)
+        self.lock = asyncio.Lock()
 
     @property
     def expired(self) -> bool:
@@ -167,7 +169,7 @@ class SignIn:
                             return await self.complete(value)
                 raise OAuthError("no code was pasted", status=400, code="invalid_code")
         except TimeoutError:
-            raise ExpiredToken(f"no sign-in within {left:g}s") from None
+            raise ExpiredToken(f"no sign-in within {round(left, 1):g}s") from None
         finally:
             for task in tasks:
                 task.cancel()

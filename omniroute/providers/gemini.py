@@ -50,7 +50,7 @@ class GeminiProvider(HTTPProvider):
     default_prefix = "gemini"
     description = "Google Gemini API (generateContent)"
     presets: ClassVar[Mapping[str, Preset]] = {p.name: p for p in _PRESETS}
-    credential_fields = ("api_key",)
+    credential_fields: ClassVar[tuple[str, ...]] = ("api_key",)
     requires_credentials = True
 
     def __init__(self, connection: Connection, context: ProviderContext) -> None:
