@@ -206,6 +206,32 @@ async def test_a_loopback_sign_in_reads_the_account_from_the_id_token(
     assert await world.ask("signed in") == "Hello! You said: signed in"
 
 
+async def test_a_loopback_sign_in_through_the_management_api(
+    aiohttp_server: Any, http: aiohttp.ClientSession, world: World,
+) -> None:
+    redirect = f"http://localhost:{free_port()}/auth/callback"
+    auth = FakeOpenAIAuth(mode="redirect", redirect_uri=redirect)
+    auth.base_url = str((await aiohttp_server(auth.app)).make_url("")).rstrip("/")
+    world.auth = world.backend.auth = auth
+    gw, h = world.gw, world.gw.admin_headers
+    settings = {**world.settings(), "oauth_redirect_uri": redirect}
+    resp = await gw.client.post("/api/oauth/codex/start", headers=h,
+                                json={"name": "work", "settings": settings})
+    started = await resp.json()
+    assert resp.status == 200, started
+    assert started["listening"] is True and started["redirect_uri"] == redirect
+    async with http.get(started["url"]) as page:  # the browser comes back to the listener
+        assert page.status == 200
+    resp = await gw.client.post("/api/oauth/codex/poll", headers=h,
+                                json={"state": started["state"]})
+    done = await resp.json()
+    assert resp.status == 201, done
+    assert (done["connection"]["name"], done["connection"]["type"]) == ("work", "codex")
+    stored = await gw.store.get_connection(done["connection"]["id"])
+    assert stored is not None and stored.credentials["extra"]["account_id"] == ACCOUNT_ID
+    assert await world.ask("api sign-in") == "Hello! You said: api sign-in"
+
+
 async def test_the_paste_fallback_when_the_port_is_taken(
     aiohttp_server: Any, http: aiohttp.ClientSession,
 ) -> None:

@@ -19,6 +19,7 @@ import anthropic
 import openai
 import pytest
 from fakes.copilot_upstream import FakeCopilot, FakeGitHub, quota_exceeded
+from test_cli import Cli, ok
 
 from omniroute.credentials import SIGN_IN_REQUIRED
 from omniroute.oauth import SignIn, TokenClient, read_import, save_account
@@ -200,6 +201,33 @@ async def test_the_device_flow_waits_slows_down_and_exchanges_the_token(
     assert new and conn.name == "octocat"
     await world.gw.gateway.reload()
     assert await world.ask("signed in") == "Hello! You said: signed in"
+
+
+async def test_a_device_sign_in_through_the_management_api(world: World) -> None:
+    gw, h = world.gw, world.gw.admin_headers
+    resp = await gw.client.post("/api/oauth/copilot/start", headers=h,
+                                json={"settings": world.settings()})
+    started = await resp.json()
+    assert resp.status == 200, started
+    assert started["flow"] == "device" and started["user_code"]
+    pending = await (await gw.client.post("/api/oauth/copilot/poll", headers=h,
+                                          json={"state": started["state"]})).json()
+    assert pending["status"] == "pending"
+    world.github.approve(started["user_code"])
+    done: dict[str, Any] = {}
+    for _ in range(100):
+        await asyncio.sleep(0.06)  # no faster than the interval: no slow_down
+        resp = await gw.client.post("/api/oauth/copilot/poll", headers=h,
+                                    json={"state": started["state"]})
+        done = await resp.json()
+        if done["status"] == "complete":
+            assert resp.status == 201
+            break
+    connection = done["connection"]
+    assert (connection["name"], connection["type"]) == ("octocat", "copilot")
+    assert connection["oauth"]["status"] == "active"
+    assert await world.ask("api sign-in") == "Hello! You said: api sign-in"
+    assert world.github.exchanges == 1
 
 
 async def test_a_refused_device_sign_in_ends(world: World, http: aiohttp.ClientSession) -> None:
@@ -389,6 +417,29 @@ async def test_the_editors_file_is_imported_never_changed(
                        settings=world.settings())
     await world.gw.gateway.reload()
     assert await world.ask("imported") == "Hello! You said: imported"
+
+
+async def test_the_command_line_import_falls_back_to_hosts_json(
+    world: World, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    token = world.github.github_token()
+    home = tmp_path / "home"
+    folder = home / ".config" / "github-copilot"
+    folder.mkdir(parents=True)
+    hosts = folder / "hosts.json"  # an older editor plugin: no apps.json
+    hosts.write_text(json.dumps({"github.com": {"user": "octocat", "oauth_token": token}}))
+    before = hosts.read_bytes()
+    monkeypatch.setenv("HOME", str(home))
+    run = Cli(world.gw.gateway.config.data_dir)
+    flags = [f"--setting={k}={v}" for k, v in world.settings().items()]
+    out = ok(await run.in_thread("providers", "import", "copilot", *flags)).output
+    assert "imported: conn_" in out and "octocat (copilot) prefix copilot/" in out
+    assert hosts.read_bytes() == before
+    await world.gw.gateway.reload()
+    assert await world.ask("from the CLI") == "Hello! You said: from the CLI"
+    monkeypatch.setenv("HOME", str(tmp_path / "nobody"))
+    missing = await run.in_thread("providers", "import", "copilot", *flags)
+    assert missing.exit_code != 0 and "apps.json" in missing.output
 
 
 @pytest.mark.parametrize(("doc", "why"), [

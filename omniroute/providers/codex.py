@@ -137,16 +137,10 @@ class CodexService(OAuthService):
 
     async def renew(self, credentials: Mapping[str, Any], client: TokenClient,
                     endpoints: Endpoints) -> dict[str, Any]:
-        """The ``refresh_token`` grant as JSON, as the Codex CLI sends it; a refused
+        """The ``refresh_token`` grant (as JSON: :attr:`refresh_encoding`); a refused
         refresh token (spent: they are single-use) raises :class:`InvalidGrant`."""
-        previous = TokenSet.from_credentials(credentials)
-        if not previous.refresh_token:
-            raise InvalidGrant("codex: no refresh token is kept for this account")
-        body = {"client_id": endpoints.client_id, "grant_type": "refresh_token",
-                "refresh_token": previous.refresh_token}
         try:
-            tokens = await client.tokens(endpoints.token_url, body, encoding="json",
-                                         previous=previous, headers=self.headers)
+            renewed = await super().renew(credentials, client, endpoints)
         except InvalidGrant:
             raise
         except OAuthError as exc:
@@ -154,7 +148,7 @@ class CodexService(OAuthService):
                 raise InvalidGrant(exc.message, error=exc.error,
                                    upstream_status=exc.upstream_status) from None
             raise
-        return with_account(tokens).credentials()
+        return with_account(TokenSet.from_credentials(renewed)).credentials()
 
     def parse_import(self, data: bytes, now: float) -> TokenSet:
         """``auth.json`` of the Codex CLI: ``{"tokens": {"id_token", "access_token",
@@ -191,7 +185,7 @@ SERVICE = CodexService(
     name="codex", provider_type="codex", flow="loopback", client_id=CLIENT_ID,
     authorize_url=f"{ISSUER}/oauth/authorize", token_url=f"{ISSUER}/oauth/token",
     redirect_uri=REDIRECT_URI, scopes=("openid", "profile", "email", "offline_access"),
-    token_encoding="form",
+    token_encoding="form", refresh_encoding="json",
     authorize_params={"id_token_add_organizations": "true",
                       "codex_cli_simplified_flow": "true", "originator": ORIGINATOR},
     title="ChatGPT (Codex)",

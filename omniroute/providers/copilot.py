@@ -17,8 +17,8 @@ account however many requests are waiting (``OAuthProvider.fresh``). A GitHub to
 is refused (revoked: 401; no Copilot seat: 403/404) means a new sign-in.
 
 **Import** (``omniroute providers import copilot``): the ``oauth_token`` of the
-github.com entry in ``~/.config/github-copilot/apps.json`` (or the older
-``hosts.json``: give its path), only read.
+github.com entry in ``~/.config/github-copilot/apps.json`` (or, when there is none,
+the older ``hosts.json`` beside it), only read.
 
 **Requests** go to ``{api}/chat/completions`` in the OpenAI Chat Completions format
 (every client format works through the ordinary translation) with the editor headers
@@ -251,7 +251,8 @@ SERVICE = CopilotService(
           "user": f"{GITHUB_API}/user"},
     title="GitHub Copilot",
     instructions="Open the verification URL, enter the code, and authorize the app.",
-    import_source="copilot", import_path="~/.config/github-copilot/apps.json")
+    import_source="copilot", import_path="~/.config/github-copilot/apps.json",
+    import_fallbacks=("~/.config/github-copilot/hosts.json",))
 
 
 # ----------------------------------------------------------------------------- quota
