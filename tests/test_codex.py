@@ -302,8 +302,8 @@ async def test_every_sdk_through_a_codex_account_with_what_the_backend_requires(
     for rec in sent:
         assert rec.headers["chatgpt-account-id"] == ACCOUNT_ID
         assert rec.headers["originator"] == "codex_cli_rs"
-        assert rec.headers["user-agent"].startswith("codex_cli_rs/")
-        assert rec.headers["session_id"] and rec.headers["version"]
+        assert rec.headers["user-agent"].startswith("omniroute/")  # not the CLI's
+        assert rec.headers["session_id"]
         assert rec.json["store"] is False and rec.json["stream"] is True
         assert rec.json["instructions"].strip()
         assert "reasoning.encrypted_content" in rec.json["include"]

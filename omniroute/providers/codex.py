@@ -20,8 +20,7 @@ for what the backend requires: ``store: false``, ``stream: true`` (a JSON reques
 served by collecting the stream), non-empty ``instructions``, ``include`` with
 ``reasoning.encrypted_content``, only the fields the backend takes, input items without
 server-side ids. Headers: ``Authorization: Bearer``, ``chatgpt-account-id``,
-``originator: codex_cli_rs``, a ``codex_cli_rs/<version>`` User-Agent, ``version`` and a
-``session_id``.
+``originator: codex_cli_rs`` and a ``session_id``; the User-Agent is the gateway's own.
 
 **Quota**: the ``x-codex-primary-*`` / ``x-codex-secondary-*`` headers of every answer
 (used percent, window length, reset) are kept per account (``/api/rate-limits``); a
@@ -36,7 +35,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import platform
 import time
 import uuid
 from collections.abc import Callable, Mapping
@@ -73,8 +71,9 @@ ISSUER = "https://auth.openai.com"
 REDIRECT_URI = "http://localhost:1455/auth/callback"
 #: openai/codex model_provider_info.rs: the base URL in ChatGPT auth mode
 BASE_URL = "https://chatgpt.com/backend-api/codex"
-#: the client the backend is told it talks to (``originator``, ``version``, User-Agent)
+#: the ``originator`` header (and authorize parameter) the backend expects
 ORIGINATOR = "codex_cli_rs"
+#: the ``client_version`` the model list asks for (it filters models by client version)
 CLIENT_VERSION = "0.124.0"
 #: the claims an OpenAI token keeps the ChatGPT account and the profile under
 AUTH_CLAIMS = "https://api.openai.com/auth"
@@ -235,13 +234,12 @@ class CodexBackend(ResponsesProvider):
         version = str(settings.get("client_version") or CLIENT_VERSION)
         self.client_version = version
         self.instructions = str(settings.get("instructions") or DEFAULT_INSTRUCTIONS)
-        originator = str(settings.get("originator") or ORIGINATOR)
-        system = f"{platform.system()} {platform.release()}; {platform.machine()}"
+        # the gateway's own User-Agent: nothing of the official client is imitated beyond
+        # what the backend requires (the ``headers`` setting may add more)
         self._headers = {
             "Content-Type": "application/json", "Accept": "text/event-stream",
-            "originator": originator, "version": version,
-            "User-Agent": f"{originator}/{version} ({system})",
-            **settings.get("headers", {})}
+            "originator": str(settings.get("originator") or ORIGINATOR),
+            "User-Agent": context.user_agent, **settings.get("headers", {})}
         self.quota = Quota(connection.name)
 
     @classmethod
