@@ -374,6 +374,13 @@ async def test_spent_premium_requests_rest_the_account_until_the_reset(world: Wo
     premium = next(w for w in quota["windows"] if w["name"] == "premium_interactions")
     assert premium["remaining"] == 0.0
     assert row["terminal_reason"] is None and row["cooldown_left"] > 0  # resting, not out
+    listed = await world.gw.client.get(f"/api/providers/{first['id']}/models",
+                                       headers=world.gw.admin_headers)
+    assert listed.status == 200  # other answers of the service do not end the rest
+    limits = await (await world.gw.client.get("/api/rate-limits",
+                                              headers=world.gw.admin_headers)).json()
+    assert next(r for r in limits["connections"]
+                if r["id"] == first["id"])["quota"]["exhausted"] is True
     await world.gw.client.post("/api/resilience/reset", headers=world.gw.admin_headers)
     assert await world.ask("two") == "Hello! You said: two"
     assert len(world.tokens_seen()) == 3 and world.tokens_seen()[-1] == spare

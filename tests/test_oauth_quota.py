@@ -49,7 +49,7 @@ def test_odd_resets_give_a_short_or_a_bounded_rest() -> None:
     assert quota.exhaust(None, "unknown") == 60  # no reset said: a minute
     assert quota.exhaust(clock.now - 5, "in the past") == 60
     assert quota.exhaust(clock.now + 10 * MAX_REST, "absurd") == MAX_REST
-    quota.served()  # the service answered normally: the rest is over
+    quota.served()
     assert quota.resting() is None
 
 

@@ -11,8 +11,9 @@ Copilot's 402 ``quota_exceeded``), :meth:`Quota.exhaust` rests the account until
 the reset the service named: :meth:`Quota.check` then refuses calls at once, without
 asking the service again, with a 429 whose ``Retry-After`` is the time left, so the
 gateway cools the account down and moves on to the next target. The rest ends at the
-reset time (at most :data:`MAX_REST` ahead), or when the service answers normally
-again. Kept in memory, per process: a restart asks the service once more.
+reset time (at most :data:`MAX_REST` ahead); an answer that was already under way when
+the allowance ran out does not end it. Kept in memory, per process: a restart asks the
+service once more.
 """
 
 from __future__ import annotations
@@ -97,7 +98,7 @@ class Quota:
         return self.exhausted_until - now
 
     def served(self) -> None:
-        """The service answered normally: whatever rest there was is over."""
+        """The rest is over (its reset time passed)."""
         self.exhausted_until = None
         self.reason = None
 

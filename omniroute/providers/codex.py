@@ -326,8 +326,6 @@ class CodexBackend(ResponsesProvider):
         windows = codex_windows(headers, now)
         plan = headers.get("x-codex-plan-type")
         self.quota.update(windows, plan=plan if isinstance(plan, str) else None)
-        if status < 400:
-            self.quota.served()
 
     def error_from(
         self, status: int, body: bytes, headers: Mapping[str, str]

@@ -389,10 +389,6 @@ class CopilotAPI(OpenAIProvider):
         self.quota.update(windows, plan=plan)
         return _date(data.get("quota_reset_date_utc")) or _date(data.get("quota_reset_date"))
 
-    def answered(self, status: int, headers: Mapping[str, str]) -> None:
-        if status < 400:
-            self.quota.served()
-
     async def list_models(self) -> list[str]:
         """The chat models of ``{api}/models`` (the quota is read alongside)."""
         data = await self.get_json(f"{self.api_base}/models", self.call_headers({}, False))
