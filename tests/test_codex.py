@@ -359,10 +359,17 @@ async def test_a_401_from_the_backend_refreshes_once_and_retries(world: World) -
     assert world.tokens_seen()[0] == pair.access and len(world.tokens_seen()) == 2
 
 
-async def test_a_spent_refresh_token_means_sign_in_and_the_next_account(world: World) -> None:
+@pytest.mark.parametrize(("how", "code"), [("spent", "refresh_token_reused"),
+                                           ("revoked", "refresh_token_invalidated")])
+async def test_a_dead_refresh_token_means_sign_in_and_the_next_account(
+    world: World, how: str, code: str,
+) -> None:
     dead = world.auth.issue(lifetime=-5)
-    world.auth.refresh.pop(str(dead.refresh))  # another copy of it was used already
-    world.auth.spent.add(str(dead.refresh))
+    if how == "spent":  # another copy of it (the Codex CLI's) was used already
+        world.auth.refresh.pop(str(dead.refresh))
+        world.auth.spent.add(str(dead.refresh))
+    else:
+        world.auth.revoke(dead.refresh)
     first = await world.account(dead, name="first")
     spare = world.auth.issue()
     await world.account(spare, name="second", priority=1)
@@ -370,7 +377,8 @@ async def test_a_spent_refresh_token_means_sign_in_and_the_next_account(world: W
     assert world.tokens_seen() == [spare.access]
     stored = await world.gw.store.get_connection(first["id"])
     assert stored is not None
-    assert "refresh_token_reused" in stored.credentials[SIGN_IN_REQUIRED]["reason"]
+    assert code in stored.credentials[SIGN_IN_REQUIRED]["reason"]
+    assert world.auth.refresh_calls == 1  # tried once, then left alone
     limits = await (await world.gw.client.get("/api/rate-limits",
                                               headers=world.gw.admin_headers)).json()
     row = next(r for r in limits["connections"] if r["id"] == first["id"])
