@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import re
 import socket
@@ -362,8 +363,9 @@ async def test_a_401_from_the_backend_refreshes_once_and_retries(world: World) -
 @pytest.mark.parametrize(("how", "code"), [("spent", "refresh_token_reused"),
                                            ("revoked", "refresh_token_invalidated")])
 async def test_a_dead_refresh_token_means_sign_in_and_the_next_account(
-    world: World, how: str, code: str,
+    world: World, how: str, code: str, caplog: pytest.LogCaptureFixture,
 ) -> None:
+    caplog.set_level(logging.DEBUG)
     dead = world.auth.issue(lifetime=-5)
     if how == "spent":  # another copy of it (the Codex CLI's) was used already
         world.auth.refresh.pop(str(dead.refresh))
@@ -379,6 +381,10 @@ async def test_a_dead_refresh_token_means_sign_in_and_the_next_account(
     assert stored is not None
     assert code in stored.credentials[SIGN_IN_REQUIRED]["reason"]
     assert world.auth.refresh_calls == 1  # tried once, then left alone
+    shown = await (await world.gw.client.get("/api/providers",
+                                             headers=world.gw.admin_headers)).text()
+    for secret in (dead.access, dead.refresh, spare.access, spare.refresh, id_token()):
+        assert secret and secret not in caplog.text and secret not in shown
     limits = await (await world.gw.client.get("/api/rate-limits",
                                               headers=world.gw.admin_headers)).json()
     row = next(r for r in limits["connections"] if r["id"] == first["id"])

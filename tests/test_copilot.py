@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -326,8 +327,9 @@ async def test_a_401_from_the_api_renews_the_copilot_token_and_retries(world: Wo
 
 
 async def test_a_revoked_github_token_means_sign_in_and_the_next_account(
-    world: World,
+    world: World, caplog: pytest.LogCaptureFixture,
 ) -> None:
+    caplog.set_level(logging.DEBUG)
     dead = world.github.github_token()
     world.github.expire(dead)  # revoked at GitHub
     first, _ = await world.account(dead, name="first", lifetime=10)
@@ -341,6 +343,10 @@ async def test_a_revoked_github_token_means_sign_in_and_the_next_account(
                                               headers=world.gw.admin_headers)).json()
     row = next(r for r in limits["connections"] if r["id"] == first["id"])
     assert row["terminal_reason"] == "needs_sign_in"
+    shown = await (await world.gw.client.get("/api/providers",
+                                             headers=world.gw.admin_headers)).text()
+    for secret in (dead, spare):
+        assert secret not in caplog.text and secret not in shown
 
 
 async def test_an_account_without_copilot_needs_sign_in(world: World) -> None:

@@ -34,7 +34,6 @@ ones (``oauth_authorize_url``, ``oauth_token_url``, ``oauth_redirect_uri``,
 from __future__ import annotations
 
 import dataclasses
-import logging
 import time
 import uuid
 from collections.abc import Callable, Mapping
@@ -62,8 +61,6 @@ from omniroute.providers.base import (
 from omniroute.providers.responses import ResponsesProvider
 from omniroute.sse import event_data, event_name
 from omniroute.storage.store import Connection
-
-log = logging.getLogger(__name__)
 
 #: openai/codex codex-rs/login: the Codex CLI's public OAuth client and issuer
 CLIENT_ID = "app_EMoamEEZ73f0CkXaXp7hrann"
