@@ -297,9 +297,16 @@ async def test_every_sdk_through_a_codex_account_with_what_the_backend_requires(
     response = await client.responses.create(model="codex/gpt-5-codex", input="native",
                                              store=True, max_output_tokens=100)
     assert response.output_text == "Hello! You said: native"
+    deltas = []
+    async with await client.responses.create(model="codex/gpt-5-codex", input="relayed",
+                                             stream=True) as events:
+        async for event in events:
+            if event.type == "response.output_text.delta":
+                deltas.append(event.delta)
+    assert "".join(deltas) == "Hello! You said: relayed"
 
     sent = world.backend.seen()
-    assert len(sent) == 4
+    assert len(sent) == 5
     for rec in sent:
         assert rec.headers["chatgpt-account-id"] == ACCOUNT_ID
         assert rec.headers["originator"] == "codex_cli_rs"
