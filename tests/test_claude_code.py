@@ -493,3 +493,25 @@ async def test_a_revoked_claude_account_needs_sign_in_and_the_next_one_serves(
     assert {r["name"]: r["terminal_reason"] for r in limits["connections"]}["dead"] is None
     await claude.ask("back")
     assert sent_messages(claude.upstream)[-1].headers["authorization"] != f"Bearer {live.access}"
+
+
+async def test_twenty_claude_code_requests_on_a_lapsed_token_make_one_renewal(
+    claude: Claude,
+) -> None:
+    pair = claude.oauth.issue(lifetime=-1)
+    await claude.gw.add_provider({"type": "claude-code", "settings": claude.settings,
+                                  "credentials": {"access_token": pair.access,
+                                                  "refresh_token": pair.refresh,
+                                                  "expires_at": pair.expires_at}})
+    claude.oauth.refresh_gate = asyncio.Event()
+    asked = [asyncio.create_task(claude.ask(f"q{i}")) for i in range(20)]
+    for _ in range(300):
+        if claude.oauth.refresh_calls:
+            break
+        await asyncio.sleep(0.01)
+    await asyncio.sleep(0.05)
+    claude.oauth.refresh_gate.set()
+    assert await asyncio.gather(*asked) == [f"Hello! You said: q{i}" for i in range(20)]
+    assert claude.oauth.refresh_calls == 1
+    tokens = {r.headers["authorization"] for r in sent_messages(claude.upstream)}
+    assert len(tokens) == 1 and f"Bearer {pair.access}" not in tokens
