@@ -522,6 +522,10 @@ def rate_limits_cmd(ctx: click.Context, url: str | None, admin_key: str, as_json
         extras = [f"{k} {c[k]}" for k in ("in_flight", "consecutive_failures", "cooldown_left",
                                           "terminal_reason", "last_error") if c.get(k)]
         click.echo(line + ("  " + ", ".join(extras) if extras else ""))
+        if c.get("quota"):  # a subscription: what its service last reported
+            from omniroute.oauth.quota import describe
+
+            click.echo(f"          {describe(c['quota'], time.time())}")
 
 
 # ---------------------------------------------------------------------- admin

@@ -54,10 +54,16 @@ async def read_import(service: OAuthService, path: str | Path | None, client: To
                       settings: Mapping[str, Any] | None = None) -> Account:
     """The account in the official CLI's credentials file (read, never changed).
 
-    :param path: the file (default: the service's ``import_path``).
+    :param path: the file (default: the service's ``import_path``, or the first of its
+        ``import_fallbacks`` that exists when that one does not).
     :raises OAuthError: no such file, or it holds no usable credentials (status 400).
     """
-    where = Path(path or service.import_path or "").expanduser()
+    if path:
+        where = Path(path).expanduser()
+    else:
+        defaults = [Path(p).expanduser() for p in (service.import_path,
+                                                   *service.import_fallbacks) if p]
+        where = next((p for p in defaults if p.exists()), defaults[0] if defaults else Path(""))
     if not str(where) or str(where) == ".":
         raise OAuthError(f"{service.name}: give the credentials file's path", status=400)
     try:

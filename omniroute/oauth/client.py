@@ -130,24 +130,28 @@ def _failure(url: str, status: int, data: Any, raw: bytes) -> OAuthError | None:
         return None
     if status >= 500:
         return OAuthUnavailable(f"{_where(url)} failed: HTTP {status}"
-                                + (f" ({error})" if error else ""), error=error)
+                                + (f" ({error})" if error else ""), error=error,
+                                upstream_status=status)
     if error is None and not isinstance(data, dict):
         text = scrub(raw.decode("utf-8", "replace").strip())[:_DESCRIPTION_MAX]
-        return OAuthError(f"{_where(url)} answered HTTP {status}: {text or 'no body'}")
+        return OAuthError(f"{_where(url)} answered HTTP {status}: {text or 'no body'}",
+                          upstream_status=status)
     kind = _ERRORS.get(error or "", OAuthError)
     said = f"{error}: {description}" if description else (error or f"HTTP {status}")
-    return kind(f"{_where(url)} refused: {said}", error=error)
+    return kind(f"{_where(url)} refused: {said}", error=error, upstream_status=status)
 
 
 def _error_fields(data: Any) -> tuple[str | None, str | None]:
-    """``error`` and ``error_description`` (RFC 6749), or Anthropic's ``error.type``
-    and ``error.message``; descriptions scrubbed and cut short."""
+    """``error`` and ``error_description`` (RFC 6749); or an error object's ``code``
+    (OpenAI's shape: ``refresh_token_expired``), else its ``type`` (Anthropic's), and
+    its ``message``. Descriptions scrubbed and cut short."""
     if not isinstance(data, dict):
         return None, None
     error: Any = data.get("error")
     description: Any = data.get("error_description")
     if isinstance(error, dict):
-        error, description = error.get("type"), error.get("message")
+        code, description = error.get("code"), error.get("message")
+        error = code if isinstance(code, str) and code else error.get("type")
     error = error if isinstance(error, str) and error else None
     if not isinstance(description, str) or not description:
         description = None

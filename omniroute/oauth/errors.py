@@ -17,10 +17,12 @@ class OAuthError(GatewayError):
     status, type, code = 502, "api_error", "oauth_error"
 
     def __init__(self, message: str, *, error: str | None = None, status: int | None = None,
-                 code: str | None = None) -> None:
+                 code: str | None = None, upstream_status: int | None = None) -> None:
         super().__init__(message, status=status, code=code)
         #: the ``error`` field of the endpoint's answer (``invalid_grant``...)
         self.error = error
+        #: the HTTP status the endpoint answered with (None: it did not answer)
+        self.upstream_status = upstream_status
 
 
 class InvalidGrant(OAuthError):

@@ -117,6 +117,9 @@ class OAuthService:
     import_source: str | None = None
     #: where that file is by default (``~`` expanded)
     import_path: str | None = None
+    #: other places that file may be (an older layout), tried in order when no path is
+    #: given and ``import_path`` does not exist
+    import_fallbacks: tuple[str, ...] = ()
 
     # ------------------------------------------------------------------ endpoints
 

@@ -290,6 +290,12 @@ class Provider:
         self.connection.credentials = new
         await self.context.credentials.save(self.connection.id, new)
 
+    def quota_view(self) -> dict[str, Any] | None:
+        """The account's quota as its service last reported it (subscriptions: windows,
+        remaining, resets; see :mod:`omniroute.oauth.quota`), for ``/api/rate-limits``;
+        None when the type reads none."""
+        return None
+
     async def list_models(self) -> list[str]:
         """The model names this connection offers (without prefix)."""
         return self.configured_models

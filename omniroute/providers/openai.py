@@ -55,7 +55,7 @@ class OpenAIProvider(HTTPProvider):
     """OpenAI Chat Completions over HTTP (JSON and SSE)."""
 
     type = "openai"
-    price_provider = "openai"
+    price_provider: ClassVar[str | None] = "openai"
     format = "openai"
     capabilities = frozenset({"chat", "embeddings", "images"})
     default_prefix = "openai"

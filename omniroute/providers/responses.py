@@ -44,7 +44,7 @@ class ResponsesProvider(HTTPProvider):
     """The OpenAI Responses API over HTTP (JSON and SSE with named events)."""
 
     type = "openai-responses"
-    price_provider = "openai"
+    price_provider: ClassVar[str | None] = "openai"
     format = "responses"
     default_prefix = "responses"
     description = "OpenAI Responses API (and services that serve it)"

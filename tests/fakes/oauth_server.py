@@ -21,7 +21,8 @@ connection's ``oauth_*`` URL overrides):
   challenge when ``pkce``).
 
 Bodies must come in ``encoding`` (``json`` or ``form``): a body in the other one is
-refused, as a real service would. Errors are RFC 6749 ``{"error",
+refused, as a real service would (``any`` takes both, as ChatGPT's token endpoint
+does). Errors are RFC 6749 ``{"error",
 "error_description"}`` with status 400 (401 for a bad client). ``requests`` records
 each call; ``refresh_calls`` counts refresh grants; ``refresh_gate`` (an Event)
 holds refreshes until set; ``fail_next`` answers the next token calls with a 503.
@@ -83,7 +84,7 @@ class FakeOAuthServer:
         *,
         client_id: str,
         redirect_uri: str = "",
-        encoding: Literal["json", "form"] = "json",
+        encoding: Literal["json", "form", "any"] = "json",
         mode: Literal["paste", "redirect"] = "paste",
         authorize_path: str = "/oauth/authorize",
         token_path: str = "/oauth/token",
@@ -191,8 +192,9 @@ class FakeOAuthServer:
                        {k.lower(): v for k, v in request.headers.items()}, parsed, raw,
                        dict(request.query))
         self.requests.append(rec)
-        wanted = "application/json" if self.encoding == "json" else (
-            "application/x-www-form-urlencoded")
+        wanted = {"json": ("application/json",),
+                  "form": ("application/x-www-form-urlencoded",),
+                  "any": ("application/json", "application/x-www-form-urlencoded")}[self.encoding]
         if not ctype.startswith(wanted) or not isinstance(parsed, dict):
             return rec, None
         return rec, {k: str(v) for k, v in parsed.items()}
