@@ -192,6 +192,28 @@ async def test_opencode_provider(home: Path, tmp_path: Path) -> None:
         "npm": "@ai-sdk/openai-compatible", "name": "omniroute",
         "options": {"baseURL": "http://127.0.0.1:20128/v1", "apiKey": KEY}}
     assert data["model"] == "omniroute/up/gpt-4.1" and data["small_model"] == "omniroute/up/mini"
+    assert next(iter(data)) == "$schema"  # where OpenCode itself puts it
+
+
+@pytest.mark.skipif(shutil.which("opencode") is None, reason="OpenCode is not installed here: "
+                    "its own parser cannot be asked (the file is checked field by field above)")
+async def test_opencode_own_parser_accepts_the_file(home: Path, tmp_path: Path) -> None:
+    tools = tools_in(home, tmp_path)
+    await tools.configure(tools.find("opencode"), TARGET)
+    work = tmp_path / "work"
+    work.mkdir()
+    env = {"HOME": str(home), "PATH": os.environ["PATH"], "NO_COLOR": "1"}
+    proc = await asyncio.create_subprocess_exec(
+        "opencode", "debug", "config", cwd=work, env=env, stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE)
+    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode == 0, err.decode()
+    resolved = json.loads(out)
+    assert resolved["model"] == "omniroute/up/gpt-4.1"
+    provider = resolved["provider"]["omniroute"]
+    assert provider["npm"] == "@ai-sdk/openai-compatible"
+    assert provider["options"]["baseURL"] == "http://127.0.0.1:20128/v1"
+    assert "up/gpt-4.1" in provider["models"]
 
 
 async def test_opencode_new_file_honours_xdg(home: Path, tmp_path: Path) -> None:

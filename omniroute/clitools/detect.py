@@ -22,8 +22,9 @@ from pathlib import Path
 
 from omniroute.clitools.tool import CliTool, Places
 
-#: seconds a binary may take to print its version
-VERSION_TIMEOUT = 3.0
+#: seconds a binary may take to print its version (a Node.js CLI takes about 4 s on a
+#: busy two-core machine; the answers of all tools are asked at once, and kept)
+VERSION_TIMEOUT = 8.0
 #: seconds an answer is reused for the same binary file
 VERSION_TTL = 600.0
 #: characters of output read for a version (a version is on the first lines)
