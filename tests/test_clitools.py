@@ -448,6 +448,19 @@ async def test_detection_by_binary_config_and_the_summary(home: Path, tmp_path: 
     assert calls.read_text().count("x") == 2
 
 
+async def test_an_npm_installed_cli_is_not_run_for_its_version(tmp_path: Path) -> None:
+    package = tmp_path / "lib" / "node_modules" / "@acme" / "agent"
+    (package / "bin").mkdir(parents=True)
+    (package / "package.json").write_text('{"name": "@acme/agent", "version": "1.2.3"}')
+    script = fake_binary(package / "bin", "agent.js", 'echo "9.9.9"\n')
+    (tmp_path / "bin").mkdir()
+    (tmp_path / "bin" / "agent").symlink_to(script)  # as npm links a package's bin
+    prober = VersionProber({"PATH": str(tmp_path / "bin")})
+    assert await prober.version(str(tmp_path / "bin" / "agent"), ["--version"]) == "1.2.3"
+    plain = fake_binary(tmp_path / "bin", "plain", 'echo "4.5.6"\n')  # not a package: run
+    assert await prober.version(str(plain), ["--version"]) == "4.5.6"
+
+
 async def test_a_changed_binary_is_asked_again(tmp_path: Path) -> None:
     binary = fake_binary(tmp_path / "bin", "gemini", 'echo "0.1.0"\n')
     prober = VersionProber({"PATH": str(tmp_path / "bin")})
