@@ -461,6 +461,17 @@ async def test_an_npm_installed_cli_is_not_run_for_its_version(tmp_path: Path) -
     assert await prober.version(str(plain), ["--version"]) == "4.5.6"
 
 
+async def test_an_answer_is_kept_for_its_ttl(tmp_path: Path) -> None:
+    calls = tmp_path / "calls"
+    binary = fake_binary(tmp_path / "bin", "goose", f'echo x >> "{calls}"\necho "1.9.0"\n')
+    now = [0.0]
+    prober = VersionProber({"PATH": str(tmp_path / "bin")}, ttl=60.0, clock=lambda: now[0])
+    for moment in (0.0, 59.0, 61.0):
+        now[0] = moment
+        assert await prober.version(str(binary), ["--version"]) == "1.9.0"
+    assert calls.read_text().count("x") == 2  # asked at 0 and again once 60 s had passed
+
+
 async def test_a_changed_binary_is_asked_again(tmp_path: Path) -> None:
     binary = fake_binary(tmp_path / "bin", "gemini", 'echo "0.1.0"\n')
     prober = VersionProber({"PATH": str(tmp_path / "bin")})
