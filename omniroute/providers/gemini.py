@@ -15,14 +15,17 @@ from urllib.parse import quote
 
 import orjson
 
-from omniroute.errors import GatewayError, UpstreamStatusError
+from omniroute.errors import GatewayError, UpstreamError, UpstreamStatusError
+from omniroute.formats.canonical import token_count
 from omniroute.hookspecs import hookimpl
 from omniroute.providers.base import (
+    Embeddings,
     Preset,
     Provider,
     ProviderContext,
     UpstreamCall,
     UpstreamResponse,
+    checked_vectors,
 )
 from omniroute.providers.http import HTTPProvider, http_settings
 from omniroute.storage.store import Connection
@@ -47,6 +50,7 @@ class GeminiProvider(HTTPProvider):
     type = "gemini"
     price_provider = "google"
     format = "gemini"
+    capabilities = frozenset({"chat", "embeddings"})
     default_prefix = "gemini"
     description = "Google Gemini API (generateContent)"
     presets: ClassVar[Mapping[str, Preset]] = {p.name: p for p in _PRESETS}
@@ -84,6 +88,34 @@ class GeminiProvider(HTTPProvider):
             return await self.post_stream(url, self._stream_headers, data)
         return await self.post_json(
             self.model_url(call.model, "generateContent"), self._json_headers, data)
+
+    async def embed(self, model: str, inputs: list[str], options: dict[str, Any]) -> Embeddings:
+        """``POST {api_root}/models/{model}:batchEmbedContents``, one request per input.
+
+        Body ``{"requests": [{"model": "models/M", "content": {"parts": [{"text"}]},
+        "outputDimensionality"?}]}``; answer ``{"embeddings": [{"values": [...]}]}`` in
+        input order (ai.google.dev/api/embeddings). The API counts no tokens here.
+        """
+        name = f"models/{model.removeprefix('models/')}"
+        dimensions = options.get("dimensions")
+        requests = []
+        for text in inputs:
+            one: dict[str, Any] = {"model": name, "content": {"parts": [{"text": text}]}}
+            if dimensions is not None:
+                one["outputDimensionality"] = dimensions
+            requests.append(one)
+        answer = await self.post_json(self.model_url(model, "batchEmbedContents"),
+                                      self._json_headers, orjson.dumps({"requests": requests}))
+        assert answer.body is not None
+        try:
+            data = orjson.loads(answer.body)
+            vectors = [item["values"] for item in data["embeddings"]]
+        except (orjson.JSONDecodeError, KeyError, TypeError):
+            raise UpstreamError("upstream sent a malformed embeddings answer") from None
+        usage = data.get("usageMetadata") if isinstance(data, dict) else None
+        tokens = usage.get("promptTokenCount") if isinstance(usage, dict) else None
+        return Embeddings(checked_vectors(vectors, len(inputs)), token_count(tokens),
+                          model.removeprefix("models/"))
 
     async def list_models(self) -> list[str]:
         """``GET /v1beta/models`` page by page: the models that can ``generateContent``."""

@@ -39,6 +39,11 @@ _PRESETS = [
     Preset("nvidia", "https://integrate.api.nvidia.com/v1", "nvidia", "NVIDIA NIM"),
     Preset("cerebras", "https://api.cerebras.ai/v1", "cerebras", "Cerebras"),
     Preset("perplexity", "https://api.perplexity.ai", "pplx", "Perplexity"),
+    # embeddings (and chat) services with OpenAI-compatible APIs (each vendor's API docs)
+    Preset("nebius", "https://api.tokenfactory.nebius.com/v1", "nebius",
+           "Nebius Token Factory (formerly AI Studio)"),
+    Preset("jina", "https://api.jina.ai/v1", "jina", "Jina AI (embeddings)"),
+    Preset("github", "https://models.github.ai/inference", "github", "GitHub Models"),
     Preset("vllm", "http://127.0.0.1:8000/v1", "vllm", "vLLM (local)", needs_api_key=False),
     Preset("llamacpp", "http://127.0.0.1:8080/v1", "llamacpp", "llama.cpp server (local)",
            needs_api_key=False),

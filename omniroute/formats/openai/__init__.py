@@ -140,6 +140,7 @@ class OpenAIFormat(Format):
                     "chat.completions"),
         ClientRoute("POST", "/v1/embeddings", "embeddings", "embeddings"),
         ClientRoute("POST", "/embeddings", "embeddings", "embeddings"),
+        ClientRoute("POST", "/v1/providers/{provider}/embeddings", "embeddings", "embeddings"),
         ClientRoute("GET", "/v1/models", "models"),
         ClientRoute("GET", "/models", "models"),
         ClientRoute("GET", "/v1/models/{model:.+}", "model"),
