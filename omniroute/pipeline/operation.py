@@ -1,9 +1,10 @@
 """What an operation is: one kind of request, defined by "call this target".
 
-The pipeline (:func:`omniroute.pipeline.serve`) does everything else: the body,
-stages, routing, the attempt loop with its accounting, headers, errors, the
-stream relay and the request log. An operation says how to read the request
-(:meth:`Operation.inspect`) and what calling one target means
+The pipeline (:func:`omniroute.pipeline.serve`) does everything else: stages,
+routing, the attempt loop with its accounting, headers, errors, the stream
+relay and the request log. An operation says how to read the request
+(:meth:`Operation.read`: a JSON object unless it says otherwise;
+:meth:`Operation.inspect`) and what calling one target means
 (:meth:`Operation.call`).
 """
 
@@ -11,6 +12,10 @@ from __future__ import annotations
 
 from typing import ClassVar
 
+from aiohttp import web
+
+from omniroute.bodies import read_sized_object
+from omniroute.config import Settings
 from omniroute.errors import GatewayError, TargetUnsupported
 from omniroute.formats.base import Format
 from omniroute.pipeline.context import Reply, RequestContext
@@ -18,7 +23,7 @@ from omniroute.routing import Target
 
 
 class Operation:
-    """Base class of operations (chat, embeddings, token counting; later images, audio)."""
+    """Base class of operations (chat, embeddings, token counting, audio; later images)."""
 
     #: the operation's name, which stages look at (``"chat"``)
     name: ClassVar[str]
@@ -40,6 +45,13 @@ class Operation:
         self.fmt = fmt
         #: the request log's name for it (``"chat.completions"``)
         self.endpoint = endpoint
+
+    async def read(self, ctx: RequestContext, request: web.Request, settings: Settings) -> None:
+        """Read the client's body into ``ctx.body`` and ``ctx.body_bytes``: by default a JSON
+        object (413 past ``max_body_bytes``, 415 for another content type, 400 for bad JSON).
+        An operation with another kind of body (a multipart upload) reads it here, keeping
+        what it read in ``ctx.payload`` and a JSON-like summary in ``ctx.body``."""
+        ctx.body, ctx.body_bytes = await read_sized_object(request, settings.max_body_bytes)
 
     def inspect(self, ctx: RequestContext) -> None:
         """Set ``ctx.model`` and ``ctx.stream`` from the request; raise ``InvalidRequest``."""

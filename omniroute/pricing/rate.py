@@ -114,8 +114,8 @@ def from_model_price(model_price: Any, *, source: str = "") -> Rate | None:
     from genai_prices import Usage
 
     def unit_price(**usage: int) -> float:
-        """USD per unit of one non-token usage (an hour's worth, to keep the precision)."""
-        (name, count), = usage.items()
+        """USD per unit of one non-token usage (probed with many units, for precision)."""
+        count = next(iter(usage.values()))
         nothing = Decimal(model_price.calc_price(Usage())["total_price"])
         return float((Decimal(model_price.calc_price(Usage(**usage))["total_price"]) - nothing)
                      / count)

@@ -10,21 +10,25 @@ from collections.abc import Callable, Mapping
 from typing import Any, ClassVar
 from urllib.parse import urlsplit
 
+import aiohttp
 import orjson
 
 from omniroute.errors import UpstreamError
+from omniroute.formats.audio import SpeechRequest, TranscribeRequest
 from omniroute.formats.canonical import token_count
+from omniroute.formats.openai.audio import speech_body
 from omniroute.hookspecs import hookimpl
 from omniroute.providers.base import (
     Embeddings,
     Preset,
     Provider,
     ProviderContext,
+    Transcribed,
     UpstreamCall,
     UpstreamResponse,
     checked_vectors,
 )
-from omniroute.providers.http import HTTPProvider
+from omniroute.providers.http import RAW, HTTPProvider
 from omniroute.storage.store import Connection
 
 _PRESETS = [
@@ -55,12 +59,13 @@ _PRESETS = [
 
 
 class OpenAIProvider(HTTPProvider):
-    """OpenAI Chat Completions over HTTP (JSON and SSE)."""
+    """OpenAI Chat Completions over HTTP (JSON and SSE); embeddings, and the audio API
+    (``/audio/transcriptions``, ``/audio/translations``, ``/audio/speech``) passed through."""
 
     type = "openai"
     price_provider = "openai"
     format = "openai"
-    capabilities = frozenset({"chat", "embeddings"})
+    capabilities = frozenset({"chat", "embeddings", "transcription", "translation", "speech"})
     default_prefix = "openai"
     description = "Any OpenAI-compatible Chat Completions API"
     presets: ClassVar[Mapping[str, Preset]] = {p.name: p for p in _PRESETS}
@@ -81,6 +86,8 @@ class OpenAIProvider(HTTPProvider):
             headers["Authorization"] = f"Bearer {api_key}"
         self._json_headers = {**headers, "Accept": "application/json"}
         self._stream_headers = {**headers, "Accept": "text/event-stream"}
+        #: a multipart upload sets its own Content-Type (with the boundary)
+        self._form_headers = {k: v for k, v in headers.items() if k != "Content-Type"}
 
     @classmethod
     def configure(
@@ -125,6 +132,28 @@ class OpenAIProvider(HTTPProvider):
                                       orjson.dumps(body))
         assert answer.body is not None
         return embeddings_from(answer.body, model, len(inputs))
+
+    async def transcribe(self, model: str, request: TranscribeRequest) -> Transcribed:
+        """``POST {base_url}/audio/transcriptions`` (or ``/translations``): the client's form
+        as it sent it, with the upstream's model; the answer comes back as it is."""
+        path = "translations" if request.task == "translate" else "transcriptions"
+        form = aiohttp.FormData()
+        form.add_field("model", model)
+        for name, values in request.fields.items():
+            for value in values:
+                form.add_field(name, value)
+        upload = request.file
+        form.add_field("file", upload.data, filename=upload.filename,
+                       content_type=upload.content_type or "application/octet-stream")
+        answer = await self.post_body(f"{self.base_url}/audio/{path}", self._form_headers, form)
+        return Transcribed(body=answer.body,
+                           content_type=answer.headers.get("content-type", ""))
+
+    async def speak(self, model: str, request: SpeechRequest) -> UpstreamResponse:
+        """``POST {base_url}/audio/speech``: the audio streams back chunk by chunk."""
+        headers = {**self._json_headers, "Accept": "*/*"}
+        return await self.post_stream(f"{self.base_url}/audio/speech", headers,
+                                      orjson.dumps(speech_body(request, model)), framing=RAW)
 
     async def list_models(self) -> list[str]:
         data = await self.get_json(f"{self.base_url}/models", self._json_headers)

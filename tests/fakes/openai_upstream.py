@@ -51,9 +51,13 @@ The faults, ``requests`` and ``closed_streams`` work as in every fake (``fakes.b
 ``fake_vector``) for any model in ``models`` or ``EMBEDDING_MODELS``; it pops the same
 ``script``, honouring only ``error()`` behaviours.
 
-``requests`` records every request (chat, embeddings and models). ``closed_streams`` counts chat
-requests whose client disconnected before the response finished (also while hanging
-before headers); ``stream_closed`` is set each time. Fake-initiated drops don't count.
+The audio API (``/v1/audio/transcriptions``, ``/translations``, ``/speech``) is
+``fakes.openai_audio``'s; it pops the same ``script``.
+
+``requests`` records every request (chat, embeddings, audio and models).
+``closed_streams`` counts chat requests whose client disconnected before the response
+finished (also while hanging before headers); ``stream_closed`` is set each time.
+Fake-initiated drops don't count.
 """
 
 from __future__ import annotations
@@ -81,6 +85,7 @@ from fakes.base import (
     sse,
     tokens,
 )
+from fakes.openai_audio import OpenAIAudio
 
 __all__ = ["EMBEDDING_MODELS", "Behaviour", "FakeOpenAI", "OpenAIFake", "Recorded",
            "drop_mid_stream", "error", "error_body", "fake_vector", "garbage",
@@ -207,8 +212,9 @@ class OpenAIFake(FakeUpstream[B]):
         return openai_json(200, {"object": "list", "data": data})
 
 
-class FakeOpenAI(OpenAIFake[Behaviour]):
-    """In-process fake of the OpenAI Chat Completions API (see module docstring)."""
+class FakeOpenAI(OpenAIFake[Behaviour], OpenAIAudio):
+    """In-process fake of the OpenAI Chat Completions API (see module docstring), with
+    embeddings and the audio API (``fakes.openai_audio``)."""
 
     behaviour = Behaviour
 
@@ -225,6 +231,7 @@ class FakeOpenAI(OpenAIFake[Behaviour]):
         self.app.router.add_post("/v1/chat/completions", self._handle)
         self.app.router.add_get("/v1/models", self._models)
         self.app.router.add_post("/v1/embeddings", self._embeddings)
+        self._audio_routes()
 
     # ---- handlers -------------------------------------------------------------------
     async def _embeddings(self, request: web.Request) -> web.StreamResponse:

@@ -22,6 +22,7 @@ from omniroute.formats.openai import embeddings as openai_embeddings
 from omniroute.formats.openai import request as openai_request
 from omniroute.formats.openai import response as openai_response
 from omniroute.formats.openai import stream as openai_stream
+from omniroute.formats.openai.audio import OpenAIAudio
 from omniroute.hookspecs import hookimpl
 from omniroute.sse import encode, event_data
 
@@ -131,6 +132,7 @@ class OpenAIFormat(Format):
     """OpenAI Chat Completions (``POST /v1/chat/completions``), JSON and SSE."""
 
     sse_comments = True  # the Stainless SSE decoder skips comment lines
+    audio = OpenAIAudio()
 
     name = NAME
     client_routes = (
@@ -141,6 +143,14 @@ class OpenAIFormat(Format):
         ClientRoute("POST", "/v1/embeddings", "embeddings", "embeddings"),
         ClientRoute("POST", "/embeddings", "embeddings", "embeddings"),
         ClientRoute("POST", "/v1/providers/{provider}/embeddings", "embeddings", "embeddings"),
+        ClientRoute("POST", "/v1/audio/transcriptions", "transcription", "audio.transcriptions"),
+        ClientRoute("POST", "/v1/audio/translations", "translation", "audio.translations"),
+        ClientRoute("POST", "/v1/audio/speech", "speech", "audio.speech"),
+        ClientRoute("POST", "/v1/providers/{provider}/audio/transcriptions", "transcription",
+                    "audio.transcriptions"),
+        ClientRoute("POST", "/v1/providers/{provider}/audio/translations", "translation",
+                    "audio.translations"),
+        ClientRoute("POST", "/v1/providers/{provider}/audio/speech", "speech", "audio.speech"),
         ClientRoute("GET", "/v1/models", "models"),
         ClientRoute("GET", "/models", "models"),
         ClientRoute("GET", "/v1/models/{model:.+}", "model"),
