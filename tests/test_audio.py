@@ -23,6 +23,8 @@ from fakes.deepgram_upstream import error as deepgram_error
 from fakes.openai_audio import HEARD, spoken
 from fakes.openai_upstream import FakeOpenAI, error, hang_mid_stream
 
+from omniroute.appkeys import BUDGETS
+
 WHISPER = "up/whisper-1"
 NOVA = "dg/nova-3"
 FORMATS = ("json", "verbose_json", "text", "srt", "vtt")
@@ -488,3 +490,55 @@ async def test_chat_with_a_deepgram_model_is_refused(gw: Any, sdk: Any, dg: Fake
     with pytest.raises(openai.BadRequestError) as caught:
         await sdk.chat.completions.create(model=NOVA, messages=[{"role": "user", "content": "x"}])
     assert caught.value.body["code"] == "operation_not_supported"
+
+
+# ----------------------------------------------------------------------------- budgets
+
+async def test_a_budget_counts_speech_characters_and_refuses_unpriced_audio(
+    gw: Any, dg: FakeDeepgram
+) -> None:
+    """tts-1 costs $15 per million characters: 1000 characters are $0.015. A $0.02 daily
+    budget admits a request while its spend is under the limit (two of them), then
+    refuses the next before any call; Deepgram has no known price, and a key with a USD
+    budget cannot use it (fails closed)."""
+    resp = await gw.client.post("/api/keys", json={"name": "voice",
+                                                   "limits": {"daily_usd": 0.02}},
+                                headers=gw.admin_headers)
+    created = await resp.json()
+    key_id, secret = created["id"], created["key"]
+    client = openai.AsyncOpenAI(base_url=gw.base_url + "/v1", api_key=secret, max_retries=0)
+    try:
+        text = "x" * 1000
+        budgets = gw.client.app[BUDGETS]
+        gw.fake.script.append(hang_mid_stream(1, 0.5))
+        async with client.audio.speech.with_streaming_response.create(
+                model="up/tts-1", voice="alloy", input=text) as streaming:
+            # in flight, it holds its estimate: the characters' price (no tokens are known)
+            assert budgets.state(key_id).reserved_usd == pytest.approx(0.015)
+            first = await streaming.read()
+        assert first == spoken(text, "mp3") and budgets.state(key_id).reserved_usd == 0
+        assert (await last_record(gw))["cost_usd"] == pytest.approx(0.015)
+        done = await client.audio.speech.create(model="up/tts-1", voice="alloy", input=text)
+        assert done.content == spoken(text, "mp3")
+        calls = len(audio_requests(gw.fake, "/speech"))
+        with pytest.raises(openai.RateLimitError) as caught:
+            await client.audio.speech.create(model="up/tts-1", voice="alloy", input=text)
+        assert caught.value.code == "budget_exceeded"
+        assert len(audio_requests(gw.fake, "/speech")) == calls  # refused before the call
+        with pytest.raises(openai.PermissionDeniedError) as refused:
+            await client.audio.transcriptions.create(model=NOVA, file=upload())
+        assert refused.value.code == "model_unpriced"
+    finally:
+        await client.close()
+
+
+async def test_a_slow_transcription_is_not_raced(gw: Any, sdk: Any, dg: FakeDeepgram) -> None:
+    """Hedging would start the next target past a short bound; a transcription answers
+    all at once after a time that grows with its audio, so it waits for its target."""
+    from fakes.openai_upstream import hang_before_headers
+
+    await gw.set_settings(hedge_initial=0.2, hedge_floor=0.1)
+    await admin(gw, "POST", "/api/combos", {"name": "stt", "steps": [WHISPER, NOVA]})
+    gw.fake.script.append(hang_before_headers(1.0))
+    raw = await sdk.audio.transcriptions.with_raw_response.create(model="stt", file=upload())
+    assert raw.headers["X-OmniRoute-Provider"] == "up" and not dg.requests

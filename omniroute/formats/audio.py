@@ -18,6 +18,7 @@ Conventions:
 
 from __future__ import annotations
 
+import hashlib
 import struct
 from dataclasses import dataclass, field
 from typing import Any
@@ -48,12 +49,13 @@ class TranscribeRequest:
 
     def summary(self) -> dict[str, Any]:
         """The request as the request log and the idempotency key see it: its fields,
-        and the file's name, type and size (not its bytes)."""
+        and the file's name, type, size and digest (not its bytes)."""
         fields: dict[str, Any] = {name: values[-1] if len(values) == 1 else values
                                   for name, values in self.fields.items()}
         return {**fields, "model": self.model,
                 "file": {"filename": self.file.filename, "content_type": self.file.content_type,
-                         "bytes": len(self.file.data)}}
+                         "bytes": len(self.file.data),
+                         "blake2b": hashlib.blake2b(self.file.data, digest_size=16).hexdigest()}}
 
 
 @dataclass(frozen=True, slots=True)

@@ -40,6 +40,9 @@ class Transcribe(Operation):
 
     name = "transcription"
     capability = "transcription"
+    #: a transcription answers all at once, after a time that grows with the audio:
+    #: racing a second upload to the next target would only pay twice
+    hedged = False
     #: what the upstream is asked to do (:data:`omniroute.formats.audio.TASKS`)
     task: ClassVar[str] = "transcribe"
 

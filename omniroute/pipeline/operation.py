@@ -39,6 +39,10 @@ class Operation:
     #: the answer is generated content (its record has a time to the first content token,
     #: and a budget reserves output tokens for it)
     generates: ClassVar[bool] = False
+    #: a call slow to give its first byte may race the next target (hedging); False for
+    #: an operation whose whole answer is its first byte and is slow by nature (a long
+    #: transcription), where a race would only pay twice
+    hedged: ClassVar[bool] = True
 
     def __init__(self, fmt: Format, endpoint: str) -> None:
         #: the client's format: it shapes the answer and the errors

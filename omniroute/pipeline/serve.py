@@ -298,7 +298,7 @@ class Pipeline:
                                   ctx.session, wait=operation.metered)
         failures: Failures = []
         one = partial(self._try_target, operation, ctx, failures)
-        if operation.metered and settings.hedge and len(plan.targets) > 1:
+        if operation.metered and operation.hedged and settings.hedge and len(plan.targets) > 1:
             reply = await race(resilience, operation, ctx, plan.targets, failures, one)
         else:
             reply = await self._in_turn(operation, ctx, plan.targets, failures, one)

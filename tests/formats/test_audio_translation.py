@@ -3,6 +3,7 @@ Deepgram's listen answers, and audio prices (no server)."""
 
 from __future__ import annotations
 
+import hashlib
 import io
 import wave
 from typing import Any
@@ -108,8 +109,11 @@ def test_a_transcription_form() -> None:
                                                                       "Hallo", 0.5)
     assert ask.granularities == ("word", "segment") and ask.response_format == "verbose_json"
     assert "model" not in ask.fields and ask.fields["custom"] == ["kept"]
-    assert ask.summary()["file"] == {"filename": "a.wav", "content_type": "audio/wav",
-                                     "bytes": 4}
+    summary = ask.summary()
+    assert summary["custom"] == "kept" and summary["model"] == "up/whisper-1"
+    assert summary["timestamp_granularities[]"] == ["word", "segment"]
+    assert summary["file"] == {"filename": "a.wav", "content_type": "audio/wav", "bytes": 4,
+                               "blake2b": hashlib.blake2b(b"RIFF", digest_size=16).hexdigest()}
 
 
 @pytest.mark.parametrize(("upload", "name"), [
