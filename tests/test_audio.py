@@ -251,6 +251,12 @@ async def test_speech_streams_before_the_upstream_finished(gw: Any, sdk: Any) ->
     assert record["cost_usd"] == pytest.approx(len("Say this out loud.") * 15 / 1e6)
 
 
+async def test_speech_gets_no_progress_frames(gw: Any) -> None:
+    resp = await gw.client.post("/v1/audio/speech", headers={"X-OmniRoute-Progress": "true"},
+                                json={"model": "up/tts-1", "voice": "alloy", "input": "Hi"})
+    assert resp.status == 200 and await resp.read() == spoken("Hi", "mp3")
+
+
 @pytest.mark.parametrize("response_format", ["opus", "wav", "flac"])
 async def test_speech_formats_and_options(gw: Any, sdk: Any, response_format: str) -> None:
     response = await sdk.audio.speech.create(model="up/tts-1-hd", voice="nova", input="Hi",
