@@ -166,27 +166,39 @@ class Catalog:
         return models
 
     async def model_infos(self) -> list[ModelInfo]:
-        """Every model this gateway serves: combos, aliases, then each connection's models."""
+        """Every model this gateway serves: combos, aliases, then each connection's models,
+        each with its type (:meth:`Provider.model_type`; a combo's or an alias's is the
+        type of the first model it resolves to)."""
         created = int(self.started_at)
         seen: set[str] = set()
         out: list[ModelInfo] = []
 
-        def add(model_id: str, owner: str) -> None:
+        def add(model_id: str, owner: str, kind: str) -> None:
             if model_id not in seen:
                 seen.add(model_id)
-                out.append(ModelInfo(model_id, owner, created))
+                out.append(ModelInfo(model_id, owner, created, kind))
 
-        for combo in self.combos:
-            add(combo.name, "combo")
-        for alias in self.aliases:
-            if not any(ch in alias for ch in "*?["):
-                add(alias, "alias")
         providers = list(self.providers.values())
         lists = await asyncio.gather(*(self.models_of(p) for p in providers))
+        for combo in self.combos:
+            add(combo.name, "combo", self._type_of(combo.name))
+        for alias in self.aliases:
+            if not any(ch in alias for ch in "*?["):
+                add(alias, "alias", self._type_of(alias))
         for provider, models in zip(providers, lists, strict=True):
             for model in models:
-                add(f"{provider.connection.prefix}/{model}", provider.connection.prefix)
+                add(f"{provider.connection.prefix}/{model}", provider.connection.prefix,
+                    provider.model_type(model))
         return out
+
+    def _type_of(self, name: str) -> str:
+        """The type of the first model a combo or an alias resolves to (``"chat"`` when it
+        resolves to none now)."""
+        try:
+            targets = self.router.resolve(name).targets
+        except GatewayError:
+            return "chat"
+        return targets[0].provider.model_type(targets[0].model) if targets else "chat"
 
     async def refresh_models(self) -> None:
         """Refresh every connection's model list, then rebuild the router."""

@@ -315,6 +315,7 @@ class Settings:
     first_byte_timeout: float = 120.0
     idle_timeout: float = 120.0
     total_timeout: float = 900.0
+    image_timeout: float = 300.0  # seconds one image generation may take (docs/media.md)
     request_log: bool = True
     models_cache_ttl: float = 600.0
     # resilience (omniroute.resilience): target order, attempts, cooldowns, breakers,

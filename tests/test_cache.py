@@ -206,3 +206,29 @@ async def test_sqlite_entries_survive_a_restart(aiohttp_client: Any, tmp_path: P
     stats = await second.cache.stats()
     assert stats["backends"]["sqlite"]["hits"] == 1
     assert stats["backends"]["memory"]["entries"] == 1  # the hit was promoted to memory
+
+
+async def test_a_hit_promoted_to_a_faster_backend_keeps_what_is_left_of_its_ttl() -> None:
+    from omniroute.cache import entry as entries
+    from omniroute.cache.layer import CacheKey
+    from omniroute.cache.memory import MemoryCache
+    from omniroute.cache.service import ResponseCache
+    from omniroute.formats import canonical as c
+
+    now = [1000.0]
+    front = MemoryCache({"ttl": 3600}, clock=lambda: now[0])
+    back = MemoryCache({"ttl": 3600}, clock=lambda: now[0])  # stands for sqlite
+    cache = ResponseCache([front, back], clock=lambda: now[0])
+    answer = c.Response("id-1", "m", [c.Text("hi")], "end_turn", None, c.Usage(1, 1), 1, {})
+    key = CacheKey(exact="k" * 64, scope="", prompt="", tenant="t", model="m",
+                   multi_turn=False, has_tools=False, has_media=False, prompt_tokens=1)
+    await back.set(key.exact, entries.dump(answer, "m", now[0], None, now[0] + 600), 600)
+    now[0] += 500  # 100 s left
+    found = await cache.lookup(key)
+    assert found is not None and found.entry.expires == 1600.0
+    now[0] += 101  # past the entry's own TTL: the promoted copy is gone too, not kept an hour
+    assert await front.get(key.exact) is None
+    # an entry past its own TTL is a miss, even where a backend still holds it
+    await back.set(key.exact, entries.dump(answer, "m", 0.0, None, now[0] - 1), 600)
+    assert await cache.lookup(key) is None
+    assert await front.get(key.exact) is None

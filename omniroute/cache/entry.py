@@ -3,14 +3,17 @@
 The bytes are one orjson object, versioned by its ``v`` field::
 
     {"v": 1, "model": <requested model>, "created": <epoch s>, "cost": <USD | null>,
+     "expires": <epoch s | absent>,
      "response": {"id", "model", "parts": [[<kind>, {<fields>}], ...], "stop_reason",
                   "stop_sequence", "usage": {...}, "created", "meta"}}
 
 A part is tagged with its kind (``text``, ``reasoning``, ``tool_call``,
 ``image``, ``file``) so it decodes to the same canonical class; ``cost`` is
-what the answer cost when it was made (what a hit saves). An entry of another
-version, or one that does not decode, reads as a miss: a format change never
-serves a broken answer.
+what the answer cost when it was made (what a hit saves); ``expires`` is when
+its TTL ends: past it the entry is a miss wherever it is still held, and a hit
+found in a slower backend is promoted to a faster one for what is left of it,
+not for a new TTL. An entry of another version, or one that does not decode,
+reads as a miss: a format change never serves a broken answer.
 
 Because the entry is canonical, a hit is answered in whatever client format
 asked: a JSON body (``Format.encode_response``) or a stream of the events
@@ -50,6 +53,8 @@ class Entry:
     created: float
     #: what it cost then, in USD (None: unknown)
     cost: float | None
+    #: when its TTL ends (epoch seconds; None: an entry written before this was kept)
+    expires: float | None = None
 
 
 def storable(response: c.Response) -> bool:
@@ -66,14 +71,17 @@ def storable(response: c.Response) -> bool:
     return content
 
 
-def dump(response: c.Response, model: str, created: float, cost: float | None) -> bytes:
+def dump(response: c.Response, model: str, created: float, cost: float | None,
+         expires: float | None = None) -> bytes:
     """The entry bytes of ``response`` (check :func:`storable` first)."""
     body = {"id": response.id, "model": response.model,
             "parts": [(_KINDS[type(part)], part) for part in response.parts],
             "stop_reason": response.stop_reason, "stop_sequence": response.stop_sequence,
             "usage": response.usage, "created": response.created, "meta": response.meta}
-    return orjson.dumps({"v": VERSION, "model": model, "created": created, "cost": cost,
-                         "response": body})
+    head: dict[str, Any] = {"v": VERSION, "model": model, "created": created, "cost": cost}
+    if expires is not None:
+        head["expires"] = expires
+    return orjson.dumps({**head, "response": body})
 
 
 def load(data: bytes) -> Entry | None:
@@ -87,7 +95,9 @@ def load(data: bytes) -> Entry | None:
         response = c.Response(
             body["id"], body["model"], parts, body["stop_reason"], body["stop_sequence"],
             c.Usage(**body["usage"]), body["created"], body["meta"])
-        return Entry(response, str(raw["model"]), float(raw["created"]), raw["cost"])
+        expires = raw.get("expires")
+        return Entry(response, str(raw["model"]), float(raw["created"]), raw["cost"],
+                     None if expires is None else float(expires))
     except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
         return None
 

@@ -75,6 +75,12 @@ class CacheLayer:
         """Keep ``entry`` (the answer to ``key``) for ``ttl`` seconds."""
         raise NotImplementedError
 
+    async def delete(self, exact: str) -> bool:
+        """Forget the entry stored under the exact key ``exact`` (``DELETE
+        /api/cache/entries/{key}``); True when there was one. The default: a layer that
+        keeps no entry by exact key has none to forget."""
+        return False
+
     async def clear(self) -> None:
         """Forget every entry."""
         raise NotImplementedError

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,16 +58,19 @@ class ResponseCache:
     """Exact backends front to back, then the layers; one writer task for every store."""
 
     def __init__(self, backends: Sequence[CacheBackend], layers: Sequence[CacheLayer] = (),
-                 idempotency: Callable[[], dict[str, int]] | None = None) -> None:
+                 idempotency: Callable[[], dict[str, int]] | None = None,
+                 clock: Callable[[], float] = time.time) -> None:
         """
         :param backends: the exact backends, front (fastest) to back.
         :param layers: the plugins' layers (``register_cache_layers``), asked after them.
         :param idempotency: reads the idempotency stage's ``activeKeys`` / ``windowMs``
             for ``GET /api/cache/stats`` (None: that stage is not there).
+        :param clock: epoch seconds (an entry's ``expires``).
         """
         self.backends = list(backends)
         self.layers = list(layers)
         self.idempotency = idempotency
+        self.clock = clock
         self.hits = self.misses = self.bypasses = 0
         self.stored = self.dropped = self.store_failures = 0
         self._queue: asyncio.Queue[tuple[CacheKey, Producer, float]] = asyncio.Queue(QUEUE_SIZE)
@@ -118,9 +122,12 @@ class ResponseCache:
             if found is None:  # another version, or damaged: gone, and a miss
                 await self._forget(key.exact)
                 continue
+            left = None if found.expires is None else found.expires - self.clock()
+            if left is not None and left <= 0:  # past its own TTL (a backend's clock
+                continue  # lagged, or it kept it longer): a miss, never a stale answer
             for front in self.backends[:depth]:  # promoted (a sqlite hit goes to memory)
-                with contextlib.suppress(Exception):
-                    await front.set(key.exact, data)
+                with contextlib.suppress(Exception):  # for what is left of its TTL
+                    await front.set(key.exact, data, left)
             return Found(found, backend.name)
         for layer in self.layers:
             try:
@@ -131,7 +138,7 @@ class ResponseCache:
             if hit is None:
                 continue
             found = entries.load(hit.entry)
-            if found is not None:
+            if found is not None and (found.expires is None or found.expires > self.clock()):
                 return Found(found, layer.name, hit.similarity)
         return None
 
@@ -196,10 +203,11 @@ class ResponseCache:
         return failed
 
     async def delete(self, exact: str) -> bool:
-        """Delete one entry (by its exact key) from every backend."""
+        """Delete one entry (by its exact key) from every backend and layer."""
         deleted = False
-        for backend in self.backends:
-            deleted = await backend.delete(exact) or deleted
+        parts: list[CacheBackend | CacheLayer] = [*self.backends, *self.layers]
+        for part in parts:
+            deleted = await part.delete(exact) or deleted
         return deleted
 
     async def entries(self, limit: int) -> list[dict[str, Any]]:

@@ -161,11 +161,13 @@ class CacheRun(StageRun):
         self.decoded = response
 
     def events(self, events: AsyncIterator[c.Event]) -> AsyncIterator[c.Event]:
-        self.kept = []
-        return self._kept(events, self.kept)
+        return self._kept(events)
 
-    async def _kept(self, events: AsyncIterator[c.Event], kept: list[c.Event]
-                    ) -> AsyncIterator[c.Event]:
+    async def _kept(self, events: AsyncIterator[c.Event]) -> AsyncIterator[c.Event]:
+        # kept from the first event on: only the stream that is relayed runs this (a call
+        # that lost a hedged race is never iterated, so it cannot take the winner's place)
+        kept: list[c.Event] = []
+        self.kept = kept
         async with aclosing(events):  # type: ignore[type-var]
             async for event in events:
                 if not self.too_big:
@@ -196,7 +198,7 @@ class CacheRun(StageRun):
         response, body, events, frames = self.decoded, self.body, self.kept, self.frames
         if response is None and body is None and events is None and not frames:
             return None
-        created, max_bytes = self.stage.clock(), self.max_bytes
+        created, max_bytes, ttl = self.stage.clock(), self.max_bytes, self.ttl
 
         async def produce() -> bytes | None:
             answer = response
@@ -213,7 +215,7 @@ class CacheRun(StageRun):
                     return None
             if not entries.storable(answer):
                 return None
-            data = entries.dump(answer, model, created, cost)
+            data = entries.dump(answer, model, created, cost, created + ttl)
             return data if len(data) <= max_bytes else None
 
         return produce

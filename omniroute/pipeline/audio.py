@@ -28,7 +28,7 @@ from omniroute.config import Settings
 from omniroute.formats.audio import AudioCodec, TranscribeRequest, wav_seconds
 from omniroute.formats.base import Format
 from omniroute.pipeline.context import Reply, RequestContext
-from omniroute.pipeline.operation import Operation
+from omniroute.pipeline.operation import Operation, Prices
 from omniroute.routing import Target
 
 #: upstream answer headers passed on to the client
@@ -61,8 +61,15 @@ class Transcribe(Operation):
     def inspect(self, ctx: RequestContext) -> None:
         ask: TranscribeRequest = ctx.payload
         ctx.model, ctx.stream = ask.model, False
-        # measured before any call, for a budget's estimate (the upstream's count wins)
+        # measured before any call, for a budget's estimate (:meth:`estimate_usd`); the
+        # upstream's count replaces it
         ctx.record.audio_seconds = wav_seconds(ask.file.data)
+
+    def estimate_usd(self, ctx: RequestContext, prices: Prices, target: Target,
+                     tokens_in: int, tokens_out: int) -> float | None:
+        """The seconds measured from the file (a WAV's header; else none are known)."""
+        return prices.estimate_usd(target, tokens_in, tokens_out,
+                                   seconds=ctx.record.audio_seconds or 0.0)
 
     async def call(self, ctx: RequestContext, target: Target) -> Reply:
         ask: TranscribeRequest = ctx.payload
@@ -105,6 +112,12 @@ class Speak(Operation):
         ask = ctx.payload = self.codec.speech(ctx.body)
         ctx.model, ctx.stream, ctx.binary = ask.model, True, True
         ctx.record.characters = len(ask.input)  # what speech is charged by
+
+    def estimate_usd(self, ctx: RequestContext, prices: Prices, target: Target,
+                     tokens_in: int, tokens_out: int) -> float | None:
+        """The input's characters, at the target's price per character."""
+        return prices.estimate_usd(target, tokens_in, tokens_out,
+                                   characters=ctx.record.characters or 0)
 
     async def call(self, ctx: RequestContext, target: Target) -> Reply:
         upstream = await target.provider.speak(target.model, ctx.payload)

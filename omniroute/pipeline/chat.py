@@ -18,6 +18,7 @@ import dataclasses
 from bisect import bisect_right
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import aclosing
+from functools import partial
 from itertools import accumulate
 
 from omniroute.errors import GatewayError, UpstreamError
@@ -91,16 +92,12 @@ class Chat(Operation):
             assert upstream.body is not None
             if request is None:
                 answer = upstream.body
-                set_usage(record, fmt.usage_from_body(answer))
-                if not usage_complete(record):  # decoded only when the counts are missing
-                    _estimate_passthrough(record, fmt, answer, self._client_request(ctx))
+                won = partial(self._passthrough_won, ctx, answer)
             else:  # a body that cannot be decoded is this target's failure (raised here)
                 response = provider_format.decode_response(upstream.body)
-                if ctx.tap is not None:
-                    ctx.tap.response(response)
                 answer = fmt.encode_response(response, request)
-                _estimate_answer(record, response, request)
-            return Reply(body=answer, status=upstream.status, headers=headers)
+                won = partial(_answered, ctx, response, request)
+            return Reply(body=answer, status=upstream.status, headers=headers, on_win=won)
         if request is None:  # pass-through: what one socket read brought leaves in one write
             reads = upstream.reads if upstream.reads is not None else _one_by_one(upstream)
             client = self._client_request(ctx)
@@ -120,6 +117,13 @@ class Chat(Operation):
             reply.frames = fmt.encode_stream(canonical, request)
         return reply
 
+    def _passthrough_won(self, ctx: RequestContext, answer: bytes) -> None:
+        """A pass-through JSON answer is the one served: its usage goes in the record."""
+        record, fmt = ctx.record, self.fmt
+        set_usage(record, fmt.usage_from_body(answer))
+        if not usage_complete(record):  # decoded only when the counts are missing
+            _estimate_passthrough(record, fmt, answer, self._client_request(ctx))
+
     @staticmethod
     def _client_request(ctx: RequestContext) -> ClientRequest:
         return ClientRequest(ctx.body, ctx.model, ctx.stream, ctx.headers, ctx.query)
@@ -138,10 +142,8 @@ class Chat(Operation):
         timeouts = provider.context.timeouts
         if not ctx.stream:
             response = await call_complete(provider, request, timeouts)
-            if ctx.tap is not None:
-                ctx.tap.response(response)
-            _estimate_answer(ctx.record, response, request)
-            return Reply(body=self.fmt.encode_response(response, request))
+            return Reply(body=self.fmt.encode_response(response, request),
+                         on_win=partial(_answered, ctx, response, request))
         events = await call_stream(provider, request, timeouts)  # its first event is there
         output = StreamOutput(ctx.record, ctx.started, self.fmt, request=request)
         canonical = output.events(events)
@@ -229,6 +231,14 @@ def _passed_headers(upstream: UpstreamResponse) -> dict[str, str]:
         if value and name not in headers:
             headers[name] = value
     return headers
+
+
+def _answered(ctx: RequestContext, response: c.Response, request: c.Request) -> None:
+    """A translated (or canonical) JSON answer is the one served: the cache's tap sees
+    it, and its counts go in the record."""
+    if ctx.tap is not None:
+        ctx.tap.response(response)
+    _estimate_answer(ctx.record, response, request)
 
 
 def _estimate_answer(

@@ -118,3 +118,7 @@ class Reply:
     attempt: Attempt | None = None
     #: completes the record once the answer has ended (a stream's usage estimate)
     on_end: Callable[[], Awaitable[None]] | None = None
+    #: what a target's answer writes into the request's shared state (the record's usage,
+    #: the cache's tap), applied by the pipeline only to the answer it serves: a call
+    #: that lost a hedged race may finish beside the winner, and must leave no trace
+    on_win: Callable[[], None] | None = None

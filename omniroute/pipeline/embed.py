@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import orjson
@@ -21,6 +22,7 @@ from omniroute.formats.base import Format
 from omniroute.pipeline.context import Reply, RequestContext
 from omniroute.pipeline.operation import Operation
 from omniroute.routing import Target
+from omniroute.storage import RequestRecord
 from omniroute.tokens import estimate_text
 
 #: a client body -> the request (raise ``InvalidRequest`` when it is malformed)
@@ -55,10 +57,16 @@ class Embed(Operation):
         ask: c.EmbedRequest = ctx.payload
         result = await target.provider.embed(target.model, ask.inputs, ask.options)
         tokens = c.token_count(result.prompt_tokens)  # any provider's, plugins' too
+        estimated = tokens is None
         if tokens is None:  # the upstream did not count: estimate, as for chat
             tokens = sum(estimate_text(text) for text in ask.inputs)
-            ctx.record.usage_estimated = True
-        ctx.record.prompt_tokens = tokens
-        ctx.record.completion_tokens = 0  # an embedding has no output tokens
         elapsed_ns = int((time.perf_counter() - ctx.started) * 1e9)
-        return Reply(body=orjson.dumps(self.encode(ask, result.vectors, tokens, elapsed_ns)))
+        return Reply(body=orjson.dumps(self.encode(ask, result.vectors, tokens, elapsed_ns)),
+                     on_win=partial(_counted, ctx.record, tokens, estimated))
+
+
+def _counted(record: RequestRecord, tokens: int, estimated: bool) -> None:
+    """The served answer's counts into the record (an embedding has no output tokens)."""
+    record.prompt_tokens, record.completion_tokens = tokens, 0
+    if estimated:
+        record.usage_estimated = True

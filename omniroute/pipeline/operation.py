@@ -10,7 +10,7 @@ relay and the request log. An operation says how to read the request
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import ClassVar, Protocol
 
 from aiohttp import web
 
@@ -22,8 +22,18 @@ from omniroute.pipeline.context import Reply, RequestContext
 from omniroute.routing import Target
 
 
+class Prices(Protocol):
+    """What an operation asks of the price book for an estimate (a budget's reservation)."""
+
+    def estimate_usd(self, target: Target, input_tokens: int, output_tokens: int, *,
+                     images: int = 0, seconds: float = 0.0,
+                     characters: int = 0) -> float | None:
+        """USD for these token counts (and ``images`` images, ``seconds`` of audio,
+        ``characters`` of speech) on ``target``, or None."""
+
+
 class Operation:
-    """Base class of operations (chat, embeddings, token counting, audio; later images)."""
+    """Base class of operations (chat, embeddings, token counting, images, audio)."""
 
     #: the operation's name, which stages look at (``"chat"``)
     name: ClassVar[str]
@@ -39,9 +49,10 @@ class Operation:
     #: the answer is generated content (its record has a time to the first content token,
     #: and a budget reserves output tokens for it)
     generates: ClassVar[bool] = False
-    #: a call slow to give its first byte may race the next target (hedging); False for
-    #: an operation whose whole answer is its first byte and is slow by nature (a long
-    #: transcription), where a race would only pay twice
+    #: a call slow to answer may race the next target (:mod:`omniroute.pipeline.hedge`);
+    #: False where a second call costs too much to start on a guess (image generation),
+    #: or where the whole answer is the first byte and is slow by nature (a long
+    #: transcription), so that a race would only pay twice
     hedged: ClassVar[bool] = True
 
     def __init__(self, fmt: Format, endpoint: str) -> None:
@@ -71,6 +82,12 @@ class Operation:
             return TargetUnsupported(f"{target.label} cannot serve {self.name} "
                                      f"(provider type {target.provider.type!r}).")
         return None
+
+    def estimate_usd(self, ctx: RequestContext, prices: Prices, target: Target,
+                     tokens_in: int, tokens_out: int) -> float | None:
+        """What this request would cost on ``target`` (a budget's reservation), or None
+        when its price is not known: by default its estimated tokens at the target's rate."""
+        return prices.estimate_usd(target, tokens_in, tokens_out)
 
     async def unserved(self, ctx: RequestContext, error: GatewayError) -> Reply:
         """The answer when no target served: by default ``error`` itself."""

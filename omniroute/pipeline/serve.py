@@ -304,6 +304,8 @@ class Pipeline:
             reply = await self._in_turn(operation, ctx, plan.targets, failures, one)
         if reply is None:
             return await operation.unserved(ctx, all_failed(route, failures, plan.skipped))
+        if reply.on_win is not None:  # the served answer's usage, the cache's tap
+            reply.on_win()
         if reply.frames is None:
             await finish(reply)  # a JSON answer is complete: release the slot now
         return reply  # a stream keeps its slot until it ends (see finish)

@@ -39,6 +39,9 @@ class Band:
     #: positive): the input price is already counted for every input token
     cache_read_delta: float
     cache_write_delta: float
+    #: what an image output token costs *instead of* an output token (genai-prices'
+    #: ``output_image_mtok``; 0 where the model has none, its images priced as output)
+    output_image_delta: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,9 +57,11 @@ class Rate:
     per_character: float = 0.0
 
     def cost(self, input_tokens: int, output_tokens: int, cache_read: int = 0,
-             cache_write: int = 0, *, seconds: float = 0.0, characters: int = 0) -> float:
-        """USD for one request's tokens (``input_tokens`` includes cache reads and writes),
-        seconds of audio and characters of speech.
+             cache_write: int = 0, output_image: int = 0, *, seconds: float = 0.0,
+             characters: int = 0) -> float:
+        """USD for one request's tokens (``input_tokens`` includes cache reads and writes,
+        ``output_tokens`` the ``output_image`` tokens of the images it made), seconds of
+        audio and characters of speech.
 
         Never negative: an upstream that reports more cached tokens than input tokens
         is taken to have cached all of them.
@@ -71,7 +76,8 @@ class Rate:
                     band = candidate
                     break
         cost = (band.per_request + band.input * input_tokens + band.output * output_tokens
-                + band.cache_read_delta * cache_read + band.cache_write_delta * cache_write)
+                + band.cache_read_delta * cache_read + band.cache_write_delta * cache_write
+                + band.output_image_delta * output_image)
         if seconds or characters:
             cost += self.per_second * seconds + self.per_character * characters
         return cost if cost > 0.0 else 0.0
@@ -120,9 +126,9 @@ def from_model_price(model_price: Any, *, source: str = "") -> Rate | None:
         return float((Decimal(model_price.calc_price(Usage(**usage))["total_price"]) - nothing)
                      / count)
 
-    def price(inp: int, out: int = 0, read: int = 0, write: int = 0) -> Decimal:
+    def price(inp: int, out: int = 0, read: int = 0, write: int = 0, image: int = 0) -> Decimal:
         usage = Usage(input_tokens=inp, output_tokens=out, cache_read_tokens=read,
-                      cache_write_tokens=write)
+                      cache_write_tokens=write, output_image_tokens=image)
         return Decimal(model_price.calc_price(usage)["total_price"])
 
     starts = sorted({tier.start for value in vars(model_price).values()
@@ -142,6 +148,7 @@ def from_model_price(model_price: Any, *, source: str = "") -> Rate | None:
             output=float(price(x, out=1) - base),
             cache_read_delta=float(price(x, read=1) - base),
             cache_write_delta=float(price(x, write=1) - base),
+            output_image_delta=float(price(x, out=1, image=1) - price(x, out=1)),
         )
         bands.append(band)
     per_second = unit_price(audio_seconds=3600)

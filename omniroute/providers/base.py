@@ -17,8 +17,15 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import aiohttp
 
 from omniroute.credentials import CredentialStore, MemoryCredentials
-from omniroute.errors import EmbeddingsNotSupported, TargetUnsupported, UpstreamError
+from omniroute.errors import (
+    EmbeddingsNotSupported,
+    ImagesNotSupported,
+    TargetUnsupported,
+    UpstreamError,
+)
+from omniroute.formats import canonical as c
 from omniroute.formats.audio import SpeechRequest, TranscribeRequest, Transcript
+from omniroute.providers.model_types import MODEL_TYPES, guess_model_type
 
 if TYPE_CHECKING:
     from omniroute.storage.store import Connection
@@ -39,17 +46,24 @@ class Preset:
 class Timeouts:
     """Upstream time bounds, rebuilt whenever the settings change."""
 
-    def __init__(self, *, connect: float, first_byte: float, idle: float, total: float) -> None:
+    def __init__(self, *, connect: float, first_byte: float, idle: float, total: float,
+                 image: float = 300.0) -> None:
         self.connect = connect
         self.first_byte = first_byte
         self.idle = idle
         self.total = total
+        #: seconds one image generation may take, first byte to last (or a local
+        #: server's job, submitted, polled and fetched)
+        self.image = image
         #: JSON calls: the answer must start within ``first_byte`` (every socket
         #: read is bounded by it); the whole exchange is bounded by ``total``.
         self.json = aiohttp.ClientTimeout(total=total, connect=connect, sock_read=first_byte)
         #: streams: every socket read is bounded by ``idle``; first event and
         #: total time are enforced by the caller.
         self.stream = aiohttp.ClientTimeout(total=None, connect=connect, sock_read=idle)
+        #: image generations: a long wait for the answer is normal, so ``image`` bounds
+        #: both the wait for it and the whole exchange
+        self.images = aiohttp.ClientTimeout(total=image, connect=connect, sock_read=image)
 
     @classmethod
     def from_settings(cls, settings: Any) -> Timeouts:
@@ -58,6 +72,7 @@ class Timeouts:
             first_byte=settings.first_byte_timeout,
             idle=settings.idle_timeout,
             total=settings.total_timeout,
+            image=settings.image_timeout,
         )
 
 
@@ -140,6 +155,11 @@ def checked_vectors(value: Any, count: int) -> list[list[float]]:
     return [[float(x) for x in v] for v in value]
 
 
+#: model types and the capability that serves each
+_KINDS = (("chat", "chat"), ("embedding", "embeddings"), ("image", "images"),
+          ("transcription", "transcription"), ("speech", "speech"))
+
+
 class Provider:
     """Base class of provider types. Subclass it and register it from a plugin.
 
@@ -159,10 +179,10 @@ class Provider:
     credential_fields: ClassVar[tuple[str, ...]] = ("api_key",)
     requires_credentials: ClassVar[bool] = True
     #: what a connection of this type can serve: ``"chat"``, ``"embeddings"`` (implement
-    #: :meth:`embed`), ``"count_tokens"`` (implement :meth:`count_tokens`),
-    #: ``"transcription"`` and ``"translation"`` (implement :meth:`transcribe`),
-    #: ``"speech"`` (implement :meth:`speak`). The gateway skips, without charging it, a
-    #: target whose type lacks what a request needs.
+    #: :meth:`embed`), ``"count_tokens"`` (implement :meth:`count_tokens`), ``"images"``
+    #: (implement :meth:`generate_images`), ``"transcription"`` and ``"translation"``
+    #: (implement :meth:`transcribe`), ``"speech"`` (implement :meth:`speak`). The
+    #: gateway skips, without charging it, a target whose type lacks what a request needs.
     capabilities: ClassVar[frozenset[str]] = frozenset({"chat"})
     #: ``"api_key"``, or ``"oauth"`` for subscription accounts (stricter circuit
     #: breaker; a 401/403 first triggers :meth:`refresh_credentials`)
@@ -195,6 +215,11 @@ class Provider:
         models = settings.get("models", [])
         if not isinstance(models, list) or not all(isinstance(m, str) for m in models):
             raise ValueError("models must be a list of model names")
+        types = settings.get("model_types", {})
+        if not isinstance(types, dict) or not all(
+                isinstance(k, str) and v in MODEL_TYPES for k, v in types.items()):
+            raise ValueError("model_types must map model names to one of "
+                             f"{', '.join(MODEL_TYPES)}")
         return settings, credentials
 
     @property
@@ -230,6 +255,27 @@ class Provider:
             the first chunk is in.
         """
         raise TargetUnsupported(f"Provider type {self.type!r} does not make speech.")
+    async def generate_images(self, model: str, request: c.ImageRequest) -> c.ImageResult:
+        """Make ``request.n`` images from ``request.prompt`` with ``model`` (capability
+        ``"images"``); raise a ``GatewayError`` on failure.
+
+        Bound the whole call by ``self.context.timeouts.image`` seconds (an HTTP call with
+        :attr:`Timeouts.images`). The default says this provider type makes no images (a
+        400 that the gateway treats as "skip this target", not as the account's failure).
+        """
+        raise ImagesNotSupported(
+            f"Provider type {self.type!r} (connection {self.connection.name!r}) does not "
+            "generate images.", param="model")
+
+    def model_type(self, model: str) -> str:
+        """What ``model`` makes (one of :data:`~omniroute.providers.model_types.MODEL_TYPES`),
+        for the model lists: the connection's ``model_types`` setting, else the only kind
+        this type serves, else what its name suggests. Override it when the upstream says."""
+        named = self.connection.settings.get("model_types") or {}
+        if model in named:
+            return str(named[model])
+        kinds = [kind for kind, capability in _KINDS if capability in self.capabilities]
+        return kinds[0] if len(kinds) == 1 else guess_model_type(model)
 
     async def count_tokens(
         self, body: dict[str, Any], client_headers: Mapping[str, str] | None = None

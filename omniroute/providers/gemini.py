@@ -8,6 +8,7 @@ the URL, never in the body (the API rejects unknown body fields).
 
 from __future__ import annotations
 
+import asyncio
 import math
 from collections.abc import Callable, Mapping
 from typing import Any, ClassVar
@@ -16,7 +17,9 @@ from urllib.parse import quote
 import orjson
 
 from omniroute.errors import GatewayError, UpstreamError, UpstreamStatusError
+from omniroute.formats import canonical as c
 from omniroute.formats.canonical import token_count
+from omniroute.formats.gemini import images as gemini_images
 from omniroute.hookspecs import hookimpl
 from omniroute.providers.base import (
     Embeddings,
@@ -50,9 +53,9 @@ class GeminiProvider(HTTPProvider):
     type = "gemini"
     price_provider = "google"
     format = "gemini"
-    capabilities = frozenset({"chat", "embeddings"})
     default_prefix = "gemini"
-    description = "Google Gemini API (generateContent)"
+    description = "Google Gemini API (generateContent; Imagen and Gemini image models)"
+    capabilities = frozenset({"chat", "embeddings", "images"})
     presets: ClassVar[Mapping[str, Preset]] = {p.name: p for p in _PRESETS}
     credential_fields = ("api_key",)
     requires_credentials = True
@@ -67,6 +70,8 @@ class GeminiProvider(HTTPProvider):
             headers["x-goog-api-key"] = connection.credentials["api_key"]
         self._json_headers = {**headers, "Accept": "application/json"}
         self._stream_headers = {**headers, "Accept": "text/event-stream"}
+        #: what the model list said each model makes (Imagen's ``predict``: images)
+        self._listed_types: dict[str, str] = {}
 
     @classmethod
     def configure(
@@ -118,7 +123,8 @@ class GeminiProvider(HTTPProvider):
                           model.removeprefix("models/"))
 
     async def list_models(self) -> list[str]:
-        """``GET /v1beta/models`` page by page: the models that can ``generateContent``."""
+        """``GET /v1beta/models`` page by page: the models that can ``generateContent``,
+        Imagen's (``predict``) and the embedding models (``embedContent``)."""
         listed: list[str] = []
         token: str | None = None
         for _ in range(_MAX_MODEL_PAGES):
@@ -130,14 +136,58 @@ class GeminiProvider(HTTPProvider):
                 if not isinstance(entry, dict) or not isinstance(entry.get("name"), str):
                     continue
                 methods = entry.get("supportedGenerationMethods")
-                if isinstance(methods, list) and "generateContent" not in methods:
-                    continue  # embedding and other non-chat models
-                listed.append(entry["name"].removeprefix("models/"))
+                name = entry["name"].removeprefix("models/")
+                if isinstance(methods, list) and "predict" in methods and is_imagen(name):
+                    self._listed_types[name] = "image"  # Imagen: models/{name}:predict
+                elif isinstance(methods, list) and "embedContent" in methods:
+                    self._listed_types[name] = "embedding"  # :batchEmbedContents
+                elif isinstance(methods, list) and "generateContent" not in methods:
+                    continue  # other models that neither chat nor embed
+                listed.append(name)
             token = data.get("nextPageToken") if isinstance(data, dict) else None
             if not token:
                 break
         configured = self.configured_models
         return configured + [m for m in listed if m not in configured]
+
+    def model_type(self, model: str) -> str:
+        listed = self._listed_types.get(model)
+        return listed if listed is not None else super().model_type(model)
+
+    async def generate_images(self, model: str, request: c.ImageRequest) -> c.ImageResult:
+        """Imagen: one ``:predict`` call for all ``n`` images. A Gemini image model makes
+        one image a ``:generateContent`` call: ``n`` calls at once (a failed one ends the
+        others), their images in order and their usage added up."""
+        timeout = self.context.timeouts.images
+        if is_imagen(model):
+            answer = await self.post_json(
+                self.model_url(model, "predict"), self._json_headers,
+                orjson.dumps(gemini_images.predict_request(request)), timeout=timeout)
+            assert answer.body is not None
+            return gemini_images.predict_answer(answer.body)
+        url, body = self.model_url(model, "generateContent"), orjson.dumps(
+            gemini_images.content_request(request))
+        calls = [asyncio.ensure_future(self.post_json(url, self._json_headers, body,
+                                                      timeout=timeout))
+                 for _ in range(request.n)]
+        try:
+            answers = await asyncio.gather(*calls)
+        except BaseException:  # one failed (or the request ended): the others stop too
+            for call in calls:
+                call.cancel()
+            await asyncio.wait(calls)
+            for call in calls:  # read, so no other failure is reported as unread
+                if not call.cancelled():
+                    call.exception()
+            raise
+        results = [gemini_images.content_answer(answer.body or b"") for answer in answers]
+        usage = c.Usage()
+        for part in results:
+            for name in ("input_tokens", "output_tokens"):
+                value = getattr(part.usage, name)
+                if value is not None:
+                    setattr(usage, name, (getattr(usage, name) or 0) + value)
+        return c.ImageResult([image for part in results for image in part.images], usage)
 
     # ---- errors ---------------------------------------------------------------------
     def error_from(
@@ -167,6 +217,10 @@ class GeminiProvider(HTTPProvider):
         return UpstreamStatusError(
             f"upstream stream error: {_str(err.get('message')) or err.get('status') or err}",
             status=status, code=_str(err.get("status")), body=orjson.dumps(data))
+
+
+def is_imagen(model: str) -> bool:
+    return gemini_images.is_imagen(model)
 
 
 def _error_object(body: bytes) -> dict[str, Any] | None:

@@ -193,34 +193,47 @@ class HTTPProvider(Provider):
         """
         return False
 
-    async def get_json(self, url: str, headers: Mapping[str, str]) -> Any:
-        timeouts = self.context.timeouts
-        try:
-            async with self.context.http.get(url, headers=headers, timeout=timeouts.json) as resp:
-                body = await resp.read()
-                if resp.status >= 400:
-                    raise self.error_from(resp.status, body, resp.headers)
-        except TimeoutError:
-            raise UpstreamTimeout(f"upstream did not answer within {timeouts.total:g}s") from None
-        except aiohttp.ClientError as exc:
-            raise UpstreamError(f"upstream unreachable: {_describe(exc)}") from None
+    async def get_json(self, url: str, headers: Mapping[str, str], *,
+                       timeout: aiohttp.ClientTimeout | None = None) -> Any:
+        """GET a JSON answer, bounded by ``timeout`` (default: the JSON call bounds)."""
+        body, _ = await self.get_bytes(url, headers, timeout=timeout)
         try:
             return orjson.loads(body)
         except orjson.JSONDecodeError:
             raise UpstreamError("upstream sent a response that is not JSON") from None
 
+    async def get_bytes(self, url: str, headers: Mapping[str, str], *,
+                        timeout: aiohttp.ClientTimeout | None = None) -> tuple[bytes, str]:
+        """GET a body and its content type, bounded by ``timeout`` (default: the JSON call
+        bounds); an HTTP error becomes the provider's typed error."""
+        bound = timeout or self.context.timeouts.json
+        try:
+            async with self.context.http.get(url, headers=headers, timeout=bound) as resp:
+                body = await resp.read()
+                if resp.status >= 400:
+                    raise self.error_from(resp.status, body, resp.headers)
+                return body, resp.content_type
+        except TimeoutError:
+            raise UpstreamTimeout(f"upstream did not answer within {bound.total:g}s") from None
+        except aiohttp.ClientError as exc:
+            raise UpstreamError(f"upstream unreachable: {_describe(exc)}") from None
+
     async def post_json(
-        self, url: str, headers: Mapping[str, str], data: bytes | aiohttp.FormData
+        self, url: str, headers: Mapping[str, str], data: bytes | aiohttp.FormData, *,
+        timeout: aiohttp.ClientTimeout | None = None,
     ) -> UpstreamResponse:
-        """POST and read the whole answer, which must be JSON (``UpstreamError`` if not)."""
-        answer = await self.post_body(url, headers, data)
+        """POST for a JSON answer (``UpstreamError`` if it is not JSON). ``timeout``: other
+        bounds than the JSON call's (an image generation's
+        :attr:`~omniroute.providers.base.Timeouts.images`)."""
+        answer = await self.post_body(url, headers, data, timeout=timeout)
         assert answer.body is not None
         if not answer.body.lstrip().startswith((b"{", b"[")):
             raise UpstreamError("upstream sent a response that is not JSON")
         return answer
 
     async def post_body(
-        self, url: str, headers: Mapping[str, str], data: bytes | aiohttp.FormData
+        self, url: str, headers: Mapping[str, str], data: bytes | aiohttp.FormData, *,
+        timeout: aiohttp.ClientTimeout | None = None,
     ) -> UpstreamResponse:
         """POST (a body, or a multipart form) and read the whole answer, of any type."""
         timeouts = self.context.timeouts
@@ -229,13 +242,16 @@ class HTTPProvider(Provider):
             # stall longer), so a hung upstream does not stall failover; the whole
             # exchange is bounded by total
             async with self.context.http.post(
-                url, data=data, headers=headers, timeout=timeouts.json
+                url, data=data, headers=headers, timeout=timeout or timeouts.json
             ) as resp:
                 body = await resp.read()
                 if resp.status >= 400:
                     raise self.error_from(resp.status, body, resp.headers)
                 kept = _kept_headers(resp.headers)
         except TimeoutError:
+            if timeout is not None:
+                raise UpstreamTimeout(
+                    f"upstream did not answer within {timeout.total:g}s") from None
             raise UpstreamTimeout(
                 f"upstream did not answer: nothing for {timeouts.first_byte:g}s, "
                 f"or over {timeouts.total:g}s in total") from None

@@ -14,8 +14,10 @@ import aiohttp
 import orjson
 
 from omniroute.errors import UpstreamError
+from omniroute.formats import canonical as c
 from omniroute.formats.audio import SpeechRequest, TranscribeRequest
 from omniroute.formats.canonical import token_count
+from omniroute.formats.openai import images as openai_images
 from omniroute.formats.openai.audio import speech_body
 from omniroute.hookspecs import hookimpl
 from omniroute.providers.base import (
@@ -65,7 +67,8 @@ class OpenAIProvider(HTTPProvider):
     type = "openai"
     price_provider = "openai"
     format = "openai"
-    capabilities = frozenset({"chat", "embeddings", "transcription", "translation", "speech"})
+    capabilities = frozenset({"chat", "embeddings", "images", "transcription", "translation",
+                              "speech"})
     default_prefix = "openai"
     description = "Any OpenAI-compatible Chat Completions API"
     presets: ClassVar[Mapping[str, Preset]] = {p.name: p for p in _PRESETS}
@@ -154,6 +157,13 @@ class OpenAIProvider(HTTPProvider):
         headers = {**self._json_headers, "Accept": "*/*"}
         return await self.post_stream(f"{self.base_url}/audio/speech", headers,
                                       orjson.dumps(speech_body(request, model)), framing=RAW)
+    async def generate_images(self, model: str, request: c.ImageRequest) -> c.ImageResult:
+        """``POST {base_url}/images/generations`` with the client's fields as sent."""
+        body = openai_images.encode_request(request, model)
+        answer = await self.post_json(f"{self.base_url}/images/generations", self._json_headers,
+                                      orjson.dumps(body), timeout=self.context.timeouts.images)
+        assert answer.body is not None
+        return openai_images.decode_answer(answer.body)
 
     async def list_models(self) -> list[str]:
         data = await self.get_json(f"{self.base_url}/models", self._json_headers)

@@ -154,9 +154,13 @@ MIGRATIONS: list[list[str]] = [
         # the budgets' read-back of recent windows and their prune select on window_start
         """CREATE INDEX key_spend_window ON key_spend(window_start)""",
     ],
-    # 5: audio usage and its prices (issue 11): what a transcription or a speech request
-    # is charged by, and the operator's per-second / per-character prices
+    # 5: image generation and audio (issue 11): images made per request and a per-image
+    # price; what a transcription or a speech request is charged by, and the operator's
+    # per-second / per-character prices
     [
+        """ALTER TABLE request_log ADD COLUMN images INTEGER""",
+        # USD per image, for models priced by the image (DALL-E, Imagen); NULL: by tokens
+        """ALTER TABLE price_overrides ADD COLUMN image REAL""",
         # seconds of audio transcribed or translated (the upstream's count, else measured)
         """ALTER TABLE request_log ADD COLUMN audio_seconds REAL""",
         # characters of text turned into speech

@@ -66,6 +66,8 @@ class RequestRecord:
     audio_seconds: float | None = None
     #: characters of text a speech request turned into audio
     characters: int | None = None
+    #: images an image generation made (None: not an image request)
+    images: int | None = None
 
 
 _FIELDS = [f.name for f in dataclasses.fields(RequestRecord)]

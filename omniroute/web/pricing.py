@@ -6,10 +6,11 @@ where it came from. ``PUT /api/pricing`` sets one override (or
 ``{"prices": [...]}`` several): ``model`` (a model name, ``prefix/model``, or
 ``*`` with a ``connection``), ``input`` and ``output`` in USD per 1M tokens,
 optional ``cache_read`` / ``cache_write`` (default: the input price), optional
+``image`` in USD per image (an image generation is then priced per image),
 ``per_second`` (USD per second of audio transcribed or translated) and
-``per_character`` (USD per character of speech input), optional
-``connection`` (an id: only that account). An audio model's override may give
-only ``per_second`` or ``per_character``: its token prices are then 0. ``DELETE /api/pricing`` with
+``per_character`` (USD per character of speech input); with one of these three
+given, ``input`` and ``output`` default to 0. Optional
+``connection`` (an id: only that account). ``DELETE /api/pricing`` with
 ``model`` (and ``connection``) in the query or the body removes one. Changes
 apply to requests from now on; recorded costs stay as they were.
 """
@@ -27,8 +28,9 @@ from omniroute.errors import GatewayError, InvalidRequest, NotFound
 from omniroute.pricing import Override
 from omniroute.web.tags import tag_route
 
-_FIELDS = ("input", "output", "cache_read", "cache_write", "per_second", "per_character")
-_UNITS = {"per_second": "USD per second of audio",
+_FIELDS = ("input", "output", "cache_read", "cache_write", "image", "per_second",
+           "per_character")
+_UNITS = {"image": "USD per image", "per_second": "USD per second of audio",
           "per_character": "USD per character of speech"}
 
 
@@ -60,17 +62,17 @@ async def _override(request: web.Request, item: Any) -> Override:
                              "'connection'.", param="model", code="invalid_price")
     if scope and await request.app[STORE].get_connection(scope) is None:
         raise NotFound(f"No provider connection {scope!r}.")
+    image = _price(item.get("image"), "image", required=False)
     per_second = _price(item.get("per_second"), "per_second", required=False)
     per_character = _price(item.get("per_character"), "per_character", required=False)
-    audio_only = (per_second is not None or per_character is not None) and not (
-        "input" in item or "output" in item)
-    input, output = (0.0, 0.0) if audio_only else (
-        _price(item.get(n), n, required=True) for n in ("input", "output"))
+    by_unit = image is not None or per_second is not None or per_character is not None
+    input, output = (_price(item.get(n, 0 if by_unit else None), n, required=True)
+                     for n in ("input", "output"))
     assert input is not None and output is not None
     return Override(model.strip(), input, output,
                     _price(item.get("cache_read"), "cache_read", required=False),
                     _price(item.get("cache_write"), "cache_write", required=False), scope,
-                    per_second, per_character)
+                    image, per_second, per_character)
 
 
 def _view(request: web.Request) -> dict[str, Any]:
@@ -95,6 +97,7 @@ async def get_pricing(request: web.Request) -> web.Response:
                 "subscription": target.provider.auth_kind == "oauth",
                 "source": rate.source if rate else None,
                 "per_million": rate.per_million() if rate else None,
+                "per_image": prices.image_price(target),
                 "per_second": rate.per_second if rate and rate.per_second else None,
                 "per_character": rate.per_character if rate and rate.per_character else None,
             })
@@ -110,7 +113,7 @@ async def put_pricing(request: web.Request) -> web.Response:
     store = request.app[STORE]
     for o in overrides:
         await store.put_price_override(o.scope, o.model, o.input, o.output, o.cache_read,
-                                       o.cache_write, o.per_second, o.per_character)
+                                       o.cache_write, o.image, o.per_second, o.per_character)
     await request.app[GATEWAY].reload()
     return web.json_response(_view(request))
 

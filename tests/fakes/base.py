@@ -68,6 +68,7 @@ Fake-initiated drops don't count.
 from __future__ import annotations
 
 import asyncio
+import base64
 import random
 import secrets
 import string
@@ -207,6 +208,21 @@ def fake_args(schema: Any) -> dict[str, Any]:
 def fake_vector(text: str, dimensions: int = 8) -> list[float]:
     """The fakes' embedding of ``text``: derived from its length, so tests can predict it."""
     return [(len(text) + k) / 100 for k in range(dimensions)]
+
+
+#: the first bytes of every PNG file
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def fake_image_bytes(prompt: str, index: int = 0) -> bytes:
+    """The fakes' image ``index`` of ``prompt``: PNG's signature, then the index and the
+    prompt, so tests can predict it (and media types are sniffed as PNG)."""
+    return PNG_MAGIC + f"{index}:{prompt}".encode()
+
+
+def fake_image(prompt: str, index: int = 0) -> str:
+    """:func:`fake_image_bytes` as base64, as image APIs send it."""
+    return base64.b64encode(fake_image_bytes(prompt, index)).decode()
 
 
 # ----------------------------------------------------------------------------- the base

@@ -200,6 +200,18 @@ class SemanticLayer(CacheLayer):
             outcome = "store:timeout"
         self.outcomes[outcome] += 1
 
+    async def delete(self, exact: str) -> bool:
+        if self.state != "ready":  # nothing was stored since it is not open
+            return False
+        removed = await asyncio.wait_for(
+            asyncio.wrap_future(self._worker.submit(self._delete, exact)), 30.0)
+        return bool(removed)
+
+    def _delete(self, exact: str) -> Removed:
+        removed = self._open_store().delete(exact)
+        self._unindex(removed)
+        return removed
+
     async def clear(self) -> None:
         if self.state == "closed":
             return

@@ -166,6 +166,10 @@ class EntryStore:
             rows.close()  # read only as far as needed, closed before the deletes
         return self._drop(doomed)
 
+    def delete(self, exact: str) -> Removed:
+        """Forget the entry of the exact key ``exact`` (what went: none or one row)."""
+        return self._delete("SELECT id, scope, bytes FROM entries WHERE exact = ?", (exact,))
+
     def clear(self) -> None:
         self._db.execute("DELETE FROM entries")
         self.count = self.bytes = 0

@@ -204,6 +204,18 @@ async def test_clear(layers: Layers) -> None:
     assert stats["entries"] == 0 and stats["scopes"] == 0
 
 
+async def test_delete_by_exact_key(layers: Layers) -> None:
+    layer = await layers.make()
+    hamlet, ocean = make_key("Who wrote Hamlet?"), make_key("How deep is the ocean?")
+    await layer.store(hamlet, b"Shakespeare", 3600)
+    await layer.store(ocean, b"Very deep", 3600)
+    assert await layer.delete(hamlet.exact) is True
+    assert await layer.delete(hamlet.exact) is False  # already gone
+    assert await layer.lookup(make_key("Who wrote Hamlet?")) is None  # out of the index too
+    assert (await layer.lookup(make_key("How deep is the ocean?"))) is not None
+    assert (await layer.stats())["entries"] == 1
+
+
 async def test_off_by_default_and_turned_on_at_run_time(layers: Layers) -> None:
     layers.set(semantic_cache=False)
     layer = await layers.make(start=False)
