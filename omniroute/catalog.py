@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from omniroute.config import Config, ConfigError, Settings
+from omniroute.credentials import sign_in_required
 from omniroute.errors import GatewayError
 from omniroute.formats.base import ModelInfo
 from omniroute.providers.base import Provider, ProviderContext, Timeouts
@@ -106,6 +107,9 @@ class Catalog:
         self.connections = {c.id: c for c in connections}
         self.providers = providers
         self.resilience.retain(set(providers))
+        for conn_id, provider in providers.items():  # OAuth accounts marked "needs sign-in"
+            self.resilience.sign_in_needed(conn_id,
+                                           sign_in_required(provider.connection.credentials))
         self.provider_errors = errors
         self.aliases = await store.list_aliases()
         self.combos = await store.list_combos()
@@ -129,6 +133,7 @@ class Catalog:
         self.timeouts = Timeouts.from_settings(self.settings)
         opened = self._opened()
         opened.context.timeouts = self.timeouts
+        opened.context.refresh_margin = self.settings.oauth_refresh_margin
         self.resilience.configure(self.settings)
         request_log = opened.request_log
         request_log.enabled = self.settings.request_log

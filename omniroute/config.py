@@ -36,6 +36,20 @@ def default_data_dir() -> Path:
     return Path.home() / ".omniroute"
 
 
+#: the variables that say where the agent CLIs live on this machine (omniroute.clitools):
+#: the home and PATH, XDG's config home, and the tools' own directory overrides
+TOOL_ENV_VARS = ("HOME", "PATH", "XDG_CONFIG_HOME", "CLAUDE_CONFIG_DIR", "CODEX_HOME",
+                 "GEMINI_CLI_HOME", "CONTINUE_GLOBAL_DIR")
+
+
+def tool_environ(environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The :data:`TOOL_ENV_VARS` that are set (``HOME`` always: the user's home)."""
+    env = os.environ if environ is None else environ
+    found = {name: env[name] for name in TOOL_ENV_VARS if env.get(name)}
+    found.setdefault("HOME", str(Path.home()))
+    return found
+
+
 @dataclass(frozen=True)
 class Config:
     """Start-up configuration (immutable while the gateway runs)."""
@@ -60,6 +74,9 @@ class Config:
     #: prometheus-client's multiprocess directory: set by ``serve`` for ``--workers`` > 1
     #: (a fresh one per run, also exported as ``PROMETHEUS_MULTIPROC_DIR`` to the workers)
     metrics_dir: Path | None = None
+    #: where the agent CLIs live (``omniroute connect``, ``/api/cli-tools``): the
+    #: :data:`TOOL_ENV_VARS` of the environment the configuration was read in
+    tool_env: Mapping[str, str] = field(default_factory=tool_environ)
 
     @property
     def db_path(self) -> Path:
@@ -230,6 +247,7 @@ def load_config(
         cors_origins=web_origins(values["cors_origins"]),
         settings_defaults=Settings.coerce_all(defaults, source=str(path)),
         settings_env=settings_from_env(env),
+        tool_env=tool_environ(env),
     )
 
 
@@ -382,6 +400,9 @@ class Settings:
     cache_max_bytes: int = 64 * 1024 * 1024  # ... and bytes, least recently used go first
     cache_db_max_entries: int = 100_000  # sqlite backend: entries kept
     cache_max_entry_bytes: int = 1024 * 1024  # a larger answer is not cached
+    # subscription (OAuth) accounts (omniroute.oauth): tokens renewed before they lapse
+    oauth_refresh_margin: float = 300.0  # seconds left when a token is renewed before a call
+    oauth_refresh_interval: float = 60.0  # seconds between the background renewal sweeps
     # semantic cache (plugins/omniroute-semantic-cache): a layer behind the exact cache that
     # answers a reworded single-turn question from a stored answer; off by default
     semantic_cache: bool = False

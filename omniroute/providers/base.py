@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import aiohttp
 
-from omniroute.credentials import CredentialStore, MemoryCredentials
+from omniroute.credentials import CredentialStore, MemoryCredentials, Refresher
 from omniroute.errors import (
     EmbeddingsNotSupported,
     ImagesNotSupported,
@@ -85,6 +85,12 @@ class ProviderContext:
     user_agent: str = "omniroute"
     #: where renewed credentials are kept (:meth:`Provider.save_credentials`)
     credentials: CredentialStore = field(default_factory=MemoryCredentials)
+    #: renews credentials once per connection at a time (OAuth types ask it before a
+    #: call whose token is about to lapse; the data path asks it after a 401/403)
+    refresher: Refresher = field(default_factory=Refresher)
+    #: seconds before an access token lapses when it is renewed ahead of a call
+    #: (the ``oauth_refresh_margin`` setting)
+    refresh_margin: float = 300.0
 
 
 @dataclass(slots=True)
@@ -312,6 +318,12 @@ class Provider:
         # upstream just rotated would otherwise be lost with the old one spent
         self.connection.credentials = new
         await self.context.credentials.save(self.connection.id, new)
+
+    def quota_view(self) -> dict[str, Any] | None:
+        """The account's quota as its service last reported it (subscriptions: windows,
+        remaining, resets; see :mod:`omniroute.oauth.quota`), for ``/api/rate-limits``;
+        None when the type reads none."""
+        return None
 
     async def list_models(self) -> list[str]:
         """The model names this connection offers (without prefix)."""

@@ -57,7 +57,7 @@ class GeminiProvider(HTTPProvider):
     description = "Google Gemini API (generateContent; Imagen and Gemini image models)"
     capabilities = frozenset({"chat", "embeddings", "images"})
     presets: ClassVar[Mapping[str, Preset]] = {p.name: p for p in _PRESETS}
-    credential_fields = ("api_key",)
+    credential_fields: ClassVar[tuple[str, ...]] = ("api_key",)
     requires_credentials = True
 
     def __init__(self, connection: Connection, context: ProviderContext) -> None:

@@ -186,6 +186,10 @@ class HTTPProvider(Provider):
             return None
         return self.stream_error(self.framing.json(frame))
 
+    def answered(self, status: int, headers: Mapping[str, str]) -> None:
+        """Told the status and headers of every upstream answer, success or error, before
+        its body is read (override: a subscription reads its quota headers here)."""
+
     def skips_frame(self, frame: bytes) -> bool:
         """True for frames that do not count as the stream's first event (keep-alives).
 
@@ -209,6 +213,7 @@ class HTTPProvider(Provider):
         bound = timeout or self.context.timeouts.json
         try:
             async with self.context.http.get(url, headers=headers, timeout=bound) as resp:
+                self.answered(resp.status, resp.headers)
                 body = await resp.read()
                 if resp.status >= 400:
                     raise self.error_from(resp.status, body, resp.headers)
@@ -244,6 +249,7 @@ class HTTPProvider(Provider):
             async with self.context.http.post(
                 url, data=data, headers=headers, timeout=timeout or timeouts.json
             ) as resp:
+                self.answered(resp.status, resp.headers)
                 body = await resp.read()
                 if resp.status >= 400:
                     raise self.error_from(resp.status, body, resp.headers)
@@ -289,6 +295,7 @@ class HTTPProvider(Provider):
             async with asyncio.timeout(timeouts.first_byte):
                 resp = await self.context.http.post(
                     url, data=data, headers=headers, timeout=timeouts.stream)
+                self.answered(resp.status, resp.headers)
                 if resp.status >= 400:
                     raise self.error_from(resp.status, await resp.read(), resp.headers)
                 reader = _FrameReader(resp, framing.splitter(), timeouts)

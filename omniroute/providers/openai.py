@@ -65,14 +65,14 @@ class OpenAIProvider(HTTPProvider):
     (``/audio/transcriptions``, ``/audio/translations``, ``/audio/speech``) passed through."""
 
     type = "openai"
-    price_provider = "openai"
+    price_provider: ClassVar[str | None] = "openai"
     format = "openai"
     capabilities = frozenset({"chat", "embeddings", "images", "transcription", "translation",
                               "speech"})
     default_prefix = "openai"
     description = "Any OpenAI-compatible Chat Completions API"
     presets: ClassVar[Mapping[str, Preset]] = {p.name: p for p in _PRESETS}
-    credential_fields = ("api_key",)
+    credential_fields: ClassVar[tuple[str, ...]] = ("api_key",)
     requires_credentials = False  # a custom base URL (a local server) may need no key
 
     def __init__(self, connection: Connection, context: ProviderContext) -> None:
