@@ -19,17 +19,19 @@ reads the request and shapes the answer:
 
 from __future__ import annotations
 
+from functools import partial
 from typing import ClassVar
 
 from aiohttp import web
 
 from omniroute.bodies import read_form
 from omniroute.config import Settings
-from omniroute.formats.audio import AudioCodec, TranscribeRequest, wav_seconds
+from omniroute.formats.audio import AudioCodec, TranscribeRequest, Transcription, wav_seconds
 from omniroute.formats.base import Format
 from omniroute.pipeline.context import Reply, RequestContext
 from omniroute.pipeline.operation import Operation, Prices
 from omniroute.routing import Target
+from omniroute.storage import RequestRecord
 
 #: upstream answer headers passed on to the client
 _PASSED_HEADERS = (("x-request-id", "X-Upstream-Request-Id"),)
@@ -79,13 +81,17 @@ class Transcribe(Operation):
         else:
             assert done.body is not None
             answer = self.codec.relayed(ask, done.body, done.content_type)
-        record = ctx.record
-        if answer.seconds is not None:
-            record.audio_seconds = answer.seconds
-        if answer.input_tokens is not None or answer.output_tokens is not None:
-            record.prompt_tokens, record.completion_tokens = (answer.input_tokens,
-                                                              answer.output_tokens)
-        return Reply(body=answer.body, content_type=answer.content_type)
+        return Reply(body=answer.body, content_type=answer.content_type,
+                     on_win=partial(_counted, ctx.record, answer))
+
+
+def _counted(record: RequestRecord, answer: Transcription) -> None:
+    """The served answer's usage into the record: its seconds (the measured length stays
+    when the upstream said none) and the tokens of an upstream that bills by them."""
+    if answer.seconds is not None:
+        record.audio_seconds = answer.seconds
+    if answer.input_tokens is not None or answer.output_tokens is not None:
+        record.prompt_tokens, record.completion_tokens = answer.input_tokens, answer.output_tokens
 
 
 class Translate(Transcribe):
