@@ -45,8 +45,9 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True, slots=True)
 class Override:
-    """An operator's price, USD per 1M tokens. ``scope`` is a connection id, or ``""``
-    for every connection; ``model`` is a model name or ``*`` (every model of the scope)."""
+    """An operator's price, USD per 1M tokens, and for audio USD per second of audio
+    and per character of speech. ``scope`` is a connection id, or ``""`` for every
+    connection; ``model`` is a model name or ``*`` (every model of the scope)."""
 
     model: str
     input: float
@@ -56,15 +57,20 @@ class Override:
     scope: str = ""
     #: USD per image an image generation makes (None: priced by its tokens)
     image: float | None = None
+    #: USD per second of audio transcribed, and per character of speech (None: 0)
+    per_second: float | None = None
+    per_character: float | None = None
 
     def rate(self) -> Rate:
         where = f"override:{self.scope or '*'}/{self.model}"
-        return flat(self.input, self.output, self.cache_read, self.cache_write, source=where)
+        return flat(self.input, self.output, self.cache_read, self.cache_write, source=where,
+                    per_second=self.per_second or 0.0, per_character=self.per_character or 0.0)
 
     def public(self) -> dict[str, Any]:
         return {"connection": self.scope or None, "model": self.model, "input": self.input,
                 "output": self.output, "cache_read": self.cache_read,
-                "cache_write": self.cache_write, "image": self.image}
+                "cache_write": self.cache_write, "image": self.image,
+                "per_second": self.per_second, "per_character": self.per_character}
 
 
 #: a looked-up price that was not found (kept, so a miss is not looked up again)
@@ -150,9 +156,10 @@ class PriceBook:
     # ------------------------------------------------------------------ requests
 
     def charge(self, record: RequestRecord, target: Target | None) -> None:
-        """Set ``record.cost_usd`` (and ``list_cost_usd`` for a subscription) from its tokens.
+        """Set ``record.cost_usd`` (and ``list_cost_usd`` for a subscription) from its tokens,
+        its seconds of audio and its characters of speech.
 
-        Leaves them None when nothing answered, no tokens are known, or the price is not.
+        Leaves them None when nothing answered, no usage is known, or the price is not.
         """
         if target is None:
             return
@@ -162,7 +169,8 @@ class PriceBook:
             if per_image is not None:
                 cost = per_image * record.images
         if cost is None:
-            if record.prompt_tokens is None and record.completion_tokens is None:
+            if (record.prompt_tokens is None and record.completion_tokens is None
+                    and record.audio_seconds is None and record.characters is None):
                 return
             rate = self.rate(target)
             if rate is None:
@@ -170,14 +178,17 @@ class PriceBook:
             output = record.completion_tokens or 0
             cost = rate.cost(record.prompt_tokens or 0, output, record.cached_tokens or 0,
                              record.cache_write_tokens or 0,
-                             output if record.images else 0)
+                             output if record.images else 0,
+                             seconds=record.audio_seconds or 0.0,
+                             characters=record.characters or 0)
         if target.provider.auth_kind == "oauth":
             record.cost_usd, record.list_cost_usd = 0.0, cost
         else:
             record.cost_usd = cost
 
     def estimate_usd(self, target: Target, input_tokens: int, output_tokens: int, *,
-                     images: int = 0) -> float | None:
+                     images: int = 0, seconds: float = 0.0,
+                     characters: int = 0) -> float | None:
         """What a request of this size would cost on ``target`` (budget reservations);
         a subscription costs 0, an unknown price None. ``images``: an image generation
         of that many images (its output tokens are the images')."""
@@ -190,7 +201,8 @@ class PriceBook:
         rate = self.rate(target)
         if rate is None:
             return None
-        return rate.cost(input_tokens, output_tokens, output_image=output_tokens if images else 0)
+        return rate.cost(input_tokens, output_tokens, output_image=output_tokens if images else 0,
+                         seconds=seconds, characters=characters)
 
 
 def _genai_rate(model: str, base_url: str | None, provider_id: str | None) -> Rate | None:

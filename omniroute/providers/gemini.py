@@ -16,16 +16,19 @@ from urllib.parse import quote
 
 import orjson
 
-from omniroute.errors import GatewayError, UpstreamStatusError
+from omniroute.errors import GatewayError, UpstreamError, UpstreamStatusError
 from omniroute.formats import canonical as c
+from omniroute.formats.canonical import token_count
 from omniroute.formats.gemini import images as gemini_images
 from omniroute.hookspecs import hookimpl
 from omniroute.providers.base import (
+    Embeddings,
     Preset,
     Provider,
     ProviderContext,
     UpstreamCall,
     UpstreamResponse,
+    checked_vectors,
 )
 from omniroute.providers.http import HTTPProvider, http_settings
 from omniroute.storage.store import Connection
@@ -52,7 +55,7 @@ class GeminiProvider(HTTPProvider):
     format = "gemini"
     default_prefix = "gemini"
     description = "Google Gemini API (generateContent; Imagen and Gemini image models)"
-    capabilities = frozenset({"chat", "images"})
+    capabilities = frozenset({"chat", "embeddings", "images"})
     presets: ClassVar[Mapping[str, Preset]] = {p.name: p for p in _PRESETS}
     credential_fields: ClassVar[tuple[str, ...]] = ("api_key",)
     requires_credentials = True
@@ -91,8 +94,37 @@ class GeminiProvider(HTTPProvider):
         return await self.post_json(
             self.model_url(call.model, "generateContent"), self._json_headers, data)
 
+    async def embed(self, model: str, inputs: list[str], options: dict[str, Any]) -> Embeddings:
+        """``POST {api_root}/models/{model}:batchEmbedContents``, one request per input.
+
+        Body ``{"requests": [{"model": "models/M", "content": {"parts": [{"text"}]},
+        "outputDimensionality"?}]}``; answer ``{"embeddings": [{"values": [...]}]}`` in
+        input order (ai.google.dev/api/embeddings). The API counts no tokens here.
+        """
+        name = f"models/{model.removeprefix('models/')}"
+        dimensions = options.get("dimensions")
+        requests = []
+        for text in inputs:
+            one: dict[str, Any] = {"model": name, "content": {"parts": [{"text": text}]}}
+            if dimensions is not None:
+                one["outputDimensionality"] = dimensions
+            requests.append(one)
+        answer = await self.post_json(self.model_url(model, "batchEmbedContents"),
+                                      self._json_headers, orjson.dumps({"requests": requests}))
+        assert answer.body is not None
+        try:
+            data = orjson.loads(answer.body)
+            vectors = [item["values"] for item in data["embeddings"]]
+        except (orjson.JSONDecodeError, KeyError, TypeError):
+            raise UpstreamError("upstream sent a malformed embeddings answer") from None
+        usage = data.get("usageMetadata") if isinstance(data, dict) else None
+        tokens = usage.get("promptTokenCount") if isinstance(usage, dict) else None
+        return Embeddings(checked_vectors(vectors, len(inputs)), token_count(tokens),
+                          model.removeprefix("models/"))
+
     async def list_models(self) -> list[str]:
-        """``GET /v1beta/models`` page by page: the models that can ``generateContent``."""
+        """``GET /v1beta/models`` page by page: the models that can ``generateContent``,
+        Imagen's (``predict``) and the embedding models (``embedContent``)."""
         listed: list[str] = []
         token: str | None = None
         for _ in range(_MAX_MODEL_PAGES):
@@ -107,8 +139,10 @@ class GeminiProvider(HTTPProvider):
                 name = entry["name"].removeprefix("models/")
                 if isinstance(methods, list) and "predict" in methods and is_imagen(name):
                     self._listed_types[name] = "image"  # Imagen: models/{name}:predict
+                elif isinstance(methods, list) and "embedContent" in methods:
+                    self._listed_types[name] = "embedding"  # :batchEmbedContents
                 elif isinstance(methods, list) and "generateContent" not in methods:
-                    continue  # embedding and other non-chat models
+                    continue  # other models that neither chat nor embed
                 listed.append(name)
             token = data.get("nextPageToken") if isinstance(data, dict) else None
             if not token:

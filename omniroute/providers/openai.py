@@ -10,23 +10,27 @@ from collections.abc import Callable, Mapping
 from typing import Any, ClassVar
 from urllib.parse import urlsplit
 
+import aiohttp
 import orjson
 
 from omniroute.errors import UpstreamError
 from omniroute.formats import canonical as c
+from omniroute.formats.audio import SpeechRequest, TranscribeRequest
 from omniroute.formats.canonical import token_count
 from omniroute.formats.openai import images as openai_images
+from omniroute.formats.openai.audio import speech_body
 from omniroute.hookspecs import hookimpl
 from omniroute.providers.base import (
     Embeddings,
     Preset,
     Provider,
     ProviderContext,
+    Transcribed,
     UpstreamCall,
     UpstreamResponse,
     checked_vectors,
 )
-from omniroute.providers.http import HTTPProvider
+from omniroute.providers.http import RAW, HTTPProvider
 from omniroute.storage.store import Connection
 
 _PRESETS = [
@@ -41,6 +45,11 @@ _PRESETS = [
     Preset("nvidia", "https://integrate.api.nvidia.com/v1", "nvidia", "NVIDIA NIM"),
     Preset("cerebras", "https://api.cerebras.ai/v1", "cerebras", "Cerebras"),
     Preset("perplexity", "https://api.perplexity.ai", "pplx", "Perplexity"),
+    # embeddings (and chat) services with OpenAI-compatible APIs (each vendor's API docs)
+    Preset("nebius", "https://api.tokenfactory.nebius.com/v1", "nebius",
+           "Nebius Token Factory (formerly AI Studio)"),
+    Preset("jina", "https://api.jina.ai/v1", "jina", "Jina AI (embeddings)"),
+    Preset("github", "https://models.github.ai/inference", "github", "GitHub Models"),
     Preset("vllm", "http://127.0.0.1:8000/v1", "vllm", "vLLM (local)", needs_api_key=False),
     Preset("llamacpp", "http://127.0.0.1:8080/v1", "llamacpp", "llama.cpp server (local)",
            needs_api_key=False),
@@ -52,12 +61,14 @@ _PRESETS = [
 
 
 class OpenAIProvider(HTTPProvider):
-    """OpenAI Chat Completions over HTTP (JSON and SSE)."""
+    """OpenAI Chat Completions over HTTP (JSON and SSE); embeddings, and the audio API
+    (``/audio/transcriptions``, ``/audio/translations``, ``/audio/speech``) passed through."""
 
     type = "openai"
     price_provider: ClassVar[str | None] = "openai"
     format = "openai"
-    capabilities = frozenset({"chat", "embeddings", "images"})
+    capabilities = frozenset({"chat", "embeddings", "images", "transcription", "translation",
+                              "speech"})
     default_prefix = "openai"
     description = "Any OpenAI-compatible Chat Completions API"
     presets: ClassVar[Mapping[str, Preset]] = {p.name: p for p in _PRESETS}
@@ -78,6 +89,8 @@ class OpenAIProvider(HTTPProvider):
             headers["Authorization"] = f"Bearer {api_key}"
         self._json_headers = {**headers, "Accept": "application/json"}
         self._stream_headers = {**headers, "Accept": "text/event-stream"}
+        #: a multipart upload sets its own Content-Type (with the boundary)
+        self._form_headers = {k: v for k, v in headers.items() if k != "Content-Type"}
 
     @classmethod
     def configure(
@@ -123,6 +136,27 @@ class OpenAIProvider(HTTPProvider):
         assert answer.body is not None
         return embeddings_from(answer.body, model, len(inputs))
 
+    async def transcribe(self, model: str, request: TranscribeRequest) -> Transcribed:
+        """``POST {base_url}/audio/transcriptions`` (or ``/translations``): the client's form
+        as it sent it, with the upstream's model; the answer comes back as it is."""
+        path = "translations" if request.task == "translate" else "transcriptions"
+        form = aiohttp.FormData()
+        form.add_field("model", model)
+        for name, values in request.fields.items():
+            for value in values:
+                form.add_field(name, value)
+        upload = request.file
+        form.add_field("file", upload.data, filename=upload.filename,
+                       content_type=upload.content_type or "application/octet-stream")
+        answer = await self.post_body(f"{self.base_url}/audio/{path}", self._form_headers, form)
+        return Transcribed(body=answer.body,
+                           content_type=answer.headers.get("content-type", ""))
+
+    async def speak(self, model: str, request: SpeechRequest) -> UpstreamResponse:
+        """``POST {base_url}/audio/speech``: the audio streams back chunk by chunk."""
+        headers = {**self._json_headers, "Accept": "*/*"}
+        return await self.post_stream(f"{self.base_url}/audio/speech", headers,
+                                      orjson.dumps(speech_body(request, model)), framing=RAW)
     async def generate_images(self, model: str, request: c.ImageRequest) -> c.ImageResult:
         """``POST {base_url}/images/generations`` with the client's fields as sent."""
         body = openai_images.encode_request(request, model)
