@@ -390,6 +390,7 @@ async def post_form(gw: Any, fields: dict[str, str], file: tuple[str, bytes, str
     ({"model": WHISPER}, upload("notes.txt", b"hello", "text/plain"), 400, "file"),
     ({"model": WHISPER}, upload(data=b""), 400, "file"),
     ({"model": "nope/whisper-1"}, upload(), 400, "model"),
+    ({"model": WHISPER, "stream": "true"}, upload(), 400, "stream"),
 ])
 async def test_bad_uploads_are_clear_4xx(gw: Any, path: str, fields: dict[str, str],
                                          file: Any, status: int, param: str) -> None:
@@ -397,6 +398,16 @@ async def test_bad_uploads_are_clear_4xx(gw: Any, path: str, fields: dict[str, s
     assert got == status, body
     assert body["error"]["param"] == param and body["error"]["type"] == "invalid_request_error"
     assert not audio_requests(gw.fake)
+
+
+async def test_a_streamed_transcription_is_refused_not_forwarded(gw: Any, sdk: Any) -> None:
+    with pytest.raises(openai.BadRequestError) as caught:
+        await sdk.audio.transcriptions.create(model=WHISPER, file=upload(), stream=True)
+    error = caught.value.body
+    assert error["param"] == "stream" and error["code"] == "stream_not_supported"
+    assert not audio_requests(gw.fake)
+    got, body = await post_form(gw, {"model": WHISPER, "stream": "false"}, upload())
+    assert got == 200, body
 
 
 async def test_unknown_model_and_bad_format_through_the_sdk(gw: Any, sdk: Any) -> None:
@@ -548,3 +559,27 @@ async def test_a_slow_transcription_is_not_raced(gw: Any, sdk: Any, dg: FakeDeep
     gw.fake.script.append(hang_before_headers(1.0))
     raw = await sdk.audio.transcriptions.with_raw_response.create(model="stt", file=upload())
     assert raw.headers["X-OmniRoute-Provider"] == "up" and not dg.requests
+
+
+# ----------------------------------------------------------------------------- routes
+
+async def test_the_media_routes_answer_without_the_v1_prefix(gw: Any) -> None:
+    """README: the OpenAI routes also answer without ``/v1``; an SDK pointed at the bare
+    gateway drives the audio endpoints, and the model lists answer as under ``/v1``."""
+    bare = openai.AsyncOpenAI(base_url=gw.base_url, api_key="sk-client", max_retries=0,
+                              timeout=20)
+    try:
+        heard = await bare.audio.transcriptions.create(model=WHISPER, file=upload())
+        assert heard.text == HEARD
+        translated = await bare.audio.translations.create(model=WHISPER, file=upload())
+        assert translated.text == f"(in English) {HEARD}"
+        speech = await bare.audio.speech.create(model="up/tts-1", voice="alloy", input="Hi")
+        assert speech.content == spoken("Hi", "mp3")
+    finally:
+        await bare.close()
+    assert [r.path for r in audio_requests(gw.fake)] == [
+        "/v1/audio/transcriptions", "/v1/audio/translations", "/v1/audio/speech"]
+    for path in ("/embeddings", "/images/generations", "/models/up/gpt-4o"):
+        bare_resp, v1_resp = await gw.client.get(path), await gw.client.get("/v1" + path)
+        assert bare_resp.status == v1_resp.status == 200, path
+        assert await bare_resp.json() == await v1_resp.json()

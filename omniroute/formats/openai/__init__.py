@@ -145,8 +145,11 @@ class OpenAIFormat(Format):
         ClientRoute("POST", "/embeddings", "embeddings", "embeddings"),
         ClientRoute("POST", "/v1/providers/{provider}/embeddings", "embeddings", "embeddings"),
         ClientRoute("POST", "/v1/audio/transcriptions", "transcription", "audio.transcriptions"),
+        ClientRoute("POST", "/audio/transcriptions", "transcription", "audio.transcriptions"),
         ClientRoute("POST", "/v1/audio/translations", "translation", "audio.translations"),
+        ClientRoute("POST", "/audio/translations", "translation", "audio.translations"),
         ClientRoute("POST", "/v1/audio/speech", "speech", "audio.speech"),
+        ClientRoute("POST", "/audio/speech", "speech", "audio.speech"),
         ClientRoute("POST", "/v1/providers/{provider}/audio/transcriptions", "transcription",
                     "audio.transcriptions"),
         ClientRoute("POST", "/v1/providers/{provider}/audio/translations", "translation",
@@ -157,10 +160,13 @@ class OpenAIFormat(Format):
         ClientRoute("POST", "/v1/providers/{provider}/images/generations", "images",
                     "images.generations"),
         ClientRoute("GET", "/v1/images/generations", "models", model_type="image"),
+        ClientRoute("GET", "/images/generations", "models", model_type="image"),
         ClientRoute("GET", "/v1/embeddings", "models", model_type="embedding"),
+        ClientRoute("GET", "/embeddings", "models", model_type="embedding"),
         ClientRoute("GET", "/v1/models", "models"),
         ClientRoute("GET", "/models", "models"),
         ClientRoute("GET", "/v1/models/{model:.+}", "model"),
+        ClientRoute("GET", "/models/{model:.+}", "model"),
     )
 
     # ------------------------------------------------------------------ client side

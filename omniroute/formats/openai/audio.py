@@ -70,6 +70,7 @@ class OpenAIAudio(AudioCodec):
                                  f"part of the multipart form (got {sent}).", param="file",
                                  code="missing_file")
         upload = _audio_file(upload)
+        _no_stream(form.text("stream"))
         response_format = form.text("response_format") or "json"
         if response_format not in RESPONSE_FORMATS:
             raise InvalidRequest(f"'response_format' must be one of {', '.join(RESPONSE_FORMATS)}"
@@ -212,6 +213,15 @@ def _audio_file(upload: Upload) -> Upload:
     raise InvalidRequest(f"Unsupported audio format ({name or upload.content_type or 'unknown'})"
                          f"; supported: {', '.join(AUDIO_EXTENSIONS)}.", param="file",
                          code="unsupported_audio_format")
+
+
+def _no_stream(value: str | None) -> None:
+    """Streamed transcripts (``stream=true``, server-sent ``transcript.text.delta``
+    events) are not served: a clear 400 rather than an event stream relayed as a body."""
+    if value is not None and value.strip().lower() in ("true", "1"):
+        raise InvalidRequest("This gateway does not stream transcriptions; send the request "
+                             "without 'stream' to get the finished transcript.",
+                             param="stream", code="stream_not_supported")
 
 
 def _number(value: str | None, name: str, low: float, high: float) -> float | None:
