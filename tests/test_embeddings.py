@@ -142,6 +142,30 @@ async def test_gemini_usage_is_estimated_when_the_api_counts_none(
     assert row["provider"] == "gem" and row["usage_estimated"] and row["prompt_tokens"] > 0
 
 
+async def test_gemini_takes_250_inputs_in_batches_of_100(gw: Any, sdk: Any,
+                                                         gem: FakeGemini) -> None:
+    texts = ["w" * (i % 7 + 1) + str(i) for i in range(250)]
+    answer = await sdk.embeddings.create(model="gem/gemini-embedding-001", input=texts)
+    assert [d.index for d in answer.data] == list(range(250))
+    assert [d.embedding for d in answer.data] == [pytest.approx(fake_vector(t, 8))
+                                                  for t in texts]
+    sent = sorted((r.json["requests"] for r in embeds(gem)), key=lambda part: -len(part))
+    assert [len(part) for part in sent] == [100, 100, 50]
+    assert sorted(one["content"]["parts"][0]["text"] for part in sent for one in part) \
+        == sorted(texts)
+
+
+async def test_the_gemini_fake_refuses_more_than_100_at_once(aiohttp_client: Any) -> None:
+    client = await aiohttp_client(FakeGemini().app)
+    resp = await client.post(
+        "/v1beta/models/gemini-embedding-001:batchEmbedContents",
+        headers={"x-goog-api-key": "AIza-upstream-test"},
+        json={"requests": [{"model": "models/gemini-embedding-001",
+                            "content": {"parts": [{"text": "x"}]}}] * 101})
+    assert resp.status == 400
+    assert "at most 100 requests" in (await resp.json())["error"]["message"]
+
+
 async def test_pinned_provider_route(gw: Any, gem: FakeGemini) -> None:
     """``/v1/providers/{prefix}/embeddings`` adds the prefix to a bare model."""
     pinned = openai.AsyncOpenAI(base_url=gw.base_url + "/v1/providers/gem", api_key="k",

@@ -10,9 +10,10 @@ frames (SSE events, or NDJSON lines for Ollama: see ``HTTPProvider.framing``).
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Mapping
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 import aiohttp
 
@@ -150,6 +151,9 @@ class Transcribed:
     transcript: Transcript | None = None
 
 
+_T = TypeVar("_T")
+
+
 def checked_vectors(value: Any, count: int) -> list[list[float]]:
     """``value`` if it is ``count`` lists of numbers, else the upstream's failure."""
     if (not isinstance(value, list) or len(value) != count or not all(
@@ -159,6 +163,34 @@ def checked_vectors(value: Any, count: int) -> list[list[float]]:
         raise UpstreamError(f"upstream sent a malformed embeddings answer "
                             f"(expected {count} vector(s))")
     return [[float(x) for x in v] for v in value]
+
+
+async def all_or_none(calls: Sequence[Awaitable[_T]]) -> list[_T]:
+    """Run ``calls`` at once and give their results in order; when one fails (or the
+    caller is cancelled) the others are cancelled too and the failure is raised."""
+    tasks = [asyncio.ensure_future(call) for call in calls]
+    try:
+        return list(await asyncio.gather(*tasks))
+    except BaseException:
+        for task in tasks:
+            task.cancel()
+        await asyncio.wait(tasks)
+        for task in tasks:  # read, so no other failure is reported as unread
+            if not task.cancelled():
+                task.exception()
+        raise
+
+
+def summed_images(results: Sequence[c.ImageResult]) -> c.ImageResult:
+    """Several answers' images in order, their token counts added up (a count no answer
+    gave stays None)."""
+    usage = c.Usage()
+    for part in results:
+        for name in ("input_tokens", "output_tokens"):
+            value = getattr(part.usage, name)
+            if value is not None:
+                setattr(usage, name, (getattr(usage, name) or 0) + value)
+    return c.ImageResult([image for part in results for image in part.images], usage)
 
 
 #: model types and the capability that serves each

@@ -28,7 +28,9 @@ from omniroute.providers.base import (
     ProviderContext,
     UpstreamCall,
     UpstreamResponse,
+    all_or_none,
     checked_vectors,
+    summed_images,
 )
 from omniroute.providers.http import HTTPProvider, http_settings
 from omniroute.storage.store import Connection
@@ -38,6 +40,10 @@ _API_VERSIONS = ("v1beta", "v1", "v1alpha")
 _MAX_MODEL_PAGES = 10
 #: ``ErrorInfo`` reasons that mean the gateway's key is bad (Google answers them with 400)
 _BAD_KEY_REASONS = frozenset({"API_KEY_INVALID", "API_KEY_EXPIRED"})
+#: ``batchEmbedContents`` takes at most this many requests a call
+EMBED_BATCH = 100
+#: and the gateway makes at most this many such calls at once for one client request
+_EMBED_CALLS = 4
 _RETRY_INFO = "type.googleapis.com/google.rpc.RetryInfo"
 _ERROR_INFO = "type.googleapis.com/google.rpc.ErrorInfo"
 
@@ -97,9 +103,13 @@ class GeminiProvider(HTTPProvider):
     async def embed(self, model: str, inputs: list[str], options: dict[str, Any]) -> Embeddings:
         """``POST {api_root}/models/{model}:batchEmbedContents``, one request per input.
 
-        Body ``{"requests": [{"model": "models/M", "content": {"parts": [{"text"}]},
+        Body ``{"requests": [{"model": "models/{m}", "content": {"parts": [{"text"}]},
         "outputDimensionality"?}]}``; answer ``{"embeddings": [{"values": [...]}]}`` in
-        input order (ai.google.dev/api/embeddings). The API counts no tokens here.
+        input order (ai.google.dev/api/embeddings). The API takes at most
+        :data:`EMBED_BATCH` requests a call (a 400 "at most 100 requests can be in one
+        batch" otherwise), so longer inputs go as several calls, at most
+        :data:`_EMBED_CALLS` at a time, their vectors joined in order. The API counts
+        no tokens here; a count, if one comes, is added up.
         """
         name = f"models/{model.removeprefix('models/')}"
         dimensions = options.get("dimensions")
@@ -109,18 +119,28 @@ class GeminiProvider(HTTPProvider):
             if dimensions is not None:
                 one["outputDimensionality"] = dimensions
             requests.append(one)
-        answer = await self.post_json(self.model_url(model, "batchEmbedContents"),
-                                      self._json_headers, orjson.dumps({"requests": requests}))
-        assert answer.body is not None
-        try:
-            data = orjson.loads(answer.body)
-            vectors = [item["values"] for item in data["embeddings"]]
-        except (orjson.JSONDecodeError, KeyError, TypeError):
-            raise UpstreamError("upstream sent a malformed embeddings answer") from None
-        usage = data.get("usageMetadata") if isinstance(data, dict) else None
-        tokens = usage.get("promptTokenCount") if isinstance(usage, dict) else None
-        return Embeddings(checked_vectors(vectors, len(inputs)), token_count(tokens),
-                          model.removeprefix("models/"))
+        url = self.model_url(model, "batchEmbedContents")
+        slots = asyncio.Semaphore(_EMBED_CALLS)
+
+        async def batch(part: list[dict[str, Any]]) -> tuple[list[Any], int | None]:
+            async with slots:
+                answer = await self.post_json(url, self._json_headers,
+                                              orjson.dumps({"requests": part}))
+            assert answer.body is not None
+            try:
+                data = orjson.loads(answer.body)
+                vectors = [item["values"] for item in data["embeddings"]]
+            except (orjson.JSONDecodeError, KeyError, TypeError):
+                raise UpstreamError("upstream sent a malformed embeddings answer") from None
+            usage = data.get("usageMetadata") if isinstance(data, dict) else None
+            tokens = usage.get("promptTokenCount") if isinstance(usage, dict) else None
+            return checked_vectors(vectors, len(part)), token_count(tokens)
+
+        parts = await all_or_none([batch(requests[i:i + EMBED_BATCH])
+                                   for i in range(0, len(requests), EMBED_BATCH)])
+        counts = [tokens for _, tokens in parts if tokens is not None]
+        return Embeddings([vector for vectors, _ in parts for vector in vectors],
+                          sum(counts) if counts else None, model.removeprefix("models/"))
 
     async def list_models(self) -> list[str]:
         """``GET /v1beta/models`` page by page: the models that can ``generateContent``,
@@ -167,27 +187,11 @@ class GeminiProvider(HTTPProvider):
             return gemini_images.predict_answer(answer.body)
         url, body = self.model_url(model, "generateContent"), orjson.dumps(
             gemini_images.content_request(request))
-        calls = [asyncio.ensure_future(self.post_json(url, self._json_headers, body,
-                                                      timeout=timeout))
-                 for _ in range(request.n)]
-        try:
-            answers = await asyncio.gather(*calls)
-        except BaseException:  # one failed (or the request ended): the others stop too
-            for call in calls:
-                call.cancel()
-            await asyncio.wait(calls)
-            for call in calls:  # read, so no other failure is reported as unread
-                if not call.cancelled():
-                    call.exception()
-            raise
-        results = [gemini_images.content_answer(answer.body or b"") for answer in answers]
-        usage = c.Usage()
-        for part in results:
-            for name in ("input_tokens", "output_tokens"):
-                value = getattr(part.usage, name)
-                if value is not None:
-                    setattr(usage, name, (getattr(usage, name) or 0) + value)
-        return c.ImageResult([image for part in results for image in part.images], usage)
+        answers = await all_or_none([self.post_json(url, self._json_headers, body,
+                                                    timeout=timeout)
+                                     for _ in range(request.n)])
+        return summed_images([gemini_images.content_answer(answer.body or b"")
+                              for answer in answers])
 
     # ---- errors ---------------------------------------------------------------------
     def error_from(

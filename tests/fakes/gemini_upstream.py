@@ -108,6 +108,8 @@ _IMAGEN_PARAMETERS = {"sampleCount", "aspectRatio", "personGeneration", "sampleI
 _IMAGEN_RATIOS = ("1:1", "3:4", "4:3", "9:16", "16:9")
 #: output tokens of one 1024x1024 image of a Gemini image model
 IMAGE_TOKENS = 1290
+#: ``batchEmbedContents`` refuses more requests than this in one call
+EMBED_BATCH_LIMIT = 100
 
 
 def _camel(name: str) -> str:
@@ -317,7 +319,8 @@ class FakeGemini(FakeUpstream[Behaviour]):
 
     async def _embed(self, request: web.Request, rec: Recorded) -> web.StreamResponse:
         """``:batchEmbedContents``: ``{"requests": [{"model", "content", "outputDimensionality"}]}``
-        -> ``{"embeddings": [{"values"}]}``; pops the script, honouring only ``error()``."""
+        -> ``{"embeddings": [{"values"}]}``; pops the script, honouring only ``error()``.
+        More than :data:`EMBED_BATCH_LIMIT` requests are a 400, as Google answers."""
         b = self.script.pop(0) if self.script else Behaviour()
         if (early := await self._before(request, b)) is not None:
             return early
@@ -335,6 +338,9 @@ class FakeGemini(FakeUpstream[Behaviour]):
         if not isinstance(requests, list) or not requests:
             return _bad_request("* BatchEmbedContentsRequest.requests: contents is not specified",
                                 "requests")
+        if len(requests) > EMBED_BATCH_LIMIT:  # Google's own words, e.g. langchainjs#4491
+            return _bad_request("* BatchEmbedContentsRequest.requests: at most 100 requests "
+                                "can be in one batch", "requests")
         vectors = []
         for i, one in enumerate(requests):
             if not isinstance(one, dict) or one.get("model") != f"models/{model}":
