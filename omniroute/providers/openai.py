@@ -28,7 +28,9 @@ from omniroute.providers.base import (
     Transcribed,
     UpstreamCall,
     UpstreamResponse,
+    all_or_none,
     checked_vectors,
+    summed_images,
 )
 from omniroute.providers.http import RAW, HTTPProvider
 from omniroute.storage.store import Connection
@@ -60,6 +62,10 @@ _PRESETS = [
 ]
 
 
+#: hosts whose images come from Chat Completions (``images_via_chat``)
+_CHAT_IMAGE_HOSTS = frozenset({"openrouter.ai"})
+
+
 class OpenAIProvider(HTTPProvider):
     """OpenAI Chat Completions over HTTP (JSON and SSE); embeddings, and the audio API
     (``/audio/transcriptions``, ``/audio/translations``, ``/audio/speech``) passed through."""
@@ -82,6 +88,9 @@ class OpenAIProvider(HTTPProvider):
         self.chat_url = f"{self.base_url}/chat/completions"
         #: ask for usage in streams (the upstream may reject stream_options)
         self.stream_usage = bool(settings.get("stream_usage", True))
+        #: images from Chat Completions (``modalities``), not ``/images/generations``:
+        #: OpenRouter has no images endpoint, so its connections default to this
+        self.images_via_chat = images_through_chat(settings)
         headers = {"User-Agent": context.user_agent, "Content-Type": "application/json"}
         headers.update(settings.get("headers", {}))
         api_key = connection.credentials.get("api_key")
@@ -111,8 +120,9 @@ class OpenAIProvider(HTTPProvider):
             isinstance(k, str) and isinstance(v, str) for k, v in headers.items()
         ):
             raise ValueError("headers must map header names to strings")
-        if "stream_usage" in settings and not isinstance(settings["stream_usage"], bool):
-            raise ValueError("stream_usage must be true or false")
+        for flag in ("stream_usage", "images_via_chat"):
+            if flag in settings and not isinstance(settings[flag], bool):
+                raise ValueError(f"{flag} must be true or false")
         return super().configure(settings, credentials, preset)
 
     async def chat(self, call: UpstreamCall) -> UpstreamResponse:
@@ -157,8 +167,19 @@ class OpenAIProvider(HTTPProvider):
         headers = {**self._json_headers, "Accept": "*/*"}
         return await self.post_stream(f"{self.base_url}/audio/speech", headers,
                                       orjson.dumps(speech_body(request, model)), framing=RAW)
+
     async def generate_images(self, model: str, request: c.ImageRequest) -> c.ImageResult:
-        """``POST {base_url}/images/generations`` with the client's fields as sent."""
+        """``POST {base_url}/images/generations`` with the client's fields as sent; with
+        ``images_via_chat``, ``n`` Chat Completions calls at once, one image each (a
+        failed one ends the others), their images in order and their usage added up."""
+        if self.images_via_chat:
+            chat = orjson.dumps(openai_images.chat_request(request, model))
+            answers = await all_or_none([
+                self.post_json(self.chat_url, self._json_headers, chat,
+                               timeout=self.context.timeouts.images)
+                for _ in range(request.n)])
+            return summed_images([openai_images.chat_answer(answer.body or b"")
+                                  for answer in answers])
         body = openai_images.encode_request(request, model)
         answer = await self.post_json(f"{self.base_url}/images/generations", self._json_headers,
                                       orjson.dumps(body), timeout=self.context.timeouts.images)
@@ -171,6 +192,13 @@ class OpenAIProvider(HTTPProvider):
         listed = [m["id"] for m in entries if isinstance(m, dict) and isinstance(m.get("id"), str)]
         configured = self.configured_models
         return configured + [m for m in listed if m not in configured]
+
+
+def images_through_chat(settings: Mapping[str, Any]) -> bool:
+    """The ``images_via_chat`` setting; left out, true for OpenRouter's base URL."""
+    if "images_via_chat" in settings:
+        return bool(settings["images_via_chat"])
+    return urlsplit(str(settings.get("base_url", ""))).hostname in _CHAT_IMAGE_HOSTS
 
 
 def embeddings_from(body: bytes, model: str, count: int) -> Embeddings:
