@@ -16,6 +16,7 @@ from omniroute.errors import (
 from omniroute.formats import canonical
 from omniroute.formats.base import ClientRequest, Format
 from omniroute.hookspecs import hookimpl
+from omniroute.oauth import OAuthProvider, OAuthService
 from omniroute.pipeline.context import RequestContext
 from omniroute.pipeline.stages import Stage, StageRun
 from omniroute.providers.base import (
@@ -46,6 +47,8 @@ __all__ = [
     "HTTPProvider",
     "InvalidRequest",
     "LayerHit",
+    "OAuthProvider",
+    "OAuthService",
     "Preset",
     "Principal",
     "Provider",

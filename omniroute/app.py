@@ -37,12 +37,15 @@ from omniroute.web.audit import setup_audit
 from omniroute.web.budgets import setup_budget_routes
 from omniroute.web.cache import setup_cache_routes
 from omniroute.web.client import setup_client_routes
+from omniroute.web.clitools import setup_cli_tool_routes
 from omniroute.web.management import setup_management_routes
 from omniroute.web.middleware import gateway_middleware
+from omniroute.web.oauth import setup_oauth_routes
 from omniroute.web.pricing import setup_pricing_routes
 from omniroute.web.public import setup_public_routes
 from omniroute.web.resilience import setup_resilience_routes
 from omniroute.web.security import setup_security
+from omniroute.web.system import setup_system_routes
 from omniroute.web.telemetry import setup_telemetry_routes
 from omniroute.web.usage import setup_usage_routes
 
@@ -99,10 +102,13 @@ def make_app(config: Config, plugins: Plugins | None = None) -> web.Application:
     setup_management_routes(app)
     setup_budget_routes(app)
     setup_cache_routes(app)
+    setup_system_routes(app)
     setup_resilience_routes(app)
+    setup_oauth_routes(app)
     setup_pricing_routes(app)
     setup_usage_routes(app)
     setup_telemetry_routes(app)
+    setup_cli_tool_routes(app, config, plugins)
     plugins.pm.hook.configure_app(app=app, config=config)
     return app
 

@@ -20,8 +20,10 @@ if TYPE_CHECKING:
     from omniroute.budgets import Budgets
     from omniroute.cache.service import ResponseCache
     from omniroute.catalog import Catalog
+    from omniroute.clitools import CliTools
     from omniroute.gateway import Gateway
     from omniroute.idempotency import Idempotency
+    from omniroute.oauth.signin import SignIns
     from omniroute.pipeline import Pipeline
     from omniroute.pricing import PriceBook
     from omniroute.registry import Registry
@@ -57,11 +59,16 @@ AUDIT_LOG: web.AppKey[AuditLog] = web.AppKey("audit_log")
 USAGE: web.AppKey[UsageQueries] = web.AppKey("usage")
 #: idempotency keys in use: ``stats()`` gives ``active_keys`` and ``window_ms``
 IDEMPOTENCY: web.AppKey[Idempotency] = web.AppKey("idempotency")
+#: the management API's subscription sign-ins under way (in memory, each for its TTL)
+OAUTH_SIGN_INS: web.AppKey[SignIns] = web.AppKey("oauth_sign_ins")
+#: the agent CLIs on this machine: detection, configure, restore (/api/cli-tools)
+CLI_TOOLS: web.AppKey[CliTools] = web.AppKey("cli_tools")
 #: set on each request by the auth middleware
 PRINCIPAL = web.RequestKey("principal", Principal)
 #: set once a streamed answer has sent its headers (errors can no longer be a JSON answer)
 STREAM_STARTED = web.RequestKey("stream_started", bool)
 
-__all__ = ["AUDIT_LOG", "AUTH_SCHEMES", "BUDGETS", "CACHE", "CATALOG", "GATEWAY", "HTTP",
-           "IDEMPOTENCY", "PIPELINE", "PRICES", "PRINCIPAL", "REGISTRY", "REQUEST_LOG",
-           "RESILIENCE", "STORE", "STREAM_STARTED", "USAGE", "WATCHER", "Principal"]
+__all__ = ["AUDIT_LOG", "AUTH_SCHEMES", "BUDGETS", "CACHE", "CATALOG", "CLI_TOOLS", "GATEWAY",
+           "HTTP", "IDEMPOTENCY", "OAUTH_SIGN_INS", "PIPELINE", "PRICES", "PRINCIPAL", "REGISTRY",
+           "REQUEST_LOG", "RESILIENCE", "STORE", "STREAM_STARTED", "USAGE", "WATCHER",
+           "Principal"]

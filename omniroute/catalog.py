@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from omniroute.config import Config, ConfigError, Settings
+from omniroute.credentials import sign_in_required
 from omniroute.errors import GatewayError
 from omniroute.formats.base import ModelInfo
 from omniroute.providers.base import Provider, ProviderContext, Timeouts
@@ -106,6 +107,9 @@ class Catalog:
         self.connections = {c.id: c for c in connections}
         self.providers = providers
         self.resilience.retain(set(providers))
+        for conn_id, provider in providers.items():  # OAuth accounts marked "needs sign-in"
+            self.resilience.sign_in_needed(conn_id,
+                                           sign_in_required(provider.connection.credentials))
         self.provider_errors = errors
         self.aliases = await store.list_aliases()
         self.combos = await store.list_combos()
@@ -129,6 +133,7 @@ class Catalog:
         self.timeouts = Timeouts.from_settings(self.settings)
         opened = self._opened()
         opened.context.timeouts = self.timeouts
+        opened.context.refresh_margin = self.settings.oauth_refresh_margin
         self.resilience.configure(self.settings)
         request_log = opened.request_log
         request_log.enabled = self.settings.request_log
@@ -166,27 +171,39 @@ class Catalog:
         return models
 
     async def model_infos(self) -> list[ModelInfo]:
-        """Every model this gateway serves: combos, aliases, then each connection's models."""
+        """Every model this gateway serves: combos, aliases, then each connection's models,
+        each with its type (:meth:`Provider.model_type`; a combo's or an alias's is the
+        type of the first model it resolves to)."""
         created = int(self.started_at)
         seen: set[str] = set()
         out: list[ModelInfo] = []
 
-        def add(model_id: str, owner: str) -> None:
+        def add(model_id: str, owner: str, kind: str) -> None:
             if model_id not in seen:
                 seen.add(model_id)
-                out.append(ModelInfo(model_id, owner, created))
+                out.append(ModelInfo(model_id, owner, created, kind))
 
-        for combo in self.combos:
-            add(combo.name, "combo")
-        for alias in self.aliases:
-            if not any(ch in alias for ch in "*?["):
-                add(alias, "alias")
         providers = list(self.providers.values())
         lists = await asyncio.gather(*(self.models_of(p) for p in providers))
+        for combo in self.combos:
+            add(combo.name, "combo", self._type_of(combo.name))
+        for alias in self.aliases:
+            if not any(ch in alias for ch in "*?["):
+                add(alias, "alias", self._type_of(alias))
         for provider, models in zip(providers, lists, strict=True):
             for model in models:
-                add(f"{provider.connection.prefix}/{model}", provider.connection.prefix)
+                add(f"{provider.connection.prefix}/{model}", provider.connection.prefix,
+                    provider.model_type(model))
         return out
+
+    def _type_of(self, name: str) -> str:
+        """The type of the first model a combo or an alias resolves to (``"chat"`` when it
+        resolves to none now)."""
+        try:
+            targets = self.router.resolve(name).targets
+        except GatewayError:
+            return "chat"
+        return targets[0].provider.model_type(targets[0].model) if targets else "chat"
 
     async def refresh_models(self) -> None:
         """Refresh every connection's model list, then rebuild the router."""

@@ -36,6 +36,20 @@ def default_data_dir() -> Path:
     return Path.home() / ".omniroute"
 
 
+#: the variables that say where the agent CLIs live on this machine (omniroute.clitools):
+#: the home and PATH, XDG's config home, and the tools' own directory overrides
+TOOL_ENV_VARS = ("HOME", "PATH", "XDG_CONFIG_HOME", "CLAUDE_CONFIG_DIR", "CODEX_HOME",
+                 "GEMINI_CLI_HOME", "CONTINUE_GLOBAL_DIR")
+
+
+def tool_environ(environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The :data:`TOOL_ENV_VARS` that are set (``HOME`` always: the user's home)."""
+    env = os.environ if environ is None else environ
+    found = {name: env[name] for name in TOOL_ENV_VARS if env.get(name)}
+    found.setdefault("HOME", str(Path.home()))
+    return found
+
+
 @dataclass(frozen=True)
 class Config:
     """Start-up configuration (immutable while the gateway runs)."""
@@ -64,6 +78,9 @@ class Config:
     #: prometheus-client's multiprocess directory: set by ``serve`` for ``--workers`` > 1
     #: (a fresh one per run, also exported as ``PROMETHEUS_MULTIPROC_DIR`` to the workers)
     metrics_dir: Path | None = None
+    #: where the agent CLIs live (``omniroute connect``, ``/api/cli-tools``): the
+    #: :data:`TOOL_ENV_VARS` of the environment the configuration was read in
+    tool_env: Mapping[str, str] = field(default_factory=tool_environ)
 
     @property
     def db_path(self) -> Path:
@@ -246,6 +263,7 @@ def load_config(
         state_url=state_url,
         settings_defaults=Settings.coerce_all(defaults, source=str(path)),
         settings_env=settings_from_env(env),
+        tool_env=tool_environ(env),
     )
 
 
@@ -323,10 +341,15 @@ class Settings:
     require_api_key: bool = False
     require_login: bool = True
     max_body_bytes: int = 10 * 1024 * 1024
+    #: multipart uploads (audio transcription): the largest accepted body, and the time
+    #: its reading may take
+    max_upload_bytes: int = 25 * 1024 * 1024
+    upload_timeout: float = 120.0
     connect_timeout: float = 10.0
     first_byte_timeout: float = 120.0
     idle_timeout: float = 120.0
     total_timeout: float = 900.0
+    image_timeout: float = 300.0  # seconds one image generation may take (docs/media.md)
     request_log: bool = True
     models_cache_ttl: float = 600.0
     # resilience (omniroute.resilience): target order, attempts, cooldowns, breakers,
@@ -393,6 +416,9 @@ class Settings:
     cache_max_bytes: int = 64 * 1024 * 1024  # ... and bytes, least recently used go first
     cache_db_max_entries: int = 100_000  # sqlite backend: entries kept
     cache_max_entry_bytes: int = 1024 * 1024  # a larger answer is not cached
+    # subscription (OAuth) accounts (omniroute.oauth): tokens renewed before they lapse
+    oauth_refresh_margin: float = 300.0  # seconds left when a token is renewed before a call
+    oauth_refresh_interval: float = 60.0  # seconds between the background renewal sweeps
     # semantic cache (plugins/omniroute-semantic-cache): a layer behind the exact cache that
     # answers a reworded single-turn question from a stored answer; off by default
     semantic_cache: bool = False

@@ -31,6 +31,12 @@ cannot take them up answers False, and the configuration reload brings it the
 new ones). The lock is per process, and with a :class:`RenewalLock` (instances
 sharing state, ``state_url``) also across processes: one renews, the others
 wait for it and take up what it stored.
+
+A renewal that is refused for good (the refresh token was revoked, expired or spent)
+raises :class:`SignInRequired`: the provider has marked the account
+(:data:`SIGN_IN_REQUIRED` in its kept credentials, :func:`sign_in_required` reads
+it), and the refresher tells ``on_sign_in`` so that routing leaves the account out
+at once. Only a new sign-in (or import), which replaces the credentials, clears it.
 """
 
 from __future__ import annotations
@@ -48,6 +54,26 @@ if TYPE_CHECKING:
     from omniroute.storage.store import Store
 
 log = logging.getLogger(__name__)
+
+#: the credential field that marks an account whose renewal was refused for good:
+#: ``{"reason": str, "at": epoch seconds}``
+SIGN_IN_REQUIRED = "sign_in_required"
+
+
+def sign_in_required(credentials: Mapping[str, Any]) -> str | None:
+    """Why the account must be signed in again, or None when it need not be."""
+    mark = credentials.get(SIGN_IN_REQUIRED)
+    if not mark:
+        return None
+    reason = mark.get("reason") if isinstance(mark, Mapping) else None
+    return reason if isinstance(reason, str) and reason else "sign-in required"
+
+
+class SignInRequired(GatewayError):
+    """A renewal was refused for good: the account needs a new sign-in (the provider
+    marked its credentials before raising this)."""
+
+    status, type, code = 401, "authentication_error", "sign_in_required"
 
 
 class CredentialStore(Protocol):
@@ -119,6 +145,7 @@ class Refresher:
         reuse_for: float = 10.0,
         clock: Callable[[], float] = time.monotonic,
         lock: RenewalLock | None = None,
+        on_sign_in: Callable[[Provider, str], None] | None = None,
     ) -> None:
         """
         :param store: checked before a renewal: when it holds other credentials than
@@ -128,12 +155,15 @@ class Refresher:
             of the same provider instance.
         :param clock: monotonic seconds (tests pass a manual clock's).
         :param lock: one renewal per connection across processes too (None: per process).
+        :param on_sign_in: told ``(provider, reason)`` when a renewal raised
+            :class:`SignInRequired` (the gateway takes the account out of routing).
         """
         self.store = store
         self.lock = lock
         self.timeout = timeout
         self.reuse_for = reuse_for
         self.clock = clock
+        self.on_sign_in = on_sign_in
         self._flights: dict[str, asyncio.Task[bool]] = {}
         self._last: dict[str, tuple[Provider, bool, float]] = {}
 
@@ -182,6 +212,11 @@ class Refresher:
                 ok = bool(await provider.refresh_credentials())
         except TimeoutError:
             log.warning("renewing the credentials of %s took over %gs", conn.name, self.timeout)
+            return False
+        except SignInRequired as exc:
+            log.warning("%s needs a new sign-in: %s", conn.name, exc.message)
+            if self.on_sign_in is not None:
+                self.on_sign_in(provider, exc.message)
             return False
         except (GatewayError, LookupError) as exc:  # the refresh token was refused; or
             # the connection was deleted meanwhile

@@ -64,6 +64,12 @@ class EmbeddingsNotSupported(TargetUnsupported):
     code = "embeddings_not_supported"
 
 
+class ImagesNotSupported(TargetUnsupported):
+    """The provider type behind a target does not generate images."""
+
+    code = "images_not_supported"
+
+
 class AuthenticationFailed(GatewayError):
     status, type, code = 401, "authentication_error", "invalid_api_key"
 

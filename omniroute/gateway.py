@@ -30,8 +30,9 @@ from omniroute.budgets import Budgets, SqliteSpendStore
 from omniroute.catalog import Catalog
 from omniroute.config import Config
 from omniroute.credentials import Refresher, StoredCredentials
+from omniroute.oauth.keeper import TokenKeeper
 from omniroute.pricing import Override, PriceBook
-from omniroute.providers.base import ProviderContext
+from omniroute.providers.base import Provider, ProviderContext
 from omniroute.registry import Registry
 from omniroute.resilience import Resilience
 from omniroute.resilience.clock import SystemClock
@@ -89,12 +90,14 @@ class Gateway:
         self.http = aiohttp.ClientSession(connector=connector, auto_decompress=True,
                                           headers={"User-Agent": f"omniroute/{__version__}"})
         self.credentials = StoredCredentials(self.store)
-        self.context = ProviderContext(self.http, self.catalog.timeouts,
-                                       f"omniroute/{__version__}", credentials=self.credentials)
-        #: the data path's one call after a 401/403: ``await refresher.refresh(provider)``
+        #: the data path's one call after a 401/403: ``await refresher.refresh(provider)``;
+        #: an account refused for good leaves routing at once (``sign_in_needed``)
         self.refresher = Refresher(
-            self.credentials,
+            self.credentials, on_sign_in=self._signed_out,
             lock=self.shared.renewal_lock() if self.shared is not None else None)
+        self.context = ProviderContext(self.http, self.catalog.timeouts,
+                                       f"omniroute/{__version__}", credentials=self.credentials,
+                                       refresher=self.refresher)
         self.catalog.open(self.store, self.context, self.log)
         try:
             self.auth_schemes = {name: cls(self.store, config)
@@ -122,6 +125,10 @@ class Gateway:
         self._spawn(self.watcher.run(), "omniroute-config-watch")
         self._spawn(self.catalog.refresh_models(), "omniroute-models-refresh")
         self._spawn(self._price_upkeep(), "omniroute-prices")
+        #: renews idle subscription accounts' tokens before they lapse
+        self.token_keeper = TokenKeeper(lambda: self.catalog.providers.values(), self.refresher,
+                                        lambda: self.catalog.settings)
+        self._spawn(self.token_keeper.run(), "omniroute-oauth-keeper")
 
     async def close(self) -> None:
         for task in list(self._tasks):
@@ -136,6 +143,10 @@ class Gateway:
             await provider.close()
         await self.http.close()
         await self.db.close()
+
+    def _signed_out(self, provider: Provider, why: str) -> None:
+        """A renewal was refused for good: routing leaves the account out from now on."""
+        self.resilience.sign_in_needed(provider.connection.id, why)
 
     def new_request_id(self) -> str:
         """A request id unique across processes and restarts (not a secret)."""

@@ -21,8 +21,10 @@ if TYPE_CHECKING:
     from omniroute.auth.base import AuthScheme
     from omniroute.cache.base import CacheBackend
     from omniroute.cache.layer import CacheLayer
+    from omniroute.clitools import CliTool
     from omniroute.config import Config
     from omniroute.formats.base import Format
+    from omniroute.oauth.service import OAuthService
     from omniroute.pipeline.stages import Stage
     from omniroute.providers.base import Provider
     from omniroute.sharedstate import SharedState
@@ -37,6 +39,17 @@ def register_providers(register: Callable[[type[Provider]], None]) -> None:
 
     :param register: call it once per :class:`omniroute.Provider` subclass; the
         class's ``type`` names it, connections of that type create instances.
+    """
+
+
+@hookspec
+def register_oauth_services(register: Callable[[OAuthService], None]) -> None:
+    """Register subscription sign-in services (how an account of a provider type signs in).
+
+    :param register: call it once per :class:`omniroute.oauth.OAuthService` (a frozen
+        description: client id, endpoints, scopes, flow); its ``name`` is what
+        ``omniroute login NAME`` and ``/api/oauth/NAME/...`` take, its
+        ``provider_type`` the connection type a signed-in account becomes.
     """
 
 
@@ -126,4 +139,16 @@ def register_cache_layers(register: Callable[[CacheLayer], None], app: web.Appli
     :param register: call it once per :class:`omniroute.cache.CacheLayer` instance;
         its ``name`` must not be taken by another layer.
     :param app: the gateway application, started (resources open) but not yet serving.
+    """
+
+
+@hookspec
+def register_cli_tools(register: Callable[[CliTool], None]) -> None:
+    """Add agent CLIs that ``omniroute connect`` and ``/api/cli-tools`` find and configure.
+
+    Called when the gateway is made and when a ``connect`` command runs. The tools
+    come after the built-in ones, plugin by plugin in load order.
+
+    :param register: call it once per :class:`omniroute.clitools.CliTool` instance; its
+        ``id`` must not be taken by a built-in tool or another plugin's.
     """

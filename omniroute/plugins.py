@@ -26,7 +26,9 @@ if TYPE_CHECKING:  # annotations only: nothing here needs these modules at run t
     from omniroute.auth.base import AuthScheme
     from omniroute.cache.base import CacheBackend
     from omniroute.cache.layer import CacheLayer
+    from omniroute.clitools import CliTool
     from omniroute.formats.base import Format
+    from omniroute.oauth.service import OAuthService
     from omniroute.pipeline.stages import Stage
     from omniroute.providers.base import Provider
     from omniroute.sharedstate import SharedState
@@ -44,6 +46,7 @@ _REGISTRY_HOOKS = {
     "register_auth_schemes": "auth_schemes",
     "register_formats": "formats",
     "register_state_backends": "state_backends",
+    "register_oauth_services": "oauth_services",
 }
 
 
@@ -84,6 +87,8 @@ class Plugins:
         self.auth_schemes: dict[str, type[AuthScheme]] = {}
         self.formats: dict[str, type[Format]] = {}
         self.state_backends: dict[str, type[SharedState]] = {}
+        #: sign-in services by name (instances: descriptions, not types)
+        self.oauth_services: dict[str, OAuthService] = {}
         self._collect()
 
     def info(self, name: str) -> PluginInfo | None:
@@ -124,9 +129,20 @@ class Plugins:
 
         return self._instances("register_cache_layers", CacheLayer, app, ())
 
-    def _instances(self, hook: str, kind: type[_T], app: web.Application,
-                   taken: Iterable[str]) -> list[_T]:
-        """The named ``kind`` instances each plugin registers with ``hook(register, app)``."""
+    def cli_tools(self, taken: Iterable[str] = ()) -> list[CliTool]:
+        """The agent CLIs the plugins add (``register_cli_tools``), in load order; a plugin
+        whose hook fails, or registers an id already taken, adds none (as with :meth:`stages`).
+
+        :param taken: the ids already known (the built-in tools').
+        """
+        from omniroute.clitools import CliTool
+
+        return self._instances("register_cli_tools", CliTool, None, taken, attr="id")
+
+    def _instances(self, hook: str, kind: type[_T], app: web.Application | None,
+                   taken: Iterable[str], *, attr: str = "name") -> list[_T]:
+        """The ``kind`` instances each plugin registers with ``hook(register, app)``, each
+        named by its ``attr``."""
         names = set(taken)
         out: list[_T] = []
         impls = {impl.plugin_name: impl for impl in getattr(self.pm.hook, hook).get_hookimpls()}
@@ -142,9 +158,9 @@ class Plugins:
                 for item in found:
                     if not isinstance(item, kind):
                         raise TypeError(f"{item!r} is not an omniroute.{kind.__name__}")
-                    name = getattr(item, "name", None)
+                    name = getattr(item, attr, None)
                     if not isinstance(name, str) or not name:
-                        raise TypeError(f"{type(item).__qualname__} has no 'name' string")
+                        raise TypeError(f"{type(item).__qualname__} has no {attr!r} string")
                     if name in names or name in mine:
                         raise ValueError(f"a {kind.__name__} named {name!r} is already "
                                          "registered")
@@ -163,16 +179,17 @@ class Plugins:
             "auth_schemes": self.auth_schemes,
             "formats": self.formats,
             "state_backends": self.state_backends,
+            "oauth_services": self.oauth_services,
         }
         for info in self.infos:
             if self.pm.get_plugin(info.name) is None:
                 continue
-            staged: list[tuple[str, str, type]] = []
+            staged: list[tuple[str, str, Any]] = []
             for hook_name, kind in _REGISTRY_HOOKS.items():
                 for impl in getattr(self.pm.hook, hook_name).get_hookimpls():
                     if impl.plugin_name != info.name:
                         continue
-                    found: list[type] = []
+                    found: list[Any] = []
                     try:
                         impl.function(*({"register": found.append}[a] for a in impl.argnames))
                         staged += [(kind, _type_name(kind, cls), cls) for cls in found]
@@ -198,11 +215,17 @@ class Plugins:
                 info.registered.setdefault(kind, []).append(name)
 
 
-def _type_name(kind: str, cls: type) -> str:
+def _type_name(kind: str, cls: Any) -> str:
+    if kind == "oauth_services":
+        from omniroute.oauth.service import OAuthService
+
+        if not isinstance(cls, OAuthService):
+            raise TypeError(f"{cls!r} is not an omniroute.oauth.OAuthService")
     attr = "type" if kind == "providers" else "name"
     name = getattr(cls, attr, None)
     if not isinstance(name, str) or not name:
-        raise TypeError(f"{cls.__qualname__} has no {attr!r} string")
+        what = getattr(cls, "__qualname__", type(cls).__qualname__)
+        raise TypeError(f"{what} has no {attr!r} string")
     return name
 
 

@@ -16,6 +16,7 @@ import sqlite3
 
 from omniroute.config import Config, ConfigError
 from omniroute.storage import Database, StorageError, Store
+from omniroute.storage.db import private_file
 from omniroute.vault import KEY_FILE, Vault, VaultError
 
 
@@ -45,6 +46,7 @@ async def open_store(config: Config) -> Store:
     try:
         # Opened here first: when aiosqlite fails to open a file, its thread outlives the
         # event loop of a short-lived command and reports to a closed loop (a traceback).
+        private_file(path)
         sqlite3.connect(path).close()
         db = await Database.open(path)
     except StorageError as exc:

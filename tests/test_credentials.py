@@ -16,7 +16,14 @@ import aiohttp
 import pytest
 
 from omniroute import hookimpl
-from omniroute.credentials import MemoryCredentials, Refresher, StoredCredentials
+from omniroute.credentials import (
+    SIGN_IN_REQUIRED,
+    MemoryCredentials,
+    Refresher,
+    SignInRequired,
+    StoredCredentials,
+    sign_in_required,
+)
 from omniroute.errors import UpstreamStatusError
 from omniroute.gateway import Gateway
 from omniroute.plugins import load_plugins
@@ -52,6 +59,10 @@ class CountingOAuth(Provider):
                                       code="invalid_grant")
         if self.outcome == "bug":
             raise RuntimeError("a bug in the provider")
+        if self.outcome == "revoked":
+            await self.save_credentials({**self.connection.credentials,
+                                         SIGN_IN_REQUIRED: {"reason": "revoked", "at": 1.0}})
+            raise SignInRequired("invalid_grant: refresh token revoked")
         if self.outcome == "false":
             return False
         n = self.calls
@@ -215,6 +226,24 @@ async def test_a_provider_bug_fails_the_renewal_not_the_callers(
     with caplog.at_level(logging.ERROR, "omniroute.credentials"):
         assert await Refresher(context.credentials).refresh(provider) is False
     assert "a bug in the provider" in caplog.text
+
+
+async def test_a_refusal_for_good_is_told_once_and_marks_the_account(
+    context: ProviderContext,
+) -> None:
+    provider = CountingOAuth(connection(), context)
+    provider.gate, provider.outcome = asyncio.Event(), "revoked"
+    told: list[tuple[str, str]] = []
+    refresher = Refresher(context.credentials,
+                          on_sign_in=lambda p, why: told.append((p.connection.id, why)))
+    callers = [asyncio.create_task(refresher.refresh(provider)) for _ in range(4)]
+    await settle()
+    provider.gate.set()
+    assert await asyncio.gather(*callers) == [False] * 4
+    assert provider.calls == 1 and told == [("conn_oauth", "invalid_grant: refresh token revoked")]
+    assert sign_in_required(provider.connection.credentials) == "revoked"
+    assert sign_in_required({"access_token": "x"}) is None
+    assert sign_in_required({SIGN_IN_REQUIRED: True}) == "sign-in required"
 
 
 async def test_credentials_renewed_elsewhere_are_not_renewed_again(

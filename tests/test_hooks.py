@@ -181,6 +181,29 @@ def test_hook_register_formats() -> None:
     assert again.info("b").error == "formats type 'test-shout' is already registered"  # type: ignore[union-attr]
 
 
+class OAuthServicesPlugin:
+    @hookimpl
+    def register_oauth_services(self, register: Callable[[Any], None]) -> None:
+        from omniroute.oauth import OAuthService
+
+        register(OAuthService(name="test-acme", provider_type="test-echo", flow="device",
+                              client_id="c", token_url="https://acme.test/token",
+                              device_url="https://acme.test/device"))
+
+
+def test_hook_register_oauth_services() -> None:
+    plugins = load_plugins(extra=[("t-oauth", OAuthServicesPlugin())])
+    service = plugins.oauth_services["test-acme"]
+    assert (service.provider_type, service.flow) == ("test-echo", "device")
+    info = plugins.info("t-oauth")
+    assert info is not None and info.error is None
+    assert info.registered == {"oauth_services": ["test-acme"]}
+    # a second plugin naming the same service is refused whole
+    again = load_plugins(extra=[("a", OAuthServicesPlugin()), ("b", OAuthServicesPlugin())])
+    assert again.info("b").error == (  # type: ignore[union-attr]
+        "oauth_services type 'test-acme' is already registered")
+
+
 class DictCache(CacheBackend):
     name = "test-dict"
 
@@ -537,3 +560,46 @@ async def test_hook_register_cache_layers() -> None:
     assert plugins.cache_layers(app) == [layer]
     info = plugins.info("t-layer")
     assert info is not None and "register_cache_layers" in info.hooks
+
+
+class CliToolsPlugin:
+    def __init__(self, *tools: Any) -> None:
+        self.tools = tools
+
+    @hookimpl
+    def register_cli_tools(self, register: Callable[[Any], None]) -> None:
+        for tool in self.tools:
+            register(tool)
+
+
+async def test_hook_register_cli_tools(aiohttp_client: Any, tmp_path: Path) -> None:
+    from omniroute.clitools import CliTool, Edits, Places, Reader, Target
+
+    def configure(places: Places, target: Target, read: Reader) -> Edits:
+        path = places.home / ".mytool.conf"
+        return Edits({path: f"url={target.v1}\nkey={target.key}\nmodel={target.model}\n"},
+                     secret_files=frozenset({path}))
+
+    mine = CliTool(id="mytool", name="My Tool", binaries=("mytool",), protocol="openai",
+                   config_paths=lambda p: [p.home / ".mytool.conf"], configure=configure)
+    plugins = load_plugins(extra=[
+        ("t-tool", CliToolsPlugin(mine)),
+        ("t-not-a-tool", CliToolsPlugin(object())),  # refused, logged; the rest still load
+        ("t-taken", CliToolsPlugin(CliTool(id="claude-code", name="Mine", binaries=("x",),
+                                           protocol="openai"))),  # a built-in's id
+    ])
+    assert plugins.cli_tools(taken=["claude-code"]) == [mine]
+    home = tmp_path / "home"
+    home.mkdir()
+    config = make_test_config(tmp_path / "data").replace(
+        tool_env={"HOME": str(home), "PATH": str(tmp_path / "bin")})
+    gw = await start_harness(aiohttp_client, config, plugins)
+    listing = await (await gw.client.get("/api/cli-tools", headers=gw.admin_headers)).json()
+    row = next(r for r in listing["tools"] if r["id"] == "mytool")
+    assert row["isCustom"] is False and row["configurable"] is True
+    assert [r["id"] for r in listing["tools"]].count("claude-code") == 1
+    key = await gw.create_key("tool")
+    resp = await gw.client.post("/api/cli-tools/mytool/configure", headers=gw.admin_headers,
+                                json={"model": "up/m", "key": key, "base_url": "http://h:1"})
+    assert resp.status == 200, await resp.text()
+    assert (home / ".mytool.conf").read_text() == f"url=http://h:1/v1\nkey={key}\nmodel=up/m\n"

@@ -48,10 +48,12 @@ def test_a_rate_prices_exactly_as_genai_prices_across_its_whole_database() -> No
             read = rng.randint(0, inp // 2)
             write = rng.randint(0, (inp - read) // 3)
             out = rng.choice([0, 1, 55, 4096, 70_000])
+            image = rng.choice([0, out])  # an image generation's output is its images
             expected = prices.calc_price(Usage(input_tokens=inp, output_tokens=out,
                                                cache_read_tokens=read,
-                                               cache_write_tokens=write))["total_price"]
-            got = rate.cost(inp, out, read, write)
+                                               cache_write_tokens=write,
+                                               output_image_tokens=image))["total_price"]
+            got = rate.cost(inp, out, read, write, image)
             assert got == pytest.approx(float(expected), rel=1e-9, abs=1e-12), (name, inp, out)
             checked += 1
     assert checked > 2000 and tiered > 5  # the database is big, and has tiers
@@ -208,7 +210,8 @@ async def test_an_override_prices_the_next_request(gw: Any) -> None:
     view = await resp.json()
     assert view["overrides"] == [{"connection": gw.connection["id"], "model": "my-model",
                                   "input": 1.5, "output": 6.0, "cache_read": None,
-                                  "cache_write": None}]
+                                  "cache_write": None, "image": None, "per_second": None,
+                                  "per_character": None}]
     assert view["source"].startswith("genai-prices ")
     gw.fake.script.append(reply(text="x", usage={"prompt_tokens": 1000, "completion_tokens": 500}))
     async with sdk(gw) as client:
@@ -238,6 +241,8 @@ async def test_an_override_prices_the_next_request(gw: Any) -> None:
     ({"model": "", "input": 1, "output": 1}, "model"),
     ({"model": "*", "input": 1, "output": 1}, "model"),
     ({"model": "m", "input": 1, "output": 1, "cache_read": True}, "cache_read"),
+    ({"model": "m", "image": -0.04}, "image"),
+    ({"model": "m", "image": "0.04"}, "image"),
 ])
 async def test_a_bad_price_is_refused_with_the_field_named(gw: Any, body: dict[str, Any],
                                                            param: str) -> None:

@@ -15,6 +15,8 @@ any costs this stage one attribute read):
   or serialised) and, for an operation that generates output
   (:attr:`~omniroute.pipeline.operation.Operation.generates`), its
   ``max_tokens`` (or the ``budget_output_tokens`` setting), priced by the
+  operation (``Operation.estimate_usd``: images by their count, audio by the
+  seconds or characters it measured before the call) on the
   most expensive target (429 ``budget_exceeded``; 503 while the budget store
   fails). Past the warning threshold the answer carries
   ``X-OmniRoute-Budget-Warning``;
@@ -54,9 +56,11 @@ BYTES_PER_TOKEN = 4
 class PriceEstimator(Protocol):
     """What budgets need of the price book: a request's likely cost on one target."""
 
-    def estimate_usd(self, target: Target, input_tokens: int,
-                     output_tokens: int) -> float | None:
-        """USD for these token counts on ``target``; None when its price is unknown."""
+    def estimate_usd(self, target: Target, input_tokens: int, output_tokens: int, *,
+                     images: int = 0, seconds: float = 0.0,
+                     characters: int = 0) -> float | None:
+        """USD for these token counts (and ``images`` images, seconds of audio, characters
+        of speech) on ``target``; None when its price is unknown."""
 
 
 class BudgetStage(Stage):
@@ -131,7 +135,8 @@ class BudgetRun(StageRun):
         if limits.usd:  # priced on the dearest target; unpriced ones cannot be charged
             priced: list[Target] = []
             for target in route.targets:
-                price = self.stage.prices.estimate_usd(target, tokens_in, tokens_out)
+                price = self.operation.estimate_usd(ctx, self.stage.prices, target,
+                                                    tokens_in, tokens_out)
                 if price is not None:
                     priced.append(target)
                     usd = max(usd, price)

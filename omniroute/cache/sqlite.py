@@ -25,6 +25,7 @@ import aiosqlite
 
 from omniroute.cache.base import CacheBackend, Listed
 from omniroute.hookspecs import hookimpl
+from omniroute.storage.db import private_file
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +86,7 @@ class SqliteCache(CacheBackend):
 
     async def start(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        private_file(self.path)
         conn = await aiosqlite.connect(str(self.path), isolation_level=None)
         try:
             await conn.execute("PRAGMA journal_mode=WAL")

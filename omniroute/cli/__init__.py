@@ -38,6 +38,9 @@ from omniroute.cli.common import (
     open_cli_store,
     plugins_of,
 )
+from omniroute.cli.connect import connect_command
+from omniroute.cli.doctor import doctor_command
+from omniroute.cli.login import import_command, login_command
 from omniroute.cli.plugins import plugins_command
 from omniroute.cli.usage import usage_command
 from omniroute.config import ConfigError, load_config
@@ -93,6 +96,9 @@ cli.add_command(plugins_command)
 cli.add_command(budget_command)
 cli.add_command(usage_command)
 cli.add_command(cache_command)
+cli.add_command(login_command)
+cli.add_command(doctor_command)
+cli.add_command(connect_command)
 
 
 def _skips_plugins(args: list[str]) -> bool:
@@ -120,6 +126,9 @@ def _skips_plugins(args: list[str]) -> bool:
 @cli.group()
 def providers() -> None:
     """Manage provider connections (upstream accounts)."""
+
+
+providers.add_command(import_command)
 
 
 @providers.command("presets")
@@ -199,17 +208,44 @@ def _wants_key(plugins: Any, type_: str | None, preset: str | None) -> bool:
 @click.pass_context
 @async_command
 async def providers_list(ctx: click.Context, as_json: bool) -> None:
-    """List provider connections (credentials masked)."""
-    async with open_cli_store(config_of(ctx)) as store:
-        conns = [c.public() for c in await store.list_connections()]
+    """List provider connections (credentials masked; a subscription's token state)."""
+    from omniroute.oauth.accounts import account_state
+
+    config = config_of(ctx)
+    providers = plugins_of(config).providers
+    async with open_cli_store(config) as store:
+        stored = await store.list_connections()
+    conns = []
+    for conn in stored:
+        view = conn.public()
+        cls = providers.get(conn.type)
+        if cls is not None and cls.auth_kind == "oauth":
+            view["oauth"] = account_state(conn.credentials)
+        conns.append(view)
     if as_json:
         echo_json(conns)
         return
     for c in conns:
         state = "active" if c["active"] else "inactive"
         url = c["settings"].get("base_url", "")
+        oauth = c.get("oauth")
+        if oauth is not None:  # a subscription: say when it needs the operator
+            url = _oauth_line(oauth) + (f"  {url}" if url else "")
         click.echo(f"{c['id']}  {c['prefix'] + '/':<14} {c['type']:<8} {state:<8} "
                    f"{c['name']}  {url}")
+
+
+def _oauth_line(oauth: dict[str, Any]) -> str:
+    """A subscription account's state in a few words (``providers list``)."""
+    if oauth["status"] == "needs_sign_in":
+        return f"NEEDS SIGN-IN ({oauth.get('reason', '')})"
+    left = oauth.get("expires_in")
+    if left is None:
+        return "token expiry unknown"
+    if left <= 0:
+        return "token expired (renewed on next use)"
+    hours, minutes = divmod(int(left) // 60, 60)
+    return f"token valid {hours}h{minutes:02d}m"
 
 
 @providers.command("remove")
@@ -235,20 +271,23 @@ async def providers_test(ctx: click.Context, conn_id: str) -> None:
     import aiohttp
 
     from omniroute.config import Settings
+    from omniroute.credentials import Refresher, StoredCredentials
     from omniroute.errors import GatewayError
     from omniroute.providers.base import ProviderContext, Timeouts
 
     config = config_of(ctx)
     plugins = plugins_of(config)
-    async with open_cli_store(config) as store:
+    async with open_cli_store(config) as store, aiohttp.ClientSession() as http:
         conn = await store.get_connection(conn_id)
-    if conn is None:
-        raise click.ClickException(f"no connection {conn_id!r}")
-    cls = plugins.providers.get(conn.type)
-    if cls is None:
-        raise click.ClickException(plugins.failure_for("providers", conn.type))
-    async with aiohttp.ClientSession() as http:
-        provider = cls(conn, ProviderContext(http, Timeouts.from_settings(Settings())))
+        if conn is None:
+            raise click.ClickException(f"no connection {conn_id!r}")
+        cls = plugins.providers.get(conn.type)
+        if cls is None:
+            raise click.ClickException(plugins.failure_for("providers", conn.type))
+        # renewed tokens (a subscription's) are kept: a rotated refresh token must not be lost
+        kept = StoredCredentials(store)
+        provider = cls(conn, ProviderContext(http, Timeouts.from_settings(Settings()),
+                                             credentials=kept, refresher=Refresher(kept)))
         started = time.perf_counter()
         try:
             models = await provider.list_models()
@@ -483,6 +522,10 @@ def rate_limits_cmd(ctx: click.Context, url: str | None, admin_key: str, as_json
         extras = [f"{k} {c[k]}" for k in ("in_flight", "consecutive_failures", "cooldown_left",
                                           "terminal_reason", "last_error") if c.get(k)]
         click.echo(line + ("  " + ", ".join(extras) if extras else ""))
+        if c.get("quota"):  # a subscription: what its service last reported
+            from omniroute.oauth.quota import describe
+
+            click.echo(f"          {describe(c['quota'], time.time())}")
 
 
 # ---------------------------------------------------------------------- admin

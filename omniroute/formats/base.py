@@ -26,6 +26,7 @@ from typing import Any, ClassVar
 
 from omniroute.errors import GatewayError
 from omniroute.formats import canonical as c
+from omniroute.formats.audio import AudioCodec
 
 
 @dataclass(slots=True)
@@ -50,8 +51,9 @@ class ClientRoute:
 
     method: str
     path: str
-    #: what serves it: ``"chat"``, ``"count_tokens"``, ``"embeddings"``, ``"models"``
-    #: (the model list) or ``"model"`` (one model)
+    #: what serves it: ``"chat"``, ``"count_tokens"``, ``"embeddings"``, ``"images"``,
+    #: ``"transcription"``, ``"translation"``, ``"speech"`` (through the format's
+    #: :attr:`Format.audio`), ``"models"`` (the model list) or ``"model"`` (one model)
     operation: str
     #: the request log's name for it (``"chat.completions"``)
     endpoint: str = ""
@@ -60,6 +62,9 @@ class ClientRoute:
     #: when another format declares the same method and path, requests carrying one of
     #: these headers are this format's (google-genai on ``GET /v1/models``)
     when_headers: tuple[str, ...] = ()
+    #: a ``"models"`` route that lists only models of this type (``"image"`` for
+    #: ``GET /v1/images/generations``); None: every model (``?type=`` may still filter)
+    model_type: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +76,10 @@ class ModelInfo:
     owned_by: str
     #: when the gateway started (Unix seconds): the lists' ``created`` time
     created: int
+    #: what it makes: ``"chat"``, ``"embedding"`` or ``"image"``
+    #: (:meth:`omniroute.providers.base.Provider.model_type`; a combo or an alias has
+    #: the type of its first target)
+    type: str = "chat"
 
 
 class Format:
@@ -85,6 +94,8 @@ class Format:
     #: path prefixes of this client API: an unknown route under one still gets this
     #: format's error shape (a Gemini client gets a Gemini 404)
     path_prefixes: ClassVar[tuple[str, ...]] = ()
+    #: the client API's audio endpoints (transcription, translation, speech), if it has any
+    audio: ClassVar[AudioCodec | None] = None
 
     # ------------------------------------------------------------------ client side
 
@@ -175,6 +186,15 @@ class Format:
     def embed_answer(self, request: c.EmbedRequest, vectors: list[list[float]], tokens: int,
                      elapsed_ns: int, route: ClientRoute) -> dict[str, Any]:
         """The JSON answer of an embeddings request: one vector per input, in order."""
+        raise NotImplementedError
+
+    def image_request(self, body: dict[str, Any], route: ClientRoute) -> c.ImageRequest:
+        """The image generation request of a client body (route operation ``"images"``)."""
+        raise NotImplementedError
+
+    def image_answer(self, request: c.ImageRequest, result: c.ImageResult,
+                     route: ClientRoute) -> dict[str, Any]:
+        """The JSON answer of an image generation request: the images, in order."""
         raise NotImplementedError
 
     # ------------------------------------------------------------------ provider side

@@ -318,3 +318,62 @@ class EmbedRequest:
     options: dict[str, Any] = field(default_factory=dict)
     #: OpenAI clients may ask for ``"base64"`` (little-endian float32)
     encoding: str = "float"
+
+
+# ----------------------------------------------------------------------------- images
+
+
+@dataclass(slots=True)
+class ImageRequest:
+    """An image generation request, whatever client API it came in.
+
+    ``response_format`` is what the client asked for (``"url"``, ``"b64_json"``) or
+    None when it did not say: an upstream that takes it gets it as sent; a provider
+    that only makes bytes answers ``b64_json`` unless ``"url"`` was asked (then a
+    ``data:`` URL). ``options`` holds the client's other fields (OpenAI's ``style``,
+    ``background``, ``output_format``, ``user``... and a local server's ``steps``,
+    ``seed``, ``negative_prompt``): an OpenAI-compatible upstream gets them as they
+    are, the other provider types take the ones they understand.
+    """
+
+    model: str
+    prompt: str
+    n: int = 1
+    #: ``"WIDTHxHEIGHT"``, ``"auto"``, or None (the upstream's default)
+    size: str | None = None
+    quality: str | None = None
+    response_format: str | None = None
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def dimensions(self, default: tuple[int, int] = (1024, 1024)) -> tuple[int, int]:
+        """``size`` as (width, height); ``default`` for ``"auto"`` or no size."""
+        if self.size is None or "x" not in self.size:
+            return default
+        width, height = self.size.split("x", 1)
+        return int(width), int(height)
+
+
+@dataclass(slots=True)
+class GeneratedImage:
+    """One image: its bytes as base64 (``data``, with ``media_type``) or a ``url``."""
+
+    data: str | None = None
+    url: str | None = None
+    media_type: str | None = None
+    #: the prompt the upstream really used, when it rewrote it (DALL-E 3, Imagen)
+    revised_prompt: str | None = None
+
+
+@dataclass(slots=True)
+class ImageResult:
+    """An image generation answer: the images in order, and what they cost in tokens
+    when the upstream counts tokens (``gpt-image-1``, Gemini image models)."""
+
+    images: list[GeneratedImage]
+    usage: Usage = field(default_factory=Usage)
+    #: when the upstream made them (Unix seconds), or None
+    created: int | None = None
+    #: the upstream's other answer fields the client API also has (OpenAI's ``size``,
+    #: ``quality``, ``background``, ``output_format``), keyed by the format that produced
+    #: them (see ``Reasoning.source``)
+    meta: dict[str, Any] = field(default_factory=dict)

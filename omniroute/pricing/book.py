@@ -12,6 +12,12 @@ Where a target's price comes from, first match wins:
    provider does not list is looked up by its name alone.
 
 A provider type with ``priced = False`` (local servers such as Ollama) costs 0.
+
+An image generation (``record.images`` set) is priced per image when an override
+gives the model an ``image`` price (USD per image: DALL-E, Imagen, which
+genai-prices does not price); otherwise by its tokens, as the upstream counted
+them (``gpt-image-1``, the Gemini image models), its output tokens at the
+model's image-output rate.
 A subscription (``auth_kind = "oauth"``) connection costs 0 too; the list price
 of its tokens is recorded beside it (``list_cost_usd``) to show what it saved.
 
@@ -39,8 +45,9 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True, slots=True)
 class Override:
-    """An operator's price, USD per 1M tokens. ``scope`` is a connection id, or ``""``
-    for every connection; ``model`` is a model name or ``*`` (every model of the scope)."""
+    """An operator's price, USD per 1M tokens, and for audio USD per second of audio
+    and per character of speech. ``scope`` is a connection id, or ``""`` for every
+    connection; ``model`` is a model name or ``*`` (every model of the scope)."""
 
     model: str
     input: float
@@ -48,15 +55,22 @@ class Override:
     cache_read: float | None = None
     cache_write: float | None = None
     scope: str = ""
+    #: USD per image an image generation makes (None: priced by its tokens)
+    image: float | None = None
+    #: USD per second of audio transcribed, and per character of speech (None: 0)
+    per_second: float | None = None
+    per_character: float | None = None
 
     def rate(self) -> Rate:
         where = f"override:{self.scope or '*'}/{self.model}"
-        return flat(self.input, self.output, self.cache_read, self.cache_write, source=where)
+        return flat(self.input, self.output, self.cache_read, self.cache_write, source=where,
+                    per_second=self.per_second or 0.0, per_character=self.per_character or 0.0)
 
     def public(self) -> dict[str, Any]:
         return {"connection": self.scope or None, "model": self.model, "input": self.input,
                 "output": self.output, "cache_read": self.cache_read,
-                "cache_write": self.cache_write}
+                "cache_write": self.cache_write, "image": self.image,
+                "per_second": self.per_second, "per_character": self.per_character}
 
 
 #: a looked-up price that was not found (kept, so a miss is not looked up again)
@@ -102,18 +116,34 @@ class PriceBook:
         return None if rate is _MISSING else rate
 
     def _look_up(self, target: Target) -> Rate | None:
+        override = self._override(target)
+        if override is not None:
+            return override.rate()
         conn, model = target.connection, target.model
-        found = self._overrides
-        for key in ((conn.id, model), (conn.id, f"{conn.prefix}/{model}"), (conn.id, "*"),
-                    ("", f"{conn.prefix}/{model}"), ("", model)):
-            if key in found:
-                return found[key].rate()
         provider = target.provider
         if not getattr(provider, "priced", True):
             return flat(0.0, 0.0, source="free")
         settings = conn.settings or {}
         return _genai_rate(model, settings.get("base_url"),
                            settings.get("price_provider") or provider.price_provider)
+
+    def _override(self, target: Target) -> Override | None:
+        """The operator's price for ``target``, the most specific first."""
+        conn, model = target.connection, target.model
+        found = self._overrides
+        for key in ((conn.id, model), (conn.id, f"{conn.prefix}/{model}"), (conn.id, "*"),
+                    ("", f"{conn.prefix}/{model}"), ("", model)):
+            if key in found:
+                return found[key]
+        return None
+
+    def image_price(self, target: Target) -> float | None:
+        """USD per image ``target`` makes, when an override says (None: priced by tokens);
+        a local server's images cost 0."""
+        override = self._override(target)
+        if override is not None and override.image is not None:
+            return override.image
+        return 0.0 if not getattr(target.provider, "priced", True) else None
 
     def blended(self, target: Target) -> float | None:
         """USD per 1M tokens at three input tokens to one output (``cost-optimized``);
@@ -126,29 +156,53 @@ class PriceBook:
     # ------------------------------------------------------------------ requests
 
     def charge(self, record: RequestRecord, target: Target | None) -> None:
-        """Set ``record.cost_usd`` (and ``list_cost_usd`` for a subscription) from its tokens.
+        """Set ``record.cost_usd`` (and ``list_cost_usd`` for a subscription) from its tokens,
+        its seconds of audio and its characters of speech.
 
-        Leaves them None when nothing answered, no tokens are known, or the price is not.
+        Leaves them None when nothing answered, no usage is known, or the price is not.
         """
-        if target is None or (record.prompt_tokens is None and record.completion_tokens is None):
+        if target is None:
             return
-        rate = self.rate(target)
-        if rate is None:
-            return
-        cost = rate.cost(record.prompt_tokens or 0, record.completion_tokens or 0,
-                         record.cached_tokens or 0, record.cache_write_tokens or 0)
+        cost = None
+        if record.images:  # an image generation: per image, where a price says
+            per_image = self.image_price(target)
+            if per_image is not None:
+                cost = per_image * record.images
+        if cost is None:
+            if (record.prompt_tokens is None and record.completion_tokens is None
+                    and record.audio_seconds is None and record.characters is None):
+                return
+            rate = self.rate(target)
+            if rate is None:
+                return
+            output = record.completion_tokens or 0
+            cost = rate.cost(record.prompt_tokens or 0, output, record.cached_tokens or 0,
+                             record.cache_write_tokens or 0,
+                             output if record.images else 0,
+                             seconds=record.audio_seconds or 0.0,
+                             characters=record.characters or 0)
         if target.provider.auth_kind == "oauth":
             record.cost_usd, record.list_cost_usd = 0.0, cost
         else:
             record.cost_usd = cost
 
-    def estimate_usd(self, target: Target, input_tokens: int, output_tokens: int) -> float | None:
+    def estimate_usd(self, target: Target, input_tokens: int, output_tokens: int, *,
+                     images: int = 0, seconds: float = 0.0,
+                     characters: int = 0) -> float | None:
         """What a request of this size would cost on ``target`` (budget reservations);
-        a subscription costs 0, an unknown price None."""
+        a subscription costs 0, an unknown price None. ``images``: an image generation
+        of that many images (its output tokens are the images')."""
         if target.provider.auth_kind == "oauth":
             return 0.0
+        if images:
+            per_image = self.image_price(target)
+            if per_image is not None:
+                return per_image * images
         rate = self.rate(target)
-        return None if rate is None else rate.cost(input_tokens, output_tokens)
+        if rate is None:
+            return None
+        return rate.cost(input_tokens, output_tokens, output_image=output_tokens if images else 0,
+                         seconds=seconds, characters=characters)
 
 
 def _genai_rate(model: str, base_url: str | None, provider_id: str | None) -> Rate | None:

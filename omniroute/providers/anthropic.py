@@ -77,7 +77,7 @@ class AnthropicProvider(HTTPProvider):
     default_prefix = "anthropic"
     description = "Anthropic Messages API (and Anthropic-compatible endpoints)"
     presets: ClassVar[Mapping[str, Preset]] = {p.name: p for p in _PRESETS}
-    credential_fields = ("api_key", "auth_token")
+    credential_fields: ClassVar[tuple[str, ...]] = ("api_key", "auth_token")
     requires_credentials = True
 
     def __init__(self, connection: Connection, context: ProviderContext) -> None:

@@ -10,14 +10,23 @@ frames (SSE events, or NDJSON lines for Ollama: see ``HTTPProvider.framing``).
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Mapping
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 import aiohttp
 
-from omniroute.credentials import CredentialStore, MemoryCredentials
-from omniroute.errors import EmbeddingsNotSupported, TargetUnsupported, UpstreamError
+from omniroute.credentials import CredentialStore, MemoryCredentials, Refresher
+from omniroute.errors import (
+    EmbeddingsNotSupported,
+    ImagesNotSupported,
+    TargetUnsupported,
+    UpstreamError,
+)
+from omniroute.formats import canonical as c
+from omniroute.formats.audio import SpeechRequest, TranscribeRequest, Transcript
+from omniroute.providers.model_types import MODEL_TYPES, guess_model_type
 
 if TYPE_CHECKING:
     from omniroute.storage.store import Connection
@@ -38,17 +47,24 @@ class Preset:
 class Timeouts:
     """Upstream time bounds, rebuilt whenever the settings change."""
 
-    def __init__(self, *, connect: float, first_byte: float, idle: float, total: float) -> None:
+    def __init__(self, *, connect: float, first_byte: float, idle: float, total: float,
+                 image: float = 300.0) -> None:
         self.connect = connect
         self.first_byte = first_byte
         self.idle = idle
         self.total = total
+        #: seconds one image generation may take, first byte to last (or a local
+        #: server's job, submitted, polled and fetched)
+        self.image = image
         #: JSON calls: the answer must start within ``first_byte`` (every socket
         #: read is bounded by it); the whole exchange is bounded by ``total``.
         self.json = aiohttp.ClientTimeout(total=total, connect=connect, sock_read=first_byte)
         #: streams: every socket read is bounded by ``idle``; first event and
         #: total time are enforced by the caller.
         self.stream = aiohttp.ClientTimeout(total=None, connect=connect, sock_read=idle)
+        #: image generations: a long wait for the answer is normal, so ``image`` bounds
+        #: both the wait for it and the whole exchange
+        self.images = aiohttp.ClientTimeout(total=image, connect=connect, sock_read=image)
 
     @classmethod
     def from_settings(cls, settings: Any) -> Timeouts:
@@ -57,6 +73,7 @@ class Timeouts:
             first_byte=settings.first_byte_timeout,
             idle=settings.idle_timeout,
             total=settings.total_timeout,
+            image=settings.image_timeout,
         )
 
 
@@ -69,6 +86,12 @@ class ProviderContext:
     user_agent: str = "omniroute"
     #: where renewed credentials are kept (:meth:`Provider.save_credentials`)
     credentials: CredentialStore = field(default_factory=MemoryCredentials)
+    #: renews credentials once per connection at a time (OAuth types ask it before a
+    #: call whose token is about to lapse; the data path asks it after a 401/403)
+    refresher: Refresher = field(default_factory=Refresher)
+    #: seconds before an access token lapses when it is renewed ahead of a call
+    #: (the ``oauth_refresh_margin`` setting)
+    refresh_margin: float = 300.0
 
 
 @dataclass(slots=True)
@@ -116,6 +139,21 @@ class Embeddings:
     model: str
 
 
+@dataclass(slots=True)
+class Transcribed:
+    """A transcription answer: the upstream's own body, when it speaks the client's audio
+    API (pass-through: in the response format asked for), or a transcript for the
+    client's API to render."""
+
+    body: bytes | None = None
+    #: the upstream's Content-Type of ``body``
+    content_type: str = ""
+    transcript: Transcript | None = None
+
+
+_T = TypeVar("_T")
+
+
 def checked_vectors(value: Any, count: int) -> list[list[float]]:
     """``value`` if it is ``count`` lists of numbers, else the upstream's failure."""
     if (not isinstance(value, list) or len(value) != count or not all(
@@ -125,6 +163,39 @@ def checked_vectors(value: Any, count: int) -> list[list[float]]:
         raise UpstreamError(f"upstream sent a malformed embeddings answer "
                             f"(expected {count} vector(s))")
     return [[float(x) for x in v] for v in value]
+
+
+async def all_or_none(calls: Sequence[Awaitable[_T]]) -> list[_T]:
+    """Run ``calls`` at once and give their results in order; when one fails (or the
+    caller is cancelled) the others are cancelled too and the failure is raised."""
+    tasks = [asyncio.ensure_future(call) for call in calls]
+    try:
+        return list(await asyncio.gather(*tasks))
+    except BaseException:
+        for task in tasks:
+            task.cancel()
+        await asyncio.wait(tasks)
+        for task in tasks:  # read, so no other failure is reported as unread
+            if not task.cancelled():
+                task.exception()
+        raise
+
+
+def summed_images(results: Sequence[c.ImageResult]) -> c.ImageResult:
+    """Several answers' images in order, their token counts added up (a count no answer
+    gave stays None)."""
+    usage = c.Usage()
+    for part in results:
+        for name in ("input_tokens", "output_tokens"):
+            value = getattr(part.usage, name)
+            if value is not None:
+                setattr(usage, name, (getattr(usage, name) or 0) + value)
+    return c.ImageResult([image for part in results for image in part.images], usage)
+
+
+#: model types and the capability that serves each
+_KINDS = (("chat", "chat"), ("embedding", "embeddings"), ("image", "images"),
+          ("transcription", "transcription"), ("speech", "speech"))
 
 
 class Provider:
@@ -146,8 +217,10 @@ class Provider:
     credential_fields: ClassVar[tuple[str, ...]] = ("api_key",)
     requires_credentials: ClassVar[bool] = True
     #: what a connection of this type can serve: ``"chat"``, ``"embeddings"`` (implement
-    #: :meth:`embed`), ``"count_tokens"`` (implement :meth:`count_tokens`). The gateway
-    #: skips, without charging it, a target whose type lacks what a request needs.
+    #: :meth:`embed`), ``"count_tokens"`` (implement :meth:`count_tokens`), ``"images"``
+    #: (implement :meth:`generate_images`), ``"transcription"`` and ``"translation"``
+    #: (implement :meth:`transcribe`), ``"speech"`` (implement :meth:`speak`). The
+    #: gateway skips, without charging it, a target whose type lacks what a request needs.
     capabilities: ClassVar[frozenset[str]] = frozenset({"chat"})
     #: ``"api_key"``, or ``"oauth"`` for subscription accounts (stricter circuit
     #: breaker; a 401/403 first triggers :meth:`refresh_credentials`)
@@ -180,6 +253,11 @@ class Provider:
         models = settings.get("models", [])
         if not isinstance(models, list) or not all(isinstance(m, str) for m in models):
             raise ValueError("models must be a list of model names")
+        types = settings.get("model_types", {})
+        if not isinstance(types, dict) or not all(
+                isinstance(k, str) and v in MODEL_TYPES for k, v in types.items()):
+            raise ValueError("model_types must map model names to one of "
+                             f"{', '.join(MODEL_TYPES)}")
         return settings, credentials
 
     @property
@@ -200,6 +278,42 @@ class Provider:
         raise EmbeddingsNotSupported(
             f"Provider type {self.type!r} (connection {self.connection.name!r}) does not "
             "serve embeddings.", param="model")
+
+    async def transcribe(self, model: str, request: TranscribeRequest) -> Transcribed:
+        """Transcribe (``request.task == "transcribe"``) or translate into English
+        (``"translate"``) the audio of ``request`` with ``model``; raise a ``GatewayError``
+        on failure (capabilities ``"transcription"``, ``"translation"``)."""
+        raise TargetUnsupported(f"Provider type {self.type!r} does not transcribe audio.")
+
+    async def speak(self, model: str, request: SpeechRequest) -> UpstreamResponse:
+        """Turn ``request.input`` into speech with ``model`` (capability ``"speech"``).
+
+        :returns: the audio as it arrives: ``events`` yields the upstream's bytes chunk
+            by chunk (``HTTPProvider.post_stream`` with ``framing=RAW``), returned once
+            the first chunk is in.
+        """
+        raise TargetUnsupported(f"Provider type {self.type!r} does not make speech.")
+    async def generate_images(self, model: str, request: c.ImageRequest) -> c.ImageResult:
+        """Make ``request.n`` images from ``request.prompt`` with ``model`` (capability
+        ``"images"``); raise a ``GatewayError`` on failure.
+
+        Bound the whole call by ``self.context.timeouts.image`` seconds (an HTTP call with
+        :attr:`Timeouts.images`). The default says this provider type makes no images (a
+        400 that the gateway treats as "skip this target", not as the account's failure).
+        """
+        raise ImagesNotSupported(
+            f"Provider type {self.type!r} (connection {self.connection.name!r}) does not "
+            "generate images.", param="model")
+
+    def model_type(self, model: str) -> str:
+        """What ``model`` makes (one of :data:`~omniroute.providers.model_types.MODEL_TYPES`),
+        for the model lists: the connection's ``model_types`` setting, else the only kind
+        this type serves, else what its name suggests. Override it when the upstream says."""
+        named = self.connection.settings.get("model_types") or {}
+        if model in named:
+            return str(named[model])
+        kinds = [kind for kind, capability in _KINDS if capability in self.capabilities]
+        return kinds[0] if len(kinds) == 1 else guess_model_type(model)
 
     async def count_tokens(
         self, body: dict[str, Any], client_headers: Mapping[str, str] | None = None
@@ -247,6 +361,12 @@ class Provider:
         # upstream just rotated would otherwise be lost with the old one spent
         self.connection.credentials = new
         await self.context.credentials.save(self.connection.id, new)
+
+    def quota_view(self) -> dict[str, Any] | None:
+        """The account's quota as its service last reported it (subscriptions: windows,
+        remaining, resets; see :mod:`omniroute.oauth.quota`), for ``/api/rate-limits``;
+        None when the type reads none."""
+        return None
 
     async def list_models(self) -> list[str]:
         """The model names this connection offers (without prefix)."""

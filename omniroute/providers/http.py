@@ -5,7 +5,8 @@ aiohttp failure becomes a typed gateway error, and a stream that is closed
 early closes its upstream connection at once.
 
 Streams are cut into *frames* by a :class:`Framing`: :data:`SSE` (server-sent
-events, the default) or :data:`NDJSON` (one JSON object per line, Ollama's).
+events, the default), :data:`NDJSON` (one JSON object per line, Ollama's) or
+:data:`RAW` (a binary body, such as speech audio: each socket read is a frame).
 A provider picks one with its ``framing`` class attribute, says which frames
 are only keep-alives (:meth:`HTTPProvider.skips_frame`) and how to spot an
 error in the first meaningful frame (:meth:`HTTPProvider.first_frame_error`).
@@ -92,8 +93,29 @@ class Framing:
             return None
 
 
+class ChunkSplitter:
+    """A binary body: every chunk the socket gives is a frame, as it came."""
+
+    __slots__ = ()
+
+    def feed(self, chunk: bytes) -> list[bytes]:
+        return [chunk]
+
+    def tail(self) -> bytes:
+        return b""
+
+
+def _any_bytes(frame: bytes) -> bool:
+    return True
+
+
+def _no_payload(frame: bytes) -> bytes | None:
+    return None
+
+
 SSE = Framing("sse", SSESplitter, looks_like_sse, event_data)
 NDJSON = Framing("ndjson", LineSplitter, _json_line, _line_payload)
+RAW = Framing("raw", ChunkSplitter, _any_bytes, _no_payload)
 
 
 # ----------------------------------------------------------------------------- the provider base
@@ -164,6 +186,10 @@ class HTTPProvider(Provider):
             return None
         return self.stream_error(self.framing.json(frame))
 
+    def answered(self, status: int, headers: Mapping[str, str]) -> None:
+        """Told the status and headers of every upstream answer, success or error, before
+        its body is read (override: a subscription reads its quota headers here)."""
+
     def skips_frame(self, frame: bytes) -> bool:
         """True for frames that do not count as the stream's first event (keep-alives).
 
@@ -171,45 +197,72 @@ class HTTPProvider(Provider):
         """
         return False
 
-    async def get_json(self, url: str, headers: Mapping[str, str]) -> Any:
-        timeouts = self.context.timeouts
-        try:
-            async with self.context.http.get(url, headers=headers, timeout=timeouts.json) as resp:
-                body = await resp.read()
-                if resp.status >= 400:
-                    raise self.error_from(resp.status, body, resp.headers)
-        except TimeoutError:
-            raise UpstreamTimeout(f"upstream did not answer within {timeouts.total:g}s") from None
-        except aiohttp.ClientError as exc:
-            raise UpstreamError(f"upstream unreachable: {_describe(exc)}") from None
+    async def get_json(self, url: str, headers: Mapping[str, str], *,
+                       timeout: aiohttp.ClientTimeout | None = None) -> Any:
+        """GET a JSON answer, bounded by ``timeout`` (default: the JSON call bounds)."""
+        body, _ = await self.get_bytes(url, headers, timeout=timeout)
         try:
             return orjson.loads(body)
         except orjson.JSONDecodeError:
             raise UpstreamError("upstream sent a response that is not JSON") from None
 
+    async def get_bytes(self, url: str, headers: Mapping[str, str], *,
+                        timeout: aiohttp.ClientTimeout | None = None) -> tuple[bytes, str]:
+        """GET a body and its content type, bounded by ``timeout`` (default: the JSON call
+        bounds); an HTTP error becomes the provider's typed error."""
+        bound = timeout or self.context.timeouts.json
+        try:
+            async with self.context.http.get(url, headers=headers, timeout=bound) as resp:
+                self.answered(resp.status, resp.headers)
+                body = await resp.read()
+                if resp.status >= 400:
+                    raise self.error_from(resp.status, body, resp.headers)
+                return body, resp.content_type
+        except TimeoutError:
+            raise UpstreamTimeout(f"upstream did not answer within {bound.total:g}s") from None
+        except aiohttp.ClientError as exc:
+            raise UpstreamError(f"upstream unreachable: {_describe(exc)}") from None
+
     async def post_json(
-        self, url: str, headers: Mapping[str, str], data: bytes
+        self, url: str, headers: Mapping[str, str], data: bytes | aiohttp.FormData, *,
+        timeout: aiohttp.ClientTimeout | None = None,
     ) -> UpstreamResponse:
+        """POST for a JSON answer (``UpstreamError`` if it is not JSON). ``timeout``: other
+        bounds than the JSON call's (an image generation's
+        :attr:`~omniroute.providers.base.Timeouts.images`)."""
+        answer = await self.post_body(url, headers, data, timeout=timeout)
+        assert answer.body is not None
+        if not answer.body.lstrip().startswith((b"{", b"[")):
+            raise UpstreamError("upstream sent a response that is not JSON")
+        return answer
+
+    async def post_body(
+        self, url: str, headers: Mapping[str, str], data: bytes | aiohttp.FormData, *,
+        timeout: aiohttp.ClientTimeout | None = None,
+    ) -> UpstreamResponse:
+        """POST (a body, or a multipart form) and read the whole answer, of any type."""
         timeouts = self.context.timeouts
         try:
             # timeouts.json: the answer must start within first_byte (and no read may
             # stall longer), so a hung upstream does not stall failover; the whole
             # exchange is bounded by total
             async with self.context.http.post(
-                url, data=data, headers=headers, timeout=timeouts.json
+                url, data=data, headers=headers, timeout=timeout or timeouts.json
             ) as resp:
+                self.answered(resp.status, resp.headers)
                 body = await resp.read()
                 if resp.status >= 400:
                     raise self.error_from(resp.status, body, resp.headers)
                 kept = _kept_headers(resp.headers)
         except TimeoutError:
+            if timeout is not None:
+                raise UpstreamTimeout(
+                    f"upstream did not answer within {timeout.total:g}s") from None
             raise UpstreamTimeout(
                 f"upstream did not answer: nothing for {timeouts.first_byte:g}s, "
                 f"or over {timeouts.total:g}s in total") from None
         except aiohttp.ClientError as exc:
             raise UpstreamError(f"upstream unreachable: {_describe(exc)}") from None
-        if not body.lstrip().startswith((b"{", b"[")):
-            raise UpstreamError("upstream sent a response that is not JSON")
         return UpstreamResponse(resp.status, kept, body=body)
 
     async def post_stream(
@@ -242,6 +295,7 @@ class HTTPProvider(Provider):
             async with asyncio.timeout(timeouts.first_byte):
                 resp = await self.context.http.post(
                     url, data=data, headers=headers, timeout=timeouts.stream)
+                self.answered(resp.status, resp.headers)
                 if resp.status >= 400:
                     raise self.error_from(resp.status, await resp.read(), resp.headers)
                 reader = _FrameReader(resp, framing.splitter(), timeouts)

@@ -50,7 +50,7 @@ class OllamaProvider(HTTPProvider):
     default_prefix = "ollama"
     description = "Ollama native API (/api/chat)"
     presets: ClassVar[Mapping[str, Preset]] = {p.name: p for p in _PRESETS}
-    credential_fields = ("api_key",)
+    credential_fields: ClassVar[tuple[str, ...]] = ("api_key",)
     requires_credentials = False
     framing = NDJSON
 

@@ -44,12 +44,12 @@ class ResponsesProvider(HTTPProvider):
     """The OpenAI Responses API over HTTP (JSON and SSE with named events)."""
 
     type = "openai-responses"
-    price_provider = "openai"
+    price_provider: ClassVar[str | None] = "openai"
     format = "responses"
     default_prefix = "responses"
     description = "OpenAI Responses API (and services that serve it)"
     presets: ClassVar[Mapping[str, Preset]] = {p.name: p for p in _PRESETS}
-    credential_fields = ("api_key",)
+    credential_fields: ClassVar[tuple[str, ...]] = ("api_key",)
     requires_credentials = True
 
     def __init__(self, connection: Connection, context: ProviderContext) -> None:

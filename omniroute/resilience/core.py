@@ -49,6 +49,8 @@ The API:
   :class:`~omniroute.errors.RateLimited` and ``Retry-After``.
 * ``reset(connection_id=None)`` — operator reset of cooldowns, terminal
   states and breakers (all, or one connection and its provider's breaker).
+* ``sign_in_needed(connection_id, why)`` — an OAuth account must be signed in again
+  (terminal ``needs_sign_in``, which a reset leaves), or (``why=None``) no longer.
 * ``snapshot(connections=()) -> dict`` — plain JSON-able state for
   ``/api/rate-limits``, ``/api/sessions`` and health.
 * ``breaker_states()`` and ``rests(connections)`` — the few numbers ``/metrics``
@@ -83,7 +85,7 @@ from omniroute.resilience.cooldown import Backoff
 from omniroute.resilience.limits import Limiter
 from omniroute.resilience.sessions import SessionStore
 from omniroute.resilience.state import BreakerState, LimitState, MemoryState, StateStore
-from omniroute.resilience.stats import ConnectionStats
+from omniroute.resilience.stats import NEEDS_SIGN_IN, ConnectionStats
 from omniroute.resilience.strategies import DEFAULT, STRATEGIES, Context, Rotation, normalize
 from omniroute.routing import Target
 from omniroute.storage.store import Connection
@@ -345,7 +347,8 @@ class Resilience:
         stats.failed(now, verdict.message or verdict.kind, counted=verdict.penalty != "none")
         cooldown = None
         if verdict.penalty == "terminal":
-            stats.terminal_reason = verdict.terminal_reason or verdict.kind
+            if stats.terminal_reason != NEEDS_SIGN_IN:  # the more useful reason stays
+                stats.terminal_reason = verdict.terminal_reason or verdict.kind
             log.warning("connection %s is out of service: %s (%s)", target.connection.id,
                         stats.terminal_reason, verdict.message)
         elif verdict.penalty == "cooldown":
@@ -421,6 +424,25 @@ class Resilience:
         if conn is not None and conn.prefix in self._breakers:
             self._breakers[conn.prefix].reset()
             changed("breakers", conn.prefix)
+
+    def sign_in_needed(self, connection_id: str, why: str | None) -> None:
+        """Take an OAuth account out until it is signed in again (terminal
+        ``needs_sign_in``, ``why`` as its last error); ``why=None`` ends that state
+        (the account's credentials were replaced)."""
+        stats = self._stats_by_id.get(connection_id)
+        if why is None:
+            if stats is not None and stats.terminal_reason == NEEDS_SIGN_IN:
+                stats.terminal_reason = None
+                self.state.changed("connections", connection_id)
+            return
+        if stats is None:
+            stats = self._stats_by_id[connection_id] = ConnectionStats(connection_id)
+        if stats.terminal_reason != NEEDS_SIGN_IN or stats.last_error != why[:500]:
+            stats.terminal_reason = NEEDS_SIGN_IN
+            stats.last_error = why[:500]
+            log.warning("connection %s is out of service until it is signed in again: %s",
+                        connection_id, why)
+            self.state.changed("connections", connection_id)
 
     def retain(self, connection_ids: Iterable[str]) -> None:
         """Forget the state of connections that no longer exist (call after a reload)."""

@@ -18,6 +18,9 @@ from dataclasses import dataclass, field
 from math import ceil
 from typing import Any
 
+#: the terminal reason of an OAuth account whose renewal was refused for good: only a
+#: new sign-in clears it (an operator reset does not, it cannot revive the tokens)
+NEEDS_SIGN_IN = "needs_sign_in"
 #: weight of the newest sample in the moving averages
 EWMA_ALPHA = 0.2
 #: first-byte times kept per model and lane, and the fewest that make a percentile
@@ -125,10 +128,12 @@ class ConnectionStats:
         return max(0.0, (self.cooling_until or now) - now)
 
     def reset(self) -> None:
-        """Operator reset: the rest and the terminal state go; the history stays."""
+        """Operator reset: the rest and the terminal state go (but "needs sign-in", which
+        only a new sign-in ends); the history stays."""
         self.consecutive_failures = 0
         self.cooling_until = None
-        self.terminal_reason = None
+        if self.terminal_reason != NEEDS_SIGN_IN:
+            self.terminal_reason = None
         self.error_rate = 0.0
 
     def snapshot(self, now: float, wall_offset: float) -> dict[str, Any]:

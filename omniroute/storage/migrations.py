@@ -154,6 +154,23 @@ MIGRATIONS: list[list[str]] = [
         # the budgets' read-back of recent windows and their prune select on window_start
         """CREATE INDEX key_spend_window ON key_spend(window_start)""",
     ],
+    # 5: image generation (issue 11): images made per request, and a per-image price
+    [
+        """ALTER TABLE request_log ADD COLUMN images INTEGER""",
+        # USD per image, for models priced by the image (DALL-E, Imagen); NULL: by tokens
+        """ALTER TABLE price_overrides ADD COLUMN image REAL""",
+    ],
+    # 6: audio (issue 11): what a transcription or a speech request is charged by, and the
+    # operator's per-second / per-character prices
+    [
+        # seconds of audio transcribed or translated (the upstream's count, else measured)
+        """ALTER TABLE request_log ADD COLUMN audio_seconds REAL""",
+        # characters of text turned into speech
+        """ALTER TABLE request_log ADD COLUMN characters INTEGER""",
+        # USD per second of audio, and per character of speech input
+        """ALTER TABLE price_overrides ADD COLUMN per_second REAL""",
+        """ALTER TABLE price_overrides ADD COLUMN per_character REAL""",
+    ],
 ]
 
 LATEST = len(MIGRATIONS)

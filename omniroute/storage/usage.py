@@ -50,6 +50,7 @@ _AGGREGATES = (
     "SUM(cached_tokens) AS cache_read_tokens",
     "SUM(cache_write_tokens) AS cache_write_tokens",
     "SUM(reasoning_tokens) AS reasoning_tokens",
+    "SUM(images) AS images",
     "SUM(cost_usd) AS cost_usd",
     # what the same tokens cost at list price: a subscription's list price, else the cost
     "SUM(COALESCE(list_cost_usd, cost_usd)) AS list_cost_usd",
@@ -57,8 +58,8 @@ _AGGREGATES = (
     "COUNT(latency_ms) AS timed",
 )
 _SUMS = ("requests", "errors", "tokens_in", "tokens_out", "cache_read_tokens",
-         "cache_write_tokens", "reasoning_tokens", "cost_usd", "list_cost_usd", "latency_ms",
-         "timed")
+         "cache_write_tokens", "reasoning_tokens", "images", "cost_usd", "list_cost_usd",
+         "latency_ms", "timed")
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)\s*([smhdw])$")
 _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 _STATUS_CLASS = re.compile(r"^([1-5])xx$")
@@ -218,6 +219,7 @@ def _view(sums: dict[str, float]) -> dict[str, Any]:
         "cache_read_tokens": int(sums["cache_read_tokens"]),
         "cache_write_tokens": int(sums["cache_write_tokens"]),
         "reasoning_tokens": int(sums["reasoning_tokens"]),
+        "images": int(sums["images"]),
         "cost_usd": round(cost, 8),
         "list_cost_usd": round(listed, 8),
         # what subscription connections saved: their tokens' list price, paid nothing

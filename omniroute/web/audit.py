@@ -25,8 +25,8 @@ from omniroute.web.query import query_limit, query_time
 from omniroute.web.tags import tag_route
 
 #: calls whose body is never stored: a login's holds a password (right or mistyped), and
-#: anyone may send one
-BODY_NOT_KEPT = frozenset({"POST /api/auth/login"})
+#: anyone may send one; a sign-in's completion holds the authorization code
+BODY_NOT_KEPT = frozenset({"POST /api/auth/login", "POST /api/oauth/{service}/complete"})
 #: the largest answer a created object's id is read from
 _CREATED_BODY_MAX = 64 * 1024
 

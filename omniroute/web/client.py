@@ -3,9 +3,11 @@
 Every loaded :class:`~omniroute.formats.base.Format` lists its endpoints in
 ``client_routes`` (:class:`~omniroute.formats.base.ClientRoute`: method, path,
 operation, request-log name, the stream flag its path implies). This module
-binds each one at start-up: ``chat``, ``count_tokens`` and ``embeddings``
-routes to a pipeline operation (:mod:`omniroute.pipeline`), ``models`` and
-``model`` to the format's model-list shape. Two formats may declare one path
+binds each one at start-up: ``chat``, ``count_tokens``, ``embeddings``, ``images``
+and the audio routes (``transcription``, ``translation``, ``speech``) to a pipeline
+operation (:mod:`omniroute.pipeline`), ``models`` and ``model`` to the format's
+model-list shape (a ``models`` route lists one type of model when it names one, and
+``?type=`` filters any of them). Two formats may declare one path
 (google-genai and OpenAI clients share ``GET /v1/models``): the one whose
 ``when_headers`` the request carries serves it, else the one without any.
 
@@ -28,14 +30,27 @@ import orjson
 from aiohttp import web
 
 from omniroute.appkeys import CATALOG, PIPELINE, REGISTRY
-from omniroute.errors import GatewayError, NotFound
-from omniroute.formats.base import ClientRoute, Format
-from omniroute.pipeline import Chat, CountTokens, Embed, Operation
+from omniroute.errors import GatewayError, InvalidRequest, NotFound
+from omniroute.formats.base import ClientRoute, Format, ModelInfo
+from omniroute.pipeline import (
+    Chat,
+    CountTokens,
+    Embed,
+    Images,
+    Operation,
+    Speak,
+    Transcribe,
+    Translate,
+)
+from omniroute.providers.model_types import MODEL_TYPES
 from omniroute.version import __version__
 from omniroute.web.responses import setup_responses_routes
 from omniroute.web.tags import tag_resource, tag_route
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+#: the audio operations, by route operation (the format's ``audio`` API serves them)
+_AUDIO: dict[str, type[Transcribe] | type[Speak]] = {
+    "transcription": Transcribe, "translation": Translate, "speech": Speak}
 
 
 def _json(data: object, status: int = 200) -> web.Response:
@@ -48,7 +63,9 @@ def _bind(app: web.Application, fmt: Format, route: ClientRoute) -> Handler:
     operation: Operation
     if route.operation == "models":
         async def models(request: web.Request) -> web.StreamResponse:
-            return _json(fmt.model_list(await catalog.model_infos()))
+            wanted = _model_type(request, route)
+            infos = await catalog.model_infos()
+            return _json(fmt.model_list(infos if wanted is None else _of_type(infos, wanted)))
         return models
     if route.operation == "model":
         async def model(request: web.Request) -> web.StreamResponse:
@@ -67,6 +84,11 @@ def _bind(app: web.Application, fmt: Format, route: ClientRoute) -> Handler:
     elif route.operation == "embeddings":
         operation = Embed(fmt, route.endpoint, partial(fmt.embed_request, route=route),
                           partial(fmt.embed_answer, route=route))
+    elif route.operation == "images":
+        operation = Images(fmt, route.endpoint, partial(fmt.image_request, route=route),
+                           partial(fmt.image_answer, route=route))
+    elif route.operation in _AUDIO:
+        operation = _AUDIO[route.operation](fmt, route.endpoint)
     else:
         raise ValueError(f"format {fmt.name!r} declares {route.method} {route.path} with an "
                          f"unknown operation {route.operation!r}")
@@ -78,6 +100,23 @@ def _bind(app: web.Application, fmt: Format, route: ClientRoute) -> Handler:
                                     path_stream=stream)
 
     return serve
+
+
+def _model_type(request: web.Request, route: ClientRoute) -> str | None:
+    """The type of model a list asks for: the route's own, else ``?type=`` (None: all)."""
+    if route.model_type is not None:
+        return route.model_type
+    wanted = request.query.get("type")
+    if not wanted:
+        return None
+    if wanted not in MODEL_TYPES:
+        raise InvalidRequest(f"'type' must be one of {', '.join(MODEL_TYPES)}, got "
+                             f"{wanted!r}.", param="type", code="invalid_type")
+    return wanted
+
+
+def _of_type(infos: list[ModelInfo], wanted: str) -> list[ModelInfo]:
+    return [info for info in infos if info.type == wanted]
 
 
 def _dispatch(choices: list[tuple[tuple[str, ...], Handler]], default: Handler) -> Handler:

@@ -28,6 +28,7 @@ from omniroute.budgets.view import key_options
 from omniroute.catalog import Catalog
 from omniroute.config import ConfigError, Settings
 from omniroute.errors import AuthenticationFailed, GatewayError, InvalidRequest, NotFound
+from omniroute.oauth.accounts import account_state
 from omniroute.providers.base import Provider
 from omniroute.storage import Combo, Connection, Store
 from omniroute.web.tags import tag_route
@@ -49,6 +50,9 @@ def _connection_view(catalog: Catalog, conn: Connection) -> dict[str, Any]:
     view = conn.public()
     view["usable"] = conn.id in catalog.providers
     view["error"] = catalog.provider_errors.get(conn.id)
+    cls = catalog.registry.provider_types.get(conn.type)
+    if cls is not None and cls.auth_kind == "oauth":  # a subscription: its tokens' state
+        view["oauth"] = account_state(conn.credentials)
     return view
 
 

@@ -10,6 +10,7 @@ from aiohttp import web
 
 from omniroute.appkeys import CATALOG, GATEWAY, HTTP, REGISTRY, REQUEST_LOG, RESILIENCE, STORE
 from omniroute.auth.admin import PASSWORD_SETTING
+from omniroute.resilience.stats import NEEDS_SIGN_IN
 from omniroute.version import __version__
 from omniroute.web.tags import tag_resource
 
@@ -32,6 +33,10 @@ async def health(request: web.Request) -> web.Response:
     counts = state["health"]
     summary["health"] = {k: counts[k] for k in ("healthy", "degraded", "down")}
     summary["breakers"] = [{"key": b["key"], "state": b["state"]} for b in state["breakers"]]
+    # subscription accounts whose renewal was refused for good: out until signed in again
+    summary["needs_sign_in"] = [
+        {"id": row["id"], "name": row["name"], "type": row["type"]}
+        for row in state["connections"] if row["terminal_reason"] == NEEDS_SIGN_IN]
     shared = app[GATEWAY].shared
     sharing = shared.health() if shared is not None else None
     degraded = (catalog.provider_errors or counts["down"] or counts["degraded"]

@@ -3,7 +3,8 @@
 ``GET/PATCH /api/resilience`` (the queue, cooldown, breaker, attempt, session,
 hedging and timeout settings, and a summary of the state), ``POST /api/resilience/reset``
 (everything, or one ``connection_id``), ``GET /api/rate-limits`` (per connection:
-cooling until, failures, in flight, limits), ``GET /api/sessions``.
+cooling until, failures, in flight, limits, and a subscription's ``quota``), ``GET
+/api/sessions``.
 """
 
 from __future__ import annotations
@@ -73,6 +74,11 @@ async def reset_resilience(request: web.Request) -> web.Response:
 async def rate_limits(request: web.Request) -> web.Response:
     catalog = request.app[CATALOG]
     state = request.app[RESILIENCE].snapshot(catalog.connections.values())
+    for row in state["connections"]:  # subscriptions: the quota their service reported
+        provider = catalog.providers.get(row["id"])
+        quota = provider.quota_view() if provider is not None else None
+        if quota is not None:
+            row["quota"] = quota
     return web.json_response({"connections": state["connections"], "health": state["health"]})
 
 

@@ -68,6 +68,7 @@ Fake-initiated drops don't count.
 from __future__ import annotations
 
 import asyncio
+import base64
 import random
 import secrets
 import string
@@ -209,6 +210,21 @@ def fake_vector(text: str, dimensions: int = 8) -> list[float]:
     return [(len(text) + k) / 100 for k in range(dimensions)]
 
 
+#: the first bytes of every PNG file
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def fake_image_bytes(prompt: str, index: int = 0) -> bytes:
+    """The fakes' image ``index`` of ``prompt``: PNG's signature, then the index and the
+    prompt, so tests can predict it (and media types are sniffed as PNG)."""
+    return PNG_MAGIC + f"{index}:{prompt}".encode()
+
+
+def fake_image(prompt: str, index: int = 0) -> str:
+    """:func:`fake_image_bytes` as base64, as image APIs send it."""
+    return base64.b64encode(fake_image_bytes(prompt, index)).decode()
+
+
 # ----------------------------------------------------------------------------- the base
 
 class FakeUpstream(Generic[B]):
@@ -216,8 +232,9 @@ class FakeUpstream(Generic[B]):
 
     #: the fake's ``Behaviour`` class: an empty script answers with ``behaviour()``
     behaviour: ClassVar[type[Any]] = Behaviour
-    #: where a key is read: "bearer" (``Authorization: Bearer``), "x-api-key",
-    #: "x-goog-api-key" (headers) or "?key" (the query); a key in any of them is checked
+    #: where a key is read: "bearer" (``Authorization: Bearer``), "token"
+    #: (``Authorization: Token``, Deepgram's), "x-api-key", "x-goog-api-key" (headers) or
+    #: "?key" (the query); a key in any of them is checked
     key_in: ClassVar[tuple[str, ...]] = ("bearer",)
     #: the content type of a stream answer, and the body ``garbage()`` streams by default
     stream_type: ClassVar[str] = "text/event-stream"
@@ -325,9 +342,10 @@ class FakeUpstream(Generic[B]):
             return None
         given = []
         for place in self.key_in:
-            if place == "bearer":
+            if place in ("bearer", "token"):  # Authorization: Bearer KEY / Token KEY
                 value = request.headers.get("Authorization", "")
-                value = value[len("Bearer "):] if value.startswith("Bearer ") else value
+                scheme = "Bearer " if place == "bearer" else "Token "
+                value = value[len(scheme):] if value.startswith(scheme) else value
             elif place == "?key":
                 value = request.query.get("key", "")
             else:

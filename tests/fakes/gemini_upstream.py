@@ -3,7 +3,10 @@
 Speaks the real wire format of ``POST /v1beta/models/{model}:generateContent``,
 ``:streamGenerateContent`` (``?alt=sse``: server-sent ``GenerateContentResponse``
 chunks, CRLF-terminated; without it, a JSON array) and ``GET /v1beta/models``
-(paged; ``/v1/...`` too), checked against the google-genai SDK. Usage::
+(paged; ``/v1/...`` too), checked against the google-genai SDK, and
+``POST /v1beta/models/{model}:batchEmbedContents`` for the ``other_models`` (embedding
+models: ``{"embeddings": [{"values"}]}``, vectors from ``fake_vector``; it pops the same
+``script``, honouring only ``error()`` behaviours). Usage::
 
     fake = FakeGemini()
     fake.script += [error(429), reply(text="hi", chunks=2)]
@@ -37,6 +40,15 @@ turn whose part count differs from the call turn's, and (``gemini-3*`` models) a
 ``functionCall`` part sent back without its ``thoughtSignature``. An unknown model is a
 404.
 
+Images (``image_models``): ``POST .../models/imagen-*:predict`` answers Imagen's
+``{"predictions": [{"mimeType", "bytesBase64Encoded"}]}`` (``sampleCount`` from 1 to 4,
+only ``instances`` / ``parameters`` in the body, Imagen's aspect ratios); a Gemini image
+model's ``generateContent`` with ``responseModalities`` holding ``IMAGE`` answers one
+``inlineData`` part and image-token usage (1290 a 1024x1024 image). The images are
+``fake_image(prompt, i)``. ``refused(reason)`` answers as the safety filters do (Imagen:
+``raiFilteredReason`` predictions; a Gemini model: no image, ``finishReason``
+``IMAGE_SAFETY``).
+
 Default reply: ``"Hello! You said: <last user text>"``; a call to the first declared
 function when the last user text contains "weather". ``requests`` records every
 request; ``closed_streams`` counts generate requests whose client went away before the
@@ -62,6 +74,8 @@ from fakes.base import (
     FakeUpstream,
     Recorded,
     fake_args,
+    fake_image,
+    fake_vector,
     fault_helpers,
     json_response,
     pick,
@@ -71,8 +85,9 @@ from fakes.base import (
     tokens,
 )
 
-__all__ = ["Behaviour", "FakeGemini", "Recorded", "drop_mid_stream", "error", "garbage",
-           "hang_before_headers", "hang_mid_stream", "mid_stream_error", "reply", "slow"]
+__all__ = ["IMAGE_TOKENS", "Behaviour", "FakeGemini", "Recorded", "drop_mid_stream", "error",
+           "garbage", "hang_before_headers", "hang_mid_stream", "mid_stream_error", "refused",
+           "reply", "slow"]
 
 _STATUS_NAMES = {
     400: "INVALID_ARGUMENT", 401: "UNAUTHENTICATED", 403: "PERMISSION_DENIED", 404: "NOT_FOUND",
@@ -87,6 +102,14 @@ _REQUEST_FIELDS = {
 _PART_DATA = {"text", "inlineData", "fileData", "functionCall", "functionResponse",
               "executableCode", "codeExecutionResult"}
 _PART_META = {"thought", "thoughtSignature", "videoMetadata", "partMetadata", "mediaResolution"}
+_IMAGEN_PARAMETERS = {"sampleCount", "aspectRatio", "personGeneration", "sampleImageSize",
+                      "outputOptions", "includeRaiReason", "includeSafetyAttributes",
+                      "guidanceScale", "safetySetting", "language"}
+_IMAGEN_RATIOS = ("1:1", "3:4", "4:3", "9:16", "16:9")
+#: output tokens of one 1024x1024 image of a Gemini image model
+IMAGE_TOKENS = 1290
+#: ``batchEmbedContents`` refuses more requests than this in one call
+EMBED_BATCH_LIMIT = 100
 
 
 def _camel(name: str) -> str:
@@ -110,6 +133,13 @@ class Behaviour(base.Behaviour):
 
     thinking: str | None = None
     finish_reason: str | None = None
+    #: the safety filters' reason to refuse an image request
+    refused: str | None = None
+
+
+def refused(reason: str = "Unable to show generated images. All images were filtered out "
+                          "because they violated Vertex AI's usage guidelines.") -> Behaviour:
+    return Behaviour(refused=reason)
 
 
 def reply(
@@ -224,11 +254,13 @@ class FakeGemini(FakeUpstream[Behaviour]):
         api_key: str | None = "AIza-upstream-test",
         models: Sequence[str] = ("gemini-2.5-flash", "gemini-2.5-pro", "gemini-3-pro-preview"),
         other_models: Sequence[str] = ("gemini-embedding-001",),
+        image_models: Sequence[str] = ("imagen-4.0-generate-001", "gemini-2.5-flash-image"),
         max_page: int = 1000,
         **knobs: Any,  # chunks, delay, latency, fail_rate, seed: see fakes.base
     ) -> None:
         super().__init__(api_key=api_key, models=models, **knobs)
         self.other_models = list(other_models)  # listed, but cannot generateContent
+        self.image_models = list(image_models)  # Imagen (predict) and Gemini image models
         self.max_page = max_page  # GET /v1beta/models page size cap
         for version in ("v1beta", "v1"):  # the real API serves both
             self.app.router.add_post(f"/{version}/models/{{target}}", self._generate)
@@ -261,13 +293,15 @@ class FakeGemini(FakeUpstream[Behaviour]):
             return err
         size = min(int(request.query.get("pageSize", "50")), self.max_page)
         start = int(request.query.get("pageToken") or 0)
-        names = self.models + self.other_models
+        names = self.models + self.other_models + self.image_models
         page = names[start:start + size]
         models = [{
             "name": f"models/{m}", "version": "001", "displayName": m.replace("-", " ").title(),
             "description": f"Fake {m}", "inputTokenLimit": 1048576, "outputTokenLimit": 65536,
-            "supportedGenerationMethods": (["generateContent", "countTokens", "createCachedContent"]
-                                           if m in self.models else ["embedContent"]),
+            "supportedGenerationMethods": (
+                ["predict"] if m.startswith("imagen") else
+                ["generateContent", "countTokens", "createCachedContent"]
+                if m in self.models or m in self.image_models else ["embedContent"]),
         } for m in page]
         out: dict[str, Any] = {"models": models}
         if start + size < len(names):
@@ -277,16 +311,61 @@ class FakeGemini(FakeUpstream[Behaviour]):
     async def _generate(self, request: web.Request) -> web.StreamResponse:
         rec = await self._record(request)
         method = request.match_info["target"].rpartition(":")[2]
-        if method not in ("generateContent", "streamGenerateContent"):
+        if method == "batchEmbedContents":
+            return await self._embed(request, rec)
+        if method not in ("generateContent", "streamGenerateContent", "predict"):
             return _google_error(404, f"Method not found: {method}")
         return await self._answer(request, rec)
+
+    async def _embed(self, request: web.Request, rec: Recorded) -> web.StreamResponse:
+        """``:batchEmbedContents``: ``{"requests": [{"model", "content", "outputDimensionality"}]}``
+        -> ``{"embeddings": [{"values"}]}``; pops the script, honouring only ``error()``.
+        More than :data:`EMBED_BATCH_LIMIT` requests are a 400, as Google answers."""
+        b = self.script.pop(0) if self.script else Behaviour()
+        if (early := await self._before(request, b)) is not None:
+            return early
+        model = request.match_info["target"].rpartition(":")[0]
+        if model not in self.other_models:
+            version = request.path.split("/")[1]
+            return _google_error(404, f"models/{model} is not found for API version {version}, or "
+                                 "is not supported for embedContent. Call ListModels to see "
+                                 "the list of available models and their supported methods.")
+        body = rec.json if isinstance(rec.json, dict) else {}
+        unknown = set(body) - {"requests"}
+        if unknown:
+            return _unknown(sorted(unknown)[0])
+        requests = body.get("requests")
+        if not isinstance(requests, list) or not requests:
+            return _bad_request("* BatchEmbedContentsRequest.requests: contents is not specified",
+                                "requests")
+        if len(requests) > EMBED_BATCH_LIMIT:  # Google's own words, e.g. langchainjs#4491
+            return _bad_request("* BatchEmbedContentsRequest.requests: at most 100 requests "
+                                "can be in one batch", "requests")
+        vectors = []
+        for i, one in enumerate(requests):
+            if not isinstance(one, dict) or one.get("model") != f"models/{model}":
+                return _bad_request(f"Model names in batch requests must match the model in the "
+                                    f"URL (requests[{i}].model).", f"requests[{i}].model")
+            unknown = set(one) - {"model", "content", "taskType", "title",
+                                  "outputDimensionality"}
+            if unknown:
+                return _unknown(sorted(unknown)[0], f"requests[{i}]")
+            text = _text_of(one.get("content"))
+            if not text:
+                return _bad_request("* BatchEmbedContentsRequest.requests[].content: contents is "
+                                    "not specified", f"requests[{i}].content")
+            vectors.append({"values": fake_vector(text, one.get("outputDimensionality") or 8)})
+        return _json(200, {"embeddings": vectors})
 
     async def _serve(self, request: web.Request, rec: Recorded, b: Behaviour) -> web.StreamResponse:
         if (early := await self._before(request, b)) is not None:
             return early
         model, _, method = request.match_info["target"].rpartition(":")
         stream = method == "streamGenerateContent"
-        if model not in self.models:
+        if model in self.image_models and not stream and isinstance(rec.json, dict):
+            return self._predict(rec.json, model, b) if method == "predict" \
+                else self._image_content(rec.json, model, b)
+        if model not in self.models or method == "predict":
             version = request.path.split("/")[1]
             return _google_error(404, f"models/{model} is not found for API version {version}, or "
                                  "is not supported for generateContent. Call ListModels to see "
@@ -307,6 +386,61 @@ class FakeGemini(FakeUpstream[Behaviour]):
         if not as_sse:
             return _json(200, b"[" + b",\r\n".join(orjson.dumps(c) for c in chunks) + b"]")
         return await self._stream(request, chunks, b)
+
+    # ---- images -----------------------------------------------------------------------
+    def _predict(self, body: dict[str, Any], model: str, b: Behaviour) -> web.Response:
+        """Imagen's ``:predict``."""
+        if not model.startswith("imagen"):
+            return _google_error(400, f"models/{model} does not support predict.")
+        for name in body:
+            if name not in ("instances", "parameters"):
+                return _unknown(name)
+        instances, params = body.get("instances"), body.get("parameters") or {}
+        prompt = instances[0].get("prompt") if isinstance(instances, list) and instances \
+            and isinstance(instances[0], dict) else None
+        if not isinstance(prompt, str) or not prompt:
+            return _bad_request("Prompt is required.", "instances[0].prompt")
+        for name in params:
+            if name not in _IMAGEN_PARAMETERS:
+                return _unknown(name, "parameters")
+        count = params.get("sampleCount", 4)
+        if not isinstance(count, int) or not 1 <= count <= 4:
+            return _bad_request("sampleCount must be between 1 and 4.", "parameters.sampleCount")
+        if params.get("aspectRatio", "1:1") not in _IMAGEN_RATIOS:
+            return _bad_request("Unsupported aspect ratio.", "parameters.aspectRatio")
+        if b.refused is not None:
+            return _json(200, {"predictions": [{"raiFilteredReason": b.refused}]})
+        mime = (params.get("outputOptions") or {}).get("mimeType", "image/png")
+        return _json(200, {"predictions": [{"mimeType": mime,
+                                            "bytesBase64Encoded": fake_image(prompt, i)}
+                                           for i in range(count)]})
+
+    def _image_content(self, body: dict[str, Any], model: str, b: Behaviour) -> web.Response:
+        """A Gemini image model's ``generateContent``: one image."""
+        if model.startswith("imagen"):
+            return _google_error(400, f"models/{model} is not supported for generateContent.")
+        if (problem := _check_request(body, model)) is not None:
+            return problem
+        config = _field(body, "generationConfig") or {}
+        if "IMAGE" not in [m.upper() for m in _field(config, "responseModalities") or []]:
+            return _json(200, {"candidates": [{"content": {"role": "model", "parts": [
+                {"text": "I can describe it, but you did not ask for an image."}]},
+                "finishReason": "STOP", "index": 0}]})
+        prompt = _text_of(body["contents"][-1])
+        used = tokens(prompt)
+        if b.refused is not None:
+            return _json(200, {"candidates": [{"finishReason": "IMAGE_SAFETY", "index": 0}],
+                               "usageMetadata": {"promptTokenCount": used,
+                                                 "totalTokenCount": used}})
+        return _json(200, {
+            "candidates": [{"content": {"role": "model", "parts": [
+                {"inlineData": {"mimeType": "image/png", "data": fake_image(prompt)}}]},
+                "finishReason": "STOP", "index": 0}],
+            "usageMetadata": {"promptTokenCount": used, "candidatesTokenCount": IMAGE_TOKENS,
+                              "totalTokenCount": used + IMAGE_TOKENS,
+                              "candidatesTokensDetails": [{"modality": "IMAGE",
+                                                           "tokenCount": IMAGE_TOKENS}]},
+            "modelVersion": model, "responseId": rand(22, ALNUM)})
 
     # ---- reply construction ---------------------------------------------------------
     def _plan(self, body: dict[str, Any], b: Behaviour):

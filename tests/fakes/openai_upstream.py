@@ -51,13 +51,25 @@ The faults, ``requests`` and ``closed_streams`` work as in every fake (``fakes.b
 ``fake_vector``) for any model in ``models`` or ``EMBEDDING_MODELS``; it pops the same
 ``script``, honouring only ``error()`` behaviours.
 
-``requests`` records every request (chat, embeddings and models). ``closed_streams`` counts chat
-requests whose client disconnected before the response finished (also while hanging
-before headers); ``stream_closed`` is set each time. Fake-initiated drops don't count.
+``POST /v1/images/generations`` answers in OpenAI's images shape for ``IMAGE_MODELS``
+(``fake_image``: predictable bytes): DALL-E 3 makes one image a request (``n`` > 1 is
+its 400), gives a ``revised_prompt`` and answers a URL unless ``response_format`` is
+``b64_json``; gpt-image-1 always answers ``b64_json`` with token ``usage`` (1056 output
+tokens an image) and refuses ``response_format`` (400 "Unknown parameter"). It pops
+the same ``script``, honouring ``error()`` and ``hang_before_headers()``.
+
+The audio API (``/v1/audio/transcriptions``, ``/translations``, ``/speech``) is
+``fakes.openai_audio``'s; it pops the same ``script``.
+
+``requests`` records every request (chat, embeddings, images, audio and models).
+``closed_streams`` counts chat and image requests whose client disconnected before the
+response finished (also while hanging before headers); ``stream_closed`` is set each time.
+Fake-initiated drops don't count.
 """
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 import time
 from collections.abc import Sequence
@@ -72,6 +84,7 @@ from fakes.base import (
     FakeUpstream,
     Recorded,
     fake_args,
+    fake_image,
     fake_vector,
     fault_helpers,
     json_response,
@@ -81,15 +94,20 @@ from fakes.base import (
     sse,
     tokens,
 )
+from fakes.openai_audio import OpenAIAudio
 
-__all__ = ["EMBEDDING_MODELS", "Behaviour", "FakeOpenAI", "OpenAIFake", "Recorded",
-           "drop_mid_stream", "error", "error_body", "fake_vector", "garbage",
-           "hang_before_headers", "hang_mid_stream", "mid_stream_error", "reply", "slow"]
+__all__ = ["EMBEDDING_MODELS", "IMAGE_MODELS", "Behaviour", "FakeOpenAI", "OpenAIFake",
+           "Recorded", "drop_mid_stream", "error", "error_body", "fake_image", "fake_vector",
+           "garbage", "hang_before_headers", "hang_mid_stream", "mid_stream_error", "reply",
+           "slow"]
 
 _FINGERPRINT = "fp_f4ke0pena1"
 _INVALID = "invalid_request_error"
 _SORRY = "The server had an error while processing your request. Sorry about that!"
 EMBEDDING_MODELS = ("text-embedding-3-small", "text-embedding-3-large")
+IMAGE_MODELS = ("dall-e-3", "gpt-image-1")
+#: gpt-image-1's output tokens for one 1024x1024 image at medium quality
+IMAGE_TOKENS = 1056
 
 
 def _err(message: str, type_: str, code: str | None, param: str | None = None) -> dict[str, Any]:
@@ -207,8 +225,9 @@ class OpenAIFake(FakeUpstream[B]):
         return openai_json(200, {"object": "list", "data": data})
 
 
-class FakeOpenAI(OpenAIFake[Behaviour]):
-    """In-process fake of the OpenAI Chat Completions API (see module docstring)."""
+class FakeOpenAI(OpenAIFake[Behaviour], OpenAIAudio):
+    """In-process fake of the OpenAI Chat Completions API (see module docstring), with
+    embeddings and the audio API (``fakes.openai_audio``)."""
 
     behaviour = Behaviour
 
@@ -225,6 +244,8 @@ class FakeOpenAI(OpenAIFake[Behaviour]):
         self.app.router.add_post("/v1/chat/completions", self._handle)
         self.app.router.add_get("/v1/models", self._models)
         self.app.router.add_post("/v1/embeddings", self._embeddings)
+        self.app.router.add_post("/v1/images/generations", self._images)
+        self._audio_routes()
 
     # ---- handlers -------------------------------------------------------------------
     async def _embeddings(self, request: web.Request) -> web.StreamResponse:
@@ -251,6 +272,61 @@ class FakeOpenAI(OpenAIFake[Behaviour]):
             "data": [{"object": "embedding", "index": i, "embedding": fake_vector(t, dims)}
                      for i, t in enumerate(texts)],
             "usage": {"prompt_tokens": used, "total_tokens": used, **(b.usage or {})}})
+
+    async def _images(self, request: web.Request) -> web.StreamResponse:
+        rec = await self._record(request)
+        b = self.script.pop(0) if self.script else Behaviour()
+        try:
+            return await self._image_answer(request, rec, b)
+        except ConnectionResetError:
+            self._client_gone()
+            return web.Response(status=499)  # never reaches the (gone) client
+        except asyncio.CancelledError:
+            self._client_gone()
+            raise
+
+    async def _image_answer(self, request: web.Request, rec: Recorded,
+                            b: Behaviour) -> web.StreamResponse:
+        if b.hang_before_headers:
+            await self._sleep(request, b.hang_before_headers)
+        if b.error is not None:
+            return openai_json(b.status, {"error": b.error}, b.headers)
+        if (err := self._auth_error(request)) is not None:
+            return err
+        body = rec.json if isinstance(rec.json, dict) else {}
+        model, prompt, n = body.get("model"), body.get("prompt"), body.get("n", 1)
+        if model not in IMAGE_MODELS:
+            msg = f"The model `{model}` does not exist or you do not have access to it."
+            return _oai_error(404, msg, _INVALID, "model_not_found")
+        if not isinstance(prompt, str) or not prompt:
+            return _oai_error(400, "Missing required parameter: 'prompt'.", _INVALID,
+                              "missing_required_parameter", "prompt")
+        gpt_image = model.startswith("gpt-image")
+        if gpt_image and "response_format" in body:
+            return _oai_error(400, "Unknown parameter: 'response_format'.", _INVALID,
+                              "unknown_parameter", "response_format")
+        if model == "dall-e-3" and n != 1:
+            return _oai_error(400, "Invalid 'n': integer above maximum value. Expected a value "
+                              "<= 1, but got 2 instead." if n == 2 else "Invalid 'n'.",
+                              _INVALID, "integer_above_max_value", "n")
+        urls = not gpt_image and body.get("response_format", "url") == "url"
+        data = []
+        for i in range(n):
+            item: dict[str, Any] = ({"url": f"https://images.fake.openai/{rand(12)}-{i}.png"}
+                                    if urls else {"b64_json": fake_image(prompt, i)})
+            if model == "dall-e-3":
+                item["revised_prompt"] = f"A detailed picture of {prompt}"
+            data.append(item)
+        answer: dict[str, Any] = {"created": int(time.time()), "data": data}
+        if gpt_image:
+            used = tokens(prompt)
+            answer.update(background="opaque", output_format="png", quality="medium",
+                          size=body.get("size", "1024x1024"), usage={
+                              "input_tokens": used,
+                              "input_tokens_details": {"text_tokens": used, "image_tokens": 0},
+                              "output_tokens": IMAGE_TOKENS * n,
+                              "total_tokens": used + IMAGE_TOKENS * n, **(b.usage or {})})
+        return openai_json(200, answer)
 
     async def _serve(self, request: web.Request, rec: Recorded, b: Behaviour) -> web.StreamResponse:
         if (early := await self._before(request, b)) is not None:

@@ -19,9 +19,11 @@ from omniroute.errors import GatewayError, InvalidRequest, openai_error_body
 from omniroute.formats import canonical as c
 from omniroute.formats.base import ClientRequest, ClientRoute, Format, ModelInfo
 from omniroute.formats.openai import embeddings as openai_embeddings
+from omniroute.formats.openai import images as openai_images
 from omniroute.formats.openai import request as openai_request
 from omniroute.formats.openai import response as openai_response
 from omniroute.formats.openai import stream as openai_stream
+from omniroute.formats.openai.audio import OpenAIAudio
 from omniroute.hookspecs import hookimpl
 from omniroute.sse import encode, event_data
 
@@ -131,6 +133,7 @@ class OpenAIFormat(Format):
     """OpenAI Chat Completions (``POST /v1/chat/completions``), JSON and SSE."""
 
     sse_comments = True  # the Stainless SSE decoder skips comment lines
+    audio = OpenAIAudio()
 
     name = NAME
     client_routes = (
@@ -140,9 +143,30 @@ class OpenAIFormat(Format):
                     "chat.completions"),
         ClientRoute("POST", "/v1/embeddings", "embeddings", "embeddings"),
         ClientRoute("POST", "/embeddings", "embeddings", "embeddings"),
+        ClientRoute("POST", "/v1/providers/{provider}/embeddings", "embeddings", "embeddings"),
+        ClientRoute("POST", "/v1/audio/transcriptions", "transcription", "audio.transcriptions"),
+        ClientRoute("POST", "/audio/transcriptions", "transcription", "audio.transcriptions"),
+        ClientRoute("POST", "/v1/audio/translations", "translation", "audio.translations"),
+        ClientRoute("POST", "/audio/translations", "translation", "audio.translations"),
+        ClientRoute("POST", "/v1/audio/speech", "speech", "audio.speech"),
+        ClientRoute("POST", "/audio/speech", "speech", "audio.speech"),
+        ClientRoute("POST", "/v1/providers/{provider}/audio/transcriptions", "transcription",
+                    "audio.transcriptions"),
+        ClientRoute("POST", "/v1/providers/{provider}/audio/translations", "translation",
+                    "audio.translations"),
+        ClientRoute("POST", "/v1/providers/{provider}/audio/speech", "speech", "audio.speech"),
+        ClientRoute("POST", "/v1/images/generations", "images", "images.generations"),
+        ClientRoute("POST", "/images/generations", "images", "images.generations"),
+        ClientRoute("POST", "/v1/providers/{provider}/images/generations", "images",
+                    "images.generations"),
+        ClientRoute("GET", "/v1/images/generations", "models", model_type="image"),
+        ClientRoute("GET", "/images/generations", "models", model_type="image"),
+        ClientRoute("GET", "/v1/embeddings", "models", model_type="embedding"),
+        ClientRoute("GET", "/embeddings", "models", model_type="embedding"),
         ClientRoute("GET", "/v1/models", "models"),
         ClientRoute("GET", "/models", "models"),
         ClientRoute("GET", "/v1/models/{model:.+}", "model"),
+        ClientRoute("GET", "/models/{model:.+}", "model"),
     )
 
     # ------------------------------------------------------------------ client side
@@ -173,7 +197,7 @@ class OpenAIFormat(Format):
 
     def model_card(self, model: ModelInfo) -> dict[str, Any]:
         return {"id": model.id, "object": "model", "created": model.created,
-                "owned_by": model.owned_by}
+                "owned_by": model.owned_by, "type": model.type}
 
     def embed_request(self, body: dict[str, Any], route: ClientRoute) -> c.EmbedRequest:
         return openai_embeddings.decode_request(body)
@@ -181,6 +205,13 @@ class OpenAIFormat(Format):
     def embed_answer(self, request: c.EmbedRequest, vectors: list[list[float]], tokens: int,
                      elapsed_ns: int, route: ClientRoute) -> dict[str, Any]:
         return openai_embeddings.encode_answer(request, vectors, tokens)
+
+    def image_request(self, body: dict[str, Any], route: ClientRoute) -> c.ImageRequest:
+        return openai_images.decode_request(body)
+
+    def image_answer(self, request: c.ImageRequest, result: c.ImageResult,
+                     route: ClientRoute) -> dict[str, Any]:
+        return openai_images.encode_answer(request, result)
 
     def error_frame(self, err: GatewayError) -> bytes:
         return error_event(err)
