@@ -433,7 +433,15 @@ async def test_the_usage_limit_rests_the_account_until_its_reset(world: World) -
     await world.gw.client.post("/api/resilience/reset", headers=world.gw.admin_headers)
     assert await world.ask("three") == "Hello! You said: three"
     assert len(world.backend.seen()) == calls + 1 and world.tokens_seen()[-1] == spare.access
-    await asyncio.sleep(2.2)  # the reset time passed: the first serves again
+    # nor after an edit of the connection (its provider rebuilt by the reload)
+    resp = await world.gw.client.put(f"/api/providers/{first['id']}", json={"rpm": 500},
+                                     headers=world.gw.admin_headers)
+    assert resp.status == 200
+    await world.gw.client.post("/api/resilience/reset", headers=world.gw.admin_headers)
+    assert await world.ask("three again") == "Hello! You said: three again"
+    assert len(world.backend.seen()) == calls + 2 and world.tokens_seen()[-1] == spare.access
+    # the reset time passed (the refusals' cooldowns round up a second): the first serves
+    await asyncio.sleep(max(0.0, row["quota"]["resets_at"] - time.time()) + 1.2)
     assert await world.ask("four") == "Hello! You said: four"
     assert world.tokens_seen()[-1] != spare.access
 

@@ -390,7 +390,14 @@ async def test_spent_premium_requests_rest_the_account_until_the_reset(world: Wo
     await world.gw.client.post("/api/resilience/reset", headers=world.gw.admin_headers)
     assert await world.ask("two") == "Hello! You said: two"
     assert len(world.tokens_seen()) == 3 and world.tokens_seen()[-1] == spare
-    await asyncio.sleep(2.2)
+    # an edit of the connection rebuilds its provider: the rest is kept
+    resp = await world.gw.client.put(f"/api/providers/{first['id']}", json={"rpm": 500},
+                                     headers=world.gw.admin_headers)
+    assert resp.status == 200
+    await world.gw.client.post("/api/resilience/reset", headers=world.gw.admin_headers)
+    assert await world.ask("two again") == "Hello! You said: two again"
+    assert len(world.tokens_seen()) == 4 and world.tokens_seen()[-1] == spare
+    await asyncio.sleep(max(0.0, world.github.quota_reset - time.time()) + 1.2)
     assert await world.ask("three") == "Hello! You said: three"
     assert world.tokens_seen()[-1] != spare
 
