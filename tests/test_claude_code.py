@@ -30,6 +30,7 @@ from click.testing import CliRunner, Result
 from fakes.claude_code_upstream import IDENTITY_START, FakeClaudeCode, usage_limit
 from fakes.oauth_server import FakeOAuthServer
 from test_cli import Cli, ok
+from test_pricing import subscription_charges
 
 from omniroute.cli import cli
 from omniroute.providers.claude_code import (
@@ -193,16 +194,15 @@ async def test_a_subscription_request_costs_nothing_and_records_its_list_price(
     claude: Claude,
 ) -> None:
     pair = claude.oauth.issue()
-    await claude.gw.add_provider({"type": "claude-code", "settings": claude.settings,
-                                  "credentials": {"access_token": pair.access}})
+    view = await claude.gw.add_provider({"type": "claude-code", "settings": claude.settings,
+                                         "credentials": {"access_token": pair.access}})
     raw = await claude.sdk.messages.with_raw_response.create(
         model="claude/claude-haiku-4-5", max_tokens=32, system=IDENTITY,
         messages=[{"role": "user", "content": "price me"}])
     assert float(raw.headers["X-OmniRoute-Response-Cost"]) == 0.0
-    await claude.gw.log.flush()
-    row = await claude.gw.store.db.fetchone(
-        "SELECT cost_usd, list_cost_usd FROM request_log ORDER BY id DESC LIMIT 1")
+    row, usage = await subscription_charges(claude.gw, view["id"])
     assert row["cost_usd"] == 0.0 and row["list_cost_usd"] > 0
+    assert usage["saved_usd"] == pytest.approx(row["list_cost_usd"])
 
 
 # ------------------------------------------------------------------ sign-in by the API

@@ -33,6 +33,7 @@ from fakes.codex_upstream import (
 from fakes.oauth_server import Pair
 from fakes.responses_upstream import reply
 from test_cli import Cli, ok
+from test_pricing import subscription_charges
 
 from omniroute.credentials import SIGN_IN_REQUIRED
 from omniroute.oauth import SignIn, TokenClient, read_import, save_account
@@ -444,6 +445,17 @@ async def test_the_usage_limit_rests_the_account_until_its_reset(world: World) -
     await asyncio.sleep(max(0.0, row["quota"]["resets_at"] - time.time()) + 1.2)
     assert await world.ask("four") == "Hello! You said: four"
     assert world.tokens_seen()[-1] != spare.access
+
+
+async def test_a_codex_request_costs_nothing_and_records_its_list_price(
+    world: World,
+) -> None:
+    view = await world.account(world.auth.issue())
+    assert await world.ask("price me") == "Hello! You said: price me"
+    row, usage = await subscription_charges(world.gw, view["id"])
+    assert row["prompt_tokens"] and row["cost_usd"] == 0.0 and row["list_cost_usd"] > 0
+    assert usage["cost_usd"] == 0.0 and usage["saved_usd"] == pytest.approx(
+        row["list_cost_usd"])  # priced as OpenAI's gpt-5 (genai-prices)
 
 
 # ------------------------------------------------------------------ import

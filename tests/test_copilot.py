@@ -21,6 +21,7 @@ import openai
 import pytest
 from fakes.copilot_upstream import FakeCopilot, FakeGitHub, quota_exceeded
 from test_cli import Cli, ok
+from test_pricing import subscription_charges
 
 from omniroute.credentials import SIGN_IN_REQUIRED
 from omniroute.oauth import SignIn, TokenClient, read_import, save_account
@@ -410,6 +411,18 @@ async def test_a_quota_answer_with_only_one_account_says_when(world: World) -> N
     assert "premium requests" in caught.value.message
     retry = int(caught.value.response.headers["retry-after"])
     assert retry == pytest.approx(20 * 86400, abs=5)  # until the allowance resets
+
+
+async def test_a_copilot_request_costs_nothing_and_records_a_paid_list_price(
+    world: World,
+) -> None:
+    view, _ = await world.account()
+    assert await world.ask("price me") == "Hello! You said: price me"
+    row, usage = await subscription_charges(world.gw, view["id"])
+    # gpt-4.1 is one of Copilot's included models (no price in its own list): its list
+    # price is OpenAI's
+    assert row["prompt_tokens"] and row["cost_usd"] == 0.0 and row["list_cost_usd"] > 0
+    assert usage["saved_usd"] == pytest.approx(row["list_cost_usd"])
 
 
 # ------------------------------------------------------------------ import

@@ -30,6 +30,7 @@ from fakes.code_assist_upstream import (
     daily_limit,
 )
 from google import genai
+from test_pricing import subscription_charges
 
 from omniroute.cli import cli
 from omniroute.credentials import SIGN_IN_REQUIRED
@@ -253,6 +254,20 @@ async def test_an_onboarding_that_never_ends_is_bounded(
     with pytest.raises(GatewayError, match="not done within 100s"):
         await assist.setup()
     assert len([r for r in google.assist.requests if "/operations/" in r.path]) < 10
+
+
+async def test_a_gemini_cli_request_costs_nothing_and_records_its_list_price(
+    aiohttp_client: Any, google: Google, http: aiohttp.ClientSession, tmp_path: Path,
+) -> None:
+    gw = await gateway_with(aiohttp_client, tmp_path, google, await signed_in(google, http))
+    (conn_id,) = gw.catalog.providers
+    async with openai.AsyncOpenAI(base_url=gw.base_url + "/v1", api_key="x",
+                                  max_retries=0) as oai:
+        await oai.chat.completions.create(model=f"gemini-cli/{MODEL}",
+                                          messages=[{"role": "user", "content": "price"}])
+    row, usage = await subscription_charges(gw, conn_id)
+    assert row["prompt_tokens"] and row["cost_usd"] == 0.0 and row["list_cost_usd"] > 0
+    assert usage["saved_usd"] == pytest.approx(row["list_cost_usd"])
 
 
 # ------------------------------------------------------------------ import

@@ -23,6 +23,7 @@ import pytest
 from click.testing import CliRunner
 from fakes.openai_upstream import error
 from fakes.qwen_upstream import FakeQwen, QwenOAuthServer
+from test_pricing import subscription_charges
 
 from omniroute.cli import cli
 from omniroute.credentials import SIGN_IN_REQUIRED
@@ -319,6 +320,21 @@ async def test_a_quota_429_without_a_retry_after_rests_an_hour_and_a_rate_limit_
     quota = gw.catalog.providers[first_id].quota_view()
     assert quota is not None and quota["exhausted"] is True
     assert quota["resets_at"] == pytest.approx(time.time() + QUOTA_REST, abs=5)
+
+
+async def test_a_qwen_request_costs_nothing_though_no_list_price_is_known(
+    aiohttp_client: Any, qwen: Qwen, http: aiohttp.ClientSession, tmp_path: Path,
+) -> None:
+    gw = await gateway_with(aiohttp_client, tmp_path, qwen, await signed_in(qwen, http))
+    (conn_id,) = gw.catalog.providers
+    async with openai.AsyncOpenAI(base_url=gw.base_url + "/v1", api_key="x",
+                                  max_retries=0) as oai:
+        await oai.chat.completions.create(model=f"qwen/{MODEL}",
+                                          messages=[{"role": "user", "content": "price"}])
+    row, usage = await subscription_charges(gw, conn_id)
+    # genai-prices knows no Qwen Code model (it has no Alibaba provider): 0, unlisted
+    assert row["prompt_tokens"] and row["cost_usd"] == 0.0 and row["list_cost_usd"] is None
+    assert (usage["cost_usd"], usage["list_cost_usd"], usage["saved_usd"]) == (0, 0, 0)
 
 
 # ------------------------------------------------------------------ import
