@@ -27,6 +27,7 @@ import anthropic
 import openai
 import pytest
 from click.testing import CliRunner, Result
+from fakes.anthropic_upstream import error
 from fakes.claude_code_upstream import IDENTITY_START, FakeClaudeCode, usage_limit
 from fakes.oauth_server import FakeOAuthServer
 from test_cli import Cli, ok
@@ -548,8 +549,9 @@ def test_the_unified_headers_become_windows_and_a_verdict() -> None:
         "allowed_warning", "7d", 1785518400.0)
     assert usage.notes == {"fallback-percentage": "0.5",
                            "overage-disabled-reason": "org_level_disabled"}
-    assert not usage.spent(200) and not usage.spent(429)  # the service says: allowed
-    assert claude_usage({"retry-after": "3"}) is None
+    assert not usage.spent(200)  # the service said: allowed
+    assert usage.spent(429)  # a 429 with these headers is the subscription's limit
+    assert claude_usage({"retry-after": "3"}) is None  # without them: a mere rate limit
 
 
 def test_a_refusal_is_read_from_the_status_or_the_rejected_window() -> None:
@@ -559,7 +561,7 @@ def test_a_refusal_is_read_from_the_status_or_the_rejected_window() -> None:
     assert said is not None and said.spent(200) and said.binding == "5h"
     assert said.reset() == 1767243600.0  # the binding window's (no overall reset said)
     assert said.reason() == "the 5-hour limit was reached"
-    # no overall status: a 429 with a rejected window is the quota; its latest reset counts
+    # no overall status: a 429 is the quota; the latest reset of its rejected windows
     bare = claude_usage({"anthropic-ratelimit-unified-5h-status": "rejected",
                          "anthropic-ratelimit-unified-5h-reset": "100",
                          "anthropic-ratelimit-unified-7d-status": "rejected",
@@ -650,3 +652,25 @@ async def test_a_streamed_request_moves_on_when_the_week_is_spent(claude: Claude
     rows = {r["id"]: r for r in claude.gw.resilience.snapshot(
         claude.gw.catalog.connections.values())["connections"]}
     assert 590 <= rows[ids[0]]["cooldown_left"] <= 601
+
+
+async def test_a_429_without_a_reset_rests_its_retry_after_and_without_headers_is_a_throttle(
+    claude: Claude,
+) -> None:
+    pair = claude.oauth.issue()
+    view = await claude.gw.add_provider({"type": "claude-code", "settings": claude.settings,
+                                         "credentials": {"access_token": pair.access}})
+    provider = claude.gw.catalog.providers[view["id"]]
+    claude.upstream.send_usage = False
+    claude.upstream.script.append(error(429, "Rate limited", "rate_limit_error",
+                                        headers={"retry-after": "7"}))  # no unified headers
+    with pytest.raises(anthropic.RateLimitError):
+        await claude.ask("throttled")
+    assert provider.quota.resting() is None  # a rate limit: the cooldown is enough
+    await claude.gw.client.post("/api/resilience/reset", headers=claude.gw.admin_headers)
+    claude.upstream.script.append(error(429, "Usage limit", "rate_limit_error", headers={
+        "retry-after": "120", "anthropic-ratelimit-unified-5h-utilization": "1.0"}))
+    with pytest.raises(anthropic.RateLimitError) as caught:
+        await claude.ask("spent")
+    assert provider.quota.resting() == pytest.approx(120, abs=3)
+    assert int(caught.value.response.headers["retry-after"]) == pytest.approx(120, abs=3)

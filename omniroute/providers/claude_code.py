@@ -22,16 +22,18 @@ equivalent (``auth_kind = "oauth"``, priced as ``anthropic``).
 rate-limit headers (``anthropic-ratelimit-unified-*``: the overall ``status``,
 ``reset`` and ``representative-claim``, and per window ``5h-`` / ``7d-`` ...
 ``status``, ``utilization`` as a fraction, ``reset`` in epoch seconds; overage and
-fallback details), kept in the account's quota (``/api/rate-limits``). A 429 that
-says ``rejected`` (or an overall ``rejected`` status) rests the account until the
-reset it names, and the request moves on to the next target: the account is not
-asked again before then (:mod:`omniroute.oauth.quota`).
+fallback details), kept in the account's quota (``/api/rate-limits``). A 429 with
+these headers (the subscription's limit; a 429 without them is a mere rate limit), or
+an overall ``rejected`` status, rests the account until the reset they name, and the
+request moves on to the next target: the account is not asked again before then
+(:mod:`omniroute.oauth.quota`).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import re
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -55,6 +57,7 @@ from omniroute.providers.base import (
     UpstreamCall,
     UpstreamResponse,
 )
+from omniroute.resilience.cooldown import parse_retry_after
 from omniroute.storage.store import Connection
 
 #: the system text a subscription token requires first
@@ -207,12 +210,10 @@ class ClaudeUsage:
     notes: dict[str, str]
 
     def spent(self, http_status: int) -> bool:
-        """Whether the subscription refused the call for its quota: the overall status
-        is ``rejected``, or a 429 comes with no overall status and a rejected window (a
-        429 whose headers say ``allowed`` is a mere rate limit)."""
-        if self.status is not None:
-            return self.status == "rejected"
-        return http_status == 429 and any(w.status == "rejected" for w in self.windows)
+        """Whether the subscription refused the call for its quota: a 429 that carries
+        these headers (what Claude Code takes for the subscription's limit, as opposed to
+        a 429 without them), or an overall ``rejected`` status."""
+        return http_status == 429 or self.status == "rejected"
 
     def reset(self) -> float | None:
         """When the refusal ends: the overall reset, else the binding window's, else the
@@ -327,7 +328,11 @@ class ClaudeCodeProvider(OAuthProvider, AnthropicProvider):
         self.quota.update(usage.windows, status=usage.status, binding=usage.binding,
                           notes=usage.notes)
         if usage.spent(status):
-            self.quota.exhaust(usage.reset(), usage.reason())
+            now = time.time()
+            resets = usage.reset()
+            said = headers.get("retry-after")
+            after = parse_retry_after(said, now) if resets is None and said else None
+            self.quota.exhaust(resets if after is None else now + after, usage.reason())
 
     def error_from(
         self, status: int, body: bytes, headers: Mapping[str, str]

@@ -17,8 +17,9 @@ a Claude Pro/Max OAuth token, each refused in Anthropic's error shape:
 Every answer of the Messages routes (success or error, but for the 401s) carries the
 subscription's unified rate-limit headers (``anthropic-ratelimit-unified-*``, shapes as
 docs/subscriptions.md records them): ``usage`` holds each window's utilization (a
-0..1 fraction) and seconds to its reset. ``usage_limit(window, resets_in)`` scripts the
-429 of a spent subscription (``rejected``, with that window's reset).
+0..1 fraction) and seconds to its reset (``send_usage = False`` leaves them out).
+``usage_limit(window, resets_in)`` scripts the 429 of a spent subscription
+(``rejected``, with that window's reset).
 
 ``requests`` records every request as in every fake.
 """
@@ -99,11 +100,14 @@ class FakeClaudeCode(FakeAnthropic):
         #: each window's (utilization, seconds to its reset), as every answer reports it
         self.usage: dict[str, tuple[float, float]] = {"5h": (0.21, 3 * 3600.0),
                                                       "7d": (0.05, 4 * 86400.0)}
+        #: False: answers carry none (a 429 that is a mere throttle has none)
+        self.send_usage = True
         self.app.on_response_prepare.append(self._unified)
 
     async def _unified(self, request: web.Request, response: web.StreamResponse) -> None:
         """The unified headers on each Messages answer (a scripted answer's own win)."""
-        if request.path.startswith("/v1/messages") and response.status != 401:
+        if (self.send_usage and request.path.startswith("/v1/messages")
+                and response.status != 401):
             for name, value in unified_headers(self.usage).items():
                 response.headers.setdefault(name, value)
 
