@@ -1,14 +1,16 @@
-"""Reading request bodies: size limit, content type, JSON."""
+"""Reading request bodies: size limit, content type, JSON; multipart forms."""
 
 from __future__ import annotations
 
 import asyncio
 from typing import Any
 
+import aiohttp
 import orjson
 from aiohttp import web
 
-from omniroute.errors import InvalidRequest, PayloadTooLarge, UnsupportedMediaType
+from omniroute.errors import GatewayError, InvalidRequest, PayloadTooLarge, UnsupportedMediaType
+from omniroute.formats.forms import Form, Upload
 
 _JSON_TYPES = frozenset({"application/json", "text/json"})
 #: present on a request whose body is to be kept (an audited management call): the body
@@ -76,3 +78,46 @@ async def _read_sized_json(request: web.Request, limit: int) -> tuple[Any, int]:
         return orjson.loads(raw), len(raw)
     except orjson.JSONDecodeError as exc:
         raise InvalidRequest(f"Request body is not valid JSON: {exc}.") from None
+
+
+#: bytes read from a multipart part at a time
+_PART_CHUNK = 64 * 1024
+
+
+async def read_form(request: web.Request, limit: int, timeout: float) -> Form:
+    """A ``multipart/form-data`` body: 415 for another content type, 413 as soon as its
+    parts pass ``limit`` bytes, 408 when reading it takes more than ``timeout`` seconds,
+    400 when it is not a well-formed form."""
+    if request.content_type != "multipart/form-data":
+        got = request.headers.get("Content-Type", "none")
+        raise UnsupportedMediaType(f"Content-Type must be multipart/form-data, got {got!r}.")
+    declared = request.content_length
+    if declared is not None and declared > limit:
+        raise _too_large(limit)
+    form = Form()
+    try:
+        async with asyncio.timeout(timeout):
+            reader = await request.multipart()
+            while (part := await reader.next()) is not None:
+                if not isinstance(part, aiohttp.BodyPartReader):
+                    raise InvalidRequest("Nested multipart bodies are not accepted.")
+                chunks: list[bytes] = []
+                while chunk := await part.read_chunk(_PART_CHUNK):
+                    form.size += len(chunk)
+                    if form.size > limit:
+                        raise _too_large(limit)
+                    chunks.append(chunk)
+                data, name = b"".join(chunks), part.name or ""
+                if part.filename is not None:
+                    form.files[name] = Upload(part.filename, part.headers.get(
+                        "Content-Type", "application/octet-stream"), data)
+                else:
+                    text = data.decode(part.get_charset("utf-8"), errors="replace")
+                    form.fields.setdefault(name, []).append(text)
+    except TimeoutError:
+        raise GatewayError(f"The request body was not received within {timeout:g}s.",
+                           status=408, type="invalid_request_error",
+                           code="request_timeout") from None
+    except (ValueError, LookupError, EOFError, aiohttp.ClientPayloadError) as exc:
+        raise InvalidRequest(f"The multipart body is malformed: {exc}.") from None
+    return form

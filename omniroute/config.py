@@ -325,6 +325,10 @@ class Settings:
     require_api_key: bool = False
     require_login: bool = True
     max_body_bytes: int = 10 * 1024 * 1024
+    #: multipart uploads (audio transcription): the largest accepted body, and the time
+    #: its reading may take
+    max_upload_bytes: int = 25 * 1024 * 1024
+    upload_timeout: float = 120.0
     connect_timeout: float = 10.0
     first_byte_timeout: float = 120.0
     idle_timeout: float = 120.0

@@ -192,6 +192,28 @@ async def test_opencode_provider(home: Path, tmp_path: Path) -> None:
         "npm": "@ai-sdk/openai-compatible", "name": "omniroute",
         "options": {"baseURL": "http://127.0.0.1:20128/v1", "apiKey": KEY}}
     assert data["model"] == "omniroute/up/gpt-4.1" and data["small_model"] == "omniroute/up/mini"
+    assert next(iter(data)) == "$schema"  # where OpenCode itself puts it
+
+
+@pytest.mark.skipif(shutil.which("opencode") is None, reason="OpenCode is not installed here: "
+                    "its own parser cannot be asked (the file is checked field by field above)")
+async def test_opencode_own_parser_accepts_the_file(home: Path, tmp_path: Path) -> None:
+    tools = tools_in(home, tmp_path)
+    await tools.configure(tools.find("opencode"), TARGET)
+    work = tmp_path / "work"
+    work.mkdir()
+    env = {"HOME": str(home), "PATH": os.environ["PATH"], "NO_COLOR": "1"}
+    proc = await asyncio.create_subprocess_exec(
+        "opencode", "debug", "config", cwd=work, env=env, stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE)
+    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode == 0, err.decode()
+    resolved = json.loads(out)
+    assert resolved["model"] == "omniroute/up/gpt-4.1"
+    provider = resolved["provider"]["omniroute"]
+    assert provider["npm"] == "@ai-sdk/openai-compatible"
+    assert provider["options"]["baseURL"] == "http://127.0.0.1:20128/v1"
+    assert "up/gpt-4.1" in provider["models"]
 
 
 async def test_opencode_new_file_honours_xdg(home: Path, tmp_path: Path) -> None:
@@ -424,6 +446,30 @@ async def test_detection_by_binary_config_and_the_summary(home: Path, tmp_path: 
     assert calls.read_text().count("x") == 1
     await tools.listing(refresh=True)
     assert calls.read_text().count("x") == 2
+
+
+async def test_an_npm_installed_cli_is_not_run_for_its_version(tmp_path: Path) -> None:
+    package = tmp_path / "lib" / "node_modules" / "@acme" / "agent"
+    (package / "bin").mkdir(parents=True)
+    (package / "package.json").write_text('{"name": "@acme/agent", "version": "1.2.3"}')
+    script = fake_binary(package / "bin", "agent.js", 'echo "9.9.9"\n')
+    (tmp_path / "bin").mkdir()
+    (tmp_path / "bin" / "agent").symlink_to(script)  # as npm links a package's bin
+    prober = VersionProber({"PATH": str(tmp_path / "bin")})
+    assert await prober.version(str(tmp_path / "bin" / "agent"), ["--version"]) == "1.2.3"
+    plain = fake_binary(tmp_path / "bin", "plain", 'echo "4.5.6"\n')  # not a package: run
+    assert await prober.version(str(plain), ["--version"]) == "4.5.6"
+
+
+async def test_an_answer_is_kept_for_its_ttl(tmp_path: Path) -> None:
+    calls = tmp_path / "calls"
+    binary = fake_binary(tmp_path / "bin", "goose", f'echo x >> "{calls}"\necho "1.9.0"\n')
+    now = [0.0]
+    prober = VersionProber({"PATH": str(tmp_path / "bin")}, ttl=60.0, clock=lambda: now[0])
+    for moment in (0.0, 59.0, 61.0):
+        now[0] = moment
+        assert await prober.version(str(binary), ["--version"]) == "1.9.0"
+    assert calls.read_text().count("x") == 2  # asked at 0 and again once 60 s had passed
 
 
 async def test_a_changed_binary_is_asked_again(tmp_path: Path) -> None:

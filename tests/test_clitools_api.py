@@ -8,8 +8,11 @@ SDK is built from the written base URL, key and model, and asks the gateway.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
+import os
+import shutil
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -57,6 +60,7 @@ async def gw(aiohttp_client: Any, aiohttp_server: Any, tmp_path: Path, home: Pat
     config = make_test_config(tmp_path / "data").replace(
         tool_env={"HOME": str(home), "PATH": str(bin_dir)})
     harness = await start_harness(aiohttp_client, config)
+    harness.fake = fake
     await harness.add_provider({"type": "openai", "name": "fake", "prefix": "up",
                                 "base_url": str(server.make_url("/v1")),
                                 "api_key": UPSTREAM_KEY})
@@ -290,3 +294,45 @@ def test_connect_command(tmp_path: Path, home: Path, bin_dir: Path) -> None:
                         ((), "give a TOOL_ID")):
         result = connect(tmp_path, home, bin_dir, *args)
         assert result.exit_code != 0 and words in result.output, (args, result.output)
+
+
+
+#: (tool id, binary, arguments of a one-shot prompt, extra environment): each real CLI
+#: asked "say hi" once, headless, with the files omniroute wrote and nothing else
+REAL_CLIS = [
+    ("codex", "codex", ["exec", "--skip-git-repo-check"], {}),
+    ("claude-code", "claude", ["-p"], {"CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",
+                                       "DISABLE_AUTOUPDATER": "1"}),
+    ("gemini-cli", "gemini", ["-p"], {"GEMINI_CLI_TRUST_WORKSPACE": "true"}),
+    ("qwen-code", "qwen", ["-p"], {}),
+    ("continue", "cn", ["-p"], {}),
+]
+
+
+@pytest.mark.parametrize(("tool_id", "binary", "args", "extra_env"), [
+    pytest.param(*case, id=case[0], marks=pytest.mark.skipif(
+        shutil.which(case[1]) is None,
+        reason=f"{case[1]} is not installed here: the real CLI cannot be run (its files are "
+               "checked field by field; scripts/agent-clis.sh installs it)"))
+    for case in REAL_CLIS])
+async def test_the_real_cli_runs_through_the_gateway(
+        gw: Any, home: Path, tmp_path: Path, tool_id: str, binary: str, args: list[str],
+        extra_env: dict[str, str]) -> None:
+    key = await gw.create_key(tool_id)
+    status, result = await api(gw, "POST", f"/api/cli-tools/{tool_id}/configure",
+                               {"model": MODEL, "key": key})
+    assert status == 200, result
+    work = tmp_path / "work"
+    work.mkdir()
+    env = {"HOME": str(home), "PATH": os.environ["PATH"], "NO_COLOR": "1", **extra_env}
+    proc = await asyncio.create_subprocess_exec(
+        binary, *args, "say hi", cwd=work, env=env, stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    try:
+        out, err = await asyncio.wait_for(proc.communicate(), 120)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+    assert proc.returncode == 0, (out.decode(), err.decode())
+    assert "Hello! You said:" in out.decode() + err.decode(), (out.decode(), err.decode())
+    assert gw.fake.requests  # answered by the upstream, through the gateway

@@ -1,7 +1,8 @@
 """Embeddings end to end: the openai and ollama SDKs -> the gateway -> fake upstreams.
 
 ``gw`` (conftest) has an OpenAI-compatible connection ``up``; ``ol`` adds an Ollama
-one (prefix ``ol``). Vectors are the fakes' ``fake_vector`` (derived from text length).
+one (prefix ``ol``), ``gem`` a Gemini one (prefix ``gem``, ``batchEmbedContents``).
+Vectors are the fakes' ``fake_vector`` (derived from text length).
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ from typing import Any
 import ollama
 import openai
 import pytest
+from fakes.gemini_upstream import FakeGemini
+from fakes.gemini_upstream import error as gemini_error
 from fakes.ollama_upstream import FakeOllama
 from fakes.ollama_upstream import error as ollama_error
 from fakes.openai_upstream import error, fake_vector
@@ -26,6 +29,16 @@ async def ol(gw: Any, aiohttp_server: Any) -> FakeOllama:
     server = await aiohttp_server(fake.app)
     await gw.add_provider({"type": "ollama", "name": "fake-ollama", "prefix": "ol",
                            "base_url": str(server.make_url("")).rstrip("/")})
+    return fake
+
+
+@pytest.fixture
+async def gem(gw: Any, aiohttp_server: Any) -> FakeGemini:
+    fake = FakeGemini()
+    server = await aiohttp_server(fake.app)
+    await gw.add_provider({"type": "gemini", "name": "fake-gemini", "prefix": "gem",
+                           "base_url": str(server.make_url("")).rstrip("/"),
+                           "api_key": "AIza-upstream-test"})
     return fake
 
 
@@ -76,6 +89,109 @@ async def test_openai_sdk_to_ollama_upstream(gw: Any, sdk: Any, ol: FakeOllama) 
         pytest.approx(fake_vector("one")), pytest.approx(fake_vector("three"))]
     assert embeds(ol)[-1].json == {"model": "llama3.2", "input": ["one", "three"]}
     assert done.usage.prompt_tokens == 3  # Ollama's prompt_eval_count
+
+
+#: one model of each provider type that serves embeddings, and the fake behind it
+UPSTREAMS = {"openai": f"up/{EMBED}", "gemini": "gem/gemini-embedding-001",
+             "ollama": "ol/llama3.2"}
+
+
+@pytest.mark.parametrize("kind", sorted(UPSTREAMS))
+@pytest.mark.parametrize("encoding", ["float", "base64"])
+async def test_every_provider_type_float_base64_and_dimensions(
+    gw: Any, sdk: Any, ol: FakeOllama, gem: FakeGemini, kind: str, encoding: str
+) -> None:
+    """Both encodings give the fake's vectors (base64: little-endian float32, which the
+    SDK hands back undecoded when asked for explicitly); ``dimensions`` reaches each
+    upstream in its own field."""
+    fake = {"openai": gw.fake, "gemini": gem, "ollama": ol}[kind]
+    done = await sdk.embeddings.create(model=UPSTREAMS[kind], input=["one", "three"],
+                                       dimensions=5, encoding_format=encoding)
+
+    def floats(embedding: Any) -> list[float]:
+        if encoding == "float":
+            return list(embedding)
+        raw = base64.b64decode(embedding)
+        return list(struct.unpack(f"<{len(raw) // 4}f", raw))
+
+    assert [floats(d.embedding) for d in done.data] == [
+        pytest.approx(fake_vector("one", 5)), pytest.approx(fake_vector("three", 5))]
+    assert done.model == UPSTREAMS[kind] and done.usage.prompt_tokens > 0
+    sent = embeds(fake)[-1].json
+    if kind == "gemini":
+        assert sent == {"requests": [
+            {"model": "models/gemini-embedding-001", "content": {"parts": [{"text": t}]},
+             "outputDimensionality": 5} for t in ("one", "three")]}
+    else:
+        assert sent["dimensions"] == 5 and sent["input"] == ["one", "three"]
+
+
+async def test_raw_base64_from_gemini_is_little_endian_float32(gw: Any, gem: FakeGemini) -> None:
+    resp = await gw.client.post("/v1/embeddings", json={
+        "model": "gem/gemini-embedding-001", "input": "abcd", "encoding_format": "base64"})
+    raw = base64.b64decode((await resp.json())["data"][0]["embedding"])
+    assert list(struct.unpack("<8f", raw)) == pytest.approx(fake_vector("abcd"))
+
+
+async def test_gemini_usage_is_estimated_when_the_api_counts_none(
+    gw: Any, sdk: Any, gem: FakeGemini
+) -> None:
+    await sdk.embeddings.create(model="gem/gemini-embedding-001", input="hello there friend")
+    await gw.log.flush()
+    row = (await gw.log.recent(1))[0]
+    assert row["provider"] == "gem" and row["usage_estimated"] and row["prompt_tokens"] > 0
+
+
+async def test_gemini_takes_250_inputs_in_batches_of_100(gw: Any, sdk: Any,
+                                                         gem: FakeGemini) -> None:
+    texts = ["w" * (i % 7 + 1) + str(i) for i in range(250)]
+    answer = await sdk.embeddings.create(model="gem/gemini-embedding-001", input=texts)
+    assert [d.index for d in answer.data] == list(range(250))
+    assert [d.embedding for d in answer.data] == [pytest.approx(fake_vector(t, 8))
+                                                  for t in texts]
+    sent = sorted((r.json["requests"] for r in embeds(gem)), key=lambda part: -len(part))
+    assert [len(part) for part in sent] == [100, 100, 50]
+    assert sorted(one["content"]["parts"][0]["text"] for part in sent for one in part) \
+        == sorted(texts)
+
+
+async def test_the_gemini_fake_refuses_more_than_100_at_once(aiohttp_client: Any) -> None:
+    client = await aiohttp_client(FakeGemini().app)
+    resp = await client.post(
+        "/v1beta/models/gemini-embedding-001:batchEmbedContents",
+        headers={"x-goog-api-key": "AIza-upstream-test"},
+        json={"requests": [{"model": "models/gemini-embedding-001",
+                            "content": {"parts": [{"text": "x"}]}}] * 101})
+    assert resp.status == 400
+    assert "at most 100 requests" in (await resp.json())["error"]["message"]
+
+
+async def test_pinned_provider_route(gw: Any, gem: FakeGemini) -> None:
+    """``/v1/providers/{prefix}/embeddings`` adds the prefix to a bare model."""
+    pinned = openai.AsyncOpenAI(base_url=gw.base_url + "/v1/providers/gem", api_key="k",
+                                max_retries=0)
+    try:
+        raw = await pinned.embeddings.with_raw_response.create(
+            model="gemini-embedding-001", input="pinned")
+    finally:
+        await pinned.close()
+    assert raw.headers["X-OmniRoute-Provider"] == "gem"
+    assert raw.parse().data[0].embedding == pytest.approx(fake_vector("pinned"))
+    resp = await gw.client.post("/v1/providers/nope/embeddings",
+                                json={"model": "x", "input": "y"})
+    assert resp.status == 400 and (await resp.json())["error"]["code"] == "model_not_found"
+
+
+async def test_gemini_error_moves_on_to_the_next_provider(
+    gw: Any, sdk: Any, gem: FakeGemini
+) -> None:
+    await admin(gw, "POST", "/api/combos", {"name": "emb", "steps": [
+        "gem/gemini-embedding-001", f"up/{EMBED}"]})
+    gem.script.append(gemini_error(503))
+    raw = await sdk.embeddings.with_raw_response.create(model="emb", input="x")
+    assert raw.headers["X-OmniRoute-Provider"] == "up"
+    assert raw.headers["X-OmniRoute-Fallback-Attempts"] == "1"
+    assert len(embeds(gem)) == 1
 
 
 # ----------------------------------------------------------------------------- Ollama clients

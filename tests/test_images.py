@@ -19,6 +19,9 @@ from fakes.base import fake_image_bytes
 from fakes.gemini_upstream import IMAGE_TOKENS as GEMINI_IMAGE_TOKENS
 from fakes.gemini_upstream import FakeGemini, refused
 from fakes.openai_upstream import IMAGE_TOKENS, error, hang_before_headers
+from fakes.openrouter_upstream import IMAGE_TOKENS as OPENROUTER_IMAGE_TOKENS
+from fakes.openrouter_upstream import FakeOpenRouter
+from fakes.openrouter_upstream import error as openrouter_error
 from fakes.sdwebui_upstream import FakeSDWebUI
 from fakes.sdwebui_upstream import error as sd_error
 
@@ -53,6 +56,17 @@ async def sd(gw: Any, aiohttp_server: Any) -> FakeSDWebUI:
                            "base_url": str(server.make_url("")).rstrip("/"),
                            "credentials": {"username": SD_LOGIN[0], "password": SD_LOGIN[1]},
                            "settings": {"txt2img": {"steps": 12, "sampler_name": "Euler a"}}})
+    return fake
+
+
+@pytest.fixture
+async def orr(gw: Any, aiohttp_server: Any) -> FakeOpenRouter:
+    """An OpenRouter connection (prefix ``or``): images through Chat Completions."""
+    fake = FakeOpenRouter()
+    server = await aiohttp_server(fake.app)
+    await gw.add_provider({"type": "openai", "name": "fake-openrouter", "prefix": "or",
+                           "base_url": str(server.make_url("/api/v1")),
+                           "api_key": "sk-or-v1-fake", "settings": {"images_via_chat": True}})
     return fake
 
 
@@ -118,6 +132,64 @@ async def test_gpt_image_tokens_are_recorded_and_priced(gw: Any, sdk: Any) -> No
                                 model_ref="gpt-image-1", provider_id="openai").total_price)
     assert record["cost_usd"] == pytest.approx(expected) and expected > 0.08
     assert float(raw.headers["X-OmniRoute-Response-Cost"]) == pytest.approx(expected)
+
+
+async def test_gpt_image_gets_no_response_format_and_the_gateway_shapes_it(
+        gw: Any, sdk: Any) -> None:
+    # OpenAI refuses response_format for the GPT image models (the fake answers 400)
+    b64 = await sdk.images.generate(model="up/gpt-image-1", prompt="a heron",
+                                    response_format="b64_json")
+    assert decoded(b64.data[0]) == fake_image_bytes("a heron")
+    assert "response_format" not in images_sent(gw.fake)[-1].json
+    url = await sdk.images.generate(model="up/gpt-image-1", prompt="a crane",
+                                    response_format="url")
+    assert url.data[0].url == "data:image/png;base64," + base64.b64encode(
+        fake_image_bytes("a crane")).decode()
+    assert "response_format" not in images_sent(gw.fake)[-1].json
+
+
+async def test_openrouter_images_come_through_chat_completions(
+        gw: Any, sdk: Any, orr: FakeOpenRouter) -> None:
+    model = "or/google/gemini-2.5-flash-image"
+    answer = await sdk.images.generate(model=model, prompt="a lighthouse", n=2,
+                                       size="1792x1024", response_format="b64_json", user="u-7")
+    assert [decoded(d) for d in answer.data] == [fake_image_bytes("a lighthouse")] * 2
+    sent = [r for r in orr.requests if r.path == "/api/v1/chat/completions"]
+    assert len(sent) == 2 and all(r.json == sent[0].json for r in sent)
+    assert sent[0].json == {"model": "google/gemini-2.5-flash-image",
+                            "messages": [{"role": "user", "content": "a lighthouse"}],
+                            "modalities": ["image", "text"],
+                            "image_config": {"aspect_ratio": "16:9"}, "user": "u-7"}
+    assert sent[0].headers["authorization"] == "Bearer sk-or-v1-fake"
+    record = await last_record(gw)
+    assert record["images"] == 2 and record["provider"] == "or"
+    assert record["completion_tokens"] > 2 * OPENROUTER_IMAGE_TOKENS
+
+    url = await sdk.images.generate(model=model, prompt="a dune", response_format="url")
+    assert url.data[0].url == "data:image/png;base64," + base64.b64encode(
+        fake_image_bytes("a dune")).decode()
+
+
+async def test_openrouter_refusals_reach_the_client(gw: Any, sdk: Any,
+                                                    orr: FakeOpenRouter) -> None:
+    with pytest.raises(openai.APIStatusError) as text_only:  # a model that makes no images
+        await sdk.images.generate(model="or/openai/gpt-4o-mini", prompt="x")
+    assert text_only.value.status_code == 404
+    assert "output modalities" in text_only.value.message
+    orr.script.append(openrouter_error(400, "Provider returned error"))
+    with pytest.raises(openai.BadRequestError) as refused:
+        await sdk.images.generate(model="or/google/gemini-2.5-flash-image", prompt="y")
+    assert "Provider returned error" in refused.value.message
+
+
+def test_images_via_chat_is_the_default_for_openrouter_only() -> None:
+    from omniroute.providers.openai import images_through_chat
+
+    assert images_through_chat({"base_url": "https://openrouter.ai/api/v1"})
+    assert not images_through_chat({"base_url": "https://api.openai.com/v1"})
+    assert not images_through_chat({"base_url": "https://openrouter.ai/api/v1",
+                                    "images_via_chat": False})
+    assert images_through_chat({"base_url": "http://127.0.0.1:9/v1", "images_via_chat": True})
 
 
 async def test_a_per_image_override_prices_dall_e(gw: Any, sdk: Any) -> None:

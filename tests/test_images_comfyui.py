@@ -161,6 +161,10 @@ async def test_a_failed_job_and_a_refused_workflow(gw: Any, sdk: Any,
     with pytest.raises(openai.BadRequestError) as refused:  # ComfyUI's own validation
         await sdk.images.generate(model="comfy/missing.safetensors", prompt="x")
     assert "Prompt outputs failed validation" in refused.value.message
+    # ComfyUI's node_errors say which node and why
+    assert "node 4 (CheckpointLoaderSimple): Value not in list: ckpt_name: " \
+        "'missing.safetensors' not in" in refused.value.message
+    assert refused.value.code == "prompt_outputs_failed_validation"
 
     comfy.script.append(error(500))
     with pytest.raises(openai.APIStatusError) as broken:
@@ -188,6 +192,20 @@ def test_the_template_fills_typed_values_and_text() -> None:
     assert filled["3"]["inputs"]["cfg"] == 6.5 and filled["3"]["inputs"]["seed"] == 5
     assert workflows.fill({"t": "w={{width}}px {{other}}"}, {"width": 4}) == {
         "t": "w=4px {{other}}"}
+
+
+def test_a_refusal_names_the_first_node_error() -> None:
+    body = {"error": {"type": "prompt_outputs_failed_validation",
+                      "message": "Prompt outputs failed validation", "details": ""},
+            "node_errors": {"12": {"errors": [{"message": "Later", "details": "x"}]},
+                            "7": {"class_type": "KSampler", "errors": [
+                                {"message": "Required input is missing", "details": "model"},
+                                {"message": "Second", "details": ""}]}}}
+    assert workflows.refusal(body) == ("Prompt outputs failed validation: node 7 (KSampler): "
+                                       "Required input is missing: model")
+    assert workflows.refusal({"error": {"message": "No prompt provided"},
+                              "node_errors": {}}) == "No prompt provided"
+    assert workflows.refusal({"detail": "nope"}) is None and workflows.refusal([]) is None
 
 
 @pytest.mark.parametrize("workflow", [

@@ -84,7 +84,25 @@ async def test_the_images_route_lists_image_models_only(many: Any) -> None:
 
 async def test_the_embeddings_route_lists_embedding_models_only(many: Any) -> None:
     types = await listed(many, "/v1/embeddings")
-    assert types == {"up/text-embedding-3-small": "embedding"}  # Gemini lists none of its own
+    assert types == {"up/text-embedding-3-small": "embedding",
+                     "gm/gemini-embedding-001": "embedding"}  # Gemini's: embedContent
+
+
+async def test_audio_models_have_their_types(gw: Any, aiohttp_server: Any) -> None:
+    """A Deepgram connection serves transcriptions only: its models are typed so; an
+    OpenAI-compatible one's audio models by their names."""
+    from fakes.deepgram_upstream import FakeDeepgram
+
+    gw.fake.models += ["whisper-1", "tts-1"]
+    deepgram = FakeDeepgram()
+    server = await aiohttp_server(deepgram.app)
+    await gw.add_provider({"type": "deepgram", "prefix": "dg", "api_key": "dg-upstream-test",
+                           "base_url": str(server.make_url("")).rstrip("/")})
+    types = await listed(gw)
+    assert types["dg/nova-3"] == types["dg/whisper-large"] == "transcription"
+    assert types["up/whisper-1"] == "transcription" and types["up/tts-1"] == "speech"
+    speech = await listed(gw, "/v1/models?type=speech")
+    assert speech == {"up/tts-1": "speech"}
 
 
 async def test_a_connection_names_its_models_types(gw: Any) -> None:
@@ -108,6 +126,10 @@ async def test_a_connection_names_its_models_types(gw: Any) -> None:
     ("text-embedding-3-small", "embedding"), ("nomic-embed-text", "embedding"),
     ("Qwen/Qwen3-Embedding-8B", "embedding"), ("BAAI/bge-m3", "embedding"),
     ("gemini-embedding-001", "embedding"), ("intfloat/e5-large-v2", "embedding"),
+    ("whisper-1", "transcription"), ("gpt-4o-transcribe", "transcription"),
+    ("nova-3", "transcription"), ("whisper-large-v3-turbo", "transcription"),
+    ("tts-1", "speech"), ("tts-1-hd", "speech"), ("gpt-4o-mini-tts", "speech"),
+    ("canopylabs/orpheus-v1-english", "speech"), ("gpt-4o-audio-preview", "chat"),
 ])
 def test_names_suggest_a_type(name: str, kind: str) -> None:
     assert guess_model_type(name) == kind

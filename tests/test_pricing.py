@@ -256,7 +256,8 @@ async def test_an_override_prices_the_next_request(gw: Any) -> None:
     view = await resp.json()
     assert view["overrides"] == [{"connection": gw.connection["id"], "model": "my-model",
                                   "input": 1.5, "output": 6.0, "cache_read": None,
-                                  "cache_write": None, "image": None}]
+                                  "cache_write": None, "image": None, "per_second": None,
+                                  "per_character": None}]
     assert view["source"].startswith("genai-prices ")
     gw.fake.script.append(reply(text="x", usage={"prompt_tokens": 1000, "completion_tokens": 500}))
     async with sdk(gw) as client:

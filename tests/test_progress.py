@@ -133,6 +133,7 @@ async def test_without_the_header_no_progress_and_no_stage_run(gw: Any) -> None:
 
     class Ctx:
         stream = True
+        binary = False
         headers: ClassVar[dict[str, str]] = {}
         reply_headers = None
 
@@ -141,6 +142,9 @@ async def test_without_the_header_no_progress_and_no_stage_run(gw: Any) -> None:
     assert stage.enter(Ctx(), None) is None  # type: ignore[arg-type]
     Ctx.stream = False  # a JSON answer has no frames to add to
     Ctx.headers = ON
+    assert stage.enter(Ctx(), None) is None  # type: ignore[arg-type]
+    assert Ctx.reply_headers is None
+    Ctx.stream, Ctx.binary = True, True  # speech audio: a comment would corrupt it
     assert stage.enter(Ctx(), None) is None  # type: ignore[arg-type]
     assert Ctx.reply_headers is None
 

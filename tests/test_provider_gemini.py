@@ -354,9 +354,12 @@ async def test_list_models_pages_and_keeps_generative_ones(aiohttp_server: Any,
                       image_models=["imagen-3.0-generate-002"], max_page=2)
     server = await aiohttp_server(fake.app)
     p = provider(http, str(server.make_url("")), models=["tuned-1"])
-    # Imagen is listed for its ``predict`` method (image generation), typed as such
-    assert await p.list_models() == ["tuned-1", "g1", "g2", "g3", "imagen-3.0-generate-002"]
+    # Imagen is listed for its ``predict`` method (image generation), an embedding model for
+    # ``embedContent``, each typed as such
+    assert await p.list_models() == ["tuned-1", "g1", "g2", "g3", "embed-1",
+                                     "imagen-3.0-generate-002"]
     assert p.model_type("imagen-3.0-generate-002") == "image" and p.model_type("g1") == "chat"
+    assert p.model_type("embed-1") == "embedding"
     assert [r.query.get("pageToken") for r in fake.requests] == [None, "2", "4"]
     assert all(r.headers["x-goog-api-key"] == KEY for r in fake.requests)
 

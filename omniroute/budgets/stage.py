@@ -15,6 +15,8 @@ any costs this stage one attribute read):
   or serialised) and, for an operation that generates output
   (:attr:`~omniroute.pipeline.operation.Operation.generates`), its
   ``max_tokens`` (or the ``budget_output_tokens`` setting), priced by the
+  operation (``Operation.estimate_usd``: images by their count, audio by the
+  seconds or characters it measured before the call) on the
   most expensive target (429 ``budget_exceeded``; 503 while the budget store
   fails). Past the warning threshold the answer carries
   ``X-OmniRoute-Budget-Warning``;
@@ -50,9 +52,10 @@ class PriceEstimator(Protocol):
     """What budgets need of the price book: a request's likely cost on one target."""
 
     def estimate_usd(self, target: Target, input_tokens: int, output_tokens: int, *,
-                     images: int = 0) -> float | None:
-        """USD for these token counts (and ``images`` images) on ``target``; None when its
-        price is unknown."""
+                     images: int = 0, seconds: float = 0.0,
+                     characters: int = 0) -> float | None:
+        """USD for these token counts (and ``images`` images, seconds of audio, characters
+        of speech) on ``target``; None when its price is unknown."""
 
 
 class BudgetStage(Stage):

@@ -1,16 +1,20 @@
 """Finding the tools on this machine: their binary on ``PATH``, their version, their files.
 
-A version comes from running the binary (``--version``) as a subprocess of the
-event loop, bounded by a timeout after which its whole process group is killed;
-answers are kept per binary file (path, size, modification time) for a while, so
-a page refresh does not start nine Node.js processes again, and a new install
-is asked anew. Looking up ``PATH`` and the files runs in a thread.
+Most agent CLIs are npm packages: when the binary resolves into a package under
+``node_modules``, the version is that package's ``package.json`` version, and no
+process is started (a Node.js CLI can take seconds just to print its version).
+Otherwise the version comes from running the binary (``--version``) as a
+subprocess of the event loop, bounded by a timeout after which its whole process
+group is killed. Answers are kept per binary file (path, size, modification
+time) for a while, so a page refresh asks nothing again and a new install is
+asked anew. Looking up ``PATH`` and the files runs in a thread.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import re
 import shutil
@@ -22,8 +26,9 @@ from pathlib import Path
 
 from omniroute.clitools.tool import CliTool, Places
 
-#: seconds a binary may take to print its version
-VERSION_TIMEOUT = 3.0
+#: seconds a binary may take to print its version (Gemini CLI 0.61 took 5-9 s on a busy
+#: two-core machine; the tools are asked at once, and their answers kept)
+VERSION_TIMEOUT = 10.0
 #: seconds an answer is reused for the same binary file
 VERSION_TTL = 600.0
 #: characters of output read for a version (a version is on the first lines)
@@ -31,6 +36,25 @@ _MAX_OUTPUT = 4096
 
 _ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 _VERSION = re.compile(r"(?<![\w.])v?(\d+\.\d+(?:\.\d+)?(?:[-+][0-9A-Za-z][0-9A-Za-z.\-]*)?)")
+
+
+def package_version(binary: str) -> str | None:
+    """The version of the npm package ``binary`` resolves into, if it does (blocking)."""
+    real = Path(os.path.realpath(binary))
+    if "node_modules" not in real.parts:
+        return None
+    for folder in list(real.parents)[:4]:
+        manifest = folder / "package.json"
+        if manifest.is_file():
+            try:
+                data = json.loads(manifest.read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                return None  # unreadable: the binary is asked instead
+            version = data.get("version") if isinstance(data, dict) else None
+            return parse_version(version) if isinstance(version, str) else None
+        if folder.name == "node_modules":
+            break
+    return None
 
 
 def parse_version(output: str) -> str | None:
@@ -107,6 +131,9 @@ class VersionProber:
             self._answers[key] = (self.clock() + self.ttl, task.result())
 
     async def _ask(self, path: str, args: Sequence[str]) -> str | None:
+        known = await asyncio.to_thread(package_version, path)
+        if known is not None:
+            return known
         try:
             proc = await asyncio.create_subprocess_exec(
                 path, *args, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,

@@ -152,10 +152,9 @@ def configure_opencode(places: Places, target: Target, read: Reader) -> Edits:
     folder = opencode_dir(places)
     path = next((p for p in (folder / "opencode.json", folder / "opencode.jsonc")
                  if read(p) is not None), folder / "opencode.json")
-    text = read(path)
-    data, lossy = load_json(path, text)
-    if text is None:
-        data["$schema"] = "https://opencode.ai/config.json"
+    data, lossy = load_json(path, read(path))
+    if "$schema" not in data:  # OpenCode adds it first to a file that lacks it
+        data = {"$schema": "https://opencode.ai/config.json", **data}
     provider = _object(path, _object(path, data, "provider"), PROVIDER_ID)
     provider.update({"npm": "@ai-sdk/openai-compatible", "name": PROVIDER_ID})
     options = _object(path, provider, "options")

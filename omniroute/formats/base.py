@@ -26,6 +26,7 @@ from typing import Any, ClassVar
 
 from omniroute.errors import GatewayError
 from omniroute.formats import canonical as c
+from omniroute.formats.audio import AudioCodec
 
 
 @dataclass(slots=True)
@@ -51,7 +52,8 @@ class ClientRoute:
     method: str
     path: str
     #: what serves it: ``"chat"``, ``"count_tokens"``, ``"embeddings"``, ``"images"``,
-    #: ``"models"`` (the model list) or ``"model"`` (one model)
+    #: ``"transcription"``, ``"translation"``, ``"speech"`` (through the format's
+    #: :attr:`Format.audio`), ``"models"`` (the model list) or ``"model"`` (one model)
     operation: str
     #: the request log's name for it (``"chat.completions"``)
     endpoint: str = ""
@@ -92,6 +94,8 @@ class Format:
     #: path prefixes of this client API: an unknown route under one still gets this
     #: format's error shape (a Gemini client gets a Gemini 404)
     path_prefixes: ClassVar[tuple[str, ...]] = ()
+    #: the client API's audio endpoints (transcription, translation, speech), if it has any
+    audio: ClassVar[AudioCodec | None] = None
 
     # ------------------------------------------------------------------ client side
 

@@ -4,6 +4,7 @@ See :mod:`omniroute.pipeline.serve` for the path itself, :mod:`.operation`
 for what an operation implements and :mod:`.stages` for the stage list.
 """
 
+from omniroute.pipeline.audio import Speak, Transcribe, Translate
 from omniroute.pipeline.chat import Chat
 from omniroute.pipeline.context import Reply, RequestContext
 from omniroute.pipeline.count import CountTokens
@@ -14,4 +15,5 @@ from omniroute.pipeline.serve import Pipeline
 from omniroute.pipeline.stages import Stage, StageRun, default_stages
 
 __all__ = ["Chat", "CountTokens", "Embed", "Images", "Operation", "Pipeline", "Reply",
-           "RequestContext", "Stage", "StageRun", "default_stages"]
+           "RequestContext", "Speak", "Stage", "StageRun", "Transcribe", "Translate",
+           "default_stages"]

@@ -66,9 +66,11 @@ class Chat(Operation):
 
     def unusable(self, target: Target) -> GatewayError | None:
         provider = target.provider
-        if provider.format not in self.formats and not isinstance(provider, CanonicalProvider):
+        unsupported = super().unusable(target)  # a type that has no chat at all says so first
+        if unsupported is None and provider.format not in self.formats and not isinstance(
+                provider, CanonicalProvider):
             return UpstreamError(f"no format plugin {provider.format!r} is loaded")
-        return super().unusable(target)
+        return unsupported
 
     async def call(self, ctx: RequestContext, target: Target) -> Reply:
         fmt, record = self.fmt, ctx.record

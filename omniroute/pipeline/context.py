@@ -66,6 +66,10 @@ class RequestContext:
     reply_headers: dict[str, str] | None = None
     #: a stage that wants the canonical answer (the response cache on a miss); None: none
     tap: AnswerTap | None = None
+    #: the answer is a binary body relayed as it arrives (speech audio), not a stream of
+    #: frames: nothing can be added to it (no progress frames), and a failure after its
+    #: first byte cuts the connection instead of writing the format's error frame
+    binary: bool = False
 
 
 class AnswerTap(Protocol):

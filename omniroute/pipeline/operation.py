@@ -1,9 +1,10 @@
 """What an operation is: one kind of request, defined by "call this target".
 
-The pipeline (:func:`omniroute.pipeline.serve`) does everything else: the body,
-stages, routing, the attempt loop with its accounting, headers, errors, the
-stream relay and the request log. An operation says how to read the request
-(:meth:`Operation.inspect`) and what calling one target means
+The pipeline (:func:`omniroute.pipeline.serve`) does everything else: stages,
+routing, the attempt loop with its accounting, headers, errors, the stream
+relay and the request log. An operation says how to read the request
+(:meth:`Operation.read`: a JSON object unless it says otherwise;
+:meth:`Operation.inspect`) and what calling one target means
 (:meth:`Operation.call`).
 """
 
@@ -11,6 +12,10 @@ from __future__ import annotations
 
 from typing import ClassVar, Protocol
 
+from aiohttp import web
+
+from omniroute.bodies import read_sized_object
+from omniroute.config import Settings
 from omniroute.errors import GatewayError, TargetUnsupported
 from omniroute.formats.base import Format
 from omniroute.pipeline.context import Reply, RequestContext
@@ -21,12 +26,14 @@ class Prices(Protocol):
     """What an operation asks of the price book for an estimate (a budget's reservation)."""
 
     def estimate_usd(self, target: Target, input_tokens: int, output_tokens: int, *,
-                     images: int = 0) -> float | None:
-        """USD for these token counts (and ``images`` images) on ``target``, or None."""
+                     images: int = 0, seconds: float = 0.0,
+                     characters: int = 0) -> float | None:
+        """USD for these token counts (and ``images`` images, ``seconds`` of audio,
+        ``characters`` of speech) on ``target``, or None."""
 
 
 class Operation:
-    """Base class of operations (chat, embeddings, token counting, images; later audio)."""
+    """Base class of operations (chat, embeddings, token counting, images, audio)."""
 
     #: the operation's name, which stages look at (``"chat"``)
     name: ClassVar[str]
@@ -43,7 +50,9 @@ class Operation:
     #: and a budget reserves output tokens for it)
     generates: ClassVar[bool] = False
     #: a call slow to answer may race the next target (:mod:`omniroute.pipeline.hedge`);
-    #: False where a second call costs too much to start on a guess (image generation)
+    #: False where a second call costs too much to start on a guess (image generation),
+    #: or where the whole answer is the first byte and is slow by nature (a long
+    #: transcription), so that a race would only pay twice
     hedged: ClassVar[bool] = True
 
     def __init__(self, fmt: Format, endpoint: str) -> None:
@@ -51,6 +60,13 @@ class Operation:
         self.fmt = fmt
         #: the request log's name for it (``"chat.completions"``)
         self.endpoint = endpoint
+
+    async def read(self, ctx: RequestContext, request: web.Request, settings: Settings) -> None:
+        """Read the client's body into ``ctx.body`` and ``ctx.body_bytes``: by default a JSON
+        object (413 past ``max_body_bytes``, 415 for another content type, 400 for bad JSON).
+        An operation with another kind of body (a multipart upload) reads it here, keeping
+        what it read in ``ctx.payload`` and a JSON-like summary in ``ctx.body``."""
+        ctx.body, ctx.body_bytes = await read_sized_object(request, settings.max_body_bytes)
 
     def inspect(self, ctx: RequestContext) -> None:
         """Set ``ctx.model`` and ``ctx.stream`` from the request; raise ``InvalidRequest``."""

@@ -57,7 +57,7 @@ class ProgressStage(Stage):
         self.clock = clock
 
     def enter(self, ctx: RequestContext, operation: Operation) -> StageRun | None:
-        if not ctx.stream:
+        if not ctx.stream or ctx.binary:  # audio bytes have no room for a comment
             return None
         asked = ctx.headers.get(PROGRESS_HEADER)
         if asked is None or asked.strip().lower() not in _ON:

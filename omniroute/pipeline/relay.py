@@ -4,7 +4,9 @@ chunk by chunk, a stream's end in the format's error event, and an answer's end.
 A stream is written the moment each chunk is ready, and the frames one upstream read
 brought leave in one write. A client that stops reading is bounded by the idle timeout
 once its unread backlog passes :data:`BACKLOG`. Once the headers are out, every failure
-ends the stream with the client format's own error frame.
+ends the stream with the client format's own error frame; a binary answer
+(``ctx.binary``: speech audio) has no room for one, and its connection is cut instead,
+so that the client sees an incomplete transfer rather than a file that seems whole.
 """
 
 from __future__ import annotations
@@ -161,7 +163,7 @@ async def relay(
             record.error_class = type(err).__name__
             log.warning("stream %s broke: %s", record.request_id, err.message)
             reply.failure = err  # the account pays for it at the end (cooldown, breaker)
-            return await end_with_error(response, ctx, err)
+            return await _broken(request, response, ctx, err)
         except ConnectionResetError as exc:  # the client went away; aclosing stops the upstream
             record.status, record.error = 499, "client disconnected"
             record.error_class = CLIENT_LEFT
@@ -181,7 +183,7 @@ async def relay(
             record.status, record.error = ended.status, ended.message
             record.error_class = type(ended).__name__
             reply.failure = exc  # not the account's fault
-            return await end_with_error(response, ctx, ended)
+            return await _broken(request, response, ctx, ended)
         except Exception as exc:  # a bug must still end the stream well-formed, and be logged
             log.exception("stream %s failed", record.request_id)
             reply.failure = exc  # ours, not the account's
@@ -189,7 +191,7 @@ async def relay(
                 f"Internal error while relaying the stream: {type(exc).__name__}")
             record.status, record.error = 500, internal.message
             record.error_class = type(exc).__name__
-            return await end_with_error(response, ctx, internal)
+            return await _broken(request, response, ctx, internal)
         finally:
             if source is not None:
                 with suppress(Exception):
@@ -197,6 +199,18 @@ async def relay(
     if record.error is None:
         record.status = 200
     await response.write_eof()
+    return response
+
+
+async def _broken(request: web.Request, response: web.StreamResponse, ctx: RequestContext,
+                  err: GatewayError) -> web.StreamResponse:
+    """End a stream that failed after its first byte: the format's error frame, or for a
+    binary answer a cut connection (what was sent stays sent; the end never comes)."""
+    if not ctx.binary:
+        return await end_with_error(response, ctx, err)
+    ctx.error = err
+    if request.transport is not None:
+        request.transport.close()
     return response
 
 

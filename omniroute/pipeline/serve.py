@@ -29,7 +29,6 @@ from typing import Protocol
 from aiohttp import web
 
 from omniroute.appkeys import PRINCIPAL
-from omniroute.bodies import read_sized_object
 from omniroute.config import Settings
 from omniroute.credentials import Refresher
 from omniroute.errors import GatewayError, InvalidRequest, ModelNotFound, ShuttingDown
@@ -143,7 +142,7 @@ class Pipeline:
         failure: BaseException | None = None
         self.in_flight += 1
         try:
-            ctx.body, ctx.body_bytes = await read_sized_object(request, settings.max_body_bytes)
+            await operation.read(ctx, request, settings)
             if body_log is not None:
                 record.request_body = body_log.request(ctx.body)
             operation.inspect(ctx)
@@ -200,8 +199,9 @@ class Pipeline:
                         await run.answer(ctx, reply.body)
                 if body_log is not None:
                     record.response_body = body_log.text(reply.body)
+                media_type, charset = _media(reply.content_type)
                 return web.Response(body=reply.body, status=reply.status,
-                                    content_type=reply.content_type, headers=headers)
+                                    content_type=media_type, charset=charset, headers=headers)
             headers = _headers(ctx, reply)
             for run in ctx.runs:
                 if run.wraps:  # idempotency's fan-out, progress frames
@@ -357,6 +357,17 @@ class Pipeline:
             reply.target, reply.attempt = target, attempt
             return reply
         return None
+
+
+def _media(content_type: str) -> tuple[str, str | None]:
+    """``text/plain; charset=utf-8`` -> ``("text/plain", "utf-8")``: aiohttp takes the
+    charset apart from the type."""
+    media_type, _, params = content_type.partition(";")
+    for param in params.split(";"):
+        name, _, value = param.partition("=")
+        if name.strip().lower() == "charset" and value.strip():
+            return media_type.strip(), value.strip().strip('"')
+    return media_type.strip(), None
 
 
 def _check_header_safe(value: str, name: str) -> None:

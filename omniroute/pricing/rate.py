@@ -12,6 +12,10 @@ costs about 100 µs of ``Decimal`` arithmetic: too much for every request.
 
 Tiers follow genai-prices' rule: once the request's input tokens pass a tier's
 start, that tier's price applies to every token of the request.
+
+Audio is priced by its own units beside the tokens: seconds of audio transcribed
+(genai-prices' ``audio_hours``, whisper-1 and the like) and characters of text
+spoken (``input_mchars``, tts-1), read out the same way (one probe each).
 """
 
 from __future__ import annotations
@@ -47,11 +51,17 @@ class Rate:
     bands: tuple[Band, ...]
     #: where the price came from: ``genai-prices:<provider>/<model>`` or ``override:<scope>``
     source: str = ""
+    #: USD per second of audio transcribed or translated
+    per_second: float = 0.0
+    #: USD per character of text turned into speech
+    per_character: float = 0.0
 
     def cost(self, input_tokens: int, output_tokens: int, cache_read: int = 0,
-             cache_write: int = 0, output_image: int = 0) -> float:
+             cache_write: int = 0, output_image: int = 0, *, seconds: float = 0.0,
+             characters: int = 0) -> float:
         """USD for one request's tokens (``input_tokens`` includes cache reads and writes,
-        ``output_tokens`` the ``output_image`` tokens of the images it made).
+        ``output_tokens`` the ``output_image`` tokens of the images it made), seconds of
+        audio and characters of speech.
 
         Never negative: an upstream that reports more cached tokens than input tokens
         is taken to have cached all of them.
@@ -68,13 +78,15 @@ class Rate:
         cost = (band.per_request + band.input * input_tokens + band.output * output_tokens
                 + band.cache_read_delta * cache_read + band.cache_write_delta * cache_write
                 + band.output_image_delta * output_image)
+        if seconds or characters:
+            cost += self.per_second * seconds + self.per_character * characters
         return cost if cost > 0.0 else 0.0
 
     @property
     def free(self) -> bool:
         """Nothing costs anything (a price listed without numbers, or all zero)."""
-        return not any(b.per_request or b.input or b.output or b.output_image_delta
-                       for b in self.bands)
+        return not (self.per_second or self.per_character or any(
+            b.per_request or b.input or b.output or b.output_image_delta for b in self.bands))
 
     @property
     def blended(self) -> float:
@@ -94,21 +106,31 @@ class Rate:
 
 
 def flat(input: float, output: float, cache_read: float | None = None,
-         cache_write: float | None = None, *, source: str = "") -> Rate:
-    """A rate from USD per 1M tokens; cache reads and writes default to the input price."""
+         cache_write: float | None = None, *, source: str = "", per_second: float = 0.0,
+         per_character: float = 0.0) -> Rate:
+    """A rate from USD per 1M tokens (cache reads and writes default to the input
+    price), USD per second of audio and USD per character of speech."""
     per_in = input / MTOK
     read = per_in if cache_read is None else cache_read / MTOK
     write = per_in if cache_write is None else cache_write / MTOK
     return Rate((Band(0, 0.0, per_in, output / MTOK, read - per_in, write - per_in),),
-                source=source)
+                source=source, per_second=per_second, per_character=per_character)
 
 
 def from_model_price(model_price: Any, *, source: str = "") -> Rate | None:
     """Read a ``genai_prices.types.ModelPrice`` into a :class:`Rate` by probing it.
 
-    None when the price has nothing a text request pays for (an image-only model).
+    None when the price has nothing a text or audio request pays for (an image-only
+    model).
     """
     from genai_prices import Usage
+
+    def unit_price(**usage: int) -> float:
+        """USD per unit of one non-token usage (probed with many units, for precision)."""
+        count = next(iter(usage.values()))
+        nothing = Decimal(model_price.calc_price(Usage())["total_price"])
+        return float((Decimal(model_price.calc_price(Usage(**usage))["total_price"]) - nothing)
+                     / count)
 
     def price(inp: int, out: int = 0, read: int = 0, write: int = 0, image: int = 0) -> Decimal:
         usage = Usage(input_tokens=inp, output_tokens=out, cache_read_tokens=read,
@@ -135,6 +157,10 @@ def from_model_price(model_price: Any, *, source: str = "") -> Rate | None:
             output_image_delta=float(price(x, out=1, image=1) - price(x, out=1)),
         )
         bands.append(band)
-    if not bands or not any((b.per_request, b.input, b.output) for b in bands):
+    per_second = unit_price(audio_seconds=3600)
+    per_character = unit_price(input_characters=1_000_000)
+    if not bands or not (any((b.per_request, b.input, b.output) for b in bands)
+                         or per_second or per_character):
         return None
-    return Rate(tuple(bands), source=source)
+    return Rate(tuple(bands), source=source, per_second=per_second,
+                per_character=per_character)

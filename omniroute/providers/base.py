@@ -10,9 +10,10 @@ frames (SSE events, or NDJSON lines for Ollama: see ``HTTPProvider.framing``).
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Mapping
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 import aiohttp
 
@@ -24,6 +25,7 @@ from omniroute.errors import (
     UpstreamError,
 )
 from omniroute.formats import canonical as c
+from omniroute.formats.audio import SpeechRequest, TranscribeRequest, Transcript
 from omniroute.providers.model_types import MODEL_TYPES, guess_model_type
 
 if TYPE_CHECKING:
@@ -147,6 +149,21 @@ class Embeddings:
     model: str
 
 
+@dataclass(slots=True)
+class Transcribed:
+    """A transcription answer: the upstream's own body, when it speaks the client's audio
+    API (pass-through: in the response format asked for), or a transcript for the
+    client's API to render."""
+
+    body: bytes | None = None
+    #: the upstream's Content-Type of ``body``
+    content_type: str = ""
+    transcript: Transcript | None = None
+
+
+_T = TypeVar("_T")
+
+
 def checked_vectors(value: Any, count: int) -> list[list[float]]:
     """``value`` if it is ``count`` lists of numbers, else the upstream's failure."""
     if (not isinstance(value, list) or len(value) != count or not all(
@@ -158,13 +175,42 @@ def checked_vectors(value: Any, count: int) -> list[list[float]]:
     return [[float(x) for x in v] for v in value]
 
 
+async def all_or_none(calls: Sequence[Awaitable[_T]]) -> list[_T]:
+    """Run ``calls`` at once and give their results in order; when one fails (or the
+    caller is cancelled) the others are cancelled too and the failure is raised."""
+    tasks = [asyncio.ensure_future(call) for call in calls]
+    try:
+        return list(await asyncio.gather(*tasks))
+    except BaseException:
+        for task in tasks:
+            task.cancel()
+        await asyncio.wait(tasks)
+        for task in tasks:  # read, so no other failure is reported as unread
+            if not task.cancelled():
+                task.exception()
+        raise
+
+
+def summed_images(results: Sequence[c.ImageResult]) -> c.ImageResult:
+    """Several answers' images in order, their token counts added up (a count no answer
+    gave stays None)."""
+    usage = c.Usage()
+    for part in results:
+        for name in ("input_tokens", "output_tokens"):
+            value = getattr(part.usage, name)
+            if value is not None:
+                setattr(usage, name, (getattr(usage, name) or 0) + value)
+    return c.ImageResult([image for part in results for image in part.images], usage)
+
+
 def _secrets(credentials: Mapping[str, Any]) -> dict[str, Any]:
     """The credentials without their ``extra`` (account details, a kept project)."""
     return {k: v for k, v in credentials.items() if k != "extra"}
 
 
 #: model types and the capability that serves each
-_KINDS = (("chat", "chat"), ("embedding", "embeddings"), ("image", "images"))
+_KINDS = (("chat", "chat"), ("embedding", "embeddings"), ("image", "images"),
+          ("transcription", "transcription"), ("speech", "speech"))
 
 
 class Provider:
@@ -187,8 +233,9 @@ class Provider:
     requires_credentials: ClassVar[bool] = True
     #: what a connection of this type can serve: ``"chat"``, ``"embeddings"`` (implement
     #: :meth:`embed`), ``"count_tokens"`` (implement :meth:`count_tokens`), ``"images"``
-    #: (implement :meth:`generate_images`). The gateway skips, without charging it, a
-    #: target whose type lacks what a request needs.
+    #: (implement :meth:`generate_images`), ``"transcription"`` and ``"translation"``
+    #: (implement :meth:`transcribe`), ``"speech"`` (implement :meth:`speak`). The
+    #: gateway skips, without charging it, a target whose type lacks what a request needs.
     capabilities: ClassVar[frozenset[str]] = frozenset({"chat"})
     #: ``"api_key"``, or ``"oauth"`` for subscription accounts (stricter circuit
     #: breaker; a 401/403 first triggers :meth:`refresh_credentials`)
@@ -252,6 +299,20 @@ class Provider:
             f"Provider type {self.type!r} (connection {self.connection.name!r}) does not "
             "serve embeddings.", param="model")
 
+    async def transcribe(self, model: str, request: TranscribeRequest) -> Transcribed:
+        """Transcribe (``request.task == "transcribe"``) or translate into English
+        (``"translate"``) the audio of ``request`` with ``model``; raise a ``GatewayError``
+        on failure (capabilities ``"transcription"``, ``"translation"``)."""
+        raise TargetUnsupported(f"Provider type {self.type!r} does not transcribe audio.")
+
+    async def speak(self, model: str, request: SpeechRequest) -> UpstreamResponse:
+        """Turn ``request.input`` into speech with ``model`` (capability ``"speech"``).
+
+        :returns: the audio as it arrives: ``events`` yields the upstream's bytes chunk
+            by chunk (``HTTPProvider.post_stream`` with ``framing=RAW``), returned once
+            the first chunk is in.
+        """
+        raise TargetUnsupported(f"Provider type {self.type!r} does not make speech.")
     async def generate_images(self, model: str, request: c.ImageRequest) -> c.ImageResult:
         """Make ``request.n`` images from ``request.prompt`` with ``model`` (capability
         ``"images"``); raise a ``GatewayError`` on failure.

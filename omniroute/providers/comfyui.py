@@ -32,7 +32,7 @@ from urllib.parse import quote, urlencode
 
 import orjson
 
-from omniroute.errors import UpstreamError, UpstreamTimeout
+from omniroute.errors import UpstreamError, UpstreamStatusError, UpstreamTimeout
 from omniroute.formats import canonical as c
 from omniroute.formats.media import sniff_media_type
 from omniroute.hookspecs import hookimpl
@@ -188,6 +188,22 @@ class ComfyUIProvider(HTTPProvider):
         except Exception as exc:  # noqa: BLE001 - best effort: the job may run on, logged
             log.warning("could not cancel ComfyUI job %s on %s: %s", prompt_id,
                         self.connection.name, exc)
+
+    def error_from(
+        self, status: int, body: bytes, headers: Mapping[str, str]
+    ) -> UpstreamStatusError:
+        """A refused workflow names the node at fault (ComfyUI's ``node_errors``), which
+        the generic reading of ``{"error": {...}}`` would drop."""
+        try:
+            data = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            data = None
+        message = workflows.refusal(data)
+        if message is None:
+            return super().error_from(status, body, headers)
+        kind = data["error"].get("type")
+        return self.status_error(status, body, headers, message,
+                                 code=kind if isinstance(kind, str) else None)
 
     async def list_models(self) -> list[str]:
         """The checkpoints ``CheckpointLoaderSimple`` offers."""

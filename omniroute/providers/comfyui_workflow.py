@@ -99,6 +99,32 @@ def job_error(entry: Any) -> str | None:
     return "the job ended with an error"
 
 
+def refusal(data: Any) -> str | None:
+    """Why ``POST /prompt`` refused a workflow, from its 400 body ``{"error": {"type",
+    "message", "details"}, "node_errors": {node_id: {"errors": [{"message", "details"}],
+    "class_type"}}}`` (ComfyUI's ``execution.validate_prompt``): the error's message and
+    details, then the first node error's, e.g. ``Prompt outputs failed validation: node
+    4 (CheckpointLoaderSimple): Value not in list: ckpt_name: 'x' not in [...]``. None
+    when the body is not that shape."""
+    if not isinstance(data, dict) or not isinstance(data.get("error"), dict):
+        return None
+    error = data["error"]
+    parts = [str(error[k]) for k in ("message", "details") if error.get(k)]
+    nodes = data.get("node_errors")
+    for node_id, node in sorted(nodes.items(), key=lambda item: _node_order(str(item[0]))) \
+            if isinstance(nodes, dict) else ():
+        errors = node.get("errors") if isinstance(node, dict) else None
+        first = errors[0] if isinstance(errors, list) and errors else None
+        if not isinstance(first, dict):
+            continue
+        kind = node.get("class_type")
+        where = f"node {node_id}" + (f" ({kind})" if isinstance(kind, str) else "")
+        said = [str(first[k]) for k in ("message", "details") if first.get(k)]
+        parts.append(f"{where}: {': '.join(said) or 'invalid'}")
+        break
+    return ": ".join(parts) or None
+
+
 def checkpoints(object_info: Any) -> list[str]:
     """The checkpoint names of ``GET /object_info/CheckpointLoaderSimple`` (the list form
     ``[[names...], {...}]`` and the ``["COMBO", {"options": [...]}]`` form alike)."""

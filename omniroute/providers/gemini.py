@@ -16,16 +16,21 @@ from urllib.parse import quote
 
 import orjson
 
-from omniroute.errors import GatewayError, UpstreamStatusError
+from omniroute.errors import GatewayError, UpstreamError, UpstreamStatusError
 from omniroute.formats import canonical as c
+from omniroute.formats.canonical import token_count
 from omniroute.formats.gemini import images as gemini_images
 from omniroute.hookspecs import hookimpl
 from omniroute.providers.base import (
+    Embeddings,
     Preset,
     Provider,
     ProviderContext,
     UpstreamCall,
     UpstreamResponse,
+    all_or_none,
+    checked_vectors,
+    summed_images,
 )
 from omniroute.providers.http import HTTPProvider, http_settings
 from omniroute.storage.store import Connection
@@ -35,6 +40,10 @@ _API_VERSIONS = ("v1beta", "v1", "v1alpha")
 _MAX_MODEL_PAGES = 10
 #: ``ErrorInfo`` reasons that mean the gateway's key is bad (Google answers them with 400)
 _BAD_KEY_REASONS = frozenset({"API_KEY_INVALID", "API_KEY_EXPIRED"})
+#: ``batchEmbedContents`` takes at most this many requests a call
+EMBED_BATCH = 100
+#: and the gateway makes at most this many such calls at once for one client request
+_EMBED_CALLS = 4
 _RETRY_INFO = "type.googleapis.com/google.rpc.RetryInfo"
 _ERROR_INFO = "type.googleapis.com/google.rpc.ErrorInfo"
 
@@ -52,7 +61,7 @@ class GeminiProvider(HTTPProvider):
     format = "gemini"
     default_prefix = "gemini"
     description = "Google Gemini API (generateContent; Imagen and Gemini image models)"
-    capabilities = frozenset({"chat", "images"})
+    capabilities = frozenset({"chat", "embeddings", "images"})
     presets: ClassVar[Mapping[str, Preset]] = {p.name: p for p in _PRESETS}
     credential_fields: ClassVar[tuple[str, ...]] = ("api_key",)
     requires_credentials = True
@@ -91,8 +100,51 @@ class GeminiProvider(HTTPProvider):
         return await self.post_json(
             self.model_url(call.model, "generateContent"), self._json_headers, data)
 
+    async def embed(self, model: str, inputs: list[str], options: dict[str, Any]) -> Embeddings:
+        """``POST {api_root}/models/{model}:batchEmbedContents``, one request per input.
+
+        Body ``{"requests": [{"model": "models/{m}", "content": {"parts": [{"text"}]},
+        "outputDimensionality"?}]}``; answer ``{"embeddings": [{"values": [...]}]}`` in
+        input order (ai.google.dev/api/embeddings). The API takes at most
+        :data:`EMBED_BATCH` requests a call (a 400 "at most 100 requests can be in one
+        batch" otherwise), so longer inputs go as several calls, at most
+        :data:`_EMBED_CALLS` at a time, their vectors joined in order. The API counts
+        no tokens here; a count, if one comes, is added up.
+        """
+        name = f"models/{model.removeprefix('models/')}"
+        dimensions = options.get("dimensions")
+        requests = []
+        for text in inputs:
+            one: dict[str, Any] = {"model": name, "content": {"parts": [{"text": text}]}}
+            if dimensions is not None:
+                one["outputDimensionality"] = dimensions
+            requests.append(one)
+        url = self.model_url(model, "batchEmbedContents")
+        slots = asyncio.Semaphore(_EMBED_CALLS)
+
+        async def batch(part: list[dict[str, Any]]) -> tuple[list[Any], int | None]:
+            async with slots:
+                answer = await self.post_json(url, self._json_headers,
+                                              orjson.dumps({"requests": part}))
+            assert answer.body is not None
+            try:
+                data = orjson.loads(answer.body)
+                vectors = [item["values"] for item in data["embeddings"]]
+            except (orjson.JSONDecodeError, KeyError, TypeError):
+                raise UpstreamError("upstream sent a malformed embeddings answer") from None
+            usage = data.get("usageMetadata") if isinstance(data, dict) else None
+            tokens = usage.get("promptTokenCount") if isinstance(usage, dict) else None
+            return checked_vectors(vectors, len(part)), token_count(tokens)
+
+        parts = await all_or_none([batch(requests[i:i + EMBED_BATCH])
+                                   for i in range(0, len(requests), EMBED_BATCH)])
+        counts = [tokens for _, tokens in parts if tokens is not None]
+        return Embeddings([vector for vectors, _ in parts for vector in vectors],
+                          sum(counts) if counts else None, model.removeprefix("models/"))
+
     async def list_models(self) -> list[str]:
-        """``GET /v1beta/models`` page by page: the models that can ``generateContent``."""
+        """``GET /v1beta/models`` page by page: the models that can ``generateContent``,
+        Imagen's (``predict``) and the embedding models (``embedContent``)."""
         listed: list[str] = []
         token: str | None = None
         for _ in range(_MAX_MODEL_PAGES):
@@ -107,8 +159,10 @@ class GeminiProvider(HTTPProvider):
                 name = entry["name"].removeprefix("models/")
                 if isinstance(methods, list) and "predict" in methods and is_imagen(name):
                     self._listed_types[name] = "image"  # Imagen: models/{name}:predict
+                elif isinstance(methods, list) and "embedContent" in methods:
+                    self._listed_types[name] = "embedding"  # :batchEmbedContents
                 elif isinstance(methods, list) and "generateContent" not in methods:
-                    continue  # embedding and other non-chat models
+                    continue  # other models that neither chat nor embed
                 listed.append(name)
             token = data.get("nextPageToken") if isinstance(data, dict) else None
             if not token:
@@ -133,27 +187,11 @@ class GeminiProvider(HTTPProvider):
             return gemini_images.predict_answer(answer.body)
         url, body = self.model_url(model, "generateContent"), orjson.dumps(
             gemini_images.content_request(request))
-        calls = [asyncio.ensure_future(self.post_json(url, self._json_headers, body,
-                                                      timeout=timeout))
-                 for _ in range(request.n)]
-        try:
-            answers = await asyncio.gather(*calls)
-        except BaseException:  # one failed (or the request ended): the others stop too
-            for call in calls:
-                call.cancel()
-            await asyncio.wait(calls)
-            for call in calls:  # read, so no other failure is reported as unread
-                if not call.cancelled():
-                    call.exception()
-            raise
-        results = [gemini_images.content_answer(answer.body or b"") for answer in answers]
-        usage = c.Usage()
-        for part in results:
-            for name in ("input_tokens", "output_tokens"):
-                value = getattr(part.usage, name)
-                if value is not None:
-                    setattr(usage, name, (getattr(usage, name) or 0) + value)
-        return c.ImageResult([image for part in results for image in part.images], usage)
+        answers = await all_or_none([self.post_json(url, self._json_headers, body,
+                                                    timeout=timeout)
+                                     for _ in range(request.n)])
+        return summed_images([gemini_images.content_answer(answer.body or b"")
+                              for answer in answers])
 
     # ---- errors ---------------------------------------------------------------------
     def error_from(

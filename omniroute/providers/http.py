@@ -5,7 +5,8 @@ aiohttp failure becomes a typed gateway error, and a stream that is closed
 early closes its upstream connection at once.
 
 Streams are cut into *frames* by a :class:`Framing`: :data:`SSE` (server-sent
-events, the default) or :data:`NDJSON` (one JSON object per line, Ollama's).
+events, the default), :data:`NDJSON` (one JSON object per line, Ollama's) or
+:data:`RAW` (a binary body, such as speech audio: each socket read is a frame).
 A provider picks one with its ``framing`` class attribute, says which frames
 are only keep-alives (:meth:`HTTPProvider.skips_frame`) and how to spot an
 error in the first meaningful frame (:meth:`HTTPProvider.first_frame_error`).
@@ -92,8 +93,29 @@ class Framing:
             return None
 
 
+class ChunkSplitter:
+    """A binary body: every chunk the socket gives is a frame, as it came."""
+
+    __slots__ = ()
+
+    def feed(self, chunk: bytes) -> list[bytes]:
+        return [chunk]
+
+    def tail(self) -> bytes:
+        return b""
+
+
+def _any_bytes(frame: bytes) -> bool:
+    return True
+
+
+def _no_payload(frame: bytes) -> bytes | None:
+    return None
+
+
 SSE = Framing("sse", SSESplitter, looks_like_sse, event_data)
 NDJSON = Framing("ndjson", LineSplitter, _json_line, _line_payload)
+RAW = Framing("raw", ChunkSplitter, _any_bytes, _no_payload)
 
 
 # ----------------------------------------------------------------------------- the provider base
@@ -210,11 +232,23 @@ class HTTPProvider(Provider):
             raise UpstreamError(f"upstream unreachable: {_describe(exc)}") from None
 
     async def post_json(
-        self, url: str, headers: Mapping[str, str], data: bytes, *,
+        self, url: str, headers: Mapping[str, str], data: bytes | aiohttp.FormData, *,
         timeout: aiohttp.ClientTimeout | None = None,
     ) -> UpstreamResponse:
-        """POST for a JSON answer. ``timeout``: other bounds than the JSON call's (an image
-        generation's :attr:`~omniroute.providers.base.Timeouts.images`)."""
+        """POST for a JSON answer (``UpstreamError`` if it is not JSON). ``timeout``: other
+        bounds than the JSON call's (an image generation's
+        :attr:`~omniroute.providers.base.Timeouts.images`)."""
+        answer = await self.post_body(url, headers, data, timeout=timeout)
+        assert answer.body is not None
+        if not answer.body.lstrip().startswith((b"{", b"[")):
+            raise UpstreamError("upstream sent a response that is not JSON")
+        return answer
+
+    async def post_body(
+        self, url: str, headers: Mapping[str, str], data: bytes | aiohttp.FormData, *,
+        timeout: aiohttp.ClientTimeout | None = None,
+    ) -> UpstreamResponse:
+        """POST (a body, or a multipart form) and read the whole answer, of any type."""
         timeouts = self.context.timeouts
         sent_with = self.credentials_generation
         try:
@@ -238,8 +272,6 @@ class HTTPProvider(Provider):
                 f"or over {timeouts.total:g}s in total") from None
         except aiohttp.ClientError as exc:
             raise UpstreamError(f"upstream unreachable: {_describe(exc)}") from None
-        if not body.lstrip().startswith((b"{", b"[")):
-            raise UpstreamError("upstream sent a response that is not JSON")
         return UpstreamResponse(resp.status, kept, body=body)
 
     async def post_stream(

@@ -10,23 +10,29 @@ from collections.abc import Callable, Mapping
 from typing import Any, ClassVar
 from urllib.parse import urlsplit
 
+import aiohttp
 import orjson
 
 from omniroute.errors import UpstreamError
 from omniroute.formats import canonical as c
+from omniroute.formats.audio import SpeechRequest, TranscribeRequest
 from omniroute.formats.canonical import token_count
 from omniroute.formats.openai import images as openai_images
+from omniroute.formats.openai.audio import speech_body
 from omniroute.hookspecs import hookimpl
 from omniroute.providers.base import (
     Embeddings,
     Preset,
     Provider,
     ProviderContext,
+    Transcribed,
     UpstreamCall,
     UpstreamResponse,
+    all_or_none,
     checked_vectors,
+    summed_images,
 )
-from omniroute.providers.http import HTTPProvider
+from omniroute.providers.http import RAW, HTTPProvider
 from omniroute.storage.store import Connection
 
 _PRESETS = [
@@ -41,6 +47,11 @@ _PRESETS = [
     Preset("nvidia", "https://integrate.api.nvidia.com/v1", "nvidia", "NVIDIA NIM"),
     Preset("cerebras", "https://api.cerebras.ai/v1", "cerebras", "Cerebras"),
     Preset("perplexity", "https://api.perplexity.ai", "pplx", "Perplexity"),
+    # embeddings (and chat) services with OpenAI-compatible APIs (each vendor's API docs)
+    Preset("nebius", "https://api.tokenfactory.nebius.com/v1", "nebius",
+           "Nebius Token Factory (formerly AI Studio)"),
+    Preset("jina", "https://api.jina.ai/v1", "jina", "Jina AI (embeddings)"),
+    Preset("github", "https://models.github.ai/inference", "github", "GitHub Models"),
     Preset("vllm", "http://127.0.0.1:8000/v1", "vllm", "vLLM (local)", needs_api_key=False),
     Preset("llamacpp", "http://127.0.0.1:8080/v1", "llamacpp", "llama.cpp server (local)",
            needs_api_key=False),
@@ -51,13 +62,19 @@ _PRESETS = [
 ]
 
 
+#: hosts whose images come from Chat Completions (``images_via_chat``)
+_CHAT_IMAGE_HOSTS = frozenset({"openrouter.ai"})
+
+
 class OpenAIProvider(HTTPProvider):
-    """OpenAI Chat Completions over HTTP (JSON and SSE)."""
+    """OpenAI Chat Completions over HTTP (JSON and SSE); embeddings, and the audio API
+    (``/audio/transcriptions``, ``/audio/translations``, ``/audio/speech``) passed through."""
 
     type = "openai"
     price_provider: ClassVar[str | None] = "openai"
     format = "openai"
-    capabilities = frozenset({"chat", "embeddings", "images"})
+    capabilities = frozenset({"chat", "embeddings", "images", "transcription", "translation",
+                              "speech"})
     default_prefix = "openai"
     description = "Any OpenAI-compatible Chat Completions API"
     presets: ClassVar[Mapping[str, Preset]] = {p.name: p for p in _PRESETS}
@@ -71,6 +88,9 @@ class OpenAIProvider(HTTPProvider):
         self.chat_url = f"{self.base_url}/chat/completions"
         #: ask for usage in streams (the upstream may reject stream_options)
         self.stream_usage = bool(settings.get("stream_usage", True))
+        #: images from Chat Completions (``modalities``), not ``/images/generations``:
+        #: OpenRouter has no images endpoint, so its connections default to this
+        self.images_via_chat = images_through_chat(settings)
         headers = {"User-Agent": context.user_agent, "Content-Type": "application/json"}
         headers.update(settings.get("headers", {}))
         api_key = connection.credentials.get("api_key")
@@ -78,6 +98,8 @@ class OpenAIProvider(HTTPProvider):
             headers["Authorization"] = f"Bearer {api_key}"
         self._json_headers = {**headers, "Accept": "application/json"}
         self._stream_headers = {**headers, "Accept": "text/event-stream"}
+        #: a multipart upload sets its own Content-Type (with the boundary)
+        self._form_headers = {k: v for k, v in headers.items() if k != "Content-Type"}
 
     @classmethod
     def configure(
@@ -98,8 +120,9 @@ class OpenAIProvider(HTTPProvider):
             isinstance(k, str) and isinstance(v, str) for k, v in headers.items()
         ):
             raise ValueError("headers must map header names to strings")
-        if "stream_usage" in settings and not isinstance(settings["stream_usage"], bool):
-            raise ValueError("stream_usage must be true or false")
+        for flag in ("stream_usage", "images_via_chat"):
+            if flag in settings and not isinstance(settings[flag], bool):
+                raise ValueError(f"{flag} must be true or false")
         return super().configure(settings, credentials, preset)
 
     async def chat(self, call: UpstreamCall) -> UpstreamResponse:
@@ -123,8 +146,40 @@ class OpenAIProvider(HTTPProvider):
         assert answer.body is not None
         return embeddings_from(answer.body, model, len(inputs))
 
+    async def transcribe(self, model: str, request: TranscribeRequest) -> Transcribed:
+        """``POST {base_url}/audio/transcriptions`` (or ``/translations``): the client's form
+        as it sent it, with the upstream's model; the answer comes back as it is."""
+        path = "translations" if request.task == "translate" else "transcriptions"
+        form = aiohttp.FormData()
+        form.add_field("model", model)
+        for name, values in request.fields.items():
+            for value in values:
+                form.add_field(name, value)
+        upload = request.file
+        form.add_field("file", upload.data, filename=upload.filename,
+                       content_type=upload.content_type or "application/octet-stream")
+        answer = await self.post_body(f"{self.base_url}/audio/{path}", self._form_headers, form)
+        return Transcribed(body=answer.body,
+                           content_type=answer.headers.get("content-type", ""))
+
+    async def speak(self, model: str, request: SpeechRequest) -> UpstreamResponse:
+        """``POST {base_url}/audio/speech``: the audio streams back chunk by chunk."""
+        headers = {**self._json_headers, "Accept": "*/*"}
+        return await self.post_stream(f"{self.base_url}/audio/speech", headers,
+                                      orjson.dumps(speech_body(request, model)), framing=RAW)
+
     async def generate_images(self, model: str, request: c.ImageRequest) -> c.ImageResult:
-        """``POST {base_url}/images/generations`` with the client's fields as sent."""
+        """``POST {base_url}/images/generations`` with the client's fields as sent; with
+        ``images_via_chat``, ``n`` Chat Completions calls at once, one image each (a
+        failed one ends the others), their images in order and their usage added up."""
+        if self.images_via_chat:
+            chat = orjson.dumps(openai_images.chat_request(request, model))
+            answers = await all_or_none([
+                self.post_json(self.chat_url, self._json_headers, chat,
+                               timeout=self.context.timeouts.images)
+                for _ in range(request.n)])
+            return summed_images([openai_images.chat_answer(answer.body or b"")
+                                  for answer in answers])
         body = openai_images.encode_request(request, model)
         answer = await self.post_json(f"{self.base_url}/images/generations", self._json_headers,
                                       orjson.dumps(body), timeout=self.context.timeouts.images)
@@ -137,6 +192,13 @@ class OpenAIProvider(HTTPProvider):
         listed = [m["id"] for m in entries if isinstance(m, dict) and isinstance(m.get("id"), str)]
         configured = self.configured_models
         return configured + [m for m in listed if m not in configured]
+
+
+def images_through_chat(settings: Mapping[str, Any]) -> bool:
+    """The ``images_via_chat`` setting; left out, true for OpenRouter's base URL."""
+    if "images_via_chat" in settings:
+        return bool(settings["images_via_chat"])
+    return urlsplit(str(settings.get("base_url", ""))).hostname in _CHAT_IMAGE_HOSTS
 
 
 def embeddings_from(body: bytes, model: str, count: int) -> Embeddings:

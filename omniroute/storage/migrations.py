@@ -160,6 +160,17 @@ MIGRATIONS: list[list[str]] = [
         # USD per image, for models priced by the image (DALL-E, Imagen); NULL: by tokens
         """ALTER TABLE price_overrides ADD COLUMN image REAL""",
     ],
+    # 6: audio (issue 11): what a transcription or a speech request is charged by, and the
+    # operator's per-second / per-character prices
+    [
+        # seconds of audio transcribed or translated (the upstream's count, else measured)
+        """ALTER TABLE request_log ADD COLUMN audio_seconds REAL""",
+        # characters of text turned into speech
+        """ALTER TABLE request_log ADD COLUMN characters INTEGER""",
+        # USD per second of audio, and per character of speech input
+        """ALTER TABLE price_overrides ADD COLUMN per_second REAL""",
+        """ALTER TABLE price_overrides ADD COLUMN per_character REAL""",
+    ],
 ]
 
 LATEST = len(MIGRATIONS)

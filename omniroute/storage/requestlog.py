@@ -62,6 +62,10 @@ class RequestRecord:
     cache_hit: bool = False
     request_body: str | None = None
     response_body: str | None = None
+    #: seconds of audio a transcription or translation was charged for
+    audio_seconds: float | None = None
+    #: characters of text a speech request turned into audio
+    characters: int | None = None
     #: images an image generation made (None: not an image request)
     images: int | None = None
 

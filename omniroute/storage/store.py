@@ -299,20 +299,24 @@ class Store:
 
     async def list_price_overrides(self) -> list[dict[str, Any]]:
         """Operator prices, USD per 1M tokens: ``scope`` (connection id or ``""``), ``model``,
-        ``input``, ``output``, ``cache_read``, ``cache_write``; and USD per ``image``."""
+        ``input``, ``output``, ``cache_read``, ``cache_write``; and USD per ``image``, per
+        second of audio (``per_second``) and per character of speech (``per_character``)."""
         rows = await self.db.fetchall(
-            "SELECT scope, model, input, output, cache_read, cache_write, image "
-            "FROM price_overrides ORDER BY scope, model")
+            "SELECT scope, model, input, output, cache_read, cache_write, image, per_second, "
+            "per_character FROM price_overrides ORDER BY scope, model")
         return [dict(r) for r in rows]
 
     async def put_price_override(self, scope: str, model: str, input: float, output: float,
                                  cache_read: float | None, cache_write: float | None,
-                                 image: float | None = None) -> None:
+                                 image: float | None = None, per_second: float | None = None,
+                                 per_character: float | None = None) -> None:
         async with self.db.transaction():
             await self.db.execute(
                 "INSERT OR REPLACE INTO price_overrides(scope, model, input, output, cache_read,"
-                " cache_write, image, updated_at) VALUES (?,?,?,?,?,?,?,?)",
-                (scope, model, input, output, cache_read, cache_write, image, time.time()))
+                " cache_write, image, per_second, per_character, updated_at) "
+                "VALUES (?,?,?,?,?,?,?,?,?,?)",
+                (scope, model, input, output, cache_read, cache_write, image, per_second,
+                 per_character, time.time()))
             await self.db.bump_config_version()
 
     async def delete_price_override(self, scope: str, model: str) -> bool:

@@ -3,11 +3,11 @@
 Every loaded :class:`~omniroute.formats.base.Format` lists its endpoints in
 ``client_routes`` (:class:`~omniroute.formats.base.ClientRoute`: method, path,
 operation, request-log name, the stream flag its path implies). This module
-binds each one at start-up: ``chat``, ``count_tokens``, ``embeddings`` and
-``images`` routes to a pipeline operation (:mod:`omniroute.pipeline`), ``models``
-and ``model`` to the format's model-list shape (a ``models`` route lists one
-type of model when it names one, and ``?type=chat|embedding|image`` filters
-any of them). Two formats may declare one path
+binds each one at start-up: ``chat``, ``count_tokens``, ``embeddings``, ``images``
+and the audio routes (``transcription``, ``translation``, ``speech``) to a pipeline
+operation (:mod:`omniroute.pipeline`), ``models`` and ``model`` to the format's
+model-list shape (a ``models`` route lists one type of model when it names one, and
+``?type=`` filters any of them). Two formats may declare one path
 (google-genai and OpenAI clients share ``GET /v1/models``): the one whose
 ``when_headers`` the request carries serves it, else the one without any.
 
@@ -32,13 +32,25 @@ from aiohttp import web
 from omniroute.appkeys import CATALOG, PIPELINE, REGISTRY
 from omniroute.errors import GatewayError, InvalidRequest, NotFound
 from omniroute.formats.base import ClientRoute, Format, ModelInfo
-from omniroute.pipeline import Chat, CountTokens, Embed, Images, Operation
+from omniroute.pipeline import (
+    Chat,
+    CountTokens,
+    Embed,
+    Images,
+    Operation,
+    Speak,
+    Transcribe,
+    Translate,
+)
 from omniroute.providers.model_types import MODEL_TYPES
 from omniroute.version import __version__
 from omniroute.web.responses import setup_responses_routes
 from omniroute.web.tags import tag_resource, tag_route
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+#: the audio operations, by route operation (the format's ``audio`` API serves them)
+_AUDIO: dict[str, type[Transcribe] | type[Speak]] = {
+    "transcription": Transcribe, "translation": Translate, "speech": Speak}
 
 
 def _json(data: object, status: int = 200) -> web.Response:
@@ -75,6 +87,8 @@ def _bind(app: web.Application, fmt: Format, route: ClientRoute) -> Handler:
     elif route.operation == "images":
         operation = Images(fmt, route.endpoint, partial(fmt.image_request, route=route),
                            partial(fmt.image_answer, route=route))
+    elif route.operation in _AUDIO:
+        operation = _AUDIO[route.operation](fmt, route.endpoint)
     else:
         raise ValueError(f"format {fmt.name!r} declares {route.method} {route.path} with an "
                          f"unknown operation {route.operation!r}")

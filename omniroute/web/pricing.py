@@ -6,8 +6,10 @@ where it came from. ``PUT /api/pricing`` sets one override (or
 ``{"prices": [...]}`` several): ``model`` (a model name, ``prefix/model``, or
 ``*`` with a ``connection``), ``input`` and ``output`` in USD per 1M tokens,
 optional ``cache_read`` / ``cache_write`` (default: the input price), optional
-``image`` in USD per image (an image generation is then priced per image; with
-``image`` given, ``input`` and ``output`` default to 0), optional
+``image`` in USD per image (an image generation is then priced per image),
+``per_second`` (USD per second of audio transcribed or translated) and
+``per_character`` (USD per character of speech input); with one of these three
+given, ``input`` and ``output`` default to 0. Optional
 ``connection`` (an id: only that account). ``DELETE /api/pricing`` with
 ``model`` (and ``connection``) in the query or the body removes one. Changes
 apply to requests from now on; recorded costs stay as they were.
@@ -26,14 +28,17 @@ from omniroute.errors import GatewayError, InvalidRequest, NotFound
 from omniroute.pricing import Override
 from omniroute.web.tags import tag_route
 
-_FIELDS = ("input", "output", "cache_read", "cache_write", "image")
+_FIELDS = ("input", "output", "cache_read", "cache_write", "image", "per_second",
+           "per_character")
+_UNITS = {"image": "USD per image", "per_second": "USD per second of audio",
+          "per_character": "USD per character of speech"}
 
 
 def _price(value: Any, name: str, *, required: bool) -> float | None:
     if value is None and not required:
         return None
     if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-        unit = "USD per image" if name == "image" else "USD per 1M tokens"
+        unit = _UNITS.get(name, "USD per 1M tokens")
         raise InvalidRequest(f"'{name}' must be a non-negative number ({unit}).",
                              param=name, code="invalid_price")
     return float(value)
@@ -58,13 +63,16 @@ async def _override(request: web.Request, item: Any) -> Override:
     if scope and await request.app[STORE].get_connection(scope) is None:
         raise NotFound(f"No provider connection {scope!r}.")
     image = _price(item.get("image"), "image", required=False)
-    input, output = (_price(item.get(n, 0 if image is not None else None), n, required=True)
+    per_second = _price(item.get("per_second"), "per_second", required=False)
+    per_character = _price(item.get("per_character"), "per_character", required=False)
+    by_unit = image is not None or per_second is not None or per_character is not None
+    input, output = (_price(item.get(n, 0 if by_unit else None), n, required=True)
                      for n in ("input", "output"))
     assert input is not None and output is not None
     return Override(model.strip(), input, output,
                     _price(item.get("cache_read"), "cache_read", required=False),
                     _price(item.get("cache_write"), "cache_write", required=False), scope,
-                    image)
+                    image, per_second, per_character)
 
 
 def _view(request: web.Request) -> dict[str, Any]:
@@ -90,6 +98,8 @@ async def get_pricing(request: web.Request) -> web.Response:
                 "source": rate.source if rate else None,
                 "per_million": rate.per_million() if rate else None,
                 "per_image": prices.image_price(target),
+                "per_second": rate.per_second if rate and rate.per_second else None,
+                "per_character": rate.per_character if rate and rate.per_character else None,
             })
     return web.json_response(view)
 
@@ -103,7 +113,7 @@ async def put_pricing(request: web.Request) -> web.Response:
     store = request.app[STORE]
     for o in overrides:
         await store.put_price_override(o.scope, o.model, o.input, o.output, o.cache_read,
-                                       o.cache_write, o.image)
+                                       o.cache_write, o.image, o.per_second, o.per_character)
     await request.app[GATEWAY].reload()
     return web.json_response(_view(request))
 

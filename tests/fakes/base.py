@@ -232,8 +232,9 @@ class FakeUpstream(Generic[B]):
 
     #: the fake's ``Behaviour`` class: an empty script answers with ``behaviour()``
     behaviour: ClassVar[type[Any]] = Behaviour
-    #: where a key is read: "bearer" (``Authorization: Bearer``), "x-api-key",
-    #: "x-goog-api-key" (headers) or "?key" (the query); a key in any of them is checked
+    #: where a key is read: "bearer" (``Authorization: Bearer``), "token"
+    #: (``Authorization: Token``, Deepgram's), "x-api-key", "x-goog-api-key" (headers) or
+    #: "?key" (the query); a key in any of them is checked
     key_in: ClassVar[tuple[str, ...]] = ("bearer",)
     #: the content type of a stream answer, and the body ``garbage()`` streams by default
     stream_type: ClassVar[str] = "text/event-stream"
@@ -341,9 +342,10 @@ class FakeUpstream(Generic[B]):
             return None
         given = []
         for place in self.key_in:
-            if place == "bearer":
+            if place in ("bearer", "token"):  # Authorization: Bearer KEY / Token KEY
                 value = request.headers.get("Authorization", "")
-                value = value[len("Bearer "):] if value.startswith("Bearer ") else value
+                scheme = "Bearer " if place == "bearer" else "Token "
+                value = value[len(scheme):] if value.startswith(scheme) else value
             elif place == "?key":
                 value = request.query.get("key", "")
             else:

@@ -3,7 +3,10 @@
 Speaks the real wire format of ``POST /v1beta/models/{model}:generateContent``,
 ``:streamGenerateContent`` (``?alt=sse``: server-sent ``GenerateContentResponse``
 chunks, CRLF-terminated; without it, a JSON array) and ``GET /v1beta/models``
-(paged; ``/v1/...`` too), checked against the google-genai SDK. Usage::
+(paged; ``/v1/...`` too), checked against the google-genai SDK, and
+``POST /v1beta/models/{model}:batchEmbedContents`` for the ``other_models`` (embedding
+models: ``{"embeddings": [{"values"}]}``, vectors from ``fake_vector``; it pops the same
+``script``, honouring only ``error()`` behaviours). Usage::
 
     fake = FakeGemini()
     fake.script += [error(429), reply(text="hi", chunks=2)]
@@ -72,6 +75,7 @@ from fakes.base import (
     Recorded,
     fake_args,
     fake_image,
+    fake_vector,
     fault_helpers,
     json_response,
     pick,
@@ -104,6 +108,8 @@ _IMAGEN_PARAMETERS = {"sampleCount", "aspectRatio", "personGeneration", "sampleI
 _IMAGEN_RATIOS = ("1:1", "3:4", "4:3", "9:16", "16:9")
 #: output tokens of one 1024x1024 image of a Gemini image model
 IMAGE_TOKENS = 1290
+#: ``batchEmbedContents`` refuses more requests than this in one call
+EMBED_BATCH_LIMIT = 100
 
 
 def _camel(name: str) -> str:
@@ -305,9 +311,51 @@ class FakeGemini(FakeUpstream[Behaviour]):
     async def _generate(self, request: web.Request) -> web.StreamResponse:
         rec = await self._record(request)
         method = request.match_info["target"].rpartition(":")[2]
+        if method == "batchEmbedContents":
+            return await self._embed(request, rec)
         if method not in ("generateContent", "streamGenerateContent", "predict"):
             return _google_error(404, f"Method not found: {method}")
         return await self._answer(request, rec)
+
+    async def _embed(self, request: web.Request, rec: Recorded) -> web.StreamResponse:
+        """``:batchEmbedContents``: ``{"requests": [{"model", "content", "outputDimensionality"}]}``
+        -> ``{"embeddings": [{"values"}]}``; pops the script, honouring only ``error()``.
+        More than :data:`EMBED_BATCH_LIMIT` requests are a 400, as Google answers."""
+        b = self.script.pop(0) if self.script else Behaviour()
+        if (early := await self._before(request, b)) is not None:
+            return early
+        model = request.match_info["target"].rpartition(":")[0]
+        if model not in self.other_models:
+            version = request.path.split("/")[1]
+            return _google_error(404, f"models/{model} is not found for API version {version}, or "
+                                 "is not supported for embedContent. Call ListModels to see "
+                                 "the list of available models and their supported methods.")
+        body = rec.json if isinstance(rec.json, dict) else {}
+        unknown = set(body) - {"requests"}
+        if unknown:
+            return _unknown(sorted(unknown)[0])
+        requests = body.get("requests")
+        if not isinstance(requests, list) or not requests:
+            return _bad_request("* BatchEmbedContentsRequest.requests: contents is not specified",
+                                "requests")
+        if len(requests) > EMBED_BATCH_LIMIT:  # Google's own words, e.g. langchainjs#4491
+            return _bad_request("* BatchEmbedContentsRequest.requests: at most 100 requests "
+                                "can be in one batch", "requests")
+        vectors = []
+        for i, one in enumerate(requests):
+            if not isinstance(one, dict) or one.get("model") != f"models/{model}":
+                return _bad_request(f"Model names in batch requests must match the model in the "
+                                    f"URL (requests[{i}].model).", f"requests[{i}].model")
+            unknown = set(one) - {"model", "content", "taskType", "title",
+                                  "outputDimensionality"}
+            if unknown:
+                return _unknown(sorted(unknown)[0], f"requests[{i}]")
+            text = _text_of(one.get("content"))
+            if not text:
+                return _bad_request("* BatchEmbedContentsRequest.requests[].content: contents is "
+                                    "not specified", f"requests[{i}].content")
+            vectors.append({"values": fake_vector(text, one.get("outputDimensionality") or 8)})
+        return _json(200, {"embeddings": vectors})
 
     async def _serve(self, request: web.Request, rec: Recorded, b: Behaviour) -> web.StreamResponse:
         if (early := await self._before(request, b)) is not None:

@@ -58,7 +58,10 @@ its 400), gives a ``revised_prompt`` and answers a URL unless ``response_format`
 tokens an image) and refuses ``response_format`` (400 "Unknown parameter"). It pops
 the same ``script``, honouring ``error()`` and ``hang_before_headers()``.
 
-``requests`` records every request (chat, embeddings, images and models).
+The audio API (``/v1/audio/transcriptions``, ``/translations``, ``/speech``) is
+``fakes.openai_audio``'s; it pops the same ``script``.
+
+``requests`` records every request (chat, embeddings, images, audio and models).
 ``closed_streams`` counts chat and image requests whose client disconnected before the
 response finished (also while hanging before headers); ``stream_closed`` is set each time.
 Fake-initiated drops don't count.
@@ -91,6 +94,7 @@ from fakes.base import (
     sse,
     tokens,
 )
+from fakes.openai_audio import OpenAIAudio
 
 __all__ = ["EMBEDDING_MODELS", "IMAGE_MODELS", "Behaviour", "FakeOpenAI", "OpenAIFake",
            "Recorded", "drop_mid_stream", "error", "error_body", "fake_image", "fake_vector",
@@ -221,8 +225,9 @@ class OpenAIFake(FakeUpstream[B]):
         return openai_json(200, {"object": "list", "data": data})
 
 
-class FakeOpenAI(OpenAIFake[Behaviour]):
-    """In-process fake of the OpenAI Chat Completions API (see module docstring)."""
+class FakeOpenAI(OpenAIFake[Behaviour], OpenAIAudio):
+    """In-process fake of the OpenAI Chat Completions API (see module docstring), with
+    embeddings and the audio API (``fakes.openai_audio``)."""
 
     behaviour = Behaviour
 
@@ -240,6 +245,7 @@ class FakeOpenAI(OpenAIFake[Behaviour]):
         self.app.router.add_get("/v1/models", self._models)
         self.app.router.add_post("/v1/embeddings", self._embeddings)
         self.app.router.add_post("/v1/images/generations", self._images)
+        self._audio_routes()
 
     # ---- handlers -------------------------------------------------------------------
     async def _embeddings(self, request: web.Request) -> web.StreamResponse:

@@ -23,6 +23,7 @@ from omniroute.formats.openai import images as openai_images
 from omniroute.formats.openai import request as openai_request
 from omniroute.formats.openai import response as openai_response
 from omniroute.formats.openai import stream as openai_stream
+from omniroute.formats.openai.audio import OpenAIAudio
 from omniroute.hookspecs import hookimpl
 from omniroute.sse import encode, event_data
 
@@ -132,6 +133,7 @@ class OpenAIFormat(Format):
     """OpenAI Chat Completions (``POST /v1/chat/completions``), JSON and SSE."""
 
     sse_comments = True  # the Stainless SSE decoder skips comment lines
+    audio = OpenAIAudio()
 
     name = NAME
     client_routes = (
@@ -141,15 +143,30 @@ class OpenAIFormat(Format):
                     "chat.completions"),
         ClientRoute("POST", "/v1/embeddings", "embeddings", "embeddings"),
         ClientRoute("POST", "/embeddings", "embeddings", "embeddings"),
+        ClientRoute("POST", "/v1/providers/{provider}/embeddings", "embeddings", "embeddings"),
+        ClientRoute("POST", "/v1/audio/transcriptions", "transcription", "audio.transcriptions"),
+        ClientRoute("POST", "/audio/transcriptions", "transcription", "audio.transcriptions"),
+        ClientRoute("POST", "/v1/audio/translations", "translation", "audio.translations"),
+        ClientRoute("POST", "/audio/translations", "translation", "audio.translations"),
+        ClientRoute("POST", "/v1/audio/speech", "speech", "audio.speech"),
+        ClientRoute("POST", "/audio/speech", "speech", "audio.speech"),
+        ClientRoute("POST", "/v1/providers/{provider}/audio/transcriptions", "transcription",
+                    "audio.transcriptions"),
+        ClientRoute("POST", "/v1/providers/{provider}/audio/translations", "translation",
+                    "audio.translations"),
+        ClientRoute("POST", "/v1/providers/{provider}/audio/speech", "speech", "audio.speech"),
         ClientRoute("POST", "/v1/images/generations", "images", "images.generations"),
         ClientRoute("POST", "/images/generations", "images", "images.generations"),
         ClientRoute("POST", "/v1/providers/{provider}/images/generations", "images",
                     "images.generations"),
         ClientRoute("GET", "/v1/images/generations", "models", model_type="image"),
+        ClientRoute("GET", "/images/generations", "models", model_type="image"),
         ClientRoute("GET", "/v1/embeddings", "models", model_type="embedding"),
+        ClientRoute("GET", "/embeddings", "models", model_type="embedding"),
         ClientRoute("GET", "/v1/models", "models"),
         ClientRoute("GET", "/models", "models"),
         ClientRoute("GET", "/v1/models/{model:.+}", "model"),
+        ClientRoute("GET", "/models/{model:.+}", "model"),
     )
 
     # ------------------------------------------------------------------ client side

@@ -7,7 +7,15 @@ revised_prompt?}], usage?, size?, quality?, background?, output_format?}``.
 
 Upstream side (an OpenAI-compatible images endpoint): the request goes back out
 in the same shape, every field the client sent included, and the answer is read
-into an :class:`~omniroute.formats.canonical.ImageResult`.
+into an :class:`~omniroute.formats.canonical.ImageResult`. The one exception is
+``response_format`` for the GPT image models (``gpt-image-*``, ``chatgpt-image*``):
+OpenAI refuses that parameter for them ("Unknown parameter") and always answers
+``b64_json``, so it is left out and the gateway builds the asked-for shape from the
+bytes (https://platform.openai.com/docs/api-reference/images/create).
+
+Upstream side, through Chat Completions (OpenRouter, which has no images endpoint):
+:func:`chat_request` asks for one image with ``modalities: ["image", "text"]`` and
+:func:`chat_answer` reads ``choices[0].message.images``.
 
 ``response_format``: ``b64_json`` answers carry the bytes as base64; ``url``
 answers carry the upstream's URL, or a ``data:`` URL when the upstream only made
@@ -29,6 +37,8 @@ from omniroute.formats.canonical import token_count
 from omniroute.formats.media import data_url, parse_data_url, sniff_media_type
 
 NAME = "openai"
+#: model-name prefixes of the models that refuse ``response_format`` (always b64_json)
+_NO_RESPONSE_FORMAT = ("gpt-image", "chatgpt-image")
 _READ = frozenset({"model", "prompt", "n", "size", "quality", "response_format", "stream"})
 #: answer fields besides ``created`` and ``data`` that the client API also has
 _ANSWER_EXTRAS = ("background", "output_format", "quality", "size", "usage")
@@ -87,11 +97,20 @@ def encode_request(request: c.ImageRequest, model: str) -> dict[str, Any]:
     body: dict[str, Any] = {**request.options, "model": model, "prompt": request.prompt}
     if request.n != 1:
         body["n"] = request.n
-    for name in ("size", "quality", "response_format"):
+    names = ["size", "quality"]
+    if not takes_no_response_format(model):
+        names.append("response_format")
+    for name in names:
         value = getattr(request, name)
         if value is not None:
             body[name] = value
     return body
+
+
+def takes_no_response_format(model: str) -> bool:
+    """True for the GPT image models, which refuse ``response_format`` (a vendor
+    namespace such as OpenRouter's ``openai/`` is ignored)."""
+    return model.rsplit("/", 1)[-1].lower().startswith(_NO_RESPONSE_FORMAT)
 
 
 def decode_answer(body: bytes) -> c.ImageResult:
@@ -124,3 +143,63 @@ def decode_answer(body: bytes) -> c.ImageResult:
                 output_tokens=token_count(usage.get("output_tokens"))),
         created if isinstance(created, int) and not isinstance(created, bool) else None,
         {NAME: {k: data[k] for k in _ANSWER_EXTRAS if k in data}})
+
+
+# ----------------------------------------------------------------------------- images via chat
+
+#: the aspect ratios of OpenRouter's ``image_config`` (its image-generation docs)
+CHAT_RATIOS = ("1:1", "2:3", "3:2", "3:4", "4:3", "4:5", "5:4", "9:16", "16:9", "21:9")
+
+
+def chat_request(request: c.ImageRequest, model: str) -> dict[str, Any]:
+    """A Chat Completions body that asks an image model for one image: the prompt as the
+    user's message and ``modalities: ["image", "text"]``, as OpenRouter generates images
+    (https://openrouter.ai/docs/features/multimodal/image-generation). ``size`` becomes
+    ``image_config.aspect_ratio`` (the nearest ratio it takes; an ``aspect_ratio`` or
+    ``image_size`` the client sent wins); ``user`` rides along."""
+    body: dict[str, Any] = {"model": model,
+                            "messages": [{"role": "user", "content": request.prompt}],
+                            "modalities": ["image", "text"]}
+    config: dict[str, Any] = {}
+    asked = request.options.get("aspect_ratio")
+    if isinstance(asked, str):
+        config["aspect_ratio"] = asked
+    elif request.size is not None and request.size != "auto":
+        config["aspect_ratio"] = checks.nearest_ratio(*request.dimensions(), CHAT_RATIOS)
+    if isinstance(request.options.get("image_size"), str):
+        config["image_size"] = request.options["image_size"]
+    if config:
+        body["image_config"] = config
+    if isinstance(request.options.get("user"), str):
+        body["user"] = request.options["user"]
+    return body
+
+
+def chat_answer(body: bytes) -> c.ImageResult:
+    """A Chat Completions answer's ``choices[0].message.images[].image_url.url`` (data
+    URLs, or links) and its token usage; ``UpstreamError`` when it holds no image (the
+    model's text, if any, says why)."""
+    try:
+        data = orjson.loads(body)
+        message = data["choices"][0]["message"]
+    except (orjson.JSONDecodeError, KeyError, IndexError, TypeError):
+        raise UpstreamError("upstream sent a malformed chat answer to an image request") \
+            from None
+    images = []
+    listed = message.get("images") if isinstance(message, dict) else None
+    for item in listed if isinstance(listed, list) else ():
+        link = item.get("image_url") if isinstance(item, dict) else None
+        url = link.get("url") if isinstance(link, dict) else None
+        if not isinstance(url, str):
+            continue
+        inline = parse_data_url(url)
+        images.append(c.GeneratedImage(data=inline[1], media_type=inline[0])
+                      if inline is not None else c.GeneratedImage(url=url))
+    if not images:
+        said = message.get("content") if isinstance(message, dict) else None
+        reason = f": {said.strip()[:300]}" if isinstance(said, str) and said.strip() else ""
+        raise UpstreamError(f"upstream sent a chat answer without any image{reason}")
+    usage = data.get("usage") if isinstance(data.get("usage"), dict) else {}
+    return c.ImageResult(images, c.Usage(input_tokens=token_count(usage.get("prompt_tokens")),
+                                         output_tokens=token_count(
+                                             usage.get("completion_tokens"))))
