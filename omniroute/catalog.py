@@ -107,6 +107,7 @@ class Catalog:
         self.connections = {c.id: c for c in connections}
         self.providers = providers
         self.resilience.retain(set(providers))
+        self._opened().context.quotas.retain(self.connections)  # kept while inactive too
         for conn_id, provider in providers.items():  # OAuth accounts marked "needs sign-in"
             self.resilience.sign_in_needed(conn_id,
                                            sign_in_required(provider.connection.credentials))

@@ -15,6 +15,15 @@ is repeated by every request in flight. The renewal runs in its own task: a
 caller that goes away (a client disconnect) does not cancel it for the
 others, and ``timeout`` bounds it.
 
+A retry is worth it only with other credentials than the refused ones. The data
+path says which credentials the refused call carried (``sent_with``: the
+provider's ``credentials_generation`` when the call was sent, which the HTTP layer
+notes on the error): when they were replaced since (a renewal landed while the
+call was under way), the answer is True at once, without renewing again; when the
+call already carried the credentials of the renewal that just worked, the brand-new
+token itself was refused: the answer is False (an identical retry would be a hidden
+one, and renewing again seconds later would not help).
+
 The provider renews its tokens and hands the new set to
 :meth:`~omniroute.providers.base.Provider.save_credentials`, which uses them
 at once and persists them through its context's :class:`CredentialStore`:
@@ -167,24 +176,34 @@ class Refresher:
         self._flights: dict[str, asyncio.Task[bool]] = {}
         self._last: dict[str, tuple[Provider, bool, float]] = {}
 
-    async def refresh(self, provider: Provider) -> bool:
+    async def refresh(self, provider: Provider, *, sent_with: int | None = None) -> bool:
         """Renew ``provider``'s credentials, or join the renewal under way.
 
         True when the renewal worked and the call is worth retrying. Never raises
         for a failed renewal (it is logged); bounded by ``timeout``.
+
+        :param sent_with: the provider's ``credentials_generation`` when the refused
+            call was sent (None: unknown, e.g. a renewal ahead of expiry). True at once
+            when the credentials changed since; False when the call already carried
+            what a renewal gave (see the module docstring).
         """
+        if sent_with is not None and provider.credentials_generation != sent_with:
+            return True  # renewed since the call went: retry with the new credentials
         cid = provider.connection.id
         flight = self._flights.get(cid)
         if flight is None:
             last = self._last.get(cid)
             if last is not None and last[0] is provider and (
                     self.clock() - last[2] < self.reuse_for):
-                return last[1]
+                # a renewal just ended: its answer, unless this call carried its result
+                return last[1] and sent_with is None
             flight = asyncio.create_task(self._renew(provider), name=f"omniroute-refresh-{cid}")
             self._flights[cid] = flight
             flight.add_done_callback(lambda done: self._landed(cid, provider, done))
         # shielded: a caller that is cancelled leaves the renewal running for the others
-        return await asyncio.shield(flight)
+        renewed = await asyncio.shield(flight)
+        # (a renewal that answered True without new credentials gives nothing to retry with)
+        return renewed and (sent_with is None or provider.credentials_generation != sent_with)
 
     def _landed(self, cid: str, provider: Provider, flight: asyncio.Task[bool]) -> None:
         if self._flights.get(cid) is flight:

@@ -137,6 +137,9 @@ class UpstreamStatusError(GatewayError):
         #: the upstream's rate-limit hints (``retry-after``, ``x-ratelimit-*``,
         #: ``anthropic-ratelimit-*``), names lower-cased; ``headers`` is what the client sees
         self.upstream_headers = {k.lower(): v for k, v in (upstream_headers or {}).items()}
+        #: the provider's ``credentials_generation`` when the refused call was sent (set
+        #: by the HTTP layer): a 401/403 is retried only with other credentials
+        self.credentials_generation: int | None = None
 
     @property
     def retriable(self) -> bool:

@@ -33,6 +33,7 @@ from fakes.codex_upstream import (
 from fakes.oauth_server import Pair
 from fakes.responses_upstream import reply
 from test_cli import Cli, ok
+from test_pricing import subscription_charges
 
 from omniroute.credentials import SIGN_IN_REQUIRED
 from omniroute.oauth import SignIn, TokenClient, read_import, save_account
@@ -433,9 +434,28 @@ async def test_the_usage_limit_rests_the_account_until_its_reset(world: World) -
     await world.gw.client.post("/api/resilience/reset", headers=world.gw.admin_headers)
     assert await world.ask("three") == "Hello! You said: three"
     assert len(world.backend.seen()) == calls + 1 and world.tokens_seen()[-1] == spare.access
-    await asyncio.sleep(2.2)  # the reset time passed: the first serves again
+    # nor after an edit of the connection (its provider rebuilt by the reload)
+    resp = await world.gw.client.put(f"/api/providers/{first['id']}", json={"rpm": 500},
+                                     headers=world.gw.admin_headers)
+    assert resp.status == 200
+    await world.gw.client.post("/api/resilience/reset", headers=world.gw.admin_headers)
+    assert await world.ask("three again") == "Hello! You said: three again"
+    assert len(world.backend.seen()) == calls + 2 and world.tokens_seen()[-1] == spare.access
+    # the reset time passed (the refusals' cooldowns round up a second): the first serves
+    await asyncio.sleep(max(0.0, row["quota"]["resets_at"] - time.time()) + 1.2)
     assert await world.ask("four") == "Hello! You said: four"
     assert world.tokens_seen()[-1] != spare.access
+
+
+async def test_a_codex_request_costs_nothing_and_records_its_list_price(
+    world: World,
+) -> None:
+    view = await world.account(world.auth.issue())
+    assert await world.ask("price me") == "Hello! You said: price me"
+    row, usage = await subscription_charges(world.gw, view["id"])
+    assert row["prompt_tokens"] and row["cost_usd"] == 0.0 and row["list_cost_usd"] > 0
+    assert usage["cost_usd"] == 0.0 and usage["saved_usd"] == pytest.approx(
+        row["list_cost_usd"])  # priced as OpenAI's gpt-5 (genai-prices)
 
 
 # ------------------------------------------------------------------ import

@@ -21,6 +21,7 @@ import openai
 import pytest
 from fakes.copilot_upstream import FakeCopilot, FakeGitHub, quota_exceeded
 from test_cli import Cli, ok
+from test_pricing import subscription_charges
 
 from omniroute.credentials import SIGN_IN_REQUIRED
 from omniroute.oauth import SignIn, TokenClient, read_import, save_account
@@ -390,7 +391,14 @@ async def test_spent_premium_requests_rest_the_account_until_the_reset(world: Wo
     await world.gw.client.post("/api/resilience/reset", headers=world.gw.admin_headers)
     assert await world.ask("two") == "Hello! You said: two"
     assert len(world.tokens_seen()) == 3 and world.tokens_seen()[-1] == spare
-    await asyncio.sleep(2.2)
+    # an edit of the connection rebuilds its provider: the rest is kept
+    resp = await world.gw.client.put(f"/api/providers/{first['id']}", json={"rpm": 500},
+                                     headers=world.gw.admin_headers)
+    assert resp.status == 200
+    await world.gw.client.post("/api/resilience/reset", headers=world.gw.admin_headers)
+    assert await world.ask("two again") == "Hello! You said: two again"
+    assert len(world.tokens_seen()) == 4 and world.tokens_seen()[-1] == spare
+    await asyncio.sleep(max(0.0, world.github.quota_reset - time.time()) + 1.2)
     assert await world.ask("three") == "Hello! You said: three"
     assert world.tokens_seen()[-1] != spare
 
@@ -403,6 +411,18 @@ async def test_a_quota_answer_with_only_one_account_says_when(world: World) -> N
     assert "premium requests" in caught.value.message
     retry = int(caught.value.response.headers["retry-after"])
     assert retry == pytest.approx(20 * 86400, abs=5)  # until the allowance resets
+
+
+async def test_a_copilot_request_costs_nothing_and_records_a_paid_list_price(
+    world: World,
+) -> None:
+    view, _ = await world.account()
+    assert await world.ask("price me") == "Hello! You said: price me"
+    row, usage = await subscription_charges(world.gw, view["id"])
+    # gpt-4.1 is one of Copilot's included models (no price in its own list): its list
+    # price is OpenAI's
+    assert row["prompt_tokens"] and row["cost_usd"] == 0.0 and row["list_cost_usd"] > 0
+    assert usage["saved_usd"] == pytest.approx(row["list_cost_usd"])
 
 
 # ------------------------------------------------------------------ import

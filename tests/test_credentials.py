@@ -154,6 +154,42 @@ async def test_a_late_401_reuses_the_renewal_that_just_worked(context: ProviderC
     assert provider.connection.credentials["refresh_token"] == "rt-renewed-0002"
 
 
+async def test_a_401_is_retried_only_with_other_credentials_than_it_carried(
+    context: ProviderContext,
+) -> None:
+    provider = CountingOAuth(connection(), context)
+    clock = Clock()
+    refresher = Refresher(context.credentials, reuse_for=10.0, clock=clock)
+    old = provider.credentials_generation
+    assert await refresher.refresh(provider, sent_with=old) is True and provider.calls == 1
+    renewed = provider.credentials_generation
+    assert renewed == old + 1
+    clock.now += 2.0  # a call sent before the renewal landed: retried, not renewed again
+    assert await refresher.refresh(provider, sent_with=old) is True and provider.calls == 1
+    # a call that already carried the renewed token was refused: no identical retry, and
+    # no second renewal seconds after the first
+    assert await refresher.refresh(provider, sent_with=renewed) is False
+    assert provider.calls == 1
+    clock.now += 10.0  # later on, a 401 with the current token renews again
+    assert await refresher.refresh(provider, sent_with=renewed) is True and provider.calls == 2
+    # a renewal that gave no new credentials has nothing to retry with
+    provider.outcome = "false"
+    clock.now += 10.0
+    current = provider.credentials_generation
+    assert await refresher.refresh(provider, sent_with=current) is False and provider.calls == 3
+
+
+async def test_the_generation_moves_only_when_the_secrets_change(
+    context: ProviderContext,
+) -> None:
+    provider = CountingOAuth(connection(), context)
+    kept = dict(provider.connection.credentials)
+    await provider.save_credentials({**kept, "extra": {"project": "p-1"}})  # no secret
+    assert provider.credentials_generation == 0
+    await provider.save_credentials({**kept, "access_token": "at-other"})
+    assert provider.credentials_generation == 1
+
+
 async def test_a_rebuilt_provider_is_not_given_the_old_instances_answer(
     context: ProviderContext,
 ) -> None:
@@ -390,3 +426,34 @@ async def test_a_401_renews_once_and_every_request_is_retried(
     assert RenewingOpenAI.renewals == 1  # five 401s, one renewal
     stored = await gw.store.get_connection(view["id"])
     assert stored is not None and stored.credentials == {"api_key": "sk-renewed"}
+
+
+async def test_a_renewed_token_refused_at_once_is_not_sent_again(
+    aiohttp_client, aiohttp_server, tmp_path: Path
+) -> None:
+    """The request after a renewal carries the new token; when that is refused too, the
+    gateway does not send the same request with the same token again (no hidden retry)."""
+    import openai
+    from fakes.openai_upstream import FakeOpenAI, error
+
+    from omniroute.testing import start_harness
+
+    fake = FakeOpenAI(api_key="sk-renewed")
+    server = await aiohttp_server(fake.app)
+    plugins = load_plugins(extra=[("t-renew", RenewingPlugin())])
+    gw = await start_harness(aiohttp_client, make_test_config(tmp_path / "gw"), plugins)
+    await gw.add_provider({"type": "test-oauth-openai", "name": "sub", "prefix": "sub",
+                           "base_url": str(server.make_url("/v1")), "api_key": "sk-expired"})
+    RenewingOpenAI.renewals = 0
+    async with openai.AsyncOpenAI(base_url=gw.base_url + "/v1", api_key="x",
+                                  max_retries=0) as client:
+        first = await client.chat.completions.create(
+            model="sub/gpt-4o-mini", messages=[{"role": "user", "content": "one"}])
+        assert first.choices[0].message.content == "Hello! You said: one"
+        assert RenewingOpenAI.renewals == 1 and len(fake.requests) == 2  # 401, then renewed
+        fake.script.append(error(401, "Invalid authentication", code="invalid_api_key"))
+        with pytest.raises(openai.APIStatusError):
+            await client.chat.completions.create(
+                model="sub/gpt-4o-mini", messages=[{"role": "user", "content": "two"}])
+    assert len(fake.requests) == 3  # sent once: the renewed token was refused, not resent
+    assert RenewingOpenAI.renewals == 1

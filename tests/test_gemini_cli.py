@@ -30,6 +30,7 @@ from fakes.code_assist_upstream import (
     daily_limit,
 )
 from google import genai
+from test_pricing import subscription_charges
 
 from omniroute.cli import cli
 from omniroute.credentials import SIGN_IN_REQUIRED
@@ -43,6 +44,7 @@ from omniroute.providers.code_assist import (
     daily_reset_in,
     envelope,
     is_daily_limit,
+    quota_windows,
     unwrap_body,
     unwrap_frame,
 )
@@ -254,6 +256,20 @@ async def test_an_onboarding_that_never_ends_is_bounded(
     assert len([r for r in google.assist.requests if "/operations/" in r.path]) < 10
 
 
+async def test_a_gemini_cli_request_costs_nothing_and_records_its_list_price(
+    aiohttp_client: Any, google: Google, http: aiohttp.ClientSession, tmp_path: Path,
+) -> None:
+    gw = await gateway_with(aiohttp_client, tmp_path, google, await signed_in(google, http))
+    (conn_id,) = gw.catalog.providers
+    async with openai.AsyncOpenAI(base_url=gw.base_url + "/v1", api_key="x",
+                                  max_retries=0) as oai:
+        await oai.chat.completions.create(model=f"gemini-cli/{MODEL}",
+                                          messages=[{"role": "user", "content": "price"}])
+    row, usage = await subscription_charges(gw, conn_id)
+    assert row["prompt_tokens"] and row["cost_usd"] == 0.0 and row["list_cost_usd"] > 0
+    assert usage["saved_usd"] == pytest.approx(row["list_cost_usd"])
+
+
 # ------------------------------------------------------------------ import
 
 def creds_file(tmp_path: Path, pair: Any, expiry_ms: float) -> Path:
@@ -423,6 +439,52 @@ async def test_the_daily_quota_rests_the_account_until_the_reset_and_the_next_se
                                           messages=[{"role": "user", "content": text}])
     assert [by_token[t] for t in google.tokens_seen()] == ["first"] + ["second"] * 3
     assert google.oauth.refresh_calls == 0
+    limits = await (await gw.client.get("/api/rate-limits", headers=gw.admin_headers)).json()
+    quota = {r["name"]: r.get("quota") for r in limits["connections"]}["google-0"]
+    assert quota["exhausted"] is True and quota["reason"] == "the daily quota is used up"
+    now = time.time()
+    assert quota["resets_at"] == pytest.approx(now + max(daily_reset_in(now), 3600), abs=5)
+    # neither an operator's reset of the cooldowns nor an edit of the connection (its
+    # provider rebuilt) ends the rest
+    first_id = next(c.id for c in gw.catalog.connections.values() if c.name == "google-0")
+    await gw.client.post("/api/resilience/reset", headers=gw.admin_headers)
+    await oai.chat.completions.create(model=model, messages=[{"role": "user", "content": "4"}])
+    old = gw.catalog.providers[first_id]
+    resp = await gw.client.put(f"/api/providers/{first_id}", json={"rpm": 500},
+                               headers=gw.admin_headers)
+    assert resp.status == 200 and gw.catalog.providers[first_id] is not old
+    await gw.client.post("/api/resilience/reset", headers=gw.admin_headers)
+    await oai.chat.completions.create(model=model, messages=[{"role": "user", "content": "5"}])
+    assert [by_token[t] for t in google.tokens_seen()] == ["first"] + ["second"] * 5
+    await oai.close()
+
+
+async def test_the_models_remaining_allowance_is_read_with_the_model_list(
+    aiohttp_client: Any, google: Google, http: aiohttp.ClientSession, tmp_path: Path,
+) -> None:
+    account = await signed_in(google, http)
+    gw = await gateway_with(aiohttp_client, tmp_path, google, account)
+    (conn_id,) = gw.catalog.providers
+    google.assist.buckets[1]["remainingFraction"] = 0.0  # gemini-2.5-pro's day is spent
+    google.assist.buckets[1]["remainingAmount"] = "0"
+    listed = await (await gw.client.get("/v1/models", headers=gw.admin_headers)).json()
+    assert f"gemini-cli/{MODEL}" in {m["id"] for m in listed["data"]}
+    (call,) = google.calls("retrieveUserQuota")
+    assert call.json == {"project": google.assist.managed_project}
+    limits = await (await gw.client.get("/api/rate-limits", headers=gw.admin_headers)).json()
+    quota = next(r for r in limits["connections"] if r["id"] == conn_id)["quota"]
+    windows = {w["name"]: w for w in quota["windows"]}
+    assert windows[MODEL]["used_percent"] == 25.0 and windows[MODEL]["remaining"] == 750
+    assert windows["gemini-2.5-pro"]["used_percent"] == 100.0
+    assert 0 < windows[MODEL]["resets_at"] - time.time() <= 86_400
+    assert quota["plan"] == "free-tier" and quota["exhausted"] is False  # one model only
+    # the setting turns the reading off
+    resp = await gw.client.put(f"/api/providers/{conn_id}",
+                               json={"settings": {"read_quota": False}},
+                               headers=gw.admin_headers)
+    assert resp.status == 200
+    await gw.catalog.models_of(gw.catalog.providers[conn_id], max_age=0)
+    assert len(google.calls("retrieveUserQuota")) == 1
 
 
 async def test_a_connection_added_without_a_project_sets_it_up_once(
@@ -493,12 +555,25 @@ def test_only_the_days_quota_rests_until_the_reset() -> None:
     assert 0 < reset <= 86_400
 
 
+def test_the_quota_buckets_become_windows() -> None:
+    windows = quota_windows({"buckets": [
+        {"modelId": "gemini-2.5-pro", "tokenType": "REQUESTS", "remainingFraction": 0.75,
+         "remainingAmount": "750", "resetTime": "2025-10-22T16:01:15Z"},
+        {"modelId": "gemini-2.5-flash", "tokenType": "TOKENS", "remainingFraction": 1},
+        {"tokenType": "REQUESTS"}, "not a bucket"]})
+    assert [(w.name, w.used_percent, w.remaining, w.resets_at) for w in windows] == [
+        ("gemini-2.5-pro", 25.0, 750.0, 1761148875.0),
+        ("gemini-2.5-flash TOKENS", 0.0, None, None)]
+    assert quota_windows({}) == [] and quota_windows(None) == []
+
+
 def test_the_provider_type_describes_its_settings() -> None:
     assert GeminiCliProvider.auth_kind == "oauth" and GeminiCliProvider.oauth is GEMINI
     assert "count_tokens" in GeminiCliProvider.capabilities
     settings, _ = GeminiCliProvider.configure({}, {"access_token": "a"}, None)
     assert settings["base_url"] == "https://cloudcode-pa.googleapis.com/v1internal"
-    for bad in ({"project": ""}, {"no_browser": "yes"}, {"oauth_token_url": "ftp://x"}):
+    for bad in ({"project": ""}, {"no_browser": "yes"}, {"read_quota": 1},
+                {"oauth_token_url": "ftp://x"}):
         with pytest.raises(ValueError):
             GeminiCliProvider.configure(bad, {"access_token": "a"}, None)
 

@@ -6,7 +6,15 @@ from __future__ import annotations
 import pytest
 
 from omniroute.errors import UpstreamStatusError
-from omniroute.oauth.quota import MAX_REST, Quota, Window, describe, exhausted, number
+from omniroute.oauth.quota import (
+    MAX_REST,
+    Quota,
+    Quotas,
+    Window,
+    describe,
+    exhausted,
+    number,
+)
 from omniroute.resilience.classify import QUOTA, classify
 
 
@@ -21,7 +29,8 @@ class Clock:
 def test_windows_are_kept_and_a_rest_ends_at_the_reset() -> None:
     clock = Clock()
     quota = Quota("work", clock=clock)
-    assert quota.snapshot() == {"plan": None, "updated_at": None, "exhausted": False,
+    assert quota.snapshot() == {"plan": None, "status": None, "binding": None, "notes": {},
+                                "updated_at": None, "exhausted": False,
                                 "resets_at": None, "reason": None, "windows": []}
     quota.update([Window("primary", used_percent=10.0, window_minutes=300)], plan="plus")
     quota.update([Window("secondary", used_percent=3.0)])
@@ -69,3 +78,32 @@ def test_operators_get_one_line() -> None:
         "quota (individual): chat unlimited; premium_interactions 100% used 0 of 300 left "
         "resets in 3.0 days; RESTING 2.0 h (premium requests used up)")
     assert describe({"windows": []}, 0) == "quota: nothing reported yet"
+
+
+def test_a_services_verdict_binding_window_and_notes_are_kept() -> None:
+    clock = Clock()
+    quota = Quota("max", clock=clock)
+    quota.update([Window("5h", used_percent=21.0, status="allowed"),
+                  Window("7d", used_percent=80.0, status="allowed_warning")],
+                 status="allowed_warning", binding="7d", notes={"fallback": "available"})
+    quota.update([], notes={"overage-disabled-reason": "org_level_disabled"})
+    snap = quota.snapshot()
+    assert (snap["status"], snap["binding"]) == ("allowed_warning", "7d")
+    assert snap["notes"] == {"fallback": "available",
+                             "overage-disabled-reason": "org_level_disabled"}
+    assert [w["status"] for w in snap["windows"]] == ["allowed", "allowed_warning"]
+    snap["windows"][1]["resets_at"] = clock.now + 3 * 86400
+    assert describe(snap, clock.now) == (
+        "quota: 5h 21% used; 7d 80% used allowed_warning resets in 3.0 days (binding)")
+
+
+def test_quotas_outlive_provider_instances_and_forget_deleted_connections() -> None:
+    clock = Clock()
+    quotas = Quotas(clock=clock)
+    first = quotas.of("c1", "work")
+    first.exhaust(clock.now + 600, "spent")
+    again = quotas.of("c1", "renamed")  # a provider rebuilt after an edit finds it again
+    assert again is first and again.name == "renamed" and again.resting() == 600
+    assert quotas.of("c2", "other") is not first and len(quotas) == 2
+    quotas.retain({"c2"})
+    assert len(quotas) == 1 and quotas.of("c1", "work").resting() is None

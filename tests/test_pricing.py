@@ -163,6 +163,52 @@ def test_charge_fills_the_record_and_a_subscription_costs_nothing_but_shows_its_
     assert nothing.cost_usd is None
 
 
+def test_a_subscription_costs_nothing_even_unpriced_and_its_list_price_is_a_paid_one(
+) -> None:
+    book = PriceBook()
+    # Copilot's own price list counts its included models at no price: the list price
+    # of a subscription's tokens is the model's paid price, found by its name
+    copilot = target("gpt-4.1", Subscription, cid="cop",
+                     base_url="https://api.githubcopilot.com")
+    rate = book.rate(copilot)
+    assert rate is not None and rate.source == "genai-prices:openai/gpt-4.1"
+    record = RequestRecord("r1", 0.0, "chat.completions", prompt_tokens=1000,
+                           completion_tokens=100)
+    book.charge(record, copilot)
+    assert record.cost_usd == 0.0
+    assert record.list_cost_usd == pytest.approx(genai("gpt-4.1", "openai", 1000, 100))
+    # a priced model of the same list keeps that price; an API key keeps the list's own
+    paid = book.rate(target("claude-sonnet-4", Subscription, cid="cop2",
+                            base_url="https://api.githubcopilot.com"))
+    assert paid is not None and paid.source.startswith("genai-prices:github-copilot/")
+    keyed = book.rate(target("gpt-4.1", cid="key", base_url="https://api.githubcopilot.com"))
+    assert keyed is not None and keyed.free and keyed.source.startswith(
+        "genai-prices:github-copilot/")
+    # a model no source prices: still 0 for a subscription, with no list price
+    unknown = RequestRecord("r2", 0.0, "chat.completions", prompt_tokens=10,
+                            completion_tokens=5)
+    book.charge(unknown, target("qwen3-coder-plus", Subscription, cid="q"))
+    assert (unknown.cost_usd, unknown.list_cost_usd) == (0.0, None)
+    untold = RequestRecord("r3", 0.0, "chat.completions")  # no tokens reported
+    book.charge(untold, target("claude-sonnet-4-5", Subscription, cid="s"))
+    assert (untold.cost_usd, untold.list_cost_usd) == (0.0, None)
+
+
+async def subscription_charges(gw: Any, conn_id: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The last request's charge in the request log, and the connection's usage summary
+    (``/api/usage/summary``): what a subscription's request is shown to cost."""
+    await gw.log.flush()
+    row = await gw.store.db.fetchone(
+        "SELECT cost_usd, list_cost_usd, prompt_tokens FROM request_log "
+        "WHERE connection_id = ? ORDER BY id DESC LIMIT 1", (conn_id,))
+    assert row is not None
+    resp = await gw.client.get("/api/usage/summary", headers=gw.admin_headers)
+    summary = await resp.json()
+    assert resp.status == 200, summary
+    (usage,) = [c for c in summary["by_connection"] if c["connection_id"] == conn_id]
+    return dict(row), usage
+
+
 def test_the_book_looks_a_target_up_once() -> None:
     book = PriceBook()
     t = target("gpt-4o")

@@ -23,6 +23,7 @@ import pytest
 from click.testing import CliRunner
 from fakes.openai_upstream import error
 from fakes.qwen_upstream import FakeQwen, QwenOAuthServer
+from test_pricing import subscription_charges
 
 from omniroute.cli import cli
 from omniroute.credentials import SIGN_IN_REQUIRED
@@ -38,7 +39,7 @@ from omniroute.oauth import (
     save_account,
 )
 from omniroute.oauth.pkce import challenge_of
-from omniroute.providers.qwen import QWEN, QwenProvider, api_base
+from omniroute.providers.qwen import QUOTA_REST, QWEN, QwenProvider, api_base
 from omniroute.resilience.clock import ManualClock
 from omniroute.testing import GatewayHarness, make_test_config, start_harness
 
@@ -284,6 +285,56 @@ async def test_a_quota_429_rests_the_account_and_the_next_serves(
         gw.catalog.connections.values())["connections"]}
     assert rows["qwen-0"]["cooldown_left"] > 3500 and rows["qwen-0"]["terminal_reason"] is None
     assert rows["qwen-1"]["cooldown_left"] == 0
+    limits = await (await gw.client.get("/api/rate-limits", headers=gw.admin_headers)).json()
+    quota = {r["name"]: r.get("quota") for r in limits["connections"]}["qwen-0"]
+    assert quota["exhausted"] is True and quota["reason"] == "the allocated quota is used up"
+    assert quota["resets_at"] == pytest.approx(time.time() + 3600, abs=5)
+    # an operator's reset of the cooldowns does not end the rest
+    await gw.client.post("/api/resilience/reset", headers=gw.admin_headers)
+    async with openai.AsyncOpenAI(base_url=gw.base_url + "/v1", api_key="x",
+                                  max_retries=0) as oai:
+        await oai.chat.completions.create(model=f"qwen/{MODEL}",
+                                          messages=[{"role": "user", "content": "three"}])
+    assert [who[t] for t in qwen.api.tokens_seen()][-1] == "second"
+    assert len(qwen.api.tokens_seen()) == 4
+
+
+async def test_a_quota_429_without_a_retry_after_rests_an_hour_and_a_rate_limit_less(
+    aiohttp_client: Any, qwen: Qwen, http: aiohttp.ClientSession, tmp_path: Path,
+) -> None:
+    first, second = await signed_in(qwen, http), await signed_in(qwen, http)
+    gw = await gateway_with(aiohttp_client, tmp_path, qwen, first, second)
+    qwen.api.script.append(error(429, "Requests rate limit exceeded, please try again later.",
+                                 headers={"Retry-After": "20"}))
+    async with openai.AsyncOpenAI(base_url=gw.base_url + "/v1", api_key="x",
+                                  max_retries=0) as oai:
+        await oai.chat.completions.create(model=f"qwen/{MODEL}",
+                                          messages=[{"role": "user", "content": "one"}])
+        first_id = next(c.id for c in gw.catalog.connections.values() if c.name == "qwen-0")
+        quota = gw.catalog.providers[first_id].quota_view()
+        assert quota is not None and quota["exhausted"] is False  # a rate, not the quota
+        await gw.client.post("/api/resilience/reset", headers=gw.admin_headers)
+        qwen.api.script.append(error(429, "Free allocated quota exceeded."))
+        await oai.chat.completions.create(model=f"qwen/{MODEL}",
+                                          messages=[{"role": "user", "content": "two"}])
+    quota = gw.catalog.providers[first_id].quota_view()
+    assert quota is not None and quota["exhausted"] is True
+    assert quota["resets_at"] == pytest.approx(time.time() + QUOTA_REST, abs=5)
+
+
+async def test_a_qwen_request_costs_nothing_though_no_list_price_is_known(
+    aiohttp_client: Any, qwen: Qwen, http: aiohttp.ClientSession, tmp_path: Path,
+) -> None:
+    gw = await gateway_with(aiohttp_client, tmp_path, qwen, await signed_in(qwen, http))
+    (conn_id,) = gw.catalog.providers
+    async with openai.AsyncOpenAI(base_url=gw.base_url + "/v1", api_key="x",
+                                  max_retries=0) as oai:
+        await oai.chat.completions.create(model=f"qwen/{MODEL}",
+                                          messages=[{"role": "user", "content": "price"}])
+    row, usage = await subscription_charges(gw, conn_id)
+    # genai-prices knows no Qwen Code model (it has no Alibaba provider): 0, unlisted
+    assert row["prompt_tokens"] and row["cost_usd"] == 0.0 and row["list_cost_usd"] is None
+    assert (usage["cost_usd"], usage["list_cost_usd"], usage["saved_usd"]) == (0, 0, 0)
 
 
 # ------------------------------------------------------------------ import

@@ -1,19 +1,23 @@
 """A subscription account's quota, as its service last reported it.
 
-Subscriptions meter use in windows (Codex: a 5-hour and a weekly window; Copilot:
-a monthly allowance of premium requests) and say so in answer headers or a usage
-endpoint. A provider keeps one :class:`Quota` per account and feeds it what it
-reads; ``/api/rate-limits`` shows :meth:`Quota.snapshot` (through
-``Provider.quota_view``).
+Subscriptions meter use in windows (Claude: a 5-hour and a weekly window; Codex: a
+primary and a secondary window; Copilot: a monthly allowance of premium requests;
+Gemini: a daily allowance per model) and say so in answer headers, error bodies or a
+usage endpoint. A provider takes its account's :class:`Quota` from the gateway's
+:class:`Quotas` (``ProviderContext.quotas``) and feeds it what it reads;
+``/api/rate-limits`` shows :meth:`Quota.snapshot` (through ``Provider.quota_view``).
 
-When the service says the allowance is spent (Codex's 429 ``usage_limit_reached``,
-Copilot's 402 ``quota_exceeded``), :meth:`Quota.exhaust` rests the account until
-the reset the service named: :meth:`Quota.check` then refuses calls at once, without
-asking the service again, with a 429 whose ``Retry-After`` is the time left, so the
-gateway cools the account down and moves on to the next target. The rest ends at the
-reset time (at most :data:`MAX_REST` ahead); an answer that was already under way when
-the allowance ran out does not end it. Kept in memory, per process: a restart asks the
-service once more.
+When the service says the allowance is spent (Claude's 429 ``rejected``, Codex's 429
+``usage_limit_reached``, Copilot's 402 ``quota_exceeded``, Gemini's daily 429,
+Qwen's 429 "quota exceeded"), :meth:`Quota.exhaust` rests the account until the reset
+the service named: :meth:`Quota.check` then refuses calls at once, without asking the
+service again, with a 429 whose ``Retry-After`` is the time left, so the gateway cools
+the account down and moves on to the next target. The rest ends at the reset time (at
+most :data:`MAX_REST` ahead); neither an answer that was already under way when the
+allowance ran out, nor an operator's reset of the cooldowns (``POST
+/api/resilience/reset``), nor a configuration reload that rebuilds the provider ends
+it: :class:`Quotas` keeps each account's quota by connection id for the life of the
+process. Kept in memory: a restart asks the service once more.
 """
 
 from __future__ import annotations
@@ -45,6 +49,9 @@ class Window:
     #: the window's length (Codex: 300 for 5 hours, 10080 for a week)
     window_minutes: float | None = None
     unlimited: bool = False
+    #: the service's verdict on this window, where it gives one (Claude: ``allowed``,
+    #: ``allowed_warning``, ``rejected``)
+    status: str | None = None
 
 
 def number(value: Any) -> float | None:
@@ -71,19 +78,33 @@ class Quota:
         self.clock = clock
         self.windows: dict[str, Window] = {}
         self.plan: str | None = None
+        #: the service's overall verdict (Claude's ``anthropic-ratelimit-unified-status``)
+        self.status: str | None = None
+        #: the window that binds now (Claude's representative claim)
+        self.binding: str | None = None
+        #: other things the service said, as it said them (Claude's overage and fallback)
+        self.notes: dict[str, str] = {}
         self.updated_at: float | None = None
         #: the account rests until then (epoch seconds), because ``reason``
         self.exhausted_until: float | None = None
         self.reason: str | None = None
 
-    def update(self, windows: Iterable[Window], *, plan: str | None = None) -> None:
-        """What the service just reported (windows it did not mention are kept)."""
+    def update(self, windows: Iterable[Window], *, plan: str | None = None,
+               status: str | None = None, binding: str | None = None,
+               notes: Mapping[str, str] | None = None) -> None:
+        """What the service just reported (windows and notes it did not mention are kept;
+        ``status`` and ``binding`` are replaced when it gave them)."""
         changed = False
         for window in windows:
             self.windows[window.name] = window
             changed = True
-        if plan:
-            self.plan, changed = plan, True
+        for name, value in (("plan", plan), ("status", status), ("binding", binding)):
+            if value:
+                setattr(self, name, value)
+                changed = True
+        if notes:
+            self.notes.update(notes)
+            changed = True
         if changed:
             self.updated_at = self.clock()
 
@@ -124,12 +145,46 @@ class Quota:
         left = self.resting()
         return {
             "plan": self.plan,
+            "status": self.status,
+            "binding": self.binding,
+            "notes": dict(self.notes),
             "updated_at": self.updated_at,
             "exhausted": left is not None,
             "resets_at": self.exhausted_until if left is not None else None,
             "reason": self.reason if left is not None else None,
             "windows": [asdict(w) for w in self.windows.values()],
         }
+
+
+class Quotas:
+    """Every account's :class:`Quota` by connection id, for the life of the process.
+
+    A provider instance takes its account's from here (:meth:`of`) instead of making
+    its own, so a rest outlives the instance: a configuration reload that rebuilds the
+    provider (a connection edited) finds it again. The catalog forgets the quotas of
+    deleted connections (:meth:`retain`).
+    """
+
+    def __init__(self, *, clock: Callable[[], float] = time.time) -> None:
+        self.clock = clock
+        self._by_id: dict[str, Quota] = {}
+
+    def of(self, connection_id: str, name: str) -> Quota:
+        """The account's quota (made empty the first time; ``name`` kept current)."""
+        quota = self._by_id.get(connection_id)
+        if quota is None:
+            quota = self._by_id[connection_id] = Quota(name, clock=self.clock)
+        quota.name = name
+        return quota
+
+    def retain(self, connection_ids: Iterable[str]) -> None:
+        """Forget the quotas of connections that no longer exist."""
+        keep = set(connection_ids)
+        for gone in [cid for cid in self._by_id if cid not in keep]:
+            del self._by_id[gone]
+
+    def __len__(self) -> int:
+        return len(self._by_id)
 
 
 def exhausted(message: str, seconds: float, *,
@@ -156,8 +211,12 @@ def describe(snapshot: Mapping[str, Any], now: float) -> str:
         if w.get("remaining") is not None:
             limit = f" of {w['limit']:g}" if w.get("limit") is not None else ""
             said.append(f"{w['remaining']:g}{limit} left")
+        if w.get("status") not in (None, "allowed"):
+            said.append(str(w["status"]))
         if w.get("resets_at") is not None:
             said.append(f"resets in {_human(max(0.0, w['resets_at'] - now))}")
+        if snapshot.get("binding") == w["name"]:
+            said.append("(binding)")
         parts.append(" ".join(said))
     head = f"quota ({snapshot['plan']})" if snapshot.get("plan") else "quota"
     line = f"{head}: {'; '.join(parts) or 'nothing reported yet'}"

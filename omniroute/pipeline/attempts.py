@@ -95,7 +95,8 @@ async def try_target(
                 raise
             decision = attempt.decision
             if decision is not None and decision.refresh and not refreshed:
-                refreshed = await refresher.refresh(target.provider)
+                refreshed = await refresher.refresh(
+                    target.provider, sent_with=getattr(exc, "credentials_generation", None))
                 if refreshed:
                     continue
             if decision is not None and not decision.move_on:

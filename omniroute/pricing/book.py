@@ -18,8 +18,12 @@ gives the model an ``image`` price (USD per image: DALL-E, Imagen, which
 genai-prices does not price); otherwise by its tokens, as the upstream counted
 them (``gpt-image-1``, the Gemini image models), its output tokens at the
 model's image-output rate.
-A subscription (``auth_kind = "oauth"``) connection costs 0 too; the list price
-of its tokens is recorded beside it (``list_cost_usd``) to show what it saved.
+A subscription (``auth_kind = "oauth"``) connection costs 0 too, whether or not its
+model's price is known; the list price of its tokens is recorded beside it
+(``list_cost_usd``, None when no source knows the model) to show what it saved. A model
+the subscription's own service lists without a price (Copilot's included models, in
+genai-prices' ``github-copilot``) is looked up by its name alone for that: the list
+price is what the tokens would cost at a paid price.
 
 Lookups are done once per connection and model and kept (:meth:`PriceBook.forget`
 clears them: the gateway does on every configuration change, every few hours
@@ -124,8 +128,11 @@ class PriceBook:
         if not getattr(provider, "priced", True):
             return flat(0.0, 0.0, source="free")
         settings = conn.settings or {}
-        return _genai_rate(model, settings.get("base_url"),
+        rate = _genai_rate(model, settings.get("base_url"),
                            settings.get("price_provider") or provider.price_provider)
+        if rate is not None and rate.free and provider.auth_kind == "oauth":
+            return _genai_rate(model, None, None) or rate  # the paid price elsewhere
+        return rate
 
     def _override(self, target: Target) -> Override | None:
         """The operator's price for ``target``, the most specific first."""
@@ -159,32 +166,35 @@ class PriceBook:
         """Set ``record.cost_usd`` (and ``list_cost_usd`` for a subscription) from its tokens,
         its seconds of audio and its characters of speech.
 
-        Leaves them None when nothing answered, no usage is known, or the price is not.
+        Leaves the cost None when nothing answered, or (but for a subscription, which
+        costs 0) when no usage is known or the price is not.
         """
         if target is None:
             return
-        cost = None
+        cost = self._cost(record, target)
+        if target.provider.auth_kind == "oauth":  # a subscription: paid for already
+            record.cost_usd, record.list_cost_usd = 0.0, cost
+        elif cost is not None:
+            record.cost_usd = cost
+
+    def _cost(self, record: RequestRecord, target: Target) -> float | None:
+        """What ``record``'s images, tokens, audio seconds or characters cost on
+        ``target`` (None: not known)."""
         if record.images:  # an image generation: per image, where a price says
             per_image = self.image_price(target)
             if per_image is not None:
-                cost = per_image * record.images
-        if cost is None:
-            if (record.prompt_tokens is None and record.completion_tokens is None
-                    and record.audio_seconds is None and record.characters is None):
-                return
-            rate = self.rate(target)
-            if rate is None:
-                return
-            output = record.completion_tokens or 0
-            cost = rate.cost(record.prompt_tokens or 0, output, record.cached_tokens or 0,
-                             record.cache_write_tokens or 0,
-                             output if record.images else 0,
-                             seconds=record.audio_seconds or 0.0,
-                             characters=record.characters or 0)
-        if target.provider.auth_kind == "oauth":
-            record.cost_usd, record.list_cost_usd = 0.0, cost
-        else:
-            record.cost_usd = cost
+                return per_image * record.images
+        if (record.prompt_tokens is None and record.completion_tokens is None
+                and record.audio_seconds is None and record.characters is None):
+            return None
+        rate = self.rate(target)
+        if rate is None:
+            return None
+        output = record.completion_tokens or 0
+        return rate.cost(record.prompt_tokens or 0, output, record.cached_tokens or 0,
+                         record.cache_write_tokens or 0, output if record.images else 0,
+                         seconds=record.audio_seconds or 0.0,
+                         characters=record.characters or 0)
 
     def estimate_usd(self, target: Target, input_tokens: int, output_tokens: int, *,
                      images: int = 0, seconds: float = 0.0,

@@ -83,6 +83,12 @@ class Rate:
         return cost if cost > 0.0 else 0.0
 
     @property
+    def free(self) -> bool:
+        """Nothing costs anything (a price listed without numbers, or all zero)."""
+        return not (self.per_second or self.per_character or any(
+            b.per_request or b.input or b.output or b.output_image_delta for b in self.bands))
+
+    @property
     def blended(self) -> float:
         """One number to sort by (USD per 1M tokens): three input tokens to one output."""
         band = self.bands[0]

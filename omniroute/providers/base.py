@@ -29,6 +29,7 @@ from omniroute.formats.audio import SpeechRequest, TranscribeRequest, Transcript
 from omniroute.providers.model_types import MODEL_TYPES, guess_model_type
 
 if TYPE_CHECKING:
+    from omniroute.oauth.quota import Quotas
     from omniroute.storage.store import Connection
 
 
@@ -77,6 +78,12 @@ class Timeouts:
         )
 
 
+def _quotas() -> Quotas:
+    from omniroute.oauth.quota import Quotas  # (the oauth package imports this module)
+
+    return Quotas()
+
+
 @dataclass
 class ProviderContext:
     """Shared things a provider instance may use (passed in, never global)."""
@@ -92,6 +99,9 @@ class ProviderContext:
     #: seconds before an access token lapses when it is renewed ahead of a call
     #: (the ``oauth_refresh_margin`` setting)
     refresh_margin: float = 300.0
+    #: subscription accounts' quotas by connection id (a rest outlives a provider
+    #: instance rebuilt by a configuration reload)
+    quotas: Quotas = field(default_factory=_quotas)
 
 
 @dataclass(slots=True)
@@ -193,6 +203,11 @@ def summed_images(results: Sequence[c.ImageResult]) -> c.ImageResult:
     return c.ImageResult([image for part in results for image in part.images], usage)
 
 
+def _secrets(credentials: Mapping[str, Any]) -> dict[str, Any]:
+    """The credentials without their ``extra`` (account details, a kept project)."""
+    return {k: v for k, v in credentials.items() if k != "extra"}
+
+
 #: model types and the capability that serves each
 _KINDS = (("chat", "chat"), ("embedding", "embeddings"), ("image", "images"),
           ("transcription", "transcription"), ("speech", "speech"))
@@ -235,6 +250,11 @@ class Provider:
     def __init__(self, connection: Connection, context: ProviderContext) -> None:
         self.connection = connection
         self.context = context
+        #: how many times :meth:`save_credentials` changed the credentials of this
+        #: instance (their ``extra`` aside, which holds no secret): an upstream call notes
+        #: it when it is sent, so that a 401 is retried only with other credentials than
+        #: the refused ones (see :meth:`omniroute.credentials.Refresher.refresh`)
+        self.credentials_generation = 0
 
     @classmethod
     def configure(
@@ -357,6 +377,8 @@ class Provider:
         :raises LookupError: the connection was deleted meanwhile.
         """
         new = dict(credentials)
+        if _secrets(new) != _secrets(self.connection.credentials):
+            self.credentials_generation += 1
         # this instance uses them even if keeping them fails: a refresh token the
         # upstream just rotated would otherwise be lost with the old one spent
         self.connection.credentials = new

@@ -17,24 +17,48 @@ Endpoints, client id and scopes come from Claude Code's public OAuth client; eve
 can be overridden in the connection's settings (see :mod:`omniroute.oauth.service`).
 Sources: docs/subscriptions.md. Accounts cost 0 and record their list-price
 equivalent (``auth_kind = "oauth"``, priced as ``anthropic``).
+
+**Quota**: every answer, success or error, carries the subscription's unified
+rate-limit headers (``anthropic-ratelimit-unified-*``: the overall ``status``,
+``reset`` and ``representative-claim``, and per window ``5h-`` / ``7d-`` ...
+``status``, ``utilization`` as a fraction, ``reset`` in epoch seconds; overage and
+fallback details), kept in the account's quota (``/api/rate-limits``). A 429 with
+these headers (the subscription's limit; a 429 without them is a mere rate limit), or
+an overall ``rejected`` status, rests the account until the reset they name, and the
+request moves on to the next target: the account is not asked again before then
+(:mod:`omniroute.oauth.quota`).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import re
+import time
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any, ClassVar
 
 import orjson
 
+from omniroute.errors import UpstreamStatusError
 from omniroute.hookspecs import hookimpl
 from omniroute.oauth.client import TokenClient
 from omniroute.oauth.pkce import Pkce
 from omniroute.oauth.provider import OAuthProvider
+from omniroute.oauth.quota import Window, exhausted, number
 from omniroute.oauth.service import Account, Endpoints, OAuthService
 from omniroute.oauth.tokens import TokenSet
 from omniroute.providers.anthropic import AnthropicProvider
-from omniroute.providers.base import Preset, Provider, UpstreamCall, UpstreamResponse
+from omniroute.providers.base import (
+    Preset,
+    Provider,
+    ProviderContext,
+    UpstreamCall,
+    UpstreamResponse,
+)
+from omniroute.resilience.cooldown import parse_retry_after
+from omniroute.storage.store import Connection
 
 #: the system text a subscription token requires first
 IDENTITY = "You are Claude Code, Anthropic's official CLI for Claude."
@@ -157,6 +181,99 @@ def with_identity(body: dict[str, Any]) -> dict[str, Any]:
     return body  # malformed: the upstream's 400 says so
 
 
+# ----------------------------------------------------------------------------- quota
+
+#: the prefix of the subscription's rate-limit headers
+UNIFIED = "anthropic-ratelimit-unified-"
+#: ``anthropic-ratelimit-unified-{window}-{field}``
+_WINDOW_FIELD = re.compile(r"^anthropic-ratelimit-unified-(.+)-(status|utilization|reset)$")
+#: representative claims, and the window names the headers give them
+_CLAIMS = {"five_hour": "5h", "seven_day": "7d", "seven_day_opus": "7d_opus",
+           "seven_day_sonnet": "7d_sonnet"}
+#: what operators read for a window name
+_LABELS = {"5h": "5-hour", "7d": "weekly", "overage": "extra usage"}
+#: details kept as the service says them (the overage and the fallback)
+_NOTES = ("fallback", "fallback-percentage", "overage-in-use", "overage-disabled-reason")
+
+
+@dataclass(frozen=True, slots=True)
+class ClaudeUsage:
+    """What one answer's ``anthropic-ratelimit-unified-*`` headers say."""
+
+    windows: list[Window]
+    #: ``allowed``, ``allowed_warning`` or ``rejected`` (the overall verdict)
+    status: str | None
+    #: the window that binds (the representative claim, by its header name)
+    binding: str | None
+    #: when the binding limit resets, epoch seconds
+    resets_at: float | None
+    notes: dict[str, str]
+
+    def spent(self, http_status: int) -> bool:
+        """Whether the subscription refused the call for its quota: a 429 that carries
+        these headers (what Claude Code takes for the subscription's limit, as opposed to
+        a 429 without them), or an overall ``rejected`` status."""
+        return http_status == 429 or self.status == "rejected"
+
+    def reset(self) -> float | None:
+        """When the refusal ends: the overall reset, else the binding window's, else the
+        latest of the rejected windows'."""
+        if self.resets_at is not None:
+            return self.resets_at
+        by_name = {w.name: w for w in self.windows}
+        if self.binding in by_name and by_name[self.binding].resets_at is not None:
+            return by_name[self.binding].resets_at
+        resets = [w.resets_at for w in self.windows
+                  if w.status == "rejected" and w.resets_at is not None]
+        return max(resets) if resets else None
+
+    def reason(self) -> str:
+        rejected = [w.name for w in self.windows if w.status == "rejected"]
+        name = self.binding or (rejected[0] if rejected else None)
+        return (f"the {_LABELS.get(name, name)} limit was reached" if name
+                else "the usage limit was reached")
+
+
+def epoch(value: str | None) -> float | None:
+    """A reset time: epoch seconds (what Claude sends), or an RFC 3339 time."""
+    if value is None:
+        return None
+    seconds = number(value)
+    if seconds is not None:
+        return seconds
+    try:
+        when = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return (when if when.tzinfo else when.replace(tzinfo=UTC)).timestamp()
+
+
+def claude_usage(headers: Mapping[str, str]) -> ClaudeUsage | None:
+    """The subscription's usage in an answer's headers; None when there is none."""
+    lower = {k.lower(): v.strip() for k, v in headers.items()
+             if k.lower().startswith(UNIFIED)}
+    if not lower:
+        return None
+    fields: dict[str, dict[str, str]] = {}
+    for name, value in lower.items():
+        found = _WINDOW_FIELD.match(name)
+        if found is not None:
+            fields.setdefault(found[1], {})[found[2]] = value
+    windows = []
+    for name, said in fields.items():
+        used = number(said.get("utilization"))
+        minutes = 300.0 if name == "5h" else 10080.0 if name.startswith("7d") else None
+        windows.append(Window(name, used_percent=None if used is None else round(used * 100, 2),
+                              resets_at=epoch(said.get("reset")), window_minutes=minutes,
+                              status=said.get("status") or None))
+    claim = lower.get(f"{UNIFIED}representative-claim") or None
+    return ClaudeUsage(
+        windows, status=lower.get(f"{UNIFIED}status") or None,
+        binding=_CLAIMS.get(claim, claim) if claim else None,
+        resets_at=epoch(lower.get(f"{UNIFIED}reset")),
+        notes={n: lower[f"{UNIFIED}{n}"] for n in _NOTES if lower.get(f"{UNIFIED}{n}")})
+
+
 class ClaudeCodeProvider(OAuthProvider, AnthropicProvider):
     """The Messages API on a Claude subscription's OAuth token."""
 
@@ -168,6 +285,14 @@ class ClaudeCodeProvider(OAuthProvider, AnthropicProvider):
     description = "Claude Pro/Max subscription (omniroute login claude)"
     presets: ClassVar[Mapping[str, Preset]] = {}
     capabilities = frozenset({"chat", "count_tokens"})
+
+    def __init__(self, connection: Connection, context: ProviderContext) -> None:
+        super().__init__(connection, context)
+        self.quota = context.quotas.of(connection.id, connection.name)
+        extra = connection.credentials.get("extra")
+        plan = extra.get("subscription_type") if isinstance(extra, Mapping) else None
+        if self.quota.plan is None and isinstance(plan, str) and plan:
+            self.quota.plan = plan  # what Claude Code's file said (an import)
 
     @property
     def configured_models(self) -> list[str]:
@@ -183,6 +308,7 @@ class ClaudeCodeProvider(OAuthProvider, AnthropicProvider):
         return headers
 
     async def chat(self, call: UpstreamCall) -> UpstreamResponse:
+        self.quota.check()  # resting until the limit resets: not asked again before
         body = with_identity(call.body)
         if body is not call.body:
             call = dataclasses.replace(call, body=body)
@@ -191,7 +317,37 @@ class ClaudeCodeProvider(OAuthProvider, AnthropicProvider):
     async def count_tokens(
         self, body: dict[str, Any], client_headers: Mapping[str, str] | None = None
     ) -> dict[str, Any]:
+        self.quota.check()
         return await super().count_tokens(with_identity(body), client_headers)
+
+    def answered(self, status: int, headers: Mapping[str, str]) -> None:
+        """Every answer's unified headers into the quota; a refusal rests the account."""
+        usage = claude_usage(headers)
+        if usage is None:
+            return
+        self.quota.update(usage.windows, status=usage.status, binding=usage.binding,
+                          notes=usage.notes)
+        if usage.spent(status):
+            now = time.time()
+            resets = usage.reset()
+            said = headers.get("retry-after")
+            after = parse_retry_after(said, now) if resets is None and said else None
+            self.quota.exhaust(resets if after is None else now + after, usage.reason())
+
+    def error_from(
+        self, status: int, body: bytes, headers: Mapping[str, str]
+    ) -> UpstreamStatusError:
+        """A 429 that rested the account says until when (``Retry-After``: the reset)."""
+        err = super().error_from(status, body, headers)
+        left = self.quota.resting() if status == 429 else None
+        if left is None:
+            return err
+        return exhausted(f"The Claude account {self.connection.name!r} has reached its usage "
+                         f"limit ({self.quota.reason}): {err.message}", left,
+                         code="usage_limit_reached")
+
+    def quota_view(self) -> dict[str, Any] | None:
+        return self.quota.snapshot()
 
 
 @hookimpl

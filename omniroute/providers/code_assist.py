@@ -19,6 +19,9 @@ as the bearer. Three things differ from the Gemini API:
   ``QUOTA_EXHAUSTED`` or whose quota id counts per day is the day's quota, not a rate
   (gemini-cli ``utils/googleQuotaErrors.ts``): the account rests until the quota
   resets (:func:`daily_reset_in`), not for the few seconds a ``RetryInfo`` may say.
+  ``retrieveUserQuota`` (``{"project"}`` in, ``{"buckets": [{"modelId", "tokenType",
+  "remainingFraction", "remainingAmount", "resetTime"}]}`` out: ``code_assist/types.ts``)
+  says what is left of each model's allowance (:func:`quota_windows`).
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ import orjson
 
 from omniroute.errors import UpstreamError, UpstreamStatusError, UpstreamTimeout
 from omniroute.oauth.errors import OAuthError
+from omniroute.oauth.quota import Window, number
 from omniroute.sse import encode, event_data
 
 log = logging.getLogger(__name__)
@@ -156,6 +160,35 @@ def is_daily_limit(details: list[dict[str, Any]]) -> bool:
                 if isinstance(quota, str) and ("PerDay" in quota or "Daily" in quota):
                     return True
     return False
+
+
+def quota_windows(data: Any) -> list[Window]:
+    """The buckets of a ``retrieveUserQuota`` answer, one window per model (and token
+    type, when it is not requests): what is left, and when it resets."""
+    buckets = data.get("buckets") if isinstance(data, dict) else None
+    windows = []
+    for bucket in buckets if isinstance(buckets, list) else ():
+        model = bucket.get("modelId") if isinstance(bucket, dict) else None
+        if not isinstance(model, str) or not model:
+            continue
+        kind = bucket.get("tokenType")
+        name = model if kind in (None, "", "REQUESTS") else f"{model} {kind}"
+        left = number(bucket.get("remainingFraction"))
+        resets = bucket.get("resetTime")
+        windows.append(Window(
+            name, used_percent=None if left is None else round((1 - left) * 100, 2),
+            remaining=number(bucket.get("remainingAmount")),
+            resets_at=_rfc3339(resets) if isinstance(resets, str) else None,
+            window_minutes=1440.0))
+    return windows
+
+
+def _rfc3339(value: str) -> float | None:
+    try:
+        when = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return when.timestamp() if when.tzinfo else None
 
 
 def daily_reset_in(now: float) -> float:

@@ -48,7 +48,7 @@ from omniroute.oauth.client import TokenClient
 from omniroute.oauth.errors import InvalidGrant, OAuthError
 from omniroute.oauth.jwt import jwt_claims, jwt_expiry
 from omniroute.oauth.provider import OAuthProvider
-from omniroute.oauth.quota import Quota, Window, exhausted, number
+from omniroute.oauth.quota import Window, exhausted, number
 from omniroute.oauth.service import Account, Endpoints, OAuthService
 from omniroute.oauth.tokens import TokenSet
 from omniroute.providers.base import (
@@ -237,7 +237,7 @@ class CodexBackend(ResponsesProvider):
             "Content-Type": "application/json", "Accept": "text/event-stream",
             "originator": str(settings.get("originator") or ORIGINATOR),
             "User-Agent": context.user_agent, **settings.get("headers", {})}
-        self.quota = Quota(connection.name)
+        self.quota = context.quotas.of(connection.id, connection.name)
 
     @classmethod
     def configure(

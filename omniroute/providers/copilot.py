@@ -55,7 +55,7 @@ from omniroute.hookspecs import hookimpl
 from omniroute.oauth.client import TokenClient
 from omniroute.oauth.errors import InvalidGrant, OAuthError, OAuthUnavailable
 from omniroute.oauth.provider import OAuthProvider
-from omniroute.oauth.quota import Quota, Window, exhausted, number
+from omniroute.oauth.quota import Window, exhausted, number
 from omniroute.oauth.service import Account, Endpoints, OAuthService
 from omniroute.oauth.tokens import TokenSet
 from omniroute.providers.base import (
@@ -306,7 +306,7 @@ class CopilotAPI(OpenAIProvider):
                          "Openai-Intent": "conversation-panel",
                          "Content-Type": "application/json",
                          **connection.settings.get("headers", {})}
-        self.quota = Quota(connection.name)
+        self.quota = context.quotas.of(connection.id, connection.name)
 
     @classmethod
     def configure(

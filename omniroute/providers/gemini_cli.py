@@ -25,6 +25,12 @@ so the Gemini translation serves every client format. Every URL is a connection
 setting: ``base_url`` (the Code Assist API), ``oauth_token_url``, ``oauth_authorize_url``,
 ``oauth_redirect_uri``, ``oauth_userinfo_url``, ``oauth_authcode_url``.
 
+**Quota**: the daily limit's 429 rests the account in its quota until the quota
+resets (midnight Pacific time), so it is not asked again before (an operator's reset
+of the cooldowns or a connection edit do not end the rest); when the model list is
+read, ``:retrieveUserQuota`` says what is left of each model's daily allowance (as
+gemini-cli asks it; the ``read_quota`` setting, on by default, turns that off).
+
 Service status (docs/subscriptions.md): since 2026-06-18 Google serves Gemini CLI only
 to Code Assist Standard and Enterprise licences; personal accounts (free, Google AI
 Pro / Ultra) are refused at the setup.
@@ -43,11 +49,12 @@ from typing import Any, ClassVar
 import aiohttp
 import orjson
 
-from omniroute.errors import UpstreamError, UpstreamStatusError
+from omniroute.errors import GatewayError, UpstreamError, UpstreamStatusError
 from omniroute.hookspecs import hookimpl
 from omniroute.oauth.client import TokenClient
 from omniroute.oauth.errors import OAuthUnavailable
 from omniroute.oauth.provider import OAuthProvider
+from omniroute.oauth.quota import exhausted
 from omniroute.oauth.service import Account, Endpoints, OAuthService
 from omniroute.oauth.tokens import TokenSet
 from omniroute.providers.base import (
@@ -64,6 +71,7 @@ from omniroute.providers.code_assist import (
     count_envelope,
     envelope,
     method_url,
+    quota_windows,
     rest_after_429,
     unwrap_body,
     unwrap_frame,
@@ -207,6 +215,7 @@ class CodeAssistAPI(GeminiProvider):
         super().__init__(connection, context)
         self.base_url = connection.settings["base_url"]
         self._setup_lock = asyncio.Lock()
+        self.quota = context.quotas.of(connection.id, connection.name)
 
     @classmethod
     def configure(
@@ -218,8 +227,9 @@ class CodeAssistAPI(GeminiProvider):
         project = settings.get("project")
         if project is not None and not (isinstance(project, str) and project.strip()):
             raise ValueError("project must be a Google Cloud project id")
-        if not isinstance(settings.get("no_browser", False), bool):
-            raise ValueError("no_browser must be true or false")
+        for name in ("no_browser", "read_quota"):
+            if not isinstance(settings.get(name, False), bool):
+                raise ValueError(f"{name} must be true or false")
         return super().configure(settings, credentials, preset)
 
     def _headers(self, stream: bool) -> dict[str, str]:
@@ -258,6 +268,7 @@ class CodeAssistAPI(GeminiProvider):
             return found.id
 
     async def chat(self, call: UpstreamCall) -> UpstreamResponse:
+        self.quota.check()  # the day's quota spent: not asked again before it resets
         body = orjson.dumps(envelope(call.model, await self.project(), call.body,
                                      call.request_id))
         if call.stream:
@@ -272,6 +283,7 @@ class CodeAssistAPI(GeminiProvider):
         self, body: dict[str, Any], client_headers: Mapping[str, str] | None = None
     ) -> dict[str, Any]:
         """``:countTokens``: ``{"totalTokens": N}``, the Gemini client's own answer."""
+        self.quota.check()
         data = orjson.dumps(count_envelope(str(body.get("model") or ""), body))
         answer = await self.post_json(method_url(self.base_url, "countTokens"),
                                       self._headers(False), data)
@@ -282,20 +294,47 @@ class CodeAssistAPI(GeminiProvider):
         return {"totalTokens": total}
 
     async def list_models(self) -> list[str]:
-        """The ``models`` setting, else gemini-cli's models (Code Assist lists none)."""
+        """The ``models`` setting, else gemini-cli's models (Code Assist lists none); the
+        quota is read alongside (see :meth:`read_quota`)."""
+        if self.connection.settings.get("read_quota", True):
+            await self.read_quota()
         return self.configured_models or list(DEFAULT_MODELS)
+
+    async def read_quota(self) -> bool:
+        """``:retrieveUserQuota`` into the account's quota, once the project is known (no
+        setup is started for it); False when it could not be read (logged)."""
+        project = _kept_project(self.connection.credentials)
+        if project is None:
+            return False
+        try:
+            answer = await self.post_json(method_url(self.base_url, "retrieveUserQuota"),
+                                          self._headers(False),
+                                          orjson.dumps({"project": project}))
+            data = orjson.loads(answer.body or b"{}")
+        except (GatewayError, orjson.JSONDecodeError) as exc:
+            log.info("the Code Assist quota of %s could not be read: %s", self.connection.name,
+                     getattr(exc, "message", exc))
+            return False
+        tier = (self.connection.credentials.get("extra") or {}).get("tier")
+        self.quota.update(quota_windows(data), plan=tier if isinstance(tier, str) else None)
+        return True
 
     def error_from(
         self, status: int, body: bytes, headers: Mapping[str, str]
     ) -> UpstreamStatusError:
         """Gemini's errors; a 429 for the day's quota rests the account until the reset."""
         err = super().error_from(status, body, headers)
-        rest = rest_after_429(body, time.time()) if status == 429 else None
-        if rest is not None:
-            err.upstream_headers["retry-after"] = str(int(rest))
-            err.headers["Retry-After"] = str(int(rest))
-            err.code = "daily_quota_exhausted"
-        return err
+        now = time.time()
+        rest = rest_after_429(body, now) if status == 429 else None
+        if rest is None:
+            return err
+        left = self.quota.exhaust(now + rest, "the daily quota is used up")
+        return exhausted(f"The Google account {self.connection.name!r} has used its daily "
+                         f"Code Assist quota: {err.message}", left,
+                         code="daily_quota_exhausted")
+
+    def quota_view(self) -> dict[str, Any] | None:
+        return self.quota.snapshot()
 
 
 def _kept_project(credentials: Mapping[str, Any]) -> str | None:

@@ -186,6 +186,13 @@ class HTTPProvider(Provider):
             return None
         return self.stream_error(self.framing.json(frame))
 
+    def _refused(self, status: int, body: bytes, headers: Mapping[str, str],
+                 sent_with: int) -> UpstreamStatusError:
+        """:meth:`error_from`, noting which credentials the refused call carried."""
+        error = self.error_from(status, body, headers)
+        error.credentials_generation = sent_with
+        return error
+
     def answered(self, status: int, headers: Mapping[str, str]) -> None:
         """Told the status and headers of every upstream answer, success or error, before
         its body is read (override: a subscription reads its quota headers here)."""
@@ -211,12 +218,13 @@ class HTTPProvider(Provider):
         """GET a body and its content type, bounded by ``timeout`` (default: the JSON call
         bounds); an HTTP error becomes the provider's typed error."""
         bound = timeout or self.context.timeouts.json
+        sent_with = self.credentials_generation
         try:
             async with self.context.http.get(url, headers=headers, timeout=bound) as resp:
                 self.answered(resp.status, resp.headers)
                 body = await resp.read()
                 if resp.status >= 400:
-                    raise self.error_from(resp.status, body, resp.headers)
+                    raise self._refused(resp.status, body, resp.headers, sent_with)
                 return body, resp.content_type
         except TimeoutError:
             raise UpstreamTimeout(f"upstream did not answer within {bound.total:g}s") from None
@@ -242,6 +250,7 @@ class HTTPProvider(Provider):
     ) -> UpstreamResponse:
         """POST (a body, or a multipart form) and read the whole answer, of any type."""
         timeouts = self.context.timeouts
+        sent_with = self.credentials_generation
         try:
             # timeouts.json: the answer must start within first_byte (and no read may
             # stall longer), so a hung upstream does not stall failover; the whole
@@ -252,7 +261,7 @@ class HTTPProvider(Provider):
                 self.answered(resp.status, resp.headers)
                 body = await resp.read()
                 if resp.status >= 400:
-                    raise self.error_from(resp.status, body, resp.headers)
+                    raise self._refused(resp.status, body, resp.headers, sent_with)
                 kept = _kept_headers(resp.headers)
         except TimeoutError:
             if timeout is not None:
@@ -291,13 +300,15 @@ class HTTPProvider(Provider):
         reader: _FrameReader | None = None
         head: list[bytes] = []
         first: int | None = None  # where in head the first meaningful frame is
+        sent_with = self.credentials_generation
         try:
             async with asyncio.timeout(timeouts.first_byte):
                 resp = await self.context.http.post(
                     url, data=data, headers=headers, timeout=timeouts.stream)
                 self.answered(resp.status, resp.headers)
                 if resp.status >= 400:
-                    raise self.error_from(resp.status, await resp.read(), resp.headers)
+                    raise self._refused(resp.status, await resp.read(), resp.headers,
+                                        sent_with)
                 reader = _FrameReader(resp, framing.splitter(), timeouts)
                 while first is None and (batch := await reader.read()):
                     start = len(head)

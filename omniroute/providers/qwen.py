@@ -23,12 +23,18 @@ value is not what the service checks); a ``headers`` setting may add or replace 
 is a connection setting: ``base_url`` (the API, over ``resource_url``),
 ``oauth_device_url``, ``oauth_token_url``.
 
+**Quota**: a 429 that speaks of the quota ("Free allocated quota exceeded", qwen-code
+issues #1742, #3281: a daily allowance) rests the account in its quota until the
+``Retry-After`` it gives, else for :data:`QUOTA_REST` (Qwen names no reset time), so it
+is not asked again before; other 429s are rate limits (a cooldown).
+
 Service status (docs/subscriptions.md): Qwen's free OAuth tier ended on 2026-04-15; the
 protocol is kept for accounts that still have access.
 """
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Callable, Mapping
 from typing import Any, ClassVar
@@ -36,20 +42,33 @@ from urllib.parse import urlsplit
 
 import orjson
 
+from omniroute.errors import UpstreamStatusError
 from omniroute.hookspecs import hookimpl
 from omniroute.oauth.client import TokenClient
 from omniroute.oauth.errors import InvalidGrant, OAuthError
 from omniroute.oauth.provider import OAuthProvider
+from omniroute.oauth.quota import exhausted
 from omniroute.oauth.service import Endpoints, OAuthService
 from omniroute.oauth.tokens import TokenSet
-from omniroute.providers.base import Preset, Provider, UpstreamCall, UpstreamResponse
+from omniroute.providers.base import (
+    Preset,
+    Provider,
+    ProviderContext,
+    UpstreamCall,
+    UpstreamResponse,
+)
 from omniroute.providers.gemini_cli import google_credentials
 from omniroute.providers.http import HTTPProvider, http_settings
+from omniroute.resilience.cooldown import parse_retry_after
+from omniroute.storage.store import Connection
 
 #: where the API is when the account's token names no ``resource_url``
 DEFAULT_BASE_URL = "https://dashscope.aliyuncs.com/compatible-mode/v1"
 #: the models Qwen Code offers with its sign-in; a ``models`` setting wins
 DEFAULT_MODELS = ("coder-model", "qwen3-coder-plus", "qwen3-coder-flash", "vision-model")
+#: how long a spent quota rests the account when the 429 says no Retry-After (an
+#: assumption: Qwen documents a daily allowance but no reset time)
+QUOTA_REST = 3600.0
 
 
 def api_base(resource_url: str | None) -> str:
@@ -114,6 +133,10 @@ class QwenAPI(HTTPProvider):
 
     format = "openai"
 
+    def __init__(self, connection: Connection, context: ProviderContext) -> None:
+        super().__init__(connection, context)
+        self.quota = context.quotas.of(connection.id, connection.name)
+
     @classmethod
     def configure(
         cls, settings: dict[str, Any], credentials: dict[str, Any], preset: Preset | None
@@ -144,6 +167,7 @@ class QwenAPI(HTTPProvider):
                 "Accept": "text/event-stream" if stream else "application/json"}
 
     async def chat(self, call: UpstreamCall) -> UpstreamResponse:
+        self.quota.check()  # the allowance spent: not asked again before the rest ends
         body = {**call.body, "model": call.model}
         url = f"{self.base_url}/chat/completions"
         if call.stream:
@@ -156,6 +180,24 @@ class QwenAPI(HTTPProvider):
         """The ``models`` setting, else the models Qwen Code offers (the OAuth API lists
         none)."""
         return self.configured_models or list(DEFAULT_MODELS)
+
+    def error_from(
+        self, status: int, body: bytes, headers: Mapping[str, str]
+    ) -> UpstreamStatusError:
+        """A 429 for the quota rests the account (see the module docstring)."""
+        err = super().error_from(status, body, headers)
+        if status != 429 or "quota" not in err.message.lower():
+            return err
+        now = time.time()
+        said = err.upstream_headers.get("retry-after")
+        after = parse_retry_after(said, now) if said else None
+        left = self.quota.exhaust(now + (after if after else QUOTA_REST),
+                                  "the allocated quota is used up")
+        return exhausted(f"The Qwen account {self.connection.name!r} has used its quota: "
+                         f"{err.message}", left)
+
+    def quota_view(self) -> dict[str, Any] | None:
+        return self.quota.snapshot()
 
 
 class QwenProvider(OAuthProvider, QwenAPI):

@@ -22,6 +22,10 @@ authorization URL, refresh tokens not rotated, and ``GET /oauth2/v2/userinfo``.
   ``{"response": {...}, "traceId"}`` (each SSE event too); the inner request is checked
   and answered as the Gemini fake does (``fakes.gemini_upstream``).
 - ``POST /v1internal:countTokens`` takes ``{"request": {"model": "models/M", "contents"}}``.
+- ``POST /v1internal:retrieveUserQuota`` takes ``{"project"}`` (the account's; 403
+  otherwise) and answers ``{"buckets": [{"modelId", "tokenType", "remainingFraction",
+  "remainingAmount", "resetTime"}]}`` (``code_assist/types.ts``), the ``buckets``
+  attribute: one per model, three quarters left, resetting at the next midnight UTC.
 
 Every call must carry a bearer token the fake authorization server issued and has not
 expired (401 ``UNAUTHENTICATED`` otherwise) and, with a body, ``Content-Type:
@@ -35,6 +39,7 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -120,6 +125,11 @@ class FakeCodeAssist(FakeGemini):
         self.onboarded: str | None = None  # the tier the account was onboarded to
         self.operations: dict[str, int] = {}  # operation id -> polls so far
         self.user_projects: set[str] = set()  # projects a standard account may name
+        midnight = (datetime.now(UTC) + timedelta(days=1)).strftime("%Y-%m-%dT00:00:00Z")
+        #: what retrieveUserQuota answers
+        self.buckets: list[dict[str, Any]] = [
+            {"modelId": m, "tokenType": "REQUESTS", "remainingFraction": 0.75,
+             "remainingAmount": "750", "resetTime": midnight} for m in models]
         self.app.router.add_post("/v1internal:{method}", self._method)
         self.app.router.add_get("/v1internal/operations/{op}", self._operation)
 
@@ -157,6 +167,12 @@ class FakeCodeAssist(FakeGemini):
             return self._onboard(body)
         if method == "countTokens":
             return self._count(body)
+        if method == "retrieveUserQuota":
+            project = self.project_of_account()
+            if project is None or body.get("project") != project:
+                return _google_error(403, f"Permission denied on resource project "
+                                     f"{body.get('project')}.", "PERMISSION_DENIED")
+            return json_response(200, {"buckets": self.buckets})
         return _google_error(404, f"Method not found: {method}", "NOT_FOUND")
 
     def _load(self, body: dict[str, Any]) -> dict[str, Any]:
