@@ -6,6 +6,8 @@ a migration that has shipped: append a new one.
 
 from __future__ import annotations
 
+from omniroute.storage import rollup
+
 MIGRATIONS: list[list[str]] = [
     # 1: the foundation tables
     [
@@ -153,6 +155,12 @@ MIGRATIONS: list[list[str]] = [
         """CREATE INDEX audit_log_ts ON audit_log(ts)""",
         # the budgets' read-back of recent windows and their prune select on window_start
         """CREATE INDEX key_spend_window ON key_spend(window_start)""",
+    ],
+    # 5: usage totals by hour and by day, so a dashboard's (and a summary's) read of a
+    # month of a million records reads a few thousand rows (issue 12)
+    [
+        rollup.CREATE,
+        *rollup.BACKFILL,
     ],
 ]
 

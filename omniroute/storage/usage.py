@@ -32,6 +32,7 @@ from typing import Any, Literal
 import aiosqlite
 import orjson
 
+from omniroute.storage import rollup
 from omniroute.storage.db import Database
 from omniroute.storage.requestlog import RequestRecord
 
@@ -41,8 +42,11 @@ DIMENSIONS = ("time", "provider", "model", "connection", "key")
 _BUCKET_SECONDS = {"day": 86400, "hour": 3600}
 _COLUMN = {"provider": "provider", "model": "model", "connection": "connection_id",
            "key": "api_key_id"}
-_FAILED = "(status >= 400 OR error_class IS NOT NULL)"
-_AGGREGATES = (
+_FAILED = rollup.FAILED
+_CACHE_SAVED = ("CASE WHEN cache_hit THEN COALESCE(list_cost_usd, cost_usd, 0) "
+                "- COALESCE(cost_usd, 0) ELSE 0 END")
+#: the sums of a group of records (request_log rows) ...
+_AGGREGATES: tuple[str, ...] = (
     "COUNT(*) AS requests",
     f"SUM({_FAILED}) AS errors",
     "SUM(prompt_tokens) AS tokens_in",
@@ -55,10 +59,20 @@ _AGGREGATES = (
     "SUM(COALESCE(list_cost_usd, cost_usd)) AS list_cost_usd",
     "SUM(latency_ms) AS latency_ms",
     "COUNT(latency_ms) AS timed",
+    "SUM(cache_hit) AS cache_hits",
+    f"SUM({_CACHE_SAVED}) AS cache_saved_usd",
+)
+#: ... and the same sums over rollup rows (:mod:`omniroute.storage.rollup`)
+_ROLLUP_AGGREGATES = (
+    "SUM(requests) AS requests",
+    "SUM(failed * requests) AS errors",
+    *(f"SUM({c}) AS {c}" for c in rollup.SUM_COLUMNS[1:]),
+    "SUM(cache_hit * requests) AS cache_hits",
+    "SUM(CASE WHEN cache_hit THEN list_cost_usd - cost_usd ELSE 0 END) AS cache_saved_usd",
 )
 _SUMS = ("requests", "errors", "tokens_in", "tokens_out", "cache_read_tokens",
          "cache_write_tokens", "reasoning_tokens", "cost_usd", "list_cost_usd", "latency_ms",
-         "timed")
+         "timed", "cache_hits", "cache_saved_usd")
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)\s*([smhdw])$")
 _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 _STATUS_CLASS = re.compile(r"^([1-5])xx$")
@@ -66,6 +80,8 @@ _STATUS_CLASS = re.compile(r"^([1-5])xx$")
 MIN_TIME, MAX_TIME = 0.0, 253402300799.0
 #: the largest page of records one call returns
 MAX_PAGE = 500
+#: the end of an open range: 10000-01-01, a whole day (a range up to it ends on a bucket)
+_FAR = MAX_TIME + 1
 
 
 # ---------------------------------------------------------------------- input
@@ -150,12 +166,14 @@ class UsageFilter:
                 raise FilterError(str(exc), "status") from None
 
     def where(self, *, until: float | None = None, upper_inclusive: bool = False,
-              ) -> tuple[list[str], list[Any]]:
+              rollup: bool = False) -> tuple[list[str], list[Any]]:
         """The WHERE clauses and their parameters.
 
         :param until: an upper time bound that replaces :attr:`until` (a page cursor's),
             so the index range has one upper bound.
         :param upper_inclusive: that bound includes its own time.
+        :param rollup: the clauses for ``usage_rollup`` rows, without the time range
+            (the caller bounds their buckets).
         """
         clauses: list[str] = []
         params: list[Any] = []
@@ -165,26 +183,26 @@ class UsageFilter:
             if value is not None:
                 clauses.append(f"{column} = ?")
                 params.append(value)
-        if self.since is not None:
+        if self.since is not None and not rollup:
             clauses.append("ts >= ?")
             params.append(self.since)
         upper = self.until if until is None else until
-        if upper is not None:
+        if upper is not None and not rollup:
             clauses.append("ts <= ?" if upper_inclusive else "ts < ?")
             params.append(upper)
         if self.status is not None:
-            clause, values = _status_clause(self.status)
+            clause, values = _status_clause(self.status, "failed" if rollup else _FAILED)
             clauses.append(clause)
             params.extend(values)
         return clauses, params
 
 
-def _status_clause(status: str) -> tuple[str, list[Any]]:
+def _status_clause(status: str, failed: str = _FAILED) -> tuple[str, list[Any]]:
     value = status.strip().lower()
     if value in ("ok", "success"):
-        return f"NOT {_FAILED}", []
+        return f"NOT {failed}", []
     if value in ("error", "failed"):
-        return _FAILED, []
+        return failed, []
     match = _STATUS_CLASS.match(value)
     if match:
         low = int(match.group(1)) * 100
@@ -210,6 +228,8 @@ def _view(sums: dict[str, float]) -> dict[str, Any]:
     """The public shape of one group's sums."""
     timed = sums["timed"]
     cost, listed = sums["cost_usd"], sums["list_cost_usd"]
+    saved = max(listed - cost, 0.0)
+    by_cache = min(max(sums["cache_saved_usd"], 0.0), saved)
     return {
         "requests": int(sums["requests"]),
         "errors": int(sums["errors"]),
@@ -221,7 +241,11 @@ def _view(sums: dict[str, float]) -> dict[str, Any]:
         "cost_usd": round(cost, 8),
         "list_cost_usd": round(listed, 8),
         # what subscription connections saved: their tokens' list price, paid nothing
-        "saved_usd": round(max(listed - cost, 0.0), 8),
+        "saved_usd": round(saved, 8),
+        # of which: answers from the response cache, and subscription accounts
+        "saved_by_cache_usd": round(by_cache, 8),
+        "saved_by_subscription_usd": round(saved - by_cache, 8),
+        "cache_hits": int(sums["cache_hits"]),
         "avg_latency_ms": round(sums["latency_ms"] / timed, 1) if timed else None,
     }
 
@@ -237,7 +261,8 @@ class UsageQueries:
         """Totals, and a breakdown per name in ``by`` (see :data:`DIMENSIONS`).
 
         Each breakdown is a list of groups, largest cost first (time: oldest first),
-        each group the totals' fields plus its own name.
+        each group the totals' fields plus its own name. Whole hours and days are read
+        from the rollup (:mod:`omniroute.storage.rollup`), the rest from the records.
         """
         wanted = list(dict.fromkeys(by))
         unknown = set(wanted) - set(DIMENSIONS)
@@ -245,39 +270,29 @@ class UsageQueries:
             raise ValueError(f"unknown breakdown {sorted(unknown)}: use {', '.join(DIMENSIONS)}")
         if bucket not in _BUCKET_SECONDS:
             raise ValueError("bucket must be 'day' or 'hour'")
-        clauses, params = where.where()
-        sql_where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
-        aggregates = ", ".join(_AGGREGATES)
         totals = _empty()
         result: dict[str, Any] = {"bucket": bucket}
         if "time" in wanted:
             size = _BUCKET_SECONDS[bucket]
-            rows = await self.db.fetchall(
-                f"SELECT CAST(ts / {size} AS INTEGER) AS bucket, {aggregates} "
-                f"FROM request_log{sql_where} GROUP BY 1 ORDER BY 1", params)
-            result["by_time"] = [{"start": iso(row["bucket"] * size),
-                                  "ts": row["bucket"] * size, **_view(_sums(row))}
-                                 for row in rows]
-            for row in rows:
-                _add(totals, row)
+            by_time = await self.grouped(where, [], bucket=bucket)
+            result["by_time"] = [{"start": iso(key[0] * size), "ts": key[0] * size,
+                                  **_view(sums)} for key, sums in sorted(by_time.items())]
+            for sums in by_time.values():
+                _merge(totals, sums)
         dims = [d for d in wanted if d != "time"]
         if dims or "time" not in wanted:
             columns = [_COLUMN[d] for d in dims]
-            group = f" GROUP BY {', '.join(columns)}" if columns else ""
-            select = "".join(f"{c}, " for c in columns)
-            rows = await self.db.fetchall(
-                f"SELECT {select}{aggregates} FROM request_log{sql_where}{group}", params)
+            rows = await self.grouped(where, columns)
             groups: dict[str, dict[Any, dict[str, float]]] = {d: {} for d in dims}
             fold_totals = "time" not in wanted
-            for row in rows:
+            for key, row_sums in rows.items():
                 if fold_totals:
-                    _add(totals, row)
-                for dim in dims:
-                    value = row[_COLUMN[dim]]
-                    sums = groups[dim].get(value)
-                    if sums is None:
-                        sums = groups[dim][value] = _empty()
-                    _add(sums, row)
+                    _merge(totals, row_sums)
+                for dim, value in zip(dims, key, strict=True):
+                    group_sums = groups[dim].get(value)
+                    if group_sums is None:
+                        group_sums = groups[dim][value] = _empty()
+                    _merge(group_sums, row_sums)
             names = await self._names(groups)
             for dim in dims:
                 ordered = sorted(groups[dim].items(),
@@ -287,6 +302,31 @@ class UsageQueries:
                                        for value, sums in ordered]
         result["totals"] = _view(totals)
         return result
+
+    async def grouped(self, where: UsageFilter, columns: Sequence[str], *,
+                      bucket: Bucket | None = None) -> dict[tuple[Any, ...], dict[str, float]]:
+        """The sums of the records ``where`` selects, by time bucket (when ``bucket`` is
+        given: the key starts with the bucket's number, ``ts // size``) and by
+        ``columns`` (``provider``, ``model``, ``connection_id``, ``api_key_id``).
+
+        Whole days (unless grouped by hour) and hours come from the rollup, the minutes
+        the range cuts into an hour from the records; a NULL column is None.
+        """
+        since = MIN_TIME if where.since is None else where.since
+        until = _FAR if where.until is None else where.until
+        periods = rollup.PERIODS if bucket != "hour" else (rollup.HOUR,)
+        size = None if bucket is None else _BUCKET_SECONDS[bucket]
+        merged: dict[tuple[Any, ...], dict[str, float]] = {}
+        for segment in rollup.plan(since, until, periods):
+            sql, params = _segment_query(where, segment, columns, size)
+            for row in await self.db.fetchall(sql, params):
+                key = tuple(row[i] if row[i] != "" else None
+                            for i in range(len(columns) + (size is not None)))
+                sums = merged.get(key)
+                if sums is None:
+                    sums = merged[key] = _empty()
+                _add(sums, row)
+        return merged
 
     async def _names(self, groups: dict[str, dict[Any, dict[str, float]]],
                      ) -> dict[str, dict[str, sqlite3.Row]]:
@@ -339,10 +379,32 @@ class UsageQueries:
         return [record_view(row) for row in rows], next_cursor
 
 
-def _sums(row: sqlite3.Row) -> dict[str, float]:
-    sums = _empty()
-    _add(sums, row)
-    return sums
+def _merge(into: dict[str, float], sums: dict[str, float]) -> None:
+    for name in _SUMS:
+        into[name] += sums[name]
+
+
+def _segment_query(where: UsageFilter, segment: rollup.Segment, columns: Sequence[str],
+                   size: int | None) -> tuple[str, list[Any]]:
+    """The grouped query of one stretch of a read: over the rollup rows of its period,
+    or over the records."""
+    group = [f"CAST({'ts' if segment.period is None else 'start'} / {size} AS INTEGER)"
+             ] if size is not None else []
+    group += columns
+    if segment.period is None:
+        clauses, params = dataclasses.replace(
+            where, since=segment.since, until=segment.until).where()
+        table, aggregates = "request_log", _AGGREGATES
+    else:
+        clauses, params = where.where(rollup=True)
+        clauses[:0] = ["period = ?", "start >= ?", "start < ?"]
+        params[:0] = [segment.period, segment.since, segment.until]
+        table, aggregates = "usage_rollup", _ROLLUP_AGGREGATES
+    select = "".join(f"{g}, " for g in group)
+    sql = (f"SELECT {select}{', '.join(aggregates)} FROM {table} "
+           f"WHERE {' AND '.join(clauses)}"
+           + (f" GROUP BY {', '.join(group)}" if group else ""))
+    return sql, params
 
 
 def _label(dim: str, value: Any, names: dict[str, dict[str, sqlite3.Row]]) -> dict[str, Any]:
