@@ -80,6 +80,11 @@ _STATUS_CLASS = re.compile(r"^([1-5])xx$")
 MIN_TIME, MAX_TIME = 0.0, 253402300799.0
 #: the largest page of records one call returns
 MAX_PAGE = 500
+#: the most buckets one series may have (a month by hour is 744)
+MAX_BUCKETS = 2000
+#: what a series can show: the fields of a summary group
+SERIES_METRICS = ("requests", "errors", "tokens_in", "tokens_out", "cost_usd",
+                  "list_cost_usd", "saved_usd", "cache_hits", "avg_latency_ms")
 #: the end of an open range: 10000-01-01, a whole day (a range up to it ends on a bucket)
 _FAR = MAX_TIME + 1
 
@@ -328,6 +333,87 @@ class UsageQueries:
                 _add(sums, row)
         return merged
 
+    async def series(self, where: UsageFilter, *, by: str, metric: str,
+                     bucket: Bucket = "hour", top: int = 6) -> dict[str, Any]:
+        """One metric over time, a line per group of ``by`` (a dimension but ``time``):
+        the ``top`` largest groups by the metric, the rest summed as one ``other`` line.
+
+        :param metric: a field of a summary's groups (``requests``, ``cost_usd``,
+            ``avg_latency_ms``...; see :data:`SERIES_METRICS`).
+        :returns: ``buckets`` (each bucket's start, epoch seconds, every bucket of the
+            range, empty ones included) and ``series`` (``key``, ``label``, ``total``,
+            ``values`` aligned with ``buckets``).
+        :raises ValueError: an unknown ``by`` or ``metric``, or a range of more than
+            :data:`MAX_BUCKETS` buckets.
+        """
+        if by not in _COLUMN:
+            raise ValueError(f"by: one of {', '.join(_COLUMN)}")
+        if metric not in SERIES_METRICS:
+            raise ValueError(f"metric: one of {', '.join(SERIES_METRICS)}")
+        size = _BUCKET_SECONDS[bucket]
+        rows = await self.grouped(where, [_COLUMN[by]], bucket=bucket)
+        starts = {key[0] for key in rows}
+        first = (int(where.since // size) if where.since is not None
+                 else min(starts, default=0))
+        last = (math.ceil(where.until / size) - 1 if where.until is not None
+                else max(starts, default=first))
+        if last - first + 1 > MAX_BUCKETS:
+            raise ValueError(f"{last - first + 1} buckets of a {bucket}: at most "
+                             f"{MAX_BUCKETS} (use bucket=day, or a shorter range)")
+        index = {n: i for i, n in enumerate(range(first, last + 1))}
+        per_group: dict[Any, dict[int, dict[str, float]]] = {}
+        group_sums: dict[Any, dict[str, float]] = {}
+        for (start, value), sums in rows.items():
+            if start not in index:
+                continue
+            per_group.setdefault(value, {})[start] = sums
+            _merge(group_sums.setdefault(value, _empty()), sums)
+
+        def amount(sums: dict[str, float]) -> float:
+            return _view(sums)[metric] or 0
+
+        ranked = sorted(group_sums, key=lambda v: (-amount(group_sums[v]), str(v)))
+        keep, rest = ranked[:top], ranked[top:]
+        names = await self._names({by: {v: group_sums[v] for v in keep}})
+        lines: list[tuple[dict[str, Any], dict[int, dict[str, float]], dict[str, float]]] = [
+            (_series_label(by, v, names), per_group[v], group_sums[v]) for v in keep]
+        if rest:
+            merged: dict[int, dict[str, float]] = {}
+            total = _empty()
+            for value in rest:
+                for start, sums in per_group[value].items():
+                    _merge(merged.setdefault(start, _empty()), sums)
+                _merge(total, group_sums[value])
+            lines.append(({"key": None, "label": f"other ({len(rest)})", "other": True},
+                          merged, total))
+        series = []
+        for label, points, total in lines:
+            values: list[float | None] = [None if metric == "avg_latency_ms" else 0] * len(index)
+            for start, sums in points.items():
+                values[index[start]] = _view(sums)[metric]
+            series.append({**label, "total": _view(total)[metric], "values": values})
+        return {"bucket": bucket, "by": by, "metric": metric,
+                "buckets": [n * size for n in index], "series": series}
+
+    async def per_minute(self, since: float) -> list[dict[str, Any]]:
+        """Requests, errors and cost per minute since ``since`` (from the records: keep
+        the range to an hour or so)."""
+        rows = await self.db.fetchall(
+            f"SELECT CAST(ts / 60 AS INTEGER) AS minute, COUNT(*) AS requests, "
+            f"SUM({_FAILED}) AS errors, SUM(cost_usd) AS cost_usd, "
+            f"AVG(latency_ms) AS avg_latency_ms FROM request_log WHERE ts >= ? "
+            f"GROUP BY 1 ORDER BY 1", (since,))
+        return [{"ts": row["minute"] * 60, "requests": row["requests"],
+                 "errors": row["errors"] or 0, "cost_usd": round(row["cost_usd"] or 0, 8),
+                 "avg_latency_ms": None if row["avg_latency_ms"] is None
+                 else round(row["avg_latency_ms"], 1)} for row in rows]
+
+    async def record(self, record_id: int) -> dict[str, Any] | None:
+        """One record, bodies included, or None."""
+        row = await self.db.fetchone(f"SELECT {_WITH_BODIES} FROM request_log WHERE id = ?",
+                                     (record_id,))
+        return None if row is None else record_view(row)
+
     async def _names(self, groups: dict[str, dict[Any, dict[str, float]]],
                      ) -> dict[str, dict[str, sqlite3.Row]]:
         """Names of the keys and connections in ``groups`` (deleted ones have none)."""
@@ -418,6 +504,19 @@ def _label(dim: str, value: Any, names: dict[str, dict[str, sqlite3.Row]]) -> di
     return {dim: value}
 
 
+def _series_label(dim: str, value: Any, names: dict[str, dict[str, sqlite3.Row]]
+                  ) -> dict[str, Any]:
+    """A series' key and the name a chart shows for it."""
+    label = _label(dim, value, names)
+    if dim == "key":
+        text = label["key_name"] or value or "no key"
+    elif dim == "connection":
+        text = label["connection_name"] or value or "none"
+    else:
+        text = value if value is not None else "none"
+    return {"key": value, "label": text}
+
+
 def _chunks(items: Sequence[Any], size: int) -> Iterable[Sequence[Any]]:
     for start in range(0, len(items), size):
         yield items[start:start + size]
@@ -429,6 +528,7 @@ _BODIES = ("request_body", "response_body")
 _WITHOUT_BODIES = ", ".join(
     ["id", *(f.name for f in dataclasses.fields(RequestRecord) if f.name not in _BODIES),
      "(request_body IS NOT NULL OR response_body IS NOT NULL) AS has_bodies"])
+_WITH_BODIES = f"{_WITHOUT_BODIES}, request_body, response_body"
 
 
 def record_view(row: sqlite3.Row) -> dict[str, Any]:

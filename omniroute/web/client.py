@@ -32,6 +32,7 @@ from omniroute.errors import GatewayError, NotFound
 from omniroute.formats.base import ClientRoute, Format
 from omniroute.pipeline import Chat, CountTokens, Embed, Operation
 from omniroute.version import __version__
+from omniroute.web.dashboard import redirect_to_dashboard, wants_page
 from omniroute.web.responses import setup_responses_routes
 from omniroute.web.tags import tag_resource, tag_route
 
@@ -137,6 +138,8 @@ async def responses_websocket(request: web.Request) -> web.Response:
 
 
 async def root(request: web.Request) -> web.Response:
+    if wants_page(request):  # a browser: the dashboard
+        return redirect_to_dashboard()
     started_at = request.app[CATALOG].started_at
     return _json({"name": "omniroute", "status": "ok",
                   "uptime_s": round(time.time() - started_at, 1)})
