@@ -346,6 +346,11 @@ async def test_every_query_uses_an_index_for_its_time_range(gw: Any) -> None:
             rollup_plans.append(plan)
             assert "USING PRIMARY KEY (period=? AND start>? AND start<?)" in plan, (sql, plan)
             continue
+        if "FROM usage_dims" in sql:  # ... or one dimension's totals
+            rollup_plans.append(plan)
+            assert "USING PRIMARY KEY (period=? AND dim=? AND start>? AND start<?)" in plan, (
+                sql, plan)
+            continue
         if "FROM request_log" not in sql:
             continue
         plans.append(plan)

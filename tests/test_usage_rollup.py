@@ -214,3 +214,99 @@ def test_plan_covers_a_range_once_coarsest_first() -> None:
     assert rollup.plan(T0, T0) == []
     hourly = rollup.plan(T0, T0 + 2 * DAY, (rollup.HOUR,))
     assert hourly == [rollup.Segment(T0, T0 + 2 * DAY, hour)]
+
+
+async def test_one_dimension_reads_agree_with_the_records(
+        filled: tuple[Database, list[RequestRecord]]) -> None:
+    """A read with no filter and one breakdown is served by the per-dimension totals
+    (usage_dims); each group agrees with the records it stands for."""
+    db, records = filled
+    queries = UsageQueries(db)
+    columns = {"model": "model", "provider": "provider", "connection": "connection_id",
+               "key": "api_key_id"}
+    for since, until in ((None, None), (T0 + 1234.5, T0 + 3 * DAY + 77.25),
+                         (T0 + HOUR, T0 + 4 * DAY)):
+        for dim, field in columns.items():
+            body = await queries.summary(UsageFilter(since=since, until=until), by=[dim])
+            label = "key_id" if dim == "key" else "connection_id" if dim == "connection" else dim
+            got = {row[label]: row for row in body[f"by_{dim}"]}
+            values = {getattr(r, field) for r in records}
+            assert set(got) == values
+            for value in values:
+                chosen = [r for r in records if getattr(r, field) == value]
+                where = UsageFilter(since=since, until=until)
+                want = expected(chosen, where)
+                same(got[value], want)
+
+
+async def test_a_series_has_every_bucket_and_the_top_groups(
+        filled: tuple[Database, list[RequestRecord]]) -> None:
+    db, records = filled
+    where = UsageFilter(since=T0 + 1800.0, until=T0 + 2 * DAY)
+    body = await UsageQueries(db).series(where, by="model", metric="requests", bucket="hour",
+                                         top=2)
+    assert body["buckets"][0] == T0 and body["buckets"][-1] == T0 + 2 * DAY - HOUR
+    assert len(body["buckets"]) == 48
+    chosen = [r for r in records if where.since <= r.ts < where.until]  # type: ignore[operator]
+    counts: dict[str, int] = {}
+    for r in chosen:
+        counts[r.model or ""] = counts.get(r.model or "", 0) + 1
+    top = sorted(counts, key=lambda m: -counts[m])[:2]
+    assert [line["key"] for line in body["series"][:2]] == top
+    other = body["series"][2]
+    assert other["other"] is True and other["total"] == len(chosen) - sum(counts[m] for m in top)
+    for line in body["series"][:2]:
+        per_hour = [0] * 48
+        for r in chosen:
+            if r.model == line["key"]:
+                per_hour[int((r.ts - T0) // HOUR)] += 1
+        assert line["values"] == per_hour
+    assert sum(sum(line["values"]) for line in body["series"]) == len(chosen)
+
+
+async def _every_page(queries: UsageQueries, where: UsageFilter, limit: int) -> list[str]:
+    ids: list[str] = []
+    cursor = None
+    while True:
+        page, cursor = await queries.logs(where, cursor=cursor, limit=limit)
+        ids += [r["request_id"] for r in page]
+        if cursor is None:
+            return ids
+
+
+async def test_filtered_pages_are_narrowed_by_the_hourly_totals_and_miss_nothing(
+        filled: tuple[Database, list[RequestRecord]]) -> None:
+    """A filter no index serves (model, provider, status) reads only the hours the
+    totals say hold matches; paging still returns every match, newest first, once."""
+    db, records = filled
+    queries = UsageQueries(db)
+    for extra in ({"model": "m2"}, {"status": "error"}, {"provider": "other", "status": "429"},
+                  {"model": "no-such-model"}):
+        for since, until in ((None, None), (T0 + 5000.5, T0 + 3 * DAY + 17)):
+            where = UsageFilter(since=since, until=until, **extra)  # type: ignore[arg-type]
+            want = [r for r in sorted(records, key=lambda r: r.ts, reverse=True)
+                    if r.request_id and _matches(r, where)]
+            for limit in (7, 50):
+                assert await _every_page(queries, where, limit) == [r.request_id for r in want]
+
+
+async def test_a_filtered_page_still_finds_records_when_the_totals_count_pruned_ones(
+        filled: tuple[Database, list[RequestRecord]]) -> None:
+    db, records = filled
+    newest = sorted(records, key=lambda r: r.ts)[-300:]
+    # the row bound pruned the others: the hourly totals still count them
+    await db.execute("DELETE FROM request_log WHERE ts < ?", (newest[0].ts,))
+    where = UsageFilter(model="m2")
+    want = [r.request_id for r in sorted(newest, key=lambda r: r.ts, reverse=True)
+            if r.model == "m2"]
+    assert await _every_page(UsageQueries(db), where, 5) == want
+
+
+def _matches(r: RequestRecord, where: UsageFilter) -> bool:
+    failed = r.status >= 400 or r.error_class is not None
+    status_ok = (where.status is None or (where.status == "error" and failed)
+                 or (where.status.isdigit() and r.status == int(where.status)))
+    return ((where.since is None or r.ts >= where.since)
+            and (where.until is None or r.ts < where.until)
+            and where.model in (None, r.model) and where.provider in (None, r.provider)
+            and status_ok)

@@ -159,7 +159,7 @@ MIGRATIONS: list[list[str]] = [
     # 5: usage totals by hour and by day, so a dashboard's (and a summary's) read of a
     # month of a million records reads a few thousand rows (issue 12)
     [
-        rollup.CREATE,
+        *rollup.CREATE,
         *rollup.BACKFILL,
     ],
 ]

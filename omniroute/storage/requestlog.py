@@ -146,12 +146,11 @@ class RequestLog(BufferedLog[RequestRecord]):
         if self.retention_days > 0:
             cutoff = self.clock() - self.retention_days * 86400
             async with self.db.transaction():
-                await self.db.execute(
-                    "DELETE FROM usage_rollup WHERE period = ? AND start < ?",
-                    (rollup.HOUR, cutoff - rollup.HOUR))
-                await self.db.execute(
-                    "DELETE FROM usage_rollup WHERE period = ? AND start < ?",
-                    (rollup.DAY, cutoff - rollup.DAY))
+                for table in rollup.TABLES:
+                    for period in rollup.PERIODS:  # buckets wholly before the cutoff
+                        await self.db.execute(
+                            f"DELETE FROM {table} WHERE period = ? AND start < ?",
+                            (period, cutoff - period))
         return removed
 
     async def recent(self, limit: int = 100) -> list[dict[str, Any]]:

@@ -45,34 +45,29 @@ _COLUMN = {"provider": "provider", "model": "model", "connection": "connection_i
 _FAILED = rollup.FAILED
 _CACHE_SAVED = ("CASE WHEN cache_hit THEN COALESCE(list_cost_usd, cost_usd, 0) "
                 "- COALESCE(cost_usd, 0) ELSE 0 END")
-#: the sums of a group of records (request_log rows) ...
-_AGGREGATES: tuple[str, ...] = (
-    "COUNT(*) AS requests",
-    f"SUM({_FAILED}) AS errors",
-    "SUM(prompt_tokens) AS tokens_in",
-    "SUM(completion_tokens) AS tokens_out",
-    "SUM(cached_tokens) AS cache_read_tokens",
-    "SUM(cache_write_tokens) AS cache_write_tokens",
-    "SUM(reasoning_tokens) AS reasoning_tokens",
-    "SUM(cost_usd) AS cost_usd",
-    # what the same tokens cost at list price: a subscription's list price, else the cost
-    "SUM(COALESCE(list_cost_usd, cost_usd)) AS list_cost_usd",
-    "SUM(latency_ms) AS latency_ms",
-    "COUNT(latency_ms) AS timed",
-    "SUM(cache_hit) AS cache_hits",
-    f"SUM({_CACHE_SAVED}) AS cache_saved_usd",
-)
-#: ... and the same sums over rollup rows (:mod:`omniroute.storage.rollup`)
-_ROLLUP_AGGREGATES = (
-    "SUM(requests) AS requests",
-    "SUM(failed * requests) AS errors",
-    *(f"SUM({c}) AS {c}" for c in rollup.SUM_COLUMNS[1:]),
-    "SUM(cache_hit * requests) AS cache_hits",
-    "SUM(CASE WHEN cache_hit THEN list_cost_usd - cost_usd ELSE 0 END) AS cache_saved_usd",
-)
+#: the sums a usage read returns, in this order, after its group columns
 _SUMS = ("requests", "errors", "tokens_in", "tokens_out", "cache_read_tokens",
          "cache_write_tokens", "reasoning_tokens", "cost_usd", "list_cost_usd", "latency_ms",
          "timed", "cache_hits", "cache_saved_usd")
+#: each sum over a group of records (request_log rows) ...
+_RECORD_SUMS = {
+    "requests": "COUNT(*)", "errors": f"SUM({_FAILED})", "tokens_in": "SUM(prompt_tokens)",
+    "tokens_out": "SUM(completion_tokens)", "cache_read_tokens": "SUM(cached_tokens)",
+    "cache_write_tokens": "SUM(cache_write_tokens)",
+    "reasoning_tokens": "SUM(reasoning_tokens)", "cost_usd": "SUM(cost_usd)",
+    # what the same tokens cost at list price: a subscription's list price, else the cost
+    "list_cost_usd": "SUM(COALESCE(list_cost_usd, cost_usd))",
+    "latency_ms": "SUM(latency_ms)", "timed": "COUNT(latency_ms)",
+    "cache_hits": "SUM(cache_hit)", "cache_saved_usd": f"SUM({_CACHE_SAVED})"}
+#: ... over rollup rows (``usage_rollup``, :mod:`omniroute.storage.rollup`) ...
+_ROLLUP_SUMS = {
+    **{name: f"SUM({name})" for name in rollup.SUM_COLUMNS},
+    "errors": "SUM(failed * requests)", "cache_hits": "SUM(cache_hit * requests)",
+    "cache_saved_usd": "SUM(CASE WHEN cache_hit THEN list_cost_usd - cost_usd ELSE 0 END)"}
+_AGGREGATES = tuple(f"{_RECORD_SUMS[name]} AS {name}" for name in _SUMS)
+_ROLLUP_AGGREGATES = tuple(f"{_ROLLUP_SUMS[name]} AS {name}" for name in _SUMS)
+#: ... and over one dimension's rows (``usage_dims``: a column per sum)
+_DIMS_AGGREGATES = tuple(f"SUM({name}) AS {name}" for name in _SUMS)
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)\s*([smhdw])$")
 _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 _STATUS_CLASS = re.compile(r"^([1-5])xx$")
@@ -224,11 +219,6 @@ def _empty() -> dict[str, float]:
     return dict.fromkeys(_SUMS, 0)
 
 
-def _add(into: dict[str, float], row: sqlite3.Row) -> None:
-    for name in _SUMS:
-        into[name] += row[name] or 0
-
-
 def _view(sums: dict[str, float]) -> dict[str, Any]:
     """The public shape of one group's sums."""
     timed = sums["timed"]
@@ -322,15 +312,18 @@ class UsageQueries:
         periods = rollup.PERIODS if bucket != "hour" else (rollup.HOUR,)
         size = None if bucket is None else _BUCKET_SECONDS[bucket]
         merged: dict[tuple[Any, ...], dict[str, float]] = {}
+        width = len(columns) + (size is not None)
         for segment in rollup.plan(since, until, periods):
             sql, params = _segment_query(where, segment, columns, size)
             for row in await self.db.fetchall(sql, params):
-                key = tuple(row[i] if row[i] != "" else None
-                            for i in range(len(columns) + (size is not None)))
-                sums = merged.get(key)
-                if sums is None:
-                    sums = merged[key] = _empty()
-                _add(sums, row)
+                values = tuple(row)
+                key = tuple(v if v != "" else None for v in values[:width])
+                sums = dict(zip(_SUMS, [v or 0 for v in values[width:]], strict=True))
+                found = merged.get(key)
+                if found is None:
+                    merged[key] = sums
+                else:
+                    _merge(found, sums)
         return merged
 
     async def series(self, where: UsageFilter, *, by: str, metric: str,
@@ -370,7 +363,7 @@ class UsageQueries:
             _merge(group_sums.setdefault(value, _empty()), sums)
 
         def amount(sums: dict[str, float]) -> float:
-            return _view(sums)[metric] or 0
+            return _metric(sums, metric) or 0
 
         ranked = sorted(group_sums, key=lambda v: (-amount(group_sums[v]), str(v)))
         keep, rest = ranked[:top], ranked[top:]
@@ -390,8 +383,8 @@ class UsageQueries:
         for label, points, total in lines:
             values: list[float | None] = [None if metric == "avg_latency_ms" else 0] * len(index)
             for start, sums in points.items():
-                values[index[start]] = _view(sums)[metric]
-            series.append({**label, "total": _view(total)[metric], "values": values})
+                values[index[start]] = _metric(sums, metric)
+            series.append({**label, "total": _metric(total, metric), "values": values})
         return {"bucket": bucket, "by": by, "metric": metric,
                 "buckets": [n * size for n in index], "series": series}
 
@@ -452,17 +445,85 @@ class UsageQueries:
                 bound = None
             extra.append("(ts < ? OR (ts = ? AND id < ?))")
             extra_params.extend((after_ts, after_ts, after_id))
-        clauses, params = where.where(until=bound, upper_inclusive=bound is not None)
-        clauses += extra
-        sql_where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
-        rows = await self.db.fetchall(
-            f"SELECT {'*' if bodies else _WITHOUT_BODIES} FROM request_log{sql_where} "
-            "ORDER BY ts DESC, id DESC LIMIT ?",
-            [*params, *extra_params, limit + 1])
+        columns = "*" if bodies else _WITHOUT_BODIES
+
+        async def page(lower: float | None, upper: float | None) -> list[sqlite3.Row]:
+            narrowed = dataclasses.replace(where, since=lower) if lower is not None else where
+            top, inclusive = (bound, True) if bound is not None else (where.until, False)
+            if upper is not None and (top is None or upper < top):
+                top, inclusive = upper, False
+            clauses, params = narrowed.where(until=top, upper_inclusive=inclusive)
+            clauses += extra
+            sql_where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
+            return await self.db.fetchall(
+                f"SELECT {columns} FROM request_log{sql_where} ORDER BY ts DESC, id DESC LIMIT ?",
+                [*params, *extra_params, limit + 1])
+
+        if where.model is None and where.provider is None and where.status is None:
+            rows = await page(None, None)  # the time, key and connection indexes serve it
+        else:
+            window = await self._window(where, bound, limit + 1)
+            if window is None:
+                return [], None  # no record matches anywhere in the range
+            lower, upper = window
+            rows = await page(lower, upper)
+            if lower is not None and len(rows) <= limit:
+                # the hourly counts included records the row bound has pruned: look further
+                rows = await page(None, upper)
         more = len(rows) > limit
         rows = rows[:limit]
         next_cursor = encode_cursor(rows[-1]["ts"], rows[-1]["id"]) if more and rows else None
         return [record_view(row) for row in rows], next_cursor
+
+
+    async def _window(self, where: UsageFilter, bound: float | None, wanted: int,
+                      ) -> tuple[float | None, float | None] | None:
+        """Where the newest ``wanted`` records matching ``where`` (older than ``bound``)
+        lie, from the hourly totals: ``(lower, upper)`` to narrow the scan to (either may
+        be None: no narrowing), or None when no record matches. A filter no index serves
+        (model, provider, status) would otherwise walk the time index through every
+        record of the range that does not match."""
+        clauses, params = where.where(rollup=True)
+        since = where.since if where.since is not None else MIN_TIME
+        top = bound if bound is not None else where.until
+        clauses += ["period = ?", "start >= ?"]
+        params += [rollup.HOUR, math.floor(since / rollup.HOUR) * rollup.HOUR]
+        if top is not None:
+            clauses.append("start <= ?")
+            params.append(top)
+        hours = await self.db.fetchall(
+            f"SELECT start, SUM(requests) FROM usage_rollup WHERE {' AND '.join(clauses)} "
+            "GROUP BY start ORDER BY start DESC", params)
+        if not hours:
+            return None
+        upper = float(hours[0][0] + rollup.HOUR)
+        count = 0
+        for start, requests in hours:
+            count += requests
+            if count >= wanted:
+                return max(float(start), since), upper
+        return (None if where.since is None else since), upper
+
+
+#: a request_log column -> its ``usage_dims`` dimension
+_DIM_OF = {column: dim for dim, column in rollup.DIMS.items() if column}
+
+
+def _unfiltered(where: UsageFilter) -> bool:
+    """Whether a read has no filter but its time range (``usage_dims`` can serve it)."""
+    return (where.key is None and where.model is None and where.provider is None
+            and where.connection is None and where.status is None)
+
+
+def _metric(sums: dict[str, float], metric: str) -> float | None:
+    """One field of :func:`_view`, without building the others (a series has thousands)."""
+    if metric == "avg_latency_ms":
+        return round(sums["latency_ms"] / sums["timed"], 1) if sums["timed"] else None
+    if metric == "saved_usd":
+        return round(max(sums["list_cost_usd"] - sums["cost_usd"], 0.0), 8)
+    if metric in ("cost_usd", "list_cost_usd"):
+        return round(sums[metric], 8)
+    return int(sums[metric])
 
 
 def _merge(into: dict[str, float], sums: dict[str, float]) -> None:
@@ -472,22 +533,30 @@ def _merge(into: dict[str, float], sums: dict[str, float]) -> None:
 
 def _segment_query(where: UsageFilter, segment: rollup.Segment, columns: Sequence[str],
                    size: int | None) -> tuple[str, list[Any]]:
-    """The grouped query of one stretch of a read: over the rollup rows of its period,
-    or over the records."""
-    group = [f"CAST({'ts' if segment.period is None else 'start'} / {size} AS INTEGER)"
-             ] if size is not None else []
-    group += columns
+    """The grouped query of one stretch of a read: over the records, over one
+    dimension's totals (no filter, at most one column), or over the rollup rows."""
+    time_of = "ts" if segment.period is None else "start"
+    bucket = [f"CAST({time_of} / {size} AS INTEGER)"] if size is not None else []
+    group = [*bucket, *columns]
     if segment.period is None:
         clauses, params = dataclasses.replace(
             where, since=segment.since, until=segment.until).where()
-        table, aggregates = "request_log", _AGGREGATES
+        table, aggregates, select = "request_log", _AGGREGATES, group
+    elif _unfiltered(where) and len(columns) <= 1:
+        dim = _DIM_OF[columns[0]] if columns else "total"
+        clauses = ["period = ?", "dim = ?", "start >= ?", "start < ?"]
+        params = [segment.period, dim, segment.since, segment.until]
+        table, aggregates = "usage_dims", _DIMS_AGGREGATES
+        select = [*bucket, *(f"value AS {c}" for c in columns)]
+        group = [*bucket, *(["value"] if columns else [])]
+        if size == segment.period:  # one row per bucket and value already: nothing to sum
+            aggregates, group = _SUMS, []
     else:
         clauses, params = where.where(rollup=True)
         clauses[:0] = ["period = ?", "start >= ?", "start < ?"]
         params[:0] = [segment.period, segment.since, segment.until]
-        table, aggregates = "usage_rollup", _ROLLUP_AGGREGATES
-    select = "".join(f"{g}, " for g in group)
-    sql = (f"SELECT {select}{', '.join(aggregates)} FROM {table} "
+        table, aggregates, select = "usage_rollup", _ROLLUP_AGGREGATES, group
+    sql = (f"SELECT {''.join(f'{g}, ' for g in select)}{', '.join(aggregates)} FROM {table} "
            f"WHERE {' AND '.join(clauses)}"
            + (f" GROUP BY {', '.join(group)}" if group else ""))
     return sql, params

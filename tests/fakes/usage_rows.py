@@ -127,7 +127,8 @@ def fill(db_path: Path | str, rows: int, *, days: float = 30.0, now: float | Non
             if not chunk:
                 break
             db.executemany(insert, chunk)
-        db.execute("DELETE FROM usage_rollup")
+        for table in rollup.TABLES:
+            db.execute(f"DELETE FROM {table}")
         for statement in rollup.BACKFILL:
             db.execute(statement)
     return time.perf_counter() - began
