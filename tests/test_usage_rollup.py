@@ -281,7 +281,8 @@ async def test_filtered_pages_are_narrowed_by_the_hourly_totals_and_miss_nothing
     db, records = filled
     queries = UsageQueries(db)
     for extra in ({"model": "m2"}, {"status": "error"}, {"provider": "other", "status": "429"},
-                  {"model": "no-such-model"}):
+                  {"model": "no-such-model"}, {"status": "5xx"}, {"status": "ok"},
+                  {"key": "key_b"}):
         for since, until in ((None, None), (T0 + 5000.5, T0 + 3 * DAY + 17)):
             where = UsageFilter(since=since, until=until, **extra)  # type: ignore[arg-type]
             want = [r for r in sorted(records, key=lambda r: r.ts, reverse=True)
@@ -304,9 +305,11 @@ async def test_a_filtered_page_still_finds_records_when_the_totals_count_pruned_
 
 def _matches(r: RequestRecord, where: UsageFilter) -> bool:
     failed = r.status >= 400 or r.error_class is not None
-    status_ok = (where.status is None or (where.status == "error" and failed)
-                 or (where.status.isdigit() and r.status == int(where.status)))
+    status = where.status
+    status_ok = (status is None or (status == "error" and failed) or (status == "ok" and not failed)
+                 or (status.endswith("xx") and r.status // 100 == int(status[0]))
+                 or (status.isdigit() and r.status == int(status)))
     return ((where.since is None or r.ts >= where.since)
             and (where.until is None or r.ts < where.until)
             and where.model in (None, r.model) and where.provider in (None, r.provider)
-            and status_ok)
+            and where.key in (None, r.api_key_id) and status_ok)

@@ -9,9 +9,10 @@ wrote, inside SQLite, so the event loop pays nothing per record):
   connection, key, status, failed, cache hit), the sums a summary shows. Any filter
   and any breakdown can be read from it.
 * ``usage_dims``: the same sums per bucket for one dimension at a time (``total``,
-  ``model``, ``provider``, ``connection``, ``key``): a few rows an hour instead of
-  one per combination, for reads with no filter (the dashboard's charts, a summary
-  by model) — a week by hour is a couple of thousand rows.
+  ``model``, ``provider``, ``connection``, ``key``, ``status``, ``failed``): a few
+  rows an hour instead of one per combination, for reads with no filter (the
+  dashboard's charts, a summary by model) — a week by hour is a couple of thousand
+  rows — and for finding the hours a page of records filtered by one field lies in.
 
 A read over ``[since, until)`` (:func:`plan`) takes whole days from the daily rows,
 whole hours at the ragged ends from the hourly rows, and only the minutes the range
@@ -43,12 +44,15 @@ SUM_COLUMNS = ("requests", "tokens_in", "tokens_out", "cache_read_tokens",
                "latency_ms", "timed")
 #: ``usage_dims`` also sums what ``usage_rollup`` keeps as group columns
 DIM_SUM_COLUMNS = (*SUM_COLUMNS, "errors", "cache_hits", "cache_saved_usd")
-#: ``usage_dims``' dimensions and the request_log column each groups by (total: none)
-DIMS = {"total": None, "model": "model", "provider": "provider",
-        "connection": "connection_id", "key": "api_key_id"}
-
 #: a request failed: an error status, or an error class (a stream broken after its 200)
 FAILED = "(status >= 400 OR error_class IS NOT NULL)"
+#: ``usage_dims``' dimensions and what each groups request_log rows by (total: nothing);
+#: ``status`` and ``failed`` only find the hours a filtered page of records lies in
+DIMS = {"total": None, "model": "model", "provider": "provider",
+        "connection": "connection_id", "key": "api_key_id", "status": "status",
+        "failed": FAILED}
+#: the same, over usage_rollup's columns
+_ROLLUP_DIMS = {**DIMS, "failed": "failed"}
 _LISTED = "COALESCE(list_cost_usd, cost_usd, 0)"
 
 #: the sums over request_log rows, in :data:`SUM_COLUMNS` order
@@ -111,7 +115,7 @@ def _rollup_from_records(period: int, where: str) -> str:
 
 def _dims_from_records(period: int, dim: str, where: str) -> str:
     column = DIMS[dim]
-    value = f"COALESCE({column}, '')" if column else "''"
+    value = f"COALESCE(CAST({column} AS TEXT), '')" if column else "''"
     return _upsert("usage_dims", ("period", "dim", "start", "value"), DIM_SUM_COLUMNS,
                    f"SELECT {period}, '{dim}', CAST(ts / {period} AS INTEGER) * {period}, "
                    f"{value}, {', '.join(_RECORD_DIM_SUMS)} FROM request_log {where} "
@@ -127,9 +131,10 @@ def _days_from_hours() -> str:
 
 
 def _dims_from_rollup(dim: str) -> str:
-    column = DIMS[dim]
+    column = _ROLLUP_DIMS[dim]
+    value = f"CAST({column} AS TEXT)" if column else "''"
     return _upsert("usage_dims", ("period", "dim", "start", "value"), DIM_SUM_COLUMNS,
-                   f"SELECT period, '{dim}', start, {column or repr('')}, "
+                   f"SELECT period, '{dim}', start, {value}, "
                    f"{', '.join(_ROLLUP_DIM_SUMS)} FROM usage_rollup WHERE true "
                    "GROUP BY 1, 3, 4")
 

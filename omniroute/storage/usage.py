@@ -276,18 +276,26 @@ class UsageQueries:
                 _merge(totals, sums)
         dims = [d for d in wanted if d != "time"]
         if dims or "time" not in wanted:
-            columns = [_COLUMN[d] for d in dims]
-            rows = await self.grouped(where, columns)
             groups: dict[str, dict[Any, dict[str, float]]] = {d: {} for d in dims}
             fold_totals = "time" not in wanted
-            for key, row_sums in rows.items():
+            if _unfiltered(where) and len(dims) > 1:
+                # one small read per breakdown from the per-dimension totals
+                for dim in dims:
+                    rows = await self.grouped(where, [_COLUMN[dim]])
+                    groups[dim] = {key[0]: sums for key, sums in rows.items()}
                 if fold_totals:
-                    _merge(totals, row_sums)
-                for dim, value in zip(dims, key, strict=True):
-                    group_sums = groups[dim].get(value)
-                    if group_sums is None:
-                        group_sums = groups[dim][value] = _empty()
-                    _merge(group_sums, row_sums)
+                    for sums in groups[dims[0]].values():
+                        _merge(totals, sums)
+            else:
+                rows = await self.grouped(where, [_COLUMN[d] for d in dims])
+                for key, row_sums in rows.items():
+                    if fold_totals:
+                        _merge(totals, row_sums)
+                    for dim, value in zip(dims, key, strict=True):
+                        group_sums = groups[dim].get(value)
+                        if group_sums is None:
+                            group_sums = groups[dim][value] = _empty()
+                        _merge(group_sums, row_sums)
             names = await self._names(groups)
             for dim in dims:
                 ordered = sorted(groups[dim].items(),
@@ -483,16 +491,22 @@ class UsageQueries:
         be None: no narrowing), or None when no record matches. A filter no index serves
         (model, provider, status) would otherwise walk the time index through every
         record of the range that does not match."""
-        clauses, params = where.where(rollup=True)
         since = where.since if where.since is not None else MIN_TIME
         top = bound if bound is not None else where.until
+        one = _one_dimension(where)
+        if one is not None:  # one filter: that dimension's few rows an hour
+            table = "usage_dims"
+            clauses, params = ["dim = ?", one[1]], [one[0], *one[2]]
+        else:
+            table = "usage_rollup"
+            clauses, params = where.where(rollup=True)
         clauses += ["period = ?", "start >= ?"]
         params += [rollup.HOUR, math.floor(since / rollup.HOUR) * rollup.HOUR]
         if top is not None:
             clauses.append("start <= ?")
             params.append(top)
         hours = await self.db.fetchall(
-            f"SELECT start, SUM(requests) FROM usage_rollup WHERE {' AND '.join(clauses)} "
+            f"SELECT start, SUM(requests) FROM {table} WHERE {' AND '.join(clauses)} "
             "GROUP BY start ORDER BY start DESC", params)
         if not hours:
             return None
@@ -507,6 +521,27 @@ class UsageQueries:
 
 #: a request_log column -> its ``usage_dims`` dimension
 _DIM_OF = {column: dim for dim, column in rollup.DIMS.items() if column}
+
+
+def _one_dimension(where: UsageFilter) -> tuple[str, str, list[Any]] | None:
+    """When ``where`` filters by one field only (besides time): its ``usage_dims``
+    dimension and the clause (and parameters) on ``value`` that selects it."""
+    given = {name: getattr(where, name) for name in ("key", "model", "provider",
+                                                      "connection", "status")}
+    named = [(name, value) for name, value in given.items() if value is not None]
+    if len(named) != 1:
+        return None
+    name, value = named[0]
+    if name != "status":
+        return name, "value = ?", [value]
+    text = value.strip().lower()
+    if text in ("ok", "success", "error", "failed"):
+        return "failed", "value = ?", ["1" if text in ("error", "failed") else "0"]
+    match = _STATUS_CLASS.match(text)
+    if match:  # statuses are three digits: their text sorts like their number
+        low = int(match.group(1)) * 100
+        return "status", "value >= ? AND value < ?", [str(low), str(low + 100)]
+    return "status", "value = ?", [str(int(text))]
 
 
 def _unfiltered(where: UsageFilter) -> bool:
