@@ -313,3 +313,21 @@ def _matches(r: RequestRecord, where: UsageFilter) -> bool:
             and (where.until is None or r.ts < where.until)
             and where.model in (None, r.model) and where.provider in (None, r.provider)
             and where.key in (None, r.api_key_id) and status_ok)
+
+
+@pytest.mark.parametrize("metric", ["cost_usd", "avg_latency_ms", "saved_usd", "tokens_out"])
+async def test_a_series_of_any_metric_agrees_with_the_summary(
+        filled: tuple[Database, list[RequestRecord]], metric: str) -> None:
+    db, _ = filled
+    queries = UsageQueries(db)
+    where = UsageFilter(since=T0 + 100.0, until=T0 + 3 * DAY)
+    series = await queries.series(where, by="key", metric=metric, bucket="day", top=1)
+    summary = await queries.summary(where, bucket="day", by=["time", "key"])
+    by_key = {row["key_id"]: row for row in summary["by_key"]}
+    top, other = series["series"]
+    assert top["total"] == pytest.approx(by_key[top["key"]][metric])
+    if metric != "avg_latency_ms":  # sums add up; an average does not
+        assert top["total"] + other["total"] == pytest.approx(summary["totals"][metric])
+        days = [sum(v or 0 for v in values) for values in zip(top["values"], other["values"],
+                                                              strict=True)]
+        assert days == pytest.approx([d[metric] for d in summary["by_time"]])

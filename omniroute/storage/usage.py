@@ -64,10 +64,11 @@ _ROLLUP_SUMS = {
     **{name: f"SUM({name})" for name in rollup.SUM_COLUMNS},
     "errors": "SUM(failed * requests)", "cache_hits": "SUM(cache_hit * requests)",
     "cache_saved_usd": "SUM(CASE WHEN cache_hit THEN list_cost_usd - cost_usd ELSE 0 END)"}
-_AGGREGATES = tuple(f"{_RECORD_SUMS[name]} AS {name}" for name in _SUMS)
-_ROLLUP_AGGREGATES = tuple(f"{_ROLLUP_SUMS[name]} AS {name}" for name in _SUMS)
 #: ... and over one dimension's rows (``usage_dims``: a column per sum)
-_DIMS_AGGREGATES = tuple(f"SUM({name}) AS {name}" for name in _SUMS)
+_DIMS_SUMS = {name: f"SUM({name})" for name in _SUMS}
+#: the fields a series metric is computed from (a series reads only these)
+_METRIC_FIELDS = {"avg_latency_ms": ("latency_ms", "timed"),
+                  "saved_usd": ("list_cost_usd", "cost_usd")}
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)\s*([smhdw])$")
 _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 _STATUS_CLASS = re.compile(r"^([1-5])xx$")
@@ -307,13 +308,16 @@ class UsageQueries:
         return result
 
     async def grouped(self, where: UsageFilter, columns: Sequence[str], *,
-                      bucket: Bucket | None = None) -> dict[tuple[Any, ...], dict[str, float]]:
+                      bucket: Bucket | None = None, fields: Sequence[str] = _SUMS,
+                      ) -> dict[tuple[Any, ...], dict[str, float]]:
         """The sums of the records ``where`` selects, by time bucket (when ``bucket`` is
         given: the key starts with the bucket's number, ``ts // size``) and by
         ``columns`` (``provider``, ``model``, ``connection_id``, ``api_key_id``).
 
         Whole days (unless grouped by hour) and hours come from the rollup, the minutes
         the range cuts into an hour from the records; a NULL column is None.
+
+        :param fields: the sums wanted (default: all of them).
         """
         since = MIN_TIME if where.since is None else where.since
         until = _FAR if where.until is None else where.until
@@ -322,16 +326,17 @@ class UsageQueries:
         merged: dict[tuple[Any, ...], dict[str, float]] = {}
         width = len(columns) + (size is not None)
         for segment in rollup.plan(since, until, periods):
-            sql, params = _segment_query(where, segment, columns, size)
+            sql, params = _segment_query(where, segment, columns, size, fields)
             for row in await self.db.fetchall(sql, params):
                 values = tuple(row)
                 key = tuple(v if v != "" else None for v in values[:width])
-                sums = dict(zip(_SUMS, [v or 0 for v in values[width:]], strict=True))
+                sums = dict(zip(fields, [v or 0 for v in values[width:]], strict=True))
                 found = merged.get(key)
                 if found is None:
                     merged[key] = sums
                 else:
-                    _merge(found, sums)
+                    for name in fields:
+                        found[name] += sums[name]
         return merged
 
     async def series(self, where: UsageFilter, *, by: str, metric: str,
@@ -352,7 +357,8 @@ class UsageQueries:
         if metric not in SERIES_METRICS:
             raise ValueError(f"metric: one of {', '.join(SERIES_METRICS)}")
         size = _BUCKET_SECONDS[bucket]
-        rows = await self.grouped(where, [_COLUMN[by]], bucket=bucket)
+        fields = _METRIC_FIELDS.get(metric, (metric,))
+        rows = await self.grouped(where, [_COLUMN[by]], bucket=bucket, fields=fields)
         starts = {key[0] for key in rows}
         first = (int(where.since // size) if where.since is not None
                  else min(starts, default=0))
@@ -368,7 +374,12 @@ class UsageQueries:
             if start not in index:
                 continue
             per_group.setdefault(value, {})[start] = sums
-            _merge(group_sums.setdefault(value, _empty()), sums)
+            total = group_sums.get(value)
+            if total is None:
+                group_sums[value] = dict(sums)
+            else:
+                for name in fields:
+                    total[name] += sums[name]
 
         def amount(sums: dict[str, float]) -> float:
             return _metric(sums, metric) or 0
@@ -380,13 +391,16 @@ class UsageQueries:
             (_series_label(by, v, names), per_group[v], group_sums[v]) for v in keep]
         if rest:
             merged: dict[int, dict[str, float]] = {}
-            total = _empty()
+            rest_total = dict.fromkeys(fields, 0.0)
             for value in rest:
                 for start, sums in per_group[value].items():
-                    _merge(merged.setdefault(start, _empty()), sums)
-                _merge(total, group_sums[value])
+                    into = merged.setdefault(start, dict.fromkeys(fields, 0.0))
+                    for name in fields:
+                        into[name] += sums[name]
+                for name in fields:
+                    rest_total[name] += group_sums[value][name]
             lines.append(({"key": None, "label": f"other ({len(rest)})", "other": True},
-                          merged, total))
+                          merged, rest_total))
         series = []
         for label, points, total in lines:
             values: list[float | None] = [None if metric == "avg_latency_ms" else 0] * len(index)
@@ -567,31 +581,33 @@ def _merge(into: dict[str, float], sums: dict[str, float]) -> None:
 
 
 def _segment_query(where: UsageFilter, segment: rollup.Segment, columns: Sequence[str],
-                   size: int | None) -> tuple[str, list[Any]]:
+                   size: int | None, fields: Sequence[str] = _SUMS) -> tuple[str, list[Any]]:
     """The grouped query of one stretch of a read: over the records, over one
-    dimension's totals (no filter, at most one column), or over the rollup rows."""
+    dimension's totals (no filter, at most one column), or over the rollup rows; it
+    selects its group columns, then the sums in ``fields``."""
     time_of = "ts" if segment.period is None else "start"
     bucket = [f"CAST({time_of} / {size} AS INTEGER)"] if size is not None else []
     group = [*bucket, *columns]
     if segment.period is None:
         clauses, params = dataclasses.replace(
             where, since=segment.since, until=segment.until).where()
-        table, aggregates, select = "request_log", _AGGREGATES, group
+        table, sums, select = "request_log", _RECORD_SUMS, group
     elif _unfiltered(where) and len(columns) <= 1:
         dim = _DIM_OF[columns[0]] if columns else "total"
         clauses = ["period = ?", "dim = ?", "start >= ?", "start < ?"]
         params = [segment.period, dim, segment.since, segment.until]
-        table, aggregates = "usage_dims", _DIMS_AGGREGATES
+        table, sums = "usage_dims", _DIMS_SUMS
         select = [*bucket, *(f"value AS {c}" for c in columns)]
         group = [*bucket, *(["value"] if columns else [])]
         if size == segment.period:  # one row per bucket and value already: nothing to sum
-            aggregates, group = _SUMS, []
+            sums, group = {name: name for name in _SUMS}, []
     else:
         clauses, params = where.where(rollup=True)
         clauses[:0] = ["period = ?", "start >= ?", "start < ?"]
         params[:0] = [segment.period, segment.since, segment.until]
-        table, aggregates, select = "usage_rollup", _ROLLUP_AGGREGATES, group
-    sql = (f"SELECT {''.join(f'{g}, ' for g in select)}{', '.join(aggregates)} FROM {table} "
+        table, sums, select = "usage_rollup", _ROLLUP_SUMS, group
+    aggregates = ", ".join(f"{sums[name]} AS {name}" for name in fields)
+    sql = (f"SELECT {''.join(f'{g}, ' for g in select)}{aggregates} FROM {table} "
            f"WHERE {' AND '.join(clauses)}"
            + (f" GROUP BY {', '.join(group)}" if group else ""))
     return sql, params
