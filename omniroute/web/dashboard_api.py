@@ -78,7 +78,7 @@ async def overview(request: web.Request) -> web.Response:
     now = time.time()
     today = query_time(request, "today", now)
     if today is None or not now - 2 * 86400 < today <= now:
-        today = now - now % 86400
+        today = float(int(now) // 86400 * 86400)
     await app[REQUEST_LOG].flush()  # this worker's last records count too
     queries = app[USAGE]
     minutes = await queries.per_minute(now - MINUTES * 60)

@@ -133,7 +133,7 @@ function openAdd(types, reload) {
     const { typeInfo, presetInfo } = current();
     prefix.input.placeholder = presetInfo ? presetInfo.prefix : typeInfo.default_prefix || typeInfo.type;
     baseUrl.input.value = presetInfo ? presetInfo.base_url : "";
-    baseUrl.input.placeholder = presetInfo ? presetInfo.base_url : "https://…/v1";
+    baseUrl.input.placeholder = presetInfo ? presetInfo.base_url : "the API address, ending in /v1";
     apiKey.input.required = presetInfo ? presetInfo.needs_api_key : true;
     apiKey.el.querySelector("label").textContent = apiKey.input.required ? "API key" : "API key (optional)";
   }
