@@ -68,10 +68,11 @@ export function timeChart({ buckets, series, kind = "line", format = String, lab
       svg.append(s("line", { class: "grid-line", x1: left, x2: left + plotW, y1: y(v), y2: y(v) }));
       svg.append(s("text", { class: "axis-label", x: left - 6, y: y(v) + 4, "text-anchor": "end" }, format(v)));
     }
-    const every = Math.max(1, Math.ceil(n / Math.max(2, Math.floor(plotW / 86))));
+    const labelWidth = span > 2 * 86400 && step < 86400 ? 110 : 86;
+    const every = Math.max(1, Math.ceil(n / Math.max(2, Math.floor(plotW / labelWidth))));
     for (let i = 0; i < n; i += every) {
       svg.append(s("text", { class: "axis-label", x: x(i), y: height - 6, "text-anchor": "middle" },
-        axisTime(buckets[i], span)));
+        axisTime(buckets[i], span, step)));
     }
     if (kind === "bars") {
       const barW = Math.max(1, band * 0.72);

@@ -63,10 +63,12 @@ export function time(ts) {
   return new Date(ts * 1000).toLocaleTimeString(locale, { hour: "2-digit", minute: "2-digit", second: "2-digit" });
 }
 
-/** A short label for a chart axis: hours within a day, else the date. */
-export function axisTime(ts, span) {
+/** A short label for a chart axis: the time within two days, the date and hour for hourly
+ * points over more, else the date. */
+export function axisTime(ts, span, step = 3600) {
   const d = new Date(ts * 1000);
   if (span <= 2 * 86400) return d.toLocaleTimeString(locale, { hour: "2-digit", minute: "2-digit" });
+  if (step < 86400) return d.toLocaleString(locale, { month: "short", day: "numeric", hour: "2-digit" });
   return d.toLocaleDateString(locale, { month: "short", day: "numeric" });
 }
 
