@@ -38,6 +38,8 @@ from omniroute.web.budgets import setup_budget_routes
 from omniroute.web.cache import setup_cache_routes
 from omniroute.web.client import setup_client_routes
 from omniroute.web.clitools import setup_cli_tool_routes
+from omniroute.web.dashboard import setup_dashboard
+from omniroute.web.dashboard_api import setup_dashboard_api
 from omniroute.web.management import setup_management_routes
 from omniroute.web.middleware import gateway_middleware
 from omniroute.web.oauth import setup_oauth_routes
@@ -109,6 +111,8 @@ def make_app(config: Config, plugins: Plugins | None = None) -> web.Application:
     setup_usage_routes(app)
     setup_telemetry_routes(app)
     setup_cli_tool_routes(app, config, plugins)
+    setup_dashboard_api(app)
+    setup_dashboard(app)
     plugins.pm.hook.configure_app(app=app, config=config)
     return app
 

@@ -27,3 +27,60 @@ async def gw(omniroute: Any, fake_openai: FakeOpenAI) -> Any:
     })
     omniroute.fake = fake_openai
     return omniroute
+
+
+# ----------------------------------------------------------------------------- browser tests
+# The dashboard's browser tests drive Debian's Chromium (/usr/bin/chromium) with Playwright
+# for Python, never a browser Playwright downloads. When the package is missing, the test
+# session installs it with apt-get (the README's test command runs these tests); where
+# that cannot be done the tests are skipped with a message naming what is missing.
+
+CHROMIUM = "/usr/bin/chromium"
+_APT_TIMEOUT = 900
+
+
+def _install_chromium() -> str | None:
+    """Install Debian's chromium package; None when done, else why it could not be."""
+    import os
+    import shutil
+    import subprocess
+
+    apt = shutil.which("apt-get")
+    if apt is None:
+        return "apt-get is not available on this machine"
+    if hasattr(os, "geteuid") and os.geteuid() != 0:
+        return "apt-get needs root to install the chromium package"
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    for command in ([apt, "install", "-y", "-q", "chromium"],
+                    [apt, "update", "-q"], [apt, "install", "-y", "-q", "chromium"]):
+        try:
+            done = subprocess.run(command, env=env, capture_output=True, text=True,
+                                  timeout=_APT_TIMEOUT, check=False)
+        except subprocess.TimeoutExpired:
+            return f"'{' '.join(command)}' did not finish within {_APT_TIMEOUT} s"
+        if command[1] == "install" and done.returncode == 0 and os.path.exists(CHROMIUM):
+            return None
+    return f"apt-get could not install chromium: {done.stderr.strip()[-400:]}"
+
+
+@pytest.fixture(scope="session")
+def chromium_path() -> str:
+    """The system Chromium's path, installed with apt-get when missing; skips (loudly,
+    naming what is missing) when it cannot be had."""
+    import importlib.util
+    import os
+    import warnings
+
+    missing = None
+    if importlib.util.find_spec("playwright") is None:
+        missing = ("the Python package 'playwright' (pip install -r requirements-test.txt)")
+    elif not os.path.exists(CHROMIUM):
+        why = _install_chromium()
+        if why is not None:
+            missing = f"{CHROMIUM} (Debian's chromium package): {why}"
+    if missing is not None:
+        message = f"BROWSER TESTS SKIPPED: missing {missing}"
+        warnings.warn(message, stacklevel=1)
+        print(f"\n{'!' * 78}\n{message}\n{'!' * 78}", flush=True)
+        pytest.skip(message)
+    return CHROMIUM

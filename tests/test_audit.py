@@ -177,9 +177,10 @@ async def test_logins_and_logouts_succeed_and_fail_on_the_record(omniroute: Any)
             assert resp.status == 401  # not logged in: refused, and on the record
         async with s.post("/api/auth/login", json={"password": PASSWORD}) as resp:
             assert resp.status == 200
-        async with s.patch("/api/settings", json={"max_attempts": 3}) as resp:
+            csrf = {"X-CSRF-Token": (await resp.json())["csrf_token"]}
+        async with s.patch("/api/settings", json={"max_attempts": 3}, headers=csrf) as resp:
             assert resp.status == 200
-        async with s.post("/api/auth/logout") as resp:
+        async with s.post("/api/auth/logout", headers=csrf) as resp:
             assert resp.status == 200
     found = [(e["action"], e["actor"], e["status"]) for e in reversed(await entries(gw))]
     assert found == [

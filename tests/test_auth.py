@@ -20,7 +20,8 @@ UPSTREAM_KEY = "sk-upstream-test"
 PASSWORD = "test-password-123"
 HI = [{"role": "user", "content": "hi there"}]
 CHAT = {"model": "up/gpt-4o-mini", "messages": HI}
-PUBLIC_API = {"/api/init", "/api/monitoring/health", "/api/auth/login", "/api/auth/logout"}
+PUBLIC_API = {"/api/init", "/api/monitoring/health", "/api/auth/login", "/api/auth/logout",
+              "/api/auth/session"}
 
 
 def sdk(gw: Any, api_key: str = "sk-client", **kw: Any) -> openai.AsyncOpenAI:
@@ -260,16 +261,86 @@ async def test_login_sets_an_http_only_session_cookie(gw):
 
 async def test_logout_invalidates_the_session(gw):
     async with bare_session(gw) as s:
-        token = (await login(s)).cookies["omniroute_session"].value
+        answer = await login(s)
+        token = answer.cookies["omniroute_session"].value
         cookie = {"Cookie": f"omniroute_session={token}"}
         async with s.get("/api/settings", headers=cookie) as r:
             assert r.status == 200
         async with s.post("/api/auth/logout", headers=cookie) as r:
+            assert r.status == 403  # another site's page cannot end the session
+            assert_error_body(await r.json(), "csrf_token_invalid")
+        csrf = {"X-CSRF-Token": (await answer.json())["csrf_token"]}
+        async with s.post("/api/auth/logout", headers={**cookie, **csrf}) as r:
             assert r.status == 200
             assert r.cookies["omniroute_session"].value == ""  # the browser drops it
         async with s.get("/api/settings", headers=cookie) as r:
             assert r.status == 401
             assert_error_body(await r.json(), "session_expired")
+
+
+async def test_a_state_change_with_the_session_cookie_needs_its_csrf_token(gw):
+    """Reads need the cookie only; a write with the cookie needs the session's CSRF token
+    too (403 without it or with another session's), an admin key needs none."""
+    async with bare_session(gw) as s:
+        first, second = await login(s), await login(s)
+        token = first.cookies["omniroute_session"].value
+        cookie = {"Cookie": f"omniroute_session={token}"}
+        mine = (await first.json())["csrf_token"]
+        other = (await second.json())["csrf_token"]
+        assert mine != other and token not in mine
+        async with s.get("/api/settings", headers=cookie) as r:
+            assert r.status == 200
+        for headers in (cookie, {**cookie, "X-CSRF-Token": other},
+                        {**cookie, "X-CSRF-Token": ""}):
+            async with s.patch("/api/settings", json={"max_attempts": 4}, headers=headers) as r:
+                assert r.status == 403
+                assert_error_body(await r.json(), "csrf_token_invalid")
+            async with s.delete("/api/keys/x1", headers=headers) as r:
+                assert r.status == 403
+        assert gw.catalog.settings.max_attempts != 4
+        async with s.patch("/api/settings", json={"max_attempts": 4},
+                           headers={**cookie, "X-CSRF-Token": mine}) as r:
+            assert r.status == 200
+        async with s.patch("/api/settings", json={"max_attempts": 5},
+                           headers=gw.admin_headers) as r:
+            assert r.status == 200  # an API key is never sent by a browser on its own
+        async with s.get("/api/auth/session", headers=cookie) as r:
+            assert await r.json() == {"authenticated": True, "csrf_token": mine,
+                                      "require_login": True, "password_free": False}
+        async with s.get("/api/auth/session") as r:
+            assert (await r.json())["authenticated"] is False
+
+
+async def test_require_login_off_lets_this_machine_in_without_the_password(gw):
+    async with bare_session(gw) as s:
+        assert (await s.post("/api/auth/login", json={})).status == 400
+        await gw.set_settings(require_login=False)
+        async with s.get("/api/auth/session") as r:
+            state = await r.json()
+        assert state["password_free"] is True and state["authenticated"] is False
+        async with s.get("/api/providers") as r:
+            assert r.status == 401  # the management API still needs a session or a key
+        answer = await s.post("/api/auth/login", json={})
+        assert answer.status == 200
+        cookie = {"Cookie": f"omniroute_session={answer.cookies['omniroute_session'].value}"}
+        async with s.get("/api/providers", headers=cookie) as r:
+            assert r.status == 200
+        assert (await login(s, "wrong-password")).status == 401  # a password given is checked
+
+
+async def test_require_login_off_is_for_loopback_clients_only(gw):
+    from aiohttp.test_utils import make_mocked_request
+
+    from omniroute.auth.admin import password_free
+
+    await gw.set_settings(require_login=False)
+    app = gw.client.app
+    for peer, expected in (("127.0.0.1", True), ("::1", True), ("192.168.1.20", False),
+                           ("10.0.0.1", False)):
+        transport = type("T", (), {"get_extra_info": lambda self, name, d=None, p=peer:
+                                   (p, 1234) if name == "peername" else d})()
+        request = make_mocked_request("POST", "/api/auth/login", app=app, transport=transport)
+        assert password_free(request) is expected, peer
 
 
 async def test_a_forged_session_cookie_is_refused(gw):

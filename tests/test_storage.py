@@ -373,8 +373,10 @@ async def test_request_log_background_task_and_key_use(store: Store) -> None:
     log.start()
     try:
         log.add(_record(1, api_key_id=key.id))
+        # the test shares the writer's connection, so it may read inside the batch's
+        # transaction: wait for the whole of it (the record, the totals, the key's use)
         for _ in range(100):
-            if await _count(db) == 1:
+            if await _count(db) == 1 and (await store.list_keys())[0].last_used_at:
                 break
             await asyncio.sleep(0.02)
         assert await _count(db) == 1

@@ -338,17 +338,28 @@ async def test_every_query_uses_an_index_for_its_time_range(gw: Any) -> None:
         await queries.logs(where, cursor=cursor or encode_cursor(since + 1800, 10**9), limit=10)
         await queries.logs(where, cursor=encode_cursor(T0 + 999_999, 10**9), limit=10)
     plans = []
+    rollup_plans = []
     for sql, params in recorder.queries:
-        if "FROM request_log" not in sql:
-            continue
         plan = " | ".join(row[3] for row in await gw.store.db.fetchall(
             f"EXPLAIN QUERY PLAN {sql}", params))
+        if "FROM usage_rollup" in sql:  # whole hours and days: the rollup's own key
+            rollup_plans.append(plan)
+            assert "USING PRIMARY KEY (period=? AND start>? AND start<?)" in plan, (sql, plan)
+            continue
+        if "FROM usage_dims" in sql:  # ... or one dimension's totals
+            rollup_plans.append(plan)
+            assert "USING PRIMARY KEY (period=? AND dim=? AND start>? AND start<?)" in plan, (
+                sql, plan)
+            continue
+        if "FROM request_log" not in sql:
+            continue
         plans.append(plan)
         assert "USING INDEX request_log_" in plan, (sql, plan)
         assert "ts>?" in plan or "ts<?" in plan, (sql, plan)  # the range is in the index
         assert "SCAN request_log" not in plan, (sql, plan)
     assert any("request_log_key_ts" in p for p in plans)
     assert any("request_log_conn_ts" in p for p in plans)
+    assert rollup_plans  # the whole hour from T0 + 3600 to T0 + 7200
     # and the results are right: 120 records an hour, 1/7 of them key_3's
     totals = (await queries.summary(filters[0]))["totals"]
     assert totals["requests"] == 120

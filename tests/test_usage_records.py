@@ -369,12 +369,19 @@ async def test_retention_by_age_and_by_rows_in_small_batches(
 
     monkeypatch.setattr(db, "execute", spy)
     assert await log.prune() == 10
-    assert len(deletes) == 3  # 4 + 4 + 2: small batches, never one large DELETE
+    log_deletes = [sql for sql in deletes if "request_log" in sql]
+    assert len(log_deletes) == 3  # 4 + 4 + 2: small batches, never one large DELETE
+    # the hourly and daily totals of those three-day-old records went with them
+    rolled = await db.fetchall("SELECT period, SUM(requests) FROM usage_rollup GROUP BY 1")
+    assert {r[0]: r[1] for r in rolled} == {3600: 20, 86400: 20}
     log.retention_days, log.max_rows = 0.0, 15
     assert await log.prune() == 5
     rows = await db.fetchall("SELECT request_id FROM request_log ORDER BY id")
     assert [r[0] for r in rows] == [f"r{i}" for i in range(15, 30)]  # the newest kept
     assert log.pruned == 15
+    # the row bound leaves the totals: they outlive the records it pruned
+    rolled = await db.fetchall("SELECT period, SUM(requests) FROM usage_rollup GROUP BY 1")
+    assert {r[0]: r[1] for r in rolled} == {3600: 20, 86400: 20}
     log.max_rows = 0  # 0: no bound
     assert await log.prune() == 0
 

@@ -101,6 +101,9 @@ class BufferedLog(Generic[T]):
         """Whether a flush has anything to write besides the buffer (see :meth:`also`)."""
         return False
 
+    async def begin(self) -> None:
+        """Called first in a batch's transaction, before its rows are written."""
+
     async def also(self) -> None:
         """Write what goes with a batch, in its transaction (after its rows)."""
 
@@ -229,6 +232,7 @@ class BufferedLog(Generic[T]):
         written = 0
         try:
             async with self.db.transaction():
+                await self.begin()
                 if not singly:
                     if batch:
                         await self.db.executemany(self.insert, [self.row(i) for i in batch])

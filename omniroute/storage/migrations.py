@@ -6,6 +6,8 @@ a migration that has shipped: append a new one.
 
 from __future__ import annotations
 
+from omniroute.storage import rollup
+
 MIGRATIONS: list[list[str]] = [
     # 1: the foundation tables
     [
@@ -170,6 +172,12 @@ MIGRATIONS: list[list[str]] = [
         # USD per second of audio, and per character of speech input
         """ALTER TABLE price_overrides ADD COLUMN per_second REAL""",
         """ALTER TABLE price_overrides ADD COLUMN per_character REAL""",
+    ],
+    # 7: usage totals by hour and by day, so a dashboard's (and a summary's) read of a
+    # month of a million records reads a few thousand rows (issue 12)
+    [
+        *rollup.CREATE,
+        *rollup.BACKFILL,
     ],
 ]
 

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from omniroute.storage import rollup
 from omniroute.storage.buffered import BufferedLog
 from omniroute.storage.db import Database
 
@@ -86,7 +87,8 @@ class RequestLog(BufferedLog[RequestRecord]):
     The rules of the buffer, its writes and its retention are
     :class:`~omniroute.storage.buffered.BufferedLog`'s. Retention
     (:attr:`retention_days`, :attr:`max_rows`) is set from the settings. Each
-    write also stores when each API key was last used.
+    write also stores when each API key was last used, and adds its records to the
+    hourly and daily totals (:mod:`omniroute.storage.rollup`) in the same transaction.
     """
 
     table = "request_log"
@@ -104,6 +106,8 @@ class RequestLog(BufferedLog[RequestRecord]):
         self.max_rows = 1_000_000
         self._key_use: dict[str, float] = {}
         self._used: dict[str, float] = {}
+        #: the largest record id before this transaction's rows (they come after it)
+        self._before = 0
 
     row = staticmethod(_row)  # type: ignore[assignment]
 
@@ -121,7 +125,13 @@ class RequestLog(BufferedLog[RequestRecord]):
     def has_more(self) -> bool:
         return bool(self._key_use)
 
+    async def begin(self) -> None:
+        row = await self.db.fetchone("SELECT max(id) FROM request_log")
+        self._before = row[0] if row is not None and row[0] is not None else 0
+
     async def also(self) -> None:
+        for statement in rollup.FOLD:  # this transaction's records into the totals
+            await self.db.execute(statement, (self._before,))
         used, self._key_use = self._key_use, {}
         self._used.update(used)
         if used:
@@ -135,6 +145,19 @@ class RequestLog(BufferedLog[RequestRecord]):
         for key_id, ts in self._used.items():  # a newer use noted meanwhile wins
             self._key_use.setdefault(key_id, ts)
         self._used = {}
+
+    async def prune(self) -> int:
+        """Apply retention to the records, and their age to the rollup rows."""
+        removed = await super().prune()
+        if self.retention_days > 0:
+            cutoff = self.clock() - self.retention_days * 86400
+            async with self.db.transaction():
+                for table in rollup.TABLES:
+                    for period in rollup.PERIODS:  # buckets wholly before the cutoff
+                        await self.db.execute(
+                            f"DELETE FROM {table} WHERE period = ? AND start < ?",
+                            (period, cutoff - period))
+        return removed
 
     async def recent(self, limit: int = 100) -> list[dict[str, Any]]:
         rows = await self.db.fetchall(

@@ -44,6 +44,7 @@ from omniroute.pipeline import (
 )
 from omniroute.providers.model_types import MODEL_TYPES
 from omniroute.version import __version__
+from omniroute.web.dashboard import redirect_to_dashboard, wants_page
 from omniroute.web.responses import setup_responses_routes
 from omniroute.web.tags import tag_resource, tag_route
 
@@ -176,6 +177,8 @@ async def responses_websocket(request: web.Request) -> web.Response:
 
 
 async def root(request: web.Request) -> web.Response:
+    if wants_page(request):  # a browser: the dashboard
+        return redirect_to_dashboard()
     started_at = request.app[CATALOG].started_at
     return _json({"name": "omniroute", "status": "ok",
                   "uptime_s": round(time.time() - started_at, 1)})

@@ -23,15 +23,16 @@ def query_time(request: web.Request, name: str, now: float) -> float | None:
         raise InvalidRequest(f"'{name}': {exc}", param=name, code="invalid_time") from None
 
 
-def query_limit(request: web.Request, default: int = 50, most: int = 500) -> int:
-    """The page size ``limit`` asks for (1 to ``most``)."""
-    text = request.query.get("limit")
+def query_limit(request: web.Request, default: int = 50, most: int = 500,
+                name: str = "limit") -> int:
+    """The page size ``limit`` (or the count parameter ``name``) asks for (1 to ``most``)."""
+    text = request.query.get(name)
     if text is None:
         return default
     try:
         limit = int(text)
     except ValueError:
-        raise InvalidRequest("'limit' must be an integer.", param="limit") from None
+        raise InvalidRequest(f"'{name}' must be an integer.", param=name) from None
     if not 1 <= limit <= most:
-        raise InvalidRequest(f"'limit' must be between 1 and {most}.", param="limit")
+        raise InvalidRequest(f"'{name}' must be between 1 and {most}.", param=name)
     return limit

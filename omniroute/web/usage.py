@@ -1,10 +1,13 @@
 """Usage read API (admin): what requests cost, by time, provider, model, connection and key.
 
-``GET /api/usage/summary`` (totals and breakdowns), ``GET /api/usage/logs`` (the
-records, a page at a time) and ``GET /api/usage/{connectionId}`` (one
-connection's totals and breakdowns). Each takes ``from`` and ``to`` (epoch
-seconds, ISO 8601, or a duration back from now such as ``24h``); the SQL lives
-in :mod:`omniroute.storage.usage`, this module parses and renders.
+``GET /api/usage/summary`` (totals and breakdowns), ``GET /api/usage/series`` (one
+metric over time, a line per model, provider, key or connection: the dashboard's
+charts), ``GET /api/usage/logs`` (the records, a page at a time),
+``GET /api/usage/logs/{id}`` (one record with its bodies) and
+``GET /api/usage/{connectionId}`` (one connection's totals and breakdowns). Each
+takes ``from`` and ``to`` (epoch seconds, ISO 8601, or a duration back from now such
+as ``24h``); the SQL lives in :mod:`omniroute.storage.usage`, this module parses and
+renders.
 
 ``/api/usage/budget`` belongs to the budgets API: the connection route's
 pattern refuses the names of the fixed routes under ``/api/usage/``, so it never
@@ -23,6 +26,7 @@ from omniroute.appkeys import REQUEST_LOG, STORE, USAGE
 from omniroute.errors import InvalidRequest, NotFound
 from omniroute.storage.usage import (
     DIMENSIONS,
+    SERIES_METRICS,
     Bucket,
     FilterError,
     UsageFilter,
@@ -34,7 +38,7 @@ from omniroute.web.query import query_limit, query_time
 from omniroute.web.tags import tag_route
 
 #: fixed routes under /api/usage/ (ours and the budgets API's): never a connection id
-RESERVED = ("summary", "logs", "budget")
+RESERVED = ("summary", "series", "logs", "budget")
 CONNECTION_ROUTE = (
     "/api/usage/{connectionId:(?!(?:" + "|".join(RESERVED) + ")$)[^/]+}")
 
@@ -94,6 +98,38 @@ async def usage_summary(request: web.Request) -> web.Response:
     return web.json_response({**_range(where), **summary})
 
 
+async def usage_series(request: web.Request) -> web.Response:
+    """``by`` (model, provider, key, connection), ``metric`` (requests, cost_usd,
+    tokens_in, ... see :data:`~omniroute.storage.usage.SERIES_METRICS`), ``bucket``
+    (hour or day), ``top`` (lines kept, 1-20; the rest are one ``other`` line) and the
+    summary's filters."""
+    where, bucket = _filter(request), _bucket(request)
+    by = _by(request, ("model", "provider", "key", "connection"))
+    if len(by) != 1:
+        raise InvalidRequest("'by' takes one of model, provider, key, connection.", param="by")
+    metric = request.query.get("metric", "requests")
+    if metric not in SERIES_METRICS:
+        raise InvalidRequest(f"'metric' is one of {', '.join(SERIES_METRICS)}.", param="metric")
+    top = query_limit(request, default=6, most=20, name="top")
+    try:
+        series = await (await _queries(request)).series(where, by=by[0], metric=metric,
+                                                        bucket=bucket, top=top)
+    except ValueError as exc:
+        raise InvalidRequest(f"{exc}.", param="bucket", code="too_many_buckets") from None
+    return web.json_response({**_range(where), **series})
+
+
+async def usage_record(request: web.Request) -> web.Response:
+    """One record, with its stored bodies (when ``log_bodies`` kept any)."""
+    raw = request.match_info["id"]
+    record = None
+    if raw.isdigit():
+        record = await (await _queries(request)).record(int(raw))
+    if record is None:
+        raise NotFound(f"No usage record {raw!r}.")
+    return web.json_response(record)
+
+
 async def usage_logs(request: web.Request) -> web.Response:
     """The records, newest first: ``limit`` (at most 500), ``cursor`` (the previous
     page's ``next_cursor``), the filters of the summary plus ``status``, and
@@ -145,6 +181,8 @@ def setup_usage_routes(app: web.Application) -> None:
     app.cleanup_ctx.append(usage_ctx)
     r = app.router
     for route in (r.add_get("/api/usage/summary", usage_summary),
+                  r.add_get("/api/usage/series", usage_series),
                   r.add_get("/api/usage/logs", usage_logs),
+                  r.add_get("/api/usage/logs/{id}", usage_record),
                   r.add_get(CONNECTION_ROUTE, connection_usage)):
         tag_route(app, route, None, "admin")

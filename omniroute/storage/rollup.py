@@ -1,0 +1,174 @@
+"""Usage totals by hour and by day, kept beside the request log so reads stay fast.
+
+Two tables, both written by the request log's writer in the same transaction as the
+records (:meth:`RequestLog.also <omniroute.storage.requestlog.RequestLog.also>` runs
+:data:`FOLD`: ``INSERT ... SELECT ... GROUP BY`` over the rows the transaction just
+wrote, inside SQLite, so the event loop pays nothing per record):
+
+* ``usage_rollup``: per bucket (an hour or a day, UTC) and per group (provider, model,
+  connection, key, status, failed, cache hit), the sums a summary shows. Any filter
+  and any breakdown can be read from it.
+* ``usage_dims``: the same sums per bucket for one dimension at a time (``total``,
+  ``model``, ``provider``, ``connection``, ``key``, ``status``, ``failed``): a few
+  rows an hour instead of one per combination, for reads with no filter (the
+  dashboard's charts, a summary by model) — a week by hour is a couple of thousand
+  rows — and for finding the hours a page of records filtered by one field lies in.
+
+A read over ``[since, until)`` (:func:`plan`) takes whole days from the daily rows,
+whole hours at the ragged ends from the hourly rows, and only the minutes the range
+cuts into an hour from the request log itself. A read grouped by hour never reads
+the daily rows. Migration 5 fills both tables from the records already there
+(:data:`BACKFILL`: the hours from the records, the days from the hours).
+
+Retention: the rows go with the records' age retention (``usage_retention_days``),
+not with the row bound (``usage_max_rows``): totals outlive the records the bound pruned.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+HOUR, DAY = 3600, 86400
+#: bucket sizes, coarsest first
+PERIODS = (DAY, HOUR)
+#: the rollup tables
+TABLES = ("usage_rollup", "usage_dims")
+
+#: the group columns of a ``usage_rollup`` row (NULL stored as '': a key must compare equal)
+GROUP_COLUMNS = ("provider", "model", "connection_id", "api_key_id", "status", "failed",
+                 "cache_hit")
+#: what a record adds to its ``usage_rollup`` group
+SUM_COLUMNS = ("requests", "tokens_in", "tokens_out", "cache_read_tokens",
+               "cache_write_tokens", "reasoning_tokens", "images", "cost_usd", "list_cost_usd",
+               "latency_ms", "timed")
+#: ``usage_dims`` also sums what ``usage_rollup`` keeps as group columns
+DIM_SUM_COLUMNS = (*SUM_COLUMNS, "errors", "cache_hits", "cache_saved_usd")
+#: a request failed: an error status, or an error class (a stream broken after its 200)
+FAILED = "(status >= 400 OR error_class IS NOT NULL)"
+#: ``usage_dims``' dimensions and what each groups request_log rows by (total: nothing);
+#: ``status`` and ``failed`` only find the hours a filtered page of records lies in
+DIMS = {"total": None, "model": "model", "provider": "provider",
+        "connection": "connection_id", "key": "api_key_id", "status": "status",
+        "failed": FAILED}
+#: the same, over usage_rollup's columns
+_ROLLUP_DIMS = {**DIMS, "failed": "failed"}
+_LISTED = "COALESCE(list_cost_usd, cost_usd, 0)"
+
+#: the sums over request_log rows, in :data:`SUM_COLUMNS` order
+_RECORD_SUMS = (
+    "COUNT(*)", "SUM(COALESCE(prompt_tokens, 0))", "SUM(COALESCE(completion_tokens, 0))",
+    "SUM(COALESCE(cached_tokens, 0))", "SUM(COALESCE(cache_write_tokens, 0))",
+    "SUM(COALESCE(reasoning_tokens, 0))", "SUM(COALESCE(images, 0))",
+    "SUM(COALESCE(cost_usd, 0))",
+    # a subscription's (or a cache hit's) list price, else what was paid
+    f"SUM({_LISTED})", "SUM(COALESCE(latency_ms, 0))", "COUNT(latency_ms)",
+)
+#: ... and the three more of :data:`DIM_SUM_COLUMNS`
+_RECORD_DIM_SUMS = (*_RECORD_SUMS, f"SUM({FAILED})", "SUM(cache_hit)",
+                    f"SUM(CASE WHEN cache_hit THEN {_LISTED} - COALESCE(cost_usd, 0) "
+                    "ELSE 0 END)")
+#: the same sums over usage_rollup rows
+_ROLLUP_DIM_SUMS = (*(f"SUM({c})" for c in SUM_COLUMNS), "SUM(failed * requests)",
+                    "SUM(cache_hit * requests)",
+                    "SUM(CASE WHEN cache_hit THEN list_cost_usd - cost_usd ELSE 0 END)")
+_RECORD_GROUPS = ("COALESCE(provider, '')", "COALESCE(model, '')",
+                  "COALESCE(connection_id, '')", "COALESCE(api_key_id, '')", "status",
+                  FAILED, "cache_hit")
+
+CREATE = [
+    f"""CREATE TABLE usage_rollup (
+    period INTEGER NOT NULL,
+    start INTEGER NOT NULL,
+    {', '.join(f'{c} TEXT NOT NULL' for c in GROUP_COLUMNS[:4])},
+    status INTEGER NOT NULL,
+    failed INTEGER NOT NULL,
+    cache_hit INTEGER NOT NULL,
+    {', '.join(f'{c} REAL NOT NULL DEFAULT 0' for c in SUM_COLUMNS)},
+    PRIMARY KEY (period, start, {', '.join(GROUP_COLUMNS)})
+) WITHOUT ROWID""",
+    f"""CREATE TABLE usage_dims (
+    period INTEGER NOT NULL,
+    dim TEXT NOT NULL,
+    start INTEGER NOT NULL,
+    value TEXT NOT NULL,
+    {', '.join(f'{c} REAL NOT NULL DEFAULT 0' for c in DIM_SUM_COLUMNS)},
+    PRIMARY KEY (period, dim, start, value)
+) WITHOUT ROWID""",
+]
+
+
+def _upsert(table: str, key: tuple[str, ...], sums: tuple[str, ...], select: str) -> str:
+    update = ", ".join(f"{c} = {c} + excluded.{c}" for c in sums)
+    return (f"INSERT INTO {table}({', '.join(key)}, {', '.join(sums)}) {select} "
+            f"ON CONFLICT({', '.join(key)}) DO UPDATE SET {update}")
+
+
+def _rollup_from_records(period: int, where: str) -> str:
+    """Add the request_log rows matching ``where`` (a WHERE clause: the upsert needs
+    one) into the ``period`` rows of usage_rollup."""
+    groups = ", ".join(str(i) for i in range(2, 3 + len(_RECORD_GROUPS)))
+    return _upsert("usage_rollup", ("period", "start", *GROUP_COLUMNS), SUM_COLUMNS,
+                   f"SELECT {period}, CAST(ts / {period} AS INTEGER) * {period}, "
+                   f"{', '.join(_RECORD_GROUPS)}, {', '.join(_RECORD_SUMS)} "
+                   f"FROM request_log {where} GROUP BY {groups}")
+
+
+def _dims_from_records(period: int, dim: str, where: str) -> str:
+    column = DIMS[dim]
+    value = f"COALESCE(CAST({column} AS TEXT), '')" if column else "''"
+    return _upsert("usage_dims", ("period", "dim", "start", "value"), DIM_SUM_COLUMNS,
+                   f"SELECT {period}, '{dim}', CAST(ts / {period} AS INTEGER) * {period}, "
+                   f"{value}, {', '.join(_RECORD_DIM_SUMS)} FROM request_log {where} "
+                   "GROUP BY 3, 4")
+
+
+def _days_from_hours() -> str:
+    return _upsert("usage_rollup", ("period", "start", *GROUP_COLUMNS), SUM_COLUMNS,
+                   f"SELECT {DAY}, CAST(start / {DAY} AS INTEGER) * {DAY}, "
+                   f"{', '.join(GROUP_COLUMNS)}, {', '.join(f'SUM({c})' for c in SUM_COLUMNS)} "
+                   f"FROM usage_rollup WHERE period = {HOUR} "
+                   f"GROUP BY 2, {', '.join(GROUP_COLUMNS)}")
+
+
+def _dims_from_rollup(dim: str) -> str:
+    column = _ROLLUP_DIMS[dim]
+    value = f"CAST({column} AS TEXT)" if column else "''"
+    return _upsert("usage_dims", ("period", "dim", "start", "value"), DIM_SUM_COLUMNS,
+                   f"SELECT period, '{dim}', start, {value}, "
+                   f"{', '.join(_ROLLUP_DIM_SUMS)} FROM usage_rollup WHERE true "
+                   "GROUP BY 1, 3, 4")
+
+
+#: the writer's statements: add the records with ``id > ?`` (what this transaction wrote)
+FOLD = [_rollup_from_records(period, "WHERE id > ?") for period in PERIODS] + [
+    _dims_from_records(period, dim, "WHERE id > ?") for period in PERIODS for dim in DIMS]
+#: migration 5, and anyone who wrote records without the writer: (re)build both tables
+#: from the records (the tables must be empty)
+BACKFILL = [_rollup_from_records(HOUR, "WHERE true"), _days_from_hours(),
+            *(_dims_from_rollup(dim) for dim in DIMS)]
+
+
+@dataclass(frozen=True, slots=True)
+class Segment:
+    """A stretch of a read: ``[since, until)`` from the ``period`` rollup rows, or from
+    the request log itself when ``period`` is None."""
+
+    since: float
+    until: float
+    period: int | None
+
+
+def plan(since: float, until: float, periods: tuple[int, ...] = PERIODS) -> list[Segment]:
+    """Cover ``[since, until)`` with the coarsest whole buckets ``periods`` allow, and
+    the request log where the range cuts into the finest one; in time order."""
+    if since >= until:
+        return []
+    if not periods:
+        return [Segment(since, until, None)]
+    size, finer = periods[0], periods[1:]
+    first = math.ceil(since / size) * size
+    last = math.floor(until / size) * size
+    if first >= last:
+        return plan(since, until, finer)
+    return [*plan(since, first, finer), Segment(first, last, size), *plan(last, until, finer)]

@@ -1,0 +1,306 @@
+"""The dashboard in a real browser: Debian's Chromium driven by Playwright for Python.
+
+Covers signing in, adding a provider (tested first), creating a key (shown once, then
+only its prefix), building a combo (with the API's validation message shown beside the
+step), a request sent through the gateway then seen in the request log and in the usage
+chart, API errors shown in the page, a state change without the CSRF token refused,
+the "not available" states of routes other branches add, keyboard use, the dark theme,
+and every page at 1280 and 390 px wide (no sideways scrolling). Each page's screenshot
+is saved under ``.artifacts/dashboard/`` (``OMNIROUTE_ARTIFACTS`` overrides), at both
+widths. The ``chromium_path`` fixture (``tests/conftest.py``) installs Chromium with
+apt-get when it is missing, or skips these tests saying what is missing.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+pytestmark = pytest.mark.browser
+
+PASSWORD = "test-password-123"
+ARTIFACTS = Path(os.environ.get("OMNIROUTE_ARTIFACTS")
+                 or Path(__file__).resolve().parent.parent / ".artifacts") / "dashboard"
+VIEWS = {"overview": "Overview", "providers": "Providers and accounts", "keys": "API keys",
+         "models": "Models", "usage": "Usage and cost", "requests": "Request log",
+         "cache": "Response cache", "resilience": "Resilience", "settings": "Settings",
+         "cli-tools": "CLI tools"}
+WIDTHS = (1280, 390)
+
+
+@pytest.fixture
+async def browser(chromium_path: str) -> AsyncIterator[Any]:
+    from playwright.async_api import async_playwright
+
+    async with async_playwright() as pw:
+        launched = await pw.chromium.launch(executable_path=chromium_path)
+        try:
+            yield launched
+        finally:
+            await launched.close()
+
+
+class Tab:
+    """A page and the uncaught script errors it raised."""
+
+    def __init__(self, page: Any) -> None:
+        self.page = page
+        self.errors: list[str] = []
+        page.on("pageerror", lambda exc: self.errors.append(str(exc)))
+
+
+async def open_tab(browser: Any, width: int = 1280, scheme: str = "light") -> Tab:
+    context = await browser.new_context(viewport={"width": width, "height": 900},
+                                        color_scheme=scheme)
+    context.set_default_timeout(10_000)
+    return Tab(await context.new_page())
+
+
+async def sign_in(tab: Tab, base: str) -> None:
+    page = tab.page
+    await page.goto(f"{base}/dashboard")
+    await page.fill("input[name=password]", PASSWORD)
+    await page.click("form button[type=submit]")
+    await page.wait_for_selector("[data-page=overview] h1")
+
+
+async def show(tab: Tab, base: str, view: str) -> None:
+    await tab.page.goto(f"{base}/dashboard/{view}")
+    await tab.page.wait_for_selector(f"[data-page='{view}'] h1:text('{VIEWS[view]}')")
+
+
+async def screenshot(tab: Tab, name: str) -> None:
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    await tab.page.wait_for_timeout(150)  # charts draw on the next frame
+    await tab.page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
+
+
+# ----------------------------------------------------------------------------- the main path
+
+async def test_sign_in_provider_key_combo_request_log_and_chart(gw: Any, browser: Any) -> None:
+    base = gw.base_url
+    tab = await open_tab(browser)
+    page = tab.page
+
+    # a browser asking for / is sent to the dashboard, which asks for the password
+    await page.goto(f"{base}/")
+    assert page.url == f"{base}/dashboard"
+    await page.fill("input[name=password]", "not-the-password")
+    await page.click("form button[type=submit]")
+    await page.wait_for_selector(".error-box:text('Wrong password.')")  # the API's own message
+    await screenshot(tab, "login-1280")
+    await page.fill("input[name=password]", PASSWORD)
+    await page.click("form button[type=submit]")
+    await page.wait_for_selector("[data-page=overview] h1")
+    assert "omniroute_session" not in await page.evaluate("document.cookie")  # HttpOnly
+
+    # add a provider from the dialog: a bad prefix is refused in the API's words, then a
+    # test of the connection, then the account in the table
+    await show(tab, base, "providers")
+    await page.click("button:text('Add provider')")
+    dialog = page.locator("dialog")
+    await dialog.locator("select[name=service]").select_option("type:openai")
+    await dialog.locator("input[name=name]").fill("browser-added")
+    await dialog.locator("input[name=prefix]").fill("bad/prefix")
+    await dialog.locator("input[name=base_url]").fill(gw.fake.base_url)
+    await dialog.locator("input[name=api_key]").fill("sk-upstream-test")
+    await dialog.locator("button[type=submit]").click()
+    await dialog.locator(".error-box:text('prefix must be')").wait_for()
+    assert await dialog.locator("input[name=prefix]").get_attribute("aria-invalid") == "true"
+    await dialog.locator("input[name=prefix]").fill("br")
+    await dialog.locator("button:text('Test connection')").click()
+    await dialog.locator(".success-box:text('It works')").wait_for()
+    await dialog.locator("button[type=submit]").click()
+    await page.wait_for_selector("dialog", state="detached")
+    await page.wait_for_selector("td:has-text('browser-added')")
+    assert any(c["name"] == "browser-added" and c["prefix"] == "br"
+               for c in (await (await gw.client.get("/api/providers", headers=gw.admin_headers))
+                         .json())["providers"])
+    await screenshot(tab, "providers-added-1280")
+
+    # create a key: shown once, then only its prefix
+    await show(tab, base, "keys")
+    await page.click("button:text('Create key')")
+    await page.fill("dialog input[name=name]", "browser-key")
+    await page.fill("dialog input[name=daily_usd]", "5")
+    await page.click("dialog button[type=submit]")
+    secret = (await page.locator("dialog code[data-secret]").inner_text()).strip()
+    assert secret.startswith("sk-") and len(secret) > 30
+    await screenshot(tab, "key-shown-once-1280")
+    await page.click("dialog button:text('I stored it')")
+    await page.wait_for_selector("dialog", state="detached")
+    row = page.locator("tr", has_text="browser-key")
+    prefix = (await row.locator("code[data-key-prefix]").inner_text()).rstrip("…")
+    assert secret.startswith(prefix) and len(prefix) < len(secret) / 2
+    assert secret not in await page.content()
+    await page.reload()
+    await page.wait_for_selector("td:has-text('browser-key')")
+    assert secret not in await page.content()
+
+    # build a combo: a step that does not resolve is refused beside that step; reorder
+    await show(tab, base, "models")
+    await page.click("button:text('New combo')")
+    await page.fill("input[name=combo-name]", "duo")
+    await page.fill("input[data-step='1']", "up/gpt-4o-mini")
+    await page.fill("input[data-step='2']", "nowhere/model-x")
+    await page.click("button:text('Create combo')")
+    invalid = page.locator("li.step[aria-invalid=true]")
+    await invalid.locator(".field-error:text('step 2')").wait_for()
+    assert await invalid.get_attribute("data-index") == "2"
+    await page.fill("input[data-step='2']", "up/gpt-4o")
+    await page.click("button[aria-label='Move step 2 up']")
+    assert await page.input_value("input[data-step='1']") == "up/gpt-4o"
+    await page.click("button:text('Create combo')")
+    await page.wait_for_selector("td code:text('duo')")
+    combos = (await (await gw.client.get("/api/combos", headers=gw.admin_headers)).json())
+    assert [c["steps"] for c in combos["combos"] if c["name"] == "duo"] == [
+        ["up/gpt-4o", "up/gpt-4o-mini"]]
+    await screenshot(tab, "combo-built-1280")
+
+    # a request through the gateway with the new key, on the combo
+    async with aiohttp.ClientSession() as http, http.post(
+            f"{base}/v1/chat/completions", headers={"Authorization": f"Bearer {secret}"},
+            json={"model": "duo", "messages": [{"role": "user", "content": "hi"}]}) as resp:
+        assert resp.status == 200, await resp.text()
+
+    # ... in the request log, with its attempt
+    await show(tab, base, "requests")
+    await page.wait_for_selector("td .cell-main:text('duo')")
+    await page.click("td .cell-main:text('duo')")
+    detail = page.locator("dialog")
+    await detail.locator("ol.attempts li").first.wait_for()
+    assert "up/gpt-4o" in await detail.locator("ol.attempts").inner_text()
+    await screenshot(tab, "request-detail-1280")
+    await page.keyboard.press("Escape")
+    await page.wait_for_selector("dialog", state="detached")
+
+    # ... and in the usage chart (a line for its model) and table
+    await show(tab, base, "usage")
+    await page.wait_for_selector(".chart svg path.line")
+    assert await page.locator("table td .cell-main:text-is('gpt-4o')").count() == 1
+    legend = await page.locator(".legend").inner_text()
+    assert "gpt-4o" in legend
+    assert tab.errors == []
+
+
+async def test_a_state_change_without_the_csrf_token_is_refused(gw: Any, browser: Any) -> None:
+    tab = await open_tab(browser)
+    await sign_in(tab, gw.base_url)
+    script = """async ([withToken]) => {
+        const session = await (await fetch('/api/auth/session')).json();
+        const headers = {'Content-Type': 'application/json'};
+        if (withToken) headers['X-CSRF-Token'] = session.csrf_token;
+        const r = await fetch('/api/settings', {method: 'PATCH', headers,
+                                                body: JSON.stringify({max_attempts: 3})});
+        return [r.status, await r.json()];
+    }"""
+    status, body = await tab.page.evaluate(script, [False])
+    assert status == 403 and body["error"]["code"] == "csrf_token_invalid"
+    assert gw.catalog.settings.max_attempts != 3
+    status, body = await tab.page.evaluate(script, [True])
+    assert status == 200 and gw.catalog.settings.max_attempts == 3
+
+
+async def test_the_settings_page_shows_every_setting_and_the_api_refusal(
+        gw: Any, browser: Any) -> None:
+    tab = await open_tab(browser)
+    page = tab.page
+    await sign_in(tab, gw.base_url)
+    await show(tab, gw.base_url, "settings")
+    names = await page.locator(".setting").evaluate_all("els => els.map(e => e.dataset.name)")
+    assert set(names) == set(gw.catalog.settings.as_dict())
+    hedge = page.locator(".setting[data-name=hedge_floor]")
+    assert re.search(r"default 2\b", await hedge.inner_text())
+    await page.fill("#setting-max_attempts", "0")
+    await page.click("button:text('Save changes')")
+    error = page.locator(".setting[data-name=max_attempts] .field-error")
+    await error.wait_for()
+    assert "max_attempts" in await error.inner_text()
+    await page.fill("#setting-max_attempts", "4")
+    await page.click("button:text('Save changes')")
+    await page.wait_for_selector(".toast:text('Saved 1 setting')")
+    assert gw.catalog.settings.max_attempts == 4
+
+
+async def test_routes_of_other_branches_show_not_available(gw: Any, browser: Any) -> None:
+    """CLI tools (/api/cli-tools) and subscription sign-in (/api/oauth/...) come with
+    other work; until then their places say so instead of failing."""
+    tab = await open_tab(browser)
+    page = tab.page
+    await sign_in(tab, gw.base_url)
+    await show(tab, gw.base_url, "cli-tools")
+    await page.wait_for_selector("[data-unavailable]:has-text('not available')")
+    await show(tab, gw.base_url, "providers")
+    await page.click("button[data-service=claude]")
+    await page.wait_for_selector("[data-unavailable]:has-text('not available')")
+    assert tab.errors == []
+
+
+async def test_require_login_off_opens_the_dashboard_on_this_machine(
+        gw: Any, browser: Any) -> None:
+    await gw.set_settings(require_login=False)
+    tab = await open_tab(browser)
+    await tab.page.goto(f"{gw.base_url}/dashboard/keys")
+    await tab.page.wait_for_selector("[data-page=keys] h1")
+    assert await tab.page.locator("input[name=password]").count() == 0
+
+
+@pytest.mark.parametrize("width", WIDTHS)
+async def test_every_page_at_both_widths(gw: Any, browser: Any, width: int) -> None:
+    """Each page renders with its data, fits the width (no sideways scrolling), raises
+    no script error, and is saved as a screenshot; keyboard navigation and the dark
+    theme work."""
+    async with aiohttp.ClientSession() as http:  # something to show
+        for model in ("up/gpt-4o-mini", "up/gpt-4o", "up/nope"):
+            await http.post(f"{gw.base_url}/v1/chat/completions",
+                            json={"model": model, "messages": [{"role": "user", "content": "hi"}]})
+    tab = await open_tab(browser, width)
+    page = tab.page
+    await sign_in(tab, gw.base_url)
+    for view in VIEWS:
+        await show(tab, gw.base_url, view)
+        await page.wait_for_load_state("networkidle")
+        overflow = await page.evaluate(
+            "document.documentElement.scrollWidth - document.documentElement.clientWidth")
+        assert overflow <= 1, f"{view} scrolls sideways by {overflow}px at {width}px"
+        await screenshot(tab, f"{view}-{width}")
+    # keyboard: the navigation is links; Enter on one opens its page
+    await show(tab, gw.base_url, "overview")
+    if width < 760:
+        await page.focus("#nav-toggle")
+        await page.keyboard.press("Enter")
+    await page.focus("nav a[data-view=keys]")
+    await page.keyboard.press("Enter")
+    await page.wait_for_selector("[data-page=keys] h1")
+    assert page.url.endswith("/dashboard/keys")
+    # a dialog takes the focus and Escape closes it
+    await page.click("button:text('Create key')")
+    assert await page.evaluate("document.activeElement.name") == "name"
+    await page.keyboard.press("Escape")
+    await page.wait_for_selector("dialog", state="detached")
+    # the theme toggle: system -> light -> dark, remembered across loads
+    await page.click("#theme-toggle")
+    await page.click("#theme-toggle")
+    assert await page.get_attribute("html", "data-theme") == "dark"
+    await show(tab, gw.base_url, "overview")
+    assert await page.get_attribute("html", "data-theme") == "dark"
+    await screenshot(tab, f"overview-dark-{width}")
+    assert tab.errors == []
+
+
+async def test_the_page_loads_nothing_from_another_host(gw: Any, browser: Any) -> None:
+    tab = await open_tab(browser)
+    requested: list[str] = []
+    tab.page.on("request", lambda request: requested.append(request.url))
+    await sign_in(tab, gw.base_url)
+    for view in VIEWS:
+        await show(tab, gw.base_url, view)
+    others = [url for url in requested if not url.startswith(gw.base_url + "/")]
+    assert others == []
+    assert any(re.search(r"/dashboard/assets/js/pages/usage\.js$", u) for u in requested)
