@@ -2,8 +2,9 @@
 
 Two tables, both written by the request log's writer in the same transaction as the
 records (:meth:`RequestLog.also <omniroute.storage.requestlog.RequestLog.also>` runs
-:data:`FOLD`: ``INSERT ... SELECT ... GROUP BY`` over the rows the transaction just
-wrote, inside SQLite, so the event loop pays nothing per record):
+:data:`FOLD`: the rows the transaction just wrote are summed once, by hour and group,
+into a scratch table, and every table's hourly and daily rows are added from it; all
+inside SQLite, in its thread, so the event loop pays nothing per record):
 
 * ``usage_rollup``: per bucket (an hour or a day, UTC) and per group (provider, model,
   connection, key, status, failed, cache hit), the sums a summary shows. Any filter
