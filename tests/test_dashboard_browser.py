@@ -304,3 +304,15 @@ async def test_the_page_loads_nothing_from_another_host(gw: Any, browser: Any) -
     others = [url for url in requested if not url.startswith(gw.base_url + "/")]
     assert others == []
     assert any(re.search(r"/dashboard/assets/js/pages/usage\.js$", u) for u in requested)
+
+
+async def test_the_dashboard_opens_in_under_a_second(gw: Any, browser: Any) -> None:
+    """From the navigation's start to the overview showing its numbers (signed in)."""
+    tab = await open_tab(browser)
+    await sign_in(tab, gw.base_url)
+    timings = []
+    for _ in range(3):
+        await tab.page.goto(f"{gw.base_url}/dashboard/overview")
+        await tab.page.wait_for_selector("[data-page=overview] .kpi .value")
+        timings.append(await tab.page.evaluate("performance.now()"))
+    assert min(timings) < 1000, timings

@@ -131,7 +131,7 @@ class RequestLog(BufferedLog[RequestRecord]):
 
     async def also(self) -> None:
         for statement in rollup.FOLD:  # this transaction's records into the totals
-            await self.db.execute(statement, (self._before,))
+            await self.db.execute(statement, (self._before,) if "?" in statement else ())
         used, self._key_use = self._key_use, {}
         self._used.update(used)
         if used:

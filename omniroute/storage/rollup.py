@@ -2,8 +2,9 @@
 
 Two tables, both written by the request log's writer in the same transaction as the
 records (:meth:`RequestLog.also <omniroute.storage.requestlog.RequestLog.also>` runs
-:data:`FOLD`: ``INSERT ... SELECT ... GROUP BY`` over the rows the transaction just
-wrote, inside SQLite, so the event loop pays nothing per record):
+:data:`FOLD`: the rows the transaction just wrote are summed once, by hour and group,
+into a scratch table, and every table's hourly and daily rows are added from it; all
+inside SQLite, in its thread, so the event loop pays nothing per record):
 
 * ``usage_rollup``: per bucket (an hour or a day, UTC) and per group (provider, model,
   connection, key, status, failed, cache hit), the sums a summary shows. Any filter
@@ -104,23 +105,48 @@ def _upsert(table: str, key: tuple[str, ...], sums: tuple[str, ...], select: str
             f"ON CONFLICT({', '.join(key)}) DO UPDATE SET {update}")
 
 
-def _rollup_from_records(period: int, where: str) -> str:
+_PERIODS_TABLE = f"(SELECT {HOUR} AS period UNION ALL SELECT {DAY})"
+#: the writer's scratch table: one transaction's records summed by hour and group
+_BATCH = "temp.usage_batch"
+
+
+def _rollup_from_records(where: str) -> str:
     """Add the request_log rows matching ``where`` (a WHERE clause: the upsert needs
-    one) into the ``period`` rows of usage_rollup."""
+    one) into usage_rollup's hourly rows."""
     groups = ", ".join(str(i) for i in range(2, 3 + len(_RECORD_GROUPS)))
     return _upsert("usage_rollup", ("period", "start", *GROUP_COLUMNS), SUM_COLUMNS,
-                   f"SELECT {period}, CAST(ts / {period} AS INTEGER) * {period}, "
+                   f"SELECT {HOUR}, CAST(ts / {HOUR} AS INTEGER) * {HOUR}, "
                    f"{', '.join(_RECORD_GROUPS)}, {', '.join(_RECORD_SUMS)} "
                    f"FROM request_log {where} GROUP BY {groups}")
 
 
-def _dims_from_records(period: int, dim: str, where: str) -> str:
-    column = DIMS[dim]
-    value = f"COALESCE(CAST({column} AS TEXT), '')" if column else "''"
-    return _upsert("usage_dims", ("period", "dim", "start", "value"), DIM_SUM_COLUMNS,
-                   f"SELECT {period}, '{dim}', CAST(ts / {period} AS INTEGER) * {period}, "
-                   f"{value}, {', '.join(_RECORD_DIM_SUMS)} FROM request_log {where} "
-                   "GROUP BY 3, 4")
+def _batch_statements() -> list[str]:
+    """The writer's fold: the transaction's records (``id > ?``) are read once into the
+    scratch table, by hour and group; the hourly and daily rollup rows and every
+    dimension's rows are added from its few rows."""
+    columns = ("start", *GROUP_COLUMNS, *DIM_SUM_COLUMNS)
+    sums = ", ".join(f"SUM({c})" for c in DIM_SUM_COLUMNS)
+    groups = ", ".join(str(i) for i in range(1, 2 + len(_RECORD_GROUPS)))
+    value = "CASE d.dim " + " ".join(
+        f"WHEN '{dim}' THEN CAST({column} AS TEXT)"
+        for dim, column in _ROLLUP_DIMS.items() if column) + " ELSE '' END"
+    dims = " UNION ALL ".join(f"SELECT '{dim}' AS dim" for dim in DIMS)
+    return [
+        f"CREATE TEMP TABLE IF NOT EXISTS usage_batch ({', '.join(columns)})",
+        f"DELETE FROM {_BATCH}",
+        f"INSERT INTO {_BATCH} SELECT CAST(ts / {HOUR} AS INTEGER) * {HOUR}, "
+        f"{', '.join(_RECORD_GROUPS)}, {', '.join(_RECORD_DIM_SUMS)} "
+        f"FROM request_log WHERE id > ? GROUP BY {groups}",
+        *(_upsert("usage_rollup", ("period", "start", *GROUP_COLUMNS), SUM_COLUMNS,
+                  f"SELECT {period}, CAST(start / {period} AS INTEGER) * {period}, "
+                  f"{', '.join(GROUP_COLUMNS)}, {', '.join(f'SUM({c})' for c in SUM_COLUMNS)} "
+                  f"FROM {_BATCH} WHERE true GROUP BY 2, {', '.join(GROUP_COLUMNS)}")
+          for period in PERIODS),
+        _upsert("usage_dims", ("period", "dim", "start", "value"), DIM_SUM_COLUMNS,
+                f"SELECT p.period, d.dim, CAST(start / p.period AS INTEGER) * p.period, "
+                f"{value}, {sums} FROM {_BATCH}, {_PERIODS_TABLE} AS p, ({dims}) AS d "
+                "WHERE true GROUP BY 1, 2, 3, 4"),
+    ]
 
 
 def _days_from_hours() -> str:
@@ -140,12 +166,13 @@ def _dims_from_rollup(dim: str) -> str:
                    "GROUP BY 1, 3, 4")
 
 
-#: the writer's statements: add the records with ``id > ?`` (what this transaction wrote)
-FOLD = [_rollup_from_records(period, "WHERE id > ?") for period in PERIODS] + [
-    _dims_from_records(period, dim, "WHERE id > ?") for period in PERIODS for dim in DIMS]
+#: the writer's statements, in order; the one with a parameter takes the largest record
+#: id before this transaction's (it adds the records after it)
+FOLD = _batch_statements()
 #: migration 5, and anyone who wrote records without the writer: (re)build both tables
-#: from the records (the tables must be empty)
-BACKFILL = [_rollup_from_records(HOUR, "WHERE true"), _days_from_hours(),
+#: from the records (the tables must be empty): the hours from the records, the days
+#: from the hours, each dimension from the rollup
+BACKFILL = [_rollup_from_records("WHERE true"), _days_from_hours(),
             *(_dims_from_rollup(dim) for dim in DIMS)]
 
 

@@ -99,12 +99,13 @@ async def usage_summary(request: web.Request) -> web.Response:
 
 
 async def usage_series(request: web.Request) -> web.Response:
-    """``by`` (model, provider, key, connection), ``metric`` (requests, cost_usd,
+    """``by`` (model, the default, provider, key, connection), ``metric`` (requests, cost_usd,
     tokens_in, ... see :data:`~omniroute.storage.usage.SERIES_METRICS`), ``bucket``
     (hour or day), ``top`` (lines kept, 1-20; the rest are one ``other`` line) and the
     summary's filters."""
     where, bucket = _filter(request), _bucket(request)
-    by = _by(request, ("model", "provider", "key", "connection"))
+    by = _by(request, ("model", "provider", "key", "connection")) if request.query.get(
+        "by") else ["model"]
     if len(by) != 1:
         raise InvalidRequest("'by' takes one of model, provider, key, connection.", param="by")
     metric = request.query.get("metric", "requests")
