@@ -228,17 +228,15 @@ async def test_the_settings_page_shows_every_setting_and_the_api_refusal(
     assert gw.catalog.settings.max_attempts == 4
 
 
-async def test_routes_of_other_branches_show_not_available(gw: Any, browser: Any) -> None:
-    """CLI tools (/api/cli-tools) and subscription sign-in (/api/oauth/...) come with
-    other work; until then their places say so instead of failing."""
+async def test_cli_tools_and_sign_in_use_their_routes(gw: Any, browser: Any) -> None:
+    """CLI tools (/api/cli-tools) and subscription sign-in (/api/oauth/...) have landed:
+    their places show the detected tools and the service's sign-in, not 'not available'."""
     tab = await open_tab(browser)
     page = tab.page
     await sign_in(tab, gw.base_url)
     await show(tab, gw.base_url, "cli-tools")
-    await page.wait_for_selector("[data-unavailable]:has-text('not available')")
-    await show(tab, gw.base_url, "providers")
-    await page.click("button[data-service=claude]")
-    await page.wait_for_selector("[data-unavailable]:has-text('not available')")
+    await page.wait_for_selector("table:has-text('Claude Code')")
+    assert await page.locator("[data-unavailable]").count() == 0
     assert tab.errors == []
 
 
