@@ -225,7 +225,7 @@ class Refresher:
                     if stored is not None and stored != conn.credentials:
                         log.info("credentials of %s were renewed elsewhere; taking them up "
                                  "instead of renewing the stale ones", conn.name)
-                        return bool(await provider.adopt_credentials(stored))
+                        return await self._adopt(provider, stored)
                 if held is False:
                     return False  # the other renewal stored nothing new: it failed
                 ok = bool(await provider.refresh_credentials())
@@ -249,6 +249,18 @@ class Refresher:
                 self.lock.release(conn.id)
         log.info("credentials of %s %s", conn.name, "renewed" if ok else "not renewed")
         return ok
+
+    @staticmethod
+    async def _adopt(provider: Provider, stored: Mapping[str, Any]) -> bool:
+        """Hand ``stored`` to the provider; when it takes them up, its credentials are
+        new ones for the retry check (``sent_with``), whether or not its override of
+        :meth:`~omniroute.providers.base.Provider.adopt_credentials` counted them."""
+        before = provider.credentials_generation
+        if not await provider.adopt_credentials(stored):
+            return False
+        if provider.credentials_generation == before:
+            provider.credentials_generation += 1
+        return True
 
     async def close(self, grace: float = 5.0) -> None:
         """Shutting down: let renewals under way finish for up to ``grace`` seconds (a

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
@@ -292,6 +293,31 @@ async def test_credentials_renewed_elsewhere_are_not_renewed_again(
     await store.save("conn_oauth", {"access_token": "at-other", "refresh_token": "rt-other"})
     assert await Refresher(store).refresh(provider) is False
     assert provider.calls == 0
+
+
+class AdoptingOAuth(CountingOAuth):
+    """Takes up what another process stored, the way a third-party type might: by
+    setting its credentials, without counting them as new."""
+
+    async def adopt_credentials(self, credentials: Mapping[str, Any]) -> bool:
+        self.connection.credentials = dict(credentials)
+        self.headers = {"Authorization": f"Bearer {credentials['access_token']}"}
+        return True
+
+
+async def test_a_401_is_retried_with_credentials_another_process_renewed(
+    context: ProviderContext,
+) -> None:
+    """The refused call carried the old generation; the adopted set is a new one, so
+    the call is retried with it (a shared-state instance would otherwise answer 401)."""
+    provider = AdoptingOAuth(connection(), context)
+    store = MemoryCredentials()
+    await store.save("conn_oauth", {"access_token": "at-other", "refresh_token": "rt-other"})
+    sent_with = provider.credentials_generation
+    assert await Refresher(store).refresh(provider, sent_with=sent_with) is True
+    assert provider.calls == 0
+    assert provider.credentials_generation != sent_with
+    assert provider.headers == {"Authorization": "Bearer at-other"}
 
 
 # ------------------------------------------------------------------ kept in the database
