@@ -81,7 +81,8 @@ async def test_two_workers_one_exposition(tmp_path: Path, fake_openai: Any) -> N
         async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as admin:
             resp = await admin.post(base + "/api/auth/login", json={"password": PASSWORD})
             assert resp.status == 200, await resp.text()
-            resp = await admin.post(base + "/api/providers", json={
+            csrf = {"X-CSRF-Token": (await resp.json())["csrf_token"]}
+            resp = await admin.post(base + "/api/providers", headers=csrf, json={
                 "type": "openai", "name": "fake", "prefix": "up",
                 "base_url": fake_openai.base_url, "api_key": "sk-upstream-test"})
             assert resp.status == 201, await resp.text()
