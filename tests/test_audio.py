@@ -249,6 +249,8 @@ async def test_speech_streams_before_the_upstream_finished(gw: Any, sdk: Any) ->
     assert record["endpoint"] == "audio.speech" and record["status"] == 200
     assert record["characters"] == len("Say this out loud.") and record["stream"]
     assert record["cost_usd"] == pytest.approx(len("Say this out loud.") * 15 / 1e6)
+    totals = (await admin(gw, "GET", "/api/usage/summary"))["totals"]
+    assert totals["characters"] == len("Say this out loud.")
 
 
 async def test_speech_gets_no_progress_frames(gw: Any) -> None:
@@ -356,6 +358,8 @@ async def test_transcription_cost_from_genai_prices_and_from_an_override(
     assert record["cost_usd"] == pytest.approx(2.5 * 0.0043 / 60)
     view = await admin(gw, "GET", f"/api/pricing?model={NOVA}")
     assert view["targets"][0]["per_second"] == pytest.approx(0.0043 / 60)
+    totals = (await admin(gw, "GET", "/api/usage/summary"))["totals"]
+    assert totals["audio_seconds"] == pytest.approx(3 + 2.5 + 2.5)  # billed, then measured
 
 
 async def test_token_billed_transcription_records_its_tokens(gw: Any, sdk: Any) -> None:

@@ -19,9 +19,9 @@ DAY, HOUR = 86400.0, 3600.0
 #: midnight UTC, 2024-05-01
 T0 = 1714521600.0
 FIELDS = ("requests", "errors", "tokens_in", "tokens_out", "cache_read_tokens",
-          "cache_write_tokens", "reasoning_tokens", "cost_usd", "list_cost_usd",
-          "saved_usd", "saved_by_cache_usd", "saved_by_subscription_usd", "cache_hits",
-          "avg_latency_ms")
+          "cache_write_tokens", "reasoning_tokens", "images", "audio_seconds", "characters",
+          "cost_usd", "list_cost_usd", "saved_usd", "saved_by_cache_usd",
+          "saved_by_subscription_usd", "cache_hits", "avg_latency_ms")
 
 
 def make_records(n: int, seed: int = 7) -> list[RequestRecord]:
@@ -42,6 +42,9 @@ def make_records(n: int, seed: int = 7) -> list[RequestRecord]:
             prompt_tokens=rng.choice([None, rng.randrange(1000)]),
             completion_tokens=rng.randrange(100), cached_tokens=rng.randrange(10),
             cache_write_tokens=rng.choice([None, 3]), reasoning_tokens=rng.randrange(5),
+            images=rng.choice([None, None, 1, 4]),
+            audio_seconds=rng.choice([None, None, round(rng.random() * 30, 3)]),
+            characters=rng.choice([None, None, rng.randrange(2000)]),
             latency_ms=rng.choice([None, float(rng.randrange(1, 900))]),
             cost_usd=0.0 if (sub or hit) else cost,
             list_cost_usd=round(rng.random() / 50, 6) if (sub or hit) else None,
@@ -74,6 +77,9 @@ def expected(records: list[RequestRecord], where: UsageFilter) -> dict[str, Any]
         "cache_read_tokens": sum(r.cached_tokens or 0 for r in chosen),
         "cache_write_tokens": sum(r.cache_write_tokens or 0 for r in chosen),
         "reasoning_tokens": sum(r.reasoning_tokens or 0 for r in chosen),
+        "images": sum(r.images or 0 for r in chosen),
+        "audio_seconds": sum(r.audio_seconds or 0 for r in chosen),
+        "characters": sum(r.characters or 0 for r in chosen),
         "cost_usd": cost, "list_cost_usd": listed, "saved_usd": listed - cost,
         "saved_by_cache_usd": by_cache, "saved_by_subscription_usd": listed - cost - by_cache,
         "cache_hits": sum(r.cache_hit for r in chosen),
@@ -189,11 +195,17 @@ async def test_a_failed_batch_leaves_no_totals(db: Database) -> None:
     assert (await db.fetchone("SELECT SUM(requests) FROM usage_rollup WHERE period = 3600"))[0] == 1
 
 
-async def test_the_migration_fills_the_totals_from_existing_records(tmp_path: Path) -> None:
+@pytest.mark.parametrize("after", [0, 1], ids=["before-the-totals", "with-the-totals"])
+async def test_the_migration_fills_the_totals_from_existing_records(
+        tmp_path: Path, after: int) -> None:
+    """From a database before migration 7 (no totals) and one at 7 (totals without audio
+    seconds and characters; 8 remakes them): the totals agree with the records."""
     path = tmp_path / "old.sqlite3"
     before = next(i for i, step in enumerate(MIGRATIONS) if rollup.CREATE[0] in step)
-    old = await Database.open(path, migrations=MIGRATIONS[:before])  # all before the totals
+    assert before < len(MIGRATIONS) - 1  # 7 makes the totals, 8 remakes them
+    old = await Database.open(path, migrations=MIGRATIONS[:before + after])
     records = make_records(500, seed=11)
+    # written as an old gateway's writer would: records only (the totals, if any, stale)
     await old.executemany(RequestLog.insert, [RequestLog.row(r) for r in records])
     await old.close()
     db = await Database.open(path)

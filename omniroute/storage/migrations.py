@@ -179,6 +179,16 @@ MIGRATIONS: list[list[str]] = [
         *rollup.CREATE,
         *rollup.BACKFILL,
     ],
+    # 8: the totals also sum audio seconds and speech characters (issue 11). Migration 7
+    # builds the tables in their current shape, so this one rebuilds them whole rather
+    # than adding columns: a database at 6 gets 7's tables already with the new
+    # columns, one at 7 has the old shape; both end the same, refilled from the records
+    [
+        """DROP TABLE usage_dims""",
+        """DROP TABLE usage_rollup""",
+        *rollup.CREATE,
+        *rollup.BACKFILL,
+    ],
 ]
 
 LATEST = len(MIGRATIONS)

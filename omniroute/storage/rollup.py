@@ -18,7 +18,7 @@ inside SQLite, in its thread, so the event loop pays nothing per record):
 A read over ``[since, until)`` (:func:`plan`) takes whole days from the daily rows,
 whole hours at the ragged ends from the hourly rows, and only the minutes the range
 cuts into an hour from the request log itself. A read grouped by hour never reads
-the daily rows. Migration 5 fills both tables from the records already there
+the daily rows. Migration 7 fills both tables from the records already there
 (:data:`BACKFILL`: the hours from the records, the days from the hours).
 
 Retention: the rows go with the records' age retention (``usage_retention_days``),
@@ -41,8 +41,8 @@ GROUP_COLUMNS = ("provider", "model", "connection_id", "api_key_id", "status", "
                  "cache_hit")
 #: what a record adds to its ``usage_rollup`` group
 SUM_COLUMNS = ("requests", "tokens_in", "tokens_out", "cache_read_tokens",
-               "cache_write_tokens", "reasoning_tokens", "images", "cost_usd", "list_cost_usd",
-               "latency_ms", "timed")
+               "cache_write_tokens", "reasoning_tokens", "images", "audio_seconds",
+               "characters", "cost_usd", "list_cost_usd", "latency_ms", "timed")
 #: ``usage_dims`` also sums what ``usage_rollup`` keeps as group columns
 DIM_SUM_COLUMNS = (*SUM_COLUMNS, "errors", "cache_hits", "cache_saved_usd")
 #: a request failed: an error status, or an error class (a stream broken after its 200)
@@ -61,6 +61,7 @@ _RECORD_SUMS = (
     "COUNT(*)", "SUM(COALESCE(prompt_tokens, 0))", "SUM(COALESCE(completion_tokens, 0))",
     "SUM(COALESCE(cached_tokens, 0))", "SUM(COALESCE(cache_write_tokens, 0))",
     "SUM(COALESCE(reasoning_tokens, 0))", "SUM(COALESCE(images, 0))",
+    "SUM(COALESCE(audio_seconds, 0))", "SUM(COALESCE(characters, 0))",
     "SUM(COALESCE(cost_usd, 0))",
     # a subscription's (or a cache hit's) list price, else what was paid
     f"SUM({_LISTED})", "SUM(COALESCE(latency_ms, 0))", "COUNT(latency_ms)",
@@ -169,7 +170,7 @@ def _dims_from_rollup(dim: str) -> str:
 #: the writer's statements, in order; the one with a parameter takes the largest record
 #: id before this transaction's (it adds the records after it)
 FOLD = _batch_statements()
-#: migration 5, and anyone who wrote records without the writer: (re)build both tables
+#: migration 7, and anyone who wrote records without the writer: (re)build both tables
 #: from the records (the tables must be empty): the hours from the records, the days
 #: from the hours, each dimension from the rollup
 BACKFILL = [_rollup_from_records("WHERE true"), _days_from_hours(),

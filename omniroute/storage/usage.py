@@ -47,14 +47,15 @@ _CACHE_SAVED = ("CASE WHEN cache_hit THEN COALESCE(list_cost_usd, cost_usd, 0) "
                 "- COALESCE(cost_usd, 0) ELSE 0 END")
 #: the sums a usage read returns, in this order, after its group columns
 _SUMS = ("requests", "errors", "tokens_in", "tokens_out", "cache_read_tokens",
-         "cache_write_tokens", "reasoning_tokens", "images", "cost_usd", "list_cost_usd",
-         "latency_ms", "timed", "cache_hits", "cache_saved_usd")
+         "cache_write_tokens", "reasoning_tokens", "images", "audio_seconds", "characters",
+         "cost_usd", "list_cost_usd", "latency_ms", "timed", "cache_hits", "cache_saved_usd")
 #: each sum over a group of records (request_log rows) ...
 _RECORD_SUMS = {
     "requests": "COUNT(*)", "errors": f"SUM({_FAILED})", "tokens_in": "SUM(prompt_tokens)",
     "tokens_out": "SUM(completion_tokens)", "cache_read_tokens": "SUM(cached_tokens)",
     "cache_write_tokens": "SUM(cache_write_tokens)",
     "reasoning_tokens": "SUM(reasoning_tokens)", "images": "SUM(images)",
+    "audio_seconds": "SUM(audio_seconds)", "characters": "SUM(characters)",
     "cost_usd": "SUM(cost_usd)",
     # what the same tokens cost at list price: a subscription's list price, else the cost
     "list_cost_usd": "SUM(COALESCE(list_cost_usd, cost_usd))",
@@ -236,6 +237,9 @@ def _view(sums: dict[str, float]) -> dict[str, Any]:
         "cache_write_tokens": int(sums["cache_write_tokens"]),
         "reasoning_tokens": int(sums["reasoning_tokens"]),
         "images": int(sums["images"]),
+        # seconds of audio transcribed or translated, characters turned into speech
+        "audio_seconds": round(sums["audio_seconds"], 3),
+        "characters": int(sums["characters"]),
         "cost_usd": round(cost, 8),
         "list_cost_usd": round(listed, 8),
         # what subscription connections saved: their tokens' list price, paid nothing
