@@ -11,7 +11,7 @@ from typing import Any
 import openai
 import pytest
 from fakes.base import fake_image_bytes
-from fakes.comfyui_upstream import FakeComfyUI, error, failed, hung
+from fakes.comfyui_upstream import FakeComfyUI, error, failed, hung, slow_to_queue
 
 from omniroute.providers import comfyui_workflow as workflows
 
@@ -133,6 +133,31 @@ async def test_a_hung_job_is_bounded_by_image_timeout_and_cancelled(
     assert comfy.deleted == [prompt_id] and comfy.interrupted == [prompt_id]
     polls = [r for r in comfy.requests if r.path.startswith("/history/")]
     assert 3 <= len(polls) <= 20  # polled every 0.05s, and no longer than the bound
+
+
+@pytest.mark.parametrize("honours", [True, False], ids=["supplied-id", "older-server"])
+async def test_a_job_queued_as_the_bound_fires_is_cancelled_too(
+    gw: Any, sdk: Any, aiohttp_server: Any, honours: bool,
+) -> None:
+    """The bound fires while ComfyUI has queued the job but not yet answered: the
+    gateway chose the job's id, so it still takes it off the queue and interrupts it
+    (an older server that mints its own ids leaves the gateway nothing to cancel)."""
+    comfy = FakeComfyUI(honours_prompt_id=honours)
+    await comfy_server(gw, aiohttp_server, comfy, "late")
+    await gw.set_settings(image_timeout=0.3)
+    comfy.script.append(slow_to_queue(2.0))
+    with pytest.raises(openai.APIStatusError) as caught:
+        await sdk.images.generate(model=f"late/{SDXL}", prompt="just in time")
+    assert caught.value.status_code == 504
+    (job_id,) = comfy.jobs
+    (sent_id,) = [r.json["prompt_id"] for r in comfy.requests if r.path == "/prompt"]
+    for _ in range(300):  # the clean-up runs beside the answer
+        if comfy.interrupted:
+            break
+        await asyncio.sleep(0.01)
+    assert comfy.deleted == [sent_id] and comfy.interrupted == [sent_id]
+    # the job's id is the one sent; an older server's own is unknown until it answers
+    assert (sent_id == job_id) is honours
 
 
 async def test_a_hung_job_falls_back_to_the_next_target(

@@ -1,7 +1,9 @@
 """Provider type ``comfyui``: a ComfyUI server, driven through its HTTP API.
 
 One generation is a job: ``POST {base_url}/prompt`` with ``{"prompt": <workflow>,
-"client_id"}`` queues it and answers ``{"prompt_id"}``; ``GET /history/{id}``
+"client_id", "prompt_id"}`` queues it and answers ``{"prompt_id"}`` (the gateway mints
+the id, which ``server.py`` keeps, so a job whose answer never came can still be
+cancelled; an older server that mints its own is followed by its answer); ``GET /history/{id}``
 answers ``{}`` until the job is done, then ``{id: {"outputs": {node: {"images":
 [{filename, subfolder, type}]}}, "status": {...}}}``; ``GET /view?filename=
 &subfolder=&type=`` gives each image's bytes. (API: ComfyUI's ``server.py``,
@@ -116,10 +118,12 @@ class ComfyUIProvider(HTTPProvider):
     async def generate_images(self, model: str, request: c.ImageRequest) -> c.ImageResult:
         """Queue the job, poll its history, fetch its images: within ``image_timeout``."""
         bound = self.context.timeouts.image
-        prompt_id: str | None = None
+        # chosen here, so that a job queued just before the bound fires (its answer not
+        # read yet) is known, and cancelled, too
+        prompt_id = str(uuid.uuid4())
         try:
             async with asyncio.timeout(bound):
-                prompt_id = await self._submit(self.workflow_for(model, request))
+                prompt_id = await self._submit(self.workflow_for(model, request), prompt_id)
                 entry = await self._finished(prompt_id)
                 images = [await self._fetch(file) for file in workflows.output_files(entry)]
         except TimeoutError:
@@ -132,17 +136,19 @@ class ComfyUIProvider(HTTPProvider):
             raise UpstreamError("the ComfyUI job finished without saving any image")
         return c.ImageResult(images)
 
-    async def _submit(self, workflow: dict[str, Any]) -> str:
-        body = {"prompt": workflow, "client_id": uuid.uuid4().hex}
+    async def _submit(self, workflow: dict[str, Any], prompt_id: str) -> str:
+        """Queue the job as ``prompt_id``; the id the server answers with (its own, on a
+        server that does not take the client's)."""
+        body = {"prompt": workflow, "client_id": uuid.uuid4().hex, "prompt_id": prompt_id}
         answer = await self.post_json(f"{self.base_url}/prompt", self._headers,
                                       orjson.dumps(body))
         try:
-            prompt_id = orjson.loads(answer.body or b"")["prompt_id"]
+            queued = orjson.loads(answer.body or b"")["prompt_id"]
         except (orjson.JSONDecodeError, KeyError, TypeError):
-            prompt_id = None
-        if not isinstance(prompt_id, str) or not prompt_id:
+            queued = None
+        if not isinstance(queued, str) or not queued:
             raise UpstreamError("ComfyUI queued the job without a prompt_id")
-        return prompt_id
+        return queued
 
     async def _finished(self, prompt_id: str) -> dict[str, Any]:
         """The job's history entry once it is done (polled; the caller bounds the wait)."""
@@ -168,10 +174,8 @@ class ComfyUIProvider(HTTPProvider):
             else sniff_media_type(data)
         return c.GeneratedImage(data=data, media_type=media_type)
 
-    def _abandon(self, prompt_id: str | None) -> None:
+    def _abandon(self, prompt_id: str) -> None:
         """Take an abandoned job off the queue and stop it, in the background (bounded)."""
-        if prompt_id is None:
-            return
         task = asyncio.get_running_loop().create_task(self._cancel_job(prompt_id))
         self._cleanups.add(task)
         task.add_done_callback(self._cleanups.discard)

@@ -2,9 +2,12 @@
 
 Speaks the real wire format of ComfyUI's ``server.py``:
 
-- ``POST /prompt`` ``{"prompt": <API-format workflow>, "client_id"}`` -> ``{"prompt_id",
-  "number", "node_errors": {}}``; a workflow that does not validate -> 400 ``{"error":
-  {"type", "message", "details", "extra_info"}, "node_errors": {...}}`` (an unknown
+- ``POST /prompt`` ``{"prompt": <API-format workflow>, "client_id", "prompt_id"?}`` ->
+  ``{"prompt_id", "number", "node_errors": {}}`` (the id the client supplied, as
+  ``server.py``'s ``json_data.get("prompt_id", uuid.uuid4())`` keeps it; else a new
+  one; ``honours_prompt_id=False`` plays an older server that always mints); a
+  workflow that does not validate -> 400 ``{"error": {"type", "message", "details",
+  "extra_info"}, "node_errors": {...}}`` (an unknown
   checkpoint: ``value_not_in_list``, as ComfyUI answers it);
 - ``GET /history/{prompt_id}`` -> ``{}`` while the job waits or runs, then ``{id:
   {"prompt", "outputs": {node: {"images": [{filename, subfolder, type}]}}, "status":
@@ -18,7 +21,8 @@ A job "runs" the workflow: each ``SaveImage`` node saves ``batch_size`` images (
 ``EmptyLatentImage``), ``fake_image(positive prompt, i)``, after ``job_seconds``.
 ``script`` pops one ``Behaviour`` per ``POST /prompt``: ``error(...)`` (an HTTP error of
 ``/prompt``), ``hung()`` (the job never finishes), ``failed(message)`` (the job ends with
-an ``execution_error``), and the shared faults (``fakes.base``).
+an ``execution_error``), ``slow_to_queue(seconds)`` (the job is queued at once, the
+answer saying so waits), and the shared faults (``fakes.base``).
 """
 
 from __future__ import annotations
@@ -34,7 +38,7 @@ from aiohttp import web
 from fakes import base
 from fakes.base import FakeUpstream, Recorded, fake_image_bytes, json_response
 
-__all__ = ["Behaviour", "FakeComfyUI", "error", "failed", "hung"]
+__all__ = ["Behaviour", "FakeComfyUI", "error", "failed", "hung", "slow_to_queue"]
 
 
 @dataclass
@@ -43,6 +47,8 @@ class Behaviour(base.Behaviour):
     hangs: bool = False
     #: the job ends with this execution error
     fails: str | None = None
+    #: seconds between queuing the job and answering ``POST /prompt``
+    answer_after: float = 0.0
 
 
 def error(status: int, message: str = "Internal server error") -> Behaviour:
@@ -56,6 +62,12 @@ def hung() -> Behaviour:
 
 def failed(message: str = "Allocation on device 0 would exceed allowed memory.") -> Behaviour:
     return Behaviour(fails=message)
+
+
+def slow_to_queue(seconds: float) -> Behaviour:
+    """The job is queued (and never finishes); the answer with its id comes ``seconds``
+    later: a client that gives up meanwhile knows the id only if it chose it."""
+    return Behaviour(hangs=True, answer_after=seconds)
 
 
 @dataclass
@@ -75,9 +87,11 @@ class FakeComfyUI(FakeUpstream[Behaviour]):
     def __init__(self, *, api_key: str | None = None,
                  models: Sequence[str] = ("v1-5-pruned-emaonly.safetensors",
                                           "sd_xl_base_1.0.safetensors"),
-                 job_seconds: float = 0.05, **knobs: Any) -> None:
+                 job_seconds: float = 0.05, honours_prompt_id: bool = True,
+                 **knobs: Any) -> None:
         super().__init__(api_key=api_key, models=models, **knobs)
         self.job_seconds = job_seconds
+        self.honours_prompt_id = honours_prompt_id
         self.jobs: dict[str, Job] = {}
         self.deleted: list[str] = []
         self.interrupted: list[str] = []
@@ -112,9 +126,12 @@ class FakeComfyUI(FakeUpstream[Behaviour]):
         problem = self._validate(workflow)
         if problem is not None:
             return json_response(400, problem)
-        prompt_id = str(uuid.uuid4())
+        supplied = body.get("prompt_id")
+        prompt_id = str(supplied) if supplied and self.honours_prompt_id else str(uuid.uuid4())
         loop = asyncio.get_running_loop()
         self.jobs[prompt_id] = Job(workflow, b, loop.time() + self.job_seconds, len(self.jobs))
+        if b.answer_after:
+            await asyncio.sleep(b.answer_after)
         return json_response(200, {"prompt_id": prompt_id, "number": len(self.jobs) - 1,
                                    "node_errors": {}})
 
