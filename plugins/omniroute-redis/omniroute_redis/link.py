@@ -21,6 +21,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, TypeVar
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from omniroute.config import redact_url
 
@@ -54,6 +55,19 @@ def _redis() -> tuple[Any, type[BaseException], type[BaseException]]:
     if RedisError not in FAILURES:
         FAILURES = (*FAILURES, RedisError)
     return aioredis, RedisError, ResponseError
+
+
+#: the query parameter naming the key namespace (``redis://host/0?prefix=team-a``)
+PREFIX_PARAM = "prefix"
+
+
+def split_prefix(url: str) -> tuple[str, str]:
+    """``(url without ?prefix=, prefix)``; the default namespace is ``omniroute``."""
+    parts = urlsplit(url)
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    prefix = next((v for k, v in query if k == PREFIX_PARAM and v), "omniroute")
+    rest = urlencode([(k, v) for k, v in query if k != PREFIX_PARAM])
+    return urlunsplit(parts._replace(query=rest)), prefix
 
 
 class Unreachable(Exception):
@@ -148,18 +162,6 @@ class Link:
         except FAILURES as exc:
             self.lost(exc)
             raise Unreachable(str(exc)) from exc
-
-    def fire(self, *args: Any) -> bool:
-        """Write one command now and drop its reply (a write whose result nobody needs:
-        a slot given back). False when it could not be written (the link is down)."""
-        wire = self._wire
-        if not self.up or wire is None or wire.broken is not None:
-            return False
-        try:
-            wire.send(*args).add_done_callback(_dropped)
-        except WireError:
-            return False
-        return True
 
     async def commands(self, commands: list[tuple[Any, ...]]) -> list[Any]:
         """Several commands in one write (one round trip); an error reply is returned in
@@ -291,12 +293,6 @@ class Link:
 def _expire(reply: asyncio.Future[Any]) -> None:
     if not reply.done():
         reply.set_exception(TimeoutError("redis did not answer within state_timeout"))
-
-
-def _dropped(reply: asyncio.Future[Any]) -> None:
-    """A fired command's reply: read, and dropped (an error reply included)."""
-    if not reply.cancelled():
-        reply.exception()
 
 
 def _quiet(task: asyncio.Future[Any]) -> None:
