@@ -31,11 +31,13 @@ which also sends the writes queued for the request's end: all of them go in one
 round trip).
 
 While Redis cannot be reached every step answers as its own call would then:
-the part decides with this instance's own numbers.
+the part decides with this instance's own numbers. A request whose client leaves
+while the batch is on its way gives back what it took once the answer is in.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
@@ -138,12 +140,25 @@ class Prefetch:
             head += [step.name, len(step.keys), len(step.args)]
             keys += step.keys
             args += step.args
+        call = asyncio.ensure_future(self.scripts.call(self.link, "admit", keys, head + args))
         try:
-            answers = await self.scripts.call(self.link, "admit", keys, head + args)
+            answers = await asyncio.shield(call)
         except Unreachable:
             answers = [UNREACHABLE] * len(steps)
-        for step, raw in zip(steps, answers, strict=False):  # the rest did not run
+        except asyncio.CancelledError:  # the client left: what Redis took goes back
+            call.add_done_callback(self._abandoned)
+            raise
+        self._answer(answers)
+
+    def _answer(self, answers: list[Any]) -> None:
+        for step, raw in zip(self.steps, answers, strict=False):  # the rest did not run
             step.answered(raw)
+
+    def _abandoned(self, call: asyncio.Future[Any]) -> None:
+        """The request was gone before the answer came: nobody reads it, all is given back."""
+        if not call.cancelled() and call.exception() is None:
+            self._answer(call.result())
+            self.release()
 
     def release(self) -> None:
         """The request is over: undo what ran and was not read, and send the writes

@@ -251,6 +251,27 @@ async def test_what_a_batch_took_and_nobody_read_is_given_back(
         assert await held() == {"key slots": 0, "key starts": 0, "reserved": 0, "claims": 0,
                                 "conn slots": 0, "conn starts": 0}
 
+        # a request cancelled (its client left) while its batch is on the way: what Redis
+        # took is given back once the answer is in
+        batch = shared.request_batch()
+        budgets.shared.prefetch_enter(batch, key_id, limits)
+        shared.keys.prefetch_claim(batch, (key_id, "unread"), b"fp", "rid-gone", False)
+        budgets.shared.prefetch_reserve(batch, budgets.state(key_id), limits, 0.01, 100)
+        batch.take_slot(connection, 50, 1000)
+        wire = shared.link._wire
+        written = wire.writes
+        sending = asyncio.ensure_future(batch.send())
+        await until(lambda: wire.writes > written, timeout=1.0, step=0)
+        sending.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await sending
+        await until(lambda: all(step.ran for step in batch.steps), timeout=2.0)
+        await until(lambda: not shared.batch._queue, timeout=2.0)
+        await shared.batch.flush()
+        assert await held() == {"key slots": 0, "key starts": 0, "reserved": 0, "claims": 0,
+                                "conn slots": 0, "conn starts": 0}
+        assert shared.state.slots.ahead == {}
+
         # read ones are the reader's: the release leaves them alone
         batch = shared.request_batch()
         slot = budgets.shared.prefetch_enter(batch, key_id, limits)
