@@ -20,6 +20,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from functools import partial
 from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -137,9 +138,12 @@ class Link:
         wire = self._wire = await asyncio.shield(self._opening)
         return wire
 
-    async def command(self, *args: Any) -> Any:
+    async def command(self, *args: Any,
+                      late: Callable[[Any], None] | None = None) -> Any:
         """One command on the request path's connection, bounded like :meth:`call`.
 
+        :param late: gets the reply when the caller was cancelled before it came (what
+            the command took can then be given back); an error reply is not passed on.
         :raises ErrorReply: Redis answered with an error (``NoScript`` included).
         :raises Unreachable: Redis cannot be reached.
         """
@@ -154,7 +158,13 @@ class Link:
             # a timer on the reply itself: cheaper than a timeout scope per command
             timer = asyncio.get_running_loop().call_later(self.timeout(), _expire, reply)
             try:
-                return await reply
+                if late is None:
+                    return await reply
+                try:
+                    return await asyncio.shield(reply)
+                except asyncio.CancelledError:
+                    reply.add_done_callback(partial(_late, late))
+                    raise
             finally:
                 timer.cancel()
         except ErrorReply:
@@ -288,6 +298,11 @@ class Link:
         with contextlib.suppress(Exception):
             async with asyncio.timeout(2.0):
                 await self.client.aclose()
+
+
+def _late(late: Callable[[Any], None], reply: asyncio.Future[Any]) -> None:
+    if not reply.cancelled() and reply.exception() is None:
+        late(reply.result())
 
 
 def _expire(reply: asyncio.Future[Any]) -> None:

@@ -37,7 +37,6 @@ while the batch is on its way gives back what it took once the answer is in.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
@@ -140,25 +139,22 @@ class Prefetch:
             head += [step.name, len(step.keys), len(step.args)]
             keys += step.keys
             args += step.args
-        call = asyncio.ensure_future(self.scripts.call(self.link, "admit", keys, head + args))
         try:
-            answers = await asyncio.shield(call)
+            answers = await self.scripts.call(self.link, "admit", keys, head + args,
+                                              late=self._abandoned)
         except Unreachable:
             answers = [UNREACHABLE] * len(steps)
-        except asyncio.CancelledError:  # the client left: what Redis took goes back
-            call.add_done_callback(self._abandoned)
-            raise
         self._answer(answers)
 
     def _answer(self, answers: list[Any]) -> None:
         for step, raw in zip(self.steps, answers, strict=False):  # the rest did not run
             step.answered(raw)
 
-    def _abandoned(self, call: asyncio.Future[Any]) -> None:
-        """The request was gone before the answer came: nobody reads it, all is given back."""
-        if not call.cancelled() and call.exception() is None:
-            self._answer(call.result())
-            self.release()
+    def _abandoned(self, answers: list[Any]) -> None:
+        """The request was gone (its client left) before the answer came: nobody reads
+        it, so what it took is given back."""
+        self._answer(answers)
+        self.release()
 
     def release(self) -> None:
         """The request is over: undo what ran and was not read, and send the writes

@@ -11,6 +11,7 @@ Redis answers ``NOSCRIPT`` (a restarted server has forgotten them).
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from typing import Any
 
 from omniroute_redis.wire import NoScript
@@ -357,17 +358,20 @@ class Scripts:
             return SOURCES[name_or_sha]
         return SOURCES[next(n for n, sha in self.sha.items() if sha == name_or_sha)]
 
-    async def call(self, link: Any, name: str, keys: list[str], args: list[Any]) -> Any:
+    async def call(self, link: Any, name: str, keys: list[str], args: list[Any],
+                   late: Callable[[Any], None] | None = None) -> Any:
         """Run script ``name`` on the link's request-path connection (one round trip; two
         after Redis forgot it).
 
+        :param late: gets the answer if the caller is cancelled before it comes
+            (:meth:`Link.command <omniroute_redis.link.Link.command>`).
         :raises Unreachable: Redis cannot be reached.
         """
         try:
-            return await link.command(*self.command(name, keys, args))
+            return await link.command(*self.command(name, keys, args), late=late)
         except NoScript:
             await link.command("SCRIPT", "LOAD", SOURCES[name])
-            return await link.command(*self.command(name, keys, args))
+            return await link.command(*self.command(name, keys, args), late=late)
 
     async def reload_for(self, link: Any, commands: list[tuple[Any, ...]]) -> None:
         """Load the scripts these ``EVALSHA`` commands name (after ``NOSCRIPT``)."""
