@@ -9,9 +9,10 @@ part queues its step here instead of running its own script:
 * the ``Idempotency-Key`` claim (``idem_claim``);
 * the slot of the route's only target, when its connection is limited (``take``).
 
-:meth:`Prefetch.send` runs them as one ``admit`` script (:mod:`.scripts`): one
-``EVALSHA``, one round trip, in the order the stages would have asked (the
-before-routing steps, then the reservation, then the connection's slot). Where
+:meth:`Prefetch.send` runs them as one ``admit`` script (:mod:`.scripts`; a lone
+step as its own script): one ``EVALSHA``, one round trip, in the order the stages
+would have asked (the before-routing steps, then the reservation, then the
+connection's slot). Where
 an answer makes the rest moot the script stops, so what a request would not
 have taken is never taken: a refused key slot stops everything after it; a
 cache hit stops the claim, the reservation and the connection's slot; a claim
@@ -132,16 +133,21 @@ class Prefetch:
         if not self.steps:
             return
         steps = self.steps = sorted(self.steps, key=_phase)
-        keys: list[str] = []
-        head: list[Any] = [len(steps)]
-        args: list[Any] = []
-        for step in steps:
-            head += [step.name, len(step.keys), len(step.args)]
-            keys += step.keys
-            args += step.args
         try:
-            answers = await self.scripts.call(self.link, "admit", keys, head + args,
-                                              late=self._abandoned)
+            if len(steps) == 1:  # its own script: nothing to dispatch
+                only = steps[0]
+                answers = [await self.scripts.call(self.link, only.name, only.keys, only.args,
+                                                   late=self._abandoned_one)]
+            else:
+                keys: list[str] = []
+                head: list[Any] = [len(steps)]
+                args: list[Any] = []
+                for step in steps:
+                    head += [step.name, len(step.keys), len(step.args)]
+                    keys += step.keys
+                    args += step.args
+                answers = await self.scripts.call(self.link, "admit", keys, head + args,
+                                                  late=self._abandoned)
         except Unreachable:
             answers = [UNREACHABLE] * len(steps)
         self._answer(answers)
@@ -149,6 +155,9 @@ class Prefetch:
     def _answer(self, answers: list[Any]) -> None:
         for step, raw in zip(self.steps, answers, strict=False):  # the rest did not run
             step.answered(raw)
+
+    def _abandoned_one(self, answer: Any) -> None:
+        self._abandoned([answer])
 
     def _abandoned(self, answers: list[Any]) -> None:
         """The request was gone (its client left) before the answer came: nobody reads

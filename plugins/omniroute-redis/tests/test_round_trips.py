@@ -142,6 +142,18 @@ async def test_a_request_with_every_concern_waits_for_one_round_trip_before_disp
     assert sorted(after[0]) == sorted([("ZREM",), ("ZREM",), ("settle",), ("idem_settle",)])
 
 
+async def test_a_lone_concern_is_its_own_script(one: Instances, upstream: FakeUpstream,
+                                                 writes: list[Write]) -> None:
+    called: list[int] = []
+    upstream.on_call = lambda: called.append(len(writes))
+    start = len(writes)
+    # the admin key has no limits, the cache is bypassed: only the connection's slot
+    status, body, headers = await one.chat("only the slot",
+                                           headers={"X-OmniRoute-No-Cache": "true"})
+    assert status == 200 and headers["X-OmniRoute-Cache"] == "BYPASS", body
+    assert requests_part(writes[start:called[0]]) == [[("take",)]]
+
+
 async def test_a_cache_hit_takes_no_claim_no_reservation_and_no_connection_slot(
         one: Instances, upstream: FakeUpstream, writes: list[Write], redis_url: str) -> None:
     key_id, secret = await limited_key(one, rpm=100, concurrency=10, daily_usd=1.0)
