@@ -29,7 +29,7 @@ from omniroute.providers.base import (
 )
 from omniroute.providers.canonical import CanonicalProvider
 from omniroute.providers.http import HTTPProvider
-from omniroute.sharedstate import SharedState
+from omniroute.sharedstate import Pending, RequestBatch, SharedState
 from omniroute.storage.requestlog import RequestRecord
 from omniroute.storage.store import Connection
 from omniroute.version import __version__
@@ -49,10 +49,12 @@ __all__ = [
     "LayerHit",
     "OAuthProvider",
     "OAuthService",
+    "Pending",
     "Preset",
     "Principal",
     "Provider",
     "ProviderContext",
+    "RequestBatch",
     "RequestContext",
     "RequestRecord",
     "SharedState",

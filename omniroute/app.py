@@ -64,8 +64,10 @@ def make_app(config: Config, plugins: Plugins | None = None) -> web.Application:
     app = web.Application(middlewares=[gateway_middleware], client_max_size=2**40)
     registry = Registry(plugins)
     gateway = Gateway(config, registry)
+    shared = gateway.shared
     pipeline = Pipeline(gateway.catalog, gateway.resilience, gateway.new_request_id,
-                        gateway.prices)
+                        gateway.prices,
+                        batches=shared.request_batch if shared is not None else None)
     app[GATEWAY], app[REGISTRY], app[PIPELINE] = gateway, registry, pipeline
     app[PRICES] = gateway.prices
     app[CATALOG], app[RESILIENCE] = gateway.catalog, gateway.resilience

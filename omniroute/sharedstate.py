@@ -15,6 +15,19 @@ they share through it::
     watcher = shared.watcher(db, reload=..., loaded=...) or VersionPoll(...)
     await shared.start() ... await shared.close()
 
+Per request, what the stages need of the shared state before dispatch goes out
+in one round trip: the pipeline asks :meth:`SharedState.request_batch` for a
+:class:`RequestBatch`, each stage queues its part on it
+(:meth:`~omniroute.pipeline.stages.StageRun.prefetch`: a key's slot and
+reservation, an idempotency claim, a cache lookup; the pipeline adds the only
+target's connection slot), the batch is sent once, and each stage reads its own
+:class:`Pending` answer where it used to wait for it. An answer that makes the
+later parts moot (a refused slot, a cache hit, a key claimed elsewhere, a
+refused reservation) stops them where the state is kept, atomically: those
+parts did not run (:attr:`Pending.ran` is False) and their stage does them the
+usual way if it still needs them. A part that ran but is not read (the route
+changed in between) is undone (:meth:`Pending.release`, :meth:`RequestBatch.release`).
+
 A backend never fails a request because its server is away: each part falls
 back to this instance's own numbers, :meth:`SharedState.health` says so
 (``/api/monitoring/health``, ``omniroute_state_degraded`` in ``/metrics``), and
@@ -25,7 +38,7 @@ refused instead, when the ``budget_fail_closed`` setting says so.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TypeVar
 from urllib.parse import urlsplit
 
 from omniroute.config import ConfigError, redact_url
@@ -39,6 +52,40 @@ if TYPE_CHECKING:
     from omniroute.resilience.state import StateStore
     from omniroute.storage import Database
     from omniroute.watch import ConfigWatcher
+
+
+T_co = TypeVar("T_co", covariant=True)
+
+
+class Pending(Protocol[T_co]):
+    """One part of a request's :class:`RequestBatch`: its answer, once the batch was sent."""
+
+    @property
+    def ran(self) -> bool:
+        """It was run (False: not sent yet, or an earlier answer in the batch made it moot)."""
+
+    def result(self) -> T_co:
+        """Its answer, exactly as the awaited call would have given it (or raised it).
+        Only once it :attr:`ran`; reading it makes it the caller's (no :meth:`release`)."""
+
+    def release(self) -> None:
+        """It ran and will not be read: undo what it took (queued; must not block or raise)."""
+
+
+class RequestBatch(Protocol):
+    """What one request asks of the shared state before dispatch, sent in one round trip."""
+
+    def take_slot(self, name: str, max_concurrency: int | None, rpm: int | None) -> None:
+        """Take a slot of connection ``name``'s limits with the rest: the request's first
+        attempt there (:class:`~omniroute.resilience.state.SharedSlots`) then takes it
+        without a round trip of its own."""
+
+    async def send(self) -> None:
+        """Send what was queued, in one round trip (nothing queued: nothing sent). Never
+        raises for an unreachable server: every part then answers as its own call would."""
+
+    def release(self) -> None:
+        """The request is over: undo every part that ran and was never read (queued)."""
 
 
 class SharedState:
@@ -71,6 +118,11 @@ class SharedState:
 
     def idempotency_keys(self) -> SharedKeys | None:
         """Idempotency keys claimed across instances (None: each instance's own)."""
+        return None
+
+    def request_batch(self) -> RequestBatch | None:
+        """A new batch for one request's shared work before dispatch (None: each part
+        makes its own round trip)."""
         return None
 
     def renewal_lock(self) -> RenewalLock | None:

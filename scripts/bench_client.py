@@ -8,6 +8,7 @@ cell and sends back the numbers. Server CPU comes from ``/proc/<pid>/stat``
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import os
 import re
@@ -47,15 +48,24 @@ def pct(values: list[float], p: int) -> float | None:
 
 
 async def loop_cell(url: str, body: dict[str, Any], conc: int, warmup: float, duration: float,
-                    pids: list[int], tail: str | None = None) -> dict[str, Any]:
+                    pids: list[int], tail: str | None = None,
+                    headers: dict[str, str] | None = None,
+                    unique: bool = False) -> dict[str, Any]:
     """``conc`` closed-loop workers posting ``body``; what completes inside the window counts.
 
     :param tail: the text a whole answer ends with (an instant stream's ``[DONE]``);
         an answer that does not is an error.
+    :param headers: sent with every request (an API key).
+    :param unique: every request is a new one: its own ``Idempotency-Key``, and a
+        number in place of ``{n}`` in the body (a response cache misses).
     """
     done: list[tuple[float, float]] = []
     errors = 0
-    data, headers = json.dumps(body).encode(), {"Content-Type": "application/json"}
+    text = json.dumps(body)
+    data = text.encode()
+    headers = {"Content-Type": "application/json", **(headers or {})}
+    numbers = itertools.count(1)
+    cell = os.urandom(4).hex()  # another cell's requests are other requests
     end = tail.encode() if tail else None
     t0 = time.perf_counter() + warmup
     t1 = t0 + duration
@@ -64,8 +74,13 @@ async def loop_cell(url: str, body: dict[str, Any], conc: int, warmup: float, du
         async def worker() -> None:
             nonlocal errors
             while (begin := time.perf_counter()) < t1:
+                sent, sent_headers = data, headers
+                if unique:
+                    n = f"{cell}-{next(numbers)}"
+                    sent = text.replace("{n}", n).encode()
+                    sent_headers = {**headers, "Idempotency-Key": f"bench-{n}"}
                 try:
-                    async with http.post(url, data=data, headers=headers) as resp:
+                    async with http.post(url, data=sent, headers=sent_headers) as resp:
                         answer = await resp.read()
                         ok = resp.status == 200 and (end is None or answer.endswith(end))
                 except (TimeoutError, aiohttp.ClientError):

@@ -12,7 +12,12 @@ traffic would blur the counts), and four gateways on one event loop:
 * ``local-lim``: no ``state_url``, the connection with ``rpm`` and ``max_concurrency``
   set (far above the load);
 * ``redis-lim``: ``state_url`` and the same limits: each request takes its slot in
-  Redis (one awaited round trip) and gives it back after the answer (queued).
+  Redis (one awaited round trip) and gives it back after the answer (queued);
+* ``local-all``, ``redis-all``: every shared concern at once: the limited connection,
+  an API key with ``rpm``, ``concurrency`` and a daily budget (far above the load),
+  the response cache (``memory``; ``redis`` with ``state_url``) missing on every
+  request, and a new ``Idempotency-Key`` on every request. With Redis, what the
+  request needs before dispatch is one round trip, and what follows it one more.
 
 JSON cells (``POST /v1/chat/completions``) run back to back for every target, in
 closed loops at each concurrency. Reported per cell: requests/s, p50 / p99
@@ -48,7 +53,12 @@ from bench_client import client_main, cpu_ms
 from bench_fakes import HOST, REQUEST
 
 LIMITS = {"rpm": 10_000_000, "max_concurrency": 100_000}
-TARGETS = ("local", "redis", "local-lim", "redis-lim")
+#: the API key of the ``-all`` targets: every limit set, none reached
+KEY_LIMITS = {"rpm": 10_000_000, "concurrency": 100_000, "daily_usd": 1_000_000.0}
+TARGETS = ("local", "redis", "local-lim", "redis-lim", "local-all", "redis-all")
+#: the ``-all`` targets' request: each one's own (``{n}``, see ``bench_client.loop_cell``)
+UNIQUE_REQUEST = {**REQUEST, "messages": [
+    REQUEST["messages"][0], {"role": "user", "content": "Give me one sentence about the sea. {n}"}]}
 #: seconds the idle gateways are watched before the cells (their own syncs' cost)
 IDLE_WINDOW = 3.0
 
@@ -70,9 +80,13 @@ def start_redis(port: int) -> subprocess.Popen:
     raise RuntimeError("redis-server did not answer")
 
 
-#: commands a client sends (the rest run inside the scripts, on the server)
-SENT = {"evalsha", "zrem", "get", "mget", "scan", "publish", "script", "ping", "select",
-        "hello", "subscribe", "client", "info"}
+#: commands a client sends (the rest run inside the scripts, on the server). GET, HDEL
+#: and PUBLISH are left out: the request path sends none of them, and its scripts run
+#: them (counting them here counted a cache lookup's GET, a settle's HDEL and an
+#: answer's PUBLISH twice); ZREM is in: the scripts run it only to drop expired cache
+#: index rows
+SENT = {"evalsha", "zrem", "mget", "scan", "script", "ping", "select", "hello", "subscribe",
+        "client", "info"}
 
 
 def info(port: int) -> dict[str, float]:
@@ -92,23 +106,40 @@ def info(port: int) -> dict[str, float]:
             "bytes": float(stats["total_net_input_bytes"] + stats["total_net_output_bytes"])}
 
 
-def limit_connection(port: int) -> None:
-    """Give the gateway's connection ``LIMITS`` through the management API."""
-    def call(method: str, path: str, body: Any = None, cookie: str = "") -> tuple[Any, str]:
+def _admin(port: int) -> Any:
+    """A management API caller signed in as the admin: ``call(method, path, body)`` (a
+    change carries the session's ``X-CSRF-Token``, as the login answer gives it)."""
+    def call(method: str, path: str, body: Any = None,
+             headers: dict[str, str] | None = None) -> tuple[Any, str]:
         req = urllib.request.Request(
             f"http://{HOST}:{port}{path}", method=method,
             data=None if body is None else json.dumps(body).encode(),
-            headers={"Content-Type": "application/json", "Cookie": cookie})
+            headers={"Content-Type": "application/json", **(headers or {})})
         with urllib.request.urlopen(req, timeout=10) as resp:
             return json.loads(resp.read() or b"null"), resp.headers.get("Set-Cookie", "")
 
-    _, cookie = call("POST", "/api/auth/login", {"password": "bench-password"})
-    cookie = cookie.split(";", 1)[0]
-    providers, _ = call("GET", "/api/providers", cookie=cookie)
+    login, cookie = call("POST", "/api/auth/login", {"password": "bench-password"})
+    session = {"Cookie": cookie.split(";", 1)[0], "X-CSRF-Token": login["csrf_token"]}
+    return lambda method, path, body=None: call(method, path, body, session)[0]
+
+
+def limited_key(port: int) -> dict[str, str]:
+    """An API key with ``KEY_LIMITS`` (and a price for the model, which a USD budget
+    needs): the headers that send it."""
+    call = _admin(port)
+    call("PUT", "/api/pricing", {"model": REQUEST["model"], "input": 0.15, "output": 0.6})
+    created = call("POST", "/api/keys", {"name": "bench", "limits": KEY_LIMITS})
+    return {"Authorization": f"Bearer {created['key']}"}
+
+
+def limit_connection(port: int) -> None:
+    """Give the gateway's connection ``LIMITS`` through the management API."""
+    call = _admin(port)
+    providers = call("GET", "/api/providers")
     rows = providers["providers"] if isinstance(providers, dict) else providers
     cid = rows[0]["id"]
-    call("PUT", f"/api/providers/{cid}", LIMITS, cookie)
-    limits, _ = call("GET", "/api/rate-limits", cookie=cookie)
+    call("PUT", f"/api/providers/{cid}", LIMITS)
+    limits = call("GET", "/api/rate-limits")
     row = next(c for c in limits["connections"] if c["id"] == cid)
     if (row["limits"] or {}).get("rpm") != LIMITS["rpm"]:
         raise RuntimeError(f"the connection's limits did not take: {row}")
@@ -126,13 +157,22 @@ def run(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     try:
         _, up_port = start_app(ctx, "upstream", None, args.loop, procs)
         targets: dict[str, tuple[str, list[int]]] = {}
-        for name in TARGETS:
+        extra: dict[str, dict[str, Any]] = {}  # the -all targets' key and unique requests
+        for name in args.targets:
             settings = ({"state_url": f"redis://{HOST}:{redis_port}/0"}
-                        if name.startswith("redis") else None)
-            gateway, port = start_gateway(tmp / name, up_port, 1, args.loop, settings=settings)
+                        if name.startswith("redis") else {})
+            if name.endswith("-all"):
+                settings["cache_mode"] = "on"
+                if name.startswith("redis"):
+                    settings["cache_backends"] = "redis"
+            gateway, port = start_gateway(tmp / name, up_port, 1, args.loop,
+                                          settings=settings or None)
             gateways.append(gateway)
-            if name.endswith("-lim"):
+            if name.endswith(("-lim", "-all")):
                 limit_connection(port)
+            if name.endswith("-all"):
+                extra[name] = {"headers": limited_key(port), "unique": True,
+                               "body": UNIQUE_REQUEST}
             targets[name] = (f"http://{HOST}:{port}/v1/chat/completions",
                              process_tree(gateway.pid))
         client, child_end = ctx.Pipe()
@@ -151,7 +191,7 @@ def run(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
                         busy_ms(), time.monotonic()
                     client.send(("loop", {"url": url, "body": REQUEST, "conc": conc,
                                           "pids": pids, "warmup": args.warmup,
-                                          "duration": args.duration}))
+                                          "duration": args.duration, **extra.get(name, {})}))
                     cell = client.recv()
                     if "error" in cell or not cell.get("requests") or cell["errors"]:
                         raise RuntimeError(f"{name} c={conc} failed: {cell}")
@@ -170,8 +210,9 @@ def run(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
                           f"{cell['p50_ms']:.3f} ms, CPU {cell['cpu_ms_per_req']:.3f} ms, redis "
                           f"{cell['redis_cmds_per_req']:.2f} cmds {cell['redis_bytes_per_req']:.0f}"
                           " B", file=sys.stderr, flush=True)
-        pair = two_instances(args, ctx, procs, gateways, tmp, up_port, redis_port,
-                             targets["redis-lim"], client)
+        pair = (two_instances(args, ctx, procs, gateways, tmp, up_port, redis_port,
+                              targets["redis-lim"], client)
+                if "redis-lim" in targets else None)
         client.send(None)
         import uvloop
 
@@ -279,7 +320,11 @@ def report(args: argparse.Namespace, results: dict[str, Any]) -> str:
                        f"| {fmt(c['redis_cpu_ms_per_req'], 3)} | {fmt(c['machine_cpus'], 2)} |")
     out += ["", "### Added by Redis", ""]
     low = min(args.concurrency)
-    for shared, alone in (("redis", "local"), ("redis-lim", "local-lim")):
+    pairs = [(shared, alone) for shared, alone in (("redis", "local"),
+                                                   ("redis-lim", "local-lim"),
+                                                   ("redis-all", "local-all"))
+             if shared in cells and alone in cells]
+    for shared, alone in pairs:
         for conc in args.concurrency:
             a, b = cells[shared][conc], cells[alone][conc]
             out.append(f"- {shared} against {alone}, c={conc}: p50 "
@@ -299,11 +344,14 @@ def report(args: argparse.Namespace, results: dict[str, Any]) -> str:
     out += ["", "### A slot taken and given back, in one process (no HTTP)", "",
             f"- this process's own counters: {slot['local_cpu_us']:.1f} µs CPU, "
             f"{slot['local_wall_us']:.1f} µs wall per slot",
-            f"- Redis's (one round trip to take, the give-back pipelined behind the next "
-            f"take): {slot['redis_cpu_us']:.1f} µs CPU, {slot['redis_wall_us']:.1f} µs wall per "
-            f"slot: +{slot['redis_cpu_us'] - slot['local_cpu_us']:.1f} µs CPU, "
+            f"- Redis's (one round trip to take; the give-backs queued, and sent together "
+            f"by the writer): {slot['redis_cpu_us']:.1f} µs CPU, "
+            f"{slot['redis_wall_us']:.1f} µs wall per slot: "
+            f"+{slot['redis_cpu_us'] - slot['local_cpu_us']:.1f} µs CPU, "
             f"+{(slot['redis_wall_us'] - slot['local_wall_us']) / 1000:.3f} ms latency at c=1"]
     pair = results["pair"]
+    if pair is None:
+        return "\n".join(out)
     out += ["", f"### Two instances against one (redis-lim, c={pair['conc']:.0f} in all)", "",
             f"- one: {pair['one_rps']:.0f} req/s; two (each half the load, from its own "
             f"client process): {pair['two_rps']:.0f} req/s: "
@@ -322,6 +370,9 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--loop", default="uvloop", choices=["asyncio", "uvloop"])
     p.add_argument("--slots", type=int, default=5000,
                    help="slots taken in a row for the in-process measure (5000)")
+    p.add_argument("--targets", type=lambda t: t.split(","), default=list(TARGETS),
+                   help=f"the gateways to compare (default {','.join(TARGETS)}; the report "
+                   "compares each redis-X with its local-X)")
     p.add_argument("--quick", action="store_true", help="short smoke run")
     p.add_argument("--json", metavar="FILE", help="also write the results as JSON")
     args = p.parse_args()

@@ -43,6 +43,7 @@ from omniroute.errors import BudgetExceeded, BudgetUnavailable, RateLimited
 
 if TYPE_CHECKING:
     from omniroute.resilience.clock import Clock
+    from omniroute.sharedstate import Pending, RequestBatch
 
 log = logging.getLogger(__name__)
 
@@ -143,6 +144,14 @@ class SharedLedger(Protocol):
         :raises BudgetExceeded: a window cannot admit it.
         :raises BudgetUnavailable: unreachable, and ``budget_fail_closed`` is on.
         """
+
+    def prefetch_enter(self, batch: RequestBatch, key_id: str, limits: Limits) -> Pending[bool]:
+        """:meth:`enter`, queued on a request's batch (its answer, once sent, is the same)."""
+
+    def prefetch_reserve(self, batch: RequestBatch, state: KeyState, limits: Limits, usd: float,
+                         tokens: int) -> Pending[object | None]:
+        """:meth:`reserve`, queued on a request's batch after :meth:`prefetch_enter`: it
+        runs only when that slot was taken (or the key has no rate limits)."""
 
     def settle(self, handle: object, usd: float, tokens: int) -> None:
         """The request is over: its reservation gives way to its spend (queued)."""

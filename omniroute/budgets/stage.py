@@ -26,9 +26,13 @@ any costs this stage one attribute read):
   estimate, a request no target answered nothing. The slot is freed.
 
 With a shared ledger (``state_url``: ``Budgets.shared``) the slot and the
-reservation are taken there first, one awaited call each, atomically across the
-instances; this instance's ledger counts them too, and decides alone while the
-shared one cannot be reached.
+reservation are taken there first, atomically across the instances; this
+instance's ledger counts them too, and decides alone while the shared one cannot
+be reached. Both are queued on the request's batch (``prefetch``, with the route
+as it resolves then), so they cost no round trip of their own: ``before`` and
+``routed`` read their answers. When the reservation ``routed`` computes differs
+(the route or the estimate changed meanwhile) the prefetched one is given back
+and the reservation is made again, one round trip.
 """
 
 from __future__ import annotations
@@ -39,14 +43,15 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from omniroute.budgets.ledger import Budgets, KeyState, Reservation
 from omniroute.budgets.limits import Limits
-from omniroute.errors import ModelNotAllowed, ModelUnpriced, PermissionDenied
+from omniroute.errors import GatewayError, ModelNotAllowed, ModelUnpriced, PermissionDenied
 from omniroute.pipeline.context import Reply, RequestContext
 from omniroute.pipeline.stages import Stage, StageRun
 
 if TYPE_CHECKING:
     from omniroute.config import Settings
     from omniroute.pipeline.operation import Operation
-    from omniroute.routing import Target
+    from omniroute.routing import Route, Target
+    from omniroute.sharedstate import Pending, RequestBatch
 
 WARNING_HEADER = "X-OmniRoute-Budget-Warning"
 #: a reservation's input estimate: about four bytes of the request's JSON a token
@@ -100,6 +105,29 @@ class BudgetRun(StageRun):
         self.reservation: Reservation | None = None
         #: the shared ledger holds a slot of this request
         self.shared_slot = False
+        #: the slot and the reservation queued on the request's batch, and what the
+        #: reservation was for (USD, tokens)
+        self.pending_slot: Pending[bool] | None = None
+        self.pending_reservation: Pending[object | None] | None = None
+        self.prefetched: tuple[float, int] | None = None
+
+    def prefetch(self, ctx: RequestContext, batch: RequestBatch, route: Route | None) -> None:
+        limits, shared = self.limits, self.stage.budgets.shared
+        if shared is None or limits.unreadable is not None:
+            return
+        if limits.concurrency is not None or limits.rpm is not None:
+            self.pending_slot = shared.prefetch_enter(batch, self.key_id, limits)
+        if route is None or not limits.periods or not self.operation.metered:
+            return
+        try:
+            if not (self.model_allowed or limits.allows(ctx.model)):
+                route = self.allowed(ctx, route)
+            _, usd, tokens = self.priced(ctx, route)
+        except GatewayError:  # refused in routed, where it is raised
+            return
+        self.prefetched = (usd, tokens)
+        self.pending_reservation = shared.prefetch_reserve(
+            batch, self.stage.budgets.state(self.key_id), limits, usd, tokens)
 
     async def before(self, ctx: RequestContext) -> Reply | None:
         limits = self.limits
@@ -112,7 +140,11 @@ class BudgetRun(StageRun):
             budgets = self.stage.budgets
             if budgets.shared is not None and (limits.concurrency is not None
                                                or limits.rpm is not None):
-                self.shared_slot = await budgets.shared.enter(self.key_id, limits)
+                pending, self.pending_slot = self.pending_slot, None
+                if pending is not None and pending.ran:
+                    self.shared_slot = pending.result()
+                else:
+                    self.shared_slot = await budgets.shared.enter(self.key_id, limits)
             self.slot = budgets.enter(self.key_id, limits, checked=self.shared_slot)
         return None
 
@@ -120,19 +152,53 @@ class BudgetRun(StageRun):
         limits, route = self.limits, ctx.route
         assert route is not None
         if not self.model_allowed:
-            allowed = tuple(t for t in route.targets if limits.allows(f"{t.prefix}/{t.model}"))
-            if not allowed:
-                raise ModelNotAllowed(
-                    f"This API key may not use model {ctx.model!r}; it may use "
-                    f"{', '.join(limits.models)}.", param="model")
-            if len(allowed) < len(route.targets):
-                ctx.route = route = dataclasses.replace(route, targets=allowed)
+            ctx.route = route = self.allowed(ctx, route)
         if not limits.periods or not self.operation.metered:
             return
         assert self.slot is not None
+        ctx.route, usd, tokens = self.priced(ctx, route)
+        budgets = self.stage.budgets
+        handle = None
+        if budgets.shared is not None:
+            pending, self.pending_reservation = self.pending_reservation, None
+            if pending is not None and pending.ran and self.prefetched == (usd, tokens):
+                handle = pending.result()
+            else:  # not prefetched, or for another estimate: made again
+                if pending is not None:
+                    pending.release()
+                handle = await budgets.shared.reserve(self.slot, limits, usd, tokens)
+        self.reservation = budgets.reserve(self.slot, limits, usd, tokens,
+                                           checked=handle is not None)
+        self.reservation.handle = handle
+        if self.reservation.warning is not None:
+            if ctx.reply_headers is None:
+                ctx.reply_headers = {}
+            ctx.reply_headers[WARNING_HEADER] = self.reservation.warning
+
+    def allowed(self, ctx: RequestContext, route: Route) -> Route:
+        """``route`` with only the targets the key's ``models`` patterns allow.
+
+        :raises ModelNotAllowed: none is.
+        """
+        limits = self.limits
+        allowed = tuple(t for t in route.targets if limits.allows(f"{t.prefix}/{t.model}"))
+        if not allowed:
+            raise ModelNotAllowed(
+                f"This API key may not use model {ctx.model!r}; it may use "
+                f"{', '.join(limits.models)}.", param="model")
+        if len(allowed) < len(route.targets):
+            return dataclasses.replace(route, targets=allowed)
+        return route
+
+    def priced(self, ctx: RequestContext, route: Route) -> tuple[Route, float, int]:
+        """The reservation for ``route``: the route without the targets that cannot be
+        priced (with a USD budget), the estimate in USD on the dearest target, and tokens.
+
+        :raises ModelUnpriced: a USD budget and no target with a known price.
+        """
         tokens_in, tokens_out = self.estimate(ctx)
         usd = 0.0
-        if limits.usd:  # priced on the dearest target; unpriced ones cannot be charged
+        if self.limits.usd:  # priced on the dearest target; unpriced ones cannot be charged
             priced: list[Target] = []
             for target in route.targets:
                 price = self.operation.estimate_usd(ctx, self.stage.prices, target,
@@ -147,18 +213,8 @@ class BudgetRun(StageRun):
                     f"USD budget, so its requests cannot be charged. An operator must set its "
                     f"price with PUT /api/pricing.", param="model")
             if len(priced) < len(route.targets):
-                ctx.route = dataclasses.replace(route, targets=tuple(priced))
-        budgets = self.stage.budgets
-        handle = None
-        if budgets.shared is not None:
-            handle = await budgets.shared.reserve(self.slot, limits, usd, tokens_in + tokens_out)
-        self.reservation = budgets.reserve(self.slot, limits, usd, tokens_in + tokens_out,
-                                           checked=handle is not None)
-        self.reservation.handle = handle
-        if self.reservation.warning is not None:
-            if ctx.reply_headers is None:
-                ctx.reply_headers = {}
-            ctx.reply_headers[WARNING_HEADER] = self.reservation.warning
+                route = dataclasses.replace(route, targets=tuple(priced))
+        return route, usd, tokens_in + tokens_out
 
     def estimate(self, ctx: RequestContext) -> tuple[int, int]:
         """Likely (input, output) tokens: the body's size, and for an operation that

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
+
+if TYPE_CHECKING:
+    from omniroute.sharedstate import Pending, RequestBatch
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,6 +40,11 @@ class CacheBackend:
 
     async def get(self, key: str) -> bytes | None:
         raise NotImplementedError
+
+    def prefetch_get(self, key: str, batch: RequestBatch) -> Pending[bytes | None] | None:
+        """:meth:`get`, queued on a request's shared-state batch (``state_url``), when this
+        backend keeps its entries there; None (the default): it is asked with :meth:`get`."""
+        return None
 
     async def set(self, key: str, value: bytes, ttl: float | None = None) -> None:
         """Store ``value``; ``ttl`` in seconds (None: the backend's default)."""

@@ -32,6 +32,7 @@ from omniroute.config import ConfigError
 
 if TYPE_CHECKING:
     from omniroute.config import Settings
+    from omniroute.sharedstate import Pending, RequestBatch
 
 log = logging.getLogger(__name__)
 
@@ -108,11 +109,30 @@ class ResponseCache:
 
     # ---------------------------------------------------------------- the data path
 
-    async def lookup(self, key: CacheKey) -> Found | None:
-        """The stored answer for ``key``: the backends in order, then each layer."""
+    def prefetch(self, key: CacheKey, batch: RequestBatch) -> dict[int, Pending[bytes | None]]:
+        """Queue the lookups of the backends that keep their entries in the shared state
+        on a request's batch (:meth:`CacheBackend.prefetch_get`), by their place."""
+        ahead = {}
         for depth, backend in enumerate(self.backends):
+            pending = backend.prefetch_get(key.exact, batch)
+            if pending is not None:
+                ahead[depth] = pending
+        return ahead
+
+    async def lookup(self, key: CacheKey,
+                     ahead: dict[int, Pending[bytes | None]] | None = None) -> Found | None:
+        """The stored answer for ``key``: the backends in order, then each layer.
+
+        :param ahead: the backends' lookups already made with the request's batch
+            (:meth:`prefetch`), read instead of asking them again.
+        """
+        for depth, backend in enumerate(self.backends):
+            pending = ahead.get(depth) if ahead else None
             try:
-                data = await backend.get(key.exact)
+                if pending is not None and pending.ran:
+                    data = pending.result()
+                else:
+                    data = await backend.get(key.exact)
             except Exception:
                 log.exception("cache backend %s failed on a lookup", backend.name)
                 continue

@@ -14,6 +14,9 @@ For every generation request (:class:`~omniroute.pipeline.chat.Chat`):
   keeps), computes the :class:`~omniroute.cache.layer.CacheKey`, and asks the
   :class:`~omniroute.cache.service.ResponseCache`. A hit answers at once in the
   client's format, JSON or a stream (``HIT``); a miss (``MISS``) keeps the key.
+  With shared state (``state_url``) that is done in ``prefetch``, and the lookup of
+  a backend that keeps its entries there (``redis``) goes out with the request's
+  other shared work, in its one round trip; ``before`` reads its answer.
 * on a miss the answer is kept as it passes: the canonical response or events on
   the translated and canonical lanes (``ctx.tap``), the client-format body or
   frames on the pass-through lane (decoded later, off the response path).
@@ -51,6 +54,8 @@ from omniroute.sse import SSESplitter
 if TYPE_CHECKING:
     from omniroute.config import Settings
     from omniroute.pipeline.operation import Operation
+    from omniroute.routing import Route
+    from omniroute.sharedstate import Pending, RequestBatch
 
 log = logging.getLogger(__name__)
 
@@ -110,22 +115,38 @@ class CacheRun(StageRun):
         self.frames: list[bytes] = []  # pass-through lane, stream
         self.size = 0
         self.too_big = False
+        #: the key and the shared backends' lookups queued on the request's batch
+        self.ahead: CacheKey | None = None
+        self.pending: dict[int, Pending[bytes | None]] | None = None
 
-    async def before(self, ctx: RequestContext) -> Reply | None:
-        cache = self.stage.cache
+    def prefetch(self, ctx: RequestContext, batch: RequestBatch, route: Route | None) -> None:
+        key = self.ahead = self.lookup_key(ctx)
+        if key is not None:
+            self.pending = self.stage.cache.prefetch(key, batch)
+
+    def lookup_key(self, ctx: RequestContext) -> CacheKey | None:
+        """The request's cache key (None: it is not cacheable, the cache is bypassed)."""
         request = _canonical(ctx)
         limits = ctx.principal.limits
         if (request is None or (self.mode == "deterministic" and request.temperature != 0)
                 or uncacheable(request) is not None or keeps_state(ctx)
                 or (limits is not None and not limits.allows(ctx.model))):
-            cache.bypasses += 1
-            say(ctx, "BYPASS")
             return None
         # a route pinned to a provider (/v1/providers/{prefix}/...) asks that provider:
         # keyed as the same `prefix/model` a plain route would name it by
         model = f"{ctx.prefix}/{ctx.model}" if ctx.prefix else ctx.model
-        key = cache_key(request, ctx.principal.key_id or "", model, layers=bool(cache.layers))
-        found = await cache.lookup(key)
+        return cache_key(request, ctx.principal.key_id or "", model,
+                         layers=bool(self.stage.cache.layers))
+
+    async def before(self, ctx: RequestContext) -> Reply | None:
+        cache = self.stage.cache
+        key = self.ahead if self.ahead is not None else self.lookup_key(ctx)
+        request = ctx.canonical
+        if key is None or request is None:
+            cache.bypasses += 1
+            say(ctx, "BYPASS")
+            return None
+        found = await cache.lookup(key, self.pending)
         if found is not None:
             cache.hits += 1
             return self.hit(ctx, request, found)

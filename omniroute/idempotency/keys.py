@@ -16,6 +16,7 @@ from omniroute.idempotency.answer import SharedAnswer, State
 
 if TYPE_CHECKING:
     from omniroute.config import Settings
+    from omniroute.sharedstate import Pending, RequestBatch
 
 log = logging.getLogger(__name__)
 
@@ -39,9 +40,16 @@ class Finished:
 class SharedKeys(Protocol):
     """Idempotency keys claimed across instances (``state_url``; None: this instance's own)."""
 
+    def prefetch_claim(self, batch: RequestBatch, scope: Scope, fingerprint: bytes,
+                       request_id: str, stream: bool) -> Pending[object]:
+        """The first ask of :meth:`claim`, queued on a request's batch: pass it to
+        :meth:`claim` as ``ahead`` (it then asks again only to wait for another instance)."""
+
     async def claim(self, scope: Scope, fingerprint: bytes, request_id: str,
-                    stream: bool) -> Finished | bool | None:
+                    stream: bool, ahead: Pending[object] | None = None) -> Finished | bool | None:
         """Claim ``scope`` for this request, where every instance sees it.
+
+        :param ahead: its first ask, made with the request's batch (:meth:`prefetch_claim`).
 
         :returns: True when this request makes the call (:meth:`settled` tells the
             others its answer); the :class:`Finished` answer when another instance made

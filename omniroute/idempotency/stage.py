@@ -16,7 +16,9 @@ provider prefix. Then, in ``before``:
 * a different fingerprint gets 409 (``IdempotencyConflict``) in the client's format.
 
 With keys shared between instances (``Idempotency.shared``, ``state_url``) the first
-request here also claims the key there: when another instance holds it, this one waits
+request here also claims the key there (its first ask goes with the request's other
+shared work, ``prefetch``; a request that turns out to be a duplicate here gives that
+claim back at once): when another instance holds it, this one waits
 for that instance's finished answer (bounded by ``total_timeout``) and serves it, and
 its own duplicates with it; when it holds it, its finished answer is published for the
 window.
@@ -51,6 +53,8 @@ from omniroute.sse import SSESplitter
 
 if TYPE_CHECKING:
     from omniroute.pipeline.operation import Operation
+    from omniroute.routing import Route
+    from omniroute.sharedstate import Pending, RequestBatch
 
 log = logging.getLogger(__name__)
 
@@ -92,22 +96,38 @@ class IdempotencyRun(StageRun):
         self.key = key
         self.operation = operation
         self.shared: SharedAnswer | None = None  # set when this request is the first
+        #: the fingerprint, and the shared claim queued on the request's batch
+        self.marks: bytes | None = None
+        self.pending: Pending[object] | None = None
+
+    def prefetch(self, ctx: RequestContext, batch: RequestBatch, route: Route | None) -> None:
+        keys = self.keys
+        if keys.shared is None or not _valid(self.key):
+            return
+        scope = (ctx.principal.key_id or "", self.key)
+        self.marks = fingerprint(ctx, self.operation.endpoint)
+        if scope not in keys.answers:  # a duplicate here shares the answer here: no claim
+            self.pending = keys.shared.prefetch_claim(batch, scope, self.marks,
+                                                      ctx.record.request_id, ctx.stream)
 
     async def before(self, ctx: RequestContext) -> Reply | None:
         key = self.key
-        if len(key) > _KEY_MAX or not key.isprintable():
+        if not _valid(key):
             raise InvalidRequest(f"The idempotency key must be at most {_KEY_MAX} printable "
                                  "characters.", param="Idempotency-Key",
                                  code="invalid_idempotency_key")
         scope = (ctx.principal.key_id or "", key)
-        marks = fingerprint(ctx, self.operation.endpoint)
+        marks = self.marks or fingerprint(ctx, self.operation.endpoint)
         shared, first = self.keys.claim(scope, marks, ctx.record.request_id, ctx.stream)
+        pending, self.pending = self.pending, None
+        if pending is not None and (shared is None or not first):
+            pending.release()  # a claim this request will not make: given back at once
         if shared is None:
             return None
         if first and self.keys.shared is not None:  # and across instances
             try:
                 found = await self.keys.shared.claim(scope, marks, ctx.record.request_id,
-                                                     ctx.stream)
+                                                     ctx.stream, ahead=pending)
             except GatewayError as err:
                 shared.fail(err)  # the duplicates waiting here get the same answer
                 raise
@@ -233,6 +253,10 @@ class IdempotencyRun(StageRun):
                 "request again with a new key.")
         response = await collect(fmt.decode_stream(_frames(fmt, list(shared.chunks))))
         return Reply(body=fmt.encode_response(response, request), headers=headers)
+
+
+def _valid(key: str) -> bool:
+    return len(key) <= _KEY_MAX and key.isprintable()
 
 
 def fingerprint(ctx: RequestContext, endpoint: str) -> bytes:

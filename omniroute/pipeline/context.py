@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     from omniroute.pipeline.stages import StageRun
     from omniroute.resilience import Attempt
     from omniroute.routing import Route, Target
+    from omniroute.sharedstate import RequestBatch
 
 
 @dataclass(slots=True)
@@ -70,6 +71,9 @@ class RequestContext:
     #: frames: nothing can be added to it (no progress frames), and a failure after its
     #: first byte cuts the connection instead of writing the format's error frame
     binary: bool = False
+    #: the request's shared-state work before dispatch (``state_url`` only; see
+    #: :class:`~omniroute.sharedstate.RequestBatch`)
+    batch: RequestBatch | None = None
 
 
 class AnswerTap(Protocol):

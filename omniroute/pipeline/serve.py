@@ -1,6 +1,7 @@
 """The data path of every client request, top to bottom.
 
-read the body -> the operation reads the model (and stream flag) -> stages
+read the body -> the operation reads the model (and stream flag) -> with
+shared state, what the stages need of it goes out in one round trip -> stages
 look at the request (and may answer it) -> resolve the model to targets ->
 call the targets in the strategy's order, moving on from failures that are
 not the client's -> send the JSON answer, or relay the stream chunk by chunk
@@ -43,6 +44,7 @@ from omniroute.pipeline.usage import complete, since, usage_headers, user_agent
 from omniroute.pricing import PriceBook
 from omniroute.resilience import Resilience, session_id
 from omniroute.routing import Router, Target
+from omniroute.sharedstate import RequestBatch
 from omniroute.storage import RequestLog, RequestRecord
 from omniroute.watch import ConfigWatcher, after_check
 
@@ -67,9 +69,15 @@ class Pipeline:
 
     def __init__(
         self, catalog: LiveConfig, resilience: Resilience, new_request_id: Callable[[], str],
-        prices: PriceBook,
+        prices: PriceBook, batches: Callable[[], RequestBatch | None] | None = None,
     ) -> None:
+        """
+        :param batches: a new batch of shared-state work per request (the shared state's
+            :meth:`~omniroute.sharedstate.SharedState.request_batch`; None: no shared
+            state, nothing is prefetched).
+        """
         self.catalog = catalog
+        self.batches = batches
         self.resilience = resilience
         self.prices = prices
         self.new_request_id = new_request_id
@@ -152,6 +160,8 @@ class Pipeline:
                 run = stage.enter(ctx, operation)
                 if run is not None:
                     ctx.runs.append(run)
+            if self.batches is not None:
+                await self._prefetch(ctx, operation, self.batches)
             for run in ctx.runs:
                 reply = await run.before(ctx)
                 if reply is not None:
@@ -260,6 +270,26 @@ class Pipeline:
             finally:
                 self._done(ctx)
 
+    async def _prefetch(self, ctx: RequestContext, operation: Operation,
+                        batches: Callable[[], RequestBatch | None]) -> None:
+        """Shared state: what the stages will ask of it before dispatch, and the slot of
+        the route's only target, in one round trip (a
+        :class:`~omniroute.sharedstate.RequestBatch`)."""
+        batch = ctx.batch = batches()
+        if batch is None:
+            return
+        try:  # resolved again after the stages, which may change the model
+            route = self.catalog.router.resolve(ctx.model, prefix=ctx.prefix)
+        except GatewayError:
+            route = None
+        for run in ctx.runs:
+            run.prefetch(ctx, batch, route)
+        if route is not None and operation.metered:
+            limiter = self.resilience.limiter_ahead(route.targets)
+            if limiter is not None:
+                batch.take_slot(limiter.name, limiter.max_concurrency, limiter.rpm)
+        await batch.send()
+
     def _done(self, ctx: RequestContext) -> None:
         """The request is over: its record goes to the log, and every stage hears of it
         (synchronously: a budget slot is given back even when this request's task is
@@ -279,6 +309,8 @@ class Pipeline:
             except Exception:
                 log.exception("stage %s failed after request %s", type(run).__name__,
                               record.request_id)
+        if ctx.batch is not None:  # what it took and nobody used is given back
+            ctx.batch.release()
 
     async def _call_targets(self, operation: Operation, ctx: RequestContext) -> Reply:
         """Try the route's targets in the strategy's order until one answers.

@@ -4,6 +4,9 @@ A :class:`Stage` is built once at start-up with its collaborators. For each
 request the pipeline asks every stage to :meth:`~Stage.enter`; a stage that
 takes part returns a :class:`StageRun`, a plain per-request object that may:
 
+* ``prefetch``: only with shared state (``state_url``): queue what ``before`` and
+  ``routed`` will ask of it on the request's batch, which the pipeline then sends
+  in one round trip (:class:`~omniroute.sharedstate.RequestBatch`);
 * ``before``: look at the request before routing, change its body, or answer it
   itself by returning a :class:`~omniroute.pipeline.context.Reply` (a cache hit,
   an idempotent replay, a budget refusal);
@@ -36,6 +39,8 @@ from omniroute.pipeline.context import Reply, RequestContext
 
 if TYPE_CHECKING:
     from omniroute.pipeline.operation import Operation
+    from omniroute.routing import Route
+    from omniroute.sharedstate import RequestBatch
     from omniroute.storage import Database
 
 
@@ -47,6 +52,14 @@ class StageRun:
     #: True when the run wraps the call (:meth:`call`) or a stream's frames (:meth:`stream`);
     #: the pipeline calls neither for a run that does not
     wraps: ClassVar[bool] = False
+
+    def prefetch(self, ctx: RequestContext, batch: RequestBatch, route: Route | None) -> None:
+        """With shared state only, before ``before``: queue on ``batch`` what this run will
+        ask of the shared state before dispatch, and keep the :class:`~omniroute.sharedstate.
+        Pending` answers to read in ``before`` / ``routed``. ``route`` is what the model
+        resolves to now (None: it does not resolve); ``routed`` sees the route again and
+        does its part the usual way when that one differs. Synchronous, and it must not
+        raise: what it cannot tell in advance is left to ``before`` and ``routed``."""
 
     async def before(self, ctx: RequestContext) -> Reply | None:
         """Before routing: return a reply to answer the request without any target."""

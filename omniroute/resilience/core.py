@@ -221,6 +221,17 @@ class Resilience:
                               queue_timeout=self.settings.queue_timeout)
         return limiter
 
+    def limiter_ahead(self, targets: Sequence[Target]) -> Limiter | None:
+        """The limiter whose shared slot a request on ``targets`` will take first, when that
+        is known before its plan: one target, not resting, with limits shared between
+        instances and no request of this instance queued for them (None otherwise)."""
+        if len(targets) != 1 or self._blocked(targets[0], self.clock.monotonic()) is not None:
+            return None
+        limiter = self._limiter(targets[0])
+        if limiter is None or limiter.shared is None or limiter.queued:
+            return None
+        return limiter
+
     def _saturated(self, target: Target) -> bool:
         limiter = self._limiter(target)
         return limiter is not None and limiter.saturated()

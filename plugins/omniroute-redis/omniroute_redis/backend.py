@@ -24,7 +24,6 @@ import logging
 import secrets
 from collections.abc import Awaitable, Callable
 from typing import Any
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from omniroute import SharedState
 from omniroute.budgets import Budgets
@@ -36,26 +35,14 @@ from omniroute_redis.batch import Batch
 from omniroute_redis.idempotency import RedisKeys
 from omniroute_redis.leases import Leases
 from omniroute_redis.ledger import RedisLedger
-from omniroute_redis.link import Link, Unreachable
+from omniroute_redis.link import Link, Unreachable, split_prefix
+from omniroute_redis.prefetch import Prefetch
 from omniroute_redis.renewals import RedisRenewals
 from omniroute_redis.resilience import RedisState
 from omniroute_redis.scripts import Scripts
 from omniroute_redis.watcher import PubSubWatcher
 
 log = logging.getLogger(__name__)
-
-#: the query parameter naming the key namespace (``redis://host/0?prefix=team-a``)
-PREFIX_PARAM = "prefix"
-
-
-def split_prefix(url: str) -> tuple[str, str]:
-    """``(url without ?prefix=, prefix)``; the default namespace is ``omniroute``."""
-    parts = urlsplit(url)
-    query = parse_qsl(parts.query, keep_blank_values=True)
-    prefix = next((v for k, v in query if k == PREFIX_PARAM and v), "omniroute")
-    rest = urlencode([(k, v) for k, v in query if k != PREFIX_PARAM])
-    return urlunsplit(parts._replace(query=rest)), prefix
-
 
 class RedisShared(SharedState):
     """Resilience state, budgets and config notices shared through Redis."""
@@ -89,6 +76,9 @@ class RedisShared(SharedState):
 
     def idempotency_keys(self) -> RedisKeys:
         return self.keys
+
+    def request_batch(self) -> Prefetch:
+        return Prefetch(self.link, self.scripts, self.state.slots, self.batch)
 
     def renewal_lock(self) -> RedisRenewals:
         return self.renewals

@@ -4,7 +4,11 @@ A request that is over gives back its slots and settles its reservation;
 neither has to hold its answer. Each is queued here as one atomic command or
 script (:meth:`Batch.add`) and the writer sends everything queued since its
 last round trip in one pipeline, at once (several requests that end together
-share it). While Redis cannot be reached the writes are dropped, and counted:
+share it). A write made while its request still runs (a connection's slot given
+back as the answer arrives, a session bound) is queued ``later``: it goes with
+the writes of the request's end (its settle, or :meth:`Batch.kick` when the
+request is over), so that a request's writes after its answer are one round
+trip. While Redis cannot be reached the writes are dropped, and counted:
 what they would have freed expires on its own (slot and reservation leases),
 and spend is repaired from the instances' own ledgers when Redis is back.
 """
@@ -24,6 +28,9 @@ log = logging.getLogger(__name__)
 
 #: writes waiting past this are dropped (counted): Redis is far behind
 QUEUE_MAX = 10_000
+#: seconds a write queued ``later`` waits at most for the writer (one that is not
+#: followed by the end of its request, :meth:`Batch.kick`)
+LATER = 0.005
 
 #: one command: ``("ZREM", key, member)``, or a script's (:meth:`Scripts.command`)
 Write = tuple[Any, ...]
@@ -38,15 +45,28 @@ class Batch:
         self._queue: list[Write] = []
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._later: asyncio.TimerHandle | None = None
         self.sent = self.dropped = self.round_trips = 0
 
-    def add(self, write: Write) -> None:
-        """Queue one command; never blocks, never raises."""
+    def add(self, write: Write, *, later: bool = False) -> None:
+        """Queue one command; never blocks, never raises.
+
+        :param later: do not wake the writer for it: it goes with the next write that
+            does, or with the next :meth:`kick`, or after :data:`LATER` seconds.
+        """
         if not self.link.up or len(self._queue) >= QUEUE_MAX:
             self.dropped += 1
             return
         self._queue.append(write)
-        self._wake.set()
+        if not later:
+            self._wake.set()
+        elif self._later is None and self._task is not None:
+            self._later = asyncio.get_running_loop().call_later(LATER, self._wake.set)
+
+    def kick(self) -> None:
+        """Send what is queued now (a request is over: its writes are all in)."""
+        if self._queue:
+            self._wake.set()
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="omniroute-redis-writes")
@@ -55,6 +75,9 @@ class Batch:
         while True:
             await self._wake.wait()
             self._wake.clear()
+            if self._later is not None:
+                self._later.cancel()
+                self._later = None
             await self.flush()
 
     async def flush(self) -> None:

@@ -9,7 +9,9 @@ front, another instance may still answer from its own copy until its TTL).
 Entries are Redis strings with the entry's TTL (``PX``), under
 ``<prefix>:cache:e:<key>``; an index (sorted by expiry) counts and lists them and
 bounds them to ``max_entries`` (the entries closest to their end go first), and
-a hash counts each entry's hits. Each call is one script, bounded by
+a hash counts each entry's hits. With ``state_url``, a request's lookup goes out
+with its other Redis work before dispatch, in one round trip (:mod:`.prefetch`).
+Each call is one script, bounded by
 :data:`TIMEOUT`. While Redis cannot be reached every lookup is a miss and every
 store is dropped (logged once, by the link): the cache never fails a request.
 """
@@ -22,8 +24,10 @@ from typing import Any
 
 from omniroute import CacheBackend
 from omniroute.cache.base import Listed
+from omniroute.sharedstate import RequestBatch
 
-from omniroute_redis.link import Link, Unreachable
+from omniroute_redis.link import Link, Unreachable, split_prefix
+from omniroute_redis.prefetch import UNREACHABLE, Prefetch, Step
 from omniroute_redis.scripts import Scripts
 
 #: seconds one cache call may take (a slower Redis is a miss, not a slow answer)
@@ -48,6 +52,9 @@ class RedisCache(CacheBackend):
             raise ValueError("ttl and max_entries must be positive")
         self.link = Link(url, timeout=lambda: TIMEOUT,
                          prefix=str(self.options.get("prefix", "omniroute")))
+        #: the server (its URL without the key prefix): a request's batch to the same one
+        #: may carry this cache's lookup
+        self.server = split_prefix(url)[0]
         self.scripts = Scripts()
         self._entry = self.link.key("cache", "e", "")
         self._index = self.link.key("cache", "index")
@@ -59,13 +66,27 @@ class RedisCache(CacheBackend):
             value = await self.scripts.call(self.link, "cache_get",
                                             [self._entry + key, self._hits], [key])
         except Unreachable:
+            value = UNREACHABLE
+        return self._found(value)
+
+    def prefetch_get(self, key: str, batch: RequestBatch) -> Step[bytes | None] | None:
+        """The lookup as a step of a request's batch, when the batch goes to the Redis
+        this cache keeps its entries in (:mod:`.prefetch`)."""
+        if not isinstance(batch, Prefetch) or batch.link.url != self.server:
+            return None
+        return batch.add(Step("cache_get", [self._entry + key, self._hits], [key],
+                              self._found))
+
+    def _found(self, value: object) -> bytes | None:
+        if value is UNREACHABLE:
             self.unreachable += 1
             value = None
         if value is None:
             self.misses += 1
             return None
         self.hits += 1
-        return bytes(value)
+        assert isinstance(value, bytes)
+        return value
 
     async def set(self, key: str, value: bytes, ttl: float | None = None) -> None:
         ttl_ms = max(1, int((ttl if ttl is not None else self.ttl) * 1000))

@@ -11,6 +11,12 @@ answer is kept for ``idempotency_window`` (at least :data:`MIN_KEEP` seconds, so
 waiters find it); a failed call is kept that long as failed, so those waiting get an
 error and not a second call.
 
+The first ask may go with the request's other Redis work before dispatch
+(:meth:`RedisKeys.prefetch_claim`, :mod:`.prefetch`); a claim taken there that the
+request will not use (it is a duplicate of a request of this instance) is released
+with ``idem_release``, which publishes the key like a settle, so that the instances
+waiting on it ask again at once.
+
 A claim lives as long as a request may (``total_timeout`` and a minute): an instance
 that dies while it holds one leaves its waiters a timeout, and the key free after it.
 While Redis cannot be reached each instance shares answers only among its own requests.
@@ -29,9 +35,11 @@ from omniroute.config import Settings
 from omniroute.errors import GatewayError, IdempotencyConflict, IdempotencyTimeout
 from omniroute.idempotency.answer import SharedAnswer, State
 from omniroute.idempotency.keys import Finished, Scope
+from omniroute.sharedstate import Pending, RequestBatch
 
 from omniroute_redis.batch import Batch
 from omniroute_redis.link import Link, Unreachable
+from omniroute_redis.prefetch import UNREACHABLE, Prefetch, Step
 from omniroute_redis.scripts import Scripts
 
 #: seconds between two asks while another instance's call is under way (a missed
@@ -62,21 +70,43 @@ class RedisKeys:
         digest = hashlib.sha256(f"{scope[0]}\0{scope[1]}".encode()).hexdigest()[:40]
         return self.link.key("idem", digest)
 
+    def _claim_args(self, fingerprint: bytes, request_id: str) -> list[object]:
+        lease_ms = int((self.settings().total_timeout + CLAIM_SLACK) * 1000)
+        return [fingerprint.hex(), request_id, lease_ms]
+
+    def prefetch_claim(self, batch: RequestBatch, scope: Scope, fingerprint: bytes,
+                       request_id: str, stream: bool) -> Step[object]:
+        assert isinstance(batch, Prefetch)
+        key = self.key(scope)
+
+        def undo(found: object) -> None:  # claimed, and this request will not call
+            if isinstance(found, list) and _text(found[0]) == "mine":
+                self.batch.add(self.scripts.command("idem_release", [key],
+                                                    [request_id, self.channel]), later=True)
+
+        return batch.add(Step("idem_claim", [key], self._claim_args(fingerprint, request_id),
+                              _as_is, undo=undo))
+
     async def claim(self, scope: Scope, fingerprint: bytes, request_id: str,
-                    stream: bool) -> Finished | bool | None:
+                    stream: bool, ahead: Pending[object] | None = None) -> Finished | bool | None:
         settings = self.settings()
         key = self.key(scope)
-        lease_ms = int((settings.total_timeout + CLAIM_SLACK) * 1000)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + settings.total_timeout
         waited = False
         while True:
             heard = self._heard.setdefault(key, asyncio.Event())
-            try:
-                found = await self.scripts.call(self.link, "idem_claim", [key],
-                                                [fingerprint.hex(), request_id, lease_ms])
-            except Unreachable:
+            if ahead is not None and ahead.ran:  # the first ask went with the request's batch
+                found, ahead = ahead.result(), None
+            else:
+                try:
+                    found = await self.scripts.call(self.link, "idem_claim", [key],
+                                                    self._claim_args(fingerprint, request_id))
+                except Unreachable:
+                    found = UNREACHABLE
+            if found is UNREACHABLE:
                 return None  # this instance decides alone
+            assert isinstance(found, list)
             kind = _text(found[0])
             if kind == "mine":
                 self._mine[key] = request_id
@@ -129,6 +159,10 @@ class RedisKeys:
         args = [request_id, state, int(answer.stream), answer.status,
                 orjson.dumps(answer.headers), kind, payload, keep_ms, self.channel]
         self.batch.add(self.scripts.command("idem_settle", [key], args))
+
+
+def _as_is(found: object) -> object:
+    return found
 
 
 def _text(value: object) -> str:

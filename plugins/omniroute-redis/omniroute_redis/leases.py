@@ -19,16 +19,21 @@ from __future__ import annotations
 
 import itertools
 from collections import defaultdict
+from collections.abc import Callable
+from typing import TypeVar
 
 from omniroute.resilience.limits import SHARED_POLL
 
 from omniroute_redis.batch import Batch
 from omniroute_redis.link import Link, Unreachable
+from omniroute_redis.prefetch import BEFORE, CALL, UNREACHABLE, Prefetch, Step
 from omniroute_redis.scripts import Scripts
 from omniroute_redis.wire import NoScript
 
 #: seconds a slot is held without a renewal (a gateway that died frees its slots then)
 LEASE = 30.0
+
+T = TypeVar("T")
 
 #: what :meth:`Leases.take` found: taken, the concurrency is full, or seconds until
 #: the rolling minute frees a start
@@ -58,12 +63,39 @@ class Leases:
         :raises Unreachable: Redis cannot be reached (bounded by the link's timeout).
         """
         member = self.member()
-        slots, starts = f"{name}:slots", f"{name}:starts"
-        found = await self.scripts.call(
-            self.link, "take", [slots, starts],
-            [member, "" if concurrency is None else concurrency, "" if rpm is None else rpm,
-             LEASE])
-        found = found.decode() if isinstance(found, bytes) else str(found)
+        keys, args = self._take_command(name, member, concurrency, rpm)
+        found = await self.scripts.call(self.link, "take", keys, args)
+        return self._taken(found, keys[0], member, concurrency)
+
+    def step(self, name: str, concurrency: int | None, rpm: int | None,
+             then: Callable[[float | None], T], *, phase: int = BEFORE) -> Step[T]:
+        """:meth:`take` as a step of a request's batch: ``then`` gets what :meth:`take`
+        returns (None: Redis cannot be reached). A slot taken and never read is given back,
+        its start too."""
+        member = self.member()
+        keys, args = self._take_command(name, member, concurrency, rpm)
+
+        def read(raw: object) -> T:
+            if raw is UNREACHABLE:
+                return then(None)
+            return then(self._taken(raw, keys[0], member, concurrency))
+
+        def undo(raw: object) -> None:
+            if _text(raw) == "0":
+                self.batch.add(("ZREM", keys[0], member), later=True)
+                self.batch.add(("ZREM", keys[1], member), later=True)
+
+        return Step("take", keys, args, read, phase=phase, undo=undo)
+
+    @staticmethod
+    def _take_command(name: str, member: str, concurrency: int | None,
+                      rpm: int | None) -> tuple[list[str], list[object]]:
+        return ([f"{name}:slots", f"{name}:starts"],
+                [member, "" if concurrency is None else concurrency,
+                 "" if rpm is None else rpm, LEASE])
+
+    def _taken(self, found: object, slots: str, member: str, concurrency: int | None) -> float:
+        found = _text(found)
         if found == "0":
             if concurrency is not None:
                 self.held[slots].append(member)
@@ -73,7 +105,8 @@ class Leases:
         return float(found)
 
     def give(self, name: str) -> None:
-        """Give back one slot of limit ``name`` held here (queued); none held: nothing.
+        """Give back one slot of limit ``name`` held here (queued to go with the writes of
+        the request's end: one round trip for all of them); none held: nothing.
 
         Slots of one limit are interchangeable, so any held member will do.
         """
@@ -84,8 +117,7 @@ class Leases:
         member = members.pop()
         if not members:
             del self.held[slots]
-        if not self.link.fire("ZREM", slots, member):
-            self.batch.add(("ZREM", slots, member))
+        self.batch.add(("ZREM", slots, member), later=True)
 
     async def renew(self) -> None:
         """Extend the leases of every slot held here (one pipelined round trip).
@@ -102,13 +134,49 @@ class Leases:
 
 class ConnectionSlots:
     """A connection's limits across instances: the resilience store's ``slots``
-    (:class:`~omniroute.resilience.state.SharedSlots`)."""
+    (:class:`~omniroute.resilience.state.SharedSlots`).
+
+    A slot taken ahead with a request's batch (:meth:`prefetch`) waits here until a
+    request asks for one of that connection: slots of one limit are interchangeable,
+    so the first to ask takes it without a round trip (normally the request that took
+    it; the batch gives it back when the request ends with it unused)."""
 
     def __init__(self, leases: Leases) -> None:
         self.leases = leases
         self.prefix = leases.link.key("conn")
+        #: connection id -> slots taken ahead, not asked for yet
+        self.ahead: dict[str, list[Step[float | None]]] = {}
+
+    def prefetch(self, batch: Prefetch, name: str, max_concurrency: int | None,
+                 rpm: int | None) -> None:
+        """Queue a take of ``name``'s slot on ``batch`` (after every other step)."""
+        step = self.leases.step(f"{self.prefix}:{name}", max_concurrency, rpm, _granted,
+                                phase=CALL)
+        undo = step.undo
+
+        def ran(step: Step[float | None]) -> None:
+            if _text(step.raw) == "0":
+                self.ahead.setdefault(name, []).append(step)
+
+        def unused(raw: object) -> None:
+            waiting = self.ahead.get(name)
+            if waiting is not None and step in waiting:
+                waiting.remove(step)
+                if not waiting:
+                    del self.ahead[name]
+            if undo is not None:
+                undo(raw)
+
+        step.ran_hook, step.undo = ran, unused
+        batch.add(step)
 
     async def take(self, name: str, max_concurrency: int | None, rpm: int | None) -> float | None:
+        waiting = self.ahead.get(name)
+        if waiting:  # taken ahead: no round trip
+            step = waiting.pop()
+            if not waiting:
+                del self.ahead[name]
+            return step.result()
         try:
             found = await self.leases.take(f"{self.prefix}:{name}", max_concurrency, rpm)
         except Unreachable:
@@ -117,3 +185,12 @@ class ConnectionSlots:
 
     def give(self, name: str) -> None:
         self.leases.give(f"{self.prefix}:{name}")
+
+
+def _text(value: object) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _granted(found: float | None) -> float | None:
+    """A slot taken ahead, as :meth:`ConnectionSlots.take` answers (only taken ones wait)."""
+    return found

@@ -11,6 +11,11 @@ The budgets stage asks this ledger first; each answer is one atomic script:
   while it was away, is repaired on the next reservation;
 * ``settle`` and ``leave`` — queued with the writes that follow an answer.
 
+``prefetch_enter`` and ``prefetch_reserve`` are the same two scripts as steps of the
+request's batch (:mod:`.prefetch`): the slot and the reservation then run in the
+request's one round trip before dispatch, the reservation only when the slot was
+taken (and nothing in between made it moot).
+
 So across instances the spend passes a limit by at most what the requests in
 flight cost beyond their estimates (and one request admitted alone), as in
 one process. A reservation is a lease too (``total_timeout`` and a minute): one
@@ -27,13 +32,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from omniroute.budgets import Budgets, Limits
-from omniroute.budgets.ledger import BUSY_RETRY_AFTER, KeyState, exceeded
+from omniroute.budgets.ledger import BUSY_RETRY_AFTER, KeyState, Window, exceeded
 from omniroute.config import Settings
 from omniroute.errors import BudgetUnavailable, RateLimited
+from omniroute.sharedstate import RequestBatch
 
 from omniroute_redis.batch import Batch
 from omniroute_redis.leases import FULL, TAKEN, Leases
 from omniroute_redis.link import Link, Unreachable
+from omniroute_redis.prefetch import ROUTED, UNREACHABLE, Prefetch, Step
 from omniroute_redis.scripts import Scripts
 
 #: seconds a reservation outlives the longest a request may take (``total_timeout``)
@@ -71,21 +78,41 @@ class RedisLedger:
             found = await self.leases.take(self._key(key_id), limits.concurrency, limits.rpm)
         except Unreachable:
             return False
-        if found == TAKEN:
-            return True
-        if found == FULL:
-            raise RateLimited(
-                f"This API key already has {limits.concurrency} requests in flight across "
-                f"the gateway's instances, its limit; retry when one has finished.",
-                retry_after=BUSY_RETRY_AFTER, code="concurrency_limit_exceeded")
-        raise RateLimited(f"This API key is limited to {limits.rpm} requests per minute.",
-                          retry_after=found, code="rate_limit_exceeded")
+        return _entered(found, limits)
+
+    def prefetch_enter(self, batch: RequestBatch, key_id: str, limits: Limits) -> Step[bool]:
+        assert isinstance(batch, Prefetch)
+        return batch.add(self.leases.step(
+            self._key(key_id), limits.concurrency, limits.rpm,
+            lambda found: False if found is None else _entered(found, limits)))
 
     def leave(self, key_id: str) -> None:
         self.leases.give(self._key(key_id))
 
     async def reserve(self, state: KeyState, limits: Limits, usd: float,
                       tokens: int) -> Held | None:
+        ask = self._reservation(state, limits, usd, tokens)
+        try:
+            answer = await self.scripts.call(self.link, "reserve", ask.keys, ask.args)
+        except Unreachable:
+            answer = UNREACHABLE
+        return self._reserved(ask, limits, answer)
+
+    def prefetch_reserve(self, batch: RequestBatch, state: KeyState, limits: Limits, usd: float,
+                         tokens: int) -> Step[object | None]:
+        assert isinstance(batch, Prefetch)
+        ask = self._reservation(state, limits, usd, tokens)
+
+        def undo(answer: object) -> None:  # admitted, and never read: dropped
+            if isinstance(answer, list) and _text(answer[0]) == "ok":
+                self.batch.add(("HDEL", ask.keys[0], ask.reservation), later=True)
+
+        return batch.add(Step("reserve", ask.keys, ask.args,
+                              lambda answer: self._reserved(ask, limits, answer),
+                              phase=ROUTED, undo=undo))
+
+    def _reservation(self, state: KeyState, limits: Limits, usd: float,
+                     tokens: int) -> _Ask:
         budgets = self.budgets
         now = budgets.clock.time()
         windows = [budgets.window(state, limits, period, now) for period in limits.periods]
@@ -100,28 +127,59 @@ class RedisLedger:
             args += [w.end, "" if limit_usd is None else repr(float(limit_usd)),
                      "" if limit_tokens is None else int(limit_tokens),
                      repr(w.spent_usd), w.spent_tokens]
+        return _Ask(reservation, keys, args, windows, now)
 
-        try:
-            answer = await self.scripts.call(self.link, "reserve", keys, args)
-            found = [v.decode() if isinstance(v, bytes) else str(v) for v in answer]
-        except Unreachable:
+    def _reserved(self, ask: _Ask, limits: Limits, answer: object) -> Held | None:
+        """The ``reserve`` script's answer as :meth:`reserve` returns it (or raises it)."""
+        if answer is UNREACHABLE:
             if self.settings().budget_fail_closed:
                 raise BudgetUnavailable(
                     "Budgets cannot be checked now: the state shared by the gateway's "
                     "instances cannot be reached, and budget_fail_closed is on.",
-                    headers={"Retry-After": "1"}) from None
+                    headers={"Retry-After": "1"})
             return None
+        assert isinstance(answer, list)
+        found = [_text(v) for v in answer]
+        windows = ask.windows
         if found[0] == "no":
             w = windows[int(found[1]) - 1]
             unit, spent, reserved, estimate, limit = found[2], *map(float, found[3:7])
-            raise exceeded(w, now, unit, spent, reserved, estimate, limit)
+            raise exceeded(w, ask.now, unit, spent, reserved, estimate, limit)
         for i, w in enumerate(windows):  # every instance's spend, for the warning threshold
             shared_usd, shared_tokens = float(found[1 + 2 * i]), int(float(found[2 + 2 * i]))
             w.base_usd = max(w.base_usd, shared_usd - w.usd)
             w.base_tokens = max(w.base_tokens, shared_tokens - w.tokens)
-        return Held(reservation, keys)
+        return Held(ask.reservation, ask.keys)
 
     def settle(self, handle: object, usd: float, tokens: int) -> None:
         assert isinstance(handle, Held)
         args = [handle.reservation, repr(float(usd)), int(tokens)]
         self.batch.add(self.scripts.command("settle", handle.keys, args))
+
+
+@dataclass(frozen=True, slots=True)
+class _Ask:
+    """One reservation's script call, and what its answer is read with."""
+
+    reservation: str
+    keys: list[str]
+    args: list[str | float | int]
+    windows: list[Window]
+    now: float
+
+
+def _entered(found: float, limits: Limits) -> bool:
+    """A key slot's answer as :meth:`RedisLedger.enter` returns it (or raises it)."""
+    if found == TAKEN:
+        return True
+    if found == FULL:
+        raise RateLimited(
+            f"This API key already has {limits.concurrency} requests in flight across "
+            f"the gateway's instances, its limit; retry when one has finished.",
+            retry_after=BUSY_RETRY_AFTER, code="concurrency_limit_exceeded")
+    raise RateLimited(f"This API key is limited to {limits.rpm} requests per minute.",
+                      retry_after=found, code="rate_limit_exceeded")
+
+
+def _text(value: object) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)

@@ -20,7 +20,9 @@ import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from functools import partial
 from typing import TYPE_CHECKING, Any, TypeVar
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from omniroute.config import redact_url
 
@@ -54,6 +56,19 @@ def _redis() -> tuple[Any, type[BaseException], type[BaseException]]:
     if RedisError not in FAILURES:
         FAILURES = (*FAILURES, RedisError)
     return aioredis, RedisError, ResponseError
+
+
+#: the query parameter naming the key namespace (``redis://host/0?prefix=team-a``)
+PREFIX_PARAM = "prefix"
+
+
+def split_prefix(url: str) -> tuple[str, str]:
+    """``(url without ?prefix=, prefix)``; the default namespace is ``omniroute``."""
+    parts = urlsplit(url)
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    prefix = next((v for k, v in query if k == PREFIX_PARAM and v), "omniroute")
+    rest = urlencode([(k, v) for k, v in query if k != PREFIX_PARAM])
+    return urlunsplit(parts._replace(query=rest)), prefix
 
 
 class Unreachable(Exception):
@@ -123,9 +138,12 @@ class Link:
         wire = self._wire = await asyncio.shield(self._opening)
         return wire
 
-    async def command(self, *args: Any) -> Any:
+    async def command(self, *args: Any,
+                      late: Callable[[Any], None] | None = None) -> Any:
         """One command on the request path's connection, bounded like :meth:`call`.
 
+        :param late: gets the reply when the caller was cancelled before it came (what
+            the command took can then be given back); an error reply is not passed on.
         :raises ErrorReply: Redis answered with an error (``NoScript`` included).
         :raises Unreachable: Redis cannot be reached.
         """
@@ -140,7 +158,13 @@ class Link:
             # a timer on the reply itself: cheaper than a timeout scope per command
             timer = asyncio.get_running_loop().call_later(self.timeout(), _expire, reply)
             try:
-                return await reply
+                if late is None:
+                    return await reply
+                try:
+                    return await asyncio.shield(reply)
+                except asyncio.CancelledError:
+                    reply.add_done_callback(partial(_late, late))
+                    raise
             finally:
                 timer.cancel()
         except ErrorReply:
@@ -148,18 +172,6 @@ class Link:
         except FAILURES as exc:
             self.lost(exc)
             raise Unreachable(str(exc)) from exc
-
-    def fire(self, *args: Any) -> bool:
-        """Write one command now and drop its reply (a write whose result nobody needs:
-        a slot given back). False when it could not be written (the link is down)."""
-        wire = self._wire
-        if not self.up or wire is None or wire.broken is not None:
-            return False
-        try:
-            wire.send(*args).add_done_callback(_dropped)
-        except WireError:
-            return False
-        return True
 
     async def commands(self, commands: list[tuple[Any, ...]]) -> list[Any]:
         """Several commands in one write (one round trip); an error reply is returned in
@@ -288,15 +300,14 @@ class Link:
                 await self.client.aclose()
 
 
+def _late(late: Callable[[Any], None], reply: asyncio.Future[Any]) -> None:
+    if not reply.cancelled() and reply.exception() is None:
+        late(reply.result())
+
+
 def _expire(reply: asyncio.Future[Any]) -> None:
     if not reply.done():
         reply.set_exception(TimeoutError("redis did not answer within state_timeout"))
-
-
-def _dropped(reply: asyncio.Future[Any]) -> None:
-    """A fired command's reply: read, and dropped (an error reply included)."""
-    if not reply.cancelled():
-        reply.exception()
 
 
 def _quiet(task: asyncio.Future[Any]) -> None:

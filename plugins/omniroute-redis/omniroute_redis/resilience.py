@@ -270,7 +270,8 @@ class RedisState:
                                 "ttl": ttl_ms})
         key = self.link.key("sess", session)
         self.batch.add(self.scripts.command("session", [key],
-                                            [connection_id, ttl_ms, self.channel, message]))
+                                            [connection_id, ttl_ms, self.channel, message]),
+                       later=True)
 
     # ------------------------------------------------------------------ loading
 

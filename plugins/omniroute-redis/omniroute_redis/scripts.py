@@ -11,6 +11,7 @@ Redis answers ``NOSCRIPT`` (a restarted server has forgotten them).
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from typing import Any
 
 from omniroute_redis.wire import NoScript
@@ -81,29 +82,32 @@ return out
 #: (member -> start time) of one connection or API key; ARGV = member, concurrency or
 #: '', rpm or '', lease seconds. Returns '0' (taken), 'c' (concurrency full) or the
 #: seconds until the rolling minute frees one.
-TAKE = _NOW + """
-local member, concurrency, rpm = ARGV[1], ARGV[2], ARGV[3]
-if concurrency ~= '' then
-  redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
-  if redis.call('ZCARD', KEYS[1]) >= tonumber(concurrency) then return 'c' end
-end
-if rpm ~= '' then
-  local limit = tonumber(rpm)
-  redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now - 60)
-  local n = redis.call('ZCARD', KEYS[2])
-  if n >= limit then
-    local oldest = redis.call('ZRANGE', KEYS[2], n - limit, n - limit, 'WITHSCORES')
-    return tostring(math.max(0.001, tonumber(oldest[2]) + 60 - now))
+TAKE_FN = """
+local function take(K, A)
+  local member, concurrency, rpm = A[1], A[2], A[3]
+  if concurrency ~= '' then
+    redis.call('ZREMRANGEBYSCORE', K[1], '-inf', now)
+    if redis.call('ZCARD', K[1]) >= tonumber(concurrency) then return 'c' end
   end
-  redis.call('ZADD', KEYS[2], now, member)
-  redis.call('EXPIRE', KEYS[2], 61)
+  if rpm ~= '' then
+    local limit = tonumber(rpm)
+    redis.call('ZREMRANGEBYSCORE', K[2], '-inf', now - 60)
+    local n = redis.call('ZCARD', K[2])
+    if n >= limit then
+      local oldest = redis.call('ZRANGE', K[2], n - limit, n - limit, 'WITHSCORES')
+      return tostring(math.max(0.001, tonumber(oldest[2]) + 60 - now))
+    end
+    redis.call('ZADD', K[2], now, member)
+    redis.call('EXPIRE', K[2], 61)
+  end
+  if concurrency ~= '' then
+    redis.call('ZADD', K[1], now + tonumber(A[4]), member)
+    redis.call('EXPIRE', K[1], math.ceil(tonumber(A[4])) + 1)
+  end
+  return '0'
 end
-if concurrency ~= '' then
-  redis.call('ZADD', KEYS[1], now + tonumber(ARGV[4]), member)
-  redis.call('EXPIRE', KEYS[1], math.ceil(tonumber(ARGV[4])) + 1)
-end
-return '0'
 """
+TAKE = _NOW + TAKE_FN + "return take(KEYS, ARGV)\n"
 
 #: extend the leases of the slots an instance holds: KEYS[1] = the slots; ARGV = lease
 #: seconds, then the members (only those still there)
@@ -122,53 +126,56 @@ return #ARGV - 1
 #: Returns {'ok', usd1, tokens1, ...} or {'no', window, unit, spent, reserved, estimate,
 #: limit}; a window admits while its spend is under the limit and the reservations in
 #: flight and this estimate fit, or nothing else of the key is in flight.
-RESERVE = _NOW + """
-local held, rusd, rtok = 0, 0, 0
-local all = redis.call('HGETALL', KEYS[1])
-for i = 1, #all, 2 do
-  local u, k, e = string.match(all[i + 1], '(%S+) (%S+) (%S+)')
-  if tonumber(e) <= now then
-    redis.call('HDEL', KEYS[1], all[i])
-  else
-    held = held + 1
-    rusd = rusd + tonumber(u)
-    rtok = rtok + tonumber(k)
+RESERVE_FN = """
+local function reserve(K, A)
+  local held, rusd, rtok = 0, 0, 0
+  local all = redis.call('HGETALL', K[1])
+  for i = 1, #all, 2 do
+    local u, k, e = string.match(all[i + 1], '(%S+) (%S+) (%S+)')
+    if tonumber(e) <= now then
+      redis.call('HDEL', K[1], all[i])
+    else
+      held = held + 1
+      rusd = rusd + tonumber(u)
+      rtok = rtok + tonumber(k)
+    end
   end
-end
-local alone = held == 0
-local usd, tokens = tonumber(ARGV[2]), tonumber(ARGV[3])
-local out = {'ok'}
-local refusal, refusal_end = nil, 0
-local function admits(spent, reserved, estimate, limit)
-  return spent < limit and (alone or spent + reserved + estimate <= limit)
-end
-for w = 1, #KEYS - 1 do
-  local b = 4 + (w - 1) * 5
-  local wend, lusd, ltok = tonumber(ARGV[b + 1]), ARGV[b + 2], ARGV[b + 3]
-  local key = KEYS[w + 1]
-  local su = tonumber(redis.call('HGET', key, 'usd') or '-1')
-  local st = tonumber(redis.call('HGET', key, 'tokens') or '-1')
-  local fu, ft = tonumber(ARGV[b + 4]), tonumber(ARGV[b + 5])
-  if su < fu then su = fu; redis.call('HSET', key, 'usd', ARGV[b + 4]) end
-  if st < ft then st = ft; redis.call('HSET', key, 'tokens', ARGV[b + 5]) end
-  redis.call('EXPIREAT', key, math.ceil(wend) + 86400)
-  out[#out + 1] = tostring(su)
-  out[#out + 1] = tostring(st)
-  if lusd ~= '' and not admits(su, rusd, usd, tonumber(lusd)) and wend > refusal_end then
-    refusal, refusal_end = {'no', tostring(w), 'USD', tostring(su), tostring(rusd),
-                            tostring(usd), lusd}, wend
+  local alone = held == 0
+  local usd, tokens = tonumber(A[2]), tonumber(A[3])
+  local out = {'ok'}
+  local refusal, refusal_end = nil, 0
+  local function admits(spent, reserved, estimate, limit)
+    return spent < limit and (alone or spent + reserved + estimate <= limit)
   end
-  if ltok ~= '' and wend > refusal_end and not admits(st, rtok, tokens, tonumber(ltok)) then
-    refusal, refusal_end = {'no', tostring(w), 'tokens', tostring(st), tostring(rtok),
-                            tostring(tokens), ltok}, wend
+  for w = 1, #K - 1 do
+    local b = 4 + (w - 1) * 5
+    local wend, lusd, ltok = tonumber(A[b + 1]), A[b + 2], A[b + 3]
+    local key = K[w + 1]
+    local su = tonumber(redis.call('HGET', key, 'usd') or '-1')
+    local st = tonumber(redis.call('HGET', key, 'tokens') or '-1')
+    local fu, ft = tonumber(A[b + 4]), tonumber(A[b + 5])
+    if su < fu then su = fu; redis.call('HSET', key, 'usd', A[b + 4]) end
+    if st < ft then st = ft; redis.call('HSET', key, 'tokens', A[b + 5]) end
+    redis.call('EXPIREAT', key, math.ceil(wend) + 86400)
+    out[#out + 1] = tostring(su)
+    out[#out + 1] = tostring(st)
+    if lusd ~= '' and not admits(su, rusd, usd, tonumber(lusd)) and wend > refusal_end then
+      refusal, refusal_end = {'no', tostring(w), 'USD', tostring(su), tostring(rusd),
+                              tostring(usd), lusd}, wend
+    end
+    if ltok ~= '' and wend > refusal_end and not admits(st, rtok, tokens, tonumber(ltok)) then
+      refusal, refusal_end = {'no', tostring(w), 'tokens', tostring(st), tostring(rtok),
+                              tostring(tokens), ltok}, wend
+    end
   end
+  if refusal then return refusal end
+  local lease = tonumber(A[4])
+  redis.call('HSET', K[1], A[1], A[2] .. ' ' .. A[3] .. ' ' .. tostring(now + lease))
+  redis.call('EXPIRE', K[1], math.ceil(lease) + 60)
+  return out
 end
-if refusal then return refusal end
-local lease = tonumber(ARGV[4])
-redis.call('HSET', KEYS[1], ARGV[1], ARGV[2] .. ' ' .. ARGV[3] .. ' ' .. tostring(now + lease))
-redis.call('EXPIRE', KEYS[1], math.ceil(lease) + 60)
-return out
 """
+RESERVE = _NOW + RESERVE_FN + "return reserve(KEYS, ARGV)\n"
 
 #: a request is over: drop its reservation (KEYS[1], field ARGV[1]) and add its spend
 #: (ARGV[2] USD, ARGV[3] tokens, one request) to each window (KEYS[2..])
@@ -191,11 +198,14 @@ return 1
 """
 
 #: a cache lookup that counts the entry's hits: KEYS = entry, hits hash; ARGV[1] = field
-CACHE_GET = """
-local value = redis.call('GET', KEYS[1])
-if value then redis.call('HINCRBY', KEYS[2], ARGV[1], 1) end
-return value
+CACHE_GET_FN = """
+local function cache_get(K, A)
+  local value = redis.call('GET', K[1])
+  if value then redis.call('HINCRBY', K[2], A[1], 1) end
+  return value
+end
 """
+CACHE_GET = CACHE_GET_FN + "return cache_get(KEYS, ARGV)\n"
 
 #: store a cache entry: KEYS = entry, index (field -> expiry), hits; ARGV = value, TTL
 #: ms, field, most entries, the entries' key prefix. Expired index rows go first, then
@@ -225,20 +235,23 @@ return 1
 #: Returns {'mine'} (claimed now), {'conflict'} (another fingerprint), {'calling'} or
 #: {'failed'} (another request's call), or {'done', request id, stream, status, headers,
 #: kind, payload}
-IDEM_CLAIM = """
-local state = redis.call('HGET', KEYS[1], 'state')
-if not state then
-  redis.call('HSET', KEYS[1], 'state', 'calling', 'fp', ARGV[1], 'rid', ARGV[2])
-  redis.call('PEXPIRE', KEYS[1], ARGV[3])
-  return {'mine'}
+IDEM_CLAIM_FN = """
+local function idem_claim(K, A)
+  local state = redis.call('HGET', K[1], 'state')
+  if not state then
+    redis.call('HSET', K[1], 'state', 'calling', 'fp', A[1], 'rid', A[2])
+    redis.call('PEXPIRE', K[1], A[3])
+    return {'mine'}
+  end
+  if redis.call('HGET', K[1], 'fp') ~= A[1] then return {'conflict'} end
+  if state == 'done' then
+    return {'done', unpack(redis.call('HMGET', K[1], 'rid', 'stream', 'status', 'headers',
+                                      'kind', 'payload'))}
+  end
+  return {state}
 end
-if redis.call('HGET', KEYS[1], 'fp') ~= ARGV[1] then return {'conflict'} end
-if state == 'done' then
-  return {'done', unpack(redis.call('HMGET', KEYS[1], 'rid', 'stream', 'status', 'headers',
-                                    'kind', 'payload'))}
-end
-return {state}
 """
+IDEM_CLAIM = IDEM_CLAIM_FN + "return idem_claim(KEYS, ARGV)\n"
 
 #: the claimed key's answer is final: KEYS[1]; ARGV = request id (only its own claim is
 #: settled), state ('done' or 'failed'), stream, status, headers, kind, payload, keep ms,
@@ -252,6 +265,49 @@ redis.call('PUBLISH', ARGV[9], KEYS[1])
 return 1
 """
 
+#: a claim a request took and will not use (it turned out a duplicate here): KEYS[1];
+#: ARGV = request id, channel. Dropped only while it is that request's and still
+#: calling; its name is published, so that instances waiting on it ask again.
+IDEM_RELEASE = """
+if redis.call('HGET', KEYS[1], 'rid') ~= ARGV[1] then return 0 end
+if redis.call('HGET', KEYS[1], 'state') ~= 'calling' then return 0 end
+redis.call('DEL', KEYS[1])
+redis.call('PUBLISH', ARGV[2], KEYS[1])
+return 1
+"""
+
+#: one request's shared work before dispatch, in one script (:mod:`.prefetch`): the steps
+#: run in order, each one the script of the same name (``take``, ``cache_get``,
+#: ``idem_claim``, ``reserve``), and the first answer that makes the rest moot stops
+#: them: a slot refused, a cache hit, a key claimed by another request, a reservation
+#: refused. ARGV = the count of steps, then per step its name and counts of keys and
+#: arguments, then every step's arguments; KEYS = every step's keys, in order. Returns
+#: the answers of the steps that ran.
+ADMIT = _NOW + TAKE_FN + CACHE_GET_FN + IDEM_CLAIM_FN + RESERVE_FN + """
+local steps = {take = take, cache_get = cache_get, idem_claim = idem_claim, reserve = reserve}
+local stops = {
+  take = function(r) return r ~= '0' end,
+  cache_get = function(r) return r ~= false end,
+  idem_claim = function(r) return r[1] ~= 'mine' end,
+  reserve = function(r) return r[1] == 'no' end,
+}
+local n = tonumber(ARGV[1])
+local ki, ai = 1, 2 + 3 * n
+local out = {}
+for s = 1, n do
+  local b = 2 + (s - 1) * 3
+  local name, nk, na = ARGV[b], tonumber(ARGV[b + 1]), tonumber(ARGV[b + 2])
+  local k, a = {}, {}
+  for i = 1, nk do k[i] = KEYS[ki + i - 1] end
+  for i = 1, na do a[i] = ARGV[ai + i - 1] end
+  ki, ai = ki + nk, ai + na
+  local r = steps[name](k, a)
+  out[s] = r
+  if stops[name](r) then break end
+end
+return out
+"""
+
 #: a credential renewal is over: KEYS[1] = its lock, ARGV = the holder, the channel
 #: (only the holder's own lock goes; the connection's id is published)
 RENEW_RELEASE = """
@@ -263,7 +319,7 @@ return 1
 SOURCES = {"merge": MERGE, "take": TAKE, "renew": RENEW, "reserve": RESERVE,
            "settle": SETTLE, "session": SESSION, "cache_get": CACHE_GET,
            "cache_set": CACHE_SET, "idem_claim": IDEM_CLAIM, "idem_settle": IDEM_SETTLE,
-           "renew_release": RENEW_RELEASE}
+           "idem_release": IDEM_RELEASE, "admit": ADMIT, "renew_release": RENEW_RELEASE}
 
 
 class Scripts:
@@ -302,17 +358,20 @@ class Scripts:
             return SOURCES[name_or_sha]
         return SOURCES[next(n for n, sha in self.sha.items() if sha == name_or_sha)]
 
-    async def call(self, link: Any, name: str, keys: list[str], args: list[Any]) -> Any:
+    async def call(self, link: Any, name: str, keys: list[str], args: list[Any],
+                   late: Callable[[Any], None] | None = None) -> Any:
         """Run script ``name`` on the link's request-path connection (one round trip; two
         after Redis forgot it).
 
+        :param late: gets the answer if the caller is cancelled before it comes
+            (:meth:`Link.command <omniroute_redis.link.Link.command>`).
         :raises Unreachable: Redis cannot be reached.
         """
         try:
-            return await link.command(*self.command(name, keys, args))
+            return await link.command(*self.command(name, keys, args), late=late)
         except NoScript:
             await link.command("SCRIPT", "LOAD", SOURCES[name])
-            return await link.command(*self.command(name, keys, args))
+            return await link.command(*self.command(name, keys, args), late=late)
 
     async def reload_for(self, link: Any, commands: list[tuple[Any, ...]]) -> None:
         """Load the scripts these ``EVALSHA`` commands name (after ``NOSCRIPT``)."""

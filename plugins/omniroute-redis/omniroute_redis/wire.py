@@ -100,6 +100,9 @@ class Wire(asyncio.Protocol):
         self._waiting: deque[asyncio.Future[Any]] = deque()
         self._buffer = bytearray()
         self.broken: BaseException | None = None
+        #: writes to the socket: each is one round trip for what it carries (a command,
+        #: or a pipeline of them)
+        self.writes = 0
 
     @classmethod
     async def open(cls, url: str) -> Wire:
@@ -173,6 +176,7 @@ class Wire(asyncio.Protocol):
         waiter: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._waiting.append(waiter)
         self._transport.write(encode(args))
+        self.writes += 1
         return waiter
 
     async def call(self, *args: Any) -> Any:
@@ -186,6 +190,7 @@ class Wire(asyncio.Protocol):
         waiters = [loop.create_future() for _ in commands]
         self._waiting.extend(waiters)
         self._transport.write(b"".join(encode(c) for c in commands))
+        self.writes += 1
         return waiters
 
     def close(self) -> None:

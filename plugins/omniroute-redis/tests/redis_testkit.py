@@ -33,6 +33,8 @@ class FakeUpstream:
         self.delay = 0.0
         #: when set, a call without ``Authorization: Bearer <it>`` gets a 401
         self.required_key: str | None = None
+        #: called at the start of every call (a test looks at the gateway meanwhile)
+        self.on_call: Callable[[], None] | None = None
         self.app = web.Application()
         self.app.router.add_post("/v1/chat/completions", self.chat)
         self.app.router.add_get("/v1/models", self.models)
@@ -44,6 +46,8 @@ class FakeUpstream:
 
     async def chat(self, request: web.Request) -> web.Response:
         self.calls += 1
+        if self.on_call is not None:
+            self.on_call()
         body = await request.json()
         if self.required_key and request.headers.get(
                 "Authorization") != f"Bearer {self.required_key}":

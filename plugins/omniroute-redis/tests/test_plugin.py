@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from omniroute.appkeys import PIPELINE
 from omniroute.plugins import load_plugins
 from omniroute.testing import make_test_config, start_harness
 
@@ -35,5 +36,7 @@ async def test_without_state_url_a_gateway_shares_nothing(aiohttp_client: Any,
     gw = await start_harness(aiohttp_client, make_test_config(tmp_path / "omniroute"))
     assert gw.gateway.shared is None and gw.gateway.budgets.shared is None
     assert gw.resilience.state.slots is None
+    # nothing is prefetched per request: the pipeline makes no batch at all
+    assert gw.client.app[PIPELINE].batches is None
     health = await (await gw.client.get("/api/monitoring/health")).json()
     assert "shared_state" not in health

@@ -1,0 +1,177 @@
+"""One request's Redis work before dispatch, in one round trip (its
+:class:`~omniroute.sharedstate.RequestBatch`).
+
+The pipeline asks the stages what they will need (``StageRun.prefetch``); each
+part queues its step here instead of running its own script:
+
+* the API key's slot (``take``) and its budget reservation (``reserve``);
+* the cache lookup of the ``redis`` backend (``cache_get``);
+* the ``Idempotency-Key`` claim (``idem_claim``);
+* the slot of the route's only target, when its connection is limited (``take``).
+
+:meth:`Prefetch.send` runs them as one ``admit`` script (:mod:`.scripts`; a lone
+step as its own script): one ``EVALSHA``, one round trip, in the order the stages
+would have asked (the before-routing steps, then the reservation, then the
+connection's slot). Where
+an answer makes the rest moot the script stops, so what a request would not
+have taken is never taken: a refused key slot stops everything after it; a
+cache hit stops the claim, the reservation and the connection's slot; a claim
+that is not this request's (another request's call, its finished answer, a
+conflict) stops the reservation and the slot; a refused reservation stops the
+slot. Each stage then reads its own :class:`Step`; one that did not run is
+done the usual way, with its own round trip, if the stage still needs it (the
+claim's wait for another instance, for example).
+
+A step that ran and is not read (the route changed between the prefetch and
+``routed``, the cache answered from the memory in front of Redis, a duplicate
+of a request of this instance) is undone: its slot given back, its reservation
+dropped, its claim released (and published, for the instances waiting on it).
+The undo is queued with the writes that follow answers (:mod:`.batch`), at
+once when the stage knows, or when the request is over (:meth:`Prefetch.release`,
+which also sends the writes queued for the request's end: all of them go in one
+round trip).
+
+While Redis cannot be reached every step answers as its own call would then:
+the part decides with this instance's own numbers. A request whose client leaves
+while the batch is on its way gives back what it took once the answer is in.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
+
+from omniroute_redis.link import Link, Unreachable
+from omniroute_redis.scripts import Scripts
+
+if TYPE_CHECKING:
+    from omniroute_redis.batch import Batch
+    from omniroute_redis.leases import ConnectionSlots
+
+T = TypeVar("T")
+
+#: a step's raw answer while Redis cannot be reached
+UNREACHABLE: Any = object()
+
+#: the order steps run in, whatever order the stages queued them: before routing (the
+#: key's slot, the cache, the claim), the reservation (routed), the connection's slot
+BEFORE, ROUTED, CALL = 0, 1, 2
+
+
+class Step(Generic[T]):
+    """One script of the ``admit`` batch; its answer once the batch was sent
+    (a :class:`~omniroute.sharedstate.Pending`).
+
+    :param read: the raw answer (or :data:`UNREACHABLE`) as the part's own call returns
+        it (it may raise what that call raises).
+    :param undo: queues what gives back a raw answer that took something (None: nothing
+        to give back, such as a lookup).
+    :param ran_hook: called with the step once its answer is in (before anyone reads it).
+    """
+
+    __slots__ = ("_ran", "args", "done", "keys", "name", "phase", "ran_hook", "raw", "read",
+                 "undo")
+
+    def __init__(self, name: str, keys: list[str], args: list[Any], read: Callable[[Any], T],
+                 *, phase: int = BEFORE, undo: Callable[[Any], None] | None = None,
+                 ran_hook: Callable[[Step[T]], None] | None = None) -> None:
+        self.name, self.keys, self.args, self.phase = name, keys, args, phase
+        self.read, self.undo, self.ran_hook = read, undo, ran_hook
+        self.raw: Any = None
+        self._ran = False
+        self.done = False  # read, or undone
+
+    @property
+    def ran(self) -> bool:
+        return self._ran
+
+    def answered(self, raw: Any) -> None:
+        self.raw, self._ran = raw, True
+        if self.ran_hook is not None:
+            self.ran_hook(self)
+
+    def result(self) -> T:
+        self.done = True
+        return self.read(self.raw)
+
+    def release(self) -> None:
+        if self._ran and not self.done:
+            self.done = True
+            if self.undo is not None and self.raw is not UNREACHABLE:
+                self.undo(self.raw)
+
+
+class Prefetch:
+    """The steps of one request (see the module docstring)."""
+
+    __slots__ = ("link", "scripts", "slots", "steps", "writes")
+
+    def __init__(self, link: Link, scripts: Scripts, slots: ConnectionSlots,
+                 writes: Batch) -> None:
+        """
+        :param writes: the writes that follow answers: :meth:`release` sends them.
+        """
+        self.link = link
+        self.scripts = scripts
+        self.slots = slots
+        self.writes = writes
+        self.steps: list[Step[Any]] = []
+
+    def add(self, step: Step[T]) -> Step[T]:
+        self.steps.append(step)
+        return step
+
+    def take_slot(self, name: str, max_concurrency: int | None, rpm: int | None) -> None:
+        self.slots.prefetch(self, name, max_concurrency, rpm)
+
+    async def send(self) -> None:
+        """One ``EVALSHA`` of the ``admit`` script (a second after Redis forgot its scripts).
+
+        :raises ErrorReply: a script failed (a bug of ours): the request fails as it
+            would have in its stage.
+        """
+        if not self.steps:
+            return
+        steps = self.steps = sorted(self.steps, key=_phase)
+        try:
+            if len(steps) == 1:  # its own script: nothing to dispatch
+                only = steps[0]
+                answers = [await self.scripts.call(self.link, only.name, only.keys, only.args,
+                                                   late=self._abandoned_one)]
+            else:
+                keys: list[str] = []
+                head: list[Any] = [len(steps)]
+                args: list[Any] = []
+                for step in steps:
+                    head += [step.name, len(step.keys), len(step.args)]
+                    keys += step.keys
+                    args += step.args
+                answers = await self.scripts.call(self.link, "admit", keys, head + args,
+                                                  late=self._abandoned)
+        except Unreachable:
+            answers = [UNREACHABLE] * len(steps)
+        self._answer(answers)
+
+    def _answer(self, answers: list[Any]) -> None:
+        for step, raw in zip(self.steps, answers, strict=False):  # the rest did not run
+            step.answered(raw)
+
+    def _abandoned_one(self, answer: Any) -> None:
+        self._abandoned([answer])
+
+    def _abandoned(self, answers: list[Any]) -> None:
+        """The request was gone (its client left) before the answer came: nobody reads
+        it, so what it took is given back."""
+        self._answer(answers)
+        self.release()
+
+    def release(self) -> None:
+        """The request is over: undo what ran and was not read, and send the writes
+        queued for its end (its slots given back, its session bound) now."""
+        for step in self.steps:
+            step.release()
+        self.writes.kick()
+
+
+def _phase(step: Step[Any]) -> int:
+    return step.phase

@@ -1,0 +1,310 @@
+"""Round trips to Redis per request: one before dispatch, one after the answer.
+
+Every write on the request path's connection (:class:`omniroute_redis.wire.Wire`) is
+logged with the commands it carries (a script by its name); the fake upstream notes
+where the log stands when the gateway calls it. The background work of the instance
+(the resilience sync's ``merge`` scripts, lease renewals) is left out of the counts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import redis.asyncio as aioredis
+from omniroute.budgets import Limits
+from redis_testkit import (
+    FakeUpstream,
+    Instances,
+    add_connection,
+    start_instances,
+    until,
+    until_routable,
+)
+
+from omniroute_redis.scripts import Scripts
+from omniroute_redis.wire import Wire
+
+#: scripts the instance runs on its own schedule, not for a request, and what a
+#: connection sends once as it opens
+BACKGROUND = {"merge", "renew", "SELECT", "AUTH"}
+#: a price that makes a request of 20 tokens cost $0.005
+PRICE = {"model": "up/m1", "input": 250, "output": 250}
+
+Write = list[tuple[str, ...]]
+
+
+@pytest.fixture
+def writes(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[Write]]:
+    """Every write of every :class:`Wire`: per command its name (a script's name), and
+    for the ``admit`` script the names of its steps."""
+    names = {sha: name for name, sha in Scripts().sha.items()}
+    log: list[Write] = []
+
+    def described(args: tuple[Any, ...]) -> tuple[str, ...]:
+        if args[0] != "EVALSHA":
+            return (str(args[0]),)
+        name, nkeys = names[args[1]], int(args[2])
+        if name != "admit":
+            return (name,)
+        argv = args[3 + nkeys:]
+        return (name, *(str(argv[1 + 3 * i]) for i in range(int(argv[0]))))
+
+    send, send_many = Wire.send, Wire.send_many
+
+    def logged_send(self: Wire, *args: Any) -> Any:
+        log.append([described(args)])
+        return send(self, *args)
+
+    def logged_send_many(self: Wire, commands: list[tuple[Any, ...]]) -> Any:
+        log.append([described(c) for c in commands])
+        return send_many(self, commands)
+
+    monkeypatch.setattr(Wire, "send", logged_send)
+    monkeypatch.setattr(Wire, "send_many", logged_send_many)
+    yield log
+
+
+def requests_part(log: list[Write]) -> list[Write]:
+    """The writes made for requests (the background syncs and connections opening left
+    out)."""
+    kept = []
+    for write in log:
+        commands = [c for c in write if c[0] not in BACKGROUND]
+        if commands:
+            kept.append(commands)
+    return kept
+
+
+@pytest.fixture
+async def one(aiohttp_client: Any, tmp_path: Any, redis_url: str,
+              upstream: FakeUpstream) -> Any:
+    """One instance with the shared ``redis`` cache, and its connection limited."""
+    made = await start_instances(aiohttp_client, tmp_path / "omniroute", redis_url, count=1,
+                                 cache_backends="redis", cache_mode="on")
+    try:
+        await add_connection(made, upstream, rpm=1000, max_concurrency=50)
+        await until_routable(made, "up/m1")
+        resp = await made[0].client.put("/api/pricing", headers=made[0].admin_headers,
+                                        json=PRICE)
+        assert resp.status == 200, await resp.text()
+        await made[0].gateway.shared.link.command("PING")  # the connection is open
+        yield made
+    finally:
+        await made.close()
+
+
+async def limited_key(instances: Instances, **limits: Any) -> tuple[str, str]:
+    """A new API key with ``limits``: (its id, its secret)."""
+    key, secret = await instances[0].store.create_key("team", set(),
+                                                      limits=Limits.parse(limits))
+    await instances[0].gateway.reload()
+    return key.id, secret
+
+
+async def count(client: aioredis.Redis, pattern: str) -> int:
+    """Members of the sorted sets (or fields of the hashes) whose names match."""
+    total = 0
+    async for name in client.scan_iter(match=pattern):
+        kind = (await client.type(name)).decode()
+        total += await (client.zcard(name) if kind == "zset" else client.hlen(name))
+    return total
+
+
+async def test_a_request_with_every_concern_waits_for_one_round_trip_before_dispatch(
+        one: Instances, upstream: FakeUpstream, writes: list[Write]) -> None:
+    _, secret = await limited_key(one, rpm=100, concurrency=10, daily_usd=1.0)
+    shared = one[0].gateway.shared
+    called: list[int] = []
+    upstream.on_call = lambda: called.append(len(writes))
+    flushed = shared.batch.round_trips
+    start = len(writes)
+    status, body, headers = await one.chat("all at once", key=secret, max_tokens=10,
+                                           headers={"Idempotency-Key": "rt-1"})
+    assert status == 200, body
+    assert headers["X-OmniRoute-Cache"] == "MISS"
+    # before dispatch: the key's slot, the cache lookup, the claim, the reservation and
+    # the connection's slot, in one script: one write, one round trip
+    assert requests_part(writes[start:called[0]]) == [
+        [("admit", "take", "cache_get", "idem_claim", "reserve", "take")]]
+    # after the answer: the slots given back, the spend settled, the answer published,
+    # all in one pipeline (the cache's store goes on the cache's own connection, from
+    # its writer, once the entry is made)
+    await until(lambda: shared.batch.round_trips > flushed, timeout=2.0)
+    await one[0].cache.settled()
+    await asyncio.sleep(0.05)  # nothing else follows
+    after = requests_part(writes[called[0]:])
+    assert after.count([("cache_set",)]) == 1
+    after.remove([("cache_set",)])
+    assert len(after) == 1 and shared.batch.round_trips == flushed + 1, after
+    assert sorted(after[0]) == sorted([("ZREM",), ("ZREM",), ("settle",), ("idem_settle",)])
+
+
+async def test_a_lone_concern_is_its_own_script(one: Instances, upstream: FakeUpstream,
+                                                 writes: list[Write]) -> None:
+    called: list[int] = []
+    upstream.on_call = lambda: called.append(len(writes))
+    start = len(writes)
+    # the admin key has no limits, the cache is bypassed: only the connection's slot
+    status, body, headers = await one.chat("only the slot",
+                                           headers={"X-OmniRoute-No-Cache": "true"})
+    assert status == 200 and headers["X-OmniRoute-Cache"] == "BYPASS", body
+    assert requests_part(writes[start:called[0]]) == [[("take",)]]
+
+
+async def test_a_cache_hit_takes_no_claim_no_reservation_and_no_connection_slot(
+        one: Instances, upstream: FakeUpstream, writes: list[Write], redis_url: str) -> None:
+    key_id, secret = await limited_key(one, rpm=100, concurrency=10, daily_usd=1.0)
+    status, _, headers = await one.chat("cached", key=secret, max_tokens=10,
+                                        headers={"Idempotency-Key": "hit-1"})
+    assert status == 200 and headers["X-OmniRoute-Cache"] == "MISS"
+    await one[0].cache.settled()
+    start = len(writes)
+    status, _, headers = await one.chat("cached", key=secret, max_tokens=10,
+                                        headers={"Idempotency-Key": "hit-2"})
+    assert status == 200 and headers["X-OmniRoute-Cache"] == "HIT"
+    assert upstream.calls == 1
+    assert [("admit", "take", "cache_get", "idem_claim", "reserve", "take")] in \
+        requests_part(writes[start:])
+    shared = one[0].gateway.shared
+    client = aioredis.Redis.from_url(redis_url)
+    try:
+        # the key's slot was taken (a hit counts against rpm); nothing after the lookup ran
+        assert await count(client, shared.link.key("key", key_id, "starts")) == 2
+        assert await count(client, shared.link.key("conn", "*", "starts")) == 1
+        assert await count(client, shared.link.key("key", key_id, "reserved")) == 0
+        assert await client.exists(shared.keys.key((key_id, "hit-2"))) == 0
+        assert await client.exists(shared.keys.key((key_id, "hit-1"))) == 1
+        spend = shared.link.key("key", key_id, "spend", "*")
+        requests = [int(await client.hget(name, "requests") or 0)
+                    async for name in client.scan_iter(match=spend)]
+        assert requests == [1]  # the hit reserved nothing and settled nothing
+    finally:
+        await client.aclose()
+
+
+async def test_a_refused_key_slot_stops_everything_after_it(
+        one: Instances, upstream: FakeUpstream, redis_url: str) -> None:
+    key_id, secret = await limited_key(one, rpm=1, daily_usd=1.0)
+    status, _, _ = await one.chat("first", key=secret, max_tokens=10,
+                                  headers={"Idempotency-Key": "slot-1"})
+    assert status == 200
+    status, body, headers = await one.chat("second", key=secret, max_tokens=10,
+                                           headers={"Idempotency-Key": "slot-2"})
+    assert status == 429 and body["error"]["code"] == "rate_limit_exceeded", body
+    assert float(headers["Retry-After"]) > 0
+    assert upstream.calls == 1
+    shared = one[0].gateway.shared
+    client = aioredis.Redis.from_url(redis_url)
+    try:
+        assert await client.exists(shared.keys.key((key_id, "slot-2"))) == 0
+        assert await count(client, shared.link.key("conn", "*", "starts")) == 1
+        assert await count(client, shared.link.key("key", key_id, "reserved")) == 0
+    finally:
+        await client.aclose()
+
+
+async def test_a_refused_reservation_takes_no_connection_slot(
+        one: Instances, upstream: FakeUpstream, redis_url: str) -> None:
+    # $0.005 a request; the first is admitted alone, then the window is spent
+    key_id, secret = await limited_key(one, daily_usd=0.004)
+    status, _, _ = await one.chat("first", key=secret, max_tokens=10)
+    assert status == 200
+    shared = one[0].gateway.shared
+    await until(lambda: not shared.batch._queue, timeout=2.0)
+    status, body, _ = await one.chat("second", key=secret, max_tokens=10)
+    assert status == 429 and body["error"]["code"] == "budget_exceeded", body
+    assert upstream.calls == 1
+    client = aioredis.Redis.from_url(redis_url)
+    try:
+        assert await count(client, shared.link.key("conn", "*", "starts")) == 1
+        assert await count(client, shared.link.key("key", key_id, "reserved")) == 0
+    finally:
+        await client.aclose()
+
+
+async def test_what_a_batch_took_and_nobody_read_is_given_back(
+        one: Instances, redis_url: str) -> None:
+    key_id, _ = await limited_key(one, rpm=100, concurrency=10, daily_usd=1.0)
+    gateway = one[0].gateway
+    shared, budgets = gateway.shared, gateway.budgets
+    limits = Limits.parse({"rpm": 100, "concurrency": 10, "daily_usd": 1.0})
+    assert limits is not None
+    connection = next(iter(one[0].catalog.providers.values())).connection.id
+    client = aioredis.Redis.from_url(redis_url)
+
+    async def held() -> dict[str, int]:
+        return {"key slots": await count(client, shared.link.key("key", key_id, "slots")),
+                "key starts": await count(client, shared.link.key("key", key_id, "starts")),
+                "reserved": await count(client, shared.link.key("key", key_id, "reserved")),
+                "claims": await client.exists(shared.keys.key((key_id, "unread"))),
+                "conn slots": await count(client, shared.link.key("conn", "*", "slots")),
+                "conn starts": await count(client, shared.link.key("conn", "*", "starts"))}
+
+    try:
+        batch = shared.request_batch()
+        slot = budgets.shared.prefetch_enter(batch, key_id, limits)
+        claim = shared.keys.prefetch_claim(batch, (key_id, "unread"), b"fp", "rid-unread",
+                                           False)
+        reservation = budgets.shared.prefetch_reserve(batch, budgets.state(key_id), limits,
+                                                      0.01, 100)
+        batch.take_slot(connection, 50, 1000)
+        await batch.send()
+        assert slot.ran and claim.ran and reservation.ran
+        assert await held() == {"key slots": 1, "key starts": 1, "reserved": 1, "claims": 1,
+                                "conn slots": 1, "conn starts": 1}
+        assert shared.state.slots.ahead == {connection: [batch.steps[-1]]}
+        batch.release()  # the request ended without reading any of them
+        assert shared.state.slots.ahead == {}
+        await until(lambda: not shared.batch._queue, timeout=2.0)
+        await shared.batch.flush()
+        assert await held() == {"key slots": 0, "key starts": 0, "reserved": 0, "claims": 0,
+                                "conn slots": 0, "conn starts": 0}
+
+        # a request cancelled (its client left) while its batch is on the way: what Redis
+        # took is given back once the answer is in
+        batch = shared.request_batch()
+        budgets.shared.prefetch_enter(batch, key_id, limits)
+        shared.keys.prefetch_claim(batch, (key_id, "unread"), b"fp", "rid-gone", False)
+        budgets.shared.prefetch_reserve(batch, budgets.state(key_id), limits, 0.01, 100)
+        batch.take_slot(connection, 50, 1000)
+        wire = shared.link._wire
+        written = wire.writes
+        sending = asyncio.ensure_future(batch.send())
+        await until(lambda: wire.writes > written, timeout=1.0, step=0)
+        sending.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await sending
+        await until(lambda: all(step.ran for step in batch.steps), timeout=2.0)
+        await until(lambda: not shared.batch._queue, timeout=2.0)
+        await shared.batch.flush()
+        assert await held() == {"key slots": 0, "key starts": 0, "reserved": 0, "claims": 0,
+                                "conn slots": 0, "conn starts": 0}
+        assert shared.state.slots.ahead == {}
+
+        # read ones are the reader's: the release leaves them alone
+        batch = shared.request_batch()
+        slot = budgets.shared.prefetch_enter(batch, key_id, limits)
+        batch.take_slot(connection, 50, 1000)
+        await batch.send()
+        assert slot.result() is True
+        assert await shared.state.slots.take(connection, 50, 1000) == 0.0  # no round trip
+        batch.release()
+        await shared.batch.flush()
+        found = await held()
+        assert (found["key slots"], found["conn slots"]) == (1, 1)
+    finally:
+        await client.aclose()
+
+
+async def test_without_redis_every_prefetched_part_answers_as_its_own_call_would(
+        one: Instances, upstream: FakeUpstream) -> None:
+    _, secret = await limited_key(one, rpm=100, concurrency=10, daily_usd=1.0)
+    shared = one[0].gateway.shared
+    shared.link.lost(ConnectionError("test: redis went away"))
+    status, body, headers = await one.chat("alone", key=secret, max_tokens=10,
+                                           headers={"Idempotency-Key": "alone-1"})
+    assert status == 200, body
+    assert headers["X-OmniRoute-Cache"] == "MISS" and upstream.calls == 1
