@@ -33,7 +33,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Protocol, TypeVar
 
-from omniroute.storage import Database
+from omniroute.storage import DatabaseBackend
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +63,7 @@ class ConfigWatcher(Protocol):
 class VersionPoll:
     """The SQLite default: the database's config version, polled and read on demand.
 
-    Every configuration write bumps the version (:meth:`Database.bump_config_version`),
+    Every configuration write bumps the version (:meth:`DatabaseBackend.bump_config_version`),
     whichever process makes it. A check is one indexed read; when the version
     differs from the loaded one, the gateway reloads.
 
@@ -72,7 +72,7 @@ class VersionPoll:
     when the current one ends, so no caller trusts a read made before it asked.
     """
 
-    def __init__(self, db: Database, *, reload: Callable[[], Awaitable[None]],
+    def __init__(self, db: DatabaseBackend, *, reload: Callable[[], Awaitable[None]],
                  loaded: Callable[[], int], interval: float = POLL_SECONDS) -> None:
         """
         :param db: the database to watch.

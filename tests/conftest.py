@@ -1,11 +1,16 @@
-"""Shared fixtures: a fake OpenAI upstream and a gateway pointed at it."""
+"""Shared fixtures: a fake OpenAI upstream and a gateway pointed at it; the database
+of the storage tests, on each backend."""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 from fakes.openai_upstream import FakeOpenAI
+
+from omniroute.storage import Database, DatabaseBackend
 
 UPSTREAM_KEY = "sk-upstream-test"
 
@@ -27,6 +32,38 @@ async def gw(omniroute: Any, fake_openai: FakeOpenAI) -> Any:
     })
     omniroute.fake = fake_openai
     return omniroute
+
+
+# ----------------------------------------------------------------------------- databases
+# The storage tests take ``db``: each runs on the embedded SQLite and on PostgreSQL
+# (plugins/omniroute-postgres, against the real server the test command starts: a
+# database of the session's own, a schema of each test's own). Tests of what only
+# SQLite has (its file, PRAGMAs, backups) open a ``Database`` themselves.
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[str]:
+    """A scratch database on the local PostgreSQL for this session (dropped after)."""
+    from omniroute_postgres.testing import scratch_database
+
+    with scratch_database() as url:
+        yield url
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+async def db(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[DatabaseBackend]:
+    """An empty, migrated database: SQLite in ``tmp_path``, or a fresh PostgreSQL schema."""
+    database: DatabaseBackend
+    if request.param == "sqlite":
+        database = await Database.open(tmp_path / "omniroute.sqlite3")
+    else:
+        from omniroute_postgres import PostgresDatabase
+        from omniroute_postgres.testing import fresh_schema
+
+        database = await PostgresDatabase.connect(
+            await fresh_schema(request.getfixturevalue("postgres_server")))
+    yield database
+    await database.close()
 
 
 # ----------------------------------------------------------------------------- browser tests

@@ -4,8 +4,6 @@ migration, and read by summaries that agree with the records they stand for."""
 from __future__ import annotations
 
 import random
-import sqlite3
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -87,13 +85,6 @@ def same(got: dict[str, Any], want: dict[str, Any]) -> None:
 
 
 @pytest.fixture
-async def db(tmp_path: Path) -> AsyncIterator[Database]:
-    database = await Database.open(tmp_path / "usage.sqlite3")
-    yield database
-    await database.close()
-
-
-@pytest.fixture
 async def filled(db: Database) -> tuple[Database, list[RequestRecord]]:
     records = make_records(3000)
     log = RequestLog(db)
@@ -171,7 +162,7 @@ async def test_a_failed_batch_leaves_no_totals(db: Database) -> None:
     log.add(make_records(1)[0])
 
     async def refuse() -> None:
-        raise sqlite3.OperationalError("disk I/O error")
+        raise db.unavailable[0]("disk I/O error")
 
     log.also_done = lambda: None  # type: ignore[method-assign]
     original = log.also
@@ -194,7 +185,9 @@ async def test_the_migration_fills_the_totals_from_existing_records(tmp_path: Pa
     before = next(i for i, step in enumerate(MIGRATIONS) if rollup.CREATE[0] in step)
     old = await Database.open(path, migrations=MIGRATIONS[:before])  # all before the totals
     records = make_records(500, seed=11)
-    await old.executemany(RequestLog.insert, [RequestLog.row(r) for r in records])
+    # that schema has no unique request id yet (migration 8): a plain insert
+    insert = RequestLog.insert.removesuffix(" ON CONFLICT(request_id) DO NOTHING")
+    await old.executemany(insert, [RequestLog.row(r) for r in records])
     await old.close()
     db = await Database.open(path)
     try:

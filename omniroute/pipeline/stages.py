@@ -36,7 +36,7 @@ from omniroute.pipeline.context import Reply, RequestContext
 
 if TYPE_CHECKING:
     from omniroute.pipeline.operation import Operation
-    from omniroute.storage import Database
+    from omniroute.storage import DatabaseBackend
 
 
 class StageRun:
@@ -93,7 +93,7 @@ class Stage:
 
 
 def default_stages(
-    db: Database, budgets: Stage | None = None, idempotency: Stage | None = None,
+    db: DatabaseBackend, budgets: Stage | None = None, idempotency: Stage | None = None,
     progress: Stage | None = None, cache: Stage | None = None,
 ) -> list[Stage]:
     """The stages of every request, in the order they run.

@@ -7,7 +7,8 @@ another applies retention in small batches, so the writer is never held behind
 one large ``DELETE``. What the rules are, and why:
 
 * **Nothing waiting is lost to a failed write.** A batch the database refuses
-  (:class:`sqlite3.OperationalError`: locked, full, read-only, gone) goes back
+  (one of the backend's ``unavailable`` errors: SQLite locked, full, read-only,
+  gone; PostgreSQL unreachable or timed out) goes back
   in front of what arrived meanwhile, for the next attempt. A cancellation (a
   handler whose client went away, a shutdown) does the same, and is raised on.
 * **One bad row does not block the log.** Any other failure of a batch write is
@@ -27,13 +28,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import sqlite3
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any, Generic, TypeVar
 
-from omniroute.storage.db import Database
+from omniroute.storage.backend import DatabaseBackend
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +61,7 @@ class BufferedLog(Generic[T]):
     noun = "rows"
 
     def __init__(
-        self, db: Database, *, interval: float = 0.5, max_pending: int = 100_000,
+        self, db: DatabaseBackend, *, interval: float = 0.5, max_pending: int = 100_000,
         max_bytes: int = 0, prune_every: float = 600.0,
         clock: Callable[[], float] = time.time,
     ) -> None:
@@ -221,7 +221,7 @@ class BufferedLog(Generic[T]):
         written row by row, the failing rows dropped. Rows written."""
         try:
             return await self._transaction(batch, singly=False)
-        except sqlite3.OperationalError:
+        except self.db.unavailable:
             raise
         except Exception as exc:  # noqa: BLE001 - a row's own fault: written one by one below
             log.warning("%s batch write failed (%s: %s); writing its %d %s one by one",
@@ -252,8 +252,9 @@ class BufferedLog(Generic[T]):
         reason = ""
         for item in batch:
             try:
-                await self.db.execute(self.insert, self.row(item))
-            except sqlite3.OperationalError:
+                async with self.db.savepoint():
+                    await self.db.execute(self.insert, self.row(item))
+            except self.db.unavailable:
                 raise
             except Exception as exc:  # noqa: BLE001 - this row cannot be stored: dropped, counted
                 refused += 1
