@@ -86,6 +86,8 @@ class VersionPoll:
         self.interval = interval
         self._running: asyncio.Task[bool] | None = None
         self._queued: asyncio.Task[bool] | None = None
+        #: the last check failed (logged once, not at every poll)
+        self._failing = False
 
     async def run(self) -> None:
         try:
@@ -115,11 +117,17 @@ class VersionPoll:
         self._running, self._queued = self._queued, None
         try:
             if await self._db.config_version() == self._loaded():
+                self._failing = False
                 return False
             await self._reload()
+            self._failing = False
             return True
-        except Exception:
-            log.exception("configuration reload failed; keeping the previous one")
+        except Exception as exc:
+            if not self._failing:  # once until a check succeeds (a database away for long)
+                log.exception("configuration reload failed; keeping the previous one")
+            else:
+                log.debug("configuration check failed again: %s", exc)
+            self._failing = True
             return False
         finally:
             self._running = None

@@ -17,6 +17,8 @@ one large ``DELETE``. What the rules are, and why:
   :attr:`~BufferedLog.dropped` and logged once with the reason (never its content).
 * **The buffer is bounded**, by count and (when :attr:`~BufferedLog.max_bytes` is
   set) by size: past the bound the oldest go, counted and logged, never silently.
+* **An outage is logged once**: the first failed write with its error, then one
+  line when the writes resume (a database away for an hour is not 7200 tracebacks).
 * **Flushes take turns** (a lock), and each runs shielded: a caller that is
   cancelled (a read API whose client disconnected) stops waiting, the write
   finishes. :meth:`~BufferedLog.close` waits for a flush in progress, then writes
@@ -85,6 +87,8 @@ class BufferedLog(Generic[T]):
         self._pending: deque[T] = deque()
         self._bytes = 0
         self._flushing = asyncio.Lock()
+        #: the last write failed (the database is away): its retries are not logged
+        self._failing = False
         self._tasks: list[asyncio.Task[None]] = []
 
     # ------------------------------------------------------------------ what a subclass says
@@ -206,14 +210,23 @@ class BufferedLog(Generic[T]):
                 batch = self._take()
                 try:
                     written += await self._commit(batch)
-                except Exception:  # the database is unavailable: retry later
-                    log.exception("%s write failed; %d %s kept for retry",
-                                  self.table, len(batch), self.noun)
+                except Exception as exc:  # the database is unavailable: retry later
                     self._requeue(batch)
+                    if not self._failing:  # once per outage, not at every retry
+                        log.exception("%s write failed; %d %s kept for retry (logged again "
+                                      "when the writes resume)", self.table, self.pending,
+                                      self.noun)
+                    else:
+                        log.debug("%s write failed again: %s", self.table, exc)
+                    self._failing = True
                     return written
                 except BaseException:  # cancelled (or worse): nothing waiting is lost
                     self._requeue(batch)
                     raise
+                if self._failing:
+                    self._failing = False
+                    log.warning("%s writes resumed; %d %s written", self.table, written,
+                                self.noun)
             return written
 
     async def _commit(self, batch: list[T]) -> int:

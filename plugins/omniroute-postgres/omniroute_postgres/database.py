@@ -77,6 +77,7 @@ class PostgresDatabase(DatabaseBackend):
 
     name = "postgres"
     schemes = ("postgresql", "postgres")
+    remote = True
     #: the server is away, refuses connections for now, or a wait ran out: try again later
     unavailable = (OSError, TimeoutError, asyncpg.PostgresConnectionError,
                    asyncpg.InterfaceError, asyncpg.exceptions.OperatorInterventionError,

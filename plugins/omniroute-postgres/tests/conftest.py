@@ -16,7 +16,7 @@ from omniroute_postgres.testing import fresh_schema, scratch_database
 # the project's fakes (tests/fakes): one fake upstream for every test of the repository
 sys.path.insert(0, str(Path(__file__).resolve().parents[3] / "tests"))
 
-from fakes.openai_upstream import FakeOpenAI  # noqa: E402
+from fakes.openai_upstream import FakeOpenAI
 
 UPSTREAM_KEY = "sk-upstream-test"
 
