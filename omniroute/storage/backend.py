@@ -129,7 +129,7 @@ class DatabaseBackend:
         """True when the database answers a query."""
         try:
             await self.fetchone("SELECT 1")
-        except Exception as exc:  # a health poll every few seconds: one line each, no trace
+        except Exception as exc:  # noqa: BLE001 - logged: one line a health poll, no trace
             log.warning("database check failed: %s: %s", type(exc).__name__, exc)
             return False
         return True
