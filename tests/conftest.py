@@ -3,7 +3,7 @@ of the storage tests, on each backend."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +11,7 @@ import pytest
 from fakes.openai_upstream import FakeOpenAI
 
 from omniroute.storage import Database, DatabaseBackend
+from omniroute.storage.migrations import MIGRATIONS
 
 UPSTREAM_KEY = "sk-upstream-test"
 
@@ -51,17 +52,34 @@ def postgres_server() -> Iterator[str]:
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-async def db(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[DatabaseBackend]:
-    """An empty, migrated database: SQLite in ``tmp_path``, or a fresh PostgreSQL schema."""
-    database: DatabaseBackend
+async def open_db(request: pytest.FixtureRequest, tmp_path: Path,
+                  ) -> Callable[..., Awaitable[DatabaseBackend]]:
+    """``await open_db(migrations=None)``: the test's database opened (and migrated to
+    ``migrations``, default all of them); the same database at every call: SQLite in
+    ``tmp_path``, or a fresh PostgreSQL schema."""
     if request.param == "sqlite":
-        database = await Database.open(tmp_path / "omniroute.sqlite3")
-    else:
-        from omniroute_postgres import PostgresDatabase
-        from omniroute_postgres.testing import fresh_schema
+        path = tmp_path / "omniroute.sqlite3"
 
-        database = await PostgresDatabase.connect(
-            await fresh_schema(request.getfixturevalue("postgres_server")))
+        async def sqlite(migrations: Sequence[Sequence[str]] = MIGRATIONS) -> DatabaseBackend:
+            return await Database.open(path, migrations=migrations)
+
+        return sqlite
+    from omniroute_postgres import PostgresDatabase
+    from omniroute_postgres.testing import fresh_schema
+
+    url = await fresh_schema(request.getfixturevalue("postgres_server"))
+
+    async def postgres(migrations: Sequence[Sequence[str]] = MIGRATIONS) -> DatabaseBackend:
+        return await PostgresDatabase.connect(url, migrations=migrations)
+
+    return postgres
+
+
+@pytest.fixture
+async def db(open_db: Callable[..., Awaitable[DatabaseBackend]],
+             ) -> AsyncIterator[DatabaseBackend]:
+    """An empty, migrated database, on each backend (see :func:`open_db`)."""
+    database = await open_db()
     yield database
     await database.close()
 

@@ -10,6 +10,7 @@ import os
 import sqlite3
 import stat
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,9 @@ from omniroute.storage.migrations import LATEST, MIGRATIONS
 from omniroute.storage.store import Combo, Connection
 from omniroute.testing import make_test_config, start_harness
 from omniroute.vault import KEY_FILE, Vault, VaultError, mask
+
+#: opens the test's database (the same one at each call), with these migrations
+OpenDb = Callable[..., Awaitable[DatabaseBackend]]
 
 KEY = b"k" * 32
 
@@ -53,33 +57,28 @@ def holds_a_transaction(db: DatabaseBackend) -> bool:
     return bool(pool.get_size() - pool.get_idle_size())
 
 
-def _columns(rows: list[sqlite3.Row]) -> set[str]:
-    return {r["name"] for r in rows}
-
-
 # ---------------------------------------------------------------------- migrations
 
 
-async def test_upgrade_from_v1_keeps_rows_and_backs_up(tmp_path: Path) -> None:
-    path = tmp_path / "omniroute.sqlite3"
-    old = await Database.open(path, migrations=MIGRATIONS[:1])
+async def test_upgrade_from_v1_keeps_rows_and_backs_up(open_db: OpenDb, tmp_path: Path) -> None:
+    old = await open_db(MIGRATIONS[:1])
     assert await old.schema_version() == 1
     await old.execute("INSERT INTO connections(id, type, name, prefix, settings, credentials,"
                       " active, priority, created_at, updated_at)"
                       " VALUES ('conn_1', 'openai', 'one', 'up', '{\"base_url\": \"u\"}', NULL,"
                       " 1, 3, 1.0, 2.0)")
     await old.execute("INSERT INTO api_keys(id, name, key_hash, key_prefix, scopes, created_at)"
-                      " VALUES ('key_1', 'k', x'00ff', 'sk-or-abcd', 'admin', 5.0)")
+                      " VALUES ('key_1', 'k', ?, 'sk-or-abcd', 'admin', 5.0)", (b"\x00\xff",))
     await old.execute("INSERT INTO request_log(request_id, ts, endpoint, status, model)"
                       " VALUES ('r1', 7.0, 'chat.completions', 200, 'gpt')")
     await old.execute("INSERT INTO aliases VALUES ('fast', 'up/gpt', 1.0)")
     await old.execute("INSERT INTO combos VALUES ('combo_1', 'c', 'priority', '[\"up/gpt\"]',"
                       " 1.0, 1.0)")
     await old.execute("INSERT INTO settings VALUES ('idle_timeout', '33.0')")
-    assert "ttfb_ms" not in _columns(await old.fetchall("PRAGMA table_info(request_log)"))
+    assert "ttfb_ms" not in set((await old.fetchone("SELECT * FROM request_log")).keys())
     await old.close()
 
-    db = await Database.open(path)
+    db = await open_db()
     try:
         assert await db.schema_version() == LATEST
         conn = await db.fetchone("SELECT * FROM connections")
@@ -90,26 +89,53 @@ async def test_upgrade_from_v1_keeps_rows_and_backs_up(tmp_path: Path) -> None:
         log = await db.fetchone("SELECT * FROM request_log")
         assert (log["request_id"], log["model"], log["attempts"]) == ("r1", "gpt", 1)
         assert log["ttfb_ms"] is None
-        assert _columns(await db.fetchall("PRAGMA table_info(request_log)")) >= {
-            "ttfb_ms", "cached_tokens", "reasoning_tokens", "attempts"}
+        assert set(log.keys()) >= {"ttfb_ms", "cached_tokens", "reasoning_tokens", "attempts"}
         assert (await db.fetchone("SELECT target FROM aliases"))["target"] == "up/gpt"
         assert (await db.fetchone("SELECT steps FROM combos"))["steps"] == '["up/gpt"]'
         assert (await db.fetchone("SELECT value FROM settings"))["value"] == "33.0"
-        tables = {r["name"] for r in await db.fetchall(
-            "SELECT name FROM sqlite_master WHERE type = 'table'")}
-        assert "admin_sessions" in tables
+        assert (await db.fetchone("SELECT COUNT(*) FROM admin_sessions"))[0] == 0  # made by v2
+        # the record the old release wrote is in the totals (migration 7's backfill)
+        total = await db.fetchone("SELECT SUM(requests) FROM usage_rollup WHERE period = 3600")
+        assert total[0] == 1
         # the store reads the migrated rows
         store = Store(db, Vault(KEY))
         assert (await store.list_aliases()) == {"fast": "up/gpt"}
         assert (await store.get_settings()) == {"idle_timeout": 33.0}
     finally:
         await db.close()
+    if not isinstance(db, Database):
+        return  # a database server keeps its own backups (pg_dump): nothing is copied
 
     backup = tmp_path / "omniroute.sqlite3.v1.bak"
     assert backup.exists()
     with sqlite3.connect(backup) as raw:
         assert raw.execute("PRAGMA user_version").fetchone()[0] == 1
         assert raw.execute("SELECT id FROM connections").fetchall() == [("conn_1",)]
+
+
+async def test_a_database_migrated_by_a_newer_release_is_refused(open_db: OpenDb) -> None:
+    newer = [*MIGRATIONS, ["CREATE TABLE from_the_future (x INTEGER)"]]
+    await (await open_db(newer)).close()
+    with pytest.raises(StorageError, match=rf"schema v{LATEST + 1}, newer than .*v{LATEST}"):
+        await open_db()
+    again = await open_db(newer)  # untouched: the newer release still opens it
+    try:
+        assert await again.schema_version() == LATEST + 1
+    finally:
+        await again.close()
+
+
+async def test_two_processes_migrating_at_once_apply_each_migration_once(
+        open_db: OpenDb) -> None:
+    first, second = await asyncio.gather(open_db(), open_db())
+    try:
+        for db in (first, second):
+            assert await db.schema_version() == LATEST
+        await first.execute("INSERT INTO aliases VALUES ('a', 'b/c', 1.0)")
+        assert await second.fetchone("SELECT target FROM aliases") is not None
+    finally:
+        await first.close()
+        await second.close()
 
 
 async def test_newer_database_is_refused(tmp_path: Path) -> None:
