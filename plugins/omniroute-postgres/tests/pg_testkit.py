@@ -32,14 +32,15 @@ def plugins_with_postgres() -> Plugins:
 
 
 async def start_instances(aiohttp_client: Callable[..., Any], base: Path, database_url: str,
-                          count: int = 2, **settings: Any) -> list[GatewayHarness]:
+                          count: int = 2, state_url: str | None = None,
+                          **settings: Any) -> list[GatewayHarness]:
     """``count`` gateways, each with a data directory of its own (the same credentials
-    key), all on ``database_url``."""
+    key), all on ``database_url`` (and ``state_url`` when given)."""
     plugins = plugins_with_postgres()
     gateways = []
     for i in range(count):
         config = make_test_config(base / f"instance{i}", **settings).replace(
-            database_url=database_url)
+            database_url=database_url, state_url=state_url)
         gateways.append(await start_harness(aiohttp_client, config, plugins))
     return gateways
 

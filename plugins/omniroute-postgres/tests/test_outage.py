@@ -7,6 +7,7 @@ ones refused) and restores, so the machine's PostgreSQL service is never stopped
 
 from __future__ import annotations
 
+import secrets
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -108,3 +109,66 @@ async def test_a_batch_whose_commit_was_not_acknowledged_is_not_stored_twice(
         assert total[0] == 3  # the totals count each record once too
     finally:
         await db.close()
+
+
+@pytest.fixture
+async def redis_prefix() -> AsyncIterator[str]:
+    """A key prefix of this test's own on the machine's Redis (database 12; started by the
+    test command), its keys deleted afterwards (the redis plugin's tests flush database
+    13, never this)."""
+    prefix = f"pgtest{secrets.token_hex(4)}"
+    yield prefix
+    try:
+        import redis.asyncio as aioredis
+    except ImportError:  # not installed: nothing was written there
+        return
+    client = aioredis.Redis.from_url("redis://127.0.0.1:6379/12", socket_timeout=5)
+    try:
+        names = [name async for name in client.scan_iter(match=f"{prefix}:*")]
+        if names:
+            await client.delete(*names)
+    finally:
+        await client.aclose()
+
+
+@pytest.mark.parametrize("with_redis", [False, True], ids=["alone", "with-redis"])
+async def test_keys_with_a_budget_while_the_database_is_away(
+        aiohttp_client: Any, tmp_path: Any, pg_url: str, proxy: Proxy, upstream: Any,
+        with_redis: bool, redis_prefix: str) -> None:
+    """Alone, an instance cannot see the others' spend while the database is away: a key
+    with a budget is refused (503, as when SQLite fails). With ``state_url`` the spend is
+    shared through Redis, which admits it: every request flows."""
+    settings: dict[str, Any] = {}
+    state_url = None
+    if with_redis:
+        pytest.importorskip("omniroute_redis")
+        state_url = f"redis://127.0.0.1:6379/12?prefix={redis_prefix}"
+    a, b = await start_instances(aiohttp_client, tmp_path, through(pg_url, proxy),
+                                 state_url=state_url, **settings)
+    await a.add_provider({"type": "openai", "name": "fake", "prefix": "up",
+                          "base_url": upstream.base_url, "api_key": UPSTREAM_KEY})
+    resp = await a.client.post("/api/keys", headers=a.admin_headers,
+                               json={"name": "team", "limits": {"daily_usd": 100}})
+    assert resp.status == 201, await resp.text()
+    secret = (await resp.json())["key"]
+    for gw in (a, b):
+        await gw.gateway.watcher.check()
+
+    async def chat_as_team(gw: Any) -> int:
+        got = await gw.client.post("/v1/chat/completions",
+                                   headers={"Authorization": f"Bearer {secret}"},
+                                   json={"model": "up/gpt-4o-mini",
+                                         "messages": [{"role": "user", "content": "hi"}]})
+        await got.read()
+        return got.status
+
+    assert [await chat_as_team(gw) for gw in (a, b)] == [200, 200]
+    await proxy.cut()
+    for gw in (a, b):  # each instance's next sync of the spend fails
+        await until(lambda gw=gw: not gw.gateway.budgets.healthy, timeout=10.0)
+    statuses = [await chat_as_team(gw) for gw in (a, b) for _ in range(3)]
+    assert statuses == ([200] * 6 if with_redis else [503] * 6), statuses
+    await proxy.restore()
+    for gw in (a, b):
+        await until(lambda gw=gw: gw.gateway.budgets.healthy, timeout=10.0)
+        assert await chat_as_team(gw) == 200
