@@ -22,9 +22,10 @@ import json
 import time
 from typing import Any
 
-from omniroute.storage import RequestLog, RequestRecord
 from omniroute_postgres import PostgresDatabase
 from omniroute_postgres.testing import fresh_schema, scratch_database
+
+from omniroute.storage import RequestLog, RequestRecord
 
 
 def records(tag: str, n: int) -> list[RequestRecord]:
