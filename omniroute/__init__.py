@@ -30,6 +30,7 @@ from omniroute.providers.base import (
 from omniroute.providers.canonical import CanonicalProvider
 from omniroute.providers.http import HTTPProvider
 from omniroute.sharedstate import Pending, RequestBatch, SharedState
+from omniroute.storage.backend import DatabaseBackend
 from omniroute.storage.requestlog import RequestRecord
 from omniroute.storage.store import Connection
 from omniroute.version import __version__
@@ -42,6 +43,7 @@ __all__ = [
     "CanonicalProvider",
     "ClientRequest",
     "Connection",
+    "DatabaseBackend",
     "Format",
     "GatewayError",
     "HTTPProvider",

@@ -75,6 +75,10 @@ class Config:
     #: registers the backend for the URL's scheme, ``register_state_backends``); None:
     #: this process's memory, as with one instance
     state_url: str | None = None
+    #: where the configuration and usage live (``postgresql://user@host/db``; a plugin
+    #: registers the backend for the URL's scheme, ``register_database_backends``); None:
+    #: the SQLite file in the data directory (:attr:`db_path`)
+    database_url: str | None = None
     #: prometheus-client's multiprocess directory: set by ``serve`` for ``--workers`` > 1
     #: (a fresh one per run, also exported as ``PROMETHEUS_MULTIPROC_DIR`` to the workers)
     metrics_dir: Path | None = None
@@ -189,6 +193,7 @@ def load_config(
         "allowed_hosts": server.get("allowed_hosts", ()),
         "cors_origins": server.get("cors_origins", ()),
         "state_url": server.get("state_url"),
+        "database_url": server.get("database_url"),
     }
     env_map = {
         "OMNIROUTE_HOST": "host",
@@ -198,6 +203,7 @@ def load_config(
         "OMNIROUTE_LOOP": "loop",
         "OMNIROUTE_LOG_LEVEL": "log_level",
         "OMNIROUTE_STATE_URL": "state_url",
+        "OMNIROUTE_DATABASE_URL": "database_url",
     }
     for var, key in env_map.items():
         if env.get(var):
@@ -227,6 +233,12 @@ def load_config(
     if state_url is not None and (not isinstance(state_url, str) or "://" not in state_url):
         raise ConfigError("state_url must be a URL such as redis://127.0.0.1:6379/0, got "
                           f"{redact_url(str(state_url))!r}")
+    database_url = values["database_url"] or None
+    if database_url is not None and (not isinstance(database_url, str)
+                                     or "://" not in database_url):
+        raise ConfigError("database_url must be a URL such as "
+                          "postgresql://omniroute@127.0.0.1:5432/omniroute, got "
+                          f"{redact_url(str(database_url))!r}")
     if values["log_level"].lower() not in LOG_LEVELS:
         raise ConfigError(f"log_level must be one of {', '.join(LOG_LEVELS)}, "
                           f"got {values['log_level']!r}")
@@ -261,6 +273,7 @@ def load_config(
         allowed_hosts=host_names(values["allowed_hosts"]),
         cors_origins=web_origins(values["cors_origins"]),
         state_url=state_url,
+        database_url=database_url,
         settings_defaults=Settings.coerce_all(defaults, source=str(path)),
         settings_env=settings_from_env(env),
         tool_env=tool_environ(env),

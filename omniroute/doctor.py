@@ -135,6 +135,24 @@ def check_database(path: Path) -> Finding:
     return Finding("database", "ok", f"{path} passed quick_check (schema version {version})")
 
 
+async def check_database_url(config: Config, plugins: Plugins) -> Finding:
+    """The ``database_url`` database: reached, migrated as the gateway would, answering."""
+    from omniroute.startup import open_database_url
+
+    try:
+        db = await open_database_url(config, plugins.database_backends)
+    except ConfigError as exc:
+        return Finding("database", "fail", str(exc))
+    try:
+        version = await db.schema_version()
+        answers = await db.check()
+    finally:
+        await db.close()
+    if not answers:
+        return Finding("database", "fail", f"{db.where} does not answer a query")
+    return Finding("database", "ok", f"{db.where} answers (schema version {version})")
+
+
 def check_plugins(plugins: Plugins) -> list[Finding]:
     out = []
     for info in plugins.infos:
@@ -256,21 +274,24 @@ async def diagnose(config: Config, plugins: Plugins, *, repair: bool,
     now = time.time() if now is None else now
     made: list[Finding] = []
     if repair and not config.data_dir.exists():  # as the first start would make them
-        store = await open_store(config)
+        store = await open_store(config, plugins.database_backends)
         await store.db.close()
         made.append(Finding("data_dir", "fixed",
                             f"{config.data_dir} made, with its key and database"))
     out = made + check_files(config, repair=repair)
     if not config.data_dir.is_dir():
         return out
-    database = check_database(config.db_path)
+    if config.database_url is not None:
+        database = await check_database_url(config, plugins)
+    else:
+        database = check_database(config.db_path)
     out.append(database)
     out.extend(check_plugins(plugins))
     if database.status == "fail" or any(f.check == "vault_key" and f.status == "fail"
                                         for f in out):
         return out  # a damaged database or key: nothing more is read with them
     try:
-        store = await open_store(config)
+        store = await open_store(config, plugins.database_backends)
     except ConfigError as exc:
         out.append(Finding("store", "fail", str(exc)))
         return out

@@ -37,7 +37,7 @@ from omniroute.registry import Registry
 from omniroute.resilience import Resilience
 from omniroute.resilience.clock import SystemClock
 from omniroute.sharedstate import SharedState, state_backend
-from omniroute.storage import Database, RequestLog, Store
+from omniroute.storage import Database, DatabaseBackend, RequestLog, Store, database_backend
 from omniroute.vault import Vault
 from omniroute.version import __version__
 from omniroute.watch import ConfigWatcher, VersionPoll
@@ -65,6 +65,11 @@ class Gateway:
             backend = state_backend(registry.plugins.state_backends, config.state_url)
             self.shared = backend(config.state_url, clock=self.clock,
                                   settings=lambda: self.catalog.settings)
+        #: where the configuration and usage live: ``database_url``'s backend, else SQLite
+        self._database: type[DatabaseBackend] | None = None
+        if config.database_url:
+            self._database = database_backend(registry.plugins.database_backends,
+                                              config.database_url)
         self.resilience = Resilience(
             prices=self.prices, clock=self.clock,
             state=self.shared.resilience_state() if self.shared is not None else None)
@@ -82,7 +87,11 @@ class Gateway:
         """Open the database and the HTTP session, load the configuration, start tasks."""
         config = self.config
         self.vault = Vault.open(config.data_dir, config.secret_key)
-        self.db = await Database.open(config.db_path)
+        self.db: DatabaseBackend
+        if self._database is not None and config.database_url is not None:
+            self.db = await self._database.connect(config.database_url)
+        else:
+            self.db = await Database.open(config.db_path)
         self.store = Store(self.db, self.vault)
         self.log = RequestLog(self.db)
         connector = aiohttp.TCPConnector(limit=0, limit_per_host=0, keepalive_timeout=60,

@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from omniroute.pipeline.stages import Stage
     from omniroute.providers.base import Provider
     from omniroute.sharedstate import SharedState
+    from omniroute.storage.backend import DatabaseBackend
 
 hookspec = pluggy.HookspecMarker("omniroute")
 hookimpl = pluggy.HookimplMarker("omniroute")
@@ -79,6 +80,17 @@ def register_state_backends(register: Callable[[type[SharedState]], None]) -> No
     :param register: call it once per :class:`omniroute.SharedState` subclass; its
         ``schemes`` say which ``state_url`` it serves (``redis``), and only a configured
         ``state_url`` creates an instance.
+    """
+
+
+@hookspec
+def register_database_backends(register: Callable[[type[DatabaseBackend]], None]) -> None:
+    """Register database backend types (where instances keep one configuration and one
+    usage table: connections, keys, aliases, combos, settings, the request log).
+
+    :param register: call it once per :class:`omniroute.DatabaseBackend` subclass; its
+        ``schemes`` say which ``database_url`` it serves (``postgresql``), and only a
+        configured ``database_url`` opens one; without it the SQLite file is used.
     """
 
 

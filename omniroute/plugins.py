@@ -32,6 +32,7 @@ if TYPE_CHECKING:  # annotations only: nothing here needs these modules at run t
     from omniroute.pipeline.stages import Stage
     from omniroute.providers.base import Provider
     from omniroute.sharedstate import SharedState
+    from omniroute.storage.backend import DatabaseBackend
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +47,7 @@ _REGISTRY_HOOKS = {
     "register_auth_schemes": "auth_schemes",
     "register_formats": "formats",
     "register_state_backends": "state_backends",
+    "register_database_backends": "database_backends",
     "register_oauth_services": "oauth_services",
 }
 
@@ -87,6 +89,7 @@ class Plugins:
         self.auth_schemes: dict[str, type[AuthScheme]] = {}
         self.formats: dict[str, type[Format]] = {}
         self.state_backends: dict[str, type[SharedState]] = {}
+        self.database_backends: dict[str, type[DatabaseBackend]] = {}
         #: sign-in services by name (instances: descriptions, not types)
         self.oauth_services: dict[str, OAuthService] = {}
         self._collect()
@@ -179,6 +182,7 @@ class Plugins:
             "auth_schemes": self.auth_schemes,
             "formats": self.formats,
             "state_backends": self.state_backends,
+            "database_backends": self.database_backends,
             "oauth_services": self.oauth_services,
         }
         for info in self.infos:

@@ -50,7 +50,7 @@ if TYPE_CHECKING:
     from omniroute.idempotency.keys import SharedKeys
     from omniroute.resilience.clock import Clock
     from omniroute.resilience.state import StateStore
-    from omniroute.storage import Database
+    from omniroute.storage import DatabaseBackend
     from omniroute.watch import ConfigWatcher
 
 
@@ -129,7 +129,7 @@ class SharedState:
         """One credential renewal per connection across instances (None: per process)."""
         return None
 
-    def watcher(self, db: Database, *, reload: Callable[[], Awaitable[None]],
+    def watcher(self, db: DatabaseBackend, *, reload: Callable[[], Awaitable[None]],
                 loaded: Callable[[], int]) -> ConfigWatcher | None:
         """A config watcher told of changes by the other instances (None: the SQLite poll)."""
         return None

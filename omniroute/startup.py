@@ -13,16 +13,21 @@ import errno
 import os
 import socket
 import sqlite3
+from collections.abc import Mapping
 
 from omniroute.config import Config, ConfigError
-from omniroute.storage import Database, StorageError, Store
+from omniroute.storage import Database, DatabaseBackend, StorageError, Store, database_backend
 from omniroute.storage.db import private_file
 from omniroute.vault import KEY_FILE, Vault, VaultError
 
 
-async def open_store(config: Config) -> Store:
-    """Open the data directory's database and credentials key (creating them if new).
+async def open_store(config: Config,
+                     backends: Mapping[str, type[DatabaseBackend]] | None = None) -> Store:
+    """Open the data directory's credentials key and the database (creating them if new):
+    the SQLite file in the data directory, or ``database_url``'s.
 
+    :param backends: the database backend types the plugins registered (default: the
+        installed plugins' when ``database_url`` is set).
     :raises ConfigError: the data directory, its key file or its database cannot be used.
     """
     data_dir = config.data_dir
@@ -42,6 +47,8 @@ async def open_store(config: Config) -> Store:
     except OSError as exc:
         raise ConfigError(f"cannot use the key file {data_dir / KEY_FILE}: "
                           f"{exc.strerror or exc}") from None
+    if config.database_url is not None:
+        return Store(await open_database_url(config, backends), vault)
     path = config.db_path
     try:
         # Opened here first: when aiosqlite fails to open a file, its thread outlives the
@@ -59,6 +66,27 @@ async def open_store(config: Config) -> Store:
     except OSError as exc:
         raise ConfigError(f"cannot open the database {path}: {exc.strerror or exc}") from None
     return Store(db, vault)
+
+
+async def open_database_url(config: Config,
+                            backends: Mapping[str, type[DatabaseBackend]] | None = None,
+                            ) -> DatabaseBackend:
+    """Open (and migrate) the ``database_url`` database with the backend serving its scheme.
+
+    :raises ConfigError: no plugin serves the scheme, or the database cannot be used.
+    """
+    url = config.database_url
+    assert url is not None
+    if backends is None:
+        from omniroute.plugins import load_plugins
+
+        backends = load_plugins(blocked=config.disabled_plugins,
+                                allowed=config.allowed_plugins).database_backends
+    cls = database_backend(backends, url)
+    try:
+        return await cls.connect(url)
+    except StorageError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 async def check_credentials(store: Store, config: Config) -> None:

@@ -33,7 +33,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Protocol, TypeVar
 
-from omniroute.storage import Database
+from omniroute.storage import DatabaseBackend
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +63,7 @@ class ConfigWatcher(Protocol):
 class VersionPoll:
     """The SQLite default: the database's config version, polled and read on demand.
 
-    Every configuration write bumps the version (:meth:`Database.bump_config_version`),
+    Every configuration write bumps the version (:meth:`DatabaseBackend.bump_config_version`),
     whichever process makes it. A check is one indexed read; when the version
     differs from the loaded one, the gateway reloads.
 
@@ -72,7 +72,7 @@ class VersionPoll:
     when the current one ends, so no caller trusts a read made before it asked.
     """
 
-    def __init__(self, db: Database, *, reload: Callable[[], Awaitable[None]],
+    def __init__(self, db: DatabaseBackend, *, reload: Callable[[], Awaitable[None]],
                  loaded: Callable[[], int], interval: float = POLL_SECONDS) -> None:
         """
         :param db: the database to watch.
@@ -86,6 +86,8 @@ class VersionPoll:
         self.interval = interval
         self._running: asyncio.Task[bool] | None = None
         self._queued: asyncio.Task[bool] | None = None
+        #: the last check failed (logged once, not at every poll)
+        self._failing = False
 
     async def run(self) -> None:
         try:
@@ -115,11 +117,17 @@ class VersionPoll:
         self._running, self._queued = self._queued, None
         try:
             if await self._db.config_version() == self._loaded():
+                self._failing = False
                 return False
             await self._reload()
+            self._failing = False
             return True
-        except Exception:
-            log.exception("configuration reload failed; keeping the previous one")
+        except Exception as exc:
+            if not self._failing:  # once until a check succeeds (a database away for long)
+                log.exception("configuration reload failed; keeping the previous one")
+            else:
+                log.debug("configuration check failed again: %s", exc)
+            self._failing = True
             return False
         finally:
             self._running = None

@@ -1,11 +1,17 @@
-"""Shared fixtures: a fake OpenAI upstream and a gateway pointed at it."""
+"""Shared fixtures: a fake OpenAI upstream and a gateway pointed at it; the database
+of the storage tests, on each backend."""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 import pytest
 from fakes.openai_upstream import FakeOpenAI
+
+from omniroute.storage import Database, DatabaseBackend
+from omniroute.storage.migrations import MIGRATIONS
 
 UPSTREAM_KEY = "sk-upstream-test"
 
@@ -27,6 +33,55 @@ async def gw(omniroute: Any, fake_openai: FakeOpenAI) -> Any:
     })
     omniroute.fake = fake_openai
     return omniroute
+
+
+# ----------------------------------------------------------------------------- databases
+# The storage tests take ``db``: each runs on the embedded SQLite and on PostgreSQL
+# (plugins/omniroute-postgres, against the real server the test command starts: a
+# database of the session's own, a schema of each test's own). Tests of what only
+# SQLite has (its file, PRAGMAs, backups) open a ``Database`` themselves.
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[str]:
+    """A scratch database on the local PostgreSQL for this session (dropped after)."""
+    from omniroute_postgres.testing import scratch_database
+
+    with scratch_database() as url:
+        yield url
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+async def open_db(request: pytest.FixtureRequest, tmp_path: Path,
+                  ) -> Callable[..., Awaitable[DatabaseBackend]]:
+    """``await open_db(migrations=None)``: the test's database opened (and migrated to
+    ``migrations``, default all of them); the same database at every call: SQLite in
+    ``tmp_path``, or a fresh PostgreSQL schema."""
+    if request.param == "sqlite":
+        path = tmp_path / "omniroute.sqlite3"
+
+        async def sqlite(migrations: Sequence[Sequence[str]] = MIGRATIONS) -> DatabaseBackend:
+            return await Database.open(path, migrations=migrations)
+
+        return sqlite
+    from omniroute_postgres import PostgresDatabase
+    from omniroute_postgres.testing import fresh_schema
+
+    url = await fresh_schema(request.getfixturevalue("postgres_server"))
+
+    async def postgres(migrations: Sequence[Sequence[str]] = MIGRATIONS) -> DatabaseBackend:
+        return await PostgresDatabase.connect(url, migrations=migrations)
+
+    return postgres
+
+
+@pytest.fixture
+async def db(open_db: Callable[..., Awaitable[DatabaseBackend]],
+             ) -> AsyncIterator[DatabaseBackend]:
+    """An empty, migrated database, on each backend (see :func:`open_db`)."""
+    database = await open_db()
+    yield database
+    await database.close()
 
 
 # ----------------------------------------------------------------------------- browser tests

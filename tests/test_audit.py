@@ -5,7 +5,6 @@ from __future__ import annotations
 import re
 import sqlite3
 import time
-from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +16,7 @@ from aiohttp import web
 
 from omniroute.appkeys import AUDIT_LOG
 from omniroute.redact import is_secret_name as is_secret_field
-from omniroute.storage import Database
+from omniroute.storage import DatabaseBackend
 from omniroute.storage.audit import MAX_DIFF_CHARS, AuditEntry, AuditLog, diff_of
 from omniroute.storage.audit import redact_diff as redact
 from omniroute.web.tags import MUTATING_METHODS, ROUTE_TAGS, is_management_path
@@ -239,26 +238,33 @@ async def test_audit_log_pages_with_a_cursor_and_filters(omniroute: Any) -> None
 
 # ----------------------------------------------------------------------------- the writer
 
-@asynccontextmanager
-async def database(tmp_path: Path) -> Any:
-    db = await Database.open(tmp_path / "audit.db")
-    try:
-        yield db
-    finally:
-        await db.close()
+async def test_the_writer_flushes_on_close(db: DatabaseBackend) -> None:
+    audit = AuditLog(db, interval=3600)
+    audit.start()
+    audit.add(AuditEntry(ts=1.0, actor="admin_session", action="DELETE /api/keys/{id}",
+                         target="key_1", address="127.0.0.1", status=200))
+    assert audit.pending == 1  # queued, not written on the caller's path
+    await audit.close()
+    rows = await db.fetchall("SELECT actor, action, target, status FROM audit_log")
+    assert [tuple(r) for r in rows] == [("admin_session", "DELETE /api/keys/{id}",
+                                         "key_1", 200)]
 
 
-async def test_the_writer_flushes_on_close(tmp_path: Path) -> None:
-    async with database(tmp_path) as db:
-        audit = AuditLog(db, interval=3600)
-        audit.start()
-        audit.add(AuditEntry(ts=1.0, actor="admin_session", action="DELETE /api/keys/{id}",
-                             target="key_1", address="127.0.0.1", status=200))
-        assert audit.pending == 1  # queued, not written on the caller's path
-        await audit.close()
-        rows = await db.fetchall("SELECT actor, action, target, status FROM audit_log")
-        assert [tuple(r) for r in rows] == [("admin_session", "DELETE /api/keys/{id}",
-                                             "key_1", 200)]
+async def test_pages_filter_by_actor_and_action_prefix(db: DatabaseBackend) -> None:
+    audit = AuditLog(db)
+    for i, (actor, action) in enumerate([("admin_session", "POST /api/auth/login"),
+                                         ("key:k1", "DELETE /api/keys/{id}"),
+                                         ("admin_session", "POST /api/auth/logout"),
+                                         ("admin_session", "PATCH /api/settings")]):
+        audit.add(AuditEntry(ts=100.0 + i, actor=actor, action=action, diff='{"a": 1}'))
+    assert await audit.flush() == 4
+    entries, cursor = await audit.page(action="POST /api/auth/*")
+    assert [e["action"] for e in entries] == ["POST /api/auth/logout", "POST /api/auth/login"]
+    assert cursor is None and entries[0]["diff"] == {"a": 1}
+    first, cursor = await audit.page(actor="admin_session", limit=2)
+    assert [e["ts"] for e in first] == [103.0, 102.0] and cursor is not None
+    rest, cursor = await audit.page(actor="admin_session", limit=2, cursor=cursor)
+    assert [e["ts"] for e in rest] == [100.0] and cursor is None
 
 
 class FailingDb:

@@ -23,7 +23,7 @@ from omniroute.errors import BudgetExceeded, BudgetUnavailable, RateLimited
 from omniroute.pipeline.context import RequestContext
 from omniroute.pipeline.operation import Operation
 from omniroute.resilience.clock import ManualClock
-from omniroute.storage import Database, RequestRecord
+from omniroute.storage import Database, DatabaseBackend, RequestRecord
 
 
 def ts(text: str) -> float:
@@ -460,17 +460,13 @@ async def test_the_spend_read_back_uses_the_window_index(tmp_path: Path) -> None
         await db.close()
 
 
-async def test_the_sqlite_store_adds_to_rows(tmp_path: Path) -> None:
-    db = await Database.open(tmp_path / "db.sqlite3")
-    try:
-        store = SqliteSpendStore(db)
-        await store.add([("k", "daily", 100.0, 1.5, 10, 1)])
-        await store.add([("k", "daily", 100.0, 0.5, 5, 1), ("k", "monthly", 50.0, 2.0, 15, 2)])
-        assert await store.load(60.0) == {("k", "daily", 100.0): (2.0, 15, 2)}
-        assert await store.prune(60.0) == 1
-        assert len(await store.load(0)) == 1
-    finally:
-        await db.close()
+async def test_the_database_store_adds_to_rows(db: DatabaseBackend) -> None:
+    store = SqliteSpendStore(db)
+    await store.add([("k", "daily", 100.0, 1.5, 10, 1)])
+    await store.add([("k", "daily", 100.0, 0.5, 5, 1), ("k", "monthly", 50.0, 2.0, 15, 2)])
+    assert await store.load(60.0) == {("k", "daily", 100.0): (2.0, 15, 2)}
+    assert await store.prune(60.0) == 1
+    assert len(await store.load(0)) == 1
 
 
 async def test_the_background_task_syncs_on_its_clock() -> None:

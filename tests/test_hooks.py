@@ -44,6 +44,7 @@ from omniroute.formats.base import ClientRequest, Format
 from omniroute.pipeline import Reply
 from omniroute.plugins import load_plugins
 from omniroute.resilience import MemoryState
+from omniroute.storage import Database, DatabaseBackend
 from omniroute.testing import make_test_config, start_harness
 from omniroute.watch import VersionPoll
 
@@ -312,6 +313,53 @@ async def test_hook_register_state_backends(aiohttp_client: Any, tmp_path: Path)
     assert "omniroute_state_degraded 1.0" in metrics
     with pytest.raises(ConfigError, match="no state backend serves 'nope'"):
         make_app(make_test_config(tmp_path / "c").replace(state_url="nope://x"), plugins)
+
+
+class FileDatabase(Database):
+    """SQLite under a URL scheme of its own (``test-db:///path``), standing in for a
+    database server: what ``database_url`` opens is this type's, not the data dir's."""
+
+    name = "test-file-db"
+    schemes = ("test-db",)
+    opened: ClassVar[list[str]] = []
+
+    @classmethod
+    async def connect(cls, url: str, *, migrations: Any = None) -> FileDatabase:
+        path = url.split("://", 1)[1]
+        cls.opened.append(path)
+        db = await cls.open(path)
+        assert isinstance(db, FileDatabase)
+        return db
+
+
+class DatabasePlugin:
+    @hookimpl
+    def register_database_backends(self, register: Callable[[type[DatabaseBackend]], None],
+                                   ) -> None:
+        register(FileDatabase)
+
+
+async def test_hook_register_database_backends(aiohttp_client: Any, tmp_path: Path) -> None:
+    plugins = load_plugins(extra=[("t-db", DatabasePlugin())])
+    assert plugins.database_backends["test-file-db"] is FileDatabase
+    assert plugins.info("t-db").registered == {"database_backends": ["test-file-db"]}
+    # installed, it changes nothing until database_url names its scheme
+    plain = await start_harness(aiohttp_client, make_test_config(tmp_path / "a"), plugins)
+    assert type(plain.gateway.db) is Database and FileDatabase.opened == []
+    elsewhere = tmp_path / "server" / "shared.sqlite3"
+    elsewhere.parent.mkdir()
+    config = make_test_config(tmp_path / "b").replace(database_url=f"test-db://{elsewhere}")
+    first = await start_harness(aiohttp_client, config, plugins)
+    assert isinstance(first.gateway.db, FileDatabase) and FileDatabase.opened == [str(elsewhere)]
+    assert not (tmp_path / "b" / "omniroute.sqlite3").exists()  # the data dir keeps no database
+    resp = await first.client.post("/api/models/alias", headers=first.admin_headers,
+                                   json={"alias": "fast", "target": "x/y"})
+    assert resp.status in (200, 201)
+    # a second instance with the same database_url sees the same configuration
+    second = await start_harness(aiohttp_client, config.replace(data_dir=tmp_path / "c"), plugins)
+    assert (await second.store.list_aliases()) == {"fast": "x/y"}
+    with pytest.raises(ConfigError, match="no database backend serves 'nope'"):
+        make_app(make_test_config(tmp_path / "d").replace(database_url="nope://x"), plugins)
 
 
 class HeaderScheme(AuthScheme):

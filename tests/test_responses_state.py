@@ -14,7 +14,7 @@ import pytest
 from fakes.responses_upstream import FakeResponses
 
 from omniroute.formats.base import ClientRequest
-from omniroute.storage import Database
+from omniroute.storage import Database, DatabaseBackend
 from omniroute.storage.migrations import LATEST, MIGRATIONS
 from omniroute.storage.responses import ResponseStore
 from omniroute.tokens import estimate_request
@@ -336,3 +336,23 @@ async def test_store_scopes_and_expiry(tmp_path: Path) -> None:
         assert await store.get("resp_1", "key_a") is None
     finally:
         await db.close()
+
+
+async def test_the_store_keeps_each_key_to_its_own_rows(db: DatabaseBackend) -> None:
+    """On every backend: a row is read and deleted only with its own key (None, the
+    anonymous caller, is a scope of its own), and a key never takes over another's id."""
+    store = ResponseStore(db)
+    response = {"id": "resp_1", "object": "response", "model": "m", "output": [{"n": 1}]}
+    await store.save("key_a", response, [{"role": "user", "content": "hi"}])
+    await store.save(None, {**response, "id": "resp_2"}, [])
+    got = await store.get("resp_1", "key_a")
+    assert got is not None and got.output == [{"n": 1}] and got.input[0]["content"] == "hi"
+    assert got.response["output"] == [{"n": 1}]
+    assert await store.get("resp_1", None) is None and await store.get("resp_1", "key_b") is None
+    assert (await store.get("resp_2", None)) is not None  # NULL matches NULL
+    assert await store.get("resp_2", "key_a") is None
+    await store.save("key_b", {**response, "model": "stolen"}, [])  # the id is key_a's
+    assert (await store.get("resp_1", "key_a")).model == "m"  # type: ignore[union-attr]
+    assert await store.delete("resp_2", "key_a") is False
+    assert await store.delete("resp_2", None) is True
+    assert await store.get("resp_2", None) is None

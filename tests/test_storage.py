@@ -10,6 +10,7 @@ import os
 import sqlite3
 import stat
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -18,20 +19,23 @@ import pytest
 
 from omniroute.cache.memory import MemoryCache
 from omniroute.config import Config, ConfigError, Settings, load_config
-from omniroute.storage import Database, RequestLog, RequestRecord, StorageError, Store
+from omniroute.storage import (
+    Database,
+    DatabaseBackend,
+    RequestLog,
+    RequestRecord,
+    StorageError,
+    Store,
+)
 from omniroute.storage.migrations import LATEST, MIGRATIONS
 from omniroute.storage.store import Combo, Connection
 from omniroute.testing import make_test_config, start_harness
 from omniroute.vault import KEY_FILE, Vault, VaultError, mask
 
+#: opens the test's database (the same one at each call), with these migrations
+OpenDb = Callable[..., Awaitable[DatabaseBackend]]
+
 KEY = b"k" * 32
-
-
-@pytest.fixture
-async def db(tmp_path: Path) -> Any:
-    database = await Database.open(tmp_path / "omniroute.sqlite3")
-    yield database
-    await database.close()
 
 
 @pytest.fixture
@@ -39,33 +43,42 @@ def store(db: Database) -> Store:
     return Store(db, Vault(KEY))
 
 
-def _columns(rows: list[sqlite3.Row]) -> set[str]:
-    return {r["name"] for r in rows}
+def outage(db: DatabaseBackend, what: str) -> BaseException:
+    """The error ``db`` raises when it cannot be used just now (SQLite: locked, full...;
+    PostgreSQL: unreachable), as a test makes it fail."""
+    return db.unavailable[0](what)
+
+
+def holds_a_transaction(db: DatabaseBackend) -> bool:
+    """Whether a transaction was left open (SQLite's one connection, or a pooled one)."""
+    if isinstance(db, Database):
+        return db.conn.in_transaction
+    pool = db.pool  # type: ignore[attr-defined]
+    return bool(pool.get_size() - pool.get_idle_size())
 
 
 # ---------------------------------------------------------------------- migrations
 
 
-async def test_upgrade_from_v1_keeps_rows_and_backs_up(tmp_path: Path) -> None:
-    path = tmp_path / "omniroute.sqlite3"
-    old = await Database.open(path, migrations=MIGRATIONS[:1])
+async def test_upgrade_from_v1_keeps_rows_and_backs_up(open_db: OpenDb, tmp_path: Path) -> None:
+    old = await open_db(MIGRATIONS[:1])
     assert await old.schema_version() == 1
     await old.execute("INSERT INTO connections(id, type, name, prefix, settings, credentials,"
                       " active, priority, created_at, updated_at)"
                       " VALUES ('conn_1', 'openai', 'one', 'up', '{\"base_url\": \"u\"}', NULL,"
                       " 1, 3, 1.0, 2.0)")
     await old.execute("INSERT INTO api_keys(id, name, key_hash, key_prefix, scopes, created_at)"
-                      " VALUES ('key_1', 'k', x'00ff', 'sk-or-abcd', 'admin', 5.0)")
+                      " VALUES ('key_1', 'k', ?, 'sk-or-abcd', 'admin', 5.0)", (b"\x00\xff",))
     await old.execute("INSERT INTO request_log(request_id, ts, endpoint, status, model)"
                       " VALUES ('r1', 7.0, 'chat.completions', 200, 'gpt')")
     await old.execute("INSERT INTO aliases VALUES ('fast', 'up/gpt', 1.0)")
     await old.execute("INSERT INTO combos VALUES ('combo_1', 'c', 'priority', '[\"up/gpt\"]',"
                       " 1.0, 1.0)")
     await old.execute("INSERT INTO settings VALUES ('idle_timeout', '33.0')")
-    assert "ttfb_ms" not in _columns(await old.fetchall("PRAGMA table_info(request_log)"))
+    assert "ttfb_ms" not in set((await old.fetchone("SELECT * FROM request_log")).keys())
     await old.close()
 
-    db = await Database.open(path)
+    db = await open_db()
     try:
         assert await db.schema_version() == LATEST
         conn = await db.fetchone("SELECT * FROM connections")
@@ -76,26 +89,53 @@ async def test_upgrade_from_v1_keeps_rows_and_backs_up(tmp_path: Path) -> None:
         log = await db.fetchone("SELECT * FROM request_log")
         assert (log["request_id"], log["model"], log["attempts"]) == ("r1", "gpt", 1)
         assert log["ttfb_ms"] is None
-        assert _columns(await db.fetchall("PRAGMA table_info(request_log)")) >= {
-            "ttfb_ms", "cached_tokens", "reasoning_tokens", "attempts"}
+        assert set(log.keys()) >= {"ttfb_ms", "cached_tokens", "reasoning_tokens", "attempts"}
         assert (await db.fetchone("SELECT target FROM aliases"))["target"] == "up/gpt"
         assert (await db.fetchone("SELECT steps FROM combos"))["steps"] == '["up/gpt"]'
         assert (await db.fetchone("SELECT value FROM settings"))["value"] == "33.0"
-        tables = {r["name"] for r in await db.fetchall(
-            "SELECT name FROM sqlite_master WHERE type = 'table'")}
-        assert "admin_sessions" in tables
+        assert (await db.fetchone("SELECT COUNT(*) FROM admin_sessions"))[0] == 0  # made by v2
+        # the record the old release wrote is in the totals (migration 7's backfill)
+        total = await db.fetchone("SELECT SUM(requests) FROM usage_rollup WHERE period = 3600")
+        assert total[0] == 1
         # the store reads the migrated rows
         store = Store(db, Vault(KEY))
         assert (await store.list_aliases()) == {"fast": "up/gpt"}
         assert (await store.get_settings()) == {"idle_timeout": 33.0}
     finally:
         await db.close()
+    if not isinstance(db, Database):
+        return  # a database server keeps its own backups (pg_dump): nothing is copied
 
     backup = tmp_path / "omniroute.sqlite3.v1.bak"
     assert backup.exists()
     with sqlite3.connect(backup) as raw:
         assert raw.execute("PRAGMA user_version").fetchone()[0] == 1
         assert raw.execute("SELECT id FROM connections").fetchall() == [("conn_1",)]
+
+
+async def test_a_database_migrated_by_a_newer_release_is_refused(open_db: OpenDb) -> None:
+    newer = [*MIGRATIONS, ["CREATE TABLE from_the_future (x INTEGER)"]]
+    await (await open_db(newer)).close()
+    with pytest.raises(StorageError, match=rf"schema v{LATEST + 1}, newer than .*v{LATEST}"):
+        await open_db()
+    again = await open_db(newer)  # untouched: the newer release still opens it
+    try:
+        assert await again.schema_version() == LATEST + 1
+    finally:
+        await again.close()
+
+
+async def test_two_processes_migrating_at_once_apply_each_migration_once(
+        open_db: OpenDb) -> None:
+    first, second = await asyncio.gather(open_db(), open_db())
+    try:
+        for db in (first, second):
+            assert await db.schema_version() == LATEST
+        await first.execute("INSERT INTO aliases VALUES ('a', 'b/c', 1.0)")
+        assert await second.fetchone("SELECT target FROM aliases") is not None
+    finally:
+        await first.close()
+        await second.close()
 
 
 async def test_newer_database_is_refused(tmp_path: Path) -> None:
@@ -146,7 +186,7 @@ async def test_cancelled_transaction_leaves_no_transaction_open(store: Store) ->
         with contextlib.suppress(asyncio.CancelledError):
             await task
         await store.set_alias("after", "up/m")  # would fail inside a leftover transaction
-        assert not store.db.conn.in_transaction
+        assert not holds_a_transaction(store.db)
     assert "after" in await store.list_aliases()
 
 
@@ -230,8 +270,9 @@ async def test_connections(store: Store, tmp_path: Path) -> None:
 
     row = await store.db.fetchone("SELECT credentials FROM connections WHERE id = 'conn_a'")
     assert b"sk-live-very-secret" not in row["credentials"]
-    await store.db.execute("PRAGMA wal_checkpoint(FULL)")
-    assert b"sk-live-very-secret" not in _raw_bytes(tmp_path)
+    if isinstance(store.db, Database):  # nor anywhere in the file
+        await store.db.execute("PRAGMA wal_checkpoint(FULL)")
+        assert b"sk-live-very-secret" not in _raw_bytes(tmp_path)
 
     got = await store.get_connection("conn_a")
     assert got is not None and got.credentials == {"api_key": "sk-live-very-secret-123456"}
@@ -267,8 +308,9 @@ async def test_keys(store: Store, tmp_path: Path) -> None:
     row = await store.db.fetchone("SELECT * FROM api_keys WHERE id = ?", (key.id,))
     assert row["key_hash"] == hashlib.sha256(secret.encode()).digest()
     assert all(secret not in str(v) for v in tuple(row))
-    await store.db.execute("PRAGMA wal_checkpoint(FULL)")
-    assert secret.encode() not in _raw_bytes(tmp_path)
+    if isinstance(store.db, Database):  # nor anywhere in the file
+        await store.db.execute("PRAGMA wal_checkpoint(FULL)")
+        assert secret.encode() not in _raw_bytes(tmp_path)
     assert "key" not in key.public() and secret not in str(key.public())
 
     plain, _ = await store.create_key("plain")
@@ -297,7 +339,7 @@ async def test_aliases_and_combos(store: Store) -> None:
     assert (await store.get_combo("best")).id == "combo_1"  # type: ignore[union-attr]
     await store.save_combo(Combo("combo_0", "alpha", ["up/z"]))
     assert [c.name for c in await store.list_combos()] == ["alpha", "best"]
-    with pytest.raises(sqlite3.IntegrityError):  # names are unique...
+    with pytest.raises(store.db.integrity):  # names are unique...
         await store.save_combo(Combo("combo_2", "best", ["up/x"]))
     # ...and a clash never deletes the combo that holds the name
     assert (await store.get_combo("best")).id == "combo_1"  # type: ignore[union-attr]
@@ -397,7 +439,7 @@ async def test_request_log_keeps_records_when_a_write_fails(
     async def fail_once(sql: str, rows: Any) -> None:
         calls["n"] += 1
         if calls["n"] == 1:
-            raise sqlite3.OperationalError("disk I/O error (simulated)")
+            raise outage(db, "disk I/O error (simulated)")
         await real(sql, rows)
 
     monkeypatch.setattr(db, "executemany", fail_once)
@@ -406,7 +448,7 @@ async def test_request_log_keeps_records_when_a_write_fails(
     log.add(_record(3))  # arrives while the first batch waits for a retry
     assert await log.flush() == 3
     assert [r["request_id"] for r in reversed(await log.recent())] == ["r1", "r2", "r3"]
-    assert not db.conn.in_transaction
+    assert not holds_a_transaction(db)
 
 
 async def test_request_log_backlog_stays_bounded_when_writes_keep_failing(
@@ -415,7 +457,7 @@ async def test_request_log_backlog_stays_bounded_when_writes_keep_failing(
     log = RequestLog(db, max_pending=3)
 
     async def fail(sql: str, rows: Any) -> None:
-        raise sqlite3.OperationalError("disk full (simulated)")
+        raise outage(db, "disk full (simulated)")
 
     monkeypatch.setattr(db, "executemany", fail)
     for n in range(3):
@@ -424,7 +466,7 @@ async def test_request_log_backlog_stays_bounded_when_writes_keep_failing(
     async def add_two_while_writing(sql: str, rows: Any) -> None:
         log.add(_record(10))  # records keep arriving during the failed write
         log.add(_record(11))
-        raise sqlite3.OperationalError("disk full (simulated)")
+        raise outage(db, "disk full (simulated)")
 
     monkeypatch.setattr(db, "executemany", add_two_while_writing)
     assert await log.flush() == 0

@@ -10,7 +10,8 @@ from typing import Any
 import openai
 import pytest
 
-from omniroute.storage import RequestRecord
+from omniroute.storage import DatabaseBackend, RequestLog, RequestRecord
+from omniroute.storage.telemetry import latency_percentiles
 from omniroute.testing import make_test_config, start_harness
 
 HI = [{"role": "user", "content": "hi there"}]
@@ -127,3 +128,18 @@ async def test_percentiles_are_read_through_the_read_only_connection(
     body = await summary(omniroute)
     assert body["providers"]["a"]["count"] == 1  # the flushed record is seen by the reader
     assert not [sql for sql in seen if "ROW_NUMBER" in sql]
+
+
+async def test_percentiles_on_every_backend(db: DatabaseBackend) -> None:
+    """The window-function query itself, on SQLite and on PostgreSQL alike."""
+    log = RequestLog(db)
+    for i in range(1, 21):
+        log.add(record(i, "a", "m1", float(i)))
+    log.add(record(30, "a", "m1", 5000.0, status=502))  # failures are not counted
+    log.add(record(31, "b", "m2", 3.0, age=7200))  # nor what is outside the window
+    await log.flush()
+    since = time.time() - 3600
+    values = [float(i) for i in range(1, 21)]
+    want = {f"p{p}": nearest_rank(values, p) for p in (50, 95, 99)} | {"count": 20}
+    assert await latency_percentiles(db, since) == {"a": want}
+    assert await latency_percentiles(db, since, by_model=True) == {"a/m1": want}

@@ -11,7 +11,6 @@ import asyncio
 import dataclasses
 import time
 from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import orjson
@@ -303,13 +302,6 @@ async def test_a_key_that_keeps_no_records_leaves_none_but_stages_still_see_it(
 
 
 # ---------------------------------------------------------------------- buffer, retention
-
-
-@pytest.fixture
-async def db(tmp_path: Path) -> AsyncIterator[Database]:
-    database = await Database.open(tmp_path / "omniroute.sqlite3")
-    yield database
-    await database.close()
 
 
 def _record(i: int, ts: float = 1000.0) -> RequestRecord:

@@ -4,8 +4,6 @@ migration, and read by summaries that agree with the records they stand for."""
 from __future__ import annotations
 
 import random
-import sqlite3
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -93,13 +91,6 @@ def same(got: dict[str, Any], want: dict[str, Any]) -> None:
 
 
 @pytest.fixture
-async def db(tmp_path: Path) -> AsyncIterator[Database]:
-    database = await Database.open(tmp_path / "usage.sqlite3")
-    yield database
-    await database.close()
-
-
-@pytest.fixture
 async def filled(db: Database) -> tuple[Database, list[RequestRecord]]:
     records = make_records(3000)
     log = RequestLog(db)
@@ -177,7 +168,7 @@ async def test_a_failed_batch_leaves_no_totals(db: Database) -> None:
     log.add(make_records(1)[0])
 
     async def refuse() -> None:
-        raise sqlite3.OperationalError("disk I/O error")
+        raise db.unavailable[0]("disk I/O error")
 
     log.also_done = lambda: None  # type: ignore[method-assign]
     original = log.also
@@ -205,8 +196,10 @@ async def test_the_migration_fills_the_totals_from_existing_records(
     assert before < len(MIGRATIONS) - 1  # 7 makes the totals, 8 remakes them
     old = await Database.open(path, migrations=MIGRATIONS[:before + after])
     records = make_records(500, seed=11)
-    # written as an old gateway's writer would: records only (the totals, if any, stale)
-    await old.executemany(RequestLog.insert, [RequestLog.row(r) for r in records])
+    # written as an old gateway's writer would: records only (the totals, if any, stale);
+    # that schema has no unique request id yet (migration 9): a plain insert
+    insert = RequestLog.insert.removesuffix(" ON CONFLICT(request_id) DO NOTHING")
+    await old.executemany(insert, [RequestLog.row(r) for r in records])
     await old.close()
     db = await Database.open(path)
     try:

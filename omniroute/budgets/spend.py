@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
-    from omniroute.storage.db import Database
+    from omniroute.storage.backend import DatabaseBackend
 
 #: (key id, period, window start) -> (USD, tokens, requests)
 Totals = dict[tuple[str, str, float], tuple[float, int, int]]
@@ -37,9 +37,9 @@ class SpendStore(Protocol):
 
 
 class SqliteSpendStore:
-    """:class:`SpendStore` on the gateway's SQLite database."""
+    """:class:`SpendStore` on the gateway's database (SQLite, or ``database_url``'s)."""
 
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: DatabaseBackend) -> None:
         self.db = db
 
     async def add(self, deltas: Sequence[Delta]) -> None:
@@ -49,8 +49,9 @@ class SqliteSpendStore:
             await self.db.executemany(
                 "INSERT INTO key_spend(key_id, period, window_start, cost_usd, tokens, requests)"
                 " VALUES (?,?,?,?,?,?) ON CONFLICT(key_id, period, window_start) DO UPDATE SET"
-                " cost_usd = cost_usd + excluded.cost_usd, tokens = tokens + excluded.tokens,"
-                " requests = requests + excluded.requests", deltas)
+                " cost_usd = key_spend.cost_usd + excluded.cost_usd,"
+                " tokens = key_spend.tokens + excluded.tokens,"
+                " requests = key_spend.requests + excluded.requests", deltas)
 
     async def load(self, since: float) -> Totals:
         rows = await self.db.fetchall(

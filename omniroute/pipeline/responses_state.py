@@ -36,7 +36,7 @@ from omniroute.pipeline.context import Reply, RequestContext
 from omniroute.pipeline.operation import Operation
 from omniroute.pipeline.stages import Stage, StageRun
 from omniroute.sse import SSESplitter
-from omniroute.storage import Database
+from omniroute.storage import DatabaseBackend
 from omniroute.storage.responses import ResponseStore
 
 log = logging.getLogger(__name__)
@@ -51,7 +51,7 @@ class ResponsesStage(Stage):
 
     name = "responses-state"
 
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: DatabaseBackend) -> None:
         self.responses = ResponseStore(db)
 
     def enter(self, ctx: RequestContext, operation: Operation) -> StageRun | None:

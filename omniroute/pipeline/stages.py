@@ -41,7 +41,7 @@ if TYPE_CHECKING:
     from omniroute.pipeline.operation import Operation
     from omniroute.routing import Route
     from omniroute.sharedstate import RequestBatch
-    from omniroute.storage import Database
+    from omniroute.storage import DatabaseBackend
 
 
 class StageRun:
@@ -106,7 +106,7 @@ class Stage:
 
 
 def default_stages(
-    db: Database, budgets: Stage | None = None, idempotency: Stage | None = None,
+    db: DatabaseBackend, budgets: Stage | None = None, idempotency: Stage | None = None,
     progress: Stage | None = None, cache: Stage | None = None,
 ) -> list[Stage]:
     """The stages of every request, in the order they run.

@@ -1,6 +1,8 @@
-"""Persistence: the SQLite database, configuration records and the request log."""
+"""Persistence: the database (SQLite, or a ``database_url`` backend), configuration records
+and the request log."""
 
-from omniroute.storage.db import Database, StorageError
+from omniroute.storage.backend import DatabaseBackend, StorageError, database_backend
+from omniroute.storage.db import Database
 from omniroute.storage.requestlog import RequestLog, RequestRecord
 from omniroute.storage.store import ApiKey, Combo, Connection, Store, hash_secret, new_id
 
@@ -9,10 +11,12 @@ __all__ = [
     "Combo",
     "Connection",
     "Database",
+    "DatabaseBackend",
     "RequestLog",
     "RequestRecord",
     "StorageError",
     "Store",
+    "database_backend",
     "hash_secret",
     "new_id",
 ]

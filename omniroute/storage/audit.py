@@ -24,8 +24,8 @@ from typing import Any
 import orjson
 
 from omniroute.redact import REDACTED, redact
+from omniroute.storage.backend import DatabaseBackend
 from omniroute.storage.buffered import BufferedLog
-from omniroute.storage.db import Database
 from omniroute.storage.usage import decode_cursor, encode_cursor, iso
 from omniroute.vault import mask
 
@@ -105,7 +105,7 @@ class AuditLog(BufferedLog[AuditEntry]):
     row = staticmethod(astuple)  # type: ignore[assignment]
     size = staticmethod(_size)  # type: ignore[assignment]
 
-    def __init__(self, db: Database, *, interval: float = 0.5, max_pending: int = 100_000,
+    def __init__(self, db: DatabaseBackend, *, interval: float = 0.5, max_pending: int = 100_000,
                  max_bytes: int = MAX_PENDING_BYTES, prune_every: float = 600.0,
                  retention_days: Callable[[], float] = lambda: 365.0,
                  clock: Callable[[], float] = time.time) -> None:

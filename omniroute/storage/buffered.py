@@ -7,7 +7,8 @@ another applies retention in small batches, so the writer is never held behind
 one large ``DELETE``. What the rules are, and why:
 
 * **Nothing waiting is lost to a failed write.** A batch the database refuses
-  (:class:`sqlite3.OperationalError`: locked, full, read-only, gone) goes back
+  (one of the backend's ``unavailable`` errors: SQLite locked, full, read-only,
+  gone; PostgreSQL unreachable or timed out) goes back
   in front of what arrived meanwhile, for the next attempt. A cancellation (a
   handler whose client went away, a shutdown) does the same, and is raised on.
 * **One bad row does not block the log.** Any other failure of a batch write is
@@ -16,6 +17,8 @@ one large ``DELETE``. What the rules are, and why:
   :attr:`~BufferedLog.dropped` and logged once with the reason (never its content).
 * **The buffer is bounded**, by count and (when :attr:`~BufferedLog.max_bytes` is
   set) by size: past the bound the oldest go, counted and logged, never silently.
+* **An outage is logged once**: the first failed write with its error, then one
+  line when the writes resume (a database away for an hour is not 7200 tracebacks).
 * **Flushes take turns** (a lock), and each runs shielded: a caller that is
   cancelled (a read API whose client disconnected) stops waiting, the write
   finishes. :meth:`~BufferedLog.close` waits for a flush in progress, then writes
@@ -27,13 +30,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import sqlite3
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any, Generic, TypeVar
 
-from omniroute.storage.db import Database
+from omniroute.storage.backend import DatabaseBackend
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +63,7 @@ class BufferedLog(Generic[T]):
     noun = "rows"
 
     def __init__(
-        self, db: Database, *, interval: float = 0.5, max_pending: int = 100_000,
+        self, db: DatabaseBackend, *, interval: float = 0.5, max_pending: int = 100_000,
         max_bytes: int = 0, prune_every: float = 600.0,
         clock: Callable[[], float] = time.time,
     ) -> None:
@@ -85,6 +87,8 @@ class BufferedLog(Generic[T]):
         self._pending: deque[T] = deque()
         self._bytes = 0
         self._flushing = asyncio.Lock()
+        #: the last write failed (the database is away): its retries are not logged
+        self._failing = False
         self._tasks: list[asyncio.Task[None]] = []
 
     # ------------------------------------------------------------------ what a subclass says
@@ -206,14 +210,23 @@ class BufferedLog(Generic[T]):
                 batch = self._take()
                 try:
                     written += await self._commit(batch)
-                except Exception:  # the database is unavailable: retry later
-                    log.exception("%s write failed; %d %s kept for retry",
-                                  self.table, len(batch), self.noun)
+                except Exception as exc:  # the database is unavailable: retry later
                     self._requeue(batch)
+                    if not self._failing:  # once per outage, not at every retry
+                        log.exception("%s write failed; %d %s kept for retry (logged again "
+                                      "when the writes resume)", self.table, self.pending,
+                                      self.noun)
+                    else:
+                        log.debug("%s write failed again: %s", self.table, exc)
+                    self._failing = True
                     return written
                 except BaseException:  # cancelled (or worse): nothing waiting is lost
                     self._requeue(batch)
                     raise
+                if self._failing:
+                    self._failing = False
+                    log.warning("%s writes resumed; %d %s written", self.table, written,
+                                self.noun)
             return written
 
     async def _commit(self, batch: list[T]) -> int:
@@ -221,7 +234,7 @@ class BufferedLog(Generic[T]):
         written row by row, the failing rows dropped. Rows written."""
         try:
             return await self._transaction(batch, singly=False)
-        except sqlite3.OperationalError:
+        except self.db.unavailable:
             raise
         except Exception as exc:  # noqa: BLE001 - a row's own fault: written one by one below
             log.warning("%s batch write failed (%s: %s); writing its %d %s one by one",
@@ -252,8 +265,9 @@ class BufferedLog(Generic[T]):
         reason = ""
         for item in batch:
             try:
-                await self.db.execute(self.insert, self.row(item))
-            except sqlite3.OperationalError:
+                async with self.db.savepoint():
+                    await self.db.execute(self.insert, self.row(item))
+            except self.db.unavailable:
                 raise
             except Exception as exc:  # noqa: BLE001 - this row cannot be stored: dropped, counted
                 refused += 1

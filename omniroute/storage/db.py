@@ -1,4 +1,8 @@
-"""The SQLite database: one file in the data directory, WAL mode, migrated at open."""
+"""The SQLite database: one file in the data directory, WAL mode, migrated at open.
+
+The embedded default (no ``database_url``): :class:`Database` is the
+:class:`~omniroute.storage.backend.DatabaseBackend` every storage module talks to.
+"""
 
 from __future__ import annotations
 
@@ -13,21 +17,26 @@ from typing import Any
 
 import aiosqlite
 
+from omniroute.storage.backend import DatabaseBackend, Row, StorageError
 from omniroute.storage.migrations import MIGRATIONS
 
 log = logging.getLogger(__name__)
 
-
-class StorageError(Exception):
-    """The database cannot be used as it is (e.g. a schema from a newer release)."""
+__all__ = ["Database", "StorageError", "open_reader", "private_file"]
 
 
-class Database:
+class Database(DatabaseBackend):
     """A thin async wrapper over one aiosqlite connection."""
+
+    name = "sqlite"
+    #: locked, full, read-only, gone: the write is tried again later
+    unavailable = (sqlite3.OperationalError,)
+    integrity = (sqlite3.IntegrityError,)
 
     def __init__(self, conn: aiosqlite.Connection, path: Path | str) -> None:
         self.conn = conn
         self.path = path
+        self.where = str(path)
         # One connection is shared by every task: transactions must not interleave
         # (a second BEGIN fails, and one task's ROLLBACK would undo another's writes).
         self._tx_lock = asyncio.Lock()
@@ -60,6 +69,9 @@ class Database:
 
     async def close(self) -> None:
         await self.conn.close()
+
+    async def open_reader(self) -> Database | None:
+        return None if str(self.path) == ":memory:" else await open_reader(self.path)
 
     async def schema_version(self) -> int:
         row = await self.fetchone("PRAGMA user_version")
@@ -107,11 +119,11 @@ class Database:
                 raise
             await self.conn.execute("COMMIT")
 
-    async def fetchall(self, sql: str, params: Iterable[Any] = ()) -> list[sqlite3.Row]:
+    async def fetchall(self, sql: str, params: Iterable[Any] = ()) -> list[Row]:
         async with self.conn.execute(sql, tuple(params)) as cur:
             return list(await cur.fetchall())
 
-    async def fetchone(self, sql: str, params: Iterable[Any] = ()) -> sqlite3.Row | None:
+    async def fetchone(self, sql: str, params: Iterable[Any] = ()) -> Row | None:
         async with self.conn.execute(sql, tuple(params)) as cur:
             return await cur.fetchone()
 
@@ -123,29 +135,31 @@ class Database:
     async def executemany(self, sql: str, rows: Iterable[Iterable[Any]]) -> None:
         await self.conn.executemany(sql, rows if isinstance(rows, list) else list(rows))
 
-    async def check(self) -> bool:
-        """True when the database answers a query."""
-        try:
-            await self.fetchone("SELECT 1")
-        except Exception:
-            log.exception("database check failed")
-            return False
-        return True
-
-    # ------------------------------------------------------------------ config version
-    # Every change to configuration (connections, keys, aliases, combos, settings)
-    # bumps this counter, so other workers and instances know to reload.
-
-    async def config_version(self) -> int:
-        row = await self.fetchone("SELECT value FROM meta WHERE key = 'config_version'")
-        return int(row[0]) if row else 0
-
     async def bump_config_version(self) -> int:
         await self.execute(
             "INSERT INTO meta(key, value) VALUES('config_version', '1') "
             "ON CONFLICT(key) DO UPDATE SET value = CAST(value AS INTEGER) + 1"
         )
         return await self.config_version()
+
+
+async def open_reader(path: Path | str) -> Database:
+    """A read-only connection to the gateway's database, for long reads.
+
+    SQLite in WAL mode lets it read while the main connection writes, and it
+    runs in its own thread, so a month-long summary holds up nothing else.
+    """
+    conn = await aiosqlite.connect(f"{Path(path).resolve().as_uri()}?mode=ro", uri=True)
+    conn.row_factory = sqlite3.Row
+    try:
+        await conn.execute("PRAGMA busy_timeout=10000")
+        await conn.execute("PRAGMA query_only=1")
+        # a summary walks much of the log: room for the index pages it revisits
+        await conn.execute("PRAGMA cache_size=-8192")
+    except BaseException:
+        await conn.close()
+        raise
+    return Database(conn, path)
 
 
 def private_file(path: Path | str) -> None:

@@ -1,7 +1,14 @@
 """The schema, as an ordered list of migrations.
 
-Migration N brings a database from ``PRAGMA user_version`` N-1 to N. Never edit
-a migration that has shipped: append a new one.
+Migration N brings a database from schema version N-1 to N (SQLite keeps it in
+``PRAGMA user_version``, a ``database_url`` backend where it likes). Never edit a
+migration that has shipped: append a new one.
+
+One schema serves every backend, so the SQL here is what SQLite and PostgreSQL both
+take, written as SQLite reads it: ``INTEGER`` and ``REAL`` columns, ``BLOB``,
+``id INTEGER PRIMARY KEY`` for an id the database assigns. A backend translates
+what its dialect cannot take as written (``omniroute_postgres.dialect``: the column
+types, ``WITHOUT ROWID``), and nothing else.
 """
 
 from __future__ import annotations
@@ -188,6 +195,14 @@ MIGRATIONS: list[list[str]] = [
         """DROP TABLE usage_rollup""",
         *rollup.CREATE,
         *rollup.BACKFILL,
+    ],
+    # 9: several instances on one database (issue 13): a record is stored once, whatever
+    # retries its batch (a commit may land just before the database goes away)
+    [
+        # records an older release may have stored twice keep their data, under a new id
+        """UPDATE request_log SET request_id = request_id || '#' || CAST(id AS TEXT)
+           WHERE id NOT IN (SELECT MIN(id) FROM request_log GROUP BY request_id)""",
+        """CREATE UNIQUE INDEX request_log_request_id ON request_log(request_id)""",
     ],
 ]
 

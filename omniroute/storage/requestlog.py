@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import operator
 import time
 from collections.abc import Callable
@@ -18,8 +19,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from omniroute.storage import rollup
+from omniroute.storage.backend import DatabaseBackend
 from omniroute.storage.buffered import BufferedLog
-from omniroute.storage.db import Database
 
 log = logging.getLogger(__name__)
 
@@ -72,9 +73,11 @@ class RequestRecord:
 
 
 _FIELDS = [f.name for f in dataclasses.fields(RequestRecord)]
+#: a record is written once: a batch tried again (its commit may have landed before the
+#: database went away) adds nothing twice
 _INSERT = (
     f"INSERT INTO request_log({', '.join(_FIELDS)}) "
-    f"VALUES ({', '.join('?' for _ in _FIELDS)})"
+    f"VALUES ({', '.join('?' for _ in _FIELDS)}) ON CONFLICT(request_id) DO NOTHING"
 )
 
 
@@ -96,7 +99,7 @@ class RequestLog(BufferedLog[RequestRecord]):
     noun = "records"
 
     def __init__(
-        self, db: Database, *, interval: float = 0.5, max_pending: int = 100_000,
+        self, db: DatabaseBackend, *, interval: float = 0.5, max_pending: int = 100_000,
         prune_every: float = 600.0, clock: Callable[[], float] = time.time,
     ) -> None:
         super().__init__(db, interval=interval, max_pending=max_pending,
@@ -126,6 +129,9 @@ class RequestLog(BufferedLog[RequestRecord]):
         return bool(self._key_use)
 
     async def begin(self) -> None:
+        # one writer at a time, whichever instance: the fold below adds the records after
+        # this id, and another writer's, committed meanwhile, must not be among them
+        await self.db.lock("request_log")
         row = await self.db.fetchone("SELECT max(id) FROM request_log")
         self._before = row[0] if row is not None and row[0] is not None else 0
 
@@ -156,7 +162,7 @@ class RequestLog(BufferedLog[RequestRecord]):
                     for period in rollup.PERIODS:  # buckets wholly before the cutoff
                         await self.db.execute(
                             f"DELETE FROM {table} WHERE period = ? AND start < ?",
-                            (period, cutoff - period))
+                            (period, math.ceil(cutoff - period)))
         return removed
 
     async def recent(self, limit: int = 100) -> list[dict[str, Any]]:

@@ -21,7 +21,7 @@ from typing import Any
 
 import orjson
 
-from omniroute.storage.db import Database
+from omniroute.storage.backend import DatabaseBackend
 
 #: how long a stored response stays retrievable (OpenAI: 30 days)
 DEFAULT_TTL = 30 * 24 * 3600.0
@@ -43,7 +43,7 @@ class StoredResponse:
 class ResponseStore:
     """Reads and writes stored responses, always within one API key's scope."""
 
-    def __init__(self, db: Database, *, ttl: float = DEFAULT_TTL) -> None:
+    def __init__(self, db: DatabaseBackend, *, ttl: float = DEFAULT_TTL) -> None:
         self.db = db
         self.ttl = ttl
 

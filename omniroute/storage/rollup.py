@@ -45,8 +45,9 @@ SUM_COLUMNS = ("requests", "tokens_in", "tokens_out", "cache_read_tokens",
                "characters", "cost_usd", "list_cost_usd", "latency_ms", "timed")
 #: ``usage_dims`` also sums what ``usage_rollup`` keeps as group columns
 DIM_SUM_COLUMNS = (*SUM_COLUMNS, "errors", "cache_hits", "cache_saved_usd")
-#: a request failed: an error status, or an error class (a stream broken after its 200)
-FAILED = "(status >= 400 OR error_class IS NOT NULL)"
+#: a request failed (1, else 0): an error status, or an error class (a stream broken after
+#: its 200); a number, not a truth value, so it is summed and compared alike everywhere
+FAILED = "(CASE WHEN status >= 400 OR error_class IS NOT NULL THEN 1 ELSE 0 END)"
 #: ``usage_dims``' dimensions and what each groups request_log rows by (total: nothing);
 #: ``status`` and ``failed`` only find the hours a filtered page of records lies in
 DIMS = {"total": None, "model": "model", "provider": "provider",
@@ -68,12 +69,12 @@ _RECORD_SUMS = (
 )
 #: ... and the three more of :data:`DIM_SUM_COLUMNS`
 _RECORD_DIM_SUMS = (*_RECORD_SUMS, f"SUM({FAILED})", "SUM(cache_hit)",
-                    f"SUM(CASE WHEN cache_hit THEN {_LISTED} - COALESCE(cost_usd, 0) "
+                    f"SUM(CASE WHEN cache_hit = 1 THEN {_LISTED} - COALESCE(cost_usd, 0) "
                     "ELSE 0 END)")
 #: the same sums over usage_rollup rows
 _ROLLUP_DIM_SUMS = (*(f"SUM({c})" for c in SUM_COLUMNS), "SUM(failed * requests)",
                     "SUM(cache_hit * requests)",
-                    "SUM(CASE WHEN cache_hit THEN list_cost_usd - cost_usd ELSE 0 END)")
+                    "SUM(CASE WHEN cache_hit = 1 THEN list_cost_usd - cost_usd ELSE 0 END)")
 _RECORD_GROUPS = ("COALESCE(provider, '')", "COALESCE(model, '')",
                   "COALESCE(connection_id, '')", "COALESCE(api_key_id, '')", "status",
                   FAILED, "cache_hit")
@@ -101,14 +102,15 @@ CREATE = [
 
 
 def _upsert(table: str, key: tuple[str, ...], sums: tuple[str, ...], select: str) -> str:
-    update = ", ".join(f"{c} = {c} + excluded.{c}" for c in sums)
+    update = ", ".join(f"{c} = {table}.{c} + excluded.{c}" for c in sums)
     return (f"INSERT INTO {table}({', '.join(key)}, {', '.join(sums)}) {select} "
             f"ON CONFLICT({', '.join(key)}) DO UPDATE SET {update}")
 
 
 _PERIODS_TABLE = f"(SELECT {HOUR} AS period UNION ALL SELECT {DAY})"
-#: the writer's scratch table: one transaction's records summed by hour and group
-_BATCH = "temp.usage_batch"
+#: the writer's scratch table: one transaction's records summed by hour and group (a
+#: temporary table: unqualified, it is found before any other of its name)
+_BATCH = "usage_batch"
 
 
 def _rollup_from_records(where: str) -> str:
@@ -125,7 +127,8 @@ def _batch_statements() -> list[str]:
     """The writer's fold: the transaction's records (``id > ?``) are read once into the
     scratch table, by hour and group; the hourly and daily rollup rows and every
     dimension's rows are added from its few rows."""
-    columns = ("start", *GROUP_COLUMNS, *DIM_SUM_COLUMNS)
+    columns = ("start INTEGER", *(f"{c} TEXT" for c in GROUP_COLUMNS[:4]), "status INTEGER",
+               "failed INTEGER", "cache_hit INTEGER", *(f"{c} REAL" for c in DIM_SUM_COLUMNS))
     sums = ", ".join(f"SUM({c})" for c in DIM_SUM_COLUMNS)
     groups = ", ".join(str(i) for i in range(1, 2 + len(_RECORD_GROUPS)))
     value = "CASE d.dim " + " ".join(

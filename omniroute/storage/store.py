@@ -1,7 +1,7 @@
 """Configuration records: connections, API keys, aliases, combos, settings, sessions.
 
 Plain dataclasses in, plain dataclasses out. Provider credentials are encrypted
-by the vault before they reach SQLite and decrypted only in memory.
+by the vault before they reach the database and decrypted only in memory.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from typing import Any
 import orjson
 
 from omniroute.budgets.limits import Limits
-from omniroute.storage.db import Database
+from omniroute.storage.backend import DatabaseBackend
 from omniroute.vault import Vault, mask
 
 log = logging.getLogger(__name__)
@@ -129,7 +129,7 @@ class Combo:
 class Store:
     """Reads and writes configuration records; every write bumps the config version."""
 
-    def __init__(self, db: Database, vault: Vault) -> None:
+    def __init__(self, db: DatabaseBackend, vault: Vault) -> None:
         self.db = db
         self.vault = vault
 
@@ -165,9 +165,14 @@ class Store:
         blob = self.vault.encrypt(conn.credentials, context=conn.id)
         async with self.db.transaction():
             await self.db.execute(
-                "INSERT OR REPLACE INTO connections"
+                "INSERT INTO connections"
                 "(id, type, name, prefix, settings, credentials, active, priority,"
-                " created_at, updated_at) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                " created_at, updated_at) VALUES (?,?,?,?,?,?,?,?,?,?)"
+                " ON CONFLICT(id) DO UPDATE SET type = excluded.type, name = excluded.name,"
+                " prefix = excluded.prefix, settings = excluded.settings,"
+                " credentials = excluded.credentials, active = excluded.active,"
+                " priority = excluded.priority, created_at = excluded.created_at,"
+                " updated_at = excluded.updated_at",
                 (conn.id, conn.type, conn.name, conn.prefix, orjson.dumps(conn.settings).decode(),
                  blob, int(conn.active), conn.priority, conn.created_at, conn.updated_at),
             )
@@ -290,7 +295,9 @@ class Store:
                 await self.db.execute("DELETE FROM aliases WHERE alias = ?", (alias,))
             else:
                 await self.db.execute(
-                    "INSERT OR REPLACE INTO aliases(alias, target, created_at) VALUES (?,?,?)",
+                    "INSERT INTO aliases(alias, target, created_at) VALUES (?,?,?)"
+                    " ON CONFLICT(alias) DO UPDATE SET target = excluded.target,"
+                    " created_at = excluded.created_at",
                     (alias, target, time.time()),
                 )
             await self.db.bump_config_version()
@@ -312,9 +319,13 @@ class Store:
                                  per_character: float | None = None) -> None:
         async with self.db.transaction():
             await self.db.execute(
-                "INSERT OR REPLACE INTO price_overrides(scope, model, input, output, cache_read,"
+                "INSERT INTO price_overrides(scope, model, input, output, cache_read,"
                 " cache_write, image, per_second, per_character, updated_at) "
-                "VALUES (?,?,?,?,?,?,?,?,?,?)",
+                "VALUES (?,?,?,?,?,?,?,?,?,?) ON CONFLICT(scope, model) DO UPDATE SET"
+                " input = excluded.input, output = excluded.output,"
+                " cache_read = excluded.cache_read, cache_write = excluded.cache_write,"
+                " image = excluded.image, per_second = excluded.per_second,"
+                " per_character = excluded.per_character, updated_at = excluded.updated_at",
                 (scope, model, input, output, cache_read, cache_write, image, per_second,
                  per_character, time.time()))
             await self.db.bump_config_version()
@@ -378,7 +389,8 @@ class Store:
             if replace:
                 await self.db.execute("DELETE FROM settings WHERE key NOT LIKE '\\_%' ESCAPE '\\'")
             await self.db.executemany(
-                "INSERT OR REPLACE INTO settings(key, value) VALUES (?, ?)",
+                "INSERT INTO settings(key, value) VALUES (?, ?)"
+                " ON CONFLICT(key) DO UPDATE SET value = excluded.value",
                 [(k, orjson.dumps(v).decode()) for k, v in values.items()],
             )
             await self.db.bump_config_version()

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from omniroute.storage.db import Database
+from omniroute.storage.backend import DatabaseBackend
 
 PERCENTILES = (50, 95, 99)
 
@@ -40,7 +40,7 @@ _BY_MODEL = _SQL.format(key="provider || '/' || model", extra="model IS NOT NULL
                         ranks=_RANKS)
 
 
-async def latency_percentiles(db: Database, since: float, *,
+async def latency_percentiles(db: DatabaseBackend, since: float, *,
                               by_model: bool = False) -> dict[str, dict[str, Any]]:
     """``{name: {"p50", "p95", "p99", "count"}}`` (milliseconds) of requests since ``since``.
 

@@ -9,7 +9,8 @@ time bucket, once grouped by (provider, model, connection, key), which Python
 folds into the four breakdowns (measured faster than one query per breakdown,
 and the result stays small whatever the range).
 
-The gateway reads through its own read-only connection (:func:`open_reader`):
+The gateway reads through its own read-only connection
+(:meth:`~omniroute.storage.backend.DatabaseBackend.open_reader`, SQLite's):
 a summary over a month of a busy log takes seconds, and it must not hold up
 the connection the request log, budgets and the management API write through.
 """
@@ -22,18 +23,15 @@ import calendar
 import dataclasses
 import math
 import re
-import sqlite3
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any, Literal
 
-import aiosqlite
 import orjson
 
 from omniroute.storage import rollup
-from omniroute.storage.db import Database
+from omniroute.storage.backend import DatabaseBackend, Row
 from omniroute.storage.requestlog import RequestRecord
 
 Bucket = Literal["day", "hour"]
@@ -43,7 +41,7 @@ _BUCKET_SECONDS = {"day": 86400, "hour": 3600}
 _COLUMN = {"provider": "provider", "model": "model", "connection": "connection_id",
            "key": "api_key_id"}
 _FAILED = rollup.FAILED
-_CACHE_SAVED = ("CASE WHEN cache_hit THEN COALESCE(list_cost_usd, cost_usd, 0) "
+_CACHE_SAVED = ("CASE WHEN cache_hit = 1 THEN COALESCE(list_cost_usd, cost_usd, 0) "
                 "- COALESCE(cost_usd, 0) ELSE 0 END")
 #: the sums a usage read returns, in this order, after its group columns
 _SUMS = ("requests", "errors", "tokens_in", "tokens_out", "cache_read_tokens",
@@ -65,7 +63,7 @@ _RECORD_SUMS = {
 _ROLLUP_SUMS = {
     **{name: f"SUM({name})" for name in rollup.SUM_COLUMNS},
     "errors": "SUM(failed * requests)", "cache_hits": "SUM(cache_hit * requests)",
-    "cache_saved_usd": "SUM(CASE WHEN cache_hit THEN list_cost_usd - cost_usd ELSE 0 END)"}
+    "cache_saved_usd": "SUM(CASE WHEN cache_hit = 1 THEN list_cost_usd - cost_usd ELSE 0 END)"}
 #: ... and over one dimension's rows (``usage_dims``: a column per sum)
 _DIMS_SUMS = {name: f"SUM({name})" for name in _SUMS}
 #: the fields a series metric is computed from (a series reads only these)
@@ -203,9 +201,9 @@ class UsageFilter:
 def _status_clause(status: str, failed: str = _FAILED) -> tuple[str, list[Any]]:
     value = status.strip().lower()
     if value in ("ok", "success"):
-        return f"NOT {failed}", []
+        return f"{failed} = 0", []
     if value in ("error", "failed"):
-        return failed, []
+        return f"{failed} = 1", []
     match = _STATUS_CLASS.match(value)
     if match:
         low = int(match.group(1)) * 100
@@ -255,7 +253,7 @@ def _view(sums: dict[str, float]) -> dict[str, Any]:
 class UsageQueries:
     """Usage reads over one database connection (the gateway's reader, or the CLI's)."""
 
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: DatabaseBackend) -> None:
         self.db = db
 
     async def summary(self, where: UsageFilter, *, bucket: Bucket = "day",
@@ -436,9 +434,9 @@ class UsageQueries:
         return None if row is None else record_view(row)
 
     async def _names(self, groups: dict[str, dict[Any, dict[str, float]]],
-                     ) -> dict[str, dict[str, sqlite3.Row]]:
+                     ) -> dict[str, dict[str, Row]]:
         """Names of the keys and connections in ``groups`` (deleted ones have none)."""
-        names: dict[str, dict[str, sqlite3.Row]] = {}
+        names: dict[str, dict[str, Row]] = {}
         for dim, table, columns in (("key", "api_keys", "id, name, key_prefix"),
                                     ("connection", "connections", "id, name, prefix")):
             ids = [v for v in groups.get(dim, {}) if v is not None]
@@ -475,7 +473,7 @@ class UsageQueries:
             extra_params.extend((after_ts, after_ts, after_id))
         columns = "*" if bodies else _WITHOUT_BODIES
 
-        async def page(lower: float | None, upper: float | None) -> list[sqlite3.Row]:
+        async def page(lower: float | None, upper: float | None) -> list[Row]:
             narrowed = dataclasses.replace(where, since=lower) if lower is not None else where
             top, inclusive = (bound, True) if bound is not None else (where.until, False)
             if upper is not None and (top is None or upper < top):
@@ -522,9 +520,9 @@ class UsageQueries:
             clauses, params = where.where(rollup=True)
         clauses += ["period = ?", "start >= ?"]
         params += [rollup.HOUR, math.floor(since / rollup.HOUR) * rollup.HOUR]
-        if top is not None:
+        if top is not None:  # hours start on whole seconds: the same bound, as one
             clauses.append("start <= ?")
-            params.append(top)
+            params.append(math.floor(top))
         hours = await self.db.fetchall(
             f"SELECT start, SUM(requests) FROM {table} WHERE {' AND '.join(clauses)} "
             "GROUP BY start ORDER BY start DESC", params)
@@ -619,7 +617,7 @@ def _segment_query(where: UsageFilter, segment: rollup.Segment, columns: Sequenc
     return sql, params
 
 
-def _label(dim: str, value: Any, names: dict[str, dict[str, sqlite3.Row]]) -> dict[str, Any]:
+def _label(dim: str, value: Any, names: dict[str, dict[str, Row]]) -> dict[str, Any]:
     if dim == "key":
         row = names["key"].get(value)
         return {"key_id": value, "key_name": row["name"] if row else None}
@@ -630,7 +628,7 @@ def _label(dim: str, value: Any, names: dict[str, dict[str, sqlite3.Row]]) -> di
     return {dim: value}
 
 
-def _series_label(dim: str, value: Any, names: dict[str, dict[str, sqlite3.Row]]
+def _series_label(dim: str, value: Any, names: dict[str, dict[str, Row]]
                   ) -> dict[str, Any]:
     """A series' key and the name a chart shows for it."""
     label = _label(dim, value, names)
@@ -657,7 +655,7 @@ _WITHOUT_BODIES = ", ".join(
 _WITH_BODIES = f"{_WITHOUT_BODIES}, request_body, response_body"
 
 
-def record_view(row: sqlite3.Row) -> dict[str, Any]:
+def record_view(row: Row) -> dict[str, Any]:
     """One request record as the API shows it: flags as booleans, attempts parsed,
     bodies only when stored."""
     view = dict(row)
@@ -695,24 +693,3 @@ def decode_cursor(cursor: str) -> tuple[float, int]:
     if not math.isfinite(value[0]):
         raise ValueError("not a cursor from a previous page")
     return value
-
-
-# ---------------------------------------------------------------------- the reader
-
-async def open_reader(path: Path | str) -> Database:
-    """A read-only connection to the gateway's database, for long reads.
-
-    SQLite in WAL mode lets it read while the main connection writes, and it
-    runs in its own thread, so a month-long summary holds up nothing else.
-    """
-    conn = await aiosqlite.connect(f"{Path(path).resolve().as_uri()}?mode=ro", uri=True)
-    conn.row_factory = sqlite3.Row
-    try:
-        await conn.execute("PRAGMA busy_timeout=10000")
-        await conn.execute("PRAGMA query_only=1")
-        # a summary walks much of the log: room for the index pages it revisits
-        await conn.execute("PRAGMA cache_size=-8192")
-    except BaseException:
-        await conn.close()
-        raise
-    return Database(conn, path)

@@ -7,7 +7,6 @@ this process and within a second in the others.
 
 from __future__ import annotations
 
-import sqlite3
 import time
 from typing import Any
 
@@ -275,7 +274,7 @@ async def create_combo(request: web.Request) -> web.Response:
 async def _save_combo(store: Store, combo: Combo) -> None:
     try:
         await store.save_combo(combo)
-    except sqlite3.IntegrityError:  # another request took the name since we checked
+    except store.db.integrity:  # another request took the name since we checked
         raise InvalidRequest(f"A combo named {combo.name!r} already exists.",
                              param="name", code="duplicate_name") from None
 

@@ -41,20 +41,26 @@ async def health(request: web.Request) -> web.Response:
     sharing = shared.health() if shared is not None else None
     degraded = (catalog.provider_errors or counts["down"] or counts["degraded"]
                 or (sharing is not None and not sharing["ok"]))
-    status = ("degraded" if degraded else "ok") if db_ok else "down"
+    db = app[STORE].db
+    # a database server that is away (database_url) leaves the instance serving on the
+    # configuration it loaded, its usage records waiting: degraded, not down (a load
+    # balancer must not take every instance out because of it)
+    serving = db_ok or db.remote
+    status = ("degraded" if degraded or not db_ok else "ok") if serving else "down"
     return web.json_response(
         {
             "status": status,
             "version": __version__,
             "uptime_s": round(time.time() - catalog.started_at, 1),
-            "database": {"ok": db_ok},
+            "database": {"ok": db_ok, **({"backend": db.name, "where": db.where}
+                                         if db.remote else {})},
             # the state shared with other instances (state_url); absent without one
             **({"shared_state": sharing} if sharing is not None else {}),
             "request_log": request_log_state(app),
             "providers": summary,
             "runtime": runtime(app),
         },
-        status=200 if db_ok else 503,
+        status=200 if serving else 503,
     )
 
 

@@ -32,7 +32,6 @@ from omniroute.storage.usage import (
     UsageFilter,
     UsageQueries,
     iso,
-    open_reader,
 )
 from omniroute.web.query import query_limit, query_time
 from omniroute.web.tags import tag_route
@@ -173,7 +172,7 @@ def setup_usage_routes(app: web.Application) -> None:
 
     async def usage_ctx(app: web.Application) -> AsyncIterator[None]:
         db = app[STORE].db
-        reader = None if str(db.path) == ":memory:" else await open_reader(db.path)
+        reader = await db.open_reader()
         app[USAGE] = UsageQueries(reader or db)
         yield
         if reader is not None:

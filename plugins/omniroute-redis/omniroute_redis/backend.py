@@ -29,7 +29,7 @@ from omniroute import SharedState
 from omniroute.budgets import Budgets
 from omniroute.config import Settings
 from omniroute.resilience import Clock
-from omniroute.storage import Database
+from omniroute.storage import DatabaseBackend
 
 from omniroute_redis.batch import Batch
 from omniroute_redis.idempotency import RedisKeys
@@ -83,7 +83,7 @@ class RedisShared(SharedState):
     def renewal_lock(self) -> RedisRenewals:
         return self.renewals
 
-    def watcher(self, db: Database, *, reload: Callable[[], Awaitable[None]],
+    def watcher(self, db: DatabaseBackend, *, reload: Callable[[], Awaitable[None]],
                 loaded: Callable[[], int]) -> PubSubWatcher:
         self.config_watcher = PubSubWatcher(db, reload=reload, loaded=loaded, link=self.link)
         return self.config_watcher

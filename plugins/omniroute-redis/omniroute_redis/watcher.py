@@ -17,7 +17,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from omniroute.storage import Database
+from omniroute.storage import DatabaseBackend
 from omniroute.watch import VersionPoll
 
 from omniroute_redis.link import Link
@@ -31,7 +31,7 @@ SAFETY_POLL = 30.0
 class PubSubWatcher(VersionPoll):
     """The version poll, told of changes over pub/sub (see the module docstring)."""
 
-    def __init__(self, db: Database, *, reload: Callable[[], Awaitable[None]],
+    def __init__(self, db: DatabaseBackend, *, reload: Callable[[], Awaitable[None]],
                  loaded: Callable[[], int], link: Link, interval: float = SAFETY_POLL) -> None:
         super().__init__(db, reload=reload, loaded=loaded, interval=interval)
         self.link = link

@@ -1,0 +1,174 @@
+"""PostgreSQL away: requests keep flowing on the loaded configuration, usage records wait
+in the request log's bounded buffer, and land once (no loss, no duplicate) when it is back.
+
+The database is reached through a TCP proxy the test cuts (open connections dropped, new
+ones refused) and restores, so the machine's PostgreSQL service is never stopped.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import pytest
+from omniroute.storage import RequestRecord
+from pg_testkit import UPSTREAM_KEY, Proxy, start_instances, until
+
+from omniroute_postgres import PostgresDatabase
+
+pytestmark = pytest.mark.multi
+
+
+@pytest.fixture
+async def proxy(pg_url: str) -> AsyncIterator[Proxy]:
+    parts = urlsplit(pg_url)
+    made = Proxy(parts.hostname or "127.0.0.1", parts.port or 5432)
+    await made.start()
+    yield made
+    await made.close()
+
+
+def through(url: str, proxy: Proxy) -> str:
+    """``url`` reaching the database through ``proxy``, with short waits."""
+    parts = urlsplit(url)
+    netloc = f"{parts.username}@127.0.0.1:{proxy.port}"
+    return urlunsplit(parts._replace(netloc=netloc,
+                                     query=f"{parts.query}&connect_timeout=1&command_timeout=2"))
+
+
+async def chat(gw: Any, content: str) -> int:
+    resp = await gw.client.post("/v1/chat/completions", headers=gw.admin_headers, json={
+        "model": "up/gpt-4o-mini", "messages": [{"role": "user", "content": content}]})
+    await resp.read()
+    return resp.status
+
+
+async def test_requests_flow_and_records_wait_while_the_database_is_away(
+        aiohttp_client: Any, tmp_path: Any, pg_url: str, proxy: Proxy, upstream: Any,
+        caplog: pytest.LogCaptureFixture) -> None:
+    url = through(pg_url, proxy)
+    a, b = await start_instances(aiohttp_client, tmp_path, url)
+    await a.add_provider({"type": "openai", "name": "fake", "prefix": "up",
+                          "base_url": upstream.base_url, "api_key": UPSTREAM_KEY})
+    await b.gateway.watcher.check()
+    assert [await chat(gw, "before") for gw in (a, b)] == [200, 200]
+    for gw in (a, b):
+        await gw.log.flush()
+
+    await proxy.cut()
+    started = time.monotonic()
+    statuses = [await chat(gw, f"during {i}") for i in range(5) for gw in (a, b)]
+    assert statuses == [200] * 10  # the cached configuration serves them
+    assert time.monotonic() - started < 10  # and no request waited on the database
+    for gw in (a, b):
+        assert await gw.log.flush() == 0  # bounded: the write fails within its timeouts
+        assert gw.log.pending == 5 and gw.log.dropped == 0
+    resp = await a.client.get("/api/monitoring/health")
+    health = await resp.json()
+    assert resp.status == 200 and health["status"] == "degraded"  # serving, not down
+    assert health["database"] == {"ok": False, "backend": "postgres", "where": url}
+
+    await proxy.restore()
+    for gw in (a, b):  # the background writer tries again by itself (every 0.5 s)
+        await until(lambda gw=gw: gw.log.written == 6, timeout=10.0)
+        assert gw.log.pending == 0 and gw.log.dropped == 0
+    direct = await PostgresDatabase.connect(pg_url)
+    try:
+        rows = await direct.fetchall("SELECT request_id, status FROM request_log")
+        assert len(rows) == 12 and len({r["request_id"] for r in rows}) == 12
+        assert {r["status"] for r in rows} == {200}
+        total = await direct.fetchone(
+            "SELECT SUM(requests) FROM usage_rollup WHERE period = 3600")
+        assert total[0] == 12
+    finally:
+        await direct.close()
+
+
+async def test_a_batch_whose_commit_was_not_acknowledged_is_not_stored_twice(
+        pg_url: str, proxy: Proxy) -> None:
+    """The database committed, the answer was lost: the retried batch adds nothing."""
+    from omniroute.storage import RequestLog
+
+    db = await PostgresDatabase.connect(through(pg_url, proxy))
+    try:
+        log = RequestLog(db)
+        records = [RequestRecord(request_id=f"once-{i}", ts=1000.0 + i, endpoint="chat",
+                                 status=200, prompt_tokens=1) for i in range(3)]
+        for record in records:
+            log.add(record)
+        assert await log.flush() == 3
+        for record in records:  # as _requeue puts back a batch it believes lost
+            log.add(record)
+        assert await log.flush() == 3
+        row = await db.fetchone("SELECT COUNT(*), SUM(prompt_tokens) FROM request_log")
+        assert tuple(row) == (3, 3)
+        total = await db.fetchone("SELECT SUM(requests) FROM usage_rollup WHERE period = 3600")
+        assert total[0] == 3  # the totals count each record once too
+    finally:
+        await db.close()
+
+
+@pytest.fixture
+async def redis_prefix() -> AsyncIterator[str]:
+    """A key prefix of this test's own on the machine's Redis (database 12; started by the
+    test command), its keys deleted afterwards (the redis plugin's tests flush database
+    13, never this)."""
+    prefix = f"pgtest{secrets.token_hex(4)}"
+    yield prefix
+    try:
+        import redis.asyncio as aioredis
+    except ImportError:  # not installed: nothing was written there
+        return
+    client = aioredis.Redis.from_url("redis://127.0.0.1:6379/12", socket_timeout=5)
+    try:
+        names = [name async for name in client.scan_iter(match=f"{prefix}:*")]
+        if names:
+            await client.delete(*names)
+    finally:
+        await client.aclose()
+
+
+@pytest.mark.parametrize("with_redis", [False, True], ids=["alone", "with-redis"])
+async def test_keys_with_a_budget_while_the_database_is_away(
+        aiohttp_client: Any, tmp_path: Any, pg_url: str, proxy: Proxy, upstream: Any,
+        with_redis: bool, redis_prefix: str) -> None:
+    """Alone, an instance cannot see the others' spend while the database is away: a key
+    with a budget is refused (503, as when SQLite fails). With ``state_url`` the spend is
+    shared through Redis, which admits it: every request flows."""
+    settings: dict[str, Any] = {}
+    state_url = None
+    if with_redis:
+        pytest.importorskip("omniroute_redis")
+        state_url = f"redis://127.0.0.1:6379/12?prefix={redis_prefix}"
+    a, b = await start_instances(aiohttp_client, tmp_path, through(pg_url, proxy),
+                                 state_url=state_url, **settings)
+    await a.add_provider({"type": "openai", "name": "fake", "prefix": "up",
+                          "base_url": upstream.base_url, "api_key": UPSTREAM_KEY})
+    resp = await a.client.post("/api/keys", headers=a.admin_headers,
+                               json={"name": "team", "limits": {"daily_usd": 100}})
+    assert resp.status == 201, await resp.text()
+    secret = (await resp.json())["key"]
+    for gw in (a, b):
+        await gw.gateway.watcher.check()
+
+    async def chat_as_team(gw: Any) -> int:
+        got = await gw.client.post("/v1/chat/completions",
+                                   headers={"Authorization": f"Bearer {secret}"},
+                                   json={"model": "up/gpt-4o-mini",
+                                         "messages": [{"role": "user", "content": "hi"}]})
+        await got.read()
+        return got.status
+
+    assert [await chat_as_team(gw) for gw in (a, b)] == [200, 200]
+    await proxy.cut()
+    for gw in (a, b):  # each instance's next sync of the spend fails
+        await until(lambda gw=gw: not gw.gateway.budgets.healthy, timeout=10.0)
+    statuses = [await chat_as_team(gw) for gw in (a, b) for _ in range(3)]
+    assert statuses == ([200] * 6 if with_redis else [503] * 6), statuses
+    await proxy.restore()
+    for gw in (a, b):
+        await until(lambda gw=gw: gw.gateway.budgets.healthy, timeout=10.0)
+        assert await chat_as_team(gw) == 200
