@@ -49,7 +49,7 @@ class RequestRecord:
     combo: str | None = None
     #: the failure's class name (``UpstreamTimeout``, ``BudgetExceeded``...); None on success
     error_class: str | None = None
-    #: JSON list of ``{"target", "failure", "status", "ms"}``, one per attempt
+    #: JSON list of ``{"target", "failure", "status", "ms", "error"?}``, one per attempt
     attempt_log: str | None = None
     #: time to the first content token (text, reasoning or a tool call), streams and JSON alike
     ttfc_ms: float | None = None
