@@ -2,10 +2,12 @@
 
 Covers signing in, adding a provider (tested first), creating a key (shown once, then
 only its prefix), building a combo (with the API's validation message shown beside the
-step), a request sent through the gateway then seen in the request log and in the usage
-chart, API errors shown in the page, a state change without the CSRF token refused,
-the "not available" states of routes other branches add, keyboard use, the dark theme,
-and every page at 1280 and 390 px wide (no sideways scrolling). Each page's screenshot
+step), a request sent through the gateway then seen in the request log (each attempt
+and why it failed) and in the usage chart and its CSV, API errors shown in the page, a
+state change without the CSRF token refused, subscription sign-in (device, paste and
+loopback flows against fake OAuth servers), the CLI tools page in a temporary home
+(configure and restore Claude Code), resilience reset and cache clearing, keyboard
+use, the dark theme, and every page at 1280 and 390 px wide (no sideways scrolling). Each page's screenshot
 is saved under ``.artifacts/dashboard/`` (``OMNIROUTE_ARTIFACTS`` overrides), at both
 widths. The ``chromium_path`` fixture (``tests/conftest.py``) installs Chromium with
 apt-get when it is missing, or skips these tests saying what is missing.
@@ -217,6 +219,13 @@ async def test_sign_in_provider_key_combo_request_log_and_chart(gw: Any, browser
     assert await page.locator("table td .cell-main:text-is('gpt-4o-mini')").count() == 1
     legend = await page.locator(".legend").inner_text()
     assert "gpt-4o-mini" in legend
+    async with page.expect_download() as downloading:  # the table as CSV
+        await page.click("button:text('Export table (CSV)')")
+    download = await downloading.value
+    assert download.suggested_filename == "omniroute-usage-by-model.csv"
+    lines = Path(await download.path()).read_text().splitlines()
+    assert lines[0].startswith("model,requests,errors,tokens_in,tokens_out,")
+    assert [line.split(",")[:2] for line in lines[1:]] == [["gpt-4o-mini", "1"]]
     assert tab.errors == []
 
 
@@ -351,6 +360,7 @@ async def oauth_gw(aiohttp_client: Any, aiohttp_server: Any, tmp_path: Path) -> 
     from omniroute import hookimpl
     from omniroute.plugins import load_plugins
     from omniroute.providers.claude_code import CLAUDE
+    from omniroute.providers.codex import SERVICE as CODEX
     from omniroute.providers.qwen import QWEN
 
     device = FakeOAuthServer(client_id=QWEN.client_id, encoding="form", device_interval=0.05)
@@ -361,9 +371,15 @@ async def oauth_gw(aiohttp_client: Any, aiohttp_server: Any, tmp_path: Path) -> 
         state_in_token=True, prefix="sk-ant-oat01",
         token_extra={"account": {"uuid": "acc-1", "email_address": "dev@example.com"}})
     paste.base_url = str((await aiohttp_server(paste.app)).make_url("")).rstrip("/")
-    with socket.socket() as closed:  # a port nothing listens on
+    with socket.socket() as closed:  # ports nothing listens on (the listener takes one)
         closed.bind(("127.0.0.1", 0))
         nowhere = f"http://127.0.0.1:{closed.getsockname()[1]}"
+    with socket.socket() as free:
+        free.bind(("127.0.0.1", 0))
+        callback = f"http://localhost:{free.getsockname()[1]}/auth/callback"
+    loop = FakeOAuthServer(client_id=CODEX.client_id, encoding="form", mode="redirect",
+                           redirect_uri=callback)
+    loop.base_url = str((await aiohttp_server(loop.app)).make_url("")).rstrip("/")
 
     class Services:
         @hookimpl
@@ -374,13 +390,16 @@ async def oauth_gw(aiohttp_client: Any, aiohttp_server: Any, tmp_path: Path) -> 
             register(replace(CLAUDE, name="claude-test", title="Claude (test)",
                              authorize_url=f"{paste.base_url}/oauth/authorize",
                              token_url=f"{paste.base_url}/v1/oauth/token"))
+            register(replace(CODEX, name="codex-test", title="ChatGPT (test)",
+                             authorize_url=f"{loop.base_url}/oauth/authorize",
+                             token_url=f"{loop.base_url}/oauth/token", redirect_uri=callback))
             register(replace(QWEN, name="down-test", title="Down (test)",
                              device_url=f"{nowhere}/device", token_url=f"{nowhere}/token"))
 
     harness = await start_harness(
         aiohttp_client, make_test_config(tmp_path / "gw").replace(tool_env=tool_home(tmp_path)),
         load_plugins(extra=[("dashboard-oauth-test", Services())]))
-    harness.device, harness.paste = device, paste
+    harness.device, harness.paste, harness.loop = device, paste, loop
     return harness
 
 
@@ -487,6 +506,47 @@ async def test_a_paste_sign_in_opens_the_page_and_takes_the_pasted_code(
     assert tab.errors == []
 
 
+async def test_a_cooled_account_is_reset_and_the_cache_cleared(gw: Any, browser: Any) -> None:
+    """Resilience: an account cooling down after a 429 is put back by its Reset button.
+    Cache: a repeated deterministic request is seen as an entry with its hit, and
+    'Clear the cache' empties it."""
+    chat = f"{gw.base_url}/v1/chat/completions"
+    hi = [{"role": "user", "content": "hi"}]
+    async with aiohttp.ClientSession() as http:
+        for _ in range(2):  # the second answer comes from the cache
+            async with http.post(chat, json={"model": "up/gpt-4o-mini", "temperature": 0,
+                                             "messages": hi}) as resp:
+                assert resp.status == 200
+        gw.fake.script.append(openai_upstream.error(429, "slow down",
+                                                    headers={"Retry-After": "300"}))
+        async with http.post(chat, json={"model": "up/gpt-4o", "messages": hi}) as resp:
+            assert resp.status == 429
+    await gw.cache.settled()
+    tab = await open_tab(browser)
+    page = tab.page
+    await sign_in(tab, gw.base_url)
+
+    await show(tab, gw.base_url, "resilience")
+    row = page.locator("tr", has_text="fake")
+    await row.locator(":text('cooling until')").wait_for()
+    await row.locator("button:text('Reset')").click()
+    await page.wait_for_selector(".toast:text('Account reset.')")
+    await row.locator(".badge:text-is('healthy')").wait_for()
+    [live] = (await (await gw.client.get("/api/rate-limits", headers=gw.admin_headers))
+              .json())["connections"]
+    assert live["status"] == "healthy" and not live["cooling_until"]
+
+    await show(tab, gw.base_url, "cache")
+    entry = page.locator("tr", has_text="gpt-4o-mini")
+    await entry.wait_for()
+    assert "1" in await entry.locator("td.num").first.inner_text()  # its hit
+    await page.click("button:text('Clear the cache')")
+    await page.click("dialog button:text-is('Clear')")
+    await page.wait_for_selector(".toast:text('The cache is empty.')")
+    await page.wait_for_selector("td.empty:has-text('The cache is empty')")
+    assert tab.errors == []
+
+
 async def test_require_login_off_opens_the_dashboard_on_this_machine(
         gw: Any, browser: Any) -> None:
     await gw.set_settings(require_login=False)
@@ -561,3 +621,28 @@ async def test_the_dashboard_opens_in_under_a_second(gw: Any, browser: Any) -> N
         await tab.page.wait_for_selector("[data-page=overview] .kpi .value")
         timings.append(await tab.page.evaluate("performance.now()"))
     assert min(timings) < 1000, timings
+
+
+async def test_a_loopback_sign_in_closes_when_the_browser_comes_back(
+        oauth_gw: Any, browser: Any) -> None:
+    """Codex's flow: the authorization page (in a new tab) redirects to the gateway's
+    listener on localhost, and the dialog, polling, closes with the account stored."""
+    gw = oauth_gw
+    tab = await open_tab(browser)
+    page = tab.page
+    await sign_in(tab, gw.base_url)
+    await show(tab, gw.base_url, "providers")
+    await page.fill("input[name=account-name]", "chatgpt")
+    await page.click("button[data-service=codex-test]")
+    dialog = page.locator("dialog")
+    await dialog.locator(":text('closes by itself')").wait_for()
+    async with page.context.expect_page() as opened:
+        await dialog.locator("a[data-signin-url]").click()
+    service_page = await opened.value
+    await service_page.wait_for_load_state()
+    assert "Signed in" in await service_page.inner_text("body")  # the listener's page
+    await page.wait_for_selector("dialog", state="detached")
+    await page.wait_for_selector(".toast:text('Signed in to ChatGPT (test) as chatgpt.')")
+    [conn] = [c for c in await connections(gw) if c["name"] == "chatgpt"]
+    assert conn["type"] == "codex"
+    assert tab.errors == []
