@@ -325,7 +325,7 @@ async function signIn(service, options, reload, errorSlot, signal) {
     const code = field(started.flow === "loopback"
       ? "2. If the browser does not come back here by itself, paste the address it was sent to"
       : "2. Paste the code the page shows",
-    input({ name: "code", autocomplete: "off", spellcheck: "false", placeholder: started.flow === "loopback" ? "http://localhost:…/?code=…" : "CODE#STATE" }));
+    input({ name: "code", autocomplete: "off", spellcheck: "false", placeholder: started.flow === "loopback" ? "the whole address, with ?code=…" : "CODE#STATE" }));
     const submit = h("button.button.primary", { type: "submit" }, "Finish sign-in");
     const form = h("form", { novalidate: true }, code.el, h("p", {}, submit, " ", countdown));
     form.addEventListener("submit", (event) => {
