@@ -9,8 +9,9 @@ loopback flows against fake OAuth servers), the CLI tools page in a temporary ho
 (configure and restore Claude Code), resilience reset and cache clearing, keyboard
 use, the dark theme, and every page at 1280 and 390 px wide (no sideways scrolling).
 Each page's screenshot is saved under ``.artifacts/dashboard/`` (``OMNIROUTE_ARTIFACTS``
-overrides), at both widths. The ``chromium_path`` fixture (``tests/conftest.py``) installs Chromium with
-apt-get when it is missing, or skips these tests saying what is missing.
+overrides), at both widths. The ``chromium_path`` fixture (``tests/conftest.py``)
+installs Chromium with apt-get when it is missing, or skips these tests saying what is
+missing.
 """
 
 from __future__ import annotations
