@@ -5,9 +5,9 @@ One gateway (``python -m omniroute.cli serve``, as ``bench.py`` starts it) in fr
 the benchmark's fake OpenAI upstream, and ``bench_client``'s closed-loop JSON cell on
 ``POST /v1/chat/completions`` in its own process. Each round measures the cell twice,
 in alternating order: with nobody looking at the dashboard, and with ``--viewers``
-signed-in dashboard sessions (each its own process) that open the page and its assets
-and then poll what the open pages poll (the overview, the request log, resilience,
-rate limits, sessions) every ``--every`` seconds, as the browser does (5 s). The
+signed-in dashboard sessions (each its own process, started and signed in before the
+first round) polling what the open pages poll (the overview, the request log,
+resilience, rate limits, sessions) every ``--every`` seconds, as the browser does (5 s). The
 report gives the medians of both, the difference, and how fast the dashboard's own
 calls answered meanwhile. Everything listens on 127.0.0.1.
 
@@ -41,13 +41,13 @@ PAGE = ("/dashboard", "/dashboard/assets/js/app.js", "/dashboard/assets/css/dash
         "/dashboard/assets/js/pages/overview.js")
 
 
-async def view(base: str, every: float, stop: Any, results: Any) -> None:
-    """One signed-in dashboard session: the page once, then the polls every ``every`` s."""
-    timings: list[float] = []
-    errors = 0
+async def view(base: str, every: float, active: Any, quit_: Any, results: Any) -> None:
+    """One signed-in dashboard session, started before the measuring (its start-up is
+    not counted): the page once, then, while ``active`` is set, the polls every
+    ``every`` s; after each active stretch it reports its calls' timings."""
     jar = aiohttp.CookieJar(unsafe=True)  # the session cookie of an IP address
     async with aiohttp.ClientSession(base, cookie_jar=jar,
-                                     timeout=aiohttp.ClientTimeout(total=10)) as http:
+                                     timeout=aiohttp.ClientTimeout(total=30)) as http:
         async with http.post("/api/auth/login", json={"password": "bench-password"}) as resp:
             if resp.status != 200:
                 results.put({"error": f"login answered {resp.status}: {await resp.text()}"})
@@ -55,55 +55,71 @@ async def view(base: str, every: float, stop: Any, results: Any) -> None:
         for path in PAGE:
             async with http.get(path) as resp:
                 await resp.read()
-        while not stop.is_set():
-            began = time.perf_counter()
-            for path in POLLS:
-                start = time.perf_counter()
-                async with http.get(path) as resp:
-                    await resp.read()
-                    if resp.status != 200:
-                        errors += 1
-                timings.append((time.perf_counter() - start) * 1000)
-            await asyncio.sleep(max(0.0, every - (time.perf_counter() - began)))
-    results.put({"calls": len(timings), "errors": errors, "timings": timings})
+        results.put({"ready": True})
+        while not quit_.is_set():
+            if not active.is_set():
+                await asyncio.sleep(0.02)
+                continue
+            timings: dict[str, list[float]] = {}
+            errors = 0
+            while active.is_set():
+                began = time.perf_counter()
+                for path in POLLS:
+                    start = time.perf_counter()
+                    async with http.get(path) as resp:
+                        await resp.read()
+                        errors += resp.status != 200
+                    timings.setdefault(path, []).append((time.perf_counter() - start) * 1000)
+                while active.is_set() and time.perf_counter() - began < every:
+                    await asyncio.sleep(0.02)
+            results.put({"timings": timings, "errors": errors})
 
 
-def viewer_main(base: str, every: float, stop: Any, results: Any) -> None:
+def viewer_main(base: str, every: float, active: Any, quit_: Any, results: Any) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    asyncio.run(view(base, every, stop, results))
+    asyncio.run(view(base, every, active, quit_, results))
 
 
 def measure(args: argparse.Namespace, ctx: Any, base: str, pids: list[int], client: Any
             ) -> dict[str, Any]:
     cells: dict[str, list[dict[str, Any]]] = {"alone": [], "viewed": []}
-    dashboard: list[float] = []
+    dashboard: dict[str, list[float]] = {}
     dashboard_errors = 0
-    for rnd in range(args.rounds):
-        for mode in (("alone", "viewed") if rnd % 2 == 0 else ("viewed", "alone")):
-            viewers: list[Any] = []
-            stop, results = ctx.Event(), ctx.Queue()
-            if mode == "viewed":
-                for _ in range(args.viewers):
-                    viewers.append(ctx.Process(target=viewer_main,
-                                               args=(base, args.every, stop, results), daemon=True))
-                    viewers[-1].start()
-            client.send(("loop", {"url": base + CHAT, "body": REQUEST, "conc": args.concurrency,
-                                  "warmup": args.warmup, "duration": args.duration, "pids": pids}))
-            cell = client.recv()
-            stop.set()
-            for proc in viewers:
-                answer = results.get(timeout=30)
-                if "error" in answer:
-                    raise RuntimeError(f"a dashboard viewer failed: {answer['error']}")
-                dashboard.extend(answer["timings"])
-                dashboard_errors += answer["errors"]
-                proc.join(10)
-            if "error" in cell or not cell.get("requests"):
-                raise RuntimeError(f"the /v1 cell failed: {cell}")
-            cells[mode].append(cell)
-            print(f"  round {rnd + 1} {mode:<6} {cell['rps']:6.0f}/s  p50 {cell['p50_ms']:.2f} ms"
-                  f"  p99 {cell['p99_ms']:.2f} ms  CPU {cell['cpu_ms_per_req']:.3f} ms/req",
-                  file=sys.stderr, flush=True)
+    active, quit_, results = ctx.Event(), ctx.Event(), ctx.Queue()
+    viewers = [ctx.Process(target=viewer_main, args=(base, args.every, active, quit_, results),
+                           daemon=True) for _ in range(args.viewers)]
+    for proc in viewers:
+        proc.start()
+    for _ in viewers:
+        ready = results.get(timeout=60)
+        if "error" in ready:
+            raise RuntimeError(f"a dashboard viewer failed: {ready['error']}")
+    try:
+        for rnd in range(args.rounds):
+            for mode in (("alone", "viewed") if rnd % 2 == 0 else ("viewed", "alone")):
+                if mode == "viewed":
+                    active.set()
+                client.send(("loop", {"url": base + CHAT, "body": REQUEST,
+                                      "conc": args.concurrency, "warmup": args.warmup,
+                                      "duration": args.duration, "pids": pids}))
+                cell = client.recv()
+                if mode == "viewed":
+                    active.clear()
+                    for _ in viewers:
+                        answer = results.get(timeout=60)
+                        for path, times in answer["timings"].items():
+                            dashboard.setdefault(path, []).extend(times)
+                        dashboard_errors += answer["errors"]
+                if "error" in cell or not cell.get("requests"):
+                    raise RuntimeError(f"the /v1 cell failed: {cell}")
+                cells[mode].append(cell)
+                print(f"  round {rnd + 1} {mode:<6} {cell['rps']:6.0f}/s  "
+                      f"p50 {cell['p50_ms']:.2f} ms  p99 {cell['p99_ms']:.2f} ms  "
+                      f"CPU {cell['cpu_ms_per_req']:.3f} ms/req", file=sys.stderr, flush=True)
+    finally:
+        quit_.set()
+        for proc in viewers:
+            proc.join(10)
     return {"cells": cells, "dashboard": dashboard, "dashboard_errors": dashboard_errors}
 
 
@@ -121,11 +137,10 @@ def report(args: argparse.Namespace, measured: dict[str, Any], machine_cpus: flo
         alone, viewed = med("alone", key), med("viewed", key)
         lines.append(f"| {title} | {alone:.{digits}f} | {viewed:.{digits}f} | "
                      f"{(viewed - alone) / alone * 100:+.1f} % |")
-    timings = measured["dashboard"]
-    if timings:
-        lines += ["", f"The dashboard's own calls meanwhile: {len(timings)}, p50 "
-                  f"{pct(timings, 50):.1f} ms, p99 {pct(timings, 99):.1f} ms, max "
-                  f"{max(timings):.1f} ms, {measured['dashboard_errors']} not 200."]
+    lines += ["", f"The dashboard's own calls meanwhile ({measured['dashboard_errors']} not "
+              "200):", "", "| call | calls | p50 ms | max ms |", "|---|---|---|---|"]
+    for path, times in measured["dashboard"].items():
+        lines.append(f"| `{path}` | {len(times)} | {pct(times, 50):.1f} | {max(times):.1f} |")
     return "\n".join(lines)
 
 

@@ -147,8 +147,11 @@ class RequestLog(BufferedLog[RequestRecord]):
         self._used = {}
 
     async def prune(self) -> int:
-        """Apply retention to the records, and their age to the rollup rows."""
+        """Apply retention to the records, and their age to the rollup rows; drop the
+        per-minute totals older than :data:`~omniroute.storage.rollup.MINUTE_KEEP`."""
         removed = await super().prune()
+        await self.db.execute("DELETE FROM usage_dims WHERE period = ? AND start < ?",
+                              (rollup.MINUTE, self.clock() - rollup.MINUTE_KEEP))
         if self.retention_days > 0:
             cutoff = self.clock() - self.retention_days * 86400
             async with self.db.transaction():

@@ -413,17 +413,17 @@ class UsageQueries:
                 "buckets": [n * size for n in index], "series": series}
 
     async def per_minute(self, since: float) -> list[dict[str, Any]]:
-        """Requests, errors and cost per minute since ``since`` (from the records: keep
-        the range to an hour or so)."""
+        """Requests, errors and cost of each minute from the one ``since`` falls in, from
+        the per-minute totals (the last :data:`~omniroute.storage.rollup.MINUTE_KEEP`
+        seconds; minutes without requests have no row)."""
         rows = await self.db.fetchall(
-            f"SELECT CAST(ts / 60 AS INTEGER) AS minute, COUNT(*) AS requests, "
-            f"SUM({_FAILED}) AS errors, SUM(cost_usd) AS cost_usd, "
-            f"AVG(latency_ms) AS avg_latency_ms FROM request_log WHERE ts >= ? "
-            f"GROUP BY 1 ORDER BY 1", (since,))
-        return [{"ts": row["minute"] * 60, "requests": row["requests"],
-                 "errors": row["errors"] or 0, "cost_usd": round(row["cost_usd"] or 0, 8),
-                 "avg_latency_ms": None if row["avg_latency_ms"] is None
-                 else round(row["avg_latency_ms"], 1)} for row in rows]
+            "SELECT start, requests, errors, cost_usd, latency_ms, timed FROM usage_dims "
+            "WHERE period = ? AND dim = 'total' AND start >= ? ORDER BY start",
+            (rollup.MINUTE, math.floor(since / rollup.MINUTE) * rollup.MINUTE))
+        return [{"ts": int(row["start"]), "requests": int(row["requests"]),
+                 "errors": int(row["errors"]), "cost_usd": round(row["cost_usd"], 8),
+                 "avg_latency_ms": round(row["latency_ms"] / row["timed"], 1)
+                 if row["timed"] else None} for row in rows]
 
     async def record(self, record_id: int) -> dict[str, Any] | None:
         """One record, bodies included, or None."""

@@ -9,8 +9,9 @@
   (:mod:`omniroute.settings_doc`).
 
 Both are admin routes (the middleware enforces it) and read only. The usage numbers
-come from the usage reader (hourly totals where whole hours are asked for), so a
-poll costs a few milliseconds whatever the size of the request log.
+come from the usage reader's totals (per minute for the last hour, hourly and daily
+for today), so a poll costs a few milliseconds whatever the size of the request log,
+however many records the last hour holds.
 """
 
 from __future__ import annotations
@@ -81,8 +82,12 @@ async def overview(request: web.Request) -> web.Response:
         today = float(int(now) // 86400 * 86400)
     await app[REQUEST_LOG].flush()  # this worker's last records count too
     queries = app[USAGE]
-    minutes = await queries.per_minute(now - MINUTES * 60)
-    day = await queries.summary(UsageFilter(since=today), by=["model"])
+    # the last 60 minutes, this one included, from the per-minute totals
+    minutes = await queries.per_minute(now // 60 * 60 - (MINUTES - 1) * 60)
+    # until the end of this hour (nothing is later than now): whole hours, read from the
+    # hourly totals, never an hour of records
+    hour_end = (now // 3600 + 1) * 3600
+    day = await queries.summary(UsageFilter(since=today, until=hour_end), by=["model"])
     errors, _ = await queries.logs(UsageFilter(since=now - 86400, status="error"),
                                    limit=RECENT_ERRORS)
     last_hour = {"requests": sum(m["requests"] for m in minutes),
