@@ -155,6 +155,37 @@ async def test_the_writer_keeps_per_minute_totals_of_the_last_hours(db: Database
     assert summary["totals"]["requests"] == len(records)  # hours and days are kept
 
 
+async def test_a_page_of_failures_reads_the_index_of_failed_records(
+        filled: tuple[Database, list[RequestRecord]]) -> None:
+    """A request log page filtered by a failure (error, a failing class or status), with
+    or without another field, walks the index of failed records only (migration 8)."""
+    db, records = filled
+    for status in ("error", "5xx", "4xx", "429", "502"):
+        for model in (None, "m1"):
+            where = UsageFilter(since=T0, until=T0 + 5 * DAY, status=status, model=model)
+            clauses, params = where.where()
+            plan = await db.fetchall(
+                f"EXPLAIN QUERY PLAN SELECT * FROM request_log WHERE {' AND '.join(clauses)} "
+                "ORDER BY ts DESC, id DESC LIMIT 51", params)
+            assert "request_log_failed_ts" in str([tuple(row) for row in plan]), (status, model)
+            found, cursor = [], None
+            while True:  # every page
+                page, cursor = await UsageQueries(db).logs(where, cursor=cursor, limit=100)
+                found += [r["request_id"] for r in page]
+                if cursor is None:
+                    break
+            assert sorted(found) == sorted(
+                r.request_id for r in records
+                if T0 <= r.ts < T0 + 5 * DAY and model in (None, r.model)
+                and ((r.status >= 400 or r.error_class is not None) if status == "error" else
+                     str(r.status).startswith(status[0]) if status.endswith("xx")
+                     else r.status == int(status)))
+    ok = UsageFilter(status="ok").where()
+    plan = await db.fetchall(f"EXPLAIN QUERY PLAN SELECT * FROM request_log WHERE "
+                             f"{' AND '.join(ok[0])}", ok[1])
+    assert "request_log_failed_ts" not in str([tuple(row) for row in plan])
+
+
 async def test_summaries_over_any_range_agree_with_the_records(
         filled: tuple[Database, list[RequestRecord]]) -> None:
     """Whole days, whole hours and ragged minutes: the rollup and the records meet at

@@ -179,6 +179,14 @@ MIGRATIONS: list[list[str]] = [
         *rollup.CREATE,
         *rollup.BACKFILL,
     ],
+    # 8: the overview's per-minute totals of the last hours (the writer keeps them from
+    # now on), and an index of the failed records only, so a request log page filtered
+    # by a failure (error, 5xx, 429) reads those, not every record of a busy hour
+    # (issue 12)
+    [
+        rollup.MINUTE_BACKFILL,
+        f"CREATE INDEX request_log_failed_ts ON request_log(ts) WHERE {rollup.FAILED}",
+    ],
 ]
 
 LATEST = len(MIGRATIONS)

@@ -205,12 +205,15 @@ def _status_clause(status: str, failed: str = _FAILED) -> tuple[str, list[Any]]:
         return f"NOT {failed}", []
     if value in ("error", "failed"):
         return failed, []
+    # a failing status also names the failure itself (implied, so the same rows): the
+    # request log's index of failed records (migration 8) then serves the read
     match = _STATUS_CLASS.match(value)
     if match:
         low = int(match.group(1)) * 100
-        return "status >= ? AND status < ?", [low, low + 100]
+        return f"status >= ? AND status < ?{f' AND {failed}' if low >= 400 else ''}", [
+            low, low + 100]
     if value.isdigit() and 100 <= int(value) <= 599:
-        return "status = ?", [int(value)]
+        return f"status = ?{f' AND {failed}' if int(value) >= 400 else ''}", [int(value)]
     raise ValueError(f"status {status!r}: use an HTTP status (429), a class (5xx), "
                      "'ok' or 'error'")
 
