@@ -23,6 +23,7 @@ import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp
 import pytest
@@ -75,19 +76,30 @@ async def browser(chromium_path: str) -> AsyncIterator[Any]:
 
 
 class Tab:
-    """A page and the uncaught script errors it raised."""
+    """A page, the uncaught script errors it raised, and what it (or a tab it opened)
+    asked of a host other than this machine: refused, never sent."""
 
     def __init__(self, page: Any) -> None:
         self.page = page
         self.errors: list[str] = []
+        self.elsewhere: list[str] = []
         page.on("pageerror", lambda exc: self.errors.append(str(exc)))
+
+    async def stay_local(self, route: Any) -> None:
+        if urlsplit(route.request.url).hostname in ("127.0.0.1", "localhost"):
+            await route.continue_()
+        else:
+            self.elsewhere.append(route.request.url)
+            await route.abort()
 
 
 async def open_tab(browser: Any, width: int = 1280, scheme: str = "light") -> Tab:
     context = await browser.new_context(viewport={"width": width, "height": 900},
                                         color_scheme=scheme)
     context.set_default_timeout(10_000)
-    return Tab(await context.new_page())
+    tab = Tab(await context.new_page())
+    await context.route("**/*", tab.stay_local)
+    return tab
 
 
 async def sign_in(tab: Tab, base: str) -> None:
@@ -462,7 +474,7 @@ async def test_a_device_sign_in_shows_the_code_and_finishes_by_polling(
     await card.wait_for()
     assert "Down (test)" in await card.inner_text()
     assert await page.locator("dialog").count() == 0
-    assert tab.errors == []
+    assert tab.errors == [] and tab.elsewhere == []
 
 
 async def test_a_paste_sign_in_opens_the_page_and_takes_the_pasted_code(
@@ -504,7 +516,34 @@ async def test_a_paste_sign_in_opens_the_page_and_takes_the_pasted_code(
     await row.locator(".badge:text('signed in')").wait_for()
     [conn] = [c for c in await connections(gw) if c["name"] == "dev@example.com"]
     assert conn["type"] == "claude-code"
-    assert tab.errors == []
+
+    # its refresh token is refused later: the account needs a new sign-in, and the row's
+    # "Sign in again" renews that same account
+    stored = await gw.store.get_connection(conn["id"])
+    stored.credentials["sign_in_required"] = {"reason": "the refresh token was revoked"}
+    await gw.store.save_connection(stored)
+    await gw.gateway.reload()
+    await page.reload()
+    await row.locator(".badge:text('needs sign-in')").wait_for()
+    # the built-in Claude service makes claude-code accounts too: one button each
+    assert await row.locator("button:text('Sign in again:')").count() == 2
+    await row.locator("button:text('Sign in again: Claude (test)')").click()
+    async with page.context.expect_page() as opened:
+        await dialog.locator("a[data-signin-url]").click()
+    service_page = await opened.value
+    await service_page.wait_for_load_state()
+    pasted = (await service_page.inner_text("body")).strip()
+    await service_page.close()
+    await dialog.locator("input[name=code]").fill(pasted)
+    await dialog.locator("button:text('Finish sign-in')").click()
+    await page.wait_for_selector(
+        ".toast:text('Signed in again to Claude (test) as dev@example.com.')")
+    await row.locator(".badge:text('signed in')").wait_for()
+    renewed = await gw.store.get_connection(conn["id"])  # the same account, new tokens
+    assert "sign_in_required" not in renewed.credentials
+    assert fake.is_valid(renewed.credentials["access_token"])
+    assert len([c for c in await connections(gw) if c["type"] == "claude-code"]) == 1
+    assert tab.errors == [] and tab.elsewhere == []
 
 
 async def test_a_cooled_account_is_reset_and_the_cache_cleared(gw: Any, browser: Any) -> None:
@@ -608,7 +647,7 @@ async def test_the_page_loads_nothing_from_another_host(gw: Any, browser: Any) -
     for view in VIEWS:
         await show(tab, gw.base_url, view)
     others = [url for url in requested if not url.startswith(gw.base_url + "/")]
-    assert others == []
+    assert others == [] and tab.elsewhere == []
     assert any(re.search(r"/dashboard/assets/js/pages/usage\.js$", u) for u in requested)
 
 
@@ -646,4 +685,4 @@ async def test_a_loopback_sign_in_closes_when_the_browser_comes_back(
     await page.wait_for_selector(".toast:text('Signed in to ChatGPT (test) as chatgpt.')")
     [conn] = [c for c in await connections(gw) if c["name"] == "chatgpt"]
     assert conn["type"] == "codex"
-    assert tab.errors == []
+    assert tab.errors == [] and tab.elsewhere == []

@@ -471,12 +471,13 @@ export default {
         });
       });
       const buttons = [test, edit, toggle, remove];
-      const service = conn.oauth && conn.oauth.status === "needs_sign_in"
-        && services.find((s) => s.provider_type === conn.type);
-      if (service) {  // the same account (its name), its settings kept (URL overrides, a project)
-        buttons.unshift(h("button.button.small.primary", { type: "button",
-          onclick: () => signIn(service, { name: conn.name, settings: conn.settings }, load, null, ctx.signal) }, "Sign in again"));
-      }
+      // the same account (its name), its settings kept (URL overrides, a project); when
+      // several services make accounts of this type, one button each
+      const matching = conn.oauth && conn.oauth.status === "needs_sign_in"
+        ? services.filter((s) => s.provider_type === conn.type) : [];
+      buttons.unshift(...matching.map((service) => h("button.button.small.primary", { type: "button",
+        onclick: () => signIn(service, { name: conn.name, settings: conn.settings }, load, null, ctx.signal) },
+      matching.length > 1 ? `Sign in again: ${service.title}` : "Sign in again")));
       return h("div.row-actions", {}, buttons);
     }
 
