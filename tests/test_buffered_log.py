@@ -69,6 +69,39 @@ async def test_a_flush_cancelled_mid_write_loses_nothing(
 
 
 @pytest.mark.parametrize("table", list(LOGS))
+async def test_a_flush_under_steady_load_writes_what_was_waiting_and_ends(
+        db: Database, monkeypatch: pytest.MonkeyPatch, table: str) -> None:
+    """Rows keep coming while a flush writes (a busy gateway): the flush writes the rows
+    that were waiting and returns, instead of chasing the newest; close writes the rest."""
+    make, item = LOGS[table]
+    log = make(db)
+    for i in range(100):
+        log.add(item(i))
+    _slow_writes(db, monkeypatch)  # each batch takes 0.2 s
+    stop = asyncio.Event()
+
+    async def steady() -> None:
+        i = 100
+        while not stop.is_set():
+            log.add(item(i))
+            i += 1
+            await asyncio.sleep(0.01)
+
+    producer = asyncio.create_task(steady())
+    try:
+        async with asyncio.timeout(1.0):  # it chased new rows for as long as they came
+            written = await log.flush()
+        assert 100 <= written <= 102  # (and a row or two the producer added before it began)
+        assert log.pending > 0  # the rows that came meanwhile wait for the next turn
+    finally:
+        stop.set()
+        await producer
+    waiting = log.pending
+    await log.close()
+    assert await _rows(db, table) == written + waiting and log.pending == 0
+
+
+@pytest.mark.parametrize("table", list(LOGS))
 async def test_close_waits_for_the_flush_in_progress(
         db: Database, monkeypatch: pytest.MonkeyPatch, table: str) -> None:
     make, item = LOGS[table]

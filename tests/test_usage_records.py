@@ -113,6 +113,7 @@ async def test_a_fallback_is_in_the_attempt_log(gw: Any, second: Any) -> None:
         ("up/gpt-4o-mini (fake)", "UpstreamStatusError", 500),
         ("up/gpt-4o-mini (second)", None, 200)]
     assert all(t["ms"] >= 0 for t in tries)
+    assert "boom" in tries[0]["error"] and "error" not in tries[1]  # why the first failed
 
 
 async def test_a_failed_fallback_has_its_error_class_and_every_attempt(

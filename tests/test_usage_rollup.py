@@ -3,6 +3,7 @@ migration, and read by summaries that agree with the records they stand for."""
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from pathlib import Path
 from typing import Any
@@ -114,6 +115,72 @@ async def test_the_writer_keeps_hourly_and_daily_totals(
             sums[0] += 1
             sums[1] += r.completion_tokens or 0
         assert {row[0]: [row[1], row[2]] for row in rows} == want
+
+
+async def test_the_writer_keeps_per_minute_totals_of_the_last_hours(db: Database) -> None:
+    """The overview's requests per minute come from minute rows the writer adds batch by
+    batch; they agree with the records and go MINUTE_KEEP seconds later."""
+    now = float(int(T0 + 2 * DAY) // 60 * 60) + 30.0
+    rng = random.Random(3)
+    records = [dataclasses.replace(r, ts=now - rng.random() * 2 * HOUR)
+               for r in make_records(900)]
+    log = RequestLog(db, clock=lambda: now)
+    for batch in range(3):  # minutes spread over batches: each adds to the same rows
+        for r in records[batch::3]:
+            log.add(r)
+        await log.flush()
+    got = {m["ts"]: m for m in await UsageQueries(db).per_minute(now - HOUR)}
+    first = int(now - HOUR) // 60 * 60
+    for start in range(first, int(now), 60):
+        chosen = [r for r in records if start <= r.ts < start + 60]
+        want = expected(chosen, UsageFilter())
+        if not chosen:
+            assert start not in got
+            continue
+        minute = got[start]
+        assert (minute["requests"], minute["errors"]) == (want["requests"], want["errors"])
+        assert minute["cost_usd"] == pytest.approx(want["cost_usd"], abs=1e-6)
+        assert minute["avg_latency_ms"] == want["avg_latency_ms"]
+    assert min(got) >= first
+    minutes = "SELECT start FROM usage_dims WHERE period = ?"
+    before = len(await db.fetchall(minutes, (rollup.MINUTE,)))
+    log.clock = lambda: now + rollup.MINUTE_KEEP - HOUR  # the older of the two hours goes
+    await log.prune()
+    left = [row[0] for row in await db.fetchall(minutes, (rollup.MINUTE,))]
+    assert left and min(left) >= now - HOUR and len(left) < before
+    summary = await UsageQueries(db).summary(UsageFilter(since=now - 2 * HOUR - 60))
+    assert summary["totals"]["requests"] == len(records)  # hours and days are kept
+
+
+async def test_a_page_of_failures_reads_the_index_of_failed_records(
+        filled: tuple[Database, list[RequestRecord]]) -> None:
+    """A request log page filtered by a failure (error, a failing class or status), with
+    or without another field, walks the index of failed records only (migration 10)."""
+    db, records = filled
+    for status in ("error", "5xx", "4xx", "429", "502"):
+        for model in (None, "m1"):
+            where = UsageFilter(since=T0, until=T0 + 5 * DAY, status=status, model=model)
+            clauses, params = where.where()
+            plan = await db.fetchall(
+                f"EXPLAIN QUERY PLAN SELECT * FROM request_log WHERE {' AND '.join(clauses)} "
+                "ORDER BY ts DESC, id DESC LIMIT 51", params)
+            assert "request_log_failed_ts" in str([tuple(row) for row in plan]), (status, model)
+            found, cursor = [], None
+            while True:  # every page
+                page, cursor = await UsageQueries(db).logs(where, cursor=cursor, limit=100)
+                found += [r["request_id"] for r in page]
+                if cursor is None:
+                    break
+            assert sorted(found) == sorted(
+                r.request_id for r in records
+                if T0 <= r.ts < T0 + 5 * DAY and model in (None, r.model)
+                and ((r.status >= 400 or r.error_class is not None) if status == "error" else
+                     str(r.status).startswith(status[0]) if status.endswith("xx")
+                     else r.status == int(status)))
+    ok = UsageFilter(status="ok").where()
+    plan = await db.fetchall(f"EXPLAIN QUERY PLAN SELECT * FROM request_log WHERE "
+                             f"{' AND '.join(ok[0])}", ok[1])
+    assert "request_log_failed_ts" not in str([tuple(row) for row in plan])
 
 
 async def test_summaries_over_any_range_agree_with_the_records(

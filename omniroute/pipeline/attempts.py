@@ -107,21 +107,30 @@ async def try_target(
         return answer, attempt
 
 
+#: characters of a failed attempt's message kept in the attempt log
+ATTEMPT_ERROR_MAX = 300
+
+
 def tried(
     target: Target, failure: BaseException | None, started: float | None = None
 ) -> dict[str, Any]:
     """One entry of the record's attempt log: the target, why it failed (the error's
     class name; None: it answered), the status it gave, and its milliseconds to the
-    answer's first byte or to the failure (0 when it was not called)."""
+    answer's first byte or to the failure (0 when it was not called); a gateway error
+    adds its message (``error``, cut to :data:`ATTEMPT_ERROR_MAX`), as the record keeps
+    the final one."""
     status = None
     if isinstance(failure, GatewayError):
         status = failure.status
     elif isinstance(failure, asyncio.CancelledError):
         status = 499  # the client left, or another target won the race
-    return {"target": target.label,
-            "failure": None if failure is None else type(failure).__name__,
-            "status": status,
-            "ms": 0.0 if started is None else round((time.perf_counter() - started) * 1000, 1)}
+    entry = {"target": target.label,
+             "failure": None if failure is None else type(failure).__name__,
+             "status": status,
+             "ms": 0.0 if started is None else round((time.perf_counter() - started) * 1000, 1)}
+    if isinstance(failure, GatewayError) and failure.message:
+        entry["error"] = failure.message[:ATTEMPT_ERROR_MAX]
+    return entry
 
 
 def all_failed(

@@ -56,7 +56,8 @@ class RequestContext:
     started: float = 0.0
     #: the stages taking part in this request (see :class:`~omniroute.pipeline.stages.Stage`)
     runs: list[StageRun] = field(default_factory=list)
-    #: every target tried: ``{"target", "failure", "status", "ms"}`` (the record's attempt log)
+    #: every target tried: ``{"target", "failure", "status", "ms", "error"?}`` (the
+    #: record's attempt log)
     tries: list[dict[str, Any]] = field(default_factory=list)
     #: set when the gateway ends the request's stream itself (shutting down): the error
     #: the stream ends with

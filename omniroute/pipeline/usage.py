@@ -28,6 +28,7 @@ import orjson
 from omniroute.formats import canonical as c
 from omniroute.formats.base import ClientRequest, Format
 from omniroute.formats.canonical import token_count
+from omniroute.pipeline.attempts import ATTEMPT_ERROR_MAX
 from omniroute.pipeline.context import Reply, RequestContext
 from omniroute.storage import RequestRecord
 from omniroute.tokens import estimate_request, estimate_text
@@ -234,6 +235,8 @@ def complete(ctx: RequestContext, reply: Reply | None) -> None:
                     entry["status"] = record.status
                     if record.status >= 400:
                         entry["failure"] = record.error_class
+                        if record.error:
+                            entry["error"] = record.error[:ATTEMPT_ERROR_MAX]
                     break
         record.attempt_log = orjson.dumps(tries).decode()
     tokens, total = record.completion_tokens, record.latency_ms

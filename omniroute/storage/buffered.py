@@ -23,6 +23,10 @@ one large ``DELETE``. What the rules are, and why:
   cancelled (a read API whose client disconnected) stops waiting, the write
   finishes. :meth:`~BufferedLog.close` waits for a flush in progress, then writes
   the rest.
+* **A flush writes what was waiting when it began**, not the rows that arrive while
+  it writes: under steady load a flush that chased the newest rows would not end
+  (a read API that flushes first answered in seconds). The background writer's next
+  turn, half a second later, takes those; :meth:`~BufferedLog.close` writes them all.
 """
 
 from __future__ import annotations
@@ -189,7 +193,7 @@ class BufferedLog(Generic[T]):
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._tasks = []
-        await self.flush()
+        await asyncio.shield(self._flush(everything=True))
 
     async def _run(self) -> None:
         while True:
@@ -197,17 +201,23 @@ class BufferedLog(Generic[T]):
             await self.flush()
 
     async def flush(self) -> int:
-        """Write the rows waiting; return how many were written.
+        """Write the rows waiting (those that arrive meanwhile wait for the next flush);
+        return how many were written.
 
         Shielded: a caller cancelled meanwhile stops waiting, the write goes on.
         """
         return await asyncio.shield(self._flush())
 
-    async def _flush(self) -> int:
+    async def _flush(self, *, everything: bool = False) -> int:
         async with self._flushing:
-            written = 0
+            written, turns = 0, 0
+            left = len(self._pending)  # waiting now; not the rows that come meanwhile
             while self._pending or self.has_more():
+                if turns and left <= 0 and not everything:
+                    break
+                turns += 1
                 batch = self._take()
+                left -= len(batch)
                 try:
                     written += await self._commit(batch)
                 except Exception as exc:  # the database is unavailable: retry later

@@ -204,6 +204,14 @@ MIGRATIONS: list[list[str]] = [
            WHERE id NOT IN (SELECT MIN(id) FROM request_log GROUP BY request_id)""",
         """CREATE UNIQUE INDEX request_log_request_id ON request_log(request_id)""",
     ],
+    # 10: the overview's per-minute totals of the last hours (the writer keeps them from
+    # now on), and an index of the failed records only, so a request log page filtered
+    # by a failure (error, 5xx, 429) reads those, not every record of a busy hour
+    # (issue 12)
+    [
+        rollup.MINUTE_BACKFILL,
+        f"CREATE INDEX request_log_failed_ts ON request_log(ts) WHERE {rollup.FAILED} = 1",
+    ],
 ]
 
 LATEST = len(MIGRATIONS)

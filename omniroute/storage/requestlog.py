@@ -50,7 +50,7 @@ class RequestRecord:
     combo: str | None = None
     #: the failure's class name (``UpstreamTimeout``, ``BudgetExceeded``...); None on success
     error_class: str | None = None
-    #: JSON list of ``{"target", "failure", "status", "ms"}``, one per attempt
+    #: JSON list of ``{"target", "failure", "status", "ms", "error"?}``, one per attempt
     attempt_log: str | None = None
     #: time to the first content token (text, reasoning or a tool call), streams and JSON alike
     ttfc_ms: float | None = None
@@ -153,8 +153,11 @@ class RequestLog(BufferedLog[RequestRecord]):
         self._used = {}
 
     async def prune(self) -> int:
-        """Apply retention to the records, and their age to the rollup rows."""
+        """Apply retention to the records, and their age to the rollup rows; drop the
+        per-minute totals older than :data:`~omniroute.storage.rollup.MINUTE_KEEP`."""
         removed = await super().prune()
+        await self.db.execute("DELETE FROM usage_dims WHERE period = ? AND start < ?",
+                              (rollup.MINUTE, self.clock() - rollup.MINUTE_KEEP))
         if self.retention_days > 0:
             cutoff = self.clock() - self.retention_days * 86400
             async with self.db.transaction():

@@ -204,12 +204,15 @@ def _status_clause(status: str, failed: str = _FAILED) -> tuple[str, list[Any]]:
         return f"{failed} = 0", []
     if value in ("error", "failed"):
         return f"{failed} = 1", []
+    # a failing status also names the failure itself (implied, so the same rows): the
+    # request log's index of failed records (migration 10) then serves the read
     match = _STATUS_CLASS.match(value)
     if match:
         low = int(match.group(1)) * 100
-        return "status >= ? AND status < ?", [low, low + 100]
+        return f"status >= ? AND status < ?{f' AND {failed}' if low >= 400 else ''}", [
+            low, low + 100]
     if value.isdigit() and 100 <= int(value) <= 599:
-        return "status = ?", [int(value)]
+        return f"status = ?{f' AND {failed}' if int(value) >= 400 else ''}", [int(value)]
     raise ValueError(f"status {status!r}: use an HTTP status (429), a class (5xx), "
                      "'ok' or 'error'")
 
@@ -415,17 +418,17 @@ class UsageQueries:
                 "buckets": [n * size for n in index], "series": series}
 
     async def per_minute(self, since: float) -> list[dict[str, Any]]:
-        """Requests, errors and cost per minute since ``since`` (from the records: keep
-        the range to an hour or so)."""
+        """Requests, errors and cost of each minute from the one ``since`` falls in, from
+        the per-minute totals (the last :data:`~omniroute.storage.rollup.MINUTE_KEEP`
+        seconds; minutes without requests have no row)."""
         rows = await self.db.fetchall(
-            f"SELECT CAST(ts / 60 AS INTEGER) AS minute, COUNT(*) AS requests, "
-            f"SUM({_FAILED}) AS errors, SUM(cost_usd) AS cost_usd, "
-            f"AVG(latency_ms) AS avg_latency_ms FROM request_log WHERE ts >= ? "
-            f"GROUP BY 1 ORDER BY 1", (since,))
-        return [{"ts": row["minute"] * 60, "requests": row["requests"],
-                 "errors": row["errors"] or 0, "cost_usd": round(row["cost_usd"] or 0, 8),
-                 "avg_latency_ms": None if row["avg_latency_ms"] is None
-                 else round(row["avg_latency_ms"], 1)} for row in rows]
+            "SELECT start, requests, errors, cost_usd, latency_ms, timed FROM usage_dims "
+            "WHERE period = ? AND dim = 'total' AND start >= ? ORDER BY start",
+            (rollup.MINUTE, math.floor(since / rollup.MINUTE) * rollup.MINUTE))
+        return [{"ts": int(row["start"]), "requests": int(row["requests"]),
+                 "errors": int(row["errors"]), "cost_usd": round(row["cost_usd"], 8),
+                 "avg_latency_ms": round(row["latency_ms"] / row["timed"], 1)
+                 if row["timed"] else None} for row in rows]
 
     async def record(self, record_id: int) -> dict[str, Any] | None:
         """One record, bodies included, or None."""

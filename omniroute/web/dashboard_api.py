@@ -9,12 +9,15 @@
   (:mod:`omniroute.settings_doc`).
 
 Both are admin routes (the middleware enforces it) and read only. The usage numbers
-come from the usage reader (hourly totals where whole hours are asked for), so a
-poll costs a few milliseconds whatever the size of the request log.
+come from the usage reader's totals (per minute for the last hour, hourly and daily
+for today), so a poll costs a few milliseconds whatever the size of the request log,
+however many records the last hour holds.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import time
 from typing import Any
 
@@ -32,6 +35,8 @@ from omniroute.web.tags import tag_route
 MINUTES = 60
 #: failed requests the overview lists
 RECENT_ERRORS = 5
+#: seconds the overview waits for this worker's waiting records to be written
+FLUSH_WAIT = 0.25
 #: the terminal reason of an account that must be signed in again (issue 10's)
 NEEDS_SIGN_IN = "needs_sign_in"
 
@@ -79,10 +84,18 @@ async def overview(request: web.Request) -> web.Response:
     today = query_time(request, "today", now)
     if today is None or not now - 2 * 86400 < today <= now:
         today = float(int(now) // 86400 * 86400)
-    await app[REQUEST_LOG].flush()  # this worker's last records count too
+    # this worker's last records count too; but under steady load a flush chases new
+    # records for seconds, so the poll waits a moment and reads what is written by then
+    # (the write goes on: the flush is shielded)
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(app[REQUEST_LOG].flush(), FLUSH_WAIT)
     queries = app[USAGE]
-    minutes = await queries.per_minute(now - MINUTES * 60)
-    day = await queries.summary(UsageFilter(since=today), by=["model"])
+    # the last 60 minutes, this one included, from the per-minute totals
+    minutes = await queries.per_minute(now // 60 * 60 - (MINUTES - 1) * 60)
+    # until the end of this hour (nothing is later than now): whole hours, read from the
+    # hourly totals, never an hour of records
+    hour_end = (now // 3600 + 1) * 3600
+    day = await queries.summary(UsageFilter(since=today, until=hour_end), by=["model"])
     errors, _ = await queries.logs(UsageFilter(since=now - 86400, status="error"),
                                    limit=RECENT_ERRORS)
     last_hour = {"requests": sum(m["requests"] for m in minutes),

@@ -139,7 +139,7 @@ export default {
     const aliasSlot = h("div");
     const comboSlot = h("div");
     const editorSlot = h("div");
-    const newCombo = h("button.button.primary", { type: "button" }, "New combo");
+    const newCombo = h("button.button.primary", { type: "button", disabled: true }, "New combo");  // until loaded
     replace(root, h("div.page-head", {}, h("h1", {}, "Models"), h("div.actions", {}, newCombo)),
       h("section.section", { "aria-labelledby": "combos-head" },
         h("div.card-head", {}, h("h2", { id: "combos-head" }, "Combos")),
@@ -158,6 +158,7 @@ export default {
         aliases: aliases.aliases, combos: combos.combos, connections: providers.providers,
         strategies: (strategyRow && strategyRow.choices) || FALLBACK_STRATEGIES,
       };
+      newCombo.disabled = false;
       drawCombos();
       drawAliases();
     };

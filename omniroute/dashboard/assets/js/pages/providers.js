@@ -2,7 +2,7 @@
 // each account's live state (cooling, breaker, quota, needs sign-in); subscription
 // sign-in (OAuth: a URL and a pasted code, or a device code).
 
-import { get, post, put, del, optional, isMissing } from "../api.js";
+import { get, post, put, del, optional } from "../api.js";
 import {
   h, replace, clear, errorBox, badge, table, modal, confirmDialog, field, input, select,
   busy, toast, unavailable, emptyState, copy,
@@ -13,14 +13,6 @@ const EVERY_MS = 10000;
 const LIMIT_FIELDS = [["max_concurrency", "Max concurrency", "Requests in flight at once"],
                       ["rpm", "Requests per minute", "Started per rolling minute"],
                       ["weight", "Weight", "For the weighted strategy"]];
-/** Subscription services (issue 10): shown until the gateway lists its own. */
-const KNOWN_SERVICES = [
-  { name: "claude", title: "Claude (Pro / Max)" },
-  { name: "codex", title: "ChatGPT (Codex)" },
-  { name: "copilot", title: "GitHub Copilot" },
-  { name: "gemini", title: "Google (Gemini CLI)" },
-  { name: "qwen", title: "Qwen Code" },
-];
 
 // ------------------------------------------------------------------ state cells
 
@@ -54,19 +46,41 @@ function breakerCell(breaker) {
     breaker.consecutive_failures ? h("div.cell-sub", {}, `${breaker.consecutive_failures}/${breaker.threshold} failures`) : null);
 }
 
-/** Quota as the gateway reports it (subscription accounts): any of a few shapes. */
+/** A quota window's name as people say it: Codex's 300-minute window is "5 h". */
+function windowName(w) {
+  const minutes = w.window_minutes;
+  if (!minutes) return w.name.replace(/_/g, " ");
+  if (minutes % 1440 === 0) return minutes === 10080 ? "week" : `${minutes / 1440} d`;
+  return minutes % 60 === 0 ? `${minutes / 60} h` : `${minutes} min`;
+}
+
+/** What is left in one window: units, else a percentage, else nothing known. */
+function windowLeft(w) {
+  if (w.unlimited) return "unlimited";
+  if (w.remaining !== null && w.remaining !== undefined) {
+    return `${fmt.int(w.remaining)}${w.limit !== null && w.limit !== undefined ? " / " + fmt.int(w.limit) : ""} left`;
+  }
+  if (w.used_percent !== null && w.used_percent !== undefined) return `${Math.max(0, Math.round(100 - w.used_percent))}% left`;
+  return w.status ? w.status.replace(/_/g, " ") : "?";
+}
+
+/** A subscription's quota as /api/rate-limits reports it (Quota.snapshot(): plan,
+ * exhausted, resets_at, reason, windows [{name, used_percent, remaining, limit,
+ * resets_at, window_minutes, unlimited, status}]). */
 function quotaCell(live) {
-  const quota = live && (live.quota || live.quotas);
+  const quota = live && live.quota;
   if (!quota) return h("span.muted", {}, "—");
-  const windows = Array.isArray(quota) ? quota : quota.windows || [quota];
-  return h("div", {}, windows.map((w) => {
-    const left = w.remaining ?? w.left ?? (w.used_percent !== undefined ? `${Math.round(100 - w.used_percent)}%` : null);
-    const limit = w.limit ?? w.total ?? null;
-    const reset = w.reset_at || w.resets_at || w.reset;
-    return h("div.small", {}, `${w.name || w.window || "quota"}: `,
-      h("strong", {}, left === null ? "?" : `${left}${limit !== null ? " / " + limit : ""}`),
-      reset ? h("span.muted", {}, ` · resets ${typeof reset === "number" ? fmt.relative(reset) : reset}`) : null);
-  }));
+  const lines = [];
+  if (quota.exhausted) {
+    lines.push(h("div", {}, badge("spent", "bad"), quota.resets_at ? ` resets ${fmt.relative(quota.resets_at)}` : null));
+  }
+  for (const w of quota.windows || []) {
+    lines.push(h("div.small", { dataset: { window: w.name } }, `${windowName(w)}: `, h("strong", {}, windowLeft(w)),
+      w.resets_at ? h("span.muted", {}, ` · resets ${fmt.relative(w.resets_at)}`) : null));
+  }
+  if (!lines.length) lines.push(h("span.muted.small", {}, "not reported yet"));
+  if (quota.plan) lines.push(h("div.cell-sub", {}, `plan: ${quota.plan}`));
+  return h("div", {}, lines);
 }
 
 function limitsCell(conn, live) {
@@ -233,103 +247,153 @@ function openEdit(conn, reload) {
 }
 
 // ------------------------------------------------------------------ subscription sign-in
+// The shapes are those of omniroute/web/oauth.py: GET /api/oauth/services answers
+// {services: [{name, title, flow, provider_type, import_source}]}; POST .../start answers
+// {service, flow, state, expires_in, instructions} plus {user_code, verification_uri,
+// verification_uri_complete, interval} (device) or {url} (paste), and {redirect_uri,
+// listening, listen_error?} (loopback); POST .../poll answers {status: "pending",
+// retry_in, interval, expires_in} until {status: "complete", created, connection};
+// POST .../complete takes {state, code} and answers the same as a finished poll.
+// Failures are the API's errors: 403 access_denied, 410 expired_token, 404
+// unknown_sign_in, 400 invalid_grant / invalid_code / state_mismatch, 502 oauth_*.
 
-/** Runs one sign-in: the URL and a paste box, or the device code; polls when it can. */
-async function signIn(service, accountName, reload, onUnavailable) {
+/** Seconds until the next poll: what the API says, kept within reason. */
+function pollDelay(seconds, fallback) {
+  const s = typeof seconds === "number" && Number.isFinite(seconds) ? seconds : fallback;
+  return Math.min(30, Math.max(0.25, s)) * 1000;
+}
+
+/**
+ * Runs one sign-in in a dialog: the device code (polled until approved), or the URL
+ * and a box for the pasted code (and, for a loopback flow, polled for the redirect).
+ * `options`: {name, settings} for the account; `errorSlot` shows a refused start.
+ */
+async function signIn(service, options, reload, errorSlot, signal) {
   const base = `/api/oauth/${encodeURIComponent(service.name)}`;
+  const body = {};
+  if (options.name) body.name = options.name;
+  if (options.settings && Object.keys(options.settings).length) body.settings = options.settings;
   let started;
   try {
-    started = await post(`${base}/start`, accountName ? { name: accountName } : {});
+    started = await post(`${base}/start`, body);
   } catch (err) {
-    if (isMissing(err)) { onUnavailable(); return; }
-    toast(err.message, "bad");
+    if (errorSlot) replace(errorSlot, errorBox({ message: `${service.title}: ${err.message}`, code: err.code }));
+    else toast(`${service.title}: ${err.message}`, "bad");
     return;
   }
+  if (errorSlot) clear(errorSlot);
   const state = started.state;
-  const status = h("div", { "aria-live": "polite" });
+  const status = h("div.signin-status", { "aria-live": "polite" });
   const expiresAt = Date.now() + (started.expires_in || 600) * 1000;
   const countdown = h("span.muted.small");
   let stopped = false;
+  let timer = null;
   const content = [];
+  const stop = () => { stopped = true; clearTimeout(timer); };
+
   const done = (answer) => {
-    stopped = true;
-    const who = answer && (answer.name || (answer.connection && answer.connection.name) || answer.account);
-    toast(`Signed in to ${service.title}${who ? " as " + who : ""}.`);
+    stop();
+    const conn = answer && answer.connection;
+    toast(`${answer && answer.created === false ? "Signed in again" : "Signed in"} to ${service.title}${conn ? ` as ${conn.name}` : ""}.`);
     dlg.close();
     reload();
   };
+  const failed = (err) => {
+    stop();
+    replace(status, errorBox(err), h("p", {}, h("button.button", { type: "button", onclick: () => {
+      dlg.close();
+      signIn(service, options, reload, errorSlot, signal);
+    } }, "Start again")));
+  };
+
   if (started.instructions) content.push(h("p.muted", {}, started.instructions));
   if (started.user_code) {
     const link = started.verification_uri_complete || started.verification_uri;
-    content.push(h("p", {}, "Open ", h("a", { href: link, target: "_blank", rel: "noopener noreferrer" }, started.verification_uri),
-      " and enter this code:"),
-      h("div.user-code", { "aria-label": `Code ${started.user_code.split("").join(" ")}` }, started.user_code),
+    content.push(
+      h("p", {}, "1. Open ", h("a", { href: link, target: "_blank", rel: "noopener noreferrer", dataset: { verification: "" } },
+        started.verification_uri), " and sign in."),
+      h("p", {}, "2. Enter this code there:"),
+      h("div.user-code", { dataset: { userCode: "" }, "aria-label": `Code ${started.user_code.split("").join(" ")}` }, started.user_code),
       h("p", {}, h("button.button.small", { type: "button", onclick: () => copy(started.user_code, "Code copied") }, "Copy code"),
         " ", countdown),
-      h("p.muted.small", {}, "This page checks by itself and closes when the sign-in is done."));
+      h("p.muted.small", {}, "This dialog checks by itself and closes once you approved."));
+    replace(status, h("p.small", {}, h("span.spinner", { "aria-hidden": "true" }), " Waiting for the approval…"));
   } else if (started.url) {
-    content.push(h("p", {}, "1. ", h("a.button.primary", { href: started.url, target: "_blank", rel: "noopener noreferrer" },
-      `Open the ${service.title} sign-in page`)));
-    const code = field("2. Paste the code the page shows (or the address it sent you to)",
-      input({ name: "code", autocomplete: "off", spellcheck: "false" }));
+    content.push(h("p", {}, "1. ", h("a.button.primary", { href: started.url, target: "_blank", rel: "noopener noreferrer", dataset: { signinUrl: "" } },
+      `Open the ${service.title} sign-in page`)),
+      h("p.muted.small.break", {}, "Or copy this address into a browser: ", h("code", {}, started.url)));
+    const code = field(started.flow === "loopback"
+      ? "2. If the browser does not come back here by itself, paste the address it was sent to"
+      : "2. Paste the code the page shows",
+    input({ name: "code", autocomplete: "off", spellcheck: "false", placeholder: started.flow === "loopback" ? "the whole address, with ?code=…" : "CODE#STATE" }));
     const submit = h("button.button.primary", { type: "submit" }, "Finish sign-in");
     const form = h("form", { novalidate: true }, code.el, h("p", {}, submit, " ", countdown));
     form.addEventListener("submit", (event) => {
       event.preventDefault();
-      if (!code.input.value.trim()) { code.setError("Paste the code first."); return; }
+      if (stopped) return;
+      const pasted = code.input.value.trim();
+      if (!pasted) { code.setError("Paste the code first."); code.input.focus(); return; }
       code.setError(null);
-      busy(submit, async () => done(await post(`${base}/complete`, { state, code: code.input.value.trim() })), status);
+      busy(submit, async () => {
+        try {
+          done(await post(`${base}/complete`, { state, code: pasted }));
+        } catch (err) {
+          // a refused code may be pasted again; a sign-in that is gone must start over
+          if (err.status === 404 || err.status === 410) failed(err);
+          else code.setError(err.code ? `${err.message} (${err.code})` : err.message);
+        }
+      }, status);
     });
     content.push(form);
     if (started.flow === "loopback" && started.listening) {
-      content.push(h("p.muted.small", {}, "If the browser comes back to this machine by itself, this closes on its own."));
+      content.push(h("p.muted.small", {}, "When the browser comes back to this machine, this dialog closes by itself."));
     }
     if (started.listen_error) content.push(h("p.muted.small", {}, started.listen_error));
   }
   content.push(status);
-  const dlg = modal({ title: `Sign in: ${service.title}`, content, onClose: () => { stopped = true; } });
+  const cancel = h("button.button", { type: "button", onclick: () => dlg.close() }, "Cancel");
+  const dlg = modal({ title: `Sign in: ${service.title}`, content, actions: [cancel], onClose: stop });
+  if (signal) signal.addEventListener("abort", () => dlg.close(), { once: true });
 
   const tick = () => {
+    if (stopped) return;
     const left = Math.max(0, Math.round((expiresAt - Date.now()) / 1000));
     countdown.textContent = `expires in ${fmt.seconds(left)}`;
-    if (!left && !stopped) {
-      stopped = true;
-      replace(status, errorBox({ message: "This sign-in expired; close and start again." }));
-    }
-    if (!stopped) setTimeout(tick, 1000);
+    if (!left) { failed({ message: "This sign-in expired.", code: "expired_token" }); return; }
+    setTimeout(tick, 1000);
   };
   tick();
-  const polls = started.user_code || (started.flow === "loopback" && started.listening);
-  let interval = Math.max(2, started.interval || 5);
+
+  const polls = Boolean(started.user_code) || (started.flow === "loopback" && started.listening);
+  const interval = started.interval || 5;
   const poll = async () => {
     if (stopped) return;
+    let answer;
     try {
-      const answer = await post(`${base}/poll`, { state });
-      if (!(answer && (answer.pending || answer.status === "pending" || answer.done === false))) { done(answer); return; }
+      answer = await post(`${base}/poll`, { state });
     } catch (err) {
-      if (err.code === "slow_down") interval += 5;
-      else if (err.code !== "authorization_pending" && err.code !== "pending") {
-        stopped = true;
-        replace(status, errorBox(err));
-        return;
-      }
+      if (!stopped) failed(err);
+      return;
     }
-    if (!stopped) setTimeout(poll, interval * 1000);
+    if (stopped) return;
+    if (answer && answer.status === "pending") timer = setTimeout(poll, pollDelay(answer.retry_in, interval));
+    else done(answer);
   };
-  if (polls) setTimeout(poll, interval * 1000);
+  if (polls) timer = setTimeout(poll, pollDelay(started.user_code ? interval : 1, interval));
 }
 
-function signInCard(services, listed, reload) {
-  const body = h("div");
-  const markUnavailable = () => replace(body, unavailable("Subscription sign-in",
-    "This gateway has no /api/oauth routes yet; add API-key accounts above, or update omniroute."));
+function signInCard(services, reload, signal) {
+  const errorSlot = h("div", { "aria-live": "polite" });
+  const name = field("Name for the account (optional)", input({ name: "account-name", placeholder: "default: who signs in" }),
+    "Sign in more than once to use several accounts.");
   const buttons = services.map((service) => h("button.button", {
     type: "button", dataset: { service: service.name },
-    onclick: () => signIn(service, null, reload, markUnavailable),
+    onclick: () => signIn(service, { name: name.input.value.trim() }, reload, errorSlot, signal),
   }, `Sign in with ${service.title}`));
-  replace(body, h("p.muted", {}, "Use a subscription you already pay for as an account. Sign-in opens the service's own page; the tokens are stored encrypted."),
-    h("div.button-row", {}, buttons),
-    listed ? null : h("p.muted.small", {}, "Services this build may offer; one it lacks says so when you try."));
+  const body = services.length
+    ? [h("p.muted", {}, "Use a subscription you already pay for as an account. Sign-in opens the service's own page; the tokens are stored encrypted and renewed by themselves."),
+      h("div.form-grid", {}, name.el), h("div.button-row", {}, buttons), errorSlot]
+    : [h("p.muted", {}, "No subscription service is registered in this build (a plugin adds them).")];
   return h("section.card.section", { "aria-labelledby": "oauth-head" },
     h("div.card-head", {}, h("h2", { id: "oauth-head" }, "Subscriptions")), body);
 }
@@ -343,8 +407,7 @@ export default {
     const tableSlot = h("div");
     const oauthSlot = h("div");
     const errorSlot = h("div");
-    let services = KNOWN_SERVICES;
-    let listed = false;
+    let services = [];
     const addButton = h("button.button.primary", { type: "button", disabled: true }, "Add provider");
     replace(root, h("div.page-head", {}, h("h1", {}, "Providers and accounts"), h("div.actions", {}, addButton)),
       errorSlot, tableSlot, oauthSlot);
@@ -370,6 +433,7 @@ export default {
       replace(tableSlot, table([
         { title: "Account", cell: (c) => h("div", {}, h("div.cell-main", {}, c.name),
           h("div.cell-sub", {}, h("code", {}, c.prefix), ` · ${c.type}`),
+          c.oauth && c.oauth.account ? h("div.cell-sub", {}, c.oauth.account) : null,
           c.settings.base_url ? h("div.cell-sub.hide-narrow", {}, c.settings.base_url) : null) },
         { title: "State", cell: (c) => stateCell(c, live.get(c.id), tests.get(c.id)) },
         { title: "Breaker", cell: (c) => breakerCell(breakers.get(c.prefix)), hideNarrow: true },
@@ -407,26 +471,28 @@ export default {
         });
       });
       const buttons = [test, edit, toggle, remove];
-      if (conn.oauth && conn.oauth.status === "needs_sign_in") {
-        const service = services.find((s) => conn.type.startsWith(s.name)) || { name: conn.type, title: conn.type };
-        buttons.unshift(h("button.button.small.primary", { type: "button",
-          onclick: () => signIn(service, conn.name, load, () => toast("Sign-in is not available in this build.", "bad")) }, "Sign in again"));
-      }
+      // the same account (its name), its settings kept (URL overrides, a project); when
+      // several services make accounts of this type, one button each
+      const matching = conn.oauth && conn.oauth.status === "needs_sign_in"
+        ? services.filter((s) => s.provider_type === conn.type) : [];
+      buttons.unshift(...matching.map((service) => h("button.button.small.primary", { type: "button",
+        onclick: () => signIn(service, { name: conn.name, settings: conn.settings }, load, null, ctx.signal) },
+      matching.length > 1 ? `Sign in again: ${service.title}` : "Sign in again")));
       return h("div.row-actions", {}, buttons);
     }
 
     addButton.addEventListener("click", () => openAdd(types, load));
+    let list = null;
     try {
-      const [list] = await Promise.all([optional("/api/oauth/services", { signal: ctx.signal }), load()]);
-      if (list && Array.isArray(list.services) && list.services.length) {
-        services = list.services.map((svc) => typeof svc === "string" ? { name: svc, title: svc }
-          : { name: svc.name, title: svc.title || svc.display_name || svc.name, flow: svc.flow });
-        listed = true;
-      }
+      list = await optional("/api/oauth/services", { signal: ctx.signal });
+      services = list ? list.services : [];
+      await load();
     } catch (err) {
       replace(errorSlot, errorBox(err));
     }
-    replace(oauthSlot, signInCard(services, listed, load));
+    replace(oauthSlot, list === null
+      ? h("section.card.section", {}, unavailable("Subscription sign-in", "This gateway has no /api/oauth routes; add API-key accounts above."))
+      : signInCard(services, load, ctx.signal));
     ctx.poll(() => load(true), EVERY_MS);
   },
 };

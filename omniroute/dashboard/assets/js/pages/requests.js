@@ -28,7 +28,8 @@ function attemptsList(record) {
     h("div", {}, h("div.cell-main", {}, `${i + 1}. ${a.target}`),
       h("div.cell-sub", {}, a.failure
         ? (a.failure === "CancelledError" ? "lost a hedging race (cancelled, not charged)" : `failed: ${a.failure}`)
-        : "answered")),
+        : "answered"),
+      a.failure && a.error ? h("div.cell-sub.attempt-error", {}, a.error) : null),
     h("span.small.muted.nowrap", {}, a.ms ? fmt.ms(a.ms) : "not called"))));
 }
 
@@ -39,7 +40,7 @@ function bodyBlock(title, text) {
   return h("div.section", {}, h("h3", {}, title), h("pre.body", {}, shown));
 }
 
-async function openDetail(summary) {
+async function openDetail(summary, names = { keys: new Map(), conns: new Map() }) {
   const body = h("div", {}, h("p.muted", {}, "Loading…"));
   modal({ title: `Request ${summary.request_id}`, content: [body], wide: true });
   let record = summary;
@@ -55,7 +56,8 @@ async function openDetail(summary) {
     kv([
       ["Time", fmt.dateTime(record.ts)], ["Endpoint", `${record.endpoint} (${record.client_format || "?"}${record.stream ? ", stream" : ""})`],
       ["Asked for", record.model_requested], ["Combo", record.combo], ["Served by", record.provider ? `${record.provider}/${record.model}` : null],
-      ["Account", record.connection_id], ["API key", record.api_key_id], ["Client", record.user_agent],
+      ["Account", record.connection_id ? names.conns.get(record.connection_id) || record.connection_id : null],
+      ["API key", record.api_key_id ? names.keys.get(record.api_key_id) || record.api_key_id : null], ["Client", record.user_agent],
       ["Latency", `${fmt.ms(record.latency_ms)} total · ${fmt.ms(record.ttfb_ms)} to first byte · ${fmt.ms(record.ttfc_ms)} to first token`],
       ["Tokens", `${fmt.int(record.prompt_tokens)} in · ${fmt.int(record.completion_tokens)} out · ${fmt.int(record.cached_tokens)} cache read${record.usage_estimated ? " (estimated)" : ""}`],
       ["Cost", `${fmt.usd(record.cost_usd)}${record.list_cost_usd !== null && record.list_cost_usd !== record.cost_usd ? ` (list price ${fmt.usd(record.list_cost_usd)})` : ""}${record.cache_hit ? " · cache hit" : ""}`],
@@ -128,7 +130,7 @@ export default {
         { title: "Cost", cell: (r) => r.cache_hit ? badge("cache", "info") : fmt.usd(r.cost_usd), num: true },
         { title: "Key", cell: (r) => r.api_key_id ? keyNames.get(r.api_key_id) || r.api_key_id : h("span.muted", {}, "—"), hideNarrow: true },
         { title: "Account", cell: (r) => r.connection_id ? connNames.get(r.connection_id) || r.connection_id : h("span.muted", {}, "—"), hideNarrow: true },
-      ], rows, { empty: "No requests match these filters.", onRow: openDetail, caption: "Requests" }));
+      ], rows, { empty: "No requests match these filters.", onRow: (r) => openDetail(r, { keys: keyNames, conns: connNames }), caption: "Requests" }));
       more.hidden = !cursor;
     }
 
