@@ -193,16 +193,21 @@ class Server:
                        capture_output=True, timeout=120)
 
 
-def start_forwarder(tmp: Path, upstream: str, env: dict[str, str], profile: bool) -> Server:
+def start_forwarder(tmp: Path, upstream: str, env: dict[str, str], profile: bool,
+                    settings: list[str]) -> Server:
     server = Server("forwarder", tmp, profile)
     server.start([str(Path(__file__)), "--serve-forwarder", upstream, "--port", "{port}"], "/",
                  env)
     return server
 
 
-def start_gateway(tmp: Path, upstream: str, env: dict[str, str], profile: bool) -> Server:
+def start_gateway(tmp: Path, upstream: str, env: dict[str, str], profile: bool,
+                  settings: list[str]) -> Server:
     data = tmp / "gateway-data"
     env = {k: v for k, v in env.items() if not k.startswith("OMNIROUTE_")}
+    for setting in settings:  # name=value, pinned through the environment
+        name, _, value = setting.partition("=")
+        env[f"OMNIROUTE_{name.upper()}"] = value
     env["INITIAL_PASSWORD"] = "bench-password"
     cli = ["-m", "omniroute.cli", "--data-dir", str(data)]
     subprocess.run([sys.executable, *cli, "providers", "add", "--type", "openai", "--name",
@@ -304,6 +309,8 @@ def main() -> int:
     p.add_argument("--targets", default="forwarder,omniroute", help="forwarder,omniroute")
     p.add_argument("--keep", metavar="DIR", help="copy the callgrind (or cProfile) files here")
     p.add_argument("--json", metavar="FILE", help="also write the results as JSON")
+    p.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
+                   help="a gateway setting, pinned through the environment (repeatable)")
     p.add_argument("--cprofile", action="store_true",
                    help="cProfile instead of callgrind: print each cell's top functions "
                         "(the table gives Python calls per request)")
@@ -337,7 +344,7 @@ def main() -> int:
         with tempfile.TemporaryDirectory(prefix="omniroute-ir-") as tmpname:
             for name in args.targets.split(","):
                 starter = start_forwarder if name == "forwarder" else start_gateway
-                server = starter(Path(tmpname), upstream, env, args.cprofile)
+                server = starter(Path(tmpname), upstream, env, args.cprofile, args.set)
                 try:
                     results[name] = measure(server, args, keep)
                 finally:

@@ -13,8 +13,9 @@ import dataclasses
 import logging
 import operator
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from itertools import compress
 from typing import Any
 
 from omniroute.storage import rollup
@@ -79,6 +80,22 @@ _INSERT = (
 
 
 _row = operator.attrgetter(*_FIELDS)  # one record -> the tuple of its column values
+#: the record's bool fields, by position (bound as 0 / 1: SQLite's binding adapts a bool
+#: the slow way, as it does None)
+_BOOLS = tuple(i for i, f in enumerate(dataclasses.fields(RequestRecord)) if f.type == "bool")
+#: ``_row`` compared item by item with this tells the values bound (not None); a field
+#: whose column is NOT NULL or has a default is always bound (an omitted one would take
+#: the default where the record says None)
+_ALWAYS = object()
+
+
+def _unbound_marks(always: set[str]) -> tuple[object, ...]:
+    return tuple(_ALWAYS if name in always else None for name in _FIELDS)
+
+
+def _insert_of(bound: tuple[bool, ...]) -> str:
+    names = ["id", *compress(_FIELDS, bound)]
+    return f"INSERT INTO request_log({', '.join(names)}) VALUES ({', '.join('?' * len(names))})"
 
 
 class RequestLog(BufferedLog[RequestRecord]):
@@ -108,6 +125,9 @@ class RequestLog(BufferedLog[RequestRecord]):
         self._used: dict[str, float] = {}
         #: the largest record id before this transaction's rows (they come after it)
         self._before = 0
+        #: see :meth:`inserts`: what marks a value left out, and the statement per shape
+        self._marks: tuple[object, ...] | None = None
+        self._inserts: dict[tuple[bool, ...], str] = {}
 
     row = staticmethod(_row)  # type: ignore[assignment]
 
@@ -125,7 +145,43 @@ class RequestLog(BufferedLog[RequestRecord]):
     def has_more(self) -> bool:
         return bool(self._key_use)
 
+    def inserts(self, batch: list[RequestRecord]) -> list[tuple[str, list[Sequence[Any]]]]:
+        """One ``INSERT`` per shape of record (which fields are None), naming only the
+        columns with a value: the NULLs come from the columns' default (NULL), and the
+        values bound are all ints, floats and strings. (SQLite's binding of None, and of
+        a bool, looks for an adapter first, which cost more than the rest of the row.)
+        Each row gets its id, the next after :meth:`begin`'s in batch order, as one
+        ``INSERT`` would have given it."""
+        assert self._marks is not None  # begin() ran
+        marks = self._marks
+        groups: dict[tuple[bool, ...], list[Sequence[Any]]] = {}
+        is_not = operator.is_not
+        for rowid, record in enumerate(batch, self._before + 1):
+            row = _row(record)
+            if _BOOLS:
+                values = list(row)
+                for i in _BOOLS:
+                    values[i] = int(values[i])
+                row = tuple(values)
+            bound = tuple(map(is_not, row, marks))
+            rows = groups.get(bound)
+            if rows is None:
+                rows = groups[bound] = []
+            rows.append((rowid, *compress(row, bound)))
+        inserts = self._inserts
+        out = []
+        for bound, rows in groups.items():
+            statement = inserts.get(bound)
+            if statement is None:
+                statement = inserts[bound] = _insert_of(bound)
+            out.append((statement, rows))
+        return out
+
     async def begin(self) -> None:
+        if self._marks is None:  # columns that a None must be bound to (NOT NULL, DEFAULT)
+            columns = await self.db.fetchall("PRAGMA table_info(request_log)")
+            self._marks = _unbound_marks({c[1] for c in columns
+                                          if c[3] or c[4] is not None})
         row = await self.db.fetchone("SELECT max(id) FROM request_log")
         self._before = row[0] if row is not None and row[0] is not None else 0
 
