@@ -23,7 +23,9 @@ model) pairs get their own series per process; later ones count as ``_other``.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import math
+from bisect import bisect_left
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -47,25 +49,66 @@ BREAKER_STATES = {"closed": 0.0, "half_open": 1.0, "open": 2.0}
 TOKEN_TYPES = ("input", "output", "cache_read", "cache_write", "reasoning")
 
 
+Add = Callable[[float], None]
+
+
+def _adder(counter: Counter) -> Add:
+    """What adds to one counter child: its value's own ``inc`` (the per-request path
+    skips ``Counter.inc``'s checks: the amounts here are never negative and carry no
+    exemplar), or ``Counter.inc`` should prometheus-client keep its value elsewhere."""
+    value = getattr(counter, "_value", None)
+    inc = getattr(value, "inc", None)
+    return inc if callable(inc) else counter.inc
+
+
+class _Observer:
+    """One histogram child, observed without ``Histogram.observe``'s checks and bucket
+    loop: the bucket is found by bisection. Falls back to ``observe`` should
+    prometheus-client keep its values elsewhere."""
+
+    __slots__ = ("add_sum", "buckets", "observe")
+
+    def __init__(self, histogram: Histogram) -> None:
+        self.observe: Add | None = None
+        sum_, buckets = getattr(histogram, "_sum", None), getattr(histogram, "_buckets", None)
+        bounds = getattr(histogram, "_upper_bounds", None)
+        if (bounds is None or buckets is None or not callable(getattr(sum_, "inc", None))
+                or list(bounds) != [*BUCKETS, math.inf]):
+            self.observe = histogram.observe
+            self.add_sum, self.buckets = (lambda _: None), ()
+            return
+        self.add_sum = sum_.inc  # type: ignore[union-attr]
+        self.buckets = tuple(bucket.inc for bucket in buckets)
+
+
 class _Bound:
-    """The label children one (endpoint, provider, model, status) writes to."""
+    """The label children one (endpoint, provider, model, status) writes to: what
+    adds to each, bound once."""
 
     __slots__ = ("cache_hits", "cache_read", "cache_write", "cost", "input", "latency", "output",
                  "reasoning", "requests", "ttfb")
 
     def __init__(self, metrics: Metrics, endpoint: str, provider: str, model: str,
                  status: str) -> None:
-        self.requests = metrics.requests.labels(endpoint, provider, model, status)
-        self.latency = metrics.latency.labels(endpoint, provider, model)
-        self.ttfb = metrics.ttfb.labels(endpoint, provider, model)
+        self.requests = _adder(metrics.requests.labels(endpoint, provider, model, status))
+        self.latency = _Observer(metrics.latency.labels(endpoint, provider, model))
+        self.ttfb = _Observer(metrics.ttfb.labels(endpoint, provider, model))
         tokens = metrics.tokens
-        self.input = tokens.labels(provider, model, "input")
-        self.output = tokens.labels(provider, model, "output")
-        self.cache_read = tokens.labels(provider, model, "cache_read")
-        self.cache_write = tokens.labels(provider, model, "cache_write")
-        self.reasoning = tokens.labels(provider, model, "reasoning")
-        self.cost = metrics.cost.labels(provider, model)
-        self.cache_hits = metrics.cache_hits.labels(endpoint, provider, model)
+        self.input = _adder(tokens.labels(provider, model, "input"))
+        self.output = _adder(tokens.labels(provider, model, "output"))
+        self.cache_read = _adder(tokens.labels(provider, model, "cache_read"))
+        self.cache_write = _adder(tokens.labels(provider, model, "cache_write"))
+        self.reasoning = _adder(tokens.labels(provider, model, "reasoning"))
+        self.cost = _adder(metrics.cost.labels(provider, model))
+        self.cache_hits = _adder(metrics.cache_hits.labels(endpoint, provider, model))
+
+
+def _observe(observer: _Observer, seconds: float) -> None:
+    if observer.observe is not None:
+        observer.observe(seconds)
+        return
+    observer.add_sum(seconds)
+    observer.buckets[bisect_left(BUCKETS, seconds)](1)
 
 
 class Metrics:
@@ -147,25 +190,25 @@ class Metrics:
         bound = self._bound.get(key)
         if bound is None:
             bound = self._bind(key)
-        bound.requests.inc()
+        bound.requests(1)
         if record.latency_ms is not None:
-            bound.latency.observe(record.latency_ms / 1000)
+            _observe(bound.latency, record.latency_ms / 1000)
         if record.ttfb_ms is not None:
-            bound.ttfb.observe(record.ttfb_ms / 1000)
+            _observe(bound.ttfb, record.ttfb_ms / 1000)
         if record.prompt_tokens:
-            bound.input.inc(max(0, record.prompt_tokens))
+            bound.input(max(0, record.prompt_tokens))
         if record.completion_tokens:
-            bound.output.inc(max(0, record.completion_tokens))
+            bound.output(max(0, record.completion_tokens))
         if record.cached_tokens:
-            bound.cache_read.inc(max(0, record.cached_tokens))
+            bound.cache_read(max(0, record.cached_tokens))
         if record.cache_write_tokens:
-            bound.cache_write.inc(max(0, record.cache_write_tokens))
+            bound.cache_write(max(0, record.cache_write_tokens))
         if record.reasoning_tokens:
-            bound.reasoning.inc(max(0, record.reasoning_tokens))
+            bound.reasoning(max(0, record.reasoning_tokens))
         if record.cost_usd is not None and record.cost_usd > 0:
-            bound.cost.inc(record.cost_usd)
+            bound.cost(record.cost_usd)
         if record.cache_hit:
-            bound.cache_hits.inc()
+            bound.cache_hits(1)
 
     def _bind(self, key: tuple[str, str | None, str | None, int]) -> _Bound:
         """Label children for ``key``, made once; a model past the bound counts as OTHER."""
