@@ -86,7 +86,7 @@ class _Bound:
     adds to each, bound once."""
 
     __slots__ = ("cache_hits", "cache_read", "cache_write", "cost", "input", "latency", "output",
-                 "reasoning", "requests", "ttfb")
+                 "reasoning", "requests", "tally", "ttfb")
 
     def __init__(self, metrics: Metrics, endpoint: str, provider: str, model: str,
                  status: str) -> None:
@@ -101,6 +101,66 @@ class _Bound:
         self.reasoning = _adder(tokens.labels(provider, model, "reasoning"))
         self.cost = _adder(metrics.cost.labels(provider, model))
         self.cache_hits = _adder(metrics.cache_hits.labels(endpoint, provider, model))
+        #: one process: what was counted since the last scrape, in plain numbers (see
+        #: :meth:`Metrics.observe`); None: every count goes to prometheus-client at once
+        self.tally: list[float] | None = None
+        if not metrics.multiprocess and self.latency.observe is None and (
+                self.ttfb.observe is None):
+            self.tally = [0.0] * _TALLY_SIZE
+
+    def counters(self) -> tuple[Add, ...]:
+        """The counters' adders, in the order of the tally's first slots."""
+        return (self.requests, self.input, self.output, self.cache_read, self.cache_write,
+                self.reasoning, self.cost, self.cache_hits)
+
+    def settle(self) -> None:
+        """Add the tally to the prometheus-client values, and start it over."""
+        tally = self.tally
+        assert tally is not None
+        for i, add in enumerate(self.counters()):
+            if tally[i]:
+                add(tally[i])
+        for observer, total, first in ((self.latency, _LATENCY_SUM, _LATENCY),
+                                       (self.ttfb, _TTFB_SUM, _TTFB)):
+            counts = tally[first:first + _SLOTS]
+            if any(counts):
+                observer.add_sum(tally[total])
+                for add, n in zip(observer.buckets, counts, strict=True):
+                    if n:
+                        add(n)
+        tally[:] = _ZEROS
+
+
+#: the tally's slots: the eight counters (in :meth:`_Bound.counters` order), then each
+#: histogram's sum and its buckets (the last one: past the largest bound)
+_SLOTS = len(BUCKETS) + 1
+_LATENCY_SUM, _TTFB_SUM = 8, 9
+_LATENCY, _TTFB = 10, 10 + _SLOTS
+_TALLY_SIZE = 10 + 2 * _SLOTS
+_ZEROS = [0.0] * _TALLY_SIZE
+
+
+def _observe_now(bound: _Bound, record: RequestRecord) -> None:
+    """Count one request in prometheus-client's values at once (workers)."""
+    bound.requests(1)
+    if record.latency_ms is not None:
+        _observe(bound.latency, record.latency_ms / 1000)
+    if record.ttfb_ms is not None:
+        _observe(bound.ttfb, record.ttfb_ms / 1000)
+    if record.prompt_tokens:
+        bound.input(max(0, record.prompt_tokens))
+    if record.completion_tokens:
+        bound.output(max(0, record.completion_tokens))
+    if record.cached_tokens:
+        bound.cache_read(max(0, record.cached_tokens))
+    if record.cache_write_tokens:
+        bound.cache_write(max(0, record.cache_write_tokens))
+    if record.reasoning_tokens:
+        bound.reasoning(max(0, record.reasoning_tokens))
+    if record.cost_usd is not None and record.cost_usd > 0:
+        bound.cost(record.cost_usd)
+    if record.cache_hit:
+        bound.cache_hits(1)
 
 
 def _observe(observer: _Observer, seconds: float) -> None:
@@ -177,6 +237,8 @@ class Metrics:
             "(state_url) cannot be reached and this instance uses its own numbers.",
             registry=own, multiprocess_mode="livemax")
         self._bound: dict[tuple[str, str | None, str | None, int], _Bound] = {}
+        #: the bounds with a tally counted since the last scrape
+        self._unsettled: list[_Bound] = []
         self._models: set[tuple[str, str]] = set()
         self._dropped_seen = 0
         self._breaker_labels: set[str] = set()
@@ -185,30 +247,52 @@ class Metrics:
     # ------------------------------------------------------------------ per request
 
     def observe(self, record: RequestRecord) -> None:
-        """Count one finished request (the metrics stage calls it once per request)."""
+        """Count one finished request (the metrics stage calls it once per request).
+
+        In one process the counts go to the bound's tally, plain numbers added up
+        until a scrape (:meth:`render`) adds them to prometheus-client's values:
+        nothing else reads them. With workers they go to this worker's files at once,
+        where another worker's scrape reads them.
+        """
         key = (record.endpoint, record.provider, record.model, record.status)
         bound = self._bound.get(key)
         if bound is None:
             bound = self._bind(key)
-        bound.requests(1)
+        tally = bound.tally
+        if tally is None:
+            _observe_now(bound, record)
+            return
+        if not tally[0]:
+            self._unsettled.append(bound)
+        tally[0] += 1
         if record.latency_ms is not None:
-            _observe(bound.latency, record.latency_ms / 1000)
+            seconds = record.latency_ms / 1000
+            tally[_LATENCY_SUM] += seconds
+            tally[_LATENCY + bisect_left(BUCKETS, seconds)] += 1
         if record.ttfb_ms is not None:
-            _observe(bound.ttfb, record.ttfb_ms / 1000)
+            seconds = record.ttfb_ms / 1000
+            tally[_TTFB_SUM] += seconds
+            tally[_TTFB + bisect_left(BUCKETS, seconds)] += 1
         if record.prompt_tokens:
-            bound.input(max(0, record.prompt_tokens))
+            tally[1] += max(0, record.prompt_tokens)
         if record.completion_tokens:
-            bound.output(max(0, record.completion_tokens))
+            tally[2] += max(0, record.completion_tokens)
         if record.cached_tokens:
-            bound.cache_read(max(0, record.cached_tokens))
+            tally[3] += max(0, record.cached_tokens)
         if record.cache_write_tokens:
-            bound.cache_write(max(0, record.cache_write_tokens))
+            tally[4] += max(0, record.cache_write_tokens)
         if record.reasoning_tokens:
-            bound.reasoning(max(0, record.reasoning_tokens))
+            tally[5] += max(0, record.reasoning_tokens)
         if record.cost_usd is not None and record.cost_usd > 0:
-            bound.cost(record.cost_usd)
+            tally[6] += record.cost_usd
         if record.cache_hit:
-            bound.cache_hits(1)
+            tally[7] += 1
+
+    def settle(self) -> None:
+        """Add every tally to prometheus-client's values (before a scrape reads them)."""
+        for bound in self._unsettled:
+            bound.settle()
+        self._unsettled.clear()
 
     def _bind(self, key: tuple[str, str | None, str | None, int]) -> _Bound:
         """Label children for ``key``, made once; a model past the bound counts as OTHER."""
@@ -268,5 +352,6 @@ class Metrics:
 
     def render(self, accept: str | None) -> tuple[bytes, str]:
         """The exposition (text format, or OpenMetrics when ``accept`` asks for it)."""
+        self.settle()
         encode, content_type = choose_encoder(accept or "")
         return encode(self.registry), content_type
