@@ -22,10 +22,11 @@ start-up, no warm-up, no shut-down. Every thread of the server counts
 Under callgrind a process runs some 50× slower, so whatever runs per second of
 wall time (the request log's flush every 0.5 s, the configuration poll, budget
 syncs) would weigh 50× more per request than it does at full speed. So each
-server runs through this script's runner (``--run``), which slows the event
-loop's clock 1000× (no timer fires during a measured cell) and writes the
-request log on demand (SIGUSR1) once per cell: one flush of ``--requests``
-records, about what one 0.5 s flush holds at full speed.
+server runs through this script's runner (``--run``), which makes every
+``asyncio.sleep`` of 0.1 s or more 1000× longer (the background loops do not
+run during a measured cell; nothing on a request's path sleeps that long) and
+writes the request log on demand (SIGUSR1) once per cell: one flush of
+``--requests`` records, about what one 0.5 s flush holds at full speed.
 
 ``--cprofile`` measures the same cells with cProfile instead of callgrind
 (switched on and off by SIGUSR2) and prints each server's top functions; its
@@ -60,8 +61,8 @@ from bench_fakes import DONE, HOST, INSTANT_REQUEST, REQUEST, forwarder_app, ser
 
 SCRIPTS = Path(__file__).resolve().parent
 LANES = {"json": (REQUEST, None), "instant": (INSTANT_REQUEST, DONE)}
-#: how much slower the servers' event loop clock runs (see the docstring)
-CLOCK_SLOWDOWN = 1000.0
+#: how much longer the servers' background loops sleep (see the docstring)
+SLEEP_SLOWDOWN = 1000.0
 
 
 def free_port() -> int:
@@ -73,14 +74,19 @@ def free_port() -> int:
 # ------------------------------------------------------------------ the runner (in the server)
 
 def run_server(argv: list[str], flushed: Path, profile_to: str | None) -> None:
-    """Run ``argv`` (``-m module ...`` or ``script ...``) with the event loop's clock
-    slowed down; SIGUSR1 writes the request log now and then touches ``flushed``;
+    """Run ``argv`` (``-m module ...`` or ``script ...``) with long sleeps made longer
+    still; SIGUSR1 writes the request log now and then touches ``flushed``;
     with ``profile_to``, SIGUSR2 switches cProfile on, and again off and dumps it."""
     import omniroute.storage.requestlog as requestlog
 
-    base = time.monotonic()
-    asyncio.BaseEventLoop.time = (  # type: ignore[method-assign]
-        lambda self: base + (time.monotonic() - base) / CLOCK_SLOWDOWN)
+    sleep = asyncio.sleep
+
+    async def slow_sleep(delay: float, result: Any = None) -> Any:
+        # background loops (flushes, polls, syncs) sleep 0.5 s and more; nothing on a
+        # request's path sleeps that long
+        return await sleep(delay * SLEEP_SLOWDOWN if delay >= 0.1 else delay, result)
+
+    asyncio.sleep = slow_sleep  # type: ignore[assignment]
     logs: list[Any] = []
     original = requestlog.RequestLog.__init__
 
