@@ -5,7 +5,7 @@ Wall-clock CPU on a shared machine is noisy; instruction counts are not. This
 starts, on 127.0.0.1: the fake OpenAI upstream of ``bench_fakes.py`` (plain),
 then each server under test in turn under ``valgrind --tool=callgrind`` with
 instrumentation off: the bare forwarder of ``bench_fakes.py`` and the real
-gateway (``omniroute serve --loop asyncio``, configured with ``providers add``
+gateway (``omniroute serve``, configured with ``providers add``
 as ``bench.py`` does). For every lane and concurrency it sends ``--warmup``
 requests, switches instrumentation on (``callgrind_control -i on``), sends
 ``--requests`` more, has the request log write them, dumps the counters and
@@ -17,6 +17,7 @@ start-up, no warm-up, no shut-down. Every thread of the server counts
     .venv/bin/python scripts/bench_instructions.py --lanes json --concurrency 16
     .venv/bin/python scripts/bench_instructions.py --targets omniroute --keep /tmp/cg
     callgrind_annotate --inclusive=yes /tmp/cg/omniroute-json-c1.out | head -60
+    .venv/bin/python scripts/bench_instructions.py --loop uvloop          # both on uvloop
     .venv/bin/python scripts/bench_instructions.py --cprofile --top 50   # Python functions
 
 Under callgrind a process runs some 50× slower, so whatever runs per second of
@@ -200,15 +201,15 @@ class Server:
 
 
 def start_forwarder(tmp: Path, upstream: str, env: dict[str, str], profile: bool,
-                    settings: list[str]) -> Server:
+                    settings: list[str], loop: str) -> Server:
     server = Server("forwarder", tmp, profile)
-    server.start([str(Path(__file__)), "--serve-forwarder", upstream, "--port", "{port}"], "/",
-                 env)
+    server.start([str(Path(__file__)), "--serve-forwarder", upstream, "--port", "{port}",
+                  "--loop", loop], "/", env)
     return server
 
 
 def start_gateway(tmp: Path, upstream: str, env: dict[str, str], profile: bool,
-                  settings: list[str]) -> Server:
+                  settings: list[str], loop: str) -> Server:
     data = tmp / "gateway-data"
     env = {k: v for k, v in env.items() if not k.startswith("OMNIROUTE_")}
     for setting in settings:  # name=value, pinned through the environment
@@ -221,7 +222,7 @@ def start_gateway(tmp: Path, upstream: str, env: dict[str, str], profile: bool,
                     "sk-bench"], check=True, env=env, capture_output=True)
     server = Server("omniroute", tmp, profile)
     server.start([*cli, "serve", "--port", "{port}", "--log-level", "warning", "--loop",
-                  "asyncio"], "/api/monitoring/health", env)
+                  loop], "/api/monitoring/health", env)
     return server
 
 
@@ -315,6 +316,8 @@ def main() -> int:
     p.add_argument("--targets", default="forwarder,omniroute", help="forwarder,omniroute")
     p.add_argument("--keep", metavar="DIR", help="copy the callgrind (or cProfile) files here")
     p.add_argument("--json", metavar="FILE", help="also write the results as JSON")
+    p.add_argument("--loop", default="asyncio", choices=["asyncio", "uvloop"],
+                   help="the event loop of both servers (asyncio)")
     p.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
                    help="a gateway setting, pinned through the environment (repeatable)")
     p.add_argument("--cprofile", action="store_true",
@@ -328,8 +331,13 @@ def main() -> int:
     if args.serve_forwarder:  # the forwarder, in its process
         from aiohttp import web
 
+        loop = None
+        if args.loop == "uvloop":
+            import uvloop
+
+            loop = uvloop.new_event_loop()
         web.run_app(forwarder_app(args.serve_forwarder), host=HOST, port=args.port,
-                    access_log=None, print=None)
+                    access_log=None, print=None, loop=loop)
         return 0
     args.concurrency = [int(c) for c in args.concurrency.split(",")]
     args.lanes = args.lanes.split(",")
@@ -350,7 +358,8 @@ def main() -> int:
         with tempfile.TemporaryDirectory(prefix="omniroute-ir-") as tmpname:
             for name in args.targets.split(","):
                 starter = start_forwarder if name == "forwarder" else start_gateway
-                server = starter(Path(tmpname), upstream, env, args.cprofile, args.set)
+                server = starter(Path(tmpname), upstream, env, args.cprofile, args.set,
+                                 args.loop)
                 try:
                     results[name] = measure(server, args, keep)
                 finally:
