@@ -20,6 +20,9 @@ from omniroute.providers.base import Provider
 from omniroute.storage.store import Combo, Connection
 
 MAX_DEPTH = 4
+#: model names whose routes a router keeps (past it they are all forgotten: a client
+#: that varies the name only costs the lookups it would have cost anyway)
+ROUTES_KEPT = 4096
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,12 +79,27 @@ class Router:
         self.patterns = [(a, t) for a, t in aliases.items() if _is_pattern(a)]
         self.combos = {c.name: c for c in combos}
         self.bare: dict[str, set[str]] = {}
+        self._routes: dict[tuple[str, str | None], Route] = {}
         for provider in providers.values():
             for model in models.get(provider.connection.id, []):
                 self.bare.setdefault(model, set()).add(provider.connection.prefix)
 
     def resolve(self, model: str, *, prefix: str | None = None) -> Route:
-        """The targets for ``model``; ``prefix`` pins one provider prefix."""
+        """The targets for ``model``; ``prefix`` pins one provider prefix.
+
+        A router is one snapshot of the configuration, and a route holds only frozen
+        objects: each name resolved is kept (at most :data:`ROUTES_KEPT` of them), so
+        a request for a known name finds its route in one lookup."""
+        key = (model, prefix)
+        route = self._routes.get(key)
+        if route is None:
+            route = self._route(model, prefix)  # a name that does not resolve raises
+            if len(self._routes) >= ROUTES_KEPT:
+                self._routes.clear()
+            self._routes[key] = route
+        return route
+
+    def _route(self, model: str, prefix: str | None) -> Route:
         if prefix is not None:
             return Route(model, self._pinned(model, prefix))
         combo = self.combos.get(model)

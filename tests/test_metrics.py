@@ -250,6 +250,27 @@ def test_cost_cache_hits_and_every_token_type() -> None:
                  **model, le="0.025") == 2
 
 
+def test_histograms_match_prometheus_clients_own_observe() -> None:
+    """The per-request path bisects for the bucket: every bound (and past the last) lands
+    where ``Histogram.observe`` puts it, sum included."""
+    ours, theirs = Metrics(), Metrics()
+    latencies = [0.0, 0.001, *collector.BUCKETS, 0.0251, 7.5, 299.9, 301.0, 4000.0]
+    for i, seconds in enumerate(latencies):
+        ours.observe(RequestRecord(request_id=f"r{i}", ts=0.0, endpoint="chat", status=200,
+                                   provider="p", model="m", latency_ms=seconds * 1000))
+        theirs.latency.labels("chat", "p", "m").observe(seconds)
+    mine = {(s.name, s.labels.get("le")): s.value
+            for f in text_string_to_metric_families(ours.render(None)[0].decode())
+            for s in f.samples if s.name.startswith("omniroute_request_duration_seconds")
+            and not s.name.endswith("_created")}
+    reference = {(s.name, s.labels.get("le")): s.value
+                 for f in text_string_to_metric_families(theirs.render(None)[0].decode())
+                 for s in f.samples if s.name.startswith("omniroute_request_duration_seconds")
+                 and not s.name.endswith("_created")}
+    assert mine == reference
+    assert mine[("omniroute_request_duration_seconds_bucket", "+Inf")] == len(latencies)
+
+
 def test_models_past_the_bound_count_as_other(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(collector, "MAX_MODELS", 3)
     metrics = Metrics()

@@ -408,6 +408,34 @@ async def test_request_log_writes_in_batches(db: Database) -> None:
     assert await log.flush() == 0
 
 
+async def test_request_log_batch_of_mixed_records_keeps_order_and_values(db: Database) -> None:
+    """Records of different shapes (which fields are None) in one batch: each row holds
+    exactly the record's values (None as NULL, bools as 0/1), in arrival order."""
+    log = RequestLog(db)
+    records = [
+        _record(0, model="m", prompt_tokens=3, attempts=1, stream=True, cost_usd=0.0012345),
+        _record(1, error="upstream said no", error_class="UpstreamError", attempts=2,
+                cache_hit=True),
+        _record(2, model="m", prompt_tokens=3, attempts=1, usage_estimated=True),
+        _record(3, model="m", prompt_tokens=None, attempts=1, latency_ms=12.5),
+    ]
+    for record in records:
+        log.add(record)
+    assert await log.flush() == 4
+    rows = await db.fetchall("SELECT * FROM request_log ORDER BY id")
+    assert [r["request_id"] for r in rows] == ["r0", "r1", "r2", "r3"]
+    for record, row in zip(records, rows, strict=True):
+        for name in ("model", "prompt_tokens", "error", "error_class", "attempts", "cost_usd",
+                     "latency_ms", "api_key_id", "ttfb_ms"):
+            assert row[name] == getattr(record, name), name
+        for name in ("stream", "cache_hit", "usage_estimated"):
+            assert row[name] == int(getattr(record, name)), name
+    log.add(_record(4, model="m"))  # the next batch continues the ids
+    assert await log.flush() == 1
+    newest = await db.fetchone("SELECT id, request_id FROM request_log ORDER BY id DESC")
+    assert newest is not None and tuple(newest) == (rows[-1]["id"] + 1, "r4")
+
+
 async def test_request_log_background_task_and_key_use(store: Store) -> None:
     db = store.db
     key, _ = await store.create_key("user")

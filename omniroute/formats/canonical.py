@@ -209,8 +209,8 @@ def token_count(value: Any) -> int | None:
     """An upstream's token count, or None when it is not a plausible one (a bool, a
     negative number, a float, or one too large to store): one absurd number from an
     upstream must not stop the request log."""
-    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < MAX_TOKENS_COUNT:
-        return value
+    if type(value) is int or (isinstance(value, int) and not isinstance(value, bool)):
+        return value if 0 <= value < MAX_TOKENS_COUNT else None
     return None
 
 

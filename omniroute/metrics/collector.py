@@ -23,7 +23,9 @@ model) pairs get their own series per process; later ones count as ``_other``.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import math
+from bisect import bisect_left
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -47,25 +49,126 @@ BREAKER_STATES = {"closed": 0.0, "half_open": 1.0, "open": 2.0}
 TOKEN_TYPES = ("input", "output", "cache_read", "cache_write", "reasoning")
 
 
+Add = Callable[[float], None]
+
+
+def _adder(counter: Counter) -> Add:
+    """What adds to one counter child: its value's own ``inc`` (the per-request path
+    skips ``Counter.inc``'s checks: the amounts here are never negative and carry no
+    exemplar), or ``Counter.inc`` should prometheus-client keep its value elsewhere."""
+    value = getattr(counter, "_value", None)
+    inc = getattr(value, "inc", None)
+    return inc if callable(inc) else counter.inc
+
+
+class _Observer:
+    """One histogram child, observed without ``Histogram.observe``'s checks and bucket
+    loop: the bucket is found by bisection. Falls back to ``observe`` should
+    prometheus-client keep its values elsewhere."""
+
+    __slots__ = ("add_sum", "buckets", "observe")
+
+    def __init__(self, histogram: Histogram) -> None:
+        self.observe: Add | None = None
+        sum_, buckets = getattr(histogram, "_sum", None), getattr(histogram, "_buckets", None)
+        bounds = getattr(histogram, "_upper_bounds", None)
+        if (bounds is None or buckets is None or not callable(getattr(sum_, "inc", None))
+                or list(bounds) != [*BUCKETS, math.inf]):
+            self.observe = histogram.observe
+            self.add_sum, self.buckets = (lambda _: None), ()
+            return
+        self.add_sum = sum_.inc  # type: ignore[union-attr]
+        self.buckets = tuple(bucket.inc for bucket in buckets)
+
+
 class _Bound:
-    """The label children one (endpoint, provider, model, status) writes to."""
+    """The label children one (endpoint, provider, model, status) writes to: what
+    adds to each, bound once."""
 
     __slots__ = ("cache_hits", "cache_read", "cache_write", "cost", "input", "latency", "output",
-                 "reasoning", "requests", "ttfb")
+                 "reasoning", "requests", "tally", "ttfb")
 
     def __init__(self, metrics: Metrics, endpoint: str, provider: str, model: str,
                  status: str) -> None:
-        self.requests = metrics.requests.labels(endpoint, provider, model, status)
-        self.latency = metrics.latency.labels(endpoint, provider, model)
-        self.ttfb = metrics.ttfb.labels(endpoint, provider, model)
+        self.requests = _adder(metrics.requests.labels(endpoint, provider, model, status))
+        self.latency = _Observer(metrics.latency.labels(endpoint, provider, model))
+        self.ttfb = _Observer(metrics.ttfb.labels(endpoint, provider, model))
         tokens = metrics.tokens
-        self.input = tokens.labels(provider, model, "input")
-        self.output = tokens.labels(provider, model, "output")
-        self.cache_read = tokens.labels(provider, model, "cache_read")
-        self.cache_write = tokens.labels(provider, model, "cache_write")
-        self.reasoning = tokens.labels(provider, model, "reasoning")
-        self.cost = metrics.cost.labels(provider, model)
-        self.cache_hits = metrics.cache_hits.labels(endpoint, provider, model)
+        self.input = _adder(tokens.labels(provider, model, "input"))
+        self.output = _adder(tokens.labels(provider, model, "output"))
+        self.cache_read = _adder(tokens.labels(provider, model, "cache_read"))
+        self.cache_write = _adder(tokens.labels(provider, model, "cache_write"))
+        self.reasoning = _adder(tokens.labels(provider, model, "reasoning"))
+        self.cost = _adder(metrics.cost.labels(provider, model))
+        self.cache_hits = _adder(metrics.cache_hits.labels(endpoint, provider, model))
+        #: one process: what was counted since the last scrape, in plain numbers (see
+        #: :meth:`Metrics.observe`); None: every count goes to prometheus-client at once
+        self.tally: list[float] | None = None
+        if not metrics.multiprocess and self.latency.observe is None and (
+                self.ttfb.observe is None):
+            self.tally = [0.0] * _TALLY_SIZE
+
+    def counters(self) -> tuple[Add, ...]:
+        """The counters' adders, in the order of the tally's first slots."""
+        return (self.requests, self.input, self.output, self.cache_read, self.cache_write,
+                self.reasoning, self.cost, self.cache_hits)
+
+    def settle(self) -> None:
+        """Add the tally to the prometheus-client values, and start it over."""
+        tally = self.tally
+        assert tally is not None
+        for i, add in enumerate(self.counters()):
+            if tally[i]:
+                add(tally[i])
+        for observer, total, first in ((self.latency, _LATENCY_SUM, _LATENCY),
+                                       (self.ttfb, _TTFB_SUM, _TTFB)):
+            counts = tally[first:first + _SLOTS]
+            if any(counts):
+                observer.add_sum(tally[total])
+                for add, n in zip(observer.buckets, counts, strict=True):
+                    if n:
+                        add(n)
+        tally[:] = _ZEROS
+
+
+#: the tally's slots: the eight counters (in :meth:`_Bound.counters` order), then each
+#: histogram's sum and its buckets (the last one: past the largest bound)
+_SLOTS = len(BUCKETS) + 1
+_LATENCY_SUM, _TTFB_SUM = 8, 9
+_LATENCY, _TTFB = 10, 10 + _SLOTS
+_TALLY_SIZE = 10 + 2 * _SLOTS
+_ZEROS = [0.0] * _TALLY_SIZE
+
+
+def _observe_now(bound: _Bound, record: RequestRecord) -> None:
+    """Count one request in prometheus-client's values at once (workers)."""
+    bound.requests(1)
+    if record.latency_ms is not None:
+        _observe(bound.latency, record.latency_ms / 1000)
+    if record.ttfb_ms is not None:
+        _observe(bound.ttfb, record.ttfb_ms / 1000)
+    if record.prompt_tokens:
+        bound.input(max(0, record.prompt_tokens))
+    if record.completion_tokens:
+        bound.output(max(0, record.completion_tokens))
+    if record.cached_tokens:
+        bound.cache_read(max(0, record.cached_tokens))
+    if record.cache_write_tokens:
+        bound.cache_write(max(0, record.cache_write_tokens))
+    if record.reasoning_tokens:
+        bound.reasoning(max(0, record.reasoning_tokens))
+    if record.cost_usd is not None and record.cost_usd > 0:
+        bound.cost(record.cost_usd)
+    if record.cache_hit:
+        bound.cache_hits(1)
+
+
+def _observe(observer: _Observer, seconds: float) -> None:
+    if observer.observe is not None:
+        observer.observe(seconds)
+        return
+    observer.add_sum(seconds)
+    observer.buckets[bisect_left(BUCKETS, seconds)](1)
 
 
 class Metrics:
@@ -134,6 +237,8 @@ class Metrics:
             "(state_url) cannot be reached and this instance uses its own numbers.",
             registry=own, multiprocess_mode="livemax")
         self._bound: dict[tuple[str, str | None, str | None, int], _Bound] = {}
+        #: the bounds with a tally counted since the last scrape
+        self._unsettled: list[_Bound] = []
         self._models: set[tuple[str, str]] = set()
         self._dropped_seen = 0
         self._breaker_labels: set[str] = set()
@@ -142,30 +247,52 @@ class Metrics:
     # ------------------------------------------------------------------ per request
 
     def observe(self, record: RequestRecord) -> None:
-        """Count one finished request (the metrics stage calls it once per request)."""
+        """Count one finished request (the metrics stage calls it once per request).
+
+        In one process the counts go to the bound's tally, plain numbers added up
+        until a scrape (:meth:`render`) adds them to prometheus-client's values:
+        nothing else reads them. With workers they go to this worker's files at once,
+        where another worker's scrape reads them.
+        """
         key = (record.endpoint, record.provider, record.model, record.status)
         bound = self._bound.get(key)
         if bound is None:
             bound = self._bind(key)
-        bound.requests.inc()
+        tally = bound.tally
+        if tally is None:
+            _observe_now(bound, record)
+            return
+        if not tally[0]:
+            self._unsettled.append(bound)
+        tally[0] += 1
         if record.latency_ms is not None:
-            bound.latency.observe(record.latency_ms / 1000)
+            seconds = record.latency_ms / 1000
+            tally[_LATENCY_SUM] += seconds
+            tally[_LATENCY + bisect_left(BUCKETS, seconds)] += 1
         if record.ttfb_ms is not None:
-            bound.ttfb.observe(record.ttfb_ms / 1000)
+            seconds = record.ttfb_ms / 1000
+            tally[_TTFB_SUM] += seconds
+            tally[_TTFB + bisect_left(BUCKETS, seconds)] += 1
         if record.prompt_tokens:
-            bound.input.inc(max(0, record.prompt_tokens))
+            tally[1] += max(0, record.prompt_tokens)
         if record.completion_tokens:
-            bound.output.inc(max(0, record.completion_tokens))
+            tally[2] += max(0, record.completion_tokens)
         if record.cached_tokens:
-            bound.cache_read.inc(max(0, record.cached_tokens))
+            tally[3] += max(0, record.cached_tokens)
         if record.cache_write_tokens:
-            bound.cache_write.inc(max(0, record.cache_write_tokens))
+            tally[4] += max(0, record.cache_write_tokens)
         if record.reasoning_tokens:
-            bound.reasoning.inc(max(0, record.reasoning_tokens))
+            tally[5] += max(0, record.reasoning_tokens)
         if record.cost_usd is not None and record.cost_usd > 0:
-            bound.cost.inc(record.cost_usd)
+            tally[6] += record.cost_usd
         if record.cache_hit:
-            bound.cache_hits.inc()
+            tally[7] += 1
+
+    def settle(self) -> None:
+        """Add every tally to prometheus-client's values (before a scrape reads them)."""
+        for bound in self._unsettled:
+            bound.settle()
+        self._unsettled.clear()
 
     def _bind(self, key: tuple[str, str | None, str | None, int]) -> _Bound:
         """Label children for ``key``, made once; a model past the bound counts as OTHER."""
@@ -225,5 +352,6 @@ class Metrics:
 
     def render(self, accept: str | None) -> tuple[bytes, str]:
         """The exposition (text format, or OpenMetrics when ``accept`` asks for it)."""
+        self.settle()
         encode, content_type = choose_encoder(accept or "")
         return encode(self.registry), content_type

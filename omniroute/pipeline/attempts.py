@@ -32,22 +32,22 @@ Failures = list[tuple[Target, GatewayError]]
 Tries = list[dict[str, Any]]
 
 
-async def plan_targets(
-    resilience: Resilience, route: Route, strategy: str, session: str | None, *, wait: bool = True
-) -> Plan:
-    """The targets to try, in order; when every one rests, wait (bounded) for the soonest.
-
-    :param wait: False to return an empty plan instead of waiting (an operation
-        with an answer of its own when no target serves, such as a token estimate).
-    """
+def first_plan(resilience: Resilience, route: Route, strategy: str, session: str | None
+               ) -> Plan:
+    """The targets to try now, in order; empty when every one rests (then
+    :func:`waited_plan`, for an operation that cannot answer without a target)."""
     if not route.targets:
         raise ServiceUnavailable(f"Model {route.requested!r} has no usable target.")
-    strategy = route.strategy or strategy
-    plan = resilience.plan(route.targets, strategy=strategy, session_id=session)
-    if not plan.targets and wait:
-        await resilience.wait_for_available(route.targets)  # bounded; else 429 / 503
-        plan = resilience.plan(route.targets, strategy=strategy, session_id=session)
-    return plan
+    return resilience.plan(route.targets, strategy=route.strategy or strategy,
+                           session_id=session)
+
+
+async def waited_plan(resilience: Resilience, route: Route, strategy: str, session: str | None
+                      ) -> Plan:
+    """Every target rests: wait (bounded) for the soonest, then plan again."""
+    await resilience.wait_for_available(route.targets)  # bounded; else 429 / 503
+    return resilience.plan(route.targets, strategy=route.strategy or strategy,
+                           session_id=session)
 
 
 async def try_target(

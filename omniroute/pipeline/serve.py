@@ -33,13 +33,20 @@ from omniroute.appkeys import PRINCIPAL
 from omniroute.config import Settings
 from omniroute.credentials import Refresher
 from omniroute.errors import GatewayError, InvalidRequest, ModelNotFound, ShuttingDown
-from omniroute.pipeline.attempts import Failures, all_failed, plan_targets, tried, try_target
+from omniroute.pipeline.attempts import (
+    Failures,
+    all_failed,
+    first_plan,
+    tried,
+    try_target,
+    waited_plan,
+)
 from omniroute.pipeline.bodylog import BodyLog
 from omniroute.pipeline.context import Reply, RequestContext
 from omniroute.pipeline.hedge import Tried, lane, race
 from omniroute.pipeline.operation import Operation
 from omniroute.pipeline.relay import CLIENT_LEFT, finish, relay, with_keepalive
-from omniroute.pipeline.stages import Stage
+from omniroute.pipeline.stages import Stage, StageRun
 from omniroute.pipeline.usage import complete, since, usage_headers, user_agent
 from omniroute.pricing import PriceBook
 from omniroute.resilience import Resilience, session_id
@@ -163,19 +170,25 @@ class Pipeline:
             if self.batches is not None:
                 await self._prefetch(ctx, operation, self.batches)
             for run in ctx.runs:
-                reply = await run.before(ctx)
-                if reply is not None:
-                    break
+                if type(run).before is not _NO_BEFORE:  # (a no-op is not awaited)
+                    reply = await run.before(ctx)
+                    if reply is not None:
+                        break
             response = None
             if reply is None:
                 # an unknown model is the client's mistake, unless it was added a moment ago
-                assert self.watcher is not None
-                ctx.route = await after_check(
-                    self.watcher, lambda: self.catalog.router.resolve(ctx.model, prefix=ctx.prefix),
-                    ModelNotFound)
+                try:
+                    ctx.route = self.catalog.router.resolve(ctx.model, prefix=ctx.prefix)
+                except ModelNotFound:
+                    assert self.watcher is not None
+                    ctx.route = await after_check(
+                        self.watcher,
+                        lambda: self.catalog.router.resolve(ctx.model, prefix=ctx.prefix),
+                        ModelNotFound)
                 record.combo = ctx.route.combo
                 for run in ctx.runs:
-                    await run.routed(ctx)
+                    if type(run).routed is not _NO_ROUTED:
+                        await run.routed(ctx)
                 if operation.sticky:
                     ctx.session = _session(ctx)
                 calling: Awaitable[Reply] = self._call_targets(operation, ctx)
@@ -206,7 +219,8 @@ class Pipeline:
                 usage_headers(record, headers)
                 if reply.target is not None:
                     for run in ctx.runs:
-                        await run.answer(ctx, reply.body)
+                        if type(run).answer is not _NO_ANSWER:
+                            await run.answer(ctx, reply.body)
                 if body_log is not None:
                     record.response_body = body_log.text(reply.body)
                 media_type, charset = _media(reply.content_type)
@@ -255,7 +269,7 @@ class Pipeline:
             raise
         finally:
             try:  # the record is completed as far as it can be, and always goes out
-                if reply is not None:
+                if reply is not None and _unfinished(reply, failure):
                     await finish(reply, failure)
                     if reply.on_end is not None:
                         await reply.on_end()
@@ -326,8 +340,10 @@ class Pipeline:
         route, resilience = ctx.route, self.resilience
         assert route is not None
         settings = self.catalog.settings
-        plan = await plan_targets(resilience, route, settings.account_strategy,
-                                  ctx.session, wait=operation.metered)
+        plan = first_plan(resilience, route, settings.account_strategy, ctx.session)
+        if not plan.targets and operation.metered:  # every one rests: wait (bounded)
+            plan = await waited_plan(resilience, route, settings.account_strategy,
+                                     ctx.session)
         failures: Failures = []
         one = partial(self._try_target, operation, ctx, failures)
         if operation.metered and operation.hedged and settings.hedge and len(plan.targets) > 1:
@@ -389,6 +405,17 @@ class Pipeline:
             reply.target, reply.attempt = target, attempt
             return reply
         return None
+
+
+#: a stage run's hooks that it does not override are not awaited (they do nothing)
+_NO_BEFORE, _NO_ROUTED, _NO_ANSWER = StageRun.before, StageRun.routed, StageRun.answer
+
+
+def _unfinished(reply: Reply, failure: BaseException | None) -> bool:
+    """Whether :func:`finish` has anything left to do for ``reply``: an attempt to end,
+    or a stream to close after an error."""
+    return reply.attempt is not None or (
+        reply.frames is not None and (failure is not None or reply.failure is not None))
 
 
 def _media(content_type: str) -> tuple[str, str | None]:

@@ -101,6 +101,11 @@ class BufferedLog(Generic[T]):
         """The parameters of :attr:`insert` for ``item``."""
         raise NotImplementedError
 
+    def inserts(self, batch: list[T]) -> list[tuple[str, list[Sequence[Any]]]]:
+        """The statements that write ``batch``, each with its rows (one ``executemany``
+        each); by default :attr:`insert` with every item's :meth:`row`."""
+        return [(self.insert, [self.row(i) for i in batch])]
+
     def size(self, item: T) -> int:
         """Bytes ``item`` holds, for :attr:`max_bytes` (only asked when that is set)."""
         return 0
@@ -257,8 +262,8 @@ class BufferedLog(Generic[T]):
             async with self.db.transaction():
                 await self.begin()
                 if not singly:
-                    if batch:
-                        await self.db.executemany(self.insert, [self.row(i) for i in batch])
+                    for statement, rows in self.inserts(batch) if batch else ():
+                        await self.db.executemany(statement, rows)
                     written = len(batch)
                 else:
                     written = await self._one_by_one(batch)

@@ -25,6 +25,20 @@ log = logging.getLogger(__name__)
 __all__ = ["Database", "StorageError", "open_reader", "private_file"]
 
 
+def _null(_: None) -> None:
+    return None
+
+
+# Binding None or a bool, Python's sqlite3 looks for an adapter, and failing to find one
+# costs two attribute lookups that raise (``__adapt__``, ``__conform__``): over half of a
+# request record's insert (a record binds about 14 of them; 18.7 µs a row against 7.5 µs
+# with these, measured with executemany). Registered once, on import; the values bound
+# are the same (NULL, and 0/1 as SQLite stores a bool), so every other SQLite user of the
+# process (the cache backends) binds them as before, only cheaper.
+sqlite3.register_adapter(type(None), _null)
+sqlite3.register_adapter(bool, int)
+
+
 class Database(DatabaseBackend):
     """A thin async wrapper over one aiosqlite connection."""
 

@@ -41,8 +41,10 @@ def check_chat_request(body: dict[str, Any]) -> tuple[str, bool]:
     if not isinstance(messages, list) or not messages:
         raise InvalidRequest("'messages' is required and must be a non-empty array.",
                              param="messages")
-    if not all(isinstance(m, dict) and isinstance(m.get("role"), str) for m in messages):
-        raise InvalidRequest("Each message must be an object with a 'role'.", param="messages")
+    for m in messages:
+        if not isinstance(m, dict) or not isinstance(m.get("role"), str):
+            raise InvalidRequest("Each message must be an object with a 'role'.",
+                                 param="messages")
     stream = body.get("stream", False)
     if stream is None:
         stream = False

@@ -73,22 +73,28 @@ def decode_usage(raw: Any) -> c.Usage:
     """A canonical usage from an OpenAI ``usage`` object (also DeepSeek's and OpenRouter's)."""
     if not isinstance(raw, dict):
         return c.Usage()
-    prompt = raw.get("prompt_tokens_details") or {}
-    completion = raw.get("completion_tokens_details") or {}
-    usage = c.Usage(input_tokens=_int(raw.get("prompt_tokens")),
-                    output_tokens=_int(raw.get("completion_tokens")))
-    if isinstance(prompt, dict):
-        usage.cache_read_tokens = _int(prompt.get("cached_tokens"))
-        usage.cache_write_tokens = _int(prompt.get("cache_write_tokens"))
+    # (an int from JSON is exactly an int: ``type() is int`` also leaves bools out)
+    prompt = raw.get("prompt_tokens_details")
+    completion = raw.get("completion_tokens_details")
+    value = raw.get("prompt_tokens")
+    usage = c.Usage(input_tokens=value if type(value) is int else None)
+    value = raw.get("completion_tokens")
+    usage.output_tokens = value if type(value) is int else None
+    if type(prompt) is dict:
+        value = prompt.get("cached_tokens")
+        usage.cache_read_tokens = value if type(value) is int else None
+        value = prompt.get("cache_write_tokens")
+        usage.cache_write_tokens = value if type(value) is int else None
     if usage.cache_read_tokens is None:
         usage.cache_read_tokens = _int(raw.get("prompt_cache_hit_tokens"))  # DeepSeek
-    if isinstance(completion, dict):
-        usage.reasoning_tokens = _int(completion.get("reasoning_tokens"))
+    if type(completion) is dict:
+        value = completion.get("reasoning_tokens")
+        usage.reasoning_tokens = value if type(value) is int else None
     return usage
 
 
 def _int(value: Any) -> int | None:
-    return value if isinstance(value, int) and not isinstance(value, bool) else None
+    return value if type(value) is int else None
 
 
 def encode_usage(usage: c.Usage) -> dict[str, Any]:

@@ -1,0 +1,386 @@
+#!/usr/bin/env python
+"""Instructions per request, gateway against the bare forwarder, under callgrind.
+
+Wall-clock CPU on a shared machine is noisy; instruction counts are not. This
+starts, on 127.0.0.1: the fake OpenAI upstream of ``bench_fakes.py`` (plain),
+then each server under test in turn under ``valgrind --tool=callgrind`` with
+instrumentation off: the bare forwarder of ``bench_fakes.py`` and the real
+gateway (``omniroute serve``, configured with ``providers add``
+as ``bench.py`` does). For every lane and concurrency it sends ``--warmup``
+requests, switches instrumentation on (``callgrind_control -i on``), sends
+``--requests`` more, has the request log write them, dumps the counters and
+switches instrumentation off, so the count holds the steady state only: no
+start-up, no warm-up, no shut-down. Every thread of the server counts
+(aiosqlite's included).
+
+    .venv/bin/python scripts/bench_instructions.py                      # json + instant, c=1,16
+    .venv/bin/python scripts/bench_instructions.py --lanes json --concurrency 16
+    .venv/bin/python scripts/bench_instructions.py --targets omniroute --keep /tmp/cg
+    callgrind_annotate --inclusive=yes /tmp/cg/omniroute-json-c1.out | head -60
+    .venv/bin/python scripts/bench_instructions.py --loop uvloop          # both on uvloop
+    .venv/bin/python scripts/bench_instructions.py --cprofile --top 50   # Python functions
+
+Under callgrind a process runs some 50× slower, so whatever runs per second of
+wall time (the request log's flush every 0.5 s, the configuration poll, budget
+syncs) would weigh 50× more per request than it does at full speed. So each
+server runs through this script's runner (``--run``), which makes every
+``asyncio.sleep`` of 0.1 s or more 1000× longer (the background loops do not
+run during a measured cell; nothing on a request's path sleeps that long) and
+writes the request log on demand (SIGUSR1) once per cell: one flush of
+``--requests`` records, about what one 0.5 s flush holds at full speed.
+
+``--cprofile`` measures the same cells with cProfile instead of callgrind
+(switched on and off by SIGUSR2) and prints each server's top functions; its
+table gives Python calls per request. The hash seed is fixed so runs repeat.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import cProfile
+import json
+import multiprocessing
+import os
+import pstats
+import re
+import runpy
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from bench_fakes import DONE, HOST, INSTANT_REQUEST, REQUEST, forwarder_app, serve_app
+
+SCRIPTS = Path(__file__).resolve().parent
+LANES = {"json": (REQUEST, None), "instant": (INSTANT_REQUEST, DONE)}
+#: how much longer the servers' background loops sleep (see the docstring)
+SLEEP_SLOWDOWN = 1000.0
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind((HOST, 0))
+        return s.getsockname()[1]
+
+
+# ------------------------------------------------------------------ the runner (in the server)
+
+def run_server(argv: list[str], flushed: Path, profile_to: str | None) -> None:
+    """Run ``argv`` (``-m module ...`` or ``script ...``) with long sleeps made longer
+    still; SIGUSR1 writes the request log now and then touches ``flushed``;
+    with ``profile_to``, SIGUSR2 switches cProfile on, and again off and dumps it."""
+    import omniroute.storage.requestlog as requestlog
+
+    sleep = asyncio.sleep
+
+    async def slow_sleep(delay: float, result: Any = None) -> Any:
+        # background loops (flushes, polls, syncs) sleep 0.5 s and more; nothing on a
+        # request's path sleeps that long
+        return await sleep(delay * SLEEP_SLOWDOWN if delay >= 0.1 else delay, result)
+
+    asyncio.sleep = slow_sleep  # type: ignore[assignment]
+    logs: list[Any] = []
+    original = requestlog.RequestLog.__init__
+
+    def init(self: Any, *args: Any, **kwargs: Any) -> None:
+        original(self, *args, **kwargs)
+        logs.append((self, asyncio.get_running_loop()))
+
+    requestlog.RequestLog.__init__ = init  # type: ignore[method-assign]
+
+    async def flush() -> None:
+        for log, _ in logs:
+            await log.flush()
+        flushed.touch()
+
+    def on_flush(*_: Any) -> None:
+        if not logs:
+            flushed.touch()
+            return
+        loop = logs[0][1]
+        loop.call_soon_threadsafe(lambda: loop.create_task(flush()))
+
+    signal.signal(signal.SIGUSR1, on_flush)
+    if profile_to:
+        profiler = cProfile.Profile()
+        state = {"on": False}
+
+        def toggle(*_: Any) -> None:
+            if state["on"]:
+                profiler.disable()
+                profiler.dump_stats(profile_to)
+            else:
+                profiler.enable()
+            state["on"] = not state["on"]
+
+        signal.signal(signal.SIGUSR2, toggle)
+    if argv[0] == "-m":
+        sys.argv = [argv[1], *argv[2:]]
+        runpy.run_module(argv[1], run_name="__main__", alter_sys=True)
+    else:
+        sys.argv = argv
+        runpy.run_path(argv[0], run_name="__main__")
+
+
+# ------------------------------------------------------------------ starting the servers
+
+class Server:
+    """One server under test, run through the runner, under callgrind or cProfile."""
+
+    def __init__(self, name: str, tmp: Path, profile: bool) -> None:
+        self.name, self.tmp, self.profile = name, tmp, profile
+        self.flushed = tmp / f"{name}.flushed"
+        self.prof = tmp / f"{name}.prof"
+        self.proc: subprocess.Popen | None = None
+        self.base = ""
+
+    def start(self, argv: list[str], ready: str, env: dict[str, str]) -> None:
+        port = free_port()
+        argv = [a.replace("{port}", str(port)) for a in argv]
+        runner = [sys.executable, str(Path(__file__)), "--run", str(self.flushed)]
+        if self.profile:
+            runner += ["--profile-to", str(self.prof)]
+        else:
+            runner = ["valgrind", "--tool=callgrind", "--instr-atstart=no",
+                      f"--callgrind-out-file={self.tmp / self.name}.%p.out", "--dump-instr=no",
+                      "--compress-strings=no", *runner]
+        log = self.tmp / f"{self.name}.log"
+        with open(log, "wb") as f:
+            self.proc = subprocess.Popen([*runner, "--", *argv], env=env, stdout=f,
+                                         stderr=subprocess.STDOUT, start_new_session=True)
+        self.base = f"http://{HOST}:{port}"
+        deadline = time.monotonic() + 300
+        while True:
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"{self.name} did not start:\n{log.read_text()[-3000:]}")
+            try:
+                with urllib.request.urlopen(self.base + ready, timeout=5):
+                    return
+            except urllib.error.HTTPError:
+                return  # it answers
+            except OSError:
+                time.sleep(0.5)
+
+    def stop(self) -> None:
+        if self.proc is None:
+            return
+        self.proc.terminate()
+        try:
+            self.proc.wait(60)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+    def signal(self, signum: int) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signum)
+
+    def flush(self) -> None:
+        """Have the request log write what waits; return once it has."""
+        self.flushed.unlink(missing_ok=True)
+        self.signal(signal.SIGUSR1)
+        deadline = time.monotonic() + 120
+        while not self.flushed.exists():
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{self.name}: the request log was not written")
+            time.sleep(0.1)
+
+    def control(self, *args: str) -> None:
+        assert self.proc is not None
+        subprocess.run(["callgrind_control", *args, str(self.proc.pid)], check=True,
+                       capture_output=True, timeout=120)
+
+
+def start_forwarder(tmp: Path, upstream: str, env: dict[str, str], profile: bool,
+                    settings: list[str], loop: str) -> Server:
+    server = Server("forwarder", tmp, profile)
+    server.start([str(Path(__file__)), "--serve-forwarder", upstream, "--port", "{port}",
+                  "--loop", loop], "/", env)
+    return server
+
+
+def start_gateway(tmp: Path, upstream: str, env: dict[str, str], profile: bool,
+                  settings: list[str], loop: str) -> Server:
+    data = tmp / "gateway-data"
+    env = {k: v for k, v in env.items() if not k.startswith("OMNIROUTE_")}
+    for setting in settings:  # name=value, pinned through the environment
+        name, _, value = setting.partition("=")
+        env[f"OMNIROUTE_{name.upper()}"] = value
+    env["INITIAL_PASSWORD"] = "bench-password"
+    cli = ["-m", "omniroute.cli", "--data-dir", str(data)]
+    subprocess.run([sys.executable, *cli, "providers", "add", "--type", "openai", "--name",
+                    "bench", "--prefix", "bench", "--base-url", f"{upstream}/v1", "--api-key",
+                    "sk-bench"], check=True, env=env, capture_output=True)
+    server = Server("omniroute", tmp, profile)
+    server.start([*cli, "serve", "--port", "{port}", "--log-level", "warning", "--loop",
+                  loop], "/api/monitoring/health", env)
+    return server
+
+
+# ------------------------------------------------------------------ measuring
+
+async def send(url: str, body: dict[str, Any], tail: bytes | None, count: int, conc: int) -> None:
+    """``count`` requests, ``conc`` at a time over keep-alive connections; all must succeed."""
+    data, headers = json.dumps(body).encode(), {"Content-Type": "application/json"}
+    left = iter(range(count))
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=conc),
+                                     timeout=aiohttp.ClientTimeout(total=120)) as http:
+        async def worker() -> None:
+            for _ in left:
+                async with http.post(url, data=data, headers=headers) as resp:
+                    answer = await resp.read()
+                    if resp.status != 200 or (tail and not answer.endswith(tail)):
+                        raise RuntimeError(f"{url}: {resp.status} {answer[:300]!r}")
+
+        await asyncio.gather(*(worker() for _ in range(conc)))
+
+
+def measure(server: Server, args: argparse.Namespace, keep: Path | None) -> dict[str, float]:
+    """Per lane and concurrency: warm up, count ``--requests`` requests, report per request."""
+    out: dict[str, float] = {}
+    assert server.proc is not None
+    pid = server.proc.pid
+    for lane in args.lanes:
+        body, tail = LANES[lane]
+        url = server.base + "/v1/chat/completions"
+        for conc in args.concurrency:
+            cell = f"{server.name}-{lane}-c{conc}"
+            asyncio.run(send(url, body, tail, args.warmup, conc))
+            server.flush()
+            if args.cprofile:
+                server.prof.unlink(missing_ok=True)
+                server.signal(signal.SIGUSR2)
+                asyncio.run(send(url, body, tail, args.requests, conc))
+                server.flush()
+                server.signal(signal.SIGUSR2)
+                out[f"{lane} c={conc}"] = print_profile(server.prof, cell, args)
+                continue
+            for old in server.tmp.glob(f"{server.name}.{pid}.out*"):
+                old.unlink()
+            server.control("-i", "on")
+            server.control("-z")
+            asyncio.run(send(url, body, tail, args.requests, conc))
+            server.flush()
+            server.control("-d")
+            server.control("-i", "off")
+            dumps = sorted(server.tmp.glob(f"{server.name}.{pid}.out.*"),
+                           key=lambda p: p.stat().st_mtime)
+            found = re.search(r"^(?:summary|totals): (\d+)", dumps[-1].read_text(), re.M)
+            assert found is not None, f"no totals in {dumps[-1]}"
+            per_request = int(found.group(1)) / args.requests
+            out[f"{lane} c={conc}"] = per_request
+            if keep:
+                shutil.copy(dumps[-1], keep / f"{cell}.out")
+            print(f"  {server.name:<10} {lane:<8} c={conc:<3} {per_request:12,.0f} Ir/request",
+                  file=sys.stderr, flush=True)
+    return out
+
+
+def print_profile(dump: Path, cell: str, args: argparse.Namespace) -> float:
+    """Print the top functions of a cell's profile; return Python calls per request."""
+    deadline = time.monotonic() + 30
+    while not dump.exists() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    time.sleep(0.5)  # written in full
+    stats = pstats.Stats(str(dump))
+    calls = sum(v[1] for v in stats.stats.values()) / args.requests  # type: ignore[attr-defined]
+    print(f"\n### {cell}: {calls:,.0f} Python calls per request\n", flush=True)
+    stats.sort_stats(args.sort).print_stats(args.top)
+    if args.keep:
+        shutil.copy(dump, Path(args.keep) / f"{cell}.prof")
+    return calls
+
+
+def main() -> int:
+    if sys.argv[1:2] == ["--run"]:  # the runner, in the server's process
+        rest = sys.argv[3:]
+        profile_to = None
+        if rest[:1] == ["--profile-to"]:
+            profile_to, rest = rest[1], rest[2:]
+        run_server(rest[rest.index("--") + 1:], Path(sys.argv[2]), profile_to)
+        return 0
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--requests", type=int, default=300, help="measured requests per cell (300)")
+    p.add_argument("--warmup", type=int, default=100, help="requests before measuring (100)")
+    p.add_argument("--concurrency", default="1,16", help="levels (1,16)")
+    p.add_argument("--lanes", default="json,instant", help="json,instant")
+    p.add_argument("--targets", default="forwarder,omniroute", help="forwarder,omniroute")
+    p.add_argument("--keep", metavar="DIR", help="copy the callgrind (or cProfile) files here")
+    p.add_argument("--json", metavar="FILE", help="also write the results as JSON")
+    p.add_argument("--loop", default="asyncio", choices=["asyncio", "uvloop"],
+                   help="the event loop of both servers (asyncio)")
+    p.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
+                   help="a gateway setting, pinned through the environment (repeatable)")
+    p.add_argument("--cprofile", action="store_true",
+                   help="cProfile instead of callgrind: print each cell's top functions "
+                        "(the table gives Python calls per request)")
+    p.add_argument("--sort", default="tottime", help="--cprofile order (tottime)")
+    p.add_argument("--top", type=int, default=40, help="--cprofile rows (40)")
+    p.add_argument("--serve-forwarder", metavar="UPSTREAM", help=argparse.SUPPRESS)
+    p.add_argument("--port", type=int, help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.serve_forwarder:  # the forwarder, in its process
+        from aiohttp import web
+
+        loop = None
+        if args.loop == "uvloop":
+            import uvloop
+
+            loop = uvloop.new_event_loop()
+        web.run_app(forwarder_app(args.serve_forwarder), host=HOST, port=args.port,
+                    access_log=None, print=None, loop=loop)
+        return 0
+    args.concurrency = [int(c) for c in args.concurrency.split(",")]
+    args.lanes = args.lanes.split(",")
+    keep = Path(args.keep) if args.keep else None
+    if keep:
+        keep.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "PYTHONHASHSEED": "0",
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(SCRIPTS.parent), str(SCRIPTS),
+                                                       os.environ.get("PYTHONPATH")]))}
+    ctx = multiprocessing.get_context("spawn")
+    ports = ctx.Queue()
+    upstream_proc = ctx.Process(target=serve_app, args=("upstream", None, "asyncio", ports),
+                                daemon=True)
+    upstream_proc.start()
+    upstream = f"http://{HOST}:{ports.get(timeout=30)}"
+    results: dict[str, dict[str, float]] = {}
+    try:
+        with tempfile.TemporaryDirectory(prefix="omniroute-ir-") as tmpname:
+            for name in args.targets.split(","):
+                starter = start_forwarder if name == "forwarder" else start_gateway
+                server = starter(Path(tmpname), upstream, env, args.cprofile, args.set,
+                                 args.loop)
+                try:
+                    results[name] = measure(server, args, keep)
+                finally:
+                    server.stop()
+    finally:
+        upstream_proc.terminate()
+        upstream_proc.join(5)
+    unit = "Python calls/req" if args.cprofile else "Ir/req"
+    both = {"omniroute", "forwarder"} <= results.keys()
+    print("| cell | " + " | ".join(f"{n} {unit}" for n in results) + (" | ratio |" if both
+                                                                       else " |"))
+    print("|---|" + "---:|" * (len(results) + both))
+    for cell in next(iter(results.values())):
+        values = [results[n][cell] for n in results]
+        ratio = (f" {results['omniroute'][cell] / results['forwarder'][cell]:.2f}× |"
+                 if both else "")
+        print(f"| {cell} | " + " | ".join(f"{v:,.0f}" for v in values) + f" |{ratio}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
