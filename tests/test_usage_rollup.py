@@ -161,10 +161,13 @@ async def test_a_page_of_failures_reads_the_index_of_failed_records(
         for model in (None, "m1"):
             where = UsageFilter(since=T0, until=T0 + 5 * DAY, status=status, model=model)
             clauses, params = where.where()
-            plan = await db.fetchall(
-                f"EXPLAIN QUERY PLAN SELECT * FROM request_log WHERE {' AND '.join(clauses)} "
-                "ORDER BY ts DESC, id DESC LIMIT 51", params)
-            assert "request_log_failed_ts" in str([tuple(row) for row in plan]), (status, model)
+            if isinstance(db, Database):  # SQLite's plan (PostgreSQL's planner chooses by
+                # its statistics, which a freshly filled table does not have yet)
+                plan = await db.fetchall(
+                    f"EXPLAIN QUERY PLAN SELECT * FROM request_log WHERE "
+                    f"{' AND '.join(clauses)} ORDER BY ts DESC, id DESC LIMIT 51", params)
+                assert "request_log_failed_ts" in str([tuple(row) for row in plan]), (
+                    status, model)
             found, cursor = [], None
             while True:  # every page
                 page, cursor = await UsageQueries(db).logs(where, cursor=cursor, limit=100)
@@ -177,10 +180,11 @@ async def test_a_page_of_failures_reads_the_index_of_failed_records(
                 and ((r.status >= 400 or r.error_class is not None) if status == "error" else
                      str(r.status).startswith(status[0]) if status.endswith("xx")
                      else r.status == int(status)))
-    ok = UsageFilter(status="ok").where()
-    plan = await db.fetchall(f"EXPLAIN QUERY PLAN SELECT * FROM request_log WHERE "
-                             f"{' AND '.join(ok[0])}", ok[1])
-    assert "request_log_failed_ts" not in str([tuple(row) for row in plan])
+    if isinstance(db, Database):
+        ok = UsageFilter(status="ok").where()
+        plan = await db.fetchall(f"EXPLAIN QUERY PLAN SELECT * FROM request_log WHERE "
+                                 f"{' AND '.join(ok[0])}", ok[1])
+        assert "request_log_failed_ts" not in str([tuple(row) for row in plan])
 
 
 async def test_summaries_over_any_range_agree_with_the_records(

@@ -209,10 +209,10 @@ def _status_clause(status: str, failed: str = _FAILED) -> tuple[str, list[Any]]:
     match = _STATUS_CLASS.match(value)
     if match:
         low = int(match.group(1)) * 100
-        return f"status >= ? AND status < ?{f' AND {failed}' if low >= 400 else ''}", [
+        return f"status >= ? AND status < ?{f' AND {failed} = 1' if low >= 400 else ''}", [
             low, low + 100]
     if value.isdigit() and 100 <= int(value) <= 599:
-        return f"status = ?{f' AND {failed}' if int(value) >= 400 else ''}", [int(value)]
+        return f"status = ?{f' AND {failed} = 1' if int(value) >= 400 else ''}", [int(value)]
     raise ValueError(f"status {status!r}: use an HTTP status (429), a class (5xx), "
                      "'ok' or 'error'")
 
