@@ -372,3 +372,42 @@ async def test_a_reservation_for_another_estimate_is_dropped_and_made_again(
             await client.aclose()
     finally:
         await made.close()
+
+
+async def test_a_hit_in_memory_after_a_miss_in_redis_gives_back_what_the_batch_took(
+        aiohttp_client: Any, tmp_path: Any, redis_url: str, upstream: FakeUpstream) -> None:
+    made = await start_instances(aiohttp_client, tmp_path / "omniroute", redis_url, count=1,
+                                 cache_backends="memory,redis", cache_mode="on")
+    client = aioredis.Redis.from_url(redis_url)
+    try:
+        await add_connection(made, upstream, rpm=1000, max_concurrency=50)
+        await until_routable(made, "up/m1")
+        resp = await made[0].client.put("/api/pricing", headers=made[0].admin_headers,
+                                        json=PRICE)
+        assert resp.status == 200
+        key_id, secret = await limited_key(made, rpm=100, concurrency=10, daily_usd=1.0)
+        shared = made[0].gateway.shared
+        status, _, headers = await made.chat("remembered", key=secret, max_tokens=10,
+                                             headers={"Idempotency-Key": "mem-1"})
+        assert status == 200 and headers["X-OmniRoute-Cache"] == "MISS"
+        await made[0].cache.settled()
+        redis_cache = next(b for b in made[0].cache.backends if b.name == "redis")
+        async for name in client.scan_iter(match=redis_cache._entry + "*"):
+            await client.delete(name)  # gone from Redis, still in this instance's memory
+        status, _, headers = await made.chat("remembered", key=secret, max_tokens=10,
+                                             headers={"Idempotency-Key": "mem-2"})
+        assert status == 200 and headers["X-OmniRoute-Cache"] == "HIT"
+        assert upstream.calls == 1
+        # Redis missed, so the batch claimed, reserved and took the connection's slot; the
+        # memory answered: all of it is given back
+        await until(lambda: not shared.batch._queue, timeout=2.0)
+        await shared.batch.flush()
+        assert await client.exists(shared.keys.key((key_id, "mem-2"))) == 0
+        assert await count(client, shared.link.key("key", key_id, "reserved")) == 0
+        assert await count(client, shared.link.key("conn", "*", "slots")) == 0
+        assert await count(client, shared.link.key("conn", "*", "starts")) == 1
+        assert await count(client, shared.link.key("key", key_id, "slots")) == 0
+        assert shared.state.slots.ahead == {}
+    finally:
+        await client.aclose()
+        await made.close()
