@@ -107,4 +107,8 @@ class Batch:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+            self._task = None
+        if self._later is not None:
+            self._later.cancel()
+            self._later = None
         await self.flush()

@@ -14,7 +14,9 @@ from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
+from omniroute import Stage, StageRun, hookimpl
 from omniroute.budgets import Limits
+from omniroute.plugins import load_plugins
 from redis_testkit import (
     FakeUpstream,
     Instances,
@@ -308,3 +310,104 @@ async def test_without_redis_every_prefetched_part_answers_as_its_own_call_would
                                            headers={"Idempotency-Key": "alone-1"})
     assert status == 200, body
     assert headers["X-OmniRoute-Cache"] == "MISS" and upstream.calls == 1
+
+
+class LongerAnswers(Stage):
+    """A stage after the built-in ones that asks for longer answers in ``before``: the
+    budget's estimate in ``routed`` is then not the one its prefetch reserved."""
+
+    name = "t-longer-answers"
+
+    def enter(self, ctx: Any, operation: Any) -> StageRun:
+        return LongerRun()
+
+
+class LongerRun(StageRun):
+    async def before(self, ctx: Any) -> None:
+        ctx.body = {**ctx.body, "max_tokens": 4 * int(ctx.body.get("max_tokens") or 16)}
+
+
+class LongerPlugin:
+    @hookimpl
+    def register_stages(self, register: Any, app: Any) -> None:
+        register(LongerAnswers())
+
+
+async def test_a_reservation_for_another_estimate_is_dropped_and_made_again(
+        aiohttp_client: Any, tmp_path: Any, redis_url: str, upstream: FakeUpstream,
+        writes: list[Write]) -> None:
+    plugins = load_plugins(extra=[("t-longer", LongerPlugin())])
+    made = await start_instances(aiohttp_client, tmp_path / "omniroute", redis_url, count=1,
+                                 plugins=plugins)
+    try:
+        await add_connection(made, upstream, rpm=1000, max_concurrency=50)
+        await until_routable(made, "up/m1")
+        resp = await made[0].client.put("/api/pricing", headers=made[0].admin_headers,
+                                        json=PRICE)
+        assert resp.status == 200
+        key_id, secret = await limited_key(made, concurrency=10, daily_usd=1.0)
+        shared = made[0].gateway.shared
+        await shared.link.command("PING")
+        called: list[int] = []
+        upstream.on_call = lambda: called.append(len(writes))
+        start = len(writes)
+        status, body, _ = await made.chat("longer", key=secret, max_tokens=10)
+        assert status == 200, body
+        # the prefetched reservation ran, was for another estimate: made again, its own trip
+        assert requests_part(writes[start:called[0]]) == [
+            [("admit", "take", "reserve", "take")], [("reserve",)]]
+        await until(lambda: not shared.batch._queue, timeout=2.0)
+        await shared.batch.flush()
+        await asyncio.sleep(0.05)
+        after = [c for w in requests_part(writes[called[0]:]) for c in w]
+        assert after.count(("HDEL",)) == 1 and after.count(("settle",)) == 1, after
+        client = aioredis.Redis.from_url(redis_url)
+        try:
+            assert await count(client, shared.link.key("key", key_id, "reserved")) == 0
+            spend = shared.link.key("key", key_id, "spend", "*")
+            requests = [int(await client.hget(name, "requests") or 0)
+                        async for name in client.scan_iter(match=spend)]
+            assert requests == [1]
+        finally:
+            await client.aclose()
+    finally:
+        await made.close()
+
+
+async def test_a_hit_in_memory_after_a_miss_in_redis_gives_back_what_the_batch_took(
+        aiohttp_client: Any, tmp_path: Any, redis_url: str, upstream: FakeUpstream) -> None:
+    made = await start_instances(aiohttp_client, tmp_path / "omniroute", redis_url, count=1,
+                                 cache_backends="memory,redis", cache_mode="on")
+    client = aioredis.Redis.from_url(redis_url)
+    try:
+        await add_connection(made, upstream, rpm=1000, max_concurrency=50)
+        await until_routable(made, "up/m1")
+        resp = await made[0].client.put("/api/pricing", headers=made[0].admin_headers,
+                                        json=PRICE)
+        assert resp.status == 200
+        key_id, secret = await limited_key(made, rpm=100, concurrency=10, daily_usd=1.0)
+        shared = made[0].gateway.shared
+        status, _, headers = await made.chat("remembered", key=secret, max_tokens=10,
+                                             headers={"Idempotency-Key": "mem-1"})
+        assert status == 200 and headers["X-OmniRoute-Cache"] == "MISS"
+        await made[0].cache.settled()
+        redis_cache = next(b for b in made[0].cache.backends if b.name == "redis")
+        async for name in client.scan_iter(match=redis_cache._entry + "*"):
+            await client.delete(name)  # gone from Redis, still in this instance's memory
+        status, _, headers = await made.chat("remembered", key=secret, max_tokens=10,
+                                             headers={"Idempotency-Key": "mem-2"})
+        assert status == 200 and headers["X-OmniRoute-Cache"] == "HIT"
+        assert upstream.calls == 1
+        # Redis missed, so the batch claimed, reserved and took the connection's slot; the
+        # memory answered: all of it is given back
+        await until(lambda: not shared.batch._queue, timeout=2.0)
+        await shared.batch.flush()
+        assert await client.exists(shared.keys.key((key_id, "mem-2"))) == 0
+        assert await count(client, shared.link.key("key", key_id, "reserved")) == 0
+        assert await count(client, shared.link.key("conn", "*", "slots")) == 0
+        assert await count(client, shared.link.key("conn", "*", "starts")) == 1
+        assert await count(client, shared.link.key("key", key_id, "slots")) == 0
+        assert shared.state.slots.ahead == {}
+    finally:
+        await client.aclose()
+        await made.close()
