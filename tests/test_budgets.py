@@ -400,6 +400,29 @@ async def test_a_failing_store_fails_closed_and_loses_nothing() -> None:
     budgets.reserve(slot, limits, 0, 0)
 
 
+async def test_spend_stored_before_the_read_back_failed_is_not_stored_again() -> None:
+    """The database went away between the write and the read-back (a server, between two
+    round trips): the next sync must not add the same spend a second time."""
+    store, clock = MemoryStore(), clock_at("2025-03-10T12:00:00")
+    budgets = await started(store, clock)
+    limits = Limits.parse({"daily_usd": 5})
+    assert limits is not None
+    spend(budgets, limits, 1.0)
+    real_load = store.load
+
+    async def load_fails(since: float) -> Totals:
+        raise OSError("connection lost")
+
+    store.load = load_fails  # type: ignore[method-assign]
+    with pytest.raises(OSError):
+        await budgets.sync()
+    assert not budgets.healthy
+    store.load = real_load  # type: ignore[method-assign]
+    await budgets.sync()
+    assert store.rows == {("k", "daily", ts("2025-03-10T00:00:00")): (1.0, 0, 1)}
+    assert budgets.healthy
+
+
 async def test_start_up_with_a_failing_store_refuses_budgeted_keys() -> None:
     store = MemoryStore()
     store.failing = True

@@ -368,7 +368,6 @@ class Budgets:
                 w.usd, w.tokens, w.requests = 0.0, 0, 0
             try:
                 await self.store.add(deltas)
-                loaded = await self.store.load(self.clock.time() - _LOAD_SPAN)
             except BaseException:
                 waiting = {id(w) for _, w in self._retired}
                 for key_id, w, usd, tokens, requests in taken:  # written next time
@@ -382,6 +381,11 @@ class Budgets:
                     current_w = state.windows.get(w.period) if state is not None else None
                     if current_w is not w and id(w) not in waiting:  # ended meanwhile
                         self._retired.append((key_id, w))
+                self.healthy = False
+                raise
+            try:  # the deltas are stored: a failed read-back must not add them again
+                loaded = await self.store.load(self.clock.time() - _LOAD_SPAN)
+            except BaseException:
                 self.healthy = False
                 raise
             self._loaded = loaded

@@ -16,6 +16,7 @@ every other query parameter is asyncpg's (``sslmode``, or a server setting such 
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 from collections.abc import AsyncIterator, Iterable, Sequence
@@ -115,10 +116,13 @@ class PostgresDatabase(DatabaseBackend):
         return db
 
     async def close(self) -> None:
+        """Close the pool; connections still busy past ``command_timeout`` are dropped."""
         try:
-            await self.pool.close()  # waits for connections in use: bounded below
-        except Exception:  # a broken pool is torn down instead
-            log.warning("closing the database pool failed; terminating it", exc_info=True)
+            async with asyncio.timeout(self.command_timeout):
+                await self.pool.close()
+        except Exception as exc:  # noqa: BLE001 - logged; a pool that will not close is torn down
+            log.warning("closing the database pool failed (%s: %s); terminating it",
+                        type(exc).__name__, exc)
             self.pool.terminate()
 
     # ------------------------------------------------------------------ migrations

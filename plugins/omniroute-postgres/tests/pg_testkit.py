@@ -58,11 +58,15 @@ async def until(check: Callable[[], Any], timeout: float, step: float = 0.01) ->
 
 class Proxy:
     """A TCP proxy to the database that a test can cut (every connection through it is
-    dropped, new ones are refused) and restore, standing in for a server that goes away."""
+    dropped, new ones are refused) and restore, standing in for a server that goes away;
+    or pause (connections stay open and new ones are accepted, but nothing is passed
+    on), standing in for a server that hangs or a network that drops packets."""
 
     def __init__(self, target_host: str, target_port: int) -> None:
         self.target = (target_host, target_port)
         self.port = 0
+        self._flowing = asyncio.Event()
+        self._flowing.set()
         self._server: asyncio.Server | None = None
         self._pipes: set[asyncio.StreamWriter] = set()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -84,13 +88,21 @@ class Proxy:
     async def restore(self) -> None:
         await self.start()  # on the same port
 
+    def pause(self) -> None:
+        self._flowing.clear()
+
+    def resume(self) -> None:
+        self._flowing.set()
+
     async def close(self) -> None:
+        self.resume()
         await self.cut()
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await self._flowing.wait()
         try:
             up_reader, up_writer = await asyncio.wait_for(
                 asyncio.open_connection(*self.target), timeout=5)
@@ -106,6 +118,7 @@ class Proxy:
     async def _pipe(self, src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
         with contextlib.suppress(OSError, asyncio.IncompleteReadError):
             while data := await src.read(65536):
+                await self._flowing.wait()
                 dst.write(data)
                 await dst.drain()
         dst.transport.abort()

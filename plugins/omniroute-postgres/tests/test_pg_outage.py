@@ -87,6 +87,41 @@ async def test_requests_flow_and_records_wait_while_the_database_is_away(
         await direct.close()
 
 
+async def test_a_database_that_hangs_holds_nothing_up_for_longer_than_its_timeouts(
+        pg_url: str, proxy: Proxy) -> None:
+    """Connections open, packets unanswered: each write gives up within the URL's
+    timeouts (command 2 s, connect 1 s), the records are kept, and written once it
+    answers again."""
+    from omniroute.storage import RequestLog
+
+    db = await PostgresDatabase.connect(through(pg_url, proxy))
+    try:
+        log = RequestLog(db)
+        log.add(RequestRecord(request_id="hung-0", ts=1000.0, endpoint="chat", status=200))
+        assert await log.flush() == 1
+        proxy.pause()
+        log.add(RequestRecord(request_id="hung-1", ts=1001.0, endpoint="chat", status=200))
+        for _ in range(2):  # the pooled connection hangs, then a new one cannot connect
+            began = time.monotonic()
+            assert await log.flush() == 0
+            assert time.monotonic() - began < 6.0
+            assert log.pending == 1 and log.dropped == 0
+        began = time.monotonic()
+        assert await db.check() is False
+        assert time.monotonic() - began < 6.0
+        proxy.resume()
+
+        async def written() -> bool:
+            return await log.flush() == 1
+
+        await until(written, timeout=15.0)  # once the proxy passes packets again
+        row = await db.fetchone("SELECT COUNT(*) FROM request_log")
+        assert row[0] == 2
+    finally:
+        proxy.resume()
+        await db.close()
+
+
 async def test_a_batch_whose_commit_was_not_acknowledged_is_not_stored_twice(
         pg_url: str, proxy: Proxy) -> None:
     """The database committed, the answer was lost: the retried batch adds nothing."""
