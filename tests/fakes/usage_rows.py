@@ -12,6 +12,7 @@ a few models, about 3 % failures with their attempt logs, 5 % cache hits.
 
 from __future__ import annotations
 
+import secrets
 import sqlite3
 import time
 from pathlib import Path
@@ -99,7 +100,7 @@ def fill(db_path: Path | str, rows: int, *, days: float = 30.0, now: float | Non
         connection_id, model, stream, status, error, prompt_tokens, completion_tokens,
         cached_tokens, latency_ms, ttfb_ms, attempts, client_format, error_class, attempt_log,
         cost_usd, list_cost_usd, cache_hit)
-    SELECT printf('fill%010x', i), ts, keys.key, 'chat.completions',
+    SELECT printf('fill{secrets.token_hex(4)}-%010x', i), ts, keys.key, 'chat.completions',
         models.prefix || '/' || models.model, models.prefix, models.conn, models.model,
         i % 2,
         COALESCE(failures.status, 200), failures.message,
