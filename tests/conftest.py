@@ -3,6 +3,7 @@ of the storage tests, on each backend."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,12 @@ from omniroute.storage import Database, DatabaseBackend
 from omniroute.storage.migrations import MIGRATIONS
 
 UPSTREAM_KEY = "sk-upstream-test"
+
+# the agent CLIs scripts/agent-clis.sh installs (the README's test command runs it): the
+# real-CLI tests of `omniroute connect` find them on PATH
+_AGENT_CLIS = Path(__file__).resolve().parents[1] / ".cache/agent-clis/node_modules/.bin"
+if _AGENT_CLIS.is_dir():
+    os.environ["PATH"] = f"{_AGENT_CLIS}{os.pathsep}{os.environ.get('PATH', '')}"
 
 
 @pytest.fixture
