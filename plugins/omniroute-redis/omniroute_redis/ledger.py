@@ -37,7 +37,7 @@ from omniroute.config import Settings
 from omniroute.errors import BudgetUnavailable, RateLimited
 from omniroute.sharedstate import RequestBatch
 
-from omniroute_redis.batch import Batch
+from omniroute_redis.batch import Batch, Write
 from omniroute_redis.leases import FULL, TAKEN, Leases
 from omniroute_redis.link import Link, Unreachable
 from omniroute_redis.prefetch import ROUTED, UNREACHABLE, Prefetch, Step
@@ -107,9 +107,12 @@ class RedisLedger:
             if isinstance(answer, list) and _text(answer[0]) == "ok":
                 self.batch.add(("HDEL", ask.keys[0], ask.reservation), later=True)
 
+        def forget() -> list[Write]:  # the answer was lost: dropped, if it was made
+            return [("HDEL", ask.keys[0], ask.reservation)]
+
         return batch.add(Step("reserve", ask.keys, ask.args,
                               lambda answer: self._reserved(ask, limits, answer),
-                              phase=ROUTED, undo=undo))
+                              phase=ROUTED, undo=undo, forget=forget))
 
     def _reservation(self, state: KeyState, limits: Limits, usd: float,
                      tokens: int) -> _Ask:
