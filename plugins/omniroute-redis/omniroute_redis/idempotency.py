@@ -38,7 +38,7 @@ from omniroute.idempotency.keys import Finished, Scope
 from omniroute.sharedstate import Pending, RequestBatch
 
 from omniroute_redis.batch import Batch, Write
-from omniroute_redis.link import Link, Unreachable
+from omniroute_redis.link import Link, Unanswered, Unreachable
 from omniroute_redis.prefetch import UNREACHABLE, Prefetch, Step
 from omniroute_redis.scripts import Scripts
 
@@ -106,6 +106,10 @@ class RedisKeys:
                 try:
                     found = await self.scripts.call(self.link, "idem_claim", [key],
                                                     self._claim_args(fingerprint, request_id))
+                except Unanswered:  # it may have been claimed: released once Redis answers
+                    self.batch.give_back([self.scripts.command(
+                        "idem_release", [key], [request_id, self.channel])])
+                    found = UNREACHABLE
                 except Unreachable:
                     found = UNREACHABLE
             if found is UNREACHABLE:

@@ -25,7 +25,7 @@ from typing import TypeVar
 from omniroute.resilience.limits import SHARED_POLL
 
 from omniroute_redis.batch import Batch, Write
-from omniroute_redis.link import Link, Unreachable
+from omniroute_redis.link import Link, Unanswered, Unreachable
 from omniroute_redis.prefetch import BEFORE, CALL, UNREACHABLE, Prefetch, Step
 from omniroute_redis.scripts import Scripts
 from omniroute_redis.wire import NoScript
@@ -60,11 +60,16 @@ class Leases:
         """Take a slot of limit ``name`` (a key prefix): :data:`TAKEN`, :data:`FULL`, or the
         seconds until the minute frees a start.
 
-        :raises Unreachable: Redis cannot be reached (bounded by the link's timeout).
+        :raises Unreachable: Redis cannot be reached (bounded by the link's timeout); when
+            its answer was lost, the slot it may have taken is given back once Redis answers.
         """
         member = self.member()
         keys, args = self._take_command(name, member, concurrency, rpm)
-        found = await self.scripts.call(self.link, "take", keys, args)
+        try:
+            found = await self.scripts.call(self.link, "take", keys, args)
+        except Unanswered:
+            self.batch.give_back([("ZREM", keys[0], member)])
+            raise
         return self._taken(found, keys[0], member, concurrency)
 
     def step(self, name: str, concurrency: int | None, rpm: int | None,
@@ -72,7 +77,8 @@ class Leases:
         """:meth:`take` as a step of a request's batch: ``then`` gets what :meth:`take`
         returns (None: Redis cannot be reached). A slot taken is held here from its answer
         on (its lease renewed, even before it is read); one never read is given back, its
-        start too; one whose answer was lost is given back blindly."""
+        start too; one whose answer was lost is given back blindly (its start stays: the
+        request goes on with its own decision, and counts in the rolling minute)."""
         member = self.member()
         keys, args = self._take_command(name, member, concurrency, rpm)
         slots, starts = keys

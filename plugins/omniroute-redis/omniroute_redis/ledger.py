@@ -39,7 +39,7 @@ from omniroute.sharedstate import RequestBatch
 
 from omniroute_redis.batch import Batch, Write
 from omniroute_redis.leases import FULL, TAKEN, Leases
-from omniroute_redis.link import Link, Unreachable
+from omniroute_redis.link import Link, Unanswered, Unreachable
 from omniroute_redis.prefetch import ROUTED, UNREACHABLE, Prefetch, Step
 from omniroute_redis.scripts import Scripts
 
@@ -94,6 +94,9 @@ class RedisLedger:
         ask = self._reservation(state, limits, usd, tokens)
         try:
             answer = await self.scripts.call(self.link, "reserve", ask.keys, ask.args)
+        except Unanswered:  # it may have been made: dropped once Redis answers
+            self.batch.give_back([("HDEL", ask.keys[0], ask.reservation)])
+            answer = UNREACHABLE
         except Unreachable:
             answer = UNREACHABLE
         return self._reserved(ask, limits, answer)

@@ -52,7 +52,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from omniroute_redis.link import Link, Unanswered, Unreachable
 from omniroute_redis.scripts import Scripts
-from omniroute_redis.wire import ErrorReply
+from omniroute_redis.wire import ErrorReply, NoScript
 
 if TYPE_CHECKING:
     from omniroute_redis.batch import Batch, Write
@@ -183,8 +183,8 @@ class Prefetch:
         """The request was gone (its client left) before the answer came: nobody reads
         it, so what it took is given back (blindly, when the answer is lost or an error)."""
         if isinstance(answers, BaseException):
-            if isinstance(answers, ErrorReply):
-                self.link.errored(answers)
+            if isinstance(answers, ErrorReply) and not isinstance(answers, NoScript):
+                self.link.errored(answers)  # (NOSCRIPT: not run; the caller was gone)
             self._forget()
             self.writes.kick()
             return

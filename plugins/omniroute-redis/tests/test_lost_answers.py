@@ -52,8 +52,9 @@ async def one_instance(aiohttp_client: Any, tmp_path: Any, url: str,
 
 
 @pytest.fixture
-async def behind_proxy(aiohttp_client: Any, tmp_path: Any, slow_redis: SlowProxy,
+async def behind_proxy(slow_redis: SlowProxy, aiohttp_client: Any, tmp_path: Any,
                        upstream: FakeUpstream) -> AsyncIterator[Instances]:
+    # (the proxy first: it closes after the gateway)
     made = await one_instance(aiohttp_client, tmp_path, slow_redis.url, upstream)
     try:
         yield made
@@ -252,3 +253,38 @@ async def test_a_slot_taken_ahead_is_renewed_before_it_is_read(
     assert sum(len(m) for m in shared.state.leases.held.values()) == 0
     await shared.batch.flush()
     assert await count(client, slots) == 0
+
+
+async def test_a_late_answer_to_a_part_s_own_call_is_given_back_too(
+        behind_proxy: Instances, slow_redis: SlowProxy, client: aioredis.Redis) -> None:
+    made = behind_proxy
+    key_id, _ = await limited_key(made, **LIMITS)
+    gateway = made[0].gateway
+    shared, budgets = gateway.shared, gateway.budgets
+    limits = Limits.parse(LIMITS)
+    assert limits is not None
+    connection = next(iter(made[0].catalog.providers.values())).connection.id
+    held = holdings(made, client, key_id, "own")
+    await asyncio.sleep(0.3)  # the reload's notice is out (a publish, on redis-py)
+
+    async def late(call: Callable[[], Awaitable[Any]]) -> Any:
+        """``call`` with Redis's answer held past state_timeout; then Redis answers again."""
+        await shared.link.command("PING")  # the connection is open (its SELECT answered)
+        slow_redis.delay = LATE
+        try:
+            return await call()
+        finally:
+            slow_redis.delay = 0
+            await until(lambda: shared.link.up, timeout=5.0)
+
+    # a connection's slot taken on an attempt (a fallback's), a reservation made again in
+    # ``routed``, an idempotency key claimed again: each decides locally, and what Redis
+    # took is given back once it answers
+    failures = shared.link.failures
+    assert await late(lambda: shared.state.slots.take(connection, 50, 1000)) is None
+    assert await late(lambda: budgets.shared.reserve(budgets.state(key_id), limits,
+                                                     0.01, 100)) is None
+    assert await late(lambda: shared.keys.claim((key_id, "own"), b"fp", "rid-own",
+                                                False)) is None
+    assert shared.link.failures >= failures + 3  # each was sent, and its answer late
+    assert await settled(held, NOTHING) == NOTHING
