@@ -287,13 +287,16 @@ async def test_a_reservation_for_another_estimate_is_dropped_and_made_again(
         start = len(writes)
         status, body, _ = await made.chat("longer", key=secret, max_tokens=10)
         assert status == 200, body
-        # the prefetched reservation ran, was for another estimate: made again, its own trip
-        assert requests_part(writes[start:called[0]]) == [
+        # the prefetched reservation ran, was for another estimate: made again, its own
+        # trip; the old one's drop is queued with the writes nobody waits for (it may go
+        # out before the upstream is called, LATER after it was queued)
+        before = requests_part(writes[start:called[0]])
+        assert [w for w in before if w != [("HDEL",)]] == [
             [("admit", "take", "reserve", "take")], [("reserve",)]]
         await until(lambda: not shared.batch._queue, timeout=2.0)
         await shared.batch.flush()
         await asyncio.sleep(0.05)
-        after = [c for w in requests_part(writes[called[0]:]) for c in w]
+        after = [c for w in requests_part(writes[start:]) for c in w]
         assert after.count(("HDEL",)) == 1 and after.count(("settle",)) == 1, after
         client = aioredis.Redis.from_url(redis_url)
         try:
