@@ -82,7 +82,10 @@ class RequestBatch(Protocol):
 
     async def send(self) -> None:
         """Send what was queued, in one round trip (nothing queued: nothing sent). Never
-        raises for an unreachable server: every part then answers as its own call would."""
+        raises for the server: unreachable, late with its answer, or answering with an
+        error, every part then answers as its own call would with the server away (a
+        cache lookup a miss), and whatever the server may have taken for the batch is
+        given back (blindly: queued until the server answers again)."""
 
     def release(self) -> None:
         """The request is over: undo every part that ran and was never read (queued)."""

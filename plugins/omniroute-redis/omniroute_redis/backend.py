@@ -95,6 +95,7 @@ class RedisShared(SharedState):
         except Unreachable:
             pass  # serving with this instance's own state; the probe resyncs later
         self.link.on_recovery(self.resync)
+        self.link.on_recovery(self.batch.recovered)  # the give-backs kept while away
         self.batch.start()
         handlers: dict[str, Callable[[bytes], None]] = {self.state.channel: self.state.message,
                                                         self.keys.channel: self.keys.heard,

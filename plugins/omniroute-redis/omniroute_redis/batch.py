@@ -11,6 +11,12 @@ request is over), so that a request's writes after its answer are one round
 trip. While Redis cannot be reached the writes are dropped, and counted:
 what they would have freed expires on its own (slot and reservation leases),
 and spend is repaired from the instances' own ledgers when Redis is back.
+
+The exception are the **give-backs** of a request's batch whose answer was lost
+(late, the connection broke, a script's error partway: :meth:`Batch.give_back`):
+what its steps took is unknown, so each step's blind undo (it names only that
+request's own slot member, reservation or claim: harmless where the step never
+ran) is kept until Redis answers again, then sent with the next writes.
 """
 
 from __future__ import annotations
@@ -43,6 +49,8 @@ class Batch:
         self.link = link
         self.scripts = scripts
         self._queue: list[Write] = []
+        #: blind undos, kept while Redis cannot be reached (:meth:`give_back`)
+        self._undos: list[Write] = []
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._later: asyncio.TimerHandle | None = None
@@ -63,10 +71,27 @@ class Batch:
         elif self._later is None and self._task is not None:
             self._later = asyncio.get_running_loop().call_later(LATER, self._wake.set)
 
+    def give_back(self, writes: list[Write]) -> None:
+        """Queue blind undos (the answer of what they undo was lost): they go with the
+        next writes, or once Redis answers again (:meth:`recovered`); never blocks, never
+        raises. Past :data:`QUEUE_MAX` waiting they are dropped (counted): what they
+        would have freed expires on its own."""
+        if len(self._undos) + len(writes) > QUEUE_MAX:
+            self.dropped += len(writes)
+            return
+        self._undos.extend(writes)
+        if self.link.up and self._later is None and self._task is not None:
+            self._later = asyncio.get_running_loop().call_later(LATER, self._wake.set)
+
     def kick(self) -> None:
         """Send what is queued now (a request is over: its writes are all in)."""
-        if self._queue:
+        if self._queue or (self._undos and self.link.up):
             self._wake.set()
+
+    async def recovered(self) -> None:
+        """Redis answers again (a :meth:`Link.on_recovery <.link.Link.on_recovery>`
+        callback): the give-backs kept meanwhile go now."""
+        await self.flush()
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="omniroute-redis-writes")
@@ -83,11 +108,14 @@ class Batch:
     async def flush(self) -> None:
         """Send what is queued now, in one pipeline."""
         writes, self._queue = self._queue, []
-        if not writes:
+        undos: list[Write] = []
+        if self._undos and self.link.up:
+            undos, self._undos = self._undos, []
+        if not writes and not undos:
             return
 
         try:
-            missing = writes
+            missing = writes + undos
             for _ in range(2):  # again, once, for the scripts a restarted Redis forgot
                 results = await self.link.commands(missing)
                 missing = [w for w, r in zip(missing, results, strict=True)
@@ -97,8 +125,9 @@ class Batch:
                 await self.scripts.reload_for(self.link, missing)
         except Unreachable:
             self.dropped += len(writes)
+            self._undos[:0] = undos  # sent again once Redis answers (each is harmless twice)
             return
-        self.sent += len(writes)
+        self.sent += len(writes) + len(undos)
         self.round_trips += 1
 
     async def close(self) -> None:

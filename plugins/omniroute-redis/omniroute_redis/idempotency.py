@@ -37,8 +37,8 @@ from omniroute.idempotency.answer import SharedAnswer, State
 from omniroute.idempotency.keys import Finished, Scope
 from omniroute.sharedstate import Pending, RequestBatch
 
-from omniroute_redis.batch import Batch
-from omniroute_redis.link import Link, Unreachable
+from omniroute_redis.batch import Batch, Write
+from omniroute_redis.link import Link, Unanswered, Unreachable
 from omniroute_redis.prefetch import UNREACHABLE, Prefetch, Step
 from omniroute_redis.scripts import Scripts
 
@@ -79,13 +79,17 @@ class RedisKeys:
         assert isinstance(batch, Prefetch)
         key = self.key(scope)
 
+        release = self.scripts.command("idem_release", [key], [request_id, self.channel])
+
         def undo(found: object) -> None:  # claimed, and this request will not call
             if isinstance(found, list) and _text(found[0]) == "mine":
-                self.batch.add(self.scripts.command("idem_release", [key],
-                                                    [request_id, self.channel]), later=True)
+                self.batch.add(release, later=True)
+
+        def forget() -> list[Write]:  # the answer was lost: released, if it is this request's
+            return [release]
 
         return batch.add(Step("idem_claim", [key], self._claim_args(fingerprint, request_id),
-                              _as_is, undo=undo))
+                              _as_is, undo=undo, forget=forget))
 
     async def claim(self, scope: Scope, fingerprint: bytes, request_id: str,
                     stream: bool, ahead: Pending[object] | None = None) -> Finished | bool | None:
@@ -102,6 +106,10 @@ class RedisKeys:
                 try:
                     found = await self.scripts.call(self.link, "idem_claim", [key],
                                                     self._claim_args(fingerprint, request_id))
+                except Unanswered:  # it may have been claimed: released once Redis answers
+                    self.batch.give_back([self.scripts.command(
+                        "idem_release", [key], [request_id, self.channel])])
+                    found = UNREACHABLE
                 except Unreachable:
                     found = UNREACHABLE
             if found is UNREACHABLE:

@@ -24,8 +24,8 @@ from typing import TypeVar
 
 from omniroute.resilience.limits import SHARED_POLL
 
-from omniroute_redis.batch import Batch
-from omniroute_redis.link import Link, Unreachable
+from omniroute_redis.batch import Batch, Write
+from omniroute_redis.link import Link, Unanswered, Unreachable
 from omniroute_redis.prefetch import BEFORE, CALL, UNREACHABLE, Prefetch, Step
 from omniroute_redis.scripts import Scripts
 from omniroute_redis.wire import NoScript
@@ -60,32 +60,47 @@ class Leases:
         """Take a slot of limit ``name`` (a key prefix): :data:`TAKEN`, :data:`FULL`, or the
         seconds until the minute frees a start.
 
-        :raises Unreachable: Redis cannot be reached (bounded by the link's timeout).
+        :raises Unreachable: Redis cannot be reached (bounded by the link's timeout); when
+            its answer was lost, the slot it may have taken is given back once Redis answers.
         """
         member = self.member()
         keys, args = self._take_command(name, member, concurrency, rpm)
-        found = await self.scripts.call(self.link, "take", keys, args)
+        try:
+            found = await self.scripts.call(self.link, "take", keys, args)
+        except Unanswered:
+            self.batch.give_back([("ZREM", keys[0], member)])
+            raise
         return self._taken(found, keys[0], member, concurrency)
 
     def step(self, name: str, concurrency: int | None, rpm: int | None,
              then: Callable[[float | None], T], *, phase: int = BEFORE) -> Step[T]:
         """:meth:`take` as a step of a request's batch: ``then`` gets what :meth:`take`
-        returns (None: Redis cannot be reached). A slot taken and never read is given back,
-        its start too."""
+        returns (None: Redis cannot be reached). A slot taken is held here from its answer
+        on (its lease renewed, even before it is read); one never read is given back, its
+        start too; one whose answer was lost is given back blindly (its start stays: the
+        request goes on with its own decision, and counts in the rolling minute)."""
         member = self.member()
         keys, args = self._take_command(name, member, concurrency, rpm)
+        slots, starts = keys
 
         def read(raw: object) -> T:
-            if raw is UNREACHABLE:
-                return then(None)
-            return then(self._taken(raw, keys[0], member, concurrency))
+            return then(None if raw is UNREACHABLE else _found(raw))
+
+        def ran(step: Step[T]) -> None:
+            if concurrency is not None and _text(step.raw) == "0":
+                self.held[slots].append(member)
 
         def undo(raw: object) -> None:
             if _text(raw) == "0":
-                self.batch.add(("ZREM", keys[0], member), later=True)
-                self.batch.add(("ZREM", keys[1], member), later=True)
+                if concurrency is not None:
+                    self.give(name)  # one held here (slots of one limit are interchangeable)
+                self.batch.add(("ZREM", starts, member), later=True)
 
-        return Step("take", keys, args, read, phase=phase, undo=undo)
+        def forget() -> list[Write]:  # its start stays: the request goes on, and counts
+            return [("ZREM", slots, member)]
+
+        return Step("take", keys, args, read, phase=phase, undo=undo, ran_hook=ran,
+                    forget=forget)
 
     @staticmethod
     def _take_command(name: str, member: str, concurrency: int | None,
@@ -95,14 +110,10 @@ class Leases:
                  "" if rpm is None else rpm, LEASE])
 
     def _taken(self, found: object, slots: str, member: str, concurrency: int | None) -> float:
-        found = _text(found)
-        if found == "0":
-            if concurrency is not None:
-                self.held[slots].append(member)
-            return TAKEN
-        if found == "c":
-            return FULL
-        return float(found)
+        taken = _found(found)
+        if taken == TAKEN and concurrency is not None:
+            self.held[slots].append(member)
+        return taken
 
     def give(self, name: str) -> None:
         """Give back one slot of limit ``name`` held here (queued to go with the writes of
@@ -152,9 +163,11 @@ class ConnectionSlots:
         """Queue a take of ``name``'s slot on ``batch`` (after every other step)."""
         step = self.leases.step(f"{self.prefix}:{name}", max_concurrency, rpm, _granted,
                                 phase=CALL)
-        undo = step.undo
+        undo, held = step.undo, step.ran_hook
 
         def ran(step: Step[float | None]) -> None:
+            if held is not None:
+                held(step)
             if _text(step.raw) == "0":
                 self.ahead.setdefault(name, []).append(step)
 
@@ -189,6 +202,16 @@ class ConnectionSlots:
 
 def _text(value: object) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _found(found: object) -> float:
+    """The ``take`` script's answer: :data:`TAKEN`, :data:`FULL` or seconds to wait."""
+    text = _text(found)
+    if text == "0":
+        return TAKEN
+    if text == "c":
+        return FULL
+    return float(text)
 
 
 def _granted(found: float | None) -> float | None:

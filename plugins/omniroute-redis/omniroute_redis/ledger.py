@@ -37,9 +37,9 @@ from omniroute.config import Settings
 from omniroute.errors import BudgetUnavailable, RateLimited
 from omniroute.sharedstate import RequestBatch
 
-from omniroute_redis.batch import Batch
+from omniroute_redis.batch import Batch, Write
 from omniroute_redis.leases import FULL, TAKEN, Leases
-from omniroute_redis.link import Link, Unreachable
+from omniroute_redis.link import Link, Unanswered, Unreachable
 from omniroute_redis.prefetch import ROUTED, UNREACHABLE, Prefetch, Step
 from omniroute_redis.scripts import Scripts
 
@@ -94,6 +94,9 @@ class RedisLedger:
         ask = self._reservation(state, limits, usd, tokens)
         try:
             answer = await self.scripts.call(self.link, "reserve", ask.keys, ask.args)
+        except Unanswered:  # it may have been made: dropped once Redis answers
+            self.batch.give_back([("HDEL", ask.keys[0], ask.reservation)])
+            answer = UNREACHABLE
         except Unreachable:
             answer = UNREACHABLE
         return self._reserved(ask, limits, answer)
@@ -107,9 +110,12 @@ class RedisLedger:
             if isinstance(answer, list) and _text(answer[0]) == "ok":
                 self.batch.add(("HDEL", ask.keys[0], ask.reservation), later=True)
 
+        def forget() -> list[Write]:  # the answer was lost: dropped, if it was made
+            return [("HDEL", ask.keys[0], ask.reservation)]
+
         return batch.add(Step("reserve", ask.keys, ask.args,
                               lambda answer: self._reserved(ask, limits, answer),
-                              phase=ROUTED, undo=undo))
+                              phase=ROUTED, undo=undo, forget=forget))
 
     def _reservation(self, state: KeyState, limits: Limits, usd: float,
                      tokens: int) -> _Ask:

@@ -75,6 +75,11 @@ class Unreachable(Exception):
     """Redis cannot be reached now; the caller decides with its own numbers."""
 
 
+class Unanswered(Unreachable):
+    """The command was sent and its reply did not come in time (or the connection broke
+    first): Redis may have run it, so what it takes may have been taken."""
+
+
 class Link:
     """The Redis client of one gateway, and its reachability.
 
@@ -99,6 +104,9 @@ class Link:
         #: round trips that failed, and times the link went down
         self.failures = 0
         self.outages = 0
+        #: error replies to a request's batch (a script failed partway), and the last one
+        self.errors = 0
+        self.last_reply_error: str | None = None
         self._recovered: list[Callable[[], Awaitable[None]]] = []
         self._probe: asyncio.Task[None] | None = None
         self._closing = False
@@ -142,36 +150,60 @@ class Link:
                       late: Callable[[Any], None] | None = None) -> Any:
         """One command on the request path's connection, bounded like :meth:`call`.
 
-        :param late: gets the reply when the caller was cancelled before it came (what
-            the command took can then be given back); an error reply is not passed on.
+        :param late: when the caller is cancelled before the reply comes, gets the reply,
+            or the exception it ended with (an :class:`ErrorReply`; a ``TimeoutError``
+            when it did not come within the bound, which still holds; a
+            :class:`WireError` when the connection broke): what the command took can
+            then be given back.
         :raises ErrorReply: Redis answered with an error (``NoScript`` included).
-        :raises Unreachable: Redis cannot be reached.
+        :raises Unanswered: it was sent and no reply came within the bound.
+        :raises Unreachable: Redis cannot be reached (nothing was sent).
         """
         if not self.up:
             raise Unreachable(self.last_error or "down")
+        sent = False
         try:
             wire = self._wire
             if wire is None or wire.broken is not None:
                 async with asyncio.timeout(self.timeout()):
                     wire = await self._connected()
             reply = wire.send(*args)
+            sent = True
             # a timer on the reply itself: cheaper than a timeout scope per command
-            timer = asyncio.get_running_loop().call_later(self.timeout(), _expire, reply)
+            timer: asyncio.TimerHandle | None = asyncio.get_running_loop().call_later(
+                self.timeout(), _expire, reply)
             try:
                 if late is None:
                     return await reply
                 try:
                     return await asyncio.shield(reply)
                 except asyncio.CancelledError:
-                    reply.add_done_callback(partial(_late, late))
+                    # nobody awaits the reply now: the timer keeps bounding it
+                    reply.add_done_callback(partial(self._late, late))
+                    timer = None
                     raise
             finally:
-                timer.cancel()
+                if timer is not None:
+                    timer.cancel()
         except ErrorReply:
             raise
         except FAILURES as exc:
             self.lost(exc)
-            raise Unreachable(str(exc)) from exc
+            raise (Unanswered if sent else Unreachable)(str(exc)) from exc
+
+    def _late(self, late: Callable[[Any], None], reply: asyncio.Future[Any]) -> None:
+        """The reply of a command whose caller was cancelled: to ``late``, and a reply
+        that did not come marks the link down as an awaited one does."""
+        if reply.cancelled():
+            late(WireError("cancelled"))
+            return
+        exc = reply.exception()
+        if exc is None:
+            late(reply.result())
+            return
+        if isinstance(exc, FAILURES):
+            self.lost(exc)
+        late(exc)
 
     async def commands(self, commands: list[tuple[Any, ...]]) -> list[Any]:
         """Several commands in one write (one round trip); an error reply is returned in
@@ -195,6 +227,17 @@ class Link:
         except FAILURES as exc:
             self.lost(exc)
             raise Unreachable(str(exc)) from exc
+
+    def errored(self, exc: ErrorReply) -> None:
+        """A request's script failed in Redis (``OOM``, ``READONLY``, ``WRONGTYPE``): counted,
+        and logged when its error is not the one logged last (Redis is up: not an outage)."""
+        self.errors += 1
+        text = str(exc)[:300]
+        if text != self.last_reply_error:
+            self.last_reply_error = text
+            log.warning("redis at %s answered a request's script with an error (%s); its "
+                        "parts decide with this instance's own state", redact_url(self.url),
+                        text)
 
     def lost(self, exc: BaseException) -> None:
         """A call failed: mark the link down (logged once) and start probing."""
@@ -278,7 +321,7 @@ class Link:
 
     def health(self) -> dict[str, Any]:
         out: dict[str, Any] = {"ok": self.up, "outages": self.outages,
-                               "failed_calls": self.failures}
+                               "failed_calls": self.failures, "script_errors": self.errors}
         if not self.up:
             out["down_for_s"] = round(time.time() - (self.down_since or time.time()), 1)
             out["error"] = self.last_error
@@ -298,11 +341,6 @@ class Link:
         with contextlib.suppress(Exception):
             async with asyncio.timeout(2.0):
                 await self.client.aclose()
-
-
-def _late(late: Callable[[Any], None], reply: asyncio.Future[Any]) -> None:
-    if not reply.cancelled() and reply.exception() is None:
-        late(reply.result())
 
 
 def _expire(reply: asyncio.Future[Any]) -> None:

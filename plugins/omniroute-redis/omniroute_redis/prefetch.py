@@ -34,6 +34,15 @@ round trip).
 While Redis cannot be reached every step answers as its own call would then:
 the part decides with this instance's own numbers. A request whose client leaves
 while the batch is on its way gives back what it took once the answer is in.
+
+When the answer is lost once the batch was sent (it came later than
+``state_timeout``, the connection broke) or the script failed partway (``OOM``
+under ``noeviction``, ``READONLY`` after a failover, ``WRONGTYPE``), Redis may
+have run some steps: every step answers as while Redis cannot be reached (the
+cache's lookup a miss), and each step's blind undo (it names only this request's
+own slot member, reservation or claim, so it is harmless where the step never
+ran) is queued with the writes that follow answers, kept until Redis answers
+again (:meth:`Batch.give_back <.batch.Batch.give_back>`).
 """
 
 from __future__ import annotations
@@ -41,11 +50,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
-from omniroute_redis.link import Link, Unreachable
+from omniroute_redis.link import Link, Unanswered, Unreachable
 from omniroute_redis.scripts import Scripts
+from omniroute_redis.wire import ErrorReply, NoScript
 
 if TYPE_CHECKING:
-    from omniroute_redis.batch import Batch
+    from omniroute_redis.batch import Batch, Write
     from omniroute_redis.leases import ConnectionSlots
 
 T = TypeVar("T")
@@ -67,16 +77,21 @@ class Step(Generic[T]):
     :param undo: queues what gives back a raw answer that took something (None: nothing
         to give back, such as a lookup).
     :param ran_hook: called with the step once its answer is in (before anyone reads it).
+    :param forget: the writes that give back what the step may have taken when its
+        answer was lost (a blind undo: each names only this request's own member or id,
+        so it is harmless where the step never ran); None: it takes nothing.
     """
 
-    __slots__ = ("_ran", "args", "done", "keys", "name", "phase", "ran_hook", "raw", "read",
-                 "undo")
+    __slots__ = ("_ran", "args", "done", "forget", "keys", "name", "phase", "ran_hook", "raw",
+                 "read", "undo")
 
     def __init__(self, name: str, keys: list[str], args: list[Any], read: Callable[[Any], T],
                  *, phase: int = BEFORE, undo: Callable[[Any], None] | None = None,
-                 ran_hook: Callable[[Step[T]], None] | None = None) -> None:
+                 ran_hook: Callable[[Step[T]], None] | None = None,
+                 forget: Callable[[], list[Write]] | None = None) -> None:
         self.name, self.keys, self.args, self.phase = name, keys, args, phase
         self.read, self.undo, self.ran_hook = read, undo, ran_hook
+        self.forget = forget
         self.raw: Any = None
         self._ran = False
         self.done = False  # read, or undone
@@ -126,10 +141,8 @@ class Prefetch:
 
     async def send(self) -> None:
         """One ``EVALSHA`` of the ``admit`` script (a second after Redis forgot its scripts).
-
-        :raises ErrorReply: a script failed (a bug of ours): the request fails as it
-            would have in its stage.
-        """
+        Never raises for Redis: a lost answer or a script's error answers every step as
+        while Redis cannot be reached, and queues the steps' blind undos."""
         if not self.steps:
             return
         steps = self.steps = sorted(self.steps, key=_phase)
@@ -148,8 +161,15 @@ class Prefetch:
                     args += step.args
                 answers = await self.scripts.call(self.link, "admit", keys, head + args,
                                                   late=self._abandoned)
-        except Unreachable:
+        except Unanswered:  # sent, and the answer is lost: what Redis took is unknown
             answers = [UNREACHABLE] * len(steps)
+            self._forget()
+        except Unreachable:  # nothing was sent
+            answers = [UNREACHABLE] * len(steps)
+        except ErrorReply as exc:  # a step failed in Redis: the steps before it took theirs
+            self.link.errored(exc)
+            answers = [UNREACHABLE] * len(steps)
+            self._forget()
         self._answer(answers)
 
     def _answer(self, answers: list[Any]) -> None:
@@ -157,13 +177,25 @@ class Prefetch:
             step.answered(raw)
 
     def _abandoned_one(self, answer: Any) -> None:
-        self._abandoned([answer])
+        self._abandoned(answer if isinstance(answer, BaseException) else [answer])
 
-    def _abandoned(self, answers: list[Any]) -> None:
+    def _abandoned(self, answers: list[Any] | BaseException) -> None:
         """The request was gone (its client left) before the answer came: nobody reads
-        it, so what it took is given back."""
+        it, so what it took is given back (blindly, when the answer is lost or an error)."""
+        if isinstance(answers, BaseException):
+            if isinstance(answers, ErrorReply) and not isinstance(answers, NoScript):
+                self.link.errored(answers)  # (NOSCRIPT: not run; the caller was gone)
+            self._forget()
+            self.writes.kick()
+            return
         self._answer(answers)
         self.release()
+
+    def _forget(self) -> None:
+        """The answer is lost: every step's blind undo, queued until Redis answers."""
+        writes = [w for step in self.steps if step.forget is not None for w in step.forget()]
+        if writes:
+            self.writes.give_back(writes)
 
     def release(self) -> None:
         """The request is over: undo what ran and was not read, and send the writes

@@ -4,13 +4,24 @@ for each test), a fake upstream, and three gateway instances sharing both."""
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import redis
-from redis_testkit import FakeUpstream, Instances, RedisServer, free_port, start_instances
+from redis_testkit import (
+    FakeUpstream,
+    Instances,
+    RedisServer,
+    SlowProxy,
+    Write,
+    free_port,
+    start_instances,
+)
+
+from omniroute_redis.scripts import Scripts
+from omniroute_redis.wire import Wire
 
 #: database 13 of the machine's Redis (the test command starts redis-server when it is down)
 REDIS_URL = os.environ.get("OMNIROUTE_TEST_REDIS_URL", "redis://127.0.0.1:6379/13")
@@ -58,3 +69,45 @@ async def own_redis() -> AsyncIterator[RedisServer]:
         if server.process is not None:
             server.resume()
         await server.stop()
+
+
+@pytest.fixture
+async def slow_redis(redis_url: str) -> AsyncIterator[SlowProxy]:
+    """A proxy in front of the test's Redis whose replies the test can hold back."""
+    proxy = SlowProxy(redis_url)
+    await proxy.start()
+    try:
+        yield proxy
+    finally:
+        await proxy.close()
+
+
+@pytest.fixture
+def writes(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[Write]]:
+    """Every write of every :class:`Wire`: per command its name (a script's name), and
+    for the ``admit`` script the names of its steps."""
+    names = {sha: name for name, sha in Scripts().sha.items()}
+    log: list[Write] = []
+
+    def described(args: tuple[Any, ...]) -> tuple[str, ...]:
+        if args[0] != "EVALSHA":
+            return (str(args[0]),)
+        name, nkeys = names[args[1]], int(args[2])
+        if name != "admit":
+            return (name,)
+        argv = args[3 + nkeys:]
+        return (name, *(str(argv[1 + 3 * i]) for i in range(int(argv[0]))))
+
+    send, send_many = Wire.send, Wire.send_many
+
+    def logged_send(self: Wire, *args: Any) -> Any:
+        log.append([described(args)])
+        return send(self, *args)
+
+    def logged_send_many(self: Wire, commands: list[tuple[Any, ...]]) -> Any:
+        log.append([described(c) for c in commands])
+        return send_many(self, commands)
+
+    monkeypatch.setattr(Wire, "send", logged_send)
+    monkeypatch.setattr(Wire, "send_many", logged_send_many)
+    yield log

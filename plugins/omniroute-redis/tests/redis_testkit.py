@@ -12,12 +12,24 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp
+import redis.asyncio as aioredis
 from aiohttp import web
+from omniroute.budgets import Limits
 from omniroute.testing import GatewayHarness, make_test_config, start_harness
 
 UPSTREAM_KEY = "sk-upstream-test"
+#: scripts the instance runs on its own schedule, not for a request, and what a
+#: connection sends once as it opens
+BACKGROUND = {"merge", "renew", "SELECT", "AUTH"}
+#: a price that makes a request of 20 tokens cost $0.005
+PRICE = {"model": "up/m1", "input": 250, "output": 250}
+
+#: one write on the request path's connection: the commands it carried, by name
+#: (the ``writes`` fixture)
+Write = list[tuple[str, ...]]
 
 
 class FakeUpstream:
@@ -230,3 +242,98 @@ async def until_routable(instances: Instances, *models: str, timeout: float = 2.
         return True
 
     await until(routable, timeout=timeout)
+
+
+def requests_part(log: list[Write]) -> list[Write]:
+    """The writes made for requests (the background syncs and connections opening left
+    out)."""
+    kept = []
+    for write in log:
+        commands = [c for c in write if c[0] not in BACKGROUND]
+        if commands:
+            kept.append(commands)
+    return kept
+
+
+async def limited_key(instances: Instances, **limits: Any) -> tuple[str, str]:
+    """A new API key with ``limits``: (its id, its secret)."""
+    key, secret = await instances[0].store.create_key("team", set(),
+                                                      limits=Limits.parse(limits))
+    await instances[0].gateway.reload()
+    return key.id, secret
+
+
+async def count(client: aioredis.Redis, pattern: str) -> int:
+    """Members of the sorted sets (or fields of the hashes) whose names match."""
+    total = 0
+    async for name in client.scan_iter(match=pattern):
+        kind = (await client.type(name)).decode()
+        total += await (client.zcard(name) if kind == "zset" else client.hlen(name))
+    return total
+
+
+class SlowProxy:
+    """A TCP proxy in front of a Redis that holds each reply back :attr:`delay` seconds
+    (read live: setting it to 0 lets what it holds go at once). Commands go through at
+    once, so Redis runs them while their replies wait."""
+
+    def __init__(self, redis_url: str) -> None:
+        parts = urlsplit(redis_url)
+        self.target = (parts.hostname or "127.0.0.1", parts.port or 6379)
+        self._path = parts.path
+        self.delay = 0.0
+        self.url = ""
+        self._server: asyncio.Server | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._writers: list[asyncio.StreamWriter] = []
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        port = self._server.sockets[0].getsockname()[1]
+        self.url = f"redis://127.0.0.1:{port}{self._path}"
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection(*self.target)
+        self._writers += [writer, up_writer]
+        loop = asyncio.get_running_loop()
+        held: asyncio.Queue[tuple[float, bytes]] = asyncio.Queue()
+
+        async def commands() -> None:
+            while data := await reader.read(65536):
+                up_writer.write(data)
+                await up_writer.drain()
+            up_writer.close()
+
+        async def replies() -> None:
+            while data := await up_reader.read(65536):
+                held.put_nowait((loop.time(), data))
+            held.put_nowait((loop.time(), b""))
+
+        async def release() -> None:
+            while True:
+                came, data = await held.get()
+                while loop.time() < came + self.delay:
+                    await asyncio.sleep(0.005)
+                if not data:
+                    break
+                writer.write(data)
+                await writer.drain()
+            writer.close()
+
+        tasks = [asyncio.ensure_future(t()) for t in (commands, replies, release)]
+        self._tasks.update(tasks)
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._tasks.difference_update(tasks)
+        for w in (writer, up_writer):
+            w.close()
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        for writer in self._writers:
+            writer.close()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._server is not None:
+            await self._server.wait_closed()
