@@ -190,6 +190,25 @@ async def test_cancelled_transaction_leaves_no_transaction_open(store: Store) ->
     assert "after" in await store.list_aliases()
 
 
+async def test_a_health_check_is_bounded_by_its_own_short_timeout(
+        db: DatabaseBackend, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A database that hangs fails the check within ``check_timeout`` (1 s), not within a
+    statement's timeout (30 s on PostgreSQL): the health endpoint answers meanwhile."""
+    answer = db.fetchone
+
+    async def hung(sql: str, params: Any = ()) -> Any:
+        await asyncio.sleep(30)
+        return await answer(sql, params)
+
+    monkeypatch.setattr(db, "fetchone", hung)
+    began = time.monotonic()
+    async with asyncio.timeout(5):
+        assert await db.check() is False
+    assert time.monotonic() - began < 2.0
+    monkeypatch.setattr(db, "fetchone", answer)
+    assert await db.check() is True
+
+
 # ---------------------------------------------------------------------- vault
 
 

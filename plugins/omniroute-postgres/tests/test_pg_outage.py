@@ -108,7 +108,7 @@ async def test_a_database_that_hangs_holds_nothing_up_for_longer_than_its_timeou
             assert log.pending == 1 and log.dropped == 0
         began = time.monotonic()
         assert await db.check() is False
-        assert time.monotonic() - began < 6.0
+        assert time.monotonic() - began < 1.8  # its own bound (1 s), not command_timeout
         proxy.resume()
 
         async def written() -> bool:
