@@ -474,6 +474,28 @@ async def test_request_log_background_task_and_key_use(store: Store) -> None:
         await log.close()
 
 
+async def test_the_keys_last_use_is_written_in_one_order(
+        store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every instance updates the keys in id order, whatever order they were used in: two
+    instances locking the same keys' rows in opposite orders deadlock."""
+    keys = [(await store.create_key(f"user{i}"))[0].id for i in range(4)]
+    written: list[list[Any]] = []
+    real = store.db.executemany
+
+    async def recorded(sql: str, rows: Any) -> None:
+        if sql.startswith("UPDATE api_keys"):
+            written.append([tuple(r) for r in rows])
+        await real(sql, rows)
+
+    monkeypatch.setattr(store.db, "executemany", recorded)
+    log = RequestLog(store.db)
+    for i, key_id in enumerate(sorted(keys, reverse=True)):
+        log.touch(key_id, 1000.0 + i)
+    await log.flush()
+    assert [key_id for _, key_id in written[0]] == sorted(keys)
+    assert all(k.last_used_at for k in await store.list_keys())
+
+
 async def test_request_log_keeps_records_when_a_write_fails(
     db: Database, monkeypatch: pytest.MonkeyPatch
 ) -> None:

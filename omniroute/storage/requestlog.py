@@ -142,7 +142,8 @@ class RequestLog(BufferedLog[RequestRecord]):
         self._used.update(used)
         if used:
             await self.db.executemany("UPDATE api_keys SET last_used_at = ? WHERE id = ?",
-                                      [(ts, key_id) for key_id, ts in used.items()])
+                                      # in one order on every instance (no deadlock)
+                                      [(ts, key_id) for key_id, ts in sorted(used.items())])
 
     def also_done(self) -> None:
         self._used = {}
