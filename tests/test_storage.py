@@ -496,6 +496,24 @@ async def test_the_keys_last_use_is_written_in_one_order(
     assert all(k.last_used_at for k in await store.list_keys())
 
 
+async def test_a_nul_in_a_client_sent_value_does_not_lose_the_record(
+        db: DatabaseBackend, caplog: pytest.LogCaptureFixture) -> None:
+    """PostgreSQL refuses U+0000 in text: it is stored as U+FFFD there (SQLite keeps it),
+    the batch is written as a batch, and nothing is dropped."""
+    log = RequestLog(db)
+    log.add(_record(0, model="gpt\x00-4o"))
+    log.add(_record(1, model="gpt-4o"))
+    assert await log.flush() == 2
+    assert log.dropped == 0
+    assert "one by one" not in caplog.text
+    row = await db.fetchone("SELECT model FROM request_log WHERE request_id = ?", ("r0",))
+    assert row[0] in ("gpt\x00-4o", "gpt\ufffd-4o")
+    assert row[0] == ("gpt\ufffd-4o" if db.remote else "gpt\x00-4o")
+    found = await db.fetchone("SELECT COUNT(*) FROM request_log WHERE model = ?",
+                              ("gpt\x00-4o",))  # a parameter is read as it is stored
+    assert found[0] == 1
+
+
 async def test_request_log_keeps_records_when_a_write_fails(
     db: Database, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -218,7 +218,7 @@ class PostgresDatabase(DatabaseBackend):
         await conn.execute("SELECT set_config('lock_timeout', $1, true)", before)
 
     async def _run(self, method: str, sql: str, params: Iterable[Any]) -> Any:
-        query, args = translate(sql), tuple(params)
+        query, args = translate(sql), tuple(map(_storable, params))
         try:
             conn = self._held.get()
             if conn is not None:
@@ -240,7 +240,7 @@ class PostgresDatabase(DatabaseBackend):
         return int(count) if count.isdigit() else 0
 
     async def executemany(self, sql: str, rows: Iterable[Iterable[Any]]) -> None:
-        args = [tuple(row) for row in rows]
+        args = [tuple(map(_storable, row)) for row in rows]
         if args:
             await self._run("executemany", sql, (args,))
 
@@ -252,6 +252,14 @@ class PostgresDatabase(DatabaseBackend):
             "ON CONFLICT(key) DO UPDATE SET value = CAST(CAST(meta.value AS BIGINT) + 1 AS TEXT)"
             " RETURNING value")
         return int(row[0]) if row else 0
+
+
+def _storable(value: Any) -> Any:
+    """``value`` as PostgreSQL's text takes it: U+0000 (which it refuses: a client's model
+    name with a NUL would lose its usage record) becomes U+FFFD; anything else as it is."""
+    if value.__class__ is str and "\x00" in value:
+        return value.replace("\x00", "\ufffd")
+    return value
 
 
 class ValueRefused(ValueError):
