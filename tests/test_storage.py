@@ -209,6 +209,22 @@ async def test_a_health_check_is_bounded_by_its_own_short_timeout(
     assert await db.check() is True
 
 
+@pytest.mark.parametrize(("url", "shown"), [
+    ("redis://:s3cret@host:6379/0", "redis://:***@host:6379/0"),
+    ("postgresql://app:s3cret@db/omni?sslmode=require",
+     "postgresql://app:***@db/omni?sslmode=require"),
+    ("postgresql://app@db/omni?password=s3cret", "postgresql://app@db/omni?password=***"),
+    ("postgresql://app@db/omni?sslmode=verify-full&SSLPassword=s3cret&pool_size=5",
+     "postgresql://app@db/omni?sslmode=verify-full&SSLPassword=***&pool_size=5"),
+    ("postgresql://app:a@db/omni?password=s3cret&sslpassword=s3cret#x",
+     "postgresql://app:***@db/omni?password=***&sslpassword=***#x"),
+])
+def test_redact_url_hides_every_password(url: str, shown: str) -> None:
+    from omniroute.config import redact_url
+
+    assert redact_url(url) == shown
+
+
 # ---------------------------------------------------------------------- vault
 
 
