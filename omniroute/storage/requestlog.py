@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from omniroute.storage import rollup
+from omniroute.storage import responses, rollup
 from omniroute.storage.backend import DatabaseBackend
 from omniroute.storage.buffered import BufferedLog
 
@@ -155,7 +155,9 @@ class RequestLog(BufferedLog[RequestRecord]):
 
     async def prune(self) -> int:
         """Apply retention to the records, and their age to the rollup rows; drop the
-        per-minute totals older than :data:`~omniroute.storage.rollup.MINUTE_KEEP`."""
+        per-minute totals older than :data:`~omniroute.storage.rollup.MINUTE_KEEP`, and
+        the stored Responses past their expiry (:mod:`omniroute.storage.responses`)."""
+        await responses.delete_expired(self.db, self.clock())
         removed = await super().prune()
         await self.db.execute("DELETE FROM usage_dims WHERE period = ? AND start < ?",
                               (rollup.MINUTE, self.clock() - rollup.MINUTE_KEEP))
