@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import fnmatch
 import hashlib
 import os
 import sqlite3
@@ -28,6 +29,7 @@ from omniroute.storage import (
     Store,
 )
 from omniroute.storage.migrations import LATEST, MIGRATIONS
+from omniroute.routing import Router
 from omniroute.storage.store import Combo, Connection
 from omniroute.testing import make_test_config, start_harness
 from omniroute.vault import KEY_FILE, Vault, VaultError, mask
@@ -386,6 +388,21 @@ async def test_aliases_and_combos(store: Store) -> None:
     assert await store.delete_combo("combo_1") is True
     assert await store.delete_combo("combo_1") is False
     assert await store.get_combo("best") is None
+
+
+async def test_aliases_come_in_code_point_order_whatever_the_collation(store: Store) -> None:
+    """The router takes the first wildcard that matches: SQLite and a PostgreSQL database
+    created with a locale (here ICU's English, where '-' sorts before '*') route alike."""
+    if store.db.remote:
+        await store.db.execute(
+            'ALTER TABLE aliases ALTER COLUMN alias TYPE TEXT COLLATE "en-x-icu"')
+    for alias, target in [("gpt-*", "up/dash"), ("gpt*", "up/star"), ("Gpt*", "up/upper"),
+                          ("exact", "up/exact")]:
+        await store.set_alias(alias, target)
+    aliases = await store.list_aliases()
+    assert list(aliases) == ["Gpt*", "exact", "gpt*", "gpt-*"]
+    router = Router({}, aliases, [], {})
+    assert next(t for a, t in router.patterns if fnmatch.fnmatchcase("gpt-4o", a)) == "up/star"
 
 
 async def test_settings_put_and_replace(store: Store) -> None:
