@@ -20,6 +20,7 @@ import pytest
 
 from omniroute.cache.memory import MemoryCache
 from omniroute.config import Config, ConfigError, Settings, load_config
+from omniroute.routing import Router
 from omniroute.storage import (
     Database,
     DatabaseBackend,
@@ -29,7 +30,6 @@ from omniroute.storage import (
     Store,
 )
 from omniroute.storage.migrations import LATEST, MIGRATIONS
-from omniroute.routing import Router
 from omniroute.storage.store import Combo, Connection
 from omniroute.testing import make_test_config, start_harness
 from omniroute.vault import KEY_FILE, Vault, VaultError, mask
