@@ -146,9 +146,14 @@ def web_origins(value: Any) -> tuple[str, ...]:
     return tuple(out)
 
 
+#: query parameters that carry a secret (asyncpg reads ``?password=`` and ``?sslpassword=``)
+_SECRET_QUERY = re.compile(r"([?&](?:password|sslpassword)=)[^&#]*", re.IGNORECASE)
+
+
 def redact_url(url: str) -> str:
-    """``url`` without its password (``redis://:secret@host`` -> ``redis://:***@host``)."""
-    return re.sub(r"(://[^/@:]*:)[^/@]*@", r"\1***@", url)
+    """``url`` without its passwords: the user's (``redis://:secret@host`` ->
+    ``redis://:***@host``) and those of the query (``?password=secret`` -> ``?password=***``)."""
+    return _SECRET_QUERY.sub(r"\1***", re.sub(r"(://[^/@:]*:)[^/@]*@", r"\1***@", url))
 
 
 def load_config(

@@ -8,6 +8,7 @@ import asyncio
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -490,6 +491,25 @@ async def test_the_database_store_adds_to_rows(db: DatabaseBackend) -> None:
     assert await store.load(60.0) == {("k", "daily", 100.0): (2.0, 15, 2)}
     assert await store.prune(60.0) == 1
     assert len(await store.load(0)) == 1
+
+
+async def test_the_database_store_writes_its_rows_in_one_order(
+        db: DatabaseBackend, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every instance adds to the rows in (key, period, window) order, whatever order the
+    ledger made them in: two instances locking the same rows in opposite orders deadlock."""
+    written: list[list[Any]] = []
+    real = db.executemany
+
+    async def recorded(sql: str, rows: Any) -> None:
+        written.append([tuple(r) for r in rows])
+        await real(sql, rows)
+
+    monkeypatch.setattr(db, "executemany", recorded)
+    deltas = [("k2", "daily", 100.0, 1.0, 1, 1), ("k1", "monthly", 0.0, 1.0, 1, 1),
+              ("k1", "daily", 200.0, 1.0, 1, 1), ("k1", "daily", 100.0, 1.0, 1, 1)]
+    await SqliteSpendStore(db).add(deltas)
+    assert written == [sorted(deltas)]
+    assert len(await SqliteSpendStore(db).load(0)) == 4
 
 
 async def test_the_background_task_syncs_on_its_clock() -> None:

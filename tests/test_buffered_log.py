@@ -196,3 +196,19 @@ async def test_audit_retention_by_age_in_small_batches(
     audit.add(AuditEntry(ts=1.0, actor="a", action="POST /api/x"))
     await audit.flush()
     assert await audit.prune() == 0 and await _rows(db, "audit_log") == 2
+
+
+async def test_the_row_bound_keeps_the_newest_rows_when_ids_have_gaps(db: Database) -> None:
+    """A PostgreSQL sequence skips ids (a rolled-back insert, a crash): the bound is the
+    id of the row past the newest ``max_rows``, not the largest id minus ``max_rows``."""
+    table, log = "request_log", RequestLog(db)
+    for i in range(10):
+        log.add(_record(i))
+    await log.flush()
+    ids = [r[0] for r in await db.fetchall(f"SELECT id FROM {table} ORDER BY id")]
+    await db.execute(f"DELETE FROM {table} WHERE id > ? AND id < ?", (ids[1], ids[6]))
+    log.retention_days, log.max_rows = 0.0, 5  # 6 rows left, ids 1 2 7 8 9 10
+    assert await log.prune() == 1
+    kept = [r[0] for r in await db.fetchall(f"SELECT id FROM {table} ORDER BY id")]
+    assert kept == [ids[1], *ids[6:]]
+    assert await log.prune() == 0  # within the bound: nothing more

@@ -6,6 +6,9 @@ lanes: translated (a Chat Completions upstream) and pass-through (a Responses up
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import time
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +17,7 @@ import pytest
 from fakes.responses_upstream import FakeResponses
 
 from omniroute.formats.base import ClientRequest
-from omniroute.storage import Database, DatabaseBackend
+from omniroute.storage import Database, DatabaseBackend, RequestLog
 from omniroute.storage.migrations import LATEST, MIGRATIONS
 from omniroute.storage.responses import ResponseStore
 from omniroute.tokens import estimate_request
@@ -329,13 +332,68 @@ async def test_store_scopes_and_expiry(tmp_path: Path) -> None:
         expired = ResponseStore(db, ttl=-1.0)
         await expired.save(None, {**response, "id": "resp_old"}, [])
         assert await store.get("resp_old", None) is None  # past its expiry: gone for readers
-        await store.save(None, {**response, "id": "resp_new"}, [])  # a write prunes it
+        await store.save(None, {**response, "id": "resp_new"}, [])  # a write deletes nothing
+        rows = await db.fetchall("SELECT id FROM responses ORDER BY id")
+        assert [r["id"] for r in rows] == ["resp_1", "resp_new", "resp_old"]
+        await RequestLog(db).prune()  # the retention loop does
         rows = await db.fetchall("SELECT id FROM responses ORDER BY id")
         assert [r["id"] for r in rows] == ["resp_1", "resp_new"]
         assert await store.delete("resp_1", "key_a")
         assert await store.get("resp_1", "key_a") is None
     finally:
         await db.close()
+
+
+def _hang_inserts(db: DatabaseBackend, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The database hangs on a response's write (as PostgreSQL past a network fault)."""
+    real = db.execute
+
+    async def hung(sql: str, params: Any = ()) -> int:
+        if sql.startswith("INSERT INTO responses"):
+            await asyncio.sleep(30)
+        return await real(sql, params)
+
+    monkeypatch.setattr(db, "execute", hung)
+
+
+async def test_a_hung_database_does_not_hold_the_answer(
+        gw: Any, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """The answer goes out within the store's bound (2 s), not the database's 30 s; that
+    response cannot be continued by id; the failure is logged once, not per request."""
+    _hang_inserts(gw.gateway.db, monkeypatch)
+    client = sdk(gw)
+    began = time.monotonic()
+    first = await client.responses.create(model=CHAT_MODEL, input="My name is Ada.")
+    stream = await client.responses.create(model=CHAT_MODEL, input="Again.", stream=True)
+    async for _ in stream:
+        pass
+    assert time.monotonic() - began < 7.0
+    assert first.output_text == "Hello! You said: My name is Ada."
+    with pytest.raises(openai.BadRequestError) as refused:
+        await client.responses.create(model=CHAT_MODEL, input="What is my name?",
+                                      previous_response_id=first.id)
+    assert refused.value.code == "previous_response_not_found"
+    assert len([r for r in caplog.records if r.levelno >= logging.WARNING
+                and "could not store response" in r.message]) == 1
+
+
+async def test_the_store_waits_a_bounded_time_and_logs_an_outage_once(
+        db: DatabaseBackend, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO)
+    store = ResponseStore(db, save_timeout=0.2)
+    response = {"id": "resp_1", "object": "response", "model": "m", "output": []}
+    with monkeypatch.context() as patch:
+        _hang_inserts(db, patch)
+        began = time.monotonic()
+        assert await store.save("k", response, []) is False
+        assert await store.save("k", {**response, "id": "resp_2"}, []) is False
+        assert time.monotonic() - began < 2.0
+    assert len([r for r in caplog.records if r.levelno >= logging.WARNING
+                and "could not store response" in r.message]) == 1  # once per outage
+    assert await store.save("k", {**response, "id": "resp_3"}, []) is True
+    assert "responses are stored again" in caplog.text
+    assert await store.get("resp_3", "k") is not None
 
 
 async def test_the_store_keeps_each_key_to_its_own_rows(db: DatabaseBackend) -> None:

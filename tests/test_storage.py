@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import fnmatch
 import hashlib
 import os
 import sqlite3
@@ -19,6 +20,7 @@ import pytest
 
 from omniroute.cache.memory import MemoryCache
 from omniroute.config import Config, ConfigError, Settings, load_config
+from omniroute.routing import Router
 from omniroute.storage import (
     Database,
     DatabaseBackend,
@@ -190,6 +192,41 @@ async def test_cancelled_transaction_leaves_no_transaction_open(store: Store) ->
     assert "after" in await store.list_aliases()
 
 
+async def test_a_health_check_is_bounded_by_its_own_short_timeout(
+        db: DatabaseBackend, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A database that hangs fails the check within ``check_timeout`` (1 s), not within a
+    statement's timeout (30 s on PostgreSQL): the health endpoint answers meanwhile."""
+    answer = db.fetchone
+
+    async def hung(sql: str, params: Any = ()) -> Any:
+        await asyncio.sleep(30)
+        return await answer(sql, params)
+
+    monkeypatch.setattr(db, "fetchone", hung)
+    began = time.monotonic()
+    async with asyncio.timeout(5):
+        assert await db.check() is False
+    assert time.monotonic() - began < 2.0
+    monkeypatch.setattr(db, "fetchone", answer)
+    assert await db.check() is True
+
+
+@pytest.mark.parametrize(("url", "shown"), [
+    ("redis://:s3cret@host:6379/0", "redis://:***@host:6379/0"),
+    ("postgresql://app:s3cret@db/omni?sslmode=require",
+     "postgresql://app:***@db/omni?sslmode=require"),
+    ("postgresql://app@db/omni?password=s3cret", "postgresql://app@db/omni?password=***"),
+    ("postgresql://app@db/omni?sslmode=verify-full&SSLPassword=s3cret&pool_size=5",
+     "postgresql://app@db/omni?sslmode=verify-full&SSLPassword=***&pool_size=5"),
+    ("postgresql://app:a@db/omni?password=s3cret&sslpassword=s3cret#x",
+     "postgresql://app:***@db/omni?password=***&sslpassword=***#x"),
+])
+def test_redact_url_hides_every_password(url: str, shown: str) -> None:
+    from omniroute.config import redact_url
+
+    assert redact_url(url) == shown
+
+
 # ---------------------------------------------------------------------- vault
 
 
@@ -353,6 +390,21 @@ async def test_aliases_and_combos(store: Store) -> None:
     assert await store.get_combo("best") is None
 
 
+async def test_aliases_come_in_code_point_order_whatever_the_collation(store: Store) -> None:
+    """The router takes the first wildcard that matches: SQLite and a PostgreSQL database
+    created with a locale (here ICU's English, where '-' sorts before '*') route alike."""
+    if store.db.remote:
+        await store.db.execute(
+            'ALTER TABLE aliases ALTER COLUMN alias TYPE TEXT COLLATE "en-x-icu"')
+    for alias, target in [("gpt-*", "up/dash"), ("gpt*", "up/star"), ("Gpt*", "up/upper"),
+                          ("exact", "up/exact")]:
+        await store.set_alias(alias, target)
+    aliases = await store.list_aliases()
+    assert list(aliases) == ["Gpt*", "exact", "gpt*", "gpt-*"]
+    router = Router({}, aliases, [], {})
+    assert next(t for a, t in router.patterns if fnmatch.fnmatchcase("gpt-4o", a)) == "up/star"
+
+
 async def test_settings_put_and_replace(store: Store) -> None:
     await store.put_settings({"_admin_password": "hash", "idle_timeout": 5.0})
     await store.put_settings({"connect_timeout": 3.0})  # PATCH-like: merged
@@ -453,6 +505,46 @@ async def test_request_log_background_task_and_key_use(store: Store) -> None:
         assert (await store.list_keys())[0].last_used_at == 1001.0
     finally:
         await log.close()
+
+
+async def test_the_keys_last_use_is_written_in_one_order(
+        store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every instance updates the keys in id order, whatever order they were used in: two
+    instances locking the same keys' rows in opposite orders deadlock."""
+    keys = [(await store.create_key(f"user{i}"))[0].id for i in range(4)]
+    written: list[list[Any]] = []
+    real = store.db.executemany
+
+    async def recorded(sql: str, rows: Any) -> None:
+        if sql.startswith("UPDATE api_keys"):
+            written.append([tuple(r) for r in rows])
+        await real(sql, rows)
+
+    monkeypatch.setattr(store.db, "executemany", recorded)
+    log = RequestLog(store.db)
+    for i, key_id in enumerate(sorted(keys, reverse=True)):
+        log.touch(key_id, 1000.0 + i)
+    await log.flush()
+    assert [key_id for _, key_id in written[0]] == sorted(keys)
+    assert all(k.last_used_at for k in await store.list_keys())
+
+
+async def test_a_nul_in_a_client_sent_value_does_not_lose_the_record(
+        db: DatabaseBackend, caplog: pytest.LogCaptureFixture) -> None:
+    """PostgreSQL refuses U+0000 in text: it is stored as U+FFFD there (SQLite keeps it),
+    the batch is written as a batch, and nothing is dropped."""
+    log = RequestLog(db)
+    log.add(_record(0, model="gpt\x00-4o"))
+    log.add(_record(1, model="gpt-4o"))
+    assert await log.flush() == 2
+    assert log.dropped == 0
+    assert "one by one" not in caplog.text
+    row = await db.fetchone("SELECT model FROM request_log WHERE request_id = ?", ("r0",))
+    assert row[0] in ("gpt\x00-4o", "gpt\ufffd-4o")
+    assert row[0] == ("gpt\ufffd-4o" if db.remote else "gpt\x00-4o")
+    found = await db.fetchone("SELECT COUNT(*) FROM request_log WHERE model = ?",
+                              ("gpt\x00-4o",))  # a parameter is read as it is stored
+    assert found[0] == 1
 
 
 async def test_request_log_keeps_records_when_a_write_fails(

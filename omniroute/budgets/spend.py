@@ -45,13 +45,16 @@ class SqliteSpendStore:
     async def add(self, deltas: Sequence[Delta]) -> None:
         if not deltas:
             return
+        # every instance locks the rows it adds to in one order (the key's): two instances
+        # adding to the same windows in their own orders could deadlock each other
+        rows = sorted(deltas, key=lambda d: (d[0], d[1], d[2]))
         async with self.db.transaction():
             await self.db.executemany(
                 "INSERT INTO key_spend(key_id, period, window_start, cost_usd, tokens, requests)"
                 " VALUES (?,?,?,?,?,?) ON CONFLICT(key_id, period, window_start) DO UPDATE SET"
                 " cost_usd = key_spend.cost_usd + excluded.cost_usd,"
                 " tokens = key_spend.tokens + excluded.tokens,"
-                " requests = key_spend.requests + excluded.requests", deltas)
+                " requests = key_spend.requests + excluded.requests", rows)
 
     async def load(self, since: float) -> Totals:
         rows = await self.db.fetchall(

@@ -18,7 +18,8 @@ provider answered, so a conversation may move between providers.
 * ``answer`` / ``frame``: the final response object (the JSON answer, or the
   ``response.completed`` / ``response.incomplete`` event) is stored with the
   turn's effective input *before* it is sent, so a follow-up that the client
-  fires the moment it has the id already finds it.
+  fires the moment it has the id already finds it. The store waits at most 2 s
+  (:meth:`ResponseStore.save`): past that the answer goes out unstored.
 
 Replayed output items lose their ``id`` (as Codex replays them), except a
 reasoning item without ``encrypted_content``, which only its id can resolve.
@@ -26,7 +27,6 @@ reasoning item without ``encrypted_content``, which only its id can resolve.
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 from omniroute.errors import InvalidRequest
@@ -38,8 +38,6 @@ from omniroute.pipeline.stages import Stage, StageRun
 from omniroute.sse import SSESplitter
 from omniroute.storage import DatabaseBackend
 from omniroute.storage.responses import ResponseStore
-
-log = logging.getLogger(__name__)
 
 _FINAL_EVENTS = ("response.completed", "response.incomplete")
 _FINAL_MARKERS = tuple(e.encode() for e in _FINAL_EVENTS)  # cheap byte test per frame
@@ -127,12 +125,9 @@ class ResponsesState(StageRun):
             return
         if self.previous_id is not None:
             response = {**response, "previous_response_id": self.previous_id}
-        try:
-            await self.responses.save(self.api_key_id, response, self.input)
-        except Exception:  # the answer still reaches the client; only its follow-up fails
-            log.exception("could not store response %s", response["id"])
-            return
-        self.saved = True
+        # bounded; a failure is logged by the store (once per outage): the answer still
+        # reaches the client, only a follow-up naming its id fails
+        self.saved = await self.responses.save(self.api_key_id, response, self.input)
 
 
 def keeps_state(ctx: RequestContext) -> bool:

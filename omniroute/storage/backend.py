@@ -23,6 +23,7 @@ column name or position, and ``dict(row)`` gives every column.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
@@ -66,6 +67,8 @@ class DatabaseBackend:
 
     #: where the database is, for messages (a path, or a URL without its password)
     where: str = ""
+    #: :meth:`check`'s bound (seconds): a health poll must not wait a statement's timeout
+    check_timeout: float = 1.0
 
     @classmethod
     async def connect(cls, url: str, *, migrations: Sequence[Sequence[str]] | None = None,
@@ -126,9 +129,10 @@ class DatabaseBackend:
         return None
 
     async def check(self) -> bool:
-        """True when the database answers a query."""
+        """True when the database answers a query within :attr:`check_timeout`."""
         try:
-            await self.fetchone("SELECT 1")
+            async with asyncio.timeout(self.check_timeout):
+                await self.fetchone("SELECT 1")
         except Exception as exc:  # noqa: BLE001 - logged: one line a health poll, no trace
             log.warning("database check failed: %s: %s", type(exc).__name__, exc)
             return False

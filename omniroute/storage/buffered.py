@@ -320,14 +320,14 @@ class BufferedLog(Generic[T]):
                 f"DELETE FROM {table} WHERE id IN "
                 f"(SELECT id FROM {table} WHERE ts < ? LIMIT ?)", cutoff)
         if max_rows > 0:
-            row = await self.db.fetchone(f"SELECT max(id) FROM {table}")
-            newest = row[0] if row is not None else None
-            if newest is not None and newest > max_rows:
-                # ids only grow, so the newest max_rows rows have ids above this
+            # the newest row past the max_rows newest (ids only grow, but may skip: a
+            # PostgreSQL sequence leaves gaps, so "the largest id - max_rows" is no bound)
+            row = await self.db.fetchone(
+                f"SELECT id FROM {table} ORDER BY id DESC LIMIT 1 OFFSET ?", (max_rows,))
+            if row is not None:
                 removed += await self._delete_batches(
                     f"DELETE FROM {table} WHERE id IN "
-                    f"(SELECT id FROM {table} WHERE id <= ? ORDER BY id LIMIT ?)",
-                    newest - max_rows)
+                    f"(SELECT id FROM {table} WHERE id <= ? ORDER BY id LIMIT ?)", row[0])
         if removed:
             self.pruned += removed
             log.info("%s retention removed %d %s", table, removed, self.noun)

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from omniroute.storage import rollup
+from omniroute.storage import responses, rollup
 from omniroute.storage.backend import DatabaseBackend
 from omniroute.storage.buffered import BufferedLog
 
@@ -142,7 +142,8 @@ class RequestLog(BufferedLog[RequestRecord]):
         self._used.update(used)
         if used:
             await self.db.executemany("UPDATE api_keys SET last_used_at = ? WHERE id = ?",
-                                      [(ts, key_id) for key_id, ts in used.items()])
+                                      # in one order on every instance (no deadlock)
+                                      [(ts, key_id) for key_id, ts in sorted(used.items())])
 
     def also_done(self) -> None:
         self._used = {}
@@ -154,7 +155,9 @@ class RequestLog(BufferedLog[RequestRecord]):
 
     async def prune(self) -> int:
         """Apply retention to the records, and their age to the rollup rows; drop the
-        per-minute totals older than :data:`~omniroute.storage.rollup.MINUTE_KEEP`."""
+        per-minute totals older than :data:`~omniroute.storage.rollup.MINUTE_KEEP`, and
+        the stored Responses past their expiry (:mod:`omniroute.storage.responses`)."""
+        await responses.delete_expired(self.db, self.clock())
         removed = await super().prune()
         await self.db.execute("DELETE FROM usage_dims WHERE period = ? AND start < ?",
                               (rollup.MINUTE, self.clock() - rollup.MINUTE_KEEP))

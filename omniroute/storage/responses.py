@@ -9,12 +9,21 @@ deleting or expiring one response never breaks another.
 Rows belong to the API key that created them (``api_key_id``; NULL for
 anonymous callers when keys are optional, which form one scope of their own):
 every read and delete names the key, so a key never sees another key's rows.
-Rows expire after ``ttl`` seconds (30 days, as OpenAI keeps them); expired rows
-are deleted on the next write.
+Rows expire after ``ttl`` seconds (30 days, as OpenAI keeps them): readers no longer
+see them, and the request log's retention loop deletes them (:func:`delete_expired`),
+never the request path.
+
+A response is stored before its answer is sent (a follow-up fired the moment the
+client has the id finds it), so :meth:`ResponseStore.save` waits at most
+``save_timeout`` (2 s): a database that hangs or fails does not hold the answer. The
+answer goes out, that response cannot be continued by id, and the failure is logged
+once per outage (once more when stores resume).
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -23,8 +32,14 @@ import orjson
 
 from omniroute.storage.backend import DatabaseBackend
 
+log = logging.getLogger(__name__)
+
 #: how long a stored response stays retrievable (OpenAI: 30 days)
 DEFAULT_TTL = 30 * 24 * 3600.0
+#: how long a request waits for its response to be stored (seconds)
+SAVE_TIMEOUT = 2.0
+#: expired rows per ``DELETE`` of :func:`delete_expired`
+DELETE_BATCH = 2000
 
 
 @dataclass(slots=True)
@@ -43,31 +58,70 @@ class StoredResponse:
 class ResponseStore:
     """Reads and writes stored responses, always within one API key's scope."""
 
-    def __init__(self, db: DatabaseBackend, *, ttl: float = DEFAULT_TTL) -> None:
+    def __init__(self, db: DatabaseBackend, *, ttl: float = DEFAULT_TTL,
+                 save_timeout: float = SAVE_TIMEOUT) -> None:
         self.db = db
         self.ttl = ttl
+        self.save_timeout = save_timeout
+        #: writes that outlasted their wait, finishing (or failing) in the background
+        self._writes: set[asyncio.Future[None]] = set()
+        #: the last store failed: the next failures are not logged
+        self._failing = False
 
     async def save(self, api_key_id: str | None, response: dict[str, Any],
-                   input_items: list[Any]) -> None:
-        """Store ``response`` (a ``response`` object with an ``id``) and the input it answered."""
+                   input_items: list[Any]) -> bool:
+        """Store ``response`` (a ``response`` object with an ``id``) and the input it
+        answered; True when stored. Waits at most :attr:`save_timeout`: a write still
+        running then goes on in the background (bounded by the database's own statement
+        timeout) and False is returned, as for a write that failed."""
+        write = asyncio.ensure_future(self._write(api_key_id, response, input_items))
+        self._writes.add(write)  # held until it ends, even if this request is cancelled
+        write.add_done_callback(self._finished)
+        done, _ = await asyncio.wait((write,), timeout=self.save_timeout)
+        if not done:
+            return self._failed(response["id"], f"no answer within {self.save_timeout:g} s")
+        exc = write.exception()  # (the write is never cancelled: none but ours holds it)
+        if exc is not None:
+            return self._failed(response["id"], f"{type(exc).__name__}: {exc}")
+        if self._failing:
+            self._failing = False
+            log.warning("responses are stored again")
+        return True
+
+    def _failed(self, response_id: str, reason: str) -> bool:
+        if not self._failing:  # once per outage, not once per request
+            log.warning("could not store response %s (%s): it cannot be continued by id; "
+                        "further failures are not logged until responses are stored again",
+                        response_id, reason)
+        else:
+            log.debug("could not store response %s (%s)", response_id, reason)
+        self._failing = True
+        return False
+
+    def _finished(self, write: asyncio.Future[None]) -> None:
+        """A write ended; one whose request stopped waiting may have failed unseen."""
+        self._writes.discard(write)
+        if not write.cancelled() and write.exception() is not None:
+            log.debug("response write failed: %s", write.exception())
+
+    async def _write(self, api_key_id: str | None, response: dict[str, Any],
+                     input_items: list[Any]) -> None:
         now = time.time()
         output = response.get("output") or []
         rest = {**response, "output": None}  # kept in its own column; the key keeps its place
-        async with self.db.transaction():
-            await self.db.execute("DELETE FROM responses WHERE expires_at < ?", (now,))
-            await self.db.execute(
-                "INSERT INTO responses"
-                "(id, api_key_id, model, created_at, expires_at, input, output, response)"
-                " VALUES (?,?,?,?,?,?,?,?) ON CONFLICT(id) DO UPDATE SET"
-                " model = excluded.model, created_at = excluded.created_at,"
-                " expires_at = excluded.expires_at, input = excluded.input,"
-                " output = excluded.output, response = excluded.response"
-                # an id is never taken over by another key
-                " WHERE responses.api_key_id IS excluded.api_key_id",
-                (response["id"], api_key_id, str(response.get("model") or ""), now,
-                 now + self.ttl, orjson.dumps(input_items).decode(),
-                 orjson.dumps(output).decode(), orjson.dumps(rest).decode()),
-            )
+        await self.db.execute(
+            "INSERT INTO responses"
+            "(id, api_key_id, model, created_at, expires_at, input, output, response)"
+            " VALUES (?,?,?,?,?,?,?,?) ON CONFLICT(id) DO UPDATE SET"
+            " model = excluded.model, created_at = excluded.created_at,"
+            " expires_at = excluded.expires_at, input = excluded.input,"
+            " output = excluded.output, response = excluded.response"
+            # an id is never taken over by another key
+            " WHERE responses.api_key_id IS excluded.api_key_id",
+            (response["id"], api_key_id, str(response.get("model") or ""), now,
+             now + self.ttl, orjson.dumps(input_items).decode(),
+             orjson.dumps(output).decode(), orjson.dumps(rest).decode()),
+        )
 
     async def get(self, response_id: str, api_key_id: str | None) -> StoredResponse | None:
         """The response, when it exists, has not expired and belongs to ``api_key_id``."""
@@ -88,3 +142,18 @@ class ResponseStore:
                 "DELETE FROM responses WHERE id = ? AND api_key_id IS ?",
                 (response_id, api_key_id))
         return changed > 0
+
+
+async def delete_expired(db: DatabaseBackend, now: float) -> int:
+    """Delete the responses expired at ``now``, :data:`DELETE_BATCH` at a time (by the
+    ``responses_expires`` index); how many went. The retention loop's, not a request's."""
+    removed = 0
+    while True:
+        async with db.transaction():
+            n = await db.execute(
+                "DELETE FROM responses WHERE id IN "
+                "(SELECT id FROM responses WHERE expires_at < ? LIMIT ?)", (now, DELETE_BATCH))
+        removed += n
+        if n < DELETE_BATCH:
+            return removed
+        await asyncio.sleep(0)  # the other writers go first

@@ -285,8 +285,11 @@ class Store:
     # ---------------------------------------------------------------- aliases
 
     async def list_aliases(self) -> dict[str, str]:
-        rows = await self.db.fetchall("SELECT alias, target FROM aliases ORDER BY alias")
-        return {r["alias"]: r["target"] for r in rows}
+        """Every alias, in code-point order of its name: the router takes the first
+        wildcard that matches, so the order must not be the database's collation (SQLite's
+        is byte order, a PostgreSQL database's may be a locale's)."""
+        rows = await self.db.fetchall("SELECT alias, target FROM aliases")
+        return dict(sorted((r["alias"], r["target"]) for r in rows))
 
     async def set_alias(self, alias: str, target: str | None) -> None:
         """Create or replace ``alias``; a ``None`` target deletes it."""

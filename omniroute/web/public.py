@@ -52,8 +52,9 @@ async def health(request: web.Request) -> web.Response:
             "status": status,
             "version": __version__,
             "uptime_s": round(time.time() - catalog.started_at, 1),
-            "database": {"ok": db_ok, **({"backend": db.name, "where": db.where}
-                                         if db.remote else {})},
+            # the kind of database only: this answer needs no credentials, and where the
+            # database is (host, user, name) is for the admin's eyes (``omniroute doctor``)
+            "database": {"ok": db_ok, **({"backend": db.name} if db.remote else {})},
             # the state shared with other instances (state_url); absent without one
             **({"shared_state": sharing} if sharing is not None else {}),
             "request_log": request_log_state(app),

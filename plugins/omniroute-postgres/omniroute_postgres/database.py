@@ -41,6 +41,15 @@ OPTIONS = {"connect_timeout": 5.0, "command_timeout": 30.0, "pool_size": 10.0}
 MIGRATION_TIMEOUT = 600.0
 #: the advisory lock key of migrations (any constant: one per database)
 _MIGRATION_LOCK = 0x6F6D6E69  # "omni"
+#: what every connection sets on the server (a setting the URL names wins): a transaction
+#: left open by a client that hangs is ended after a minute, and the connection of a
+#: client that died (a crashed host: no FIN) is found dead in about a minute, so neither
+#: holds its locks (the request log writer's) for hours
+SERVER_SETTINGS = {"idle_in_transaction_session_timeout": "60s", "tcp_keepalives_idle": "30",
+                   "tcp_keepalives_interval": "10", "tcp_keepalives_count": "3"}
+#: how long :meth:`PostgresDatabase.lock` waits for another process's turn (seconds);
+#: past it the statement fails as ``unavailable`` (the writer keeps its rows and retries)
+LOCK_TIMEOUT = 5.0
 
 
 def _number(text: str) -> int | float:
@@ -49,6 +58,13 @@ def _number(text: str) -> int | float:
         return int(text)
     except ValueError:
         return float(text)
+
+
+def server_settings(dsn: str) -> dict[str, str]:
+    """:data:`SERVER_SETTINGS` but those the URL's query sets itself (asyncpg's own
+    ``server_settings`` argument would override the URL's)."""
+    named = {name for name, _ in parse_qsl(urlsplit(dsn).query, keep_blank_values=True)}
+    return {k: v for k, v in SERVER_SETTINGS.items() if k not in named}
 
 
 def split_url(url: str) -> tuple[str, dict[str, float]]:
@@ -83,7 +99,8 @@ class PostgresDatabase(DatabaseBackend):
     unavailable = (OSError, TimeoutError, asyncpg.PostgresConnectionError,
                    asyncpg.InterfaceError, asyncpg.exceptions.OperatorInterventionError,
                    asyncpg.exceptions.InsufficientResourcesError,
-                   asyncpg.exceptions.TransactionRollbackError)
+                   asyncpg.exceptions.TransactionRollbackError,
+                   asyncpg.exceptions.LockNotAvailableError)
     integrity = (asyncpg.IntegrityConstraintViolationError,)
 
     def __init__(self, pool: asyncpg.Pool, url: str, options: dict[str, float]) -> None:
@@ -91,6 +108,8 @@ class PostgresDatabase(DatabaseBackend):
         self.where = redact_url(url)
         self.acquire_timeout = options["connect_timeout"]
         self.command_timeout = options["command_timeout"]
+        #: :meth:`lock`'s wait for another process's turn (seconds)
+        self.lock_timeout = LOCK_TIMEOUT
         #: the connection of the transaction this task is in (None: not in one)
         self._held: ContextVar[asyncpg.Connection | None] = ContextVar(
             f"omniroute-postgres-{id(self)}", default=None)
@@ -103,7 +122,7 @@ class PostgresDatabase(DatabaseBackend):
             pool = await asyncpg.create_pool(
                 dsn, min_size=1, max_size=int(options["pool_size"]),
                 timeout=options["connect_timeout"], command_timeout=options["command_timeout"],
-                init=_init_connection)
+                server_settings=server_settings(dsn), init=_init_connection)
         except (*cls.unavailable, asyncpg.PostgresError) as exc:
             raise ConfigError(f"cannot use the database {redact_url(url)}: "
                               f"{type(exc).__name__}: {exc}") from None
@@ -186,13 +205,20 @@ class PostgresDatabase(DatabaseBackend):
             yield
 
     async def lock(self, name: str) -> None:
+        """A transaction-scoped advisory lock, waited for at most :attr:`lock_timeout`
+        (then ``LockNotAvailableError``, one of :attr:`unavailable`); the transaction's
+        own ``lock_timeout`` is as it was afterwards."""
         conn = self._held.get()
         if conn is None:
             raise RuntimeError("lock() is for inside a transaction")
+        before = await conn.fetchval("SELECT current_setting('lock_timeout')")
+        await conn.execute("SELECT set_config('lock_timeout', $1, true)",
+                           f"{max(1, round(self.lock_timeout * 1000))}ms")
         await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", name)
+        await conn.execute("SELECT set_config('lock_timeout', $1, true)", before)
 
     async def _run(self, method: str, sql: str, params: Iterable[Any]) -> Any:
-        query, args = translate(sql), tuple(params)
+        query, args = translate(sql), tuple(map(_storable, params))
         try:
             conn = self._held.get()
             if conn is not None:
@@ -214,7 +240,7 @@ class PostgresDatabase(DatabaseBackend):
         return int(count) if count.isdigit() else 0
 
     async def executemany(self, sql: str, rows: Iterable[Iterable[Any]]) -> None:
-        args = [tuple(row) for row in rows]
+        args = [tuple(map(_storable, row)) for row in rows]
         if args:
             await self._run("executemany", sql, (args,))
 
@@ -226,6 +252,14 @@ class PostgresDatabase(DatabaseBackend):
             "ON CONFLICT(key) DO UPDATE SET value = CAST(CAST(meta.value AS BIGINT) + 1 AS TEXT)"
             " RETURNING value")
         return int(row[0]) if row else 0
+
+
+def _storable(value: Any) -> Any:
+    """``value`` as PostgreSQL's text takes it: U+0000 (which it refuses: a client's model
+    name with a NUL would lose its usage record) becomes U+FFFD; anything else as it is."""
+    if value.__class__ is str and "\x00" in value:
+        return value.replace("\x00", "\ufffd")
+    return value
 
 
 class ValueRefused(ValueError):

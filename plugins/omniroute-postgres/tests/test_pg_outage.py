@@ -69,7 +69,8 @@ async def test_requests_flow_and_records_wait_while_the_database_is_away(
     resp = await a.client.get("/api/monitoring/health")
     health = await resp.json()
     assert resp.status == 200 and health["status"] == "degraded"  # serving, not down
-    assert health["database"] == {"ok": False, "backend": "postgres", "where": url}
+    # the kind only: the public health answer names no host, user or database
+    assert health["database"] == {"ok": False, "backend": "postgres"}
 
     await proxy.restore()
     for gw in (a, b):  # the background writer tries again by itself (every 0.5 s)
@@ -108,7 +109,7 @@ async def test_a_database_that_hangs_holds_nothing_up_for_longer_than_its_timeou
             assert log.pending == 1 and log.dropped == 0
         began = time.monotonic()
         assert await db.check() is False
-        assert time.monotonic() - began < 6.0
+        assert time.monotonic() - began < 1.8  # its own bound (1 s), not command_timeout
         proxy.resume()
 
         async def written() -> bool:
