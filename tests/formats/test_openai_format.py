@@ -435,6 +435,30 @@ def test_decode_response_errors_and_tolerance() -> None:
 # ---------------------------------------------------------------------------- pass-through lane
 
 
+@pytest.mark.parametrize("body", [
+    # usage last, as OpenAI sends it: read from the tail alone
+    b'{"id": "x", "choices": [], "usage": {"prompt_tokens": 7, "completion_tokens": 3, '
+    b'"prompt_tokens_details": {"cached_tokens": 2}, '
+    b'"completion_tokens_details": {"reasoning_tokens": 1}}}\n',
+    # usage first: the whole answer is read
+    b'{"usage": {"prompt_tokens": 7, "completion_tokens": 3, "prompt_tokens_details": '
+    b'{"cached_tokens": 2}, "completion_tokens_details": {"reasoning_tokens": 1}}, '
+    b'"choices": [{"message": {"content": "a \\"usage\\": {} in the text"}}]}',
+    # a nested "usage" comes last: not taken for the answer's own
+    b'{"usage": {"prompt_tokens": 7, "completion_tokens": 3, "prompt_tokens_details": '
+    b'{"cached_tokens": 2}, "completion_tokens_details": {"reasoning_tokens": 1}}, '
+    b'"meta": {"usage": {"prompt_tokens": 99}}}',
+])
+def test_usage_from_body_wherever_the_usage_is(body: bytes) -> None:
+    assert OA.usage_from_body(body) == c.Usage(7, 3, 2, None, 1)
+
+
+def test_usage_from_body_without_usage() -> None:
+    assert OA.usage_from_body(b'{"id": "x", "usage": null}') == c.Usage()
+    assert OA.usage_from_body(b'{"id": "x"}') == c.Usage()
+    assert OA.usage_from_body(b"not json") == c.Usage()
+
+
 def test_usage_error_and_hidden_frames() -> None:
     usage_only = chunk(None, usage={"prompt_tokens": 4, "completion_tokens": 2,
                                     "prompt_tokens_details": {"cached_tokens": 1}})

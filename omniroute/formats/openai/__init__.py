@@ -31,6 +31,29 @@ NAME = openai_response.NAME
 _USAGE_MARKERS = (b'"usage":{', b'"usage": {')
 
 
+_NOT_LAST = object()
+
+
+def _last_usage(body: bytes) -> Any:
+    """The answer's ``usage`` value when it is the answer's last key (where OpenAI and
+    the compatible servers put it), read without parsing the rest; else ``_NOT_LAST``.
+
+    The text after the last ``"usage":`` up to the answer's closing brace parses as one
+    JSON value only when that key belongs to the outer object (a nested one leaves a
+    closing bracket of its own in the text; in a string the quotes would be escaped).
+    """
+    at = body.rfind(b'"usage":')
+    if at < 0:
+        return _NOT_LAST
+    tail = body[at + 8:].rstrip()
+    if not tail.endswith(b"}"):
+        return _NOT_LAST
+    try:
+        return orjson.loads(tail[:-1])
+    except orjson.JSONDecodeError:
+        return _NOT_LAST
+
+
 def check_chat_request(body: dict[str, Any]) -> tuple[str, bool]:
     """The model and stream flag of a chat request; 400 when it cannot be served."""
     model = body.get("model")
@@ -239,6 +262,9 @@ class OpenAIFormat(Format):
     # ------------------------------------------------------------------ pass-through lane
 
     def usage_from_body(self, body: bytes) -> c.Usage:
+        raw = _last_usage(body)
+        if raw is not _NOT_LAST:
+            return openai_response.decode_usage(raw)
         try:
             data = orjson.loads(body)
         except orjson.JSONDecodeError:

@@ -74,23 +74,24 @@ def decode_usage(raw: Any) -> c.Usage:
     if not isinstance(raw, dict):
         return c.Usage()
     # (an int from JSON is exactly an int: ``type() is int`` also leaves bools out)
-    prompt = raw.get("prompt_tokens_details")
-    completion = raw.get("completion_tokens_details")
     value = raw.get("prompt_tokens")
-    usage = c.Usage(input_tokens=value if type(value) is int else None)
+    prompt_tokens = value if type(value) is int else None
     value = raw.get("completion_tokens")
-    usage.output_tokens = value if type(value) is int else None
-    if type(prompt) is dict:
-        value = prompt.get("cached_tokens")
-        usage.cache_read_tokens = value if type(value) is int else None
-        value = prompt.get("cache_write_tokens")
-        usage.cache_write_tokens = value if type(value) is int else None
-    if usage.cache_read_tokens is None:
-        usage.cache_read_tokens = _int(raw.get("prompt_cache_hit_tokens"))  # DeepSeek
-    if type(completion) is dict:
-        value = completion.get("reasoning_tokens")
-        usage.reasoning_tokens = value if type(value) is int else None
-    return usage
+    completion_tokens = value if type(value) is int else None
+    cache_read = cache_write = reasoning = None
+    details = raw.get("prompt_tokens_details")
+    if type(details) is dict:
+        value = details.get("cached_tokens")
+        cache_read = value if type(value) is int else None
+        value = details.get("cache_write_tokens")
+        cache_write = value if type(value) is int else None
+    if cache_read is None:
+        cache_read = _int(raw.get("prompt_cache_hit_tokens"))  # DeepSeek
+    details = raw.get("completion_tokens_details")
+    if type(details) is dict:
+        value = details.get("reasoning_tokens")
+        reasoning = value if type(value) is int else None
+    return c.Usage(prompt_tokens, completion_tokens, cache_read, cache_write, reasoning)
 
 
 def _int(value: Any) -> int | None:
