@@ -38,7 +38,10 @@ async def health(request: web.Request) -> web.Response:
         {"id": row["id"], "name": row["name"], "type": row["type"]}
         for row in state["connections"] if row["terminal_reason"] == NEEDS_SIGN_IN]
     shared = app[GATEWAY].shared
-    sharing = shared.health() if shared is not None else None
+    # where the shared state lives (its URL's host, user, database) is for the admin's
+    # eyes, like the database's: this answer needs no credentials
+    sharing = None if shared is None else {
+        k: v for k, v in shared.health().items() if k != "url"}
     degraded = (catalog.provider_errors or counts["down"] or counts["degraded"]
                 or (sharing is not None and not sharing["ok"]))
     db = app[STORE].db
