@@ -17,10 +17,11 @@ import ipaddress
 import os
 import re
 import tomllib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
+from urllib.parse import urlsplit
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 20128
@@ -154,6 +155,24 @@ def redact_url(url: str) -> str:
     """``url`` without its passwords: the user's (``redis://:secret@host`` ->
     ``redis://:***@host``) and those of the query (``?password=secret`` -> ``?password=***``)."""
     return _SECRET_QUERY.sub(r"\1***", re.sub(r"(://[^/@:]*:)[^/@]*@", r"\1***@", url))
+
+
+def backend_for_url(types: Iterable[Any], url: str, *, setting: str, kind: str,
+                    hint: str) -> Any:
+    """The registered backend type (a class with a ``schemes`` tuple) serving ``url``'s
+    scheme: the one lookup behind ``state_url`` and ``database_url``.
+
+    :raises ConfigError: none serves it; the message names ``setting`` (the URL redacted),
+        the schemes known and ``hint`` (which plugin to install).
+    """
+    scheme = urlsplit(url).scheme.lower()
+    known: set[str] = set()
+    for cls in types:
+        if scheme in cls.schemes:
+            return cls
+        known.update(cls.schemes)
+    raise ConfigError(f"{setting} {redact_url(url)!r}: no {kind} backend serves {scheme!r}:// "
+                      f"(known: {', '.join(sorted(known)) or 'none'}; {hint})")
 
 
 def load_config(

@@ -39,9 +39,8 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TypeVar
-from urllib.parse import urlsplit
 
-from omniroute.config import ConfigError, redact_url
+from omniroute.config import backend_for_url, redact_url
 
 if TYPE_CHECKING:
     from omniroute.budgets.ledger import Budgets, SharedLedger
@@ -153,11 +152,7 @@ def state_backend(types: dict[str, type[SharedState]], url: str) -> type[SharedS
 
     :raises ConfigError: no loaded plugin serves it (install ``omniroute-redis``).
     """
-    scheme = urlsplit(url).scheme.lower()
-    for cls in types.values():
-        if scheme in cls.schemes:
-            return cls
-    known = sorted({s for cls in types.values() for s in cls.schemes})
-    raise ConfigError(f"state_url {redact_url(url)!r}: no state backend serves {scheme!r}:// "
-                      f"(known: {', '.join(known) or 'none'}; for redis:// install the "
-                      "omniroute-redis plugin)")
+    found: type[SharedState] = backend_for_url(
+        types.values(), url, setting="state_url", kind="state",
+        hint="for redis:// install the omniroute-redis plugin")
+    return found

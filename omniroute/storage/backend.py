@@ -28,9 +28,8 @@ import logging
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any, ClassVar
-from urllib.parse import urlsplit
 
-from omniroute.config import ConfigError, redact_url
+from omniroute.config import backend_for_url
 
 log = logging.getLogger(__name__)
 
@@ -162,11 +161,7 @@ def database_backend(types: Mapping[str, type[DatabaseBackend]], url: str,
 
     :raises ConfigError: no loaded plugin serves it (install ``omniroute-postgres``).
     """
-    scheme = urlsplit(url).scheme.lower()
-    for cls in types.values():
-        if scheme in cls.schemes:
-            return cls
-    known = sorted({s for cls in types.values() for s in cls.schemes})
-    raise ConfigError(f"database_url {redact_url(url)!r}: no database backend serves "
-                      f"{scheme!r}:// (known: {', '.join(known) or 'none'}; for postgresql:// "
-                      "install the omniroute-postgres plugin)")
+    found: type[DatabaseBackend] = backend_for_url(
+        types.values(), url, setting="database_url", kind="database",
+        hint="for postgresql:// install the omniroute-postgres plugin")
+    return found
