@@ -157,11 +157,16 @@ class MemoryStore:
         self.failing = False
         self.writes = 0
         self.prunes: list[float] = []
+        #: the batches added (a batch is added once, as SqliteSpendStore does)
+        self.batches: set[str] = set()
 
-    async def add(self, deltas: Sequence[Delta]) -> None:
+    async def add(self, deltas: Sequence[Delta], batch: str) -> None:
         if self.failing:
             raise OSError("disk I/O error")
         self.writes += 1
+        if batch in self.batches:
+            return
+        self.batches.add(batch)
         for key, period, start, usd, tokens, requests in deltas:
             old = self.rows.get((key, period, start), (0.0, 0, 0))
             self.rows[(key, period, start)] = (old[0] + usd, old[1] + tokens, old[2] + requests)
@@ -486,8 +491,9 @@ async def test_the_spend_read_back_uses_the_window_index(tmp_path: Path) -> None
 
 async def test_the_database_store_adds_to_rows(db: DatabaseBackend) -> None:
     store = SqliteSpendStore(db)
-    await store.add([("k", "daily", 100.0, 1.5, 10, 1)])
-    await store.add([("k", "daily", 100.0, 0.5, 5, 1), ("k", "monthly", 50.0, 2.0, 15, 2)])
+    await store.add([("k", "daily", 100.0, 1.5, 10, 1)], "b1")
+    await store.add([("k", "daily", 100.0, 0.5, 5, 1), ("k", "monthly", 50.0, 2.0, 15, 2)],
+                    "b2")
     assert await store.load(60.0) == {("k", "daily", 100.0): (2.0, 15, 2)}
     assert await store.prune(60.0) == 1
     assert len(await store.load(0)) == 1
@@ -507,7 +513,7 @@ async def test_the_database_store_writes_its_rows_in_one_order(
     monkeypatch.setattr(db, "executemany", recorded)
     deltas = [("k2", "daily", 100.0, 1.0, 1, 1), ("k1", "monthly", 0.0, 1.0, 1, 1),
               ("k1", "daily", 200.0, 1.0, 1, 1), ("k1", "daily", 100.0, 1.0, 1, 1)]
-    await SqliteSpendStore(db).add(deltas)
+    await SqliteSpendStore(db).add(deltas, "b1")
     assert written == [sorted(deltas)]
     assert len(await SqliteSpendStore(db).load(0)) == 4
 

@@ -34,10 +34,11 @@ async def _rows(db: Database, table: str) -> int:
     return int((await db.fetchone(f"SELECT count(*) FROM {table}"))[0])
 
 
-def _slow_writes(db: Database, monkeypatch: pytest.MonkeyPatch) -> asyncio.Event:
-    """Make every batch write wait 0.2 s; the event is set when one has started."""
+def _slow_writes(log: Any, monkeypatch: pytest.MonkeyPatch) -> asyncio.Event:
+    """Make every batch write of ``log`` wait 0.2 s (whatever the backend runs it as);
+    the event is set when one has started."""
     started = asyncio.Event()
-    real = db.executemany
+    real = log.write
 
     async def slow(sql: str, rows: Any) -> None:
         if sql.startswith("INSERT"):
@@ -45,7 +46,7 @@ def _slow_writes(db: Database, monkeypatch: pytest.MonkeyPatch) -> asyncio.Event
             await asyncio.sleep(0.2)
         await real(sql, rows)
 
-    monkeypatch.setattr(db, "executemany", slow)
+    monkeypatch.setattr(log, "write", slow)
     return started
 
 
@@ -57,7 +58,7 @@ async def test_a_flush_cancelled_mid_write_loses_nothing(
     log = make(db)
     for i in range(50):
         log.add(item(i))
-    started = _slow_writes(db, monkeypatch)
+    started = _slow_writes(log, monkeypatch)
     caller = asyncio.create_task(log.flush())
     await started.wait()
     caller.cancel()
@@ -77,7 +78,7 @@ async def test_a_flush_under_steady_load_writes_what_was_waiting_and_ends(
     log = make(db)
     for i in range(100):
         log.add(item(i))
-    _slow_writes(db, monkeypatch)  # each batch takes 0.2 s
+    _slow_writes(log, monkeypatch)  # each batch takes 0.2 s
     stop = asyncio.Event()
 
     async def steady() -> None:
@@ -108,7 +109,7 @@ async def test_close_waits_for_the_flush_in_progress(
     log = make(db)
     log.interval = 0.01
     log.start()
-    started = _slow_writes(db, monkeypatch)
+    started = _slow_writes(log, monkeypatch)
     for i in range(30):
         log.add(item(i))
     await started.wait()  # the background task is writing
@@ -123,7 +124,7 @@ async def test_a_write_cancelled_inside_the_writer_puts_its_batch_back(
     log = RequestLog(db)
     for i in range(10):
         log.add(_record(i))
-    started = _slow_writes(db, monkeypatch)
+    started = _slow_writes(log, monkeypatch)
     writer = asyncio.create_task(log._flush())
     await started.wait()
     writer.cancel()
@@ -164,7 +165,7 @@ async def test_a_database_that_is_unavailable_keeps_the_batch(
     async def locked(sql: str, rows: Any) -> None:
         raise db.unavailable[0]("database is locked")
 
-    monkeypatch.setattr(db, "executemany", locked)
+    monkeypatch.setattr(log, "write", locked)
     assert await log.flush() == 0
     assert log.pending == 3 and log.dropped == 0  # kept whole, not written row by row
     monkeypatch.undo()

@@ -32,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import uuid
 from collections import deque
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
@@ -181,6 +182,10 @@ class Budgets:
         self._loaded: Totals = {}
         #: windows that ended with spend not written yet
         self._retired: list[tuple[str, Window]] = []
+        #: spend given to the store whose write failed, under its batch id: it may have
+        #: been stored all the same (the acknowledgement lost), so it is written again as
+        #: it was, under the same id (the store adds a batch once), before anything newer
+        self._unsent: tuple[str, list[Delta]] | None = None
         self._lock = asyncio.Lock()
         #: monotonic time of the next prune of old windows (the first sync loop prunes)
         self._prune_at = 0.0
@@ -351,9 +356,19 @@ class Budgets:
             await self.sync()
 
     async def sync(self) -> None:
-        """Write the spend settled since the last sync, then read every window's totals."""
+        """Write the spend settled since the last sync, then read every window's totals.
+
+        Each write is a batch with an id of its own; one that fails is kept as it is and
+        written again first (under its id: stored once, whether or not the failed try
+        landed), and the spend settled meanwhile waits in its windows until it has."""
         async with self._lock:
-            taken: list[tuple[str, Window, float, int, int]] = []
+            if self._unsent is not None:
+                try:
+                    await self.store.add(self._unsent[1], self._unsent[0])
+                except BaseException:
+                    self.healthy = False
+                    raise
+                self._unsent = None
             deltas: list[Delta] = []
             retired, self._retired = self._retired, []
             current = [(s.key_id, w) for s in self.keys.values() for w in s.windows.values()]
@@ -361,26 +376,16 @@ class Budgets:
                 if not w.dirty:
                     continue
                 deltas.append((key_id, w.period, w.start, w.usd, w.tokens, w.requests))
-                taken.append((key_id, w, w.usd, w.tokens, w.requests))
-                w.base_usd += w.usd
+                w.base_usd += w.usd  # counted as spent meanwhile, whatever the write does
                 w.base_tokens += w.tokens
                 w.base_requests += w.requests
                 w.usd, w.tokens, w.requests = 0.0, 0, 0
+            batch = uuid.uuid4().hex
             try:
-                await self.store.add(deltas)
+                await self.store.add(deltas, batch)
             except BaseException:
-                waiting = {id(w) for _, w in self._retired}
-                for key_id, w, usd, tokens, requests in taken:  # written next time
-                    w.base_usd -= usd
-                    w.base_tokens -= tokens
-                    w.base_requests -= requests
-                    w.usd += usd
-                    w.tokens += tokens
-                    w.requests += requests
-                    state = self.keys.get(key_id)
-                    current_w = state.windows.get(w.period) if state is not None else None
-                    if current_w is not w and id(w) not in waiting:  # ended meanwhile
-                        self._retired.append((key_id, w))
+                if deltas:
+                    self._unsent = (batch, deltas)
                 self.healthy = False
                 raise
             try:  # the deltas are stored: a failed read-back must not add them again

@@ -17,8 +17,9 @@ from the request log's retention.
 from __future__ import annotations
 
 import time
+import uuid
 from collections.abc import Callable
-from dataclasses import astuple, dataclass
+from dataclasses import astuple, dataclass, field
 from typing import Any
 
 import orjson
@@ -79,10 +80,13 @@ class AuditEntry:
     diff: str | None = None
     address: str | None = None
     status: int | None = None
+    #: made with the entry: a batch tried again (its commit may have landed, the answer
+    #: lost) stores it once
+    uid: str = field(default_factory=lambda: uuid.uuid4().hex)
 
 
-_INSERT = ("INSERT INTO audit_log(ts, actor, action, target, diff, address, status) "
-           "VALUES (?, ?, ?, ?, ?, ?, ?)")
+_INSERT = ("INSERT INTO audit_log(ts, actor, action, target, diff, address, status, uid) "
+           "VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(uid) DO NOTHING")
 
 
 def _size(entry: AuditEntry) -> int:
@@ -165,6 +169,7 @@ class AuditLog(BufferedLog[AuditEntry]):
         entries = []
         for row in rows:
             entry = dict(row)
+            del entry["uid"]  # the writer's, not the reader's
             entry["time"] = iso(entry["ts"])
             entry["diff"] = orjson.loads(entry["diff"]) if entry["diff"] else None
             entries.append(entry)

@@ -110,10 +110,17 @@ class DatabaseBackend:
     async def executemany(self, sql: str, rows: Iterable[Iterable[Any]]) -> None:
         raise NotImplementedError
 
-    async def lock(self, name: str) -> None:
-        """Inside a transaction: hold the lock ``name`` until the transaction ends; other
-        processes' transactions that take it wait their turn. (SQLite's write
-        transactions take turns already: nothing to do.)"""
+    async def insert_new(self, sql: str, rows: Sequence[Sequence[Any]], *, table: str,
+                         into: str, columns: Sequence[str]) -> None:
+        """Inside a transaction: run ``sql``, an ``INSERT INTO table(...) VALUES (?, ...)
+        ON CONFLICT (...) DO NOTHING``, once per row of ``rows`` (as :meth:`executemany`),
+        and copy ``columns`` of each row it stored, and of no other row, into ``into``
+        (a table of the caller's with those columns). A row the conflict skipped (stored
+        by an earlier try of the same batch) is not copied, nor is a row another writer
+        stores meanwhile, so what the caller adds up from ``into`` is this transaction's
+        own. (SQLite: its write transactions exclude each other, so the rows past the
+        largest id are this one's; a server: ``RETURNING``.)"""
+        raise NotImplementedError
 
     def savepoint(self) -> AbstractAsyncContextManager[Any]:
         """Inside a transaction: a statement in this block that fails is undone alone, and

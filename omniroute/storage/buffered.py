@@ -106,6 +106,11 @@ class BufferedLog(Generic[T]):
         each); by default :attr:`insert` with every item's :meth:`row`."""
         return [(self.insert, [self.row(i) for i in batch])]
 
+    async def write(self, statement: str, rows: Sequence[Sequence[Any]]) -> None:
+        """Run one of :meth:`inserts`' statements over its rows, in the batch's transaction
+        (by default :meth:`~omniroute.storage.backend.DatabaseBackend.executemany`)."""
+        await self.db.executemany(statement, rows)
+
     def size(self, item: T) -> int:
         """Bytes ``item`` holds, for :attr:`max_bytes` (only asked when that is set)."""
         return 0
@@ -263,7 +268,7 @@ class BufferedLog(Generic[T]):
                 await self.begin()
                 if not singly:
                     for statement, rows in self.inserts(batch) if batch else ():
-                        await self.db.executemany(statement, rows)
+                        await self.write(statement, rows)
                     written = len(batch)
                 else:
                     written = await self._one_by_one(batch)
@@ -281,7 +286,7 @@ class BufferedLog(Generic[T]):
         for item in batch:
             try:
                 async with self.db.savepoint():
-                    await self.db.execute(self.insert, self.row(item))
+                    await self.write(self.insert, [self.row(item)])
             except self.db.unavailable:
                 raise
             except Exception as exc:  # noqa: BLE001 - this row cannot be stored: dropped, counted

@@ -149,6 +149,17 @@ class Database(DatabaseBackend):
     async def executemany(self, sql: str, rows: Iterable[Iterable[Any]]) -> None:
         await self.conn.executemany(sql, rows if isinstance(rows, list) else list(rows))
 
+    async def insert_new(self, sql: str, rows: Sequence[Sequence[Any]], *, table: str,
+                         into: str, columns: Sequence[str]) -> None:
+        # inside BEGIN IMMEDIATE no other connection writes (whatever process): the rows
+        # past the largest id are this statement's (a rowid is the largest + 1)
+        row = await self.fetchone(f"SELECT MAX(id) FROM {table}")
+        before = row[0] if row is not None and row[0] is not None else 0
+        await self.executemany(sql, rows)
+        names = ", ".join(columns)
+        await self.execute(f"INSERT INTO {into}({names}) SELECT {names} FROM {table} "
+                           "WHERE id > ?", (before,))
+
     async def bump_config_version(self) -> int:
         await self.execute(
             "INSERT INTO meta(key, value) VALUES('config_version', '1') "

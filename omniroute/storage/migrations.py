@@ -212,6 +212,17 @@ MIGRATIONS: list[list[str]] = [
         rollup.MINUTE_BACKFILL,
         f"CREATE INDEX request_log_failed_ts ON request_log(ts) WHERE {rollup.FAILED} = 1",
     ],
+    # 11: several instances on one database (issue 13): an audit entry and a budget sync
+    # are stored once, whatever retries them (a commit may land and its acknowledgement
+    # be lost): each carries an id made when it was, unique here
+    [
+        # the entry's own id (older entries have none: NULLs do not conflict)
+        """ALTER TABLE audit_log ADD COLUMN uid TEXT""",
+        """CREATE UNIQUE INDEX audit_log_uid ON audit_log(uid)""",
+        # the budget syncs' batches added to key_spend, kept a day
+        """CREATE TABLE spend_batches (id TEXT PRIMARY KEY, applied_at REAL NOT NULL)""",
+        """CREATE INDEX spend_batches_applied ON spend_batches(applied_at)""",
+    ],
 ]
 
 LATEST = len(MIGRATIONS)

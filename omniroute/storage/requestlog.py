@@ -14,7 +14,7 @@ import logging
 import math
 import operator
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -109,8 +109,6 @@ class RequestLog(BufferedLog[RequestRecord]):
         self.max_rows = 1_000_000
         self._key_use: dict[str, float] = {}
         self._used: dict[str, float] = {}
-        #: the largest record id before this transaction's rows (they come after it)
-        self._before = 0
 
     row = staticmethod(_row)  # type: ignore[assignment]
 
@@ -129,15 +127,18 @@ class RequestLog(BufferedLog[RequestRecord]):
         return bool(self._key_use)
 
     async def begin(self) -> None:
-        # one writer at a time, whichever instance: the fold below adds the records after
-        # this id, and another writer's, committed meanwhile, must not be among them
-        await self.db.lock("request_log")
-        row = await self.db.fetchone("SELECT max(id) FROM request_log")
-        self._before = row[0] if row is not None and row[0] is not None else 0
+        for statement in rollup.BEGIN:  # the scratch table of the records stored, empty
+            await self.db.execute(statement)
+
+    async def write(self, statement: str, rows: Sequence[Sequence[Any]]) -> None:
+        # the records stored, not those an earlier try of this batch stored, nor another
+        # writer's: no lock between writers (instances on one PostgreSQL write at once)
+        await self.db.insert_new(statement, rows, table=self.table, into=rollup.NEW,
+                                 columns=rollup.NEW_COLUMNS)
 
     async def also(self) -> None:
         for statement in rollup.FOLD:  # this transaction's records into the totals
-            await self.db.execute(statement, (self._before,) if "?" in statement else ())
+            await self.db.execute(statement)
         used, self._key_use = self._key_use, {}
         self._used.update(used)
         if used:

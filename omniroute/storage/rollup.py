@@ -1,10 +1,15 @@
 """Usage totals by hour and by day, kept beside the request log so reads stay fast.
 
 Two tables, both written by the request log's writer in the same transaction as the
-records (:meth:`RequestLog.also <omniroute.storage.requestlog.RequestLog.also>` runs
-:data:`FOLD`: the rows the transaction just wrote are summed once, by hour and group,
-into a scratch table, and every table's hourly and daily rows are added from it; all
-inside SQLite, in its thread, so the event loop pays nothing per record):
+records. The insert copies the records it stored (not those a retried batch had stored
+already) into the scratch table :data:`NEW` (:meth:`DatabaseBackend.insert_new
+<omniroute.storage.backend.DatabaseBackend.insert_new>`), and :data:`FOLD` adds exactly
+those to the totals: summed once, by hour and group, into a second scratch table, from
+which every table's hourly and daily rows are added; all inside the database, so the
+event loop pays nothing per record. Several writers (instances on one PostgreSQL) fold
+at once, no lock between them: each adds its own rows, and every upsert takes its rows
+in key order (``ORDER BY``), so two writers adding to the same hours wait for each
+other in one order and never deadlock:
 
 * ``usage_rollup``: per bucket (an hour or a day, UTC) and per group (provider, model,
   connection, key, status, failed, cache hit), the sums a summary shows. Any filter
@@ -108,13 +113,35 @@ CREATE = [
 ]
 
 
-def _upsert(table: str, key: tuple[str, ...], sums: tuple[str, ...], select: str) -> str:
+def _upsert(table: str, key: tuple[str, ...], sums: tuple[str, ...], select: str, *,
+            ordered: bool = False) -> str:
+    """Add ``select``'s rows (its key columns first) to ``table``'s. ``ordered``: in key
+    order, so that writers adding to the same rows at once lock them in one order (two
+    writers each holding a row the other wants next deadlock)."""
     update = ", ".join(f"{c} = {table}.{c} + excluded.{c}" for c in sums)
-    return (f"INSERT INTO {table}({', '.join(key)}, {', '.join(sums)}) {select} "
+    order = f" ORDER BY {', '.join(str(i) for i in range(1, len(key) + 1))}" if ordered else ""
+    return (f"INSERT INTO {table}({', '.join(key)}, {', '.join(sums)}) {select}{order} "
             f"ON CONFLICT({', '.join(key)}) DO UPDATE SET {update}")
 
 
 _PERIODS_TABLE = f"(SELECT {HOUR} AS period UNION ALL SELECT {DAY})"
+#: the writer's scratch table of the records its transaction stored (a temporary table,
+#: of each connection: unqualified, it is found before any other of its name): the
+#: columns the fold reads, filled by the insert itself
+NEW = "request_log_new"
+_NEW_TYPES = {"ts": "REAL", "provider": "TEXT", "model": "TEXT", "connection_id": "TEXT",
+              "api_key_id": "TEXT", "status": "INTEGER", "error_class": "TEXT",
+              "cache_hit": "INTEGER", "prompt_tokens": "INTEGER",
+              "completion_tokens": "INTEGER", "cached_tokens": "INTEGER",
+              "cache_write_tokens": "INTEGER", "reasoning_tokens": "INTEGER",
+              "images": "INTEGER", "audio_seconds": "REAL", "characters": "INTEGER",
+              "cost_usd": "REAL", "list_cost_usd": "REAL", "latency_ms": "REAL"}
+#: the request_log columns copied into :data:`NEW`
+NEW_COLUMNS = tuple(_NEW_TYPES)
+#: the writer's statements before its insert: :data:`NEW` there, and empty
+BEGIN = [f"CREATE TEMP TABLE IF NOT EXISTS {NEW} "
+         f"({', '.join(f'{c} {t}' for c, t in _NEW_TYPES.items())})",
+         f"DELETE FROM {NEW}"]
 #: the writer's scratch table: one transaction's records summed by hour and group (a
 #: temporary table: unqualified, it is found before any other of its name)
 _BATCH = "usage_batch"
@@ -131,9 +158,9 @@ def _rollup_from_records(where: str) -> str:
 
 
 def _batch_statements() -> list[str]:
-    """The writer's fold: the transaction's records (``id > ?``) are read once into the
-    scratch table, by hour and group; the hourly and daily rollup rows and every
-    dimension's rows are added from its few rows."""
+    """The writer's fold: the records its transaction stored (:data:`NEW`) are summed
+    once into the scratch table, by hour and group; the hourly and daily rollup rows and
+    every dimension's rows are added from its few rows, each in key order."""
     columns = ("start INTEGER", *(f"{c} TEXT" for c in GROUP_COLUMNS[:4]), "status INTEGER",
                "failed INTEGER", "cache_hit INTEGER", *(f"{c} REAL" for c in DIM_SUM_COLUMNS))
     sums = ", ".join(f"SUM({c})" for c in DIM_SUM_COLUMNS)
@@ -147,16 +174,17 @@ def _batch_statements() -> list[str]:
         f"DELETE FROM {_BATCH}",
         f"INSERT INTO {_BATCH} SELECT CAST(ts / {HOUR} AS INTEGER) * {HOUR}, "
         f"{', '.join(_RECORD_GROUPS)}, {', '.join(_RECORD_DIM_SUMS)} "
-        f"FROM request_log WHERE id > ? GROUP BY {groups}",
+        f"FROM {NEW} GROUP BY {groups}",
         *(_upsert("usage_rollup", ("period", "start", *GROUP_COLUMNS), SUM_COLUMNS,
                   f"SELECT {period}, CAST(start / {period} AS INTEGER) * {period}, "
                   f"{', '.join(GROUP_COLUMNS)}, {', '.join(f'SUM({c})' for c in SUM_COLUMNS)} "
-                  f"FROM {_BATCH} WHERE true GROUP BY 2, {', '.join(GROUP_COLUMNS)}")
+                  f"FROM {_BATCH} WHERE true GROUP BY 2, {', '.join(GROUP_COLUMNS)}",
+                  ordered=True)
           for period in PERIODS),
         _upsert("usage_dims", ("period", "dim", "start", "value"), DIM_SUM_COLUMNS,
                 f"SELECT p.period, d.dim, CAST(start / p.period AS INTEGER) * p.period, "
                 f"{value}, {sums} FROM {_BATCH}, {_PERIODS_TABLE} AS p, ({dims}) AS d "
-                "WHERE true GROUP BY 1, 2, 3, 4"),
+                "WHERE true GROUP BY 1, 2, 3, 4", ordered=True),
     ]
 
 
@@ -177,21 +205,22 @@ def _dims_from_rollup(dim: str) -> str:
                    "GROUP BY 1, 3, 4")
 
 
-def _minutes_from_records(where: str) -> str:
-    """Add the request_log rows matching ``where`` into usage_dims' per-minute totals."""
+def _minutes_from_records(source: str, where: str, *, ordered: bool = False) -> str:
+    """Add the records of ``source`` matching ``where`` into usage_dims' per-minute totals."""
     return _upsert("usage_dims", ("period", "dim", "start", "value"), DIM_SUM_COLUMNS,
                    f"SELECT {MINUTE}, 'total', CAST(ts / {MINUTE} AS INTEGER) * {MINUTE}, '', "
-                   f"{', '.join(_RECORD_DIM_SUMS)} FROM request_log {where} GROUP BY 3")
+                   f"{', '.join(_RECORD_DIM_SUMS)} FROM {source} {where} GROUP BY 3",
+                   ordered=ordered)
 
 
-#: the writer's statements, in order; those with a parameter take the largest record
-#: id before this transaction's (they add the records after it): the hours and days
-#: through the scratch table, the minutes straight from the few new records
-FOLD = [*_batch_statements(), _minutes_from_records("WHERE id > ?")]
+#: the writer's statements, in order, after its insert filled :data:`NEW` (none takes a
+#: parameter): the hours and days through the scratch table, the minutes straight from
+#: the few new records
+FOLD = [*_batch_statements(), _minutes_from_records(NEW, "WHERE true", ordered=True)]
 #: the per-minute totals of the last :data:`MINUTE_KEEP` seconds from the records, for
 #: records written without the writer (usage_dims' minute rows must be empty)
 MINUTE_BACKFILL = _minutes_from_records(
-    f"WHERE ts >= (SELECT MAX(ts) FROM request_log) - {MINUTE_KEEP}")
+    "request_log", f"WHERE ts >= (SELECT MAX(ts) FROM request_log) - {MINUTE_KEEP}")
 #: migration 7, and anyone who wrote records without the writer: (re)build both tables
 #: from the records (the tables must be empty): the hours from the records, the days
 #: from the hours, each dimension from the rollup

@@ -31,7 +31,7 @@ from omniroute.config import ConfigError, redact_url
 from omniroute.storage.backend import Row, StorageError
 from omniroute.storage.migrations import MIGRATIONS
 
-from omniroute_postgres.dialect import translate
+from omniroute_postgres.dialect import insert_new, translate
 
 log = logging.getLogger(__name__)
 
@@ -47,9 +47,6 @@ _MIGRATION_LOCK = 0x6F6D6E69  # "omni"
 #: holds its locks (the request log writer's) for hours
 SERVER_SETTINGS = {"idle_in_transaction_session_timeout": "60s", "tcp_keepalives_idle": "30",
                    "tcp_keepalives_interval": "10", "tcp_keepalives_count": "3"}
-#: how long :meth:`PostgresDatabase.lock` waits for another process's turn (seconds);
-#: past it the statement fails as ``unavailable`` (the writer keeps its rows and retries)
-LOCK_TIMEOUT = 5.0
 
 
 def _number(text: str) -> int | float:
@@ -108,8 +105,8 @@ class PostgresDatabase(DatabaseBackend):
         self.where = redact_url(url)
         self.acquire_timeout = options["connect_timeout"]
         self.command_timeout = options["command_timeout"]
-        #: :meth:`lock`'s wait for another process's turn (seconds)
-        self.lock_timeout = LOCK_TIMEOUT
+        #: :meth:`insert_new`'s statement of each one-row insert it was given
+        self._batched: dict[str, str] = {}
         #: the connection of the transaction this task is in (None: not in one)
         self._held: ContextVar[asyncpg.Connection | None] = ContextVar(
             f"omniroute-postgres-{id(self)}", default=None)
@@ -204,18 +201,28 @@ class PostgresDatabase(DatabaseBackend):
         async with conn.transaction():  # nested: a savepoint
             yield
 
-    async def lock(self, name: str) -> None:
-        """A transaction-scoped advisory lock, waited for at most :attr:`lock_timeout`
-        (then ``LockNotAvailableError``, one of :attr:`unavailable`); the transaction's
-        own ``lock_timeout`` is as it was afterwards."""
+    async def insert_new(self, sql: str, rows: Sequence[Sequence[Any]], *, table: str,
+                         into: str, columns: Sequence[str]) -> None:
+        """One statement for the whole batch (:func:`omniroute_postgres.dialect.insert_new`):
+        the rows go as one array per column, and ``RETURNING`` copies those the server
+        stored (a conflict skipped none of them) into ``into``. No lock: writers of other
+        instances store and copy their own rows meanwhile."""
         conn = self._held.get()
         if conn is None:
-            raise RuntimeError("lock() is for inside a transaction")
-        before = await conn.fetchval("SELECT current_setting('lock_timeout')")
-        await conn.execute("SELECT set_config('lock_timeout', $1, true)",
-                           f"{max(1, round(self.lock_timeout * 1000))}ms")
-        await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", name)
-        await conn.execute("SELECT set_config('lock_timeout', $1, true)", before)
+            raise RuntimeError("insert_new() is for inside a transaction")
+        if not rows:
+            return
+        query = translate(sql)
+        key = f"{query}\0{into}\0{','.join(columns)}"
+        batched = self._batched.get(key)
+        if batched is None:  # the one-row statement's parameter types, from the server
+            types = [t.name for t in (await conn.prepare(query)).get_parameters()]
+            batched = self._batched[key] = insert_new(query, types, into, tuple(columns))
+        values = [list(map(_storable, column)) for column in zip(*rows, strict=True)]
+        try:
+            await conn.execute(batched, *values)
+        except asyncpg.DataError as exc:
+            raise _without_values(exc) from None
 
     async def _run(self, method: str, sql: str, params: Iterable[Any]) -> Any:
         query, args = translate(sql), tuple(map(_storable, params))

@@ -17,6 +17,12 @@ take it, :func:`translate` rewrites it, each rule for a reason:
   ``REAL`` is 4 bytes: a timestamp would lose its seconds), ``BLOB`` ``BYTEA``; and
   ``WITHOUT ROWID`` goes.
 
+And one rewrite for a batch (:func:`insert_new`): the core's one-row ``INSERT ...
+VALUES (?, ...) ON CONFLICT ... DO NOTHING`` run over a whole batch becomes one
+statement taking a column of values per parameter (``unnest`` of arrays), whose
+``RETURNING`` copies the rows it stored into the caller's scratch table: one round trip
+for the batch, and the server says which rows it stored.
+
 Statements are translated once and remembered.
 """
 
@@ -34,6 +40,9 @@ _TYPES = [
     (re.compile(r"\bBLOB\b"), "BYTEA"),
     (re.compile(r"\s*\bWITHOUT ROWID\b"), ""),
 ]
+_INSERT_VALUES = re.compile(
+    r"^\s*INSERT INTO (\w+)\s*\(([^()]*)\)\s*VALUES\s*\(([$\d,\s]*)\)\s*(.*?)\s*$",
+    re.IGNORECASE | re.DOTALL)
 _CAST = "CAST("
 _AS_INTEGER = " AS INTEGER"
 
@@ -102,3 +111,24 @@ def _closing(sql: str, start: int) -> int:
             if depth == 0:
                 return i
     raise ValueError(f"unbalanced parentheses in SQL: {sql[:80]!r}")
+
+
+def insert_new(query: str, types: list[str], into: str, columns: tuple[str, ...]) -> str:
+    """``query`` (:func:`translate`'s ``INSERT INTO t(...) VALUES ($1, ...) ON CONFLICT ...
+    DO NOTHING``) run over columns of values: parameter ``$n`` becomes an array of
+    ``types[n - 1]`` (the server's type of the one-row parameter), one element per row;
+    ``columns`` of the rows it stored go into ``into``.
+
+    :raises ValueError: ``query`` is not such an insert.
+    """
+    match = _INSERT_VALUES.match(query)
+    if match is None:
+        raise ValueError(f"not a one-row INSERT ... VALUES: {query[:80]!r}")
+    table, names, values, rest = match.groups()
+    if [v.strip() for v in values.split(",")] != [f"${i}" for i in range(1, len(types) + 1)]:
+        raise ValueError(f"the VALUES are not $1..${len(types)} in order: {query[:80]!r}")
+    arrays = ", ".join(f"${i}::{name}[]" for i, name in enumerate(types, 1))
+    copied = ", ".join(columns)
+    return (f"WITH stored AS (INSERT INTO {table}({names}) SELECT * FROM unnest({arrays}) "
+            f"{rest} RETURNING {copied}) INSERT INTO {into}({copied}) SELECT {copied} "
+            "FROM stored")

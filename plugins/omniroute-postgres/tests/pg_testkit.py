@@ -60,7 +60,8 @@ class Proxy:
     """A TCP proxy to the database that a test can cut (every connection through it is
     dropped, new ones are refused) and restore, standing in for a server that goes away;
     or pause (connections stay open and new ones are accepted, but nothing is passed
-    on), standing in for a server that hangs or a network that drops packets."""
+    on), standing in for a server that hangs or a network that drops packets; or lose
+    the answer to one statement (:meth:`lose_answer_to`)."""
 
     def __init__(self, target_host: str, target_port: int) -> None:
         self.target = (target_host, target_port)
@@ -70,6 +71,8 @@ class Proxy:
         self._server: asyncio.Server | None = None
         self._pipes: set[asyncio.StreamWriter] = set()
         self._tasks: set[asyncio.Task[None]] = set()
+        #: the next statement holding these bytes loses its answer (None: none does)
+        self._lose: bytes | None = None
 
     async def start(self) -> None:
         self._server = await asyncio.start_server(self._accept, "127.0.0.1", self.port)
@@ -94,6 +97,12 @@ class Proxy:
     def resume(self) -> None:
         self._flowing.set()
 
+    def lose_answer_to(self, marker: bytes) -> None:
+        """The next statement whose message holds ``marker`` (``b"COMMIT"``) reaches the
+        server, which runs it and answers; the answer is not passed on: the connection is
+        dropped instead (a commit that landed, whose acknowledgement was lost)."""
+        self._lose = marker
+
     async def close(self) -> None:
         self.resume()
         await self.cut()
@@ -110,15 +119,25 @@ class Proxy:
             writer.transport.abort()
             return
         self._pipes |= {writer, up_writer}
-        for src, dst in ((reader, up_writer), (up_reader, writer)):
-            task = asyncio.create_task(self._pipe(src, dst))
+        armed = asyncio.Event()  # a statement whose answer is lost went through here
+        for src, dst, sends in ((reader, up_writer, True), (up_reader, writer, False)):
+            task = asyncio.create_task(self._pipe(src, dst, armed, sends=sends,
+                                                  other=up_writer))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
-    async def _pipe(self, src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+    async def _pipe(self, src: asyncio.StreamReader, dst: asyncio.StreamWriter,
+                    armed: asyncio.Event, *, sends: bool, other: asyncio.StreamWriter) -> None:
         with contextlib.suppress(OSError, asyncio.IncompleteReadError):
             while data := await src.read(65536):
                 await self._flowing.wait()
+                if sends and self._lose is not None and self._lose in data:
+                    self._lose = None
+                    armed.set()
+                elif not sends and armed.is_set():  # the server answered: the answer and
+                    other.transport.abort()  # the connection are lost
+                    self._pipes.discard(other)
+                    break
                 dst.write(data)
                 await dst.drain()
         dst.transport.abort()
