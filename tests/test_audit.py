@@ -343,3 +343,22 @@ def test_audit_redaction_finds_secrets_by_their_shape_under_any_name() -> None:
     parsed = orjson.loads(diff)
     assert parsed["settings"]["headers"]["X-Plain"] == "kept"
     assert parsed["settings"]["headers"]["X-Route-To"] == "Bearer [REDACTED]"
+
+
+async def test_an_entry_written_again_is_stored_once(db: DatabaseBackend) -> None:
+    """A batch tried again after its commit landed (the answer lost) adds nothing: each
+    entry carries the id it was made with (migration 11), and readers do not see it."""
+    log = AuditLog(db)
+    entries = [AuditEntry(ts=1000.0 + i, actor="admin_session", action="POST /api/keys")
+               for i in range(2)]
+    assert entries[0].uid != entries[1].uid
+    for entry in entries:
+        log.add(entry)
+    assert await log.flush() == 2
+    for entry in entries:  # as the writer puts back a batch it believes lost
+        log.add(entry)
+    log.add(AuditEntry(ts=1002.0, actor="admin_session", action="DELETE /api/keys/{id}"))
+    assert await log.flush() == 3
+    page, _ = await log.page()
+    assert [e["ts"] for e in page] == [1002.0, 1001.0, 1000.0]
+    assert "uid" not in page[0]

@@ -590,3 +590,35 @@ def test_the_estimate_reads_the_body_size_and_the_output_cap() -> None:
 ])
 def test_the_output_cap_of_each_client_format(body: dict, cap: int | None) -> None:
     assert output_cap(body) == cap
+
+
+async def test_spend_whose_write_landed_but_failed_is_written_again_as_it_was() -> None:
+    """The store added the batch and the answer was lost (a server's commit landed, the
+    connection dropped): the next sync writes the same batch again, under its id, so it
+    counts once, and the spend settled meanwhile goes in a batch of its own."""
+    store, clock = MemoryStore(), clock_at("2025-03-10T12:00:00")
+    budgets = await started(store, clock)
+    limits = Limits.parse({"daily_usd": 5})
+    assert limits is not None
+    first, second = budgets.enter("k", limits), budgets.enter("k", limits)
+    held = [budgets.reserve(first, limits, 0, 0), budgets.reserve(second, limits, 0, 0)]
+    budgets.settle(held[0], 1.0, 0)
+    budgets.leave(first)
+    real_add = store.add
+
+    async def answer_lost(deltas: Sequence[Delta], batch: str) -> None:
+        await real_add(deltas, batch)
+        raise OSError("connection lost")
+
+    store.add = answer_lost  # type: ignore[method-assign]
+    with pytest.raises(OSError):
+        await budgets.sync()
+    assert not budgets.healthy
+    store.add = real_add  # type: ignore[method-assign]
+    budgets.settle(held[1], 0.5, 0)  # a request in flight ends meanwhile
+    budgets.leave(second)
+    await budgets.sync()
+    assert store.rows == {("k", "daily", ts("2025-03-10T00:00:00")): (1.5, 0, 2)}
+    assert budgets.healthy and len(store.batches) == 3  # the first sync's load, and two
+    w = budgets.window(budgets.state("k"), limits, "daily", clock.time())
+    assert w.spent_usd == 1.5

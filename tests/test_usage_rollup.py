@@ -408,3 +408,16 @@ async def test_a_series_of_any_metric_agrees_with_the_summary(
         days = [sum(v or 0 for v in values) for values in zip(top["values"], other["values"],
                                                               strict=True)]
         assert days == pytest.approx([d[metric] for d in summary["by_time"]])
+
+
+def test_the_writers_fold_adds_to_the_totals_in_key_order() -> None:
+    """Writers of several instances fold at once, no lock between them: each upsert takes
+    its rows in its conflict key's order, so two writers adding to the same hours lock
+    them in one order (in their own orders they could deadlock)."""
+    upserts = [s for s in rollup.FOLD if "ON CONFLICT" in s]
+    assert len(upserts) == 4  # the days, the hours, the dimensions, the minutes
+    for statement in upserts:
+        key = statement.split("ON CONFLICT(", 1)[1].split(")", 1)[0].split(", ")
+        order = ", ".join(str(i) for i in range(1, len(key) + 1))
+        assert f" ORDER BY {order} ON CONFLICT(" in statement, statement
+    assert all("request_log " not in s for s in rollup.FOLD)  # only the rows it stored

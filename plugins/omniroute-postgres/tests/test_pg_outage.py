@@ -208,3 +208,52 @@ async def test_keys_with_a_budget_while_the_database_is_away(
     for gw in (a, b):
         await until(lambda gw=gw: gw.gateway.budgets.healthy, timeout=10.0)
         assert await chat_as_team(gw) == 200
+
+
+async def test_audit_entries_and_budget_spend_whose_commit_was_not_acknowledged_count_once(
+        pg_url: str, proxy: Proxy) -> None:
+    """The server commits, the answer is lost (the connection drops): the audit log keeps
+    its entries and writes them again, the budgets write their batch again; neither is
+    stored twice (migration 11: an entry's uid, a batch's id)."""
+    from omniroute.budgets import Budgets, Limits, SqliteSpendStore
+    from omniroute.resilience.clock import ManualClock
+    from omniroute.storage.audit import AuditEntry, AuditLog
+
+    db = await PostgresDatabase.connect(through(pg_url, proxy))
+    try:
+        audit = AuditLog(db)
+        for i in range(3):
+            audit.add(AuditEntry(ts=1000.0 + i, actor="admin_session",
+                                 action="POST /api/keys", target=f"k{i}", status=201))
+        proxy.lose_answer_to(b"COMMIT")
+        assert await audit.flush() == 0  # as far as it knows, nothing was stored
+        assert audit.pending == 3 and audit.dropped == 0
+        assert await audit.flush() == 3
+        rows = await db.fetchall("SELECT target FROM audit_log ORDER BY ts")
+        assert [r["target"] for r in rows] == ["k0", "k1", "k2"]
+
+        clock = ManualClock(wall=1_741_600_000.0)
+        budgets = Budgets(SqliteSpendStore(db), clock)
+        await budgets.sync()
+        limits = Limits.parse({"daily_usd": 100})
+        assert limits is not None
+
+        first, second = budgets.enter("k", limits), budgets.enter("k", limits)
+        held = [budgets.reserve(first, limits, 0, 0), budgets.reserve(second, limits, 0, 0)]
+        budgets.settle(held[0], 1.5, 10)
+        budgets.leave(first)
+        proxy.lose_answer_to(b"COMMIT")
+        with pytest.raises(db.unavailable):
+            await budgets.sync()
+        assert not budgets.healthy
+        budgets.settle(held[1], 0.25, 10)  # ends while the first batch waits for its retry
+        budgets.leave(second)
+        await budgets.sync()
+        assert budgets.healthy
+        row = await db.fetchone("SELECT cost_usd, tokens, requests FROM key_spend "
+                                "WHERE key_id = 'k' AND period = 'daily'")
+        assert tuple(row) == (1.75, 20, 2)
+        window = budgets.window(budgets.state("k"), limits, "daily", clock.time())
+        assert window.spent_usd == 1.75
+    finally:
+        await db.close()
