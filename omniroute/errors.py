@@ -247,6 +247,13 @@ class BudgetUnavailable(ServiceUnavailable):
     code = "budget_unavailable"
 
 
+class StoredResponsesUnavailable(ServiceUnavailable):
+    """The stored Responses (``previous_response_id``, ``GET /v1/responses/{id}``) could
+    not be read in time: the gateway's failure, not an unknown id (which is a 400/404)."""
+
+    code = "stored_responses_unavailable"
+
+
 class IdempotencyConflict(GatewayError):
     """An ``Idempotency-Key`` (or ``X-Request-Id``) already used, within its window, by
     a request with another body, method or path."""

@@ -17,7 +17,12 @@ A response is stored before its answer is sent (a follow-up fired the moment the
 client has the id finds it), so :meth:`ResponseStore.save` waits at most
 ``save_timeout`` (2 s): a database that hangs or fails does not hold the answer. The
 answer goes out, that response cannot be continued by id, and the failure is logged
-once per outage (once more when stores resume).
+once per outage (once more when stores resume). A read (:meth:`ResponseStore.get`: a
+``previous_response_id``, ``GET /v1/responses/{id}``) waits at most ``read_timeout``
+(2 s) as well: past that, or when the database cannot be reached, the request fails with
+:class:`~omniroute.errors.StoredResponsesUnavailable` (503, ``Retry-After``), the
+gateway's failure, not the unknown id's 400/404; the read goes on in the background,
+bounded by the database's own statement timeout.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ from typing import Any
 
 import orjson
 
+from omniroute.errors import StoredResponsesUnavailable
 from omniroute.storage.backend import DatabaseBackend
 
 log = logging.getLogger(__name__)
@@ -38,6 +44,8 @@ log = logging.getLogger(__name__)
 DEFAULT_TTL = 30 * 24 * 3600.0
 #: how long a request waits for its response to be stored (seconds)
 SAVE_TIMEOUT = 2.0
+#: how long a request waits for a stored response to be read (seconds)
+READ_TIMEOUT = 2.0
 #: expired rows per ``DELETE`` of :func:`delete_expired`
 DELETE_BATCH = 2000
 
@@ -59,14 +67,19 @@ class ResponseStore:
     """Reads and writes stored responses, always within one API key's scope."""
 
     def __init__(self, db: DatabaseBackend, *, ttl: float = DEFAULT_TTL,
-                 save_timeout: float = SAVE_TIMEOUT) -> None:
+                 save_timeout: float = SAVE_TIMEOUT, read_timeout: float = READ_TIMEOUT,
+                 ) -> None:
         self.db = db
         self.ttl = ttl
         self.save_timeout = save_timeout
-        #: writes that outlasted their wait, finishing (or failing) in the background
-        self._writes: set[asyncio.Future[None]] = set()
+        self.read_timeout = read_timeout
+        #: writes and reads that outlasted their wait, finishing (or failing) in the
+        #: background
+        self._writes: set[asyncio.Future[Any]] = set()
         #: the last store failed: the next failures are not logged
         self._failing = False
+        #: the last read failed: the next failures are not logged
+        self._read_failing = False
 
     async def save(self, api_key_id: str | None, response: dict[str, Any],
                    input_items: list[Any]) -> bool:
@@ -98,11 +111,12 @@ class ResponseStore:
         self._failing = True
         return False
 
-    def _finished(self, write: asyncio.Future[None]) -> None:
-        """A write ended; one whose request stopped waiting may have failed unseen."""
+    def _finished(self, write: asyncio.Future[Any]) -> None:
+        """A write (or read) ended; one whose request stopped waiting may have failed
+        unseen."""
         self._writes.discard(write)
         if not write.cancelled() and write.exception() is not None:
-            log.debug("response write failed: %s", write.exception())
+            log.debug("response store call failed: %s", write.exception())
 
     async def _write(self, api_key_id: str | None, response: dict[str, Any],
                      input_items: list[Any]) -> None:
@@ -124,7 +138,41 @@ class ResponseStore:
         )
 
     async def get(self, response_id: str, api_key_id: str | None) -> StoredResponse | None:
-        """The response, when it exists, has not expired and belongs to ``api_key_id``."""
+        """The response, when it exists, has not expired and belongs to ``api_key_id``.
+
+        Waits at most :attr:`read_timeout`.
+
+        :raises StoredResponsesUnavailable: no answer in time, or the database is away.
+        """
+        read = asyncio.ensure_future(self._read(response_id, api_key_id))
+        self._writes.add(read)  # held until it ends, even if this request is cancelled
+        read.add_done_callback(self._finished)
+        done, _ = await asyncio.wait((read,), timeout=self.read_timeout)
+        if not done:
+            raise self._unreadable(f"no answer within {self.read_timeout:g} s")
+        exc = read.exception()  # (never cancelled: none but ours holds it)
+        if isinstance(exc, self.db.unavailable):
+            raise self._unreadable(f"{type(exc).__name__}: {exc}") from exc
+        found = read.result()
+        if self._read_failing:
+            self._read_failing = False
+            log.warning("stored responses are read again")
+        return found
+
+    def _unreadable(self, reason: str) -> StoredResponsesUnavailable:
+        if not self._read_failing:  # once per outage, not once per request
+            log.warning("could not read a stored response (%s); requests naming one are "
+                        "answered 503 until reads resume (not logged again until then)",
+                        reason)
+        else:
+            log.debug("could not read a stored response (%s)", reason)
+        self._read_failing = True
+        return StoredResponsesUnavailable(
+            "Stored responses cannot be read just now (the gateway's database did not "
+            "answer); try again shortly, or send the whole conversation as input.",
+            headers={"Retry-After": "1"})
+
+    async def _read(self, response_id: str, api_key_id: str | None) -> StoredResponse | None:
         row = await self.db.fetchone(
             "SELECT * FROM responses WHERE id = ? AND api_key_id IS ? AND expires_at >= ?",
             (response_id, api_key_id, time.time()))

@@ -257,3 +257,51 @@ async def test_audit_entries_and_budget_spend_whose_commit_was_not_acknowledged_
         assert window.spent_usd == 1.75
     finally:
         await db.close()
+
+
+async def test_a_stored_response_read_waits_a_bounded_time_on_a_hung_database(
+        aiohttp_client: Any, tmp_path: Any, pg_url: str, proxy: Proxy, upstream: Any) -> None:
+    """A request naming a ``previous_response_id`` (and ``GET /v1/responses/{id}``) while
+    the database hangs: answered 503 in OpenAI's error shape within the read's 2 s bound,
+    not after ``command_timeout`` (30 s here), and not as the unknown id's 400/404."""
+    parts = urlsplit(pg_url)
+    url = urlunsplit(parts._replace(netloc=f"{parts.username}@127.0.0.1:{proxy.port}",
+                                    query=f"{parts.query}&connect_timeout=1"))
+    (gw,) = await start_instances(aiohttp_client, tmp_path, url, count=1)
+    await gw.add_provider({"type": "openai", "name": "fake", "prefix": "up",
+                           "base_url": upstream.base_url, "api_key": UPSTREAM_KEY})
+
+    async def respond(**body: Any) -> tuple[int, dict[str, Any], Any]:
+        resp = await gw.client.post("/v1/responses", headers=gw.admin_headers,
+                                    json={"model": "up/gpt-4o-mini", **body})
+        return resp.status, await resp.json(), resp.headers
+
+    status, first, _ = await respond(input="hello")
+    assert status == 200, first
+    status, unknown, _ = await respond(input="again", previous_response_id="resp_nope")
+    assert status == 400 and unknown["error"]["code"] == "previous_response_not_found"
+
+    proxy.pause()  # connections stay open, nothing comes back
+    try:
+        began = time.monotonic()
+        status, body, headers = await respond(input="and on",
+                                              previous_response_id=first["id"])
+        waited = time.monotonic() - began
+        assert status == 503, body
+        assert body["error"]["type"] == "server_error"
+        assert body["error"]["code"] == "stored_responses_unavailable"
+        assert headers["Retry-After"] == "1"
+        assert waited < 4.0, waited  # the read's bound (2 s), not command_timeout (30 s)
+        began = time.monotonic()
+        resp = await gw.client.get(f"/v1/responses/{first['id']}", headers=gw.admin_headers)
+        got = await resp.json()
+        assert resp.status == 503 and got["error"]["code"] == "stored_responses_unavailable"
+        assert time.monotonic() - began < 4.0
+    finally:
+        proxy.resume()
+
+    async def continued() -> bool:
+        status, _, _ = await respond(input="and on", previous_response_id=first["id"])
+        return status == 200
+
+    await until(continued, timeout=35.0)  # once the database answers again
