@@ -6,8 +6,9 @@ afterwards, and prints one JSON object:
 
 * ``one_writer_<n>_s``: one ``RequestLog.flush`` of ``n`` complete records (the records,
   their hourly and daily totals and the keys' last use, in one transaction);
-* ``two_writers_2x<n>_s``: two instances flushing ``n`` each at once (their writes take
-  turns: the totals fold the records after the largest id, under an advisory lock);
+* ``two_writers_2x<n>_s``: two instances flushing ``n`` each at once (no lock between
+  them: each folds the records its insert stored; they wait for each other only on the
+  totals' rows both add to, here the same hour and group);
 * ``small_flush_ms``: a flush of 10 records, what an instance pays every 0.5 s at a
   trickle (round trips, not rows).
 

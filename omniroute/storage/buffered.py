@@ -19,7 +19,8 @@ one large ``DELETE``. What the rules are, and why:
   set) by size: past the bound the oldest go, counted and logged, never silently.
 * **An outage is logged once**: the first failed write with its error, then one
   line when the writes resume (a database away for an hour is not 7200 tracebacks).
-* **Flushes take turns** (a lock), and each runs shielded: a caller that is
+* **Flushes take turns** (an asyncio lock: this process's flushes of this log; other
+  processes' writers are the database's business), and each runs shielded: a caller that is
   cancelled (a read API whose client disconnected) stops waiting, the write
   finishes. :meth:`~BufferedLog.close` waits for a flush in progress, then writes
   the rest.
