@@ -20,6 +20,8 @@ from omniroute.testing import GatewayHarness, make_test_config, start_harness
 import omniroute_postgres
 
 UPSTREAM_KEY = "sk-upstream-test"
+#: the wire message of asyncpg's ``COMMIT`` (a simple query: ``Q``, its length, the text)
+COMMIT = b"Q\x00\x00\x00\x0cCOMMIT;\x00"
 
 
 def plugins_with_postgres() -> Plugins:
@@ -98,7 +100,7 @@ class Proxy:
         self._flowing.set()
 
     def lose_answer_to(self, marker: bytes) -> None:
-        """The next statement whose message holds ``marker`` (``b"COMMIT"``) reaches the
+        """The next statement whose message holds ``marker`` (:data:`COMMIT`) reaches the
         server, which runs it and answers; the answer is not passed on: the connection is
         dropped instead (a commit that landed, whose acknowledgement was lost)."""
         self._lose = marker

@@ -8,7 +8,7 @@ from omniroute.storage import rollup
 from omniroute.storage.migrations import MIGRATIONS
 from omniroute.storage.requestlog import RequestLog
 
-from omniroute_postgres.dialect import translate
+from omniroute_postgres.dialect import insert_new, translate
 
 
 def test_placeholders_are_numbered_outside_quoted_text() -> None:
@@ -49,8 +49,26 @@ def test_column_types_are_translated_in_ddl_only() -> None:
 
 
 def test_every_statement_of_the_core_translates() -> None:
-    statements = [s for step in MIGRATIONS for s in step] + rollup.FOLD + [RequestLog.insert]
+    statements = [s for step in MIGRATIONS for s in step] + rollup.BEGIN + rollup.FOLD + [RequestLog.insert]
     for sql in statements:
         out = translate(sql)
         assert "?" not in out.replace("'?'", ""), sql
         assert "WITHOUT ROWID" not in out and " REAL" not in out.replace("PRECISION", ""), sql
+
+
+def test_a_scratch_table_is_emptied_by_the_server_at_each_commit() -> None:
+    assert translate("CREATE TEMP TABLE IF NOT EXISTS b (n INTEGER)") == (
+        "CREATE TEMP TABLE IF NOT EXISTS b (n BIGINT) ON COMMIT DELETE ROWS")
+    assert translate("CREATE TABLE t (n INTEGER)") == "CREATE TABLE t (n BIGINT)"
+
+
+def test_a_one_row_insert_becomes_a_batch_that_copies_what_it_stored() -> None:
+    query = translate("INSERT INTO t(a, b) VALUES (?, ?) ON CONFLICT(a) DO NOTHING")
+    assert insert_new(query, ["text", "float8"], "t_new", ("b",)) == (
+        "WITH stored AS (INSERT INTO t(a, b) SELECT * FROM unnest($1::text[], "
+        "$2::float8[]) ON CONFLICT(a) DO NOTHING RETURNING b) INSERT INTO t_new(b) "
+        "SELECT b FROM stored")
+    with pytest.raises(ValueError, match="one-row INSERT"):
+        insert_new("UPDATE t SET a = $1", ["text"], "t_new", ("a",))
+    with pytest.raises(ValueError, match="in order"):
+        insert_new("INSERT INTO t(a, b) VALUES ($2, $1)", ["text", "text"], "t_new", ("a",))

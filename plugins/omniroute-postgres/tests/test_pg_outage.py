@@ -15,7 +15,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 from omniroute.storage import RequestRecord
-from pg_testkit import UPSTREAM_KEY, Proxy, start_instances, until
+from pg_testkit import COMMIT, UPSTREAM_KEY, Proxy, start_instances, until
 
 from omniroute_postgres import PostgresDatabase
 
@@ -225,7 +225,7 @@ async def test_audit_entries_and_budget_spend_whose_commit_was_not_acknowledged_
         for i in range(3):
             audit.add(AuditEntry(ts=1000.0 + i, actor="admin_session",
                                  action="POST /api/keys", target=f"k{i}", status=201))
-        proxy.lose_answer_to(b"COMMIT")
+        proxy.lose_answer_to(COMMIT)
         assert await audit.flush() == 0  # as far as it knows, nothing was stored
         assert audit.pending == 3 and audit.dropped == 0
         assert await audit.flush() == 3
@@ -242,7 +242,7 @@ async def test_audit_entries_and_budget_spend_whose_commit_was_not_acknowledged_
         held = [budgets.reserve(first, limits, 0, 0), budgets.reserve(second, limits, 0, 0)]
         budgets.settle(held[0], 1.5, 10)
         budgets.leave(first)
-        proxy.lose_answer_to(b"COMMIT")
+        proxy.lose_answer_to(COMMIT)
         with pytest.raises(db.unavailable):
             await budgets.sync()
         assert not budgets.healthy

@@ -12,7 +12,7 @@ from urllib.parse import urlsplit
 
 import pytest
 from omniroute.storage import RequestLog, RequestRecord
-from pg_testkit import Proxy
+from pg_testkit import COMMIT, Proxy
 
 from omniroute_postgres import PostgresDatabase
 
@@ -162,7 +162,7 @@ async def test_a_batch_whose_commit_acknowledgement_was_lost_adds_nothing_twice(
         log, other = RequestLog(db), RequestLog(writers[0])
         for n in range(500):
             log.add(_record(0, n, rng))
-        proxy.lose_answer_to(b"COMMIT")
+        proxy.lose_answer_to(COMMIT)
         assert await log.flush() == 0  # as far as it knows, nothing was stored
         assert log.pending == 500 and log.dropped == 0
         row = await writers[0].fetchone("SELECT COUNT(*) FROM request_log")
