@@ -49,7 +49,8 @@ def test_column_types_are_translated_in_ddl_only() -> None:
 
 
 def test_every_statement_of_the_core_translates() -> None:
-    statements = [s for step in MIGRATIONS for s in step] + rollup.BEGIN + rollup.FOLD + [RequestLog.insert]
+    statements = [*(s for step in MIGRATIONS for s in step), *rollup.BEGIN, *rollup.FOLD,
+                  RequestLog.insert]
     for sql in statements:
         out = translate(sql)
         assert "?" not in out.replace("'?'", ""), sql
