@@ -31,7 +31,7 @@ from omniroute.config import ConfigError, redact_url
 from omniroute.storage.backend import Row, StorageError
 from omniroute.storage.migrations import MIGRATIONS
 
-from omniroute_postgres.dialect import insert_new, translate
+from omniroute_postgres.dialect import staged, translate
 
 log = logging.getLogger(__name__)
 
@@ -105,8 +105,6 @@ class PostgresDatabase(DatabaseBackend):
         self.where = redact_url(url)
         self.acquire_timeout = options["connect_timeout"]
         self.command_timeout = options["command_timeout"]
-        #: :meth:`insert_new`'s statement of each one-row insert it was given
-        self._batched: dict[str, str] = {}
         #: the connection of the transaction this task is in (None: not in one)
         self._held: ContextVar[asyncpg.Connection | None] = ContextVar(
             f"omniroute-postgres-{id(self)}", default=None)
@@ -203,26 +201,26 @@ class PostgresDatabase(DatabaseBackend):
 
     async def insert_new(self, sql: str, rows: Sequence[Sequence[Any]], *, table: str,
                          into: str, columns: Sequence[str]) -> None:
-        """One statement for the whole batch (:func:`omniroute_postgres.dialect.insert_new`):
-        the rows go as one array per column, and ``RETURNING`` copies those the server
-        stored (a conflict skipped none of them) into ``into``. No lock: writers of other
-        instances store and copy their own rows meanwhile."""
+        """The batch is copied (``COPY``, binary) into a scratch table of the insert's
+        columns, then one statement inserts it (:func:`omniroute_postgres.dialect.staged`),
+        and its ``RETURNING`` copies the rows the server stored, and only those, into
+        ``into``. No lock: writers of other instances store and copy their own rows
+        meanwhile. (``COPY`` rather than the statement over arrays of values: asyncpg
+        checks every array element's type, 4.5 µs a record, more than the insert.)"""
         conn = self._held.get()
         if conn is None:
             raise RuntimeError("insert_new() is for inside a transaction")
         if not rows:
             return
-        query = translate(sql)
-        key = f"{query}\0{into}\0{','.join(columns)}"
-        batched = self._batched.get(key)
-        if batched is None:  # the one-row statement's parameter types, from the server
-            types = [t.name for t in (await conn.prepare(query)).get_parameters()]
-            batched = self._batched[key] = insert_new(query, types, into, tuple(columns))
-        values = [list(map(_storable, column)) for column in zip(*rows, strict=True)]
+        plan = staged(translate(sql), f"{table}_stage", into, tuple(columns))
+        await conn.execute(plan.create)
         try:
-            await conn.execute(batched, *values)
+            await conn.copy_records_to_table(
+                plan.stage, records=[tuple(map(_storable, row)) for row in rows],
+                columns=plan.columns)
         except asyncpg.DataError as exc:
             raise _without_values(exc) from None
+        await conn.execute(plan.insert)
 
     async def _run(self, method: str, sql: str, params: Iterable[Any]) -> Any:
         query, args = translate(sql), tuple(map(_storable, params))

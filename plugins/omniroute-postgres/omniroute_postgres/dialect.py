@@ -22,11 +22,11 @@ take it, :func:`translate` rewrites it, each rule for a reason:
   for temporary tables: a scratch table of the request log's took 150 KB more at every
   flush of 2,000 records, and every fold reads all of it).
 
-And one rewrite for a batch (:func:`insert_new`): the core's one-row ``INSERT ...
-VALUES (?, ...) ON CONFLICT ... DO NOTHING`` run over a whole batch becomes one
-statement taking a column of values per parameter (``unnest`` of arrays), whose
-``RETURNING`` copies the rows it stored into the caller's scratch table: one round trip
-for the batch, and the server says which rows it stored.
+And one rewrite for a batch (:func:`staged`): the core's one-row ``INSERT ... VALUES
+(?, ...) ON CONFLICT ... DO NOTHING`` run over a whole batch becomes a ``COPY`` into a
+scratch table of the insert's columns and one ``INSERT ... SELECT`` from it, whose
+``RETURNING`` copies the rows it stored into the caller's scratch table: the server
+says which rows it stored.
 
 Statements are translated once and remembered.
 """
@@ -34,6 +34,7 @@ Statements are translated once and remembered.
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from functools import lru_cache
 
 _IS = re.compile(r"\bIS (?=\?|excluded\.)")
@@ -121,11 +122,25 @@ def _closing(sql: str, start: int) -> int:
     raise ValueError(f"unbalanced parentheses in SQL: {sql[:80]!r}")
 
 
-def insert_new(query: str, types: list[str], into: str, columns: tuple[str, ...]) -> str:
+
+@dataclass(frozen=True, slots=True)
+class Staged:
+    """A one-row insert run over a batch (:func:`staged`)."""
+
+    #: the scratch table the batch is copied into, and its columns (the insert's)
+    stage: str
+    columns: list[str]
+    #: creates the scratch table when this connection has none (emptied at commit)
+    create: str
+    #: inserts the scratch table's rows, copying those stored into the caller's table
+    insert: str
+
+
+@lru_cache(maxsize=64)
+def staged(query: str, stage: str, into: str, columns: tuple[str, ...]) -> Staged:
     """``query`` (:func:`translate`'s ``INSERT INTO t(...) VALUES ($1, ...) ON CONFLICT ...
-    DO NOTHING``) run over columns of values: parameter ``$n`` becomes an array of
-    ``types[n - 1]`` (the server's type of the one-row parameter), one element per row;
-    ``columns`` of the rows it stored go into ``into``.
+    DO NOTHING``) for a batch copied into ``stage`` first: the insert takes the rows from
+    there, and ``columns`` of the rows it stored go into ``into``.
 
     :raises ValueError: ``query`` is not such an insert.
     """
@@ -133,10 +148,14 @@ def insert_new(query: str, types: list[str], into: str, columns: tuple[str, ...]
     if match is None:
         raise ValueError(f"not a one-row INSERT ... VALUES: {query[:80]!r}")
     table, names, values, rest = match.groups()
-    if [v.strip() for v in values.split(",")] != [f"${i}" for i in range(1, len(types) + 1)]:
-        raise ValueError(f"the VALUES are not $1..${len(types)} in order: {query[:80]!r}")
-    arrays = ", ".join(f"${i}::{name}[]" for i, name in enumerate(types, 1))
-    copied = ", ".join(columns)
-    return (f"WITH stored AS (INSERT INTO {table}({names}) SELECT * FROM unnest({arrays}) "
-            f"{rest} RETURNING {copied}) INSERT INTO {into}({copied}) SELECT {copied} "
-            "FROM stored")
+    listed = [n.strip() for n in names.split(",")]
+    if [v.strip() for v in values.split(",")] != [f"${i}" for i in range(1, len(listed) + 1)]:
+        raise ValueError(f"the VALUES are not $1..${len(listed)} in order: {query[:80]!r}")
+    copied, named = ", ".join(columns), ", ".join(listed)
+    return Staged(
+        stage, listed,
+        f"CREATE TEMP TABLE IF NOT EXISTS {stage} ON COMMIT DELETE ROWS AS "
+        f"SELECT {named} FROM {table} WITH NO DATA",
+        f"WITH stored AS (INSERT INTO {table}({named}) SELECT {named} FROM {stage} "
+        f"{rest} RETURNING {copied}) INSERT INTO {into}({copied}) SELECT {copied} "
+        "FROM stored")

@@ -28,6 +28,9 @@ SERVER_URL = os.environ.get("OMNIROUTE_TEST_POSTGRES_URL",
                             "postgresql://postgres@127.0.0.1:5432/postgres")
 #: every wait of the helpers (seconds)
 TIMEOUT = 10.0
+#: the wait for ``DROP DATABASE``, which waits for a checkpoint: a session's database holds
+#: thousands of files (a schema per test), and syncing them on a busy disk took 12 s
+DROP_TIMEOUT = 60.0
 
 
 def with_database(url: str, name: str) -> str:
@@ -35,19 +38,20 @@ def with_database(url: str, name: str) -> str:
     return urlunsplit(urlsplit(url)._replace(path=f"/{name}"))
 
 
-async def _admin(sql: str, url: str = SERVER_URL) -> None:
+async def _admin(sql: str, url: str = SERVER_URL, timeout: float = TIMEOUT) -> None:
     conn = await asyncpg.connect(url, timeout=TIMEOUT)
     try:
-        await conn.execute(sql, timeout=TIMEOUT)
+        await conn.execute(sql, timeout=timeout)
     finally:
         await conn.close(timeout=TIMEOUT)
 
 
-def _blocking(sql: str, url: str) -> None:
+def _blocking(sql: str, url: str, timeout: float = TIMEOUT) -> None:
     """:func:`_admin` from synchronous code, in a thread of its own (a session fixture
     may be set up while a test's event loop runs)."""
     with ThreadPoolExecutor(1) as pool:
-        pool.submit(asyncio.run, _admin(sql, url)).result(timeout=3 * TIMEOUT)
+        pool.submit(asyncio.run, _admin(sql, url, timeout)).result(timeout=2 * TIMEOUT
+                                                                    + timeout)
 
 
 @contextmanager
@@ -67,7 +71,7 @@ def scratch_database(server: str = SERVER_URL) -> Iterator[str]:
     try:
         yield with_database(server, name)
     finally:
-        _blocking(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)', server)
+        _blocking(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)', server, DROP_TIMEOUT)
 
 
 async def fresh_schema(database_url: str) -> str:

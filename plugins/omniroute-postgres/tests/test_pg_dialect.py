@@ -8,7 +8,7 @@ from omniroute.storage import rollup
 from omniroute.storage.migrations import MIGRATIONS
 from omniroute.storage.requestlog import RequestLog
 
-from omniroute_postgres.dialect import insert_new, translate
+from omniroute_postgres.dialect import staged, translate
 
 
 def test_placeholders_are_numbered_outside_quoted_text() -> None:
@@ -65,11 +65,14 @@ def test_a_scratch_table_is_emptied_by_the_server_at_each_commit() -> None:
 
 def test_a_one_row_insert_becomes_a_batch_that_copies_what_it_stored() -> None:
     query = translate("INSERT INTO t(a, b) VALUES (?, ?) ON CONFLICT(a) DO NOTHING")
-    assert insert_new(query, ["text", "float8"], "t_new", ("b",)) == (
-        "WITH stored AS (INSERT INTO t(a, b) SELECT * FROM unnest($1::text[], "
-        "$2::float8[]) ON CONFLICT(a) DO NOTHING RETURNING b) INSERT INTO t_new(b) "
-        "SELECT b FROM stored")
+    plan = staged(query, "t_stage", "t_new", ("b",))
+    assert plan.stage == "t_stage" and plan.columns == ["a", "b"]
+    assert plan.create == ("CREATE TEMP TABLE IF NOT EXISTS t_stage ON COMMIT DELETE ROWS "
+                           "AS SELECT a, b FROM t WITH NO DATA")
+    assert plan.insert == (
+        "WITH stored AS (INSERT INTO t(a, b) SELECT a, b FROM t_stage ON CONFLICT(a) "
+        "DO NOTHING RETURNING b) INSERT INTO t_new(b) SELECT b FROM stored")
     with pytest.raises(ValueError, match="one-row INSERT"):
-        insert_new("UPDATE t SET a = $1", ["text"], "t_new", ("a",))
+        staged("UPDATE t SET a = $1", "t_stage", "t_new", ("a",))
     with pytest.raises(ValueError, match="in order"):
-        insert_new("INSERT INTO t(a, b) VALUES ($2, $1)", ["text", "text"], "t_new", ("a",))
+        staged("INSERT INTO t(a, b) VALUES ($2, $1)", "t_stage", "t_new", ("a",))
