@@ -414,3 +414,43 @@ async def test_the_store_keeps_each_key_to_its_own_rows(db: DatabaseBackend) -> 
     assert await store.delete("resp_2", "key_a") is False
     assert await store.delete("resp_2", None) is True
     assert await store.get("resp_2", None) is None
+
+
+async def test_a_read_past_its_bound_or_with_the_database_away_is_a_503(
+        db: DatabaseBackend, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A stored response that cannot be read in time is the gateway's failure (503), not
+    an unknown id; the read itself finishes in the background."""
+    from omniroute.errors import StoredResponsesUnavailable
+
+    store = ResponseStore(db, read_timeout=0.2)
+    release = asyncio.Event()
+    real = db.fetchone
+    finished: list[bool] = []
+
+    async def hung(sql: str, params: Any = ()) -> Any:
+        await release.wait()
+        row = await real(sql, params)
+        finished.append(True)
+        return row
+
+    monkeypatch.setattr(db, "fetchone", hung)
+    began = time.monotonic()
+    with pytest.raises(StoredResponsesUnavailable) as failed:
+        await store.get("resp_1", None)
+    assert time.monotonic() - began < 1.0
+    assert failed.value.status == 503 and failed.value.headers == {"Retry-After": "1"}
+    release.set()
+    for _ in range(100):
+        if finished:
+            break
+        await asyncio.sleep(0.01)
+    assert finished == [True]
+
+    async def away(sql: str, params: Any = ()) -> Any:
+        raise db.unavailable[0]("the database is away (simulated)")
+
+    monkeypatch.setattr(db, "fetchone", away)
+    with pytest.raises(StoredResponsesUnavailable):
+        await store.get("resp_1", None)
+    monkeypatch.setattr(db, "fetchone", real)
+    assert await store.get("resp_1", None) is None  # unknown: the caller's 400/404
