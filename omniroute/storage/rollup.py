@@ -2,9 +2,10 @@
 
 Two tables, both written by the request log's writer in the same transaction as the
 records (:meth:`RequestLog.also <omniroute.storage.requestlog.RequestLog.also>` runs
-:data:`FOLD`: the rows the transaction just wrote are summed once, by hour and group,
-into a scratch table, and every table's hourly and daily rows are added from it; all
-inside SQLite, in its thread, so the event loop pays nothing per record):
+:data:`FOLD`: the rows the transaction just wrote are summed once, by minute and group,
+into a scratch table, and the per-minute totals and every table's hourly and daily rows
+are added from it; all inside SQLite, in its thread, so the event loop pays nothing per
+record):
 
 * ``usage_rollup``: per bucket (an hour or a day, UTC) and per group (provider, model,
   connection, key, status, failed, cache hit), the sums a summary shows. Any filter
@@ -115,7 +116,7 @@ def _upsert(table: str, key: tuple[str, ...], sums: tuple[str, ...], select: str
 
 
 _PERIODS_TABLE = f"(SELECT {HOUR} AS period UNION ALL SELECT {DAY})"
-#: the writer's scratch table: one transaction's records summed by hour and group (a
+#: the writer's scratch table: one transaction's records summed by minute and group (a
 #: temporary table: unqualified, it is found before any other of its name)
 _BATCH = "usage_batch"
 
@@ -132,8 +133,8 @@ def _rollup_from_records(where: str) -> str:
 
 def _batch_statements() -> list[str]:
     """The writer's fold: the transaction's records (``id > ?``) are read once into the
-    scratch table, by hour and group; the hourly and daily rollup rows and every
-    dimension's rows are added from its few rows."""
+    scratch table, by minute and group; the per-minute totals, the hourly and daily
+    rollup rows and every dimension's rows are added from its few rows."""
     columns = ("start INTEGER", *(f"{c} TEXT" for c in GROUP_COLUMNS[:4]), "status INTEGER",
                "failed INTEGER", "cache_hit INTEGER", *(f"{c} REAL" for c in DIM_SUM_COLUMNS))
     sums = ", ".join(f"SUM({c})" for c in DIM_SUM_COLUMNS)
@@ -145,7 +146,7 @@ def _batch_statements() -> list[str]:
     return [
         f"CREATE TEMP TABLE IF NOT EXISTS usage_batch ({', '.join(columns)})",
         f"DELETE FROM {_BATCH}",
-        f"INSERT INTO {_BATCH} SELECT CAST(ts / {HOUR} AS INTEGER) * {HOUR}, "
+        f"INSERT INTO {_BATCH} SELECT CAST(ts / {MINUTE} AS INTEGER) * {MINUTE}, "
         f"{', '.join(_RECORD_GROUPS)}, {', '.join(_RECORD_DIM_SUMS)} "
         f"FROM request_log WHERE id > ? GROUP BY {groups}",
         *(_upsert("usage_rollup", ("period", "start", *GROUP_COLUMNS), SUM_COLUMNS,
@@ -157,6 +158,9 @@ def _batch_statements() -> list[str]:
                 f"SELECT p.period, d.dim, CAST(start / p.period AS INTEGER) * p.period, "
                 f"{value}, {sums} FROM {_BATCH}, {_PERIODS_TABLE} AS p, ({dims}) AS d "
                 "WHERE true GROUP BY 1, 2, 3, 4"),
+        _upsert("usage_dims", ("period", "dim", "start", "value"), DIM_SUM_COLUMNS,
+                f"SELECT {MINUTE}, 'total', start, '', {sums} FROM {_BATCH} "
+                "WHERE true GROUP BY 3"),
     ]
 
 
@@ -184,10 +188,10 @@ def _minutes_from_records(where: str) -> str:
                    f"{', '.join(_RECORD_DIM_SUMS)} FROM request_log {where} GROUP BY 3")
 
 
-#: the writer's statements, in order; those with a parameter take the largest record
-#: id before this transaction's (they add the records after it): the hours and days
-#: through the scratch table, the minutes straight from the few new records
-FOLD = [*_batch_statements(), _minutes_from_records("WHERE id > ?")]
+#: the writer's statements, in order; the one with a parameter takes the largest record
+#: id before this transaction's (it reads the records after it, once, into the scratch
+#: table, by minute: the minutes, hours and days are all added from its few rows)
+FOLD = _batch_statements()
 #: the per-minute totals of the last :data:`MINUTE_KEEP` seconds from the records, for
 #: records written without the writer (usage_dims' minute rows must be empty)
 MINUTE_BACKFILL = _minutes_from_records(
