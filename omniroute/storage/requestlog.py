@@ -151,8 +151,16 @@ class RequestLog(BufferedLog[RequestRecord]):
         """Queue ``record`` (synchronous, O(1), never blocks)."""
         if record.api_key_id:
             self._key_use[record.api_key_id] = record.ts
-        if self.enabled:
+        if not self.enabled:
+            return
+        if self.max_bytes:  # bounded by size too: BufferedLog's rules
             super().add(record)
+            return
+        pending = self._pending  # BufferedLog.add by count only, inline: once per request
+        pending.append(record)
+        if len(pending) > self.max_pending:  # the database has been failing for long
+            pending.popleft()
+            self._lost(1)
 
     def touch(self, key_id: str, ts: float) -> None:
         """Note that a key was used, without a record (a key that keeps no usage records)."""
