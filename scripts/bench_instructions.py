@@ -19,6 +19,11 @@ start-up, no warm-up, no shut-down. Every thread of the server counts
     callgrind_annotate --inclusive=yes /tmp/cg/omniroute-json-c1.out | head -60
     .venv/bin/python scripts/bench_instructions.py --loop uvloop          # both on uvloop
     .venv/bin/python scripts/bench_instructions.py --cprofile --top 50   # Python functions
+    .venv/bin/python scripts/bench_instructions.py --targets forwarder,omniroute,norecords
+
+The ``norecords`` target is the gateway with the ``request_log`` setting off (no usage
+records): with ``omniroute`` beside it the table adds what records cost per request,
+in instructions (the target is 5 % at most).
 
 Under callgrind a process runs some 50× slower, so whatever runs per second of
 wall time (the request log's flush every 0.5 s, the configuration poll, budget
@@ -209,21 +214,32 @@ def start_forwarder(tmp: Path, upstream: str, env: dict[str, str], profile: bool
 
 
 def start_gateway(tmp: Path, upstream: str, env: dict[str, str], profile: bool,
-                  settings: list[str], loop: str) -> Server:
-    data = tmp / "gateway-data"
+                  settings: list[str], loop: str, name: str = "omniroute") -> Server:
+    data = tmp / f"{name}-data"
     env = {k: v for k, v in env.items() if not k.startswith("OMNIROUTE_")}
     for setting in settings:  # name=value, pinned through the environment
-        name, _, value = setting.partition("=")
-        env[f"OMNIROUTE_{name.upper()}"] = value
+        key, _, value = setting.partition("=")
+        env[f"OMNIROUTE_{key.upper()}"] = value
     env["INITIAL_PASSWORD"] = "bench-password"
     cli = ["-m", "omniroute.cli", "--data-dir", str(data)]
     subprocess.run([sys.executable, *cli, "providers", "add", "--type", "openai", "--name",
                     "bench", "--prefix", "bench", "--base-url", f"{upstream}/v1", "--api-key",
                     "sk-bench"], check=True, env=env, capture_output=True)
-    server = Server("omniroute", tmp, profile)
+    server = Server(name, tmp, profile)
     server.start([*cli, "serve", "--port", "{port}", "--log-level", "warning", "--loop",
                   loop], "/api/monitoring/health", env)
     return server
+
+
+def start_norecords(tmp: Path, upstream: str, env: dict[str, str], profile: bool,
+                    settings: list[str], loop: str) -> Server:
+    """The gateway with usage records off (the ``request_log`` setting)."""
+    return start_gateway(tmp, upstream, env, profile, [*settings, "request_log=false"], loop,
+                         name="norecords")
+
+
+STARTERS = {"forwarder": start_forwarder, "omniroute": start_gateway,
+            "norecords": start_norecords}
 
 
 # ------------------------------------------------------------------ measuring
@@ -313,7 +329,8 @@ def main() -> int:
     p.add_argument("--warmup", type=int, default=100, help="requests before measuring (100)")
     p.add_argument("--concurrency", default="1,16", help="levels (1,16)")
     p.add_argument("--lanes", default="json,instant", help="json,instant")
-    p.add_argument("--targets", default="forwarder,omniroute", help="forwarder,omniroute")
+    p.add_argument("--targets", default="forwarder,omniroute",
+                   help="of forwarder,omniroute,norecords (forwarder,omniroute)")
     p.add_argument("--keep", metavar="DIR", help="copy the callgrind (or cProfile) files here")
     p.add_argument("--json", metavar="FILE", help="also write the results as JSON")
     p.add_argument("--loop", default="asyncio", choices=["asyncio", "uvloop"],
@@ -357,7 +374,7 @@ def main() -> int:
     try:
         with tempfile.TemporaryDirectory(prefix="omniroute-ir-") as tmpname:
             for name in args.targets.split(","):
-                starter = start_forwarder if name == "forwarder" else start_gateway
+                starter = STARTERS[name]
                 server = starter(Path(tmpname), upstream, env, args.cprofile, args.set,
                                  args.loop)
                 try:
@@ -368,15 +385,18 @@ def main() -> int:
         upstream_proc.terminate()
         upstream_proc.join(5)
     unit = "Python calls/req" if args.cprofile else "Ir/req"
-    both = {"omniroute", "forwarder"} <= results.keys()
-    print("| cell | " + " | ".join(f"{n} {unit}" for n in results) + (" | ratio |" if both
-                                                                       else " |"))
-    print("|---|" + "---:|" * (len(results) + both))
+    ratios = [(f"{n}/forwarder", n, "forwarder") for n in ("omniroute", "norecords")
+              if {n, "forwarder"} <= results.keys()]
+    if {"omniroute", "norecords"} <= results.keys():
+        ratios.append(("records on/off", "omniroute", "norecords"))
+    print("| cell | " + " | ".join(f"{n} {unit}" for n in results)
+          + "".join(f" | {label}" for label, _, _ in ratios) + " |")
+    print("|---|" + "---:|" * (len(results) + len(ratios)))
     for cell in next(iter(results.values())):
         values = [results[n][cell] for n in results]
-        ratio = (f" {results['omniroute'][cell] / results['forwarder'][cell]:.2f}× |"
-                 if both else "")
-        print(f"| {cell} | " + " | ".join(f"{v:,.0f}" for v in values) + f" |{ratio}")
+        print(f"| {cell} | " + " | ".join(f"{v:,.0f}" for v in values)
+              + "".join(f" | {results[a][cell] / results[b][cell]:.3f}×"
+                        for _, a, b in ratios) + " |")
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))
     return 0

@@ -291,7 +291,8 @@ def test_models_past_the_bound_count_as_other(monkeypatch: pytest.MonkeyPatch) -
 
 
 def test_the_stage_keeps_no_per_request_state() -> None:
-    stage = MetricsStage(Metrics())
+    metrics = Metrics()
+    stage = MetricsStage(metrics)
     assert stage.name == "metrics"
 
     class Ctx:
@@ -299,4 +300,6 @@ def test_the_stage_keeps_no_per_request_state() -> None:
 
     run = stage.enter(Ctx(), None)  # type: ignore[arg-type]
     assert run is stage.enter(Ctx(), None)  # type: ignore[arg-type]  # one shared run
-    assert stage._streams._value.get() == 2  # two streams entered, none finished
+    assert metrics.streams_in_flight() == 2  # two streams entered, none finished
+    metrics.settle()  # one process: the gauge is set at a scrape
+    assert metrics.streams._value.get() == 2

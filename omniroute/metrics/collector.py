@@ -214,6 +214,10 @@ class Metrics:
         self.streams = Gauge(
             "omniroute_streams_in_flight", "Streamed requests being served now.",
             registry=own, multiprocess_mode="livesum")
+        #: one process: the streams being served, a plain number the gauge is set to at
+        #: a scrape (:meth:`settle`); with workers (False) the gauge itself counts, at once
+        self.streams_counted = not self.multiprocess
+        self.open_streams = 0
         self.breaker = Gauge(
             "omniroute_breaker_state", "Circuit breaker of a provider prefix: 0 closed, "
             "1 half-open, 2 open (workers: the worst).", ("provider",), registry=own,
@@ -293,6 +297,17 @@ class Metrics:
         for bound in self._unsettled:
             bound.settle()
         self._unsettled.clear()
+        if self.streams_counted:
+            self.streams.set(self.open_streams)
+
+    def streams_in_flight(self) -> int:
+        """The streams being served now (by this worker)."""
+        if self.streams_counted:
+            return self.open_streams
+        for family in self.streams.collect():
+            for sample in family.samples:
+                return int(sample.value)
+        return 0
 
     def _bind(self, key: tuple[str, str | None, str | None, int]) -> _Bound:
         """Label children for ``key``, made once; a model past the bound counts as OTHER."""

@@ -20,9 +20,13 @@ class MetricsRun(StageRun):
         self.streams = metrics.streams
 
     def finished(self, ctx: RequestContext) -> None:
+        metrics = self.metrics
         if ctx.stream:
-            self.streams.dec()
-        self.metrics.observe(ctx.record)
+            if metrics.streams_counted:  # one process: a plain number until a scrape
+                metrics.open_streams -= 1
+            else:
+                self.streams.dec()
+        metrics.observe(ctx.record)
 
 
 class MetricsStage(Stage):
@@ -32,9 +36,14 @@ class MetricsStage(Stage):
 
     def __init__(self, metrics: Metrics) -> None:
         self._run = MetricsRun(metrics)
+        self._metrics = metrics
         self._streams = metrics.streams
 
     def enter(self, ctx: RequestContext, operation: Operation) -> StageRun:
         if ctx.stream:  # in flight from here until its finished (which always runs)
-            self._streams.inc()
+            metrics = self._metrics
+            if metrics.streams_counted:
+                metrics.open_streams += 1
+            else:
+                self._streams.inc()
         return self._run

@@ -103,7 +103,9 @@ async def try_target(
                 raise  # the client's own mistake: retrying elsewhere would hide it
             failures.append((target, exc))
             return None
-        tries.append(tried(target, None, started))
+        # tried(target, None, started), inline: every request's one call that answered
+        tries.append({"target": target.label, "failure": None, "status": None,
+                      "ms": round((time.perf_counter() - started) * 1000, 1)})
         return answer, attempt
 
 

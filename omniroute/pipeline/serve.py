@@ -25,7 +25,7 @@ import time
 from collections.abc import Awaitable, Callable
 from contextlib import suppress
 from functools import partial
-from typing import Protocol
+from typing import NoReturn, Protocol
 
 from aiohttp import web
 
@@ -43,11 +43,11 @@ from omniroute.pipeline.attempts import (
 )
 from omniroute.pipeline.bodylog import BodyLog
 from omniroute.pipeline.context import Reply, RequestContext
-from omniroute.pipeline.hedge import Tried, lane, race
+from omniroute.pipeline.hedge import Tried, race
 from omniroute.pipeline.operation import Operation
 from omniroute.pipeline.relay import CLIENT_LEFT, finish, relay, with_keepalive
 from omniroute.pipeline.stages import Stage, StageRun
-from omniroute.pipeline.usage import complete, since, usage_headers, user_agent
+from omniroute.pipeline.usage import complete, usage_headers, user_agent
 from omniroute.pricing import PriceBook
 from omniroute.resilience import Resilience, session_id
 from omniroute.routing import Router, Target
@@ -162,7 +162,8 @@ class Pipeline:
                 record.request_body = body_log.request(ctx.body)
             operation.inspect(ctx)
             record.model_requested, record.stream = ctx.model, ctx.stream
-            _check_header_safe(ctx.model, "model")
+            if not ctx.model.isprintable():
+                _header_unsafe("model")
             for stage in self.stages:
                 run = stage.enter(ctx, operation)
                 if run is not None:
@@ -208,7 +209,7 @@ class Pipeline:
                         return response
                 else:
                     reply = await calling
-            record.ttfb_ms = since(started)
+            record.ttfb_ms = (time.perf_counter() - started) * 1000
             if reply.frames is None:
                 assert reply.body is not None
                 if operation.generates:  # a whole answer: its content came with it
@@ -223,7 +224,12 @@ class Pipeline:
                             await run.answer(ctx, reply.body)
                 if body_log is not None:
                     record.response_body = body_log.text(reply.body)
-                media_type, charset = _media(reply.content_type)
+                media = _MEDIA.get(reply.content_type)
+                if media is None:
+                    media = _media(reply.content_type)
+                    if len(_MEDIA) < _MEDIA_KEPT:  # an upstream's own may vary: bounded
+                        _MEDIA[reply.content_type] = media
+                media_type, charset = media
                 return web.Response(body=reply.body, status=reply.status,
                                     content_type=media_type, charset=charset, headers=headers)
             headers = _headers(ctx, reply)
@@ -273,7 +279,7 @@ class Pipeline:
                     await finish(reply, failure)
                     if reply.on_end is not None:
                         await reply.on_end()
-                record.latency_ms = since(started)
+                record.latency_ms = (time.perf_counter() - started) * 1000
                 complete(ctx, reply)
                 if streamed is not None and body_log is not None:
                     record.response_body = body_log.text(b"".join(streamed))
@@ -401,7 +407,7 @@ class Pipeline:
                 continue
             reply, attempt = outcome
             assert reply is not None
-            attempt.first_byte(lane(ctx))
+            attempt.first_byte("stream" if ctx.stream else "json")  # hedge.lane(ctx)
             reply.target, reply.attempt = target, attempt
             return reply
         return None
@@ -418,6 +424,12 @@ def _unfinished(reply: Reply, failure: BaseException | None) -> bool:
         reply.frames is not None and (failure is not None or reply.failure is not None))
 
 
+#: ``_media`` of the content types answers have had (a handful: operations name theirs,
+#: but a transcription passes its upstream's on), at most ``_MEDIA_KEPT`` of them
+_MEDIA: dict[str, tuple[str, str | None]] = {}
+_MEDIA_KEPT = 64
+
+
 def _media(content_type: str) -> tuple[str, str | None]:
     """``text/plain; charset=utf-8`` -> ``("text/plain", "utf-8")``: aiohttp takes the
     charset apart from the type."""
@@ -429,12 +441,11 @@ def _media(content_type: str) -> tuple[str, str | None]:
     return media_type.strip(), None
 
 
-def _check_header_safe(value: str, name: str) -> None:
-    """Client input that goes back in a response header must hold no control characters."""
-    if not value.isprintable():
-        raise InvalidRequest(f"'{name}' holds a control character (a line break or the "
-                             "like); send a plain model name.", param=name,
-                             code="invalid_model")
+def _header_unsafe(name: str) -> NoReturn:
+    """Client input that goes back in a response header must hold no control characters
+    (the caller checks ``isprintable()``)."""
+    raise InvalidRequest(f"'{name}' holds a control character (a line break or the "
+                         "like); send a plain model name.", param=name, code="invalid_model")
 
 
 def _session(ctx: RequestContext) -> str | None:

@@ -13,9 +13,10 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Self
 
 from omniroute.errors import CircuitOpen, UpstreamError, UpstreamStatusError
-from omniroute.resilience.breaker import Ticket
+from omniroute.resilience.breaker import Breaker, Ticket
 from omniroute.resilience.classify import Classification
 from omniroute.resilience.limits import Slot
+from omniroute.resilience.stats import ConnectionStats
 from omniroute.resilience.strategies import DEFAULT
 from omniroute.routing import Target
 
@@ -54,7 +55,11 @@ class Decision:
 
 
 class Attempt:
-    """One try of one target; see :meth:`Resilience.attempt`."""
+    """One try of one target; see :meth:`Resilience.attempt`.
+
+    Its connection's statistics and its provider's breaker are looked up once, on
+    entering, and kept to the end (a state store updates both in place).
+    """
 
     def __init__(
         self, resilience: Resilience, target: Target, session_id: str | None, refreshed: bool
@@ -70,13 +75,15 @@ class Attempt:
         self._resilience = resilience
         self._ticket: Ticket | None = None
         self._slot: Slot | None = None
+        self._stats: ConnectionStats | None = None
+        self._breaker: Breaker | None = None
         self._done = False
         self._breaker_verdict = False
 
     async def __aenter__(self) -> Self:
         r, target = self._resilience, self.target
         now = r.clock.monotonic()
-        breaker = r._breaker(target)
+        breaker = self._breaker = r._breaker(target)
         ticket = breaker.admit(now)
         if ticket is None:
             wait = breaker.retry_in(now)
@@ -94,9 +101,11 @@ class Attempt:
                     r.state.changed("breakers", breaker.key)
                 raise
             self._slot = slot
+            now = r.clock.monotonic()  # after the wait for a slot
         self._ticket = ticket
-        self.started = r.clock.monotonic()
-        r._stats(target).started(self.started)
+        self.started = now
+        stats = self._stats = r._stats(target)
+        stats.started(now)
         return self
 
     async def __aexit__(
@@ -111,11 +120,11 @@ class Attempt:
                 elif isinstance(exc, (UpstreamError, UpstreamStatusError)):
                     self.failed(exc)
         finally:
-            r._stats(self.target).finished()
+            (self._stats or r._stats(self.target)).finished()
             if self._slot is not None:
                 self._slot.release()
             if not self._breaker_verdict:
-                breaker = r._breaker(self.target)
+                breaker = self._breaker or r._breaker(self.target)
                 if breaker.abandon(self._ticket):
                     r.state.changed("breakers", breaker.key)
 
@@ -126,15 +135,20 @@ class Attempt:
             answer; each lane of each model keeps its own recent times (hedging).
         """
         if self.ttft is None and self.started is not None:
-            self.ttft = self._resilience.clock.monotonic() - self.started
-            self._resilience._stats(self.target).first_byte(self.target.model, lane, self.ttft)
+            r = self._resilience
+            self.ttft = r.clock.monotonic() - self.started
+            (self._stats or r._stats(self.target)).first_byte(self.target.model, lane, self.ttft)
 
     def succeeded(self) -> None:
         """Record a success now (leaving the block normally does it too)."""
         if self._done:
             return
         self._done = self._breaker_verdict = True
-        self._resilience.record_success(self.target, ttft=self.ttft, session_id=self.session_id)
+        r, stats, breaker = self._resilience, self._stats, self._breaker
+        if stats is None or breaker is None:  # not entered
+            r.record_success(self.target, ttft=self.ttft, session_id=self.session_id)
+        else:
+            r.succeeded(self.target, stats, breaker, self.ttft, self.session_id)
 
     def failed(self, error: BaseException) -> Decision:
         """Record a failure now (e.g. a stream that broke after its first event)."""

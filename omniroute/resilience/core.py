@@ -201,6 +201,10 @@ class Resilience:
 
     def _limiter_for(self, conn: Connection) -> Limiter | None:
         """The connection's limiter, following its current settings (None: no limits)."""
+        settings = conn.settings
+        if "max_concurrency" not in settings and "rpm" not in settings and (
+                conn.id not in self._limiters):  # the common case, in three lookups
+            return None
         concurrency = _limit(conn.settings, "max_concurrency")
         rpm = _limit(conn.settings, "rpm")
         limiter = self._limiters.get(conn.id)
@@ -306,12 +310,16 @@ class Resilience:
         self, target: Target, *, ttft: float | None = None, session_id: str | None = None
     ) -> None:
         """A success: clears the failure streak and any cooldown, closes the breaker."""
-        stats = self._stats(target)
+        self.succeeded(target, self._stats(target), self._breaker(target), ttft, session_id)
+
+    def succeeded(self, target: Target, stats: ConnectionStats, breaker: Breaker,
+                  ttft: float | None, session_id: str | None) -> None:
+        """:meth:`record_success` with ``target``'s statistics and breaker at hand (an
+        :class:`~omniroute.resilience.attempt.Attempt` looked them up on entering)."""
         streak = stats.consecutive_failures or stats.cooling_until is not None
         stats.succeeded(ttft)
         if streak:  # only transitions are announced: a healthy connection's success is silent
             self.state.changed("connections", stats.connection_id)
-        breaker = self._breaker(target)
         if breaker.success():
             self.state.changed("breakers", breaker.key)
         if session_id is not None:

@@ -78,9 +78,12 @@ class ConnectionStats:
         self.successes += 1
         self.consecutive_failures = 0
         self.cooling_until = None
-        self.error_rate = ewma(self.error_rate, 0.0)
+        rate = self.error_rate
+        if rate:  # ewma(rate, 0.0), inline: once per request
+            self.error_rate = rate + EWMA_ALPHA * (0.0 - rate)
         if ttft is not None:
-            self.ttft = ewma(self.ttft, max(0.0, ttft))
+            sample, previous = max(0.0, ttft), self.ttft
+            self.ttft = sample if previous is None else previous + EWMA_ALPHA * (sample - previous)
 
     def first_byte(self, model: str, lane: str, seconds: float) -> None:
         """A first byte of ``model`` on ``lane`` came ``seconds`` after the call started."""

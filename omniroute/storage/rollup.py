@@ -4,12 +4,12 @@ Two tables, both written by the request log's writer in the same transaction as 
 records. The insert copies the records it stored (not those a retried batch had stored
 already) into the scratch table :data:`NEW` (:meth:`DatabaseBackend.insert_new
 <omniroute.storage.backend.DatabaseBackend.insert_new>`), and :data:`FOLD` adds exactly
-those to the totals: summed once, by hour and group, into a second scratch table, from
-which every table's hourly and daily rows are added; all inside the database, so the
-event loop pays nothing per record. Several writers (instances on one PostgreSQL) fold
-at once, no lock between them: each adds its own rows, and every upsert takes its rows
-in key order (``ORDER BY``), so two writers adding to the same hours wait for each
-other in one order and never deadlock:
+those to the totals: summed once, by minute and group, into a second scratch table, from
+which the per-minute totals and every table's hourly and daily rows are added; all inside
+the database, so the event loop pays nothing per record. Several writers (instances on one
+PostgreSQL) fold at once, no lock between them: each adds its own rows, and every upsert
+takes its rows in key order (``ORDER BY``), so two writers adding to the same hours wait
+for each other in one order and never deadlock:
 
 * ``usage_rollup``: per bucket (an hour or a day, UTC) and per group (provider, model,
   connection, key, status, failed, cache hit), the sums a summary shows. Any filter
@@ -142,7 +142,7 @@ NEW_COLUMNS = tuple(_NEW_TYPES)
 BEGIN = [f"CREATE TEMP TABLE IF NOT EXISTS {NEW} "
          f"({', '.join(f'{c} {t}' for c, t in _NEW_TYPES.items())})",
          f"DELETE FROM {NEW}"]
-#: the writer's scratch table: one transaction's records summed by hour and group (a
+#: the writer's scratch table: one transaction's records summed by minute and group (a
 #: temporary table: unqualified, it is found before any other of its name)
 _BATCH = "usage_batch"
 
@@ -159,8 +159,9 @@ def _rollup_from_records(where: str) -> str:
 
 def _batch_statements() -> list[str]:
     """The writer's fold: the records its transaction stored (:data:`NEW`) are summed
-    once into the scratch table, by hour and group; the hourly and daily rollup rows and
-    every dimension's rows are added from its few rows, each in key order."""
+    once into the scratch table, by minute and group; the per-minute totals, the hourly and
+    daily rollup rows and every dimension's rows are added from its few rows, each in key
+    order."""
     columns = ("start INTEGER", *(f"{c} TEXT" for c in GROUP_COLUMNS[:4]), "status INTEGER",
                "failed INTEGER", "cache_hit INTEGER", *(f"{c} REAL" for c in DIM_SUM_COLUMNS))
     sums = ", ".join(f"SUM({c})" for c in DIM_SUM_COLUMNS)
@@ -172,7 +173,7 @@ def _batch_statements() -> list[str]:
     return [
         f"CREATE TEMP TABLE IF NOT EXISTS usage_batch ({', '.join(columns)})",
         f"DELETE FROM {_BATCH}",
-        f"INSERT INTO {_BATCH} SELECT CAST(ts / {HOUR} AS INTEGER) * {HOUR}, "
+        f"INSERT INTO {_BATCH} SELECT CAST(ts / {MINUTE} AS INTEGER) * {MINUTE}, "
         f"{', '.join(_RECORD_GROUPS)}, {', '.join(_RECORD_DIM_SUMS)} "
         f"FROM {NEW} GROUP BY {groups}",
         *(_upsert("usage_rollup", ("period", "start", *GROUP_COLUMNS), SUM_COLUMNS,
@@ -185,6 +186,9 @@ def _batch_statements() -> list[str]:
                 f"SELECT p.period, d.dim, CAST(start / p.period AS INTEGER) * p.period, "
                 f"{value}, {sums} FROM {_BATCH}, {_PERIODS_TABLE} AS p, ({dims}) AS d "
                 "WHERE true GROUP BY 1, 2, 3, 4", ordered=True),
+        _upsert("usage_dims", ("period", "dim", "start", "value"), DIM_SUM_COLUMNS,
+                f"SELECT {MINUTE}, 'total', start, '', {sums} FROM {_BATCH} "
+                "WHERE true GROUP BY 3", ordered=True),
     ]
 
 
@@ -214,9 +218,9 @@ def _minutes_from_records(source: str, where: str, *, ordered: bool = False) -> 
 
 
 #: the writer's statements, in order, after its insert filled :data:`NEW` (none takes a
-#: parameter): the hours and days through the scratch table, the minutes straight from
-#: the few new records
-FOLD = [*_batch_statements(), _minutes_from_records(NEW, "WHERE true", ordered=True)]
+#: parameter): the new records read once into the scratch table, by minute; the minutes,
+#: hours and days are all added from its few rows
+FOLD = _batch_statements()
 #: the per-minute totals of the last :data:`MINUTE_KEEP` seconds from the records, for
 #: records written without the writer (usage_dims' minute rows must be empty)
 MINUTE_BACKFILL = _minutes_from_records(

@@ -46,12 +46,7 @@ def _streams_in_flight(app: web.Application) -> int | None:
     from omniroute.metrics.web import METRICS  # the built-in plugin's key; it may be blocked
 
     metrics = app.get(METRICS)
-    if metrics is None:
-        return None
-    for family in metrics.streams.collect():
-        for sample in family.samples:
-            return int(sample.value)
-    return None
+    return None if metrics is None else metrics.streams_in_flight()
 
 
 def _health(app: web.Application) -> dict[str, Any]:
