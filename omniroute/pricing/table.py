@@ -21,7 +21,7 @@ alone; fallback providers one step deep; compact dated references; dated and
 time-of-day prices chosen at the time of the lookup). ``tests/test_pricing_table.py``
 checks both answer the same across the whole database.
 
-``python -m omniroute.pricing.table DATA_DIR`` writes the file: ``serve`` runs it
+``python -m omniroute.pricing DATA_DIR`` writes the file: ``serve`` runs it
 in a child process on a first start, so the gateway itself never imports
 genai-prices (unless the ``price_updates`` setting is on).
 """
@@ -410,15 +410,3 @@ def _constraint_in(raw: list[Any] | None) -> Constraint | None:
         return ("date", date.fromisoformat(raw[1]))
     return ("time", time.fromisoformat(raw[1]), time.fromisoformat(raw[2]))
 
-
-def main(argv: list[str]) -> int:
-    """``python -m omniroute.pricing.table DATA_DIR``: write the table there."""
-    if len(argv) != 1:
-        print("usage: python -m omniroute.pricing.table DATA_DIR", file=sys.stderr)
-        return 2
-    load_table(Path(argv[0]))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
