@@ -62,19 +62,42 @@ Model = tuple[str, Clause, tuple[tuple[Constraint | None, Rate | None], ...]]
 
 
 class ProviderPrices:
-    """One provider of the table (genai-prices' ``Provider``, what lookups need of it)."""
+    """One provider of the table (genai-prices' ``Provider``, what lookups need of it).
 
-    __slots__ = ("api_pattern", "fallback", "id", "model_match", "models", "provider_match")
+    Read from the file, its models stay JSON text until a lookup first needs them: a
+    gateway looks at a few providers' models, and all of them take 2 MiB as objects.
+    """
+
+    __slots__ = ("_models", "_raw", "api_pattern", "fallback", "id", "model_match",
+                 "provider_match")
 
     def __init__(self, id: str, api_pattern: str, model_match: Clause | None,
                  provider_match: Clause | None, fallback: tuple[str, ...],
-                 models: tuple[Model, ...]) -> None:
+                 models: tuple[Model, ...] | None = None, raw: str | None = None) -> None:
         self.id = id
         self.api_pattern = api_pattern
         self.model_match = model_match
         self.provider_match = provider_match
         self.fallback = fallback
-        self.models = models
+        self._models = models
+        self._raw = raw  # the models as the file holds them, when not read yet
+
+    @property
+    def models(self) -> tuple[Model, ...]:
+        if self._models is None:
+            rates: dict[tuple[Any, ...], Rate] = {}  # models often share a price: one object
+            self._models = tuple(
+                (model_id, _clause_in(clause),
+                 tuple((_constraint_in(c), _rate_in(r, rates)) for c, r in prices))
+                for model_id, clause, prices in orjson.loads(self._raw or "[]"))
+            self._raw = None
+        return self._models
+
+    def models_json(self) -> str:
+        if self._raw is not None:
+            return self._raw
+        return orjson.dumps([[model_id, clause, [[c, _rate_out(r)] for c, r in prices]]
+                             for model_id, clause, prices in self.models]).decode()
 
 
 class PriceTable:
@@ -177,8 +200,7 @@ class PriceTable:
                 "model_match": p.model_match,
                 "provider_match": p.provider_match,
                 "fallback": p.fallback,
-                "models": [[model_id, clause, [[c, _rate_out(r)] for c, r in prices]]
-                           for model_id, clause, prices in p.models],
+                "models": p.models_json(),
             } for p in self.providers],
         })
 
@@ -191,15 +213,11 @@ class PriceTable:
         raw = orjson.loads(data)
         if not isinstance(raw, dict) or raw.get("format") != FORMAT:
             raise ValueError("not a price table of this format")
-        rates: dict[tuple[Any, ...], Rate] = {}  # many models share a price: one object each
         providers = [ProviderPrices(
             p["id"], p["api_pattern"],
             None if p["model_match"] is None else _clause_in(p["model_match"]),
             None if p["provider_match"] is None else _clause_in(p["provider_match"]),
-            tuple(p["fallback"]),
-            tuple((model_id, _clause_in(clause),
-                   tuple((_constraint_in(c), _rate_in(r, rates)) for c, r in prices))
-                  for model_id, clause, prices in p["models"]),
+            tuple(p["fallback"]), raw=p["models"],
         ) for p in raw["providers"]]
         return cls(providers, raw["version"])
 
