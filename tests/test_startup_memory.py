@@ -1,8 +1,8 @@
 """What ``omniroute serve`` imports: no heavy module the configuration does not use.
 
 Each of these costs the gateway resident memory for good (measured with
-``scripts/bench.py``: genai-prices with pydantic 15 MiB, numpy 11 MiB, yaml and
-tomlkit 2 MiB). The test runs the real start-up path (``prepare``, the price table's
+``scripts/bench.py``: genai-prices with pydantic 15 MiB, numpy 11 MiB,
+cryptography 6.6 MiB, yaml and tomlkit 2 MiB). The test runs the real start-up path (``prepare``, the price table's
 child process, a worker with every installed plugin) in a child process, serves one
 chat completion through it from an upstream speaking OpenAI's wire format, and
 lists what was imported.
@@ -29,6 +29,8 @@ HEAVY = {
     "torch": "the semantic cache's model",
     "faiss": "the semantic cache's index",
 }
+if sys.platform == "linux":  # the vault's AES-GCM is OpenSSL's through _ssl (omniroute.aesgcm)
+    HEAVY["cryptography"] = "the vault seals and opens credentials with _ssl's OpenSSL"
 
 CHILD = textwrap.dedent('''
     import asyncio, json, sys, urllib.request
