@@ -8,8 +8,6 @@ import ctypes
 import ctypes.util
 import gc
 import logging
-import multiprocessing
-import multiprocessing.connection
 import os
 import shutil
 import signal
@@ -243,6 +241,8 @@ def serve(config: Config) -> None:
 
 
 def _serve_workers(config: Config) -> None:
+    import multiprocessing.connection  # here: a single worker never needs it
+
     from prometheus_client.multiprocess import mark_process_dead
 
     ctx = multiprocessing.get_context("spawn")

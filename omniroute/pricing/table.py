@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import importlib.metadata
 import logging
 import os
 import re
@@ -226,6 +225,8 @@ class PriceTable:
 
 def installed_version() -> str | None:
     """The installed genai-prices' version (None: not installed)."""
+    import importlib.metadata
+
     try:
         return importlib.metadata.version(DISTRIBUTION)
     except importlib.metadata.PackageNotFoundError:
