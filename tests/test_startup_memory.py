@@ -1,11 +1,11 @@
 """What ``omniroute serve`` imports: no heavy module the configuration does not use.
 
-Each of these costs the gateway resident memory for good (measured with
-``scripts/bench.py``: genai-prices with pydantic 15 MiB, numpy 11 MiB,
-cryptography 6.6 MiB, yaml and tomlkit 2 MiB). The test runs the real start-up path (``prepare``, the price table's
-child process, a worker with every installed plugin) in a child process, serves one
-chat completion through it from an upstream speaking OpenAI's wire format, and
-lists what was imported.
+Each of these costs the gateway resident memory for good (measured: genai-prices
+with pydantic 15 MiB, numpy 11 MiB, cryptography 6.6 MiB, yaml and tomlkit 2 MiB).
+The test runs the real start-up path (``prepare``, the price table's child process,
+a worker with every installed plugin) in a child process, serves one chat
+completion through it from an upstream speaking OpenAI's wire format, and lists
+what was imported.
 """
 
 from __future__ import annotations
