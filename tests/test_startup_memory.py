@@ -28,6 +28,8 @@ HEAVY = {
     "numpy": "the semantic cache's embedder loads only when semantic_cache is on",
     "torch": "the semantic cache's model",
     "faiss": "the semantic cache's index",
+    "asyncpg": "the postgres plugin connects only for a database_url",
+    "opentelemetry.sdk": "the otel plugin traces only with an OTLP endpoint",
 }
 if sys.platform == "linux":  # the vault's AES-GCM is OpenSSL's through _ssl (omniroute.aesgcm)
     HEAVY["cryptography"] = "the vault seals and opens credentials with _ssl's OpenSSL"
