@@ -20,6 +20,7 @@ import contextlib
 import itertools
 import logging
 import secrets
+import sys
 import time
 from typing import Any
 
@@ -31,7 +32,8 @@ from omniroute.catalog import Catalog
 from omniroute.config import Config
 from omniroute.credentials import Refresher, StoredCredentials
 from omniroute.oauth.keeper import TokenKeeper
-from omniroute.pricing import Override, PriceBook
+from omniroute.pricing import Override, PriceBook, PriceTable, load_table
+from omniroute.pricing.table import has_table
 from omniroute.providers.base import Provider, ProviderContext
 from omniroute.registry import Registry
 from omniroute.resilience import Resilience
@@ -86,6 +88,12 @@ class Gateway:
     async def start(self) -> None:
         """Open the database and the HTTP session, load the configuration, start tasks."""
         config = self.config
+        # genai-prices' prices, from the data directory (built and written there first
+        # when missing: a few seconds, in a thread; ``serve`` does it in a child process)
+        if has_table(config.data_dir):
+            self.prices.use(load_table(config.data_dir))
+        else:
+            self.prices.use(await asyncio.to_thread(load_table, config.data_dir))
         self.vault = Vault.open(config.data_dir, config.secret_key)
         self.db: DatabaseBackend
         if self._database is not None and config.database_url is not None:
@@ -168,13 +176,11 @@ class Gateway:
 
     async def _price_upkeep(self) -> None:
         """Keep looked-up prices fresh: look them up again every few hours (genai-prices
-        dates some prices) and whenever a price update arrived; run genai-prices'
-        updater only while the ``price_updates`` setting is on."""
-        from genai_prices import UpdatePrices, data_snapshot
-
-        updater: UpdatePrices | None = None
-        # the first load parses the whole database (about 0.5 s): not on the event loop
-        snapshot = await asyncio.to_thread(data_snapshot.get_snapshot)
+        dates some prices). While the ``price_updates`` setting is on, run genai-prices'
+        updater (only then is genai-prices imported) and read each database it fetches
+        into the price book's table."""
+        updater: Any = None  # genai_prices.UpdatePrices
+        snapshot: Any = None  # the genai-prices snapshot the table was last read from
         looked_up = time.monotonic()
         try:
             while True:
@@ -185,12 +191,24 @@ class Gateway:
                     updater.stop()  # never waits
                     updater = None
                 if updater is None and settings.price_updates:
+                    from genai_prices import UpdatePrices
+
                     log.info("fetching model prices from %s every %.0f s", *wanted)
                     updater = UpdatePrices(update_interval=wanted[1], url=wanted[0])
                     updater.start()
                 now = time.monotonic()
-                if data_snapshot.get_snapshot() is not snapshot or now - looked_up > PRICES_FRESH:
-                    snapshot, looked_up = data_snapshot.get_snapshot(), now
+                data_snapshot = sys.modules.get("genai_prices.data_snapshot")
+                if data_snapshot is not None:  # updates were turned on (now or before)
+                    # the first call parses the bundled database (about 1 s): not on the loop
+                    current = await asyncio.to_thread(data_snapshot.get_snapshot)
+                    if snapshot is None and not current.from_auto_update:
+                        snapshot = current  # the bundled database: the table has it already
+                    elif current is not snapshot:  # fetched (or dropped: the bundled again)
+                        snapshot, looked_up = current, now
+                        self.prices.use(await asyncio.to_thread(PriceTable.from_snapshot,
+                                                                current))
+                if now - looked_up > PRICES_FRESH:
+                    looked_up = now
                     self.prices.forget()
                 self._reloaded.clear()
                 # a reload may have changed the settings (asyncio.timeout, not wait_for: on

@@ -10,7 +10,6 @@ is a few dict lookups.
 
 from __future__ import annotations
 
-import difflib
 import fnmatch
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -157,6 +156,8 @@ class Router:
 
     def suggest(self, model: str) -> list[str]:
         """Up to three known model names close to ``model`` (for error hints)."""
+        import difflib  # here: only a model no route knows needs it
+
         names = [*self.combos, *self.aliases]
         for bare, prefixes in self.bare.items():
             names.append(bare)

@@ -8,11 +8,10 @@ import ctypes
 import ctypes.util
 import gc
 import logging
-import multiprocessing
-import multiprocessing.connection
 import os
 import shutil
 import signal
+import subprocess
 import sys
 import tempfile
 from collections.abc import Callable, Coroutine
@@ -25,6 +24,7 @@ from omniroute.app import make_app
 from omniroute.appkeys import CATALOG, PIPELINE
 from omniroute.config import Config, ConfigError
 from omniroute.plugins import load_plugins
+from omniroute.pricing.table import has_table
 from omniroute.startup import check_credentials, check_port, listen_error, open_store
 
 log = logging.getLogger(__name__)
@@ -59,6 +59,32 @@ async def prepare(config: Config) -> None:
             await ensure_password(store, config.initial_password)
     finally:
         await store.db.close()
+
+
+#: seconds the child process that writes the price table gets (it takes about 3)
+_PRICE_TABLE_TIMEOUT = 120.0
+
+
+def write_price_table(config: Config) -> None:
+    """Write genai-prices' price table into the data directory, in a child process, when
+    it is not there for the installed genai-prices (a first start, an upgrade).
+
+    Building it imports genai-prices and pydantic (about 15 MiB that a process keeps
+    for good); in a child, the gateway never does. Should the child fail, the gateway
+    builds the table itself (:meth:`Gateway.start <omniroute.gateway.Gateway.start>`).
+    """
+    if has_table(config.data_dir):
+        return
+    command = [sys.executable, "-m", "omniroute.pricing", str(config.data_dir)]
+    try:
+        done = subprocess.run(command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE, timeout=_PRICE_TABLE_TIMEOUT, check=False)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        log.warning("the price table's writer did not finish (%s); the gateway builds it", exc)
+        return
+    if done.returncode:
+        log.warning("the price table's writer failed (exit status %s); the gateway builds "
+                    "it: %s", done.returncode, done.stderr.decode(errors="replace").strip()[-500:])
 
 
 def settle_malloc() -> None:
@@ -194,6 +220,7 @@ def serve(config: Config) -> None:
     setup_logging(config.log_level)
     check_port(config)  # before prepare prints a generated password that a failure would lose
     asyncio.run(prepare(config))
+    write_price_table(config)
     if config.workers == 1:
         with contextlib.suppress(KeyboardInterrupt):
             run(run_worker(config, announce=True), config.loop)
@@ -214,6 +241,8 @@ def serve(config: Config) -> None:
 
 
 def _serve_workers(config: Config) -> None:
+    import multiprocessing.connection  # here: a single worker never needs it
+
     from prometheus_client.multiprocess import mark_process_dead
 
     ctx = multiprocessing.get_context("spawn")

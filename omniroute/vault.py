@@ -1,7 +1,8 @@
 """Encryption at rest for provider credentials, and masking for display.
 
-AES-256-GCM (from ``cryptography``: hand-rolled crypto would be worse than a
-dependency). The key comes from ``OMNIROUTE_SECRET_KEY`` or from
+AES-256-GCM, OpenSSL's (:mod:`omniroute.aesgcm`: through the libcrypto Python's
+``ssl`` module loaded, else ``cryptography``'s; hand-rolled crypto would be worse
+than either). The key comes from ``OMNIROUTE_SECRET_KEY`` or from
 ``<data dir>/secret.key``, created on first use with 0600 permissions.
 """
 
@@ -13,8 +14,8 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from omniroute.aesgcm import InvalidTag, aesgcm
 
 KEY_FILE = "secret.key"
 _VERSION = b"\x01"
@@ -30,7 +31,7 @@ class Vault:
     def __init__(self, key: bytes) -> None:
         if len(key) != 32:
             raise ValueError("the vault key must be 32 bytes")
-        self._aead = AESGCM(key)
+        self._aead = aesgcm(key)
 
     @classmethod
     def open(cls, data_dir: Path, key: bytes | None = None) -> Vault:

@@ -1,9 +1,12 @@
 """``python -m omniroute.cli`` is the ``omniroute`` command (the benchmark starts it so)."""
 
-import multiprocessing
+import sys
 
 from omniroute.cli import main
 
 if __name__ == "__main__":
-    multiprocessing.freeze_support()
+    if getattr(sys, "frozen", False):  # a frozen Windows build's workers start through here
+        import multiprocessing
+
+        multiprocessing.freeze_support()
     main()

@@ -21,13 +21,12 @@ import os
 import re
 import tempfile
 from pathlib import Path
-from typing import Any
-
-import tomlkit
-import yaml
-from tomlkit.toml_document import TOMLDocument
+from typing import TYPE_CHECKING, Any
 
 from omniroute.clitools.tool import ConfigUnreadable
+
+if TYPE_CHECKING:
+    from tomlkit.toml_document import TOMLDocument
 
 # ---------------------------------------------------------------------- reading and writing
 
@@ -144,6 +143,8 @@ def strip_json_comments(text: str) -> str:
 
 
 def load_toml(path: Path, text: str | None) -> TOMLDocument:
+    import tomlkit  # here, as yaml below: only a CLI's configuration is written with them
+
     try:
         return tomlkit.parse(text or "")
     except tomlkit.exceptions.TOMLKitError as exc:
@@ -157,6 +158,8 @@ def load_yaml(path: Path, text: str | None) -> dict[str, Any]:
     """The mapping in ``text`` (empty when there is none)."""
     if text is None or not text.strip():
         return {}
+    import yaml
+
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
@@ -169,6 +172,8 @@ def load_yaml(path: Path, text: str | None) -> dict[str, Any]:
 
 
 def dump_yaml(data: dict[str, Any]) -> str:
+    import yaml
+
     return yaml.safe_dump(data, default_flow_style=False, allow_unicode=True, sort_keys=False)
 
 
@@ -193,6 +198,8 @@ def set_yaml_keys(path: Path, text: str | None, values: dict[str, Any]) -> tuple
             end += 1  # the old value's continuation lines
         lines[start:end] = [line]
     edited = "".join(lines)
+    import yaml
+
     try:
         if yaml.safe_load(edited) == expected:
             return edited, False

@@ -12,8 +12,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import tomlkit
-
 from omniroute.clitools.files import (
     dump_json,
     dump_yaml,
@@ -92,6 +90,8 @@ def codex_dir(places: Places) -> Path:
 def configure_codex(places: Places, target: Target, read: Reader) -> Edits:
     """``config.toml``: a ``[model_providers.omniroute]`` speaking the Responses API with
     the key as its bearer token, selected by ``model_provider``; comments and layout kept."""
+    import tomlkit  # only here (and in load_toml): the gateway need not carry it
+
     path = codex_dir(places) / "config.toml"
     doc = load_toml(path, read(path))
     doc["model"] = target.model

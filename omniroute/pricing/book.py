@@ -5,7 +5,8 @@ Where a target's price comes from, first match wins:
 1. an operator override (``price_overrides``, ``/api/pricing``) for its connection
    and model, then for its connection and every model (``*``), then for the model
    everywhere (matched on the upstream model, and on ``prefix/model``);
-2. ``genai-prices``' database (offline, shipped with the package): the provider
+2. ``genai-prices``' database (offline, shipped with the package, read through the
+   compact :class:`~omniroute.pricing.table.PriceTable`): the provider
    its connection's ``base_url`` belongs to (OpenRouter, Groq, DeepSeek ...), else
    the connection's ``price_provider`` setting, else its provider type's
    (:attr:`~omniroute.providers.base.Provider.price_provider`); a model that
@@ -33,19 +34,17 @@ request is a dictionary hit and a few multiplications.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from omniroute.pricing.rate import Rate, flat, from_model_price
+from omniroute.pricing.rate import Rate, flat
+from omniroute.pricing.table import PriceTable, bundled
 
 if TYPE_CHECKING:
     from omniroute.routing import Target
     from omniroute.storage import RequestRecord
 
-log = logging.getLogger(__name__)
 
 @dataclass(frozen=True, slots=True)
 class Override:
@@ -85,12 +84,31 @@ MAX_RATES = 4096
 
 
 class PriceBook:
-    """Prices for targets; one per gateway, shared by the pipeline and the strategies."""
+    """Prices for targets; one per gateway, shared by the pipeline and the strategies.
 
-    def __init__(self, overrides: Iterable[Override] = ()) -> None:
+    :param table: genai-prices' prices (the gateway's is read from its data directory,
+        :func:`~omniroute.pricing.table.load_table`); None: the bundled database's,
+        built on the first lookup (:func:`~omniroute.pricing.table.bundled`).
+    """
+
+    def __init__(self, overrides: Iterable[Override] = (),
+                 table: PriceTable | None = None) -> None:
         self._overrides: dict[tuple[str, str], Override] = {}
         self._rates: dict[tuple[str, str], Rate] = {}
+        self._table = table
         self.replace(overrides)
+
+    @property
+    def table(self) -> PriceTable:
+        """genai-prices' prices, as this book reads them."""
+        if self._table is None:
+            self._table = bundled()
+        return self._table
+
+    def use(self, table: PriceTable) -> None:
+        """Read genai-prices' prices from ``table`` from now on (a price update)."""
+        self._table = table
+        self._rates.clear()
 
     # ------------------------------------------------------------------ the overrides
 
@@ -128,10 +146,11 @@ class PriceBook:
         if not getattr(provider, "priced", True):
             return flat(0.0, 0.0, source="free")
         settings = conn.settings or {}
-        rate = _genai_rate(model, settings.get("base_url"),
-                           settings.get("price_provider") or provider.price_provider)
+        table = self.table
+        rate = table.rate(model, settings.get("base_url"),
+                          settings.get("price_provider") or provider.price_provider)
         if rate is not None and rate.free and provider.auth_kind == "oauth":
-            return _genai_rate(model, None, None) or rate  # the paid price elsewhere
+            return table.rate(model, None, None) or rate  # the paid price elsewhere
         return rate
 
     def _override(self, target: Target) -> Override | None:
@@ -213,33 +232,3 @@ class PriceBook:
             return None
         return rate.cost(input_tokens, output_tokens, output_image=output_tokens if images else 0,
                          seconds=seconds, characters=characters)
-
-
-def _genai_rate(model: str, base_url: str | None, provider_id: str | None) -> Rate | None:
-    """The rate genai-prices has for ``model`` (None when it has none)."""
-    from genai_prices import data_snapshot
-
-    snapshot = data_snapshot.get_snapshot()
-    model = model.lower()
-    provider = None
-    if base_url:
-        try:
-            provider = snapshot.find_provider(None, None, base_url)
-        except LookupError:
-            provider = None
-    if provider is None and provider_id:
-        try:
-            provider = snapshot.find_provider(None, provider_id, None)
-        except LookupError:
-            log.warning("genai-prices knows no provider %r", provider_id)
-    info = None
-    if provider is not None:
-        info = provider.find_model(model, all_providers=snapshot.providers)
-    if info is None:  # by the model's name alone (a gateway or a reseller of known models)
-        try:
-            provider, info = snapshot.find_provider_model(model, None, None, None)
-        except LookupError:
-            return None
-    assert provider is not None
-    prices = info.get_prices(datetime.now(tz=UTC))
-    return from_model_price(prices, source=f"genai-prices:{provider.id}/{info.id}")

