@@ -45,10 +45,38 @@ class SSESplitter:
         self._buf = buf[start:]
         return events
 
+    def block(self, chunk: bytes) -> bytes:
+        """The events ``chunk`` completes, as one contiguous block (empty when it
+        completes none): the same bytes as ``b"".join(self.feed(chunk))``, found with
+        one reverse search for the last event boundary instead of a split."""
+        buf = self._buf + chunk if self._buf else chunk
+        if b"\r" in buf:  # CRLF somewhere: the events one by one (rare)
+            self._buf = b""
+            return b"".join(self.feed(buf))
+        end = buf.rfind(b"\n\n") + 2
+        if end == 1:  # no boundary yet
+            self._buf = buf
+            return b""
+        if end == len(buf):
+            self._buf = b""
+            return buf
+        self._buf = buf[end:]
+        return buf[:end]
+
     def tail(self) -> bytes:
         """What is left when the stream ends (an event without its blank line)."""
         rest, self._buf = self._buf, b""
         return rest if rest.strip() else b""
+
+
+def events_of(block: bytes) -> list[bytes]:
+    """The events of a block of whole events (a stream's last may lack its blank line)."""
+    splitter = SSESplitter()
+    events = splitter.feed(block)
+    tail = splitter.tail()
+    if tail:
+        events.append(tail)
+    return events
 
 
 def looks_like_sse(event: bytes) -> bool:

@@ -1,7 +1,7 @@
 """Upstream streams read socket read by socket read: frames that arrive together stay together.
 
 ``UpstreamResponse.reads`` hands the relay the frames each socket read completed as
-one list, so they can leave in one write; a lone frame comes alone, at once.
+one block of bytes, so they leave in one write; a lone frame comes alone, at once.
 """
 
 from __future__ import annotations
@@ -95,16 +95,16 @@ async def test_frames_read_together_come_as_one_list_and_a_lone_frame_alone(
 ) -> None:
     answer = await provider.chat(CALL)
     assert answer.reads is not None
-    got: list[list[bytes]] = []
+    got: list[bytes] = []
     async with asyncio.timeout(5), aclosing(answer.reads) as reads:
-        async for batch in reads:
-            got.append(batch)
+        async for block in reads:
+            got.append(block)
             if len(got) == 1:
                 upstream.go.set()  # the lone frame is written only once the burst is in
-            if LONE in batch:
+            if LONE in block:
                 break
-    assert got[0] == BURST  # one socket read, one list
-    assert got[-1] == [LONE]  # alone, as soon as it arrived
+    assert got[0] == b"".join(BURST)  # one socket read, one block
+    assert got[-1] == LONE  # alone, as soon as it arrived
 
 
 async def test_events_give_the_same_frames_one_by_one(
@@ -124,7 +124,7 @@ async def test_reads_closed_early_drop_the_upstream(
     answer = await provider.chat(CALL)
     assert answer.reads is not None
     async with aclosing(answer.reads) as reads:
-        assert await anext(reads) == BURST
+        assert await anext(reads) == b"".join(BURST)
     upstream.go.set()
     async with asyncio.timeout(5):
         await upstream.dropped.wait()
@@ -142,6 +142,29 @@ def test_sse_splitter_finds_each_event_in_any_cut_and_line_ending(pieces: list[b
     assert b"".join(events) == b"".join(pieces)
     assert [e.strip() for e in events] == [b"data: 1", b"data: 2"]
     assert splitter.tail() == b""
+
+
+@pytest.mark.parametrize("pieces", [
+    [b"data: 1\n\ndata: 2\n\n"],
+    [b"data: 1\n", b"\ndata: 2\n\n"],
+    [b"data: 1\n\ndat", b"a: 2\n", b"\n"],
+    [b"data: 1\r\n\r\ndata: 2\n\n"],
+    [b"data: 1\r\n\r", b"\ndata: 2\n", b"\n"],
+])
+def test_sse_splitter_blocks_are_the_events_each_piece_completes(pieces: list[bytes]) -> None:
+    by_event, by_block = SSESplitter(), SSESplitter()
+    for piece in pieces:
+        assert by_block.block(piece) == b"".join(by_event.feed(piece))
+    assert by_block.tail() == by_event.tail() == b""
+
+
+def test_sse_splitter_block_keeps_an_unfinished_event() -> None:
+    splitter = SSESplitter()
+    assert splitter.block(b"data: 1\n\ndata: 2\n\ndata: 3") == b"data: 1\n\ndata: 2\n\n"
+    assert splitter.block(b"\n") == b""
+    assert splitter.block(b"\n") == b"data: 3\n\n"
+    assert splitter.block(b"data: 4") == b""
+    assert splitter.tail() == b"data: 4"
 
 
 def test_sse_splitter_keeps_an_unfinished_event_for_the_tail() -> None:
@@ -197,13 +220,32 @@ async def test_frames_read_together_leave_together_and_a_lone_frame_at_once(
         await fake.dropped.wait()  # the client left: the gateway dropped the upstream too
 
 
-def test_only_the_frames_holding_a_side_marker_are_read_on_the_side() -> None:
+def test_only_the_frames_holding_a_side_marker_are_cut_out_of_the_block() -> None:
+    from omniroute.formats.ollama import OllamaFormat
     from omniroute.pipeline.chat import _marked
 
-    frames = [chunk("a"), USAGE_ONLY, chunk("b"), b'data: {"error": {"message": "x"}}\n\n']
-    joined = b"".join(frames)
+    fmt = openai_format()
+    error = b'data: {"error": {"message": "x"}}\n\n'
+    frames = [chunk("a"), USAGE_ONLY, chunk("b"), error]
+    block = b"".join(frames)
     markers = (b'"usage":{', b'"error"')
-    assert _marked(frames, joined, markers) == [USAGE_ONLY, frames[3]]
-    assert _marked(frames[:1], frames[0], markers) == []
-    assert _marked([USAGE_ONLY], USAGE_ONLY, markers) == [USAGE_ONLY]
-    assert _marked(frames, joined, ()) == frames  # no markers: every frame
+
+    def cut(block: bytes, markers: tuple[bytes, ...]) -> list[bytes]:
+        return [block[start:end] for start, end in _marked(fmt, block, markers)]
+
+    assert cut(block, markers) == [USAGE_ONLY, error]
+    assert cut(frames[0], markers) == []
+    assert cut(USAGE_ONLY, markers) == [USAGE_ONLY]
+    assert cut(USAGE_ONLY + b"data: [DONE]", markers) == [USAGE_ONLY]  # the stream's tail
+    assert cut(block, ()) == frames  # no markers: every frame
+    crlf = [f.replace(b"\n", b"\r\n") for f in frames]
+    assert cut(b"".join(crlf), markers) == [crlf[1], crlf[3]]
+    lines = [b'{"message":{"content":"a"}}\n', b'{"done":true,"eval_count":3}\n']
+    assert [b"".join(lines)[s:e] for s, e in _marked(
+        OllamaFormat(), b"".join(lines), (b'"done":true',))] == [lines[1]]
+
+
+def openai_format() -> Any:
+    from omniroute.formats.openai import OpenAIFormat
+
+    return OpenAIFormat()

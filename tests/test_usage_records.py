@@ -457,16 +457,16 @@ async def test_a_pass_through_stream_lets_its_frames_go_once_usage_came() -> Non
     usage = frame({"id": "c", "object": "chat.completion.chunk", "model": "m", "choices": [],
                    "usage": {"prompt_tokens": 3, "completion_tokens": 5, "total_tokens": 8}})
 
-    async def reads(after_usage: list[list[bytes]]) -> AsyncIterator[list[bytes]]:
-        yield [content]
-        yield [usage]
+    async def reads(after_usage: list[bytes]) -> AsyncIterator[bytes]:
+        yield content
+        yield usage
         for read in after_usage:
             yield read
 
     record = RequestRecord("r", 0.0, "chat")
     fmt = openai_format()
     output = StreamOutput(record, time.perf_counter(), fmt)
-    out = [c async for c in _passthrough(fmt, Reply(), output, reads([[content]]), None)]
+    out = [c async for c in _passthrough(fmt, Reply(), output, reads([content]), None)]
     assert out == [content, usage, content]  # passed on unchanged
     assert (record.prompt_tokens, record.completion_tokens) == (3, 5)
     assert output.frames == []  # no estimate will be needed: nothing kept
@@ -474,8 +474,10 @@ async def test_a_pass_through_stream_lets_its_frames_go_once_usage_came() -> Non
     record = RequestRecord("r", 0.0, "chat")
     output = StreamOutput(record, time.perf_counter(), fmt)
 
-    async def no_usage() -> AsyncIterator[list[bytes]]:
-        yield [content]
+    async def no_usage() -> AsyncIterator[bytes]:
+        yield content + content
 
     _ = [c async for c in _passthrough(fmt, Reply(), output, no_usage(), None)]
-    assert output.frames == [[content]]  # kept for the estimate
+    assert output.frames == [content + content]  # kept for the estimate
+    await output.estimate()  # the kept block is cut into its frames and decoded
+    assert record.usage_estimated and record.completion_tokens

@@ -47,9 +47,8 @@ from omniroute.formats.base import ClientRequest, Format
 from omniroute.pipeline.context import Reply, RequestContext
 from omniroute.pipeline.responses_state import keeps_state
 from omniroute.pipeline.stages import Stage, StageRun
-from omniroute.pipeline.usage import set_usage, since
+from omniroute.pipeline.usage import frames_of, set_usage, since
 from omniroute.providers.canonical import collect
-from omniroute.sse import SSESplitter
 
 if TYPE_CHECKING:
     from omniroute.config import Settings
@@ -230,7 +229,8 @@ class CacheRun(StageRun):
                     elif events is not None:
                         answer = await collect(_iterate(events))
                     else:
-                        answer = await collect(fmt.decode_stream(_iterate(_split(fmt, frames))))
+                        whole = frames_of(fmt, b"".join(frames))
+                        answer = await collect(fmt.decode_stream(_iterate(whole)))
                 except GatewayError as err:  # an answer we cannot read is not kept
                     log.info("not caching an answer that does not decode: %s", err.message)
                     return None
@@ -298,18 +298,6 @@ def _cost(ctx: RequestContext) -> float | None:
     """What the answer cost (a subscription's list price: it is what a hit saves)."""
     record = ctx.record
     return record.list_cost_usd if record.list_cost_usd is not None else record.cost_usd
-
-
-def _split(fmt: Format, chunks: list[bytes]) -> list[bytes]:
-    """A pass-through stream's chunks cut into the frames its format decodes (SSE events,
-    or NDJSON lines)."""
-    data = b"".join(chunks)
-    if "ndjson" in fmt.stream_content_type:
-        return [line + b"\n" for line in data.split(b"\n") if line.strip()]
-    splitter = SSESplitter()
-    frames = splitter.feed(data)
-    tail = splitter.tail()
-    return [*frames, tail] if tail else frames
 
 
 async def _iterate(items: list[_T]) -> AsyncIterator[_T]:

@@ -31,6 +31,7 @@ from omniroute.pipeline.usage import (
     KEEP_BYTES,
     StreamOutput,
     estimate_missing,
+    frames_of,
     request_of,
     response_texts,
     set_usage,
@@ -155,28 +156,29 @@ class Chat(Operation):
 
 
 async def _passthrough(
-    fmt: Format, reply: Reply, output: StreamOutput, reads: AsyncIterator[list[bytes]],
+    fmt: Format, reply: Reply, output: StreamOutput, reads: AsyncIterator[bytes],
     hidden: Callable[[bytes], bool] | None,
 ) -> AsyncIterator[bytes]:
-    """The upstream's own frames, unchanged, those of one socket read as one chunk (so
-    they leave in one write); usage and errors are read on the side, in the frames that
-    hold one of the format's :attr:`~Format.side_markers`, and the first content token
-    by the format's :attr:`~Format.content_pattern` (until it is found)."""
+    """The upstream's own bytes, unchanged, each block of whole frames one socket read
+    brought as one chunk (so they leave in one write). Usage and errors are read on the
+    side: a frame is cut out of the block only where one of the format's
+    :attr:`~Format.side_markers` is; the first content token is found by the format's
+    :attr:`~Format.content_pattern` (until it is found)."""
     record, markers, content = output.record, fmt.side_markers, fmt.content_pattern
     kept = output.frames  # for an estimate, should usage not come
     keeping = True  # until the upstream's usage is complete
     waiting = True  # for the first content token
-    async for frames in reads:
-        chunk = frames[0] if len(frames) == 1 else b"".join(frames)
-        if waiting and (content is None or content.search(chunk) is not None):
+    async for block in reads:
+        if waiting and (content is None or content.search(block) is not None):
             record.ttfc_ms = since(output.started)
             waiting = False
-        output.size += len(chunk)
+        output.size += len(block)
         if keeping and output.kept < KEEP_BYTES:
-            kept.append(frames)
-            output.kept += len(chunk)
-        kept_frames = frames
-        for frame in _marked(frames, chunk, markers):
+            kept.append(block)
+            output.kept += len(block)
+        cut: list[tuple[int, int]] = []  # the spans of frames the client must not see
+        for start, end in _marked(fmt, block, markers):
+            frame = block[start:end]
             usage = fmt.usage_from_frame(frame)
             if usage is not None:
                 set_usage(record, usage)
@@ -184,44 +186,72 @@ async def _passthrough(
                     keeping = False
                     kept.clear()
                 if hidden is not None and hidden(frame):  # asked for on the client's behalf
-                    kept_frames = [f for f in kept_frames if f is not frame]
-                    chunk = b"".join(kept_frames)
+                    cut.append((start, end))
                     continue
             upstream_error = fmt.error_from_frame(frame)
             if upstream_error is not None:  # relayed as sent; recorded and charged as a failure
                 record.status, record.error = 502, f"upstream stream error: {upstream_error}"
                 record.error_class = "UpstreamError"
                 reply.failure = UpstreamError(record.error)
-        if chunk:
-            yield chunk
+        if cut:
+            block = _without(block, cut)
+        if block:
+            yield block
 
 
-def _marked(frames: list[bytes], chunk: bytes, markers: tuple[bytes, ...]) -> list[bytes]:
-    """The frames of ``chunk`` (their concatenation) that hold one of ``markers``; all of
-    them when there are no markers. One search per marker over the chunk, not per frame."""
+def _marked(fmt: Format, block: bytes, markers: tuple[bytes, ...]) -> list[tuple[int, int]]:
+    """Where in ``block`` (whole frames) the frames that hold one of ``markers`` are, in
+    order; every frame when there are no markers. One search per marker over the block;
+    a frame is cut out only around a marker found."""
     if not markers:
-        return frames
+        return _spans(frames_of(fmt, block))
     found: list[int] = []
     for marker in markers:
-        at = chunk.find(marker)
+        at = block.find(marker)
         while at >= 0:
             found.append(at)
-            at = chunk.find(marker, at + 1)
+            at = block.find(marker, at + len(marker))
     if not found:
         return []
-    if len(frames) == 1:
-        return frames
+    ndjson = "ndjson" in fmt.stream_content_type
+    if not ndjson and b"\r" in block:  # CRLF events: cut the block into its events
+        spans = _spans(frames_of(fmt, block))
+        ends = [end for _, end in spans]
+        return [spans[i] for i in sorted({bisect_right(ends, at) for at in found})]
+    sep = b"\n" if ndjson else b"\n\n"
+    marked: dict[int, int] = {}
+    for at in sorted(found):
+        start = block.rfind(sep, 0, at)
+        start = 0 if start < 0 else start + len(sep)
+        if start not in marked:
+            end = block.find(sep, at)
+            marked[start] = len(block) if end < 0 else end + len(sep)
+    return list(marked.items())
+
+
+def _spans(frames: list[bytes]) -> list[tuple[int, int]]:
+    """Where each of ``frames`` is in their concatenation."""
     ends = list(accumulate(map(len, frames)))
-    return [frames[i] for i in sorted({bisect_right(ends, at) for at in found})]
+    return list(zip([0, *ends[:-1]], ends, strict=True))
 
 
-async def _one_by_one(upstream: UpstreamResponse) -> AsyncIterator[list[bytes]]:
+def _without(block: bytes, spans: list[tuple[int, int]]) -> bytes:
+    """``block`` without the bytes of ``spans`` (in order, not overlapping)."""
+    pieces, at = [], 0
+    for start, end in spans:
+        pieces.append(block[at:start])
+        at = end
+    pieces.append(block[at:])
+    return b"".join(pieces)
+
+
+async def _one_by_one(upstream: UpstreamResponse) -> AsyncIterator[bytes]:
     """A provider that offers only ``events``: each frame on its own."""
     events = upstream.events
     assert events is not None
     async with aclosing(events):  # type: ignore[type-var]
         async for frame in events:
-            yield [frame]
+            yield frame
 
 
 def _passed_headers(upstream: UpstreamResponse) -> dict[str, str]:

@@ -11,7 +11,7 @@
   with :mod:`omniroute.tokens` from the request and the answer's text, and the
   record is marked ``usage_estimated``. :class:`StreamOutput` keeps the first
   :data:`KEEP_BYTES` of a stream for that: on the translated lane its text pieces,
-  on the pass-through lane references to its frames (decoded only if the counts
+  on the pass-through lane its blocks of frames (decoded only if the counts
   never came, and let go as soon as they did); past that size the estimate is
   scaled by the size the stream really had.
 """
@@ -30,6 +30,7 @@ from omniroute.formats.base import ClientRequest, Format
 from omniroute.formats.canonical import token_count
 from omniroute.pipeline.attempts import ATTEMPT_ERROR_MAX
 from omniroute.pipeline.context import Reply, RequestContext
+from omniroute.sse import events_of
 from omniroute.storage import RequestRecord
 from omniroute.tokens import estimate_request, estimate_text
 
@@ -106,7 +107,7 @@ class StreamOutput:
 
     On the translated lane :meth:`events` sees canonical events: usage, the first
     content event, and the text pieces (an estimate's input). On the
-    pass-through lane the chat operation calls :meth:`chunk` per socket read.
+    pass-through lane the chat operation keeps its blocks in :attr:`frames` until usage comes.
     """
 
     __slots__ = ("client", "fmt", "frames", "kept", "record", "request", "size", "started",
@@ -129,9 +130,9 @@ class StreamOutput:
         self.client = client
         #: text pieces of a translated stream, up to KEEP_BYTES characters
         self.texts: list[str] = []
-        #: frames of a pass-through stream, by socket read, up to KEEP_BYTES (dropped once
-        #: the upstream's usage is complete)
-        self.frames: list[list[bytes]] = []
+        #: a pass-through stream's blocks of whole frames, one per socket read, up to
+        #: KEEP_BYTES (dropped once the upstream's usage is complete)
+        self.frames: list[bytes] = []
         #: what was kept (a pass-through stream's bytes, a translated one's characters), and
         #: the size of the whole stream in the same unit
         self.kept = 0
@@ -183,9 +184,8 @@ class StreamOutput:
 
     async def _frame_texts(self) -> list[str]:
         async def frames() -> AsyncIterator[bytes]:
-            for read in self.frames:
-                for frame in read:
-                    yield frame
+            for frame in frames_of(self.fmt, b"".join(self.frames)):
+                yield frame
 
         collect = StreamOutput(RequestRecord("", 0.0, ""), self.started, self.fmt)
         try:
@@ -194,6 +194,14 @@ class StreamOutput:
         except Exception as exc:  # noqa: BLE001 - a broken stream still gets what it had
             log.debug("estimate over a broken stream: %s", exc)
         return collect.texts
+
+
+def frames_of(fmt: Format, data: bytes) -> list[bytes]:
+    """A pass-through stream's bytes (whole frames) cut into the frames its format
+    decodes: NDJSON lines, or SSE events."""
+    if "ndjson" in fmt.stream_content_type:
+        return [line + b"\n" for line in data.split(b"\n") if line.strip()]
+    return events_of(data)
 
 
 #: a stored user agent is cut to this many characters

@@ -130,9 +130,10 @@ class UpstreamResponse:
     body: bytes | None = None
     events: AsyncIterator[bytes] | None = None
     #: the same stream read another way (read one of the two, not both): the frames
-    #: each socket read completed, as one list, so frames that arrived together can
-    #: leave together; None when the provider offers only ``events``
-    reads: AsyncIterator[list[bytes]] | None = None
+    #: each socket read completed, as one contiguous block of bytes (whole frames only,
+    #: never cut apart), so frames that arrived together leave together in one write;
+    #: None when the provider offers only ``events``
+    reads: AsyncIterator[bytes] | None = None
     #: drops the upstream connection at once, even if ``events`` was never iterated
     #: (closing an async generator that never started does not run its ``finally``)
     close: Callable[[], None] | None = None

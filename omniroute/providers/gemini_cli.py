@@ -77,6 +77,7 @@ from omniroute.providers.code_assist import (
     unwrap_frame,
 )
 from omniroute.providers.gemini import GeminiProvider
+from omniroute.sse import events_of
 from omniroute.storage.store import Connection
 from omniroute.version import __version__
 
@@ -353,11 +354,11 @@ def unwrapped(answer: UpstreamResponse) -> UpstreamResponse:
             async for frame in events:
                 yield unwrap_frame(frame)
 
-    async def batches() -> AsyncIterator[list[bytes]]:
+    async def batches() -> AsyncIterator[bytes]:
         assert reads is not None
         async with contextlib.aclosing(reads):  # type: ignore[type-var]
-            async for batch in reads:
-                yield [unwrap_frame(frame) for frame in batch]
+            async for block in reads:  # whole events: cut, unwrapped, joined again
+                yield b"".join([unwrap_frame(frame) for frame in events_of(block)])
 
     return UpstreamResponse(answer.status, answer.headers, events=frames(),
                             reads=batches() if reads is not None else None,

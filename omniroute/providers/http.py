@@ -41,6 +41,10 @@ class Splitter(Protocol):
 
     def feed(self, chunk: bytes) -> list[bytes]: ...
 
+    def block(self, chunk: bytes) -> bytes:
+        """The frames ``chunk`` completes as one block: ``b"".join(self.feed(chunk))``."""
+        ...
+
     def tail(self) -> bytes: ...
 
 
@@ -58,6 +62,13 @@ class LineSplitter:
         lines = buf.split(b"\n")
         self._buf = lines.pop()
         return [line + b"\n" for line in lines if line.strip()]
+
+    def block(self, chunk: bytes) -> bytes:
+        """The whole lines ``chunk`` completes, as one block (blank lines kept)."""
+        buf = self._buf + chunk if self._buf else chunk
+        end = buf.rfind(b"\n") + 1
+        self._buf = buf[end:]
+        return buf if end == len(buf) else buf[:end]
 
     def tail(self) -> bytes:
         rest, self._buf = self._buf, b""
@@ -100,6 +111,9 @@ class ChunkSplitter:
 
     def feed(self, chunk: bytes) -> list[bytes]:
         return [chunk]
+
+    def block(self, chunk: bytes) -> bytes:
+        return chunk
 
     def tail(self) -> bytes:
         return b""
@@ -290,7 +304,7 @@ class HTTPProvider(Provider):
 
         The answer offers the stream two ways, to be read one way only: ``events``,
         frame by frame, and ``reads``, the frames each socket read completed, as one
-        list (the frames read while waiting come first, as one list).
+        block of bytes (the frames read while waiting come first, as one block).
 
         :param framing: overrides the provider's :attr:`framing` for this call.
         """
@@ -424,13 +438,36 @@ class _FrameReader:
         except aiohttp.ClientError as exc:
             raise UpstreamError(f"upstream stream broke: {_describe(exc)}") from None
 
-    async def reads(self, head: list[bytes]) -> AsyncIterator[list[bytes]]:
-        """``head``, then the frames of each socket read as one list."""
+    async def read_block(self) -> bytes:
+        """The frames the next socket read completes, as one block of bytes (never
+        empty), or b"" at the end: no frame is cut out of it."""
+        timeouts = self._timeouts
+        try:
+            while not self._done:
+                chunk = await self._resp.content.readany()  # bounded by sock_read (idle)
+                if not chunk:
+                    self._done = True
+                    return self._splitter.tail()
+                if asyncio.get_running_loop().time() > self._deadline:
+                    raise UpstreamTimeout(
+                        f"upstream stream exceeded {timeouts.total:g}s in total")
+                block = self._splitter.block(chunk)
+                if block:
+                    return block
+            return b""
+        except TimeoutError:
+            raise UpstreamTimeout(
+                f"upstream stream stalled: no data for {timeouts.idle:g}s") from None
+        except aiohttp.ClientError as exc:
+            raise UpstreamError(f"upstream stream broke: {_describe(exc)}") from None
+
+    async def reads(self, head: list[bytes]) -> AsyncIterator[bytes]:
+        """``head`` as one block, then the frames of each socket read as one block."""
         finished = False
         try:
-            yield head
-            while batch := await self.read():
-                yield batch
+            yield b"".join(head)
+            while block := await self.read_block():
+                yield block
             finished = True
         finally:
             self._end(finished)
