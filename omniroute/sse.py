@@ -6,6 +6,7 @@ a pass-through stream reaches the client byte for byte.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import orjson
@@ -62,6 +63,20 @@ class SSESplitter:
             return buf
         self._buf = buf[end:]
         return buf[:end]
+
+    @staticmethod
+    def each(block: bytes) -> Iterator[bytes]:
+        """The events of a block of whole events one at a time, cut only as far as they
+        are read (a stream's last event may lack its blank line)."""
+        if b"\r" in block:  # CRLF somewhere: split it all (rare)
+            yield from events_of(block)
+            return
+        start = 0
+        while (end := block.find(b"\n\n", start)) >= 0:
+            yield block[start:end + 2]
+            start = end + 2
+        if block[start:].strip():
+            yield block[start:]
 
     def tail(self) -> bytes:
         """What is left when the stream ends (an event without its blank line)."""

@@ -158,6 +158,28 @@ def test_sse_splitter_blocks_are_the_events_each_piece_completes(pieces: list[by
     assert by_block.tail() == by_event.tail() == b""
 
 
+@pytest.mark.parametrize("block", [
+    b"data: 1\n\ndata: 2\n\n", b"data: 1\n\n\n\ndata: 2\n\n", b"data: 1\n\ndata: 2",
+    b"data: 1\r\n\r\ndata: 2\n\n", b"", b"\n",
+])
+def test_sse_events_of_a_block_one_at_a_time_are_its_events(block: bytes) -> None:
+    splitter = SSESplitter()
+    events = splitter.feed(block)
+    tail = splitter.tail()
+    assert list(SSESplitter.each(block)) == [*events, *([tail] if tail else [])]
+
+
+def test_ndjson_lines_of_a_block_one_at_a_time_are_its_lines() -> None:
+    from omniroute.providers.http import LineSplitter
+
+    block = b'{"a":1}\n\n{"b":2}\r\n{"c":3}'
+    splitter = LineSplitter()
+    assert list(LineSplitter.each(block)) == [*splitter.feed(block), splitter.tail()]
+    by_line, by_block = LineSplitter(), LineSplitter()
+    for piece in (b'{"a":1}\n{"b"', b':2}\n\n', b'{"c":3}'):
+        assert by_block.block(piece).split() == b"".join(by_line.feed(piece)).split()
+
+
 def test_sse_splitter_block_keeps_an_unfinished_event() -> None:
     splitter = SSESplitter()
     assert splitter.block(b"data: 1\n\ndata: 2\n\ndata: 3") == b"data: 1\n\ndata: 2\n\n"

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar, Protocol
 from urllib.parse import urlsplit
@@ -42,7 +42,11 @@ class Splitter(Protocol):
     def feed(self, chunk: bytes) -> list[bytes]: ...
 
     def block(self, chunk: bytes) -> bytes:
-        """The frames ``chunk`` completes as one block: ``b"".join(self.feed(chunk))``."""
+        """The frames ``chunk`` completes as one block (the bytes between them kept)."""
+        ...
+
+    def each(self, block: bytes) -> Iterator[bytes]:
+        """The frames of a block of whole frames, one at a time, cut as they are read."""
         ...
 
     def tail(self) -> bytes: ...
@@ -69,6 +73,16 @@ class LineSplitter:
         end = buf.rfind(b"\n") + 1
         self._buf = buf[end:]
         return buf if end == len(buf) else buf[:end]
+
+    @staticmethod
+    def each(block: bytes) -> Iterator[bytes]:
+        start = 0
+        while (end := block.find(b"\n", start)) >= 0:
+            if block[start:end].strip():
+                yield block[start:end + 1]
+            start = end + 1
+        if block[start:].strip():
+            yield block[start:]
 
     def tail(self) -> bytes:
         rest, self._buf = self._buf, b""
@@ -114,6 +128,11 @@ class ChunkSplitter:
 
     def block(self, chunk: bytes) -> bytes:
         return chunk
+
+    @staticmethod
+    def each(block: bytes) -> Iterator[bytes]:
+        if block:
+            yield block
 
     def tail(self) -> bytes:
         return b""
@@ -312,8 +331,9 @@ class HTTPProvider(Provider):
         timeouts = self.context.timeouts
         resp: aiohttp.ClientResponse | None = None
         reader: _FrameReader | None = None
-        head: list[bytes] = []
-        first: int | None = None  # where in head the first meaningful frame is
+        head: list[bytes] = []  # the blocks read while waiting
+        last = b""  # the last frame looked at (they are cut up to the first meaningful one)
+        first = False
         sent_with = self.credentials_generation
         try:
             async with asyncio.timeout(timeouts.first_byte):
@@ -323,13 +343,14 @@ class HTTPProvider(Provider):
                 if resp.status >= 400:
                     raise self._refused(resp.status, await resp.read(), resp.headers,
                                         sent_with)
-                reader = _FrameReader(resp, framing.splitter(), timeouts)
-                while first is None and (batch := await reader.read()):
-                    start = len(head)
-                    head += batch
-                    first = next((i for i in range(start, len(head))
-                                  if not framing.well_formed(head[i])
-                                  or not self.skips_frame(head[i])), None)
+                splitter = framing.splitter()
+                reader = _FrameReader(resp, splitter, timeouts)
+                while not first and (block := await reader.read_block()):
+                    head.append(block)
+                    for last in splitter.each(block):
+                        if not framing.well_formed(last) or not self.skips_frame(last):
+                            first = True
+                            break
         except TimeoutError:
             _abandon(resp)
             raise UpstreamTimeout(
@@ -341,13 +362,11 @@ class HTTPProvider(Provider):
             _abandon(resp)
             raise
         assert resp is not None and reader is not None
-        wanted = head if first is None else head[:first + 1]  # up to the first meaningful one
-        if (first is None or not all(framing.well_formed(f) for f in wanted)
-                or self.skips_frame(wanted[-1])):
+        if not first or not framing.well_formed(last) or self.skips_frame(last):
             _abandon(resp)
             kind = "event stream" if framing is SSE else f"{framing.name} stream"
             raise UpstreamError(f"upstream sent an empty or malformed {kind}")
-        error = self.first_frame_error(wanted[-1])
+        error = self.first_frame_error(last)
         if error is not None:
             _abandon(resp)
             raise error
@@ -462,10 +481,10 @@ class _FrameReader:
             raise UpstreamError(f"upstream stream broke: {_describe(exc)}") from None
 
     async def reads(self, head: list[bytes]) -> AsyncIterator[bytes]:
-        """``head`` as one block, then the frames of each socket read as one block."""
+        """The blocks of ``head`` as one, then the frames of each socket read as one."""
         finished = False
         try:
-            yield b"".join(head)
+            yield head[0] if len(head) == 1 else b"".join(head)
             while block := await self.read_block():
                 yield block
             finished = True
@@ -473,11 +492,12 @@ class _FrameReader:
             self._end(finished)
 
     async def frames(self, head: list[bytes]) -> AsyncIterator[bytes]:
-        """``head``, then every frame, one by one."""
+        """The frames of the blocks of ``head``, then every frame, one by one."""
         finished = False
         try:
-            for frame in head:
-                yield frame
+            for block in head:
+                for frame in self._splitter.each(block):
+                    yield frame
             while batch := await self.read():
                 for frame in batch:
                     yield frame
