@@ -115,3 +115,27 @@ async def test_a_json_answer_that_stalls_is_cut_at_the_idle_bound(
 async def test_the_gateway_reads_upstreams_with_the_lazy_timer(omniroute: Any) -> None:
     connector = omniroute.gateway.http.connector
     assert isinstance(connector._factory(), LazyReadTimeout)
+
+
+async def test_a_trickle_arms_a_few_timers_not_one_per_read(
+    provider: OpenAIProvider, stalling: Stalling, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    loop = asyncio.get_running_loop()
+    armed: list[Any] = []
+    call_at = loop.call_at
+
+    def counting(when: float, callback: Any, *args: Any, **kwargs: Any) -> Any:
+        if getattr(callback, "__self__", None).__class__ is LazyReadTimeout:
+            armed.append(callback.__name__)
+        return call_at(when, callback, *args, **kwargs)
+
+    monkeypatch.setattr(loop, "call_at", counting)
+    answer = await provider.chat(UpstreamCall({**BODY, "stream": True}, "m", True))
+    assert answer.reads is not None
+    async with asyncio.timeout(10), aclosing(answer.reads) as reads:
+        with pytest.raises(UpstreamTimeout):
+            async for _ in reads:
+                pass
+    # TICKS reads over TICK * TICKS seconds: re-armed about once per IDLE, not per read
+    assert armed and set(armed) == {"_read_timer_fired"}
+    assert len(armed) <= 2 + TICK * TICKS / IDLE + 1 < TICKS
