@@ -68,11 +68,9 @@ class LineSplitter:
         return [line + b"\n" for line in lines if line.strip()]
 
     def block(self, chunk: bytes) -> bytes:
-        """The whole lines ``chunk`` completes, as one block (blank lines kept)."""
-        buf = self._buf + chunk if self._buf else chunk
-        end = buf.rfind(b"\n") + 1
-        self._buf = buf[end:]
-        return buf if end == len(buf) else buf[:end]
+        """The lines ``chunk`` completes, as one block (blank lines dropped, as a client's
+        NDJSON reader may choke on them)."""
+        return b"".join(self.feed(chunk))
 
     @staticmethod
     def each(block: bytes) -> Iterator[bytes]:
