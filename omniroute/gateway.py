@@ -35,7 +35,6 @@ from omniroute.oauth.keeper import TokenKeeper
 from omniroute.pricing import Override, PriceBook, PriceTable, load_table
 from omniroute.pricing.table import has_table
 from omniroute.providers.base import Provider, ProviderContext
-from omniroute.providers.idle import lazy_read_timeouts
 from omniroute.registry import Registry
 from omniroute.resilience import Resilience
 from omniroute.resilience.clock import SystemClock
@@ -103,8 +102,8 @@ class Gateway:
             self.db = await Database.open(config.db_path)
         self.store = Store(self.db, self.vault)
         self.log = RequestLog(self.db)
-        connector = lazy_read_timeouts(aiohttp.TCPConnector(
-            limit=0, limit_per_host=0, keepalive_timeout=60, ttl_dns_cache=300))
+        connector = aiohttp.TCPConnector(limit=0, limit_per_host=0, keepalive_timeout=60,
+                                         ttl_dns_cache=300)
         self.http = aiohttp.ClientSession(connector=connector, auto_decompress=True,
                                           headers={"User-Agent": f"omniroute/{__version__}"})
         self.credentials = StoredCredentials(self.store)

@@ -1,4 +1,4 @@
-"""The idle bound on upstream reads, kept by one lazy timer per wait (providers/idle.py).
+"""The idle bound on upstream reads (aiohttp's ``sock_read``), measured from the last bytes.
 
 Bytes that keep coming hold the bound off (however long the trickle lasts), and a
 stall is cut ``idle`` seconds after the last bytes, not later: the timer, armed at
@@ -19,7 +19,6 @@ from aiohttp import web
 
 from omniroute.errors import UpstreamTimeout
 from omniroute.providers.base import ProviderContext, Timeouts, UpstreamCall
-from omniroute.providers.idle import LazyReadTimeout, lazy_read_timeouts
 from omniroute.providers.openai import OpenAIProvider
 from omniroute.storage.store import Connection
 
@@ -74,7 +73,7 @@ async def stalling(aiohttp_server: Any) -> Any:
 
 @pytest.fixture
 async def provider(stalling: Stalling) -> Any:
-    connector = lazy_read_timeouts(aiohttp.TCPConnector())
+    connector = aiohttp.TCPConnector()
     async with aiohttp.ClientSession(connector=connector) as http:
         settings, creds = OpenAIProvider.configure({"base_url": stalling.base_url}, {}, None)
         conn = Connection("conn_1", "openai", "fake", "f", settings, creds)
@@ -110,32 +109,3 @@ async def test_a_json_answer_that_stalls_is_cut_at_the_idle_bound(
     cut = time.monotonic() - stalling.last
     assert time.monotonic() - started >= TICK * (TICKS - 1)  # bytes held it off
     assert IDLE - 0.05 <= cut <= IDLE + 0.25
-
-
-async def test_the_gateway_reads_upstreams_with_the_lazy_timer(omniroute: Any) -> None:
-    connector = omniroute.gateway.http.connector
-    assert isinstance(connector._factory(), LazyReadTimeout)
-
-
-async def test_a_trickle_arms_a_few_timers_not_one_per_read(
-    provider: OpenAIProvider, stalling: Stalling, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    loop = asyncio.get_running_loop()
-    armed: list[Any] = []
-    call_at = loop.call_at
-
-    def counting(when: float, callback: Any, *args: Any, **kwargs: Any) -> Any:
-        if getattr(callback, "__self__", None).__class__ is LazyReadTimeout:
-            armed.append(callback.__name__)
-        return call_at(when, callback, *args, **kwargs)
-
-    monkeypatch.setattr(loop, "call_at", counting)
-    answer = await provider.chat(UpstreamCall({**BODY, "stream": True}, "m", True))
-    assert answer.reads is not None
-    async with asyncio.timeout(10), aclosing(answer.reads) as reads:
-        with pytest.raises(UpstreamTimeout):
-            async for _ in reads:
-                pass
-    # TICKS reads over TICK * TICKS seconds: re-armed about once per IDLE, not per read
-    assert armed and set(armed) == {"_read_timer_fired"}
-    assert len(armed) <= 2 + TICK * TICKS / IDLE + 1 < TICKS
