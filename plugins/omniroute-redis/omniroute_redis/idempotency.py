@@ -4,9 +4,12 @@ The first request with a key claims it in this instance (its duplicates here sha
 answer, as without Redis) and then in Redis, with the ``idem_claim`` script: one hash
 per key (``<prefix>:idem:<hash of API key and idempotency key>``) holding the request's
 fingerprint, its state and, once final, its answer. A request that finds the key
-claimed by another instance waits for that instance's answer: the ``idem_settle``
-script stores it and publishes the key's name on ``<prefix>:idem``; the waiter asks
-again when it hears it, or every :data:`POLL` seconds, within ``total_timeout``. The
+claimed by another instance waits for that instance's answer: its ask marks the key
+as waited for, and the ``idem_settle`` script stores the answer and, for a key so
+marked, publishes its name on ``<prefix>:idem`` (a key nobody waits for, nearly all of
+them, is published to nobody); the waiter asks again when it hears it, or every
+:data:`POLL` seconds, within ``total_timeout``. The settle goes with the request's other
+writes after its answer (one round trip, :mod:`.batch`). The
 answer is kept for ``idempotency_window`` (at least :data:`MIN_KEEP` seconds, so the
 waiters find it); a failed call is kept that long as failed, so those waiting get an
 error and not a second call.
@@ -14,8 +17,8 @@ error and not a second call.
 The first ask may go with the request's other Redis work before dispatch
 (:meth:`RedisKeys.prefetch_claim`, :mod:`.prefetch`); a claim taken there that the
 request will not use (it is a duplicate of a request of this instance) is released
-with ``idem_release``, which publishes the key like a settle, so that the instances
-waiting on it ask again at once.
+with ``idem_release``, which publishes the key like a settle (when it is waited for),
+so that the instances waiting on it ask again at once.
 
 A claim lives as long as a request may (``total_timeout`` and a minute): an instance
 that dies while it holds one leaves its waiters a timeout, and the key free after it.
@@ -166,7 +169,7 @@ class RedisKeys:
             state, kind, payload = "failed", "", b""
         args = [request_id, state, int(answer.stream), answer.status,
                 orjson.dumps(answer.headers), kind, payload, keep_ms, self.channel]
-        self.batch.add(self.scripts.command("idem_settle", [key], args))
+        self.batch.add(self.scripts.command("idem_settle", [key], args), later=True)
 
 
 def _as_is(found: object) -> object:

@@ -160,7 +160,7 @@ class RedisLedger:
     def settle(self, handle: object, usd: float, tokens: int) -> None:
         assert isinstance(handle, Held)
         args = [handle.reservation, repr(float(usd)), int(tokens)]
-        self.batch.add(self.scripts.command("settle", handle.keys, args))
+        self.batch.add(self.scripts.command("settle", handle.keys, args), later=True)
 
 
 @dataclass(frozen=True, slots=True)

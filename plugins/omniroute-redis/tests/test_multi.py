@@ -107,7 +107,8 @@ async def test_a_cache_entry_written_by_one_is_served_by_another(
         key = trio[0].admin_key  # one tenant: entries are kept per API key
         status, first, headers = await trio.chat("what is 2+2", via=trio[0], key=key)
         assert status == 200 and headers["X-OmniRoute-Cache"] == "MISS"
-        await trio[0].cache.settled()
+        await trio[0].cache.settled()  # the store is queued with the writes after answers
+        await trio[0].gateway.shared.batch.flush()  # (sent within a few ms; now, here)
         for gw in trio.gateways[1:]:
             status, body, headers = await trio.chat("what is 2+2", via=gw, key=key)
             assert status == 200 and headers["X-OmniRoute-Cache"] == "HIT"
