@@ -17,6 +17,12 @@ The exception are the **give-backs** of a request's batch whose answer was lost
 what its steps took is unknown, so each step's blind undo (it names only that
 request's own slot member, reservation or claim: harmless where the step never
 ran) is kept until Redis answers again, then sent with the next writes.
+
+Sending costs the request path little: the writes go out from a callback of the
+event loop (no task wakes, nothing awaits them: a callback on the last reply
+reads them all, which Redis sends in order), bounded by the link's watchdog
+(:meth:`Link.bound <.link.Link.bound>`). A task takes over only where an await is
+needed: opening the connection, loading scripts Redis forgot.
 """
 
 from __future__ import annotations
@@ -24,11 +30,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from functools import partial
 from typing import Any
 
-from omniroute_redis.link import Link, Unreachable
+from omniroute_redis.link import FAILURES, Link, Unreachable
 from omniroute_redis.scripts import Scripts
-from omniroute_redis.wire import NoScript
+from omniroute_redis.wire import NoScript, WireError
 
 log = logging.getLogger(__name__)
 
@@ -53,23 +60,29 @@ class Batch:
         self._undos: list[Write] = []
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        #: the timer that sends writes queued ``later`` that no kick followed (left to
+        #: run when a kick came first: it then finds nothing, or the next ones)
         self._later: asyncio.TimerHandle | None = None
+        #: a send is due in this turn of the event loop (:meth:`_soon`)
+        self._due = False
+        #: the last replies of the pipelines sent and not answered yet
+        self._inflight: set[asyncio.Future[Any]] = set()
         self.sent = self.dropped = self.round_trips = 0
 
     def add(self, write: Write, *, later: bool = False) -> None:
         """Queue one command; never blocks, never raises.
 
-        :param later: do not wake the writer for it: it goes with the next write that
-            does, or with the next :meth:`kick`, or after :data:`LATER` seconds.
+        :param later: do not send it at once: it goes with the next write that is, or
+            with the next :meth:`kick`, or after :data:`LATER` seconds.
         """
         if not self.link.up or len(self._queue) >= QUEUE_MAX:
             self.dropped += 1
             return
         self._queue.append(write)
         if not later:
-            self._wake.set()
+            self._soon()
         elif self._later is None and self._task is not None:
-            self._later = asyncio.get_running_loop().call_later(LATER, self._wake.set)
+            self._later = asyncio.get_running_loop().call_later(LATER, self._timed)
 
     def give_back(self, writes: list[Write]) -> None:
         """Queue blind undos (the answer of what they undo was lost): they go with the
@@ -81,12 +94,85 @@ class Batch:
             return
         self._undos.extend(writes)
         if self.link.up and self._later is None and self._task is not None:
-            self._later = asyncio.get_running_loop().call_later(LATER, self._wake.set)
+            self._later = asyncio.get_running_loop().call_later(LATER, self._timed)
 
     def kick(self) -> None:
-        """Send what is queued now (a request is over: its writes are all in)."""
+        """Send what is queued (a request is over: its writes are all in) in this turn of
+        the event loop: what the tasks woken by the request's end queue in it (the
+        cache's store) goes along."""
         if self._queue or (self._undos and self.link.up):
+            self._soon()
+
+    def _soon(self) -> None:
+        if self._task is None:  # not started: the writer sends it once it is
             self._wake.set()
+        elif not self._due:
+            self._due = True
+            asyncio.get_running_loop().call_soon(self._send)
+
+    def _timed(self) -> None:
+        self._later = None
+        self._send()
+
+    def _send(self) -> None:
+        """Send what is queued in one pipeline, from a callback: nothing waits for it
+        (:meth:`_answered` reads the replies). Without an open connection, the task
+        sends it (:meth:`flush`: it connects)."""
+        self._due = False
+        wire = self.link.ready()
+        if wire is None:
+            if self._queue or (self._undos and self.link.up):
+                self._wake.set()
+            return
+        writes, self._queue = self._queue, []
+        undos: list[Write] = []
+        if self._undos:
+            undos, self._undos = self._undos, []
+        if not writes and not undos:
+            return
+        sent = writes + undos
+        try:
+            replies = wire.send_many(sent)
+        except WireError as exc:  # (broken since ready(): not sent)
+            self.link.lost(exc)
+            self.dropped += len(writes)
+            self._undos[:0] = undos
+            return
+        last = replies[-1]
+        self.link.bound(last)
+        self._inflight.add(last)
+        last.add_done_callback(partial(self._answered, sent, len(writes), replies))
+
+    def _answered(self, sent: list[Write], count: int, replies: list[asyncio.Future[Any]],
+                  last: asyncio.Future[Any]) -> None:
+        """The last reply of a pipeline :meth:`_send` sent is in (or failed): the ones
+        before it too, Redis answering in order."""
+        self._inflight.discard(last)
+        results: list[Any] = []
+        failure: BaseException | None = None
+        for reply in replies:
+            if not reply.done():  # (the last one expired: these fail with the connection)
+                reply.add_done_callback(_retrieve)
+                results.append(None)
+                continue
+            result = (reply.exception() if not reply.cancelled()
+                      else WireError("cancelled"))
+            if result is None:
+                result = reply.result()
+            elif isinstance(result, FAILURES) and failure is None:
+                failure = result
+            results.append(result)
+        if failure is not None:
+            self.link.lost(failure)
+            self.dropped += count
+            self._undos[:0] = sent[count:]  # sent again once Redis answers (harmless twice)
+            return
+        missing = [w for w, r in zip(sent, results, strict=True) if isinstance(r, NoScript)]
+        if missing:  # Redis forgot the scripts (it restarted): the task loads them
+            self._queue[:0] = missing
+            self._wake.set()
+        self.sent += len(sent) - len(missing)
+        self.round_trips += 1
 
     async def recovered(self) -> None:
         """Redis answers again (a :meth:`Link.on_recovery <.link.Link.on_recovery>`
@@ -100,13 +186,13 @@ class Batch:
         while True:
             await self._wake.wait()
             self._wake.clear()
-            if self._later is not None:
-                self._later.cancel()
-                self._later = None
             await self.flush()
 
     async def flush(self) -> None:
-        """Send what is queued now, in one pipeline."""
+        """Send what is queued now, in one pipeline, and wait for the pipelines sent
+        before it to be answered."""
+        if self._inflight:
+            await asyncio.wait(list(self._inflight))
         writes, self._queue = self._queue, []
         undos: list[Write] = []
         if self._undos and self.link.up:
@@ -141,3 +227,9 @@ class Batch:
             self._later.cancel()
             self._later = None
         await self.flush()
+
+
+def _retrieve(reply: asyncio.Future[Any]) -> None:
+    """Read a reply nobody awaits (its failure was counted with its pipeline's)."""
+    if not reply.cancelled():
+        reply.exception()

@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable
 from functools import partial
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -113,6 +114,10 @@ class Link:
         #: the request path's own connection (:mod:`.wire`), opened on first use
         self._wire: Wire | None = None
         self._opening: asyncio.Future[Wire] | None = None
+        #: the replies awaited on it, with their deadlines, in the order they were sent
+        #: (:meth:`bound`), and the one timer that expires the late ones
+        self._deadlines: deque[tuple[float, asyncio.Future[Any]]] = deque()
+        self._watchdog: asyncio.TimerHandle | None = None
 
     def key(self, *parts: str) -> str:
         """A key (or channel) name in this gateway's namespace."""
@@ -169,27 +174,55 @@ class Link:
                     wire = await self._connected()
             reply = wire.send(*args)
             sent = True
-            # a timer on the reply itself: cheaper than a timeout scope per command
-            timer: asyncio.TimerHandle | None = asyncio.get_running_loop().call_later(
-                self.timeout(), _expire, reply)
+            self.bound(reply)
+            if late is None:
+                return await reply
             try:
-                if late is None:
-                    return await reply
-                try:
-                    return await asyncio.shield(reply)
-                except asyncio.CancelledError:
-                    # nobody awaits the reply now: the timer keeps bounding it
-                    reply.add_done_callback(partial(self._late, late))
-                    timer = None
-                    raise
-            finally:
-                if timer is not None:
-                    timer.cancel()
+                return await asyncio.shield(reply)
+            except asyncio.CancelledError:
+                # nobody awaits the reply now: the watchdog keeps bounding it
+                reply.add_done_callback(partial(self._late, late))
+                raise
         except ErrorReply:
             raise
         except FAILURES as exc:
             self.lost(exc)
             raise (Unanswered if sent else Unreachable)(str(exc)) from exc
+
+    def ready(self) -> Wire | None:
+        """The request path's connection when it can take a command now (the link is up,
+        the connection open and whole), else None."""
+        wire = self._wire
+        if wire is None or wire.broken is not None or not self.up:
+            return None
+        return wire
+
+    def bound(self, reply: asyncio.Future[Any]) -> None:
+        """Fail ``reply`` with a ``TimeoutError`` when it has not come within the
+        ``state_timeout`` setting. One timer serves every reply awaited (a timer each
+        cost more than the command): the replies come in the order they were sent, so
+        the watchdog looks at the oldest one still awaited, and sleeps until its
+        deadline."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.timeout()
+        self._deadlines.append((deadline, reply))
+        if self._watchdog is None:
+            self._watchdog = loop.call_at(deadline, self._watch)
+
+    def _watch(self) -> None:
+        self._watchdog = None
+        deadlines = self._deadlines
+        now = asyncio.get_running_loop().time()
+        while deadlines:
+            deadline, reply = deadlines[0]
+            if reply.done():
+                deadlines.popleft()
+            elif deadline > now:
+                self._watchdog = asyncio.get_running_loop().call_at(deadline, self._watch)
+                return
+            else:
+                deadlines.popleft()
+                _expire(reply)
 
     def _late(self, late: Callable[[Any], None], reply: asyncio.Future[Any]) -> None:
         """The reply of a command whose caller was cancelled: to ``late``, and a reply
@@ -333,6 +366,9 @@ class Link:
 
     async def close(self) -> None:
         self._closing = True
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            self._watchdog = None
         if self._probe is not None:
             self._probe.cancel()
             await asyncio.gather(self._probe, return_exceptions=True)
