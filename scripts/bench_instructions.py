@@ -24,10 +24,13 @@ Under callgrind a process runs some 50× slower, so whatever runs per second of
 wall time (the request log's flush every 0.5 s, the configuration poll, budget
 syncs) would weigh 50× more per request than it does at full speed. So each
 server runs through this script's runner (``--run``), which makes every
-``asyncio.sleep`` of 0.1 s or more 1000× longer (the background loops do not
-run during a measured cell; nothing on a request's path sleeps that long) and
-writes the request log on demand (SIGUSR1) once per cell: one flush of
-``--requests`` records, about what one 0.5 s flush holds at full speed.
+``asyncio.sleep`` of 0.1 s or more 1000× longer, and every ``asyncio.timeout`` of
+0.1 s or more too (the loops that wait for a wake-up or their period, as the shared
+state's sync does; a request path's timeouts then never fire, as they would not at
+full speed): the background loops do not run during a measured cell; nothing on a
+request's path sleeps that long. It also writes the request log on demand
+(SIGUSR1) once per cell: one flush of ``--requests`` records, about what one 0.5 s
+flush holds at full speed.
 
 ``--cprofile`` measures the same cells with cProfile instead of callgrind
 (switched on and off by SIGUSR2) and prints each server's top functions; its
@@ -89,6 +92,13 @@ def run_server(argv: list[str], flushed: Path, profile_to: str | None) -> None:
         return await sleep(delay * SLEEP_SLOWDOWN if delay >= 0.1 else delay, result)
 
     asyncio.sleep = slow_sleep  # type: ignore[assignment]
+    timeout = asyncio.timeout
+
+    def slow_timeout(delay: float | None) -> Any:
+        return timeout(delay * SLEEP_SLOWDOWN if delay is not None and delay >= 0.1
+                       else delay)
+
+    asyncio.timeout = slow_timeout  # type: ignore[assignment]
     logs: list[Any] = []
     original = requestlog.RequestLog.__init__
 
