@@ -50,8 +50,8 @@ async def test_a_redis_cluster_node_is_refused_at_start(tmp_path: Path) -> None:
 
     import pytest
     from omniroute.config import Settings
-    from redis.exceptions import RedisError
     from omniroute.resilience import ManualClock
+    from redis.exceptions import RedisError
     from redis_testkit import free_port, until
 
     from omniroute_redis.backend import NotSupported
