@@ -24,6 +24,7 @@ async def parts(redis_url: str) -> AsyncIterator[tuple[Link, Batch, Scripts]]:
     batch = Batch(link, scripts)
     batch.start()
     await link.command("PING")  # the connection is open
+    await link.call(scripts.load)  # (another test may have flushed them)
     try:
         yield link, batch, scripts
     finally:
