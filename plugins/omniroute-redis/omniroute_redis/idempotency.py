@@ -52,6 +52,8 @@ POLL = 0.25
 MIN_KEEP = 5.0
 #: seconds a claim outlives the longest a request may take (``total_timeout``)
 CLAIM_SLACK = 60.0
+#: the keys' Redis names kept (:meth:`RedisKeys.key`)
+KEYS_KEPT = 4096
 
 
 class RedisKeys:
@@ -65,13 +67,21 @@ class RedisKeys:
         self.settings = settings
         self.channel = link.key("idem")
         self._heard: dict[str, asyncio.Event] = {}
+        self._names: dict[Scope, str] = {}
         #: request ids of the claims this instance holds, by key
         self._mine: dict[str, str] = {}
         self.waited = self.served = 0
 
     def key(self, scope: Scope) -> str:
-        digest = hashlib.sha256(f"{scope[0]}\0{scope[1]}".encode()).hexdigest()[:40]
-        return self.link.key("idem", digest)
+        """The key's Redis name (asked three times a request: claim, wait, settle; kept
+        for the last :data:`KEYS_KEPT` scopes)."""
+        name = self._names.get(scope)
+        if name is None:
+            if len(self._names) >= KEYS_KEPT:
+                self._names.clear()
+            digest = hashlib.sha256(f"{scope[0]}\0{scope[1]}".encode()).hexdigest()[:40]
+            name = self._names[scope] = self.link.key("idem", digest)
+        return name
 
     def _claim_args(self, fingerprint: bytes, request_id: str) -> list[object]:
         lease_ms = int((self.settings().total_timeout + CLAIM_SLACK) * 1000)
