@@ -116,9 +116,13 @@ class Batch:
 
     def _send(self) -> None:
         """Send what is queued in one pipeline, from a callback: nothing waits for it
-        (:meth:`_answered` reads the replies). Without an open connection, the task
-        sends it (:meth:`flush`: it connects)."""
+        (:meth:`_answered` reads the replies). One pipeline is on its way at a time:
+        what is queued meanwhile goes when its answer is in, together (under load, one
+        pipeline a round trip carries the writes of every request that ended in it).
+        Without an open connection, the task sends it (:meth:`flush`: it connects)."""
         self._due = False
+        if self._inflight:  # _answered sends it
+            return
         wire = self.link.ready()
         if wire is None:
             if self._queue or (self._undos and self.link.up):
@@ -168,11 +172,13 @@ class Batch:
             self._undos[:0] = sent[count:]  # sent again once Redis answers (harmless twice)
             return
         missing = [w for w, r in zip(sent, results, strict=True) if isinstance(r, NoScript)]
+        self.sent += len(sent) - len(missing)
+        self.round_trips += 1
         if missing:  # Redis forgot the scripts (it restarted): the task loads them
             self._queue[:0] = missing
             self._wake.set()
-        self.sent += len(sent) - len(missing)
-        self.round_trips += 1
+        elif self._queue or (self._undos and self.link.up):  # queued meanwhile
+            self._send()
 
     async def recovered(self) -> None:
         """Redis answers again (a :meth:`Link.on_recovery <.link.Link.on_recovery>`
