@@ -60,6 +60,9 @@ class Batch:
         self._undos: list[Write] = []
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        #: the loop the writer runs on, once started (asking asyncio for the running loop
+        #: costs a ``getpid`` system call each time)
+        self._loop: asyncio.AbstractEventLoop | None = None
         #: the timer that sends writes queued ``later`` that no kick followed (left to
         #: run when a kick came first: it then finds nothing, or the next ones)
         self._later: asyncio.TimerHandle | None = None
@@ -81,8 +84,8 @@ class Batch:
         self._queue.append(write)
         if not later:
             self._soon()
-        elif self._later is None and self._task is not None:
-            self._later = asyncio.get_running_loop().call_later(LATER, self._timed)
+        elif self._later is None and self._loop is not None:
+            self._later = self._loop.call_later(LATER, self._timed)
 
     def give_back(self, writes: list[Write]) -> None:
         """Queue blind undos (the answer of what they undo was lost): they go with the
@@ -93,8 +96,8 @@ class Batch:
             self.dropped += len(writes)
             return
         self._undos.extend(writes)
-        if self.link.up and self._later is None and self._task is not None:
-            self._later = asyncio.get_running_loop().call_later(LATER, self._timed)
+        if self.link.up and self._later is None and self._loop is not None:
+            self._later = self._loop.call_later(LATER, self._timed)
 
     def kick(self) -> None:
         """Send what is queued (a request is over: its writes are all in) in this turn of
@@ -104,11 +107,11 @@ class Batch:
             self._soon()
 
     def _soon(self) -> None:
-        if self._task is None:  # not started: the writer sends it once it is
+        if self._loop is None:  # not started: the writer sends it once it is
             self._wake.set()
         elif not self._due:
             self._due = True
-            asyncio.get_running_loop().call_soon(self._send)
+            self._loop.call_soon(self._send)
 
     def _timed(self) -> None:
         self._later = None
@@ -186,6 +189,7 @@ class Batch:
         await self.flush()
 
     def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
         self._task = asyncio.create_task(self._run(), name="omniroute-redis-writes")
 
     async def _run(self) -> None:
@@ -229,6 +233,7 @@ class Batch:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
+        self._loop = None
         if self._later is not None:
             self._later.cancel()
             self._later = None

@@ -203,7 +203,7 @@ class Link:
         cost more than the command): the replies come in the order they were sent, so
         the watchdog looks at the oldest one still awaited, and sleeps until its
         deadline."""
-        loop = asyncio.get_running_loop()
+        loop = reply.get_loop()  # (asyncio.get_running_loop() costs a getpid system call)
         deadline = loop.time() + self.timeout()
         self._deadlines.append((deadline, reply))
         if self._watchdog is None:
@@ -212,13 +212,13 @@ class Link:
     def _watch(self) -> None:
         self._watchdog = None
         deadlines = self._deadlines
-        now = asyncio.get_running_loop().time()
         while deadlines:
             deadline, reply = deadlines[0]
+            loop = reply.get_loop()
             if reply.done():
                 deadlines.popleft()
-            elif deadline > now:
-                self._watchdog = asyncio.get_running_loop().call_at(deadline, self._watch)
+            elif deadline > loop.time():
+                self._watchdog = loop.call_at(deadline, self._watch)
                 return
             else:
                 deadlines.popleft()

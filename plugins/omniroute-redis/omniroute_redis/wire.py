@@ -117,6 +117,9 @@ class Wire(asyncio.Protocol):
     """One pipelined connection; :meth:`open` connects (and authenticates, selects)."""
 
     def __init__(self) -> None:
+        #: the loop it runs on (asking asyncio for the running loop costs a ``getpid``
+        #: system call each time: once here, not per command)
+        self._loop = asyncio.get_running_loop()
         self._transport: asyncio.Transport | None = None
         self._waiting: deque[asyncio.Future[Any]] = deque()
         self._buffer = bytearray()
@@ -221,7 +224,7 @@ class Wire(asyncio.Protocol):
         """Write one command now; the future gets its reply (an error reply is raised)."""
         if self.broken is not None or self._transport is None:
             raise WireError(str(self.broken or "not connected"))
-        waiter: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        waiter: asyncio.Future[Any] = self._loop.create_future()
         self._waiting.append(waiter)
         self._transport.write(encode(args))
         self.writes += 1
@@ -234,7 +237,7 @@ class Wire(asyncio.Protocol):
         """Write several commands in one write; one future each."""
         if self.broken is not None or self._transport is None:
             raise WireError(str(self.broken or "not connected"))
-        loop = asyncio.get_running_loop()
+        loop = self._loop
         waiters = [loop.create_future() for _ in commands]
         self._waiting.extend(waiters)
         self._transport.write(b"".join(encode(c) for c in commands))
