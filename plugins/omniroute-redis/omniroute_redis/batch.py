@@ -3,12 +3,16 @@
 A request that is over gives back its slots and settles its reservation;
 neither has to hold its answer. Each is queued here as one atomic command or
 script (:meth:`Batch.add`) and the writer sends everything queued since its
-last round trip in one pipeline, at once (several requests that end together
-share it). A write made while its request still runs (a connection's slot given
-back as the answer arrives, a session bound) is queued ``later``: it goes with
-the writes of the request's end (its settle, or :meth:`Batch.kick` when the
-request is over), so that a request's writes after its answer are one round
-trip. While Redis cannot be reached the writes are dropped, and counted:
+last round trip in one pipeline, in the turn of the event loop after the
+request's end (several requests that end together share it), or in front of a
+request's batch sent before it, in the same write to the socket
+(:meth:`Batch.ride`; Redis runs them first, so a slot given back is free for the
+take that follows). A write made while its request still runs (a connection's
+slot given back as the answer arrives, a session bound) is queued ``later``: it
+goes with the writes of the request's end (:meth:`Batch.kick`), so that a
+request's writes after its answer are one round trip. The writes are not held
+for a later request's batch: the other instances admit against what they free.
+While Redis cannot be reached the writes are dropped, and counted:
 what they would have freed expires on its own (slot and reservation leases),
 and spend is repaired from the instances' own ledgers when Redis is back.
 
@@ -102,9 +106,38 @@ class Batch:
     def kick(self) -> None:
         """Send what is queued (a request is over: its writes are all in) in this turn of
         the event loop: what the tasks woken by the request's end queue in it (the
-        cache's store) goes along."""
+        cache's store) goes along, and so does it in front of a request's batch sent in
+        this turn (:meth:`ride`). Not later: the other instances admit against what it
+        frees (a slot, a reservation settled)."""
         if self._queue or (self._undos and self.link.up):
             self._soon()
+
+    def ride(self) -> tuple[list[Write], int] | None:
+        """The writes queued, taken to go before a request's batch in its write to the
+        socket (:meth:`Link.command <.link.Link.command>`), and how many of them are not
+        give-backs; None: none."""
+        if not self._queue and not self._undos:
+            return None
+        writes, self._queue = self._queue, []
+        count = len(writes)
+        if self._undos:
+            writes += self._undos
+            self._undos = []
+        return writes, count
+
+    def rode(self, ride: tuple[list[Write], int], replies: list[asyncio.Future[Any]]) -> None:
+        """They were sent: their replies are read as a pipeline's (:meth:`_answered`); the
+        request's own reply after them is bounded by the link's watchdog."""
+        sent, count = ride
+        last = replies[-1]
+        self._inflight.add(last)
+        last.add_done_callback(partial(self._answered, sent, count, replies))
+
+    def unride(self, ride: tuple[list[Write], int]) -> None:
+        """They were not sent (the connection broke first): queued again, in front."""
+        sent, count = ride
+        self._queue[:0] = sent[:count]
+        self._undos[:0] = sent[count:]
 
     def _soon(self) -> None:
         if self._loop is None:  # not started: the writer sends it once it is

@@ -151,8 +151,8 @@ class Link:
         wire = self._wire = await asyncio.shield(self._opening)
         return wire
 
-    async def command(self, *args: Any,
-                      late: Callable[[Any], None] | None = None) -> Any:
+    async def command(self, *args: Any, late: Callable[[Any], None] | None = None,
+                      riders: Any = None) -> Any:
         """One command on the request path's connection, bounded like :meth:`call`.
 
         :param late: when the caller is cancelled before the reply comes, gets the reply,
@@ -160,6 +160,10 @@ class Link:
             when it did not come within the bound, which still holds; a
             :class:`WireError` when the connection broke): what the command took can
             then be given back.
+        :param riders: writes that go in the same write to the socket, before the command
+            (:meth:`Batch.ride <.batch.Batch.ride>`: the writes queued after answers), if
+            it has any: ``ride()`` gives them, ``rode(ride, replies)`` gets their replies
+            once they are sent, ``unride(ride)`` takes them back when they are not.
         :raises ErrorReply: Redis answered with an error (``NoScript`` included).
         :raises Unanswered: it was sent and no reply came within the bound.
         :raises Unreachable: Redis cannot be reached (nothing was sent).
@@ -172,7 +176,17 @@ class Link:
             if wire is None or wire.broken is not None:
                 async with asyncio.timeout(self.timeout()):
                     wire = await self._connected()
-            reply = wire.send(*args)
+            ride = riders.ride() if riders is not None else None
+            if ride is None:
+                reply = wire.send(*args)
+            else:
+                try:
+                    replies = wire.send_many([*ride[0], args])
+                except WireError:
+                    riders.unride(ride)
+                    raise
+                reply = replies.pop()
+                riders.rode(ride, replies)
             sent = True
             self.bound(reply)
             if late is None:

@@ -365,16 +365,18 @@ class Scripts:
         return SOURCES[next(n for n, sha in self.sha.items() if sha == name_or_sha)]
 
     async def call(self, link: Any, name: str, keys: list[str], args: list[Any],
-                   late: Callable[[Any], None] | None = None) -> Any:
+                   late: Callable[[Any], None] | None = None, riders: Any = None) -> Any:
         """Run script ``name`` on the link's request-path connection (one round trip; two
         after Redis forgot it).
 
         :param late: gets the answer if the caller is cancelled before it comes
             (:meth:`Link.command <omniroute_redis.link.Link.command>`).
+        :param riders: writes to send before it, in the same write (the same).
         :raises Unreachable: Redis cannot be reached.
         """
         try:
-            return await link.command(*self.command(name, keys, args), late=late)
+            return await link.command(*self.command(name, keys, args), late=late,
+                                      riders=riders)
         except NoScript:
             await link.command("SCRIPT", "LOAD", SOURCES[name])
             return await link.command(*self.command(name, keys, args), late=late)

@@ -85,3 +85,26 @@ async def test_an_unanswered_pipeline_marks_the_link_down_and_keeps_its_undos(
     finally:
         await batch.close()
         await link.close()
+
+
+async def test_writes_queued_ride_in_front_of_a_command_sent_before_them(
+        parts: tuple[Link, Batch, Scripts], redis_url: str) -> None:
+    link, batch, scripts = parts
+    client = aioredis.Redis.from_url(redis_url)
+    try:
+        # a slot held by a request that is over, the limit one: the give-back goes in
+        # the same write as the next take, first, so the take finds the slot free
+        assert await scripts.call(link, "take", ["t:s", "t:r"], ["a", 1, "", 30]) == b"0"
+        wire = link.ready()
+        assert wire is not None
+        written = wire.writes
+        batch.add(("ZREM", "t:s", "a"), later=True)
+        batch.kick()  # (its send is due in the next turn: the take below goes first)
+        assert await scripts.call(link, "take", ["t:s", "t:r"], ["b", 1, "", 30],
+                                  riders=batch) == b"0"
+        assert wire.writes == written + 1  # one write to the socket for both
+        await until(lambda: batch.round_trips == 1, timeout=1.0)
+        assert batch.sent == 1 and not batch._queue
+        assert await client.zrange("t:s", 0, -1) == [b"b"]
+    finally:
+        await client.aclose()
