@@ -29,10 +29,13 @@ Under callgrind a process runs some 50× slower, so whatever runs per second of
 wall time (the request log's flush every 0.5 s, the configuration poll, budget
 syncs) would weigh 50× more per request than it does at full speed. So each
 server runs through this script's runner (``--run``), which makes every
-``asyncio.sleep`` of 0.1 s or more 1000× longer (the background loops do not
-run during a measured cell; nothing on a request's path sleeps that long) and
-writes the request log on demand (SIGUSR1) once per cell: one flush of
-``--requests`` records, about what one 0.5 s flush holds at full speed.
+``asyncio.sleep`` of 0.1 s or more 1000× longer, and every ``asyncio.timeout`` of
+0.1 s or more too (the loops that wait for a wake-up or their period, as the shared
+state's sync does; a request path's timeouts then never fire, as they would not at
+full speed): the background loops do not run during a measured cell; nothing on a
+request's path sleeps that long. It also writes the request log on demand
+(SIGUSR1) once per cell: one flush of ``--requests`` records, about what one 0.5 s
+flush holds at full speed.
 
 ``--cprofile`` measures the same cells with cProfile instead of callgrind
 (switched on and off by SIGUSR2) and prints each server's top functions; its
@@ -44,6 +47,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import cProfile
+import itertools
 import json
 import multiprocessing
 import os
@@ -93,6 +97,13 @@ def run_server(argv: list[str], flushed: Path, profile_to: str | None) -> None:
         return await sleep(delay * SLEEP_SLOWDOWN if delay >= 0.1 else delay, result)
 
     asyncio.sleep = slow_sleep  # type: ignore[assignment]
+    timeout = asyncio.timeout
+
+    def slow_timeout(delay: float | None) -> Any:
+        return timeout(delay * SLEEP_SLOWDOWN if delay is not None and delay >= 0.1
+                       else delay)
+
+    asyncio.timeout = slow_timeout  # type: ignore[assignment]
     logs: list[Any] = []
     original = requestlog.RequestLog.__init__
 
@@ -218,8 +229,8 @@ def start_gateway(tmp: Path, upstream: str, env: dict[str, str], profile: bool,
     data = tmp / f"{name}-data"
     env = {k: v for k, v in env.items() if not k.startswith("OMNIROUTE_")}
     for setting in settings:  # name=value, pinned through the environment
-        key, _, value = setting.partition("=")
-        env[f"OMNIROUTE_{key.upper()}"] = value
+        setting_name, _, value = setting.partition("=")
+        env[f"OMNIROUTE_{setting_name.upper()}"] = value
     env["INITIAL_PASSWORD"] = "bench-password"
     cli = ["-m", "omniroute.cli", "--data-dir", str(data)]
     subprocess.run([sys.executable, *cli, "providers", "add", "--type", "openai", "--name",
@@ -242,17 +253,53 @@ STARTERS = {"forwarder": start_forwarder, "omniroute": start_gateway,
             "norecords": start_norecords}
 
 
+def concerns(server: Server, args: argparse.Namespace) -> dict[str, Any]:
+    """Give a started gateway the ``--concerns`` it lacks (through the management API):
+    the connection's limits (``lim``), an API key with limits and a budget (``key``);
+    return what :func:`send` needs for them (the key's header, new requests)."""
+    from bench_redis import limit_connection, limited_key
+
+    if not args.concerns or server.name == "forwarder":
+        return {}
+    port = int(server.base.rsplit(":", 1)[1])
+    extra: dict[str, Any] = {"unique": True, "idem": "idem" in args.concerns}
+    if "lim" in args.concerns:
+        limit_connection(port)
+    if "key" in args.concerns:
+        extra["headers"] = limited_key(port)
+    return extra
+
+
 # ------------------------------------------------------------------ measuring
 
-async def send(url: str, body: dict[str, Any], tail: bytes | None, count: int, conc: int) -> None:
-    """``count`` requests, ``conc`` at a time over keep-alive connections; all must succeed."""
-    data, headers = json.dumps(body).encode(), {"Content-Type": "application/json"}
+#: the requests' numbers across every cell of a run (``--concerns``: each request a new one)
+NUMBERS = itertools.count()
+
+
+async def send(url: str, body: dict[str, Any], tail: bytes | None, count: int, conc: int,
+               headers: dict[str, str] | None = None, unique: bool = False,
+               idem: bool = False) -> None:
+    """``count`` requests, ``conc`` at a time over keep-alive connections; all must succeed.
+
+    :param headers: sent with every request (an API key).
+    :param unique: every request is a new one: a number of its own in its last message
+        (a response cache misses).
+    :param idem: with ``unique``, every request has its own ``Idempotency-Key`` too.
+    """
+    data = json.dumps(body).encode()
+    headers = {"Content-Type": "application/json", **(headers or {})}
     left = iter(range(count))
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=conc),
                                      timeout=aiohttp.ClientTimeout(total=120)) as http:
         async def worker() -> None:
             for _ in left:
-                async with http.post(url, data=data, headers=headers) as resp:
+                sent, sent_headers = data, headers
+                if unique:
+                    n = next(NUMBERS)
+                    sent = data.replace(b"about the sea.", f"about the sea. {n}".encode())
+                    if idem:
+                        sent_headers = {**headers, "Idempotency-Key": f"bench-{os.getpid()}-{n}"}
+                async with http.post(url, data=sent, headers=sent_headers) as resp:
                     answer = await resp.read()
                     if resp.status != 200 or (tail and not answer.endswith(tail)):
                         raise RuntimeError(f"{url}: {resp.status} {answer[:300]!r}")
@@ -263,6 +310,7 @@ async def send(url: str, body: dict[str, Any], tail: bytes | None, count: int, c
 def measure(server: Server, args: argparse.Namespace, keep: Path | None) -> dict[str, float]:
     """Per lane and concurrency: warm up, count ``--requests`` requests, report per request."""
     out: dict[str, float] = {}
+    extra = concerns(server, args)
     assert server.proc is not None
     pid = server.proc.pid
     for lane in args.lanes:
@@ -270,12 +318,12 @@ def measure(server: Server, args: argparse.Namespace, keep: Path | None) -> dict
         url = server.base + "/v1/chat/completions"
         for conc in args.concurrency:
             cell = f"{server.name}-{lane}-c{conc}"
-            asyncio.run(send(url, body, tail, args.warmup, conc))
+            asyncio.run(send(url, body, tail, args.warmup, conc, **extra))
             server.flush()
             if args.cprofile:
                 server.prof.unlink(missing_ok=True)
                 server.signal(signal.SIGUSR2)
-                asyncio.run(send(url, body, tail, args.requests, conc))
+                asyncio.run(send(url, body, tail, args.requests, conc, **extra))
                 server.flush()
                 server.signal(signal.SIGUSR2)
                 out[f"{lane} c={conc}"] = print_profile(server.prof, cell, args)
@@ -284,7 +332,7 @@ def measure(server: Server, args: argparse.Namespace, keep: Path | None) -> dict
                 old.unlink()
             server.control("-i", "on")
             server.control("-z")
-            asyncio.run(send(url, body, tail, args.requests, conc))
+            asyncio.run(send(url, body, tail, args.requests, conc, **extra))
             server.flush()
             server.control("-d")
             server.control("-i", "off")
@@ -330,7 +378,15 @@ def main() -> int:
     p.add_argument("--concurrency", default="1,16", help="levels (1,16)")
     p.add_argument("--lanes", default="json,instant", help="json,instant")
     p.add_argument("--targets", default="forwarder,omniroute",
-                   help="of forwarder,omniroute,norecords (forwarder,omniroute)")
+                   help="of forwarder,omniroute,norecords,redis (forwarder,omniroute; "
+                        "norecords: the gateway with request_log off; redis: the gateway "
+                        "with state_url, on a redis-server of its own)")
+    p.add_argument("--concerns", default="",
+                   help="the gateways' shared concerns, comma-separated: lim (the "
+                        "connection's rpm and max_concurrency), key (an API key with rpm, "
+                        "concurrency and a daily budget), cache (the response cache, "
+                        "missing: each request is a new one), idem (a new Idempotency-Key "
+                        "per request); all: the four. Limits far above the load.")
     p.add_argument("--keep", metavar="DIR", help="copy the callgrind (or cProfile) files here")
     p.add_argument("--json", metavar="FILE", help="also write the results as JSON")
     p.add_argument("--loop", default="asyncio", choices=["asyncio", "uvloop"],
@@ -358,6 +414,11 @@ def main() -> int:
         return 0
     args.concurrency = [int(c) for c in args.concurrency.split(",")]
     args.lanes = args.lanes.split(",")
+    args.concerns = [c for c in args.concerns.split(",") if c]
+    if args.concerns == ["all"]:
+        args.concerns = ["lim", "key", "cache", "idem"]
+    if "cache" in args.concerns:
+        args.set = [*args.set, "cache_mode=on"]
     keep = Path(args.keep) if args.keep else None
     if keep:
         keep.mkdir(parents=True, exist_ok=True)
@@ -374,13 +435,28 @@ def main() -> int:
     try:
         with tempfile.TemporaryDirectory(prefix="omniroute-ir-") as tmpname:
             for name in args.targets.split(","):
-                starter = STARTERS[name]
-                server = starter(Path(tmpname), upstream, env, args.cprofile, args.set,
-                                 args.loop)
+                redis = None
+                if name == "redis":
+                    from bench_redis import start_redis
+
+                    redis_port = free_port()
+                    redis = start_redis(redis_port)
+                    settings = [*args.set, f"state_url=redis://{HOST}:{redis_port}/0",
+                                "state_timeout=10"]  # 50× slower: no call may time out
+                    if "cache" in args.concerns:
+                        settings.append("cache_backends=redis")
+                    server = start_gateway(Path(tmpname), upstream, env, args.cprofile,
+                                           settings, args.loop, name="redis")
+                else:
+                    server = STARTERS[name](Path(tmpname), upstream, env, args.cprofile,
+                                            args.set, args.loop)
                 try:
                     results[name] = measure(server, args, keep)
                 finally:
                     server.stop()
+                    if redis is not None:
+                        redis.terminate()
+                        redis.wait(5)
     finally:
         upstream_proc.terminate()
         upstream_proc.join(5)
@@ -389,6 +465,8 @@ def main() -> int:
               if {n, "forwarder"} <= results.keys()]
     if {"omniroute", "norecords"} <= results.keys():
         ratios.append(("records on/off", "omniroute", "norecords"))
+    if {"omniroute", "redis"} <= results.keys():
+        ratios.append(("redis/in-process", "redis", "omniroute"))
     print("| cell | " + " | ".join(f"{n} {unit}" for n in results)
           + "".join(f" | {label}" for label, _, _ in ratios) + " |")
     print("|---|" + "---:|" * (len(results) + len(ratios)))

@@ -44,6 +44,10 @@ from omniroute_redis.watcher import PubSubWatcher
 
 log = logging.getLogger(__name__)
 
+class NotSupported(RuntimeError):
+    """``state_url`` names a Redis this backend cannot work with (a Cluster node)."""
+
+
 class RedisShared(SharedState):
     """Resilience state, budgets and config notices shared through Redis."""
 
@@ -89,8 +93,13 @@ class RedisShared(SharedState):
         return self.config_watcher
 
     async def start(self) -> None:
+        """Load the scripts and the shared records, start the tasks.
+
+        :raises NotSupported: ``state_url`` names a node of a Redis Cluster.
+        """
         try:
             await self.link.call(self.scripts.load, timeout=2.0)
+            await self._not_a_cluster()
             await self.state.load()
         except Unreachable:
             pass  # serving with this instance's own state; the probe resyncs later
@@ -108,6 +117,18 @@ class RedisShared(SharedState):
             asyncio.create_task(self.link.listen(handlers, self._subscribed),
                                 name="omniroute-redis-listen"),
         ]
+
+    async def _not_a_cluster(self) -> None:
+        """Refuse a Redis Cluster node: a request's ``admit`` script touches its API key's,
+        its connection's, its cache entry's and its idempotency key's keys at once, which
+        Cluster allows only within one hash slot, and the request path's connection does
+        not follow ``MOVED`` (see the project's docs/scaling.md)."""
+        found = await self.link.call(lambda r: r.info("cluster"), timeout=2.0)
+        if int(found.get("cluster_enabled", 0)):
+            raise NotSupported(
+                "state_url names a node of a Redis Cluster, which omniroute's shared state "
+                "does not support: use one Redis server (a primary, with replicas and "
+                "Sentinel or a managed failover for availability)")
 
     async def _subscribed(self, again: bool) -> None:
         if again:  # what was published while the subscription was gone was missed

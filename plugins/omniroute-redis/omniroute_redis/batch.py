@@ -3,12 +3,16 @@
 A request that is over gives back its slots and settles its reservation;
 neither has to hold its answer. Each is queued here as one atomic command or
 script (:meth:`Batch.add`) and the writer sends everything queued since its
-last round trip in one pipeline, at once (several requests that end together
-share it). A write made while its request still runs (a connection's slot given
-back as the answer arrives, a session bound) is queued ``later``: it goes with
-the writes of the request's end (its settle, or :meth:`Batch.kick` when the
-request is over), so that a request's writes after its answer are one round
-trip. While Redis cannot be reached the writes are dropped, and counted:
+last round trip in one pipeline, in the turn of the event loop after the
+request's end (several requests that end together share it), or in front of a
+request's batch sent before it, in the same write to the socket
+(:meth:`Batch.ride`; Redis runs them first, so a slot given back is free for the
+take that follows). A write made while its request still runs (a connection's
+slot given back as the answer arrives, a session bound) is queued ``later``: it
+goes with the writes of the request's end (:meth:`Batch.kick`), so that a
+request's writes after its answer are one round trip. The writes are not held
+for a later request's batch: the other instances admit against what they free.
+While Redis cannot be reached the writes are dropped, and counted:
 what they would have freed expires on its own (slot and reservation leases),
 and spend is repaired from the instances' own ledgers when Redis is back.
 
@@ -17,6 +21,12 @@ The exception are the **give-backs** of a request's batch whose answer was lost
 what its steps took is unknown, so each step's blind undo (it names only that
 request's own slot member, reservation or claim: harmless where the step never
 ran) is kept until Redis answers again, then sent with the next writes.
+
+Sending costs the request path little: the writes go out from a callback of the
+event loop (no task wakes, nothing awaits them: a callback on the last reply
+reads them all, which Redis sends in order), bounded by the link's watchdog
+(:meth:`Link.bound <.link.Link.bound>`). A task takes over only where an await is
+needed: opening the connection, loading scripts Redis forgot.
 """
 
 from __future__ import annotations
@@ -24,11 +34,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from functools import partial
 from typing import Any
 
-from omniroute_redis.link import Link, Unreachable
+from omniroute_redis.link import FAILURES, Link, Unreachable
 from omniroute_redis.scripts import Scripts
-from omniroute_redis.wire import NoScript
+from omniroute_redis.wire import NoScript, WireError
 
 log = logging.getLogger(__name__)
 
@@ -53,23 +64,32 @@ class Batch:
         self._undos: list[Write] = []
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        #: the loop the writer runs on, once started (asking asyncio for the running loop
+        #: costs a ``getpid`` system call each time)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        #: the timer that sends writes queued ``later`` that no kick followed (left to
+        #: run when a kick came first: it then finds nothing, or the next ones)
         self._later: asyncio.TimerHandle | None = None
+        #: a send is due in this turn of the event loop (:meth:`_soon`)
+        self._due = False
+        #: the last replies of the pipelines sent and not answered yet
+        self._inflight: set[asyncio.Future[Any]] = set()
         self.sent = self.dropped = self.round_trips = 0
 
     def add(self, write: Write, *, later: bool = False) -> None:
         """Queue one command; never blocks, never raises.
 
-        :param later: do not wake the writer for it: it goes with the next write that
-            does, or with the next :meth:`kick`, or after :data:`LATER` seconds.
+        :param later: do not send it at once: it goes with the next write that is, or
+            with the next :meth:`kick`, or after :data:`LATER` seconds.
         """
         if not self.link.up or len(self._queue) >= QUEUE_MAX:
             self.dropped += 1
             return
         self._queue.append(write)
         if not later:
-            self._wake.set()
-        elif self._later is None and self._task is not None:
-            self._later = asyncio.get_running_loop().call_later(LATER, self._wake.set)
+            self._soon()
+        elif self._later is None and self._loop is not None:
+            self._later = self._loop.call_later(LATER, self._timed)
 
     def give_back(self, writes: list[Write]) -> None:
         """Queue blind undos (the answer of what they undo was lost): they go with the
@@ -80,13 +100,121 @@ class Batch:
             self.dropped += len(writes)
             return
         self._undos.extend(writes)
-        if self.link.up and self._later is None and self._task is not None:
-            self._later = asyncio.get_running_loop().call_later(LATER, self._wake.set)
+        if self.link.up and self._later is None and self._loop is not None:
+            self._later = self._loop.call_later(LATER, self._timed)
 
     def kick(self) -> None:
-        """Send what is queued now (a request is over: its writes are all in)."""
+        """Send what is queued (a request is over: its writes are all in) in this turn of
+        the event loop: what the tasks woken by the request's end queue in it (the
+        cache's store) goes along, and so does it in front of a request's batch sent in
+        this turn (:meth:`ride`). Not later: the other instances admit against what it
+        frees (a slot, a reservation settled)."""
         if self._queue or (self._undos and self.link.up):
+            self._soon()
+
+    def ride(self) -> tuple[list[Write], int] | None:
+        """The writes queued, taken to go before a request's batch in its write to the
+        socket (:meth:`Link.command <.link.Link.command>`), and how many of them are not
+        give-backs; None: none."""
+        if not self._queue and not self._undos:
+            return None
+        writes, self._queue = self._queue, []
+        count = len(writes)
+        if self._undos:
+            writes += self._undos
+            self._undos = []
+        return writes, count
+
+    def rode(self, ride: tuple[list[Write], int], replies: list[asyncio.Future[Any]]) -> None:
+        """They were sent: their replies are read as a pipeline's (:meth:`_answered`); the
+        request's own reply after them is bounded by the link's watchdog."""
+        sent, count = ride
+        last = replies[-1]
+        self._inflight.add(last)
+        last.add_done_callback(partial(self._answered, sent, count, replies))
+
+    def unride(self, ride: tuple[list[Write], int]) -> None:
+        """They were not sent (the connection broke first): queued again, in front."""
+        sent, count = ride
+        self._queue[:0] = sent[:count]
+        self._undos[:0] = sent[count:]
+
+    def _soon(self) -> None:
+        if self._loop is None:  # not started: the writer sends it once it is
             self._wake.set()
+        elif not self._due:
+            self._due = True
+            self._loop.call_soon(self._send)
+
+    def _timed(self) -> None:
+        self._later = None
+        self._send()
+
+    def _send(self) -> None:
+        """Send what is queued in one pipeline, from a callback: nothing waits for it
+        (:meth:`_answered` reads the replies). One pipeline is on its way at a time:
+        what is queued meanwhile goes when its answer is in, together (under load, one
+        pipeline a round trip carries the writes of every request that ended in it).
+        Without an open connection, the task sends it (:meth:`flush`: it connects)."""
+        self._due = False
+        if self._inflight:  # _answered sends it
+            return
+        wire = self.link.ready()
+        if wire is None:
+            if self._queue or (self._undos and self.link.up):
+                self._wake.set()
+            return
+        writes, self._queue = self._queue, []
+        undos: list[Write] = []
+        if self._undos:
+            undos, self._undos = self._undos, []
+        if not writes and not undos:
+            return
+        sent = writes + undos
+        try:
+            replies = wire.send_many(sent)
+        except WireError as exc:  # (broken since ready(): not sent)
+            self.link.lost(exc)
+            self.dropped += len(writes)
+            self._undos[:0] = undos
+            return
+        last = replies[-1]
+        self.link.bound(last)
+        self._inflight.add(last)
+        last.add_done_callback(partial(self._answered, sent, len(writes), replies))
+
+    def _answered(self, sent: list[Write], count: int, replies: list[asyncio.Future[Any]],
+                  last: asyncio.Future[Any]) -> None:
+        """The last reply of a pipeline :meth:`_send` sent is in (or failed): the ones
+        before it too, Redis answering in order."""
+        self._inflight.discard(last)
+        results: list[Any] = []
+        failure: BaseException | None = None
+        for reply in replies:
+            if not reply.done():  # (the last one expired: these fail with the connection)
+                reply.add_done_callback(_retrieve)
+                results.append(None)
+                continue
+            result = (reply.exception() if not reply.cancelled()
+                      else WireError("cancelled"))
+            if result is None:
+                result = reply.result()
+            elif isinstance(result, FAILURES) and failure is None:
+                failure = result
+            results.append(result)
+        if failure is not None:
+            self.link.lost(failure)
+            self.dropped += count
+            self._undos[:0] = sent[count:]  # sent again once Redis answers (harmless twice)
+            return
+        missing = [w for w, r in zip(sent, results, strict=True) if isinstance(r, NoScript)]
+        self.sent += len(sent) - len(missing)
+        self.round_trips += 1
+        if missing:  # Redis forgot the scripts (it restarted): the task loads them
+            self._queue[:0] = missing
+            self._wake.set()
+        elif self._queue or (self._undos and self.link.up):  # queued meanwhile
+            self._send()
 
     async def recovered(self) -> None:
         """Redis answers again (a :meth:`Link.on_recovery <.link.Link.on_recovery>`
@@ -94,19 +222,20 @@ class Batch:
         await self.flush()
 
     def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
         self._task = asyncio.create_task(self._run(), name="omniroute-redis-writes")
 
     async def _run(self) -> None:
         while True:
             await self._wake.wait()
             self._wake.clear()
-            if self._later is not None:
-                self._later.cancel()
-                self._later = None
             await self.flush()
 
     async def flush(self) -> None:
-        """Send what is queued now, in one pipeline."""
+        """Send what is queued now, in one pipeline, and wait for the pipelines sent
+        before it to be answered."""
+        if self._inflight:
+            await asyncio.wait(list(self._inflight))
         writes, self._queue = self._queue, []
         undos: list[Write] = []
         if self._undos and self.link.up:
@@ -137,7 +266,14 @@ class Batch:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
+        self._loop = None
         if self._later is not None:
             self._later.cancel()
             self._later = None
         await self.flush()
+
+
+def _retrieve(reply: asyncio.Future[Any]) -> None:
+    """Read a reply nobody awaits (its failure was counted with its pipeline's)."""
+    if not reply.cancelled():
+        reply.exception()

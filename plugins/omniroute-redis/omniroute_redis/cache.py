@@ -10,8 +10,10 @@ Entries are Redis strings with the entry's TTL (``PX``), under
 ``<prefix>:cache:e:<key>``; an index (sorted by expiry) counts and lists them and
 bounds them to ``max_entries`` (the entries closest to their end go first), and
 a hash counts each entry's hits. With ``state_url``, a request's lookup goes out
-with its other Redis work before dispatch, in one round trip (:mod:`.prefetch`).
-Each call is one script, bounded by
+with its other Redis work before dispatch, in one round trip (:mod:`.prefetch`),
+and a store is queued with the writes that follow answers (:mod:`.batch`: the
+request's slots given back, its spend settled, its idempotent answer), sent with
+them in one round trip; nobody waits for it. Each call is one script, bounded by
 :data:`TIMEOUT`. While Redis cannot be reached every lookup is a miss and every
 store is dropped (logged once, by the link): the cache never fails a request.
 """
@@ -26,6 +28,7 @@ from omniroute import CacheBackend
 from omniroute.cache.base import Listed
 from omniroute.sharedstate import RequestBatch
 
+from omniroute_redis.batch import Batch
 from omniroute_redis.link import Link, Unreachable, split_prefix
 from omniroute_redis.prefetch import UNREACHABLE, Prefetch, Step
 from omniroute_redis.scripts import Scripts
@@ -59,6 +62,9 @@ class RedisCache(CacheBackend):
         self._entry = self.link.key("cache", "e", "")
         self._index = self.link.key("cache", "index")
         self._hits = self.link.key("cache", "hits")
+        #: the shared state's writes after answers, once a request's batch to the same
+        #: server came by (:meth:`prefetch_get`): stores go with them
+        self._writes: Batch | None = None
         self.hits = self.misses = self.unreachable = 0
 
     async def get(self, key: str) -> bytes | None:
@@ -74,6 +80,7 @@ class RedisCache(CacheBackend):
         this cache keeps its entries in (:mod:`.prefetch`)."""
         if not isinstance(batch, Prefetch) or batch.link.url != self.server:
             return None
+        self._writes = batch.writes
         return batch.add(Step("cache_get", [self._entry + key, self._hits], [key],
                               self._found))
 
@@ -89,11 +96,17 @@ class RedisCache(CacheBackend):
         return value
 
     async def set(self, key: str, value: bytes, ttl: float | None = None) -> None:
+        """Store an entry: queued with the shared state's writes after answers when there
+        are (a store follows its request's answer: it goes with that request's other
+        writes), else one call."""
         ttl_ms = max(1, int((ttl if ttl is not None else self.ttl) * 1000))
+        keys = [self._entry + key, self._index, self._hits]
+        args: list[Any] = [value, ttl_ms, key, self.max_entries, self._entry]
+        if self._writes is not None:
+            self._writes.add(self.scripts.command("cache_set", keys, args), later=True)
+            return
         try:
-            await self.scripts.call(self.link, "cache_set",
-                                    [self._entry + key, self._index, self._hits],
-                                    [value, ttl_ms, key, self.max_entries, self._entry])
+            await self.scripts.call(self.link, "cache_set", keys, args)
         except Unreachable:
             self.unreachable += 1
 

@@ -4,9 +4,12 @@ The first request with a key claims it in this instance (its duplicates here sha
 answer, as without Redis) and then in Redis, with the ``idem_claim`` script: one hash
 per key (``<prefix>:idem:<hash of API key and idempotency key>``) holding the request's
 fingerprint, its state and, once final, its answer. A request that finds the key
-claimed by another instance waits for that instance's answer: the ``idem_settle``
-script stores it and publishes the key's name on ``<prefix>:idem``; the waiter asks
-again when it hears it, or every :data:`POLL` seconds, within ``total_timeout``. The
+claimed by another instance waits for that instance's answer: its ask marks the key
+as waited for, and the ``idem_settle`` script stores the answer and, for a key so
+marked, publishes its name on ``<prefix>:idem`` (a key nobody waits for, nearly all of
+them, is published to nobody); the waiter asks again when it hears it, or every
+:data:`POLL` seconds, within ``total_timeout``. The settle goes with the request's other
+writes after its answer (one round trip, :mod:`.batch`). The
 answer is kept for ``idempotency_window`` (at least :data:`MIN_KEEP` seconds, so the
 waiters find it); a failed call is kept that long as failed, so those waiting get an
 error and not a second call.
@@ -14,8 +17,8 @@ error and not a second call.
 The first ask may go with the request's other Redis work before dispatch
 (:meth:`RedisKeys.prefetch_claim`, :mod:`.prefetch`); a claim taken there that the
 request will not use (it is a duplicate of a request of this instance) is released
-with ``idem_release``, which publishes the key like a settle, so that the instances
-waiting on it ask again at once.
+with ``idem_release``, which publishes the key like a settle (when it is waited for),
+so that the instances waiting on it ask again at once.
 
 A claim lives as long as a request may (``total_timeout`` and a minute): an instance
 that dies while it holds one leaves its waiters a timeout, and the key free after it.
@@ -49,6 +52,8 @@ POLL = 0.25
 MIN_KEEP = 5.0
 #: seconds a claim outlives the longest a request may take (``total_timeout``)
 CLAIM_SLACK = 60.0
+#: the keys' Redis names kept (:meth:`RedisKeys.key`)
+KEYS_KEPT = 4096
 
 
 class RedisKeys:
@@ -62,13 +67,21 @@ class RedisKeys:
         self.settings = settings
         self.channel = link.key("idem")
         self._heard: dict[str, asyncio.Event] = {}
+        self._names: dict[Scope, str] = {}
         #: request ids of the claims this instance holds, by key
         self._mine: dict[str, str] = {}
         self.waited = self.served = 0
 
     def key(self, scope: Scope) -> str:
-        digest = hashlib.sha256(f"{scope[0]}\0{scope[1]}".encode()).hexdigest()[:40]
-        return self.link.key("idem", digest)
+        """The key's Redis name (asked three times a request: claim, wait, settle; kept
+        for the last :data:`KEYS_KEPT` scopes)."""
+        name = self._names.get(scope)
+        if name is None:
+            if len(self._names) >= KEYS_KEPT:
+                self._names.clear()
+            digest = hashlib.sha256(f"{scope[0]}\0{scope[1]}".encode()).hexdigest()[:40]
+            name = self._names[scope] = self.link.key("idem", digest)
+        return name
 
     def _claim_args(self, fingerprint: bytes, request_id: str) -> list[object]:
         lease_ms = int((self.settings().total_timeout + CLAIM_SLACK) * 1000)
@@ -166,7 +179,7 @@ class RedisKeys:
             state, kind, payload = "failed", "", b""
         args = [request_id, state, int(answer.stream), answer.status,
                 orjson.dumps(answer.headers), kind, payload, keep_ms, self.channel]
-        self.batch.add(self.scripts.command("idem_settle", [key], args))
+        self.batch.add(self.scripts.command("idem_settle", [key], args), later=True)
 
 
 def _as_is(found: object) -> object:

@@ -45,6 +45,8 @@ from omniroute_redis.scripts import Scripts
 
 #: seconds a reservation outlives the longest a request may take (``total_timeout``)
 RESERVATION_SLACK = 60.0
+#: the API keys whose name prefix is kept (:meth:`RedisLedger._key`)
+BASES_KEPT = 4096
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,9 +71,16 @@ class RedisLedger:
         self.leases = leases
         self.budgets = budgets
         self.settings = settings
+        #: an API key's prefix of names, by its id
+        self._bases: dict[str, str] = {}
 
     def _key(self, key_id: str, *parts: str) -> str:
-        return self.link.key("key", key_id, *parts)
+        base = self._bases.get(key_id)
+        if base is None:
+            if len(self._bases) >= BASES_KEPT:
+                self._bases.clear()
+            base = self._bases[key_id] = self.link.key("key", key_id)
+        return ":".join((base, *parts)) if parts else base
 
     async def enter(self, key_id: str, limits: Limits) -> bool:
         try:
@@ -160,7 +169,7 @@ class RedisLedger:
     def settle(self, handle: object, usd: float, tokens: int) -> None:
         assert isinstance(handle, Held)
         args = [handle.reservation, repr(float(usd)), int(tokens)]
-        self.batch.add(self.scripts.command("settle", handle.keys, args))
+        self.batch.add(self.scripts.command("settle", handle.keys, args), later=True)
 
 
 @dataclass(frozen=True, slots=True)

@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable
 from functools import partial
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -113,6 +114,10 @@ class Link:
         #: the request path's own connection (:mod:`.wire`), opened on first use
         self._wire: Wire | None = None
         self._opening: asyncio.Future[Wire] | None = None
+        #: the replies awaited on it, with their deadlines, in the order they were sent
+        #: (:meth:`bound`), and the one timer that expires the late ones
+        self._deadlines: deque[tuple[float, asyncio.Future[Any]]] = deque()
+        self._watchdog: asyncio.TimerHandle | None = None
 
     def key(self, *parts: str) -> str:
         """A key (or channel) name in this gateway's namespace."""
@@ -146,8 +151,8 @@ class Link:
         wire = self._wire = await asyncio.shield(self._opening)
         return wire
 
-    async def command(self, *args: Any,
-                      late: Callable[[Any], None] | None = None) -> Any:
+    async def command(self, *args: Any, late: Callable[[Any], None] | None = None,
+                      riders: Any = None) -> Any:
         """One command on the request path's connection, bounded like :meth:`call`.
 
         :param late: when the caller is cancelled before the reply comes, gets the reply,
@@ -155,6 +160,10 @@ class Link:
             when it did not come within the bound, which still holds; a
             :class:`WireError` when the connection broke): what the command took can
             then be given back.
+        :param riders: writes that go in the same write to the socket, before the command
+            (:meth:`Batch.ride <.batch.Batch.ride>`: the writes queued after answers), if
+            it has any: ``ride()`` gives them, ``rode(ride, replies)`` gets their replies
+            once they are sent, ``unride(ride)`` takes them back when they are not.
         :raises ErrorReply: Redis answered with an error (``NoScript`` included).
         :raises Unanswered: it was sent and no reply came within the bound.
         :raises Unreachable: Redis cannot be reached (nothing was sent).
@@ -167,29 +176,67 @@ class Link:
             if wire is None or wire.broken is not None:
                 async with asyncio.timeout(self.timeout()):
                     wire = await self._connected()
-            reply = wire.send(*args)
-            sent = True
-            # a timer on the reply itself: cheaper than a timeout scope per command
-            timer: asyncio.TimerHandle | None = asyncio.get_running_loop().call_later(
-                self.timeout(), _expire, reply)
-            try:
-                if late is None:
-                    return await reply
+            ride = riders.ride() if riders is not None else None
+            if ride is None:
+                reply = wire.send(*args)
+            else:
                 try:
-                    return await asyncio.shield(reply)
-                except asyncio.CancelledError:
-                    # nobody awaits the reply now: the timer keeps bounding it
-                    reply.add_done_callback(partial(self._late, late))
-                    timer = None
+                    replies = wire.send_many([*ride[0], args])
+                except WireError:
+                    riders.unride(ride)
                     raise
-            finally:
-                if timer is not None:
-                    timer.cancel()
+                reply = replies.pop()
+                riders.rode(ride, replies)
+            sent = True
+            self.bound(reply)
+            if late is None:
+                return await reply
+            try:
+                return await asyncio.shield(reply)
+            except asyncio.CancelledError:
+                # nobody awaits the reply now: the watchdog keeps bounding it
+                reply.add_done_callback(partial(self._late, late))
+                raise
         except ErrorReply:
             raise
         except FAILURES as exc:
             self.lost(exc)
             raise (Unanswered if sent else Unreachable)(str(exc)) from exc
+
+    def ready(self) -> Wire | None:
+        """The request path's connection when it can take a command now (the link is up,
+        the connection open and whole), else None."""
+        wire = self._wire
+        if wire is None or wire.broken is not None or not self.up:
+            return None
+        return wire
+
+    def bound(self, reply: asyncio.Future[Any]) -> None:
+        """Fail ``reply`` with a ``TimeoutError`` when it has not come within the
+        ``state_timeout`` setting. One timer serves every reply awaited (a timer each
+        cost more than the command): the replies come in the order they were sent, so
+        the watchdog looks at the oldest one still awaited, and sleeps until its
+        deadline."""
+        loop = reply.get_loop()  # (asyncio.get_running_loop() costs a getpid system call)
+        deadline = loop.time() + self.timeout()
+        self._deadlines.append((deadline, reply))
+        if self._watchdog is None:
+            self._watchdog = loop.call_at(deadline, self._watch)
+
+    def _watch(self) -> None:
+        self._watchdog = None
+        deadlines = self._deadlines
+        while deadlines:
+            deadline, reply = deadlines[0]
+            loop = reply.get_loop()
+            if reply.done():
+                deadlines.popleft()
+            elif deadline > loop.time():
+                self._watchdog = loop.call_at(deadline, self._watch)
+                return
+            else:
+                deadlines.popleft()
+                _expire(reply)
 
     def _late(self, late: Callable[[Any], None], reply: asyncio.Future[Any]) -> None:
         """The reply of a command whose caller was cancelled: to ``late``, and a reply
@@ -333,6 +380,9 @@ class Link:
 
     async def close(self) -> None:
         self._closing = True
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            self._watchdog = None
         if self._probe is not None:
             self._probe.cancel()
             await asyncio.gather(self._probe, return_exceptions=True)

@@ -140,9 +140,11 @@ class Prefetch:
         self.slots.prefetch(self, name, max_concurrency, rpm)
 
     async def send(self) -> None:
-        """One ``EVALSHA`` of the ``admit`` script (a second after Redis forgot its scripts).
-        Never raises for Redis: a lost answer or a script's error answers every step as
-        while Redis cannot be reached, and queues the steps' blind undos."""
+        """One ``EVALSHA`` of the ``admit`` script (a second after Redis forgot its scripts),
+        with the writes queued after earlier answers in front of it, in the same write to
+        the socket (:meth:`Batch.ride <.batch.Batch.ride>`). Never raises for Redis: a
+        lost answer or a script's error answers every step as while Redis cannot be
+        reached, and queues the steps' blind undos."""
         if not self.steps:
             return
         steps = self.steps = sorted(self.steps, key=_phase)
@@ -150,7 +152,8 @@ class Prefetch:
             if len(steps) == 1:  # its own script: nothing to dispatch
                 only = steps[0]
                 answers = [await self.scripts.call(self.link, only.name, only.keys, only.args,
-                                                   late=self._abandoned_one)]
+                                                   late=self._abandoned_one,
+                                                   riders=self.writes)]
             else:
                 keys: list[str] = []
                 head: list[Any] = [len(steps)]
@@ -160,7 +163,7 @@ class Prefetch:
                     keys += step.keys
                     args += step.args
                 answers = await self.scripts.call(self.link, "admit", keys, head + args,
-                                                  late=self._abandoned)
+                                                  late=self._abandoned, riders=self.writes)
         except Unanswered:  # sent, and the answer is lost: what Redis took is unknown
             answers = [UNREACHABLE] * len(steps)
             self._forget()

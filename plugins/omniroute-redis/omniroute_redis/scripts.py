@@ -234,7 +234,9 @@ return 1
 #: claim an idempotency key (KEYS[1], a hash): ARGV = fingerprint, request id, lease ms.
 #: Returns {'mine'} (claimed now), {'conflict'} (another fingerprint), {'calling'} or
 #: {'failed'} (another request's call), or {'done', request id, stream, status, headers,
-#: kind, payload}
+#: kind, payload}. A request told 'calling' waits for the answer: the key is marked
+#: ``waited``, so that its settle (or release) publishes it (unmarked, nobody listens:
+#: nothing is published).
 IDEM_CLAIM_FN = """
 local function idem_claim(K, A)
   local state = redis.call('HGET', K[1], 'state')
@@ -248,6 +250,7 @@ local function idem_claim(K, A)
     return {'done', unpack(redis.call('HMGET', K[1], 'rid', 'stream', 'status', 'headers',
                                       'kind', 'payload'))}
   end
+  if state == 'calling' then redis.call('HSET', K[1], 'waited', '1') end
   return {state}
 end
 """
@@ -255,24 +258,27 @@ IDEM_CLAIM = IDEM_CLAIM_FN + "return idem_claim(KEYS, ARGV)\n"
 
 #: the claimed key's answer is final: KEYS[1]; ARGV = request id (only its own claim is
 #: settled), state ('done' or 'failed'), stream, status, headers, kind, payload, keep ms,
-#: channel. Published on the channel (the key's name) for the instances waiting.
+#: channel. Published on the channel (the key's name) when a request waits for it (the
+#: claim marked it ``waited``): most keys are never asked twice, and nobody hears those.
 IDEM_SETTLE = """
-if redis.call('HGET', KEYS[1], 'rid') ~= ARGV[1] then return 0 end
+local found = redis.call('HMGET', KEYS[1], 'rid', 'waited')
+if found[1] ~= ARGV[1] then return 0 end
 redis.call('HSET', KEYS[1], 'state', ARGV[2], 'stream', ARGV[3], 'status', ARGV[4],
            'headers', ARGV[5], 'kind', ARGV[6], 'payload', ARGV[7])
 redis.call('PEXPIRE', KEYS[1], ARGV[8])
-redis.call('PUBLISH', ARGV[9], KEYS[1])
+if found[2] then redis.call('PUBLISH', ARGV[9], KEYS[1]) end
 return 1
 """
 
 #: a claim a request took and will not use (it turned out a duplicate here): KEYS[1];
 #: ARGV = request id, channel. Dropped only while it is that request's and still
-#: calling; its name is published, so that instances waiting on it ask again.
+#: calling; its name is published when a request waits for it (as for a settle), so
+#: that instances waiting on it ask again.
 IDEM_RELEASE = """
-if redis.call('HGET', KEYS[1], 'rid') ~= ARGV[1] then return 0 end
-if redis.call('HGET', KEYS[1], 'state') ~= 'calling' then return 0 end
+local found = redis.call('HMGET', KEYS[1], 'rid', 'state', 'waited')
+if found[1] ~= ARGV[1] or found[2] ~= 'calling' then return 0 end
 redis.call('DEL', KEYS[1])
-redis.call('PUBLISH', ARGV[2], KEYS[1])
+if found[3] then redis.call('PUBLISH', ARGV[2], KEYS[1]) end
 return 1
 """
 
@@ -359,16 +365,18 @@ class Scripts:
         return SOURCES[next(n for n, sha in self.sha.items() if sha == name_or_sha)]
 
     async def call(self, link: Any, name: str, keys: list[str], args: list[Any],
-                   late: Callable[[Any], None] | None = None) -> Any:
+                   late: Callable[[Any], None] | None = None, riders: Any = None) -> Any:
         """Run script ``name`` on the link's request-path connection (one round trip; two
         after Redis forgot it).
 
         :param late: gets the answer if the caller is cancelled before it comes
             (:meth:`Link.command <omniroute_redis.link.Link.command>`).
+        :param riders: writes to send before it, in the same write (the same).
         :raises Unreachable: Redis cannot be reached.
         """
         try:
-            return await link.command(*self.command(name, keys, args), late=late)
+            return await link.command(*self.command(name, keys, args), late=late,
+                                      riders=riders)
         except NoScript:
             await link.command("SCRIPT", "LOAD", SOURCES[name])
             return await link.command(*self.command(name, keys, args), late=late)

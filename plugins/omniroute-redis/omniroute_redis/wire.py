@@ -13,15 +13,26 @@ to import).
 
 A command whose caller stopped waiting (a timeout) keeps its place: its reply is
 read and dropped, so the replies after it still reach their own callers.
+
+With hiredis installed (``pip install omniroute-redis[hiredis]``; redis-py uses it
+too), commands are packed and replies parsed by its C code: the same bytes and the
+same values, at a third of the CPU.
 """
 
 from __future__ import annotations
 
 import asyncio
+import importlib
 import ssl
 from collections import deque
 from typing import Any
 from urllib.parse import unquote, urlsplit
+
+_hiredis: Any
+try:  # optional: the same wire format, in C
+    _hiredis = importlib.import_module("hiredis")
+except ImportError:  # pragma: no cover - depends on the installation
+    _hiredis = None
 
 Reply = bytes | int | list[Any] | None
 
@@ -40,6 +51,16 @@ class NoScript(ErrorReply):
 
 def encode(args: tuple[Any, ...]) -> bytes:
     """A command as RESP: an array of bulk strings."""
+    if _hiredis is not None:
+        try:
+            packed: bytes = _hiredis.pack_command(args)
+            return packed
+        except TypeError:  # a type it does not take (a bool, None): ours below
+            pass
+    return _encode(args)
+
+
+def _encode(args: tuple[Any, ...]) -> bytes:
     out = [b"*%d\r\n" % len(args)]
     for arg in args:
         if isinstance(arg, bytes):
@@ -96,9 +117,14 @@ class Wire(asyncio.Protocol):
     """One pipelined connection; :meth:`open` connects (and authenticates, selects)."""
 
     def __init__(self) -> None:
+        #: the loop it runs on (asking asyncio for the running loop costs a ``getpid``
+        #: system call each time: once here, not per command)
+        self._loop = asyncio.get_running_loop()
         self._transport: asyncio.Transport | None = None
         self._waiting: deque[asyncio.Future[Any]] = deque()
         self._buffer = bytearray()
+        self._reader = (_hiredis.Reader(replyError=ErrorReply, protocolError=WireError)
+                        if _hiredis is not None else None)
         self.broken: BaseException | None = None
         #: writes to the socket: each is one round trip for what it carries (a command,
         #: or a pipeline of them)
@@ -134,6 +160,9 @@ class Wire(asyncio.Protocol):
         self._transport = transport  # type: ignore[assignment]
 
     def data_received(self, data: bytes) -> None:
+        if self._reader is not None:
+            self._received(data, self._reader)
+            return
         buf = self._buffer
         buf += data
         pos = 0
@@ -157,6 +186,28 @@ class Wire(asyncio.Protocol):
             return
         del buf[:pos]
 
+    def _received(self, data: bytes, reader: Any) -> None:
+        """:meth:`data_received` with hiredis's parser."""
+        reader.feed(data)
+        waiting = self._waiting
+        try:
+            while (value := reader.gets()) is not False:
+                if not waiting:
+                    raise WireError("a reply nobody asked for")
+                waiter = waiting.popleft()
+                if waiter.done():
+                    continue
+                if isinstance(value, ErrorReply):
+                    if str(value).startswith("NOSCRIPT"):
+                        value = NoScript(str(value))
+                    waiter.set_exception(value)
+                else:
+                    waiter.set_result(value)
+        except WireError as exc:
+            self._fail(exc)
+            if self._transport is not None:
+                self._transport.close()
+
     def connection_lost(self, exc: Exception | None) -> None:
         self._fail(WireError(f"connection lost: {exc}" if exc else "connection closed"))
 
@@ -173,7 +224,7 @@ class Wire(asyncio.Protocol):
         """Write one command now; the future gets its reply (an error reply is raised)."""
         if self.broken is not None or self._transport is None:
             raise WireError(str(self.broken or "not connected"))
-        waiter: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        waiter: asyncio.Future[Any] = self._loop.create_future()
         self._waiting.append(waiter)
         self._transport.write(encode(args))
         self.writes += 1
@@ -186,7 +237,7 @@ class Wire(asyncio.Protocol):
         """Write several commands in one write; one future each."""
         if self.broken is not None or self._transport is None:
             raise WireError(str(self.broken or "not connected"))
-        loop = asyncio.get_running_loop()
+        loop = self._loop
         waiters = [loop.create_future() for _ in commands]
         self._waiting.extend(waiters)
         self._transport.write(b"".join(encode(c) for c in commands))

@@ -59,6 +59,46 @@ async def test_a_config_change_through_one_instance_is_live_on_all_within_a_seco
         assert status == 200, body
 
 
+async def test_a_price_set_through_one_instance_is_charged_by_all_and_never_read_per_request(
+        trio: Instances, upstream: FakeUpstream, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Prices are read-mostly: each instance keeps them in memory (its ``PriceBook``) and
+    reloads them when a change is announced over pub/sub, never per request."""
+    await add_connection(trio, upstream)
+    reads = 0
+    for gw in trio.gateways:
+        original = gw.store.list_price_overrides
+
+        async def counted(original: Any = original) -> Any:
+            nonlocal reads
+            reads += 1
+            return await original()
+
+        monkeypatch.setattr(gw.store, "list_price_overrides", counted)
+    started = time.monotonic()
+    resp = await trio[0].client.put("/api/pricing", headers=trio[0].admin_headers,
+                                    json={"model": "up/m1", "input": 250, "output": 250})
+    assert resp.status == 200, await resp.text()
+    for gw in trio.gateways[1:]:
+        await until(lambda gw=gw: any(o.input == 250 for o in gw.gateway.prices.overrides),
+                    timeout=1.0)
+    assert time.monotonic() - started < 1.0
+    await until(lambda: reads >= 3, timeout=1.0)  # each instance read them once
+    await asyncio.sleep(0.1)
+    reads = 0
+    for gw in trio.gateways:
+        status, body, _ = await trio.chat("priced", via=gw, max_tokens=10)
+        assert status == 200, body
+    assert reads == 0
+    for gw in trio.gateways:  # (one data directory: one request log for the three)
+        await gw.log.flush()
+    rows = await trio[0].store.db.fetchall(
+        "SELECT cost_usd, prompt_tokens, completion_tokens FROM request_log "
+        "WHERE status = 200 ORDER BY id DESC LIMIT 3")
+    assert len(rows) == 3
+    for cost, prompt, completion in rows:
+        assert cost == pytest.approx((prompt + completion) * 250 / 1e6)
+
+
 async def test_a_connections_rpm_limit_is_global(trio: Instances,
                                                  upstream: FakeUpstream) -> None:
     await add_connection(trio, upstream, rpm=6)
@@ -107,7 +147,8 @@ async def test_a_cache_entry_written_by_one_is_served_by_another(
         key = trio[0].admin_key  # one tenant: entries are kept per API key
         status, first, headers = await trio.chat("what is 2+2", via=trio[0], key=key)
         assert status == 200 and headers["X-OmniRoute-Cache"] == "MISS"
-        await trio[0].cache.settled()
+        await trio[0].cache.settled()  # the store is queued with the writes after answers
+        await trio[0].gateway.shared.batch.flush()  # (sent within a few ms; now, here)
         for gw in trio.gateways[1:]:
             status, body, headers = await trio.chat("what is 2+2", via=gw, key=key)
             assert status == 200 and headers["X-OmniRoute-Cache"] == "HIT"

@@ -40,3 +40,43 @@ async def test_without_state_url_a_gateway_shares_nothing(aiohttp_client: Any,
     assert gw.client.app[PIPELINE].batches is None
     health = await (await gw.client.get("/api/monitoring/health")).json()
     assert "shared_state" not in health
+
+
+async def test_a_redis_cluster_node_is_refused_at_start(tmp_path: Path) -> None:
+    """A request's ``admit`` script touches keys of several hash slots: on a Cluster node
+    the gateway does not start, and says why."""
+    import asyncio
+    import shutil
+
+    import pytest
+    from omniroute.config import Settings
+    from omniroute.resilience import ManualClock
+    from redis.exceptions import RedisError
+    from redis_testkit import free_port, until
+
+    from omniroute_redis.backend import NotSupported
+
+    binary = shutil.which("redis-server")
+    assert binary is not None, "redis-server is not installed (the test command needs it)"
+    port = free_port()
+    process = await asyncio.create_subprocess_exec(
+        binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly",
+        "no", "--cluster-enabled", "yes", "--cluster-config-file",
+        str(tmp_path / "nodes.conf"), "--dir", str(tmp_path),
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
+    shared = RedisShared(f"redis://127.0.0.1:{port}/0", clock=ManualClock(),
+                         settings=Settings)
+    try:
+        async def up() -> bool:
+            try:
+                return bool(await shared.link.client.ping())
+            except (OSError, RedisError):
+                return False
+
+        await until(up, timeout=10.0, step=0.02)
+        with pytest.raises(NotSupported, match="Redis Cluster"):
+            await shared.start()
+    finally:
+        await shared.close()
+        process.kill()
+        await process.wait()

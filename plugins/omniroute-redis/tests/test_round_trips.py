@@ -50,7 +50,7 @@ async def one(aiohttp_client: Any, tmp_path: Any, redis_url: str,
 
 
 async def test_a_request_with_every_concern_waits_for_one_round_trip_before_dispatch(
-        one: Instances, upstream: FakeUpstream, writes: list[Write]) -> None:
+        one: Instances, upstream: FakeUpstream, writes: list[Write], redis_url: str) -> None:
     _, secret = await limited_key(one, rpm=100, concurrency=10, daily_usd=1.0)
     shared = one[0].gateway.shared
     called: list[int] = []
@@ -65,17 +65,21 @@ async def test_a_request_with_every_concern_waits_for_one_round_trip_before_disp
     # the connection's slot, in one script: one write, one round trip
     assert requests_part(writes[start:called[0]]) == [
         [("admit", "take", "cache_get", "idem_claim", "reserve", "take")]]
-    # after the answer: the slots given back, the spend settled, the answer published,
-    # all in one pipeline (the cache's store goes on the cache's own connection, from
-    # its writer, once the entry is made)
+    # after the answer: the slots given back, the spend settled, the answer kept for the
+    # key, the cache's entry stored, all in one pipeline
     await until(lambda: shared.batch.round_trips > flushed, timeout=2.0)
     await one[0].cache.settled()
     await asyncio.sleep(0.05)  # nothing else follows
     after = requests_part(writes[called[0]:])
-    assert after.count([("cache_set",)]) == 1
-    after.remove([("cache_set",)])
     assert len(after) == 1 and shared.batch.round_trips == flushed + 1, after
-    assert sorted(after[0]) == sorted([("ZREM",), ("ZREM",), ("settle",), ("idem_settle",)])
+    assert sorted(after[0]) == sorted([("ZREM",), ("ZREM",), ("settle",), ("idem_settle",),
+                                       ("cache_set",)])
+    # and the store is there for every instance
+    client = aioredis.Redis.from_url(redis_url)
+    try:
+        assert await count(client, shared.link.key("cache", "index")) == 1
+    finally:
+        await client.aclose()
 
 
 async def test_a_lone_concern_is_its_own_script(one: Instances, upstream: FakeUpstream,

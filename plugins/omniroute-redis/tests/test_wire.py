@@ -9,16 +9,24 @@ import uvloop
 
 from omniroute_redis.link import Link, Unreachable
 from omniroute_redis.scripts import Scripts
-from omniroute_redis.wire import ErrorReply, NoScript, Wire, WireError, encode
+from omniroute_redis.wire import ErrorReply, NoScript, Wire, WireError, _encode, encode
 
 
 def test_commands_are_encoded_as_arrays_of_bulk_strings() -> None:
-    assert encode(("SET", "k", b"v\r\n", 3, 0.5)) == (
-        b"*5\r\n$3\r\nSET\r\n$1\r\nk\r\n$3\r\nv\r\n\r\n$1\r\n3\r\n$3\r\n0.5\r\n")
+    expected = b"*5\r\n$3\r\nSET\r\n$1\r\nk\r\n$3\r\nv\r\n\r\n$1\r\n3\r\n$3\r\n0.5\r\n"
+    assert _encode(("SET", "k", b"v\r\n", 3, 0.5)) == expected
+    # hiredis's packer (when installed) makes the same bytes, ours takes what it does not
+    for command in [("SET", "k", b"v\r\n", 3, 0.5), ("EVALSHA", "a" * 40, 2, "k1", "k2", "",
+                                                    1.5e-07, -3, 2**70, "\u00e9", 360.0),
+                    ("X", True, None, bytearray(b"ab"), memoryview(b"cd"))]:
+        assert encode(command) == _encode(command)
 
 
-async def conversation(url: str) -> None:
+async def conversation(url: str, ours: bool = False) -> None:
+    """:param ours: parse with this module's parser even when hiredis is installed."""
     wire = await Wire.open(url)
+    if ours:
+        wire._reader = None
     try:
         assert await wire.call("PING") == b"PONG"
         # pipelined: every reply reaches its own caller, in order
@@ -45,6 +53,10 @@ async def conversation(url: str) -> None:
 
 async def test_a_pipelined_conversation_on_asyncio(redis_url: str) -> None:
     await conversation(redis_url)
+
+
+async def test_a_pipelined_conversation_parsed_by_this_module(redis_url: str) -> None:
+    await conversation(redis_url, ours=True)
 
 
 def test_a_pipelined_conversation_on_uvloop(redis_url: str) -> None:
