@@ -14,9 +14,9 @@ to import).
 A command whose caller stopped waiting (a timeout) keeps its place: its reply is
 read and dropped, so the replies after it still reach their own callers.
 
-With hiredis installed (``pip install omniroute-redis[hiredis]``; redis-py uses it
-too), commands are packed and replies parsed by its C code: the same bytes and the
-same values, at a third of the CPU.
+With hiredis (a dependency of the plugin; redis-py uses it too), commands are packed
+and replies parsed by its C code: the same bytes and the same values, at a third of
+the CPU. Without it (a platform with no wheel) this module's own parser does it.
 """
 
 from __future__ import annotations
