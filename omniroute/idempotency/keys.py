@@ -70,10 +70,11 @@ class Idempotency:
     The first request with a key :meth:`claim`\\ s it and makes the upstream call;
     its duplicates get its :class:`~omniroute.idempotency.answer.SharedAnswer`.
     A finished answer is kept for ``idempotency_window`` seconds (then forgotten;
-    a failed or flawed one at once), the window read when it is checked: a window
-    changed at run time applies to the answers already kept, at most ``idempotency_max_keys`` keys at once
-    (the oldest kept answers go first; with only answers in flight, a new key is
-    served without sharing). Lives on the app as ``appkeys.IDEMPOTENCY``.
+    a failed or flawed one at once; the window is read when an answer is checked,
+    so a window changed at run time applies to the answers already kept), at most
+    ``idempotency_max_keys`` keys at once (the oldest kept answers go first; with
+    only answers in flight, a new key is served without sharing). Lives on the app
+    as ``appkeys.IDEMPOTENCY``.
     """
 
     def __init__(self, settings: Callable[[], Settings],

@@ -216,6 +216,31 @@ async def test_delete_by_exact_key(layers: Layers) -> None:
     assert (await layer.stats())["entries"] == 1
 
 
+async def test_delete_reaches_the_file_before_the_layer_serves(layers: Layers) -> None:
+    """``DELETE /api/cache/entries/{key}`` while the layer is off (or its model still
+    loads) deletes the row of an earlier run: it must not answer once the layer serves."""
+    hamlet = make_key("Who wrote Hamlet?")
+    first = await layers.make()
+    await first.store(hamlet, b"Shakespeare", 3600)
+    await first.close()
+
+    layers.set(semantic_cache=False)
+    layer = await layers.make(start=False)
+    assert await layer.delete(hamlet.exact) is True
+    assert await layer.delete(hamlet.exact) is False
+    layers.set(semantic_cache=True)
+    assert await layer.ready(10.0)
+    assert await layer.lookup(make_key("Who wrote Hamlet?")) is None
+    assert (await layer.stats())["entries"] == 0
+
+
+async def test_delete_while_off_creates_no_file(layers: Layers) -> None:
+    layers.set(semantic_cache=False)
+    layer = await layers.make(start=False)
+    assert await layer.delete("0" * 64) is False
+    assert not layers.path.exists()
+
+
 async def test_off_by_default_and_turned_on_at_run_time(layers: Layers) -> None:
     layers.set(semantic_cache=False)
     layer = await layers.make(start=False)
