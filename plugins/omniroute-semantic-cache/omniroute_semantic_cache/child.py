@@ -12,4 +12,4 @@ import sys
 from omniroute_semantic_cache.encoder import serve
 
 if __name__ == "__main__":
-    serve(int(sys.argv[1]))
+    serve(int(sys.argv[1]), int(sys.argv[2]) if len(sys.argv) > 2 else 0)

@@ -9,7 +9,7 @@ waits on a socket (GIL released)::
     embedder = ProcessEmbedder(MiniLMEmbedder())   # nothing started yet
     embedder.load()          # spawns the child, which loads the model (bounded wait)
     embedder.encode_within("What is the capital of France?", 256)  # one round trip
-    embedder.stop()          # asks it to exit, then terminates, then kills (bounded)
+    embedder.stop()          # its socket shut: it exits (else terminated, then killed)
 
 It is an :class:`~.embedders.Embedder` itself (``name``, ``dim``, ``max_tokens``,
 ``load``, ``encode``, ``count_tokens``), called from the layer's one worker
@@ -29,11 +29,13 @@ thread only, one request at a time: the worker's bounded queue is the queue.
 * **One thread.** The child sets ``OMP_NUM_THREADS=1`` (and MKL's, OpenBLAS's)
   before anything imports torch; the MiniLM embedder also calls
   ``torch.set_num_threads(1)``.
+* **Second in line.** The child runs at niceness +5 (:data:`NICE`): when every core
+  is busy, the gateway's event loop is scheduled before the encoder.
 
 The child is ``python -m omniroute_semantic_cache.child <fd>`` (not
 multiprocessing: nothing of the gateway's ``__main__`` is imported again), with
 the parent's ``sys.path``; the embedder object is sent to it pickled, before it
-loaded anything.
+loaded anything, over a socket pair only the two processes hold.
 """
 
 from __future__ import annotations
@@ -49,14 +51,15 @@ import sys
 import threading
 import time
 from multiprocessing.connection import Connection
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
-from omniroute_semantic_cache.embedders import Embedder, Vectors
+if TYPE_CHECKING:  # numpy is imported in the child only (the plugin imports this module)
+    from omniroute_semantic_cache.embedders import Embedder, Vectors
 
 log = logging.getLogger(__name__)
 
+#: the child's niceness, above the gateway's (see :class:`ProcessEmbedder`)
+NICE = 5
 #: environment of the child: one thread for every numeric library
 _ONE_THREAD = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1",
                "TOKENIZERS_PARALLELISM": "false"}
@@ -73,10 +76,13 @@ class ProcessEmbedder:
     :param call_timeout: seconds an encode may take before the child is killed.
     :param load_timeout: seconds the child may take to start and load the model.
     :param restart_every: least seconds between two starts of the child.
+    :param nice: added to the child's scheduling niceness: when the cores are all
+        busy, the gateway's event loop runs before the encoder.
     """
 
     def __init__(self, embedder: Embedder, *, call_timeout: float = 30.0,
-                 load_timeout: float = 300.0, restart_every: float = 5.0) -> None:
+                 load_timeout: float = 300.0, restart_every: float = 5.0,
+                 nice: int = NICE) -> None:
         self.inner = embedder
         self.name = embedder.name
         self.dim = embedder.dim
@@ -84,12 +90,14 @@ class ProcessEmbedder:
         self.call_timeout = call_timeout
         self.load_timeout = load_timeout
         self.restart_every = restart_every
+        self.nice = nice
         self._proc: subprocess.Popen[bytes] | None = None
         self._conn: Connection | None = None
         self._sock: socket.socket | None = None  # the parent's end, shut down to stop
         self._lock = threading.Lock()  # start / stop from two threads (worker, loop)
         self._started_at = -float("inf")
         self._stopped = False
+        self._loading = False  # the model was sent to the child; its answer not read yet
         #: children started (1 + restarts), and how the previous ones ended
         self.starts = 0
         self.failures = 0
@@ -102,8 +110,9 @@ class ProcessEmbedder:
 
     # ------------------------------------------------------------------ life cycle
 
-    def load(self) -> None:
-        """Start the child and wait until its model is loaded (at most ``load_timeout``)."""
+    def begin_load(self) -> None:
+        """Start the child and send it the model to load, without waiting: :meth:`load`
+        then waits for it (the layer rebuilds its indexes meanwhile)."""
         with self._lock:
             if self._stopped:
                 raise EncoderError("the encoder was stopped")
@@ -118,16 +127,31 @@ class ProcessEmbedder:
             try:
                 self._proc = subprocess.Popen(
                     [sys.executable, "-m", "omniroute_semantic_cache.child",
-                     str(child.fileno())],
+                     str(child.fileno()), str(self.nice)],
                     pass_fds=[child.fileno()], env=env, stdin=subprocess.DEVNULL)
             finally:
                 child.close()
             self._sock, self._conn = parent, Connection(os.dup(parent.fileno()))
+            try:
+                self._conn.send(("load", pickle.dumps(self.inner)))
+            except OSError as exc:
+                self._discard()
+                raise EncoderError(f"the encoder process did not start: {exc!r}") from None
+            self._loading = True
+
+    def load(self) -> None:
+        """Start the child (unless :meth:`begin_load` did) and wait until its model is
+        loaded (at most ``load_timeout``)."""
+        self.begin_load()
+        if not self._loading:
+            return
         try:
-            ready = self._ask(("load", pickle.dumps(self.inner)), self.load_timeout)
+            ready = self._ask(None, self.load_timeout)
         except EncoderError:
             self._kill()  # a child without its model is no use
             raise
+        finally:
+            self._loading = False
         self.max_tokens = int(ready["max_tokens"])
         log.info("semantic cache encoder process %s ready (%s)", self.pid, self.name)
 
@@ -172,12 +196,14 @@ class ProcessEmbedder:
             self.load()
         return self._ask(request, self.call_timeout)
 
-    def _ask(self, request: tuple[str, Any], timeout: float) -> Any:
+    def _ask(self, request: tuple[str, Any] | None, timeout: float) -> Any:
+        """Send ``request`` (None: it was sent already) and wait for its answer."""
         conn = self._conn
         if conn is None:
             raise EncoderError("the encoder process is not running")
         try:
-            conn.send(request)
+            if request is not None:
+                conn.send(request)
             if not conn.poll(timeout):
                 self.failures += 1
                 log.warning("the semantic cache encoder did not answer within %.0f s: "
@@ -237,11 +263,15 @@ def _watch_parent(parent: int) -> None:
             os._exit(0)
 
 
-def serve(fd: int) -> None:
+def serve(fd: int, nice: int = 0) -> None:
     """The child's loop: requests from the socket ``fd`` answered until it closes."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if nice:
+        os.nice(nice)
     threading.Thread(target=_watch_parent, args=(os.getppid(),), daemon=True,
                      name="parent-watch").start()
+    import numpy as np
+
     conn = Connection(fd)
     embedder: Any = None
     while True:

@@ -98,6 +98,8 @@ class SemanticLayer(CacheLayer):
         self.state = "off"
         self.error: str | None = None
         self._starting: concurrent.futures.Future[None] | None = None
+        #: seconds the start took: rebuilding the indexes (``index``), loading the model
+        self.started_in: dict[str, float] = {}
         # touched only in the worker thread:
         self._store: EntryStore | None = None
         self._index: ScopedIndex | None = None
@@ -126,6 +128,8 @@ class SemanticLayer(CacheLayer):
     def _open(self) -> None:
         started = time.perf_counter()
         try:
+            if isinstance(self.embedder, ProcessEmbedder):
+                self.embedder.begin_load()  # the model loads in its process meanwhile
             store = self._open_store()
             from omniroute_semantic_cache.index import ScopedIndex
 
@@ -135,7 +139,9 @@ class SemanticLayer(CacheLayer):
             for scope, ids, vecs in store.vectors(self.embedder.dim):
                 index.add(scope, ids, vecs)
             self._index = index
+            self.started_in["index"] = time.perf_counter() - started
             self.embedder.load()
+            self.started_in["model"] = time.perf_counter() - started - self.started_in["index"]
         except Exception as exc:
             if self.state != "closed":
                 self.state = "failed"
