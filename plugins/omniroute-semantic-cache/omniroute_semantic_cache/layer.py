@@ -237,10 +237,16 @@ class SemanticLayer(CacheLayer):
         if self.state == "closed" or (self.state == "off" and not self.path.exists()):
             return False
         # also while the layer is off, loading or failed: its file may hold the entry
-        # from an earlier run, which would answer again once the layer serves
-        removed = await asyncio.wait_for(
-            asyncio.wrap_future(self._worker.submit(self._delete, exact)), 30.0)
-        return bool(removed)
+        # from an earlier run, which would answer again once the layer serves. While the
+        # model loads the job waits behind it (in order: before any lookup that follows
+        # the load), and the caller does not wait that long: it is told False, and the
+        # entry is deleted all the same when the load is done
+        job = asyncio.wrap_future(self._worker.submit(self._delete, exact))
+        done, _ = await asyncio.wait({job}, timeout=30.0 if self.state == "ready" else 2.0)
+        if not done:
+            log.info("semantic cache: an entry will be deleted once the layer has started")
+            return False
+        return bool(job.result())
 
     def _delete(self, exact: str) -> Removed:
         removed = self._open_store().delete(exact)
