@@ -179,6 +179,7 @@ def _cpu_seconds(pid: int) -> float:
 async def test_the_model_encodes_in_its_own_process(layers: Layers) -> None:
     """The plugin's way: the gateway's process spends next to no CPU on a lookup (no
     torch in it, so no GIL taken from the event loop); the child does the encoding."""
+    layers.set(semantic_cache_timeout=30)  # every lookup counted, however loaded the machine
     layer = await layers.make(MiniLMEmbedder(), isolate=True, start=False)
     assert await layer.ready(120.0), layer.error  # loaded in the child (5-40 s under load)
     embedder = layer.embedder
