@@ -81,7 +81,7 @@ class ProcessEmbedder:
     """
 
     def __init__(self, embedder: Embedder, *, call_timeout: float = 30.0,
-                 load_timeout: float = 300.0, restart_every: float = 5.0,
+                 load_timeout: float = 600.0, restart_every: float = 5.0,
                  nice: int = NICE) -> None:
         self.inner = embedder
         self.name = embedder.name
