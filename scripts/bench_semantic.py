@@ -5,12 +5,19 @@ For each index size (1k, 10k, 100k entries in the request's scope) it fills the
 layer's SQLite file with random unit vectors and 1 KB answers, starts a layer on
 it (timing the faiss rebuild), and times ``await layer.lookup(key)`` from the
 event loop for short prompts it has not seen (encoding, the worker-thread hop,
-the search and the guards included): misses, then paraphrase hits. It also
-reports the memory each entry costs (process RSS, and the SQLite file), and the
-event loop's lag while the worker encodes back to back (a 1 ms ticker).
+the trip to the encoder process, the search and the guards included): misses,
+then paraphrase hits. It also reports the memory each entry costs (process RSS,
+and the SQLite file), and the event loop's lag while the worker encodes back to
+back (a 1 ms ticker).
+
+The layer runs as the plugin runs it: the model in its own process, scopes of
+20k entries and more as IVF indexes. ``--in-thread`` encodes in the worker
+thread instead (as before the encoder process), ``--large-scope N`` moves the
+IVF threshold (``--large-scope 1000000000``: exact scans only).
 
     .venv/bin/python scripts/bench_semantic.py                  # 1k, 10k, 100k
     .venv/bin/python scripts/bench_semantic.py --sizes 1000 --lookups 50
+    .venv/bin/python scripts/bench_semantic.py --in-thread --large-scope 1000000000
 
 Torch and faiss use one thread each, as in the gateway. The machine's load
 average is printed with the results: on a shared 2-core box it moves them.
@@ -30,6 +37,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from omniroute_semantic_cache.encoder import NICE, ProcessEmbedder
+from omniroute_semantic_cache.index import LARGE_SCOPE
 from omniroute_semantic_cache.layer import SemanticLayer
 from omniroute_semantic_cache.minilm import MiniLMEmbedder
 from omniroute_semantic_cache.store import EntryStore
@@ -103,12 +112,15 @@ def miss_prompts(count: int, salt: int) -> list[str]:
     return out
 
 
-async def loop_lag(layer: SemanticLayer | None, seconds: float) -> tuple[list[float], int]:
+async def loop_lag(layer: SemanticLayer | None,
+                   seconds: float) -> tuple[list[float], int, float]:
     """Lag of a 1 ms ticker while lookups of fresh prompts encode back to back (None: with
-    nothing else running, the machine's own noise)."""
+    nothing else running, the machine's own noise), the lookups, and the CPU seconds this
+    process spent meanwhile (every thread; not the encoder process's)."""
     lags: list[float] = []
     stop = time.perf_counter() + seconds
     encodes = 0
+    cpu = time.process_time()
 
     async def tick() -> None:
         while time.perf_counter() < stop:
@@ -125,7 +137,7 @@ async def loop_lag(layer: SemanticLayer | None, seconds: float) -> tuple[list[fl
             encodes += 1
 
     await asyncio.gather(tick(), encode())
-    return lags, encodes
+    return lags, encodes, time.process_time() - cpu
 
 
 async def main(args: argparse.Namespace) -> None:
@@ -138,7 +150,7 @@ async def main(args: argparse.Namespace) -> None:
     import faiss  # imported before the RSS readings, so they count entries only
 
     del faiss
-    idle_lag, _ = await loop_lag(None, args.lag_seconds)
+    idle_lag, _, idle_cpu = await loop_lag(None, args.lag_seconds)
     base_rss = rss_mb()
     started = time.perf_counter()
     await asyncio.to_thread(embedder.load)
@@ -154,15 +166,18 @@ async def main(args: argparse.Namespace) -> None:
         enc.append((time.perf_counter() - t) * 1000)
 
     rows: list[dict[str, Any]] = []
-    lag: tuple[list[float], int] | None = None
+    lag: tuple[list[float], int, float] | None = None
     for n in args.sizes:
         path = workdir / f"semantic-{n}.sqlite3"
-        layer = SemanticLayer(path, lambda: settings, embedder)
+        layer = SemanticLayer(path, lambda: settings,
+                              embedder if args.in_thread else MiniLMEmbedder(),
+                              isolate=not args.in_thread, large_scope=args.large_scope)
+        if isinstance(layer.embedder, ProcessEmbedder) and args.nice is not None:
+            layer.embedder.nice = args.nice
         fill(path, layer, n, embedder.dim, embedder.name)
         before = rss_mb()
-        started = time.perf_counter()
         assert await layer.ready(600), layer.error
-        rebuild_s = time.perf_counter() - started
+        rebuild_s = layer.started_in["index"]  # the model's load (in its process) apart
         after = rss_mb()
         # paraphrase pairs stored for real (encoded), then asked in other words
         for country in COUNTRIES:
@@ -172,6 +187,7 @@ async def main(args: argparse.Namespace) -> None:
         hit_ms, hits = await timed_lookups(layer, [f"What is {c}'s capital?" for c in COUNTRIES])
         index, query = layer._index, embedder.encode(["What is the capital of Peru?"])[0]
         assert index is not None
+        kind = index.kind(layer.scope(key("x")))
         search_ms = []
         for _ in range(50):  # the faiss search alone, in the worker thread
             t = time.perf_counter()
@@ -180,7 +196,8 @@ async def main(args: argparse.Namespace) -> None:
             search_ms.append((time.perf_counter() - t) * 1000)
         if lag is None or n == args.sizes[-1]:
             lag = await loop_lag(layer, args.lag_seconds)
-        rows.append({"n": n, "miss": miss_ms, "hit": hit_ms, "hits": hits, "search": search_ms,
+        rows.append({"n": n, "kind": kind, "miss": miss_ms, "hit": hit_ms, "hits": hits,
+                     "search": search_ms,
                      "false_hits": false_hits, "rebuild_s": rebuild_s,
                      "rss_per_entry": (after - before) * 2**20 / n,
                      "file_per_entry": path.stat().st_size / n})
@@ -188,33 +205,40 @@ async def main(args: argparse.Namespace) -> None:
         path.unlink()
 
     load1, load5, _ = os.getloadavg()
-    print(f"# semantic cache benchmark: MiniLM-L6-v2 ({embedder.name}), torch 1 thread, "
-          f"faiss 1 thread, python {sys.version.split()[0]}, {os.cpu_count()} CPUs, GIL switch "
+    where = ("in the worker thread" if args.in_thread else
+             f"in its own process (nice +{args.nice if args.nice is not None else NICE})")
+    print(f"# semantic cache benchmark: MiniLM-L6-v2 ({embedder.name}) {where}, torch 1 "
+          f"thread, faiss 1 thread, IVF from {args.large_scope:,} entries, python "
+          f"{sys.version.split()[0]}, {os.cpu_count()} CPUs, GIL switch "
           f"interval {sys.getswitchinterval() * 1000:g} ms, "
           f"load average {load1:.1f} / {load5:.1f}")
     print(f"model load {load_s:.1f} s (in a thread), RSS {base_rss:.0f} -> {model_rss:.0f} MB; "
           f"encode alone (short prompt, no hop): p50 {pct(enc, 50):.1f} ms, "
           f"p99 {pct(enc, 99):.1f} ms")
     print()
-    print("| entries in scope | lookup miss p50 | miss p99 | lookup hit p50 | hit p99 | "
+    print("| entries in scope | index | lookup miss p50 | miss p99 | lookup hit p50 | hit p99 | "
           "faiss search alone p50 | paraphrase hits | false hits | rebuild at start | "
           "RSS / entry | SQLite / entry |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['n']:,} | {pct(r['miss'], 50):.1f} ms | {pct(r['miss'], 99):.1f} ms | "
+        print(f"| {r['n']:,} | {r['kind']} | {pct(r['miss'], 50):.1f} ms | "
+              f"{pct(r['miss'], 99):.1f} ms | "
               f"{pct(r['hit'], 50):.1f} ms | {pct(r['hit'], 99):.1f} ms | "
               f"{pct(r['search'], 50):.2f} ms | "
               f"{r['hits']}/{len(COUNTRIES)} | {r['false_hits']}/{args.lookups} | "
               f"{r['rebuild_s']:.2f} s | {r['rss_per_entry']:,.0f} B | "
               f"{r['file_per_entry']:,.0f} B |")
     assert lag is not None
-    lags, encodes = lag
+    lags, encodes, cpu = lag
     print()
     print(f"event-loop lag while the worker encodes back to back ({encodes} lookups in "
           f"{args.lag_seconds:.0f} s, 1 ms ticker, {len(lags)} ticks): "
           f"p50 {pct(lags, 50):.2f} ms, p99 {pct(lags, 99):.2f} ms, max {max(lags):.2f} ms; "
           f"idle (no encoding, the machine's own noise): p50 {pct(idle_lag, 50):.2f} ms, "
           f"p99 {pct(idle_lag, 99):.2f} ms, max {max(idle_lag):.2f} ms")
+    print(f"this process's CPU (all its threads, the ticker's included) per lookup while "
+          f"encoding: {(cpu - idle_cpu) / max(1, encodes) * 1000:.2f} ms "
+          f"(idle ticker alone: {idle_cpu:.2f} s, subtracted)")
     print(f"peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB")
 
 
@@ -223,6 +247,12 @@ if __name__ == "__main__":
     parser.add_argument("--sizes", type=int, nargs="+", default=[1_000, 10_000, 100_000])
     parser.add_argument("--lookups", type=int, default=200, help="misses timed per size")
     parser.add_argument("--lag-seconds", type=float, default=5.0)
+    parser.add_argument("--in-thread", action="store_true",
+                        help="encode in the layer's worker thread, not in its own process")
+    parser.add_argument("--nice", type=int, default=None,
+                        help="the encoder process's niceness (default: the plugin's)")
+    parser.add_argument("--large-scope", type=int, default=LARGE_SCOPE,
+                        help="entries from which a scope is an IVF index")
     parser.add_argument("--switch-interval", type=float, default=0.0,
                         help="sys.setswitchinterval (seconds) to try; default: Python's 5 ms")
     asyncio.run(main(parser.parse_args()))

@@ -154,6 +154,23 @@ async def test_a_finished_answer_is_replayed_within_the_window_then_forgotten(
     assert calls(gw.fake) == 2
 
 
+async def test_a_window_shortened_at_run_time_applies_to_the_answers_already_kept(
+        gw: Any, clock: Clock) -> None:
+    body = {"model": MODEL, "messages": HI}
+    await (await post(gw, body, "k-shorter")).read()
+    assert calls(gw.fake) == 1
+    await gw.set_settings(idempotency_window=1)  # was 5 s when the answer was kept
+    clock.now += 1.5
+    fresh = await post(gw, body, "k-shorter")
+    assert fresh.status == 200 and "X-OmniRoute-Idempotent" not in fresh.headers
+    assert calls(gw.fake) == 2
+    await gw.set_settings(idempotency_window=0)  # in flight only: nothing is kept at all
+    assert gw.client.app[IDEMPOTENCY].stats()["active_keys"] == 0
+    again = await post(gw, body, "k-shorter")
+    assert "X-OmniRoute-Idempotent" not in again.headers
+    assert calls(gw.fake) == 3
+
+
 async def test_a_finished_stream_is_replayed_whole(gw: Any, clock: Clock) -> None:
     body = {"model": MODEL, "messages": HI, "stream": True}
     original = await (await post(gw, body, "k-replay")).read()

@@ -76,7 +76,6 @@ class SharedAnswer:
         #: duplicates waiting for the answer (not yet reading it)
         self.waiting = 0
         self.task: asyncio.Task[None] | None = None  # the pump
-        self.expires = 0.0  # set by the registry once settled
         self._changed = asyncio.Event()
 
     # ------------------------------------------------------------------ writing

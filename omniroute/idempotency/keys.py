@@ -70,9 +70,11 @@ class Idempotency:
     The first request with a key :meth:`claim`\\ s it and makes the upstream call;
     its duplicates get its :class:`~omniroute.idempotency.answer.SharedAnswer`.
     A finished answer is kept for ``idempotency_window`` seconds (then forgotten;
-    a failed or flawed one at once), at most ``idempotency_max_keys`` keys at once
-    (the oldest kept answers go first; with only answers in flight, a new key is
-    served without sharing). Lives on the app as ``appkeys.IDEMPOTENCY``.
+    a failed or flawed one at once; the window is read when an answer is checked,
+    so a window changed at run time applies to the answers already kept), at most
+    ``idempotency_max_keys`` keys at once (the oldest kept answers go first; with
+    only answers in flight, a new key is served without sharing). Lives on the app
+    as ``appkeys.IDEMPOTENCY``.
     """
 
     def __init__(self, settings: Callable[[], Settings],
@@ -89,7 +91,8 @@ class Idempotency:
         #: the keys this instance claimed in ``shared`` (their answers are published)
         self.claimed: set[Scope] = set()
         self.answers: dict[Scope, SharedAnswer] = {}
-        self._kept: deque[tuple[float, Scope, SharedAnswer]] = deque()  # by expiry
+        #: finished answers by when they finished (the window is added when they are checked)
+        self._kept: deque[tuple[float, Scope, SharedAnswer]] = deque()
         self._full_warned = False
 
     def claim(self, scope: Scope, fingerprint: bytes, request_id: str,
@@ -130,8 +133,7 @@ class Idempotency:
             self.shared.settled(scope, answer)
         window = self.settings().idempotency_window
         if answer.state is State.DONE and not answer.flawed and answer.whole and window > 0:
-            answer.expires = self.clock() + window
-            self._kept.append((answer.expires, scope, answer))
+            self._kept.append((self.clock(), scope, answer))
         else:  # failures and flawed answers are not replayed: a retry makes a new call
             self._forget(scope, answer)
 
@@ -140,8 +142,10 @@ class Idempotency:
             del self.answers[scope]
 
     def _forget_expired(self) -> None:
-        kept, now = self._kept, self.clock()
-        while kept and kept[0][0] <= now:
+        # finished before this are past the window as it is now (it may have been
+        # shortened since they were kept)
+        kept, before = self._kept, self.clock() - self.settings().idempotency_window
+        while kept and kept[0][0] <= before:
             self._forget(*kept.popleft()[1:])
 
     def stats(self) -> dict[str, Any]:

@@ -8,8 +8,10 @@ and a single-turn question that was asked before in other words, in the same
 scope, with the lexical guards agreeing, is answered from the stored answer.
 See README.md and :mod:`.layer`.
 
-Nothing heavy is imported with this module: torch, sentence-transformers and
-faiss load in the layer's worker thread, only when the setting is on.
+Nothing heavy is imported with this module, and torch and sentence-transformers
+never load in the gateway's process: the model runs in a process of its own
+(:mod:`.encoder`), started with the layer and stopped with the gateway; faiss
+loads in the layer's worker thread, only when the setting is on.
 """
 
 from __future__ import annotations
@@ -46,19 +48,22 @@ class SemanticCachePlugin:
     :param embedder: makes each gateway's embedder (default: MiniLM from its package;
         tests pass the deterministic :class:`~.embedders.HashingEmbedder`).
     :param clock: wall-clock seconds for TTL and LRU (tests move it).
+    :param isolate: run the embedder in its own process (the default; False: in the
+        layer's worker thread, for an embedder that is light or already loaded).
     """
 
     def __init__(self, embedder: Callable[[], Embedder] = minilm,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, isolate: bool = True) -> None:
         self.embedder = embedder
         self.clock = clock
+        self.isolate = isolate
 
     @hookimpl
     def register_cache_layers(self, register: Callable[[CacheLayer], None],
                               app: web.Application) -> None:
         catalog = app[CATALOG]
         layer = SemanticLayer(catalog.config.data_dir / FILE_NAME, lambda: catalog.settings,
-                              self.embedder(), clock=self.clock)
+                              self.embedder(), clock=self.clock, isolate=self.isolate)
         register(layer)
         if catalog.settings.semantic_cache:
             layer.start()  # in the background: the gateway serves (and misses) meanwhile

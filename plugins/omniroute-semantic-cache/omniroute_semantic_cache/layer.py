@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING, Any
 from omniroute import CacheKey, CacheLayer, LayerHit
 from omniroute.config import Settings
 
+from omniroute_semantic_cache.encoder import EncoderError, ProcessEmbedder
 from omniroute_semantic_cache.guards import disagreement, unsuitable
 from omniroute_semantic_cache.worker import Busy, Worker
 
@@ -72,16 +73,23 @@ class SemanticLayer(CacheLayer):
     :param clock: wall-clock seconds (TTL and LRU survive a restart).
     :param candidates: nearest entries tried against the guards per lookup.
     :param sweep_every: seconds between deletions of expired entries.
+    :param isolate: run the embedder in a process of its own (:mod:`.encoder`), so
+        that encoding never holds the gateway's GIL; the plugin does for the real
+        model. False: in the worker thread (deterministic test embedders).
+    :param large_scope: entries from which a scope's index is approximate (IVF, see
+        :mod:`.index`) instead of an exact scan.
     """
 
     name = "semantic"
 
     def __init__(self, path: Path, settings: Callable[[], Settings], embedder: Embedder, *,
                  clock: Callable[[], float] = time.time, candidates: int = 4,
-                 sweep_every: float = 60.0) -> None:
+                 sweep_every: float = 60.0, isolate: bool = False,
+                 large_scope: int | None = None) -> None:
         self.path = path
         self._settings = settings
-        self.embedder = embedder
+        self.embedder: Embedder = ProcessEmbedder(embedder) if isolate else embedder
+        self._large_scope = large_scope
         self._clock = clock
         self._candidates = candidates
         self._sweep_every = sweep_every
@@ -90,6 +98,8 @@ class SemanticLayer(CacheLayer):
         self.state = "off"
         self.error: str | None = None
         self._starting: concurrent.futures.Future[None] | None = None
+        #: seconds the start took: rebuilding the indexes (``index``), loading the model
+        self.started_in: dict[str, float] = {}
         # touched only in the worker thread:
         self._store: EntryStore | None = None
         self._index: ScopedIndex | None = None
@@ -118,19 +128,27 @@ class SemanticLayer(CacheLayer):
     def _open(self) -> None:
         started = time.perf_counter()
         try:
+            if isinstance(self.embedder, ProcessEmbedder):
+                self.embedder.begin_load()  # the model loads in its process meanwhile
             store = self._open_store()
             from omniroute_semantic_cache.index import ScopedIndex
 
-            index = ScopedIndex(self.embedder.dim)
+            index = (ScopedIndex(self.embedder.dim) if self._large_scope is None
+                     else ScopedIndex(self.embedder.dim, large=self._large_scope))
             self._unindex(store.expire(self._clock()))
             for scope, ids, vecs in store.vectors(self.embedder.dim):
                 index.add(scope, ids, vecs)
             self._index = index
+            self.started_in["index"] = time.perf_counter() - started
             self.embedder.load()
+            self.started_in["model"] = time.perf_counter() - started - self.started_in["index"]
         except Exception as exc:
-            self.state = "failed"
+            if self.state != "closed":
+                self.state = "failed"
             self.error = f"{type(exc).__name__}: {exc}"
             log.exception("semantic cache failed to start; it answers nothing")
+            return
+        if self.state != "loading":  # closed meanwhile
             return
         self.state = "ready"
         log.info("semantic cache ready in %.1f s: %d entries in %d scopes (embedder %s)",
@@ -144,8 +162,17 @@ class SemanticLayer(CacheLayer):
         return self._store
 
     async def close(self) -> None:
-        self.state = "closed"
-        await self._worker.close(self._close, timeout=10.0)
+        was, self.state = self.state, "closed"
+        if was == "loading":  # a model still loading is abandoned, not waited for
+            await self._stop_encoder()
+        try:
+            await self._worker.close(self._close, timeout=10.0)
+        finally:
+            await self._stop_encoder()  # even when the worker did not get to it in time
+
+    async def _stop_encoder(self) -> None:
+        if isinstance(self.embedder, ProcessEmbedder):
+            await asyncio.to_thread(self.embedder.stop)
 
     def _close(self) -> None:
         if self._store is not None:
@@ -176,6 +203,9 @@ class SemanticLayer(CacheLayer):
             outcome, hit = "busy", None
         except TimeoutError:
             outcome, hit = "timeout", None
+        except EncoderError as exc:
+            log.warning("semantic cache lookup missed: %s", exc)
+            outcome, hit = "encoder", None
         except Exception:
             log.exception("semantic cache lookup failed")
             outcome, hit = "error", None
@@ -198,14 +228,25 @@ class SemanticLayer(CacheLayer):
             outcome = "store:busy"
         except TimeoutError:
             outcome = "store:timeout"
+        except EncoderError as exc:
+            log.warning("semantic cache store skipped: %s", exc)
+            outcome = "store:encoder"
         self.outcomes[outcome] += 1
 
     async def delete(self, exact: str) -> bool:
-        if self.state != "ready":  # nothing was stored since it is not open
+        if self.state == "closed" or (self.state == "off" and not self.path.exists()):
             return False
-        removed = await asyncio.wait_for(
-            asyncio.wrap_future(self._worker.submit(self._delete, exact)), 30.0)
-        return bool(removed)
+        # also while the layer is off, loading or failed: its file may hold the entry
+        # from an earlier run, which would answer again once the layer serves. While the
+        # model loads the job waits behind it (in order: before any lookup that follows
+        # the load), and the caller does not wait that long: it is told False, and the
+        # entry is deleted all the same when the load is done
+        job = asyncio.wrap_future(self._worker.submit(self._delete, exact))
+        done, _ = await asyncio.wait({job}, timeout=30.0 if self.state == "ready" else 2.0)
+        if not done:
+            log.info("semantic cache: an entry will be deleted once the layer has started")
+            return False
+        return bool(job.result())
 
     def _delete(self, exact: str) -> Removed:
         removed = self._open_store().delete(exact)
@@ -220,7 +261,7 @@ class SemanticLayer(CacheLayer):
     async def stats(self) -> dict[str, Any]:
         settings = self._settings()
         store, index = self._store, self._index
-        return {
+        found = {
             "enabled": settings.semantic_cache,
             "state": self.state,
             "error": self.error,
@@ -237,6 +278,11 @@ class SemanticLayer(CacheLayer):
             "queued": self._worker.pending,
             "outcomes": dict(self.outcomes),
         }
+        if isinstance(self.embedder, ProcessEmbedder):
+            found["encoder_process"] = {"pid": self.embedder.pid,
+                                        "starts": self.embedder.starts,
+                                        "failures": self.embedder.failures}
+        return found
 
     # ------------------------------------------------------------------ deciding
 
@@ -269,9 +315,13 @@ class SemanticLayer(CacheLayer):
         if prompt in self._vectors:
             self._vectors.move_to_end(prompt)
             return self._vectors[prompt]
-        limit = min(MAX_PROMPT_TOKENS, self.embedder.max_tokens)
-        vec = (None if self.embedder.count_tokens(prompt) > limit
-               else self.embedder.encode([prompt])[0])
+        embedder = self.embedder
+        limit = min(MAX_PROMPT_TOKENS, embedder.max_tokens)
+        if isinstance(embedder, ProcessEmbedder):  # one round trip to its process
+            vec = embedder.encode_within(prompt, limit)
+        else:
+            vec = (None if embedder.count_tokens(prompt) > limit
+                   else embedder.encode([prompt])[0])
         self._vectors[prompt] = vec
         while len(self._vectors) > 256:
             self._vectors.popitem(last=False)

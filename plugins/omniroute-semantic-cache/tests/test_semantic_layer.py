@@ -216,6 +216,64 @@ async def test_delete_by_exact_key(layers: Layers) -> None:
     assert (await layer.stats())["entries"] == 1
 
 
+async def test_delete_reaches_the_file_before_the_layer_serves(layers: Layers) -> None:
+    """``DELETE /api/cache/entries/{key}`` while the layer is off (or its model still
+    loads) deletes the row of an earlier run: it must not answer once the layer serves."""
+    hamlet = make_key("Who wrote Hamlet?")
+    first = await layers.make()
+    await first.store(hamlet, b"Shakespeare", 3600)
+    await first.close()
+
+    layers.set(semantic_cache=False)
+    layer = await layers.make(start=False)
+    assert await layer.delete(hamlet.exact) is True
+    assert await layer.delete(hamlet.exact) is False
+    layers.set(semantic_cache=True)
+    assert await layer.ready(10.0)
+    assert await layer.lookup(make_key("Who wrote Hamlet?")) is None
+    assert (await layer.stats())["entries"] == 0
+
+
+async def test_delete_while_the_model_loads_waits_for_it_not_the_caller(
+        layers: Layers) -> None:
+    hamlet = make_key("Who wrote Hamlet?")
+    first = await layers.make()
+    await first.store(hamlet, b"Shakespeare", 3600)
+    await first.close()
+
+    class SlowLoad(HashingEmbedder):
+        def __init__(self, delay: float) -> None:
+            self.delay = delay
+
+        def load(self) -> None:
+            time.sleep(self.delay)
+
+    layer = await layers.make(SlowLoad(0.5), start=False)
+    layer.start()
+    assert layer.state == "loading"
+    assert await layer.delete(hamlet.exact) is True  # waited behind the load (0.5 s)
+    assert await layer.lookup(make_key("Who wrote Hamlet?")) is None
+
+    again = await layers.make(SlowLoad(3.0), start=False)
+    await again.store(hamlet, b"Shakespeare", 3600)  # (not ready: not kept)
+    await layer.store(hamlet, b"Shakespeare", 3600)
+    await layer.close()
+    again.start()
+    started = time.perf_counter()
+    assert await again.delete(hamlet.exact) is False  # not done within 2 s: not waited
+    assert time.perf_counter() - started < 2.5
+    assert await again.ready(10.0)
+    assert await again.lookup(make_key("Who wrote Hamlet?")) is None  # deleted meanwhile
+    assert (await again.stats())["entries"] == 0
+
+
+async def test_delete_while_off_creates_no_file(layers: Layers) -> None:
+    layers.set(semantic_cache=False)
+    layer = await layers.make(start=False)
+    assert await layer.delete("0" * 64) is False
+    assert not layers.path.exists()
+
+
 async def test_off_by_default_and_turned_on_at_run_time(layers: Layers) -> None:
     layers.set(semantic_cache=False)
     layer = await layers.make(start=False)
