@@ -219,7 +219,7 @@ class PostgresDatabase(DatabaseBackend):
             await conn.copy_records_to_table(
                 plan.stage, records=[tuple(map(_storable, row)) for row in rows],
                 columns=plan.columns)
-        except asyncpg.DataError as exc:
+        except _asyncpg().DataError as exc:
             raise _without_values(exc) from None
         await conn.execute(plan.insert)
 
