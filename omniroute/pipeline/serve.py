@@ -351,7 +351,9 @@ class Pipeline:
             plan = await waited_plan(resilience, route, settings.account_strategy,
                                      ctx.session)
         failures: Failures = []
-        one = partial(self._try_target, operation, ctx, failures)
+        assert self.refresher is not None
+        # one metered call of a target, with its account's accounting (:func:`try_target`)
+        one = partial(try_target, resilience, self.refresher, ctx, failures, operation.call)
         if operation.metered and operation.hedged and settings.hedge and len(plan.targets) > 1:
             reply = await race(resilience, operation, ctx, plan.targets, failures, one)
         else:
@@ -363,14 +365,6 @@ class Pipeline:
         if reply.frames is None:
             await finish(reply)  # a JSON answer is complete: release the slot now
         return reply  # a stream keeps its slot until it ends (see finish)
-
-    def _try_target(
-        self, operation: Operation, ctx: RequestContext, failures: Failures, target: Target
-    ) -> Awaitable[Tried]:
-        """One metered call of ``target``, with its account's accounting (:func:`try_target`)."""
-        assert self.refresher is not None
-        return try_target(self.resilience, target, ctx.record, ctx.session, failures,
-                          partial(operation.call, ctx, target), self.refresher, ctx.tries)
 
     async def _in_turn(
         self, operation: Operation, ctx: RequestContext, targets: tuple[Target, ...],
