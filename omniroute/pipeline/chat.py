@@ -86,8 +86,8 @@ class Chat(Operation):
         else:
             request = self._canonical_request(ctx, target)
             body = provider_format.encode_request(request, target.connection.settings)
-        upstream = await target.provider.chat(UpstreamCall(
-            body, target.model, ctx.stream, record.request_id, client_headers=ctx.headers))
+        upstream = await target.provider.chat(UpstreamCall(  # (no keywords: see serve)
+            body, target.model, ctx.stream, record.request_id, ctx.headers))
         headers = _passed_headers(upstream)
         if not ctx.stream:
             assert upstream.body is not None

@@ -144,13 +144,15 @@ class Pipeline:
         started = time.perf_counter()
         principal = request[PRINCIPAL]
         headers_in = request.headers
-        record = RequestRecord(request_id=self.new_request_id(), ts=time.time(),
-                               endpoint=operation.endpoint, api_key_id=principal.key_id,
-                               client_format=operation.fmt.name,
-                               user_agent=user_agent(headers_in.get("User-Agent")))
+        # positional arguments and plain assignments: a class called with keywords
+        # packs them into a dict first, on every request
+        record = RequestRecord(self.new_request_id(), time.time(), operation.endpoint)
+        record.api_key_id = principal.key_id
+        record.client_format = operation.fmt.name
+        record.user_agent = user_agent(headers_in.get("User-Agent"))
         ctx = RequestContext(principal, operation.fmt, record, headers_in, request.query,
-                             path_model=path_model, path_stream=path_stream,
-                             prefix=request.match_info.get("provider"), started=started)
+                             path_model, path_stream, request.match_info.get("provider"),
+                             started)
         body_log = BodyLog(settings.log_body_max_bytes) if settings.log_bodies else None
         streamed: list[bytes] | None = None  # a stream's first bytes, for body_log
         reply: Reply | None = None
