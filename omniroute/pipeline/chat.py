@@ -98,7 +98,9 @@ class Chat(Operation):
                 response = provider_format.decode_response(upstream.body)
                 answer = fmt.encode_response(response, request)
                 won = partial(_answered, ctx, response, request)
-            return Reply(body=answer, status=upstream.status, headers=headers, on_win=won)
+            reply = Reply(answer, None, upstream.status)  # (no keywords: see serve)
+            reply.headers, reply.on_win = headers, won
+            return reply
         if request is None:  # pass-through: what one socket read brought leaves in one write
             reads = upstream.reads if upstream.reads is not None else _one_by_one(upstream)
             client = self._client_request(ctx)

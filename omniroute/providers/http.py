@@ -305,7 +305,7 @@ class HTTPProvider(Provider):
             raise UpstreamError(f"upstream unreachable: {_describe(exc)}") from None
         if json and not body.lstrip().startswith((b"{", b"[")):
             raise UpstreamError("upstream sent a response that is not JSON")
-        return UpstreamResponse(resp.status, kept, body=body)
+        return UpstreamResponse(resp.status, kept, body)  # (no keywords: no dict per call)
 
     async def post_stream(
         self,
