@@ -279,7 +279,8 @@ def _bypassed(ctx: RequestContext) -> bool:
 
 
 def _zero(value: object) -> bool:
-    return (isinstance(value, int | float) and not isinstance(value, bool)) and value == 0
+    # (a tuple: ``int | float`` would build a union object on every call)
+    return (isinstance(value, (int, float)) and not isinstance(value, bool)) and value == 0
 
 
 def _canonical(ctx: RequestContext) -> c.Request | None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from omniroute.credentials import Refresher
 from omniroute.errors import (
@@ -24,7 +24,9 @@ from omniroute.errors import (
 )
 from omniroute.resilience import Attempt, Plan, Resilience
 from omniroute.routing import Route, Target
-from omniroute.storage import RequestRecord
+
+if TYPE_CHECKING:
+    from omniroute.pipeline.context import RequestContext
 
 T = TypeVar("T")
 Failures = list[tuple[Target, GatewayError]]
@@ -52,23 +54,24 @@ async def waited_plan(resilience: Resilience, route: Route, strategy: str, sessi
 
 async def try_target(
     resilience: Resilience,
-    target: Target,
-    record: RequestRecord,
-    session: str | None,
-    failures: Failures,
-    send: Callable[[], Awaitable[T]],
     refresher: Refresher,
-    tries: Tries,
+    ctx: RequestContext,
+    failures: Failures,
+    call: Callable[[RequestContext, Target], Awaitable[T]],
+    target: Target,
 ) -> tuple[T, Attempt] | None:
-    """One target: take a slot of its account, ``send()``, judge a failure.
+    """One target: take a slot of its account, ``call(ctx, target)``, judge a failure.
 
     Returns the result with the attempt still open (the caller ends it), or
     None after adding why to ``failures`` (busy, resting, or an upstream
     failure worth moving on from). The client's own mistakes are raised. A
     401/403 gets one retry after a credential refresh where the provider
     supports it (``refresher``: one renewal per connection at a time). Each
-    call (and each target not tried) is added to ``tries``.
+    call (and each target not tried) is added to the record's attempt log
+    (``ctx.tries``). ``target`` comes last: the pipeline binds the rest once per
+    request (``partial``) and calls that with each target.
     """
+    record, session, tries = ctx.record, ctx.session, ctx.tries
     refreshed = False
     while True:  # at most twice: once more after a credential refresh
         record.attempts += 1
@@ -87,7 +90,7 @@ async def try_target(
             raise
         started = time.perf_counter()
         try:
-            answer = await send()
+            answer = await call(ctx, target)
         except BaseException as exc:
             tries.append(tried(target, exc, started))
             await attempt.__aexit__(type(exc), exc, exc.__traceback__)  # charges the account

@@ -86,8 +86,8 @@ class Chat(Operation):
         else:
             request = self._canonical_request(ctx, target)
             body = provider_format.encode_request(request, target.connection.settings)
-        upstream = await target.provider.chat(UpstreamCall(
-            body, target.model, ctx.stream, record.request_id, client_headers=ctx.headers))
+        upstream = await target.provider.chat(UpstreamCall(  # (no keywords: see serve)
+            body, target.model, ctx.stream, record.request_id, ctx.headers))
         headers = _passed_headers(upstream)
         if not ctx.stream:
             assert upstream.body is not None
@@ -98,7 +98,9 @@ class Chat(Operation):
                 response = provider_format.decode_response(upstream.body)
                 answer = fmt.encode_response(response, request)
                 won = partial(_answered, ctx, response, request)
-            return Reply(body=answer, status=upstream.status, headers=headers, on_win=won)
+            reply = Reply(answer, None, upstream.status)  # (no keywords: see serve)
+            reply.headers, reply.on_win = headers, won
+            return reply
         if request is None:  # pass-through: what one socket read brought leaves in one write
             reads = upstream.reads if upstream.reads is not None else _one_by_one(upstream)
             client = self._client_request(ctx)

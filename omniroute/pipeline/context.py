@@ -35,25 +35,27 @@ class RequestContext:
     record: RequestRecord
     headers: Mapping[str, str]
     query: Mapping[str, str]
+    # (the fields up to ``started`` are given at construction, in order: no keywords,
+    # which would cost every request a dict)
+    #: the model / stream flag the URL names (Gemini), and the provider prefix of
+    #: ``/v1/providers/{prefix}/...`` routes
+    path_model: str | None = None
+    path_stream: bool | None = None
+    prefix: str | None = None
+    #: ``time.perf_counter()`` when the request arrived
+    started: float = 0.0
     #: the client's JSON body (a stage may replace it; never mutate it in place)
     body: dict[str, Any] = field(default_factory=dict)
     #: the size of the client's body in bytes, as read (a token estimate's input)
     body_bytes: int = 0
     model: str = ""
     stream: bool = False
-    #: the model / stream flag the URL names (Gemini), and the provider prefix of
-    #: ``/v1/providers/{prefix}/...`` routes
-    path_model: str | None = None
-    path_stream: bool | None = None
-    prefix: str | None = None
     route: Route | None = None
     session: str | None = None
     #: the request in the canonical model, once an operation decoded it (at most once)
     canonical: c.Request | None = None
     #: an operation's own reading of the body, when it is not a chat request (embeddings)
     payload: Any = None
-    #: ``time.perf_counter()`` when the request arrived
-    started: float = 0.0
     #: the stages taking part in this request (see :class:`~omniroute.pipeline.stages.Stage`)
     runs: list[StageRun] = field(default_factory=list)
     #: every target tried: ``{"target", "failure", "status", "ms", "error"?}`` (the

@@ -144,13 +144,15 @@ class Pipeline:
         started = time.perf_counter()
         principal = request[PRINCIPAL]
         headers_in = request.headers
-        record = RequestRecord(request_id=self.new_request_id(), ts=time.time(),
-                               endpoint=operation.endpoint, api_key_id=principal.key_id,
-                               client_format=operation.fmt.name,
-                               user_agent=user_agent(headers_in.get("User-Agent")))
+        # positional arguments and plain assignments: a class called with keywords
+        # packs them into a dict first, on every request
+        record = RequestRecord(self.new_request_id(), time.time(), operation.endpoint)
+        record.api_key_id = principal.key_id
+        record.client_format = operation.fmt.name
+        record.user_agent = user_agent(headers_in.get("User-Agent"))
         ctx = RequestContext(principal, operation.fmt, record, headers_in, request.query,
-                             path_model=path_model, path_stream=path_stream,
-                             prefix=request.match_info.get("provider"), started=started)
+                             path_model, path_stream, request.match_info.get("provider"),
+                             started)
         body_log = BodyLog(settings.log_body_max_bytes) if settings.log_bodies else None
         streamed: list[bytes] | None = None  # a stream's first bytes, for body_log
         reply: Reply | None = None
@@ -351,7 +353,9 @@ class Pipeline:
             plan = await waited_plan(resilience, route, settings.account_strategy,
                                      ctx.session)
         failures: Failures = []
-        one = partial(self._try_target, operation, ctx, failures)
+        assert self.refresher is not None
+        # one metered call of a target, with its account's accounting (:func:`try_target`)
+        one = partial(try_target, resilience, self.refresher, ctx, failures, operation.call)
         if operation.metered and operation.hedged and settings.hedge and len(plan.targets) > 1:
             reply = await race(resilience, operation, ctx, plan.targets, failures, one)
         else:
@@ -363,14 +367,6 @@ class Pipeline:
         if reply.frames is None:
             await finish(reply)  # a JSON answer is complete: release the slot now
         return reply  # a stream keeps its slot until it ends (see finish)
-
-    def _try_target(
-        self, operation: Operation, ctx: RequestContext, failures: Failures, target: Target
-    ) -> Awaitable[Tried]:
-        """One metered call of ``target``, with its account's accounting (:func:`try_target`)."""
-        assert self.refresher is not None
-        return try_target(self.resilience, target, ctx.record, ctx.session, failures,
-                          partial(operation.call, ctx, target), self.refresher, ctx.tries)
 
     async def _in_turn(
         self, operation: Operation, ctx: RequestContext, targets: tuple[Target, ...],

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar, Protocol
 from urllib.parse import urlsplit
@@ -262,24 +262,24 @@ class HTTPProvider(Provider):
         except aiohttp.ClientError as exc:
             raise UpstreamError(f"upstream unreachable: {_describe(exc)}") from None
 
-    async def post_json(
+    def post_json(
         self, url: str, headers: Mapping[str, str], data: bytes | aiohttp.FormData, *,
         timeout: aiohttp.ClientTimeout | None = None,
-    ) -> UpstreamResponse:
+    ) -> Coroutine[Any, Any, UpstreamResponse]:
         """POST for a JSON answer (``UpstreamError`` if it is not JSON). ``timeout``: other
         bounds than the JSON call's (an image generation's
-        :attr:`~omniroute.providers.base.Timeouts.images`)."""
-        answer = await self.post_body(url, headers, data, timeout=timeout)
-        assert answer.body is not None
-        if not answer.body.lstrip().startswith((b"{", b"[")):
-            raise UpstreamError("upstream sent a response that is not JSON")
-        return answer
+        :attr:`~omniroute.providers.base.Timeouts.images`).
+
+        :meth:`post_body`'s own coroutine, not one around it: every JSON call comes this
+        way, and a coroutine that only awaits another costs a frame and an await."""
+        return self.post_body(url, headers, data, timeout=timeout, json=True)
 
     async def post_body(
         self, url: str, headers: Mapping[str, str], data: bytes | aiohttp.FormData, *,
-        timeout: aiohttp.ClientTimeout | None = None,
+        timeout: aiohttp.ClientTimeout | None = None, json: bool = False,
     ) -> UpstreamResponse:
-        """POST (a body, or a multipart form) and read the whole answer, of any type."""
+        """POST (a body, or a multipart form) and read the whole answer, of any type
+        (``json``: a JSON one, else ``UpstreamError``)."""
         timeouts = self.context.timeouts
         sent_with = self.credentials_generation
         try:
@@ -303,7 +303,9 @@ class HTTPProvider(Provider):
                 f"or over {timeouts.total:g}s in total") from None
         except aiohttp.ClientError as exc:
             raise UpstreamError(f"upstream unreachable: {_describe(exc)}") from None
-        return UpstreamResponse(resp.status, kept, body=body)
+        if json and not body.lstrip().startswith((b"{", b"[")):
+            raise UpstreamError("upstream sent a response that is not JSON")
+        return UpstreamResponse(resp.status, kept, body)  # (no keywords: no dict per call)
 
     async def post_stream(
         self,
