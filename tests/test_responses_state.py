@@ -454,3 +454,34 @@ async def test_a_read_past_its_bound_or_with_the_database_away_is_a_503(
         await store.get("resp_1", None)
     monkeypatch.setattr(db, "fetchone", real)
     assert await store.get("resp_1", None) is None  # unknown: the caller's 400/404
+
+
+async def test_a_delete_past_its_bound_is_a_503_and_finishes_in_the_background(
+        db: DatabaseBackend, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``DELETE /v1/responses/{id}`` waits no longer than a read: a hung database is the
+    gateway's 503, and the delete still lands once the database answers."""
+    from omniroute.errors import StoredResponsesUnavailable
+
+    store = ResponseStore(db, read_timeout=0.2)
+    response = {"id": "resp_1", "object": "response", "model": "m", "output": []}
+    assert await store.save(None, response, [])
+    release = asyncio.Event()
+    real = db.execute
+
+    async def hung(sql: str, params: Any = ()) -> Any:
+        if sql.startswith("DELETE FROM responses"):
+            await release.wait()
+        return await real(sql, params)
+
+    monkeypatch.setattr(db, "execute", hung)
+    began = time.monotonic()
+    with pytest.raises(StoredResponsesUnavailable) as failed:
+        await store.delete("resp_1", None)
+    assert time.monotonic() - began < 1.0
+    assert failed.value.status == 503
+    release.set()
+    for _ in range(200):
+        if await store.get("resp_1", None) is None:
+            break
+        await asyncio.sleep(0.01)
+    assert await store.get("resp_1", None) is None  # the delete landed after all

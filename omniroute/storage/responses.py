@@ -18,10 +18,11 @@ client has the id finds it), so :meth:`ResponseStore.save` waits at most
 ``save_timeout`` (2 s): a database that hangs or fails does not hold the answer. The
 answer goes out, that response cannot be continued by id, and the failure is logged
 once per outage (once more when stores resume). A read (:meth:`ResponseStore.get`: a
-``previous_response_id``, ``GET /v1/responses/{id}``) waits at most ``read_timeout``
-(2 s) as well: past that, or when the database cannot be reached, the request fails with
+``previous_response_id``, ``GET /v1/responses/{id}``) or a delete
+(``DELETE /v1/responses/{id}``) waits at most ``read_timeout`` (2 s) as well: past that,
+or when the database cannot be reached, the request fails with
 :class:`~omniroute.errors.StoredResponsesUnavailable` (503, ``Retry-After``), the
-gateway's failure, not the unknown id's 400/404; the read goes on in the background,
+gateway's failure, not the unknown id's 400/404; the work goes on in the background,
 bounded by the database's own statement timeout.
 """
 
@@ -30,8 +31,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Coroutine
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 
@@ -39,6 +41,8 @@ from omniroute.errors import StoredResponsesUnavailable
 from omniroute.storage.backend import DatabaseBackend
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 #: how long a stored response stays retrievable (OpenAI: 30 days)
 DEFAULT_TTL = 30 * 24 * 3600.0
@@ -144,31 +148,45 @@ class ResponseStore:
 
         :raises StoredResponsesUnavailable: no answer in time, or the database is away.
         """
-        read = asyncio.ensure_future(self._read(response_id, api_key_id))
-        self._writes.add(read)  # held until it ends, even if this request is cancelled
-        read.add_done_callback(self._finished)
-        done, _ = await asyncio.wait((read,), timeout=self.read_timeout)
+        return await self._bounded(self._read(response_id, api_key_id))
+
+    async def delete(self, response_id: str, api_key_id: str | None) -> bool:
+        """Delete the response when it belongs to ``api_key_id``; whether it did.
+
+        Waits at most :attr:`read_timeout`, as :meth:`get`.
+
+        :raises StoredResponsesUnavailable: no answer in time, or the database is away.
+        """
+        return await self._bounded(self._delete(response_id, api_key_id))
+
+    async def _bounded(self, work: Coroutine[Any, Any, T]) -> T:
+        """``work``'s result, waited for at most :attr:`read_timeout`; past that it goes
+        on in the background (bounded by the database's own statement timeout)."""
+        task = asyncio.ensure_future(work)
+        self._writes.add(task)  # held until it ends, even if this request is cancelled
+        task.add_done_callback(self._finished)
+        done, _ = await asyncio.wait((task,), timeout=self.read_timeout)
         if not done:
             raise self._unreadable(f"no answer within {self.read_timeout:g} s")
-        exc = read.exception()  # (never cancelled: none but ours holds it)
+        exc = task.exception()  # (never cancelled: none but ours holds it)
         if isinstance(exc, self.db.unavailable):
             raise self._unreadable(f"{type(exc).__name__}: {exc}") from exc
-        found = read.result()
+        result = task.result()
         if self._read_failing:
             self._read_failing = False
             log.warning("stored responses are read again")
-        return found
+        return result
 
     def _unreadable(self, reason: str) -> StoredResponsesUnavailable:
         if not self._read_failing:  # once per outage, not once per request
-            log.warning("could not read a stored response (%s); requests naming one are "
+            log.warning("could not reach the stored responses (%s); requests naming one are "
                         "answered 503 until reads resume (not logged again until then)",
                         reason)
         else:
-            log.debug("could not read a stored response (%s)", reason)
+            log.debug("could not reach the stored responses (%s)", reason)
         self._read_failing = True
         return StoredResponsesUnavailable(
-            "Stored responses cannot be read just now (the gateway's database did not "
+            "Stored responses cannot be reached just now (the gateway's database did not "
             "answer); try again shortly, or send the whole conversation as input.",
             headers={"Retry-After": "1"})
 
@@ -184,7 +202,7 @@ class ResponseStore:
         return StoredResponse(row["id"], row["api_key_id"], row["model"], row["created_at"],
                               orjson.loads(row["input"]), output, response)
 
-    async def delete(self, response_id: str, api_key_id: str | None) -> bool:
+    async def _delete(self, response_id: str, api_key_id: str | None) -> bool:
         async with self.db.transaction():
             changed = await self.db.execute(
                 "DELETE FROM responses WHERE id = ? AND api_key_id IS ?",
