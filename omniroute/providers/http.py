@@ -18,7 +18,7 @@ import asyncio
 import re
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any, ClassVar, Protocol
+from typing import Any, ClassVar, Protocol, TypeVar
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -27,6 +27,8 @@ import orjson
 from omniroute.errors import GatewayError, UpstreamError, UpstreamStatusError, UpstreamTimeout
 from omniroute.providers.base import Preset, Provider, UpstreamResponse
 from omniroute.sse import SSESplitter, event_data, looks_like_sse
+
+T = TypeVar("T")
 
 _KEEP_HEADERS = (
     "content-type", "x-request-id", "request-id", "openai-processing-ms", "retry-after")
@@ -436,44 +438,38 @@ class _FrameReader:
 
     async def read(self) -> list[bytes]:
         """The frames the next socket read completes (never empty), or [] at the end."""
-        timeouts = self._timeouts
-        try:
-            while not self._done:
-                chunk = await self._resp.content.readany()  # bounded by sock_read (idle)
-                if not chunk:
-                    self._done = True
-                    tail = self._splitter.tail()
-                    return [tail] if tail else []
-                if asyncio.get_running_loop().time() > self._deadline:
-                    raise UpstreamTimeout(
-                        f"upstream stream exceeded {timeouts.total:g}s in total")
-                frames = self._splitter.feed(chunk)
-                if frames:
-                    return frames
+        if self._done:
             return []
-        except TimeoutError:
-            raise UpstreamTimeout(
-                f"upstream stream stalled: no data for {timeouts.idle:g}s") from None
-        except aiohttp.ClientError as exc:
-            raise UpstreamError(f"upstream stream broke: {_describe(exc)}") from None
+        frames = await self._pull(self._splitter.feed)
+        if frames is None:
+            tail = self._splitter.tail()
+            return [tail] if tail else []
+        return frames
 
     async def read_block(self) -> bytes:
         """The frames the next socket read completes, as one block of bytes (never
         empty), or b"" at the end: no frame is cut out of it."""
+        if self._done:
+            return b""
+        block = await self._pull(self._splitter.block)
+        return self._splitter.tail() if block is None else block
+
+    async def _pull(self, cut: Callable[[bytes], T]) -> T | None:
+        """``cut`` of the next socket read that completes a frame; None at the end (the
+        splitter's tail is then the caller's). Every wait bounded: idle and total."""
         timeouts = self._timeouts
         try:
-            while not self._done:
+            while True:
                 chunk = await self._resp.content.readany()  # bounded by sock_read (idle)
                 if not chunk:
                     self._done = True
-                    return self._splitter.tail()
+                    return None
                 if asyncio.get_running_loop().time() > self._deadline:
                     raise UpstreamTimeout(
                         f"upstream stream exceeded {timeouts.total:g}s in total")
-                block = self._splitter.block(chunk)
-                if block:
-                    return block
-            return b""
+                got = cut(chunk)
+                if got:
+                    return got
         except TimeoutError:
             raise UpstreamTimeout(
                 f"upstream stream stalled: no data for {timeouts.idle:g}s") from None
