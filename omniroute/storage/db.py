@@ -67,9 +67,11 @@ class Database(DatabaseBackend):
         conn.row_factory = sqlite3.Row
         db = cls(conn, path)
         try:
+            # the busy wait first: switching to WAL takes the file's lock for a moment,
+            # and another process opening it at the same time must wait, not fail
+            await conn.execute("PRAGMA busy_timeout=10000")
             await conn.execute("PRAGMA journal_mode=WAL")
             await conn.execute("PRAGMA synchronous=NORMAL")
-            await conn.execute("PRAGMA busy_timeout=10000")
             await conn.execute("PRAGMA foreign_keys=ON")
             # 256 KiB of page cache, not SQLite's 2 MiB: the request log's appends fill
             # it with pages that are never read again (measured: -2 MiB RSS after a
