@@ -67,10 +67,8 @@ class Database(DatabaseBackend):
         conn.row_factory = sqlite3.Row
         db = cls(conn, path)
         try:
-            # the busy wait first: switching to WAL takes the file's lock for a moment,
-            # and another process opening it at the same time must wait, not fail
             await conn.execute("PRAGMA busy_timeout=10000")
-            await conn.execute("PRAGMA journal_mode=WAL")
+            await _switch_to_wal(conn)
             await conn.execute("PRAGMA synchronous=NORMAL")
             await conn.execute("PRAGMA foreign_keys=ON")
             # 256 KiB of page cache, not SQLite's 2 MiB: the request log's appends fill
@@ -168,6 +166,24 @@ class Database(DatabaseBackend):
             "ON CONFLICT(key) DO UPDATE SET value = CAST(value AS INTEGER) + 1"
         )
         return await self.config_version()
+
+
+async def _switch_to_wal(conn: aiosqlite.Connection) -> None:
+    """``PRAGMA journal_mode=WAL``, tried again while another process opening the same
+    new file holds its lock: SQLite answers "database is locked" at once there, without
+    the busy wait (its deadlock rule). Bounded: about 5 s, then the error stands."""
+    for attempt in range(WAL_TRIES):
+        try:
+            await conn.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or attempt == WAL_TRIES - 1:
+                raise
+            await asyncio.sleep(0.05)
+
+
+#: how many times the switch to WAL is tried (0.05 s apart)
+WAL_TRIES = 100
 
 
 async def open_reader(path: Path | str) -> Database:
