@@ -61,7 +61,10 @@ async def test_a_redis_cluster_node_is_refused_at_start(tmp_path: Path) -> None:
     port = free_port()
     process = await asyncio.create_subprocess_exec(
         binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly",
-        "no", "--cluster-enabled", "yes", "--cluster-config-file",
+        # the cluster bus port given too: by default it is port + 10000, past 65535 for
+        # a high free port (redis-server then exits at once)
+        "no", "--cluster-enabled", "yes", "--cluster-port", str(free_port()),
+        "--cluster-config-file",
         str(tmp_path / "nodes.conf"), "--dir", str(tmp_path),
         stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
     shared = RedisShared(f"redis://127.0.0.1:{port}/0", clock=ManualClock(),
