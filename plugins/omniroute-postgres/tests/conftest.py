@@ -5,9 +5,10 @@ test, and the project's fake OpenAI upstream."""
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 
@@ -17,6 +18,7 @@ from omniroute_postgres.testing import fresh_schema, scratch_database
 sys.path.insert(0, str(Path(__file__).resolve().parents[3] / "tests"))
 
 from fakes.openai_upstream import FakeOpenAI
+from pg_testkit import Proxy
 
 UPSTREAM_KEY = "sk-upstream-test"
 
@@ -39,3 +41,13 @@ async def upstream(aiohttp_server: Any) -> FakeOpenAI:
     server = await aiohttp_server(fake.app)
     fake.base_url = str(server.make_url("/v1"))  # type: ignore[attr-defined]
     return fake
+
+
+@pytest.fixture
+async def proxy(pg_url: str) -> AsyncIterator[Proxy]:
+    """A TCP proxy in front of the test database, which tests can cut or pause."""
+    parts = urlsplit(pg_url)
+    made = Proxy(parts.hostname or "127.0.0.1", parts.port or 5432)
+    await made.start()
+    yield made
+    await made.close()

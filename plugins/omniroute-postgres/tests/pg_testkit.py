@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 from omniroute.plugins import Plugins, load_plugins
 from omniroute.testing import GatewayHarness, make_test_config, start_harness
@@ -144,3 +145,12 @@ class Proxy:
                 await dst.drain()
         dst.transport.abort()
         self._pipes.discard(dst)
+
+
+def through(url: str, proxy: Proxy, *, connect_timeout: float = 1,
+            command_timeout: float = 2) -> str:
+    """``url`` reaching the database through ``proxy``, with short waits."""
+    parts = urlsplit(url)
+    netloc = f"{parts.username}@127.0.0.1:{proxy.port}"
+    query = f"{parts.query}&connect_timeout={connect_timeout:g}&command_timeout={command_timeout:g}"
+    return urlunsplit(parts._replace(netloc=netloc, query=query))

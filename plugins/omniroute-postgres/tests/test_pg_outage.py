@@ -15,28 +15,11 @@ from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 from omniroute.storage import RequestRecord
-from pg_testkit import COMMIT, UPSTREAM_KEY, Proxy, start_instances, until
+from pg_testkit import COMMIT, UPSTREAM_KEY, Proxy, start_instances, through, until
 
 from omniroute_postgres import PostgresDatabase
 
 pytestmark = pytest.mark.multi
-
-
-@pytest.fixture
-async def proxy(pg_url: str) -> AsyncIterator[Proxy]:
-    parts = urlsplit(pg_url)
-    made = Proxy(parts.hostname or "127.0.0.1", parts.port or 5432)
-    await made.start()
-    yield made
-    await made.close()
-
-
-def through(url: str, proxy: Proxy) -> str:
-    """``url`` reaching the database through ``proxy``, with short waits."""
-    parts = urlsplit(url)
-    netloc = f"{parts.username}@127.0.0.1:{proxy.port}"
-    return urlunsplit(parts._replace(netloc=netloc,
-                                     query=f"{parts.query}&connect_timeout=1&command_timeout=2"))
 
 
 async def chat(gw: Any, content: str) -> int:

@@ -8,11 +8,10 @@ from __future__ import annotations
 import asyncio
 import random
 from collections.abc import AsyncIterator
-from urllib.parse import urlsplit
 
 import pytest
 from omniroute.storage import RequestLog, RequestRecord
-from pg_testkit import COMMIT, Proxy
+from pg_testkit import COMMIT, Proxy, through
 
 from omniroute_postgres import PostgresDatabase
 
@@ -136,27 +135,13 @@ async def test_writers_adding_to_the_same_hours_at_once_neither_deadlock_nor_mis
     await _assert_totals_are_the_records(writers[0])
 
 
-@pytest.fixture
-async def proxy(pg_url: str) -> AsyncIterator[Proxy]:
-    parts = urlsplit(pg_url)
-    made = Proxy(parts.hostname or "127.0.0.1", parts.port or 5432)
-    await made.start()
-    yield made
-    await made.close()
-
-
-def through(url: str, proxy: Proxy) -> str:
-    parts = urlsplit(url)
-    return parts._replace(netloc=f"{parts.username}@127.0.0.1:{proxy.port}",
-                          query=f"{parts.query}&connect_timeout=2&command_timeout=5").geturl()
-
-
 async def test_a_batch_whose_commit_acknowledgement_was_lost_adds_nothing_twice(
         pg_url: str, proxy: Proxy, writers: list[PostgresDatabase]) -> None:
     """The server commits the batch, the answer never arrives (the connection drops):
     the writer keeps the batch and writes it again; neither the records nor the totals
     count it twice, and another writer's batch in between is counted once too."""
-    db = await PostgresDatabase.connect(through(pg_url, proxy))
+    db = await PostgresDatabase.connect(
+        through(pg_url, proxy, connect_timeout=2, command_timeout=5))
     try:
         rng = random.Random(3)
         log, other = RequestLog(db), RequestLog(writers[0])
