@@ -152,3 +152,13 @@ def test_a_data_directory_that_cannot_be_written_still_gets_prices(
     table = load_table(missing)
     assert table.rate("gpt-4o", None, "openai") is not None
     assert "could not be written" in caplog.text
+
+
+def test_a_data_directory_not_made_yet_is_made_for_the_table(tmp_path: Path,
+                                                             caplog: Any) -> None:
+    """The first start may price before the database made the data directory."""
+    fresh = tmp_path / "new" / "omniroute"
+    load_table(fresh)
+    version = table_module.installed_version()
+    assert version is not None and table_path(fresh, version).is_file()
+    assert "could not be written" not in caplog.text

@@ -273,6 +273,7 @@ def load_table(data_dir: Path | None) -> PriceTable:
 def write_table(table: PriceTable, path: Path) -> None:
     """Write ``table`` to ``path`` whole or not at all (workers may race), and remove the
     tables of other genai-prices versions beside it."""
+    path.parent.mkdir(parents=True, exist_ok=True)  # a data dir not made yet (first start)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".genai-prices-", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:

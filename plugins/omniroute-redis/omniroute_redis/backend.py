@@ -143,6 +143,10 @@ class RedisShared(SharedState):
             await self.state.sync(everything=True)
         if self.config_watcher is not None:
             await self.config_watcher.check()
+            # a change this instance announced while the link was down was never heard:
+            # say again which version is loaded here (an instance holding it already
+            # only compares the number)
+            self.config_watcher.announce(self.config_watcher.loaded_version())
 
     async def close(self) -> None:
         self.link.closing()

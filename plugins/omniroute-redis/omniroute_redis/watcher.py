@@ -36,7 +36,7 @@ class PubSubWatcher(VersionPoll):
         super().__init__(db, reload=reload, loaded=loaded, interval=interval)
         self.link = link
         self.channel = link.key("config")
-        self._loaded_version = loaded
+        self.loaded_version = loaded
         self._checks: set[asyncio.Task[Any]] = set()
         self.heard_count = 0
 
@@ -51,7 +51,7 @@ class PubSubWatcher(VersionPoll):
             log.warning("ignoring a malformed config notice on %s", self.channel)
             return
         self.heard_count += 1
-        if version != self._loaded_version():
+        if version != self.loaded_version():
             task = asyncio.ensure_future(self.check())
             self._checks.add(task)
             task.add_done_callback(self._checks.discard)

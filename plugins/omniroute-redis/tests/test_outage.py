@@ -150,3 +150,22 @@ async def test_budgets_fail_closed_when_the_setting_says_so(
         assert (await trio.chat())[0] == 200
     finally:
         await trio.close()
+
+
+async def test_a_change_announced_while_the_link_was_down_is_heard_once_it_is_back(
+        trio: Instances, upstream: FakeUpstream) -> None:
+    """An instance whose link is down drops its config notice (publishing is skipped while
+    down); once its probe finds Redis again it says which version it holds, so the others
+    reload long before their 30 s safety poll (the flaky CI failure of session 7: a start-up
+    call timed out under load and the new connection was never heard of)."""
+    await add_connection(trio, upstream)
+    await until_routable(trio, "up/m1")
+    link = trio[0].gateway.shared.link
+    link.lost(TimeoutError("simulated: a call outlived state_timeout"))
+    assert degraded(trio[0])
+    resp = await trio[0].client.post("/api/models/alias", headers=trio[0].admin_headers,
+                                     json={"alias": "heard-late", "target": "up/m1"})
+    assert resp.status in (200, 201)
+    await until(lambda: not degraded(trio[0]), timeout=2.0)  # the probe pings Redis again
+    for gw in trio.gateways[1:]:
+        await until(lambda gw=gw: "heard-late" in gw.catalog.aliases, timeout=1.0)
