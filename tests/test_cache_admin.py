@@ -187,6 +187,38 @@ async def test_a_plugin_layer_answers_after_the_exact_backends_miss(
     assert "t-dict-layer" in stats["layers"]
 
 
+async def test_an_inactive_layer_is_neither_asked_nor_given_entries(
+        aiohttp_client: Any, tmp_path: Path, fake_openai: Any) -> None:
+    """A layer whose setting is off (the semantic cache by default) costs a request
+    nothing: the key leaves out what only layers read, and no layer is asked or fed;
+    once it is active again it is both."""
+    layer = DictLayer()
+    on = False
+    asked: list[Any] = []
+    original = layer.lookup
+
+    async def lookup(key: Any) -> Any:
+        asked.append(key)
+        return await original(key)
+
+    layer.lookup = lookup  # type: ignore[method-assign]
+    layer.active = lambda: on  # type: ignore[method-assign]
+    plugins = load_plugins(extra=[("t-layer", LayersPlugin(layer))])
+    gw = await start_harness(aiohttp_client, make_test_config(tmp_path), plugins=plugins)
+    await gw.add_provider({"type": "openai", "prefix": "up", "name": "fake",
+                           "base_url": fake_openai.base_url, "api_key": "sk-upstream-test"})
+    assert await ask(gw) == "MISS"
+    await gw.cache.settled()
+    assert asked == [] and layer.entries == {}
+    assert await ask(gw) == "HIT"  # the exact backend still keeps and answers it
+    on = True
+    await gw.cache.backends[0].clear()
+    assert await ask(gw) == "MISS"
+    await gw.cache.settled()
+    assert len(asked) == 1 and asked[0].scope and asked[0].prompt == "what is 2 + 2?"
+    assert list(layer.entries) == ["what is 2 + 2?"]
+
+
 def test_key_scope_prompt_and_flags() -> None:
     from omniroute.cache.entry import dump, load, storable
     from omniroute.cache.key import cache_key, uncacheable

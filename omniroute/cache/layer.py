@@ -67,6 +67,12 @@ class CacheLayer:
     #: the layer's name (in ``GET /api/cache/stats`` and the logs); unique
     name: ClassVar[str]
 
+    def active(self) -> bool:
+        """Whether the layer answers lookups now (its setting is on). While no layer is
+        active the stage leaves out of the key what only layers read (half the key's cost)
+        and asks no layer; such a key's ``scope`` is ``""``, and it is stored in no layer."""
+        return True
+
     async def lookup(self, key: CacheKey) -> LayerHit | None:
         """The entry stored for a request like ``key``, or None."""
         raise NotImplementedError

@@ -149,6 +149,8 @@ class ResponseCache:
                 with contextlib.suppress(Exception):  # for what is left of its TTL
                     await front.set(key.exact, data, left)
             return Found(found, backend.name)
+        if not key.scope:  # made while no layer was active: none is asked
+            return None
         for layer in self.layers:
             try:
                 hit = await layer.lookup(key)
@@ -161,6 +163,10 @@ class ResponseCache:
             if found is not None and (found.expires is None or found.expires > self.clock()):
                 return Found(found, layer.name, hit.similarity)
         return None
+
+    def layered(self) -> bool:
+        """Whether a key needs what the layers read: one of them is active now."""
+        return any(layer.active() for layer in self.layers)
 
     def store(self, key: CacheKey, produce: Producer, ttl: float) -> None:
         """Queue a store; the writer calls ``produce`` and keeps its bytes everywhere."""
@@ -194,7 +200,7 @@ class ResponseCache:
             except Exception:
                 self.store_failures += 1
                 log.exception("cache backend %s failed to store", backend.name)
-        for layer in self.layers:
+        for layer in self.layers if key.scope else ():
             try:
                 await layer.store(key, data, ttl)
             except Exception:

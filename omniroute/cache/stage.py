@@ -135,7 +135,7 @@ class CacheRun(StageRun):
         # keyed as the same `prefix/model` a plain route would name it by
         model = f"{ctx.prefix}/{ctx.model}" if ctx.prefix else ctx.model
         return cache_key(request, ctx.principal.key_id or "", model,
-                         layers=bool(self.stage.cache.layers))
+                         layers=self.stage.cache.layered())
 
     async def before(self, ctx: RequestContext) -> Reply | None:
         cache = self.stage.cache

@@ -182,6 +182,9 @@ class SemanticLayer(CacheLayer):
 
     # ------------------------------------------------------------------ the contract
 
+    def active(self) -> bool:
+        return self._settings().semantic_cache
+
     async def lookup(self, key: CacheKey) -> LayerHit | None:
         settings = self._settings()
         if not settings.semantic_cache:
