@@ -232,3 +232,31 @@ async def test_a_hit_promoted_to_a_faster_backend_keeps_what_is_left_of_its_ttl(
     await back.set(key.exact, entries.dump(answer, "m", 0.0, None, now[0] - 1), 600)
     assert await cache.lookup(key) is None
     assert await front.get(key.exact) is None
+
+
+async def test_a_streamed_hit_leaves_in_one_write_unless_progress_wraps_it(gw: Any) -> None:
+    """Every frame of a replay is known at once: the answer is one body with its length
+    (headers and frames in one write), which the SDK's stream reads as usual. With
+    progress frames asked for, the replay stays a stream, and the frames are there."""
+    body = {"model": "up/gpt-4o-mini", "messages": HI, "temperature": 0, "stream": True}
+    first = await gw.client.post("/v1/chat/completions", json=body)
+    assert first.headers["X-OmniRoute-Cache"] == "MISS"
+    assert "Content-Length" not in first.headers  # relayed chunk by chunk
+    await first.read()
+    await gw.client.app[CACHE].settled()
+    hit = await gw.client.post("/v1/chat/completions", json=body)
+    raw = await hit.read()
+    assert hit.headers["X-OmniRoute-Cache"] == "HIT"
+    assert hit.headers["Content-Type"].startswith("text/event-stream")
+    assert hit.headers["Cache-Control"] == "no-cache"
+    assert int(hit.headers["Content-Length"]) == len(raw) and raw.endswith(b"data: [DONE]\n\n")
+    stream = await sdk(gw).chat.completions.create(**body)
+    text = "".join([chunk.choices[0].delta.content or "" async for chunk in stream
+                    if chunk.choices])
+    assert text and len(gw.fake.requests) == 1
+    wrapped = await gw.client.post("/v1/chat/completions", json=body,
+                                   headers={"X-OmniRoute-Progress": "true"})
+    raw = await wrapped.read()
+    assert wrapped.headers["X-OmniRoute-Cache"] == "HIT"
+    assert "Content-Length" not in wrapped.headers
+    assert b": progress " in raw and b'"done":true' in raw

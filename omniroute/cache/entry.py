@@ -22,7 +22,6 @@ asked: a JSON body (``Format.encode_response``) or a stream of the events
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -118,8 +117,7 @@ async def replay(response: c.Response, first: Callable[[], None] | None = None
     :param first: called once before the first content event (the record's time to
         the first content token).
     """
-    for event in events_of(dataclasses.replace(response, usage=dataclasses.replace(
-            response.usage))):
+    for event in events_of(response):  # (its own: :func:`load` builds one per lookup)
         if first is not None and isinstance(event, c.PartStart):
             first()
             first = None

@@ -45,6 +45,7 @@ from omniroute.errors import GatewayError
 from omniroute.formats import canonical as c
 from omniroute.formats.base import ClientRequest, Format
 from omniroute.pipeline.context import Reply, RequestContext
+from omniroute.pipeline.relay import STREAM_HEADERS
 from omniroute.pipeline.responses_state import keeps_state
 from omniroute.pipeline.stages import Stage, StageRun
 from omniroute.pipeline.usage import frames_of, set_usage, since
@@ -148,14 +149,14 @@ class CacheRun(StageRun):
         found = await cache.lookup(key, self.pending)
         if found is not None:
             cache.hits += 1
-            return self.hit(ctx, request, found)
+            return await self.hit(ctx, request, found)
         cache.misses += 1
         say(ctx, "MISS")
         self.key = key
         ctx.tap = self
         return None
 
-    def hit(self, ctx: RequestContext, request: c.Request, found: Found) -> Reply:
+    async def hit(self, ctx: RequestContext, request: c.Request, found: Found) -> Reply:
         response, record, fmt = found.entry.response, ctx.record, ctx.fmt
         record.cache_hit = True
         record.model = response.model
@@ -167,6 +168,13 @@ class CacheRun(StageRun):
             ctx.reply_headers[SIMILARITY_HEADER] = f"{found.similarity:.4f}"
         if not ctx.stream:
             return Reply(body=fmt.encode_response(response, request))
+        if not any(type(run).stream is not StageRun.stream for run in ctx.runs):
+            # nothing wraps the stream (progress frames): every frame is known now, so
+            # the replay is one body, written with its headers in one write
+            frames = [frame async for frame in fmt.encode_stream(
+                entries.replay(response), request)]
+            return Reply(body=b"".join(frames), content_type=fmt.stream_content_type,
+                         headers=dict(STREAM_HEADERS))
 
         def first() -> None:
             record.ttfc_ms = since(ctx.started)

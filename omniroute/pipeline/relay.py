@@ -114,6 +114,10 @@ async def with_keepalive(
             await finish(task.result(), ConnectionResetError("client left"))
 
 
+#: what every stream's answer says besides its content type: no cache, no proxy buffering
+STREAM_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+
+
 async def relay(
     request: web.Request,
     ctx: RequestContext,
@@ -131,11 +135,7 @@ async def relay(
     assert frames is not None
     if response is None:
         response = web.StreamResponse(headers={
-            "Content-Type": reply.content_type,
-            "Cache-Control": "no-cache",
-            "X-Accel-Buffering": "no",
-            **headers,
-        })
+            "Content-Type": reply.content_type, **STREAM_HEADERS, **headers})
     # a target's frames only: a stage's own answer (an idempotent replay) was seen once
     taps = [run for run in ctx.runs if run.sees_frames] if reply.target is not None else []
     # closing `frames` closes every layer down to the upstream connection
