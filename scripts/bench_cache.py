@@ -19,19 +19,14 @@ for every target back to back, ``--rounds`` times (the median is reported):
 from __future__ import annotations
 
 import argparse
-import multiprocessing
-import signal
 import statistics
 import sys
-import tempfile
-from pathlib import Path
 from typing import Any
 
-from bench import HOST, process_tree, start_app, start_gateway, stop_all
-from bench_client import client_main
-from bench_fakes import DONE, INSTANT_REQUEST, REQUEST
+from bench_client import start_client
+from bench_fakes import CHAT, DONE, HOST, INSTANT_REQUEST, REQUEST
+from bench_procs import process_tree, running, start_app, start_gateway
 
-CHAT = "/v1/chat/completions"
 HIT_REQUEST = {**REQUEST, "temperature": 0}
 HIT_STREAM = {**INSTANT_REQUEST, "temperature": 0}
 
@@ -49,42 +44,34 @@ def cells(targets: dict[str, tuple[str, list[int]]]) -> list[tuple[str, str, dic
 
 
 def run(args: argparse.Namespace) -> dict[str, dict[int, dict[str, float]]]:
-    ctx = multiprocessing.get_context("spawn")
-    procs: list[Any] = []
-    gateways: list[Any] = []
     results: dict[str, dict[int, list[dict[str, Any]]]] = {}
-    with tempfile.TemporaryDirectory(prefix="omniroute-bench-cache-") as tmp:
-        try:
-            upstream, up_port = start_app(ctx, "upstream", None, "asyncio", procs)
-            fw, fw_port = start_app(ctx, "forwarder", f"http://{HOST}:{up_port}", "asyncio",
-                                    procs)
-            targets = {"direct": (f"http://{HOST}:{up_port}", [upstream.pid]),
-                       "forwarder": (f"http://{HOST}:{fw_port}", [fw.pid])}
-            for name, mode in (("off", "off"), ("on", "deterministic")):
-                gateway, port = start_gateway(Path(tmp) / name, up_port, 1, "asyncio",
-                                              settings={"cache_mode": mode})
-                gateways.append(gateway)
-                targets[name] = (f"http://{HOST}:{port}", process_tree(gateway.pid))
-            client, child_end = ctx.Pipe()
-            procs.append(ctx.Process(target=client_main, args=(child_end,), daemon=True))
-            procs[-1].start()
-            for rnd in range(1, args.rounds + 1):
-                for conc in args.concurrency:
-                    for row, target, body, tail in cells(targets):
-                        base, pids = targets[target]
-                        client.send(("loop", {"url": base + CHAT, "body": body, "conc": conc,
-                                              "pids": pids, "tail": tail,
-                                              "warmup": args.warmup,
-                                              "duration": args.duration}))
-                        cell = client.recv()
-                        if "error" in cell or not cell.get("requests"):
-                            raise RuntimeError(f"{row} c={conc} failed: {cell}")
-                        results.setdefault(row, {}).setdefault(conc, []).append(cell)
-                        print(f"  round {rnd} c={conc:<3} {row:<38} {cell['rps']:6.0f}/s "
-                              f"p50 {cell['p50_ms']:.3f} ms CPU {cell['cpu_ms_per_req']:.3f} ms",
-                              file=sys.stderr, flush=True)
-        finally:
-            stop_all(gateways, procs)
+    with running("omniroute-bench-cache-") as started:
+        upstream, up_port = start_app(started.ctx, "upstream", None, "asyncio", started.procs)
+        fw, fw_port = start_app(started.ctx, "forwarder", f"http://{HOST}:{up_port}", "asyncio",
+                                started.procs)
+        targets = {"direct": (f"http://{HOST}:{up_port}", [upstream.pid]),
+                   "forwarder": (f"http://{HOST}:{fw_port}", [fw.pid])}
+        for name, mode in (("off", "off"), ("on", "deterministic")):
+            gateway, port = start_gateway(started.tmp / name, up_port, 1, "asyncio",
+                                          settings={"cache_mode": mode})
+            started.gateways.append(gateway)
+            targets[name] = (f"http://{HOST}:{port}", process_tree(gateway.pid))
+        client = start_client(started.ctx, started.procs)
+        for rnd in range(1, args.rounds + 1):
+            for conc in args.concurrency:
+                for row, target, body, tail in cells(targets):
+                    base, pids = targets[target]
+                    client.send(("loop", {"url": base + CHAT, "body": body, "conc": conc,
+                                          "pids": pids, "tail": tail,
+                                          "warmup": args.warmup,
+                                          "duration": args.duration}))
+                    cell = client.recv()
+                    if "error" in cell or not cell.get("requests"):
+                        raise RuntimeError(f"{row} c={conc} failed: {cell}")
+                    results.setdefault(row, {}).setdefault(conc, []).append(cell)
+                    print(f"  round {rnd} c={conc:<3} {row:<38} {cell['rps']:6.0f}/s "
+                          f"p50 {cell['p50_ms']:.3f} ms CPU {cell['cpu_ms_per_req']:.3f} ms",
+                          file=sys.stderr, flush=True)
     return {row: {conc: {k: statistics.median(c[k] for c in runs)
                          for k in ("rps", "p50_ms", "p99_ms", "cpu_ms_per_req")}
                   for conc, runs in by_conc.items()} for row, by_conc in results.items()}
@@ -125,7 +112,6 @@ def main() -> int:
                    default=[1, 16], help="closed-loop workers per cell (1,16)")
     p.add_argument("--rounds", type=int, default=3, help="repeat every cell; report the median")
     args = p.parse_args()
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     print(report(args, run(args)))
     return 0
 

@@ -13,30 +13,15 @@ import json
 import os
 import re
 import signal
+import statistics
 import time
 from typing import Any
 
 import aiohttp
 from bench_fakes import ANTHROPIC_REQUEST, REQUEST, settle_malloc
+from bench_procs import cpu_ms
 
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 _TS = re.compile(r"<(\d+)>")
-
-
-def stat_fields(pid: int) -> list[str]:
-    with open(f"/proc/{pid}/stat") as f:
-        return f.read().rsplit(")", 1)[1].split()  # fields from 3 (state) on
-
-
-def cpu_ms(pids: list[int]) -> float:
-    ticks = 0
-    for pid in pids:
-        try:
-            fields = stat_fields(pid)
-            ticks += int(fields[11]) + int(fields[12])  # utime + stime
-        except OSError:
-            pass
-    return ticks * 1000 / CLK_TCK
 
 
 def pct(values: list[float], p: int) -> float | None:
@@ -167,6 +152,18 @@ async def stream_cell(url: str, conc: int, count: int, pids: list[int]) -> dict[
             "cpu_ms_per_stream": (cpu1 - cpu0) / len(ok) if ok else None}
 
 
+def median_cell(cells: list[dict[str, Any]]) -> dict[str, Any]:
+    """Rounds of one cell: counts add up, every other number is the median."""
+    out: dict[str, Any] = {}
+    for key in cells[0]:
+        values = [c[key] for c in cells if c[key] is not None]
+        if key in ("requests", "streams", "errors"):
+            out[key] = sum(values)
+        else:
+            out[key] = statistics.median(values) if values else None
+    return out
+
+
 CELLS = {"loop": loop_cell, "stream": stream_cell}
 
 
@@ -180,3 +177,12 @@ def client_main(conn: Any) -> None:
             conn.send(asyncio.run(CELLS[kind](**kwargs)))
         except Exception as exc:  # noqa: BLE001 - the parent reports it
             conn.send({"error": f"{type(exc).__name__}: {exc}"})
+
+
+def start_client(ctx: Any, procs: list[Any]) -> Any:
+    """The load client in a process of its own (added to ``procs``): the connection to
+    send it cells on (``None`` ends it)."""
+    client, child_end = ctx.Pipe()
+    procs.append(ctx.Process(target=client_main, args=(child_end,), daemon=True))
+    procs[-1].start()
+    return client

@@ -19,20 +19,17 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import multiprocessing
 import os
 import signal
 import statistics
 import sys
-import tempfile
 import time
-from pathlib import Path
 from typing import Any
 
 import aiohttp
-from bench import CHAT, busy_ms, process_tree, start_app, start_gateway, stop_all
-from bench_client import client_main, pct
-from bench_fakes import HOST, REQUEST
+from bench_client import pct, start_client
+from bench_fakes import CHAT, HOST, REQUEST
+from bench_procs import busy_ms, exit_with, process_tree, running, start_app, start_gateway
 
 #: what the dashboard's pages poll while open (overview, request log, resilience)
 POLLS = ("/api/dashboard/overview", "/api/usage/logs?from=24h&limit=50", "/api/resilience",
@@ -153,30 +150,18 @@ def main() -> int:
     p.add_argument("--viewers", type=int, default=1, help="dashboard sessions (1)")
     p.add_argument("--every", type=float, default=5.0, help="seconds between polls (5)")
     args = p.parse_args()
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # run the clean-up below
-    ctx = multiprocessing.get_context("spawn")
-    procs: list[Any] = []
-    gateways: list[Any] = []
-    with tempfile.TemporaryDirectory(prefix="omniroute-bench-dashboard-") as tmp:
-        try:
-            _, up_port = start_app(ctx, "upstream", None, "asyncio", procs)
-            gateway, port = start_gateway(Path(tmp) / "gw", up_port, 1, "asyncio")
-            gateways.append(gateway)
-            client, child_end = ctx.Pipe()
-            procs.append(ctx.Process(target=client_main, args=(child_end,), daemon=True))
-            procs[-1].start()
-            busy, began = busy_ms(), time.monotonic()
-            measured = measure(args, ctx, f"http://{HOST}:{port}", process_tree(gateway.pid),
-                               client)
-            machine = (busy_ms() - busy) / 1000 / (time.monotonic() - began)
-            print(report(args, measured, machine))
-            return 0
-        except KeyboardInterrupt:
-            print("interrupted", file=sys.stderr)
-            return 130
-        finally:
-            stop_all(gateways, procs)
+    with running("omniroute-bench-dashboard-") as run:
+        _, up_port = start_app(run.ctx, "upstream", None, "asyncio", run.procs)
+        gateway, port = start_gateway(run.tmp / "gw", up_port, 1, "asyncio")
+        run.gateways.append(gateway)
+        client = start_client(run.ctx, run.procs)
+        busy, began = busy_ms(), time.monotonic()
+        measured = measure(args, run.ctx, f"http://{HOST}:{port}",
+                           process_tree(gateway.pid), client)
+        machine = (busy_ms() - busy) / 1000 / (time.monotonic() - began)
+        print(report(args, measured, machine))
+        return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_with(main)

@@ -26,6 +26,7 @@ import aiohttp
 from aiohttp import web
 
 HOST = "127.0.0.1"
+CHAT = "/v1/chat/completions"
 STREAM_CHUNKS, CHUNK_INTERVAL = 20, 0.010
 INSTANT_SUFFIX = "-instant"
 DONE = b"data: [DONE]\n\n"
@@ -120,7 +121,7 @@ async def upstream_models(request: web.Request) -> web.Response:
 
 def upstream_app(_: str | None) -> web.Application:
     app = web.Application()
-    app.router.add_post("/v1/chat/completions", upstream_chat)
+    app.router.add_post(CHAT, upstream_chat)
     app.router.add_post("/v1/embeddings", upstream_embeddings)
     app.router.add_get("/v1/models", upstream_models)
     return app
@@ -153,7 +154,7 @@ def forwarder_app(upstream: str | None) -> web.Application:
 
     app = web.Application()
     app.cleanup_ctx.append(session_ctx)
-    app.router.add_post("/v1/chat/completions", forward)
+    app.router.add_post(CHAT, forward)
     app.router.add_post("/v1/embeddings", forward)
     return app
 

@@ -56,7 +56,6 @@ import re
 import runpy
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -68,17 +67,12 @@ from typing import Any
 
 import aiohttp
 from bench_fakes import DONE, HOST, INSTANT_REQUEST, REQUEST, forwarder_app, serve_app
+from bench_procs import free_port
 
 SCRIPTS = Path(__file__).resolve().parent
 LANES = {"json": (REQUEST, None), "instant": (INSTANT_REQUEST, DONE)}
 #: how much longer the servers' background loops sleep (see the docstring)
 SLEEP_SLOWDOWN = 1000.0
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return s.getsockname()[1]
 
 
 # ------------------------------------------------------------------ the runner (in the server)

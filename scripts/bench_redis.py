@@ -38,7 +38,6 @@ import json
 import multiprocessing
 import os
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -48,9 +47,18 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from bench import busy_ms, fmt, median_cell, process_tree, start_app, start_gateway, stop_all
-from bench_client import client_main, cpu_ms
+from bench_client import median_cell, start_client
 from bench_fakes import HOST, REQUEST
+from bench_procs import (
+    busy_ms,
+    cpu_ms,
+    free_port,
+    process_tree,
+    start_app,
+    start_gateway,
+    stop_all,
+)
+from bench_report import fmt
 
 LIMITS = {"rpm": 10_000_000, "max_concurrency": 100_000}
 #: the API key of the ``-all`` targets: every limit set, none reached
@@ -149,9 +157,7 @@ def run(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     ctx = multiprocessing.get_context("spawn")
     procs: list[Any] = []
     gateways: list[subprocess.Popen] = []
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        redis_port = s.getsockname()[1]
+    redis_port = free_port()
     redis = start_redis(redis_port)
     redis_pids = [redis.pid]
     try:
@@ -175,9 +181,7 @@ def run(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
                                "body": UNIQUE_REQUEST}
             targets[name] = (f"http://{HOST}:{port}/v1/chat/completions",
                              process_tree(gateway.pid))
-        client, child_end = ctx.Pipe()
-        procs.append(ctx.Process(target=client_main, args=(child_end,), daemon=True))
-        procs[-1].start()
+        client = start_client(ctx, procs)
         # what the idle gateways cost Redis (their syncs), taken off every cell's counts
         first, began = info(redis_port), time.monotonic()
         time.sleep(IDLE_WINDOW)
@@ -237,9 +241,7 @@ def two_instances(args: argparse.Namespace, ctx: Any, procs: list[Any],
     gateways.append(gateway)
     limit_connection(port)
     second = (f"http://{HOST}:{port}/v1/chat/completions", process_tree(gateway.pid))
-    other, child_end = ctx.Pipe()
-    procs.append(ctx.Process(target=client_main, args=(child_end,), daemon=True))
-    procs[-1].start()
+    other = start_client(ctx, procs)
     top = max(args.concurrency)
 
     def cell(url: str, pids: list[int], conc: int) -> dict[str, Any]:

@@ -22,10 +22,13 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bench_report import get
+
 #: the gateways this module adds (names in the report)
 NO_RECORDS, FULL_TABLE = "omniroute-norec", "omniroute-1m"
 PREFILL_ROWS = 1_000_000
 FLUSH_RECORDS = 10_000
+CPU = "cpu_ms_per_req"
 _COLUMNS = ("request_id", "ts", "api_key_id", "endpoint", "model_requested", "provider",
             "connection_id", "model", "stream", "status", "prompt_tokens", "completion_tokens",
             "latency_ms", "ttfb_ms", "attempts", "client_format", "user_agent", "attempt_log",
@@ -52,52 +55,55 @@ def prefill(db_path: Path, rows: int = PREFILL_ROWS) -> float:
     return time.perf_counter() - began
 
 
+def sample_records(tag: str, n: int) -> list[Any]:
+    """``n`` complete request records (``RequestRecord``), ids from ``tag``."""
+    from omniroute.storage import RequestRecord
+
+    now = time.time()
+    return [RequestRecord(
+        request_id=f"{tag}{i:012x}", ts=now, endpoint="chat.completions", status=200,
+        api_key_id="key_bench", model_requested="bench/gpt-4o-mini", provider="bench",
+        connection_id="conn_bench", model="gpt-4o-mini", stream=True, prompt_tokens=27,
+        completion_tokens=20, cached_tokens=0, reasoning_tokens=0, latency_ms=2.5,
+        ttfb_ms=1.2, attempts=1, client_format="openai", user_agent="bench/1.0",
+        attempt_log='[{"target":"bench/gpt-4o-mini (bench)","failure":null,'
+                    '"status":200,"ms":1.2}]', ttfc_ms=1.3, tokens_per_s=8000.0,
+        cache_write_tokens=0) for i in range(n)]
+
+
+async def timed_flush(db: Any, tag: str, n: int) -> float:
+    """Seconds one ``RequestLog.flush`` of :func:`sample_records` ``(tag, n)`` takes into ``db``."""
+    from omniroute.storage import RequestLog
+
+    log = RequestLog(db, max_pending=n * 2)
+    for record in sample_records(tag, n):
+        log.add(record)
+    began = time.perf_counter()
+    written = await log.flush()
+    took = time.perf_counter() - began
+    assert written == n, written
+    return took
+
+
 def flush_cost(records: int = FLUSH_RECORDS, rows: int = PREFILL_ROWS) -> dict[str, float]:
     """Seconds one ``RequestLog.flush`` of ``records`` complete records takes, into an empty
     request log and into one already holding ``rows``."""
-    from omniroute.storage import Database, RequestLog, RequestRecord
-
-    def batch(tag: str) -> list[RequestRecord]:
-        now = time.time()
-        return [RequestRecord(
-            request_id=f"{tag}{i:012x}", ts=now, endpoint="chat.completions", status=200,
-            api_key_id="key_bench", model_requested="bench/gpt-4o-mini", provider="bench",
-            connection_id="conn_bench", model="gpt-4o-mini", stream=True, prompt_tokens=27,
-            completion_tokens=20, cached_tokens=0, reasoning_tokens=0, latency_ms=2.5,
-            ttfb_ms=1.2, attempts=1, client_format="openai", user_agent="bench/1.0",
-            attempt_log='[{"target":"bench/gpt-4o-mini (bench)","failure":null,'
-                        '"status":200,"ms":1.2}]', ttfc_ms=1.3, tokens_per_s=8000.0,
-            cache_write_tokens=0) for i in range(records)]
-
-    async def timed(db: Any, tag: str) -> float:
-        log = RequestLog(db, max_pending=records * 2)
-        for record in batch(tag):
-            log.add(record)
-        began = time.perf_counter()
-        written = await log.flush()
-        took = time.perf_counter() - began
-        assert written == records, written
-        return took
+    from omniroute.storage import Database
 
     async def run() -> dict[str, float]:
         with tempfile.TemporaryDirectory(prefix="omniroute-bench-flush-") as tmp:
             path = Path(tmp) / "omniroute.sqlite3"
             db = await Database.open(path)
             try:
-                empty = await timed(db, "empty")
+                empty = await timed_flush(db, "empty", records)
                 filled = prefill(path, rows)
-                full = await timed(db, "full")
+                full = await timed_flush(db, "full", records)
             finally:
                 await db.close()
         return {"records": records, "empty_s": empty, "full_s": full, "rows": rows,
                 "prefill_s": filled}
 
     return asyncio.run(run())
-
-
-def _cpu(results: dict[str, Any], lane: str, name: str, conc: int) -> float | None:
-    value = results.get(lane, {}).get(name, {}).get(conc, {}).get("cpu_ms_per_req")
-    return value if isinstance(value, (int, float)) else None
 
 
 def comparisons(results: dict[str, Any], recording: str, levels: dict[str, list[int]]
@@ -107,8 +113,9 @@ def comparisons(results: dict[str, Any], recording: str, levels: dict[str, list[
     out: list[tuple[str, float | None, float, str]] = []
     for lane, concs in levels.items():
         for conc in concs:
-            on, off = _cpu(results, lane, recording, conc), _cpu(results, lane, NO_RECORDS, conc)
-            full = _cpu(results, lane, FULL_TABLE, conc)
+            on = get(results, lane, recording, conc, CPU)
+            off = get(results, lane, NO_RECORDS, conc, CPU)
+            full = get(results, lane, FULL_TABLE, conc, CPU)
             if on is None or off is None or full is None:
                 continue
             out.append((f"{lane} c={conc}: CPU per request, records on / off", on / off, 1.05,

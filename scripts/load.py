@@ -20,12 +20,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import multiprocessing
 import os
 import random
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -39,9 +39,9 @@ import aiohttp
 from aiohttp import web
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import contextlib
-
-from bench import HOST, SSE_HEADERS, USAGE, pct, process_tree, rss_mib, settle_malloc, sse
+from bench_client import pct
+from bench_fakes import HOST, SSE_HEADERS, USAGE, settle_malloc, sse
+from bench_procs import gateway_env, omniroute, process_tree, rss_mib, serve_gateway, stop_all
 
 CHUNKS = 20
 PASSWORD = "load-password-123"
@@ -103,39 +103,15 @@ def serve_upstream(spec: tuple[str, float, float, int], ports: Any) -> None:
 
 def start_gateway(data_dir: str, upstreams: dict[str, int], strategy: str
                   ) -> tuple[subprocess.Popen, int]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("OMNIROUTE_")}
-    env["INITIAL_PASSWORD"] = PASSWORD
+    env = gateway_env(PASSWORD)
     cli = [sys.executable, "-m", "omniroute.cli", "--data-dir", data_dir]
-
-    def run(*args: str) -> None:
-        done = subprocess.run(cli + list(args), env=env, capture_output=True, text=True)
-        if done.returncode:
-            raise RuntimeError(f"omniroute {' '.join(args)} failed:\n{done.stdout}{done.stderr}")
-
     for name, port in upstreams.items():
-        run("providers", "add", "--type", "openai", "--name", name, "--prefix", name,
-            "--base-url", f"http://{HOST}:{port}/v1", "--api-key", f"sk-{name}")
-    run("combos", "add", "load", "--strategy", strategy,
-        *(f"{name}/gpt-4o-mini" for name in ("flaky", "slow", "fast")))
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        port = s.getsockname()[1]
-    log_path = Path(data_dir) / "gateway.log"
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen([*cli, "serve", "--port", str(port), "--log-level", "error"],
-                                env=env, stdout=log, stderr=subprocess.STDOUT,
-                                start_new_session=True)
-    deadline = time.monotonic() + 30
-    while True:
-        if proc.poll() is not None or time.monotonic() > deadline:
-            raise RuntimeError(f"the gateway did not start:\n{log_path.read_text()[-2000:]}")
-        try:
-            with urllib.request.urlopen(f"http://{HOST}:{port}/api/monitoring/health",
-                                        timeout=1) as resp:
-                if resp.status == 200:
-                    return proc, port
-        except OSError:
-            time.sleep(0.1)
+        omniroute(cli, env, "providers", "add", "--type", "openai", "--name", name,
+                  "--prefix", name, "--base-url", f"http://{HOST}:{port}/v1",
+                  "--api-key", f"sk-{name}")
+    omniroute(cli, env, "combos", "add", "load", "--strategy", strategy,
+              *(f"{name}/gpt-4o-mini" for name in ("flaky", "slow", "fast")))
+    return serve_gateway(cli, env, Path(data_dir) / "gateway.log", "--log-level", "error")
 
 
 def runtime(port: int) -> dict[str, Any]:
@@ -257,15 +233,7 @@ def main() -> int:
         except KeyboardInterrupt:
             return 130
         finally:
-            if gateway is not None and gateway.poll() is None:
-                os.killpg(gateway.pid, signal.SIGTERM)
-                try:
-                    gateway.wait(15)
-                except subprocess.TimeoutExpired:
-                    os.killpg(gateway.pid, signal.SIGKILL)
-            for proc in procs:
-                proc.terminate()
-                proc.join(5)
+            stop_all([gateway] if gateway is not None else [], procs, grace=15)
 
 
 if __name__ == "__main__":

@@ -34,6 +34,7 @@ Statements are translated once and remembered.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -70,21 +71,13 @@ def translate(sql: str) -> str:
 def _placeholders(sql: str) -> str:
     """``?`` -> ``$n``, leaving quoted text (``'...'``, ``"..."``) alone."""
     out: list[str] = []
-    quote = ""
-    n = 0
-    for ch in sql:
-        if quote:
-            if ch == quote:
-                quote = ""
-        elif ch in "'\"":
-            quote = ch
-        elif ch == "?":
+    last = n = 0
+    for i, ch in _unquoted(sql):
+        if ch == "?":
             n += 1
-            out.append(f"${n}")
-            continue
-        out.append(ch)
-    if quote:
-        raise ValueError(f"unterminated quote in SQL: {sql[:80]!r}")
+            out += (sql[last:i], f"${n}")
+            last = i + 1
+    out.append(sql[last:])
     return "".join(out)
 
 
@@ -105,15 +98,9 @@ def _casts(sql: str) -> str:
 
 def _closing(sql: str, start: int) -> int:
     """The index of the ``)`` that closes the ``(`` just before ``start``."""
-    depth, quote = 1, ""
-    for i in range(start, len(sql)):
-        ch = sql[i]
-        if quote:
-            if ch == quote:
-                quote = ""
-        elif ch in "'\"":
-            quote = ch
-        elif ch == "(":
+    depth = 1
+    for i, ch in _unquoted(sql, start):
+        if ch == "(":
             depth += 1
         elif ch == ")":
             depth -= 1
@@ -121,6 +108,25 @@ def _closing(sql: str, start: int) -> int:
                 return i
     raise ValueError(f"unbalanced parentheses in SQL: {sql[:80]!r}")
 
+
+def _unquoted(sql: str, start: int = 0) -> Iterator[tuple[int, str]]:
+    """The characters of ``sql`` from ``start`` on that stand outside quoted text
+    (``'...'``, ``"..."``; the quotes left out too), with their index.
+
+    :raises ValueError: a quote is still open at the end.
+    """
+    quote = ""
+    for i in range(start, len(sql)):
+        ch = sql[i]
+        if quote:
+            if ch == quote:
+                quote = ""
+        elif ch in "'\"":
+            quote = ch
+        else:
+            yield i, ch
+    if quote:
+        raise ValueError(f"unterminated quote in SQL: {sql[:80]!r}")
 
 
 @dataclass(frozen=True, slots=True)

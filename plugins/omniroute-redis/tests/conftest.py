@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 import redis
+import redis.asyncio as aioredis
 from redis_testkit import (
     FakeUpstream,
     Instances,
@@ -80,6 +81,16 @@ async def slow_redis(redis_url: str) -> AsyncIterator[SlowProxy]:
         yield proxy
     finally:
         await proxy.close()
+
+
+@pytest.fixture
+async def client(redis_url: str) -> AsyncIterator[aioredis.Redis]:
+    """A client of the test's Redis."""
+    made = aioredis.Redis.from_url(redis_url)
+    try:
+        yield made
+    finally:
+        await made.aclose()
 
 
 @pytest.fixture

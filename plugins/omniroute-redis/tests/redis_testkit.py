@@ -7,9 +7,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -19,6 +20,10 @@ import redis.asyncio as aioredis
 from aiohttp import web
 from omniroute.budgets import Limits
 from omniroute.testing import GatewayHarness, make_test_config, start_harness
+
+from omniroute_redis.batch import Batch
+from omniroute_redis.link import Link
+from omniroute_redis.scripts import Scripts
 
 UPSTREAM_KEY = "sk-upstream-test"
 #: scripts the instance runs on its own schedule, not for a request, and what a
@@ -244,6 +249,44 @@ async def until_routable(instances: Instances, *models: str, timeout: float = 2.
     await until(routable, timeout=timeout)
 
 
+@contextlib.asynccontextmanager
+async def priced_instance(aiohttp_client: Callable[..., Any], data_dir: Path, redis_url: str,
+                          upstream: FakeUpstream, *, plugins: Any = None,
+                          **settings: Any) -> AsyncIterator[Instances]:
+    """One instance on ``redis_url`` (``settings``: its configuration) with a connection to
+    ``upstream`` (rpm 1000, max_concurrency 50) whose model is priced (:data:`PRICE`),
+    routable, its link to Redis open; closed on the way out."""
+    made = await start_instances(aiohttp_client, data_dir, redis_url, count=1,
+                                 plugins=plugins, **settings)
+    try:
+        await add_connection(made, upstream, rpm=1000, max_concurrency=50)
+        await until_routable(made, "up/m1")
+        resp = await made[0].client.put("/api/pricing", headers=made[0].admin_headers,
+                                        json=PRICE)
+        assert resp.status == 200, await resp.text()
+        await made[0].gateway.shared.link.command("PING")  # the connection is open
+        yield made
+    finally:
+        await made.close()
+
+
+@contextlib.asynccontextmanager
+async def batch_parts(redis_url: str, timeout: float) -> AsyncIterator[tuple[Link, Batch, Scripts]]:
+    """A link to ``redis_url`` (``timeout``: its state_timeout), its scripts loaded, and
+    a started batch writer on it; both closed on the way out."""
+    link = Link(redis_url, timeout=lambda: timeout, prefix="t")
+    scripts = Scripts()
+    batch = Batch(link, scripts)
+    batch.start()
+    try:
+        await link.command("PING")  # the connection is open
+        await link.call(scripts.load)  # (another test may have flushed them)
+        yield link, batch, scripts
+    finally:
+        await batch.close()
+        await link.close()
+
+
 def requests_part(log: list[Write]) -> list[Write]:
     """The writes made for requests (the background syncs and connections opening left
     out)."""
@@ -261,6 +304,18 @@ async def limited_key(instances: Instances, **limits: Any) -> tuple[str, str]:
                                                       limits=Limits.parse(limits))
     await instances[0].gateway.reload()
     return key.id, secret
+
+
+def parsed_limits(limits: dict[str, Any]) -> Limits:
+    """``limits`` as the gateway holds them (what :func:`limited_key` gives its key)."""
+    parsed = Limits.parse(limits)
+    assert parsed is not None
+    return parsed
+
+
+def connection_id(instances: Instances) -> str:
+    """The id of the first instance's connection (the one :func:`add_connection` adds)."""
+    return next(iter(instances[0].catalog.providers.values())).connection.id
 
 
 async def count(client: aioredis.Redis, pattern: str) -> int:

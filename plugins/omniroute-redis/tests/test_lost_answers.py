@@ -16,20 +16,18 @@ from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
-from omniroute.budgets import Limits
 from redis_testkit import (
-    PRICE,
     FakeUpstream,
     Instances,
     SlowProxy,
     Write,
-    add_connection,
+    connection_id,
     count,
     limited_key,
+    parsed_limits,
+    priced_instance,
     requests_part,
-    start_instances,
     until,
-    until_routable,
 )
 
 #: seconds the proxy holds a reply: longer than ``state_timeout`` (0.25 s)
@@ -37,49 +35,24 @@ LATE = 0.6
 LIMITS = {"rpm": 100, "concurrency": 10, "daily_usd": 1.0}
 
 
-async def one_instance(aiohttp_client: Any, tmp_path: Any, url: str,
-                       upstream: FakeUpstream) -> Instances:
-    """One instance on ``url`` with the shared ``redis`` cache, its connection limited."""
-    made = await start_instances(aiohttp_client, tmp_path / "omniroute", url, count=1,
-                                 cache_backends="redis", cache_mode="on")
-    await add_connection(made, upstream, rpm=1000, max_concurrency=50)
-    await until_routable(made, "up/m1")
-    resp = await made[0].client.put("/api/pricing", headers=made[0].admin_headers,
-                                    json=PRICE)
-    assert resp.status == 200, await resp.text()
-    await made[0].gateway.shared.link.command("PING")  # the connection is open
-    return made
-
-
 @pytest.fixture
 async def behind_proxy(slow_redis: SlowProxy, aiohttp_client: Any, tmp_path: Any,
                        upstream: FakeUpstream) -> AsyncIterator[Instances]:
     # (the proxy first: it closes after the gateway)
-    made = await one_instance(aiohttp_client, tmp_path, slow_redis.url, upstream)
-    try:
-        yield made
-    finally:
-        slow_redis.delay = 0
-        await made.close()
+    async with priced_instance(aiohttp_client, tmp_path / "omniroute", slow_redis.url,
+                               upstream, cache_backends="redis", cache_mode="on") as made:
+        try:
+            yield made
+        finally:
+            slow_redis.delay = 0
 
 
 @pytest.fixture
 async def direct(aiohttp_client: Any, tmp_path: Any, redis_url: str,
                  upstream: FakeUpstream) -> AsyncIterator[Instances]:
-    made = await one_instance(aiohttp_client, tmp_path, redis_url, upstream)
-    try:
+    async with priced_instance(aiohttp_client, tmp_path / "omniroute", redis_url, upstream,
+                               cache_backends="redis", cache_mode="on") as made:
         yield made
-    finally:
-        await made.close()
-
-
-@pytest.fixture
-async def client(redis_url: str) -> AsyncIterator[aioredis.Redis]:
-    made = aioredis.Redis.from_url(redis_url)
-    try:
-        yield made
-    finally:
-        await made.aclose()
 
 
 def holdings(made: Instances, client: aioredis.Redis, key_id: str,
@@ -190,9 +163,8 @@ async def test_a_batch_abandoned_on_a_hung_redis_is_still_bounded(
     key_id, _ = await limited_key(made, **LIMITS)
     gateway = made[0].gateway
     shared, budgets = gateway.shared, gateway.budgets
-    limits = Limits.parse(LIMITS)
-    assert limits is not None
-    connection = next(iter(made[0].catalog.providers.values())).connection.id
+    limits = parsed_limits(LIMITS)
+    connection = connection_id(made)
     held = holdings(made, client, key_id, "hung")
     await asyncio.sleep(0.3)  # the reload's notice is out (a publish, on redis-py)
     batch = shared.request_batch()
@@ -224,7 +196,7 @@ async def test_a_slot_taken_ahead_is_renewed_before_it_is_read(
         direct: Instances, client: aioredis.Redis) -> None:
     made = direct
     shared = made[0].gateway.shared
-    connection = next(iter(made[0].catalog.providers.values())).connection.id
+    connection = connection_id(made)
     slots = shared.link.key("conn", connection, "slots")
     batch = shared.request_batch()
     batch.take_slot(connection, 50, 1000)
@@ -261,9 +233,8 @@ async def test_a_late_answer_to_a_part_s_own_call_is_given_back_too(
     key_id, _ = await limited_key(made, **LIMITS)
     gateway = made[0].gateway
     shared, budgets = gateway.shared, gateway.budgets
-    limits = Limits.parse(LIMITS)
-    assert limits is not None
-    connection = next(iter(made[0].catalog.providers.values())).connection.id
+    limits = parsed_limits(LIMITS)
+    connection = connection_id(made)
     held = holdings(made, client, key_id, "own")
     await asyncio.sleep(0.3)  # the reload's notice is out (a publish, on redis-py)
 

@@ -9,48 +9,39 @@ where the log stands when the gateway calls it. The background work of the insta
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
 from omniroute import Stage, StageRun, hookimpl
-from omniroute.budgets import Limits
 from omniroute.plugins import load_plugins
 from redis_testkit import (
-    PRICE,
     FakeUpstream,
     Instances,
     Write,
-    add_connection,
+    connection_id,
     count,
     limited_key,
+    parsed_limits,
+    priced_instance,
     requests_part,
-    start_instances,
     until,
-    until_routable,
 )
 
 
 @pytest.fixture
 async def one(aiohttp_client: Any, tmp_path: Any, redis_url: str,
-              upstream: FakeUpstream) -> Any:
+              upstream: FakeUpstream) -> AsyncIterator[Instances]:
     """One instance with the shared ``redis`` cache, and its connection limited."""
-    made = await start_instances(aiohttp_client, tmp_path / "omniroute", redis_url, count=1,
-                                 cache_backends="redis", cache_mode="on")
-    try:
-        await add_connection(made, upstream, rpm=1000, max_concurrency=50)
-        await until_routable(made, "up/m1")
-        resp = await made[0].client.put("/api/pricing", headers=made[0].admin_headers,
-                                        json=PRICE)
-        assert resp.status == 200, await resp.text()
-        await made[0].gateway.shared.link.command("PING")  # the connection is open
+    async with priced_instance(aiohttp_client, tmp_path / "omniroute", redis_url, upstream,
+                               cache_backends="redis", cache_mode="on") as made:
         yield made
-    finally:
-        await made.close()
 
 
 async def test_a_request_with_every_concern_waits_for_one_round_trip_before_dispatch(
-        one: Instances, upstream: FakeUpstream, writes: list[Write], redis_url: str) -> None:
+        one: Instances, upstream: FakeUpstream, writes: list[Write],
+        client: aioredis.Redis) -> None:
     _, secret = await limited_key(one, rpm=100, concurrency=10, daily_usd=1.0)
     shared = one[0].gateway.shared
     called: list[int] = []
@@ -75,11 +66,7 @@ async def test_a_request_with_every_concern_waits_for_one_round_trip_before_disp
     assert sorted(after[0]) == sorted([("ZREM",), ("ZREM",), ("settle",), ("idem_settle",),
                                        ("cache_set",)])
     # and the store is there for every instance
-    client = aioredis.Redis.from_url(redis_url)
-    try:
-        assert await count(client, shared.link.key("cache", "index")) == 1
-    finally:
-        await client.aclose()
+    assert await count(client, shared.link.key("cache", "index")) == 1
 
 
 async def test_a_lone_concern_is_its_own_script(one: Instances, upstream: FakeUpstream,
@@ -95,7 +82,8 @@ async def test_a_lone_concern_is_its_own_script(one: Instances, upstream: FakeUp
 
 
 async def test_a_cache_hit_takes_no_claim_no_reservation_and_no_connection_slot(
-        one: Instances, upstream: FakeUpstream, writes: list[Write], redis_url: str) -> None:
+        one: Instances, upstream: FakeUpstream, writes: list[Write],
+        client: aioredis.Redis) -> None:
     key_id, secret = await limited_key(one, rpm=100, concurrency=10, daily_usd=1.0)
     status, _, headers = await one.chat("cached", key=secret, max_tokens=10,
                                         headers={"Idempotency-Key": "hit-1"})
@@ -109,24 +97,20 @@ async def test_a_cache_hit_takes_no_claim_no_reservation_and_no_connection_slot(
     assert [("admit", "take", "cache_get", "idem_claim", "reserve", "take")] in \
         requests_part(writes[start:])
     shared = one[0].gateway.shared
-    client = aioredis.Redis.from_url(redis_url)
-    try:
-        # the key's slot was taken (a hit counts against rpm); nothing after the lookup ran
-        assert await count(client, shared.link.key("key", key_id, "starts")) == 2
-        assert await count(client, shared.link.key("conn", "*", "starts")) == 1
-        assert await count(client, shared.link.key("key", key_id, "reserved")) == 0
-        assert await client.exists(shared.keys.key((key_id, "hit-2"))) == 0
-        assert await client.exists(shared.keys.key((key_id, "hit-1"))) == 1
-        spend = shared.link.key("key", key_id, "spend", "*")
-        requests = [int(await client.hget(name, "requests") or 0)
-                    async for name in client.scan_iter(match=spend)]
-        assert requests == [1]  # the hit reserved nothing and settled nothing
-    finally:
-        await client.aclose()
+    # the key's slot was taken (a hit counts against rpm); nothing after the lookup ran
+    assert await count(client, shared.link.key("key", key_id, "starts")) == 2
+    assert await count(client, shared.link.key("conn", "*", "starts")) == 1
+    assert await count(client, shared.link.key("key", key_id, "reserved")) == 0
+    assert await client.exists(shared.keys.key((key_id, "hit-2"))) == 0
+    assert await client.exists(shared.keys.key((key_id, "hit-1"))) == 1
+    spend = shared.link.key("key", key_id, "spend", "*")
+    requests = [int(await client.hget(name, "requests") or 0)
+                async for name in client.scan_iter(match=spend)]
+    assert requests == [1]  # the hit reserved nothing and settled nothing
 
 
 async def test_a_refused_key_slot_stops_everything_after_it(
-        one: Instances, upstream: FakeUpstream, redis_url: str) -> None:
+        one: Instances, upstream: FakeUpstream, client: aioredis.Redis) -> None:
     key_id, secret = await limited_key(one, rpm=1, daily_usd=1.0)
     status, _, _ = await one.chat("first", key=secret, max_tokens=10,
                                   headers={"Idempotency-Key": "slot-1"})
@@ -137,17 +121,13 @@ async def test_a_refused_key_slot_stops_everything_after_it(
     assert float(headers["Retry-After"]) > 0
     assert upstream.calls == 1
     shared = one[0].gateway.shared
-    client = aioredis.Redis.from_url(redis_url)
-    try:
-        assert await client.exists(shared.keys.key((key_id, "slot-2"))) == 0
-        assert await count(client, shared.link.key("conn", "*", "starts")) == 1
-        assert await count(client, shared.link.key("key", key_id, "reserved")) == 0
-    finally:
-        await client.aclose()
+    assert await client.exists(shared.keys.key((key_id, "slot-2"))) == 0
+    assert await count(client, shared.link.key("conn", "*", "starts")) == 1
+    assert await count(client, shared.link.key("key", key_id, "reserved")) == 0
 
 
 async def test_a_refused_reservation_takes_no_connection_slot(
-        one: Instances, upstream: FakeUpstream, redis_url: str) -> None:
+        one: Instances, upstream: FakeUpstream, client: aioredis.Redis) -> None:
     # $0.005 a request; the first is admitted alone, then the window is spent
     key_id, secret = await limited_key(one, daily_usd=0.004)
     status, _, _ = await one.chat("first", key=secret, max_tokens=10)
@@ -157,23 +137,17 @@ async def test_a_refused_reservation_takes_no_connection_slot(
     status, body, _ = await one.chat("second", key=secret, max_tokens=10)
     assert status == 429 and body["error"]["code"] == "budget_exceeded", body
     assert upstream.calls == 1
-    client = aioredis.Redis.from_url(redis_url)
-    try:
-        assert await count(client, shared.link.key("conn", "*", "starts")) == 1
-        assert await count(client, shared.link.key("key", key_id, "reserved")) == 0
-    finally:
-        await client.aclose()
+    assert await count(client, shared.link.key("conn", "*", "starts")) == 1
+    assert await count(client, shared.link.key("key", key_id, "reserved")) == 0
 
 
 async def test_what_a_batch_took_and_nobody_read_is_given_back(
-        one: Instances, redis_url: str) -> None:
+        one: Instances, client: aioredis.Redis) -> None:
     key_id, _ = await limited_key(one, rpm=100, concurrency=10, daily_usd=1.0)
     gateway = one[0].gateway
     shared, budgets = gateway.shared, gateway.budgets
-    limits = Limits.parse({"rpm": 100, "concurrency": 10, "daily_usd": 1.0})
-    assert limits is not None
-    connection = next(iter(one[0].catalog.providers.values())).connection.id
-    client = aioredis.Redis.from_url(redis_url)
+    limits = parsed_limits({"rpm": 100, "concurrency": 10, "daily_usd": 1.0})
+    connection = connection_id(one)
 
     async def held() -> dict[str, int]:
         return {"key slots": await count(client, shared.link.key("key", key_id, "slots")),
@@ -183,60 +157,57 @@ async def test_what_a_batch_took_and_nobody_read_is_given_back(
                 "conn slots": await count(client, shared.link.key("conn", "*", "slots")),
                 "conn starts": await count(client, shared.link.key("conn", "*", "starts"))}
 
-    try:
-        batch = shared.request_batch()
-        slot = budgets.shared.prefetch_enter(batch, key_id, limits)
-        claim = shared.keys.prefetch_claim(batch, (key_id, "unread"), b"fp", "rid-unread",
-                                           False)
-        reservation = budgets.shared.prefetch_reserve(batch, budgets.state(key_id), limits,
-                                                      0.01, 100)
-        batch.take_slot(connection, 50, 1000)
-        await batch.send()
-        assert slot.ran and claim.ran and reservation.ran
-        assert await held() == {"key slots": 1, "key starts": 1, "reserved": 1, "claims": 1,
-                                "conn slots": 1, "conn starts": 1}
-        assert shared.state.slots.ahead == {connection: [batch.steps[-1]]}
-        batch.release()  # the request ended without reading any of them
-        assert shared.state.slots.ahead == {}
-        await until(lambda: not shared.batch._queue, timeout=2.0)
-        await shared.batch.flush()
-        assert await held() == {"key slots": 0, "key starts": 0, "reserved": 0, "claims": 0,
-                                "conn slots": 0, "conn starts": 0}
+    batch = shared.request_batch()
+    slot = budgets.shared.prefetch_enter(batch, key_id, limits)
+    claim = shared.keys.prefetch_claim(batch, (key_id, "unread"), b"fp", "rid-unread",
+                                       False)
+    reservation = budgets.shared.prefetch_reserve(batch, budgets.state(key_id), limits,
+                                                  0.01, 100)
+    batch.take_slot(connection, 50, 1000)
+    await batch.send()
+    assert slot.ran and claim.ran and reservation.ran
+    assert await held() == {"key slots": 1, "key starts": 1, "reserved": 1, "claims": 1,
+                            "conn slots": 1, "conn starts": 1}
+    assert shared.state.slots.ahead == {connection: [batch.steps[-1]]}
+    batch.release()  # the request ended without reading any of them
+    assert shared.state.slots.ahead == {}
+    await until(lambda: not shared.batch._queue, timeout=2.0)
+    await shared.batch.flush()
+    assert await held() == {"key slots": 0, "key starts": 0, "reserved": 0, "claims": 0,
+                            "conn slots": 0, "conn starts": 0}
 
-        # a request cancelled (its client left) while its batch is on the way: what Redis
-        # took is given back once the answer is in
-        batch = shared.request_batch()
-        budgets.shared.prefetch_enter(batch, key_id, limits)
-        shared.keys.prefetch_claim(batch, (key_id, "unread"), b"fp", "rid-gone", False)
-        budgets.shared.prefetch_reserve(batch, budgets.state(key_id), limits, 0.01, 100)
-        batch.take_slot(connection, 50, 1000)
-        wire = shared.link._wire
-        written = wire.writes
-        sending = asyncio.ensure_future(batch.send())
-        await until(lambda: wire.writes > written, timeout=1.0, step=0)
-        sending.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await sending
-        await until(lambda: all(step.ran for step in batch.steps), timeout=2.0)
-        await until(lambda: not shared.batch._queue, timeout=2.0)
-        await shared.batch.flush()
-        assert await held() == {"key slots": 0, "key starts": 0, "reserved": 0, "claims": 0,
-                                "conn slots": 0, "conn starts": 0}
-        assert shared.state.slots.ahead == {}
+    # a request cancelled (its client left) while its batch is on the way: what Redis
+    # took is given back once the answer is in
+    batch = shared.request_batch()
+    budgets.shared.prefetch_enter(batch, key_id, limits)
+    shared.keys.prefetch_claim(batch, (key_id, "unread"), b"fp", "rid-gone", False)
+    budgets.shared.prefetch_reserve(batch, budgets.state(key_id), limits, 0.01, 100)
+    batch.take_slot(connection, 50, 1000)
+    wire = shared.link._wire
+    written = wire.writes
+    sending = asyncio.ensure_future(batch.send())
+    await until(lambda: wire.writes > written, timeout=1.0, step=0)
+    sending.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await sending
+    await until(lambda: all(step.ran for step in batch.steps), timeout=2.0)
+    await until(lambda: not shared.batch._queue, timeout=2.0)
+    await shared.batch.flush()
+    assert await held() == {"key slots": 0, "key starts": 0, "reserved": 0, "claims": 0,
+                            "conn slots": 0, "conn starts": 0}
+    assert shared.state.slots.ahead == {}
 
-        # read ones are the reader's: the release leaves them alone
-        batch = shared.request_batch()
-        slot = budgets.shared.prefetch_enter(batch, key_id, limits)
-        batch.take_slot(connection, 50, 1000)
-        await batch.send()
-        assert slot.result() is True
-        assert await shared.state.slots.take(connection, 50, 1000) == 0.0  # no round trip
-        batch.release()
-        await shared.batch.flush()
-        found = await held()
-        assert (found["key slots"], found["conn slots"]) == (1, 1)
-    finally:
-        await client.aclose()
+    # read ones are the reader's: the release leaves them alone
+    batch = shared.request_batch()
+    slot = budgets.shared.prefetch_enter(batch, key_id, limits)
+    batch.take_slot(connection, 50, 1000)
+    await batch.send()
+    assert slot.result() is True
+    assert await shared.state.slots.take(connection, 50, 1000) == 0.0  # no round trip
+    batch.release()
+    await shared.batch.flush()
+    found = await held()
+    assert (found["key slots"], found["conn slots"]) == (1, 1)
 
 
 async def test_without_redis_every_prefetched_part_answers_as_its_own_call_would(
@@ -273,19 +244,12 @@ class LongerPlugin:
 
 async def test_a_reservation_for_another_estimate_is_dropped_and_made_again(
         aiohttp_client: Any, tmp_path: Any, redis_url: str, upstream: FakeUpstream,
-        writes: list[Write]) -> None:
+        writes: list[Write], client: aioredis.Redis) -> None:
     plugins = load_plugins(extra=[("t-longer", LongerPlugin())])
-    made = await start_instances(aiohttp_client, tmp_path / "omniroute", redis_url, count=1,
-                                 plugins=plugins)
-    try:
-        await add_connection(made, upstream, rpm=1000, max_concurrency=50)
-        await until_routable(made, "up/m1")
-        resp = await made[0].client.put("/api/pricing", headers=made[0].admin_headers,
-                                        json=PRICE)
-        assert resp.status == 200
+    async with priced_instance(aiohttp_client, tmp_path / "omniroute", redis_url, upstream,
+                               plugins=plugins) as made:
         key_id, secret = await limited_key(made, concurrency=10, daily_usd=1.0)
         shared = made[0].gateway.shared
-        await shared.link.command("PING")
         called: list[int] = []
         upstream.on_call = lambda: called.append(len(writes))
         start = len(writes)
@@ -302,30 +266,18 @@ async def test_a_reservation_for_another_estimate_is_dropped_and_made_again(
         await asyncio.sleep(0.05)
         after = [c for w in requests_part(writes[start:]) for c in w]
         assert after.count(("HDEL",)) == 1 and after.count(("settle",)) == 1, after
-        client = aioredis.Redis.from_url(redis_url)
-        try:
-            assert await count(client, shared.link.key("key", key_id, "reserved")) == 0
-            spend = shared.link.key("key", key_id, "spend", "*")
-            requests = [int(await client.hget(name, "requests") or 0)
-                        async for name in client.scan_iter(match=spend)]
-            assert requests == [1]
-        finally:
-            await client.aclose()
-    finally:
-        await made.close()
+        assert await count(client, shared.link.key("key", key_id, "reserved")) == 0
+        spend = shared.link.key("key", key_id, "spend", "*")
+        requests = [int(await client.hget(name, "requests") or 0)
+                    async for name in client.scan_iter(match=spend)]
+        assert requests == [1]
 
 
 async def test_a_hit_in_memory_after_a_miss_in_redis_gives_back_what_the_batch_took(
-        aiohttp_client: Any, tmp_path: Any, redis_url: str, upstream: FakeUpstream) -> None:
-    made = await start_instances(aiohttp_client, tmp_path / "omniroute", redis_url, count=1,
-                                 cache_backends="memory,redis", cache_mode="on")
-    client = aioredis.Redis.from_url(redis_url)
-    try:
-        await add_connection(made, upstream, rpm=1000, max_concurrency=50)
-        await until_routable(made, "up/m1")
-        resp = await made[0].client.put("/api/pricing", headers=made[0].admin_headers,
-                                        json=PRICE)
-        assert resp.status == 200
+        aiohttp_client: Any, tmp_path: Any, redis_url: str, upstream: FakeUpstream,
+        client: aioredis.Redis) -> None:
+    async with priced_instance(aiohttp_client, tmp_path / "omniroute", redis_url, upstream,
+                               cache_backends="memory,redis", cache_mode="on") as made:
         key_id, secret = await limited_key(made, rpm=100, concurrency=10, daily_usd=1.0)
         shared = made[0].gateway.shared
         status, _, headers = await made.chat("remembered", key=secret, max_tokens=10,
@@ -349,6 +301,3 @@ async def test_a_hit_in_memory_after_a_miss_in_redis_gives_back_what_the_batch_t
         assert await count(client, shared.link.key("conn", "*", "starts")) == 1
         assert await count(client, shared.link.key("key", key_id, "slots")) == 0
         assert shared.state.slots.ahead == {}
-    finally:
-        await client.aclose()
-        await made.close()
