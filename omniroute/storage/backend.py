@@ -111,7 +111,7 @@ class DatabaseBackend:
         raise NotImplementedError
 
     async def insert_new(self, sql: str, rows: Sequence[Sequence[Any]], *, table: str,
-                         into: str, columns: Sequence[str]) -> None:
+                         into: str, columns: Sequence[str], tally: bool = False) -> bool:
         """Inside a transaction: run ``sql``, an ``INSERT INTO table(...) VALUES (?, ...)
         ON CONFLICT (...) DO NOTHING``, once per row of ``rows`` (as :meth:`executemany`),
         and copy ``columns`` of each row it stored, and of no other row, into ``into``
@@ -119,7 +119,12 @@ class DatabaseBackend:
         by an earlier try of the same batch) is not copied, nor is a row another writer
         stores meanwhile, so what the caller adds up from ``into`` is this transaction's
         own. (SQLite: its write transactions exclude each other, so the rows past the
-        largest id are this one's; a server: ``RETURNING``.)"""
+        largest id are this one's; a server: ``RETURNING``.)
+
+        :param tally: the caller can add the rows up itself (it has them): when every
+            row was stored, a backend that knows it cheaply copies nothing and returns
+            True (SQLite, whose adding up in SQL costs the gateway's own CPU). False: the
+            stored rows were copied into ``into``."""
         raise NotImplementedError
 
     def savepoint(self) -> AbstractAsyncContextManager[Any]:

@@ -150,15 +150,19 @@ class Database(DatabaseBackend):
         await self.conn.executemany(sql, rows if isinstance(rows, list) else list(rows))
 
     async def insert_new(self, sql: str, rows: Sequence[Sequence[Any]], *, table: str,
-                         into: str, columns: Sequence[str]) -> None:
-        # inside BEGIN IMMEDIATE no other connection writes (whatever process): the rows
-        # past the largest id are this statement's (a rowid is the largest + 1)
-        row = await self.fetchone(f"SELECT MAX(id) FROM {table}")
-        before = row[0] if row is not None and row[0] is not None else 0
-        await self.executemany(sql, rows)
+                         into: str, columns: Sequence[str], tally: bool = False) -> bool:
+        async with self.conn.executemany(sql, rows if isinstance(rows, list)
+                                         else list(rows)) as cur:
+            stored = cur.rowcount  # the changes: a row the conflict skipped is none
+        if tally and stored == len(rows):
+            return True
+        # inside BEGIN IMMEDIATE no other connection writes (whatever process), and a
+        # rowid is the largest + 1: the ``stored`` rows of the largest ids are this
+        # statement's
         names = ", ".join(columns)
         await self.execute(f"INSERT INTO {into}({names}) SELECT {names} FROM {table} "
-                           "WHERE id > ?", (before,))
+                           f"WHERE id > (SELECT MAX(id) FROM {table}) - ?", (stored,))
+        return False
 
     async def bump_config_version(self) -> int:
         await self.execute(

@@ -113,7 +113,7 @@ CREATE = [
 ]
 
 
-def _upsert(table: str, key: tuple[str, ...], sums: tuple[str, ...], select: str, *,
+def upsert(table: str, key: tuple[str, ...], sums: tuple[str, ...], select: str, *,
             ordered: bool = False) -> str:
     """Add ``select``'s rows (its key columns first) to ``table``'s. ``ordered``: in key
     order, so that writers adding to the same rows at once lock them in one order (two
@@ -151,7 +151,7 @@ def _rollup_from_records(where: str) -> str:
     """Add the request_log rows matching ``where`` (a WHERE clause: the upsert needs
     one) into usage_rollup's hourly rows."""
     groups = ", ".join(str(i) for i in range(2, 3 + len(_RECORD_GROUPS)))
-    return _upsert("usage_rollup", ("period", "start", *GROUP_COLUMNS), SUM_COLUMNS,
+    return upsert("usage_rollup", ("period", "start", *GROUP_COLUMNS), SUM_COLUMNS,
                    f"SELECT {HOUR}, CAST(ts / {HOUR} AS INTEGER) * {HOUR}, "
                    f"{', '.join(_RECORD_GROUPS)}, {', '.join(_RECORD_SUMS)} "
                    f"FROM request_log {where} GROUP BY {groups}")
@@ -176,24 +176,24 @@ def _batch_statements() -> list[str]:
         f"INSERT INTO {_BATCH} SELECT CAST(ts / {MINUTE} AS INTEGER) * {MINUTE}, "
         f"{', '.join(_RECORD_GROUPS)}, {', '.join(_RECORD_DIM_SUMS)} "
         f"FROM {NEW} GROUP BY {groups}",
-        *(_upsert("usage_rollup", ("period", "start", *GROUP_COLUMNS), SUM_COLUMNS,
+        *(upsert("usage_rollup", ("period", "start", *GROUP_COLUMNS), SUM_COLUMNS,
                   f"SELECT {period}, CAST(start / {period} AS INTEGER) * {period}, "
                   f"{', '.join(GROUP_COLUMNS)}, {', '.join(f'SUM({c})' for c in SUM_COLUMNS)} "
                   f"FROM {_BATCH} WHERE true GROUP BY 2, {', '.join(GROUP_COLUMNS)}",
                   ordered=True)
           for period in PERIODS),
-        _upsert("usage_dims", ("period", "dim", "start", "value"), DIM_SUM_COLUMNS,
+        upsert("usage_dims", ("period", "dim", "start", "value"), DIM_SUM_COLUMNS,
                 f"SELECT p.period, d.dim, CAST(start / p.period AS INTEGER) * p.period, "
                 f"{value}, {sums} FROM {_BATCH}, {_PERIODS_TABLE} AS p, ({dims}) AS d "
                 "WHERE true GROUP BY 1, 2, 3, 4", ordered=True),
-        _upsert("usage_dims", ("period", "dim", "start", "value"), DIM_SUM_COLUMNS,
+        upsert("usage_dims", ("period", "dim", "start", "value"), DIM_SUM_COLUMNS,
                 f"SELECT {MINUTE}, 'total', start, '', {sums} FROM {_BATCH} "
                 "WHERE true GROUP BY 3", ordered=True),
     ]
 
 
 def _days_from_hours() -> str:
-    return _upsert("usage_rollup", ("period", "start", *GROUP_COLUMNS), SUM_COLUMNS,
+    return upsert("usage_rollup", ("period", "start", *GROUP_COLUMNS), SUM_COLUMNS,
                    f"SELECT {DAY}, CAST(start / {DAY} AS INTEGER) * {DAY}, "
                    f"{', '.join(GROUP_COLUMNS)}, {', '.join(f'SUM({c})' for c in SUM_COLUMNS)} "
                    f"FROM usage_rollup WHERE period = {HOUR} "
@@ -203,7 +203,7 @@ def _days_from_hours() -> str:
 def _dims_from_rollup(dim: str) -> str:
     column = _ROLLUP_DIMS[dim]
     value = f"CAST({column} AS TEXT)" if column else "''"
-    return _upsert("usage_dims", ("period", "dim", "start", "value"), DIM_SUM_COLUMNS,
+    return upsert("usage_dims", ("period", "dim", "start", "value"), DIM_SUM_COLUMNS,
                    f"SELECT period, '{dim}', start, {value}, "
                    f"{', '.join(_ROLLUP_DIM_SUMS)} FROM usage_rollup WHERE true "
                    "GROUP BY 1, 3, 4")
@@ -211,7 +211,7 @@ def _dims_from_rollup(dim: str) -> str:
 
 def _minutes_from_records(source: str, where: str, *, ordered: bool = False) -> str:
     """Add the records of ``source`` matching ``where`` into usage_dims' per-minute totals."""
-    return _upsert("usage_dims", ("period", "dim", "start", "value"), DIM_SUM_COLUMNS,
+    return upsert("usage_dims", ("period", "dim", "start", "value"), DIM_SUM_COLUMNS,
                    f"SELECT {MINUTE}, 'total', CAST(ts / {MINUTE} AS INTEGER) * {MINUTE}, '', "
                    f"{', '.join(_RECORD_DIM_SUMS)} FROM {source} {where} GROUP BY 3",
                    ordered=ordered)
