@@ -108,11 +108,14 @@ def record_inserts(batch: list[RequestRecord]) -> list[tuple[str, list[tuple[Any
     """The statements that write ``batch``, in its order: each run of records without
     any :data:`RARE` field by the statement that leaves those out, each other run by the
     full one (a batch of served requests is one ``executemany``)."""
+    rare = list(map(_rare, batch))  # in C: a batch of served requests is all plain
+    if rare.count(_NONE_RARE) == len(batch):
+        return [(_INSERT_COMMON, list(map(_common_row, batch)))] if batch else []
     out: list[tuple[str, list[tuple[Any, ...]]]] = []
     rows: list[tuple[Any, ...]] = []
     common: bool | None = None
-    for record in batch:
-        plain = _rare(record) == _NONE_RARE
+    for record, its_rare in zip(batch, rare, strict=True):
+        plain = its_rare == _NONE_RARE
         if plain is not common:
             rows = []
             out.append((_INSERT_COMMON if plain else _INSERT, rows))

@@ -55,21 +55,26 @@ ROLLUP_UPSERT = _values("usage_rollup", _ROLLUP_KEY, rollup.SUM_COLUMNS)
 DIMS_UPSERT = _values("usage_dims", _DIMS_KEY, rollup.DIM_SUM_COLUMNS)
 
 
+#: a time's minute number (``ts // 60``), as a C callable for ``map``
+_MINUTE_OF = float(rollup.MINUTE).__rfloordiv__
+
+
 class _Layout:
     """Where a row of one INSERT's columns keeps what the totals read."""
 
     def __init__(self, fields: Sequence[str]) -> None:
         at = {name: i for i, name in enumerate(fields)}
-        self.ts = at["ts"]
+        self.ts = itemgetter(at["ts"])
         # error_class last: a record with one failed, whatever its status
         group = ["provider", "model", "connection_id", "api_key_id", "status", "cache_hit"]
         self.has_error_class = "error_class" in at
         self.group = itemgetter(*(at[c] for c in group),
                                 *((at["error_class"],) if self.has_error_class else ()))
-        self.summed = [at.get(c) for c in _SUMMED]
-        self.latency = at["latency_ms"]
-        self.list_cost = at.get("list_cost_usd")
-        self.cost = at["cost_usd"]
+        #: a getter of each summed column, None for a column these rows leave out (NULL)
+        self.summed = [None if c not in at else itemgetter(at[c]) for c in _SUMMED]
+        self.latency = itemgetter(at["latency_ms"])
+        self.list_cost = (None if "list_cost_usd" not in at
+                          else itemgetter(at["list_cost_usd"], at["cost_usd"]))
 
 
 class Tally:
@@ -96,20 +101,24 @@ class Tally:
         layout = self._layouts.get(tuple(fields))
         if layout is None:
             layout = self._layouts[tuple(fields)] = _Layout(fields)
-        ts, group = layout.ts, layout.group
-        buckets: dict[tuple[float, tuple[Any, ...]], list[Sequence[Any]]] = {}
-        for row in rows:  # the only loop over every record: kept to a key and an append
-            key = (row[ts] // rollup.MINUTE, group(row))
-            bucket = buckets.get(key)
-            if bucket is None:
-                buckets[key] = [row]
-            else:
-                bucket.append(row)
+        # each row's (minute, group), in C (map, zip): a batch is most often one of each
+        keys = list(zip(map(_MINUTE_OF, map(layout.ts, rows)), map(layout.group, rows),
+                        strict=True))
+        if len(set(keys)) == 1:
+            buckets = {keys[0]: rows}
+        else:
+            buckets = {}
+            for key, row in zip(keys, rows, strict=True):
+                bucket = buckets.get(key)
+                if bucket is None:
+                    buckets[key] = [row]
+                else:
+                    bucket.append(row)  # type: ignore[attr-defined]
         for (minute, raw), bucket in buckets.items():
             self._add_group(layout, int(minute) * rollup.MINUTE, raw, bucket)
 
     def _add_group(self, layout: _Layout, start: int, raw: tuple[Any, ...],
-                   bucket: list[Sequence[Any]]) -> None:
+                   bucket: Sequence[Sequence[Any]]) -> None:
         provider, model, connection, key, status, hit = raw[:6]
         failed = 1 if status >= 400 or (layout.has_error_class and raw[6] is not None) else 0
         hit = 1 if hit else 0
@@ -117,17 +126,16 @@ class Tally:
                         model if model is not None else "",
                         connection if connection is not None else "",
                         key if key is not None else "", status, failed, hit)
-        columns = list(zip(*bucket, strict=True))
         n = len(bucket)
-        summed = [0 if i is None else sum(filter(None, columns[i])) for i in layout.summed]
+        summed = [0 if get is None else sum(filter(None, map(get, bucket)))
+                  for get in layout.summed]
         cost = summed[-1]
         if layout.list_cost is None:  # none of these rows has a list price
             listed = cost
         else:
             listed = sum(lp if lp is not None else (c or 0)
-                         for lp, c in zip(columns[layout.list_cost], columns[layout.cost],
-                                          strict=True))
-        latency = columns[layout.latency]
+                         for lp, c in map(layout.list_cost, bucket))
+        latency = list(map(layout.latency, bucket))
         timed = n - latency.count(None)
         sums = [n, *summed, listed, sum(filter(None, latency)) if timed else 0, timed,
                 n * failed, n * hit, listed - cost if hit else 0]
