@@ -63,6 +63,9 @@ class DatabaseBackend:
     remote: ClassVar[bool] = False
     #: errors meaning a constraint refused the statement (a unique name already taken)
     integrity: ClassVar[tuple[type[BaseException], ...]] = ()
+    #: a temporary table made in a committed transaction is there in the next ones (one
+    #: connection: SQLite); False: it is made again in each (a pool's connections differ)
+    keeps_temp_tables: ClassVar[bool] = False
 
     #: where the database is, for messages (a path, or a URL without its password)
     where: str = ""

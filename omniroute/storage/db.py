@@ -47,6 +47,7 @@ class Database(DatabaseBackend):
     #: locked, full, read-only, gone: the write is tried again later
     unavailable = (sqlite3.OperationalError,)
     integrity = (sqlite3.IntegrityError,)
+    keeps_temp_tables = True
 
     def __init__(self, conn: aiosqlite.Connection, path: Path | str) -> None:
         self.conn = conn

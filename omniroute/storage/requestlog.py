@@ -152,6 +152,8 @@ class RequestLog(BufferedLog[RequestRecord]):
         #: the transaction's records added up here (:meth:`write`), and whether some
         #: were copied for the fold in SQL instead
         self._tally, self._copied = Tally(), False
+        #: the scratch table of :data:`~omniroute.storage.rollup.NEW` was made (committed)
+        self._scratch = False
 
     row = staticmethod(_row)  # type: ignore[assignment]
 
@@ -182,7 +184,9 @@ class RequestLog(BufferedLog[RequestRecord]):
 
     async def begin(self) -> None:
         self._tally, self._copied = Tally(), False
-        for statement in rollup.BEGIN:  # the scratch table of the records stored, empty
+        if self._scratch and self.db.keeps_temp_tables:
+            return  # made by a committed transaction: a statement (a thread's turn) fewer
+        for statement in rollup.BEGIN:  # the scratch table of the records stored (empty)
             await self.db.execute(statement)
 
     async def write(self, statement: str, rows: Sequence[Sequence[Any]]) -> None:
@@ -212,6 +216,7 @@ class RequestLog(BufferedLog[RequestRecord]):
 
     def also_done(self) -> None:
         self._used = {}
+        self._scratch = True
 
     def also_failed(self) -> None:
         for key_id, ts in self._used.items():  # a newer use noted meanwhile wins

@@ -138,10 +138,10 @@ _NEW_TYPES = {"ts": "REAL", "provider": "TEXT", "model": "TEXT", "connection_id"
               "cost_usd": "REAL", "list_cost_usd": "REAL", "latency_ms": "REAL"}
 #: the request_log columns copied into :data:`NEW`
 NEW_COLUMNS = tuple(_NEW_TYPES)
-#: the writer's statements before its insert: :data:`NEW` there, and empty
+#: the writer's statement before its insert: :data:`NEW` there (empty: the fold that
+#: reads it empties it, and a transaction that fails leaves it as it was)
 BEGIN = [f"CREATE TEMP TABLE IF NOT EXISTS {NEW} "
-         f"({', '.join(f'{c} {t}' for c, t in _NEW_TYPES.items())})",
-         f"DELETE FROM {NEW}"]
+         f"({', '.join(f'{c} {t}' for c, t in _NEW_TYPES.items())})"]
 #: the writer's scratch table: one transaction's records summed by minute and group (a
 #: temporary table: unqualified, it is found before any other of its name)
 _BATCH = "usage_batch"
@@ -189,6 +189,7 @@ def _batch_statements() -> list[str]:
         upsert("usage_dims", ("period", "dim", "start", "value"), DIM_SUM_COLUMNS,
                 f"SELECT {MINUTE}, 'total', start, '', {sums} FROM {_BATCH} "
                 "WHERE true GROUP BY 3", ordered=True),
+        f"DELETE FROM {NEW}",
     ]
 
 
@@ -219,7 +220,7 @@ def _minutes_from_records(source: str, where: str, *, ordered: bool = False) -> 
 
 #: the writer's statements, in order, after its insert filled :data:`NEW` (none takes a
 #: parameter): the new records read once into the scratch table, by minute; the minutes,
-#: hours and days are all added from its few rows
+#: hours and days are all added from its few rows; :data:`NEW` emptied
 FOLD = _batch_statements()
 #: the per-minute totals of the last :data:`MINUTE_KEEP` seconds from the records, for
 #: records written without the writer (usage_dims' minute rows must be empty)
