@@ -113,6 +113,17 @@ class DatabaseBackend:
     async def executemany(self, sql: str, rows: Iterable[Iterable[Any]]) -> None:
         raise NotImplementedError
 
+    async def executemany_each(self, work: Sequence[tuple[str, Sequence[Sequence[Any]]]],
+                               ) -> list[int]:
+        """:meth:`executemany` of each ``(sql, rows)`` in order (a backend may run them in
+        one go: SQLite, in one turn of its thread); the rows each changed where the
+        backend can tell (SQLite), else the rows each was given."""
+        counts = []
+        for sql, rows in work:
+            await self.executemany(sql, rows)
+            counts.append(len(rows))
+        return counts
+
     async def insert_new(self, sql: str, rows: Sequence[Sequence[Any]], *, table: str,
                          into: str, columns: Sequence[str], tally: bool = False) -> bool:
         """Inside a transaction: run ``sql``, an ``INSERT INTO table(...) VALUES (?, ...)

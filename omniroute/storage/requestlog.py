@@ -205,8 +205,7 @@ class RequestLog(BufferedLog[RequestRecord]):
             for statement in rollup.FOLD:  # the copied records into the totals
                 await self.db.execute(statement)
         if self._tally:
-            for statement, values in self._tally.rows():
-                await self.db.executemany(statement, values)
+            await self.db.executemany_each(list(self._tally.rows()))
         used, self._key_use = self._key_use, {}
         self._used.update(used)
         if used:
