@@ -204,14 +204,15 @@ class RequestLog(BufferedLog[RequestRecord]):
         if self._copied:
             for statement in rollup.FOLD:  # the copied records into the totals
                 await self.db.execute(statement)
-        if self._tally:
-            await self.db.executemany_each(list(self._tally.rows()))
+        work = list(self._tally.rows()) if self._tally else []
         used, self._key_use = self._key_use, {}
         self._used.update(used)
         if used:
-            await self.db.executemany("UPDATE api_keys SET last_used_at = ? WHERE id = ?",
-                                      # in one order on every instance (no deadlock)
-                                      [(ts, key_id) for key_id, ts in sorted(used.items())])
+            work.append(("UPDATE api_keys SET last_used_at = ? WHERE id = ?",
+                         # in one order on every instance (no deadlock)
+                         [(ts, key_id) for key_id, ts in sorted(used.items())]))
+        if work:  # the totals' upserts and the keys' last use in one go
+            await self.db.executemany_each(work)
 
     def also_done(self) -> None:
         self._used = {}

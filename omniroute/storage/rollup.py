@@ -1,12 +1,15 @@
 """Usage totals by hour and by day, kept beside the request log so reads stay fast.
 
 Two tables, both written by the request log's writer in the same transaction as the
-records. The insert copies the records it stored (not those a retried batch had stored
-already) into the scratch table :data:`NEW` (:meth:`DatabaseBackend.insert_new
+records. On SQLite, a batch the database stored whole is added up in Python from the rows
+just written (:mod:`omniroute.storage.tally`: a fifth of the instructions). Otherwise (a
+retried batch partly stored already; PostgreSQL, where the fold runs in the server) the
+insert copies the records it stored (not those a retried batch had stored already) into
+the scratch table :data:`NEW` (:meth:`DatabaseBackend.insert_new
 <omniroute.storage.backend.DatabaseBackend.insert_new>`), and :data:`FOLD` adds exactly
 those to the totals: summed once, by minute and group, into a second scratch table, from
-which the per-minute totals and every table's hourly and daily rows are added; all inside
-the database, so the event loop pays nothing per record. Several writers (instances on one
+which the per-minute totals and every table's hourly and daily rows are added, inside
+the database. Both give the same rows. Several writers (instances on one
 PostgreSQL) fold at once, no lock between them: each adds its own rows, and every upsert
 takes its rows in key order (``ORDER BY``), so two writers adding to the same hours wait
 for each other in one order and never deadlock:
