@@ -520,7 +520,16 @@ async def test_the_keys_last_use_is_written_in_one_order(
             written.append([tuple(r) for r in rows])
         await real(sql, rows)
 
+    real_each = store.db.executemany_each
+
+    async def recorded_each(work: Any) -> list[int]:  # SQLite: with the totals, one turn
+        for sql, rows in work:
+            if sql.startswith("UPDATE api_keys"):
+                written.append([tuple(r) for r in rows])
+        return await real_each(work)
+
     monkeypatch.setattr(store.db, "executemany", recorded)
+    monkeypatch.setattr(store.db, "executemany_each", recorded_each)
     log = RequestLog(store.db)
     for i, key_id in enumerate(sorted(keys, reverse=True)):
         log.touch(key_id, 1000.0 + i)

@@ -421,3 +421,58 @@ def test_the_writers_fold_adds_to_the_totals_in_key_order() -> None:
         order = ", ".join(str(i) for i in range(1, len(key) + 1))
         assert f" ORDER BY {order} ON CONFLICT(" in statement, statement
     assert all("request_log " not in s for s in rollup.FOLD)  # only the rows it stored
+
+
+async def _totals(db: Any) -> dict[str, dict[tuple[Any, ...], list[float]]]:
+    out: dict[str, dict[tuple[Any, ...], list[float]]] = {}
+    for table, key in (("usage_rollup", 2 + len(rollup.GROUP_COLUMNS)), ("usage_dims", 4)):
+        rows = await db.fetchall(f"SELECT * FROM {table}")
+        out[table] = {tuple(row)[:key]: list(tuple(row)[key:]) for row in rows}
+    return out
+
+
+async def test_the_writers_tally_agrees_with_the_fold_in_sql(tmp_path: Path) -> None:
+    """SQLite's writer adds up the records it stored all of in Python
+    (:mod:`omniroute.storage.tally`); the fold in SQL (a retried batch, PostgreSQL) must
+    give the same rows, to the last unit."""
+    records = make_records(2000, seed=11)
+    totals = []
+    for tally in (True, False):
+        db = await Database.open(tmp_path / f"{tally}.sqlite3")
+        insert_new = db.insert_new
+
+        async def forced(*args: Any, _insert: Any = insert_new, _tally: bool = tally,
+                         **kwargs: Any) -> bool:
+            return bool(await _insert(*args, **{**kwargs, "tally": _tally}))
+
+        db.insert_new = forced  # type: ignore[method-assign]
+        log = RequestLog(db)
+        for i in range(0, len(records), 300):  # several batches, some runs of plain records
+            for r in records[i:i + 300]:
+                log.add(dataclasses.replace(r))
+            await log.flush()
+        totals.append(await _totals(db))
+        await db.close()
+    tallied, folded = totals
+    for table in tallied:
+        assert tallied[table].keys() == folded[table].keys()
+        for key, sums in tallied[table].items():
+            assert sums == pytest.approx(folded[table][key], rel=1e-9, abs=1e-9), (table, key)
+
+
+async def test_a_batch_partly_stored_already_adds_only_its_new_records(db: Database) -> None:
+    """A retried batch whose first commit landed: the rows already there are skipped by the
+    insert and not counted again; the new ones are (on SQLite through the fold in SQL)."""
+    records = make_records(40, seed=3)
+    log = RequestLog(db)
+    for r in records[:25]:
+        log.add(r)
+    await log.flush()
+    for r in records:  # 25 again, 15 new
+        log.add(dataclasses.replace(r))
+    await log.flush()
+    row = await db.fetchone("SELECT SUM(requests), SUM(tokens_out) FROM usage_rollup "
+                            "WHERE period = ?", (rollup.HOUR,))
+    assert row[0] == 40
+    assert row[1] == sum(r.completion_tokens or 0 for r in records)
+    assert (await db.fetchone("SELECT COUNT(*) FROM request_log"))[0] == 40

@@ -158,7 +158,7 @@ class CacheRun(StageRun):
 
     async def hit(self, ctx: RequestContext, request: c.Request, found: Found) -> Reply:
         response, record, fmt = found.entry.response, ctx.record, ctx.fmt
-        record.cache_hit = True
+        record.cache_hit = 1
         record.model = response.model
         set_usage(record, response.usage)
         record.cost_usd, record.list_cost_usd = 0.0, found.entry.cost

@@ -69,4 +69,4 @@ def _counted(record: RequestRecord, tokens: int, estimated: bool) -> None:
     """The served answer's counts into the record (an embedding has no output tokens)."""
     record.prompt_tokens, record.completion_tokens = tokens, 0
     if estimated:
-        record.usage_estimated = True
+        record.usage_estimated = 1

@@ -84,4 +84,4 @@ def _counted(record: RequestRecord, ask: c.ImageRequest, result: c.ImageResult) 
     record.completion_tokens = c.token_count(result.usage.output_tokens)
     if record.prompt_tokens is None and record.completion_tokens is not None:
         record.prompt_tokens = estimate_text(ask.prompt)
-        record.usage_estimated = True
+        record.usage_estimated = 1

@@ -163,7 +163,7 @@ class Pipeline:
             if body_log is not None:
                 record.request_body = body_log.request(ctx.body)
             operation.inspect(ctx)
-            record.model_requested, record.stream = ctx.model, ctx.stream
+            record.model_requested, record.stream = ctx.model, int(ctx.stream)
             if not ctx.model.isprintable():
                 _header_unsafe("model")
             for stage in self.stages:

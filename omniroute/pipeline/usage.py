@@ -71,10 +71,10 @@ def estimate_missing(
     """
     if record.prompt_tokens is None and request is not None:
         record.prompt_tokens = estimate_request(request)
-        record.usage_estimated = True
+        record.usage_estimated = 1
     if record.completion_tokens is None:
         record.completion_tokens = sum(estimate_text(text) for text in outputs)
-        record.usage_estimated = True
+        record.usage_estimated = 1
 
 
 def response_texts(response: c.Response) -> list[str]:

@@ -63,6 +63,9 @@ class DatabaseBackend:
     remote: ClassVar[bool] = False
     #: errors meaning a constraint refused the statement (a unique name already taken)
     integrity: ClassVar[tuple[type[BaseException], ...]] = ()
+    #: a temporary table made in a committed transaction is there in the next ones (one
+    #: connection: SQLite); False: it is made again in each (a pool's connections differ)
+    keeps_temp_tables: ClassVar[bool] = False
 
     #: where the database is, for messages (a path, or a URL without its password)
     where: str = ""
@@ -110,8 +113,19 @@ class DatabaseBackend:
     async def executemany(self, sql: str, rows: Iterable[Iterable[Any]]) -> None:
         raise NotImplementedError
 
+    async def executemany_each(self, work: Sequence[tuple[str, Sequence[Sequence[Any]]]],
+                               ) -> list[int]:
+        """:meth:`executemany` of each ``(sql, rows)`` in order (a backend may run them in
+        one go: SQLite, in one turn of its thread); the rows each changed where the
+        backend can tell (SQLite), else the rows each was given."""
+        counts = []
+        for sql, rows in work:
+            await self.executemany(sql, rows)
+            counts.append(len(rows))
+        return counts
+
     async def insert_new(self, sql: str, rows: Sequence[Sequence[Any]], *, table: str,
-                         into: str, columns: Sequence[str]) -> None:
+                         into: str, columns: Sequence[str], tally: bool = False) -> bool:
         """Inside a transaction: run ``sql``, an ``INSERT INTO table(...) VALUES (?, ...)
         ON CONFLICT (...) DO NOTHING``, once per row of ``rows`` (as :meth:`executemany`),
         and copy ``columns`` of each row it stored, and of no other row, into ``into``
@@ -119,7 +133,12 @@ class DatabaseBackend:
         by an earlier try of the same batch) is not copied, nor is a row another writer
         stores meanwhile, so what the caller adds up from ``into`` is this transaction's
         own. (SQLite: its write transactions exclude each other, so the rows past the
-        largest id are this one's; a server: ``RETURNING``.)"""
+        largest id are this one's; a server: ``RETURNING``.)
+
+        :param tally: the caller can add the rows up itself (it has them): when every
+            row was stored, a backend that knows it cheaply copies nothing and returns
+            True (SQLite, whose adding up in SQL costs the gateway's own CPU). False: the
+            stored rows were copied into ``into``."""
         raise NotImplementedError
 
     def savepoint(self) -> AbstractAsyncContextManager[Any]:

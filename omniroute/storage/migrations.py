@@ -223,6 +223,15 @@ MIGRATIONS: list[list[str]] = [
         """CREATE TABLE spend_batches (id TEXT PRIMARY KEY, applied_at REAL NOT NULL)""",
         """CREATE INDEX spend_batches_applied ON spend_batches(applied_at)""",
     ],
+    # 12: the request log's index by key holds the records that have a key only: a
+    # gateway used without API keys no longer adds an entry per record to it (about 1,900
+    # instructions a record, measured with callgrind), and a read filtered by a key
+    # (``api_key_id = ?``, never NULL) is served by it as before
+    [
+        """DROP INDEX request_log_key_ts""",
+        """CREATE INDEX request_log_key_ts ON request_log(api_key_id, ts)
+           WHERE api_key_id IS NOT NULL""",
+    ],
 ]
 
 LATEST = len(MIGRATIONS)

@@ -21,6 +21,7 @@ from typing import Any
 from omniroute.storage import responses, rollup
 from omniroute.storage.backend import DatabaseBackend
 from omniroute.storage.buffered import BufferedLog
+from omniroute.storage.tally import Tally
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +37,10 @@ class RequestRecord:
     provider: str | None = None
     connection_id: str | None = None
     model: str | None = None
-    stream: bool = False
+    #: the three flags (``stream``, ``usage_estimated``, ``cache_hit``) are 0 or 1, ints
+    #: rather than bools: Python's sqlite3 binds an int as it is, a bool through its
+    #: adapter (some 1,400 instructions each, three a record)
+    stream: int = 0
     error: str | None = None
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
@@ -57,11 +61,11 @@ class RequestRecord:
     tokens_per_s: float | None = None
     cache_write_tokens: int | None = None
     #: the token counts are the local tokenizer's estimate (the upstream sent no usage)
-    usage_estimated: bool = False
+    usage_estimated: int = 0
     cost_usd: float | None = None
     #: the list price of a subscription connection's tokens (its ``cost_usd`` is 0)
     list_cost_usd: float | None = None
-    cache_hit: bool = False
+    cache_hit: int = 0
     request_body: str | None = None
     response_body: str | None = None
     #: seconds of audio a transcription or translation was charged for
@@ -91,6 +95,9 @@ def _insert(fields: list[str]) -> str:
 
 
 _INSERT, _INSERT_COMMON = _insert(_FIELDS), _insert(_COMMON)
+#: each statement's columns, in its rows' order (what :class:`~omniroute.storage.tally.Tally`
+#: reads them by)
+_COLUMNS = {_INSERT: _FIELDS, _INSERT_COMMON: _COMMON}
 _row = operator.attrgetter(*_FIELDS)  # one record -> the tuple of its column values
 _common_row = operator.attrgetter(*_COMMON)
 _rare = operator.attrgetter(*RARE)
@@ -101,11 +108,14 @@ def record_inserts(batch: list[RequestRecord]) -> list[tuple[str, list[tuple[Any
     """The statements that write ``batch``, in its order: each run of records without
     any :data:`RARE` field by the statement that leaves those out, each other run by the
     full one (a batch of served requests is one ``executemany``)."""
+    rare = list(map(_rare, batch))  # in C: a batch of served requests is all plain
+    if rare.count(_NONE_RARE) == len(batch):
+        return [(_INSERT_COMMON, list(map(_common_row, batch)))] if batch else []
     out: list[tuple[str, list[tuple[Any, ...]]]] = []
     rows: list[tuple[Any, ...]] = []
     common: bool | None = None
-    for record in batch:
-        plain = _rare(record) == _NONE_RARE
+    for record, its_rare in zip(batch, rare, strict=True):
+        plain = its_rare == _NONE_RARE
         if plain is not common:
             rows = []
             out.append((_INSERT_COMMON if plain else _INSERT, rows))
@@ -139,6 +149,11 @@ class RequestLog(BufferedLog[RequestRecord]):
         self.max_rows = 1_000_000
         self._key_use: dict[str, float] = {}
         self._used: dict[str, float] = {}
+        #: the transaction's records added up here (:meth:`write`), and whether some
+        #: were copied for the fold in SQL instead
+        self._tally, self._copied = Tally(), False
+        #: the scratch table of :data:`~omniroute.storage.rollup.NEW` was made (committed)
+        self._scratch = False
 
     row = staticmethod(_row)  # type: ignore[assignment]
 
@@ -168,27 +183,40 @@ class RequestLog(BufferedLog[RequestRecord]):
         return bool(self._key_use)
 
     async def begin(self) -> None:
-        for statement in rollup.BEGIN:  # the scratch table of the records stored, empty
+        self._tally, self._copied = Tally(), False
+        if self._scratch and self.db.keeps_temp_tables:
+            return  # made by a committed transaction: a statement (a thread's turn) fewer
+        for statement in rollup.BEGIN:  # the scratch table of the records stored (empty)
             await self.db.execute(statement)
 
     async def write(self, statement: str, rows: Sequence[Sequence[Any]]) -> None:
         # the records stored, not those an earlier try of this batch stored, nor another
-        # writer's: no lock between writers (instances on one PostgreSQL write at once)
-        await self.db.insert_new(statement, rows, table=self.table, into=rollup.NEW,
-                                 columns=rollup.NEW_COLUMNS)
+        # writer's: no lock between writers (instances on one PostgreSQL write at once).
+        # When the database says it stored them all, they are added up here from the rows
+        # (SQLite); otherwise it copied those it stored for the fold in SQL
+        if await self.db.insert_new(statement, rows, table=self.table, into=rollup.NEW,
+                                    columns=rollup.NEW_COLUMNS, tally=True):
+            self._tally.add(_COLUMNS[statement], rows)
+        else:
+            self._copied = True
 
     async def also(self) -> None:
-        for statement in rollup.FOLD:  # this transaction's records into the totals
-            await self.db.execute(statement)
+        if self._copied:
+            for statement in rollup.FOLD:  # the copied records into the totals
+                await self.db.execute(statement)
+        work = list(self._tally.rows()) if self._tally else []
         used, self._key_use = self._key_use, {}
         self._used.update(used)
         if used:
-            await self.db.executemany("UPDATE api_keys SET last_used_at = ? WHERE id = ?",
-                                      # in one order on every instance (no deadlock)
-                                      [(ts, key_id) for key_id, ts in sorted(used.items())])
+            work.append(("UPDATE api_keys SET last_used_at = ? WHERE id = ?",
+                         # in one order on every instance (no deadlock)
+                         [(ts, key_id) for key_id, ts in sorted(used.items())]))
+        if work:  # the totals' upserts and the keys' last use in one go
+            await self.db.executemany_each(work)
 
     def also_done(self) -> None:
         self._used = {}
+        self._scratch = True
 
     def also_failed(self) -> None:
         for key_id, ts in self._used.items():  # a newer use noted meanwhile wins

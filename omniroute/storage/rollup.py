@@ -1,12 +1,15 @@
 """Usage totals by hour and by day, kept beside the request log so reads stay fast.
 
 Two tables, both written by the request log's writer in the same transaction as the
-records. The insert copies the records it stored (not those a retried batch had stored
-already) into the scratch table :data:`NEW` (:meth:`DatabaseBackend.insert_new
+records. On SQLite, a batch the database stored whole is added up in Python from the rows
+just written (:mod:`omniroute.storage.tally`: a fifth of the instructions). Otherwise (a
+retried batch partly stored already; PostgreSQL, where the fold runs in the server) the
+insert copies the records it stored (not those a retried batch had stored already) into
+the scratch table :data:`NEW` (:meth:`DatabaseBackend.insert_new
 <omniroute.storage.backend.DatabaseBackend.insert_new>`), and :data:`FOLD` adds exactly
 those to the totals: summed once, by minute and group, into a second scratch table, from
-which the per-minute totals and every table's hourly and daily rows are added; all inside
-the database, so the event loop pays nothing per record. Several writers (instances on one
+which the per-minute totals and every table's hourly and daily rows are added, inside
+the database. Both give the same rows. Several writers (instances on one
 PostgreSQL) fold at once, no lock between them: each adds its own rows, and every upsert
 takes its rows in key order (``ORDER BY``), so two writers adding to the same hours wait
 for each other in one order and never deadlock:
@@ -113,7 +116,7 @@ CREATE = [
 ]
 
 
-def _upsert(table: str, key: tuple[str, ...], sums: tuple[str, ...], select: str, *,
+def upsert(table: str, key: tuple[str, ...], sums: tuple[str, ...], select: str, *,
             ordered: bool = False) -> str:
     """Add ``select``'s rows (its key columns first) to ``table``'s. ``ordered``: in key
     order, so that writers adding to the same rows at once lock them in one order (two
@@ -138,10 +141,10 @@ _NEW_TYPES = {"ts": "REAL", "provider": "TEXT", "model": "TEXT", "connection_id"
               "cost_usd": "REAL", "list_cost_usd": "REAL", "latency_ms": "REAL"}
 #: the request_log columns copied into :data:`NEW`
 NEW_COLUMNS = tuple(_NEW_TYPES)
-#: the writer's statements before its insert: :data:`NEW` there, and empty
+#: the writer's statement before its insert: :data:`NEW` there (empty: the fold that
+#: reads it empties it, and a transaction that fails leaves it as it was)
 BEGIN = [f"CREATE TEMP TABLE IF NOT EXISTS {NEW} "
-         f"({', '.join(f'{c} {t}' for c, t in _NEW_TYPES.items())})",
-         f"DELETE FROM {NEW}"]
+         f"({', '.join(f'{c} {t}' for c, t in _NEW_TYPES.items())})"]
 #: the writer's scratch table: one transaction's records summed by minute and group (a
 #: temporary table: unqualified, it is found before any other of its name)
 _BATCH = "usage_batch"
@@ -151,7 +154,7 @@ def _rollup_from_records(where: str) -> str:
     """Add the request_log rows matching ``where`` (a WHERE clause: the upsert needs
     one) into usage_rollup's hourly rows."""
     groups = ", ".join(str(i) for i in range(2, 3 + len(_RECORD_GROUPS)))
-    return _upsert("usage_rollup", ("period", "start", *GROUP_COLUMNS), SUM_COLUMNS,
+    return upsert("usage_rollup", ("period", "start", *GROUP_COLUMNS), SUM_COLUMNS,
                    f"SELECT {HOUR}, CAST(ts / {HOUR} AS INTEGER) * {HOUR}, "
                    f"{', '.join(_RECORD_GROUPS)}, {', '.join(_RECORD_SUMS)} "
                    f"FROM request_log {where} GROUP BY {groups}")
@@ -176,24 +179,25 @@ def _batch_statements() -> list[str]:
         f"INSERT INTO {_BATCH} SELECT CAST(ts / {MINUTE} AS INTEGER) * {MINUTE}, "
         f"{', '.join(_RECORD_GROUPS)}, {', '.join(_RECORD_DIM_SUMS)} "
         f"FROM {NEW} GROUP BY {groups}",
-        *(_upsert("usage_rollup", ("period", "start", *GROUP_COLUMNS), SUM_COLUMNS,
+        *(upsert("usage_rollup", ("period", "start", *GROUP_COLUMNS), SUM_COLUMNS,
                   f"SELECT {period}, CAST(start / {period} AS INTEGER) * {period}, "
                   f"{', '.join(GROUP_COLUMNS)}, {', '.join(f'SUM({c})' for c in SUM_COLUMNS)} "
                   f"FROM {_BATCH} WHERE true GROUP BY 2, {', '.join(GROUP_COLUMNS)}",
                   ordered=True)
           for period in PERIODS),
-        _upsert("usage_dims", ("period", "dim", "start", "value"), DIM_SUM_COLUMNS,
+        upsert("usage_dims", ("period", "dim", "start", "value"), DIM_SUM_COLUMNS,
                 f"SELECT p.period, d.dim, CAST(start / p.period AS INTEGER) * p.period, "
                 f"{value}, {sums} FROM {_BATCH}, {_PERIODS_TABLE} AS p, ({dims}) AS d "
                 "WHERE true GROUP BY 1, 2, 3, 4", ordered=True),
-        _upsert("usage_dims", ("period", "dim", "start", "value"), DIM_SUM_COLUMNS,
+        upsert("usage_dims", ("period", "dim", "start", "value"), DIM_SUM_COLUMNS,
                 f"SELECT {MINUTE}, 'total', start, '', {sums} FROM {_BATCH} "
                 "WHERE true GROUP BY 3", ordered=True),
+        f"DELETE FROM {NEW}",
     ]
 
 
 def _days_from_hours() -> str:
-    return _upsert("usage_rollup", ("period", "start", *GROUP_COLUMNS), SUM_COLUMNS,
+    return upsert("usage_rollup", ("period", "start", *GROUP_COLUMNS), SUM_COLUMNS,
                    f"SELECT {DAY}, CAST(start / {DAY} AS INTEGER) * {DAY}, "
                    f"{', '.join(GROUP_COLUMNS)}, {', '.join(f'SUM({c})' for c in SUM_COLUMNS)} "
                    f"FROM usage_rollup WHERE period = {HOUR} "
@@ -203,7 +207,7 @@ def _days_from_hours() -> str:
 def _dims_from_rollup(dim: str) -> str:
     column = _ROLLUP_DIMS[dim]
     value = f"CAST({column} AS TEXT)" if column else "''"
-    return _upsert("usage_dims", ("period", "dim", "start", "value"), DIM_SUM_COLUMNS,
+    return upsert("usage_dims", ("period", "dim", "start", "value"), DIM_SUM_COLUMNS,
                    f"SELECT period, '{dim}', start, {value}, "
                    f"{', '.join(_ROLLUP_DIM_SUMS)} FROM usage_rollup WHERE true "
                    "GROUP BY 1, 3, 4")
@@ -211,7 +215,7 @@ def _dims_from_rollup(dim: str) -> str:
 
 def _minutes_from_records(source: str, where: str, *, ordered: bool = False) -> str:
     """Add the records of ``source`` matching ``where`` into usage_dims' per-minute totals."""
-    return _upsert("usage_dims", ("period", "dim", "start", "value"), DIM_SUM_COLUMNS,
+    return upsert("usage_dims", ("period", "dim", "start", "value"), DIM_SUM_COLUMNS,
                    f"SELECT {MINUTE}, 'total', CAST(ts / {MINUTE} AS INTEGER) * {MINUTE}, '', "
                    f"{', '.join(_RECORD_DIM_SUMS)} FROM {source} {where} GROUP BY 3",
                    ordered=ordered)
@@ -219,7 +223,7 @@ def _minutes_from_records(source: str, where: str, *, ordered: bool = False) -> 
 
 #: the writer's statements, in order, after its insert filled :data:`NEW` (none takes a
 #: parameter): the new records read once into the scratch table, by minute; the minutes,
-#: hours and days are all added from its few rows
+#: hours and days are all added from its few rows; :data:`NEW` emptied
 FOLD = _batch_statements()
 #: the per-minute totals of the last :data:`MINUTE_KEEP` seconds from the records, for
 #: records written without the writer (usage_dims' minute rows must be empty)

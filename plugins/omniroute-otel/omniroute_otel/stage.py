@@ -81,7 +81,7 @@ class TracingStage(Stage):
             "http.response.status_code": record.status,
             "omniroute.request_id": record.request_id,
             "omniroute.endpoint": record.endpoint,
-            "omniroute.stream": record.stream,
+            "omniroute.stream": bool(record.stream),  # a span attribute stays a bool
             "omniroute.attempts": record.attempts,
         }
         if requested:

@@ -201,7 +201,7 @@ class PostgresDatabase(DatabaseBackend):
             yield
 
     async def insert_new(self, sql: str, rows: Sequence[Sequence[Any]], *, table: str,
-                         into: str, columns: Sequence[str]) -> None:
+                         into: str, columns: Sequence[str], tally: bool = False) -> bool:
         """The batch is copied (``COPY``, binary) into a scratch table of the insert's
         columns, then one statement inserts it (:func:`omniroute_postgres.dialect.staged`),
         and its ``RETURNING`` copies the rows the server stored, and only those, into
@@ -212,7 +212,7 @@ class PostgresDatabase(DatabaseBackend):
         if conn is None:
             raise RuntimeError("insert_new() is for inside a transaction")
         if not rows:
-            return
+            return False
         plan = staged(translate(sql), f"{table}_stage", into, tuple(columns))
         await conn.execute(plan.create)
         try:
@@ -222,6 +222,7 @@ class PostgresDatabase(DatabaseBackend):
         except _asyncpg().DataError as exc:
             raise _without_values(exc) from None
         await conn.execute(plan.insert)
+        return False  # copied: the fold runs in the server, not in the gateway's CPU
 
     async def _run(self, method: str, sql: str, params: Iterable[Any]) -> Any:
         query, args = translate(sql), tuple(map(_storable, params))
