@@ -16,11 +16,11 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp import web
+from fakes.openai_upstream import direct_provider
 
 from omniroute.errors import UpstreamTimeout
-from omniroute.providers.base import ProviderContext, Timeouts, UpstreamCall
+from omniroute.providers.base import Timeouts, UpstreamCall
 from omniroute.providers.openai import OpenAIProvider
-from omniroute.storage.store import Connection
 
 IDLE = 0.4
 #: a trickle: one event every TICK seconds, TICKS of them (longer in all than IDLE)
@@ -75,10 +75,8 @@ async def stalling(aiohttp_server: Any) -> Any:
 async def provider(stalling: Stalling) -> Any:
     connector = aiohttp.TCPConnector()
     async with aiohttp.ClientSession(connector=connector) as http:
-        settings, creds = OpenAIProvider.configure({"base_url": stalling.base_url}, {}, None)
-        conn = Connection("conn_1", "openai", "fake", "f", settings, creds)
-        yield OpenAIProvider(conn, ProviderContext(
-            http, Timeouts(connect=2, first_byte=IDLE, idle=IDLE, total=20), "omniroute-test"))
+        yield direct_provider(http, stalling.base_url,
+                              Timeouts(connect=2, first_byte=IDLE, idle=IDLE, total=20))
 
 
 BODY = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}

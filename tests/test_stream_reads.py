@@ -14,11 +14,11 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp import web
+from fakes.openai_upstream import direct_provider
 
-from omniroute.providers.base import ProviderContext, Timeouts, UpstreamCall
+from omniroute.providers.base import Timeouts, UpstreamCall
 from omniroute.providers.openai import OpenAIProvider
 from omniroute.sse import SSESplitter
-from omniroute.storage.store import Connection
 
 
 def chunk(text: str, finish: str | None = None) -> bytes:
@@ -80,10 +80,8 @@ async def upstream(aiohttp_server: Any) -> Any:
 @pytest.fixture
 async def provider(upstream: Any) -> Any:
     async with aiohttp.ClientSession() as http:
-        settings, creds = OpenAIProvider.configure({"base_url": upstream.base_url}, {}, None)
-        conn = Connection("conn_1", "openai", "fake", "f", settings, creds)
-        yield OpenAIProvider(conn, ProviderContext(
-            http, Timeouts(connect=2, first_byte=2, idle=2, total=10), "omniroute-test"))
+        yield direct_provider(http, upstream.base_url,
+                              Timeouts(connect=2, first_byte=2, idle=2, total=10))
 
 
 CALL = UpstreamCall({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}],

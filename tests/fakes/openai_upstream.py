@@ -472,3 +472,15 @@ class FakeOpenAI(OpenAIFake[Behaviour], OpenAIAudio):
                    "x-request-id": f"req_{secrets.token_hex(16)}"}
         return await self._send_stream(request, b, self._chunks(body, b), headers,
                                        lambda sent: sse({"error": b.error}))
+
+
+def direct_provider(http: Any, base_url: str, timeouts: Any) -> Any:
+    """An ``OpenAIProvider`` for one connection to ``base_url``, called directly (no
+    gateway in front): for tests of the provider's own network layer."""
+    from omniroute.providers.base import ProviderContext
+    from omniroute.providers.openai import OpenAIProvider
+    from omniroute.storage.store import Connection
+
+    settings, creds = OpenAIProvider.configure({"base_url": base_url}, {}, None)
+    conn = Connection("conn_1", "openai", "fake", "f", settings, creds)
+    return OpenAIProvider(conn, ProviderContext(http, timeouts, "omniroute-test"))
