@@ -95,3 +95,26 @@ async def start_harness(
 async def omniroute(aiohttp_client: Any, tmp_path: Path) -> AsyncIterator[GatewayHarness]:
     """A running gateway on a temporary data directory, with every installed plugin."""
     yield await start_harness(aiohttp_client, make_test_config(tmp_path / "omniroute"))
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Stop the worker threads of aiosqlite connections a test left open.
+
+    aiosqlite (0.22 on) runs each connection on a non-daemon thread, which only ``close()``
+    ends: one connection left open by a failing test (its app never cleaned up) would keep
+    the finished pytest process waiting at exit forever, and a red run would look like a
+    hung one. They are stopped here, and counted on the terminal so that a leak is seen.
+    """
+    import gc
+
+    import aiosqlite
+
+    left = [obj for obj in gc.get_objects()
+            if isinstance(obj, aiosqlite.Connection) and obj._connection is not None]
+    for conn in left:
+        conn.stop()  # closes the sqlite3 connection on its thread, then ends the thread
+    if left:
+        reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+        if reporter is not None:
+            reporter.write_line(f"omniroute: stopped {len(left)} aiosqlite connection(s) "
+                                "a test left open", yellow=True)

@@ -23,7 +23,8 @@ def sdk(gw: Any, **headers: str) -> openai.AsyncOpenAI:
 async def ask(gw: Any, **kwargs: Any) -> Any:
     kwargs.setdefault("messages", HI)
     kwargs.setdefault("model", "up/gpt-4o-mini")
-    raw = await sdk(gw).chat.completions.with_raw_response.create(**kwargs)
+    async with sdk(gw) as client:
+        raw = await client.chat.completions.with_raw_response.create(**kwargs)
     await gw.client.app[CACHE].settled()
     return raw.headers, raw.parse()
 
@@ -250,9 +251,10 @@ async def test_a_streamed_hit_leaves_in_one_write_unless_progress_wraps_it(gw: A
     assert hit.headers["Content-Type"].startswith("text/event-stream")
     assert hit.headers["Cache-Control"] == "no-cache"
     assert int(hit.headers["Content-Length"]) == len(raw) and raw.endswith(b"data: [DONE]\n\n")
-    stream = await sdk(gw).chat.completions.create(**body)
-    text = "".join([chunk.choices[0].delta.content or "" async for chunk in stream
-                    if chunk.choices])
+    async with sdk(gw) as client:
+        stream = await client.chat.completions.create(**body)
+        text = "".join([chunk.choices[0].delta.content or "" async for chunk in stream
+                        if chunk.choices])
     assert text and len(gw.fake.requests) == 1
     wrapped = await gw.client.post("/v1/chat/completions", json=body,
                                    headers={"X-OmniRoute-Progress": "true"})

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 from typing import Any
@@ -29,9 +30,11 @@ class Clock:
 
 
 async def ask(gw: Any, content: str = "what is 2 + 2?") -> str:
-    client = openai.AsyncOpenAI(base_url=gw.base_url + "/v1", api_key="sk-x", max_retries=0)
-    raw = await client.chat.completions.with_raw_response.create(
-        model="up/gpt-4o-mini", messages=[{"role": "user", "content": content}], temperature=0)
+    async with openai.AsyncOpenAI(base_url=gw.base_url + "/v1", api_key="sk-x",
+                                  max_retries=0) as client:
+        raw = await client.chat.completions.with_raw_response.create(
+            model="up/gpt-4o-mini", messages=[{"role": "user", "content": content}],
+            temperature=0)
     await gw.cache.settled()
     return raw.headers["X-OmniRoute-Cache"]
 
@@ -82,6 +85,44 @@ async def test_sqlite_backend_persists_expires_and_bounds(tmp_path: Path) -> Non
     assert await again.delete("c") and not await again.delete("c")
     await again.clear()
     assert (await again.stats())["entries"] == 0
+    await again.close()
+
+
+async def test_a_flush_cancelled_mid_write_keeps_its_entries(tmp_path: Path) -> None:
+    """The writer cancelled while its transaction is on aiosqlite's thread (a shutdown
+    under load): the entries go back to the queue, and close() still writes them."""
+    options = {"path": str(tmp_path / "c.sqlite3"), "flush_every": 3600}
+    cache = SqliteCache(options)
+    await cache.start()
+    await cache.set("a", b"one")
+    assert await cache.get("a") == b"one"  # a hit to count, written with the entry
+    flushing = asyncio.create_task(cache.flush())
+    await asyncio.sleep(0)  # in the flush: BEGIN sent to the thread, not answered yet
+    await cache.set("b", b"two")
+    flushing.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await flushing
+    assert (await cache.stats())["queued"] == 2
+    await cache.close()
+
+    again = SqliteCache(options)
+    await again.start()
+    assert await again.get("a") == b"one" and await again.get("b") == b"two"
+    listed = {e.key: e.hits for e in await again.entries(10)}
+    assert listed == {"a": 2, "b": 1}  # a's earlier hit kept too
+    await again.close()
+
+
+async def test_close_lets_the_writer_finish_the_flush_it_is_in(tmp_path: Path) -> None:
+    cache = SqliteCache({"path": str(tmp_path / "c.sqlite3"), "flush_every": 0.001})
+    await cache.start()
+    for i in range(300):  # past the wake-up mark: the writer is woken at once
+        await cache.set(f"k{i}", b"v")
+    await asyncio.sleep(0)
+    await cache.close()
+    again = SqliteCache({"path": str(tmp_path / "c.sqlite3")})
+    await again.start()
+    assert (await again.stats())["entries"] == 300
     await again.close()
 
 

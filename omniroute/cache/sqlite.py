@@ -47,6 +47,8 @@ CREATE INDEX IF NOT EXISTS cache_entries_used ON cache_entries(last_used);
 _WAKE_AT = 256
 #: queued writes past which new ones are dropped (the disk cannot keep up)
 _MAX_PENDING = 10_000
+#: seconds :meth:`SqliteCache.close` lets the writer finish the flush it is in
+_CLOSE_WAIT = 5.0
 
 
 class SqliteCache(CacheBackend):
@@ -82,6 +84,7 @@ class SqliteCache(CacheBackend):
         self._writing: dict[str, tuple[bytes, float, float]] = {}
         self._wake = asyncio.Event()
         self._writer: asyncio.Task[None] | None = None
+        self._closing = False
         self.hits = self.misses = self.dropped = self.failures = 0
 
     async def start(self) -> None:
@@ -166,7 +169,11 @@ class SqliteCache(CacheBackend):
         return [Listed(row[0], bytes(row[1]), row[2], row[3] - now) for row in rows]
 
     async def flush(self) -> None:
-        """Write what is queued now (the writer does it on its own every ``flush_every``)."""
+        """Write what is queued now (the writer does it on its own every ``flush_every``).
+
+        A flush cancelled before its COMMIT puts its entries back (a newer value queued
+        meanwhile wins), so that :meth:`close`'s last flush still writes them.
+        """
         pending, self._pending = self._pending, {}
         used, self._used = self._used, {}
         if not pending and not used:
@@ -174,8 +181,10 @@ class SqliteCache(CacheBackend):
         conn = self._connection()
         self._writing = pending
         try:
-            await conn.execute("BEGIN")
             try:
+                # BEGIN inside: a cancellation that meets it still has the ROLLBACK queued
+                # behind it on aiosqlite's thread, never a transaction left open
+                await conn.execute("BEGIN")
                 await conn.executemany(
                     "INSERT OR REPLACE INTO cache_entries(key, value, created_at, expires_at, "
                     "last_used, hits) VALUES (?, ?, ?, ?, ?, 0)",
@@ -186,15 +195,24 @@ class SqliteCache(CacheBackend):
                     [(count, at, k) for k, (count, at) in used.items()])
                 await conn.execute("COMMIT")
             except BaseException:
-                await conn.execute("ROLLBACK")
+                with contextlib.suppress(Exception):  # (no transaction: BEGIN did not run)
+                    await conn.execute("ROLLBACK")
                 raise
         except asyncio.CancelledError:
+            self._put_back(pending, used)
             raise
         except Exception:  # a full disk, a locked file: the answers were served all the same
             self.failures += 1
             log.exception("writing %d cache entries to %s failed", len(pending), self.path)
         finally:
             self._writing = {}
+
+    def _put_back(self, pending: dict[str, tuple[bytes, float, float]],
+                  used: dict[str, tuple[int, float]]) -> None:
+        self._pending = {**pending, **self._pending}
+        for key, (count, at) in used.items():
+            later, last = self._used.get(key, (0, at))
+            self._used[key] = (count + later, max(at, last))
 
     async def prune(self) -> int:
         """Delete expired entries, then the least recently used past ``max_entries``."""
@@ -213,8 +231,12 @@ class SqliteCache(CacheBackend):
         return removed
 
     async def close(self) -> None:
+        """Stop the writer after the flush it is in (bounded), then write the rest."""
         if self._writer is not None:
-            self._writer.cancel()
+            self._closing = True
+            self._wake.set()
+            await asyncio.wait((self._writer,), timeout=_CLOSE_WAIT)
+            self._writer.cancel()  # past the bound: its entries are put back (flush)
             with contextlib.suppress(asyncio.CancelledError):
                 await self._writer
             self._writer = None
@@ -225,12 +247,14 @@ class SqliteCache(CacheBackend):
 
     async def _write_loop(self) -> None:
         pruned = self._clock()
-        while True:
+        while not self._closing:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self.flush_every):
                     await self._wake.wait()
             self._wake.clear()
             await self.flush()
+            if self._closing:
+                return
             if self._clock() - pruned >= self.prune_every:
                 pruned = self._clock()
                 try:
