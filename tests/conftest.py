@@ -10,9 +10,11 @@ from typing import Any
 
 import pytest
 from fakes.openai_upstream import FakeOpenAI
+from storage_support import KEY
 
-from omniroute.storage import Database, DatabaseBackend
+from omniroute.storage import Database, DatabaseBackend, Store
 from omniroute.storage.migrations import MIGRATIONS
+from omniroute.vault import Vault
 
 UPSTREAM_KEY = "sk-upstream-test"
 
@@ -89,6 +91,12 @@ async def db(open_db: Callable[..., Awaitable[DatabaseBackend]],
     database = await open_db()
     yield database
     await database.close()
+
+
+@pytest.fixture
+def store(db: Database) -> Store:
+    """The configuration store on :func:`db`, its credentials sealed with the tests' key."""
+    return Store(db, Vault(KEY))
 
 
 # ----------------------------------------------------------------------------- browser tests

@@ -10,7 +10,7 @@ from typing import Any
 import openai
 import pytest
 from test_cli import Cli, failed, ok
-from test_hooks import DictLayer, LayersPlugin
+from test_hooks_storage import DictLayer, LayersPlugin
 
 from omniroute.cache.layer import CacheLayer
 from omniroute.cache.memory import MemoryCache

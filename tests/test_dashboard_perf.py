@@ -21,8 +21,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from dashboard_browser.support import ARTIFACTS, VIEWS, tool_home
 from fakes.usage_rows import fill
-from test_dashboard_browser import ARTIFACTS, VIEWS, tool_home
 
 from omniroute.testing import GatewayHarness, make_test_config, start_harness
 from omniroute.web.dashboard import ASSETS

@@ -46,7 +46,7 @@ from urllib.parse import parse_qsl
 import orjson
 from aiohttp import web
 
-from fakes import gemini_upstream
+from fakes import gemini_checks
 from fakes.base import Recorded, json_response, sse, tokens
 from fakes.gemini_upstream import Behaviour, FakeGemini
 from fakes.oauth_server import FakeOAuthServer
@@ -242,7 +242,7 @@ class FakeCodeAssist(FakeGemini):
         contents = inner.get("contents")
         if not isinstance(contents, list) or not contents:
             return _google_error(400, "contents is not specified", "INVALID_ARGUMENT")
-        text = " ".join(gemini_upstream._text_of(c) for c in contents)
+        text = " ".join(gemini_checks.text_of(c) for c in contents)
         return json_response(200, {"totalTokens": tokens(text)})
 
     # ---- generation -----------------------------------------------------------------
@@ -269,7 +269,7 @@ class FakeCodeAssist(FakeGemini):
             return _google_error(404, f"Requested entity was not found: model {model!r}.",
                                  "NOT_FOUND")
         inner = env["request"]
-        if (problem := gemini_upstream._check_request(inner, model)) is not None:
+        if (problem := gemini_checks.check_request(inner, model)) is not None:
             return problem
         if b.garbage is not None:
             return self._garbage(b, stream)

@@ -55,6 +55,9 @@ request; ``closed_streams`` counts generate requests whose client went away befo
 answer finished (``stream_closed`` is set each time); fake-initiated drops don't count.
 ``latency``, ``fail_rate`` and ``seed`` act as in every fake (``fakes.base``); its failures
 are ``INTERNAL`` 500s and ``UNAVAILABLE`` 503s.
+
+The request checks and error bodies are in ``fakes.gemini_checks``, the image answers in
+``fakes.gemini_images``; this module is the fake, its behaviours and its replies.
 """
 
 from __future__ import annotations
@@ -74,54 +77,33 @@ from fakes.base import (
     FakeUpstream,
     Recorded,
     fake_args,
-    fake_image,
     fake_vector,
     fault_helpers,
-    json_response,
     pick,
     rand,
     split,
     sse,
     tokens,
 )
+from fakes.gemini_checks import (
+    TYPE,
+    answer_json,
+    bad_request,
+    check_request,
+    field,
+    google_error,
+    status_body,
+    text_of,
+    unknown_field,
+)
+from fakes.gemini_images import IMAGE_TOKENS, image_content, predict
 
 __all__ = ["IMAGE_TOKENS", "Behaviour", "FakeGemini", "Recorded", "drop_mid_stream", "error",
            "garbage", "hang_before_headers", "hang_mid_stream", "mid_stream_error", "refused",
            "reply", "slow"]
 
-_STATUS_NAMES = {
-    400: "INVALID_ARGUMENT", 401: "UNAUTHENTICATED", 403: "PERMISSION_DENIED", 404: "NOT_FOUND",
-    409: "ABORTED", 429: "RESOURCE_EXHAUSTED", 499: "CANCELLED", 500: "INTERNAL",
-    503: "UNAVAILABLE", 504: "DEADLINE_EXCEEDED",
-}
-_TYPE = "type.googleapis.com/google.rpc."
-_REQUEST_FIELDS = {
-    "contents", "tools", "toolConfig", "safetySettings", "systemInstruction",
-    "generationConfig", "cachedContent", "labels",
-}
-_PART_DATA = {"text", "inlineData", "fileData", "functionCall", "functionResponse",
-              "executableCode", "codeExecutionResult"}
-_PART_META = {"thought", "thoughtSignature", "videoMetadata", "partMetadata", "mediaResolution"}
-_IMAGEN_PARAMETERS = {"sampleCount", "aspectRatio", "personGeneration", "sampleImageSize",
-                      "outputOptions", "includeRaiReason", "includeSafetyAttributes",
-                      "guidanceScale", "safetySetting", "language"}
-_IMAGEN_RATIOS = ("1:1", "3:4", "4:3", "9:16", "16:9")
-#: output tokens of one 1024x1024 image of a Gemini image model
-IMAGE_TOKENS = 1290
 #: ``batchEmbedContents`` refuses more requests than this in one call
 EMBED_BATCH_LIMIT = 100
-
-
-def _camel(name: str) -> str:
-    head, *rest = name.split("_")
-    return head + "".join(w.title() for w in rest)
-
-
-def _field(obj: dict[str, Any], camel: str) -> Any:
-    """A field by its lowerCamel name or its snake_case one (the API takes both)."""
-    if camel in obj:
-        return obj[camel]
-    return obj.get("".join("_" + c.lower() if c.isupper() else c for c in camel))
 
 
 @dataclass
@@ -155,15 +137,6 @@ def reply(
                      thinking=thinking, finish_reason=finish_reason, usage=dict(usage or {}))
 
 
-def _status(code: int, message: str, status_name: str | None = None,
-            details: list[dict[str, Any]] | None = None) -> dict[str, Any]:
-    err: dict[str, Any] = {"code": code, "message": message,
-                           "status": status_name or _STATUS_NAMES.get(code, "UNKNOWN")}
-    if details:
-        err["details"] = details
-    return err
-
-
 def error(
     status: int,
     message: str | None = None,
@@ -176,19 +149,19 @@ def error(
         message = message or ("You exceeded your current quota, please check your plan and "
                               "billing details.")
         details = [
-            {"@type": _TYPE + "QuotaFailure", "violations": [{
+            {"@type": TYPE + "QuotaFailure", "violations": [{
                 "quotaMetric":
                     "generativelanguage.googleapis.com/generate_content_free_tier_requests",
                 "quotaId": "GenerateRequestsPerMinutePerProjectPerModel-FreeTier",
                 "quotaDimensions": {"location": "global", "model": "gemini-2.5-flash"},
                 "quotaValue": "10"}]},
-            {"@type": _TYPE + "Help", "links": [{
+            {"@type": TYPE + "Help", "links": [{
                 "description": "Learn more about Gemini API quotas",
                 "url": "https://ai.google.dev/gemini-api/docs/rate-limits"}]},
         ]
         if retry_delay:
-            details.append({"@type": _TYPE + "RetryInfo", "retryDelay": retry_delay})
-    body = _status(status, message or f"Fake upstream error {status}", status_name, details)
+            details.append({"@type": TYPE + "RetryInfo", "retryDelay": retry_delay})
+    body = status_body(status, message or f"Fake upstream error {status}", status_name, details)
     return Behaviour(status=status, error=body, headers=dict(headers or {}))
 
 
@@ -199,7 +172,7 @@ def mid_stream_error(
     code: int = 500,
     status_name: str = "INTERNAL",
 ) -> Behaviour:
-    return Behaviour(error_after=after_chunks, error=_status(code, message, status_name))
+    return Behaviour(error_after=after_chunks, error=status_body(code, message, status_name))
 
 
 hang_before_headers, hang_mid_stream, drop_mid_stream, garbage, slow = fault_helpers(Behaviour)
@@ -210,29 +183,6 @@ hang_before_headers, hang_mid_stream, drop_mid_stream, garbage, slow = fault_hel
 def _signature() -> str:
     """An opaque thought signature (base64, as the SDK checks)."""
     return base64.b64encode(b"\x0a\x2c" + secrets.token_bytes(46)).decode()
-
-
-def _text_of(content: Any) -> str:
-    parts = content.get("parts") if isinstance(content, dict) else None
-    return " ".join(p["text"] for p in parts or [] if isinstance(p, dict)
-                    and isinstance(p.get("text"), str) and not p.get("thought"))
-
-
-def _json(status: int, obj: Any, headers: dict[str, str] | None = None) -> web.Response:
-    return json_response(status, obj, headers, charset="UTF-8")
-
-
-def _google_error(code: int, message: str, status_name: str | None = None,
-                  details: list[dict[str, Any]] | None = None) -> web.Response:
-    return _json(code, {"error": _status(code, message, status_name, details)})
-
-
-def _bad_request(message: str, field_path: str | None = None) -> web.Response:
-    details = None
-    if field_path is not None:
-        details = [{"@type": _TYPE + "BadRequest",
-                    "fieldViolations": [{"field": field_path, "description": message}]}]
-    return _google_error(400, message, details=details)
 
 
 def _sse(chunk: dict[str, Any]) -> bytes:
@@ -246,7 +196,7 @@ class FakeGemini(FakeUpstream[Behaviour]):
 
     behaviour = Behaviour
     key_in = ("x-goog-api-key", "?key")
-    respond_json = staticmethod(_json)
+    respond_json = staticmethod(answer_json)
 
     def __init__(
         self,
@@ -267,17 +217,17 @@ class FakeGemini(FakeUpstream[Behaviour]):
             self.app.router.add_get(f"/{version}/models", self._models)
 
     def _auth_missing(self) -> web.Response:
-        return _google_error(403, "Method doesn't allow unregistered callers (callers without "
+        return google_error(403, "Method doesn't allow unregistered callers (callers without "
                              "established identity). Please use API Key or other form of API "
                              "consumer identity to call this API.")
 
     def _auth_wrong(self, key: str) -> web.Response:
         message = "API key not valid. Please pass a valid API key."
-        return _google_error(400, message, details=[
-            {"@type": _TYPE + "ErrorInfo", "reason": "API_KEY_INVALID",
+        return google_error(400, message, details=[
+            {"@type": TYPE + "ErrorInfo", "reason": "API_KEY_INVALID",
              "domain": "googleapis.com",
              "metadata": {"service": "generativelanguage.googleapis.com"}},
-            {"@type": _TYPE + "LocalizedMessage", "locale": "en-US", "message": message},
+            {"@type": TYPE + "LocalizedMessage", "locale": "en-US", "message": message},
         ])
 
     def _failure(self, status: int) -> Behaviour:
@@ -306,7 +256,7 @@ class FakeGemini(FakeUpstream[Behaviour]):
         out: dict[str, Any] = {"models": models}
         if start + size < len(names):
             out["nextPageToken"] = str(start + size)
-        return _json(200, out)
+        return answer_json(200, out)
 
     async def _generate(self, request: web.Request) -> web.StreamResponse:
         rec = await self._record(request)
@@ -314,7 +264,7 @@ class FakeGemini(FakeUpstream[Behaviour]):
         if method == "batchEmbedContents":
             return await self._embed(request, rec)
         if method not in ("generateContent", "streamGenerateContent", "predict"):
-            return _google_error(404, f"Method not found: {method}")
+            return google_error(404, f"Method not found: {method}")
         return await self._answer(request, rec)
 
     async def _embed(self, request: web.Request, rec: Recorded) -> web.StreamResponse:
@@ -327,35 +277,35 @@ class FakeGemini(FakeUpstream[Behaviour]):
         model = request.match_info["target"].rpartition(":")[0]
         if model not in self.other_models:
             version = request.path.split("/")[1]
-            return _google_error(404, f"models/{model} is not found for API version {version}, or "
+            return google_error(404, f"models/{model} is not found for API version {version}, or "
                                  "is not supported for embedContent. Call ListModels to see "
                                  "the list of available models and their supported methods.")
         body = rec.json if isinstance(rec.json, dict) else {}
         unknown = set(body) - {"requests"}
         if unknown:
-            return _unknown(sorted(unknown)[0])
+            return unknown_field(sorted(unknown)[0])
         requests = body.get("requests")
         if not isinstance(requests, list) or not requests:
-            return _bad_request("* BatchEmbedContentsRequest.requests: contents is not specified",
+            return bad_request("* BatchEmbedContentsRequest.requests: contents is not specified",
                                 "requests")
         if len(requests) > EMBED_BATCH_LIMIT:  # Google's own words, e.g. langchainjs#4491
-            return _bad_request("* BatchEmbedContentsRequest.requests: at most 100 requests "
+            return bad_request("* BatchEmbedContentsRequest.requests: at most 100 requests "
                                 "can be in one batch", "requests")
         vectors = []
         for i, one in enumerate(requests):
             if not isinstance(one, dict) or one.get("model") != f"models/{model}":
-                return _bad_request(f"Model names in batch requests must match the model in the "
+                return bad_request(f"Model names in batch requests must match the model in the "
                                     f"URL (requests[{i}].model).", f"requests[{i}].model")
             unknown = set(one) - {"model", "content", "taskType", "title",
                                   "outputDimensionality"}
             if unknown:
-                return _unknown(sorted(unknown)[0], f"requests[{i}]")
-            text = _text_of(one.get("content"))
+                return unknown_field(sorted(unknown)[0], f"requests[{i}]")
+            text = text_of(one.get("content"))
             if not text:
-                return _bad_request("* BatchEmbedContentsRequest.requests[].content: contents is "
+                return bad_request("* BatchEmbedContentsRequest.requests[].content: contents is "
                                     "not specified", f"requests[{i}].content")
             vectors.append({"values": fake_vector(text, one.get("outputDimensionality") or 8)})
-        return _json(200, {"embeddings": vectors})
+        return answer_json(200, {"embeddings": vectors})
 
     async def _serve(self, request: web.Request, rec: Recorded, b: Behaviour) -> web.StreamResponse:
         if (early := await self._before(request, b)) is not None:
@@ -363,110 +313,56 @@ class FakeGemini(FakeUpstream[Behaviour]):
         model, _, method = request.match_info["target"].rpartition(":")
         stream = method == "streamGenerateContent"
         if model in self.image_models and not stream and isinstance(rec.json, dict):
-            return self._predict(rec.json, model, b) if method == "predict" \
-                else self._image_content(rec.json, model, b)
+            return predict(rec.json, model, b.refused) if method == "predict" \
+                else image_content(rec.json, model, b.refused)
         if model not in self.models or method == "predict":
             version = request.path.split("/")[1]
-            return _google_error(404, f"models/{model} is not found for API version {version}, or "
+            return google_error(404, f"models/{model} is not found for API version {version}, or "
                                  "is not supported for generateContent. Call ListModels to see "
                                  "the list of available models and their supported methods.")
         body = rec.json
         if not isinstance(body, dict):
-            return _bad_request("Invalid JSON payload received. Expected an object.")
-        if (problem := _check_request(body, model)) is not None:
+            return bad_request("Invalid JSON payload received. Expected an object.")
+        if (problem := check_request(body, model)) is not None:
             return problem
         as_sse = request.query.get("alt") == "sse"
         if b.garbage is not None:
             return self._garbage(b, stream)
         if b.error is not None and not stream:
-            return _json(b.error["code"], {"error": b.error})
+            return answer_json(b.error["code"], {"error": b.error})
         chunks = self._chunks(body, b, model)
         if not stream:
             return await self._send_whole(request, b, orjson.dumps(self._merged(chunks)))
         if not as_sse:
-            return _json(200, b"[" + b",\r\n".join(orjson.dumps(c) for c in chunks) + b"]")
+            return answer_json(200, b"[" + b",\r\n".join(orjson.dumps(c) for c in chunks) + b"]")
         return await self._stream(request, chunks, b)
 
-    # ---- images -----------------------------------------------------------------------
-    def _predict(self, body: dict[str, Any], model: str, b: Behaviour) -> web.Response:
-        """Imagen's ``:predict``."""
-        if not model.startswith("imagen"):
-            return _google_error(400, f"models/{model} does not support predict.")
-        for name in body:
-            if name not in ("instances", "parameters"):
-                return _unknown(name)
-        instances, params = body.get("instances"), body.get("parameters") or {}
-        prompt = instances[0].get("prompt") if isinstance(instances, list) and instances \
-            and isinstance(instances[0], dict) else None
-        if not isinstance(prompt, str) or not prompt:
-            return _bad_request("Prompt is required.", "instances[0].prompt")
-        for name in params:
-            if name not in _IMAGEN_PARAMETERS:
-                return _unknown(name, "parameters")
-        count = params.get("sampleCount", 4)
-        if not isinstance(count, int) or not 1 <= count <= 4:
-            return _bad_request("sampleCount must be between 1 and 4.", "parameters.sampleCount")
-        if params.get("aspectRatio", "1:1") not in _IMAGEN_RATIOS:
-            return _bad_request("Unsupported aspect ratio.", "parameters.aspectRatio")
-        if b.refused is not None:
-            return _json(200, {"predictions": [{"raiFilteredReason": b.refused}]})
-        mime = (params.get("outputOptions") or {}).get("mimeType", "image/png")
-        return _json(200, {"predictions": [{"mimeType": mime,
-                                            "bytesBase64Encoded": fake_image(prompt, i)}
-                                           for i in range(count)]})
-
-    def _image_content(self, body: dict[str, Any], model: str, b: Behaviour) -> web.Response:
-        """A Gemini image model's ``generateContent``: one image."""
-        if model.startswith("imagen"):
-            return _google_error(400, f"models/{model} is not supported for generateContent.")
-        if (problem := _check_request(body, model)) is not None:
-            return problem
-        config = _field(body, "generationConfig") or {}
-        if "IMAGE" not in [m.upper() for m in _field(config, "responseModalities") or []]:
-            return _json(200, {"candidates": [{"content": {"role": "model", "parts": [
-                {"text": "I can describe it, but you did not ask for an image."}]},
-                "finishReason": "STOP", "index": 0}]})
-        prompt = _text_of(body["contents"][-1])
-        used = tokens(prompt)
-        if b.refused is not None:
-            return _json(200, {"candidates": [{"finishReason": "IMAGE_SAFETY", "index": 0}],
-                               "usageMetadata": {"promptTokenCount": used,
-                                                 "totalTokenCount": used}})
-        return _json(200, {
-            "candidates": [{"content": {"role": "model", "parts": [
-                {"inlineData": {"mimeType": "image/png", "data": fake_image(prompt)}}]},
-                "finishReason": "STOP", "index": 0}],
-            "usageMetadata": {"promptTokenCount": used, "candidatesTokenCount": IMAGE_TOKENS,
-                              "totalTokenCount": used + IMAGE_TOKENS,
-                              "candidatesTokensDetails": [{"modality": "IMAGE",
-                                                           "tokenCount": IMAGE_TOKENS}]},
-            "modelVersion": model, "responseId": rand(22, ALNUM)})
 
     # ---- reply construction ---------------------------------------------------------
     def _plan(self, body: dict[str, Any], b: Behaviour):
         contents = body.get("contents") or []
         decls = [d for t in body.get("tools") or [] if isinstance(t, dict)
-                 for d in _field(t, "functionDeclarations") or []]
-        mode = _field(_field(_field(body, "toolConfig") or {}, "functionCallingConfig") or {},
+                 for d in field(t, "functionDeclarations") or []]
+        mode = field(field(field(body, "toolConfig") or {}, "functionCallingConfig") or {},
                       "mode") or "AUTO"
         n = b.tool_calls
         if n is None:
             last = contents[-1] if contents else {}
-            wants = last.get("role", "user") == "user" and "weather" in _text_of(last).lower()
+            wants = last.get("role", "user") == "user" and "weather" in text_of(last).lower()
             n = 1 if decls and (wants or mode == "ANY") and mode != "NONE" else 0
         if isinstance(n, list):
             calls = [{"name": c["name"], "args": c["arguments"]} for c in n]
         else:
             picked = pick(decls, n, {"name": "get_weather", "parameters": {}})
             calls = [{"name": d["name"],
-                      "args": fake_args(d.get("parameters") or _field(d, "parametersJsonSchema"))}
+                      "args": fake_args(d.get("parameters") or field(d, "parametersJsonSchema"))}
                      for d in picked]
-        thinking_config = _field(_field(body, "generationConfig") or {}, "thinkingConfig") or {}
+        thinking_config = field(field(body, "generationConfig") or {}, "thinkingConfig") or {}
         thinking = b.thinking
-        if thinking is None and _field(thinking_config, "includeThoughts"):
+        if thinking is None and field(thinking_config, "includeThoughts"):
             thinking = "**Considering the request**\n\nThe user wants an answer."
-        users = [c for c in contents if c.get("role", "user") == "user" and _text_of(c)]
-        said = _text_of(users[-1]) if users else ""
+        users = [c for c in contents if c.get("role", "user") == "user" and text_of(c)]
+        said = text_of(users[-1]) if users else ""
         text = b.text if b.text is not None else (None if calls else f"Hello! You said: {said}")
         return thinking, text, calls
 
@@ -483,8 +379,8 @@ class FakeGemini(FakeUpstream[Behaviour]):
             part_groups.append([{"functionCall": c, "thoughtSignature": _signature()}
                                 for c in calls])
         contents = body["contents"]
-        prompt = tokens(_text_of(_field(body, "systemInstruction")))
-        prompt += sum(tokens(_text_of(c)) for c in contents)
+        prompt = tokens(text_of(field(body, "systemInstruction")))
+        prompt += sum(tokens(text_of(c)) for c in contents)
         thoughts_total = tokens(thinking) if thinking is not None else 0
         response_id = rand(22, ALNUM + "-_")
         out: list[dict[str, Any]] = []
@@ -535,89 +431,3 @@ class FakeGemini(FakeUpstream[Behaviour]):
                                        {"Cache-Control": "no-cache"},
                                        lambda sent: _sse({"error": b.error}))
 
-
-# ----------------------------------------------------------------------------- validation
-
-def _unknown(name: str, where: str | None = None) -> web.Response:
-    at = f" at '{where}'" if where else ""
-    return _bad_request(f'Invalid JSON payload received. Unknown name "{name}"{at}: '
-                        "Cannot find field.", where or name)
-
-
-def _check_request(body: dict[str, Any], model: str) -> web.Response | None:
-    """The 400 answer the real API would give for ``body``, or None."""
-    for name in body:
-        if _camel(name) not in _REQUEST_FIELDS:
-            return _unknown(name)
-    contents = body.get("contents")
-    if not contents:
-        return _bad_request("* GenerateContentRequest.contents: contents is not specified\n")
-    if not isinstance(contents, list):
-        return _bad_request("Invalid value at 'contents' (type.googleapis.com/"
-                            "google.ai.generativelanguage.v1beta.Content)")
-    system = _field(body, "systemInstruction")
-    if system is not None and not (isinstance(system, dict) and isinstance(system.get("parts"),
-                                                                           list)):
-        given = orjson.dumps(system).decode()
-        return _bad_request("Invalid value at 'system_instruction' (type.googleapis.com/"
-                            f"google.ai.generativelanguage.v1beta.Content), {given}")
-    for i, tool in enumerate(body.get("tools") or []):
-        for name in tool if isinstance(tool, dict) else ():
-            if _camel(name) not in {"functionDeclarations", "googleSearch", "codeExecution",
-                                    "urlContext", "googleSearchRetrieval"}:
-                return _unknown(name, f"tools[{i}]")
-    pending_calls = 0
-    for i, content in enumerate(contents):
-        if not isinstance(content, dict):
-            return _bad_request(f"Invalid value at 'contents[{i}]'")
-        for name in content:
-            if name not in ("role", "parts"):
-                return _unknown(name, f"contents[{i}]")
-        role = content.get("role", "user")
-        if role not in ("user", "model"):
-            return _bad_request("Please use a valid role: user, model.")
-        parts = content.get("parts")
-        if not parts or not isinstance(parts, list):
-            return _bad_request(f"* GenerateContentRequest.contents[{i}].parts: contents.parts "
-                                "must not be empty.\n")
-        calls = responses = 0
-        for j, part in enumerate(parts):
-            where = f"contents[{i}].parts[{j}]"
-            if not isinstance(part, dict):
-                return _bad_request(f"Invalid value at '{where}'")
-            for name in part:
-                if _camel(name) not in _PART_DATA | _PART_META:
-                    return _unknown(name, where)
-            data = [n for n in part if _camel(n) in _PART_DATA]
-            if len(data) != 1:
-                return _bad_request(f"* GenerateContentRequest.{where}.data: required oneof "
-                                    "field 'data' must have one initialized field\n")
-            kind = _camel(data[0])
-            value = part[data[0]]
-            if kind == "functionCall":
-                calls += 1
-                if not isinstance(value.get("args", {}), dict):
-                    return _bad_request(
-                        f"Invalid value at '{where}.function_call.args' (type.googleapis.com/"
-                        f"google.protobuf.Struct), {orjson.dumps(value.get('args')).decode()}")
-                signed = part.get("thoughtSignature") or part.get("thought_signature")
-                if model.startswith("gemini-3") and calls == 1 and not signed:
-                    return _bad_request(
-                        "Function call is missing a thought_signature in functionCall parts. "
-                        "This is required for tools to work correctly, and missing "
-                        "thought_signature may lead to degraded model performance. Additional "
-                        f"data, function call `default_api:{value.get('name')}` , position "
-                        f"{i + 1}. Please refer to https://ai.google.dev/gemini-api/docs/"
-                        "thought-signatures for more details.")
-            if kind == "functionResponse":
-                responses += 1
-                if not isinstance(value.get("response", {}), dict):
-                    return _bad_request(
-                        f"Invalid value at '{where}.function_response.response' "
-                        "(type.googleapis.com/google.protobuf.Struct)")
-        if responses and responses != pending_calls:
-            return _bad_request("Please ensure that the number of function response parts is "
-                                "equal to the number of function call parts of the function "
-                                "call turn.")
-        pending_calls = calls if role == "model" else 0
-    return None

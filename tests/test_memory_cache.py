@@ -1,0 +1,73 @@
+"""The in-memory cache: LRU by entries and by bytes, TTL, options."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from omniroute.cache.memory import MemoryCache
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def test_memory_cache_lru_by_entries() -> None:
+    cache = MemoryCache({"max_entries": 2})
+    await cache.set("a", b"1")
+    await cache.set("b", b"2")
+    assert await cache.get("a") == b"1"  # a is now the most recent
+    await cache.set("c", b"3")
+    assert await cache.get("b") is None  # the least recently used went
+    assert await cache.get("a") == b"1" and await cache.get("c") == b"3"
+    stats = await cache.stats()
+    assert stats["entries"] == 2 and stats["evictions"] == 1
+
+
+async def test_memory_cache_lru_by_bytes() -> None:
+    cache = MemoryCache({"max_bytes": 10})
+    await cache.set("a", b"xxxx")
+    await cache.set("b", b"yyyy")
+    await cache.set("a", b"zzzz")  # replacing counts the new size only
+    assert (await cache.stats())["bytes"] == 8
+    await cache.set("c", b"wwww")
+    assert await cache.get("b") is None  # b was least recently used
+    assert await cache.get("a") == b"zzzz"
+    assert (await cache.stats())["bytes"] == 8
+    await cache.set("huge", b"h" * 11)  # bigger than the whole cache: not stored, no eviction
+    assert await cache.get("huge") is None
+    assert (await cache.stats())["entries"] == 2
+    assert await cache.delete("a") is True and await cache.delete("a") is False
+    assert (await cache.stats())["bytes"] == 4
+    await cache.clear()
+    assert (await cache.stats())["entries"] == 0 and (await cache.stats())["bytes"] == 0
+
+
+async def test_memory_cache_ttl_and_stats() -> None:
+    clock = Clock()
+    cache = MemoryCache({"ttl": 10}, clock=clock)
+    await cache.set("default", b"d")
+    await cache.set("short", b"s", ttl=1)
+    clock.now += 0.999
+    assert await cache.get("short") == b"s"
+    clock.now += 0.001
+    assert await cache.get("short") is None
+    clock.now += 8.99
+    assert await cache.get("default") == b"d"
+    clock.now += 0.01
+    assert await cache.get("default") is None
+    stats = await cache.stats()
+    assert (stats["hits"], stats["misses"], stats["entries"], stats["bytes"]) == (2, 2, 0, 0)
+    assert await cache.get("never") is None
+    assert (await cache.stats())["misses"] == 3
+
+
+@pytest.mark.parametrize("options", [{"max_entries": 0}, {"max_bytes": -1}, {"ttl": 0}])
+def test_memory_cache_rejects_bad_options(options: dict[str, Any]) -> None:
+    with pytest.raises(ValueError):
+        MemoryCache(options)

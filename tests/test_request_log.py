@@ -1,0 +1,211 @@
+"""The request log: batched writes, key use, and what happens when a write fails."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import pytest
+from storage_support import holds_a_transaction, outage
+
+from omniroute.storage import (
+    Database,
+    DatabaseBackend,
+    RequestLog,
+    RequestRecord,
+    Store,
+)
+
+
+def _record(i: int, **kw: Any) -> RequestRecord:
+    return RequestRecord(request_id=f"r{i}", ts=1000.0 + i, endpoint="chat.completions",
+                         status=200, **kw)
+
+
+async def _count(db: Database) -> int:
+    return (await db.fetchone("SELECT count(*) FROM request_log"))[0]
+
+
+async def test_request_log_writes_in_batches(db: Database) -> None:
+    log = RequestLog(db)
+    for i in range(5):
+        log.add(_record(i, model="m", prompt_tokens=3, attempts=1))
+    assert await _count(db) == 0  # add() never touches the database
+    assert await log.flush() == 5
+    assert await _count(db) == 5
+    assert await log.flush() == 0
+    rows = await log.recent(2)
+    assert [r["request_id"] for r in rows] == ["r4", "r3"]
+    assert rows[0]["prompt_tokens"] == 3
+
+    log.enabled = False
+    log.add(_record(99))
+    assert await log.flush() == 0
+
+
+async def test_request_log_batch_of_mixed_records_keeps_order_and_values(db: Database) -> None:
+    """Records of different shapes (which fields are None) in one batch: each row holds
+    exactly the record's values (None as NULL, bools as 0/1), in arrival order."""
+    log = RequestLog(db)
+    records = [
+        _record(0, model="m", prompt_tokens=3, attempts=1, stream=True, cost_usd=0.0012345),
+        _record(1, error="upstream said no", error_class="UpstreamError", attempts=2,
+                cache_hit=True),
+        _record(2, model="m", prompt_tokens=3, attempts=1, usage_estimated=True),
+        _record(3, model="m", prompt_tokens=None, attempts=1, latency_ms=12.5),
+    ]
+    for record in records:
+        log.add(record)
+    assert await log.flush() == 4
+    rows = await db.fetchall("SELECT * FROM request_log ORDER BY id")
+    assert [r["request_id"] for r in rows] == ["r0", "r1", "r2", "r3"]
+    for record, row in zip(records, rows, strict=True):
+        for name in ("model", "prompt_tokens", "error", "error_class", "attempts", "cost_usd",
+                     "latency_ms", "api_key_id", "ttfb_ms"):
+            assert row[name] == getattr(record, name), name
+        for name in ("stream", "cache_hit", "usage_estimated"):
+            assert row[name] == int(getattr(record, name)), name
+    log.add(_record(4, model="m"))  # the next batch continues the ids
+    assert await log.flush() == 1
+    newest = await db.fetchone("SELECT id, request_id FROM request_log ORDER BY id DESC")
+    assert newest is not None and tuple(newest) == (rows[-1]["id"] + 1, "r4")
+
+
+async def test_request_log_background_task_and_key_use(store: Store) -> None:
+    db = store.db
+    key, _ = await store.create_key("user")
+    log = RequestLog(db, interval=0.05)
+    log.start()
+    try:
+        log.add(_record(1, api_key_id=key.id))
+        # the test shares the writer's connection, so it may read inside the batch's
+        # transaction: wait for the whole of it (the record, the totals, the key's use)
+        for _ in range(100):
+            if await _count(db) == 1 and (await store.list_keys())[0].last_used_at:
+                break
+            await asyncio.sleep(0.02)
+        assert await _count(db) == 1
+        assert (await store.list_keys())[0].last_used_at == 1001.0
+    finally:
+        await log.close()
+
+
+async def test_the_keys_last_use_is_written_in_one_order(
+        store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every instance updates the keys in id order, whatever order they were used in: two
+    instances locking the same keys' rows in opposite orders deadlock."""
+    keys = [(await store.create_key(f"user{i}"))[0].id for i in range(4)]
+    written: list[list[Any]] = []
+    real = store.db.executemany
+
+    async def recorded(sql: str, rows: Any) -> None:
+        if sql.startswith("UPDATE api_keys"):
+            written.append([tuple(r) for r in rows])
+        await real(sql, rows)
+
+    real_each = store.db.executemany_each
+
+    async def recorded_each(work: Any) -> list[int]:  # SQLite: with the totals, one turn
+        for sql, rows in work:
+            if sql.startswith("UPDATE api_keys"):
+                written.append([tuple(r) for r in rows])
+        return await real_each(work)
+
+    monkeypatch.setattr(store.db, "executemany", recorded)
+    monkeypatch.setattr(store.db, "executemany_each", recorded_each)
+    log = RequestLog(store.db)
+    for i, key_id in enumerate(sorted(keys, reverse=True)):
+        log.touch(key_id, 1000.0 + i)
+    await log.flush()
+    assert [key_id for _, key_id in written[0]] == sorted(keys)
+    assert all(k.last_used_at for k in await store.list_keys())
+
+
+async def test_a_nul_in_a_client_sent_value_does_not_lose_the_record(
+        db: DatabaseBackend, caplog: pytest.LogCaptureFixture) -> None:
+    """PostgreSQL refuses U+0000 in text: it is stored as U+FFFD there (SQLite keeps it),
+    the batch is written as a batch, and nothing is dropped."""
+    log = RequestLog(db)
+    log.add(_record(0, model="gpt\x00-4o"))
+    log.add(_record(1, model="gpt-4o"))
+    assert await log.flush() == 2
+    assert log.dropped == 0
+    assert "one by one" not in caplog.text
+    row = await db.fetchone("SELECT model FROM request_log WHERE request_id = ?", ("r0",))
+    assert row[0] in ("gpt\x00-4o", "gpt\ufffd-4o")
+    assert row[0] == ("gpt\ufffd-4o" if db.remote else "gpt\x00-4o")
+    found = await db.fetchone("SELECT COUNT(*) FROM request_log WHERE model = ?",
+                              ("gpt\x00-4o",))  # a parameter is read as it is stored
+    assert found[0] == 1
+
+
+async def test_request_log_keeps_records_when_a_write_fails(
+    db: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    log = RequestLog(db)
+    log.add(_record(1))
+    log.add(_record(2))
+    real = log.write  # (the batch's insert, whatever the backend runs it as)
+    calls = {"n": 0}
+
+    async def fail_once(sql: str, rows: Any) -> None:
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise outage(db, "disk I/O error (simulated)")
+        await real(sql, rows)
+
+    monkeypatch.setattr(log, "write", fail_once)
+    assert await log.flush() == 0
+    assert await _count(db) == 0
+    log.add(_record(3))  # arrives while the first batch waits for a retry
+    assert await log.flush() == 3
+    assert [r["request_id"] for r in reversed(await log.recent())] == ["r1", "r2", "r3"]
+    assert not holds_a_transaction(db)
+
+
+async def test_request_log_backlog_stays_bounded_when_writes_keep_failing(
+    db: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    log = RequestLog(db, max_pending=3)
+
+    async def fail(sql: str, rows: Any) -> None:
+        raise outage(db, "disk full (simulated)")
+
+    monkeypatch.setattr(log, "write", fail)
+    for n in range(3):
+        log.add(_record(n))
+
+    async def add_two_while_writing(sql: str, rows: Any) -> None:
+        log.add(_record(10))  # records keep arriving during the failed write
+        log.add(_record(11))
+        raise outage(db, "disk full (simulated)")
+
+    monkeypatch.setattr(log, "write", add_two_while_writing)
+    assert await log.flush() == 0
+    assert len(log._pending) == 3  # never more than max_pending, the newest kept
+    assert [r.request_id for r in log._pending] == ["r2", "r10", "r11"]
+    assert log.dropped == 2
+
+
+async def test_request_log_survives_a_missing_table(tmp_path: Path) -> None:
+    db = await Database.open(tmp_path / "x.sqlite3")
+    try:
+        await db.execute("ALTER TABLE request_log RENAME TO request_log_away")
+        log = RequestLog(db)
+        log.add(_record(1))
+        assert await log.flush() == 0
+        await db.execute("ALTER TABLE request_log_away RENAME TO request_log")
+        assert await log.flush() == 1
+        assert await _count(db) == 1
+    finally:
+        await db.close()
+
+
+async def test_request_log_close_flushes(db: Database) -> None:
+    log = RequestLog(db, interval=60)
+    log.start()
+    log.add(_record(1))
+    log.add(_record(2))
+    await log.close()
+    assert await _count(db) == 2
