@@ -106,8 +106,8 @@ def writes(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[Write]]:
         name, nkeys = names[args[1]], int(args[2])
         if name != "admit":
             return (name,)
-        argv = args[3 + nkeys:]
-        return (name, *(str(argv[1 + 3 * i]) for i in range(int(argv[0]))))
+        head = args[3 + nkeys]
+        return (name, *(head.decode() if isinstance(head, bytes) else head).split()[::3])
 
     send, send_many = Wire.send, Wire.send_many
 
