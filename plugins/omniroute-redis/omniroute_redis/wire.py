@@ -25,6 +25,7 @@ import asyncio
 import importlib
 import ssl
 from collections import deque
+from itertools import repeat
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
@@ -122,6 +123,9 @@ class Wire(asyncio.Protocol):
         self._loop = asyncio.get_running_loop()
         self._transport: asyncio.Transport | None = None
         self._waiting: deque[asyncio.Future[Any]] = deque()
+        #: the groups awaited (:meth:`send_group`): each one's count of replies, and the
+        #: replies read so far
+        self._groups: dict[asyncio.Future[Any], tuple[int, list[Any]]] = {}
         self._buffer = bytearray()
         self._reader = (_hiredis.Reader(replyError=ErrorReply, protocolError=WireError)
                         if _hiredis is not None else None)
@@ -172,6 +176,8 @@ class Wire(asyncio.Protocol):
                 if not self._waiting:
                     raise WireError("a reply nobody asked for")
                 waiter = self._waiting.popleft()
+                if self._groups and self._grouped(waiter, value):
+                    continue
                 if not waiter.done():
                     if isinstance(value, Exception):
                         waiter.set_exception(value)
@@ -189,12 +195,14 @@ class Wire(asyncio.Protocol):
     def _received(self, data: bytes, reader: Any) -> None:
         """:meth:`data_received` with hiredis's parser."""
         reader.feed(data)
-        waiting = self._waiting
+        waiting, groups = self._waiting, self._groups
         try:
             while (value := reader.gets()) is not False:
                 if not waiting:
                     raise WireError("a reply nobody asked for")
                 waiter = waiting.popleft()
+                if groups and self._grouped(waiter, value):
+                    continue
                 if waiter.done():
                     continue
                 if isinstance(value, ErrorReply):
@@ -208,11 +216,28 @@ class Wire(asyncio.Protocol):
             if self._transport is not None:
                 self._transport.close()
 
+    def _grouped(self, waiter: asyncio.Future[Any], value: Any) -> bool:
+        """A reply of a group (:meth:`send_group`): kept in its list, which is the group's
+        result once it is whole; False: ``waiter`` is not a group's."""
+        group = self._groups.get(waiter)
+        if group is None:
+            return False
+        count, found = group
+        if isinstance(value, ErrorReply) and str(value).startswith("NOSCRIPT"):
+            value = NoScript(str(value))
+        found.append(value)
+        if len(found) == count:
+            del self._groups[waiter]
+            if not waiter.done():
+                waiter.set_result(found)
+        return True
+
     def connection_lost(self, exc: Exception | None) -> None:
         self._fail(WireError(f"connection lost: {exc}" if exc else "connection closed"))
 
     def _fail(self, exc: BaseException) -> None:
         self.broken = exc
+        self._groups.clear()
         while self._waiting:
             waiter = self._waiting.popleft()
             if not waiter.done():
@@ -243,6 +268,29 @@ class Wire(asyncio.Protocol):
         self._transport.write(b"".join(encode(c) for c in commands))
         self.writes += 1
         return waiters
+
+    def send_group(self, commands: list[tuple[Any, ...]], then: tuple[Any, ...] | None = None
+                   ) -> tuple[asyncio.Future[list[Any]], asyncio.Future[Any] | None]:
+        """Write several commands in one write, and ``then`` after them (in the same
+        write): one future for the group, whose result is the list of their replies (an
+        error reply in place of its result: an :class:`ErrorReply`, a :class:`NoScript`),
+        and ``then``'s own future (None: no ``then``). A group costs one future, not one a
+        command (the writes that follow answers are read together)."""
+        if self.broken is not None or self._transport is None:
+            raise WireError(str(self.broken or "not connected"))
+        loop = self._loop
+        group: asyncio.Future[list[Any]] = loop.create_future()
+        self._groups[group] = (len(commands), [])
+        self._waiting.extend(repeat(group, len(commands)))
+        data = b"".join([encode(c) for c in commands])
+        reply: asyncio.Future[Any] | None = None
+        if then is not None:
+            reply = loop.create_future()
+            self._waiting.append(reply)
+            data += encode(then)
+        self._transport.write(data)
+        self.writes += 1
+        return group, reply
 
     def close(self) -> None:
         if self._transport is not None:
