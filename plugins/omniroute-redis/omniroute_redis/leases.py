@@ -95,11 +95,11 @@ class Leases:
             return then(None if raw is UNREACHABLE else _found(raw))
 
         def ran(step: Step[T]) -> None:
-            if concurrency is not None and _text(step.raw) == "0":
+            if concurrency is not None and step.raw == b"0":
                 self.held[slots].append(member)
 
         def undo(raw: object) -> None:
-            if _text(raw) == "0":
+            if raw == b"0":
                 if concurrency is not None:
                     self.give(name)  # one held here (slots of one limit are interchangeable)
                 self.batch.add(("ZREM", starts, member), later=True)
@@ -180,7 +180,7 @@ class ConnectionSlots:
         def ran(step: Step[float | None]) -> None:
             if held is not None:
                 held(step)
-            if _text(step.raw) == "0":
+            if step.raw == b"0":
                 self.ahead.setdefault(name, []).append(step)
 
         def unused(raw: object) -> None:
@@ -218,6 +218,8 @@ def _text(value: object) -> str:
 
 def _found(found: object) -> float:
     """The ``take`` script's answer: :data:`TAKEN`, :data:`FULL` or seconds to wait."""
+    if found == b"0":  # (the reply, as the request path's connection reads it)
+        return TAKEN
     text = _text(found)
     if text == "0":
         return TAKEN

@@ -194,9 +194,18 @@ class Link:
             if late is None:
                 return await reply
             try:
-                return await asyncio.shield(reply)
+                return await reply  # (not shielded: a shield costs a future and two callbacks)
             except asyncio.CancelledError:
-                # nobody awaits the reply now: the watchdog keeps bounding it
+                # the reply was cancelled with its caller: its reply is read for ``late`` by
+                # a new future in its place (bounded by the watchdog); one that came
+                # meanwhile (dropped, as a cancelled one's) is lost to ``late``
+                if reply.cancelled():
+                    fresh = wire.adopt(reply)
+                    if fresh is None:
+                        late(WireError("cancelled before its reply was read"))
+                        raise
+                    reply = fresh
+                    self.bound(reply)
                 reply.add_done_callback(partial(self._late, late))
                 raise
         except ErrorReply:

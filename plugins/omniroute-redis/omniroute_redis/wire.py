@@ -269,6 +269,18 @@ class Wire(asyncio.Protocol):
         self.writes += 1
         return waiters
 
+    def adopt(self, waiter: asyncio.Future[Any]) -> asyncio.Future[Any] | None:
+        """A new future in the place of ``waiter`` (cancelled before its reply came): the
+        reply is read for it. None: ``waiter`` no longer waits (its reply came and was
+        dropped, or the connection broke)."""
+        try:
+            place = self._waiting.index(waiter)
+        except ValueError:
+            return None
+        fresh: asyncio.Future[Any] = self._loop.create_future()
+        self._waiting[place] = fresh
+        return fresh
+
     def send_group(self, commands: list[tuple[Any, ...]], then: tuple[Any, ...] | None = None
                    ) -> tuple[asyncio.Future[list[Any]], asyncio.Future[Any] | None]:
         """Write several commands in one write, and ``then`` after them (in the same

@@ -52,6 +52,12 @@ async def conversation(url: str, ours: bool = False) -> None:
         slow = wire.send("GET", "wire:big")
         slow.cancel()
         assert await wire.call("GET", "wire:k") == b"v"
+        # ... and one adopted in its place gets it (a cancelled caller's reply, read for it)
+        cancelled = wire.send("GET", "wire:k")
+        cancelled.cancel()
+        adopted = wire.adopt(cancelled)
+        assert adopted is not None and await adopted == b"v"
+        assert wire.adopt(cancelled) is None  # no longer waiting
     finally:
         wire.close()
     with pytest.raises(WireError):
