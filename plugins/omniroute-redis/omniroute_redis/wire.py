@@ -61,6 +61,14 @@ def encode(args: tuple[Any, ...]) -> bytes:
     return _encode(args)
 
 
+def _joined(commands: list[tuple[Any, ...]]) -> bytes:
+    """Several commands as RESP, back to back."""
+    try:
+        return b"".join(map(_pack, commands))
+    except TypeError:  # a type hiredis does not take (a bool, None): each one by encode()
+        return b"".join([encode(c) for c in commands])
+
+
 def _encode(args: tuple[Any, ...]) -> bytes:
     out = [b"*%d\r\n" % len(args)]
     for arg in args:
@@ -74,6 +82,10 @@ def _encode(args: tuple[Any, ...]) -> bytes:
             data = str(arg).encode()
         out.append(b"$%d\r\n%s\r\n" % (len(data), data))
     return b"".join(out)
+
+
+#: one command as RESP, the fastest way installed (may raise TypeError: :func:`encode`)
+_pack: Any = _hiredis.pack_command if _hiredis is not None else _encode
 
 
 class _Incomplete(Exception):
@@ -201,8 +213,18 @@ class Wire(asyncio.Protocol):
                 if not waiting:
                     raise WireError("a reply nobody asked for")
                 waiter = waiting.popleft()
-                if groups and self._grouped(waiter, value):
-                    continue
+                if groups:  # (:meth:`_grouped`, inline: this runs for every reply)
+                    group = groups.get(waiter)
+                    if group is not None:
+                        if isinstance(value, ErrorReply) and str(value).startswith("NOSCRIPT"):
+                            value = NoScript(str(value))
+                        found = group[1]
+                        found.append(value)
+                        if len(found) == group[0]:
+                            del groups[waiter]
+                            if not waiter.done():
+                                waiter.set_result(found)
+                        continue
                 if waiter.done():
                     continue
                 if isinstance(value, ErrorReply):
@@ -251,7 +273,11 @@ class Wire(asyncio.Protocol):
             raise WireError(str(self.broken or "not connected"))
         waiter: asyncio.Future[Any] = self._loop.create_future()
         self._waiting.append(waiter)
-        self._transport.write(encode(args))
+        try:
+            data = _pack(args)
+        except TypeError:
+            data = encode(args)
+        self._transport.write(data)
         self.writes += 1
         return waiter
 
@@ -265,7 +291,7 @@ class Wire(asyncio.Protocol):
         loop = self._loop
         waiters = [loop.create_future() for _ in commands]
         self._waiting.extend(waiters)
-        self._transport.write(b"".join(encode(c) for c in commands))
+        self._transport.write(_joined(commands))
         self.writes += 1
         return waiters
 
@@ -294,12 +320,12 @@ class Wire(asyncio.Protocol):
         group: asyncio.Future[list[Any]] = loop.create_future()
         self._groups[group] = (len(commands), [])
         self._waiting.extend(repeat(group, len(commands)))
-        data = b"".join([encode(c) for c in commands])
         reply: asyncio.Future[Any] | None = None
         if then is not None:
             reply = loop.create_future()
             self._waiting.append(reply)
-            data += encode(then)
+            commands = [*commands, then]
+        data = _joined(commands)
         self._transport.write(data)
         self.writes += 1
         return group, reply
