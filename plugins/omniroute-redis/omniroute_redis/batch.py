@@ -23,8 +23,9 @@ request's own slot member, reservation or claim: harmless where the step never
 ran) is kept until Redis answers again, then sent with the next writes.
 
 Sending costs the request path little: the writes go out from a callback of the
-event loop (no task wakes, nothing awaits them: a callback on the last reply
-reads them all, which Redis sends in order), bounded by the link's watchdog
+event loop (no task wakes, nothing awaits them: one future gets all their replies,
+which Redis sends in order, and a callback reads them: :meth:`Wire.send_group
+<.wire.Wire.send_group>`), bounded by the link's watchdog
 (:meth:`Link.bound <.link.Link.bound>`). A task takes over only where an await is
 needed: opening the connection, loading scripts Redis forgot.
 """
@@ -37,7 +38,7 @@ import logging
 from functools import partial
 from typing import Any
 
-from omniroute_redis.link import FAILURES, Link, Unreachable
+from omniroute_redis.link import Link, Unreachable
 from omniroute_redis.scripts import Scripts
 from omniroute_redis.wire import NoScript, WireError
 
@@ -125,13 +126,13 @@ class Batch:
             self._undos = []
         return writes, count
 
-    def rode(self, ride: tuple[list[Write], int], replies: list[asyncio.Future[Any]]) -> None:
-        """They were sent: their replies are read as a pipeline's (:meth:`_answered`); the
+    def rode(self, ride: tuple[list[Write], int], replies: asyncio.Future[list[Any]]) -> None:
+        """They were sent: their replies (one group, :meth:`Wire.send_group
+        <.wire.Wire.send_group>`) are read as a pipeline's (:meth:`_answered`); the
         request's own reply after them is bounded by the link's watchdog."""
         sent, count = ride
-        last = replies[-1]
-        self._inflight.add(last)
-        last.add_done_callback(partial(self._answered, sent, count, replies))
+        self._inflight.add(replies)
+        replies.add_done_callback(partial(self._answered, sent, count))
 
     def unride(self, ride: tuple[list[Write], int]) -> None:
         """They were not sent (the connection broke first): queued again, in front."""
@@ -172,41 +173,30 @@ class Batch:
             return
         sent = writes + undos
         try:
-            replies = wire.send_many(sent)
+            replies, _ = wire.send_group(sent)
         except WireError as exc:  # (broken since ready(): not sent)
             self.link.lost(exc)
             self.dropped += len(writes)
             self._undos[:0] = undos
             return
-        last = replies[-1]
-        self.link.bound(last)
-        self._inflight.add(last)
-        last.add_done_callback(partial(self._answered, sent, len(writes), replies))
+        self.link.bound(replies)
+        self._inflight.add(replies)
+        replies.add_done_callback(partial(self._answered, sent, len(writes)))
 
-    def _answered(self, sent: list[Write], count: int, replies: list[asyncio.Future[Any]],
-                  last: asyncio.Future[Any]) -> None:
-        """The last reply of a pipeline :meth:`_send` sent is in (or failed): the ones
-        before it too, Redis answering in order."""
-        self._inflight.discard(last)
-        results: list[Any] = []
-        failure: BaseException | None = None
-        for reply in replies:
-            if not reply.done():  # (the last one expired: these fail with the connection)
-                reply.add_done_callback(_retrieve)
-                results.append(None)
-                continue
-            result = (reply.exception() if not reply.cancelled()
-                      else WireError("cancelled"))
-            if result is None:
-                result = reply.result()
-            elif isinstance(result, FAILURES) and failure is None:
-                failure = result
-            results.append(result)
+    def _answered(self, sent: list[Write], count: int,
+                  replies: asyncio.Future[list[Any]]) -> None:
+        """The replies of a pipeline :meth:`_send` sent are in (one group: the list of
+        them, an error reply in place of its result), or they failed (the connection
+        broke, or they did not come in time)."""
+        self._inflight.discard(replies)
+        failure = (replies.exception() if not replies.cancelled()
+                   else WireError("cancelled"))
         if failure is not None:
             self.link.lost(failure)
             self.dropped += count
             self._undos[:0] = sent[count:]  # sent again once Redis answers (harmless twice)
             return
+        results = replies.result()
         missing = [w for w, r in zip(sent, results, strict=True) if isinstance(r, NoScript)]
         self.sent += len(sent) - len(missing)
         self.round_trips += 1
@@ -272,8 +262,3 @@ class Batch:
             self._later = None
         await self.flush()
 
-
-def _retrieve(reply: asyncio.Future[Any]) -> None:
-    """Read a reply nobody awaits (its failure was counted with its pipeline's)."""
-    if not reply.cancelled():
-        reply.exception()

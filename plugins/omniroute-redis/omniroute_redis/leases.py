@@ -33,6 +33,11 @@ from omniroute_redis.wire import NoScript
 #: seconds a slot is held without a renewal (a gateway that died frees its slots then)
 LEASE = 30.0
 
+#: the lease as the ``take`` script's argument (packed once, not per request)
+_LEASE = repr(LEASE)
+#: the limits whose key names are kept (:meth:`Leases._take_command`)
+NAMES_KEPT = 4096
+
 T = TypeVar("T")
 
 #: what :meth:`Leases.take` found: taken, the concurrency is full, or seconds until
@@ -49,6 +54,9 @@ class Leases:
         self.batch = batch
         self.instance = instance
         self._ids = itertools.count(1)
+        #: a limit's key names (its slots and starts), by its prefix (never changed: the
+        #: steps share them)
+        self._names: dict[str, list[str]] = {}
         #: slot set key -> members this gateway holds there
         self.held: defaultdict[str, list[str]] = defaultdict(list)
 
@@ -87,11 +95,11 @@ class Leases:
             return then(None if raw is UNREACHABLE else _found(raw))
 
         def ran(step: Step[T]) -> None:
-            if concurrency is not None and _text(step.raw) == "0":
+            if concurrency is not None and step.raw == b"0":
                 self.held[slots].append(member)
 
         def undo(raw: object) -> None:
-            if _text(raw) == "0":
+            if raw == b"0":
                 if concurrency is not None:
                     self.give(name)  # one held here (slots of one limit are interchangeable)
                 self.batch.add(("ZREM", starts, member), later=True)
@@ -102,12 +110,15 @@ class Leases:
         return Step("take", keys, args, read, phase=phase, undo=undo, ran_hook=ran,
                     forget=forget)
 
-    @staticmethod
-    def _take_command(name: str, member: str, concurrency: int | None,
+    def _take_command(self, name: str, member: str, concurrency: int | None,
                       rpm: int | None) -> tuple[list[str], list[object]]:
-        return ([f"{name}:slots", f"{name}:starts"],
-                [member, "" if concurrency is None else concurrency,
-                 "" if rpm is None else rpm, LEASE])
+        keys = self._names.get(name)
+        if keys is None:
+            if len(self._names) >= NAMES_KEPT:
+                self._names.clear()
+            keys = self._names[name] = [f"{name}:slots", f"{name}:starts"]
+        return (keys, [member, "" if concurrency is None else concurrency,
+                       "" if rpm is None else rpm, _LEASE])
 
     def _taken(self, found: object, slots: str, member: str, concurrency: int | None) -> float:
         taken = _found(found)
@@ -121,7 +132,8 @@ class Leases:
 
         Slots of one limit are interchangeable, so any held member will do.
         """
-        slots = f"{name}:slots"
+        names = self._names.get(name)
+        slots = names[0] if names is not None else f"{name}:slots"
         members = self.held.get(slots)
         if not members:
             return
@@ -168,7 +180,7 @@ class ConnectionSlots:
         def ran(step: Step[float | None]) -> None:
             if held is not None:
                 held(step)
-            if _text(step.raw) == "0":
+            if step.raw == b"0":
                 self.ahead.setdefault(name, []).append(step)
 
         def unused(raw: object) -> None:
@@ -206,6 +218,8 @@ def _text(value: object) -> str:
 
 def _found(found: object) -> float:
     """The ``take`` script's answer: :data:`TAKEN`, :data:`FULL` or seconds to wait."""
+    if found == b"0":  # (the reply, as the request path's connection reads it)
+        return TAKEN
     text = _text(found)
     if text == "0":
         return TAKEN

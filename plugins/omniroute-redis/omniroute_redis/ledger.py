@@ -154,7 +154,7 @@ class RedisLedger:
                     headers={"Retry-After": "1"})
             return None
         assert isinstance(answer, list)
-        found = [_text(v) for v in answer]
+        found = [v.decode() if isinstance(v, bytes) else str(v) for v in answer]
         windows = ask.windows
         if found[0] == "no":
             w = windows[int(found[1]) - 1]

@@ -162,7 +162,8 @@ class Link:
             then be given back.
         :param riders: writes that go in the same write to the socket, before the command
             (:meth:`Batch.ride <.batch.Batch.ride>`: the writes queued after answers), if
-            it has any: ``ride()`` gives them, ``rode(ride, replies)`` gets their replies
+            it has any: ``ride()`` gives them, ``rode(ride, replies)`` gets their replies (one
+            group's future, :meth:`Wire.send_group <.wire.Wire.send_group>`)
             once they are sent, ``unride(ride)`` takes them back when they are not.
         :raises ErrorReply: Redis answered with an error (``NoScript`` included).
         :raises Unanswered: it was sent and no reply came within the bound.
@@ -181,20 +182,30 @@ class Link:
                 reply = wire.send(*args)
             else:
                 try:
-                    replies = wire.send_many([*ride[0], args])
+                    replies, then = wire.send_group(ride[0], args)
                 except WireError:
                     riders.unride(ride)
                     raise
-                reply = replies.pop()
+                assert then is not None
+                reply = then
                 riders.rode(ride, replies)
             sent = True
             self.bound(reply)
             if late is None:
                 return await reply
             try:
-                return await asyncio.shield(reply)
+                return await reply  # (not shielded: a shield costs a future and two callbacks)
             except asyncio.CancelledError:
-                # nobody awaits the reply now: the watchdog keeps bounding it
+                # the reply was cancelled with its caller: its reply is read for ``late`` by
+                # a new future in its place (bounded by the watchdog); one that came
+                # meanwhile (dropped, as a cancelled one's) is lost to ``late``
+                if reply.cancelled():
+                    fresh = wire.adopt(reply)
+                    if fresh is None:
+                        late(WireError("cancelled before its reply was read"))
+                        raise
+                    reply = fresh
+                    self.bound(reply)
                 reply.add_done_callback(partial(self._late, late))
                 raise
         except ErrorReply:

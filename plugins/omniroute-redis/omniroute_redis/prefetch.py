@@ -48,6 +48,7 @@ again (:meth:`Batch.give_back <.batch.Batch.give_back>`).
 from __future__ import annotations
 
 from collections.abc import Callable
+from operator import attrgetter
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from omniroute_redis.link import Link, Unanswered, Unreachable
@@ -82,14 +83,16 @@ class Step(Generic[T]):
         so it is harmless where the step never ran); None: it takes nothing.
     """
 
-    __slots__ = ("_ran", "args", "done", "forget", "keys", "name", "phase", "ran_hook", "raw",
-                 "read", "undo")
+    __slots__ = ("_ran", "args", "done", "forget", "head", "keys", "name", "phase", "ran_hook",
+                 "raw", "read", "undo")
 
     def __init__(self, name: str, keys: list[str], args: list[Any], read: Callable[[Any], T],
                  *, phase: int = BEFORE, undo: Callable[[Any], None] | None = None,
                  ran_hook: Callable[[Step[T]], None] | None = None,
                  forget: Callable[[], list[Write]] | None = None) -> None:
         self.name, self.keys, self.args, self.phase = name, keys, args, phase
+        #: its part of the ``admit`` script's first argument: name, keys, arguments
+        self.head = f"{name} {len(keys)} {len(args)}"
         self.read, self.undo, self.ran_hook = read, undo, ran_hook
         self.forget = forget
         self.raw: Any = None
@@ -156,13 +159,11 @@ class Prefetch:
                                                    riders=self.writes)]
             else:
                 keys: list[str] = []
-                head: list[Any] = [len(steps)]
-                args: list[Any] = []
+                args: list[Any] = [" ".join([step.head for step in steps])]
                 for step in steps:
-                    head += [step.name, len(step.keys), len(step.args)]
                     keys += step.keys
                     args += step.args
-                answers = await self.scripts.call(self.link, "admit", keys, head + args,
+                answers = await self.scripts.call(self.link, "admit", keys, args,
                                                   late=self._abandoned, riders=self.writes)
         except Unanswered:  # sent, and the answer is lost: what Redis took is unknown
             answers = [UNREACHABLE] * len(steps)
@@ -208,5 +209,5 @@ class Prefetch:
         self.writes.kick()
 
 
-def _phase(step: Step[Any]) -> int:
-    return step.phase
+#: a step's phase, the order it runs in (C, not a Python call a step)
+_phase = attrgetter("phase")

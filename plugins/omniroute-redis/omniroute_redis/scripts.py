@@ -286,9 +286,10 @@ return 1
 #: run in order, each one the script of the same name (``take``, ``cache_get``,
 #: ``idem_claim``, ``reserve``), and the first answer that makes the rest moot stops
 #: them: a slot refused, a cache hit, a key claimed by another request, a reservation
-#: refused. ARGV = the count of steps, then per step its name and counts of keys and
-#: arguments, then every step's arguments; KEYS = every step's keys, in order. Returns
-#: the answers of the steps that ran.
+#: refused. ARGV[1] = the steps, one argument (fewer arguments cost the gateway less
+#: to pack): per step its name and counts of keys and arguments, space-separated
+#: (``take 2 4 cache_get 2 1``); then every step's arguments; KEYS = every step's keys,
+#: in order. Returns the answers of the steps that ran.
 ADMIT = _NOW + TAKE_FN + CACHE_GET_FN + IDEM_CLAIM_FN + RESERVE_FN + """
 local steps = {take = take, cache_get = cache_get, idem_claim = idem_claim, reserve = reserve}
 local stops = {
@@ -297,17 +298,16 @@ local stops = {
   idem_claim = function(r) return r[1] ~= 'mine' end,
   reserve = function(r) return r[1] == 'no' end,
 }
-local n = tonumber(ARGV[1])
-local ki, ai = 1, 2 + 3 * n
+local ki, ai, s = 1, 2, 0
 local out = {}
-for s = 1, n do
-  local b = 2 + (s - 1) * 3
-  local name, nk, na = ARGV[b], tonumber(ARGV[b + 1]), tonumber(ARGV[b + 2])
+for name, nk, na in string.gmatch(ARGV[1], '(%S+) (%d+) (%d+)') do
+  nk, na = tonumber(nk), tonumber(na)
   local k, a = {}, {}
   for i = 1, nk do k[i] = KEYS[ki + i - 1] end
   for i = 1, na do a[i] = ARGV[ai + i - 1] end
   ki, ai = ki + nk, ai + na
   local r = steps[name](k, a)
+  s = s + 1
   out[s] = r
   if stops[name](r) then break end
 end

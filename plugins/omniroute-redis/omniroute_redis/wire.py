@@ -25,6 +25,7 @@ import asyncio
 import importlib
 import ssl
 from collections import deque
+from itertools import repeat
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
@@ -60,6 +61,14 @@ def encode(args: tuple[Any, ...]) -> bytes:
     return _encode(args)
 
 
+def _joined(commands: list[tuple[Any, ...]]) -> bytes:
+    """Several commands as RESP, back to back."""
+    try:
+        return b"".join(map(_pack, commands))
+    except TypeError:  # a type hiredis does not take (a bool, None): each one by encode()
+        return b"".join([encode(c) for c in commands])
+
+
 def _encode(args: tuple[Any, ...]) -> bytes:
     out = [b"*%d\r\n" % len(args)]
     for arg in args:
@@ -73,6 +82,10 @@ def _encode(args: tuple[Any, ...]) -> bytes:
             data = str(arg).encode()
         out.append(b"$%d\r\n%s\r\n" % (len(data), data))
     return b"".join(out)
+
+
+#: one command as RESP, the fastest way installed (may raise TypeError: :func:`encode`)
+_pack: Any = _hiredis.pack_command if _hiredis is not None else _encode
 
 
 class _Incomplete(Exception):
@@ -122,6 +135,9 @@ class Wire(asyncio.Protocol):
         self._loop = asyncio.get_running_loop()
         self._transport: asyncio.Transport | None = None
         self._waiting: deque[asyncio.Future[Any]] = deque()
+        #: the groups awaited (:meth:`send_group`): each one's count of replies, and the
+        #: replies read so far
+        self._groups: dict[asyncio.Future[Any], tuple[int, list[Any]]] = {}
         self._buffer = bytearray()
         self._reader = (_hiredis.Reader(replyError=ErrorReply, protocolError=WireError)
                         if _hiredis is not None else None)
@@ -172,6 +188,8 @@ class Wire(asyncio.Protocol):
                 if not self._waiting:
                     raise WireError("a reply nobody asked for")
                 waiter = self._waiting.popleft()
+                if self._groups and self._grouped(waiter, value):
+                    continue
                 if not waiter.done():
                     if isinstance(value, Exception):
                         waiter.set_exception(value)
@@ -189,12 +207,24 @@ class Wire(asyncio.Protocol):
     def _received(self, data: bytes, reader: Any) -> None:
         """:meth:`data_received` with hiredis's parser."""
         reader.feed(data)
-        waiting = self._waiting
+        waiting, groups = self._waiting, self._groups
         try:
             while (value := reader.gets()) is not False:
                 if not waiting:
                     raise WireError("a reply nobody asked for")
                 waiter = waiting.popleft()
+                if groups:  # (:meth:`_grouped`, inline: this runs for every reply)
+                    group = groups.get(waiter)
+                    if group is not None:
+                        if isinstance(value, ErrorReply) and str(value).startswith("NOSCRIPT"):
+                            value = NoScript(str(value))
+                        found = group[1]
+                        found.append(value)
+                        if len(found) == group[0]:
+                            del groups[waiter]
+                            if not waiter.done():
+                                waiter.set_result(found)
+                        continue
                 if waiter.done():
                     continue
                 if isinstance(value, ErrorReply):
@@ -208,11 +238,28 @@ class Wire(asyncio.Protocol):
             if self._transport is not None:
                 self._transport.close()
 
+    def _grouped(self, waiter: asyncio.Future[Any], value: Any) -> bool:
+        """A reply of a group (:meth:`send_group`): kept in its list, which is the group's
+        result once it is whole; False: ``waiter`` is not a group's."""
+        group = self._groups.get(waiter)
+        if group is None:
+            return False
+        count, found = group
+        if isinstance(value, ErrorReply) and str(value).startswith("NOSCRIPT"):
+            value = NoScript(str(value))
+        found.append(value)
+        if len(found) == count:
+            del self._groups[waiter]
+            if not waiter.done():
+                waiter.set_result(found)
+        return True
+
     def connection_lost(self, exc: Exception | None) -> None:
         self._fail(WireError(f"connection lost: {exc}" if exc else "connection closed"))
 
     def _fail(self, exc: BaseException) -> None:
         self.broken = exc
+        self._groups.clear()
         while self._waiting:
             waiter = self._waiting.popleft()
             if not waiter.done():
@@ -226,7 +273,11 @@ class Wire(asyncio.Protocol):
             raise WireError(str(self.broken or "not connected"))
         waiter: asyncio.Future[Any] = self._loop.create_future()
         self._waiting.append(waiter)
-        self._transport.write(encode(args))
+        try:
+            data = _pack(args)
+        except TypeError:
+            data = encode(args)
+        self._transport.write(data)
         self.writes += 1
         return waiter
 
@@ -240,9 +291,44 @@ class Wire(asyncio.Protocol):
         loop = self._loop
         waiters = [loop.create_future() for _ in commands]
         self._waiting.extend(waiters)
-        self._transport.write(b"".join(encode(c) for c in commands))
+        self._transport.write(_joined(commands))
         self.writes += 1
         return waiters
+
+    def adopt(self, waiter: asyncio.Future[Any]) -> asyncio.Future[Any] | None:
+        """A new future in the place of ``waiter`` (cancelled before its reply came): the
+        reply is read for it. None: ``waiter`` no longer waits (its reply came and was
+        dropped, or the connection broke)."""
+        try:
+            place = self._waiting.index(waiter)
+        except ValueError:
+            return None
+        fresh: asyncio.Future[Any] = self._loop.create_future()
+        self._waiting[place] = fresh
+        return fresh
+
+    def send_group(self, commands: list[tuple[Any, ...]], then: tuple[Any, ...] | None = None
+                   ) -> tuple[asyncio.Future[list[Any]], asyncio.Future[Any] | None]:
+        """Write several commands in one write, and ``then`` after them (in the same
+        write): one future for the group, whose result is the list of their replies (an
+        error reply in place of its result: an :class:`ErrorReply`, a :class:`NoScript`),
+        and ``then``'s own future (None: no ``then``). A group costs one future, not one a
+        command (the writes that follow answers are read together)."""
+        if self.broken is not None or self._transport is None:
+            raise WireError(str(self.broken or "not connected"))
+        loop = self._loop
+        group: asyncio.Future[list[Any]] = loop.create_future()
+        self._groups[group] = (len(commands), [])
+        self._waiting.extend(repeat(group, len(commands)))
+        reply: asyncio.Future[Any] | None = None
+        if then is not None:
+            reply = loop.create_future()
+            self._waiting.append(reply)
+            commands = [*commands, then]
+        data = _joined(commands)
+        self._transport.write(data)
+        self.writes += 1
+        return group, reply
 
     def close(self) -> None:
         if self._transport is not None:

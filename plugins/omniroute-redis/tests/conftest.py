@@ -106,8 +106,8 @@ def writes(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[Write]]:
         name, nkeys = names[args[1]], int(args[2])
         if name != "admit":
             return (name,)
-        argv = args[3 + nkeys:]
-        return (name, *(str(argv[1 + 3 * i]) for i in range(int(argv[0]))))
+        head = args[3 + nkeys]
+        return (name, *(head.decode() if isinstance(head, bytes) else head).split()[::3])
 
     send, send_many = Wire.send, Wire.send_many
 
@@ -121,4 +121,12 @@ def writes(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[Write]]:
 
     monkeypatch.setattr(Wire, "send", logged_send)
     monkeypatch.setattr(Wire, "send_many", logged_send_many)
+    send_group = Wire.send_group
+
+    def logged_send_group(self: Wire, commands: list[tuple[Any, ...]],
+                          then: tuple[Any, ...] | None = None) -> Any:
+        log.append([described(c) for c in [*commands, *([then] if then else [])]])
+        return send_group(self, commands, then)
+
+    monkeypatch.setattr(Wire, "send_group", logged_send_group)
     yield log

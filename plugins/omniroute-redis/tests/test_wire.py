@@ -34,6 +34,13 @@ async def conversation(url: str, ours: bool = False) -> None:
             [("SET", "wire:k", "v"), ("GET", "wire:k"), ("GET", "wire:missing"),
              ("INCRBY", "wire:n", 5), ("EVAL", "return {'a', 1, {'b'}}", 0)]))
         assert replies == [b"OK", b"v", None, 5, [b"a", 1, [b"b"]]]
+        # a group: one future for its replies (an error reply in place), then a command
+        group, then = wire.send_group([("GET", "wire:k"), ("INCR", "wire:k"),
+                                       ("EVALSHA", "0" * 40, 0)], ("GET", "wire:missing"))
+        found = await group
+        assert found[0] == b"v" and isinstance(found[1], ErrorReply)
+        assert isinstance(found[2], NoScript)
+        assert then is not None and await then is None
         with pytest.raises(ErrorReply, match=r"WRONGTYPE|not an integer"):
             await wire.call("INCR", "wire:k")
         with pytest.raises(NoScript):
@@ -45,6 +52,12 @@ async def conversation(url: str, ours: bool = False) -> None:
         slow = wire.send("GET", "wire:big")
         slow.cancel()
         assert await wire.call("GET", "wire:k") == b"v"
+        # ... and one adopted in its place gets it (a cancelled caller's reply, read for it)
+        cancelled = wire.send("GET", "wire:k")
+        cancelled.cancel()
+        adopted = wire.adopt(cancelled)
+        assert adopted is not None and await adopted == b"v"
+        assert wire.adopt(cancelled) is None  # no longer waiting
     finally:
         wire.close()
     with pytest.raises(WireError):
