@@ -188,3 +188,24 @@ async def test_a_layer_active_or_not_gets_its_own_keys(
     assert (await chat(gw, messages=other)).headers["X-OmniRoute-Cache"] == "MISS"
     assert layer.asked[-1].prompt == "and 3 + 3?"  # the layer sees a full key
     assert_fresh(memo)
+
+
+def test_entries_read_back_are_remembered_bounded() -> None:
+    from omniroute.cache import entry as entries
+    from omniroute.formats import canonical as c
+
+    def data(text: str) -> bytes:
+        response = c.Response("id", "m", [c.Text(text)], "end_turn")
+        return entries.dump(response, "m", 1.0, None)
+
+    loaded = entries.Loaded(max_entries=2, max_bytes=16 * 400)
+    first = loaded(data("a"))
+    assert first is not None and loaded(data("a")) is first  # the same bytes: not decoded again
+    assert first == entries.load(data("a"))
+    loaded(data("b"))
+    loaded(data("c"))  # over two entries: a (least recent) goes
+    assert len(loaded) == 2 and loaded(data("a")) is not first
+    assert loaded(b"not an entry") is None and len(loaded) == 2  # (and never remembered)
+    big = data("x" * 500)  # past a sixteenth of the bytes: decoded every time
+    assert loaded(big) is not None and loaded(big) is not loaded(big)
+    assert loaded.size <= 400 * 16
