@@ -14,6 +14,7 @@ from omniroute.cache.layer import CacheKey, CacheLayer, LayerHit
 from omniroute.cache.memo import KeyMemo
 from omniroute.cache.stage import CacheStage
 from omniroute.formats.base import ClientRequest
+from omniroute.formats.openai import OpenAIFormat
 
 HI = [{"role": "user", "content": "what is 2 + 2?"}]
 
@@ -52,8 +53,9 @@ def assert_fresh(memo: KeyMemo) -> None:
     """Every key the memo holds is the one its inputs give when computed afresh."""
     assert len(memo) > 0
     for slot, known in memo._known.items():
-        fmt, tenant, model, prefix, stream, layers, _mode, query, raw = slot
-        request = fmt.decode_request(ClientRequest(orjson.loads(raw), model, stream, {},
+        name, tenant, model, prefix, stream, layers, _mode, query, raw = slot
+        assert name == OpenAIFormat.name
+        request = OpenAIFormat().decode_request(ClientRequest(orjson.loads(raw), model, stream, {},
                                                    dict(query)))
         scoped = f"{prefix}/{model}" if prefix else model
         assert known.key == cache_key(request, tenant, scoped, layers=layers)

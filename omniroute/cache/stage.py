@@ -327,7 +327,7 @@ def _slot(ctx: RequestContext, mode: str, layers: bool) -> tuple[Hashable, ...] 
     if read is None or ctx.body is not read[1]:
         return None
     query = ctx.query
-    return (ctx.fmt, ctx.principal.key_id or "", ctx.model, ctx.prefix, ctx.stream, layers,
+    return (ctx.fmt.name, ctx.principal.key_id or "", ctx.model, ctx.prefix, ctx.stream, layers,
             mode, tuple(query.items()) if query else (), read[0])
 
 
