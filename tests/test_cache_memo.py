@@ -211,3 +211,22 @@ def test_entries_read_back_are_remembered_bounded() -> None:
     big = data("x" * 500)  # past a sixteenth of the bytes: decoded every time
     assert loaded(big) is not None and loaded(big) is not loaded(big)
     assert loaded.size <= 400 * 16
+
+
+def test_a_body_a_stage_replaced_has_no_slot() -> None:
+    from types import SimpleNamespace
+
+    from omniroute.cache.stage import _slot
+
+    body = {"model": "m", "messages": HI}
+    ctx: Any = SimpleNamespace(as_read=(orjson.dumps(body), body), body=body,
+                               fmt=OpenAIFormat(), principal=SimpleNamespace(key_id=None),
+                               model="m", prefix=None, stream=False, query={})
+    assert _slot(ctx, "on", False) == ("openai", "", "m", None, False, False, "on", (),
+                                       orjson.dumps(body))
+    ctx.query = {"a": "1"}
+    assert _slot(ctx, "on", False)[-2] == (("a", "1"),)  # type: ignore[index]
+    ctx.body = {**body}  # replaced (Responses history): decoded every time
+    assert _slot(ctx, "on", False) is None
+    ctx.as_read = None  # not a JSON body as read
+    assert _slot(ctx, "on", False) is None

@@ -13,7 +13,11 @@ For every generation request (:class:`~omniroute.pipeline.chat.Chat`):
   (log-probabilities, ``n > 1``, a Responses request whose response the server
   keeps), computes the :class:`~omniroute.cache.layer.CacheKey`, and asks the
   :class:`~omniroute.cache.service.ResponseCache`. A hit answers at once in the
-  client's format, JSON or a stream (``HIT``); a miss (``MISS``) keeps the key.
+  client's format, JSON or a stream (``HIT``); a miss (``MISS``) keeps the key. A
+  request seen before (the same body's bytes and the same scoping inputs: a
+  :class:`~omniroute.cache.memo.KeyMemo` slot) takes the key computed then, and a hit
+  the request decoded for an earlier hit, without decoding; whenever the cache does
+  not answer, ``ctx.canonical`` is decoded as before.
   With shared state (``state_url``) that is done in ``prefetch``, and the lookup of
   a backend that keeps its entries there (``redis``) goes out with the request's
   other shared work, in its one round trip; ``before`` reads its answer.
