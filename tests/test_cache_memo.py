@@ -11,27 +11,29 @@ import pytest
 from omniroute.appkeys import PIPELINE
 from omniroute.cache.key import cache_key
 from omniroute.cache.layer import CacheKey, CacheLayer, LayerHit
-from omniroute.cache.memo import KeyMemo
+from omniroute.cache.memo import KeyMemo, Known
 from omniroute.cache.stage import CacheStage
+from omniroute.formats import canonical as c
 from omniroute.formats.base import ClientRequest
 from omniroute.formats.openai import OpenAIFormat
 
 HI = [{"role": "user", "content": "what is 2 + 2?"}]
 
 
-def key(name: str) -> CacheKey:
-    return CacheKey(exact=name, scope="", prompt="", tenant="", model="m", multi_turn=False,
-                    has_tools=False, has_media=False, prompt_tokens=0)
+def key(name: str) -> Known:
+    return Known(CacheKey(exact=name, scope="", prompt="", tenant="", model="m",
+                          multi_turn=False, has_tools=False, has_media=False, prompt_tokens=0),
+                 c.Request("m"))
 
 
 def test_the_memo_is_bounded_in_entries_and_bytes() -> None:
     memo = KeyMemo(max_entries=2, max_bytes=160)
-    assert memo.put(("a", b"1" * 4), key("a")) is not None
-    assert memo.put(("b", b"2" * 4), key("b")) is not None
+    assert memo.put(("a", b"1" * 4), key("a"))
+    assert memo.put(("b", b"2" * 4), key("b"))
     assert memo.get(("a", b"1" * 4)) is not None  # a is now the most recent
     memo.put(("c", b"3" * 4), key("c"))  # over two entries: b (least recent) goes
     assert memo.get(("b", b"2" * 4)) is None and len(memo) == 2
-    assert memo.put(("big", b"x" * 11), key("big")) is None  # past a sixteenth: not kept
+    assert not memo.put(("big", b"x" * 11), key("big"))  # past a sixteenth: not kept
     memo.put(("d", b"4" * 10), key("d"))
     memo.put(("e", b"5" * 10), key("e"))
     assert len(memo) == 2 and memo.size == 20
@@ -59,8 +61,7 @@ def assert_fresh(memo: KeyMemo) -> None:
                                                    dict(query)))
         scoped = f"{prefix}/{model}" if prefix else model
         assert known.key == cache_key(request, tenant, scoped, layers=layers)
-        if known.request is not None:
-            assert known.request == request
+        assert known.request == request
 
 
 async def chat(gw: Any, api_key: str = "sk-x", **kwargs: Any) -> Any:
@@ -99,6 +100,7 @@ async def test_different_bodies_models_and_prefixes_never_share_a_key(gw: Any) -
     assert (await chat(gw)).headers["X-OmniRoute-Cache"] == "MISS"
     other = [{"role": "user", "content": "what is 2 + 3?"}]
     assert (await chat(gw, messages=other)).headers["X-OmniRoute-Cache"] == "MISS"
+    assert len(memo_of(gw)) == 0  # misses are not kept
     # the same words, spaced otherwise: other bytes, another slot, but the same key
     body = {"model": "up/gpt-4o-mini", "messages": HI, "temperature": 0}
     spaced = orjson.dumps(body, option=orjson.OPT_INDENT_2)
@@ -116,9 +118,9 @@ async def test_different_bodies_models_and_prefixes_never_share_a_key(gw: Any) -
                                 headers={"Content-Type": "application/json"})
     assert resp.headers["X-OmniRoute-Cache"] == "MISS"
     await gw.cache.settled()
-    memo = memo_of(gw)
-    assert len({known.key.exact for known in memo._known.values()}) == 3
-    assert len(memo) == 5
+    memo = memo_of(gw)  # only hits are kept: the spaced body and the pinned one
+    assert len({known.key.exact for known in memo._known.values()}) == 1
+    assert len(memo) == 2
     assert_fresh(memo)
 
 
@@ -194,8 +196,6 @@ async def test_a_layer_active_or_not_gets_its_own_keys(
 
 def test_entries_read_back_are_remembered_bounded() -> None:
     from omniroute.cache import entry as entries
-    from omniroute.formats import canonical as c
-
     def data(text: str) -> bytes:
         response = c.Response("id", "m", [c.Text(text)], "end_turn")
         return entries.dump(response, "m", 1.0, None)

@@ -6,17 +6,17 @@ stream flag read from them (or from the URL), the query, the client format, plus
 tenant, the provider prefix, whether a layer is active and the cache mode. A
 :class:`KeyMemo` maps exactly those inputs (a slot, made by the stage; the bytes
 themselves, not a digest of them, so two different bodies never share a slot) to the key
-computed the first time. A hit on a repeated request then skips the decode and the key's
-hashing.
+of a hit. A hit on a repeated request then skips the decode and the key's hashing.
 
-Beside the key it keeps the canonical request, once one was decoded for a hit: a hit
-encodes its answer for that request (``Format.encode_response``). Only a hit's request
-is kept (never one that went on to an upstream), and encoders only read it.
+Beside the key it keeps that hit's canonical request: a hit encodes its answer for it
+(``Format.encode_response``). Only hits are kept, so only a hit's request (never one
+that went on to an upstream), and encoders only read it; a stream of new requests (all
+misses) costs the memo nothing.
 
-Only cacheable requests are kept (a key, not a refusal); what can change from one
-request to the next without changing those inputs (the API key's model allow-list) is
-checked by the stage every time. The memo is bounded in entries and in the bytes of
-the bodies it holds; the oldest used goes first. One per app (the cache stage's).
+What can change from one request to the next without changing those inputs (the API
+key's model allow-list) is checked by the stage every time. The memo is bounded in
+entries and in the bytes of the bodies it holds; the oldest used goes first. One per
+app (the cache stage's).
 """
 
 from __future__ import annotations
@@ -38,8 +38,8 @@ class Known:
     """What a request seen before is, for the cache."""
 
     key: CacheKey
-    #: the request in the canonical model, once a hit decoded it (None: not yet)
-    request: c.Request | None = None
+    #: the request in the canonical model, as a hit decoded it
+    request: c.Request
 
 
 class KeyMemo:
@@ -66,20 +66,19 @@ class KeyMemo:
             self._known.move_to_end(slot)
         return known
 
-    def put(self, slot: tuple[Hashable, ...], key: CacheKey) -> Known | None:
-        """Keep ``key`` for ``slot`` (whose last item is the body's bytes); None: too large."""
+    def put(self, slot: tuple[Hashable, ...], known: Known) -> bool:
+        """Keep ``known`` for ``slot`` (whose last item is the body's bytes); False: too large."""
         size = len(slot[-1])  # type: ignore[arg-type]
         if size > self.max_body:
-            return None
-        known = self._known.pop(slot, None)
-        if known is not None:
+            return False
+        if self._known.pop(slot, None) is not None:
             self.size -= size
-        known = self._known[slot] = Known(key)
+        self._known[slot] = known
         self.size += size
         while len(self._known) > self.max_entries or self.size > self.max_bytes:
             old, _ = self._known.popitem(last=False)
             self.size -= len(old[-1])  # type: ignore[arg-type]
-        return known
+        return True
 
     def clear(self) -> None:
         self._known.clear()

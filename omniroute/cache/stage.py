@@ -15,9 +15,9 @@ For every generation request (:class:`~omniroute.pipeline.chat.Chat`):
   :class:`~omniroute.cache.service.ResponseCache`. A hit answers at once in the
   client's format, JSON or a stream (``HIT``); a miss (``MISS``) keeps the key. A
   request seen before (the same body's bytes and the same scoping inputs: a
-  :class:`~omniroute.cache.memo.KeyMemo` slot) takes the key computed then, and a hit
-  the request decoded for an earlier hit, without decoding; whenever the cache does
-  not answer, ``ctx.canonical`` is decoded as before.
+  :class:`~omniroute.cache.memo.KeyMemo` slot) that was a hit takes the key and the
+  request of that hit, without decoding; whenever the cache does not answer,
+  ``ctx.canonical`` is decoded as before.
   With shared state (``state_url``) that is done in ``prefetch``, and the lookup of
   a backend that keeps its entries there (``redis``) goes out with the request's
   other shared work, in its one round trip; ``before`` reads its answer.
@@ -125,7 +125,9 @@ class CacheRun(StageRun):
         #: the key and the shared backends' lookups queued on the request's batch
         self.ahead: CacheKey | None = None
         self.pending: dict[int, Pending[bytes | None]] | None = None
-        #: the memo's entry for this request (seen before, or kept now), if any
+        #: the request's memo slot (None: it has none), and its entry there (None: a
+        #: request not seen as a hit before)
+        self.slot: tuple[Hashable, ...] | None = None
         self.known: Known | None = None
 
     def prefetch(self, ctx: RequestContext, batch: RequestBatch, route: Route | None) -> None:
@@ -135,13 +137,12 @@ class CacheRun(StageRun):
 
     def lookup_key(self, ctx: RequestContext) -> CacheKey | None:
         """The request's cache key (None: it is not cacheable, the cache is bypassed):
-        the memo's for a request seen before, else computed (and kept in the memo)."""
+        the memo's for a request that was a hit before, else computed."""
         limits = ctx.principal.limits
         layers = self.stage.cache.layered()
-        slot = _slot(ctx, self.mode, layers)
-        memo = self.stage.memo
+        slot = self.slot = _slot(ctx, self.mode, layers)
         if slot is not None:
-            known = self.known = memo.get(slot)
+            known = self.known = self.stage.memo.get(slot)
             if known is not None:  # the same inputs: the same key, not decoded again
                 return known.key if limits is None or limits.allows(ctx.model) else None
         request = _canonical(ctx)
@@ -152,10 +153,7 @@ class CacheRun(StageRun):
         # a route pinned to a provider (/v1/providers/{prefix}/...) asks that provider:
         # keyed as the same `prefix/model` a plain route would name it by
         model = f"{ctx.prefix}/{ctx.model}" if ctx.prefix else ctx.model
-        key = cache_key(request, ctx.principal.key_id or "", model, layers=layers)
-        if slot is not None:
-            self.known = memo.put(slot, key)
-        return key
+        return cache_key(request, ctx.principal.key_id or "", model, layers=layers)
 
     async def before(self, ctx: RequestContext) -> Reply | None:
         cache = self.stage.cache
@@ -167,7 +165,7 @@ class CacheRun(StageRun):
             return None
         found = await cache.lookup(key, self.pending)
         if found is not None:
-            request = self._hit_request(ctx)
+            request = self._hit_request(ctx, key)
             if request is not None:
                 cache.hits += 1
                 return await self.hit(ctx, request, found)
@@ -178,15 +176,15 @@ class CacheRun(StageRun):
         ctx.tap = self
         return None
 
-    def _hit_request(self, ctx: RequestContext) -> c.Request | None:
-        """The request a hit's answer is encoded for: the memo's, or decoded now (and
-        kept there: a hit's request never goes on to an upstream)."""
-        known = self.known
-        if known is not None and known.request is not None:
-            return known.request
+    def _hit_request(self, ctx: RequestContext, key: CacheKey) -> c.Request | None:
+        """The request a hit's answer is encoded for: the memo's, or decoded now and kept
+        there with its key (a hit's request never goes on to an upstream). Only hits are
+        kept: a stream of new requests costs the memo nothing."""
+        if self.known is not None:
+            return self.known.request
         request = _canonical(ctx)
-        if known is not None:
-            known.request = request
+        if request is not None and self.slot is not None:
+            self.stage.memo.put(self.slot, Known(key, request))
         return request
 
     async def hit(self, ctx: RequestContext, request: c.Request, found: Found) -> Reply:
