@@ -55,15 +55,16 @@ async def read_object(request: web.Request, limit: int) -> dict[str, Any]:
     return (await read_sized_object(request, limit))[0]
 
 
-async def read_sized_object(request: web.Request, limit: int) -> tuple[dict[str, Any], int]:
-    """The body as a JSON object, and its size in bytes (what a token estimate starts from)."""
-    body, size = await _read_sized_json(request, limit)
+async def read_sized_object(request: web.Request, limit: int) -> tuple[dict[str, Any], bytes]:
+    """The body as a JSON object, and the bytes it was read from (their size is what a
+    token estimate starts from; the response cache knows a repeated body by them)."""
+    body, raw = await _read_sized_json(request, limit)
     if not isinstance(body, dict):
         raise InvalidRequest("Request body must be a JSON object.")
-    return body, size
+    return body, raw
 
 
-async def _read_sized_json(request: web.Request, limit: int) -> tuple[Any, int]:
+async def _read_sized_json(request: web.Request, limit: int) -> tuple[Any, bytes]:
     _check_json_type(request)
     declared = request.content_length
     if declared is not None and 0 < declared <= limit and KEPT_BODY not in request:
@@ -74,7 +75,7 @@ async def _read_sized_json(request: web.Request, limit: int) -> tuple[Any, int]:
             raise InvalidRequest("Request body ended before its Content-Length.") from None
     else:
         raw = await read_body(request, limit)
-    return _parsed(raw), len(raw)
+    return _parsed(raw), raw
 
 
 def _check_json_type(request: web.Request) -> None:

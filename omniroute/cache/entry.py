@@ -22,6 +22,7 @@ asked: a JSON body (``Format.encode_response``) or a stream of the events
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -99,6 +100,43 @@ def load(data: bytes) -> Entry | None:
                      None if expires is None else float(expires))
     except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
         return None
+
+
+class Loaded:
+    """:func:`load`, remembering the entries read lately by their bytes: an answer served
+    again is not decoded again (the same bytes are the same entry, whichever key or
+    backend they came from). Bounded in entries and bytes, least recently used out.
+
+    A remembered entry is shared by every hit that reads it: hits only read it.
+    """
+
+    def __init__(self, max_entries: int = 256, max_bytes: int = 16 * 2**20) -> None:
+        """
+        :param max_entries: entries remembered at most.
+        :param max_bytes: their bytes at most; an entry larger than a sixteenth of it
+            is decoded every time.
+        """
+        self.max_entries = max_entries
+        self.max_bytes = max_bytes
+        self.size = 0
+        self._entries: OrderedDict[bytes, Entry] = OrderedDict()
+
+    def __call__(self, data: bytes) -> Entry | None:
+        entry = self._entries.get(data)
+        if entry is not None:
+            self._entries.move_to_end(data)
+            return entry
+        entry = load(data)
+        if entry is not None and len(data) <= self.max_bytes // 16:
+            self._entries[data] = entry
+            self.size += len(data)
+            while len(self._entries) > self.max_entries or self.size > self.max_bytes:
+                old, _ = self._entries.popitem(last=False)
+                self.size -= len(old)
+        return entry
+
+    def __len__(self) -> int:
+        return len(self._entries)
 
 
 def header(data: bytes) -> dict[str, Any]:

@@ -72,6 +72,8 @@ class ResponseCache:
         self.layers = list(layers)
         self.idempotency = idempotency
         self.clock = clock
+        #: the entries found lately, decoded (a repeated hit is not decoded again)
+        self.loaded = entries.Loaded()
         self.hits = self.misses = self.bypasses = 0
         self.stored = self.dropped = self.store_failures = 0
         self._queue: asyncio.Queue[tuple[CacheKey, Producer, float]] = asyncio.Queue(QUEUE_SIZE)
@@ -138,7 +140,7 @@ class ResponseCache:
                 continue
             if data is None:
                 continue
-            found = entries.load(data)
+            found = self.loaded(data)
             if found is None:  # another version, or damaged: gone, and a miss
                 await self._forget(key.exact)
                 continue
@@ -159,7 +161,7 @@ class ResponseCache:
                 continue
             if hit is None:
                 continue
-            found = entries.load(hit.entry)
+            found = self.loaded(hit.entry)
             if found is not None and (found.expires is None or found.expires > self.clock()):
                 return Found(found, layer.name, hit.similarity)
         return None

@@ -13,7 +13,11 @@ For every generation request (:class:`~omniroute.pipeline.chat.Chat`):
   (log-probabilities, ``n > 1``, a Responses request whose response the server
   keeps), computes the :class:`~omniroute.cache.layer.CacheKey`, and asks the
   :class:`~omniroute.cache.service.ResponseCache`. A hit answers at once in the
-  client's format, JSON or a stream (``HIT``); a miss (``MISS``) keeps the key.
+  client's format, JSON or a stream (``HIT``); a miss (``MISS``) keeps the key. A
+  request seen before (the same body's bytes and the same scoping inputs: a
+  :class:`~omniroute.cache.memo.KeyMemo` slot) that was a hit takes the key and the
+  request of that hit, without decoding; whenever the cache does not answer,
+  ``ctx.canonical`` is decoded as before.
   With shared state (``state_url``) that is done in ``prefetch``, and the lookup of
   a backend that keeps its entries there (``redis``) goes out with the request's
   other shared work, in its one round trip; ``before`` reads its answer.
@@ -33,13 +37,14 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Hashable
 from contextlib import aclosing
 from typing import TYPE_CHECKING, TypeVar
 
 from omniroute.cache import entry as entries
 from omniroute.cache.key import cache_key, uncacheable
 from omniroute.cache.layer import CacheKey
+from omniroute.cache.memo import KeyMemo, Known
 from omniroute.cache.service import Found, Producer, ResponseCache
 from omniroute.errors import GatewayError
 from omniroute.formats import canonical as c
@@ -72,15 +77,17 @@ class CacheStage(Stage):
     name = "cache"
 
     def __init__(self, cache: ResponseCache, settings: Callable[[], Settings],
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, memo: KeyMemo | None = None) -> None:
         """
         :param settings: the live runtime settings (``cache_mode``, ``cache_ttl``,
             ``cache_max_entry_bytes``).
         :param clock: wall-clock time, for an entry's creation time.
+        :param memo: the keys of requests seen before (None: a new, default-sized one).
         """
         self.cache = cache
         self.settings = settings
         self.clock = clock
+        self.memo = memo if memo is not None else KeyMemo()
 
     def enter(self, ctx: RequestContext, operation: Operation) -> StageRun | None:
         if operation.name != "chat":
@@ -118,6 +125,10 @@ class CacheRun(StageRun):
         #: the key and the shared backends' lookups queued on the request's batch
         self.ahead: CacheKey | None = None
         self.pending: dict[int, Pending[bytes | None]] | None = None
+        #: the request's memo slot (None: it has none), and its entry there (None: a
+        #: request not seen as a hit before)
+        self.slot: tuple[Hashable, ...] | None = None
+        self.known: Known | None = None
 
     def prefetch(self, ctx: RequestContext, batch: RequestBatch, route: Route | None) -> None:
         key = self.ahead = self.lookup_key(ctx)
@@ -125,9 +136,16 @@ class CacheRun(StageRun):
             self.pending = self.stage.cache.prefetch(key, batch)
 
     def lookup_key(self, ctx: RequestContext) -> CacheKey | None:
-        """The request's cache key (None: it is not cacheable, the cache is bypassed)."""
-        request = _canonical(ctx)
+        """The request's cache key (None: it is not cacheable, the cache is bypassed):
+        the memo's for a request that was a hit before, else computed."""
         limits = ctx.principal.limits
+        layers = self.stage.cache.layered()
+        slot = self.slot = _slot(ctx, self.mode, layers)
+        if slot is not None:
+            known = self.known = self.stage.memo.get(slot)
+            if known is not None:  # the same inputs: the same key, not decoded again
+                return known.key if limits is None or limits.allows(ctx.model) else None
+        request = _canonical(ctx)
         if (request is None or (self.mode == "deterministic" and request.temperature != 0)
                 or uncacheable(request) is not None or keeps_state(ctx)
                 or (limits is not None and not limits.allows(ctx.model))):
@@ -135,26 +153,39 @@ class CacheRun(StageRun):
         # a route pinned to a provider (/v1/providers/{prefix}/...) asks that provider:
         # keyed as the same `prefix/model` a plain route would name it by
         model = f"{ctx.prefix}/{ctx.model}" if ctx.prefix else ctx.model
-        return cache_key(request, ctx.principal.key_id or "", model,
-                         layers=self.stage.cache.layered())
+        return cache_key(request, ctx.principal.key_id or "", model, layers=layers)
 
     async def before(self, ctx: RequestContext) -> Reply | None:
         cache = self.stage.cache
         key = self.ahead if self.ahead is not None else self.lookup_key(ctx)
-        request = ctx.canonical
-        if key is None or request is None:
+        if key is None:
+            _canonical(ctx)  # (decoded, as it is whenever the cache does not answer)
             cache.bypasses += 1
             say(ctx, "BYPASS")
             return None
         found = await cache.lookup(key, self.pending)
         if found is not None:
-            cache.hits += 1
-            return await self.hit(ctx, request, found)
+            request = self._hit_request(ctx, key)
+            if request is not None:
+                cache.hits += 1
+                return await self.hit(ctx, request, found)
+        _canonical(ctx)
         cache.misses += 1
         say(ctx, "MISS")
         self.key = key
         ctx.tap = self
         return None
+
+    def _hit_request(self, ctx: RequestContext, key: CacheKey) -> c.Request | None:
+        """The request a hit's answer is encoded for: the memo's, or decoded now and kept
+        there with its key (a hit's request never goes on to an upstream). Only hits are
+        kept: a stream of new requests costs the memo nothing."""
+        if self.known is not None:
+            return self.known.request
+        request = _canonical(ctx)
+        if request is not None and self.slot is not None:
+            self.stage.memo.put(self.slot, Known(key, request))
+        return request
 
     async def hit(self, ctx: RequestContext, request: c.Request, found: Found) -> Reply:
         response, record, fmt = found.entry.response, ctx.record, ctx.fmt
@@ -289,6 +320,17 @@ def _bypassed(ctx: RequestContext) -> bool:
 def _zero(value: object) -> bool:
     # (a tuple: ``int | float`` would build a union object on every call)
     return (isinstance(value, (int, float)) and not isinstance(value, bool)) and value == 0
+
+
+def _slot(ctx: RequestContext, mode: str, layers: bool) -> tuple[Hashable, ...] | None:
+    """Everything a request's cache key is computed from, its body's bytes last (a
+    :class:`~omniroute.cache.memo.KeyMemo` slot); None: a stage replaced the client's body."""
+    read = ctx.as_read
+    if read is None or ctx.body is not read[1]:
+        return None
+    query = ctx.query
+    return (ctx.fmt.name, ctx.principal.key_id or "", ctx.model, ctx.prefix, ctx.stream, layers,
+            mode, tuple(query.items()) if query else (), read[0])
 
 
 def _canonical(ctx: RequestContext) -> c.Request | None:

@@ -115,7 +115,11 @@ class Format:
         raise NotImplementedError
 
     def decode_request(self, request: ClientRequest) -> c.Request:
-        """The canonical form of a client request (``InvalidRequest`` when malformed)."""
+        """The canonical form of a client request (``InvalidRequest`` when malformed).
+
+        Pure: a function of the request's body, model, stream flag and query only (not of
+        its headers); the response cache keeps a repeated request's key by those
+        (:mod:`omniroute.cache.memo`)."""
         raise NotImplementedError
 
     def encode_response(self, response: c.Response, request: c.Request) -> bytes:

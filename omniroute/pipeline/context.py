@@ -48,6 +48,9 @@ class RequestContext:
     body: dict[str, Any] = field(default_factory=dict)
     #: the size of the client's body in bytes, as read (a token estimate's input)
     body_bytes: int = 0
+    #: the body's bytes as read, and the object they parsed to (None: not a JSON body);
+    #: ``body is as_read[1]`` while no stage replaced the client's own body
+    as_read: tuple[bytes, dict[str, Any]] | None = None
     model: str = ""
     stream: bool = False
     route: Route | None = None

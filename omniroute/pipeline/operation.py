@@ -66,7 +66,8 @@ class Operation:
         object (413 past ``max_body_bytes``, 415 for another content type, 400 for bad JSON).
         An operation with another kind of body (a multipart upload) reads it here, keeping
         what it read in ``ctx.payload`` and a JSON-like summary in ``ctx.body``."""
-        ctx.body, ctx.body_bytes = await read_sized_object(request, settings.max_body_bytes)
+        body, raw = await read_sized_object(request, settings.max_body_bytes)
+        ctx.body, ctx.body_bytes, ctx.as_read = body, len(raw), (raw, body)
 
     def inspect(self, ctx: RequestContext) -> None:
         """Set ``ctx.model`` and ``ctx.stream`` from the request; raise ``InvalidRequest``."""

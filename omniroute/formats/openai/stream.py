@@ -224,11 +224,14 @@ async def decode_stream(frames: AsyncIterator[bytes]) -> AsyncIterator[c.Event]:
 
 async def encode_stream(events: AsyncIterator[c.Event], request: c.Request) -> AsyncIterator[bytes]:
     include_usage = bool(request.meta.get(NAME, {}).get("include_usage"))
-    head: dict[str, Any] = {"id": new_id("chatcmpl-"), "object": "chat.completion.chunk",
+    # (the id is made only when the stream's Start brings none: most do)
+    head: dict[str, Any] = {"id": "", "object": "chat.completion.chunk",
                             "created": int(time.time()), "model": request.model}
     slots: dict[int, int] = {}  # canonical part index -> tool_calls[i].index
 
     def chunk(delta: dict[str, Any], finish: str | None = None) -> bytes:
+        if not head["id"]:
+            head["id"] = new_id("chatcmpl-")
         return encode({**head, "choices": [
             {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}]})
 
