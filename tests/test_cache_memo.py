@@ -230,3 +230,18 @@ def test_a_body_a_stage_replaced_has_no_slot() -> None:
     assert _slot(ctx, "on", False) is None
     ctx.as_read = None  # not a JSON body as read
     assert _slot(ctx, "on", False) is None
+
+
+def test_a_format_whose_decode_reads_headers_has_no_slot() -> None:
+    from types import SimpleNamespace
+
+    from omniroute.cache.stage import _slot
+
+    class HeaderMinded(OpenAIFormat):
+        decode_reads_headers = True
+
+    body = {"model": "m", "messages": HI}
+    ctx: Any = SimpleNamespace(as_read=(orjson.dumps(body), body), body=body,
+                               fmt=HeaderMinded(), principal=SimpleNamespace(key_id=None),
+                               model="m", prefix=None, stream=False, query={})
+    assert _slot(ctx, "on", False) is None  # its key is computed (decoded) every time

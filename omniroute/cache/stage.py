@@ -324,9 +324,10 @@ def _zero(value: object) -> bool:
 
 def _slot(ctx: RequestContext, mode: str, layers: bool) -> tuple[Hashable, ...] | None:
     """Everything a request's cache key is computed from, its body's bytes last (a
-    :class:`~omniroute.cache.memo.KeyMemo` slot); None: a stage replaced the client's body."""
+    :class:`~omniroute.cache.memo.KeyMemo` slot); None: a stage replaced the client's body,
+    or the format's decode reads the headers too (its key is computed every time)."""
     read = ctx.as_read
-    if read is None or ctx.body is not read[1]:
+    if read is None or ctx.body is not read[1] or ctx.fmt.decode_reads_headers:
         return None
     query = ctx.query
     return (ctx.fmt.name, ctx.principal.key_id or "", ctx.model, ctx.prefix, ctx.stream, layers,

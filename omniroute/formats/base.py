@@ -96,6 +96,10 @@ class Format:
     path_prefixes: ClassVar[tuple[str, ...]] = ()
     #: the client API's audio endpoints (transcription, translation, speech), if it has any
     audio: ClassVar[AudioCodec | None] = None
+    #: whether :meth:`decode_request` reads the request's headers: the response cache
+    #: then computes such a request's key every time instead of keeping it by the body
+    #: (:mod:`omniroute.cache.memo`); no built-in format does
+    decode_reads_headers: ClassVar[bool] = False
 
     # ------------------------------------------------------------------ client side
 
@@ -117,9 +121,9 @@ class Format:
     def decode_request(self, request: ClientRequest) -> c.Request:
         """The canonical form of a client request (``InvalidRequest`` when malformed).
 
-        Pure: a function of the request's body, model, stream flag and query only (not of
-        its headers); the response cache keeps a repeated request's key by those
-        (:mod:`omniroute.cache.memo`)."""
+        Pure: a function of the request's body, model, stream flag and query only; the
+        response cache keeps a repeated request's key by those (:mod:`omniroute.cache.memo`).
+        A format whose decode reads the headers too says so (``decode_reads_headers``)."""
         raise NotImplementedError
 
     def encode_response(self, response: c.Response, request: c.Request) -> bytes:
