@@ -105,8 +105,9 @@ class Chat(Operation):
             reads = upstream.reads if upstream.reads is not None else _one_by_one(upstream)
             client = self._client_request(ctx)
             output = StreamOutput(record, ctx.started, fmt, client=client)
-            reply = Reply(source=reads, close=upstream.close, headers=headers,
-                          content_type=fmt.stream_content_type, on_end=output.estimate)
+            reply = Reply(None, None, 200, fmt.stream_content_type, headers, reads,
+                          upstream.close)  # (no keywords: see serve)
+            reply.on_end = output.estimate
             reply.frames = _passthrough(fmt, reply, output, reads, fmt.hidden_frames(client))
         else:
             events = upstream.events

@@ -364,7 +364,9 @@ class HTTPProvider(Provider):
             _abandon(resp)
             raise
         assert resp is not None and reader is not None
-        if not first or not framing.well_formed(last) or self.skips_frame(last):
+        # (`first` was set by a frame that is malformed or no keep-alive: a well-formed
+        # one needs no second skips_frame)
+        if not first or not framing.well_formed(last):
             _abandon(resp)
             kind = "event stream" if framing is SSE else f"{framing.name} stream"
             raise UpstreamError(f"upstream sent an empty or malformed {kind}")

@@ -52,12 +52,13 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 @web.middleware
 async def gateway_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    tag = tag_of(request)
+    app = request.app  # (a property two calls deep: read once per request)
+    tag = tag_of(request, app)
     # a client route pays one flag read; an audited one comes back here through _audited
     if (tag is None or tag.audit) and audited(request, tag) and KEPT_BODY not in request:
         return await _audited(request, handler)
     try:
-        host_check = request.app[HOST_CHECK]
+        host_check = app[HOST_CHECK]
         if host_check is not None:
             host = request.headers.get("Host")
             if not host_check.allows(host):
@@ -69,7 +70,7 @@ async def gateway_middleware(request: web.Request, handler: Handler) -> web.Stre
         if access == "admin":
             request[PRINCIPAL] = await authenticate_admin(request)
         elif access == "client":
-            request[PRINCIPAL] = await authenticate_client(request)
+            request[PRINCIPAL] = await authenticate_client(request, app)
         return await handler(request)
     except GatewayError as err:
         if request.get(STREAM_STARTED):
@@ -138,9 +139,16 @@ def _error_format(request: web.Request) -> Format | None:
     return None
 
 
-async def authenticate_client(request: web.Request) -> Principal:
-    required = request.app[CATALOG].settings.require_api_key
-    for scheme in request.app[AUTH_SCHEMES].values():
+async def authenticate_client(request: web.Request,
+                              app: web.Application | None = None) -> Principal:
+    """The client's principal (:data:`ANONYMOUS` when keys are optional and none came).
+
+    :param app: ``request.app``, when the caller has it already.
+    """
+    if app is None:
+        app = request.app
+    required = app[CATALOG].settings.require_api_key
+    for scheme in app[AUTH_SCHEMES].values():
         if not scheme.client_api:
             continue
         try:

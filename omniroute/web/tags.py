@@ -67,9 +67,12 @@ def tag_resource(app: web.Application, resource: web.AbstractResource, fmt: str 
         tag_route(app, route, fmt, access)
 
 
-def tag_of(request: web.Request) -> RouteTag | None:
-    """The matched route's tag, or None (no route matched, or nobody tagged it)."""
-    tags = request.app.get(ROUTE_TAGS)
+def tag_of(request: web.Request, app: web.Application | None = None) -> RouteTag | None:
+    """The matched route's tag, or None (no route matched, or nobody tagged it).
+
+    :param app: ``request.app``, when the caller has it already.
+    """
+    tags = (request.app if app is None else app).get(ROUTE_TAGS)
     return None if tags is None else tags.get(request.match_info.route)
 
 
