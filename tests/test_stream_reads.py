@@ -270,3 +270,38 @@ def openai_format() -> Any:
     from omniroute.formats.openai import OpenAIFormat
 
     return OpenAIFormat()
+
+
+async def test_the_headers_leave_with_the_first_chunk_in_one_write(
+    omniroute: Any, aiohttp_server: Any, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The first frame is at hand when the answer starts: a write of the headers alone
+    would wake the client once more before the first token (time to first byte)."""
+    from aiohttp import http_writer
+
+    writes: list[bytes] = []  # what every aiohttp writer in this process wrote, write by write
+    write, writelines = http_writer.StreamWriter._write, http_writer.StreamWriter._writelines
+
+    def one(self: Any, chunk: Any) -> None:
+        writes.append(bytes(chunk))
+        write(self, chunk)
+
+    def lines(self: Any, chunks: Any) -> None:
+        chunks = list(chunks)
+        writes.append(b"".join(map(bytes, chunks)))
+        writelines(self, chunks)
+
+    monkeypatch.setattr(http_writer.StreamWriter, "_write", one)
+    monkeypatch.setattr(http_writer.StreamWriter, "_writelines", lines)
+    fake = Upstream()
+    fake.go.set()
+    server = await aiohttp_server(fake.app)
+    await omniroute.add_provider({"type": "openai", "name": "fake", "prefix": "up",
+                                  "base_url": str(server.make_url("/v1")), "api_key": "sk-x"})
+    resp = await omniroute.client.post("/v1/chat/completions", json={
+        "model": "up/gpt-4o-mini", "stream": True,
+        "messages": [{"role": "user", "content": "hi"}]})
+    assert resp.status == 200
+    assert (await resp.read()).startswith(b"".join(BURST))
+    ours = [w for w in writes if b"X-OmniRoute-Request-Id" in w]  # the gateway's answer
+    assert len(ours) == 1 and ours[0].startswith(b"HTTP/1.1 200") and BURST[0] in ours[0]

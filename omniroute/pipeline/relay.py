@@ -2,8 +2,9 @@
 chunk by chunk, a stream's end in the format's error event, and an answer's end.
 
 A stream is written the moment each chunk is ready, and the frames one upstream read
-brought leave in one write. A client that stops reading is bounded by the idle timeout
-once its unread backlog passes :data:`BACKLOG`. Once the headers are out, every failure
+brought leave in one write (the headers leave with the first chunk, in its write). A
+client that stops reading is bounded by the idle timeout once its unread backlog
+passes :data:`BACKLOG`. Once the headers are out, every failure
 ends the stream with the client format's own error frame; a binary answer
 (``ctx.binary``: speech audio) has no room for one, and its connection is cut instead,
 so that the client sees an incomplete transfer rather than a file that seems whole.
@@ -118,6 +119,18 @@ async def with_keepalive(
 STREAM_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
+class _HeadersWithFirstChunk(web.StreamResponse):
+    """A stream whose headers leave with its first chunk, in one write.
+
+    aiohttp's ``StreamResponse`` writes its headers at ``prepare``, a write (and a
+    wake-up of the client) of their own just before the first chunk that is already
+    at hand; ``web.Response`` holds them for the body, and this does the same. (An
+    aiohttp without that buffering sends them at ``prepare``, as before.)
+    """
+
+    _send_headers_immediately = False
+
+
 async def relay(
     request: web.Request,
     ctx: RequestContext,
@@ -133,8 +146,8 @@ async def relay(
     """
     record, frames, source = ctx.record, reply.frames, reply.source
     assert frames is not None
-    if response is None:
-        response = web.StreamResponse(headers={
+    if response is None:  # the first chunk is at hand: the headers go out with it
+        response = _HeadersWithFirstChunk(headers={
             "Content-Type": reply.content_type, **STREAM_HEADERS, **headers})
     # a target's frames only: a stage's own answer (an idempotent replay) was seen once
     taps = [run for run in ctx.runs if run.sees_frames] if reply.target is not None else []
@@ -216,6 +229,8 @@ async def _broken(request: web.Request, response: web.StreamResponse, ctx: Reque
     if not ctx.binary:
         return await end_with_error(response, ctx, err)
     ctx.error = err
+    with suppress(ConnectionResetError):
+        await response.write(b"")  # headers still held for a first chunk go out first
     if request.transport is not None:
         request.transport.close()
     return response
