@@ -10,11 +10,11 @@ import asyncio
 import logging
 import os
 import sqlite3
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager, suppress
 from itertools import chain
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import aiosqlite
 
@@ -26,17 +26,15 @@ log = logging.getLogger(__name__)
 __all__ = ["Database", "StorageError", "open_reader", "private_file"]
 
 
-def _null(_: None) -> None:
-    return None
-
-
 # Binding None or a bool, Python's sqlite3 looks for an adapter, and failing to find one
 # costs two attribute lookups that raise (``__adapt__``, ``__conform__``): over half of a
 # request record's insert (a record binds about 14 of them; 18.7 µs a row against 7.5 µs
 # with these, measured with executemany). Registered once, on import; the values bound
 # are the same (NULL, and 0/1 as SQLite stores a bool), so every other SQLite user of the
-# process (the cache backends) binds them as before, only cheaper.
-sqlite3.register_adapter(type(None), _null)
+# process (the cache backends) binds them as before, only cheaper. None's adapter is an
+# empty dict's ``get`` (``get(None)`` is None): a call in C, not a Python function's
+# frame (callgrind: some 1,800 instructions a request record less)
+sqlite3.register_adapter(type(None), cast(Callable[[None], None], {}.get))
 sqlite3.register_adapter(bool, int)
 
 
