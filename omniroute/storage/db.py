@@ -61,6 +61,8 @@ class Database(DatabaseBackend):
         self._begin = False
         #: :meth:`executemany_at_commit`'s work, kept for the COMMIT's turn
         self._at_commit: list[tuple[str, Sequence[Sequence[Any]]]] = []
+        #: the task whose transaction is open (None: none is)
+        self._tx_task: asyncio.Task[Any] | None = None
 
     @classmethod
     async def open(
@@ -133,10 +135,11 @@ class Database(DatabaseBackend):
             # with :meth:`executemany_at_commit`'s work (the request log's writer: two
             # turns, some 170,000 instructions each, fewer a flush)
             self._begin, self._at_commit = True, []
+            self._tx_task = asyncio.current_task()
             try:
                 yield self.conn
             except BaseException:
-                self._at_commit = []
+                self._at_commit, self._tx_task = [], None
                 if self._begin:  # no statement ran: nothing began
                     self._begin = False
                     raise
@@ -147,6 +150,7 @@ class Database(DatabaseBackend):
                 except sqlite3.OperationalError as exc:  # BEGIN itself failed
                     log.debug("nothing to roll back: %s", exc)
                 raise
+            self._tx_task = None
             if self._at_commit:
                 await self._commit_with(self._at_commit)
                 return
@@ -224,7 +228,8 @@ class Database(DatabaseBackend):
 
     async def executemany_at_commit(
             self, work: Sequence[tuple[str, Sequence[Sequence[Any]]]]) -> None:
-        if self._tx_lock.locked():  # inside a transaction: with its COMMIT, in one turn
+        if self._tx_task is not None and self._tx_task is asyncio.current_task():
+            # inside this task's transaction: with its COMMIT, in one turn
             self._at_commit.extend(work)
         else:
             await self.executemany_each(work)
