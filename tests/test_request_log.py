@@ -112,8 +112,17 @@ async def test_the_keys_last_use_is_written_in_one_order(
                 written.append([tuple(r) for r in rows])
         return await real_each(work)
 
+    real_at_commit = store.db.executemany_at_commit
+
+    async def recorded_at_commit(work: Any) -> None:  # SQLite: with the COMMIT, one turn
+        for sql, rows in work:
+            if sql.startswith("UPDATE api_keys"):
+                written.append([tuple(r) for r in rows])
+        await real_at_commit(work)
+
     monkeypatch.setattr(store.db, "executemany", recorded)
     monkeypatch.setattr(store.db, "executemany_each", recorded_each)
+    monkeypatch.setattr(store.db, "executemany_at_commit", recorded_at_commit)
     log = RequestLog(store.db)
     for i, key_id in enumerate(sorted(keys, reverse=True)):
         log.touch(key_id, 1000.0 + i)

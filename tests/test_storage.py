@@ -159,6 +159,29 @@ async def test_cancelled_transaction_leaves_no_transaction_open(store: Store) ->
     assert "after" in await store.list_aliases()
 
 
+async def test_work_at_commit_is_committed_in_order_or_rolled_back(store: Store) -> None:
+    """``executemany_at_commit``: run in the order given among the block's statements,
+    committed with the block, and rolled back with it when it fails (SQLite runs it with
+    the COMMIT, in one turn of its thread)."""
+    db = store.db
+    await db.execute("CREATE TABLE t (k TEXT PRIMARY KEY, v INTEGER NOT NULL)")
+    async with db.transaction():
+        await db.execute("INSERT INTO t VALUES ('a', 1)")
+        await db.executemany_at_commit([("UPDATE t SET v = v + ?", [(10,)]),
+                                        ("INSERT INTO t VALUES (?, ?)", [("b", 2)])])
+    assert [tuple(r) for r in await db.fetchall("SELECT k, v FROM t ORDER BY k")] == [
+        ("a", 11), ("b", 2)]
+    with pytest.raises(db.integrity):
+        async with db.transaction():
+            await db.execute("INSERT INTO t VALUES ('c', 3)")
+            await db.executemany_at_commit([("INSERT INTO t VALUES (?, ?)", [("a", 0)])])
+    assert not holds_a_transaction(db)
+    assert [r[0] for r in await db.fetchall("SELECT k FROM t ORDER BY k")] == ["a", "b"]
+    async with db.transaction():  # a statement after it sees it
+        await db.executemany_at_commit([("UPDATE t SET v = 0", [()])])
+        assert (await db.fetchone("SELECT SUM(v) FROM t"))[0] == 0
+
+
 async def test_a_health_check_is_bounded_by_its_own_short_timeout(
         db: DatabaseBackend, monkeypatch: pytest.MonkeyPatch) -> None:
     """A database that hangs fails the check within ``check_timeout`` (1 s), not within a

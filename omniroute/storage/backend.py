@@ -124,6 +124,15 @@ class DatabaseBackend:
             counts.append(len(rows))
         return counts
 
+    async def executemany_at_commit(
+            self, work: Sequence[tuple[str, Sequence[Sequence[Any]]]]) -> None:
+        """Inside a transaction: :meth:`executemany` of each ``(sql, rows)``, in order with
+        the block's other statements, their changes not counted. A backend may keep them
+        for the transaction's COMMIT and run them with it in one go (SQLite: in one turn
+        of its thread); a failure then raises at the end of the ``async with
+        db.transaction()`` block, and the transaction is rolled back."""
+        await self.executemany_each(work)
+
     async def insert_new(self, sql: str, rows: Sequence[Sequence[Any]], *, table: str,
                          into: str, columns: Sequence[str], tally: bool = False) -> bool:
         """Inside a transaction: run ``sql``, an ``INSERT INTO table(...) VALUES (?, ...)

@@ -211,8 +211,8 @@ class RequestLog(BufferedLog[RequestRecord]):
             work.append(("UPDATE api_keys SET last_used_at = ? WHERE id = ?",
                          # in one order on every instance (no deadlock)
                          [(ts, key_id) for key_id, ts in sorted(used.items())]))
-        if work:  # the totals' upserts and the keys' last use in one go
-            await self.db.executemany_each(work)
+        if work:  # the totals' upserts and the keys' last use in one go, with the COMMIT
+            await self.db.executemany_at_commit(work)
 
     def also_done(self) -> None:
         self._used = {}
