@@ -1,11 +1,22 @@
 """A cache entry: a canonical response, serialized compactly, and how it is replayed.
 
-The bytes are one orjson object, versioned by its ``v`` field::
+The bytes are one orjson object, versioned by its ``v`` field. Version 1 holds the
+canonical response::
 
     {"v": 1, "model": <requested model>, "created": <epoch s>, "cost": <USD | null>,
      "expires": <epoch s | absent>,
      "response": {"id", "model", "parts": [[<kind>, {<fields>}], ...], "stop_reason",
                   "stop_sequence", "usage": {...}, "created", "meta"}}
+
+Version 2 holds a JSON answer as the upstream sent it on the pass-through lane, with
+the name of its format: it is stored without being decoded, and decoded (by that
+format's ``decode_response``) only when it is read, so a miss costs no decoding::
+
+    {"v": 2, "model", "created", "cost", "expires" (as in 1),
+     "format": <format name>, "body": <the upstream's JSON answer, as it came>}
+
+An entry is served only when its response is :func:`storable` (a version 2 entry is
+checked when it is read): a truncated, failed or empty answer is never served.
 
 A part is tagged with its kind (``text``, ``reasoning``, ``tool_call``,
 ``image``, ``file``) so it decodes to the same canonical class; ``cost`` is
@@ -23,17 +34,23 @@ asked: a JSON body (``Format.encode_response``) or a stream of the events
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from omniroute.errors import GatewayError
 from omniroute.formats import canonical as c
 from omniroute.providers.canonical import events_of
 
-#: the version this module writes and reads
+if TYPE_CHECKING:
+    from omniroute.formats.base import Format
+
+#: the version of an entry that holds the canonical response
 VERSION = 1
+#: the version of an entry that holds an upstream JSON answer as it came, and its format
+BODY_VERSION = 2
 
 _KINDS: dict[type, str] = {c.Text: "text", c.Reasoning: "reasoning", c.ToolCall: "tool_call",
                            c.Image: "image", c.File: "file"}
@@ -84,21 +101,52 @@ def dump(response: c.Response, model: str, created: float, cost: float | None,
     return orjson.dumps({**head, "response": body})
 
 
-def load(data: bytes) -> Entry | None:
-    """The entry in ``data``; None when it is of another version or does not decode."""
+def dump_body(body: bytes, fmt: str, model: str, created: float, cost: float | None,
+              expires: float | None = None) -> bytes:
+    """The entry bytes of a JSON answer in format ``fmt``, kept as it came (not decoded
+    here: :func:`load` decodes it, and serves it only when it is :func:`storable`).
+
+    ``body`` goes in as it is (``orjson.Fragment``): a body that is not JSON makes an
+    entry that does not load, a miss.
+    """
+    if expires is None:
+        return orjson.dumps({"v": BODY_VERSION, "model": model, "created": created,
+                             "cost": cost, "format": fmt, "body": orjson.Fragment(body)})
+    return orjson.dumps({"v": BODY_VERSION, "model": model, "created": created, "cost": cost,
+                         "expires": expires, "format": fmt, "body": orjson.Fragment(body)})
+
+
+def load(data: bytes, formats: Mapping[str, Format] | None = None) -> Entry | None:
+    """The entry in ``data``; None when it is of another version, does not decode, or
+    (version 2) its answer is not :func:`storable`.
+
+    :param formats: the loaded formats by name, which decode a version 2 entry's answer
+        (None: such an entry reads as a miss).
+    """
     try:
         raw = orjson.loads(data)
-        if not isinstance(raw, dict) or raw.get("v") != VERSION:
+        if not isinstance(raw, dict):
             return None
-        body = raw["response"]
-        parts = [_CLASSES[kind](**fields) for kind, fields in body["parts"]]
-        response = c.Response(
-            body["id"], body["model"], parts, body["stop_reason"], body["stop_sequence"],
-            c.Usage(**body["usage"]), body["created"], body["meta"])
+        version = raw.get("v")
+        if version == VERSION:
+            body = raw["response"]
+            parts = [_CLASSES[kind](**fields) for kind, fields in body["parts"]]
+            response = c.Response(
+                body["id"], body["model"], parts, body["stop_reason"], body["stop_sequence"],
+                c.Usage(**body["usage"]), body["created"], body["meta"])
+        elif version == BODY_VERSION:
+            fmt = formats.get(raw["format"]) if formats is not None else None
+            if fmt is None:
+                return None
+            response = fmt.decode_response(orjson.dumps(raw["body"]))
+            if not storable(response):
+                return None
+        else:
+            return None
         expires = raw.get("expires")
         return Entry(response, str(raw["model"]), float(raw["created"]), raw["cost"],
                      None if expires is None else float(expires))
-    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+    except (orjson.JSONDecodeError, GatewayError, KeyError, TypeError, ValueError):
         return None
 
 
@@ -110,12 +158,15 @@ class Loaded:
     A remembered entry is shared by every hit that reads it: hits only read it.
     """
 
-    def __init__(self, max_entries: int = 256, max_bytes: int = 16 * 2**20) -> None:
+    def __init__(self, max_entries: int = 256, max_bytes: int = 16 * 2**20,
+                 formats: Mapping[str, Format] | None = None) -> None:
         """
         :param max_entries: entries remembered at most.
         :param max_bytes: their bytes at most; an entry larger than a sixteenth of it
             is decoded every time.
+        :param formats: the loaded formats by name (a version 2 entry's answer).
         """
+        self.formats = formats
         self.max_entries = max_entries
         self.max_bytes = max_bytes
         self.size = 0
@@ -126,7 +177,7 @@ class Loaded:
         if entry is not None:
             self._entries.move_to_end(data)
             return entry
-        entry = load(data)
+        entry = load(data, self.formats)
         if entry is not None and len(data) <= self.max_bytes // 16:
             self._entries[data] = entry
             self.size += len(data)
@@ -139,13 +190,14 @@ class Loaded:
         return len(self._entries)
 
 
-def header(data: bytes) -> dict[str, Any]:
-    """An entry's model, creation time and cost without its response (for listings)."""
-    entry = load(data)
+def header(data: bytes, formats: Mapping[str, Format] | None = None) -> dict[str, Any]:
+    """An entry's model, creation time, cost and version without its response (for
+    listings); an entry :func:`load` does not read is ``unreadable``."""
+    entry = load(data, formats)
     if entry is None:
         return {"model": None, "created": None, "version": "unreadable"}
     return {"model": entry.model, "created": entry.created, "cost": entry.cost,
-            "version": VERSION}
+            "version": orjson.loads(data)["v"]}
 
 
 async def replay(response: c.Response, first: Callable[[], None] | None = None

@@ -23,10 +23,13 @@ For every generation request (:class:`~omniroute.pipeline.chat.Chat`):
   other shared work, in its one round trip; ``before`` reads its answer.
 * on a miss the answer is kept as it passes: the canonical response or events on
   the translated and canonical lanes (``ctx.tap``), the client-format body or
-  frames on the pass-through lane (decoded later, off the response path).
+  frames on the pass-through lane (frames decoded later, off the response path; a
+  JSON body is stored as it came, with its format's name, and decoded only when it
+  is read: :func:`~omniroute.cache.entry.dump_body`).
 * ``finished`` queues the store when the request succeeded (a stream that ended
   normally) and the answer is complete: never an error, a ``length`` stop, an
-  empty answer.
+  empty answer (a pass-through JSON answer is checked when it is read: such an
+  answer is never served).
 
 A hit's record: ``cache_hit``, the stored answer's token counts, ``cost_usd`` 0 and
 ``list_cost_usd`` what the answer cost when it was made (what the hit saved; the
@@ -258,6 +261,14 @@ class CacheRun(StageRun):
         if response is None and body is None and events is None and not frames:
             return None
         created, max_bytes, ttl = self.stage.clock(), self.max_bytes, self.ttl
+        formats = self.stage.cache.formats
+        if body is not None and formats is not None and formats.get(fmt.name) is fmt:
+            # pass-through JSON: kept as it came, decoded (and checked) when it is read
+            async def keep() -> bytes | None:
+                data = entries.dump_body(body, fmt.name, model, created, cost, created + ttl)
+                return data if len(data) <= max_bytes else None
+
+            return keep
 
         async def produce() -> bytes | None:
             answer = response
