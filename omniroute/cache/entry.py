@@ -8,12 +8,14 @@ canonical response::
      "response": {"id", "model", "parts": [[<kind>, {<fields>}], ...], "stop_reason",
                   "stop_sequence", "usage": {...}, "created", "meta"}}
 
-Version 2 holds a JSON answer as the upstream sent it on the pass-through lane, with
+Version 2 holds an answer as the upstream sent it on the pass-through lane, with
 the name of its format: it is stored without being decoded, and decoded (by that
-format's ``decode_response``) only when it is read, so a miss costs no decoding::
+format's ``decode_response`` or ``decode_stream``) only when it is read, so a miss
+costs no decoding::
 
     {"v": 2, "model", "created", "cost", "expires" (as in 1),
      "format": <format name>, "body": <the upstream's JSON answer, as it came>}
+    {"v": 2, ..., "format": <format name>, "frames": "<the stream's frames, as they came>"}
 
 An entry is served only when its response is :func:`storable` (a version 2 entry is
 checked when it is read): a truncated, failed or empty answer is never served.
@@ -33,19 +35,24 @@ asked: a JSON body (``Format.encode_response``) or a stream of the events
 
 from __future__ import annotations
 
+import logging
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import orjson
 
 from omniroute.errors import GatewayError
 from omniroute.formats import canonical as c
-from omniroute.providers.canonical import events_of
+from omniroute.pipeline.usage import frames_of
+from omniroute.providers.canonical import collect, events_of
 
 if TYPE_CHECKING:
     from omniroute.formats.base import Format
+
+log = logging.getLogger(__name__)
+_T = TypeVar("_T")
 
 #: the version of an entry that holds the canonical response
 VERSION = 1
@@ -101,19 +108,27 @@ def dump(response: c.Response, model: str, created: float, cost: float | None,
     return orjson.dumps({**head, "response": body})
 
 
-def dump_body(body: bytes, fmt: str, model: str, created: float, cost: float | None,
-              expires: float | None = None) -> bytes:
-    """The entry bytes of a JSON answer in format ``fmt``, kept as it came (not decoded
-    here: :func:`load` decodes it, and serves it only when it is :func:`storable`).
+def dump_body(answer: bytes, fmt: str, model: str, created: float, cost: float | None,
+              expires: float | None = None, *, stream: bool = False) -> bytes:
+    """The entry bytes of an answer in format ``fmt`` kept as it came: a JSON body, or
+    (``stream``) a stream's frames. Not decoded here: :func:`load` decodes it, and
+    serves it only when it is :func:`storable`.
 
-    ``body`` goes in as it is (``orjson.Fragment``): a body that is not JSON makes an
-    entry that does not load, a miss.
+    A JSON body goes in as it is (``orjson.Fragment``): a body that is not JSON makes
+    an entry that does not load, a miss.
+
+    :raises UnicodeDecodeError: ``stream``, and the frames are not UTF-8.
     """
-    if expires is None:
-        return orjson.dumps({"v": BODY_VERSION, "model": model, "created": created,
-                             "cost": cost, "format": fmt, "body": orjson.Fragment(body)})
-    return orjson.dumps({"v": BODY_VERSION, "model": model, "created": created, "cost": cost,
-                         "expires": expires, "format": fmt, "body": orjson.Fragment(body)})
+    head: dict[str, Any] = {"v": BODY_VERSION, "model": model, "created": created,
+                            "cost": cost}
+    if expires is not None:
+        head["expires"] = expires
+    head["format"] = fmt
+    if stream:
+        head["frames"] = answer.decode()
+    else:
+        head["body"] = orjson.Fragment(answer)
+    return orjson.dumps(head)
 
 
 def load(data: bytes, formats: Mapping[str, Format] | None = None) -> Entry | None:
@@ -138,9 +153,10 @@ def load(data: bytes, formats: Mapping[str, Format] | None = None) -> Entry | No
             fmt = formats.get(raw["format"]) if formats is not None else None
             if fmt is None:
                 return None
-            response = fmt.decode_response(orjson.dumps(raw["body"]))
-            if not storable(response):
+            decoded = _decoded(fmt, raw)
+            if decoded is None or not storable(decoded):
                 return None
+            response = decoded
         else:
             return None
         expires = raw.get("expires")
@@ -148,6 +164,35 @@ def load(data: bytes, formats: Mapping[str, Format] | None = None) -> Entry | No
                      None if expires is None else float(expires))
     except (orjson.JSONDecodeError, GatewayError, KeyError, TypeError, ValueError):
         return None
+
+
+def _decoded(fmt: Format, raw: dict[str, Any]) -> c.Response | None:
+    """The response of a version 2 entry, decoded by its format (None: it does not)."""
+    try:
+        if "frames" in raw:
+            frames = frames_of(fmt, raw["frames"].encode())
+            return _settled(collect(fmt.decode_stream(_listed(frames))))
+        return fmt.decode_response(orjson.dumps(raw["body"]))
+    except GatewayError:
+        return None
+    except Exception:  # a format's bug must not fail the request: a miss, and logged
+        log.exception("a cached %s answer does not decode", fmt.name)
+        return None
+
+
+def _settled(coroutine: Coroutine[Any, Any, _T]) -> _T:
+    """The result of a coroutine that never waits (a stream decoded from a list)."""
+    try:
+        coroutine.send(None)
+    except StopIteration as done:
+        return cast("_T", done.value)
+    coroutine.close()
+    raise RuntimeError("decoding a cached stream waited")
+
+
+async def _listed(items: list[bytes]) -> AsyncIterator[bytes]:
+    for item in items:
+        yield item
 
 
 class Loaded:
