@@ -82,7 +82,7 @@ def make_app(config: Config, plugins: Plugins | None = None) -> web.Application:
         app[BUDGETS] = gateway.budgets
         budgets = BudgetStage(gateway.budgets, lambda: gateway.catalog.settings, gateway.prices)
         cache = build_cache(plugins.cache_backends, gateway.catalog.settings, config.data_dir,
-                            plugins.cache_layers(app), config.state_url)
+                            plugins.cache_layers(app), config.state_url, registry.formats)
         cache.idempotency = partial(_idempotency_stats, idempotency)
         await cache.start()
         app[CACHE] = cache

@@ -262,3 +262,28 @@ async def test_a_streamed_hit_leaves_in_one_write_unless_progress_wraps_it(gw: A
     assert wrapped.headers["X-OmniRoute-Cache"] == "HIT"
     assert "Content-Length" not in wrapped.headers
     assert b": progress " in raw and b'"done":true' in raw
+
+
+async def test_a_passed_through_stream_is_kept_as_it_came_and_hit_in_another_format(
+        gw: Any) -> None:
+    """An OpenAI stream relayed as it came is stored undecoded (entry version 2) and
+    answers the same question asked for JSON, and through the Anthropic API."""
+    from omniroute.cache import entry as entries
+
+    body = {"model": "up/gpt-4o-mini", "messages": HI, "temperature": 0, "max_tokens": 50}
+    async with sdk(gw) as client:
+        stream = await client.chat.completions.create(**body, stream=True)
+        text = "".join([chunk.choices[0].delta.content or "" async for chunk in stream
+                        if chunk.choices])
+    cache = gw.client.app[CACHE]
+    await cache.settled()
+    [row] = await cache.entries(10)
+    assert row["version"] == entries.BODY_VERSION
+    headers, answer = await ask(gw, **body)
+    assert headers["X-OmniRoute-Cache"] == "HIT" and answer.choices[0].message.content == text
+    client = anthropic.AsyncAnthropic(base_url=gw.base_url, api_key="sk-x", max_retries=0)
+    raw = await client.messages.with_raw_response.create(
+        model="up/gpt-4o-mini", messages=HI, max_tokens=50, extra_body={"temperature": 0})
+    assert raw.headers["X-OmniRoute-Cache"] == "HIT"
+    assert (await raw.parse()).content[0].text == text
+    assert len(gw.fake.requests) == 1

@@ -245,3 +245,40 @@ def test_a_format_whose_decode_reads_headers_has_no_slot() -> None:
                                fmt=HeaderMinded(), principal=SimpleNamespace(key_id=None),
                                model="m", prefix=None, stream=False, query={})
     assert _slot(ctx, "on", False) is None  # its key is computed (decoded) every time
+
+
+def test_answers_kept_as_they_came_are_decoded_and_checked_when_read() -> None:
+    """Version 2 entries (a pass-through answer, stored undecoded) load through their
+    format; one that is not storable (truncated, an error, not JSON) never loads."""
+    from omniroute.cache import entry as entries
+    formats = {"openai": OpenAIFormat()}
+
+    def body(finish: str, text: str = "Hello.") -> bytes:
+        return orjson.dumps({
+            "id": "chatcmpl-1", "object": "chat.completion", "created": 7, "model": "gpt",
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
+                         "finish_reason": finish}],
+            "usage": {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5}})
+
+    data = entries.dump_body(body("stop"), "openai", "up/gpt", 1.0, 0.5, 9.0)
+    entry = entries.load(data, formats)
+    assert entry is not None and (entry.model, entry.created, entry.cost, entry.expires) == (
+        "up/gpt", 1.0, 0.5, 9.0)
+    assert entry.response.parts == [c.Text("Hello.")] and entry.response.usage.output_tokens == 2
+    assert entries.header(data, formats)["version"] == entries.BODY_VERSION
+    assert entries.load(data) is None  # no formats to read it with: a miss
+    for bad in (body("length"), body("stop", text=""), b'{"error": {"message": "no"}}',
+                b"not json"):
+        assert entries.load(entries.dump_body(bad, "openai", "m", 1.0, None), formats) is None
+    frames = b"".join(
+        b"data: " + orjson.dumps({"id": "c", "object": "chat.completion.chunk", "created": 7,
+                                  "model": "gpt", "choices": [{"index": 0, **choice}]}) + b"\n\n"
+        for choice in ({"delta": {"role": "assistant", "content": "Hel"}},
+                       {"delta": {"content": "lo."}},
+                       {"delta": {}, "finish_reason": "stop"})) + b"data: [DONE]\n\n"
+    streamed = entries.load(entries.dump_body(frames, "openai", "m", 1.0, None, stream=True),
+                            formats)
+    assert streamed is not None and streamed.response.parts == [c.Text("Hello.")]
+    unfinished = frames.rsplit(b"data: {", 1)[0]  # no finish reason: truncated
+    assert entries.load(entries.dump_body(unfinished, "openai", "m", 1.0, None, stream=True),
+                        formats) is None

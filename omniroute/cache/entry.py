@@ -1,11 +1,24 @@
 """A cache entry: a canonical response, serialized compactly, and how it is replayed.
 
-The bytes are one orjson object, versioned by its ``v`` field::
+The bytes are one orjson object, versioned by its ``v`` field. Version 1 holds the
+canonical response::
 
     {"v": 1, "model": <requested model>, "created": <epoch s>, "cost": <USD | null>,
      "expires": <epoch s | absent>,
      "response": {"id", "model", "parts": [[<kind>, {<fields>}], ...], "stop_reason",
                   "stop_sequence", "usage": {...}, "created", "meta"}}
+
+Version 2 holds an answer as the upstream sent it on the pass-through lane, with
+the name of its format: it is stored without being decoded, and decoded (by that
+format's ``decode_response`` or ``decode_stream``) only when it is read, so a miss
+costs no decoding::
+
+    {"v": 2, "model", "created", "cost", "expires" (as in 1),
+     "format": <format name>, "body": <the upstream's JSON answer, as it came>}
+    {"v": 2, ..., "format": <format name>, "frames": "<the stream's frames, as they came>"}
+
+An entry is served only when its response is :func:`storable` (a version 2 entry is
+checked when it is read): a truncated, failed or empty answer is never served.
 
 A part is tagged with its kind (``text``, ``reasoning``, ``tool_call``,
 ``image``, ``file``) so it decodes to the same canonical class; ``cost`` is
@@ -22,18 +35,29 @@ asked: a JSON body (``Format.encode_response``) or a stream of the events
 
 from __future__ import annotations
 
+import logging
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import orjson
 
+from omniroute.errors import GatewayError
 from omniroute.formats import canonical as c
-from omniroute.providers.canonical import events_of
+from omniroute.pipeline.usage import frames_of
+from omniroute.providers.canonical import collect, events_of
 
-#: the version this module writes and reads
+if TYPE_CHECKING:
+    from omniroute.formats.base import Format
+
+log = logging.getLogger(__name__)
+_T = TypeVar("_T")
+
+#: the version of an entry that holds the canonical response
 VERSION = 1
+#: the version of an entry that holds an upstream JSON answer as it came, and its format
+BODY_VERSION = 2
 
 _KINDS: dict[type, str] = {c.Text: "text", c.Reasoning: "reasoning", c.ToolCall: "tool_call",
                            c.Image: "image", c.File: "file"}
@@ -84,22 +108,91 @@ def dump(response: c.Response, model: str, created: float, cost: float | None,
     return orjson.dumps({**head, "response": body})
 
 
-def load(data: bytes) -> Entry | None:
-    """The entry in ``data``; None when it is of another version or does not decode."""
+def dump_body(answer: bytes, fmt: str, model: str, created: float, cost: float | None,
+              expires: float | None = None, *, stream: bool = False) -> bytes:
+    """The entry bytes of an answer in format ``fmt`` kept as it came: a JSON body, or
+    (``stream``) a stream's frames. Not decoded here: :func:`load` decodes it, and
+    serves it only when it is :func:`storable`.
+
+    A JSON body goes in as it is (``orjson.Fragment``): a body that is not JSON makes
+    an entry that does not load, a miss.
+
+    :raises UnicodeDecodeError: ``stream``, and the frames are not UTF-8.
+    """
+    head: dict[str, Any] = {"v": BODY_VERSION, "model": model, "created": created,
+                            "cost": cost}
+    if expires is not None:
+        head["expires"] = expires
+    head["format"] = fmt
+    if stream:
+        head["frames"] = answer.decode()
+    else:
+        head["body"] = orjson.Fragment(answer)
+    return orjson.dumps(head)
+
+
+def load(data: bytes, formats: Mapping[str, Format] | None = None) -> Entry | None:
+    """The entry in ``data``; None when it is of another version, does not decode, or
+    (version 2) its answer is not :func:`storable`.
+
+    :param formats: the loaded formats by name, which decode a version 2 entry's answer
+        (None: such an entry reads as a miss).
+    """
     try:
         raw = orjson.loads(data)
-        if not isinstance(raw, dict) or raw.get("v") != VERSION:
+        if not isinstance(raw, dict):
             return None
-        body = raw["response"]
-        parts = [_CLASSES[kind](**fields) for kind, fields in body["parts"]]
-        response = c.Response(
-            body["id"], body["model"], parts, body["stop_reason"], body["stop_sequence"],
-            c.Usage(**body["usage"]), body["created"], body["meta"])
+        version = raw.get("v")
+        if version == VERSION:
+            body = raw["response"]
+            parts = [_CLASSES[kind](**fields) for kind, fields in body["parts"]]
+            response = c.Response(
+                body["id"], body["model"], parts, body["stop_reason"], body["stop_sequence"],
+                c.Usage(**body["usage"]), body["created"], body["meta"])
+        elif version == BODY_VERSION:
+            fmt = formats.get(raw["format"]) if formats is not None else None
+            if fmt is None:
+                return None
+            decoded = _decoded(fmt, raw)
+            if decoded is None or not storable(decoded):
+                return None
+            response = decoded
+        else:
+            return None
         expires = raw.get("expires")
         return Entry(response, str(raw["model"]), float(raw["created"]), raw["cost"],
                      None if expires is None else float(expires))
-    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+    except (orjson.JSONDecodeError, GatewayError, KeyError, TypeError, ValueError):
         return None
+
+
+def _decoded(fmt: Format, raw: dict[str, Any]) -> c.Response | None:
+    """The response of a version 2 entry, decoded by its format (None: it does not)."""
+    try:
+        if "frames" in raw:
+            frames = frames_of(fmt, raw["frames"].encode())
+            return _settled(collect(fmt.decode_stream(_listed(frames))))
+        return fmt.decode_response(orjson.dumps(raw["body"]))
+    except GatewayError:
+        return None
+    except Exception:  # a format's bug must not fail the request: a miss, and logged
+        log.exception("a cached %s answer does not decode", fmt.name)
+        return None
+
+
+def _settled(coroutine: Coroutine[Any, Any, _T]) -> _T:
+    """The result of a coroutine that never waits (a stream decoded from a list)."""
+    try:
+        coroutine.send(None)
+    except StopIteration as done:
+        return cast("_T", done.value)
+    coroutine.close()
+    raise RuntimeError("decoding a cached stream waited")
+
+
+async def _listed(items: list[bytes]) -> AsyncIterator[bytes]:
+    for item in items:
+        yield item
 
 
 class Loaded:
@@ -110,12 +203,15 @@ class Loaded:
     A remembered entry is shared by every hit that reads it: hits only read it.
     """
 
-    def __init__(self, max_entries: int = 256, max_bytes: int = 16 * 2**20) -> None:
+    def __init__(self, max_entries: int = 256, max_bytes: int = 16 * 2**20,
+                 formats: Mapping[str, Format] | None = None) -> None:
         """
         :param max_entries: entries remembered at most.
         :param max_bytes: their bytes at most; an entry larger than a sixteenth of it
             is decoded every time.
+        :param formats: the loaded formats by name (a version 2 entry's answer).
         """
+        self.formats = formats
         self.max_entries = max_entries
         self.max_bytes = max_bytes
         self.size = 0
@@ -126,7 +222,7 @@ class Loaded:
         if entry is not None:
             self._entries.move_to_end(data)
             return entry
-        entry = load(data)
+        entry = load(data, self.formats)
         if entry is not None and len(data) <= self.max_bytes // 16:
             self._entries[data] = entry
             self.size += len(data)
@@ -139,13 +235,14 @@ class Loaded:
         return len(self._entries)
 
 
-def header(data: bytes) -> dict[str, Any]:
-    """An entry's model, creation time and cost without its response (for listings)."""
-    entry = load(data)
+def header(data: bytes, formats: Mapping[str, Format] | None = None) -> dict[str, Any]:
+    """An entry's model, creation time, cost and version without its response (for
+    listings); an entry :func:`load` does not read is ``unreadable``."""
+    entry = load(data, formats)
     if entry is None:
         return {"model": None, "created": None, "version": "unreadable"}
     return {"model": entry.model, "created": entry.created, "cost": entry.cost,
-            "version": VERSION}
+            "version": orjson.loads(data)["v"]}
 
 
 async def replay(response: c.Response, first: Callable[[], None] | None = None

@@ -32,6 +32,7 @@ from omniroute.config import ConfigError
 
 if TYPE_CHECKING:
     from omniroute.config import Settings
+    from omniroute.formats.base import Format
     from omniroute.sharedstate import Pending, RequestBatch
 
 log = logging.getLogger(__name__)
@@ -60,20 +61,24 @@ class ResponseCache:
 
     def __init__(self, backends: Sequence[CacheBackend], layers: Sequence[CacheLayer] = (),
                  idempotency: Callable[[], dict[str, int]] | None = None,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time,
+                 formats: Mapping[str, Format] | None = None) -> None:
         """
         :param backends: the exact backends, front (fastest) to back.
         :param layers: the plugins' layers (``register_cache_layers``), asked after them.
         :param idempotency: reads the idempotency stage's ``activeKeys`` / ``windowMs``
             for ``GET /api/cache/stats`` (None: that stage is not there).
         :param clock: epoch seconds (an entry's ``expires``).
+        :param formats: the loaded formats by name: they decode the entries that hold an
+            upstream's answer as it came (:func:`~omniroute.cache.entry.dump_body`).
         """
         self.backends = list(backends)
         self.layers = list(layers)
         self.idempotency = idempotency
         self.clock = clock
+        self.formats = formats
         #: the entries found lately, decoded (a repeated hit is not decoded again)
-        self.loaded = entries.Loaded()
+        self.loaded = entries.Loaded(formats=formats)
         self.hits = self.misses = self.bypasses = 0
         self.stored = self.dropped = self.store_failures = 0
         self._queue: asyncio.Queue[tuple[CacheKey, Producer, float]] = asyncio.Queue(QUEUE_SIZE)
@@ -246,7 +251,7 @@ class ResponseCache:
                 row = merged.get(listed.key)
                 if row is None:
                     row = merged[listed.key] = {
-                        "key": listed.key, **entries.header(listed.value),
+                        "key": listed.key, **entries.header(listed.value, self.formats),
                         "hits": 0, "bytes": len(listed.value),
                         "expires_in": round(listed.expires_in, 3), "backends": []}
                 row["hits"] += listed.hits
@@ -291,12 +296,14 @@ async def _stats_of(parts: Sequence[CacheBackend | CacheLayer]) -> dict[str, dic
 
 
 def build_cache(types: Mapping[str, type[CacheBackend]], settings: Settings, data_dir: Path,
-                layers: Sequence[CacheLayer] = (), state_url: str | None = None) -> ResponseCache:
+                layers: Sequence[CacheLayer] = (), state_url: str | None = None,
+                formats: Mapping[str, Format] | None = None) -> ResponseCache:
     """The response cache the settings name (``cache_backends``, front to back).
 
     :param types: the registered backend types (``register_cache_backends``) by name.
     :param state_url: the configured ``state_url``, given to every backend as its
         ``url`` option (a shared backend such as ``redis`` keeps its entries there).
+    :param formats: the loaded formats by name (:class:`ResponseCache`).
     :raises ConfigError: a name no loaded plugin registers.
     """
     backends: list[CacheBackend] = []
@@ -316,4 +323,4 @@ def build_cache(types: Mapping[str, type[CacheBackend]], settings: Settings, dat
         if state_url is not None:
             options["url"] = state_url
         backends.append(cls(options))
-    return ResponseCache(backends, layers)
+    return ResponseCache(backends, layers, formats=formats)

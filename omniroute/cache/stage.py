@@ -23,10 +23,12 @@ For every generation request (:class:`~omniroute.pipeline.chat.Chat`):
   other shared work, in its one round trip; ``before`` reads its answer.
 * on a miss the answer is kept as it passes: the canonical response or events on
   the translated and canonical lanes (``ctx.tap``), the client-format body or
-  frames on the pass-through lane (decoded later, off the response path).
+  frames on the pass-through lane (stored as they came, with their format's name,
+  and decoded only when they are read: :func:`~omniroute.cache.entry.dump_body`).
 * ``finished`` queues the store when the request succeeded (a stream that ended
   normally) and the answer is complete: never an error, a ``length`` stop, an
-  empty answer.
+  empty answer (a pass-through answer is checked when it is read: such an answer
+  is never served).
 
 A hit's record: ``cache_hit``, the stored answer's token counts, ``cost_usd`` 0 and
 ``list_cost_usd`` what the answer cost when it was made (what the hit saved; the
@@ -258,8 +260,22 @@ class CacheRun(StageRun):
         if response is None and body is None and events is None and not frames:
             return None
         created, max_bytes, ttl = self.stage.clock(), self.max_bytes, self.ttl
+        # pass-through: stored as it came, decoded (and checked) when it is read; an
+        # answer too large that way is decoded now (its canonical entry is smaller)
+        formats = self.stage.cache.formats
+        raw: bytes | None = None
+        if response is None and formats is not None and formats.get(fmt.name) is fmt:
+            raw = body if body is not None or events is not None else b"".join(frames)
 
         async def produce() -> bytes | None:
+            if raw is not None:
+                try:
+                    data = entries.dump_body(raw, fmt.name, model, created, cost,
+                                             created + ttl, stream=body is None)
+                    if len(data) <= max_bytes:
+                        return data
+                except UnicodeDecodeError:
+                    pass  # (decoded below, as any answer: it is not kept if it fails)
             answer = response
             if answer is None:
                 try:
