@@ -106,15 +106,19 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     hung one. They are stopped here, and counted on the terminal so that a leak is seen.
     """
     import gc
+    import warnings
 
     import aiosqlite
 
-    left = [obj for obj in gc.get_objects()
-            if isinstance(obj, aiosqlite.Connection) and obj._connection is not None]
+    with warnings.catch_warnings():  # (isinstance on some lazy modules' objects warns)
+        warnings.simplefilter("ignore")
+        left = [obj for obj in gc.get_objects()
+                if isinstance(obj, aiosqlite.Connection) and obj._connection is not None]
     for conn in left:
         conn.stop()  # closes the sqlite3 connection on its thread, then ends the thread
     if left:
         reporter = session.config.pluginmanager.get_plugin("terminalreporter")
         if reporter is not None:
+            reporter.write("\n")  # (after the progress, on a line of its own)
             reporter.write_line(f"omniroute: stopped {len(left)} aiosqlite connection(s) "
                                 "a test left open", yellow=True)
