@@ -113,6 +113,22 @@ async def test_a_flush_cancelled_mid_write_keeps_its_entries(tmp_path: Path) -> 
     await again.close()
 
 
+async def test_waiting_for_queued_stores_is_bounded() -> None:
+    from omniroute.cache.layer import CacheKey
+    from omniroute.cache.service import ResponseCache
+
+    cache = ResponseCache([MemoryCache({})])  # never started: no writer takes the store
+    key = CacheKey(exact="k" * 64, scope="", prompt="", tenant="t", model="m",
+                   multi_turn=False, has_tools=False, has_media=False, prompt_tokens=1)
+
+    async def produce() -> bytes:
+        return b"{}"
+
+    cache.store(key, produce, 60)
+    with pytest.raises(TimeoutError):
+        await cache.settled(timeout=0.05)
+
+
 async def test_close_lets_the_writer_finish_the_flush_it_is_in(tmp_path: Path) -> None:
     cache = SqliteCache({"path": str(tmp_path / "c.sqlite3"), "flush_every": 0.001})
     await cache.start()

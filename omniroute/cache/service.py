@@ -182,9 +182,14 @@ class ResponseCache:
         except asyncio.QueueFull:
             self.dropped += 1
 
-    async def settled(self) -> None:
-        """Wait until every queued store is done (tests, shutdown)."""
-        await self._queue.join()
+    async def settled(self, timeout: float = 30.0) -> None:
+        """Wait until every queued store is done (tests, tools); bounded like every wait.
+
+        :raises TimeoutError: stores still queued after ``timeout`` seconds (the writer
+            is stuck on a backend, or was never started).
+        """
+        async with asyncio.timeout(timeout):
+            await self._queue.join()
 
     async def _write_loop(self) -> None:
         queue = self._queue
