@@ -264,8 +264,9 @@ class CacheRun(StageRun):
         # answer too large that way is decoded now (its canonical entry is smaller)
         formats = self.stage.cache.formats
         raw: bytes | None = None
-        if response is None and formats is not None and formats.get(fmt.name) is fmt:
-            raw = body if body is not None or events is not None else b"".join(frames)
+        if response is None and events is None and formats is not None \
+                and formats.get(fmt.name) is fmt:
+            raw = body if body is not None else b"".join(frames)
 
         async def produce() -> bytes | None:
             if raw is not None:

@@ -213,18 +213,8 @@ class Wire(asyncio.Protocol):
                 if not waiting:
                     raise WireError("a reply nobody asked for")
                 waiter = waiting.popleft()
-                if groups:  # (:meth:`_grouped`, inline: this runs for every reply)
-                    group = groups.get(waiter)
-                    if group is not None:
-                        if isinstance(value, ErrorReply) and str(value).startswith("NOSCRIPT"):
-                            value = NoScript(str(value))
-                        found = group[1]
-                        found.append(value)
-                        if len(found) == group[0]:
-                            del groups[waiter]
-                            if not waiter.done():
-                                waiter.set_result(found)
-                        continue
+                if groups and self._grouped(waiter, value):
+                    continue
                 if waiter.done():
                     continue
                 if isinstance(value, ErrorReply):
