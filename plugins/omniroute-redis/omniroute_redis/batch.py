@@ -40,7 +40,7 @@ from typing import Any
 
 from omniroute_redis.link import Link, Unreachable
 from omniroute_redis.scripts import Scripts
-from omniroute_redis.wire import NoScript, WireError
+from omniroute_redis.wire import Command, NoScript, WireError
 
 log = logging.getLogger(__name__)
 
@@ -50,8 +50,9 @@ QUEUE_MAX = 10_000
 #: followed by the end of its request, :meth:`Batch.kick`)
 LATER = 0.005
 
-#: one command: ``("ZREM", key, member)``, or a script's (:meth:`Scripts.command`)
-Write = tuple[Any, ...]
+#: one command: ``("ZREM", key, member)``, or a script's (:meth:`Scripts.command`), or
+#: one packed already (:meth:`Scripts.packed`: the request path's)
+Write = Command
 
 
 class Batch:
