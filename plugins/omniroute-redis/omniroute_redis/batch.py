@@ -198,8 +198,9 @@ class Batch:
             self._undos[:0] = sent[count:]  # sent again once Redis answers (harmless twice)
             return
         results = replies.result()
-        missing = [w for w, r in zip(sent, results, strict=True) if isinstance(r, NoScript)]
-        self.sent += len(sent) - len(missing)
+        missing = ([w for w, r in zip(sent, results, strict=True) if isinstance(r, NoScript)]
+                   if NoScript in map(type, results) else None)  # (C: no Python per reply)
+        self.sent += len(sent) - (len(missing) if missing else 0)
         self.round_trips += 1
         if missing:  # Redis forgot the scripts (it restarted): the task loads them
             self._queue[:0] = missing

@@ -196,10 +196,11 @@ class RedisCache(CacheBackend):
 class _Lookup(Step[bytes | None]):
     """The lookup (``cache_get``) as a step of a request's batch: it takes nothing."""
 
+    name, nkeys, nargs, head = "cache_get", 2, 1, "cache_get 2 1"
     __slots__ = ("cache",)
 
     def __init__(self, cache: RedisCache, keys: bytes, args: bytes) -> None:
-        super().__init__("cache_get", keys, 2, args, 1)
+        super().__init__(keys, args)
         self.cache = cache
 
     def read(self, raw: object) -> bytes | None:

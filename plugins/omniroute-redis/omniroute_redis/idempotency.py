@@ -189,10 +189,11 @@ class _Claim(Step[object]):
     """The claim (``idem_claim``) as a step of a request's batch: its raw answer is read
     by :meth:`RedisKeys.claim`."""
 
+    name, nkeys, nargs, head = "idem_claim", 1, 3, "idem_claim 1 3"
     __slots__ = ("key", "owner", "request_id")
 
     def __init__(self, keys: RedisKeys, key: str, request_id: str, args: bytes) -> None:
-        super().__init__("idem_claim", bulk(key.encode()), 1, args, 3)
+        super().__init__(bulk(key.encode()), args)
         self.owner, self.key, self.request_id = keys, key, request_id
 
     def read(self, raw: object) -> object:

@@ -165,6 +165,7 @@ class Take(Step[T]):
     start stays: the request goes on with its own decision, and counts in the rolling
     minute)."""
 
+    name, nkeys, nargs, head = "take", 2, 4, "take 2 4"
     __slots__ = ("concurrency", "leases", "limit", "member", "packed_member", "slots_key",
                  "zrem_slots", "zrem_starts")
 
@@ -175,7 +176,7 @@ class Take(Step[T]):
             name, concurrency, rpm)
         raw = member.encode()
         packed_member = b"$%d\r\n%b\r\n" % (len(raw), raw)
-        super().__init__("take", keys, 2, packed_member + tail, 4, phase=phase)
+        super().__init__(keys, packed_member + tail, phase=phase)
         self.leases, self.limit, self.concurrency = leases, name, concurrency
         self.member, self.packed_member, self.slots_key = member, packed_member, slots
 

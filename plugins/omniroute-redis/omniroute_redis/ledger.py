@@ -216,11 +216,14 @@ class _Entry(Take[bool]):
 class _Reserve(Step[object | None]):
     """A reservation (``reserve``) as a step of a request's batch."""
 
-    __slots__ = ("ask", "ledger", "limits")
+    name = "reserve"
+    __slots__ = ("ask", "head", "ledger", "limits", "nargs", "nkeys")  # (by its windows)
 
     def __init__(self, ledger: RedisLedger, ask: _Ask, limits: Limits) -> None:
-        super().__init__("reserve", ask.keys, ask.nkeys, ask.args, ask.nargs, phase=ROUTED)
+        super().__init__(ask.keys, ask.args, phase=ROUTED)
         self.ledger, self.ask, self.limits = ledger, ask, limits
+        self.nkeys, self.nargs = ask.nkeys, ask.nargs
+        self.head = f"reserve {ask.nkeys} {ask.nargs}"
 
     def read(self, raw: object) -> object | None:
         return self.ledger._reserved(self.ask, self.limits, raw)

@@ -80,14 +80,18 @@ class Step(Generic[T]):
         their count; ``args`` and ``nargs`` the same of its arguments.
     """
 
-    __slots__ = ("args", "done", "head", "keys", "name", "nargs", "nkeys", "phase", "ran", "raw")
+    #: its script, its counts of keys and arguments, and its part of the ``admit``
+    #: script's first argument (``name nkeys nargs``): class attributes of a kind whose
+    #: counts do not change (set once, not per request), slots of one whose do
+    name: str = ""
+    nkeys: int = 0
+    nargs: int = 0
+    head: str = ""
 
-    def __init__(self, name: str, keys: bytes, nkeys: int, args: bytes, nargs: int, *,
-                 phase: int = BEFORE) -> None:
-        self.name, self.keys, self.nkeys, self.phase = name, keys, nkeys, phase
-        self.args, self.nargs = args, nargs
-        #: its part of the ``admit`` script's first argument: name, keys, arguments
-        self.head = f"{name} {nkeys} {nargs}"
+    __slots__ = ("args", "done", "keys", "phase", "ran", "raw")
+
+    def __init__(self, keys: bytes, args: bytes, *, phase: int = BEFORE) -> None:
+        self.keys, self.args, self.phase = keys, args, phase
         self.raw: Any = None
         self.ran = False
         self.done = False  # read, or undone

@@ -44,7 +44,15 @@ class WireError(ConnectionError):
 
 
 class ErrorReply(Exception):
-    """Redis answered a command with an error (a script's own error, a wrong type)."""
+    """Redis answered a command with an error (a script's own error, a wrong type).
+
+    Made by hiredis' reader for each error reply: one that says ``NOSCRIPT`` is made a
+    :class:`NoScript` at once, so no reply needs a second look."""
+
+    def __new__(cls, *args: Any) -> ErrorReply:
+        if cls is ErrorReply and args and str(args[0]).startswith("NOSCRIPT"):
+            cls = NoScript
+        return super().__new__(cls, *args)
 
 
 class NoScript(ErrorReply):
@@ -139,8 +147,7 @@ def _parse(buf: bytes | bytearray, pos: int) -> tuple[Any, int]:
         return bytes(line), pos
     if kind == b"-":
         text = bytes(line).decode(errors="replace")
-        error = NoScript(text) if text.startswith("NOSCRIPT") else ErrorReply(text)
-        return error, pos
+        return ErrorReply(text), pos  # (a NoScript, for NOSCRIPT)
     if kind == b"*":
         count = int(line)
         if count < 0:
@@ -153,6 +160,23 @@ def _parse(buf: bytes | bytearray, pos: int) -> tuple[Any, int]:
     raise WireError(f"unexpected reply type {kind!r}")
 
 
+class _Group:
+    """The replies of a group of commands (:meth:`Wire.send_group`): its future gets
+    the list of them once ``count`` have come."""
+
+    __slots__ = ("count", "found", "future")
+
+    def __init__(self, future: asyncio.Future[list[Any]], count: int) -> None:
+        self.future, self.count = future, count
+        self.found: list[Any] = []
+
+    def add(self, value: Any) -> None:
+        found = self.found
+        found.append(value)
+        if len(found) == self.count and not self.future.done():
+            self.future.set_result(found)
+
+
 class Wire(asyncio.Protocol):
     """One pipelined connection; :meth:`open` connects (and authenticates, selects)."""
 
@@ -161,10 +185,9 @@ class Wire(asyncio.Protocol):
         #: system call each time: once here, not per command)
         self._loop = asyncio.get_running_loop()
         self._transport: asyncio.Transport | None = None
-        self._waiting: deque[asyncio.Future[Any]] = deque()
-        #: the groups awaited (:meth:`send_group`): each one's count of replies, and the
-        #: replies read so far
-        self._groups: dict[asyncio.Future[Any], tuple[int, list[Any]]] = {}
+        #: what waits for each reply to come, in order: a command's future, or its
+        #: group's (:meth:`send_group`: the group once for each of its commands)
+        self._waiting: deque[Any] = deque()
         self._buffer = bytearray()
         self._reader = (_hiredis.Reader(replyError=ErrorReply, protocolError=WireError)
                         if _hiredis is not None else None)
@@ -215,7 +238,8 @@ class Wire(asyncio.Protocol):
                 if not self._waiting:
                     raise WireError("a reply nobody asked for")
                 waiter = self._waiting.popleft()
-                if self._groups and self._grouped(waiter, value):
+                if type(waiter) is _Group:
+                    waiter.add(value)
                     continue
                 if not waiter.done():
                     if isinstance(value, Exception):
@@ -234,19 +258,21 @@ class Wire(asyncio.Protocol):
     def _received(self, data: bytes, reader: Any) -> None:
         """:meth:`data_received` with hiredis's parser."""
         reader.feed(data)
-        waiting, groups = self._waiting, self._groups
+        waiting = self._waiting
         try:
             while (value := reader.gets()) is not False:
                 if not waiting:
                     raise WireError("a reply nobody asked for")
                 waiter = waiting.popleft()
-                if groups and self._grouped(waiter, value):
+                if type(waiter) is _Group:  # (inline: a group's replies are most of them)
+                    found = waiter.found
+                    found.append(value)
+                    if len(found) == waiter.count and not waiter.future.done():
+                        waiter.future.set_result(found)
                     continue
                 if waiter.done():
                     continue
                 if isinstance(value, ErrorReply):
-                    if str(value).startswith("NOSCRIPT"):
-                        value = NoScript(str(value))
                     waiter.set_exception(value)
                 else:
                     waiter.set_result(value)
@@ -255,30 +281,15 @@ class Wire(asyncio.Protocol):
             if self._transport is not None:
                 self._transport.close()
 
-    def _grouped(self, waiter: asyncio.Future[Any], value: Any) -> bool:
-        """A reply of a group (:meth:`send_group`): kept in its list, which is the group's
-        result once it is whole; False: ``waiter`` is not a group's."""
-        group = self._groups.get(waiter)
-        if group is None:
-            return False
-        count, found = group
-        if isinstance(value, ErrorReply) and str(value).startswith("NOSCRIPT"):
-            value = NoScript(str(value))
-        found.append(value)
-        if len(found) == count:
-            del self._groups[waiter]
-            if not waiter.done():
-                waiter.set_result(found)
-        return True
-
     def connection_lost(self, exc: Exception | None) -> None:
         self._fail(WireError(f"connection lost: {exc}" if exc else "connection closed"))
 
     def _fail(self, exc: BaseException) -> None:
         self.broken = exc
-        self._groups.clear()
         while self._waiting:
             waiter = self._waiting.popleft()
+            if type(waiter) is _Group:
+                waiter = waiter.future
             if not waiter.done():
                 waiter.set_exception(exc)
 
@@ -339,8 +350,7 @@ class Wire(asyncio.Protocol):
             raise WireError(str(self.broken or "not connected"))
         loop = self._loop
         group: asyncio.Future[list[Any]] = loop.create_future()
-        self._groups[group] = (len(commands), [])
-        self._waiting.extend(repeat(group, len(commands)))
+        self._waiting.extend(repeat(_Group(group, len(commands)), len(commands)))
         reply: asyncio.Future[Any] | None = None
         if then is not None:
             reply = loop.create_future()
