@@ -50,8 +50,8 @@ RESERVATION_SLACK = 60.0
 BASES_KEPT = 4096
 
 
-@dataclass(frozen=True, slots=True)
-class Held:
+@dataclass(slots=True)  # (not frozen: a frozen one's __init__ sets each field through
+class Held:  # object.__setattr__, which costs per request)
     """One reservation in Redis: where it is, and the windows it settles into."""
 
     reservation: str
@@ -165,14 +165,15 @@ class RedisLedger:
                     headers={"Retry-After": "1"})
             return None
         assert isinstance(answer, list)
-        found = [v.decode() if isinstance(v, bytes) else str(v) for v in answer]
         windows = ask.windows
-        if found[0] == "no":
+        if _text(answer[0]) == "no":
+            found = [_text(v) for v in answer]
             w = windows[int(found[1]) - 1]
             unit, spent, reserved, estimate, limit = found[2], *map(float, found[3:7])
             raise exceeded(w, ask.now, unit, spent, reserved, estimate, limit)
         for i, w in enumerate(windows):  # every instance's spend, for the warning threshold
-            shared_usd, shared_tokens = float(found[1 + 2 * i]), int(float(found[2 + 2 * i]))
+            # (float() reads the reply's bytes as they are)
+            shared_usd, shared_tokens = float(answer[1 + 2 * i]), int(float(answer[2 + 2 * i]))
             w.base_usd = max(w.base_usd, shared_usd - w.usd)
             w.base_tokens = max(w.base_tokens, shared_tokens - w.tokens)
         return Held(ask.reservation, ask.keys, ask.nkeys)
@@ -184,7 +185,7 @@ class RedisLedger:
                        later=True)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # (not frozen: as Held)
 class _Ask:
     """One reservation's script call, and what its answer is read with."""
 

@@ -170,13 +170,11 @@ class Prefetch:
                     scripts.packed(only.name, only.keys, only.nkeys, only.args, only.nargs),
                     late=self._abandoned_one, riders=self.writes)]
             else:
-                heads = " ".join([step.head for step in steps]).encode()
+                heads = " ".join(map(_head, steps)).encode()
                 packed = scripts.packed(
-                    "admit", b"".join([step.keys for step in steps]),
-                    sum([step.nkeys for step in steps]),
-                    b"$%d\r\n%b\r\n%b" % (len(heads), heads,
-                                          b"".join([step.args for step in steps])),
-                    1 + sum([step.nargs for step in steps]))
+                    "admit", b"".join(map(_keys, steps)), sum(map(_nkeys, steps)),
+                    b"$%d\r\n%b\r\n%b" % (len(heads), heads, b"".join(map(_args, steps))),
+                    1 + sum(map(_nargs, steps)))
                 answers = await scripts.send(self.link, "admit", packed,
                                              late=self._abandoned, riders=self.writes)
         except Unanswered:  # sent, and the answer is lost: what Redis took is unknown
@@ -223,5 +221,8 @@ class Prefetch:
         self.writes.kick()
 
 
-#: a step's phase, the order it runs in (C, not a Python call a step)
+#: a step's phase, the order it runs in, and its parts of the ``admit`` command (C, not
+#: Python code a step)
 _phase = attrgetter("phase")
+_head, _keys, _nkeys = attrgetter("head"), attrgetter("keys"), attrgetter("nkeys")
+_args, _nargs = attrgetter("args"), attrgetter("nargs")
