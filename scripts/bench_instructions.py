@@ -41,7 +41,14 @@ flush holds at full speed.
 
 ``--cprofile`` measures the same cells with cProfile instead of callgrind
 (switched on and off by SIGUSR2) and prints each server's top functions; its
-table gives Python calls per request. The hash seed is fixed so runs repeat.
+table gives Python calls per request. ``--opcodes`` counts instead the bytecodes the
+event loop's thread executes, per function (``sys.settrace`` opcode events: as
+deterministic as callgrind, and it names the Python functions callgrind cannot see
+inside the interpreter); its table gives bytecodes per request, about 100 Ir each.
+The hash seed is fixed so runs repeat.
+
+    .venv/bin/python scripts/bench_instructions.py --opcodes --targets omniroute,redis \
+        --concerns all --lanes json --concurrency 1 --requests 100 --top 40
 """
 
 from __future__ import annotations
@@ -79,10 +86,37 @@ SLEEP_SLOWDOWN = 1000.0
 
 # ------------------------------------------------------------------ the runner (in the server)
 
-def run_server(argv: list[str], flushed: Path, profile_to: str | None) -> None:
+class OpcodeCounter:
+    """Bytecodes executed per function (``--opcodes``), with cProfile's switches."""
+
+    def __init__(self) -> None:
+        self.counts: dict[Any, int] = {}
+
+    def _trace(self, frame: Any, event: str, arg: Any) -> Any:
+        if event == "opcode":
+            code = frame.f_code
+            self.counts[code] = self.counts.get(code, 0) + 1
+        elif event == "call":  # (a coroutine's every resumption is a call)
+            frame.f_trace_opcodes = True
+        return self._trace
+
+    def enable(self) -> None:
+        sys.settrace(self._trace)
+
+    def disable(self) -> None:
+        sys.settrace(None)
+
+    def dump_stats(self, path: str) -> None:
+        Path(path).write_text(json.dumps([[c.co_filename, c.co_firstlineno, c.co_name, n]
+                                          for c, n in self.counts.items()]))
+
+
+def run_server(argv: list[str], flushed: Path, profile_to: str | None,
+               opcodes: bool = False) -> None:
     """Run ``argv`` (``-m module ...`` or ``script ...``) with long sleeps made longer
     still; SIGUSR1 writes the request log now and then touches ``flushed``;
-    with ``profile_to``, SIGUSR2 switches cProfile on, and again off and dumps it."""
+    with ``profile_to``, SIGUSR2 switches cProfile (with ``opcodes``, the
+    :class:`OpcodeCounter`) on, and again off and dumps it."""
     import omniroute.storage.requestlog as requestlog
 
     sleep = asyncio.sleep
@@ -123,7 +157,7 @@ def run_server(argv: list[str], flushed: Path, profile_to: str | None) -> None:
 
     signal.signal(signal.SIGUSR1, on_flush)
     if profile_to:
-        profiler = cProfile.Profile()
+        profiler: Any = OpcodeCounter() if opcodes else cProfile.Profile()
         state = {"on": False}
 
         def toggle(*_: Any) -> None:
@@ -148,7 +182,8 @@ def run_server(argv: list[str], flushed: Path, profile_to: str | None) -> None:
 class Server:
     """One server under test, run through the runner, under callgrind or cProfile."""
 
-    def __init__(self, name: str, tmp: Path, profile: bool) -> None:
+    def __init__(self, name: str, tmp: Path, profile: bool | str) -> None:
+        """:param profile: False (callgrind), True (cProfile) or ``"opcodes"``."""
         self.name, self.tmp, self.profile = name, tmp, profile
         self.flushed = tmp / f"{name}.flushed"
         self.prof = tmp / f"{name}.prof"
@@ -161,6 +196,8 @@ class Server:
         runner = [sys.executable, str(Path(__file__)), "--run", str(self.flushed)]
         if self.profile:
             runner += ["--profile-to", str(self.prof)]
+            if self.profile == "opcodes":
+                runner.append("--opcodes")
         else:
             runner = ["valgrind", "--tool=callgrind", "--instr-atstart=no",
                       f"--callgrind-out-file={self.tmp / self.name}.%p.out", "--dump-instr=no",
@@ -212,7 +249,7 @@ class Server:
                        capture_output=True, timeout=120)
 
 
-def start_forwarder(tmp: Path, upstream: str, env: dict[str, str], profile: bool,
+def start_forwarder(tmp: Path, upstream: str, env: dict[str, str], profile: bool | str,
                     settings: list[str], loop: str) -> Server:
     server = Server("forwarder", tmp, profile)
     server.start([str(Path(__file__)), "--serve-forwarder", upstream, "--port", "{port}",
@@ -220,7 +257,7 @@ def start_forwarder(tmp: Path, upstream: str, env: dict[str, str], profile: bool
     return server
 
 
-def start_gateway(tmp: Path, upstream: str, env: dict[str, str], profile: bool,
+def start_gateway(tmp: Path, upstream: str, env: dict[str, str], profile: bool | str,
                   settings: list[str], loop: str, name: str = "omniroute",
                   rows: int = 0) -> Server:
     data = tmp / f"{name}-data"
@@ -245,14 +282,14 @@ def start_gateway(tmp: Path, upstream: str, env: dict[str, str], profile: bool,
     return server
 
 
-def start_norecords(tmp: Path, upstream: str, env: dict[str, str], profile: bool,
+def start_norecords(tmp: Path, upstream: str, env: dict[str, str], profile: bool | str,
                     settings: list[str], loop: str) -> Server:
     """The gateway with usage records off (the ``request_log`` setting)."""
     return start_gateway(tmp, upstream, env, profile, [*settings, "request_log=false"], loop,
                          name="norecords")
 
 
-def start_full(tmp: Path, upstream: str, env: dict[str, str], profile: bool,
+def start_full(tmp: Path, upstream: str, env: dict[str, str], profile: bool | str,
                settings: list[str], loop: str) -> Server:
     """The gateway with 1,000,000 records in its request log before it starts (the
     background prune at the row cap does not run in a measured cell: see above)."""
@@ -331,13 +368,14 @@ def measure(server: Server, args: argparse.Namespace, keep: Path | None) -> dict
             cell = f"{server.name}-{lane}-c{conc}"
             asyncio.run(send(url, body, tail, args.warmup, conc, **extra))
             server.flush()
-            if args.cprofile:
+            if args.cprofile or args.opcodes:
                 server.prof.unlink(missing_ok=True)
                 server.signal(signal.SIGUSR2)
                 asyncio.run(send(url, body, tail, args.requests, conc, **extra))
                 server.flush()
                 server.signal(signal.SIGUSR2)
-                out[f"{lane} c={conc}"] = print_profile(server.prof, cell, args)
+                out[f"{lane} c={conc}"] = (print_opcodes if args.opcodes
+                                            else print_profile)(server.prof, cell, args)
                 continue
             for old in server.tmp.glob(f"{server.name}.{pid}.out*"):
                 old.unlink()
@@ -375,13 +413,33 @@ def print_profile(dump: Path, cell: str, args: argparse.Namespace) -> float:
     return calls
 
 
+def print_opcodes(dump: Path, cell: str, args: argparse.Namespace) -> float:
+    """Print the functions that executed the most bytecodes in a cell; return bytecodes
+    per request."""
+    deadline = time.monotonic() + 30
+    while not dump.exists() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    time.sleep(0.5)  # written in full
+    rows = json.loads(dump.read_text())
+    total = sum(n for *_, n in rows) / args.requests
+    print(f"\n### {cell}: {total:,.0f} Python bytecodes per request\n", flush=True)
+    print("| bytecodes/req | function |\n|---:|---|")
+    for filename, line, name, n in sorted(rows, key=lambda r: -r[3])[:args.top]:
+        print(f"| {n / args.requests:,.1f} | {filename}:{line}({name}) |")
+    if args.keep:
+        shutil.copy(dump, Path(args.keep) / f"{cell}.opcodes.json")
+    return total
+
+
 def main() -> int:
     if sys.argv[1:2] == ["--run"]:  # the runner, in the server's process
         rest = sys.argv[3:]
-        profile_to = None
+        profile_to, opcodes = None, False
         if rest[:1] == ["--profile-to"]:
             profile_to, rest = rest[1], rest[2:]
-        run_server(rest[rest.index("--") + 1:], Path(sys.argv[2]), profile_to)
+        if rest[:1] == ["--opcodes"]:
+            opcodes, rest = True, rest[1:]
+        run_server(rest[rest.index("--") + 1:], Path(sys.argv[2]), profile_to, opcodes)
         return 0
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--requests", type=int, default=300, help="measured requests per cell (300)")
@@ -408,8 +466,11 @@ def main() -> int:
     p.add_argument("--cprofile", action="store_true",
                    help="cProfile instead of callgrind: print each cell's top functions "
                         "(the table gives Python calls per request)")
+    p.add_argument("--opcodes", action="store_true",
+                   help="count the Python bytecodes executed instead of instructions, per "
+                        "function: the table gives bytecodes per request")
     p.add_argument("--sort", default="tottime", help="--cprofile order (tottime)")
-    p.add_argument("--top", type=int, default=40, help="--cprofile rows (40)")
+    p.add_argument("--top", type=int, default=40, help="--cprofile/--opcodes rows (40)")
     p.add_argument("--serve-forwarder", metavar="UPSTREAM", help=argparse.SUPPRESS)
     p.add_argument("--port", type=int, help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -444,6 +505,7 @@ def main() -> int:
     upstream_proc.start()
     upstream = f"http://{HOST}:{ports.get(timeout=30)}"
     results: dict[str, dict[str, float]] = {}
+    profile: bool | str = "opcodes" if args.opcodes else args.cprofile
     try:
         with tempfile.TemporaryDirectory(prefix="omniroute-ir-") as tmpname:
             for name in args.targets.split(","):
@@ -457,10 +519,10 @@ def main() -> int:
                                 "state_timeout=10"]  # 50× slower: no call may time out
                     if "cache" in args.concerns:
                         settings.append("cache_backends=redis")
-                    server = start_gateway(Path(tmpname), upstream, env, args.cprofile,
+                    server = start_gateway(Path(tmpname), upstream, env, profile,
                                            settings, args.loop, name="redis")
                 else:
-                    server = STARTERS[name](Path(tmpname), upstream, env, args.cprofile,
+                    server = STARTERS[name](Path(tmpname), upstream, env, profile,
                                             args.set, args.loop)
                 try:
                     results[name] = measure(server, args, keep)
@@ -472,7 +534,8 @@ def main() -> int:
     finally:
         upstream_proc.terminate()
         upstream_proc.join(5)
-    unit = "Python calls/req" if args.cprofile else "Ir/req"
+    unit = ("Python calls/req" if args.cprofile else "bytecodes/req" if args.opcodes
+            else "Ir/req")
     ratios = [(f"{n}/forwarder", n, "forwarder") for n in ("omniroute", "norecords")
               if {n, "forwarder"} <= results.keys()]
     if {"omniroute", "norecords"} <= results.keys():

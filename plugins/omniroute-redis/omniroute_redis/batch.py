@@ -40,7 +40,7 @@ from typing import Any
 
 from omniroute_redis.link import Link, Unreachable
 from omniroute_redis.scripts import Scripts
-from omniroute_redis.wire import NoScript, WireError
+from omniroute_redis.wire import Command, NoScript, WireError
 
 log = logging.getLogger(__name__)
 
@@ -50,8 +50,9 @@ QUEUE_MAX = 10_000
 #: followed by the end of its request, :meth:`Batch.kick`)
 LATER = 0.005
 
-#: one command: ``("ZREM", key, member)``, or a script's (:meth:`Scripts.command`)
-Write = tuple[Any, ...]
+#: one command: ``("ZREM", key, member)``, or a script's (:meth:`Scripts.command`), or
+#: one packed already (:meth:`Scripts.packed`: the request path's)
+Write = Command
 
 
 class Batch:
@@ -197,8 +198,9 @@ class Batch:
             self._undos[:0] = sent[count:]  # sent again once Redis answers (harmless twice)
             return
         results = replies.result()
-        missing = [w for w, r in zip(sent, results, strict=True) if isinstance(r, NoScript)]
-        self.sent += len(sent) - len(missing)
+        missing = ([w for w, r in zip(sent, results, strict=True) if isinstance(r, NoScript)]
+                   if NoScript in map(type, results) else None)  # (C: no Python per reply)
+        self.sent += len(sent) - (len(missing) if missing else 0)
         self.round_trips += 1
         if missing:  # Redis forgot the scripts (it restarted): the task loads them
             self._queue[:0] = missing

@@ -32,6 +32,7 @@ from omniroute_redis.batch import Batch
 from omniroute_redis.link import Link, Unreachable, split_prefix
 from omniroute_redis.prefetch import UNREACHABLE, Prefetch, Step
 from omniroute_redis.scripts import Scripts
+from omniroute_redis.wire import bulk, bulks
 
 #: seconds one cache call may take (a slower Redis is a miss, not a slow answer)
 TIMEOUT = 0.25
@@ -62,10 +63,16 @@ class RedisCache(CacheBackend):
         self._entry = self.link.key("cache", "e", "")
         self._index = self.link.key("cache", "index")
         self._hits = self.link.key("cache", "hits")
+        #: what of the lookup's and the store's commands is packed once (the rest is the
+        #: request's key and answer)
+        self._entry_bytes = self._entry.encode()
+        self._hits_packed = bulk(self._hits.encode())
+        self._index_hits_packed = bulks((self._index, self._hits))
         #: the shared state's writes after answers, once a request's batch to the same
         #: server came by (:meth:`prefetch_get`): stores go with them
         self._writes: Batch | None = None
         self.hits = self.misses = self.unreachable = 0
+        self._tail: tuple[int, bytes] | None = None
 
     async def get(self, key: str) -> bytes | None:
         try:
@@ -81,8 +88,10 @@ class RedisCache(CacheBackend):
         if not isinstance(batch, Prefetch) or batch.link.url != self.server:
             return None
         self._writes = batch.writes
-        return batch.add(Step("cache_get", [self._entry + key, self._hits], [key],
-                              self._found))
+        field = key.encode()
+        entry = b"$%d\r\n%b%b\r\n" % (len(self._entry_bytes) + len(field), self._entry_bytes,
+                                      field)
+        return batch.add(_Lookup(self, entry + self._hits_packed, bulk(field)))
 
     def _found(self, value: object) -> bytes | None:
         if value is UNREACHABLE:
@@ -103,12 +112,21 @@ class RedisCache(CacheBackend):
         keys = [self._entry + key, self._index, self._hits]
         args: list[Any] = [value, ttl_ms, key, self.max_entries, self._entry]
         if self._writes is not None:
-            self._writes.add(self.scripts.command("cache_set", keys, args), later=True)
+            self._writes.add(self.scripts.packed(
+                "cache_set", bulk(keys[0].encode()) + self._index_hits_packed, 3,
+                bulks(tuple(args[:3])) + self._set_tail(), 5), later=True)
             return
         try:
             await self.scripts.call(self.link, "cache_set", keys, args)
         except Unreachable:
             self.unreachable += 1
+
+    def _set_tail(self) -> bytes:
+        """The store's last arguments (most entries, the entries' prefix), packed once."""
+        tail = self._tail
+        if tail is None or tail[0] != self.max_entries:
+            tail = self._tail = (self.max_entries, bulks((self.max_entries, self._entry)))
+        return tail[1]
 
     async def delete(self, key: str) -> bool:
         async def run(r: Any) -> int:
@@ -173,3 +191,17 @@ class RedisCache(CacheBackend):
 
     async def close(self) -> None:
         await self.link.close()
+
+
+class _Lookup(Step[bytes | None]):
+    """The lookup (``cache_get``) as a step of a request's batch: it takes nothing."""
+
+    name, nkeys, nargs, head = "cache_get", 2, 1, "cache_get 2 1"
+    __slots__ = ("cache",)
+
+    def __init__(self, cache: RedisCache, keys: bytes, args: bytes) -> None:
+        super().__init__(keys, args)
+        self.cache = cache
+
+    def read(self, raw: object) -> bytes | None:
+        return self.cache._found(raw)

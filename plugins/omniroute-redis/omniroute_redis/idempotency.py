@@ -44,6 +44,7 @@ from omniroute_redis.batch import Batch, Write
 from omniroute_redis.link import Link, Unanswered, Unreachable
 from omniroute_redis.prefetch import UNREACHABLE, Prefetch, Step
 from omniroute_redis.scripts import Scripts
+from omniroute_redis.wire import bulk, bulks
 
 #: seconds between two asks while another instance's call is under way (a missed
 #: notice costs at most this)
@@ -71,6 +72,10 @@ class RedisKeys:
         #: request ids of the claims this instance holds, by key
         self._mine: dict[str, str] = {}
         self.waited = self.served = 0
+        #: the last arguments of the claim (its lease) and of the settle (how long it is
+        #: kept, the channel), packed once for each value they take
+        self._claim_tail: tuple[int, bytes] | None = None
+        self._settle_tail: tuple[int, bytes] | None = None
 
     def key(self, scope: Scope) -> str:
         """The key's Redis name (asked three times a request: claim, wait, settle; kept
@@ -91,18 +96,12 @@ class RedisKeys:
                        request_id: str, stream: bool) -> Step[object]:
         assert isinstance(batch, Prefetch)
         key = self.key(scope)
-
-        release = self.scripts.command("idem_release", [key], [request_id, self.channel])
-
-        def undo(found: object) -> None:  # claimed, and this request will not call
-            if isinstance(found, list) and _text(found[0]) == "mine":
-                self.batch.add(release, later=True)
-
-        def forget() -> list[Write]:  # the answer was lost: released, if it is this request's
-            return [release]
-
-        return batch.add(Step("idem_claim", [key], self._claim_args(fingerprint, request_id),
-                              _as_is, undo=undo, forget=forget))
+        lease_ms = int((self.settings().total_timeout + CLAIM_SLACK) * 1000)
+        tail = self._claim_tail
+        if tail is None or tail[0] != lease_ms:
+            tail = self._claim_tail = (lease_ms, bulk(b"%d" % lease_ms))
+        args = bulks((fingerprint.hex(), request_id)) + tail[1]
+        return batch.add(_Claim(self, key, request_id, args))
 
     async def claim(self, scope: Scope, fingerprint: bytes, request_id: str,
                     stream: bool, ahead: Pending[object] | None = None) -> Finished | bool | None:
@@ -177,13 +176,39 @@ class RedisKeys:
             state = "done"
         else:  # a failure (or an answer that cannot be replayed): waiters get an error
             state, kind, payload = "failed", "", b""
-        args = [request_id, state, int(answer.stream), answer.status,
-                orjson.dumps(answer.headers), kind, payload, keep_ms, self.channel]
-        self.batch.add(self.scripts.command("idem_settle", [key], args), later=True)
+        tail = self._settle_tail
+        if tail is None or tail[0] != keep_ms:
+            tail = self._settle_tail = (keep_ms, bulks((keep_ms, self.channel)))
+        args = bulks((request_id, state, int(answer.stream), answer.status,
+                      orjson.dumps(answer.headers), kind, payload)) + tail[1]
+        self.batch.add(self.scripts.packed("idem_settle", bulk(key.encode()), 1, args, 9),
+                       later=True)
 
 
-def _as_is(found: object) -> object:
-    return found
+class _Claim(Step[object]):
+    """The claim (``idem_claim``) as a step of a request's batch: its raw answer is read
+    by :meth:`RedisKeys.claim`."""
+
+    name, nkeys, nargs, head = "idem_claim", 1, 3, "idem_claim 1 3"
+    __slots__ = ("key", "owner", "request_id")
+
+    def __init__(self, keys: RedisKeys, key: str, request_id: str, args: bytes) -> None:
+        super().__init__(bulk(key.encode()), args)
+        self.owner, self.key, self.request_id = keys, key, request_id
+
+    def read(self, raw: object) -> object:
+        return raw
+
+    def _release(self) -> Write:
+        keys = self.owner
+        return keys.scripts.command("idem_release", [self.key], [self.request_id, keys.channel])
+
+    def undo(self, raw: object) -> None:  # claimed, and this request will not call
+        if isinstance(raw, list) and _text(raw[0]) == "mine":
+            self.owner.batch.add(self._release(), later=True)
+
+    def forget(self) -> list[Write]:  # the answer was lost: released, if it is this request's
+        return [self._release()]
 
 
 def _text(value: object) -> str:

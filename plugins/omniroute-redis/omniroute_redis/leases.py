@@ -19,8 +19,7 @@ from __future__ import annotations
 
 import itertools
 from collections import defaultdict
-from collections.abc import Callable
-from typing import TypeVar
+from typing import TypeVar, cast
 
 from omniroute.resilience.limits import SHARED_POLL
 
@@ -28,7 +27,7 @@ from omniroute_redis.batch import Batch, Write
 from omniroute_redis.link import Link, Unanswered, Unreachable
 from omniroute_redis.prefetch import BEFORE, CALL, UNREACHABLE, Prefetch, Step
 from omniroute_redis.scripts import Scripts
-from omniroute_redis.wire import NoScript
+from omniroute_redis.wire import NoScript, bulks
 
 #: seconds a slot is held without a renewal (a gateway that died frees its slots then)
 LEASE = 30.0
@@ -57,6 +56,11 @@ class Leases:
         #: a limit's key names (its slots and starts), by its prefix (never changed: the
         #: steps share them)
         self._names: dict[str, list[str]] = {}
+        #: what of a limit's commands is packed once, by its prefix and limits
+        #: (:meth:`packing`), and the ``ZREM`` of a member of its slots, by their key
+        self._packed: dict[tuple[str, int | None, int | None],
+                           tuple[str, bytes, bytes, bytes, bytes]] = {}
+        self._zrem: dict[str, bytes] = {}
         #: slot set key -> members this gateway holds there
         self.held: defaultdict[str, list[str]] = defaultdict(list)
 
@@ -80,48 +84,41 @@ class Leases:
             raise
         return self._taken(found, keys[0], member, concurrency)
 
-    def step(self, name: str, concurrency: int | None, rpm: int | None,
-             then: Callable[[float | None], T], *, phase: int = BEFORE) -> Step[T]:
-        """:meth:`take` as a step of a request's batch: ``then`` gets what :meth:`take`
-        returns (None: Redis cannot be reached). A slot taken is held here from its answer
-        on (its lease renewed, even before it is read); one never read is given back, its
-        start too; one whose answer was lost is given back blindly (its start stays: the
-        request goes on with its own decision, and counts in the rolling minute)."""
-        member = self.member()
-        keys, args = self._take_command(name, member, concurrency, rpm)
-        slots, starts = keys
-
-        def read(raw: object) -> T:
-            return then(None if raw is UNREACHABLE else _found(raw))
-
-        def ran(step: Step[T]) -> None:
-            if concurrency is not None and step.raw == b"0":
-                self.held[slots].append(member)
-
-        def undo(raw: object) -> None:
-            if raw == b"0":
-                if concurrency is not None:
-                    self.give(name)  # one held here (slots of one limit are interchangeable)
-                self.batch.add(("ZREM", starts, member), later=True)
-
-        def forget() -> list[Write]:  # its start stays: the request goes on, and counts
-            return [("ZREM", slots, member)]
-
-        return Step("take", keys, args, read, phase=phase, undo=undo, ran_hook=ran,
-                    forget=forget)
+    def packing(self, name: str, concurrency: int | None, rpm: int | None
+                ) -> tuple[str, bytes, bytes, bytes, bytes]:
+        """What of limit ``name``'s commands is packed once: its slots' key; its two keys;
+        the ``ZREM`` of a member of its slots, and of its starts (the member to follow);
+        the ``take`` script's arguments after the member."""
+        known = self._packed.get((name, concurrency, rpm))
+        if known is None:
+            if len(self._packed) >= NAMES_KEPT:
+                self._packed.clear()
+                self._zrem.clear()
+            slots, starts = self._keys(name)
+            zrem = self._zrem[slots] = b"*3\r\n" + bulks(("ZREM", slots))
+            known = self._packed[name, concurrency, rpm] = (
+                slots, bulks((slots, starts)), zrem,
+                b"*3\r\n" + bulks(("ZREM", starts)),
+                bulks(("" if concurrency is None else concurrency, "" if rpm is None else rpm,
+                       _LEASE)))
+        return known
 
     def _take_command(self, name: str, member: str, concurrency: int | None,
                       rpm: int | None) -> tuple[list[str], list[object]]:
+        return (self._keys(name), [member, "" if concurrency is None else concurrency,
+                                   "" if rpm is None else rpm, _LEASE])
+
+    def _keys(self, name: str) -> list[str]:
+        """Limit ``name``'s keys: its slots and its starts (kept, and packed once)."""
         keys = self._names.get(name)
         if keys is None:
             if len(self._names) >= NAMES_KEPT:
                 self._names.clear()
             keys = self._names[name] = [f"{name}:slots", f"{name}:starts"]
-        return (keys, [member, "" if concurrency is None else concurrency,
-                       "" if rpm is None else rpm, _LEASE])
+        return keys
 
     def _taken(self, found: object, slots: str, member: str, concurrency: int | None) -> float:
-        taken = _found(found)
+        taken = slot_answer(found)
         if taken == TAKEN and concurrency is not None:
             self.held[slots].append(member)
         return taken
@@ -140,7 +137,12 @@ class Leases:
         member = members.pop()
         if not members:
             del self.held[slots]
-        self.batch.add(("ZREM", slots, member), later=True)
+        zrem = self._zrem.get(slots)
+        if zrem is None:
+            self.batch.add(("ZREM", slots, member), later=True)
+        else:
+            raw = member.encode()
+            self.batch.add(b"%b$%d\r\n%b\r\n" % (zrem, len(raw), raw), later=True)
 
     async def renew(self) -> None:
         """Extend the leases of every slot held here (one pipelined round trip).
@@ -153,6 +155,73 @@ class Leases:
             results = await self.link.commands(renewals)
             if any(isinstance(r, NoScript) for r in results):
                 await self.scripts.reload_for(self.link, renewals)
+
+
+class Take(Step[T]):
+    """:meth:`Leases.take` as a step of a request's batch; :meth:`read` answers what
+    :meth:`Leases.take` returns (None: Redis cannot be reached). A slot taken is held
+    here from its answer on (its lease renewed, even before it is read); one never read
+    is given back, its start too; one whose answer was lost is given back blindly (its
+    start stays: the request goes on with its own decision, and counts in the rolling
+    minute)."""
+
+    name, nkeys, nargs, head = "take", 2, 4, "take 2 4"
+    __slots__ = ("concurrency", "leases", "limit", "member", "packed_member", "slots_key",
+                 "zrem_slots", "zrem_starts")
+
+    def __init__(self, leases: Leases, name: str, concurrency: int | None, rpm: int | None,
+                 *, phase: int = BEFORE) -> None:
+        member = leases.member()
+        slots, keys, self.zrem_slots, self.zrem_starts, tail = leases.packing(
+            name, concurrency, rpm)
+        raw = member.encode()
+        packed_member = b"$%d\r\n%b\r\n" % (len(raw), raw)
+        super().__init__(keys, packed_member + tail, phase=phase)
+        self.leases, self.limit, self.concurrency = leases, name, concurrency
+        self.member, self.packed_member, self.slots_key = member, packed_member, slots
+
+    def read(self, raw: object) -> T:
+        return cast(T, None if raw is UNREACHABLE else slot_answer(raw))
+
+    def took(self) -> None:
+        if self.concurrency is not None and self.raw == b"0":
+            self.leases.held[self.slots_key].append(self.member)
+
+    def undo(self, raw: object) -> None:
+        if raw == b"0":
+            if self.concurrency is not None:  # one held here (slots of one limit are
+                self.leases.give(self.limit)  # interchangeable)
+            self.leases.batch.add(self.zrem_starts + self.packed_member, later=True)
+
+    def forget(self) -> list[Write]:  # its start stays: the request goes on, and counts
+        return [self.zrem_slots + self.packed_member]
+
+
+class Ahead(Take[float | None]):
+    """A connection's slot taken with a request's batch: once taken, it waits in
+    :attr:`ConnectionSlots.ahead` for the request's first attempt there."""
+
+    __slots__ = ("connection", "owner")
+
+    def __init__(self, owner: ConnectionSlots, connection: str, max_concurrency: int | None,
+                 rpm: int | None) -> None:
+        super().__init__(owner.leases, f"{owner.prefix}:{connection}", max_concurrency, rpm,
+                         phase=CALL)
+        self.owner, self.connection = owner, connection
+
+    def took(self) -> None:
+        super().took()
+        if self.raw == b"0":
+            self.owner.ahead.setdefault(self.connection, []).append(self)
+
+    def undo(self, raw: object) -> None:
+        ahead = self.owner.ahead
+        waiting = ahead.get(self.connection)
+        if waiting is not None and self in waiting:
+            waiting.remove(self)
+            if not waiting:
+                del ahead[self.connection]
+        super().undo(raw)
 
 
 class ConnectionSlots:
@@ -168,32 +237,12 @@ class ConnectionSlots:
         self.leases = leases
         self.prefix = leases.link.key("conn")
         #: connection id -> slots taken ahead, not asked for yet
-        self.ahead: dict[str, list[Step[float | None]]] = {}
+        self.ahead: dict[str, list[Ahead]] = {}
 
     def prefetch(self, batch: Prefetch, name: str, max_concurrency: int | None,
                  rpm: int | None) -> None:
         """Queue a take of ``name``'s slot on ``batch`` (after every other step)."""
-        step = self.leases.step(f"{self.prefix}:{name}", max_concurrency, rpm, _granted,
-                                phase=CALL)
-        undo, held = step.undo, step.ran_hook
-
-        def ran(step: Step[float | None]) -> None:
-            if held is not None:
-                held(step)
-            if step.raw == b"0":
-                self.ahead.setdefault(name, []).append(step)
-
-        def unused(raw: object) -> None:
-            waiting = self.ahead.get(name)
-            if waiting is not None and step in waiting:
-                waiting.remove(step)
-                if not waiting:
-                    del self.ahead[name]
-            if undo is not None:
-                undo(raw)
-
-        step.ran_hook, step.undo = ran, unused
-        batch.add(step)
+        batch.add(Ahead(self, name, max_concurrency, rpm))
 
     async def take(self, name: str, max_concurrency: int | None, rpm: int | None) -> float | None:
         waiting = self.ahead.get(name)
@@ -216,7 +265,7 @@ def _text(value: object) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
-def _found(found: object) -> float:
+def slot_answer(found: object) -> float:
     """The ``take`` script's answer: :data:`TAKEN`, :data:`FULL` or seconds to wait."""
     if found == b"0":  # (the reply, as the request path's connection reads it)
         return TAKEN
@@ -227,7 +276,3 @@ def _found(found: object) -> float:
         return FULL
     return float(text)
 
-
-def _granted(found: float | None) -> float | None:
-    """A slot taken ahead, as :meth:`ConnectionSlots.take` answers (only taken ones wait)."""
-    return found

@@ -38,10 +38,11 @@ from omniroute.errors import BudgetUnavailable, RateLimited
 from omniroute.sharedstate import RequestBatch
 
 from omniroute_redis.batch import Batch, Write
-from omniroute_redis.leases import FULL, TAKEN, Leases
+from omniroute_redis.leases import FULL, TAKEN, Leases, Take, slot_answer
 from omniroute_redis.link import Link, Unanswered, Unreachable
 from omniroute_redis.prefetch import ROUTED, UNREACHABLE, Prefetch, Step
 from omniroute_redis.scripts import Scripts
+from omniroute_redis.wire import bulk, bulks
 
 #: seconds a reservation outlives the longest a request may take (``total_timeout``)
 RESERVATION_SLACK = 60.0
@@ -49,12 +50,14 @@ RESERVATION_SLACK = 60.0
 BASES_KEPT = 4096
 
 
-@dataclass(frozen=True, slots=True)
-class Held:
+@dataclass(slots=True)  # (not frozen: a frozen one's __init__ sets each field through
+class Held:  # object.__setattr__, which costs per request)
     """One reservation in Redis: where it is, and the windows it settles into."""
 
     reservation: str
-    keys: list[str]
+    #: the reservations' and the windows' keys, packed, and their count
+    keys: bytes
+    nkeys: int
 
 
 class RedisLedger:
@@ -73,6 +76,11 @@ class RedisLedger:
         self.settings = settings
         #: an API key's prefix of names, by its id
         self._bases: dict[str, str] = {}
+        #: what of a reservation's command is packed once: per window its spend hash's
+        #: key and its fixed arguments (end, limits); the lease, for its value
+        self._windows: dict[tuple[str, str, float, float | None, int | None],
+                            tuple[bytes, bytes]] = {}
+        self._lease: tuple[float, bytes] | None = None
 
     def _key(self, key_id: str, *parts: str) -> str:
         base = self._bases.get(key_id)
@@ -91,9 +99,7 @@ class RedisLedger:
 
     def prefetch_enter(self, batch: RequestBatch, key_id: str, limits: Limits) -> Step[bool]:
         assert isinstance(batch, Prefetch)
-        return batch.add(self.leases.step(
-            self._key(key_id), limits.concurrency, limits.rpm,
-            lambda found: False if found is None else _entered(found, limits)))
+        return batch.add(_Entry(self.leases, self._key(key_id), limits))
 
     def leave(self, key_id: str) -> None:
         self.leases.give(self._key(key_id))
@@ -102,9 +108,10 @@ class RedisLedger:
                       tokens: int) -> Held | None:
         ask = self._reservation(state, limits, usd, tokens)
         try:
-            answer = await self.scripts.call(self.link, "reserve", ask.keys, ask.args)
+            answer = await self.scripts.send(self.link, "reserve", self.scripts.packed(
+                "reserve", ask.keys, ask.nkeys, ask.args, ask.nargs))
         except Unanswered:  # it may have been made: dropped once Redis answers
-            self.batch.give_back([("HDEL", ask.keys[0], ask.reservation)])
+            self.batch.give_back([("HDEL", ask.reserved, ask.reservation)])
             answer = UNREACHABLE
         except Unreachable:
             answer = UNREACHABLE
@@ -113,36 +120,40 @@ class RedisLedger:
     def prefetch_reserve(self, batch: RequestBatch, state: KeyState, limits: Limits, usd: float,
                          tokens: int) -> Step[object | None]:
         assert isinstance(batch, Prefetch)
-        ask = self._reservation(state, limits, usd, tokens)
-
-        def undo(answer: object) -> None:  # admitted, and never read: dropped
-            if isinstance(answer, list) and _text(answer[0]) == "ok":
-                self.batch.add(("HDEL", ask.keys[0], ask.reservation), later=True)
-
-        def forget() -> list[Write]:  # the answer was lost: dropped, if it was made
-            return [("HDEL", ask.keys[0], ask.reservation)]
-
-        return batch.add(Step("reserve", ask.keys, ask.args,
-                              lambda answer: self._reserved(ask, limits, answer),
-                              phase=ROUTED, undo=undo, forget=forget))
+        return batch.add(_Reserve(self, self._reservation(state, limits, usd, tokens), limits))
 
     def _reservation(self, state: KeyState, limits: Limits, usd: float,
                      tokens: int) -> _Ask:
+        """The ``reserve`` script's keys and arguments, packed: only the request's own
+        (its id, estimate, the windows' spend) each time; the windows' keys, ends and
+        limits, and the lease, once."""
         budgets = self.budgets
         now = budgets.clock.time()
         windows = [budgets.window(state, limits, period, now) for period in limits.periods]
-        keys = [self._key(state.key_id, "reserved"),
-                *(self._key(state.key_id, "spend", w.period, f"{w.start:.0f}") for w in windows)]
+        reserved = self._key(state.key_id, "reserved")
         reservation = self.leases.member()
-        args: list[str | float | int] = [
-            reservation, repr(float(usd)), int(tokens),
-            self.settings().total_timeout + RESERVATION_SLACK]
+        lease_s = self.settings().total_timeout + RESERVATION_SLACK
+        lease = self._lease
+        if lease is None or lease[0] != lease_s:
+            lease = self._lease = (lease_s, bulks((lease_s,)))
+        keys = [bulk(reserved.encode())]
+        args = [bulks((reservation, repr(float(usd)), int(tokens))), lease[1]]
+        fixed = self._windows
         for w in windows:
             limit_usd, limit_tokens = limits.usd.get(w.period), limits.tokens.get(w.period)
-            args += [w.end, "" if limit_usd is None else repr(float(limit_usd)),
-                     "" if limit_tokens is None else int(limit_tokens),
-                     repr(w.spent_usd), w.spent_tokens]
-        return _Ask(reservation, keys, args, windows, now)
+            known = (state.key_id, w.period, w.start, limit_usd, limit_tokens)
+            packed = fixed.get(known)
+            if packed is None:
+                if len(fixed) >= BASES_KEPT:
+                    fixed.clear()
+                packed = fixed[known] = (
+                    bulk(self._key(state.key_id, "spend", w.period, f"{w.start:.0f}").encode()),
+                    bulks((w.end, "" if limit_usd is None else repr(float(limit_usd)),
+                           "" if limit_tokens is None else int(limit_tokens))))
+            keys.append(packed[0])
+            args += [packed[1], bulks((repr(w.spent_usd), w.spent_tokens))]
+        return _Ask(reservation, reserved, b"".join(keys), 1 + len(windows), b"".join(args),
+                    4 + 5 * len(windows), windows, now)
 
     def _reserved(self, ask: _Ask, limits: Limits, answer: object) -> Held | None:
         """The ``reserve`` script's answer as :meth:`reserve` returns it (or raises it)."""
@@ -154,33 +165,77 @@ class RedisLedger:
                     headers={"Retry-After": "1"})
             return None
         assert isinstance(answer, list)
-        found = [v.decode() if isinstance(v, bytes) else str(v) for v in answer]
         windows = ask.windows
-        if found[0] == "no":
+        if _text(answer[0]) == "no":
+            found = [_text(v) for v in answer]
             w = windows[int(found[1]) - 1]
             unit, spent, reserved, estimate, limit = found[2], *map(float, found[3:7])
             raise exceeded(w, ask.now, unit, spent, reserved, estimate, limit)
         for i, w in enumerate(windows):  # every instance's spend, for the warning threshold
-            shared_usd, shared_tokens = float(found[1 + 2 * i]), int(float(found[2 + 2 * i]))
+            # (float() reads the reply's bytes as they are)
+            shared_usd, shared_tokens = float(answer[1 + 2 * i]), int(float(answer[2 + 2 * i]))
             w.base_usd = max(w.base_usd, shared_usd - w.usd)
             w.base_tokens = max(w.base_tokens, shared_tokens - w.tokens)
-        return Held(ask.reservation, ask.keys)
+        return Held(ask.reservation, ask.keys, ask.nkeys)
 
     def settle(self, handle: object, usd: float, tokens: int) -> None:
         assert isinstance(handle, Held)
-        args = [handle.reservation, repr(float(usd)), int(tokens)]
-        self.batch.add(self.scripts.command("settle", handle.keys, args), later=True)
+        args = bulks((handle.reservation, repr(float(usd)), int(tokens)))
+        self.batch.add(self.scripts.packed("settle", handle.keys, handle.nkeys, args, 3),
+                       later=True)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # (not frozen: as Held)
 class _Ask:
     """One reservation's script call, and what its answer is read with."""
 
     reservation: str
-    keys: list[str]
-    args: list[str | float | int]
+    #: the key's reservations (the hash)
+    reserved: str
+    #: the script's keys and arguments, packed, and their counts
+    keys: bytes
+    nkeys: int
+    args: bytes
+    nargs: int
     windows: list[Window]
     now: float
+
+
+class _Entry(Take[bool]):
+    """An API key's slot (``enter``) as a step of a request's batch."""
+
+    __slots__ = ("limits",)
+
+    def __init__(self, leases: Leases, name: str, limits: Limits) -> None:
+        super().__init__(leases, name, limits.concurrency, limits.rpm)
+        self.limits = limits
+
+    def read(self, raw: object) -> bool:
+        return False if raw is UNREACHABLE else _entered(slot_answer(raw), self.limits)
+
+
+class _Reserve(Step[object | None]):
+    """A reservation (``reserve``) as a step of a request's batch."""
+
+    name = "reserve"
+    __slots__ = ("ask", "head", "ledger", "limits", "nargs", "nkeys")  # (by its windows)
+
+    def __init__(self, ledger: RedisLedger, ask: _Ask, limits: Limits) -> None:
+        super().__init__(ask.keys, ask.args, phase=ROUTED)
+        self.ledger, self.ask, self.limits = ledger, ask, limits
+        self.nkeys, self.nargs = ask.nkeys, ask.nargs
+        self.head = f"reserve {ask.nkeys} {ask.nargs}"
+
+    def read(self, raw: object) -> object | None:
+        return self.ledger._reserved(self.ask, self.limits, raw)
+
+    def undo(self, raw: object) -> None:  # admitted, and never read: dropped
+        if isinstance(raw, list) and _text(raw[0]) == "ok":
+            self.ledger.batch.add(("HDEL", self.ask.reserved, self.ask.reservation),
+                                  later=True)
+
+    def forget(self) -> list[Write]:  # the answer was lost: dropped, if it was made
+        return [("HDEL", self.ask.reserved, self.ask.reservation)]
 
 
 def _entered(found: float, limits: Limits) -> bool:

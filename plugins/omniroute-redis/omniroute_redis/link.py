@@ -20,14 +20,14 @@ import contextlib
 import logging
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from functools import partial
 from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from omniroute.config import redact_url
 
-from omniroute_redis.wire import ErrorReply, Wire, WireError
+from omniroute_redis.wire import Command, ErrorReply, Wire, WireError
 
 if TYPE_CHECKING:  # imported when a link is made: an installed plugin costs nothing
     from redis import asyncio as aioredis
@@ -155,6 +155,9 @@ class Link:
                       riders: Any = None) -> Any:
         """One command on the request path's connection, bounded like :meth:`call`.
 
+        :param args: the command's arguments, or one: the command packed already (bytes,
+            :meth:`Scripts.packed <.scripts.Scripts.packed>`).
+
         :param late: when the caller is cancelled before the reply comes, gets the reply,
             or the exception it ended with (an :class:`ErrorReply`; a ``TimeoutError``
             when it did not come within the bound, which still holds; a
@@ -177,12 +180,14 @@ class Link:
             if wire is None or wire.broken is not None:
                 async with asyncio.timeout(self.timeout()):
                     wire = await self._connected()
+            command: Command = args[0] if type(args[0]) is bytes else args
             ride = riders.ride() if riders is not None else None
             if ride is None:
-                reply = wire.send(*args)
+                reply = (wire.send_packed(command) if type(command) is bytes
+                         else wire.send(*command))
             else:
                 try:
-                    replies, then = wire.send_group(ride[0], args)
+                    replies, then = wire.send_group(ride[0], command)
                 except WireError:
                     riders.unride(ride)
                     raise
@@ -263,7 +268,7 @@ class Link:
             self.lost(exc)
         late(exc)
 
-    async def commands(self, commands: list[tuple[Any, ...]]) -> list[Any]:
+    async def commands(self, commands: Sequence[Command]) -> list[Any]:
         """Several commands in one write (one round trip); an error reply is returned in
         place of its result.
 

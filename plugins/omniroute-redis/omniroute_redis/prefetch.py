@@ -47,7 +47,6 @@ again (:meth:`Batch.give_back <.batch.Batch.give_back>`).
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from operator import attrgetter
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
@@ -73,49 +72,60 @@ class Step(Generic[T]):
     """One script of the ``admit`` batch; its answer once the batch was sent
     (a :class:`~omniroute.sharedstate.Pending`).
 
-    :param read: the raw answer (or :data:`UNREACHABLE`) as the part's own call returns
-        it (it may raise what that call raises).
-    :param undo: queues what gives back a raw answer that took something (None: nothing
-        to give back, such as a lookup).
-    :param ran_hook: called with the step once its answer is in (before anyone reads it).
-    :param forget: the writes that give back what the step may have taken when its
-        answer was lost (a blind undo: each names only this request's own member or id,
-        so it is harmless where the step never ran); None: it takes nothing.
+    A kind of step is a subclass (a key's or a connection's slot, a reservation, a
+    claim, a lookup): what it does with its answer are its methods, not closures made
+    for each request (a request's five steps made some twenty closures and their cells).
+
+    :param keys: its keys, packed (:func:`~omniroute_redis.wire.bulks`), and ``nkeys``
+        their count; ``args`` and ``nargs`` the same of its arguments.
     """
 
-    __slots__ = ("_ran", "args", "done", "forget", "head", "keys", "name", "phase", "ran_hook",
-                 "raw", "read", "undo")
+    #: its script, its counts of keys and arguments, and its part of the ``admit``
+    #: script's first argument (``name nkeys nargs``): class attributes of a kind whose
+    #: counts do not change (set once, not per request), slots of one whose do
+    name: str = ""
+    nkeys: int = 0
+    nargs: int = 0
+    head: str = ""
 
-    def __init__(self, name: str, keys: list[str], args: list[Any], read: Callable[[Any], T],
-                 *, phase: int = BEFORE, undo: Callable[[Any], None] | None = None,
-                 ran_hook: Callable[[Step[T]], None] | None = None,
-                 forget: Callable[[], list[Write]] | None = None) -> None:
-        self.name, self.keys, self.args, self.phase = name, keys, args, phase
-        #: its part of the ``admit`` script's first argument: name, keys, arguments
-        self.head = f"{name} {len(keys)} {len(args)}"
-        self.read, self.undo, self.ran_hook = read, undo, ran_hook
-        self.forget = forget
+    __slots__ = ("args", "done", "keys", "phase", "ran", "raw")
+
+    def __init__(self, keys: bytes, args: bytes, *, phase: int = BEFORE) -> None:
+        self.keys, self.args, self.phase = keys, args, phase
         self.raw: Any = None
-        self._ran = False
+        self.ran = False
         self.done = False  # read, or undone
 
-    @property
-    def ran(self) -> bool:
-        return self._ran
+    def read(self, raw: Any) -> T:
+        """The raw answer (or :data:`UNREACHABLE`) as the part's own call returns it (it
+        may raise what that call raises)."""
+        raise NotImplementedError
+
+    def took(self) -> None:
+        """Its answer is in (:attr:`raw`), before anyone reads it."""
+
+    def undo(self, raw: Any) -> None:
+        """It ran and is not read: queue what gives back what ``raw`` says it took
+        (nothing, for a lookup)."""
+
+    def forget(self) -> list[Write]:
+        """The writes that give back what it may have taken when its answer was lost (a
+        blind undo: each names only this request's own member or id, so it is harmless
+        where the step never ran); none: it takes nothing."""
+        return []
 
     def answered(self, raw: Any) -> None:
-        self.raw, self._ran = raw, True
-        if self.ran_hook is not None:
-            self.ran_hook(self)
+        self.raw, self.ran = raw, True
+        self.took()
 
     def result(self) -> T:
         self.done = True
         return self.read(self.raw)
 
     def release(self) -> None:
-        if self._ran and not self.done:
+        if self.ran and not self.done:
             self.done = True
-            if self.undo is not None and self.raw is not UNREACHABLE:
+            if self.raw is not UNREACHABLE:
                 self.undo(self.raw)
 
 
@@ -152,19 +162,21 @@ class Prefetch:
             return
         steps = self.steps = sorted(self.steps, key=_phase)
         try:
+            scripts = self.scripts
             if len(steps) == 1:  # its own script: nothing to dispatch
                 only = steps[0]
-                answers = [await self.scripts.call(self.link, only.name, only.keys, only.args,
-                                                   late=self._abandoned_one,
-                                                   riders=self.writes)]
+                answers = [await scripts.send(
+                    self.link, only.name,
+                    scripts.packed(only.name, only.keys, only.nkeys, only.args, only.nargs),
+                    late=self._abandoned_one, riders=self.writes)]
             else:
-                keys: list[str] = []
-                args: list[Any] = [" ".join([step.head for step in steps])]
-                for step in steps:
-                    keys += step.keys
-                    args += step.args
-                answers = await self.scripts.call(self.link, "admit", keys, args,
-                                                  late=self._abandoned, riders=self.writes)
+                heads = " ".join(map(_head, steps)).encode()
+                packed = scripts.packed(
+                    "admit", b"".join(map(_keys, steps)), sum(map(_nkeys, steps)),
+                    b"$%d\r\n%b\r\n%b" % (len(heads), heads, b"".join(map(_args, steps))),
+                    1 + sum(map(_nargs, steps)))
+                answers = await scripts.send(self.link, "admit", packed,
+                                             late=self._abandoned, riders=self.writes)
         except Unanswered:  # sent, and the answer is lost: what Redis took is unknown
             answers = [UNREACHABLE] * len(steps)
             self._forget()
@@ -197,7 +209,7 @@ class Prefetch:
 
     def _forget(self) -> None:
         """The answer is lost: every step's blind undo, queued until Redis answers."""
-        writes = [w for step in self.steps if step.forget is not None for w in step.forget()]
+        writes = [w for step in self.steps for w in step.forget()]
         if writes:
             self.writes.give_back(writes)
 
@@ -209,5 +221,8 @@ class Prefetch:
         self.writes.kick()
 
 
-#: a step's phase, the order it runs in (C, not a Python call a step)
+#: a step's phase, the order it runs in, and its parts of the ``admit`` command (C, not
+#: Python code a step)
 _phase = attrgetter("phase")
+_head, _keys, _nkeys = attrgetter("head"), attrgetter("keys"), attrgetter("nkeys")
+_args, _nargs = attrgetter("args"), attrgetter("nargs")

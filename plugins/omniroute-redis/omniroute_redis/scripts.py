@@ -11,10 +11,10 @@ Redis answers ``NOSCRIPT`` (a restarted server has forgotten them).
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
-from omniroute_redis.wire import NoScript
+from omniroute_redis.wire import Command, NoScript, _parse, bulks
 
 _NOW = """
 local clock = redis.call('TIME')
@@ -334,6 +334,8 @@ class Scripts:
     def __init__(self) -> None:
         self.sha = {name: hashlib.sha1(src.encode()).hexdigest()
                     for name, src in SOURCES.items()}
+        #: ``EVALSHA``, a script's SHA and its count of keys, packed (:meth:`packed`)
+        self._heads: dict[tuple[str, int], bytes] = {}
 
     async def load(self, client: Any) -> None:
         """Load every script (one pipeline)."""
@@ -358,6 +360,15 @@ class Scripts:
         <omniroute_redis.link.Link.commands>`."""
         return ("EVALSHA", self.sha[name], len(keys), *keys, *args)
 
+    def packed(self, name: str, keys: bytes, nkeys: int, args: bytes, nargs: int) -> bytes:
+        """:meth:`command` packed: ``keys`` and ``args`` are the keys and the arguments
+        packed already (:func:`~omniroute_redis.wire.bulks`; the parts that do not change
+        from one request to the next packed once by their owner)."""
+        head = self._heads.get((name, nkeys))
+        if head is None:
+            head = self._heads[name, nkeys] = bulks(("EVALSHA", self.sha[name], nkeys))
+        return b"*%d\r\n%b%b%b" % (3 + nkeys + nargs, head, keys, args)
+
     def source(self, name_or_sha: str) -> str:
         """A script's source, by name or by SHA."""
         if name_or_sha in SOURCES:
@@ -381,7 +392,21 @@ class Scripts:
             await link.command("SCRIPT", "LOAD", SOURCES[name])
             return await link.command(*self.command(name, keys, args), late=late)
 
-    async def reload_for(self, link: Any, commands: list[tuple[Any, ...]]) -> None:
+    async def send(self, link: Any, name: str, packed: bytes,
+                   late: Callable[[Any], None] | None = None, riders: Any = None) -> Any:
+        """:meth:`call` of a command :meth:`packed` already."""
+        try:
+            return await link.command(packed, late=late, riders=riders)
+        except NoScript:
+            await link.command("SCRIPT", "LOAD", SOURCES[name])
+            return await link.command(packed, late=late)
+
+    async def reload_for(self, link: Any, commands: Sequence[Command]) -> None:
         """Load the scripts these ``EVALSHA`` commands name (after ``NOSCRIPT``)."""
-        shas = {c[1] for c in commands if c and c[0] == "EVALSHA"}
+        shas = set()
+        for c in commands:
+            if type(c) is bytes:  # packed: read back
+                c = tuple(a.decode() for a in _parse(c, 0)[0])
+            if c and c[0] == "EVALSHA":
+                shas.add(c[1].decode() if isinstance(c[1], bytes) else str(c[1]))
         await link.commands([("SCRIPT", "LOAD", self.source(sha)) for sha in shas])

@@ -25,6 +25,7 @@ import asyncio
 import importlib
 import ssl
 from collections import deque
+from collections.abc import Sequence
 from itertools import repeat
 from typing import Any
 from urllib.parse import unquote, urlsplit
@@ -43,7 +44,15 @@ class WireError(ConnectionError):
 
 
 class ErrorReply(Exception):
-    """Redis answered a command with an error (a script's own error, a wrong type)."""
+    """Redis answered a command with an error (a script's own error, a wrong type).
+
+    Made by hiredis' reader for each error reply: one that says ``NOSCRIPT`` is made a
+    :class:`NoScript` at once, so no reply needs a second look."""
+
+    def __new__(cls, *args: Any) -> ErrorReply:
+        if cls is ErrorReply and args and str(args[0]).startswith("NOSCRIPT"):
+            cls = NoScript
+        return super().__new__(cls, *args)
 
 
 class NoScript(ErrorReply):
@@ -61,12 +70,38 @@ def encode(args: tuple[Any, ...]) -> bytes:
     return _encode(args)
 
 
-def _joined(commands: list[tuple[Any, ...]]) -> bytes:
+#: a command: its arguments, or the command packed already (RESP bytes: the request
+#: path packs the fixed parts of its commands once, :func:`bulks`)
+Command = tuple[Any, ...] | bytes
+
+
+def bulks(args: tuple[Any, ...]) -> bytes:
+    """Arguments as RESP bulk strings back to back, without the array's header: the
+    variable part of a command whose fixed part (``EVALSHA``, the script's SHA, key
+    names that do not change) was packed once. Packing costs per argument (hiredis
+    formats each one's length with ``sprintf``), so a request packs only what is its own."""
+    try:
+        packed: bytes = _pack(args)
+    except TypeError:  # a type hiredis does not take (a bool, None)
+        packed = _encode(args)
+    return packed[packed.index(b"\n") + 1:]
+
+
+def bulk(data: bytes) -> bytes:
+    """One bulk string (bytes in hand: cheaper than :func:`bulks` for one)."""
+    return b"$%d\r\n%b\r\n" % (len(data), data)
+
+
+def _joined(commands: Sequence[Command]) -> bytes:
     """Several commands as RESP, back to back."""
     try:
-        return b"".join(map(_pack, commands))
+        return b"".join(commands)  # type: ignore[arg-type]  # (all packed already)
+    except TypeError:
+        pass
+    try:
+        return b"".join([c if isinstance(c, bytes) else _pack(c) for c in commands])
     except TypeError:  # a type hiredis does not take (a bool, None): each one by encode()
-        return b"".join([encode(c) for c in commands])
+        return b"".join([c if isinstance(c, bytes) else encode(c) for c in commands])
 
 
 def _encode(args: tuple[Any, ...]) -> bytes:
@@ -112,8 +147,7 @@ def _parse(buf: bytes | bytearray, pos: int) -> tuple[Any, int]:
         return bytes(line), pos
     if kind == b"-":
         text = bytes(line).decode(errors="replace")
-        error = NoScript(text) if text.startswith("NOSCRIPT") else ErrorReply(text)
-        return error, pos
+        return ErrorReply(text), pos  # (a NoScript, for NOSCRIPT)
     if kind == b"*":
         count = int(line)
         if count < 0:
@@ -126,6 +160,23 @@ def _parse(buf: bytes | bytearray, pos: int) -> tuple[Any, int]:
     raise WireError(f"unexpected reply type {kind!r}")
 
 
+class _Group:
+    """The replies of a group of commands (:meth:`Wire.send_group`): its future gets
+    the list of them once ``count`` have come."""
+
+    __slots__ = ("count", "found", "future")
+
+    def __init__(self, future: asyncio.Future[list[Any]], count: int) -> None:
+        self.future, self.count = future, count
+        self.found: list[Any] = []
+
+    def add(self, value: Any) -> None:
+        found = self.found
+        found.append(value)
+        if len(found) == self.count and not self.future.done():
+            self.future.set_result(found)
+
+
 class Wire(asyncio.Protocol):
     """One pipelined connection; :meth:`open` connects (and authenticates, selects)."""
 
@@ -134,10 +185,9 @@ class Wire(asyncio.Protocol):
         #: system call each time: once here, not per command)
         self._loop = asyncio.get_running_loop()
         self._transport: asyncio.Transport | None = None
-        self._waiting: deque[asyncio.Future[Any]] = deque()
-        #: the groups awaited (:meth:`send_group`): each one's count of replies, and the
-        #: replies read so far
-        self._groups: dict[asyncio.Future[Any], tuple[int, list[Any]]] = {}
+        #: what waits for each reply to come, in order: a command's future, or its
+        #: group's (:meth:`send_group`: the group once for each of its commands)
+        self._waiting: deque[Any] = deque()
         self._buffer = bytearray()
         self._reader = (_hiredis.Reader(replyError=ErrorReply, protocolError=WireError)
                         if _hiredis is not None else None)
@@ -188,7 +238,8 @@ class Wire(asyncio.Protocol):
                 if not self._waiting:
                     raise WireError("a reply nobody asked for")
                 waiter = self._waiting.popleft()
-                if self._groups and self._grouped(waiter, value):
+                if type(waiter) is _Group:
+                    waiter.add(value)
                     continue
                 if not waiter.done():
                     if isinstance(value, Exception):
@@ -207,19 +258,21 @@ class Wire(asyncio.Protocol):
     def _received(self, data: bytes, reader: Any) -> None:
         """:meth:`data_received` with hiredis's parser."""
         reader.feed(data)
-        waiting, groups = self._waiting, self._groups
+        waiting = self._waiting
         try:
             while (value := reader.gets()) is not False:
                 if not waiting:
                     raise WireError("a reply nobody asked for")
                 waiter = waiting.popleft()
-                if groups and self._grouped(waiter, value):
+                if type(waiter) is _Group:  # (inline: a group's replies are most of them)
+                    found = waiter.found
+                    found.append(value)
+                    if len(found) == waiter.count and not waiter.future.done():
+                        waiter.future.set_result(found)
                     continue
                 if waiter.done():
                     continue
                 if isinstance(value, ErrorReply):
-                    if str(value).startswith("NOSCRIPT"):
-                        value = NoScript(str(value))
                     waiter.set_exception(value)
                 else:
                     waiter.set_result(value)
@@ -228,30 +281,15 @@ class Wire(asyncio.Protocol):
             if self._transport is not None:
                 self._transport.close()
 
-    def _grouped(self, waiter: asyncio.Future[Any], value: Any) -> bool:
-        """A reply of a group (:meth:`send_group`): kept in its list, which is the group's
-        result once it is whole; False: ``waiter`` is not a group's."""
-        group = self._groups.get(waiter)
-        if group is None:
-            return False
-        count, found = group
-        if isinstance(value, ErrorReply) and str(value).startswith("NOSCRIPT"):
-            value = NoScript(str(value))
-        found.append(value)
-        if len(found) == count:
-            del self._groups[waiter]
-            if not waiter.done():
-                waiter.set_result(found)
-        return True
-
     def connection_lost(self, exc: Exception | None) -> None:
         self._fail(WireError(f"connection lost: {exc}" if exc else "connection closed"))
 
     def _fail(self, exc: BaseException) -> None:
         self.broken = exc
-        self._groups.clear()
         while self._waiting:
             waiter = self._waiting.popleft()
+            if type(waiter) is _Group:
+                waiter = waiter.future
             if not waiter.done():
                 waiter.set_exception(exc)
 
@@ -259,14 +297,18 @@ class Wire(asyncio.Protocol):
 
     def send(self, *args: Any) -> asyncio.Future[Any]:
         """Write one command now; the future gets its reply (an error reply is raised)."""
-        if self.broken is not None or self._transport is None:
-            raise WireError(str(self.broken or "not connected"))
-        waiter: asyncio.Future[Any] = self._loop.create_future()
-        self._waiting.append(waiter)
         try:
             data = _pack(args)
         except TypeError:
             data = encode(args)
+        return self.send_packed(data)
+
+    def send_packed(self, data: bytes) -> asyncio.Future[Any]:
+        """:meth:`send` of a command packed already (RESP bytes)."""
+        if self.broken is not None or self._transport is None:
+            raise WireError(str(self.broken or "not connected"))
+        waiter: asyncio.Future[Any] = self._loop.create_future()
+        self._waiting.append(waiter)
         self._transport.write(data)
         self.writes += 1
         return waiter
@@ -274,7 +316,7 @@ class Wire(asyncio.Protocol):
     async def call(self, *args: Any) -> Any:
         return await self.send(*args)
 
-    def send_many(self, commands: list[tuple[Any, ...]]) -> list[asyncio.Future[Any]]:
+    def send_many(self, commands: Sequence[Command]) -> list[asyncio.Future[Any]]:
         """Write several commands in one write; one future each."""
         if self.broken is not None or self._transport is None:
             raise WireError(str(self.broken or "not connected"))
@@ -297,7 +339,7 @@ class Wire(asyncio.Protocol):
         self._waiting[place] = fresh
         return fresh
 
-    def send_group(self, commands: list[tuple[Any, ...]], then: tuple[Any, ...] | None = None
+    def send_group(self, commands: Sequence[Command], then: Command | None = None
                    ) -> tuple[asyncio.Future[list[Any]], asyncio.Future[Any] | None]:
         """Write several commands in one write, and ``then`` after them (in the same
         write): one future for the group, whose result is the list of their replies (an
@@ -308,8 +350,7 @@ class Wire(asyncio.Protocol):
             raise WireError(str(self.broken or "not connected"))
         loop = self._loop
         group: asyncio.Future[list[Any]] = loop.create_future()
-        self._groups[group] = (len(commands), [])
-        self._waiting.extend(repeat(group, len(commands)))
+        self._waiting.extend(repeat(_Group(group, len(commands)), len(commands)))
         reply: asyncio.Future[Any] | None = None
         if then is not None:
             reply = loop.create_future()

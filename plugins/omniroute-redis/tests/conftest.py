@@ -22,7 +22,7 @@ from redis_testkit import (
 )
 
 from omniroute_redis.scripts import Scripts
-from omniroute_redis.wire import Wire
+from omniroute_redis.wire import Wire, _parse
 
 #: database 13 of the machine's Redis (the test command starts redis-server when it is down)
 REDIS_URL = os.environ.get("OMNIROUTE_TEST_REDIS_URL", "redis://127.0.0.1:6379/13")
@@ -100,7 +100,9 @@ def writes(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[Write]]:
     names = {sha: name for name, sha in Scripts().sha.items()}
     log: list[Write] = []
 
-    def described(args: tuple[Any, ...]) -> tuple[str, ...]:
+    def described(command: tuple[Any, ...] | bytes) -> tuple[str, ...]:
+        args = (tuple(a.decode() for a in _parse(command, 0)[0])
+                if isinstance(command, bytes) else command)  # (packed already)
         if args[0] != "EVALSHA":
             return (str(args[0]),)
         name, nkeys = names[args[1]], int(args[2])
@@ -109,22 +111,21 @@ def writes(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[Write]]:
         head = args[3 + nkeys]
         return (name, *(head.decode() if isinstance(head, bytes) else head).split()[::3])
 
-    send, send_many = Wire.send, Wire.send_many
+    send, send_many = Wire.send_packed, Wire.send_many
 
-    def logged_send(self: Wire, *args: Any) -> Any:
-        log.append([described(args)])
-        return send(self, *args)
+    def logged_send(self: Wire, data: bytes) -> Any:  # (Wire.send packs, then comes here)
+        log.append([described(data)])
+        return send(self, data)
 
-    def logged_send_many(self: Wire, commands: list[tuple[Any, ...]]) -> Any:
+    def logged_send_many(self: Wire, commands: list[Any]) -> Any:
         log.append([described(c) for c in commands])
         return send_many(self, commands)
 
-    monkeypatch.setattr(Wire, "send", logged_send)
+    monkeypatch.setattr(Wire, "send_packed", logged_send)
     monkeypatch.setattr(Wire, "send_many", logged_send_many)
     send_group = Wire.send_group
 
-    def logged_send_group(self: Wire, commands: list[tuple[Any, ...]],
-                          then: tuple[Any, ...] | None = None) -> Any:
+    def logged_send_group(self: Wire, commands: list[Any], then: Any = None) -> Any:
         log.append([described(c) for c in [*commands, *([then] if then else [])]])
         return send_group(self, commands, then)
 
