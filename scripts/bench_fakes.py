@@ -152,10 +152,13 @@ def forwarder_app(upstream: str | None) -> web.Application:
                 return web.Response(body=await up.read(), status=up.status,
                                     content_type=up.content_type)
             resp = web.StreamResponse(status=up.status, headers=SSE_HEADERS)
-            await resp.prepare(request)
-            async for chunk in up.content.iter_any():
-                await resp.write(chunk)
-            await resp.write_eof()
+            try:
+                await resp.prepare(request)
+                async for chunk in up.content.iter_any():
+                    await resp.write(chunk)
+                await resp.write_eof()
+            except ConnectionResetError:  # the client left (wrk, at the end of a run)
+                pass  # nothing left to answer; not a traceback per connection
             return resp
 
     app = web.Application()

@@ -42,6 +42,10 @@ end
 """
 
 
+#: seconds between the warm-up run and the measured one
+SETTLE = 0.3
+
+
 def lua_string(text: str) -> str:
     """``text`` as a Lua long string, at a bracket level it does not contain."""
     level = next(n for n in range(10) if f"]{'=' * n}]" not in text)
@@ -112,6 +116,8 @@ def wrk_cell(tmp: Path, url: str, body: dict[str, Any], conc: int, warmup: float
     lua = tmp / "cell.lua"
     lua.write_text(script(body, headers))
     run_wrk(lua, url, conc, warmup)
+    # wrk ends a run with requests in flight: let the server finish with them first
+    time.sleep(SETTLE)
     cpu0, up0, began = cpu_ms(pids), cpu_ms(upstream), time.monotonic()
     summary, load_ms = run_wrk(lua, url, conc, duration)
     cpu1, up1, wall = cpu_ms(pids), cpu_ms(upstream), time.monotonic() - began
