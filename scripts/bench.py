@@ -66,7 +66,6 @@ from bench_procs import (
 from bench_report import (
     LOOP_COLUMNS,
     STREAM_COLUMNS,
-    WRK_COLUMNS,
     Check,
     checks,
     label,
@@ -142,12 +141,13 @@ def lanes(args: argparse.Namespace) -> list[Lane]:
     return [every[name] for name in args.lanes]
 
 
-def measure(args: argparse.Namespace, targets: list[Target], client: Any, tmp: Path,
-            upstream: list[int]) -> dict[str, Any]:
+def measure(args: argparse.Namespace, targets: list[Target], client: Any, client_pid: int,
+            tmp: Path, upstream: list[int]) -> dict[str, Any]:
     """Each cell for every target back to back, × rounds; also what the machine did meanwhile.
 
-    :param client: the Python load client's connection (None: every cell is wrk's).
-    :param upstream: the upstream's processes (their CPU during wrk's cells).
+    :param client: the Python load client's connection (None: every cell is wrk's), and
+        its process.
+    :param upstream: the upstream's processes (their CPU during each cell).
     """
     raw: dict[str, Any] = {}
     own = process_tree(os.getpid())
@@ -175,8 +175,14 @@ def measure(args: argparse.Namespace, targets: list[Target], client: Any, tmp: P
                         except RuntimeError as exc:
                             cell = {"error": str(exc)}
                     else:
+                        load0, up0 = cpu_ms([client_pid]), cpu_ms(upstream)
                         client.send((lane.cell, kwargs))
                         cell = client.recv()
+                        spent = time.monotonic() - began
+                        # over the whole cell, warm-up included (wrk's: the measured run)
+                        cell["load_cpus"] = (cpu_ms([client_pid]) - load0) / 1000 / spent
+                        cell["upstream_cpus"] = ((cpu_ms(upstream) - up0) / 1000 / spent
+                                                 if target.kind != "direct" else None)
                     wall = time.monotonic() - began
                     if "error" in cell or not cell.get("requests", cell.get("streams")):
                         raise RuntimeError(f"{target.name} {lane.name} c={conc} failed: {cell}")
@@ -207,16 +213,13 @@ def tools_line(args: argparse.Namespace) -> str:
             "client)" if args.load == "wrk" else "the Python client (bench_client.py)")
     upstream = ("nginx (1 worker, fixed answers; paced streams: the Python fake)"
                 if args.upstream == "nginx" else "the Python fake (bench_fakes.py)")
-    if args.load != "wrk":
-        return f"Load: {load}; upstream: {upstream}."
     return (f"Load: {load}; upstream: {upstream}. No process is pinned to a CPU: with two "
             "CPUs a pinned load generator or upstream would take a whole CPU from the gateway "
-            "and from `--workers 2`; `wrk CPUs` and `upstream CPUs` say what they took.")
+            "and from `--workers 2`; `load CPUs` and `upstream CPUs` say what they took.")
 
 
 def report(args: argparse.Namespace, results: dict[str, Any]) -> str:
     load = os.getloadavg()
-    columns = WRK_COLUMNS if args.load == "wrk" else LOOP_COLUMNS
     out = [
         "## omniroute benchmark", "",
         f"{os.cpu_count()} CPUs, Python {platform.python_version()}, aiohttp "
@@ -232,7 +235,7 @@ def report(args: argparse.Namespace, results: dict[str, Any]) -> str:
         if lane.name in results:
             out += [f"### {lane.title}", "",
                     *table(results[lane.name],
-                           STREAM_COLUMNS if lane.cell == "stream" else columns), ""]
+                           STREAM_COLUMNS if lane.cell == "stream" else LOOP_COLUMNS), ""]
     out += ["### Summary", "", *summary(args, results), ""]
     for loop in args.loops:
         out += [f"### Targets ({loop}: {label('omniroute', loop)} against "
@@ -354,10 +357,11 @@ def main() -> int:
                                   process_tree(gateway.pid), "asyncio"))
         python_cells = args.load == "python" or "paced" in args.lanes
         client = start_client(run.ctx, run.procs) if python_cells else None
+        client_pid = run.procs[-1].pid if client else 0
         own = process_tree(os.getpid())
         ours, busy, began = cpu_ms(own), busy_ms(), time.monotonic()
         reaped = resource.getrusage(resource.RUSAGE_CHILDREN)  # wrk's runs, once they end
-        results = measure(args, targets, client, run.tmp, upstream_pids)
+        results = measure(args, targets, client, client_pid, run.tmp, upstream_pids)
         done = resource.getrusage(resource.RUSAGE_CHILDREN)
         wrk_ms = (done.ru_utime - reaped.ru_utime + done.ru_stime - reaped.ru_stime) * 1000
         others = busy_ms() - busy - (cpu_ms(own) - ours) - wrk_ms

@@ -48,9 +48,10 @@ def table(cells: dict[str, dict[int, dict]], columns: list[tuple]) -> list[str]:
 
 LOOP_COLUMNS = [("req/s", 0, "rps"), ("p50 ms", 2, "p50_ms"), ("p99 ms", 2, "p99_ms"),
                 ("CPU ms/req", 3, "cpu_ms_per_req"), ("errors", 0, "errors"),
-                ("busy CPUs", 2, "machine_cpus")]
-#: with ``--load wrk``: also what wrk and the upstream kept busy (n/a where it is the target)
-WRK_COLUMNS = [*LOOP_COLUMNS, ("wrk CPUs", 2, "load_cpus"), ("upstream CPUs", 2, "upstream_cpus")]
+                ("busy CPUs", 2, "machine_cpus"),
+                # what the load generator and the upstream kept busy (n/a: the upstream is
+                # the target)
+                ("load CPUs", 2, "load_cpus"), ("upstream CPUs", 2, "upstream_cpus")]
 STREAM_COLUMNS = [("streams", 0, "streams"), ("TTFB p50 / p99 ms", 2, "ttfb_p50_ms", "ttfb_p99_ms"),
                   ("total p50 / p99 ms", 1, "total_p50_ms", "total_p99_ms"),
                   ("chunk delay p50 / p99 ms", 2, "chunk_p50_ms", "chunk_p99_ms"),
@@ -173,9 +174,10 @@ def summary(args: argparse.Namespace, results: dict[str, Any]) -> list[str]:
                 # what the gateway could have had: the CPUs less others', wrk's and nginx's
                 for who, c in ((label("omniroute", args.loops[0]), one), (name, cell)):
                     free = cpus - c["foreign_cpus"] - c["load_cpus"] - c["upstream_cpus"]
-                    line += (f"; for {who}: wrk used {c['load_cpus']:.2f}, the upstream "
-                             f"{c['upstream_cpus']:.2f}, others {c['foreign_cpus']:.2f}, so "
-                             f"{max(0.0, free):.2f} CPUs were free to the gateway")
+                    line += (f"; for {who}: the load generator used {c['load_cpus']:.2f}, "
+                             f"the upstream {c['upstream_cpus']:.2f}, others "
+                             f"{c['foreign_cpus']:.2f}, so {max(0.0, free):.2f} CPUs were free "
+                             "to the gateway")
             out.append(line)
     out.append("- resident memory (VmRSS) after the run: "
                + ", ".join(f"{n} {v:.1f} MiB" for n, v in results["rss_mib"].items()))
