@@ -27,7 +27,6 @@ import argparse
 import json
 import os
 import platform
-import resource
 import subprocess
 import sys
 import time
@@ -73,7 +72,7 @@ from bench_report import (
     table,
 )
 from bench_usage import FULL_TABLE, NO_RECORDS, comparisons, flush_cost
-from bench_wrk import wrk_cell
+from bench_wrk import reaped_cpu_ms, wrk_cell
 
 MESSAGES, EMBEDDINGS = "/v1/messages", "/v1/embeddings"
 TOOLS = Path(__file__).with_name("bench-tools.sh")
@@ -169,6 +168,7 @@ def measure(args: argparse.Namespace, targets: list[Target], client: Any, client
                         kwargs.update(count=max(args.streams, 4 * conc))
                     wrk = args.load == "wrk" and lane.cell == "loop"
                     busy0, ours0, began = busy_ms(), cpu_ms(own), time.monotonic()
+                    reaped0 = reaped_cpu_ms()  # wrk's runs (warm-up too), once they end
                     if wrk:
                         try:
                             cell = wrk_cell(tmp, upstream=upstream, **kwargs)
@@ -188,7 +188,7 @@ def measure(args: argparse.Namespace, targets: list[Target], client: Any, client
                         raise RuntimeError(f"{target.name} {lane.name} c={conc} failed: {cell}")
                     busy = (busy_ms() - busy0) / 1000 / wall
                     # wrk has exited: its CPU is not in our tree's any more, but it was ours
-                    load = cell["load_cpus"] * cell["wall_s"] / wall if wrk else 0.0
+                    load = (reaped_cpu_ms() - reaped0) / 1000 / wall
                     cell["machine_cpus"] = busy  # CPUs the whole machine kept busy
                     cell["foreign_cpus"] = max(0.0, busy - load
                                                - (cpu_ms(own) - ours0) / 1000 / wall)
@@ -360,11 +360,9 @@ def main() -> int:
         client_pid = run.procs[-1].pid if client else 0
         own = process_tree(os.getpid())
         ours, busy, began = cpu_ms(own), busy_ms(), time.monotonic()
-        reaped = resource.getrusage(resource.RUSAGE_CHILDREN)  # wrk's runs, once they end
+        reaped = reaped_cpu_ms()  # wrk's runs, once they end
         results = measure(args, targets, client, client_pid, run.tmp, upstream_pids)
-        done = resource.getrusage(resource.RUSAGE_CHILDREN)
-        wrk_ms = (done.ru_utime - reaped.ru_utime + done.ru_stime - reaped.ru_stime) * 1000
-        others = busy_ms() - busy - (cpu_ms(own) - ours) - wrk_ms
+        others = busy_ms() - busy - (cpu_ms(own) - ours) - (reaped_cpu_ms() - reaped)
         results["foreign_cpu"] = max(0.0, others / 1000 / (time.monotonic() - began))
         results["rss_mib"] = {t.name: rss_mib(t.pids) for t in targets
                               if t.kind != "direct" and t.name != CROSS}

@@ -71,20 +71,26 @@ def wrk_binary() -> str:
     return found
 
 
+def reaped_cpu_ms() -> float:
+    """CPU time of this process's children that have ended and been waited for (wrk's
+    runs: once ended they are no longer in ``/proc``)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return (usage.ru_utime + usage.ru_stime) * 1000
+
+
 def run_wrk(lua: Path, url: str, conc: int, seconds: float) -> tuple[dict[str, Any], float]:
     """One wrk run: its summary and the CPU milliseconds wrk used.
 
     :raises RuntimeError: wrk failed or printed no summary.
     """
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    before = reaped_cpu_ms()
     done = subprocess.run(
         [wrk_binary(), "-t1", f"-c{conc}", f"-d{max(1, math.ceil(seconds))}s", "--timeout", "10s",
          "-s", str(lua), url], capture_output=True, text=True, check=False)
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    used = reaped_cpu_ms() - before
     lines = [line for line in done.stdout.splitlines() if line.startswith("WRKJSON ")]
     if done.returncode or not lines:
         raise RuntimeError(f"wrk failed ({done.returncode}):\n{done.stdout}{done.stderr}")
-    used = (after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime) * 1000
     return json.loads(lines[-1].split(" ", 1)[1]), used
 
 
@@ -110,7 +116,7 @@ def wrk_cell(tmp: Path, url: str, body: dict[str, Any], conc: int, warmup: float
              headers: dict[str, str] | None = None) -> dict[str, Any]:
     """A closed-loop cell with wrk: the same keys as ``bench_client.loop_cell``'s, and the
     CPUs that wrk (``load_cpus``) and the upstream processes ``upstream``
-    (``upstream_cpus``) kept busy during the measured run, and its length ``wall_s``."""
+    (``upstream_cpus``) kept busy during the measured run."""
     headers = headers or {}
     check_answer(url, body, headers, tail)
     lua = tmp / "cell.lua"
@@ -128,5 +134,4 @@ def wrk_cell(tmp: Path, url: str, body: dict[str, Any], conc: int, warmup: float
             "cpu_ms_per_req": (cpu1 - cpu0) / ok if ok else None,
             "load_cpus": load_ms / 1000 / wall,
             # direct: the server under test is the upstream
-            "upstream_cpus": (up1 - up0) / 1000 / wall if upstream != pids else None,
-            "wall_s": wall}
+            "upstream_cpus": (up1 - up0) / 1000 / wall if upstream != pids else None}
