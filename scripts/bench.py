@@ -12,10 +12,13 @@ event loop and checks the targets.
 This file is the list of targets and lanes, the measuring loop and the report's
 layout; the parts it imports: ``bench_procs.py`` (the processes), ``bench_report.py``
 (the tables, summary and targets), ``bench_cross.py`` (the cross-format lane) and
-``bench_usage.py`` (``--usage``).
+``bench_usage.py`` (``--usage``), ``bench_wrk.py`` (``--load wrk``: wrk drives the
+closed-loop cells) and ``bench_nginx.py`` (``--upstream nginx``: nginx serves the JSON,
+instant-stream and embeddings answers).
 
     .venv/bin/python scripts/bench.py --quick              # smoke test, ~1 min
     .venv/bin/python scripts/bench.py --rounds 3 --json out.json
+    .venv/bin/python scripts/bench.py --load wrk --upstream nginx --rounds 2
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import argparse
 import json
 import os
 import platform
+import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -35,6 +39,8 @@ import aiohttp
 from bench_client import median_cell, start_client
 from bench_cross import CROSS, cross_format
 from bench_fakes import (
+    ANTHROPIC_INSTANT_REQUEST,
+    ANTHROPIC_TAIL,
     CHAT,
     CHUNK_INTERVAL,
     DONE,
@@ -44,20 +50,32 @@ from bench_fakes import (
     REQUEST,
     STREAM_CHUNKS,
 )
+from bench_nginx import SSE_ACCEPT, start_nginx
 from bench_procs import (
     busy_ms,
     cpu_ms,
     exit_with,
+    free_port,
     process_tree,
     rss_mib,
     running,
     start_app,
     start_gateway,
 )
-from bench_report import LOOP_COLUMNS, STREAM_COLUMNS, Check, checks, label, summary, table
+from bench_report import (
+    LOOP_COLUMNS,
+    STREAM_COLUMNS,
+    Check,
+    checks,
+    label,
+    summary,
+    table,
+)
 from bench_usage import FULL_TABLE, NO_RECORDS, comparisons, flush_cost
+from bench_wrk import reaped_cpu_ms, wrk_cell
 
 MESSAGES, EMBEDDINGS = "/v1/messages", "/v1/embeddings"
+TOOLS = Path(__file__).with_name("bench-tools.sh")
 
 
 @dataclass
@@ -85,6 +103,9 @@ class Lane:
     levels: list[int]
     request: dict[str, Any] | None = None
     tail: str | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+    #: the body and tail for the cross-format target, where the lane runs on it
+    cross: tuple[dict[str, Any], str] | None = None
     #: which targets it runs on, and at which concurrency (default: every one, every level)
     runs_on: Callable[[Target, int], bool] = field(default=lambda t, c: not t.compare
                                                    and t.name != CROSS)
@@ -94,13 +115,21 @@ class Lane:
 
 def lanes(args: argparse.Namespace) -> list[Lane]:
     high = max(args.concurrency)
+    # nginx answers one path with the stream or the JSON by Accept (bench_nginx.py)
+    stream_headers = {"Accept": SSE_ACCEPT} if args.upstream == "nginx" else {}
+    # with wrk, the cross-format lane is an instant one: paced streams stay on Python
+    cross_instant = args.load == "wrk"
     every = {
         "json": Lane("json", "JSON (`POST /v1/chat/completions`)", "loop", CHAT,
                      args.concurrency, REQUEST,
                      runs_on=lambda t, c: t.name != CROSS and (not t.compare or c == high)),
         "instant": Lane("instant", f"Instant streams ({STREAM_CHUNKS} chunks + usage + [DONE] in "
                         "one upstream write; closed loop)", "loop", CHAT,
-                        args.instant_concurrency, INSTANT_REQUEST, DONE.decode()),
+                        args.instant_concurrency, INSTANT_REQUEST, DONE.decode(),
+                        stream_headers,
+                        (ANTHROPIC_INSTANT_REQUEST, ANTHROPIC_TAIL) if cross_instant else None,
+                        runs_on=lambda t, c: not t.compare and (cross_instant
+                                                                or t.name != CROSS)),
         "paced": Lane("paced", f"Paced streams ({STREAM_CHUNKS} chunks {CHUNK_INTERVAL * 1000:g} "
                       "ms apart; chunk delay = client receive time − upstream send time)",
                       "stream", CHAT, args.stream_concurrency,
@@ -111,8 +140,14 @@ def lanes(args: argparse.Namespace) -> list[Lane]:
     return [every[name] for name in args.lanes]
 
 
-def measure(args: argparse.Namespace, targets: list[Target], client: Any) -> dict[str, Any]:
-    """Each cell for every target back to back, × rounds; also what the machine did meanwhile."""
+def measure(args: argparse.Namespace, targets: list[Target], client: Any, client_pid: int,
+            tmp: Path, upstream: list[int]) -> dict[str, Any]:
+    """Each cell for every target back to back, × rounds; also what the machine did meanwhile.
+
+    :param client: the Python load client's connection (None: every cell is wrk's), and
+        its process.
+    :param upstream: the upstream's processes (their CPU during each cell).
+    """
     raw: dict[str, Any] = {}
     own = process_tree(os.getpid())
     for rnd in range(1, args.rounds + 1):
@@ -125,19 +160,38 @@ def measure(args: argparse.Namespace, targets: list[Target], client: Any) -> dic
                         target.path if target.path != CHAT else lane.path),
                         "conc": conc, "pids": target.pids}
                     if lane.cell == "loop":
-                        kwargs.update(body=lane.request, tail=lane.tail, warmup=args.warmup,
-                                      duration=args.duration)
+                        body, tail = (lane.cross if lane.cross and target.name == CROSS
+                                      else (lane.request, lane.tail))
+                        kwargs.update(body=body, tail=tail, warmup=args.warmup,
+                                      duration=args.duration, headers=lane.headers)
                     else:
                         kwargs.update(count=max(args.streams, 4 * conc))
+                    wrk = args.load == "wrk" and lane.cell == "loop"
                     busy0, ours0, began = busy_ms(), cpu_ms(own), time.monotonic()
-                    client.send((lane.cell, kwargs))
-                    cell = client.recv()
+                    reaped0 = reaped_cpu_ms()  # wrk's runs (warm-up too), once they end
+                    if wrk:
+                        try:
+                            cell = wrk_cell(tmp, upstream=upstream, **kwargs)
+                        except RuntimeError as exc:
+                            cell = {"error": str(exc)}
+                    else:
+                        load0, up0 = cpu_ms([client_pid]), cpu_ms(upstream)
+                        client.send((lane.cell, kwargs))
+                        cell = client.recv()
+                        spent = time.monotonic() - began
+                        # over the whole cell, warm-up included (wrk's: the measured run)
+                        cell["load_cpus"] = (cpu_ms([client_pid]) - load0) / 1000 / spent
+                        cell["upstream_cpus"] = ((cpu_ms(upstream) - up0) / 1000 / spent
+                                                 if target.kind != "direct" else None)
                     wall = time.monotonic() - began
                     if "error" in cell or not cell.get("requests", cell.get("streams")):
                         raise RuntimeError(f"{target.name} {lane.name} c={conc} failed: {cell}")
                     busy = (busy_ms() - busy0) / 1000 / wall
+                    # wrk has exited: its CPU is not in our tree's any more, but it was ours
+                    load = (reaped_cpu_ms() - reaped0) / 1000 / wall
                     cell["machine_cpus"] = busy  # CPUs the whole machine kept busy
-                    cell["foreign_cpus"] = max(0.0, busy - (cpu_ms(own) - ours0) / 1000 / wall)
+                    cell["foreign_cpus"] = max(0.0, busy - load
+                                               - (cpu_ms(own) - ours0) / 1000 / wall)
                     raw.setdefault(lane.name, {}).setdefault(target.name, {}).setdefault(
                         conc, []).append(cell)
                     shown = (f"{cell['rps']:6.0f}/s, p50 {cell['p50_ms']:.2f} ms, "
@@ -153,6 +207,17 @@ def measure(args: argparse.Namespace, targets: list[Target], client: Any) -> dic
 
 # ------------------------------------------------------------------ report
 
+def tools_line(args: argparse.Namespace) -> str:
+    """Who made the load and who answered it, and what they were allowed."""
+    load = ("wrk (1 thread, a Lua script posting the same bodies; paced streams: the Python "
+            "client)" if args.load == "wrk" else "the Python client (bench_client.py)")
+    upstream = ("nginx (1 worker, fixed answers; paced streams: the Python fake)"
+                if args.upstream == "nginx" else "the Python fake (bench_fakes.py)")
+    return (f"Load: {load}; upstream: {upstream}. No process is pinned to a CPU: with two "
+            "CPUs a pinned load generator or upstream would take a whole CPU from the gateway "
+            "and from `--workers 2`; `load CPUs` and `upstream CPUs` say what they took.")
+
+
 def report(args: argparse.Namespace, results: dict[str, Any]) -> str:
     load = os.getloadavg()
     out = [
@@ -164,7 +229,8 @@ def report(args: argparse.Namespace, results: dict[str, Any]) -> str:
         "upstream and server share the machine; CPU is that of the server under test only "
         "(for direct: the fake upstream); `busy CPUs` is the whole machine during the cell. "
         f"Other processes used {results['foreign_cpu']:.2f} CPUs on average meanwhile"
-        + (": **the numbers are unreliable**." if results["foreign_cpu"] > 0.1 else "."), ""]
+        + (": **the numbers are unreliable**." if results["foreign_cpu"] > 0.1 else "."), "",
+        tools_line(args), ""]
     for lane in lanes(args):
         if lane.name in results:
             out += [f"### {lane.title}", "",
@@ -213,8 +279,14 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--loop", default="both", choices=["asyncio", "uvloop", "both"],
                    help="event loop of the forwarder and the gateway; both: side by side, "
                         "uvloop first (both)")
-    p.add_argument("--lanes", default="json,instant,paced,embed",
-                   help="what to measure (json,instant,paced,embed)")
+    p.add_argument("--lanes", help="what to measure (json,instant,paced,embed; with "
+                   "--upstream nginx: json,instant,embed)")
+    p.add_argument("--load", default="python", choices=["python", "wrk"],
+                   help="load generator of the closed-loop lanes: the Python client, or wrk "
+                        "with one thread (python)")
+    p.add_argument("--upstream", default="python", choices=["python", "nginx"],
+                   help="mock upstream: the Python fake, or nginx with one worker serving the "
+                        "same answers (no paced lane) (python)")
     p.add_argument("--baseline", metavar="SRC",
                    help="also run the gateway of another source tree (e.g. `git archive main` "
                         "unpacked), on its default loop, as target `baseline`")
@@ -227,16 +299,30 @@ def parse_args() -> argparse.Namespace:
     args = p.parse_args()
     if args.quick:
         args.duration, args.warmup, args.streams, args.rounds = 1.0, 0.3, 4, 1
+    if args.lanes is None:
+        args.lanes = "json,instant,embed" if args.upstream == "nginx" else \
+            "json,instant,paced,embed"
     args.lanes = args.lanes.split(",")
+    if args.upstream == "nginx" and "paced" in args.lanes:
+        p.error("nginx cannot pace a stream: run the paced lane with --upstream python")
     args.loops = ["uvloop", "asyncio"] if args.loop == "both" else [args.loop]
     return args
 
 
 def main() -> int:
     args = parse_args()
+    if args.load == "wrk" or args.upstream == "nginx":
+        subprocess.run(["bash", str(TOOLS)], check=True)  # installs wrk, nginx when missing
     with running("omniroute-bench-") as run:
-        upstream, up_port = start_app(run.ctx, "upstream", None, "asyncio", run.procs)
-        targets = [Target("direct", "direct", f"http://{HOST}:{up_port}", [upstream.pid])]
+        if args.upstream == "nginx":
+            up_port = free_port()
+            nginx = start_nginx(run.tmp / "nginx", up_port)
+            run.gateways.append(nginx)  # stopped with its process group, as a gateway is
+            upstream_pids = process_tree(nginx.pid)
+        else:
+            upstream, up_port = start_app(run.ctx, "upstream", None, "asyncio", run.procs)
+            upstream_pids = [upstream.pid]
+        targets = [Target("direct", "direct", f"http://{HOST}:{up_port}", upstream_pids)]
         plan = [(loop, args.workers, False) for loop in args.loops]
         if args.compare_workers > 1 and "json" in args.lanes:
             plan.append((args.loops[0], args.compare_workers, True))
@@ -269,11 +355,14 @@ def main() -> int:
             run.gateways.append(gateway)
             targets.append(Target("baseline", "omniroute", f"http://{HOST}:{port}",
                                   process_tree(gateway.pid), "asyncio"))
-        client = start_client(run.ctx, run.procs)
+        python_cells = args.load == "python" or "paced" in args.lanes
+        client = start_client(run.ctx, run.procs) if python_cells else None
+        client_pid = run.procs[-1].pid if client else 0
         own = process_tree(os.getpid())
         ours, busy, began = cpu_ms(own), busy_ms(), time.monotonic()
-        results = measure(args, targets, client)
-        others = busy_ms() - busy - (cpu_ms(own) - ours)
+        reaped = reaped_cpu_ms()  # wrk's runs, once they end
+        results = measure(args, targets, client, client_pid, run.tmp, upstream_pids)
+        others = busy_ms() - busy - (cpu_ms(own) - ours) - (reaped_cpu_ms() - reaped)
         results["foreign_cpu"] = max(0.0, others / 1000 / (time.monotonic() - began))
         results["rss_mib"] = {t.name: rss_mib(t.pids) for t in targets
                               if t.kind != "direct" and t.name != CROSS}

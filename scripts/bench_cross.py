@@ -14,10 +14,9 @@ import time
 from typing import Any
 
 from bench_fakes import ANTHROPIC_REQUEST, DONE, REQUEST, STREAM_CHUNKS, USAGE, sse
-from bench_report import get, label
+from bench_report import CROSS, get, label
 
-#: the cross-format lane's target: an Anthropic client translated to the OpenAI upstream
-CROSS = "omniroute-anthropic"
+__all__ = ["CROSS", "cross_format", "translation_cost"]
 
 
 def cross_format(args: argparse.Namespace, results: dict[str, Any]) -> dict[str, Any]:

@@ -41,6 +41,9 @@ EMBED_REQUEST = {"model": "bench/text-embedding-3-small",
 ANTHROPIC_REQUEST = {"model": REQUEST["model"], "max_tokens": 64, "stream": True,
                      "system": REQUEST["messages"][0]["content"],
                      "messages": [REQUEST["messages"][1]]}
+#: the cross-format lane on instant streams (``--load wrk``): what an Anthropic answer ends with
+ANTHROPIC_INSTANT_REQUEST = {**ANTHROPIC_REQUEST, "model": REQUEST["model"] + INSTANT_SUFFIX}
+ANTHROPIC_TAIL = '"message_stop"}'
 USAGE = {"prompt_tokens": 27, "completion_tokens": 20, "total_tokens": 47,
          "prompt_tokens_details": {"cached_tokens": 0, "audio_tokens": 0},
          "completion_tokens_details": {"reasoning_tokens": 0, "audio_tokens": 0}}
@@ -140,16 +143,22 @@ def forwarder_app(upstream: str | None) -> web.Application:
 
     async def forward(request: web.Request) -> web.StreamResponse:
         body = await request.read()
+        # Accept passed on: the nginx upstream (bench_nginx.py) picks the stream by it
+        headers = {"Content-Type": "application/json",
+                   "Accept": request.headers.get("Accept", "*/*")}
         async with request.app[HTTP].post(f"{upstream}{request.path}", data=body,
-                                          headers={"Content-Type": "application/json"}) as up:
+                                          headers=headers) as up:
             if up.content_type != "text/event-stream":
                 return web.Response(body=await up.read(), status=up.status,
                                     content_type=up.content_type)
             resp = web.StreamResponse(status=up.status, headers=SSE_HEADERS)
-            await resp.prepare(request)
-            async for chunk in up.content.iter_any():
-                await resp.write(chunk)
-            await resp.write_eof()
+            try:
+                await resp.prepare(request)
+                async for chunk in up.content.iter_any():
+                    await resp.write(chunk)
+                await resp.write_eof()
+            except ConnectionResetError:  # the client left (wrk, at the end of a run)
+                pass  # nothing left to answer; not a traceback per connection
             return resp
 
     app = web.Application()

@@ -127,6 +127,9 @@ def serve_gateway(cli: list[str], env: dict[str, str], log_path: Path, *options:
     deadline = time.monotonic() + 30
     while True:
         if proc.poll() is not None or time.monotonic() > deadline:
+            if proc.poll() is None:  # not in the run's list yet: nothing else would stop it
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
             raise RuntimeError(f"the gateway did not start:\n{log_path.read_text()[-2000:]}")
         try:
             with urllib.request.urlopen(f"http://{HOST}:{port}/api/monitoring/health",

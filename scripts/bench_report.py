@@ -13,6 +13,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+#: the cross-format lane's target: an Anthropic client translated to the OpenAI upstream
+CROSS = "omniroute-anthropic"
+
 
 def label(kind: str, loop: str, workers: int = 1) -> str:
     return kind + ("+uv" if loop == "uvloop" else "") + (f"-w{workers}" if workers > 1 else "")
@@ -45,7 +48,10 @@ def table(cells: dict[str, dict[int, dict]], columns: list[tuple]) -> list[str]:
 
 LOOP_COLUMNS = [("req/s", 0, "rps"), ("p50 ms", 2, "p50_ms"), ("p99 ms", 2, "p99_ms"),
                 ("CPU ms/req", 3, "cpu_ms_per_req"), ("errors", 0, "errors"),
-                ("busy CPUs", 2, "machine_cpus")]
+                ("busy CPUs", 2, "machine_cpus"),
+                # what the load generator and the upstream kept busy (n/a: the upstream is
+                # the target)
+                ("load CPUs", 2, "load_cpus"), ("upstream CPUs", 2, "upstream_cpus")]
 STREAM_COLUMNS = [("streams", 0, "streams"), ("TTFB p50 / p99 ms", 2, "ttfb_p50_ms", "ttfb_p99_ms"),
                   ("total p50 / p99 ms", 1, "total_p50_ms", "total_p99_ms"),
                   ("chunk delay p50 / p99 ms", 2, "chunk_p50_ms", "chunk_p99_ms"),
@@ -157,15 +163,30 @@ def summary(args: argparse.Namespace, results: dict[str, Any]) -> list[str]:
         cell = results.get("json", {}).get(name, {}).get(high, {})
         one = results.get("json", {}).get(label("omniroute", args.loops[0]), {}).get(high, {})
         if cell and one:
-            out.append(
-                f"- --workers {n} at c={high}: {cell['rps']:.0f} req/s against {one['rps']:.0f} "
-                f"({over(cell['rps'], one['rps']):.2f}×); {os.cpu_count()} CPUs, the machine kept "
-                f"{cell['machine_cpus']:.2f} busy during that cell, {cell['foreign_cpus']:.2f} of "
-                f"them other processes' (the load client and upstream are ours), so "
-                f"{max(0.0, (os.cpu_count() or 1) - cell['foreign_cpus']):.2f} CPUs were free "
-                "for the benchmark")
+            cpus = os.cpu_count() or 1
+            line = (f"- --workers {n} at c={high}: {cell['rps']:.0f} req/s against "
+                    f"{one['rps']:.0f} ({over(cell['rps'], one['rps']):.2f}×); {cpus} CPUs, the "
+                    f"machine kept {cell['machine_cpus']:.2f} busy during that cell, "
+                    f"{cell['foreign_cpus']:.2f} of them other processes' (the load client and "
+                    f"upstream are ours), so {max(0.0, cpus - cell['foreign_cpus']):.2f} CPUs "
+                    "were free for the benchmark")
+            if cell.get("load_cpus") is not None and cell.get("upstream_cpus") is not None:
+                # what the gateway could have had: the CPUs less others', wrk's and nginx's
+                for who, c in ((label("omniroute", args.loops[0]), one), (name, cell)):
+                    free = cpus - c["foreign_cpus"] - c["load_cpus"] - c["upstream_cpus"]
+                    line += (f"; for {who}: the load generator used {c['load_cpus']:.2f}, "
+                             f"the upstream {c['upstream_cpus']:.2f}, others "
+                             f"{c['foreign_cpus']:.2f}, so {max(0.0, free):.2f} CPUs were free "
+                             "to the gateway")
+            out.append(line)
     out.append("- resident memory (VmRSS) after the run: "
                + ", ".join(f"{n} {v:.1f} MiB" for n, v in results["rss_mib"].items()))
+    same = label("omniroute", args.loops[0])
+    for c in args.instant_concurrency if CROSS in results.get("instant", {}) else []:
+        out.append(f"- cross-format instant streams (Anthropic client → OpenAI upstream) at c={c}: "
+                   f"CPU per stream {fmt(over(get(results, 'instant', CROSS, c, 'cpu_ms_per_req'), get(results, 'instant', same, c, 'cpu_ms_per_req')), 2, '×')} "  # noqa: E501
+                   f"and throughput {fmt(over(get(results, 'instant', CROSS, c, 'rps'), get(results, 'instant', same, c, 'rps')), 2, '×')} "  # noqa: E501
+                   f"those of {same} same-format")
     cross = results.get("cross", {})
     if cross:
         out += [f"- cross-format paced stream (Anthropic client → OpenAI upstream) at c={slow}: "
