@@ -123,6 +123,10 @@ class BufferedLog(Generic[T]):
     async def begin(self) -> None:
         """Called first in a batch's transaction, before its rows are written."""
 
+    async def prepare(self, batch: list[T]) -> None:
+        """Called in a batch's transaction after :meth:`begin`, before :meth:`inserts` or
+        :meth:`row` are asked for its rows (what the rows need stored first, stored)."""
+
     async def also(self) -> None:
         """Write what goes with a batch, in its transaction (after its rows)."""
 
@@ -267,6 +271,8 @@ class BufferedLog(Generic[T]):
         try:
             async with self.db.transaction():
                 await self.begin()
+                if batch:
+                    await self.prepare(batch)
                 if not singly:
                     for statement, rows in self.inserts(batch) if batch else ():
                         await self.write(statement, rows)
