@@ -11,17 +11,19 @@ sqlite3 binds a text for some 800 instructions (a copy and a lock), an integer f
 170, and the row, its page and its connection index are smaller.
 
 The writer (:class:`Names`) holds the codes in memory: loaded once, the texts of a batch
-it has not seen are inserted in the batch's own transaction (``ON CONFLICT DO
-NOTHING``: another instance on the same PostgreSQL may have just added one) and their
-ids read back; they join the cache when that transaction commits. Names are never
-deleted (retention prunes records, not the few texts they share), so a cached code stays
-valid for as long as the database lives.
+it has not seen are inserted (``ON CONFLICT DO NOTHING``: another instance on the same
+PostgreSQL may have just added one) and their ids read back. They are committed in a
+transaction of their own, before the batch's: inside the batch's, a name not yet
+committed would hold up every other instance inserting the same one until that batch
+commits (an instance never waits for another's batch). A batch that fails then leaves
+a name no record uses, which is harmless. Names are never deleted (retention prunes
+records, not the few texts they share), so a cached code stays valid for as long as the
+database lives.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from typing import Any
 
 from omniroute.storage.backend import DatabaseBackend
 
@@ -59,60 +61,37 @@ class Names:
     ::
 
         names = Names()
-        await names.ensure(db, texts)   # in the write's transaction: any new ones stored
+        await names.ensure(db, texts)   # any new ones stored (and committed)
         names.code["gpt-4o"]            # -> its id (None -> None)
-        names.committed()               # the transaction committed: keep the new ones
     """
 
     def __init__(self) -> None:
-        #: text -> id, the committed ones and this transaction's (None codes None)
+        #: text -> id (None codes None)
         self.code: dict[str | None, int | None] = {None: None}
         #: id -> text, the same
         self.text: dict[int | None, str | None] = {None: None}
         self._loaded = False
-        #: texts this transaction stored or looked up (dropped if it rolls back)
-        self._new: list[str] = []
 
     async def ensure(self, db: DatabaseBackend, texts: Iterable[str | None]) -> None:
-        """Give every one of ``texts`` a code, storing those ``record_names`` lacks (in
-        the caller's transaction)."""
+        """Give every one of ``texts`` a code, storing those ``record_names`` lacks (in a
+        transaction of their own: call it outside any other)."""
         if not self._loaded:  # once: the names a gateway has used are few
             for row in await db.fetchall("SELECT id, name FROM record_names"):
                 self._learn(row[1], row[0])
             self._loaded = True
-        missing = sorted({t for t in texts if t not in self.code})
+        missing = sorted({t for t in texts if t is not None and t not in self.code})
         if not missing:
             return
-        # in one order on every instance (no deadlock between writers adding the same)
-        await db.executemany("INSERT INTO record_names(name) VALUES (?) "
-                             "ON CONFLICT(name) DO NOTHING", [(t,) for t in missing])
+        async with db.transaction():  # in one order on every instance (no deadlock)
+            await db.executemany("INSERT INTO record_names(name) VALUES (?) "
+                                 "ON CONFLICT(name) DO NOTHING", [(t,) for t in missing])
         for text in missing:  # one by one: a backend may store a text otherwise than
             # given (PostgreSQL: a NUL as U+FFFD), and reads the parameter the same way
             row = await db.fetchone("SELECT id FROM record_names WHERE name = ?", (text,))
             if row is None:  # the insert above stored it or found it: a broken database
                 raise LookupError("record_names lost a name just stored")
             self._learn(text, row[0])
-            self._new.append(text)
 
     def _learn(self, text: str, code: int) -> None:
         self.code[text] = code
         self.text[code] = text
-
-    def committed(self) -> None:
-        """The transaction that stored this batch's new names committed."""
-        self._new = []
-
-    def rolled_back(self) -> None:
-        """It rolled back: the names it stored are gone (others may have them: asked
-        again next time)."""
-        for text in self._new:
-            code = self.code.pop(text, None)
-            self.text.pop(code, None)
-        self._new = []
-
-    def decode(self, row: Sequence[Any], at: Sequence[int]) -> list[Any]:
-        """``row`` with the codes at the indexes ``at`` turned back into their texts."""
-        out = list(row)
-        for i in at:
-            out[i] = self.text[out[i]]
-        return out

@@ -14,9 +14,9 @@ import logging
 import math
 import operator
 import time
-from itertools import chain
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from itertools import chain
 from typing import Any
 
 from omniroute.storage import names, responses, rollup
@@ -121,7 +121,7 @@ class RecordRows:
     ::
 
         rows = RecordRows()
-        await rows.prepare(db, batch)    # in the transaction: new texts get their codes
+        await rows.prepare(db, batch)    # before the transaction: new texts get codes
         for statement, values in rows.inserts(batch):
             ...
     """
@@ -134,11 +134,12 @@ class RecordRows:
         self._codes: list[tuple[int | None, ...]] = []
 
     async def prepare(self, db: DatabaseBackend, batch: list[RequestRecord]) -> None:
-        """Code ``batch``'s texts, storing the new ones (in the caller's transaction)."""
+        """Code ``batch``'s texts, storing the new ones (committed: call it outside any
+        transaction)."""
         # each record's texts looked up as they are made, not kept: a tuple a record
         # held until the batch is written feeds the garbage collector (measured: its
         # passes over the waiting records cost more than the look-ups)
-        codes = list(map(self._shapes.get, map(_texts, batch)))
+        codes: list[Any] = list(map(self._shapes.get, map(_texts, batch)))
         if None in codes:  # texts not seen together yet (most often: seen apart)
             missing = {key for key, code in zip(map(_texts, batch), codes, strict=True)
                        if code is None}
@@ -148,13 +149,6 @@ class RecordRows:
                 self._shapes[key] = tuple(map(known.__getitem__, key))
             codes = list(map(self._shapes.__getitem__, map(_texts, batch)))
         self._codes = codes
-
-    def committed(self) -> None:
-        self.names.committed()
-
-    def rolled_back(self) -> None:
-        self.names.rolled_back()
-        self._shapes = {}  # some may hold codes that are gone
 
     def row(self, record: RequestRecord) -> tuple[Any, ...]:
         """The full statement's row of one record whose texts :meth:`prepare` coded."""
@@ -281,10 +275,8 @@ class RequestLog(BufferedLog[RequestRecord]):
     def also_done(self) -> None:
         self._used = {}
         self._scratch = True
-        self._rows.committed()
 
     def also_failed(self) -> None:
-        self._rows.rolled_back()
         for key_id, ts in self._used.items():  # a newer use noted meanwhile wins
             self._key_use.setdefault(key_id, ts)
         self._used = {}

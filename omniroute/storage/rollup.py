@@ -135,7 +135,8 @@ _PERIODS_TABLE = f"(SELECT {HOUR} AS period UNION ALL SELECT {DAY})"
 #: columns the fold reads, filled by the insert itself
 NEW = "request_log_new"
 _NEW_TYPES = {"ts": "REAL", "provider": "INTEGER", "model": "INTEGER",
-              "connection_id": "INTEGER", "api_key_id": "INTEGER", "status": "INTEGER", "error_class": "TEXT",
+              "connection_id": "INTEGER", "api_key_id": "INTEGER", "status": "INTEGER",
+              "error_class": "TEXT",
               "cache_hit": "INTEGER", "prompt_tokens": "INTEGER",
               "completion_tokens": "INTEGER", "cached_tokens": "INTEGER",
               "cache_write_tokens": "INTEGER", "reasoning_tokens": "INTEGER",

@@ -114,7 +114,7 @@ class Tally:
         # the rows turned into columns once, in C; a batch is most often of one minute
         # and one group, seen by counting each group column's first value (no key made
         # a row: a tuple a row, kept until the write ends, feeds the garbage collector)
-        columns = list(zip(*rows))
+        columns = list(zip(*rows, strict=True))
         times, n = columns[layout.ts_at], len(rows)
         minute = _MINUTE_OF(min(times))
         if minute == _MINUTE_OF(max(times)) and all(columns[i].count(columns[i][0]) == n
@@ -123,7 +123,7 @@ class Tally:
             self._add_group(layout, int(minute) * rollup.MINUTE, raw, columns, n)
             return
         buckets: dict[tuple[float, tuple[Any, ...]], list[Sequence[Any]]] = {}
-        keys = zip(map(_MINUTE_OF, map(layout.ts, rows)), map(layout.group, rows))
+        keys = zip(map(_MINUTE_OF, map(layout.ts, rows)), map(layout.group, rows), strict=True)
         for key, row in zip(keys, rows, strict=True):
             bucket = buckets.get(key)
             if bucket is None:
@@ -131,8 +131,8 @@ class Tally:
             else:
                 bucket.append(row)
         for (minute, raw), bucket in buckets.items():
-            self._add_group(layout, int(minute) * rollup.MINUTE, raw, list(zip(*bucket)),
-                            len(bucket))
+            self._add_group(layout, int(minute) * rollup.MINUTE, raw,
+                            list(zip(*bucket, strict=True)), len(bucket))
 
     def _add_group(self, layout: _Layout, start: int, raw: tuple[Any, ...],
                    columns: Sequence[Sequence[Any]], n: int) -> None:
