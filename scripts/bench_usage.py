@@ -44,26 +44,14 @@ def _rows(n: int, start_ts: float) -> Any:
 
 
 def prefill(db_path: Path, rows: int = PREFILL_ROWS) -> float:
-    """Put ``rows`` recent records into the database's request log (its texts as their
-    ``record_names`` codes, as the writer stores them); the seconds it took."""
-    from omniroute.storage import names
-
+    """Put ``rows`` recent records into the database's request log; the seconds it took."""
     began = time.perf_counter()
-    coded = [i for i, c in enumerate(_COLUMNS) if c in names.CODED]
     with sqlite3.connect(db_path) as db:
         db.execute("PRAGMA journal_mode=WAL")
-        texts = {row[i] for row in _rows(1, 0.0) for i in coded}
-        db.executemany("INSERT INTO record_names(name) VALUES (?) ON CONFLICT(name) DO NOTHING",
-                       [(t,) for t in texts])
-        code = dict(db.execute("SELECT name, id FROM record_names"))
-
-        def stored(row: tuple[Any, ...]) -> tuple[Any, ...]:
-            return tuple(code[v] if i in coded else v for i, v in enumerate(row))
-
         db.executemany(
-            f"INSERT INTO {names.TABLE}({', '.join(_COLUMNS)}) "
+            f"INSERT INTO request_log({', '.join(_COLUMNS)}) "
             f"VALUES ({', '.join('?' for _ in _COLUMNS)})",
-            map(stored, _rows(rows, time.time() - rows * 0.001)))
+            _rows(rows, time.time() - rows * 0.001))
     return time.perf_counter() - began
 
 

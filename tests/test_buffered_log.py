@@ -202,7 +202,7 @@ async def test_audit_retention_by_age_in_small_batches(
 async def test_the_row_bound_keeps_the_newest_rows_when_ids_have_gaps(db: Database) -> None:
     """A PostgreSQL sequence skips ids (a rolled-back insert, a crash): the bound is the
     id of the row past the newest ``max_rows``, not the largest id minus ``max_rows``."""
-    table, log = "request_records", RequestLog(db)
+    table, log = "request_log", RequestLog(db)
     for i in range(10):
         log.add(_record(i))
     await log.flush()

@@ -200,11 +200,11 @@ async def test_request_log_backlog_stays_bounded_when_writes_keep_failing(
 async def test_request_log_survives_a_missing_table(tmp_path: Path) -> None:
     db = await Database.open(tmp_path / "x.sqlite3")
     try:
-        await db.execute("ALTER TABLE request_records RENAME TO request_log_away")
+        await db.execute("ALTER TABLE request_log RENAME TO request_log_away")
         log = RequestLog(db)
         log.add(_record(1))
         assert await log.flush() == 0
-        await db.execute("ALTER TABLE request_log_away RENAME TO request_records")
+        await db.execute("ALTER TABLE request_log_away RENAME TO request_log")
         assert await log.flush() == 1
         assert await _count(db) == 1
     finally:

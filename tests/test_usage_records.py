@@ -328,7 +328,7 @@ async def test_ten_thousand_records_are_written_in_batches(
     real = log.write  # (the batch's insert, whatever the backend runs it as)
 
     async def spy(sql: str, rows: Any) -> None:
-        if sql.startswith("INSERT INTO request_records"):
+        if sql.startswith("INSERT INTO request_log"):
             batches.append(len(rows))
         await real(sql, rows)
 
@@ -362,7 +362,7 @@ async def test_retention_by_age_and_by_rows_in_small_batches(
 
     monkeypatch.setattr(db, "execute", spy)
     assert await log.prune() == 10
-    log_deletes = [sql for sql in deletes if "request_records" in sql]
+    log_deletes = [sql for sql in deletes if "request_log" in sql]
     assert len(log_deletes) == 3  # 4 + 4 + 2: small batches, never one large DELETE
     # the hourly and daily totals of those three-day-old records went with them
     rolled = await db.fetchall("SELECT period, SUM(requests) FROM usage_rollup GROUP BY 1")

@@ -268,11 +268,9 @@ async def test_the_migration_fills_the_totals_from_existing_records(
     old = await Database.open(path, migrations=MIGRATIONS[:before + after])
     records = make_records(500, seed=11)
     # written as an old gateway's writer would: records only (the totals, if any, stale);
-    # that schema has no unique request id yet (migration 9) nor codes (13): a plain insert
-    fields = [f.name for f in dataclasses.fields(RequestRecord)]
-    await old.executemany(
-        f"INSERT INTO request_log({', '.join(fields)}) VALUES ({', '.join('?' * len(fields))})",
-        [tuple(getattr(r, f) for f in fields) for r in records])
+    # that schema has no unique request id yet (migration 9): a plain insert
+    insert = RequestLog.insert.removesuffix(" ON CONFLICT(request_id) DO NOTHING")
+    await old.executemany(insert, [RequestLog.row(r) for r in records])
     await old.close()
     db = await Database.open(path)
     try:
@@ -375,7 +373,7 @@ async def test_a_filtered_page_still_finds_records_when_the_totals_count_pruned_
     db, records = filled
     newest = sorted(records, key=lambda r: r.ts)[-300:]
     # the row bound pruned the others: the hourly totals still count them
-    await db.execute("DELETE FROM request_records WHERE ts < ?", (newest[0].ts,))
+    await db.execute("DELETE FROM request_log WHERE ts < ?", (newest[0].ts,))
     where = UsageFilter(model="m2")
     want = [r.request_id for r in sorted(newest, key=lambda r: r.ts, reverse=True)
             if r.model == "m2"]

@@ -123,12 +123,6 @@ class BufferedLog(Generic[T]):
     async def begin(self) -> None:
         """Called first in a batch's transaction, before its rows are written."""
 
-    async def prepare(self, batch: list[T]) -> None:
-        """Called before a batch's transaction, before :meth:`inserts` or :meth:`row` are
-        asked for its rows: what the rows need stored first, stored and committed (not
-        in the batch's transaction, where it would hold up other writers until that
-        commits)."""
-
     async def also(self) -> None:
         """Write what goes with a batch, in its transaction (after its rows)."""
 
@@ -270,8 +264,6 @@ class BufferedLog(Generic[T]):
 
     async def _transaction(self, batch: list[T], *, singly: bool) -> int:
         written = 0
-        if batch:
-            await self.prepare(batch)
         try:
             async with self.db.transaction():
                 await self.begin()

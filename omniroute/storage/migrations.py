@@ -13,46 +13,7 @@ types, ``WITHOUT ROWID``), and nothing else.
 
 from __future__ import annotations
 
-from omniroute.storage import names, rollup
-
-#: request_log's columns at schema 12, in order (what ``SELECT *`` read): the view of
-#: migration 13 keeps them so
-_RECORD_COLUMNS_12 = (
-    "id", "request_id", "ts", "api_key_id", "endpoint", "model_requested", "provider",
-    "connection_id", "model", "stream", "status", "error", "prompt_tokens",
-    "completion_tokens", "latency_ms", "ttfb_ms", "cached_tokens", "reasoning_tokens",
-    "attempts", "client_format", "user_agent", "combo", "error_class", "attempt_log",
-    "ttfc_ms", "tokens_per_s", "cache_write_tokens", "usage_estimated", "cost_usd",
-    "list_cost_usd", "cache_hit", "request_body", "response_body", "images",
-    "audio_seconds", "characters")
-
-
-def _codes_13() -> list[str]:
-    """Migration 13: the request log's repeated texts become ids of ``record_names``
-    (:mod:`omniroute.storage.names`), the records keep their ids (the table is renamed,
-    not copied: a PostgreSQL identity goes on from where it was), a view gives them
-    back. Written as SQLite 3.35+ and PostgreSQL both take it."""
-    coded = names.CODED
-    used = " UNION ".join(f"SELECT {c} AS name FROM request_log" for c in coded)
-    return [
-        """CREATE TABLE record_names (id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE)""",
-        f"INSERT INTO record_names(name) SELECT name FROM ({used}) AS used "
-        "WHERE name IS NOT NULL ORDER BY name",
-        # the indexes on a coded column are made again over its codes
-        "DROP INDEX request_log_key_ts",
-        "DROP INDEX request_log_conn_ts",
-        f"ALTER TABLE request_log RENAME TO {names.TABLE}",
-        *(f"ALTER TABLE {names.TABLE} ADD COLUMN {c}_code INTEGER" for c in coded),
-        f"UPDATE {names.TABLE} SET " + ", ".join(
-            f"{c}_code = (SELECT id FROM record_names WHERE name = {c})" for c in coded),
-        *(f"ALTER TABLE {names.TABLE} DROP COLUMN {c}" for c in coded),
-        *(f"ALTER TABLE {names.TABLE} RENAME COLUMN {c}_code TO {c}" for c in coded),
-        names.view(_RECORD_COLUMNS_12),
-        f"CREATE INDEX request_log_key_ts ON {names.TABLE}(api_key_id, ts) "
-        "WHERE api_key_id IS NOT NULL",
-        f"CREATE INDEX request_log_conn_ts ON {names.TABLE}(connection_id, ts)",
-    ]
-
+from omniroute.storage import rollup
 
 MIGRATIONS: list[list[str]] = [
     # 1: the foundation tables
@@ -271,11 +232,6 @@ MIGRATIONS: list[list[str]] = [
         """CREATE INDEX request_log_key_ts ON request_log(api_key_id, ts)
            WHERE api_key_id IS NOT NULL""",
     ],
-    # 13: the request log's repeated texts (endpoint, formats, provider, models,
-    # connection, user agent, key) stored once, in ``record_names``; the records keep
-    # their ids, and the view ``request_log`` reads as the table did. Some 800
-    # instructions a text to bind, against 170 an integer, and a smaller row (issue 8)
-    _codes_13(),
 ]
 
 LATEST = len(MIGRATIONS)

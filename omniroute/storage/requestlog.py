@@ -16,13 +16,11 @@ import operator
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from itertools import chain
 from typing import Any
 
-from omniroute.storage import names, responses, rollup
+from omniroute.storage import responses, rollup
 from omniroute.storage.backend import DatabaseBackend
 from omniroute.storage.buffered import BufferedLog
-from omniroute.storage.names import Names
 from omniroute.storage.tally import Tally
 
 log = logging.getLogger(__name__)
@@ -86,95 +84,44 @@ _FIELDS = [f.name for f in dataclasses.fields(RequestRecord)]
 #: of them is written by a statement that leaves them out (NULL, their default)
 RARE = ("error", "error_class", "combo", "cache_write_tokens", "list_cost_usd",
         "request_body", "response_body", "audio_seconds", "characters", "images")
-assert not set(RARE) & set(names.CODED)
 _COMMON = [f for f in _FIELDS if f not in RARE]
-#: each statement's columns: the record's own values, then its texts' codes
-#: (:mod:`omniroute.storage.names`), the same in both
-_PLAIN = [f for f in _FIELDS if f not in names.CODED]
-_COMMON_PLAIN = [f for f in _COMMON if f not in names.CODED]
 
 
 def _insert(fields: list[str]) -> str:
     # a record is written once: a batch tried again (its commit may have landed before
     # the database went away) adds nothing twice
-    return (f"INSERT INTO {names.TABLE}({', '.join(fields)}) "
+    return (f"INSERT INTO request_log({', '.join(fields)}) "
             f"VALUES ({', '.join('?' for _ in fields)}) ON CONFLICT(request_id) DO NOTHING")
 
 
-_INSERT, _INSERT_COMMON = _insert([*_PLAIN, *names.CODED]), _insert(
-    [*_COMMON_PLAIN, *names.CODED])
+_INSERT, _INSERT_COMMON = _insert(_FIELDS), _insert(_COMMON)
 #: each statement's columns, in its rows' order (what :class:`~omniroute.storage.tally.Tally`
 #: reads them by)
-_COLUMNS = {_INSERT: [*_PLAIN, *names.CODED], _INSERT_COMMON: [*_COMMON_PLAIN, *names.CODED]}
-_plain = operator.attrgetter(*_PLAIN)  # one record -> its own values (a tuple)
-_common_plain = operator.attrgetter(*_COMMON_PLAIN)
-_texts = operator.attrgetter(*names.CODED)  # one record -> its coded texts
+_COLUMNS = {_INSERT: _FIELDS, _INSERT_COMMON: _COMMON}
+_row = operator.attrgetter(*_FIELDS)  # one record -> the tuple of its column values
+_common_row = operator.attrgetter(*_COMMON)
 _rare = operator.attrgetter(*RARE)
 _NONE_RARE = (None,) * len(RARE)
-_add = operator.add
 
 
-class RecordRows:
-    """A batch of records as the rows of the statements that write them, their texts as
-    codes.
-
-    ::
-
-        rows = RecordRows()
-        await rows.prepare(db, batch)    # before the transaction: new texts get codes
-        for statement, values in rows.inserts(batch):
-            ...
-    """
-
-    def __init__(self) -> None:
-        self.names = Names()
-        #: a record's texts (:data:`~omniroute.storage.names.CODED`) -> their codes: a
-        #: gateway's records have few distinct ones, so one look-up a record (in C)
-        self._shapes: dict[tuple[str | None, ...], tuple[int | None, ...]] = {}
-        self._codes: list[tuple[int | None, ...]] = []
-
-    async def prepare(self, db: DatabaseBackend, batch: list[RequestRecord]) -> None:
-        """Code ``batch``'s texts, storing the new ones (committed: call it outside any
-        transaction)."""
-        # each record's texts looked up as they are made, not kept: a tuple a record
-        # held until the batch is written feeds the garbage collector (measured: its
-        # passes over the waiting records cost more than the look-ups)
-        codes: list[Any] = list(map(self._shapes.get, map(_texts, batch)))
-        if None in codes:  # texts not seen together yet (most often: seen apart)
-            missing = {key for key, code in zip(map(_texts, batch), codes, strict=True)
-                       if code is None}
-            await self.names.ensure(db, chain.from_iterable(missing))
-            known = self.names.code
-            for key in missing:
-                self._shapes[key] = tuple(map(known.__getitem__, key))
-            codes = list(map(self._shapes.__getitem__, map(_texts, batch)))
-        self._codes = codes
-
-    def row(self, record: RequestRecord) -> tuple[Any, ...]:
-        """The full statement's row of one record whose texts :meth:`prepare` coded."""
-        return _plain(record) + self._shapes[_texts(record)]
-
-    def inserts(self, batch: list[RequestRecord]) -> list[tuple[str, list[tuple[Any, ...]]]]:
-        """The statements that write ``batch`` (the one :meth:`prepare` was given last),
-        in its order: each run of records without any :data:`RARE` field by the statement
-        that leaves those out, each other run by the full one (a batch of served requests
-        is one ``executemany``)."""
-        codes, self._codes = self._codes, []
-        # in C, and no tuple kept a record: a batch of served requests is all plain
-        if sum(map(_NONE_RARE.__eq__, map(_rare, batch))) == len(batch):
-            return ([(_INSERT_COMMON, list(map(_add, map(_common_plain, batch), codes)))]
-                    if batch else [])
-        out: list[tuple[str, list[tuple[Any, ...]]]] = []
-        rows: list[tuple[Any, ...]] = []
-        common: bool | None = None
-        for record, its_codes in zip(batch, codes, strict=True):
-            plain = _rare(record) == _NONE_RARE
-            if plain is not common:
-                rows = []
-                out.append((_INSERT_COMMON if plain else _INSERT, rows))
-                common = plain
-            rows.append((_common_plain(record) if plain else _plain(record)) + its_codes)
-        return out
+def record_inserts(batch: list[RequestRecord]) -> list[tuple[str, list[tuple[Any, ...]]]]:
+    """The statements that write ``batch``, in its order: each run of records without
+    any :data:`RARE` field by the statement that leaves those out, each other run by the
+    full one (a batch of served requests is one ``executemany``)."""
+    rare = list(map(_rare, batch))  # in C: a batch of served requests is all plain
+    if rare.count(_NONE_RARE) == len(batch):
+        return [(_INSERT_COMMON, list(map(_common_row, batch)))] if batch else []
+    out: list[tuple[str, list[tuple[Any, ...]]]] = []
+    rows: list[tuple[Any, ...]] = []
+    common: bool | None = None
+    for record, its_rare in zip(batch, rare, strict=True):
+        plain = its_rare == _NONE_RARE
+        if plain is not common:
+            rows = []
+            out.append((_INSERT_COMMON if plain else _INSERT, rows))
+            common = plain
+        rows.append(_common_row(record) if plain else _row(record))
+    return out
 
 
 class RequestLog(BufferedLog[RequestRecord]):
@@ -187,7 +134,7 @@ class RequestLog(BufferedLog[RequestRecord]):
     hourly and daily totals (:mod:`omniroute.storage.rollup`) in the same transaction.
     """
 
-    table = names.TABLE
+    table = "request_log"
     insert = _INSERT
     noun = "records"
 
@@ -207,16 +154,11 @@ class RequestLog(BufferedLog[RequestRecord]):
         self._tally, self._copied = Tally(), False
         #: the scratch table of :data:`~omniroute.storage.rollup.NEW` was made (committed)
         self._scratch = False
-        self._rows = RecordRows()
 
-    def row(self, item: RequestRecord) -> Sequence[Any]:
-        return self._rows.row(item)
-
-    async def prepare(self, batch: list[RequestRecord]) -> None:
-        await self._rows.prepare(self.db, batch)
+    row = staticmethod(_row)  # type: ignore[assignment]
 
     def inserts(self, batch: list[RequestRecord]) -> list[tuple[str, list[Sequence[Any]]]]:
-        return self._rows.inserts(batch)  # type: ignore[return-value]
+        return record_inserts(batch)  # type: ignore[return-value]
 
     def add(self, record: RequestRecord) -> None:
         """Queue ``record`` (synchronous, O(1), never blocks)."""
@@ -241,7 +183,7 @@ class RequestLog(BufferedLog[RequestRecord]):
         return bool(self._key_use)
 
     async def begin(self) -> None:
-        self._tally, self._copied = Tally(self._rows.names.text), False
+        self._tally, self._copied = Tally(), False
         if self._scratch and self.db.keeps_temp_tables:
             return  # made by a committed transaction: a statement (a thread's turn) fewer
         for statement in rollup.BEGIN:  # the scratch table of the records stored (empty)

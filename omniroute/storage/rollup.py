@@ -43,8 +43,6 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from omniroute.storage import names
-
 MINUTE, HOUR, DAY = 60, 3600, 86400
 #: seconds of per-minute totals kept (the overview shows the last hour)
 MINUTE_KEEP = 3 * HOUR
@@ -134,23 +132,15 @@ _PERIODS_TABLE = f"(SELECT {HOUR} AS period UNION ALL SELECT {DAY})"
 #: of each connection: unqualified, it is found before any other of its name): the
 #: columns the fold reads, filled by the insert itself
 NEW = "request_log_new"
-_NEW_TYPES = {"ts": "REAL", "provider": "INTEGER", "model": "INTEGER",
-              "connection_id": "INTEGER", "api_key_id": "INTEGER", "status": "INTEGER",
-              "error_class": "TEXT",
+_NEW_TYPES = {"ts": "REAL", "provider": "TEXT", "model": "TEXT", "connection_id": "TEXT",
+              "api_key_id": "TEXT", "status": "INTEGER", "error_class": "TEXT",
               "cache_hit": "INTEGER", "prompt_tokens": "INTEGER",
               "completion_tokens": "INTEGER", "cached_tokens": "INTEGER",
               "cache_write_tokens": "INTEGER", "reasoning_tokens": "INTEGER",
               "images": "INTEGER", "audio_seconds": "REAL", "characters": "INTEGER",
               "cost_usd": "REAL", "list_cost_usd": "REAL", "latency_ms": "REAL"}
-#: the records' columns copied into :data:`NEW` (the provider, model, connection and key
-#: as their ``record_names`` codes: :mod:`omniroute.storage.names`)
+#: the request_log columns copied into :data:`NEW`
 NEW_COLUMNS = tuple(_NEW_TYPES)
-assert {c for c, t in _NEW_TYPES.items() if t == "INTEGER"} >= set(NEW_COLUMNS) & set(
-    names.CODED)
-#: :data:`NEW` with its codes read back as texts, as the fold groups by them
-_NEW_TEXTS = ("(SELECT " + ", ".join(
-    f"(SELECT name FROM record_names WHERE id = {NEW}.{c}) AS {c}" if c in names.CODED else c
-    for c in NEW_COLUMNS) + f" FROM {NEW}) AS stored")
 #: the writer's statement before its insert: :data:`NEW` there (empty: the fold that
 #: reads it empties it, and a transaction that fails leaves it as it was)
 BEGIN = [f"CREATE TEMP TABLE IF NOT EXISTS {NEW} "
@@ -188,7 +178,7 @@ def _batch_statements() -> list[str]:
         f"DELETE FROM {_BATCH}",
         f"INSERT INTO {_BATCH} SELECT CAST(ts / {MINUTE} AS INTEGER) * {MINUTE}, "
         f"{', '.join(_RECORD_GROUPS)}, {', '.join(_RECORD_DIM_SUMS)} "
-        f"FROM {_NEW_TEXTS} GROUP BY {groups}",
+        f"FROM {NEW} GROUP BY {groups}",
         *(upsert("usage_rollup", ("period", "start", *GROUP_COLUMNS), SUM_COLUMNS,
                   f"SELECT {period}, CAST(start / {period} AS INTEGER) * {period}, "
                   f"{', '.join(GROUP_COLUMNS)}, {', '.join(f'SUM({c})' for c in SUM_COLUMNS)} "

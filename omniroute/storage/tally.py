@@ -15,15 +15,11 @@ The sums are the fold's, column for column (:data:`~omniroute.storage.rollup.SUM
 :data:`~omniroute.storage.rollup.DIM_SUM_COLUMNS`): NULL counts as 0, ``list_cost_usd``
 falls back to ``cost_usd``, a record failed when its status is 400 or more or it has an
 error class, a group's NULL text is ``''`` and a dimension's value is its text.
-
-The rows hold the provider, model, connection and key as their ``record_names`` codes
-(:mod:`omniroute.storage.names`): the records are grouped by code, and each group's
-codes turned back into texts once.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from operator import itemgetter
 from typing import Any
 
@@ -68,19 +64,17 @@ class _Layout:
 
     def __init__(self, fields: Sequence[str]) -> None:
         at = {name: i for i, name in enumerate(fields)}
-        self.ts_at = at["ts"]
-        self.ts = itemgetter(self.ts_at)
+        self.ts = itemgetter(at["ts"])
         # error_class last: a record with one failed, whatever its status
         group = ["provider", "model", "connection_id", "api_key_id", "status", "cache_hit"]
         self.has_error_class = "error_class" in at
-        self.group_at = [*(at[c] for c in group),
-                         *((at["error_class"],) if self.has_error_class else ())]
-        self.group = itemgetter(*self.group_at)
-        #: the index of each summed column, None for a column these rows leave out (NULL)
-        self.summed_at = [at.get(c) for c in _SUMMED]
-        self.latency_at = at["latency_ms"]
-        self.list_cost_at = (None if "list_cost_usd" not in at
-                             else (at["list_cost_usd"], at["cost_usd"]))
+        self.group = itemgetter(*(at[c] for c in group),
+                                *((at["error_class"],) if self.has_error_class else ()))
+        #: a getter of each summed column, None for a column these rows leave out (NULL)
+        self.summed = [None if c not in at else itemgetter(at[c]) for c in _SUMMED]
+        self.latency = itemgetter(at["latency_ms"])
+        self.list_cost = (None if "list_cost_usd" not in at
+                          else itemgetter(at["list_cost_usd"], at["cost_usd"]))
 
 
 class Tally:
@@ -88,15 +82,13 @@ class Tally:
 
     ::
 
-        tally = Tally(names.text)        # the codes' texts
+        tally = Tally()
         tally.add(fields, rows)          # each INSERT's column names and its rows, all stored
         for sql, values in tally.rows():
             await db.executemany(sql, values)
     """
 
-    def __init__(self, texts: Mapping[Any, str | None] | None = None) -> None:
-        #: a code -> its text (the rows' provider, model, connection and key are codes)
-        self.texts = texts if texts is not None else {None: None}
+    def __init__(self) -> None:
         #: (minute start, group) -> sums
         self.minutes: dict[tuple[int, Group], Sums] = {}
         self._layouts: dict[tuple[str, ...], _Layout] = {}
@@ -106,57 +98,44 @@ class Tally:
 
     def add(self, fields: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
         """Add ``rows`` (each the values of ``fields``, in order) to the totals."""
-        if not rows:
-            return
         layout = self._layouts.get(tuple(fields))
         if layout is None:
             layout = self._layouts[tuple(fields)] = _Layout(fields)
-        # the rows turned into columns once, in C; a batch is most often of one minute
-        # and one group, seen by counting each group column's first value (no key made
-        # a row: a tuple a row, kept until the write ends, feeds the garbage collector)
-        columns = list(zip(*rows, strict=True))
-        times, n = columns[layout.ts_at], len(rows)
-        minute = _MINUTE_OF(min(times))
-        if minute == _MINUTE_OF(max(times)) and all(columns[i].count(columns[i][0]) == n
-                                                     for i in layout.group_at):
-            raw = tuple(columns[i][0] for i in layout.group_at)
-            self._add_group(layout, int(minute) * rollup.MINUTE, raw, columns, n)
-            return
-        buckets: dict[tuple[float, tuple[Any, ...]], list[Sequence[Any]]] = {}
-        keys = zip(map(_MINUTE_OF, map(layout.ts, rows)), map(layout.group, rows), strict=True)
-        for key, row in zip(keys, rows, strict=True):
-            bucket = buckets.get(key)
-            if bucket is None:
-                buckets[key] = [row]
-            else:
-                bucket.append(row)
+        # each row's (minute, group), in C (map, zip): a batch is most often one of each
+        keys = list(zip(map(_MINUTE_OF, map(layout.ts, rows)), map(layout.group, rows),
+                        strict=True))
+        if len(set(keys)) == 1:
+            buckets = {keys[0]: rows}
+        else:
+            buckets = {}
+            for key, row in zip(keys, rows, strict=True):
+                bucket = buckets.get(key)
+                if bucket is None:
+                    buckets[key] = [row]
+                else:
+                    bucket.append(row)  # type: ignore[attr-defined]
         for (minute, raw), bucket in buckets.items():
-            self._add_group(layout, int(minute) * rollup.MINUTE, raw,
-                            list(zip(*bucket, strict=True)), len(bucket))
+            self._add_group(layout, int(minute) * rollup.MINUTE, raw, bucket)
 
     def _add_group(self, layout: _Layout, start: int, raw: tuple[Any, ...],
-                   columns: Sequence[Sequence[Any]], n: int) -> None:
-        """Add one (minute, group)'s rows, given as their ``columns`` (``n`` rows)."""
-        texts = self.texts
-        provider, model, connection, key = (texts[raw[0]], texts[raw[1]], texts[raw[2]],
-                                            texts[raw[3]])
-        status, hit = raw[4], raw[5]
+                   bucket: Sequence[Sequence[Any]]) -> None:
+        provider, model, connection, key, status, hit = raw[:6]
         failed = 1 if status >= 400 or (layout.has_error_class and raw[6] is not None) else 0
         hit = 1 if hit else 0
         group: Group = (provider if provider is not None else "",
                         model if model is not None else "",
                         connection if connection is not None else "",
                         key if key is not None else "", status, failed, hit)
-        summed = [0 if i is None else sum(filter(None, columns[i]))
-                  for i in layout.summed_at]
+        n = len(bucket)
+        summed = [0 if get is None else sum(filter(None, map(get, bucket)))
+                  for get in layout.summed]
         cost = summed[-1]
-        if layout.list_cost_at is None:  # none of these rows has a list price
+        if layout.list_cost is None:  # none of these rows has a list price
             listed = cost
         else:
-            at_list, at_cost = layout.list_cost_at
             listed = sum(lp if lp is not None else (c or 0)
-                         for lp, c in zip(columns[at_list], columns[at_cost], strict=True))
-        latency = columns[layout.latency_at]
+                         for lp, c in map(layout.list_cost, bucket))
+        latency = list(map(layout.latency, bucket))
         timed = n - latency.count(None)
         sums = [n, *summed, listed, sum(filter(None, latency)) if timed else 0, timed,
                 n * failed, n * hit, listed - cost if hit else 0]

@@ -17,7 +17,7 @@ import sqlite3
 import time
 from pathlib import Path
 
-from omniroute.storage import names, rollup
+from omniroute.storage import rollup
 
 #: (connection id, prefix, name, subscription?)
 CONNECTIONS = [
@@ -48,14 +48,6 @@ FAILURES = [(429, "RateLimited", "rate limit reached for requests"),
             (502, "UpstreamStatusError", "upstream answered 502 Bad Gateway"),
             (504, "UpstreamTimeout", "no first byte within 120 s"),
             (400, "InvalidRequest", "max_tokens is too large for this model")]
-
-
-#: the columns :func:`fill` gives a value
-_FILLED = ("request_id", "ts", "api_key_id", "endpoint", "model_requested", "provider",
-           "connection_id", "model", "stream", "status", "error", "prompt_tokens",
-           "completion_tokens", "cached_tokens", "latency_ms", "ttfb_ms", "attempts",
-           "client_format", "error_class", "attempt_log", "cost_usd", "list_cost_usd",
-           "cache_hit")
 
 
 def _values(rows: list[tuple[object, ...]]) -> str:
@@ -104,7 +96,10 @@ def fill(db_path: Path | str, rows: int, *, days: float = 30.0, now: float | Non
                {r[5]} % 700 AS tokens_out,
                200 + {r[4]} % 2400 AS latency
         FROM n)
-    INSERT INTO fill_rows({', '.join(_FILLED)})
+    INSERT INTO request_log(request_id, ts, api_key_id, endpoint, model_requested, provider,
+        connection_id, model, stream, status, error, prompt_tokens, completion_tokens,
+        cached_tokens, latency_ms, ttfb_ms, attempts, client_format, error_class, attempt_log,
+        cost_usd, list_cost_usd, cache_hit)
     SELECT printf('fill{secrets.token_hex(4)}-%010x', i), ts, keys.key, 'chat.completions',
         models.prefix || '/' || models.model, models.prefix, models.conn, models.model,
         i % 2,
@@ -130,26 +125,9 @@ def fill(db_path: Path | str, rows: int, *, days: float = 30.0, now: float | Non
     """
     with sqlite3.connect(db_path) as db:
         db.execute("PRAGMA journal_mode=WAL")
-        # made as texts, stored as the writer stores them: the texts as their codes
-        db.execute("CREATE TEMP TABLE fill_rows AS SELECT * FROM request_log WHERE 0")
         db.execute(sql)
-        for statement in _stored("fill_rows", _FILLED):
-            db.execute(statement)
-        db.execute("DROP TABLE fill_rows")
         for table in rollup.TABLES:
             db.execute(f"DELETE FROM {table}")
         for statement in [*rollup.BACKFILL, rollup.MINUTE_BACKFILL]:
             db.execute(statement)
     return time.perf_counter() - began
-
-
-def _stored(source: str, columns: tuple[str, ...]) -> list[str]:
-    """Copy the records of ``source`` (request_log's columns, texts) into the records
-    table, each coded text through ``record_names`` (the new ones added first)."""
-    used = " UNION ".join(f"SELECT {c} AS name FROM {source}" for c in names.CODED)
-    values = [f"(SELECT id FROM record_names WHERE name = s.{c})" if c in names.CODED
-              else f"s.{c}" for c in columns]
-    return [f"INSERT INTO record_names(name) SELECT name FROM ({used}) AS used "
-            "WHERE name IS NOT NULL ON CONFLICT(name) DO NOTHING",
-            f"INSERT INTO {names.TABLE}({', '.join(columns)}) "
-            f"SELECT {', '.join(values)} FROM {source} AS s ORDER BY s.rowid"]
