@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import mimetypes
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, cast
 
 from omniroute.errors import InvalidRequest
 from omniroute.formats import canonical as c
@@ -135,7 +135,9 @@ def _decode_messages(raw: list[dict[str, Any]]) -> tuple[list[c.Text], list[c.Me
     for i, m in enumerate(raw):
         role = m.get("role") if isinstance(m, dict) else None
         if role == "user":
-            out.append(c.Message("user", _user_parts(m.get("content"), i), _name(m, i)))
+            # (a list of parts of these kinds is a list of parts: not copied to say so)
+            out.append(c.Message("user", cast("list[c.Part]", _user_parts(m.get("content"), i)),
+                                 _name(m, i)))
         elif role == "assistant":
             out.append(_decode_assistant(m, i, call_names))
         elif role == "system" or role == "developer":
@@ -143,7 +145,7 @@ def _decode_messages(raw: list[dict[str, Any]]) -> tuple[list[c.Text], list[c.Me
             if not out:
                 system.extend(parts)
                 continue
-            msg = c.Message("system", parts, _name(m, i))
+            msg = c.Message("system", cast("list[c.Part]", parts), _name(m, i))
             if role == "developer":
                 msg.meta[NAME] = {"role": "developer"}
             out.append(msg)
