@@ -30,7 +30,13 @@ _TRANSPORT = frozenset({
 #: (log-probabilities, several choices)
 _UNCACHEABLE = frozenset({"logprobs", "top_logprobs", "responseLogprobs"})
 _CHOICES = ("n", "candidateCount", "best_of")
+_SORTED = orjson.OPT_SORT_KEYS
+#: for a question with a key that is not a string somewhere in its extras (the same bytes
+#: as ``_SORTED`` gives wherever that one does not fail, at a slower pace)
 _OPTIONS = orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS
+#: a sha256 never fed: a key's hash starts as a copy of it (``hashlib.sha256()`` looks the
+#: algorithm up anew on every call, at several times the cost of hashing a request)
+_SHA256 = hashlib.sha256()
 
 
 def uncacheable(request: c.Request) -> str | None:
@@ -62,8 +68,9 @@ def cache_key(request: c.Request, tenant: str, model: str, *, layers: bool = Tru
     fields = _question(request, model)
     exact = _digest(tenant, fields)
     if not layers:
-        return CacheKey(exact=exact, scope="", prompt="", tenant=tenant, model=model,
-                        multi_turn=False, has_tools=False, has_media=False, prompt_tokens=0)
+        # positional (exact, scope, prompt, tenant, model, multi_turn, has_tools,
+        # has_media, prompt_tokens): a class called with keywords packs them into a dict
+        return CacheKey(exact, "", "", tenant, model, False, False, False, 0)
     messages = request.messages
     last = messages[-1] if messages else None
     prompt = ""
@@ -112,7 +119,12 @@ def _semantic_meta(meta: dict[str, Any]) -> dict[str, Any]:
 
 
 def _digest(tenant: str, question: tuple[Any, ...]) -> str:
-    digest = hashlib.sha256(tenant.encode())
+    digest = _SHA256.copy()
+    digest.update(tenant.encode())
     digest.update(b"\0")
-    digest.update(orjson.dumps(question, option=_OPTIONS))
+    try:
+        data = orjson.dumps(question, option=_SORTED)
+    except TypeError:  # (orjson.JSONEncodeError) a key that is not a string
+        data = orjson.dumps(question, option=_OPTIONS)
+    digest.update(data)
     return digest.hexdigest()

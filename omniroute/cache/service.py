@@ -20,6 +20,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -81,7 +82,12 @@ class ResponseCache:
         self.loaded = entries.Loaded(formats=formats)
         self.hits = self.misses = self.bypasses = 0
         self.stored = self.dropped = self.store_failures = 0
-        self._queue: asyncio.Queue[tuple[CacheKey, Producer, float]] = asyncio.Queue(QUEUE_SIZE)
+        # the stores waiting for the writer, and what wakes it when it sleeps on an empty
+        # queue: a deque and one future, not an asyncio.Queue (whose put and get cost a
+        # miss about ten Python calls more); ``_writing`` while it works on one
+        self._queue: deque[tuple[CacheKey, Producer, float]] = deque()
+        self._wake: asyncio.Future[None] | None = None
+        self._writing = False
         self._writer: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
@@ -101,8 +107,7 @@ class ResponseCache:
         """Write what is queued (bounded by the backends), then close everything."""
         if self._writer is not None:
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(5.0):
-                    await self._queue.join()
+                await self.settled(5.0)
             self._writer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._writer
@@ -177,10 +182,16 @@ class ResponseCache:
 
     def store(self, key: CacheKey, produce: Producer, ttl: float) -> None:
         """Queue a store; the writer calls ``produce`` and keeps its bytes everywhere."""
-        try:
-            self._queue.put_nowait((key, produce, ttl))
-        except asyncio.QueueFull:
+        queue = self._queue
+        if len(queue) >= QUEUE_SIZE:
             self.dropped += 1
+            return
+        queue.append((key, produce, ttl))
+        wake = self._wake
+        if wake is not None:  # the writer sleeps on an empty queue
+            self._wake = None
+            if not wake.done():  # (cancelled: the writer was stopped)
+                wake.set_result(None)
 
     async def settled(self, timeout: float = 30.0) -> None:
         """Wait until every queued store is done (tests, tools); bounded like every wait.
@@ -189,12 +200,19 @@ class ResponseCache:
             is stuck on a backend, or was never started).
         """
         async with asyncio.timeout(timeout):
-            await self._queue.join()
+            while self._queue or self._writing:  # (tests and tools: a short poll will do)
+                await asyncio.sleep(0.005)
 
     async def _write_loop(self) -> None:
         queue = self._queue
+        loop = asyncio.get_running_loop()
         while True:
-            key, produce, ttl = await queue.get()
+            if not queue:
+                wake = self._wake = loop.create_future()
+                await wake
+                continue
+            key, produce, ttl = queue.popleft()
+            self._writing = True
             try:
                 data = await produce()
                 if data is not None:
@@ -203,7 +221,7 @@ class ResponseCache:
                 self.store_failures += 1
                 log.exception("storing a cache entry failed")
             finally:
-                queue.task_done()
+                self._writing = False
 
     async def _keep(self, key: CacheKey, data: bytes, ttl: float) -> None:
         for backend in self.backends:
@@ -282,7 +300,7 @@ class ResponseCache:
             "idempotency": {"activeKeys": idem.get("activeKeys", 0),
                             "windowMs": idem.get("windowMs", 0)},
             "exact": {"hits": self.hits, "misses": self.misses, "bypasses": self.bypasses,
-                      "stored": self.stored, "queued": self._queue.qsize(),
+                      "stored": self.stored, "queued": len(self._queue),
                       "dropped": self.dropped, "store_failures": self.store_failures},
             "backends": backends,
             "layers": layers,

@@ -112,6 +112,17 @@ def test_module_helpers_keep_working() -> None:
     ({"model": "m", "messages": HI, "reasoning_effort": "extreme"}, "reasoning_effort"),
     ({"model": "m", "messages": HI, "response_format": {"type": "yaml"}}, "response_format"),
     ({"model": "m", "messages": HI, "n": 2}, "n"),
+    # checked by the decode itself as it reads each message (not by a second full check)
+    ({"model": "m", "messages": [*HI, "hello"]}, "messages"),
+    ({"model": "m", "messages": [*HI, {"content": "x"}]}, "messages"),
+    ({"model": "m", "messages": [{"role": "user", "content": "x", "name": 5}]},
+     "messages[0].name"),
+    ({"model": "m", "messages": [{"role": "system", "content": [{"type": "image_url",
+                                                                 "image_url": "u"}]}]},
+     "messages[0].content"),
+    ({"model": "m", "messages": HI, "seed": True}, "seed"),
+    ({"model": "m", "messages": HI, "user": 5}, "user"),
+    ({"model": "m", "messages": HI, "metadata": []}, "metadata"),
 ])
 def test_invalid_requests_name_the_field(body: dict[str, Any], param: str) -> None:
     with pytest.raises(InvalidRequest) as info:

@@ -56,6 +56,17 @@ def _last_usage(body: bytes) -> Any:
 
 def check_chat_request(body: dict[str, Any]) -> tuple[str, bool]:
     """The model and stream flag of a chat request; 400 when it cannot be served."""
+    model, stream = check_head(body)
+    for m in body["messages"]:
+        if not isinstance(m, dict) or not isinstance(m.get("role"), str):
+            raise InvalidRequest("Each message must be an object with a 'role'.",
+                                 param="messages")
+    return model, stream
+
+
+def check_head(body: dict[str, Any]) -> tuple[str, bool]:
+    """:func:`check_chat_request` but for each message (which the request's decode checks
+    as it reads them: the pipeline has checked them once already)."""
     model = body.get("model")
     if not isinstance(model, str) or not model.strip():
         raise InvalidRequest("'model' is required and must be a non-empty string.",
@@ -64,10 +75,6 @@ def check_chat_request(body: dict[str, Any]) -> tuple[str, bool]:
     if not isinstance(messages, list) or not messages:
         raise InvalidRequest("'messages' is required and must be a non-empty array.",
                              param="messages")
-    for m in messages:
-        if not isinstance(m, dict) or not isinstance(m.get("role"), str):
-            raise InvalidRequest("Each message must be an object with a 'role'.",
-                                 param="messages")
     stream = body.get("stream", False)
     if stream is None:
         stream = False
@@ -203,7 +210,7 @@ class OpenAIFormat(Format):
         return check_chat_request(body)
 
     def decode_request(self, request: ClientRequest) -> c.Request:
-        check_chat_request(request.body)
+        check_head(request.body)
         return openai_request.decode_request(request.body)
 
     def encode_response(self, response: c.Response, request: c.Request) -> bytes:

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import mimetypes
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, cast
 
 from omniroute.errors import InvalidRequest
 from omniroute.formats import canonical as c
@@ -51,58 +51,79 @@ _MODELLED = frozenset({
 
 
 def decode_request(body: dict[str, Any]) -> c.Request:
-    """The canonical form of a (checked) Chat Completions request body."""
+    """The canonical form of a Chat Completions request body (its head checked:
+    :func:`~omniroute.formats.openai.check_head`; each message is checked here)."""
     system, messages = _decode_messages(body["messages"])
+    # one pass over the body's keys: the typed fields checked, the unmodelled kept; the
+    # fields a body leaves out (most of them) cost nothing
+    extra: dict[str, Any] | None = None
+    for key, value in body.items():
+        kind = _TYPED.get(key)
+        if kind is not None:
+            if value is not None and not _is(value, kind):
+                raise InvalidRequest(f"'{key}' must be a {_KIND_NAMES[kind]}.", param=key)
+        elif key not in _MODELLED:
+            if extra is None:
+                extra = {}
+            extra[key] = value
     meta: dict[str, Any] = {}
-    extra = {k: v for k, v in body.items() if k not in _MODELLED}
-    if extra:
+    if extra is not None:
         meta["extra"] = extra
-    options = body.get("stream_options")
+    get = body.get
+    options = get("stream_options")
     if isinstance(options, dict) and options.get("include_usage"):
         meta["include_usage"] = True
-    n = body.get("n")
+    n = get("n")
     if n is not None and n != 1:
         raise InvalidRequest("Only one choice ('n': 1) can be translated.", param="n")
-    tools = _decode_tools(body.get("tools"))
-    reasoning = _decode_reasoning(body, meta)
+    tools = get("tools")
+    tool_choice = get("tool_choice")
+    stop = get("stop")
+    response_format = get("response_format")
+    reasoning = (_decode_reasoning(body, meta) if "reasoning_effort" in body
+                 or "reasoning" in body else None)
+    # positional, in the fields' order (model, messages, system, tools, tool_choice,
+    # parallel_tool_calls, max_tokens, temperature, top_p, top_k, stop, seed,
+    # presence_penalty, frequency_penalty, response_format, reasoning, stream, user,
+    # metadata): a class called with keywords packs them into a dict first
     request = c.Request(
-        model=body["model"],
-        messages=messages,
-        system=system,
-        tools=tools,
-        tool_choice=_decode_tool_choice(body.get("tool_choice")),
-        parallel_tool_calls=_opt(body, "parallel_tool_calls", bool),
-        max_tokens=_opt(body, "max_completion_tokens", int) or _opt(body, "max_tokens", int),
-        temperature=_opt(body, "temperature", float),
-        top_p=_opt(body, "top_p", float),
-        top_k=_opt(body, "top_k", int),
-        stop=_decode_stop(body.get("stop")),
-        seed=_opt(body, "seed", int),
-        presence_penalty=_opt(body, "presence_penalty", float),
-        frequency_penalty=_opt(body, "frequency_penalty", float),
-        response_format=_decode_response_format(body.get("response_format")),
-        reasoning=reasoning,
-        stream=bool(body.get("stream")),
-        user=_opt(body, "user", str),
-        metadata=_opt(body, "metadata", dict) or {},
+        body["model"], messages, system,
+        [] if tools is None else _decode_tools(tools),
+        None if tool_choice is None else _decode_tool_choice(tool_choice),
+        get("parallel_tool_calls"),
+        get("max_completion_tokens") or get("max_tokens"),
+        get("temperature"),
+        get("top_p"),
+        get("top_k"),
+        [] if stop is None else _decode_stop(stop),
+        get("seed"),
+        get("presence_penalty"),
+        get("frequency_penalty"),
+        None if response_format is None else _decode_response_format(response_format),
+        reasoning,
+        bool(get("stream")),
+        get("user"),
+        get("metadata") or {},
     )
     if meta:
         request.meta[NAME] = meta
     return request
 
 
-def _opt(body: Mapping[str, Any], key: str, kind: type) -> Any:
-    value = body.get(key)
-    if value is None:
-        return None
-    ok = (isinstance(value, (int, float)) and not isinstance(value, bool)) if kind is float \
-        else (isinstance(value, int) and not isinstance(value, bool)) if kind is int \
-        else isinstance(value, kind)
-    if not ok:
-        raise InvalidRequest(f"'{key}' must be a {_KIND_NAMES[kind]}.", param=key)
-    return value
+def _is(value: Any, kind: type) -> bool:
+    if kind is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if kind is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, kind)
 
 
+#: the scalar fields and the type each must have (None is always accepted: not given)
+_TYPED: dict[str, type] = {
+    "parallel_tool_calls": bool, "max_completion_tokens": int, "max_tokens": int,
+    "temperature": float, "top_p": float, "top_k": int, "seed": int,
+    "presence_penalty": float, "frequency_penalty": float, "user": str, "metadata": dict,
+}
 _KIND_NAMES = {float: "number", int: "integer", bool: "boolean", str: "string", dict: "object"}
 
 
@@ -110,59 +131,71 @@ def _decode_messages(raw: list[dict[str, Any]]) -> tuple[list[c.Text], list[c.Me
     system: list[c.Text] = []
     out: list[c.Message] = []
     call_names: dict[str, str] = {}
+    # a message's place (``messages[i]``) is spelled out only for an error
     for i, m in enumerate(raw):
-        role, where = m["role"], f"messages[{i}]"
-        if role in ("system", "developer"):
-            parts = _text_parts(m.get("content"), where)
+        role = m.get("role") if isinstance(m, dict) else None
+        if role == "user":
+            # (a list of parts of these kinds is a list of parts: not copied to say so)
+            out.append(c.Message("user", cast("list[c.Part]", _user_parts(m.get("content"), i)),
+                                 _name(m, i)))
+        elif role == "assistant":
+            out.append(_decode_assistant(m, i, call_names))
+        elif role == "system" or role == "developer":
+            parts = _text_parts(m.get("content"), i)
             if not out:
                 system.extend(parts)
                 continue
-            msg = c.Message("system", list(parts), name=_name(m, where))
+            msg = c.Message("system", cast("list[c.Part]", parts), _name(m, i))
             if role == "developer":
                 msg.meta[NAME] = {"role": "developer"}
             out.append(msg)
-        elif role == "user":
-            out.append(c.Message("user", list(_user_parts(m.get("content"), where)),
-                                 name=_name(m, where)))
-        elif role == "assistant":
-            out.append(_decode_assistant(m, where, call_names))
         elif role == "tool":
             call_id = m.get("tool_call_id")
             if not isinstance(call_id, str) or not call_id:
-                raise InvalidRequest(f"'{where}.tool_call_id' is required for a tool message.",
-                                     param=f"{where}.tool_call_id")
-            result = c.ToolResult(call_id, _user_parts(m.get("content"), where),
+                raise InvalidRequest(f"'messages[{i}].tool_call_id' is required for a tool "
+                                     "message.", param=f"messages[{i}].tool_call_id")
+            result = c.ToolResult(call_id, _user_parts(m.get("content"), i),
                                   name=call_names.get(call_id))
             if out and out[-1].role == "tool":
                 out[-1].parts.append(result)
             else:
                 out.append(c.Message("tool", [result]))
+        elif not isinstance(role, str):
+            raise InvalidRequest("Each message must be an object with a 'role'.",
+                                 param="messages")
         else:
-            raise InvalidRequest(f"'{where}.role' {role!r} is not supported; use system, "
-                                 "developer, user, assistant or tool.", param=f"{where}.role")
+            raise InvalidRequest(f"'messages[{i}].role' {role!r} is not supported; use "
+                                 "system, developer, user, assistant or tool.",
+                                 param=f"messages[{i}].role")
     return system, out
 
 
-def _name(m: dict[str, Any], where: str) -> str | None:
+def _name(m: dict[str, Any], i: int) -> str | None:
     name = m.get("name")
     if name is not None and not isinstance(name, str):
-        raise InvalidRequest(f"'{where}.name' must be a string.", param=f"{where}.name")
+        raise InvalidRequest(f"'messages[{i}].name' must be a string.",
+                             param=f"messages[{i}].name")
     return name
 
 
-def _text_parts(content: Any, where: str) -> list[c.Text]:
-    parts = _user_parts(content, where)
+def _text_parts(content: Any, i: int) -> list[c.Text]:
+    if type(content) is str:  # the common case
+        return [c.Text(content)] if content else []
+    parts = _user_parts(content, i)
     if not all(isinstance(p, c.Text) for p in parts):
-        raise InvalidRequest(f"'{where}.content' may hold only text parts.",
-                             param=f"{where}.content")
+        raise InvalidRequest(f"'messages[{i}].content' may hold only text parts.",
+                             param=f"messages[{i}].content")
     return parts  # type: ignore[return-value]
 
 
-def _user_parts(content: Any, where: str) -> list[c.Text | c.Image | c.File]:
+def _user_parts(content: Any, i: int) -> list[c.Text | c.Image | c.File]:
     if content is None:
         return []
-    if isinstance(content, str):
+    if type(content) is str:  # the common case
         return [c.Text(content)] if content else []
+    if isinstance(content, str):  # (a subclass)
+        return [c.Text(content)] if content else []
+    where = f"messages[{i}]"
     if not isinstance(content, list):
         raise InvalidRequest(f"'{where}.content' must be a string or an array of parts.",
                              param=f"{where}.content")
@@ -219,13 +252,14 @@ def _decode_file(file: Any, here: str, cache_control: Any) -> c.File:
     raise InvalidRequest(f"'{here}.file' needs 'file_data' or 'file_id'.", param=f"{here}.file")
 
 
-def _decode_assistant(m: dict[str, Any], where: str, call_names: dict[str, str]) -> c.Message:
+def _decode_assistant(m: dict[str, Any], i: int, call_names: dict[str, str]) -> c.Message:
     parts: list[c.Part] = decode_reasoning_fields(m)
-    parts.extend(_text_parts(m.get("content"), where))
+    parts.extend(_text_parts(m.get("content"), i))
     refusal = m.get("refusal")
     if isinstance(refusal, str) and refusal:
         parts.append(c.Text(refusal))
     calls = m.get("tool_calls") or []
+    where = f"messages[{i}]"
     if not isinstance(calls, list):
         raise InvalidRequest(f"'{where}.tool_calls' must be an array.", param=f"{where}.tool_calls")
     for k, call in enumerate(calls):
@@ -240,7 +274,7 @@ def _decode_assistant(m: dict[str, Any], where: str, call_names: dict[str, str])
         call_names[call_id] = fn["name"]
         parts.append(c.ToolCall(call_id, fn["name"], arguments_text(fn.get("arguments")),
                                 cache_control=call.get("cache_control")))
-    return c.Message("assistant", parts, name=_name(m, where))
+    return c.Message("assistant", parts, _name(m, i))
 
 
 
