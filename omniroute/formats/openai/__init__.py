@@ -19,6 +19,7 @@ from omniroute.errors import GatewayError, InvalidRequest, openai_error_body
 from omniroute.formats import canonical as c
 from omniroute.formats.base import ClientRequest, ClientRoute, Format, ModelInfo
 from omniroute.formats.openai import embeddings as openai_embeddings
+from omniroute.formats.openai import encode as openai_encode
 from omniroute.formats.openai import images as openai_images
 from omniroute.formats.openai import request as openai_request
 from omniroute.formats.openai import response as openai_response
@@ -258,7 +259,7 @@ class OpenAIFormat(Format):
     def encode_request(
         self, request: c.Request, client: Mapping[str, Any] | None = None
     ) -> dict[str, Any]:
-        return openai_request.encode_request(request, client)
+        return openai_encode.encode_request(request, client)
 
     def decode_response(self, body: bytes) -> c.Response:
         return openai_response.decode_response(body)
