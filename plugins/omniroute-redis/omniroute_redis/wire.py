@@ -264,11 +264,8 @@ class Wire(asyncio.Protocol):
                 if not waiting:
                     raise WireError("a reply nobody asked for")
                 waiter = waiting.popleft()
-                if type(waiter) is _Group:  # (inline: a group's replies are most of them)
-                    found = waiter.found
-                    found.append(value)
-                    if len(found) == waiter.count and not waiter.future.done():
-                        waiter.future.set_result(found)
+                if type(waiter) is _Group:
+                    waiter.add(value)
                     continue
                 if waiter.done():
                     continue
