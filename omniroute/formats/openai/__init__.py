@@ -66,8 +66,9 @@ def check_chat_request(body: dict[str, Any]) -> tuple[str, bool]:
 
 
 def check_head(body: dict[str, Any]) -> tuple[str, bool]:
-    """:func:`check_chat_request` but for each message (which the request's decode checks
-    as it reads them: the pipeline has checked them once already)."""
+    """What :func:`check_chat_request` checks except each message's shape: the model, the
+    messages list and the stream flag (the request's decode checks each message as it
+    reads it; the pipeline's check has looked at them once already)."""
     model = body.get("model")
     if not isinstance(model, str) or not model.strip():
         raise InvalidRequest("'model' is required and must be a non-empty string.",
