@@ -588,3 +588,31 @@ async def test_budget_set_reaches_a_running_gateway(run: Cli, aiohttp_client: An
         await asyncio.sleep(0.2)
     assert resp.status == 429, await resp.text()
     assert (await resp.json())["error"]["code"] == "budget_exceeded"
+
+
+def test_subcommands_are_imported_when_run_and_a_plugin_command_of_the_same_name_wins(
+) -> None:
+    """``omniroute serve`` keeps no other command's code: each is imported on first use."""
+    import click
+
+    from omniroute.cli.common import LazyGroup
+
+    group = LazyGroup("g", lazy={"doctor": "omniroute.cli.doctor:doctor_command",
+                                 "usage": "omniroute.cli.usage:usage_command"})
+
+    @group.command("usage")
+    def plugin_usage() -> None:
+        """A plugin's own usage command."""
+        click.echo("the plugin's")
+
+    runner = CliRunner()
+    assert group.list_commands(click.Context(group)) == ["doctor", "usage"]
+    assert runner.invoke(group, ["usage"]).output == "the plugin's\n"
+    from omniroute.cli.doctor import doctor_command
+    assert group.get_command(click.Context(group), "doctor") is doctor_command
+    assert group.get_command(click.Context(group), "nope") is None
+    names = {name for name in cli.list_commands(click.Context(cli))}
+    assert {"serve", "budget", "usage", "doctor", "connect", "login", "plugins"} <= names
+    providers = cli.get_command(click.Context(cli), "providers")
+    assert isinstance(providers, click.Group)
+    assert "import" in providers.list_commands(click.Context(providers))

@@ -34,6 +34,10 @@ HEAVY = {
     # light, but for good in every gateway (measured RSS): imported where they are used
     "zoneinfo": "only a Code Assist quota's reset time needs it (0.3 MiB with sysconfig)",
     "multiprocessing": "the semantic cache's encoder process, and --workers' parent (0.4 MiB)",
+    # omniroute's own code that serving never runs: imported by its command or route
+    "omniroute.doctor": "`omniroute doctor` and POST /api/system/env/repair only",
+    **{f"omniroute.cli.{name}": f"only `omniroute {name}` runs it (cli.LAZY_COMMANDS)"
+       for name in ("budget", "cache", "connect", "doctor", "login", "plugins", "usage")},
 }
 if sys.platform == "linux":  # the vault's AES-GCM is OpenSSL's through _ssl (omniroute.aesgcm)
     HEAVY["cryptography"] = "the vault seals and opens credentials with _ssl's OpenSSL"

@@ -22,14 +22,8 @@ from typing import Any
 
 import click
 
-from omniroute.cli.budget import (
-    budget_command,
-    limit_options,
-    parsed_expiry,
-    parsed_limits,
-)
-from omniroute.cli.cache import cache_command
 from omniroute.cli.common import (
+    LazyGroup,
     StartupCommand,
     StartupError,
     async_command,
@@ -38,11 +32,6 @@ from omniroute.cli.common import (
     open_cli_store,
     plugins_of,
 )
-from omniroute.cli.connect import connect_command
-from omniroute.cli.doctor import doctor_command
-from omniroute.cli.login import import_command, login_command
-from omniroute.cli.plugins import plugins_command
-from omniroute.cli.usage import usage_command
 from omniroute.config import ConfigError, load_config
 from omniroute.plugins import Plugins
 from omniroute.version import __version__
@@ -50,7 +39,13 @@ from omniroute.version import __version__
 log = logging.getLogger(__name__)
 
 
-@click.group()
+#: the commands imported when they are run (or listed by ``--help``), not at start
+LAZY_COMMANDS = {name: f"omniroute.cli.{module}:{name}_command" for name, module in (
+    ("plugins", "plugins"), ("budget", "budget"), ("usage", "usage"), ("cache", "cache"),
+    ("login", "login"), ("doctor", "doctor"), ("connect", "connect"))}
+
+
+@click.group(cls=LazyGroup, lazy=LAZY_COMMANDS)
 @click.version_option(__version__, prog_name="omniroute")
 @click.option("--data-dir", default=None,  # checked by omniroute.startup, in one line
               help="Data directory (default $OMNIROUTE_DATA_DIR or ~/.omniroute).")
@@ -92,15 +87,6 @@ def serve(ctx: click.Context, host: str | None, port: int | None, workers: int |
         raise StartupError(str(exc)) from None
 
 
-cli.add_command(plugins_command)
-cli.add_command(budget_command)
-cli.add_command(usage_command)
-cli.add_command(cache_command)
-cli.add_command(login_command)
-cli.add_command(doctor_command)
-cli.add_command(connect_command)
-
-
 def _skips_plugins(args: list[str]) -> bool:
     """Whether ``args`` run ``plugins install`` or ``plugins uninstall``.
 
@@ -123,12 +109,9 @@ def _skips_plugins(args: list[str]) -> bool:
 
 # ---------------------------------------------------------------------- providers
 
-@cli.group()
+@cli.group(cls=LazyGroup, lazy={"import": "omniroute.cli.login:import_command"})
 def providers() -> None:
     """Manage provider connections (upstream accounts)."""
-
-
-providers.add_command(import_command)
 
 
 @providers.command("presets")
@@ -326,6 +309,8 @@ async def keys_create(ctx: click.Context, name: str, admin: bool, budget: tuple[
                       tokens: tuple[str, ...], models: tuple[str, ...], expires: str | None,
                       rpm: int | None, concurrency: int | None, no_usage_log: bool) -> None:
     """Create a key; it is printed once and never stored."""
+    from omniroute.cli.budget import limit_options, parsed_expiry, parsed_limits
+
     limits = parsed_limits(limit_options(budget, tokens, models, rpm, concurrency))
     expires_at = parsed_expiry(expires)
     async with open_cli_store(config_of(ctx)) as store:

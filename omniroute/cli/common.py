@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import importlib
 import json
 from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import asynccontextmanager
@@ -31,6 +32,29 @@ class StartupCommand(click.Command):
             return super().parse_args(ctx, args)
         except click.UsageError as exc:  # click would add the usage and a hint
             raise StartupError(exc.format_message()) from None
+
+
+class LazyGroup(click.Group):
+    """A group whose commands in ``lazy`` (name -> ``"module:attribute"``) are imported
+    the first time they are looked up, so ``omniroute serve`` does not keep every other
+    command's code (and what it imports) in the gateway's memory.
+
+    A command added the ordinary way (a plugin's, say) takes precedence over a lazy one
+    of the same name; ``--help`` lists both kinds (and so imports the lazy ones).
+    """
+
+    def __init__(self, *args: Any, lazy: dict[str, str] | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.lazy = dict(lazy or {})
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *self.lazy})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name in self.lazy and cmd_name not in self.commands:
+            module, attribute = self.lazy[cmd_name].split(":")
+            self.add_command(getattr(importlib.import_module(module), attribute), cmd_name)
+        return super().get_command(ctx, cmd_name)
 
 
 def config_of(ctx: click.Context) -> Config:

@@ -14,7 +14,6 @@ from aiohttp import web
 
 from omniroute.appkeys import CATALOG, GATEWAY, REGISTRY, STORE
 from omniroute.bodies import read_object
-from omniroute.doctor import repair_oauth_settings
 from omniroute.errors import InvalidRequest, NotFound
 from omniroute.web.tags import tag_route
 
@@ -22,6 +21,9 @@ _MAX_BODY = 4096
 
 
 async def env_repair(request: web.Request) -> web.Response:
+    # here, not at start: the doctor's code serves only this rare call (and the CLI)
+    from omniroute.doctor import repair_oauth_settings
+
     body = await read_object(request, _MAX_BODY)
     provider = body.get("provider")
     if not isinstance(provider, str) or not provider:
