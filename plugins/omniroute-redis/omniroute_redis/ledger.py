@@ -16,6 +16,13 @@ request's batch (:mod:`.prefetch`): the slot and the reservation then run in the
 request's one round trip before dispatch, the reservation only when the slot was
 taken (and nothing in between made it moot).
 
+Money is whole micro-dollars (µUSD, :data:`MICRO`) in Redis and on the wire: the
+reservations (``<prefix>:key:<id>:held``) and each window's ``musd`` field; the
+estimate is rounded up, the spend to the nearest µUSD, this ledger's floor down. (The
+names are not those of the earlier USD fields, ``reserved`` and ``usd``: an instance of
+an earlier version, during a rolling upgrade, does not read the other unit; the floor
+of each instance's own ledger carries the spend over.)
+
 So across instances the spend passes a limit by at most what the requests in
 flight cost beyond their estimates (and one request admitted alone), as in
 one process. A reservation is a lease too (``total_timeout`` and a minute): one
@@ -30,6 +37,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from math import ceil
 
 from omniroute.budgets import Budgets, Limits
 from omniroute.budgets.ledger import BUSY_RETRY_AFTER, KeyState, Window, exceeded
@@ -48,6 +56,9 @@ from omniroute_redis.wire import bulk, bulks
 RESERVATION_SLACK = 60.0
 #: the API keys whose name prefix is kept (:meth:`RedisLedger._key`)
 BASES_KEPT = 4096
+#: micro-dollars a dollar: money is whole µUSD in Redis and on the wire (the ``reserve``
+#: and ``settle`` scripts), USD everywhere else
+MICRO = 1_000_000
 
 
 @dataclass(slots=True)  # (not frozen: a frozen one's __init__ sets each field through
@@ -130,14 +141,15 @@ class RedisLedger:
         budgets = self.budgets
         now = budgets.clock.time()
         windows = [budgets.window(state, limits, period, now) for period in limits.periods]
-        reserved = self._key(state.key_id, "reserved")
+        reserved = self._key(state.key_id, "held")
         reservation = self.leases.member()
         lease_s = self.settings().total_timeout + RESERVATION_SLACK
         lease = self._lease
         if lease is None or lease[0] != lease_s:
             lease = self._lease = (lease_s, bulks((lease_s,)))
         keys = [bulk(reserved.encode())]
-        args = [bulks((reservation, repr(float(usd)), int(tokens))), lease[1]]
+        # (µUSD, rounded up: the reservation covers the estimate)
+        args = [bulks((reservation, ceil(usd * MICRO), int(tokens))), lease[1]]
         fixed = self._windows
         for w in windows:
             limit_usd, limit_tokens = limits.usd.get(w.period), limits.tokens.get(w.period)
@@ -148,10 +160,12 @@ class RedisLedger:
                     fixed.clear()
                 packed = fixed[known] = (
                     bulk(self._key(state.key_id, "spend", w.period, f"{w.start:.0f}").encode()),
-                    bulks((w.end, "" if limit_usd is None else repr(float(limit_usd)),
+                    bulks((w.end, "" if limit_usd is None else round(limit_usd * MICRO),
                            "" if limit_tokens is None else int(limit_tokens))))
             keys.append(packed[0])
-            args += [packed[1], bulks((repr(w.spent_usd), w.spent_tokens))]
+            # this ledger's spend, a floor: rounded down
+            args += [packed[1], bulks((int((w.base_usd + w.usd) * MICRO),
+                                       w.base_tokens + w.tokens))]
         return _Ask(reservation, reserved, b"".join(keys), 1 + len(windows), b"".join(args),
                     4 + 5 * len(windows), windows, now)
 
@@ -170,17 +184,20 @@ class RedisLedger:
             found = [_text(v) for v in answer]
             w = windows[int(found[1]) - 1]
             unit, spent, reserved, estimate, limit = found[2], *map(float, found[3:7])
+            if unit == "USD":  # (µUSD on the wire)
+                spent, reserved, estimate, limit = (
+                    spent / MICRO, reserved / MICRO, estimate / MICRO, limit / MICRO)
             raise exceeded(w, ask.now, unit, spent, reserved, estimate, limit)
         for i, w in enumerate(windows):  # every instance's spend, for the warning threshold
-            # (float() reads the reply's bytes as they are)
-            shared_usd, shared_tokens = float(answer[1 + 2 * i]), int(float(answer[2 + 2 * i]))
+            # (int() reads the reply's bytes as they are)
+            shared_usd, shared_tokens = int(answer[1 + 2 * i]) / MICRO, int(answer[2 + 2 * i])
             w.base_usd = max(w.base_usd, shared_usd - w.usd)
             w.base_tokens = max(w.base_tokens, shared_tokens - w.tokens)
         return Held(ask.reservation, ask.keys, ask.nkeys)
 
     def settle(self, handle: object, usd: float, tokens: int) -> None:
         assert isinstance(handle, Held)
-        args = bulks((handle.reservation, repr(float(usd)), int(tokens)))
+        args = bulks((handle.reservation, round(usd * MICRO), int(tokens)))  # (µUSD)
         self.batch.add(self.scripts.packed("settle", handle.keys, handle.nkeys, args, 3),
                        later=True)
 
