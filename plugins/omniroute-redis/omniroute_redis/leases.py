@@ -27,7 +27,7 @@ from omniroute_redis.batch import Batch, Write
 from omniroute_redis.link import Link, Unanswered, Unreachable
 from omniroute_redis.prefetch import BEFORE, CALL, UNREACHABLE, Prefetch, Step
 from omniroute_redis.scripts import Scripts
-from omniroute_redis.wire import NoScript, bulks
+from omniroute_redis.wire import NoScript, bulk, bulks
 
 #: seconds a slot is held without a renewal (a gateway that died frees its slots then)
 LEASE = 30.0
@@ -36,6 +36,9 @@ LEASE = 30.0
 _LEASE = repr(LEASE)
 #: the limits whose key names are kept (:meth:`Leases._take_command`)
 NAMES_KEPT = 4096
+#: a slot given back: its step of the ``after`` script (:meth:`Batch.step
+#: <omniroute_redis.batch.Batch.step>`)
+_ZREM = "zrem 1 1"
 
 T = TypeVar("T")
 
@@ -57,7 +60,8 @@ class Leases:
         #: steps share them)
         self._names: dict[str, list[str]] = {}
         #: what of a limit's commands is packed once, by its prefix and limits
-        #: (:meth:`packing`), and the ``ZREM`` of a member of its slots, by their key
+        #: (:meth:`packing`), and the key of its slots as a bulk string (a give-back's
+        #: step), by that key
         self._packed: dict[tuple[str, int | None, int | None],
                            tuple[str, bytes, bytes, bytes, bytes]] = {}
         self._zrem: dict[str, bytes] = {}
@@ -95,7 +99,8 @@ class Leases:
                 self._packed.clear()
                 self._zrem.clear()
             slots, starts = self._keys(name)
-            zrem = self._zrem[slots] = b"*3\r\n" + bulks(("ZREM", slots))
+            self._zrem[slots] = bulk(slots.encode())
+            zrem = b"*3\r\n" + bulks(("ZREM", slots))
             known = self._packed[name, concurrency, rpm] = (
                 slots, bulks((slots, starts)), zrem,
                 b"*3\r\n" + bulks(("ZREM", starts)),
@@ -137,12 +142,11 @@ class Leases:
         member = members.pop()
         if not members:
             del self.held[slots]
-        zrem = self._zrem.get(slots)
-        if zrem is None:
-            self.batch.add(("ZREM", slots, member), later=True)
-        else:
-            raw = member.encode()
-            self.batch.add(b"%b$%d\r\n%b\r\n" % (zrem, len(raw), raw), later=True)
+        key = self._zrem.get(slots)
+        if key is None:
+            key = bulk(slots.encode())
+        raw = member.encode()
+        self.batch.step((_ZREM, key, b"$%d\r\n%b\r\n" % (len(raw), raw), 1, 1))
 
     async def renew(self) -> None:
         """Extend the leases of every slot held here (one pipelined round trip).
