@@ -16,11 +16,6 @@ While Redis cannot be reached the writes are dropped, and counted:
 what they would have freed expires on its own (slot and reservation leases),
 and spend is repaired from the instances' own ledgers when Redis is back.
 
-Most of a request's writes are steps of one script (:meth:`Batch.step`: its slots
-given back, its spend settled, its idempotent answer kept): the steps queued go as one
-``after`` command, with one reply to read, not one each (each step runs on its own in
-Redis: one that fails stops no other).
-
 The exception are the **give-backs** of a request's batch whose answer was lost
 (late, the connection broke, a script's error partway: :meth:`Batch.give_back`):
 what its steps took is unknown, so each step's blind undo (it names only that
@@ -41,7 +36,6 @@ import asyncio
 import contextlib
 import logging
 from functools import partial
-from operator import itemgetter
 from typing import Any
 
 from omniroute_redis.link import Link, Unreachable
@@ -59,10 +53,6 @@ LATER = 0.005
 #: one command: ``("ZREM", key, member)``, or a script's (:meth:`Scripts.command`), or
 #: one packed already (:meth:`Scripts.packed`: the request path's)
 Write = Command
-#: one step of the ``after`` script (:meth:`Batch.step`): its head (``"settle 2 3"``),
-#: its keys and its arguments packed, their counts
-Step = tuple[str, bytes, bytes, int, int]
-_head, _keys, _args, _nkeys, _nargs = (itemgetter(i) for i in range(5))
 
 
 class Batch:
@@ -72,8 +62,6 @@ class Batch:
         self.link = link
         self.scripts = scripts
         self._queue: list[Write] = []
-        #: the steps of the ``after`` script queued (:meth:`step`): sent as one command
-        self._steps: list[Step] = []
         #: blind undos, kept while Redis cannot be reached (:meth:`give_back`)
         self._undos: list[Write] = []
         self._wake = asyncio.Event()
@@ -105,37 +93,6 @@ class Batch:
         elif self._later is None and self._loop is not None:
             self._later = self._loop.call_later(LATER, self._timed)
 
-    def step(self, step: Step) -> None:
-        """Queue one step of the ``after`` script (a slot given back, a reservation
-        settled, an idempotent answer kept), as :meth:`add` ``later`` does: the steps
-        queued go as one command, one reply (each a command of its own cost its reply's
-        reading, and a place in the queue, per request). Never blocks, never raises.
-
-        :param step: its part of the script's first argument (``name nkeys nargs``),
-            its keys and its arguments packed (:func:`~omniroute_redis.wire.bulks`), and
-            their counts.
-        """
-        if not self.link.up or len(self._queue) + len(self._steps) >= QUEUE_MAX:
-            self.dropped += 1
-            return
-        self._steps.append(step)
-        if self._later is None and self._loop is not None:
-            self._later = self._loop.call_later(LATER, self._timed)
-
-    def _packed(self) -> list[Write]:
-        """The queued writes, with the steps queued packed into one ``after`` command
-        (after the others: each names only its own request's member or reservation)."""
-        queue, self._queue = self._queue, []
-        steps = self._steps
-        if steps:
-            self._steps = []
-            heads = " ".join(map(_head, steps)).encode()
-            queue.append(self.scripts.packed(
-                "after", b"".join(map(_keys, steps)), sum(map(_nkeys, steps)),
-                b"$%d\r\n%b\r\n%b" % (len(heads), heads, b"".join(map(_args, steps))),
-                1 + sum(map(_nargs, steps))))
-        return queue
-
     def give_back(self, writes: list[Write]) -> None:
         """Queue blind undos (the answer of what they undo was lost): they go with the
         next writes, or once Redis answers again (:meth:`recovered`); never blocks, never
@@ -154,16 +111,16 @@ class Batch:
         cache's store) goes along, and so does it in front of a request's batch sent in
         this turn (:meth:`ride`). Not later: the other instances admit against what it
         frees (a slot, a reservation settled)."""
-        if self._queue or self._steps or (self._undos and self.link.up):
+        if self._queue or (self._undos and self.link.up):
             self._soon()
 
     def ride(self) -> tuple[list[Write], int] | None:
         """The writes queued, taken to go before a request's batch in its write to the
         socket (:meth:`Link.command <.link.Link.command>`), and how many of them are not
         give-backs; None: none."""
-        if not self._queue and not self._steps and not self._undos:
+        if not self._queue and not self._undos:
             return None
-        writes = self._packed()
+        writes, self._queue = self._queue, []
         count = len(writes)
         if self._undos:
             writes += self._undos
@@ -206,10 +163,10 @@ class Batch:
             return
         wire = self.link.ready()
         if wire is None:
-            if self._queue or self._steps or (self._undos and self.link.up):
+            if self._queue or (self._undos and self.link.up):
                 self._wake.set()
             return
-        writes = self._packed()
+        writes, self._queue = self._queue, []
         undos: list[Write] = []
         if self._undos:
             undos, self._undos = self._undos, []
@@ -248,7 +205,7 @@ class Batch:
         if missing:  # Redis forgot the scripts (it restarted): the task loads them
             self._queue[:0] = missing
             self._wake.set()
-        elif self._queue or self._steps or (self._undos and self.link.up):  # meanwhile
+        elif self._queue or (self._undos and self.link.up):  # queued meanwhile
             self._send()
 
     async def recovered(self) -> None:
@@ -271,7 +228,7 @@ class Batch:
         before it to be answered."""
         if self._inflight:
             await asyncio.wait(list(self._inflight))
-        writes = self._packed()
+        writes, self._queue = self._queue, []
         undos: list[Write] = []
         if self._undos and self.link.up:
             undos, self._undos = self._undos, []

@@ -181,7 +181,8 @@ class RedisKeys:
             tail = self._settle_tail = (keep_ms, bulks((keep_ms, self.channel)))
         args = bulks((request_id, state, int(answer.stream), answer.status,
                       orjson.dumps(answer.headers), kind, payload)) + tail[1]
-        self.batch.step(("idem_settle 1 9", bulk(key.encode()), args, 1, 9))
+        self.batch.add(self.scripts.packed("idem_settle", bulk(key.encode()), 1, args, 9),
+                       later=True)
 
 
 class _Claim(Step[object]):

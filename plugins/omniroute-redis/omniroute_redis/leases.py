@@ -36,9 +36,6 @@ LEASE = 30.0
 _LEASE = repr(LEASE)
 #: the limits whose key names are kept (:meth:`Leases._take_command`)
 NAMES_KEPT = 4096
-#: a slot given back: its step of the ``after`` script (:meth:`Batch.step
-#: <omniroute_redis.batch.Batch.step>`)
-_ZREM = "zrem 1 1"
 
 T = TypeVar("T")
 
@@ -60,8 +57,8 @@ class Leases:
         #: steps share them)
         self._names: dict[str, list[str]] = {}
         #: what of a limit's commands is packed once, by its prefix and limits
-        #: (:meth:`packing`), and the key of its slots as a bulk string (a give-back's
-        #: step), by its prefix
+        #: (:meth:`packing`), and the ``ZREM`` of a member of its slots (the member to
+        #: follow), by its prefix
         self._packed: dict[tuple[str, int | None, int | None],
                            tuple[str, bytes, bytes, bytes, bytes]] = {}
         self._zrem: dict[str, bytes] = {}
@@ -106,8 +103,7 @@ class Leases:
                 self._packed.clear()
                 self._zrem.clear()
             slots, starts = self._keys(name)
-            self._zrem[name] = bulk(slots.encode())
-            zrem = b"*3\r\n" + bulks(("ZREM", slots))
+            zrem = self._zrem[name] = b"*3\r\n" + bulks(("ZREM", slots))
             known = self._packed[name, concurrency, rpm] = (
                 slots, bulks((slots, starts)), zrem,
                 b"*3\r\n" + bulks(("ZREM", starts)),
@@ -148,10 +144,10 @@ class Leases:
         member = members.pop()
         if not members:
             del held[name]
-        key = self._zrem.get(name)
-        if key is None:
-            key = bulk(f"{name}:slots".encode())
-        self.batch.step((_ZREM, key, member, 1, 1))
+        zrem = self._zrem.get(name)
+        if zrem is None:
+            zrem = b"*3\r\n" + bulks(("ZREM", f"{name}:slots"))
+        self.batch.add(zrem + member, later=True)
 
     async def renew(self) -> None:
         """Extend the leases of every slot held here (one pipelined round trip).

@@ -69,8 +69,6 @@ class Held:  # object.__setattr__, which costs per request)
     #: the reservations' and the windows' keys, packed, and their count
     keys: bytes
     nkeys: int
-    #: its settle's head as a step of the ``after`` script (``settle 2 3``)
-    head: str
 
 
 class RedisLedger:
@@ -92,7 +90,7 @@ class RedisLedger:
         #: what of a reservation's command is packed once, by the key, its limits, its
         #: windows (the first one's start) and the lease (:meth:`_pack_fixed`)
         self._fixed: dict[tuple[str, Limits, float, float],
-                          tuple[str, bytes, int, bytes, int, str]] = {}
+                          tuple[str, bytes, int, bytes, int]] = {}
 
     def _key(self, key_id: str, *parts: str) -> str:
         base = self._bases.get(key_id)
@@ -153,14 +151,14 @@ class RedisLedger:
         for w in windows:  # this ledger's spend, a floor: rounded down
             own += (int((w.base_usd + w.usd) * MICRO), w.base_tokens + w.tokens)
         return _Ask(reservation, fixed[0], fixed[1], fixed[2], fixed[3] + bulks(tuple(own)),
-                    fixed[4], windows, now, fixed[5])
+                    fixed[4], windows, now)
 
     def _pack_fixed(self, known: tuple[str, Limits, float, float], windows: list[Window],
-                    lease_s: float) -> tuple[str, bytes, int, bytes, int, str]:
+                    lease_s: float) -> tuple[str, bytes, int, bytes, int]:
         """What of a reservation is the same for every request of a key in these windows:
         its reservations' key; the keys packed, and their count; the arguments before the
         request's own packed (the lease, each window's end and limits), and the count of
-        every argument; the head of its settle."""
+        every argument."""
         if len(self._fixed) >= BASES_KEPT:
             self._fixed.clear()
         key_id, limits = known[0], known[1]
@@ -173,8 +171,7 @@ class RedisLedger:
             fixed += (w.end, "" if limit_usd is None else round(limit_usd * MICRO),
                       "" if limit_tokens is None else int(limit_tokens))
         packed = self._fixed[known] = (reserved, bulks(tuple(keys)), len(keys),
-                                       bulks(tuple(fixed)), 4 + 5 * len(windows),
-                                       f"settle {len(keys)} 3")
+                                       bulks(tuple(fixed)), 4 + 5 * len(windows))
         return packed
 
     def _reserved(self, ask: _Ask, limits: Limits, answer: object) -> Held | None:
@@ -201,12 +198,13 @@ class RedisLedger:
             shared_usd, shared_tokens = int(answer[1 + 2 * i]) / MICRO, int(answer[2 + 2 * i])
             w.base_usd = max(w.base_usd, shared_usd - w.usd)
             w.base_tokens = max(w.base_tokens, shared_tokens - w.tokens)
-        return Held(ask.reservation, ask.keys, ask.nkeys, ask.settle)
+        return Held(ask.reservation, ask.keys, ask.nkeys)
 
     def settle(self, handle: object, usd: float, tokens: int) -> None:
         assert isinstance(handle, Held)
         args = bulks((handle.reservation, round(usd * MICRO), int(tokens)))  # (µUSD)
-        self.batch.step((handle.head, handle.keys, args, handle.nkeys, 3))
+        self.batch.add(self.scripts.packed("settle", handle.keys, handle.nkeys, args, 3),
+                       later=True)
 
 
 @dataclass(slots=True)  # (not frozen: as Held)
@@ -223,8 +221,6 @@ class _Ask:
     nargs: int
     windows: list[Window]
     now: float
-    #: its settle's head (:attr:`Held.head`)
-    settle: str
 
 
 class _Entry(Take[bool]):

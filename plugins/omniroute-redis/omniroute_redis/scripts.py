@@ -186,18 +186,15 @@ RESERVE = _NOW + RESERVE_FN + "return reserve(KEYS, ARGV)\n"
 
 #: a request is over: drop its reservation (KEYS[1], field ARGV[1]) and add its spend
 #: (ARGV[2] µUSD, ARGV[3] tokens, one request) to each window (KEYS[2..])
-SETTLE_FN = """
-local function settle(K, A)
-  redis.call('HDEL', K[1], A[1])
-  for w = 2, #K do
-    redis.call('HINCRBY', K[w], 'musd', A[2])
-    redis.call('HINCRBY', K[w], 'tokens', A[3])
-    redis.call('HINCRBY', K[w], 'requests', 1)
-  end
-  return 1
+SETTLE = """
+redis.call('HDEL', KEYS[1], ARGV[1])
+for w = 2, #KEYS do
+  redis.call('HINCRBY', KEYS[w], 'musd', ARGV[2])
+  redis.call('HINCRBY', KEYS[w], 'tokens', ARGV[3])
+  redis.call('HINCRBY', KEYS[w], 'requests', 1)
 end
+return 1
 """
-SETTLE = SETTLE_FN + "return settle(KEYS, ARGV)\n"
 
 #: a session bound to a connection: KEYS[1] = the session, ARGV = connection id, TTL
 #: milliseconds, channel, message
@@ -270,18 +267,15 @@ IDEM_CLAIM = IDEM_CLAIM_FN + "return idem_claim(KEYS, ARGV)\n"
 #: settled), state ('done' or 'failed'), stream, status, headers, kind, payload, keep ms,
 #: channel. Published on the channel (the key's name) when a request waits for it (the
 #: claim marked it ``waited``): most keys are never asked twice, and nobody hears those.
-IDEM_SETTLE_FN = """
-local function idem_settle(K, A)
-  local found = redis.call('HMGET', K[1], 'rid', 'waited')
-  if found[1] ~= A[1] then return 0 end
-  redis.call('HSET', K[1], 'state', A[2], 'stream', A[3], 'status', A[4],
-             'headers', A[5], 'kind', A[6], 'payload', A[7])
-  redis.call('PEXPIRE', K[1], A[8])
-  if found[2] then redis.call('PUBLISH', A[9], K[1]) end
-  return 1
-end
+IDEM_SETTLE = """
+local found = redis.call('HMGET', KEYS[1], 'rid', 'waited')
+if found[1] ~= ARGV[1] then return 0 end
+redis.call('HSET', KEYS[1], 'state', ARGV[2], 'stream', ARGV[3], 'status', ARGV[4],
+           'headers', ARGV[5], 'kind', ARGV[6], 'payload', ARGV[7])
+redis.call('PEXPIRE', KEYS[1], ARGV[8])
+if found[2] then redis.call('PUBLISH', ARGV[9], KEYS[1]) end
+return 1
 """
-IDEM_SETTLE = IDEM_SETTLE_FN + "return idem_settle(KEYS, ARGV)\n"
 
 #: a claim a request took and will not use (it turned out a duplicate here): KEYS[1];
 #: ARGV = request id, channel. Dropped only while it is that request's and still
@@ -327,36 +321,6 @@ end
 return out
 """
 
-#: the writes that follow requests' answers, in one script (:meth:`Batch.step
-#: <omniroute_redis.batch.Batch.step>`): a slot given back (``zrem``: KEYS[1] the slots,
-#: ARGV[1] the member), a reservation settled (``settle``), an idempotent answer kept
-#: (``idem_settle``). ARGV[1] = the steps as the ``admit`` script takes them
-#: (``zrem 1 1 settle 2 3``), then their arguments; KEYS = their keys, in order. Each
-#: step runs on its own (a step that fails, ``WRONGTYPE``, does not stop the others);
-#: returns how many ran, or an error naming those that failed.
-AFTER = SETTLE_FN + IDEM_SETTLE_FN + """
-local function zrem(K, A) return redis.call('ZREM', K[1], A[1]) end
-local steps = {zrem = zrem, settle = settle, idem_settle = idem_settle}
-local ki, ai, ran = 1, 2, 0
-local failed = {}
-for name, nk, na in string.gmatch(ARGV[1], '(%S+) (%d+) (%d+)') do
-  nk, na = tonumber(nk), tonumber(na)
-  local k, a = {}, {}
-  for i = 1, nk do k[i] = KEYS[ki + i - 1] end
-  for i = 1, na do a[i] = ARGV[ai + i - 1] end
-  ki, ai = ki + nk, ai + na
-  local ok, err = pcall(steps[name], k, a)
-  if ok then
-    ran = ran + 1
-  else
-    failed[#failed + 1] = name .. ': ' .. (type(err) == 'table' and tostring(err.err)
-                                           or tostring(err))
-  end
-end
-if #failed > 0 then return redis.error_reply(table.concat(failed, '; ')) end
-return ran
-"""
-
 #: a credential renewal is over: KEYS[1] = its lock, ARGV = the holder, the channel
 #: (only the holder's own lock goes; the connection's id is published)
 RENEW_RELEASE = """
@@ -368,8 +332,7 @@ return 1
 SOURCES = {"merge": MERGE, "take": TAKE, "renew": RENEW, "reserve": RESERVE,
            "settle": SETTLE, "session": SESSION, "cache_get": CACHE_GET,
            "cache_set": CACHE_SET, "idem_claim": IDEM_CLAIM, "idem_settle": IDEM_SETTLE,
-           "idem_release": IDEM_RELEASE, "admit": ADMIT, "after": AFTER,
-           "renew_release": RENEW_RELEASE}
+           "idem_release": IDEM_RELEASE, "admit": ADMIT, "renew_release": RENEW_RELEASE}
 
 
 class Scripts:

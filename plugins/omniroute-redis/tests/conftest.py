@@ -96,7 +96,7 @@ async def client(redis_url: str) -> AsyncIterator[aioredis.Redis]:
 @pytest.fixture
 def writes(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[Write]]:
     """Every write of every :class:`Wire`: per command its name (a script's name), and
-    for the ``admit`` and ``after`` scripts the names of their steps."""
+    for the ``admit`` script the names of its steps."""
     names = {sha: name for name, sha in Scripts().sha.items()}
     log: list[Write] = []
 
@@ -106,7 +106,7 @@ def writes(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[Write]]:
         if args[0] != "EVALSHA":
             return (str(args[0]),)
         name, nkeys = names[args[1]], int(args[2])
-        if name not in ("admit", "after"):
+        if name != "admit":
             return (name,)
         head = args[3 + nkeys]
         return (name, *(head.decode() if isinstance(head, bytes) else head).split()[::3])

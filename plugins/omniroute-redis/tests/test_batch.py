@@ -13,7 +13,6 @@ from redis_testkit import SlowProxy, batch_parts, until
 from omniroute_redis.batch import Batch
 from omniroute_redis.link import Link
 from omniroute_redis.scripts import Scripts
-from omniroute_redis.wire import bulk
 
 TIMEOUT = 0.25
 
@@ -85,23 +84,3 @@ async def test_writes_queued_ride_in_front_of_a_command_sent_before_them(
     await until(lambda: batch.round_trips == 1, timeout=1.0)
     assert batch.sent == 1 and not batch._queue
     assert await client.zrange("t:s", 0, -1) == [b"b"]
-
-
-async def test_the_steps_queued_go_as_one_script_and_a_failing_step_stops_no_other(
-        parts: tuple[Link, Batch, Scripts], client: aioredis.Redis) -> None:
-    link, batch, _ = parts
-    await client.zadd("t:z", {"a": 1, "b": 2, "c": 3})
-    await client.set("t:s", "not a sorted set")
-    for key, member in [(b"t:z", b"a"), (b"t:s", b"x"), (b"t:z", b"b")]:
-        batch.step(("zrem 1 1", bulk(key), bulk(member), 1, 1))
-    batch.kick()
-    await until(lambda: batch.round_trips >= 1, timeout=1.0)
-    assert batch.sent == 1 and not batch._steps  # one command for the three
-    assert await client.zrange("t:z", 0, -1) == [b"c"]  # the step after the failed one ran
-    # a script Redis forgot: loaded again, the steps sent again
-    await client.script_flush()
-    batch.step(("zrem 1 1", bulk(b"t:z"), bulk(b"c"), 1, 1))
-    batch.kick()
-    await until(lambda: batch.sent == 2, timeout=2.0)
-    assert await client.zrange("t:z", 0, -1) == []
-    assert link.up

@@ -132,8 +132,7 @@ async def test_a_script_error_partway_gives_back_the_steps_before_it(
     assert upstream.calls == 1
     assert requests_part(writes[start:start + 1]) == [
         [("admit", "take", "cache_get", "idem_claim", "reserve", "take")]]
-    batch = shared.batch
-    await until(lambda: not (batch._queue or batch._steps or batch._undos), timeout=2.0)
+    await until(lambda: not shared.batch._queue and not shared.batch._undos, timeout=2.0)
     await shared.batch.flush()
     assert await held() == {"key slots": 0, "claims": 0}
     undos = [c for w in requests_part(writes[start + 1:]) for c in w]
