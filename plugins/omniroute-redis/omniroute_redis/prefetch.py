@@ -101,17 +101,8 @@ class Step(Generic[T]):
         may raise what that call raises)."""
         raise NotImplementedError
 
-    #: whether :meth:`took` does anything (set for a kind that overrides it: the others'
-    #: answers are stored without a call)
-    takes = False
-
-    def __init_subclass__(cls, **kwargs: Any) -> None:
-        super().__init_subclass__(**kwargs)
-        if "took" in cls.__dict__:
-            cls.takes = True
-
     def took(self) -> None:
-        """Its answer is in (:attr:`raw`), before anyone reads it (:attr:`takes`)."""
+        """Its answer is in (:attr:`raw`), before anyone reads it."""
 
     def undo(self, raw: Any) -> None:
         """It ran and is not read: queue what gives back what ``raw`` says it took
@@ -199,10 +190,7 @@ class Prefetch:
 
     def _answer(self, answers: list[Any]) -> None:
         for step, raw in zip(self.steps, answers, strict=False):  # the rest did not run
-            step.raw = raw  # (answered(), in line: a call fewer a step)
-            step.ran = True
-            if step.takes:
-                step.took()
+            step.answered(raw)
 
     def _abandoned_one(self, answer: Any) -> None:
         self._abandoned(answer if isinstance(answer, BaseException) else [answer])
