@@ -87,6 +87,16 @@ async def test_a_request_is_priced_once(one: Instances, monkeypatch: Any) -> Non
     assert len(priced) == 1
 
 
+async def test_a_claim_nobody_waits_for_leaves_nothing_to_be_told(one: Instances) -> None:
+    """A key claimed by its request (nearly all of them) is published to nobody: its claim
+    keeps no event to be told by (one a request, never taken out, grew without bound)."""
+    shared = one[0].gateway.shared
+    for n in range(3):
+        status, body, _ = await one.chat(f"told {n}", headers={"Idempotency-Key": f"t-{n}"})
+        assert status == 200, body
+    assert shared.keys._heard == {}
+
+
 async def test_a_lone_concern_is_its_own_script(one: Instances, upstream: FakeUpstream,
                                                  writes: list[Write]) -> None:
     called: list[int] = []
