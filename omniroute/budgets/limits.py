@@ -60,17 +60,19 @@ class Limits:
     cache: str | None = None
     cache_ttl: float | None = None
     _pattern: re.Pattern[str] | None = field(default=None, repr=False)
+    #: the windows this key keeps count in (a USD or a token limit), shortest first; set
+    #: once here (read several times by every request of the key)
+    periods: tuple[str, ...] = field(init=False, repr=False)
+    #: whether the budgets stage has anything to enforce (not only cache settings)
+    enforced: bool = field(init=False, repr=False)
 
-    @property
-    def periods(self) -> tuple[str, ...]:
-        """The windows this key keeps count in (a USD or a token limit), shortest first."""
-        return tuple(p for p in PERIODS if p in self.usd or p in self.tokens)
-
-    @property
-    def enforced(self) -> bool:
-        """Whether the budgets stage has anything to enforce (not only cache settings)."""
-        return bool(self.usd or self.tokens or self.rpm or self.concurrency or self.models
-                    or self.unreadable is not None)
+    def __post_init__(self) -> None:
+        # (frozen: the derived fields are set the way the dataclass sets its own)
+        object.__setattr__(self, "periods", tuple(
+            p for p in PERIODS if p in self.usd or p in self.tokens))
+        object.__setattr__(self, "enforced", bool(
+            self.usd or self.tokens or self.rpm or self.concurrency or self.models
+            or self.unreadable is not None))
 
     @property
     def reset_time(self) -> str:

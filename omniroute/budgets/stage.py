@@ -30,9 +30,11 @@ reservation are taken there first, atomically across the instances; this
 instance's ledger counts them too, and decides alone while the shared one cannot
 be reached. Both are queued on the request's batch (``prefetch``, with the route
 as it resolves then), so they cost no round trip of their own: ``before`` and
-``routed`` read their answers. When the reservation ``routed`` computes differs
-(the route or the estimate changed meanwhile) the prefetched one is given back
-and the reservation is made again, one round trip.
+``routed`` read their answers. The request is priced once: when ``routed`` finds
+the route the prefetch priced (the router keeps its routes: the same object), it
+takes that estimate and its reservation; when the route changed meanwhile, the
+prefetched reservation is given back, and the request is priced and reserved
+again, one round trip.
 """
 
 from __future__ import annotations
@@ -105,11 +107,15 @@ class BudgetRun(StageRun):
         self.reservation: Reservation | None = None
         #: the shared ledger holds a slot of this request
         self.shared_slot = False
-        #: the slot and the reservation queued on the request's batch, and what the
-        #: reservation was for (USD, tokens)
+        #: the slot and the reservation queued on the request's batch
         self.pending_slot: Pending[bool] | None = None
         self.pending_reservation: Pending[object | None] | None = None
-        self.prefetched: tuple[float, int] | None = None
+        #: what the prefetch priced: the route as resolved then, its allowed targets (and
+        #: whether the ``models`` patterns filtered them), its priced ones, the estimate's
+        #: input and output tokens, and its USD; ``routed`` reuses it when the request
+        #: resolves to the same route (the router keeps its routes: the same object) and
+        #: its estimate is the same
+        self.prefetched: tuple[Route, Route, bool, Route, int, int, float] | None = None
 
     def prefetch(self, ctx: RequestContext, batch: RequestBatch, route: Route | None) -> None:
         limits, shared = self.limits, self.stage.budgets.shared
@@ -119,15 +125,18 @@ class BudgetRun(StageRun):
             self.pending_slot = shared.prefetch_enter(batch, self.key_id, limits)
         if route is None or not limits.periods or not self.operation.metered:
             return
+        resolved = allowed = route
+        tokens_in, tokens_out = self.estimate(ctx)
+        filtered = not (self.model_allowed or limits.allows(ctx.model))
         try:
-            if not (self.model_allowed or limits.allows(ctx.model)):
-                route = self.allowed(ctx, route)
-            _, usd, tokens = self.priced(ctx, route)
+            if filtered:
+                allowed = self.allowed(ctx, route)
+            route, usd = self.priced(ctx, allowed, tokens_in, tokens_out)
         except GatewayError:  # refused in routed, where it is raised
             return
-        self.prefetched = (usd, tokens)
+        self.prefetched = (resolved, allowed, filtered, route, tokens_in, tokens_out, usd)
         self.pending_reservation = shared.prefetch_reserve(
-            batch, self.stage.budgets.state(self.key_id), limits, usd, tokens)
+            batch, self.stage.budgets.state(self.key_id), limits, usd, tokens_in + tokens_out)
 
     async def before(self, ctx: RequestContext) -> Reply | None:
         limits = self.limits
@@ -151,17 +160,30 @@ class BudgetRun(StageRun):
     async def routed(self, ctx: RequestContext) -> None:
         limits, route = self.limits, ctx.route
         assert route is not None
-        if not self.model_allowed:
-            ctx.route = route = self.allowed(ctx, route)
+        prefetched = self.prefetched
+        if (prefetched is not None and prefetched[0] is route
+                and prefetched[2] is not self.model_allowed):  # the route it priced
+            ctx.route = route = prefetched[1]
+        else:
+            prefetched = None
+            if not self.model_allowed:
+                ctx.route = route = self.allowed(ctx, route)
         if not limits.periods or not self.operation.metered:
             return
         assert self.slot is not None
-        ctx.route, usd, tokens = self.priced(ctx, route)
+        tokens_in, tokens_out = self.estimate(ctx)
+        if (prefetched is not None and prefetched[4] == tokens_in
+                and prefetched[5] == tokens_out):  # priced once a request
+            ctx.route, usd = prefetched[3], prefetched[6]
+        else:  # another route or another estimate (a stage changed the body)
+            prefetched = None
+            ctx.route, usd = self.priced(ctx, route, tokens_in, tokens_out)
+        tokens = tokens_in + tokens_out
         budgets = self.stage.budgets
         handle = None
         if budgets.shared is not None:
             pending, self.pending_reservation = self.pending_reservation, None
-            if pending is not None and pending.ran and self.prefetched == (usd, tokens):
+            if pending is not None and pending.ran and prefetched is not None:
                 handle = pending.result()
             else:  # not prefetched, or for another estimate: made again
                 if pending is not None:
@@ -190,13 +212,14 @@ class BudgetRun(StageRun):
             return dataclasses.replace(route, targets=allowed)
         return route
 
-    def priced(self, ctx: RequestContext, route: Route) -> tuple[Route, float, int]:
-        """The reservation for ``route``: the route without the targets that cannot be
-        priced (with a USD budget), the estimate in USD on the dearest target, and tokens.
+    def priced(self, ctx: RequestContext, route: Route, tokens_in: int,
+               tokens_out: int) -> tuple[Route, float]:
+        """The reservation of ``tokens_in`` and ``tokens_out`` (:meth:`estimate`) on
+        ``route``: the route without the targets that cannot be priced (with a USD
+        budget), and the estimate in USD on the dearest target.
 
         :raises ModelUnpriced: a USD budget and no target with a known price.
         """
-        tokens_in, tokens_out = self.estimate(ctx)
         usd = 0.0
         if self.limits.usd:  # priced on the dearest target; unpriced ones cannot be charged
             priced: list[Target] = []
@@ -214,7 +237,7 @@ class BudgetRun(StageRun):
                     f"price with PUT /api/pricing.", param="model")
             if len(priced) < len(route.targets):
                 route = dataclasses.replace(route, targets=tuple(priced))
-        return route, usd, tokens_in + tokens_out
+        return route, usd
 
     def estimate(self, ctx: RequestContext) -> tuple[int, int]:
         """Likely (input, output) tokens: the body's size, and for an operation that

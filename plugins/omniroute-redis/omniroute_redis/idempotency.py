@@ -105,54 +105,67 @@ class RedisKeys:
 
     async def claim(self, scope: Scope, fingerprint: bytes, request_id: str,
                     stream: bool, ahead: Pending[object] | None = None) -> Finished | bool | None:
-        settings = self.settings()
         key = self.key(scope)
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + settings.total_timeout
-        waited = False
-        while True:
-            heard = self._heard.setdefault(key, asyncio.Event())
-            if ahead is not None and ahead.ran:  # the first ask went with the request's batch
-                found, ahead = ahead.result(), None
-            else:
-                try:
-                    found = await self.scripts.call(self.link, "idem_claim", [key],
-                                                    self._claim_args(fingerprint, request_id))
-                except Unanswered:  # it may have been claimed: released once Redis answers
-                    self.batch.give_back([self.scripts.command(
-                        "idem_release", [key], [request_id, self.channel])])
-                    found = UNREACHABLE
-                except Unreachable:
-                    found = UNREACHABLE
-            if found is UNREACHABLE:
-                return None  # this instance decides alone
-            assert isinstance(found, list)
-            kind = _text(found[0])
-            if kind == "mine":
-                self._mine[key] = request_id
-                return True
-            if kind == "conflict":
-                raise IdempotencyConflict(
-                    "This idempotency key was used by another request (a different body, "
-                    "method or path) within its window; use a new key for a new request.",
-                    param="Idempotency-Key")
-            if kind == "done":
-                self.served += 1
-                return _finished(found[1:])
-            if kind == "failed":
-                raise GatewayError("The first request with this idempotency key failed "
-                                   "(on another instance of the gateway).", status=502,
-                                   code="bad_gateway", type="upstream_error")
-            if not waited:
-                waited = True
-                self.waited += 1
-            left = deadline - loop.time()
-            if left <= 0:
-                raise IdempotencyTimeout("The first request with this idempotency key (on "
-                                         "another instance) did not finish in time.")
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(min(left, POLL)):
-                    await heard.wait()
+        #: set once another instance's call is under way (nearly every claim is this
+        #: request's own: it needs no loop, no deadline, nothing to be told)
+        loop: asyncio.AbstractEventLoop | None = None
+        deadline = 0.0
+        heard: asyncio.Event | None = None
+        try:
+            while True:
+                if loop is not None:  # told when the answer is settled: listening before
+                    heard = self._heard.get(key)  # the ask (a notice after its answer is
+                    if heard is None:  # not missed)
+                        heard = self._heard[key] = asyncio.Event()
+                if ahead is not None and ahead.ran:  # the first ask went with the batch
+                    found, ahead = ahead.result(), None
+                else:
+                    try:
+                        found = await self.scripts.call(
+                            self.link, "idem_claim", [key],
+                            self._claim_args(fingerprint, request_id))
+                    except Unanswered:  # it may have been claimed: released once Redis answers
+                        self.batch.give_back([self.scripts.command(
+                            "idem_release", [key], [request_id, self.channel])])
+                        found = UNREACHABLE
+                    except Unreachable:
+                        found = UNREACHABLE
+                if found is UNREACHABLE:
+                    return None  # this instance decides alone
+                assert isinstance(found, list)
+                kind = _text(found[0])
+                if kind == "mine":
+                    self._mine[key] = request_id
+                    return True
+                if kind == "conflict":
+                    raise IdempotencyConflict(
+                        "This idempotency key was used by another request (a different "
+                        "body, method or path) within its window; use a new key for a new "
+                        "request.", param="Idempotency-Key")
+                if kind == "done":
+                    self.served += 1
+                    return _finished(found[1:])
+                if kind == "failed":
+                    raise GatewayError("The first request with this idempotency key failed "
+                                       "(on another instance of the gateway).", status=502,
+                                       code="bad_gateway", type="upstream_error")
+                if loop is None:  # the first answer that says wait (a notice that came
+                    # before this, between Redis's answer and here, is caught by the poll)
+                    loop = asyncio.get_running_loop()
+                    deadline = loop.time() + self.settings().total_timeout
+                    self.waited += 1
+                    heard = self._heard.setdefault(key, asyncio.Event())
+                left = deadline - loop.time()
+                if left <= 0:
+                    raise IdempotencyTimeout("The first request with this idempotency key "
+                                             "(on another instance) did not finish in time.")
+                assert heard is not None
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(min(left, POLL)):
+                        await heard.wait()
+        finally:  # nobody publishes a key no one waits for: its event is not left behind
+            if heard is not None and self._heard.get(key) is heard:
+                del self._heard[key]
 
     def heard(self, data: bytes) -> None:
         """A key's answer was settled somewhere: its waiters here ask again."""

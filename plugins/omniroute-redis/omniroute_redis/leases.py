@@ -27,7 +27,7 @@ from omniroute_redis.batch import Batch, Write
 from omniroute_redis.link import Link, Unanswered, Unreachable
 from omniroute_redis.prefetch import BEFORE, CALL, UNREACHABLE, Prefetch, Step
 from omniroute_redis.scripts import Scripts
-from omniroute_redis.wire import NoScript, bulks
+from omniroute_redis.wire import NoScript, bulk, bulks
 
 #: seconds a slot is held without a renewal (a gateway that died frees its slots then)
 LEASE = 30.0
@@ -57,16 +57,24 @@ class Leases:
         #: steps share them)
         self._names: dict[str, list[str]] = {}
         #: what of a limit's commands is packed once, by its prefix and limits
-        #: (:meth:`packing`), and the ``ZREM`` of a member of its slots, by their key
+        #: (:meth:`packing`), and the ``ZREM`` of a member of its slots (the member to
+        #: follow), by its prefix
         self._packed: dict[tuple[str, int | None, int | None],
                            tuple[str, bytes, bytes, bytes, bytes]] = {}
         self._zrem: dict[str, bytes] = {}
-        #: slot set key -> members this gateway holds there
-        self.held: defaultdict[str, list[str]] = defaultdict(list)
+        #: a limit's prefix -> the members of its slots this gateway holds, each as a bulk
+        #: string (:func:`~omniroute_redis.wire.bulk`: given back as it is)
+        self.held: defaultdict[str, list[bytes]] = defaultdict(list)
+        self._instance = instance.encode()
 
     def member(self) -> str:
         """A name no other request of any instance uses."""
         return f"{self.instance}:{next(self._ids)}"
+
+    def packed_member(self) -> bytes:
+        """:meth:`member` as a bulk string."""
+        raw = b"%b:%d" % (self._instance, next(self._ids))
+        return b"$%d\r\n%b\r\n" % (len(raw), raw)
 
     async def take(self, name: str, concurrency: int | None, rpm: int | None) -> float:
         """Take a slot of limit ``name`` (a key prefix): :data:`TAKEN`, :data:`FULL`, or the
@@ -82,7 +90,7 @@ class Leases:
         except Unanswered:
             self.batch.give_back([("ZREM", keys[0], member)])
             raise
-        return self._taken(found, keys[0], member, concurrency)
+        return self._taken(found, name, member, concurrency)
 
     def packing(self, name: str, concurrency: int | None, rpm: int | None
                 ) -> tuple[str, bytes, bytes, bytes, bytes]:
@@ -95,7 +103,7 @@ class Leases:
                 self._packed.clear()
                 self._zrem.clear()
             slots, starts = self._keys(name)
-            zrem = self._zrem[slots] = b"*3\r\n" + bulks(("ZREM", slots))
+            zrem = self._zrem[name] = b"*3\r\n" + bulks(("ZREM", slots))
             known = self._packed[name, concurrency, rpm] = (
                 slots, bulks((slots, starts)), zrem,
                 b"*3\r\n" + bulks(("ZREM", starts)),
@@ -117,10 +125,10 @@ class Leases:
             keys = self._names[name] = [f"{name}:slots", f"{name}:starts"]
         return keys
 
-    def _taken(self, found: object, slots: str, member: str, concurrency: int | None) -> float:
+    def _taken(self, found: object, name: str, member: str, concurrency: int | None) -> float:
         taken = slot_answer(found)
         if taken == TAKEN and concurrency is not None:
-            self.held[slots].append(member)
+            self.held[name].append(bulk(member.encode()))
         return taken
 
     def give(self, name: str) -> None:
@@ -129,28 +137,26 @@ class Leases:
 
         Slots of one limit are interchangeable, so any held member will do.
         """
-        names = self._names.get(name)
-        slots = names[0] if names is not None else f"{name}:slots"
-        members = self.held.get(slots)
+        held = self.held
+        members = held.get(name)
         if not members:
             return
         member = members.pop()
         if not members:
-            del self.held[slots]
-        zrem = self._zrem.get(slots)
+            del held[name]
+        zrem = self._zrem.get(name)
         if zrem is None:
-            self.batch.add(("ZREM", slots, member), later=True)
-        else:
-            raw = member.encode()
-            self.batch.add(b"%b$%d\r\n%b\r\n" % (zrem, len(raw), raw), later=True)
+            zrem = b"*3\r\n" + bulks(("ZREM", f"{name}:slots"))
+        self.batch.add(zrem + member, later=True)
 
     async def renew(self) -> None:
         """Extend the leases of every slot held here (one pipelined round trip).
 
         :raises Unreachable: Redis cannot be reached.
         """
-        renewals = [self.scripts.command("renew", [key], [LEASE, *members])
-                    for key, members in self.held.items() if members]
+        renewals = [self.scripts.command("renew", [self._keys(name)[0]],
+                                         [LEASE, *(m[m.index(b"\n") + 1:-2] for m in members)])
+                    for name, members in self.held.items() if members]
         if renewals:
             results = await self.link.commands(renewals)
             if any(isinstance(r, NoScript) for r in results):
@@ -166,26 +172,25 @@ class Take(Step[T]):
     minute)."""
 
     name, nkeys, nargs, head = "take", 2, 4, "take 2 4"
-    __slots__ = ("concurrency", "leases", "limit", "member", "packed_member", "slots_key",
-                 "zrem_slots", "zrem_starts")
+    __slots__ = ("concurrency", "leases", "limit", "packed_member", "zrem_slots",
+                 "zrem_starts")
 
     def __init__(self, leases: Leases, name: str, concurrency: int | None, rpm: int | None,
-                 *, phase: int = BEFORE) -> None:
-        member = leases.member()
-        slots, keys, self.zrem_slots, self.zrem_starts, tail = leases.packing(
+                 phase: int = BEFORE) -> None:
+        packed_member = self.packed_member = leases.packed_member()
+        _, keys, self.zrem_slots, self.zrem_starts, tail = leases.packing(
             name, concurrency, rpm)
-        raw = member.encode()
-        packed_member = b"$%d\r\n%b\r\n" % (len(raw), raw)
-        super().__init__(keys, packed_member + tail, phase=phase)
+        # (Step.__init__'s, in line: a call fewer per step)
+        self.keys, self.args, self.phase = keys, packed_member + tail, phase
+        self.raw, self.ran, self.done = None, False, False
         self.leases, self.limit, self.concurrency = leases, name, concurrency
-        self.member, self.packed_member, self.slots_key = member, packed_member, slots
 
     def read(self, raw: object) -> T:
         return cast(T, None if raw is UNREACHABLE else slot_answer(raw))
 
     def took(self) -> None:
         if self.concurrency is not None and self.raw == b"0":
-            self.leases.held[self.slots_key].append(self.member)
+            self.leases.held[self.limit].append(self.packed_member)
 
     def undo(self, raw: object) -> None:
         if raw == b"0":
@@ -206,7 +211,7 @@ class Ahead(Take[float | None]):
     def __init__(self, owner: ConnectionSlots, connection: str, max_concurrency: int | None,
                  rpm: int | None) -> None:
         super().__init__(owner.leases, f"{owner.prefix}:{connection}", max_concurrency, rpm,
-                         phase=CALL)
+                         CALL)
         self.owner, self.connection = owner, connection
 
     def took(self) -> None:

@@ -16,6 +16,13 @@ request's batch (:mod:`.prefetch`): the slot and the reservation then run in the
 request's one round trip before dispatch, the reservation only when the slot was
 taken (and nothing in between made it moot).
 
+Money is whole micro-dollars (µUSD, :data:`MICRO`) in Redis and on the wire: the
+reservations (``<prefix>:key:<id>:held``) and each window's ``musd`` field; the
+estimate is rounded up, the spend to the nearest µUSD, this ledger's floor down. (The
+names are not those of the earlier USD fields, ``reserved`` and ``usd``: an instance of
+an earlier version, during a rolling upgrade, does not read the other unit; the floor
+of each instance's own ledger carries the spend over.)
+
 So across instances the spend passes a limit by at most what the requests in
 flight cost beyond their estimates (and one request admitted alone), as in
 one process. A reservation is a lease too (``total_timeout`` and a minute): one
@@ -30,6 +37,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from math import ceil
 
 from omniroute.budgets import Budgets, Limits
 from omniroute.budgets.ledger import BUSY_RETRY_AFTER, KeyState, Window, exceeded
@@ -42,12 +50,15 @@ from omniroute_redis.leases import FULL, TAKEN, Leases, Take, slot_answer
 from omniroute_redis.link import Link, Unanswered, Unreachable
 from omniroute_redis.prefetch import ROUTED, UNREACHABLE, Prefetch, Step
 from omniroute_redis.scripts import Scripts
-from omniroute_redis.wire import bulk, bulks
+from omniroute_redis.wire import bulks
 
 #: seconds a reservation outlives the longest a request may take (``total_timeout``)
 RESERVATION_SLACK = 60.0
 #: the API keys whose name prefix is kept (:meth:`RedisLedger._key`)
 BASES_KEPT = 4096
+#: micro-dollars a dollar: money is whole µUSD in Redis and on the wire (the ``reserve``
+#: and ``settle`` scripts), USD everywhere else
+MICRO = 1_000_000
 
 
 @dataclass(slots=True)  # (not frozen: a frozen one's __init__ sets each field through
@@ -76,11 +87,10 @@ class RedisLedger:
         self.settings = settings
         #: an API key's prefix of names, by its id
         self._bases: dict[str, str] = {}
-        #: what of a reservation's command is packed once: per window its spend hash's
-        #: key and its fixed arguments (end, limits); the lease, for its value
-        self._windows: dict[tuple[str, str, float, float | None, int | None],
-                            tuple[bytes, bytes]] = {}
-        self._lease: tuple[float, bytes] | None = None
+        #: what of a reservation's command is packed once, by the key, its limits, its
+        #: windows (the first one's start) and the lease (:meth:`_pack_fixed`)
+        self._fixed: dict[tuple[str, Limits, float, float],
+                          tuple[str, bytes, int, bytes, int]] = {}
 
     def _key(self, key_id: str, *parts: str) -> str:
         base = self._bases.get(key_id)
@@ -125,35 +135,44 @@ class RedisLedger:
     def _reservation(self, state: KeyState, limits: Limits, usd: float,
                      tokens: int) -> _Ask:
         """The ``reserve`` script's keys and arguments, packed: only the request's own
-        (its id, estimate, the windows' spend) each time; the windows' keys, ends and
-        limits, and the lease, once."""
+        (its id, estimate, the windows' spend: one :func:`bulks`) each time; the keys, the
+        lease and the windows' ends and limits once for the key's limits and windows."""
         budgets = self.budgets
         now = budgets.clock.time()
         windows = [budgets.window(state, limits, period, now) for period in limits.periods]
-        reserved = self._key(state.key_id, "reserved")
-        reservation = self.leases.member()
         lease_s = self.settings().total_timeout + RESERVATION_SLACK
-        lease = self._lease
-        if lease is None or lease[0] != lease_s:
-            lease = self._lease = (lease_s, bulks((lease_s,)))
-        keys = [bulk(reserved.encode())]
-        args = [bulks((reservation, repr(float(usd)), int(tokens))), lease[1]]
-        fixed = self._windows
+        # (the windows start at one time of day: the first one's start names them all)
+        known = (state.key_id, limits, windows[0].start if windows else 0.0, lease_s)
+        fixed = self._fixed.get(known)
+        if fixed is None:
+            fixed = self._pack_fixed(known, windows, lease_s)
+        reservation = self.leases.member()
+        own: list[object] = [reservation, ceil(usd * MICRO), int(tokens)]  # (µUSD, rounded up)
+        for w in windows:  # this ledger's spend, a floor: rounded down
+            own += (int((w.base_usd + w.usd) * MICRO), w.base_tokens + w.tokens)
+        return _Ask(reservation, fixed[0], fixed[1], fixed[2], fixed[3] + bulks(tuple(own)),
+                    fixed[4], windows, now)
+
+    def _pack_fixed(self, known: tuple[str, Limits, float, float], windows: list[Window],
+                    lease_s: float) -> tuple[str, bytes, int, bytes, int]:
+        """What of a reservation is the same for every request of a key in these windows:
+        its reservations' key; the keys packed, and their count; the arguments before the
+        request's own packed (the lease, each window's end and limits), and the count of
+        every argument."""
+        if len(self._fixed) >= BASES_KEPT:
+            self._fixed.clear()
+        key_id, limits = known[0], known[1]
+        reserved = self._key(key_id, "held")
+        keys = [reserved.encode()]
+        fixed: list[object] = [lease_s]
         for w in windows:
             limit_usd, limit_tokens = limits.usd.get(w.period), limits.tokens.get(w.period)
-            known = (state.key_id, w.period, w.start, limit_usd, limit_tokens)
-            packed = fixed.get(known)
-            if packed is None:
-                if len(fixed) >= BASES_KEPT:
-                    fixed.clear()
-                packed = fixed[known] = (
-                    bulk(self._key(state.key_id, "spend", w.period, f"{w.start:.0f}").encode()),
-                    bulks((w.end, "" if limit_usd is None else repr(float(limit_usd)),
-                           "" if limit_tokens is None else int(limit_tokens))))
-            keys.append(packed[0])
-            args += [packed[1], bulks((repr(w.spent_usd), w.spent_tokens))]
-        return _Ask(reservation, reserved, b"".join(keys), 1 + len(windows), b"".join(args),
-                    4 + 5 * len(windows), windows, now)
+            keys.append(self._key(key_id, "spend", w.period, f"{w.start:.0f}").encode())
+            fixed += (w.end, "" if limit_usd is None else round(limit_usd * MICRO),
+                      "" if limit_tokens is None else int(limit_tokens))
+        packed = self._fixed[known] = (reserved, bulks(tuple(keys)), len(keys),
+                                       bulks(tuple(fixed)), 4 + 5 * len(windows))
+        return packed
 
     def _reserved(self, ask: _Ask, limits: Limits, answer: object) -> Held | None:
         """The ``reserve`` script's answer as :meth:`reserve` returns it (or raises it)."""
@@ -170,17 +189,20 @@ class RedisLedger:
             found = [_text(v) for v in answer]
             w = windows[int(found[1]) - 1]
             unit, spent, reserved, estimate, limit = found[2], *map(float, found[3:7])
+            if unit == "USD":  # (µUSD on the wire)
+                spent, reserved, estimate, limit = (
+                    spent / MICRO, reserved / MICRO, estimate / MICRO, limit / MICRO)
             raise exceeded(w, ask.now, unit, spent, reserved, estimate, limit)
         for i, w in enumerate(windows):  # every instance's spend, for the warning threshold
-            # (float() reads the reply's bytes as they are)
-            shared_usd, shared_tokens = float(answer[1 + 2 * i]), int(float(answer[2 + 2 * i]))
+            # (int() reads the reply's bytes as they are)
+            shared_usd, shared_tokens = int(answer[1 + 2 * i]) / MICRO, int(answer[2 + 2 * i])
             w.base_usd = max(w.base_usd, shared_usd - w.usd)
             w.base_tokens = max(w.base_tokens, shared_tokens - w.tokens)
         return Held(ask.reservation, ask.keys, ask.nkeys)
 
     def settle(self, handle: object, usd: float, tokens: int) -> None:
         assert isinstance(handle, Held)
-        args = bulks((handle.reservation, repr(float(usd)), int(tokens)))
+        args = bulks((handle.reservation, round(usd * MICRO), int(tokens)))  # (µUSD)
         self.batch.add(self.scripts.packed("settle", handle.keys, handle.nkeys, args, 3),
                        later=True)
 

@@ -118,15 +118,20 @@ redis.call('EXPIRE', KEYS[1], math.ceil(lease) + 1)
 return #ARGV - 1
 """
 
-#: admit a request against an API key's budget windows and reserve its estimate:
-#: KEYS[1] = the key's reservations (id -> "usd tokens lease_end"), KEYS[2..] = one
-#: spend hash per window (usd, tokens, requests). ARGV = id, usd, tokens, lease
-#: seconds, then per window: end, USD limit or '', token limit or '', and this
-#: instance's own count of the window's spend (a floor: Redis may have lost some).
-#: Returns {'ok', usd1, tokens1, ...} or {'no', window, unit, spent, reserved, estimate,
-#: limit}; a window admits while its spend is under the limit and the reservations in
-#: flight and this estimate fit, or nothing else of the key is in flight.
+#: admit a request against an API key's budget windows and reserve its estimate. Money
+#: is whole micro-dollars (µUSD) here and on the wire (integers: no float is formatted
+#: or parsed per request, and the spend adds up exactly): KEYS[1] = the key's
+#: reservations (id -> "µusd tokens lease_end"), KEYS[2..] = one spend hash per window
+#: (musd, tokens, requests). ARGV: first what is the same for every request of the key
+#: in these windows, lease seconds, then per window: end, µUSD limit or '', token limit
+#: or ''; then the request's own: id, µUSD, tokens, and per window this instance's own
+#: count of its spend in µUSD and tokens (a floor: Redis may have lost some). Returns {'ok',
+#: µusd1, tokens1, ...} or {'no', window, unit, spent, reserved, estimate, limit}
+#: (amounts in µUSD for the unit 'USD'); a window admits while its spend is under the
+#: limit and the reservations in flight and this estimate fit, or nothing else of the
+#: key is in flight.
 RESERVE_FN = """
+local function int(x) return string.format('%d', x) end
 local function reserve(K, A)
   local held, rusd, rtok = 0, 0, 0
   local all = redis.call('HGETALL', K[1])
@@ -141,36 +146,38 @@ local function reserve(K, A)
     end
   end
   local alone = held == 0
-  local usd, tokens = tonumber(A[2]), tonumber(A[3])
+  local n = #K - 1
+  local v = 1 + 3 * n
+  local id, musd, mtok = A[v + 1], A[v + 2], A[v + 3]
+  local usd, tokens = tonumber(musd), tonumber(mtok)
   local out = {'ok'}
   local refusal, refusal_end = nil, 0
   local function admits(spent, reserved, estimate, limit)
     return spent < limit and (alone or spent + reserved + estimate <= limit)
   end
-  for w = 1, #K - 1 do
-    local b = 4 + (w - 1) * 5
+  for w = 1, n do
+    local b, f = 1 + (w - 1) * 3, v + 3 + (w - 1) * 2
     local wend, lusd, ltok = tonumber(A[b + 1]), A[b + 2], A[b + 3]
     local key = K[w + 1]
-    local su = tonumber(redis.call('HGET', key, 'usd') or '-1')
+    local su = tonumber(redis.call('HGET', key, 'musd') or '-1')
     local st = tonumber(redis.call('HGET', key, 'tokens') or '-1')
-    local fu, ft = tonumber(A[b + 4]), tonumber(A[b + 5])
-    if su < fu then su = fu; redis.call('HSET', key, 'usd', A[b + 4]) end
-    if st < ft then st = ft; redis.call('HSET', key, 'tokens', A[b + 5]) end
+    local fu, ft = tonumber(A[f + 1]), tonumber(A[f + 2])
+    if su < fu then su = fu; redis.call('HSET', key, 'musd', A[f + 1]) end
+    if st < ft then st = ft; redis.call('HSET', key, 'tokens', A[f + 2]) end
     redis.call('EXPIREAT', key, math.ceil(wend) + 86400)
-    out[#out + 1] = tostring(su)
-    out[#out + 1] = tostring(st)
+    out[#out + 1] = int(su)
+    out[#out + 1] = int(st)
     if lusd ~= '' and not admits(su, rusd, usd, tonumber(lusd)) and wend > refusal_end then
-      refusal, refusal_end = {'no', tostring(w), 'USD', tostring(su), tostring(rusd),
-                              tostring(usd), lusd}, wend
+      refusal, refusal_end = {'no', tostring(w), 'USD', int(su), int(rusd), musd, lusd}, wend
     end
     if ltok ~= '' and wend > refusal_end and not admits(st, rtok, tokens, tonumber(ltok)) then
-      refusal, refusal_end = {'no', tostring(w), 'tokens', tostring(st), tostring(rtok),
-                              tostring(tokens), ltok}, wend
+      refusal, refusal_end = {'no', tostring(w), 'tokens', int(st), int(rtok), mtok, ltok},
+                             wend
     end
   end
   if refusal then return refusal end
-  local lease = tonumber(A[4])
-  redis.call('HSET', K[1], A[1], A[2] .. ' ' .. A[3] .. ' ' .. tostring(now + lease))
+  local lease = tonumber(A[1])
+  redis.call('HSET', K[1], id, musd .. ' ' .. mtok .. ' ' .. tostring(now + lease))
   redis.call('EXPIRE', K[1], math.ceil(lease) + 60)
   return out
 end
@@ -178,11 +185,11 @@ end
 RESERVE = _NOW + RESERVE_FN + "return reserve(KEYS, ARGV)\n"
 
 #: a request is over: drop its reservation (KEYS[1], field ARGV[1]) and add its spend
-#: (ARGV[2] USD, ARGV[3] tokens, one request) to each window (KEYS[2..])
+#: (ARGV[2] µUSD, ARGV[3] tokens, one request) to each window (KEYS[2..])
 SETTLE = """
 redis.call('HDEL', KEYS[1], ARGV[1])
 for w = 2, #KEYS do
-  redis.call('HINCRBYFLOAT', KEYS[w], 'usd', ARGV[2])
+  redis.call('HINCRBY', KEYS[w], 'musd', ARGV[2])
   redis.call('HINCRBY', KEYS[w], 'tokens', ARGV[3])
   redis.call('HINCRBY', KEYS[w], 'requests', 1)
 end

@@ -62,7 +62,7 @@ def holdings(made: Instances, client: aioredis.Redis, key_id: str,
 
     async def held() -> dict[str, int]:
         return {"key slots": await count(client, shared.link.key("key", key_id, "slots")),
-                "reserved": await count(client, shared.link.key("key", key_id, "reserved")),
+                "reserved": await count(client, shared.link.key("key", key_id, "held")),
                 "claims": await client.exists(shared.keys.key((key_id, scope))),
                 "conn slots": await count(client, shared.link.key("conn", "*", "slots"))}
 
@@ -124,7 +124,7 @@ async def test_a_script_error_partway_gives_back_the_steps_before_it(
 
     # the reservations are a string: the ``reserve`` step fails (WRONGTYPE) after the
     # key's slot was taken and the key claimed
-    await client.set(shared.link.key("key", key_id, "reserved"), "not a hash")
+    await client.set(shared.link.key("key", key_id, "held"), "not a hash")
     start = len(writes)
     status, body, headers = await made.chat("error", key=secret, max_tokens=10,
                                             headers={"Idempotency-Key": "error-1"})

@@ -29,7 +29,7 @@ async def until_settled(trio: Instances, served: int) -> float:
         async def total() -> float:
             found = 0.0
             async for name in client.scan_iter(match=shared.link.key("key", "*", "spend", "*")):
-                found += float(await client.hget(name, "usd") or 0)
+                found += int(await client.hget(name, "musd") or 0) / 1_000_000  # (µUSD)
             return found
 
         async def done() -> bool:

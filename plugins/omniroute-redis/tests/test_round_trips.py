@@ -69,6 +69,34 @@ async def test_a_request_with_every_concern_waits_for_one_round_trip_before_disp
     assert await count(client, shared.link.key("cache", "index")) == 1
 
 
+async def test_a_request_is_priced_once(one: Instances, monkeypatch: Any) -> None:
+    """The budget's estimate made for the batch is the one ``routed`` reserves: the route
+    and the estimate did not change, so the request is not priced a second time."""
+    _, secret = await limited_key(one, rpm=100, concurrency=10, daily_usd=1.0)
+    prices = one[0].gateway.prices
+    priced: list[object] = []
+    estimate = prices.estimate_usd
+
+    def counted(*args: Any, **kwargs: Any) -> float | None:
+        priced.append(args[0])
+        return estimate(*args, **kwargs)
+
+    monkeypatch.setattr(prices, "estimate_usd", counted)
+    status, body, _ = await one.chat("priced once", key=secret, max_tokens=10)
+    assert status == 200, body
+    assert len(priced) == 1
+
+
+async def test_a_claim_nobody_waits_for_leaves_nothing_to_be_told(one: Instances) -> None:
+    """A key claimed by its request (nearly all of them) is published to nobody: its claim
+    keeps no event to be told by (one a request, never taken out, grew without bound)."""
+    shared = one[0].gateway.shared
+    for n in range(3):
+        status, body, _ = await one.chat(f"told {n}", headers={"Idempotency-Key": f"t-{n}"})
+        assert status == 200, body
+    assert shared.keys._heard == {}
+
+
 async def test_a_lone_concern_is_its_own_script(one: Instances, upstream: FakeUpstream,
                                                  writes: list[Write]) -> None:
     called: list[int] = []
@@ -100,7 +128,7 @@ async def test_a_cache_hit_takes_no_claim_no_reservation_and_no_connection_slot(
     # the key's slot was taken (a hit counts against rpm); nothing after the lookup ran
     assert await count(client, shared.link.key("key", key_id, "starts")) == 2
     assert await count(client, shared.link.key("conn", "*", "starts")) == 1
-    assert await count(client, shared.link.key("key", key_id, "reserved")) == 0
+    assert await count(client, shared.link.key("key", key_id, "held")) == 0
     assert await client.exists(shared.keys.key((key_id, "hit-2"))) == 0
     assert await client.exists(shared.keys.key((key_id, "hit-1"))) == 1
     spend = shared.link.key("key", key_id, "spend", "*")
@@ -123,7 +151,7 @@ async def test_a_refused_key_slot_stops_everything_after_it(
     shared = one[0].gateway.shared
     assert await client.exists(shared.keys.key((key_id, "slot-2"))) == 0
     assert await count(client, shared.link.key("conn", "*", "starts")) == 1
-    assert await count(client, shared.link.key("key", key_id, "reserved")) == 0
+    assert await count(client, shared.link.key("key", key_id, "held")) == 0
 
 
 async def test_a_refused_reservation_takes_no_connection_slot(
@@ -138,7 +166,7 @@ async def test_a_refused_reservation_takes_no_connection_slot(
     assert status == 429 and body["error"]["code"] == "budget_exceeded", body
     assert upstream.calls == 1
     assert await count(client, shared.link.key("conn", "*", "starts")) == 1
-    assert await count(client, shared.link.key("key", key_id, "reserved")) == 0
+    assert await count(client, shared.link.key("key", key_id, "held")) == 0
 
 
 async def test_what_a_batch_took_and_nobody_read_is_given_back(
@@ -152,7 +180,7 @@ async def test_what_a_batch_took_and_nobody_read_is_given_back(
     async def held() -> dict[str, int]:
         return {"key slots": await count(client, shared.link.key("key", key_id, "slots")),
                 "key starts": await count(client, shared.link.key("key", key_id, "starts")),
-                "reserved": await count(client, shared.link.key("key", key_id, "reserved")),
+                "reserved": await count(client, shared.link.key("key", key_id, "held")),
                 "claims": await client.exists(shared.keys.key((key_id, "unread"))),
                 "conn slots": await count(client, shared.link.key("conn", "*", "slots")),
                 "conn starts": await count(client, shared.link.key("conn", "*", "starts"))}
@@ -266,7 +294,7 @@ async def test_a_reservation_for_another_estimate_is_dropped_and_made_again(
         await asyncio.sleep(0.05)
         after = [c for w in requests_part(writes[start:]) for c in w]
         assert after.count(("HDEL",)) == 1 and after.count(("settle",)) == 1, after
-        assert await count(client, shared.link.key("key", key_id, "reserved")) == 0
+        assert await count(client, shared.link.key("key", key_id, "held")) == 0
         spend = shared.link.key("key", key_id, "spend", "*")
         requests = [int(await client.hget(name, "requests") or 0)
                     async for name in client.scan_iter(match=spend)]
@@ -296,7 +324,7 @@ async def test_a_hit_in_memory_after_a_miss_in_redis_gives_back_what_the_batch_t
         await until(lambda: not shared.batch._queue, timeout=2.0)
         await shared.batch.flush()
         assert await client.exists(shared.keys.key((key_id, "mem-2"))) == 0
-        assert await count(client, shared.link.key("key", key_id, "reserved")) == 0
+        assert await count(client, shared.link.key("key", key_id, "held")) == 0
         assert await count(client, shared.link.key("conn", "*", "slots")) == 0
         assert await count(client, shared.link.key("conn", "*", "starts")) == 1
         assert await count(client, shared.link.key("key", key_id, "slots")) == 0
