@@ -225,13 +225,13 @@ async def test_a_hit_promoted_to_a_faster_backend_keeps_what_is_left_of_its_ttl(
                    multi_turn=False, has_tools=False, has_media=False, prompt_tokens=1)
     await back.set(key.exact, entries.dump(answer, "m", now[0], None, now[0] + 600), 600)
     now[0] += 500  # 100 s left
-    found = await cache.lookup(key)
+    found = await cache.lookup(key.exact)
     assert found is not None and found.entry.expires == 1600.0
     now[0] += 101  # past the entry's own TTL: the promoted copy is gone too, not kept an hour
     assert await front.get(key.exact) is None
     # an entry past its own TTL is a miss, even where a backend still holds it
     await back.set(key.exact, entries.dump(answer, "m", 0.0, None, now[0] - 1), 600)
-    assert await cache.lookup(key) is None
+    assert await cache.lookup(key.exact) is None
     assert await front.get(key.exact) is None
 
 

@@ -114,17 +114,10 @@ async def test_a_flush_cancelled_mid_write_keeps_its_entries(tmp_path: Path) -> 
 
 
 async def test_waiting_for_queued_stores_is_bounded() -> None:
-    from omniroute.cache.layer import CacheKey
     from omniroute.cache.service import ResponseCache
 
     cache = ResponseCache([MemoryCache({})])  # never started: no writer takes the store
-    key = CacheKey(exact="k" * 64, scope="", prompt="", tenant="t", model="m",
-                   multi_turn=False, has_tools=False, has_media=False, prompt_tokens=1)
-
-    async def produce() -> bytes:
-        return b"{}"
-
-    cache.store(key, produce, 60)
+    cache.store("k" * 64, b"{}", 60)
     with pytest.raises(TimeoutError):
         await cache.settled(timeout=0.05)
 

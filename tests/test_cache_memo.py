@@ -21,9 +21,7 @@ HI = [{"role": "user", "content": "what is 2 + 2?"}]
 
 
 def key(name: str) -> Known:
-    return Known(CacheKey(exact=name, scope="", prompt="", tenant="", model="m",
-                          multi_turn=False, has_tools=False, has_media=False, prompt_tokens=0),
-                 c.Request("m"))
+    return Known(name, None, c.Request("m"))
 
 
 def test_the_memo_is_bounded_in_entries_and_bytes() -> None:
@@ -60,7 +58,8 @@ def assert_fresh(memo: KeyMemo) -> None:
         request = OpenAIFormat().decode_request(ClientRequest(orjson.loads(raw), model, stream, {},
                                                    dict(query)))
         scoped = f"{prefix}/{model}" if prefix else model
-        assert known.key == cache_key(request, tenant, scoped, layers=layers)
+        full = cache_key(request, tenant, scoped, layers=layers)
+        assert known.exact == full.exact and known.key == (full if layers else None)
         assert known.request == request
 
 
@@ -119,7 +118,7 @@ async def test_different_bodies_models_and_prefixes_never_share_a_key(gw: Any) -
     assert resp.headers["X-OmniRoute-Cache"] == "MISS"
     await gw.cache.settled()
     memo = memo_of(gw)  # only hits are kept: the spaced body and the pinned one
-    assert len({known.key.exact for known in memo._known.values()}) == 1
+    assert len({known.exact for known in memo._known.values()}) == 1
     assert len(memo) == 2
     assert_fresh(memo)
 
@@ -135,7 +134,7 @@ async def test_tenants_never_share_a_memo_slot(gw: Any) -> None:
             for name in ("a", "a", "b", "b", "a")]
     assert seen == ["MISS", "HIT", "MISS", "HIT", "HIT"]
     memo = memo_of(gw)
-    tenants = {known.key.tenant for known in memo._known.values()}
+    tenants = {slot[1] for slot in memo._known}
     assert len(tenants) == 2 and len(memo) == 2
     assert_fresh(memo)
 
@@ -181,12 +180,13 @@ async def test_a_layer_active_or_not_gets_its_own_keys(
     assert [(await chat(gw)).headers["X-OmniRoute-Cache"] for _ in range(2)] == ["MISS", "HIT"]
     memo = memo_of(gw)
     (known,) = memo._known.values()
-    assert known.key.scope and known.key.prompt == "what is 2 + 2?"  # what layers read
+    assert known.key is not None  # what layers read
+    assert known.key.scope and known.key.prompt == "what is 2 + 2?"
     layer.on = False
     assert (await chat(gw)).headers["X-OmniRoute-Cache"] == "HIT"  # the same exact key
     assert len(memo) == 2
-    keys = [k.key for k in memo._known.values()]
-    assert keys[0].exact == keys[1].exact and keys[1].scope == "" and keys[1].prompt == ""
+    first, second = memo._known.values()
+    assert first.exact == second.exact and second.key is None  # no layer: the exact key only
     other = [{"role": "user", "content": "and 3 + 3?"}]
     layer.on = True
     assert (await chat(gw, messages=other)).headers["X-OmniRoute-Cache"] == "MISS"

@@ -97,6 +97,27 @@ def cache_key(request: c.Request, tenant: str, model: str, *, layers: bool = Tru
                     prompt_tokens=estimate_request(request))
 
 
+def text_key(text: c.TextRequest, tenant: str, model: str) -> str:
+    """The exact key (:attr:`CacheKey.exact`) of a request in its text form
+    (``Format.text_request``), without decoding it: the same key :func:`cache_key` gives
+    the decoded request, so a question asked in another client format still finds it.
+
+    It hashes the same bytes: the canonical objects' JSON (their fields in declaration
+    order) written out as dicts in that order, so not sorted (no dict here has keys to sort).
+    """
+    system, turns, settings = text
+    question = [
+        model, [{"text": t, "cache_control": None, "meta": {}} for t in system], [], None,
+        *settings, None, None, {},
+        [{"role": role, "parts": [{"text": t, "cache_control": None, "meta": {}}] if t else [],
+          "name": None, "meta": {}} for role, t in turns]]
+    digest = _SHA256.copy()
+    digest.update(tenant.encode())
+    digest.update(b"\0")
+    digest.update(orjson.dumps(question))
+    return digest.hexdigest()
+
+
 def _question(request: c.Request, model: str) -> tuple[Any, ...]:
     """What the answer depends on, messages last (no copy of the request is made)."""
     r = request

@@ -37,7 +37,10 @@ MAX_BYTES = 32 * 2**20
 class Known:
     """What a request seen before is, for the cache."""
 
-    key: CacheKey
+    #: the request's exact key
+    exact: str
+    #: its whole key, made while a layer was active (None: no layer was)
+    key: CacheKey | None
     #: the request in the canonical model, as a hit decoded it
     request: c.Request
 

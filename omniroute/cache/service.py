@@ -5,9 +5,12 @@ One :class:`ResponseCache` per gateway (app key ``CACHE``)::
 
     cache = ResponseCache([MemoryCache(...), SqliteCache(...)], layers)
     await cache.start()
-    found = await cache.lookup(key)          # backends in order, then each layer
-    cache.store(key, produce, ttl)           # queued; ``produce`` makes the entry later
+    found = await cache.lookup(exact)        # backends in order
+    found = await cache.lookup(key.exact, key=key)  # then each layer too (a CacheKey)
+    cache.store(exact, entry, ttl)           # queued: the entry's bytes, or a Producer
     await cache.close()                      # writes what is queued, closes backends
+
+The writer takes every store queued when it wakes, so a burst of misses wakes it once.
 
 A hit in a backend behind the first is copied into the ones in front (a sqlite
 hit is promoted to memory). A backend or layer that fails counts as a miss and
@@ -85,7 +88,7 @@ class ResponseCache:
         # the stores waiting for the writer, and what wakes it when it sleeps on an empty
         # queue: a deque and one future, not an asyncio.Queue (whose put and get cost a
         # miss about ten Python calls more); ``_writing`` while it works on one
-        self._queue: deque[tuple[CacheKey, Producer, float]] = deque()
+        self._queue: deque[tuple[str, bytes | Producer, float, CacheKey | None]] = deque()
         self._wake: asyncio.Future[None] | None = None
         self._writing = False
         self._writer: asyncio.Task[None] | None = None
@@ -121,19 +124,20 @@ class ResponseCache:
 
     # ---------------------------------------------------------------- the data path
 
-    def prefetch(self, key: CacheKey, batch: RequestBatch) -> dict[int, Pending[bytes | None]]:
+    def prefetch(self, exact: str, batch: RequestBatch) -> dict[int, Pending[bytes | None]]:
         """Queue the lookups of the backends that keep their entries in the shared state
         on a request's batch (:meth:`CacheBackend.prefetch_get`), by their place."""
         ahead = {}
         for depth, backend in enumerate(self.backends):
-            pending = backend.prefetch_get(key.exact, batch)
+            pending = backend.prefetch_get(exact, batch)
             if pending is not None:
                 ahead[depth] = pending
         return ahead
 
-    async def lookup(self, key: CacheKey,
-                     ahead: dict[int, Pending[bytes | None]] | None = None) -> Found | None:
-        """The stored answer for ``key``: the backends in order, then each layer.
+    async def lookup(self, exact: str, ahead: dict[int, Pending[bytes | None]] | None = None,
+                     key: CacheKey | None = None) -> Found | None:
+        """The stored answer for the exact key ``exact``: the backends in order, then (with
+        ``key``, made while a layer was active) each layer.
 
         :param ahead: the backends' lookups already made with the request's batch
             (:meth:`prefetch`), read instead of asking them again.
@@ -144,24 +148,15 @@ class ResponseCache:
                 if pending is not None and pending.ran:
                     data = pending.result()
                 else:
-                    data = await backend.get(key.exact)
+                    data = await backend.get(exact)
             except Exception:
                 log.exception("cache backend %s failed on a lookup", backend.name)
-                continue
-            if data is None:
-                continue
-            found = self.loaded(data)
-            if found is None:  # another version, or damaged: gone, and a miss
-                await self._forget(key.exact)
-                continue
-            left = None if found.expires is None else found.expires - self.clock()
-            if left is not None and left <= 0:  # past its own TTL (a backend's clock
-                continue  # lagged, or it kept it longer): a miss, never a stale answer
-            for front in self.backends[:depth]:  # promoted (a sqlite hit goes to memory)
-                with contextlib.suppress(Exception):  # for what is left of its TTL
-                    await front.set(key.exact, data, left)
-            return Found(found, backend.name)
-        if not key.scope:  # made while no layer was active: none is asked
+                data = None
+            if data is not None:
+                found = await self._found(exact, data, depth, backend)
+                if found is not None:
+                    return found
+        if key is None or not key.scope:  # made while no layer was active: none is asked
             return None
         for layer in self.layers:
             try:
@@ -171,22 +166,40 @@ class ResponseCache:
                 continue
             if hit is None:
                 continue
-            found = self.loaded(hit.entry)
-            if found is not None and (found.expires is None or found.expires > self.clock()):
-                return Found(found, layer.name, hit.similarity)
+            entry = self.loaded(hit.entry)
+            if entry is not None and (entry.expires is None or entry.expires > self.clock()):
+                return Found(entry, layer.name, hit.similarity)
         return None
+
+    async def _found(self, exact: str, data: bytes, depth: int,
+                     backend: CacheBackend) -> Found | None:
+        """A backend's entry, read; promoted to the backends in front of it."""
+        found = self.loaded(data)
+        if found is None:  # another version, or damaged: gone, and a miss
+            await self._forget(exact)
+            return None
+        left = None if found.expires is None else found.expires - self.clock()
+        if left is not None and left <= 0:  # past its own TTL (a backend's clock
+            return None  # lagged, or it kept it longer): a miss, never a stale answer
+        for front in self.backends[:depth]:  # promoted (a sqlite hit goes to memory)
+            with contextlib.suppress(Exception):  # for what is left of its TTL
+                await front.set(exact, data, left)
+        return Found(found, backend.name)
 
     def layered(self) -> bool:
         """Whether a key needs what the layers read: one of them is active now."""
-        return any(layer.active() for layer in self.layers)
+        return any(layer.active() for layer in self.layers) if self.layers else False
 
-    def store(self, key: CacheKey, produce: Producer, ttl: float) -> None:
-        """Queue a store; the writer calls ``produce`` and keeps its bytes everywhere."""
+    def store(self, exact: str, entry: bytes | Producer, ttl: float,
+              key: CacheKey | None = None) -> None:
+        """Queue a store of the entry's bytes, or of what ``entry`` (a :data:`Producer`)
+        makes later, in every backend and (with a ``key`` made while a layer was active)
+        every layer."""
         queue = self._queue
         if len(queue) >= QUEUE_SIZE:
             self.dropped += 1
             return
-        queue.append((key, produce, ttl))
+        queue.append((exact, entry, ttl, key))
         wake = self._wake
         if wake is not None:  # the writer sleeps on an empty queue
             self._wake = None
@@ -210,32 +223,34 @@ class ResponseCache:
             if not queue:
                 wake = self._wake = loop.create_future()
                 await wake
-                continue
-            key, produce, ttl = queue.popleft()
             self._writing = True
             try:
-                data = await produce()
-                if data is not None:
-                    await self._keep(key, data, ttl)
-            except Exception:
-                self.store_failures += 1
-                log.exception("storing a cache entry failed")
+                while queue:  # every store queued by now, then sleep again
+                    exact, entry, ttl, key = queue.popleft()
+                    try:
+                        data = entry if isinstance(entry, bytes) else await entry()
+                        if data is not None:
+                            await self._keep(exact, data, ttl, key)
+                    except Exception:
+                        self.store_failures += 1
+                        log.exception("storing a cache entry failed")
             finally:
                 self._writing = False
 
-    async def _keep(self, key: CacheKey, data: bytes, ttl: float) -> None:
+    async def _keep(self, exact: str, data: bytes, ttl: float, key: CacheKey | None) -> None:
         for backend in self.backends:
             try:
-                await backend.set(key.exact, data, ttl)
+                await backend.set(exact, data, ttl)
             except Exception:
                 self.store_failures += 1
                 log.exception("cache backend %s failed to store", backend.name)
-        for layer in self.layers if key.scope else ():
-            try:
-                await layer.store(key, data, ttl)
-            except Exception:
-                self.store_failures += 1
-                log.exception("cache layer %s failed to store", layer.name)
+        if key is not None and key.scope:
+            for layer in self.layers:
+                try:
+                    await layer.store(key, data, ttl)
+                except Exception:
+                    self.store_failures += 1
+                    log.exception("cache layer %s failed to store", layer.name)
         self.stored += 1
 
     async def _forget(self, exact: str) -> None:

@@ -8,16 +8,19 @@ For every generation request (:class:`~omniroute.pipeline.chat.Chat`):
   no-cache`` / ``no-store``), or, in the default ``deterministic`` mode, a
   temperature other than an explicit 0 (``Format.temperature``). Those answers
   say ``X-OmniRoute-Cache: BYPASS``.
-* ``before`` decodes the request into the canonical model once (kept on
-  ``ctx.canonical`` for the operation), refuses what must not be cached
-  (log-probabilities, ``n > 1``, a Responses request whose response the server
-  keeps), computes the :class:`~omniroute.cache.layer.CacheKey`, and asks the
-  :class:`~omniroute.cache.service.ResponseCache`. A hit answers at once in the
-  client's format, JSON or a stream (``HIT``); a miss (``MISS``) keeps the key. A
-  request seen before (the same body's bytes and the same scoping inputs: a
-  :class:`~omniroute.cache.memo.KeyMemo` slot) that was a hit takes the key and the
-  request of that hit, without decoding; whenever the cache does not answer,
-  ``ctx.canonical`` is decoded as before.
+* ``before`` computes the request's exact key and asks the
+  :class:`~omniroute.cache.service.ResponseCache`. While no layer is active, a
+  request its format reads as text (``Format.text_request``) is keyed from that,
+  without a decode (:func:`~omniroute.cache.key.text_key`: the same key). Any other
+  is decoded into the canonical model once (kept on ``ctx.canonical`` for the
+  operation), refused when it must not be cached (log-probabilities, ``n > 1``, a
+  Responses request whose response the server keeps), and keyed (with a layer
+  active, the whole :class:`~omniroute.cache.layer.CacheKey`). A hit answers at
+  once in the client's format, JSON or a stream (``HIT``), decoding the request
+  for that; a miss (``MISS``) keeps the key and decodes nothing more. A request
+  seen before as a hit (the same body's bytes and the same scoping inputs: a
+  :class:`~omniroute.cache.memo.KeyMemo` slot) takes the key and the request of
+  that hit, without decoding.
   With shared state (``state_url``) that is done in ``prefetch``, and the lookup of
   a backend that keeps its entries there (``redis``) goes out with the request's
   other shared work, in its one round trip; ``before`` reads its answer.
@@ -39,12 +42,12 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Hashable
+from collections.abc import AsyncIterator, Callable, Hashable, Sequence
 from contextlib import aclosing
 from typing import TYPE_CHECKING, TypeVar
 
 from omniroute.cache import entry as entries
-from omniroute.cache.key import cache_key, uncacheable
+from omniroute.cache.key import cache_key, text_key, uncacheable
 from omniroute.cache.layer import CacheKey
 from omniroute.cache.memo import KeyMemo, Known
 from omniroute.cache.service import Found, Producer, ResponseCache
@@ -112,81 +115,102 @@ class CacheStage(Stage):
 class CacheRun(StageRun):
     """One cacheable request: the lookup, and on a miss what the answer was."""
 
+    #: set on a miss: the exact key the answer is to be stored under (None: a hit, a bypass)
+    exact: str | None = None
+    #: the whole key, made while a layer was active (None: no layer is asked or fed)
+    key: CacheKey | None = None
+    decoded: c.Response | None = None  # translated / canonical lane, JSON
+    body: bytes | None = None  # pass-through lane, JSON
+    kept: list[c.Event] | None = None  # translated / canonical lane, stream
+    size = 0
+    too_big = False
+    #: the exact key found in ``prefetch``, and the shared backends' lookups queued on the
+    #: request's batch
+    ahead: str | None = None
+    pending: dict[int, Pending[bytes | None]] | None = None
+    #: the request's memo slot (None: it has none), and its entry there (None: a request
+    #: not seen as a hit before)
+    slot: tuple[Hashable, ...] | None = None
+    known: Known | None = None
+
     def __init__(self, stage: CacheStage, mode: str, ttl: float, max_bytes: int) -> None:
+        # (the other attributes start as the class's: a miss sets only what it uses)
         self.stage = stage
         self.mode = mode
         self.ttl = ttl
         self.max_bytes = max_bytes
-        self.key: CacheKey | None = None  # set on a miss: the answer is to be stored
-        self.decoded: c.Response | None = None  # translated / canonical lane, JSON
-        self.body: bytes | None = None  # pass-through lane, JSON
-        self.kept: list[c.Event] | None = None  # translated / canonical lane, stream
-        self.frames: list[bytes] = []  # pass-through lane, stream
-        self.size = 0
-        self.too_big = False
-        #: the key and the shared backends' lookups queued on the request's batch
-        self.ahead: CacheKey | None = None
-        self.pending: dict[int, Pending[bytes | None]] | None = None
-        #: the request's memo slot (None: it has none), and its entry there (None: a
-        #: request not seen as a hit before)
-        self.slot: tuple[Hashable, ...] | None = None
-        self.known: Known | None = None
 
     def prefetch(self, ctx: RequestContext, batch: RequestBatch, route: Route | None) -> None:
-        key = self.ahead = self.lookup_key(ctx)
-        if key is not None:
-            self.pending = self.stage.cache.prefetch(key, batch)
+        exact = self.ahead = self.lookup_key(ctx)
+        if exact is not None:
+            self.pending = self.stage.cache.prefetch(exact, batch)
 
-    def lookup_key(self, ctx: RequestContext) -> CacheKey | None:
-        """The request's cache key (None: it is not cacheable, the cache is bypassed):
-        the memo's for a request that was a hit before, else computed."""
+    def lookup_key(self, ctx: RequestContext) -> str | None:
+        """The request's exact cache key (None: it is not cacheable). Without an active
+        layer, a request the format reads as text (``Format.text_request``) is keyed
+        without being decoded; else the memo's key for a request that was a hit before,
+        else the key of the decoded request (with a layer active, the whole
+        :class:`CacheKey`, kept on ``self.key``)."""
         limits = ctx.principal.limits
+        if limits is not None and not limits.allows(ctx.model):
+            return None
+        fmt = ctx.fmt
+        # a route pinned to a provider (/v1/providers/{prefix}/...) asks that provider:
+        # keyed as the same `prefix/model` a plain route would name it by
+        model = f"{ctx.prefix}/{ctx.model}" if ctx.prefix else ctx.model
         layers = self.stage.cache.layered()
+        if not layers:
+            text = fmt.text_request(ctx.body)
+            if text is not None:  # (the mode's temperature: checked by enter, as sent)
+                return None if keeps_state(ctx) else text_key(
+                    text, ctx.principal.key_id or "", model)
         slot = self.slot = _slot(ctx, self.mode, layers)
         if slot is not None:
             known = self.known = self.stage.memo.get(slot)
             if known is not None:  # the same inputs: the same key, not decoded again
-                return known.key if limits is None or limits.allows(ctx.model) else None
+                self.key = known.key
+                return known.exact
         request = _canonical(ctx)
         if (request is None or (self.mode == "deterministic" and request.temperature != 0)
-                or uncacheable(request) is not None or keeps_state(ctx)
-                or (limits is not None and not limits.allows(ctx.model))):
+                or uncacheable(request) is not None or keeps_state(ctx)):
             return None
-        # a route pinned to a provider (/v1/providers/{prefix}/...) asks that provider:
-        # keyed as the same `prefix/model` a plain route would name it by
-        model = f"{ctx.prefix}/{ctx.model}" if ctx.prefix else ctx.model
-        return cache_key(request, ctx.principal.key_id or "", model, layers=layers)
+        key = cache_key(request, ctx.principal.key_id or "", model, layers=layers)
+        if layers:
+            self.key = key
+        return key.exact
 
     async def before(self, ctx: RequestContext) -> Reply | None:
         cache = self.stage.cache
-        key = self.ahead if self.ahead is not None else self.lookup_key(ctx)
-        if key is None:
-            _canonical(ctx)  # (decoded, as it is whenever the cache does not answer)
+        exact = self.ahead if self.ahead is not None else self.lookup_key(ctx)
+        if exact is None:
             cache.bypasses += 1
             say(ctx, "BYPASS")
             return None
-        found = await cache.lookup(key, self.pending)
+        found = await cache.lookup(exact, self.pending, self.key)
         if found is not None:
-            request = self._hit_request(ctx, key)
+            request = self._hit_request(ctx, exact)
             if request is not None:
                 cache.hits += 1
                 return await self.hit(ctx, request, found)
-        _canonical(ctx)
         cache.misses += 1
         say(ctx, "MISS")
-        self.key = key
+        self.exact = exact
         ctx.tap = self
         return None
 
-    def _hit_request(self, ctx: RequestContext, key: CacheKey) -> c.Request | None:
+    def _hit_request(self, ctx: RequestContext, exact: str) -> c.Request | None:
         """The request a hit's answer is encoded for: the memo's, or decoded now and kept
         there with its key (a hit's request never goes on to an upstream). Only hits are
         kept: a stream of new requests costs the memo nothing."""
-        if self.known is not None:
-            return self.known.request
+        known = self.known
+        if known is None and self.slot is None:  # keyed from its text form: not asked yet
+            slot = self.slot = _slot(ctx, self.mode, False)
+            known = None if slot is None else self.stage.memo.get(slot)
+        if known is not None:
+            return known.request
         request = _canonical(ctx)
         if request is not None and self.slot is not None:
-            self.stage.memo.put(self.slot, Known(key, request))
+            self.stage.memo.put(self.slot, Known(exact, self.key, request))
         return request
 
     async def hit(self, ctx: RequestContext, request: c.Request, found: Found) -> Reply:
@@ -243,40 +267,59 @@ class CacheRun(StageRun):
                 yield event
 
     async def answer(self, ctx: RequestContext, body: bytes) -> None:
-        if self.key is not None and self.decoded is None:
+        if self.exact is not None and self.decoded is None:
             self.body = body  # pass-through: decoded off the response path
 
     def finished(self, ctx: RequestContext) -> None:
-        key, record = self.key, ctx.record
-        if (key is None or self.too_big or record.status != 200 or record.error is not None
+        exact, record = self.exact, ctx.record
+        if (exact is None or self.too_big or record.status != 200 or record.error is not None
                 or record.cache_hit):
             return
-        produce = self._producer(ctx.fmt, ctx.model, _cost(ctx))
+        cache = self.stage.cache
+        fmt = ctx.fmt
+        created = self.stage.clock()
+        expires = created + self.ttl
+        if self.decoded is None and self.kept is None and cache.formats is not None \
+                and cache.formats.get(fmt.name) is fmt:
+            # pass-through: stored as it came, decoded (and checked) when it is read
+            data = self._as_it_came(fmt.name, ctx.model, created, _cost(ctx), expires)
+            if data is not None:
+                cache.store(exact, data, self.ttl, self.key)
+                return
+        produce = self._producer(fmt, ctx.model, _cost(ctx), created, expires)
         if produce is not None:
-            self.stage.cache.store(key, produce, self.ttl)
+            cache.store(exact, produce, self.ttl, self.key)
 
-    def _producer(self, fmt: Format, model: str, cost: float | None) -> Producer | None:
+    def _as_it_came(self, fmt: str, model: str, created: float, cost: float | None,
+                    expires: float) -> bytes | None:
+        """The entry of a pass-through answer as it came; None: there is none, it is too
+        large that way (its canonical entry is smaller), or its frames are not text."""
+        body = self.body
+        try:
+            if body is not None:
+                data = entries.dump_body(body, fmt, model, created, cost, expires)
+            else:
+                frames = self.frames
+                if not frames:
+                    return None
+                data = entries.dump_body(b"".join(frames), fmt, model, created, cost, expires,
+                                         stream=True)
+        except UnicodeDecodeError:
+            return None  # (decoded by the producer, as any answer: kept if it reads)
+        return data if len(data) <= self.max_bytes else None
+
+    #: a pass-through stream's frames (:class:`CacheStreamRun` keeps them)
+    frames: Sequence[bytes] = ()
+
+    def _producer(self, fmt: Format, model: str, cost: float | None, created: float,
+                  expires: float) -> Producer | None:
+        """What decodes the answer into a canonical entry, in the writer."""
         response, body, events, frames = self.decoded, self.body, self.kept, self.frames
         if response is None and body is None and events is None and not frames:
             return None
-        created, max_bytes, ttl = self.stage.clock(), self.max_bytes, self.ttl
-        # pass-through: stored as it came, decoded (and checked) when it is read; an
-        # answer too large that way is decoded now (its canonical entry is smaller)
-        formats = self.stage.cache.formats
-        raw: bytes | None = None
-        if response is None and events is None and formats is not None \
-                and formats.get(fmt.name) is fmt:
-            raw = body if body is not None else b"".join(frames)
+        max_bytes = self.max_bytes
 
         async def produce() -> bytes | None:
-            if raw is not None:
-                try:
-                    data = entries.dump_body(raw, fmt.name, model, created, cost,
-                                             created + ttl, stream=body is None)
-                    if len(data) <= max_bytes:
-                        return data
-                except UnicodeDecodeError:
-                    pass  # (decoded below, as any answer: it is not kept if it fails)
             answer = response
             if answer is None:
                 try:
@@ -292,7 +335,7 @@ class CacheRun(StageRun):
                     return None
             if not entries.storable(answer):
                 return None
-            data = entries.dump(answer, model, created, cost, created + ttl)
+            data = entries.dump(answer, model, created, cost, expires)
             return data if len(data) <= max_bytes else None
 
         return produce
@@ -302,9 +345,14 @@ class CacheStreamRun(CacheRun):
     """A streamed cacheable request: on the pass-through lane its frames are kept too."""
 
     sees_frames = True
+    frames: list[bytes]
+
+    def __init__(self, stage: CacheStage, mode: str, ttl: float, max_bytes: int) -> None:
+        super().__init__(stage, mode, ttl, max_bytes)
+        self.frames = []
 
     async def frame(self, ctx: RequestContext, chunk: bytes) -> None:
-        if self.key is None or self.kept is not None or self.too_big:
+        if self.exact is None or self.kept is not None or self.too_big:
             return  # a hit, or the translated lane (its events are kept instead)
         self.size += len(chunk)
         if self.size > self.max_bytes * 4:  # frames are far larger than what they carry

@@ -258,6 +258,17 @@ class Format:
         """
         return _seed(body)
 
+    def text_request(self, body: dict[str, Any]) -> c.TextRequest | None:
+        """The request as :data:`~omniroute.formats.canonical.TextRequest` when it is only
+        text turns and scalar settings, else None (the default: the request is decoded).
+
+        Cheap, on every cacheable request: the response cache keys on it instead of
+        decoding. It must describe the very request :meth:`decode_request` would make of
+        ``body`` (tests compare them); a format whose decode reads more than the body
+        (the headers, the URL's model) leaves it None.
+        """
+        return None
+
     def temperature(self, body: dict[str, Any]) -> Any:
         """The sampling temperature the client asked for, as sent (None: not given).
 

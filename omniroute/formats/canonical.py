@@ -197,6 +197,21 @@ class Request:
     meta: dict[str, Any] = field(default_factory=dict)
 
 
+#: A request that is nothing but text turns and scalar settings, read from a client body
+#: without building a :class:`Request` (``Format.text_request``), for what must be cheap
+#: on every request (the response cache's key). ``(system, turns, settings)``:
+#:
+#: * ``system``: the texts of :attr:`Request.system`, one :class:`Text` each (none empty);
+#: * ``turns``: ``(role, text)`` per message, a :class:`Message` of one :class:`Text`
+#:   (no part when ``text`` is empty), no name, no meta;
+#: * ``settings``: ``(parallel_tool_calls, max_tokens, temperature, top_p, top_k, stop,
+#:   seed, presence_penalty, frequency_penalty)``, as :class:`Request` holds them.
+#:
+#: No tools, tool choice, response format, reasoning settings or format extras that
+#: change the answer: a request with any of those has no text form.
+TextRequest: TypeAlias = tuple[list[str], list[tuple[str, str]], tuple[Any, ...]]
+
+
 # ---------------------------------------------------------------------------- response
 
 

@@ -111,6 +111,54 @@ def decode_request(body: dict[str, Any]) -> c.Request:
     return request
 
 
+#: the fields of a body that :func:`text_request` reads (any other: the body is decoded)
+_TEXT_FIELDS = frozenset({
+    "model", "messages", "stream", "stream_options", "max_tokens", "max_completion_tokens",
+    "temperature", "top_p", "top_k", "stop", "seed", "presence_penalty", "frequency_penalty",
+    "parallel_tool_calls", "user", "metadata",
+})
+
+
+def text_request(body: dict[str, Any]) -> c.TextRequest | None:
+    """The :data:`~omniroute.formats.canonical.TextRequest` that :func:`decode_request`
+    would make of ``body`` (a checked head), when it has only text messages (``role`` and
+    a string ``content``, nothing else) and none of the fields that make it more; else None.
+
+    Values are taken as sent, not checked: a body the decode refuses for a field's type
+    gets a text form all the same, in which that value differs from any valid one.
+    """
+    if not body.keys() <= _TEXT_FIELDS:
+        return None
+    system: list[str] = []
+    turns: list[tuple[str, str]] = []
+    for m in body["messages"]:
+        if not isinstance(m, dict) or len(m) != 2:
+            return None
+        content = m.get("content")
+        if type(content) is not str:
+            return None
+        role = m["role"]
+        if role == "user" or role == "assistant":
+            turns.append((role, content))
+        elif role == "system":
+            if turns:
+                turns.append((role, content))
+            elif content:
+                system.append(content)
+        elif role == "developer" and not turns:
+            if content:
+                system.append(content)
+        else:  # (a later developer message keeps its role in its meta)
+            return None
+    get = body.get
+    stop = get("stop")
+    return system, turns, (
+        get("parallel_tool_calls"), get("max_completion_tokens") or get("max_tokens"),
+        get("temperature"), get("top_p"), get("top_k"),
+        [] if stop is None else [stop] if isinstance(stop, str) else stop,
+        get("seed"), get("presence_penalty"), get("frequency_penalty"))
+
+
 def _is(value: Any, kind: type) -> bool:
     if kind is float:
         return isinstance(value, (int, float)) and not isinstance(value, bool)
