@@ -222,6 +222,7 @@ async def test_a_batch_insert_binds_a_shared_column_once_and_stores_the_same_row
         async def stored(bound: int) -> list[tuple[Any, ...]]:
             monkeypatch.setattr(db_module, "SHARED_SHAPES", bound)
             db._shared.clear()
+            db._shapes = 0
             await db.execute("DROP TABLE IF EXISTS t")
             await db.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, k TEXT NOT NULL UNIQUE, "
                              "a TEXT, n INTEGER, r REAL, z TEXT)")

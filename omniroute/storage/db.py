@@ -58,6 +58,8 @@ class Database(DatabaseBackend):
         #: (one-row INSERT, rows, which columns are shared) -> that INSERT taking so many
         #: rows (:data:`VALUES_ROWS`), its parameters column by column (:meth:`_rows`)
         self._shared: dict[tuple[str, int, tuple[bool, ...]], str] = {}
+        #: the statements of :attr:`_shared` that share a column (:data:`SHARED_SHAPES`)
+        self._shapes = 0
         #: a transaction is open whose ``BEGIN IMMEDIATE`` has not run yet: it runs with
         #: the transaction's first statement (:meth:`_begun`, :meth:`executemany_each`)
         self._begin = False
@@ -280,8 +282,9 @@ class Database(DatabaseBackend):
                                         compress(firsts, maybe)))
             one = tuple([next(counted) if m else False for m in maybe])
             found = self._shared.get((sql, n, one))
-            if found is None and len(self._shared) < SHARED_SHAPES:
+            if found is None and self._shapes < SHARED_SHAPES:
                 found = self._shared[(sql, n, one)] = _shared_values(sql, one, n)
+                self._shapes += 1
             if found is not None:
                 params = list(compress(firsts, one))  # the shared values, then the others
                 params.extend(chain.from_iterable(compress(values, map(not_, one))))
@@ -351,9 +354,11 @@ VALUES_ROWS = (64, 16, 4, 1)
 #: statements of at least so many rows bind a column of one value once
 #: (:meth:`Database._rows`)
 SHARE_FROM = 16
-#: the sets of shared columns given a statement of their own (each a prepared statement
-#: of Python's statement cache, 128 a connection)
-SHARED_SHAPES = 32
+#: the statements with shared columns made (each set of shared columns and size is one;
+#: a prepared statement of 64 request records takes some 60 KB of SQLite's memory, and
+#: Python's statement cache keeps 128 a connection): a served workload's chunks take a
+#: few shapes, a chunk of a shape past these binds every value
+SHARED_SHAPES = 8
 
 #: how many times the switch to WAL is tried (0.05 s apart)
 WAL_TRIES = 100
