@@ -218,3 +218,40 @@ async def test_request_log_close_flushes(db: Database) -> None:
     log.add(_record(2))
     await log.close()
     assert await _count(db) == 2
+
+
+async def test_migration_13_keeps_the_records_and_stores_a_retried_one_once(
+        tmp_path: Path) -> None:
+    """Migration 13 makes the time index unique by time and request id, in place of the
+    request ids' own unique index: the records are kept, the time index still serves a
+    time range, and a record written again (a retried batch) is stored once."""
+    from omniroute.storage.migrations import MIGRATIONS
+
+    path = tmp_path / "old.sqlite3"
+    old = await Database.open(path, migrations=MIGRATIONS[:12])
+    await old.executemany(
+        "INSERT INTO request_log(request_id, ts, endpoint, status) VALUES (?, ?, ?, ?)",
+        [(f"r{i}", 1000.0 + i, "chat.completions", 200) for i in range(5)])
+    await old.close()
+    db = await Database.open(path)
+    try:
+        assert await db.schema_version() == len(MIGRATIONS) >= 13
+        indexes = {r[0]: r[1] for r in await db.fetchall(
+            "SELECT name, sql FROM sqlite_master WHERE type = 'index' "
+            "AND tbl_name = 'request_log'")}
+        assert "request_log_request_id" not in indexes
+        assert "UNIQUE INDEX request_log_ts ON request_log(ts, request_id)" in indexes[
+            "request_log_ts"]
+        plan = " ".join(r[3] for r in await db.fetchall(
+            "EXPLAIN QUERY PLAN SELECT * FROM request_log WHERE ts >= ? AND ts < ? "
+            "ORDER BY ts DESC, id DESC LIMIT 10", (1001.0, 1003.0)))
+        assert "USING INDEX request_log_ts (ts>? AND ts<?)" in plan, plan
+        log = RequestLog(db)
+        for i in (3, 4, 5):  # two already there (the same time and id), one new
+            log.add(_record(i))
+        assert await log.flush() == 3
+        assert [tuple(r) for r in await db.fetchall(
+            "SELECT request_id, ts FROM request_log ORDER BY id")] == [
+            (f"r{i}", 1000.0 + i) for i in range(6)]
+    finally:
+        await db.close()

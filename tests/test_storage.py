@@ -199,3 +199,62 @@ async def test_a_health_check_is_bounded_by_its_own_short_timeout(
     assert time.monotonic() - began < 2.0
     monkeypatch.setattr(db, "fetchone", answer)
     assert await db.check() is True
+
+
+# ---------------------------------------------------------------------- batch inserts
+
+async def test_a_batch_insert_binds_a_shared_column_once_and_stores_the_same_rows(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """SQLite's ``insert_new`` binds a column that holds one value through a chunk of
+    rows once (a numbered parameter named in every row); the rows stored are those one
+    parameter a value stores, types included (1 and 1.0 alike by the column's affinity),
+    and past the bound on statement shapes every value is bound."""
+    from omniroute.storage import db as db_module
+
+    columns = "k, a, n, r, z"
+    one_row = f"INSERT INTO t({columns}) VALUES (?, ?, ?, ?, ?) ON CONFLICT(k) DO NOTHING"
+    rows = [(f"k{i:03d}", "same",
+             (7 if i != 10 else 8) if i < 128 else 1.0,  # a chunk with one row apart
+             2.5 if i < 64 else i / 4,  # shared in the first chunk only
+             None if i != 130 else "x") for i in range(133)]  # chunks of 64, 64, 4, 1
+    db = await Database.open(tmp_path / "t.sqlite3")
+    try:
+        async def stored(bound: int) -> list[tuple[Any, ...]]:
+            monkeypatch.setattr(db_module, "SHARED_SHAPES", bound)
+            db._shared.clear()
+            db._shapes = 0
+            await db.execute("DROP TABLE IF EXISTS t")
+            await db.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, k TEXT NOT NULL UNIQUE, "
+                             "a TEXT, n INTEGER, r REAL, z TEXT)")
+            async with db.transaction():
+                assert await db.insert_new(one_row, rows, table="t", into="t_new",
+                                           columns=["k"], tally=True)
+            return [tuple(r) for r in await db.fetchall(
+                f"SELECT {columns}, typeof(n), typeof(r), typeof(z) FROM t ORDER BY id")]
+
+        sent: list[Any] = []
+        each = db.executemany_each
+
+        async def spy(work: Any) -> list[int]:
+            sent.extend(work)
+            return await each(work)
+
+        monkeypatch.setattr(db, "executemany_each", spy)
+        shared = await stored(db_module.SHARED_SHAPES)
+        # the first chunk: k and n vary (n is 8 once), a, r and z are bound once
+        first_sql, [first] = sent[0]
+        assert len(first) == 3 + 2 * 64 and first[:3] == ["same", 2.5, None]
+        assert first_sql.count("?1,") == 64
+        second = sent[1][1][0]  # the second: k and r vary
+        assert len(second) == 3 + 2 * 64 and second[:3] == ["same", 7, None]
+        every = await stored(0)  # no shape of its own: every value bound
+        plain = db_module.Database(db.conn, db.path)  # the one-row statement, row by row
+        await db.execute("DELETE FROM t")
+        await plain.executemany(one_row, rows)
+        one_by_one = [tuple(r) for r in await db.fetchall(
+            f"SELECT {columns}, typeof(n), typeof(r), typeof(z) FROM t ORDER BY id")]
+        assert shared == every == one_by_one
+        assert one_by_one[128][2] == 1 and one_by_one[128][5] == "integer"
+        assert len(one_by_one) == 133
+    finally:
+        await db.close()

@@ -269,7 +269,7 @@ async def test_the_migration_fills_the_totals_from_existing_records(
     records = make_records(500, seed=11)
     # written as an old gateway's writer would: records only (the totals, if any, stale);
     # that schema has no unique request id yet (migration 9): a plain insert
-    insert = RequestLog.insert.removesuffix(" ON CONFLICT(request_id) DO NOTHING")
+    insert = RequestLog.insert.removesuffix(" ON CONFLICT(ts, request_id) DO NOTHING")
     await old.executemany(insert, [RequestLog.row(r) for r in records])
     await old.close()
     db = await Database.open(path)

@@ -12,7 +12,8 @@ import os
 import sqlite3
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager, suppress
-from itertools import chain
+from itertools import chain, compress
+from operator import eq, itemgetter, not_
 from pathlib import Path
 from typing import Any, cast
 
@@ -54,8 +55,11 @@ class Database(DatabaseBackend):
         # One connection is shared by every task: transactions must not interleave
         # (a second BEGIN fails, and one task's ROLLBACK would undo another's writes).
         self._tx_lock = asyncio.Lock()
-        #: (one-row INSERT, rows) -> that INSERT taking so many rows (:data:`VALUES_ROWS`)
-        self._multi: dict[tuple[str, int], str] = {}
+        #: (one-row INSERT, rows, which columns are shared) -> that INSERT taking so many
+        #: rows (:data:`VALUES_ROWS`), its parameters column by column (:meth:`_rows`)
+        self._shared: dict[tuple[str, int, tuple[bool, ...]], str] = {}
+        #: the statements of :attr:`_shared` that share a column (:data:`SHARED_SHAPES`)
+        self._shapes = 0
         #: a transaction is open whose ``BEGIN IMMEDIATE`` has not run yet: it runs with
         #: the transaction's first statement (:meth:`_begun`, :meth:`executemany_each`)
         self._begin = False
@@ -236,20 +240,17 @@ class Database(DatabaseBackend):
 
     async def insert_new(self, sql: str, rows: Sequence[Sequence[Any]], *, table: str,
                          into: str, columns: Sequence[str], tally: bool = False) -> bool:
+        values = list(zip(*rows, strict=True))  # column by column
         work: list[tuple[str, Sequence[Sequence[Any]]]] = []
-        done = 0
+        done, total = 0, len(rows)
         for size in VALUES_ROWS:  # the most rows per statement first, the rest in fewer
-            count = (len(rows) - done) // size
-            if not count:
-                continue
-            end = done + count * size
-            work.append((self._values_rows(sql, size),
-                         [list(chain.from_iterable(rows[i:i + size]))
-                          for i in range(done, end, size)] if size > 1 else rows[done:end]))
-            done = end
+            for at in range(done, done + (total - done) // size * size, size):
+                work.append(self._rows(sql, [column[at:at + size] for column in values],
+                                       size))
+                done = at + size
         # the changes: a row the conflict skipped is none
         stored = sum(await self.executemany_each(work))
-        if tally and stored == len(rows):
+        if tally and stored == total:
             return True
         # inside BEGIN IMMEDIATE no other connection writes (whatever process), and a
         # rowid is the largest + 1: the ``stored`` rows of the largest ids are this
@@ -259,19 +260,40 @@ class Database(DatabaseBackend):
                            f"WHERE id > (SELECT MAX(id) FROM {table}) - ?", (stored,))
         return False
 
-    def _values_rows(self, sql: str, size: int) -> str:
-        """``sql`` (``INSERT ... VALUES (?, ...) ...``, one row) taking ``size`` rows."""
-        if size == 1:
-            return sql
-        found = self._multi.get((sql, size))
-        if found is None:
-            head, _, tail = sql.partition(" VALUES (")
-            row, close, rest = tail.partition(")")
-            if not close or "(" in row:
-                raise ValueError(f"not an INSERT ... VALUES (?, ...): {sql[:80]!r}")
-            found = self._multi[(sql, size)] = (
-                f"{head} VALUES {', '.join([f'({row})'] * size)}{rest}")
-        return found
+    def _rows(self, sql: str, values: list[tuple[Any, ...]], n: int,
+              ) -> tuple[str, list[list[Any]]]:
+        """One statement writing ``n`` rows (``values``: their columns) and its parameters,
+        numbered column by column (``?N``). From :data:`SHARE_FROM` rows, a column of one
+        value in every row is one parameter, bound once: binding costs Python's sqlite3
+        some 300 (a number) to 800 (a text) instructions a value, and a batch's records
+        mostly share their endpoint, format, provider, connection, model, agent, flags
+        and empty fields. The same values are stored as with a parameter a row (SQLite
+        copies a parameter into each row it is named in). At most :data:`SHARED_SHAPES`
+        sets of shared columns get a statement of their own (each is prepared once and
+        kept in the statement cache); a chunk of another set binds every value."""
+        one: tuple[bool, ...]
+        if n >= SHARE_FROM:
+            # in C, as every step here: a column of one value counts its first n times
+            # (==: 1 and 1.0 are stored alike, by the column's affinity)
+            firsts = list(map(itemgetter(0), values))
+            # only a column that ends as it starts is counted through
+            maybe = list(map(eq, map(itemgetter(-1), values), firsts))
+            counted = map(n.__eq__, map(tuple.count, compress(values, maybe),
+                                        compress(firsts, maybe)))
+            one = tuple([next(counted) if m else False for m in maybe])
+            found = self._shared.get((sql, n, one))
+            if found is None and self._shapes < SHARED_SHAPES:
+                found = self._shared[(sql, n, one)] = _shared_values(sql, one, n)
+                self._shapes += 1
+            if found is not None:
+                params = list(compress(firsts, one))  # the shared values, then the others
+                params.extend(chain.from_iterable(compress(values, map(not_, one))))
+                return found, [params]
+        one = (False,) * len(values)
+        found = self._shared.get((sql, n, one))
+        if found is None:  # one statement per size (a few): not counted in the bound
+            found = self._shared[(sql, n, one)] = _shared_values(sql, one, n)
+        return found, [list(chain.from_iterable(values))]
 
     async def bump_config_version(self) -> int:
         await self.execute(
@@ -279,6 +301,32 @@ class Database(DatabaseBackend):
             "ON CONFLICT(key) DO UPDATE SET value = CAST(value AS INTEGER) + 1"
         )
         return await self.config_version()
+
+
+def _shared_values(sql: str, one: Sequence[bool], n: int) -> str:
+    """``sql`` (``INSERT ... VALUES (?, ...) ...``, one row) taking ``n`` rows, where each
+    column ``one`` marks is the same parameter in every row (numbered first, ``?1``...),
+    and the others are numbered column by column (the parameters of
+    :meth:`Database._rows`)."""
+    head, _, tail = sql.partition(" VALUES (")
+    row, close, rest = tail.partition(")")
+    if not close or "(" in row or row.count("?") != len(one):
+        raise ValueError(f"not an INSERT ... VALUES (?, ...) of {len(one)} columns: "
+                         f"{sql[:80]!r}")
+    shared = sum(one)
+    at: list[int] = []  # each column's parameter in the first row (a shared one's only)
+    shared_no = column = 0
+    for is_one in one:
+        if is_one:
+            shared_no += 1
+            at.append(shared_no)
+        else:
+            at.append(shared + column * n + 1)
+            column += 1
+    rows = (", ".join(f"?{p}" if is_one else f"?{p + r}" for p, is_one in zip(at, one,
+                                                                              strict=True))
+            for r in range(n))
+    return f"{head} VALUES {', '.join(f'({values})' for values in rows)}{rest}"
 
 
 async def _switch_to_wal(conn: aiosqlite.Connection) -> None:
@@ -303,6 +351,14 @@ async def _switch_to_wal(conn: aiosqlite.Connection) -> None:
 #: (callgrind, a 300-record flush): about 11,000 instructions a record less than one
 #: statement a row. Each size is one statement of Python's statement cache.
 VALUES_ROWS = (64, 16, 4, 1)
+#: statements of at least so many rows bind a column of one value once
+#: (:meth:`Database._rows`)
+SHARE_FROM = 16
+#: the statements with shared columns made (each set of shared columns and size is one;
+#: a prepared statement of 64 request records takes some 60 KB of SQLite's memory, and
+#: Python's statement cache keeps 128 a connection): a served workload's chunks take a
+#: few shapes, a chunk of a shape past these binds every value
+SHARED_SHAPES = 8
 
 #: how many times the switch to WAL is tried (0.05 s apart)
 WAL_TRIES = 100

@@ -91,7 +91,7 @@ def _insert(fields: list[str]) -> str:
     # a record is written once: a batch tried again (its commit may have landed before
     # the database went away) adds nothing twice
     return (f"INSERT INTO request_log({', '.join(fields)}) "
-            f"VALUES ({', '.join('?' for _ in fields)}) ON CONFLICT(request_id) DO NOTHING")
+            f"VALUES ({', '.join('?' for _ in fields)}) ON CONFLICT(ts, request_id) DO NOTHING")
 
 
 _INSERT, _INSERT_COMMON = _insert(_FIELDS), _insert(_COMMON)
