@@ -78,8 +78,9 @@ async def try_target(
         record.provider, record.connection_id, record.model = (
             target.prefix, target.connection.id, target.model)
         attempt = resilience.attempt(target, session_id=session, refreshed=refreshed)
-        try:
-            await attempt.__aenter__()  # a slot of the account's limits; the breaker
+        try:  # the breaker; a slot of the account's limits, which may take a wait
+            if not attempt.enter():
+                await attempt.__aenter__()
         except (ConnectionBusy, CircuitOpen) as err:  # not tried: full, or resting
             record.attempts -= 1
             failures.append((target, err))
@@ -93,7 +94,7 @@ async def try_target(
             answer = await call(ctx, target)
         except BaseException as exc:
             tries.append(tried(target, exc, started))
-            await attempt.__aexit__(type(exc), exc, exc.__traceback__)  # charges the account
+            attempt.end(exc)  # charges the account
             if not isinstance(exc, (UpstreamError, UpstreamStatusError)):
                 raise
             decision = attempt.decision
