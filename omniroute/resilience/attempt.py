@@ -63,7 +63,7 @@ class Attempt:
     and an account without limits without a slot: the common case reads two fields.
     """
 
-    __slots__ = ("_account", "_done", "_resilience", "_slot", "_ticket", "_verdict",
+    __slots__ = ("_account", "_done", "_resilience", "_slot", "_ticket",
                  "decision", "refreshed", "session_id", "started", "target", "ttft")
 
     def __init__(
@@ -80,10 +80,11 @@ class Attempt:
         self.decision: Decision | None = None
         self._resilience = resilience
         self._account = account
-        self._ticket: Ticket | None = None  # a half-open trial's (a closed breaker: none)
+        #: a half-open trial's, until the breaker has this attempt's verdict (a closed
+        #: breaker gives none): one left at the end gives its trial slot back
+        self._ticket: Ticket | None = None
         self._slot: Slot | None = None
         self._done = False
-        self._verdict = False  # the breaker has had this attempt's verdict
 
     async def __aenter__(self) -> Self:
         r, account = self._resilience, self._account
@@ -145,7 +146,7 @@ class Attempt:
         try:
             if not self._done:
                 if exc is None:  # self.succeeded(), inline: every request
-                    self._done = self._verdict = True
+                    self._done, self._ticket = True, None
                     self._resilience.succeeded(account, self.ttft, self.session_id)
                 elif isinstance(exc, (UpstreamError, UpstreamStatusError)):
                     self.failed(exc)
@@ -153,7 +154,7 @@ class Attempt:
             account.stats.finished()
             if self._slot is not None:
                 self._slot.release()
-            if not self._verdict and self._ticket is not None:
+            if self._ticket is not None:
                 self._abandon()
 
     def _abandon(self) -> None:
@@ -176,7 +177,7 @@ class Attempt:
         """Record a success now (leaving the block normally does it too)."""
         if self._done:
             return
-        self._done = self._verdict = True
+        self._done, self._ticket = True, None
         self._resilience.succeeded(self._account, self.ttft, self.session_id)
 
     def failed(self, error: BaseException) -> Decision:
@@ -188,5 +189,6 @@ class Attempt:
         self._done = True
         self.decision = self._resilience.record_failure(
             self.target, error, refreshed=self.refreshed)
-        self._verdict = self.decision.classification.breaker
+        if self.decision.classification.breaker:
+            self._ticket = None
         return self.decision

@@ -25,18 +25,23 @@ default, shared between instances by another store. The proxy uses it like this:
 
 The API:
 
-* ``plan(targets, *, strategy=None, session_id=None) -> Plan`` — the strategy's
+* ``plan(targets, strategy=None, session_id=None) -> Plan`` — the strategy's
   order minus targets that are terminal, cooling down or behind an open
   breaker; the session's sticky connection first while it is usable; at most
-  ``max_attempts`` targets.
-* ``attempt(target, *, session_id=None, refreshed=False) -> Attempt`` — an async
+  ``max_attempts`` targets. A route's plan (a tuple of targets) is kept while
+  every account in it is clear, and given again (:mod:`.account`).
+* ``attempt(target, session_id=None, refreshed=False) -> Attempt`` — an async
   context manager: admits through the provider's breaker (else
   :class:`~omniroute.errors.CircuitOpen`), takes a slot of the connection's
   limits (may wait; else :class:`~omniroute.errors.ConnectionBusy`), counts
   the request in flight. Leaving the block normally records a success (and
   binds the session); leaving it with an upstream error records that failure
   (``attempt.decision``); a cancellation records nothing. Slots and breaker
-  trials are released on every exit.
+  trials are released on every exit. Without limits it can be entered and left
+  without awaiting: ``attempt.enter()`` (False: await ``__aenter__`` instead) and
+  ``attempt.end(error)``.
+* ``account(target) -> Account`` — the handles of the target's connection
+  (statistics, breaker, limiter), built once per connection object.
 * ``hedge_after(target, lane) -> float | None`` — how long a call to ``target``
   may go without a first byte before the next target is raced against it;
   ``record_outrun(target, seconds, lane)`` — such a call lost the race.
@@ -261,7 +266,7 @@ class Resilience:
     # ------------------------------------------------------------------ planning
 
     def plan(
-        self, targets: Sequence[Target], *, strategy: str | None = None,
+        self, targets: Sequence[Target], strategy: str | None = None,
         session_id: str | None = None,
     ) -> Plan:
         """The targets to try, in order (see the module docstring).
@@ -270,11 +275,16 @@ class Resilience:
         :mod:`.account`), and given again as it is: the common request pays one
         lookup and a few attribute reads per target."""
         kept = self._kept.get(id(targets))
-        if (kept is not None and kept.targets is targets and kept.strategy == strategy
-                and clear(kept.accounts)):
-            if session_id is None:
-                return kept.plan
-            return self._sticky_first(kept.ordered, session_id, kept.plan)
+        if kept is not None and kept.targets is targets and kept.strategy == strategy:
+            for account in kept.accounts:  # clear(kept.accounts), inline: every request
+                stats = account.stats
+                if (stats.cooling_until is not None or stats.terminal_reason is not None
+                        or account.breaker_state.opened_at is not None):
+                    break
+            else:
+                if session_id is None:
+                    return kept.plan
+                return self._sticky_first(kept.ordered, session_id, kept.plan)
         return self._plan(targets, strategy, session_id)
 
     def _plan(self, targets: Sequence[Target], strategy: str | None,
@@ -331,7 +341,7 @@ class Resilience:
     # ------------------------------------------------------------------ attempts
 
     def attempt(
-        self, target: Target, *, session_id: str | None = None, refreshed: bool = False
+        self, target: Target, session_id: str | None = None, refreshed: bool = False
     ) -> Attempt:
         """One try of ``target`` as an async context manager (see the module docstring).
 
