@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import fnmatch
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from omniroute.errors import InvalidRequest, ModelNotFound
 from omniroute.providers.base import Provider
@@ -35,14 +35,15 @@ class Target:
     group: int = 0
     #: relative weight for the ``weighted`` strategy (from the combo step)
     weight: float = 1.0
+    #: the connection's prefix, and ``prefix/model (connection name)`` for logs, errors
+    #: and the attempt log: read by every request, so set once, when the route is built
+    prefix: str = field(init=False, compare=False, repr=False)
+    label: str = field(init=False, compare=False, repr=False)
 
-    @property
-    def prefix(self) -> str:
-        return self.connection.prefix
-
-    @property
-    def label(self) -> str:
-        return f"{self.connection.prefix}/{self.model} ({self.connection.name})"
+    def __post_init__(self) -> None:
+        conn = self.connection
+        object.__setattr__(self, "prefix", conn.prefix)
+        object.__setattr__(self, "label", f"{conn.prefix}/{self.model} ({conn.name})")
 
 
 @dataclass(frozen=True, slots=True)

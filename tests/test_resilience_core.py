@@ -316,13 +316,21 @@ async def test_attempt_waits_in_the_queue_with_the_configured_bound() -> None:
 
 
 async def test_limits_follow_connection_settings_changes() -> None:
+    """A reload brings a new connection object with the new settings: the account is
+    built again on it, and its limiter (with the slots in use) follows them."""
     r, _ = make(queue_timeout=0.0)
     a = target("a", max_concurrency=1)
     async with r.attempt(a):
-        a.connection.settings["max_concurrency"] = 2
-        async with r.attempt(a):
-            a.connection.settings["rpm"] = 0  # not positive: no limit
-            assert stats_of(r, "a")["limits"]["max_concurrency"] == 2
+        with pytest.raises(ConnectionBusy):
+            async with r.attempt(a):
+                pass
+        reloaded = target("a", max_concurrency=2)
+        async with r.attempt(reloaded):
+            assert stats_of(r, "a")["limits"]["in_use"] == 2
+            unlimited = target("a", rpm=0)  # not positive: no limit
+            async with r.attempt(unlimited), r.attempt(unlimited):
+                limits = stats_of(r, "a")["limits"]
+                assert (limits["max_concurrency"], limits["in_use"]) == (None, 4)
 
 
 # ------------------------------------------------------------------ breakers

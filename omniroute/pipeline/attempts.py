@@ -40,16 +40,14 @@ def first_plan(resilience: Resilience, route: Route, strategy: str, session: str
     :func:`waited_plan`, for an operation that cannot answer without a target)."""
     if not route.targets:
         raise ServiceUnavailable(f"Model {route.requested!r} has no usable target.")
-    return resilience.plan(route.targets, strategy=route.strategy or strategy,
-                           session_id=session)
+    return resilience.plan(route.targets, route.strategy or strategy, session)
 
 
 async def waited_plan(resilience: Resilience, route: Route, strategy: str, session: str | None
                       ) -> Plan:
     """Every target rests: wait (bounded) for the soonest, then plan again."""
     await resilience.wait_for_available(route.targets)  # bounded; else 429 / 503
-    return resilience.plan(route.targets, strategy=route.strategy or strategy,
-                           session_id=session)
+    return resilience.plan(route.targets, route.strategy or strategy, session)
 
 
 async def try_target(
@@ -77,9 +75,10 @@ async def try_target(
         record.attempts += 1
         record.provider, record.connection_id, record.model = (
             target.prefix, target.connection.id, target.model)
-        attempt = resilience.attempt(target, session_id=session, refreshed=refreshed)
-        try:
-            await attempt.__aenter__()  # a slot of the account's limits; the breaker
+        attempt = resilience.attempt(target, session, refreshed)
+        try:  # the breaker; a slot of the account's limits, which may take a wait
+            if not attempt.enter():
+                await attempt.__aenter__()
         except (ConnectionBusy, CircuitOpen) as err:  # not tried: full, or resting
             record.attempts -= 1
             failures.append((target, err))
@@ -93,7 +92,7 @@ async def try_target(
             answer = await call(ctx, target)
         except BaseException as exc:
             tries.append(tried(target, exc, started))
-            await attempt.__aexit__(type(exc), exc, exc.__traceback__)  # charges the account
+            attempt.end(exc)  # charges the account
             if not isinstance(exc, (UpstreamError, UpstreamStatusError)):
                 raise
             decision = attempt.decision

@@ -21,6 +21,8 @@ from contextlib import aclosing
 from functools import partial
 from itertools import accumulate
 
+from multidict import istr
+
 from omniroute.errors import GatewayError, UpstreamError
 from omniroute.formats import canonical as c
 from omniroute.formats.base import ClientRequest, Format
@@ -43,9 +45,10 @@ from omniroute.providers.canonical import CanonicalProvider, call_complete, call
 from omniroute.routing import Target
 from omniroute.storage import RequestRecord
 
-#: upstream response headers worth passing on to the client
-_PASSED_HEADERS = (("x-request-id", "X-Upstream-Request-Id"),
-                   ("request-id", "X-Upstream-Request-Id"))  # Anthropic's name for it
+#: the upstream's request id, passed on to the client as ``X-Upstream-Request-Id``
+#: (``request-id``: Anthropic's name for it); ``istr`` names are looked up without
+#: being case-folded on every request
+_X_REQUEST_ID, _REQUEST_ID = istr("x-request-id"), istr("request-id")
 
 
 class Chat(Operation):
@@ -67,6 +70,9 @@ class Chat(Operation):
 
     def unusable(self, target: Target) -> GatewayError | None:
         provider = target.provider
+        if self.capability in provider.capabilities and (
+                provider.format in self.formats or isinstance(provider, CanonicalProvider)):
+            return None  # the common case, in one call
         unsupported = super().unusable(target)  # a type that has no chat at all says so first
         if unsupported is None and provider.format not in self.formats and not isinstance(
                 provider, CanonicalProvider):
@@ -258,12 +264,9 @@ async def _one_by_one(upstream: UpstreamResponse) -> AsyncIterator[bytes]:
 
 
 def _passed_headers(upstream: UpstreamResponse) -> dict[str, str]:
-    headers: dict[str, str] = {}
-    for upstream_name, name in _PASSED_HEADERS:
-        value = upstream.headers.get(upstream_name)
-        if value and name not in headers:
-            headers[name] = value
-    return headers
+    get = upstream.headers.get
+    value = get(_X_REQUEST_ID) or get(_REQUEST_ID)
+    return {"X-Upstream-Request-Id": value} if value else {}
 
 
 def _answered(ctx: RequestContext, response: c.Response, request: c.Request) -> None:

@@ -284,8 +284,7 @@ class Race:
 
 async def _discard(reply: Reply, attempt: Attempt) -> None:
     """Release an answer that will not be sent: its slot, uncharged, and its connection."""
-    left = asyncio.CancelledError()
-    await attempt.__aexit__(type(left), left, None)
+    attempt.end(asyncio.CancelledError())
     for frames in (reply.frames, reply.source):
         if isinstance(frames, Closable):
             with suppress(Exception):

@@ -43,7 +43,7 @@ async def finish(reply: Reply, error: BaseException | None = None) -> None:
     attempt, reply.attempt = reply.attempt, None
     error = error or reply.failure
     if attempt is not None:
-        await attempt.__aexit__(type(error) if error else None, error, None)
+        attempt.end(error)
     if reply.frames is not None and error is not None:
         for frames in (reply.frames, reply.source):
             if isinstance(frames, Closable):

@@ -28,6 +28,7 @@ from functools import partial
 from typing import NoReturn, Protocol
 
 from aiohttp import web
+from multidict import istr
 
 from omniroute.appkeys import PRINCIPAL
 from omniroute.config import Settings
@@ -59,6 +60,8 @@ log = logging.getLogger(__name__)
 
 #: the body field a client may name its session with (removed before going upstream)
 SESSION_FIELD = "x_session_id"
+#: the headers that may name it (``istr``: looked up without case-folding the name)
+_SESSION_ID, _OMNIROUTE_SESSION = istr("X-Session-Id"), istr("X-OmniRoute-Session")
 #: seconds the streams ended at shutdown get to write their error event and finish
 _END_STREAMS_WITHIN = 5.0
 
@@ -364,8 +367,11 @@ class Pipeline:
             return await operation.unserved(ctx, all_failed(route, failures, plan.skipped))
         if reply.on_win is not None:  # the served answer's usage, the cache's tap
             reply.on_win()
-        if reply.frames is None:
-            await finish(reply)  # a JSON answer is complete: release the slot now
+        if reply.frames is None and reply.attempt is not None:
+            # a JSON answer is complete: release the slot now (finish(reply), without a
+            # coroutine: there is no stream to close)
+            attempt, reply.attempt = reply.attempt, None
+            attempt.end()
         return reply  # a stream keeps its slot until it ends (see finish)
 
     async def _in_turn(
@@ -453,7 +459,7 @@ def _session(ctx: RequestContext) -> str | None:
         return session_id(headers, body, model=ctx.model, system=system,
                           first_user=first_user)
     # one target: nothing to pin; echo an id the client chose, skip the fingerprint
-    explicit = headers.get("X-Session-Id") or headers.get("X-OmniRoute-Session")
+    explicit = headers.get(_SESSION_ID) or headers.get(_OMNIROUTE_SESSION)
     if explicit is None and isinstance(body.get(SESSION_FIELD), (str, int)):
         explicit = str(body[SESSION_FIELD])
     return session_id({"x-session-id": explicit}) if explicit else None

@@ -25,18 +25,23 @@ default, shared between instances by another store. The proxy uses it like this:
 
 The API:
 
-* ``plan(targets, *, strategy=None, session_id=None) -> Plan`` — the strategy's
+* ``plan(targets, strategy=None, session_id=None) -> Plan`` — the strategy's
   order minus targets that are terminal, cooling down or behind an open
   breaker; the session's sticky connection first while it is usable; at most
-  ``max_attempts`` targets.
-* ``attempt(target, *, session_id=None, refreshed=False) -> Attempt`` — an async
+  ``max_attempts`` targets. A route's plan (a tuple of targets) is kept while
+  every account in it is clear, and given again (:mod:`.account`).
+* ``attempt(target, session_id=None, refreshed=False) -> Attempt`` — an async
   context manager: admits through the provider's breaker (else
   :class:`~omniroute.errors.CircuitOpen`), takes a slot of the connection's
   limits (may wait; else :class:`~omniroute.errors.ConnectionBusy`), counts
   the request in flight. Leaving the block normally records a success (and
   binds the session); leaving it with an upstream error records that failure
   (``attempt.decision``); a cancellation records nothing. Slots and breaker
-  trials are released on every exit.
+  trials are released on every exit. Without limits it can be entered and left
+  without awaiting: ``attempt.enter()`` (False: await ``__aenter__`` instead) and
+  ``attempt.end(error)``.
+* ``account(target) -> Account`` — the handles of the target's connection
+  (statistics, breaker, limiter), built once per connection object.
 * ``hedge_after(target, lane) -> float | None`` — how long a call to ``target``
   may go without a first byte before the next target is raced against it;
   ``record_outrun(target, seconds, lane)`` — such a call lost the race.
@@ -77,6 +82,7 @@ from omniroute.errors import (
 )
 from omniroute.pricing import PriceBook
 from omniroute.providers.base import Provider
+from omniroute.resilience.account import BREAKER_OPEN, COOLING, TERMINAL, Account, Kept, clear
 from omniroute.resilience.attempt import Attempt, Decision, Plan
 from omniroute.resilience.breaker import Breaker, BreakerPolicy
 from omniroute.resilience.classify import classify
@@ -92,8 +98,10 @@ from omniroute.storage.store import Connection
 
 log = logging.getLogger(__name__)
 
-#: why a target is left out of a plan
-TERMINAL, COOLING, BREAKER_OPEN = "terminal", "cooling", "breaker_open"
+__all__ = ["BREAKER_OPEN", "COOLING", "TERMINAL", "Resilience"]
+
+#: routes whose plans are kept (past it they are all forgotten, as the router's routes)
+PLANS_KEPT = 4096
 
 
 def auth_kind(provider: Provider) -> str:
@@ -143,7 +151,10 @@ class Resilience:
                                      items=self.state.sessions)
         # the store's own table, read directly: no call between a request and its numbers
         self._stats_by_id = self.state.connections
-        self._connections: dict[str, Connection] = {}
+        #: each connection's handles, by connection id (:mod:`.account`)
+        self._accounts: dict[str, Account] = {}
+        #: the plans of routes whose accounts were all clear, by ``id(targets)``
+        self._kept: dict[int, Kept] = {}
         # the policies over the store's records (limits, breakers) are this process's own
         self._limiters: dict[str, Limiter] = {}
         self._breakers: dict[str, Breaker] = {}
@@ -156,6 +167,7 @@ class Resilience:
     def configure(self, settings: Settings) -> None:
         """Apply (changed) settings; statistics, cooldowns and sessions are kept."""
         self.settings = settings
+        self._kept.clear()  # max_attempts, the account strategy
         self.backoff = Backoff(settings.cooldown_base, settings.cooldown_factor,
                                settings.cooldown_max)
         self.sessions.configure(ttl=settings.session_ttl, max_size=settings.session_max)
@@ -175,13 +187,22 @@ class Resilience:
 
     # ------------------------------------------------------------------ state lookups
 
-    def _stats(self, target: Target) -> ConnectionStats:
+    def account(self, target: Target) -> Account:
+        """The handles of ``target``'s connection: built the first time its connection
+        object is seen (a reload with new settings brings a new one), then found in one
+        lookup."""
         conn = target.connection
-        self._connections[conn.id] = conn
-        stats = self._stats_by_id.get(conn.id)
-        if stats is None:
-            stats = self._stats_by_id[conn.id] = ConnectionStats(conn.id)
-        return stats
+        account = self._accounts.get(conn.id)
+        if account is None or account.connection is not conn:
+            stats = self._stats_by_id.get(conn.id)
+            if stats is None:
+                stats = self._stats_by_id[conn.id] = ConnectionStats(conn.id)
+            account = self._accounts[conn.id] = Account(
+                target, stats, self._breaker(target), self._limiter_for(conn))
+        return account
+
+    def _stats(self, target: Target) -> ConnectionStats:
+        return self.account(target).stats
 
     def _breaker(self, target: Target) -> Breaker:
         key = breaker_key(target)
@@ -195,9 +216,6 @@ class Resilience:
                 data = records[key] = BreakerState()
             breaker = self._breakers[key] = Breaker(key, self._breaker_policy(kind), data)
         return breaker
-
-    def _limiter(self, target: Target) -> Limiter | None:
-        return self._limiter_for(target.connection)
 
     def _limiter_for(self, conn: Connection) -> Limiter | None:
         """The connection's limiter, following its current settings (None: no limits)."""
@@ -229,74 +247,101 @@ class Resilience:
         """The limiter whose shared slot a request on ``targets`` will take first, when that
         is known before its plan: one target, not resting, with limits shared between
         instances and no request of this instance queued for them (None otherwise)."""
-        if len(targets) != 1 or self._blocked(targets[0], self.clock.monotonic()) is not None:
+        if len(targets) != 1:
             return None
-        limiter = self._limiter(targets[0])
-        if limiter is None or limiter.shared is None or limiter.queued:
+        account = self.account(targets[0])
+        limiter = account.limiter
+        if (limiter is None or limiter.shared is None or limiter.queued
+                or account.rest(self.clock.monotonic()) is not None):
             return None
         return limiter
 
     def _saturated(self, target: Target) -> bool:
-        limiter = self._limiter(target)
+        limiter = self.account(target).limiter
         return limiter is not None and limiter.saturated()
 
     def _price(self, target: Target) -> float | None:
         return self.prices.blended(target)
 
-    def _blocked(self, target: Target, now: float) -> str | None:
-        stats = self._stats_by_id.get(target.connection.id)
-        if stats is not None and stats.terminal_reason is not None:
-            return TERMINAL
-        if stats is not None and stats.cooling(now):
-            return COOLING
-        breaker = self._breakers.get(breaker_key(target))
-        if breaker is not None and not breaker.available(now):
-            return BREAKER_OPEN
-        return None
-
     # ------------------------------------------------------------------ planning
 
     def plan(
-        self, targets: Sequence[Target], *, strategy: str | None = None,
+        self, targets: Sequence[Target], strategy: str | None = None,
         session_id: str | None = None,
     ) -> Plan:
-        """The targets to try, in order (see the module docstring)."""
-        if len(targets) == 1 and session_id is None:  # the common case: nothing to order
-            only = targets[0]
-            reason = self._blocked(only, self.clock.monotonic())
-            if reason is None:
-                return Plan((only,), (), DEFAULT)
-            return Plan((), ((only, reason),), DEFAULT)
+        """The targets to try, in order (see the module docstring).
+
+        A route's plan is kept while every account in it is clear (see
+        :mod:`.account`), and given again as it is: the common request pays one
+        lookup and a few attribute reads per target."""
+        kept = self._kept.get(id(targets))
+        if kept is not None and kept.targets is targets and kept.strategy == strategy:
+            for account in kept.accounts:  # clear(kept.accounts), inline: every request
+                stats = account.stats
+                if (stats.cooling_until is not None or stats.terminal_reason is not None
+                        or account.breaker_state.opened_at is not None):
+                    break
+            else:
+                if session_id is None:
+                    return kept.plan
+                return self._sticky_first(kept.ordered, session_id, kept.plan)
+        return self._plan(targets, strategy, session_id)
+
+    def _plan(self, targets: Sequence[Target], strategy: str | None,
+              session_id: str | None) -> Plan:
         name = normalize(strategy)
         if strategy and name is None and strategy not in self._warned:
             self._warned.add(strategy)
             log.warning("unknown strategy %r; using %r", strategy, self.settings.account_strategy)
         name = name or normalize(self.settings.account_strategy) or DEFAULT
-        ctx = Context(self.rng, self._stats, self._saturated, self._price, self.rotation,
-                      self.settings.round_robin_sticky)
-        ordered = STRATEGIES[name](targets, ctx)
+        accounts = tuple(map(self.account, targets))
+        if len(targets) == 1:  # nothing to order
+            ordered: Sequence[Target] = targets
+        else:
+            ctx = Context(self.rng, self._stats, self._saturated, self._price, self.rotation,
+                          self.settings.round_robin_sticky)
+            ordered = STRATEGIES[name](targets, ctx)
         now = self.clock.monotonic()
         usable: list[Target] = []
         skipped: list[tuple[Target, str]] = []
         for target in ordered:
-            reason = self._blocked(target, now)
+            reason = self.account(target).rest(now)
             if reason is None:
                 usable.append(target)
             else:
                 skipped.append((target, reason))
-        sticky = None
-        if session_id is not None:
-            bound = self.sessions.get(session_id)
-            sticky = next((t for t in usable if t.connection.id == bound), None)
-            if sticky is not None:
-                usable.remove(sticky)
-                usable.insert(0, sticky)
-        return Plan(tuple(usable[: self.settings.max_attempts]), tuple(skipped), name, sticky)
+        plan = Plan(tuple(usable[: self.settings.max_attempts]), tuple(skipped), name)
+        if isinstance(targets, tuple) and self._keeps(name, accounts) and clear(accounts):
+            if len(self._kept) >= PLANS_KEPT:
+                self._kept.clear()
+            self._kept[id(targets)] = Kept(targets, strategy, accounts, tuple(usable), plan)
+        if session_id is None:
+            return plan
+        return self._sticky_first(usable, session_id, plan)
+
+    @staticmethod
+    def _keeps(strategy: str, accounts: tuple[Account, ...]) -> bool:
+        """Whether ``strategy`` orders these accounts the same way while they are clear
+        (the others read load, latency, rotation or chance, which change per request)."""
+        return (len(accounts) == 1 or strategy == "priority" or (
+            strategy == "fill-first" and all(a.limiter is None for a in accounts)))
+
+    def _sticky_first(self, usable: Sequence[Target], session_id: str, plan: Plan) -> Plan:
+        """``plan`` with the target of the session's connection first, when it is usable."""
+        bound = self.sessions.get(session_id)
+        if bound is None:
+            return plan
+        for sticky in usable:
+            if sticky.connection.id == bound:
+                rest = [t for t in usable if t is not sticky]
+                return Plan((sticky, *rest)[: self.settings.max_attempts], plan.skipped,
+                            plan.strategy, sticky)
+        return plan
 
     # ------------------------------------------------------------------ attempts
 
     def attempt(
-        self, target: Target, *, session_id: str | None = None, refreshed: bool = False
+        self, target: Target, session_id: str | None = None, refreshed: bool = False
     ) -> Attempt:
         """One try of ``target`` as an async context manager (see the module docstring).
 
@@ -304,26 +349,32 @@ class Resilience:
         :param refreshed: the credentials were just refreshed for this request, so a
             401/403 now counts against the connection.
         """
-        return Attempt(self, target, session_id, refreshed)
+        conn = target.connection
+        account = self._accounts.get(conn.id)  # self.account(target), inline: every request
+        if account is None or account.connection is not conn:
+            account = self.account(target)
+        return Attempt(self, account, target, session_id, refreshed)
 
     def record_success(
         self, target: Target, *, ttft: float | None = None, session_id: str | None = None
     ) -> None:
         """A success: clears the failure streak and any cooldown, closes the breaker."""
-        self.succeeded(target, self._stats(target), self._breaker(target), ttft, session_id)
+        self.succeeded(self.account(target), ttft, session_id)
 
-    def succeeded(self, target: Target, stats: ConnectionStats, breaker: Breaker,
-                  ttft: float | None, session_id: str | None) -> None:
-        """:meth:`record_success` with ``target``'s statistics and breaker at hand (an
-        :class:`~omniroute.resilience.attempt.Attempt` looked them up on entering)."""
+    def succeeded(self, account: Account, ttft: float | None, session_id: str | None) -> None:
+        """:meth:`record_success` with the target's account at hand (an
+        :class:`~omniroute.resilience.attempt.Attempt` has it)."""
+        stats = account.stats
         streak = stats.consecutive_failures or stats.cooling_until is not None
         stats.succeeded(ttft)
         if streak:  # only transitions are announced: a healthy connection's success is silent
             self.state.changed("connections", stats.connection_id)
-        if breaker.success():
-            self.state.changed("breakers", breaker.key)
+        state = account.breaker_state
+        # a closed breaker without a failure streak has nothing to clear (the common case)
+        if (state.opened_at is not None or state.failures) and account.breaker.success():
+            self.state.changed("breakers", account.breaker.key)
         if session_id is not None:
-            self.sessions.bind(session_id, target.connection.id)
+            self.sessions.bind(session_id, account.id)
 
     def hedge_after(self, target: Target, lane: str = "stream") -> float | None:
         """Seconds without a first byte after which a call to ``target`` is worth racing.
@@ -345,21 +396,21 @@ class Resilience:
         Not a failure (it was slow, not wrong), but its wait counts as a first-byte
         time, so a target that is always slow gets a later bound.
         """
-        self._stats(target).outran(target.model, lane, seconds)
+        self.account(target).stats.outran(target.model, lane, seconds)
 
     def record_failure(
         self, target: Target, error: BaseException, *, refreshed: bool = False
     ) -> Decision:
         """Classify a failure of ``target`` and apply what it costs the connection."""
-        provider = target.provider
-        breaker = self._breaker(target)
-        verdict = classify(error, format=provider.format,
-                           can_refresh=auth_kind(provider) == "oauth" and not refreshed,
+        account = self.account(target)
+        breaker = account.breaker
+        verdict = classify(error, format=target.provider.format,
+                           can_refresh=account.oauth and not refreshed,
                            now_wall=self.clock.time())
         if not verdict.move_on:  # the request's own fault: the connection did nothing wrong
             return Decision(False, verdict)
         now = self.clock.monotonic()
-        stats = self._stats(target)
+        stats = account.stats
         if verdict.refresh:
             stats.failed(now, verdict.message or verdict.kind, counted=False)
             return Decision(True, verdict, refresh=True)
@@ -439,10 +490,10 @@ class Resilience:
         if one is not None:
             one.reset()
             changed("connections", connection_id)
-        conn = self._connections.get(connection_id)
-        if conn is not None and conn.prefix in self._breakers:
-            self._breakers[conn.prefix].reset()
-            changed("breakers", conn.prefix)
+        account = self._accounts.get(connection_id)
+        if account is not None:
+            account.breaker.reset()
+            changed("breakers", account.breaker.key)
 
     def sign_in_needed(self, connection_id: str, why: str | None) -> None:
         """Take an OAuth account out until it is signed in again (terminal
@@ -473,9 +524,10 @@ class Resilience:
         for cid in [c for c in limits if c not in keep]:
             del limits[cid]
             self.state.changed("limits", cid)
-        for table in (self._connections, self._limiters):
+        for table in (self._accounts, self._limiters):
             for cid in [c for c in table if c not in keep]:
                 del table[cid]
+        self._kept.clear()
         self.sessions.retain(keep)
 
     def breaker_states(self) -> dict[str, str]:
@@ -500,7 +552,7 @@ class Resilience:
         """
         now = self.clock.monotonic()
         offset = self.clock.time() - now
-        known = dict(self._connections)
+        known = {cid: account.connection for cid, account in self._accounts.items()}
         for conn in connections:
             known.setdefault(conn.id, conn)
         rows = []
