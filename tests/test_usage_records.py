@@ -481,3 +481,30 @@ async def test_a_pass_through_stream_lets_its_frames_go_once_usage_came() -> Non
     assert output.frames == [content + content]  # kept for the estimate
     await output.estimate()  # the kept block is cut into its frames and decoded
     assert record.usage_estimated and record.completion_tokens
+
+
+async def test_a_pass_through_block_is_read_after_it_is_written() -> None:
+    """The client does not wait for the side reading: a block is read once the relay
+    asks for the next one, or when the stream is closed as it was written."""
+    from omniroute.pipeline.chat import _passthrough
+    from omniroute.pipeline.context import Reply
+    from omniroute.pipeline.usage import StreamOutput
+
+    def frame(body: dict[str, Any]) -> bytes:
+        return b"data: " + orjson.dumps(body) + b"\n\n"
+
+    usage = frame({"id": "c", "object": "chat.completion.chunk", "model": "m", "choices": [],
+                   "usage": {"prompt_tokens": 3, "completion_tokens": 5, "total_tokens": 8}})
+
+    async def reads() -> AsyncIterator[bytes]:
+        yield usage
+        yield usage
+
+    record = RequestRecord("r", 0.0, "chat")
+    fmt = openai_format()
+    output = StreamOutput(record, time.perf_counter(), fmt)
+    frames = _passthrough(fmt, Reply(), output, reads(), None)
+    assert await frames.__anext__() == usage
+    assert record.prompt_tokens is None  # not read yet: it is being written
+    await frames.aclose()  # the client left as it was written: its usage still counts
+    assert (record.prompt_tokens, record.completion_tokens) == (3, 5)

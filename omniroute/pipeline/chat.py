@@ -15,6 +15,7 @@ answer.
 from __future__ import annotations
 
 import dataclasses
+import time
 from bisect import bisect_right
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import aclosing
@@ -37,12 +38,12 @@ from omniroute.pipeline.usage import (
     request_of,
     response_texts,
     set_usage,
-    since,
     usage_complete,
 )
 from omniroute.providers.base import UpstreamCall, UpstreamResponse
 from omniroute.providers.canonical import CanonicalProvider, call_complete, call_stream
 from omniroute.routing import Target
+from omniroute.sse import CR
 from omniroute.storage import RequestRecord
 
 #: the upstream's request id, passed on to the client as ``X-Upstream-Request-Id``
@@ -170,30 +171,70 @@ async def _passthrough(
 ) -> AsyncIterator[bytes]:
     """The upstream's own bytes, unchanged, each block of whole frames one socket read
     brought as one chunk (so they leave in one write). Usage and errors are read on the
-    side: a frame is cut out of the block only where one of the format's
-    :attr:`~Format.side_markers` is; the first content token is found by the format's
-    :attr:`~Format.content_pattern` (until it is found)."""
-    record, markers, content = output.record, fmt.side_markers, fmt.content_pattern
-    kept = output.frames  # for an estimate, should usage not come
-    keeping = True  # until the upstream's usage is complete
-    waiting = True  # for the first content token
+    side (:class:`_SideReading`), once the block has been written: the client does not
+    wait for them. Only when the gateway asked for a frame the client must not see
+    (``hidden``: OpenAI's usage-only chunk) is a block read first, to cut it out."""
+    side = _SideReading(fmt, reply, output, hidden)
+    if hidden is not None:
+        async for block in reads:
+            side.arrived()
+            cut = side.read(block)
+            if cut:
+                block = _without(block, cut)
+            if block:
+                yield block
+        return
     async for block in reads:
-        if waiting and (content is None or content.search(block) is not None):
-            record.ttfc_ms = since(output.started)
-            waiting = False
+        side.arrived()
+        try:
+            yield block
+        finally:  # (also when the client left as it was written: its usage still counts)
+            side.read(block)
+
+
+class _SideReading:
+    """What a pass-through stream's blocks say besides their bytes: the first content
+    token (the format's :attr:`~Format.content_pattern`, until it is found), usage and
+    upstream errors (in the frames cut out of a block around one of the format's
+    :attr:`~Format.side_markers`, and only there), and the blocks kept for an estimate."""
+
+    __slots__ = ("arrival", "content", "fmt", "hidden", "keeping", "markers", "output",
+                 "reply", "waiting")
+
+    def __init__(self, fmt: Format, reply: Reply, output: StreamOutput,
+                 hidden: Callable[[bytes], bool] | None) -> None:
+        self.fmt, self.reply, self.output, self.hidden = fmt, reply, output, hidden
+        self.markers, self.content = fmt.side_markers, fmt.content_pattern
+        self.keeping = True  # until the upstream's usage is complete
+        self.waiting = True  # for the first content token
+        self.arrival = 0.0  # perf_counter() when the block being read arrived
+
+    def arrived(self) -> None:
+        """A block has arrived (its time is its first content token's, if it holds it)."""
+        if self.waiting:
+            self.arrival = time.perf_counter()
+
+    def read(self, block: bytes) -> list[tuple[int, int]]:
+        """Read ``block``; return the spans of the frames the client must not see."""
+        output = self.output
+        record = output.record
+        if self.waiting and (self.content is None or self.content.search(block) is not None):
+            record.ttfc_ms = (self.arrival - output.started) * 1000
+            self.waiting = False
         output.size += len(block)
-        if keeping and output.kept < KEEP_BYTES:
-            kept.append(block)
+        if self.keeping and output.kept < KEEP_BYTES:
+            output.frames.append(block)
             output.kept += len(block)
-        cut: list[tuple[int, int]] = []  # the spans of frames the client must not see
-        for start, end in _marked(fmt, block, markers):
+        cut: list[tuple[int, int]] = []
+        fmt, hidden = self.fmt, self.hidden
+        for start, end in _marked(fmt, block, self.markers):
             frame = block[start:end]
             usage = fmt.usage_from_frame(frame)
             if usage is not None:
                 set_usage(record, usage)
-                if keeping and usage_complete(record):  # no estimate needed: let them go
-                    keeping = False
-                    kept.clear()
+                if self.keeping and usage_complete(record):  # no estimate needed: let go
+                    self.keeping = False
+                    output.frames.clear()
                 if hidden is not None and hidden(frame):  # asked for on the client's behalf
                     cut.append((start, end))
                     continue
@@ -201,11 +242,8 @@ async def _passthrough(
             if upstream_error is not None:  # relayed as sent; recorded and charged as a failure
                 record.status, record.error = 502, f"upstream stream error: {upstream_error}"
                 record.error_class = "UpstreamError"
-                reply.failure = UpstreamError(record.error)
-        if cut:
-            block = _without(block, cut)
-        if block:
-            yield block
+                self.reply.failure = UpstreamError(record.error)
+        return cut
 
 
 def _marked(fmt: Format, block: bytes, markers: tuple[bytes, ...]) -> list[tuple[int, int]]:
@@ -223,7 +261,7 @@ def _marked(fmt: Format, block: bytes, markers: tuple[bytes, ...]) -> list[tuple
     if not found:
         return []
     ndjson = "ndjson" in fmt.stream_content_type
-    if not ndjson and b"\r" in block:  # CRLF events: cut the block into its events
+    if not ndjson and CR in block:  # CRLF events: cut the block into its events
         spans = _spans(frames_of(fmt, block))
         ends = [end for _, end in spans]
         return [spans[i] for i in sorted({bisect_right(ends, at) for at in found})]
@@ -264,6 +302,7 @@ async def _one_by_one(upstream: UpstreamResponse) -> AsyncIterator[bytes]:
 
 
 def _passed_headers(upstream: UpstreamResponse) -> dict[str, str]:
+    """The upstream answer's headers the client gets too: its id of the answer."""
     get = upstream.headers.get
     value = get(_X_REQUEST_ID) or get(_REQUEST_ID)
     return {"X-Upstream-Request-Id": value} if value else {}
