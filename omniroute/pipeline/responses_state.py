@@ -109,7 +109,7 @@ class ResponsesState(StageRun):
             await self._save(json_object(body))
 
     async def frame(self, ctx: RequestContext, frame: bytes) -> None:
-        if not self.store or self.saved or not any(m in frame for m in _FINAL_MARKERS):
+        if not self.store or self.saved or all(frame.find(m) < 0 for m in _FINAL_MARKERS):
             return
         splitter = SSESplitter()  # a chunk may hold several events (the last maybe unended)
         for event_bytes in [*splitter.feed(frame), splitter.tail()]:

@@ -123,7 +123,7 @@ def unwrap_frame(frame: bytes) -> bytes:
     """One SSE event with the Gemini chunk inside its envelope as its data (an error
     event, a comment or anything else passes unchanged)."""
     data = event_data(frame)
-    if not data or b'"response"' not in data:
+    if not data or data.find(b'"response"') < 0:
         return frame
     try:
         inner = _inner(orjson.loads(data))

@@ -119,7 +119,7 @@ class AnthropicFormat(Format):
 
     def usage_from_frame(self, frame: bytes) -> c.Usage | None:
         """Input counts from ``message_start``, output (and totals) from ``message_delta``."""
-        if not any(marker in frame for marker in _USAGE_MARKERS):
+        if all(frame.find(marker) < 0 for marker in _USAGE_MARKERS):  # (``in``: omniroute.sse.CR)
             return None
         data = event_data(frame)
         try:
@@ -139,7 +139,8 @@ class AnthropicFormat(Format):
         return None
 
     def error_from_frame(self, frame: bytes) -> str | None:
-        if not (frame.startswith(b"event: error") or any(m in frame for m in _ERROR_MARKERS)):
+        if not (frame.startswith(b"event: error")
+                or any(frame.find(m) >= 0 for m in _ERROR_MARKERS)):
             return None
         data = event_data(frame)
         try:

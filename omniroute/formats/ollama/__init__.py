@@ -132,13 +132,13 @@ class OllamaFormat(Format):
     content_pattern = re.compile(rb'"(?:content|thinking)": ?"[^"]|"tool_calls": ?\[')
 
     def usage_from_frame(self, frame: bytes) -> c.Usage | None:
-        if b'"done":true' not in frame and b'"done": true' not in frame:
+        if frame.find(b'"done":true') < 0 and frame.find(b'"done": true') < 0:
             return None
         data = json_object(frame.strip())
         return usage_from_chunk(data) if data else None
 
     def error_from_frame(self, frame: bytes) -> str | None:
-        if b'"error"' not in frame:
+        if frame.find(b'"error"') < 0:
             return None
         data = json_object(frame.strip())
         if data is None or not data.get("error"):

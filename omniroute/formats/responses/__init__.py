@@ -170,9 +170,10 @@ class ResponsesFormat(Format):
     content_pattern = re.compile(rb'\.delta"')
 
     def usage_from_frame(self, frame: bytes) -> c.Usage | None:
-        if b'"usage"' not in frame or (b"response.completed" not in frame
-                                       and b"response.incomplete" not in frame
-                                       and b"response.failed" not in frame):
+        find = frame.find  # (not ``in``: see omniroute.sse.CR)
+        if find(b'"usage"') < 0 or (find(b"response.completed") < 0
+                                    and find(b"response.incomplete") < 0
+                                    and find(b"response.failed") < 0):
             return None
         response = response_from_frame(frame)
         if response is None or not isinstance(response.get("usage"), dict):
@@ -180,7 +181,7 @@ class ResponsesFormat(Format):
         return usage_from_object(response["usage"])
 
     def error_from_frame(self, frame: bytes) -> str | None:
-        if b"error" not in frame and b"response.failed" not in frame:
+        if frame.find(b"error") < 0 and frame.find(b"response.failed") < 0:
             return None
         data = frame_json(frame)
         if data is None:
