@@ -39,6 +39,9 @@ NOT_TEXT: list[dict[str, Any]] = [
     {"messages": [{"role": "user", "content": "hi", "name": "bob"}]},
     {"messages": [USER, {"role": "developer", "content": "later"}]},
     {"messages": [USER, {"role": "tool", "content": "x", "tool_call_id": "c1"}]},
+    # malformed: left to the decode, which answers 400
+    {"messages": [{"content": "hi", "name": "bob"}]},
+    {"messages": [{"content": "hi", "role": ["user"]}]},
 ]
 
 

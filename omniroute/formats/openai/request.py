@@ -137,7 +137,7 @@ def text_request(body: dict[str, Any]) -> c.TextRequest | None:
         content = m.get("content")
         if type(content) is not str:
             return None
-        role = m["role"]
+        role = m.get("role")  # (no role: the decode says what is wrong)
         if role == "user" or role == "assistant":
             turns.append((role, content))
         elif role == "system":
