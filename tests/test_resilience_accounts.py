@@ -5,34 +5,13 @@ from __future__ import annotations
 
 import contextlib
 import random
-from typing import Any
 
 import pytest
+from test_resilience_core import ids, make, target
 
 from omniroute.config import Settings
 from omniroute.errors import CircuitOpen, UpstreamStatusError, UpstreamTimeout
-from omniroute.providers.base import Provider
-from omniroute.resilience import ManualClock, Resilience
 from omniroute.routing import Target
-from omniroute.storage.store import Connection
-
-
-class FakeProvider(Provider):
-    type = "fake"
-
-
-def target(cid: str, prefix: str = "up", model: str = "m", **settings: Any) -> Target:
-    conn = Connection(id=cid, type="fake", name=f"name-{cid}", prefix=prefix, settings=settings)
-    return Target(conn, FakeProvider(conn, None), model)  # type: ignore[arg-type]
-
-
-def ids(targets: Any) -> list[str]:
-    return [t.connection.id for t in targets]
-
-
-def make(**settings: Any) -> tuple[Resilience, ManualClock]:
-    clock = ManualClock()
-    return Resilience(Settings(**settings), clock=clock, rng=random.Random(7)), clock
 
 
 def test_target_label_and_prefix_are_set_when_built() -> None:
