@@ -12,7 +12,8 @@ import hmac
 import time
 from collections.abc import Callable
 
-from aiohttp import web
+from aiohttp import hdrs, web
+from multidict import istr
 
 from omniroute.auth.base import AuthScheme, Principal
 from omniroute.budgets.windows import iso
@@ -20,6 +21,9 @@ from omniroute.config import Config
 from omniroute.errors import AuthenticationFailed
 from omniroute.hookspecs import hookimpl
 from omniroute.storage.store import ApiKey, Store, hash_secret
+
+#: (``istr`` names: looked up without being case-folded on every request)
+_X_API_KEY, _X_GOOG_API_KEY = istr("x-api-key"), istr("x-goog-api-key")
 
 
 def presented_key(request: web.Request) -> str | None:
@@ -30,12 +34,12 @@ def presented_key(request: web.Request) -> str | None:
     every route: a client is not refused for sending its key its own way.
     """
     headers = request.headers
-    auth = headers.get("Authorization")
+    auth = headers.get(hdrs.AUTHORIZATION)
     if auth:
         scheme, _, value = auth.partition(" ")
         if scheme.lower() == "bearer" and value.strip():
             return value.strip()
-    found = headers.get("x-api-key") or headers.get("x-goog-api-key")
+    found = headers.get(_X_API_KEY) or headers.get(_X_GOOG_API_KEY)
     if found is None and not request.path.startswith("/api/"):
         found = request.query.get("key")  # Gemini clients; never for the management API
     return found or None

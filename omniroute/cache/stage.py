@@ -46,6 +46,8 @@ from collections.abc import AsyncIterator, Callable, Hashable, Sequence
 from contextlib import aclosing
 from typing import TYPE_CHECKING, TypeVar
 
+from multidict import istr
+
 from omniroute.cache import entry as entries
 from omniroute.cache.key import cache_key, text_key, uncacheable
 from omniroute.cache.layer import CacheKey
@@ -72,6 +74,8 @@ log = logging.getLogger(__name__)
 CACHE_HEADER = "X-OmniRoute-Cache"
 SIMILARITY_HEADER = "X-OmniRoute-Cache-Similarity"
 NO_CACHE_HEADER = "X-OmniRoute-No-Cache"
+#: (``istr`` names: looked up without being case-folded on every request)
+_NO_CACHE, _CACHE_CONTROL = istr(NO_CACHE_HEADER), istr("Cache-Control")
 _T = TypeVar("_T")
 _TRUE = frozenset({"true", "1", "yes", "on"})
 
@@ -372,10 +376,10 @@ def say(ctx: RequestContext, verdict: str) -> None:
 
 def _bypassed(ctx: RequestContext) -> bool:
     headers = ctx.headers
-    flag = headers.get(NO_CACHE_HEADER)
+    flag = headers.get(_NO_CACHE)
     if flag is not None and flag.strip().lower() in _TRUE:
         return True
-    control = headers.get("Cache-Control")
+    control = headers.get(_CACHE_CONTROL)
     if control is None:
         return False
     directives = {d.strip().lower() for d in control.split(",")}

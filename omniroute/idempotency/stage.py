@@ -39,6 +39,7 @@ from contextlib import suppress
 from typing import TYPE_CHECKING
 
 import orjson
+from multidict import istr
 
 from omniroute.errors import GatewayError, IdempotencyUnavailable, InvalidRequest
 from omniroute.formats import canonical as c
@@ -57,6 +58,9 @@ if TYPE_CHECKING:
     from omniroute.sharedstate import Pending, RequestBatch
 
 log = logging.getLogger(__name__)
+
+#: the headers a client names its request by (``istr``: looked up without case-folding)
+_IDEMPOTENCY_KEY, _X_REQUEST_ID = istr("Idempotency-Key"), istr("X-Request-Id")
 
 IDEMPOTENT_HEADER = "X-OmniRoute-Idempotent"
 #: the request id of the request whose answer a duplicate got
@@ -80,7 +84,7 @@ class IdempotencyStage(Stage):
         if not operation.metered:  # a token count only asks: nothing to share
             return None
         headers = ctx.headers
-        key = headers.get("Idempotency-Key") or headers.get("X-Request-Id")
+        key = headers.get(_IDEMPOTENCY_KEY) or headers.get(_X_REQUEST_ID)
         if key is None:
             return None
         return IdempotencyRun(self.keys, key, operation)

@@ -29,6 +29,7 @@ from contextlib import suppress
 from typing import TYPE_CHECKING, Any
 
 import orjson
+from multidict import istr
 
 from omniroute.pipeline.context import Reply, RequestContext
 from omniroute.pipeline.stages import Stage, StageRun
@@ -39,6 +40,7 @@ if TYPE_CHECKING:
     from omniroute.pipeline.operation import Operation
 
 PROGRESS_HEADER = "X-OmniRoute-Progress"
+_PROGRESS = istr(PROGRESS_HEADER)  # (looked up without being case-folded each time)
 _ON = ("true", "1", "yes", "on")
 
 
@@ -59,7 +61,7 @@ class ProgressStage(Stage):
     def enter(self, ctx: RequestContext, operation: Operation) -> StageRun | None:
         if not ctx.stream or ctx.binary:  # audio bytes have no room for a comment
             return None
-        asked = ctx.headers.get(PROGRESS_HEADER)
+        asked = ctx.headers.get(_PROGRESS)
         if asked is None or asked.strip().lower() not in _ON:
             return None
         supported = ctx.fmt.comment_frame(b"") is not None

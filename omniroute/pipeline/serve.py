@@ -27,7 +27,7 @@ from contextlib import suppress
 from functools import partial
 from typing import NoReturn, Protocol
 
-from aiohttp import web
+from aiohttp import hdrs, web
 from multidict import istr
 
 from omniroute.appkeys import PRINCIPAL
@@ -152,7 +152,7 @@ class Pipeline:
         record = RequestRecord(self.new_request_id(), time.time(), operation.endpoint)
         record.api_key_id = principal.key_id
         record.client_format = operation.fmt.name
-        record.user_agent = user_agent(headers_in.get("User-Agent"))
+        record.user_agent = user_agent(headers_in.get(hdrs.USER_AGENT))
         ctx = RequestContext(principal, operation.fmt, record, headers_in, request.query,
                              path_model, path_stream, request.match_info.get("provider"),
                              started)

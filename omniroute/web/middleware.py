@@ -19,7 +19,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 
-from aiohttp import web
+from aiohttp import hdrs, web
 
 from omniroute.appkeys import (
     AUTH_SCHEMES,
@@ -60,7 +60,7 @@ async def gateway_middleware(request: web.Request, handler: Handler) -> web.Stre
     try:
         host_check = app[HOST_CHECK]
         if host_check is not None:
-            host = request.headers.get("Host")
+            host = request.headers.get(hdrs.HOST)
             if not host_check.allows(host):
                 raise host_check.refusal(host)
         routing_error = request.match_info.http_exception

@@ -26,7 +26,7 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 
-from aiohttp import web
+from aiohttp import hdrs, web
 
 from omniroute.config import Config
 from omniroute.errors import PermissionDenied
@@ -168,7 +168,7 @@ class Cors:
                 headers["Vary"] = "Origin"
             elif "origin" not in vary.lower():
                 headers["Vary"] = f"{vary}, Origin"
-        origin = request.headers.get("Origin")
+        origin = request.headers.get(hdrs.ORIGIN)
         allowed = None if origin is None else self.allowed(origin)
         if allowed is None:
             return
