@@ -350,11 +350,12 @@ def main() -> int:
                 targets.append(Target(name, "omniroute", f"http://{HOST}:{port}",
                                       process_tree(gateway.pid), args.loops[0]))
         if args.baseline:
+            # on the first loop, as the gateway it is compared with
             gateway, port = start_gateway(run.tmp / "baseline", up_port, args.workers,
-                                          None, args.baseline)
+                                          args.loops[0], args.baseline)
             run.gateways.append(gateway)
             targets.append(Target("baseline", "omniroute", f"http://{HOST}:{port}",
-                                  process_tree(gateway.pid), "asyncio"))
+                                  process_tree(gateway.pid), args.loops[0]))
         python_cells = args.load == "python" or "paced" in args.lanes
         client = start_client(run.ctx, run.procs) if python_cells else None
         client_pid = run.procs[-1].pid if client else 0

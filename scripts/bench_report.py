@@ -143,15 +143,16 @@ def summary(args: argparse.Namespace, results: dict[str, Any]) -> list[str]:
                                       ("instant", args.instant_concurrency))
                  if lane in results for c in levels]
         out.append("- uvloop / asyncio, omniroute: " + "; ".join(parts))
-    if args.baseline:
-        parts = [f"{lane} c={c} CPU {fmt(over(get(results, lane, 'omniroute', c, key), get(results, lane, 'baseline', c, key)), 2, '×')}"  # noqa: E501
+    if args.baseline:  # (the baseline runs on the first loop, as this gateway)
+        first = label("omniroute", args.loops[0])
+        parts = [f"{lane} c={c} CPU {fmt(over(get(results, lane, first, c, key), get(results, lane, 'baseline', c, key)), 2, '×')}"  # noqa: E501
                  for lane, key, levels in (
                      ("json", "cpu_ms_per_req", args.concurrency),
                      ("instant", "cpu_ms_per_req", args.instant_concurrency),
                      ("embed", "cpu_ms_per_req", args.embed_concurrency),
                      ("paced", "cpu_ms_per_stream", args.stream_concurrency))
                  if lane in results for c in levels]
-        out.append(f"- omniroute (asyncio) / baseline ({args.baseline}): " + "; ".join(parts))
+        out.append(f"- {first} / baseline ({args.baseline}): " + "; ".join(parts))
     flush = results.get("usage_flush")
     if flush:
         out.append(f"- usage records: one flush of {flush['records']:,} records took "
