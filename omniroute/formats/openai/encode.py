@@ -14,7 +14,7 @@ from typing import Any
 from omniroute.errors import InvalidRequest
 from omniroute.formats import canonical as c
 from omniroute.formats.media import b64decode_text, data_url
-from omniroute.formats.openai.response import NAME
+from omniroute.formats.openai.response import NAME, tool_calls
 from omniroute.formats.reasoning import effort_for_budget
 
 
@@ -212,10 +212,7 @@ def _encode_assistant(msg: c.Message, marks: bool) -> dict[str, Any]:
         if text:
             out["reasoning_content"] = text
     if calls:
-        out["tool_calls"] = [
-            {"id": t.id, "type": "function", "function": {"name": t.name, "arguments": t.arguments}}
-            for t in calls
-        ]
+        out["tool_calls"] = tool_calls(calls)
     if msg.name is not None:
         out["name"] = msg.name
     return out

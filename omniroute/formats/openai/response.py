@@ -163,6 +163,12 @@ def decode_response(body: bytes) -> c.Response:
     )
 
 
+def tool_calls(calls: list[c.ToolCall]) -> list[dict[str, Any]]:
+    """``calls`` as a message's ``tool_calls`` (an answer's, or an assistant turn sent back)."""
+    return [{"id": t.id, "type": "function", "function": {"name": t.name, "arguments": t.arguments}}
+            for t in calls]
+
+
 def encode_response(response: c.Response) -> dict[str, Any]:
     texts = [p.text for p in response.parts if isinstance(p, c.Text)]
     calls = [p for p in response.parts if isinstance(p, c.ToolCall)]
@@ -173,10 +179,7 @@ def encode_response(response: c.Response) -> dict[str, Any]:
     if reasoning:
         message["reasoning_content"] = reasoning
     if calls:
-        message["tool_calls"] = [
-            {"id": t.id, "type": "function", "function": {"name": t.name, "arguments": t.arguments}}
-            for t in calls
-        ]
+        message["tool_calls"] = tool_calls(calls)
     return {
         "id": response.id,
         "object": "chat.completion",
