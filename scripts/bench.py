@@ -71,7 +71,8 @@ from bench_report import (
     summary,
     table,
 )
-from bench_usage import FULL_TABLE, NO_RECORDS, comparisons, flush_cost
+from bench_usage import (
+    FULL_SETTINGS, FULL_TABLE, NO_RECORDS, PREFILL_ROWS, comparisons, flush_cost)
 from bench_wrk import reaped_cpu_ms, wrk_cell
 
 MESSAGES, EMBEDDINGS = "/v1/messages", "/v1/embeddings"
@@ -343,7 +344,7 @@ def main() -> int:
                                       targets[-1].pids, loop, path=MESSAGES))
         if args.usage:
             for name, settings, rows in ((NO_RECORDS, {"request_log": "false"}, 0),
-                                         (FULL_TABLE, None, 1_000_000)):
+                                         (FULL_TABLE, FULL_SETTINGS, PREFILL_ROWS)):
                 gateway, port = start_gateway(run.tmp / name, up_port, args.workers,
                                               args.loops[0], settings=settings, rows=rows)
                 run.gateways.append(gateway)

@@ -157,7 +157,9 @@ def summary(args: argparse.Namespace, results: dict[str, Any]) -> list[str]:
     if flush:
         out.append(f"- usage records: one flush of {flush['records']:,} records took "
                    f"{flush['empty_s']:.2f} s into an empty table, {flush['full_s']:.2f} s into "
-                   f"one holding {flush['rows']:,} rows (put there in {flush['prefill_s']:.1f} s)")
+                   f"one holding {flush['rows']:,} rows (put there in {flush['prefill_s']:.1f} s); "
+                   f"the retention deleted the {flush['pruned']:,} rows over a "
+                   f"{flush['rows']:,}-row bound in {flush['prune_s']:.2f} s")
     if args.compare_workers > 1:
         n = args.compare_workers
         name = label("omniroute", args.loops[0], n)

@@ -379,6 +379,38 @@ async def test_retention_by_age_and_by_rows_in_small_batches(
     assert await log.prune() == 0
 
 
+async def test_the_row_bound_is_counted_only_when_the_ids_span_more_than_it(
+        db: Database, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Under the bound, prune reads two index ends, not every row (the OFFSET that finds
+    the bound reads one index entry a row: a million at the default bound); ids with
+    gaps (a PostgreSQL sequence) still keep exactly the newest max_rows."""
+    log = RequestLog(db, clock=lambda: 1_000_000.0)
+    log.retention_days, log.max_rows = 0.0, 10
+    for i in range(8):
+        log.add(_record(i, ts=1_000_000.0 - 60))
+    await log.flush()
+    seen: list[str] = []
+    real = db.fetchone
+
+    async def spy(sql: str, params: Any = ()) -> Any:
+        seen.append(sql)
+        return await real(sql, params)
+
+    monkeypatch.setattr(db, "fetchone", spy)
+    assert await log.prune() == 0
+    assert not [sql for sql in seen if "OFFSET" in sql]
+    # ids 6..20 with a gap at 12: 14 rows over 15 ids; the newest 10 reach down to id 10
+    await db.execute("DELETE FROM request_log WHERE id <= 5")
+    for i in range(8, 20):
+        log.add(_record(i, ts=1_000_000.0 - 60))
+    await log.flush()
+    await db.execute("DELETE FROM request_log WHERE request_id = 'r11'")
+    assert await log.prune() == 4
+    assert [sql for sql in seen if "OFFSET" in sql]
+    rows = await db.fetchall("SELECT request_id FROM request_log ORDER BY id")
+    assert [r[0] for r in rows] == ["r9", "r10", *(f"r{i}" for i in range(12, 20))]
+
+
 async def test_retention_runs_in_the_background(db: Database) -> None:
     log = RequestLog(db, interval=0.01, prune_every=0.05, clock=lambda: 100 * 86400.0)
     log.add(_record(1, ts=0.0))

@@ -325,7 +325,7 @@ class BufferedLog(Generic[T]):
             removed += await self._delete_batches(
                 f"DELETE FROM {table} WHERE id IN "
                 f"(SELECT id FROM {table} WHERE ts < ? LIMIT ?)", cutoff)
-        if max_rows > 0:
+        if max_rows > 0 and await self._may_exceed(max_rows):
             # the newest row past the max_rows newest (ids only grow, but may skip: a
             # PostgreSQL sequence leaves gaps, so "the largest id - max_rows" is no bound)
             row = await self.db.fetchone(
@@ -338,6 +338,14 @@ class BufferedLog(Generic[T]):
             self.pruned += removed
             log.info("%s retention removed %d %s", table, removed, self.noun)
         return removed
+
+    async def _may_exceed(self, max_rows: int) -> bool:
+        """Whether the table may hold more than ``max_rows`` rows: two index lookups,
+        where counting them (the ``OFFSET`` that finds the bound) reads every row's
+        index entry. Ids are distinct integers, so a table whose ids span at most
+        ``max_rows`` values holds at most that many rows."""
+        row = await self.db.fetchone(f"SELECT min(id), max(id) FROM {self.table}")
+        return row is not None and row[0] is not None and row[1] - row[0] + 1 > max_rows
 
     async def _delete_batches(self, sql: str, bound: float) -> int:
         removed = 0
