@@ -71,8 +71,7 @@ from bench_report import (
     summary,
     table,
 )
-from bench_usage import (
-    FULL_SETTINGS, FULL_TABLE, NO_RECORDS, PREFILL_ROWS, comparisons, flush_cost)
+from bench_usage import FULL_SETTINGS, FULL_TABLE, NO_RECORDS, PREFILL_ROWS, comparisons, flush_cost
 from bench_wrk import reaped_cpu_ms, wrk_cell
 
 MESSAGES, EMBEDDINGS = "/v1/messages", "/v1/embeddings"
