@@ -14,6 +14,7 @@ from typing import Any
 
 import orjson
 import pytest
+from genai_prices import Usage, calc_price
 
 from conformance.conftest import cells
 from conformance.harness import ECHO, Cell
@@ -41,6 +42,22 @@ RICH: dict[str, tuple[dict[str, Any], tuple[int | None, ...]]] = {
 }
 _COUNTS = ("prompt_tokens", "completion_tokens", "cached_tokens", "cache_write_tokens",
            "reasoning_tokens")
+#: the genai-prices provider of each fake's connection (None: a local server, free)
+_PRICED_AS = {"openai": "openai", "anthropic": "anthropic", "gemini": "google",
+              "responses": "openai", "ollama": None}
+
+
+def _list_price(cell: Cell, counts: tuple[int | None, ...]) -> float:
+    """What genai-prices itself says the counts cost on the cell's upstream model (the
+    gateway reads the same database through its own compact table)."""
+    provider = _PRICED_AS[cell.up.name]
+    if provider is None:
+        return 0.0
+    inp, out, read, write, _ = counts
+    return float(calc_price(
+        Usage(input_tokens=inp, output_tokens=out, cache_read_tokens=read,
+              cache_write_tokens=write), model_ref=cell.up.model,
+        provider_id=provider).total_price)
 
 
 def _request(client: str, model: str, stream: bool) -> tuple[str, dict[str, Any]]:
@@ -92,8 +109,12 @@ async def test_token_counts_are_the_upstreams(cell: Cell, stream: bool) -> None:
     resp, record = await _send(cell, stream)
     assert tuple(record[name] for name in _COUNTS) == expected, record
     assert not record["usage_estimated"]
+    # priced with the upstream's counts: cache reads and writes at their own rates
+    assert record["cost_usd"] == pytest.approx(_list_price(cell, expected), rel=1e-9), record
     _check_record(cell, record, stream)
     if not stream:  # a JSON answer says what it used in its headers; a stream cannot
+        assert float(resp.headers["X-OmniRoute-Response-Cost"]) == pytest.approx(
+            record["cost_usd"], abs=1e-10)
         assert resp.headers["X-OmniRoute-Tokens-In"] == str(expected[0])
         assert resp.headers["X-OmniRoute-Tokens-Out"] == str(expected[1])
         assert float(resp.headers["X-OmniRoute-Latency-Ms"]) >= 0
