@@ -119,8 +119,9 @@ async def test_token_limits_count_prompt_and_completion() -> None:
         budgets.reserve(slot, limits, 0.0, 5)
 
 
-async def test_the_warning_is_set_past_the_threshold_and_logged_once(caplog) -> None:
-    budgets = await started(MemoryStore(), clock_at("2025-03-10T12:00:00"))
+async def test_the_warning_is_set_past_the_threshold_and_logged_once_a_window(caplog) -> None:
+    clock = clock_at("2025-03-10T12:00:00")
+    budgets = await started(MemoryStore(), clock)
     limits = Limits.parse({"monthly_usd": 10.0, "warn_at": 0.5})
     assert limits is not None
     slot = budgets.enter("k", limits)
@@ -133,6 +134,16 @@ async def test_the_warning_is_set_past_the_threshold_and_logged_once(caplog) -> 
     assert len(warnings) == 1
     warning = budgets.reserve(slot, limits, 0, 0).warning
     assert warning == "monthly $7.00 of $10.00 (70%), resets 2025-04-01T00:00:00Z"
+    budgets.leave(slot)
+    clock.advance(22 * 86400)  # 2025-04-01T12:00: a new month, a new window, one more line
+    slot = budgets.enter("k", limits)
+    assert budgets.reserve(slot, limits, 0, 0).warning is None
+    budgets.leave(slot)
+    with caplog.at_level("WARNING", logger="omniroute.budgets.ledger"):
+        spend(budgets, limits, 6.0)
+        spend(budgets, limits, 1.0)
+    warnings = [r for r in caplog.records if "passed 50% of its monthly budget" in r.message]
+    assert len(warnings) == 2
 
 
 async def test_requests_per_minute_roll_over() -> None:

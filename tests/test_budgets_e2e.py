@@ -99,6 +99,20 @@ async def test_an_exhausted_budget_is_a_429_in_every_client_format(priced: Any) 
     assert resp.status == 429 and list(body) == ["error"] and isinstance(body["error"], str)
 
 
+async def test_an_exhausted_token_limit_is_a_429_with_what_was_used(gw: Any) -> None:
+    """Token limits need no price: the upstream's counts are what is spent."""
+    _, secret = await new_key(gw, limits={"daily_tokens": 5})
+    first = await oai(gw, secret).chat.completions.create(model=MODEL, messages=HI)
+    used = first.usage.prompt_tokens + first.usage.completion_tokens  # type: ignore[union-attr]
+    assert used > 5  # admitted alone while under the limit; its real use is counted
+    with pytest.raises(openai.RateLimitError) as caught:
+        await oai(gw, secret).chat.completions.create(model=MODEL, messages=HI)
+    err = caught.value
+    assert err.code == "budget_exceeded"
+    assert f"daily token limit is used up: spent {used} tokens of 5 tokens" in err.message
+    assert 0 < int(err.response.headers["Retry-After"]) <= 86400
+
+
 def estimate_usd(body: bytes, max_tokens: int) -> float:
     """What the gateway reserves for a chat request: its body's bytes / 4 (rounded up) as
     input tokens and ``max_tokens`` as output, each at ``PER_TOKEN``."""
