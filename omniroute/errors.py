@@ -16,11 +16,18 @@ from aiohttp import web
 
 
 class GatewayError(Exception):
-    """Base of every error a client may see."""
+    """Base of every error a client may see.
+
+    ``details``: what a program may read beside the message (a budget refusal's spend,
+    limit and reset), scalars by name; each client format places them in its own
+    dialect (an OpenAI or Anthropic error object's ``details``, a Gemini error's
+    ``ErrorInfo`` metadata; Ollama's errors are a message only).
+    """
 
     status = 500
     type = "server_error"
     code = "internal_error"
+    details: Mapping[str, str | int | float | None] | None = None
 
     def __init__(
         self,
@@ -31,6 +38,7 @@ class GatewayError(Exception):
         type: str | None = None,
         param: str | None = None,
         headers: Mapping[str, str] | None = None,
+        details: Mapping[str, str | int | float | None] | None = None,
     ) -> None:
         super().__init__(message)
         self.message = message
@@ -42,6 +50,8 @@ class GatewayError(Exception):
             self.type = type
         self.param = param
         self.headers = dict(headers or {})
+        if details is not None:
+            self.details = details
 
 
 class InvalidRequest(GatewayError):
@@ -157,10 +167,17 @@ def _type_for(status: int) -> str:
     }.get(status, "upstream_error" if status >= 500 else "invalid_request_error")
 
 
+def openai_error_object(err: GatewayError) -> dict[str, Any]:
+    """The OpenAI error object (also the Responses API's), with ``details`` when set."""
+    error: dict[str, Any] = {"message": err.message, "type": err.type, "param": err.param,
+                             "code": err.code}
+    if err.details is not None:
+        error["details"] = dict(err.details)
+    return error
+
+
 def openai_error_body(err: GatewayError) -> bytes:
-    return orjson.dumps(
-        {"error": {"message": err.message, "type": err.type, "param": err.param, "code": err.code}}
-    )
+    return orjson.dumps({"error": openai_error_object(err)})
 
 
 def openai_error_response(err: GatewayError) -> web.Response:

@@ -26,6 +26,8 @@ async def test_a_spent_budget_refuses_until_the_window_resets() -> None:
     assert "daily budget" in err.message and "$1.10 of $1.00" in err.message
     assert "resets at 2025-03-11T00:00:00Z" in err.message
     assert err.headers["Retry-After"] == str(2 * 3600)
+    assert err.details == {"period": "daily", "unit": "usd", "spent": 1.1, "limit": 1.0,
+                           "reserved": 0.0, "resets_at": "2025-03-11T00:00:00Z"}
     clock.advance(2 * 3600)  # midnight UTC: a new day
     spend(budgets, limits, 0.2)
     view = budgets.window(budgets.state("k"), limits, "daily", clock.time())
@@ -75,6 +77,8 @@ async def test_reservations_bound_concurrent_overspend() -> None:
         except BudgetExceeded as err:
             assert "reserved by requests in flight" in err.message
             assert "this request may use up to $0.30" in err.message
+            assert err.details is not None and err.details["estimate"] == 0.3
+            assert err.details["reserved"] == pytest.approx(0.9)
             assert err.headers["Retry-After"] == "1"  # in-flight requests may free it soon
             budgets.leave(slot)
     assert len(held) == 3  # 0.3 + 0.3 + 0.3 fit in 1.0; a fourth would not
@@ -115,8 +119,11 @@ async def test_token_limits_count_prompt_and_completion() -> None:
     spend(budgets, limits, 0.0, tokens=20)  # admitted with 10 left; its real use is counted
     slot = budgets.enter("k", limits)
     with pytest.raises(BudgetExceeded, match="daily token limit is used up: spent 1010 tokens "
-                                             "of 1000 tokens"):
+                                             "of 1000 tokens") as refused:
         budgets.reserve(slot, limits, 0.0, 5)
+    assert refused.value.details == {"period": "daily", "unit": "tokens", "spent": 1010,
+                                     "limit": 1000, "reserved": 0,
+                                     "resets_at": "2025-03-11T00:00:00Z"}
 
 
 async def test_the_warning_is_set_past_the_threshold_and_logged_once_a_window(caplog) -> None:

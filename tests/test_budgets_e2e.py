@@ -74,6 +74,11 @@ async def test_an_exhausted_budget_is_a_429_in_every_client_format(priced: Any) 
     assert "resets at " in err.message
     retry = int(err.response.headers["Retry-After"])
     assert 0 < retry <= 86400
+    # what a program reads beside the message, in each format's own place for it
+    details = err.body["details"]  # type: ignore[index]
+    assert details["period"] == "daily" and details["unit"] == "usd"
+    assert details["limit"] == 0.001 and details["spent"] > details["limit"]
+    assert details["reserved"] == 0 and details["resets_at"].endswith("T00:00:00Z")
 
     client = anthropic.AsyncAnthropic(base_url=gw.base_url, api_key=secret, max_retries=0)
     with pytest.raises(anthropic.RateLimitError) as a_caught:
@@ -81,6 +86,7 @@ async def test_an_exhausted_budget_is_a_429_in_every_client_format(priced: Any) 
     assert a_caught.value.body["error"]["type"] == "rate_limit_error"  # type: ignore[index]
     assert "Budget exceeded" in a_caught.value.message
     assert a_caught.value.response.headers["Retry-After"]
+    assert a_caught.value.body["error"]["details"] == details  # type: ignore[index]
 
     google = genai.Client(api_key=secret, http_options={"base_url": gw.base_url,
                                                         "api_version": "v1beta"})
@@ -88,6 +94,10 @@ async def test_an_exhausted_budget_is_a_429_in_every_client_format(priced: Any) 
         await google.aio.models.generate_content(model=MODEL, contents="hi")
     assert g_caught.value.code == 429 and g_caught.value.status == "RESOURCE_EXHAUSTED"
     assert "Budget exceeded" in (g_caught.value.message or "")
+    info = g_caught.value.details["error"]["details"][0]
+    assert info["@type"] == "type.googleapis.com/google.rpc.ErrorInfo"
+    assert info["reason"] == "BUDGET_EXCEEDED" and info["domain"] == "omniroute"
+    assert info["metadata"] == {k: str(v) for k, v in details.items()}
 
     local = ollama.AsyncClient(host=gw.base_url, headers={"Authorization": f"Bearer {secret}"})
     with pytest.raises(ollama.ResponseError) as o_caught:

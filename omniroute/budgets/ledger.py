@@ -416,17 +416,26 @@ def exceeded(w: Window, now: float, unit: str, spent: float, reserved: float,
         return f"${value:.2f}" if unit == "USD" else f"{int(value)} tokens"
 
     what = "budget" if unit == "USD" else "token limit"
+    details = {"period": w.period, "unit": "usd" if unit == "USD" else "tokens",
+               "spent": _figure(spent, unit), "limit": _figure(limit, unit),
+               "reserved": _figure(reserved, unit), "resets_at": iso(w.end)}
     if spent >= limit:
         in_flight = (f" (with {amount(reserved)} reserved by requests in flight)"
                      if reserved else "")
         return BudgetExceeded(
             f"Budget exceeded: this API key's {w.period} {what} is used up: spent "
             f"{amount(spent)} of {amount(limit)}{in_flight}; it resets at {iso(w.end)}.",
-            retry_after=w.end - now)
+            retry_after=w.end - now, details=details)
     # spend alone under the limit: requests in flight hold the rest, and may free it soon
     return BudgetExceeded(
         f"Budget exceeded: this API key's {w.period} {what} cannot cover this request now: "
         f"spent {amount(spent)} of {amount(limit)}, with {amount(reserved)} reserved by "
         f"requests in flight, and this request may use up to {amount(estimate)}; retry when "
         f"they have finished (the window resets at {iso(w.end)}).",
-        retry_after=min(BUSY_RETRY_AFTER, w.end - now))
+        retry_after=min(BUSY_RETRY_AFTER, w.end - now),
+        details={**details, "estimate": _figure(estimate, unit)})
+
+
+def _figure(value: float, unit: str) -> float | int:
+    """A refusal's amount as its details give it: USD to the micro-dollar, whole tokens."""
+    return round(value, 6) if unit == "USD" else int(value)

@@ -211,6 +211,8 @@ def error_type(err: GatewayError) -> str:
 def error_object(err: GatewayError) -> dict[str, Any]:
     body: dict[str, Any] = {"type": "error",
                             "error": {"type": error_type(err), "message": err.message}}
+    if err.details is not None:
+        body["error"]["details"] = dict(err.details)
     request_id = err.headers.get("X-OmniRoute-Request-Id")
     if request_id:
         body["request_id"] = request_id

@@ -164,8 +164,14 @@ class GeminiFormat(Format):
         return {"totalTokens": tokens}
 
     def error_body(self, err: GatewayError) -> bytes:
-        return orjson.dumps({"error": {"code": err.status, "message": err.message,
-                                       "status": status_name(err.status)}})
+        error: dict[str, Any] = {"code": err.status, "message": err.message,
+                                 "status": status_name(err.status)}
+        if err.details is not None:  # google.rpc.ErrorInfo: string metadata
+            error["details"] = [{
+                "@type": "type.googleapis.com/google.rpc.ErrorInfo",
+                "reason": err.code.upper(), "domain": "omniroute",
+                "metadata": {k: str(v) for k, v in err.details.items() if v is not None}}]
+        return orjson.dumps({"error": error})
 
     def error_frame(self, err: GatewayError) -> bytes:
         return encode(self.error_body(err))

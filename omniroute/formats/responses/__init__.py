@@ -32,7 +32,7 @@ from typing import Any
 
 import orjson
 
-from omniroute.errors import GatewayError, InvalidRequest, UpstreamError
+from omniroute.errors import GatewayError, InvalidRequest, UpstreamError, openai_error_body
 from omniroute.formats import canonical as c
 from omniroute.formats import carry
 from omniroute.formats.base import ClientRequest, ClientRoute, Format
@@ -121,8 +121,7 @@ class ResponsesFormat(Format):
         return responses_stream.encode_stream(events, request)
 
     def error_body(self, err: GatewayError) -> bytes:
-        return orjson.dumps({"error": {"message": err.message, "type": err.type,
-                                       "param": err.param, "code": err.code}})
+        return openai_error_body(err)
 
     def error_frame(self, err: GatewayError) -> bytes:
         return encode({"type": "error", "code": err.code, "message": err.message,
