@@ -28,8 +28,9 @@ For every generation request (:class:`~omniroute.pipeline.chat.Chat`):
   the translated and canonical lanes (``ctx.tap``), the client-format body or
   frames on the pass-through lane (stored as they came, with their format's name,
   and decoded only when they are read: :func:`~omniroute.cache.entry.dump_body`).
-* ``finished`` queues the store when the request succeeded (a stream that ended
-  normally) and the answer is complete: never an error, a ``length`` stop, an
+* ``finished`` stores the answer when the request succeeded (a stream that ended
+  normally) and it is complete (an answer kept as it came goes into the backends that
+  take it at once; the others' decode is queued for the cache's writer): never an error, a ``length`` stop, an
   empty answer (a pass-through answer is checked when it is read: such an answer
   is never served).
 
