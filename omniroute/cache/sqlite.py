@@ -257,7 +257,7 @@ class SqliteCache(CacheBackend):
         async with self._connection().execute(
                 "SELECT rowid, key FROM cache_entries WHERE rowid >= ? ORDER BY rowid",
                 (last[0] if last is not None else 0,)) as cur:
-            rows = await cur.fetchall()
+            rows = list(await cur.fetchall())
         if last is not None and (not rows or tuple(rows[0]) != last):
             await self.reload()
             return
@@ -272,7 +272,7 @@ class SqliteCache(CacheBackend):
         stamp = _stamp(self.path)
         async with self._connection().execute(
                 "SELECT rowid, key FROM cache_entries ORDER BY rowid") as cur:
-            rows = await cur.fetchall()
+            rows = list(await cur.fetchall())
         keys = {hash(row[1]) for row in rows}
         keys.update(hash(k) for k in (*self._pending, *self._writing))  # queued meanwhile
         self._keys, self._stamp = keys, stamp

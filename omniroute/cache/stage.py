@@ -30,9 +30,9 @@ For every generation request (:class:`~omniroute.pipeline.chat.Chat`):
   and decoded only when they are read: :func:`~omniroute.cache.entry.dump_body`).
 * ``finished`` stores the answer when the request succeeded (a stream that ended
   normally) and it is complete (an answer kept as it came goes into the backends that
-  take it at once; the others' decode is queued for the cache's writer): never an error, a ``length`` stop, an
-  empty answer (a pass-through answer is checked when it is read: such an answer
-  is never served).
+  take it at once; the others' decode is queued for the cache's writer): never an
+  error, a ``length`` stop, an empty answer (a pass-through answer is checked when it
+  is read: such an answer is never served).
 
 A hit's record: ``cache_hit``, the stored answer's token counts, ``cost_usd`` 0 and
 ``list_cost_usd`` what the answer cost when it was made (what the hit saved; the
