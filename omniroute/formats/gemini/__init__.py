@@ -111,6 +111,9 @@ class GeminiFormat(Format):
         self.inspect(body, path_model=request.model, path_stream=request.stream)
         return gemini_request.decode_request(body, request.model, request.stream)
 
+    def text_request(self, body: dict[str, Any]) -> c.TextRequest | None:
+        return gemini_request.text_request(body)
+
     def encode_response(self, response: c.Response, request: c.Request) -> bytes:
         return orjson.dumps(self.response_body(response))
 

@@ -96,6 +96,9 @@ class ResponsesFormat(Format):
         _, stream = self.inspect(body)
         return responses_request.decode_request(body, request.model, stream)
 
+    def text_request(self, body: dict[str, Any]) -> c.TextRequest | None:
+        return responses_request.text_request(body)
+
     def response_object(
         self, response: c.Response, request: c.Request, *, status: str | None = None,
         output: list[dict[str, Any]] | None = None,
