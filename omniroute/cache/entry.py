@@ -119,15 +119,14 @@ def dump_body(answer: bytes, fmt: str, model: str, created: float, cost: float |
 
     :raises UnicodeDecodeError: ``stream``, and the frames are not UTF-8.
     """
-    head: dict[str, Any] = {"v": BODY_VERSION, "model": model, "created": created,
-                            "cost": cost}
-    if expires is not None:
-        head["expires"] = expires
-    head["format"] = fmt
-    if stream:
-        head["frames"] = answer.decode()
-    else:
-        head["body"] = orjson.Fragment(answer)
+    # (one dict literal: the same bytes as filling it key by key, at a fraction of the cost)
+    head: dict[str, Any] = (
+        {"v": BODY_VERSION, "model": model, "created": created, "cost": cost,
+         "expires": expires, "format": fmt, "frames": answer.decode()} if stream else
+        {"v": BODY_VERSION, "model": model, "created": created, "cost": cost,
+         "expires": expires, "format": fmt, "body": orjson.Fragment(answer)})
+    if expires is None:
+        del head["expires"]
     return orjson.dumps(head)
 
 

@@ -65,14 +65,19 @@ class MemoryCache(CacheBackend):
             return True  # larger than the whole cache: never stored
         items = self._items
         old = items.pop(key, None)
-        if old is not None:
-            self._bytes -= len(old.value)
+        total = self._bytes + size if old is None else self._bytes + size - len(old.value)
         items[key] = _Item(self._clock() + (ttl if ttl is not None else self.ttl), value)
-        self._bytes += size
+        self._bytes = total
+        if total > self.max_bytes or len(items) > self.max_entries:
+            self._evict()
+        return True
+
+    def _evict(self) -> None:
+        """Drop the least recently used entries until both bounds hold."""
+        items = self._items
         while len(items) > self.max_entries or self._bytes > self.max_bytes:
             self._drop(next(iter(items)))
             self.evictions += 1
-        return True
 
     async def delete(self, key: str) -> bool:
         if key not in self._items:

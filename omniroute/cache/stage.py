@@ -284,14 +284,16 @@ class CacheRun(StageRun):
         fmt = ctx.fmt
         created = self.stage.clock()
         expires = created + self.ttl
+        # what the answer cost (a subscription's list price: it is what a hit saves)
+        cost = record.list_cost_usd if record.list_cost_usd is not None else record.cost_usd
         if self.decoded is None and self.kept is None and cache.formats is not None \
                 and cache.formats.get(fmt.name) is fmt:
             # pass-through: stored as it came, decoded (and checked) when it is read
-            data = self._as_it_came(fmt.name, ctx.model, created, _cost(ctx), expires)
+            data = self._as_it_came(fmt.name, ctx.model, created, cost, expires)
             if data is not None:
                 cache.store(exact, data, self.ttl, self.key)
                 return
-        produce = self._producer(fmt, ctx.model, _cost(ctx), created, expires)
+        produce = self._producer(fmt, ctx.model, cost, created, expires)
         if produce is not None:
             cache.store(exact, produce, self.ttl, self.key)
 
@@ -414,12 +416,6 @@ def _canonical(ctx: RequestContext) -> c.Request | None:
         except GatewayError:
             return None
     return ctx.canonical
-
-
-def _cost(ctx: RequestContext) -> float | None:
-    """What the answer cost (a subscription's list price: it is what a hit saves)."""
-    record = ctx.record
-    return record.list_cost_usd if record.list_cost_usd is not None else record.cost_usd
 
 
 async def _iterate(items: list[_T]) -> AsyncIterator[_T]:

@@ -259,17 +259,17 @@ def _one_text(content: Any) -> str | None:
     return text if type(text) is str and text else None
 
 
-def text_request(raw: dict[str, Any]) -> c.TextRequest | None:
+def text_request(body: dict[str, Any]) -> c.TextRequest | None:
     """The :data:`~omniroute.formats.canonical.TextRequest` that :func:`decode_request`
-    would make of the client body ``raw`` (either spelling of its field names), when each
+    would make of the client body ``body`` (either spelling of its field names), when each
     content is a ``user`` or ``model`` turn of one non-empty text part, the system
     instruction a string or one text part, and the generation config only sampling
     settings; else None. Values are taken as sent, not checked."""
-    body = _camel_keys(raw, _TEXT_FIELDS)
-    if body is None:
+    fields = _camel_keys(body, _TEXT_FIELDS)
+    if fields is None:
         return None
     system: list[str] = []
-    instruction = body.get("systemInstruction")
+    instruction = fields.get("systemInstruction")
     if type(instruction) is str:
         if instruction:
             system.append(instruction)
@@ -278,7 +278,7 @@ def text_request(raw: dict[str, Any]) -> c.TextRequest | None:
         if text is None:
             return None
         system.append(text)
-    contents = body.get("contents")
+    contents = fields.get("contents")
     if not isinstance(contents, list) or not contents:
         return None
     turns: list[tuple[str, str]] = []
@@ -290,7 +290,7 @@ def text_request(raw: dict[str, Any]) -> c.TextRequest | None:
         if role != "user" and role != "model":
             return None
         turns.append(("assistant" if role == "model" else "user", text))
-    gen = body.get("generationConfig") or {}
+    gen = fields.get("generationConfig") or {}
     if not isinstance(gen, dict):
         return None
     gen = _camel_keys(gen, _TEXT_GENERATION)
