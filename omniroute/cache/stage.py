@@ -299,20 +299,17 @@ class CacheRun(StageRun):
 
     def _as_it_came(self, fmt: str, model: str, created: float, cost: float | None,
                     expires: float) -> bytes | None:
-        """The entry of a pass-through answer as it came; None: there is none, it is too
-        large that way (its canonical entry is smaller), or its frames are not text."""
+        """The entry of a pass-through answer as it came; None: there is none, or it is
+        too large that way (its canonical entry is smaller)."""
         body = self.body
-        try:
-            if body is not None:
-                data = entries.dump_body(body, fmt, model, created, cost, expires)
-            else:
-                frames = self.frames
-                if not frames:
-                    return None
-                data = entries.dump_body(b"".join(frames), fmt, model, created, cost, expires,
-                                         stream=True)
-        except UnicodeDecodeError:
-            return None  # (decoded by the producer, as any answer: kept if it reads)
+        if body is not None:
+            data = entries.dump_body(body, fmt, model, created, cost, expires)
+        else:
+            frames = self.frames
+            if not frames:
+                return None
+            data = entries.dump_body(b"".join(frames), fmt, model, created, cost, expires,
+                                     stream=True)
         return data if len(data) <= self.max_bytes else None
 
     #: a pass-through stream's frames (:class:`CacheStreamRun` keeps them)
