@@ -25,7 +25,9 @@ The ``norecords`` target is the gateway with the ``request_log`` setting off (no
 records): with ``omniroute`` beside it the table adds what records cost per request,
 in instructions (the target is 5 % at most). The ``full`` target is the gateway with
 1,000,000 records put in its request log before it starts (issue 8: the cost per request
-stays flat as the table grows).
+stays flat as the table grows). The ``cacheoff`` target is the gateway with ``cache_mode=off``
+(sent the very same requests): ``--targets omniroute,cacheoff --concerns cache`` gives what
+a cache miss costs over no cache, in one run (issue 9: 1.03× at most).
 
 Under callgrind a process runs some 50× slower, so whatever runs per second of
 wall time (the request log's flush every 0.5 s, the configuration poll, budget
@@ -289,6 +291,15 @@ def start_norecords(tmp: Path, upstream: str, env: dict[str, str], profile: bool
                          name="norecords")
 
 
+def start_cacheoff(tmp: Path, upstream: str, env: dict[str, str], profile: bool | str,
+                   settings: list[str], loop: str) -> Server:
+    """The gateway with the response cache off (``cache_mode=off``, pinned after the
+    others: it wins over the ``cache_mode=on`` of ``--concerns cache``), sent the same
+    requests: beside ``omniroute`` with ``--concerns cache`` it says what a miss adds."""
+    return start_gateway(tmp, upstream, env, profile, [*settings, "cache_mode=off"], loop,
+                         name="cacheoff")
+
+
 def start_full(tmp: Path, upstream: str, env: dict[str, str], profile: bool | str,
                settings: list[str], loop: str) -> Server:
     """The gateway with 1,000,000 records in its request log before it starts (the
@@ -298,7 +309,7 @@ def start_full(tmp: Path, upstream: str, env: dict[str, str], profile: bool | st
 
 
 STARTERS = {"forwarder": start_forwarder, "omniroute": start_gateway,
-            "norecords": start_norecords, "full": start_full}
+            "norecords": start_norecords, "full": start_full, "cacheoff": start_cacheoff}
 
 
 def concerns(server: Server, args: argparse.Namespace) -> dict[str, Any]:
@@ -320,7 +331,9 @@ def concerns(server: Server, args: argparse.Namespace) -> dict[str, Any]:
 
 # ------------------------------------------------------------------ measuring
 
-#: the requests' numbers across every cell of a run (``--concerns``: each request a new one)
+#: the requests' numbers across every cell of a target (``--concerns``: each request a new
+#: one); every target counts from 0, so each is sent the very same bodies (each has a cache
+#: of its own: never a hit)
 NUMBERS = itertools.count()
 
 
@@ -357,6 +370,8 @@ async def send(url: str, body: dict[str, Any], tail: bytes | None, count: int, c
 
 def measure(server: Server, args: argparse.Namespace, keep: Path | None) -> dict[str, float]:
     """Per lane and concurrency: warm up, count ``--requests`` requests, report per request."""
+    global NUMBERS
+    NUMBERS = itertools.count()
     out: dict[str, float] = {}
     extra = concerns(server, args)
     assert server.proc is not None
@@ -447,9 +462,10 @@ def main() -> int:
     p.add_argument("--concurrency", default="1,16", help="levels (1,16)")
     p.add_argument("--lanes", default="json,instant", help="json,instant")
     p.add_argument("--targets", default="forwarder,omniroute",
-                   help="of forwarder,omniroute,norecords,full,redis (forwarder,omniroute; "
-                        "norecords: the gateway with request_log off; full: with 1,000,000 "
-                        "records in its log; redis: the gateway "
+                   help="of forwarder,omniroute,norecords,full,cacheoff,redis "
+                        "(forwarder,omniroute; norecords: the gateway with request_log off; "
+                        "full: with 1,000,000 records in its log; cacheoff: with "
+                        "cache_mode=off, whatever --concerns says; redis: the gateway "
                         "with state_url, on a redis-server of its own)")
     p.add_argument("--concerns", default="",
                    help="the gateways' shared concerns, comma-separated: lim (the "
@@ -544,6 +560,9 @@ def main() -> int:
         ratios.append(("1M rows/empty", "full", "omniroute"))
     if {"omniroute", "redis"} <= results.keys():
         ratios.append(("redis/in-process", "redis", "omniroute"))
+    if {"omniroute", "cacheoff"} <= results.keys():
+        ratios.append(("cache on/off" if "cache" in args.concerns else "omniroute/cacheoff",
+                       "omniroute", "cacheoff"))
     print("| cell | " + " | ".join(f"{n} {unit}" for n in results)
           + "".join(f" | {label}" for label, _, _ in ratios) + " |")
     print("|---|" + "---:|" * (len(results) + len(ratios)))

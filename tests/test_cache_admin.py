@@ -116,8 +116,11 @@ async def test_a_flush_cancelled_mid_write_keeps_its_entries(tmp_path: Path) -> 
 async def test_waiting_for_queued_stores_is_bounded() -> None:
     from omniroute.cache.service import ResponseCache
 
+    async def produce() -> bytes:  # (an entry's bytes go into memory at once: not queued)
+        return b"{}"
+
     cache = ResponseCache([MemoryCache({})])  # never started: no writer takes the store
-    cache.store("k" * 64, b"{}", 60)
+    cache.store("k" * 64, produce, 60)
     with pytest.raises(TimeoutError):
         await cache.settled(timeout=0.05)
 

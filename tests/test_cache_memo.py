@@ -276,9 +276,17 @@ def test_answers_kept_as_they_came_are_decoded_and_checked_when_read() -> None:
         for choice in ({"delta": {"role": "assistant", "content": "Hel"}},
                        {"delta": {"content": "lo."}},
                        {"delta": {}, "finish_reason": "stop"})) + b"data: [DONE]\n\n"
-    streamed = entries.load(entries.dump_body(frames, "openai", "m", 1.0, None, stream=True),
-                            formats)
+    data = entries.dump_body(frames, "openai", "m", 1.0, None, stream=True)
+    assert data.endswith(b"\n" + frames)  # the frames as they came, after the head line
+    streamed = entries.load(data, formats)
     assert streamed is not None and streamed.response.parts == [c.Text("Hello.")]
+    assert entries.header(data, formats)["version"] == entries.FRAMES_VERSION
+    older = orjson.dumps({"v": 2, "model": "m", "created": 1.0, "cost": None,
+                          "format": "openai", "frames": frames.decode()})  # before version 3
+    kept = entries.load(older, formats)
+    assert kept is not None and kept.response.parts == [c.Text("Hello.")]
+    for broken in (data[:data.index(b"\n")], b"#" + data[1:].replace(b'"v":3', b'"v":2', 1)):
+        assert entries.load(broken, formats) is None  # no end to its head; a version mixed up
     unfinished = frames.rsplit(b"data: {", 1)[0]  # no finish reason: truncated
     assert entries.load(entries.dump_body(unfinished, "openai", "m", 1.0, None, stream=True),
                         formats) is None

@@ -50,6 +50,13 @@ class CacheBackend:
         """Store ``value``; ``ttl`` in seconds (None: the backend's default)."""
         raise NotImplementedError
 
+    def put(self, key: str, value: bytes, ttl: float | None = None) -> bool:
+        """:meth:`set` at once, without waiting, when this backend can (it keeps its entries
+        in the process, or queues its writes itself): the response cache then stores a
+        miss's answer on the request's path, without a trip through its background
+        writer. False (the default): it cannot, and the writer awaits :meth:`set`."""
+        return False
+
     async def delete(self, key: str) -> bool:
         raise NotImplementedError
 

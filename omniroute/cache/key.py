@@ -106,15 +106,18 @@ def text_key(text: c.TextRequest, tenant: str, model: str) -> str:
     order) written out as dicts in that order, so not sorted (no dict here has keys to sort).
     """
     system, turns, settings = text
-    question = [
-        model, [{"text": t, "cache_control": None, "meta": {}} for t in system], [], None,
-        *settings, None, None, {},
-        [{"role": role, "parts": [{"text": t, "cache_control": None, "meta": {}}] if t else [],
-          "name": None, "meta": {}} for role, t in turns]]
+    # (loops, not comprehensions: a comprehension is a function called, a frame more)
+    texts: list[dict[str, Any]] = []
+    for t in system:
+        texts.append({"text": t, "cache_control": None, "meta": {}})
+    messages: list[dict[str, Any]] = []
+    for role, t in turns:
+        messages.append({"role": role, "parts": [{"text": t, "cache_control": None, "meta": {}}]
+                         if t else [], "name": None, "meta": {}})
     digest = _SHA256.copy()
     digest.update(tenant.encode())
     digest.update(b"\0")
-    digest.update(orjson.dumps(question))
+    digest.update(orjson.dumps([model, texts, [], None, *settings, None, None, {}, messages]))
     return digest.hexdigest()
 
 

@@ -57,15 +57,26 @@ class MemoryCache(CacheBackend):
         return item.value
 
     async def set(self, key: str, value: bytes, ttl: float | None = None) -> None:
-        if len(value) > self.max_bytes:
-            return  # larger than the whole cache: never stored
-        if key in self._items:
-            self._drop(key)
-        self._items[key] = _Item(self._clock() + (ttl if ttl is not None else self.ttl), value)
-        self._bytes += len(value)
-        while len(self._items) > self.max_entries or self._bytes > self.max_bytes:
-            oldest = next(iter(self._items))
-            self._drop(oldest)
+        self.put(key, value, ttl)
+
+    def put(self, key: str, value: bytes, ttl: float | None = None) -> bool:
+        size = len(value)
+        if size > self.max_bytes:
+            return True  # larger than the whole cache: never stored
+        items = self._items
+        old = items.pop(key, None)
+        total = self._bytes + size if old is None else self._bytes + size - len(old.value)
+        items[key] = _Item(self._clock() + (ttl if ttl is not None else self.ttl), value)
+        self._bytes = total
+        if total > self.max_bytes or len(items) > self.max_entries:
+            self._evict()
+        return True
+
+    def _evict(self) -> None:
+        """Drop the least recently used entries until both bounds hold."""
+        items = self._items
+        while len(items) > self.max_entries or self._bytes > self.max_bytes:
+            self._drop(next(iter(items)))
             self.evictions += 1
 
     async def delete(self, key: str) -> bool:

@@ -7,10 +7,15 @@ One :class:`ResponseCache` per gateway (app key ``CACHE``)::
     await cache.start()
     found = await cache.lookup(exact)        # backends in order
     found = await cache.lookup(key.exact, key=key)  # then each layer too (a CacheKey)
-    cache.store(exact, entry, ttl)           # queued: the entry's bytes, or a Producer
+    cache.store(exact, entry, ttl)           # the entry's bytes, or a Producer
     await cache.close()                      # writes what is queued, closes backends
 
-The writer takes every store queued when it wakes, so a burst of misses wakes it once.
+An entry's bytes go at once into the backends that take them without waiting
+(:meth:`CacheBackend.put`: ``memory``, and ``sqlite``, whose own writer then writes
+its queue in batches); what is left (a :data:`Producer`, which decodes the answer, the
+backends that must be awaited, the layers) is queued for the cache's background
+writer. The writer takes every store queued when it wakes, so a burst of misses wakes
+it once.
 
 A hit in a backend behind the first is copied into the ones in front (a sqlite
 hit is promoted to memory). A backend or layer that fails counts as a miss and
@@ -88,7 +93,8 @@ class ResponseCache:
         # the stores waiting for the writer, and what wakes it when it sleeps on an empty
         # queue: a deque and one future, not an asyncio.Queue (whose put and get cost a
         # miss about ten Python calls more); ``_writing`` while it works on one
-        self._queue: deque[tuple[str, bytes | Producer, float, CacheKey | None]] = deque()
+        self._queue: deque[tuple[str, bytes | Producer, float, CacheKey | None,
+                                 Sequence[CacheBackend]]] = deque()
         self._wake: asyncio.Future[None] | None = None
         self._writing = False
         self._writer: asyncio.Task[None] | None = None
@@ -188,23 +194,51 @@ class ResponseCache:
 
     def layered(self) -> bool:
         """Whether a key needs what the layers read: one of them is active now."""
-        return any(layer.active() for layer in self.layers) if self.layers else False
+        for layer in self.layers:  # noqa: SIM110 (``any`` over a generator: a frame more)
+            if layer.active():
+                return True
+        return False
 
     def store(self, exact: str, entry: bytes | Producer, ttl: float,
               key: CacheKey | None = None) -> None:
-        """Queue a store of the entry's bytes, or of what ``entry`` (a :data:`Producer`)
-        makes later, in every backend and (with a ``key`` made while a layer was active)
-        every layer."""
+        """Store the entry's bytes, or what ``entry`` (a :data:`Producer`) makes later, in
+        every backend and (with a ``key`` made while a layer was active) every layer.
+
+        Bytes go at once into every backend that takes them without waiting
+        (:meth:`CacheBackend.put`); the rest is queued for the writer."""
+        if key is not None and not key.scope:
+            key = None  # made while no layer was active: none is fed
+        if isinstance(entry, bytes):
+            later = self._put(exact, entry, ttl)
+            if not later and key is None:
+                self.stored += 1
+                return
+        else:
+            later = self.backends
         queue = self._queue
         if len(queue) >= QUEUE_SIZE:
             self.dropped += 1
             return
-        queue.append((exact, entry, ttl, key))
+        queue.append((exact, entry, ttl, key, later))
         wake = self._wake
         if wake is not None:  # the writer sleeps on an empty queue
             self._wake = None
             if not wake.done():  # (cancelled: the writer was stopped)
                 wake.set_result(None)
+
+    def _put(self, exact: str, data: bytes, ttl: float) -> Sequence[CacheBackend]:
+        """Put ``data`` into the backends that take it at once; return the others."""
+        later: tuple[CacheBackend, ...] = ()
+        for backend in self.backends:
+            try:
+                if backend.put(exact, data, ttl):
+                    continue
+            except Exception:
+                self.store_failures += 1
+                log.exception("cache backend %s failed to store", backend.name)
+                continue
+            later = (*later, backend)
+        return later
 
     async def settled(self, timeout: float = 30.0) -> None:
         """Wait until every queued store is done (tests, tools); bounded like every wait.
@@ -226,25 +260,26 @@ class ResponseCache:
             self._writing = True
             try:
                 while queue:  # every store queued by now, then sleep again
-                    exact, entry, ttl, key = queue.popleft()
+                    exact, entry, ttl, key, backends = queue.popleft()
                     try:
                         data = entry if isinstance(entry, bytes) else await entry()
                         if data is not None:
-                            await self._keep(exact, data, ttl, key)
+                            await self._keep(exact, data, ttl, key, backends)
                     except Exception:
                         self.store_failures += 1
                         log.exception("storing a cache entry failed")
             finally:
                 self._writing = False
 
-    async def _keep(self, exact: str, data: bytes, ttl: float, key: CacheKey | None) -> None:
-        for backend in self.backends:
+    async def _keep(self, exact: str, data: bytes, ttl: float, key: CacheKey | None,
+                    backends: Sequence[CacheBackend]) -> None:
+        for backend in backends:
             try:
                 await backend.set(exact, data, ttl)
             except Exception:
                 self.store_failures += 1
                 log.exception("cache backend %s failed to store", backend.name)
-        if key is not None and key.scope:
+        if key is not None:
             for layer in self.layers:
                 try:
                     await layer.store(key, data, ttl)

@@ -9,6 +9,17 @@ Writes never block a request: :meth:`SqliteCache.set` only queues the entry (a
 ``get`` sees it at once), and a background task writes what is queued in one
 transaction every ``flush_every`` seconds, with the hit counts. The same task
 prunes expired entries and, past ``max_entries``, the least recently used.
+
+A miss does not ask SQLite either (a trip to aiosqlite's thread): the backend keeps
+the hashes of the keys in the file (``hash(key)``), read in full at start, and a
+lookup of a key not among them is a miss at once. The writer follows the file: on
+each round where the file or its WAL changed (``os.stat``), it reads the rows added
+since the highest rowid it read (INSERT OR REPLACE gives a replaced key a new rowid),
+so what other workers write (``--workers`` share the file) is seen within a round or
+two. When that row is gone or holds another key (a clear, a prune or a delete took it,
+and its rowid may be given again), and after every prune round, it reads them all
+again. A key deleted elsewhere stays among the hashes until then: asking SQLite for
+it is a miss, so the set can only cost a query, never serve what is not in the file.
 """
 
 from __future__ import annotations
@@ -16,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -82,6 +94,13 @@ class SqliteCache(CacheBackend):
         self._used: dict[str, tuple[int, float]] = {}
         #: the batch being written now (still read from here until it is committed)
         self._writing: dict[str, tuple[bytes, float, float]] = {}
+        #: ``hash(key)`` of every key in the file and queued for it (a superset: deletes by
+        #: other processes show only at the next full read); a key not in it is a miss
+        self._keys: set[int] = set()
+        #: the highest rowid read and its key (None: nothing read yet, or after a clear)
+        self._last: tuple[int, str] | None = None
+        #: the file's and its WAL's (mtime, size, inode) when the keys were last read
+        self._stamp: tuple[int, ...] = ()
         self._wake = asyncio.Event()
         self._writer: asyncio.Task[None] | None = None
         self._closing = False
@@ -107,6 +126,7 @@ class SqliteCache(CacheBackend):
             await conn.close()
             raise
         self._conn = conn
+        await self.reload()
         self._writer = asyncio.create_task(self._write_loop(), name="omniroute-cache-sqlite")
 
     async def get(self, key: str) -> bytes | None:
@@ -115,6 +135,9 @@ class SqliteCache(CacheBackend):
         if queued is not None and queued[1] > now:
             self._hit(key, now)
             return queued[0]
+        if hash(key) not in self._keys:  # not in the file (as far as last read): no query
+            self.misses += 1
+            return None
         conn = self._connection()
         async with conn.execute("SELECT value, expires_at FROM cache_entries WHERE key = ?",
                                 (key,)) as cur:
@@ -126,13 +149,19 @@ class SqliteCache(CacheBackend):
         return bytes(row[0])
 
     async def set(self, key: str, value: bytes, ttl: float | None = None) -> None:
+        self.put(key, value, ttl)
+
+    def put(self, key: str, value: bytes, ttl: float | None = None) -> bool:
+        """Queue the write (its own writer makes it, batched): never waits."""
         if len(self._pending) >= _MAX_PENDING and key not in self._pending:
             self.dropped += 1
-            return
+            return True
         now = self._clock()
         self._pending[key] = (value, now + (ttl if ttl is not None else self.ttl), now)
+        self._keys.add(hash(key))
         if len(self._pending) >= _WAKE_AT:
             self._wake.set()
+        return True
 
     async def delete(self, key: str) -> bool:
         queued = self._pending.pop(key, None) is not None
@@ -145,6 +174,9 @@ class SqliteCache(CacheBackend):
         self._pending.clear()
         self._used.clear()
         await self._connection().execute("DELETE FROM cache_entries")
+        # (what was queued meanwhile is put back: the next round reads the file in full)
+        self._keys = {hash(k) for k in (*self._pending, *self._writing)}
+        self._last, self._stamp = None, ()
 
     async def stats(self) -> dict[str, Any]:
         conn = self._connection()
@@ -214,6 +246,38 @@ class SqliteCache(CacheBackend):
             later, last = self._used.get(key, (0, at))
             self._used[key] = (count + later, max(at, last))
 
+    async def follow(self) -> None:
+        """Add the keys written to the file since it was last read (by this process or
+        another), when the file or its WAL changed; read them all again when the highest
+        row read is gone or holds another key (its rowid may have been given again)."""
+        stamp = _stamp(self.path)
+        if stamp == self._stamp:
+            return
+        last = self._last
+        async with self._connection().execute(
+                "SELECT rowid, key FROM cache_entries WHERE rowid >= ? ORDER BY rowid",
+                (last[0] if last is not None else 0,)) as cur:
+            rows = list(await cur.fetchall())
+        if last is not None and (not rows or tuple(rows[0]) != last):
+            await self.reload()
+            return
+        self._stamp = stamp  # (read before the query: a write after it is read next round)
+        if rows:
+            self._keys.update(hash(row[1]) for row in rows)
+            self._last = (rows[-1][0], rows[-1][1])
+
+    async def reload(self) -> None:
+        """Read every key in the file again (at start, after a clear or a prune, or when
+        the rows read last are gone): the keys deleted meanwhile are forgotten."""
+        stamp = _stamp(self.path)
+        async with self._connection().execute(
+                "SELECT rowid, key FROM cache_entries ORDER BY rowid") as cur:
+            rows = list(await cur.fetchall())
+        keys = {hash(row[1]) for row in rows}
+        keys.update(hash(k) for k in (*self._pending, *self._writing))  # queued meanwhile
+        self._keys, self._stamp = keys, stamp
+        self._last = (rows[-1][0], rows[-1][1]) if rows else None
+
     async def prune(self) -> int:
         """Delete expired entries, then the least recently used past ``max_entries``."""
         conn = self._connection()
@@ -255,12 +319,15 @@ class SqliteCache(CacheBackend):
             await self.flush()
             if self._closing:
                 return
-            if self._clock() - pruned >= self.prune_every:
-                pruned = self._clock()
-                try:
+            try:
+                if self._clock() - pruned >= self.prune_every:
+                    pruned = self._clock()
                     await self.prune()
-                except Exception:  # tried again at the next round
-                    log.exception("pruning the cache in %s failed", self.path)
+                    await self.reload()  # (forgets what this and other processes deleted)
+                else:
+                    await self.follow()
+            except Exception:  # tried again at the next round
+                log.exception("pruning or reading the cache in %s failed", self.path)
 
     def _hit(self, key: str, now: float) -> None:
         self.hits += 1
@@ -271,6 +338,20 @@ class SqliteCache(CacheBackend):
         if self._conn is None:
             raise RuntimeError("the sqlite cache is not started (or already closed)")
         return self._conn
+
+
+def _stamp(path: Path) -> tuple[int, ...]:
+    """What changes when any process writes the file: its and its WAL's mtime, size and
+    inode (0s for one that is not there)."""
+    out: list[int] = []
+    for name in (path, path.with_name(path.name + "-wal")):
+        try:
+            st = os.stat(name)
+        except OSError:
+            out += (0, 0, 0)
+        else:
+            out += (st.st_mtime_ns, st.st_size, st.st_ino)
+    return tuple(out)
 
 
 def _file_size(path: Path) -> int:

@@ -28,10 +28,11 @@ For every generation request (:class:`~omniroute.pipeline.chat.Chat`):
   the translated and canonical lanes (``ctx.tap``), the client-format body or
   frames on the pass-through lane (stored as they came, with their format's name,
   and decoded only when they are read: :func:`~omniroute.cache.entry.dump_body`).
-* ``finished`` queues the store when the request succeeded (a stream that ended
-  normally) and the answer is complete: never an error, a ``length`` stop, an
-  empty answer (a pass-through answer is checked when it is read: such an answer
-  is never served).
+* ``finished`` stores the answer when the request succeeded (a stream that ended
+  normally) and it is complete (an answer kept as it came goes into the backends that
+  take it at once; the others' decode is queued for the cache's writer): never an
+  error, a ``length`` stop, an empty answer (a pass-through answer is checked when it
+  is read: such an answer is never served).
 
 A hit's record: ``cache_hit``, the stored answer's token counts, ``cost_usd`` 0 and
 ``list_cost_usd`` what the answer cost when it was made (what the hit saved; the
@@ -283,33 +284,32 @@ class CacheRun(StageRun):
         fmt = ctx.fmt
         created = self.stage.clock()
         expires = created + self.ttl
+        # what the answer cost (a subscription's list price: it is what a hit saves)
+        cost = record.list_cost_usd if record.list_cost_usd is not None else record.cost_usd
         if self.decoded is None and self.kept is None and cache.formats is not None \
                 and cache.formats.get(fmt.name) is fmt:
             # pass-through: stored as it came, decoded (and checked) when it is read
-            data = self._as_it_came(fmt.name, ctx.model, created, _cost(ctx), expires)
+            data = self._as_it_came(fmt.name, ctx.model, created, cost, expires)
             if data is not None:
                 cache.store(exact, data, self.ttl, self.key)
                 return
-        produce = self._producer(fmt, ctx.model, _cost(ctx), created, expires)
+        produce = self._producer(fmt, ctx.model, cost, created, expires)
         if produce is not None:
             cache.store(exact, produce, self.ttl, self.key)
 
     def _as_it_came(self, fmt: str, model: str, created: float, cost: float | None,
                     expires: float) -> bytes | None:
-        """The entry of a pass-through answer as it came; None: there is none, it is too
-        large that way (its canonical entry is smaller), or its frames are not text."""
+        """The entry of a pass-through answer as it came; None: there is none, or it is
+        too large that way (its canonical entry is smaller)."""
         body = self.body
-        try:
-            if body is not None:
-                data = entries.dump_body(body, fmt, model, created, cost, expires)
-            else:
-                frames = self.frames
-                if not frames:
-                    return None
-                data = entries.dump_body(b"".join(frames), fmt, model, created, cost, expires,
-                                         stream=True)
-        except UnicodeDecodeError:
-            return None  # (decoded by the producer, as any answer: kept if it reads)
+        if body is not None:
+            data = entries.dump_body(body, fmt, model, created, cost, expires)
+        else:
+            frames = self.frames
+            if not frames:
+                return None
+            data = entries.dump_body(b"".join(frames), fmt, model, created, cost, expires,
+                                     stream=True)
         return data if len(data) <= self.max_bytes else None
 
     #: a pass-through stream's frames (:class:`CacheStreamRun` keeps them)
@@ -413,12 +413,6 @@ def _canonical(ctx: RequestContext) -> c.Request | None:
         except GatewayError:
             return None
     return ctx.canonical
-
-
-def _cost(ctx: RequestContext) -> float | None:
-    """What the answer cost (a subscription's list price: it is what a hit saves)."""
-    record = ctx.record
-    return record.list_cost_usd if record.list_cost_usd is not None else record.cost_usd
 
 
 async def _iterate(items: list[_T]) -> AsyncIterator[_T]:

@@ -128,6 +128,61 @@ def decode_request(body: dict[str, Any]) -> c.Request:
     return request
 
 
+#: the fields of a body that :func:`text_request` reads (any other: the body is decoded)
+_TEXT_FIELDS = frozenset({
+    "model", "messages", "system", "max_tokens", "stream", "temperature", "top_p", "top_k",
+    "stop_sequences", "metadata",
+})
+_TEXT_ROLES = frozenset({"user", "assistant", "system"})
+
+
+def text_request(body: dict[str, Any]) -> c.TextRequest | None:
+    """The :data:`~omniroute.formats.canonical.TextRequest` that :func:`decode_request`
+    would make of ``body``, when its system is a string (or plain text blocks), its
+    messages have only a ``role`` and a string ``content``, and it has none of the fields
+    that make it more (tools, thinking, output format, extras); else None.
+
+    Values are taken as sent, not checked (as the OpenAI text form does): a body the
+    decode refuses for a value gets a text form all the same, keyed apart from any valid
+    one. A ``system`` message inside ``messages`` stays a turn, as the decode keeps it.
+    """
+    if not body.keys() <= _TEXT_FIELDS:
+        return None
+    raw = body.get("system")
+    system: list[str] = []
+    if isinstance(raw, str):
+        if raw:
+            system.append(raw)
+    elif isinstance(raw, list):
+        for block in raw:  # (an empty text block stays one: the decode keeps it)
+            if not isinstance(block, dict) or len(block) != 2 or block.get("type") != "text":
+                return None
+            text = block.get("text")
+            if type(text) is not str:
+                return None
+            system.append(text)
+    elif raw is not None:
+        return None
+    messages = body.get("messages")
+    if not isinstance(messages, list):
+        return None
+    turns: list[tuple[str, str]] = []
+    for m in messages:
+        if not isinstance(m, dict) or len(m) != 2:
+            return None
+        content, role = m.get("content"), m.get("role")
+        if type(content) is not str or role not in _TEXT_ROLES:
+            return None
+        turns.append((role, content))
+    stop = body.get("stop_sequences")
+    if stop is not None and not isinstance(stop, list):
+        return None
+    get = body.get
+    return system, turns, (
+        None, get("max_tokens"), get("temperature"), get("top_p"), get("top_k"),
+        [] if stop is None else list(stop), None, None, None)
+
+
 def _number(body: Mapping[str, Any], key: str, integer: bool = False) -> Any:
     value = body.get(key)
     if value is None:

@@ -225,6 +225,85 @@ def _thinking_config(cfg: c.ReasoningConfig, model: str) -> dict[str, Any]:
     return out
 
 
+#: the fields of a body (in camelCase) that :func:`text_request` reads, and those of its
+#: ``generationConfig`` (any other: the body is decoded)
+_TEXT_FIELDS = frozenset({"contents", "systemInstruction", "generationConfig"})
+_TEXT_GENERATION = frozenset({"temperature", "topP", "topK", "maxOutputTokens", "seed",
+                              "presencePenalty", "frequencyPenalty", "stopSequences"})
+
+
+def _camel_keys(value: dict[str, Any], allowed: frozenset[str]) -> dict[str, Any] | None:
+    """``value`` with its keys in camelCase (not its values), when they are all
+    ``allowed`` and no two spell the same name; else None."""
+    out: dict[str, Any] = {}
+    for key, item in value.items():
+        name = camel_case(key) if "_" in key else key
+        if name not in allowed or name in out:
+            return None
+        out[name] = item
+    return out
+
+
+def _one_text(content: Any) -> str | None:
+    """The text of a content (or a system instruction) that is one non-empty text part
+    (and, for a content, a role); else None."""
+    if not isinstance(content, dict) or not content.keys() <= {"role", "parts"}:
+        return None
+    parts = content.get("parts")
+    if not isinstance(parts, list) or len(parts) != 1:
+        return None
+    part = parts[0]
+    if not isinstance(part, dict) or len(part) != 1:
+        return None
+    text = part.get("text")
+    return text if type(text) is str and text else None
+
+
+def text_request(body: dict[str, Any]) -> c.TextRequest | None:
+    """The :data:`~omniroute.formats.canonical.TextRequest` that :func:`decode_request`
+    would make of the client body ``body`` (either spelling of its field names), when each
+    content is a ``user`` or ``model`` turn of one non-empty text part, the system
+    instruction a string or one text part, and the generation config only sampling
+    settings; else None. Values are taken as sent, not checked."""
+    fields = _camel_keys(body, _TEXT_FIELDS)
+    if fields is None:
+        return None
+    system: list[str] = []
+    instruction = fields.get("systemInstruction")
+    if type(instruction) is str:
+        if instruction:
+            system.append(instruction)
+    elif instruction:  # (an empty one is none: the decode reads ``or``)
+        text = _one_text(instruction)
+        if text is None:
+            return None
+        system.append(text)
+    contents = fields.get("contents")
+    if not isinstance(contents, list) or not contents:
+        return None
+    turns: list[tuple[str, str]] = []
+    for content in contents:
+        text = _one_text(content)
+        if text is None:
+            return None
+        role = content.get("role", "user")
+        if role != "user" and role != "model":
+            return None
+        turns.append(("assistant" if role == "model" else "user", text))
+    gen = fields.get("generationConfig") or {}
+    if not isinstance(gen, dict):
+        return None
+    gen = _camel_keys(gen, _TEXT_GENERATION)
+    if gen is None:
+        return None
+    stops = gen.get("stopSequences")
+    get = gen.get
+    return system, turns, (
+        None, get("maxOutputTokens"), get("temperature"), get("topP"), _whole(get("topK")),
+        list(stops) if isinstance(stops, list) else [], get("seed"), get("presencePenalty"),
+        get("frequencyPenalty"))
+
+
 def decode_request(body: dict[str, Any], model: str, stream: bool) -> c.Request:
     """A client body (field names already in camelCase, checked) as a canonical request."""
     meta: dict[str, Any] = {k: body[k] for k in _BODY_KEYS if k in body}

@@ -119,6 +119,11 @@ _TEXT_FIELDS = frozenset({
 })
 
 
+#: the fields :func:`text_request` reads for the settings, in the order it reads them
+_TEXT_SETTINGS = ("parallel_tool_calls", "max_completion_tokens", "max_tokens", "temperature",
+                  "top_p", "top_k", "stop", "seed", "presence_penalty", "frequency_penalty")
+
+
 def text_request(body: dict[str, Any]) -> c.TextRequest | None:
     """The :data:`~omniroute.formats.canonical.TextRequest` that :func:`decode_request`
     would make of ``body`` (a checked head), when it has only text messages (``role`` and
@@ -150,13 +155,12 @@ def text_request(body: dict[str, Any]) -> c.TextRequest | None:
                 system.append(content)
         else:  # (a later developer message keeps its role in its meta)
             return None
-    get = body.get
-    stop = get("stop")
+    (parallel, max_completion, max_tokens, temperature, top_p, top_k, stop, seed, presence,
+     frequency) = map(body.get, _TEXT_SETTINGS)  # (one call for the ten lookups)
     return system, turns, (
-        get("parallel_tool_calls"), get("max_completion_tokens") or get("max_tokens"),
-        get("temperature"), get("top_p"), get("top_k"),
+        parallel, max_completion or max_tokens, temperature, top_p, top_k,
         [] if stop is None else [stop] if isinstance(stop, str) else stop,
-        get("seed"), get("presence_penalty"), get("frequency_penalty"))
+        seed, presence, frequency)
 
 
 def _is(value: Any, kind: type) -> bool:

@@ -96,6 +96,9 @@ class ResponsesFormat(Format):
         _, stream = self.inspect(body)
         return responses_request.decode_request(body, request.model, stream)
 
+    #: (the module's function itself: no method call in between, on every cacheable request)
+    text_request = staticmethod(responses_request.text_request)
+
     def response_object(
         self, response: c.Response, request: c.Request, *, status: str | None = None,
         output: list[dict[str, Any]] | None = None,

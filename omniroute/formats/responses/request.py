@@ -101,6 +101,52 @@ def instructions_of(request: c.Request) -> str | None:
     return "\n\n".join(texts) if texts else None
 
 
+#: the fields of a body that :func:`text_request` reads (any other: the body is decoded);
+#: of those carried to an upstream, only the ones the cache key leaves out
+_TEXT_FIELDS = frozenset({
+    "model", "input", "instructions", "max_output_tokens", "temperature", "top_p",
+    "parallel_tool_calls", "stream", "user", "metadata", "store", "prompt_cache_key",
+    "prompt_cache_retention", "service_tier", "safety_identifier",
+})
+_TEXT_ROLES = frozenset({"user", "assistant"})
+
+
+def text_request(body: dict[str, Any]) -> c.TextRequest | None:
+    """The :data:`~omniroute.formats.canonical.TextRequest` that :func:`decode_request`
+    would make of ``body`` (checked by ``inspect``), when its ``instructions`` are a
+    string and its ``input`` a non-empty string or user and assistant messages with a
+    non-empty string ``content`` (no id, no phase; no two assistant messages in a row,
+    which the decode joins), and it has none of the fields that make it more; else None.
+    Values are taken as sent, not checked."""
+    if not body.keys() <= _TEXT_FIELDS:
+        return None
+    instructions = body.get("instructions")
+    if instructions is not None and type(instructions) is not str:
+        return None
+    turns: list[tuple[str, str]] = []
+    raw = body.get("input")
+    if type(raw) is str:
+        if not raw:  # (decoded as one empty text part, which a turn of text has not)
+            return None
+        turns.append(("user", raw))
+    elif isinstance(raw, list):
+        for item in raw:
+            if not isinstance(item, dict) or not item.keys() <= {"type", "role", "content"}:
+                return None
+            content, role = item.get("content"), item.get("role")
+            if (type(content) is not str or not content or role not in _TEXT_ROLES
+                    or item.get("type", "message") != "message"
+                    or (role == "assistant" and turns and turns[-1][0] == "assistant")):
+                return None
+            turns.append((role, content))
+    elif raw is not None:
+        return None
+    get = body.get
+    return [instructions] if instructions else [], turns, (
+        get("parallel_tool_calls"), get("max_output_tokens"), get("temperature"),
+        get("top_p"), None, [], None, None, None)
+
+
 def decode_request(body: dict[str, Any], model: str, stream: bool) -> c.Request:
     """A client body (already checked) as a canonical request."""
     decoder = InputDecoder()
