@@ -62,6 +62,12 @@ log = logging.getLogger(__name__)
 SESSION_FIELD = "x_session_id"
 #: the headers that may name it (``istr``: looked up without case-folding the name)
 _SESSION_ID, _OMNIROUTE_SESSION = istr("X-Session-Id"), istr("X-OmniRoute-Session")
+#: the answer's ``X-OmniRoute-*`` headers (``istr`` names: aiohttp's ``CIMultiDict`` takes
+#: an istr name as it is, and case-folds a plain str one on every answer)
+REQUEST_ID_HEADER = istr("X-OmniRoute-Request-Id")
+_PROVIDER, _MODEL = istr("X-OmniRoute-Provider"), istr("X-OmniRoute-Model")
+_FALLBACK_ATTEMPTS = istr("X-OmniRoute-Fallback-Attempts")
+_SESSION_ID_OUT = istr("X-OmniRoute-Session-Id")
 #: seconds the streams ended at shutdown get to write their error event and finish
 _END_STREAMS_WITHIN = 5.0
 
@@ -255,14 +261,13 @@ class Pipeline:
             record.status, record.error = err.status, err.message
             record.error_class = type(err).__name__
             failure = ctx.error = err
-            err.headers.setdefault("X-OmniRoute-Request-Id", record.request_id)
+            err.headers.setdefault(REQUEST_ID_HEADER, record.request_id)
             for name, value in (ctx.reply_headers or {}).items():  # X-OmniRoute-Cache...
                 err.headers.setdefault(name, value)
             if record.provider is not None:  # an upstream answered (or was last tried)
-                err.headers.setdefault("X-OmniRoute-Provider", record.provider)
-                err.headers.setdefault("X-OmniRoute-Model", record.model or "")
-                err.headers.setdefault("X-OmniRoute-Fallback-Attempts",
-                                       str(max(0, record.attempts - 1)))
+                err.headers.setdefault(_PROVIDER, record.provider)
+                err.headers.setdefault(_MODEL, record.model or "")
+                err.headers.setdefault(_FALLBACK_ATTEMPTS, str(max(0, record.attempts - 1)))
             raise
         except (asyncio.CancelledError, ConnectionResetError) as exc:
             if self.stopped and isinstance(exc, asyncio.CancelledError):  # past the grace
@@ -466,16 +471,20 @@ def _session(ctx: RequestContext) -> str | None:
 
 
 def _headers(ctx: RequestContext, reply: Reply) -> dict[str, str]:
-    record = ctx.record
-    headers = {"X-OmniRoute-Request-Id": record.request_id}
-    if reply.target is not None:
-        headers["X-OmniRoute-Provider"] = reply.target.prefix
-        headers["X-OmniRoute-Model"] = reply.target.model
-        headers["X-OmniRoute-Fallback-Attempts"] = str(max(0, record.attempts - 1))
+    """The answer's ``X-OmniRoute-*`` headers, the operation's own (``reply.headers``) and
+    the stages' (``ctx.reply_headers``)."""
+    record, target = ctx.record, reply.target
+    headers: dict[str, str]
+    if target is not None:
+        headers = {REQUEST_ID_HEADER: record.request_id, _PROVIDER: target.prefix,
+                   _MODEL: target.model,
+                   _FALLBACK_ATTEMPTS: str(max(0, record.attempts - 1))}
+    else:
+        headers = {REQUEST_ID_HEADER: record.request_id}
     for name, value in reply.headers.items():
         headers.setdefault(name, value)
     if ctx.reply_headers is not None:
         headers.update(ctx.reply_headers)
     if ctx.session is not None:
-        headers["X-OmniRoute-Session-Id"] = ctx.session
+        headers[_SESSION_ID_OUT] = ctx.session
     return headers
