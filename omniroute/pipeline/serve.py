@@ -140,15 +140,21 @@ class Pipeline:
             task.cancel()
         await asyncio.wait(tasks, timeout=_END_STREAMS_WITHIN)
 
-    async def serve(
-        self,
-        request: web.Request,
-        operation: Operation,
-        *,
-        path_model: str | None = None,
-        path_stream: bool | None = None,
-    ) -> web.StreamResponse:
-        """Serve one client request with ``operation``."""
+    def handler(self, operation: Operation,
+                path_stream: bool | None = None) -> Callable[[web.Request],
+                                                             Awaitable[web.StreamResponse]]:
+        """The route handler of ``operation``: :meth:`serve` with both bound (a partial:
+        aiohttp awaits the pipeline itself, no coroutine in between).
+
+        :param path_stream: the stream flag the route's path implies (Gemini's
+            ``:streamGenerateContent``), when it implies one.
+        """
+        return partial(self.serve, operation, path_stream)
+
+    async def serve(self, operation: Operation, path_stream: bool | None,
+                    request: web.Request) -> web.StreamResponse:
+        """Serve one client request with ``operation`` (the model a path names is its
+        ``{model}``, the provider prefix its ``{provider}``)."""
         settings = self.catalog.settings
         started = time.perf_counter()
         principal = request[PRINCIPAL]
@@ -159,9 +165,9 @@ class Pipeline:
         record.api_key_id = principal.key_id
         record.client_format = operation.fmt.name
         record.user_agent = user_agent(headers_in.get(hdrs.USER_AGENT))
+        match = request.match_info
         ctx = RequestContext(principal, operation.fmt, record, headers_in, request.query,
-                             path_model, path_stream, request.match_info.get("provider"),
-                             started)
+                             match.get("model"), path_stream, match.get("provider"), started)
         body_log = BodyLog(settings.log_body_max_bytes) if settings.log_bodies else None
         streamed: list[bytes] | None = None  # a stream's first bytes, for body_log
         reply: Reply | None = None
