@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable
 from typing import Any
 
 import aiohttp
@@ -58,24 +59,33 @@ async def read_object(request: web.Request, limit: int) -> dict[str, Any]:
 async def read_sized_object(request: web.Request, limit: int) -> tuple[dict[str, Any], bytes]:
     """The body as a JSON object, and the bytes it was read from (their size is what a
     token estimate starts from; the response cache knows a repeated body by them)."""
-    body, raw = await _read_sized_json(request, limit)
+    try:  # (every request's body: its read is awaited here, no coroutine in between)
+        raw = await _json_bytes(request, limit)
+    except asyncio.IncompleteReadError:
+        raise InvalidRequest("Request body ended before its Content-Length.") from None
+    body = _parsed(raw)
     if not isinstance(body, dict):
         raise InvalidRequest("Request body must be a JSON object.")
     return body, raw
 
 
 async def _read_sized_json(request: web.Request, limit: int) -> tuple[Any, bytes]:
+    try:
+        raw = await _json_bytes(request, limit)
+    except asyncio.IncompleteReadError:
+        raise InvalidRequest("Request body ended before its Content-Length.") from None
+    return _parsed(raw), raw
+
+
+def _json_bytes(request: web.Request, limit: int) -> Awaitable[bytes]:
+    """The read of a JSON body (415 for another content type; the caller awaits it, and
+    answers a body shorter than its Content-Length, ``IncompleteReadError``, with 400)."""
     _check_json_type(request)
     declared = request.content_length
     if declared is not None and 0 < declared <= limit and KEPT_BODY not in request:
-        # the common case, read here in one go (as read_body would, one coroutine less)
-        try:
-            raw = await request.content.readexactly(declared)
-        except asyncio.IncompleteReadError:
-            raise InvalidRequest("Request body ended before its Content-Length.") from None
-    else:
-        raw = await read_body(request, limit)
-    return _parsed(raw), raw
+        # the common case, read in one go (as read_body would, one coroutine less)
+        return request.content.readexactly(declared)
+    return read_body(request, limit)
 
 
 def _check_json_type(request: web.Request) -> None:

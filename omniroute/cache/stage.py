@@ -72,7 +72,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-CACHE_HEADER = "X-OmniRoute-Cache"
+CACHE_HEADER = istr("X-OmniRoute-Cache")  # (aiohttp takes an istr name as it is)
 SIMILARITY_HEADER = "X-OmniRoute-Cache-Similarity"
 NO_CACHE_HEADER = "X-OmniRoute-No-Cache"
 #: (``istr`` names: looked up without being case-folded on every request)

@@ -62,6 +62,12 @@ log = logging.getLogger(__name__)
 SESSION_FIELD = "x_session_id"
 #: the headers that may name it (``istr``: looked up without case-folding the name)
 _SESSION_ID, _OMNIROUTE_SESSION = istr("X-Session-Id"), istr("X-OmniRoute-Session")
+#: the answer's ``X-OmniRoute-*`` headers (``istr`` names: aiohttp's ``CIMultiDict`` takes
+#: an istr name as it is, and case-folds a plain str one on every answer)
+REQUEST_ID_HEADER = istr("X-OmniRoute-Request-Id")
+_PROVIDER, _MODEL = istr("X-OmniRoute-Provider"), istr("X-OmniRoute-Model")
+_FALLBACK_ATTEMPTS = istr("X-OmniRoute-Fallback-Attempts")
+_SESSION_ID_OUT = istr("X-OmniRoute-Session-Id")
 #: seconds the streams ended at shutdown get to write their error event and finish
 _END_STREAMS_WITHIN = 5.0
 
@@ -134,15 +140,21 @@ class Pipeline:
             task.cancel()
         await asyncio.wait(tasks, timeout=_END_STREAMS_WITHIN)
 
-    async def serve(
-        self,
-        request: web.Request,
-        operation: Operation,
-        *,
-        path_model: str | None = None,
-        path_stream: bool | None = None,
-    ) -> web.StreamResponse:
-        """Serve one client request with ``operation``."""
+    def handler(self, operation: Operation,
+                path_stream: bool | None = None) -> Callable[[web.Request],
+                                                             Awaitable[web.StreamResponse]]:
+        """The route handler of ``operation``: :meth:`serve` with both bound (a partial:
+        aiohttp awaits the pipeline itself, no coroutine in between).
+
+        :param path_stream: the stream flag the route's path implies (Gemini's
+            ``:streamGenerateContent``), when it implies one.
+        """
+        return partial(self.serve, operation, path_stream)
+
+    async def serve(self, operation: Operation, path_stream: bool | None,
+                    request: web.Request) -> web.StreamResponse:
+        """Serve one client request with ``operation`` (the model a path names is its
+        ``{model}``, the provider prefix its ``{provider}``)."""
         settings = self.catalog.settings
         started = time.perf_counter()
         principal = request[PRINCIPAL]
@@ -153,9 +165,9 @@ class Pipeline:
         record.api_key_id = principal.key_id
         record.client_format = operation.fmt.name
         record.user_agent = user_agent(headers_in.get(hdrs.USER_AGENT))
+        match = request.match_info
         ctx = RequestContext(principal, operation.fmt, record, headers_in, request.query,
-                             path_model, path_stream, request.match_info.get("provider"),
-                             started)
+                             match.get("model"), path_stream, match.get("provider"), started)
         body_log = BodyLog(settings.log_body_max_bytes) if settings.log_bodies else None
         streamed: list[bytes] | None = None  # a stream's first bytes, for body_log
         reply: Reply | None = None
@@ -255,14 +267,13 @@ class Pipeline:
             record.status, record.error = err.status, err.message
             record.error_class = type(err).__name__
             failure = ctx.error = err
-            err.headers.setdefault("X-OmniRoute-Request-Id", record.request_id)
+            err.headers.setdefault(REQUEST_ID_HEADER, record.request_id)
             for name, value in (ctx.reply_headers or {}).items():  # X-OmniRoute-Cache...
                 err.headers.setdefault(name, value)
             if record.provider is not None:  # an upstream answered (or was last tried)
-                err.headers.setdefault("X-OmniRoute-Provider", record.provider)
-                err.headers.setdefault("X-OmniRoute-Model", record.model or "")
-                err.headers.setdefault("X-OmniRoute-Fallback-Attempts",
-                                       str(max(0, record.attempts - 1)))
+                err.headers.setdefault(_PROVIDER, record.provider)
+                err.headers.setdefault(_MODEL, record.model or "")
+                err.headers.setdefault(_FALLBACK_ATTEMPTS, str(max(0, record.attempts - 1)))
             raise
         except (asyncio.CancelledError, ConnectionResetError) as exc:
             if self.stopped and isinstance(exc, asyncio.CancelledError):  # past the grace
@@ -466,16 +477,20 @@ def _session(ctx: RequestContext) -> str | None:
 
 
 def _headers(ctx: RequestContext, reply: Reply) -> dict[str, str]:
-    record = ctx.record
-    headers = {"X-OmniRoute-Request-Id": record.request_id}
-    if reply.target is not None:
-        headers["X-OmniRoute-Provider"] = reply.target.prefix
-        headers["X-OmniRoute-Model"] = reply.target.model
-        headers["X-OmniRoute-Fallback-Attempts"] = str(max(0, record.attempts - 1))
+    """The answer's ``X-OmniRoute-*`` headers, the operation's own (``reply.headers``) and
+    the stages' (``ctx.reply_headers``)."""
+    record, target = ctx.record, reply.target
+    headers: dict[str, str]
+    if target is not None:
+        headers = {REQUEST_ID_HEADER: record.request_id, _PROVIDER: target.prefix,
+                   _MODEL: target.model,
+                   _FALLBACK_ATTEMPTS: str(max(0, record.attempts - 1))}
+    else:
+        headers = {REQUEST_ID_HEADER: record.request_id}
     for name, value in reply.headers.items():
         headers.setdefault(name, value)
     if ctx.reply_headers is not None:
         headers.update(ctx.reply_headers)
     if ctx.session is not None:
-        headers["X-OmniRoute-Session-Id"] = ctx.session
+        headers[_SESSION_ID_OUT] = ctx.session
     return headers

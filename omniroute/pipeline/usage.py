@@ -24,6 +24,7 @@ from collections.abc import AsyncIterator, Iterable
 from contextlib import aclosing
 
 import orjson
+from multidict import istr
 
 from omniroute.formats import canonical as c
 from omniroute.formats.base import ClientRequest, Format
@@ -208,16 +209,21 @@ def frames_of(fmt: Format, data: bytes) -> list[bytes]:
 USER_AGENT_MAX = 256
 
 
+#: the usage headers' names (``istr``: aiohttp's ``CIMultiDict`` takes them as they are)
+_COST, _TOKENS_IN = istr("X-OmniRoute-Response-Cost"), istr("X-OmniRoute-Tokens-In")
+_TOKENS_OUT, _LATENCY = istr("X-OmniRoute-Tokens-Out"), istr("X-OmniRoute-Latency-Ms")
+
+
 def usage_headers(record: RequestRecord, headers: dict[str, str]) -> None:
     """A JSON answer's cost, token counts and latency so far, as ``X-OmniRoute-*`` headers."""
     if record.cost_usd is not None:
-        headers["X-OmniRoute-Response-Cost"] = format_cost(record.cost_usd)
+        headers[_COST] = format_cost(record.cost_usd)
     if record.prompt_tokens is not None:
-        headers["X-OmniRoute-Tokens-In"] = str(record.prompt_tokens)
+        headers[_TOKENS_IN] = str(record.prompt_tokens)
     if record.completion_tokens is not None:
-        headers["X-OmniRoute-Tokens-Out"] = str(record.completion_tokens)
+        headers[_TOKENS_OUT] = str(record.completion_tokens)
     if record.ttfb_ms is not None:
-        headers["X-OmniRoute-Latency-Ms"] = str(round(record.ttfb_ms))
+        headers[_LATENCY] = str(round(record.ttfb_ms))
 
 
 def format_cost(cost: float) -> str:

@@ -93,14 +93,7 @@ def _bind(app: web.Application, fmt: Format, route: ClientRoute) -> Handler:
     else:
         raise ValueError(f"format {fmt.name!r} declares {route.method} {route.path} with an "
                          f"unknown operation {route.operation!r}")
-    stream = route.stream
-
-    async def serve(request: web.Request) -> web.StreamResponse:
-        path_model = request.match_info.get("model")
-        return await pipeline.serve(request, operation, path_model=path_model,
-                                    path_stream=stream)
-
-    return serve
+    return pipeline.handler(operation, route.stream)
 
 
 def _model_type(request: web.Request, route: ClientRoute) -> str | None:
