@@ -115,16 +115,17 @@ def omniroute(cli: list[str], env: dict[str, str], *args: str, cwd: str | None =
 
 
 def serve_gateway(cli: list[str], env: dict[str, str], log_path: Path, *options: str,
-                  workers: int = 1, cwd: str | None = None) -> tuple[subprocess.Popen, int]:
+                  workers: int = 1, cwd: str | None = None, wait: float = 30.0,
+                  ) -> tuple[subprocess.Popen, int]:
     """``omniroute serve`` (``cli`` + ``options``) on a free port, its output in
     ``log_path``, once its health check answers (with ``workers``: once they have
-    started too)."""
+    started too), within ``wait`` seconds."""
     port = free_port()
     with open(log_path, "wb") as log:
         proc = subprocess.Popen([*cli, "serve", "--port", str(port), *options],
                                 env=env, stdout=log, stderr=subprocess.STDOUT,
                                 start_new_session=True, cwd=cwd)  # cwd comes first on sys.path
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + wait
     while True:
         if proc.poll() is not None or time.monotonic() > deadline:
             if proc.poll() is None:  # not in the run's list yet: nothing else would stop it

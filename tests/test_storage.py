@@ -136,6 +136,22 @@ async def test_wal_and_idempotent_reopen(tmp_path: Path) -> None:
     assert not list(tmp_path.glob("*.bak"))  # no backup when nothing migrates
 
 
+async def test_the_writer_keeps_a_small_page_cache_and_the_reader_a_large_one(
+        tmp_path: Path) -> None:
+    """Resident memory: the gateway's connection mostly appends (the request log), and
+    pages it appended are not read again; a long read gets room for what it revisits."""
+    db = await Database.open(tmp_path / "omniroute.sqlite3")
+    reader = await db.open_reader()
+    assert reader is not None
+    try:
+        assert (await db.fetchone("PRAGMA cache_size"))[0] == -256  # KiB: 256 KiB
+        assert (await reader.fetchone("PRAGMA cache_size"))[0] == -8192
+        assert (await db.fetchone("PRAGMA mmap_size") or (0,))[0] == 0  # no mapped file
+    finally:
+        await reader.close()
+        await db.close()
+
+
 async def test_concurrent_transactions_queue_up(store: Store) -> None:
     """One connection is shared by every task: concurrent writes must not collide."""
     results = await asyncio.gather(*(store.create_key(f"k{i}") for i in range(20)),
