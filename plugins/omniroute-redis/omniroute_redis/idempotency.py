@@ -86,8 +86,9 @@ class RedisKeys:
         self._settle_parts: dict[tuple[str, bool, int], bytes] = {}
 
     def key(self, scope: Scope) -> str:
-        """The key's Redis name (asked three times a request: claim, wait, settle; kept
-        for the last :data:`KEYS_KEPT` scopes)."""
+        """The key's Redis name (made once a request, by its claim: the claim's step
+        carries it to :meth:`claim` and the settle; kept for the last :data:`KEYS_KEPT`
+        scopes)."""
         name = self._names.get(scope)
         if name is None:
             if len(self._names) >= KEYS_KEPT:
