@@ -150,7 +150,8 @@ class Batch:
 
     def _timed(self) -> None:
         self._later = None
-        self._send()
+        if self._queue or self._undos:  # (nearly always sent already, by a kick)
+            self._send()
 
     def _send(self) -> None:
         """Send what is queued in one pipeline, from a callback: nothing waits for it

@@ -109,13 +109,16 @@ class RedisCache(CacheBackend):
         are (a store follows its request's answer: it goes with that request's other
         writes), else one call."""
         ttl_ms = max(1, int((ttl if ttl is not None else self.ttl) * 1000))
+        if self._writes is not None:
+            field = key.encode()
+            entry = self._entry_bytes
+            self._writes.add(self.scripts.packed(
+                "cache_set", b"$%d\r\n%b%b\r\n%b" % (len(entry) + len(field), entry, field,
+                                                     self._index_hits_packed), 3,
+                bulks((value, ttl_ms, field)) + self._set_tail(), 5), later=True)
+            return
         keys = [self._entry + key, self._index, self._hits]
         args: list[Any] = [value, ttl_ms, key, self.max_entries, self._entry]
-        if self._writes is not None:
-            self._writes.add(self.scripts.packed(
-                "cache_set", bulk(keys[0].encode()) + self._index_hits_packed, 3,
-                bulks(tuple(args[:3])) + self._set_tail(), 5), later=True)
-            return
         try:
             await self.scripts.call(self.link, "cache_set", keys, args)
         except Unreachable:

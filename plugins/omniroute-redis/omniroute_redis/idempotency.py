@@ -31,6 +31,7 @@ import asyncio
 import base64
 import contextlib
 import hashlib
+from binascii import hexlify
 from collections.abc import Callable
 
 import orjson
@@ -42,7 +43,7 @@ from omniroute.sharedstate import Pending, RequestBatch
 
 from omniroute_redis.batch import Batch, Write
 from omniroute_redis.link import Link, Unanswered, Unreachable
-from omniroute_redis.prefetch import UNREACHABLE, Prefetch, Step
+from omniroute_redis.prefetch import BEFORE, UNREACHABLE, Prefetch, Step
 from omniroute_redis.scripts import Scripts
 from omniroute_redis.wire import bulk, bulks
 
@@ -55,6 +56,10 @@ MIN_KEEP = 5.0
 CLAIM_SLACK = 60.0
 #: the keys' Redis names kept (:meth:`RedisKeys.key`)
 KEYS_KEPT = 4096
+#: the settles' packed states, stream flags and statuses kept
+PARTS_KEPT = 256
+#: an answer's kind, as a bulk string
+_KINDS = {kind: bulk(kind.encode()) for kind in ("json", "chunks", "")}
 
 
 class RedisKeys:
@@ -69,17 +74,21 @@ class RedisKeys:
         self.channel = link.key("idem")
         self._heard: dict[str, asyncio.Event] = {}
         self._names: dict[Scope, str] = {}
-        #: request ids of the claims this instance holds, by key
-        self._mine: dict[str, str] = {}
+        #: the claims this instance holds, by scope: the key's Redis name and the
+        #: request's id as a bulk string (packed once, for the claim and the settle)
+        self._mine: dict[Scope, tuple[str, bytes]] = {}
         self.waited = self.served = 0
         #: the last arguments of the claim (its lease) and of the settle (how long it is
         #: kept, the channel), packed once for each value they take
         self._claim_tail: tuple[int, bytes] | None = None
         self._settle_tail: tuple[int, bytes] | None = None
+        #: a settle's state, stream flag and status, packed, by their values (a handful)
+        self._settle_parts: dict[tuple[str, bool, int], bytes] = {}
 
     def key(self, scope: Scope) -> str:
-        """The key's Redis name (asked three times a request: claim, wait, settle; kept
-        for the last :data:`KEYS_KEPT` scopes)."""
+        """The key's Redis name (made once a request, by its claim: the claim's step
+        carries it to :meth:`claim` and the settle; kept for the last :data:`KEYS_KEPT`
+        scopes)."""
         name = self._names.get(scope)
         if name is None:
             if len(self._names) >= KEYS_KEPT:
@@ -100,12 +109,17 @@ class RedisKeys:
         tail = self._claim_tail
         if tail is None or tail[0] != lease_ms:
             tail = self._claim_tail = (lease_ms, bulk(b"%d" % lease_ms))
-        args = bulks((fingerprint.hex(), request_id)) + tail[1]
-        return batch.add(_Claim(self, key, request_id, args))
+        rid = bulk(request_id.encode())
+        marks = hexlify(fingerprint)
+        args = b"$%d\r\n%b\r\n%b%b" % (len(marks), marks, rid, tail[1])
+        return batch.add(_Claim(self, key, request_id, rid, args))
 
     async def claim(self, scope: Scope, fingerprint: bytes, request_id: str,
                     stream: bool, ahead: Pending[object] | None = None) -> Finished | bool | None:
-        key = self.key(scope)
+        if type(ahead) is _Claim:  # (its key's name and the request's id, made for it)
+            key, rid = ahead.key, ahead.rid
+        else:
+            key, rid = self.key(scope), bulk(request_id.encode())
         #: set once another instance's call is under way (nearly every claim is this
         #: request's own: it needs no loop, no deadline, nothing to be told)
         loop: asyncio.AbstractEventLoop | None = None
@@ -133,10 +147,10 @@ class RedisKeys:
                 if found is UNREACHABLE:
                     return None  # this instance decides alone
                 assert isinstance(found, list)
-                kind = _text(found[0])
-                if kind == "mine":
-                    self._mine[key] = request_id
+                if found[0] == b"mine":  # (the reply, as the request path's connection reads it)
+                    self._mine[scope] = (key, rid)
                     return True
+                kind = _text(found[0])
                 if kind == "conflict":
                     raise IdempotencyConflict(
                         "This idempotency key was used by another request (a different "
@@ -174,10 +188,10 @@ class RedisKeys:
             event.set()
 
     def settled(self, scope: Scope, answer: SharedAnswer) -> None:
-        key = self.key(scope)
-        request_id = self._mine.pop(key, None)
-        if request_id is None:
+        mine = self._mine.pop(scope, None)
+        if mine is None:
             return
+        key, rid = mine
         settings = self.settings()
         keep_ms = int(max(settings.idempotency_window, MIN_KEEP) * 1000)
         if answer.state is State.DONE and not answer.flawed and answer.whole:
@@ -192,8 +206,15 @@ class RedisKeys:
         tail = self._settle_tail
         if tail is None or tail[0] != keep_ms:
             tail = self._settle_tail = (keep_ms, bulks((keep_ms, self.channel)))
-        args = bulks((request_id, state, int(answer.stream), answer.status,
-                      orjson.dumps(answer.headers), kind, payload)) + tail[1]
+        parts = self._settle_parts.get((state, answer.stream, answer.status))
+        if parts is None:
+            if len(self._settle_parts) >= PARTS_KEPT:
+                self._settle_parts.clear()
+            parts = self._settle_parts[state, answer.stream, answer.status] = bulks(
+                (state, int(answer.stream), answer.status))
+        headers = orjson.dumps(answer.headers)
+        args = b"%b%b$%d\r\n%b\r\n%b$%d\r\n%b\r\n%b" % (
+            rid, parts, len(headers), headers, _KINDS[kind], len(payload), payload, tail[1])
         self.batch.add(self.scripts.packed("idem_settle", bulk(key.encode()), 1, args, 9),
                        later=True)
 
@@ -203,11 +224,14 @@ class _Claim(Step[object]):
     by :meth:`RedisKeys.claim`."""
 
     name, nkeys, nargs, head = "idem_claim", 1, 3, "idem_claim 1 3"
-    __slots__ = ("key", "owner", "request_id")
+    __slots__ = ("key", "owner", "request_id", "rid")
 
-    def __init__(self, keys: RedisKeys, key: str, request_id: str, args: bytes) -> None:
-        super().__init__(bulk(key.encode()), args)
-        self.owner, self.key, self.request_id = keys, key, request_id
+    def __init__(self, keys: RedisKeys, key: str, request_id: str, rid: bytes,
+                 args: bytes) -> None:
+        # (Step.__init__'s, in line: a call fewer per step)
+        self.keys, self.args, self.phase = bulk(key.encode()), args, BEFORE
+        self.raw, self.ran, self.done = None, False, False
+        self.owner, self.key, self.request_id, self.rid = keys, key, request_id, rid
 
     def read(self, raw: object) -> object:
         return raw

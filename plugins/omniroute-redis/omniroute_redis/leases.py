@@ -215,8 +215,9 @@ class Ahead(Take[float | None]):
         self.owner, self.connection = owner, connection
 
     def took(self) -> None:
-        super().took()
-        if self.raw == b"0":
+        if self.raw == b"0":  # (Take.took's, in line)
+            if self.concurrency is not None:
+                self.leases.held[self.limit].append(self.packed_member)
             self.owner.ahead.setdefault(self.connection, []).append(self)
 
     def undo(self, raw: object) -> None:

@@ -65,10 +65,12 @@ MICRO = 1_000_000
 class Held:  # object.__setattr__, which costs per request)
     """One reservation in Redis: where it is, and the windows it settles into."""
 
-    reservation: str
-    #: the reservations' and the windows' keys, packed, and their count
-    keys: bytes
-    nkeys: int
+    #: its id, as a bulk string (:meth:`Leases.packed_member
+    #: <.leases.Leases.packed_member>`: packed once, for the reservation and its settle)
+    reservation: bytes
+    #: the ``settle`` command up to the request's own arguments (the script, the
+    #: reservations' and the windows' keys), packed once for the key's windows
+    settle: bytes
 
 
 class RedisLedger:
@@ -87,10 +89,9 @@ class RedisLedger:
         self.settings = settings
         #: an API key's prefix of names, by its id
         self._bases: dict[str, str] = {}
-        #: what of a reservation's command is packed once, by the key, its limits, its
+        #: what of a reservation's commands is packed once, by the key, its limits, its
         #: windows (the first one's start) and the lease (:meth:`_pack_fixed`)
-        self._fixed: dict[tuple[str, Limits, float, float],
-                          tuple[str, bytes, int, bytes, int]] = {}
+        self._fixed: dict[tuple[str, Limits, float, float], _Fixed] = {}
 
     def _key(self, key_id: str, *parts: str) -> str:
         base = self._bases.get(key_id)
@@ -118,10 +119,11 @@ class RedisLedger:
                       tokens: int) -> Held | None:
         ask = self._reservation(state, limits, usd, tokens)
         try:
+            fixed = ask.fixed
             answer = await self.scripts.send(self.link, "reserve", self.scripts.packed(
-                "reserve", ask.keys, ask.nkeys, ask.args, ask.nargs))
+                "reserve", fixed.keys, fixed.nkeys, ask.args, fixed.nargs))
         except Unanswered:  # it may have been made: dropped once Redis answers
-            self.batch.give_back([("HDEL", ask.reserved, ask.reservation)])
+            self.batch.give_back([ask.fixed.hdel + ask.reservation])
             answer = UNREACHABLE
         except Unreachable:
             answer = UNREACHABLE
@@ -146,19 +148,20 @@ class RedisLedger:
         fixed = self._fixed.get(known)
         if fixed is None:
             fixed = self._pack_fixed(known, windows, lease_s)
-        reservation = self.leases.member()
-        own: list[object] = [reservation, ceil(usd * MICRO), int(tokens)]  # (µUSD, rounded up)
+        reservation = self.leases.packed_member()
+        own: list[object] = [ceil(usd * MICRO), int(tokens)]  # (µUSD, rounded up)
         for w in windows:  # this ledger's spend, a floor: rounded down
             own += (int((w.base_usd + w.usd) * MICRO), w.base_tokens + w.tokens)
-        return _Ask(reservation, fixed[0], fixed[1], fixed[2], fixed[3] + bulks(tuple(own)),
-                    fixed[4], windows, now)
+        return _Ask(reservation, fixed, fixed.args + reservation + bulks(tuple(own)), windows,
+                    now)
 
     def _pack_fixed(self, known: tuple[str, Limits, float, float], windows: list[Window],
-                    lease_s: float) -> tuple[str, bytes, int, bytes, int]:
+                    lease_s: float) -> _Fixed:
         """What of a reservation is the same for every request of a key in these windows:
-        its reservations' key; the keys packed, and their count; the arguments before the
-        request's own packed (the lease, each window's end and limits), and the count of
-        every argument."""
+        the keys packed, and their count; the arguments before the request's own packed
+        (the lease, each window's end and limits), and the count of every argument; its
+        step's part of the ``admit`` script's steps; the ``HDEL`` that drops a reservation
+        and the ``settle`` command, each up to the request's own arguments."""
         if len(self._fixed) >= BASES_KEPT:
             self._fixed.clear()
         key_id, limits = known[0], known[1]
@@ -170,9 +173,12 @@ class RedisLedger:
             keys.append(self._key(key_id, "spend", w.period, f"{w.start:.0f}").encode())
             fixed += (w.end, "" if limit_usd is None else round(limit_usd * MICRO),
                       "" if limit_tokens is None else int(limit_tokens))
-        packed = self._fixed[known] = (reserved, bulks(tuple(keys)), len(keys),
-                                       bulks(tuple(fixed)), 4 + 5 * len(windows))
-        return packed
+        packed_keys, nargs = bulks(tuple(keys)), 4 + 5 * len(windows)
+        made = self._fixed[known] = _Fixed(
+            packed_keys, len(keys), bulks(tuple(fixed)), nargs,
+            f"reserve {len(keys)} {nargs}", b"*3\r\n" + bulks(("HDEL", reserved)),
+            self.scripts.packed("settle", packed_keys, len(keys), b"", 3))
+        return made
 
     def _reserved(self, ask: _Ask, limits: Limits, answer: object) -> Held | None:
         """The ``reserve`` script's answer as :meth:`reserve` returns it (or raises it)."""
@@ -185,7 +191,7 @@ class RedisLedger:
             return None
         assert isinstance(answer, list)
         windows = ask.windows
-        if _text(answer[0]) == "no":
+        if answer[0] != b"ok":  # (the reply, as the request path's connection reads it)
             found = [_text(v) for v in answer]
             w = windows[int(found[1]) - 1]
             unit, spent, reserved, estimate, limit = found[2], *map(float, found[3:7])
@@ -198,27 +204,39 @@ class RedisLedger:
             shared_usd, shared_tokens = int(answer[1 + 2 * i]) / MICRO, int(answer[2 + 2 * i])
             w.base_usd = max(w.base_usd, shared_usd - w.usd)
             w.base_tokens = max(w.base_tokens, shared_tokens - w.tokens)
-        return Held(ask.reservation, ask.keys, ask.nkeys)
+        return Held(ask.reservation, ask.fixed.settle)
 
     def settle(self, handle: object, usd: float, tokens: int) -> None:
         assert isinstance(handle, Held)
-        args = bulks((handle.reservation, round(usd * MICRO), int(tokens)))  # (µUSD)
-        self.batch.add(self.scripts.packed("settle", handle.keys, handle.nkeys, args, 3),
-                       later=True)
+        self.batch.add(handle.settle + handle.reservation  # (µUSD)
+                       + bulks((round(usd * MICRO), int(tokens))), later=True)
+
+
+@dataclass(slots=True, frozen=True)  # (made once for a key's windows)
+class _Fixed:
+    """What of a key's reservation is packed once for its limits and windows (see
+    :meth:`RedisLedger._pack_fixed`)."""
+
+    keys: bytes
+    nkeys: int
+    args: bytes
+    nargs: int
+    #: its step's part of the ``admit`` script's first argument
+    head: str
+    #: ``HDEL`` of the reservations' hash, and ``settle``, up to the reservation's id
+    hdel: bytes
+    settle: bytes
 
 
 @dataclass(slots=True)  # (not frozen: as Held)
 class _Ask:
     """One reservation's script call, and what its answer is read with."""
 
-    reservation: str
-    #: the key's reservations (the hash)
-    reserved: str
-    #: the script's keys and arguments, packed, and their counts
-    keys: bytes
-    nkeys: int
+    #: its id, as a bulk string
+    reservation: bytes
+    fixed: _Fixed
+    #: the script's arguments, packed (the keys and the counts are the fixed part's)
     args: bytes
-    nargs: int
     windows: list[Window]
     now: float
 
@@ -243,21 +261,22 @@ class _Reserve(Step[object | None]):
     __slots__ = ("ask", "head", "ledger", "limits", "nargs", "nkeys")  # (by its windows)
 
     def __init__(self, ledger: RedisLedger, ask: _Ask, limits: Limits) -> None:
-        super().__init__(ask.keys, ask.args, phase=ROUTED)
+        fixed = ask.fixed
+        # (Step.__init__'s, in line: a call fewer per step)
+        self.keys, self.args, self.phase = fixed.keys, ask.args, ROUTED
+        self.raw, self.ran, self.done = None, False, False
         self.ledger, self.ask, self.limits = ledger, ask, limits
-        self.nkeys, self.nargs = ask.nkeys, ask.nargs
-        self.head = f"reserve {ask.nkeys} {ask.nargs}"
+        self.nkeys, self.nargs, self.head = fixed.nkeys, fixed.nargs, fixed.head
 
     def read(self, raw: object) -> object | None:
         return self.ledger._reserved(self.ask, self.limits, raw)
 
     def undo(self, raw: object) -> None:  # admitted, and never read: dropped
-        if isinstance(raw, list) and _text(raw[0]) == "ok":
-            self.ledger.batch.add(("HDEL", self.ask.reserved, self.ask.reservation),
-                                  later=True)
+        if isinstance(raw, list) and raw[0] == b"ok":
+            self.ledger.batch.add(self.ask.fixed.hdel + self.ask.reservation, later=True)
 
     def forget(self) -> list[Write]:  # the answer was lost: dropped, if it was made
-        return [("HDEL", self.ask.reserved, self.ask.reservation)]
+        return [self.ask.fixed.hdel + self.ask.reservation]
 
 
 def _entered(found: float, limits: Limits) -> bool:

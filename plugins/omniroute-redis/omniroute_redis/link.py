@@ -242,6 +242,13 @@ class Link:
     def _watch(self) -> None:
         self._watchdog = None
         deadlines = self._deadlines
+        last = deadlines[-1][1] if deadlines else None
+        if last is not None and last.done() and not last.cancelled():
+            # the replies come in order: the last one awaited is in (or its connection
+            # broke, which failed every one before it), so every one before it is done
+            # too (a cancelled one's reply, read for ``late``, was bound again after it)
+            deadlines.clear()
+            return
         while deadlines:
             deadline, reply = deadlines[0]
             loop = reply.get_loop()

@@ -47,6 +47,7 @@ again (:meth:`Batch.give_back <.batch.Batch.give_back>`).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from operator import attrgetter
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
@@ -114,10 +115,6 @@ class Step(Generic[T]):
         where the step never ran); none: it takes nothing."""
         return []
 
-    def answered(self, raw: Any) -> None:
-        self.raw, self.ran = raw, True
-        self.took()
-
     def result(self) -> T:
         self.done = True
         return self.read(self.raw)
@@ -161,22 +158,30 @@ class Prefetch:
         if not self.steps:
             return
         steps = self.steps = sorted(self.steps, key=_phase)
+        link = self.link
         try:
             scripts = self.scripts
             if len(steps) == 1:  # its own script: nothing to dispatch
                 only = steps[0]
-                answers = [await scripts.send(
-                    self.link, only.name,
-                    scripts.packed(only.name, only.keys, only.nkeys, only.args, only.nargs),
-                    late=self._abandoned_one, riders=self.writes)]
+                name = only.name
+                packed = scripts.packed(name, only.keys, only.nkeys, only.args, only.nargs)
+                late: Callable[[Any], None] = self._abandoned_one
             else:
                 heads = " ".join(map(_head, steps)).encode()
+                name = "admit"
                 packed = scripts.packed(
-                    "admit", b"".join(map(_keys, steps)), sum(map(_nkeys, steps)),
+                    name, b"".join(map(_keys, steps)), sum(map(_nkeys, steps)),
                     b"$%d\r\n%b\r\n%b" % (len(heads), heads, b"".join(map(_args, steps))),
                     1 + sum(map(_nargs, steps)))
-                answers = await scripts.send(self.link, "admit", packed,
-                                             late=self._abandoned, riders=self.writes)
+                late = self._abandoned
+            # (the link's own call, not Scripts.send: one coroutine fewer to pass the
+            # answer through)
+            try:
+                answer = await link.command(packed, late=late, riders=self.writes)
+            except NoScript:  # Redis forgot its scripts (it restarted): loaded, sent again
+                await scripts.load_one(link, name)
+                answer = await link.command(packed, late=late)
+            answers = [answer] if len(steps) == 1 else answer
         except Unanswered:  # sent, and the answer is lost: what Redis took is unknown
             answers = [UNREACHABLE] * len(steps)
             self._forget()
@@ -190,7 +195,8 @@ class Prefetch:
 
     def _answer(self, answers: list[Any]) -> None:
         for step, raw in zip(self.steps, answers, strict=False):  # the rest did not run
-            step.answered(raw)
+            step.raw, step.ran = raw, True  # (in line: a call fewer a step)
+            step.took()
 
     def _abandoned_one(self, answer: Any) -> None:
         self._abandoned(answer if isinstance(answer, BaseException) else [answer])
@@ -217,7 +223,8 @@ class Prefetch:
         """The request is over: undo what ran and was not read, and send the writes
         queued for its end (its slots given back, its session bound) now."""
         for step in self.steps:
-            step.release()
+            if step.ran and not step.done:  # (read, as nearly every one is: no call)
+                step.release()
         self.writes.kick()
 
 

@@ -405,8 +405,12 @@ class Scripts:
         try:
             return await link.command(packed, late=late, riders=riders)
         except NoScript:
-            await link.command("SCRIPT", "LOAD", SOURCES[name])
+            await self.load_one(link, name)
             return await link.command(packed, late=late)
+
+    async def load_one(self, link: Any, name: str) -> None:
+        """Load script ``name`` on the link's request-path connection (after ``NOSCRIPT``)."""
+        await link.command("SCRIPT", "LOAD", SOURCES[name])
 
     async def reload_for(self, link: Any, commands: Sequence[Command]) -> None:
         """Load the scripts these ``EVALSHA`` commands name (after ``NOSCRIPT``)."""

@@ -26,7 +26,7 @@ import importlib
 import ssl
 from collections import deque
 from collections.abc import Sequence
-from itertools import repeat
+from itertools import islice
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
@@ -162,7 +162,9 @@ def _parse(buf: bytes | bytearray, pos: int) -> tuple[Any, int]:
 
 class _Group:
     """The replies of a group of commands (:meth:`Wire.send_group`): its future gets
-    the list of them once ``count`` have come."""
+    the list of them once ``count`` have come. It waits in :attr:`Wire._waiting` once,
+    not once a command: hiredis's replies are read into :attr:`found` by C code
+    (:meth:`Wire._received`), with no Python a reply."""
 
     __slots__ = ("count", "found", "future")
 
@@ -170,11 +172,24 @@ class _Group:
         self.future, self.count = future, count
         self.found: list[Any] = []
 
-    def add(self, value: Any) -> None:
+    def add(self, value: Any) -> bool:
+        """One more reply (this module's parser); True: the group is complete."""
         found = self.found
         found.append(value)
-        if len(found) == self.count and not self.future.done():
+        if len(found) < self.count:
+            return False
+        if not self.future.done():
             self.future.set_result(found)
+        return True
+
+    def complete(self) -> None:
+        if not self.future.done():
+            self.future.set_result(self.found)
+
+
+#: what hiredis's reader gives when the buffer holds no whole reply (a value no reply
+#: equals: ``iter(gets, MORE)`` stops there, and only there)
+_MORE: Any = object()
 
 
 class Wire(asyncio.Protocol):
@@ -185,11 +200,12 @@ class Wire(asyncio.Protocol):
         #: system call each time: once here, not per command)
         self._loop = asyncio.get_running_loop()
         self._transport: asyncio.Transport | None = None
-        #: what waits for each reply to come, in order: a command's future, or its
-        #: group's (:meth:`send_group`: the group once for each of its commands)
+        #: what waits for the replies to come, in order: a command's future, or a
+        #: group's (:meth:`send_group`: once, for all of its commands' replies)
         self._waiting: deque[Any] = deque()
         self._buffer = bytearray()
-        self._reader = (_hiredis.Reader(replyError=ErrorReply, protocolError=WireError)
+        self._reader = (_hiredis.Reader(replyError=ErrorReply, protocolError=WireError,
+                                        notEnoughData=_MORE)
                         if _hiredis is not None else None)
         self.broken: BaseException | None = None
         #: writes to the socket: each is one round trip for what it carries (a command,
@@ -232,15 +248,18 @@ class Wire(asyncio.Protocol):
         buf = self._buffer
         buf += data
         pos = 0
+        waiting = self._waiting
         try:
             while pos < len(buf):
                 value, pos = _parse(buf, pos)
-                if not self._waiting:
+                if not waiting:
                     raise WireError("a reply nobody asked for")
-                waiter = self._waiting.popleft()
+                waiter = waiting[0]
                 if type(waiter) is _Group:
-                    waiter.add(value)
+                    if waiter.add(value):
+                        waiting.popleft()
                     continue
+                waiting.popleft()
                 if not waiter.done():
                     if isinstance(value, Exception):
                         waiter.set_exception(value)
@@ -256,23 +275,35 @@ class Wire(asyncio.Protocol):
         del buf[:pos]
 
     def _received(self, data: bytes, reader: Any) -> None:
-        """:meth:`data_received` with hiredis's parser."""
+        """:meth:`data_received` with hiredis's parser. A group's replies are read into
+        its list by C code (``islice`` over ``iter(reader.gets, MORE)``): a pipeline of
+        five writes costs the loop one turn, not five."""
         reader.feed(data)
         waiting = self._waiting
+        gets = reader.gets
         try:
-            while (value := reader.gets()) is not False:
-                if not waiting:
-                    raise WireError("a reply nobody asked for")
-                waiter = waiting.popleft()
+            while waiting:
+                waiter = waiting[0]
                 if type(waiter) is _Group:
-                    waiter.add(value)
+                    found = waiter.found
+                    found += islice(iter(gets, _MORE), waiter.count - len(found))
+                    if len(found) < waiter.count:
+                        return  # the rest comes in a later read
+                    waiting.popleft()
+                    waiter.complete()
                     continue
+                value = gets()
+                if value is _MORE:
+                    return
+                waiting.popleft()
                 if waiter.done():
                     continue
                 if isinstance(value, ErrorReply):
                     waiter.set_exception(value)
                 else:
                     waiter.set_result(value)
+            if gets() is not _MORE:
+                raise WireError("a reply nobody asked for")
         except WireError as exc:
             self._fail(exc)
             if self._transport is not None:
@@ -347,7 +378,10 @@ class Wire(asyncio.Protocol):
             raise WireError(str(self.broken or "not connected"))
         loop = self._loop
         group: asyncio.Future[list[Any]] = loop.create_future()
-        self._waiting.extend(repeat(_Group(group, len(commands)), len(commands)))
+        if commands:
+            self._waiting.append(_Group(group, len(commands)))
+        else:  # (nothing to wait for)
+            group.set_result([])
         reply: asyncio.Future[Any] | None = None
         if then is not None:
             reply = loop.create_future()

@@ -99,3 +99,76 @@ async def test_an_unreachable_server_is_told_once_and_fails_fast(unused_tcp_port
         assert link.health()["ok"] is False
     finally:
         await link.close()
+
+
+class _Transport:
+    """What a wire writes (no socket: the test feeds the replies itself)."""
+
+    def __init__(self) -> None:
+        self.written: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        self.written.append(data)
+
+    def close(self) -> None:
+        pass
+
+
+@pytest.mark.parametrize("ours", [False, True])
+async def test_a_group_s_replies_split_across_reads_reach_their_waiters(ours: bool) -> None:
+    """A group waits once, for all of its replies: those read so far stay with it while the
+    rest is on its way (in any cut of the bytes), and the replies after it are the next
+    waiters'; a reply that equals False (``:0``) is a reply, not the end of the buffer."""
+    replies = b":0\r\n$-1\r\n-ERR one\r\n*2\r\n$1\r\na\r\n:0\r\n+OK\r\n:7\r\n"
+    for cut in range(1, len(replies)):
+        wire = Wire()
+        if ours:
+            wire._reader = None
+        wire.connection_made(_Transport())  # type: ignore[arg-type]
+        group, then = wire.send_group([("A",), ("B",), ("C",), ("D",), ("E",)], ("F",))
+        last = wire.send("G")
+        wire.data_received(replies[:cut])
+        wire.data_received(replies[cut:])
+        found = await group
+        assert found[:2] == [0, None] and isinstance(found[2], ErrorReply)
+        assert found[3:] == [[b"a", 0], b"OK"]
+        assert then is not None and await then == 7
+        assert not last.done()
+        wire.data_received(b":1\r\n")
+        assert await last == 1
+        wire.data_received(b":2\r\n")  # nobody asked for it: the connection is broken
+        assert wire.broken is not None
+
+
+async def test_an_empty_group_is_answered_at_once() -> None:
+    wire = Wire()
+    wire.connection_made(_Transport())  # type: ignore[arg-type]
+    group, then = wire.send_group([], ("PING",))
+    assert await group == []
+    wire.data_received(b"+PONG\r\n")
+    assert then is not None and await then == b"PONG"
+
+
+async def test_the_watchdog_expires_the_replies_that_did_not_come_in_time() -> None:
+    """One timer bounds every reply awaited: a late one fails with a ``TimeoutError``,
+    those that came are let go at once (the last one in: every one before it is), and a
+    cancelled one does not stand for the replies before it."""
+    link = Link("redis://127.0.0.1:1/0", timeout=lambda: 0.05)
+    loop = asyncio.get_running_loop()
+    try:
+        came = [loop.create_future() for _ in range(3)]
+        for reply in came:
+            link.bound(reply)
+        for reply in came:
+            reply.set_result(b"ok")
+        await asyncio.sleep(0.1)
+        assert not link._deadlines and link._watchdog is None
+        late, cancelled = loop.create_future(), loop.create_future()
+        link.bound(late)
+        link.bound(cancelled)
+        cancelled.cancel()
+        await asyncio.sleep(0.1)
+        assert isinstance(late.exception(), TimeoutError)
+        assert not link._deadlines
+    finally:
+        await link.close()
