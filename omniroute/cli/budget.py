@@ -16,6 +16,7 @@ import click
 from omniroute.budgets import PERIODS, Budgets, Limits, SqliteSpendStore
 from omniroute.budgets.limits import parse_expiry
 from omniroute.budgets.view import budget_view, merged_limits
+from omniroute.cli.audit import audited
 from omniroute.cli.common import async_command, config_of, echo_json, open_cli_store
 from omniroute.resilience.clock import SystemClock
 from omniroute.storage import Store
@@ -98,12 +99,18 @@ async def budget_set(ctx: click.Context, key: str, clear: bool, **values: Any) -
         raise click.UsageError("Give a limit: --daily, --weekly, --monthly, --*-tokens, "
                                "--warn-at, --reset-time or --clear.")
     async with open_cli_store(config_of(ctx)) as store:
-        found = await _key(store, key)
-        try:
-            limits = merged_limits(found.limits, changes)
-        except ValueError as exc:
-            raise click.ClickException(str(exc)) from None
-        await store.update_key(found.id, limits=limits)
+        async with audited(store, "POST /api/usage/budget", "budgets",
+                           request={"keyId": key, **changes}) as change:
+            found = await store.get_key(key)
+            if found is None:
+                change.status = 404
+                raise click.ClickException(f"no key {key!r}")
+            change.target = found.id
+            try:
+                limits = merged_limits(found.limits, changes)
+            except ValueError as exc:
+                raise click.ClickException(str(exc)) from None
+            await store.update_key(found.id, limits=limits)
         views = await _views(store, [await _key(store, found.id)])
     _print(views)
 

@@ -21,6 +21,7 @@ from typing import Any
 
 import click
 
+from omniroute.cli.audit import audited
 from omniroute.cli.common import async_command, config_of, open_cli_store, plugins_of
 
 
@@ -135,12 +136,15 @@ async def login_command(ctx: click.Context, service: str, name: str | None,
             raise click.ClickException(f"{svc.name}: {exc.message}") from None
         finally:
             await signin.close()
-    async with open_cli_store(config) as store:
+    async with open_cli_store(config) as store, \
+            audited(store, "cli login", request={"service": service, "name": name,
+                                                 "settings": chosen}) as change:
         try:
             conn, created = await save_account(plugins, store, svc, account, name=name,
                                                settings=chosen)
         except OAuthError as exc:
             raise click.ClickException(exc.message) from None
+        change.target, change.status = conn.id, 201 if created else 200
     click.echo(f"{'signed in' if created else 'signed in again'}: {conn.id} {conn.name} "
                f"({conn.type}) prefix {conn.prefix}/")
 
@@ -191,12 +195,15 @@ async def import_command(ctx: click.Context, source: str, path: str | None, name
                                         chosen)
         except OAuthError as exc:
             raise click.ClickException(exc.message) from None
-    async with open_cli_store(config) as store:
+    async with open_cli_store(config) as store, \
+            audited(store, "cli providers import", request={
+                "source": source, "path": path, "name": name, "settings": chosen}) as change:
         try:
             conn, created = await save_account(plugins, store, svc, account, name=name,
                                                settings=chosen)
         except OAuthError as exc:
             raise click.ClickException(exc.message) from None
+        change.target, change.status = conn.id, 201 if created else 200
     click.echo(f"{'imported' if created else 'imported again'}: {conn.id} {conn.name} "
                f"({conn.type}) prefix {conn.prefix}/")
 
