@@ -549,3 +549,15 @@ async def test_a_refused_cli_command_leaves_its_options_masked(tmp_path: Path) -
     added = page[2]["diff"]["after"]
     assert added["credentials"] == {"api_key": mask(GROQ_KEY)}
     assert all(e["actor"].startswith("cli:") and e["address"] == "local" for e in page)
+
+
+async def test_record_writes_an_entry_at_once_on_either_backend(db: DatabaseBackend) -> None:
+    """The CLI's path (no background writer): SQLite and PostgreSQL alike."""
+    audit = AuditLog(db)
+    await audit.record(AuditEntry(ts=5.0, actor="cli:me", action="POST /api/keys",
+                                  target="key_1", diff=change_of(None, {"id": "key_1"}),
+                                  address="local", status=201))
+    assert audit.pending == 0 and audit.written == 1
+    page, _ = await audit.page(actor="cli:me")
+    assert [(e["action"], e["target"], e["diff"], e["address"]) for e in page] == [
+        ("POST /api/keys", "key_1", {"before": None, "after": {"id": "key_1"}}, "local")]

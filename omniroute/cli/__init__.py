@@ -22,7 +22,6 @@ from typing import Any
 
 import click
 
-from omniroute.cli.audit import audited
 from omniroute.cli.common import (
     LazyGroup,
     StartupCommand,
@@ -146,6 +145,7 @@ async def providers_add(ctx: click.Context, preset: str | None, type_: str | Non
                         models: tuple[str, ...], priority: int, inactive: bool) -> None:
     """Add a provider connection."""
     from omniroute.accounts import build_connection
+    from omniroute.cli.audit import audited
 
     config = config_of(ctx)
     if api_key_env:
@@ -241,6 +241,8 @@ def _oauth_line(oauth: dict[str, Any]) -> str:
 @async_command
 async def providers_remove(ctx: click.Context, conn_id: str) -> None:
     """Remove a provider connection."""
+    from omniroute.cli.audit import audited
+
     async with open_cli_store(config_of(ctx)) as store, \
             audited(store, "DELETE /api/providers/{id}", "connection", conn_id) as change:
         if not await store.delete_connection(conn_id):
@@ -315,6 +317,7 @@ async def keys_create(ctx: click.Context, name: str, admin: bool, budget: tuple[
                       tokens: tuple[str, ...], models: tuple[str, ...], expires: str | None,
                       rpm: int | None, concurrency: int | None, no_usage_log: bool) -> None:
     """Create a key; it is printed once and never stored."""
+    from omniroute.cli.audit import audited
     from omniroute.cli.budget import limit_options, parsed_expiry, parsed_limits
 
     limits = parsed_limits(limit_options(budget, tokens, models, rpm, concurrency))
@@ -356,6 +359,8 @@ async def keys_list(ctx: click.Context, as_json: bool) -> None:
 @async_command
 async def keys_revoke(ctx: click.Context, key_id: str) -> None:
     """Revoke a key."""
+    from omniroute.cli.audit import audited
+
     async with open_cli_store(config_of(ctx)) as store, \
             audited(store, "POST /api/keys/{id}/revoke", "key", key_id) as change:
         if not await store.revoke_key(key_id):
@@ -387,6 +392,7 @@ async def combos_add(ctx: click.Context, name: str, steps: tuple[str, ...], stra
     fetches may still make them resolve.
     """
     from omniroute.accounts import build_combo, unresolved_steps
+    from omniroute.cli.audit import audited
 
     parsed: list[Any] = []
     for step in steps:
@@ -457,6 +463,8 @@ async def combos_list(ctx: click.Context, as_json: bool) -> None:
 @async_command
 async def combos_remove(ctx: click.Context, name_or_id: str) -> None:
     """Remove a combo by name or id."""
+    from omniroute.cli.audit import audited
+
     async with open_cli_store(config_of(ctx)) as store, \
             audited(store, "DELETE /api/combos/{id}", "combo", name_or_id) as change:
         found = next((c for c in await store.list_combos() if name_or_id in (c.id, c.name)), None)
@@ -548,6 +556,7 @@ def admin() -> None:
 async def admin_password(ctx: click.Context, password: str | None) -> None:
     """Set the admin password."""
     from omniroute.auth.admin import set_password
+    from omniroute.cli.audit import audited
 
     if password is None:
         password = getpass.getpass("New admin password: ")

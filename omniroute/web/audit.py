@@ -122,7 +122,7 @@ async def read_snapshot(snapshot: Snapshot, store: Store, target: str | None) ->
 class Snapshots:
     """The state one audited call changes, read before its handler and after it.
 
-    Made only for a route whose tag names a snapshot (:func:`of`); :meth:`around`
+    Made only for a route whose tag names a snapshot (:meth:`of`); :meth:`around`
     wraps the handler, so the first read comes after authentication (a refused
     caller costs no read).
     """
@@ -176,6 +176,9 @@ async def record_answer(request: web.Request, started: float, response: web.Stre
     try:
         if snapshots is not None:
             change = await snapshots.change(request, response)
+    except Exception:  # the answer is made: the entry falls back to the body, logged
+        log.exception("audit: the change of %s %s could not be stored", request.method,
+                      request.path)
     finally:
         record_call(request, started, response.status, response, change)
 
