@@ -16,7 +16,6 @@ import click
 from omniroute.budgets import PERIODS, Budgets, Limits, SqliteSpendStore
 from omniroute.budgets.limits import parse_expiry
 from omniroute.budgets.view import budget_view, merged_limits
-from omniroute.cli.audit import audited
 from omniroute.cli.common import async_command, config_of, echo_json, open_cli_store
 from omniroute.resilience.clock import SystemClock
 from omniroute.storage import Store
@@ -90,6 +89,8 @@ def budget_command() -> None:
 @async_command
 async def budget_set(ctx: click.Context, key: str, clear: bool, **values: Any) -> None:
     """Set KEY's budgets (KEY: its id or name), e.g. `--daily 5 --monthly 50`."""
+    from omniroute.cli.audit import audited
+
     names = {"daily": "daily_usd", "weekly": "weekly_usd", "monthly": "monthly_usd"}
     changes = {names.get(k, k): v for k, v in values.items() if v is not None}
     if clear:

@@ -18,7 +18,6 @@ from typing import Any
 
 import click
 
-from omniroute.cli.audit import audited
 from omniroute.cli.common import async_command, config_of, echo_json, open_cli_store, plugins_of
 from omniroute.clitools import CliTools, ConnectRequest, connect, gateway_url, load_custom
 from omniroute.clitools.custom import add_custom, remove_custom
@@ -60,6 +59,8 @@ async def connect_command(ctx: click.Context, tool_id: str | None, model: str | 
     TOOL_ID's own configuration is rewritten to use this gateway with an API key
     and --model; the files are backed up first, and --undo puts them back.
     """
+    from omniroute.cli.audit import audited
+
     modes = [bool(tool_id and not undo), undo, list_tools, bool(add_binary), bool(remove_id)]
     if sum(modes) != 1:
         raise click.UsageError("give a TOOL_ID (with --model, or --undo), or one of --list, "

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import click
 
-from omniroute.cli.audit import audited
 from omniroute.cli.common import (
     async_command,
     config_of,
@@ -28,6 +27,7 @@ async def doctor_command(ctx: click.Context, repair: bool, as_json: bool) -> Non
 
     Exits 1 when a check failed (after --repair, when one still fails).
     """
+    from omniroute.cli.audit import audited
     from omniroute.doctor import diagnose
 
     config = config_of(ctx)

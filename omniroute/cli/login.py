@@ -21,7 +21,6 @@ from typing import Any
 
 import click
 
-from omniroute.cli.audit import audited
 from omniroute.cli.common import async_command, config_of, open_cli_store, plugins_of
 
 
@@ -106,6 +105,7 @@ async def login_command(ctx: click.Context, service: str, name: str | None,
     """Sign in to a subscription SERVICE (claude, ...) and store the account."""
     import aiohttp
 
+    from omniroute.cli.audit import audited
     from omniroute.oauth import OAuthError, SignIn, TokenClient, find_service, save_account
 
     config = config_of(ctx)
@@ -179,6 +179,7 @@ async def import_command(ctx: click.Context, source: str, path: str | None, name
     """
     import aiohttp
 
+    from omniroute.cli.audit import audited
     from omniroute.oauth import OAuthError, TokenClient, find_import, read_import, save_account
 
     config = config_of(ctx)
