@@ -21,6 +21,7 @@ from omniroute.redact import is_secret_name as is_secret_field
 from omniroute.storage import DatabaseBackend
 from omniroute.storage.audit import MAX_DIFF_CHARS, AuditEntry, AuditLog, change_of, diff_of
 from omniroute.storage.audit import redact_diff as redact
+from omniroute.storage.snapshots import SNAPSHOTS, Snapshot
 from omniroute.testing import make_test_config, start_harness
 from omniroute.vault import mask
 from omniroute.web.tags import MUTATING_METHODS, ROUTE_TAGS, is_management_path
@@ -261,6 +262,27 @@ async def test_a_providers_key_never_appears_in_clear_before_or_after(gw: Any) -
     dump = "\n".join(str(tuple(row)) for row in await gw.store.db.fetchall(
         "SELECT * FROM audit_log"))
     assert UPSTREAM_SECRET not in dump and rotated not in dump
+
+
+async def test_a_state_that_cannot_be_read_never_stops_the_change(
+        gw: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A failed read (a credential that no longer opens, a database hiccup) is logged;
+    the call goes on and its entry keeps the request body."""
+    resp = await gw.client.post("/api/combos", headers=gw.admin_headers,
+                                json={"name": "duo", "steps": ["up/gpt-4o-mini"]})
+    combo = (await resp.json())["id"]
+
+    async def unreadable(store: Any, target: str | None) -> Any:
+        raise ValueError("cannot open")
+
+    monkeypatch.setitem(SNAPSHOTS, "combo", Snapshot(unreadable))  # type: ignore[index]
+    resp = await gw.client.put(f"/api/combos/{combo}", headers=gw.admin_headers,
+                               json={"steps": ["up/gpt-4o"]})
+    assert resp.status == 200, await resp.text()
+    assert (await gw.store.get_combo(combo)).steps == ["up/gpt-4o"]  # type: ignore[union-attr]
+    (entry,) = await entries(gw, action="PUT /api/combos/{id}")
+    assert entry["status"] == 200 and entry["target"] == combo
+    assert entry["diff"] == {"request": {"steps": ["up/gpt-4o"]}}
 
 
 def test_a_change_too_large_is_cut_to_the_names_of_its_fields() -> None:

@@ -79,8 +79,9 @@ async def audited(store: Store, action: str, snapshot: str | None = None,
     change = CliChange(action, target, status, request)
     shot = SNAPSHOTS[snapshot] if snapshot is not None else None
     started = time.time()
-    before = await shot.load(store, target) if shot is not None and shot.readable(target) \
-        else None
+    read, before = True, None  # nothing to read yet: a creation
+    if shot is not None and shot.readable(target):
+        read, before = await shot.read(store, target)
     try:
         yield change
     except BaseException as exc:
@@ -92,11 +93,12 @@ async def audited(store: Store, action: str, snapshot: str | None = None,
             log.exception("the audit entry of this refused command could not be written")
         raise
     diff = request_diff(change.request)
-    if shot is not None and shot.readable(change.target):
-        after = await shot.load(store, change.target)
-        diff = change_of(before, after, by_id=shot.by_id)
-        if shot.table and change.target is None:
-            change.target = only_member(before, after)
+    if shot is not None and read and shot.readable(change.target):
+        read, after = await shot.read(store, change.target)
+        if read:
+            diff = change_of(before, after, by_id=shot.by_id)
+            if shot.table and change.target is None:
+                change.target = only_member(before, after)
     try:
         await _write(store, started, change, diff)
     except Exception as exc:  # noqa: BLE001 - said, with the cause: the change stays made

@@ -19,11 +19,14 @@ masked form is unchanged is still a change, and redacted before it is stored.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from omniroute.storage.store import Store
+
+log = logging.getLogger(__name__)
 
 #: what a snapshot of a target reads (``target``: an id or name; None for a table)
 Load = Callable[[Store, "str | None"], Awaitable[Any]]
@@ -44,6 +47,17 @@ class Snapshot:
         """Whether there is something to read: a table always, an object once its id is
         known (a creation's is known only after the change)."""
         return self.table or target is not None
+
+    async def read(self, store: Store, target: str | None) -> tuple[bool, Any]:
+        """``(True, state)``, or ``(False, None)`` when the read failed: logged, and the
+        entry keeps the request instead. The audit trail never stops a change (a
+        connection whose credentials no longer open can still be removed)."""
+        try:
+            return True, await self.load(store, target)
+        except Exception as exc:  # noqa: BLE001 - logged; the entry says less, that is all
+            log.warning("audit: reading the state of %s failed (%s: %s); the entry keeps the "
+                        "request instead", target or "a table", type(exc).__name__, exc)
+            return False, None
 
 
 async def _connection(store: Store, target: str | None) -> Any:

@@ -108,17 +108,6 @@ def record_call(request: web.Request, started: float, status: int,
     ))
 
 
-async def read_snapshot(snapshot: Snapshot, store: Store, target: str | None) -> tuple[bool, Any]:
-    """(read, state): the state, or (False, None) when the read failed (logged: the
-    entry then holds the request body; the call goes on)."""
-    try:
-        return True, await snapshot.load(store, target)
-    except Exception:
-        log.exception("audit: reading the state of %s failed; the entry keeps the request "
-                      "body instead", target or "a table")
-        return False, None
-
-
 class Snapshots:
     """The state one audited call changes, read before its handler and after it.
 
@@ -145,7 +134,7 @@ class Snapshots:
         async def snapshotted(request: web.Request) -> web.StreamResponse:
             target = target_of(request, None)  # the path's id; a creation's comes later
             if self.snapshot.readable(target):
-                self.read, self.before = await read_snapshot(self.snapshot, self.store, target)
+                self.read, self.before = await self.snapshot.read(self.store, target)
             else:
                 self.read = True  # nothing there yet: a creation
             return await handler(request)
@@ -161,7 +150,7 @@ class Snapshots:
         target = target_of(request, response)
         if not self.snapshot.readable(target):
             return None
-        read, after = await read_snapshot(self.snapshot, self.store, target)
+        read, after = await self.snapshot.read(self.store, target)
         if not read:
             return None
         member = only_member(self.before, after) if self.snapshot.table else None
