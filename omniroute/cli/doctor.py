@@ -33,10 +33,14 @@ async def doctor_command(ctx: click.Context, repair: bool, as_json: bool) -> Non
     config = config_of(ctx)
     findings = await diagnose(config, plugins_of(config), repair=repair)
     fixed = [f.as_dict() for f in findings if f.status == "fixed"]
-    if fixed:  # a repair changed files or stored settings: on the record
-        async with open_cli_store(config) as store, \
-                audited(store, "cli doctor --repair", request={"fixed": fixed}):
-            pass
+    if fixed:  # a repair changed files or stored settings: on the record, when it can be
+        try:
+            async with open_cli_store(config) as store, \
+                    audited(store, "cli doctor --repair", request={"fixed": fixed}):
+                pass
+        except click.ClickException as exc:  # the doctor still reports (a damaged database)
+            click.echo(f"warning: the repair is not on the audit record: "
+                       f"{exc.format_message()}", err=True)
     if as_json:
         echo_json([f.as_dict() for f in findings])
     else:
