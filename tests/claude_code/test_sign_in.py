@@ -154,6 +154,12 @@ async def test_sign_in_through_the_command_line(claude: Claude) -> None:
     assert stored.settings["oauth_token_url"] == claude.settings["oauth_token_url"]
     for secret in (stored.credentials["access_token"], stored.credentials["refresh_token"]):
         assert secret.encode() not in out + err
+    resp = await claude.gw.client.get("/api/compliance/audit-log", headers=claude.gw.admin_headers,
+                                      params={"action": "cli login"})
+    (entry,) = (await resp.json())["entries"]
+    assert (entry["target"], entry["status"], entry["address"]) == (stored.id, 201, "local")
+    assert entry["actor"].startswith("cli:") and entry["diff"]["request"]["name"] == "cli"
+    assert stored.credentials["access_token"] not in json.dumps(entry)
 
 
 async def test_the_command_line_waits_a_bounded_time(claude: Claude) -> None:
