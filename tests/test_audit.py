@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import getpass
 import re
 import sqlite3
 import time
@@ -13,12 +14,16 @@ import openai
 import orjson
 import pytest
 from aiohttp import web
+from test_cli import GROQ_KEY, Cli, added_id, failed, ok
 
 from omniroute.appkeys import AUDIT_LOG
 from omniroute.redact import is_secret_name as is_secret_field
 from omniroute.storage import DatabaseBackend
-from omniroute.storage.audit import MAX_DIFF_CHARS, AuditEntry, AuditLog, diff_of
+from omniroute.storage.audit import MAX_DIFF_CHARS, AuditEntry, AuditLog, change_of, diff_of
 from omniroute.storage.audit import redact_diff as redact
+from omniroute.storage.snapshots import SNAPSHOTS, Snapshot
+from omniroute.testing import make_test_config, start_harness
+from omniroute.vault import mask
 from omniroute.web.tags import MUTATING_METHODS, ROUTE_TAGS, is_management_path
 
 PASSWORD = "test-password-123"
@@ -149,20 +154,145 @@ async def test_secrets_never_reach_the_audit_log(gw: Any) -> None:
     found = {e["action"]: e for e in reversed(await entries(gw))}  # the newest wins
     provider = found["POST /api/providers"]
     assert provider["target"] == created_conn  # the id of what was created
-    assert provider["diff"]["name"] == "second" and provider["diff"]["prefix"] == "two"
-    assert provider["diff"]["api_key"] == "sk-u…6789"
-    assert provider["diff"]["headers"] == {"Authorization": "Bear…6789"}
+    # a creation: no before, the whole object after (as stored, secrets masked)
+    assert provider["diff"]["before"] is None
+    created = provider["diff"]["after"]
+    assert created["id"] == created_conn and created["name"] == "second"
+    assert created["prefix"] == "two" and created["credentials"] == {"api_key": "sk-u…6789"}
+    assert created["settings"]["headers"] == {"Authorization": "Bear…6789"}
     key = found["POST /api/keys"]
-    assert key["target"] == created_key["id"] and key["diff"] == {"name": "ci", "scopes": []}
+    assert key["target"] == created_key["id"] and key["diff"]["before"] is None
+    assert key["diff"]["after"]["name"] == "ci" and key["diff"]["after"]["scopes"] == []
+    # no snapshot of a password: the request, and no password in it
     password = found["PUT /api/auth/password"]
-    assert password["diff"] == {"current_password": "[REDACTED]", "new_password": "[REDACTED]"}
-    assert found["PATCH /api/settings"]["diff"] == {"max_attempts": 2}
+    assert password["diff"] == {"request": {"current_password": "[REDACTED]",
+                                            "new_password": "[REDACTED]"}}
+    settings = found["PATCH /api/settings"]
+    assert settings["diff"] == {"before": {"max_attempts": None}, "after": {"max_attempts": 2}}
+    assert settings["target"] == "max_attempts"  # the one setting it changed
 
     await gw.client.app[AUDIT_LOG].flush()
     dump = "\n".join(str(tuple(row)) for row in await gw.store.db.fetchall(
         "SELECT * FROM audit_log"))
     for secret in (UPSTREAM_SECRET, created_key["key"], PASSWORD, "another-password-456"):
         assert secret not in dump
+
+
+async def test_a_patch_records_the_fields_it_changed_before_and_after(gw: Any) -> None:
+    resp = await gw.client.post("/api/keys", headers=gw.admin_headers,
+                                json={"name": "ci", "limits": {"daily_usd": 5, "rpm": 60}})
+    key = await resp.json()
+    resp = await gw.client.patch(f"/api/keys/{key['id']}", headers=gw.admin_headers,
+                                 json={"limits": {"daily_usd": 7}, "log_usage": False})
+    assert resp.status == 200, await resp.text()
+    (entry,) = await entries(gw, action="PATCH /api/keys/{id}")
+    assert entry["target"] == key["id"] and entry["status"] == 200
+    # only what changed: not the name, not the rpm, not the limits' other fields
+    assert entry["diff"] == {"before": {"limits": {"daily_usd": 5.0}, "log_usage": True},
+                             "after": {"limits": {"daily_usd": 7.0}, "log_usage": False}}
+    # a table named in the body (a budget): the member that changed is the target
+    resp = await gw.client.post("/api/usage/budget", headers=gw.admin_headers,
+                                json={"keyId": key["id"], "limit": 9, "period": "daily"})
+    assert resp.status == 200, await resp.text()
+    (entry,) = await entries(gw, action="POST /api/usage/budget")
+    assert entry["target"] == key["id"]
+    assert entry["diff"] == {"before": {key["id"]: {"daily_usd": 7.0}},
+                             "after": {key["id"]: {"daily_usd": 9.0}}}
+    # a refused change has no after: the entry holds what was asked
+    resp = await gw.client.patch(f"/api/keys/{key['id']}", headers=gw.admin_headers,
+                                 json={"log_usage": "no"})
+    assert resp.status == 400
+    refused = (await entries(gw, action="PATCH /api/keys/{id}"))[0]
+    assert refused["status"] == 400 and refused["diff"] == {"request": {"log_usage": "no"}}
+
+
+async def test_a_delete_records_the_deleted_objects_redacted_state(gw: Any) -> None:
+    resp = await gw.client.post("/api/providers", headers=gw.admin_headers, json={
+        "type": "openai", "name": "gone", "prefix": "gone", "base_url": gw.fake.base_url,
+        "api_key": UPSTREAM_SECRET})
+    conn = (await resp.json())["id"]
+    resp = await gw.client.post("/api/combos", headers=gw.admin_headers,
+                                json={"name": "duo", "steps": ["up/gpt-4o-mini"]})
+    assert resp.status == 201, await resp.text()
+    combo = (await resp.json())["id"]
+    resp = await gw.client.post("/api/models/alias", headers=gw.admin_headers,
+                                json={"alias": "fast", "target": "up/gpt-4o-mini"})
+    assert resp.status == 200
+    for path in (f"/api/providers/{conn}", f"/api/combos/{combo}", "/api/models/alias/fast"):
+        resp = await gw.client.delete(path, headers=gw.admin_headers)
+        assert resp.status == 200, await resp.text()
+    found = {e["action"]: e for e in await entries(gw)}
+    deleted = found["DELETE /api/providers/{id}"]["diff"]
+    assert deleted["after"] is None
+    assert deleted["before"]["id"] == conn and deleted["before"]["name"] == "gone"
+    assert deleted["before"]["credentials"] == {"api_key": "sk-u…6789"}
+    assert found["DELETE /api/combos/{id}"]["diff"]["before"]["steps"] == ["up/gpt-4o-mini"]
+    assert found["DELETE /api/combos/{id}"]["diff"]["after"] is None
+    assert found["POST /api/models/alias"]["target"] == "fast"
+    assert found["POST /api/models/alias"]["diff"] == {"before": {"fast": None},
+                                                       "after": {"fast": "up/gpt-4o-mini"}}
+    assert found["DELETE /api/models/alias/{alias}"]["diff"] == {
+        "before": {"fast": "up/gpt-4o-mini"}, "after": {"fast": None}}
+    # a price override: a table too, its member named by model
+    resp = await gw.client.put("/api/pricing", headers=gw.admin_headers,
+                               json={"model": "up/gpt-4o-mini", "input": 1, "output": 2})
+    assert resp.status == 200, await resp.text()
+    (priced,) = await entries(gw, action="PUT /api/pricing")
+    assert priced["target"] == "up/gpt-4o-mini" and priced["diff"]["before"] == {
+        "up/gpt-4o-mini": None}
+    assert priced["diff"]["after"]["up/gpt-4o-mini"]["input"] == 1.0
+
+
+async def test_a_providers_key_never_appears_in_clear_before_or_after(gw: Any) -> None:
+    resp = await gw.client.post("/api/providers", headers=gw.admin_headers, json={
+        "type": "openai", "name": "rotated", "prefix": "rot", "base_url": gw.fake.base_url,
+        "api_key": UPSTREAM_SECRET})
+    conn = (await resp.json())["id"]
+    rotated = "sk-rotated-another-secret-9876543210"
+    resp = await gw.client.put(f"/api/providers/{conn}", headers=gw.admin_headers,
+                               json={"api_key": rotated, "priority": 3})
+    assert resp.status == 200, await resp.text()
+    (entry,) = await entries(gw, action="PUT /api/providers/{id}")
+    diff = entry["diff"]
+    assert diff["before"]["credentials"] == {"api_key": "sk-u…6789"}
+    assert diff["after"]["credentials"] == {"api_key": "sk-r…3210"}
+    assert diff["before"]["priority"] == 0 and diff["after"]["priority"] == 3
+    assert "name" not in diff["before"] and "prefix" not in diff["after"]  # unchanged
+    await gw.client.app[AUDIT_LOG].flush()
+    dump = "\n".join(str(tuple(row)) for row in await gw.store.db.fetchall(
+        "SELECT * FROM audit_log"))
+    assert UPSTREAM_SECRET not in dump and rotated not in dump
+
+
+async def test_a_state_that_cannot_be_read_never_stops_the_change(
+        gw: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A failed read (a credential that no longer opens, a database hiccup) is logged;
+    the call goes on and its entry keeps the request body."""
+    resp = await gw.client.post("/api/combos", headers=gw.admin_headers,
+                                json={"name": "duo", "steps": ["up/gpt-4o-mini"]})
+    combo = (await resp.json())["id"]
+
+    async def unreadable(store: Any, target: str | None) -> Any:
+        raise ValueError("cannot open")
+
+    monkeypatch.setitem(SNAPSHOTS, "combo", Snapshot(unreadable))  # type: ignore[index]
+    resp = await gw.client.put(f"/api/combos/{combo}", headers=gw.admin_headers,
+                               json={"steps": ["up/gpt-4o"]})
+    assert resp.status == 200, await resp.text()
+    assert (await gw.store.get_combo(combo)).steps == ["up/gpt-4o"]  # type: ignore[union-attr]
+    (entry,) = await entries(gw, action="PUT /api/combos/{id}")
+    assert entry["status"] == 200 and entry["target"] == combo
+    assert entry["diff"] == {"request": {"steps": ["up/gpt-4o"]}}
+
+
+def test_a_change_too_large_is_cut_to_the_names_of_its_fields() -> None:
+    before = {"name": "a", "steps": ["x" * 3000]}
+    after = {"name": "b", "steps": ["y" * 3000]}
+    stored = change_of(before, after)
+    assert len(stored) <= MAX_DIFF_CHARS
+    shape = orjson.loads(stored)["changed"]
+    assert shape["truncated"] is True and shape["bytes"] > MAX_DIFF_CHARS
+    assert shape["fields"] == ["name", "steps"]
 
 
 async def test_logins_and_logouts_succeed_and_fail_on_the_record(omniroute: Any) -> None:
@@ -308,10 +438,11 @@ def test_redact_masks_nested_secrets_and_keeps_the_rest() -> None:
                                   "oauth": {"refresh_token": "*****"}},
         "credentials": "[REDACTED]", "steps": [{"password": "[REDACTED]"}]}
     assert diff_of(b"") is None and diff_of(b"  ") is None
-    assert diff_of(b"not json") == '{"unparsed_bytes":8}'
+    assert diff_of(b"not json") == '{"request":{"unparsed_bytes":8}}'
     huge = diff_of(b'{"a": "' + b"x" * 5000 + b'", "password": "p"}')
     assert huge is not None and "x" * 100 not in huge and len(huge) <= MAX_DIFF_CHARS
-    assert orjson.loads(huge) == {"truncated": True, "bytes": 5026, "fields": ["a", "password"]}
+    assert orjson.loads(huge) == {"request": {"truncated": True, "bytes": 5026,
+                                              "fields": ["a", "password"]}}
 
 
 @pytest.mark.parametrize(("params", "param"), [
@@ -340,7 +471,7 @@ def test_audit_redaction_finds_secrets_by_their_shape_under_any_name() -> None:
     assert diff is not None
     for secret in ("abcdefghijklmnop123", "ABCDEFGHIJKLMNOP", "AIzaSyA123", "sk-a-0123"):
         assert secret not in diff, secret
-    parsed = orjson.loads(diff)
+    parsed = orjson.loads(diff)["request"]
     assert parsed["settings"]["headers"]["X-Plain"] == "kept"
     assert parsed["settings"]["headers"]["X-Route-To"] == "Bearer [REDACTED]"
 
@@ -362,3 +493,93 @@ async def test_an_entry_written_again_is_stored_once(db: DatabaseBackend) -> Non
     page, _ = await log.page()
     assert [e["ts"] for e in page] == [1002.0, 1001.0, 1000.0]
     assert "uid" not in page[0]
+
+
+# ----------------------------------------------------------------------------- the CLI
+
+async def test_cli_changes_leave_entries_the_audit_log_api_returns(
+        tmp_path: Path, aiohttp_client: Any) -> None:
+    """Each configuration command writes its entry, like the matching route's, into the
+    table the running gateway pages: actor ``cli:<user>``, address ``local``."""
+    run = Cli(tmp_path / "data")
+    gw = await start_harness(aiohttp_client, make_test_config(run.data_dir))
+    conn = added_id(ok(await run.in_thread("providers", "add", "--preset", "groq",
+                                           "--api-key", GROQ_KEY)))
+    ok(await run.in_thread("keys", "create", "--name", "ci", "--budget", "daily=5"))
+    key = await gw.store.get_key("ci")
+    assert key is not None
+    ok(await run.in_thread("budget", "set", "ci", "--daily", "7"))
+    ok(await run.in_thread("keys", "revoke", key.id))
+    ok(await run.in_thread("combos", "add", "duo", "groq/llama-3.1-8b-instant"))
+    ok(await run.in_thread("combos", "add", "duo", "groq/llama-3.3-70b-versatile"))
+    combo = (await gw.store.get_combo("duo")).id  # type: ignore[union-attr]
+    ok(await run.in_thread("combos", "remove", "duo"))
+    ok(await run.in_thread("providers", "remove", conn))
+    failed(await run.in_thread("providers", "remove", conn), "no connection")
+    ok(await run.in_thread("admin", "password", "--password", "cli-chosen-pass-42"))
+
+    actor = f"cli:{getpass.getuser()}"
+    found = list(reversed(await entries(gw, actor=actor)))
+    assert [(e["action"], e["target"], e["status"]) for e in found] == [
+        ("POST /api/providers", conn, 201),
+        ("POST /api/keys", key.id, 201),
+        ("POST /api/usage/budget", key.id, 200),
+        ("POST /api/keys/{id}/revoke", key.id, 200),
+        ("POST /api/combos", combo, 201),
+        ("PUT /api/combos/{id}", combo, 200),
+        ("DELETE /api/combos/{id}", combo, 200),
+        ("DELETE /api/providers/{id}", conn, 200),
+        ("DELETE /api/providers/{id}", conn, 404),
+        ("PUT /api/auth/password", None, 200)]
+    assert {e["address"] for e in found} == {"local"}
+    diffs = [e["diff"] for e in found]
+    assert diffs[0]["before"] is None and diffs[0]["after"]["prefix"] == "groq"
+    assert diffs[0]["after"]["credentials"] == {"api_key": mask(GROQ_KEY)}
+    assert diffs[1]["before"] is None and diffs[1]["after"]["limits"]["daily_usd"] == 5.0
+    assert diffs[2] == {"before": {key.id: {"daily_usd": 5.0}},
+                        "after": {key.id: {"daily_usd": 7.0}}}
+    assert diffs[3]["before"] == {"revoked_at": None} and diffs[3]["after"]["revoked_at"] > 0
+    assert diffs[5]["before"]["steps"] == ["groq/llama-3.1-8b-instant"]
+    assert diffs[5]["after"]["steps"] == ["groq/llama-3.3-70b-versatile"]
+    assert diffs[6]["after"] is None and diffs[6]["before"]["name"] == "duo"
+    assert diffs[7]["after"] is None and diffs[7]["before"]["id"] == conn
+    assert diffs[8] is None  # refused: nothing changed, and no options to keep
+    assert diffs[9] == {"request": {"new_password": "[REDACTED]"}}
+    # the dashboard's filter by action finds the CLI's entries with the routes'
+    assert [e["actor"] for e in await entries(gw, action="POST /api/usage/budget")] == [actor]
+    await gw.client.app[AUDIT_LOG].flush()
+    dump = "\n".join(str(tuple(row)) for row in await gw.store.db.fetchall(
+        "SELECT * FROM audit_log"))
+    assert GROQ_KEY not in dump and "cli-chosen-pass-42" not in dump
+
+
+async def test_a_refused_cli_command_leaves_its_options_masked(tmp_path: Path) -> None:
+    run = Cli(tmp_path / "data")
+    ok(await run.in_thread("providers", "add", "--preset", "groq", "--api-key", GROQ_KEY))
+    failed(await run.in_thread("budget", "set", "nobody", "--daily", "5"), "no key 'nobody'")
+    failed(await run.in_thread("keys", "revoke", "key_nope"), "no active key")
+    from omniroute.startup import open_store
+
+    store = await open_store(make_test_config(run.data_dir))
+    try:
+        page, _ = await AuditLog(store.db).page()
+    finally:
+        await store.db.close()
+    assert [(e["action"], e["status"], e["diff"]) for e in page[:2]] == [
+        ("POST /api/keys/{id}/revoke", 404, None),
+        ("POST /api/usage/budget", 404, {"request": {"keyId": "nobody", "daily_usd": 5.0}})]
+    added = page[2]["diff"]["after"]
+    assert added["credentials"] == {"api_key": mask(GROQ_KEY)}
+    assert all(e["actor"].startswith("cli:") and e["address"] == "local" for e in page)
+
+
+async def test_record_writes_an_entry_at_once_on_either_backend(db: DatabaseBackend) -> None:
+    """The CLI's path (no background writer): SQLite and PostgreSQL alike."""
+    audit = AuditLog(db)
+    await audit.record(AuditEntry(ts=5.0, actor="cli:me", action="POST /api/keys",
+                                  target="key_1", diff=change_of(None, {"id": "key_1"}),
+                                  address="local", status=201))
+    assert audit.pending == 0 and audit.written == 1
+    page, _ = await audit.page(actor="cli:me")
+    assert [(e["action"], e["target"], e["diff"], e["address"]) for e in page] == [
+        ("POST /api/keys", "key_1", {"before": None, "after": {"id": "key_1"}}, "local")]

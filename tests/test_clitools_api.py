@@ -27,6 +27,8 @@ from test_cli import SECRET_KEY_B64
 
 from omniroute.cli import cli
 from omniroute.clitools.files import parse_dotenv
+from omniroute.startup import open_store
+from omniroute.storage.audit import AuditLog
 from omniroute.testing import make_test_config, start_harness
 
 UPSTREAM_KEY = "sk-upstream-test"
@@ -294,6 +296,28 @@ def test_connect_command(tmp_path: Path, home: Path, bin_dir: Path) -> None:
                         ((), "give a TOOL_ID")):
         result = connect(tmp_path, home, bin_dir, *args)
         assert result.exit_code != 0 and words in result.output, (args, result.output)
+
+    # every change, and every refusal once the store was open, is on the audit record
+    # with the action of the /api/cli-tools route that makes it (the key never)
+    async def audit_page() -> list[dict[str, Any]]:
+        store = await open_store(make_test_config(tmp_path / "data"))
+        try:
+            return (await AuditLog(store.db).page(limit=50))[0]
+        finally:
+            await store.db.close()
+
+    page = asyncio.run(audit_page())
+    assert [(e["action"], e["target"], e["status"]) for e in reversed(page)] == [
+        ("POST /api/cli-tools/{id}/configure", "claude-code", 200),
+        ("POST /api/cli-tools/{id}/restore", "claude-code", 200),
+        ("POST /api/cli-tools", "mytool", 200),
+        ("DELETE /api/cli-tools/{id}", "mytool", 200),
+        ("POST /api/cli-tools/{id}/configure", "nope", 400),
+        ("POST /api/cli-tools/{id}/configure", "codex", 400),
+        ("POST /api/cli-tools/{id}/restore", "codex", 400),
+        ("DELETE /api/cli-tools/{id}", "codex", 400)]
+    assert all(e["actor"].startswith("cli:") and e["address"] == "local" for e in page)
+    assert env["ANTHROPIC_AUTH_TOKEN"] not in json.dumps(page)
 
 
 

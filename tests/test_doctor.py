@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
+import sqlite3
 import stat
 import time
 from collections.abc import Callable
@@ -199,6 +201,12 @@ def test_cli_doctor_reports_and_exits_by_what_it_found(tmp_path: Path) -> None:
     assert {"check": "data_dir", "status": "warn"}.items() <= rows[0].items()
     result = runner.invoke(cli, ["--data-dir", str(data), "doctor", "--repair"], env=env)
     assert result.exit_code == 0 and "FIXED data_dir" in result.output
+    with contextlib.closing(sqlite3.connect(data / "omniroute.sqlite3")) as db:
+        rows = db.execute("SELECT actor, action, address, diff FROM audit_log ORDER BY id"
+                          ).fetchall()
+    assert [r[1] for r in rows] == ["cli doctor --repair"] * 2  # each repair, on the record
+    assert all(r[0].startswith("cli:") and r[2] == "local" for r in rows)
+    assert json.loads(rows[1][3])["request"]["fixed"][0]["check"] == "data_dir"
     (data / "secret.key").write_text("not a key\n")
     result = runner.invoke(cli, ["--data-dir", str(data), "doctor"], env=env)
     assert result.exit_code == 1 and "FAIL  vault_key" in result.output

@@ -38,6 +38,7 @@ HEAVY = {
     "omniroute.doctor": "`omniroute doctor` and POST /api/system/env/repair only",
     **{f"omniroute.cli.{name}": f"only `omniroute {name}` runs it (cli.LAZY_COMMANDS)"
        for name in ("budget", "cache", "connect", "doctor", "login", "plugins", "usage")},
+    "omniroute.cli.audit": "only the CLI's configuration commands write their audit entries",
 }
 if sys.platform == "linux":  # the vault's AES-GCM is OpenSSL's through _ssl (omniroute.aesgcm)
     HEAVY["cryptography"] = "the vault seals and opens credentials with _ssl's OpenSSL"

@@ -145,6 +145,7 @@ async def providers_add(ctx: click.Context, preset: str | None, type_: str | Non
                         models: tuple[str, ...], priority: int, inactive: bool) -> None:
     """Add a provider connection."""
     from omniroute.accounts import build_connection
+    from omniroute.cli.audit import audited
 
     config = config_of(ctx)
     if api_key_env:
@@ -165,7 +166,10 @@ async def providers_add(ctx: click.Context, preset: str | None, type_: str | Non
         conn = build_connection(plugins, spec)
     except ValueError as exc:
         raise click.ClickException(str(exc)) from None
-    async with open_cli_store(config) as store:
+    async with open_cli_store(config) as store, \
+            audited(store, "POST /api/providers", "connection", status=201,
+                    request=spec) as change:
+        change.target = conn.id
         await store.save_connection(conn)
     click.echo(f"added {conn.id}: {conn.name} ({conn.type}) prefix {conn.prefix}/")
 
@@ -237,8 +241,12 @@ def _oauth_line(oauth: dict[str, Any]) -> str:
 @async_command
 async def providers_remove(ctx: click.Context, conn_id: str) -> None:
     """Remove a provider connection."""
-    async with open_cli_store(config_of(ctx)) as store:
+    from omniroute.cli.audit import audited
+
+    async with open_cli_store(config_of(ctx)) as store, \
+            audited(store, "DELETE /api/providers/{id}", "connection", conn_id) as change:
         if not await store.delete_connection(conn_id):
+            change.status = 404
             raise click.ClickException(f"no connection {conn_id!r}")
     click.echo(f"removed {conn_id}")
 
@@ -309,14 +317,20 @@ async def keys_create(ctx: click.Context, name: str, admin: bool, budget: tuple[
                       tokens: tuple[str, ...], models: tuple[str, ...], expires: str | None,
                       rpm: int | None, concurrency: int | None, no_usage_log: bool) -> None:
     """Create a key; it is printed once and never stored."""
+    from omniroute.cli.audit import audited
     from omniroute.cli.budget import limit_options, parsed_expiry, parsed_limits
 
     limits = parsed_limits(limit_options(budget, tokens, models, rpm, concurrency))
     expires_at = parsed_expiry(expires)
-    async with open_cli_store(config_of(ctx)) as store:
-        key, secret = await store.create_key(name, {"admin"} if admin else set(),
-                                             limits=limits, expires_at=expires_at,
-                                             log_usage=not no_usage_log)
+    scopes = {"admin"} if admin else set()
+    options = {"name": name, "scopes": sorted(scopes),
+               "limits": limits.as_dict() if limits is not None else {},
+               "expires_at": expires_at, "log_usage": not no_usage_log}
+    async with open_cli_store(config_of(ctx)) as store, \
+            audited(store, "POST /api/keys", "key", status=201, request=options) as change:
+        key, secret = await store.create_key(name, scopes, limits=limits,
+                                             expires_at=expires_at, log_usage=not no_usage_log)
+        change.target = key.id
     click.echo(secret)
     click.echo(f"created {key.id} ({name}){' with admin scope' if admin else ''}; "
                "store the key now: it is not shown again", err=True)
@@ -345,8 +359,12 @@ async def keys_list(ctx: click.Context, as_json: bool) -> None:
 @async_command
 async def keys_revoke(ctx: click.Context, key_id: str) -> None:
     """Revoke a key."""
-    async with open_cli_store(config_of(ctx)) as store:
+    from omniroute.cli.audit import audited
+
+    async with open_cli_store(config_of(ctx)) as store, \
+            audited(store, "POST /api/keys/{id}/revoke", "key", key_id) as change:
         if not await store.revoke_key(key_id):
+            change.status = 404
             raise click.ClickException(f"no active key {key_id!r}")
     click.echo(f"revoked {key_id}")
 
@@ -374,6 +392,7 @@ async def combos_add(ctx: click.Context, name: str, steps: tuple[str, ...], stra
     fetches may still make them resolve.
     """
     from omniroute.accounts import build_combo, unresolved_steps
+    from omniroute.cli.audit import audited
 
     parsed: list[Any] = []
     for step in steps:
@@ -384,7 +403,9 @@ async def combos_add(ctx: click.Context, name: str, steps: tuple[str, ...], stra
                 raise click.ClickException(f"step {step!r} is not valid JSON: {exc}") from None
         else:
             parsed.append(step)
-    async with open_cli_store(config_of(ctx)) as store:
+    async with open_cli_store(config_of(ctx)) as store, \
+            audited(store, "POST /api/combos", "combo", name, status=201,
+                    request={"name": name, "steps": parsed, "strategy": strategy}) as change:
         existing_all = await store.list_combos()
         existing = next((c for c in existing_all if c.name == name), None)
         connections = await store.list_connections()
@@ -397,6 +418,9 @@ async def combos_add(ctx: click.Context, name: str, steps: tuple[str, ...], stra
         router = _offline_router(connections, await store.list_aliases(), [*others, combo])
         problems = unresolved_steps(combo.steps, lambda m: router.resolve(m).targets,
                                     connections)
+        if existing is not None:  # a replacement, as PUT /api/combos/{id} makes
+            change.action, change.status = "PUT /api/combos/{id}", 200
+        change.target = combo.id
         await store.save_combo(combo)
     for problem in problems:
         click.echo(f"warning: {problem}", err=True)
@@ -439,10 +463,15 @@ async def combos_list(ctx: click.Context, as_json: bool) -> None:
 @async_command
 async def combos_remove(ctx: click.Context, name_or_id: str) -> None:
     """Remove a combo by name or id."""
-    async with open_cli_store(config_of(ctx)) as store:
+    from omniroute.cli.audit import audited
+
+    async with open_cli_store(config_of(ctx)) as store, \
+            audited(store, "DELETE /api/combos/{id}", "combo", name_or_id) as change:
         found = next((c for c in await store.list_combos() if name_or_id in (c.id, c.name)), None)
         if found is None:
+            change.status = 404
             raise click.ClickException(f"no combo {name_or_id!r}")
+        change.target = found.id
         await store.delete_combo(found.id)
     click.echo(f"removed combo {found.name}")
 
@@ -527,10 +556,12 @@ def admin() -> None:
 async def admin_password(ctx: click.Context, password: str | None) -> None:
     """Set the admin password."""
     from omniroute.auth.admin import set_password
+    from omniroute.cli.audit import audited
 
     if password is None:
         password = getpass.getpass("New admin password: ")
-    async with open_cli_store(config_of(ctx)) as store:
+    async with open_cli_store(config_of(ctx)) as store, \
+            audited(store, "PUT /api/auth/password", request={"new_password": password}):
         try:
             await set_password(store, password)
         except ValueError as exc:

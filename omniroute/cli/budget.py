@@ -89,6 +89,8 @@ def budget_command() -> None:
 @async_command
 async def budget_set(ctx: click.Context, key: str, clear: bool, **values: Any) -> None:
     """Set KEY's budgets (KEY: its id or name), e.g. `--daily 5 --monthly 50`."""
+    from omniroute.cli.audit import audited
+
     names = {"daily": "daily_usd", "weekly": "weekly_usd", "monthly": "monthly_usd"}
     changes = {names.get(k, k): v for k, v in values.items() if v is not None}
     if clear:
@@ -98,12 +100,18 @@ async def budget_set(ctx: click.Context, key: str, clear: bool, **values: Any) -
         raise click.UsageError("Give a limit: --daily, --weekly, --monthly, --*-tokens, "
                                "--warn-at, --reset-time or --clear.")
     async with open_cli_store(config_of(ctx)) as store:
-        found = await _key(store, key)
-        try:
-            limits = merged_limits(found.limits, changes)
-        except ValueError as exc:
-            raise click.ClickException(str(exc)) from None
-        await store.update_key(found.id, limits=limits)
+        async with audited(store, "POST /api/usage/budget", "budgets",
+                           request={"keyId": key, **changes}) as change:
+            found = await store.get_key(key)
+            if found is None:
+                change.status = 404
+                raise click.ClickException(f"no key {key!r}")
+            change.target = found.id
+            try:
+                limits = merged_limits(found.limits, changes)
+            except ValueError as exc:
+                raise click.ClickException(str(exc)) from None
+            await store.update_key(found.id, limits=limits)
         views = await _views(store, [await _key(store, found.id)])
     _print(views)
 

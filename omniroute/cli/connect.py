@@ -59,6 +59,8 @@ async def connect_command(ctx: click.Context, tool_id: str | None, model: str | 
     TOOL_ID's own configuration is rewritten to use this gateway with an API key
     and --model; the files are backed up first, and --undo puts them back.
     """
+    from omniroute.cli.audit import audited
+
     modes = [bool(tool_id and not undo), undo, list_tools, bool(add_binary), bool(remove_id)]
     if sum(modes) != 1:
         raise click.UsageError("give a TOOL_ID (with --model, or --undo), or one of --list, "
@@ -66,24 +68,39 @@ async def connect_command(ctx: click.Context, tool_id: str | None, model: str | 
     config = config_of(ctx)
     tools = CliTools.for_config(config, plugins_of(config))
     async with open_cli_store(config) as store:
-        try:
-            if list_tools:
-                _show_listing(await tools.listing(await load_custom(store)), as_json)
-            elif add_binary:
-                await _add(tools, store, {"binary": add_binary, "name": name, "id": custom_id,
-                                          "protocol": protocol, "configPaths": list(config_path)},
-                           as_json)
-            elif remove_id:
-                await _remove(tools, store, remove_id)
-            elif undo:
-                tool = tools.find(str(tool_id), await load_custom(store))
-                _show_restore(await tools.restore(tool, everything=undo_all), as_json)
-            else:
-                result = await _configure(config, tools, store, str(tool_id), model,
-                                          small_model, _key(key, key_env), new_key, base_url)
-                _show_configure(result, as_json)
-        except GatewayError as exc:
-            raise click.ClickException(exc.message) from None
+        if list_tools:
+            _show_listing(await tools.listing(await load_custom(store)), as_json)
+            return
+        # the entry the matching /api/cli-tools route leaves (the key masked, as a body's)
+        spec = {"binary": add_binary, "name": name, "id": custom_id, "protocol": protocol,
+                "configPaths": list(config_path)}
+        if add_binary:
+            action, target, options = "POST /api/cli-tools", custom_id or add_binary, spec
+        elif remove_id:
+            action, target, options = "DELETE /api/cli-tools/{id}", remove_id, None
+        elif undo:
+            action, target, options = ("POST /api/cli-tools/{id}/restore", tool_id,
+                                       {"all": undo_all})
+        else:
+            action, target = "POST /api/cli-tools/{id}/configure", tool_id
+            options = {"model": model, "small_model": small_model, "key": key,
+                       "key_env": key_env, "new_key": new_key, "base_url": base_url}
+        async with audited(store, action, target=target, request=options):
+            try:
+                if add_binary:
+                    await _add(tools, store, spec, as_json)
+                elif remove_id:
+                    await _remove(tools, store, remove_id)
+                elif undo:
+                    tool = tools.find(str(tool_id), await load_custom(store))
+                    _show_restore(await tools.restore(tool, everything=undo_all), as_json)
+                else:
+                    result = await _configure(config, tools, store, str(tool_id), model,
+                                              small_model, _key(key, key_env), new_key,
+                                              base_url)
+                    _show_configure(result, as_json)
+            except GatewayError as exc:
+                raise click.ClickException(exc.message) from None
 
 
 def _key(key: str | None, key_env: str | None) -> str | None:

@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import click
 
-from omniroute.cli.common import async_command, config_of, echo_json, plugins_of
+from omniroute.cli.common import (
+    async_command,
+    config_of,
+    echo_json,
+    open_cli_store,
+    plugins_of,
+)
 
 _MARKS = {"ok": "ok   ", "warn": "WARN ", "fail": "FAIL ", "fixed": "FIXED"}
 
@@ -21,10 +27,20 @@ async def doctor_command(ctx: click.Context, repair: bool, as_json: bool) -> Non
 
     Exits 1 when a check failed (after --repair, when one still fails).
     """
+    from omniroute.cli.audit import audited
     from omniroute.doctor import diagnose
 
     config = config_of(ctx)
     findings = await diagnose(config, plugins_of(config), repair=repair)
+    fixed = [f.as_dict() for f in findings if f.status == "fixed"]
+    if fixed:  # a repair changed files or stored settings: on the record, when it can be
+        try:
+            async with open_cli_store(config) as store, \
+                    audited(store, "cli doctor --repair", request={"fixed": fixed}):
+                pass
+        except click.ClickException as exc:  # the doctor still reports (a damaged database)
+            click.echo(f"warning: the repair is not on the audit record: "
+                       f"{exc.format_message()}", err=True)
     if as_json:
         echo_json([f.as_dict() for f in findings])
     else:

@@ -105,6 +105,7 @@ async def login_command(ctx: click.Context, service: str, name: str | None,
     """Sign in to a subscription SERVICE (claude, ...) and store the account."""
     import aiohttp
 
+    from omniroute.cli.audit import audited
     from omniroute.oauth import OAuthError, SignIn, TokenClient, find_service, save_account
 
     config = config_of(ctx)
@@ -135,12 +136,15 @@ async def login_command(ctx: click.Context, service: str, name: str | None,
             raise click.ClickException(f"{svc.name}: {exc.message}") from None
         finally:
             await signin.close()
-    async with open_cli_store(config) as store:
+    async with open_cli_store(config) as store, \
+            audited(store, "cli login", request={"service": service, "name": name,
+                                                 "settings": chosen}) as change:
         try:
             conn, created = await save_account(plugins, store, svc, account, name=name,
                                                settings=chosen)
         except OAuthError as exc:
             raise click.ClickException(exc.message) from None
+        change.target, change.status = conn.id, 201 if created else 200
     click.echo(f"{'signed in' if created else 'signed in again'}: {conn.id} {conn.name} "
                f"({conn.type}) prefix {conn.prefix}/")
 
@@ -175,6 +179,7 @@ async def import_command(ctx: click.Context, source: str, path: str | None, name
     """
     import aiohttp
 
+    from omniroute.cli.audit import audited
     from omniroute.oauth import OAuthError, TokenClient, find_import, read_import, save_account
 
     config = config_of(ctx)
@@ -191,12 +196,15 @@ async def import_command(ctx: click.Context, source: str, path: str | None, name
                                         chosen)
         except OAuthError as exc:
             raise click.ClickException(exc.message) from None
-    async with open_cli_store(config) as store:
+    async with open_cli_store(config) as store, \
+            audited(store, "cli providers import", request={
+                "source": source, "path": path, "name": name, "settings": chosen}) as change:
         try:
             conn, created = await save_account(plugins, store, svc, account, name=name,
                                                settings=chosen)
         except OAuthError as exc:
             raise click.ClickException(exc.message) from None
+        change.target, change.status = conn.id, 201 if created else 200
     click.echo(f"{'imported' if created else 'imported again'}: {conn.id} {conn.name} "
                f"({conn.type}) prefix {conn.prefix}/")
 

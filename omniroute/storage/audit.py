@@ -1,16 +1,27 @@
 """The audit log: every management action and every login, kept apart from usage.
 
-An entry says who (``admin_session``, ``key:<id>`` or ``anonymous``), what (the
-method and route pattern, the target's id and the request body as the change
-asked for, secrets redacted), when, from which address, and the status it got.
+An entry says who (``admin_session``, ``key:<id>``, ``cli:<user>`` or ``anonymous``),
+what (the method and route pattern, or ``cli <command>``; the target's id; the change),
+when, from which address (``local`` for the CLI), and the status it got.
 :meth:`AuditLog.add` is synchronous and never blocks; a background task writes
 entries in batches (:mod:`omniroute.storage.buffered`), and :meth:`AuditLog.close`
-flushes what is left. Nothing secret waits in the buffer: an entry is redacted
-before it is queued.
+flushes what is left; a process without that writer (the CLI) writes its entry
+at once with :meth:`AuditLog.record`. Nothing secret waits in the buffer: an
+entry is redacted before it is queued.
 
-A login's body is never stored (a password is in it, mistyped or not), and a
-stored diff is at most :data:`MAX_DIFF_CHARS` long. The table is pruned by age
-(the ``audit_retention_days`` setting, default a year) in small batches, apart
+The change (the ``diff`` column) is one of two shapes:
+
+* ``{"before": ..., "after": ...}`` (:func:`change_of`) when the action names the
+  state it changes (:mod:`omniroute.storage.snapshots`) and succeeded: only the
+  fields that changed, each side's value (``null``: absent), and the whole object
+  on the side where it exists when one was created or deleted;
+* ``{"request": ...}`` (:func:`diff_of`) otherwise: the request body as the change
+  asked for it (a refused call, an action with no snapshot).
+
+Secrets are masked in both (a key shows its first and last characters, a password
+nothing). A login's body is never stored (a password is in it, mistyped or not),
+and a stored diff is at most :data:`MAX_DIFF_CHARS` long. The table is pruned by
+age (the ``audit_retention_days`` setting, default a year) in small batches, apart
 from the request log's retention.
 """
 
@@ -18,7 +29,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import astuple, dataclass, field
 from typing import Any
 
@@ -54,21 +65,90 @@ def redact_diff(value: Any) -> Any:
     return redact(value, _masked)
 
 
+def _masked_state(name: str, value: Any) -> Any:
+    """A secret field's value in a snapshot: as in a request body, but a structure (a
+    connection's ``credentials``) shows each of its values masked, so an operator sees
+    which credential changed."""
+    if isinstance(value, dict) and "pass" not in name.lower():
+        return {k: _masked_state(k, v) for k, v in value.items()}
+    return _masked(name, value)
+
+
+def redact_state(value: Any) -> Any:
+    """``value`` (a snapshot, or part of one) as the audit log stores it."""
+    return redact(value, _masked_state)
+
+
+def _stored(doc: dict[str, Any], fields: Iterable[Any], outer: str,
+            size: int | None = None) -> str:
+    """``doc`` as JSON, or when longer than :data:`MAX_DIFF_CHARS` its shape (``size``
+    bytes, by default the JSON's; the names of ``fields``), marked truncated, under
+    ``outer``."""
+    text = orjson.dumps(doc).decode()
+    if len(text) <= MAX_DIFF_CHARS:
+        return text
+    if size is None:
+        size = len(text)
+    names = sorted(str(k) for k in fields)[:_SHAPE_FIELDS]
+    shape = {"truncated": True, "bytes": size,
+             "fields": [n if len(n) <= _SHAPE_NAME else n[:_SHAPE_NAME] + "…" for n in names]}
+    return orjson.dumps({outer: shape}).decode()
+
+
 def diff_of(body: bytes | None) -> str | None:
-    """The stored form of a request body: JSON, redacted, and at most
+    """The stored form of a request body: ``{"request": ...}``, redacted, and at most
     :data:`MAX_DIFF_CHARS` long (a longer one becomes its shape, marked truncated)."""
     if not body or not body.strip():
         return None
     try:
         parsed = orjson.loads(body)
     except orjson.JSONDecodeError:
-        return orjson.dumps({"unparsed_bytes": len(body)}).decode()
-    text = orjson.dumps(redact_diff(parsed)).decode()
-    if len(text) <= MAX_DIFF_CHARS:
-        return text
-    names = sorted(str(k) for k in parsed)[:_SHAPE_FIELDS] if isinstance(parsed, dict) else []
-    fields = [n if len(n) <= _SHAPE_NAME else n[:_SHAPE_NAME] + "…" for n in names]
-    return orjson.dumps({"truncated": True, "bytes": len(body), "fields": fields}).decode()
+        return orjson.dumps({"request": {"unparsed_bytes": len(body)}}).decode()
+    return request_diff(parsed, len(body))
+
+
+def request_diff(request: Any, size: int | None = None) -> str | None:
+    """The stored form of a request already parsed (a CLI command's options)."""
+    if request is None:
+        return None
+    fields = request if isinstance(request, dict) else ()
+    return _stored({"request": redact_diff(request)}, fields, "request", size)
+
+
+def changed(before: Any, after: Any) -> tuple[Any, Any]:
+    """What differs between two snapshots: of two objects, the fields that changed
+    (nested objects compared field by field; a field absent on one side is ``None``
+    there); else both, whole (a creation has no before, a deletion no after)."""
+    if not isinstance(before, dict) or not isinstance(after, dict):
+        return before, after
+    old: dict[str, Any] = {}
+    new: dict[str, Any] = {}
+    for name in [*before, *(k for k in after if k not in before)]:
+        b, a = before.get(name), after.get(name)
+        if b == a:
+            continue
+        if isinstance(b, dict) and isinstance(a, dict):
+            old[name], new[name] = changed(b, a)
+        else:
+            old[name], new[name] = b, a
+    return old, new
+
+
+def change_of(before: Any, after: Any, *, by_id: bool = False) -> str:
+    """The stored form of a change: ``{"before": ..., "after": ...}`` with what
+    :func:`changed` keeps, redacted (:func:`redact_state`; with ``by_id``, the state is
+    a table whose members are named by id, and each member is redacted on its own:
+    ``key_…`` is an id there, not a secret's field name), at most
+    :data:`MAX_DIFF_CHARS` long (a longer one becomes ``{"changed": {"truncated": true,
+    "bytes": ..., "fields": [...]}}``, the names of the fields that changed)."""
+    old, new = changed(before, after)
+    if by_id and isinstance(old, dict) and isinstance(new, dict):
+        doc = {"before": {k: redact_state(v) for k, v in old.items()},
+               "after": {k: redact_state(v) for k, v in new.items()}}
+    else:
+        doc = {"before": redact_state(old), "after": redact_state(new)}
+    fields = {*(old if isinstance(old, dict) else ()), *(new if isinstance(new, dict) else ())}
+    return _stored(doc, fields, "changed")
 
 
 @dataclass(slots=True)
@@ -119,6 +199,12 @@ class AuditLog(BufferedLog[AuditEntry]):
 
     def retention(self) -> tuple[float, int]:
         return self._retention_days(), 0
+
+    async def record(self, entry: AuditEntry) -> None:
+        """Write ``entry`` now, in a transaction of its own, past the buffer: for a
+        process without the background writer (a CLI command, which must not exit
+        before its entry is stored). Raises what the database raised."""
+        await self._transaction([entry], singly=False)
 
     async def page(self, *, actor: str | None = None, action: str | None = None,
                    since: float | None = None, until: float | None = None,

@@ -91,5 +91,6 @@ def setup_budget_routes(app: web.Application) -> None:
     r.add_get("/api/keys/{id}", get_key)
     r.add_patch("/api/keys/{id}", update_key)
     for route in app.router.routes():
-        if route not in before:
-            tag_route(app, route, None, "admin")
+        if route not in before:  # audit entries show the keys' limits, or the key, changed
+            snapshot = "budgets" if route.method == "POST" else "key"
+            tag_route(app, route, None, "admin", snapshot=snapshot)

@@ -408,4 +408,16 @@ def setup_management_routes(app: web.Application) -> None:
     r.add_get("/api/requests", recent_requests)
     for route in app.router.routes():
         if route not in before:
-            tag_route(app, route, None, "admin")
+            path = route.resource.canonical if route.resource is not None else ""
+            tag_route(app, route, None, "admin", snapshot=_SNAPSHOTS.get(path))
+
+
+#: the state each path's calls change, shown before and after in their audit entries
+#: (:mod:`omniroute.storage.snapshots`); the others' entries show the request body
+_SNAPSHOTS = {
+    "/api/providers": "connection", "/api/providers/{id}": "connection",
+    "/api/keys": "key", "/api/keys/{id}": "key", "/api/keys/{id}/revoke": "key",
+    "/api/models/alias": "aliases", "/api/models/alias/{alias}": "aliases",
+    "/api/combos": "combo", "/api/combos/{id}": "combo",
+    "/api/settings": "settings", "/api/settings/require-login": "settings",
+}

@@ -9,7 +9,8 @@ takes that of the format whose paths it lies under (a Gemini 404 under
 ``/v1beta/``). The Host check (:mod:`omniroute.web.security`) comes first, so
 a refused name learns nothing else. A call of an audited route (a management
 call that changes state, a login) leaves an audit entry with its final status,
-refusals included (:mod:`omniroute.web.audit`); other routes pay one flag read.
+refusals included, and the change it made (:mod:`omniroute.web.audit`); other
+routes pay one flag read.
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
 
 from aiohttp import hdrs, web
 
@@ -41,13 +41,11 @@ from omniroute.errors import (
     openai_error_response,
 )
 from omniroute.formats.base import Format
-from omniroute.web.audit import record_call
+from omniroute.web.audit import Handler, Snapshots, record_answer, record_call
 from omniroute.web.security import HOST_CHECK
-from omniroute.web.tags import access_of, audited, is_management_path, tag_of
+from omniroute.web.tags import RouteTag, access_of, audited, is_management_path, tag_of
 
 log = logging.getLogger(__name__)
-
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 @web.middleware
@@ -56,7 +54,7 @@ async def gateway_middleware(request: web.Request, handler: Handler) -> web.Stre
     tag = tag_of(request, app)
     # a client route pays one flag read; an audited one comes back here through _audited
     if (tag is None or tag.audit) and audited(request, tag) and KEPT_BODY not in request:
-        return await _audited(request, handler)
+        return await _audited(request, handler, tag)
     try:
         host_check = app[HOST_CHECK]
         if host_check is not None:
@@ -93,20 +91,23 @@ async def gateway_middleware(request: web.Request, handler: Handler) -> web.Stre
 CLIENT_GONE = 499
 
 
-async def _audited(request: web.Request, handler: Handler) -> web.StreamResponse:
+async def _audited(request: web.Request, handler: Handler,
+                   tag: RouteTag | None) -> web.StreamResponse:
     """Serve a management call that changes state (or a login) and record it in the
-    audit log with its final status, refusals included."""
+    audit log with its final status, refusals included, and the change it made."""
     started = time.time()
     request[KEPT_BODY] = None  # the body the handler reads is kept for the entry
+    snapshots = Snapshots.of(request, tag)
     try:
-        response = await gateway_middleware(request, handler)
+        response = await gateway_middleware(
+            request, handler if snapshots is None else snapshots.around(handler))
     except (asyncio.CancelledError, ConnectionResetError):
         record_call(request, started, CLIENT_GONE)
         raise
     except BaseException:
         record_call(request, started, 500)
         raise
-    record_call(request, started, response.status, response)
+    await record_answer(request, started, response, snapshots)
     return response
 
 

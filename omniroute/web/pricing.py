@@ -137,4 +137,4 @@ def setup_pricing_routes(app: web.Application) -> None:
     for route in (app.router.add_get("/api/pricing", get_pricing),
                   app.router.add_put("/api/pricing", put_pricing),
                   app.router.add_delete("/api/pricing", delete_pricing)):
-        tag_route(app, route, None, "admin")
+        tag_route(app, route, None, "admin", snapshot="pricing")

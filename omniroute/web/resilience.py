@@ -93,4 +93,6 @@ def setup_resilience_routes(app: web.Application) -> None:
                   r.add_post("/api/resilience/reset", reset_resilience),
                   r.add_get("/api/rate-limits", rate_limits),
                   r.add_get("/api/sessions", sessions)):
-        tag_route(app, route, None, "admin")
+        # a PATCH stores settings: its audit entry shows the settings it changed
+        tag_route(app, route, None, "admin",
+                  snapshot="settings" if route.method == "PATCH" else None)

@@ -15,6 +15,8 @@ from typing import Literal
 from aiohttp import web
 from aiohttp.web_urldispatcher import AbstractRoute
 
+from omniroute.storage.snapshots import SNAPSHOTS
+
 Access = Literal["client", "admin", "public"]
 
 
@@ -30,6 +32,10 @@ class RouteTag:
     #: calls are written to the audit log (:mod:`omniroute.web.audit`): by default every
     #: admin route that changes state (``POST``, ``PUT``, ``PATCH``, ``DELETE``)
     audit: bool = False
+    #: the kind of managed state an audited call changes (a name in
+    #: :data:`omniroute.storage.snapshots.SNAPSHOTS`): its entry shows that state before
+    #: and after; None: the entry shows the request body
+    snapshot: str | None = None
 
 
 #: the methods that change state: an admin route taking one is audited
@@ -43,17 +49,22 @@ API_CLIENT_PATHS: web.AppKey[set[str]] = web.AppKey("api_client_paths")
 
 
 def tag_route(app: web.Application, route: AbstractRoute, fmt: str | None,
-              access: Access, *, audit: bool | None = None) -> AbstractRoute:
+              access: Access, *, audit: bool | None = None,
+              snapshot: str | None = None) -> AbstractRoute:
     """Tag ``route`` with its error shape and access class; returns it.
 
     :param audit: write its calls to the audit log (default: when it is an admin
         route that changes state).
+    :param snapshot: the kind of managed state the route changes (see
+        :attr:`RouteTag.snapshot`).
     """
     if ROUTE_TAGS not in app:
         app[ROUTE_TAGS], app[API_CLIENT_PATHS] = {}, set()
     if audit is None:
         audit = access == "admin" and route.method in MUTATING_METHODS
-    app[ROUTE_TAGS][route] = RouteTag(fmt, access, audit)
+    if snapshot is not None and snapshot not in SNAPSHOTS:
+        raise ValueError(f"unknown snapshot {snapshot!r}; known: {', '.join(SNAPSHOTS)}")
+    app[ROUTE_TAGS][route] = RouteTag(fmt, access, audit, snapshot)
     path = route.resource.canonical if route.resource is not None else ""
     if access == "client" and path.startswith("/api/"):
         app[API_CLIENT_PATHS].add(path)

@@ -154,6 +154,12 @@ async def test_sign_in_through_the_command_line(claude: Claude) -> None:
     assert stored.settings["oauth_token_url"] == claude.settings["oauth_token_url"]
     for secret in (stored.credentials["access_token"], stored.credentials["refresh_token"]):
         assert secret.encode() not in out + err
+    resp = await claude.gw.client.get("/api/compliance/audit-log", headers=claude.gw.admin_headers,
+                                      params={"action": "cli login"})
+    (entry,) = (await resp.json())["entries"]
+    assert (entry["target"], entry["status"], entry["address"]) == (stored.id, 201, "local")
+    assert entry["actor"].startswith("cli:") and entry["diff"]["request"]["name"] == "cli"
+    assert stored.credentials["access_token"] not in json.dumps(entry)
 
 
 async def test_the_command_line_waits_a_bounded_time(claude: Claude) -> None:
@@ -219,6 +225,15 @@ async def test_import_from_claude_codes_file_leaves_it_unchanged(
                                      "--path", str(other), "--name", "second")
     assert result.exit_code == 0, result.output
     assert len(await claude.gw.store.list_connections()) == 2
+    # each import is on the audit record the gateway pages, no token in it
+    resp = await claude.gw.client.get("/api/compliance/audit-log", headers=claude.gw.admin_headers,
+                                      params={"action": "cli providers import"})
+    audit = await resp.json()
+    ids = {c.id for c in await claude.gw.store.list_connections()}
+    assert {e["target"] for e in audit["entries"]} == ids
+    assert [(e["status"], e["actor"][:4], e["address"]) for e in audit["entries"]] == [
+        (201, "cli:", "local")] * 2
+    assert pair.access not in json.dumps(audit) and str(pair.refresh) not in json.dumps(audit)
 
 
 @pytest.mark.parametrize(("content", "message"), [
