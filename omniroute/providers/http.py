@@ -4,9 +4,8 @@ Every wait is bounded (connect, first event, idle between chunks, total), every
 aiohttp failure becomes a typed gateway error, and a stream that is closed
 early closes its upstream connection at once.
 
-Streams are cut into *frames* by a :class:`Framing`: :data:`SSE` (server-sent
-events, the default), :data:`NDJSON` (one JSON object per line, Ollama's) or
-:data:`RAW` (a binary body, such as speech audio: each socket read is a frame).
+Streams are cut into *frames* by a :class:`~omniroute.providers.framing.Framing`
+(:mod:`omniroute.providers.framing`: SSE, the default, NDJSON or RAW).
 A provider picks one with its ``framing`` class attribute, says which frames
 are only keep-alives (:meth:`HTTPProvider.skips_frame`) and how to spot an
 error in the first meaningful frame (:meth:`HTTPProvider.first_frame_error`).
@@ -16,9 +15,8 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import AsyncIterator, Callable, Coroutine, Iterator, Mapping
-from dataclasses import dataclass
-from typing import Any, ClassVar, Protocol, TypeVar
+from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
+from typing import Any, ClassVar, TypeVar
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -26,7 +24,7 @@ import orjson
 
 from omniroute.errors import GatewayError, UpstreamError, UpstreamStatusError, UpstreamTimeout
 from omniroute.providers.base import Preset, Provider, UpstreamResponse
-from omniroute.sse import SSESplitter, event_data, looks_like_sse
+from omniroute.providers.framing import SSE, Framing, Splitter
 
 T = TypeVar("T")
 
@@ -34,121 +32,6 @@ _KEEP_HEADERS = (
     "content-type", "x-request-id", "request-id", "openai-processing-ms", "retry-after")
 #: upstream answer headers the resilience layer reads (names lower-cased)
 _HINT_PREFIXES = ("retry-after", "x-ratelimit-", "anthropic-ratelimit-")
-
-
-# ----------------------------------------------------------------------------- framing
-
-class Splitter(Protocol):
-    """Cuts a byte stream into whole frames (kept byte for byte, terminator included)."""
-
-    def feed(self, chunk: bytes) -> list[bytes]: ...
-
-    def block(self, chunk: bytes) -> bytes:
-        """The frames ``chunk`` completes as one block (the bytes between them kept)."""
-        ...
-
-    def each(self, block: bytes) -> Iterator[bytes]:
-        """The frames of a block of whole frames, one at a time, cut as they are read."""
-        ...
-
-    def tail(self) -> bytes: ...
-
-
-class LineSplitter:
-    """Newline-delimited JSON: each non-blank line (with its ``\\n``) is one frame."""
-
-    __slots__ = ("_buf",)
-
-    def __init__(self) -> None:
-        self._buf = b""
-
-    def feed(self, chunk: bytes) -> list[bytes]:
-        """The lines ``chunk`` completes (blank lines dropped)."""
-        buf = self._buf + chunk if self._buf else chunk
-        lines = buf.split(b"\n")
-        self._buf = lines.pop()
-        return [line + b"\n" for line in lines if line.strip()]
-
-    def block(self, chunk: bytes) -> bytes:
-        """The lines ``chunk`` completes, as one block (blank lines dropped, as a client's
-        NDJSON reader may choke on them)."""
-        return b"".join(self.feed(chunk))
-
-    @staticmethod
-    def each(block: bytes) -> Iterator[bytes]:
-        start = 0
-        while (end := block.find(b"\n", start)) >= 0:
-            if block[start:end].strip():
-                yield block[start:end + 1]
-            start = end + 1
-        if block[start:].strip():
-            yield block[start:]
-
-    def tail(self) -> bytes:
-        rest, self._buf = self._buf, b""
-        return rest if rest.strip() else b""
-
-
-def _json_line(frame: bytes) -> bool:
-    return frame.lstrip().startswith(b"{")
-
-
-def _line_payload(frame: bytes) -> bytes | None:
-    return frame.strip() or None
-
-
-@dataclass(frozen=True, slots=True)
-class Framing:
-    """How a stream is cut into frames, and how to read one."""
-
-    name: str
-    #: a fresh splitter for one stream
-    splitter: Callable[[], Splitter]
-    #: cheap check that a frame has the expected shape (garbage detection)
-    well_formed: Callable[[bytes], bool]
-    #: the JSON payload of a frame (SSE ``data:``; the line itself for NDJSON)
-    payload: Callable[[bytes], bytes | None]
-
-    def json(self, frame: bytes) -> Any:
-        """The frame's payload parsed as JSON (None when it is not JSON)."""
-        data = self.payload(frame)
-        try:
-            return orjson.loads(data) if data else None
-        except orjson.JSONDecodeError:
-            return None
-
-
-class ChunkSplitter:
-    """A binary body: every chunk the socket gives is a frame, as it came."""
-
-    __slots__ = ()
-
-    def feed(self, chunk: bytes) -> list[bytes]:
-        return [chunk]
-
-    def block(self, chunk: bytes) -> bytes:
-        return chunk
-
-    @staticmethod
-    def each(block: bytes) -> Iterator[bytes]:
-        if block:
-            yield block
-
-    def tail(self) -> bytes:
-        return b""
-
-
-def _any_bytes(frame: bytes) -> bool:
-    return True
-
-
-def _no_payload(frame: bytes) -> bytes | None:
-    return None
-
-
-SSE = Framing("sse", SSESplitter, looks_like_sse, event_data)
-NDJSON = Framing("ndjson", LineSplitter, _json_line, _line_payload)
-RAW = Framing("raw", ChunkSplitter, _any_bytes, _no_payload)
 
 
 # ----------------------------------------------------------------------------- the provider base
