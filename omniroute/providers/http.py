@@ -21,6 +21,7 @@ from urllib.parse import urlsplit
 
 import aiohttp
 import orjson
+from multidict import istr
 
 from omniroute.errors import GatewayError, UpstreamError, UpstreamStatusError, UpstreamTimeout
 from omniroute.providers.base import Preset, Provider, UpstreamResponse
@@ -28,8 +29,10 @@ from omniroute.providers.framing import SSE, Framing, Splitter
 
 T = TypeVar("T")
 
-_KEEP_HEADERS = (
-    "content-type", "x-request-id", "request-id", "openai-processing-ms", "retry-after")
+#: the upstream answer headers an ``UpstreamResponse`` keeps, each with its ``istr`` (a
+#: multidict looks an ``istr`` up without case-folding it first)
+_KEEP_HEADERS = tuple((name, istr(name)) for name in (
+    "content-type", "x-request-id", "request-id", "openai-processing-ms", "retry-after"))
 #: upstream answer headers the resilience layer reads (names lower-cased)
 _HINT_PREFIXES = ("retry-after", "x-ratelimit-", "anthropic-ratelimit-")
 
@@ -384,16 +387,9 @@ class _FrameReader:
         except aiohttp.ClientError as exc:
             raise UpstreamError(f"upstream stream broke: {_describe(exc)}") from None
 
-    async def reads(self, head: list[bytes]) -> AsyncIterator[bytes]:
+    def reads(self, head: list[bytes]) -> AsyncIterator[bytes]:
         """The blocks of ``head`` as one, then the frames of each socket read as one."""
-        finished = False
-        try:
-            yield head[0] if len(head) == 1 else b"".join(head)
-            while block := await self.read_block():
-                yield block
-            finished = True
-        finally:
-            self._end(finished)
+        return _Blocks(self, head)
 
     async def frames(self, head: list[bytes]) -> AsyncIterator[bytes]:
         """The frames of the blocks of ``head``, then every frame, one by one."""
@@ -416,13 +412,61 @@ class _FrameReader:
             self._resp.close()  # abandoned: drop the connection so the upstream stops
 
 
+class _Blocks:
+    """:meth:`_FrameReader.reads`: an async iterator written as a class, not an async
+    generator (the event loop's hooks keep every async generator in a ``WeakSet`` as it
+    starts and take it out as it goes: some 5k instructions a stream). Ending as the
+    generator did: read to the end, the connection goes back to the pool; failed or
+    closed early (:meth:`aclose`), it is dropped."""
+
+    __slots__ = ("_head", "_reader")
+
+    def __init__(self, reader: _FrameReader, head: list[bytes]) -> None:
+        self._reader: _FrameReader | None = reader
+        self._head: list[bytes] | None = head
+
+    def __aiter__(self) -> _Blocks:
+        return self
+
+    async def __anext__(self) -> bytes:
+        head, reader = self._head, self._reader
+        if head is not None:
+            self._head = None
+            return head[0] if len(head) == 1 else b"".join(head)
+        if reader is None:
+            raise StopAsyncIteration
+        try:
+            block = await reader.read_block()
+        except BaseException:
+            self._reader = None
+            reader._end(False)
+            raise
+        if block:
+            return block
+        self._reader = None
+        reader._end(True)
+        raise StopAsyncIteration
+
+    async def aclose(self) -> None:
+        reader, self._reader, self._head = self._reader, None, None
+        if reader is not None:
+            reader._end(False)
+
+
 def _abandon(resp: aiohttp.ClientResponse | None) -> None:
     if resp is not None:
         resp.close()
 
 
 def _kept_headers(headers: Mapping[str, str]) -> dict[str, str]:
-    return {k: headers[k] for k in _KEEP_HEADERS if k in headers}
+    """The headers of :data:`_KEEP_HEADERS` ``headers`` holds (plain ``str`` names)."""
+    get = headers.get
+    kept = {}
+    for name, key in _KEEP_HEADERS:
+        value = get(key)
+        if value is not None:
+            kept[name] = value
+    return kept
 
 
 def _error_fields(body: bytes) -> tuple[str | None, str | None, str | None, str | None]:
