@@ -49,6 +49,21 @@ deterministic as callgrind, and it names the Python functions callgrind cannot s
 inside the interpreter); its table gives bytecodes per request, about 100 Ir each.
 The hash seed is fixed so runs repeat.
 
+``--first-byte`` counts only what runs from a request's bytes arriving to the end of
+its first body write (time to first byte is CPU in that window: issue 7's paced-stream
+target), on the stream lanes: ``paced`` (the fake's stream of 20 chunks 10 ms apart)
+and ``instant``. The runner turns callgrind's collection on when the server's
+``RequestHandler.data_received`` sees a request's first bytes and off once its first
+``StreamResponse.write`` returns (a client request ``CALLGRIND_TOGGLE_COLLECT``, from a
+four-line C helper the script compiles with ``gcc`` against valgrind's ``callgrind.h``),
+in the event loop's thread only; with ``--opcodes`` the same window gates the
+bytecode counter, which then names what runs before the first write.
+
+    .venv/bin/python scripts/bench_instructions.py --loop uvloop --lanes paced \
+        --concurrency 1 --requests 30 --warmup 10 --first-byte
+    .venv/bin/python scripts/bench_instructions.py --loop uvloop --lanes paced \
+        --concurrency 1 --requests 30 --warmup 10 --first-byte --opcodes --top 60
+
     .venv/bin/python scripts/bench_instructions.py --opcodes --targets omniroute,redis \
         --concerns all --lanes json --concurrency 1 --requests 100 --top 40
 """
@@ -81,7 +96,14 @@ from bench_fakes import DONE, HOST, INSTANT_REQUEST, REQUEST, forwarder_app, ser
 from bench_procs import free_port
 
 SCRIPTS = Path(__file__).resolve().parent
-LANES = {"json": (REQUEST, None), "instant": (INSTANT_REQUEST, DONE)}
+#: the paced stream of ``bench.py``'s paced lane (20 chunks 10 ms apart)
+PACED_REQUEST = {**REQUEST, "stream": True, "stream_options": {"include_usage": True}}
+LANES = {"json": (REQUEST, None), "instant": (INSTANT_REQUEST, DONE),
+         "paced": (PACED_REQUEST, DONE)}
+#: ``--first-byte``'s helper: a callgrind client request, callable through ctypes
+TOGGLE_C = """#include <valgrind/callgrind.h>
+void omniroute_cg_toggle(void) { CALLGRIND_TOGGLE_COLLECT; }
+"""
 #: how much longer the servers' background loops sleep (see the docstring)
 SLEEP_SLOWDOWN = 1000.0
 
@@ -113,12 +135,39 @@ class OpcodeCounter:
                                           for c, n in self.counts.items()]))
 
 
+def first_byte_window(on: Any, off: Any) -> None:
+    """Call ``on()`` when the server receives a request's first bytes and ``off()`` when
+    that request's first body write returns (``--first-byte``)."""
+    from aiohttp import web, web_protocol
+
+    state = {"open": False}
+    received = web_protocol.RequestHandler.data_received
+    write = web.StreamResponse.write
+
+    def data_received(self: Any, data: bytes) -> None:
+        if not state["open"]:
+            state["open"] = True
+            on()
+        received(self, data)
+
+    async def first_write(self: Any, data: Any) -> None:
+        await write(self, data)
+        if state["open"]:
+            state["open"] = False
+            off()
+
+    web_protocol.RequestHandler.data_received = data_received  # type: ignore[method-assign]
+    web.StreamResponse.write = first_write  # type: ignore[method-assign]
+
+
 def run_server(argv: list[str], flushed: Path, profile_to: str | None,
-               opcodes: bool = False) -> None:
+               opcodes: bool = False, toggle_lib: str | None = None) -> None:
     """Run ``argv`` (``-m module ...`` or ``script ...``) with long sleeps made longer
     still; SIGUSR1 writes the request log now and then touches ``flushed``;
     with ``profile_to``, SIGUSR2 switches cProfile (with ``opcodes``, the
-    :class:`OpcodeCounter`) on, and again off and dumps it."""
+    :class:`OpcodeCounter`) on, and again off and dumps it. With ``toggle_lib``
+    (``--first-byte``) only the first-byte windows count: callgrind's collection (the
+    helper's toggle), or the profiler while SIGUSR2 has it on."""
     import omniroute.storage.requestlog as requestlog
 
     sleep = asyncio.sleep
@@ -159,18 +208,36 @@ def run_server(argv: list[str], flushed: Path, profile_to: str | None,
 
     signal.signal(signal.SIGUSR1, on_flush)
     if profile_to:
-        profiler: Any = OpcodeCounter() if opcodes else cProfile.Profile()
-        state = {"on": False}
+        # a fresh profiler per cell: each cell's dump holds that cell only
+        state: dict[str, Any] = {"on": False, "profiler": None}
 
         def toggle(*_: Any) -> None:
             if state["on"]:
-                profiler.disable()
-                profiler.dump_stats(profile_to)
+                if not toggle_lib:
+                    state["profiler"].disable()
+                state["profiler"].dump_stats(profile_to)
             else:
-                profiler.enable()
+                state["profiler"] = OpcodeCounter() if opcodes else cProfile.Profile()
+                if not toggle_lib:
+                    state["profiler"].enable()
             state["on"] = not state["on"]
 
         signal.signal(signal.SIGUSR2, toggle)
+        if toggle_lib:
+            def window_on() -> None:
+                if state["on"]:
+                    state["profiler"].enable()
+
+            def window_off() -> None:
+                if state["profiler"] is not None:
+                    state["profiler"].disable()
+
+            first_byte_window(window_on, window_off)
+    elif toggle_lib:
+        import ctypes
+
+        cg_toggle = ctypes.CDLL(toggle_lib).omniroute_cg_toggle
+        first_byte_window(cg_toggle, cg_toggle)
     if argv[0] == "-m":
         sys.argv = [argv[1], *argv[2:]]
         runpy.run_module(argv[1], run_name="__main__", alter_sys=True)
@@ -184,9 +251,12 @@ def run_server(argv: list[str], flushed: Path, profile_to: str | None,
 class Server:
     """One server under test, run through the runner, under callgrind or cProfile."""
 
-    def __init__(self, name: str, tmp: Path, profile: bool | str) -> None:
-        """:param profile: False (callgrind), True (cProfile) or ``"opcodes"``."""
+    def __init__(self, name: str, tmp: Path, profile: bool | str,
+                 toggle_lib: Path | None = None) -> None:
+        """:param profile: False (callgrind), True (cProfile) or ``"opcodes"``.
+        :param toggle_lib: ``--first-byte``'s helper: count only the first-byte windows."""
         self.name, self.tmp, self.profile = name, tmp, profile
+        self.toggle_lib = toggle_lib
         self.flushed = tmp / f"{name}.flushed"
         self.prof = tmp / f"{name}.prof"
         self.proc: subprocess.Popen | None = None
@@ -200,8 +270,11 @@ class Server:
             runner += ["--profile-to", str(self.prof)]
             if self.profile == "opcodes":
                 runner.append("--opcodes")
-        else:
+        if self.toggle_lib:
+            runner += ["--toggle-lib", str(self.toggle_lib)]
+        if not self.profile:
             runner = ["valgrind", "--tool=callgrind", "--instr-atstart=no",
+                      *(["--collect-atstart=no"] if self.toggle_lib else []),
                       f"--callgrind-out-file={self.tmp / self.name}.%p.out", "--dump-instr=no",
                       "--compress-strings=no", *runner]
         log = self.tmp / f"{self.name}.log"
@@ -252,8 +325,8 @@ class Server:
 
 
 def start_forwarder(tmp: Path, upstream: str, env: dict[str, str], profile: bool | str,
-                    settings: list[str], loop: str) -> Server:
-    server = Server("forwarder", tmp, profile)
+                    settings: list[str], loop: str, toggle_lib: Path | None = None) -> Server:
+    server = Server("forwarder", tmp, profile, toggle_lib)
     server.start([str(Path(__file__)), "--serve-forwarder", upstream, "--port", "{port}",
                   "--loop", loop], "/", env)
     return server
@@ -261,7 +334,7 @@ def start_forwarder(tmp: Path, upstream: str, env: dict[str, str], profile: bool
 
 def start_gateway(tmp: Path, upstream: str, env: dict[str, str], profile: bool | str,
                   settings: list[str], loop: str, name: str = "omniroute",
-                  rows: int = 0) -> Server:
+                  rows: int = 0, toggle_lib: Path | None = None) -> Server:
     data = tmp / f"{name}-data"
     env = {k: v for k, v in env.items() if not k.startswith("OMNIROUTE_")}
     for setting in settings:  # name=value, pinned through the environment
@@ -278,17 +351,17 @@ def start_gateway(tmp: Path, upstream: str, env: dict[str, str], profile: bool |
         took = prefill(data / "omniroute.sqlite3", rows)
         print(f"  {rows:,} records put in {name}'s request log in {took:.1f} s",
               file=sys.stderr, flush=True)
-    server = Server(name, tmp, profile)
+    server = Server(name, tmp, profile, toggle_lib)
     server.start([*cli, "serve", "--port", "{port}", "--log-level", "warning", "--loop",
                   loop], "/api/monitoring/health", env)
     return server
 
 
 def start_norecords(tmp: Path, upstream: str, env: dict[str, str], profile: bool | str,
-                    settings: list[str], loop: str) -> Server:
+                    settings: list[str], loop: str, toggle_lib: Path | None = None) -> Server:
     """The gateway with usage records off (the ``request_log`` setting)."""
     return start_gateway(tmp, upstream, env, profile, [*settings, "request_log=false"], loop,
-                         name="norecords")
+                         name="norecords", toggle_lib=toggle_lib)
 
 
 def start_cacheoff(tmp: Path, upstream: str, env: dict[str, str], profile: bool | str,
@@ -301,11 +374,11 @@ def start_cacheoff(tmp: Path, upstream: str, env: dict[str, str], profile: bool 
 
 
 def start_full(tmp: Path, upstream: str, env: dict[str, str], profile: bool | str,
-               settings: list[str], loop: str) -> Server:
+               settings: list[str], loop: str, toggle_lib: Path | None = None) -> Server:
     """The gateway with 1,000,000 records in its request log before it starts (the
     background prune at the row cap does not run in a measured cell: see above)."""
     return start_gateway(tmp, upstream, env, profile, settings, loop, name="full",
-                         rows=1_000_000)
+                         rows=1_000_000, toggle_lib=toggle_lib)
 
 
 STARTERS = {"forwarder": start_forwarder, "omniroute": start_gateway,
@@ -446,6 +519,22 @@ def print_opcodes(dump: Path, cell: str, args: argparse.Namespace) -> float:
     return total
 
 
+def toggle_helper(tmp: Path, profiled: bool) -> Path:
+    """``--first-byte``: the helper that toggles callgrind's collection, compiled into
+    ``tmp`` (for the profilers, only a marker: they are gated in Python)."""
+    lib = tmp / "cgtoggle.so"
+    if profiled:
+        return lib
+    source = tmp / "cgtoggle.c"
+    source.write_text(TOGGLE_C)
+    done = subprocess.run(["gcc", "-shared", "-fPIC", "-O2", "-o", str(lib), str(source)],
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        raise SystemExit("--first-byte: could not build the callgrind toggle (gcc and "
+                         f"valgrind's callgrind.h are needed):\n{done.stderr}")
+    return lib
+
+
 def main() -> int:
     if sys.argv[1:2] == ["--run"]:  # the runner, in the server's process
         rest = sys.argv[3:]
@@ -454,13 +543,18 @@ def main() -> int:
             profile_to, rest = rest[1], rest[2:]
         if rest[:1] == ["--opcodes"]:
             opcodes, rest = True, rest[1:]
-        run_server(rest[rest.index("--") + 1:], Path(sys.argv[2]), profile_to, opcodes)
+        toggle_lib = None
+        if rest[:1] == ["--toggle-lib"]:
+            toggle_lib, rest = rest[1], rest[2:]
+        run_server(rest[rest.index("--") + 1:], Path(sys.argv[2]), profile_to, opcodes,
+                   toggle_lib)
         return 0
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--requests", type=int, default=300, help="measured requests per cell (300)")
     p.add_argument("--warmup", type=int, default=100, help="requests before measuring (100)")
     p.add_argument("--concurrency", default="1,16", help="levels (1,16)")
-    p.add_argument("--lanes", default="json,instant", help="json,instant")
+    p.add_argument("--lanes", default="json,instant", help="of json,instant,paced "
+                   "(json,instant; paced: the fake's stream of 20 chunks 10 ms apart)")
     p.add_argument("--targets", default="forwarder,omniroute",
                    help="of forwarder,omniroute,norecords,full,cacheoff,redis "
                         "(forwarder,omniroute; norecords: the gateway with request_log off; "
@@ -485,6 +579,10 @@ def main() -> int:
     p.add_argument("--opcodes", action="store_true",
                    help="count the Python bytecodes executed instead of instructions, per "
                         "function: the table gives bytecodes per request")
+    p.add_argument("--first-byte", action="store_true",
+                   help="count only from a request's bytes to the end of its first body "
+                        "write (stream lanes: paced, instant); callgrind needs gcc and "
+                        "valgrind's callgrind.h")
     p.add_argument("--sort", default="tottime", help="--cprofile order (tottime)")
     p.add_argument("--top", type=int, default=40, help="--cprofile/--opcodes rows (40)")
     p.add_argument("--serve-forwarder", metavar="UPSTREAM", help=argparse.SUPPRESS)
@@ -503,6 +601,12 @@ def main() -> int:
         return 0
     args.concurrency = [int(c) for c in args.concurrency.split(",")]
     args.lanes = args.lanes.split(",")
+    if args.first_byte and "json" in args.lanes:
+        p.error("--first-byte counts up to a stream's first write: lanes paced, instant")
+    if args.first_byte and args.concurrency != [1]:
+        p.error("--first-byte times one request at a time: --concurrency 1")
+    if args.first_byte and args.cprofile:
+        p.error("--first-byte goes with callgrind or --opcodes, not --cprofile")
     args.concerns = [c for c in args.concerns.split(",") if c]
     if args.concerns == ["all"]:
         args.concerns = ["lim", "key", "cache", "idem"]
@@ -524,6 +628,8 @@ def main() -> int:
     profile: bool | str = "opcodes" if args.opcodes else args.cprofile
     try:
         with tempfile.TemporaryDirectory(prefix="omniroute-ir-") as tmpname:
+            toggle_lib = (toggle_helper(Path(tmpname), bool(profile)) if args.first_byte
+                          else None)
             for name in args.targets.split(","):
                 redis = None
                 if name == "redis":
@@ -536,10 +642,11 @@ def main() -> int:
                     if "cache" in args.concerns:
                         settings.append("cache_backends=redis")
                     server = start_gateway(Path(tmpname), upstream, env, profile,
-                                           settings, args.loop, name="redis")
+                                           settings, args.loop, name="redis",
+                                           toggle_lib=toggle_lib)
                 else:
                     server = STARTERS[name](Path(tmpname), upstream, env, profile,
-                                            args.set, args.loop)
+                                            args.set, args.loop, toggle_lib=toggle_lib)
                 try:
                     results[name] = measure(server, args, keep)
                 finally:
@@ -551,7 +658,7 @@ def main() -> int:
         upstream_proc.terminate()
         upstream_proc.join(5)
     unit = ("Python calls/req" if args.cprofile else "bytecodes/req" if args.opcodes
-            else "Ir/req")
+            else "Ir/req") + (" to the first write" if args.first_byte else "")
     ratios = [(f"{n}/forwarder", n, "forwarder") for n in ("omniroute", "norecords")
               if {n, "forwarder"} <= results.keys()]
     if {"omniroute", "norecords"} <= results.keys():

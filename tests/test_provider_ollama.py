@@ -26,7 +26,7 @@ from fakes.ollama_upstream import (
 from omniroute.errors import UpstreamError, UpstreamStatusError, UpstreamTimeout
 from omniroute.plugins import load_plugins
 from omniroute.providers.base import ProviderContext, Timeouts, UpstreamCall, UpstreamResponse
-from omniroute.providers.http import NDJSON, LineSplitter
+from omniroute.providers.framing import NDJSON, LineSplitter
 from omniroute.providers.ollama import OllamaProvider
 from omniroute.storage.store import Connection
 

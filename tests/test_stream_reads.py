@@ -168,7 +168,7 @@ def test_sse_events_of_a_block_one_at_a_time_are_its_events(block: bytes) -> Non
 
 
 def test_ndjson_lines_of_a_block_one_at_a_time_are_its_lines() -> None:
-    from omniroute.providers.http import LineSplitter
+    from omniroute.providers.framing import LineSplitter
 
     block = b'{"a":1}\n\n{"b":2}\r\n{"c":3}'
     splitter = LineSplitter()

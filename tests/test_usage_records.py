@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import gc
 import time
+import weakref
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -477,7 +479,7 @@ async def test_a_translated_stream_keeps_a_bounded_text_for_its_estimate() -> No
 
 
 async def test_a_pass_through_stream_lets_its_frames_go_once_usage_came() -> None:
-    from omniroute.pipeline.chat import _passthrough
+    from omniroute.pipeline.chat import _Passthrough
     from omniroute.pipeline.context import Reply
     from omniroute.pipeline.usage import StreamOutput
 
@@ -498,7 +500,7 @@ async def test_a_pass_through_stream_lets_its_frames_go_once_usage_came() -> Non
     record = RequestRecord("r", 0.0, "chat")
     fmt = openai_format()
     output = StreamOutput(record, time.perf_counter(), fmt)
-    out = [c async for c in _passthrough(fmt, Reply(), output, reads([content]), None)]
+    out = [c async for c in _Passthrough(fmt, Reply(), output, reads([content]), None)]
     assert out == [content, usage, content]  # passed on unchanged
     assert (record.prompt_tokens, record.completion_tokens) == (3, 5)
     assert output.frames == []  # no estimate will be needed: nothing kept
@@ -509,7 +511,7 @@ async def test_a_pass_through_stream_lets_its_frames_go_once_usage_came() -> Non
     async def no_usage() -> AsyncIterator[bytes]:
         yield content + content
 
-    _ = [c async for c in _passthrough(fmt, Reply(), output, no_usage(), None)]
+    _ = [c async for c in _Passthrough(fmt, Reply(), output, no_usage(), None)]
     assert output.frames == [content + content]  # kept for the estimate
     await output.estimate()  # the kept block is cut into its frames and decoded
     assert record.usage_estimated and record.completion_tokens
@@ -518,7 +520,7 @@ async def test_a_pass_through_stream_lets_its_frames_go_once_usage_came() -> Non
 async def test_a_pass_through_block_is_read_after_it_is_written() -> None:
     """The client does not wait for the side reading: a block is read once the relay
     asks for the next one, or when the stream is closed as it was written."""
-    from omniroute.pipeline.chat import _passthrough
+    from omniroute.pipeline.chat import _Passthrough
     from omniroute.pipeline.context import Reply
     from omniroute.pipeline.usage import StreamOutput
 
@@ -535,8 +537,37 @@ async def test_a_pass_through_block_is_read_after_it_is_written() -> None:
     record = RequestRecord("r", 0.0, "chat")
     fmt = openai_format()
     output = StreamOutput(record, time.perf_counter(), fmt)
-    frames = _passthrough(fmt, Reply(), output, reads(), None)
+    frames = _Passthrough(fmt, Reply(), output, reads(), None)
     assert await frames.__anext__() == usage
     assert record.prompt_tokens is None  # not read yet: it is being written
     await frames.aclose()  # the client left as it was written: its usage still counts
     assert (record.prompt_tokens, record.completion_tokens) == (3, 5)
+
+
+async def test_a_finished_pass_through_stream_is_freed_without_the_garbage_collector() -> None:
+    """The side reading refers to the reply, whose frames are the stream: once the
+    stream ends that reference is let go, so no cycle is left for the collector."""
+    from omniroute.pipeline.chat import _Passthrough
+    from omniroute.pipeline.context import Reply
+    from omniroute.pipeline.usage import StreamOutput
+
+    block = b'data: {"choices":[{"index":0,"delta":{"content":"hi"}}]}\n\n'
+
+    async def reads() -> AsyncIterator[bytes]:
+        yield block
+
+    fmt = openai_format()
+    gc.collect()
+    gc.disable()
+    try:
+        upstream = reads()
+        gone = weakref.ref(upstream)
+        reply = Reply()
+        output = StreamOutput(RequestRecord("r", 0.0, "chat"), time.perf_counter(), fmt)
+        reply.frames = _Passthrough(fmt, reply, output, upstream, None)
+        assert [c async for c in reply.frames] == [block]
+        await reply.frames.aclose()  # type: ignore[attr-defined]
+        del upstream, reply, output
+        assert gone() is None  # freed as its last reference went, not by a collection
+    finally:
+        gc.enable()

@@ -115,7 +115,7 @@ class Chat(Operation):
             reply = Reply(None, None, 200, fmt.stream_content_type, headers, reads,
                           upstream.close)  # (no keywords: see serve)
             reply.on_end = output.estimate
-            reply.frames = _passthrough(fmt, reply, output, reads, fmt.hidden_frames(client))
+            reply.frames = _Passthrough(fmt, reply, output, reads, fmt.hidden_frames(client))
         else:
             events = upstream.events
             assert events is not None
@@ -165,31 +165,59 @@ class Chat(Operation):
                      on_end=output.estimate)
 
 
-async def _passthrough(
-    fmt: Format, reply: Reply, output: StreamOutput, reads: AsyncIterator[bytes],
-    hidden: Callable[[bytes], bool] | None,
-) -> AsyncIterator[bytes]:
+class _Passthrough:
     """The upstream's own bytes, unchanged, each block of whole frames one socket read
     brought as one chunk (so they leave in one write). Usage and errors are read on the
     side (:class:`_SideReading`), once the block has been written: the client does not
-    wait for them. Only when the gateway asked for a frame the client must not see
-    (``hidden``: OpenAI's usage-only chunk) is a block read first, to cut it out."""
-    side = _SideReading(fmt, reply, output, hidden)
-    if hidden is not None:
-        async for block in reads:
+    wait for them (the block handed out is read when the next one is asked for, or at
+    :meth:`aclose`, also when the client left as it was written: its usage still
+    counts). Only when the gateway asked for a frame the client must not see
+    (``hidden``: OpenAI's usage-only chunk) is a block read first, to cut it out.
+
+    An async iterator written as a class: an async generator costs every stream the
+    event loop's hooks (a ``WeakSet`` entry made and dropped). The side reading refers
+    to the reply, which refers to this: it is let go when the stream ends or is closed,
+    so that they are freed at once, not by the garbage collector."""
+
+    __slots__ = ("_hidden", "_reads", "_side", "_written")
+
+    def __init__(self, fmt: Format, reply: Reply, output: StreamOutput,
+                 reads: AsyncIterator[bytes], hidden: Callable[[bytes], bool] | None) -> None:
+        self._side: _SideReading | None = _SideReading(fmt, reply, output, hidden)
+        self._reads, self._hidden = reads, hidden
+        self._written: bytes | None = None  # handed out, not read on the side yet
+
+    def __aiter__(self) -> _Passthrough:
+        return self
+
+    async def __anext__(self) -> bytes:
+        side, written = self._side, self._written
+        if side is None:
+            raise StopAsyncIteration
+        if written is not None:
+            self._written = None
+            side.read(written)
+        while True:
+            try:
+                block = await self._reads.__anext__()
+            except StopAsyncIteration:
+                self._side = None
+                raise
             side.arrived()
+            if self._hidden is None:
+                self._written = block
+                return block
             cut = side.read(block)
             if cut:
                 block = _without(block, cut)
             if block:
-                yield block
-        return
-    async for block in reads:
-        side.arrived()
-        try:
-            yield block
-        finally:  # (also when the client left as it was written: its usage still counts)
-            side.read(block)
+                return block
+
+    async def aclose(self) -> None:
+        side, written = self._side, self._written
+        self._side = self._written = None
+        if written is not None and side is not None:
+            side.read(written)
 
 
 class _SideReading:

@@ -4,9 +4,8 @@ Every wait is bounded (connect, first event, idle between chunks, total), every
 aiohttp failure becomes a typed gateway error, and a stream that is closed
 early closes its upstream connection at once.
 
-Streams are cut into *frames* by a :class:`Framing`: :data:`SSE` (server-sent
-events, the default), :data:`NDJSON` (one JSON object per line, Ollama's) or
-:data:`RAW` (a binary body, such as speech audio: each socket read is a frame).
+Streams are cut into *frames* by a :class:`~omniroute.providers.framing.Framing`
+(:mod:`omniroute.providers.framing`: SSE, the default, NDJSON or RAW).
 A provider picks one with its ``framing`` class attribute, says which frames
 are only keep-alives (:meth:`HTTPProvider.skips_frame`) and how to spot an
 error in the first meaningful frame (:meth:`HTTPProvider.first_frame_error`).
@@ -16,139 +15,26 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import AsyncIterator, Callable, Coroutine, Iterator, Mapping
-from dataclasses import dataclass
-from typing import Any, ClassVar, Protocol, TypeVar
+from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
+from typing import Any, ClassVar, TypeVar
 from urllib.parse import urlsplit
 
 import aiohttp
 import orjson
+from multidict import istr
 
 from omniroute.errors import GatewayError, UpstreamError, UpstreamStatusError, UpstreamTimeout
 from omniroute.providers.base import Preset, Provider, UpstreamResponse
-from omniroute.sse import SSESplitter, event_data, looks_like_sse
+from omniroute.providers.framing import SSE, Framing, Splitter
 
 T = TypeVar("T")
 
-_KEEP_HEADERS = (
-    "content-type", "x-request-id", "request-id", "openai-processing-ms", "retry-after")
+#: the upstream answer headers an ``UpstreamResponse`` keeps, each with its ``istr`` (a
+#: multidict looks an ``istr`` up without case-folding it first)
+_KEEP_HEADERS = tuple((name, istr(name)) for name in (
+    "content-type", "x-request-id", "request-id", "openai-processing-ms", "retry-after"))
 #: upstream answer headers the resilience layer reads (names lower-cased)
 _HINT_PREFIXES = ("retry-after", "x-ratelimit-", "anthropic-ratelimit-")
-
-
-# ----------------------------------------------------------------------------- framing
-
-class Splitter(Protocol):
-    """Cuts a byte stream into whole frames (kept byte for byte, terminator included)."""
-
-    def feed(self, chunk: bytes) -> list[bytes]: ...
-
-    def block(self, chunk: bytes) -> bytes:
-        """The frames ``chunk`` completes as one block (the bytes between them kept)."""
-        ...
-
-    def each(self, block: bytes) -> Iterator[bytes]:
-        """The frames of a block of whole frames, one at a time, cut as they are read."""
-        ...
-
-    def tail(self) -> bytes: ...
-
-
-class LineSplitter:
-    """Newline-delimited JSON: each non-blank line (with its ``\\n``) is one frame."""
-
-    __slots__ = ("_buf",)
-
-    def __init__(self) -> None:
-        self._buf = b""
-
-    def feed(self, chunk: bytes) -> list[bytes]:
-        """The lines ``chunk`` completes (blank lines dropped)."""
-        buf = self._buf + chunk if self._buf else chunk
-        lines = buf.split(b"\n")
-        self._buf = lines.pop()
-        return [line + b"\n" for line in lines if line.strip()]
-
-    def block(self, chunk: bytes) -> bytes:
-        """The lines ``chunk`` completes, as one block (blank lines dropped, as a client's
-        NDJSON reader may choke on them)."""
-        return b"".join(self.feed(chunk))
-
-    @staticmethod
-    def each(block: bytes) -> Iterator[bytes]:
-        start = 0
-        while (end := block.find(b"\n", start)) >= 0:
-            if block[start:end].strip():
-                yield block[start:end + 1]
-            start = end + 1
-        if block[start:].strip():
-            yield block[start:]
-
-    def tail(self) -> bytes:
-        rest, self._buf = self._buf, b""
-        return rest if rest.strip() else b""
-
-
-def _json_line(frame: bytes) -> bool:
-    return frame.lstrip().startswith(b"{")
-
-
-def _line_payload(frame: bytes) -> bytes | None:
-    return frame.strip() or None
-
-
-@dataclass(frozen=True, slots=True)
-class Framing:
-    """How a stream is cut into frames, and how to read one."""
-
-    name: str
-    #: a fresh splitter for one stream
-    splitter: Callable[[], Splitter]
-    #: cheap check that a frame has the expected shape (garbage detection)
-    well_formed: Callable[[bytes], bool]
-    #: the JSON payload of a frame (SSE ``data:``; the line itself for NDJSON)
-    payload: Callable[[bytes], bytes | None]
-
-    def json(self, frame: bytes) -> Any:
-        """The frame's payload parsed as JSON (None when it is not JSON)."""
-        data = self.payload(frame)
-        try:
-            return orjson.loads(data) if data else None
-        except orjson.JSONDecodeError:
-            return None
-
-
-class ChunkSplitter:
-    """A binary body: every chunk the socket gives is a frame, as it came."""
-
-    __slots__ = ()
-
-    def feed(self, chunk: bytes) -> list[bytes]:
-        return [chunk]
-
-    def block(self, chunk: bytes) -> bytes:
-        return chunk
-
-    @staticmethod
-    def each(block: bytes) -> Iterator[bytes]:
-        if block:
-            yield block
-
-    def tail(self) -> bytes:
-        return b""
-
-
-def _any_bytes(frame: bytes) -> bool:
-    return True
-
-
-def _no_payload(frame: bytes) -> bytes | None:
-    return None
-
-
-SSE = Framing("sse", SSESplitter, looks_like_sse, event_data)
-NDJSON = Framing("ndjson", LineSplitter, _json_line, _line_payload)
-RAW = Framing("raw", ChunkSplitter, _any_bytes, _no_payload)
 
 
 # ----------------------------------------------------------------------------- the provider base
@@ -337,8 +223,22 @@ class HTTPProvider(Provider):
         last = b""  # the last frame looked at (they are cut up to the first meaningful one)
         first = malformed = False
         sent_with = self.credentials_generation
+        # ``first_byte`` bounds the whole wait: one timer cancels this task when it fires
+        # (what ``asyncio.timeout`` does, without its ~145 bytecodes per stream)
+        loop = asyncio.get_running_loop()
+        task = asyncio.current_task(loop)
+        assert task is not None
+        expired = False
+
+        def expire() -> None:
+            nonlocal expired
+            expired = True
+            task.cancel()
+
+        cancelling = task.cancelling()
+        expiry = loop.call_at(loop.time() + timeouts.first_byte, expire)
         try:
-            async with asyncio.timeout(timeouts.first_byte):
+            try:
                 resp = await self.context.http.post(
                     url, data=data, headers=headers, timeout=timeouts.stream)
                 self.answered(resp.status, resp.headers)
@@ -356,7 +256,15 @@ class HTTPProvider(Provider):
                         if not self.skips_frame(last):
                             first = True
                             break
-        except TimeoutError:
+            finally:
+                expiry.cancel()
+        except asyncio.CancelledError:
+            _abandon(resp)
+            if expired and task.uncancel() <= cancelling:  # ours, not the caller's
+                raise UpstreamTimeout(
+                    f"upstream sent no event within {timeouts.first_byte:g}s") from None
+            raise
+        except TimeoutError:  # aiohttp's connect or read bound
             _abandon(resp)
             raise UpstreamTimeout(
                 f"upstream sent no event within {timeouts.first_byte:g}s") from None
@@ -479,16 +387,9 @@ class _FrameReader:
         except aiohttp.ClientError as exc:
             raise UpstreamError(f"upstream stream broke: {_describe(exc)}") from None
 
-    async def reads(self, head: list[bytes]) -> AsyncIterator[bytes]:
+    def reads(self, head: list[bytes]) -> AsyncIterator[bytes]:
         """The blocks of ``head`` as one, then the frames of each socket read as one."""
-        finished = False
-        try:
-            yield head[0] if len(head) == 1 else b"".join(head)
-            while block := await self.read_block():
-                yield block
-            finished = True
-        finally:
-            self._end(finished)
+        return _Blocks(self, head)
 
     async def frames(self, head: list[bytes]) -> AsyncIterator[bytes]:
         """The frames of the blocks of ``head``, then every frame, one by one."""
@@ -511,13 +412,61 @@ class _FrameReader:
             self._resp.close()  # abandoned: drop the connection so the upstream stops
 
 
+class _Blocks:
+    """:meth:`_FrameReader.reads`: an async iterator written as a class, not an async
+    generator (the event loop's hooks keep every async generator in a ``WeakSet`` as it
+    starts and take it out as it goes: some 5k instructions a stream). Ending as the
+    generator did: read to the end, the connection goes back to the pool; failed or
+    closed early (:meth:`aclose`), it is dropped."""
+
+    __slots__ = ("_head", "_reader")
+
+    def __init__(self, reader: _FrameReader, head: list[bytes]) -> None:
+        self._reader: _FrameReader | None = reader
+        self._head: list[bytes] | None = head
+
+    def __aiter__(self) -> _Blocks:
+        return self
+
+    async def __anext__(self) -> bytes:
+        head, reader = self._head, self._reader
+        if head is not None:
+            self._head = None
+            return head[0] if len(head) == 1 else b"".join(head)
+        if reader is None:
+            raise StopAsyncIteration
+        try:
+            block = await reader.read_block()
+        except BaseException:
+            self._reader = None
+            reader._end(False)
+            raise
+        if block:
+            return block
+        self._reader = None
+        reader._end(True)
+        raise StopAsyncIteration
+
+    async def aclose(self) -> None:
+        reader, self._reader, self._head = self._reader, None, None
+        if reader is not None:
+            reader._end(False)
+
+
 def _abandon(resp: aiohttp.ClientResponse | None) -> None:
     if resp is not None:
         resp.close()
 
 
 def _kept_headers(headers: Mapping[str, str]) -> dict[str, str]:
-    return {k: headers[k] for k in _KEEP_HEADERS if k in headers}
+    """The headers of :data:`_KEEP_HEADERS` ``headers`` holds (plain ``str`` names)."""
+    get = headers.get
+    kept = {}
+    for name, key in _KEEP_HEADERS:
+        value = get(key)
+        if value is not None:
+            kept[name] = value
+    return kept
 
 
 def _error_fields(body: bytes) -> tuple[str | None, str | None, str | None, str | None]:

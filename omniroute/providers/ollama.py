@@ -27,7 +27,8 @@ from omniroute.providers.base import (
     UpstreamResponse,
     checked_vectors,
 )
-from omniroute.providers.http import NDJSON, HTTPProvider, http_settings
+from omniroute.providers.framing import NDJSON
+from omniroute.providers.http import HTTPProvider, http_settings
 from omniroute.storage.store import Connection
 
 DEFAULT_BASE_URL = "http://127.0.0.1:11434"

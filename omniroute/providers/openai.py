@@ -32,7 +32,8 @@ from omniroute.providers.base import (
     checked_vectors,
     summed_images,
 )
-from omniroute.providers.http import RAW, HTTPProvider
+from omniroute.providers.framing import RAW
+from omniroute.providers.http import HTTPProvider
 from omniroute.storage.store import Connection
 
 _PRESETS = [
