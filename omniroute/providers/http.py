@@ -18,6 +18,7 @@ import asyncio
 import re
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator, Mapping
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any, ClassVar, Protocol, TypeVar
 from urllib.parse import urlsplit
 
@@ -26,6 +27,7 @@ import orjson
 
 from omniroute.errors import GatewayError, UpstreamError, UpstreamStatusError, UpstreamTimeout
 from omniroute.providers.base import Preset, Provider, UpstreamResponse
+from omniroute.providers.upstream import Answer, Upstream
 from omniroute.sse import SSESplitter, event_data, looks_like_sse
 
 T = TypeVar("T")
@@ -159,6 +161,12 @@ class HTTPProvider(Provider):
     #: how this provider's streams are framed
     framing: ClassVar[Framing] = SSE
 
+    @cached_property
+    def upstream(self) -> Upstream:
+        """The POSTs of :meth:`post_body` and :meth:`post_stream`: through the shared
+        session's connections, each URL and header set prepared once."""
+        return Upstream(self.context.http)
+
     def error_from(
         self, status: int, body: bytes, headers: Mapping[str, str]
     ) -> UpstreamStatusError:
@@ -288,7 +296,7 @@ class HTTPProvider(Provider):
             # timeouts.json: the answer must start within first_byte (and no read may
             # stall longer), so a hung upstream does not stall failover; the whole
             # exchange is bounded by total
-            async with self.context.http.post(
+            async with await self.upstream.post(
                 url, data=data, headers=headers, timeout=timeout or timeouts.json
             ) as resp:
                 self.answered(resp.status, resp.headers)
@@ -331,7 +339,7 @@ class HTTPProvider(Provider):
         """
         framing = framing or self.framing
         timeouts = self.context.timeouts
-        resp: aiohttp.ClientResponse | None = None
+        resp: Answer | None = None
         reader: _FrameReader | None = None
         head: list[bytes] = []  # the blocks read while waiting
         last = b""  # the last frame looked at (they are cut up to the first meaningful one)
@@ -434,7 +442,7 @@ class _FrameReader:
 
     __slots__ = ("_deadline", "_done", "_resp", "_splitter", "_timeouts")
 
-    def __init__(self, resp: aiohttp.ClientResponse, splitter: Splitter, timeouts: Any) -> None:
+    def __init__(self, resp: Answer, splitter: Splitter, timeouts: Any) -> None:
         self._resp, self._splitter, self._timeouts = resp, splitter, timeouts
         self._deadline = asyncio.get_running_loop().time() + timeouts.total
         self._done = False
@@ -511,7 +519,7 @@ class _FrameReader:
             self._resp.close()  # abandoned: drop the connection so the upstream stops
 
 
-def _abandon(resp: aiohttp.ClientResponse | None) -> None:
+def _abandon(resp: Answer | None) -> None:
     if resp is not None:
         resp.close()
 
