@@ -347,7 +347,7 @@ class HTTPProvider(Provider):
         sent_with = self.credentials_generation
         try:
             async with asyncio.timeout(timeouts.first_byte):
-                resp = await self.context.http.post(
+                resp = await self.upstream.post(
                     url, data=data, headers=headers, timeout=timeouts.stream)
                 self.answered(resp.status, resp.headers)
                 if resp.status >= 400:
