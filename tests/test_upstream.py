@@ -408,3 +408,12 @@ async def test_the_session_attributes_the_lean_path_reads_are_there(http):
         assert hasattr(http, name), name
     assert isinstance(http.connector._timeout_ceil_threshold, (int, float))
     assert Upstream(http)._session_is_plain()
+
+
+async def test_the_gateways_session_keeps_no_cookie_so_its_posts_stay_lean(omniroute, server):
+    base = server.base.replace("127.0.0.1", "localhost")  # (a jar keeps no IP's cookies)
+    up = Upstream(omniroute.gateway.http)
+    await (await post(up, f"{base}/cookie")).read()
+    answer = await post(up, f"{base}/echo")
+    assert isinstance(answer, LeanResponse)
+    assert await answer.read() == b'{"ok": true, "cookie": null}'  # not sent back
