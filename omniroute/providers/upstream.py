@@ -122,8 +122,8 @@ class LeanResponse:
             self._expiry.cancel()
             self._expiry = None
         content = self.content
-        if content.exception() is None:
-            content.set_exception(_CLOSED)  # a read after the end fails, as aiohttp's
+        if not content.is_eof() and content.exception() is None:
+            content.set_exception(_CLOSED)  # a read of the unfinished rest fails, as aiohttp's
 
     def _expire(self) -> None:
         """The ``total`` bound is up: fail whatever read is pending."""
