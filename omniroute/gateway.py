@@ -104,7 +104,11 @@ class Gateway:
         self.log = RequestLog(self.db)
         connector = aiohttp.TCPConnector(limit=0, limit_per_host=0, keepalive_timeout=60,
                                          ttl_dns_cache=300)
+        # no cookie jar: one upstream's cookies (a CDN's bot-management ones) are not carried
+        # to the next call, which may be another account's; and the providers' lean POSTs
+        # (providers/upstream.py) run only while the jar holds none
         self.http = aiohttp.ClientSession(connector=connector, auto_decompress=True,
+                                          cookie_jar=aiohttp.DummyCookieJar(),
                                           headers={"User-Agent": f"omniroute/{__version__}"})
         self.credentials = StoredCredentials(self.store)
         #: the data path's one call after a 401/403: ``await refresher.refresh(provider)``;

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import re
 from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
+from functools import cached_property
 from typing import Any, ClassVar, TypeVar
 from urllib.parse import urlsplit
 
@@ -26,6 +27,7 @@ from multidict import istr
 from omniroute.errors import GatewayError, UpstreamError, UpstreamStatusError, UpstreamTimeout
 from omniroute.providers.base import Preset, Provider, UpstreamResponse
 from omniroute.providers.framing import SSE, Framing, Splitter
+from omniroute.providers.upstream import Answer, Upstream
 
 T = TypeVar("T")
 
@@ -44,6 +46,12 @@ class HTTPProvider(Provider):
 
     #: how this provider's streams are framed
     framing: ClassVar[Framing] = SSE
+
+    @cached_property
+    def upstream(self) -> Upstream:
+        """The POSTs of :meth:`post_body` and :meth:`post_stream`: through the shared
+        session's connections, each URL and header set prepared once."""
+        return Upstream(self.context.http)
 
     def error_from(
         self, status: int, body: bytes, headers: Mapping[str, str]
@@ -174,7 +182,7 @@ class HTTPProvider(Provider):
             # timeouts.json: the answer must start within first_byte (and no read may
             # stall longer), so a hung upstream does not stall failover; the whole
             # exchange is bounded by total
-            async with self.context.http.post(
+            async with await self.upstream.post(
                 url, data=data, headers=headers, timeout=timeout or timeouts.json
             ) as resp:
                 self.answered(resp.status, resp.headers)
@@ -217,7 +225,7 @@ class HTTPProvider(Provider):
         """
         framing = framing or self.framing
         timeouts = self.context.timeouts
-        resp: aiohttp.ClientResponse | None = None
+        resp: Answer | None = None
         reader: _FrameReader | None = None
         head: list[bytes] = []  # the blocks read while waiting
         last = b""  # the last frame looked at (they are cut up to the first meaningful one)
@@ -239,7 +247,7 @@ class HTTPProvider(Provider):
         expiry = loop.call_at(loop.time() + timeouts.first_byte, expire)
         try:
             try:
-                resp = await self.context.http.post(
+                resp = await self.upstream.post(
                     url, data=data, headers=headers, timeout=timeouts.stream)
                 self.answered(resp.status, resp.headers)
                 if resp.status >= 400:
@@ -342,7 +350,7 @@ class _FrameReader:
 
     __slots__ = ("_deadline", "_done", "_resp", "_splitter", "_timeouts")
 
-    def __init__(self, resp: aiohttp.ClientResponse, splitter: Splitter, timeouts: Any) -> None:
+    def __init__(self, resp: Answer, splitter: Splitter, timeouts: Any) -> None:
         self._resp, self._splitter, self._timeouts = resp, splitter, timeouts
         self._deadline = asyncio.get_running_loop().time() + timeouts.total
         self._done = False
@@ -453,7 +461,7 @@ class _Blocks:
             reader._end(False)
 
 
-def _abandon(resp: aiohttp.ClientResponse | None) -> None:
+def _abandon(resp: Answer | None) -> None:
     if resp is not None:
         resp.close()
 
