@@ -144,6 +144,7 @@ async def test_kept_and_full_plans_agree_through_random_events() -> None:
             r.configure(Settings(breaker_threshold=2, breaker_reset=20.0, cooldown_base=2.0,
                                  max_attempts=rng.choice([1, 2, 10])))
         for session in (None, "s1"):
-            kept, full = r.plan(route, session_id=session), r._plan(list(route), None, session)
+            kept = r.plan(route, session_id=session)
+            full = r.planner.plan_in_full(list(route), None, session)
             assert (kept.targets, kept.skipped, kept.sticky) == (
                 full.targets, full.skipped, full.sticky)

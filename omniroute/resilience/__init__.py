@@ -4,8 +4,8 @@ The proxy talks to :class:`Resilience` (see :mod:`omniroute.resilience.core`
 for the API and a usage sketch). The parts, each usable alone:
 
 * :mod:`.attempt` — one request's plan, one try of a target, a failure's verdict;
-* :mod:`.account` — a connection's handles (statistics, breaker, limiter), and a
-  route's plan kept while nothing in it rests;
+* :mod:`.account` — a connection's handles (statistics, breaker, limiter);
+* :mod:`.planning` — a request's plan, and a route's plan kept while nothing in it rests;
 * :mod:`.strategies` — orders targets (priority, round-robin, weighted, ...);
 * :mod:`.classify` — what an upstream failure means (move on? cooldown? terminal?);
 * :mod:`.cooldown` — rest periods from upstream hints or exponential backoff;

@@ -1,4 +1,4 @@
-"""One connection as resilience sees it, and a route's plan kept while nothing in it rests.
+"""One connection as resilience sees it: its statistics, breaker and limiter in one place.
 
 An :class:`Account` holds what a request needs of one connection (an upstream
 account): its statistics record (:class:`~omniroute.resilience.stats.ConnectionStats`,
@@ -11,29 +11,15 @@ makes a new one), so a request finds every handle in one lookup instead of one p
 concern, and never re-reads the connection's settings. The records it points to are
 the state store's own, changed in place by everyone (a shared store included), so
 an account never holds a stale copy.
-
-A :class:`Kept` plan is a route's plan made when every one of its accounts was
-:func:`clear` (no cooldown recorded, not terminal, breaker closed) with a strategy
-whose order depends on nothing else (``priority``; ``fill-first`` without limits;
-any strategy for one target). While its accounts stay clear it is the answer again,
-as it is: checking them is a few attribute reads per target. The first account that
-rests (here or, through a shared store, on another instance) sends the next request
-back to the full planning, which keeps a new plan once all are clear again.
 """
 
 from __future__ import annotations
-
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from omniroute.resilience.breaker import Breaker
 from omniroute.resilience.limits import Limiter
 from omniroute.resilience.state import BreakerState
 from omniroute.resilience.stats import ConnectionStats
 from omniroute.routing import Target
-
-if TYPE_CHECKING:
-    from omniroute.resilience.attempt import Plan
 
 #: why a target is left out of a plan
 TERMINAL, COOLING, BREAKER_OPEN = "terminal", "cooling", "breaker_open"
@@ -73,28 +59,3 @@ class Account:
             return BREAKER_OPEN
         return None
 
-
-def clear(accounts: tuple[Account, ...]) -> bool:
-    """Nothing recorded could make any of ``accounts`` rest: no cooldown set (not even
-    one that has run out), no terminal state, breaker closed."""
-    for account in accounts:
-        stats = account.stats
-        if (stats.cooling_until is not None or stats.terminal_reason is not None
-                or account.breaker_state.opened_at is not None):
-            return False
-    return True
-
-
-@dataclass(frozen=True, slots=True)
-class Kept:
-    """A route's plan, kept while :func:`clear` holds for its accounts."""
-
-    #: the route's targets (the key is their ``id``: held here, it stays unique)
-    targets: tuple[Target, ...]
-    #: the strategy the plan was asked with (None: the setting's)
-    strategy: str | None
-    accounts: tuple[Account, ...]
-    #: every target, in the strategy's order (a session's connection may come from past
-    #: ``max_attempts``)
-    ordered: tuple[Target, ...]
-    plan: Plan

@@ -29,7 +29,7 @@ The API:
   order minus targets that are terminal, cooling down or behind an open
   breaker; the session's sticky connection first while it is usable; at most
   ``max_attempts`` targets. A route's plan (a tuple of targets) is kept while
-  every account in it is clear, and given again (:mod:`.account`).
+  every account in it is clear, and given again (:mod:`.planning`).
 * ``attempt(target, session_id=None, refreshed=False) -> Attempt`` — an async
   context manager: admits through the provider's breaker (else
   :class:`~omniroute.errors.CircuitOpen`), takes a slot of the connection's
@@ -82,26 +82,23 @@ from omniroute.errors import (
 )
 from omniroute.pricing import PriceBook
 from omniroute.providers.base import Provider
-from omniroute.resilience.account import BREAKER_OPEN, COOLING, TERMINAL, Account, Kept, clear
+from omniroute.resilience.account import BREAKER_OPEN, COOLING, TERMINAL, Account
 from omniroute.resilience.attempt import Attempt, Decision, Plan
 from omniroute.resilience.breaker import Breaker, BreakerPolicy
 from omniroute.resilience.classify import classify
 from omniroute.resilience.clock import Clock, SystemClock
 from omniroute.resilience.cooldown import Backoff
 from omniroute.resilience.limits import Limiter
+from omniroute.resilience.planning import Planner
 from omniroute.resilience.sessions import SessionStore
 from omniroute.resilience.state import BreakerState, LimitState, MemoryState, StateStore
 from omniroute.resilience.stats import NEEDS_SIGN_IN, ConnectionStats
-from omniroute.resilience.strategies import DEFAULT, STRATEGIES, Context, Rotation, normalize
 from omniroute.routing import Target
 from omniroute.storage.store import Connection
 
 log = logging.getLogger(__name__)
 
 __all__ = ["BREAKER_OPEN", "COOLING", "TERMINAL", "Resilience"]
-
-#: routes whose plans are kept (past it they are all forgotten, as the router's routes)
-PLANS_KEPT = 4096
 
 
 def auth_kind(provider: Provider) -> str:
@@ -141,11 +138,8 @@ class Resilience:
         :param prices: the gateway's :class:`~omniroute.pricing.PriceBook` (``cost-optimized``).
         """
         self.clock: Clock = clock or SystemClock()
-        self.rng = rng or random.Random()
-        self.prices = prices if prices is not None else PriceBook()
         self.settings = settings or Settings()
         self.state: StateStore = state if state is not None else MemoryState()
-        self.rotation = Rotation()
         self.sessions = SessionStore(ttl=self.settings.session_ttl,
                                      max_size=self.settings.session_max, clock=self.clock,
                                      items=self.state.sessions)
@@ -153,13 +147,14 @@ class Resilience:
         self._stats_by_id = self.state.connections
         #: each connection's handles, by connection id (:mod:`.account`)
         self._accounts: dict[str, Account] = {}
-        #: the plans of routes whose accounts were all clear, by ``id(targets)``
-        self._kept: dict[int, Kept] = {}
         # the policies over the store's records (limits, breakers) are this process's own
         self._limiters: dict[str, Limiter] = {}
         self._breakers: dict[str, Breaker] = {}
         self._breaker_kinds: dict[str, str] = {}
-        self._warned: set[str] = set()
+        #: the plans (:mod:`.planning`)
+        self.planner = Planner(self.settings, account=self.account, sessions=self.sessions,
+                               clock=self.clock, rng=rng or random.Random(),
+                               prices=prices if prices is not None else PriceBook())
         self.configure(self.settings)
 
     # ------------------------------------------------------------------ settings
@@ -167,7 +162,7 @@ class Resilience:
     def configure(self, settings: Settings) -> None:
         """Apply (changed) settings; statistics, cooldowns and sessions are kept."""
         self.settings = settings
-        self._kept.clear()  # max_attempts, the account strategy
+        self.planner.configure(settings)  # max_attempts, the account strategy
         self.backoff = Backoff(settings.cooldown_base, settings.cooldown_factor,
                                settings.cooldown_max)
         self.sessions.configure(ttl=settings.session_ttl, max_size=settings.session_max)
@@ -200,9 +195,6 @@ class Resilience:
             account = self._accounts[conn.id] = Account(
                 target, stats, self._breaker(target), self._limiter_for(conn))
         return account
-
-    def _stats(self, target: Target) -> ConnectionStats:
-        return self.account(target).stats
 
     def _breaker(self, target: Target) -> Breaker:
         key = breaker_key(target)
@@ -256,87 +248,25 @@ class Resilience:
             return None
         return limiter
 
-    def _saturated(self, target: Target) -> bool:
-        limiter = self.account(target).limiter
-        return limiter is not None and limiter.saturated()
-
-    def _price(self, target: Target) -> float | None:
-        return self.prices.blended(target)
-
     # ------------------------------------------------------------------ planning
 
     def plan(
         self, targets: Sequence[Target], strategy: str | None = None,
         session_id: str | None = None,
     ) -> Plan:
-        """The targets to try, in order (see the module docstring).
+        """The targets to try, in order (see the module docstring and :mod:`.planning`,
+        which keeps a route's plan while every account in it is clear)."""
+        return self.planner.plan(targets, strategy, session_id)
 
-        A route's plan is kept while every account in it is clear (see
-        :mod:`.account`), and given again as it is: the common request pays one
-        lookup and a few attribute reads per target."""
-        kept = self._kept.get(id(targets))
-        if kept is not None and kept.targets is targets and kept.strategy == strategy:
-            for account in kept.accounts:  # clear(kept.accounts), inline: every request
-                stats = account.stats
-                if (stats.cooling_until is not None or stats.terminal_reason is not None
-                        or account.breaker_state.opened_at is not None):
-                    break
-            else:
-                if session_id is None:
-                    return kept.plan
-                return self._sticky_first(kept.ordered, session_id, kept.plan)
-        return self._plan(targets, strategy, session_id)
+    @property
+    def rng(self) -> random.Random:
+        """The randomness of the random strategies (the planner's; seed it for
+        repeatable choices)."""
+        return self.planner.rng
 
-    def _plan(self, targets: Sequence[Target], strategy: str | None,
-              session_id: str | None) -> Plan:
-        name = normalize(strategy)
-        if strategy and name is None and strategy not in self._warned:
-            self._warned.add(strategy)
-            log.warning("unknown strategy %r; using %r", strategy, self.settings.account_strategy)
-        name = name or normalize(self.settings.account_strategy) or DEFAULT
-        accounts = tuple(map(self.account, targets))
-        if len(targets) == 1:  # nothing to order
-            ordered: Sequence[Target] = targets
-        else:
-            ctx = Context(self.rng, self._stats, self._saturated, self._price, self.rotation,
-                          self.settings.round_robin_sticky)
-            ordered = STRATEGIES[name](targets, ctx)
-        now = self.clock.monotonic()
-        usable: list[Target] = []
-        skipped: list[tuple[Target, str]] = []
-        for target in ordered:
-            reason = self.account(target).rest(now)
-            if reason is None:
-                usable.append(target)
-            else:
-                skipped.append((target, reason))
-        plan = Plan(tuple(usable[: self.settings.max_attempts]), tuple(skipped), name)
-        if isinstance(targets, tuple) and self._keeps(name, accounts) and clear(accounts):
-            if len(self._kept) >= PLANS_KEPT:
-                self._kept.clear()
-            self._kept[id(targets)] = Kept(targets, strategy, accounts, tuple(usable), plan)
-        if session_id is None:
-            return plan
-        return self._sticky_first(usable, session_id, plan)
-
-    @staticmethod
-    def _keeps(strategy: str, accounts: tuple[Account, ...]) -> bool:
-        """Whether ``strategy`` orders these accounts the same way while they are clear
-        (the others read load, latency, rotation or chance, which change per request)."""
-        return (len(accounts) == 1 or strategy == "priority" or (
-            strategy == "fill-first" and all(a.limiter is None for a in accounts)))
-
-    def _sticky_first(self, usable: Sequence[Target], session_id: str, plan: Plan) -> Plan:
-        """``plan`` with the target of the session's connection first, when it is usable."""
-        bound = self.sessions.get(session_id)
-        if bound is None:
-            return plan
-        for sticky in usable:
-            if sticky.connection.id == bound:
-                rest = [t for t in usable if t is not sticky]
-                return Plan((sticky, *rest)[: self.settings.max_attempts], plan.skipped,
-                            plan.strategy, sticky)
-        return plan
+    @rng.setter
+    def rng(self, rng: random.Random) -> None:
+        self.planner.rng = rng
 
     # ------------------------------------------------------------------ attempts
 
@@ -527,7 +457,7 @@ class Resilience:
         for table in (self._accounts, self._limiters):
             for cid in [c for c in table if c not in keep]:
                 del table[cid]
-        self._kept.clear()
+        self.planner.forget()
         self.sessions.retain(keep)
 
     def breaker_states(self) -> dict[str, str]:

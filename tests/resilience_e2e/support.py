@@ -62,6 +62,7 @@ def manual_clock(gw: Any) -> ManualClock:
     resilience = gw.resilience
     resilience.clock = clock
     resilience.sessions.clock = clock
+    resilience.planner.clock = clock
     return clock
 
 
