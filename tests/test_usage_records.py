@@ -25,7 +25,7 @@ from omniroute.appkeys import PIPELINE
 from omniroute.formats.openai import OpenAIFormat
 from omniroute.pipeline import RequestContext, Stage, StageRun
 from omniroute.pipeline.bodylog import REDACTED, TRUNCATED, BodyLog
-from omniroute.pipeline.usage import format_cost, usage_headers
+from omniroute.pipeline.usage import complete, format_cost, usage_headers
 from omniroute.redact import redact_text as redact
 from omniroute.storage import Database, RequestLog, RequestRecord, buffered
 from omniroute.tokens import estimate_text
@@ -571,3 +571,22 @@ async def test_a_finished_pass_through_stream_is_freed_without_the_garbage_colle
         assert gone() is None  # freed as its last reference went, not by a collection
     finally:
         gc.enable()
+
+
+@pytest.mark.parametrize(("tokens", "latency", "ttfc", "stream", "rate"), [
+    (7, 3.0, None, False, 2333.33),  # 2333.333...
+    (1, 0.8, None, False, 1250.0),
+    (1, 3.2, None, False, 312.5),  # a half: up
+    (200, 1000.0, 200.0, True, 250.0),  # a stream: from its first content token on
+    (200, 100.0, 100.0, True, 2000.0),  # no time after it: over the whole request
+])
+def test_the_output_rate_is_tokens_a_second_to_a_hundredth(
+        tokens: int, latency: float, ttfc: float | None, stream: bool, rate: float) -> None:
+    from types import SimpleNamespace
+
+    record = RequestRecord(request_id="r", ts=0.0, endpoint="chat.completions", status=200,
+                           completion_tokens=tokens, latency_ms=latency, ttfc_ms=ttfc,
+                           stream=stream)
+    complete(SimpleNamespace(record=record, tries=None), None)  # type: ignore[arg-type]
+    assert record.tokens_per_s == rate
+

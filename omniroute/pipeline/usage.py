@@ -257,4 +257,6 @@ def complete(ctx: RequestContext, reply: Reply | None) -> None:
     if tokens and total:
         first = record.ttfc_ms if record.stream else None
         generating = total - first if first is not None and total > first else total
-        record.tokens_per_s = round(tokens * 1000 / generating, 2) if generating > 0 else None
+        # to a hundredth, half up: round(x, 2) goes through decimal strings (~3k instructions)
+        record.tokens_per_s = (int(tokens * 100_000 / generating + 0.5) / 100
+                               if generating > 0 else None)
