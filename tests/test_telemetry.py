@@ -9,6 +9,7 @@ from typing import Any
 
 import openai
 import pytest
+from storage_support import statements
 
 from omniroute.storage import DatabaseBackend, RequestLog, RequestRecord
 from omniroute.storage.telemetry import latency_percentiles
@@ -117,14 +118,7 @@ async def test_percentiles_are_read_through_the_read_only_connection(
     writer, reader = omniroute.log.db, omniroute.client.app[USAGE].db
     assert writer is not reader  # a file database: the reader is its own connection
     omniroute.log.add(record(1, "a", "m1", 5.0))
-    seen: list[str] = []
-    real = writer.fetchall
-
-    async def spy(sql: str, params: Any = ()) -> Any:
-        seen.append(sql)
-        return await real(sql, params)
-
-    monkeypatch.setattr(writer, "fetchall", spy)
+    seen = statements(monkeypatch, writer, "fetchall")
     body = await summary(omniroute)
     assert body["providers"]["a"]["count"] == 1  # the flushed record is seen by the reader
     assert not [sql for sql in seen if "ROW_NUMBER" in sql]

@@ -20,6 +20,7 @@ import pytest
 from fakes import openai_upstream
 from fakes.anthropic_upstream import FakeAnthropic
 from fakes.openai_upstream import FakeOpenAI
+from storage_support import statements
 
 from omniroute.appkeys import PIPELINE
 from omniroute.formats.openai import OpenAIFormat
@@ -391,14 +392,7 @@ async def test_the_row_bound_is_counted_only_when_the_ids_span_more_than_it(
     for i in range(8):
         log.add(_record(i, ts=1_000_000.0 - 60))
     await log.flush()
-    seen: list[str] = []
-    real = db.fetchone
-
-    async def spy(sql: str, params: Any = ()) -> Any:
-        seen.append(sql)
-        return await real(sql, params)
-
-    monkeypatch.setattr(db, "fetchone", spy)
+    seen = statements(monkeypatch, db, "fetchone")
     assert await log.prune() == 0
     assert not [sql for sql in seen if "OFFSET" in sql]
     # ids 6..20 with a gap at 12: 14 rows over 15 ids; the newest 10 reach down to id 10
