@@ -74,6 +74,9 @@ async def connect_command(ctx: click.Context, tool_id: str | None, model: str | 
         # the entry the matching /api/cli-tools route leaves (the key masked, as a body's)
         spec = {"binary": add_binary, "name": name, "id": custom_id, "protocol": protocol,
                 "configPaths": list(config_path)}
+        action: str
+        target: str | None
+        options: dict[str, Any] | None
         if add_binary:
             action, target, options = "POST /api/cli-tools", custom_id or add_binary, spec
         elif remove_id:

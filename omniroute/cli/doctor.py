@@ -32,11 +32,11 @@ async def doctor_command(ctx: click.Context, repair: bool, as_json: bool) -> Non
 
     config = config_of(ctx)
     findings = await diagnose(config, plugins_of(config), repair=repair)
-    fixed = [f.as_dict() for f in findings if f.status == "fixed"]
-    if fixed:  # a repair changed files or stored settings: on the record, when it can be
+    repaired = [f.as_dict() for f in findings if f.status == "fixed"]
+    if repaired:  # a repair changed files or stored settings: on the record, when it can be
         try:
             async with open_cli_store(config) as store, \
-                    audited(store, "cli doctor --repair", request={"fixed": fixed}):
+                    audited(store, "cli doctor --repair", request={"fixed": repaired}):
                 pass
         except click.ClickException as exc:  # the doctor still reports (a damaged database)
             click.echo(f"warning: the repair is not on the audit record: "

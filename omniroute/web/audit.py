@@ -92,6 +92,7 @@ def record_call(request: web.Request, started: float, status: int,
     """
     action = action_of(request)
     target = target_of(request, response)
+    diff: str | None
     if change is not None:
         diff, member = change
         target = target if target is not None else member
