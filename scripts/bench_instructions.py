@@ -92,14 +92,28 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-from bench_fakes import DONE, HOST, INSTANT_REQUEST, REQUEST, forwarder_app, serve_app
+from bench_fakes import (
+    ANTHROPIC_INSTANT_REQUEST,
+    ANTHROPIC_TAIL,
+    DONE,
+    HOST,
+    INSTANT_REQUEST,
+    REQUEST,
+    forwarder_app,
+    serve_app,
+)
 from bench_procs import free_port
 
 SCRIPTS = Path(__file__).resolve().parent
 #: the paced stream of ``bench.py``'s paced lane (20 chunks 10 ms apart)
 PACED_REQUEST = {**REQUEST, "stream": True, "stream_options": {"include_usage": True}}
 LANES = {"json": (REQUEST, None), "instant": (INSTANT_REQUEST, DONE),
-         "paced": (PACED_REQUEST, DONE)}
+         "paced": (PACED_REQUEST, DONE),
+         # bench.py's cross-format lane: an Anthropic client's instant stream, translated
+         # from the OpenAI upstream (the gateway only: the forwarder cannot translate)
+         "cross": (ANTHROPIC_INSTANT_REQUEST, ANTHROPIC_TAIL.encode() + b"\n\n")}
+#: the path of a lane's requests (the others: /v1/chat/completions)
+PATHS = {"cross": "/v1/messages"}
 #: ``--first-byte``'s helper: a callgrind client request, callable through ctypes
 TOGGLE_C = """#include <valgrind/callgrind.h>
 void omniroute_cg_toggle(void) { CALLGRIND_TOGGLE_COLLECT; }
@@ -451,7 +465,9 @@ def measure(server: Server, args: argparse.Namespace, keep: Path | None) -> dict
     pid = server.proc.pid
     for lane in args.lanes:
         body, tail = LANES[lane]
-        url = server.base + "/v1/chat/completions"
+        if lane in PATHS and server.name == "forwarder":
+            continue
+        url = server.base + PATHS.get(lane, "/v1/chat/completions")
         for conc in args.concurrency:
             cell = f"{server.name}-{lane}-c{conc}"
             asyncio.run(send(url, body, tail, args.warmup, conc, **extra))

@@ -7,6 +7,7 @@ import socket
 import time
 from typing import Any
 
+import anthropic
 import openai
 import pytest
 from fakes.openai_upstream import (
@@ -267,6 +268,13 @@ async def test_one_client_session_and_pooled_connections(gw):
     assert all(p.context.http is session for p in gw.catalog.providers.values())
     assert len(peers) == 6
     assert len(set(peers)) == 1  # one TCP connection, reused for every request
+    # a translated stream too: its reader stops at the last event, after the end came
+    claude = anthropic.AsyncAnthropic(base_url=gw.base_url, api_key="unused", max_retries=0)
+    for _ in range(2):
+        async with claude.messages.stream(model="up/gpt-4o", max_tokens=64,
+                                          messages=HI) as events:
+            assert await events.get_final_text() == "Hello! You said: hi there"
+    assert len(peers) == 8 and len(set(peers)) == 1
     assert not session.closed
 
 

@@ -224,6 +224,18 @@ async def test_a_stream_closed_early_closes_its_connection(http, server):
     assert len(set(server.recorder.peers)) == 2  # a new connection
 
 
+async def test_an_answer_closed_after_its_whole_body_came_is_pooled(http, server):
+    """A translating reader stops at the stream's last event and closes the answer: its
+    body had all come, so the connection is reused (as aiohttp's close does)."""
+    up = Upstream(http)
+    for _ in range(3):
+        answer = await post(up, f"{server.base}/echo")
+        await answer.content.read()
+        assert answer.content.is_eof()
+        answer.close()
+    assert len(set(server.recorder.peers)) == 1
+
+
 async def test_an_answer_released_half_read_is_not_pooled(http, server):
     up = Upstream(http)
     answer = await post(up, f"{server.base}/slow")

@@ -105,11 +105,19 @@ class LeanResponse:
             conn.release()
 
     def close(self) -> None:
-        """Drop the connection (an abandoned or failed answer), so the upstream stops."""
+        """Done early, or after a failure: the connection is dropped, so the upstream
+        stops; but an answer whose body had all come (a reader that stopped at a
+        stream's last event, with the end already in) gives it back to the pool, as
+        aiohttp's ``ClientResponse.close`` does."""
+        content = self.content
+        whole = content.is_eof() and content.exception() is None
         self._end()
         if (conn := self._conn) is not None:
             self._conn = None
-            conn.close()
+            if whole:
+                conn.release()  # the pool still drops it if the protocol says so
+            else:
+                conn.close()
 
     async def __aenter__(self) -> LeanResponse:
         return self
