@@ -236,6 +236,23 @@ async def test_an_answer_closed_after_its_whole_body_came_is_pooled(http, server
     assert len(set(server.recorder.peers)) == 1
 
 
+async def test_a_call_given_up_before_its_answer_came_never_pools_the_connection(
+        http, server):
+    """Cancelled while waiting for the head (a client that left, a first-byte bound):
+    that answer is still on its way on this connection, so the next call gets another
+    one, and its own answer."""
+    up = Upstream(http)
+    waiting = asyncio.create_task(post(up, f"{server.base}/hang"))
+    while not server.recorder.peers:
+        await asyncio.sleep(0.01)
+    waiting.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiting
+    answer = await post(up, f"{server.base}/echo")
+    assert await answer.read() == b'{"ok": true, "cookie": null}'
+    assert len(set(server.recorder.peers)) == 2
+
+
 async def test_an_answer_released_half_read_is_not_pooled(http, server):
     up = Upstream(http)
     answer = await post(up, f"{server.base}/slow")

@@ -110,7 +110,10 @@ class LeanResponse:
         stream's last event, with the end already in) gives it back to the pool, as
         aiohttp's ``ClientResponse.close`` does."""
         content = self.content
-        whole = content.is_eof() and content.exception() is None
+        # (EMPTY_PAYLOAD until the head came: a call given up while waiting for its answer
+        # leaves that answer on the way, on this connection; it must never be pooled)
+        whole = (content is not EMPTY_PAYLOAD and content.is_eof()
+                 and content.exception() is None)
         self._end()
         if (conn := self._conn) is not None:
             self._conn = None
