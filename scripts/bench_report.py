@@ -99,6 +99,11 @@ def checks(args: argparse.Namespace, results: dict[str, Any], loop: str) -> list
         out.append(Check(f"--workers {n} JSON throughput at c={high} ≥ 1.7× one worker's", over(
             get(results, "json", label("omniroute", loop, n), high, "rps"),
             get(results, "json", ours, high, "rps")), lambda v: v >= 1.7, "{:.2f}×"))
+        out.append(Check(
+            f"--workers {n} JSON throughput at c={high} per CPU free to the gateway ≥ 85% of "
+            "one worker's per CPU it used (1.7× of 2 CPUs)",
+            scaling(results, label("omniroute", loop), label("omniroute", loop, n), high),
+            lambda v: v >= 0.85, "{:.0%}"))
     low = min(args.concurrency)
     p50 = [get(results, "json", n, low, "p50_ms") for n in (ours, "direct")]
     out.append(Check(f"p50 latency added to direct at c={low} < 1 ms",
@@ -111,6 +116,30 @@ def checks(args: argparse.Namespace, results: dict[str, Any], loop: str) -> list
         out.append(Check("cross-format added chunk latency ≤ 1.5× same-format (p50)",
                          results.get("cross", {}).get("ratio"), lambda v: v <= 1.5, "{:.2f}×"))
     return out
+
+
+def free_cpus(cell: dict) -> float | None:
+    """The CPUs the server under test could have had during ``cell``: the machine's, less
+    other processes', the load generator's and the upstream's (None: not measured)."""
+    if cell.get("load_cpus") is None or cell.get("upstream_cpus") is None:
+        return None
+    return max(0.0, (os.cpu_count() or 1) - cell["foreign_cpus"] - cell["load_cpus"]
+               - cell["upstream_cpus"])
+
+
+def scaling(results: dict, one: str, many: str, conc: int) -> float | None:
+    """How well ``many`` workers scale on the CPUs they had: their requests per second per
+    CPU free to them, against one worker's per CPU it kept busy. On two CPUs shared with the
+    load generator and the upstream, ``--workers 2`` cannot reach 2× (nor 1.7×) one worker's
+    throughput whatever the gateway does; this ratio says what part of the CPUs it had it
+    turned into throughput (1.7× of 2 CPUs is 85 %)."""
+    a = results.get("json", {}).get(one, {}).get(conc, {})
+    b = results.get("json", {}).get(many, {}).get(conc, {})
+    free = free_cpus(b) if b else None
+    if not a or not free or not a.get("rps") or not a.get("cpu_ms_per_req"):
+        return None
+    used = a["rps"] * a["cpu_ms_per_req"] / 1000  # the CPUs one worker kept busy
+    return (b["rps"] / free) / (a["rps"] / used)
 
 
 def summary(args: argparse.Namespace, results: dict[str, Any]) -> list[str]:
@@ -176,11 +205,12 @@ def summary(args: argparse.Namespace, results: dict[str, Any]) -> list[str]:
             if cell.get("load_cpus") is not None and cell.get("upstream_cpus") is not None:
                 # what the gateway could have had: the CPUs less others', wrk's and nginx's
                 for who, c in ((label("omniroute", args.loops[0]), one), (name, cell)):
-                    free = cpus - c["foreign_cpus"] - c["load_cpus"] - c["upstream_cpus"]
                     line += (f"; for {who}: the load generator used {c['load_cpus']:.2f}, "
                              f"the upstream {c['upstream_cpus']:.2f}, others "
-                             f"{c['foreign_cpus']:.2f}, so {max(0.0, free):.2f} CPUs were free "
+                             f"{c['foreign_cpus']:.2f}, so {free_cpus(c):.2f} CPUs were free "
                              "to the gateway")
+                line += (f"; one worker kept {one['rps'] * one['cpu_ms_per_req'] / 1000:.2f} "
+                         "CPUs busy")
             out.append(line)
     out.append("- resident memory (VmRSS) after the run: "
                + ", ".join(f"{n} {v:.1f} MiB" for n, v in results["rss_mib"].items()))
