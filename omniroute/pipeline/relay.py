@@ -168,11 +168,11 @@ async def relay(
             # a stream that knows when its last chunk is out (the pass-through's) has it
             # leave with the stream's end, in one write: else the client is woken for
             # the chunk, and again for the end once the chunk's usage was read
-            ended: Callable[[], bool] | None = getattr(frames, "ended", None)
+            last: Callable[[], bool] | None = getattr(frames, "ended", None)
             async for chunk in frames:
                 for run in taps:
                     await run.frame(ctx, chunk)
-                write = (response.write_eof if ended is not None and ended()
+                write = (response.write_eof if last is not None and last()
                          else response.write)
                 if transport is not None and (
                         transport.get_write_buffer_size() + len(chunk) > BACKLOG):

@@ -188,7 +188,8 @@ class _Head:
         self.gaps = [int(i) for i in pieces[1::2]]
         # a value's place in aiohttp's serialization of the call's headers: after its
         # line's name and ": " (the name's bytes as aiohttp's writer makes them)
-        self.skips = [len(_serialize_headers("", {name: ""})) - 6 for name in headers]
+        self.skips = [len(_serialize_headers("", CIMultiDict({name: ""}))) - 6
+                      for name in headers]
         self.values: tuple[Any, ...] | None = None
         self.head = b""
 
@@ -198,7 +199,8 @@ class _Head:
 
         :raises ValueError: a value with a line break (header injection)."""
         # one line per header, in order: values hold no CR or LF (the writer refuses them)
-        lines = _serialize_headers("", headers).split(b"\r\n")
+        # (aiohttp's writer reads any mapping's ``items()``; it is typed for its own)
+        lines = _serialize_headers("", headers).split(b"\r\n")  # type: ignore[arg-type]
         skips, parts = self.skips, self.parts
         out = [parts[0]]
         for n, i in enumerate(self.gaps):
