@@ -217,6 +217,34 @@ async def test_a_value_new_on_every_call_is_sent_as_client_session_post_sends_it
     assert b"\r\nX-Request-Id: id-2\r\n" in raw.requests[5]
 
 
+async def test_the_requests_of_one_turn_of_the_loop_are_written_after_it(http, monkeypatch):
+    """As aiohttp's body-writer task: calls made in one turn of the event loop write
+    their requests once the turn is over, together (one wake-up of the upstream)."""
+    raw = RawHeads()
+    srv = await asyncio.start_server(raw.serve, "127.0.0.1", 0)
+    url = f"http://127.0.0.1:{srv.sockets[0].getsockname()[1]}/x"
+    up = Upstream(http)
+    events: list[str] = []
+    send = upstream_module._send
+
+    def noted(transport: Any, request: bytes) -> None:
+        events.append("written")
+        send(transport, request)
+
+    async def call() -> None:
+        events.append("called")
+        answer = await post(up, url, b"{}")
+        await answer.read()
+
+    async with srv:
+        await asyncio.gather(call(), call())  # two pooled connections
+        monkeypatch.setattr(upstream_module, "_send", noted)
+        events.clear()
+        await asyncio.gather(call(), call())
+    assert events == ["called", "called", "written", "written"]
+    assert len(raw.requests) == 4
+
+
 async def test_a_later_value_with_a_line_break_is_refused_before_anything_is_sent(
         http, server):
     up = Upstream(http)

@@ -11,9 +11,11 @@ each of the call's header values. The values are filled in when they differ from
 the last call's (a request id made anew per call: Copilot, Qwen, Codex), again
 through aiohttp's writer and its checks. A call then takes a
 connection from the session's ``TCPConnector`` (its pool, keep-alive, DNS cache and
-TLS), sends the head, the length and the body in one ``transport.write``, and reads
-the answer through the connection's ``ResponseHandler`` (aiohttp's C parser,
-decompression and read timeout) and its ``StreamReader`` payload.
+TLS), sends the head, the length and the body in one ``transport.write`` once the
+event loop's turn is over (as aiohttp's body-writer task does: the requests made in
+one turn leave together, and wake the upstream once), and reads the answer through
+the connection's ``ResponseHandler`` (aiohttp's C parser, decompression and read
+timeout) and its ``StreamReader`` payload.
 
 What the lean path does not do, and why that is safe:
 
