@@ -124,6 +124,10 @@ void omniroute_cg_toggle(void) { CALLGRIND_TOGGLE_COLLECT; }
 class Server:
     """One server under test, run through the runner, under callgrind or cProfile."""
 
+    #: ``--cache-sim``: callgrind simulates the caches too, with these options (set for
+    #: the whole run; None: no simulation)
+    cache_sim: list[str] | None = None
+
     def __init__(self, name: str, tmp: Path, profile: bool | str,
                  toggle_lib: Path | None = None) -> None:
         """:param profile: False (callgrind), True (cProfile) or ``"opcodes"``.
@@ -148,6 +152,8 @@ class Server:
         if not self.profile:
             runner = ["valgrind", "--tool=callgrind", "--instr-atstart=no",
                       *(["--collect-atstart=no"] if self.toggle_lib else []),
+                      *(["--cache-sim=yes", *self.cache_sim] if self.cache_sim is not None
+                        else []),
                       f"--callgrind-out-file={self.tmp / self.name}.%p.out", "--dump-instr=no",
                       "--compress-strings=no", *runner]
         log = self.tmp / f"{self.name}.log"
@@ -350,15 +356,36 @@ def measure(server: Server, args: argparse.Namespace, keep: Path | None) -> dict
             server.control("-i", "off")
             dumps = sorted(server.tmp.glob(f"{server.name}.{pid}.out.*"),
                            key=lambda p: p.stat().st_mtime)
-            found = re.search(r"^(?:summary|totals): (\d+)", dumps[-1].read_text(), re.M)
-            assert found is not None, f"no totals in {dumps[-1]}"
-            per_request = int(found.group(1)) / args.requests
+            events = totals(dumps[-1])
+            per_request = events["Ir"] / args.requests
             out[f"{lane} c={conc}"] = per_request
             if keep:
                 shutil.copy(dumps[-1], keep / f"{cell}.out")
-            print(f"  {server.name:<10} {lane:<8} c={conc:<3} {per_request:12,.0f} Ir/request",
-                  file=sys.stderr, flush=True)
+            misses = ""
+            if args.cache_sim:  # the simulated caches' misses (first level, last level)
+                for label, names in CACHE_MISSES.items():
+                    n = sum(events.get(e, 0) for e in names) / args.requests
+                    out[f"{lane} c={conc} {label}"] = n
+                    misses += f" {n:9,.0f} {label}"
+            print(f"  {server.name:<10} {lane:<8} c={conc:<3} {per_request:12,.0f} Ir/request"
+                  + misses, file=sys.stderr, flush=True)
     return out
+
+
+#: ``--cache-sim``'s columns: callgrind's miss events summed (I1/D1: the first level,
+#: LL: the last; r and w, reads and writes)
+CACHE_MISSES = {"I1 miss": ("I1mr",), "D1 miss": ("D1mr", "D1mw"),
+                "LL miss": ("ILmr", "DLmr", "DLmw")}
+
+
+def totals(dump: Path) -> dict[str, int]:
+    """A callgrind file's totals by event (``Ir``, and with ``--cache-sim`` the misses)."""
+    text = dump.read_text()
+    names = re.search(r"^events: (.+)$", text, re.M)
+    found = re.search(r"^(?:summary|totals): ([\d ]+)$", text, re.M)
+    assert names is not None and found is not None, f"no totals in {dump}"
+    return dict(zip(names.group(1).split(), map(int, found.group(1).split()),
+                    strict=True))
 
 
 def print_profile(dump: Path, cell: str, args: argparse.Namespace) -> float:
@@ -458,6 +485,12 @@ def main() -> int:
                    help="count only from a request's bytes to the end of its first body "
                         "write (stream lanes: paced, instant); callgrind needs gcc and "
                         "valgrind's callgrind.h")
+    p.add_argument("--cache-sim", metavar="SIZE,WAYS,LINE", nargs="?", const="1048576,8,64",
+                   help="callgrind simulates the caches too: the table adds first- and "
+                        "last-level misses per request (I1, D1, LL). Valgrind simulates two "
+                        "levels: its last level is SIZE,WAYS,LINE (default 1048576,8,64: "
+                        "one core's L2 on this machine's EPYC, the level a larger working "
+                        "set misses first); 'host': what valgrind reads from the CPU")
     p.add_argument("--sort", default="tottime", help="--cprofile order (tottime)")
     p.add_argument("--top", type=int, default=40, help="--cprofile/--opcodes rows (40)")
     p.add_argument("--serve-forwarder", metavar="UPSTREAM", help=argparse.SUPPRESS)
@@ -487,6 +520,8 @@ def main() -> int:
         args.concerns = ["lim", "key", "cache", "idem"]
     if "cache" in args.concerns:
         args.set = [*args.set, "cache_mode=on"]
+    if args.cache_sim:
+        Server.cache_sim = [f"--LL={args.cache_sim}"] if args.cache_sim != "host" else []
     keep = Path(args.keep) if args.keep else None
     if keep:
         keep.mkdir(parents=True, exist_ok=True)

@@ -305,3 +305,53 @@ async def test_the_headers_leave_with_the_first_chunk_in_one_write(
     assert (await resp.read()).startswith(b"".join(BURST))
     ours = [w for w in writes if b"X-OmniRoute-Request-Id" in w]  # the gateway's answer
     assert len(ours) == 1 and ours[0].startswith(b"HTTP/1.1 200") and BURST[0] in ours[0]
+
+
+@pytest.mark.parametrize("chunked", [False, True])
+async def test_a_stream_that_came_whole_leaves_with_its_end_in_one_write(
+    omniroute: Any, aiohttp_server: Any, monkeypatch: pytest.MonkeyPatch, chunked: bool,
+) -> None:
+    """An upstream that sends its whole stream at once (with a length, or chunked with
+    the end in the same write): the headers, every frame and the end of the chunked
+    answer leave in one write, not the end in a write (a client wake-up) of its own."""
+    from aiohttp import http_writer
+
+    writes: list[bytes] = []
+    write, writelines = http_writer.StreamWriter._write, http_writer.StreamWriter._writelines
+
+    def one(self: Any, chunk: Any) -> None:
+        writes.append(bytes(chunk))
+        write(self, chunk)
+
+    def lines(self: Any, chunks: Any) -> None:
+        chunks = list(chunks)
+        writes.append(b"".join(map(bytes, chunks)))
+        writelines(self, chunks)
+
+    monkeypatch.setattr(http_writer.StreamWriter, "_write", one)
+    monkeypatch.setattr(http_writer.StreamWriter, "_writelines", lines)
+    whole = b"".join([*BURST, LONE, USAGE_ONLY, DONE])
+
+    async def instant(request: web.Request) -> web.StreamResponse:
+        await request.read()
+        if not chunked:
+            return web.Response(body=whole, content_type="text/event-stream")
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        resp.enable_chunked_encoding()
+        await resp.prepare(request)
+        await resp.write_eof(whole)  # the last chunk and the end in one write
+        return resp
+
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", instant)
+    server = await aiohttp_server(app)
+    await omniroute.add_provider({"type": "openai", "name": "fake", "prefix": "up",
+                                  "base_url": str(server.make_url("/v1")), "api_key": "sk-x"})
+    resp = await omniroute.client.post("/v1/chat/completions", json={
+        "model": "up/gpt-4o-mini", "stream": True, "stream_options": {"include_usage": True},
+        "messages": [{"role": "user", "content": "hi"}]})
+    assert resp.status == 200
+    assert await resp.read() == whole
+    ours = [w for w in writes if b"X-OmniRoute-Request-Id" in w]
+    assert len(ours) == 1 and ours[0].endswith(DONE + b"\r\n0\r\n\r\n")
+    assert writes[writes.index(ours[0]) + 1:] == []  # nothing after it: the end was in it

@@ -195,6 +195,92 @@ async def test_a_header_value_with_a_line_break_is_refused_as_aiohttp_refuses_it
     assert len(server.recorder.peers) == 0
 
 
+async def test_a_value_new_on_every_call_is_sent_as_client_session_post_sends_it(http):
+    """A request id made anew per call (Copilot, Qwen, Codex): each head is aiohttp's,
+    and the head is prepared once for the names, not once per value."""
+    raw = RawHeads()
+    srv = await asyncio.start_server(raw.serve, "127.0.0.1", 0)
+    url = f"http://127.0.0.1:{srv.sockets[0].getsockname()[1]}/v1/chat/completions"
+    up = Upstream(http)
+    calls = [{**JSON, "X-Request-Id": f"id-{i}", "Accept": "text/event-stream"}
+             for i in range(3)]
+    calls.append({**calls[0], "X-Request-Id": "ünïcode-id"})  # aiohttp's UTF-8 bytes
+    async with srv:
+        for headers in calls:
+            async with http.post(url, data=b"{}", headers=headers, timeout=BOUNDS) as resp:
+                assert resp.status == 200
+            answer = await post(up, url, b"{}", headers=headers)
+            assert isinstance(answer, LeanResponse) and await answer.read() == b""
+    assert len(up._heads) == 1
+    for generic, lean in zip(raw.requests[0::2], raw.requests[1::2], strict=True):
+        assert lean == generic
+    assert b"\r\nX-Request-Id: id-2\r\n" in raw.requests[5]
+
+
+async def test_the_requests_of_one_turn_of_the_loop_are_written_after_it(http, monkeypatch):
+    """As aiohttp's body-writer task: calls made in one turn of the event loop write
+    their requests once the turn is over, together (one wake-up of the upstream)."""
+    raw = RawHeads()
+    srv = await asyncio.start_server(raw.serve, "127.0.0.1", 0)
+    url = f"http://127.0.0.1:{srv.sockets[0].getsockname()[1]}/x"
+    up = Upstream(http)
+    events: list[str] = []
+    send = upstream_module._send
+
+    def noted(transport: Any, request: bytes) -> None:
+        events.append("written")
+        send(transport, request)
+
+    async def call() -> None:
+        events.append("called")
+        answer = await post(up, url, b"{}")
+        await answer.read()
+
+    async with srv:
+        await asyncio.gather(call(), call())  # two pooled connections
+        monkeypatch.setattr(upstream_module, "_send", noted)
+        events.clear()
+        await asyncio.gather(call(), call())
+    assert events == ["called", "called", "written", "written"]
+    assert len(raw.requests) == 4
+
+
+async def test_a_later_value_with_a_line_break_is_refused_before_anything_is_sent(
+        http, server):
+    up = Upstream(http)
+    good = {**JSON, "X-Request-Id": "a"}
+    async with await post(up, f"{server.base}/echo", headers=good) as answer:
+        assert answer.status == 200
+    for bad in ("b\r\nInjected: yes", "b\nInjected: yes", "b\x00"):
+        with pytest.raises(ValueError):
+            await post(up, f"{server.base}/echo", headers={**JSON, "X-Request-Id": bad})
+    async with await post(up, f"{server.base}/echo", headers=good) as answer:
+        assert answer.status == 200
+    assert len(server.recorder.peers) == 2
+
+
+async def test_heads_whose_names_alone_do_not_decide_them_are_still_aiohttps(http):
+    """Two names one header (the second replaces the first, as aiohttp merges them); a
+    session header holding the gap mark: no gap can be trusted, the call goes through
+    ClientSession.post."""
+    raw = RawHeads()
+    srv = await asyncio.start_server(raw.serve, "127.0.0.1", 0)
+    url = f"http://127.0.0.1:{srv.sockets[0].getsockname()[1]}/x"
+    twice = {"X-A": "1", "x-a": "2", "Content-Type": "application/json"}
+    mark = "\U000f00000\U000f0000"
+    async with aiohttp.ClientSession(headers={"X-Mark": mark},
+                                     cookie_jar=aiohttp.DummyCookieJar()) as marked, srv:
+        for session, headers in ((http, twice), (marked, JSON)):
+            async with session.post(url, data=b"{}", headers=headers, timeout=BOUNDS) as resp:
+                assert resp.status == 200
+            up = Upstream(session)
+            answer = await post(up, url, b"{}", headers=headers)
+            await answer.read()
+            assert isinstance(answer, LeanResponse) == (session is http)
+    assert raw.requests[1] == raw.requests[0] and raw.requests[3] == raw.requests[2]
+    assert mark.encode() in raw.requests[3]
+
+
 # ----------------------------------------------------------------------------- connections
 
 async def test_a_connection_is_kept_alive_and_reused_after_a_whole_answer(http, server):

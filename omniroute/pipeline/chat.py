@@ -179,13 +179,21 @@ class _Passthrough:
     to the reply, which refers to this: it is let go when the stream ends or is closed,
     so that they are freed at once, not by the garbage collector."""
 
-    __slots__ = ("_hidden", "_reads", "_side", "_written")
+    __slots__ = ("_ended", "_hidden", "_reads", "_side", "_written")
 
     def __init__(self, fmt: Format, reply: Reply, output: StreamOutput,
                  reads: AsyncIterator[bytes], hidden: Callable[[bytes], bool] | None) -> None:
         self._side: _SideReading | None = _SideReading(fmt, reply, output, hidden)
         self._reads, self._hidden = reads, hidden
         self._written: bytes | None = None  # handed out, not read on the side yet
+        #: the upstream reads' own :meth:`ended`, when they can tell
+        self._ended: Callable[[], bool] | None = getattr(reads, "ended", None)
+
+    def ended(self) -> bool:
+        """True when the block handed out last was the stream's last: the relay sends
+        it with the stream's end, in one write (one wake-up of the client, not two)."""
+        ended = self._ended
+        return ended is not None and ended()
 
     def __aiter__(self) -> _Passthrough:
         return self

@@ -2,7 +2,8 @@
 chunk by chunk, a stream's end in the format's error event, and an answer's end.
 
 A stream is written the moment each chunk is ready, and the frames one upstream read
-brought leave in one write (the headers leave with the first chunk, in its write). A
+brought leave in one write (the headers leave with the first chunk, in its write; the
+end of a chunked answer with the last chunk, when the stream can tell it is the last). A
 client that stops reading is bounded by the idle timeout once its unread backlog
 passes :data:`BACKLOG`. Once the headers are out, every failure
 ends the stream with the client format's own error frame; a binary answer
@@ -14,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from contextlib import suppress
 
 from aiohttp import web
@@ -164,15 +165,21 @@ async def relay(
             # for it, and that wait is bounded by the idle timeout (no cost while the
             # client keeps up; a chunk may hold many frames, so its own size counts)
             transport = request.transport
+            # a stream that knows when its last chunk is out (the pass-through's) has it
+            # leave with the stream's end, in one write: else the client is woken for
+            # the chunk, and again for the end once the chunk's usage was read
+            last: Callable[[], bool] | None = getattr(frames, "ended", None)
             async for chunk in frames:
                 for run in taps:
                     await run.frame(ctx, chunk)
+                write = (response.write_eof if last is not None and last()
+                         else response.write)
                 if transport is not None and (
                         transport.get_write_buffer_size() + len(chunk) > BACKLOG):
                     async with asyncio.timeout(idle):
-                        await response.write(chunk)
+                        await write(chunk)
                 else:
-                    await response.write(chunk)
+                    await write(chunk)
         except GatewayError as err:  # after the first byte: end the stream with an error
             record.status, record.error = err.status, err.message
             record.error_class = type(err).__name__

@@ -254,7 +254,7 @@ class HTTPProvider(Provider):
                     raise self._refused(resp.status, await resp.read(), resp.headers,
                                         sent_with)
                 splitter = framing.splitter()
-                reader = _FrameReader(resp, splitter, timeouts)
+                reader = _FrameReader(resp, splitter, timeouts, loop)
                 while not first and (block := await reader.read_block()):
                     head.append(block)
                     for last in splitter.each(block):
@@ -348,17 +348,37 @@ class _FrameReader:
     closed early, so the upstream stops.
     """
 
-    __slots__ = ("_deadline", "_done", "_resp", "_splitter", "_timeouts")
+    __slots__ = ("_deadline", "_done", "_loop", "_resp", "_rest", "_splitter", "_timeouts")
 
-    def __init__(self, resp: Answer, splitter: Splitter, timeouts: Any) -> None:
+    def __init__(self, resp: Answer, splitter: Splitter, timeouts: Any,
+                 loop: asyncio.AbstractEventLoop) -> None:
+        """:param loop: the running loop (each ``asyncio.get_running_loop()`` costs a
+        ``getpid`` system call: CPython checks the loop was not inherited by a fork)."""
         self._resp, self._splitter, self._timeouts = resp, splitter, timeouts
-        self._deadline = asyncio.get_running_loop().time() + timeouts.total
+        self._loop = loop
+        self._deadline = loop.time() + timeouts.total
         self._done = False
+        self._rest = b""  # the splitter's tail, taken out by :meth:`ended`
+
+    def ended(self) -> bool:
+        """True when the upstream's answer has all come and nothing of it is left to
+        read: the next read returns the end without waiting."""
+        if not self._done:
+            if not self._resp.content.at_eof():
+                return False
+            self._done = True
+            self._rest = self._splitter.tail()  # (a partial last frame) read next
+        return not self._rest
+
+    def _taken(self) -> bytes:
+        rest, self._rest = self._rest, b""
+        return rest
 
     async def read(self) -> list[bytes]:
         """The frames the next socket read completes (never empty), or [] at the end."""
         if self._done:
-            return []
+            rest = self._taken()
+            return [rest] if rest else []
         frames = await self._pull(self._splitter.feed)
         if frames is None:
             tail = self._splitter.tail()
@@ -369,7 +389,7 @@ class _FrameReader:
         """The frames the next socket read completes, as one block of bytes (never
         empty), or b"" at the end: no frame is cut out of it."""
         if self._done:
-            return b""
+            return self._taken()
         block = await self._pull(self._splitter.block)
         return self._splitter.tail() if block is None else block
 
@@ -383,7 +403,7 @@ class _FrameReader:
                 if not chunk:
                     self._done = True
                     return None
-                if asyncio.get_running_loop().time() > self._deadline:
+                if self._loop.time() > self._deadline:
                     raise UpstreamTimeout(
                         f"upstream stream exceeded {timeouts.total:g}s in total")
                 got = cut(chunk)
@@ -454,6 +474,12 @@ class _Blocks:
         self._reader = None
         reader._end(True)
         raise StopAsyncIteration
+
+    def ended(self) -> bool:
+        """True when the block handed out last was the stream's last (the next
+        ``__anext__`` ends the iteration without waiting)."""
+        reader = self._reader
+        return reader is None or (self._head is None and reader.ended())
 
     async def aclose(self) -> None:
         reader, self._reader, self._head = self._reader, None, None

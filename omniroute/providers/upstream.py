@@ -4,13 +4,18 @@ per-request generality of ``ClientSession.post``.
 A provider's calls go to a few fixed URLs with a few fixed header sets, so what
 ``ClientSession._request`` works out on every call (header merging, URL building,
 cookies, auth, proxy, payload objects, tracing, a body-writer task, timer contexts)
-is worked out here once per URL and headers: the request line and every header
-but ``Content-Length`` become one block of bytes, serialized by aiohttp's own
-header writer (its checks against header injection included). A call then takes a
+is worked out here once per URL and header names: the request line and every
+header but ``Content-Length`` become one block of bytes, serialized by aiohttp's
+own header writer (its checks against header injection included), with a gap for
+each of the call's header values. The values are filled in when they differ from
+the last call's (a request id made anew per call: Copilot, Qwen, Codex), again
+through aiohttp's writer and its checks. A call then takes a
 connection from the session's ``TCPConnector`` (its pool, keep-alive, DNS cache and
-TLS), sends the head, the length and the body in one ``transport.write``, and reads
-the answer through the connection's ``ResponseHandler`` (aiohttp's C parser,
-decompression and read timeout) and its ``StreamReader`` payload.
+TLS), sends the head, the length and the body in one ``transport.write`` once the
+event loop's turn is over (as aiohttp's body-writer task does: the requests made in
+one turn leave together, and wake the upstream once), and reads the answer through
+the connection's ``ResponseHandler`` (aiohttp's C parser, decompression and read
+timeout) and its ``StreamReader`` payload.
 
 What the lean path does not do, and why that is safe:
 
@@ -37,6 +42,7 @@ path (:data:`VERIFIED`); ``tests/test_upstream.py`` fails loudly when they chang
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import Mapping
 from typing import Any, Union
 
@@ -56,8 +62,13 @@ from yarl import URL
 VERIFIED = ("3.14.",)
 #: larger bodies go through ``ClientSession.post``
 LEAN_BODY_MAX = 1 << 20
-#: prepared heads kept per :class:`Upstream` (URL and headers pairs; then cleared)
+#: prepared heads kept per :class:`Upstream` (URL and header names; then cleared)
 HEADS_MAX = 256
+#: where a call's header value goes in a prepared head: its index between two of
+#: these (a private-use character no real header holds; a head where one shows up
+#: anyway is checked and sent through ``ClientSession.post``)
+_GAP = "\U000f0000"
+_GAPS = re.compile(re.escape(_GAP.encode()) + rb"(\d+)" + re.escape(_GAP.encode()))
 
 _NO_TRACES: list[Any] = []
 _NO_TIMER = TimerNoop()
@@ -166,6 +177,42 @@ class _Origin:
         self.connector = connector
 
 
+class _Head:
+    """A prepared head for one URL and one list of header names: the bytes between the
+    gaps for the values, which gap takes which value, and the last values filled in."""
+
+    __slots__ = ("gaps", "head", "origin", "parts", "skips", "values")
+
+    def __init__(self, origin: _Origin, template: bytes, headers: Mapping[str, str]) -> None:
+        self.origin = origin
+        pieces = _GAPS.split(template)
+        self.parts: list[bytes] = pieces[0::2]
+        self.gaps = [int(i) for i in pieces[1::2]]
+        # a value's place in aiohttp's serialization of the call's headers: after its
+        # line's name and ": " (the name's bytes as aiohttp's writer makes them)
+        self.skips = [len(_serialize_headers("", CIMultiDict({name: ""}))) - 6
+                      for name in headers]
+        self.values: tuple[Any, ...] | None = None
+        self.head = b""
+
+    def fill(self, values: tuple[Any, ...], headers: Mapping[str, str]) -> bytes:
+        """The head with ``values`` (``headers``' own) in their gaps, each serialized by
+        aiohttp's writer, which refuses control characters as it does for any header.
+
+        :raises ValueError: a value with a line break (header injection)."""
+        # one line per header, in order: values hold no CR or LF (the writer refuses them)
+        # (aiohttp's writer reads any mapping's ``items()``; it is typed for its own)
+        lines = _serialize_headers("", headers).split(b"\r\n")  # type: ignore[arg-type]
+        skips, parts = self.skips, self.parts
+        out = [parts[0]]
+        for n, i in enumerate(self.gaps):
+            out.append(lines[i + 1][skips[i]:])
+            out.append(parts[n + 1])
+        self.head = head = b"".join(out)
+        self.values = values
+        return head
+
+
 class Upstream:
     """POSTs through one ``ClientSession``: lean where that is exactly equivalent,
     ``ClientSession.post`` otherwise. Keep one per provider (its URLs and headers are
@@ -176,7 +223,7 @@ class Upstream:
     def __init__(self, session: aiohttp.ClientSession) -> None:
         self._session = session
         self._lean: bool | None = None  # decided on the first call
-        self._heads: dict[tuple[Any, ...], tuple[_Origin, bytes] | None] = {}
+        self._heads: dict[tuple[Any, ...], _Head | None] = {}
         self._origins: dict[tuple[str, str, int | None], _Origin] = {}
         self._params: dict[str, Any] = {}
         self._jar: aiohttp.abc.AbstractCookieJar | None = None
@@ -186,16 +233,18 @@ class Upstream:
         """POST ``data`` and read the answer's head: what ``await session.post(url, data=,
         headers=, timeout=)`` returns, as far as the data path reads it. The caller
         releases (or closes) the answer."""
-        prepared: tuple[_Origin, bytes] | None = _GENERIC
+        prepared: _Head | None = _GENERIC
         if type(data) is bytes and len(data) <= LEAN_BODY_MAX:
-            key = (url, *headers.items())
+            key = (url, *headers)
             try:
                 prepared = self._heads[key]
             except KeyError:
                 prepared = self._prepare(key, url, headers)
         if prepared is _GENERIC or (self._jar is not None and len(self._jar)):
             return await self._session.post(url, data=data, headers=headers, timeout=timeout)
-        origin, head = prepared
+        origin = prepared.origin
+        values = tuple(headers.values())
+        head = prepared.head if values == prepared.values else prepared.fill(values, headers)
         connector = origin.connector
         if connector.closed:  # (ClientSession.post says so its way)
             return await self._session.post(url, data=data, headers=headers, timeout=timeout)
@@ -213,7 +262,11 @@ class Upstream:
             if transport is None or transport.is_closing():
                 raise ClientConnectionResetError("Cannot write to closing transport")
             # the head ends with "Content-Length: "
-            transport.write(b"".join((head, b"%d\r\n\r\n" % len(data), data)))
+            # written when this turn of the event loop is over, with the requests of the
+            # other calls made in it (as aiohttp's body-writer task does): one wake-up of
+            # the upstream's reader for all of them, not one each
+            origin.loop.call_soon(_send, transport,
+                                  b"".join((head, b"%d\r\n\r\n" % len(data), data)))
             protocol.start_timeout()  # sock_read: the first byte, then every read
             if deadline is not None:
                 answer._expiry = origin.loop.call_at(deadline, answer._expire)
@@ -245,12 +298,22 @@ class Upstream:
         return answer
 
     def _prepare(self, key: tuple[Any, ...], url: str,
-                 headers: Mapping[str, str]) -> tuple[_Origin, bytes] | None:
-        """The origin and the head (up to ``Content-Length: ``) of POSTs to ``url`` with
-        ``headers``, as ``ClientSession.post`` would write them; None: not lean."""
+                 headers: Mapping[str, str]) -> _Head | None:
+        """The head (up to ``Content-Length: ``) of POSTs to ``url`` with headers of these
+        names, as ``ClientSession.post`` would write them; None: not lean."""
         if self._lean is None:
             self._lean = self._session_is_plain()
-        prepared = self._head(url, headers) if self._lean else _GENERIC
+        prepared = _GENERIC
+        if self._lean:
+            gaps = {name: f"{_GAP}{i}{_GAP}" for i, name in enumerate(headers)}
+            template, whole = self._head(url, gaps), self._head(url, headers)
+            if template is not _GENERIC and whole is not _GENERIC:
+                prepared = _Head(template[0], template[1], headers)
+                # what the names alone decide must give this call's own head (a value
+                # that moves or drops a header, a gap mark already in the session's
+                # headers or the URL: every call of these names goes the generic way)
+                if prepared.fill(tuple(headers.values()), headers) != whole[1]:
+                    prepared = _GENERIC
         if len(self._heads) >= HEADS_MAX:
             self._heads.clear()
         self._heads[key] = prepared
@@ -327,6 +390,13 @@ class Upstream:
         if origin is None:
             origin = self._origins[origin_key] = _Origin(self._session, url)
         return origin, block[:-4]  # without the empty value's "\r\n" and the end "\r\n"
+
+
+def _send(transport: asyncio.Transport, request: bytes) -> None:
+    """Write a call's request, unless its connection was closed meanwhile (the call was
+    given up, or the upstream left: its read fails with that)."""
+    if not transport.is_closing():
+        transport.write(request)
 
 
 async def _connect(origin: _Origin, url: str, timeout: aiohttp.ClientTimeout,
