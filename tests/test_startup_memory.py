@@ -41,6 +41,12 @@ HEAVY = {
     **{f"omniroute.cli.{name}": f"only `omniroute {name}` runs it (cli.LAZY_COMMANDS)"
        for name in ("budget", "cache", "connect", "doctor", "login", "plugins", "usage")},
     "omniroute.cli.audit": "only the CLI's configuration commands write their audit entries",
+    **{f"omniroute.web.{name}": "the management API's handlers load on their routes' first "
+       "call (omniroute.web.routes)" for name in (
+           "management", "budgets", "cache", "system", "resilience", "pricing", "telemetry",
+           "clitools", "dashboard_api")},
+    "omniroute.clitools": "only /api/cli-tools and `omniroute connect` edit the agent CLIs",
+    "omniroute.settings_doc": "only GET /api/settings/schema and the docs describe settings",
 }
 if sys.platform == "linux":  # the vault's AES-GCM is OpenSSL's through _ssl (omniroute.aesgcm)
     HEAVY["cryptography"] = "the vault seals and opens credentials with _ssl's OpenSSL"
