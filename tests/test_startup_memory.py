@@ -39,7 +39,8 @@ HEAVY = {
     # omniroute's own code that serving never runs: imported by its command or route
     "omniroute.doctor": "`omniroute doctor` and POST /api/system/env/repair only",
     **{f"omniroute.cli.{name}": f"only `omniroute {name}` runs it (cli.LAZY_COMMANDS)"
-       for name in ("budget", "cache", "connect", "doctor", "login", "plugins", "usage")},
+       for name in ("admin", "budget", "cache", "combos", "connect", "doctor", "keys", "login",
+                    "observe", "plugins", "providers", "usage")},
     "omniroute.cli.audit": "only the CLI's configuration commands write their audit entries",
     **{f"omniroute.web.{name}": "the management API's handlers load on their routes' first "
        "call (omniroute.web.routes)" for name in (
