@@ -12,6 +12,7 @@ from omniroute.appkeys import (
     BUDGETS,
     CACHE,
     CATALOG,
+    CLI_TOOLS,
     GATEWAY,
     HTTP,
     IDEMPOTENCY,
@@ -33,22 +34,15 @@ from omniroute.pipeline import Pipeline, default_stages
 from omniroute.pipeline.progress import ProgressStage
 from omniroute.plugins import Plugins, load_plugins
 from omniroute.registry import Registry
+from omniroute.web import routes
 from omniroute.web.audit import setup_audit
-from omniroute.web.budgets import setup_budget_routes
-from omniroute.web.cache import setup_cache_routes
 from omniroute.web.client import setup_client_routes
-from omniroute.web.clitools import setup_cli_tool_routes
 from omniroute.web.dashboard import setup_dashboard
-from omniroute.web.dashboard_api import setup_dashboard_api
-from omniroute.web.management import setup_management_routes
 from omniroute.web.middleware import gateway_middleware
 from omniroute.web.oauth import setup_oauth_routes
-from omniroute.web.pricing import setup_pricing_routes
 from omniroute.web.public import setup_public_routes
-from omniroute.web.resilience import setup_resilience_routes
+from omniroute.web.routes import setup_admin_routes
 from omniroute.web.security import setup_security
-from omniroute.web.system import setup_system_routes
-from omniroute.web.telemetry import setup_telemetry_routes
 from omniroute.web.usage import setup_usage_routes
 
 
@@ -103,17 +97,19 @@ def make_app(config: Config, plugins: Plugins | None = None) -> web.Application:
     setup_security(app, config)
     setup_public_routes(app)
     setup_client_routes(app)
-    setup_management_routes(app)
-    setup_budget_routes(app)
-    setup_cache_routes(app)
-    setup_system_routes(app)
-    setup_resilience_routes(app)
+    # the management API: its modules are imported on their routes' first call
+    setup_admin_routes(app, routes.MANAGEMENT)
+    setup_admin_routes(app, routes.BUDGETS)
+    setup_admin_routes(app, routes.CACHE)
+    setup_admin_routes(app, routes.SYSTEM)
+    setup_admin_routes(app, routes.RESILIENCE)
     setup_oauth_routes(app)
-    setup_pricing_routes(app)
+    setup_admin_routes(app, routes.PRICING)
     setup_usage_routes(app)
-    setup_telemetry_routes(app)
-    setup_cli_tool_routes(app, config, plugins)
-    setup_dashboard_api(app)
+    setup_admin_routes(app, routes.TELEMETRY)
+    app[CLI_TOOLS] = []  # made on first use (omniroute.web.clitools.cli_tools)
+    setup_admin_routes(app, routes.CLI_TOOLS)
+    setup_admin_routes(app, routes.DASHBOARD_API)
     setup_dashboard(app)
     plugins.pm.hook.configure_app(app=app, config=config)
     return app

@@ -61,8 +61,9 @@ USAGE: web.AppKey[UsageQueries] = web.AppKey("usage")
 IDEMPOTENCY: web.AppKey[Idempotency] = web.AppKey("idempotency")
 #: the management API's subscription sign-ins under way (in memory, each for its TTL)
 OAUTH_SIGN_INS: web.AppKey[SignIns] = web.AppKey("oauth_sign_ins")
-#: the agent CLIs on this machine: detection, configure, restore (/api/cli-tools)
-CLI_TOOLS: web.AppKey[CliTools] = web.AppKey("cli_tools")
+#: the agent CLIs on this machine: detection, configure, restore (/api/cli-tools); empty
+#: until the first call of those routes makes them (:func:`omniroute.web.clitools.cli_tools`)
+CLI_TOOLS: web.AppKey[list[CliTools]] = web.AppKey("cli_tools")
 #: set on each request by the auth middleware
 PRINCIPAL = web.RequestKey("principal", Principal)
 #: set once a streamed answer has sent its headers (errors can no longer be a JSON answer)

@@ -263,7 +263,7 @@ async def test_running_gateway_picks_up_cli_changes(run: Cli, aiohttp_client: An
 
 
 def test_providers_add_prompts_for_a_key_only_when_the_type_takes_one() -> None:
-    from omniroute.cli import _wants_key
+    from omniroute.cli.providers import _wants_key
     from omniroute.plugins import load_plugins
 
     plugins = load_plugins()

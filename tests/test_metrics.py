@@ -303,3 +303,53 @@ def test_the_stage_keeps_no_per_request_state() -> None:
     assert metrics.streams_in_flight() == 2  # two streams entered, none finished
     metrics.settle()  # one process: the gauge is set at a scrape
     assert metrics.streams._value.get() == 2
+
+
+def test_one_process_makes_the_families_at_the_first_scrape() -> None:
+    """Counting needs no prometheus-client object (the gateway imports it at the first
+    scrape); the scrape then shows what was counted before it."""
+    metrics = Metrics()
+    stage = MetricsStage(metrics)
+
+    class Ctx:
+        stream = True
+        record = RequestRecord(request_id="r", ts=0.0, endpoint="chat", status=200,
+                               provider="p", model="m", latency_ms=120.0, prompt_tokens=5)
+
+    stage.enter(Ctx(), None).finished(Ctx())  # type: ignore[arg-type]
+    assert "registry" not in vars(metrics) and "requests" not in vars(metrics)
+    got = parse(metrics.render(None)[0].decode())
+    assert "registry" in vars(metrics)
+    assert value(got, "omniroute_requests_total", endpoint="chat", provider="p", model="m",
+                 status="200") == 1
+    assert value(got, "omniroute_tokens_total", provider="p", model="m", type="input") == 5
+    assert value(got, "omniroute_request_duration_seconds_sum", endpoint="chat",
+                 provider="p", model="m") == pytest.approx(0.12)
+    assert value(got, "omniroute_streams_in_flight") == 0
+
+
+def test_a_histogram_kept_elsewhere_gets_the_tallys_buckets(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Should prometheus-client keep a histogram's values where the bisection cannot add
+    to them, a scrape gives ``observe`` each tallied observation in its own bucket."""
+    def kept_elsewhere(self: Any, histogram: Any) -> None:
+        self.observe, self.add_sum, self.buckets = histogram.observe, (lambda _: None), ()
+
+    monkeypatch.setattr(collector._Observer, "__init__", kept_elsewhere)
+    metrics = Metrics()
+    for i, seconds in enumerate([0.01, 0.2, 0.2, 400.0]):
+        metrics.observe(RequestRecord(request_id=f"r{i}", ts=0.0, endpoint="chat", status=200,
+                                      provider="p", model="m", latency_ms=seconds * 1000))
+    got = parse(metrics.render(None)[0].decode())
+    labels = {"endpoint": "chat", "provider": "p", "model": "m"}
+    name = "omniroute_request_duration_seconds"
+    assert value(got, f"{name}_bucket", **labels, le="0.025") == 1
+    assert value(got, f"{name}_bucket", **labels, le="0.25") == 3
+    assert value(got, f"{name}_bucket", **labels, le="300.0") == 3
+    assert value(got, f"{name}_bucket", **labels, le="+Inf") == 4
+    assert value(got, f"{name}_count", **labels) == 4
+    metrics.observe(RequestRecord(request_id="r9", ts=0.0, endpoint="chat", status=200,
+                                  provider="p", model="m", latency_ms=20.0))
+    got = parse(metrics.render(None)[0].decode())  # the tally starts over after a scrape
+    assert value(got, f"{name}_bucket", **labels, le="0.025") == 2
+    assert value(got, f"{name}_count", **labels) == 5

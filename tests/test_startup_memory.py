@@ -2,7 +2,7 @@
 
 Each of these costs the gateway resident memory for good (measured: genai-prices
 with pydantic 15 MiB, numpy 11 MiB, cryptography 6.6 MiB, yaml and tomlkit 2 MiB,
-multiprocessing 0.4 MiB, zoneinfo 0.3 MiB).
+prometheus-client 1 MiB, multiprocessing 0.4 MiB, zoneinfo 0.3 MiB).
 The test runs the real start-up path (``prepare``, the price table's child process,
 a worker with every installed plugin) in a child process, serves one chat
 completion through it from an upstream speaking OpenAI's wire format, and lists
@@ -34,11 +34,20 @@ HEAVY = {
     # light, but for good in every gateway (measured RSS): imported where they are used
     "zoneinfo": "only a Code Assist quota's reset time needs it (0.3 MiB with sysconfig)",
     "multiprocessing": "the semantic cache's encoder process, and --workers' parent (0.4 MiB)",
+    "prometheus_client": "one process counts in plain numbers until the first scrape "
+                         "(1 MiB with the http.server, wsgiref and gzip it imports)",
     # omniroute's own code that serving never runs: imported by its command or route
     "omniroute.doctor": "`omniroute doctor` and POST /api/system/env/repair only",
     **{f"omniroute.cli.{name}": f"only `omniroute {name}` runs it (cli.LAZY_COMMANDS)"
-       for name in ("budget", "cache", "connect", "doctor", "login", "plugins", "usage")},
+       for name in ("admin", "budget", "cache", "combos", "connect", "doctor", "keys", "login",
+                    "observe", "plugins", "providers", "usage")},
     "omniroute.cli.audit": "only the CLI's configuration commands write their audit entries",
+    **{f"omniroute.web.{name}": "the management API's handlers load on their routes' first "
+       "call (omniroute.web.routes)" for name in (
+           "management", "budgets", "cache", "system", "resilience", "pricing", "telemetry",
+           "clitools", "dashboard_api")},
+    "omniroute.clitools": "only /api/cli-tools and `omniroute connect` edit the agent CLIs",
+    "omniroute.settings_doc": "only GET /api/settings/schema and the docs describe settings",
 }
 if sys.platform == "linux":  # the vault's AES-GCM is OpenSSL's through _ssl (omniroute.aesgcm)
     HEAVY["cryptography"] = "the vault seals and opens credentials with _ssl's OpenSSL"

@@ -136,7 +136,7 @@ async def _configure(config: Config, tools: CliTools, store: Any, tool_id: str,
 async def _offline_check(store: Any) -> Any:
     """Whether the stored configuration resolves a model: without a running gateway only
     the models the connections list are known, so a miss is a warning."""
-    from omniroute.cli import _offline_router
+    from omniroute.cli.combos import _offline_router
 
     router = _offline_router(await store.list_connections(), await store.list_aliases(),
                              await store.list_combos())

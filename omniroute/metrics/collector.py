@@ -2,10 +2,15 @@
 
 One :class:`Metrics` per application (never prometheus-client's global
 registry). Per request the metrics stage calls :meth:`Metrics.observe` with
-the finished record: one dictionary lookup finds the label children bound for
-that (endpoint, provider, model, status), then a few increments. What is state
+the finished record: one dictionary lookup finds what counts for that
+(endpoint, provider, model, status), then a few increments. What is state
 rather than traffic (breakers, cooldowns, the usage-record backlog) is read at
 scrape time by :meth:`Metrics.refresh`.
+
+In one process the counts are plain numbers until a scrape, so prometheus-client
+(1 MiB of memory with the ``http.server``, ``wsgiref`` and ``gzip`` its package
+imports) is imported, and the metric families made, at the first scrape (or the
+first look at a family): a gateway nobody scrapes never holds it.
 
 With ``--workers N`` every worker writes its values to prometheus-client's
 multiprocess directory (``PROMETHEUS_MULTIPROC_DIR``, a fresh one per run that
@@ -29,11 +34,9 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, values
-from prometheus_client.exposition import choose_encoder
-from prometheus_client.multiprocess import MultiProcessCollector
-
 if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
     from omniroute.resilience import Resilience
     from omniroute.sharedstate import SharedState
     from omniroute.storage import RequestLog, RequestRecord
@@ -64,7 +67,9 @@ def _adder(counter: Counter) -> Add:
 class _Observer:
     """One histogram child, observed without ``Histogram.observe``'s checks and bucket
     loop: the bucket is found by bisection. Falls back to ``observe`` should
-    prometheus-client keep its values elsewhere."""
+    prometheus-client keep its values elsewhere (in one process a tally's observations
+    are then given to ``observe`` at their buckets' upper bounds: the buckets and the
+    count exact, the sum approximate)."""
 
     __slots__ = ("add_sum", "buckets", "observe")
 
@@ -82,14 +87,39 @@ class _Observer:
 
 
 class _Bound:
-    """The label children one (endpoint, provider, model, status) writes to: what
-    adds to each, bound once."""
+    """What one (endpoint, provider, model, status) counts to: in one process a tally of
+    plain numbers, added to its label children at a scrape (:meth:`settle`); with
+    workers the label children's adders, bound once."""
 
-    __slots__ = ("cache_hits", "cache_read", "cache_write", "cost", "input", "latency", "output",
-                 "reasoning", "requests", "tally", "ttfb")
+    __slots__ = ("cache_hits", "cache_read", "cache_write", "cost", "input", "labels",
+                 "latency", "output", "reasoning", "requests", "tally", "ttfb")
+
+    requests: Add
+    latency: _Observer
+    ttfb: _Observer
+    input: Add
+    output: Add
+    cache_read: Add
+    cache_write: Add
+    reasoning: Add
+    cost: Add
+    cache_hits: Add
 
     def __init__(self, metrics: Metrics, endpoint: str, provider: str, model: str,
                  status: str) -> None:
+        self.labels = (endpoint, provider, model, status)
+        #: one process: what was counted since the last scrape, in plain numbers (see
+        #: :meth:`Metrics.observe`); None: every count goes to prometheus-client at once
+        self.tally: list[float] | None = None
+        if metrics.multiprocess:
+            self.bind(metrics)
+        else:
+            self.tally = [0.0] * _TALLY_SIZE
+
+    def bind(self, metrics: Metrics) -> None:
+        """Bind the label children's adders (workers: at once; one process: at the first
+        scrape that finds a tally, once)."""
+        endpoint, provider, model, status = self.labels
         self.requests = _adder(metrics.requests.labels(endpoint, provider, model, status))
         self.latency = _Observer(metrics.latency.labels(endpoint, provider, model))
         self.ttfb = _Observer(metrics.ttfb.labels(endpoint, provider, model))
@@ -101,33 +131,35 @@ class _Bound:
         self.reasoning = _adder(tokens.labels(provider, model, "reasoning"))
         self.cost = _adder(metrics.cost.labels(provider, model))
         self.cache_hits = _adder(metrics.cache_hits.labels(endpoint, provider, model))
-        #: one process: what was counted since the last scrape, in plain numbers (see
-        #: :meth:`Metrics.observe`); None: every count goes to prometheus-client at once
-        self.tally: list[float] | None = None
-        if not metrics.multiprocess and self.latency.observe is None and (
-                self.ttfb.observe is None):
-            self.tally = [0.0] * _TALLY_SIZE
 
     def counters(self) -> tuple[Add, ...]:
         """The counters' adders, in the order of the tally's first slots."""
         return (self.requests, self.input, self.output, self.cache_read, self.cache_write,
                 self.reasoning, self.cost, self.cache_hits)
 
-    def settle(self) -> None:
+    def settle(self, metrics: Metrics) -> None:
         """Add the tally to the prometheus-client values, and start it over."""
         tally = self.tally
         assert tally is not None
+        if not hasattr(self, "requests"):
+            self.bind(metrics)
         for i, add in enumerate(self.counters()):
             if tally[i]:
                 add(tally[i])
         for observer, total, first in ((self.latency, _LATENCY_SUM, _LATENCY),
                                        (self.ttfb, _TTFB_SUM, _TTFB)):
             counts = tally[first:first + _SLOTS]
-            if any(counts):
-                observer.add_sum(tally[total])
-                for add, n in zip(observer.buckets, counts, strict=True):
-                    if n:
-                        add(n)
+            if not any(counts):
+                continue
+            if observer.observe is not None:  # values kept elsewhere: see _Observer
+                for bound, n in zip((*BUCKETS, 2 * BUCKETS[-1]), counts, strict=True):
+                    for _ in range(int(n)):
+                        observer.observe(bound)
+                continue
+            observer.add_sum(tally[total])
+            for add, n in zip(observer.buckets, counts, strict=True):
+                if n:
+                    add(n)
         tally[:] = _ZEROS
 
 
@@ -138,6 +170,10 @@ _LATENCY_SUM, _TTFB_SUM = 8, 9
 _LATENCY, _TTFB = 10, 10 + _SLOTS
 _TALLY_SIZE = 10 + 2 * _SLOTS
 _ZEROS = [0.0] * _TALLY_SIZE
+#: the attributes :meth:`Metrics._make_families` sets
+_FAMILIES = frozenset({"registry", "requests", "latency", "ttfb", "tokens", "cost",
+                       "cache_hits", "streams", "breaker", "cooldown", "terminal", "dropped",
+                       "pending", "state_degraded"})
 
 
 def _observe_now(bound: _Bound, record: RequestRecord) -> None:
@@ -176,18 +212,62 @@ class Metrics:
 
     :param multiprocess_dir: prometheus-client's multiprocess directory when the
         gateway runs several workers (``Config.metrics_dir``); None for one process.
+        With workers the families are made at once; in one process at the first
+        look at one of them (a scrape: :meth:`refresh`, :meth:`render`).
     """
+
+    #: what a scrape collects: the metrics below, or (workers) every worker's files
+    registry: CollectorRegistry
+    requests: Counter
+    latency: Histogram
+    ttfb: Histogram
+    tokens: Counter
+    cost: Counter
+    cache_hits: Counter
+    streams: Gauge
+    breaker: Gauge
+    cooldown: Gauge
+    terminal: Gauge
+    dropped: Counter
+    pending: Gauge
+    state_degraded: Gauge
 
     def __init__(self, multiprocess_dir: Path | None = None) -> None:
         self.multiprocess = multiprocess_dir is not None
-        #: what a scrape collects: the metrics below, or (workers) every worker's files
-        self.registry = CollectorRegistry(auto_describe=True)
-        own: CollectorRegistry | None = self.registry
+        self._multiprocess_dir = multiprocess_dir
+        #: one process: the streams being served, a plain number the gauge is set to at
+        #: a scrape (:meth:`settle`); with workers (False) the gauge itself counts, at once
+        self.streams_counted = not self.multiprocess
+        self.open_streams = 0
+        self._bound: dict[tuple[str, str | None, str | None, int], _Bound] = {}
+        #: the bounds with a tally counted since the last scrape
+        self._unsettled: list[_Bound] = []
+        self._models: set[tuple[str, str]] = set()
+        self._dropped_seen = 0
+        self._breaker_labels: set[str] = set()
+        self._connection_labels: set[tuple[str, str, str]] = set()
+        if self.multiprocess:
+            self._make_families()
+
+    def __getattr__(self, name: str) -> object:
+        """A metric family not made yet (one process): make them all, once."""
+        if name not in _FAMILIES or "registry" in self.__dict__:
+            raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+        self._make_families()
+        return self.__dict__[name]
+
+    def _make_families(self) -> None:
+        from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, values
+        from prometheus_client.multiprocess import MultiProcessCollector
+
+        multiprocess_dir = self._multiprocess_dir
+        registry = CollectorRegistry(auto_describe=True)
+        own: CollectorRegistry | None = registry
         if multiprocess_dir is not None:
             if not getattr(values.ValueClass, "_multiprocess", False):
                 raise RuntimeError("metrics: PROMETHEUS_MULTIPROC_DIR must be set before "
                                    "prometheus_client is first imported (serve does this)")
-            MultiProcessCollector(self.registry, path=str(multiprocess_dir))
+            MultiProcessCollector(registry, path=str(multiprocess_dir))
             own = None  # values go to this worker's files; the collector reads them all
         endpoint_model = ("endpoint", "provider", "model")
         self.requests = Counter(
@@ -214,10 +294,6 @@ class Metrics:
         self.streams = Gauge(
             "omniroute_streams_in_flight", "Streamed requests being served now.",
             registry=own, multiprocess_mode="livesum")
-        #: one process: the streams being served, a plain number the gauge is set to at
-        #: a scrape (:meth:`settle`); with workers (False) the gauge itself counts, at once
-        self.streams_counted = not self.multiprocess
-        self.open_streams = 0
         self.breaker = Gauge(
             "omniroute_breaker_state", "Circuit breaker of a provider prefix: 0 closed, "
             "1 half-open, 2 open (workers: the worst).", ("provider",), registry=own,
@@ -240,13 +316,7 @@ class Metrics:
             "omniroute_state_degraded", "1 while the state shared between instances "
             "(state_url) cannot be reached and this instance uses its own numbers.",
             registry=own, multiprocess_mode="livemax")
-        self._bound: dict[tuple[str, str | None, str | None, int], _Bound] = {}
-        #: the bounds with a tally counted since the last scrape
-        self._unsettled: list[_Bound] = []
-        self._models: set[tuple[str, str]] = set()
-        self._dropped_seen = 0
-        self._breaker_labels: set[str] = set()
-        self._connection_labels: set[tuple[str, str, str]] = set()
+        self.registry = registry  # last: its presence says the families are made
 
     # ------------------------------------------------------------------ per request
 
@@ -295,7 +365,7 @@ class Metrics:
     def settle(self) -> None:
         """Add every tally to prometheus-client's values (before a scrape reads them)."""
         for bound in self._unsettled:
-            bound.settle()
+            bound.settle(self)
         self._unsettled.clear()
         if self.streams_counted:
             self.streams.set(self.open_streams)
@@ -367,6 +437,8 @@ class Metrics:
 
     def render(self, accept: str | None) -> tuple[bytes, str]:
         """The exposition (text format, or OpenMetrics when ``accept`` asks for it)."""
+        from prometheus_client.exposition import choose_encoder
+
         self.settle()
         encode, content_type = choose_encoder(accept or "")
         return encode(self.registry), content_type

@@ -17,7 +17,6 @@ class MetricsRun(StageRun):
 
     def __init__(self, metrics: Metrics) -> None:
         self.metrics = metrics
-        self.streams = metrics.streams
 
     def finished(self, ctx: RequestContext) -> None:
         metrics = self.metrics
@@ -25,7 +24,7 @@ class MetricsRun(StageRun):
             if metrics.streams_counted:  # one process: a plain number until a scrape
                 metrics.open_streams -= 1
             else:
-                self.streams.dec()
+                metrics.streams.dec()
         metrics.observe(ctx.record)
 
 
@@ -37,7 +36,6 @@ class MetricsStage(Stage):
     def __init__(self, metrics: Metrics) -> None:
         self._run = MetricsRun(metrics)
         self._metrics = metrics
-        self._streams = metrics.streams
 
     def enter(self, ctx: RequestContext, operation: Operation) -> StageRun:
         if ctx.stream:  # in flight from here until its finished (which always runs)
@@ -45,5 +43,5 @@ class MetricsStage(Stage):
             if metrics.streams_counted:
                 metrics.open_streams += 1
             else:
-                self._streams.inc()
+                metrics.streams.inc()
         return self._run

@@ -16,7 +16,6 @@ from aiohttp import web
 
 from omniroute.appkeys import CACHE
 from omniroute.errors import GatewayError, InvalidRequest, NotFound
-from omniroute.web.tags import tag_route
 
 #: entries listed when no ``limit`` is given, and at most
 _LIST_DEFAULT, _LIST_MAX = 100, 1000
@@ -48,16 +47,3 @@ async def delete_entry(request: web.Request) -> web.Response:
     if not await request.app[CACHE].delete(key):
         raise NotFound(f"No cache entry {key!r}.")
     return web.json_response({"deleted": key})
-
-
-def setup_cache_routes(app: web.Application) -> None:
-    """The response cache's routes: every one needs an admin."""
-    before = set(app.router.routes())
-    r = app.router
-    r.add_get("/api/cache/stats", get_stats)
-    r.add_delete("/api/cache/stats", clear)
-    r.add_get("/api/cache/entries", get_entries)
-    r.add_delete("/api/cache/entries/{key}", delete_entry)
-    for route in app.router.routes():
-        if route not in before:
-            tag_route(app, route, None, "admin")

@@ -20,27 +20,34 @@ from typing import Any
 
 from aiohttp import web
 
-from omniroute.appkeys import AUTH_SCHEMES, CATALOG, CLI_TOOLS, STORE
+from omniroute.appkeys import AUTH_SCHEMES, CATALOG, CLI_TOOLS, REGISTRY, STORE
 from omniroute.bodies import read_object
 from omniroute.catalog import Catalog
 from omniroute.clitools import CliTools, ConnectRequest, connect, gateway_url
 from omniroute.clitools.custom import add_custom, load_custom, remove_custom
 from omniroute.config import Config
 from omniroute.errors import GatewayError, InvalidRequest
-from omniroute.plugins import Plugins
-from omniroute.web.tags import tag_route
 
 _SMALL_BODY = 64 * 1024
+
+
+def cli_tools(app: web.Application) -> CliTools:
+    """The agent CLIs of the user the gateway runs as, the plugins' after the built-in
+    ones: made at the first call of one of these routes, kept for the app's life."""
+    made = app[CLI_TOOLS]
+    if not made:
+        made.append(CliTools.for_config(app[CATALOG].config, app[REGISTRY].plugins))
+    return made[0]
 
 
 async def list_tools(request: web.Request) -> web.Response:
     refresh = request.query.get("refresh", "").lower() in ("1", "true", "yes")
     custom = await load_custom(request.app[STORE])
-    return web.json_response(await request.app[CLI_TOOLS].listing(custom, refresh=refresh))
+    return web.json_response(await cli_tools(request.app).listing(custom, refresh=refresh))
 
 
 async def add(request: web.Request) -> web.Response:
-    tools = request.app[CLI_TOOLS]
+    tools = cli_tools(request.app)
     body = await read_object(request, _SMALL_BODY)
     tool = await add_custom(request.app[STORE], body, (t.id for t in tools.known))
     return web.json_response(await tools.describe(tool), status=201)
@@ -48,7 +55,7 @@ async def add(request: web.Request) -> web.Response:
 
 async def remove(request: web.Request) -> web.Response:
     tool_id = request.match_info["id"]
-    await remove_custom(request.app[STORE], tool_id, (t.id for t in request.app[CLI_TOOLS].known))
+    await remove_custom(request.app[STORE], tool_id, (t.id for t in cli_tools(request.app).known))
     return web.json_response({"deleted": tool_id})
 
 
@@ -74,7 +81,7 @@ def model_check(catalog: Catalog) -> Any:
 async def configure(request: web.Request) -> web.Response:
     catalog = request.app[CATALOG]
     body = ConnectRequest.from_body(await read_object(request, _SMALL_BODY))
-    result = await connect(request.app[CLI_TOOLS], request.app[STORE], request.match_info["id"],
+    result = await connect(cli_tools(request.app), request.app[STORE], request.match_info["id"],
                            body, gateway=gateway_address(request, catalog.config),
                            require_api_key=catalog.settings.require_api_key,
                            check_model=model_check(catalog))
@@ -92,21 +99,6 @@ async def restore(request: web.Request) -> web.Response:
     if not isinstance(everything, bool) or set(body) - {"all"}:
         raise InvalidRequest("Send {} to undo the last change, or {\"all\": true} to undo "
                              "every change.", param="all")
-    tools = request.app[CLI_TOOLS]
+    tools = cli_tools(request.app)
     tool = tools.find(request.match_info["id"], await load_custom(request.app[STORE]))
     return web.json_response(await tools.restore(tool, everything=everything))
-
-
-def setup_cli_tool_routes(app: web.Application, config: Config, plugins: Plugins) -> None:
-    """The CLI tools' routes (every one needs an admin) and their :class:`CliTools`."""
-    app[CLI_TOOLS] = CliTools.for_config(config, plugins)
-    before = set(app.router.routes())
-    r = app.router
-    r.add_get("/api/cli-tools", list_tools)
-    r.add_post("/api/cli-tools", add)
-    r.add_delete("/api/cli-tools/{id}", remove)
-    r.add_post("/api/cli-tools/{id}/configure", configure)
-    r.add_post("/api/cli-tools/{id}/restore", restore)
-    for route in app.router.routes():
-        if route not in before:
-            tag_route(app, route, None, "admin")

@@ -29,7 +29,6 @@ from omniroute.storage.usage import UsageFilter
 from omniroute.version import __version__
 from omniroute.web.public import request_log_state, runtime
 from omniroute.web.query import query_time
-from omniroute.web.tags import tag_route
 
 #: minutes of per-minute numbers the overview shows
 MINUTES = 60
@@ -119,10 +118,3 @@ async def settings_schema(request: web.Request) -> web.Response:
     rows = schema(catalog.settings.as_dict(), dict.fromkeys(stored),
                   set(catalog.config.settings_env))
     return web.json_response({"settings": rows})
-
-
-def setup_dashboard_api(app: web.Application) -> None:
-    r = app.router
-    for route in (r.add_get("/api/dashboard/overview", overview),
-                  r.add_get("/api/settings/schema", settings_schema)):
-        tag_route(app, route, None, "admin")

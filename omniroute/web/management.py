@@ -30,7 +30,6 @@ from omniroute.errors import AuthenticationFailed, GatewayError, InvalidRequest,
 from omniroute.oauth.accounts import account_state
 from omniroute.providers.base import Provider
 from omniroute.storage import Combo, Connection, Store
-from omniroute.web.tags import tag_route
 
 _SMALL_BODY = 1024 * 1024
 
@@ -374,50 +373,3 @@ async def recent_requests(request: web.Request) -> web.Response:
     await request.app[REQUEST_LOG].flush()
     return web.json_response({"requests": await request.app[REQUEST_LOG].recent(limit)})
 
-
-def setup_management_routes(app: web.Application) -> None:
-    """The management API: every route needs an admin."""
-    before = set(app.router.routes())
-    r = app.router
-    r.add_get("/api/providers", list_providers)
-    r.add_post("/api/providers", create_provider)
-    r.add_post("/api/providers/validate", validate_provider)
-    r.add_get("/api/providers/{id}", get_provider)
-    r.add_put("/api/providers/{id}", update_provider)
-    r.add_delete("/api/providers/{id}", delete_provider)
-    r.add_post("/api/providers/{id}/test", test_provider)
-    r.add_get("/api/providers/{id}/models", provider_models)
-    r.add_get("/api/keys", list_keys)
-    r.add_post("/api/keys", create_key)
-    r.add_delete("/api/keys/{id}", revoke_key)
-    r.add_post("/api/keys/{id}/revoke", revoke_key)
-    r.add_get("/api/models/alias", list_aliases)
-    r.add_post("/api/models/alias", set_alias)
-    r.add_delete("/api/models/alias/{alias}", delete_alias)
-    r.add_get("/api/combos", list_combos)
-    r.add_post("/api/combos", create_combo)
-    r.add_get("/api/combos/{id}", get_combo)
-    r.add_put("/api/combos/{id}", update_combo)
-    r.add_delete("/api/combos/{id}", delete_combo)
-    r.add_get("/api/settings", get_settings)
-    r.add_put("/api/settings", put_settings)
-    r.add_patch("/api/settings", put_settings)
-    r.add_get("/api/settings/require-login", get_require_login)
-    r.add_put("/api/settings/require-login", put_require_login)
-    r.add_put("/api/auth/password", change_password)
-    r.add_get("/api/requests", recent_requests)
-    for route in app.router.routes():
-        if route not in before:
-            path = route.resource.canonical if route.resource is not None else ""
-            tag_route(app, route, None, "admin", snapshot=_SNAPSHOTS.get(path))
-
-
-#: the state each path's calls change, shown before and after in their audit entries
-#: (:mod:`omniroute.storage.snapshots`); the others' entries show the request body
-_SNAPSHOTS = {
-    "/api/providers": "connection", "/api/providers/{id}": "connection",
-    "/api/keys": "key", "/api/keys/{id}": "key", "/api/keys/{id}/revoke": "key",
-    "/api/models/alias": "aliases", "/api/models/alias/{alias}": "aliases",
-    "/api/combos": "combo", "/api/combos/{id}": "combo",
-    "/api/settings": "settings", "/api/settings/require-login": "settings",
-}

@@ -36,7 +36,6 @@ from omniroute.oauth import (
     parse_pasted,
     save_account,
 )
-from omniroute.web.management import _connection_view
 from omniroute.web.tags import tag_route
 
 #: sign-ins under way at once, and the seconds each may take
@@ -96,6 +95,8 @@ async def start(request: web.Request) -> web.Response:
 
 async def _stored(request: web.Request, signin: SignIn, tokens: TokenSet) -> web.Response:
     """Store the signed-in account, forget the sign-in, answer the connection."""
+    from omniroute.web.management import _connection_view  # loaded on first use (routes)
+
     app = request.app
     account = await signin.account(tokens)
     conn, created = await save_account(app[REGISTRY].plugins, app[STORE], signin.service,

@@ -26,7 +26,6 @@ from omniroute.appkeys import CATALOG, GATEWAY, PRICES, STORE
 from omniroute.bodies import read_object
 from omniroute.errors import GatewayError, InvalidRequest, NotFound
 from omniroute.pricing import Override
-from omniroute.web.tags import tag_route
 
 _FIELDS = ("input", "output", "cache_read", "cache_write", "image", "per_second",
            "per_character")
@@ -131,10 +130,3 @@ async def delete_pricing(request: web.Request) -> web.Response:
                        + (f" on connection {scope!r}." if scope else "."))
     await request.app[GATEWAY].reload()
     return web.json_response(_view(request))
-
-
-def setup_pricing_routes(app: web.Application) -> None:
-    for route in (app.router.add_get("/api/pricing", get_pricing),
-                  app.router.add_put("/api/pricing", put_pricing),
-                  app.router.add_delete("/api/pricing", delete_pricing)):
-        tag_route(app, route, None, "admin", snapshot="pricing")

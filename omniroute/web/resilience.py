@@ -17,7 +17,6 @@ from omniroute.appkeys import CATALOG, GATEWAY, RESILIENCE, STORE
 from omniroute.bodies import read_object
 from omniroute.errors import InvalidRequest, NotFound
 from omniroute.web.management import _validated
-from omniroute.web.tags import tag_route
 
 #: the settings this API shows and changes (the rest stay under /api/settings)
 RESILIENCE_SETTINGS = (
@@ -84,15 +83,3 @@ async def rate_limits(request: web.Request) -> web.Response:
 
 async def sessions(request: web.Request) -> web.Response:
     return web.json_response(request.app[RESILIENCE].sessions.snapshot())
-
-
-def setup_resilience_routes(app: web.Application) -> None:
-    r = app.router
-    for route in (r.add_get("/api/resilience", get_resilience),
-                  r.add_patch("/api/resilience", patch_resilience),
-                  r.add_post("/api/resilience/reset", reset_resilience),
-                  r.add_get("/api/rate-limits", rate_limits),
-                  r.add_get("/api/sessions", sessions)):
-        # a PATCH stores settings: its audit entry shows the settings it changed
-        tag_route(app, route, None, "admin",
-                  snapshot="settings" if route.method == "PATCH" else None)

@@ -15,7 +15,6 @@ from aiohttp import web
 from omniroute.appkeys import CATALOG, GATEWAY, REGISTRY, STORE
 from omniroute.bodies import read_object
 from omniroute.errors import InvalidRequest, NotFound
-from omniroute.web.tags import tag_route
 
 _MAX_BODY = 4096
 
@@ -45,8 +44,3 @@ async def env_repair(request: web.Request) -> web.Response:
         await gateway.reload()
     return web.json_response({"success": True, "repaired": removed,
                               "backupPath": None if path is None else str(path)})
-
-
-def setup_system_routes(app: web.Application) -> None:
-    route = app.router.add_post("/api/system/env/repair", env_repair)
-    tag_route(app, route, None, "admin")

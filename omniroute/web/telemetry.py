@@ -19,7 +19,6 @@ from aiohttp import web
 from omniroute.appkeys import CATALOG, REQUEST_LOG, USAGE
 from omniroute.errors import InvalidRequest
 from omniroute.storage.telemetry import latency_percentiles
-from omniroute.web.tags import tag_route
 
 #: the longest window one call may ask for (a week of records)
 MAX_WINDOW = 7 * 24 * 3600.0
@@ -51,8 +50,3 @@ async def telemetry_summary(request: web.Request) -> web.Response:
         "window_s": window,
         "unit": "ms",
     })
-
-
-def setup_telemetry_routes(app: web.Application) -> None:
-    tag_route(app, app.router.add_get("/api/telemetry/summary", telemetry_summary), None,
-              "admin")
