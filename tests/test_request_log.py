@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import gc
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +18,7 @@ from omniroute.storage import (
     RequestRecord,
     Store,
 )
+from omniroute.storage.requestlog import RARE, ROW_FIELDS, full_row, record_row
 
 
 def _record(i: int, **kw: Any) -> RequestRecord:
@@ -70,6 +73,39 @@ async def test_request_log_batch_of_mixed_records_keeps_order_and_values(db: Dat
     assert await log.flush() == 1
     newest = await db.fetchone("SELECT id, request_id FROM request_log ORDER BY id DESC")
     assert newest is not None and tuple(newest) == (rows[-1]["id"] + 1, "r4")
+
+
+def test_a_records_row_holds_each_column_in_order_and_nothing_the_collector_tracks() -> None:
+    """:func:`record_row`, written out attribute by attribute, against the columns it
+    stands for: every field a distinct value (a rare one makes the row whole), or the
+    rare fields all None (the row leaves them out)."""
+    values = {f.name: f"v{i}" for i, f in enumerate(dataclasses.fields(RequestRecord))}
+    whole = RequestRecord(**values)
+    assert record_row(whole) == tuple(values[name] for name in ROW_FIELDS)
+    assert sorted(ROW_FIELDS) == sorted(values)
+    plain = RequestRecord(**{**values, **dict.fromkeys(RARE)})
+    row = record_row(plain)
+    assert row == tuple(values[name] for name in ROW_FIELDS[:len(row)])
+    assert len(row) == len(ROW_FIELDS) - len(RARE)
+    assert full_row(row) == (*row, *(None for _ in RARE))
+    assert full_row(record_row(whole)) == record_row(whole)
+    for name in RARE:  # any one of them makes the row whole
+        one = RequestRecord(**{**values, **dict.fromkeys(RARE), name: 1})
+        assert len(record_row(one)) == len(ROW_FIELDS)
+    gc.collect()  # a row of plain values leaves the collector at its first pass
+    assert not gc.is_tracked(row)
+
+
+async def test_a_record_changed_after_it_was_queued_is_written_as_it_was(db: Database) -> None:
+    """The log keeps the record's row, made when the request ended (and the record is
+    freed with its request)."""
+    log = RequestLog(db)
+    record = _record(0, model="m")
+    log.add(record)
+    record.model = "changed"
+    del record
+    assert await log.flush() == 1
+    assert [r["model"] for r in await log.recent()] == ["m"]
 
 
 async def test_request_log_background_task_and_key_use(store: Store) -> None:
@@ -193,7 +229,7 @@ async def test_request_log_backlog_stays_bounded_when_writes_keep_failing(
     monkeypatch.setattr(log, "write", add_two_while_writing)
     assert await log.flush() == 0
     assert len(log._pending) == 3  # never more than max_pending, the newest kept
-    assert [r.request_id for r in log._pending] == ["r2", "r10", "r11"]
+    assert [row[0] for row in log._pending] == ["r2", "r10", "r11"]
     assert log.dropped == 2
 
 

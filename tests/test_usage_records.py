@@ -317,7 +317,7 @@ def test_a_full_buffer_drops_the_oldest_and_counts_them(db: Database) -> None:
     for i in range(5):
         log.add(_record(i))
     assert (log.pending, log.dropped) == (3, 2)
-    assert [r.request_id for r in log._pending] == ["r2", "r3", "r4"]
+    assert [row[0] for row in log._pending] == ["r2", "r3", "r4"]
 
 
 async def test_ten_thousand_records_are_written_in_batches(

@@ -12,6 +12,7 @@ import pytest
 
 from omniroute.storage import Database, RequestLog, RequestRecord, rollup
 from omniroute.storage.migrations import MIGRATIONS
+from omniroute.storage.requestlog import full_row, record_row
 from omniroute.storage.usage import UsageFilter, UsageQueries
 
 DAY, HOUR = 86400.0, 3600.0
@@ -270,7 +271,7 @@ async def test_the_migration_fills_the_totals_from_existing_records(
     # written as an old gateway's writer would: records only (the totals, if any, stale);
     # that schema has no unique request id yet (migration 9): a plain insert
     insert = RequestLog.insert.removesuffix(" ON CONFLICT(ts, request_id) DO NOTHING")
-    await old.executemany(insert, [RequestLog.row(r) for r in records])
+    await old.executemany(insert, [full_row(record_row(r)) for r in records])
     await old.close()
     db = await Database.open(path)
     try:
@@ -431,11 +432,24 @@ async def _totals(db: Any) -> dict[str, dict[tuple[Any, ...], list[float]]]:
     return out
 
 
-async def test_the_writers_tally_agrees_with_the_fold_in_sql(tmp_path: Path) -> None:
+def _one_group(records: list[RequestRecord], spacing: float) -> list[RequestRecord]:
+    """``records`` as one group's (a served workload's batch), ``spacing`` seconds apart
+    from a minute's start."""
+    return [dataclasses.replace(r, provider="up", model="m", connection_id="c",
+                                api_key_id=None, status=200, cache_hit=0, error=None,
+                                error_class=None, ts=T0 + i * spacing)
+            for i, r in enumerate(records)]
+
+
+@pytest.mark.parametrize("mix", ["varied", "one-group-minutes", "one-group-one-minute"])
+async def test_the_writers_tally_agrees_with_the_fold_in_sql(tmp_path: Path, mix: str) -> None:
     """SQLite's writer adds up the records it stored all of in Python
     (:mod:`omniroute.storage.tally`); the fold in SQL (a retried batch, PostgreSQL) must
-    give the same rows, to the last unit."""
+    give the same rows, to the last unit: records of many groups, of one group over a
+    few minutes a batch, and of one group in one minute a batch."""
     records = make_records(2000, seed=11)
+    if mix != "varied":
+        records = _one_group(records, 0.5 if mix == "one-group-minutes" else 0.1)
     totals = []
     for tally in (True, False):
         db = await Database.open(tmp_path / f"{tally}.sqlite3")

@@ -240,12 +240,13 @@ class Database(DatabaseBackend):
 
     async def insert_new(self, sql: str, rows: Sequence[Sequence[Any]], *, table: str,
                          into: str, columns: Sequence[str], tally: bool = False) -> bool:
-        values = list(zip(*rows, strict=True))  # column by column
         work: list[tuple[str, Sequence[Sequence[Any]]]] = []
         done, total = 0, len(rows)
         for size in VALUES_ROWS:  # the most rows per statement first, the rest in fewer
             for at in range(done, done + (total - done) // size * size, size):
-                work.append(self._rows(sql, [column[at:at + size] for column in values],
+                # each chunk's rows column by column (not the batch's columns then each
+                # one's slice: a tuple a column and chunk fewer)
+                work.append(self._rows(sql, list(zip(*rows[at:at + size], strict=True)),
                                        size))
                 done = at + size
         # the changes: a row the conflict skipped is none

@@ -20,6 +20,7 @@ error class, a group's NULL text is ``''`` and a dimension's value is its text.
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from itertools import compress
 from operator import itemgetter
 from typing import Any
 
@@ -101,14 +102,25 @@ class Tally:
         layout = self._layouts.get(tuple(fields))
         if layout is None:
             layout = self._layouts[tuple(fields)] = _Layout(fields)
-        # each row's (minute, group), in C (map, zip): a batch is most often one of each
-        keys = list(zip(map(_MINUTE_OF, map(layout.ts, rows)), map(layout.group, rows),
-                        strict=True))
-        if len(set(keys)) == 1:
-            buckets = {keys[0]: rows}
+        # a batch is most often one group, in one minute or a few: told in C by a count
+        # of the first group (tuples compared item by item, most items the same objects)
+        # and the times' ends, not by each row's (minute, group) key hashed into a set
+        # (callgrind: some 1,000 instructions a record less)
+        times = list(map(layout.ts, rows))
+        groups = list(map(layout.group, rows))
+        buckets: dict[tuple[float, tuple[Any, ...]], Sequence[Sequence[Any]]]
+        if groups.count(groups[0]) == len(groups):
+            group, first = groups[0], _MINUTE_OF(min(times))
+            if first == _MINUTE_OF(max(times)):
+                buckets = {(first, group): rows}
+            else:  # each minute's rows picked out in C, a pass a minute
+                minutes = list(map(_MINUTE_OF, times))
+                buckets = {(minute, group): list(compress(rows, map(minute.__eq__, minutes)))
+                           for minute in dict.fromkeys(minutes)}
         else:
             buckets = {}
-            for key, row in zip(keys, rows, strict=True):
+            for key, row in zip(zip(map(_MINUTE_OF, times), groups, strict=True), rows,
+                                strict=True):
                 bucket = buckets.get(key)
                 if bucket is None:
                     buckets[key] = [row]

@@ -3,7 +3,8 @@
 The request log (``request_log``, written by :mod:`omniroute.storage.requestlog`)
 holds up to a million rows by default, so every read here is shaped for its
 indexes: a time range uses ``request_log_ts``, a key ``request_log_key_ts``, a
-connection ``request_log_conn_ts``.
+failure ``request_log_failed_ts``; a model, a provider or a connection first asks the
+hourly totals which hours hold its records.
 
 The gateway reads through its own read-only connection
 (:meth:`~omniroute.storage.backend.DatabaseBackend.open_reader`, SQLite's):

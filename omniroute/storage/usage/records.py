@@ -1,8 +1,8 @@
 """Usage records: one record, pages of them, and the cursors between pages.
 
 Pages are keyset pages (newest first, by ``(ts, id)``), never ``OFFSET``. A filter
-no index serves (model, provider, status) first asks the hourly totals where the
-page's records lie, so the scan is narrowed to those hours.
+no index serves (model, provider, connection, status) first asks the hourly totals
+where the page's records lie, so the scan is narrowed to those hours.
 """
 
 from __future__ import annotations
@@ -18,10 +18,12 @@ import orjson
 from omniroute.storage import rollup
 from omniroute.storage.backend import DatabaseBackend, Row
 from omniroute.storage.requestlog import RequestRecord
-from omniroute.storage.usage.filters import MIN_TIME, STATUS_CLASS, UsageFilter, iso
+from omniroute.storage.usage.filters import MAX_TIME, MIN_TIME, STATUS_CLASS, UsageFilter, iso
 
 #: the largest page of records one call returns
 MAX_PAGE = 500
+#: hours of totals one query of :meth:`RecordReads._window` reads (newest first)
+HOURS_AT_ONCE = 48
 _BOOLEANS = ("stream", "cache_hit", "usage_estimated", "has_bodies")
 _BODIES = ("request_body", "response_body")
 #: every column of a record but the bodies, and whether it has any
@@ -79,8 +81,9 @@ class RecordReads:
                 f"SELECT {columns} FROM request_log{sql_where} ORDER BY ts DESC, id DESC LIMIT ?",
                 [*params, *extra_params, limit + 1])
 
-        if where.model is None and where.provider is None and where.status is None:
-            rows = await page(None, None)  # the time, key and connection indexes serve it
+        if (where.model is None and where.provider is None and where.status is None
+                and (where.connection is None or where.key is not None)):
+            rows = await page(None, None)  # the time and key indexes serve it
         else:
             window = await self._window(where, bound, limit + 1)
             if window is None:
@@ -99,11 +102,17 @@ class RecordReads:
                       ) -> tuple[float | None, float | None] | None:
         """Where the newest ``wanted`` records matching ``where`` (older than ``bound``)
         lie, from the hourly totals: ``(lower, upper)`` to narrow the scan to (either may
-        be None: no narrowing), or None when no record matches. A filter no index serves
-        (model, provider, status) would otherwise walk the time index through every
-        record of the range that does not match."""
+        be None: no narrowing), or None when no record matches. A filter no index
+        serves (model, provider, connection, status) would otherwise walk the time index
+        through every record of the range that does not match."""
         since = where.since if where.since is not None else MIN_TIME
-        top = bound if bound is not None else where.until
+        # the newest hour that may hold one: hours start on whole seconds, at or before a
+        # cursor's bound (a page goes on from its time), before the range's end
+        newest: float
+        if bound is not None:
+            newest = math.floor(bound)
+        else:
+            newest = MAX_TIME if where.until is None else math.ceil(where.until) - 1
         one = _one_dimension(where)
         if one is not None:  # one filter: that dimension's few rows an hour
             table = "usage_dims"
@@ -111,22 +120,29 @@ class RecordReads:
         else:
             table = "usage_rollup"
             clauses, params = where.where(rollup=True)
-        clauses += ["period = ?", "start >= ?"]
+        clauses += ["period = ?", "start >= ?", "start <= ?"]
         params += [rollup.HOUR, math.floor(since / rollup.HOUR) * rollup.HOUR]
-        if top is not None:  # hours start on whole seconds: the same bound, as one
-            clauses.append("start <= ?")
-            params.append(math.floor(top))
-        hours = await self.db.fetchall(
-            f"SELECT start, SUM(requests) FROM {table} WHERE {' AND '.join(clauses)} "
-            "GROUP BY start ORDER BY start DESC", params)
-        if not hours:
-            return None
-        upper = float(hours[0][0] + rollup.HOUR)
+        # the hours newest first, HOURS_AT_ONCE at a time (the table's key is in hour
+        # order: a busy filter's page reads the last hours' rows, not a month's)
+        sql = (f"SELECT start, SUM(requests) FROM {table} WHERE {' AND '.join(clauses)} "
+               f"GROUP BY start ORDER BY start DESC LIMIT {HOURS_AT_ONCE}")
+        upper: float | None = None
         count = 0
-        for start, requests in hours:
-            count += requests
-            if count >= wanted:
-                return max(float(start), since), upper
+        while True:
+            hours = await self.db.fetchall(sql, [*params, newest])
+            if not hours:
+                break
+            if upper is None:
+                upper = float(hours[0][0] + rollup.HOUR)
+            for start, requests in hours:
+                count += requests
+                if count >= wanted:
+                    return max(float(start), since), upper
+            if len(hours) < HOURS_AT_ONCE:
+                break
+            newest = hours[-1][0] - 1
+        if upper is None:
+            return None
         return (None if where.since is None else since), upper
 
 
