@@ -76,6 +76,9 @@ class Batch:
         self._due = False
         #: the last replies of the pipelines sent and not answered yet
         self._inflight: set[asyncio.Future[Any]] = set()
+        #: requests whose batch is not released yet (:class:`~.prefetch.Prefetch`): while
+        #: one is, a kick follows every write queued :meth:`later`
+        self.open = 0
         self.sent = self.dropped = self.round_trips = 0
 
     def add(self, write: Write, *, later: bool = False) -> None:
@@ -92,6 +95,18 @@ class Batch:
             self._soon()
         elif self._later is None and self._loop is not None:
             self._later = self._loop.call_later(LATER, self._timed)
+
+    def later(self, write: Write) -> None:
+        """:meth:`add` ``later``, on the request path (a slot given back, a spend settled, an
+        answer kept, a cache entry stored): while a request's batch is open its release
+        kicks the writer (:meth:`kick`), so no timer is armed, and the bound on the queue
+        is kept by :meth:`kick` (a write costs one append)."""
+        if self.link.up:
+            self._queue.append(write)
+            if not self.open and self._later is None and self._loop is not None:
+                self._later = self._loop.call_later(LATER, self._timed)
+        else:
+            self.dropped += 1
 
     def give_back(self, writes: list[Write]) -> None:
         """Queue blind undos (the answer of what they undo was lost): they go with the
@@ -111,7 +126,14 @@ class Batch:
         cache's store) goes along, and so does it in front of a request's batch sent in
         this turn (:meth:`ride`). Not later: the other instances admit against what it
         frees (a slot, a reservation settled)."""
-        if self._queue or (self._undos and self.link.up):
+        queue = self._queue
+        if queue:
+            if len(queue) > QUEUE_MAX:  # (:meth:`later` appends without looking)
+                self.dropped += len(queue) - QUEUE_MAX
+                del queue[QUEUE_MAX:]
+            if not self._due:
+                self._soon()
+        elif self._undos and self.link.up:
             self._soon()
 
     def ride(self) -> tuple[list[Write], int] | None:

@@ -66,6 +66,9 @@ class RedisCache(CacheBackend):
         #: what of the lookup's and the store's commands is packed once (the rest is the
         #: request's key and answer)
         self._entry_bytes = self._entry.encode()
+        self._entry_size = len(self._entry_bytes)
+        #: the store's command up to its keys (``EVALSHA``, the script, 3 keys, 5 arguments)
+        self._set_head = b"*11\r\n" + bulks(("EVALSHA", self.scripts.sha["cache_set"], 3))
         self._hits_packed = bulk(self._hits.encode())
         self._index_hits_packed = bulks((self._index, self._hits))
         #: the shared state's writes after answers, once a request's batch to the same
@@ -104,19 +107,29 @@ class RedisCache(CacheBackend):
         assert isinstance(value, bytes)
         return value
 
+    def put(self, key: str, value: bytes, ttl: float | None = None) -> bool:
+        """Queue the store with the shared state's writes after answers, once a request's
+        batch to the same server came by (a store follows its request's answer: it goes
+        with that request's other writes; no trip through the cache's writer task). False
+        before: the writer awaits :meth:`set`."""
+        writes = self._writes
+        if writes is None:
+            return False
+        ttl_ms = max(1, int((ttl if ttl is not None else self.ttl) * 1000))
+        field = key.encode()
+        t = b"%d" % ttl_ms
+        writes.later(b"%b$%d\r\n%b%b\r\n%b$%d\r\n%b\r\n$%d\r\n%b\r\n$%d\r\n%b\r\n%b" % (
+            self._set_head, self._entry_size + len(field), self._entry_bytes, field,
+            self._index_hits_packed, len(value), value, len(t), t, len(field), field,
+            self._set_tail()))
+        return True
+
     async def set(self, key: str, value: bytes, ttl: float | None = None) -> None:
         """Store an entry: queued with the shared state's writes after answers when there
-        are (a store follows its request's answer: it goes with that request's other
-        writes), else one call."""
-        ttl_ms = max(1, int((ttl if ttl is not None else self.ttl) * 1000))
-        if self._writes is not None:
-            field = key.encode()
-            entry = self._entry_bytes
-            self._writes.add(self.scripts.packed(
-                "cache_set", b"$%d\r\n%b%b\r\n%b" % (len(entry) + len(field), entry, field,
-                                                     self._index_hits_packed), 3,
-                bulks((value, ttl_ms, field)) + self._set_tail(), 5), later=True)
+        are (:meth:`put`), else one call."""
+        if self.put(key, value, ttl):
             return
+        ttl_ms = max(1, int((ttl if ttl is not None else self.ttl) * 1000))
         keys = [self._entry + key, self._index, self._hits]
         args: list[Any] = [value, ttl_ms, key, self.max_entries, self._entry]
         try:

@@ -54,8 +54,6 @@ POLL = 0.25
 MIN_KEEP = 5.0
 #: seconds a claim outlives the longest a request may take (``total_timeout``)
 CLAIM_SLACK = 60.0
-#: the keys' Redis names kept (:meth:`RedisKeys.key`)
-KEYS_KEPT = 4096
 #: the settles' packed states, stream flags and statuses kept
 PARTS_KEPT = 256
 #: an answer's kind, as a bulk string
@@ -73,10 +71,14 @@ class RedisKeys:
         self.settings = settings
         self.channel = link.key("idem")
         self._heard: dict[str, asyncio.Event] = {}
-        self._names: dict[Scope, str] = {}
+        #: a key's Redis name up to its digest, and the bulk string's head of one
+        self._prefix = link.key("idem", "")
+        self._key_head = b"$%d\r\n%b" % (len(self._prefix) + 40, self._prefix.encode())
+        #: the ``idem_settle`` command up to its key (3 + 1 key + 9 arguments)
+        self._settle_head = b"*13\r\n" + bulks(("EVALSHA", scripts.sha["idem_settle"], 1))
         #: the claims this instance holds, by scope: the key's Redis name and the
-        #: request's id as a bulk string (packed once, for the claim and the settle)
-        self._mine: dict[Scope, tuple[str, bytes]] = {}
+        #: request's id, each as a bulk string (packed once, for the claim and the settle)
+        self._mine: dict[Scope, tuple[bytes, bytes]] = {}
         self.waited = self.served = 0
         #: the last arguments of the claim (its lease) and of the settle (how long it is
         #: kept, the channel), packed once for each value they take
@@ -87,15 +89,13 @@ class RedisKeys:
 
     def key(self, scope: Scope) -> str:
         """The key's Redis name (made once a request, by its claim: the claim's step
-        carries it to :meth:`claim` and the settle; kept for the last :data:`KEYS_KEPT`
-        scopes)."""
-        name = self._names.get(scope)
-        if name is None:
-            if len(self._names) >= KEYS_KEPT:
-                self._names.clear()
-            digest = hashlib.sha256(f"{scope[0]}\0{scope[1]}".encode()).hexdigest()[:40]
-            name = self._names[scope] = self.link.key("idem", digest)
-        return name
+        carries it, packed, to :meth:`claim` and the settle)."""
+        return self._prefix + _digest(scope).decode()
+
+    def packed_key(self, scope: Scope) -> bytes:
+        """:meth:`key` as a bulk string (every name has the same length: the prefix's
+        and 40 hexadecimal digits)."""
+        return b"%b%b\r\n" % (self._key_head, _digest(scope))
 
     def _claim_args(self, fingerprint: bytes, request_id: str) -> list[object]:
         lease_ms = int((self.settings().total_timeout + CLAIM_SLACK) * 1000)
@@ -104,22 +104,25 @@ class RedisKeys:
     def prefetch_claim(self, batch: RequestBatch, scope: Scope, fingerprint: bytes,
                        request_id: str, stream: bool) -> Step[object]:
         assert isinstance(batch, Prefetch)
-        key = self.key(scope)
         lease_ms = int((self.settings().total_timeout + CLAIM_SLACK) * 1000)
         tail = self._claim_tail
         if tail is None or tail[0] != lease_ms:
             tail = self._claim_tail = (lease_ms, bulk(b"%d" % lease_ms))
-        rid = bulk(request_id.encode())
+        raw = request_id.encode()
+        rid = b"$%d\r\n%b\r\n" % (len(raw), raw)
         marks = hexlify(fingerprint)
-        args = b"$%d\r\n%b\r\n%b%b" % (len(marks), marks, rid, tail[1])
-        return batch.add(_Claim(self, key, request_id, rid, args))
+        step = _Claim(self, b"%b%b\r\n" % (self._key_head, _digest(scope)), request_id, rid,
+                      b"$%d\r\n%b\r\n%b%b" % (len(marks), marks, rid, tail[1]))
+        batch.steps.append(step)  # (Prefetch.add's, in line)
+        return step
 
     async def claim(self, scope: Scope, fingerprint: bytes, request_id: str,
                     stream: bool, ahead: Pending[object] | None = None) -> Finished | bool | None:
         if type(ahead) is _Claim:  # (its key's name and the request's id, made for it)
-            key, rid = ahead.key, ahead.rid
+            packed, rid = ahead.keys, ahead.rid
         else:
-            key, rid = self.key(scope), bulk(request_id.encode())
+            packed, rid = self.packed_key(scope), bulk(request_id.encode())
+        key = ""  # (its name: made when it is needed, :func:`_name`)
         #: set once another instance's call is under way (nearly every claim is this
         #: request's own: it needs no loop, no deadline, nothing to be told)
         loop: asyncio.AbstractEventLoop | None = None
@@ -128,12 +131,14 @@ class RedisKeys:
         try:
             while True:
                 if loop is not None:  # told when the answer is settled: listening before
+                    key = key or _name(packed)
                     heard = self._heard.get(key)  # the ask (a notice after its answer is
                     if heard is None:  # not missed)
                         heard = self._heard[key] = asyncio.Event()
                 if ahead is not None and ahead.ran:  # the first ask went with the batch
                     found, ahead = ahead.result(), None
                 else:
+                    key = key or _name(packed)
                     try:
                         found = await self.scripts.call(
                             self.link, "idem_claim", [key],
@@ -148,7 +153,7 @@ class RedisKeys:
                     return None  # this instance decides alone
                 assert isinstance(found, list)
                 if found[0] == b"mine":  # (the reply, as the request path's connection reads it)
-                    self._mine[scope] = (key, rid)
+                    self._mine[scope] = (packed, rid)
                     return True
                 kind = _text(found[0])
                 if kind == "conflict":
@@ -168,6 +173,7 @@ class RedisKeys:
                     loop = asyncio.get_running_loop()
                     deadline = loop.time() + self.settings().total_timeout
                     self.waited += 1
+                    key = key or _name(packed)
                     heard = self._heard.setdefault(key, asyncio.Event())
                 left = deadline - loop.time()
                 if left <= 0:
@@ -191,7 +197,7 @@ class RedisKeys:
         mine = self._mine.pop(scope, None)
         if mine is None:
             return
-        key, rid = mine
+        packed, rid = mine
         settings = self.settings()
         keep_ms = int(max(settings.idempotency_window, MIN_KEEP) * 1000)
         if answer.state is State.DONE and not answer.flawed and answer.whole:
@@ -215,8 +221,7 @@ class RedisKeys:
         headers = orjson.dumps(answer.headers)
         args = b"%b%b$%d\r\n%b\r\n%b$%d\r\n%b\r\n%b" % (
             rid, parts, len(headers), headers, _KINDS[kind], len(payload), payload, tail[1])
-        self.batch.add(self.scripts.packed("idem_settle", bulk(key.encode()), 1, args, 9),
-                       later=True)
+        self.batch.later(b"%b%b%b" % (self._settle_head, packed, args))
 
 
 class _Claim(Step[object]):
@@ -224,28 +229,43 @@ class _Claim(Step[object]):
     by :meth:`RedisKeys.claim`."""
 
     name, nkeys, nargs, head = "idem_claim", 1, 3, "idem_claim 1 3"
-    __slots__ = ("key", "owner", "request_id", "rid")
+    __slots__ = ("owner", "request_id", "rid")
 
-    def __init__(self, keys: RedisKeys, key: str, request_id: str, rid: bytes,
+    def __init__(self, keys: RedisKeys, key: bytes, request_id: str, rid: bytes,
                  args: bytes) -> None:
+        """
+        :param key: the key's name, as a bulk string; ``rid`` the request's id, as one.
+        """
         # (Step.__init__'s, in line: a call fewer per step)
-        self.keys, self.args, self.phase = bulk(key.encode()), args, BEFORE
+        self.keys, self.args, self.phase = key, args, BEFORE
         self.raw, self.ran, self.done = None, False, False
-        self.owner, self.key, self.request_id, self.rid = keys, key, request_id, rid
+        self.owner, self.request_id, self.rid = keys, request_id, rid
 
     def read(self, raw: object) -> object:
         return raw
 
     def _release(self) -> Write:
         keys = self.owner
-        return keys.scripts.command("idem_release", [self.key], [self.request_id, keys.channel])
+        return keys.scripts.command("idem_release", [_name(self.keys)],
+                                    [self.request_id, keys.channel])
 
     def undo(self, raw: object) -> None:  # claimed, and this request will not call
         if isinstance(raw, list) and _text(raw[0]) == "mine":
-            self.owner.batch.add(self._release(), later=True)
+            self.owner.batch.later(self._release())
 
     def forget(self) -> list[Write]:  # the answer was lost: released, if it is this request's
         return [self._release()]
+
+
+def _digest(scope: Scope) -> bytes:
+    """The part of a key's Redis name that is its own: a hash of the API key and the
+    idempotency key, 40 hexadecimal digits."""
+    return hexlify(hashlib.sha256(f"{scope[0]}\0{scope[1]}".encode()).digest()[:20])
+
+
+def _name(packed: bytes) -> str:
+    """A key's name from its bulk string."""
+    return packed[packed.index(b"\n") + 1:-2].decode()
 
 
 def _text(value: object) -> str:

@@ -147,7 +147,7 @@ class Leases:
         zrem = self._zrem.get(name)
         if zrem is None:
             zrem = b"*3\r\n" + bulks(("ZREM", f"{name}:slots"))
-        self.batch.add(zrem + member, later=True)
+        self.batch.later(zrem + member)
 
     async def renew(self) -> None:
         """Extend the leases of every slot held here (one pipelined round trip).
@@ -196,7 +196,7 @@ class Take(Step[T]):
         if raw == b"0":
             if self.concurrency is not None:  # one held here (slots of one limit are
                 self.leases.give(self.limit)  # interchangeable)
-            self.leases.batch.add(self.zrem_starts + self.packed_member, later=True)
+            self.leases.batch.later(self.zrem_starts + self.packed_member)
 
     def forget(self) -> list[Write]:  # its start stays: the request goes on, and counts
         return [self.zrem_slots + self.packed_member]
@@ -204,7 +204,8 @@ class Take(Step[T]):
 
 class Ahead(Take[float | None]):
     """A connection's slot taken with a request's batch: once taken, it waits in
-    :attr:`ConnectionSlots.ahead` for the request's first attempt there."""
+    :attr:`ConnectionSlots.ahead` for the request's first attempt there (only a slot
+    taken does)."""
 
     __slots__ = ("connection", "owner")
 
@@ -250,12 +251,18 @@ class ConnectionSlots:
         """Queue a take of ``name``'s slot on ``batch`` (after every other step)."""
         batch.add(Ahead(self, name, max_concurrency, rpm))
 
-    async def take(self, name: str, max_concurrency: int | None, rpm: int | None) -> float | None:
+    def taken_ahead(self, name: str) -> Ahead | None:
         waiting = self.ahead.get(name)
-        if waiting:  # taken ahead: no round trip
-            step = waiting.pop()
-            if not waiting:
-                del self.ahead[name]
+        if not waiting:
+            return None
+        step = waiting.pop()
+        if not waiting:
+            del self.ahead[name]
+        return step
+
+    async def take(self, name: str, max_concurrency: int | None, rpm: int | None) -> float | None:
+        step = self.taken_ahead(name)
+        if step is not None:  # taken ahead: no round trip
             return step.result()
         try:
             found = await self.leases.take(f"{self.prefix}:{name}", max_concurrency, rpm)

@@ -208,8 +208,9 @@ class RedisLedger:
 
     def settle(self, handle: object, usd: float, tokens: int) -> None:
         assert isinstance(handle, Held)
-        self.batch.add(handle.settle + handle.reservation  # (µUSD)
-                       + bulks((round(usd * MICRO), int(tokens))), later=True)
+        musd, count = b"%d" % round(usd * MICRO), b"%d" % int(tokens)  # (µUSD)
+        self.batch.later(b"%b%b$%d\r\n%b\r\n$%d\r\n%b\r\n" % (
+            handle.settle, handle.reservation, len(musd), musd, len(count), count))
 
 
 @dataclass(slots=True, frozen=True)  # (made once for a key's windows)
@@ -273,7 +274,7 @@ class _Reserve(Step[object | None]):
 
     def undo(self, raw: object) -> None:  # admitted, and never read: dropped
         if isinstance(raw, list) and raw[0] == b"ok":
-            self.ledger.batch.add(self.ask.fixed.hdel + self.ask.reservation, later=True)
+            self.ledger.batch.later(self.ask.fixed.hdel + self.ask.reservation)
 
     def forget(self) -> list[Write]:  # the answer was lost: dropped, if it was made
         return [self.ask.fixed.hdel + self.ask.reservation]
