@@ -27,7 +27,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from omniroute.config import redact_url
 
-from omniroute_redis.wire import Command, ErrorReply, Wire, WireError
+from omniroute_redis.wire import Command, ErrorReply, Wire, WireError, Writes
 
 if TYPE_CHECKING:  # imported when a link is made: an installed plugin costs nothing
     from redis import asyncio as aioredis
@@ -116,7 +116,7 @@ class Link:
         self._opening: asyncio.Future[Wire] | None = None
         #: the replies awaited on it, with their deadlines, in the order they were sent
         #: (:meth:`bound`), and the one timer that expires the late ones
-        self._deadlines: deque[tuple[float, asyncio.Future[Any]]] = deque()
+        self._deadlines: deque[tuple[float, asyncio.Future[Any] | Writes]] = deque()
         self._watchdog: asyncio.TimerHandle | None = None
 
     def key(self, *parts: str) -> str:
@@ -255,7 +255,7 @@ class Link:
             return None
         return wire
 
-    def bound(self, reply: asyncio.Future[Any]) -> None:
+    def bound(self, reply: asyncio.Future[Any] | Writes) -> None:
         """Fail ``reply`` with a ``TimeoutError`` when it has not come within the
         ``state_timeout`` setting. One timer serves every reply awaited (a timer each
         cost more than the command): the replies come in the order they were sent, so
@@ -444,7 +444,7 @@ class Link:
                 await self.client.aclose()
 
 
-def _expire(reply: asyncio.Future[Any]) -> None:
+def _expire(reply: asyncio.Future[Any] | Writes) -> None:
     if not reply.done():
         reply.set_exception(TimeoutError("redis did not answer within state_timeout"))
 

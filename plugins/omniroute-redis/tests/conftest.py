@@ -130,4 +130,11 @@ def writes(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[Write]]:
         return send_group(self, commands, then)
 
     monkeypatch.setattr(Wire, "send_group", logged_send_group)
+    send_writes = Wire.send_writes
+
+    def logged_send_writes(self: Wire, commands: list[Any], then: Any) -> Any:
+        log.append([described(c) for c in commands])
+        return send_writes(self, commands, then)
+
+    monkeypatch.setattr(Wire, "send_writes", logged_send_writes)
     yield log
