@@ -56,8 +56,6 @@ MIN_KEEP = 5.0
 CLAIM_SLACK = 60.0
 #: the settles' packed states, stream flags and statuses kept
 PARTS_KEPT = 256
-#: an answer's kind, as a bulk string
-_KINDS = {kind: bulk(kind.encode()) for kind in ("json", "chunks", "")}
 
 
 class RedisKeys:
@@ -80,12 +78,12 @@ class RedisKeys:
         #: request's id, each as a bulk string (packed once, for the claim and the settle)
         self._mine: dict[Scope, tuple[bytes, bytes]] = {}
         self.waited = self.served = 0
-        #: the last arguments of the claim (its lease) and of the settle (how long it is
-        #: kept, the channel), packed once for each value they take
+        #: the last argument of the claim (its lease), packed once for each value it takes
         self._claim_tail: tuple[int, bytes] | None = None
-        self._settle_tail: tuple[int, bytes] | None = None
-        #: a settle's state, stream flag and status, packed, by their values (a handful)
-        self._settle_parts: dict[tuple[str, bool, int], bytes] = {}
+        #: a settle's parts but its own (the request's id, the headers, the payload),
+        #: packed, by their values (:meth:`settled`)
+        self._settle_parts: dict[tuple[str, bool, int, bool | None, int],
+                                 tuple[bytes, bytes, bytes]] = {}
 
     def key(self, scope: Scope) -> str:
         """The key's Redis name (made once a request, by its claim: the claim's step
@@ -198,30 +196,31 @@ class RedisKeys:
         if mine is None:
             return
         packed, rid = mine
-        settings = self.settings()
-        keep_ms = int(max(settings.idempotency_window, MIN_KEEP) * 1000)
+        keep_ms = int(max(self.settings().idempotency_window, MIN_KEEP) * 1000)
         if answer.state is State.DONE and not answer.flawed and answer.whole:
             if answer.body is not None:
-                kind, payload = "json", answer.body
+                done, payload = True, answer.body
             else:
-                kind = "chunks"
+                done = False
                 payload = orjson.dumps([base64.b64encode(c).decode() for c in answer.chunks])
             state = "done"
         else:  # a failure (or an answer that cannot be replayed): waiters get an error
-            state, kind, payload = "failed", "", b""
-        tail = self._settle_tail
-        if tail is None or tail[0] != keep_ms:
-            tail = self._settle_tail = (keep_ms, bulks((keep_ms, self.channel)))
-        parts = self._settle_parts.get((state, answer.stream, answer.status))
+            state, done, payload = "failed", None, b""
+        # its state, stream flag, status, kind, and after its payload how long it is kept
+        # and the channel, packed once for each of their values (a handful)
+        known = (state, answer.stream, answer.status, done, keep_ms)
+        parts = self._settle_parts.get(known)
         if parts is None:
             if len(self._settle_parts) >= PARTS_KEPT:
                 self._settle_parts.clear()
-            parts = self._settle_parts[state, answer.stream, answer.status] = bulks(
-                (state, int(answer.stream), answer.status))
+            kind = "json" if done else "chunks" if done is False else ""
+            parts = self._settle_parts[known] = (
+                bulks((state, int(answer.stream), answer.status)), bulk(kind.encode()),
+                bulks((keep_ms, self.channel)))
         headers = orjson.dumps(answer.headers)
-        args = b"%b%b$%d\r\n%b\r\n%b$%d\r\n%b\r\n%b" % (
-            rid, parts, len(headers), headers, _KINDS[kind], len(payload), payload, tail[1])
-        self.batch.later(b"%b%b%b" % (self._settle_head, packed, args))
+        self.batch.later(b"%b%b%b%b$%d\r\n%b\r\n%b$%d\r\n%b\r\n%b" % (
+            self._settle_head, packed, rid, parts[0], len(headers), headers, parts[1],
+            len(payload), payload, parts[2]))
 
 
 class _Claim(Step[object]):

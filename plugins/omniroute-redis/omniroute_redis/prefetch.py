@@ -242,9 +242,11 @@ class Prefetch:
         if self.open:
             self.open = False
             self.writes.open -= 1
-        for step in self.steps:
-            if step.ran and not step.done:  # (read, as nearly every one is: no call)
-                step.release()
+        steps = self.steps
+        if not all(map(_done, steps)):  # (each one read, as nearly always: no Python a step)
+            for step in steps:
+                if step.ran and not step.done:
+                    step.release()
         self.writes.kick()
 
 
@@ -253,3 +255,4 @@ class Prefetch:
 _phase = attrgetter("phase")
 _head, _keys, _nkeys = attrgetter("head"), attrgetter("keys"), attrgetter("nkeys")
 _args, _nargs = attrgetter("args"), attrgetter("nargs")
+_done = attrgetter("done")
