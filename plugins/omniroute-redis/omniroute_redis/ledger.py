@@ -268,6 +268,8 @@ class _Entry(Take[bool]):
         self.packing, self.limits = packing, limits
 
     def read(self, raw: object) -> bool:
+        if raw == b"0":  # taken (as nearly always: no call)
+            return True
         return False if raw is UNREACHABLE else _entered(slot_answer(raw), self.limits)
 
 

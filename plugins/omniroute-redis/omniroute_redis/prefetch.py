@@ -208,7 +208,9 @@ class Prefetch:
             link.errored(exc)
             answers = [UNREACHABLE] * len(steps)
             self._forget()
-        self._answer(answers)
+        for step, raw in zip(steps, answers, strict=False):  # (_answer's, in line)
+            step.raw, step.ran = raw, True
+            step.took()
 
     def _answer(self, answers: list[Any]) -> None:
         for step, raw in zip(self.steps, answers, strict=False):  # the rest did not run
