@@ -216,7 +216,7 @@ class Batch:
         time). ``replies``: its :class:`~.wire.Writes` (:meth:`_send`), or the future of
         writes that rode in front of a request's batch (:meth:`rode`)."""
         self._inflight.discard(replies)
-        if type(replies) is Writes:
+        if isinstance(replies, Writes):
             failure, results = replies.error, replies.found
         else:
             failure = (replies.exception() if not replies.cancelled()
@@ -256,7 +256,7 @@ class Batch:
         """Send what is queued now, in one pipeline, and wait for the pipelines sent
         before it to be answered."""
         while self._inflight:  # (each is answered, or failed, within the link's bound)
-            futures = [f for f in self._inflight if type(f) is not Writes]
+            futures = [f for f in self._inflight if not isinstance(f, Writes)]
             if futures:
                 await asyncio.wait(futures)
             else:
