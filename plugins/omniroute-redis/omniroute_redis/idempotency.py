@@ -38,7 +38,7 @@ import orjson
 from omniroute.config import Settings
 from omniroute.errors import GatewayError, IdempotencyConflict, IdempotencyTimeout
 from omniroute.idempotency.answer import SharedAnswer, State
-from omniroute.idempotency.keys import Finished, Scope
+from omniroute.idempotency.keys import WAIT, Finished, Scope, Wait
 from omniroute.sharedstate import Pending, RequestBatch
 
 from omniroute_redis.batch import Batch, Write
@@ -147,25 +147,9 @@ class RedisKeys:
                         found = UNREACHABLE
                     except Unreachable:
                         found = UNREACHABLE
-                if found is UNREACHABLE:
-                    return None  # this instance decides alone
-                assert isinstance(found, list)
-                if found[0] == b"mine":  # (the reply, as the request path's connection reads it)
-                    self._mine[scope] = (packed, rid)
-                    return True
-                kind = _text(found[0])
-                if kind == "conflict":
-                    raise IdempotencyConflict(
-                        "This idempotency key was used by another request (a different "
-                        "body, method or path) within its window; use a new key for a new "
-                        "request.", param="Idempotency-Key")
-                if kind == "done":
-                    self.served += 1
-                    return _finished(found[1:])
-                if kind == "failed":
-                    raise GatewayError("The first request with this idempotency key failed "
-                                       "(on another instance of the gateway).", status=502,
-                                       code="bad_gateway", type="upstream_error")
+                decided = self._decide(scope, packed, rid, found)
+                if decided is not WAIT:
+                    return decided
                 if loop is None:  # the first answer that says wait (a notice that came
                     # before this, between Redis's answer and here, is caught by the poll)
                     loop = asyncio.get_running_loop()
@@ -184,6 +168,36 @@ class RedisKeys:
         finally:  # nobody publishes a key no one waits for: its event is not left behind
             if heard is not None and self._heard.get(key) is heard:
                 del self._heard[key]
+
+    def claimed(self, scope: Scope, ahead: Pending[object]) -> Finished | bool | Wait | None:
+        if type(ahead) is _Claim:  # (its key's name and the request's id, made for it)
+            return self._decide(scope, ahead.keys, ahead.rid, ahead.result())
+        return WAIT  # (not this plugin's step: claim() asks)
+
+    def _decide(self, scope: Scope, packed: bytes, rid: bytes,
+                found: object) -> Finished | bool | Wait | None:
+        """A claim's answer as :meth:`claim` returns it (or raises it); :data:`WAIT`: another
+        instance's call is under way."""
+        if found is UNREACHABLE:
+            return None  # this instance decides alone
+        assert isinstance(found, list)
+        if found[0] == b"mine":  # (the reply, as the request path's connection reads it)
+            self._mine[scope] = (packed, rid)
+            return True
+        kind = _text(found[0])
+        if kind == "conflict":
+            raise IdempotencyConflict(
+                "This idempotency key was used by another request (a different body, "
+                "method or path) within its window; use a new key for a new request.",
+                param="Idempotency-Key")
+        if kind == "done":
+            self.served += 1
+            return _finished(found[1:])
+        if kind == "failed":
+            raise GatewayError("The first request with this idempotency key failed (on "
+                               "another instance of the gateway).", status=502,
+                               code="bad_gateway", type="upstream_error")
+        return WAIT
 
     def heard(self, data: bytes) -> None:
         """A key's answer was settled somewhere: its waiters here ask again."""
