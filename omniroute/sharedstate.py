@@ -79,8 +79,9 @@ class RequestBatch(Protocol):
         attempt there (:class:`~omniroute.resilience.state.SharedSlots`) then takes it
         without a round trip of its own."""
 
-    async def send(self) -> None:
-        """Send what was queued, in one round trip (nothing queued: nothing sent). Never
+    def send(self) -> Awaitable[None] | None:
+        """Send what was queued, in one round trip: the awaitable of its answer (None:
+        nothing was queued, nothing is sent, and nothing is to be awaited). Never
         raises for the server: unreachable, late with its answer, or answering with an
         error, every part then answers as its own call would with the server away (a
         cache lookup a miss), and whatever the server may have taken for the batch is

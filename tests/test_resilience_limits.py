@@ -318,6 +318,9 @@ class Counters:
         self.held += 1
         return 0.0
 
+    def taken_ahead(self, name: str) -> None:
+        return None  # (no request batches here)
+
     def give(self, name: str) -> None:
         self.held -= 1
 

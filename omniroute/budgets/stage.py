@@ -112,10 +112,13 @@ class BudgetRun(StageRun):
         self.pending_reservation: Pending[object | None] | None = None
         #: what the prefetch priced: the route as resolved then, its allowed targets (and
         #: whether the ``models`` patterns filtered them), its priced ones, the estimate's
-        #: input and output tokens, and its USD; ``routed`` reuses it when the request
-        #: resolves to the same route (the router keeps its routes: the same object) and
-        #: its estimate is the same
-        self.prefetched: tuple[Route, Route, bool, Route, int, int, float] | None = None
+        #: input and output tokens, and its USD, and the body and canonical request it
+        #: estimated; ``routed`` reuses it when the request resolves to the same route
+        #: (the router keeps its routes: the same object) and its estimate is the same
+        #: (the same body and canonical request: a stage replaces them, never edits them
+        #: in place, so the same objects are the same request; others are estimated again)
+        self.prefetched: tuple[Route, Route, bool, Route, int, int, float, object,
+                               object] | None = None
 
     def prefetch(self, ctx: RequestContext, batch: RequestBatch, route: Route | None) -> None:
         limits, shared = self.limits, self.stage.budgets.shared
@@ -134,7 +137,8 @@ class BudgetRun(StageRun):
             route, usd = self.priced(ctx, allowed, tokens_in, tokens_out)
         except GatewayError:  # refused in routed, where it is raised
             return
-        self.prefetched = (resolved, allowed, filtered, route, tokens_in, tokens_out, usd)
+        self.prefetched = (resolved, allowed, filtered, route, tokens_in, tokens_out, usd,
+                           ctx.body, ctx.canonical)
         self.pending_reservation = shared.prefetch_reserve(
             batch, self.stage.budgets.state(self.key_id), limits, usd, tokens_in + tokens_out)
 
@@ -171,7 +175,11 @@ class BudgetRun(StageRun):
         if not limits.periods or not self.operation.metered:
             return
         assert self.slot is not None
-        tokens_in, tokens_out = self.estimate(ctx)
+        if (prefetched is not None and prefetched[7] is ctx.body
+                and prefetched[8] is ctx.canonical):  # the request it estimated
+            tokens_in, tokens_out = prefetched[4], prefetched[5]
+        else:
+            tokens_in, tokens_out = self.estimate(ctx)
         if (prefetched is not None and prefetched[4] == tokens_in
                 and prefetched[5] == tokens_out):  # priced once a request
             ctx.route, usd = prefetched[3], prefetched[6]

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import enum
 import logging
 import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Final, Protocol
 
 from omniroute.errors import IdempotencyConflict
 from omniroute.idempotency.answer import SharedAnswer, State
@@ -37,6 +38,17 @@ class Finished:
     chunks: tuple[bytes, ...] = ()
 
 
+class Wait(enum.Enum):
+    """:meth:`SharedKeys.claimed`'s answer when another instance's call is under way: the
+    request must wait for it (``await`` :meth:`SharedKeys.claim`)."""
+
+    WAIT = "wait"
+
+
+#: :attr:`Wait.WAIT`
+WAIT: Final = Wait.WAIT
+
+
 class SharedKeys(Protocol):
     """Idempotency keys claimed across instances (``state_url``; None: this instance's own)."""
 
@@ -58,6 +70,12 @@ class SharedKeys(Protocol):
         :raises IdempotencyConflict: the key is in use with another fingerprint.
         :raises GatewayError: the other instance's call failed, or did not finish in time.
         """
+
+    def claimed(self, scope: Scope, ahead: Pending[object]) -> Finished | bool | Wait | None:
+        """:meth:`claim`'s answer read from its first ask, made with the request's batch
+        (``ahead`` ran), without a coroutine: what :meth:`claim` would return (or raise),
+        or :data:`WAIT` when another instance's call is under way; then await
+        :meth:`claim` with the same ``ahead``, which waits for that call's answer."""
 
     def settled(self, scope: Scope, answer: SharedAnswer) -> None:
         """The answer of a key this instance claimed is final: publish it (a whole

@@ -45,7 +45,7 @@ from omniroute.errors import GatewayError, IdempotencyUnavailable, InvalidReques
 from omniroute.formats import canonical as c
 from omniroute.formats.base import ClientRequest, Format
 from omniroute.idempotency.answer import SharedAnswer, State
-from omniroute.idempotency.keys import Finished, Idempotency
+from omniroute.idempotency.keys import WAIT, Finished, Idempotency
 from omniroute.pipeline.context import Reply, RequestContext
 from omniroute.pipeline.relay import finish
 from omniroute.pipeline.stages import Stage, StageRun
@@ -116,7 +116,7 @@ class IdempotencyRun(StageRun):
 
     async def before(self, ctx: RequestContext) -> Reply | None:
         key = self.key
-        if not _valid(key):
+        if self.marks is None and not _valid(key):  # (marks: the prefetch found it valid)
             raise InvalidRequest(f"The idempotency key must be at most {_KEY_MAX} printable "
                                  "characters.", param="Idempotency-Key",
                                  code="invalid_idempotency_key")
@@ -128,10 +128,14 @@ class IdempotencyRun(StageRun):
             pending.release()  # a claim this request will not make: given back at once
         if shared is None:
             return None
-        if first and self.keys.shared is not None:  # and across instances
-            try:
-                found = await self.keys.shared.claim(scope, marks, ctx.record.request_id,
-                                                     ctx.stream, ahead=pending)
+        shared_keys = self.keys.shared
+        if first and shared_keys is not None:  # and across instances
+            try:  # (its first ask answered with the batch: read without a coroutine)
+                found = (shared_keys.claimed(scope, pending)
+                         if pending is not None and pending.ran else WAIT)
+                if found is WAIT:
+                    found = await shared_keys.claim(scope, marks, ctx.record.request_id,
+                                                    ctx.stream, ahead=pending)
             except GatewayError as err:
                 shared.fail(err)  # the duplicates waiting here get the same answer
                 raise

@@ -186,7 +186,9 @@ class Pipeline:
                 if run is not None:
                     ctx.runs.append(run)
             if self.batches is not None:
-                await self._prefetch(ctx, operation, self.batches)
+                sending = self._prefetch(ctx, operation, self.batches)
+                if sending is not None:  # (nothing queued: nothing to wait for)
+                    await sending
             for run in ctx.runs:
                 if type(run).before is not _NO_BEFORE:  # (a no-op is not awaited)
                     reply = await run.before(ctx)
@@ -306,14 +308,15 @@ class Pipeline:
             finally:
                 self._done(ctx)
 
-    async def _prefetch(self, ctx: RequestContext, operation: Operation,
-                        batches: Callable[[], RequestBatch | None]) -> None:
+    def _prefetch(self, ctx: RequestContext, operation: Operation,
+                  batches: Callable[[], RequestBatch | None]) -> Awaitable[None] | None:
         """Shared state: what the stages will ask of it before dispatch, and the slot of
         the route's only target, in one round trip (a
-        :class:`~omniroute.sharedstate.RequestBatch`)."""
+        :class:`~omniroute.sharedstate.RequestBatch`): its send, to await (None: nothing
+        to send)."""
         batch = ctx.batch = batches()
         if batch is None:
-            return
+            return None
         try:  # resolved again after the stages, which may change the model
             route = self.catalog.router.resolve(ctx.model, prefix=ctx.prefix)
         except GatewayError:
@@ -324,7 +327,7 @@ class Pipeline:
             limiter = self.resilience.limiter_ahead(route.targets)
             if limiter is not None:
                 batch.take_slot(limiter.name, limiter.max_concurrency, limiter.rpm)
-        await batch.send()
+        return batch.send()
 
     def _done(self, ctx: RequestContext) -> None:
         """The request is over: its record goes to the log, and every stage hears of it

@@ -19,7 +19,8 @@ the resilience state store; the queue of waiters is this process's own.
 
 With a :class:`~omniroute.resilience.state.SharedSlots` (several instances sharing
 a state store), a request takes its slot there instead, atomically across every
-instance (one awaited call; the calls of concurrent requests go out together).
+instance (one awaited call, or none when the slot was taken ahead with the request's
+batch; the calls of concurrent requests go out together).
 When none is free it queues here as above, and the waiter at the head asks again
 when the shared counters say one may be free: at once for ``rpm``, after
 :data:`SHARED_POLL` seconds for ``max_concurrency`` (a slot freed elsewhere sends no
@@ -155,8 +156,17 @@ class Limiter:
             self._waiters[0].set()
 
     async def _take(self) -> None:
-        if self.shared is not None:
-            await self._take_shared(self.shared)
+        shared = self.shared
+        if shared is not None:  # (see the module docstring)
+            if not self._waiters:  # nobody waits here: ask at once (concurrent asks pipeline)
+                ahead = shared.taken_ahead(self.name)  # taken with the request's batch
+                asked = (ahead.result() if ahead is not None
+                         else await shared.take(self.name, self.max_concurrency, self.rpm))
+                now = self.clock.monotonic()
+                if (asked is not None and asked <= 0) or (asked is None and self._free(now)):
+                    self._grant(now)
+                    return
+            await self._take_shared(shared)
             return
         now = self.clock.monotonic()
         if not self._waiters and self._free(now):
@@ -195,13 +205,8 @@ class Limiter:
                 self._wake_head()  # granted: the next one may fit too
 
     async def _take_shared(self, shared: SharedSlots) -> None:
-        """Take a slot where the counters are shared (see the module docstring)."""
-        if not self._waiters:  # nobody waits here: ask at once (concurrent asks pipeline)
-            asked = await shared.take(self.name, self.max_concurrency, self.rpm)
-            now = self.clock.monotonic()
-            if (asked is not None and asked <= 0) or (asked is None and self._free(now)):
-                self._grant(now)
-                return
+        """Wait in line for a slot where the counters are shared (the first ask, made
+        by :meth:`_take`, found none free, or others wait here already)."""
         now = self.clock.monotonic()
         if self.queue_timeout <= 0 or self.queue_size <= 0:
             raise self._busy("limit reached, queueing is off")

@@ -44,9 +44,12 @@ from __future__ import annotations
 from collections import OrderedDict, deque
 from collections.abc import MutableMapping
 from dataclasses import dataclass, field
-from typing import Literal, Protocol
+from typing import TYPE_CHECKING, Literal, Protocol
 
 from omniroute.resilience.stats import ConnectionStats
+
+if TYPE_CHECKING:
+    from omniroute.sharedstate import Pending
 
 Table = Literal["connections", "breakers", "limits", "sessions"]
 
@@ -98,6 +101,13 @@ class SharedSlots(Protocol):
             counters cannot be reached (bounded by a timeout), so the limiter decides
             with this instance's own counters.
         """
+
+    def taken_ahead(self, name: str) -> Pending[float | None] | None:
+        """A take of connection ``name``'s slot made ahead, with a request's batch
+        (:meth:`~omniroute.sharedstate.RequestBatch.take_slot`), answered and not asked
+        for yet: its :meth:`~omniroute.sharedstate.Pending.result` is what :meth:`take`
+        would have returned, and reading it makes it the caller's. None: there is none
+        (:meth:`take` asks)."""
 
     def give(self, name: str) -> None:
         """Hand back a slot :meth:`take` granted (queued; must not block or raise; a

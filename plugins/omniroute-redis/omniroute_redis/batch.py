@@ -40,7 +40,7 @@ from typing import Any
 
 from omniroute_redis.link import Link, Unreachable
 from omniroute_redis.scripts import Scripts
-from omniroute_redis.wire import Command, NoScript, WireError
+from omniroute_redis.wire import Command, NoScript, WireError, Writes
 
 log = logging.getLogger(__name__)
 
@@ -74,8 +74,12 @@ class Batch:
         self._later: asyncio.TimerHandle | None = None
         #: a send is due in this turn of the event loop (:meth:`_soon`)
         self._due = False
-        #: the last replies of the pipelines sent and not answered yet
-        self._inflight: set[asyncio.Future[Any]] = set()
+        #: the replies of the pipelines sent and not answered yet (a future's, for writes
+        #: that rode in front of a request's batch)
+        self._inflight: set[asyncio.Future[Any] | Writes] = set()
+        #: requests whose batch is not released yet (:class:`~.prefetch.Prefetch`): while
+        #: one is, a kick follows every write queued :meth:`later`
+        self.open = 0
         self.sent = self.dropped = self.round_trips = 0
 
     def add(self, write: Write, *, later: bool = False) -> None:
@@ -92,6 +96,18 @@ class Batch:
             self._soon()
         elif self._later is None and self._loop is not None:
             self._later = self._loop.call_later(LATER, self._timed)
+
+    def later(self, write: Write) -> None:
+        """:meth:`add` ``later``, on the request path (a slot given back, a spend settled, an
+        answer kept, a cache entry stored): while a request's batch is open its release
+        kicks the writer (:meth:`kick`), so no timer is armed, and the bound on the queue
+        is kept by :meth:`kick` (a write costs one append)."""
+        if self.link.up:
+            self._queue.append(write)
+            if not self.open and self._later is None and self._loop is not None:
+                self._later = self._loop.call_later(LATER, self._timed)
+        else:
+            self.dropped += 1
 
     def give_back(self, writes: list[Write]) -> None:
         """Queue blind undos (the answer of what they undo was lost): they go with the
@@ -111,7 +127,14 @@ class Batch:
         cache's store) goes along, and so does it in front of a request's batch sent in
         this turn (:meth:`ride`). Not later: the other instances admit against what it
         frees (a slot, a reservation settled)."""
-        if self._queue or (self._undos and self.link.up):
+        queue = self._queue
+        if queue:
+            if len(queue) > QUEUE_MAX:  # (:meth:`later` appends without looking)
+                self.dropped += len(queue) - QUEUE_MAX
+                del queue[QUEUE_MAX:]
+            if not self._due:
+                self._soon()
+        elif self._undos and self.link.up:
             self._soon()
 
     def ride(self) -> tuple[list[Write], int] | None:
@@ -155,10 +178,11 @@ class Batch:
 
     def _send(self) -> None:
         """Send what is queued in one pipeline, from a callback: nothing waits for it
-        (:meth:`_answered` reads the replies). One pipeline is on its way at a time:
-        what is queued meanwhile goes when its answer is in, together (under load, one
-        pipeline a round trip carries the writes of every request that ended in it).
-        Without an open connection, the task sends it (:meth:`flush`: it connects)."""
+        (:meth:`_answered` reads the replies, called by the read that completes them:
+        :class:`~.wire.Writes`). One pipeline is on its way at a time: what is queued
+        meanwhile goes when its answer is in, together (under load, one pipeline a
+        round trip carries the writes of every request that ended in it). Without an
+        open connection, the task sends it (:meth:`flush`: it connects)."""
         self._due = False
         if self._inflight:  # _answered sends it
             return
@@ -167,38 +191,42 @@ class Batch:
             if self._queue or (self._undos and self.link.up):
                 self._wake.set()
             return
-        writes, self._queue = self._queue, []
-        undos: list[Write] = []
+        sent = self._queue
+        count = len(sent)
+        self._queue = []
         if self._undos:
-            undos, self._undos = self._undos, []
-        if not writes and not undos:
+            sent += self._undos
+            self._undos = []
+        if not sent:
             return
-        sent = writes + undos
         try:
-            replies, _ = wire.send_group(sent)
+            replies = wire.send_writes(sent, partial(self._answered, sent, count))
         except WireError as exc:  # (broken since ready(): not sent)
             self.link.lost(exc)
-            self.dropped += len(writes)
-            self._undos[:0] = undos
+            self.dropped += count
+            self._undos[:0] = sent[count:]
             return
         self.link.bound(replies)
         self._inflight.add(replies)
-        replies.add_done_callback(partial(self._answered, sent, len(writes)))
 
     def _answered(self, sent: list[Write], count: int,
-                  replies: asyncio.Future[list[Any]]) -> None:
-        """The replies of a pipeline :meth:`_send` sent are in (one group: the list of
-        them, an error reply in place of its result), or they failed (the connection
-        broke, or they did not come in time)."""
+                  replies: Writes | asyncio.Future[list[Any]]) -> None:
+        """The replies of a pipeline are in (the list of them, an error reply in place of
+        its result), or they failed (the connection broke, or they did not come in
+        time). ``replies``: its :class:`~.wire.Writes` (:meth:`_send`), or the future of
+        writes that rode in front of a request's batch (:meth:`rode`)."""
         self._inflight.discard(replies)
-        failure = (replies.exception() if not replies.cancelled()
-                   else WireError("cancelled"))
+        if isinstance(replies, Writes):
+            failure, results = replies.error, replies.found
+        else:
+            failure = (replies.exception() if not replies.cancelled()
+                       else WireError("cancelled"))
+            results = replies.result() if failure is None else []
         if failure is not None:
             self.link.lost(failure)
             self.dropped += count
             self._undos[:0] = sent[count:]  # sent again once Redis answers (harmless twice)
             return
-        results = replies.result()
         missing = ([w for w, r in zip(sent, results, strict=True) if isinstance(r, NoScript)]
                    if NoScript in map(type, results) else None)  # (C: no Python per reply)
         self.sent += len(sent) - (len(missing) if missing else 0)
@@ -227,8 +255,12 @@ class Batch:
     async def flush(self) -> None:
         """Send what is queued now, in one pipeline, and wait for the pipelines sent
         before it to be answered."""
-        if self._inflight:
-            await asyncio.wait(list(self._inflight))
+        while self._inflight:  # (each is answered, or failed, within the link's bound)
+            futures = [f for f in self._inflight if not isinstance(f, Writes)]
+            if futures:
+                await asyncio.wait(futures)
+            else:
+                await asyncio.sleep(0.001)
         writes, self._queue = self._queue, []
         undos: list[Write] = []
         if self._undos and self.link.up:

@@ -30,7 +30,7 @@ from omniroute.sharedstate import RequestBatch
 
 from omniroute_redis.batch import Batch
 from omniroute_redis.link import Link, Unreachable, split_prefix
-from omniroute_redis.prefetch import UNREACHABLE, Prefetch, Step
+from omniroute_redis.prefetch import BEFORE, UNREACHABLE, Prefetch, Step
 from omniroute_redis.scripts import Scripts
 from omniroute_redis.wire import bulk, bulks
 
@@ -66,6 +66,9 @@ class RedisCache(CacheBackend):
         #: what of the lookup's and the store's commands is packed once (the rest is the
         #: request's key and answer)
         self._entry_bytes = self._entry.encode()
+        self._entry_size = len(self._entry_bytes)
+        #: the store's command up to its keys (``EVALSHA``, the script, 3 keys, 5 arguments)
+        self._set_head = b"*11\r\n" + bulks(("EVALSHA", self.scripts.sha["cache_set"], 3))
         self._hits_packed = bulk(self._hits.encode())
         self._index_hits_packed = bulks((self._index, self._hits))
         #: the shared state's writes after answers, once a request's batch to the same
@@ -85,13 +88,16 @@ class RedisCache(CacheBackend):
     def prefetch_get(self, key: str, batch: RequestBatch) -> Step[bytes | None] | None:
         """The lookup as a step of a request's batch, when the batch goes to the Redis
         this cache keeps its entries in (:mod:`.prefetch`)."""
-        if not isinstance(batch, Prefetch) or batch.link.url != self.server:
+        if type(batch) is not Prefetch or batch.link.url != self.server:
             return None
         self._writes = batch.writes
         field = key.encode()
-        entry = b"$%d\r\n%b%b\r\n" % (len(self._entry_bytes) + len(field), self._entry_bytes,
-                                      field)
-        return batch.add(_Lookup(self, entry + self._hits_packed, bulk(field)))
+        size = len(field)
+        step = _Lookup(self, b"$%d\r\n%b%b\r\n%b" % (self._entry_size + size, self._entry_bytes,
+                                                    field, self._hits_packed),
+                       b"$%d\r\n%b\r\n" % (size, field))
+        batch.steps.append(step)
+        return step
 
     def _found(self, value: object) -> bytes | None:
         if value is UNREACHABLE:
@@ -104,19 +110,29 @@ class RedisCache(CacheBackend):
         assert isinstance(value, bytes)
         return value
 
+    def put(self, key: str, value: bytes, ttl: float | None = None) -> bool:
+        """Queue the store with the shared state's writes after answers, once a request's
+        batch to the same server came by (a store follows its request's answer: it goes
+        with that request's other writes; no trip through the cache's writer task). False
+        before: the writer awaits :meth:`set`."""
+        writes = self._writes
+        if writes is None:
+            return False
+        ttl_ms = max(1, int((ttl if ttl is not None else self.ttl) * 1000))
+        field = key.encode()
+        t = b"%d" % ttl_ms
+        writes.later(b"%b$%d\r\n%b%b\r\n%b$%d\r\n%b\r\n$%d\r\n%b\r\n$%d\r\n%b\r\n%b" % (
+            self._set_head, self._entry_size + len(field), self._entry_bytes, field,
+            self._index_hits_packed, len(value), value, len(t), t, len(field), field,
+            self._set_tail()))
+        return True
+
     async def set(self, key: str, value: bytes, ttl: float | None = None) -> None:
         """Store an entry: queued with the shared state's writes after answers when there
-        are (a store follows its request's answer: it goes with that request's other
-        writes), else one call."""
-        ttl_ms = max(1, int((ttl if ttl is not None else self.ttl) * 1000))
-        if self._writes is not None:
-            field = key.encode()
-            entry = self._entry_bytes
-            self._writes.add(self.scripts.packed(
-                "cache_set", b"$%d\r\n%b%b\r\n%b" % (len(entry) + len(field), entry, field,
-                                                     self._index_hits_packed), 3,
-                bulks((value, ttl_ms, field)) + self._set_tail(), 5), later=True)
+        are (:meth:`put`), else one call."""
+        if self.put(key, value, ttl):
             return
+        ttl_ms = max(1, int((ttl if ttl is not None else self.ttl) * 1000))
         keys = [self._entry + key, self._index, self._hits]
         args: list[Any] = [value, ttl_ms, key, self.max_entries, self._entry]
         try:
@@ -203,7 +219,9 @@ class _Lookup(Step[bytes | None]):
     __slots__ = ("cache",)
 
     def __init__(self, cache: RedisCache, keys: bytes, args: bytes) -> None:
-        super().__init__(keys, args)
+        # (Step.__init__'s, in line: a call fewer per step)
+        self.keys, self.args, self.phase = keys, args, BEFORE
+        self.raw, self.ran, self.done = None, False, False
         self.cache = cache
 
     def read(self, raw: object) -> bytes | None:

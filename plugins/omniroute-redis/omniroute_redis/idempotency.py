@@ -38,7 +38,7 @@ import orjson
 from omniroute.config import Settings
 from omniroute.errors import GatewayError, IdempotencyConflict, IdempotencyTimeout
 from omniroute.idempotency.answer import SharedAnswer, State
-from omniroute.idempotency.keys import Finished, Scope
+from omniroute.idempotency.keys import WAIT, Finished, Scope, Wait
 from omniroute.sharedstate import Pending, RequestBatch
 
 from omniroute_redis.batch import Batch, Write
@@ -54,12 +54,8 @@ POLL = 0.25
 MIN_KEEP = 5.0
 #: seconds a claim outlives the longest a request may take (``total_timeout``)
 CLAIM_SLACK = 60.0
-#: the keys' Redis names kept (:meth:`RedisKeys.key`)
-KEYS_KEPT = 4096
 #: the settles' packed states, stream flags and statuses kept
 PARTS_KEPT = 256
-#: an answer's kind, as a bulk string
-_KINDS = {kind: bulk(kind.encode()) for kind in ("json", "chunks", "")}
 
 
 class RedisKeys:
@@ -73,29 +69,31 @@ class RedisKeys:
         self.settings = settings
         self.channel = link.key("idem")
         self._heard: dict[str, asyncio.Event] = {}
-        self._names: dict[Scope, str] = {}
+        #: a key's Redis name up to its digest, and the bulk string's head of one
+        self._prefix = link.key("idem", "")
+        self._key_head = b"$%d\r\n%b" % (len(self._prefix) + 40, self._prefix.encode())
+        #: the ``idem_settle`` command up to its key (3 + 1 key + 9 arguments)
+        self._settle_head = b"*13\r\n" + bulks(("EVALSHA", scripts.sha["idem_settle"], 1))
         #: the claims this instance holds, by scope: the key's Redis name and the
-        #: request's id as a bulk string (packed once, for the claim and the settle)
-        self._mine: dict[Scope, tuple[str, bytes]] = {}
+        #: request's id, each as a bulk string (packed once, for the claim and the settle)
+        self._mine: dict[Scope, tuple[bytes, bytes]] = {}
         self.waited = self.served = 0
-        #: the last arguments of the claim (its lease) and of the settle (how long it is
-        #: kept, the channel), packed once for each value they take
+        #: the last argument of the claim (its lease), packed once for each value it takes
         self._claim_tail: tuple[int, bytes] | None = None
-        self._settle_tail: tuple[int, bytes] | None = None
-        #: a settle's state, stream flag and status, packed, by their values (a handful)
-        self._settle_parts: dict[tuple[str, bool, int], bytes] = {}
+        #: a settle's parts but its own (the request's id, the headers, the payload),
+        #: packed, by their values (:meth:`settled`)
+        self._settle_parts: dict[tuple[str, bool, int, bool | None, int],
+                                 tuple[bytes, bytes, bytes]] = {}
 
     def key(self, scope: Scope) -> str:
         """The key's Redis name (made once a request, by its claim: the claim's step
-        carries it to :meth:`claim` and the settle; kept for the last :data:`KEYS_KEPT`
-        scopes)."""
-        name = self._names.get(scope)
-        if name is None:
-            if len(self._names) >= KEYS_KEPT:
-                self._names.clear()
-            digest = hashlib.sha256(f"{scope[0]}\0{scope[1]}".encode()).hexdigest()[:40]
-            name = self._names[scope] = self.link.key("idem", digest)
-        return name
+        carries it, packed, to :meth:`claim` and the settle)."""
+        return self._prefix + _digest(scope).decode()
+
+    def packed_key(self, scope: Scope) -> bytes:
+        """:meth:`key` as a bulk string (every name has the same length: the prefix's
+        and 40 hexadecimal digits)."""
+        return b"%b%b\r\n" % (self._key_head, _digest(scope))
 
     def _claim_args(self, fingerprint: bytes, request_id: str) -> list[object]:
         lease_ms = int((self.settings().total_timeout + CLAIM_SLACK) * 1000)
@@ -104,22 +102,25 @@ class RedisKeys:
     def prefetch_claim(self, batch: RequestBatch, scope: Scope, fingerprint: bytes,
                        request_id: str, stream: bool) -> Step[object]:
         assert isinstance(batch, Prefetch)
-        key = self.key(scope)
         lease_ms = int((self.settings().total_timeout + CLAIM_SLACK) * 1000)
         tail = self._claim_tail
         if tail is None or tail[0] != lease_ms:
             tail = self._claim_tail = (lease_ms, bulk(b"%d" % lease_ms))
-        rid = bulk(request_id.encode())
+        raw = request_id.encode()
+        rid = b"$%d\r\n%b\r\n" % (len(raw), raw)
         marks = hexlify(fingerprint)
-        args = b"$%d\r\n%b\r\n%b%b" % (len(marks), marks, rid, tail[1])
-        return batch.add(_Claim(self, key, request_id, rid, args))
+        step = _Claim(self, b"%b%b\r\n" % (self._key_head, _digest(scope)), request_id, rid,
+                      b"$%d\r\n%b\r\n%b%b" % (len(marks), marks, rid, tail[1]))
+        batch.steps.append(step)  # (Prefetch.add's, in line)
+        return step
 
     async def claim(self, scope: Scope, fingerprint: bytes, request_id: str,
                     stream: bool, ahead: Pending[object] | None = None) -> Finished | bool | None:
         if type(ahead) is _Claim:  # (its key's name and the request's id, made for it)
-            key, rid = ahead.key, ahead.rid
+            packed, rid = ahead.keys, ahead.rid
         else:
-            key, rid = self.key(scope), bulk(request_id.encode())
+            packed, rid = self.packed_key(scope), bulk(request_id.encode())
+        key = ""  # (its name: made when it is needed, :func:`_name`)
         #: set once another instance's call is under way (nearly every claim is this
         #: request's own: it needs no loop, no deadline, nothing to be told)
         loop: asyncio.AbstractEventLoop | None = None
@@ -128,12 +129,14 @@ class RedisKeys:
         try:
             while True:
                 if loop is not None:  # told when the answer is settled: listening before
+                    key = key or _name(packed)
                     heard = self._heard.get(key)  # the ask (a notice after its answer is
                     if heard is None:  # not missed)
                         heard = self._heard[key] = asyncio.Event()
                 if ahead is not None and ahead.ran:  # the first ask went with the batch
                     found, ahead = ahead.result(), None
                 else:
+                    key = key or _name(packed)
                     try:
                         found = await self.scripts.call(
                             self.link, "idem_claim", [key],
@@ -144,30 +147,15 @@ class RedisKeys:
                         found = UNREACHABLE
                     except Unreachable:
                         found = UNREACHABLE
-                if found is UNREACHABLE:
-                    return None  # this instance decides alone
-                assert isinstance(found, list)
-                if found[0] == b"mine":  # (the reply, as the request path's connection reads it)
-                    self._mine[scope] = (key, rid)
-                    return True
-                kind = _text(found[0])
-                if kind == "conflict":
-                    raise IdempotencyConflict(
-                        "This idempotency key was used by another request (a different "
-                        "body, method or path) within its window; use a new key for a new "
-                        "request.", param="Idempotency-Key")
-                if kind == "done":
-                    self.served += 1
-                    return _finished(found[1:])
-                if kind == "failed":
-                    raise GatewayError("The first request with this idempotency key failed "
-                                       "(on another instance of the gateway).", status=502,
-                                       code="bad_gateway", type="upstream_error")
+                decided = self._decide(scope, packed, rid, found)
+                if decided is not WAIT:
+                    return decided
                 if loop is None:  # the first answer that says wait (a notice that came
                     # before this, between Redis's answer and here, is caught by the poll)
                     loop = asyncio.get_running_loop()
                     deadline = loop.time() + self.settings().total_timeout
                     self.waited += 1
+                    key = key or _name(packed)
                     heard = self._heard.setdefault(key, asyncio.Event())
                 left = deadline - loop.time()
                 if left <= 0:
@@ -181,6 +169,36 @@ class RedisKeys:
             if heard is not None and self._heard.get(key) is heard:
                 del self._heard[key]
 
+    def claimed(self, scope: Scope, ahead: Pending[object]) -> Finished | bool | Wait | None:
+        if type(ahead) is _Claim:  # (its key's name and the request's id, made for it)
+            return self._decide(scope, ahead.keys, ahead.rid, ahead.result())
+        return WAIT  # (not this plugin's step: claim() asks)
+
+    def _decide(self, scope: Scope, packed: bytes, rid: bytes,
+                found: object) -> Finished | bool | Wait | None:
+        """A claim's answer as :meth:`claim` returns it (or raises it); :data:`WAIT`: another
+        instance's call is under way."""
+        if found is UNREACHABLE:
+            return None  # this instance decides alone
+        assert isinstance(found, list)
+        if found[0] == b"mine":  # (the reply, as the request path's connection reads it)
+            self._mine[scope] = (packed, rid)
+            return True
+        kind = _text(found[0])
+        if kind == "conflict":
+            raise IdempotencyConflict(
+                "This idempotency key was used by another request (a different body, "
+                "method or path) within its window; use a new key for a new request.",
+                param="Idempotency-Key")
+        if kind == "done":
+            self.served += 1
+            return _finished(found[1:])
+        if kind == "failed":
+            raise GatewayError("The first request with this idempotency key failed (on "
+                               "another instance of the gateway).", status=502,
+                               code="bad_gateway", type="upstream_error")
+        return WAIT
+
     def heard(self, data: bytes) -> None:
         """A key's answer was settled somewhere: its waiters here ask again."""
         event = self._heard.pop(_text(data), None)
@@ -191,32 +209,32 @@ class RedisKeys:
         mine = self._mine.pop(scope, None)
         if mine is None:
             return
-        key, rid = mine
-        settings = self.settings()
-        keep_ms = int(max(settings.idempotency_window, MIN_KEEP) * 1000)
+        packed, rid = mine
+        keep_ms = int(max(self.settings().idempotency_window, MIN_KEEP) * 1000)
         if answer.state is State.DONE and not answer.flawed and answer.whole:
             if answer.body is not None:
-                kind, payload = "json", answer.body
+                done, payload = True, answer.body
             else:
-                kind = "chunks"
+                done = False
                 payload = orjson.dumps([base64.b64encode(c).decode() for c in answer.chunks])
             state = "done"
         else:  # a failure (or an answer that cannot be replayed): waiters get an error
-            state, kind, payload = "failed", "", b""
-        tail = self._settle_tail
-        if tail is None or tail[0] != keep_ms:
-            tail = self._settle_tail = (keep_ms, bulks((keep_ms, self.channel)))
-        parts = self._settle_parts.get((state, answer.stream, answer.status))
+            state, done, payload = "failed", None, b""
+        # its state, stream flag, status, kind, and after its payload how long it is kept
+        # and the channel, packed once for each of their values (a handful)
+        known = (state, answer.stream, answer.status, done, keep_ms)
+        parts = self._settle_parts.get(known)
         if parts is None:
             if len(self._settle_parts) >= PARTS_KEPT:
                 self._settle_parts.clear()
-            parts = self._settle_parts[state, answer.stream, answer.status] = bulks(
-                (state, int(answer.stream), answer.status))
+            kind = "json" if done else "chunks" if done is False else ""
+            parts = self._settle_parts[known] = (
+                bulks((state, int(answer.stream), answer.status)), bulk(kind.encode()),
+                bulks((keep_ms, self.channel)))
         headers = orjson.dumps(answer.headers)
-        args = b"%b%b$%d\r\n%b\r\n%b$%d\r\n%b\r\n%b" % (
-            rid, parts, len(headers), headers, _KINDS[kind], len(payload), payload, tail[1])
-        self.batch.add(self.scripts.packed("idem_settle", bulk(key.encode()), 1, args, 9),
-                       later=True)
+        self.batch.later(b"%b%b%b%b$%d\r\n%b\r\n%b$%d\r\n%b\r\n%b" % (
+            self._settle_head, packed, rid, parts[0], len(headers), headers, parts[1],
+            len(payload), payload, parts[2]))
 
 
 class _Claim(Step[object]):
@@ -224,28 +242,43 @@ class _Claim(Step[object]):
     by :meth:`RedisKeys.claim`."""
 
     name, nkeys, nargs, head = "idem_claim", 1, 3, "idem_claim 1 3"
-    __slots__ = ("key", "owner", "request_id", "rid")
+    __slots__ = ("owner", "request_id", "rid")
 
-    def __init__(self, keys: RedisKeys, key: str, request_id: str, rid: bytes,
+    def __init__(self, keys: RedisKeys, key: bytes, request_id: str, rid: bytes,
                  args: bytes) -> None:
+        """
+        :param key: the key's name, as a bulk string; ``rid`` the request's id, as one.
+        """
         # (Step.__init__'s, in line: a call fewer per step)
-        self.keys, self.args, self.phase = bulk(key.encode()), args, BEFORE
+        self.keys, self.args, self.phase = key, args, BEFORE
         self.raw, self.ran, self.done = None, False, False
-        self.owner, self.key, self.request_id, self.rid = keys, key, request_id, rid
+        self.owner, self.request_id, self.rid = keys, request_id, rid
 
     def read(self, raw: object) -> object:
         return raw
 
     def _release(self) -> Write:
         keys = self.owner
-        return keys.scripts.command("idem_release", [self.key], [self.request_id, keys.channel])
+        return keys.scripts.command("idem_release", [_name(self.keys)],
+                                    [self.request_id, keys.channel])
 
     def undo(self, raw: object) -> None:  # claimed, and this request will not call
         if isinstance(raw, list) and _text(raw[0]) == "mine":
-            self.owner.batch.add(self._release(), later=True)
+            self.owner.batch.later(self._release())
 
     def forget(self) -> list[Write]:  # the answer was lost: released, if it is this request's
         return [self._release()]
+
+
+def _digest(scope: Scope) -> bytes:
+    """The part of a key's Redis name that is its own: a hash of the API key and the
+    idempotency key, 40 hexadecimal digits."""
+    return hexlify(hashlib.sha256(f"{scope[0]}\0{scope[1]}".encode()).digest()[:20])
+
+
+def _name(packed: bytes) -> str:
+    """A key's name from its bulk string."""
+    return packed[packed.index(b"\n") + 1:-2].decode()
 
 
 def _text(value: object) -> str:

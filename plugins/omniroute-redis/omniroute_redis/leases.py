@@ -39,6 +39,11 @@ NAMES_KEPT = 4096
 
 T = TypeVar("T")
 
+#: what of a limit's commands is packed once (:meth:`Leases.packing`): its slots' key; its
+#: two keys; the ``ZREM`` of a member of its slots, and of its starts (the member to
+#: follow); the ``take`` script's arguments after the member
+Packing = tuple[str, bytes, bytes, bytes, bytes]
+
 #: what :meth:`Leases.take` found: taken, the concurrency is full, or seconds until
 #: the rolling minute frees a start
 TAKEN, FULL = 0.0, -1.0
@@ -52,28 +57,28 @@ class Leases:
         self.scripts = scripts
         self.batch = batch
         self.instance = instance
-        self._ids = itertools.count(1)
+        #: the members' numbers (a step makes its member in line: :class:`Take`)
+        self.ids = itertools.count(1)
         #: a limit's key names (its slots and starts), by its prefix (never changed: the
         #: steps share them)
         self._names: dict[str, list[str]] = {}
         #: what of a limit's commands is packed once, by its prefix and limits
         #: (:meth:`packing`), and the ``ZREM`` of a member of its slots (the member to
         #: follow), by its prefix
-        self._packed: dict[tuple[str, int | None, int | None],
-                           tuple[str, bytes, bytes, bytes, bytes]] = {}
+        self._packed: dict[tuple[str, int | None, int | None], Packing] = {}
         self._zrem: dict[str, bytes] = {}
         #: a limit's prefix -> the members of its slots this gateway holds, each as a bulk
         #: string (:func:`~omniroute_redis.wire.bulk`: given back as it is)
         self.held: defaultdict[str, list[bytes]] = defaultdict(list)
-        self._instance = instance.encode()
+        self.instance_bytes = instance.encode()
 
     def member(self) -> str:
         """A name no other request of any instance uses."""
-        return f"{self.instance}:{next(self._ids)}"
+        return f"{self.instance}:{next(self.ids)}"
 
     def packed_member(self) -> bytes:
         """:meth:`member` as a bulk string."""
-        raw = b"%b:%d" % (self._instance, next(self._ids))
+        raw = b"%b:%d" % (self.instance_bytes, next(self.ids))
         return b"$%d\r\n%b\r\n" % (len(raw), raw)
 
     async def take(self, name: str, concurrency: int | None, rpm: int | None) -> float:
@@ -92,8 +97,7 @@ class Leases:
             raise
         return self._taken(found, name, member, concurrency)
 
-    def packing(self, name: str, concurrency: int | None, rpm: int | None
-                ) -> tuple[str, bytes, bytes, bytes, bytes]:
+    def packing(self, name: str, concurrency: int | None, rpm: int | None) -> Packing:
         """What of limit ``name``'s commands is packed once: its slots' key; its two keys;
         the ``ZREM`` of a member of its slots, and of its starts (the member to follow);
         the ``take`` script's arguments after the member."""
@@ -137,23 +141,22 @@ class Leases:
 
         Slots of one limit are interchangeable, so any held member will do.
         """
-        held = self.held
-        members = held.get(name)
+        members = self.held.get(name)
         if not members:
             return
-        member = members.pop()
-        if not members:
-            del held[name]
-        zrem = self._zrem.get(name)
+        zrem = self._zrem.get(name)  # (an emptied list stays: the next take refills it)
         if zrem is None:
             zrem = b"*3\r\n" + bulks(("ZREM", f"{name}:slots"))
-        self.batch.add(zrem + member, later=True)
+        self.batch.later(zrem + members.pop())
 
     async def renew(self) -> None:
         """Extend the leases of every slot held here (one pipelined round trip).
 
         :raises Unreachable: Redis cannot be reached.
         """
+        held = self.held
+        for name in [n for n, members in held.items() if not members]:
+            del held[name]  # (emptied by give(), which leaves them for the next take)
         renewals = [self.scripts.command("renew", [self._keys(name)[0]],
                                          [LEASE, *(m[m.index(b"\n") + 1:-2] for m in members)])
                     for name, members in self.held.items() if members]
@@ -172,18 +175,20 @@ class Take(Step[T]):
     minute)."""
 
     name, nkeys, nargs, head = "take", 2, 4, "take 2 4"
-    __slots__ = ("concurrency", "leases", "limit", "packed_member", "zrem_slots",
-                 "zrem_starts")
+    __slots__ = ("concurrency", "leases", "limit", "packed_member", "packing")
 
-    def __init__(self, leases: Leases, name: str, concurrency: int | None, rpm: int | None,
-                 phase: int = BEFORE) -> None:
-        packed_member = self.packed_member = leases.packed_member()
-        _, keys, self.zrem_slots, self.zrem_starts, tail = leases.packing(
-            name, concurrency, rpm)
+    def __init__(self, leases: Leases, packing: Packing, limit: str,
+                 concurrency: int | None, phase: int = BEFORE) -> None:
+        """
+        :param packing: limit ``limit``'s :meth:`Leases.packing`, kept by the caller.
+        """
+        raw = b"%b:%d" % (leases.instance_bytes, next(leases.ids))  # (packed_member's)
+        member = self.packed_member = b"$%d\r\n%b\r\n" % (len(raw), raw)
         # (Step.__init__'s, in line: a call fewer per step)
-        self.keys, self.args, self.phase = keys, packed_member + tail, phase
+        self.keys, self.args, self.phase = packing[1], member + packing[4], phase
         self.raw, self.ran, self.done = None, False, False
-        self.leases, self.limit, self.concurrency = leases, name, concurrency
+        self.leases, self.limit, self.concurrency = leases, limit, concurrency
+        self.packing = packing
 
     def read(self, raw: object) -> T:
         return cast(T, None if raw is UNREACHABLE else slot_answer(raw))
@@ -196,23 +201,28 @@ class Take(Step[T]):
         if raw == b"0":
             if self.concurrency is not None:  # one held here (slots of one limit are
                 self.leases.give(self.limit)  # interchangeable)
-            self.leases.batch.add(self.zrem_starts + self.packed_member, later=True)
+            self.leases.batch.later(self.packing[3] + self.packed_member)
 
     def forget(self) -> list[Write]:  # its start stays: the request goes on, and counts
-        return [self.zrem_slots + self.packed_member]
+        return [self.packing[2] + self.packed_member]
 
 
 class Ahead(Take[float | None]):
     """A connection's slot taken with a request's batch: once taken, it waits in
-    :attr:`ConnectionSlots.ahead` for the request's first attempt there."""
+    :attr:`ConnectionSlots.ahead` for the request's first attempt there (only a slot
+    taken does)."""
 
     __slots__ = ("connection", "owner")
 
-    def __init__(self, owner: ConnectionSlots, connection: str, max_concurrency: int | None,
-                 rpm: int | None) -> None:
-        super().__init__(owner.leases, f"{owner.prefix}:{connection}", max_concurrency, rpm,
-                         CALL)
-        self.owner, self.connection = owner, connection
+    def __init__(self, owner: ConnectionSlots, connection: str, limit: str,
+                 max_concurrency: int | None, packing: Packing) -> None:
+        leases = owner.leases
+        raw = b"%b:%d" % (leases.instance_bytes, next(leases.ids))  # (Take.__init__'s)
+        member = self.packed_member = b"$%d\r\n%b\r\n" % (len(raw), raw)
+        self.keys, self.args, self.phase = packing[1], member + packing[4], CALL
+        self.raw, self.ran, self.done = None, False, False
+        self.leases, self.limit, self.concurrency = leases, limit, max_concurrency
+        self.packing, self.owner, self.connection = packing, owner, connection
 
     def took(self) -> None:
         if self.raw == b"0":  # (Take.took's, in line)
@@ -244,18 +254,33 @@ class ConnectionSlots:
         self.prefix = leases.link.key("conn")
         #: connection id -> slots taken ahead, not asked for yet
         self.ahead: dict[str, list[Ahead]] = {}
+        #: connection id -> its limits, its limit's name and packing (:meth:`prefetch`)
+        self._packings: dict[str, tuple[int | None, int | None, str, Packing]] = {}
 
     def prefetch(self, batch: Prefetch, name: str, max_concurrency: int | None,
                  rpm: int | None) -> None:
         """Queue a take of ``name``'s slot on ``batch`` (after every other step)."""
-        batch.add(Ahead(self, name, max_concurrency, rpm))
+        known = self._packings.get(name)
+        if known is None or known[0] != max_concurrency or known[1] != rpm:
+            if len(self._packings) >= NAMES_KEPT:
+                self._packings.clear()
+            limit = f"{self.prefix}:{name}"
+            known = self._packings[name] = (max_concurrency, rpm, limit, self.leases.packing(
+                limit, max_concurrency, rpm))
+        batch.steps.append(Ahead(self, name, known[2], max_concurrency, known[3]))
+
+    def taken_ahead(self, name: str) -> Ahead | None:
+        waiting = self.ahead.get(name)
+        if not waiting:
+            return None
+        step = waiting.pop()
+        if not waiting:
+            del self.ahead[name]
+        return step
 
     async def take(self, name: str, max_concurrency: int | None, rpm: int | None) -> float | None:
-        waiting = self.ahead.get(name)
-        if waiting:  # taken ahead: no round trip
-            step = waiting.pop()
-            if not waiting:
-                del self.ahead[name]
+        step = self.taken_ahead(name)
+        if step is not None:  # taken ahead: no round trip
             return step.result()
         try:
             found = await self.leases.take(f"{self.prefix}:{name}", max_concurrency, rpm)
@@ -264,7 +289,8 @@ class ConnectionSlots:
         return SHARED_POLL if found == FULL else found
 
     def give(self, name: str) -> None:
-        self.leases.give(f"{self.prefix}:{name}")
+        known = self._packings.get(name)
+        self.leases.give(known[2] if known is not None else f"{self.prefix}:{name}")
 
 
 def _text(value: object) -> str:

@@ -46,9 +46,9 @@ from omniroute.errors import BudgetUnavailable, RateLimited
 from omniroute.sharedstate import RequestBatch
 
 from omniroute_redis.batch import Batch, Write
-from omniroute_redis.leases import FULL, TAKEN, Leases, Take, slot_answer
+from omniroute_redis.leases import FULL, TAKEN, Leases, Packing, Take, slot_answer
 from omniroute_redis.link import Link, Unanswered, Unreachable
-from omniroute_redis.prefetch import ROUTED, UNREACHABLE, Prefetch, Step
+from omniroute_redis.prefetch import BEFORE, ROUTED, UNREACHABLE, Prefetch, Step
 from omniroute_redis.scripts import Scripts
 from omniroute_redis.wire import bulks
 
@@ -92,6 +92,9 @@ class RedisLedger:
         #: what of a reservation's commands is packed once, by the key, its limits, its
         #: windows (the first one's start) and the lease (:meth:`_pack_fixed`)
         self._fixed: dict[tuple[str, Limits, float, float], _Fixed] = {}
+        #: a key's limits (the object: a reload makes new ones), the name of its slots'
+        #: limit and their packing (:meth:`Leases.packing <.leases.Leases.packing>`)
+        self._entries: dict[str, tuple[Limits, str, Packing]] = {}
 
     def _key(self, key_id: str, *parts: str) -> str:
         base = self._bases.get(key_id)
@@ -110,7 +113,16 @@ class RedisLedger:
 
     def prefetch_enter(self, batch: RequestBatch, key_id: str, limits: Limits) -> Step[bool]:
         assert isinstance(batch, Prefetch)
-        return batch.add(_Entry(self.leases, self._key(key_id), limits))
+        known = self._entries.get(key_id)
+        if known is None or known[0] is not limits:
+            if len(self._entries) >= BASES_KEPT:
+                self._entries.clear()
+            name = self._key(key_id)
+            known = self._entries[key_id] = (limits, name, self.leases.packing(
+                name, limits.concurrency, limits.rpm))
+        step = _Entry(self.leases, known[2], known[1], limits)
+        batch.steps.append(step)
+        return step
 
     def leave(self, key_id: str) -> None:
         self.leases.give(self._key(key_id))
@@ -208,8 +220,9 @@ class RedisLedger:
 
     def settle(self, handle: object, usd: float, tokens: int) -> None:
         assert isinstance(handle, Held)
-        self.batch.add(handle.settle + handle.reservation  # (µUSD)
-                       + bulks((round(usd * MICRO), int(tokens))), later=True)
+        musd, count = b"%d" % round(usd * MICRO), b"%d" % int(tokens)  # (µUSD)
+        self.batch.later(b"%b%b$%d\r\n%b\r\n$%d\r\n%b\r\n" % (
+            handle.settle, handle.reservation, len(musd), musd, len(count), count))
 
 
 @dataclass(slots=True, frozen=True)  # (made once for a key's windows)
@@ -246,11 +259,17 @@ class _Entry(Take[bool]):
 
     __slots__ = ("limits",)
 
-    def __init__(self, leases: Leases, name: str, limits: Limits) -> None:
-        super().__init__(leases, name, limits.concurrency, limits.rpm)
-        self.limits = limits
+    def __init__(self, leases: Leases, packing: Packing, name: str, limits: Limits) -> None:
+        raw = b"%b:%d" % (leases.instance_bytes, next(leases.ids))  # (Take.__init__'s)
+        member = self.packed_member = b"$%d\r\n%b\r\n" % (len(raw), raw)
+        self.keys, self.args, self.phase = packing[1], member + packing[4], BEFORE
+        self.raw, self.ran, self.done = None, False, False
+        self.leases, self.limit, self.concurrency = leases, name, limits.concurrency
+        self.packing, self.limits = packing, limits
 
     def read(self, raw: object) -> bool:
+        if raw == b"0":  # taken (as nearly always: no call)
+            return True
         return False if raw is UNREACHABLE else _entered(slot_answer(raw), self.limits)
 
 
@@ -273,7 +292,7 @@ class _Reserve(Step[object | None]):
 
     def undo(self, raw: object) -> None:  # admitted, and never read: dropped
         if isinstance(raw, list) and raw[0] == b"ok":
-            self.ledger.batch.add(self.ask.fixed.hdel + self.ask.reservation, later=True)
+            self.ledger.batch.later(self.ask.fixed.hdel + self.ask.reservation)
 
     def forget(self) -> list[Write]:  # the answer was lost: dropped, if it was made
         return [self.ask.fixed.hdel + self.ask.reservation]

@@ -27,7 +27,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from omniroute.config import redact_url
 
-from omniroute_redis.wire import Command, ErrorReply, Wire, WireError
+from omniroute_redis.wire import Command, ErrorReply, Wire, WireError, Writes
 
 if TYPE_CHECKING:  # imported when a link is made: an installed plugin costs nothing
     from redis import asyncio as aioredis
@@ -116,7 +116,7 @@ class Link:
         self._opening: asyncio.Future[Wire] | None = None
         #: the replies awaited on it, with their deadlines, in the order they were sent
         #: (:meth:`bound`), and the one timer that expires the late ones
-        self._deadlines: deque[tuple[float, asyncio.Future[Any]]] = deque()
+        self._deadlines: deque[tuple[float, asyncio.Future[Any] | Writes]] = deque()
         self._watchdog: asyncio.TimerHandle | None = None
 
     def key(self, *parts: str) -> str:
@@ -180,44 +180,72 @@ class Link:
             if wire is None or wire.broken is not None:
                 async with asyncio.timeout(self.timeout()):
                     wire = await self._connected()
-            command: Command = args[0] if type(args[0]) is bytes else args
-            ride = riders.ride() if riders is not None else None
-            if ride is None:
-                reply = (wire.send_packed(command) if type(command) is bytes
-                         else wire.send(*command))
-            else:
-                try:
-                    replies, then = wire.send_group(ride[0], command)
-                except WireError:
-                    riders.unride(ride)
-                    raise
-                assert then is not None
-                reply = then
-                riders.rode(ride, replies)
+            reply = self._send(wire, args[0] if type(args[0]) is bytes else args, riders)
             sent = True
-            self.bound(reply)
             if late is None:
                 return await reply
             try:
                 return await reply  # (not shielded: a shield costs a future and two callbacks)
             except asyncio.CancelledError:
-                # the reply was cancelled with its caller: its reply is read for ``late`` by
-                # a new future in its place (bounded by the watchdog); one that came
-                # meanwhile (dropped, as a cancelled one's) is lost to ``late``
-                if reply.cancelled():
-                    fresh = wire.adopt(reply)
-                    if fresh is None:
-                        late(WireError("cancelled before its reply was read"))
-                        raise
-                    reply = fresh
-                    self.bound(reply)
-                reply.add_done_callback(partial(self._late, late))
+                self.abandoned(reply, late)
                 raise
         except ErrorReply:
             raise
         except FAILURES as exc:
             self.lost(exc)
             raise (Unanswered if sent else Unreachable)(str(exc)) from exc
+
+    def post(self, command: bytes, riders: Any) -> asyncio.Future[Any] | None:
+        """:meth:`command`'s send, for a caller that awaits the reply itself (one coroutine
+        fewer on the request path): the reply's future, bounded like :meth:`command`'s
+        (its failures are the caller's to hand to :meth:`lost`; a cancelled caller's reply
+        goes to :meth:`abandoned`). None: the connection is not open yet (await
+        :meth:`command`, which opens it).
+
+        :raises Unreachable: Redis cannot be reached (nothing was sent).
+        """
+        if not self.up:
+            raise Unreachable(self.last_error or "down")
+        wire = self._wire
+        if wire is None or wire.broken is not None:
+            return None
+        try:
+            return self._send(wire, command, riders)
+        except FAILURES as exc:  # (broken since: nothing was sent)
+            self.lost(exc)
+            raise Unreachable(str(exc)) from exc
+
+    def _send(self, wire: Wire, command: Command, riders: Any) -> asyncio.Future[Any]:
+        """Write ``command`` (after ``riders``' writes, if it has any), bound its reply."""
+        ride = riders.ride() if riders is not None else None
+        if ride is None:
+            reply = (wire.send_packed(command) if type(command) is bytes
+                     else wire.send(*command))
+        else:
+            try:
+                replies, then = wire.send_group(ride[0], command)
+            except WireError:
+                riders.unride(ride)
+                raise
+            assert then is not None
+            reply = then
+            riders.rode(ride, replies)
+        self.bound(reply)
+        return reply
+
+    def abandoned(self, reply: asyncio.Future[Any], late: Callable[[Any], None]) -> None:
+        """The caller awaiting ``reply`` was cancelled: the reply is read for ``late`` by a
+        new future in its place (bounded by the watchdog); one that came meanwhile
+        (dropped, as a cancelled one's) is lost to ``late``."""
+        if reply.cancelled():
+            wire = self._wire
+            fresh = wire.adopt(reply) if wire is not None else None
+            if fresh is None:
+                late(WireError("cancelled before its reply was read"))
+                return
+            reply = fresh
+            self.bound(reply)
+        reply.add_done_callback(partial(self._late, late))
 
     def ready(self) -> Wire | None:
         """The request path's connection when it can take a command now (the link is up,
@@ -227,7 +255,7 @@ class Link:
             return None
         return wire
 
-    def bound(self, reply: asyncio.Future[Any]) -> None:
+    def bound(self, reply: asyncio.Future[Any] | Writes) -> None:
         """Fail ``reply`` with a ``TimeoutError`` when it has not come within the
         ``state_timeout`` setting. One timer serves every reply awaited (a timer each
         cost more than the command): the replies come in the order they were sent, so
@@ -416,7 +444,7 @@ class Link:
                 await self.client.aclose()
 
 
-def _expire(reply: asyncio.Future[Any]) -> None:
+def _expire(reply: asyncio.Future[Any] | Writes) -> None:
     if not reply.done():
         reply.set_exception(TimeoutError("redis did not answer within state_timeout"))
 

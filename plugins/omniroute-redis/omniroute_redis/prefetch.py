@@ -47,7 +47,8 @@ again (:meth:`Batch.give_back <.batch.Batch.give_back>`).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import asyncio
+from collections.abc import Awaitable, Callable
 from operator import attrgetter
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
@@ -129,7 +130,7 @@ class Step(Generic[T]):
 class Prefetch:
     """The steps of one request (see the module docstring)."""
 
-    __slots__ = ("link", "scripts", "slots", "steps", "writes")
+    __slots__ = ("link", "open", "scripts", "slots", "steps", "writes")
 
     def __init__(self, link: Link, scripts: Scripts, slots: ConnectionSlots,
                  writes: Batch) -> None:
@@ -141,6 +142,9 @@ class Prefetch:
         self.slots = slots
         self.writes = writes
         self.steps: list[Step[Any]] = []
+        #: not released yet (:attr:`Batch.open <.batch.Batch.open>` counts it)
+        self.open = True
+        writes.open += 1
 
     def add(self, step: Step[T]) -> Step[T]:
         self.steps.append(step)
@@ -149,37 +153,50 @@ class Prefetch:
     def take_slot(self, name: str, max_concurrency: int | None, rpm: int | None) -> None:
         self.slots.prefetch(self, name, max_concurrency, rpm)
 
-    async def send(self) -> None:
+    def send(self) -> Awaitable[None] | None:
+        """The round trip of the steps queued (None: none was, nothing to wait for)."""
+        return self._send() if self.steps else None
+
+    async def _send(self) -> None:
         """One ``EVALSHA`` of the ``admit`` script (a second after Redis forgot its scripts),
         with the writes queued after earlier answers in front of it, in the same write to
         the socket (:meth:`Batch.ride <.batch.Batch.ride>`). Never raises for Redis: a
         lost answer or a script's error answers every step as while Redis cannot be
         reached, and queues the steps' blind undos."""
-        if not self.steps:
-            return
-        steps = self.steps = sorted(self.steps, key=_phase)
+        steps = self.steps
+        if len(steps) == 1:  # its own script: nothing to dispatch
+            only = steps[0]
+            name = only.name
+            packed = self.scripts.packed(name, only.keys, only.nkeys, only.args, only.nargs)
+            late: Callable[[Any], None] = self._abandoned_one
+        else:
+            steps.sort(key=_phase)
+            heads = " ".join(map(_head, steps)).encode()
+            name = "admit"
+            packed = self.scripts.packed(
+                name, b"".join(map(_keys, steps)), sum(map(_nkeys, steps)),
+                b"$%d\r\n%b\r\n%b" % (len(heads), heads, b"".join(map(_args, steps))),
+                1 + sum(map(_nargs, steps)))
+            late = self._abandoned
         link = self.link
         try:
-            scripts = self.scripts
-            if len(steps) == 1:  # its own script: nothing to dispatch
-                only = steps[0]
-                name = only.name
-                packed = scripts.packed(name, only.keys, only.nkeys, only.args, only.nargs)
-                late: Callable[[Any], None] = self._abandoned_one
-            else:
-                heads = " ".join(map(_head, steps)).encode()
-                name = "admit"
-                packed = scripts.packed(
-                    name, b"".join(map(_keys, steps)), sum(map(_nkeys, steps)),
-                    b"$%d\r\n%b\r\n%b" % (len(heads), heads, b"".join(map(_args, steps))),
-                    1 + sum(map(_nargs, steps)))
-                late = self._abandoned
-            # (the link's own call, not Scripts.send: one coroutine fewer to pass the
-            # answer through)
             try:
-                answer = await link.command(packed, late=late, riders=self.writes)
+                # (the reply awaited here, not in Link.command: a coroutine fewer for the
+                # answer to pass through)
+                reply = link.post(packed, self.writes)
+                if reply is None:  # the connection is not open yet: command opens it
+                    answer = await link.command(packed, late=late, riders=self.writes)
+                else:
+                    try:
+                        answer = await reply
+                    except asyncio.CancelledError:
+                        link.abandoned(reply, late)
+                        raise
+                    except (TimeoutError, ConnectionError) as exc:  # (late; the wire broke)
+                        link.lost(exc)
+                        raise Unanswered(str(exc)) from exc
             except NoScript:  # Redis forgot its scripts (it restarted): loaded, sent again
-                await scripts.load_one(link, name)
+                await self.scripts.load_one(link, name)
                 answer = await link.command(packed, late=late)
             answers = [answer] if len(steps) == 1 else answer
         except Unanswered:  # sent, and the answer is lost: what Redis took is unknown
@@ -188,10 +205,12 @@ class Prefetch:
         except Unreachable:  # nothing was sent
             answers = [UNREACHABLE] * len(steps)
         except ErrorReply as exc:  # a step failed in Redis: the steps before it took theirs
-            self.link.errored(exc)
+            link.errored(exc)
             answers = [UNREACHABLE] * len(steps)
             self._forget()
-        self._answer(answers)
+        for step, raw in zip(steps, answers, strict=False):  # (_answer's, in line)
+            step.raw, step.ran = raw, True
+            step.took()
 
     def _answer(self, answers: list[Any]) -> None:
         for step, raw in zip(self.steps, answers, strict=False):  # the rest did not run
@@ -222,9 +241,14 @@ class Prefetch:
     def release(self) -> None:
         """The request is over: undo what ran and was not read, and send the writes
         queued for its end (its slots given back, its session bound) now."""
-        for step in self.steps:
-            if step.ran and not step.done:  # (read, as nearly every one is: no call)
-                step.release()
+        if self.open:
+            self.open = False
+            self.writes.open -= 1
+        steps = self.steps
+        if not all(map(_done, steps)):  # (each one read, as nearly always: no Python a step)
+            for step in steps:
+                if step.ran and not step.done:
+                    step.release()
         self.writes.kick()
 
 
@@ -233,3 +257,4 @@ class Prefetch:
 _phase = attrgetter("phase")
 _head, _keys, _nkeys = attrgetter("head"), attrgetter("keys"), attrgetter("nkeys")
 _args, _nargs = attrgetter("args"), attrgetter("nargs")
+_done = attrgetter("done")

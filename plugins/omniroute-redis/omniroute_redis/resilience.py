@@ -269,9 +269,8 @@ class RedisState:
         message = orjson.dumps({"t": "sessions", "k": session, "c": connection_id,
                                 "ttl": ttl_ms})
         key = self.link.key("sess", session)
-        self.batch.add(self.scripts.command("session", [key],
-                                            [connection_id, ttl_ms, self.channel, message]),
-                       later=True)
+        self.batch.later(self.scripts.command("session", [key],
+                                              [connection_id, ttl_ms, self.channel, message]))
 
     # ------------------------------------------------------------------ loading
 

@@ -25,7 +25,8 @@ import asyncio
 import importlib
 import ssl
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from functools import partial
 from itertools import islice
 from typing import Any
 from urllib.parse import unquote, urlsplit
@@ -186,6 +187,61 @@ class _Group:
         if not self.future.done():
             self.future.set_result(self.found)
 
+    def fail(self, exc: BaseException) -> None:
+        if not self.future.done():
+            self.future.set_exception(exc)
+
+
+class Writes(_Group):
+    """The replies of a pipeline of writes (:meth:`Wire.send_writes`): ``then`` gets it
+    once they are all in (:attr:`found`), or once they failed (:attr:`error`: the
+    connection broke, or the watchdog's ``TimeoutError``), called from the read itself:
+    no future, no turn of the event loop. It answers the watchdog (:meth:`Link.bound
+    <.link.Link.bound>`) as a future would."""
+
+    __slots__ = ("error", "loop", "then")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, count: int,
+                 then: Callable[[Writes], None]) -> None:
+        self.count, self.loop, self.then = count, loop, then
+        self.found: list[Any] = []
+        self.error: BaseException | None = None
+
+    def add(self, value: Any) -> bool:
+        found = self.found
+        found.append(value)
+        if len(found) < self.count:
+            return False
+        self.complete()
+        return True
+
+    def complete(self) -> None:
+        then, self.then = self.then, None  # type: ignore[assignment]  # (None: done)
+        if then is not None:
+            then(self)
+
+    def fail(self, exc: BaseException) -> None:
+        then, self.then = self.then, None  # type: ignore[assignment]
+        if then is not None:
+            self.error = exc
+            then(self)
+
+    # the watchdog's view of it
+    def get_loop(self) -> asyncio.AbstractEventLoop:
+        return self.loop
+
+    def done(self) -> bool:
+        return self.then is None
+
+    def cancelled(self) -> bool:
+        return False
+
+    set_exception = fail
+
+
+#: the waiters that stand for several replies
+_GROUPS = (_Group, Writes)
+
 
 #: what hiredis's reader gives when the buffer holds no whole reply (a value no reply
 #: equals: ``iter(gets, MORE)`` stops there, and only there)
@@ -207,6 +263,8 @@ class Wire(asyncio.Protocol):
         self._reader = (_hiredis.Reader(replyError=ErrorReply, protocolError=WireError,
                                         notEnoughData=_MORE)
                         if _hiredis is not None else None)
+        if self._reader is not None:  # (read by hiredis: no dispatch a read)
+            self.data_received = partial(self._received, self._reader)  # type: ignore[method-assign]
         self.broken: BaseException | None = None
         #: writes to the socket: each is one round trip for what it carries (a command,
         #: or a pipeline of them)
@@ -242,8 +300,8 @@ class Wire(asyncio.Protocol):
         self._transport = transport  # type: ignore[assignment]
 
     def data_received(self, data: bytes) -> None:
-        if self._reader is not None:
-            self._received(data, self._reader)
+        if self._reader is not None:  # (not reached: __init__ binds _received in its place)
+            self._received(self._reader, data)
             return
         buf = self._buffer
         buf += data
@@ -255,7 +313,7 @@ class Wire(asyncio.Protocol):
                 if not waiting:
                     raise WireError("a reply nobody asked for")
                 waiter = waiting[0]
-                if type(waiter) is _Group:
+                if type(waiter) in _GROUPS:
                     if waiter.add(value):
                         waiting.popleft()
                     continue
@@ -274,7 +332,7 @@ class Wire(asyncio.Protocol):
             return
         del buf[:pos]
 
-    def _received(self, data: bytes, reader: Any) -> None:
+    def _received(self, reader: Any, data: bytes) -> None:
         """:meth:`data_received` with hiredis's parser. A group's replies are read into
         its list by C code (``islice`` over ``iter(reader.gets, MORE)``): a pipeline of
         five writes costs the loop one turn, not five."""
@@ -284,7 +342,7 @@ class Wire(asyncio.Protocol):
         try:
             while waiting:
                 waiter = waiting[0]
-                if type(waiter) is _Group:
+                if type(waiter) in _GROUPS:
                     found = waiter.found
                     found += islice(iter(gets, _MORE), waiter.count - len(found))
                     if len(found) < waiter.count:
@@ -316,9 +374,9 @@ class Wire(asyncio.Protocol):
         self.broken = exc
         while self._waiting:
             waiter = self._waiting.popleft()
-            if type(waiter) is _Group:
-                waiter = waiter.future
-            if not waiter.done():
+            if type(waiter) in _GROUPS:
+                waiter.fail(exc)
+            elif not waiter.done():
                 waiter.set_exception(exc)
 
     # ------------------------------------------------------------------ commands
@@ -366,6 +424,18 @@ class Wire(asyncio.Protocol):
         fresh: asyncio.Future[Any] = self._loop.create_future()
         self._waiting[place] = fresh
         return fresh
+
+    def send_writes(self, commands: list[Command], then: Callable[[Writes], None]) -> Writes:
+        """Write several commands in one write; ``then`` gets their :class:`Writes` from the
+        read that completes them (the list of their replies, an error reply in place of
+        its result), or once they failed."""
+        if self.broken is not None or self._transport is None:
+            raise WireError(str(self.broken or "not connected"))
+        group = Writes(self._loop, len(commands), then)
+        self._waiting.append(group)
+        self._transport.write(_joined(commands))
+        self.writes += 1
+        return group
 
     def send_group(self, commands: Sequence[Command], then: Command | None = None
                    ) -> tuple[asyncio.Future[list[Any]], asyncio.Future[Any] | None]:

@@ -101,8 +101,12 @@ def writes(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[Write]]:
     log: list[Write] = []
 
     def described(command: tuple[Any, ...] | bytes) -> tuple[str, ...]:
-        args = (tuple(a.decode() for a in _parse(command, 0)[0])
-                if isinstance(command, bytes) else command)  # (packed already)
+        if isinstance(command, bytes):  # packed already: one whole command, no more
+            parsed, end = _parse(command, 0)
+            assert end == len(command), f"{len(command) - end} bytes after the command"
+            args = tuple(a.decode() for a in parsed)
+        else:
+            args = command
         if args[0] != "EVALSHA":
             return (str(args[0]),)
         name, nkeys = names[args[1]], int(args[2])
@@ -130,4 +134,11 @@ def writes(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[Write]]:
         return send_group(self, commands, then)
 
     monkeypatch.setattr(Wire, "send_group", logged_send_group)
+    send_writes = Wire.send_writes
+
+    def logged_send_writes(self: Wire, commands: list[Any], then: Any) -> Any:
+        log.append([described(c) for c in commands])
+        return send_writes(self, commands, then)
+
+    monkeypatch.setattr(Wire, "send_writes", logged_send_writes)
     yield log

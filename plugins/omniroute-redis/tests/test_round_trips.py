@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 from omniroute import Stage, StageRun, hookimpl
+from omniroute.budgets.stage import BudgetRun
 from omniroute.plugins import load_plugins
 from redis_testkit import (
     FakeUpstream,
@@ -82,9 +83,18 @@ async def test_a_request_is_priced_once(one: Instances, monkeypatch: Any) -> Non
         return estimate(*args, **kwargs)
 
     monkeypatch.setattr(prices, "estimate_usd", counted)
+    estimated: list[object] = []
+    tokens = BudgetRun.estimate
+
+    def estimate_counted(run: BudgetRun, ctx: Any) -> tuple[int, int]:
+        estimated.append(ctx)
+        return tokens(run, ctx)
+
+    monkeypatch.setattr(BudgetRun, "estimate", estimate_counted)
     status, body, _ = await one.chat("priced once", key=secret, max_tokens=10)
     assert status == 200, body
     assert len(priced) == 1
+    assert len(estimated) == 1  # and its tokens estimated once: the body is the same one
 
 
 async def test_a_claim_nobody_waits_for_leaves_nothing_to_be_told(one: Instances) -> None:
