@@ -191,14 +191,23 @@ class CacheRun(StageRun):
             cache.bypasses += 1
             say(ctx, "BYPASS")
             return None
-        found = await cache.lookup(exact, self.pending, self.key)
-        if found is not None:
-            request = self._hit_request(ctx, exact)
-            if request is not None:
-                cache.hits += 1
-                return await self.hit(ctx, request, found)
+        key = self.key
+        # the backends that tell a miss at once (a dict, a set) are not awaited: with no
+        # other backend and no layer to ask, a miss costs no coroutine
+        start = cache.absent(exact)
+        if start < len(cache.backends) or (key is not None and key.scope):
+            found = await cache.lookup(exact, self.pending, key, start)
+            if found is not None:
+                request = self._hit_request(ctx, exact)
+                if request is not None:
+                    cache.hits += 1
+                    return await self.hit(ctx, request, found)
         cache.misses += 1
-        say(ctx, "MISS")
+        headers = ctx.reply_headers  # (say(ctx, "MISS"), without the call)
+        if headers is None:
+            ctx.reply_headers = {CACHE_HEADER: "MISS"}
+        else:
+            headers[CACHE_HEADER] = "MISS"
         self.exact = exact
         ctx.tap = self
         return None
