@@ -121,9 +121,6 @@ _TEXT_FIELDS = frozenset({
 
 #: a text message's fields, and nothing else (``m.keys() != _PAIR``: one comparison)
 _PAIR = frozenset({"role", "content"})
-#: the fields :func:`text_request` reads for the settings, in the order it reads them
-_TEXT_SETTINGS = ("parallel_tool_calls", "max_completion_tokens", "max_tokens", "temperature",
-                  "top_p", "top_k", "stop", "seed", "presence_penalty", "frequency_penalty")
 
 
 def text_request(body: dict[str, Any]) -> c.TextRequest | None:
@@ -153,12 +150,15 @@ def text_request(body: dict[str, Any]) -> c.TextRequest | None:
                 return None
     except (KeyError, TypeError, AttributeError):  # not a role and a content: the decode
         return None  # says what is wrong
-    (parallel, max_completion, max_tokens, temperature, top_p, top_k, stop, seed, presence,
-     frequency) = map(body.get, _TEXT_SETTINGS)  # (one call for the ten lookups)
+    # (each lookup its own call: ~1.7k instructions fewer than the ten through one
+    # ``map(body.get, ...)``, which has fewer bytecodes but calls ``get`` the generic way)
+    get = body.get
+    stop = get("stop")
     return system, turns, (
-        parallel, max_completion or max_tokens, temperature, top_p, top_k,
+        get("parallel_tool_calls"), get("max_completion_tokens") or get("max_tokens"),
+        get("temperature"), get("top_p"), get("top_k"),
         [] if stop is None else [stop] if isinstance(stop, str) else stop,
-        seed, presence, frequency)
+        get("seed"), get("presence_penalty"), get("frequency_penalty"))
 
 
 def _is(value: Any, kind: type) -> bool:
