@@ -244,12 +244,12 @@ def start_norecords(tmp: Path, upstream: str, env: dict[str, str], profile: bool
 
 
 def start_cacheoff(tmp: Path, upstream: str, env: dict[str, str], profile: bool | str,
-                   settings: list[str], loop: str) -> Server:
+                   settings: list[str], loop: str, toggle_lib: Path | None = None) -> Server:
     """The gateway with the response cache off (``cache_mode=off``, pinned after the
     others: it wins over the ``cache_mode=on`` of ``--concerns cache``), sent the same
     requests: beside ``omniroute`` with ``--concerns cache`` it says what a miss adds."""
     return start_gateway(tmp, upstream, env, profile, [*settings, "cache_mode=off"], loop,
-                         name="cacheoff")
+                         name="cacheoff", toggle_lib=toggle_lib)
 
 
 def start_full(tmp: Path, upstream: str, env: dict[str, str], profile: bool | str,

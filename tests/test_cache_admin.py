@@ -153,7 +153,7 @@ async def test_stats_entries_delete_and_clear(gw: Any) -> None:
     assert len(entries) == 2
     assert {e["model"] for e in entries} == {"up/gpt-4o-mini"}
     assert sorted(e["hits"] for e in entries) == [0, 1]
-    assert all(len(e["key"]) == 64 and e["bytes"] > 0 and e["created"] for e in entries)
+    assert all(len(e["key"]) == 32 and e["bytes"] > 0 and e["created"] for e in entries)
     hit = next(e for e in entries if e["hits"] == 1)
     resp = await gw.client.delete(f"/api/cache/entries/{hit['key']}", headers=gw.admin_headers)
     assert resp.status == 200

@@ -11,10 +11,12 @@ from typing import Any
 
 import pytest
 
+from omniroute.cache import entry as entries
 from omniroute.cache.base import CacheBackend
 from omniroute.cache.memory import MemoryCache
 from omniroute.cache.service import ResponseCache
 from omniroute.cache.sqlite import SqliteCache
+from omniroute.formats import canonical as c
 
 
 class AwaitedBackend(CacheBackend):
@@ -151,3 +153,39 @@ async def test_a_workers_writer_follows_the_file_on_its_own(tmp_path: Path) -> N
                 await asyncio.sleep(0.01)
     await a.close()
     await b.close()
+
+
+
+async def test_a_miss_told_at_once_is_counted_once_and_a_lookup_starts_behind_it(
+        tmp_path: Path) -> None:
+    """``ResponseCache.absent``: the backends in front that know they hold no entry (a
+    dict, a set of key hashes) count their miss and are not asked again; the first that
+    may hold it is where ``lookup`` starts (a sqlite hit is still promoted to memory)."""
+    data = entries.dump(c.Response("r1", "m", [c.Text("Hi.")], "end_turn"), "m", 1.0, None)
+    path = str(tmp_path / "cache.sqlite3")
+    first = SqliteCache({"path": path})
+    await first.start()
+    first.put("kept", data, 60)
+    await first.close()
+    memory, sqlite = MemoryCache({}), SqliteCache({"path": path})
+    cache = ResponseCache([memory, sqlite])
+    await cache.start()
+    assert cache.absent("new") == 2  # neither holds it: a miss without awaiting anything
+    assert cache.absent("kept") == 1  # in the file: sqlite must be asked
+    assert (await memory.stats())["misses"] == 2 and (await sqlite.stats())["misses"] == 1
+    asked: list[str] = []
+    get = memory.get
+
+    async def counted(key: str) -> bytes | None:
+        asked.append(key)
+        return await get(key)
+
+    memory.get = counted  # type: ignore[method-assign]
+    found = await cache.lookup("kept", start=1)
+    assert found is not None and found.source == "sqlite" and asked == []
+    assert cache.absent("kept") == 0  # promoted: memory holds it now
+    assert (await cache.lookup("kept")) is not None and asked == ["kept"]
+    sqlite.put("queued", b"x", 60)
+    assert not sqlite.absent("queued")  # queued for the file: held
+    assert (await memory.stats())["misses"] == 2 and (await sqlite.stats())["misses"] == 1
+    await cache.close()

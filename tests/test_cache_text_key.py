@@ -8,7 +8,8 @@ from typing import Any
 
 import pytest
 
-from omniroute.cache.key import cache_key, text_key
+from omniroute.cache.key import cache_key, text_form, text_key
+from omniroute.formats import canonical as c
 from omniroute.formats.base import ClientRequest
 from omniroute.formats.openai import OpenAIFormat
 
@@ -42,6 +43,11 @@ NOT_TEXT: list[dict[str, Any]] = [
     # malformed: left to the decode, which answers 400
     {"messages": [{"content": "hi", "name": "bob"}]},
     {"messages": [{"content": "hi", "role": ["user"]}]},
+    {"messages": ["hi"]},
+    {"messages": [["user", "hi"]]},
+    {"messages": [{"role": "user"}]},
+    {"messages": [{"role": "user", "text": "hi"}]},
+    {"messages": [{"role": {"a": 1}, "content": "hi"}]},
 ]
 
 
@@ -71,3 +77,44 @@ def test_values_are_keyed_as_sent() -> None:
     text, wrong = FMT.text_request(body), FMT.text_request({**body, "max_tokens": "64"})
     assert text is not None and wrong is not None
     assert text_key(text, "", "m") != text_key(wrong, "", "m")
+
+
+def _request(*messages: c.Message, **fields: Any) -> c.Request:
+    return c.Request(model="gpt-4o-mini", messages=list(messages), **fields)
+
+
+def test_a_decoded_request_is_hashed_in_its_text_form_only_when_it_has_one() -> None:
+    """``text_form``: what the text form cannot write (a name, an empty text part, two
+    parts, a tool) is hashed whole; the key never meets a text form's (five items against
+    eighteen), and a key is 32 hex digits (BLAKE2b, 16 bytes)."""
+    hello = c.Message("user", [c.Text("Hello.")])
+    plain = _request(hello, temperature=0)
+    assert text_form(plain) == ([], [("user", "Hello.")], (
+        None, None, 0, None, None, [], None, None, None))
+    key = cache_key(plain, "t", "m", layers=False).exact
+    assert len(key) == 32 and int(key, 16) >= 0
+    assert key == text_key(([], [("user", "Hello.")], (
+        None, None, 0, None, None, [], None, None, None)), "t", "m")
+    others = [
+        _request(c.Message("user", [c.Text("Hello.")], name="bob"), temperature=0),
+        _request(c.Message("user", [c.Text("Hello.")], meta={"x": 1}), temperature=0),
+        _request(c.Message("user", [c.Text("Hello."), c.Text("")]), temperature=0),
+        _request(c.Message("user", [c.Text("Hello.", {"type": "ephemeral"})]), temperature=0),
+        _request(hello, temperature=0, tools=[c.Tool("f", None, {"type": "object"})]),
+        _request(hello, temperature=0, system=[c.Text("Be brief.", {"type": "ephemeral"})]),
+        _request(hello, temperature=0, meta={"openai": {"logit_bias": {"1": 2}}}),
+    ]
+    keys = {key}
+    for other in others:
+        assert text_form(other) is None
+        keys.add(cache_key(other, "t", "m", layers=False).exact)
+    # an empty text part is not an empty turn: the text form writes the latter only
+    empty, none = _request(c.Message("user", [c.Text("")])), _request(c.Message("user", []))
+    assert text_form(empty) is None and text_form(none) == ([], [("user", "")], (
+        None, None, None, None, None, [], None, None, None))
+    keys.add(cache_key(empty, "t", "m", layers=False).exact)
+    keys.add(cache_key(none, "t", "m", layers=False).exact)
+    assert len(keys) == len(others) + 3
+    # extras that only steer transport still leave a text form
+    kept = _request(hello, temperature=0, meta={"openai": {"store": True, "user": "u"}})
+    assert cache_key(kept, "t", "m", layers=False).exact == key

@@ -46,6 +46,13 @@ class CacheBackend:
         backend keeps its entries there; None (the default): it is asked with :meth:`get`."""
         return None
 
+    def absent(self, key: str) -> bool:
+        """Whether the backend can tell at once, without waiting, that it holds no entry
+        for ``key`` (a lookup's miss: count it as one). False (the default): it cannot,
+        and is asked with :meth:`get`. A backend that says True for a key it holds would
+        turn that hit into a miss; one that says False only costs the lookup."""
+        return False
+
     async def set(self, key: str, value: bytes, ttl: float | None = None) -> None:
         """Store ``value``; ``ttl`` in seconds (None: the backend's default)."""
         raise NotImplementedError

@@ -25,9 +25,10 @@ from typing import Any, ClassVar
 class CacheKey:
     """What one cacheable request is, for the exact cache and for the layers behind it."""
 
-    #: sha256 (hex) of the tenant and the whole canonical request: the exact cache's key
+    #: BLAKE2b (16 bytes, hex) of the tenant and the canonical request (its text form when
+    #: it has one: :func:`omniroute.cache.key.text_form`): the exact cache's key
     exact: str
-    #: sha256 (hex) of everything except the last user message's text: the tenant, the
+    #: BLAKE2b (hex) of everything except the last user message's text: the tenant, the
     #: requested model, system, earlier turns, tools, tool_choice, response format,
     #: sampling parameters, max_tokens, stop and reasoning. Two requests may share an
     #: answer only within one scope.

@@ -11,21 +11,15 @@ from omniroute.cache.base import CacheBackend, Listed
 from omniroute.hookspecs import hookimpl
 
 
-class _Item:
-    __slots__ = ("expires", "hits", "value")
-
-    def __init__(self, expires: float, value: bytes) -> None:
-        self.expires = expires
-        self.value = value
-        self.hits = 0
-
-
 class MemoryCache(CacheBackend):
     """Least-recently-used eviction once ``max_entries`` or ``max_bytes`` is passed.
 
     Options: ``max_entries`` (default 1000), ``max_bytes`` (default 64 MiB),
     ``ttl`` seconds (default 3600). An expired entry is dropped when it is read,
     or evicted as the least recently used.
+
+    An entry is a ``(expires, value)`` tuple, its hits counted apart (only hits touch
+    them): storing a miss's answer builds no object of its own.
     """
 
     name = "memory"
@@ -40,21 +34,30 @@ class MemoryCache(CacheBackend):
         if self.max_entries < 1 or self.max_bytes < 1 or self.ttl <= 0:
             raise ValueError("max_entries, max_bytes and ttl must be positive")
         self._clock = clock
-        self._items: OrderedDict[str, _Item] = OrderedDict()
+        self._items: OrderedDict[str, tuple[float, bytes]] = OrderedDict()
+        #: the hits of each entry hit at least once
+        self._hits: dict[str, int] = {}
         self._bytes = 0
         self.hits = self.misses = self.evictions = 0
 
+    def absent(self, key: str) -> bool:
+        if key in self._items:
+            return False
+        self.misses += 1
+        return True
+
     async def get(self, key: str) -> bytes | None:
         item = self._items.get(key)
-        if item is None or item.expires <= self._clock():
+        if item is None or item[0] <= self._clock():
             if item is not None:
                 self._drop(key)
             self.misses += 1
             return None
         self._items.move_to_end(key)
         self.hits += 1
-        item.hits += 1
-        return item.value
+        hits = self._hits
+        hits[key] = hits.get(key, 0) + 1
+        return item[1]
 
     async def set(self, key: str, value: bytes, ttl: float | None = None) -> None:
         self.put(key, value, ttl)
@@ -65,8 +68,12 @@ class MemoryCache(CacheBackend):
             return True  # larger than the whole cache: never stored
         items = self._items
         old = items.pop(key, None)
-        total = self._bytes + size if old is None else self._bytes + size - len(old.value)
-        items[key] = _Item(self._clock() + (ttl if ttl is not None else self.ttl), value)
+        if old is None:
+            total = self._bytes + size
+        else:  # replaced: a new entry, no hits yet
+            total = self._bytes + size - len(old[1])
+            self._hits.pop(key, None)
+        items[key] = (self._clock() + (ttl if ttl is not None else self.ttl), value)
         self._bytes = total
         if total > self.max_bytes or len(items) > self.max_entries:
             self._evict()
@@ -87,6 +94,7 @@ class MemoryCache(CacheBackend):
 
     async def clear(self) -> None:
         self._items.clear()
+        self._hits.clear()
         self._bytes = 0
 
     async def stats(self) -> dict[str, Any]:
@@ -98,16 +106,17 @@ class MemoryCache(CacheBackend):
         now = self._clock()
         out: list[Listed] = []
         for key in reversed(self._items):
-            item = self._items[key]
-            if item.expires > now:
-                out.append(Listed(key, item.value, item.hits, item.expires - now))
+            expires, value = self._items[key]
+            if expires > now:
+                out.append(Listed(key, value, self._hits.get(key, 0), expires - now))
                 if len(out) >= limit:
                     break
         return out
 
     def _drop(self, key: str) -> None:
-        item = self._items.pop(key)
-        self._bytes -= len(item.value)
+        _, value = self._items.pop(key)
+        self._hits.pop(key, None)
+        self._bytes -= len(value)
 
 
 @hookimpl

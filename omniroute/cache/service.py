@@ -5,7 +5,8 @@ One :class:`ResponseCache` per gateway (app key ``CACHE``)::
 
     cache = ResponseCache([MemoryCache(...), SqliteCache(...)], layers)
     await cache.start()
-    found = await cache.lookup(exact)        # backends in order
+    if cache.absent(exact) < len(cache.backends):  # else a miss, told at once
+        found = await cache.lookup(exact)    # backends in order
     found = await cache.lookup(key.exact, key=key)  # then each layer too (a CacheKey)
     cache.store(exact, entry, ttl)           # the entry's bytes, or a Producer
     await cache.close()                      # writes what is queued, closes backends
@@ -140,15 +141,31 @@ class ResponseCache:
                 ahead[depth] = pending
         return ahead
 
+    def absent(self, exact: str) -> int:
+        """How many backends, front first, tell at once that they hold no entry for
+        ``exact`` (:meth:`CacheBackend.absent`; each counts its miss): a lookup starts at
+        the next one. All of them, and no layer to ask: a miss without awaiting anything
+        (``memory``, ``sqlite``: a dict and a set)."""
+        told = 0
+        for backend in self.backends:
+            if not backend.absent(exact):
+                return told
+            told += 1
+        return told
+
     async def lookup(self, exact: str, ahead: dict[int, Pending[bytes | None]] | None = None,
-                     key: CacheKey | None = None) -> Found | None:
+                     key: CacheKey | None = None, start: int = 0) -> Found | None:
         """The stored answer for the exact key ``exact``: the backends in order, then (with
         ``key``, made while a layer was active) each layer.
 
         :param ahead: the backends' lookups already made with the request's batch
             (:meth:`prefetch`), read instead of asking them again.
+        :param start: the backends in front of this place are not asked (:meth:`absent`
+            told they have none).
         """
         for depth, backend in enumerate(self.backends):
+            if depth < start:
+                continue
             pending = ahead.get(depth) if ahead else None
             try:
                 if pending is not None and pending.ran:
@@ -209,7 +226,17 @@ class ResponseCache:
         if key is not None and not key.scope:
             key = None  # made while no layer was active: none is fed
         if isinstance(entry, bytes):
-            later = self._put(exact, entry, ttl)
+            # (the backends that take it at once, here: a call less on every miss)
+            later: Sequence[CacheBackend] = ()
+            for backend in self.backends:
+                try:
+                    if backend.put(exact, entry, ttl):
+                        continue
+                except Exception:
+                    self.store_failures += 1
+                    log.exception("cache backend %s failed to store", backend.name)
+                    continue
+                later = (*later, backend)
             if not later and key is None:
                 self.stored += 1
                 return
@@ -225,20 +252,6 @@ class ResponseCache:
             self._wake = None
             if not wake.done():  # (cancelled: the writer was stopped)
                 wake.set_result(None)
-
-    def _put(self, exact: str, data: bytes, ttl: float) -> Sequence[CacheBackend]:
-        """Put ``data`` into the backends that take it at once; return the others."""
-        later: tuple[CacheBackend, ...] = ()
-        for backend in self.backends:
-            try:
-                if backend.put(exact, data, ttl):
-                    continue
-            except Exception:
-                self.store_failures += 1
-                log.exception("cache backend %s failed to store", backend.name)
-                continue
-            later = (*later, backend)
-        return later
 
     async def settled(self, timeout: float = 30.0) -> None:
         """Wait until every queued store is done (tests, tools); bounded like every wait.

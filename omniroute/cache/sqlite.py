@@ -148,6 +148,13 @@ class SqliteCache(CacheBackend):
         self._hit(key, now)
         return bytes(row[0])
 
+    def absent(self, key: str) -> bool:
+        """Neither queued nor among the file's key hashes: a miss without a query."""
+        if key in self._pending or key in self._writing or hash(key) in self._keys:
+            return False
+        self.misses += 1
+        return True
+
     async def set(self, key: str, value: bytes, ttl: float | None = None) -> None:
         self.put(key, value, ttl)
 

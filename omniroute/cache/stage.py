@@ -191,14 +191,23 @@ class CacheRun(StageRun):
             cache.bypasses += 1
             say(ctx, "BYPASS")
             return None
-        found = await cache.lookup(exact, self.pending, self.key)
-        if found is not None:
-            request = self._hit_request(ctx, exact)
-            if request is not None:
-                cache.hits += 1
-                return await self.hit(ctx, request, found)
+        key = self.key
+        # the backends that tell a miss at once (a dict, a set) are not awaited: with no
+        # other backend and no layer to ask, a miss costs no coroutine
+        start = cache.absent(exact)
+        if start < len(cache.backends) or (key is not None and key.scope):
+            found = await cache.lookup(exact, self.pending, key, start)
+            if found is not None:
+                request = self._hit_request(ctx, exact)
+                if request is not None:
+                    cache.hits += 1
+                    return await self.hit(ctx, request, found)
         cache.misses += 1
-        say(ctx, "MISS")
+        headers = ctx.reply_headers  # (say(ctx, "MISS"), without the call)
+        if headers is None:
+            ctx.reply_headers = {CACHE_HEADER: "MISS"}
+        else:
+            headers[CACHE_HEADER] = "MISS"
         self.exact = exact
         ctx.tap = self
         return None
@@ -285,32 +294,25 @@ class CacheRun(StageRun):
         created = self.stage.clock()
         expires = created + self.ttl
         # what the answer cost (a subscription's list price: it is what a hit saves)
-        cost = record.list_cost_usd if record.list_cost_usd is not None else record.cost_usd
-        if self.decoded is None and self.kept is None and cache.formats is not None \
-                and cache.formats.get(fmt.name) is fmt:
-            # pass-through: stored as it came, decoded (and checked) when it is read
-            data = self._as_it_came(fmt.name, ctx.model, created, cost, expires)
-            if data is not None:
+        cost = record.list_cost_usd
+        if cost is None:
+            cost = record.cost_usd
+        formats = cache.formats
+        if self.decoded is None and self.kept is None and formats is not None \
+                and formats.get(fmt.name) is fmt:
+            # pass-through: stored as it came, decoded (and checked) when it is read;
+            # unless it is too large that way (its canonical entry is smaller)
+            body, frames = self.body, self.frames
+            data = (entries.dump_body(body, fmt.name, ctx.model, created, cost, expires)
+                    if body is not None else
+                    entries.dump_body(b"".join(frames), fmt.name, ctx.model, created, cost,
+                                      expires, stream=True) if frames else None)
+            if data is not None and len(data) <= self.max_bytes:
                 cache.store(exact, data, self.ttl, self.key)
                 return
         produce = self._producer(fmt, ctx.model, cost, created, expires)
         if produce is not None:
             cache.store(exact, produce, self.ttl, self.key)
-
-    def _as_it_came(self, fmt: str, model: str, created: float, cost: float | None,
-                    expires: float) -> bytes | None:
-        """The entry of a pass-through answer as it came; None: there is none, or it is
-        too large that way (its canonical entry is smaller)."""
-        body = self.body
-        if body is not None:
-            data = entries.dump_body(body, fmt, model, created, cost, expires)
-        else:
-            frames = self.frames
-            if not frames:
-                return None
-            data = entries.dump_body(b"".join(frames), fmt, model, created, cost, expires,
-                                     stream=True)
-        return data if len(data) <= self.max_bytes else None
 
     #: a pass-through stream's frames (:class:`CacheStreamRun` keeps them)
     frames: Sequence[bytes] = ()

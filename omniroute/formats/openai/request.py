@@ -119,9 +119,8 @@ _TEXT_FIELDS = frozenset({
 })
 
 
-#: the fields :func:`text_request` reads for the settings, in the order it reads them
-_TEXT_SETTINGS = ("parallel_tool_calls", "max_completion_tokens", "max_tokens", "temperature",
-                  "top_p", "top_k", "stop", "seed", "presence_penalty", "frequency_penalty")
+#: a text message's fields, and nothing else (``m.keys() != _PAIR``: one comparison)
+_PAIR = frozenset({"role", "content"})
 
 
 def text_request(body: dict[str, Any]) -> c.TextRequest | None:
@@ -136,31 +135,30 @@ def text_request(body: dict[str, Any]) -> c.TextRequest | None:
         return None
     system: list[str] = []
     turns: list[tuple[str, str]] = []
-    for m in body["messages"]:
-        if not isinstance(m, dict) or len(m) != 2:
-            return None
-        content = m.get("content")
-        if type(content) is not str:
-            return None
-        role = m.get("role")  # (no role: the decode says what is wrong)
-        if role == "user" or role == "assistant":
-            turns.append((role, content))
-        elif role == "system":
-            if turns:
+    try:
+        for m in body["messages"]:
+            content = m["content"]
+            if m.keys() != _PAIR or type(content) is not str:
+                return None
+            role = m["role"]
+            if role == "user" or role == "assistant" or (role == "system" and turns):
                 turns.append((role, content))
-            elif content:
-                system.append(content)
-        elif role == "developer" and not turns:
-            if content:
-                system.append(content)
-        else:  # (a later developer message keeps its role in its meta)
-            return None
-    (parallel, max_completion, max_tokens, temperature, top_p, top_k, stop, seed, presence,
-     frequency) = map(body.get, _TEXT_SETTINGS)  # (one call for the ten lookups)
+            elif (role == "system" or role == "developer") and not turns:
+                if content:
+                    system.append(content)
+            else:  # (a later developer message keeps its role in its meta)
+                return None
+    except (KeyError, TypeError, AttributeError):  # not a role and a content: the decode
+        return None  # says what is wrong
+    # (each lookup its own call: ~1.7k instructions fewer than the ten through one
+    # ``map(body.get, ...)``, which has fewer bytecodes but calls ``get`` the generic way)
+    get = body.get
+    stop = get("stop")
     return system, turns, (
-        parallel, max_completion or max_tokens, temperature, top_p, top_k,
+        get("parallel_tool_calls"), get("max_completion_tokens") or get("max_tokens"),
+        get("temperature"), get("top_p"), get("top_k"),
         [] if stop is None else [stop] if isinstance(stop, str) else stop,
-        seed, presence, frequency)
+        get("seed"), get("presence_penalty"), get("frequency_penalty"))
 
 
 def _is(value: Any, kind: type) -> bool:
