@@ -57,11 +57,6 @@ PRUNE_BATCH = 2000
 PRUNE_PAUSE = 0.01
 
 
-def _end_wait(turn: asyncio.Future[None]) -> None:
-    if not turn.done():
-        turn.set_result(None)
-
-
 class BufferedLog(Generic[T]):
     """Buffers rows of one table and writes them in the background; prunes old ones.
 
@@ -231,16 +226,19 @@ class BufferedLog(Generic[T]):
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
-            if self.flush_at and len(self._pending) >= self.flush_at:
-                await asyncio.sleep(0)  # as many waited meanwhile: at once, after the others
+            if self.flush_at and len(self._pending) >= self.flush_at and not self._failing:
+                # as many came during the flush: at once, after the others' turns (a
+                # database that failed is tried again after the interval)
+                await asyncio.sleep(0)
             else:
-                self._turn = turn = loop.create_future()
-                timer = loop.call_later(self.interval, _end_wait, turn)
+                self._turn = loop.create_future()
                 try:
-                    await turn
+                    async with asyncio.timeout(self.interval):
+                        await self._turn
+                except TimeoutError:
+                    pass
                 finally:
                     self._turn = None
-                    timer.cancel()
             await self.flush()
 
     async def flush(self) -> int:
