@@ -172,6 +172,65 @@ async def test_a_database_that_is_unavailable_keeps_the_batch(
     assert await log.flush() == 3
 
 
+@pytest.mark.parametrize("table", list(LOGS))
+async def test_the_writer_takes_its_turn_once_flush_at_rows_wait(
+        db: Database, table: str) -> None:
+    """Before its interval is up: what waits is bounded by count, not by the rate."""
+    make, item = LOGS[table]
+    log = make(db)
+    log.interval, log.flush_at = 60.0, 5
+    log.start()
+    try:
+        for i in range(4):
+            log.add(item(i))
+        await asyncio.sleep(0.05)
+        assert log.pending == 4 and await _rows(db, table) == 0  # the interval's turn
+        log.add(item(4))
+        for _ in range(100):
+            if await _rows(db, table) == 5:
+                break
+            await asyncio.sleep(0.01)
+        assert await _rows(db, table) == 5 and log.pending == 0
+        for i in range(5, 17):  # past flush_at while nobody waits: its next turn at once
+            log.add(item(i))
+        for _ in range(100):
+            if await _rows(db, table) == 17:
+                break
+            await asyncio.sleep(0.01)
+        assert await _rows(db, table) == 17
+    finally:
+        await log.close()
+
+
+def test_the_request_log_is_written_before_512_records_wait(db: Database) -> None:
+    assert RequestLog(db).flush_at == 512
+    assert AuditLog(db).flush_at == 0  # a few writes a minute: its interval
+
+
+async def test_a_failing_database_is_not_retried_at_once_whatever_waits(
+        db: Database, monkeypatch: pytest.MonkeyPatch) -> None:
+    log = RequestLog(db)
+    log.interval, log.flush_at = 0.2, 3
+    tries = 0
+
+    async def locked(sql: str, rows: Any) -> None:
+        nonlocal tries
+        tries += 1
+        raise db.unavailable[0]("database is locked")
+
+    monkeypatch.setattr(log, "write", locked)
+    log.start()
+    try:
+        for i in range(10):
+            log.add(_record(i))
+        await asyncio.sleep(0.5)
+        assert 1 <= tries <= 3 and log.pending == 10  # once an interval, not in a loop
+    finally:
+        monkeypatch.undo()
+        await log.close()
+    assert await _rows(db, "request_log") == 10
+
+
 async def test_the_audit_buffer_is_bounded_by_bytes(db: Database) -> None:
     audit = AuditLog(db, max_bytes=10_000)
     for i in range(10):

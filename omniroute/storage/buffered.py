@@ -28,6 +28,10 @@ one large ``DELETE``. What the rules are, and why:
   it writes: under steady load a flush that chased the newest rows would not end
   (a read API that flushes first answered in seconds). The background writer's next
   turn, half a second later, takes those; :meth:`~BufferedLog.close` writes them all.
+* **What waits is bounded by count too** (:attr:`~BufferedLog.flush_at`): the writer
+  takes its turn every ``interval`` seconds, or as soon as that many rows wait. Rows
+  waiting, and a flush's rows, columns and parameters, are Python objects whose peak
+  the allocator keeps after it (its arenas are handed back only when wholly empty).
 """
 
 from __future__ import annotations
@@ -95,6 +99,11 @@ class BufferedLog(Generic[T]):
         #: the last write failed (the database is away): its retries are not logged
         self._failing = False
         self._tasks: list[asyncio.Task[None]] = []
+        #: the writer takes its turn once so many rows wait, before its ``interval`` is up
+        #: (0: every ``interval`` only)
+        self.flush_at = 0
+        #: the background writer's wait for its turn (None: it is not waiting)
+        self._turn: asyncio.Future[None] | None = None
 
     # ------------------------------------------------------------------ what a subclass says
 
@@ -151,6 +160,14 @@ class BufferedLog(Generic[T]):
         if len(pending) > self.max_pending:  # the database has been failing for long
             pending.popleft()
             self._lost(1)
+        elif len(pending) == self.flush_at:
+            self.wake()
+
+    def wake(self) -> None:
+        """Start the background writer's turn now, if it is waiting for it."""
+        turn = self._turn
+        if turn is not None and not turn.done():
+            turn.set_result(None)
 
     def _trim(self) -> None:
         """Drop the oldest until the buffer is within both bounds."""
@@ -207,8 +224,21 @@ class BufferedLog(Generic[T]):
         await asyncio.shield(self._flush(everything=True))
 
     async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
         while True:
-            await asyncio.sleep(self.interval)
+            if self.flush_at and len(self._pending) >= self.flush_at and not self._failing:
+                # as many came during the flush: at once, after the others' turns (a
+                # database that failed is tried again after the interval)
+                await asyncio.sleep(0)
+            else:
+                self._turn = loop.create_future()
+                try:
+                    async with asyncio.timeout(self.interval):
+                        await self._turn
+                except TimeoutError:
+                    pass
+                finally:
+                    self._turn = None
             await self.flush()
 
     async def flush(self) -> int:
