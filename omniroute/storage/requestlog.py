@@ -114,9 +114,10 @@ def record_inserts(batch: list[RequestRecord]) -> list[tuple[str, list[tuple[Any
     """The statements that write ``batch``, in its order: each run of records without
     any :data:`RARE` field by the statement that leaves those out, each other run by the
     full one (a batch of served requests is one ``executemany``)."""
-    rare = list(map(_rare, batch))  # in C: a batch of served requests is all plain
-    if rare.count(_NONE_RARE) == len(batch):
+    # in C, without a list of them: a batch of served requests is all plain
+    if operator.countOf(map(_rare, batch), _NONE_RARE) == len(batch):
         return [(_INSERT_COMMON, list(map(_common_row, batch)))] if batch else []
+    rare = list(map(_rare, batch))
     out: list[tuple[str, list[tuple[Any, ...]]]] = []
     rows: list[tuple[Any, ...]] = []
     common: bool | None = None
