@@ -169,6 +169,7 @@ class Database(DatabaseBackend):
         begin, self._begin, self._at_commit = self._begin, False, []
 
         def run(conn: sqlite3.Connection) -> None:
+            nonlocal work
             if begin:
                 conn.execute("BEGIN IMMEDIATE")
             try:
@@ -179,6 +180,8 @@ class Database(DatabaseBackend):
                 if conn.in_transaction:
                     conn.execute("ROLLBACK")
                 raise
+            finally:  # (as executemany_each's)
+                work = []
 
         await self.conn._execute(run, self.conn._conn)
 
@@ -217,11 +220,15 @@ class Database(DatabaseBackend):
         kept, self._at_commit = self._at_commit, []
 
         def run(conn: sqlite3.Connection) -> list[int]:
-            if begin:  # the transaction's BEGIN, in the same turn
-                conn.execute("BEGIN IMMEDIATE")
-            for sql, rows in kept:  # executemany_at_commit's, given before these
-                conn.executemany(sql, rows)
-            return [conn.executemany(sql, rows).rowcount for sql, rows in work]
+            nonlocal kept, work
+            try:
+                if begin:  # the transaction's BEGIN, in the same turn
+                    conn.execute("BEGIN IMMEDIATE")
+                for sql, rows in kept:  # executemany_at_commit's, given before these
+                    conn.executemany(sql, rows)
+                return [conn.executemany(sql, rows).rowcount for sql, rows in work]
+            finally:  # aiosqlite's thread holds this function until its next turn: not
+                kept, work = [], ()  # a flush's parameters (and the values they name)
 
         # One turn of aiosqlite's thread for them all: a turn (the queue, the thread's
         # wake-up, the loop's) costs some 170,000 instructions, measured with callgrind,
@@ -345,18 +352,21 @@ async def _switch_to_wal(conn: aiosqlite.Connection) -> None:
 
 
 #: rows one INSERT of :meth:`Database.insert_new` takes (several ``VALUES`` rows), largest
-#: first: a batch goes in statements of 64 rows, its rest in 16s, 4s and ones. Within one
+#: first: a batch goes in statements of 16 rows, its rest in 4s and ones. Within one
 #: statement SQLite keeps its cursors open from row to row, so each index's insert starts
 #: from the page the previous row's went to (the keys mostly ascend: times, request ids)
 #: instead of from its root, and the statement is set up once, not once a row. Measured
 #: (callgrind, a 300-record flush): about 11,000 instructions a record less than one
-#: statement a row. Each size is one statement of Python's statement cache.
-VALUES_ROWS = (64, 16, 4, 1)
+#: statement a row. Each size is one statement of Python's statement cache. Not 64 rows:
+#: a prepared statement of 64 request records holds 104-144 KiB of SQLite's memory for
+#: the process's life (one of 16, 36-45 KiB), a benchmark run kept four of them, and the
+#: instructions a request were the same (docs/architecture.md, "Resident memory").
+VALUES_ROWS = (16, 4, 1)
 #: statements of at least so many rows bind a column of one value once
 #: (:meth:`Database._rows`)
 SHARE_FROM = 16
 #: the statements with shared columns made (each set of shared columns and size is one;
-#: a prepared statement of 64 request records takes some 60 KB of SQLite's memory, and
+#: a prepared statement of 16 request records takes some 40 KB of SQLite's memory, and
 #: Python's statement cache keeps 128 a connection): a served workload's chunks take a
 #: few shapes, a chunk of a shape past these binds every value
 SHARED_SHAPES = 8
