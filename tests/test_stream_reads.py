@@ -272,14 +272,11 @@ def openai_format() -> Any:
     return OpenAIFormat()
 
 
-async def test_the_headers_leave_with_the_first_chunk_in_one_write(
-    omniroute: Any, aiohttp_server: Any, monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """The first frame is at hand when the answer starts: a write of the headers alone
-    would wake the client once more before the first token (time to first byte)."""
+def spy_writes(monkeypatch: pytest.MonkeyPatch, writes: list[bytes]) -> None:
+    """Append to ``writes`` what every aiohttp writer in this process writes, write by
+    write (a ``writelines`` is one write)."""
     from aiohttp import http_writer
 
-    writes: list[bytes] = []  # what every aiohttp writer in this process wrote, write by write
     write, writelines = http_writer.StreamWriter._write, http_writer.StreamWriter._writelines
 
     def one(self: Any, chunk: Any) -> None:
@@ -293,6 +290,16 @@ async def test_the_headers_leave_with_the_first_chunk_in_one_write(
 
     monkeypatch.setattr(http_writer.StreamWriter, "_write", one)
     monkeypatch.setattr(http_writer.StreamWriter, "_writelines", lines)
+
+
+async def test_the_headers_leave_with_the_first_chunk_in_one_write(
+    omniroute: Any, aiohttp_server: Any, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The first frame is at hand when the answer starts: a write of the headers alone
+    would wake the client once more before the first token (time to first byte)."""
+
+    writes: list[bytes] = []  # what every aiohttp writer in this process wrote, write by write
+    spy_writes(monkeypatch, writes)
     fake = Upstream()
     fake.go.set()
     server = await aiohttp_server(fake.app)
@@ -314,22 +321,9 @@ async def test_a_stream_that_came_whole_leaves_with_its_end_in_one_write(
     """An upstream that sends its whole stream at once (with a length, or chunked with
     the end in the same write): the headers, every frame and the end of the chunked
     answer leave in one write, not the end in a write (a client wake-up) of its own."""
-    from aiohttp import http_writer
 
     writes: list[bytes] = []
-    write, writelines = http_writer.StreamWriter._write, http_writer.StreamWriter._writelines
-
-    def one(self: Any, chunk: Any) -> None:
-        writes.append(bytes(chunk))
-        write(self, chunk)
-
-    def lines(self: Any, chunks: Any) -> None:
-        chunks = list(chunks)
-        writes.append(b"".join(map(bytes, chunks)))
-        writelines(self, chunks)
-
-    monkeypatch.setattr(http_writer.StreamWriter, "_write", one)
-    monkeypatch.setattr(http_writer.StreamWriter, "_writelines", lines)
+    spy_writes(monkeypatch, writes)
     whole = b"".join([*BURST, LONE, USAGE_ONLY, DONE])
 
     async def instant(request: web.Request) -> web.StreamResponse:
