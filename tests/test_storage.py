@@ -217,6 +217,20 @@ async def test_a_health_check_is_bounded_by_its_own_short_timeout(
     assert await db.check() is True
 
 
+def spy_statements(monkeypatch: pytest.MonkeyPatch, db: Database) -> list[Any]:
+    """What ``db`` hands its writer thread from here on: its ``executemany_each`` work,
+    (statement, rows) by (statement, rows), in a list that grows."""
+    sent: list[Any] = []
+    each = db.executemany_each
+
+    async def spy(work: Any) -> list[int]:
+        sent.extend(work)
+        return await each(work)
+
+    monkeypatch.setattr(db, "executemany_each", spy)
+    return sent
+
+
 # ---------------------------------------------------------------------- batch inserts
 
 async def test_a_batch_insert_prepares_statements_of_16_rows_at_most(
@@ -226,14 +240,7 @@ async def test_a_batch_insert_prepares_statements_of_16_rows_at_most(
     db = await Database.open(tmp_path / "t.sqlite3")
     try:
         await db.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, k TEXT NOT NULL UNIQUE, n INT)")
-        sent: list[Any] = []
-        each = db.executemany_each
-
-        async def spy(work: Any) -> list[int]:
-            sent.extend(work)
-            return await each(work)
-
-        monkeypatch.setattr(db, "executemany_each", spy)
+        sent = spy_statements(monkeypatch, db)
         async with db.transaction():
             assert await db.insert_new("INSERT INTO t(k, n) VALUES (?, ?)",
                                        [(f"k{i}", i % 3) for i in range(133)], table="t",
@@ -275,14 +282,7 @@ async def test_a_batch_insert_binds_a_shared_column_once_and_stores_the_same_row
             return [tuple(r) for r in await db.fetchall(
                 f"SELECT {columns}, typeof(n), typeof(r), typeof(z) FROM t ORDER BY id")]
 
-        sent: list[Any] = []
-        each = db.executemany_each
-
-        async def spy(work: Any) -> list[int]:
-            sent.extend(work)
-            return await each(work)
-
-        monkeypatch.setattr(db, "executemany_each", spy)
+        sent = spy_statements(monkeypatch, db)
         shared = await stored(db_module.SHARED_SHAPES)
         # the first chunk: k and n vary (n is 8 once), a, r and z are bound once
         first_sql, [first] = sent[0]
