@@ -127,6 +127,8 @@ class Server:
     #: ``--cache-sim``: callgrind simulates the caches too, with these options (set for
     #: the whole run; None: no simulation)
     cache_sim: list[str] | None = None
+    #: ``--branch-sim``: callgrind simulates the branch predictors too
+    branch_sim = False
 
     def __init__(self, name: str, tmp: Path, profile: bool | str,
                  toggle_lib: Path | None = None) -> None:
@@ -154,6 +156,7 @@ class Server:
                       *(["--collect-atstart=no"] if self.toggle_lib else []),
                       *(["--cache-sim=yes", *self.cache_sim] if self.cache_sim is not None
                         else []),
+                      *(["--branch-sim=yes"] if self.branch_sim else []),
                       f"--callgrind-out-file={self.tmp / self.name}.%p.out", "--dump-instr=no",
                       "--compress-strings=no", *runner]
         log = self.tmp / f"{self.name}.log"
@@ -367,6 +370,11 @@ def measure(server: Server, args: argparse.Namespace, keep: Path | None) -> dict
                     n = sum(events.get(e, 0) for e in names) / args.requests
                     out[f"{lane} c={conc} {label}"] = n
                     misses += f" {n:9,.0f} {label}"
+            if args.branch_sim:  # mispredicted branches: conditional, then indirect
+                for label, names in BRANCH_MISSES.items():
+                    n = sum(events.get(e, 0) for e in names) / args.requests
+                    out[f"{lane} c={conc} {label}"] = n
+                    misses += f" {n:9,.0f} {label}"
             print(f"  {server.name:<10} {lane:<8} c={conc:<3} {per_request:12,.0f} Ir/request"
                   + misses, file=sys.stderr, flush=True)
     return out
@@ -376,6 +384,10 @@ def measure(server: Server, args: argparse.Namespace, keep: Path | None) -> dict
 #: LL: the last; r and w, reads and writes)
 CACHE_MISSES = {"I1 miss": ("I1mr",), "D1 miss": ("D1mr", "D1mw"),
                 "LL miss": ("ILmr", "DLmr", "DLmw")}
+
+#: ``--branch-sim``'s columns: mispredicted conditional and indirect branches (an
+#: interpreter's dispatch of each bytecode is an indirect one)
+BRANCH_MISSES = {"cond. mispredicts": ("Bcm",), "indirect mispredicts": ("Bim",)}
 
 
 def totals(dump: Path) -> dict[str, int]:
@@ -491,6 +503,9 @@ def main() -> int:
                         "levels: its last level is SIZE,WAYS,LINE (default 1048576,8,64: "
                         "one core's L2 on this machine's EPYC, the level a larger working "
                         "set misses first); 'host': what valgrind reads from the CPU")
+    p.add_argument("--branch-sim", action="store_true",
+                   help="callgrind simulates the branch predictors too: the table adds "
+                        "mispredicted conditional and indirect branches a request")
     p.add_argument("--sort", default="tottime", help="--cprofile order (tottime)")
     p.add_argument("--top", type=int, default=40, help="--cprofile/--opcodes rows (40)")
     p.add_argument("--serve-forwarder", metavar="UPSTREAM", help=argparse.SUPPRESS)
@@ -520,6 +535,7 @@ def main() -> int:
         args.concerns = ["lim", "key", "cache", "idem"]
     if "cache" in args.concerns:
         args.set = [*args.set, "cache_mode=on"]
+    Server.branch_sim = args.branch_sim
     if args.cache_sim:
         Server.cache_sim = [f"--LL={args.cache_sim}"] if args.cache_sim != "host" else []
     keep = Path(args.keep) if args.keep else None

@@ -108,10 +108,27 @@ def pin(pid: int, cpus: set[int]) -> None:
                 os.sched_setaffinity(int(tid), cpus)
 
 
+TRACING = Path("/sys/kernel/tracing")
+
+
+def trace_events() -> str:
+    """The kernel's tracepoints (tracefs' ``available_events``). A new machine may not
+    have tracefs mounted: mounted here (as root), else the run stops with one line."""
+    events = TRACING / "available_events"
+    if not events.exists():
+        subprocess.run(["mount", "-t", "tracefs", "nodev", str(TRACING)],
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)
+    try:
+        return events.read_text()
+    except OSError as exc:
+        sys.exit(f"bench_syscalls: the kernel's tracepoints are not readable ({exc}); "
+                 f"mount tracefs (`mount -t tracefs nodev {TRACING}`, as root) and run again")
+
+
 def perf_stat(pid: int, out: Path) -> subprocess.Popen:
     """``perf stat`` counting the system calls and switches of every thread of ``pid``
     until SIGINT, as CSV in ``out``."""
-    available = set(Path("/sys/kernel/tracing/available_events").read_text().split())
+    available = set(trace_events().split())
     events = ["raw_syscalls:sys_enter", "context-switches", "page-faults",
               *(e for e in WAKE_EVENTS if e in available),
               *(f"syscalls:sys_enter_{name}" for name in SYSCALLS
