@@ -134,7 +134,7 @@ class RedisLedger:
             answer = UNREACHABLE
         except Unreachable:
             answer = UNREACHABLE
-        return self._reserved(ask, answer)
+        return ask.read(answer)
 
     def prefetch_reserve(self, batch: RequestBatch, state: KeyState, limits: Limits, usd: float,
                          tokens: int) -> Step[object | None]:
@@ -193,33 +193,17 @@ class RedisLedger:
             self.scripts.packed("settle", packed_keys, len(keys), b"", 3))
         return made
 
-    def _reserved(self, ask: _Reserve, answer: object) -> _Reserve | None:
-        """The ``reserve`` script's answer as :meth:`reserve` returns it (or raises it):
-        admitted, the reservation itself is the handle its settle reads."""
-        if answer is UNREACHABLE:
-            if self.settings().budget_fail_closed:
-                raise BudgetUnavailable(
-                    "Budgets cannot be checked now: the state shared by the gateway's "
-                    "instances cannot be reached, and budget_fail_closed is on.",
-                    headers={"Retry-After": "1"})
-            return None
-        assert isinstance(answer, list)
-        windows = ask.windows
-        if answer[0] != b"ok":  # (the reply, as the request path's connection reads it)
-            found = [_text(v) for v in answer]
-            w = windows[int(found[1]) - 1]
-            unit, spent, reserved, estimate, limit = found[2], *map(float, found[3:7])
-            if unit == "USD":  # (µUSD on the wire)
-                spent, reserved, estimate, limit = (
-                    spent / MICRO, reserved / MICRO, estimate / MICRO, limit / MICRO)
-            raise exceeded(w, ask.now, unit, spent, reserved, estimate, limit)
-        # every instance's spend, for the warning threshold (int() reads the reply's bytes
-        # as they are)
-        for w, shared_usd, shared_tokens in zip(windows, answer[1::2], answer[2::2],
-                                                 strict=True):
-            w.base_usd = max(w.base_usd, int(shared_usd) / MICRO - w.usd)
-            w.base_tokens = max(w.base_tokens, int(shared_tokens) - w.tokens)
-        return ask
+    def _unreachable(self) -> None:
+        """Redis cannot be reached for a reservation: the gateway's own ledger decides,
+        unless ``budget_fail_closed`` is on.
+
+        :raises BudgetUnavailable: it is on.
+        """
+        if self.settings().budget_fail_closed:
+            raise BudgetUnavailable(
+                "Budgets cannot be checked now: the state shared by the gateway's "
+                "instances cannot be reached, and budget_fail_closed is on.",
+                headers={"Retry-After": "1"})
 
     def settle(self, handle: object, usd: float, tokens: int) -> None:
         assert isinstance(handle, _Reserve)
@@ -287,8 +271,28 @@ class _Reserve(Step[object | None]):
         self.windows, self.now = windows, now
         self.nkeys, self.nargs, self.head = fixed.nkeys, fixed.nargs, fixed.head
 
-    def read(self, raw: object) -> object | None:
-        return self.ledger._reserved(self, raw)
+    def read(self, raw: object) -> _Reserve | None:
+        """The ``reserve`` script's answer as :meth:`RedisLedger.reserve` returns it (or
+        raises it): admitted, the reservation itself is the handle its settle reads."""
+        if type(raw) is list and raw[0] == b"ok":  # admitted (the reply, as read)
+            # every instance's spend, for the warning threshold (int() reads the reply's
+            # bytes as they are)
+            for w, shared_usd, shared_tokens in zip(self.windows, raw[1::2], raw[2::2],
+                                                     strict=True):
+                w.base_usd = max(w.base_usd, int(shared_usd) / MICRO - w.usd)
+                w.base_tokens = max(w.base_tokens, int(shared_tokens) - w.tokens)
+            return self
+        if raw is UNREACHABLE:
+            self.ledger._unreachable()
+            return None
+        assert isinstance(raw, list)
+        found = [_text(v) for v in raw]  # refused
+        w = self.windows[int(found[1]) - 1]
+        unit, spent, reserved, estimate, limit = found[2], *map(float, found[3:7])
+        if unit == "USD":  # (µUSD on the wire)
+            spent, reserved, estimate, limit = (
+                spent / MICRO, reserved / MICRO, estimate / MICRO, limit / MICRO)
+        raise exceeded(w, self.now, unit, spent, reserved, estimate, limit)
 
     def undo(self, raw: object) -> None:  # admitted, and never read: dropped
         if isinstance(raw, list) and raw[0] == b"ok":
