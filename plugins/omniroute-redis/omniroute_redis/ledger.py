@@ -165,7 +165,7 @@ class RedisLedger:
         own: list[object] = [ceil(usd * MICRO), int(tokens)]  # (µUSD, rounded up)
         for w in windows:  # this ledger's spend, a floor: rounded down
             own += (int((w.base_usd + w.usd) * MICRO), w.base_tokens + w.tokens)
-        return _Reserve(self, limits, fixed, reservation,
+        return _Reserve(self, fixed, reservation,
                         fixed.args + reservation + bulks(tuple(own)), windows, now)
 
     def _pack_fixed(self, known: tuple[str, Limits, float, float], windows: list[Window],
@@ -253,11 +253,10 @@ class _Reserve(Step[object | None]):
     reads (no object more a request for either)."""
 
     name = "reserve"
-    __slots__ = ("fixed", "head", "ledger", "limits", "nargs", "nkeys", "now", "reservation",
-                 "windows")
+    __slots__ = ("fixed", "head", "ledger", "nargs", "nkeys", "now", "reservation", "windows")
 
-    def __init__(self, ledger: RedisLedger, limits: Limits, fixed: _Fixed, reservation: bytes,
-                 args: bytes, windows: list[Window], now: float) -> None:
+    def __init__(self, ledger: RedisLedger, fixed: _Fixed, reservation: bytes, args: bytes,
+                 windows: list[Window], now: float) -> None:
         """
         :param reservation: its id, as a bulk string (packed once, for the reservation and
             its settle).
@@ -267,7 +266,7 @@ class _Reserve(Step[object | None]):
         # (Step.__init__'s, in line: a call fewer per step)
         self.keys, self.args, self.phase = fixed.keys, args, ROUTED
         self.raw, self.ran, self.done = None, False, False
-        self.ledger, self.limits, self.fixed, self.reservation = ledger, limits, fixed, reservation
+        self.ledger, self.fixed, self.reservation = ledger, fixed, reservation
         self.windows, self.now = windows, now
         self.nkeys, self.nargs, self.head = fixed.nkeys, fixed.nargs, fixed.head
 
