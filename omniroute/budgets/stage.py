@@ -166,27 +166,30 @@ class BudgetRun(StageRun):
         assert route is not None
         prefetched = self.prefetched
         if (prefetched is not None and prefetched[0] is route
-                and prefetched[2] is not self.model_allowed):  # the route it priced
-            ctx.route = route = prefetched[1]
+                and prefetched[2] is not self.model_allowed and prefetched[7] is ctx.body
+                and prefetched[8] is ctx.canonical):
+            # the route and the request the prefetch priced (as nearly always): its allowed
+            # and priced route, its estimate (the same body and canonical request), its price
+            ctx.route, usd, tokens = prefetched[3], prefetched[6], prefetched[4] + prefetched[5]
         else:
-            prefetched = None
-            if not self.model_allowed:
-                ctx.route = route = self.allowed(ctx, route)
-        if not limits.periods or not self.operation.metered:
-            return
-        assert self.slot is not None
-        if (prefetched is not None and prefetched[7] is ctx.body
-                and prefetched[8] is ctx.canonical):  # the request it estimated
-            tokens_in, tokens_out = prefetched[4], prefetched[5]
-        else:
+            if (prefetched is not None and prefetched[0] is route
+                    and prefetched[2] is not self.model_allowed):  # the route it priced
+                ctx.route = route = prefetched[1]
+            else:
+                prefetched = None
+                if not self.model_allowed:
+                    ctx.route = route = self.allowed(ctx, route)
+            if not limits.periods or not self.operation.metered:
+                return
             tokens_in, tokens_out = self.estimate(ctx)
-        if (prefetched is not None and prefetched[4] == tokens_in
-                and prefetched[5] == tokens_out):  # priced once a request
-            ctx.route, usd = prefetched[3], prefetched[6]
-        else:  # another route or another estimate (a stage changed the body)
-            prefetched = None
-            ctx.route, usd = self.priced(ctx, route, tokens_in, tokens_out)
-        tokens = tokens_in + tokens_out
+            if (prefetched is not None and prefetched[4] == tokens_in
+                    and prefetched[5] == tokens_out):  # priced once a request
+                ctx.route, usd = prefetched[3], prefetched[6]
+            else:  # another route or another estimate (a stage changed the body)
+                prefetched = None
+                ctx.route, usd = self.priced(ctx, route, tokens_in, tokens_out)
+            tokens = tokens_in + tokens_out
+        assert self.slot is not None
         budgets = self.stage.budgets
         handle = None
         if budgets.shared is not None:

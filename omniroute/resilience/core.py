@@ -241,6 +241,11 @@ class Resilience:
         instances and no request of this instance queued for them (None otherwise)."""
         if len(targets) != 1:
             return None
+        conn = targets[0].connection
+        settings = conn.settings
+        if "max_concurrency" not in settings and "rpm" not in settings and (
+                conn.id not in self._limiters):  # no limits (_limiter_for's test): no account
+            return None
         account = self.account(targets[0])
         limiter = account.limiter
         if (limiter is None or limiter.shared is None or limiter.queued

@@ -132,8 +132,13 @@ class Batch:
             if len(queue) > QUEUE_MAX:  # (:meth:`later` appends without looking)
                 self.dropped += len(queue) - QUEUE_MAX
                 del queue[QUEUE_MAX:]
-            if not self._due:
-                self._soon()
+            if not self._due:  # (_soon's, in line: a call fewer a request)
+                loop = self._loop
+                if loop is None:  # not started: the writer sends it once it is
+                    self._wake.set()
+                else:
+                    self._due = True
+                    loop.call_soon(self._send)
         elif self._undos and self.link.up:
             self._soon()
 

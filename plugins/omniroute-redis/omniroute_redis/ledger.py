@@ -61,18 +61,6 @@ BASES_KEPT = 4096
 MICRO = 1_000_000
 
 
-@dataclass(slots=True)  # (not frozen: a frozen one's __init__ sets each field through
-class Held:  # object.__setattr__, which costs per request)
-    """One reservation in Redis: where it is, and the windows it settles into."""
-
-    #: its id, as a bulk string (:meth:`Leases.packed_member
-    #: <.leases.Leases.packed_member>`: packed once, for the reservation and its settle)
-    reservation: bytes
-    #: the ``settle`` command up to the request's own arguments (the script, the
-    #: reservations' and the windows' keys), packed once for the key's windows
-    settle: bytes
-
-
 class RedisLedger:
     """The shared half of the budgets (see the module docstring)."""
 
@@ -125,32 +113,43 @@ class RedisLedger:
         return step
 
     def leave(self, key_id: str) -> None:
-        self.leases.give(self._key(key_id))
+        known = self._entries.get(key_id)
+        if known is None:
+            self.leases.give(self._key(key_id))
+            return
+        # (Leases.give's, in line, with the ZREM the key's packing holds)
+        members = self.leases.held.get(known[1])
+        if members:
+            self.batch.later(known[2][2] + members.pop())
 
     async def reserve(self, state: KeyState, limits: Limits, usd: float,
-                      tokens: int) -> Held | None:
+                      tokens: int) -> _Reserve | None:
         ask = self._reservation(state, limits, usd, tokens)
+        fixed = ask.fixed
         try:
-            fixed = ask.fixed
             answer = await self.scripts.send(self.link, "reserve", self.scripts.packed(
                 "reserve", fixed.keys, fixed.nkeys, ask.args, fixed.nargs))
         except Unanswered:  # it may have been made: dropped once Redis answers
-            self.batch.give_back([ask.fixed.hdel + ask.reservation])
+            self.batch.give_back([fixed.hdel + ask.reservation])
             answer = UNREACHABLE
         except Unreachable:
             answer = UNREACHABLE
-        return self._reserved(ask, limits, answer)
+        return ask.read(answer)
 
     def prefetch_reserve(self, batch: RequestBatch, state: KeyState, limits: Limits, usd: float,
                          tokens: int) -> Step[object | None]:
         assert isinstance(batch, Prefetch)
-        return batch.add(_Reserve(self, self._reservation(state, limits, usd, tokens), limits))
+        step = self._reservation(state, limits, usd, tokens)
+        batch.steps.append(step)
+        return step
 
     def _reservation(self, state: KeyState, limits: Limits, usd: float,
-                     tokens: int) -> _Ask:
-        """The ``reserve`` script's keys and arguments, packed: only the request's own
-        (its id, estimate, the windows' spend: one :func:`bulks`) each time; the keys, the
-        lease and the windows' ends and limits once for the key's limits and windows."""
+                     tokens: int) -> _Reserve:
+        """The ``reserve`` script's call, its keys and arguments packed: only the request's
+        own (its id, estimate, the windows' spend: one :func:`bulks`) each time; the keys,
+        the lease and the windows' ends and limits once for the key's limits and windows.
+        One object is the call, the step of a request's batch and, admitted, the handle
+        its settle reads (:meth:`settle`)."""
         budgets = self.budgets
         now = budgets.clock.time()
         windows = [budgets.window(state, limits, period, now) for period in limits.periods]
@@ -160,12 +159,14 @@ class RedisLedger:
         fixed = self._fixed.get(known)
         if fixed is None:
             fixed = self._pack_fixed(known, windows, lease_s)
-        reservation = self.leases.packed_member()
+        leases = self.leases  # (Leases.packed_member's, in line)
+        raw = b"%b:%d" % (leases.instance_bytes, next(leases.ids))
+        reservation = b"$%d\r\n%b\r\n" % (len(raw), raw)
         own: list[object] = [ceil(usd * MICRO), int(tokens)]  # (µUSD, rounded up)
         for w in windows:  # this ledger's spend, a floor: rounded down
             own += (int((w.base_usd + w.usd) * MICRO), w.base_tokens + w.tokens)
-        return _Ask(reservation, fixed, fixed.args + reservation + bulks(tuple(own)), windows,
-                    now)
+        return _Reserve(self, fixed, reservation,
+                        fixed.args + reservation + bulks(tuple(own)), windows, now)
 
     def _pack_fixed(self, known: tuple[str, Limits, float, float], windows: list[Window],
                     lease_s: float) -> _Fixed:
@@ -192,37 +193,23 @@ class RedisLedger:
             self.scripts.packed("settle", packed_keys, len(keys), b"", 3))
         return made
 
-    def _reserved(self, ask: _Ask, limits: Limits, answer: object) -> Held | None:
-        """The ``reserve`` script's answer as :meth:`reserve` returns it (or raises it)."""
-        if answer is UNREACHABLE:
-            if self.settings().budget_fail_closed:
-                raise BudgetUnavailable(
-                    "Budgets cannot be checked now: the state shared by the gateway's "
-                    "instances cannot be reached, and budget_fail_closed is on.",
-                    headers={"Retry-After": "1"})
-            return None
-        assert isinstance(answer, list)
-        windows = ask.windows
-        if answer[0] != b"ok":  # (the reply, as the request path's connection reads it)
-            found = [_text(v) for v in answer]
-            w = windows[int(found[1]) - 1]
-            unit, spent, reserved, estimate, limit = found[2], *map(float, found[3:7])
-            if unit == "USD":  # (µUSD on the wire)
-                spent, reserved, estimate, limit = (
-                    spent / MICRO, reserved / MICRO, estimate / MICRO, limit / MICRO)
-            raise exceeded(w, ask.now, unit, spent, reserved, estimate, limit)
-        for i, w in enumerate(windows):  # every instance's spend, for the warning threshold
-            # (int() reads the reply's bytes as they are)
-            shared_usd, shared_tokens = int(answer[1 + 2 * i]) / MICRO, int(answer[2 + 2 * i])
-            w.base_usd = max(w.base_usd, shared_usd - w.usd)
-            w.base_tokens = max(w.base_tokens, shared_tokens - w.tokens)
-        return Held(ask.reservation, ask.fixed.settle)
+    def _unreachable(self) -> None:
+        """Redis cannot be reached for a reservation: the gateway's own ledger decides,
+        unless ``budget_fail_closed`` is on.
+
+        :raises BudgetUnavailable: it is on.
+        """
+        if self.settings().budget_fail_closed:
+            raise BudgetUnavailable(
+                "Budgets cannot be checked now: the state shared by the gateway's "
+                "instances cannot be reached, and budget_fail_closed is on.",
+                headers={"Retry-After": "1"})
 
     def settle(self, handle: object, usd: float, tokens: int) -> None:
-        assert isinstance(handle, Held)
+        assert isinstance(handle, _Reserve)
         musd, count = b"%d" % round(usd * MICRO), b"%d" % int(tokens)  # (µUSD)
         self.batch.later(b"%b%b$%d\r\n%b\r\n$%d\r\n%b\r\n" % (
-            handle.settle, handle.reservation, len(musd), musd, len(count), count))
+            handle.fixed.settle, handle.reservation, len(musd), musd, len(count), count))
 
 
 @dataclass(slots=True, frozen=True)  # (made once for a key's windows)
@@ -239,19 +226,6 @@ class _Fixed:
     #: ``HDEL`` of the reservations' hash, and ``settle``, up to the reservation's id
     hdel: bytes
     settle: bytes
-
-
-@dataclass(slots=True)  # (not frozen: as Held)
-class _Ask:
-    """One reservation's script call, and what its answer is read with."""
-
-    #: its id, as a bulk string
-    reservation: bytes
-    fixed: _Fixed
-    #: the script's arguments, packed (the keys and the counts are the fixed part's)
-    args: bytes
-    windows: list[Window]
-    now: float
 
 
 class _Entry(Take[bool]):
@@ -274,28 +248,57 @@ class _Entry(Take[bool]):
 
 
 class _Reserve(Step[object | None]):
-    """A reservation (``reserve``) as a step of a request's batch."""
+    """A reservation (``reserve``): its script's call, as a step of a request's batch or
+    on its own (:meth:`RedisLedger.reserve`), and once admitted the handle its settle
+    reads (no object more a request for either)."""
 
     name = "reserve"
-    __slots__ = ("ask", "head", "ledger", "limits", "nargs", "nkeys")  # (by its windows)
+    __slots__ = ("fixed", "head", "ledger", "nargs", "nkeys", "now", "reservation", "windows")
 
-    def __init__(self, ledger: RedisLedger, ask: _Ask, limits: Limits) -> None:
-        fixed = ask.fixed
+    def __init__(self, ledger: RedisLedger, fixed: _Fixed, reservation: bytes, args: bytes,
+                 windows: list[Window], now: float) -> None:
+        """
+        :param reservation: its id, as a bulk string (packed once, for the reservation and
+            its settle).
+        :param args: the script's arguments, packed (the keys and the counts are the fixed
+            part's).
+        """
         # (Step.__init__'s, in line: a call fewer per step)
-        self.keys, self.args, self.phase = fixed.keys, ask.args, ROUTED
+        self.keys, self.args, self.phase = fixed.keys, args, ROUTED
         self.raw, self.ran, self.done = None, False, False
-        self.ledger, self.ask, self.limits = ledger, ask, limits
+        self.ledger, self.fixed, self.reservation = ledger, fixed, reservation
+        self.windows, self.now = windows, now
         self.nkeys, self.nargs, self.head = fixed.nkeys, fixed.nargs, fixed.head
 
-    def read(self, raw: object) -> object | None:
-        return self.ledger._reserved(self.ask, self.limits, raw)
+    def read(self, raw: object) -> _Reserve | None:
+        """The ``reserve`` script's answer as :meth:`RedisLedger.reserve` returns it (or
+        raises it): admitted, the reservation itself is the handle its settle reads."""
+        if type(raw) is list and raw[0] == b"ok":  # admitted (the reply, as read)
+            # every instance's spend, for the warning threshold (int() reads the reply's
+            # bytes as they are)
+            for w, shared_usd, shared_tokens in zip(self.windows, raw[1::2], raw[2::2],
+                                                     strict=True):
+                w.base_usd = max(w.base_usd, int(shared_usd) / MICRO - w.usd)
+                w.base_tokens = max(w.base_tokens, int(shared_tokens) - w.tokens)
+            return self
+        if raw is UNREACHABLE:
+            self.ledger._unreachable()
+            return None
+        assert isinstance(raw, list)
+        found = [_text(v) for v in raw]  # refused
+        w = self.windows[int(found[1]) - 1]
+        unit, spent, reserved, estimate, limit = found[2], *map(float, found[3:7])
+        if unit == "USD":  # (µUSD on the wire)
+            spent, reserved, estimate, limit = (
+                spent / MICRO, reserved / MICRO, estimate / MICRO, limit / MICRO)
+        raise exceeded(w, self.now, unit, spent, reserved, estimate, limit)
 
     def undo(self, raw: object) -> None:  # admitted, and never read: dropped
         if isinstance(raw, list) and raw[0] == b"ok":
-            self.ledger.batch.later(self.ask.fixed.hdel + self.ask.reservation)
+            self.ledger.batch.later(self.fixed.hdel + self.reservation)
 
     def forget(self) -> list[Write]:  # the answer was lost: dropped, if it was made
-        return [self.ask.fixed.hdel + self.ask.reservation]
+        return [self.fixed.hdel + self.reservation]
 
 
 def _entered(found: float, limits: Limits) -> bool:

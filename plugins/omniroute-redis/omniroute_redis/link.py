@@ -114,8 +114,8 @@ class Link:
         #: the request path's own connection (:mod:`.wire`), opened on first use
         self._wire: Wire | None = None
         self._opening: asyncio.Future[Wire] | None = None
-        #: the replies awaited on it, with their deadlines, in the order they were sent
-        #: (:meth:`bound`), and the one timer that expires the late ones
+        #: the replies awaited on it, with the times they were sent, in the order they were
+        #: sent (:meth:`bound`), and the one timer that expires the late ones
         self._deadlines: deque[tuple[float, asyncio.Future[Any] | Writes]] = deque()
         self._watchdog: asyncio.TimerHandle | None = None
 
@@ -209,11 +209,24 @@ class Link:
         wire = self._wire
         if wire is None or wire.broken is not None:
             return None
-        try:
-            return self._send(wire, command, riders)
+        try:  # (_send's, in line: a call fewer a request)
+            ride = riders.ride() if riders is not None else None
+            if ride is None:
+                reply = wire.send_packed(command)
+            else:
+                try:
+                    replies, then = wire.send_group(ride[0], command)
+                except WireError:
+                    riders.unride(ride)
+                    raise
+                assert then is not None
+                reply = then
+                riders.rode(ride, replies)
         except FAILURES as exc:  # (broken since: nothing was sent)
             self.lost(exc)
             raise Unreachable(str(exc)) from exc
+        self.bound(reply)
+        return reply
 
     def _send(self, wire: Wire, command: Command, riders: Any) -> asyncio.Future[Any]:
         """Write ``command`` (after ``riders``' writes, if it has any), bound its reply."""
@@ -260,12 +273,14 @@ class Link:
         ``state_timeout`` setting. One timer serves every reply awaited (a timer each
         cost more than the command): the replies come in the order they were sent, so
         the watchdog looks at the oldest one still awaited, and sleeps until its
-        deadline."""
+        deadline. A reply is kept with the time it was sent, and the setting is read
+        when the watchdog is armed or looks (not once a reply: it is a live setting,
+        read through two calls)."""
         loop = reply.get_loop()  # (asyncio.get_running_loop() costs a getpid system call)
-        deadline = loop.time() + self.timeout()
-        self._deadlines.append((deadline, reply))
+        sent = loop.time()
+        self._deadlines.append((sent, reply))
         if self._watchdog is None:
-            self._watchdog = loop.call_at(deadline, self._watch)
+            self._watchdog = loop.call_at(sent + self.timeout(), self._watch)
 
     def _watch(self) -> None:
         self._watchdog = None
@@ -277,13 +292,14 @@ class Link:
             # too (a cancelled one's reply, read for ``late``, was bound again after it)
             deadlines.clear()
             return
+        timeout = self.timeout()
         while deadlines:
-            deadline, reply = deadlines[0]
+            sent, reply = deadlines[0]
             loop = reply.get_loop()
             if reply.done():
                 deadlines.popleft()
-            elif deadline > loop.time():
-                self._watchdog = loop.call_at(deadline, self._watch)
+            elif sent + timeout > loop.time():
+                self._watchdog = loop.call_at(sent + timeout, self._watch)
                 return
             else:
                 deadlines.popleft()

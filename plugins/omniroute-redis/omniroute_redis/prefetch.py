@@ -164,20 +164,23 @@ class Prefetch:
         lost answer or a script's error answers every step as while Redis cannot be
         reached, and queues the steps' blind undos."""
         steps = self.steps
+        scripts = self.scripts
         if len(steps) == 1:  # its own script: nothing to dispatch
             only = steps[0]
             name = only.name
-            packed = self.scripts.packed(name, only.keys, only.nkeys, only.args, only.nargs)
-            late: Callable[[Any], None] = self._abandoned_one
+            packed = scripts.packed(name, only.keys, only.nkeys, only.args, only.nargs)
         else:
             steps.sort(key=_phase)
-            heads = " ".join(map(_head, steps)).encode()
             name = "admit"
-            packed = self.scripts.packed(
-                name, b"".join(map(_keys, steps)), sum(map(_nkeys, steps)),
-                b"$%d\r\n%b\r\n%b" % (len(heads), heads, b"".join(map(_args, steps))),
-                1 + sum(map(_nargs, steps)))
-            late = self._abandoned
+            # (the command up to its keys, and its first argument, packed once per sequence
+            # of steps: Scripts.admit_parts)
+            shape = tuple(map(_head, steps))
+            parts = scripts.admits.get(shape)
+            if parts is None:
+                parts = scripts.admit_parts(shape, sum(map(_nkeys, steps)),
+                                            sum(map(_nargs, steps)))
+            packed = b"%b%b%b%b" % (parts[0], b"".join(map(_keys, steps)), parts[1],
+                                    b"".join(map(_args, steps)))
         link = self.link
         try:
             try:
@@ -185,19 +188,19 @@ class Prefetch:
                 # answer to pass through)
                 reply = link.post(packed, self.writes)
                 if reply is None:  # the connection is not open yet: command opens it
-                    answer = await link.command(packed, late=late, riders=self.writes)
+                    answer = await link.command(packed, late=self._late(), riders=self.writes)
                 else:
                     try:
                         answer = await reply
                     except asyncio.CancelledError:
-                        link.abandoned(reply, late)
+                        link.abandoned(reply, self._late())
                         raise
                     except (TimeoutError, ConnectionError) as exc:  # (late; the wire broke)
                         link.lost(exc)
                         raise Unanswered(str(exc)) from exc
             except NoScript:  # Redis forgot its scripts (it restarted): loaded, sent again
-                await self.scripts.load_one(link, name)
-                answer = await link.command(packed, late=late)
+                await scripts.load_one(link, name)
+                answer = await link.command(packed, late=self._late())
             answers = [answer] if len(steps) == 1 else answer
         except Unanswered:  # sent, and the answer is lost: what Redis took is unknown
             answers = [UNREACHABLE] * len(steps)
@@ -216,6 +219,10 @@ class Prefetch:
         for step, raw in zip(self.steps, answers, strict=False):  # the rest did not run
             step.raw, step.ran = raw, True  # (in line: a call fewer a step)
             step.took()
+
+    def _late(self) -> Callable[[Any], None]:
+        """What gets the answer when the request is gone before it came (made only then)."""
+        return self._abandoned_one if len(self.steps) == 1 else self._abandoned
 
     def _abandoned_one(self, answer: Any) -> None:
         self._abandoned(answer if isinstance(answer, BaseException) else [answer])

@@ -335,6 +335,10 @@ SOURCES = {"merge": MERGE, "take": TAKE, "renew": RENEW, "reserve": RESERVE,
            "idem_release": IDEM_RELEASE, "admit": ADMIT, "renew_release": RENEW_RELEASE}
 
 
+#: the sequences of steps whose ``admit`` command's parts are kept (:meth:`Scripts.admit_parts`)
+ADMITS_KEPT = 4096
+
+
 class Scripts:
     """The scripts by name, run with ``EVALSHA`` (loaded again after ``NOSCRIPT``)."""
 
@@ -343,6 +347,9 @@ class Scripts:
                     for name, src in SOURCES.items()}
         #: ``EVALSHA``, a script's SHA and its count of keys, packed (:meth:`packed`)
         self._heads: dict[tuple[str, int], bytes] = {}
+        #: the ``admit`` command's parts packed once per sequence of steps (by their heads:
+        #: :meth:`admit_parts`)
+        self.admits: dict[tuple[str, ...], tuple[bytes, bytes]] = {}
 
     async def load(self, client: Any) -> None:
         """Load every script (one pipeline)."""
@@ -375,6 +382,18 @@ class Scripts:
         if head is None:
             head = self._heads[name, nkeys] = bulks(("EVALSHA", self.sha[name], nkeys))
         return b"*%d\r\n%b%b%b" % (3 + nkeys + nargs, head, keys, args)
+
+    def admit_parts(self, heads: tuple[str, ...], nkeys: int, nargs: int) -> tuple[bytes, bytes]:
+        """The ``admit`` command of steps with these heads (``take 2 4``; ``nkeys`` and
+        ``nargs`` their counts of keys and arguments), up to its keys, and its first
+        argument (the heads), packed: made once per sequence of steps (a request packs
+        only its steps' keys and arguments), kept in :attr:`admits`."""
+        if len(self.admits) >= ADMITS_KEPT:
+            self.admits.clear()
+        first = " ".join(heads).encode()
+        made = self.admits[heads] = (self.packed("admit", b"", nkeys, b"", 1 + nargs),
+                                     b"$%d\r\n%b\r\n" % (len(first), first))
+        return made
 
     def source(self, name_or_sha: str) -> str:
         """A script's source, by name or by SHA."""

@@ -172,3 +172,43 @@ async def test_the_watchdog_expires_the_replies_that_did_not_come_in_time() -> N
         assert not link._deadlines
     finally:
         await link.close()
+
+
+async def test_the_watchdog_reads_the_timeout_when_it_arms_not_once_a_reply() -> None:
+    """A reply is kept with the time it was sent: the ``state_timeout`` setting (a live
+    one, read through two calls) is read when the watchdog arms or looks, so a thousand
+    replies awaited at once read it once; a late one still fails in time."""
+    reads = 0
+
+    def timeout() -> float:
+        nonlocal reads
+        reads += 1
+        return 0.05
+
+    link = Link("redis://127.0.0.1:1/0", timeout=timeout)
+    loop = asyncio.get_running_loop()
+    try:
+        replies = [loop.create_future() for _ in range(1000)]
+        for reply in replies:
+            link.bound(reply)
+        assert reads == 1
+        for reply in replies[:-1]:
+            reply.set_result(b"ok")
+        await asyncio.sleep(0.1)
+        assert isinstance(replies[-1].exception(), TimeoutError)
+        assert reads <= 3 and not link._deadlines  # (a look, and one more if it came early)
+    finally:
+        await link.close()
+
+
+def test_the_admit_command_s_fixed_parts_are_packed_once_per_sequence_of_steps() -> None:
+    """``admit``'s head (EVALSHA, the SHA, its counts) and its first argument (the steps'
+    heads), packed once for a sequence of steps, make with a request's keys and arguments
+    the very command packed whole."""
+    scripts = Scripts()
+    heads = ("take 2 4", "reserve 2 9")
+    keys, args = (b"k1", b"k2", b"k3", b"k4"), tuple(b"a%d" % i for i in range(13))
+    head, first = scripts.admit_parts(heads, len(keys), len(args))
+    assert scripts.admits[heads] == (head, first)
+    whole = encode(("EVALSHA", scripts.sha["admit"], len(keys), *keys, " ".join(heads), *args))
+    assert head + encode(keys)[4:] + first + encode(args)[5:] == whole
