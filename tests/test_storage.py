@@ -252,6 +252,45 @@ async def test_a_batch_insert_prepares_statements_of_16_rows_at_most(
         await db.close()
 
 
+async def test_a_batch_insert_tries_each_chunk_with_the_last_chunks_shared_columns(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A chunk is first tried with the columns the last chunk of its statement shared: a
+    chunk where they still hold one value each is not counted column by column, one where
+    one of them differs is (and its shape is tried next); a column that became shared
+    since is bound a value a row until then. The rows stored are the same."""
+    one_row = "INSERT INTO t(k, a, n, r) VALUES (?, ?, ?, ?) ON CONFLICT(k) DO NOTHING"
+    rows = [(f"k{i:03d}", "same",
+             7 if i < 32 else i,  # shared in the first two chunks of 16
+             i / 4 if i < 48 else 2.5)  # shared in the last chunk only
+            for i in range(64)]
+    db = await Database.open(tmp_path / "t.sqlite3")
+    try:
+        await db.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, k TEXT NOT NULL UNIQUE, "
+                         "a TEXT, n INTEGER, r REAL)")
+        counted: list[int] = []
+        shape = db._shape
+
+        def spy(sql: str, chunk: Any, n: int) -> Any:
+            counted.append(int(chunk[0][0][1:]))
+            return shape(sql, chunk, n)
+
+        monkeypatch.setattr(db, "_shape", spy)
+        sent = spy_statements(monkeypatch, db)
+        async with db.transaction():
+            assert await db.insert_new(one_row, rows, table="t", into="t_new",
+                                       columns=["k"], tally=True)
+        assert counted == [0, 32]  # the first chunk, and the one where n differs
+        params = [p for _, [p] in sent]
+        assert params[0][:2] == params[1][:2] == ["same", 7]  # a and n bound once
+        assert params[2][:1] == params[3][:1] == ["same"]  # n differs: a alone
+        assert sent[3][0] == sent[2][0] and 2.5 in params[3][1:]  # r: a value a row
+        assert [len(p) for p in params] == [2 + 2 * 16] * 2 + [1 + 3 * 16] * 2
+        stored = [tuple(r) for r in await db.fetchall("SELECT k, a, n, r FROM t ORDER BY id")]
+        assert stored == rows
+    finally:
+        await db.close()
+
+
 async def test_a_batch_insert_binds_a_shared_column_once_and_stores_the_same_rows(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """SQLite's ``insert_new`` binds a column that holds one value through a chunk of
@@ -272,6 +311,7 @@ async def test_a_batch_insert_binds_a_shared_column_once_and_stores_the_same_row
         async def stored(bound: int) -> list[tuple[Any, ...]]:
             monkeypatch.setattr(db_module, "SHARED_SHAPES", bound)
             db._shared.clear()
+            db._last.clear()
             db._shapes = 0
             await db.execute("DROP TABLE IF EXISTS t")
             await db.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, k TEXT NOT NULL UNIQUE, "

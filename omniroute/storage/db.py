@@ -13,7 +13,7 @@ import sqlite3
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager, suppress
 from itertools import chain, compress
-from operator import eq, itemgetter, not_
+from operator import eq, itemgetter
 from pathlib import Path
 from typing import Any, cast
 
@@ -56,8 +56,10 @@ class Database(DatabaseBackend):
         # (a second BEGIN fails, and one task's ROLLBACK would undo another's writes).
         self._tx_lock = asyncio.Lock()
         #: (one-row INSERT, rows, which columns are shared) -> that INSERT taking so many
-        #: rows (:data:`VALUES_ROWS`), its parameters column by column (:meth:`_rows`)
-        self._shared: dict[tuple[str, int, tuple[bool, ...]], str] = {}
+        #: rows (:data:`VALUES_ROWS`), its parameters row by row (:meth:`_rows`)
+        self._shared: dict[tuple[str, int, tuple[bool, ...]], _Shape] = {}
+        #: (one-row INSERT, rows) -> the shape its last chunk had, tried first on the next
+        self._last: dict[tuple[str, int], _Shape] = {}
         #: the statements of :attr:`_shared` that share a column (:data:`SHARED_SHAPES`)
         self._shapes = 0
         #: a transaction is open whose ``BEGIN IMMEDIATE`` has not run yet: it runs with
@@ -251,10 +253,7 @@ class Database(DatabaseBackend):
         done, total = 0, len(rows)
         for size in VALUES_ROWS:  # the most rows per statement first, the rest in fewer
             for at in range(done, done + (total - done) // size * size, size):
-                # each chunk's rows column by column (not the batch's columns then each
-                # one's slice: a tuple a column and chunk fewer)
-                work.append(self._rows(sql, list(zip(*rows[at:at + size], strict=True)),
-                                       size))
+                work.append(self._rows(sql, rows[at:at + size], size))
                 done = at + size
         # the changes: a row the conflict skipped is none
         stored = sum(await self.executemany_each(work))
@@ -268,40 +267,63 @@ class Database(DatabaseBackend):
                            f"WHERE id > (SELECT MAX(id) FROM {table}) - ?", (stored,))
         return False
 
-    def _rows(self, sql: str, values: list[tuple[Any, ...]], n: int,
+    def _rows(self, sql: str, rows: Sequence[Sequence[Any]], n: int,
               ) -> tuple[str, list[list[Any]]]:
-        """One statement writing ``n`` rows (``values``: their columns) and its parameters,
-        numbered column by column (``?N``). From :data:`SHARE_FROM` rows, a column of one
-        value in every row is one parameter, bound once: binding costs Python's sqlite3
-        some 300 (a number) to 800 (a text) instructions a value, and a batch's records
-        mostly share their endpoint, format, provider, connection, model, agent, flags
-        and empty fields. The same values are stored as with a parameter a row (SQLite
-        copies a parameter into each row it is named in). At most :data:`SHARED_SHAPES`
-        sets of shared columns get a statement of their own (each is prepared once and
-        kept in the statement cache); a chunk of another set binds every value."""
-        one: tuple[bool, ...]
+        """One statement writing ``rows`` (``n`` of them) and its parameters, numbered
+        row by row (``?N``). From :data:`SHARE_FROM` rows, a column of one value in every
+        row is one parameter, bound once: binding costs Python's sqlite3 some 300 (a
+        number) to 800 (a text) instructions a value, and a batch's records mostly share
+        their endpoint, format, provider, connection, model, agent, flags and empty
+        fields. The same values are stored as with a parameter a row (SQLite copies a
+        parameter into each row it is named in). At most :data:`SHARED_SHAPES` sets of
+        shared columns get a statement of their own (each is prepared once and kept in
+        the statement cache); a chunk of another set binds every value.
+
+        A chunk is first tried with the shared columns of the last chunk of its
+        statement (:class:`_Shape`): one getter of those columns a row, its tuples
+        compared with the first row's (in C, the same objects mostly), and the other
+        columns' values taken row by row, with no chunk turned into columns. Only a
+        chunk where that fails is counted column by column, and its shape tried next.
+        A column found shared is one of one value (==: 1 and 1.0 are stored alike, by
+        the column's affinity); one that became shared since is bound a value a row
+        until a chunk fails the test (the same rows stored)."""
         if n >= SHARE_FROM:
-            # in C, as every step here: a column of one value counts its first n times
-            # (==: 1 and 1.0 are stored alike, by the column's affinity)
-            firsts = list(map(itemgetter(0), values))
-            # only a column that ends as it starts is counted through
-            maybe = list(map(eq, map(itemgetter(-1), values), firsts))
-            counted = map(n.__eq__, map(tuple.count, compress(values, maybe),
-                                        compress(firsts, maybe)))
-            one = tuple([next(counted) if m else False for m in maybe])
-            found = self._shared.get((sql, n, one))
-            if found is None and self._shapes < SHARED_SHAPES:
-                found = self._shared[(sql, n, one)] = _shared_values(sql, one, n)
-                self._shapes += 1
-            if found is not None:
-                params = list(compress(firsts, one))  # the shared values, then the others
-                params.extend(chain.from_iterable(compress(values, map(not_, one))))
-                return found, [params]
-        one = (False,) * len(values)
+            shape = self._last.get((sql, n))
+            if shape is not None:
+                first = shape.shared(rows[0])
+                if list(map(shape.shared, rows)).count(first) == n:
+                    params = list(first)
+                    params.extend(chain.from_iterable(map(shape.varying, rows)))
+                    return shape.sql, [params]
+            shape = self._shape(sql, rows, n)
+            if shape is not None:
+                self._last[(sql, n)] = shape
+                params = list(shape.shared(rows[0]))  # the shared values, then the others
+                params.extend(chain.from_iterable(map(shape.varying, rows)))
+                return shape.sql, [params]
+        one = (False,) * len(rows[0])
         found = self._shared.get((sql, n, one))
         if found is None:  # one statement per size (a few): not counted in the bound
-            found = self._shared[(sql, n, one)] = _shared_values(sql, one, n)
-        return found, [list(chain.from_iterable(values))]
+            found = self._shared[(sql, n, one)] = _Shape(_shared_values(sql, one, n), one)
+        return found.sql, [list(chain.from_iterable(rows))]
+
+    def _shape(self, sql: str, rows: Sequence[Sequence[Any]], n: int) -> _Shape | None:
+        """The statement of ``rows``' columns of one value (None: past the bound)."""
+        values = list(zip(*rows, strict=True))
+        # in C, as every step here: a column of one value counts its first n times
+        firsts = list(map(itemgetter(0), values))
+        # only a column that ends as it starts is counted through
+        maybe = list(map(eq, map(itemgetter(-1), values), firsts))
+        counted = map(n.__eq__, map(tuple.count, compress(values, maybe),
+                                    compress(firsts, maybe)))
+        one = tuple([next(counted) if m else False for m in maybe])
+        if not any(one):
+            return None
+        found = self._shared.get((sql, n, one))
+        if found is None and self._shapes < SHARED_SHAPES:
+            found = self._shared[(sql, n, one)] = _Shape(_shared_values(sql, one, n), one)
+            self._shapes += 1
+        return found
 
     async def bump_config_version(self) -> int:
         await self.execute(
@@ -311,17 +333,41 @@ class Database(DatabaseBackend):
         return await self.config_version()
 
 
+class _Shape:
+    """A statement of :meth:`Database._rows` and how a row gives its parameters: the
+    values of the shared columns (the first row's are bound), then the others."""
+
+    __slots__ = ("shared", "sql", "varying")
+
+    def __init__(self, sql: str, one: Sequence[bool]) -> None:
+        self.sql = sql
+        self.shared = _getter([i for i, is_one in enumerate(one) if is_one])
+        self.varying = _getter([i for i, is_one in enumerate(one) if not is_one])
+
+
+def _getter(at: Sequence[int]) -> Callable[[Sequence[Any]], tuple[Any, ...]]:
+    """A row's values at ``at``, always a tuple (an ``itemgetter`` of one index gives the
+    value itself). Columns side by side are one slice, a copy in C: an ``itemgetter`` of
+    several indexes converts and checks each (~80 instructions a value; the request
+    log's rows put the columns that mostly differ from row to row first for this)."""
+    if at and list(at) == list(range(at[0], at[-1] + 1)):
+        return itemgetter(slice(at[0], at[-1] + 1))
+    if len(at) > 1:
+        return itemgetter(*at)
+    return lambda row: ()
+
+
 def _shared_values(sql: str, one: Sequence[bool], n: int) -> str:
     """``sql`` (``INSERT ... VALUES (?, ...) ...``, one row) taking ``n`` rows, where each
     column ``one`` marks is the same parameter in every row (numbered first, ``?1``...),
-    and the others are numbered column by column (the parameters of
-    :meth:`Database._rows`)."""
+    and the others are numbered row by row (the parameters of :meth:`Database._rows`)."""
     head, _, tail = sql.partition(" VALUES (")
     row, close, rest = tail.partition(")")
     if not close or "(" in row or row.count("?") != len(one):
         raise ValueError(f"not an INSERT ... VALUES (?, ...) of {len(one)} columns: "
                          f"{sql[:80]!r}")
     shared = sum(one)
+    varying = len(one) - shared
     at: list[int] = []  # each column's parameter in the first row (a shared one's only)
     shared_no = column = 0
     for is_one in one:
@@ -329,10 +375,10 @@ def _shared_values(sql: str, one: Sequence[bool], n: int) -> str:
             shared_no += 1
             at.append(shared_no)
         else:
-            at.append(shared + column * n + 1)
             column += 1
-    rows = (", ".join(f"?{p}" if is_one else f"?{p + r}" for p, is_one in zip(at, one,
-                                                                              strict=True))
+            at.append(shared + column)
+    rows = (", ".join(f"?{p}" if is_one else f"?{p + r * varying}"
+                      for p, is_one in zip(at, one, strict=True))
             for r in range(n))
     return f"{head} VALUES {', '.join(f'({values})' for values in rows)}{rest}"
 
