@@ -463,6 +463,10 @@ class _Blocks:
             return head[0] if len(head) == 1 else b"".join(head)
         if reader is None:
             raise StopAsyncIteration
+        if reader._done and not reader._rest:  # :meth:`ended` said so: nothing to wait for
+            self._reader = None
+            reader._end(True)
+            raise StopAsyncIteration
         try:
             block = await reader.read_block()
         except BaseException:
