@@ -83,6 +83,18 @@ class SSESplitter:
         if block[start:].strip():
             yield block[start:]
 
+    @staticmethod
+    def first(block: bytes) -> bytes:
+        """The first event of a block of whole events (b"" when it has none): the first of
+        :meth:`each`, without a generator to close."""
+        if CR in block:  # CRLF somewhere (rare)
+            events = events_of(block)
+            return events[0] if events else b""
+        end = block.find(b"\n\n")
+        if end >= 0:
+            return block[:end + 2]
+        return block if block.strip() else b""
+
     def tail(self) -> bytes:
         """What is left when the stream ends (an event without its blank line)."""
         rest, self._buf = self._buf, b""

@@ -165,6 +165,7 @@ def test_sse_events_of_a_block_one_at_a_time_are_its_events(block: bytes) -> Non
     events = splitter.feed(block)
     tail = splitter.tail()
     assert list(SSESplitter.each(block)) == [*events, *([tail] if tail else [])]
+    assert SSESplitter.first(block) == next(SSESplitter.each(block), b"")
 
 
 @pytest.mark.parametrize("event", [
@@ -188,6 +189,8 @@ def test_ndjson_lines_of_a_block_one_at_a_time_are_its_lines() -> None:
     block = b'{"a":1}\n\n{"b":2}\r\n{"c":3}'
     splitter = LineSplitter()
     assert list(LineSplitter.each(block)) == [*splitter.feed(block), splitter.tail()]
+    for part in (block, b"\n" + block, b"", b"\n \n"):
+        assert LineSplitter.first(part) == next(LineSplitter.each(part), b"")
     by_block = LineSplitter()
     got = [by_block.block(piece) for piece in (b'{"a":1}\n{"b"', b':2}\n\n \n', b'{"c":3}')]
     assert got == [b'{"a":1}\n', b'{"b":2}\n', b""]  # blank lines dropped
