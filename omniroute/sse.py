@@ -17,6 +17,7 @@ _FIELD_STARTS = (b"data:", b"event:", b"id:", b"retry:", b":")
 #: its operand as an int, and CPython 3.11 builds and drops a TypeError for that (some
 #: 1,900 instructions, on every socket read of a stream)
 CR = ord("\r")
+LF = ord("\n")
 
 
 class SSESplitter:
@@ -82,6 +83,18 @@ class SSESplitter:
         if block[start:].strip():
             yield block[start:]
 
+    @staticmethod
+    def first(block: bytes) -> bytes:
+        """The first event of a block of whole events (b"" when it has none): the first of
+        :meth:`each`, without a generator to close."""
+        if CR in block:  # CRLF somewhere (rare)
+            events = events_of(block)
+            return events[0] if events else b""
+        end = block.find(b"\n\n")
+        if end >= 0:
+            return block[:end + 2]
+        return block if block.strip() else b""
+
     def tail(self) -> bytes:
         """What is left when the stream ends (an event without its blank line)."""
         rest, self._buf = self._buf, b""
@@ -105,6 +118,16 @@ def looks_like_sse(event: bytes) -> bool:
 
 def event_data(event: bytes) -> bytes | None:
     """The joined ``data:`` lines of one event, or None when it has none."""
+    if event.startswith(b"data: "):  # the usual event: one data line, then its blank line
+        end = event.find(b"\n")  # (memchr: no split of the event into lines)
+        if end < 0:
+            data = event[6:]
+        elif end == len(event) - 2 and event[end + 1] == LF:
+            data = event[6:end]
+        else:
+            data = None
+        if data is not None and CR not in data:
+            return data
     parts = [
         line[5:].removeprefix(b" ")
         for line in event.splitlines()

@@ -165,6 +165,22 @@ def test_sse_events_of_a_block_one_at_a_time_are_its_events(block: bytes) -> Non
     events = splitter.feed(block)
     tail = splitter.tail()
     assert list(SSESplitter.each(block)) == [*events, *([tail] if tail else [])]
+    assert SSESplitter.first(block) == next(SSESplitter.each(block), b"")
+
+
+@pytest.mark.parametrize("event", [
+    b'data: {"a":1}\n\n', b'data: {"a":1}', b"data: \n\n", b"data:  x\n\n", b"data:x\n\n",
+    b"data: 1\ndata: 2\n\n", b"data: 1\r\n\r\n", b"data: 1\r\n", b"data: a\rb\n\n",
+    b"data: 1\n", b"data: 1\n\r", b"event: x\ndata: 1\n\n", b": ping\n\n", b"data: [DONE]\n\n",
+    b"id: 3\n\n", b"",
+])
+def test_sse_event_data_of_a_one_line_event_is_what_the_lines_give(event: bytes) -> None:
+    """The one-data-line shortcut gives what reading the event line by line gives."""
+    from omniroute.sse import event_data
+
+    parts = [line[5:].removeprefix(b" ") for line in event.splitlines()
+             if line.startswith(b"data:")]
+    assert event_data(event) == (b"\n".join(parts) if parts else None)
 
 
 def test_ndjson_lines_of_a_block_one_at_a_time_are_its_lines() -> None:
@@ -173,6 +189,8 @@ def test_ndjson_lines_of_a_block_one_at_a_time_are_its_lines() -> None:
     block = b'{"a":1}\n\n{"b":2}\r\n{"c":3}'
     splitter = LineSplitter()
     assert list(LineSplitter.each(block)) == [*splitter.feed(block), splitter.tail()]
+    for part in (block, b"\n" + block, b"", b"\n \n"):
+        assert LineSplitter.first(part) == next(LineSplitter.each(part), b"")
     by_block = LineSplitter()
     got = [by_block.block(piece) for piece in (b'{"a":1}\n{"b"', b':2}\n\n \n', b'{"c":3}')]
     assert got == [b'{"a":1}\n', b'{"b":2}\n', b""]  # blank lines dropped

@@ -27,7 +27,7 @@ from multidict import istr
 from omniroute.errors import GatewayError, UpstreamError
 from omniroute.formats import canonical as c
 from omniroute.formats.base import ClientRequest, Format
-from omniroute.pipeline.context import Reply, RequestContext
+from omniroute.pipeline.context import KnowsItsEnd, Reply, RequestContext
 from omniroute.pipeline.operation import Operation
 from omniroute.pipeline.serve import SESSION_FIELD
 from omniroute.pipeline.usage import (
@@ -165,7 +165,7 @@ class Chat(Operation):
                      on_end=output.estimate)
 
 
-class _Passthrough:
+class _Passthrough(KnowsItsEnd):
     """The upstream's own bytes, unchanged, each block of whole frames one socket read
     brought as one chunk (so they leave in one write). Usage and errors are read on the
     side (:class:`_SideReading`), once the block has been written: the client does not

@@ -101,6 +101,25 @@ class Closable(Protocol):
     def aclose(self) -> Awaitable[object]: ...
 
 
+class KnowsItsEnd:
+    """A stream of chunks that can tell, once it handed a chunk out, that the chunk was its
+    last (the next ``__anext__`` ends the iteration without waiting): the relay then
+    writes that chunk with the stream's end, in one write, so the client is woken once,
+    not twice. The pass-through lane's iterator declares it (by subclassing);
+    :func:`~omniroute.pipeline.relay.relay` asks ``isinstance(frames, KnowsItsEnd)``.
+
+    A plain base class rather than a run-time checkable ``typing.Protocol`` or an
+    ``abc.ABC``: ``isinstance`` against a plain class walks the type's MRO in C, where
+    either of the others runs Python code (``__instancecheck__``) on every stream.
+    """
+
+    __slots__ = ()
+
+    def ended(self) -> bool:
+        """True when the chunk handed out last was the stream's last."""
+        raise NotImplementedError
+
+
 @dataclass(slots=True)
 class Reply:
     """An answer to send: a JSON ``body``, or the ``frames`` of a stream.

@@ -15,14 +15,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable
 from contextlib import suppress
 
 from aiohttp import web
 
 from omniroute.appkeys import STREAM_STARTED
 from omniroute.errors import GatewayError
-from omniroute.pipeline.context import Closable, Reply, RequestContext
+from omniroute.pipeline.context import Closable, KnowsItsEnd, Reply, RequestContext
 
 log = logging.getLogger(__name__)
 
@@ -147,6 +147,7 @@ async def relay(
     """
     record, frames, source = ctx.record, reply.frames, reply.source
     assert frames is not None
+    eof_sent = False  # the stream's end went out with its last chunk
     if response is None:  # the first chunk is at hand: the headers go out with it
         response = _HeadersWithFirstChunk(headers={
             "Content-Type": reply.content_type, **STREAM_HEADERS, **headers})
@@ -168,12 +169,12 @@ async def relay(
             # a stream that knows when its last chunk is out (the pass-through's) has it
             # leave with the stream's end, in one write: else the client is woken for
             # the chunk, and again for the end once the chunk's usage was read
-            last: Callable[[], bool] | None = getattr(frames, "ended", None)
+            last = frames.ended if isinstance(frames, KnowsItsEnd) else None
             async for chunk in frames:
                 for run in taps:
                     await run.frame(ctx, chunk)
-                write = (response.write_eof if last is not None and last()
-                         else response.write)
+                eof_sent = last is not None and last()
+                write = response.write_eof if eof_sent else response.write
                 if transport is not None and (
                         transport.get_write_buffer_size() + len(chunk) > BACKLOG):
                     async with asyncio.timeout(idle):
@@ -225,7 +226,8 @@ async def relay(
         await frames.aclose()  # type: ignore[attr-defined]
     if record.error is None:
         record.status = 200
-    await response.write_eof()
+    if not eof_sent:
+        await response.write_eof()
     return response
 
 

@@ -31,6 +31,12 @@ class Splitter(Protocol):
         """The frames of a block of whole frames, one at a time, cut as they are read."""
         ...
 
+    def first(self, block: bytes) -> bytes:
+        """The first frame of a block of whole frames (b"" when it has none): the first
+        of :meth:`each`, without a generator left suspended (closing one throws
+        ``GeneratorExit`` into it: a stream's opening reads only its first frame)."""
+        ...
+
     def tail(self) -> bytes: ...
 
 
@@ -63,6 +69,15 @@ class LineSplitter:
             start = end + 1
         if block[start:].strip():
             yield block[start:]
+
+    @staticmethod
+    def first(block: bytes) -> bytes:
+        start = 0
+        while (end := block.find(b"\n", start)) >= 0:
+            if block[start:end].strip():
+                return block[start:end + 1]
+            start = end + 1
+        return block[start:] if block[start:].strip() else b""
 
     def tail(self) -> bytes:
         rest, self._buf = self._buf, b""
@@ -113,6 +128,10 @@ class ChunkSplitter:
     def each(block: bytes) -> Iterator[bytes]:
         if block:
             yield block
+
+    @staticmethod
+    def first(block: bytes) -> bytes:
+        return block
 
     def tail(self) -> bytes:
         return b""

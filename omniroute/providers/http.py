@@ -257,6 +257,10 @@ class HTTPProvider(Provider):
                 reader = _FrameReader(resp, splitter, timeouts, loop)
                 while not first and (block := await reader.read_block()):
                     head.append(block)
+                    last = splitter.first(block)  # the usual case: it is the one
+                    if last and framing.well_formed(last) and not self.skips_frame(last):
+                        first = True
+                        break
                     for last in splitter.each(block):
                         if not framing.well_formed(last):
                             first = malformed = True
@@ -462,6 +466,10 @@ class _Blocks:
             self._head = None
             return head[0] if len(head) == 1 else b"".join(head)
         if reader is None:
+            raise StopAsyncIteration
+        if reader._done and not reader._rest:  # :meth:`ended` said so: nothing to wait for
+            self._reader = None
+            reader._end(True)
             raise StopAsyncIteration
         try:
             block = await reader.read_block()
