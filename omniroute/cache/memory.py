@@ -8,6 +8,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from omniroute.cache.base import CacheBackend, Listed
+from omniroute.cache.entry import dump_body
 from omniroute.hookspecs import hookimpl
 
 
@@ -20,9 +21,9 @@ class MemoryCache(CacheBackend):
 
     An entry is an ``(expires, value, size)`` tuple, its hits counted apart (only hits
     touch them): storing a miss's answer builds no object of its own. A value is bytes, or
-    (:meth:`put_later`, the response cache's miss on the built-in path) what makes them:
-    called when the entry is first read, so that an answer never asked for again (most
-    misses) is never serialized; ``size`` is then the bound its maker gave until it is made.
+    (:meth:`put_later`, the response cache's miss on the built-in path) what they are made
+    of: made when the entry is first read, so that an answer never asked for again (most
+    misses) is never serialized; ``size`` is then the bound it was stored with.
     """
 
     name = "memory"
@@ -37,7 +38,7 @@ class MemoryCache(CacheBackend):
         if self.max_entries < 1 or self.max_bytes < 1 or self.ttl <= 0:
             raise ValueError("max_entries, max_bytes and ttl must be positive")
         self._clock = clock
-        self._items: OrderedDict[str, tuple[float, bytes | Callable[[], bytes], int]] = \
+        self._items: OrderedDict[str, tuple[float, bytes | tuple[Any, ...], int]] = \
             OrderedDict()
         #: the hits of each entry hit at least once
         self._hits: dict[str, int] = {}
@@ -84,11 +85,15 @@ class MemoryCache(CacheBackend):
             self._evict()
         return True
 
-    def put_later(self, key: str, make: Callable[[], bytes], size: int, ttl: float) -> None:
-        """:meth:`put` an entry whose bytes ``make`` makes when it is first read (a hit,
-        a listing), at most ``size`` of them: it counts as ``size`` bytes until then.
-        The response cache's miss uses it when this is its only backend: most answers are
-        never asked for again, and theirs are then never made."""
+    def put_later(self, key: str, answer: tuple[Any, ...], size: int, ttl: float) -> None:
+        """:meth:`put` an entry whose bytes are made when it is first read (a hit, a
+        listing): ``answer`` is what :func:`~omniroute.cache.entry.dump_body` makes them
+        of (its arguments, ``stream`` last), at most ``size`` of them: it counts as ``size``
+        bytes until then. The response cache's miss uses it when this is its only backend:
+        most answers are never asked for again, and theirs are then never made. (A tuple
+        of strings, bytes and numbers, not a callable: the garbage collector stops
+        tracking it, where a ``partial`` kept per entry made its collections walk them
+        all.)"""
         if size > self.max_bytes:
             return
         items = self._items
@@ -96,20 +101,21 @@ class MemoryCache(CacheBackend):
         if old is not None:  # replaced: a new entry, no hits yet
             self._bytes -= old[2]
             self._hits.pop(key, None)
-        items[key] = (self._clock() + ttl, make, size)
+        items[key] = (self._clock() + ttl, answer, size)
         total = self._bytes = self._bytes + size
         if total > self.max_bytes or len(items) > self.max_entries:
             self._evict()
 
-    def _made(self, key: str, item: tuple[float, bytes | Callable[[], bytes], int]) -> bytes:
+    def _made(self, key: str, item: tuple[float, bytes | tuple[Any, ...], int]) -> bytes:
         """The bytes of an entry kept by :meth:`put_later`, made now and kept in its place
         (its size corrected to theirs)."""
-        make = item[1]
-        assert not isinstance(make, bytes)
-        value = make()
+        answer = item[1]
+        assert isinstance(answer, tuple)
+        value = dump_body(*answer[:-1], stream=answer[-1])
         self._items[key] = (item[0], value, len(value))
         self._bytes += len(value) - item[2]
         return value
+
     def _evict(self) -> None:
         """Drop the least recently used entries until both bounds hold."""
         items = self._items

@@ -49,7 +49,6 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable, Hashable, Sequence
 from contextlib import aclosing
-from functools import partial
 from typing import TYPE_CHECKING, TypeVar
 
 from multidict import istr
@@ -444,8 +443,8 @@ def _later(run: CacheRun, ctx: RequestContext, answer: bytes, stream: bool) -> b
         cost = record.cost_usd
     memory = stage.memory
     assert memory is not None and run.exact is not None
-    memory.put_later(run.exact, partial(entries.dump_body, answer, name, model, created, cost,
-                                        created + run.ttl, stream=stream), size, run.ttl)
+    memory.put_later(run.exact, (answer, name, model, created, cost, created + run.ttl, stream),
+                     size, run.ttl)
     stage.cache.stored += 1
     return True
 
