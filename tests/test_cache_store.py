@@ -189,3 +189,18 @@ async def test_a_miss_told_at_once_is_counted_once_and_a_lookup_starts_behind_it
     assert not sqlite.absent("queued")  # queued for the file: held
     assert (await memory.stats())["misses"] == 2 and (await sqlite.stats())["misses"] == 1
     await cache.close()
+
+
+@pytest.mark.parametrize("stream", [False, True])
+@pytest.mark.parametrize("model", ["m", "a\x00\x01" * 40, "é" * 50 + '"\\'])
+def test_an_entry_is_never_larger_than_its_head_bound(stream: bool, model: str) -> None:
+    """A miss on the built-in path counts its entry by this bound before it is made
+    (``CacheStage.told``): it must never be less than the entry's real size."""
+    answer = b'{"id":"x"}'
+    for created, cost in ((-1.2345678901234567e-300, -1.2345678901234567e-300),
+                          (1.7976931348623157e308, None), (1765000000.123456, 0.000123)):
+        expires = created if created < 0 else created + 3600.000001
+        data = entries.dump_body(answer, "openai\x01", model, created, cost, expires,
+                                 stream=stream)
+        assert len(data) <= len(answer) + entries.HEAD_BYTES + 6 * (len("openai\x01")
+                                                                     + len(model))

@@ -6,6 +6,7 @@ from typing import Any
 
 import pytest
 
+from omniroute.cache import entry as entries
 from omniroute.cache.memory import MemoryCache
 
 
@@ -71,3 +72,49 @@ async def test_memory_cache_ttl_and_stats() -> None:
 def test_memory_cache_rejects_bad_options(options: dict[str, Any]) -> None:
     with pytest.raises(ValueError):
         MemoryCache(options)
+
+
+async def test_an_entry_put_later_is_made_when_first_read_and_counted_by_its_bound() -> None:
+    """``put_later`` (the response cache's miss on the built-in path): the entry's bytes
+    (``entry.dump_body`` of what it was given) are made once, when the entry is first
+    read (a hit, or a listing); until then it counts as the bound it was given, then as
+    its own size."""
+    cache = MemoryCache({"max_bytes": 1000})
+
+    def answer(body: bytes, stream: bool = False) -> tuple[Any, ...]:
+        return (body, "openai", "m", 1.0, None, 2.0, stream)
+
+    cache.put_later("a", answer(b'{"a":1}'), 300, 60)
+    cache.put_later("b", answer(b"data: x\n\n", stream=True), 300, 60)
+    assert (await cache.stats())["bytes"] == 600
+    made_a = entries.dump_body(b'{"a":1}', "openai", "m", 1.0, None, 2.0)
+    made_b = entries.dump_body(b"data: x\n\n", "openai", "m", 1.0, None, 2.0, stream=True)
+    assert await cache.get("a") == made_a and await cache.get("a") == made_a
+    assert cache._items["a"][1] is await cache.get("a")  # made once, kept
+    assert (await cache.stats())["bytes"] == 300 + len(made_a)  # a's own size now
+    [listed_a, listed_b] = await cache.entries(10)
+    assert (listed_a.key, listed_a.value, listed_a.hits) == ("a", made_a, 3)
+    assert (listed_b.key, listed_b.value, listed_b.hits) == ("b", made_b, 0)
+    assert (await cache.stats())["bytes"] == len(made_a) + len(made_b)
+    cache.put_later("a", answer(b"{}"), 200, 60)  # replaced: a new entry, no hits yet
+    assert (await cache.stats())["bytes"] == 200 + len(made_b)
+    assert [e.hits for e in await cache.entries(10)] == [0, 0]
+    assert await cache.delete("b") and (await cache.stats())["bytes"] == len(
+        entries.dump_body(b"{}", "openai", "m", 1.0, None, 2.0))
+    cache.put_later("big", answer(b"{}"), 1001, 60)  # over the whole cache: not kept
+    assert await cache.get("big") is None
+
+
+async def test_entries_put_later_are_evicted_by_their_bound_and_expire() -> None:
+    clock = Clock()
+    cache = MemoryCache({"max_bytes": 250, "max_entries": 3}, clock=clock)
+    answer = (b"{}", "openai", "m", 1.0, None, 2.0, False)
+    for key in "abc":
+        cache.put_later(key, answer, 100, 60)  # 300 bytes by their bounds: a goes
+    assert await cache.get("a") is None and (await cache.stats())["evictions"] == 1
+    cache.put_later("d", answer, 1, 60)
+    cache.put_later("e", answer, 1, 60)  # four entries: the oldest (b) goes
+    assert await cache.get("b") is None and await cache.get("c") is not None
+    clock.now += 61
+    assert await cache.get("c") is None and await cache.entries(10) == []
+    assert (await cache.stats())["bytes"] == 2  # d and e, dropped when read or evicted

@@ -143,6 +143,14 @@ def dump_body(answer: bytes, fmt: str, model: str, created: float, cost: float |
     return orjson.dumps(head)
 
 
+#: what an entry of :func:`dump_body` adds to its answer, at most, besides its model's and
+#: format's names (which a JSON string escapes in six bytes a character at most): the fixed
+#: keys and punctuation (~70 bytes) and three numbers (orjson writes a float in 24
+#: characters at most). An entry's size known without making it: ``len(answer) +
+#: HEAD_BYTES + 6 * (len(fmt) + len(model))`` at most
+HEAD_BYTES = 160
+
+
 def _head(data: bytes) -> tuple[Any, bytes | None]:
     """An entry's JSON (a version 3 entry's head line) and, for version 3, the frames
     after it.

@@ -8,6 +8,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from omniroute.cache.base import CacheBackend, Listed
+from omniroute.cache.entry import dump_body
 from omniroute.hookspecs import hookimpl
 
 
@@ -18,8 +19,11 @@ class MemoryCache(CacheBackend):
     ``ttl`` seconds (default 3600). An expired entry is dropped when it is read,
     or evicted as the least recently used.
 
-    An entry is a ``(expires, value)`` tuple, its hits counted apart (only hits touch
-    them): storing a miss's answer builds no object of its own.
+    An entry is an ``(expires, value, size)`` tuple, its hits counted apart (only hits
+    touch them): storing a miss's answer builds no object of its own. A value is bytes, or
+    (:meth:`put_later`, the response cache's miss on the built-in path) what they are made
+    of: made when the entry is first read, so that an answer never asked for again (most
+    misses) is never serialized; ``size`` is then the bound it was stored with.
     """
 
     name = "memory"
@@ -34,7 +38,8 @@ class MemoryCache(CacheBackend):
         if self.max_entries < 1 or self.max_bytes < 1 or self.ttl <= 0:
             raise ValueError("max_entries, max_bytes and ttl must be positive")
         self._clock = clock
-        self._items: OrderedDict[str, tuple[float, bytes]] = OrderedDict()
+        self._items: OrderedDict[str, tuple[float, bytes | tuple[Any, ...], int]] = \
+            OrderedDict()
         #: the hits of each entry hit at least once
         self._hits: dict[str, int] = {}
         self._bytes = 0
@@ -57,7 +62,8 @@ class MemoryCache(CacheBackend):
         self.hits += 1
         hits = self._hits
         hits[key] = hits.get(key, 0) + 1
-        return item[1]
+        value = item[1]
+        return value if type(value) is bytes else self._made(key, item)
 
     async def set(self, key: str, value: bytes, ttl: float | None = None) -> None:
         self.put(key, value, ttl)
@@ -71,13 +77,44 @@ class MemoryCache(CacheBackend):
         if old is None:
             total = self._bytes + size
         else:  # replaced: a new entry, no hits yet
-            total = self._bytes + size - len(old[1])
+            total = self._bytes + size - old[2]
             self._hits.pop(key, None)
-        items[key] = (self._clock() + (ttl if ttl is not None else self.ttl), value)
+        items[key] = (self._clock() + (ttl if ttl is not None else self.ttl), value, size)
         self._bytes = total
         if total > self.max_bytes or len(items) > self.max_entries:
             self._evict()
         return True
+
+    def put_later(self, key: str, answer: tuple[Any, ...], size: int, ttl: float) -> None:
+        """:meth:`put` an entry whose bytes are made when it is first read (a hit, a
+        listing): ``answer`` is what :func:`~omniroute.cache.entry.dump_body` makes them
+        of (its arguments, ``stream`` last), at most ``size`` of them: it counts as ``size``
+        bytes until then. The response cache's miss uses it when this is its only backend:
+        most answers are never asked for again, and theirs are then never made. (A tuple
+        of strings, bytes and numbers, not a callable: the garbage collector stops
+        tracking it, where a ``partial`` kept per entry made its collections walk them
+        all.)"""
+        if size > self.max_bytes:
+            return
+        items = self._items
+        old = items.pop(key, None)
+        if old is not None:  # replaced: a new entry, no hits yet
+            self._bytes -= old[2]
+            self._hits.pop(key, None)
+        items[key] = (self._clock() + ttl, answer, size)
+        total = self._bytes = self._bytes + size
+        if total > self.max_bytes or len(items) > self.max_entries:
+            self._evict()
+
+    def _made(self, key: str, item: tuple[float, bytes | tuple[Any, ...], int]) -> bytes:
+        """The bytes of an entry kept by :meth:`put_later`, made now and kept in its place
+        (its size corrected to theirs)."""
+        answer = item[1]
+        assert isinstance(answer, tuple)
+        value = dump_body(*answer[:-1], stream=answer[-1])
+        self._items[key] = (item[0], value, len(value))
+        self._bytes += len(value) - item[2]
+        return value
 
     def _evict(self) -> None:
         """Drop the least recently used entries until both bounds hold."""
@@ -106,17 +143,20 @@ class MemoryCache(CacheBackend):
         now = self._clock()
         out: list[Listed] = []
         for key in reversed(self._items):
-            expires, value = self._items[key]
+            item = self._items[key]
+            expires, value = item[0], item[1]
             if expires > now:
+                if type(value) is not bytes:
+                    value = self._made(key, item)
                 out.append(Listed(key, value, self._hits.get(key, 0), expires - now))
                 if len(out) >= limit:
                     break
         return out
 
     def _drop(self, key: str) -> None:
-        _, value = self._items.pop(key)
+        size = self._items.pop(key)[2]
         self._hits.pop(key, None)
-        self._bytes -= len(value)
+        self._bytes -= size
 
 
 @hookimpl

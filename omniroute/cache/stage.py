@@ -21,6 +21,10 @@ For every generation request (:class:`~omniroute.pipeline.chat.Chat`):
   seen before as a hit (the same body's bytes and the same scoping inputs: a
   :class:`~omniroute.cache.memo.KeyMemo` slot) takes the key and the request of
   that hit, without decoding.
+  With the ``memory`` backend alone and no layer active (the default), a text
+  request is keyed in ``enter`` instead, and a miss, which that dict tells at once, is
+  told there (:meth:`CacheStage.told`: no ``before`` to await; its answer is stored as
+  it came and made into an entry only when first read, ``MemoryCache.put_later``).
   With shared state (``state_url``) that is done in ``prefetch``, and the lookup of
   a backend that keeps its entries there (``redis``) goes out with the request's
   other shared work, in its one round trip; ``before`` reads its answer.
@@ -53,6 +57,7 @@ from omniroute.cache import entry as entries
 from omniroute.cache.key import cache_key, text_key, uncacheable
 from omniroute.cache.layer import CacheKey
 from omniroute.cache.memo import KeyMemo, Known
+from omniroute.cache.memory import MemoryCache
 from omniroute.cache.service import Found, Producer, ResponseCache
 from omniroute.errors import GatewayError
 from omniroute.formats import canonical as c
@@ -98,6 +103,10 @@ class CacheStage(Stage):
         self.settings = settings
         self.clock = clock
         self.memo = memo if memo is not None else KeyMemo()
+        #: the cache's only backend when it is the built-in ``memory`` one (the default
+        #: configuration), else None: see :meth:`told`
+        self.memory = (cache.backends[0] if len(cache.backends) == 1
+                       and type(cache.backends[0]) is MemoryCache else None)
 
     def enter(self, ctx: RequestContext, operation: Operation) -> StageRun | None:
         if operation.name != "chat":
@@ -113,8 +122,52 @@ class CacheStage(Stage):
             self.cache.bypasses += 1
             say(ctx, "BYPASS")
             return None
+        if self.memory is not None and not ctx.runs and not self.cache.layered():
+            told = self.told(ctx, mode, ttl, settings.cache_max_entry_bytes)
+            if told is not None:
+                return told
         run = CacheStreamRun if ctx.stream else CacheRun
         return run(self, mode, ttl, settings.cache_max_entry_bytes)
+
+    def told(self, ctx: RequestContext, mode: str, ttl: float,
+             max_bytes: int) -> CacheRun | None:
+        """The built-in path (the ``memory`` backend alone, no layer active): a request read
+        as text (``Format.text_request``) is keyed here, and a miss, which that dict tells at
+        once, is one already (counted, ``MISS`` said): its run has no ``before`` for the
+        pipeline to await, and its answer goes into the dict as it came, made into an
+        entry only when it is first read (:meth:`MemoryCache.put_later`). A key the dict
+        holds is looked up by the usual ``before``. None: the usual run, for a request
+        that is not keyed from its text form, or that is not cacheable (``before`` says
+        why). Only with no stage in front of this one: a stage's ``before`` may replace
+        the body.
+
+        The same answers as the usual path (tests compare them): the same key, the same
+        counts, headers and entries."""
+        principal = ctx.principal
+        limits = principal.limits
+        if (limits is not None and not limits.allows(ctx.model)) or keeps_state(ctx):
+            return None
+        text = ctx.fmt.text_request(ctx.body)
+        if text is None:
+            return None
+        exact = text_key(text, principal.key_id or "",
+                         f"{ctx.prefix}/{ctx.model}" if ctx.prefix else ctx.model)
+        memory = self.memory
+        assert memory is not None
+        if not memory.absent(exact):  # looked up by before, as usual
+            run = (CacheStreamRun if ctx.stream else CacheRun)(self, mode, ttl, max_bytes)
+            run.ahead = exact
+            return run
+        self.cache.misses += 1
+        headers = ctx.reply_headers  # (say(ctx, "MISS"), without the call)
+        if headers is None:
+            ctx.reply_headers = {CACHE_HEADER: "MISS"}
+        else:
+            headers[CACHE_HEADER] = "MISS"
+        run = (CacheMissStreamRun if ctx.stream else CacheMissRun)(self, mode, ttl, max_bytes)
+        run.exact = exact
+        ctx.tap = run
+        return run
 
 
 class CacheRun(StageRun):
@@ -366,6 +419,56 @@ class CacheStreamRun(CacheRun):
             self.frames.clear()
             return
         self.frames.append(chunk)
+
+
+def _later(run: CacheRun, ctx: RequestContext, answer: bytes, stream: bool) -> bool:
+    """A pass-through answer of a miss told by :meth:`CacheStage.told`, stored in the memory
+    backend as it came, its entry (:func:`~omniroute.cache.entry.dump_body`) made only
+    when it is first read (:meth:`MemoryCache.put_later`): what ``finished`` stores, the
+    same bytes once made. True: done (stored, or not to be); False: ``finished`` does it
+    the usual way (a format not loaded to decode it, an answer that may be too large:
+    its size is known within a bound only)."""
+    record = ctx.record
+    if record.status != 200 or record.error is not None or record.cache_hit:
+        return True
+    fmt, stage, model = ctx.fmt, run.stage, ctx.model
+    name = fmt.name
+    size = len(answer) + entries.HEAD_BYTES + 6 * (len(name) + len(model))
+    formats = stage.cache.formats
+    if size > run.max_bytes or formats is None or formats.get(name) is not fmt:
+        return False
+    created = stage.clock()
+    cost = record.list_cost_usd  # (what the answer cost: see finished)
+    if cost is None:
+        cost = record.cost_usd
+    memory = stage.memory
+    assert memory is not None and run.exact is not None
+    memory.put_later(run.exact, (answer, name, model, created, cost, created + run.ttl, stream),
+                     size, run.ttl)
+    stage.cache.stored += 1
+    return True
+
+
+class CacheMissRun(CacheRun):
+    """A miss told by :meth:`CacheStage.told`: nothing is left to do before the call."""
+
+    before = StageRun.before  # (the pipeline awaits no ``before`` it does not override)
+
+    def finished(self, ctx: RequestContext) -> None:
+        body = self.body  # (set on the pass-through lane only)
+        if body is None or not _later(self, ctx, body, False):
+            CacheRun.finished(self, ctx)
+
+
+class CacheMissStreamRun(CacheStreamRun):
+    """A streamed miss told by :meth:`CacheStage.told`."""
+
+    before = StageRun.before
+
+    def finished(self, ctx: RequestContext) -> None:
+        frames = self.frames  # (kept on the pass-through lane only, while not too big)
+        if not frames or not _later(self, ctx, b"".join(frames), True):
+            CacheRun.finished(self, ctx)
 
 
 def say(ctx: RequestContext, verdict: str) -> None:

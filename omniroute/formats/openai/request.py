@@ -119,10 +119,6 @@ _TEXT_FIELDS = frozenset({
 })
 
 
-#: a text message's fields, and nothing else (``m.keys() != _PAIR``: one comparison)
-_PAIR = frozenset({"role", "content"})
-
-
 def text_request(body: dict[str, Any]) -> c.TextRequest | None:
     """The :data:`~omniroute.formats.canonical.TextRequest` that :func:`decode_request`
     would make of ``body`` (a checked head), when it has only text messages (``role`` and
@@ -131,16 +127,18 @@ def text_request(body: dict[str, Any]) -> c.TextRequest | None:
     Values are taken as sent, not checked: a body the decode refuses for a field's type
     gets a text form all the same, in which that value differs from any valid one.
     """
-    if not body.keys() <= _TEXT_FIELDS:
+    # (``issuperset``: ~200 instructions fewer than ``body.keys() <= _TEXT_FIELDS``)
+    if not _TEXT_FIELDS.issuperset(body):
         return None
     system: list[str] = []
     turns: list[tuple[str, str]] = []
     try:
         for m in body["messages"]:
-            content = m["content"]
-            if m.keys() != _PAIR or type(content) is not str:
+            # a role and a content, and nothing else: two fields, both read (``len``, not
+            # ``m.keys() != {"role", "content"}``: ~1k instructions fewer a message)
+            role, content = m["role"], m["content"]
+            if len(m) != 2 or type(content) is not str:
                 return None
-            role = m["role"]
             if role == "user" or role == "assistant" or (role == "system" and turns):
                 turns.append((role, content))
             elif (role == "system" or role == "developer") and not turns:
