@@ -154,7 +154,8 @@ class BufferedLog(Generic[T]):
         pending.append(item)
         if self.max_bytes:
             self._bytes += self.size(item)
-            if self._bytes > self.max_bytes:
+            # either bound: the oldest go, their bytes counted off (_trim)
+            if self._bytes > self.max_bytes or len(pending) > self.max_pending:
                 self._trim()
                 return
         if len(pending) > self.max_pending:  # the database has been failing for long
