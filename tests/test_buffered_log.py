@@ -241,6 +241,19 @@ async def test_the_audit_buffer_is_bounded_by_bytes(db: Database) -> None:
     assert [r[0] for r in rows] == [1008.0, 1009.0]
 
 
+async def test_a_row_dropped_by_the_count_bound_takes_its_bytes_off(db: Database) -> None:
+    """With both bounds set, a row the count bound drops is counted off the byte total
+    too: the total stays that of the rows kept (it grew by each dropped row before, and
+    the byte bound then dropped rows it need not have)."""
+    audit = AuditLog(db, max_pending=2, max_bytes=10_000)
+    for i in range(5):
+        audit.add(_entry(i, diff="x" * 1000))
+    assert audit.pending == 2 and audit.dropped == 3
+    assert audit._bytes == sum(map(audit.size, audit._pending))
+    audit.add(_entry(5, diff="x" * 7000))  # within the byte bound with the two kept
+    assert [e.ts for e in audit._pending] == [1004.0, 1005.0] and audit.dropped == 4
+
+
 async def test_audit_retention_by_age_in_small_batches(
         db: Database, monkeypatch: pytest.MonkeyPatch) -> None:
     from omniroute.storage import buffered

@@ -41,14 +41,60 @@ import contextlib
 import logging
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
-from typing import Any, Generic, TypeVar
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, Generic, Protocol, TypeVar
 
 from omniroute.storage.backend import DatabaseBackend
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+T_co = TypeVar("T_co", covariant=True)
+
+
+class Batch(Protocol[T_co]):
+    """Items taken to be written together: counted, and read in order."""
+
+    def __len__(self) -> int: ...
+
+    def __iter__(self) -> Iterator[T_co]: ...
+
+
+class Pending(Protocol[T]):
+    """What waits to be written: the few operations :class:`BufferedLog` asks of it.
+
+    :class:`Queue` by default (a deque of items); the request log keeps its rows' values
+    in one flat list (:class:`omniroute.storage.flat.FlatRows`)."""
+
+    def __len__(self) -> int: ...
+
+    def __iter__(self) -> Iterator[T]: ...
+
+    def append(self, item: T, /) -> None: ...
+
+    def popleft(self) -> T: ...
+
+    def take(self, n: int, /) -> Batch[T]:
+        """The oldest ``n`` items (all if fewer wait), removed, as a batch."""
+        ...
+
+    def requeue(self, batch: Any, /) -> None:
+        """Put a batch :meth:`take` gave back in front of the items that wait."""
+        ...
+
+
+class Queue(deque[T]):
+    """A deque of items as a :class:`Pending`."""
+
+    def take(self, n: int) -> list[T]:
+        if len(self) <= n:
+            batch = list(self)
+            self.clear()
+            return batch
+        return [self.popleft() for _ in range(n)]
+
+    def requeue(self, batch: list[T]) -> None:
+        self.extendleft(reversed(batch))
 
 #: rows per write transaction (a large backlog is written in several)
 WRITE_BATCH = 5000
@@ -93,7 +139,7 @@ class BufferedLog(Generic[T]):
         self.retention_days = 0.0
         #: retention: at most this many rows are kept, the newest (0: no bound)
         self.max_rows = 0
-        self._pending: deque[T] = deque()
+        self._pending: Pending[T] = self.buffer()
         self._bytes = 0
         self._flushing = asyncio.Lock()
         #: the last write failed (the database is away): its retries are not logged
@@ -107,11 +153,15 @@ class BufferedLog(Generic[T]):
 
     # ------------------------------------------------------------------ what a subclass says
 
+    def buffer(self) -> Pending[T]:
+        """A new, empty buffer of items waiting (a :class:`Queue` by default)."""
+        return Queue()
+
     def row(self, item: T) -> Sequence[Any]:
         """The parameters of :attr:`insert` for ``item``."""
         raise NotImplementedError
 
-    def inserts(self, batch: list[T]) -> list[tuple[str, list[Sequence[Any]]]]:
+    def inserts(self, batch: Batch[T]) -> list[tuple[str, Sequence[Sequence[Any]]]]:
         """The statements that write ``batch``, each with its rows (one ``executemany``
         each); by default :attr:`insert` with every item's :meth:`row`."""
         return [(self.insert, [self.row(i) for i in batch])]
@@ -154,7 +204,8 @@ class BufferedLog(Generic[T]):
         pending.append(item)
         if self.max_bytes:
             self._bytes += self.size(item)
-            if self._bytes > self.max_bytes:
+            # either bound: the oldest go, their bytes counted off (_trim)
+            if self._bytes > self.max_bytes or len(pending) > self.max_pending:
                 self._trim()
                 return
         if len(pending) > self.max_pending:  # the database has been failing for long
@@ -186,21 +237,15 @@ class BufferedLog(Generic[T]):
         if before // 1000 != self.dropped // 1000 or before == 0:
             log.error("%s backlog full: %d %s dropped", self.table, self.dropped, self.noun)
 
-    def _take(self) -> list[T]:
-        pending = self._pending
-        if len(pending) <= WRITE_BATCH:
-            batch, self._pending = list(pending), deque()
-        else:
-            batch = [pending.popleft() for _ in range(WRITE_BATCH)]
+    def _take(self) -> Batch[T]:
+        batch = self._pending.take(WRITE_BATCH)
         if self.max_bytes:
             self._bytes -= sum(map(self.size, batch))
         return batch
 
-    def _requeue(self, batch: list[T]) -> None:
+    def _requeue(self, batch: Batch[T]) -> None:
         """Put a batch back before the newer rows, keeping the newest within the bounds."""
-        merged: deque[T] = deque(batch)
-        merged.extend(self._pending)
-        self._pending = merged
+        self._pending.requeue(batch)
         if self.max_bytes:
             self._bytes += sum(map(self.size, batch))
         self._trim()
@@ -280,7 +325,7 @@ class BufferedLog(Generic[T]):
                                 self.noun)
             return written
 
-    async def _commit(self, batch: list[T]) -> int:
+    async def _commit(self, batch: Batch[T]) -> int:
         """Write ``batch`` in one transaction; a batch the rows themselves make fail is
         written row by row, the failing rows dropped. Rows written."""
         try:
@@ -292,7 +337,7 @@ class BufferedLog(Generic[T]):
                         self.table, type(exc).__name__, exc, len(batch), self.noun)
         return await self._transaction(batch, singly=True)
 
-    async def _transaction(self, batch: list[T], *, singly: bool) -> int:
+    async def _transaction(self, batch: Batch[T], *, singly: bool) -> int:
         written = 0
         try:
             async with self.db.transaction():
@@ -311,7 +356,7 @@ class BufferedLog(Generic[T]):
         self.written += written
         return written
 
-    async def _one_by_one(self, batch: list[T]) -> int:
+    async def _one_by_one(self, batch: Batch[T]) -> int:
         written, refused = 0, 0
         reason = ""
         for item in batch:

@@ -20,6 +20,7 @@ from typing import Any, cast
 import aiosqlite
 
 from omniroute.storage.backend import DatabaseBackend, Row, StorageError
+from omniroute.storage.flat import FlatRows
 from omniroute.storage.migrations import MIGRATIONS
 
 log = logging.getLogger(__name__)
@@ -58,6 +59,8 @@ class Database(DatabaseBackend):
         #: (one-row INSERT, rows, which columns are shared) -> that INSERT taking so many
         #: rows (:data:`VALUES_ROWS`), its parameters row by row (:meth:`_rows`)
         self._shared: dict[tuple[str, int, tuple[bool, ...]], _Shape] = {}
+        #: the same, of statements whose parameters go column by column (:meth:`_by_column`)
+        self._columns: dict[tuple[str, int, tuple[bool, ...]], _Shape] = {}
         #: (one-row INSERT, rows) -> the shape its last chunk had, tried first on the next
         self._last: dict[tuple[str, int], _Shape] = {}
         #: the statements of :attr:`_shared` that share a column (:data:`SHARED_SHAPES`)
@@ -251,10 +254,13 @@ class Database(DatabaseBackend):
                          into: str, columns: Sequence[str], tally: bool = False) -> bool:
         work: list[tuple[str, Sequence[Sequence[Any]]]] = []
         done, total = 0, len(rows)
-        for size in VALUES_ROWS:  # the most rows per statement first, the rest in fewer
-            for at in range(done, done + (total - done) // size * size, size):
-                work.append(self._rows(sql, rows[at:at + size], size))
-                done = at + size
+        if isinstance(rows, FlatRows):
+            work = self._flat_chunks(sql, rows)
+        else:
+            for size in VALUES_ROWS:  # the most rows per statement first, the rest in fewer
+                for at in range(done, done + (total - done) // size * size, size):
+                    work.append(self._rows(sql, rows[at:at + size], size))
+                    done = at + size
         # the changes: a row the conflict skipped is none
         stored = sum(await self.executemany_each(work))
         if tally and stored == total:
@@ -307,6 +313,59 @@ class Database(DatabaseBackend):
             found = self._shared[(sql, n, one)] = _Shape(_shared_values(sql, one, n), one)
         return found.sql, [list(chain.from_iterable(rows))]
 
+    def _flat_chunks(self, sql: str, rows: FlatRows) -> list[tuple[str, Sequence[Any]]]:
+        """:meth:`insert_new`'s statements and parameters for rows kept flat (the request
+        log's, :mod:`omniroute.storage.flat`): each chunk's parameters are taken column
+        by column from the batch's columns (a slice each, in C; no row made), by
+        statements numbered so (:func:`_shared_values`, ``by_column``). The columns of
+        one value through the whole batch are shared by its chunks of
+        :data:`SHARE_FROM` rows or more (bound once each, as :meth:`_rows`' shared
+        columns, within the same bound of :data:`SHARED_SHAPES`); a column of one value
+        in a chunk only is bound a value a row (the same rows stored)."""
+        columns, total = rows.columns(), len(rows)
+        work: list[tuple[str, Sequence[Any]]] = []
+        done = 0
+        none = (False,) * rows.used
+        one = none
+        if total >= SHARE_FROM:  # in C, as _shape: only a column that ends as it starts
+            firsts = list(map(itemgetter(0), columns))  # is counted through
+            maybe = list(map(eq, map(itemgetter(-1), columns), firsts))
+            if any(maybe):
+                counted = map(total.__eq__, map(list.count, compress(columns, maybe),
+                                                compress(firsts, maybe)))
+                one = tuple([next(counted) if m else False for m in maybe])
+        for size in VALUES_ROWS:  # the most rows per statement first, the rest in fewer
+            end = done + (total - done) // size * size
+            if end == done:
+                continue
+            shape = self._by_column(sql, size, one if size >= SHARE_FROM else none, none)
+            shared = [columns[i][0] for i in shape.shared_at]
+            varying = [columns[i] for i in shape.varying_at]
+            for at in range(done, end, size):
+                params = list(shared)
+                stop = at + size
+                for column in varying:
+                    params += column[at:stop]
+                work.append((shape.sql, [params]))
+            done = end
+        return work
+
+    def _by_column(self, sql: str, n: int, one: tuple[bool, ...], none: tuple[bool, ...],
+                   ) -> _Shape:
+        """The statement of ``n`` rows whose parameters are given column by column, with
+        ``one``'s columns shared (``none``: no column shared, as past the bound)."""
+        if not any(one):
+            one = none
+        found = self._columns.get((sql, n, one))
+        if found is None:
+            if one != none and self._shapes >= SHARED_SHAPES:
+                return self._by_column(sql, n, none, none)
+            found = self._columns[(sql, n, one)] = _Shape(
+                _shared_values(sql, one, n, by_column=True), one)
+            if one != none:
+                self._shapes += 1
+        return found
+
     def _shape(self, sql: str, rows: Sequence[Sequence[Any]], n: int) -> _Shape | None:
         """The statement of ``rows``' columns of one value (None: past the bound)."""
         values = list(zip(*rows, strict=True))
@@ -337,12 +396,14 @@ class _Shape:
     """A statement of :meth:`Database._rows` and how a row gives its parameters: the
     values of the shared columns (the first row's are bound), then the others."""
 
-    __slots__ = ("shared", "sql", "varying")
+    __slots__ = ("shared", "shared_at", "sql", "varying", "varying_at")
 
     def __init__(self, sql: str, one: Sequence[bool]) -> None:
         self.sql = sql
-        self.shared = _getter([i for i, is_one in enumerate(one) if is_one])
-        self.varying = _getter([i for i, is_one in enumerate(one) if not is_one])
+        self.shared_at = [i for i, is_one in enumerate(one) if is_one]
+        self.varying_at = [i for i, is_one in enumerate(one) if not is_one]
+        self.shared = _getter(self.shared_at)
+        self.varying = _getter(self.varying_at)
 
 
 def _getter(at: Sequence[int]) -> Callable[[Sequence[Any]], tuple[Any, ...]]:
@@ -357,10 +418,12 @@ def _getter(at: Sequence[int]) -> Callable[[Sequence[Any]], tuple[Any, ...]]:
     return lambda row: ()
 
 
-def _shared_values(sql: str, one: Sequence[bool], n: int) -> str:
+def _shared_values(sql: str, one: Sequence[bool], n: int, *, by_column: bool = False) -> str:
     """``sql`` (``INSERT ... VALUES (?, ...) ...``, one row) taking ``n`` rows, where each
     column ``one`` marks is the same parameter in every row (numbered first, ``?1``...),
-    and the others are numbered row by row (the parameters of :meth:`Database._rows`)."""
+    and the others are numbered row by row (the parameters of :meth:`Database._rows`), or
+    ``by_column``: a column's ``n`` values one after the other, then the next column's
+    (:meth:`Database._flat_chunks`)."""
     head, _, tail = sql.partition(" VALUES (")
     row, close, rest = tail.partition(")")
     if not close or "(" in row or row.count("?") != len(one):
@@ -377,7 +440,10 @@ def _shared_values(sql: str, one: Sequence[bool], n: int) -> str:
         else:
             column += 1
             at.append(shared + column)
-    rows = (", ".join(f"?{p}" if is_one else f"?{p + r * varying}"
+    def number(p: int, r: int) -> int:  # a varying column's parameter in row r
+        return shared + (p - shared - 1) * n + r + 1 if by_column else p + r * varying
+
+    rows = (", ".join(f"?{p}" if is_one else f"?{number(p, r)}"
                       for p, is_one in zip(at, one, strict=True))
             for r in range(n))
     return f"{head} VALUES {', '.join(f'({values})' for values in rows)}{rest}"

@@ -19,7 +19,8 @@ from typing import Any
 
 from omniroute.storage import responses, rollup
 from omniroute.storage.backend import DatabaseBackend
-from omniroute.storage.buffered import BufferedLog
+from omniroute.storage.buffered import Batch, BufferedLog
+from omniroute.storage.flat import FlatRows, all_none
 from omniroute.storage.tally import Tally
 
 log = logging.getLogger(__name__)
@@ -102,38 +103,35 @@ _COMMON = ["request_id", "ts", "latency_ms", "ttfb_ms", "ttfc_ms", "tokens_per_s
            "endpoint", "usage_estimated", "cache_hit"]
 assert sorted(_COMMON) == sorted(f for f in _FIELDS if f not in RARE)
 #: a record's row, as the log keeps it from :meth:`RequestLog.add` on (:func:`record_row`):
-#: these columns, the :data:`RARE` ones last and only when the record has one
+#: these columns, the :data:`RARE` ones last (a statement leaves them out of rows that
+#: have none)
 ROW_FIELDS = [*_COMMON, *RARE]
 _N_COMMON = len(_COMMON)
 _NONE_RARE = (None,) * len(RARE)
 
-#: a row of the values of a record's columns (:data:`ROW_FIELDS`: all, or the common ones)
+#: a row of the values of a record's columns (:data:`ROW_FIELDS`)
 Row = tuple[Any, ...]
+#: values a record's row holds in the log's buffer (:class:`~omniroute.storage.flat.FlatRows`)
+WIDTH = len(ROW_FIELDS)
 
 
 def record_row(r: RequestRecord) -> Row:
-    """The values of ``r``'s columns, in :data:`ROW_FIELDS` order, the :data:`RARE` ones
-    left out when all are None.
+    """The values of ``r``'s columns, in :data:`ROW_FIELDS` order.
 
-    Made when the record is queued, once: the record itself is freed with its request
-    (as when records are off), and the buffer holds tuples of plain values, which the
-    garbage collector untracks at its first pass instead of traversing each waiting
-    record at every collection. Written out attribute by attribute (a slot read is one
-    specialised bytecode, some 30 instructions; ``operator.attrgetter`` looks each name
-    up on the type, some 150): callgrind, about 10,000 instructions a record less than
-    the getters at flush time with the records' traversals and deallocation.
+    Made when the record is queued, once, and its values added to the log's flat buffer
+    (:mod:`omniroute.storage.flat`): the record itself is freed with its request (as when
+    records are off), and so is this tuple; what waits holds no object a record that the
+    garbage collector counts or traverses. Written out attribute by attribute (a slot
+    read is one specialised bytecode, some 30 instructions; ``operator.attrgetter``
+    looks each name up on the type, some 150). Whether the :data:`RARE` ones are all
+    None is the writer's question, asked of a batch's columns (:func:`record_inserts`).
     ``tests/test_request_log.py`` checks it against :data:`ROW_FIELDS`."""
-    common = (r.request_id, r.ts, r.latency_ms, r.ttfb_ms, r.ttfc_ms, r.tokens_per_s,
-              r.attempt_log, r.prompt_tokens, r.completion_tokens, r.cost_usd,
-              r.cached_tokens, r.reasoning_tokens, r.api_key_id, r.model, r.model_requested,
-              r.provider, r.connection_id, r.status, r.stream, r.client_format,
-              r.user_agent, r.attempts, r.endpoint, r.usage_estimated, r.cache_hit)
-    if (r.error is None and r.error_class is None and r.combo is None
-            and r.cache_write_tokens is None and r.list_cost_usd is None
-            and r.request_body is None and r.response_body is None
-            and r.audio_seconds is None and r.characters is None and r.images is None):
-        return common  # (tested one by one: no tuple of them made and compared)
-    return (*common, r.error, r.error_class, r.combo, r.cache_write_tokens, r.list_cost_usd,
+    return (r.request_id, r.ts, r.latency_ms, r.ttfb_ms, r.ttfc_ms, r.tokens_per_s,
+            r.attempt_log, r.prompt_tokens, r.completion_tokens, r.cost_usd,
+            r.cached_tokens, r.reasoning_tokens, r.api_key_id, r.model, r.model_requested,
+            r.provider, r.connection_id, r.status, r.stream, r.client_format,
+            r.user_agent, r.attempts, r.endpoint, r.usage_estimated, r.cache_hit,
+            r.error, r.error_class, r.combo, r.cache_write_tokens, r.list_cost_usd,
             r.request_body, r.response_body, r.audio_seconds, r.characters, r.images)
 
 
@@ -155,25 +153,26 @@ _INSERT, _INSERT_COMMON = _insert(ROW_FIELDS), _insert(_COMMON)
 _COLUMNS = {_INSERT: ROW_FIELDS, _INSERT_COMMON: _COMMON}
 
 
-def record_inserts(batch: list[Row]) -> list[tuple[str, list[Row]]]:
+def record_inserts(batch: FlatRows) -> list[tuple[str, FlatRows]]:
     """The statements that write ``batch`` (rows of :func:`record_row`), in its order:
-    each run of rows without the :data:`RARE` columns by the statement that leaves those
-    out, each other run by the full one (a batch of served requests is one
-    ``executemany``, of the batch itself)."""
+    each run of rows whose :data:`RARE` columns are all None by the statement that leaves
+    those out (their rows read as their first columns), each other run by the full one.
+    A batch of served requests is one statement, told by a count of None in each rare
+    column (in C)."""
     if not batch:
         return []
-    if max(map(len, batch)) == _N_COMMON:  # in C: a batch of served requests is all plain
-        return [(_INSERT_COMMON, batch)]
-    out: list[tuple[str, list[Row]]] = []
-    rows: list[Row] = []
-    common: bool | None = None
-    for row in batch:
-        plain = len(row) == _N_COMMON
-        if plain is not common:
-            rows = []
-            out.append((_INSERT_COMMON if plain else _INSERT, rows))
-            common = plain
-        rows.append(row)
+    rare = batch.columns()[_N_COMMON:]
+    if all(map(all_none, rare)):
+        return [(_INSERT_COMMON, batch.view(_N_COMMON))]
+    plain = list(map(_NONE_RARE.__eq__, zip(*rare, strict=True)))
+    out: list[tuple[str, FlatRows]] = []
+    first = 0
+    for at in range(1, len(plain) + 1):
+        if at == len(plain) or plain[at] is not plain[first]:
+            run = batch.rows(first, at)
+            out.append((_INSERT_COMMON, run.view(_N_COMMON)) if plain[first]
+                       else (_INSERT, run))
+            first = at
     return out
 
 
@@ -211,8 +210,13 @@ class RequestLog(BufferedLog[Row]):
 
     row = staticmethod(full_row)  # type: ignore[assignment]
 
-    def inserts(self, batch: list[Row]) -> list[tuple[str, list[Sequence[Any]]]]:
-        return record_inserts(batch)  # type: ignore[return-value]
+    def buffer(self) -> FlatRows:
+        """The records' values, row after row, in one list (:mod:`omniroute.storage.flat`)."""
+        self._flat = FlatRows(WIDTH)
+        return self._flat
+
+    def inserts(self, batch: Batch[Row]) -> list[tuple[str, Sequence[Sequence[Any]]]]:
+        return record_inserts(batch)  # type: ignore[arg-type, return-value]
 
     def add(self, record: RequestRecord) -> None:  # type: ignore[override]
         """Queue ``record``'s row (synchronous, O(1), never blocks): what the record holds
@@ -224,12 +228,15 @@ class RequestLog(BufferedLog[Row]):
         if self.max_bytes:  # bounded by size too: BufferedLog's rules
             super().add(record_row(record))
             return
-        pending = self._pending  # BufferedLog.add by count only, inline: once per request
-        pending.append(record_row(record))
-        if len(pending) > self.max_pending:  # the database has been failing for long
-            pending.popleft()
+        # BufferedLog.add by count only, inline (once per request), counted in values
+        flat = self._flat
+        values = flat.values
+        values.extend(record_row(record))
+        waiting = len(values) - flat.start
+        if waiting > self.max_pending * WIDTH:  # the database has been failing for long
+            flat.popleft()
             self._lost(1)
-        elif len(pending) == self.flush_at:
+        elif waiting == self.flush_at * WIDTH:
             self.wake()
 
     def touch(self, key_id: str, ts: float) -> None:

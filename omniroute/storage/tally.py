@@ -25,6 +25,7 @@ from operator import itemgetter
 from typing import Any
 
 from omniroute.storage import rollup
+from omniroute.storage.flat import FlatRows
 
 #: a usage_rollup key after (period, start): provider, model, connection, key, status,
 #: failed, cache hit
@@ -109,8 +110,10 @@ class Tally:
         # column, not a getter called on each row for each of a dozen columns (callgrind,
         # a batch of 300: ~4,300 -> ~3,200 instructions a record). A batch is most often
         # one group, in one minute or a few: told by a count of each group column's
-        # first value (the same objects mostly)
-        columns = list(zip(*rows, strict=True))
+        # first value (the same objects mostly). The request log's rows are given flat,
+        # their columns sliced from one list (and read already by the insert's chunks)
+        columns: Sequence[Sequence[Any]] = (
+            rows.columns() if isinstance(rows, FlatRows) else list(zip(*rows, strict=True)))
         n = len(rows)
         times = columns[layout.ts]
         if all(columns[i].count(columns[i][0]) == n for i in layout.group):
@@ -138,7 +141,7 @@ class Tally:
                             list(zip(*bucket, strict=True)), len(bucket))
 
     def _add_group(self, layout: _Layout, start: int, raw: tuple[Any, ...],
-                   columns: list[tuple[Any, ...]], n: int) -> None:
+                   columns: Sequence[Sequence[Any]], n: int) -> None:
         """Add one minute's rows of one group, given as their ``columns`` (``n`` rows)."""
         provider, model, connection, key, status, hit = raw[:6]
         failed = 1 if status >= 400 or (layout.has_error_class and raw[6] is not None) else 0
