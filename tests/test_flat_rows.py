@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_storage import spy_statements
+from test_storage import T_COLUMNS, spy_statements, stored_rows
 
 from omniroute.storage import Database, RequestLog, RequestRecord
 from omniroute.storage import db as db_module
@@ -149,28 +149,18 @@ async def test_flat_rows_are_stored_as_their_rows_are(
     """``insert_new`` given rows kept flat binds them column by column (a slice each),
     a column of one value through the batch once a chunk, and stores what the same rows
     given as tuples store, chunk sizes, types and order included."""
-    columns = "k, a, n, r, z"
+    columns = T_COLUMNS
     one_row = f"INSERT INTO t({columns}) VALUES (?, ?, ?, ?, ?) ON CONFLICT(k) DO NOTHING"
     rows = [(f"k{i:03d}", "same", 7 if i < 40 else 7.0,  # one value (1 and 1.0 alike)
              i / 4, None if i != 30 else "x") for i in range(53)]  # chunks: 16s, 4, 1
     db = await Database.open(tmp_path / "t.sqlite3")
     try:
-        async def stored(given: Any) -> list[tuple[Any, ...]]:
-            await db.execute("DROP TABLE IF EXISTS t")
-            await db.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, k TEXT NOT NULL "
-                             "UNIQUE, a TEXT, n INTEGER, r REAL, z TEXT)")
-            async with db.transaction():
-                assert await db.insert_new(one_row, given, table="t", into="t_new",
-                                           columns=["k"], tally=True)
-            return [tuple(r) for r in await db.fetchall(
-                f"SELECT {columns}, typeof(n), typeof(r), typeof(z) FROM t ORDER BY id")]
-
-        as_rows = await stored(rows)
+        as_rows = await stored_rows(db, one_row, rows)
         flat = FlatRows(5)
         for row in rows:
             flat.append(row)
         sent = spy_statements(monkeypatch, db)
-        assert await stored(flat) == as_rows
+        assert await stored_rows(db, one_row, flat) == as_rows
         assert [sql.count("), (") + 1 for sql, _ in sent] == [16, 16, 16, 4, 1]
         first_sql, [first] = sent[0]
         # a and n bound once, then k's 16 values, r's, z's (z varies in the batch)
@@ -183,7 +173,7 @@ async def test_flat_rows_are_stored_as_their_rows_are(
         db._columns.clear()
         db._shapes = 0
         del sent[:]
-        assert await stored(flat) == as_rows
+        assert await stored_rows(db, one_row, flat) == as_rows
         assert len(sent[0][1][0]) == 5 * 16
     finally:
         await db.close()

@@ -231,6 +231,23 @@ def spy_statements(monkeypatch: pytest.MonkeyPatch, db: Database) -> list[Any]:
     return sent
 
 
+#: the table the batch-insert tests write (``stored_rows``): one column of each kind
+T_COLUMNS = "k, a, n, r, z"
+
+
+async def stored_rows(db: Database, one_row: str, given: Any) -> list[tuple[Any, ...]]:
+    """Write ``given`` (rows, or a batch the writer takes) into a new table ``t`` with
+    ``insert_new`` in one transaction; the stored rows, each value's SQLite type beside."""
+    await db.execute("DROP TABLE IF EXISTS t")
+    await db.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, k TEXT NOT NULL UNIQUE, "
+                     "a TEXT, n INTEGER, r REAL, z TEXT)")
+    async with db.transaction():
+        assert await db.insert_new(one_row, given, table="t", into="t_new", columns=["k"],
+                                   tally=True)
+    return [tuple(r) for r in await db.fetchall(
+        f"SELECT {T_COLUMNS}, typeof(n), typeof(r), typeof(z) FROM t ORDER BY id")]
+
+
 # ---------------------------------------------------------------------- batch inserts
 
 async def test_a_batch_insert_prepares_statements_of_16_rows_at_most(
@@ -299,7 +316,7 @@ async def test_a_batch_insert_binds_a_shared_column_once_and_stores_the_same_row
     and past the bound on statement shapes every value is bound."""
     from omniroute.storage import db as db_module
 
-    columns = "k, a, n, r, z"
+    columns = T_COLUMNS
     one_row = f"INSERT INTO t({columns}) VALUES (?, ?, ?, ?, ?) ON CONFLICT(k) DO NOTHING"
     rows = [(f"k{i:03d}", "same",
              (7 if i != 10 else 8) if i < 128 else 1.0,  # a chunk with one row apart
@@ -313,14 +330,7 @@ async def test_a_batch_insert_binds_a_shared_column_once_and_stores_the_same_row
             db._shared.clear()
             db._last.clear()
             db._shapes = 0
-            await db.execute("DROP TABLE IF EXISTS t")
-            await db.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, k TEXT NOT NULL UNIQUE, "
-                             "a TEXT, n INTEGER, r REAL, z TEXT)")
-            async with db.transaction():
-                assert await db.insert_new(one_row, rows, table="t", into="t_new",
-                                           columns=["k"], tally=True)
-            return [tuple(r) for r in await db.fetchall(
-                f"SELECT {columns}, typeof(n), typeof(r), typeof(z) FROM t ORDER BY id")]
+            return await stored_rows(db, one_row, rows)
 
         sent = spy_statements(monkeypatch, db)
         shared = await stored(db_module.SHARED_SHAPES)

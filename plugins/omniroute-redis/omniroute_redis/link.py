@@ -209,24 +209,11 @@ class Link:
         wire = self._wire
         if wire is None or wire.broken is not None:
             return None
-        try:  # (_send's, in line: a call fewer a request)
-            ride = riders.ride() if riders is not None else None
-            if ride is None:
-                reply = wire.send_packed(command)
-            else:
-                try:
-                    replies, then = wire.send_group(ride[0], command)
-                except WireError:
-                    riders.unride(ride)
-                    raise
-                assert then is not None
-                reply = then
-                riders.rode(ride, replies)
+        try:
+            return self._send(wire, command, riders)
         except FAILURES as exc:  # (broken since: nothing was sent)
             self.lost(exc)
             raise Unreachable(str(exc)) from exc
-        self.bound(reply)
-        return reply
 
     def _send(self, wire: Wire, command: Command, riders: Any) -> asyncio.Future[Any]:
         """Write ``command`` (after ``riders``' writes, if it has any), bound its reply."""
