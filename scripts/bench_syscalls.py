@@ -253,7 +253,8 @@ def main() -> int:
     p.add_argument("--duration", type=float, default=5.0, help="measured seconds a cell (5)")
     p.add_argument("--warmup", type=float, default=1.0, help="seconds before (1)")
     p.add_argument("--loop", default="uvloop", choices=["asyncio", "uvloop"])
-    p.add_argument("--targets", default="forwarder,omniroute")
+    p.add_argument("--targets", default="forwarder,omniroute",
+                   help="of forwarder,omniroute,norecords (the gateway, records off)")
     p.add_argument("--record", metavar="DIR",
                    help="also `perf record` each measured run (cpu-clock, call graphs) "
                         "into DIR/<target>-<lane>-c<N>.data, for `perf report`")
@@ -273,8 +274,10 @@ def main() -> int:
                     proc, port = start_app(run.ctx, "forwarder", f"http://{HOST}:{nginx_port}",
                                            args.loop, run.procs)
                     pids[target] = proc.pid
-                else:
-                    gw, port = start_gateway(run.tmp / target, nginx_port, 1, args.loop)
+                else:  # norecords: the gateway with its usage records off
+                    gw, port = start_gateway(
+                        run.tmp / target, nginx_port, 1, args.loop,
+                        settings={"request_log": "false"} if target == "norecords" else None)
                     run.gateways.append(gw)
                     pids[target] = gw.pid
                 servers[target] = port
