@@ -464,16 +464,20 @@ async def _switch_to_wal(conn: aiosqlite.Connection) -> None:
 
 
 #: rows one INSERT of :meth:`Database.insert_new` takes (several ``VALUES`` rows), largest
-#: first: a batch goes in statements of 16 rows, its rest in 4s and ones. Within one
+#: first: a batch goes in statements of 64 rows, its rest in 16s, 4s and ones. Within one
 #: statement SQLite keeps its cursors open from row to row, so each index's insert starts
 #: from the page the previous row's went to (the keys mostly ascend: times, request ids)
 #: instead of from its root, and the statement is set up once, not once a row. Measured
 #: (callgrind, a 300-record flush): about 11,000 instructions a record less than one
-#: statement a row. Each size is one statement of Python's statement cache. Not 64 rows:
-#: a prepared statement of 64 request records holds 104-144 KiB of SQLite's memory for
-#: the process's life (one of 16, 36-45 KiB), a benchmark run kept four of them, and the
-#: instructions a request were the same (docs/architecture.md, "Resident memory").
-VALUES_ROWS = (16, 4, 1)
+#: statement a row. Each size is one statement of Python's statement cache. 64 rows
+#: first (session 14): Python's sqlite3 lets the GIL go around each statement's prepare,
+#: step and reset, and the busy event loop then holds it, so every statement of a flush
+#: was a handover each way (`bench_syscalls.py`, JSON c=16, a request: 1.41 `futex` and
+#: 1.24 inter-processor interrupts with 16-row statements, 0.45 and 0.66 with 64; records
+#: off 0.012 and 0.45). A 64-row prepared statement holds 104-144 KiB of SQLite's memory
+#: for the process's life (16 rows: 36-45 KiB; session 12 chose 16 for that); after a
+#: benchmark run the gateway's resident memory was no higher (57.7 MiB against 58.6).
+VALUES_ROWS = (64, 16, 4, 1)
 #: statements of at least so many rows bind a column of one value once
 #: (:meth:`Database._rows`)
 SHARE_FROM = 16
