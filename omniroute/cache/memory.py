@@ -70,19 +70,8 @@ class MemoryCache(CacheBackend):
 
     def put(self, key: str, value: bytes, ttl: float | None = None) -> bool:
         size = len(value)
-        if size > self.max_bytes:
-            return True  # larger than the whole cache: never stored
-        items = self._items
-        old = items.pop(key, None)
-        if old is None:
-            total = self._bytes + size
-        else:  # replaced: a new entry, no hits yet
-            total = self._bytes + size - old[2]
-            self._hits.pop(key, None)
-        items[key] = (self._clock() + (ttl if ttl is not None else self.ttl), value, size)
-        self._bytes = total
-        if total > self.max_bytes or len(items) > self.max_entries:
-            self._evict()
+        if size <= self.max_bytes:  # (larger than the whole cache: never stored)
+            self._keep(key, value, size, ttl if ttl is not None else self.ttl)
         return True
 
     def put_later(self, key: str, answer: tuple[Any, ...], size: int, ttl: float) -> None:
@@ -94,14 +83,18 @@ class MemoryCache(CacheBackend):
         of strings, bytes and numbers, not a callable: the garbage collector stops
         tracking it, where a ``partial`` kept per entry made its collections walk them
         all.)"""
-        if size > self.max_bytes:
-            return
+        if size <= self.max_bytes:
+            self._keep(key, answer, size, ttl)
+
+    def _keep(self, key: str, value: bytes | tuple[Any, ...], size: int, ttl: float) -> None:
+        """Store ``value`` as ``size`` bytes for ``ttl`` seconds (replacing ``key``'s
+        entry: a new one, no hits yet), then evict down to both bounds."""
         items = self._items
         old = items.pop(key, None)
-        if old is not None:  # replaced: a new entry, no hits yet
+        if old is not None:
             self._bytes -= old[2]
             self._hits.pop(key, None)
-        items[key] = (self._clock() + ttl, answer, size)
+        items[key] = (self._clock() + ttl, value, size)
         total = self._bytes = self._bytes + size
         if total > self.max_bytes or len(items) > self.max_entries:
             self._evict()
