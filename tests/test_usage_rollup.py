@@ -12,7 +12,7 @@ import pytest
 
 from omniroute.storage import Database, RequestLog, RequestRecord, rollup
 from omniroute.storage.migrations import MIGRATIONS
-from omniroute.storage.requestlog import full_row, record_row
+from omniroute.storage.requestlog import record_row
 from omniroute.storage.usage import UsageFilter, UsageQueries
 
 DAY, HOUR = 86400.0, 3600.0
@@ -271,7 +271,7 @@ async def test_the_migration_fills_the_totals_from_existing_records(
     # written as an old gateway's writer would: records only (the totals, if any, stale);
     # that schema has no unique request id yet (migration 9): a plain insert
     insert = RequestLog.insert.removesuffix(" ON CONFLICT(ts, request_id) DO NOTHING")
-    await old.executemany(insert, [full_row(record_row(r)) for r in records])
+    await old.executemany(insert, [record_row(r) for r in records])
     await old.close()
     db = await Database.open(path)
     try:

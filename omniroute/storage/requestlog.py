@@ -135,11 +135,6 @@ def record_row(r: RequestRecord) -> Row:
             r.request_body, r.response_body, r.audio_seconds, r.characters, r.images)
 
 
-def full_row(row: Row) -> Row:
-    """``row`` with every column of :data:`ROW_FIELDS` (the rare ones None if left out)."""
-    return row if len(row) > _N_COMMON else row + _NONE_RARE
-
-
 def _insert(fields: list[str]) -> str:
     # a record is written once: a batch tried again (its commit may have landed before
     # the database went away) adds nothing twice
@@ -208,7 +203,9 @@ class RequestLog(BufferedLog[Row]):
         #: the scratch table of :data:`~omniroute.storage.rollup.NEW` was made (committed)
         self._scratch = False
 
-    row = staticmethod(full_row)  # type: ignore[assignment]
+    def row(self, item: Row) -> Row:
+        """A row written alone: the buffer's rows hold every column already."""
+        return item
 
     def buffer(self) -> FlatRows:
         """The records' values, row after row, in one list (:mod:`omniroute.storage.flat`)."""
