@@ -31,10 +31,12 @@ from omniroute.providers.upstream import Answer, Upstream
 
 T = TypeVar("T")
 
-#: the upstream answer headers an ``UpstreamResponse`` keeps, each with its ``istr`` (a
-#: multidict looks an ``istr`` up without case-folding it first)
+#: the upstream answer headers a stream's ``UpstreamResponse`` keeps, each with its ``istr``
+#: (a multidict looks an ``istr`` up without case-folding it first)
 _KEEP_HEADERS = tuple((name, istr(name)) for name in (
     "content-type", "x-request-id", "request-id", "openai-processing-ms", "retry-after"))
+#: how a JSON answer's body starts (after any whitespace)
+_JSON_STARTS = (b"{", b"[")
 #: upstream answer headers the resilience layer reads (names lower-cased)
 _HINT_PREFIXES = ("retry-after", "x-ratelimit-", "anthropic-ratelimit-")
 
@@ -189,7 +191,6 @@ class HTTPProvider(Provider):
                 body = await resp.read()
                 if resp.status >= 400:
                     raise self._refused(resp.status, body, resp.headers, sent_with)
-                kept = _kept_headers(resp.headers)
         except TimeoutError:
             if timeout is not None:
                 raise UpstreamTimeout(
@@ -199,9 +200,12 @@ class HTTPProvider(Provider):
                 f"or over {timeouts.total:g}s in total") from None
         except aiohttp.ClientError as exc:
             raise UpstreamError(f"upstream unreachable: {_describe(exc)}") from None
-        if json and not body.lstrip().startswith((b"{", b"[")):
+        # (the lstrip, a copy of the body, only for one that does not start as JSON does)
+        if json and not (body.startswith(_JSON_STARTS) or body.lstrip().startswith(_JSON_STARTS)):
             raise UpstreamError("upstream sent a response that is not JSON")
-        return UpstreamResponse(resp.status, kept, body)  # (no keywords: no dict per call)
+        # the answer's headers as they came: read-only, and short-lived (a stream, which
+        # lives long, keeps the few of :data:`_KEEP_HEADERS` instead)
+        return UpstreamResponse(resp.status, resp.headers, body)  # (no keywords: no dict)
 
     async def post_stream(
         self,
