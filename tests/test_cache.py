@@ -287,3 +287,12 @@ async def test_a_passed_through_stream_is_kept_as_it_came_and_hit_in_another_for
     assert raw.headers["X-OmniRoute-Cache"] == "HIT"
     assert (await raw.parse()).content[0].text == text
     assert len(gw.fake.requests) == 1
+
+
+@pytest.mark.parametrize(("temperature", "zero"), [
+    (0, True), (0.0, True), (-0.0, True), (False, False), (True, False), ("0", False),
+    (None, False), (0.2, False), ([0], False), ({}, False), (1e-300, False)])
+def test_only_a_numeric_zero_temperature_is_deterministic(temperature: Any, zero: bool) -> None:
+    from omniroute.cache.stage import _zero
+
+    assert _zero(temperature) is zero

@@ -117,8 +117,11 @@ class CacheStage(Stage):
         if limits is not None:
             mode = limits.cache or mode
             ttl = limits.cache_ttl or ttl
-        if (mode == "off" or _bypassed(ctx)
-                or (mode == "deterministic" and not _zero(ctx.fmt.temperature(ctx.body)))):
+        # the temperature first: most requests give none, or one that is not 0 (two
+        # header lookups fewer, the header's 21 bytecodes of 62)
+        if (mode == "off"
+                or (mode == "deterministic" and not _zero(ctx.fmt.temperature(ctx.body)))
+                or _bypassed(ctx)):
             self.cache.bypasses += 1
             say(ctx, "BYPASS")
             return None
@@ -492,8 +495,9 @@ def _bypassed(ctx: RequestContext) -> bool:
 
 
 def _zero(value: object) -> bool:
-    # (a tuple: ``int | float`` would build a union object on every call)
-    return (isinstance(value, (int, float)) and not isinstance(value, bool)) and value == 0
+    # the comparison first: it rules out most values in one bytecode (a tuple: ``int |
+    # float`` would build a union object on every call)
+    return value == 0 and isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def _slot(ctx: RequestContext, mode: str, layers: bool) -> tuple[Hashable, ...] | None:
