@@ -184,13 +184,18 @@ class HTTPProvider(Provider):
             # timeouts.json: the answer must start within first_byte (and no read may
             # stall longer), so a hung upstream does not stall failover; the whole
             # exchange is bounded by total
-            async with await self.upstream.post(
-                url, data=data, headers=headers, timeout=timeout or timeouts.json
-            ) as resp:
+            resp = await self.upstream.post(url, data=data, headers=headers,
+                                            timeout=timeout or timeouts.json)
+            try:
                 self.answered(resp.status, resp.headers)
-                body = await resp.read()
-                if resp.status >= 400:
-                    raise self._refused(resp.status, body, resp.headers, sent_with)
+            except BaseException:
+                resp.close()
+                raise
+            # read() gives the connection back (or closes it, when the read fails): no
+            # ``async with`` around it, whose two coroutines would only release it again
+            body = await resp.read()
+            if resp.status >= 400:
+                raise self._refused(resp.status, body, resp.headers, sent_with)
         except TimeoutError:
             if timeout is not None:
                 raise UpstreamTimeout(
