@@ -197,3 +197,32 @@ def test_the_data_path_imports_nothing_from_web() -> None:
             if isinstance(node, ast.ImportFrom) and node.module:
                 assert not node.module.startswith("omniroute.web"), (module.name, node.module)
                 assert node.module != "omniroute.gateway", (module.name, node.module)
+
+
+def test_a_run_acts_when_it_overrides_a_hook_the_pipeline_awaits_or_wraps() -> None:
+    """``StageRun.acts``: a request whose runs all lack it skips the pipeline's loops over
+    ``before``, ``routed``, ``call``/``stream`` and ``answer``."""
+    class Counts(StageRun):
+        def finished(self, ctx: RequestContext) -> None: ...
+
+    class Before(Counts):
+        async def before(self, ctx: RequestContext) -> Reply | None:
+            return None
+
+    class Routed(StageRun):
+        async def routed(self, ctx: RequestContext) -> None: ...
+
+    class Answer(StageRun):
+        async def answer(self, ctx: RequestContext, body: bytes) -> None: ...
+
+    class Wraps(StageRun):
+        wraps = True
+
+    class Inherits(Before):
+        pass
+
+    class Undone(Before):
+        before = StageRun.before  # (the cache's miss run: its own before, taken back)
+
+    assert not StageRun.acts and not Counts.acts and not Undone.acts
+    assert Before.acts and Routed.acts and Answer.acts and Wraps.acts and Inherits.acts

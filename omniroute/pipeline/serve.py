@@ -181,15 +181,18 @@ class Pipeline:
             record.model_requested, record.stream = ctx.model, int(ctx.stream)
             if not ctx.model.isprintable():
                 _header_unsafe("model")
+            acting = False  # a run does more than finished (StageRun.acts)
             for stage in self.stages:
                 run = stage.enter(ctx, operation)
                 if run is not None:
                     ctx.runs.append(run)
+                    if run.acts:
+                        acting = True
             if self.batches is not None:
                 sending = self._prefetch(ctx, operation, self.batches)
                 if sending is not None:  # (nothing queued: nothing to wait for)
                     await sending
-            for run in ctx.runs:
+            for run in ctx.runs if acting else ():
                 if type(run).before is not _NO_BEFORE:  # (a no-op is not awaited)
                     reply = await run.before(ctx)
                     if reply is not None:
@@ -206,13 +209,13 @@ class Pipeline:
                         lambda: self.catalog.router.resolve(ctx.model, prefix=ctx.prefix),
                         ModelNotFound)
                 record.combo = ctx.route.combo
-                for run in ctx.runs:
+                for run in ctx.runs if acting else ():
                     if type(run).routed is not _NO_ROUTED:
                         await run.routed(ctx)
                 if operation.sticky:
                     ctx.session = _session(ctx)
                 calling: Awaitable[Reply] = self._call_targets(operation, ctx)
-                for run in ctx.runs:
+                for run in ctx.runs if acting else ():
                     if run.wraps:  # idempotency: one call shared with its duplicates
                         calling = run.call(ctx, calling)
                 if ctx.stream and operation.fmt.keepalive_frame() is not None:
@@ -237,7 +240,7 @@ class Pipeline:
                 self.prices.charge(record, reply.target)  # its usage is known: a header
                 headers = _headers(ctx, reply)
                 usage_headers(record, headers)
-                if reply.target is not None:
+                if reply.target is not None and acting:
                     for run in ctx.runs:
                         if type(run).answer is not _NO_ANSWER:
                             await run.answer(ctx, reply.body)
@@ -252,7 +255,7 @@ class Pipeline:
                 return web.Response(body=reply.body, status=reply.status,
                                     content_type=media_type, charset=charset, headers=headers)
             headers = _headers(ctx, reply)
-            for run in ctx.runs:
+            for run in ctx.runs if acting else ():
                 if run.wraps:  # idempotency's fan-out, progress frames
                     run.stream(ctx, reply)
             if body_log is not None:

@@ -52,6 +52,16 @@ class StageRun:
     #: True when the run wraps the call (:meth:`call`) or a stream's frames (:meth:`stream`);
     #: the pipeline calls neither for a run that does not
     wraps: ClassVar[bool] = False
+    #: True when the run does more than ``finished`` (and ``frame``, ``prefetch``): it
+    #: overrides ``before``, ``routed`` or ``answer``, or wraps. Set for each subclass
+    #: (:meth:`__init_subclass__`); a request whose runs all lack it (the metrics run
+    #: alone, mostly) skips the pipeline's four loops over them
+    acts: ClassVar[bool] = False
+
+    def __init_subclass__(cls, **kwargs: object) -> None:
+        super().__init_subclass__(**kwargs)
+        cls.acts = cls.wraps or any(getattr(cls, hook) is not getattr(StageRun, hook)
+                                    for hook in ("before", "routed", "answer"))
 
     def prefetch(self, ctx: RequestContext, batch: RequestBatch, route: Route | None) -> None:
         """With shared state only, before ``before``: queue on ``batch`` what this run will
