@@ -584,3 +584,18 @@ def test_the_output_rate_is_tokens_a_second_to_a_hundredth(
     complete(SimpleNamespace(record=record, tries=None), None)  # type: ignore[arg-type]
     assert record.tokens_per_s == rate
 
+
+
+@pytest.mark.parametrize(("value", "count"), [
+    (0, 0), (27, 27), (2**53 - 1, 2**53 - 1), (2**53, None), (2**64, None), (-1, None),
+    (True, None), (False, None), (1.0, None), ("3", None), (None, None)])
+def test_only_a_plausible_token_count_is_recorded(value: Any, count: int | None) -> None:
+    from enum import IntEnum
+
+    from omniroute.formats.canonical import token_count
+
+    class Tokens(IntEnum):  # an int of another type is taken as its number
+        SOME = 5
+
+    assert token_count(value) == count and type(token_count(value)) is type(count)
+    assert token_count(Tokens.SOME) == 5

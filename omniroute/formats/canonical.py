@@ -218,6 +218,8 @@ TextRequest: TypeAlias = tuple[list[str], list[tuple[str, str]], tuple[Any, ...]
 #: counts at or past this are not believed (SQLite stores 64-bit integers; JSON numbers
 #: are exact to 2**53)
 MAX_TOKENS_COUNT = 2**53
+#: the plausible counts (``in`` a range is one bytecode, a chained comparison six)
+_PLAUSIBLE = range(MAX_TOKENS_COUNT)
 
 
 def token_count(value: Any) -> int | None:
@@ -225,7 +227,7 @@ def token_count(value: Any) -> int | None:
     negative number, a float, or one too large to store): one absurd number from an
     upstream must not stop the request log."""
     if type(value) is int or (isinstance(value, int) and not isinstance(value, bool)):
-        return value if 0 <= value < MAX_TOKENS_COUNT else None
+        return value if value in _PLAUSIBLE else None
     return None
 
 
