@@ -59,10 +59,13 @@ async def read_object(request: web.Request, limit: int) -> dict[str, Any]:
 async def read_sized_object(request: web.Request, limit: int) -> tuple[dict[str, Any], bytes]:
     """The body as a JSON object, and the bytes it was read from (their size is what a
     token estimate starts from; the response cache knows a repeated body by them)."""
-    try:  # (every request's body: its read is awaited here, no coroutine in between)
-        raw = await _json_bytes(request, limit)
-    except asyncio.IncompleteReadError:
-        raise InvalidRequest("Request body ended before its Content-Length.") from None
+    _check_json_type(request)
+    raw = _arrived(request, limit)
+    if raw is None:
+        try:  # (its read is awaited here, no coroutine in between)
+            raw = await _bytes(request, limit)
+        except asyncio.IncompleteReadError:
+            raise InvalidRequest("Request body ended before its Content-Length.") from None
     body = _parsed(raw)
     if not isinstance(body, dict):
         raise InvalidRequest("Request body must be a JSON object.")
@@ -77,10 +80,30 @@ async def _read_sized_json(request: web.Request, limit: int) -> tuple[Any, bytes
     return _parsed(raw), raw
 
 
+def _arrived(request: web.Request, limit: int) -> bytes | None:
+    """A JSON body that came whole with the request's head (the common case: all of it is
+    in the buffer, its end seen), taken without a read to await (``readexactly`` and the
+    ``read`` under it are two coroutines); None: not in yet, or not the common case
+    (:func:`_bytes` reads it)."""
+    content, declared = request.content, request.content_length
+    if (declared is None or not 0 < declared <= limit or not content.is_eof()
+            or content.exception() is not None or KEPT_BODY in request):
+        return None
+    raw = content.read_nowait(declared)
+    if len(raw) != declared:  # it ended before its Content-Length (as readexactly says)
+        raise InvalidRequest("Request body ended before its Content-Length.")
+    return raw
+
+
 def _json_bytes(request: web.Request, limit: int) -> Awaitable[bytes]:
     """The read of a JSON body (415 for another content type; the caller awaits it, and
     answers a body shorter than its Content-Length, ``IncompleteReadError``, with 400)."""
     _check_json_type(request)
+    return _bytes(request, limit)
+
+
+def _bytes(request: web.Request, limit: int) -> Awaitable[bytes]:
+    """The read of a body whose type was checked (see :func:`_json_bytes`)."""
     declared = request.content_length
     if declared is not None and 0 < declared <= limit and KEPT_BODY not in request:
         # the common case, read in one go (as read_body would, one coroutine less)

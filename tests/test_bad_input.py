@@ -384,3 +384,50 @@ async def test_many_failures_in_a_row_leave_the_server_serving(gw):
     await assert_still_serving(gw)
     health = await (await gw.client.get("/api/monitoring/health")).json()
     assert health["status"] == "ok"
+
+
+async def raw_post(gw: Any, parts: list[bytes], pause: float = 0.1) -> bytes:
+    """POST a chat body over a bare socket, in ``parts`` a ``pause`` apart; the answer's
+    head and whatever of its body came with it."""
+    import asyncio
+    from urllib.parse import urlsplit
+
+    url = urlsplit(gw.base_url)
+    reader, writer = await asyncio.open_connection(url.hostname, url.port)
+    try:
+        body = b"".join(parts)
+        writer.write(b"POST /v1/chat/completions HTTP/1.1\r\nHost: %s\r\n"
+                     b"Authorization: Bearer sk-client\r\n"
+                     b"Content-Type: application/json\r\nConnection: close\r\n"
+                     b"Content-Length: %d\r\n\r\n" % (url.netloc.encode(), len(body)))
+        for part in parts:
+            writer.write(part)
+            await writer.drain()
+            await asyncio.sleep(pause)
+        return await asyncio.wait_for(reader.read(), 10)
+    finally:
+        writer.close()
+
+
+async def test_a_body_read_as_it_comes_or_whole_is_the_same_request(gw, monkeypatch):
+    """A body that is all in with the request's head is taken at once (no read awaited);
+    one that comes later is read as it comes: the same answer."""
+    from omniroute import bodies
+
+    reads: list[int] = []
+    read = bodies._bytes
+
+    def counted(request: web.Request, limit: int) -> Any:
+        reads.append(limit)
+        return read(request, limit)
+
+    monkeypatch.setattr(bodies, "_bytes", counted)
+    body = orjson.dumps(CHAT)
+    whole = await raw_post(gw, [body])
+    assert reads == []
+    later = await raw_post(gw, [body[:10], body[10:]])
+    assert len(reads) == 1
+    for answer in (whole, later):
+        assert answer.startswith(b"HTTP/1.1 200"), answer[:200]
+        assert b"Hello! You said: hi there" in answer
+    assert len(gw.fake.requests) == 2
