@@ -421,6 +421,28 @@ async def test_a_gzip_answer_is_decompressed(http, server):
     assert await answer.read() == b'{"zipped": true}' * 50
 
 
+async def test_a_body_all_in_with_the_head_is_taken_without_a_read(http, server, monkeypatch):
+    """Its end seen already, the body is taken as it is; one still coming (chunks 10 ms
+    apart) is read by the stream's read(): the same bytes either way."""
+    reads: list[int] = []
+    read = aiohttp.StreamReader.read
+
+    async def counted(self: aiohttp.StreamReader, n: int = -1) -> bytes:
+        reads.append(n)
+        return await read(self, n)
+
+    monkeypatch.setattr(aiohttp.StreamReader, "read", counted)
+    up = Upstream(http)
+    answer = await post(up, f"{server.base}/echo")
+    await asyncio.sleep(0.05)  # (the body's end is in by now)
+    assert await answer.read() == b'{"ok": true, "cookie": null}'
+    assert reads == []
+    answer = await post(up, f"{server.base}/chunked")
+    assert await answer.read() == b"data: 0\n\ndata: 1\n\ndata: 2\n\n"
+    assert reads == [-1]
+    assert len(set(server.recorder.peers)) == 1  # both given back to the pool
+
+
 async def test_a_chunked_answer_is_read_whole_and_its_connection_kept(http, server):
     up = Upstream(http)
     answer = await post(up, f"{server.base}/chunked")

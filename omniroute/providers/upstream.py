@@ -99,8 +99,14 @@ class LeanResponse:
 
     async def read(self) -> bytes:
         """The whole body (decompressed); the connection is released after it."""
+        content = self.content
         try:
-            body = await self.content.read()
+            if content.is_eof() and content.exception() is None:
+                # all of it came with the head (its end seen): taken as it is, without
+                # read(), and the readany() it awaits twice
+                body = content.read_nowait()
+            else:
+                body = await content.read()
         except BaseException:
             self.close()
             raise
