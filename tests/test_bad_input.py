@@ -431,3 +431,18 @@ async def test_a_body_read_as_it_comes_or_whole_is_the_same_request(gw, monkeypa
         assert answer.startswith(b"HTTP/1.1 200"), answer[:200]
         assert b"Hello! You said: hi there" in answer
     assert len(gw.fake.requests) == 2
+
+
+def test_a_kept_body_is_told_from_the_requests_own_state() -> None:
+    """``_keeps_body`` reads aiohttp's ``Request._state`` (the dict behind ``request[key]``)
+    instead of ``KEPT_BODY in request``, whose miss raises and catches a ``KeyError``."""
+    from aiohttp.test_utils import make_mocked_request
+
+    from omniroute.bodies import KEPT_BODY, _keeps_body
+
+    request = make_mocked_request("POST", "/api/keys")
+    assert not _keeps_body(request) and KEPT_BODY not in request
+    request[KEPT_BODY] = None  # (what an audited call's middleware sets)
+    assert _keeps_body(request) and KEPT_BODY in request
+    del request[KEPT_BODY]
+    assert not _keeps_body(request)
