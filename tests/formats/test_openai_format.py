@@ -22,6 +22,7 @@ from omniroute.formats import canonical as c
 from omniroute.formats import openai as openai_module
 from omniroute.formats.base import ClientRequest
 from omniroute.formats.openai import OpenAIFormat
+from omniroute.formats.openai.response import decode_usage
 from omniroute.plugins import load_plugins
 from omniroute.sse import DONE
 
@@ -457,6 +458,48 @@ def test_decode_response_errors_and_tolerance() -> None:
 ])
 def test_usage_from_body_wherever_the_usage_is(body: bytes) -> None:
     assert OA.usage_from_body(body) == c.Usage(7, 3, 2, None, 1)
+
+
+USAGE = (b'{"prompt_tokens": 7, "completion_tokens": 3, "prompt_tokens_details": '
+         b'{"cached_tokens": 2, "audio_tokens": 0}, "completion_tokens_details": '
+         b'{"reasoning_tokens": 1}}')
+
+
+#: an answer's choices long enough that its usage is looked for when it is not last
+CHOICES = b'"choices": [{"message": {"content": "' + b"x" * 4096 + b'"}}]'
+
+
+@pytest.mark.parametrize("body", [
+    b'{"id": "x", ' + CHOICES + b', "usage": ' + USAGE + b'}\n',
+    # as OpenAI sends it: two members after the usage
+    b'{"id": "x", ' + CHOICES + b', "usage": ' + USAGE
+    + b', "service_tier": "default", "system_fingerprint": "fp_06"}',
+])
+def test_the_outer_usage_is_read_from_its_own_text(body: bytes) -> None:
+    # the answer's choices are not parsed on the pass-through lane
+    assert openai_module._last_usage(body) == orjson.loads(USAGE)
+    assert OA.usage_from_body(body) == c.Usage(7, 3, 2, None, 1)
+
+
+@pytest.mark.parametrize("body", [
+    b'{"usage": ' + USAGE + b', "meta": {"usage": {"prompt_tokens": 99}}}',
+    b'{"usage": ' + USAGE + b', "meta": {"a": {"usage": {"prompt_tokens": 99}}, "b": 1}}',
+    b'{"usage": ' + USAGE + b', "meta": {"usage": {"prompt_tokens": 99}}, "b": 1}',
+    b'{"usage": {"note": "}{", "prompt_tokens": 7}, "b": 1}',
+    b'{"usage": ' + USAGE + b', "b": }',
+    # short: parsed whole, which is cheaper than finding the usage's end
+    b'{"id": "x", "usage": ' + USAGE + b', "service_tier": "default"}',
+])
+@pytest.mark.parametrize("choices", [b"", CHOICES + b", "])
+def test_a_usage_that_may_not_be_the_outer_one_is_not_read_alone(
+        body: bytes, choices: bytes) -> None:
+    body = body[:1] + choices + body[1:] if choices and b'"id"' not in body else body
+    assert openai_module._last_usage(body) is openai_module._NOT_LAST
+    try:  # read whole: the outer usage, or none from an answer that is not JSON
+        usage = orjson.loads(body)["usage"]
+    except orjson.JSONDecodeError:
+        usage = None
+    assert OA.usage_from_body(body) == decode_usage(usage)
 
 
 def test_usage_from_body_without_usage() -> None:

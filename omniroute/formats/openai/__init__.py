@@ -35,13 +35,23 @@ _USAGE_MARKERS = (b'"usage":{', b'"usage": {')
 _NOT_LAST = object()
 
 
-def _last_usage(body: bytes) -> Any:
-    """The answer's ``usage`` value when it is the answer's last key (where OpenAI and
-    the compatible servers put it), read without parsing the rest; else ``_NOT_LAST``.
+#: below this many bytes an answer whose ``usage`` is not its last member is parsed whole
+#: (orjson reads a few kilobytes faster than :func:`_last_usage` finds the usage's end)
+_FIND_USAGE_FROM = 4096
 
-    The text after the last ``"usage":`` up to the answer's closing brace parses as one
-    JSON value only when that key belongs to the outer object (a nested one leaves a
-    closing bracket of its own in the text; in a string the quotes would be escaped).
+
+def _last_usage(body: bytes) -> Any:
+    """The answer's ``usage`` value read without parsing the rest of the answer, when its
+    last ``"usage":`` is a key of the outer object; else ``_NOT_LAST``.
+
+    Compatible servers often end the answer with ``usage``: the text after the key up
+    to the answer's closing brace is then one JSON value. OpenAI puts ``service_tier``
+    and ``system_fingerprint`` after it: in a long answer (:data:`_FIND_USAGE_FROM`) the
+    value is then the text up to the ``}`` that closes as many braces as it opened (one
+    JSON object, checked by parsing it), and what follows it must be the outer object's
+    end after more members (checked by parsing them as an object of their own). Nested in
+    a member, the key would leave a closing brace of its own after its value, and these
+    checks fail; in a string its quotes would be escaped.
     """
     at = body.rfind(b'"usage":')
     if at < 0:
@@ -52,7 +62,20 @@ def _last_usage(body: bytes) -> Any:
     try:
         return orjson.loads(tail[:-1])
     except orjson.JSONDecodeError:
-        return _NOT_LAST
+        if len(body) < _FIND_USAGE_FROM:
+            return _NOT_LAST
+    end = tail.find(b"}") + 1
+    while tail.count(b"{", 0, end) != tail.count(b"}", 0, end):
+        end = tail.find(b"}", end) + 1
+        if not end:
+            return _NOT_LAST
+    rest = tail[end:].lstrip()
+    try:
+        if rest[:1] == b"," and orjson.loads(b"{" + rest[1:]) is not None:
+            return orjson.loads(tail[:end])
+    except orjson.JSONDecodeError:
+        pass
+    return _NOT_LAST
 
 
 def check_chat_request(body: dict[str, Any]) -> tuple[str, bool]:
