@@ -421,28 +421,6 @@ async def test_a_gzip_answer_is_decompressed(http, server):
     assert await answer.read() == b'{"zipped": true}' * 50
 
 
-async def test_a_body_all_in_with_the_head_is_taken_without_a_read(http, server, monkeypatch):
-    """Its end seen already, the body is taken as it is; one still coming (chunks 10 ms
-    apart) is read by the stream's read(): the same bytes either way."""
-    reads: list[int] = []
-    read = aiohttp.StreamReader.read
-
-    async def counted(self: aiohttp.StreamReader, n: int = -1) -> bytes:
-        reads.append(n)
-        return await read(self, n)
-
-    monkeypatch.setattr(aiohttp.StreamReader, "read", counted)
-    up = Upstream(http)
-    answer = await post(up, f"{server.base}/echo")
-    await asyncio.sleep(0.05)  # (the body's end is in by now)
-    assert await answer.read() == b'{"ok": true, "cookie": null}'
-    assert reads == []
-    answer = await post(up, f"{server.base}/chunked")
-    assert await answer.read() == b"data: 0\n\ndata: 1\n\ndata: 2\n\n"
-    assert reads == [-1]
-    assert len(set(server.recorder.peers)) == 1  # both given back to the pool
-
-
 async def test_a_chunked_answer_is_read_whole_and_its_connection_kept(http, server):
     up = Upstream(http)
     answer = await post(up, f"{server.base}/chunked")
@@ -450,6 +428,25 @@ async def test_a_chunked_answer_is_read_whole_and_its_connection_kept(http, serv
     assert await answer.read() == b"data: 0\n\ndata: 1\n\ndata: 2\n\n"
     await (await post(up, f"{server.base}/echo")).read()
     assert len(set(server.recorder.peers)) == 1
+
+
+async def test_informational_answers_before_the_answer_are_skipped(http):
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        length = next(int(line.split(b":")[1]) for line in head.split(b"\r\n")
+                      if line.lower().startswith(b"content-length:"))
+        await reader.readexactly(length)
+        writer.write(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\n"
+                     b"Link: </a>\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        await writer.drain()
+        writer.close()
+
+    raw = await asyncio.start_server(serve, "127.0.0.1", 0)
+    port = raw.sockets[0].getsockname()[1]
+    async with raw:
+        answer = await post(Upstream(http), f"http://127.0.0.1:{port}/v1/chat")
+        assert (answer.status, await answer.read()) == (200, b"ok")
+        assert "Link" not in answer.headers
 
 
 async def test_an_error_answer_keeps_its_status_headers_and_body(http, server):
