@@ -278,11 +278,11 @@ async def stored_rows(db: Database, one_row: str, given: Any) -> list[tuple[Any,
 
 # ---------------------------------------------------------------------- batch inserts
 
-async def test_a_batch_insert_prepares_statements_of_128_rows_at_most(
+async def test_a_batch_insert_prepares_statements_of_64_rows_at_most(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A prepared statement's memory grows with its rows (SQLite's, kept for the
     process's life), and each statement hands the GIL over and back: 133 rows go in
-    one of 128, a 4 and a one."""
+    64s, 4s and ones."""
     db = await Database.open(tmp_path / "t.sqlite3")
     try:
         await db.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, k TEXT NOT NULL UNIQUE, n INT)")
@@ -291,7 +291,7 @@ async def test_a_batch_insert_prepares_statements_of_128_rows_at_most(
             assert await db.insert_new("INSERT INTO t(k, n) VALUES (?, ?)",
                                        [(f"k{i}", i % 3) for i in range(133)], table="t",
                                        into="t_new", columns=["k"], tally=True)
-        assert [sql.count("(?") for sql, _ in sent] == [128, 4, 1]
+        assert [sql.count("(?") for sql, _ in sent] == [64, 64, 4, 1]
         assert (await db.fetchone("SELECT count(*), sum(n) FROM t"))[:] == (
             133, sum(i % 3 for i in range(133)))
     finally:

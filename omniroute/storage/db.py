@@ -500,7 +500,7 @@ async def _switch_to_wal(conn: aiosqlite.Connection) -> None:
 
 
 #: rows one INSERT of :meth:`Database.insert_new` takes (several ``VALUES`` rows), largest
-#: first: a batch goes in statements of 128 rows, its rest in 16s, 4s and ones. Within one
+#: first: a batch goes in statements of 64 rows, its rest in 16s, 4s and ones. Within one
 #: statement SQLite keeps its cursors open from row to row, so each index's insert starts
 #: from the page the previous row's went to (the keys mostly ascend: times, request ids)
 #: instead of from its root, and the statement is set up once, not once a row. Measured
@@ -513,10 +513,11 @@ async def _switch_to_wal(conn: aiosqlite.Connection) -> None:
 #: off 0.012 and 0.45). A 64-row prepared statement holds 104-144 KiB of SQLite's memory
 #: for the process's life (16 rows: 36-45 KiB; session 12 chose 16 for that); after a
 #: benchmark run the gateway's resident memory was no higher (57.7 MiB against 58.6).
-#: 128 rows first (session 15): a flush at load, 512 records (``BufferedLog._flush``'s
-#: whole multiples), is 4 statements, 16 handovers of the GIL fewer than with 64; resident
-#: memory after ``bench_rss.py --repeat 3`` no higher (59.0-59.2 MiB, against 59.1-59.6)
-VALUES_ROWS = (128, 16, 4, 1)
+#: 128 rows first (session 15) made a 512-record flush 4 statements, 16 of its ~64 GIL
+#: releases fewer, but SQLite prepares a 128-row statement in some four times a 64-row
+#: one's time (25 ms against 6, in process), paid once a shape: the callgrind cell whose
+#: 300 records first needed it read 66k instructions a request more. Not kept
+VALUES_ROWS = (64, 16, 4, 1)
 #: rows one statement of :meth:`Database._many_rows` takes (the request log's totals, a
 #: few to a few dozen rows a flush), largest first: a count is written in as many
 #: statements as it has bits set under 128. A prepared upsert of 16 rows of the totals
