@@ -175,7 +175,8 @@ async def test_a_database_that_is_unavailable_keeps_the_batch(
 @pytest.mark.parametrize("table", list(LOGS))
 async def test_the_writer_takes_its_turn_once_flush_at_rows_wait(
         db: Database, table: str) -> None:
-    """Before its interval is up: what waits is bounded by count, not by the rate."""
+    """Before its interval is up: what waits is bounded by count, not by the rate. The
+    writer then writes whole multiples of ``flush_at`` rows; ``close`` writes the rest."""
     make, item = LOGS[table]
     log = make(db)
     log.interval, log.flush_at = 60.0, 5
@@ -191,15 +192,25 @@ async def test_the_writer_takes_its_turn_once_flush_at_rows_wait(
                 break
             await asyncio.sleep(0.01)
         assert await _rows(db, table) == 5 and log.pending == 0
-        for i in range(5, 17):  # past flush_at while nobody waits: its next turn at once
-            log.add(item(i))
+        for i in range(5, 17):  # past flush_at while nobody waits: its next turn at once,
+            log.add(item(i))  # two times flush_at rows written, the other two wait
         for _ in range(100):
-            if await _rows(db, table) == 17:
+            if await _rows(db, table) == 15:
                 break
             await asyncio.sleep(0.01)
-        assert await _rows(db, table) == 17
+        await asyncio.sleep(0.05)
+        assert await _rows(db, table) == 15 and log.pending == 2
+        for i in range(17, 20):  # flush_at again, with the two
+            log.add(item(i))
+        for _ in range(100):
+            if await _rows(db, table) == 20:
+                break
+            await asyncio.sleep(0.01)
+        assert await _rows(db, table) == 20 and log.pending == 0
+        log.add(item(20))
     finally:
         await log.close()
+    assert await _rows(db, table) == 21
 
 
 def test_the_request_log_is_written_before_512_records_wait(db: Database) -> None:

@@ -217,6 +217,34 @@ async def test_a_health_check_is_bounded_by_its_own_short_timeout(
     assert await db.check() is True
 
 
+async def test_work_at_commit_inserts_several_rows_a_statement(tmp_path: Path) -> None:
+    """An ``INSERT ... VALUES`` given many rows at commit (the request log's totals) runs
+    as statements of 8, 4, 2 and 1 rows for 15 (each a handover of the GIL each way
+    fewer), an upsert's rows applied one after the other as before, also when a key
+    comes again within a statement; another statement is run as it is."""
+    db = await Database.open(tmp_path / "t.sqlite3")
+    try:
+        await _upserts_at_commit(db)
+    finally:
+        await db.close()
+
+
+async def _upserts_at_commit(db: Database) -> None:
+    await db.execute("CREATE TABLE t (k TEXT PRIMARY KEY, v INTEGER NOT NULL)")
+    upsert = ("INSERT INTO t(k, v) VALUES (?, ?) "
+              "ON CONFLICT(k) DO UPDATE SET v = t.v * 10 + excluded.v")
+    rows = [(f"k{i % 12}", i) for i in range(15)]  # k0..k2 twice: rows 12..14
+    async with db.transaction():
+        await db.executemany_at_commit([(upsert, rows), ("UPDATE t SET v = v + ?", [(1,)])])
+        assert [sql.count("(?") for sql, _ in db._at_commit] == [8, 4, 2, 1, 0]
+        assert [len(params[0]) for _, params in db._at_commit[:4]] == [16, 8, 4, 2]
+    expected = {f"k{i}": i for i in range(12)}
+    for i in range(12, 15):
+        expected[f"k{i % 12}"] = expected[f"k{i % 12}"] * 10 + i
+    got = {r[0]: r[1] for r in await db.fetchall("SELECT k, v FROM t")}
+    assert got == {k: v + 1 for k, v in expected.items()}
+
+
 def spy_statements(monkeypatch: pytest.MonkeyPatch, db: Database) -> list[Any]:
     """What ``db`` hands its writer thread from here on: its ``executemany_each`` work,
     (statement, rows) by (statement, rows), in a list that grows."""

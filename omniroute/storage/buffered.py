@@ -29,7 +29,9 @@ one large ``DELETE``. What the rules are, and why:
   (a read API that flushes first answered in seconds). The background writer's next
   turn, half a second later, takes those; :meth:`~BufferedLog.close` writes them all.
 * **What waits is bounded by count too** (:attr:`~BufferedLog.flush_at`): the writer
-  takes its turn every ``interval`` seconds, or as soon as that many rows wait. Rows
+  takes its turn every ``interval`` seconds, or as soon as that many rows wait, and
+  then writes a multiple of that many (the few more that came before its turn wait for
+  the next: fewer statements a flush, :meth:`~BufferedLog._flush`). Rows
   waiting, and a flush's rows, columns and parameters, are Python objects whose peak
   the allocator keeps after it (its arenas are handed back only when wholly empty).
 """
@@ -237,8 +239,8 @@ class BufferedLog(Generic[T]):
         if before // 1000 != self.dropped // 1000 or before == 0:
             log.error("%s backlog full: %d %s dropped", self.table, self.dropped, self.noun)
 
-    def _take(self) -> Batch[T]:
-        batch = self._pending.take(WRITE_BATCH)
+    def _take(self, n: int = WRITE_BATCH) -> Batch[T]:
+        batch = self._pending.take(n)
         if self.max_bytes:
             self._bytes -= sum(map(self.size, batch))
         return batch
@@ -284,7 +286,7 @@ class BufferedLog(Generic[T]):
                     pass
                 finally:
                     self._turn = None
-            await self.flush()
+            await asyncio.shield(self._flush(whole=self.flush_at))
 
     async def flush(self) -> int:
         """Write the rows waiting (those that arrive meanwhile wait for the next flush);
@@ -294,15 +296,25 @@ class BufferedLog(Generic[T]):
         """
         return await asyncio.shield(self._flush())
 
-    async def _flush(self, *, everything: bool = False) -> int:
+    async def _flush(self, *, everything: bool = False, whole: int = 0) -> int:
+        """``whole`` (the background writer's :attr:`flush_at`): with so many rows or more
+        waiting, a multiple of ``whole`` is written and the rest waits for the next turn
+        (a flush at load is ``whole`` rows, not ``whole`` and the few that came before
+        its turn: the SQLite writer's statements of :data:`~omniroute.storage.db.VALUES_ROWS`
+        rows then take it with none left over, each statement fewer a handover of the GIL
+        each way between the loop and the writer thread; docs/usage.md, session 15)."""
         async with self._flushing:
             written, turns = 0, 0
             left = len(self._pending)  # waiting now; not the rows that come meanwhile
+            most = WRITE_BATCH
+            if whole and left >= whole:
+                left -= left % whole
+                most = max(whole, WRITE_BATCH // whole * whole)
             while self._pending or self.has_more():
                 if turns and left <= 0 and not everything:
                     break
                 turns += 1
-                batch = self._take()
+                batch = self._take(min(most, left) if left > 0 and not everything else most)
                 left -= len(batch)
                 try:
                     written += await self._commit(batch)

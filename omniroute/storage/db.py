@@ -72,6 +72,9 @@ class Database(DatabaseBackend):
         self._at_commit: list[tuple[str, Sequence[Sequence[Any]]]] = []
         #: the task whose transaction is open (None: none is)
         self._tx_task: asyncio.Task[Any] | None = None
+        #: (one-row INSERT, rows) -> that INSERT taking so many rows (:meth:`_many_rows`;
+        #: "": not an INSERT it can take so)
+        self._many: dict[tuple[str, int], str] = {}
 
     @classmethod
     async def open(
@@ -244,6 +247,9 @@ class Database(DatabaseBackend):
 
     async def executemany_at_commit(
             self, work: Sequence[tuple[str, Sequence[Sequence[Any]]]]) -> None:
+        """(Here an ``INSERT ... VALUES (?, ...)`` of several rows runs as statements of
+        several rows each: :meth:`_many_rows`.)"""
+        work = [chunk for sql, rows in work for chunk in self._many_rows(sql, rows)]
         if self._tx_task is not None and self._tx_task is asyncio.current_task():
             # inside this task's transaction: with its COMMIT, in one turn
             self._at_commit.extend(work)
@@ -272,6 +278,36 @@ class Database(DatabaseBackend):
         await self.execute(f"INSERT INTO {into}({names}) SELECT {names} FROM {table} "
                            f"WHERE id > (SELECT MAX(id) FROM {table}) - ?", (stored,))
         return False
+
+    def _many_rows(self, sql: str, rows: Sequence[Sequence[Any]],
+                   ) -> list[tuple[str, Sequence[Sequence[Any]]]]:
+        """``sql`` over ``rows`` as statements of :data:`MANY_ROWS` rows (the most first),
+        each with its one row of parameters, when ``sql`` is an ``INSERT ... VALUES (?,
+        ...)`` (an upsert too: SQLite applies a statement's rows one after the other, as
+        it would the statements of one row each); another statement as it is. Python's
+        sqlite3 lets the GIL go four times a statement it runs (binding, step, column
+        count, reset), and at load the event loop then holds it: the request log's totals
+        (two upserts of 2 and 15 rows a flush) were 17 runs, 68 handovers of the GIL each
+        way; the sizes :data:`MANY_ROWS` make them 5 (``bench_syscalls.py``; docs/usage.md,
+        session 15). The statements of each size are made once (:attr:`_many`)."""
+        if len(rows) < 2:
+            return [(sql, rows)]
+        done, total = 0, len(rows)
+        out: list[tuple[str, Sequence[Sequence[Any]]]] = []
+        for size in MANY_ROWS:
+            while total - done >= size:
+                many = self._many.get((sql, size))
+                if many is None:
+                    try:
+                        many = _shared_values(sql, (False,) * len(rows[0]), size)
+                    except ValueError:  # not an INSERT ... VALUES (?, ...): as it is
+                        many = ""
+                    self._many[(sql, size)] = many
+                if not many:
+                    return [(sql, rows)]
+                out.append((many, [list(chain.from_iterable(rows[done:done + size]))]))
+                done += size
+        return out
 
     def _rows(self, sql: str, rows: Sequence[Sequence[Any]], n: int,
               ) -> tuple[str, list[list[Any]]]:
@@ -477,7 +513,16 @@ async def _switch_to_wal(conn: aiosqlite.Connection) -> None:
 #: off 0.012 and 0.45). A 64-row prepared statement holds 104-144 KiB of SQLite's memory
 #: for the process's life (16 rows: 36-45 KiB; session 12 chose 16 for that); after a
 #: benchmark run the gateway's resident memory was no higher (57.7 MiB against 58.6).
+#: 128 rows first (session 15) made a 512-record flush 4 statements, 16 of its ~64 GIL
+#: releases fewer, but SQLite prepares a 128-row statement in some four times a 64-row
+#: one's time (25 ms against 6, in process), paid once a shape: the callgrind cell whose
+#: 300 records first needed it read 66k instructions a request more. Not kept
 VALUES_ROWS = (64, 16, 4, 1)
+#: rows one statement of :meth:`Database._many_rows` takes (the request log's totals, a
+#: few to a few dozen rows a flush), largest first: a count is written in as many
+#: statements as it has bits set under 128. A prepared upsert of 16 rows of the totals
+#: holds some 40 KiB of SQLite's memory (every size a workload meets is kept)
+MANY_ROWS = (64, 32, 16, 8, 4, 2, 1)
 #: statements of at least so many rows bind a column of one value once
 #: (:meth:`Database._rows`)
 SHARE_FROM = 16
