@@ -41,7 +41,8 @@ def _estimate(operation_type: type[Operation], body: dict, body_bytes: int) -> t
     limits = Limits.parse({"daily_usd": 1})
     run = BudgetRun(stage, limits, "k", operation)  # type: ignore[arg-type]
     ctx = RequestContext(Principal("api_key", "k", limits=limits), fmt,  # type: ignore[arg-type]
-                         RequestRecord("r", 0.0, "x"), {}, {}, body=body, body_bytes=body_bytes)
+                         RequestRecord("r", 0.0, "x"), {}, {})
+    ctx.body, ctx.body_bytes = body, body_bytes
     return run.estimate(ctx)
 
 

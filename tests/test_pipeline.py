@@ -226,3 +226,24 @@ def test_a_run_acts_when_it_overrides_a_hook_the_pipeline_awaits_or_wraps() -> N
 
     assert not StageRun.acts and not Counts.acts and not Undone.acts
     assert Before.acts and Routed.acts and Answer.acts and Wraps.acts and Inherits.acts
+
+
+def test_a_new_context_holds_each_fields_default() -> None:
+    """RequestContext writes its own __init__ (cheaper than dataclass's): it sets every
+    field to the default the field declares, and each request gets its own lists and body."""
+    import dataclasses
+
+    from omniroute.auth.base import ANONYMOUS
+    from omniroute.storage import RequestRecord
+
+    given: Any = (ANONYMOUS, object(), RequestRecord("r", 0.0, "chat"), {}, {})
+    one, two = RequestContext(*given), RequestContext(*given)
+    for f in dataclasses.fields(RequestContext):
+        if f.default is not dataclasses.MISSING:
+            assert getattr(one, f.name) == f.default, f.name
+        elif f.default_factory is not dataclasses.MISSING:
+            assert getattr(one, f.name) == f.default_factory(), f.name
+            assert getattr(one, f.name) is not getattr(two, f.name), f.name
+    named = RequestContext(*given, "m", True, "p", 1.5)
+    assert (named.path_model, named.path_stream, named.prefix, named.started) == (
+        "m", True, "p", 1.5)

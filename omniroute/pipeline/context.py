@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     from omniroute.sharedstate import RequestBatch
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, init=False)
 class RequestContext:
     """Everything the pipeline knows about one request, filled in as it goes.
 
@@ -80,6 +80,41 @@ class RequestContext:
     #: the request's shared-state work before dispatch (``state_url`` only; see
     #: :class:`~omniroute.sharedstate.RequestBatch`)
     batch: RequestBatch | None = None
+
+    def __init__(self, principal: Principal, fmt: Format, record: RequestRecord,
+                 headers: Mapping[str, str], query: Mapping[str, str],
+                 path_model: str | None = None, path_stream: bool | None = None,
+                 prefix: str | None = None, started: float = 0.0) -> None:
+        # written out, not dataclass's: the defaults as constants and the lists and dict
+        # made in place, where dataclass's __init__ tests each default_factory argument
+        # and calls its factory (some 30 bytecodes and three calls a request); the fields'
+        # defaults above are what this sets (tests/test_pipeline_context.py checks)
+        self.principal = principal
+        self.fmt = fmt
+        self.record = record
+        self.headers = headers
+        self.query = query
+        self.path_model = path_model
+        self.path_stream = path_stream
+        self.prefix = prefix
+        self.started = started
+        self.body = {}
+        self.body_bytes = 0
+        self.as_read = None
+        self.model = ""
+        self.stream = False
+        self.route = None
+        self.session = None
+        self.canonical = None
+        self.payload = None
+        self.runs = []
+        self.tries = []
+        self.ended_by = None
+        self.error = None
+        self.reply_headers = None
+        self.tap = None
+        self.binary = False
+        self.batch = None
 
 
 class AnswerTap(Protocol):

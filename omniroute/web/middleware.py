@@ -43,7 +43,14 @@ from omniroute.errors import (
 from omniroute.formats.base import Format
 from omniroute.web.audit import Handler, Snapshots, record_answer, record_call
 from omniroute.web.security import HOST_CHECK
-from omniroute.web.tags import RouteTag, access_of, audited, is_management_path, tag_of
+from omniroute.web.tags import (
+    ROUTE_TAGS,
+    RouteTag,
+    access_of,
+    audited,
+    is_management_path,
+    tag_of,
+)
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +58,11 @@ log = logging.getLogger(__name__)
 @web.middleware
 async def gateway_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     app = request.app  # (a property two calls deep: read once per request)
-    tag = tag_of(request, app)
+    # tag_of and access_of written in: a data-path request is tagged, and its route
+    # matched (no routing error to raise); two calls and a property fewer a request
+    tags = app.get(ROUTE_TAGS)
+    match = request.match_info
+    tag = None if tags is None else tags.get(match.route)
     # a client route pays one flag read; an audited one comes back here through _audited
     if (tag is None or tag.audit) and audited(request, tag) and KEPT_BODY not in request:
         return await _audited(request, handler, tag)
@@ -61,10 +72,13 @@ async def gateway_middleware(request: web.Request, handler: Handler) -> web.Stre
             host = request.headers.get(hdrs.HOST)
             if not host_check.allows(host):
                 raise host_check.refusal(host)
-        routing_error = request.match_info.http_exception
-        if routing_error is not None:
-            raise routing_error
-        access = access_of(request, tag)
+        if tag is not None:
+            access = tag.access
+        else:
+            routing_error = match.http_exception
+            if routing_error is not None:
+                raise routing_error
+            access = access_of(request)
         if access == "admin":
             request[PRINCIPAL] = await authenticate_admin(request)
         elif access == "client":
