@@ -339,3 +339,25 @@ async def test_a_hit_in_memory_after_a_miss_in_redis_gives_back_what_the_batch_t
         assert await count(client, shared.link.key("conn", "*", "starts")) == 1
         assert await count(client, shared.link.key("key", key_id, "slots")) == 0
         assert shared.state.slots.ahead == {}
+
+
+async def test_a_reservation_alone_is_its_own_script(
+        one: Instances, client: aioredis.Redis) -> None:
+    # a key with a budget only, on a connection without limits: its batch is the one
+    # reservation, sent as the reserve script itself (its counts read from its key's
+    # fixed part), then settled
+    key_id, _ = await limited_key(one, daily_usd=1.0)
+    gateway = one[0].gateway
+    shared, budgets = gateway.shared, gateway.budgets
+    limits = parsed_limits({"daily_usd": 1.0})
+    batch = shared.request_batch()
+    step = budgets.shared.prefetch_reserve(batch, budgets.state(key_id), limits, 0.01, 100)
+    assert (step.nkeys, step.nargs) == (2, 9)  # the held hash, one window; 4 + 5 a window
+    await batch.send()
+    handle = step.result()
+    assert handle is step
+    assert await count(client, shared.link.key("key", key_id, "held")) == 1
+    budgets.shared.settle(handle, 0.002, 50)
+    batch.release()
+    await shared.batch.flush()
+    assert await count(client, shared.link.key("key", key_id, "held")) == 0
