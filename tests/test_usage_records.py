@@ -13,6 +13,7 @@ import gc
 import time
 import weakref
 from collections.abc import AsyncIterator
+from enum import IntEnum
 from typing import Any
 
 import orjson
@@ -23,6 +24,7 @@ from fakes.openai_upstream import FakeOpenAI
 from storage_support import statements
 
 from omniroute.appkeys import PIPELINE
+from omniroute.formats.canonical import token_count
 from omniroute.formats.openai import OpenAIFormat
 from omniroute.pipeline import RequestContext, Stage, StageRun
 from omniroute.pipeline.bodylog import REDACTED, TRUNCATED, BodyLog
@@ -585,15 +587,10 @@ def test_the_output_rate_is_tokens_a_second_to_a_hundredth(
     assert record.tokens_per_s == rate
 
 
-
 @pytest.mark.parametrize(("value", "count"), [
     (0, 0), (27, 27), (2**53 - 1, 2**53 - 1), (2**53, None), (2**64, None), (-1, None),
     (True, None), (False, None), (1.0, None), ("3", None), (None, None)])
 def test_only_a_plausible_token_count_is_recorded(value: Any, count: int | None) -> None:
-    from enum import IntEnum
-
-    from omniroute.formats.canonical import token_count
-
     class Tokens(IntEnum):  # an int of another type is taken as its number
         SOME = 5
 

@@ -88,7 +88,7 @@ class RequestContext:
         # written out, not dataclass's: the defaults as constants and the lists and dict
         # made in place, where dataclass's __init__ tests each default_factory argument
         # and calls its factory (some 30 bytecodes and three calls a request); the fields'
-        # defaults above are what this sets (tests/test_pipeline_context.py checks)
+        # defaults above are what this sets (tests/test_pipeline.py checks)
         self.principal = principal
         self.fmt = fmt
         self.record = record
