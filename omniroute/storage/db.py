@@ -516,7 +516,7 @@ async def _switch_to_wal(conn: aiosqlite.Connection) -> None:
 #: 128 rows first (session 15) made a 512-record flush 4 statements, 16 of its ~64 GIL
 #: releases fewer, but SQLite prepares a 128-row statement in some four times a 64-row
 #: one's time (25 ms against 6, in process), paid once a shape: the callgrind cell whose
-#: 300 records first needed it read 66k instructions a request more. Not kept
+#: 300 records first needed it read 66k instructions a request more. Not kept.
 VALUES_ROWS = (64, 16, 4, 1)
 #: rows one statement of :meth:`Database._many_rows` takes (the request log's totals, a
 #: few to a few dozen rows a flush), largest first: a count is written in as many
