@@ -162,11 +162,7 @@ class CacheStage(Stage):
             run.ahead = exact
             return run
         self.cache.misses += 1
-        headers = ctx.reply_headers  # (say(ctx, "MISS"), without the call)
-        if headers is None:
-            ctx.reply_headers = {CACHE_HEADER: "MISS"}
-        else:
-            headers[CACHE_HEADER] = "MISS"
+        say(ctx, "MISS")
         run = (CacheMissStreamRun if ctx.stream else CacheMissRun)(self, mode, ttl, max_bytes)
         run.exact = exact
         ctx.tap = run
@@ -259,11 +255,7 @@ class CacheRun(StageRun):
                     cache.hits += 1
                     return await self.hit(ctx, request, found)
         cache.misses += 1
-        headers = ctx.reply_headers  # (say(ctx, "MISS"), without the call)
-        if headers is None:
-            ctx.reply_headers = {CACHE_HEADER: "MISS"}
-        else:
-            headers[CACHE_HEADER] = "MISS"
+        say(ctx, "MISS")
         self.exact = exact
         ctx.tap = self
         return None

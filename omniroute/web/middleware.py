@@ -43,14 +43,7 @@ from omniroute.errors import (
 from omniroute.formats.base import Format
 from omniroute.web.audit import Handler, Snapshots, record_answer, record_call
 from omniroute.web.security import HOST_CHECK
-from omniroute.web.tags import (
-    ROUTE_TAGS,
-    RouteTag,
-    access_of,
-    audited,
-    is_management_path,
-    tag_of,
-)
+from omniroute.web.tags import RouteTag, access_of, audited, is_management_path, tag_of
 
 log = logging.getLogger(__name__)
 
@@ -58,11 +51,7 @@ log = logging.getLogger(__name__)
 @web.middleware
 async def gateway_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     app = request.app  # (a property two calls deep: read once per request)
-    # tag_of and access_of written in: a data-path request is tagged, and its route
-    # matched (no routing error to raise); two calls and a property fewer a request
-    tags = app.get(ROUTE_TAGS)
-    match = request.match_info
-    tag = None if tags is None else tags.get(match.route)
+    tag = tag_of(request, app)
     # a client route pays one flag read; an audited one comes back here through _audited
     if (tag is None or tag.audit) and audited(request, tag) and KEPT_BODY not in request:
         return await _audited(request, handler, tag)
@@ -72,10 +61,10 @@ async def gateway_middleware(request: web.Request, handler: Handler) -> web.Stre
             host = request.headers.get(hdrs.HOST)
             if not host_check.allows(host):
                 raise host_check.refusal(host)
-        if tag is not None:
+        if tag is not None:  # a data-path request: tagged, so its route matched
             access = tag.access
         else:
-            routing_error = match.http_exception
+            routing_error = request.match_info.http_exception
             if routing_error is not None:
                 raise routing_error
             access = access_of(request)
