@@ -132,6 +132,10 @@ def run(coro: Coroutine[Any, Any, None], loop: str) -> None:
         runner.run(coro)
 
 
+YOUNG_THRESHOLD = 10_000
+"""Net allocations of tracked objects between young collections (see :func:`settle_gc`)."""
+
+
 def settle_gc() -> None:
     """Move everything start-up made out of the cyclic garbage collector's sight.
 
@@ -141,9 +145,21 @@ def settle_gc() -> None:
     collections that cost more than the request itself (measured with py-spy: the
     time showed up in ``create_task``). ``gc.freeze()`` parks them in the permanent
     generation; objects made per request are collected as before.
+
+    Then the young generation's threshold goes from 700 to :data:`YOUNG_THRESHOLD`.
+    The count that triggers a young collection is allocations less deallocations, so
+    it tracks the requests in flight: at 64 concurrent requests it passed 700 about
+    once every 28 requests, and each collection walked the in-flight requests' live
+    objects to find almost no garbage (5 % of the gateway's CPU in ``perf``; 637 young
+    collections collected ~1,700 objects in ~18,000 requests). With the threshold
+    above what 64 requests hold, callgrind counts 682k → 632k instructions a JSON
+    request at c=64, 821k → 794k an instant stream, and no change at c=1 or c=16.
+    What it costs: cyclic garbage (rare here) waits for more allocations before it
+    is freed.
     """
     gc.collect()
     gc.freeze()
+    gc.set_threshold(YOUNG_THRESHOLD, *gc.get_threshold()[1:])
 
 
 async def run_worker(
