@@ -181,6 +181,22 @@ async def test_a_keys_budget_is_enforced_globally(trio: Instances,
     assert upstream.calls == 4
 
 
+async def test_a_client_one_request_at_a_time_over_the_three_is_never_refused_a_slot(
+        trio: Instances, upstream: FakeUpstream) -> None:
+    # a key allowed one request in flight, used by one client that waits for each answer
+    # before it asks again, through whichever instance is next: each request's slot is
+    # given back in Redis before its answer reaches the client (a give-back held for a
+    # later request's batch, even for 2 ms, made the next instance refuse nearly every one)
+    await add_connection(trio, upstream)
+    _, secret = await trio[0].store.create_key(
+        "team", set(), limits=Limits.parse({"concurrency": 1}))
+    await trio[0].gateway.reload()
+    await asyncio.sleep(0.2)
+    statuses = [(await trio.chat(f"q{i}", key=secret, max_tokens=10))[0] for i in range(12)]
+    assert statuses == [200] * 12, statuses
+    assert upstream.calls == 12
+
+
 async def test_concurrent_requests_overspend_by_at_most_what_is_in_flight(
         trio: Instances, upstream: FakeUpstream) -> None:
     await add_connection(trio, upstream)
