@@ -38,7 +38,7 @@ from omniroute.web import routes
 from omniroute.web.audit import setup_audit
 from omniroute.web.client import setup_client_routes
 from omniroute.web.dashboard import setup_dashboard
-from omniroute.web.middleware import gateway_middleware
+from omniroute.web.guard import setup_guard
 from omniroute.web.oauth import setup_oauth_routes
 from omniroute.web.public import setup_public_routes
 from omniroute.web.routes import setup_admin_routes
@@ -55,7 +55,8 @@ def make_app(config: Config, plugins: Plugins | None = None) -> web.Application:
     if plugins is None:
         plugins = load_plugins(blocked=config.disabled_plugins, allowed=config.allowed_plugins)
     # Bodies are read by our own bounded reader (a runtime setting), not aiohttp's.
-    app = web.Application(middlewares=[gateway_middleware], client_max_size=2**40)
+    app = web.Application(client_max_size=2**40)
+    setup_guard(app)  # no middleware: each route's handler gets its checks as the router freezes
     registry = Registry(plugins)
     gateway = Gateway(config, registry)
     shared = gateway.shared

@@ -64,7 +64,7 @@ OAUTH_SIGN_INS: web.AppKey[SignIns] = web.AppKey("oauth_sign_ins")
 #: the agent CLIs on this machine: detection, configure, restore (/api/cli-tools); empty
 #: until the first call of those routes makes them (:func:`omniroute.web.clitools.cli_tools`)
 CLI_TOOLS: web.AppKey[list[CliTools]] = web.AppKey("cli_tools")
-#: set on each request by the auth middleware
+#: set on each request by the route's guard (omniroute.web.guard)
 PRINCIPAL = web.RequestKey("principal", Principal)
 #: set once a streamed answer has sent its headers (errors can no longer be a JSON answer)
 STREAM_STARTED = web.RequestKey("stream_started", bool)

@@ -12,7 +12,7 @@ from aiohttp import web
 
 from omniroute.appkeys import CATALOG, GATEWAY, PRINCIPAL, REQUEST_LOG, RESILIENCE
 from omniroute.metrics.collector import Metrics
-from omniroute.web.middleware import authenticate_admin, authenticate_client
+from omniroute.web.guard import authenticate_admin, authenticate_client
 from omniroute.web.tags import tag_resource
 
 #: the application's metrics (set by the ``metrics`` plugin's ``configure_app``)

@@ -8,7 +8,7 @@ not the client's -> send the JSON answer, or relay the stream chunk by chunk
 -> record it in the request log.
 
 :class:`Pipeline` owns what every request shares: the record, the
-``X-OmniRoute-*`` headers, errors in the client's own format (the middleware
+``X-OmniRoute-*`` headers, errors in the client's own format (the route's guard
 renders a raised ``GatewayError``; once a stream has started, the stream
 itself ends with the format's error frame), keep-alives while a stream waits
 for its first target, the bound on a client that stops reading, and the

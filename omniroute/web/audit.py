@@ -1,8 +1,8 @@
 """The audit trail of the management API: what each call is recorded as, and its read API.
 
-The gateway middleware calls :func:`record_call` after every audited route
-(:func:`omniroute.web.tags.audited`: an admin route that changes state, and the
-login and logout routes): who (the authenticated principal), what (method and
+The route's guard (:mod:`omniroute.web.guard`) calls :func:`record_call` after every
+audited route (:func:`omniroute.web.tags.audited`: an admin route that changes state,
+and the login and logout routes): who (the authenticated principal), what (method and
 route pattern, the target's id, the change, redacted), when, from which address,
 with which status. The entry is queued, never awaited.
 

@@ -12,7 +12,8 @@ model-list shape (a ``models`` route lists one type of model when it names one, 
 ``when_headers`` the request carries serves it, else the one without any.
 
 Each registered route is tagged (:mod:`omniroute.web.tags`) with its format and its
-access class; the middleware authenticates and renders errors by these tags.
+access class; the routes' guards (:mod:`omniroute.web.guard`) authenticate and render
+errors by these tags.
 A new client format therefore needs no edit here: registering it is enough.
 
 Besides the formats' routes: the Responses API's stored-response routes

@@ -8,7 +8,7 @@
   default, value, where the value comes from, and its bounds
   (:mod:`omniroute.settings_doc`).
 
-Both are admin routes (the middleware enforces it) and read only. The usage numbers
+Both are admin routes (their guards enforce it) and read only. The usage numbers
 come from the usage reader's totals (per minute for the last hour, hourly and daily
 for today), so a poll costs a few milliseconds whatever the size of the request log,
 however many records the last hour holds.

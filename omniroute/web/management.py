@@ -1,6 +1,6 @@
 """Management API (``/api/...``): providers, keys, aliases, combos, settings.
 
-Every route here needs an admin (the middleware enforces it). Each write goes
+Every route here needs an admin (its guard enforces it). Each write goes
 to the database and is followed by a reload, so the change is live at once in
 this process and within a second in the others.
 """

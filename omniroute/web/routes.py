@@ -1,7 +1,7 @@
 """The management API's routes whose modules are imported on their first call.
 
 Serving ``/v1`` never runs the management handlers, so the gateway registers
-their routes at start (the route table, the tags the middleware reads) and
+their routes at start (the route table, the tags the guards are made from) and
 imports a handler's module only when one of its routes is first called
 (:func:`lazy_handler`): the modules and what only they import (the agent CLIs'
 editors, the settings' documentation, the budgets' views; 0.4 MiB of memory)

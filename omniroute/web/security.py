@@ -9,7 +9,7 @@ bound to loopback answers only loopback names (``localhost``, ``*.localhost``,
 configuration; others get 403 in the client's own error format. Bound to
 another address, the check applies only when ``allowed_hosts`` is set. What to
 compare against is decided at start-up: per request, one header read and one
-frozenset lookup (the middleware calls :meth:`HostCheck.allows`).
+frozenset lookup (the route's guard calls :meth:`HostCheck.allows`).
 
 **CORS.** Off unless ``cors_origins`` lists origins (or ``*``). Then the client
 API answers preflights (``OPTIONS`` with ``Access-Control-Request-Method``) of
@@ -24,7 +24,7 @@ headers, and its preflights are not allowed.
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Awaitable, Callable, Iterable, MutableMapping
+from collections.abc import Iterable, MutableMapping
 
 from aiohttp import hdrs, web
 
@@ -41,9 +41,6 @@ DEFAULT_ALLOW_HEADERS = ("authorization, content-type, x-api-key, x-goog-api-key
                          "anthropic-dangerous-direct-browser-access, openai-organization, "
                          "openai-project, x-session-id, x-omniroute-session")
 PREFLIGHT_MAX_AGE = "600"
-
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
 
 def is_loopback(host: str) -> bool:
     """Whether binding ``host`` listens on loopback only."""
@@ -179,27 +176,20 @@ class Cors:
             headers["Access-Control-Expose-Headers"] = ", ".join(exposed)
 
 
-def setup_security(app: web.Application, config: Config) -> None:
-    """Install the Host check and, when ``cors_origins`` is set, CORS.
+#: the app's CORS answers; ``None`` when ``cors_origins`` is empty
+CORS = web.AppKey[Cors | None]("cors")
 
-    The Host check is done by the gateway middleware (no middleware of its own on
-    the measured path); CORS adds a preflight middleware in front of it and a
+
+def setup_security(app: web.Application, config: Config) -> None:
+    """Decide the Host check and, when ``cors_origins`` is set, CORS.
+
+    Both are applied by the routes' guards (:mod:`omniroute.web.guard`: the Host check
+    on every request, a preflight where no route answers ``OPTIONS``); CORS adds a
     response hook, only when configured.
     """
-    host_check = HostCheck.from_config(config)
-    app[HOST_CHECK] = host_check
+    app[HOST_CHECK] = HostCheck.from_config(config)
     if not config.cors_origins:
+        app[CORS] = None
         return
-    cors = Cors(config.cors_origins)
-
-    @web.middleware
-    async def cors_preflight(request: web.Request, handler: Handler) -> web.StreamResponse:
-        if (request.method == "OPTIONS" and "Origin" in request.headers
-                and "Access-Control-Request-Method" in request.headers):
-            answer = cors.preflight(request, host_check)
-            if answer is not None:
-                return answer
-        return await handler(request)
-
-    app.middlewares.insert(0, cors_preflight)
+    cors = app[CORS] = Cors(config.cors_origins)
     app.on_response_prepare.append(cors.on_response_prepare)

@@ -1,7 +1,8 @@
 """Route tags: which client API a route belongs to, and who may call it.
 
-Every module that registers routes tags them; the middleware authenticates
-and renders errors by the tag of the matched route instead of by path tables.
+Every module that registers routes tags them; each route's guard
+(:mod:`omniroute.web.guard`, made from its tag as the router freezes) authenticates
+and renders errors by it instead of by path tables.
 A route nobody tagged (a plugin's, or an unknown path) is classed by path,
 failing closed: under ``/api/`` it needs an admin, unless a client API route
 was registered at that very path (Ollama's ``/api/chat``).
@@ -22,7 +23,7 @@ Access = Literal["client", "admin", "public"]
 
 @dataclass(frozen=True, slots=True)
 class RouteTag:
-    """What the middleware needs to know of a route."""
+    """What a route's guard needs to know of it."""
 
     #: the client API whose error shape its errors take (None: OpenAI's, the default)
     format: str | None

@@ -1,4 +1,6 @@
-"""The one middleware: the Host check, authentication by route class, and errors as JSON.
+"""Every route's checks, put round its handler as the router freezes, and the answer
+to a request no route matched. No middleware: aiohttp calls a route's guarded handler
+itself, one coroutine and no middleware chain.
 
 Each route carries a tag (:mod:`omniroute.web.tags`) naming its access class
 and its client API: ``admin`` routes need an admin, ``client`` routes follow
@@ -10,7 +12,13 @@ takes that of the format whose paths it lies under (a Gemini 404 under
 a refused name learns nothing else. A call of an audited route (a management
 call that changes state, a login) leaves an audit entry with its final status,
 refusals included, and the change it made (:mod:`omniroute.web.audit`); other
-routes pay one flag read.
+routes pay nothing for it.
+
+:class:`Gate` does both: a resource of the router that matches no path of its own. As
+the router freezes (every route registered, plugins' included, the tags set) it wraps
+each route's handler with the checks its tag needs; asked to resolve a request (only
+when no route matched), it answers a 404 or 405 in the client's error shape, after the
+Host check, or a CORS preflight of the client API.
 """
 
 from __future__ import annotations
@@ -18,8 +26,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Coroutine
+from functools import partial, update_wrapper
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import hdrs, web
+from aiohttp.web_urldispatcher import AbstractResource, AbstractRoute, MatchInfoError
 
 from omniroute.appkeys import (
     AUTH_SCHEMES,
@@ -42,36 +54,145 @@ from omniroute.errors import (
 )
 from omniroute.formats.base import Format
 from omniroute.web.audit import Handler, Snapshots, record_answer, record_call
-from omniroute.web.security import HOST_CHECK
-from omniroute.web.tags import RouteTag, access_of, audited, is_management_path, tag_of
+from omniroute.web.security import CORS, HOST_CHECK, HostCheck
+from omniroute.web.tags import (
+    ROUTE_TAGS,
+    Access,
+    RouteTag,
+    access_of,
+    audited,
+    is_management_path,
+    tag_of,
+)
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+    from aiohttp.web_urldispatcher import _InfoDict, _Resolve
+    from yarl import URL
 
 log = logging.getLogger(__name__)
 
 
-@web.middleware
-async def gateway_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    app = request.app  # (a property two calls deep: read once per request)
-    tag = tag_of(request, app)
-    # a client route pays one flag read; an audited one comes back here through _audited
-    if (tag is None or tag.audit) and audited(request, tag) and KEPT_BODY not in request:
-        return await _audited(request, handler, tag)
+def setup_guard(app: web.Application) -> None:
+    """Register the :class:`Gate`: every route guarded, unknown ones answered."""
+    app.router.register_resource(Gate(app))
+
+
+class Gate(AbstractResource):
+    """The router's last resource: it guards every route as the router freezes, and
+    matches a request only when nothing else did (its index key is ``/``, the last the
+    router looks under, and it moves to the end of that list as it freezes)."""
+
+    def __init__(self, app: web.Application) -> None:
+        super().__init__()
+        self._app = app
+        self._guarded = False
+
+    @property
+    def canonical(self) -> str:
+        return "/"
+
+    def url_for(self, **kwargs: str) -> URL:
+        raise RuntimeError("the gate has no URL")
+
+    def add_prefix(self, prefix: str) -> None:
+        raise RuntimeError("the gate belongs to the main application, not a sub-application")
+
+    def get_info(self) -> _InfoDict:
+        return {}
+
+    def raw_match(self, path: str) -> bool:
+        return False
+
+    def __len__(self) -> int:
+        return 0
+
+    def __iter__(self) -> Iterator[AbstractRoute]:
+        return iter(())
+
+    def freeze(self) -> None:
+        if self._guarded:
+            return
+        self._guarded = True
+        app, router = self._app, self._app.router
+        tags, host_check = app.get(ROUTE_TAGS, {}), app.get(HOST_CHECK)
+        for route in router.routes():
+            _guard(route, tags.get(route), app, host_check)
+        router.unindex_resource(self)  # last of the resources under "/"
+        router.index_resource(self)
+
+    async def resolve(self, request: web.Request) -> _Resolve:
+        # no route matched: the methods the path allows are those of every resource
+        # the router tried (the others, not on the path, allow none)
+        allowed: set[str] = set()
+        for resource in self._app.router.resources():
+            if resource is not self:
+                allowed |= (await resource.resolve(request))[1]
+        error = (web.HTTPMethodNotAllowed(request.method, allowed) if allowed
+                 else web.HTTPNotFound())
+        return Unmatched(error, self.answer), set()
+
+    async def answer(self, request: web.Request) -> web.StreamResponse:
+        """A request no route matched: a CORS preflight of the client API answered, else
+        the 404 or 405 in the client's error shape (after the Host check)."""
+        app, headers = self._app, request.headers
+        cors, host_check = app.get(CORS), app.get(HOST_CHECK)
+        if (cors is not None and request.method == "OPTIONS" and "Origin" in headers
+                and "Access-Control-Request-Method" in headers):
+            preflight = cors.preflight(request, host_check)
+            if preflight is not None:
+                return preflight
+        host = headers.get(hdrs.HOST)
+        if host_check is not None and not host_check.allows(host):
+            return error_response(request, host_check.refusal(host))
+        error = request.match_info.http_exception
+        assert error is not None  # (an Unmatched's)
+        return error_response(request, _from_http_exception(request, error))
+
+
+class Unmatched(MatchInfoError):
+    """A request no route matched (``http_exception`` says why), answered by ``answer``."""
+
+    __slots__ = ("_answer",)
+
+    def __init__(self, error: web.HTTPException, answer: Handler) -> None:
+        super().__init__(error)
+        self._answer = answer
+
+    @property
+    def handler(self) -> Handler:
+        return self._answer
+
+
+def _guard(route: AbstractRoute, tag: RouteTag | None, app: web.Application,
+           host_check: HostCheck | None) -> None:
+    """Put the checks ``tag`` asks for round ``route``'s handler."""
+    handler = route.handler
+    guarded: partial[Coroutine[Any, Any, web.StreamResponse]]
+    if tag is None:
+        guarded = partial(_untagged, handler, app, host_check)
+    elif tag.audit:
+        guarded = partial(_audited, handler, tag, app, host_check)
+    else:  # a partial: aiohttp awaits the checks' own coroutine, no closure in between
+        guarded = partial(_checked, handler, tag.access, app, host_check)
+    # aiohttp has no public setter: a route's handler is fixed at its construction
+    route._handler = update_wrapper(guarded, handler, updated=())
+
+
+async def _checked(handler: Handler, access: Access, app: web.Application,
+                   host_check: HostCheck | None, request: web.Request) -> web.StreamResponse:
+    """``handler`` behind the Host check and ``access``'s authentication; errors rendered
+    in the client's shape."""
     try:
-        host_check = app[HOST_CHECK]
         if host_check is not None:
             host = request.headers.get(hdrs.HOST)
             if not host_check.allows(host):
                 raise host_check.refusal(host)
-        if tag is not None:  # a data-path request: tagged, so its route matched
-            access = tag.access
-        else:
-            routing_error = request.match_info.http_exception
-            if routing_error is not None:
-                raise routing_error
-            access = access_of(request)
-        if access == "admin":
-            request[PRINCIPAL] = await authenticate_admin(request)
-        elif access == "client":
+        if access == "client":
             request[PRINCIPAL] = await authenticate_client(request, app)
+        elif access == "admin":
+            request[PRINCIPAL] = await authenticate_admin(request)
         return await handler(request)
     except GatewayError as err:
         if request.get(STREAM_STARTED):
@@ -90,20 +211,32 @@ async def gateway_middleware(request: web.Request, handler: Handler) -> web.Stre
         return error_response(request, GatewayError("Internal error; see the gateway log."))
 
 
+async def _untagged(handler: Handler, app: web.Application, host_check: HostCheck | None,
+                    request: web.Request) -> web.StreamResponse:
+    """A route nobody tagged (a plugin's): classed, and maybe audited, by its path."""
+    if audited(request, None):
+        return await _audited(handler, None, app, host_check, request)
+    return await _checked(handler, access_of(request), app, host_check, request)
+
+
 #: the status an audit entry carries when the client went away before the answer
 CLIENT_GONE = 499
 
 
-async def _audited(request: web.Request, handler: Handler,
-                   tag: RouteTag | None) -> web.StreamResponse:
+async def _audited(handler: Handler, tag: RouteTag | None, app: web.Application,
+                   host_check: HostCheck | None, request: web.Request) -> web.StreamResponse:
     """Serve a management call that changes state (or a login) and record it in the
-    audit log with its final status, refusals included, and the change it made."""
+    audit log with its final status, refusals included, and the change it made.
+
+    :param tag: the route's (None: an untagged route, classed by its path).
+    """
     started = time.time()
     request[KEPT_BODY] = None  # the body the handler reads is kept for the entry
     snapshots = Snapshots.of(request, tag)
     try:
-        response = await gateway_middleware(
-            request, handler if snapshots is None else snapshots.around(handler))
+        response = await _checked(
+            handler if snapshots is None else snapshots.around(handler),
+            access_of(request, tag), app, host_check, request)
     except (asyncio.CancelledError, ConnectionResetError):
         record_call(request, started, CLIENT_GONE)
         raise
