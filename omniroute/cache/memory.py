@@ -83,8 +83,18 @@ class MemoryCache(CacheBackend):
         of strings, bytes and numbers, not a callable: the garbage collector stops
         tracking it, where a ``partial`` kept per entry made its collections walk them
         all.)"""
-        if size <= self.max_bytes:
-            self._keep(key, answer, size, ttl)
+        if size > self.max_bytes:
+            return
+        # (_keep written in: a miss's one call here)
+        items = self._items
+        old = items.pop(key, None)
+        if old is not None:
+            self._bytes -= old[2]
+            self._hits.pop(key, None)
+        items[key] = (self._clock() + ttl, answer, size)
+        total = self._bytes = self._bytes + size
+        if total > self.max_bytes or len(items) > self.max_entries:
+            self._evict()
 
     def _keep(self, key: str, value: bytes | tuple[Any, ...], size: int, ttl: float) -> None:
         """Store ``value`` as ``size`` bytes for ``ttl`` seconds (replacing ``key``'s
@@ -111,10 +121,17 @@ class MemoryCache(CacheBackend):
 
     def _evict(self) -> None:
         """Drop the least recently used entries until both bounds hold."""
-        items = self._items
-        while len(items) > self.max_entries or self._bytes > self.max_bytes:
-            self._drop(next(iter(items)))
-            self.evictions += 1
+        items, hits = self._items, self._hits
+        max_entries, max_bytes = self.max_entries, self.max_bytes
+        total, evicted = self._bytes, 0
+        while len(items) > max_entries or total > max_bytes:
+            key, item = items.popitem(last=False)
+            total -= item[2]
+            evicted += 1
+            if hits:  # (most entries are never hit: no lookup for them)
+                hits.pop(key, None)
+        self._bytes = total
+        self.evictions += evicted
 
     async def delete(self, key: str) -> bool:
         if key not in self._items:
