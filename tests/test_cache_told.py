@@ -143,3 +143,18 @@ async def test_the_built_in_path_is_taken_only_with_memory_alone_and_no_stage_be
         name = "mine"
 
     assert CacheStage(ResponseCache([Mine({})]), lambda: None).memory is None  # type: ignore
+
+
+def test_a_told_miss_keeps_the_pipeline_off_its_loops_over_the_runs() -> None:
+    """A miss told at ``enter`` overrides no hook the pipeline loops over (``before``,
+    ``routed``, ``answer``): its pass-through JSON answer reaches it through ``ctx.tap``
+    (``passed``, from the chat operation's ``on_win``), a stream's blocks as they are
+    handed to the relay (``chunk``), which the session above checks are stored all the
+    same; a request whose other runs do not act skips those loops."""
+    from omniroute.cache.stage import CacheMissRun, CacheMissStreamRun, CacheRun
+
+    assert not CacheMissRun.acts and not CacheMissStreamRun.acts
+    assert CacheRun.acts  # (its before looks the key up)
+    # a pass-through stream's blocks reach it through the tap too: the relay awaits no
+    # frame hook of the cache's, a coroutine a chunk
+    assert not CacheMissStreamRun.sees_frames

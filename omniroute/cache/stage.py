@@ -328,9 +328,12 @@ class CacheRun(StageRun):
                         kept.clear()
                 yield event
 
-    async def answer(self, ctx: RequestContext, body: bytes) -> None:
-        if self.exact is not None and self.decoded is None:
-            self.body = body  # pass-through: decoded off the response path
+    def passed(self, body: bytes) -> None:
+        # (the tap: set on a miss only) pass-through: decoded off the response path
+        self.body = body
+
+    def chunk(self, chunk: bytes) -> None:
+        """(a JSON answer has no frames: :class:`CacheStreamRun` keeps a stream's)"""
 
     def finished(self, ctx: RequestContext) -> None:
         exact, record = self.exact, ctx.record
@@ -396,18 +399,18 @@ class CacheRun(StageRun):
 
 
 class CacheStreamRun(CacheRun):
-    """A streamed cacheable request: on the pass-through lane its frames are kept too."""
+    """A streamed cacheable request: on the pass-through lane its frames are kept too
+    (shown to the tap as they go, :meth:`chunk`)."""
 
-    sees_frames = True
     frames: list[bytes]
 
     def __init__(self, stage: CacheStage, mode: str, ttl: float, max_bytes: int) -> None:
         super().__init__(stage, mode, ttl, max_bytes)
         self.frames = []
 
-    async def frame(self, ctx: RequestContext, chunk: bytes) -> None:
-        if self.exact is None or self.kept is not None or self.too_big:
-            return  # a hit, or the translated lane (its events are kept instead)
+    def chunk(self, chunk: bytes) -> None:
+        if self.too_big:
+            return
         self.size += len(chunk)
         if self.size > self.max_bytes * 4:  # frames are far larger than what they carry
             self.too_big = True
@@ -432,14 +435,12 @@ def _later(run: CacheRun, ctx: RequestContext, answer: bytes, stream: bool) -> b
     formats = stage.cache.formats
     if size > run.max_bytes or formats is None or formats.get(name) is not fmt:
         return False
-    created = stage.clock()
+    created, ttl = stage.clock(), run.ttl
     cost = record.list_cost_usd  # (what the answer cost: see finished)
-    if cost is None:
-        cost = record.cost_usd
-    memory = stage.memory
-    assert memory is not None and run.exact is not None
-    memory.put_later(run.exact, (answer, name, model, created, cost, created + run.ttl, stream),
-                     size, run.ttl)
+    # (told: the memory backend's run, its key set; not asserted, a few bytecodes a miss)
+    stage.memory.put_later(run.exact, (  # type: ignore[union-attr, arg-type]
+        answer, name, model, created, record.cost_usd if cost is None else cost,
+        created + ttl, stream), size, ttl)
     stage.cache.stored += 1
     return True
 
