@@ -125,14 +125,15 @@ class CacheStage(Stage):
             self.cache.bypasses += 1
             say(ctx, "BYPASS")
             return None
-        if self.memory is not None and not ctx.runs and not self.cache.layered():
-            told = self.told(ctx, mode, ttl, settings.cache_max_entry_bytes)
+        memory = self.memory
+        if memory is not None and not ctx.runs and not self.cache.layered():
+            told = self.told(ctx, memory, mode, ttl, settings.cache_max_entry_bytes)
             if told is not None:
                 return told
         run = CacheStreamRun if ctx.stream else CacheRun
         return run(self, mode, ttl, settings.cache_max_entry_bytes)
 
-    def told(self, ctx: RequestContext, mode: str, ttl: float,
+    def told(self, ctx: RequestContext, memory: MemoryCache, mode: str, ttl: float,
              max_bytes: int) -> CacheRun | None:
         """The built-in path (the ``memory`` backend alone, no layer active): a request read
         as text (``Format.text_request``) is keyed here, and a miss, which that dict tells at
@@ -146,25 +147,23 @@ class CacheStage(Stage):
 
         The same answers as the usual path (tests compare them): the same key, the same
         counts, headers and entries."""
-        principal = ctx.principal
+        principal, fmt, model = ctx.principal, ctx.fmt, ctx.model
         limits = principal.limits
-        if (limits is not None and not limits.allows(ctx.model)) or keeps_state(ctx):
+        if (limits is not None and not limits.allows(model)) or (
+                fmt.name == "responses" and keeps_state(ctx)):  # (the name: a call fewer)
             return None
-        text = ctx.fmt.text_request(ctx.body)
+        text = fmt.text_request(ctx.body)
         if text is None:
             return None
-        exact = text_key(text, principal.key_id or "",
-                         f"{ctx.prefix}/{ctx.model}" if ctx.prefix else ctx.model)
-        memory = self.memory
-        assert memory is not None
+        prefix = ctx.prefix
+        exact = text_key(text, principal.key_id or "", f"{prefix}/{model}" if prefix else model)
         if not memory.absent(exact):  # looked up by before, as usual
             run = (CacheStreamRun if ctx.stream else CacheRun)(self, mode, ttl, max_bytes)
             run.ahead = exact
             return run
         self.cache.misses += 1
         say(ctx, "MISS")
-        run = (CacheMissStreamRun if ctx.stream else CacheMissRun)(self, mode, ttl, max_bytes)
-        run.exact = exact
+        run = (CacheMissStreamRun if ctx.stream else CacheMissRun)(self, exact, ttl, max_bytes)
         ctx.tap = run
         return run
 
@@ -450,6 +449,13 @@ class CacheMissRun(CacheRun):
 
     before = StageRun.before  # (the pipeline awaits no ``before`` it does not override)
 
+    def __init__(self, stage: CacheStage, exact: str, ttl: float, max_bytes: int) -> None:
+        # (what a miss reads: its key set here; no mode, which only a lookup reads)
+        self.stage = stage
+        self.exact = exact
+        self.ttl = ttl
+        self.max_bytes = max_bytes
+
     def finished(self, ctx: RequestContext) -> None:
         body = self.body  # (set on the pass-through lane only)
         if body is None or not _later(self, ctx, body, False):
@@ -460,6 +466,14 @@ class CacheMissStreamRun(CacheStreamRun):
     """A streamed miss told by :meth:`CacheStage.told`."""
 
     before = StageRun.before
+
+    def __init__(self, stage: CacheStage, exact: str, ttl: float, max_bytes: int) -> None:
+        # (CacheMissRun's, and the frames: no chain of __init__ calls)
+        self.stage = stage
+        self.exact = exact
+        self.ttl = ttl
+        self.max_bytes = max_bytes
+        self.frames = []
 
     def finished(self, ctx: RequestContext) -> None:
         frames = self.frames  # (kept on the pass-through lane only, while not too big)
