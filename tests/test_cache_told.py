@@ -15,6 +15,7 @@ import orjson
 
 from omniroute.appkeys import CACHE, PIPELINE
 from omniroute.cache import entry as entries
+from omniroute.cache.key import key_name
 from omniroute.cache.stage import CacheStage
 
 HI = [{"role": "user", "content": "what is 2 + 2?"}]
@@ -74,7 +75,9 @@ async def _session(gw: Any) -> dict[str, Any]:
     listed = await cache.entries(10)  # (every entry made: its own size counted)
     stats = await cache.stats()
     memory = cache.backends[0]
-    data = [await memory.get(row["key"]) for row in listed]
+    # (listed by name: kept by the JSON array a short text request's key is)
+    kept = {key_name(key): key for key in memory._items}
+    data = [await memory.get(kept[row["key"]]) for row in listed]
     made = [entries.load(one, cache.formats) for one in data]
     return {
         "runs": runs, "seen": seen, "upstream": len(gw.fake.requests),

@@ -133,3 +133,17 @@ async def test_an_evicted_entry_takes_its_hits_and_bytes_with_it() -> None:
     assert [(e.key, e.hits) for e in await cache.entries(10)] == [("a", 0), ("c", 0)]
     stats = await cache.stats()
     assert (stats["entries"], stats["bytes"], stats["evictions"]) == (2, 90, 2)
+
+
+async def test_an_entry_kept_by_its_key_bytes_is_listed_and_deleted_by_its_name() -> None:
+    from omniroute.cache.key import key_name
+
+    cache = MemoryCache({})
+    raw = b'["t","m",[],[["user","hi"]],[null,null,0,null,null,[],null,null,null]]'
+    await cache.set(raw, b"entry")
+    await cache.set("f" * 32, b"other")  # a name: kept as it is
+    assert cache.absent(b'["u"]') and not cache.absent(raw)
+    assert [e.key for e in await cache.entries(10)] == ["f" * 32, key_name(raw)]
+    assert not await cache.delete("0" * 32)  # a name no entry's bytes have
+    assert await cache.delete(key_name(raw)) and await cache.get(raw) is None
+    assert await cache.delete("f" * 32) and (await cache.stats())["entries"] == 0

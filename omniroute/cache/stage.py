@@ -54,7 +54,7 @@ from typing import TYPE_CHECKING, TypeVar
 from multidict import istr
 
 from omniroute.cache import entry as entries
-from omniroute.cache.key import cache_key, text_key, uncacheable
+from omniroute.cache.key import Exact, cache_key, exact_key, text_exact, uncacheable
 from omniroute.cache.layer import CacheKey
 from omniroute.cache.memo import KeyMemo, Known
 from omniroute.cache.memory import MemoryCache
@@ -156,7 +156,7 @@ class CacheStage(Stage):
         if text is None:
             return None
         prefix = ctx.prefix
-        exact = text_key(text, principal.key_id or "", f"{prefix}/{model}" if prefix else model)
+        exact = text_exact(text, principal.key_id or "", f"{prefix}/{model}" if prefix else model)
         if not memory.absent(exact):  # looked up by before, as usual
             run = (CacheStreamRun if ctx.stream else CacheRun)(self, mode, ttl, max_bytes)
             run.ahead = exact
@@ -172,7 +172,7 @@ class CacheRun(StageRun):
     """One cacheable request: the lookup, and on a miss what the answer was."""
 
     #: set on a miss: the exact key the answer is to be stored under (None: a hit, a bypass)
-    exact: str | None = None
+    exact: Exact | None = None
     #: the whole key, made while a layer was active (None: no layer is asked or fed)
     key: CacheKey | None = None
     decoded: c.Response | None = None  # translated / canonical lane, JSON
@@ -182,7 +182,7 @@ class CacheRun(StageRun):
     too_big = False
     #: the exact key found in ``prefetch``, and the shared backends' lookups queued on the
     #: request's batch
-    ahead: str | None = None
+    ahead: Exact | None = None
     pending: dict[int, Pending[bytes | None]] | None = None
     #: the request's memo slot (None: it has none), and its entry there (None: a request
     #: not seen as a hit before)
@@ -201,7 +201,7 @@ class CacheRun(StageRun):
         if exact is not None:
             self.pending = self.stage.cache.prefetch(exact, batch)
 
-    def lookup_key(self, ctx: RequestContext) -> str | None:
+    def lookup_key(self, ctx: RequestContext) -> Exact | None:
         """The request's exact cache key (None: it is not cacheable). Without an active
         layer, a request the format reads as text (``Format.text_request``) is keyed
         without being decoded; else the memo's key for a request that was a hit before,
@@ -218,7 +218,7 @@ class CacheRun(StageRun):
         if not layers:
             text = fmt.text_request(ctx.body)
             if text is not None:  # (the mode's temperature: checked by enter, as sent)
-                return None if keeps_state(ctx) else text_key(
+                return None if keeps_state(ctx) else text_exact(
                     text, ctx.principal.key_id or "", model)
         slot = self.slot = _slot(ctx, self.mode, layers)
         if slot is not None:
@@ -230,10 +230,11 @@ class CacheRun(StageRun):
         if (request is None or (self.mode == "deterministic" and request.temperature != 0)
                 or uncacheable(request) is not None or keeps_state(ctx)):
             return None
-        key = cache_key(request, ctx.principal.key_id or "", model, layers=layers)
-        if layers:
-            self.key = key
-        return key.exact
+        tenant = ctx.principal.key_id or ""
+        exact = exact_key(request, tenant, model)
+        if layers:  # (the layers are given its name, CacheKey.exact)
+            self.key = cache_key(request, tenant, model, exact=exact)
+        return exact
 
     async def before(self, ctx: RequestContext) -> Reply | None:
         cache = self.stage.cache
@@ -259,7 +260,7 @@ class CacheRun(StageRun):
         ctx.tap = self
         return None
 
-    def _hit_request(self, ctx: RequestContext, exact: str) -> c.Request | None:
+    def _hit_request(self, ctx: RequestContext, exact: Exact) -> c.Request | None:
         """The request a hit's answer is encoded for: the memo's, or decoded now and kept
         there with its key (a hit's request never goes on to an upstream). Only hits are
         kept: a stream of new requests costs the memo nothing."""
@@ -449,7 +450,7 @@ class CacheMissRun(CacheRun):
 
     before = StageRun.before  # (the pipeline awaits no ``before`` it does not override)
 
-    def __init__(self, stage: CacheStage, exact: str, ttl: float, max_bytes: int) -> None:
+    def __init__(self, stage: CacheStage, exact: Exact, ttl: float, max_bytes: int) -> None:
         # (what a miss reads: its key set here; no mode, which only a lookup reads)
         self.stage = stage
         self.exact = exact
@@ -467,7 +468,7 @@ class CacheMissStreamRun(CacheStreamRun):
 
     before = StageRun.before
 
-    def __init__(self, stage: CacheStage, exact: str, ttl: float, max_bytes: int) -> None:
+    def __init__(self, stage: CacheStage, exact: Exact, ttl: float, max_bytes: int) -> None:
         # (CacheMissRun's, and the frames: no chain of __init__ calls)
         self.stage = stage
         self.exact = exact
