@@ -204,3 +204,41 @@ def test_an_entry_is_never_larger_than_its_head_bound(stream: bool, model: str) 
                                  stream=stream)
         assert len(data) <= len(answer) + entries.HEAD_BYTES + 6 * (len("openai\x01")
                                                                      + len(model))
+
+
+async def test_a_short_text_key_is_kept_as_it_is_by_memory_and_named_for_the_rest(
+        tmp_path: Path) -> None:
+    """A short text request's exact key is its JSON array (``text_exact``): the memory
+    backend keys its entry by those bytes, never hashing them on a miss; every other
+    backend is given its name (``key_name``, the hex ``CacheKey.exact``), which the
+    listing shows for both and the management API deletes by. A longer one is named at
+    once. A hit behind memory is promoted into it under the bytes again."""
+    from omniroute.cache.key import RAW_MAX, key_name, text_exact, text_key
+
+    text: c.TextRequest = ([], [("user", "what is 2 + 2?")], (None,) * 9)
+    raw = text_exact(text, "tenant", "up/m")
+    assert isinstance(raw, bytes) and key_name(raw) == text_key(text, "tenant", "up/m")
+    assert text_exact(text, "other", "up/m") != raw  # tenants never share a key
+    long: c.TextRequest = ([], [("user", "x" * RAW_MAX)], (None,) * 9)
+    assert text_exact(long, "tenant", "up/m") == text_key(long, "tenant", "up/m")  # a name
+    data = entries.dump(c.Response("r1", "m", [c.Text("Hi.")], "end_turn"), "m", 1.0, None)
+    memory = MemoryCache({})
+    sqlite = SqliteCache({"path": str(tmp_path / "cache.sqlite3")})
+    cache = ResponseCache([memory, sqlite])
+    await cache.start()
+    cache.store(raw, data, 60)
+    await cache.settled(5)
+    assert list(memory._items) == [raw]  # the bytes themselves
+    assert await sqlite.get(key_name(raw)) == data  # its name
+    rows = await cache.entries(10)
+    assert [(row["key"], row["backends"]) for row in rows] == [
+        (key_name(raw), ["memory", "sqlite"])]
+    await memory.clear()
+    assert cache.absent(raw) == 1  # memory tells its miss at once; sqlite holds the name
+    found = await cache.lookup(raw, start=1)
+    assert found is not None and found.source == "sqlite"
+    assert list(memory._items) == [raw]  # promoted under the bytes
+    assert await cache.delete(key_name(raw))  # the management API's name: both go
+    assert not memory._items and await sqlite.get(key_name(raw)) is None
+    assert not await cache.delete(key_name(raw))
+    await cache.close()

@@ -15,6 +15,7 @@ import orjson
 
 from omniroute.appkeys import CACHE, PIPELINE
 from omniroute.cache import entry as entries
+from omniroute.cache.key import key_name
 from omniroute.cache.stage import CacheStage
 
 HI = [{"role": "user", "content": "what is 2 + 2?"}]
@@ -74,7 +75,9 @@ async def _session(gw: Any) -> dict[str, Any]:
     listed = await cache.entries(10)  # (every entry made: its own size counted)
     stats = await cache.stats()
     memory = cache.backends[0]
-    data = [await memory.get(row["key"]) for row in listed]
+    # (listed by name: kept by the JSON array a short text request's key is)
+    kept = {key_name(key): key for key in memory._items}
+    data = [await memory.get(kept[row["key"]]) for row in listed]
     made = [entries.load(one, cache.formats) for one in data]
     return {
         "runs": runs, "seen": seen, "upstream": len(gw.fake.requests),
@@ -143,3 +146,18 @@ async def test_the_built_in_path_is_taken_only_with_memory_alone_and_no_stage_be
         name = "mine"
 
     assert CacheStage(ResponseCache([Mine({})]), lambda: None).memory is None  # type: ignore
+
+
+def test_a_told_miss_keeps_the_pipeline_off_its_loops_over_the_runs() -> None:
+    """A miss told at ``enter`` overrides no hook the pipeline loops over (``before``,
+    ``routed``, ``answer``): its pass-through JSON answer reaches it through ``ctx.tap``
+    (``passed``, from the chat operation's ``on_win``), a stream's blocks as they are
+    handed to the relay (``chunk``), which the session above checks are stored all the
+    same; a request whose other runs do not act skips those loops."""
+    from omniroute.cache.stage import CacheMissRun, CacheMissStreamRun, CacheRun
+
+    assert not CacheMissRun.acts and not CacheMissStreamRun.acts
+    assert CacheRun.acts  # (its before looks the key up)
+    # a pass-through stream's blocks reach it through the tap too: the relay awaits no
+    # frame hook of the cache's, a coroutine a chunk
+    assert not CacheMissStreamRun.sees_frames

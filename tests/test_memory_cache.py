@@ -118,3 +118,32 @@ async def test_entries_put_later_are_evicted_by_their_bound_and_expire() -> None
     clock.now += 61
     assert await cache.get("c") is None and await cache.entries(10) == []
     assert (await cache.stats())["bytes"] == 2  # d and e, dropped when read or evicted
+
+
+async def test_an_evicted_entry_takes_its_hits_and_bytes_with_it() -> None:
+    cache = MemoryCache({"max_entries": 2, "max_bytes": 100})
+    await cache.set("a", b"1" * 10)
+    assert await cache.get("a") is not None  # a hit: counted for a
+    cache.put_later("b", (b"{}", "openai", "m", 1.0, None, 2.0, False), 20, 60)
+    await cache.set("c", b"3" * 30)  # three entries: a, the least recently used, goes
+    assert await cache.get("a") is None
+    stats = await cache.stats()
+    assert (stats["entries"], stats["bytes"], stats["evictions"]) == (2, 50, 1)
+    await cache.set("a", b"4" * 60)  # 110 bytes: b goes (c was stored after it)
+    assert [(e.key, e.hits) for e in await cache.entries(10)] == [("a", 0), ("c", 0)]
+    stats = await cache.stats()
+    assert (stats["entries"], stats["bytes"], stats["evictions"]) == (2, 90, 2)
+
+
+async def test_an_entry_kept_by_its_key_bytes_is_listed_and_deleted_by_its_name() -> None:
+    from omniroute.cache.key import key_name
+
+    cache = MemoryCache({})
+    raw = b'["t","m",[],[["user","hi"]],[null,null,0,null,null,[],null,null,null]]'
+    await cache.set(raw, b"entry")
+    await cache.set("f" * 32, b"other")  # a name: kept as it is
+    assert cache.absent(b'["u"]') and not cache.absent(raw)
+    assert [e.key for e in await cache.entries(10)] == ["f" * 32, key_name(raw)]
+    assert not await cache.delete("0" * 32)  # a name no entry's bytes have
+    assert await cache.delete(key_name(raw)) and await cache.get(raw) is None
+    assert await cache.delete("f" * 32) and (await cache.stats())["entries"] == 0

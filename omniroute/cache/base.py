@@ -31,6 +31,11 @@ class CacheBackend:
 
     name: ClassVar[str]
     description: ClassVar[str] = ""
+    #: True: the backend is given an exact key as the process keeps it
+    #: (:data:`~omniroute.cache.key.Exact`: a short text request's JSON array as bytes, or
+    #: a hex name), and lists and deletes entries by their names all the same (the
+    #: in-process ``memory``); False (the default): it is given names only (str)
+    raw_keys: ClassVar[bool] = False
 
     def __init__(self, options: Mapping[str, Any] | None = None) -> None:
         self.options = dict(options or {})

@@ -19,12 +19,18 @@ client's body (:func:`text_key`, without a decode) or made from the decoded requ
 request is hashed whole: ``[tenant, model, system, ..., messages]``, eighteen items, so
 the two forms never give one array. (Keys were SHA-256 of the whole form for every
 request before; entries stored under those are misses, and go with their TTL.)
+
+The digest is the key's name (:func:`key_name`): what every backend but the in-process
+one, every layer and the management API see. In the process a text request's key is kept
+as its JSON array itself when it is short (:func:`text_exact`, :data:`Exact`): the
+``memory`` backend's dict hashes those bytes in C and compares them whole, so a miss there
+is told without hashing them; the name is made only where one is needed.
 """
 
 from __future__ import annotations
 
 from hashlib import blake2b
-from typing import Any
+from typing import Any, TypeAlias
 
 import orjson
 
@@ -53,6 +59,15 @@ DIGEST_SIZE = 16
 #: a BLAKE2b never fed: a key's hash starts as a copy of it (cheaper than the constructor,
 #: which parses its keyword arguments on every call)
 _BLAKE2B = blake2b(digest_size=DIGEST_SIZE)
+#: an exact key as the process keeps it: a text request's JSON array itself (bytes, at
+#: most ``RAW_MAX`` of them), which the in-process backend (``memory``) takes as it is,
+#: a dict hashing it in C; or its name (str, the hex digest: :func:`key_name`), which
+#: every other backend and layer is given, made only when one is asked
+Exact: TypeAlias = "bytes | str"
+#: the longest JSON array kept as an exact key (a longer one is named at once): the bound
+#: on the bytes a key holds, outside the ``memory`` backend's ``max_bytes``, as a hex name
+#: was before (~80 bytes)
+RAW_MAX = 512
 
 
 def uncacheable(request: c.Request) -> str | None:
@@ -74,20 +89,24 @@ def _scan(value: Any, depth: int) -> str | None:
     return None
 
 
-def cache_key(request: c.Request, tenant: str, model: str, *, layers: bool = True) -> CacheKey:
+def cache_key(request: c.Request, tenant: str, model: str, *, layers: bool = True,
+              exact: Exact | None = None) -> CacheKey:
     """The :class:`CacheKey` of a cacheable ``request`` by ``tenant`` for ``model``.
 
     :param layers: compute what only the layers read (``scope``, ``prompt``, the flags,
         ``prompt_tokens``); without layers they are left empty, which saves about half
         the key's cost.
+    :param exact: the request's :func:`exact_key`, when it is known (not made again).
     """
-    text = text_form(request)
     fields = _question(request, model)
-    exact = _digest(tenant, fields) if text is None else text_key(text, tenant, model)
+    if exact is None:
+        text = text_form(request)
+        exact = _digest(tenant, fields) if text is None else text_exact(text, tenant, model)
+    name = key_name(exact)
     if not layers:
         # positional (exact, scope, prompt, tenant, model, multi_turn, has_tools,
         # has_media, prompt_tokens): a class called with keywords packs them into a dict
-        return CacheKey(exact, "", "", tenant, model, False, False, False, 0)
+        return CacheKey(name, "", "", tenant, model, False, False, False, 0)
     messages = request.messages
     last = messages[-1] if messages else None
     prompt = ""
@@ -97,7 +116,7 @@ def cache_key(request: c.Request, tenant: str, model: str, *, layers: bool = Tru
                                       for p in last.parts], last.name, last.meta)
         scope = _digest(tenant, (*fields[:-1], [*messages[:-1], blank]))
     else:
-        scope = exact
+        scope = name
     has_tools = bool(request.tools)
     has_media = False
     for message in messages:
@@ -109,7 +128,7 @@ def cache_key(request: c.Request, tenant: str, model: str, *, layers: bool = Tru
                     has_media = True
             elif isinstance(part, (c.Image, c.File)):
                 has_media = True
-    return CacheKey(exact=exact, scope=scope, prompt=prompt, tenant=tenant, model=model,
+    return CacheKey(exact=name, scope=scope, prompt=prompt, tenant=tenant, model=model,
                     multi_turn=len(messages) > 1, has_tools=has_tools, has_media=has_media,
                     prompt_tokens=estimate_request(request))
 
@@ -119,8 +138,35 @@ def text_key(text: c.TextRequest, tenant: str, model: str) -> str:
     (``Format.text_request``), without decoding it: the key :func:`cache_key` gives the
     decoded request (which hashes :func:`text_form` the same way), so a question asked in
     another client format still finds it."""
+    return key_name(text_exact(text, tenant, model))
+
+
+def text_exact(text: c.TextRequest, tenant: str, model: str) -> Exact:
+    """:func:`text_key` as the process keeps it (:data:`Exact`): the JSON array itself
+    when it is at most :data:`RAW_MAX` bytes (not hashed), else its name."""
+    raw = orjson.dumps((tenant, model, *text))
+    return raw if len(raw) <= RAW_MAX else _name(raw)
+
+
+def exact_key(request: c.Request, tenant: str, model: str) -> Exact:
+    """The exact key of a cacheable ``request`` as the process keeps it (:data:`Exact`):
+    :func:`text_exact` of its text form, else the name :func:`cache_key` gives it."""
+    text = text_form(request)
+    if text is not None:
+        return text_exact(text, tenant, model)
+    return _digest(tenant, _question(request, model))
+
+
+def key_name(exact: Exact) -> str:
+    """The name of an exact key (:attr:`CacheKey.exact`, what every backend but the
+    in-process one and every layer are given, what the management API lists): a key
+    kept as its JSON array, hashed; a name as it is."""
+    return exact if type(exact) is str else _name(exact)  # type: ignore[arg-type]
+
+
+def _name(raw: bytes) -> str:
     digest = _BLAKE2B.copy()
-    digest.update(orjson.dumps((tenant, model, *text)))
+    digest.update(raw)
     return digest.hexdigest()
 
 
@@ -182,6 +228,4 @@ def _digest(tenant: str, question: tuple[Any, ...]) -> str:
         data = orjson.dumps((tenant, *question), option=_SORTED)
     except TypeError:  # (orjson.JSONEncodeError) a key that is not a string
         data = orjson.dumps((tenant, *question), option=_OPTIONS)
-    digest = _BLAKE2B.copy()
-    digest.update(data)
-    return digest.hexdigest()
+    return _name(data)

@@ -26,7 +26,9 @@ class CacheKey:
     """What one cacheable request is, for the exact cache and for the layers behind it."""
 
     #: BLAKE2b (16 bytes, hex) of the tenant and the canonical request (its text form when
-    #: it has one: :func:`omniroute.cache.key.text_form`): the exact cache's key
+    #: it has one: :func:`omniroute.cache.key.text_form`): the exact cache's key by name
+    #: (:func:`omniroute.cache.key.key_name`; the ``memory`` backend keeps a short text
+    #: request's by its JSON array itself)
     exact: str
     #: BLAKE2b (hex) of everything except the last user message's text: the tenant, the
     #: requested model, system, earlier turns, tools, tool_choice, response format,

@@ -25,6 +25,7 @@ from collections import OrderedDict
 from collections.abc import Hashable
 from dataclasses import dataclass
 
+from omniroute.cache.key import Exact
 from omniroute.cache.layer import CacheKey
 from omniroute.formats import canonical as c
 
@@ -37,8 +38,8 @@ MAX_BYTES = 32 * 2**20
 class Known:
     """What a request seen before is, for the cache."""
 
-    #: the request's exact key
-    exact: str
+    #: the request's exact key (:data:`~omniroute.cache.key.Exact`)
+    exact: Exact
     #: its whole key, made while a layer was active (None: no layer was)
     key: CacheKey | None
     #: the request in the canonical model, as a hit decoded it

@@ -9,6 +9,7 @@ from typing import Any
 
 from omniroute.cache.base import CacheBackend, Listed
 from omniroute.cache.entry import dump_body
+from omniroute.cache.key import Exact, key_name
 from omniroute.hookspecs import hookimpl
 
 
@@ -28,6 +29,9 @@ class MemoryCache(CacheBackend):
 
     name = "memory"
     description = "In-process LRU cache (lost on restart, not shared between workers)"
+    #: keyed by a short text request's JSON array itself (:data:`~omniroute.cache.key.
+    #: Exact`): a miss never hashes it; its name is made when it is listed or deleted
+    raw_keys = True
 
     def __init__(self, options: Mapping[str, Any] | None = None,
                  clock: Callable[[], float] = time.monotonic) -> None:
@@ -38,20 +42,20 @@ class MemoryCache(CacheBackend):
         if self.max_entries < 1 or self.max_bytes < 1 or self.ttl <= 0:
             raise ValueError("max_entries, max_bytes and ttl must be positive")
         self._clock = clock
-        self._items: OrderedDict[str, tuple[float, bytes | tuple[Any, ...], int]] = \
+        self._items: OrderedDict[Exact, tuple[float, bytes | tuple[Any, ...], int]] = \
             OrderedDict()
         #: the hits of each entry hit at least once
-        self._hits: dict[str, int] = {}
+        self._hits: dict[Exact, int] = {}
         self._bytes = 0
         self.hits = self.misses = self.evictions = 0
 
-    def absent(self, key: str) -> bool:
+    def absent(self, key: Exact) -> bool:
         if key in self._items:
             return False
         self.misses += 1
         return True
 
-    async def get(self, key: str) -> bytes | None:
+    async def get(self, key: Exact) -> bytes | None:
         item = self._items.get(key)
         if item is None or item[0] <= self._clock():
             if item is not None:
@@ -65,16 +69,16 @@ class MemoryCache(CacheBackend):
         value = item[1]
         return value if type(value) is bytes else self._made(key, item)
 
-    async def set(self, key: str, value: bytes, ttl: float | None = None) -> None:
+    async def set(self, key: Exact, value: bytes, ttl: float | None = None) -> None:
         self.put(key, value, ttl)
 
-    def put(self, key: str, value: bytes, ttl: float | None = None) -> bool:
+    def put(self, key: Exact, value: bytes, ttl: float | None = None) -> bool:
         size = len(value)
         if size <= self.max_bytes:  # (larger than the whole cache: never stored)
             self._keep(key, value, size, ttl if ttl is not None else self.ttl)
         return True
 
-    def put_later(self, key: str, answer: tuple[Any, ...], size: int, ttl: float) -> None:
+    def put_later(self, key: Exact, answer: tuple[Any, ...], size: int, ttl: float) -> None:
         """:meth:`put` an entry whose bytes are made when it is first read (a hit, a
         listing): ``answer`` is what :func:`~omniroute.cache.entry.dump_body` makes them
         of (its arguments, ``stream`` last), at most ``size`` of them: it counts as ``size``
@@ -83,10 +87,20 @@ class MemoryCache(CacheBackend):
         of strings, bytes and numbers, not a callable: the garbage collector stops
         tracking it, where a ``partial`` kept per entry made its collections walk them
         all.)"""
-        if size <= self.max_bytes:
-            self._keep(key, answer, size, ttl)
+        if size > self.max_bytes:
+            return
+        # (_keep written in: a miss's one call here)
+        items = self._items
+        old = items.pop(key, None)
+        if old is not None:
+            self._bytes -= old[2]
+            self._hits.pop(key, None)
+        items[key] = (self._clock() + ttl, answer, size)
+        total = self._bytes = self._bytes + size
+        if total > self.max_bytes or len(items) > self.max_entries:
+            self._evict()
 
-    def _keep(self, key: str, value: bytes | tuple[Any, ...], size: int, ttl: float) -> None:
+    def _keep(self, key: Exact, value: bytes | tuple[Any, ...], size: int, ttl: float) -> None:
         """Store ``value`` as ``size`` bytes for ``ttl`` seconds (replacing ``key``'s
         entry: a new one, no hits yet), then evict down to both bounds."""
         items = self._items
@@ -99,7 +113,7 @@ class MemoryCache(CacheBackend):
         if total > self.max_bytes or len(items) > self.max_entries:
             self._evict()
 
-    def _made(self, key: str, item: tuple[float, bytes | tuple[Any, ...], int]) -> bytes:
+    def _made(self, key: Exact, item: tuple[float, bytes | tuple[Any, ...], int]) -> bytes:
         """The bytes of an entry kept by :meth:`put_later`, made now and kept in its place
         (its size corrected to theirs)."""
         answer = item[1]
@@ -111,14 +125,27 @@ class MemoryCache(CacheBackend):
 
     def _evict(self) -> None:
         """Drop the least recently used entries until both bounds hold."""
-        items = self._items
-        while len(items) > self.max_entries or self._bytes > self.max_bytes:
-            self._drop(next(iter(items)))
-            self.evictions += 1
+        items, hits = self._items, self._hits
+        max_entries, max_bytes = self.max_entries, self.max_bytes
+        total, evicted = self._bytes, 0
+        while len(items) > max_entries or total > max_bytes:
+            key, item = items.popitem(last=False)
+            total -= item[2]
+            evicted += 1
+            if hits:  # (most entries are never hit: no lookup for them)
+                hits.pop(key, None)
+        self._bytes = total
+        self.evictions += evicted
 
-    async def delete(self, key: str) -> bool:
+    async def delete(self, key: Exact) -> bool:
         if key not in self._items:
-            return False
+            if type(key) is not str:
+                return False
+            # a name (the management API's): the entry kept under the key it names, if
+            # any (a scan, on a request of the management API only)
+            key = next((k for k in self._items if type(k) is bytes and key_name(k) == key), b"")
+            if not key:
+                return False
         self._drop(key)
         return True
 
@@ -141,12 +168,13 @@ class MemoryCache(CacheBackend):
             if expires > now:
                 if type(value) is not bytes:
                     value = self._made(key, item)
-                out.append(Listed(key, value, self._hits.get(key, 0), expires - now))
+                out.append(Listed(key_name(key), value, self._hits.get(key, 0),
+                                  expires - now))
                 if len(out) >= limit:
                     break
         return out
 
-    def _drop(self, key: str) -> None:
+    def _drop(self, key: Exact) -> None:
         size = self._items.pop(key)[2]
         self._hits.pop(key, None)
         self._bytes -= size

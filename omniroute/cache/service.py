@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Any
 
 from omniroute.cache import entry as entries
 from omniroute.cache.base import CacheBackend
+from omniroute.cache.key import Exact, key_name
 from omniroute.cache.layer import CacheKey, CacheLayer
 from omniroute.config import ConfigError
 
@@ -94,8 +95,10 @@ class ResponseCache:
         # the stores waiting for the writer, and what wakes it when it sleeps on an empty
         # queue: a deque and one future, not an asyncio.Queue (whose put and get cost a
         # miss about ten Python calls more); ``_writing`` while it works on one
-        self._queue: deque[tuple[str, bytes | Producer, float, CacheKey | None,
+        self._queue: deque[tuple[Exact, bytes | Producer, float, CacheKey | None,
                                  Sequence[CacheBackend]]] = deque()
+        #: the last exact key named (:meth:`key_for`), and its name
+        self._named: tuple[Exact, str] = ("", "")
         self._wake: asyncio.Future[None] | None = None
         self._writing = False
         self._writer: asyncio.Task[None] | None = None
@@ -131,29 +134,44 @@ class ResponseCache:
 
     # ---------------------------------------------------------------- the data path
 
-    def prefetch(self, exact: str, batch: RequestBatch) -> dict[int, Pending[bytes | None]]:
+    def key_for(self, backend: CacheBackend, exact: Exact) -> str:
+        """The key ``backend`` is given for ``exact``: as it is, to a backend that takes
+        it so (:attr:`CacheBackend.raw_keys`), else its name (:func:`~omniroute.cache.key.
+        key_name`), the last one made kept (a request asks several backends, and again
+        when it stores its answer)."""
+        if backend.raw_keys or type(exact) is str:
+            # (bytes: only to a raw_keys backend, whose methods take them)
+            return exact  # type: ignore[return-value]
+        named = self._named
+        if named[0] == exact:
+            return named[1]
+        name = key_name(exact)
+        self._named = (exact, name)
+        return name
+
+    def prefetch(self, exact: Exact, batch: RequestBatch) -> dict[int, Pending[bytes | None]]:
         """Queue the lookups of the backends that keep their entries in the shared state
         on a request's batch (:meth:`CacheBackend.prefetch_get`), by their place."""
         ahead = {}
         for depth, backend in enumerate(self.backends):
-            pending = backend.prefetch_get(exact, batch)
+            pending = backend.prefetch_get(self.key_for(backend, exact), batch)
             if pending is not None:
                 ahead[depth] = pending
         return ahead
 
-    def absent(self, exact: str) -> int:
+    def absent(self, exact: Exact) -> int:
         """How many backends, front first, tell at once that they hold no entry for
         ``exact`` (:meth:`CacheBackend.absent`; each counts its miss): a lookup starts at
         the next one. All of them, and no layer to ask: a miss without awaiting anything
         (``memory``, ``sqlite``: a dict and a set)."""
         told = 0
         for backend in self.backends:
-            if not backend.absent(exact):
+            if not backend.absent(self.key_for(backend, exact)):
                 return told
             told += 1
         return told
 
-    async def lookup(self, exact: str, ahead: dict[int, Pending[bytes | None]] | None = None,
+    async def lookup(self, exact: Exact, ahead: dict[int, Pending[bytes | None]] | None = None,
                      key: CacheKey | None = None, start: int = 0) -> Found | None:
         """The stored answer for the exact key ``exact``: the backends in order, then (with
         ``key``, made while a layer was active) each layer.
@@ -171,7 +189,7 @@ class ResponseCache:
                 if pending is not None and pending.ran:
                     data = pending.result()
                 else:
-                    data = await backend.get(exact)
+                    data = await backend.get(self.key_for(backend, exact))
             except Exception:
                 log.exception("cache backend %s failed on a lookup", backend.name)
                 data = None
@@ -194,7 +212,7 @@ class ResponseCache:
                 return Found(entry, layer.name, hit.similarity)
         return None
 
-    async def _found(self, exact: str, data: bytes, depth: int,
+    async def _found(self, exact: Exact, data: bytes, depth: int,
                      backend: CacheBackend) -> Found | None:
         """A backend's entry, read; promoted to the backends in front of it."""
         found = self.loaded(data)
@@ -206,7 +224,7 @@ class ResponseCache:
             return None  # lagged, or it kept it longer): a miss, never a stale answer
         for front in self.backends[:depth]:  # promoted (a sqlite hit goes to memory)
             with contextlib.suppress(Exception):  # for what is left of its TTL
-                await front.set(exact, data, left)
+                await front.set(self.key_for(front, exact), data, left)
         return Found(found, backend.name)
 
     def layered(self) -> bool:
@@ -216,7 +234,7 @@ class ResponseCache:
                 return True
         return False
 
-    def store(self, exact: str, entry: bytes | Producer, ttl: float,
+    def store(self, exact: Exact, entry: bytes | Producer, ttl: float,
               key: CacheKey | None = None) -> None:
         """Store the entry's bytes, or what ``entry`` (a :data:`Producer`) makes later, in
         every backend and (with a ``key`` made while a layer was active) every layer.
@@ -230,7 +248,7 @@ class ResponseCache:
             later: Sequence[CacheBackend] = ()
             for backend in self.backends:
                 try:
-                    if backend.put(exact, entry, ttl):
+                    if backend.put(self.key_for(backend, exact), entry, ttl):
                         continue
                 except Exception:
                     self.store_failures += 1
@@ -284,11 +302,11 @@ class ResponseCache:
             finally:
                 self._writing = False
 
-    async def _keep(self, exact: str, data: bytes, ttl: float, key: CacheKey | None,
+    async def _keep(self, exact: Exact, data: bytes, ttl: float, key: CacheKey | None,
                     backends: Sequence[CacheBackend]) -> None:
         for backend in backends:
             try:
-                await backend.set(exact, data, ttl)
+                await backend.set(self.key_for(backend, exact), data, ttl)
             except Exception:
                 self.store_failures += 1
                 log.exception("cache backend %s failed to store", backend.name)
@@ -301,10 +319,10 @@ class ResponseCache:
                     log.exception("cache layer %s failed to store", layer.name)
         self.stored += 1
 
-    async def _forget(self, exact: str) -> None:
+    async def _forget(self, exact: Exact) -> None:
         for backend in self.backends:
             with contextlib.suppress(Exception):
-                await backend.delete(exact)
+                await backend.delete(self.key_for(backend, exact))
 
     # ---------------------------------------------------------------- management
 

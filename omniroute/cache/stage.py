@@ -54,7 +54,7 @@ from typing import TYPE_CHECKING, TypeVar
 from multidict import istr
 
 from omniroute.cache import entry as entries
-from omniroute.cache.key import cache_key, text_key, uncacheable
+from omniroute.cache.key import Exact, cache_key, exact_key, text_exact, uncacheable
 from omniroute.cache.layer import CacheKey
 from omniroute.cache.memo import KeyMemo, Known
 from omniroute.cache.memory import MemoryCache
@@ -125,14 +125,15 @@ class CacheStage(Stage):
             self.cache.bypasses += 1
             say(ctx, "BYPASS")
             return None
-        if self.memory is not None and not ctx.runs and not self.cache.layered():
-            told = self.told(ctx, mode, ttl, settings.cache_max_entry_bytes)
+        memory = self.memory
+        if memory is not None and not ctx.runs and not self.cache.layered():
+            told = self.told(ctx, memory, mode, ttl, settings.cache_max_entry_bytes)
             if told is not None:
                 return told
         run = CacheStreamRun if ctx.stream else CacheRun
         return run(self, mode, ttl, settings.cache_max_entry_bytes)
 
-    def told(self, ctx: RequestContext, mode: str, ttl: float,
+    def told(self, ctx: RequestContext, memory: MemoryCache, mode: str, ttl: float,
              max_bytes: int) -> CacheRun | None:
         """The built-in path (the ``memory`` backend alone, no layer active): a request read
         as text (``Format.text_request``) is keyed here, and a miss, which that dict tells at
@@ -146,25 +147,23 @@ class CacheStage(Stage):
 
         The same answers as the usual path (tests compare them): the same key, the same
         counts, headers and entries."""
-        principal = ctx.principal
+        principal, fmt, model = ctx.principal, ctx.fmt, ctx.model
         limits = principal.limits
-        if (limits is not None and not limits.allows(ctx.model)) or keeps_state(ctx):
+        if (limits is not None and not limits.allows(model)) or (
+                fmt.name == "responses" and keeps_state(ctx)):  # (the name: a call fewer)
             return None
-        text = ctx.fmt.text_request(ctx.body)
+        text = fmt.text_request(ctx.body)
         if text is None:
             return None
-        exact = text_key(text, principal.key_id or "",
-                         f"{ctx.prefix}/{ctx.model}" if ctx.prefix else ctx.model)
-        memory = self.memory
-        assert memory is not None
+        prefix = ctx.prefix
+        exact = text_exact(text, principal.key_id or "", f"{prefix}/{model}" if prefix else model)
         if not memory.absent(exact):  # looked up by before, as usual
             run = (CacheStreamRun if ctx.stream else CacheRun)(self, mode, ttl, max_bytes)
             run.ahead = exact
             return run
         self.cache.misses += 1
         say(ctx, "MISS")
-        run = (CacheMissStreamRun if ctx.stream else CacheMissRun)(self, mode, ttl, max_bytes)
-        run.exact = exact
+        run = (CacheMissStreamRun if ctx.stream else CacheMissRun)(self, exact, ttl, max_bytes)
         ctx.tap = run
         return run
 
@@ -173,7 +172,7 @@ class CacheRun(StageRun):
     """One cacheable request: the lookup, and on a miss what the answer was."""
 
     #: set on a miss: the exact key the answer is to be stored under (None: a hit, a bypass)
-    exact: str | None = None
+    exact: Exact | None = None
     #: the whole key, made while a layer was active (None: no layer is asked or fed)
     key: CacheKey | None = None
     decoded: c.Response | None = None  # translated / canonical lane, JSON
@@ -183,7 +182,7 @@ class CacheRun(StageRun):
     too_big = False
     #: the exact key found in ``prefetch``, and the shared backends' lookups queued on the
     #: request's batch
-    ahead: str | None = None
+    ahead: Exact | None = None
     pending: dict[int, Pending[bytes | None]] | None = None
     #: the request's memo slot (None: it has none), and its entry there (None: a request
     #: not seen as a hit before)
@@ -202,7 +201,7 @@ class CacheRun(StageRun):
         if exact is not None:
             self.pending = self.stage.cache.prefetch(exact, batch)
 
-    def lookup_key(self, ctx: RequestContext) -> str | None:
+    def lookup_key(self, ctx: RequestContext) -> Exact | None:
         """The request's exact cache key (None: it is not cacheable). Without an active
         layer, a request the format reads as text (``Format.text_request``) is keyed
         without being decoded; else the memo's key for a request that was a hit before,
@@ -219,7 +218,7 @@ class CacheRun(StageRun):
         if not layers:
             text = fmt.text_request(ctx.body)
             if text is not None:  # (the mode's temperature: checked by enter, as sent)
-                return None if keeps_state(ctx) else text_key(
+                return None if keeps_state(ctx) else text_exact(
                     text, ctx.principal.key_id or "", model)
         slot = self.slot = _slot(ctx, self.mode, layers)
         if slot is not None:
@@ -231,10 +230,11 @@ class CacheRun(StageRun):
         if (request is None or (self.mode == "deterministic" and request.temperature != 0)
                 or uncacheable(request) is not None or keeps_state(ctx)):
             return None
-        key = cache_key(request, ctx.principal.key_id or "", model, layers=layers)
-        if layers:
-            self.key = key
-        return key.exact
+        tenant = ctx.principal.key_id or ""
+        exact = exact_key(request, tenant, model)
+        if layers:  # (the layers are given its name, CacheKey.exact)
+            self.key = cache_key(request, tenant, model, exact=exact)
+        return exact
 
     async def before(self, ctx: RequestContext) -> Reply | None:
         cache = self.stage.cache
@@ -260,7 +260,7 @@ class CacheRun(StageRun):
         ctx.tap = self
         return None
 
-    def _hit_request(self, ctx: RequestContext, exact: str) -> c.Request | None:
+    def _hit_request(self, ctx: RequestContext, exact: Exact) -> c.Request | None:
         """The request a hit's answer is encoded for: the memo's, or decoded now and kept
         there with its key (a hit's request never goes on to an upstream). Only hits are
         kept: a stream of new requests costs the memo nothing."""
@@ -328,9 +328,12 @@ class CacheRun(StageRun):
                         kept.clear()
                 yield event
 
-    async def answer(self, ctx: RequestContext, body: bytes) -> None:
-        if self.exact is not None and self.decoded is None:
-            self.body = body  # pass-through: decoded off the response path
+    def passed(self, body: bytes) -> None:
+        # (the tap: set on a miss only) pass-through: decoded off the response path
+        self.body = body
+
+    def chunk(self, chunk: bytes) -> None:
+        """(a JSON answer has no frames: :class:`CacheStreamRun` keeps a stream's)"""
 
     def finished(self, ctx: RequestContext) -> None:
         exact, record = self.exact, ctx.record
@@ -396,18 +399,18 @@ class CacheRun(StageRun):
 
 
 class CacheStreamRun(CacheRun):
-    """A streamed cacheable request: on the pass-through lane its frames are kept too."""
+    """A streamed cacheable request: on the pass-through lane its frames are kept too
+    (shown to the tap as they go, :meth:`chunk`)."""
 
-    sees_frames = True
     frames: list[bytes]
 
     def __init__(self, stage: CacheStage, mode: str, ttl: float, max_bytes: int) -> None:
         super().__init__(stage, mode, ttl, max_bytes)
         self.frames = []
 
-    async def frame(self, ctx: RequestContext, chunk: bytes) -> None:
-        if self.exact is None or self.kept is not None or self.too_big:
-            return  # a hit, or the translated lane (its events are kept instead)
+    def chunk(self, chunk: bytes) -> None:
+        if self.too_big:
+            return
         self.size += len(chunk)
         if self.size > self.max_bytes * 4:  # frames are far larger than what they carry
             self.too_big = True
@@ -432,14 +435,12 @@ def _later(run: CacheRun, ctx: RequestContext, answer: bytes, stream: bool) -> b
     formats = stage.cache.formats
     if size > run.max_bytes or formats is None or formats.get(name) is not fmt:
         return False
-    created = stage.clock()
+    created, ttl = stage.clock(), run.ttl
     cost = record.list_cost_usd  # (what the answer cost: see finished)
-    if cost is None:
-        cost = record.cost_usd
-    memory = stage.memory
-    assert memory is not None and run.exact is not None
-    memory.put_later(run.exact, (answer, name, model, created, cost, created + run.ttl, stream),
-                     size, run.ttl)
+    # (told: the memory backend's run, its key set; not asserted, a few bytecodes a miss)
+    stage.memory.put_later(run.exact, (  # type: ignore[union-attr, arg-type]
+        answer, name, model, created, record.cost_usd if cost is None else cost,
+        created + ttl, stream), size, ttl)
     stage.cache.stored += 1
     return True
 
@@ -448,6 +449,13 @@ class CacheMissRun(CacheRun):
     """A miss told by :meth:`CacheStage.told`: nothing is left to do before the call."""
 
     before = StageRun.before  # (the pipeline awaits no ``before`` it does not override)
+
+    def __init__(self, stage: CacheStage, exact: Exact, ttl: float, max_bytes: int) -> None:
+        # (what a miss reads: its key set here; no mode, which only a lookup reads)
+        self.stage = stage
+        self.exact = exact
+        self.ttl = ttl
+        self.max_bytes = max_bytes
 
     def finished(self, ctx: RequestContext) -> None:
         body = self.body  # (set on the pass-through lane only)
@@ -459,6 +467,14 @@ class CacheMissStreamRun(CacheStreamRun):
     """A streamed miss told by :meth:`CacheStage.told`."""
 
     before = StageRun.before
+
+    def __init__(self, stage: CacheStage, exact: Exact, ttl: float, max_bytes: int) -> None:
+        # (CacheMissRun's, and the frames: no chain of __init__ calls)
+        self.stage = stage
+        self.exact = exact
+        self.ttl = ttl
+        self.max_bytes = max_bytes
+        self.frames = []
 
     def finished(self, ctx: RequestContext) -> None:
         frames = self.frames  # (kept on the pass-through lane only, while not too big)

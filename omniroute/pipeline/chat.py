@@ -27,7 +27,7 @@ from multidict import istr
 from omniroute.errors import GatewayError, UpstreamError
 from omniroute.formats import canonical as c
 from omniroute.formats.base import ClientRequest, Format
-from omniroute.pipeline.context import KnowsItsEnd, Reply, RequestContext
+from omniroute.pipeline.context import AnswerTap, KnowsItsEnd, Reply, RequestContext
 from omniroute.pipeline.operation import Operation
 from omniroute.pipeline.serve import SESSION_FIELD
 from omniroute.pipeline.usage import (
@@ -115,7 +115,8 @@ class Chat(Operation):
             reply = Reply(None, None, 200, fmt.stream_content_type, headers, reads,
                           upstream.close)  # (no keywords: see serve)
             reply.on_end = output.estimate
-            reply.frames = _Passthrough(fmt, reply, output, reads, fmt.hidden_frames(client))
+            reply.frames = _Passthrough(fmt, reply, output, reads, fmt.hidden_frames(client),
+                                        ctx.tap)
         else:
             events = upstream.events
             assert events is not None
@@ -129,8 +130,11 @@ class Chat(Operation):
         return reply
 
     def _passthrough_won(self, ctx: RequestContext, answer: bytes) -> None:
-        """A pass-through JSON answer is the one served: its usage goes in the record."""
-        record, fmt = ctx.record, self.fmt
+        """A pass-through JSON answer is the one served: the cache's tap sees it, and its
+        usage goes in the record."""
+        record, fmt, tap = ctx.record, self.fmt, ctx.tap
+        if tap is not None:
+            tap.passed(answer)
         set_usage(record, fmt.usage_from_body(answer))
         if not usage_complete(record):  # decoded only when the counts are missing
             _estimate_passthrough(record, fmt, answer, self._client_request(ctx))
@@ -177,14 +181,19 @@ class _Passthrough(KnowsItsEnd):
     An async iterator written as a class: an async generator costs every stream the
     event loop's hooks (a ``WeakSet`` entry made and dropped). The side reading refers
     to the reply, which refers to this: it is let go when the stream ends or is closed,
-    so that they are freed at once, not by the garbage collector."""
+    so that they are freed at once, not by the garbage collector.
 
-    __slots__ = ("_ended", "_hidden", "_reads", "_side", "_written")
+    Each block handed out is shown to ``tap`` (the cache's, on a miss) as it goes:
+    synchronously, where a stage's ``frame`` hook would cost the relay a coroutine a
+    chunk."""
+
+    __slots__ = ("_ended", "_hidden", "_reads", "_side", "_tap", "_written")
 
     def __init__(self, fmt: Format, reply: Reply, output: StreamOutput,
-                 reads: AsyncIterator[bytes], hidden: Callable[[bytes], bool] | None) -> None:
+                 reads: AsyncIterator[bytes], hidden: Callable[[bytes], bool] | None,
+                 tap: AnswerTap | None = None) -> None:
         self._side: _SideReading | None = _SideReading(fmt, reply, output, hidden)
-        self._reads, self._hidden = reads, hidden
+        self._reads, self._hidden, self._tap = reads, hidden, tap
         self._written: bytes | None = None  # handed out, not read on the side yet
         #: the upstream reads' own :meth:`ended`, when they can tell
         self._ended: Callable[[], bool] | None = getattr(reads, "ended", None)
@@ -214,12 +223,16 @@ class _Passthrough(KnowsItsEnd):
             side.arrived()
             if self._hidden is None:
                 self._written = block
-                return block
-            cut = side.read(block)
-            if cut:
-                block = _without(block, cut)
-            if block:
-                return block
+            else:
+                cut = side.read(block)
+                if cut:
+                    block = _without(block, cut)
+                if not block:
+                    continue
+            tap = self._tap
+            if tap is not None:
+                tap.chunk(block)
+            return block
 
     async def aclose(self) -> None:
         side, written = self._side, self._written

@@ -118,14 +118,25 @@ class RequestContext:
 
 
 class AnswerTap(Protocol):
-    """Sees the canonical answer where the chat operation has one: the translated and
-    canonical lanes (the response cache keeps it). The pass-through lane has none."""
+    """Sees the answer the chat operation serves (the response cache keeps it): the
+    canonical one on the translated and canonical lanes, the upstream's own JSON body on
+    the pass-through lane, JSON or a stream's blocks of frames. Only the served answer's:
+    a call that lost a hedged race is never shown (its stream is never iterated)."""
 
     def response(self, response: c.Response) -> None:
         """A whole (JSON) answer, decoded."""
 
+    def passed(self, body: bytes) -> None:
+        """A whole (JSON) answer on the pass-through lane, as the upstream sent it (told
+        here, synchronously, not through an awaited ``StageRun.answer``: a run that needs
+        no other hook keeps the pipeline off its loops over the runs)."""
+
     def events(self, events: AsyncIterator[c.Event]) -> AsyncIterator[c.Event]:
         """A streamed answer's events: return an iterator that passes them all on."""
+
+    def chunk(self, chunk: bytes) -> None:
+        """A block of a pass-through stream's frames (as the client gets it: without a
+        frame the gateway cut out), when it is handed to the relay, before its write."""
 
 
 @runtime_checkable
