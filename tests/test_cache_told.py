@@ -82,7 +82,7 @@ async def _session(gw: Any) -> dict[str, Any]:
     return {
         "runs": runs, "seen": seen, "upstream": len(gw.fake.requests),
         "exact": stats["exact"], "memory": stats["backends"]["memory"],
-        "sizes": sum(map(len, data)),
+        "sizes": sum(map(len, data)) + sum(map(len, memory._items)),  # answers and keys
         "listed": sorted((row["key"], row["version"], row["model"]) for row in listed),
         "answers": sorted((e.response.parts[0].text, e.model, e.cost) for e in made if e),
     }
@@ -127,8 +127,8 @@ async def test_a_miss_told_at_enter_stores_its_entry_unmade_until_read(gw: Any) 
     entry = orjson.loads(made)
     assert entry["v"] == entries.BODY_VERSION and entry["model"] == "up/gpt-4o-mini"
     assert entry["body"]["choices"][0]["message"]["content"] == answer
-    assert len(made) <= size  # the bound it counted as until then
-    assert memory._items[key][1] == made and memory._items[key][2] == len(made)
+    assert len(made) + len(key) <= size  # the bound it counted as until then (with its key)
+    assert memory._items[key][1] == made and memory._items[key][2] == len(made) + len(key)
 
 
 async def test_the_built_in_path_is_taken_only_with_memory_alone_and_no_stage_before(

@@ -64,9 +64,8 @@ _BLAKE2B = blake2b(digest_size=DIGEST_SIZE)
 #: a dict hashing it in C; or its name (str, the hex digest: :func:`key_name`), which
 #: every other backend and layer is given, made only when one is asked
 Exact: TypeAlias = "bytes | str"
-#: the longest JSON array kept as an exact key (a longer one is named at once): the bound
-#: on the bytes a key holds, outside the ``memory`` backend's ``max_bytes``, as a hex name
-#: was before (~80 bytes)
+#: the longest JSON array kept as an exact key (a longer one is named at once); the
+#: ``memory`` backend counts an entry's key in its size, so ``max_bytes`` bounds keys too
 RAW_MAX = 512
 
 

@@ -24,7 +24,9 @@ class MemoryCache(CacheBackend):
     touch them): storing a miss's answer builds no object of its own. A value is bytes, or
     (:meth:`put_later`, the response cache's miss on the built-in path) what they are made
     of: made when the entry is first read, so that an answer never asked for again (most
-    misses) is never serialized; ``size`` is then the bound it was stored with.
+    misses) is never serialized; ``size`` is then the bound it was stored with. An entry's
+    size counts its key too: a key kept as a request's bytes (up to
+    :data:`~omniroute.cache.key.RAW_MAX`) is held by the cache as much as the answer is.
     """
 
     name = "memory"
@@ -73,7 +75,7 @@ class MemoryCache(CacheBackend):
         self.put(key, value, ttl)
 
     def put(self, key: Exact, value: bytes, ttl: float | None = None) -> bool:
-        size = len(value)
+        size = len(value) + len(key)
         if size <= self.max_bytes:  # (larger than the whole cache: never stored)
             self._keep(key, value, size, ttl if ttl is not None else self.ttl)
         return True
@@ -87,6 +89,7 @@ class MemoryCache(CacheBackend):
         of strings, bytes and numbers, not a callable: the garbage collector stops
         tracking it, where a ``partial`` kept per entry made its collections walk them
         all.)"""
+        size += len(key)
         if size > self.max_bytes:
             return
         # (_keep written in: a miss's one call here)
@@ -119,8 +122,9 @@ class MemoryCache(CacheBackend):
         answer = item[1]
         assert isinstance(answer, tuple)
         value = dump_body(*answer[:-1], stream=answer[-1])
-        self._items[key] = (item[0], value, len(value))
-        self._bytes += len(value) - item[2]
+        size = len(value) + len(key)
+        self._items[key] = (item[0], value, size)
+        self._bytes += size - item[2]
         return value
 
     def _evict(self) -> None:
