@@ -15,7 +15,9 @@ counts, per thread of the server:
 * context switches (a thread that sleeps in ``epoll_wait`` or ``futex`` and is woken);
 
 and ``/proc/<pid>/task/<tid>/stat`` and ``schedstat`` give user and system time and
-run time per thread. Everything is divided by the requests wrk completed. Counts of
+run time per thread; ``--gc`` adds the cyclic collector's collections by generation and
+their thread CPU time (``gc.callbacks``, through a ``sitecustomize`` the servers import).
+Everything is divided by the requests wrk completed. Counts of
 one kind per request do not depend on how loaded the machine is, except where
 batching does (one ``epoll_wait`` serves every connection ready at once: fewer per
 request when the server is behind); compare the two servers in one run.
@@ -28,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import math
 import os
 import signal
@@ -98,6 +101,39 @@ def times(pid: int) -> dict[int, tuple[float, ...]]:
                     run_ns / 1e6, int(status["voluntary_ctxt_switches"]),
                     int(status["nonvoluntary_ctxt_switches"]))
     return out
+
+
+#: ``--gc``: imported by the servers (``PYTHONPATH``); SIGUSR2 writes the collections so far
+GC_SITE = """import gc, json, os, signal, threading, time
+_main, _stats, _start = threading.main_thread().ident, {}, {}
+def _cb(phase, info, _now=time.thread_time_ns, _tid=threading.get_ident):
+    tid = _tid()
+    if phase == "start":
+        _start[tid] = _now()
+        return
+    s = _stats.setdefault(f"{'main' if tid == _main else 'other'}/gen{info['generation']}", [0, 0])
+    s[0] += 1
+    s[1] += _now() - _start.get(tid, 0)
+gc.callbacks.append(_cb)
+def _dump(*_):
+    path = os.path.join(os.environ["BENCH_GC_DIR"], f"gc-{os.getpid()}.json")
+    with open(path + ".tmp", "w") as f:
+        json.dump(_stats, f)
+    os.replace(path + ".tmp", path)
+signal.signal(signal.SIGUSR2, _dump)
+"""
+
+
+def gc_counts(pid: int, where: Path) -> dict[str, list[int]]:
+    """``--gc``: the collections of ``pid`` so far, by thread and generation: [count, ns]."""
+    path = where / f"gc-{pid}.json"
+    path.unlink(missing_ok=True)
+    os.kill(pid, signal.SIGUSR2)
+    for _ in range(200):
+        time.sleep(0.01)
+        if path.exists():
+            return json.loads(path.read_text())
+    return {}
 
 
 def pin(pid: int, cpus: set[int]) -> None:
@@ -179,9 +215,11 @@ def cell(tmp: Path, name: str, pid: int, url: str, lane: str, conc: int,
                                    str(Path(args.record) / f"{name}-{lane}-c{conc}.data")],
                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         time.sleep(0.5)
+    gc_before = gc_counts(pid, tmp) if args.gc else {}
     before = times(pid)
     summary, _ = run_wrk(lua, url, conc, args.duration)
     after = times(pid)
+    gc_after = gc_counts(pid, tmp) if args.gc else {}
     for proc in (perf, record):
         if proc is not None:
             proc.send_signal(signal.SIGINT)
@@ -194,6 +232,10 @@ def cell(tmp: Path, name: str, pid: int, url: str, lane: str, conc: int,
         row = per_thread.setdefault(names.get(tid, str(tid)), [0.0] * len(now))
         for i, (a, b) in enumerate(zip(now, then, strict=True)):
             row[i] += a - b
+    for key, (count, ns) in gc_after.items():  # per 1,000 requests, and ms a request
+        then = gc_before.get(key, [0, 0])
+        counts[key.split("/")[0], f"gc {key.split('/')[1]} x1000"] = (count - then[0]) * 1000
+        counts[key.split("/")[0], f"gc {key.split('/')[1]} ms"] = (ns - then[1]) / 1e6
     return {"requests": n, "rps": n / (summary["duration_us"] / 1e6),
             "counts": {f"{t}/{e}": c / n for (t, e), c in counts.items()},
             "ms": {t: [v / n for v in row] for t, row in per_thread.items()}}
@@ -258,12 +300,24 @@ def main() -> int:
     p.add_argument("--record", metavar="DIR",
                    help="also `perf record` each measured run (cpu-clock, call graphs) "
                         "into DIR/<target>-<lane>-c<N>.data, for `perf report`")
-    p.add_argument("--pin", choices=["split", "one"],
+    p.add_argument("--pin", choices=["split", "one", "writer-same", "writer-split"],
                    help="split: the server on CPU 0, wrk and nginx on CPU 1; one: all on "
-                        "CPU 0 (the scheduler's placement out of the counts)")
+                        "CPU 0 (the scheduler's placement out of the counts); writer-same, "
+                        "writer-split: the server's event loop thread on CPU 0 and its "
+                        "other threads (the request log's writer) on CPU 0 too or on CPU 1, "
+                        "wrk and nginx where the scheduler puts them")
+    p.add_argument("--gc", action="store_true",
+                   help="count the servers' garbage collections (gc.callbacks): per 1,000 "
+                        "requests and their CPU ms a request, by thread and generation")
     p.add_argument("--top", type=int, default=30, help="thread/event rows a cell (30)")
     args = p.parse_args()
     with running("omniroute-sys-") as run:
+        if args.gc:  # the servers import it (their environment is this one's)
+            (run.tmp / "site").mkdir()
+            (run.tmp / "site" / "sitecustomize.py").write_text(GC_SITE)
+            os.environ["BENCH_GC_DIR"] = str(run.tmp)
+            os.environ["PYTHONPATH"] = os.pathsep.join(
+                filter(None, [str(run.tmp / "site"), os.environ.get("PYTHONPATH")]))
         nginx_port = free_port()
         nginx = start_nginx(run.tmp / "nginx", nginx_port)
         try:
@@ -281,7 +335,13 @@ def main() -> int:
                     run.gateways.append(gw)
                     pids[target] = gw.pid
                 servers[target] = port
-            if args.pin:  # the server on CPU 0; wrk (this process's child) and nginx on 1
+            if args.pin and args.pin.startswith("writer-"):
+                for pid in pids.values():  # the loop's thread on 0, the others on 0 or 1
+                    for tid, name in threads(pid).items():
+                        with contextlib.suppress(OSError):
+                            os.sched_setaffinity(tid, {0} if name == "main" or
+                                                 args.pin == "writer-same" else {1})
+            elif args.pin:  # the server on CPU 0; wrk (this process's child) and nginx on 1
                 other = {0} if args.pin == "one" else {1}
                 for pid in pids.values():
                     pin(pid, {0})

@@ -71,6 +71,31 @@ def test_a_batch_taken_and_requeued_goes_back_before_the_newer_rows() -> None:
         rows.requeue(everything.view(2))  # not whole rows
 
 
+def test_a_batch_taken_at_load_is_the_buffers_own_list() -> None:
+    """The writer takes a multiple of 512 rows while a few more wait: the buffer's list
+    goes with the batch (no copy of it, no new list for the collector to walk while the
+    flush waits) and the few rows after it start a new one; a backlog's batch (more
+    waiting after it than in it) is copied out of the list as before."""
+    rows = _flat(10)
+    rows.popleft()
+    kept = rows.values
+    batch = rows.take(6)
+    assert batch.values is kept and len(kept) == 7 * 3  # the dropped row's places, the 6
+    assert [r[0] for r in batch] == [f"r{i}" for i in range(1, 7)]
+    assert [r[0] for r in rows] == ["r7", "r8", "r9"] and rows.values is not kept
+    rows.append(("r10", 0, 0))
+    rows.requeue(batch)
+    assert [r[0] for r in rows] == [f"r{i}" for i in range(1, 11)]
+    kept = rows.values
+    batch = rows.take(2)  # eight more wait: copied
+    assert batch.values is not kept and [r[0] for r in batch] == ["r1", "r2"]
+    assert [r[0] for r in rows] == [f"r{i}" for i in range(3, 11)]
+    kept = rows.values
+    everything = rows.take(100)
+    assert everything.values is kept and [r[0] for r in everything] == [
+        f"r{i}" for i in range(3, 11)]
+
+
 def test_a_batchs_columns_are_its_rows_columns() -> None:
     rows = _flat(7, width=4)
     rows.popleft()

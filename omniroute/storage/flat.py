@@ -145,14 +145,24 @@ class FlatRows(Sequence[Row]):
         """The first ``n`` rows (all if fewer wait), removed from here, as a batch."""
         values, start, width = self.values, self.start, self.width
         if len(values) - start <= n * width:  # all of them: the list itself
-            batch = values if start == 0 else values[start:]
             self.values, self.start, self._columns = [], 0, None
-            return FlatRows(width, batch)
+            return FlatRows(width, values, start=start)
         stop = start + n * width
-        batch = values[start:stop]
-        self.start = stop
-        self._compact()
-        return FlatRows(width, batch)
+        if len(values) - stop > stop - start:  # a backlog: the batch copied, as it is small
+            batch = values[start:stop]
+            self.start = stop
+            self._compact()
+            return FlatRows(width, batch)
+        # the list itself goes with the batch, and the rows after it (fewer) to a new one:
+        # at load the writer takes a multiple of its 512 rows while a dozen more wait, and
+        # the batch is not copied (a 140 KB list the allocator handed out afresh each
+        # flush, and that the collector's youngest generation walked while the flush
+        # waited for the writer thread: docs/usage.md, session 16; the ``del`` below
+        # moves nothing, and CPython keeps a list's allocation above half of it)
+        rest = values[stop:]
+        del values[stop:]
+        self.values, self.start, self._columns = rest, 0, None
+        return FlatRows(width, values, start=start)
 
     def requeue(self, batch: FlatRows) -> None:
         """Put ``batch`` (rows of this width, all their values) back before these rows."""
