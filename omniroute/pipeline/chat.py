@@ -14,7 +14,6 @@ answer.
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from bisect import bisect_right
 from collections.abc import AsyncIterator, Callable, Mapping
@@ -152,7 +151,7 @@ class Chat(Operation):
         """The request in the canonical model, for ``target``'s upstream model name."""
         if ctx.canonical is None:  # decoded once, on the first target that needs it
             ctx.canonical = self.fmt.decode_request(self._client_request(ctx))
-        return dataclasses.replace(ctx.canonical, model=target.model)
+        return ctx.canonical.for_model(target.model)
 
     async def _call_canonical(
         self, ctx: RequestContext, target: Target, provider: CanonicalProvider
