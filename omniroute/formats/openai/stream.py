@@ -192,8 +192,11 @@ class Decoder:
         """The events of one upstream frame (raises on an error frame); after ``[DONE]``
         :attr:`done` is set and no later frame is read."""
         # the usual frame, one data line of a JSON object and its blank line, is parsed
-        # without cutting its data out (JSON skips the line ends after it)
-        if frame.startswith(b"data: {") and frame.count(LF) == 2 and CR not in frame:
+        # without cutting its data out (JSON skips the line ends after it); its first
+        # line end found with memchr (``count`` walks every byte: some 1,500
+        # instructions a frame)
+        if frame.startswith(b"data: {") and frame.find(LF) == len(frame) - 2 and \
+                frame.endswith(b"\n\n") and CR not in frame:
             try:
                 chunk = orjson.loads(frame[6:])
             except orjson.JSONDecodeError:
