@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -17,8 +18,9 @@ from test_stream_reads import spy_writes
 from omniroute.errors import GatewayError
 from omniroute.formats import canonical as c
 from omniroute.formats.anthropic import AnthropicFormat
-from omniroute.formats.base import ClientRequest
+from omniroute.formats.base import ClientRequest, Format
 from omniroute.formats.openai import OpenAIFormat
+from omniroute.formats.responses import ResponsesFormat
 from omniroute.pipeline.translated import Translated
 from omniroute.pipeline.usage import StreamOutput
 from omniroute.sse import SSESplitter, events_of
@@ -58,9 +60,14 @@ CUT = [chunk({"content": "a"}), chunk({"content": "b"})]  # no finish, no [DONE]
 UNFINISHED_ENDS = [chunk({"content": "a"}), chunk({}, "length"), USAGE]  # no [DONE]
 
 
-def request() -> c.Request:
-    return AnthropicFormat().decode_request(
-        ClientRequest(ANTHROPIC_BODY, "gpt-4o-mini", True))
+RESPONSES_BODY = {"model": "up/gpt-4o-mini", "stream": True, "input": "hi"}
+#: the ids a Responses stream makes for its items (new each time)
+ITEM_IDS = re.compile(rb'"(msg|rs|fc)_[0-9A-Za-z]+"')
+
+
+def request(client: type[Format] = AnthropicFormat) -> c.Request:
+    body = ANTHROPIC_BODY if client is AnthropicFormat else RESPONSES_BODY
+    return client().decode_request(ClientRequest(body, "gpt-4o-mini", True))
 
 
 class Reads:
@@ -81,30 +88,30 @@ class Reads:
         self.closed = True
 
 
-async def chained(frames: list[bytes]) -> tuple[list[bytes], BaseException | None]:
+async def chained(frames: list[bytes], client: type[Format] = AnthropicFormat
+                  ) -> tuple[list[bytes], BaseException | None]:
     """The chain's frames (decode_stream -> StreamOutput.events -> encode_stream)."""
     async def upstream() -> AsyncIterator[bytes]:
         for frame in frames:
             yield frame
 
-    output = StreamOutput(RequestRecord("r", 0.0, ""), 0.0, AnthropicFormat(),
-                          request=request())
+    output = StreamOutput(RequestRecord("r", 0.0, ""), 0.0, client(), request=request(client))
     out: list[bytes] = []
     try:
-        async for frame in AnthropicFormat().encode_stream(
-                output.events(OpenAIFormat().decode_stream(upstream())), request()):
+        async for frame in client().encode_stream(
+                output.events(OpenAIFormat().decode_stream(upstream())), request(client)):
             out.append(frame)
     except GatewayError as err:
         return out, err
     return out, None
 
 
-async def translated(blocks: list[bytes]) -> tuple[list[bytes], BaseException | None,
-                                                   StreamOutput, list[bool]]:
-    output = StreamOutput(RequestRecord("r", 0.0, ""), 0.0, AnthropicFormat(),
-                          request=request())
-    decoder, encoder = OpenAIFormat().stream_decoder(), AnthropicFormat().stream_encoder(
-        request())
+async def translated(blocks: list[bytes], client: type[Format] = AnthropicFormat
+                     ) -> tuple[list[bytes], BaseException | None, StreamOutput, list[bool]]:
+    output = StreamOutput(RequestRecord("r", 0.0, ""), 0.0, client(), request=request(client))
+    decoder, encoder = OpenAIFormat().stream_decoder(), client().stream_encoder(
+        request(client))
+    assert decoder is not None and encoder is not None
     stream = Translated(Reads(blocks), SSESplitter.each, decoder, encoder, output)
     chunks, ended = [], []
     try:
@@ -116,20 +123,21 @@ async def translated(blocks: list[bytes]) -> tuple[list[bytes], BaseException | 
     return chunks, None, output, ended
 
 
+@pytest.mark.parametrize("client", [AnthropicFormat, ResponsesFormat])
 @pytest.mark.parametrize("frames", [TEXT, MIXED, ERROR, CUT, UNFINISHED_ENDS])
 @pytest.mark.parametrize("cut", [1, 2, 100])
 async def test_blocks_translate_to_the_bytes_the_chain_gives_frame_by_frame(
-    frames: list[bytes], cut: int
+    frames: list[bytes], cut: int, client: type[Format]
 ) -> None:
     blocks = [b"".join(frames[i:i + cut]) for i in range(0, len(frames), cut)]
-    expected, failure = await chained(frames)
-    chunks, error, output, ended = await translated(blocks)
-    assert b"".join(chunks) == b"".join(expected)
+    expected, failure = await chained(frames, client)
+    chunks, error, output, ended = await translated(blocks, client)
+    assert ITEM_IDS.sub(b"ID", b"".join(chunks)) == ITEM_IDS.sub(b"ID", b"".join(expected))
     assert (type(error), str(error)) == (type(failure), str(failure))
     assert len(chunks) <= len(blocks) + 1
     # only a stream that ended well says its last chunk was its last
     assert ended == [False] * (len(chunks) - 1) + [failure is None] if chunks else True
-    if failure is None and frames is TEXT:
+    if failure is None and frames is TEXT and client is AnthropicFormat:
         assert output.texts == ["Hel", "lo"]
         assert (output.record.prompt_tokens, output.record.completion_tokens) == (3, 4)
         if cut == 100:  # a stream that came in one read leaves in one chunk
@@ -237,3 +245,24 @@ async def test_the_upstream_connection_is_reused_after_a_translated_stream(
             b'{"type":"message_stop"}\n\n')
     peers = whole_upstream[PEERS]
     assert len(peers) == 3 and len(set(peers)) == 1
+
+
+async def test_a_responses_stream_translated_from_one_read_leaves_in_one_write(
+    omniroute: Any, aiohttp_server: Any, monkeypatch: pytest.MonkeyPatch,
+    whole_upstream: web.Application,
+) -> None:
+    """Codex on an OpenAI chat upstream: the same one write, ``response.completed`` last."""
+    writes: list[bytes] = []
+    spy_writes(monkeypatch, writes)
+    server = await aiohttp_server(whole_upstream)
+    await omniroute.add_provider({"type": "openai", "name": "fake", "prefix": "up",
+                                  "base_url": str(server.make_url("/v1")), "api_key": "sk-x"})
+    resp = await omniroute.client.post("/v1/responses", json=RESPONSES_BODY)
+    assert resp.status == 200
+    events = [orjson.loads(e.split(b"data: ", 1)[1]) for e in events_of(await resp.read())]
+    assert events[0]["type"] == "response.created"
+    assert events[-1]["type"] == "response.completed"
+    assert events[-1]["response"]["output"][0]["content"][0]["text"] == "Hello"
+    ours = [w for w in writes if b"X-OmniRoute-Request-Id" in w]
+    assert len(ours) == 1 and ours[0].endswith(b"}\n\n\r\n0\r\n\r\n")
+    assert writes[writes.index(ours[0]) + 1:] == []

@@ -75,7 +75,7 @@ class _Open:
     encrypted: str | None = None
 
 
-class _Encoder:
+class Encoder:
     def __init__(self, request: c.Request) -> None:
         self.request = request
         self.tools = ToolIndex(request.tools)
@@ -331,7 +331,7 @@ class _Encoder:
 
 
 async def encode_stream(events: AsyncIterator[c.Event], request: c.Request) -> AsyncIterator[bytes]:
-    encoder = _Encoder(request)
+    encoder = Encoder(request)
     async with closing(events):
         async for event in events:
             for frame in encoder.feed(event):
