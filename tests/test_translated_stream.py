@@ -266,3 +266,32 @@ async def test_a_responses_stream_translated_from_one_read_leaves_in_one_write(
     ours = [w for w in writes if b"X-OmniRoute-Request-Id" in w]
     assert len(ours) == 1 and ours[0].endswith(b"}\n\n\r\n0\r\n\r\n")
     assert writes[writes.index(ours[0]) + 1:] == []
+
+
+TEXTS = ["a", 'q"uote\\', "é ✓ \u2028", "\n\t"]
+
+
+def test_the_text_delta_frames_are_the_events_json_whole() -> None:
+    """Anthropic's and Responses' text deltas are written from a head made once per
+    part and the text serialised alone: the same bytes as the whole event's JSON."""
+    from omniroute.sse import encode
+
+    anthropic = AnthropicFormat().stream_encoder(request())
+    anthropic.feed(c.Start("msg_1", "m"))
+    anthropic.feed(c.PartStart(0, c.Text("")))
+    for text in TEXTS:
+        assert anthropic.feed(c.TextDelta(0, text)) == [encode(
+            {"type": "content_block_delta", "index": 0,
+             "delta": {"type": "text_delta", "text": text}}, event="content_block_delta")]
+    responses = ResponsesFormat().stream_encoder(request(ResponsesFormat))
+    responses.feed(c.Start("resp_1", "m", created=1))
+    started = responses.feed(c.PartStart(0, c.Text("")))
+    item = orjson.loads(started[0].split(b"data: ", 1)[1])
+    seq = item["sequence_number"] + len(started)
+    for text in TEXTS:
+        kind = "response.output_text.delta"
+        assert responses.feed(c.TextDelta(0, text)) == [encode(
+            {"type": kind, "item_id": item["item"]["id"], "output_index": 0,
+             "content_index": 0, "delta": text, "logprobs": [], "sequence_number": seq},
+            event=kind)]
+        seq += 1
