@@ -109,9 +109,13 @@ LANES = {"json": (REQUEST, None), "instant": (INSTANT_REQUEST, DONE),
          "paced": (PACED_REQUEST, DONE),
          # bench.py's cross-format lane: an Anthropic client's instant stream, translated
          # from the OpenAI upstream (the gateway only: the forwarder cannot translate)
-         "cross": (ANTHROPIC_INSTANT_REQUEST, ANTHROPIC_TAIL.encode() + b"\n\n")}
+         "cross": (ANTHROPIC_INSTANT_REQUEST, ANTHROPIC_TAIL.encode() + b"\n\n"),
+         # a Responses client's (Codex's) instant stream, translated from the OpenAI upstream
+         "responses": ({"model": INSTANT_REQUEST["model"], "stream": True,
+                        "max_output_tokens": 64, "input": REQUEST["messages"][1]["content"],
+                        "instructions": REQUEST["messages"][0]["content"]}, None)}
 #: the path of a lane's requests (the others: /v1/chat/completions)
-PATHS = {"cross": "/v1/messages"}
+PATHS = {"cross": "/v1/messages", "responses": "/v1/responses"}
 #: ``--first-byte``'s helper: a callgrind client request, callable through ctypes
 TOGGLE_C = """#include <valgrind/callgrind.h>
 void omniroute_cg_toggle(void) { CALLGRIND_TOGGLE_COLLECT; }
@@ -413,8 +417,10 @@ def main() -> int:
     p.add_argument("--requests", type=int, default=300, help="measured requests per cell (300)")
     p.add_argument("--warmup", type=int, default=100, help="requests before measuring (100)")
     p.add_argument("--concurrency", default="1,16", help="levels (1,16)")
-    p.add_argument("--lanes", default="json,instant", help="of json,instant,paced "
-                   "(json,instant; paced: the fake's stream of 20 chunks 10 ms apart)")
+    p.add_argument("--lanes", default="json,instant", help="of json,instant,paced,cross,"
+                   "responses (json,instant; paced: the fake's stream of 20 chunks 10 ms "
+                   "apart; cross: an Anthropic client's instant stream, responses: a "
+                   "Responses client's, translated from the OpenAI upstream)")
     p.add_argument("--targets", default="forwarder,omniroute",
                    help="of forwarder,omniroute,norecords,full,cacheoff,redis "
                         "(forwarder,omniroute; norecords: the gateway with request_log off; "

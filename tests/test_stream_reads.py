@@ -168,6 +168,19 @@ def test_sse_events_of_a_block_one_at_a_time_are_its_events(block: bytes) -> Non
     assert SSESplitter.first(block) == next(SSESplitter.each(block), b"")
 
 
+def test_sse_events_of_any_block_one_at_a_time_are_its_events() -> None:
+    """Every block of a few bytes, line ends among them (each finds them one at a time,
+    a blank line by the line end after one): its events, as the splitter cuts them."""
+    import itertools
+
+    for size in range(7):
+        for block in map(bytes, itertools.product(b"a\n:", repeat=size)):
+            splitter = SSESplitter()
+            events = splitter.feed(block)
+            tail = splitter.tail()
+            assert list(SSESplitter.each(block)) == [*events, *([tail] if tail else [])]
+
+
 @pytest.mark.parametrize("event", [
     b'data: {"a":1}\n\n', b'data: {"a":1}', b"data: \n\n", b"data:  x\n\n", b"data:x\n\n",
     b"data: 1\ndata: 2\n\n", b"data: 1\r\n\r\n", b"data: 1\r\n", b"data: a\rb\n\n",

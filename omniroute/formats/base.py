@@ -27,6 +27,7 @@ from typing import Any, ClassVar
 from omniroute.errors import GatewayError
 from omniroute.formats import canonical as c
 from omniroute.formats.audio import AudioCodec
+from omniroute.formats.streams import StreamDecoder, StreamEncoder
 
 
 @dataclass(slots=True)
@@ -136,6 +137,11 @@ class Format:
         """The frames (SSE events, NDJSON lines) of a streamed answer, one per write."""
         raise NotImplementedError
 
+    def stream_encoder(self, request: c.Request) -> StreamEncoder | None:
+        """:meth:`encode_stream` as a synchronous object fed one event at a time, or None
+        when the format has only :meth:`encode_stream` (:mod:`omniroute.formats.streams`)."""
+        return None
+
     def error_body(self, err: GatewayError) -> bytes:
         """The JSON body of an error answer in this format (status: ``err.status``)."""
         raise NotImplementedError
@@ -223,6 +229,11 @@ class Format:
     def decode_stream(self, frames: AsyncIterator[bytes]) -> AsyncIterator[c.Event]:
         """Canonical events from upstream frames; raises a ``GatewayError`` on an error frame."""
         raise NotImplementedError
+
+    def stream_decoder(self) -> StreamDecoder | None:
+        """:meth:`decode_stream` as a synchronous object fed one frame at a time, or None
+        when the format has only :meth:`decode_stream` (:mod:`omniroute.formats.streams`)."""
+        return None
 
     # ------------------------------------------------------------------ pass-through lane
 

@@ -29,7 +29,8 @@ Conventions (every format follows them):
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
+from operator import attrgetter
 from typing import Any, Literal, TypeAlias
 
 #: a system message later in the conversation, folded into a user turn by formats that
@@ -195,6 +196,16 @@ class Request:
     metadata: dict[str, Any] = field(default_factory=dict)
     #: format-specific extras another format may ignore, keyed by format name
     meta: dict[str, Any] = field(default_factory=dict)
+
+    def for_model(self, model: str) -> Request:
+        """This request for another model name: ``dataclasses.replace(self, model=model)``
+        (the same shallow copy), its fields read at once in C (``replace`` walks them
+        in Python: some 600 bytecodes, on every translated request)."""
+        return Request(model, *_REQUEST_FIELDS(self)[1:])
+
+
+#: every field of a :class:`Request`, in order, read in one call (``model`` first)
+_REQUEST_FIELDS = attrgetter(*(f.name for f in fields(Request)))
 
 
 #: A request that is nothing but text turns and scalar settings, read from a client body

@@ -14,7 +14,6 @@ answer.
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from bisect import bisect_right
 from collections.abc import AsyncIterator, Callable, Mapping
@@ -30,6 +29,7 @@ from omniroute.formats.base import ClientRequest, Format
 from omniroute.pipeline.context import AnswerTap, KnowsItsEnd, Reply, RequestContext
 from omniroute.pipeline.operation import Operation
 from omniroute.pipeline.serve import SESSION_FIELD
+from omniroute.pipeline.translated import Translated
 from omniroute.pipeline.usage import (
     KEEP_BYTES,
     StreamOutput,
@@ -118,11 +118,19 @@ class Chat(Operation):
             reply.frames = _Passthrough(fmt, reply, output, reads, fmt.hidden_frames(client),
                                         ctx.tap)
         else:
-            events = upstream.events
-            assert events is not None
             output = StreamOutput(record, ctx.started, fmt, request=request)
-            reply = Reply(source=events, close=upstream.close, headers=headers,
+            reply = Reply(close=upstream.close, headers=headers,
                           content_type=fmt.stream_content_type, on_end=output.estimate)
+            if upstream.reads is not None and upstream.split is not None and ctx.tap is None:
+                decoder = provider_format.stream_decoder()
+                encoder = fmt.stream_encoder(request) if decoder is not None else None
+                if decoder is not None and encoder is not None:  # one write per read
+                    reply.source = upstream.reads
+                    reply.frames = Translated(upstream.reads, upstream.split, decoder,
+                                              encoder, output)
+                    return reply
+            events = reply.source = upstream.events
+            assert events is not None
             canonical = output.events(provider_format.decode_stream(events))
             if ctx.tap is not None:
                 canonical = ctx.tap.events(canonical)
@@ -147,7 +155,7 @@ class Chat(Operation):
         """The request in the canonical model, for ``target``'s upstream model name."""
         if ctx.canonical is None:  # decoded once, on the first target that needs it
             ctx.canonical = self.fmt.decode_request(self._client_request(ctx))
-        return dataclasses.replace(ctx.canonical, model=target.model)
+        return ctx.canonical.for_model(target.model)
 
     async def _call_canonical(
         self, ctx: RequestContext, target: Target, provider: CanonicalProvider

@@ -141,21 +141,30 @@ class StreamOutput:
 
     async def events(self, events: AsyncIterator[c.Event]) -> AsyncIterator[c.Event]:
         """Pass ``events`` on, noting usage, the first content token and the text."""
-        record = self.record
+        see = self.see
         async with aclosing(events):  # type: ignore[type-var]
             async for event in events:
-                if isinstance(event, _CONTENT_EVENTS):
-                    if record.ttfc_ms is None:
-                        record.ttfc_ms = since(self.started)
-                    self._text(event.arguments if isinstance(event, c.ToolArgsDelta)
-                               else event.text)
-                elif isinstance(event, (c.Start, c.Finish)):
-                    set_usage(record, event.usage)
-                elif isinstance(event, c.PartStart) and isinstance(event.part, c.ToolCall):
-                    if record.ttfc_ms is None:
-                        record.ttfc_ms = since(self.started)
-                    self._text(event.part.name)
+                see(event)
                 yield event
+
+    def see(self, event: c.Event) -> None:
+        """Note one event of a translated stream: usage, the first content token, text."""
+        if isinstance(event, _CONTENT_EVENTS):
+            if self.record.ttfc_ms is None:
+                self.record.ttfc_ms = since(self.started)
+            # (:meth:`_text`, written in: the call is most of its cost)
+            piece = event.arguments if isinstance(event, c.ToolArgsDelta) else event.text
+            size = len(piece)
+            self.size += size
+            if self.kept < KEEP_BYTES:
+                self.texts.append(piece)
+                self.kept += size
+        elif isinstance(event, (c.Start, c.Finish)):
+            set_usage(self.record, event.usage)
+        elif isinstance(event, c.PartStart) and isinstance(event.part, c.ToolCall):
+            if self.record.ttfc_ms is None:
+                self.record.ttfc_ms = since(self.started)
+            self._text(event.part.name)
 
     def _text(self, piece: str) -> None:
         """Keep a text piece for an estimate, up to KEEP_BYTES characters (beyond, only

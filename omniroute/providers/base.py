@@ -11,7 +11,7 @@ frames (SSE events, or NDJSON lines for Ollama: see ``HTTPProvider.framing``).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
@@ -137,6 +137,10 @@ class UpstreamResponse:
     #: drops the upstream connection at once, even if ``events`` was never iterated
     #: (closing an async generator that never started does not run its ``finally``)
     close: Callable[[], None] | None = None
+    #: cuts a block of ``reads`` into its frames, one at a time (the framing's
+    #: ``Splitter.each``); None when the provider does not say (a translated stream is
+    #: then read by ``events``)
+    split: Callable[[bytes], Iterator[bytes]] | None = None
 
 
 @dataclass(slots=True)

@@ -362,7 +362,7 @@ def unwrapped(answer: UpstreamResponse) -> UpstreamResponse:
 
     return UpstreamResponse(answer.status, answer.headers, events=frames(),
                             reads=batches() if reads is not None else None,
-                            close=answer.close)
+                            close=answer.close, split=answer.split)
 
 
 class GeminiCliProvider(OAuthProvider, CodeAssistAPI):

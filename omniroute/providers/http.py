@@ -306,7 +306,7 @@ class HTTPProvider(Provider):
             raise error
         return UpstreamResponse(  # (no keywords: no dict per call)
             resp.status, _kept_headers(resp.headers), None, reader.frames(head),
-            reader.reads(head), resp.close)
+            reader.reads(head), resp.close, splitter.each)
 
 
 # ----------------------------------------------------------------------------- settings helpers

@@ -70,6 +70,9 @@ class AnthropicFormat(Format):
     ) -> AsyncIterator[bytes]:
         return anthropic_stream.encode_stream(events, request)
 
+    def stream_encoder(self, request: c.Request) -> anthropic_stream.Encoder:
+        return anthropic_stream.Encoder(request)
+
     def error_body(self, err: GatewayError) -> bytes:
         return orjson.dumps(anthropic_response.error_object(err))
 

@@ -158,7 +158,7 @@ class _Block:
     opaque: c.Reasoning | None = None
 
 
-class _Encoder:
+class Encoder:
     def __init__(self, request: c.Request) -> None:
         self.model = request.model
         self.started = False
@@ -167,8 +167,15 @@ class _Encoder:
         self.waiting: deque[int] = deque()
         self.next_wire = 0
         self.has_calls = False
+        #: the live block's text delta frame up to its text, when the live part is text
+        #: (the usual event is its delta, written with its text alone serialised)
+        self.text_head: bytes | None = None
 
     def feed(self, event: c.Event) -> list[bytes]:
+        if isinstance(event, c.TextDelta) and event.index == self.live and \
+                self.text_head is not None:
+            return [self.text_head + orjson.dumps(event.text) + b"}}\n\n"] if event.text \
+                else []
         frames: list[bytes] = []
         if not self.started:
             frames += self._message_start(event if isinstance(event, c.Start) else None)
@@ -217,6 +224,8 @@ class _Encoder:
         content: dict[str, Any]
         first: list[c.Event] = []
         if isinstance(part, c.Text):
+            self.text_head = b'event: content_block_delta\ndata: {"type":"content_block_delta",' \
+                b'"index":%d,"delta":{"type":"text_delta","text":' % block.wire
             content = {"type": "text", "text": ""}
             if part.text:
                 first.append(c.TextDelta(index, part.text))
@@ -279,7 +288,7 @@ class _Encoder:
                                               "signature": carry.pack(block.opaque)}))
         frames.append(encode({"type": "content_block_stop", "index": block.wire},
                              event="content_block_stop"))
-        self.live = None
+        self.live = self.text_head = None
         return frames
 
     def _drain(self, force: bool = False) -> list[bytes]:
@@ -309,7 +318,7 @@ class _Encoder:
 
 
 async def encode_stream(events: AsyncIterator[c.Event], request: c.Request) -> AsyncIterator[bytes]:
-    encoder = _Encoder(request)
+    encoder = Encoder(request)
     async for event in events:
         for frame in encoder.feed(event):
             yield frame

@@ -295,6 +295,9 @@ class OpenAIFormat(Format):
     def decode_stream(self, frames: AsyncIterator[bytes]) -> AsyncIterator[c.Event]:
         return openai_stream.decode_stream(frames)
 
+    def stream_decoder(self) -> openai_stream.Decoder:
+        return openai_stream.Decoder()
+
     # ------------------------------------------------------------------ pass-through lane
 
     def usage_from_body(self, body: bytes) -> c.Usage:

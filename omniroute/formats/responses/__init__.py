@@ -123,6 +123,9 @@ class ResponsesFormat(Format):
                       request: c.Request) -> AsyncIterator[bytes]:
         return responses_stream.encode_stream(events, request)
 
+    def stream_encoder(self, request: c.Request) -> responses_stream.Encoder:
+        return responses_stream.Encoder(request)
+
     def error_body(self, err: GatewayError) -> bytes:
         return openai_error_body(err)
 

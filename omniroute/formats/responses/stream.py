@@ -13,6 +13,8 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
+
 from omniroute.errors import UpstreamError
 from omniroute.formats import canonical as c
 from omniroute.formats.ids import new_id
@@ -73,9 +75,11 @@ class _Open:
     custom: bool = False
     signature: str | None = None
     encrypted: str | None = None
+    #: a text part's ``output_text.delta`` frame up to its delta (made at its first)
+    delta_head: bytes | None = None
 
 
-class _Encoder:
+class Encoder:
     def __init__(self, request: c.Request) -> None:
         self.request = request
         self.tools = ToolIndex(request.tools)
@@ -190,9 +194,19 @@ class _Encoder:
         if state is None or state.kind != "text" or not event.text:
             return []
         state.buffer += event.text
+        head = state.delta_head
+        if head is not None:  # the frame _event makes, with the text alone serialised
+            seq, self.seq = self.seq, self.seq + 1
+            return [head + orjson.dumps(event.text) + b',"logprobs":[],"sequence_number":%d}'
+                    b"\n\n" % seq]
         kind = "response.refusal.delta" if (state.part.meta.get(NAME) or {}).get("refusal") \
             else "response.output_text.delta"
         extra: dict[str, Any] = {} if kind == "response.refusal.delta" else {"logprobs": []}
+        if extra:
+            state.delta_head = (
+                b'event: response.output_text.delta\ndata: {"type":"response.output_text.delta",'
+                b'"item_id":%s,"output_index":%d,"content_index":%d,"delta":' % (
+                    orjson.dumps(state.item_id), state.output_index, state.content_index))
         return [self._event(kind, item_id=state.item_id, output_index=state.output_index,
                             content_index=state.content_index, delta=event.text, **extra)]
 
@@ -331,7 +345,7 @@ class _Encoder:
 
 
 async def encode_stream(events: AsyncIterator[c.Event], request: c.Request) -> AsyncIterator[bytes]:
-    encoder = _Encoder(request)
+    encoder = Encoder(request)
     async with closing(events):
         async for event in events:
             for frame in encoder.feed(event):
