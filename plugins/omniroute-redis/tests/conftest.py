@@ -52,8 +52,16 @@ async def upstream(aiohttp_server: Any) -> FakeUpstream:
 @pytest.fixture
 async def trio(aiohttp_client: Any, tmp_path: Path, redis_url: str,
                upstream: FakeUpstream) -> AsyncIterator[Instances]:
-    """Three instances with one connection to the fake upstream (prefix ``up``)."""
-    made = await start_instances(aiohttp_client, tmp_path / "omniroute", redis_url)
+    """Three instances with one connection to the fake upstream (prefix ``up``).
+
+    Their ``state_timeout`` is 2 s, not the default 0.25: these tests check that the
+    instances act as one, and on a loaded machine (three gateways in one process beside
+    the rest of the suite) a Redis reply once came after 0.25 s, the instances fell back
+    to their own counters as designed, and a global budget test saw six requests served
+    where four may be. The fallback itself is tested with instances of its own
+    (test_outage's, with the timeouts they name)."""
+    made = await start_instances(aiohttp_client, tmp_path / "omniroute", redis_url,
+                                 state_timeout=2.0)
     yield made
     await made.close()
 
