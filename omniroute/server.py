@@ -132,7 +132,7 @@ def run(coro: Coroutine[Any, Any, None], loop: str) -> None:
         runner.run(coro)
 
 
-YOUNG_THRESHOLD = 10_000
+YOUNG_THRESHOLD = 2_000
 """Net allocations of tracked objects between young collections (see :func:`settle_gc`)."""
 
 
@@ -151,11 +151,12 @@ def settle_gc() -> None:
     it tracks the requests in flight: at 64 concurrent requests it passed 700 about
     once every 28 requests, and each collection walked the in-flight requests' live
     objects to find almost no garbage (5 % of the gateway's CPU in ``perf``; 637 young
-    collections collected ~1,700 objects in ~18,000 requests). With the threshold
-    above what 64 requests hold, callgrind counts 682k → 632k instructions a JSON
-    request at c=64, 821k → 794k an instant stream, and no change at c=1 or c=16.
-    What it costs: cyclic garbage (rare here) waits for more allocations before it
-    is freed.
+    collections collected ~1,700 objects in ~18,000 requests). At 2,000: 77 young
+    collections in that run, and callgrind counts 682k → 636k instructions a JSON
+    request at c=64, 821k → 794k an instant stream, no change at c=1 or c=16.
+    Higher thresholds collect less still (10,000: 632k) but hold more cyclic garbage
+    between collections: resident memory after the benchmark's cells 60.1 to 60.3 MiB
+    against 59.0 at 700 and 59.1 at 2,000 (``bench_rss.py``, two gateways each).
     """
     gc.collect()
     gc.freeze()
