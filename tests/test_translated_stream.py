@@ -207,21 +207,30 @@ def whole_upstream() -> web.Application:
     return app
 
 
+async def _translated(omniroute: Any, aiohttp_server: Any, monkeypatch: pytest.MonkeyPatch,
+                      upstream: web.Application, path: str, body: dict[str, Any],
+                      ) -> tuple[list[bytes], list[dict[str, Any]]]:
+    """``body`` posted to ``path`` through a gateway on ``upstream``'s ``/v1``: the
+    gateway's socket writes and the answer's events."""
+    writes: list[bytes] = []
+    spy_writes(monkeypatch, writes)
+    server = await aiohttp_server(upstream)
+    await omniroute.add_provider({"type": "openai", "name": "fake", "prefix": "up",
+                                  "base_url": str(server.make_url("/v1")), "api_key": "sk-x"})
+    resp = await omniroute.client.post(path, json=body)
+    assert resp.status == 200
+    events = [orjson.loads(e.split(b"data: ", 1)[1]) for e in events_of(await resp.read())]
+    return writes, events
+
+
 async def test_an_anthropic_stream_translated_from_one_read_leaves_in_one_write(
     omniroute: Any, aiohttp_server: Any, monkeypatch: pytest.MonkeyPatch,
     whole_upstream: web.Application,
 ) -> None:
     """Claude Code on an OpenAI upstream: the headers, every Anthropic event and the
     end of the chunked answer in one write (the chain wrote each event on its own)."""
-    writes: list[bytes] = []
-    spy_writes(monkeypatch, writes)
-    server = await aiohttp_server(whole_upstream)
-    await omniroute.add_provider({"type": "openai", "name": "fake", "prefix": "up",
-                                  "base_url": str(server.make_url("/v1")), "api_key": "sk-x"})
-    resp = await omniroute.client.post("/v1/messages", json=ANTHROPIC_BODY)
-    assert resp.status == 200
-    body = await resp.read()
-    events = [orjson.loads(e.split(b"data: ", 1)[1]) for e in events_of(body)]
+    writes, events = await _translated(omniroute, aiohttp_server, monkeypatch,
+                                       whole_upstream, "/v1/messages", ANTHROPIC_BODY)
     assert [e["type"] for e in events] == [
         "message_start", "content_block_start", "content_block_delta", "content_block_delta",
         "content_block_stop", "message_delta", "message_stop"]
@@ -252,14 +261,8 @@ async def test_a_responses_stream_translated_from_one_read_leaves_in_one_write(
     whole_upstream: web.Application,
 ) -> None:
     """Codex on an OpenAI chat upstream: the same one write, ``response.completed`` last."""
-    writes: list[bytes] = []
-    spy_writes(monkeypatch, writes)
-    server = await aiohttp_server(whole_upstream)
-    await omniroute.add_provider({"type": "openai", "name": "fake", "prefix": "up",
-                                  "base_url": str(server.make_url("/v1")), "api_key": "sk-x"})
-    resp = await omniroute.client.post("/v1/responses", json=RESPONSES_BODY)
-    assert resp.status == 200
-    events = [orjson.loads(e.split(b"data: ", 1)[1]) for e in events_of(await resp.read())]
+    writes, events = await _translated(omniroute, aiohttp_server, monkeypatch,
+                                       whole_upstream, "/v1/responses", RESPONSES_BODY)
     assert events[0]["type"] == "response.created"
     assert events[-1]["type"] == "response.completed"
     assert events[-1]["response"]["output"][0]["content"][0]["text"] == "Hello"
