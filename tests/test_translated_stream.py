@@ -298,3 +298,17 @@ def test_the_text_delta_frames_are_the_events_json_whole() -> None:
              "content_index": 0, "delta": text, "logprobs": [], "sequence_number": seq},
             event=kind)]
         seq += 1
+
+
+@pytest.mark.parametrize("delta", [5, ["content"], "content", None])
+def test_a_chunk_whose_delta_is_not_an_object_is_skipped_not_a_crash(delta: Any) -> None:
+    """The text-alone fast path reads a one-member delta object; anything else an
+    upstream sends as ``delta`` is ignored, as before it (a list of one "content"
+    raised a TypeError there)."""
+    decoder = OpenAIFormat().stream_decoder()
+    first = b'data: {"id":"c1","model":"m","choices":[{"index":0,"delta":{"content":"Hi"}}]}\n\n'
+    odd = b"data: " + orjson.dumps({"choices": [{"index": 0, "delta": delta}]}) + b"\n\n"
+    events = decoder.frame(first) + decoder.frame(odd)
+    assert [type(e).__name__ for e in events] == ["Start", "PartStart", "TextDelta"]
+    assert decoder.frame(b"data: [DONE]\n\n") == [] and decoder.done
+    assert isinstance(decoder.close()[-1], c.Finish)

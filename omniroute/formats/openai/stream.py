@@ -88,7 +88,7 @@ class Decoder:
             if not isinstance(choice, dict) or choice.get("index", 0) != 0:
                 continue
             delta = choice.get("delta") or {}
-            if len(delta) == 1 and "content" in delta:  # text alone: the usual chunk
+            if type(delta) is dict and len(delta) == 1 and "content" in delta:  # text alone
                 text = delta["content"]
                 if isinstance(text, str) and text:
                     if self.text is None:
