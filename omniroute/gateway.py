@@ -130,6 +130,7 @@ class Gateway:
             await self.http.close()
             await self.db.close()
             raise
+        await self.log.prepare()
         self.log.start()
         #: per-key budgets and limits: this window's spend is loaded before the first request
         self.budgets = Budgets(SqliteSpendStore(self.db), self.clock)

@@ -87,6 +87,18 @@ def test_a_records_row_holds_each_column_in_order() -> None:
     assert row == tuple(None if name in RARE else values[name] for name in ROW_FIELDS)
 
 
+async def test_the_buffer_holds_each_records_row(db: Database) -> None:
+    """:meth:`RequestLog.add` writes :func:`record_row`'s values out itself (two tuples):
+    the buffer holds the same row, every field a distinct value, and the rare ones None."""
+    values = {f.name: f"v{i}" for i, f in enumerate(dataclasses.fields(RequestRecord))}
+    whole = RequestRecord(**values)
+    plain = RequestRecord(**{**values, **dict.fromkeys(RARE)})
+    log = RequestLog(db)
+    log.add(whole)
+    log.add(plain)
+    assert log._flat.values == [*record_row(whole), *record_row(plain)]
+
+
 async def test_a_record_changed_after_it_was_queued_is_written_as_it_was(db: Database) -> None:
     """The log keeps the record's row, made when the request ended (and the record is
     freed with its request)."""
@@ -282,3 +294,50 @@ async def test_migration_13_keeps_the_records_and_stores_a_retried_one_once(
             (f"r{i}", 1000.0 + i) for i in range(6)]
     finally:
         await db.close()
+
+
+class _Seen:
+    """A sqlite3 connection that notes each ``executemany``'s SQL (C methods cannot be
+    patched); everything else is the connection's."""
+
+    def __init__(self, conn: Any, seen: list[str]) -> None:
+        self._conn, self._seen = conn, seen
+
+    def executemany(self, sql: str, rows: Any) -> Any:
+        self._seen.append(sql)
+        return self._conn.executemany(sql, rows)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._conn, name)
+
+
+async def test_the_writers_statements_are_prepared_at_start_up(
+        store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    """:meth:`RequestLog.prepare` (the gateway's start) runs, over no rows, the statements
+    a flush of one group runs first: the records' small chunks (5 records: 4 and 1), the
+    totals' upserts and a key's last use, so no flush prepares them on the data path."""
+    db = store.db
+    if not isinstance(db, Database):
+        pytest.skip("SQLite's statements")
+    key, _ = await store.create_key("user")
+    seen: list[str] = []
+    real = db.conn._execute
+
+    async def noted(fn: Any, *args: Any, **kwargs: Any) -> Any:
+        if args and args[0] is db.conn._conn:
+            args = (_Seen(args[0], seen), *args[1:])
+        return await real(fn, *args, **kwargs)
+
+    monkeypatch.setattr(db.conn, "_execute", noted)
+    log = RequestLog(db)
+    await log.prepare()
+    prepared, seen[:] = set(seen), []
+    for i in range(5):
+        log.add(_record(i, api_key_id=key.id, model="m"))
+    assert await log.flush() == 5
+    assert len(seen) >= 5 and set(seen) <= prepared
+    assert await _count(db) == 5
+    log.enabled = False  # records off: nothing to prepare
+    seen[:] = []
+    await log.prepare()
+    assert seen == []

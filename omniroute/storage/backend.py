@@ -150,6 +150,14 @@ class DatabaseBackend:
             stored rows were copied into ``into``."""
         raise NotImplementedError
 
+    async def prepare(self, *, inserts: Sequence[str] = (),
+                      many: Sequence[tuple[str, int]] = ()) -> None:
+        """At start-up, have ready the statements a writer's first flush would otherwise
+        prepare on its data path: each of ``inserts`` (an ``INSERT ... VALUES (?, ...)``)
+        as :meth:`insert_new` runs it, and each ``(sql, n)`` of ``many`` as
+        :meth:`executemany_at_commit` runs ``sql`` over ``n`` rows. Nothing is written. A
+        backend may do nothing (the default)."""
+
     def savepoint(self) -> AbstractAsyncContextManager[Any]:
         """Inside a transaction: a statement in this block that fails is undone alone, and
         the transaction goes on (a backend whose failed statement spoils the whole

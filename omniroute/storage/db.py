@@ -279,6 +279,30 @@ class Database(DatabaseBackend):
                            f"WHERE id > (SELECT MAX(id) FROM {table}) - ?", (stored,))
         return False
 
+    async def prepare(self, *, inserts: Sequence[str] = (),
+                      many: Sequence[tuple[str, int]] = ()) -> None:
+        """SQLite prepares a statement at its first use, in the writer's turn: some
+        380,000 instructions for a 4-row ``INSERT`` of the records (callgrind, the first
+        cell of ``bench_instructions.py``). Here, in one turn at start-up: each insert's
+        chunks of fewer than :data:`SHARE_FROM` rows (their statements share no column,
+        whatever the data; a larger chunk's depends on which columns its batch shares),
+        and the statements :meth:`_many_rows` splits each ``(sql, n)`` into, kept by
+        Python's statement cache (an ``executemany`` of no rows prepares, runs nothing)."""
+        statements: list[str] = []
+        for sql in inserts:
+            none = (False,) * _width(sql)
+            statements += [self._by_column(sql, n, none, none).sql
+                           for n in VALUES_ROWS if n < SHARE_FROM]
+        for sql, n in many:
+            empty = [()] * n
+            statements += [chunk for chunk, _ in self._many_rows(sql, empty)]
+
+        def run(conn: sqlite3.Connection) -> None:
+            for statement in statements:
+                conn.executemany(statement, [])
+
+        await self.conn._execute(run, self.conn._conn)
+
     def _many_rows(self, sql: str, rows: Sequence[Sequence[Any]],
                    ) -> list[tuple[str, Sequence[Sequence[Any]]]]:
         """``sql`` over ``rows`` as statements of :data:`MANY_ROWS` rows (the most first),
@@ -299,7 +323,7 @@ class Database(DatabaseBackend):
                 many = self._many.get((sql, size))
                 if many is None:
                     try:
-                        many = _shared_values(sql, (False,) * len(rows[0]), size)
+                        many = _shared_values(sql, (False,) * _width(sql), size)
                     except ValueError:  # not an INSERT ... VALUES (?, ...): as it is
                         many = ""
                     self._many[(sql, size)] = many
@@ -452,6 +476,12 @@ def _getter(at: Sequence[int]) -> Callable[[Sequence[Any]], tuple[Any, ...]]:
     if len(at) > 1:
         return itemgetter(*at)
     return lambda row: ()
+
+
+def _width(sql: str) -> int:
+    """The parameters of one row of ``sql`` (``INSERT ... VALUES (?, ...)``), else its ``?``."""
+    _, values, tail = sql.partition(" VALUES (")
+    return tail.partition(")")[0].count("?") if values else sql.count("?")
 
 
 def _shared_values(sql: str, one: Sequence[bool], n: int, *, by_column: bool = False) -> str:
