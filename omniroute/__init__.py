@@ -3,6 +3,9 @@
 This module is the public surface for plugin authors; everything else is private.
 """
 
+# isort: off
+from omniroute import lean  # noqa: F401  (first: the choices it makes precede aiohttp)
+# isort: on
 from omniroute.auth.base import AuthScheme, Principal
 from omniroute.cache.base import CacheBackend
 from omniroute.cache.layer import CacheKey, CacheLayer, LayerHit
