@@ -36,6 +36,12 @@ HEAVY = {
     "multiprocessing": "the semantic cache's encoder process, and --workers' parent (0.4 MiB)",
     "prometheus_client": "one process counts in plain numbers until the first scrape "
                          "(1 MiB with the http.server, wsgiref and gzip it imports)",
+    "frozenlist._frozenlist": "its C++ build maps libstdc++ (1.0 MiB); omniroute.lean "
+                              "imports the pure-Python one",
+    "omniroute_redis.backend": "the redis plugin's types import their implementation "
+                               "when made (0.7 MiB with hiredis)",
+    "omniroute_redis.cache": "the redis plugin's types import their implementation when made",
+    "hiredis": "the redis plugin's wire protocol, imported with its backends",
     # omniroute's own code that serving never runs: imported by its command or route
     "omniroute.doctor": "`omniroute doctor` and POST /api/system/env/repair only",
     **{f"omniroute.cli.{name}": f"only `omniroute {name}` runs it (cli.LAZY_COMMANDS)"
@@ -55,9 +61,9 @@ if sys.platform == "linux":  # the vault's AES-GCM is OpenSSL's through _ssl (om
 CHILD = textwrap.dedent('''
     import asyncio, json, sys, urllib.request
 
-    from aiohttp import web
+    import omniroute.cli  # what `python -m omniroute.cli serve` imports (first, as it does)
 
-    import omniroute.cli  # what `python -m omniroute.cli serve` imports
+    from aiohttp import web
     from omniroute import server
     from omniroute.config import load_config
 

@@ -1,6 +1,7 @@
 """The ``redis`` shared-state backend: what ``state_url = "redis://..."`` makes.
 
-One :class:`RedisShared` per gateway owns the link (one client, bounded calls),
+One :class:`RedisBackend` (what the registered
+:class:`~omniroute_redis.RedisShared` makes) per gateway owns the link (one client, bounded calls),
 the scripts, the queue of writes that follow answers, the slot leases, and the
 parts it hands the gateway: the resilience store (:mod:`.resilience`), the
 budgets' shared ledger (:mod:`.ledger`), the idempotency keys (:mod:`.idempotency`),
@@ -25,12 +26,12 @@ import secrets
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from omniroute import SharedState
 from omniroute.budgets import Budgets
 from omniroute.config import Settings
 from omniroute.resilience import Clock
 from omniroute.storage import DatabaseBackend
 
+from omniroute_redis import RedisShared
 from omniroute_redis.batch import Batch
 from omniroute_redis.idempotency import RedisKeys
 from omniroute_redis.leases import Leases
@@ -48,11 +49,8 @@ class NotSupported(RuntimeError):
     """``state_url`` names a Redis this backend cannot work with (a Cluster node)."""
 
 
-class RedisShared(SharedState):
+class RedisBackend(RedisShared):
     """Resilience state, budgets and config notices shared through Redis."""
-
-    name = "redis"
-    schemes = ("redis", "rediss", "unix")
 
     def __init__(self, url: str, *, clock: Clock, settings: Callable[[], Settings]) -> None:
         super().__init__(url, clock=clock, settings=settings)

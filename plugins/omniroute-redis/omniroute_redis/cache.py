@@ -24,10 +24,10 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from omniroute import CacheBackend
 from omniroute.cache.base import Listed
 from omniroute.sharedstate import RequestBatch
 
+from omniroute_redis import RedisCache
 from omniroute_redis.batch import Batch
 from omniroute_redis.link import Link, Unreachable, split_prefix
 from omniroute_redis.prefetch import BEFORE, UNREACHABLE, Prefetch, Step
@@ -38,12 +38,8 @@ from omniroute_redis.wire import bulk, bulks
 TIMEOUT = 0.25
 
 
-class RedisCache(CacheBackend):
-    """Options: ``url`` (the gateway passes its ``state_url``), ``ttl`` seconds,
-    ``max_entries``, ``prefix`` (default ``omniroute``)."""
-
-    name = "redis"
-    description = "Shared by every instance through Redis (state_url); survives restarts"
+class RedisCacheBackend(RedisCache):
+    """The ``redis`` cache backend (:class:`~omniroute_redis.RedisCache`'s options)."""
 
     def __init__(self, options: Mapping[str, Any] | None = None) -> None:
         super().__init__(options)
@@ -218,7 +214,7 @@ class _Lookup(Step[bytes | None]):
     name, nkeys, nargs, head = "cache_get", 2, 1, "cache_get 2 1"
     __slots__ = ("cache",)
 
-    def __init__(self, cache: RedisCache, keys: bytes, args: bytes) -> None:
+    def __init__(self, cache: RedisCacheBackend, keys: bytes, args: bytes) -> None:
         # (Step.__init__'s, in line: a call fewer per step)
         self.keys, self.args, self.phase = keys, args, BEFORE
         self.raw, self.ran, self.done = None, False, False
