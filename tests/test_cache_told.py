@@ -16,6 +16,7 @@ import orjson
 from omniroute.appkeys import CACHE, PIPELINE
 from omniroute.cache import entry as entries
 from omniroute.cache.key import key_name
+from omniroute.cache.memory import key_size
 from omniroute.cache.stage import CacheStage
 
 HI = [{"role": "user", "content": "what is 2 + 2?"}]
@@ -127,8 +128,8 @@ async def test_a_miss_told_at_enter_stores_its_entry_unmade_until_read(gw: Any) 
     entry = orjson.loads(made)
     assert entry["v"] == entries.BODY_VERSION and entry["model"] == "up/gpt-4o-mini"
     assert entry["body"]["choices"][0]["message"]["content"] == answer
-    assert len(made) + len(key) <= size  # the bound it counted as until then (with its key)
-    assert memory._items[key][1] == made and memory._items[key][2] == len(made) + len(key)
+    assert len(made) + key_size(key) <= size  # the bound it counted as until then (with its key)
+    assert memory._items[key][1] == made and memory._items[key][2] == len(made) + key_size(key)
 
 
 async def test_the_built_in_path_is_taken_only_with_memory_alone_and_no_stage_before(

@@ -25,18 +25,32 @@ one, every layer and the management API see. In the process a text request's key
 as its JSON array itself when it is short (:func:`text_exact`, :data:`Exact`): the
 ``memory`` backend's dict hashes those bytes in C and compares them whole, so a miss there
 is told without hashing them; the name is made only where one is needed.
+
+A request whose format can say cheaply that it is text ending with a user's turn
+(``Format.asked_text``) is not even given that form when it is new: the ``memory`` backend
+keeps its answer under the request's own bytes and scoping (:data:`Asked`: a byte-identical
+request is the same question), indexed by that last user text, and gives it its exact key
+(:func:`asked_exact`) only when a request that could be the same question comes, one with
+that text (see :class:`~omniroute.cache.memory.MemoryCache`). Two requests with one exact
+key have one last message, so one such text (:func:`last_text`, :func:`last_text_of`).
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from hashlib import blake2b
-from typing import Any, TypeAlias
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 import orjson
 
 from omniroute.cache.layer import CacheKey
+from omniroute.errors import GatewayError
 from omniroute.formats import canonical as c
+from omniroute.formats.base import ClientRequest
 from omniroute.tokens import estimate_request
+
+if TYPE_CHECKING:
+    from omniroute.formats.base import Format
 
 #: format extras that do not change the answer (dropped from ``Request.meta[<format>]``)
 _TRANSPORT = frozenset({
@@ -64,6 +78,10 @@ _BLAKE2B = blake2b(digest_size=DIGEST_SIZE)
 #: a dict hashing it in C; or its name (str, the hex digest: :func:`key_name`), which
 #: every other backend and layer is given, made only when one is asked
 Exact: TypeAlias = "bytes | str"
+#: a request kept by its bytes (the ``memory`` backend's key of a new text request, until a
+#: request with its last user text asks for it): ``(body, format name, tenant, model, last
+#: user text)``, the body at most ``RAW_MAX`` bytes; its exact key is :func:`asked_exact`
+Asked: TypeAlias = "tuple[bytes, str, str, str, str]"
 #: the longest JSON array kept as an exact key (a longer one is named at once); the
 #: ``memory`` backend counts an entry's key in its size, so ``max_bytes`` bounds keys too
 RAW_MAX = 512
@@ -154,6 +172,48 @@ def exact_key(request: c.Request, tenant: str, model: str) -> Exact:
     if text is not None:
         return text_exact(text, tenant, model)
     return _digest(tenant, _question(request, model))
+
+
+def asked_exact(key: Asked, formats: Mapping[str, Format] | None) -> Exact | None:
+    """The exact key of a request kept by its bytes (:data:`Asked`): what
+    :func:`text_exact` or :func:`exact_key` give it as the cache stage keys it. None: it
+    has none (a body its format no longer decodes, a format not loaded)."""
+    raw, name, tenant, model, _ = key
+    fmt = formats.get(name) if formats is not None else None
+    if fmt is None:
+        return None
+    try:
+        body = orjson.loads(raw)
+        text = fmt.text_request(body)
+        if text is not None:
+            return text_exact(text, tenant, model)
+        request = fmt.decode_request(ClientRequest(body, model, bool(body.get("stream"))))
+    except (GatewayError, orjson.JSONDecodeError, TypeError, AttributeError):
+        return None
+    return None if uncacheable(request) is not None else exact_key(request, tenant, model)
+
+
+def last_text(text: c.TextRequest) -> str | None:
+    """The text of a request's last turn in its text form when it is a user's, not empty
+    (what ``Format.asked_text`` reads from a body); else None."""
+    turns = text[1]
+    if turns:
+        role, last = turns[-1]
+        if role == "user" and last:
+            return last
+    return None
+
+
+def last_text_of(request: c.Request) -> str | None:
+    """:func:`last_text` of a decoded request: its last message's text when it is a user's
+    one text part."""
+    messages = request.messages
+    if messages:
+        last = messages[-1]
+        parts = last.parts
+        if last.role == "user" and len(parts) == 1 and type(parts[0]) is c.Text:
+            return parts[0].text or None
+    return None
 
 
 def key_name(exact: Exact) -> str:

@@ -51,17 +51,36 @@ from collections.abc import AsyncIterator, Callable, Hashable, Sequence
 from contextlib import aclosing
 from typing import TYPE_CHECKING, TypeVar
 
-from multidict import istr
-
 from omniroute.cache import entry as entries
-from omniroute.cache.key import Exact, cache_key, exact_key, text_exact, uncacheable
+from omniroute.cache.entry import HEAD_BYTES
+from omniroute.cache.key import (
+    RAW_MAX,
+    Exact,
+    cache_key,
+    exact_key,
+    last_text,
+    last_text_of,
+    text_exact,
+    uncacheable,
+)
 from omniroute.cache.layer import CacheKey
 from omniroute.cache.memo import KeyMemo, Known
-from omniroute.cache.memory import MemoryCache
+from omniroute.cache.memory import Kept, MemoryCache
+from omniroute.cache.request import (
+    _CACHE_CONTROL,
+    _NO_CACHE,
+    CACHE_HEADER,
+    SIMILARITY_HEADER,
+    _bypassed,
+    _canonical,
+    _slot,
+    _zero,
+    say,
+)
 from omniroute.cache.service import Found, Producer, ResponseCache
 from omniroute.errors import GatewayError
 from omniroute.formats import canonical as c
-from omniroute.formats.base import ClientRequest, Format
+from omniroute.formats.base import Format
 from omniroute.pipeline.context import Reply, RequestContext
 from omniroute.pipeline.relay import STREAM_HEADERS
 from omniroute.pipeline.responses_state import keeps_state
@@ -77,13 +96,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-CACHE_HEADER = istr("X-OmniRoute-Cache")  # (aiohttp takes an istr name as it is)
-SIMILARITY_HEADER = "X-OmniRoute-Cache-Similarity"
-NO_CACHE_HEADER = "X-OmniRoute-No-Cache"
-#: (``istr`` names: looked up without being case-folded on every request)
-_NO_CACHE, _CACHE_CONTROL = istr(NO_CACHE_HEADER), istr("Cache-Control")
 _T = TypeVar("_T")
-_TRUE = frozenset({"true", "1", "yes", "on"})
 
 
 class CacheStage(Stage):
@@ -107,26 +120,62 @@ class CacheStage(Stage):
         #: configuration), else None: see :meth:`told`
         self.memory = (cache.backends[0] if len(cache.backends) == 1
                        and type(cache.backends[0]) is MemoryCache else None)
+        #: whether a new request may be kept by its bytes (the formats that give it its
+        #: exact key later are known)
+        self.asks = self.memory is not None and cache.formats is not None
+        if self.memory is not None:
+            self.memory.formats = cache.formats
+        #: the formats that decode the entries kept as an upstream's answer came (each the
+        #: one loaded by its name): see :func:`_finish_miss`
+        self.decodes = frozenset(f for name, f in (cache.formats or {}).items()
+                                 if f.name == name)
 
     def enter(self, ctx: RequestContext, operation: Operation) -> StageRun | None:
         if operation.name != "chat":
             return None
         settings = self.settings()
         mode, ttl = settings.cache_mode, settings.cache_ttl
-        limits = ctx.principal.limits
+        principal = ctx.principal
+        limits = principal.limits
         if limits is not None:
             mode = limits.cache or mode
             ttl = limits.cache_ttl or ttl
         # the temperature first: most requests give none, or one that is not 0 (two
-        # header lookups fewer, the header's 21 bytecodes of 62)
+        # header lookups fewer, the header's 21 bytecodes of 62); the headers looked up
+        # here, read only when one is there (most requests send neither: no call)
+        fmt, body, headers = ctx.fmt, ctx.body, ctx.headers
         if (mode == "off"
-                or (mode == "deterministic" and not _zero(ctx.fmt.temperature(ctx.body)))
-                or _bypassed(ctx)):
+                or (mode == "deterministic" and not _zero(fmt.temperature(body)))
+                or ((headers.get(_NO_CACHE) is not None
+                     or headers.get(_CACHE_CONTROL) is not None) and _bypassed(ctx))):
             self.cache.bypasses += 1
             say(ctx, "BYPASS")
             return None
-        memory = self.memory
-        if memory is not None and not ctx.runs and not self.cache.layered():
+        memory, cache = self.memory, self.cache
+        if memory is not None and not ctx.runs and not (cache.layers and cache.layered()):
+            model = ctx.model
+            asked = fmt.asked_text(body)
+            if (asked is not None and self.asks and asked not in memory.asked
+                    and (limits is None or limits.allows(model))):
+                # no entry of a request with this last user text: a new question (told
+                # below), kept by its bytes as read (no stage runs before this one), given
+                # its exact key when a request with that text comes (MemoryCache.resolve)
+                raw, read = ctx.as_read  # type: ignore[misc]
+                if len(raw) <= RAW_MAX and read is body:
+                    memory.misses += 1
+                    cache.misses += 1
+                    said = ctx.reply_headers  # (say, written in)
+                    if said is None:
+                        ctx.reply_headers = {CACHE_HEADER: "MISS"}
+                    else:
+                        said[CACHE_HEADER] = "MISS"
+                    prefix = ctx.prefix
+                    missed = (CacheMissStreamRun if ctx.stream else CacheMissRun)(
+                        self, (raw, fmt.name, principal.key_id or "",
+                               f"{prefix}/{model}" if prefix else model, asked),
+                        ttl, settings.cache_max_entry_bytes, asked)
+                    ctx.tap = missed
+                    return missed
             told = self.told(ctx, memory, mode, ttl, settings.cache_max_entry_bytes)
             if told is not None:
                 return told
@@ -143,7 +192,8 @@ class CacheStage(Stage):
         holds is looked up by the usual ``before``. None: the usual run, for a request
         that is not keyed from its text form, or that is not cacheable (``before`` says
         why). Only with no stage in front of this one: a stage's ``before`` may replace
-        the body.
+        the body. (A new request with a last user text, ``Format.asked_text``, is told a
+        miss by :meth:`enter` before this, without a text form.)
 
         The same answers as the usual path (tests compare them): the same key, the same
         counts, headers and entries."""
@@ -152,18 +202,27 @@ class CacheStage(Stage):
         if (limits is not None and not limits.allows(model)) or (
                 fmt.name == "responses" and keeps_state(ctx)):  # (the name: a call fewer)
             return None
+        prefix = ctx.prefix
         text = fmt.text_request(ctx.body)
         if text is None:
             return None
-        prefix = ctx.prefix
         exact = text_exact(text, principal.key_id or "", f"{prefix}/{model}" if prefix else model)
+        asked = last_text(text)  # (what Format.asked_text read, when it read one)
+        if asked is not None:
+            memory.resolve(asked)
         if not memory.absent(exact):  # looked up by before, as usual
             run = (CacheStreamRun if ctx.stream else CacheRun)(self, mode, ttl, max_bytes)
-            run.ahead = exact
+            run.ahead, run.asked = exact, asked
             return run
+        return self._missed(ctx, exact, asked, ttl, max_bytes)
+
+    def _missed(self, ctx: RequestContext, exact: Kept, asked: str | None, ttl: float,
+                max_bytes: int) -> CacheRun:
+        """The run of a miss :meth:`told` (``asked``: the request's last user text)."""
         self.cache.misses += 1
         say(ctx, "MISS")
-        run = (CacheMissStreamRun if ctx.stream else CacheMissRun)(self, exact, ttl, max_bytes)
+        run = (CacheMissStreamRun if ctx.stream else CacheMissRun)(self, exact, ttl, max_bytes,
+                                                                     asked)
         ctx.tap = run
         return run
 
@@ -171,8 +230,12 @@ class CacheStage(Stage):
 class CacheRun(StageRun):
     """One cacheable request: the lookup, and on a miss what the answer was."""
 
-    #: set on a miss: the exact key the answer is to be stored under (None: a hit, a bypass)
-    exact: Exact | None = None
+    #: set on a miss: the exact key the answer is to be stored under (None: a hit, a bypass;
+    #: a miss told at enter: the request's bytes, :data:`~omniroute.cache.key.Asked`)
+    exact: Kept | None = None
+    #: the request's last user text (:func:`~omniroute.cache.key.last_text`), found while
+    #: the built-in ``memory`` backend is the cache's (None: it has none, or it is not)
+    asked: str | None = None
     #: the whole key, made while a layer was active (None: no layer is asked or fed)
     key: CacheKey | None = None
     decoded: c.Response | None = None  # translated / canonical lane, JSON
@@ -215,16 +278,22 @@ class CacheRun(StageRun):
         # keyed as the same `prefix/model` a plain route would name it by
         model = f"{ctx.prefix}/{ctx.model}" if ctx.prefix else ctx.model
         layers = self.stage.cache.layered()
+        memory = self.stage.memory
         if not layers:
             text = fmt.text_request(ctx.body)
             if text is not None:  # (the mode's temperature: checked by enter, as sent)
-                return None if keeps_state(ctx) else text_exact(
-                    text, ctx.principal.key_id or "", model)
+                if keeps_state(ctx):
+                    return None
+                if memory is not None:
+                    self.asked = last_text(text)
+                return text_exact(text, ctx.principal.key_id or "", model)
         slot = self.slot = _slot(ctx, self.mode, layers)
         if slot is not None:
             known = self.known = self.stage.memo.get(slot)
             if known is not None:  # the same inputs: the same key, not decoded again
                 self.key = known.key
+                if memory is not None:
+                    self.asked = last_text_of(known.request)
                 return known.exact
         request = _canonical(ctx)
         if (request is None or (self.mode == "deterministic" and request.temperature != 0)
@@ -232,6 +301,8 @@ class CacheRun(StageRun):
             return None
         tenant = ctx.principal.key_id or ""
         exact = exact_key(request, tenant, model)
+        if memory is not None:
+            self.asked = last_text_of(request)
         if layers:  # (the layers are given its name, CacheKey.exact)
             self.key = cache_key(request, tenant, model, exact=exact)
         return exact
@@ -244,6 +315,8 @@ class CacheRun(StageRun):
             say(ctx, "BYPASS")
             return None
         key = self.key
+        if self.asked is not None:  # (the built-in memory backend's entries kept by bytes)
+            self.stage.memory.resolve(self.asked)  # type: ignore[union-attr]
         # the backends that tell a miss at once (a dict, a set) are not awaited: with no
         # other backend and no layer to ask, a miss costs no coroutine
         start = cache.absent(exact)
@@ -340,9 +413,11 @@ class CacheRun(StageRun):
         if (exact is None or self.too_big or record.status != 200 or record.error is not None
                 or record.cache_hit):
             return
-        cache = self.stage.cache
-        fmt = ctx.fmt
-        created = self.stage.clock()
+        stage = self.stage
+        cache, fmt, asked = stage.cache, ctx.fmt, self.asked
+        if asked is not None and stage.memory is not None:
+            stage.memory.index(asked, exact)
+        created = stage.clock()
         expires = created + self.ttl
         # what the answer cost (a subscription's list price: it is what a hit saves)
         cost = record.list_cost_usd
@@ -359,11 +434,11 @@ class CacheRun(StageRun):
                     entries.dump_body(b"".join(frames), fmt.name, ctx.model, created, cost,
                                       expires, stream=True) if frames else None)
             if data is not None and len(data) <= self.max_bytes:
-                cache.store(exact, data, self.ttl, self.key)
+                cache.store(exact, data, self.ttl, self.key)  # type: ignore[arg-type]
                 return
         produce = self._producer(fmt, ctx.model, cost, created, expires)
         if produce is not None:
-            cache.store(exact, produce, self.ttl, self.key)
+            cache.store(exact, produce, self.ttl, self.key)  # type: ignore[arg-type]
 
     #: a pass-through stream's frames (:class:`CacheStreamRun` keeps them)
     frames: Sequence[bytes] = ()
@@ -419,30 +494,36 @@ class CacheStreamRun(CacheRun):
         self.frames.append(chunk)
 
 
-def _later(run: CacheRun, ctx: RequestContext, answer: bytes, stream: bool) -> bool:
-    """A pass-through answer of a miss told by :meth:`CacheStage.told`, stored in the memory
-    backend as it came, its entry (:func:`~omniroute.cache.entry.dump_body`) made only
-    when it is first read (:meth:`MemoryCache.put_later`): what ``finished`` stores, the
-    same bytes once made. True: done (stored, or not to be); False: ``finished`` does it
-    the usual way (a format not loaded to decode it, an answer that may be too large:
-    its size is known within a bound only)."""
-    record = ctx.record
-    if record.status != 200 or record.error is not None or record.cache_hit:
-        return True
-    fmt, stage, model = ctx.fmt, run.stage, ctx.model
-    name = fmt.name
-    size = len(answer) + entries.HEAD_BYTES + 6 * (len(name) + len(model))
-    formats = stage.cache.formats
-    if size > run.max_bytes or formats is None or formats.get(name) is not fmt:
-        return False
-    created, ttl = stage.clock(), run.ttl
-    cost = record.list_cost_usd  # (what the answer cost: see finished)
-    # (told: the memory backend's run, its key set; not asserted, a few bytecodes a miss)
-    stage.memory.put_later(run.exact, (  # type: ignore[union-attr, arg-type]
-        answer, name, model, created, record.cost_usd if cost is None else cost,
-        created + ttl, stream), size, ttl)
-    stage.cache.stored += 1
-    return True
+def _finish_miss(run: CacheRun, ctx: RequestContext) -> None:
+    """``finished`` of a miss told at ``enter`` (:class:`CacheMissRun`,
+    :class:`CacheMissStreamRun`): a pass-through answer is stored in the memory backend as it
+    came, its entry (:func:`~omniroute.cache.entry.dump_body`) made only when it is first read
+    (:meth:`MemoryCache.put_later`): what :meth:`CacheRun.finished` stores, the same bytes
+    once made. That one does it the usual way for any other answer (translated), a format not
+    loaded to decode it, an answer that may be too large (its size is known within a bound
+    only). (One function for both runs, the stage's ``_done`` calling it: no call in between.)
+    """
+    frames = run.frames  # (a stream's, on the pass-through lane; () for a JSON answer)
+    answer = b"".join(frames) if frames else run.body
+    if answer is not None:
+        record = ctx.record
+        if record.status != 200 or record.error is not None or record.cache_hit:
+            return
+        fmt, stage, model = ctx.fmt, run.stage, ctx.model
+        name = fmt.name
+        size = len(answer) + HEAD_BYTES + 6 * (len(name) + len(model))
+        if size <= run.max_bytes and fmt in stage.decodes:
+            created, ttl = stage.clock(), run.ttl
+            cost = record.list_cost_usd  # (what the answer cost: see finished)
+            if cost is None:
+                cost = record.cost_usd
+            # (told: the memory backend's run, its key set; not asserted, bytecodes a miss)
+            stage.memory.put_later(run.exact, (  # type: ignore[union-attr, arg-type]
+                answer, name, model, created, cost, created + ttl, bool(frames)), size, ttl,
+                run.asked)
+            stage.cache.stored += 1
+            return
+    CacheRun.finished(run, ctx)
 
 
 class CacheMissRun(CacheRun):
@@ -450,17 +531,16 @@ class CacheMissRun(CacheRun):
 
     before = StageRun.before  # (the pipeline awaits no ``before`` it does not override)
 
-    def __init__(self, stage: CacheStage, exact: Exact, ttl: float, max_bytes: int) -> None:
+    def __init__(self, stage: CacheStage, exact: Kept, ttl: float, max_bytes: int,
+                 asked: str | None) -> None:
         # (what a miss reads: its key set here; no mode, which only a lookup reads)
         self.stage = stage
         self.exact = exact
         self.ttl = ttl
         self.max_bytes = max_bytes
+        self.asked = asked
 
-    def finished(self, ctx: RequestContext) -> None:
-        body = self.body  # (set on the pass-through lane only)
-        if body is None or not _later(self, ctx, body, False):
-            CacheRun.finished(self, ctx)
+    finished = _finish_miss
 
 
 class CacheMissStreamRun(CacheStreamRun):
@@ -468,68 +548,17 @@ class CacheMissStreamRun(CacheStreamRun):
 
     before = StageRun.before
 
-    def __init__(self, stage: CacheStage, exact: Exact, ttl: float, max_bytes: int) -> None:
+    def __init__(self, stage: CacheStage, exact: Kept, ttl: float, max_bytes: int,
+                 asked: str | None) -> None:
         # (CacheMissRun's, and the frames: no chain of __init__ calls)
         self.stage = stage
         self.exact = exact
         self.ttl = ttl
         self.max_bytes = max_bytes
+        self.asked = asked
         self.frames = []
 
-    def finished(self, ctx: RequestContext) -> None:
-        frames = self.frames  # (kept on the pass-through lane only, while not too big)
-        if not frames or not _later(self, ctx, b"".join(frames), True):
-            CacheRun.finished(self, ctx)
-
-
-def say(ctx: RequestContext, verdict: str) -> None:
-    """Put ``X-OmniRoute-Cache: <verdict>`` on the answer."""
-    if ctx.reply_headers is None:
-        ctx.reply_headers = {CACHE_HEADER: verdict}
-    else:
-        ctx.reply_headers[CACHE_HEADER] = verdict
-
-
-def _bypassed(ctx: RequestContext) -> bool:
-    headers = ctx.headers
-    flag = headers.get(_NO_CACHE)
-    if flag is not None and flag.strip().lower() in _TRUE:
-        return True
-    control = headers.get(_CACHE_CONTROL)
-    if control is None:
-        return False
-    directives = {d.strip().lower() for d in control.split(",")}
-    return "no-cache" in directives or "no-store" in directives
-
-
-def _zero(value: object) -> bool:
-    # the comparison first: it rules out most values in one bytecode (a tuple: ``int |
-    # float`` would build a union object on every call)
-    return value == 0 and isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def _slot(ctx: RequestContext, mode: str, layers: bool) -> tuple[Hashable, ...] | None:
-    """Everything a request's cache key is computed from, its body's bytes last (a
-    :class:`~omniroute.cache.memo.KeyMemo` slot); None: a stage replaced the client's body,
-    or the format's decode reads the headers too (its key is computed every time)."""
-    read = ctx.as_read
-    if read is None or ctx.body is not read[1] or ctx.fmt.decode_reads_headers:
-        return None
-    query = ctx.query
-    return (ctx.fmt.name, ctx.principal.key_id or "", ctx.model, ctx.prefix, ctx.stream, layers,
-            mode, tuple(query.items()) if query else (), read[0])
-
-
-def _canonical(ctx: RequestContext) -> c.Request | None:
-    """The request in the canonical model, decoded once (None: it does not decode; the
-    operation then refuses it, or the pass-through lane sends it as it is)."""
-    if ctx.canonical is None:
-        try:
-            ctx.canonical = ctx.fmt.decode_request(ClientRequest(
-                ctx.body, ctx.model, ctx.stream, ctx.headers, ctx.query))
-        except GatewayError:
-            return None
-    return ctx.canonical
+    finished = _finish_miss  # (its frames: kept on the pass-through lane, while not too big)
 
 
 async def _iterate(items: list[_T]) -> AsyncIterator[_T]:

@@ -280,6 +280,19 @@ class Format:
         """
         return None
 
+    def asked_text(self, body: dict[str, Any]) -> str | None:
+        """The text of the body's last message when that is a user's plain text and the
+        body holds nothing :meth:`text_request` does not read; else None (the default:
+        the response cache keys the request by its text form or its decode).
+
+        Cheaper than :meth:`text_request` (the other messages are not read): the
+        ``memory`` backend keeps a new such request's answer by the body's bytes, indexed
+        by this text. It must be that message's text in the request :meth:`decode_request`
+        makes of ``body`` (tests compare them), and such a body must be one the cache may
+        keep (no field that asks for several answers or log-probabilities).
+        """
+        return None
+
     def temperature(self, body: dict[str, Any]) -> Any:
         """The sampling temperature the client asked for, as sent (None: not given).
 

@@ -241,6 +241,7 @@ class OpenAIFormat(Format):
 
     #: (the module's function itself: no method call in between, on every cacheable request)
     text_request = staticmethod(openai_request.text_request)
+    asked_text = staticmethod(openai_request.asked_text)
 
     def encode_response(self, response: c.Response, request: c.Request) -> bytes:
         return orjson.dumps(openai_response.encode_response(response))

@@ -159,6 +159,22 @@ def text_request(body: dict[str, Any]) -> c.TextRequest | None:
         get("seed"), get("presence_penalty"), get("frequency_penalty"))
 
 
+def asked_text(body: dict[str, Any]) -> str | None:
+    """The text of the body's last message when it is a user's (``role`` and a string
+    ``content``, not empty, nothing else) and the body has only fields :func:`text_request`
+    reads; else None. The other messages are not read."""
+    if not _TEXT_FIELDS.issuperset(body):
+        return None
+    try:
+        last = body["messages"][-1]
+        text = last["content"]
+        if type(text) is str and text and len(last) == 2 and last["role"] == "user":
+            return text
+    except (KeyError, IndexError, TypeError):
+        pass
+    return None
+
+
 def _is(value: Any, kind: type) -> bool:
     if kind is float:
         return isinstance(value, (int, float)) and not isinstance(value, bool)
