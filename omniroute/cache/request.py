@@ -16,7 +16,7 @@ CACHE_HEADER = istr("X-OmniRoute-Cache")  # (aiohttp takes an istr name as it is
 SIMILARITY_HEADER = "X-OmniRoute-Cache-Similarity"
 NO_CACHE_HEADER = "X-OmniRoute-No-Cache"
 #: (``istr`` names: looked up without being case-folded on every request)
-_NO_CACHE, _CACHE_CONTROL = istr(NO_CACHE_HEADER), istr("Cache-Control")
+NO_CACHE, CACHE_CONTROL = istr(NO_CACHE_HEADER), istr("Cache-Control")
 _TRUE = frozenset({"true", "1", "yes", "on"})
 
 
@@ -28,25 +28,25 @@ def say(ctx: RequestContext, verdict: str) -> None:
         ctx.reply_headers[CACHE_HEADER] = verdict
 
 
-def _bypassed(ctx: RequestContext) -> bool:
+def bypassed(ctx: RequestContext) -> bool:
     headers = ctx.headers
-    flag = headers.get(_NO_CACHE)
+    flag = headers.get(NO_CACHE)
     if flag is not None and flag.strip().lower() in _TRUE:
         return True
-    control = headers.get(_CACHE_CONTROL)
+    control = headers.get(CACHE_CONTROL)
     if control is None:
         return False
     directives = {d.strip().lower() for d in control.split(",")}
     return "no-cache" in directives or "no-store" in directives
 
 
-def _zero(value: object) -> bool:
+def is_zero(value: object) -> bool:
     # the comparison first: it rules out most values in one bytecode (a tuple: ``int |
     # float`` would build a union object on every call)
     return value == 0 and isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-def _slot(ctx: RequestContext, mode: str, layers: bool) -> tuple[Hashable, ...] | None:
+def memo_slot(ctx: RequestContext, mode: str, layers: bool) -> tuple[Hashable, ...] | None:
     """Everything a request's cache key is computed from, its body's bytes last (a
     :class:`~omniroute.cache.memo.KeyMemo` slot); None: a stage replaced the client's body,
     or the format's decode reads the headers too (its key is computed every time)."""
@@ -58,7 +58,7 @@ def _slot(ctx: RequestContext, mode: str, layers: bool) -> tuple[Hashable, ...] 
             mode, tuple(query.items()) if query else (), read[0])
 
 
-def _canonical(ctx: RequestContext) -> c.Request | None:
+def canonical_of(ctx: RequestContext) -> c.Request | None:
     """The request in the canonical model, decoded once (None: it does not decode; the
     operation then refuses it, or the pass-through lane sends it as it is)."""
     if ctx.canonical is None:

@@ -67,14 +67,14 @@ from omniroute.cache.layer import CacheKey
 from omniroute.cache.memo import KeyMemo, Known
 from omniroute.cache.memory import Kept, MemoryCache
 from omniroute.cache.request import (
-    _CACHE_CONTROL,
-    _NO_CACHE,
+    CACHE_CONTROL,
     CACHE_HEADER,
+    NO_CACHE,
     SIMILARITY_HEADER,
-    _bypassed,
-    _canonical,
-    _slot,
-    _zero,
+    bypassed,
+    canonical_of,
+    is_zero,
+    memo_slot,
     say,
 )
 from omniroute.cache.service import Found, Producer, ResponseCache
@@ -145,9 +145,9 @@ class CacheStage(Stage):
         # here, read only when one is there (most requests send neither: no call)
         fmt, body, headers = ctx.fmt, ctx.body, ctx.headers
         if (mode == "off"
-                or (mode == "deterministic" and not _zero(fmt.temperature(body)))
-                or ((headers.get(_NO_CACHE) is not None
-                     or headers.get(_CACHE_CONTROL) is not None) and _bypassed(ctx))):
+                or (mode == "deterministic" and not is_zero(fmt.temperature(body)))
+                or ((headers.get(NO_CACHE) is not None
+                     or headers.get(CACHE_CONTROL) is not None) and bypassed(ctx))):
             self.cache.bypasses += 1
             say(ctx, "BYPASS")
             return None
@@ -287,7 +287,7 @@ class CacheRun(StageRun):
                 if memory is not None:
                     self.asked = last_text(text)
                 return text_exact(text, ctx.principal.key_id or "", model)
-        slot = self.slot = _slot(ctx, self.mode, layers)
+        slot = self.slot = memo_slot(ctx, self.mode, layers)
         if slot is not None:
             known = self.known = self.stage.memo.get(slot)
             if known is not None:  # the same inputs: the same key, not decoded again
@@ -295,7 +295,7 @@ class CacheRun(StageRun):
                 if memory is not None:
                     self.asked = last_text_of(known.request)
                 return known.exact
-        request = _canonical(ctx)
+        request = canonical_of(ctx)
         if (request is None or (self.mode == "deterministic" and request.temperature != 0)
                 or uncacheable(request) is not None or keeps_state(ctx)):
             return None
@@ -339,11 +339,11 @@ class CacheRun(StageRun):
         kept: a stream of new requests costs the memo nothing."""
         known = self.known
         if known is None and self.slot is None:  # keyed from its text form: not asked yet
-            slot = self.slot = _slot(ctx, self.mode, False)
+            slot = self.slot = memo_slot(ctx, self.mode, False)
             known = None if slot is None else self.stage.memo.get(slot)
         if known is not None:
             return known.request
-        request = _canonical(ctx)
+        request = canonical_of(ctx)
         if request is not None and self.slot is not None:
             self.stage.memo.put(self.slot, Known(exact, self.key, request))
         return request
