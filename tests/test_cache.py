@@ -293,6 +293,6 @@ async def test_a_passed_through_stream_is_kept_as_it_came_and_hit_in_another_for
     (0, True), (0.0, True), (-0.0, True), (False, False), (True, False), ("0", False),
     (None, False), (0.2, False), ([0], False), ({}, False), (1e-300, False)])
 def test_only_a_numeric_zero_temperature_is_deterministic(temperature: Any, zero: bool) -> None:
-    from omniroute.cache.stage import _zero
+    from omniroute.cache.request import is_zero
 
-    assert _zero(temperature) is zero
+    assert is_zero(temperature) is zero

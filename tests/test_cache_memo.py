@@ -217,26 +217,26 @@ def test_entries_read_back_are_remembered_bounded() -> None:
 def test_a_body_a_stage_replaced_has_no_slot() -> None:
     from types import SimpleNamespace
 
-    from omniroute.cache.stage import _slot
+    from omniroute.cache.request import memo_slot
 
     body = {"model": "m", "messages": HI}
     ctx: Any = SimpleNamespace(as_read=(orjson.dumps(body), body), body=body,
                                fmt=OpenAIFormat(), principal=SimpleNamespace(key_id=None),
                                model="m", prefix=None, stream=False, query={})
-    assert _slot(ctx, "on", False) == ("openai", "", "m", None, False, False, "on", (),
+    assert memo_slot(ctx, "on", False) == ("openai", "", "m", None, False, False, "on", (),
                                        orjson.dumps(body))
     ctx.query = {"a": "1"}
-    assert _slot(ctx, "on", False)[-2] == (("a", "1"),)  # type: ignore[index]
+    assert memo_slot(ctx, "on", False)[-2] == (("a", "1"),)  # type: ignore[index]
     ctx.body = {**body}  # replaced (Responses history): decoded every time
-    assert _slot(ctx, "on", False) is None
+    assert memo_slot(ctx, "on", False) is None
     ctx.as_read = None  # not a JSON body as read
-    assert _slot(ctx, "on", False) is None
+    assert memo_slot(ctx, "on", False) is None
 
 
 def test_a_format_whose_decode_reads_headers_has_no_slot() -> None:
     from types import SimpleNamespace
 
-    from omniroute.cache.stage import _slot
+    from omniroute.cache.request import memo_slot
 
     class HeaderMinded(OpenAIFormat):
         decode_reads_headers = True
@@ -245,7 +245,7 @@ def test_a_format_whose_decode_reads_headers_has_no_slot() -> None:
     ctx: Any = SimpleNamespace(as_read=(orjson.dumps(body), body), body=body,
                                fmt=HeaderMinded(), principal=SimpleNamespace(key_id=None),
                                model="m", prefix=None, stream=False, query={})
-    assert _slot(ctx, "on", False) is None  # its key is computed (decoded) every time
+    assert memo_slot(ctx, "on", False) is None  # its key is computed (decoded) every time
 
 
 def test_answers_kept_as_they_came_are_decoded_and_checked_when_read() -> None:
