@@ -24,6 +24,7 @@ Targets: records add at most 5 % CPU per request; 1,000,000 rows change nothing
 from __future__ import annotations
 
 import asyncio
+import math
 import sqlite3
 import tempfile
 import time
@@ -149,9 +150,34 @@ def comparisons(results: dict[str, Any], recording: str, levels: dict[str, list[
                         "×"))
             out.append((f"{lane} c={conc}: CPU per request, 1,000,000 rows / empty table",
                         full / on, 1.05, "×"))
+    pooled = _pooled(results.get("raw", {}), recording, levels)
+    if pooled is not None:
+        out.append(("every cell and round: CPU per request, records on / off (geometric mean "
+                    f"of {pooled[1]} interleaved pairs)", pooled[0], 1.05, "×"))
     flush = results.get("usage_flush", {})
     for key, what in (("empty_s", "an empty table"), ("full_s", "a 1,000,000-row table")):
         if key in flush:
             out.append((f"{flush['records']:,} records written into {what}", flush[key], 2.0,
                         " s"))
     return out
+
+
+def _pooled(raw: dict[str, Any], recording: str, levels: dict[str, list[int]]
+            ) -> tuple[float, int] | None:
+    """Records on / off over every lane, concurrency and round: the geometric mean of the
+    ratios of the pairs measured back to back in one round (a cell's own spread on two
+    shared CPUs, 10-20 % between runs, is larger than the effect; the pooled ratio's is
+    not). None: no pair measured."""
+    logs: list[float] = []
+    for lane, concs in levels.items():
+        for conc in concs:
+            on, off = (_rounds(raw, lane, name, conc) for name in (recording, NO_RECORDS))
+            logs += [math.log(a[CPU] / b[CPU]) for a, b in zip(on, off, strict=False)
+                     if a.get(CPU) and b.get(CPU)]
+    return (math.exp(sum(logs) / len(logs)), len(logs)) if logs else None
+
+
+def _rounds(raw: dict[str, Any], lane: str, name: str, conc: int) -> list[dict[str, Any]]:
+    """A cell's rounds (keyed by the level, or by its text once read back from JSON)."""
+    by_conc = raw.get(lane, {}).get(name, {})
+    return by_conc.get(conc) or by_conc.get(str(conc)) or []
