@@ -109,6 +109,15 @@ async def test_a_new_question_is_kept_by_its_bytes_without_a_text_form(
     assert len(gw.fake.requests) == 1
 
 
+async def _claude_verdict(gw: Any) -> str:
+    """The cache's verdict on ``Q`` asked through the Anthropic SDK (the same question)."""
+    claude = anthropic.AsyncAnthropic(base_url=gw.base_url, api_key="sk-x", max_retries=0)
+    msg = await claude.messages.with_raw_response.create(
+        model="up/gpt-4o-mini", messages=Q["messages"], max_tokens=50,
+        extra_body={"temperature": 0})
+    return msg.headers["X-OmniRoute-Cache"]
+
+
 async def test_a_question_kept_by_its_bytes_is_found_in_any_form(gw: Any) -> None:
     assert (await _post(gw, Q))[0] == "MISS"
     # a stream of the same question (other bytes): found
@@ -119,21 +128,13 @@ async def test_a_question_kept_by_its_bytes_is_found_in_any_form(gw: Any) -> Non
     # exact keys too: a text that is there is never a miss told at once)
     assert (await _post(gw, {**Q, "user": "ann"}))[0] == "HIT"
     assert (await _post(gw, {**Q, "max_tokens": 51}))[0] == "MISS"  # another question
-    claude = anthropic.AsyncAnthropic(base_url=gw.base_url, api_key="sk-x", max_retries=0)
-    msg = await claude.messages.with_raw_response.create(
-        model="up/gpt-4o-mini", messages=Q["messages"], max_tokens=50,
-        extra_body={"temperature": 0})
-    assert msg.headers["X-OmniRoute-Cache"] == "HIT"
+    assert await _claude_verdict(gw) == "HIT"
     assert len(gw.fake.requests) == 2
 
 
 async def test_another_client_format_finds_a_question_kept_by_its_bytes(gw: Any) -> None:
     assert (await _post(gw, Q))[0] == "MISS"
-    claude = anthropic.AsyncAnthropic(base_url=gw.base_url, api_key="sk-x", max_retries=0)
-    msg = await claude.messages.with_raw_response.create(
-        model="up/gpt-4o-mini", messages=Q["messages"], max_tokens=50,
-        extra_body={"temperature": 0})
-    assert msg.headers["X-OmniRoute-Cache"] == "HIT"
+    assert await _claude_verdict(gw) == "HIT"
     assert len(gw.fake.requests) == 1
 
 
