@@ -36,6 +36,9 @@ LEASE = 30.0
 _LEASE = repr(LEASE)
 #: the limits whose key names are kept (:meth:`Leases._take_command`)
 NAMES_KEPT = 4096
+#: digits of a member's number: every member of an instance is as long, so its bulk
+#: string's header is packed once (:attr:`Leases.head`) and a member is one format
+MEMBER_DIGITS = 16
 
 T = TypeVar("T")
 
@@ -71,15 +74,18 @@ class Leases:
         #: string (:func:`~omniroute_redis.wire.bulk`: given back as it is)
         self.held: defaultdict[str, list[bytes]] = defaultdict(list)
         self.instance_bytes = instance.encode()
+        #: a member's bulk string up to its number (``$<length>\r\n<instance>:``): a member
+        #: is ``head``, its number in :data:`MEMBER_DIGITS` digits and ``\r\n`` (one format)
+        self.head = b"$%d\r\n%b:" % (len(self.instance_bytes) + 1 + MEMBER_DIGITS,
+                                      self.instance_bytes)
 
     def member(self) -> str:
         """A name no other request of any instance uses."""
-        return f"{self.instance}:{next(self.ids)}"
+        return f"{self.instance}:{next(self.ids):0{MEMBER_DIGITS}d}"
 
     def packed_member(self) -> bytes:
         """:meth:`member` as a bulk string."""
-        raw = b"%b:%d" % (self.instance_bytes, next(self.ids))
-        return b"$%d\r\n%b\r\n" % (len(raw), raw)
+        return b"%b%016d\r\n" % (self.head, next(self.ids))
 
     async def take(self, name: str, concurrency: int | None, rpm: int | None) -> float:
         """Take a slot of limit ``name`` (a key prefix): :data:`TAKEN`, :data:`FULL`, or the
@@ -182,8 +188,8 @@ class Take(Step[T]):
         """
         :param packing: limit ``limit``'s :meth:`Leases.packing`, kept by the caller.
         """
-        raw = b"%b:%d" % (leases.instance_bytes, next(leases.ids))  # (packed_member's)
-        member = self.packed_member = b"$%d\r\n%b\r\n" % (len(raw), raw)
+        # (packed_member's, in line)
+        member = self.packed_member = b"%b%016d\r\n" % (leases.head, next(leases.ids))
         # (Step.__init__'s, in line: a call fewer per step)
         self.keys, self.args, self.phase = packing[1], member + packing[4], phase
         self.raw, self.ran, self.done = None, False, False
@@ -217,8 +223,8 @@ class Ahead(Take[float | None]):
     def __init__(self, owner: ConnectionSlots, connection: str, limit: str,
                  max_concurrency: int | None, packing: Packing) -> None:
         leases = owner.leases
-        raw = b"%b:%d" % (leases.instance_bytes, next(leases.ids))  # (Take.__init__'s)
-        member = self.packed_member = b"$%d\r\n%b\r\n" % (len(raw), raw)
+        # (Take.__init__'s)
+        member = self.packed_member = b"%b%016d\r\n" % (leases.head, next(leases.ids))
         self.keys, self.args, self.phase = packing[1], member + packing[4], CALL
         self.raw, self.ran, self.done = None, False, False
         self.leases, self.limit, self.concurrency = leases, limit, max_concurrency

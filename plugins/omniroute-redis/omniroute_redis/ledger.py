@@ -146,7 +146,8 @@ class RedisLedger:
     def _reservation(self, state: KeyState, limits: Limits, usd: float,
                      tokens: int) -> _Reserve:
         """The ``reserve`` script's call, its keys and arguments packed: only the request's
-        own (its id, estimate, the windows' spend: one :func:`bulks`) each time; the keys,
+        own (its id, and its estimate and the windows' spend as one argument: one format,
+        :attr:`_Fixed.own`) each time; the keys,
         the lease and the windows' ends and limits once for the key's limits and windows.
         One object is the call, the step of a request's batch and, admitted, the handle
         its settle reads (:meth:`settle`)."""
@@ -160,13 +161,13 @@ class RedisLedger:
         if fixed is None:
             fixed = self._pack_fixed(known, windows, lease_s)
         leases = self.leases  # (Leases.packed_member's, in line)
-        raw = b"%b:%d" % (leases.instance_bytes, next(leases.ids))
-        reservation = b"$%d\r\n%b\r\n" % (len(raw), raw)
-        own: list[object] = [ceil(usd * MICRO), int(tokens)]  # (µUSD, rounded up)
-        for w in windows:  # this ledger's spend, a floor: rounded down
-            own += (int((w.base_usd + w.usd) * MICRO), w.base_tokens + w.tokens)
-        return _Reserve(self, fixed, reservation,
-                        fixed.args + reservation + bulks(tuple(own)), windows, now)
+        reservation = b"%b%016d\r\n" % (leases.head, next(leases.ids))
+        own: list[float] = [ceil(usd * MICRO), tokens]  # (µUSD, rounded up)
+        for w in windows:  # this ledger's spend, a floor: rounded down (%d truncates)
+            own += ((w.base_usd + w.usd) * MICRO, w.base_tokens + w.tokens)
+        text = fixed.own % tuple(own)
+        return _Reserve(self, fixed, reservation, b"%b%b$%d\r\n%b\r\n" % (
+            fixed.args, reservation, len(text), text), windows, now)
 
     def _pack_fixed(self, known: tuple[str, Limits, float, float], windows: list[Window],
                     lease_s: float) -> _Fixed:
@@ -186,11 +187,12 @@ class RedisLedger:
             keys.append(self._key(key_id, "spend", w.period, f"{w.start:.0f}").encode())
             fixed += (w.end, "" if limit_usd is None else round(limit_usd * MICRO),
                       "" if limit_tokens is None else int(limit_tokens))
-        packed_keys, nargs = bulks(tuple(keys)), 4 + 5 * len(windows)
+        packed_keys, nargs = bulks(tuple(keys)), 3 + 3 * len(windows)
         made = self._fixed[known] = _Fixed(
             packed_keys, len(keys), bulks(tuple(fixed)), nargs,
             f"reserve {len(keys)} {nargs}", b"*3\r\n" + bulks(("HDEL", reserved)),
-            self.scripts.packed("settle", packed_keys, len(keys), b"", 3))
+            self.scripts.packed("settle", packed_keys, len(keys), b"", 3),
+            b" ".join([b"%d"] * (2 + 2 * len(windows))))
         return made
 
     def _unreachable(self) -> None:
@@ -226,6 +228,9 @@ class _Fixed:
     #: ``HDEL`` of the reservations' hash, and ``settle``, up to the reservation's id
     hdel: bytes
     settle: bytes
+    #: the format of the request's own numbers, one argument (``%d %d``, and ``%d %d`` a
+    #: window: its estimate in µUSD and tokens, each window's spend counted here)
+    own: bytes
 
 
 class _Entry(Take[bool]):
@@ -234,8 +239,8 @@ class _Entry(Take[bool]):
     __slots__ = ("limits",)
 
     def __init__(self, leases: Leases, packing: Packing, name: str, limits: Limits) -> None:
-        raw = b"%b:%d" % (leases.instance_bytes, next(leases.ids))  # (Take.__init__'s)
-        member = self.packed_member = b"$%d\r\n%b\r\n" % (len(raw), raw)
+        # (Take.__init__'s)
+        member = self.packed_member = b"%b%016d\r\n" % (leases.head, next(leases.ids))
         self.keys, self.args, self.phase = packing[1], member + packing[4], BEFORE
         self.raw, self.ran, self.done = None, False, False
         self.leases, self.limit, self.concurrency = leases, name, limits.concurrency

@@ -352,7 +352,7 @@ async def test_a_reservation_alone_is_its_own_script(
     limits = parsed_limits({"daily_usd": 1.0})
     batch = shared.request_batch()
     step = budgets.shared.prefetch_reserve(batch, budgets.state(key_id), limits, 0.01, 100)
-    assert (step.nkeys, step.nargs) == (2, 9)  # the held hash, one window; 4 + 5 a window
+    assert (step.nkeys, step.nargs) == (2, 6)  # the held hash, one window; 3 + 3 a window
     await batch.send()
     handle = step.result()
     assert handle is step
@@ -361,3 +361,38 @@ async def test_a_reservation_alone_is_its_own_script(
     batch.release()
     await shared.batch.flush()
     assert await count(client, shared.link.key("key", key_id, "held")) == 0
+
+
+async def test_a_reservation_of_two_windows_reads_the_floors_of_both(
+        one: Instances, client: aioredis.Redis) -> None:
+    # the request's own numbers (its estimate, each window's spend counted here) go as one
+    # argument: each window takes its own floor, and the estimate is held as sent
+    key_id, _ = await limited_key(one, daily_usd=1.0, monthly_tokens=100_000)
+    gateway = one[0].gateway
+    shared, budgets = gateway.shared, gateway.budgets
+    limits = parsed_limits({"daily_usd": 1.0, "monthly_tokens": 100_000})
+    state = budgets.state(key_id)
+    now = budgets.clock.time()
+    daily, monthly = (budgets.window(state, limits, p, now) for p in ("daily", "monthly"))
+    daily.usd, daily.tokens = 0.25, 300  # spent here, not in Redis (it lost it)
+    monthly.usd, monthly.tokens = 0.5, 7_000
+    batch = shared.request_batch()
+    step = budgets.shared.prefetch_reserve(batch, state, limits, 0.01, 100)
+    assert (step.nkeys, step.nargs) == (3, 9)
+    await batch.send()
+    assert step.result() is step
+    spend = [await client.hgetall(shared.link.key("key", key_id, "spend", w.period,
+                                                  f"{w.start:.0f}")) for w in (daily, monthly)]
+    assert [(s[b"musd"], s[b"tokens"]) for s in spend] == [
+        (b"250000", b"300"), (b"500000", b"7000")]
+    held = await client.hgetall(shared.link.key("key", key_id, "held"))
+    assert [v.split()[:2] for v in held.values()] == [[b"10000", b"100"]]
+    # a second one, over the monthly tokens with the floor: refused by that window
+    monthly.tokens = 99_950
+    batch = shared.request_batch()
+    step = budgets.shared.prefetch_reserve(batch, state, limits, 0.01, 100)
+    await batch.send()
+    with pytest.raises(Exception, match="tokens"):
+        step.result()
+    batch.release()
+    await shared.batch.flush()
