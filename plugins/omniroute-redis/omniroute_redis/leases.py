@@ -126,6 +126,10 @@ class Leases:
         return (self._keys(name), [member, "" if concurrency is None else concurrency,
                                    "" if rpm is None else rpm, _LEASE])
 
+    def slots_key(self, name: str) -> str:
+        """Limit ``name``'s slots (a key)."""
+        return self._keys(name)[0]
+
     def _keys(self, name: str) -> list[str]:
         """Limit ``name``'s keys: its slots and its starts (kept, and packed once)."""
         keys = self._names.get(name)

@@ -188,10 +188,12 @@ class RedisLedger:
             fixed += (w.end, "" if limit_usd is None else round(limit_usd * MICRO),
                       "" if limit_tokens is None else int(limit_tokens))
         packed_keys, nargs = bulks(tuple(keys)), 3 + 3 * len(windows)
+        slots = bulks((self.leases.slots_key(self._key(key_id)),))
         made = self._fixed[known] = _Fixed(
             packed_keys, len(keys), bulks(tuple(fixed)), nargs,
             f"reserve {len(keys)} {nargs}", b"*3\r\n" + bulks(("HDEL", reserved)),
             self.scripts.packed("settle", packed_keys, len(keys), b"", 3),
+            self.scripts.packed("settle", packed_keys + slots, len(keys) + 1, b"", 4),
             b" ".join([b"%d"] * (2 + 2 * len(windows))))
         return made
 
@@ -207,11 +209,21 @@ class RedisLedger:
                 "instances cannot be reached, and budget_fail_closed is on.",
                 headers={"Retry-After": "1"})
 
-    def settle(self, handle: object, usd: float, tokens: int) -> None:
+    def settle(self, handle: object, usd: float, tokens: int, *,
+               leave: str | None = None) -> None:
         assert isinstance(handle, _Reserve)
         musd, count = b"%d" % round(usd * MICRO), b"%d" % int(tokens)  # (µUSD)
+        fixed = handle.fixed
+        if leave is not None:  # the key's slot given back by the same script (leave's)
+            known = self._entries.get(leave)
+            members = self.leases.held.get(known[1] if known is not None else self._key(leave))
+            if members:
+                self.batch.later(b"%b%b$%d\r\n%b\r\n$%d\r\n%b\r\n%b" % (
+                    fixed.settle_leave, handle.reservation, len(musd), musd, len(count),
+                    count, members.pop()))
+                return
         self.batch.later(b"%b%b$%d\r\n%b\r\n$%d\r\n%b\r\n" % (
-            handle.fixed.settle, handle.reservation, len(musd), musd, len(count), count))
+            fixed.settle, handle.reservation, len(musd), musd, len(count), count))
 
 
 @dataclass(slots=True, frozen=True)  # (made once for a key's windows)
@@ -228,6 +240,9 @@ class _Fixed:
     #: ``HDEL`` of the reservations' hash, and ``settle``, up to the reservation's id
     hdel: bytes
     settle: bytes
+    #: ``settle`` that gives back the key's slot too (its slots' key after the windows'),
+    #: up to the reservation's id
+    settle_leave: bytes
     #: the format of the request's own numbers, one argument (``%d %d``, and ``%d %d`` a
     #: window: its estimate in µUSD and tokens, each window's spend counted here)
     own: bytes

@@ -189,10 +189,17 @@ end
 RESERVE = _NOW + RESERVE_FN + "return reserve(KEYS, ARGV)\n"
 
 #: a request is over: drop its reservation (KEYS[1], field ARGV[1]) and add its spend
-#: (ARGV[2] µUSD, ARGV[3] tokens, one request) to each window (KEYS[2..])
+#: (ARGV[2] µUSD, ARGV[3] tokens, one request) to each window (KEYS[2..]); with ARGV[4],
+#: also give back the key's slot: ARGV[4] is its member, the last key its slots (the
+#: request's writes after its answer in one command)
 SETTLE = """
 redis.call('HDEL', KEYS[1], ARGV[1])
-for w = 2, #KEYS do
+local last = #KEYS
+if ARGV[4] then
+  redis.call('ZREM', KEYS[last], ARGV[4])
+  last = last - 1
+end
+for w = 2, last do
   redis.call('HINCRBY', KEYS[w], 'musd', ARGV[2])
   redis.call('HINCRBY', KEYS[w], 'tokens', ARGV[3])
   redis.call('HINCRBY', KEYS[w], 'requests', 1)

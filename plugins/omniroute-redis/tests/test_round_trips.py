@@ -64,8 +64,13 @@ async def test_a_request_with_every_concern_waits_for_one_round_trip_before_disp
     await asyncio.sleep(0.05)  # nothing else follows
     after = requests_part(writes[called[0]:])
     assert len(after) == 1 and shared.batch.round_trips == flushed + 1, after
-    assert sorted(after[0]) == sorted([("ZREM",), ("ZREM",), ("settle",), ("idem_settle",),
+    # (the key's slot is given back by its settle: one command; the connection's by ZREM)
+    assert sorted(after[0]) == sorted([("ZREM",), ("settle",), ("idem_settle",),
                                        ("cache_set",)])
+    key_id = next(iter(one[0].gateway.budgets.keys))
+    assert await count(client, shared.link.key("key", key_id, "slots")) == 0
+    assert await count(client, shared.link.key("key", key_id, "held")) == 0
+    assert await count(client, shared.link.key("conn", "*", "slots")) == 0
     # and the store is there for every instance
     assert await count(client, shared.link.key("cache", "index")) == 1
 
