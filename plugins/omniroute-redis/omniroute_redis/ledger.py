@@ -80,6 +80,12 @@ class RedisLedger:
         #: what of a reservation's commands is packed once, by the key, its limits, its
         #: windows (the first one's start) and the lease (:meth:`_pack_fixed`)
         self._fixed: dict[tuple[str, Limits, float, float], _Fixed] = {}
+        #: a key's state, limits, the span its windows share (from their latest start to
+        #: their earliest end), the lease, its windows and their :class:`_Fixed`, as its
+        #: last reservation found them (:meth:`_reservation`: the next one in that span
+        #: takes them as they are)
+        self._current: dict[str, tuple[KeyState, Limits, float, float, float, list[Window],
+                                       _Fixed]] = {}
         #: a key's limits (the object: a reload makes new ones), the name of its slots'
         #: limit and their packing (:meth:`Leases.packing <.leases.Leases.packing>`)
         self._entries: dict[str, tuple[Limits, str, Packing]] = {}
@@ -153,13 +159,24 @@ class RedisLedger:
         its settle reads (:meth:`settle`)."""
         budgets = self.budgets
         now = budgets.clock.time()
-        windows = [budgets.window(state, limits, period, now) for period in limits.periods]
         lease_s = self.settings().total_timeout + RESERVATION_SLACK
-        # (the windows start at one time of day: the first one's start names them all)
-        known = (state.key_id, limits, windows[0].start if windows else 0.0, lease_s)
-        fixed = self._fixed.get(known)
-        if fixed is None:
-            fixed = self._pack_fixed(known, windows, lease_s)
+        current = self._current.get(state.key_id)
+        if (current is not None and current[0] is state and current[1] is limits
+                and current[2] <= now < current[3] and current[4] == lease_s):
+            # the windows of the key's last reservation: none has ended (only then does
+            # the ledger make a new one), nor its limits changed (a reload makes new ones)
+            windows, fixed = current[5], current[6]
+        else:
+            windows = [budgets.window(state, limits, period, now) for period in limits.periods]
+            # (the windows start at one time of day: the first one's start names them all)
+            known = (state.key_id, limits, windows[0].start if windows else 0.0, lease_s)
+            found = self._fixed.get(known)
+            fixed = found if found is not None else self._pack_fixed(known, windows, lease_s)
+            if len(self._current) >= BASES_KEPT:
+                self._current.clear()
+            self._current[state.key_id] = (
+                state, limits, max((w.start for w in windows), default=now),
+                min((w.end for w in windows), default=now), lease_s, windows, fixed)
         leases = self.leases  # (Leases.packed_member's, in line)
         reservation = b"%b%016d\r\n" % (leases.head, next(leases.ids))
         own: list[float] = [ceil(usd * MICRO), tokens]  # (µUSD, rounded up)

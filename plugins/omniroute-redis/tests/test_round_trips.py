@@ -401,3 +401,37 @@ async def test_a_reservation_of_two_windows_reads_the_floors_of_both(
         step.result()
     batch.release()
     await shared.batch.flush()
+
+
+async def test_a_reservation_takes_the_windows_of_the_last_until_one_ends(
+        one: Instances, client: aioredis.Redis, monkeypatch: Any) -> None:
+    # within the windows' span a reservation takes the key's windows (and their packed
+    # parts) as the last one found them; past the day's end it is the next day's window
+    key_id, _ = await limited_key(one, daily_usd=1.0)
+    gateway = one[0].gateway
+    shared, budgets = gateway.shared, gateway.budgets
+    limits = parsed_limits({"daily_usd": 1.0})
+    state = budgets.state(key_id)
+
+    async def reserved() -> Any:
+        batch = shared.request_batch()
+        step = budgets.shared.prefetch_reserve(batch, state, limits, 0.01, 100)
+        await batch.send()
+        handle = step.result()
+        budgets.shared.settle(handle, 0.002, 50)
+        batch.release()
+        await shared.batch.flush()
+        return step
+
+    first, second = await reserved(), await reserved()
+    assert second.windows is first.windows and second.fixed is first.fixed
+    today = first.windows[0]
+    now = today.end + 5.0  # the day is over
+    monkeypatch.setattr(budgets.clock, "time", lambda: now)
+    third = await reserved()
+    tomorrow = third.windows[0]
+    assert tomorrow is not today and tomorrow.start == today.end
+    assert state.windows["daily"] is tomorrow
+    spend = shared.link.key("key", key_id, "spend", "daily")
+    assert [int(await client.hget(f"{spend}:{w.start:.0f}", "requests") or 0)
+            for w in (today, tomorrow)] == [2, 1]
