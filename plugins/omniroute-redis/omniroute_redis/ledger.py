@@ -209,8 +209,8 @@ class RedisLedger:
         made = self._fixed[known] = _Fixed(
             packed_keys, len(keys), bulks(tuple(fixed)), nargs,
             f"reserve {len(keys)} {nargs}", b"*3\r\n" + bulks(("HDEL", reserved)),
-            self.scripts.packed("settle", packed_keys, len(keys), b"", 3),
-            self.scripts.packed("settle", packed_keys + slots, len(keys) + 1, b"", 4),
+            self.scripts.packed("settle", packed_keys, len(keys), b"", 2),
+            self.scripts.packed("settle", packed_keys + slots, len(keys) + 1, b"", 3),
             b" ".join([b"%d"] * (2 + 2 * len(windows))))
         return made
 
@@ -229,18 +229,17 @@ class RedisLedger:
     def settle(self, handle: object, usd: float, tokens: int, *,
                leave: str | None = None) -> None:
         assert isinstance(handle, _Reserve)
-        musd, count = b"%d" % round(usd * MICRO), b"%d" % int(tokens)  # (µUSD)
+        spend = b"%d %d" % (round(usd * MICRO), tokens)  # (µUSD; %d truncates, as int())
         fixed = handle.fixed
         if leave is not None:  # the key's slot given back by the same script (leave's)
             known = self._entries.get(leave)
             members = self.leases.held.get(known[1] if known is not None else self._key(leave))
             if members:
-                self.batch.later(b"%b%b$%d\r\n%b\r\n$%d\r\n%b\r\n%b" % (
-                    fixed.settle_leave, handle.reservation, len(musd), musd, len(count),
-                    count, members.pop()))
+                self.batch.later(b"%b%b$%d\r\n%b\r\n%b" % (
+                    fixed.settle_leave, handle.reservation, len(spend), spend, members.pop()))
                 return
-        self.batch.later(b"%b%b$%d\r\n%b\r\n$%d\r\n%b\r\n" % (
-            fixed.settle, handle.reservation, len(musd), musd, len(count), count))
+        self.batch.later(b"%b%b$%d\r\n%b\r\n" % (
+            fixed.settle, handle.reservation, len(spend), spend))
 
 
 @dataclass(slots=True, frozen=True)  # (made once for a key's windows)

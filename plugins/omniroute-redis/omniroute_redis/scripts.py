@@ -189,19 +189,20 @@ end
 RESERVE = _NOW + RESERVE_FN + "return reserve(KEYS, ARGV)\n"
 
 #: a request is over: drop its reservation (KEYS[1], field ARGV[1]) and add its spend
-#: (ARGV[2] µUSD, ARGV[3] tokens, one request) to each window (KEYS[2..]); with ARGV[4],
-#: also give back the key's slot: ARGV[4] is its member, the last key its slots (the
-#: request's writes after its answer in one command)
+#: (ARGV[2]: "<µUSD> <tokens>", one argument: one format to pack; one request) to each
+#: window (KEYS[2..]); with ARGV[3], also give back the key's slot: ARGV[3] is its
+#: member, the last key its slots (the request's writes after its answer in one command)
 SETTLE = """
 redis.call('HDEL', KEYS[1], ARGV[1])
+local musd, tokens = string.match(ARGV[2], '(%S+) (%S+)')
 local last = #KEYS
-if ARGV[4] then
-  redis.call('ZREM', KEYS[last], ARGV[4])
+if ARGV[3] then
+  redis.call('ZREM', KEYS[last], ARGV[3])
   last = last - 1
 end
 for w = 2, last do
-  redis.call('HINCRBY', KEYS[w], 'musd', ARGV[2])
-  redis.call('HINCRBY', KEYS[w], 'tokens', ARGV[3])
+  redis.call('HINCRBY', KEYS[w], 'musd', musd)
+  redis.call('HINCRBY', KEYS[w], 'tokens', tokens)
   redis.call('HINCRBY', KEYS[w], 'requests', 1)
 end
 return 1
