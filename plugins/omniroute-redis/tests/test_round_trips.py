@@ -435,3 +435,23 @@ async def test_a_reservation_takes_the_windows_of_the_last_until_one_ends(
     spend = shared.link.key("key", key_id, "spend", "daily")
     assert [int(await client.hget(f"{spend}:{w.start:.0f}", "requests") or 0)
             for w in (today, tomorrow)] == [2, 1]
+
+
+async def test_a_stores_ttl_is_its_own_or_the_caches(
+        one: Instances, client: aioredis.Redis) -> None:
+    # a store's TTL is packed once per TTL asked for (the cache's own when none is)
+    _, secret = await limited_key(one, rpm=100)
+    status, _, _ = await one.chat("kept", key=secret, max_tokens=10)
+    assert status == 200
+    await one[0].cache.settled()
+    shared = one[0].gateway.shared
+    cache = next(b for b in one[0].cache.backends if b.name == "redis")
+    for key, ttl in (("a", 5.0), ("b", None), ("c", 5.0), ("d", 0.0001)):
+        assert cache.put(key, b"{}", ttl)
+    shared.batch.kick()
+    await until(lambda: not shared.batch._queue, timeout=2.0)
+    await shared.batch.flush()
+    ttls = [await client.pttl(cache._entry + key) for key in "abcd"]
+    assert 4000 < ttls[0] <= 5000 and 4000 < ttls[2] <= 5000
+    assert cache.ttl * 1000 - 1000 < ttls[1] <= cache.ttl * 1000
+    assert ttls[3] in (-2, 0, 1)  # a millisecond at least: gone, or nearly
