@@ -37,8 +37,11 @@ _LEASE = repr(LEASE)
 #: the limits whose key names are kept (:meth:`Leases._take_command`)
 NAMES_KEPT = 4096
 #: digits of a member's number: every member of an instance is as long, so its bulk
-#: string's header is packed once (:attr:`Leases.head`) and a member is one format
+#: string's header is packed once (:attr:`Leases.head`) and a member is one format. The
+#: numbers start at the first with as many digits (:data:`FIRST_ID`), so that a plain
+#: ``%d`` formats them (``%016d`` takes CPython's slow path: 430 instructions more)
 MEMBER_DIGITS = 16
+FIRST_ID = 10 ** (MEMBER_DIGITS - 1)
 
 T = TypeVar("T")
 
@@ -61,7 +64,7 @@ class Leases:
         self.batch = batch
         self.instance = instance
         #: the members' numbers (a step makes its member in line: :class:`Take`)
-        self.ids = itertools.count(1)
+        self.ids = itertools.count(FIRST_ID)
         #: a limit's key names (its slots and starts), by its prefix (never changed: the
         #: steps share them)
         self._names: dict[str, list[str]] = {}
@@ -81,11 +84,11 @@ class Leases:
 
     def member(self) -> str:
         """A name no other request of any instance uses."""
-        return f"{self.instance}:{next(self.ids):0{MEMBER_DIGITS}d}"
+        return f"{self.instance}:{next(self.ids)}"
 
     def packed_member(self) -> bytes:
         """:meth:`member` as a bulk string."""
-        return b"%b%016d\r\n" % (self.head, next(self.ids))
+        return b"%b%d\r\n" % (self.head, next(self.ids))
 
     async def take(self, name: str, concurrency: int | None, rpm: int | None) -> float:
         """Take a slot of limit ``name`` (a key prefix): :data:`TAKEN`, :data:`FULL`, or the
@@ -193,7 +196,7 @@ class Take(Step[T]):
         :param packing: limit ``limit``'s :meth:`Leases.packing`, kept by the caller.
         """
         # (packed_member's, in line)
-        member = self.packed_member = b"%b%016d\r\n" % (leases.head, next(leases.ids))
+        member = self.packed_member = b"%b%d\r\n" % (leases.head, next(leases.ids))
         # (Step.__init__'s, in line: a call fewer per step)
         self.keys, self.args, self.phase = packing[1], member + packing[4], phase
         self.raw, self.ran, self.done = None, False, False
@@ -228,7 +231,7 @@ class Ahead(Take[float | None]):
                  max_concurrency: int | None, packing: Packing) -> None:
         leases = owner.leases
         # (Take.__init__'s)
-        member = self.packed_member = b"%b%016d\r\n" % (leases.head, next(leases.ids))
+        member = self.packed_member = b"%b%d\r\n" % (leases.head, next(leases.ids))
         self.keys, self.args, self.phase = packing[1], member + packing[4], CALL
         self.raw, self.ran, self.done = None, False, False
         self.leases, self.limit, self.concurrency = leases, limit, max_concurrency

@@ -178,7 +178,7 @@ class RedisLedger:
                 state, limits, max((w.start for w in windows), default=now),
                 min((w.end for w in windows), default=now), lease_s, windows, fixed)
         leases = self.leases  # (Leases.packed_member's, in line)
-        reservation = b"%b%016d\r\n" % (leases.head, next(leases.ids))
+        reservation = b"%b%d\r\n" % (leases.head, next(leases.ids))
         own: list[float] = [ceil(usd * MICRO), tokens]  # (µUSD, rounded up)
         for w in windows:  # this ledger's spend, a floor: rounded down (%d truncates)
             own += ((w.base_usd + w.usd) * MICRO, w.base_tokens + w.tokens)
@@ -271,7 +271,7 @@ class _Entry(Take[bool]):
 
     def __init__(self, leases: Leases, packing: Packing, name: str, limits: Limits) -> None:
         # (Take.__init__'s)
-        member = self.packed_member = b"%b%016d\r\n" % (leases.head, next(leases.ids))
+        member = self.packed_member = b"%b%d\r\n" % (leases.head, next(leases.ids))
         self.keys, self.args, self.phase = packing[1], member + packing[4], BEFORE
         self.raw, self.ran, self.done = None, False, False
         self.leases, self.limit, self.concurrency = leases, name, limits.concurrency

@@ -455,3 +455,15 @@ async def test_a_stores_ttl_is_its_own_or_the_caches(
     assert 4000 < ttls[0] <= 5000 and 4000 < ttls[2] <= 5000
     assert cache.ttl * 1000 - 1000 < ttls[1] <= cache.ttl * 1000
     assert ttls[3] in (-2, 0, 1)  # a millisecond at least: gone, or nearly
+
+
+async def test_a_members_bulk_string_says_its_length(one: Instances) -> None:
+    # every member of an instance is as long (its header packed once): the numbers start
+    # at the first with 16 digits
+    leases = one[0].gateway.shared.leases
+    for member in (leases.packed_member(), leases.member().encode()):
+        if member.startswith(b"$"):
+            size, _, raw = member[1:-2].partition(b"\r\n")
+            assert int(size) == len(raw), member
+            member = raw
+        assert len(member) == len(leases.instance_bytes) + 1 + 16
