@@ -154,8 +154,14 @@ class SharedLedger(Protocol):
         """:meth:`reserve`, queued on a request's batch after :meth:`prefetch_enter`: it
         runs only when that slot was taken (or the key has no rate limits)."""
 
-    def settle(self, handle: object, usd: float, tokens: int) -> None:
-        """The request is over: its reservation gives way to its spend (queued)."""
+    def settle(self, handle: object, usd: float, tokens: int, *,
+               leave: str | None = None) -> None:
+        """The request is over: its reservation gives way to its spend (queued).
+
+        :param leave: also give back the slot :meth:`enter` took for this key id, in the
+            same write (as :meth:`leave` would: the request's writes after its answer are
+            one command, not two).
+        """
 
     def leave(self, key_id: str) -> None:
         """Give back a slot :meth:`enter` took (queued)."""

@@ -275,7 +275,11 @@ class BudgetRun(StageRun):
             usd = held.usd if usd is None else usd
             tokens = held.tokens if tokens is None else tokens
             if held.handle is not None and budgets.shared is not None:
-                budgets.shared.settle(held.handle, usd, tokens)
+                if self.shared_slot:  # its slot given back with its settle: one write
+                    self.shared_slot = False
+                    budgets.shared.settle(held.handle, usd, tokens, leave=self.key_id)
+                else:
+                    budgets.shared.settle(held.handle, usd, tokens)
             budgets.settle(held, usd, tokens)
         if self.slot is not None:
             budgets.leave(self.slot)

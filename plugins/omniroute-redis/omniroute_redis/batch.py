@@ -221,6 +221,13 @@ class Batch:
         time). ``replies``: its :class:`~.wire.Writes` (:meth:`_send`), or the future of
         writes that rode in front of a request's batch (:meth:`rode`)."""
         self._inflight.discard(replies)
+        if type(replies) is Writes and replies.error is None and NoScript not in map(
+                type, replies.found):  # (every write answered, as nearly always)
+            self.sent += len(sent)
+            self.round_trips += 1
+            if self._queue or (self._undos and self.link.up):  # queued meanwhile
+                self._send()
+            return
         if isinstance(replies, Writes):
             failure, results = replies.error, replies.found
         else:

@@ -36,6 +36,9 @@ from omniroute_redis.wire import bulk, bulks
 
 #: seconds one cache call may take (a slower Redis is a miss, not a slow answer)
 TIMEOUT = 0.25
+#: the TTLs whose packing is kept (:meth:`RedisCache._packed_ttl`; a key's ``cache_ttl``
+#: or the setting's: a handful)
+TTLS_KEPT = 64
 
 
 class RedisCacheBackend(RedisCache):
@@ -72,6 +75,8 @@ class RedisCacheBackend(RedisCache):
         self._writes: Batch | None = None
         self.hits = self.misses = self.unreachable = 0
         self._tail: tuple[int, bytes] | None = None
+        #: a store's TTL packed (:meth:`_packed_ttl`), by the TTL asked for
+        self._ttls: dict[float | None, bytes] = {}
 
     async def get(self, key: str) -> bytes | None:
         try:
@@ -114,14 +119,24 @@ class RedisCacheBackend(RedisCache):
         writes = self._writes
         if writes is None:
             return False
-        ttl_ms = max(1, int((ttl if ttl is not None else self.ttl) * 1000))
+        packed_ttl = self._ttls.get(ttl)  # (a handful of TTLs: packed once each)
+        if packed_ttl is None:
+            packed_ttl = self._packed_ttl(ttl)
         field = key.encode()
-        t = b"%d" % ttl_ms
-        writes.later(b"%b$%d\r\n%b%b\r\n%b$%d\r\n%b\r\n$%d\r\n%b\r\n$%d\r\n%b\r\n%b" % (
+        writes.later(b"%b$%d\r\n%b%b\r\n%b$%d\r\n%b\r\n%b$%d\r\n%b\r\n%b" % (
             self._set_head, self._entry_size + len(field), self._entry_bytes, field,
-            self._index_hits_packed, len(value), value, len(t), t, len(field), field,
+            self._index_hits_packed, len(value), value, packed_ttl, len(field), field,
             self._set_tail()))
         return True
+
+    def _packed_ttl(self, ttl: float | None) -> bytes:
+        """A store's TTL in milliseconds (``ttl``, or the cache's own: set once, when the
+        backend is made), as a bulk string, kept in :attr:`_ttls` by ``ttl``."""
+        if len(self._ttls) >= TTLS_KEPT:
+            self._ttls.clear()
+        ttl_ms = max(1, int((ttl if ttl is not None else self.ttl) * 1000))
+        packed = self._ttls[ttl] = bulk(b"%d" % ttl_ms)
+        return packed
 
     async def set(self, key: str, value: bytes, ttl: float | None = None) -> None:
         """Store an entry: queued with the shared state's writes after answers when there

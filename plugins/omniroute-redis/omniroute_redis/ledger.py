@@ -80,6 +80,12 @@ class RedisLedger:
         #: what of a reservation's commands is packed once, by the key, its limits, its
         #: windows (the first one's start) and the lease (:meth:`_pack_fixed`)
         self._fixed: dict[tuple[str, Limits, float, float], _Fixed] = {}
+        #: a key's state, limits, the span its windows share (from their latest start to
+        #: their earliest end), the lease, its windows and their :class:`_Fixed`, as its
+        #: last reservation found them (:meth:`_reservation`: the next one in that span
+        #: takes them as they are)
+        self._current: dict[str, tuple[KeyState, Limits, float, float, float, list[Window],
+                                       _Fixed]] = {}
         #: a key's limits (the object: a reload makes new ones), the name of its slots'
         #: limit and their packing (:meth:`Leases.packing <.leases.Leases.packing>`)
         self._entries: dict[str, tuple[Limits, str, Packing]] = {}
@@ -146,27 +152,39 @@ class RedisLedger:
     def _reservation(self, state: KeyState, limits: Limits, usd: float,
                      tokens: int) -> _Reserve:
         """The ``reserve`` script's call, its keys and arguments packed: only the request's
-        own (its id, estimate, the windows' spend: one :func:`bulks`) each time; the keys,
+        own (its id, and its estimate and the windows' spend as one argument: one format,
+        :attr:`_Fixed.own`) each time; the keys,
         the lease and the windows' ends and limits once for the key's limits and windows.
         One object is the call, the step of a request's batch and, admitted, the handle
         its settle reads (:meth:`settle`)."""
         budgets = self.budgets
         now = budgets.clock.time()
-        windows = [budgets.window(state, limits, period, now) for period in limits.periods]
         lease_s = self.settings().total_timeout + RESERVATION_SLACK
-        # (the windows start at one time of day: the first one's start names them all)
-        known = (state.key_id, limits, windows[0].start if windows else 0.0, lease_s)
-        fixed = self._fixed.get(known)
-        if fixed is None:
-            fixed = self._pack_fixed(known, windows, lease_s)
+        current = self._current.get(state.key_id)
+        if (current is not None and current[0] is state and current[1] is limits
+                and current[2] <= now < current[3] and current[4] == lease_s):
+            # the windows of the key's last reservation: none has ended (only then does
+            # the ledger make a new one), nor its limits changed (a reload makes new ones)
+            windows, fixed = current[5], current[6]
+        else:
+            windows = [budgets.window(state, limits, period, now) for period in limits.periods]
+            # (the windows start at one time of day: the first one's start names them all)
+            known = (state.key_id, limits, windows[0].start if windows else 0.0, lease_s)
+            found = self._fixed.get(known)
+            fixed = found if found is not None else self._pack_fixed(known, windows, lease_s)
+            if len(self._current) >= BASES_KEPT:
+                self._current.clear()
+            self._current[state.key_id] = (
+                state, limits, max((w.start for w in windows), default=now),
+                min((w.end for w in windows), default=now), lease_s, windows, fixed)
         leases = self.leases  # (Leases.packed_member's, in line)
-        raw = b"%b:%d" % (leases.instance_bytes, next(leases.ids))
-        reservation = b"$%d\r\n%b\r\n" % (len(raw), raw)
-        own: list[object] = [ceil(usd * MICRO), int(tokens)]  # (µUSD, rounded up)
-        for w in windows:  # this ledger's spend, a floor: rounded down
-            own += (int((w.base_usd + w.usd) * MICRO), w.base_tokens + w.tokens)
-        return _Reserve(self, fixed, reservation,
-                        fixed.args + reservation + bulks(tuple(own)), windows, now)
+        reservation = b"%b%d\r\n" % (leases.head, next(leases.ids))
+        own: list[float] = [ceil(usd * MICRO), tokens]  # (µUSD, rounded up)
+        for w in windows:  # this ledger's spend, a floor: rounded down (%d truncates)
+            own += ((w.base_usd + w.usd) * MICRO, w.base_tokens + w.tokens)
+        text = fixed.own % tuple(own)
+        return _Reserve(self, fixed, reservation, b"%b%b$%d\r\n%b\r\n" % (
+            fixed.args, reservation, len(text), text), windows, now)
 
     def _pack_fixed(self, known: tuple[str, Limits, float, float], windows: list[Window],
                     lease_s: float) -> _Fixed:
@@ -186,11 +204,14 @@ class RedisLedger:
             keys.append(self._key(key_id, "spend", w.period, f"{w.start:.0f}").encode())
             fixed += (w.end, "" if limit_usd is None else round(limit_usd * MICRO),
                       "" if limit_tokens is None else int(limit_tokens))
-        packed_keys, nargs = bulks(tuple(keys)), 4 + 5 * len(windows)
+        packed_keys, nargs = bulks(tuple(keys)), 3 + 3 * len(windows)
+        slots = bulks((self.leases.slots_key(self._key(key_id)),))
         made = self._fixed[known] = _Fixed(
             packed_keys, len(keys), bulks(tuple(fixed)), nargs,
             f"reserve {len(keys)} {nargs}", b"*3\r\n" + bulks(("HDEL", reserved)),
-            self.scripts.packed("settle", packed_keys, len(keys), b"", 3))
+            self.scripts.packed("settle", packed_keys, len(keys), b"", 2),
+            self.scripts.packed("settle", packed_keys + slots, len(keys) + 1, b"", 3),
+            b" ".join([b"%d"] * (2 + 2 * len(windows))))
         return made
 
     def _unreachable(self) -> None:
@@ -205,11 +226,20 @@ class RedisLedger:
                 "instances cannot be reached, and budget_fail_closed is on.",
                 headers={"Retry-After": "1"})
 
-    def settle(self, handle: object, usd: float, tokens: int) -> None:
+    def settle(self, handle: object, usd: float, tokens: int, *,
+               leave: str | None = None) -> None:
         assert isinstance(handle, _Reserve)
-        musd, count = b"%d" % round(usd * MICRO), b"%d" % int(tokens)  # (µUSD)
-        self.batch.later(b"%b%b$%d\r\n%b\r\n$%d\r\n%b\r\n" % (
-            handle.fixed.settle, handle.reservation, len(musd), musd, len(count), count))
+        spend = b"%d %d" % (round(usd * MICRO), tokens)  # (µUSD; %d truncates, as int())
+        fixed = handle.fixed
+        if leave is not None:  # the key's slot given back by the same script (leave's)
+            known = self._entries.get(leave)
+            members = self.leases.held.get(known[1] if known is not None else self._key(leave))
+            if members:
+                self.batch.later(b"%b%b$%d\r\n%b\r\n%b" % (
+                    fixed.settle_leave, handle.reservation, len(spend), spend, members.pop()))
+                return
+        self.batch.later(b"%b%b$%d\r\n%b\r\n" % (
+            fixed.settle, handle.reservation, len(spend), spend))
 
 
 @dataclass(slots=True, frozen=True)  # (made once for a key's windows)
@@ -226,6 +256,12 @@ class _Fixed:
     #: ``HDEL`` of the reservations' hash, and ``settle``, up to the reservation's id
     hdel: bytes
     settle: bytes
+    #: ``settle`` that gives back the key's slot too (its slots' key after the windows'),
+    #: up to the reservation's id
+    settle_leave: bytes
+    #: the format of the request's own numbers, one argument (``%d %d``, and ``%d %d`` a
+    #: window: its estimate in µUSD and tokens, each window's spend counted here)
+    own: bytes
 
 
 class _Entry(Take[bool]):
@@ -234,8 +270,8 @@ class _Entry(Take[bool]):
     __slots__ = ("limits",)
 
     def __init__(self, leases: Leases, packing: Packing, name: str, limits: Limits) -> None:
-        raw = b"%b:%d" % (leases.instance_bytes, next(leases.ids))  # (Take.__init__'s)
-        member = self.packed_member = b"$%d\r\n%b\r\n" % (len(raw), raw)
+        # (Take.__init__'s)
+        member = self.packed_member = b"%b%d\r\n" % (leases.head, next(leases.ids))
         self.keys, self.args, self.phase = packing[1], member + packing[4], BEFORE
         self.raw, self.ran, self.done = None, False, False
         self.leases, self.limit, self.concurrency = leases, name, limits.concurrency

@@ -179,8 +179,7 @@ class Prefetch:
             if parts is None:
                 parts = scripts.admit_parts(shape, sum(map(_nkeys, steps)),
                                             sum(map(_nargs, steps)))
-            packed = b"%b%b%b%b" % (parts[0], b"".join(map(_keys, steps)), parts[1],
-                                    b"".join(map(_args, steps)))
+            packed = b"".join((parts[0], *map(_keys, steps), parts[1], *map(_args, steps)))
         link = self.link
         try:
             try:

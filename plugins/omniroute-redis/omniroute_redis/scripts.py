@@ -124,8 +124,10 @@ return #ARGV - 1
 #: reservations (id -> "µusd tokens lease_end"), KEYS[2..] = one spend hash per window
 #: (musd, tokens, requests). ARGV: first what is the same for every request of the key
 #: in these windows, lease seconds, then per window: end, µUSD limit or '', token limit
-#: or ''; then the request's own: id, µUSD, tokens, and per window this instance's own
-#: count of its spend in µUSD and tokens (a floor: Redis may have lost some). Returns {'ok',
+#: or ''; then the request's own: its id, and one argument of space-separated numbers
+#: (one argument costs the gateway one format to pack, not one a number): µUSD, tokens,
+#: and per window this instance's own count of its spend in µUSD and tokens (a floor:
+#: Redis may have lost some). Returns {'ok',
 #: µusd1, tokens1, ...} or {'no', window, unit, spent, reserved, estimate, limit}
 #: (amounts in µUSD for the unit 'USD'); a window admits while its spend is under the
 #: limit and the reservations in flight and this estimate fit, or nothing else of the
@@ -148,7 +150,9 @@ local function reserve(K, A)
   local alone = held == 0
   local n = #K - 1
   local v = 1 + 3 * n
-  local id, musd, mtok = A[v + 1], A[v + 2], A[v + 3]
+  local own, o = {}, 0
+  for x in string.gmatch(A[v + 2], '%S+') do o = o + 1; own[o] = x end
+  local id, musd, mtok = A[v + 1], own[1], own[2]
   local usd, tokens = tonumber(musd), tonumber(mtok)
   local out = {'ok'}
   local refusal, refusal_end = nil, 0
@@ -156,14 +160,14 @@ local function reserve(K, A)
     return spent < limit and (alone or spent + reserved + estimate <= limit)
   end
   for w = 1, n do
-    local b, f = 1 + (w - 1) * 3, v + 3 + (w - 1) * 2
+    local b, f = 1 + (w - 1) * 3, 2 + (w - 1) * 2
     local wend, lusd, ltok = tonumber(A[b + 1]), A[b + 2], A[b + 3]
     local key = K[w + 1]
     local su = tonumber(redis.call('HGET', key, 'musd') or '-1')
     local st = tonumber(redis.call('HGET', key, 'tokens') or '-1')
-    local fu, ft = tonumber(A[f + 1]), tonumber(A[f + 2])
-    if su < fu then su = fu; redis.call('HSET', key, 'musd', A[f + 1]) end
-    if st < ft then st = ft; redis.call('HSET', key, 'tokens', A[f + 2]) end
+    local fu, ft = tonumber(own[f + 1]), tonumber(own[f + 2])
+    if su < fu then su = fu; redis.call('HSET', key, 'musd', own[f + 1]) end
+    if st < ft then st = ft; redis.call('HSET', key, 'tokens', own[f + 2]) end
     redis.call('EXPIREAT', key, math.ceil(wend) + 86400)
     out[#out + 1] = int(su)
     out[#out + 1] = int(st)
@@ -185,12 +189,20 @@ end
 RESERVE = _NOW + RESERVE_FN + "return reserve(KEYS, ARGV)\n"
 
 #: a request is over: drop its reservation (KEYS[1], field ARGV[1]) and add its spend
-#: (ARGV[2] µUSD, ARGV[3] tokens, one request) to each window (KEYS[2..])
+#: (ARGV[2]: "<µUSD> <tokens>", one argument: one format to pack; one request) to each
+#: window (KEYS[2..]); with ARGV[3], also give back the key's slot: ARGV[3] is its
+#: member, the last key its slots (the request's writes after its answer in one command)
 SETTLE = """
 redis.call('HDEL', KEYS[1], ARGV[1])
-for w = 2, #KEYS do
-  redis.call('HINCRBY', KEYS[w], 'musd', ARGV[2])
-  redis.call('HINCRBY', KEYS[w], 'tokens', ARGV[3])
+local musd, tokens = string.match(ARGV[2], '(%S+) (%S+)')
+local last = #KEYS
+if ARGV[3] then
+  redis.call('ZREM', KEYS[last], ARGV[3])
+  last = last - 1
+end
+for w = 2, last do
+  redis.call('HINCRBY', KEYS[w], 'musd', musd)
+  redis.call('HINCRBY', KEYS[w], 'tokens', tokens)
   redis.call('HINCRBY', KEYS[w], 'requests', 1)
 end
 return 1

@@ -64,8 +64,13 @@ async def test_a_request_with_every_concern_waits_for_one_round_trip_before_disp
     await asyncio.sleep(0.05)  # nothing else follows
     after = requests_part(writes[called[0]:])
     assert len(after) == 1 and shared.batch.round_trips == flushed + 1, after
-    assert sorted(after[0]) == sorted([("ZREM",), ("ZREM",), ("settle",), ("idem_settle",),
+    # (the key's slot is given back by its settle: one command; the connection's by ZREM)
+    assert sorted(after[0]) == sorted([("ZREM",), ("settle",), ("idem_settle",),
                                        ("cache_set",)])
+    key_id = next(iter(one[0].gateway.budgets.keys))
+    assert await count(client, shared.link.key("key", key_id, "slots")) == 0
+    assert await count(client, shared.link.key("key", key_id, "held")) == 0
+    assert await count(client, shared.link.key("conn", "*", "slots")) == 0
     # and the store is there for every instance
     assert await count(client, shared.link.key("cache", "index")) == 1
 
@@ -352,7 +357,7 @@ async def test_a_reservation_alone_is_its_own_script(
     limits = parsed_limits({"daily_usd": 1.0})
     batch = shared.request_batch()
     step = budgets.shared.prefetch_reserve(batch, budgets.state(key_id), limits, 0.01, 100)
-    assert (step.nkeys, step.nargs) == (2, 9)  # the held hash, one window; 4 + 5 a window
+    assert (step.nkeys, step.nargs) == (2, 6)  # the held hash, one window; 3 + 3 a window
     await batch.send()
     handle = step.result()
     assert handle is step
@@ -361,3 +366,104 @@ async def test_a_reservation_alone_is_its_own_script(
     batch.release()
     await shared.batch.flush()
     assert await count(client, shared.link.key("key", key_id, "held")) == 0
+
+
+async def test_a_reservation_of_two_windows_reads_the_floors_of_both(
+        one: Instances, client: aioredis.Redis) -> None:
+    # the request's own numbers (its estimate, each window's spend counted here) go as one
+    # argument: each window takes its own floor, and the estimate is held as sent
+    key_id, _ = await limited_key(one, daily_usd=1.0, monthly_tokens=100_000)
+    gateway = one[0].gateway
+    shared, budgets = gateway.shared, gateway.budgets
+    limits = parsed_limits({"daily_usd": 1.0, "monthly_tokens": 100_000})
+    state = budgets.state(key_id)
+    now = budgets.clock.time()
+    daily, monthly = (budgets.window(state, limits, p, now) for p in ("daily", "monthly"))
+    daily.usd, daily.tokens = 0.25, 300  # spent here, not in Redis (it lost it)
+    monthly.usd, monthly.tokens = 0.5, 7_000
+    batch = shared.request_batch()
+    step = budgets.shared.prefetch_reserve(batch, state, limits, 0.01, 100)
+    assert (step.nkeys, step.nargs) == (3, 9)
+    await batch.send()
+    assert step.result() is step
+    spend = [await client.hgetall(shared.link.key("key", key_id, "spend", w.period,
+                                                  f"{w.start:.0f}")) for w in (daily, monthly)]
+    assert [(s[b"musd"], s[b"tokens"]) for s in spend] == [
+        (b"250000", b"300"), (b"500000", b"7000")]
+    held = await client.hgetall(shared.link.key("key", key_id, "held"))
+    assert [v.split()[:2] for v in held.values()] == [[b"10000", b"100"]]
+    # a second one, over the monthly tokens with the floor: refused by that window
+    monthly.tokens = 99_950
+    batch = shared.request_batch()
+    step = budgets.shared.prefetch_reserve(batch, state, limits, 0.01, 100)
+    await batch.send()
+    with pytest.raises(Exception, match="tokens"):
+        step.result()
+    batch.release()
+    await shared.batch.flush()
+
+
+async def test_a_reservation_takes_the_windows_of_the_last_until_one_ends(
+        one: Instances, client: aioredis.Redis, monkeypatch: Any) -> None:
+    # within the windows' span a reservation takes the key's windows (and their packed
+    # parts) as the last one found them; past the day's end it is the next day's window
+    key_id, _ = await limited_key(one, daily_usd=1.0)
+    gateway = one[0].gateway
+    shared, budgets = gateway.shared, gateway.budgets
+    limits = parsed_limits({"daily_usd": 1.0})
+    state = budgets.state(key_id)
+
+    async def reserved() -> Any:
+        batch = shared.request_batch()
+        step = budgets.shared.prefetch_reserve(batch, state, limits, 0.01, 100)
+        await batch.send()
+        handle = step.result()
+        budgets.shared.settle(handle, 0.002, 50)
+        batch.release()
+        await shared.batch.flush()
+        return step
+
+    first, second = await reserved(), await reserved()
+    assert second.windows is first.windows and second.fixed is first.fixed
+    today = first.windows[0]
+    now = today.end + 5.0  # the day is over
+    monkeypatch.setattr(budgets.clock, "time", lambda: now)
+    third = await reserved()
+    tomorrow = third.windows[0]
+    assert tomorrow is not today and tomorrow.start == today.end
+    assert state.windows["daily"] is tomorrow
+    spend = shared.link.key("key", key_id, "spend", "daily")
+    assert [int(await client.hget(f"{spend}:{w.start:.0f}", "requests") or 0)
+            for w in (today, tomorrow)] == [2, 1]
+
+
+async def test_a_stores_ttl_is_its_own_or_the_caches(
+        one: Instances, client: aioredis.Redis) -> None:
+    # a store's TTL is packed once per TTL asked for (the cache's own when none is)
+    _, secret = await limited_key(one, rpm=100)
+    status, _, _ = await one.chat("kept", key=secret, max_tokens=10)
+    assert status == 200
+    await one[0].cache.settled()
+    shared = one[0].gateway.shared
+    cache = next(b for b in one[0].cache.backends if b.name == "redis")
+    for key, ttl in (("a", 5.0), ("b", None), ("c", 5.0), ("d", 0.0001)):
+        assert cache.put(key, b"{}", ttl)
+    shared.batch.kick()
+    await until(lambda: not shared.batch._queue, timeout=2.0)
+    await shared.batch.flush()
+    ttls = [await client.pttl(cache._entry + key) for key in "abcd"]
+    assert 4000 < ttls[0] <= 5000 and 4000 < ttls[2] <= 5000
+    assert cache.ttl * 1000 - 1000 < ttls[1] <= cache.ttl * 1000
+    assert ttls[3] in (-2, 0, 1)  # a millisecond at least: gone, or nearly
+
+
+async def test_a_members_bulk_string_says_its_length(one: Instances) -> None:
+    # every member of an instance is as long (its header packed once): the numbers start
+    # at the first with 16 digits
+    leases = one[0].gateway.shared.leases
+    for member in (leases.packed_member(), leases.member().encode()):
+        if member.startswith(b"$"):
+            size, _, raw = member[1:-2].partition(b"\r\n")
+            assert int(size) == len(raw), member
+            member = raw
+        assert len(member) == len(leases.instance_bytes) + 1 + 16
