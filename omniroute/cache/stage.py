@@ -434,6 +434,8 @@ class CacheRun(StageRun):
                     entries.dump_body(b"".join(frames), fmt.name, ctx.model, created, cost,
                                       expires, stream=True) if frames else None)
             if data is not None and len(data) <= self.max_bytes:
+                # (``exact`` an Asked key only while the memory backend is the cache's
+                # only one: it keeps such a key as it is; the store's type names Exact)
                 cache.store(exact, data, self.ttl, self.key)  # type: ignore[arg-type]
                 return
         produce = self._producer(fmt, ctx.model, cost, created, expires)
