@@ -76,6 +76,9 @@ class Leases:
         #: a limit's prefix -> the members of its slots this gateway holds, each as a bulk
         #: string (:func:`~omniroute_redis.wire.bulk`: given back as it is)
         self.held: defaultdict[str, list[bytes]] = defaultdict(list)
+        #: a limit's prefix -> the members of its slots leased here (:mod:`.keylease`),
+        #: renewed with the held ones
+        self.leased: dict[str, list[bytes]] = {}
         self.instance_bytes = instance.encode()
         #: a member's bulk string up to its number (``$<length>\r\n<instance>:``): a member
         #: is ``head``, its number in :data:`MEMBER_DIGITS` digits and ``\r\n`` (one format)
@@ -172,7 +175,8 @@ class Leases:
             del held[name]  # (emptied by give(), which leaves them for the next take)
         renewals = [self.scripts.command("renew", [self._keys(name)[0]],
                                          [LEASE, *(m[m.index(b"\n") + 1:-2] for m in members)])
-                    for name, members in self.held.items() if members]
+                    for held_here in (self.held, self.leased)
+                    for name, members in held_here.items() if members]
         if renewals:
             results = await self.link.commands(renewals)
             if any(isinstance(r, NoScript) for r in results):
