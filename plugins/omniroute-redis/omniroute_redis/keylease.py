@@ -15,7 +15,8 @@ seconds. (Its starts are scored at its grant until it ends, then at its last adm
 a lease whose requests outlive the minute lets their starts go up to :data:`LEASE_S`
 seconds early.) For :data:`LEASE_S` seconds
 (or to its budget windows' end) the key's requests are admitted from the lease, in
-process; then the lease closes, and once its last request is over one write ends it
+process (or until it is used up: the next request asks for another); then the lease
+closes, and once its last request is over one write ends it
 (``lease_end``, queued with the writes that follow answers): the starts it did not use
 and its slots given back, the ones it used counted from its last admission, its
 reservation dropped and the spend of its requests added. So other instances see a
@@ -253,6 +254,8 @@ class KeyLeases:
 
     def _close(self, key_id: str, lease: Lease) -> None:
         """It admits no more: ended now, or by the last of its requests."""
+        if not lease.open:  # (used up before its time)
+            return
         lease.open = False
         if self.live.get(key_id) is lease:
             del self.live[key_id]
@@ -260,6 +263,13 @@ class KeyLeases:
             self.closing.setdefault(key_id, []).append(lease)
         else:
             self._end(lease)
+
+    def used_up(self, key_id: str, lease: Lease) -> None:
+        """Its requests, or its budget, are used up: closed before its time (the timer then
+        finds it closed), and no wait to ask for the next."""
+        if lease.open:
+            self._close(key_id, lease)
+            self.asked.pop(key_id, None)
 
     def drained(self, lease: Lease) -> None:
         """A request of a closed lease is over: ended when it was its last."""

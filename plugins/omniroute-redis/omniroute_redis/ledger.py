@@ -118,6 +118,8 @@ class RedisLedger:
             if lease.slots:
                 lease.busy += 1
             return Granted(lease)
+        if lease is not None and not lease.left:  # used up: closed, and another asked for
+            self.keyleases.used_up(key_id, lease)
         assert isinstance(batch, Prefetch)
         known = self._entries.get(key_id)
         if known is None or known[0] is not limits:
@@ -174,6 +176,9 @@ class RedisLedger:
                 if limits.rpm is None and limits.concurrency is None:
                     lease.left -= 1  # (a key with limits: its enter counted it)
                 return Held(lease, musd, tokens)
+            # used up: closed, and another asked for
+            self.keyleases.used_up(key_id, lease)
+            lease = None
         assert isinstance(batch, Prefetch)
         step = self._reservation(state, limits, usd, tokens)
         batch.steps.append(step)
