@@ -11,14 +11,14 @@ every request asks Redis, as before. Far from one, a lease makes the others stri
 never looser: what it holds counts as taken in Redis (its starts, its slots, its whole
 reservation) until it ends, so overspend stays at most what requests cost beyond their
 estimates; what it did not use is taken from the others for at most :data:`LEASE_S`
-seconds. (Its starts are scored at its grant until it ends, then at its last admission:
-a lease whose requests outlive the minute lets their starts go up to :data:`LEASE_S`
-seconds early.) For :data:`LEASE_S` seconds
-(or to its budget windows' end) the key's requests are admitted from the lease, in
-process (or until it is used up: the next request asks for another); then the lease
-closes, and once its last request is over one write ends it
+seconds. (Its starts are scored at its grant until it ends, then at its close, which is
+no earlier than its last admission: a lease whose requests outlive the minute lets
+their starts go up to :data:`LEASE_S` seconds early.) For :data:`LEASE_S` seconds (or
+to its budget windows' end) the key's requests are admitted from the lease, in process
+(or until it is used up: the next request asks for another); then the lease closes,
+and once its last request is over one write ends it
 (``lease_end``, queued with the writes that follow answers): the starts it did not use
-and its slots given back, the ones it used counted from its last admission, its
+and its slots given back, the ones it used counted from its close, its
 reservation dropped and the spend of its requests added. So other instances see a
 lease's unused share for at most :data:`LEASE_S` seconds, and its spend within
 :data:`LEASE_S` seconds of the request (later for a request still running then, whose
@@ -62,6 +62,8 @@ WANT, SLOTS = 64, 16
 SHARE = 8
 #: micro-dollars a dollar (as the ledger's)
 MICRO = 1_000_000
+#: the keys whose last ask is kept (:attr:`KeyLeases.asked`)
+KEYS_KEPT = 4096
 #: seconds a lease's slots are held without a renewal (as a request's)
 SLOT_LEASE = "30.0"
 
@@ -201,6 +203,8 @@ class KeyLeases:
             # (a budget that fails closed is checked in Redis by each request)
             self.asked[key_id] = now + LEASE_S
             return
+        if len(self.asked) >= KEYS_KEPT:
+            self.asked.clear()
         self.asked[key_id] = now + 60.0  # (asking: the answer resets it)
         task = asyncio.ensure_future(self._take(key_id, limits, fixed, usd, tokens))
         self._tasks.add(task)
@@ -257,6 +261,7 @@ class KeyLeases:
         if not lease.open:  # (used up before its time)
             return
         lease.open = False
+        lease.last = time.monotonic()  # (its used starts are counted from here)
         if self.live.get(key_id) is lease:
             del self.live[key_id]
         if lease.busy or lease.pending:

@@ -276,9 +276,9 @@ return {n, k}
 """
 
 #: a lease is over (:mod:`.keylease`): KEYS as the ``lease`` script's; ARGV = its name,
-#: the requests it admitted, granted, its slots, the seconds since its last admission,
+#: the requests it admitted, granted, its slots, the seconds since it closed,
 #: and "<µUSD> <tokens> <requests>" spent ('': nothing to settle, a blind undo). The
-#: starts not used are given back, the used ones counted from its last admission; its
+#: starts not used are given back, the used ones counted from its close; its
 #: slots and its reservation dropped; its spend added to each window.
 LEASE_END = _NOW + """
 local name, used, n, k = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
