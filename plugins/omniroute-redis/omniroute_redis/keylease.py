@@ -52,6 +52,9 @@ from omniroute_redis.link import Unanswered, Unreachable
 from omniroute_redis.wire import bulk, bulks
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from omniroute_redis.leases import Leases
     from omniroute_redis.ledger import RedisLedger, _Fixed
 
 #: seconds a lease admits requests
@@ -160,10 +163,16 @@ class Held:
 
 
 class KeyLeases:
-    """The leases this instance holds, by key id (the ledger asks it first)."""
+    """The leases this instance holds, by key id (the ledger asks it first), or by
+    connection id (a connection's limits: :class:`~.leases.ConnectionSlots`, no budget).
 
-    def __init__(self, ledger: RedisLedger) -> None:
-        self.ledger = ledger
+    :param limit: the limit's name (its keys' prefix) of an id.
+    :param ledger: the budgets' ledger, for a key's: its windows and ``budget_fail_closed``.
+    """
+
+    def __init__(self, leases: Leases, limit: Callable[[str], str],
+                 ledger: RedisLedger | None = None) -> None:
+        self.leases, self.limit, self.ledger = leases, limit, ledger
         #: a key's open lease
         self.live: dict[str, Lease] = {}
         #: a key's leases closed and not ended (requests of theirs still run)
@@ -199,7 +208,8 @@ class KeyLeases:
         if until is not None and now < until:
             return
         if not self.wanted(limits, usd, tokens) or (
-                fixed is not None and self.ledger.settings().budget_fail_closed):
+                fixed is not None and self.ledger is not None
+                and self.ledger.settings().budget_fail_closed):
             # (a budget that fails closed is checked in Redis by each request)
             self.asked[key_id] = now + LEASE_S
             return
@@ -212,9 +222,9 @@ class KeyLeases:
 
     async def _take(self, key_id: str, limits: Limits, fixed: _Fixed | None, usd: float,
                     tokens: int) -> None:
-        ledger = self.ledger
-        leases, scripts = ledger.leases, ledger.scripts
-        limit = ledger._key(key_id)
+        ledger, leases = self.ledger, self.leases
+        scripts = leases.scripts
+        limit = self.limit(key_id)
         slots, starts = leases._keys(limit)
         name = leases.member()
         musd = ceil(usd * MICRO)
@@ -227,10 +237,10 @@ class KeyLeases:
             keys, nkeys = keys + fixed.keys, nkeys + fixed.nkeys
             args, nargs = args + fixed.args, nargs + fixed.nargs - 2
         try:
-            found = await scripts.send(ledger.link, "lease",
+            found = await scripts.send(leases.link, "lease",
                                        scripts.packed("lease", keys, nkeys, args, nargs))
         except Unanswered:  # it may have been granted: ended blindly once Redis answers
-            ledger.batch.give_back([self._end_command(keys, nkeys, name, 0, WANT, SLOTS,
+            leases.batch.give_back([self._end_command(keys, nkeys, name, 0, WANT, SLOTS,
                                                       0.0, b"")])
             self.asked[key_id] = time.monotonic() + LEASE_S
             return
@@ -251,9 +261,10 @@ class KeyLeases:
                 bulk(f"{name}:c{i}".encode()) for i in range(1, held + 1)]
         self.live[key_id] = lease
         delay = LEASE_S
-        current = ledger._current.get(key_id) if fixed is not None else None
-        if current is not None:  # not past its windows' end
-            delay = min(delay, current[3] - ledger.budgets.clock.time())
+        if fixed is not None and ledger is not None:  # not past its windows' end
+            current = ledger._current.get(key_id)
+            if current is not None:
+                delay = min(delay, current[3] - ledger.budgets.clock.time())
         asyncio.get_running_loop().call_later(max(delay, 0.0), self._close, key_id, lease)
 
     def _close(self, key_id: str, lease: Lease) -> None:
@@ -288,7 +299,7 @@ class KeyLeases:
                 self._end(lease)
 
     def _end(self, lease: Lease) -> None:
-        leases = self.ledger.leases
+        leases = self.leases
         if lease.slots:
             mine = {bulk(f"{lease.name}:c{i}".encode()) for i in range(1, lease.slots + 1)}
             left = [m for m in leases.leased.get(lease.limit, ()) if m not in mine]
@@ -303,14 +314,14 @@ class KeyLeases:
             unsent[1] -= lease.spent_tokens
             if not unsent[0] and not unsent[1]:
                 del self.unsent[lease.key_id]
-        self.ledger.batch.add(self._end_command(
+        leases.batch.add(self._end_command(
             lease.keys, lease.nkeys, lease.name, lease.granted - lease.left, lease.granted,
             lease.slots, time.monotonic() - lease.last, spend))
 
     def _end_command(self, keys: bytes, nkeys: int, name: str, used: int, granted: int,
                      slots: int, ago: float, spend: bytes) -> bytes:
         args = bulks((name, used, granted, slots, f"{ago:.3f}", spend))
-        return self.ledger.scripts.packed("lease_end", keys, nkeys, args, 6)
+        return self.leases.scripts.packed("lease_end", keys, nkeys, args, 6)
 
     def leave(self, key_id: str) -> bool:
         """A request of key ``key_id`` is over: one of a lease's slots given back, if one is

@@ -91,7 +91,7 @@ class RedisLedger:
         #: limit and their packing (:meth:`Leases.packing <.leases.Leases.packing>`)
         self._entries: dict[str, tuple[Limits, str, Packing]] = {}
         #: the keys' leases held here (:mod:`.keylease`): asked first
-        self.keyleases = KeyLeases(self)
+        self.keyleases = KeyLeases(leases, self._key, self)
 
     def _key(self, key_id: str, *parts: str) -> str:
         base = self._bases.get(key_id)

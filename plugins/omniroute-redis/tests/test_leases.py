@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 from omniroute.budgets import Limits
-from redis_testkit import FakeUpstream, Instances, add_connection
+from redis_testkit import FakeUpstream, Instances, add_connection, until_routable
 from test_multi import until_settled
 
 pytestmark = pytest.mark.multi
@@ -83,3 +83,15 @@ async def test_a_leased_budget_is_not_overspent(trio: Instances,
     assert {r[1]["error"]["code"] for r in results if r[0] != 200} <= {"budget_exceeded"}
     await asyncio.sleep(1.3)
     assert await until_settled(trio, served) == pytest.approx(served * 0.005)
+
+
+async def test_a_leased_connection_rpm_limit_stays_global(trio: Instances,
+                                                           upstream: FakeUpstream) -> None:
+    await add_connection(trio, upstream, rpm=40)
+    await until_routable(trio, "up/m1")
+    statuses = [(await trio.chat(f"q{i}"))[0] for i in range(60)]
+    leased = sum(gw.gateway.shared.state.slots.keyleases.granted for gw in trio.gateways)
+    assert leased >= 3  # each instance leased the connection
+    assert 39 <= statuses.count(200) <= 41, statuses
+    assert upstream.calls == statuses.count(200)
+    assert set(statuses) == {200, 429}

@@ -30,6 +30,9 @@ from redis_testkit import (
     until,
 )
 
+#: the requests here ask Redis themselves (a lease would take their steps out of the batch)
+pytestmark = pytest.mark.usefixtures("no_leases")
+
 
 @pytest.fixture
 async def one(aiohttp_client: Any, tmp_path: Any, redis_url: str,
@@ -346,17 +349,8 @@ async def test_a_hit_in_memory_after_a_miss_in_redis_gives_back_what_the_batch_t
         assert shared.state.slots.ahead == {}
 
 
-@pytest.fixture
-def no_leases(monkeypatch: pytest.MonkeyPatch) -> None:
-    """No key is leased (``omniroute_redis.keylease``): these tests read the ``reserve``
-    script's own work in Redis, which a lease's reservation would add to."""
-    from omniroute_redis.keylease import KeyLeases
-
-    monkeypatch.setattr(KeyLeases, "ask", lambda *args: None)
-
-
 async def test_a_reservation_alone_is_its_own_script(
-        one: Instances, client: aioredis.Redis, no_leases: None) -> None:
+        one: Instances, client: aioredis.Redis) -> None:
     # a key with a budget only, on a connection without limits: its batch is the one
     # reservation, sent as the reserve script itself (its counts read from its key's
     # fixed part), then settled
@@ -378,7 +372,7 @@ async def test_a_reservation_alone_is_its_own_script(
 
 
 async def test_a_reservation_of_two_windows_reads_the_floors_of_both(
-        one: Instances, client: aioredis.Redis, no_leases: None) -> None:
+        one: Instances, client: aioredis.Redis) -> None:
     # the request's own numbers (its estimate, each window's spend counted here) go as one
     # argument: each window takes its own floor, and the estimate is held as sent
     key_id, _ = await limited_key(one, daily_usd=1.0, monthly_tokens=100_000)
@@ -413,7 +407,7 @@ async def test_a_reservation_of_two_windows_reads_the_floors_of_both(
 
 
 async def test_a_reservation_takes_the_windows_of_the_last_until_one_ends(
-        one: Instances, client: aioredis.Redis, monkeypatch: Any, no_leases: None) -> None:
+        one: Instances, client: aioredis.Redis, monkeypatch: Any) -> None:
     # within the windows' span a reservation takes the key's windows (and their packed
     # parts) as the last one found them; past the day's end it is the next day's window
     key_id, _ = await limited_key(one, daily_usd=1.0)
