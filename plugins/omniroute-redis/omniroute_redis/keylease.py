@@ -49,7 +49,7 @@ from typing import TYPE_CHECKING, Any
 from omniroute.budgets import Limits
 
 from omniroute_redis.link import Unanswered, Unreachable
-from omniroute_redis.wire import bulk, bulks
+from omniroute_redis.wire import ErrorReply, bulk, bulks
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -245,6 +245,12 @@ class KeyLeases:
             self.asked[key_id] = time.monotonic() + LEASE_S
             return
         except Unreachable:
+            self.asked[key_id] = time.monotonic() + LEASE_S
+            return
+        except ErrorReply as exc:  # (OOM, READONLY: what it took is unknown)
+            leases.link.errored(exc)
+            leases.batch.give_back([self._end_command(keys, nkeys, name, 0, WANT, SLOTS,
+                                                      0.0, b"")])
             self.asked[key_id] = time.monotonic() + LEASE_S
             return
         granted, held = int(found[0]), int(found[1])

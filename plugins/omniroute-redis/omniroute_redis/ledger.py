@@ -117,7 +117,13 @@ class RedisLedger:
             lease.left -= 1
             if lease.slots:
                 lease.busy += 1
-            return Granted(lease)
+            granted = Granted(lease)
+            assert isinstance(batch, Prefetch)  # (released with it, when never read)
+            if batch.granted is None:
+                batch.granted = [granted]
+            else:
+                batch.granted.append(granted)
+            return granted
         if lease is not None and not lease.left:  # used up: closed, and another asked for
             self.keyleases.used_up(key_id, lease)
         assert isinstance(batch, Prefetch)
@@ -175,7 +181,13 @@ class RedisLedger:
                 lease.pending += 1
                 if limits.rpm is None and limits.concurrency is None:
                     lease.left -= 1  # (a key with limits: its enter counted it)
-                return Held(lease, musd, tokens)
+                held = Held(lease, musd, tokens)
+                assert isinstance(batch, Prefetch)  # (released with it, when never read)
+                if batch.granted is None:
+                    batch.granted = [held]
+                else:
+                    batch.granted.append(held)
+                return held
             # used up: closed, and another asked for
             self.keyleases.used_up(key_id, lease)
             lease = None

@@ -58,6 +58,7 @@ from omniroute_redis.wire import ErrorReply, NoScript
 
 if TYPE_CHECKING:
     from omniroute_redis.batch import Batch, Write
+    from omniroute_redis.keylease import Granted, Held
     from omniroute_redis.leases import ConnectionSlots, LeasedSlot
 
 T = TypeVar("T")
@@ -142,8 +143,9 @@ class Prefetch:
         self.slots = slots
         self.writes = writes
         self.steps: list[Step[Any]] = []
-        #: the slots taken from a connection's lease for it (no step: released with it)
-        self.granted: list[LeasedSlot] | None = None
+        #: what it took from a key's or a connection's lease (no step: released with it
+        #: when never read)
+        self.granted: list[LeasedSlot | Granted | Held] | None = None
         #: not released yet (:attr:`Batch.open <.batch.Batch.open>` counts it)
         self.open = True
         writes.open += 1

@@ -95,3 +95,30 @@ async def test_a_leased_connection_rpm_limit_stays_global(trio: Instances,
     assert 39 <= statuses.count(200) <= 41, statuses
     assert upstream.calls == statuses.count(200)
     assert set(statuses) == {200, 429}
+
+
+async def test_what_a_batch_took_from_a_lease_and_nobody_read_goes_back_to_it(
+        trio: Instances, upstream: FakeUpstream) -> None:
+    # a request admitted from its key's lease that ends before reading it (a cache hit, a
+    # client gone) gives its slot, its start and its estimate back to the lease: one kept
+    # would keep the lease from ending, and its slots renewed in Redis for ever
+    from omniroute_redis.keylease import Granted, Held
+
+    secret = await priced_key(trio, upstream,
+                              {"rpm": 10_000, "concurrency": 1_000, "daily_usd": 100.0})
+    gw = trio[0]
+    for i in range(3):
+        assert (await trio.chat(f"q{i}", key=secret, via=gw, max_tokens=10))[0] == 200
+    ledger = gw.gateway.budgets.shared
+    key_id, lease = next(iter(ledger.keyleases.live.items()))
+    before = (lease.busy, lease.pending, lease.left, lease.left_musd)
+    batch = gw.gateway.shared.request_batch()
+    slot = ledger.prefetch_enter(batch, key_id, lease.limits)
+    held = ledger.prefetch_reserve(batch, gw.gateway.budgets.state(key_id), lease.limits,
+                                   0.01, 100)
+    assert isinstance(slot, Granted) and isinstance(held, Held)
+    assert batch.send() is None  # nothing to ask Redis
+    assert (lease.busy, lease.pending, lease.left) == (before[0] + 1, before[1] + 1,
+                                                        before[2] - 1)
+    batch.release()
+    assert (lease.busy, lease.pending, lease.left, lease.left_musd) == before
