@@ -149,8 +149,9 @@ class RedisBackend(RedisShared):
             self.config_watcher.announce(self.config_watcher.loaded_version())
 
     async def close(self) -> None:
-        if self._ledger is not None:  # the keys' leases ended, with the last writes
+        if self._ledger is not None:  # the leases ended, with the last writes
             await self._ledger.keyleases.close()
+        await self.state.slots.keyleases.close()
         self.link.closing()
         for task in self._tasks:
             task.cancel()
@@ -163,4 +164,5 @@ class RedisBackend(RedisShared):
     def health(self) -> dict[str, Any]:
         return {**super().health(), **self.link.health(), "instance": self.instance,
                 "writes_dropped": self.batch.dropped,
-                **(self._ledger.keyleases.health() if self._ledger is not None else {})}
+                **(self._ledger.keyleases.health() if self._ledger is not None else {}),
+                **{f"connection_{k}": v for k, v in self.state.slots.keyleases.health().items()}}
