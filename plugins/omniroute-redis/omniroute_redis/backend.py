@@ -68,13 +68,15 @@ class RedisBackend(RedisShared):
         self.config_watcher: PubSubWatcher | None = None
         self._tasks: list[asyncio.Task[Any]] = []
         self.resyncs = 0
+        self._ledger: RedisLedger | None = None
 
     def resilience_state(self) -> RedisState:
         return self.state
 
     def ledger(self, budgets: Budgets) -> RedisLedger:
-        return RedisLedger(self.link, self.scripts, self.batch, self.leases, budgets,
-                           self.settings)
+        self._ledger = RedisLedger(self.link, self.scripts, self.batch, self.leases, budgets,
+                                   self.settings)
+        return self._ledger
 
     def idempotency_keys(self) -> RedisKeys:
         return self.keys
@@ -147,6 +149,9 @@ class RedisBackend(RedisShared):
             self.config_watcher.announce(self.config_watcher.loaded_version())
 
     async def close(self) -> None:
+        if self._ledger is not None:  # the leases ended, with the last writes
+            await self._ledger.keyleases.close()
+        await self.state.slots.keyleases.close()
         self.link.closing()
         for task in self._tasks:
             task.cancel()
@@ -158,4 +163,6 @@ class RedisBackend(RedisShared):
 
     def health(self) -> dict[str, Any]:
         return {**super().health(), **self.link.health(), "instance": self.instance,
-                "writes_dropped": self.batch.dropped}
+                "writes_dropped": self.batch.dropped,
+                **(self._ledger.keyleases.health() if self._ledger is not None else {}),
+                **{f"connection_{k}": v for k, v in self.state.slots.keyleases.health().items()}}

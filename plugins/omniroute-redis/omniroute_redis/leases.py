@@ -21,9 +21,11 @@ import itertools
 from collections import defaultdict
 from typing import TypeVar, cast
 
+from omniroute.budgets import Limits
 from omniroute.resilience.limits import SHARED_POLL
 
 from omniroute_redis.batch import Batch, Write
+from omniroute_redis.keylease import KeyLeases, Lease
 from omniroute_redis.link import Link, Unanswered, Unreachable
 from omniroute_redis.prefetch import BEFORE, CALL, UNREACHABLE, Prefetch, Step
 from omniroute_redis.scripts import Scripts
@@ -76,6 +78,9 @@ class Leases:
         #: a limit's prefix -> the members of its slots this gateway holds, each as a bulk
         #: string (:func:`~omniroute_redis.wire.bulk`: given back as it is)
         self.held: defaultdict[str, list[bytes]] = defaultdict(list)
+        #: a limit's prefix -> the members of its slots leased here (:mod:`.keylease`),
+        #: renewed with the held ones
+        self.leased: dict[str, list[bytes]] = {}
         self.instance_bytes = instance.encode()
         #: a member's bulk string up to its number (``$<length>\r\n<instance>:``): a member
         #: is ``head``, its number in :data:`MEMBER_DIGITS` digits and ``\r\n`` (one format)
@@ -172,7 +177,8 @@ class Leases:
             del held[name]  # (emptied by give(), which leaves them for the next take)
         renewals = [self.scripts.command("renew", [self._keys(name)[0]],
                                          [LEASE, *(m[m.index(b"\n") + 1:-2] for m in members)])
-                    for name, members in self.held.items() if members]
+                    for held_here in (self.held, self.leased)
+                    for name, members in held_here.items() if members]
         if renewals:
             results = await self.link.commands(renewals)
             if any(isinstance(r, NoScript) for r in results):
@@ -260,15 +266,24 @@ class ConnectionSlots:
     A slot taken ahead with a request's batch (:meth:`prefetch`) waits here until a
     request asks for one of that connection: slots of one limit are interchangeable,
     so the first to ask takes it without a round trip (normally the request that took
-    it; the batch gives it back when the request ends with it unused)."""
+    it; the batch gives it back when the request ends with it unused).
+
+    A connection far from its limits is leased to this instance as a key is
+    (:mod:`.keylease`, without a budget): its slots are then taken from the lease, with
+    no step in the request's batch."""
 
     def __init__(self, leases: Leases) -> None:
         self.leases = leases
         self.prefix = leases.link.key("conn")
         #: connection id -> slots taken ahead, not asked for yet
-        self.ahead: dict[str, list[Ahead]] = {}
-        #: connection id -> its limits, its limit's name and packing (:meth:`prefetch`)
-        self._packings: dict[str, tuple[int | None, int | None, str, Packing]] = {}
+        self.ahead: dict[str, list[Ahead | LeasedSlot]] = {}
+        #: connection id -> its limits, its limit's name and packing (:meth:`prefetch`),
+        #: and its limits as a lease reads them
+        self._packings: dict[str, tuple[int | None, int | None, str, Packing, Limits]] = {}
+        self.keyleases = KeyLeases(leases, self._limit)
+
+    def _limit(self, name: str) -> str:
+        return f"{self.prefix}:{name}"
 
     def prefetch(self, batch: Prefetch, name: str, max_concurrency: int | None,
                  rpm: int | None) -> None:
@@ -279,10 +294,30 @@ class ConnectionSlots:
                 self._packings.clear()
             limit = f"{self.prefix}:{name}"
             known = self._packings[name] = (max_concurrency, rpm, limit, self.leases.packing(
-                limit, max_concurrency, rpm))
+                limit, max_concurrency, rpm), Limits(concurrency=max_concurrency, rpm=rpm))
+        lease = self.keyleases.live.get(name)
+        if lease is not None:
+            if (lease.limits is known[4] and lease.left
+                    and (max_concurrency is None or lease.busy < lease.slots)):
+                # taken from the connection's lease: no step
+                lease.left -= 1
+                if lease.slots:
+                    lease.busy += 1
+                slot = LeasedSlot(self, name, lease)
+                self.ahead.setdefault(name, []).append(slot)
+                if batch.granted is None:
+                    batch.granted = [slot]
+                else:
+                    batch.granted.append(slot)
+                return
+            if not lease.left:  # used up: closed, and another asked for
+                self.keyleases.used_up(name, lease)
+                lease = None
         batch.steps.append(Ahead(self, name, known[2], max_concurrency, known[3]))
+        if lease is None:
+            self.keyleases.ask(name, known[4], None, 0.0, 0)
 
-    def taken_ahead(self, name: str) -> Ahead | None:
+    def taken_ahead(self, name: str) -> Ahead | LeasedSlot | None:
         waiting = self.ahead.get(name)
         if not waiting:
             return None
@@ -295,6 +330,14 @@ class ConnectionSlots:
         step = self.taken_ahead(name)
         if step is not None:  # taken ahead: no round trip
             return step.result()
+        lease = self.keyleases.live.get(name)
+        if (lease is not None and lease.left and lease.limits.concurrency == max_concurrency
+                and lease.limits.rpm == rpm
+                and (max_concurrency is None or lease.busy < lease.slots)):
+            lease.left -= 1  # taken from its lease: no round trip
+            if lease.slots:
+                lease.busy += 1
+            return TAKEN
         try:
             found = await self.leases.take(f"{self.prefix}:{name}", max_concurrency, rpm)
         except Unreachable:
@@ -302,8 +345,44 @@ class ConnectionSlots:
         return SHARED_POLL if found == FULL else found
 
     def give(self, name: str) -> None:
+        if self.keyleases.leave(name):  # a slot of its lease (any will do)
+            return
         known = self._packings.get(name)
         self.leases.give(known[2] if known is not None else f"{self.prefix}:{name}")
+
+
+class LeasedSlot:
+    """A connection's slot taken from its lease with a request's batch: it waits in
+    :attr:`ConnectionSlots.ahead` as a slot taken ahead does, and goes back to the lease
+    when the request ends with it unused (:meth:`Prefetch.release
+    <.prefetch.Prefetch.release>`)."""
+
+    __slots__ = ("done", "lease", "name", "owner")
+    ran = True
+
+    def __init__(self, owner: ConnectionSlots, name: str, lease: Lease) -> None:
+        self.owner, self.name, self.lease, self.done = owner, name, lease, False
+
+    def result(self) -> float:
+        self.done = True
+        return TAKEN
+
+    def release(self) -> None:
+        if self.done:
+            return
+        self.done = True
+        ahead = self.owner.ahead
+        waiting = ahead.get(self.name)
+        if waiting is not None and self in waiting:
+            waiting.remove(self)
+            if not waiting:
+                del ahead[self.name]
+        lease = self.lease
+        lease.left += 1
+        if lease.slots:
+            lease.busy -= 1
+        if not lease.open:
+            lease.owner.drained(lease)
 
 
 def _text(value: object) -> str:

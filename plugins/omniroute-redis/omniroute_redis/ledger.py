@@ -46,6 +46,7 @@ from omniroute.errors import BudgetUnavailable, RateLimited
 from omniroute.sharedstate import RequestBatch
 
 from omniroute_redis.batch import Batch, Write
+from omniroute_redis.keylease import Granted, Held, KeyLeases
 from omniroute_redis.leases import FULL, TAKEN, Leases, Packing, Take, slot_answer
 from omniroute_redis.link import Link, Unanswered, Unreachable
 from omniroute_redis.prefetch import BEFORE, ROUTED, UNREACHABLE, Prefetch, Step
@@ -89,6 +90,8 @@ class RedisLedger:
         #: a key's limits (the object: a reload makes new ones), the name of its slots'
         #: limit and their packing (:meth:`Leases.packing <.leases.Leases.packing>`)
         self._entries: dict[str, tuple[Limits, str, Packing]] = {}
+        #: the keys' leases held here (:mod:`.keylease`): asked first
+        self.keyleases = KeyLeases(leases, self._key, self)
 
     def _key(self, key_id: str, *parts: str) -> str:
         base = self._bases.get(key_id)
@@ -105,7 +108,24 @@ class RedisLedger:
             return False
         return _entered(found, limits)
 
-    def prefetch_enter(self, batch: RequestBatch, key_id: str, limits: Limits) -> Step[bool]:
+    def prefetch_enter(self, batch: RequestBatch, key_id: str,
+                       limits: Limits) -> Step[bool] | Granted:
+        lease = self.keyleases.live.get(key_id)
+        if (lease is not None and lease.limits is limits and lease.left
+                and (lease.busy < lease.slots or limits.concurrency is None)):
+            # admitted from the key's lease: no step (the slot and the start are its)
+            lease.left -= 1
+            if lease.slots:
+                lease.busy += 1
+            granted = Granted(lease)
+            assert isinstance(batch, Prefetch)  # (released with it, when never read)
+            if batch.granted is None:
+                batch.granted = [granted]
+            else:
+                batch.granted.append(granted)
+            return granted
+        if lease is not None and not lease.left:  # used up: closed, and another asked for
+            self.keyleases.used_up(key_id, lease)
         assert isinstance(batch, Prefetch)
         known = self._entries.get(key_id)
         if known is None or known[0] is not limits:
@@ -116,9 +136,13 @@ class RedisLedger:
                 name, limits.concurrency, limits.rpm))
         step = _Entry(self.leases, known[2], known[1], limits)
         batch.steps.append(step)
+        if not limits.periods:
+            self.keyleases.ask(key_id, limits, None, 0.0, 0)
         return step
 
     def leave(self, key_id: str) -> None:
+        if self.keyleases.leave(key_id):  # a slot of its lease (any will do)
+            return
         known = self._entries.get(key_id)
         if known is None:
             self.leases.give(self._key(key_id))
@@ -143,10 +167,35 @@ class RedisLedger:
         return ask.read(answer)
 
     def prefetch_reserve(self, batch: RequestBatch, state: KeyState, limits: Limits, usd: float,
-                         tokens: int) -> Step[object | None]:
+                         tokens: int) -> Step[object | None] | Held:
+        key_id = state.key_id
+        lease = self.keyleases.live.get(key_id)
+        if lease is not None and lease.limits is limits and lease.fixed is not None:
+            musd = ceil(usd * MICRO)
+            if (musd <= lease.left_musd and tokens <= lease.left_tokens
+                    and (lease.left or limits.rpm is not None
+                         or limits.concurrency is not None)):
+                # admitted from the key's lease: its estimate comes off the lease's
+                lease.left_musd -= musd
+                lease.left_tokens -= tokens
+                lease.pending += 1
+                if limits.rpm is None and limits.concurrency is None:
+                    lease.left -= 1  # (a key with limits: its enter counted it)
+                held = Held(lease, musd, tokens)
+                assert isinstance(batch, Prefetch)  # (released with it, when never read)
+                if batch.granted is None:
+                    batch.granted = [held]
+                else:
+                    batch.granted.append(held)
+                return held
+            # used up: closed, and another asked for
+            self.keyleases.used_up(key_id, lease)
+            lease = None
         assert isinstance(batch, Prefetch)
         step = self._reservation(state, limits, usd, tokens)
         batch.steps.append(step)
+        if lease is None:
+            self.keyleases.ask(key_id, limits, step.fixed, usd, tokens)
         return step
 
     def _reservation(self, state: KeyState, limits: Limits, usd: float,
@@ -180,8 +229,14 @@ class RedisLedger:
         leases = self.leases  # (Leases.packed_member's, in line)
         reservation = b"%b%d\r\n" % (leases.head, next(leases.ids))
         own: list[float] = [ceil(usd * MICRO), tokens]  # (µUSD, rounded up)
-        for w in windows:  # this ledger's spend, a floor: rounded down (%d truncates)
-            own += ((w.base_usd + w.usd) * MICRO, w.base_tokens + w.tokens)
+        unsent = self.keyleases.unsent.get(state.key_id)
+        if unsent is None:
+            for w in windows:  # this ledger's spend, a floor: rounded down (%d truncates)
+                own += ((w.base_usd + w.usd) * MICRO, w.base_tokens + w.tokens)
+        else:  # without its leases' spend that Redis has not had yet
+            for w in windows:
+                own += ((w.base_usd + w.usd) * MICRO - unsent[0],
+                        w.base_tokens + w.tokens - unsent[1])
         text = fixed.own % tuple(own)
         return _Reserve(self, fixed, reservation, b"%b%b$%d\r\n%b\r\n" % (
             fixed.args, reservation, len(text), text), windows, now)
@@ -228,7 +283,14 @@ class RedisLedger:
 
     def settle(self, handle: object, usd: float, tokens: int, *,
                leave: str | None = None) -> None:
+        if type(handle) is Held:  # admitted from a lease: settled with it
+            self.keyleases.settle(handle, usd, tokens)
+            if leave is not None:
+                self.leave(leave)
+            return
         assert isinstance(handle, _Reserve)
+        if leave is not None and self.keyleases.leave(leave):
+            leave = None  # a slot of its lease given back (any will do)
         spend = b"%d %d" % (round(usd * MICRO), tokens)  # (µUSD; %d truncates, as int())
         fixed = handle.fixed
         if leave is not None:  # the key's slot given back by the same script (leave's)

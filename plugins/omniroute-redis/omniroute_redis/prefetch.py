@@ -58,7 +58,8 @@ from omniroute_redis.wire import ErrorReply, NoScript
 
 if TYPE_CHECKING:
     from omniroute_redis.batch import Batch, Write
-    from omniroute_redis.leases import ConnectionSlots
+    from omniroute_redis.keylease import Granted, Held
+    from omniroute_redis.leases import ConnectionSlots, LeasedSlot
 
 T = TypeVar("T")
 
@@ -130,7 +131,7 @@ class Step(Generic[T]):
 class Prefetch:
     """The steps of one request (see the module docstring)."""
 
-    __slots__ = ("link", "open", "scripts", "slots", "steps", "writes")
+    __slots__ = ("granted", "link", "open", "scripts", "slots", "steps", "writes")
 
     def __init__(self, link: Link, scripts: Scripts, slots: ConnectionSlots,
                  writes: Batch) -> None:
@@ -142,6 +143,9 @@ class Prefetch:
         self.slots = slots
         self.writes = writes
         self.steps: list[Step[Any]] = []
+        #: what it took from a key's or a connection's lease (no step: released with it
+        #: when never read)
+        self.granted: list[LeasedSlot | Granted | Held] | None = None
         #: not released yet (:attr:`Batch.open <.batch.Batch.open>` counts it)
         self.open = True
         writes.open += 1
@@ -250,6 +254,9 @@ class Prefetch:
         if self.open:
             self.open = False
             self.writes.open -= 1
+        if self.granted is not None:
+            for slot in self.granted:
+                slot.release()
         steps = self.steps
         if not all(map(_done, steps)):  # (each one read, as nearly always: no Python a step)
             for step in steps:

@@ -208,6 +208,98 @@ end
 return 1
 """
 
+#: lease an API key's limits to one instance (:mod:`.keylease`): up to ``want`` requests'
+#: rpm starts and budget estimates, and up to ``kmax`` of its concurrency slots, each at
+#: most 1/``share`` of what is left of its limit (a lease shrinks as the limits near;
+#: under 2 requests, none is granted). KEYS = the key's slots and starts, then, with a
+#: budget, its reservations and one spend hash per window (the ``reserve`` script's).
+#: ARGV = the lease's name (its members' and its reservation's prefix), want, concurrency
+#: or '', rpm or '', share, the slots' lease seconds, kmax, "<µUSD> <tokens>" of one
+#: request; with a budget the reservation's lease seconds and per window: end, µUSD limit
+#: or '', token limit or ''. Returns {requests, slots} granted ({0, 0}: none).
+LEASE = _NOW + """
+local name, n = ARGV[1], tonumber(ARGV[2])
+local concurrency, rpm, share = ARGV[3], ARGV[4], tonumber(ARGV[5])
+local musd, mtok = string.match(ARGV[8], '(%S+) (%S+)')
+musd, mtok = tonumber(musd), tonumber(mtok)
+local k = 0
+if concurrency ~= '' then
+  redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+  local free = tonumber(concurrency) - redis.call('ZCARD', KEYS[1])
+  k = math.min(tonumber(ARGV[7]), math.floor(free / share))
+  if k < 1 then return {0, 0} end
+end
+if rpm ~= '' then
+  redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now - 60)
+  n = math.min(n, math.floor((tonumber(rpm) - redis.call('ZCARD', KEYS[2])) / share))
+end
+if #KEYS > 2 then
+  local rusd, rtok = 0, 0
+  local all = redis.call('HGETALL', KEYS[3])
+  for i = 1, #all, 2 do
+    local u, t, e = string.match(all[i + 1], '(%S+) (%S+) (%S+)')
+    if tonumber(e) <= now then
+      redis.call('HDEL', KEYS[3], all[i])
+    else
+      rusd, rtok = rusd + tonumber(u), rtok + tonumber(t)
+    end
+  end
+  for w = 4, #KEYS do
+    local lusd, ltok = ARGV[11 + (w - 4) * 3], ARGV[12 + (w - 4) * 3]
+    if lusd ~= '' and musd > 0 then
+      local su = tonumber(redis.call('HGET', KEYS[w], 'musd') or '0')
+      n = math.min(n, math.floor((tonumber(lusd) - su - rusd) / (share * musd)))
+    end
+    if ltok ~= '' and mtok > 0 then
+      local st = tonumber(redis.call('HGET', KEYS[w], 'tokens') or '0')
+      n = math.min(n, math.floor((tonumber(ltok) - st - rtok) / (share * mtok)))
+    end
+  end
+end
+if n < 2 then return {0, 0} end
+if rpm ~= '' then
+  for i = 1, n do redis.call('ZADD', KEYS[2], now, name .. ':' .. i) end
+  redis.call('EXPIRE', KEYS[2], 61)
+end
+if k > 0 then
+  local lease = tonumber(ARGV[6])
+  for i = 1, k do redis.call('ZADD', KEYS[1], now + lease, name .. ':c' .. i) end
+  redis.call('EXPIRE', KEYS[1], math.ceil(lease) + 1)
+end
+if #KEYS > 2 then
+  local lease = tonumber(ARGV[9])
+  redis.call('HSET', KEYS[3], name, string.format('%d %d ', musd * n, mtok * n)
+             .. tostring(now + lease))
+  redis.call('EXPIRE', KEYS[3], math.ceil(lease) + 60)
+end
+return {n, k}
+"""
+
+#: a lease is over (:mod:`.keylease`): KEYS as the ``lease`` script's; ARGV = its name,
+#: the requests it admitted, granted, its slots, the seconds since it closed,
+#: and "<µUSD> <tokens> <requests>" spent ('': nothing to settle, a blind undo). The
+#: starts not used are given back, the used ones counted from its close; its
+#: slots and its reservation dropped; its spend added to each window.
+LEASE_END = _NOW + """
+local name, used, n, k = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
+for i = used + 1, n do redis.call('ZREM', KEYS[2], name .. ':' .. i) end
+local last = now - tonumber(ARGV[5])
+for i = 1, used do redis.call('ZADD', KEYS[2], 'XX', last, name .. ':' .. i) end
+for i = 1, k do redis.call('ZREM', KEYS[1], name .. ':c' .. i) end
+if #KEYS > 2 then
+  redis.call('HDEL', KEYS[3], name)
+  if ARGV[6] ~= '' then
+    local musd, tokens, requests = string.match(ARGV[6], '(%S+) (%S+) (%S+)')
+    for w = 4, #KEYS do
+      redis.call('HINCRBY', KEYS[w], 'musd', musd)
+      redis.call('HINCRBY', KEYS[w], 'tokens', tokens)
+      redis.call('HINCRBY', KEYS[w], 'requests', requests)
+    end
+  end
+end
+return 1
+"""
+
 #: a session bound to a connection: KEYS[1] = the session, ARGV = connection id, TTL
 #: milliseconds, channel, message
 SESSION = """
@@ -344,7 +436,8 @@ return 1
 SOURCES = {"merge": MERGE, "take": TAKE, "renew": RENEW, "reserve": RESERVE,
            "settle": SETTLE, "session": SESSION, "cache_get": CACHE_GET,
            "cache_set": CACHE_SET, "idem_claim": IDEM_CLAIM, "idem_settle": IDEM_SETTLE,
-           "idem_release": IDEM_RELEASE, "admit": ADMIT, "renew_release": RENEW_RELEASE}
+           "idem_release": IDEM_RELEASE, "admit": ADMIT, "renew_release": RENEW_RELEASE,
+           "lease": LEASE, "lease_end": LEASE_END}
 
 
 #: the sequences of steps whose ``admit`` command's parts are kept (:meth:`Scripts.admit_parts`)

@@ -150,3 +150,13 @@ def writes(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[Write]]:
 
     monkeypatch.setattr(Wire, "send_writes", logged_send_writes)
     yield log
+
+
+@pytest.fixture
+def no_leases(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No key or connection is leased (``omniroute_redis.keylease``): for the tests of
+    the requests that ask Redis themselves, the path of every request near its limits
+    (a lease would take their steps out of the batch, and add its own to Redis)."""
+    from omniroute_redis.keylease import KeyLeases
+
+    monkeypatch.setattr(KeyLeases, "ask", lambda *args: None)

@@ -34,6 +34,9 @@ from redis_testkit import (
 LATE = 0.6
 LIMITS = {"rpm": 100, "concurrency": 10, "daily_usd": 1.0}
 
+#: the requests here ask Redis themselves (a lease would take their steps out of the batch)
+pytestmark = pytest.mark.usefixtures("no_leases")
+
 
 @pytest.fixture
 async def behind_proxy(slow_redis: SlowProxy, aiohttp_client: Any, tmp_path: Any,

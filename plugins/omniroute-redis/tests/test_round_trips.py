@@ -30,6 +30,9 @@ from redis_testkit import (
     until,
 )
 
+#: the requests here ask Redis themselves (a lease would take their steps out of the batch)
+pytestmark = pytest.mark.usefixtures("no_leases")
+
 
 @pytest.fixture
 async def one(aiohttp_client: Any, tmp_path: Any, redis_url: str,
