@@ -122,8 +122,12 @@ async def test_a_miss_told_at_enter_stores_its_entry_unmade_until_read(gw: Any) 
             model="up/gpt-4o-mini", messages=HI, temperature=0, max_tokens=50)
     answer = raw.parse().choices[0].message.content
     memory = gw.client.app[CACHE].backends[0]
-    [(key, (_, kept, size))] = memory._items.items()
-    assert not isinstance(kept, bytes)  # not made yet
+    [(key, item)] = memory._items.items()
+    _, kept, size, body, name, model, created, cost, expires, stream = item
+    assert kept is None  # not made yet: what it is made of follows, in the one tuple
+    assert (name, model, stream, created + 3600.0) == ("openai", "up/gpt-4o-mini", False,
+                                                       expires)
+    assert isinstance(body, bytes) and cost is not None
     made = await memory.get(key)
     entry = orjson.loads(made)
     assert entry["v"] == entries.BODY_VERSION and entry["model"] == "up/gpt-4o-mini"

@@ -152,7 +152,10 @@ class CacheStage(Stage):
             say(ctx, "BYPASS")
             return None
         memory, cache = self.memory, self.cache
-        if memory is not None and not ctx.runs and not (cache.layers and cache.layered()):
+        layers = cache.layers
+        if memory is not None and not ctx.runs and not (layers and (
+                self._layers_on if settings is self._layers_for and layers is self._layers_seen
+                else self._layered(settings))):
             model = ctx.model
             asked = fmt.asked_text(body)
             if (asked is not None and self.asks and asked not in memory.asked
@@ -181,6 +184,25 @@ class CacheStage(Stage):
                 return told
         run = CacheStreamRun if ctx.stream else CacheRun
         return run(self, mode, ttl, settings.cache_max_entry_bytes)
+
+    #: (:meth:`_layered`) the settings object and layer list its answer was read for
+    _layers_for: object = None
+    _layers_seen: object = None
+    _layers_on = False
+
+    def _layered(self, settings: Settings) -> bool:
+        """Whether a layer is active now (:meth:`ResponseCache.layered`). When every layer
+        names the setting it follows (:attr:`CacheLayer.setting`), that is read from
+        ``settings`` and kept for as long as the same settings object (and layer list) is
+        the live one: :meth:`enter` then reads no layer on a request."""
+        layers = self.cache.layers
+        names = [name for name in (layer.setting for layer in layers) if name is not None]
+        if len(names) < len(layers):
+            self._layers_for = None
+            return self.cache.layered()
+        self._layers_on = any(getattr(settings, name) for name in names)
+        self._layers_for, self._layers_seen = settings, layers
+        return self._layers_on
 
     def told(self, ctx: RequestContext, memory: MemoryCache, mode: str, ttl: float,
              max_bytes: int) -> CacheRun | None:
