@@ -166,3 +166,18 @@ def test_a_told_miss_keeps_the_pipeline_off_its_loops_over_the_runs() -> None:
     # a pass-through stream's blocks reach it through the tap too: the relay awaits no
     # frame hook of the cache's, a coroutine a chunk
     assert not CacheMissStreamRun.sees_frames
+
+
+def test_a_miss_run_made_by_its_function_is_what_its_class_makes() -> None:
+    """``_miss_run`` (the told misses' maker: no ``__init__`` called through C) gives the
+    runs their classes' own ``__init__`` gives."""
+    from omniroute.cache.stage import CacheMissRun, CacheMissStreamRun, _miss_run
+
+    stage: Any = object()
+    key = (b'{"model":"m"}', "openai", "", "m", "q")
+    for stream, cls in ((False, CacheMissRun), (True, CacheMissStreamRun)):
+        made = _miss_run(stream, stage, key, 60.0, 1000, "q")
+        built = cls(stage, key, 60.0, 1000, "q")
+        assert type(made) is cls and vars(made) == vars(built)
+        made.chunk(b"data: x\n\n")
+        assert made.frames == ([b"data: x\n\n"] if stream else ())

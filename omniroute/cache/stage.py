@@ -173,9 +173,9 @@ class CacheStage(Stage):
                     else:
                         said[CACHE_HEADER] = "MISS"
                     prefix = ctx.prefix
-                    missed = (CacheMissStreamRun if ctx.stream else CacheMissRun)(
-                        self, (raw, fmt.name, principal.key_id or "",
-                               f"{prefix}/{model}" if prefix else model, asked),
+                    missed = _miss_run(ctx.stream, self, (
+                        raw, fmt.name, principal.key_id or "",
+                        f"{prefix}/{model}" if prefix else model, asked),
                         ttl, settings.cache_max_entry_bytes, asked)
                     ctx.tap = missed
                     return missed
@@ -243,8 +243,7 @@ class CacheStage(Stage):
         """The run of a miss :meth:`told` (``asked``: the request's last user text)."""
         self.cache.misses += 1
         say(ctx, "MISS")
-        run = (CacheMissStreamRun if ctx.stream else CacheMissRun)(self, exact, ttl, max_bytes,
-                                                                     asked)
+        run = _miss_run(ctx.stream, self, exact, ttl, max_bytes, asked)
         ctx.tap = run
         return run
 
@@ -583,6 +582,29 @@ class CacheMissStreamRun(CacheStreamRun):
         self.frames = []
 
     finished = _finish_miss  # (its frames: kept on the pass-through lane, while not too big)
+
+
+_new = object.__new__
+
+
+def _miss_run(stream: bool, stage: CacheStage, exact: Kept, ttl: float, max_bytes: int,
+              asked: str | None) -> CacheRun:
+    """A :class:`CacheMissStreamRun` (``stream``) or :class:`CacheMissRun`, as their
+    ``__init__`` makes them: made by a function, which the interpreter calls in its own
+    loop, where calling a class runs ``__init__`` through C in a frame of its own (~225
+    instructions a miss fewer: 2,970 against 3,195 a run made and dropped, callgrind)."""
+    run: CacheRun
+    if stream:
+        run = _new(CacheMissStreamRun)
+        run.frames = []
+    else:
+        run = _new(CacheMissRun)
+    run.stage = stage
+    run.exact = exact
+    run.ttl = ttl
+    run.max_bytes = max_bytes
+    run.asked = asked
+    return run
 
 
 async def _iterate(items: list[_T]) -> AsyncIterator[_T]:
