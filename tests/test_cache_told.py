@@ -178,6 +178,8 @@ def test_a_miss_run_made_by_its_function_is_what_its_class_makes() -> None:
     for stream, cls in ((False, CacheMissRun), (True, CacheMissStreamRun)):
         made = _miss_run(stream, stage, key, 60.0, 1000, "q")
         built = cls(stage, key, 60.0, 1000, "q")
-        assert type(made) is cls and vars(made) == vars(built)
+        assert type(made) is cls
+        assert {name: getattr(built, name) for name in vars(made)} == vars(made)
+        assert vars(built).items() <= vars(made).items()
         made.chunk(b"data: x\n\n")
         assert made.frames == ([b"data: x\n\n"] if stream else ())
