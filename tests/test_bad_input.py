@@ -446,3 +446,29 @@ def test_a_kept_body_is_told_from_the_requests_own_state() -> None:
     assert _keeps_body(request) and KEPT_BODY in request
     del request[KEPT_BODY]
     assert not _keeps_body(request)
+
+
+def test_a_plain_json_content_type_is_taken_without_parsing_it() -> None:
+    """``application/json`` as sent (or no Content-Type) is accepted without aiohttp's
+    ``content_type``, whose parse sets attributes on the request (its dict, made per
+    request in some processes); any other type is parsed and judged as before."""
+    from aiohttp.helpers import sentinel
+    from aiohttp.test_utils import make_mocked_request
+
+    from omniroute.bodies import _check_json_type
+    from omniroute.errors import UnsupportedMediaType
+
+    for headers in ({"Content-Type": "application/json"}, {"Content-Type": "text/json"}, {}):
+        request = make_mocked_request("POST", "/v1/chat/completions", headers=headers)
+        _check_json_type(request)
+        assert request._stored_content_type is sentinel  # never parsed
+    for ctype in ("application/json; charset=utf-8", "Application/JSON",
+                  "application/vnd.api+json"):
+        request = make_mocked_request("POST", "/v1/chat/completions",
+                                      headers={"Content-Type": ctype})
+        _check_json_type(request)
+        assert request._stored_content_type == ctype
+    request = make_mocked_request("POST", "/v1/chat/completions",
+                                  headers={"Content-Type": "text/plain"})
+    with pytest.raises(UnsupportedMediaType):
+        _check_json_type(request)

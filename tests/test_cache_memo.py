@@ -291,3 +291,61 @@ def test_answers_kept_as_they_came_are_decoded_and_checked_when_read() -> None:
     unfinished = frames.rsplit(b"data: {", 1)[0]  # no finish reason: truncated
     assert entries.load(entries.dump_body(unfinished, "openai", "m", 1.0, None, stream=True),
                         formats) is None
+
+
+class Switched(Toggled):
+    """A layer that follows a setting (``CacheLayer.setting``): the stage reads the setting
+    once per settings object, and asks ``active`` no more on its built-in path."""
+
+    setting = "log_bodies"  # (any boolean setting: one that is harmless to turn on)
+
+    def __init__(self, gw: Any) -> None:
+        super().__init__()
+        self.gw = gw
+        self.calls = 0
+
+    def active(self) -> bool:
+        self.calls += 1
+        return bool(self.gw.catalog.settings.log_bodies)
+
+
+async def test_a_layer_that_names_its_setting_is_read_from_each_new_settings_object(
+        gw: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    layer = Switched(gw)
+    monkeypatch.setattr(gw.cache, "layers", [layer])
+    asks = [[{"role": "user", "content": f"question {n}"}] for n in range(4)]
+    for messages in asks[:2]:  # off: the built-in path, no layer asked, no key for one
+        assert (await chat(gw, messages=messages)).headers["X-OmniRoute-Cache"] == "MISS"
+    assert layer.calls == 0 and layer.asked == []
+    await gw.set_settings(log_bodies=True)  # a new settings object: read again, on
+    for messages in asks[2:]:
+        assert (await chat(gw, messages=messages)).headers["X-OmniRoute-Cache"] == "MISS"
+    assert [k.prompt for k in layer.asked] == ["question 2", "question 3"]  # full keys
+    await gw.set_settings(log_bodies=False)
+    asked, calls = len(layer.asked), layer.calls
+    assert (await chat(gw, messages=asks[0])).headers["X-OmniRoute-Cache"] == "HIT"
+    assert len(layer.asked) == asked  # off again: a hit in memory, no layer asked
+    layer.on = False  # (Toggled's own flag: this one's activity is its setting's alone)
+    await chat(gw, messages=[{"role": "user", "content": "question 9"}])
+    assert layer.calls == calls and len(layer.asked) == asked
+
+
+async def test_a_layer_that_names_no_setting_is_asked_on_every_request(
+        gw: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    layer = Toggled()
+    calls = 0
+
+    def active() -> bool:
+        nonlocal calls
+        calls += 1
+        return layer.on
+
+    monkeypatch.setattr(layer, "active", active)
+    monkeypatch.setattr(gw.cache, "layers", [layer])
+    layer.on = False
+    for n in range(3):
+        await chat(gw, messages=[{"role": "user", "content": f"q{n}"}])
+    assert calls == 3
+    layer.on = True  # takes effect at once
+    await chat(gw, messages=[{"role": "user", "content": "q9"}])
+    assert layer.asked[-1].prompt == "q9"

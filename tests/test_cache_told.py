@@ -122,8 +122,12 @@ async def test_a_miss_told_at_enter_stores_its_entry_unmade_until_read(gw: Any) 
             model="up/gpt-4o-mini", messages=HI, temperature=0, max_tokens=50)
     answer = raw.parse().choices[0].message.content
     memory = gw.client.app[CACHE].backends[0]
-    [(key, (_, kept, size))] = memory._items.items()
-    assert not isinstance(kept, bytes)  # not made yet
+    [(key, item)] = memory._items.items()
+    _, kept, size, body, name, model, created, cost, expires, stream = item
+    assert kept is None  # not made yet: what it is made of follows, in the one tuple
+    assert (name, model, stream, created + 3600.0) == ("openai", "up/gpt-4o-mini", False,
+                                                       expires)
+    assert isinstance(body, bytes) and cost is not None
     made = await memory.get(key)
     entry = orjson.loads(made)
     assert entry["v"] == entries.BODY_VERSION and entry["model"] == "up/gpt-4o-mini"
@@ -162,3 +166,20 @@ def test_a_told_miss_keeps_the_pipeline_off_its_loops_over_the_runs() -> None:
     # a pass-through stream's blocks reach it through the tap too: the relay awaits no
     # frame hook of the cache's, a coroutine a chunk
     assert not CacheMissStreamRun.sees_frames
+
+
+def test_a_miss_run_made_by_its_function_is_what_its_class_makes() -> None:
+    """``_miss_run`` (the told misses' maker: no ``__init__`` called through C) gives the
+    runs their classes' own ``__init__`` gives."""
+    from omniroute.cache.stage import CacheMissRun, CacheMissStreamRun, _miss_run
+
+    stage: Any = object()
+    key = (b'{"model":"m"}', "openai", "", "m", "q")
+    for stream, cls in ((False, CacheMissRun), (True, CacheMissStreamRun)):
+        made = _miss_run(stream, stage, key, 60.0, 1000, "q")
+        built = cls(stage, key, 60.0, 1000, "q")
+        assert type(made) is cls
+        assert {name: getattr(built, name) for name in vars(made)} == vars(made)
+        assert vars(built).items() <= vars(made).items()
+        made.chunk(b"data: x\n\n")
+        assert made.frames == ([b"data: x\n\n"] if stream else ())

@@ -69,6 +69,11 @@ class CacheLayer:
 
     #: the layer's name (in ``GET /api/cache/stats`` and the logs); unique
     name: ClassVar[str]
+    #: the boolean setting that says whether the layer is active, when :meth:`active` reads
+    #: that and nothing else: the cache stage then reads it once per settings object (the
+    #: gateway makes a new one on every change) instead of calling :meth:`active` on every
+    #: request. None: :meth:`active` is asked every time.
+    setting: ClassVar[str | None] = None
 
     def active(self) -> bool:
         """Whether the layer answers lookups now (its setting is on). While no layer is

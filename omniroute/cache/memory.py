@@ -28,9 +28,12 @@ class MemoryCache(CacheBackend):
 
     An entry is an ``(expires, value, size)`` tuple, its hits counted apart (only hits
     touch them): storing a miss's answer builds no object of its own. A value is bytes, or
-    (:meth:`put_later`, the response cache's miss on the built-in path) what they are made
-    of: made when the entry is first read, so that an answer never asked for again (most
-    misses) is never serialized; ``size`` is then the bound it was stored with. An entry's
+    None (:meth:`put_later`, the response cache's miss on the built-in path): what they are
+    made of follows in the same tuple, ``(expires, None, size, *answer)``, and they are made
+    when the entry is first read, so that an answer never asked for again (most misses) is
+    never serialized; ``size`` is then the bound it was stored with. (One tuple a miss, not
+    one inside another: every tuple kept counts towards the garbage collector's next young
+    collection until one has run.) An entry's
     size counts its key too: a key kept as a request's bytes (up to
     :data:`~omniroute.cache.key.RAW_MAX`) is held by the cache as much as the answer is.
 
@@ -60,8 +63,8 @@ class MemoryCache(CacheBackend):
         if self.max_entries < 1 or self.max_bytes < 1 or self.ttl <= 0:
             raise ValueError("max_entries, max_bytes and ttl must be positive")
         self._clock = clock
-        self._items: OrderedDict[Kept, tuple[float, bytes | tuple[Any, ...], int]] = \
-            OrderedDict()
+        #: key -> ``(expires, value, size)``, or ``(expires, None, size, *answer)``
+        self._items: OrderedDict[Kept, tuple[Any, ...]] = OrderedDict()
         #: the hits of each entry hit at least once
         self._hits: dict[Kept, int] = {}
         self._bytes = 0
@@ -123,7 +126,7 @@ class MemoryCache(CacheBackend):
                 return
             if self.asked.setdefault(key[4], key) is key:
                 # a text new to the index: no entry has this key (an Asked one is indexed)
-                items[key] = (self._clock() + ttl, answer, size)
+                items[key] = (self._clock() + ttl, None, size, *answer)
                 total = self._bytes = self._bytes + size
                 if total > self.max_bytes or len(items) > self.max_entries:
                     self._evict()
@@ -134,27 +137,28 @@ class MemoryCache(CacheBackend):
                 return
         if text is not None:
             self.index(text, key)
-        self._keep(key, answer, size, ttl)
+        self._keep(key, None, size, ttl, answer)
 
-    def _keep(self, key: Kept, value: bytes | tuple[Any, ...], size: int, ttl: float) -> None:
-        """Store ``value`` as ``size`` bytes for ``ttl`` seconds (replacing ``key``'s
-        entry: a new one, no hits yet), then evict down to both bounds."""
+    def _keep(self, key: Kept, value: bytes | None, size: int, ttl: float,
+              answer: tuple[Any, ...] = ()) -> None:
+        """Store ``value`` (None: made of ``answer`` when first read) as ``size`` bytes for
+        ``ttl`` seconds (replacing ``key``'s entry: a new one, no hits yet), then evict
+        down to both bounds."""
         items = self._items
         old = items.pop(key, None)
         if old is not None:
             self._bytes -= old[2]
             self._hits.pop(key, None)
-        items[key] = (self._clock() + ttl, value, size)
+        expires = self._clock() + ttl
+        items[key] = (expires, value, size, *answer) if answer else (expires, value, size)
         total = self._bytes = self._bytes + size
         if total > self.max_bytes or len(items) > self.max_entries:
             self._evict()
 
-    def _made(self, key: Kept, item: tuple[float, bytes | tuple[Any, ...], int]) -> bytes:
+    def _made(self, key: Kept, item: tuple[Any, ...]) -> bytes:
         """The bytes of an entry kept by :meth:`put_later`, made now and kept in its place
         (its size corrected to theirs)."""
-        answer = item[1]
-        assert isinstance(answer, tuple)
-        value = dump_body(*answer[:-1], stream=answer[-1])
+        value = dump_body(*item[3:-1], stream=item[-1])
         size = len(value) + key_size(key)
         self._items[key] = (item[0], value, size)
         self._bytes += size - item[2]
@@ -305,7 +309,7 @@ class MemoryCache(CacheBackend):
             self._bytes -= old[2]
             self._hits.pop(exact, None)  # (a new entry: no hits yet)
         size = item[2] - 2 * len(key[0]) + len(exact)
-        items[exact] = (item[0], item[1], size)
+        items[exact] = (item[0], item[1], size, *item[3:])
         self._bytes += size
         if hits:
             self._hits[exact] = hits

@@ -182,6 +182,9 @@ class SemanticLayer(CacheLayer):
 
     # ------------------------------------------------------------------ the contract
 
+    #: (all that :meth:`active` reads: the cache stage reads it once per settings object)
+    setting = "semantic_cache"
+
     def active(self) -> bool:
         return self._settings().semantic_cache
 
