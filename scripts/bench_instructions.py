@@ -132,6 +132,8 @@ class Server:
     cache_sim: list[str] | None = None
     #: ``--branch-sim``: callgrind simulates the branch predictors too
     branch_sim = False
+    #: ``--threads``: callgrind counts each thread apart (the event loop's is the first)
+    threads = False
 
     def __init__(self, name: str, tmp: Path, profile: bool | str,
                  toggle_lib: Path | None = None) -> None:
@@ -160,6 +162,7 @@ class Server:
                       *(["--cache-sim=yes", *self.cache_sim] if self.cache_sim is not None
                         else []),
                       *(["--branch-sim=yes"] if self.branch_sim else []),
+                      *(["--separate-threads=yes"] if self.threads else []),
                       f"--callgrind-out-file={self.tmp / self.name}.%p.out", "--dump-instr=no",
                       "--compress-strings=no", *runner]
         log = self.tmp / f"{self.name}.log"
@@ -362,11 +365,19 @@ def measure(server: Server, args: argparse.Namespace, keep: Path | None) -> dict
             server.control("-i", "off")
             dumps = sorted(server.tmp.glob(f"{server.name}.{pid}.out.*"),
                            key=lambda p: p.stat().st_mtime)
-            events = totals(dumps[-1])
+            last = last_dump(dumps)
+            events: dict[str, int] = {}
+            for dump in last:  # (one file, or with --threads one a thread)
+                for event, count in totals(dump).items():
+                    events[event] = events.get(event, 0) + count
             per_request = events["Ir"] / args.requests
             out[f"{lane} c={conc}"] = per_request
+            if args.threads:  # the first thread's: the event loop's
+                out[f"{lane} c={conc} loop"] = totals(last[0])["Ir"] / args.requests
             if keep:
-                shutil.copy(dumps[-1], keep / f"{cell}.out")
+                for dump in last:
+                    thread = dump.name.rpartition("-")[2] if args.threads else ""
+                    shutil.copy(dump, keep / f"{cell}{'-' + thread if thread else ''}.out")
             misses = ""
             if args.cache_sim:  # the simulated caches' misses (first level, last level)
                 for label, names in CACHE_MISSES.items():
@@ -381,6 +392,16 @@ def measure(server: Server, args: argparse.Namespace, keep: Path | None) -> dict
             print(f"  {server.name:<10} {lane:<8} c={conc:<3} {per_request:12,.0f} Ir/request"
                   + misses, file=sys.stderr, flush=True)
     return out
+
+
+def last_dump(dumps: list[Path]) -> list[Path]:
+    """The files of the last dump, oldest first: one, or with ``--threads`` one a thread
+    (``NAME.PID.out.DUMP-THREAD``), the event loop's (thread 1) first."""
+    if not Server.threads:
+        return dumps[-1:]
+    number = dumps[-1].name.rsplit(".", 1)[1].partition("-")[0]
+    return sorted((d for d in dumps if d.name.rsplit(".", 1)[1].partition("-")[0] == number),
+                  key=lambda d: int(d.name.rpartition("-")[2]))
 
 
 def toggle_helper(tmp: Path, profiled: bool) -> Path:
@@ -458,6 +479,10 @@ def main() -> int:
     p.add_argument("--branch-sim", action="store_true",
                    help="callgrind simulates the branch predictors too: the table adds "
                         "mispredicted conditional and indirect branches a request")
+    p.add_argument("--threads", action="store_true",
+                   help="callgrind counts each thread apart: the table adds the event "
+                        "loop's thread alone (the 'loop' rows; the rest is the other "
+                        "threads': the request log's writer, the resolver)")
     p.add_argument("--sort", default="tottime", help="--cprofile order (tottime)")
     p.add_argument("--top", type=int, default=40, help="--cprofile/--opcodes rows (40)")
     p.add_argument("--serve-forwarder", metavar="UPSTREAM", help=argparse.SUPPRESS)
@@ -488,6 +513,7 @@ def main() -> int:
     if "cache" in args.concerns:
         args.set = [*args.set, "cache_mode=on"]
     Server.branch_sim = args.branch_sim
+    Server.threads = args.threads
     if args.cache_sim:
         Server.cache_sim = [f"--LL={args.cache_sim}"] if args.cache_sim != "host" else []
     keep = Path(args.keep) if args.keep else None

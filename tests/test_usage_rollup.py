@@ -441,14 +441,31 @@ def _one_group(records: list[RequestRecord], spacing: float) -> list[RequestReco
             for i, r in enumerate(records)]
 
 
-@pytest.mark.parametrize("mix", ["varied", "one-group-minutes", "one-group-one-minute"])
+def _few_groups(records: list[RequestRecord]) -> list[RequestRecord]:
+    """``records`` in a few groups (two models, a failure now and then, one with an error
+    class), 0.5 s apart: each batch has more than one group and crosses a minute's end."""
+    out = []
+    for i, r in enumerate(_one_group(records, 0.5)):
+        failed = i % 7 == 0
+        out.append(dataclasses.replace(
+            r, model="m" if i % 2 else "n", status=429 if failed else 200,
+            error="busy" if failed else None,
+            error_class="RateLimited" if failed and i % 3 == 0 else None))
+    return out
+
+
+@pytest.mark.parametrize("mix", ["varied", "one-group-minutes", "one-group-one-minute",
+                                 "few-groups"])
 async def test_the_writers_tally_agrees_with_the_fold_in_sql(tmp_path: Path, mix: str) -> None:
     """SQLite's writer adds up the records it stored all of in Python
     (:mod:`omniroute.storage.tally`); the fold in SQL (a retried batch, PostgreSQL) must
     give the same rows, to the last unit: records of many groups, of one group over a
-    few minutes a batch, and of one group in one minute a batch."""
+    few minutes a batch, of one group in one minute a batch, and of a few groups over a
+    few minutes a batch."""
     records = make_records(2000, seed=11)
-    if mix != "varied":
+    if mix == "few-groups":
+        records = _few_groups(records)
+    elif mix != "varied":
         records = _one_group(records, 0.5 if mix == "one-group-minutes" else 0.1)
     totals = []
     for tally in (True, False):

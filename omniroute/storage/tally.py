@@ -21,7 +21,6 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from itertools import compress
-from operator import itemgetter
 from typing import Any
 
 from omniroute.storage import rollup
@@ -72,12 +71,14 @@ class _Layout:
         self.has_error_class = "error_class" in at
         self.group = [at[c] for c in group] + (
             [at["error_class"]] if self.has_error_class else [])
-        self.group_of = itemgetter(*self.group)
         #: each summed column, None for a column these rows leave out (NULL)
         self.summed = [at.get(c) for c in _SUMMED]
         self.latency = at["latency_ms"]
         self.list_cost = (None if "list_cost_usd" not in at
                           else (at["list_cost_usd"], at["cost_usd"]))
+        #: the columns :meth:`Tally._add_group` reads (the rest it never looks at)
+        self.read = sorted({*(a for a in self.summed if a is not None), self.latency,
+                            *(self.list_cost or ())})
 
 
 class Tally:
@@ -116,20 +117,27 @@ class Tally:
             rows.columns() if isinstance(rows, FlatRows) else list(zip(*rows, strict=True)))
         n = len(rows)
         times = columns[layout.ts]
-        if all(columns[i].count(columns[i][0]) == n for i in layout.group):
-            group = tuple(columns[i][0] for i in layout.group)
+        groups = [columns[i] for i in layout.group]
+        if all(column.count(column[0]) == n for column in groups):
+            group = tuple(column[0] for column in groups)
             first = _MINUTE_OF(min(times))
             if first == _MINUTE_OF(max(times)):
                 self._add_group(layout, int(first) * rollup.MINUTE, group, columns, n)
                 return
+            # each minute's rows picked out in C from the columns the sums read, no row
+            # made (it made every row's tuple of 35 values once a minute, then turned
+            # the rows back into columns)
             minutes = list(map(_MINUTE_OF, times))
-            for minute in dict.fromkeys(minutes):  # each minute's rows picked out in C
-                bucket = list(compress(rows, map(minute.__eq__, minutes)))
-                self._add_group(layout, int(minute) * rollup.MINUTE, group,
-                                list(zip(*bucket, strict=True)), len(bucket))
+            for minute in dict.fromkeys(minutes):
+                chosen = list(map(minute.__eq__, minutes))
+                picked: list[Any] = [None] * len(columns)
+                for at in layout.read:
+                    picked[at] = list(compress(columns[at], chosen))
+                self._add_group(layout, int(minute) * rollup.MINUTE, group, picked,
+                                chosen.count(True))
             return
         buckets: dict[tuple[float, tuple[Any, ...]], list[Sequence[Any]]] = {}
-        for key, row in zip(zip(map(_MINUTE_OF, times), map(layout.group_of, rows),
+        for key, row in zip(zip(map(_MINUTE_OF, times), zip(*groups, strict=True),
                                 strict=True), rows, strict=True):
             found = buckets.get(key)
             if found is None:
