@@ -470,3 +470,52 @@ async def test_a_members_bulk_string_says_its_length(one: Instances) -> None:
             assert int(size) == len(raw), member
             member = raw
         assert len(member) == len(leases.instance_bytes) + 1 + 16
+
+
+async def test_a_claim_and_a_lookup_made_with_the_batch_read_as_their_own_calls(
+        one: Instances, client: aioredis.Redis) -> None:
+    """The claim's fingerprint packed in line (a SHA-256's 64 digits) is the one
+    ``claim()`` sends, and its answer read without ``_decide`` is the same; a cache
+    lookup read in line counts its miss, and its hit, as ``get`` does."""
+    import hashlib
+
+    from omniroute.errors import IdempotencyConflict
+    from omniroute.idempotency.answer import SharedAnswer
+    from omniroute.idempotency.keys import Finished
+
+    shared = one[0].gateway.shared
+    cache = next(b for b in one[0].cache.backends if b.name == "redis")
+    marks = hashlib.sha256(b"the question").digest()
+    scope = ("key-x", "inline-1")
+    batch = shared.request_batch()
+    claim = shared.keys.prefetch_claim(batch, scope, marks, "rid-inline", False)
+    lookup = cache.prefetch_get("inline-entry", batch)
+    assert lookup is not None
+    misses, hits = cache.misses, cache.hits
+    await batch.send()
+    assert shared.keys.claimed(scope, claim) is True and claim.done
+    assert lookup.result() is None and lookup.done and cache.misses == misses + 1
+    batch.release()
+    # the fingerprint Redis holds is the one a claim by its own call sends: another body
+    # conflicts, the same body waits for the answer, which the settle kept
+    with pytest.raises(IdempotencyConflict):
+        await shared.keys.claim(scope, hashlib.sha256(b"another").digest(), "rid-2", False)
+    answer = SharedAnswer(marks, "rid-inline", False, 1 << 20, lambda _: None)
+    answer.complete(200, {"X-Test": "1"}, b'{"ok": true}')
+    shared.keys.settled(scope, answer)
+    assert cache.put("inline-entry", b"stored", None)
+    shared.batch.kick()
+    await until(lambda: not shared.batch._queue, timeout=2.0)
+    await shared.batch.flush()
+    found = await shared.keys.claim(scope, marks, "rid-3", False)
+    assert isinstance(found, Finished)
+    assert (found.request_id, found.status, found.headers, found.body) == (
+        "rid-inline", 200, {"X-Test": "1"}, b'{"ok": true}')
+    assert await client.pttl(shared.keys.key(scope)) > 0
+    # the store went with the writes, and the next lookup made with a batch finds it
+    batch = shared.request_batch()
+    lookup = cache.prefetch_get("inline-entry", batch)
+    assert lookup is not None
+    await batch.send()
+    assert lookup.result() == b"stored" and cache.hits == hits + 1
+    batch.release()
