@@ -305,10 +305,7 @@ class ConnectionSlots:
                     lease.busy += 1
                 slot = LeasedSlot(self, name, lease)
                 self.ahead.setdefault(name, []).append(slot)
-                if batch.granted is None:
-                    batch.granted = [slot]
-                else:
-                    batch.granted.append(slot)
+                batch.grant(slot)
                 return
             if not lease.left:  # used up: closed, and another asked for
                 self.keyleases.used_up(name, lease)

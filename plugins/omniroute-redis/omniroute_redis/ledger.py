@@ -118,11 +118,8 @@ class RedisLedger:
             if lease.slots:
                 lease.busy += 1
             granted = Granted(lease)
-            assert isinstance(batch, Prefetch)  # (released with it, when never read)
-            if batch.granted is None:
-                batch.granted = [granted]
-            else:
-                batch.granted.append(granted)
+            assert isinstance(batch, Prefetch)
+            batch.grant(granted)  # (released with it, when never read)
             return granted
         if lease is not None and not lease.left:  # used up: closed, and another asked for
             self.keyleases.used_up(key_id, lease)
@@ -182,11 +179,8 @@ class RedisLedger:
                 if limits.rpm is None and limits.concurrency is None:
                     lease.left -= 1  # (a key with limits: its enter counted it)
                 held = Held(lease, musd, tokens)
-                assert isinstance(batch, Prefetch)  # (released with it, when never read)
-                if batch.granted is None:
-                    batch.granted = [held]
-                else:
-                    batch.granted.append(held)
+                assert isinstance(batch, Prefetch)
+                batch.grant(held)  # (released with it, when never read)
                 return held
             # used up: closed, and another asked for
             self.keyleases.used_up(key_id, lease)

@@ -242,6 +242,14 @@ class Prefetch:
         self._answer(answers)
         self.release()
 
+    def grant(self, taken: LeasedSlot | Granted | Held) -> None:
+        """Keep what the request took from a lease (no step): given back to it by
+        :meth:`release` when never read."""
+        if self.granted is None:
+            self.granted = [taken]
+        else:
+            self.granted.append(taken)
+
     def _forget(self) -> None:
         """The answer is lost: every step's blind undo, queued until Redis answers."""
         writes = [w for step in self.steps for w in step.forget()]
