@@ -224,7 +224,7 @@ class RedisKeys:
         packed, rid = mine
         window = self.settings().idempotency_window
         if answer.state is _DONE and not answer.flawed and answer.whole:
-            payload = answer.body  # type: ignore[assignment]
+            payload = answer.body
             if payload is not None:
                 done = True
             else:
