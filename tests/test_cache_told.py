@@ -159,7 +159,7 @@ def test_a_told_miss_keeps_the_pipeline_off_its_loops_over_the_runs() -> None:
     (``passed``, from the chat operation's ``on_win``), a stream's blocks as they are
     handed to the relay (``chunk``), which the session above checks are stored all the
     same; a request whose other runs do not act skips those loops."""
-    from omniroute.cache.stage import CacheMissRun, CacheMissStreamRun, CacheRun
+    from omniroute.cache.runs import CacheMissRun, CacheMissStreamRun, CacheRun
 
     assert not CacheMissRun.acts and not CacheMissStreamRun.acts
     assert CacheRun.acts  # (its before looks the key up)
@@ -169,14 +169,14 @@ def test_a_told_miss_keeps_the_pipeline_off_its_loops_over_the_runs() -> None:
 
 
 def test_a_miss_run_made_by_its_function_is_what_its_class_makes() -> None:
-    """``_miss_run`` (the told misses' maker: no ``__init__`` called through C) gives the
+    """``miss_run`` (the told misses' maker: no ``__init__`` called through C) gives the
     runs their classes' own ``__init__`` gives."""
-    from omniroute.cache.stage import CacheMissRun, CacheMissStreamRun, _miss_run
+    from omniroute.cache.runs import CacheMissRun, CacheMissStreamRun, miss_run
 
     stage: Any = object()
     key = (b'{"model":"m"}', "openai", "", "m", "q")
     for stream, cls in ((False, CacheMissRun), (True, CacheMissStreamRun)):
-        made = _miss_run(stream, stage, key, 60.0, 1000, "q")
+        made = miss_run(stream, stage, key, 60.0, 1000, "q")
         built = cls(stage, key, 60.0, 1000, "q")
         assert type(made) is cls
         assert {name: getattr(built, name) for name in vars(made)} == vars(made)
