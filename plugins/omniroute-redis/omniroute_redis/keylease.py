@@ -112,6 +112,15 @@ class Lease:
         self.spent_musd = self.spent_tokens = self.requests = 0
         self.last = time.monotonic()
 
+    def unused(self) -> None:
+        """A start (and slot) it admitted was never used: back to it (ended, when it has
+        closed and this was its last)."""
+        self.left += 1
+        if self.slots:
+            self.busy -= 1
+        if not self.open:
+            self.owner.drained(self)
+
 
 class Granted:
     """A key's slot (and start) admitted from its lease: a pending step already answered."""
@@ -129,12 +138,7 @@ class Granted:
     def release(self) -> None:  # never read: its start and slot back to the lease
         if not self.done:
             self.done = True
-            lease = self.lease
-            lease.left += 1
-            if lease.slots:
-                lease.busy -= 1
-            if not lease.open:
-                lease.owner.drained(lease)
+            self.lease.unused()
 
 
 class Held:

@@ -374,12 +374,7 @@ class LeasedSlot:
             waiting.remove(self)
             if not waiting:
                 del ahead[self.name]
-        lease = self.lease
-        lease.left += 1
-        if lease.slots:
-            lease.busy -= 1
-        if not lease.open:
-            lease.owner.drained(lease)
+        self.lease.unused()
 
 
 def _text(value: object) -> str:
