@@ -118,6 +118,25 @@ redis.call('EXPIRE', KEYS[1], math.ceil(lease) + 1)
 return #ARGV - 1
 """
 
+#: the reservations in flight of a key's budget (``key``: id -> "µusd tokens lease_end"),
+#: the expired ones dropped: how many, their µUSD and their tokens (the ``reserve`` and
+#: ``lease`` scripts')
+RESERVED_FN = """
+local function reserved(key)
+  local held, rusd, rtok = 0, 0, 0
+  local all = redis.call('HGETALL', key)
+  for i = 1, #all, 2 do
+    local u, k, e = string.match(all[i + 1], '(%S+) (%S+) (%S+)')
+    if tonumber(e) <= now then
+      redis.call('HDEL', key, all[i])
+    else
+      held, rusd, rtok = held + 1, rusd + tonumber(u), rtok + tonumber(k)
+    end
+  end
+  return held, rusd, rtok
+end
+"""
+
 #: admit a request against an API key's budget windows and reserve its estimate. Money
 #: is whole micro-dollars (µUSD) here and on the wire (integers: no float is formatted
 #: or parsed per request, and the spend adds up exactly): KEYS[1] = the key's
@@ -132,21 +151,10 @@ return #ARGV - 1
 #: (amounts in µUSD for the unit 'USD'); a window admits while its spend is under the
 #: limit and the reservations in flight and this estimate fit, or nothing else of the
 #: key is in flight.
-RESERVE_FN = """
+RESERVE_FN = RESERVED_FN + """
 local function int(x) return string.format('%d', x) end
 local function reserve(K, A)
-  local held, rusd, rtok = 0, 0, 0
-  local all = redis.call('HGETALL', K[1])
-  for i = 1, #all, 2 do
-    local u, k, e = string.match(all[i + 1], '(%S+) (%S+) (%S+)')
-    if tonumber(e) <= now then
-      redis.call('HDEL', K[1], all[i])
-    else
-      held = held + 1
-      rusd = rusd + tonumber(u)
-      rtok = rtok + tonumber(k)
-    end
-  end
+  local held, rusd, rtok = reserved(K[1])
   local alone = held == 0
   local n = #K - 1
   local v = 1 + 3 * n
@@ -217,7 +225,7 @@ return 1
 #: or '', rpm or '', share, the slots' lease seconds, kmax, "<µUSD> <tokens>" of one
 #: request; with a budget the reservation's lease seconds and per window: end, µUSD limit
 #: or '', token limit or ''. Returns {requests, slots} granted ({0, 0}: none).
-LEASE = _NOW + """
+LEASE = _NOW + RESERVED_FN + """
 local name, n = ARGV[1], tonumber(ARGV[2])
 local concurrency, rpm, share = ARGV[3], ARGV[4], tonumber(ARGV[5])
 local musd, mtok = string.match(ARGV[8], '(%S+) (%S+)')
@@ -234,16 +242,7 @@ if rpm ~= '' then
   n = math.min(n, math.floor((tonumber(rpm) - redis.call('ZCARD', KEYS[2])) / share))
 end
 if #KEYS > 2 then
-  local rusd, rtok = 0, 0
-  local all = redis.call('HGETALL', KEYS[3])
-  for i = 1, #all, 2 do
-    local u, t, e = string.match(all[i + 1], '(%S+) (%S+) (%S+)')
-    if tonumber(e) <= now then
-      redis.call('HDEL', KEYS[3], all[i])
-    else
-      rusd, rtok = rusd + tonumber(u), rtok + tonumber(t)
-    end
-  end
+  local _, rusd, rtok = reserved(KEYS[3])
   for w = 4, #KEYS do
     local lusd, ltok = ARGV[11 + (w - 4) * 3], ARGV[12 + (w - 4) * 3]
     if lusd ~= '' and musd > 0 then
