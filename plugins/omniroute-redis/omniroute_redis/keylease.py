@@ -112,6 +112,12 @@ class Lease:
         self.spent_musd = self.spent_tokens = self.requests = 0
         self.last = time.monotonic()
 
+    def take(self) -> None:
+        """A request admitted from it: one of its starts (and of its slots) taken."""
+        self.left -= 1
+        if self.slots:
+            self.busy += 1
+
     def unused(self) -> None:
         """A start (and slot) it admitted was never used: back to it (ended, when it has
         closed and this was its last)."""

@@ -300,9 +300,7 @@ class ConnectionSlots:
             if (lease.limits is known[4] and lease.left
                     and (max_concurrency is None or lease.busy < lease.slots)):
                 # taken from the connection's lease: no step
-                lease.left -= 1
-                if lease.slots:
-                    lease.busy += 1
+                lease.take()
                 slot = LeasedSlot(self, name, lease)
                 self.ahead.setdefault(name, []).append(slot)
                 batch.grant(slot)
@@ -331,9 +329,7 @@ class ConnectionSlots:
         if (lease is not None and lease.left and lease.limits.concurrency == max_concurrency
                 and lease.limits.rpm == rpm
                 and (max_concurrency is None or lease.busy < lease.slots)):
-            lease.left -= 1  # taken from its lease: no round trip
-            if lease.slots:
-                lease.busy += 1
+            lease.take()  # taken from its lease: no round trip
             return TAKEN
         try:
             found = await self.leases.take(f"{self.prefix}:{name}", max_concurrency, rpm)

@@ -114,9 +114,7 @@ class RedisLedger:
         if (lease is not None and lease.limits is limits and lease.left
                 and (lease.busy < lease.slots or limits.concurrency is None)):
             # admitted from the key's lease: no step (the slot and the start are its)
-            lease.left -= 1
-            if lease.slots:
-                lease.busy += 1
+            lease.take()
             granted = Granted(lease)
             assert isinstance(batch, Prefetch)
             batch.grant(granted)  # (released with it, when never read)
