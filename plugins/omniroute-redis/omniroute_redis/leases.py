@@ -194,6 +194,7 @@ class Take(Step[T]):
     minute)."""
 
     name, nkeys, nargs, head = "take", 2, 4, "take 2 4"
+    tells = True
     __slots__ = ("concurrency", "leases", "limit", "packed_member", "packing")
 
     def __init__(self, leases: Leases, packing: Packing, limit: str,

@@ -90,6 +90,9 @@ class Step(Generic[T]):
     nkeys: int = 0
     nargs: int = 0
     head: str = ""
+    #: its kind has a :meth:`took` of its own (the others' answers are stored without a
+    #: call: a lookup, a claim, a reservation)
+    tells: bool = False
 
     __slots__ = ("args", "done", "keys", "phase", "ran", "raw")
 
@@ -216,12 +219,14 @@ class Prefetch:
             self._forget()
         for step, raw in zip(steps, answers, strict=False):  # (_answer's, in line)
             step.raw, step.ran = raw, True
-            step.took()
+            if step.tells:
+                step.took()
 
     def _answer(self, answers: list[Any]) -> None:
         for step, raw in zip(self.steps, answers, strict=False):  # the rest did not run
             step.raw, step.ran = raw, True  # (in line: a call fewer a step)
-            step.took()
+            if step.tells:
+                step.took()
 
     def _late(self) -> Callable[[Any], None]:
         """What gets the answer when the request is gone before it came (made only then)."""
