@@ -103,7 +103,7 @@ class RedisCacheBackend(RedisCache):
         size = len(field)
         step = _Lookup(self, b"$%d\r\n%b%b\r\n%b" % (self._entry_size + size, self._entry_bytes,
                                                     field, self._hits_packed),
-                       b"$%d\r\n%b\r\n" % (size, field))
+                       b"$%d\r\n%b\r\n" % (size, field), key)
         batch.steps.append(step)
         ahead = self._ahead
         if len(ahead) >= AHEAD_KEPT:
@@ -117,9 +117,10 @@ class RedisCacheBackend(RedisCache):
         a lookup that did not run or whose answer is lost, or one forgotten, say False:
         :meth:`get` reads or asks it as before). Keyed by the key: of two requests for
         one key in flight, the first to ask reads the latest lookup (each one's answer is
-        the key's, and a lookup takes nothing)."""
+        the key's, and a lookup takes nothing); one never read is forgotten when its
+        request ends (:meth:`_Lookup.undo`), so no later request reads it."""
         step = self._ahead.pop(key, None)
-        if step is None or not step.ran or step.raw is not None:
+        if step is None or not step.ran or step.done or step.raw is not None:
             return False
         step.done = True
         self.misses += 1
@@ -254,13 +255,19 @@ class _Lookup(Step[bytes | None]):
     """The lookup (``cache_get``) as a step of a request's batch: it takes nothing."""
 
     name, nkeys, nargs, head = "cache_get", 2, 1, "cache_get 2 1"
-    __slots__ = ("cache",)
+    __slots__ = ("cache", "key")
 
-    def __init__(self, cache: RedisCacheBackend, keys: bytes, args: bytes) -> None:
+    def __init__(self, cache: RedisCacheBackend, keys: bytes, args: bytes, key: str) -> None:
         # (Step.__init__'s, in line: a call fewer per step)
         self.keys, self.args, self.phase = keys, args, BEFORE
         self.raw, self.ran, self.done = None, False, False
-        self.cache = cache
+        self.cache, self.key = cache, key
+
+    def undo(self, raw: object) -> None:
+        # never read (its request ended first): not told to a later request of its key
+        ahead = self.cache._ahead
+        if ahead.get(self.key) is self:
+            del ahead[self.key]
 
     def read(self, raw: object) -> bytes | None:
         return self.cache._found(raw)

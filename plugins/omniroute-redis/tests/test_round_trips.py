@@ -544,3 +544,20 @@ async def test_a_miss_told_by_the_batch_is_not_looked_up_again(
     status, _, headers = await one.chat("never asked before", max_tokens=10)
     assert status == 200 and headers["X-OmniRoute-Cache"] == "HIT"  # a hit is read as before
     assert len(looked) == 1 and upstream.calls == 1
+
+
+async def test_a_lookup_never_read_is_not_told_to_a_later_request(one: Instances) -> None:
+    # a request whose batch looked its key up and ended before reading it (refused by a
+    # stage before the cache's, its client gone) leaves nothing a later request of the
+    # same key could read as its own miss
+    backend = one[0].cache.backends[0]
+    batch = one[0].gateway.shared.request_batch()
+    step = backend.prefetch_get("a-key-nobody-reads", batch)
+    assert step is not None and backend._ahead == {"a-key-nobody-reads": step}
+    sending = batch.send()
+    assert sending is not None
+    await sending
+    assert step.ran and step.raw is None  # a miss, answered
+    batch.release()
+    assert backend._ahead == {}
+    assert not backend.absent("a-key-nobody-reads")
