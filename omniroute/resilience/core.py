@@ -248,8 +248,14 @@ class Resilience:
             return None
         account = self.account(targets[0])
         limiter = account.limiter
-        if (limiter is None or limiter.shared is None or limiter.queued
-                or account.rest(self.clock.monotonic()) is not None):
+        if limiter is None or limiter.shared is None or limiter.queued:
+            return None
+        stats = account.stats
+        if (stats.cooling_until is not None or stats.terminal_reason is not None
+                or account.breaker_state.opened_at is not None) and (
+                account.rest(self.clock.monotonic()) is not None):
+            # (asked only when something recorded could make it rest: the planner's
+            # clear(), in line; nearly every request's account is clear, and pays no call)
             return None
         return limiter
 

@@ -39,6 +39,10 @@ TIMEOUT = 0.25
 #: the TTLs whose packing is kept (:meth:`RedisCache._packed_ttl`; a key's ``cache_ttl``
 #: or the setting's: a handful)
 TTLS_KEPT = 64
+#: the lookups made with requests' batches and not yet told (:meth:`RedisCacheBackend.
+#: absent`) kept at most (about one a request in flight: past it they are forgotten, and
+#: their requests look up the usual way)
+AHEAD_KEPT = 4096
 
 
 class RedisCacheBackend(RedisCache):
@@ -77,6 +81,9 @@ class RedisCacheBackend(RedisCache):
         self._tail: tuple[int, bytes] | None = None
         #: a store's TTL packed (:meth:`_packed_ttl`), by the TTL asked for
         self._ttls: dict[float | None, bytes] = {}
+        #: the lookups queued on requests' batches, by key, until :meth:`absent` tells
+        #: their misses
+        self._ahead: dict[str, _Lookup] = {}
 
     async def get(self, key: str) -> bytes | None:
         try:
@@ -96,9 +103,28 @@ class RedisCacheBackend(RedisCache):
         size = len(field)
         step = _Lookup(self, b"$%d\r\n%b%b\r\n%b" % (self._entry_size + size, self._entry_bytes,
                                                     field, self._hits_packed),
-                       b"$%d\r\n%b\r\n" % (size, field))
+                       b"$%d\r\n%b\r\n" % (size, field), key)
         batch.steps.append(step)
+        ahead = self._ahead
+        if len(ahead) >= AHEAD_KEPT:
+            ahead.clear()
+        ahead[key] = step
         return step
+
+    def absent(self, key: str) -> bool:
+        """A miss told by the lookup that went with the request's batch (answered: no
+        entry), read without a coroutine: the cache's lookup is not awaited for it (a hit,
+        a lookup that did not run or whose answer is lost, or one forgotten, say False:
+        :meth:`get` reads or asks it as before). Keyed by the key: of two requests for
+        one key in flight, the first to ask reads the latest lookup (each one's answer is
+        the key's, and a lookup takes nothing); one never read is forgotten when its
+        request ends (:meth:`_Lookup.undo`), so no later request reads it."""
+        step = self._ahead.pop(key, None)
+        if step is None or not step.ran or step.done or step.raw is not None:
+            return False
+        step.done = True
+        self.misses += 1
+        return True
 
     def _found(self, value: object) -> bytes | None:
         if value is UNREACHABLE:
@@ -229,13 +255,19 @@ class _Lookup(Step[bytes | None]):
     """The lookup (``cache_get``) as a step of a request's batch: it takes nothing."""
 
     name, nkeys, nargs, head = "cache_get", 2, 1, "cache_get 2 1"
-    __slots__ = ("cache",)
+    __slots__ = ("cache", "key")
 
-    def __init__(self, cache: RedisCacheBackend, keys: bytes, args: bytes) -> None:
+    def __init__(self, cache: RedisCacheBackend, keys: bytes, args: bytes, key: str) -> None:
         # (Step.__init__'s, in line: a call fewer per step)
         self.keys, self.args, self.phase = keys, args, BEFORE
         self.raw, self.ran, self.done = None, False, False
-        self.cache = cache
+        self.cache, self.key = cache, key
+
+    def undo(self, raw: object) -> None:
+        # never read (its request ended first): not told to a later request of its key
+        ahead = self.cache._ahead
+        if ahead.get(self.key) is self:
+            del ahead[self.key]
 
     def read(self, raw: object) -> bytes | None:
         return self.cache._found(raw)

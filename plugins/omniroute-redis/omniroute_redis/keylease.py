@@ -36,7 +36,8 @@ instance's own ledger at the next reservation (its floor).
 
 A lease's requests spend locally first: the floor a reservation sends (this instance's
 count of the key's spend) leaves out what its leases settled and Redis has not had yet
-(:attr:`KeyLeases.unsent`), or Redis would count it twice when the lease ends.
+(:meth:`KeyLeases.unsent`: the spend of its leases not ended), or Redis would count it
+twice when the lease ends.
 """
 
 from __future__ import annotations
@@ -189,10 +190,6 @@ class KeyLeases:
         self.closing: dict[str, list[Lease]] = {}
         #: keys whose lease is being asked for, or was refused (until then, monotonic)
         self.asked: dict[str, float] = {}
-        #: a key's spend (µUSD, tokens) settled here from its leases and not yet sent to
-        #: Redis: the floor a reservation sends (this instance's own count) leaves it out,
-        #: or Redis would count it twice once the lease ends
-        self.unsent: dict[str, list[int]] = {}
         self.granted = self.refused = 0
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -324,12 +321,6 @@ class KeyLeases:
             else:
                 leases.leased.pop(lease.limit, None)
         spend = b"%d %d %d" % (lease.spent_musd, lease.spent_tokens, lease.requests)
-        unsent = self.unsent.get(lease.key_id)
-        if unsent is not None:
-            unsent[0] -= lease.spent_musd
-            unsent[1] -= lease.spent_tokens
-            if not unsent[0] and not unsent[1]:
-                del self.unsent[lease.key_id]
         leases.batch.add(self._end_command(
             lease.keys, lease.nkeys, lease.name, lease.granted - lease.left, lease.granted,
             lease.slots, time.monotonic() - lease.last, spend))
@@ -353,8 +344,11 @@ class KeyLeases:
                 return True
         return False
 
-    def settle(self, held: Held, usd: float, tokens: int) -> None:
-        """A request admitted from a lease is over: its spend kept for the lease's end."""
+    def settle(self, held: Held, usd: float, tokens: int, leave: bool = False) -> bool:
+        """A request admitted from a lease is over: its spend kept for the lease's end (and,
+        ``leave``, its key's slot given back to that lease when it has one in use: slots of
+        one key are interchangeable, as in :meth:`leave`). False: ``leave`` and no slot of
+        that lease was in use (the caller gives the slot back)."""
         lease = held.lease
         musd = round(usd * MICRO)
         lease.left_musd += held.musd - musd
@@ -363,14 +357,31 @@ class KeyLeases:
         lease.spent_tokens += tokens
         lease.requests += 1
         lease.pending -= 1
-        unsent = self.unsent.get(lease.key_id)
-        if unsent is None:
-            self.unsent[lease.key_id] = [musd, tokens]
-        else:
-            unsent[0] += musd
-            unsent[1] += tokens
+        left = True
+        if leave:
+            if lease.busy:
+                lease.busy -= 1
+            else:
+                left = False
         if not lease.open:
             self.drained(lease)
+        return left
+
+    def unsent(self, key_id: str) -> tuple[int, int] | None:
+        """A key's spend (µUSD, tokens) settled here from its leases and not yet sent to
+        Redis (theirs not ended: their end sends it): the floor a reservation sends (this
+        instance's own count) leaves it out, or Redis would count it twice once the lease
+        ends. None: no lease of the key is held. Asked by a reservation, the path near a
+        limit: a lease's requests pay nothing for it."""
+        lease = self.live.get(key_id)
+        closing = self.closing.get(key_id)
+        if lease is None and not closing:
+            return None
+        musd = tokens = 0
+        for each in ([lease] if lease is not None else []) + (closing or []):
+            musd += each.spent_musd
+            tokens += each.spent_tokens
+        return musd, tokens
 
     async def close(self) -> None:
         """Every lease ended now (shut-down): their requests are over."""

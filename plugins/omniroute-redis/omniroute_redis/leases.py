@@ -194,6 +194,7 @@ class Take(Step[T]):
     minute)."""
 
     name, nkeys, nargs, head = "take", 2, 4, "take 2 4"
+    tells = True
     __slots__ = ("concurrency", "leases", "limit", "packed_member", "packing")
 
     def __init__(self, leases: Leases, packing: Packing, limit: str,
@@ -275,7 +276,7 @@ class ConnectionSlots:
     def __init__(self, leases: Leases) -> None:
         self.leases = leases
         self.prefix = leases.link.key("conn")
-        #: connection id -> slots taken ahead, not asked for yet
+        #: connection id -> slots taken ahead, not asked for yet (a list may be empty)
         self.ahead: dict[str, list[Ahead | LeasedSlot]] = {}
         #: connection id -> its limits, its limit's name and packing (:meth:`prefetch`),
         #: and its limits as a lease reads them
@@ -288,6 +289,20 @@ class ConnectionSlots:
     def prefetch(self, batch: Prefetch, name: str, max_concurrency: int | None,
                  rpm: int | None) -> None:
         """Queue a take of ``name``'s slot on ``batch`` (after every other step)."""
+        lease = self.keyleases.live.get(name)
+        if (lease is not None and lease.left and lease.limits.concurrency == max_concurrency
+                and lease.limits.rpm == rpm
+                and (max_concurrency is None or lease.busy < lease.slots)):
+            # taken from the connection's lease (the limits it was granted for): no step
+            lease.take()
+            slot = LeasedSlot(self, name, lease)
+            waiting = self.ahead.get(name)
+            if waiting is None:
+                self.ahead[name] = [slot]
+            else:
+                waiting.append(slot)
+            batch.granted.append(slot)
+            return
         known = self._packings.get(name)
         if known is None or known[0] != max_concurrency or known[1] != rpm:
             if len(self._packings) >= NAMES_KEPT:
@@ -295,31 +310,17 @@ class ConnectionSlots:
             limit = f"{self.prefix}:{name}"
             known = self._packings[name] = (max_concurrency, rpm, limit, self.leases.packing(
                 limit, max_concurrency, rpm), Limits(concurrency=max_concurrency, rpm=rpm))
-        lease = self.keyleases.live.get(name)
-        if lease is not None:
-            if (lease.limits is known[4] and lease.left
-                    and (max_concurrency is None or lease.busy < lease.slots)):
-                # taken from the connection's lease: no step
-                lease.take()
-                slot = LeasedSlot(self, name, lease)
-                self.ahead.setdefault(name, []).append(slot)
-                batch.grant(slot)
-                return
-            if not lease.left:  # used up: closed, and another asked for
-                self.keyleases.used_up(name, lease)
-                lease = None
+        if lease is not None and not lease.left:  # used up: closed, and another asked for
+            self.keyleases.used_up(name, lease)
+            lease = None
         batch.steps.append(Ahead(self, name, known[2], max_concurrency, known[3]))
         if lease is None:
             self.keyleases.ask(name, known[4], None, 0.0, 0)
 
     def taken_ahead(self, name: str) -> Ahead | LeasedSlot | None:
         waiting = self.ahead.get(name)
-        if not waiting:
-            return None
-        step = waiting.pop()
-        if not waiting:
-            del self.ahead[name]
-        return step
+        # (an emptied list is left for the next slot taken ahead: one per connection)
+        return waiting.pop() if waiting else None
 
     async def take(self, name: str, max_concurrency: int | None, rpm: int | None) -> float | None:
         step = self.taken_ahead(name)

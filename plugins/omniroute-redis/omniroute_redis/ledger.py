@@ -117,7 +117,7 @@ class RedisLedger:
             lease.take()
             granted = Granted(lease)
             assert isinstance(batch, Prefetch)
-            batch.grant(granted)  # (released with it, when never read)
+            batch.granted.append(granted)  # (released with it, when never read)
             return granted
         if lease is not None and not lease.left:  # used up: closed, and another asked for
             self.keyleases.used_up(key_id, lease)
@@ -178,7 +178,7 @@ class RedisLedger:
                     lease.left -= 1  # (a key with limits: its enter counted it)
                 held = Held(lease, musd, tokens)
                 assert isinstance(batch, Prefetch)
-                batch.grant(held)  # (released with it, when never read)
+                batch.granted.append(held)  # (released with it, when never read)
                 return held
             # used up: closed, and another asked for
             self.keyleases.used_up(key_id, lease)
@@ -221,7 +221,7 @@ class RedisLedger:
         leases = self.leases  # (Leases.packed_member's, in line)
         reservation = b"%b%d\r\n" % (leases.head, next(leases.ids))
         own: list[float] = [ceil(usd * MICRO), tokens]  # (µUSD, rounded up)
-        unsent = self.keyleases.unsent.get(state.key_id)
+        unsent = self.keyleases.unsent(state.key_id)
         if unsent is None:
             for w in windows:  # this ledger's spend, a floor: rounded down (%d truncates)
                 own += ((w.base_usd + w.usd) * MICRO, w.base_tokens + w.tokens)
@@ -275,9 +275,9 @@ class RedisLedger:
 
     def settle(self, handle: object, usd: float, tokens: int, *,
                leave: str | None = None) -> None:
-        if type(handle) is Held:  # admitted from a lease: settled with it
-            self.keyleases.settle(handle, usd, tokens)
-            if leave is not None:
+        if type(handle) is Held:  # admitted from a lease: settled with it (its slot too)
+            if not self.keyleases.settle(handle, usd, tokens, leave is not None):
+                assert leave is not None
                 self.leave(leave)
             return
         assert isinstance(handle, _Reserve)

@@ -90,6 +90,9 @@ class Step(Generic[T]):
     nkeys: int = 0
     nargs: int = 0
     head: str = ""
+    #: its kind has a :meth:`took` of its own (the others' answers are stored without a
+    #: call: a lookup, a claim, a reservation)
+    tells: bool = False
 
     __slots__ = ("args", "done", "keys", "phase", "ran", "raw")
 
@@ -144,8 +147,8 @@ class Prefetch:
         self.writes = writes
         self.steps: list[Step[Any]] = []
         #: what it took from a key's or a connection's lease (no step: released with it
-        #: when never read)
-        self.granted: list[LeasedSlot | Granted | Held] | None = None
+        #: when never read); appended to in place (a C call, no method of this class)
+        self.granted: list[LeasedSlot | Granted | Held] = []
         #: not released yet (:attr:`Batch.open <.batch.Batch.open>` counts it)
         self.open = True
         writes.open += 1
@@ -216,12 +219,14 @@ class Prefetch:
             self._forget()
         for step, raw in zip(steps, answers, strict=False):  # (_answer's, in line)
             step.raw, step.ran = raw, True
-            step.took()
+            if step.tells:
+                step.took()
 
     def _answer(self, answers: list[Any]) -> None:
         for step, raw in zip(self.steps, answers, strict=False):  # the rest did not run
             step.raw, step.ran = raw, True  # (in line: a call fewer a step)
-            step.took()
+            if step.tells:
+                step.took()
 
     def _late(self) -> Callable[[Any], None]:
         """What gets the answer when the request is gone before it came (made only then)."""
@@ -242,14 +247,6 @@ class Prefetch:
         self._answer(answers)
         self.release()
 
-    def grant(self, taken: LeasedSlot | Granted | Held) -> None:
-        """Keep what the request took from a lease (no step): given back to it by
-        :meth:`release` when never read."""
-        if self.granted is None:
-            self.granted = [taken]
-        else:
-            self.granted.append(taken)
-
     def _forget(self) -> None:
         """The answer is lost: every step's blind undo, queued until Redis answers."""
         writes = [w for step in self.steps for w in step.forget()]
@@ -262,9 +259,9 @@ class Prefetch:
         if self.open:
             self.open = False
             self.writes.open -= 1
-        if self.granted is not None:
-            for slot in self.granted:
-                slot.release()
+        for taken in self.granted:  # (read, as nearly always: no call)
+            if not taken.done:
+                taken.release()
         steps = self.steps
         if not all(map(_done, steps)):  # (each one read, as nearly always: no Python a step)
             for step in steps:

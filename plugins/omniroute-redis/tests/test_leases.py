@@ -122,3 +122,32 @@ async def test_what_a_batch_took_from_a_lease_and_nobody_read_goes_back_to_it(
                                                         before[2] - 1)
     batch.release()
     assert (lease.busy, lease.pending, lease.left, lease.left_musd) == before
+
+
+async def test_a_leased_request_settles_its_spend_and_its_slot_with_its_lease(
+        trio: Instances, upstream: FakeUpstream) -> None:
+    # a request admitted from its key's lease gives its slot back to that lease with its
+    # settle (one call), and its spend counts as not yet sent to Redis (left out of the
+    # floor a reservation sends) until the lease ends, and no longer then
+    secret = await priced_key(trio, upstream,
+                              {"rpm": 10_000, "concurrency": 1_000, "daily_usd": 100.0})
+    gw = trio[0]
+    for i in range(3):
+        assert (await trio.chat(f"q{i}", key=secret, via=gw, max_tokens=10))[0] == 200
+    ledger = gw.gateway.budgets.shared
+    key_id, lease = next(iter(ledger.keyleases.live.items()))
+    spent = ledger.keyleases.unsent(key_id)
+    assert spent == (lease.spent_musd, lease.spent_tokens) and spent[0] > 0
+    busy, pending = lease.busy, lease.pending
+    batch = gw.gateway.shared.request_batch()
+    slot = ledger.prefetch_enter(batch, key_id, lease.limits)
+    held = ledger.prefetch_reserve(batch, gw.gateway.budgets.state(key_id), lease.limits,
+                                   0.01, 100)
+    assert slot.result() is True and held.result() is held
+    assert (lease.busy, lease.pending) == (busy + 1, pending + 1)
+    ledger.settle(held, 0.002, 40, leave=key_id)
+    batch.release()
+    assert (lease.busy, lease.pending) == (busy, pending)  # its slot back to its lease
+    assert ledger.keyleases.unsent(key_id) == (spent[0] + 2_000, spent[1] + 40)
+    await asyncio.sleep(1.3)  # the lease closed, and ended: its spend went with its end
+    assert ledger.keyleases.unsent(key_id) is None

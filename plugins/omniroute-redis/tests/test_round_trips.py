@@ -519,3 +519,45 @@ async def test_a_claim_and_a_lookup_made_with_the_batch_read_as_their_own_calls(
     await batch.send()
     assert lookup.result() == b"stored" and cache.hits == hits + 1
     batch.release()
+
+
+async def test_a_miss_told_by_the_batch_is_not_looked_up_again(
+        one: Instances, upstream: FakeUpstream, monkeypatch: pytest.MonkeyPatch) -> None:
+    # the lookup that went with the request's batch found nothing: the cache is told so
+    # at once (RedisCacheBackend.absent), and its lookup is not awaited
+    cache = one[0].cache
+    backend = cache.backends[0]
+    looked: list[object] = []
+    lookup = cache.lookup
+
+    async def counted(*args: Any, **kwargs: Any) -> Any:
+        looked.append(args[0])
+        return await lookup(*args, **kwargs)
+
+    monkeypatch.setattr(cache, "lookup", counted)
+    misses = backend.misses
+    status, _, headers = await one.chat("never asked before", max_tokens=10)
+    assert status == 200 and headers["X-OmniRoute-Cache"] == "MISS"
+    assert looked == [] and backend.misses == misses + 1
+    assert backend._ahead == {}  # (told, and forgotten)
+    await cache.settled()
+    status, _, headers = await one.chat("never asked before", max_tokens=10)
+    assert status == 200 and headers["X-OmniRoute-Cache"] == "HIT"  # a hit is read as before
+    assert len(looked) == 1 and upstream.calls == 1
+
+
+async def test_a_lookup_never_read_is_not_told_to_a_later_request(one: Instances) -> None:
+    # a request whose batch looked its key up and ended before reading it (refused by a
+    # stage before the cache's, its client gone) leaves nothing a later request of the
+    # same key could read as its own miss
+    backend = one[0].cache.backends[0]
+    batch = one[0].gateway.shared.request_batch()
+    step = backend.prefetch_get("a-key-nobody-reads", batch)
+    assert step is not None and backend._ahead == {"a-key-nobody-reads": step}
+    sending = batch.send()
+    assert sending is not None
+    await sending
+    assert step.ran and step.raw is None  # a miss, answered
+    batch.release()
+    assert backend._ahead == {}
+    assert not backend.absent("a-key-nobody-reads")
