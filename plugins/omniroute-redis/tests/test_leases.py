@@ -28,6 +28,28 @@ async def priced_key(trio: Instances, upstream: FakeUpstream, limits: dict[str, 
     return secret
 
 
+async def leased_key(trio: Instances, upstream: FakeUpstream) -> tuple[Any, Any, str, Any]:
+    """A key far from its limits, used three times through the first instance: that
+    instance's gateway, its shared ledger, and the key's id and live lease there."""
+    secret = await priced_key(trio, upstream,
+                              {"rpm": 10_000, "concurrency": 1_000, "daily_usd": 100.0})
+    gw = trio[0]
+    for i in range(3):
+        assert (await trio.chat(f"q{i}", key=secret, via=gw, max_tokens=10))[0] == 200
+    ledger = gw.gateway.budgets.shared
+    key_id, lease = next(iter(ledger.keyleases.live.items()))
+    return gw, ledger, key_id, lease
+
+
+def leased_request(gw: Any, ledger: Any, key_id: str, lease: Any) -> tuple[Any, Any, Any]:
+    """A request's batch admitted from ``lease``: the batch, its slot and its estimate held."""
+    batch = gw.gateway.shared.request_batch()
+    slot = ledger.prefetch_enter(batch, key_id, lease.limits)
+    held = ledger.prefetch_reserve(batch, gw.gateway.budgets.state(key_id), lease.limits,
+                                   0.01, 100)
+    return batch, slot, held
+
+
 def granted(trio: Instances) -> int:
     return sum(gw.gateway.shared.health()["leases_granted"] for gw in trio.gateways)
 
@@ -104,18 +126,9 @@ async def test_what_a_batch_took_from_a_lease_and_nobody_read_goes_back_to_it(
     # would keep the lease from ending, and its slots renewed in Redis for ever
     from omniroute_redis.keylease import Granted, Held
 
-    secret = await priced_key(trio, upstream,
-                              {"rpm": 10_000, "concurrency": 1_000, "daily_usd": 100.0})
-    gw = trio[0]
-    for i in range(3):
-        assert (await trio.chat(f"q{i}", key=secret, via=gw, max_tokens=10))[0] == 200
-    ledger = gw.gateway.budgets.shared
-    key_id, lease = next(iter(ledger.keyleases.live.items()))
+    gw, ledger, key_id, lease = await leased_key(trio, upstream)
     before = (lease.busy, lease.pending, lease.left, lease.left_musd)
-    batch = gw.gateway.shared.request_batch()
-    slot = ledger.prefetch_enter(batch, key_id, lease.limits)
-    held = ledger.prefetch_reserve(batch, gw.gateway.budgets.state(key_id), lease.limits,
-                                   0.01, 100)
+    batch, slot, held = leased_request(gw, ledger, key_id, lease)
     assert isinstance(slot, Granted) and isinstance(held, Held)
     assert batch.send() is None  # nothing to ask Redis
     assert (lease.busy, lease.pending, lease.left) == (before[0] + 1, before[1] + 1,
@@ -129,20 +142,11 @@ async def test_a_leased_request_settles_its_spend_and_its_slot_with_its_lease(
     # a request admitted from its key's lease gives its slot back to that lease with its
     # settle (one call), and its spend counts as not yet sent to Redis (left out of the
     # floor a reservation sends) until the lease ends, and no longer then
-    secret = await priced_key(trio, upstream,
-                              {"rpm": 10_000, "concurrency": 1_000, "daily_usd": 100.0})
-    gw = trio[0]
-    for i in range(3):
-        assert (await trio.chat(f"q{i}", key=secret, via=gw, max_tokens=10))[0] == 200
-    ledger = gw.gateway.budgets.shared
-    key_id, lease = next(iter(ledger.keyleases.live.items()))
+    gw, ledger, key_id, lease = await leased_key(trio, upstream)
     spent = ledger.keyleases.unsent(key_id)
     assert spent == (lease.spent_musd, lease.spent_tokens) and spent[0] > 0
     busy, pending = lease.busy, lease.pending
-    batch = gw.gateway.shared.request_batch()
-    slot = ledger.prefetch_enter(batch, key_id, lease.limits)
-    held = ledger.prefetch_reserve(batch, gw.gateway.budgets.state(key_id), lease.limits,
-                                   0.01, 100)
+    batch, slot, held = leased_request(gw, ledger, key_id, lease)
     assert slot.result() is True and held.result() is held
     assert (lease.busy, lease.pending) == (busy + 1, pending + 1)
     ledger.settle(held, 0.002, 40, leave=key_id)
